@@ -1,0 +1,24 @@
+"""Errors that name what was wrong and how to fix it."""
+
+
+class CollideError(Exception):
+    """Base class for every error collide raises on purpose."""
+
+
+class ConfigError(CollideError, ValueError):
+    """A configuration value is out of range or inconsistent."""
+
+
+class DataError(CollideError):
+    """A dataset is missing, corrupt, empty, or holds values it must not (NaN, wrong shape)."""
+
+
+class LayerError(CollideError, KeyError):
+    """A layer name does not name a ReLU layer of the model."""
+
+    def __str__(self) -> str:  # KeyError would quote the message
+        return str(self.args[0]) if self.args else ""
+
+
+class CheckpointError(CollideError):
+    """A checkpoint file is missing, corrupt, or does not match its recorded hash."""

@@ -1,0 +1,192 @@
+"""The paper's classifiers, their training, and checkpoint IO.
+
+Layers are named so that taps can address them: ReLU modules are ``relu1``, ``relu2``,
+... in forward order, and the layer before each is its ``fc``/``conv`` namesake.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import tempfile
+import time
+from collections import OrderedDict
+from collections.abc import Callable
+from dataclasses import asdict
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from collide.config import TrainConfig
+from collide.data import Split
+from collide.errors import CheckpointError, ConfigError
+
+
+def mlp() -> nn.Sequential:
+    """The paper's MNIST MLP: 784-256-256-10 with ReLU (§3.1)."""
+    return nn.Sequential(
+        OrderedDict(
+            flatten=nn.Flatten(),
+            fc1=nn.Linear(784, 256),
+            relu1=nn.ReLU(),
+            fc2=nn.Linear(256, 256),
+            relu2=nn.ReLU(),
+            fc3=nn.Linear(256, 10),
+        )
+    )
+
+
+def lenet5() -> nn.Sequential:
+    """LeNet-5 for 28x28 inputs (padding 2 on the first conv, max pooling)."""
+    return nn.Sequential(
+        OrderedDict(
+            conv1=nn.Conv2d(1, 6, 5, padding=2),
+            relu1=nn.ReLU(),
+            pool1=nn.MaxPool2d(2),
+            conv2=nn.Conv2d(6, 16, 5),
+            relu2=nn.ReLU(),
+            pool2=nn.MaxPool2d(2),
+            flatten=nn.Flatten(),
+            fc1=nn.Linear(400, 120),
+            relu3=nn.ReLU(),
+            fc2=nn.Linear(120, 84),
+            relu4=nn.ReLU(),
+            fc3=nn.Linear(84, 10),
+        )
+    )
+
+
+_BUILDERS: dict[str, Callable[[], nn.Sequential]] = {"mlp": mlp, "lenet5": lenet5}
+
+
+def build_model(arch: str) -> nn.Sequential:
+    if arch not in _BUILDERS:
+        raise ConfigError(f"unknown architecture {arch!r}: expected one of {sorted(_BUILDERS)}")
+    return _BUILDERS[arch]()
+
+
+@torch.no_grad()
+def accuracy(model: nn.Module, split: Split, *, batch_size: int = 1000, device: str = "cpu") -> float:
+    model.eval()
+    correct = 0
+    for start in range(0, len(split), batch_size):
+        x = split.images[start : start + batch_size].to(device)
+        y = split.labels[start : start + batch_size].to(device)
+        correct += int((model(x).argmax(1) == y).sum())
+    return correct / len(split)
+
+
+def train(
+    train_split: Split,
+    test_split: Split,
+    *,
+    config: TrainConfig,
+    device: str = "cpu",
+    progress: Callable[[int, int, float], None] | None = None,
+) -> tuple[nn.Module, dict[str, Any]]:
+    """Train ``config.arch`` with Adam; deterministic for a given seed and device.
+
+    Returns:
+        The model in eval mode on CPU, and metadata (test accuracy, seconds, config).
+    """
+    gen = torch.Generator().manual_seed(config.seed)
+    torch_state = torch.random.get_rng_state()
+    torch.manual_seed(config.seed)  # module init draws from the global generator only
+    try:
+        model = build_model(config.arch)
+    finally:
+        torch.random.set_rng_state(torch_state)
+    model.to(device)
+    opt = torch.optim.Adam(model.parameters(), lr=config.lr)
+    loss_fn = nn.CrossEntropyLoss()
+    n = len(train_split) if config.train_limit is None else min(config.train_limit, len(train_split))
+    start = time.perf_counter()
+    for epoch in range(config.epochs):
+        model.train()
+        order = torch.randperm(n, generator=gen)
+        for b in range(0, n, config.batch_size):
+            idx = order[b : b + config.batch_size]
+            x = train_split.images[idx].to(device)
+            y = train_split.labels[idx].to(device)
+            opt.zero_grad(set_to_none=True)
+            loss = loss_fn(model(x), y)
+            loss.backward()
+            opt.step()
+        if progress is not None:
+            progress(epoch + 1, config.epochs, loss.item())
+    acc = accuracy(model, test_split, device=device)
+    model.to("cpu").eval()
+    meta = {
+        "arch": config.arch,
+        "test_accuracy": acc,
+        "train_seconds": time.perf_counter() - start,
+        "train_examples": n,
+        "config": asdict(config),
+        "torch": torch.__version__,
+    }
+    return model, meta
+
+
+def _sha256(path: Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as fh:
+        for block in iter(lambda: fh.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()
+
+
+def save_checkpoint(model: nn.Module, meta: dict[str, Any], path: str | Path) -> dict[str, Any]:
+    """Write ``path`` (state dict) and ``path.json`` (metadata with the file's sha256).
+
+    Both are written under temporary names and renamed, so a killed run leaves no
+    half-written checkpoint.
+    """
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
+    os.close(fd)
+    try:
+        torch.save({"state_dict": model.state_dict(), "arch": meta["arch"]}, tmp)
+        meta = {**meta, "sha256": _sha256(Path(tmp)), "file": path.name}
+        side = Path(f"{tmp}.json")
+        side.write_text(json.dumps(meta, indent=2, sort_keys=True))
+        os.replace(tmp, path)
+        os.replace(side, f"{path}.json")
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        Path(f"{tmp}.json").unlink(missing_ok=True)
+        raise
+    return meta
+
+
+def load_checkpoint(path: str | Path) -> tuple[nn.Module, dict[str, Any]]:
+    """Load a checkpoint written by :func:`save_checkpoint`, verifying its sha256."""
+    path = Path(path)
+    side = Path(f"{path}.json")
+    if not path.is_file():
+        raise CheckpointError(f"checkpoint {path} does not exist: train one with `collide run mnist`")
+    if not side.is_file():
+        raise CheckpointError(f"checkpoint metadata {side} is missing: delete {path} and retrain")
+    meta = json.loads(side.read_text())
+    digest = _sha256(path)
+    if digest != meta.get("sha256"):
+        raise CheckpointError(
+            f"checkpoint {path} has sha256 {digest[:12]}..., its metadata says "
+            f"{str(meta.get('sha256'))[:12]}...: the file changed; delete both and retrain"
+        )
+    try:
+        blob = torch.load(path, map_location="cpu", weights_only=True)
+        model = build_model(blob["arch"])
+        model.load_state_dict(blob["state_dict"])
+    except (RuntimeError, KeyError, ValueError) as exc:
+        raise CheckpointError(f"checkpoint {path} cannot be loaded: {exc}") from exc
+    return model.eval(), meta
+
+
+def checkpoint_path(checkpoint_dir: str | Path, dataset: str, config: TrainConfig) -> Path:
+    """Where the checkpoint for this dataset and training config lives."""
+    digest = hashlib.sha256(json.dumps(asdict(config), sort_keys=True).encode()).hexdigest()[:12]
+    return Path(checkpoint_dir) / f"{dataset}-{config.arch}-{digest}.pt"

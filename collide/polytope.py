@@ -1,0 +1,109 @@
+"""Sampling a polytope from its vertices, and the paper's Table 2/4/6 measures."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+from torch import nn
+
+from collide.errors import DataError
+
+
+def sample_weights(n: int, n_vertices: int, *, sampler: str, generator: torch.Generator) -> torch.Tensor:
+    """Convex-combination weights, one row per sample, on the simplex.
+
+    ``stick``: the authors' stick-breaking; vertex k < V-1 takes a uniform share of
+    what is left, the last takes the rest (expected weights ½, ¼, ⅛, ...).
+    ``dirichlet``: uniform on the simplex (Dirichlet(1, ..., 1)).
+
+    Shapes:
+        returns (n, V) float64
+    """
+    if n < 1 or n_vertices < 1:
+        raise DataError(f"expected n >= 1 and n_vertices >= 1, got {n} and {n_vertices}")
+    u = torch.rand(n, n_vertices, generator=generator, dtype=torch.float64)
+    if sampler == "stick":
+        w = torch.empty_like(u)
+        rest = torch.ones(n, dtype=torch.float64)
+        for k in range(n_vertices - 1):
+            w[:, k] = u[:, k] * rest
+            rest = rest - w[:, k]
+        w[:, -1] = rest
+        return w
+    if sampler == "dirichlet":
+        e = -torch.log1p(-u)  # Exp(1) draws; normalised they are Dirichlet(1, ..., 1)
+        return e / e.sum(1, keepdim=True)
+    raise DataError(f"unknown sampler {sampler!r}: expected 'stick' or 'dirichlet'")
+
+
+def combine(weights: torch.Tensor, vertices: torch.Tensor) -> torch.Tensor:
+    """Points Σₖ wₖ·vₖ. Shapes: weights (S, V), vertices (V, *input) -> (S, *input)."""
+    if weights.shape[1] != len(vertices):
+        raise DataError(f"{weights.shape[1]} weights per sample but {len(vertices)} vertices")
+    flat = weights.to(torch.float64) @ vertices.flatten(1).to(torch.float64)
+    return flat.to(vertices.dtype).view(len(weights), *vertices.shape[1:])
+
+
+def avg_pairwise_distance(points: torch.Tensor) -> float:
+    """Mean L2 distance over all unordered pairs. (N, *input) -> float; 0 for N < 2."""
+    if len(points) < 2:
+        return 0.0
+    return float(torch.pdist(points.flatten(1).double()).mean())
+
+
+def dataset_avg_distance(images: torch.Tensor, *, n_pairs: int, seed: int) -> float:
+    """Mean L2 distance over ``n_pairs`` seeded random pairs of distinct images."""
+    if len(images) < 2:
+        raise DataError(f"need at least two images to measure distances, got {len(images)}")
+    gen = torch.Generator().manual_seed(seed)
+    a = torch.randint(len(images), (n_pairs,), generator=gen)
+    b = (a + torch.randint(1, len(images), (n_pairs,), generator=gen)) % len(images)
+    return float((images[a].double() - images[b].double()).flatten(1).norm(dim=1).mean())
+
+
+@dataclass(frozen=True)
+class Evaluation:
+    """How a model classifies samples of a polytope.
+
+    Shapes:
+        sample_pred, sample_prob: (S,), the top-1 class and its probability
+    """
+
+    sample_pred: torch.Tensor
+    sample_prob: torch.Tensor
+    target_class: int
+    target_top_prob: float
+    success_rate: float
+    samples_top_prob: float
+
+
+@torch.no_grad()
+def evaluate(
+    model: nn.Module, samples: torch.Tensor, target: torch.Tensor, *, batch_size: int = 500, device: str = "cpu"
+) -> Evaluation:
+    """Classify ``samples``; success is the share given the target's top-1 class.
+
+    Shapes:
+        samples: (S, *input); target: (*input)
+    """
+    if not torch.isfinite(samples).all():
+        raise DataError("polytope samples hold NaN or infinite values")
+    model = model.eval().to(device)
+    t_prob = torch.softmax(model(target.unsqueeze(0).to(device)), -1)[0]
+    t_class = int(t_prob.argmax())
+    preds, probs = [], []
+    for start in range(0, len(samples), batch_size):
+        p = torch.softmax(model(samples[start : start + batch_size].to(device)), -1)
+        top = p.max(-1)
+        preds.append(top.indices.cpu())
+        probs.append(top.values.cpu())
+    pred, prob = torch.cat(preds), torch.cat(probs)
+    return Evaluation(
+        sample_pred=pred,
+        sample_prob=prob,
+        target_class=t_class,
+        target_top_prob=float(t_prob.max()),
+        success_rate=float((pred == t_class).double().mean()),
+        samples_top_prob=float(prob.double().mean()),
+    )

@@ -1,0 +1,10 @@
+"""Prefect flows: wiring only, one per experiment.
+
+Telemetry is switched off before Prefect is imported: these machines are offline, and
+a failed analytics call only adds noise to the log.
+"""
+
+import os
+
+os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
+os.environ.setdefault("DO_NOT_TRACK", "1")

@@ -1,0 +1,75 @@
+"""The Prefect flow equals the plain-Python pipeline, and the CLI fails cleanly."""
+
+import dataclasses
+import subprocess
+import sys
+
+import pandas as pd
+import pytest
+
+from collide import mnist
+from collide.store import read_row
+
+pytestmark = pytest.mark.slow
+
+
+@pytest.fixture(scope="module")
+def harness():
+    from prefect.testing.utilities import prefect_test_harness
+
+    with prefect_test_harness(server_startup_timeout=120):
+        yield
+
+
+def test_flow_writes_what_the_plain_pipeline_writes(harness, tiny_config, tmp_path):
+    from flows.mnist import mnist_flow
+
+    plain_cfg = dataclasses.replace(tiny_config, results_root=str(tmp_path / "plain"))
+    plain = mnist.run(config=plain_cfg)
+    out = mnist_flow(config=tiny_config.to_dict())
+    flow_table = pd.read_parquet(out["table"])
+    plain_table = pd.read_parquet(plain["table"])
+    timing = ["solver_seconds"]
+    pd.testing.assert_frame_equal(flow_table.drop(columns=timing), plain_table.drop(columns=timing))
+    for row in range(len(tiny_config.rows)):
+        a, _ = read_row(tiny_config.results_root, tiny_config.name, row)
+        b, _ = read_row(plain_cfg.results_root, plain_cfg.name, row)
+        assert a.keys() == b.keys()
+        for key in a:
+            assert (a[key] == b[key]).all() or (pd.isna(a[key]) & pd.isna(b[key])).all(), (row, key)
+
+
+def _cli(*args: str) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "flows.cli", *args], capture_output=True, text=True, timeout=120)
+
+
+def test_cli_help_and_bad_inputs(tmp_path):
+    top = _cli("--help")
+    assert top.returncode == 0 and "run" in top.stdout
+    run_help = _cli("run", "--help")
+    assert run_help.returncode == 0 and "--no-prefect" in run_help.stdout
+    bad_layer = _cli("run", "mnist", "--set", "layer=fc9", "--results-root", str(tmp_path / "r"))
+    assert bad_layer.returncode == 2
+    assert "no layer named 'fc9'" in bad_layer.stderr and "relu1" in bad_layer.stderr
+    bad_value = _cli("run", "mnist", "--set", "n_vertices=0")
+    assert bad_value.returncode == 2 and "n_vertices" in bad_value.stderr
+    bad_set = _cli("run", "mnist", "--set", "novalue")
+    assert bad_set.returncode == 2 and "key=value" in bad_set.stderr
+    missing = _cli("run", "mnist", "--config", str(tmp_path / "none.json"))
+    assert missing.returncode == 2 and "does not exist" in missing.stderr
+    assert not (tmp_path / "r").exists()
+    unknown = _cli("run", "imagenet9")
+    assert unknown.returncode == 2
+
+
+def test_cli_plain_run_offline(tiny_config, tmp_path):
+    res = _cli(
+        "run", "mnist", "--no-prefect",
+        "--data-root", tiny_config.data_root, "--results-root", str(tmp_path / "res"),
+        "--checkpoint-dir", str(tmp_path / "ck"), "--device", "cpu",
+        "--set", "allow_download=false", "--set", "train.epochs=1", "--set", "train.min_accuracy=0",
+        "--set", "sample.n_samples=100",
+    )
+    assert res.returncode == 0, res.stderr
+    assert "table:" in res.stdout
+    assert len(pd.read_parquet(tmp_path / "res" / "mnist.parquet")) == 4

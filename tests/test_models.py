@@ -1,0 +1,58 @@
+import json
+
+import pytest
+import torch
+
+from collide.config import TrainConfig
+from collide.data import load_mnist
+from collide.errors import CheckpointError, ConfigError
+from collide.models import build_model, checkpoint_path, lenet5, load_checkpoint, mlp, save_checkpoint, train
+
+
+def test_architectures_have_the_papers_shapes():
+    x = torch.zeros(2, 1, 28, 28)
+    assert mlp()(x).shape == (2, 10)
+    assert lenet5()(x).shape == (2, 10)
+    assert [m.out_features for m in mlp() if isinstance(m, torch.nn.Linear)] == [256, 256, 10]
+    with pytest.raises(ConfigError, match="unknown architecture"):
+        build_model("resnet")
+
+
+@pytest.mark.parametrize("arch", ["mlp", "lenet5"])
+def test_training_is_deterministic_and_learns(tiny_mnist, arch):
+    train_split, test_split = load_mnist(tiny_mnist, "train"), load_mnist(tiny_mnist, "test")
+    config = TrainConfig(arch=arch, epochs=2)
+    a, meta = train(train_split, test_split, config=config)
+    b, _ = train(train_split, test_split, config=config)
+    assert all(torch.equal(x, y) for x, y in zip(a.state_dict().values(), b.state_dict().values(), strict=True))
+    assert meta["test_accuracy"] >= 0.5  # chance is 0.1; two epochs on 1000 images
+
+
+def test_checkpoint_roundtrip_and_tamper_detection(tmp_path, mlp_model):
+    path = checkpoint_path(tmp_path, "mnist", TrainConfig())
+    meta = save_checkpoint(mlp_model, {"arch": "mlp", "test_accuracy": 0.5}, path)
+    loaded, meta2 = load_checkpoint(path)
+    assert meta2["sha256"] == meta["sha256"] and meta2["test_accuracy"] == 0.5
+    assert all(torch.equal(x, y) for x, y in zip(loaded.state_dict().values(), mlp_model.state_dict().values(),
+                                                 strict=True))
+    assert sorted(p.name for p in tmp_path.iterdir()) == [path.name, f"{path.name}.json"]
+    path.write_bytes(path.read_bytes() + b"x")
+    with pytest.raises(CheckpointError, match="the file changed"):
+        load_checkpoint(path)
+
+
+def test_missing_checkpoint_and_metadata_are_clear_errors(tmp_path, mlp_model):
+    with pytest.raises(CheckpointError, match="does not exist"):
+        load_checkpoint(tmp_path / "none.pt")
+    path = tmp_path / "m.pt"
+    save_checkpoint(mlp_model, {"arch": "mlp"}, path)
+    (tmp_path / "m.pt.json").unlink()
+    with pytest.raises(CheckpointError, match="metadata .* is missing"):
+        load_checkpoint(path)
+
+
+def test_checkpoint_name_follows_the_training_config(tmp_path):
+    a = checkpoint_path(tmp_path, "mnist", TrainConfig(epochs=3))
+    b = checkpoint_path(tmp_path, "mnist", TrainConfig(epochs=4))
+    assert a != b and a.name.startswith("mnist-mlp-")
+    assert json.dumps(str(a))
