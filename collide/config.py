@@ -265,3 +265,48 @@ def resolve_device(device: str) -> str:
     import torch
 
     return "cuda" if torch.cuda.is_available() else "cpu"
+
+
+@dataclass(frozen=True)
+class PatchConfig:
+    """Sliding-window patches of a corpus (paper §4.1: 32x32 at a constant stride).
+
+    ``share`` of each class's images is sampled (seeded) into the corpus; the store is
+    written ``images_per_chunk`` images at a time, one Zarr chunk per Dask task.
+    """
+
+    size: int = 8
+    stride: int = 4
+    share: float = 0.1
+    images_per_chunk: int = 200
+    seed: int = 0
+
+    def __post_init__(self) -> None:
+        _require(self.size >= 1, f"expected patch size >= 1, got {self.size}")
+        _require(self.stride >= 1, f"expected patch stride >= 1, got {self.stride}")
+        _require(0 < self.share <= 1, f"expected 0 < share <= 1, got {self.share}")
+        _require(self.images_per_chunk >= 1, f"expected images_per_chunk >= 1, got {self.images_per_chunk}")
+
+
+@dataclass(frozen=True)
+class KnnConfig:
+    """Approximate kNN over the patch store (pynndescent), checked against exact search.
+
+    ``n_components`` > 0 indexes a PCA projection; answers are re-ranked with exact
+    distances in the full space. ``shards`` > 1 builds one index per slice of the store
+    and merges their answers.
+    """
+
+    k: int = 10
+    n_neighbors: int = 30
+    n_components: int = 0
+    shards: int = 1
+    rerank: int = 3
+    seed: int = 0
+
+    def __post_init__(self) -> None:
+        _require(self.k >= 1, f"expected k >= 1, got {self.k}")
+        _require(self.n_neighbors >= 2, f"expected n_neighbors >= 2, got {self.n_neighbors}")
+        _require(self.n_components >= 0, f"expected n_components >= 0, got {self.n_components}")
+        _require(self.shards >= 1, f"expected shards >= 1, got {self.shards}")
+        _require(self.rerank >= 1, f"expected rerank >= 1, got {self.rerank}")

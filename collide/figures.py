@@ -10,6 +10,7 @@ import matplotlib
 matplotlib.use("Agg")  # no display on servers and CI
 import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
+from matplotlib.patches import Rectangle  # noqa: E402
 
 from collide.store import atomic_file  # noqa: E402
 
@@ -28,8 +29,12 @@ def vertex_grid(
     path: str | Path,
     *,
     title: str = "",
+    boxes: Sequence[Sequence[tuple[int, int, int]]] | None = None,
 ) -> Path:
     """One figure row per polytope: its target, then its vertices.
+
+    ``boxes[r]`` lists (row, col, size) squares drawn on row r's vertices: where they
+    differ most (the paper's purple boxes, Table 5).
 
     Shapes:
         targets[r]: (C, H, W); vertices[r]: (V, C, H, W); values in [0, 1]
@@ -48,6 +53,8 @@ def vertex_grid(
                 continue
             pixels, cmap = _as_image(image)
             ax.imshow(pixels, cmap=cmap, vmin=0, vmax=1)
+            for top, left, size in (boxes[r] if boxes and c > 0 else []):
+                ax.add_patch(Rectangle((left - 0.5, top - 0.5), size, size, fill=False, edgecolor="#a020f0", lw=1.2))
             if r == 0:
                 ax.set_title("target" if c == 0 else f"vertex {c - 1}", fontsize=8)
         axes[r][0].set_ylabel(labels[r], fontsize=7)

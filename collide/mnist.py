@@ -10,27 +10,27 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable
-from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
 
+from collide import evaluation
 from collide.config import MnistExperiment, resolve_device
 from collide.data import ensure_mnist, load_mnist
 from collide.errors import CheckpointError, DataError
 from collide.exact import OPTIMAL, solve_exact
-from collide.figures import vertex_grid
-from collide.models import build_model, checkpoint_path, load_checkpoint, save_checkpoint, train
-from collide.objective import feature_rel_error, max_nonpositive_violation, nonpositive_units
-from collide.polytope import (
-    avg_pairwise_distance,
-    combine,
-    dataset_avg_distance,
-    evaluate,
-    sample_weights,
+from collide.models import (
+    build_model,
+    checkpoint_path,
+    checkpoint_source,
+    load_checkpoint,
+    save_checkpoint,
+    train,
 )
-from collide.store import read_row, table_from_store, table_path, write_row, write_table
+from collide.objective import nonpositive_units
+from collide.polytope import dataset_avg_distance
+from collide.store import write_row
 from collide.taps import preactivation, resolve_layer
 from collide.vertices import solve_gradient
 
@@ -107,7 +107,13 @@ def _row_attrs(
 ) -> dict[str, Any]:
     spec = config.rows[row]
     _, meta = load_checkpoint(checkpoint)
+    test = load_mnist(config.data_root, "test")
     return {
+        "model_source": checkpoint_source(checkpoint, meta["sha256"]),
+        "dataset_avg_distance": dataset_avg_distance(
+            test.images, n_pairs=config.sample.n_dataset_pairs, seed=config.sample.seed
+        ),
+        "pixel_scale": 1.0,
         "experiment": config.name,
         "row": row,
         "model": f"{DATASET}-{config.train.arch}",
@@ -213,93 +219,17 @@ def _write_solution(
 
 def evaluate_row(row: int, *, config: MnistExperiment) -> dict[str, Any]:
     """Draw ``n_samples`` points of the row's polytope, classify them, store the metrics."""
-    arrays, attrs = read_row(config.results_root, config.name, row)
-    model, meta = load_checkpoint(attrs["checkpoint"])
-    if meta["sha256"] != attrs["checkpoint_sha256"]:
-        raise CheckpointError(
-            f"row {row} was solved with checkpoint {attrs['checkpoint_sha256'][:12]}..., but "
-            f"{attrs['checkpoint']} is now {meta['sha256'][:12]}...: rerun the whole experiment"
-        )
-    vertices = torch.from_numpy(arrays["vertices"])
-    target = torch.from_numpy(arrays["target"])
-    usable = torch.isfinite(vertices.flatten(1)).all(1)
-    good = vertices[usable]
-    if len(good) == 0:
-        raise DataError(f"row {row} has no usable vertex (solver outcomes {attrs['solver']['outcomes']})")
-    gen = torch.Generator().manual_seed(config.sample.seed + row)
-    weights = sample_weights(config.sample.n_samples, len(good), sampler=config.sample.sampler, generator=gen)
-    samples = combine(weights, good)
-    ev = evaluate(model, samples, target, device=resolve_device(config.device))
-    with torch.no_grad():
-        t_pre = preactivation(model, target.unsqueeze(0), config.layer)
-        v_pre = preactivation(model, good, config.layer)
-        s_pre = preactivation(model, samples, config.layer)
-    test = load_mnist(config.data_root, "test")
-    full_weights = np.zeros((len(weights), len(vertices)), dtype=np.float32)
-    full_weights[:, usable.numpy()] = weights.numpy()
-    metrics = {
-        "experiment": config.name,
-        "row": row,
-        "method": attrs["method"],
-        "model": attrs["model"],
-        "layer": attrs["layer"],
-        "n_vertices": int(len(good)),
-        "n_samples": config.sample.n_samples,
-        "success_rate": ev.success_rate,
-        "target_top_prob": ev.target_top_prob,
-        "samples_top_prob": ev.samples_top_prob,
-        "dataset_avg_distance": dataset_avg_distance(
-            test.images, n_pairs=config.sample.n_dataset_pairs, seed=config.sample.seed
-        ),
-        "vertex_avg_distance": avg_pairwise_distance(good),
-        "max_feature_rel_error": float(feature_rel_error(v_pre, t_pre).max()),
-        "max_nonpositive": float(max_nonpositive_violation(v_pre, t_pre).max()),
-        "samples_max_feature_rel_error": float(feature_rel_error(s_pre, t_pre).max()),
-        "init": attrs["init"],
-        "loss": attrs["loss"],
-        "sampler": config.sample.sampler,
-        "target_index": attrs["target_index"],
-        "init_index": attrs["init_index"],
-        "target_class": ev.target_class,
-        "test_accuracy": attrs["test_accuracy"],
-        "checkpoint_sha256": attrs["checkpoint_sha256"],
-        "solver_seconds": attrs["solver"]["seconds"],
-        "converged": attrs["solver"]["converged"],
-        "outcomes": ",".join(attrs["solver"]["outcomes"]),
-        "input_dim": attrs["solver"].get("input_dim", int(target.numel())),
-        "n_positive": attrs["solver"].get("n_positive", int((t_pre > 0).sum())),
-        "rank_positive": attrs["solver"].get("rank_positive", -1),
-        "dim_bound": attrs["solver"].get("dim_bound", -1),
-        "config_digest": attrs["config_digest"],
-    }
-    write_row(
-        config.results_root, config.name, row,
-        {
-            "sample_weights": full_weights,
-            "sample_pred": ev.sample_pred.numpy().astype(np.int64),
-            "sample_prob": ev.sample_prob.numpy().astype(np.float32),
-        },
-        {"target_class": ev.target_class, "metrics": metrics},
-        keep_existing=True,
+    return evaluation.evaluate_row(
+        config.results_root, config.name, row, sample=config.sample, device=resolve_device(config.device)
     )
-    return metrics
 
 
 def write_outputs(*, config: MnistExperiment) -> dict[str, str]:
     """Table 2 as Parquet and Table 1 as PNG, rebuilt from the Zarr store alone."""
-    frame = table_from_store(config.results_root, config.name)
-    parquet = write_table(frame, table_path(config.results_root, config.name))
-    targets, vertices, labels = [], [], []
-    for row in frame["row"]:
-        arrays, attrs = read_row(config.results_root, config.name, int(row))
-        targets.append(arrays["target"])
-        vertices.append(arrays["vertices"])
-        labels.append(f"row {row}: {attrs['method']}\ninit={attrs['init']}")
-    figure = vertex_grid(
-        targets, vertices, labels, Path(config.results_root) / f"{config.name}-table1.png",
+    return evaluation.write_outputs(
+        config.results_root, config.name,
         title=f"{config.name}: polytopes colliding with the target at {config.layer}",
     )
-    return {"table": str(parquet), "figure": str(figure)}
 
 
 def run(*, config: MnistExperiment, progress: Progress = _noop) -> dict[str, Any]:

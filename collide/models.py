@@ -190,3 +190,26 @@ def checkpoint_path(checkpoint_dir: str | Path, dataset: str, config: TrainConfi
     """Where the checkpoint for this dataset and training config lives."""
     digest = hashlib.sha256(json.dumps(asdict(config), sort_keys=True).encode()).hexdigest()[:12]
     return Path(checkpoint_dir) / f"{dataset}-{config.arch}-{digest}.pt"
+
+
+def checkpoint_source(path: str | Path, sha256: str) -> dict[str, Any]:
+    """How a stored row names the model it was solved with: a checkpoint and its hash."""
+    return {"kind": "checkpoint", "path": str(path), "sha256": sha256}
+
+
+def load_model_source(source: dict[str, Any]) -> nn.Module:
+    """The model a stored row names, verified against the hash it was solved with."""
+    kind = source.get("kind")
+    if kind == "checkpoint":
+        model, meta = load_checkpoint(source["path"])
+        if meta["sha256"] != source["sha256"]:
+            raise CheckpointError(
+                f"the row was solved with checkpoint {source['sha256'][:12]}..., but {source['path']} "
+                f"is now {meta['sha256'][:12]}...: rerun the experiment"
+            )
+        return model
+    if kind == "vgg16":
+        from collide.vgg import vgg16_from_source
+
+        return vgg16_from_source(source)
+    raise CheckpointError(f"unknown model source {source!r}: expected kind 'checkpoint' or 'vgg16'")

@@ -39,10 +39,12 @@ class GradientResult:
 
     Shapes:
         vertices: (B, *input) float32
+        params: the optimised parameters; the vertices themselves unless ``decode`` was given
         steps, converged, rel_error, violation: (B,)
     """
 
     vertices: torch.Tensor
+    params: torch.Tensor
     steps: torch.Tensor
     converged: torch.Tensor
     rel_error: torch.Tensor
@@ -77,6 +79,8 @@ def solve_gradient(
     config: GradientConfig,
     device: str = "cpu",
     progress: Callable[[int, int, int], None] | None = None,
+    decode: Callable[[torch.Tensor], torch.Tensor] | None = None,
+    regularizer: Callable[[torch.Tensor], torch.Tensor] | None = None,
 ) -> GradientResult:
     """Find one vertex per batch row by minimising α·L₊ + β·L₋ⁱ (+ penalty).
 
@@ -89,6 +93,9 @@ def solve_gradient(
         config: solver settings; see :class:`GradientConfig`.
         device: ``cpu`` or ``cuda``.
         progress: called as ``progress(step, max_steps, n_done)`` every 50 steps.
+        decode: when given, ``init`` holds parameters θ and the input is ``decode(θ)``
+            (e.g. patch-composition logits); θ is then not clipped to the box.
+        regularizer: an extra per-row loss of θ, e.g. total variation. (B,)
 
     Shapes:
         target_pre: (B, D); init: (B, *input); units: (B,)
@@ -102,7 +109,10 @@ def solve_gradient(
             f"expected target_pre (B, D), init (B, ...), units (B,) with one B; got "
             f"{tuple(target_pre.shape)}, {tuple(init.shape)}, {tuple(units.shape)}"
         )
-    check_inputs(init, "the init", config.lower, config.upper)
+    if decode is None:
+        check_inputs(init, "the init", config.lower, config.upper)
+    elif not torch.isfinite(init).all():
+        raise DataError("the initial parameters hold NaN or infinite values")
     if not torch.isfinite(target_pre).all():
         raise DataError("the target pre-activation holds NaN or infinite values")
     net = _frozen_copy(model, device)
@@ -116,8 +126,11 @@ def solve_gradient(
     steps = torch.full((n,), config.max_steps, dtype=torch.long, device=device)
     frozen = u.detach().clone()
     start = time.perf_counter()
+    def forward(theta: torch.Tensor) -> torch.Tensor:
+        return preactivation(net, theta if decode is None else decode(theta), layer)
+
     for step in range(config.max_steps + 1):
-        pre = preactivation(net, u, layer)
+        pre = forward(u)
         with torch.no_grad():
             if step >= config.min_steps:
                 meets = (feature_rel_error(pre, target) <= config.rel_tol) & (
@@ -140,23 +153,28 @@ def solve_gradient(
             )
         else:
             loss = loss + config.alpha * loss_plus(pre, target)
+        if regularizer is not None:
+            loss = loss + regularizer(u)
         opt.zero_grad(set_to_none=True)
         loss.sum().backward()
         for group in opt.param_groups:
             group["lr"] = config.lr * lr_ratio ** (step / config.max_steps)
         opt.step()
         with torch.no_grad():
-            u.clamp_(config.lower, config.upper)
+            if decode is None:
+                u.clamp_(config.lower, config.upper)
             u[done] = frozen[done]
     with torch.no_grad():
         final = torch.where(done.view(-1, *[1] * (u.ndim - 1)), frozen, u.detach())
-        pre = preactivation(net, final, layer)
+        pre = forward(final)
+        images = final if decode is None else decode(final)
         rel = feature_rel_error(pre, target)
         viol = max_nonpositive_violation(pre, target)
     if progress is not None:
         progress(config.max_steps, config.max_steps, int(done.sum()))
     return GradientResult(
-        vertices=final.cpu(),
+        vertices=images.cpu(),
+        params=final.cpu(),
         steps=steps.cpu(),
         converged=done.cpu(),
         rel_error=rel.cpu(),

@@ -1,0 +1,180 @@
+"""Nearest patches: a pynndescent index, an exact oracle, shards, and recall.
+
+Vectors are patches flattened to float32 in [0, 1]. The index may work on a PCA
+projection; its candidates are then re-ranked by exact distance in the full space, so
+the answers are true distances whichever space found them.
+"""
+
+from __future__ import annotations
+
+import pickle
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from collide.config import KnnConfig
+from collide.errors import ConfigError, DataError
+
+Rows = Callable[[np.ndarray], np.ndarray]
+
+
+def as_vectors(patches: np.ndarray) -> np.ndarray:
+    """uint8 patches (n, C, p, p) -> float32 vectors (n, C*p*p) in [0, 1]."""
+    return (np.asarray(patches).reshape(len(patches), -1).astype(np.float32)) / 255.0
+
+
+def _check(queries: np.ndarray, n_corpus: int, k: int) -> None:
+    if queries.ndim != 2:
+        raise DataError(f"expected queries of shape (Q, D), got {queries.shape}")
+    if not np.isfinite(queries).all():
+        raise DataError("the queries hold NaN or infinite values")
+    if k > n_corpus:
+        raise ConfigError(f"k={k} is larger than the store ({n_corpus} patches): lower k")
+
+
+def exact_knn(
+    queries: np.ndarray, corpus: Any, k: int, *, chunk: int = 65536, device: str = "cpu"
+) -> tuple[np.ndarray, np.ndarray]:
+    """Brute force, chunk by chunk over the corpus, merging the running top k.
+
+    ``corpus`` is anything sliceable into uint8 patches (a Zarr array, a numpy array),
+    read ``chunk`` rows at a time, so it never needs to fit in memory.
+
+    Shapes:
+        queries: (Q, D) float32 -> indices (Q, k) int64, distances (Q, k) float32
+    """
+    _check(queries, len(corpus), k)
+    q = torch.from_numpy(np.ascontiguousarray(queries, dtype=np.float32)).to(device)
+    q_sq = (q * q).sum(1, keepdim=True)
+    best_d = torch.full((len(q), k), float("inf"), device=device)
+    best_i = torch.zeros((len(q), k), dtype=torch.long, device=device)
+    for start in range(0, len(corpus), chunk):
+        block = torch.from_numpy(as_vectors(corpus[start : start + chunk])).to(device)
+        d2 = (q_sq - 2 * q @ block.T + (block * block).sum(1)).clamp_min(0)
+        d = torch.cat([best_d, d2], 1)
+        i = torch.cat([best_i, torch.arange(start, start + len(block), device=device).expand(len(q), -1)], 1)
+        best_d, pos = d.topk(k, dim=1, largest=False)
+        best_i = i.gather(1, pos)
+    return best_i.cpu().numpy(), best_d.sqrt().cpu().numpy()
+
+
+def recall_at_k(approx: np.ndarray, exact: np.ndarray) -> float:
+    """Share of the exact k nearest that the approximate answer found. (Q, k) each."""
+    if approx.shape != exact.shape:
+        raise DataError(f"answers differ in shape: {approx.shape} vs {exact.shape}")
+    hits = sum(len(set(a.tolist()) & set(e.tolist())) for a, e in zip(approx, exact, strict=True))
+    return hits / exact.size
+
+
+@dataclass
+class _Shard:
+    offset: int
+    size: int
+    index: Any  # pynndescent.NNDescent
+
+
+class PatchIndex:
+    """Approximate kNN over a patch array, optionally sharded and PCA-reduced."""
+
+    def __init__(self, shards: list[_Shard], mean: np.ndarray | None, basis: np.ndarray | None,
+                 n_items: int, config: KnnConfig, build_seconds: float) -> None:
+        self.shards = shards
+        self.mean = mean
+        self.basis = basis
+        self.n_items = n_items
+        self.config = config
+        self.build_seconds = build_seconds
+
+    def _project(self, x: np.ndarray) -> np.ndarray:
+        if self.basis is None:
+            return x
+        return ((x - self.mean) @ self.basis).astype(np.float32)
+
+    @classmethod
+    def build(cls, corpus: Any, *, config: KnnConfig,
+              progress: Callable[[str, int, int], None] | None = None) -> PatchIndex:
+        """Index ``corpus`` (uint8 patches, any sliceable array), shard by shard."""
+        from pynndescent import NNDescent  # numba compiles on first import: only when needed
+
+        n = len(corpus)
+        if n < 2:
+            raise DataError(f"the patch store holds {n} patch(es): nothing to index")
+        start = time.perf_counter()
+        mean = basis = None
+        if config.n_components:
+            rng = np.random.default_rng(config.seed)
+            sample = as_vectors(corpus[np.sort(rng.choice(n, size=min(n, 20000), replace=False))])
+            mean = sample.mean(0)
+            dims = min(config.n_components, sample.shape[1])
+            _, _, vt = np.linalg.svd(sample - mean, full_matrices=False)
+            basis = vt[:dims].T.astype(np.float32)
+        bounds = np.linspace(0, n, config.shards + 1).astype(int)
+        shards = []
+        for s, (lo, hi) in enumerate(zip(bounds[:-1], bounds[1:], strict=True)):
+            vectors = as_vectors(corpus[lo:hi])
+            if basis is not None:
+                vectors = ((vectors - mean) @ basis).astype(np.float32)
+            nn = NNDescent(vectors, n_neighbors=min(config.n_neighbors, hi - lo - 1),
+                           random_state=config.seed, n_jobs=1)
+            nn.prepare()
+            shards.append(_Shard(int(lo), int(hi - lo), nn))
+            if progress is not None:
+                progress("index", s + 1, config.shards)
+        return cls(shards, mean, basis, n, config, time.perf_counter() - start)
+
+    def query(self, queries: np.ndarray, k: int, *, corpus: Any = None) -> tuple[np.ndarray, np.ndarray]:
+        """The k nearest items of each query, merged over shards.
+
+        With ``corpus`` given (needed when the index is PCA-reduced), ``rerank * k``
+        candidates are re-ranked by exact distance in the full space.
+
+        Shapes:
+            queries: (Q, D) float32 -> indices (Q, k) int64, distances (Q, k) float32
+        """
+        _check(queries, self.n_items, k)
+        want = k * (self.config.rerank if corpus is not None else 1)
+        q = self._project(np.asarray(queries, dtype=np.float32))
+        found_i, found_d = [], []
+        for shard in self.shards:
+            kk = min(want, shard.size)
+            i, d = shard.index.query(q, k=kk)
+            found_i.append(i.astype(np.int64) + shard.offset)
+            found_d.append(d)
+        idx, dist = np.concatenate(found_i, 1), np.concatenate(found_d, 1)
+        if corpus is not None:
+            pairs = zip(idx, queries, strict=True)
+            dist = np.stack([np.linalg.norm(as_vectors(_take(corpus, row)) - qv, axis=1) for row, qv in pairs])
+        order = np.argsort(dist, axis=1, kind="stable")[:, :k]
+        return np.take_along_axis(idx, order, 1), np.take_along_axis(dist, order, 1).astype(np.float32)
+
+    def save(self, path: str | Path) -> Path:
+        from collide.store import atomic_file
+
+        with atomic_file(path) as tmp, open(tmp, "wb") as fh:
+            pickle.dump(self, fh)
+        return Path(path)
+
+    @staticmethod
+    def load(path: str | Path) -> PatchIndex:
+        path = Path(path)
+        if not path.is_file():
+            raise DataError(f"no index at {path}: build it first")
+        with open(path, "rb") as fh:
+            return pickle.load(fh)
+
+
+def _take(corpus: Any, rows: np.ndarray) -> np.ndarray:
+    """Rows of a numpy or Zarr array by integer index, in the order given."""
+    order = np.argsort(rows)
+    if hasattr(corpus, "oindex"):
+        picked = corpus.oindex[rows[order]]
+    else:
+        picked = np.asarray(corpus)[rows[order]]
+    out = np.empty_like(picked)
+    out[order] = picked
+    return out

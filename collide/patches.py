@@ -1,0 +1,172 @@
+"""Sliding-window patch extraction into a Zarr store, chunk by chunk with Dask.
+
+The store holds ``patches`` (M, C, p, p) uint8 and ``index`` (M, 3) int32 rows of
+(image id, row, col), both chunked by ``images_per_chunk`` images, so each Dask task
+writes exactly one chunk of each array and no two writers share one. A chunk is marked
+finished in ``done`` (one element per chunk) only after its data is written: a rerun
+skips finished chunks, and a killed run redoes only the chunk it was in.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+from collections.abc import Callable, Sequence
+from dataclasses import asdict
+from pathlib import Path
+from typing import Any
+
+import dask
+import numpy as np
+import zarr
+
+from collide.config import PatchConfig
+from collide.errors import ConfigError, DataError
+
+LoadImages = Callable[[Sequence[int]], np.ndarray]
+"""Returns the images with the given ids as uint8 (n, C, H, W)."""
+
+
+def window_starts(length: int, size: int, stride: int) -> np.ndarray:
+    """Top (or left) coordinates of the windows along one axis."""
+    if size > length:
+        raise ConfigError(f"patch size {size} is larger than the image side {length}: use a smaller patch size")
+    return np.arange(0, length - size + 1, stride)
+
+
+def extract(
+    images: np.ndarray, size: int, stride: int, ids: Sequence[int] | None = None
+) -> tuple[np.ndarray, np.ndarray]:
+    """All windows of each image, image-major then row-major (the plain numpy path).
+
+    Shapes:
+        images: (N, C, H, W) -> patches (N*P, C, size, size), index (N*P, 3)
+    """
+    if images.ndim != 4:
+        raise DataError(f"expected images of shape (N, C, H, W), got {images.shape}")
+    n, c, h, w = images.shape
+    rows, cols = window_starts(h, size, stride), window_starts(w, size, stride)
+    view = np.lib.stride_tricks.sliding_window_view(images, (size, size), axis=(2, 3))
+    view = view[:, :, rows][:, :, :, cols]  # (N, C, R, Q, size, size)
+    patches = view.transpose(0, 2, 3, 1, 4, 5).reshape(n * len(rows) * len(cols), c, size, size)
+    image_ids = np.arange(n) if ids is None else np.asarray(ids)
+    rr, cc = np.meshgrid(rows, cols, indexing="ij")
+    index = np.stack(
+        [np.repeat(image_ids, rr.size), np.tile(rr.ravel(), n), np.tile(cc.ravel(), n)], axis=1
+    ).astype(np.int32)
+    return np.ascontiguousarray(patches), index
+
+
+def patches_per_image(height: int, width: int, size: int, stride: int) -> int:
+    return len(window_starts(height, size, stride)) * len(window_starts(width, size, stride))
+
+
+def sample_ids(labels: np.ndarray, share: float, seed: int) -> np.ndarray:
+    """A seeded ``share`` of each class's images (at least one each), sorted."""
+    if len(labels) == 0:
+        raise DataError("the dataset is empty: no images to take patches from")
+    rng = np.random.default_rng(seed)
+    picked = []
+    for label in np.unique(labels):
+        members = np.flatnonzero(labels == label)
+        n = max(1, int(round(share * len(members))))
+        picked.append(rng.choice(members, size=n, replace=False))
+    return np.sort(np.concatenate(picked))
+
+
+def _write_chunk(store: Path, k: int, ids: Sequence[int], load: LoadImages, config: PatchConfig) -> int:
+    group = zarr.open_group(store, mode="r+")
+    patches, index = extract(load(ids), config.size, config.stride, ids)
+    per_chunk = group["patches"].chunks[0]
+    start = k * per_chunk
+    group["patches"][start : start + len(patches)] = patches
+    group["index"][start : start + len(index)] = index
+    group["done"][k] = True  # last: a chunk counts as finished only once it is all there
+    return len(patches)
+
+
+def build_store(
+    path: str | Path,
+    image_ids: Sequence[int],
+    load: LoadImages,
+    *,
+    image_shape: tuple[int, int, int],
+    config: PatchConfig,
+    source: dict[str, Any] | None = None,
+    scheduler: Any = "threads",
+    progress: Callable[[str, int, int], None] | None = None,
+) -> dict[str, Any]:
+    """Extract every patch of ``image_ids`` into the store at ``path``, resuming.
+
+    Args:
+        path: the ``.zarr`` directory; created, or resumed when its settings match.
+        image_ids: which images, in the order their patches are stored.
+        load: loads a list of image ids as uint8 (n, C, H, W).
+        image_shape: (C, H, W) of every image.
+        config: patch size, stride, chunking.
+        source: a description of the corpus, kept in the attrs.
+        scheduler: a Dask scheduler name or a ``distributed.Client``.
+        progress: called as ``progress("patches", chunks_done, n_chunks)``.
+
+    Returns:
+        A summary: path, number of patches, chunks written now and reused.
+    """
+    path = Path(path)
+    c, h, w = image_shape
+    per_image = patches_per_image(h, w, config.size, config.stride)
+    ids = [int(i) for i in image_ids]
+    if not ids:
+        raise DataError("no images to take patches from")
+    n_chunks = -(-len(ids) // config.images_per_chunk)
+    settings = {"config": asdict(config), "image_ids": ids, "image_shape": list(image_shape),
+                "source": source or {}}
+    fingerprint = json.dumps(settings, sort_keys=True)
+    if path.exists():
+        try:
+            old = zarr.open_group(path, mode="r").attrs.get("fingerprint")
+        except Exception:  # a store from a crash before its attrs were written
+            old = None
+        if old != fingerprint:
+            shutil.rmtree(path)
+    if not path.exists():
+        tmp = path.with_name(f".{path.name}.creating")
+        shutil.rmtree(tmp, ignore_errors=True)
+        group = zarr.open_group(tmp, mode="w")
+        rows = config.images_per_chunk * per_image
+        total = len(ids) * per_image
+        group.create_array("patches", shape=(total, c, config.size, config.size), dtype="uint8",
+                           chunks=(rows, c, config.size, config.size))
+        group.create_array("index", shape=(total, 3), dtype="int32", chunks=(rows, 3))
+        group.create_array("done", shape=(n_chunks,), dtype="bool", chunks=(1,), fill_value=False)
+        group.attrs.update({"fingerprint": fingerprint, **settings, "patches_per_image": per_image})
+        tmp.rename(path)
+    done = zarr.open_group(path, mode="r")["done"][...]
+    todo = [k for k in range(n_chunks) if not done[k]]
+    chunks = [ids[k * config.images_per_chunk : (k + 1) * config.images_per_chunk] for k in range(n_chunks)]
+    finished = n_chunks - len(todo)
+    if progress is not None:
+        progress("patches", finished, n_chunks)
+    # Submit in waves of a few chunks so progress is reported while the work runs.
+    wave = 4
+    for start in range(0, len(todo), wave):
+        batch = todo[start : start + wave]
+        jobs = [dask.delayed(_write_chunk)(path, k, chunks[k], load, config) for k in batch]
+        if hasattr(scheduler, "compute"):
+            scheduler.gather(scheduler.compute(jobs))
+        else:
+            dask.compute(*jobs, scheduler=scheduler)
+        finished += len(batch)
+        if progress is not None:
+            progress("patches", finished, n_chunks)
+    return {"path": str(path), "n_patches": len(ids) * per_image, "n_chunks": n_chunks,
+            "chunks_written": len(todo), "chunks_reused": n_chunks - len(todo)}
+
+
+def open_store(path: str | Path) -> zarr.Group:
+    path = Path(path)
+    if not (path / "zarr.json").is_file():
+        raise DataError(f"no patch store at {path}: build it first (collide run patches)")
+    group = zarr.open_group(path, mode="r")
+    if not bool(group["done"][...].all()):
+        raise DataError(f"patch store {path} is incomplete: rerun to finish it")
+    return group
