@@ -302,10 +302,12 @@ class KnnConfig:
     n_components: int = 0
     shards: int = 1
     rerank: int = 3
+    epsilon: float = 0.2
     seed: int = 0
 
     def __post_init__(self) -> None:
         _require(self.k >= 1, f"expected k >= 1, got {self.k}")
+        _non_negative("epsilon", self.epsilon)
         _require(self.n_neighbors >= 2, f"expected n_neighbors >= 2, got {self.n_neighbors}")
         _require(self.n_components >= 0, f"expected n_components >= 0, got {self.n_components}")
         _require(self.shards >= 1, f"expected shards >= 1, got {self.shards}")

@@ -1,0 +1,56 @@
+import numpy as np
+import pytest
+
+from collide.config import KnnConfig
+from collide.errors import ConfigError, DataError
+from collide.knn import PatchIndex, as_vectors, exact_knn, recall_at_k
+
+RECALL_MIN = 0.95
+
+
+def _corpus(n=3000, d=(1, 4, 4), seed=0):
+    """Patches of smooth random images: low intrinsic dimension, like real patches."""
+    rng = np.random.default_rng(seed)
+    coarse = rng.random((n, d[0], 2, 2))
+    smooth = coarse.repeat(d[1] // 2, 2).repeat(d[2] // 2, 3) + 0.1 * rng.random((n, *d))
+    return (smooth / smooth.max() * 255).astype(np.uint8)
+
+
+def test_exact_knn_equals_brute_force_in_numpy():
+    corpus = _corpus(500)
+    q = as_vectors(corpus[:7]) + 0.01
+    idx, dist = exact_knn(q, corpus, 5, chunk=64)  # many chunks: the merge is exercised
+    full = np.linalg.norm(as_vectors(corpus)[None] - q[:, None], axis=2)
+    assert np.allclose(dist, np.sort(full, 1)[:, :5], atol=1e-4)
+    assert np.allclose(np.take_along_axis(full, idx, 1), dist, atol=1e-4)
+
+
+def test_recall_counts_ties_and_misses():
+    exact = np.array([[0.0, 1.0, 1.0], [0.0, 0.0, 2.0]])
+    assert recall_at_k(exact, exact) == 1.0
+    assert recall_at_k(np.array([[0.0, 1.0, 3.0], [0.0, 2.0, 2.0]]), exact) == pytest.approx(5 / 6)
+
+
+@pytest.mark.parametrize("config", [KnnConfig(k=10), KnnConfig(k=10, shards=3), KnnConfig(k=10, n_components=8)])
+def test_index_recall_against_the_oracle(config, tmp_path):
+    corpus = _corpus()
+    q = as_vectors(_corpus(200, seed=1))
+    index = PatchIndex.build(corpus, config=config)
+    approx, dist = index.query(q, 10, corpus=corpus)
+    _, exact = exact_knn(q, corpus, 10)
+    assert recall_at_k(dist, exact) >= RECALL_MIN
+    assert np.all(np.diff(dist, axis=1) >= 0)
+    reloaded = PatchIndex.load(index.save(tmp_path / "i.pkl"))
+    assert np.array_equal(reloaded.query(q, 10, corpus=corpus)[0], approx)
+
+
+def test_bad_queries_are_refused():
+    corpus = _corpus(50)
+    with pytest.raises(ConfigError, match="larger than the store"):
+        exact_knn(as_vectors(corpus[:2]), corpus, 51)
+    with pytest.raises(DataError, match="NaN"):
+        exact_knn(np.full((1, 16), np.nan, np.float32), corpus, 3)
+    with pytest.raises(DataError, match="nothing to index"):
+        PatchIndex.build(corpus[:1], config=KnnConfig())
+    with pytest.raises(DataError, match="build it first"):
+        PatchIndex.load("/nonexistent/i.pkl")
