@@ -92,9 +92,11 @@ def compose(logits: torch.Tensor, comp: Composition) -> torch.Tensor:
         )
     c, h, w = comp.image_shape
     win = tent(comp.size).to(logits.device)
-    mixed = torch.einsum("bgk,gkcij->bgcij", weights(logits), comp.candidates) * win  # (B, G, C, p, p)
-    b, g = mixed.shape[:2]
-    summed = F.fold(mixed.reshape(b, g, -1).transpose(1, 2), (h, w), comp.size, stride=comp.stride)
+    b, g, k = logits.shape
+    # One (B, K) x (K, C*p*p) product per window: a batched matmul, cheap both ways.
+    mixed = torch.bmm(weights(logits).transpose(0, 1), comp.candidates.reshape(g, k, -1))  # (G, B, C*p*p)
+    mixed = mixed.transpose(0, 1) * win.flatten().repeat(c)  # (B, G, C*p*p)
+    summed = F.fold(mixed.transpose(1, 2), (h, w), comp.size, stride=comp.stride)
     norm = _norm(comp, logits.device)
     return summed / norm
 

@@ -12,7 +12,7 @@ import json
 import math
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar, Self
 
 from collide.errors import ConfigError
 
@@ -180,8 +180,62 @@ DEFAULT_ROWS = (
 )
 
 
+class _Experiment:
+    """What every experiment config shares: checks, JSON round trip, a stable digest."""
+
+    _nested: ClassVar[dict[str, type]] = {}
+
+    def _check_common(self) -> None:
+        name, device = self.name, self.device  # type: ignore[attr-defined]
+        _require(bool(name) and "/" not in name, f"expected a plain experiment name, got {name!r}")
+        _require(self.n_vertices >= 1, f"expected n_vertices >= 1, got {self.n_vertices}")  # type: ignore[attr-defined]
+        label = self.target_label  # type: ignore[attr-defined]
+        _require(0 <= label <= 9, f"expected target_label in 0..9, got {label}")
+        _require(len(self.rows) >= 1, "expected at least one row, got none")  # type: ignore[attr-defined]
+        _require(
+            device == "auto" or device.split(":")[0] in ("cpu", "cuda"),
+            f"expected device 'auto', 'cpu' or 'cuda[:n]', got {device!r}",
+        )
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)  # type: ignore[call-overload]
+
+    def to_json(self) -> str:
+        return json.dumps(self.to_dict(), sort_keys=True)
+
+    def digest(self) -> str:
+        """A short hash of everything that shapes the results, stable across processes.
+
+        Where the results are written is left out: the same experiment written to two
+        places is the same experiment.
+        """
+        science = {k: v for k, v in self.to_dict().items() if k != "results_root"}
+        return hashlib.sha256(json.dumps(science, sort_keys=True).encode()).hexdigest()[:16]
+
+    @classmethod
+    def _rows(cls, rows: Any) -> tuple[Any, ...]:
+        return tuple(rows)
+
+    @classmethod
+    def from_dict(cls, raw: dict[str, Any]) -> Self:
+        """Build from plain JSON-like values; nested configs may be dicts."""
+        raw = dict(raw)
+        for key, kind in cls._nested.items():
+            if isinstance(raw.get(key), dict):
+                try:
+                    raw[key] = kind(**raw[key])
+                except TypeError as exc:
+                    raise ConfigError(f"bad {key} configuration: {exc}") from exc
+        if "rows" in raw:
+            raw["rows"] = cls._rows(raw["rows"])
+        try:
+            return cls(**raw)
+        except TypeError as exc:
+            raise ConfigError(f"bad experiment configuration: {exc}") from exc
+
+
 @dataclass(frozen=True)
-class MnistExperiment:
+class MnistExperiment(_Experiment):
     """The MNIST experiment of paper §3.1 (Tables 1-2), with the exact rows added.
 
     ``target_label`` picks the first test image of that label that the model classifies
@@ -204,48 +258,20 @@ class MnistExperiment:
     exact: ExactConfig = field(default_factory=ExactConfig)
     sample: SampleConfig = field(default_factory=SampleConfig)
 
+    _nested: ClassVar[dict[str, type]] = {
+        "train": TrainConfig, "gradient": GradientConfig, "exact": ExactConfig, "sample": SampleConfig,
+    }
+
     def __post_init__(self) -> None:
-        _require(bool(self.name) and "/" not in self.name, f"expected a plain experiment name, got {self.name!r}")
-        _require(self.n_vertices >= 1, f"expected n_vertices >= 1, got {self.n_vertices}")
-        _require(0 <= self.target_label <= 9, f"expected target_label in 0..9, got {self.target_label}")
-        _require(len(self.rows) >= 1, "expected at least one row, got none")
+        self._check_common()
         _require(
             all(isinstance(r, RowSpec) for r in self.rows),
             f"expected rows to be RowSpec values, got {self.rows!r}",
         )
-        _require(
-            self.device == "auto" or self.device.split(":")[0] in ("cpu", "cuda"),
-            f"expected device 'auto', 'cpu' or 'cuda[:n]', got {self.device!r}",
-        )
-
-    def to_dict(self) -> dict[str, Any]:
-        return dataclasses.asdict(self)
-
-    def to_json(self) -> str:
-        return json.dumps(self.to_dict(), sort_keys=True)
-
-    def digest(self) -> str:
-        """A short hash of everything that shapes the results, stable across processes.
-
-        Where the results are written is left out: the same experiment written to two
-        places is the same experiment.
-        """
-        science = {k: v for k, v in self.to_dict().items() if k != "results_root"}
-        return hashlib.sha256(json.dumps(science, sort_keys=True).encode()).hexdigest()[:16]
 
     @classmethod
-    def from_dict(cls, raw: dict[str, Any]) -> MnistExperiment:
-        raw = dict(raw)
-        nested = {"train": TrainConfig, "gradient": GradientConfig, "exact": ExactConfig, "sample": SampleConfig}
-        for key, kind in nested.items():
-            if isinstance(raw.get(key), dict):
-                raw[key] = kind(**raw[key])
-        if "rows" in raw:
-            raw["rows"] = tuple(r if isinstance(r, RowSpec) else RowSpec(**r) for r in raw["rows"])
-        try:
-            return cls(**raw)
-        except TypeError as exc:
-            raise ConfigError(f"bad experiment configuration: {exc}") from exc
+    def _rows(cls, rows: Any) -> tuple[Any, ...]:
+        return tuple(r if isinstance(r, RowSpec) else RowSpec(**r) for r in rows)
 
     def with_paths(self, root: str | Path) -> MnistExperiment:
         """The same experiment with data, checkpoints and results under ``root``."""
@@ -302,7 +328,7 @@ class KnnConfig:
     n_components: int = 0
     shards: int = 1
     rerank: int = 3
-    epsilon: float = 0.2
+    epsilon: float = 0.3
     seed: int = 0
 
     def __post_init__(self) -> None:
@@ -312,3 +338,95 @@ class KnnConfig:
         _require(self.n_components >= 0, f"expected n_components >= 0, got {self.n_components}")
         _require(self.shards >= 1, f"expected shards >= 1, got {self.shards}")
         _require(self.rerank >= 1, f"expected rerank >= 1, got {self.rerank}")
+
+
+PATCH_ROWS = ("self", "other")
+
+# Logits move in softmax units, so the solver takes larger steps than in pixel space.
+PATCH_GRADIENT = GradientConfig(lr=0.1, lr_end=1e-3, max_steps=1500, growth=1.01, min_steps=50)
+
+
+@dataclass(frozen=True)
+class PatchExperiment(_Experiment):
+    """Patch-composition collisions (paper §4, Tables 5-6), embedded on MNIST + LeNet-5.
+
+    The start image is the first correctly classified test image of ``target_label``.
+    Row ``self`` makes compositions of its neighbours' patches collide with the start
+    image itself; row ``other`` with the first test image of another label (the paper's
+    church -> cleaver). Collisions are sought at ``layer`` (LeNet-5's first fully
+    connected layer: the analogue of VGG's fc6).
+
+    Each window's candidates are the start image's own patch and the ``knn.k`` nearest
+    store patches of it (``candidates_from="start"``, the paper's choice). By default
+    (``"start+target"``) the ``other`` row also gets the target's window patch and its
+    neighbours: on MNIST a 7's blank corners have only blank neighbours, from which no
+    2 can be composed (measured: success 0.0 with ``"start"``).
+    """
+
+    name: str = "patches"
+    layer: str = "fc1"
+    n_vertices: int = 5
+    target_label: int = 7
+    rows: tuple[str, ...] = PATCH_ROWS
+    tv_weight: float = 0.01
+    own_logit: float = 5.0
+    candidates_from: str = "start+target"
+    data_root: str = "data/raw/mnist"
+    checkpoint_dir: str = "data/checkpoints"
+    cache_root: str = "data/cache"
+    results_root: str = "data/results"
+    device: str = "auto"
+    allow_download: bool = True
+    train: TrainConfig = field(default_factory=lambda: TrainConfig(arch="lenet5", epochs=4, min_accuracy=0.98))
+    patch: PatchConfig = field(default_factory=PatchConfig)
+    knn: KnnConfig = field(default_factory=KnnConfig)
+    gradient: GradientConfig = PATCH_GRADIENT
+    sample: SampleConfig = field(default_factory=SampleConfig)
+
+    _nested: ClassVar[dict[str, type]] = {
+        "train": TrainConfig, "gradient": GradientConfig, "patch": PatchConfig, "knn": KnnConfig,
+        "sample": SampleConfig,
+    }
+
+    def __post_init__(self) -> None:
+        self._check_common()
+        _require(all(r in PATCH_ROWS for r in self.rows), f"expected rows from {PATCH_ROWS}, got {self.rows!r}")
+        _non_negative("tv_weight", self.tv_weight)
+        _choice("candidates_from", self.candidates_from, ("start", "start+target"))
+
+
+@dataclass(frozen=True)
+class ImagenetExperiment(_Experiment):
+    """VGG-16 collisions at the fc6 pre-activation in pixel space (paper §3.2, Tables 3-4).
+
+    ``image_root`` is an ImageNet-style folder (one subfolder per class). The target is
+    ``target`` (a path inside it) or the first image of the first class; ``init="other"``
+    rows start from the first image of another class. ``weights`` is ``torchvision``
+    (IMAGENET1K_V1, downloaded or cached), a local file, or ``random`` (explicit only).
+    Distances are reported in 0-255 pixel units, as in the paper.
+    """
+
+    name: str = "imagenet"
+    layer: str = "fc6"
+    n_vertices: int = 5
+    target_label: int = 0
+    rows: tuple[str, ...] = ("other",)
+    image_root: str = "data/raw/imagenet"
+    target: str = ""
+    image_size: int = 224
+    weights: str = "torchvision"
+    seed: int = 0
+    n_dataset_images: int = 200
+    results_root: str = "data/results"
+    device: str = "auto"
+    gradient: GradientConfig = field(default_factory=GradientConfig)
+    sample: SampleConfig = field(default_factory=SampleConfig)
+
+    _nested: ClassVar[dict[str, type]] = {"gradient": GradientConfig, "sample": SampleConfig}
+
+    def __post_init__(self) -> None:
+        self._check_common()
+        _require(all(r in INITS for r in self.rows), f"expected rows from {INITS}, got {self.rows!r}")
+        _require(self.image_size >= 32, f"expected image_size >= 32 (VGG-16 pools 5 times), got {self.image_size}")
+        _require(bool(self.weights), "expected weights: 'torchvision', a file path, or 'random'")
+        _require(self.n_dataset_images >= 2, f"expected n_dataset_images >= 2, got {self.n_dataset_images}")

@@ -48,12 +48,12 @@ def exact_knn(
     Shapes:
         queries: (Q, D) float32 -> indices (Q, k) int64, distances (Q, k) float32
     """
-    _check(queries, len(corpus), k)
+    _check(queries, corpus.shape[0], k)
     q = torch.from_numpy(np.ascontiguousarray(queries, dtype=np.float32)).to(device)
     q_sq = (q * q).sum(1, keepdim=True)
     best_d = torch.full((len(q), k), float("inf"), device=device)
     best_i = torch.zeros((len(q), k), dtype=torch.long, device=device)
-    for start in range(0, len(corpus), chunk):
+    for start in range(0, corpus.shape[0], chunk):
         block = torch.from_numpy(as_vectors(corpus[start : start + chunk])).to(device)
         d2 = (q_sq - 2 * q @ block.T + (block * block).sum(1)).clamp_min(0)
         d = torch.cat([best_d, d2], 1)
@@ -109,7 +109,7 @@ class PatchIndex:
         """Index ``corpus`` (uint8 patches, any sliceable array), shard by shard."""
         from pynndescent import NNDescent  # numba compiles on first import: only when needed
 
-        n = len(corpus)
+        n = corpus.shape[0]
         if n < 2:
             raise DataError(f"the patch store holds {n} patch(es): nothing to index")
         start = time.perf_counter()
@@ -138,8 +138,8 @@ class PatchIndex:
     def query(self, queries: np.ndarray, k: int, *, corpus: Any = None) -> tuple[np.ndarray, np.ndarray]:
         """The k nearest items of each query, merged over shards.
 
-        With ``corpus`` given (needed when the index is PCA-reduced), ``rerank * k``
-        candidates are re-ranked by exact distance in the full space.
+        A PCA-reduced index needs ``corpus``: its ``rerank * k`` candidates are
+        re-ranked by exact distance in the full space. A full-space index ignores it.
 
         Shapes:
             queries: (Q, D) float32 -> indices (Q, k) int64, distances (Q, k) float32
@@ -147,7 +147,8 @@ class PatchIndex:
         _check(queries, self.n_items, k)
         if self.basis is not None and corpus is None:
             raise DataError("this index works on a PCA projection: pass corpus= so answers get true distances")
-        want = k * (self.config.rerank if corpus is not None else 1)
+        rerank = self.basis is not None  # only a projection's distances need correcting
+        want = k * (self.config.rerank if rerank else 1)
         q = self._project(np.asarray(queries, dtype=np.float32))
         found_i, found_d = [], []
         for shard in self.shards:
@@ -156,7 +157,7 @@ class PatchIndex:
             found_i.append(i.astype(np.int64) + shard.offset)
             found_d.append(d)
         idx, dist = np.concatenate(found_i, 1), np.concatenate(found_d, 1)
-        if corpus is not None:
+        if rerank:
             pairs = zip(idx, queries, strict=True)
             dist = np.stack([np.linalg.norm(as_vectors(_take(corpus, row)) - qv, axis=1) for row, qv in pairs])
         order = np.argsort(dist, axis=1, kind="stable")[:, :k]

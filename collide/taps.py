@@ -2,7 +2,8 @@
 
 A *layer* is a ReLU module, named as in ``model.named_modules()``. The name of the
 module right before a ReLU in the same ``nn.Sequential`` (``fc1`` before ``relu1``,
-VGG's ``classifier.0`` before ``classifier.1``) names the same layer.
+VGG's ``classifier.0`` before ``classifier.1``) names the same layer, and a model may
+name its own layers in a ``collide_aliases`` dict (``fc6`` for VGG-16).
 
 The tap is a forward *pre*-hook on the ReLU: it sees the ReLU's input, which is the
 pre-activation, even when the ReLU is ``inplace=True`` (a hook on the Linear before it
@@ -44,7 +45,7 @@ def resolve_layer(model: nn.Module, name: str) -> str:
     relus = relu_layers(model)
     if name in relus:
         return name
-    aliases = _aliases(model)
+    aliases = {**_aliases(model), **getattr(model, "collide_aliases", {})}
     if name in aliases:
         return aliases[name]
     usable = list(relus) + [f"{a} (= {r})" for a, r in aliases.items()]

@@ -12,7 +12,6 @@ import sys
 from pathlib import Path
 from typing import Any
 
-EXPERIMENTS = ("mnist",)
 EXIT_OK, EXIT_FAILED, EXIT_BAD_INPUT = 0, 1, 2
 
 
@@ -39,7 +38,7 @@ def _overrides(args: argparse.Namespace) -> dict[str, Any]:
         for part in parents:
             node = node.setdefault(part, {})
         node[leaf] = _parse_value(raw)
-    for key in ("results_root", "data_root", "checkpoint_dir", "device"):
+    for key in ("results_root", "data_root", "checkpoint_dir", "image_root", "device"):
         value = getattr(args, key)
         if value is not None:
             config[key] = value
@@ -64,19 +63,22 @@ def _tqdm_progress():  # type: ignore[no-untyped-def]
 
 
 def _run(args: argparse.Namespace) -> int:
-    from collide import mnist
-    from collide.config import MnistExperiment
+    from flows.registry import EXPERIMENTS
 
+    experiment = EXPERIMENTS[args.experiment]
+    stages = experiment.stages_module()
     overrides = _overrides(args)
-    config = MnistExperiment.from_dict(overrides)
-    mnist.validate(config=config)  # fail on bad input before any server starts
+    config = experiment.config_class().from_dict(overrides)
+    stages.validate(config=config)  # fail on bad input before any server starts
     if args.no_prefect:
-        out = mnist.run(config=config, progress=_tqdm_progress())
+        out = stages.run(config=config, progress=_tqdm_progress())
     else:
-        from flows.mnist import mnist_flow
-
-        out = mnist_flow(config=overrides)
-    print(f"table:  {out['table']}\nfigure: {out['figure']}\ntest accuracy: {out['test_accuracy']:.4f}")
+        out = experiment.flow_function()(config=overrides)
+    print(f"table:  {out['table']}\nfigure: {out['figure']}")
+    if "test_accuracy" in out:
+        print(f"test accuracy: {out['test_accuracy']:.4f}")
+    if out.get("random_weights"):
+        print("note: the model had RANDOM weights, as asked")
     return EXIT_OK
 
 
@@ -91,13 +93,17 @@ def build_parser() -> argparse.ArgumentParser:
         "run", help="run an experiment end to end",
         description="Run an experiment: data, model, vertices, 2000-sample evaluation, tables, figure.",
     )
-    run.add_argument("experiment", choices=EXPERIMENTS, help="which experiment")
+    from flows.registry import EXPERIMENTS
+
+    listing = "; ".join(f"{e.name}: {e.summary}" for e in EXPERIMENTS.values())
+    run.add_argument("experiment", choices=sorted(EXPERIMENTS), help=f"which experiment ({listing})")
     run.add_argument("--config", help="JSON file with configuration fields to override")
     run.add_argument("--set", action="append", metavar="KEY=VALUE",
                      help="override one field, e.g. layer=relu2 or gradient.lr=0.005 (repeatable)")
     run.add_argument("--results-root", help="where tables, stores and figures go (default data/results)")
     run.add_argument("--data-root", help="where the MNIST IDX files are (default data/raw/mnist)")
     run.add_argument("--checkpoint-dir", help="where model checkpoints go (default data/checkpoints)")
+    run.add_argument("--image-root", help="imagenet: an ImageNet-style folder (one subfolder per class)")
     run.add_argument("--device", help="auto (default), cpu or cuda")
     run.add_argument("--no-prefect", action="store_true",
                      help="run the same stages in plain Python with progress bars, no Prefect")

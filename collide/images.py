@@ -1,0 +1,88 @@
+"""Image folders (ImageNet layout: one subfolder per class) and the bundled photos.
+
+Offline, scikit-image and scikit-learn ship a few real photos; :func:`bundled_corpus`
+lays them out as a tiny image folder, so the RGB pipeline runs and is tested without
+ImageNet.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from collide.errors import DataError
+
+EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".webp", ".JPEG")
+
+
+def list_folder(root: str | Path) -> tuple[list[str], list[tuple[Path, int]]]:
+    """Class names (sorted) and (path, class index) of every image, sorted by path."""
+    root = Path(root)
+    if not root.is_dir():
+        raise DataError(f"image folder {root} does not exist: point image_root at an ImageNet-style folder")
+    classes = sorted(p.name for p in root.iterdir() if p.is_dir() and not p.name.startswith("."))
+    if not classes:
+        raise DataError(f"{root} has no class subfolders: expected <root>/<class>/<image>.jpg")
+    items: list[tuple[Path, int]] = []
+    for k, name in enumerate(classes):
+        files = sorted(p for p in (root / name).iterdir() if p.suffix in EXTENSIONS)
+        if not files:
+            kinds = ", ".join(EXTENSIONS[:5])
+            raise DataError(f"class folder {root / name} holds no images ({kinds}): add some or remove it")
+        items.extend((f, k) for f in files)
+    return classes, items
+
+
+def load_image(path: str | Path, size: int) -> torch.Tensor:
+    """An RGB image, shorter side resized to ``size`` and centre-cropped. -> (3, size, size) in [0, 1]"""
+    from PIL import Image
+
+    try:
+        with Image.open(path) as im:
+            im = im.convert("RGB")
+            w, h = im.size
+            scale = size / min(w, h)
+            im = im.resize((max(size, round(w * scale)), max(size, round(h * scale))), Image.BILINEAR)
+            w, h = im.size
+            left, top = (w - size) // 2, (h - size) // 2
+            im = im.crop((left, top, left + size, top + size))
+            arr = np.asarray(im, dtype=np.float32) / 255.0
+    except OSError as exc:
+        raise DataError(f"cannot read image {path}: {exc}") from exc
+    return torch.from_numpy(arr).permute(2, 0, 1).contiguous()
+
+
+def bundled_corpus(dest: str | Path, *, size: int = 64) -> Path:
+    """Write the photos that scikit-image and scikit-learn ship as an image folder.
+
+    Each photo is its own class, plus flipped and shifted copies so that every class
+    has several images. Returns ``dest``.
+    """
+    from PIL import Image
+    from skimage import data as skdata
+
+    photos: dict[str, np.ndarray] = {}
+    for name in ("astronaut", "coffee", "chelsea", "rocket", "immunohistochemistry", "colorwheel"):
+        try:
+            photos[name] = getattr(skdata, name)()[..., :3]
+        except Exception:  # a photo that needs a download (pooch) is skipped offline
+            continue
+    try:
+        from sklearn.datasets import load_sample_images
+
+        for name, img in zip(("china", "flower"), load_sample_images().images, strict=True):
+            photos[name] = img
+    except Exception:
+        pass
+    if len(photos) < 2:
+        raise DataError("fewer than two bundled photos could be loaded: install scikit-image")
+    dest = Path(dest)
+    for name, img in photos.items():
+        folder = dest / name
+        folder.mkdir(parents=True, exist_ok=True)
+        variants = [img, img[:, ::-1], img[::-1, :], np.roll(img, img.shape[1] // 3, axis=1)]
+        for k, v in enumerate(variants):
+            Image.fromarray(np.ascontiguousarray(v)).resize((size, size)).save(folder / f"{name}_{k}.png")
+    return dest

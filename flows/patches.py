@@ -1,0 +1,49 @@
+"""The patch-composition experiment as a Prefect flow: `python -m flows.patches`."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from prefect import flow, get_run_logger
+
+import flows  # noqa: F401  (telemetry off before prefect loads)
+from collide.config import PatchExperiment
+from tasks import patches as t
+
+
+@flow(name="patches", log_prints=True)
+def patches_flow(config: dict[str, Any] | None = None) -> dict[str, Any]:
+    """Paper §4: patches with Dask, a pynndescent index, composition vertices, Tables 5-6.
+
+    Args:
+        config: fields of :class:`collide.config.PatchExperiment` to override.
+    """
+    cfg = PatchExperiment.from_dict(config or {})
+    logger = get_run_logger()
+    logger.info("experiment %s (config %s), results in %s", cfg.name, cfg.digest(), cfg.results_root)
+    t.prepare_data(cfg)
+    trained = t.train_model(cfg)
+    logger.info("model test accuracy %.4f (%s)", trained["test_accuracy"],
+                "reused checkpoint" if trained["reused"] else "trained")
+    examples = t.pick_examples(trained["checkpoint"], cfg)
+    store = t.build_patches(cfg)
+    logger.info("patch store %s: %d patches (%d chunks written, %d reused)", store["path"], store["n_patches"],
+                store["chunks_written"], store["chunks_reused"])
+    index = t.build_index(cfg)
+    logger.info("kNN index %s (%s, %.1f s to build)", index["index"],
+                "reused" if index["reused"] else "built", index["build_seconds"])
+    for summary in t.solve_rows(trained["checkpoint"], examples, cfg):
+        logger.info("row %d (%s): solved in %.1f s, outcomes %s", summary["row"], summary["init"],
+                    summary["seconds"], summary["outcomes"])
+    metrics = t.evaluate_row.map(list(range(len(cfg.rows))), config=cfg).result()
+    for m in metrics:
+        logger.info("row %d: success %.3f, vertex distance %.2f, feature error %.1e, kNN recall@%d %.3f",
+                    m["row"], m["success_rate"], m["vertex_avg_distance"], m["max_feature_rel_error"],
+                    m["knn_k"], m["knn_recall"])
+    outputs = t.write_outputs(cfg)
+    logger.info("wrote %s and %s", outputs["table"], outputs["figure"])
+    return {**outputs, "test_accuracy": trained["test_accuracy"]}
+
+
+if __name__ == "__main__":
+    patches_flow()
