@@ -73,3 +73,28 @@ def test_cli_plain_run_offline(tiny_config, tmp_path):
     assert res.returncode == 0, res.stderr
     assert "table:" in res.stdout
     assert len(pd.read_parquet(tmp_path / "res" / "mnist.parquet")) == 4
+
+
+def test_patches_and_imagenet_flows_run(harness, tiny_mnist, tmp_path):
+    from collide.config import KnnConfig, PatchConfig, PatchExperiment, SampleConfig, TrainConfig
+    from collide.images import bundled_corpus
+    from flows.imagenet import imagenet_flow
+    from flows.patches import patches_flow
+
+    patch_cfg = PatchExperiment(
+        data_root=str(tiny_mnist), checkpoint_dir=str(tmp_path / "ck"), cache_root=str(tmp_path / "cache"),
+        results_root=str(tmp_path / "res"), device="cpu", allow_download=False,
+        train=TrainConfig(arch="lenet5", epochs=1, min_accuracy=0.0), patch=PatchConfig(share=0.05),
+        knn=KnnConfig(k=3), sample=SampleConfig(n_samples=50, n_dataset_pairs=20),
+    )
+    raw = patch_cfg.to_dict()
+    raw["gradient"].update(max_steps=30, min_steps=0)
+    out = patches_flow(config=raw)
+    assert len(pd.read_parquet(out["table"])) == 2
+    photos = bundled_corpus(tmp_path / "photos", size=36)
+    out = imagenet_flow(config={
+        "image_root": str(photos), "image_size": 32, "weights": "random", "device": "cpu",
+        "results_root": str(tmp_path / "res"), "gradient": {"max_steps": 5, "min_steps": 0},
+        "sample": {"n_samples": 20, "n_dataset_pairs": 10}, "n_dataset_images": 4,
+    })
+    assert out["random_weights"] and len(pd.read_parquet(out["table"])) == 1

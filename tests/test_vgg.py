@@ -1,0 +1,79 @@
+import pytest
+import torch
+from torch import nn
+
+from collide.errors import CheckpointError, DataError
+from collide.images import bundled_corpus, list_folder, load_image
+from collide.taps import preactivation, resolve_layer
+from collide.vgg import IMAGENET_MEAN, IMAGENET_STD, resolve_weights, vgg16_from_source
+from tests.tolerances import EQUIVALENT
+
+pytestmark = pytest.mark.slow  # VGG-16 has 138M parameters even at 32x32 inputs
+
+
+@pytest.fixture(scope="module")
+def vgg():
+    return vgg16_from_source(resolve_weights("random", seed=0))
+
+
+def test_fc6_preactivation_equals_manual_forward(vgg):
+    x = torch.rand(2, 3, 32, 32, generator=torch.Generator().manual_seed(0))
+    net = vgg.net
+    assert any(isinstance(m, nn.ReLU) and m.inplace for m in net.modules()), "torchvision's ReLUs are inplace"
+    mean, std = torch.tensor(IMAGENET_MEAN).view(1, 3, 1, 1), torch.tensor(IMAGENET_STD).view(1, 3, 1, 1)
+    with torch.no_grad():
+        h = (x - mean) / std
+        for layer in net.features:
+            h = torch.relu(h) if isinstance(layer, nn.ReLU) else layer(h)
+        h = net.avgpool(h).flatten(1)
+        manual = h @ net.classifier[0].weight.T + net.classifier[0].bias
+        tapped = preactivation(vgg, x, "fc6")
+    assert (manual < 0).any() and (manual > 0).any()
+    assert torch.allclose(tapped, manual, atol=EQUIVALENT, rtol=EQUIVALENT)
+    assert resolve_layer(vgg, "fc6") == "net.classifier.1" == resolve_layer(vgg, "net.classifier.0")
+
+
+def test_weights_file_roundtrip_and_tamper(tmp_path, vgg):
+    path = tmp_path / "vgg16.pth"
+    torch.save(vgg.net.state_dict(), path)
+    source = resolve_weights(str(path))
+    assert not source["random"] and len(source["sha256"]) == 64
+    again = vgg16_from_source(source)
+    x = torch.rand(1, 3, 32, 32, generator=torch.Generator().manual_seed(1))
+    with torch.no_grad():
+        assert torch.equal(again(x), vgg(x))
+    with open(path, "ab") as fh:
+        fh.write(b"x")
+    with pytest.raises(CheckpointError, match="changed"):
+        vgg16_from_source(source)
+
+
+def test_missing_or_wrong_weights_are_clear_errors(tmp_path):
+    with pytest.raises(CheckpointError, match="does not exist.*'random'"):
+        resolve_weights(str(tmp_path / "none.pth"))
+    bad = tmp_path / "bad.pth"
+    torch.save({"not": torch.zeros(1)}, bad)
+    with pytest.raises(CheckpointError, match="does not hold VGG-16 weights"):
+        vgg16_from_source(resolve_weights(str(bad)))
+
+
+def test_random_weights_are_seeded():
+    a = vgg16_from_source(resolve_weights("random", seed=3))
+    b = vgg16_from_source(resolve_weights("random", seed=3))
+    assert torch.equal(a.net.classifier[0].weight, b.net.classifier[0].weight)
+
+
+def test_image_folder_errors_and_loading(tmp_path):
+    with pytest.raises(DataError, match="does not exist"):
+        list_folder(tmp_path / "none")
+    (tmp_path / "flat").mkdir()
+    with pytest.raises(DataError, match="no class subfolders"):
+        list_folder(tmp_path / "flat")
+    root = bundled_corpus(tmp_path / "corpus", size=40)
+    classes, items = list_folder(root)
+    assert len(classes) >= 2 and len(items) >= 8
+    img = load_image(items[0][0], 32)
+    assert img.shape == (3, 32, 32) and 0 <= float(img.min()) and float(img.max()) <= 1
+    (root / "empty").mkdir()
+    with pytest.raises(DataError, match="empty holds no images"):
+        list_folder(root)
