@@ -361,6 +361,11 @@ class PatchExperiment(_Experiment):
     (``"start+target"``) the ``other`` row also gets the target's window patch and its
     neighbours: on MNIST a 7's blank corners have only blank neighbours, from which no
     2 can be composed (measured: success 0.0 with ``"start"``).
+
+    ``dataset="folder"`` runs the paper's setting instead: images of ``image_root`` (an
+    ImageNet-style folder) at ``image_size``, VGG-16 with ``weights`` (see
+    :class:`ImagenetExperiment`), ``layer="fc6"``; the start is the first image of the
+    first class and the other target the first image of another class.
     """
 
     name: str = "patches"
@@ -371,6 +376,11 @@ class PatchExperiment(_Experiment):
     tv_weight: float = 0.01
     own_logit: float = 5.0
     candidates_from: str = "start+target"
+    dataset: str = "mnist"
+    image_root: str = "data/raw/imagenet"
+    image_size: int = 224
+    weights: str = "torchvision"
+    n_dataset_images: int = 200
     data_root: str = "data/raw/mnist"
     checkpoint_dir: str = "data/checkpoints"
     cache_root: str = "data/cache"
@@ -393,6 +403,8 @@ class PatchExperiment(_Experiment):
         _require(all(r in PATCH_ROWS for r in self.rows), f"expected rows from {PATCH_ROWS}, got {self.rows!r}")
         _non_negative("tv_weight", self.tv_weight)
         _choice("candidates_from", self.candidates_from, ("start", "start+target"))
+        _choice("dataset", self.dataset, ("mnist", "folder"))
+        _require(self.image_size >= 32, f"expected image_size >= 32, got {self.image_size}")
 
 
 @dataclass(frozen=True)

@@ -1,14 +1,15 @@
-"""The patch-composition experiment (paper §4, Tables 5-6) on MNIST with LeNet-5.
+"""The patch-composition experiment (paper §4, Tables 5-6).
 
-Stages, each a plain function of keys and ``*, config`` as in :mod:`collide.mnist`:
-prepare, train (shared with the MNIST experiment), build the patch store (Dask into
-Zarr), build the kNN index, solve the composition logits of every row in one batch,
-evaluate, write outputs.
+Offline by default on MNIST with LeNet-5; on an ImageNet-style folder with VGG-16 as
+in the paper (``dataset="folder"``). Stages, each a plain function of keys and
+``*, config`` as in :mod:`collide.mnist`: prepare, model (train or find weights), the
+patch store (Dask into Zarr), the kNN index, the composition logits of each row,
+evaluation, outputs. What differs between the two datasets is in
+:mod:`collide.patch_sources`.
 """
 
 from __future__ import annotations
 
-import functools
 import hashlib
 import json
 import time
@@ -20,17 +21,15 @@ import numpy as np
 import torch
 
 from collide import evaluation, mnist
+from collide import patch_sources as sources
 from collide.compose import Composition, compose, initial_logits, weight_tv, window_patches
 from collide.config import PatchExperiment, resolve_device
-from collide.data import MNIST_FILES, ensure_mnist, load_mnist, mnist_files, read_idx
-from collide.errors import ConfigError, DataError
 from collide.knn import PatchIndex, as_vectors, exact_knn, recall_at_k
-from collide.models import build_model, checkpoint_source, load_checkpoint
+from collide.models import load_checkpoint, load_model_source
 from collide.objective import nonpositive_units
-from collide.patches import build_store, open_store, patches_per_image, sample_ids
-from collide.polytope import dataset_avg_distance
+from collide.patches import build_store, open_store, sample_ids
 from collide.store import write_row
-from collide.taps import preactivation, resolve_layer
+from collide.taps import preactivation
 from collide.vertices import solve_gradient
 
 Progress = mnist.Progress
@@ -38,57 +37,35 @@ _noop = mnist._noop
 
 
 def validate(*, config: PatchExperiment) -> None:
-    """Fail before any work on a layer the model lacks or a patch grid that cannot tile."""
-    resolve_layer(build_model(config.train.arch), config.layer)
-    patches_per_image(28, 28, config.patch.size, config.patch.stride)
-    if (28 - config.patch.size) % config.patch.stride:
-        raise ConfigError(
-            f"patches of size {config.patch.size} at stride {config.patch.stride} do not tile a 28-pixel side: "
-            "choose them with (28 - size) divisible by stride"
-        )
+    sources.validate(config=config)
 
 
 def prepare_data(*, config: PatchExperiment) -> dict[str, Any]:
-    validate(config=config)
-    files = ensure_mnist(config.data_root, allow_download=config.allow_download)
-    return {"data_root": config.data_root, "files": {k: str(v) for k, v in files.items()}}
+    return sources.prepare(config=config)
 
 
 def train_model(*, config: PatchExperiment, progress: Progress = _noop) -> dict[str, Any]:
-    return mnist.train_model(config=config, progress=progress)  # type: ignore[arg-type]
+    """The classifier, as a model source (checkpoint or VGG-16 weights) and its accuracy."""
+    return sources.model(config=config, progress=progress)
 
 
-def pick_examples(checkpoint: str, *, config: PatchExperiment) -> dict[str, int]:
-    return mnist.pick_examples(checkpoint, config=config)  # type: ignore[arg-type]
-
-
-@functools.lru_cache(maxsize=2)
-def _train_images(images_path: str) -> np.ndarray:
-    return read_idx(images_path)
-
-
-def _load_train(images_path: str, ids: list[int]) -> np.ndarray:
-    """Training images by id as uint8 (n, 1, 28, 28): the patch store's loader."""
-    return _train_images(images_path)[np.asarray(ids)][:, None]
+def pick_examples(model_source: dict[str, Any], *, config: PatchExperiment) -> dict[str, Any]:
+    return sources.examples(model_source, config=config)
 
 
 def _store_path(config: PatchExperiment) -> Path:
-    key = json.dumps({"patch": asdict(config.patch), "data": str(config.data_root)}, sort_keys=True)
-    return Path(config.cache_root) / f"mnist-patches-{hashlib.sha256(key.encode()).hexdigest()[:12]}.zarr"
+    origin = config.data_root if config.dataset == "mnist" else [config.image_root, config.image_size]
+    key = json.dumps({"patch": asdict(config.patch), "data": origin}, sort_keys=True)
+    return Path(config.cache_root) / f"{config.dataset}-patches-{hashlib.sha256(key.encode()).hexdigest()[:12]}.zarr"
 
 
 def build_patches(*, config: PatchExperiment, scheduler: Any = "threads", progress: Progress = _noop) -> dict[str, Any]:
-    """Patches of ``patch.share`` of each training class, into a resumable Zarr store."""
-    files = mnist_files(config.data_root)
-    if files is None:
-        raise DataError(f"MNIST IDX files missing in {config.data_root}: run prepare_data first")
-    labels = read_idx(files["train_labels"])
-    ids = sample_ids(labels, config.patch.share, config.patch.seed)
-    loader = functools.partial(_load_train, str(files["train_images"]))
+    """Patches of ``patch.share`` of each class's images, into a resumable Zarr store."""
+    corpus = sources.corpus(config=config)
+    ids = sample_ids(corpus.labels, config.patch.share, config.patch.seed)
     return build_store(
-        _store_path(config), ids.tolist(), loader, image_shape=(1, 28, 28), config=config.patch,
-        source={"dataset": "mnist", "split": "train", "file": MNIST_FILES["train_images"]},
-        scheduler=scheduler, progress=progress,
+        _store_path(config), ids.tolist(), corpus.loader, image_shape=corpus.image_shape, config=config.patch,
+        source=corpus.description, scheduler=scheduler, progress=progress,
     )
 
 
@@ -152,21 +129,23 @@ def _composition(start: torch.Tensor, target: torch.Tensor | None, config: Patch
 
 
 def solve_rows(
-    checkpoint: str, examples: dict[str, int], *, config: PatchExperiment, progress: Progress = _noop
+    model_source: dict[str, Any], examples: dict[str, Any], *, config: PatchExperiment, progress: Progress = _noop
 ) -> list[dict[str, Any]]:
     """Optimise the composition logits of each row's vertices (one batch per row: rows
     may have different candidate sets)."""
-    model, meta = load_checkpoint(checkpoint)
-    test = load_mnist(config.data_root, "test")
-    start = test.images[examples["target_index"]]
+    model = load_model_source(model_source)
+    accuracy = None
+    if model_source["kind"] == "checkpoint":
+        accuracy = load_checkpoint(model_source["path"])[1]["test_accuracy"]
+    start = sources.image(examples["start"], config=config)
     index_meta = PatchIndex.load(_index_path(config))
     v, rows = config.n_vertices, list(config.rows)
-    targets = {"self": examples["target_index"], "other": examples["other_index"]}
+    targets = {"self": examples["start"], "other": examples["other"]}
     device = resolve_device(config.device)
-    distance = dataset_avg_distance(test.images, n_pairs=config.sample.n_dataset_pairs, seed=config.sample.seed)
+    distance, scale = sources.dataset_distance(config=config)
     summaries = []
     for k, name in enumerate(rows):
-        target = test.images[targets[name]]
+        target = sources.image(targets[name], config=config)
         extra = target if config.candidates_from == "start+target" and name == "other" else None
         comp, facts = _composition(start, extra, config)
         with torch.no_grad():
@@ -192,21 +171,19 @@ def solve_rows(
         attrs = {
             "experiment": config.name,
             "row": k,
-            "model": f"mnist-{config.train.arch}",
-            "model_source": checkpoint_source(checkpoint, meta["sha256"]),
-            "checkpoint": checkpoint,
-            "checkpoint_sha256": meta["sha256"],
-            "test_accuracy": meta["test_accuracy"],
+            "model": _model_name(model_source, config),
+            "model_source": model_source,
+            "test_accuracy": accuracy,
             "layer": config.layer,
             "method": "patches",
             "init": "start-composition",
             "loss": config.gradient.loss,
             "row_kind": name,
             "target_index": targets[name],
-            "init_index": examples["target_index"],
+            "init_index": examples["start"],
             "units": units.tolist(),
             "dataset_avg_distance": distance,
-            "pixel_scale": 1.0,
+            "pixel_scale": scale,
             "composition": {"size": config.patch.size, "stride": config.patch.stride,
                             "candidates": comp.n_candidates, "own_logit": config.own_logit,
                             "candidates_from": "start" if extra is None else "start+target"},
@@ -231,6 +208,12 @@ def solve_rows(
     return summaries
 
 
+def _model_name(source: dict[str, Any], config: PatchExperiment) -> str:
+    if config.dataset == "mnist":
+        return f"mnist-{config.train.arch}"
+    return "vgg16-random" if source.get("random") else "vgg16-imagenet"
+
+
 def evaluate_row(row: int, *, config: PatchExperiment) -> dict[str, Any]:
     return evaluation.evaluate_row(
         config.results_root, config.name, row, sample=config.sample, device=resolve_device(config.device)
@@ -249,12 +232,13 @@ def run(*, config: PatchExperiment, progress: Progress = _noop, scheduler: Any =
     start = time.perf_counter()
     prepare_data(config=config)
     trained = train_model(config=config, progress=progress)
-    examples = pick_examples(trained["checkpoint"], config=config)
+    examples = pick_examples(trained["model_source"], config=config)
     build_patches(config=config, scheduler=scheduler, progress=progress)
     build_index(config=config, progress=progress)
-    solve_rows(trained["checkpoint"], examples, config=config, progress=progress)
+    solve_rows(trained["model_source"], examples, config=config, progress=progress)
     for r in range(len(config.rows)):
         evaluate_row(r, config=config)
         progress("evaluate", r + 1, len(config.rows))
     outputs = write_outputs(config=config)
-    return {**outputs, "test_accuracy": trained["test_accuracy"], "seconds": time.perf_counter() - start}
+    return {**outputs, "test_accuracy": trained["test_accuracy"],
+            "random_weights": bool(trained["model_source"].get("random")), "seconds": time.perf_counter() - start}

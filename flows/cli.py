@@ -75,7 +75,7 @@ def _run(args: argparse.Namespace) -> int:
     else:
         out = experiment.flow_function()(config=overrides)
     print(f"table:  {out['table']}\nfigure: {out['figure']}")
-    if "test_accuracy" in out:
+    if out.get("test_accuracy") is not None:
         print(f"test accuracy: {out['test_accuracy']:.4f}")
     if out.get("random_weights"):
         print("note: the model had RANDOM weights, as asked")

@@ -23,16 +23,19 @@ def patches_flow(config: dict[str, Any] | None = None) -> dict[str, Any]:
     logger.info("experiment %s (config %s), results in %s", cfg.name, cfg.digest(), cfg.results_root)
     t.prepare_data(cfg)
     trained = t.train_model(cfg)
-    logger.info("model test accuracy %.4f (%s)", trained["test_accuracy"],
-                "reused checkpoint" if trained["reused"] else "trained")
-    examples = t.pick_examples(trained["checkpoint"], cfg)
+    if trained["test_accuracy"] is not None:
+        logger.info("model test accuracy %.4f (%s)", trained["test_accuracy"],
+                    "reused checkpoint" if trained["reused"] else "trained")
+    if trained["model_source"].get("random"):
+        logger.warning("VGG-16 has RANDOM weights, as asked: the results say nothing about the paper's model")
+    examples = t.pick_examples(trained["model_source"], cfg)
     store = t.build_patches(cfg)
     logger.info("patch store %s: %d patches (%d chunks written, %d reused)", store["path"], store["n_patches"],
                 store["chunks_written"], store["chunks_reused"])
     index = t.build_index(cfg)
     logger.info("kNN index %s (%s, %.1f s to build)", index["index"],
                 "reused" if index["reused"] else "built", index["build_seconds"])
-    for summary in t.solve_rows(trained["checkpoint"], examples, cfg):
+    for summary in t.solve_rows(trained["model_source"], examples, cfg):
         logger.info("row %d (%s): solved in %.1f s, outcomes %s", summary["row"], summary["init"],
                     summary["seconds"], summary["outcomes"])
     metrics = t.evaluate_row.map(list(range(len(cfg.rows))), config=cfg).result()
@@ -42,7 +45,8 @@ def patches_flow(config: dict[str, Any] | None = None) -> dict[str, Any]:
                     m["knn_k"], m["knn_recall"])
     outputs = t.write_outputs(cfg)
     logger.info("wrote %s and %s", outputs["table"], outputs["figure"])
-    return {**outputs, "test_accuracy": trained["test_accuracy"]}
+    return {**outputs, "test_accuracy": trained["test_accuracy"],
+            "random_weights": bool(trained["model_source"].get("random"))}
 
 
 if __name__ == "__main__":

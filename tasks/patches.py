@@ -23,8 +23,8 @@ def train_model(config: PatchExperiment) -> dict[str, Any]:
 
 
 @task(name="pick-examples", **_OPTIONS)
-def pick_examples(checkpoint: str, config: PatchExperiment) -> dict[str, int]:
-    return stages.pick_examples(checkpoint, config=config)
+def pick_examples(model_source: dict[str, Any], config: PatchExperiment) -> dict[str, Any]:
+    return stages.pick_examples(model_source, config=config)
 
 
 @task(name="extract-patches", **_OPTIONS)
@@ -38,8 +38,10 @@ def build_index(config: PatchExperiment) -> dict[str, Any]:
 
 
 @task(name="solve-compositions", **_OPTIONS)
-def solve_rows(checkpoint: str, examples: dict[str, int], config: PatchExperiment) -> list[dict[str, Any]]:
-    return stages.solve_rows(checkpoint, examples, config=config, progress=logging_progress())
+def solve_rows(
+    model_source: dict[str, Any], examples: dict[str, Any], config: PatchExperiment
+) -> list[dict[str, Any]]:
+    return stages.solve_rows(model_source, examples, config=config, progress=logging_progress())
 
 
 @task(name="evaluate-polytope", **_OPTIONS)

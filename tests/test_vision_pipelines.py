@@ -127,7 +127,25 @@ def test_patch_bad_inputs(patch_run, tmp_path):
         big_k = dataclasses.replace(config, knn=KnnConfig(k=10**6), results_root=str(tmp_path / "r"))
         patch_experiment.build_index(config=big_k)
         patch_experiment.solve_rows(
-            patch_experiment.train_model(config=big_k)["checkpoint"], {"target_index": 0, "other_index": 1},
-            config=big_k,
+            patch_experiment.train_model(config=big_k)["model_source"], {"start": 0, "other": 1}, config=big_k
         )
     assert not (tmp_path / "r").exists()
+
+
+def test_patches_on_an_rgb_folder_with_vgg(photos, tmp_path):
+    """The paper's setting in miniature: bundled photos, VGG-16 (random) at 32x32."""
+    config = PatchExperiment(
+        dataset="folder", image_root=str(photos), image_size=32, weights="random", layer="fc6",
+        cache_root=str(tmp_path / "cache"), results_root=str(tmp_path / "res"), device="cpu",
+        patch=PatchConfig(size=8, stride=8, share=0.5), knn=KnnConfig(k=3),
+        gradient=dataclasses.replace(PatchExperiment().gradient, max_steps=10, min_steps=0),
+        sample=SampleConfig(n_samples=50, n_dataset_pairs=20), n_dataset_images=8,
+    )
+    out = patch_experiment.run(config=config)
+    frame = pd.read_parquet(out["table"])
+    assert out["random_weights"] and (frame["model"] == "vgg16-random").all()
+    assert (frame["pixel_scale"] == 255).all() and (frame["knn_recall"] >= RECALL_MIN).all()
+    arrays, attrs = read_row(config.results_root, config.name, 1)
+    assert arrays["vertices"].shape == (5, 3, 32, 32)
+    assert attrs["composition"]["candidates_from"] == "start+target"
+    _stored_predictions_reproduce(config.results_root, config.name)
