@@ -38,12 +38,14 @@ def _check(queries: np.ndarray, n_corpus: int, k: int) -> None:
 
 
 def exact_knn(
-    queries: np.ndarray, corpus: Any, k: int, *, chunk: int = 65536, device: str = "cpu"
+    queries: np.ndarray, corpus: Any, k: int, *, rows: np.ndarray | None = None, chunk: int = 65536,
+    device: str = "cpu",
 ) -> tuple[np.ndarray, np.ndarray]:
     """Brute force, chunk by chunk over the corpus, merging the running top k.
 
     ``corpus`` is anything sliceable into uint8 patches (a Zarr array, a numpy array),
-    read ``chunk`` rows at a time, so it never needs to fit in memory.
+    read ``chunk`` rows at a time, so it never needs to fit in memory. ``rows``
+    (sorted) restricts the search to those rows, e.g. an index's distinct patches.
 
     Shapes:
         queries: (Q, D) float32 -> indices (Q, k) int64, distances (Q, k) float32
@@ -53,14 +55,30 @@ def exact_knn(
     q_sq = (q * q).sum(1, keepdim=True)
     best_d = torch.full((len(q), k), float("inf"), device=device)
     best_i = torch.zeros((len(q), k), dtype=torch.long, device=device)
+    if rows is not None and len(rows) < k:
+        raise ConfigError(f"k={k} is larger than the {len(rows)} distinct patches searched: lower k")
     for start in range(0, corpus.shape[0], chunk):
-        block = torch.from_numpy(as_vectors(corpus[start : start + chunk])).to(device)
+        raw = np.asarray(corpus[start : start + chunk])
+        ids = np.arange(start, start + len(raw))
+        if rows is not None:
+            ids = rows[(rows >= start) & (rows < start + len(raw))]
+            raw = raw[ids - start]
+            if len(ids) == 0:
+                continue
+        block = torch.from_numpy(as_vectors(raw)).to(device)
         d2 = (q_sq - 2 * q @ block.T + (block * block).sum(1)).clamp_min(0)
         d = torch.cat([best_d, d2], 1)
-        i = torch.cat([best_i, torch.arange(start, start + len(block), device=device).expand(len(q), -1)], 1)
+        i = torch.cat([best_i, torch.from_numpy(ids).to(device).expand(len(q), -1)], 1)
         best_d, pos = d.topk(k, dim=1, largest=False)
         best_i = i.gather(1, pos)
-    return best_i.cpu().numpy(), best_d.sqrt().cpu().numpy()
+    # The expansion |q|² - 2q·x + |x|² loses digits for near neighbours (float32
+    # cancellation); the winners' distances are recomputed directly.
+    idx = best_i.cpu().numpy()
+    unique = np.unique(idx)
+    rows = as_vectors(_take(corpus, unique))[np.searchsorted(unique, idx)]  # (Q, k, D)
+    dist = np.linalg.norm(rows - np.asarray(queries, dtype=np.float32)[:, None], axis=2)
+    order = np.argsort(dist, axis=1, kind="stable")
+    return np.take_along_axis(idx, order, 1), np.take_along_axis(dist, order, 1).astype(np.float32)
 
 
 def recall_at_k(found: np.ndarray, exact: np.ndarray, *, rtol: float = 1e-5) -> float:
@@ -81,13 +99,16 @@ def recall_at_k(found: np.ndarray, exact: np.ndarray, *, rtol: float = 1e-5) -> 
 
 @dataclass
 class _Shard:
-    offset: int
-    size: int
+    ids: np.ndarray  # store row of each indexed item
     index: Any  # pynndescent.NNDescent
 
 
 class PatchIndex:
-    """Approximate kNN over a patch array, optionally sharded and PCA-reduced."""
+    """Approximate kNN over a patch array, optionally sharded and PCA-reduced.
+
+    Each distinct patch is indexed once: a query's k answers are k distinct patches,
+    each named by its first row in the store.
+    """
 
     def __init__(self, shards: list[_Shard], mean: np.ndarray | None, basis: np.ndarray | None,
                  n_items: int, config: KnnConfig, build_seconds: float) -> None:
@@ -97,6 +118,11 @@ class PatchIndex:
         self.n_items = n_items
         self.config = config
         self.build_seconds = build_seconds
+
+    @property
+    def items(self) -> np.ndarray:
+        """The store rows the index holds (one per distinct patch of each shard), sorted."""
+        return np.sort(np.concatenate([shard.ids for shard in self.shards]))
 
     def _project(self, x: np.ndarray) -> np.ndarray:
         if self.basis is None:
@@ -124,13 +150,20 @@ class PatchIndex:
         bounds = np.linspace(0, n, config.shards + 1).astype(int)
         shards = []
         for s, (lo, hi) in enumerate(zip(bounds[:-1], bounds[1:], strict=True)):
-            vectors = as_vectors(corpus[lo:hi])
+            raw = np.asarray(corpus[lo:hi])
+            # Identical patches (MNIST's blank background: ~40% of it) form a clique at
+            # distance 0 that traps graph search; one copy of each is indexed.
+            _, first = np.unique(raw.reshape(len(raw), -1), axis=0, return_index=True)
+            first = np.sort(first)
+            vectors = as_vectors(raw[first])
             if basis is not None:
                 vectors = ((vectors - mean) @ basis).astype(np.float32)
-            nn = NNDescent(vectors, n_neighbors=min(config.n_neighbors, hi - lo - 1),
+            if len(vectors) < 2:
+                raise DataError(f"patches {lo}..{hi} of the store are all identical: nothing to index")
+            nn = NNDescent(vectors, n_neighbors=min(config.n_neighbors, len(vectors) - 1),
                            random_state=config.seed, n_jobs=1)
             nn.prepare()
-            shards.append(_Shard(int(lo), int(hi - lo), nn))
+            shards.append(_Shard(lo + first.astype(np.int64), nn))
             if progress is not None:
                 progress("index", s + 1, config.shards)
         return cls(shards, mean, basis, n, config, time.perf_counter() - start)
@@ -152,9 +185,9 @@ class PatchIndex:
         q = self._project(np.asarray(queries, dtype=np.float32))
         found_i, found_d = [], []
         for shard in self.shards:
-            kk = min(want, shard.size)
+            kk = min(want, len(shard.ids))
             i, d = shard.index.query(q, k=kk, epsilon=self.config.epsilon)
-            found_i.append(i.astype(np.int64) + shard.offset)
+            found_i.append(shard.ids[i])
             found_d.append(d)
         idx, dist = np.concatenate(found_i, 1), np.concatenate(found_d, 1)
         if rerank:

@@ -102,7 +102,7 @@ def _neighbours(image: torch.Tensor, config: PatchExperiment) -> tuple[torch.Ten
     idx, dist = index.query(queries, config.knn.k, corpus=patches if index.basis is not None else None)
     query_seconds = time.perf_counter() - t0
     t0 = time.perf_counter()
-    _, exact = exact_knn(queries, patches, config.knn.k)
+    _, exact = exact_knn(queries, patches, config.knn.k, rows=index.items)
     exact_seconds = time.perf_counter() - t0
     unique = np.unique(idx)
     table = torch.from_numpy(as_vectors(patches.oindex[unique]))

@@ -37,7 +37,7 @@ def test_index_recall_against_the_oracle(config, tmp_path):
     q = as_vectors(_corpus(200, seed=1))
     index = PatchIndex.build(corpus, config=config)
     approx, dist = index.query(q, 10, corpus=corpus)
-    _, exact = exact_knn(q, corpus, 10)
+    _, exact = exact_knn(q, corpus, 10, rows=index.items)
     assert recall_at_k(dist, exact) >= RECALL_MIN
     assert np.all(np.diff(dist, axis=1) >= 0)
     reloaded = PatchIndex.load(index.save(tmp_path / "i.pkl"))
@@ -54,3 +54,17 @@ def test_bad_queries_are_refused():
         PatchIndex.build(corpus[:1], config=KnnConfig())
     with pytest.raises(DataError, match="build it first"):
         PatchIndex.load("/nonexistent/i.pkl")
+
+
+def test_duplicates_are_indexed_once_and_do_not_trap_the_search():
+    # Like MNIST: a large share of identical blank patches beside real ones.
+    corpus = _corpus(3000)
+    corpus[::2] = 0
+    index = PatchIndex.build(corpus, config=KnnConfig(k=10))
+    assert len(index.items) == len(np.unique(corpus.reshape(len(corpus), -1), axis=0))
+    q = as_vectors(_corpus(100, seed=2)) * 0.05  # faint queries: the blank patch is near
+    idx, dist = index.query(q, 10)
+    assert all(len(set(row.tolist())) == 10 for row in idx)
+    assert all(len({corpus[i].tobytes() for i in row}) == 10 for row in idx), "answers are distinct patches"
+    _, exact = exact_knn(q, corpus, 10, rows=index.items)
+    assert recall_at_k(dist, exact) >= RECALL_MIN
