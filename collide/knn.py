@@ -20,7 +20,12 @@ import torch
 from collide.config import KnnConfig
 from collide.errors import ConfigError, DataError
 
-Rows = Callable[[np.ndarray], np.ndarray]
+# Raised with each change to what a saved index holds, so old pickles are rebuilt.
+INDEX_FORMAT = 2
+
+
+class StaleIndexError(DataError):
+    """A saved index from an older version of this module."""
 
 
 def as_vectors(patches: np.ndarray) -> np.ndarray:
@@ -118,6 +123,7 @@ class PatchIndex:
         self.n_items = n_items
         self.config = config
         self.build_seconds = build_seconds
+        self.format = INDEX_FORMAT
 
     @property
     def items(self) -> np.ndarray:
@@ -209,7 +215,10 @@ class PatchIndex:
         if not path.is_file():
             raise DataError(f"no index at {path}: build it first")
         with open(path, "rb") as fh:
-            return pickle.load(fh)
+            index = pickle.load(fh)
+        if getattr(index, "format", 1) != INDEX_FORMAT:
+            raise StaleIndexError(f"{path} was built by an older collide: delete it, or rebuild it")
+        return index
 
 
 def _take(corpus: Any, rows: np.ndarray) -> np.ndarray:

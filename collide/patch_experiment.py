@@ -24,7 +24,7 @@ from collide import evaluation, mnist
 from collide import patch_sources as sources
 from collide.compose import Composition, compose, initial_logits, weight_tv, window_patches
 from collide.config import PatchExperiment, resolve_device
-from collide.knn import PatchIndex, as_vectors, exact_knn, recall_at_k
+from collide.knn import PatchIndex, StaleIndexError, as_vectors, exact_knn, recall_at_k
 from collide.models import load_checkpoint, load_model_source
 from collide.objective import nonpositive_units
 from collide.patches import build_store, open_store, sample_ids
@@ -78,8 +78,12 @@ def build_index(*, config: PatchExperiment, progress: Progress = _noop) -> dict[
     """The pynndescent index over the store, persisted next to it; reused when present."""
     path = _index_path(config)
     if path.is_file():
-        index = PatchIndex.load(path)
-        return {"index": str(path), "build_seconds": index.build_seconds, "reused": True}
+        try:
+            index = PatchIndex.load(path)
+            return {"index": str(path), "build_seconds": index.build_seconds, "reused": True}
+        except StaleIndexError:
+            pass  # rebuilt below and saved over it
+
     store = open_store(_store_path(config))
     patches = store["patches"][...]
     index = PatchIndex.build(patches, config=config.knn, progress=progress)

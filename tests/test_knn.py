@@ -68,3 +68,13 @@ def test_duplicates_are_indexed_once_and_do_not_trap_the_search():
     assert all(len({corpus[i].tobytes() for i in row}) == 10 for row in idx), "answers are distinct patches"
     _, exact = exact_knn(q, corpus, 10, rows=index.items)
     assert recall_at_k(dist, exact) >= RECALL_MIN
+
+
+def test_an_index_from_an_older_format_is_refused(tmp_path):
+    from collide.knn import StaleIndexError
+
+    index = PatchIndex.build(_corpus(200), config=KnnConfig(k=3))
+    index.format = 1
+    index.save(tmp_path / "old.pkl")
+    with pytest.raises(StaleIndexError, match="older collide"):
+        PatchIndex.load(tmp_path / "old.pkl")
