@@ -25,7 +25,7 @@ from collide.taps import preactivation
 # Row attrs copied into the table as they are, when present.
 _PASS_THROUGH = (
     "init", "loss", "target_index", "init_index", "test_accuracy", "weights", "knn_recall", "knn_k",
-    "n_patches", "index_build_seconds",
+    "n_patches", "index_build_seconds", "knn_query_seconds", "exact_query_seconds", "target_path", "init_path",
 )
 
 
