@@ -91,15 +91,14 @@ def build_index(*, config: PatchExperiment, progress: Progress = _noop) -> dict[
     return {"index": str(path), "build_seconds": index.build_seconds, "reused": False}
 
 
-def _neighbours(image: torch.Tensor, config: PatchExperiment) -> tuple[torch.Tensor, dict[str, Any]]:
+def _neighbours(
+    image: torch.Tensor, index: PatchIndex, patches: Any, config: PatchExperiment
+) -> tuple[torch.Tensor, dict[str, Any]]:
     """The k nearest store patches of each window of ``image``, and how well they were found.
 
     Shapes:
         image: (C, H, W) -> (G, k, C, p, p) in [0, 1]
     """
-    store = open_store(_store_path(config))
-    patches = store["patches"]
-    index = PatchIndex.load(_index_path(config))
     own = window_patches(image, config.patch.size, config.patch.stride)
     queries = own.flatten(1).numpy().astype(np.float32)
     t0 = time.perf_counter()
@@ -117,19 +116,9 @@ def _neighbours(image: torch.Tensor, config: PatchExperiment) -> tuple[torch.Ten
         "knn_query_seconds": query_seconds,
         "exact_query_seconds": exact_seconds,
         "n_patches": int(patches.shape[0]),
+        "index_build_seconds": index.build_seconds,
     }
     return found.view(len(idx), config.knn.k, *own.shape[1:]), facts
-
-
-def _composition(start: torch.Tensor, target: torch.Tensor | None, config: PatchExperiment) -> tuple[Composition, dict]:
-    """Candidates of every window: the start's own patch first, then neighbours."""
-    own = window_patches(start, config.patch.size, config.patch.stride)[:, None]
-    near, facts = _neighbours(start, config)
-    parts = [own, near]
-    if target is not None:
-        theirs = window_patches(target, config.patch.size, config.patch.stride)[:, None]
-        parts += [theirs, _neighbours(target, config)[0]]
-    return Composition(torch.cat(parts, 1).float(), tuple(start.shape), config.patch.stride), facts
 
 
 def solve_rows(
@@ -142,7 +131,10 @@ def solve_rows(
     if model_source["kind"] == "checkpoint":
         accuracy = load_checkpoint(model_source["path"])[1]["test_accuracy"]
     start = sources.image(examples["start"], config=config)
-    index_meta = PatchIndex.load(_index_path(config))
+    patches = open_store(_store_path(config))["patches"]
+    index = PatchIndex.load(_index_path(config))
+    own = window_patches(start, config.patch.size, config.patch.stride)[:, None]
+    near, facts = _neighbours(start, index, patches, config)
     v, rows = config.n_vertices, list(config.rows)
     targets = {"self": examples["start"], "other": examples["other"]}
     device = resolve_device(config.device)
@@ -150,8 +142,14 @@ def solve_rows(
     summaries = []
     for k, name in enumerate(rows):
         target = sources.image(targets[name], config=config)
-        extra = target if config.candidates_from == "start+target" and name == "other" else None
-        comp, facts = _composition(start, extra, config)
+        # Candidates of every window: the start's own patch first, then its neighbours,
+        # and with "start+target" the other target's own patch and neighbours too.
+        parts = [own, near]
+        widened = config.candidates_from == "start+target" and name == "other"
+        if widened:
+            theirs = window_patches(target, config.patch.size, config.patch.stride)[:, None]
+            parts += [theirs, _neighbours(target, index, patches, config)[0]]
+        comp = Composition(torch.cat(parts, 1).float(), tuple(start.shape), config.patch.stride)
         with torch.no_grad():
             pre = preactivation(model, target.unsqueeze(0), config.layer)[0]
         units = nonpositive_units(pre, v)
@@ -165,12 +163,11 @@ def solve_rows(
             regularizer=lambda theta, comp_dev=comp_dev: config.tv_weight * weight_tv(theta, comp_dev),
         )
         init_image = compose(logits0[None], comp)[0]
-        part = slice(0, v)
         solver = {
             "seconds": result.seconds,
-            "steps": result.steps[part].tolist(),
-            "converged": bool(result.converged[part].all()),
-            "outcomes": ["converged" if c else "max_steps" for c in result.converged[part].tolist()],
+            "steps": result.steps.tolist(),
+            "converged": bool(result.converged.all()),
+            "outcomes": ["converged" if c else "max_steps" for c in result.converged.tolist()],
         }
         attrs = {
             "experiment": config.name,
@@ -190,8 +187,7 @@ def solve_rows(
             "pixel_scale": scale,
             "composition": {"size": config.patch.size, "stride": config.patch.stride,
                             "candidates": comp.n_candidates, "own_logit": config.own_logit,
-                            "candidates_from": "start" if extra is None else "start+target"},
-            "index_build_seconds": index_meta.build_seconds,
+                            "candidates_from": "start+target" if widened else "start"},
             **facts,
             "solver": solver,
             "sampler": config.sample.sampler,
@@ -201,10 +197,10 @@ def solve_rows(
         write_row(
             config.results_root, config.name, k,
             {
-                "vertices": result.vertices[part].numpy().astype(np.float32),
+                "vertices": result.vertices.numpy().astype(np.float32),
                 "target": target.numpy().astype(np.float32),
                 "init": init_image.numpy().astype(np.float32),
-                "logits": result.params[part].numpy().astype(np.float32),
+                "logits": result.params.numpy().astype(np.float32),
             },
             attrs,
         )
