@@ -105,7 +105,7 @@ def pick_examples(checkpoint: str, *, config: MnistExperiment) -> dict[str, int]
 def _row_attrs(
     row: int, checkpoint: str, examples: dict[str, int], units: torch.Tensor, config: MnistExperiment
 ) -> dict[str, Any]:
-    spec = config.rows[row]
+    spec = config.row_spec(row)
     _, meta = load_checkpoint(checkpoint)
     return {
         "experiment": config.name,
@@ -147,7 +147,7 @@ def solve_rows(
     with torch.no_grad():
         target_pre = preactivation(model, target.unsqueeze(0), config.layer)[0]
     units = nonpositive_units(target_pre, config.n_vertices)
-    specs = {r: config.rows[r] for r in rows}
+    specs = {r: config.row_spec(r) for r in rows}
     inits = {
         r: test.images[examples["target_index"] if s.init == "target" else examples["other_index"]]
         for r, s in specs.items()
