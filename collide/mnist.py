@@ -30,6 +30,7 @@ from collide.polytope import (
     evaluate,
     sample_weights,
 )
+from collide.resume import torch_threads
 from collide.store import read_row, table_from_store, table_path, write_row, write_table
 from collide.taps import preactivation, resolve_layer
 from collide.vertices import solve_gradient
@@ -304,6 +305,11 @@ def write_outputs(*, config: MnistExperiment) -> dict[str, str]:
 
 def run(*, config: MnistExperiment, progress: Progress = _noop) -> dict[str, Any]:
     """The whole experiment in plain Python, stage after stage, as the flow runs it."""
+    with torch_threads(config.threads):  # as in a flow's jobs: the count shapes the last bits
+        return _run(config=config, progress=progress)
+
+
+def _run(*, config: MnistExperiment, progress: Progress) -> dict[str, Any]:
     start = time.perf_counter()
     prepare_data(config=config)
     trained = train_model(config=config, progress=progress)

@@ -26,6 +26,12 @@ from collide.tables import write_outputs
 Progress = mnist.Progress
 
 
+def train_model(*, config: MnistExperiment, progress: Progress = mnist._noop) -> dict[str, Any]:
+    """:func:`mnist.train_model` with ``config.threads`` torch threads, wherever it runs."""
+    with torch_threads(config.threads):
+        return mnist.train_model(config=config, progress=progress)
+
+
 def pick_targets(checkpoint: str, *, config: MnistExperiment) -> list[dict[str, int]]:
     """Each target's test index and its ``other`` init: the first test image of another
     label. With ``targets_per_class == 0``, the single target of :func:`mnist.pick_examples`."""
@@ -54,7 +60,8 @@ def plan(checkpoint: str, *, config: MnistExperiment) -> list[dict[str, Any]]:
     Rows numbered beyond this config's rows (left by an earlier config with more
     targets) are removed, so the table holds this config's rows only.
     """
-    targets = pick_targets(checkpoint, config=config)
+    with torch_threads(config.threads):
+        targets = pick_targets(checkpoint, config=config)
     prune_rows(config.results_root, config.name, config.n_rows)
     n = len(config.rows)
     jobs = []
@@ -114,7 +121,7 @@ def run(*, config: MnistExperiment, progress: Progress = mnist._noop) -> dict[st
     """Every job one after another in plain Python, then the outputs: what the flow does."""
     start = time.perf_counter()
     mnist.prepare_data(config=config)
-    trained = mnist.train_model(config=config, progress=progress)
+    trained = train_model(config=config, progress=progress)
     jobs = plan(trained["checkpoint"], config=config)
     rows = []
     for k, job in enumerate(jobs):

@@ -20,7 +20,7 @@ def prepare_data(config: MnistExperiment) -> dict[str, Any]:
 
 @task(name="train-model", **_OPTIONS)
 def train_model(config: MnistExperiment) -> dict[str, Any]:
-    return stages.train_model(config=config, progress=logging_progress())
+    return jobs.train_model(config=config, progress=logging_progress())
 
 
 @task(name="pick-examples", **_OPTIONS)
