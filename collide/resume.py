@@ -74,12 +74,20 @@ def mark_done(root: str | Path, experiment: str, row: int, stage: str, key: str)
 
 
 def prune_rows(root: str | Path, experiment: str, keep: int) -> list[int]:
-    """Remove rows numbered ``keep`` and above: left by an earlier config with more rows."""
+    """Remove rows numbered ``keep`` and above (left by an earlier config with more rows),
+    and the half-built row groups a killed run left in the scratch folder.
+
+    Call it before the jobs of a run start: a job's own scratch would be removed too.
+    """
     import shutil
 
     gone = [r for r in list_rows(root, experiment) if r >= keep]
     for row in gone:
         shutil.rmtree(store_path(root, experiment) / f"row-{row}")
+    scratch = Path(root) / ".tmp"
+    if scratch.is_dir():
+        for leftover in scratch.glob(f"{experiment}-row-*"):
+            shutil.rmtree(leftover, ignore_errors=True)
     return gone
 
 

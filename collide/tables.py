@@ -151,12 +151,12 @@ def status(root: str | Path) -> list[dict[str, Any]]:
     for name in experiments(root):
         rows = list_rows(root, name)
         base = store_path(root, name)
-        evaluated, digests, newest = 0, set(), None
+        evaluated, configs, newest = 0, {}, None
         for row in rows:
             _, attrs = read_row(root, name, row)
             evaluated += "metrics" in attrs
             if "config_digest" in attrs:
-                digests.add(attrs["config_digest"])
+                configs.setdefault(attrs["config_digest"], attrs.get("config"))
             stamp = (base / f"row-{row}" / "zarr.json").stat().st_mtime
             newest = stamp if newest is None else max(newest, stamp)
         ledger = read_ledger(root, name)
@@ -165,7 +165,8 @@ def status(root: str | Path) -> list[dict[str, Any]]:
             "experiment": name,
             "rows": len(rows),
             "evaluated": evaluated,
-            "configs": sorted(digests),
+            "configs": sorted(configs),
+            "config": configs,  # digest -> the full config the rows were computed with
             "updated": None if newest is None
             else dt.datetime.fromtimestamp(newest, dt.UTC).isoformat(timespec="seconds"),
             "table": str(table_path(root, name)) if table_path(root, name).is_file() else None,

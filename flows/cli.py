@@ -123,7 +123,7 @@ def _status(args: argparse.Namespace) -> int:
     for s in report:
         fresh = "up to date" if s["table_fresh"] else "STALE or missing: run `collide tables`"
         print(f"{s['experiment']}: {s['evaluated']}/{s['rows']} rows evaluated, last written {s['updated']}, "
-              f"config {', '.join(s['configs']) or '?'}; table {fresh}"
+              f"config {', '.join(s['configs']) or '?'} (--json shows it); table {fresh}"
               + (f" (written {s['table_written']})" if s["table_written"] else ""))
     return EXIT_OK
 

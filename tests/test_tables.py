@@ -73,6 +73,7 @@ def test_status_says_which_tables_are_fresh(finished, tmp_path, capsys):
     [fresh] = tables.status(root)
     assert fresh["rows"] == fresh["evaluated"] == 2 and fresh["table_fresh"]
     assert fresh["configs"] == [config.digest()]
+    assert MnistExperiment.from_dict(fresh["config"][config.digest()]) == config
     mark_done(root, "mnist", 0, "evaluate", "changed")  # a row changed after the table was written
     assert main(["status", "--results-root", str(root), "--json"]) == 0
     [stale] = json.loads(capsys.readouterr().out)
