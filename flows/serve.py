@@ -135,5 +135,18 @@ def serve(*, port: int, file: str | Path, home: str | Path, log: Any = print) ->
         os.chdir(PROJECT)  # entrypoints are relative to the project root, as for `prefect deploy`
         prefect_serve(*runner_deployments(specs), print_starting_message=False)
     finally:
+        _drain_prefect()
         stop(server)
     return 0
+
+
+def _drain_prefect() -> None:
+    """Send the logs and events still queued while the server is up; at exit they would
+    be retried against a stopped server, and the process would not end."""
+    if "prefect" not in sys.modules:
+        return
+    from prefect.events.worker import EventsWorker
+    from prefect.logging.handlers import APILogWorker
+
+    for service in (APILogWorker, EventsWorker):
+        service.drain_all(timeout=10)

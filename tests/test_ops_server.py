@@ -52,15 +52,17 @@ def _config(tiny_mnist: Path, root: Path, name: str, **changes) -> MnistExperime
     return MnistExperiment.from_dict({**base.to_dict(), **changes})
 
 
-def _kill_group(proc: subprocess.Popen) -> None:
+def _stop_serve(proc: subprocess.Popen) -> None:
+    """SIGTERM to `collide serve` alone (as a service manager would): it pauses its
+    deployments and stops the server itself; then whatever is left of its group goes."""
     if proc.poll() is None:
-        os.killpg(proc.pid, signal.SIGTERM)
+        proc.terminate()
         try:
-            proc.wait(10)
+            proc.wait(60)
         except subprocess.TimeoutExpired:
             pass
     try:
-        os.killpg(proc.pid, signal.SIGKILL)  # the server and any flow run left behind
+        os.killpg(proc.pid, signal.SIGKILL)
     except ProcessLookupError:
         pass
     proc.wait()
@@ -103,7 +105,7 @@ def server(tiny_mnist, tmp_path_factory):
         yield {"api": api, "root": root, "spec": spec, "port": port,
                "env": {**env, "PREFECT_API_URL": api}}
     finally:
-        _kill_group(proc)
+        _stop_serve(proc)
         log.close()
 
 
