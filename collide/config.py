@@ -240,6 +240,12 @@ class MnistExperiment(_Experiment):
 
     ``target_label`` picks the first test image of that label that the model classifies
     correctly; ``init="other"`` rows start from the first test image of another label.
+
+    ``targets_per_class`` > 0 replaces that single target by the first that many correctly
+    classified test images of every class; target ``k`` owns rows ``k*len(rows)`` to
+    ``(k+1)*len(rows) - 1``, each polytope job writes its own. ``threads`` is torch's CPU
+    thread count inside a job: results are the same bit for bit wherever a job runs (a
+    Dask worker, a thread, plain Python) only for the same count.
     """
 
     name: str = "mnist"
@@ -257,6 +263,8 @@ class MnistExperiment(_Experiment):
     gradient: GradientConfig = field(default_factory=GradientConfig)
     exact: ExactConfig = field(default_factory=ExactConfig)
     sample: SampleConfig = field(default_factory=SampleConfig)
+    targets_per_class: int = 0
+    threads: int = 1
 
     _nested: ClassVar[dict[str, type]] = {
         "train": TrainConfig, "gradient": GradientConfig, "exact": ExactConfig, "sample": SampleConfig,
@@ -268,6 +276,22 @@ class MnistExperiment(_Experiment):
             all(isinstance(r, RowSpec) for r in self.rows),
             f"expected rows to be RowSpec values, got {self.rows!r}",
         )
+        _require(self.targets_per_class >= 0, f"expected targets_per_class >= 0, got {self.targets_per_class}")
+        _require(self.threads >= 1, f"expected threads >= 1, got {self.threads}")
+
+    @property
+    def n_targets(self) -> int:
+        """One target (``target_label``'s), or ``targets_per_class`` of each of the 10 classes."""
+        return 1 if self.targets_per_class == 0 else 10 * self.targets_per_class
+
+    @property
+    def n_rows(self) -> int:
+        return self.n_targets * len(self.rows)
+
+    def row_spec(self, row: int) -> RowSpec:
+        """How row ``row`` is found: every target repeats ``rows`` in order."""
+        _require(0 <= row < self.n_rows, f"expected row in 0..{self.n_rows - 1}, got {row}")
+        return self.rows[row % len(self.rows)]
 
     @classmethod
     def _rows(cls, rows: Any) -> tuple[Any, ...]:

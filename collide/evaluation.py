@@ -1,4 +1,4 @@
-"""Evaluating stored polytopes and writing their tables, for any experiment.
+"""Evaluating stored polytopes, for any experiment.
 
 Everything needed is in the row group: the vertices and target, and in the attrs the
 model source (verified by hash), the layer, the dataset's average distance and the
@@ -15,11 +15,10 @@ import torch
 
 from collide.config import SampleConfig
 from collide.errors import DataError
-from collide.figures import vertex_grid
 from collide.models import load_model_source
 from collide.objective import feature_rel_error, max_nonpositive_violation
 from collide.polytope import avg_pairwise_distance, combine, evaluate, sample_weights
-from collide.store import read_row, table_from_store, table_path, write_row, write_table
+from collide.store import read_row, write_row
 from collide.taps import preactivation
 
 # Row attrs copied into the table as they are, when present.
@@ -100,43 +99,3 @@ def evaluate_row(
         keep_existing=True,
     )
     return metrics
-
-
-def _difference_boxes(vertices: np.ndarray, size: int, stride: int, n: int) -> list[tuple[int, int, int]]:
-    """The ``n`` windows where the vertices differ most from each other (their spread)."""
-    spread = vertices.std(0).sum(0)  # (H, W)
-    h, w = spread.shape
-    scores = []
-    for r in range(0, h - size + 1, stride):
-        for c in range(0, w - size + 1, stride):
-            scores.append((float(spread[r : r + size, c : c + size].sum()), r, c))
-    scores.sort(reverse=True)
-    picked: list[tuple[int, int, int]] = []
-    for _, r, c in scores:  # skip windows overlapping one already picked
-        if all(abs(r - pr) >= size or abs(c - pc) >= size for pr, pc, _ in picked):
-            picked.append((r, c, size))
-        if len(picked) == n:
-            break
-    return picked
-
-
-def write_outputs(results_root: str | Path, experiment: str, *, title: str = "") -> dict[str, str]:
-    """The table (Parquet) and the vertex figure (PNG), from the Zarr store alone.
-
-    Rows of a patch experiment get boxes where their vertices differ most.
-    """
-    frame = table_from_store(results_root, experiment)
-    parquet = write_table(frame, table_path(results_root, experiment))
-    targets, vertices, labels, boxes = [], [], [], []
-    for row in frame["row"]:
-        arrays, attrs = read_row(results_root, experiment, int(row))
-        targets.append(arrays["target"])
-        vertices.append(arrays["vertices"])
-        labels.append(f"row {row}: {attrs['method']}\ninit={attrs.get('init', '?')}")
-        patch = attrs.get("composition")
-        boxes.append(_difference_boxes(arrays["vertices"], patch["size"], patch["stride"], 3) if patch else [])
-    figure = vertex_grid(
-        targets, vertices, labels, Path(results_root) / f"{experiment}-vertices.png",
-        title=title or f"{experiment}: polytopes colliding with the target", boxes=boxes,
-    )
-    return {"table": str(parquet), "figure": str(figure)}

@@ -12,7 +12,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from collide import evaluation
+from collide import evaluation, tables
 from collide.config import ImagenetExperiment, resolve_device
 from collide.errors import DataError
 from collide.images import list_folder, load_image
@@ -131,11 +131,8 @@ def evaluate_row(row: int, *, config: ImagenetExperiment) -> dict[str, Any]:
     )
 
 
-def write_outputs(*, config: ImagenetExperiment) -> dict[str, str]:
-    note = " (RANDOM WEIGHTS: not the paper's model)" if config.weights == "random" else ""
-    return evaluation.write_outputs(
-        config.results_root, config.name, title=f"{config.name}: VGG-16 polytopes colliding at {config.layer}{note}"
-    )
+def write_outputs(*, config: ImagenetExperiment) -> dict[str, Any]:
+    return tables.write_outputs(config.results_root, config.name)
 
 
 def run(*, config: ImagenetExperiment, progress: Progress = _noop) -> dict[str, Any]:

@@ -8,14 +8,13 @@ Python. Both produce the same files.
 
 from __future__ import annotations
 
-import time
 from collections.abc import Callable
 from typing import Any
 
 import numpy as np
 import torch
 
-from collide import evaluation
+from collide import evaluation, tables
 from collide.config import MnistExperiment, resolve_device
 from collide.data import ensure_mnist, load_mnist
 from collide.errors import CheckpointError, DataError
@@ -105,7 +104,7 @@ def pick_examples(checkpoint: str, *, config: MnistExperiment) -> dict[str, int]
 def _row_attrs(
     row: int, checkpoint: str, examples: dict[str, int], units: torch.Tensor, config: MnistExperiment
 ) -> dict[str, Any]:
-    spec = config.rows[row]
+    spec = config.row_spec(row)
     _, meta = load_checkpoint(checkpoint)
     test = load_mnist(config.data_root, "test")
     return {
@@ -153,7 +152,7 @@ def solve_rows(
     with torch.no_grad():
         target_pre = preactivation(model, target.unsqueeze(0), config.layer)[0]
     units = nonpositive_units(target_pre, config.n_vertices)
-    specs = {r: config.rows[r] for r in rows}
+    specs = {r: config.row_spec(r) for r in rows}
     inits = {
         r: test.images[examples["target_index"] if s.init == "target" else examples["other_index"]]
         for r, s in specs.items()
@@ -224,28 +223,13 @@ def evaluate_row(row: int, *, config: MnistExperiment) -> dict[str, Any]:
     )
 
 
-def write_outputs(*, config: MnistExperiment) -> dict[str, str]:
+def write_outputs(*, config: MnistExperiment) -> dict[str, Any]:
     """Table 2 as Parquet and Table 1 as PNG, rebuilt from the Zarr store alone."""
-    return evaluation.write_outputs(
-        config.results_root, config.name,
-        title=f"{config.name}: polytopes colliding with the target at {config.layer}",
-    )
+    return tables.write_outputs(config.results_root, config.name)
 
 
 def run(*, config: MnistExperiment, progress: Progress = _noop) -> dict[str, Any]:
-    """The whole experiment in plain Python, stage after stage, as the flow runs it."""
-    start = time.perf_counter()
-    prepare_data(config=config)
-    trained = train_model(config=config, progress=progress)
-    examples = pick_examples(trained["checkpoint"], config=config)
-    grad = [r for r, s in enumerate(config.rows) if s.method == "gradient"]
-    exact = [r for r, s in enumerate(config.rows) if s.method == "exact"]
-    if grad:
-        solve_rows(grad, trained["checkpoint"], examples, config=config, progress=progress)
-    for r in exact:
-        solve_rows([r], trained["checkpoint"], examples, config=config, progress=progress)
-    for r in range(len(config.rows)):
-        evaluate_row(r, config=config)
-        progress("evaluate", r + 1, len(config.rows))
-    outputs = write_outputs(config=config)
-    return {**outputs, "test_accuracy": trained["test_accuracy"], "seconds": time.perf_counter() - start}
+    """The whole experiment in plain Python, as the flow runs it: see :mod:`collide.mnist_jobs`."""
+    from collide import mnist_jobs  # it builds on this module's stages
+
+    return mnist_jobs.run(config=config, progress=progress)

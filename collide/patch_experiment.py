@@ -20,7 +20,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from collide import evaluation, mnist
+from collide import evaluation, mnist, tables
 from collide import patch_sources as sources
 from collide.compose import Composition, compose, initial_logits, weight_tv, window_patches
 from collide.config import PatchExperiment, resolve_device
@@ -220,11 +220,8 @@ def evaluate_row(row: int, *, config: PatchExperiment) -> dict[str, Any]:
     )
 
 
-def write_outputs(*, config: PatchExperiment) -> dict[str, str]:
-    return evaluation.write_outputs(
-        config.results_root, config.name,
-        title=f"{config.name}: patch compositions colliding at {config.layer} (boxes: largest differences)",
-    )
+def write_outputs(*, config: PatchExperiment) -> dict[str, Any]:
+    return tables.write_outputs(config.results_root, config.name)
 
 
 def run(*, config: PatchExperiment, progress: Progress = _noop, scheduler: Any = "threads") -> dict[str, Any]:

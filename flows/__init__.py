@@ -8,3 +8,5 @@ import os
 
 os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
 os.environ.setdefault("DO_NOT_TRACK", "1")
+# Dask's scheduler and nannies log every worker start and stop; the flow log says what matters.
+os.environ.setdefault("DASK_LOGGING__DISTRIBUTED", "warning")

@@ -1,16 +1,20 @@
-"""The ``collide`` command line.
+"""The ``collide`` command line: run, tables, serve, status.
 
 Exit codes: 0 done; 1 the run failed; 2 bad input (unknown experiment or layer, bad
-config value, missing data or checkpoint), with a message that says what to fix.
+config value, missing data or checkpoint, port in use), with a message that says what
+to fix; 130 interrupted.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 from pathlib import Path
 from typing import Any
+
+from flows.registry import EXPERIMENTS
 
 EXIT_OK, EXIT_FAILED, EXIT_BAD_INPUT = 0, 1, 2
 
@@ -63,17 +67,18 @@ def _tqdm_progress():  # type: ignore[no-untyped-def]
 
 
 def _run(args: argparse.Namespace) -> int:
-    from flows.registry import EXPERIMENTS
-
     experiment = EXPERIMENTS[args.experiment]
-    stages = experiment.stages_module()
     overrides = _overrides(args)
-    config = experiment.config_class().from_dict(overrides)
-    stages.validate(config=config)  # fail on bad input before any server starts
+    config = experiment.load("config").from_dict(overrides)
+    if experiment.validate:
+        experiment.load("validate")(config=config)  # fail on bad input before any server starts
     if args.no_prefect:
-        out = stages.run(config=config, progress=_tqdm_progress())
+        out = experiment.load("plain")(config=config, progress=_tqdm_progress())
     else:
-        out = experiment.flow_function()(config=overrides)
+        from flows.runner import dask_runner
+
+        flow = experiment.load("flow").with_options(task_runner=dask_runner(args.dask_address, args.workers))
+        out = flow(config=overrides)
     print(f"table:  {out['table']}\nfigure: {out['figure']}")
     if out.get("test_accuracy") is not None:
         print(f"test accuracy: {out['test_accuracy']:.4f}")
@@ -82,32 +87,128 @@ def _run(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+def _tables(args: argparse.Namespace) -> int:
+    from collide.tables import experiments
+
+    if not experiments(args.results_root):
+        raise FileNotFoundError(f"no <experiment>.zarr store under {args.results_root}: run an experiment first")
+    if args.no_prefect:
+        from collide.tables import regenerate
+
+        out = regenerate(args.results_root, progress=_tqdm_progress())
+    else:
+        from flows.tables import tables_flow
+
+        out = tables_flow(results_root=args.results_root)
+    for name, written in out["experiments"].items():
+        print(f"{name}: {written['rows']} rows -> {written['table']}, {written['figure']}")
+    print(f"report: {out['report']}")
+    return EXIT_OK
+
+
+def _serve(args: argparse.Namespace) -> int:
+    from flows.serve import serve
+
+    if args.dask_address:
+        os.environ["COLLIDE_DASK_ADDRESS"] = args.dask_address  # inherited by every flow run
+    return serve(port=args.port, file=args.file, home=args.home)
+
+
+def _status(args: argparse.Namespace) -> int:
+    from collide.tables import status
+
+    report = status(args.results_root)
+    if args.json:
+        print(json.dumps(report, indent=1))
+        return EXIT_OK
+    if not report:
+        print(f"no results under {args.results_root}: run `collide run <experiment>`")
+        return EXIT_OK
+    for s in report:
+        fresh = "up to date" if s["table_fresh"] else "STALE or missing: run `collide tables`"
+        print(f"{s['experiment']}: {s['evaluated']}/{s['rows']} rows evaluated, last written {s['updated']}, "
+              f"config {', '.join(s['configs']) or '?'} (--json shows it); table {fresh}"
+              + (f" (written {s['table_written']})" if s["table_written"] else ""))
+    return EXIT_OK
+
+
 def build_parser() -> argparse.ArgumentParser:
+    from flows.serve import DEFAULT_PORT, PROJECT
+
     parser = argparse.ArgumentParser(
         prog="collide",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
         description="Find and measure feature collisions (colliding polytopes) in ReLU networks.",
-        epilog="Example: collide run mnist --set n_vertices=5 --set gradient.max_steps=2000",
+        epilog="""first steps:
+  collide run mnist                 run the MNIST experiment (tables in data/results/)
+  collide status                    what results exist, how fresh, from which config
+  collide tables                    rebuild every table, figure and report.html from the stores
+  collide serve                     Prefect server + UI on http://127.0.0.1:4200, scheduled deployments
+
+exit codes: 0 done, 1 the run failed, 2 bad input (the message says what to fix), 130 interrupted.
+Each command has its own --help.""",
     )
-    sub = parser.add_subparsers(dest="command", required=True)
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    experiments = "\n".join(f"  {e.name:8s} {e.summary}" for e in EXPERIMENTS.values())
     run = sub.add_parser(
         "run", help="run an experiment end to end",
-        description="Run an experiment: data, model, vertices, 2000-sample evaluation, tables, figure.",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+        description="Run an experiment: data, model, vertices, 2000-sample evaluation, tables, figure.\n"
+        "Finished work is reused: a rerun after a crash redoes only what was cut off, and a rerun\n"
+        "of a finished experiment with the same config writes nothing.\n\nexperiments:\n" + experiments,
+        epilog="examples:\n  collide run mnist --set n_vertices=5 --set gradient.max_steps=2000\n"
+        "  collide run mnist --set targets_per_class=10 --set name=mnist-targets   # 100 targets over Dask\n"
+        "  collide run mnist --dask-address tcp://10.0.0.5:8786                    # an existing cluster\n"
+        "  collide run mnist --no-prefect                                          # plain Python\n"
+        "  collide run patches                                                     # offline, MNIST patches\n"
+        "  collide run imagenet --image-root ~/imagenet/val --set weights=/path/vgg16.pth",
     )
-    from flows.registry import EXPERIMENTS
-
-    listing = "; ".join(f"{e.name}: {e.summary}" for e in EXPERIMENTS.values())
-    run.add_argument("experiment", choices=sorted(EXPERIMENTS), help=f"which experiment ({listing})")
+    run.add_argument("experiment", choices=sorted(EXPERIMENTS), help="which experiment")
     run.add_argument("--config", help="JSON file with configuration fields to override")
     run.add_argument("--set", action="append", metavar="KEY=VALUE",
                      help="override one field, e.g. layer=relu2 or gradient.lr=0.005 (repeatable)")
     run.add_argument("--results-root", help="where tables, stores and figures go (default data/results)")
     run.add_argument("--data-root", help="where the MNIST IDX files are (default data/raw/mnist)")
     run.add_argument("--checkpoint-dir", help="where model checkpoints go (default data/checkpoints)")
-    run.add_argument("--image-root", help="imagenet: an ImageNet-style folder (one subfolder per class)")
+    run.add_argument("--image-root", help="imagenet, patches with dataset=folder: an ImageNet-style folder")
     run.add_argument("--device", help="auto (default), cpu or cuda")
     run.add_argument("--no-prefect", action="store_true",
                      help="run the same stages in plain Python with progress bars, no Prefect")
+    run.add_argument("--dask-address", metavar="ADDR",
+                     help="send the polytope jobs to this Dask scheduler (default: $COLLIDE_DASK_ADDRESS, "
+                     "else a local cluster started for the run)")
+    run.add_argument("--workers", type=int, help="local cluster size (default: $COLLIDE_DASK_WORKERS or one per core)")
     run.set_defaults(func=_run)
+
+    tables = sub.add_parser(
+        "tables", help="rebuild every table, figure and the report from the stores",
+        description="Rewrite <name>.parquet, <name>-vertices.png for every <name>.zarr store under the results\n"
+        "root, and report.html (all tables and figures, one page), from the stores alone: nothing is\n"
+        "recomputed. As a Prefect flow that publishes the tables as artifacts, or with --no-prefect.",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    tables.add_argument("--results-root", default="data/results", help="default data/results")
+    tables.add_argument("--no-prefect", action="store_true", help="plain Python with a progress bar")
+    tables.set_defaults(func=_tables)
+
+    serve = sub.add_parser(
+        "serve", help="start the Prefect server and UI and serve the scheduled deployments",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+        description="Start `prefect server start` on 127.0.0.1 (UI and API, telemetry off), then serve every\n"
+        "deployment of prefect.yaml so that their cron schedules fire. Runs until Ctrl-C.\n"
+        "Point other commands at it with  export PREFECT_API_URL=http://127.0.0.1:PORT/api",
+    )
+    serve.add_argument("--port", type=int, default=DEFAULT_PORT, help=f"loopback port (default {DEFAULT_PORT})")
+    serve.add_argument("--file", default=str(PROJECT / "prefect.yaml"), help="deployments (default prefect.yaml)")
+    serve.add_argument("--home", default=os.environ.get("PREFECT_HOME") or str(PROJECT / ".prefect"),
+                       help="Prefect's home: database and settings (default $PREFECT_HOME, else .prefect/)")
+    serve.add_argument("--dask-address", metavar="ADDR", help="run every flow's tasks on this Dask scheduler")
+    serve.set_defaults(func=_serve)
+
+    status = sub.add_parser("status", help="what results exist, how fresh, from which config")
+    status.add_argument("--results-root", default="data/results", help="default data/results")
+    status.add_argument("--json", action="store_true", help="machine-readable output")
+    status.set_defaults(func=_status)
     return parser
 
 
@@ -118,7 +219,7 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
         return int(args.func(args))
-    except (CollideError, FileNotFoundError, ValueError, json.JSONDecodeError) as exc:
+    except (CollideError, FileNotFoundError, ValueError, json.JSONDecodeError) as exc:  # ServeError too
         print(f"collide: error: {exc}", file=sys.stderr)
         return EXIT_BAD_INPUT
     except KeyboardInterrupt:

@@ -4,44 +4,49 @@ from __future__ import annotations
 
 from typing import Any
 
-from prefect import flow, get_run_logger
+from prefect import flow, get_run_logger, unmapped
 
 import flows  # noqa: F401  (telemetry off before prefect loads)
 from collide.config import MnistExperiment
+from flows.runner import dask_runner
 from tasks import mnist as t
+from tasks import outputs as o
 
 
-@flow(name="mnist", log_prints=True)
+@flow(name="mnist", log_prints=True, task_runner=dask_runner())
 def mnist_flow(config: dict[str, Any] | None = None) -> dict[str, Any]:
     """Paper §3.1: train the MLP, find colliding polytopes, write Tables 1-2.
+
+    Each target's polytopes are separate jobs, fanned out over Dask; a job reuses every
+    stage already finished with the same inputs, so a rerun after a crash redoes only
+    what was cut off, and a rerun of a finished experiment writes nothing.
 
     Args:
         config: fields of :class:`collide.config.MnistExperiment` to override.
     """
     cfg = MnistExperiment.from_dict(config or {})
     logger = get_run_logger()
-    logger.info("experiment %s (config %s), results in %s", cfg.name, cfg.digest(), cfg.results_root)
+    logger.info("experiment %s (config %s): %d target(s), %d rows, results in %s",
+                cfg.name, cfg.digest(), cfg.n_targets, cfg.n_rows, cfg.results_root)
     t.prepare_data(cfg)
     trained = t.train_model(cfg)
     logger.info("model test accuracy %.4f (%s)", trained["test_accuracy"],
                 "reused checkpoint" if trained["reused"] else "trained")
-    examples = t.pick_examples(trained["checkpoint"], cfg)
-    gradient = [r for r, s in enumerate(cfg.rows) if s.method == "gradient"]
-    exact = [r for r, s in enumerate(cfg.rows) if s.method == "exact"]
-    solved = [t.solve_rows.submit([r], trained["checkpoint"], examples, cfg) for r in exact]
-    if gradient:
-        solved.append(t.solve_rows.submit(gradient, trained["checkpoint"], examples, cfg))
-    for future in solved:
-        for summary in future.result():
-            logger.info("row %d (%s, init=%s): solved in %.2f s, outcomes %s", summary["row"],
-                        summary["method"], summary["init"], summary["seconds"], summary["outcomes"])
-    metrics = t.evaluate_row.map(list(range(len(cfg.rows))), config=cfg).result()
-    for m in metrics:
-        logger.info("row %d: success %.3f, vertex distance %.2f, feature error %.1e",
-                    m["row"], m["success_rate"], m["vertex_avg_distance"], m["max_feature_rel_error"])
-    outputs = t.write_outputs(cfg)
-    logger.info("wrote %s and %s", outputs["table"], outputs["figure"])
-    return {**outputs, "test_accuracy": trained["test_accuracy"]}
+    jobs = t.plan_jobs(trained["checkpoint"], cfg)
+    logger.info("fanning out %d polytope jobs", len(jobs))
+    done = t.polytope_job.map(jobs, checkpoint=unmapped(trained["checkpoint"]), config=unmapped(cfg)).result()
+    rows = [row for job in done for row in job]
+    reused = sum(not r["solved"] and not r["evaluated"] for r in rows)
+    for m in rows:
+        logger.info("row %d (%s, init=%s, target %d): %s; success %.3f, vertex distance %.2f, "
+                    "feature error %.1e", m["row"], m["method"], m["init"], m["target_index"],
+                    "reused" if not (m["solved"] or m["evaluated"]) else "computed",
+                    m["success_rate"], m["vertex_avg_distance"], m["max_feature_rel_error"])
+    logger.info("%d of %d rows were already finished and reused", reused, len(rows))
+    outputs = o.write_outputs(cfg.results_root, cfg.name)
+    logger.info("%s %s and %s", "kept" if outputs["reused"] else "wrote", outputs["table"], outputs["figure"])
+    o.publish(cfg.results_root, cfg.name)
+    return {**outputs, "test_accuracy": trained["test_accuracy"], "reused_rows": reused}
 
 
 if __name__ == "__main__":

@@ -1,6 +1,8 @@
-"""Every experiment in one place: its config class, its library stages, its flow.
+"""Every experiment, in one place: how the CLI runs it and which flow deploys it.
 
-Adding an experiment is one entry here; the CLI and the deployments read this table.
+Adding an experiment is one entry here and one deployment in ``prefect.yaml`` (a test
+checks that the two agree). ``collide tables`` and ``collide status`` need no entry:
+they work from any ``<name>.zarr`` store.
 """
 
 from __future__ import annotations
@@ -12,37 +14,53 @@ from typing import Any
 
 @dataclass(frozen=True)
 class Experiment:
+    """Dotted ``module:attribute`` paths, imported only when used (Prefect loads slowly)."""
+
     name: str
-    config: str  # "module:Class" of the frozen config
-    stages: str  # module with validate(*, config) and run(*, config, progress)
-    flow: str  # "module:function" of the Prefect flow
+    flow: str  # the Prefect flow, taking ``config: dict | None``
+    config: str  # the frozen config class, with ``from_dict``
+    plain: str  # the same pipeline in plain Python: ``run(*, config, progress)``
     summary: str
+    validate: str | None = None  # ``validate(*, config)``: fails on bad input before any work
 
-    def _load(self, ref: str) -> Any:
-        module, _, attr = ref.partition(":")
-        mod = importlib.import_module(module)
-        return getattr(mod, attr) if attr else mod
+    @property
+    def entrypoint(self) -> str:
+        """The flow as ``prefect.yaml`` names it: ``path/to/file.py:function``."""
+        module, attr = self.flow.split(":")
+        return f"{module.replace('.', '/')}.py:{attr}"
 
-    def config_class(self) -> Any:
-        return self._load(self.config)
-
-    def stages_module(self) -> Any:
-        return self._load(self.stages)
-
-    def flow_function(self) -> Any:
-        return self._load(self.flow)
+    def load(self, which: str) -> Any:
+        module, attr = getattr(self, which).split(":")
+        return getattr(importlib.import_module(module), attr)
 
 
 EXPERIMENTS: dict[str, Experiment] = {
     e.name: e
     for e in (
-        Experiment("mnist", "collide.config:MnistExperiment", "collide.mnist", "flows.mnist:mnist_flow",
-                   "MNIST MLP, gradient and exact polytopes at the first hidden layer (Tables 1-2)"),
-        Experiment("patches", "collide.config:PatchExperiment", "collide.patch_experiment",
-                   "flows.patches:patches_flow",
-                   "patch-composition polytopes, MNIST + LeNet-5 at fc1 (the offline Tables 5-6)"),
-        Experiment("imagenet", "collide.config:ImagenetExperiment", "collide.imagenet",
-                   "flows.imagenet:imagenet_flow",
-                   "VGG-16 at fc6 in pixel space on an ImageNet-style folder (Tables 3-4)"),
+        Experiment(
+            name="mnist",
+            flow="flows.mnist:mnist_flow",
+            config="collide.config:MnistExperiment",
+            plain="collide.mnist_jobs:run",
+            summary="MNIST MLP, paper §3.1 (Tables 1-2); many targets with targets_per_class",
+            validate="collide.mnist:validate",
+        ),
+        Experiment(
+            name="patches",
+            flow="flows.patches:patches_flow",
+            config="collide.config:PatchExperiment",
+            plain="collide.patch_experiment:run",
+            summary="patch-composition polytopes, paper §4 (Tables 5-6); offline on MNIST + LeNet-5 at fc1, "
+            "or an image folder + VGG-16 with dataset=folder",
+            validate="collide.patch_experiment:validate",
+        ),
+        Experiment(
+            name="imagenet",
+            flow="flows.imagenet:imagenet_flow",
+            config="collide.config:ImagenetExperiment",
+            plain="collide.imagenet:run",
+            summary="VGG-16 at fc6 in pixel space on an ImageNet-style folder, paper §3.2 (Tables 3-4)",
+            validate="collide.imagenet:validate",
+        ),
     )
 }

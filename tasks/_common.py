@@ -6,6 +6,7 @@ from collections.abc import Callable
 from typing import Any
 
 from prefect import get_run_logger
+from prefect.artifacts import create_progress_artifact, update_progress_artifact
 from prefect.cache_policies import NO_CACHE
 
 from collide.errors import CollideError
@@ -26,15 +27,24 @@ TASK_OPTIONS: dict[str, Any] = {
 }
 
 
-def logging_progress(every: float = 0.25) -> Callable[[str, int, int], None]:
-    """A collide progress callback that logs each stage at about every ``every`` of it."""
+def logging_progress(every: float = 0.25, bar_every: float = 0.05) -> Callable[[str, int, int], None]:
+    """A collide progress callback: a progress artifact per stage (the task run's bar in
+    the UI, moved every ``bar_every``) and a log line at about every ``every`` of it."""
     logger = get_run_logger()
     last: dict[str, float] = {}
+    bars: dict[str, tuple[Any, float]] = {}
 
     def report(stage: str, done: int, total: int) -> None:
-        share = done / total if total else 1.0
+        share = min(done / total, 1.0) if total else 1.0
         if share >= 1.0 or share - last.get(stage, -1.0) >= every:
             last[stage] = share
             logger.info("%s: %d of %d (%.0f%%)", stage, done, total, 100 * share)
+        bar = bars.get(stage)
+        if bar is None:
+            artifact = create_progress_artifact(100 * share, description=f"{stage}: {total} steps")
+            bars[stage] = (artifact, share)
+        elif share >= 1.0 or share - bar[1] >= bar_every:
+            update_progress_artifact(bar[0], 100 * share)
+            bars[stage] = (bar[0], share)
 
     return report

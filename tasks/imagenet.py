@@ -25,8 +25,3 @@ def solve_rows(plan: dict[str, Any], config: ImagenetExperiment) -> list[dict[st
 @task(name="evaluate-polytope", **_OPTIONS)
 def evaluate_row(row: int, config: ImagenetExperiment) -> dict[str, Any]:
     return stages.evaluate_row(row, config=config)
-
-
-@task(name="write-tables", **_OPTIONS)
-def write_outputs(config: ImagenetExperiment) -> dict[str, str]:
-    return stages.write_outputs(config=config)

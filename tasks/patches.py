@@ -47,8 +47,3 @@ def solve_rows(
 @task(name="evaluate-polytope", **_OPTIONS)
 def evaluate_row(row: int, config: PatchExperiment) -> dict[str, Any]:
     return stages.evaluate_row(row, config=config)
-
-
-@task(name="write-tables", **_OPTIONS)
-def write_outputs(config: PatchExperiment) -> dict[str, str]:
-    return stages.write_outputs(config=config)

@@ -1,0 +1,122 @@
+"""Stage keys: what makes a rerun reuse finished work and change nothing.
+
+A stage's key hashes everything its result depends on: the config digest, the code
+version (a hash of collide's sources), and the content hashes and paths of its inputs.
+A finished row carries its stage keys in the ``keys`` attr of its group; a rerun whose key
+matches skips the stage, one whose key differs redoes it. Keys are written after the
+stage's results, each as one atomic row replacement, so a run killed in between leaves
+a row without a key, and the rerun redoes that stage: never a key without its result.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import threading
+from collections.abc import Iterable, Iterator, Mapping
+from contextlib import contextmanager
+from functools import lru_cache
+from pathlib import Path
+from typing import Any
+
+import zarr
+
+from collide.store import list_rows, read_row, store_path, write_row
+
+
+@lru_cache(maxsize=1)
+def code_version() -> str:
+    """sha256 (16 hex) of every Python source of the ``collide`` package."""
+    digest = hashlib.sha256()
+    package = Path(__file__).parent
+    for path in sorted(package.rglob("*.py")):
+        digest.update(path.relative_to(package).as_posix().encode())
+        digest.update(path.read_bytes())
+    return digest.hexdigest()[:16]
+
+
+def stage_key(stage: str, inputs: Mapping[str, Any]) -> str:
+    """The key of ``stage`` run on ``inputs`` (JSON-able) with this code."""
+    blob = json.dumps({"stage": stage, "code": code_version(), "inputs": inputs}, sort_keys=True, default=str)
+    return hashlib.sha256(blob.encode()).hexdigest()[:24]
+
+
+def file_digest(paths: Iterable[str | Path]) -> str:
+    """sha256 (16 hex) over the names and contents of ``paths``, in the order given."""
+    digest = hashlib.sha256()
+    for path in paths:
+        path = Path(path)
+        digest.update(path.name.encode())
+        with path.open("rb") as fh:
+            for block in iter(lambda: fh.read(1 << 20), b""):
+                digest.update(block)
+    return digest.hexdigest()[:16]
+
+
+def row_keys(root: str | Path, experiment: str, row: int) -> dict[str, str]:
+    """The stage keys recorded on a row; empty when the row does not exist."""
+    path = store_path(root, experiment) / f"row-{row}"
+    if not (path / "zarr.json").is_file():
+        return {}
+    return dict(zarr.open_group(path, mode="r").attrs.get("keys", {}))
+
+
+def is_done(root: str | Path, experiment: str, row: int, stage: str, key: str) -> bool:
+    return row_keys(root, experiment, row).get(stage) == key
+
+
+def mark_done(root: str | Path, experiment: str, row: int, stage: str, key: str) -> None:
+    """Record that ``stage`` of ``row`` finished with ``key`` (one atomic row rewrite)."""
+    _, attrs = read_row(root, experiment, row)
+    keys = dict(attrs.get("keys", {}))
+    keys[stage] = key
+    write_row(root, experiment, row, {}, {"keys": keys}, keep_existing=True)
+
+
+def prune_rows(root: str | Path, experiment: str, keep: int) -> list[int]:
+    """Remove rows numbered ``keep`` and above (left by an earlier config with more rows),
+    and the half-built row groups a killed run left in the scratch folder.
+
+    Call it before the jobs of a run start: a job's own scratch would be removed too.
+    """
+    import shutil
+
+    gone = [r for r in list_rows(root, experiment) if r >= keep]
+    for row in gone:
+        shutil.rmtree(store_path(root, experiment) / f"row-{row}")
+    scratch = Path(root) / ".tmp"
+    if scratch.is_dir():
+        for leftover in scratch.glob(f"{experiment}-row-*"):
+            shutil.rmtree(leftover, ignore_errors=True)
+    return gone
+
+
+_lock = threading.Lock()
+_depth = 0
+_saved = 0
+
+
+@contextmanager
+def torch_threads(n: int) -> Iterator[None]:
+    """Run the block with torch using ``n`` CPU threads, then restore the old count.
+
+    Jobs overlapping in one process share the setting; the count is restored when the
+    last one leaves, never while another still runs.
+    """
+    import torch
+
+    global _depth, _saved
+    with _lock:
+        if _depth == 0:
+            _saved = torch.get_num_threads()
+            torch.set_num_threads(n)
+        elif torch.get_num_threads() != n:
+            raise RuntimeError(f"jobs asking for {n} and {torch.get_num_threads()} torch threads overlap")
+        _depth += 1
+    try:
+        yield
+    finally:
+        with _lock:
+            _depth -= 1
+            if _depth == 0:
+                torch.set_num_threads(_saved)

@@ -1,0 +1,58 @@
+"""The task runner of every experiment flow: Dask, on a local cluster or a given scheduler.
+
+``COLLIDE_DASK_ADDRESS`` (``tcp://host:8786``) sends the tasks to an existing Dask
+scheduler; without it each flow run starts a local cluster on 127.0.0.1 with
+``COLLIDE_DASK_WORKERS`` worker processes (default: one per CPU core), one thread each,
+and stops it when the run ends. The scheduler's dashboard listens on a free loopback
+port, logged at the start of the run.
+"""
+
+from __future__ import annotations
+
+import os
+from typing import Any
+
+from prefect_dask import DaskTaskRunner
+
+ADDRESS_ENV = "COLLIDE_DASK_ADDRESS"
+WORKERS_ENV = "COLLIDE_DASK_WORKERS"
+
+
+def _api_url() -> str | None:
+    """The Prefect API this process talks to, the temporary one included."""
+    from prefect.settings import PREFECT_API_URL
+
+    if url := PREFECT_API_URL.value():
+        return url
+    from prefect.server.api.server import SubprocessASGIServer
+
+    server = SubprocessASGIServer()  # the running temporary server, when there is one
+    return server.api_url if server.running else None
+
+
+class LocalDaskRunner(DaskTaskRunner):
+    """A Dask runner whose local workers report to the flow's own Prefect API.
+
+    Worker processes do not share the flow's in-process settings; without the address
+    each would start a temporary Prefect server of its own.
+    """
+
+    def __enter__(self) -> LocalDaskRunner:
+        if not self.address and self._cluster is None and (url := _api_url()):
+            self.cluster_kwargs = {**self.cluster_kwargs, "env": {"PREFECT_API_URL": url}}
+        return super().__enter__()
+
+    def duplicate(self) -> LocalDaskRunner:
+        return type(self)(address=self.address, cluster_kwargs=self.cluster_kwargs, client_kwargs=self.client_kwargs)
+
+
+def dask_runner(address: str | None = None, workers: int | None = None) -> Any:
+    """A Dask task runner for ``address``, else for a fresh local cluster of ``workers``."""
+    address = address or os.environ.get(ADDRESS_ENV) or None
+    if address:
+        return DaskTaskRunner(address=address)
+    workers = workers or int(os.environ.get(WORKERS_ENV) or 0) or os.cpu_count() or 1
+    return LocalDaskRunner(cluster_kwargs={
+        "n_workers": workers, "threads_per_worker": 1, "processes": True,
+        "host": "127.0.0.1", "dashboard_address": "127.0.0.1:0",
+    })

@@ -1,0 +1,40 @@
+"""Tasks that turn a results store into tables, figures, a report and UI artifacts."""
+
+from __future__ import annotations
+
+import re
+from typing import Any
+
+import pandas as pd
+from prefect import task
+from prefect.artifacts import create_markdown_artifact, create_table_artifact
+
+from collide import report, tables
+from collide.store import table_path
+from tasks._common import TASK_OPTIONS as _OPTIONS
+
+
+@task(name="write-tables", **_OPTIONS)
+def write_outputs(results_root: str, experiment: str) -> dict[str, Any]:
+    return tables.write_outputs(results_root, experiment)
+
+
+@task(name="regenerate-tables", **_OPTIONS)
+def regenerate(results_root: str) -> dict[str, Any]:
+    return tables.regenerate(results_root)
+
+
+@task(name="publish-artifacts", **_OPTIONS)
+def publish(results_root: str, experiment: str) -> dict[str, Any]:
+    """The table as a table artifact and the report (figure inlined) as a markdown artifact."""
+    frame = pd.read_parquet(table_path(results_root, experiment))
+    key = re.sub(r"[^a-z0-9-]+", "-", experiment.lower())  # what Prefect allows in a key
+    table_id = create_table_artifact(
+        table=tables.records(frame), key=f"{key}-table",
+        description=f"{experiment}: one row per colliding polytope ({len(frame)} rows)",
+    )
+    markdown_id = create_markdown_artifact(
+        markdown=report.markdown(results_root, experiment), key=f"{key}-report",
+        description=f"{experiment}: table and figure",
+    )
+    return {"table": str(table_id), "markdown": str(markdown_id)}

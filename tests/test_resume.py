@@ -1,0 +1,149 @@
+"""Resumable, idempotent jobs: stage keys decide what a rerun redoes, and nothing else moves."""
+
+import dataclasses
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+
+from collide import mnist_jobs
+from collide.config import MnistExperiment, SampleConfig, TrainConfig
+from collide.data import load_mnist
+from collide.errors import ConfigError
+from collide.models import load_checkpoint
+from collide.resume import code_version, mark_done, row_keys, stage_key, torch_threads
+from collide.store import list_rows, read_row, store_path, write_row
+
+TIMING = ["solver_seconds"]
+
+
+@pytest.fixture(scope="module")
+def finished(tiny_mnist, tmp_path_factory):
+    root = tmp_path_factory.mktemp("resume")
+    config = MnistExperiment(
+        data_root=str(tiny_mnist), checkpoint_dir=str(root / "ck"), results_root=str(root / "res"),
+        device="cpu", allow_download=False, train=TrainConfig(epochs=2, min_accuracy=0.0),
+        sample=SampleConfig(n_samples=300, n_dataset_pairs=200),
+    )
+    out = mnist_jobs.run(config=config)
+    return config, out
+
+
+def _snapshot(root: str) -> dict[str, tuple[int, bytes]]:
+    return {str(p): (p.stat().st_mtime_ns, p.read_bytes())
+            for p in sorted(Path(root).rglob("*")) if p.is_file() and ".tmp" not in p.parts}
+
+
+def _copy(config: MnistExperiment, tmp_path: Path) -> MnistExperiment:
+    """The finished experiment in a results root of its own, to damage freely."""
+    shutil.copytree(config.results_root, tmp_path / "res")
+    return dataclasses.replace(config, results_root=str(tmp_path / "res"))
+
+
+def test_every_row_carries_its_stage_keys(finished):
+    config, out = finished
+    assert [r["row"] for r in out["rows"]] == [0, 1, 2, 3]
+    assert all(r["solved"] and r["evaluated"] for r in out["rows"])
+    for row in range(4):
+        assert set(row_keys(config.results_root, config.name, row)) == {"solve", "evaluate"}
+
+
+def test_rerun_of_a_finished_experiment_reuses_everything_and_changes_nothing(finished):
+    config, _ = finished
+    before = _snapshot(config.results_root)
+    again = mnist_jobs.run(config=config)
+    assert not any(r["solved"] or r["evaluated"] for r in again["rows"])
+    assert again["reused"]
+    assert _snapshot(config.results_root) == before
+
+
+def test_a_row_cut_off_before_its_key_is_redone_alone(finished, tmp_path):
+    config = _copy(finished[0], tmp_path)
+    before = pd.read_parquet(Path(config.results_root) / "mnist.parquet")
+    mark_done(config.results_root, config.name, 3, "evaluate", "killed-before-the-key")
+    out = mnist_jobs.run(config=config)
+    assert [(r["solved"], r["evaluated"]) for r in out["rows"]] == [(False, False)] * 3 + [(False, True)]
+    after = pd.read_parquet(out["table"])
+    pd.testing.assert_frame_equal(before, after)  # solver_seconds too: the solve was reused
+
+
+def test_a_gradient_batch_cut_off_in_part_is_redone_whole_and_identically(finished, tmp_path):
+    config = _copy(finished[0], tmp_path)
+    old = {r: read_row(config.results_root, config.name, r)[0] for r in (0, 1)}
+    _, attrs = read_row(config.results_root, config.name, 1)
+    write_row(config.results_root, config.name, 1, {}, {"keys": {}}, keep_existing=True)
+    out = mnist_jobs.run(config=config)
+    assert [r["solved"] for r in out["rows"]] == [True, True, False, False]
+    for r in (0, 1):
+        new, _ = read_row(config.results_root, config.name, r)
+        for key in ("vertices", "sample_weights", "sample_pred", "sample_prob"):
+            assert np.array_equal(new[key], old[r][key]), (r, key)
+
+
+def test_rows_left_by_a_bigger_config_are_pruned(finished, tmp_path):
+    config = _copy(finished[0], tmp_path)
+    arrays, attrs = read_row(config.results_root, config.name, 0)
+    write_row(config.results_root, config.name, 9, arrays, attrs)
+    out = mnist_jobs.run(config=config)
+    assert list_rows(config.results_root, config.name) == [0, 1, 2, 3]
+    assert pd.read_parquet(out["table"])["row"].tolist() == [0, 1, 2, 3]
+
+
+def test_many_targets_are_the_first_correct_images_of_each_class(finished):
+    config = dataclasses.replace(finished[0], targets_per_class=2)
+    checkpoint = mnist_jobs.train_model(config=config)["checkpoint"]
+    targets = mnist_jobs.pick_targets(checkpoint, config=config)
+    model, _ = load_checkpoint(checkpoint)
+    test = load_mnist(config.data_root, "test")
+    with torch.no_grad():
+        pred = model(test.images).argmax(1)
+    assert len(targets) == 20
+    for k, t in enumerate(targets):
+        label = k // 2
+        assert int(test.labels[t["target_index"]]) == label == int(pred[t["target_index"]])
+        assert int(test.labels[t["other_index"]]) != label
+        earlier = torch.nonzero((test.labels[: t["target_index"]] == label) & (pred[: t["target_index"]] == label))
+        assert len(earlier) == k % 2  # the first, then the second correct one
+    jobs = mnist_jobs.plan(checkpoint, config=dataclasses.replace(config, results_root=str(Path(config.results_root)
+                                                                                          / "plan")))
+    assert [j["rows"] for j in jobs[:3]] == [[0, 1], [2], [3]] and jobs[3]["rows"] == [4, 5]
+    assert config.n_rows == 80 and config.row_spec(6) == config.rows[2]
+
+
+def test_too_few_correct_targets_is_refused_before_writing(finished, tmp_path):
+    config = dataclasses.replace(finished[0], targets_per_class=10_000, results_root=str(tmp_path / "r"))
+    checkpoint = mnist_jobs.train_model(config=config)["checkpoint"]
+    with pytest.raises(Exception, match="lower targets_per_class"):
+        mnist_jobs.plan(checkpoint, config=config)
+    assert not store_path(config.results_root, config.name).exists()
+
+
+def test_config_checks_the_new_fields():
+    with pytest.raises(ConfigError, match="expected targets_per_class >= 0, got -1"):
+        MnistExperiment(targets_per_class=-1)
+    with pytest.raises(ConfigError, match="expected threads >= 1, got 0"):
+        MnistExperiment(threads=0)
+    with pytest.raises(ConfigError, match="expected row in 0..3"):
+        MnistExperiment().row_spec(4)
+    assert MnistExperiment(threads=2).digest() != MnistExperiment().digest()
+
+
+def test_stage_keys_follow_their_inputs():
+    assert len(code_version()) == 16
+    a = stage_key("solve", {"row": 0, "config": "x"})
+    assert a == stage_key("solve", {"config": "x", "row": 0})
+    assert a != stage_key("solve", {"row": 1, "config": "x"}) != stage_key("evaluate", {"row": 0, "config": "x"})
+
+
+def test_torch_threads_nests_and_restores():
+    before = torch.get_num_threads()
+    with torch_threads(1):
+        with torch_threads(1):
+            assert torch.get_num_threads() == 1
+        assert torch.get_num_threads() == 1
+        with pytest.raises(RuntimeError, match="overlap"), torch_threads(3):
+            pass
+    assert torch.get_num_threads() == before

@@ -1,0 +1,93 @@
+"""Tables, figures and the report rebuilt from the Zarr stores alone, and `collide status`."""
+
+import json
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from collide import mnist_jobs, tables
+from collide.config import MnistExperiment, RowSpec, SampleConfig, TrainConfig
+from collide.resume import mark_done
+from collide.store import table_path
+from flows.cli import main
+
+
+@pytest.fixture(scope="module")
+def finished(tiny_mnist, tmp_path_factory):
+    root = tmp_path_factory.mktemp("tables")
+    config = MnistExperiment(
+        data_root=str(tiny_mnist), checkpoint_dir=str(root / "ck"), results_root=str(root / "res"),
+        device="cpu", allow_download=False, train=TrainConfig(epochs=2, min_accuracy=0.0),
+        sample=SampleConfig(n_samples=300, n_dataset_pairs=200),
+        rows=(RowSpec("gradient", "target"), RowSpec("exact", "other")),
+    )
+    return config, mnist_jobs.run(config=config)
+
+
+def _stores_only(config: MnistExperiment, dest: Path, *names: str) -> Path:
+    """A results root holding nothing but copies of the run's Zarr store, under ``names``."""
+    for name in names or (config.name,):
+        shutil.copytree(Path(config.results_root) / f"{config.name}.zarr", dest / f"{name}.zarr")
+    return dest
+
+
+def test_regenerated_tables_and_figures_equal_what_the_run_wrote(finished, tmp_path, capsys):
+    config, out = finished
+    root = _stores_only(config, tmp_path / "res", "mnist", "mnist-copy")
+    assert main(["tables", "--no-prefect", "--results-root", str(root)]) == 0
+    run_table = pd.read_parquet(out["table"])
+    for name in ("mnist", "mnist-copy"):
+        pd.testing.assert_frame_equal(pd.read_parquet(table_path(root, name)), run_table)
+    assert (root / "mnist-vertices.png").read_bytes() == Path(out["figure"]).read_bytes()
+    assert (root / "mnist-copy-vertices.png").stat().st_size > 10_000  # its title names the copy
+    report = (root / "report.html").read_text()
+    assert report.count("<img") == 2 and report.count("data:image/png;base64,") == 2
+    assert report.count("<h2>") == 2 and "mnist-copy" in report
+    assert "report:" in capsys.readouterr().out
+
+
+def test_tables_without_any_store_is_bad_input(tmp_path, capsys):
+    assert main(["tables", "--no-prefect", "--results-root", str(tmp_path / "none")]) == 2
+    assert "run an experiment first" in capsys.readouterr().err
+    assert not (tmp_path / "none").exists()
+
+
+def test_unevaluated_rows_are_refused_by_name(finished, tmp_path):
+    config, _ = finished
+    root = _stores_only(config, tmp_path / "res")
+    row = root / "mnist.zarr" / "row-1" / "zarr.json"
+    meta = json.loads(row.read_text())
+    del meta["attributes"]["metrics"]
+    row.write_text(json.dumps(meta))
+    with pytest.raises(Exception, match="row 1 of mnist was never evaluated"):
+        tables.regenerate(root)
+
+
+def test_status_says_which_tables_are_fresh(finished, tmp_path, capsys):
+    config, _ = finished
+    root = tmp_path / "res"
+    shutil.copytree(config.results_root, root)
+    [fresh] = tables.status(root)
+    assert fresh["rows"] == fresh["evaluated"] == 2 and fresh["table_fresh"]
+    assert fresh["configs"] == [config.digest()]
+    assert MnistExperiment.from_dict(fresh["config"][config.digest()]) == config
+    mark_done(root, "mnist", 0, "evaluate", "changed")  # a row changed after the table was written
+    assert main(["status", "--results-root", str(root), "--json"]) == 0
+    [stale] = json.loads(capsys.readouterr().out)
+    assert not stale["table_fresh"]
+    assert main(["status", "--results-root", str(root)]) == 0
+    assert "STALE" in capsys.readouterr().out
+    assert tables.write_outputs(root, "mnist")["reused"] is False
+    assert tables.status(root)[0]["table_fresh"]
+    assert main(["status", "--results-root", str(tmp_path / "none")]) == 0
+    assert "no results" in capsys.readouterr().out
+
+
+def test_table_records_are_plain_json():
+    frame = pd.DataFrame({"a": np.array([1, 2], dtype=np.int64), "b": [np.float32(0.5), np.nan],
+                          "c": [True, False]})
+    recs = tables.records(frame)
+    assert json.loads(json.dumps(recs)) == [{"a": 1, "b": 0.5, "c": True}, {"a": 2, "b": None, "c": False}]
