@@ -102,16 +102,14 @@ def pick_examples(checkpoint: str, *, config: MnistExperiment) -> dict[str, int]
 
 
 def _row_attrs(
-    row: int, checkpoint: str, examples: dict[str, int], units: torch.Tensor, config: MnistExperiment
+    row: int, checkpoint: str, examples: dict[str, int], units: torch.Tensor, distance: float,
+    config: MnistExperiment,
 ) -> dict[str, Any]:
     spec = config.row_spec(row)
     _, meta = load_checkpoint(checkpoint)
-    test = load_mnist(config.data_root, "test")
     return {
         "model_source": checkpoint_source(checkpoint, meta["sha256"]),
-        "dataset_avg_distance": dataset_avg_distance(
-            test.images, n_pairs=config.sample.n_dataset_pairs, seed=config.sample.seed
-        ),
+        "dataset_avg_distance": distance,
         "pixel_scale": 1.0,
         "experiment": config.name,
         "row": row,
@@ -158,6 +156,10 @@ def solve_rows(
         for r, s in specs.items()
     }
     v = config.n_vertices
+    context = {
+        "checkpoint": checkpoint, "examples": examples, "units": units,
+        "distance": dataset_avg_distance(test.images, n_pairs=config.sample.n_dataset_pairs, seed=config.sample.seed),
+    }
     summaries = []
     grad_rows = [r for r in rows if specs[r].method == "gradient"]
     if grad_rows:
@@ -178,8 +180,7 @@ def solve_rows(
                 "converged": bool(result.converged[part].all()),
                 "outcomes": ["converged" if c else "max_steps" for c in result.converged[part].tolist()],
             }
-            summaries.append(_write_solution(r, result.vertices[part], target, inits[r], solver,
-                                             checkpoint, examples, units, config))
+            summaries.append(_write_solution(r, result.vertices[part], target, inits[r], solver, context, config))
     exact_rows = [r for r in rows if specs[r].method == "exact"]
     for k, r in enumerate(exact_rows):
         ex = solve_exact(model, config.layer, target, inits[r], units, config=config.exact)
@@ -192,17 +193,16 @@ def solve_rows(
             "rank_positive": ex.rank_positive,
             "dim_bound": ex.dim_bound,
         }
-        summaries.append(_write_solution(r, ex.vertices, target, inits[r], solver,
-                                         checkpoint, examples, units, config))
+        summaries.append(_write_solution(r, ex.vertices, target, inits[r], solver, context, config))
         progress("exact", k + 1, len(exact_rows))
     return summaries
 
 
 def _write_solution(
     row: int, vertices: torch.Tensor, target: torch.Tensor, init: torch.Tensor, solver: dict[str, Any],
-    checkpoint: str, examples: dict[str, int], units: torch.Tensor, config: MnistExperiment,
+    context: dict[str, Any], config: MnistExperiment,
 ) -> dict[str, Any]:
-    attrs = _row_attrs(row, checkpoint, examples, units, config)
+    attrs = _row_attrs(row, context["checkpoint"], context["examples"], context["units"], context["distance"], config)
     attrs["solver"] = solver
     write_row(
         config.results_root, config.name, row,
