@@ -1,4 +1,4 @@
-"""Tasks of the MNIST experiment, one per stage of :mod:`collide.mnist`."""
+"""Tasks of the MNIST experiment: one call of :mod:`collide.mnist` or :mod:`collide.mnist_jobs` each."""
 
 from __future__ import annotations
 
@@ -21,28 +21,6 @@ def prepare_data(config: MnistExperiment) -> dict[str, Any]:
 @task(name="train-model", **_OPTIONS)
 def train_model(config: MnistExperiment) -> dict[str, Any]:
     return jobs.train_model(config=config, progress=logging_progress())
-
-
-@task(name="pick-examples", **_OPTIONS)
-def pick_examples(checkpoint: str, config: MnistExperiment) -> dict[str, int]:
-    return stages.pick_examples(checkpoint, config=config)
-
-
-@task(name="solve-vertices", **_OPTIONS)
-def solve_rows(
-    rows: list[int], checkpoint: str, examples: dict[str, int], config: MnistExperiment
-) -> list[dict[str, Any]]:
-    return stages.solve_rows(rows, checkpoint, examples, config=config, progress=logging_progress())
-
-
-@task(name="evaluate-polytope", **_OPTIONS)
-def evaluate_row(row: int, config: MnistExperiment) -> dict[str, Any]:
-    return stages.evaluate_row(row, config=config)
-
-
-@task(name="write-tables", **_OPTIONS)
-def write_outputs(config: MnistExperiment) -> dict[str, str]:
-    return stages.write_outputs(config=config)
 
 
 @task(name="plan-jobs", **_OPTIONS)
