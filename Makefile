@@ -8,7 +8,7 @@ STAMP := $(VENV)/.installed
 export PREFECT_SERVER_ANALYTICS_ENABLED := false
 export DO_NOT_TRACK := 1
 
-.PHONY: run test lint clean-results
+.PHONY: run test lint serve tables status clean-results
 
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -21,6 +21,15 @@ run: $(STAMP)
 
 test: $(STAMP)
 	$(BIN)/python -m pytest -q
+
+serve: $(STAMP)
+	$(BIN)/collide serve
+
+tables: $(STAMP)
+	$(BIN)/collide tables
+
+status: $(STAMP)
+	$(BIN)/collide status
 
 lint: $(STAMP)
 	$(BIN)/ruff check collide tasks flows tests

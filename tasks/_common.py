@@ -27,7 +27,7 @@ TASK_OPTIONS: dict[str, Any] = {
 }
 
 
-def logging_progress(every: float = 0.25, bar_every: float = 0.05) -> Callable[[str, int, int], None]:
+def logging_progress(every: float = 0.25, bar_every: float = 0.1) -> Callable[[str, int, int], None]:
     """A collide progress callback: a progress artifact per stage (the task run's bar in
     the UI, moved every ``bar_every``) and a log line at about every ``every`` of it."""
     logger = get_run_logger()

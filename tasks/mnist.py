@@ -1,4 +1,4 @@
-"""Tasks of the MNIST experiment, one per stage of :mod:`collide.mnist`."""
+"""Tasks of the MNIST experiment: one call of :mod:`collide.mnist` or :mod:`collide.mnist_jobs` each."""
 
 from __future__ import annotations
 

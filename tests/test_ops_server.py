@@ -331,3 +331,26 @@ if __name__ == "__main__":
     bad = subprocess.run([sys.executable, str(script), "bad"], env=server["env"], cwd=PROJECT,
                          capture_output=True, text=True, timeout=120)
     assert bad.returncode != 0 and (tmp_path / "count").read_text() == "1"  # refused once, not retried
+
+
+def test_an_existing_dask_scheduler_runs_the_same_jobs(server, fanned_out, tmp_path):
+    from distributed import LocalCluster
+
+    uninterrupted, _ = fanned_out
+    config = MnistExperiment.from_dict({**uninterrupted.to_dict(), "results_root": str(tmp_path / "remote")})
+    # a cluster of its own, set up as the README asks: workers know the Prefect API
+    with LocalCluster(n_workers=1, threads_per_worker=1, processes=True, host="127.0.0.1",
+                      dashboard_address=None, env={"PREFECT_API_URL": server["api"]}) as cluster:
+        proc = _cli_run(server, config, "--dask-address", cluster.scheduler_address,
+                        stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+        out, _ = proc.communicate(timeout=400)
+        assert proc.returncode == 0, out
+        assert "Connecting to an existing Dask cluster" in out
+    _assert_same_rows(config, uninterrupted)
+    # the jobs ran as task runs of this flow run, reported to this server
+    [run] = _post(server["api"], "flow_runs/filter", {  # the latest finished one, not a scheduled one
+        "flows": {"name": {"any_": ["mnist"]}}, "flow_runs": {"state": {"type": {"any_": ["COMPLETED"]}}},
+        "sort": "EXPECTED_START_TIME_DESC", "limit": 1})
+    jobs = _post(server["api"], "task_runs/filter", {
+        "flow_runs": {"id": {"any_": [run["id"]]}}, "task_runs": {"name": {"like_": "polytope-target"}}})
+    assert len(jobs) == 10 and {j["state_type"] for j in jobs} == {"COMPLETED"}
