@@ -33,8 +33,10 @@ def summary_rows(r: dict[str, Any]) -> list[tuple[str, str, str, str, str, str]]
         target = "-"
         if e["model"] == "mlp":
             target = f"<= 2 s and err <= 1e-6: {_yes(x['seconds'] <= 2 and x['max_rel_error'] <= 1e-6)}"
+        why = "" if x["optimal"] == 5 else ": " + ", ".join(sorted(set(x["outcomes"])))
         rows.append((f"2 exact {e['model']}", "s / polytope; max rel err; vertex dist",
-                     f"{_s(x['seconds'])}; {x['max_rel_error']:.2g}; {x['vertex_avg_distance']:.3g}",
+                     f"{_s(x['seconds'])}; {x['max_rel_error']:.2g}; {x['vertex_avg_distance']:.3g} "
+                     f"({x['optimal']}/5 optimal{why})",
                      f"gradient: {_s(g['seconds'])}; {g['max_rel_error']:.2g}; {g['vertex_avg_distance']:.3g}",
                      f"{e['exact_over_gradient_seconds']:.2f}x the time", target))
     k = r.get("knn")

@@ -14,6 +14,8 @@ import time
 from pathlib import Path
 from typing import Any
 
+import torch
+
 from benchmarks import evaluation, exact_vs_gradient, extraction, gpu, knn, solver
 from benchmarks.common import MODELS, checkpoint, machine
 from benchmarks.report import markdown
@@ -60,6 +62,11 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     unknown = sorted(set(only) - set(ITEMS))
     if unknown:
         parser.error(f"unknown items {unknown}: expected some of {ITEMS}")
+    # The in-process items run tiny tensors (5 MNIST images) where a second thread buys
+    # nothing, and on a shared 2-core machine an oversubscribed OpenMP pool made single
+    # runs up to 10x slower. One thread for both collide and its references; the kNN and
+    # extraction children keep torch's default.
+    torch.set_num_threads(1)
     start = time.perf_counter()
     results: dict[str, Any] = {"machine": machine()}
     for arch in MODELS:  # fetch and train first, so no benchmark times it
