@@ -36,3 +36,9 @@ lint: $(STAMP)
 
 clean-results:
 	rm -rf data/results
+
+# Speed and scale against reference runs (not run by CI; about 15 minutes on 2 cores).
+# Rewrites benchmarks/results.md and benchmarks/results.json.
+.PHONY: bench
+bench: $(STAMP)
+	$(BIN)/python -m benchmarks.run

@@ -1,0 +1,145 @@
+"""What every benchmark shares: the machine record, timing, memory, and the models.
+
+Timings on a shared 2-core machine are noisy, so short measurements are repeated and
+the median kept, and each figure is compared with a reference measured in the same
+process right before or after it.
+"""
+
+from __future__ import annotations
+
+import datetime
+import os
+import platform
+import statistics
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from collide.config import MnistExperiment, TrainConfig
+from collide.data import ensure_mnist, load_mnist
+from collide.mnist import pick_examples, prepare_data, train_model
+from collide.models import load_checkpoint
+from collide.objective import nonpositive_units
+from collide.taps import preactivation
+
+DATA_ROOT = Path(os.environ.get("COLLIDE_BENCH_DATA", "data"))
+N_VERTICES = 5
+
+# The two MNIST classifiers and the layer where their features collide: the MLP's
+# first ReLU (paper §3.1) and LeNet-5's first fully connected ReLU (the fc6 analogue).
+# LeNet-5 is trained as the patch experiment trains it, so its checkpoint is shared.
+MODELS = {
+    "mlp": (TrainConfig(), "relu1"),
+    "lenet5": (TrainConfig(arch="lenet5", epochs=4, min_accuracy=0.98), "fc1"),
+}
+
+
+def experiment(arch: str) -> MnistExperiment:
+    train, layer = MODELS[arch]
+    return MnistExperiment(layer=layer, train=train).with_paths(DATA_ROOT)
+
+
+def checkpoint(arch: str) -> str:
+    """The trained classifier's checkpoint; MNIST is fetched and the model trained if missing."""
+    config = experiment(arch)
+    prepare_data(config=config)
+    return train_model(config=config)["checkpoint"]
+
+
+def collision_problem(arch: str) -> dict[str, Any]:
+    """The MNIST experiment's first polytope: target and init are the first correct 7.
+
+    Returns the model, layer, target image, its pre-activation (D,) and the
+    ``N_VERTICES`` pushed units, in the authors' order.
+    """
+    config = experiment(arch)
+    path = checkpoint(arch)
+    model, _ = load_checkpoint(path)
+    target = load_mnist(config.data_root, "test").images[pick_examples(path, config=config)["target_index"]]
+    with torch.no_grad():
+        target_pre = preactivation(model, target.unsqueeze(0), config.layer)[0]
+    return {"model": model, "layer": config.layer, "target": target, "target_pre": target_pre,
+            "units": nonpositive_units(target_pre, N_VERTICES)}
+
+
+def mnist_train_file() -> Path:
+    """The MNIST training images IDX file, fetched when missing."""
+    return ensure_mnist(DATA_ROOT / "raw" / "mnist")["train_images"]
+
+
+def train_images(limit: int | None = None) -> np.ndarray:
+    """MNIST training images as uint8 (n, 1, 28, 28): the patch corpora come from them."""
+    images = load_mnist(DATA_ROOT / "raw" / "mnist", "train", limit=limit).images
+    return (images * 255).round().to(torch.uint8).numpy()
+
+
+def test_images(limit: int | None = None) -> np.ndarray:
+    images = load_mnist(DATA_ROOT / "raw" / "mnist", "test", limit=limit).images
+    return (images * 255).round().to(torch.uint8).numpy()
+
+
+def timed(fn: Callable[[], Any]) -> tuple[float, Any]:
+    start = time.perf_counter()
+    out = fn()
+    return time.perf_counter() - start, out
+
+
+def median_time(fn: Callable[[], Any], repeats: int = 3) -> tuple[float, Any]:
+    """Median wall seconds of ``repeats`` calls, and the last call's result."""
+    times, out = [], None
+    for _ in range(repeats):
+        seconds, out = timed(fn)
+        times.append(seconds)
+    return statistics.median(times), out
+
+
+def proc_status_mib(field: str) -> float:
+    """A memory line of /proc/self/status in MiB: VmHWM is the RSS high-water mark."""
+    for line in Path("/proc/self/status").read_text().splitlines():
+        if line.startswith(field + ":"):
+            return int(line.split()[1]) / 1024
+    raise RuntimeError(f"{field} not in /proc/self/status (this needs Linux)")
+
+
+def _cpu_model() -> str:
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or "unknown"
+
+
+def _ram_gib() -> float:
+    for line in Path("/proc/meminfo").read_text().splitlines():
+        if line.startswith("MemTotal:"):
+            return round(int(line.split()[1]) / 1024**2, 1)
+    return float("nan")
+
+
+def machine() -> dict[str, Any]:
+    """Where the numbers came from; the load average says how busy the machine was."""
+    import dask
+    import pynndescent
+    import scipy
+
+    return {
+        "date": datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds"),
+        "cpu": _cpu_model(),
+        "cores": os.cpu_count(),
+        "ram_gib": _ram_gib(),
+        "torch_threads": torch.get_num_threads(),
+        "load_average": [round(x, 2) for x in os.getloadavg()],
+        "python": platform.python_version(),
+        "torch": torch.__version__,
+        "numpy": np.__version__,
+        "scipy": scipy.__version__,
+        "dask": dask.__version__,
+        "pynndescent": pynndescent.__version__,
+        "cuda": torch.cuda.get_device_name(0) if torch.cuda.is_available() else None,
+    }

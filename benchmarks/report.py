@@ -1,0 +1,128 @@
+"""Results as Markdown: a summary table of every figure against its target, then details."""
+
+from __future__ import annotations
+
+from typing import Any
+
+
+def _s(x: float) -> str:
+    return f"{x:.3g} s" if x >= 0.01 else f"{x * 1000:.3g} ms"
+
+
+def _yes(ok: bool) -> str:
+    return "met" if ok else "**missed**"
+
+
+def summary_rows(r: dict[str, Any]) -> list[tuple[str, str, str, str, str, str]]:
+    """(item, figure, collide, reference, ratio, target: met/missed) for each key figure."""
+    rows = []
+    for s in r.get("solver", []):
+        a, b = s["authors"], s["batched"]
+        ref = (f"{_s(a['seconds'])}, {a['iterations']} it, {a['converged']}/5 converged "
+               f"(max rel err {a['max_rel_error']:.3g})")
+        rows.append((f"1 solver {s['model']}", "seconds, 5 vertices", f"{_s(b['seconds'])} ({b['converged']}/5)",
+                     ref, f"{s['speedup_vs_authors']:.1f}x faster",
+                     f">= 4x: {_yes(s['speedup_vs_authors'] >= 4 and b['converged'] == 5)}"))
+        rows.append((f"1 solver {s['model']}", "iterations", str(b["iterations"]), str(a["iterations"]),
+                     f"{s['iteration_ratio']:.3f}", f"<= 0.1: {_yes(s['iteration_ratio'] <= 0.1)}"))
+        rows.append((f"1 solver {s['model']}", "batching alone", _s(b["seconds"]),
+                     f"{_s(s['one_at_a_time']['seconds'])} (same solver, one vertex at a time)",
+                     f"{s['speedup_vs_one_at_a_time']:.1f}x faster", "-"))
+    for e in r.get("exact", []):
+        x, g = e["exact"], e["gradient"]
+        target = "-"
+        if e["model"] == "mlp":
+            target = f"<= 2 s and err <= 1e-6: {_yes(x['seconds'] <= 2 and x['max_rel_error'] <= 1e-6)}"
+        why = "" if x["optimal"] == 5 else ": " + ", ".join(sorted(set(x["outcomes"])))
+        rows.append((f"2 exact {e['model']}", "s / polytope; max rel err; vertex dist",
+                     f"{_s(x['seconds'])}; {x['max_rel_error']:.2g}; {x['vertex_avg_distance']:.3g} "
+                     f"({x['optimal']}/5 optimal{why})",
+                     f"gradient: {_s(g['seconds'])}; {g['max_rel_error']:.2g}; {g['vertex_avg_distance']:.3g}",
+                     f"{e['exact_over_gradient_seconds']:.2f}x the time", target))
+    k = r.get("knn")
+    if k:
+        for row in k["sizes"]:
+            i, x = row["index"], row["exact"]
+            rec = min(row["recall_one_image"], row["recall_bulk"])
+            rows.append((f"3 kNN {row['n']:.0e}", "one image (36 q); 1e5 q; build",
+                         f"{_s(i['one_image_seconds'])}; {_s(i['bulk_seconds'])}; {_s(i['build_seconds'])}",
+                         f"exact: {_s(x['one_image_seconds'])}; {_s(x['bulk_seconds'])} (scaled); -",
+                         f"{x['one_image_seconds'] / i['one_image_seconds']:.0f}x; "
+                         f"{x['bulk_seconds'] / i['bulk_seconds']:.0f}x (query only)",
+                         f"recall@10 {rec:.4f} >= 0.95: {_yes(rec >= 0.95)}"))
+    ex = r.get("extraction")
+    if ex:
+        g = ex["peak_growth"]
+        big = {x["method"]: x for x in ex["runs"] if x["n_images"] == max(y["n_images"] for y in ex["runs"])}
+        speed = big["dask"]["patches_per_second"] / big["numpy"]["patches_per_second"]
+        rows.append(("4 extraction", "peak RSS growth, corpus x10", f"dask {g['dask']:.2f}x",
+                     f"numpy {g['numpy']:.2f}x", f"{speed:.2f}x numpy's patches/s",
+                     f"dask < 1.5x: {_yes(g['dask'] < 1.5)}"))
+    for ev in r.get("evaluation", []):
+        rows.append((f"5 evaluation {ev['model']}", "2000 samples", _s(ev["seconds"]),
+                     f"one by one: {_s(ev['one_by_one_seconds'])}", f"{ev['speedup']:.0f}x faster", "-"))
+    gpu = r.get("gpu", {})
+    if "skipped" in gpu:
+        rows.append(("6 GPU", "VGG-16 fc6 solver", "not measured", "-", "-", gpu["skipped"]))
+    elif gpu:
+        rows.append(("6 GPU", f"VGG-16 fc6, {gpu['steps']} steps", _s(gpu["batched_seconds"]),
+                     f"one at a time: {_s(gpu['one_at_a_time_seconds'])}", f"{gpu['speedup']:.1f}x",
+                     f"{gpu['share_of_matmul_rate']:.0%} of {gpu['matmul_tflops']:.0f} TFLOP/s matmul"))
+    return rows
+
+
+def _table(header: list[str], rows: list[list[str]]) -> str:
+    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    lines += ["| " + " | ".join(str(c) for c in row) + " |" for row in rows]
+    return "\n".join(lines)
+
+
+def markdown(r: dict[str, Any]) -> str:
+    m = r["machine"]
+    parts = [
+        "# collide benchmarks",
+        "",
+        "Written by `make bench` (`python -m benchmarks.run`); the same numbers are in `results.json`.",
+        "Every ratio compares collide with a reference run in the same process on the same machine.",
+        "",
+        f"Machine: {m['cpu']}, {m['cores']} cores, {m['ram_gib']} GiB RAM; torch {m['torch']} "
+        f"({m['torch_threads']} threads), numpy {m['numpy']}, scipy {m['scipy']}, dask {m['dask']}, "
+        f"pynndescent {m['pynndescent']}, Python {m['python']}; GPU: {m['cuda'] or 'none'}.",
+        f"Started {m['date']}, load average {m['load_average']} (at the end: {r['load_average_end']}); "
+        f"took {r['seconds']:.0f} s.",
+        "",
+        "## Summary",
+        "",
+        _table(["item", "figure", "collide", "reference", "ratio", "target"],
+               [list(x) for x in summary_rows(r)]),
+    ]
+    k = r.get("knn")
+    if k:
+        parts += ["", "## kNN details", "",
+                  f"k = {k['k']}, pynndescent n_neighbors {k['config']['n_neighbors']}, epsilon "
+                  f"{k['config']['epsilon']}. Exact search of the {k['n_queries']} queries is timed on "
+                  f"{k['n_exact_sample']} of them and scaled linearly (its cost is linear in the queries); "
+                  "recall on the 1e5 workload is measured on that sample. Peak memory: rise of the child "
+                  "process's resident high-water mark after loading corpus and queries.", "",
+                  _table(["patches", "distinct", "build", "index peak MiB", "exact peak MiB",
+                          "recall@10 one image", "recall@10 1e5 (sample)"],
+                         [[f"{s['n']:.0e}", s["distinct"], _s(s["index"]["build_seconds"]),
+                           f"{s['index']['peak_mib']:.0f}", f"{s['exact']['peak_mib']:.0f}",
+                           f"{s['recall_one_image']:.4f}", f"{s['recall_bulk']:.4f}"] for s in k["sizes"]]),
+                  "", "Size at which the index starts to beat exact search:", ""]
+        for name, w in k["index_beats_exact"].items():
+            parts.append(f"- {name}: query only (index already built) {w['query_only']}; "
+                         f"build + query {w['build_plus_query']}")
+    ex = r.get("extraction")
+    if ex:
+        parts += ["", "## Extraction details", "",
+                  f"{ex['patch']['size']}x{ex['patch']['size']} patches at stride {ex['patch']['stride']}, "
+                  f"{ex['patch']['images_per_chunk']} images per Zarr chunk, Dask threads scheduler. Peak: rise "
+                  "of a fresh child process's RSS high-water mark over its resident memory after loading the "
+                  "source images and a warm-up run.", "",
+                  _table(["method", "images", "patches", "seconds", "patches/s", "peak MiB"],
+                         [[x["method"], x["n_images"], x["n_patches"], f"{x['seconds']:.2f}",
+                           f"{x['patches_per_second']:.3g}", f"{x['peak_mib']:.1f}"] for x in ex["runs"]])]
+    if r.get("notes"):
+        parts += ["", "## Notes", ""] + [f"- {n}" for n in r["notes"]]
+    return "\n".join(parts) + "\n"
