@@ -44,18 +44,23 @@ def _check(queries: np.ndarray, n_corpus: int, k: int) -> None:
 
 def exact_knn(
     queries: np.ndarray, corpus: Any, k: int, *, rows: np.ndarray | None = None, chunk: int = 65536,
-    device: str = "cpu",
+    query_block: int = 1024, device: str = "cpu",
 ) -> tuple[np.ndarray, np.ndarray]:
     """Brute force, chunk by chunk over the corpus, merging the running top k.
 
     ``corpus`` is anything sliceable into uint8 patches (a Zarr array, a numpy array),
     read ``chunk`` rows at a time, so it never needs to fit in memory. ``rows``
     (sorted) restricts the search to those rows, e.g. an index's distinct patches.
+    Queries go ``query_block`` at a time: the distance block is queries x chunk floats.
 
     Shapes:
         queries: (Q, D) float32 -> indices (Q, k) int64, distances (Q, k) float32
     """
     _check(queries, corpus.shape[0], k)
+    if len(queries) > query_block:
+        parts = [exact_knn(queries[i : i + query_block], corpus, k, rows=rows, chunk=chunk,
+                           query_block=query_block, device=device) for i in range(0, len(queries), query_block)]
+        return np.concatenate([p[0] for p in parts]), np.concatenate([p[1] for p in parts])
     q = torch.from_numpy(np.ascontiguousarray(queries, dtype=np.float32)).to(device)
     q_sq = (q * q).sum(1, keepdim=True)
     best_d = torch.full((len(q), k), float("inf"), device=device)

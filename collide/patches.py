@@ -9,6 +9,7 @@ skips finished chunks, and a killed run redoes only the chunk it was in.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import shutil
 from collections.abc import Callable, Sequence
@@ -118,9 +119,13 @@ def build_store(
     if not ids:
         raise DataError("no images to take patches from")
     n_chunks = -(-len(ids) // config.images_per_chunk)
-    settings = {"config": asdict(config), "image_ids": ids, "image_shape": list(image_shape),
-                "source": source or {}}
-    fingerprint = json.dumps(settings, sort_keys=True)
+    settings = {"config": asdict(config), "image_shape": list(image_shape), "source": source or {}}
+    # The ids go into an array and only their hash into the attrs: every Dask task
+    # reopens the group, and attrs that grow with the corpus would grow its memory too.
+    id_array = np.asarray(ids, dtype=np.int64)
+    fingerprint = hashlib.sha256(
+        json.dumps(settings, sort_keys=True).encode() + id_array.tobytes()
+    ).hexdigest()
     if path.exists():
         try:
             old = zarr.open_group(path, mode="r").attrs.get("fingerprint")
@@ -138,6 +143,7 @@ def build_store(
                            chunks=(rows, c, config.size, config.size))
         group.create_array("index", shape=(total, 3), dtype="int32", chunks=(rows, 3))
         group.create_array("done", shape=(n_chunks,), dtype="bool", chunks=(1,), fill_value=False)
+        group.create_array("image_ids", data=id_array, chunks=(min(len(id_array), 1 << 20),))
         group.attrs.update({"fingerprint": fingerprint, **settings, "patches_per_image": per_image})
         tmp.rename(path)
     done = zarr.open_group(path, mode="r")["done"][...]

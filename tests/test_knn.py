@@ -78,3 +78,11 @@ def test_an_index_from_an_older_format_is_refused(tmp_path):
     index.save(tmp_path / "old.pkl")
     with pytest.raises(StaleIndexError, match="older collide"):
         PatchIndex.load(tmp_path / "old.pkl")
+
+
+def test_query_blocks_do_not_change_the_answer():
+    corpus = _corpus(300)
+    q = as_vectors(_corpus(50, seed=3))
+    whole = exact_knn(q, corpus, 4)
+    blocked = exact_knn(q, corpus, 4, query_block=7)
+    assert np.array_equal(whole[0], blocked[0]) and np.array_equal(whole[1], blocked[1])

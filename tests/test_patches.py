@@ -95,3 +95,12 @@ def test_sample_ids_takes_a_share_of_every_class():
 
 def test_window_starts_cover_the_side():
     assert patches.window_starts(28, 8, 4).tolist() == [0, 4, 8, 12, 16, 20]
+
+
+def test_store_attrs_stay_small_as_the_corpus_grows(tmp_path):
+    imgs = _images(3)
+    ids = list(range(3)) * 400  # 1200 images: their ids go to an array, not the attrs
+    build_store(tmp_path / "p.zarr", ids, lambda i: imgs[[k % 3 for k in i]], image_shape=(1, 12, 12),
+                config=PatchConfig(size=4, stride=4, images_per_chunk=600))
+    assert (tmp_path / "p.zarr" / "zarr.json").stat().st_size < 4096
+    assert open_store(tmp_path / "p.zarr")["image_ids"][...].tolist() == ids
