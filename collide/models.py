@@ -130,7 +130,8 @@ def train(
     return model, meta
 
 
-def _sha256(path: Path) -> str:
+def file_sha256(path: str | Path) -> str:
+    """sha256 of a file's bytes, read in blocks."""
     h = hashlib.sha256()
     with open(path, "rb") as fh:
         for block in iter(lambda: fh.read(1 << 20), b""):
@@ -150,7 +151,7 @@ def save_checkpoint(model: nn.Module, meta: dict[str, Any], path: str | Path) ->
     os.close(fd)
     try:
         torch.save({"state_dict": model.state_dict(), "arch": meta["arch"]}, tmp)
-        meta = {**meta, "sha256": _sha256(Path(tmp)), "file": path.name}
+        meta = {**meta, "sha256": file_sha256(Path(tmp)), "file": path.name}
         side = Path(f"{tmp}.json")
         side.write_text(json.dumps(meta, indent=2, sort_keys=True))
         os.replace(tmp, path)
@@ -171,7 +172,7 @@ def load_checkpoint(path: str | Path) -> tuple[nn.Module, dict[str, Any]]:
     if not side.is_file():
         raise CheckpointError(f"checkpoint metadata {side} is missing: delete {path} and retrain")
     meta = json.loads(side.read_text())
-    digest = _sha256(path)
+    digest = file_sha256(path)
     if digest != meta.get("sha256"):
         raise CheckpointError(
             f"checkpoint {path} has sha256 {digest[:12]}..., its metadata says "

@@ -11,7 +11,6 @@ Weights: ``torchvision`` (downloaded or found in the torch cache), a local file,
 
 from __future__ import annotations
 
-import hashlib
 from pathlib import Path
 from typing import Any
 
@@ -19,6 +18,7 @@ import torch
 from torch import nn
 
 from collide.errors import CheckpointError
+from collide.models import file_sha256
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
@@ -38,14 +38,6 @@ class NormalisedVGG(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.net((x - self.mean) / self.std)
-
-
-def _sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as fh:
-        for block in iter(lambda: fh.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()
 
 
 def _torchvision_weights() -> tuple[dict[str, torch.Tensor], Path]:
@@ -76,7 +68,7 @@ def resolve_weights(weights: str, *, seed: int = 0) -> dict[str, Any]:
             raise CheckpointError(
                 f"VGG-16 weights file {path} does not exist: pass an existing file, 'torchvision', or 'random'"
             )
-    return {"kind": "vgg16", "weights": str(path), "seed": seed, "random": False, "sha256": _sha256(path)}
+    return {"kind": "vgg16", "weights": str(path), "seed": seed, "random": False, "sha256": file_sha256(path)}
 
 
 def vgg16_from_source(source: dict[str, Any]) -> NormalisedVGG:
@@ -91,7 +83,7 @@ def vgg16_from_source(source: dict[str, Any]) -> NormalisedVGG:
         path = Path(source["weights"])
         if not path.is_file():
             raise CheckpointError(f"VGG-16 weights file {path} is gone: restore it or rerun the experiment")
-        if source.get("sha256") and _sha256(path) != source["sha256"]:
+        if source.get("sha256") and file_sha256(path) != source["sha256"]:
             raise CheckpointError(f"VGG-16 weights file {path} changed since the row was solved: rerun")
         net = vgg16(weights=None)
         try:
