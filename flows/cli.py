@@ -154,8 +154,10 @@ Each command has its own --help.""",
         "run", help="run an experiment end to end",
         formatter_class=argparse.RawDescriptionHelpFormatter,
         description="Run an experiment: data, model, vertices, 2000-sample evaluation, tables, figure.\n"
-        "Finished work is reused: a rerun after a crash redoes only what was cut off, and a rerun\n"
-        "of a finished experiment with the same config writes nothing.\n\nexperiments:\n" + experiments,
+        "Finished work is reused: for mnist a rerun after a crash redoes only what was cut off, and a\n"
+        "rerun of a finished experiment with the same config writes nothing; patches reuses its\n"
+        "checkpoint, patch store (chunk by chunk) and index, and recomputes the vertices.\n\n"
+        "experiments:\n" + experiments,
         epilog="examples:\n  collide run mnist --set n_vertices=5 --set gradient.max_steps=2000\n"
         "  collide run mnist --set targets_per_class=10 --set name=mnist-targets   # 100 targets over Dask\n"
         "  collide run mnist --dask-address tcp://10.0.0.5:8786                    # an existing cluster\n"
