@@ -49,17 +49,23 @@ def tiny_mnist(tmp_path_factory) -> Path:
     return synthetic_mnist(tmp_path_factory.mktemp("mnist"))
 
 
-@pytest.fixture
-def tiny_config(tiny_mnist, tmp_path) -> MnistExperiment:
-    return MnistExperiment(
-        data_root=str(tiny_mnist),
-        checkpoint_dir=str(tmp_path / "checkpoints"),
-        results_root=str(tmp_path / "results"),
+def small_mnist_config(data_root: Path, root: Path, **changes) -> MnistExperiment:
+    """The MNIST experiment sized for tests: 2 epochs, 300 samples, CPU, no downloads."""
+    settings = dict(
+        data_root=str(data_root),
+        checkpoint_dir=str(root / "checkpoints"),
+        results_root=str(root / "results"),
         device="cpu",
         allow_download=False,
         train=TrainConfig(epochs=2, min_accuracy=0.0),
         sample=SampleConfig(n_samples=300, n_dataset_pairs=200),
     )
+    return MnistExperiment(**{**settings, **changes})
+
+
+@pytest.fixture
+def tiny_config(tiny_mnist, tmp_path) -> MnistExperiment:
+    return small_mnist_config(tiny_mnist, tmp_path)
 
 
 @pytest.fixture

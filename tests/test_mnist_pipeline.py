@@ -15,19 +15,14 @@ from collide.models import load_checkpoint
 from collide.objective import feature_rel_error, max_nonpositive_violation
 from collide.store import TABLE_COLUMNS, read_row, store_path
 from collide.taps import preactivation
+from tests.conftest import small_mnist_config
 from tests.tolerances import LP_STORED_REL_ERROR
 
 
 @pytest.fixture(scope="module")
 def finished(tiny_mnist, tmp_path_factory):
-    from collide.config import MnistExperiment, SampleConfig
-
     root = tmp_path_factory.mktemp("run")
-    config = MnistExperiment(
-        data_root=str(tiny_mnist), checkpoint_dir=str(root / "ck"), results_root=str(root / "res"),
-        device="cpu", allow_download=False, train=TrainConfig(epochs=2, min_accuracy=0.0),
-        sample=SampleConfig(n_samples=300, n_dataset_pairs=200),
-    )
+    config = small_mnist_config(tiny_mnist, root)
     out = mnist.run(config=config)
     return config, out
 

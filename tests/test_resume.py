@@ -10,12 +10,13 @@ import pytest
 import torch
 
 from collide import mnist_jobs
-from collide.config import MnistExperiment, SampleConfig, TrainConfig
+from collide.config import MnistExperiment
 from collide.data import load_mnist
 from collide.errors import ConfigError
 from collide.models import load_checkpoint
 from collide.resume import code_version, mark_done, row_keys, stage_key, torch_threads
 from collide.store import list_rows, read_row, store_path, write_row
+from tests.conftest import small_mnist_config
 
 TIMING = ["solver_seconds"]
 
@@ -23,11 +24,7 @@ TIMING = ["solver_seconds"]
 @pytest.fixture(scope="module")
 def finished(tiny_mnist, tmp_path_factory):
     root = tmp_path_factory.mktemp("resume")
-    config = MnistExperiment(
-        data_root=str(tiny_mnist), checkpoint_dir=str(root / "ck"), results_root=str(root / "res"),
-        device="cpu", allow_download=False, train=TrainConfig(epochs=2, min_accuracy=0.0),
-        sample=SampleConfig(n_samples=300, n_dataset_pairs=200),
-    )
+    config = small_mnist_config(tiny_mnist, root)
     out = mnist_jobs.run(config=config)
     return config, out
 

@@ -9,19 +9,18 @@ import pandas as pd
 import pytest
 
 from collide import mnist_jobs, tables
-from collide.config import MnistExperiment, RowSpec, SampleConfig, TrainConfig
+from collide.config import MnistExperiment, RowSpec
 from collide.resume import mark_done
 from collide.store import table_path
 from flows.cli import main
+from tests.conftest import small_mnist_config
 
 
 @pytest.fixture(scope="module")
 def finished(tiny_mnist, tmp_path_factory):
     root = tmp_path_factory.mktemp("tables")
-    config = MnistExperiment(
-        data_root=str(tiny_mnist), checkpoint_dir=str(root / "ck"), results_root=str(root / "res"),
-        device="cpu", allow_download=False, train=TrainConfig(epochs=2, min_accuracy=0.0),
-        sample=SampleConfig(n_samples=300, n_dataset_pairs=200),
+    config = small_mnist_config(
+        tiny_mnist, root,
         rows=(RowSpec("gradient", "target"), RowSpec("exact", "other")),
     )
     return config, mnist_jobs.run(config=config)
