@@ -99,3 +99,18 @@ def evaluate_row(
         keep_existing=True,
     )
     return metrics
+
+
+def evaluate_experiment_row(row: int, *, config: Any) -> dict[str, Any]:
+    """:func:`evaluate_row` for an experiment config (its results root, name, sampler, device)."""
+    from collide.config import resolve_device
+
+    return evaluate_row(config.results_root, config.name, row, sample=config.sample,
+                        device=resolve_device(config.device))
+
+
+def write_experiment_outputs(*, config: Any) -> dict[str, Any]:
+    """The experiment's table and figure, rebuilt from its Zarr store alone."""
+    from collide import tables
+
+    return tables.write_outputs(config.results_root, config.name)

@@ -12,7 +12,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from collide import evaluation, tables
+from collide import evaluation
 from collide.config import ImagenetExperiment, resolve_device
 from collide.errors import DataError
 from collide.images import list_folder, load_image
@@ -87,12 +87,7 @@ def solve_rows(plan: dict[str, Any], *, config: ImagenetExperiment, progress: Pr
     summaries = []
     for k, init in enumerate(rows):
         part = slice(k * v, (k + 1) * v)
-        solver = {
-            "seconds": result.seconds,
-            "steps": result.steps[part].tolist(),
-            "converged": bool(result.converged[part].all()),
-            "outcomes": ["converged" if c else "max_steps" for c in result.converged[part].tolist()],
-        }
+        solver = result.summary(part)
         attrs = {
             "experiment": config.name,
             "row": k,
@@ -125,14 +120,9 @@ def solve_rows(plan: dict[str, Any], *, config: ImagenetExperiment, progress: Pr
     return summaries
 
 
-def evaluate_row(row: int, *, config: ImagenetExperiment) -> dict[str, Any]:
-    return evaluation.evaluate_row(
-        config.results_root, config.name, row, sample=config.sample, device=resolve_device(config.device)
-    )
-
-
-def write_outputs(*, config: ImagenetExperiment) -> dict[str, Any]:
-    return tables.write_outputs(config.results_root, config.name)
+# Every experiment evaluates and writes its rows the same way, from the store.
+evaluate_row = evaluation.evaluate_experiment_row
+write_outputs = evaluation.write_experiment_outputs
 
 
 def run(*, config: ImagenetExperiment, progress: Progress = _noop) -> dict[str, Any]:

@@ -14,7 +14,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from collide import evaluation, tables
+from collide import evaluation
 from collide.config import MnistExperiment, resolve_device
 from collide.data import ensure_mnist, load_mnist
 from collide.errors import CheckpointError, DataError
@@ -101,15 +101,12 @@ def pick_examples(checkpoint: str, *, config: MnistExperiment) -> dict[str, int]
     return {"target_index": target, "other_index": int(others[0])}
 
 
-def _row_attrs(
-    row: int, checkpoint: str, examples: dict[str, int], units: torch.Tensor, distance: float,
-    config: MnistExperiment,
-) -> dict[str, Any]:
+def _row_attrs(row: int, context: dict[str, Any], config: MnistExperiment) -> dict[str, Any]:
     spec = config.row_spec(row)
-    _, meta = load_checkpoint(checkpoint)
+    checkpoint, meta, examples = context["checkpoint"], context["meta"], context["examples"]
     return {
         "model_source": checkpoint_source(checkpoint, meta["sha256"]),
-        "dataset_avg_distance": distance,
+        "dataset_avg_distance": context["distance"],
         "pixel_scale": 1.0,
         "experiment": config.name,
         "row": row,
@@ -123,7 +120,7 @@ def _row_attrs(
         "loss": config.gradient.loss if spec.method == "gradient" else "lp",
         "target_index": examples["target_index"],
         "init_index": examples["target_index"] if spec.init == "target" else examples["other_index"],
-        "units": units.tolist(),
+        "units": context["units"].tolist(),
         "sampler": config.sample.sampler,
         "seed": config.seed,
         "config": config.to_dict(),
@@ -144,7 +141,7 @@ def solve_rows(
     All gradient rows go through the solver as one batch; exact rows are solved one LP
     per vertex.
     """
-    model, _ = load_checkpoint(checkpoint)
+    model, meta = load_checkpoint(checkpoint)
     test = load_mnist(config.data_root, "test")
     target = test.images[examples["target_index"]]
     with torch.no_grad():
@@ -157,7 +154,7 @@ def solve_rows(
     }
     v = config.n_vertices
     context = {
-        "checkpoint": checkpoint, "examples": examples, "units": units,
+        "checkpoint": checkpoint, "meta": meta, "examples": examples, "units": units,
         "distance": dataset_avg_distance(test.images, n_pairs=config.sample.n_dataset_pairs, seed=config.sample.seed),
     }
     summaries = []
@@ -174,12 +171,7 @@ def solve_rows(
         )
         for k, r in enumerate(grad_rows):
             part = slice(k * v, (k + 1) * v)
-            solver = {
-                "seconds": result.seconds,
-                "steps": result.steps[part].tolist(),
-                "converged": bool(result.converged[part].all()),
-                "outcomes": ["converged" if c else "max_steps" for c in result.converged[part].tolist()],
-            }
+            solver = result.summary(part)
             summaries.append(_write_solution(r, result.vertices[part], target, inits[r], solver, context, config))
     exact_rows = [r for r in rows if specs[r].method == "exact"]
     for k, r in enumerate(exact_rows):
@@ -202,7 +194,7 @@ def _write_solution(
     row: int, vertices: torch.Tensor, target: torch.Tensor, init: torch.Tensor, solver: dict[str, Any],
     context: dict[str, Any], config: MnistExperiment,
 ) -> dict[str, Any]:
-    attrs = _row_attrs(row, context["checkpoint"], context["examples"], context["units"], context["distance"], config)
+    attrs = _row_attrs(row, context, config)
     attrs["solver"] = solver
     write_row(
         config.results_root, config.name, row,
@@ -216,16 +208,9 @@ def _write_solution(
     return {"row": row, "method": attrs["method"], "init": attrs["init"], **solver}
 
 
-def evaluate_row(row: int, *, config: MnistExperiment) -> dict[str, Any]:
-    """Draw ``n_samples`` points of the row's polytope, classify them, store the metrics."""
-    return evaluation.evaluate_row(
-        config.results_root, config.name, row, sample=config.sample, device=resolve_device(config.device)
-    )
-
-
-def write_outputs(*, config: MnistExperiment) -> dict[str, Any]:
-    """Table 2 as Parquet and Table 1 as PNG, rebuilt from the Zarr store alone."""
-    return tables.write_outputs(config.results_root, config.name)
+# Every experiment evaluates and writes its rows the same way, from the store.
+evaluate_row = evaluation.evaluate_experiment_row
+write_outputs = evaluation.write_experiment_outputs
 
 
 def run(*, config: MnistExperiment, progress: Progress = _noop) -> dict[str, Any]:

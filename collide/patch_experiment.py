@@ -20,7 +20,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from collide import evaluation, mnist, tables
+from collide import evaluation, mnist
 from collide import patch_sources as sources
 from collide.compose import Composition, compose, initial_logits, weight_tv, window_patches
 from collide.config import PatchExperiment, resolve_device
@@ -163,12 +163,7 @@ def solve_rows(
             regularizer=lambda theta, comp_dev=comp_dev: config.tv_weight * weight_tv(theta, comp_dev),
         )
         init_image = compose(logits0[None], comp)[0]
-        solver = {
-            "seconds": result.seconds,
-            "steps": result.steps.tolist(),
-            "converged": bool(result.converged.all()),
-            "outcomes": ["converged" if c else "max_steps" for c in result.converged.tolist()],
-        }
+        solver = result.summary()
         attrs = {
             "experiment": config.name,
             "row": k,
@@ -214,14 +209,9 @@ def _model_name(source: dict[str, Any], config: PatchExperiment) -> str:
     return "vgg16-random" if source.get("random") else "vgg16-imagenet"
 
 
-def evaluate_row(row: int, *, config: PatchExperiment) -> dict[str, Any]:
-    return evaluation.evaluate_row(
-        config.results_root, config.name, row, sample=config.sample, device=resolve_device(config.device)
-    )
-
-
-def write_outputs(*, config: PatchExperiment) -> dict[str, Any]:
-    return tables.write_outputs(config.results_root, config.name)
+# Every experiment evaluates and writes its rows the same way, from the store.
+evaluate_row = evaluation.evaluate_experiment_row
+write_outputs = evaluation.write_experiment_outputs
 
 
 def run(*, config: PatchExperiment, progress: Progress = _noop, scheduler: Any = "threads") -> dict[str, Any]:

@@ -13,6 +13,7 @@ import copy
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import Any
 
 import torch
 from torch import nn
@@ -50,6 +51,16 @@ class GradientResult:
     rel_error: torch.Tensor
     violation: torch.Tensor
     seconds: float
+
+    def summary(self, rows: slice = slice(None)) -> dict[str, Any]:
+        """What a table row records of the solve of ``rows`` (one polytope's vertices)."""
+        done = self.converged[rows]
+        return {
+            "seconds": self.seconds,
+            "steps": self.steps[rows].tolist(),
+            "converged": bool(done.all()),
+            "outcomes": ["converged" if c else "max_steps" for c in done.tolist()],
+        }
 
 
 def _frozen_copy(model: nn.Module, device: str) -> nn.Module:

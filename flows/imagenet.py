@@ -8,8 +8,8 @@ from prefect import flow, get_run_logger
 
 import flows  # noqa: F401  (telemetry off before prefect loads)
 from collide.config import ImagenetExperiment
+from flows._outputs import write_and_publish
 from tasks import imagenet as t
-from tasks import outputs as o
 
 
 @flow(name="imagenet", log_prints=True)
@@ -35,9 +35,7 @@ def imagenet_flow(config: dict[str, Any] | None = None) -> dict[str, Any]:
         logger.info("row %d: success %.3f, target prob %.3f, vertex distance %.1f (of %.1f between images)",
                     m["row"], m["success_rate"], m["target_top_prob"], m["vertex_avg_distance"],
                     m["dataset_avg_distance"])
-    outputs = o.write_outputs(cfg.results_root, cfg.name)
-    logger.info("%s %s and %s", "kept" if outputs["reused"] else "wrote", outputs["table"], outputs["figure"])
-    o.publish(cfg.results_root, cfg.name)
+    outputs = write_and_publish(cfg.results_root, cfg.name, logger)
     return {**outputs, "random_weights": plan["model_source"]["random"]}
 
 

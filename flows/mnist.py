@@ -8,9 +8,9 @@ from prefect import flow, get_run_logger, unmapped
 
 import flows  # noqa: F401  (telemetry off before prefect loads)
 from collide.config import MnistExperiment
+from flows._outputs import write_and_publish
 from flows.runner import dask_runner
 from tasks import mnist as t
-from tasks import outputs as o
 
 
 @flow(name="mnist", log_prints=True, task_runner=dask_runner())
@@ -43,9 +43,7 @@ def mnist_flow(config: dict[str, Any] | None = None) -> dict[str, Any]:
                     "reused" if not (m["solved"] or m["evaluated"]) else "computed",
                     m["success_rate"], m["vertex_avg_distance"], m["max_feature_rel_error"])
     logger.info("%d of %d rows were already finished and reused", reused, len(rows))
-    outputs = o.write_outputs(cfg.results_root, cfg.name)
-    logger.info("%s %s and %s", "kept" if outputs["reused"] else "wrote", outputs["table"], outputs["figure"])
-    o.publish(cfg.results_root, cfg.name)
+    outputs = write_and_publish(cfg.results_root, cfg.name, logger)
     return {**outputs, "test_accuracy": trained["test_accuracy"], "reused_rows": reused}
 
 

@@ -8,7 +8,7 @@ from prefect import flow, get_run_logger
 
 import flows  # noqa: F401  (telemetry off before prefect loads)
 from collide.config import PatchExperiment
-from tasks import outputs as o
+from flows._outputs import write_and_publish
 from tasks import patches as t
 
 
@@ -44,9 +44,7 @@ def patches_flow(config: dict[str, Any] | None = None) -> dict[str, Any]:
         logger.info("row %d: success %.3f, vertex distance %.2f, feature error %.1e, kNN recall@%d %.3f",
                     m["row"], m["success_rate"], m["vertex_avg_distance"], m["max_feature_rel_error"],
                     m["knn_k"], m["knn_recall"])
-    outputs = o.write_outputs(cfg.results_root, cfg.name)
-    logger.info("%s %s and %s", "kept" if outputs["reused"] else "wrote", outputs["table"], outputs["figure"])
-    o.publish(cfg.results_root, cfg.name)
+    outputs = write_and_publish(cfg.results_root, cfg.name, logger)
     return {**outputs, "test_accuracy": trained["test_accuracy"],
             "random_weights": bool(trained["model_source"].get("random"))}
 
