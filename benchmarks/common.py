@@ -51,18 +51,21 @@ def checkpoint(arch: str) -> str:
 
 
 def collision_problem(arch: str) -> dict[str, Any]:
-    """The MNIST experiment's first polytope: target and init are the first correct 7.
+    """The MNIST experiment's polytopes: the target is the first correct 7, ``other`` the
+    first test image of another label (the ``init="other"`` rows' start).
 
-    Returns the model, layer, target image, its pre-activation (D,) and the
-    ``N_VERTICES`` pushed units, in the authors' order.
+    Returns the model, layer, target and other image, the target's pre-activation (D,)
+    and the ``N_VERTICES`` pushed units, in the authors' order.
     """
     config = experiment(arch)
     path = checkpoint(arch)
     model, _ = load_checkpoint(path)
-    target = load_mnist(config.data_root, "test").images[pick_examples(path, config=config)["target_index"]]
+    examples = pick_examples(path, config=config)
+    images = load_mnist(config.data_root, "test").images
+    target, other = images[examples["target_index"]], images[examples["other_index"]]
     with torch.no_grad():
         target_pre = preactivation(model, target.unsqueeze(0), config.layer)[0]
-    return {"model": model, "layer": config.layer, "target": target, "target_pre": target_pre,
+    return {"model": model, "layer": config.layer, "target": target, "other": other, "target_pre": target_pre,
             "units": nonpositive_units(target_pre, N_VERTICES)}
 
 

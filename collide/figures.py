@@ -1,18 +1,30 @@
-"""Figures: the paper's Table 1/3 layout (target, then each row's vertices)."""
+"""Figures: the paper's Table 1/3 layout (target, init, then each row's vertices).
+
+Drawn on a :class:`matplotlib.figure.Figure` with the Agg canvas directly, not through
+pyplot: the caller's backend and open figures stay as they were, and no display is
+needed on servers and CI.
+"""
 
 from __future__ import annotations
 
 from collections.abc import Sequence
 from pathlib import Path
 
-import matplotlib
+import numpy as np
+from matplotlib.backends.backend_agg import FigureCanvasAgg
+from matplotlib.figure import Figure
+from matplotlib.patches import Rectangle
 
-matplotlib.use("Agg")  # no display on servers and CI
-import matplotlib.pyplot as plt  # noqa: E402
-import numpy as np  # noqa: E402
-from matplotlib.patches import Rectangle  # noqa: E402
+from collide.store import atomic_file
 
-from collide.store import atomic_file  # noqa: E402
+INVALID_COLOUR = "#d62728"
+BOX_COLOUR = "#a020f0"  # the paper's purple boxes (Table 5)
+LEADING_COLUMNS = ("target", "init")
+
+
+def column_titles(n_vertices: int) -> list[str]:
+    """The figure's column headers for rows of up to ``n_vertices`` vertices."""
+    return [*LEADING_COLUMNS, *(f"vertex {i}" for i in range(n_vertices))]
 
 
 def _as_image(x: np.ndarray) -> tuple[np.ndarray, str | None]:
@@ -22,46 +34,80 @@ def _as_image(x: np.ndarray) -> tuple[np.ndarray, str | None]:
     return np.clip(np.transpose(x, (1, 2, 0)), 0, 1), None
 
 
-def vertex_grid(
+def draw_vertex_grid(
     targets: Sequence[np.ndarray],
+    inits: Sequence[np.ndarray | None],
     vertices: Sequence[np.ndarray],
     labels: Sequence[str],
-    path: str | Path,
     *,
+    valid: Sequence[np.ndarray | None] | None = None,
     title: str = "",
     boxes: Sequence[Sequence[tuple[int, int, int]]] | None = None,
-) -> Path:
-    """One figure row per polytope: its target, then its vertices.
+) -> Figure:
+    """One figure row per polytope: its target, its init, then its vertices.
 
-    ``boxes[r]`` lists (row, col, size) squares drawn on row r's vertices: where they
-    differ most (the paper's purple boxes, Table 5).
+    A vertex with ``valid[r][i]`` False (it missed its method's criterion and carries
+    no sample weight) is still drawn, in a red frame marked "invalid"; a vertex that is
+    not finite (never solved) leaves its cell empty. ``boxes[r]`` lists (row, col, size)
+    squares drawn on row r's vertices: where they differ most (the paper's Table 5).
 
     Shapes:
-        targets[r]: (C, H, W); vertices[r]: (V, C, H, W); values in [0, 1]
+        targets[r], inits[r]: (C, H, W); vertices[r]: (V, C, H, W), values in [0, 1];
+        valid[r]: (V,) bool, or None when every vertex counts
     """
     n_rows = len(vertices)
-    n_cols = 1 + max(len(v) for v in vertices)
-    fig, axes = plt.subplots(n_rows, n_cols, figsize=(1.5 * n_cols, 1.6 * n_rows + 0.4), squeeze=False)
+    titles = column_titles(max(len(v) for v in vertices))
+    lead = len(LEADING_COLUMNS)
+    fig = Figure(figsize=(1.5 * len(titles), 1.7 * n_rows + 0.5))
+    FigureCanvasAgg(fig)
+    axes = fig.subplots(n_rows, len(titles), squeeze=False)
     for r in range(n_rows):
-        for c in range(n_cols):
+        marks = valid[r] if valid is not None and valid[r] is not None else np.ones(len(vertices[r]), bool)
+        for c, name in enumerate(titles):
             ax = axes[r][c]
             ax.set_xticks([])
             ax.set_yticks([])
-            image = targets[r] if c == 0 else (vertices[r][c - 1] if c - 1 < len(vertices[r]) else None)
+            if r == 0:
+                ax.set_title(name, fontsize=8)
+            k = c - lead
+            image = (targets[r], inits[r])[c] if c < lead else (vertices[r][k] if k < len(vertices[r]) else None)
             if image is None or not np.isfinite(image).all():
-                ax.axis("off")
+                for spine in ax.spines.values():
+                    spine.set_visible(False)
+                if image is not None:
+                    ax.text(0.5, 0.5, "not solved", ha="center", va="center", fontsize=7, transform=ax.transAxes)
                 continue
             pixels, cmap = _as_image(image)
             ax.imshow(pixels, cmap=cmap, vmin=0, vmax=1)
-            for top, left, size in (boxes[r] if boxes and c > 0 else []):
-                ax.add_patch(Rectangle((left - 0.5, top - 0.5), size, size, fill=False, edgecolor="#a020f0", lw=1.2))
-            if r == 0:
-                ax.set_title("target" if c == 0 else f"vertex {c - 1}", fontsize=8)
+            if k < 0:
+                continue
+            for top, left, size in boxes[r] if boxes else []:
+                ax.add_patch(Rectangle((left - 0.5, top - 0.5), size, size, fill=False, edgecolor=BOX_COLOUR, lw=1.2))
+            if not marks[k]:
+                for spine in ax.spines.values():
+                    spine.set_edgecolor(INVALID_COLOUR)
+                    spine.set_linewidth(3)
+                ax.set_xlabel("invalid", color=INVALID_COLOUR, fontsize=8)
         axes[r][0].set_ylabel(labels[r], fontsize=7)
     if title:
         fig.suptitle(title, fontsize=9)
     fig.tight_layout()
+    return fig
+
+
+def vertex_grid(
+    targets: Sequence[np.ndarray],
+    inits: Sequence[np.ndarray | None],
+    vertices: Sequence[np.ndarray],
+    labels: Sequence[str],
+    path: str | Path,
+    *,
+    valid: Sequence[np.ndarray | None] | None = None,
+    title: str = "",
+    boxes: Sequence[Sequence[tuple[int, int, int]]] | None = None,
+) -> Path:
+    """:func:`draw_vertex_grid`, written to ``path`` as PNG (atomically)."""
+    fig = draw_vertex_grid(targets, inits, vertices, labels, valid=valid, title=title, boxes=boxes)
     with atomic_file(path) as tmp:
         fig.savefig(tmp, dpi=110)
-    plt.close(fig)
     return Path(path)

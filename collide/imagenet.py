@@ -19,12 +19,16 @@ from collide.images import list_folder, load_image
 from collide.mnist import Progress, _noop
 from collide.objective import nonpositive_units
 from collide.polytope import dataset_avg_distance
+from collide.precision import full_precision
 from collide.store import write_row
 from collide.taps import preactivation, resolve_layer
+from collide.validity import criterion_for
 from collide.vertices import solve_gradient
 from collide.vgg import NormalisedVGG, resolve_weights, vgg16_from_source
 
-PIXEL_SCALE = 255.0
+# Every experiment reports L2 distances in the model's input units ([0, 1] pixels); the
+# paper's 0-255 figures are converted for comparison in collide.reference.
+PIXEL_SCALE = 1.0
 
 
 def validate(*, config: ImagenetExperiment) -> None:
@@ -73,12 +77,13 @@ def solve_rows(plan: dict[str, Any], *, config: ImagenetExperiment, progress: Pr
         t_pre = preactivation(model, target.unsqueeze(0), config.layer)[0]
     units = nonpositive_units(t_pre, config.n_vertices)
     v, rows = config.n_vertices, list(config.rows)
-    result = solve_gradient(
-        model, config.layer, t_pre.expand(v * len(rows), -1),
-        torch.stack([inits[r] for r in rows]).repeat_interleave(v, 0), units.repeat(len(rows)),
-        config=config.gradient, device=resolve_device(config.device),
-        progress=lambda s, n, _d: progress("vertices", s, n),
-    )
+    with full_precision():
+        result = solve_gradient(
+            model, config.layer, t_pre.expand(v * len(rows), -1),
+            torch.stack([inits[r] for r in rows]).repeat_interleave(v, 0), units.repeat(len(rows)),
+            config=config.gradient, device=resolve_device(config.device),
+            progress=lambda s, n, _d: progress("vertices", s, n),
+        )
     _, items = list_folder(config.image_root)
     rng = np.random.default_rng(config.seed)
     picked = rng.choice(len(items), size=min(config.n_dataset_images, len(items)), replace=False)
@@ -97,6 +102,7 @@ def solve_rows(plan: dict[str, Any], *, config: ImagenetExperiment, progress: Pr
             "method": "gradient",
             "init": init,
             "loss": config.gradient.loss,
+            "criterion": criterion_for("gradient", config.gradient).to_dict(),
             "target_path": plan["target_path"],
             "init_path": plan["target_path"] if init == "target" else plan["other_path"],
             "target_class_name": plan["target_class_name"],

@@ -7,6 +7,7 @@ the answers are true distances whichever space found them.
 
 from __future__ import annotations
 
+import hashlib
 import pickle
 import time
 from collections.abc import Callable
@@ -21,7 +22,8 @@ from collide.config import KnnConfig
 from collide.errors import ConfigError, DataError
 
 # Raised with each change to what a saved index holds, so old pickles are rebuilt.
-INDEX_FORMAT = 2
+# 3: shard items are named by their first row in the whole store (distinct across shards).
+INDEX_FORMAT = 3
 
 
 class StaleIndexError(DataError):
@@ -109,15 +111,35 @@ def recall_at_k(found: np.ndarray, exact: np.ndarray, *, rtol: float = 1e-5) -> 
 
 @dataclass
 class _Shard:
-    ids: np.ndarray  # store row of each indexed item
+    ids: np.ndarray  # first store row of each indexed item's patch, over the whole store
     index: Any  # pynndescent.NNDescent
+
+
+def _digests(rows: np.ndarray) -> np.ndarray:
+    """A 128-bit fingerprint of each patch, to find identical ones across shards.
+
+    Shapes:
+        rows: (n, ...) uint8 -> (n, 2) uint64
+    """
+    flat = np.ascontiguousarray(rows.reshape(len(rows), -1))
+    joined = b"".join(hashlib.blake2b(row.tobytes(), digest_size=16).digest() for row in flat)
+    return np.frombuffer(joined, dtype=np.uint64).reshape(len(flat), 2)
+
+
+def _first_rows(digests: list[np.ndarray], rows: list[np.ndarray]) -> list[np.ndarray]:
+    """Each item renamed to the first store row holding the same patch, in any shard."""
+    flat, flat_rows = np.concatenate(digests), np.concatenate(rows)
+    _, first, inverse = np.unique(flat, axis=0, return_index=True, return_inverse=True)
+    named = flat_rows[first][inverse.ravel()]
+    return np.split(named, np.cumsum([len(r) for r in rows])[:-1])
 
 
 class PatchIndex:
     """Approximate kNN over a patch array, optionally sharded and PCA-reduced.
 
-    Each distinct patch is indexed once: a query's k answers are k distinct patches,
-    each named by its first row in the store.
+    Each distinct patch is indexed once per shard and named by its first row in the
+    whole store, and answers merged from several shards are deduplicated by that name:
+    a query's k answers are k distinct patches, however duplicates fall across shards.
     """
 
     def __init__(self, shards: list[_Shard], mean: np.ndarray | None, basis: np.ndarray | None,
@@ -129,11 +151,12 @@ class PatchIndex:
         self.config = config
         self.build_seconds = build_seconds
         self.format = INDEX_FORMAT
+        self._items = np.unique(np.concatenate([shard.ids for shard in shards]))
 
     @property
     def items(self) -> np.ndarray:
-        """The store rows the index holds (one per distinct patch of each shard), sorted."""
-        return np.sort(np.concatenate([shard.ids for shard in self.shards]))
+        """The store rows the index holds, one per distinct patch of the store, sorted."""
+        return self._items
 
     def _project(self, x: np.ndarray) -> np.ndarray:
         if self.basis is None:
@@ -159,7 +182,7 @@ class PatchIndex:
             _, _, vt = np.linalg.svd(sample - mean, full_matrices=False)
             basis = vt[:dims].T.astype(np.float32)
         bounds = np.linspace(0, n, config.shards + 1).astype(int)
-        shards = []
+        indexes, rows, digests = [], [], []
         for s, (lo, hi) in enumerate(zip(bounds[:-1], bounds[1:], strict=True)):
             raw = np.asarray(corpus[lo:hi])
             # Identical patches (MNIST's blank background: ~40% of it) form a clique at
@@ -174,9 +197,17 @@ class PatchIndex:
             nn = NNDescent(vectors, n_neighbors=min(config.n_neighbors, len(vectors) - 1),
                            random_state=config.seed, n_jobs=1)
             nn.prepare()
-            shards.append(_Shard(lo + first.astype(np.int64), nn))
+            indexes.append(nn)
+            rows.append(lo + first.astype(np.int64))
+            # Fingerprints, not the patches, are kept across shards: memory stays one
+            # shard's patches plus 16 bytes per distinct patch.
+            if config.shards > 1:
+                digests.append(_digests(raw[first]))
             if progress is not None:
                 progress("index", s + 1, config.shards)
+        if digests:
+            rows = _first_rows(digests, rows)
+        shards = [_Shard(ids, nn) for ids, nn in zip(rows, indexes, strict=True)]
         return cls(shards, mean, basis, n, config, time.perf_counter() - start)
 
     def query(self, queries: np.ndarray, k: int, *, corpus: Any = None) -> tuple[np.ndarray, np.ndarray]:
@@ -189,6 +220,9 @@ class PatchIndex:
             queries: (Q, D) float32 -> indices (Q, k) int64, distances (Q, k) float32
         """
         _check(queries, self.n_items, k)
+        n_distinct = len(self.items)
+        if k > n_distinct:
+            raise ConfigError(f"k={k} is larger than the {n_distinct} distinct patches of the store: lower k")
         if self.basis is not None and corpus is None:
             raise DataError("this index works on a PCA projection: pass corpus= so answers get true distances")
         rerank = self.basis is not None  # only a projection's distances need correcting
@@ -202,10 +236,8 @@ class PatchIndex:
             found_d.append(d)
         idx, dist = np.concatenate(found_i, 1), np.concatenate(found_d, 1)
         if rerank:
-            pairs = zip(idx, queries, strict=True)
-            dist = np.stack([np.linalg.norm(as_vectors(_take(corpus, row)) - qv, axis=1) for row, qv in pairs])
-        order = np.argsort(dist, axis=1, kind="stable")[:, :k]
-        return np.take_along_axis(idx, order, 1), np.take_along_axis(dist, order, 1).astype(np.float32)
+            dist = np.stack([_distances(corpus, row, qv) for row, qv in zip(idx, queries, strict=True)])
+        return _merge(idx, dist, k)
 
     def save(self, path: str | Path) -> Path:
         from collide.store import atomic_file
@@ -224,6 +256,35 @@ class PatchIndex:
         if getattr(index, "format", 1) != INDEX_FORMAT:
             raise StaleIndexError(f"{path} was built by an older collide: delete it, or rebuild it")
         return index
+
+
+def _distances(corpus: Any, rows: np.ndarray, query: np.ndarray) -> np.ndarray:
+    """Exact distances from ``query`` to the patches at ``rows``, each read once. (M,) -> (M,)"""
+    unique, inverse = np.unique(rows, return_inverse=True)
+    return np.linalg.norm(as_vectors(_take(corpus, unique)) - query, axis=1)[inverse.ravel()]
+
+
+def _merge(idx: np.ndarray, dist: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
+    """The k nearest distinct items of each row of the shards' answers.
+
+    A patch held by several shards comes back once from each, under one name and at
+    one distance; all copies but one are dropped. Each shard answers with distinct
+    items of its own, so at least k distinct ones remain whenever one shard gave k.
+
+    Shapes:
+        idx, dist: (Q, M) -> (Q, k), (Q, k) sorted by distance
+    """
+    by_id = np.argsort(idx, axis=1, kind="stable")
+    sorted_ids = np.take_along_axis(idx, by_id, 1)
+    repeat = np.zeros(idx.shape, dtype=bool)
+    repeat[:, 1:] = sorted_ids[:, 1:] == sorted_ids[:, :-1]
+    dist = dist.astype(np.float64, copy=True)
+    np.put_along_axis(dist, by_id, np.where(repeat, np.inf, np.take_along_axis(dist, by_id, 1)), 1)
+    order = np.argsort(dist, axis=1, kind="stable")[:, :k]
+    best = np.take_along_axis(dist, order, 1)
+    if not np.isfinite(best).all():
+        raise DataError(f"the shards found fewer than k={k} distinct patches for some query")
+    return np.take_along_axis(idx, order, 1), best.astype(np.float32)
 
 
 def _take(corpus: Any, rows: np.ndarray) -> np.ndarray:

@@ -28,9 +28,12 @@ from collide.models import (
     train,
 )
 from collide.objective import nonpositive_units
+from collide.paper_scheme import solve_paper
 from collide.polytope import dataset_avg_distance
+from collide.precision import full_precision
 from collide.store import write_row
 from collide.taps import preactivation, resolve_layer
+from collide.validity import criterion_for
 from collide.vertices import solve_gradient
 
 Progress = Callable[[str, int, int], None]
@@ -117,7 +120,8 @@ def _row_attrs(row: int, context: dict[str, Any], config: MnistExperiment) -> di
         "layer": config.layer,
         "method": spec.method,
         "init": spec.init,
-        "loss": config.gradient.loss if spec.method == "gradient" else "lp",
+        "loss": {"gradient": config.gradient.loss, "exact": "lp", "paper": "paper"}[spec.method],
+        "criterion": criterion_for(spec.method, getattr(config, spec.method)).to_dict(),
         "target_index": examples["target_index"],
         "init_index": examples["target_index"] if spec.init == "target" else examples["other_index"],
         "units": context["units"].tolist(),
@@ -138,8 +142,8 @@ def solve_rows(
 ) -> list[dict[str, Any]]:
     """Find the vertices of ``rows`` and write each row's group (vertices, target, init).
 
-    All gradient rows go through the solver as one batch; exact rows are solved one LP
-    per vertex.
+    The gradient rows go through the solver as one batch, the paper-scheme rows as
+    another; exact rows are solved one LP per vertex.
     """
     model, meta = load_checkpoint(checkpoint)
     test = load_mnist(config.data_root, "test")
@@ -157,22 +161,28 @@ def solve_rows(
         "checkpoint": checkpoint, "meta": meta, "examples": examples, "units": units,
         "distance": dataset_avg_distance(test.images, n_pairs=config.sample.n_dataset_pairs, seed=config.sample.seed),
     }
+    device = resolve_device(config.device)
     summaries = []
-    grad_rows = [r for r in rows if specs[r].method == "gradient"]
-    if grad_rows:
-        result = solve_gradient(
-            model, config.layer,
-            target_pre.expand(v * len(grad_rows), -1),
-            torch.stack([inits[r] for r in grad_rows]).repeat_interleave(v, 0),
-            units.repeat(len(grad_rows)),
-            config=config.gradient,
-            device=resolve_device(config.device),
-            progress=lambda s, n, _d: progress("vertices", s, n),
+    for method in ("gradient", "paper"):
+        batch = [r for r in rows if specs[r].method == method]
+        if not batch:
+            continue
+        problem = (
+            model, config.layer, target_pre.expand(v * len(batch), -1),
+            torch.stack([inits[r] for r in batch]).repeat_interleave(v, 0), units.repeat(len(batch)),
         )
-        for k, r in enumerate(grad_rows):
+
+        def report(step: int, total: int, _stopped: int, method: str = method) -> None:
+            progress(f"vertices ({method})", step, total)
+
+        with full_precision():
+            result = (solve_gradient(*problem, config=config.gradient, device=device, progress=report)
+                      if method == "gradient" else
+                      solve_paper(*problem, config=config.paper, device=device, progress=report))
+        for k, r in enumerate(batch):
             part = slice(k * v, (k + 1) * v)
-            solver = result.summary(part)
-            summaries.append(_write_solution(r, result.vertices[part], target, inits[r], solver, context, config))
+            summaries.append(_write_solution(r, result.vertices[part], target, inits[r], result.summary(part),
+                                             context, config))
     exact_rows = [r for r in rows if specs[r].method == "exact"]
     for k, r in enumerate(exact_rows):
         ex = solve_exact(model, config.layer, target, inits[r], units, config=config.exact)
@@ -183,7 +193,7 @@ def solve_rows(
             "input_dim": ex.input_dim,
             "n_positive": ex.n_positive,
             "rank_positive": ex.rank_positive,
-            "dim_bound": ex.dim_bound,
+            "dim_upper_bound": ex.dim_upper_bound,
         }
         summaries.append(_write_solution(r, ex.vertices, target, inits[r], solver, context, config))
         progress("exact", k + 1, len(exact_rows))

@@ -1,6 +1,7 @@
 """The MNIST experiment as resumable polytope jobs, one or many targets.
 
-A *job* is one target's gradient rows (solved as one batch) or one of its exact rows.
+A *job* is one target's gradient rows or its paper-scheme rows (each solved as one
+batch) or one of its exact rows.
 It solves and evaluates its rows with the stages of :mod:`collide.mnist`, skipping a
 stage whose key (:mod:`collide.resume`) is already on the row, and writes only its own
 rows. Jobs are independent: the flow fans them out over Dask, :func:`run` runs them one
@@ -67,9 +68,10 @@ def plan(checkpoint: str, *, config: MnistExperiment) -> list[dict[str, Any]]:
     jobs = []
     for k, examples in enumerate(targets):
         rows = range(k * n, (k + 1) * n)
-        gradient = [r for r in rows if config.row_spec(r).method == "gradient"]
-        if gradient:
-            jobs.append({"target": k, "rows": gradient, "examples": examples})
+        for method in ("gradient", "paper"):  # each solved as one batch
+            batch = [r for r in rows if config.row_spec(r).method == method]
+            if batch:
+                jobs.append({"target": k, "rows": batch, "examples": examples})
         jobs += [{"target": k, "rows": [r], "examples": examples}
                  for r in rows if config.row_spec(r).method == "exact"]
     return jobs

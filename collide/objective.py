@@ -28,18 +28,18 @@ def loss_plus(pre: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
     return 0.5 * diff.pow(2).sum(-1)
 
 
-def loss_minus(pre: torch.Tensor, target: torch.Tensor, unit: torch.Tensor) -> torch.Tensor:
-    """L₋ⁱ = ỹ_unit + Σ_{j≠unit, ỹᵗⱼ≤0} |ỹⱼ|, one value per row. (B,)
+def loss_minus(pre: torch.Tensor, target: torch.Tensor, unit: torch.Tensor, *, others: float = 1.0) -> torch.Tensor:
+    """L₋ⁱ = ỹ_unit + others·Σ_{j≠unit, ỹᵗⱼ≤0} |ỹⱼ|, one value per row. (B,)
 
-    ``unit`` must be one of the target's non-positive units.
+    ``unit`` must be one of the target's non-positive units. The paper has ``others=1``.
     """
     _, neg = _split(target)
     neg = neg.expand_as(pre)
     chosen = torch.zeros_like(neg).scatter_(-1, unit.view(-1, 1), True)
     if not bool((neg & chosen).any(-1).all()):
         raise ConfigError("every pushed unit must be one of the target's non-positive units")
-    others = torch.where(neg & ~chosen, pre.abs(), torch.zeros_like(pre)).sum(-1)
-    return pre.gather(-1, unit.view(-1, 1)).squeeze(-1) + others
+    rest = torch.where(neg & ~chosen, pre.abs(), torch.zeros_like(pre)).sum(-1)
+    return pre.gather(-1, unit.view(-1, 1)).squeeze(-1) + others * rest
 
 
 def positive_part_penalty(pre: torch.Tensor, target: torch.Tensor) -> torch.Tensor:

@@ -13,7 +13,7 @@ from __future__ import annotations
 import hashlib
 import json
 import time
-from dataclasses import asdict
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
@@ -22,14 +22,17 @@ import torch
 
 from collide import evaluation, mnist
 from collide import patch_sources as sources
-from collide.compose import Composition, compose, initial_logits, weight_tv, window_patches
+from collide.compose import Composition, candidate_share, compose, initial_logits, weight_tv, window_patches
 from collide.config import PatchExperiment, resolve_device
+from collide.errors import ConfigError
 from collide.knn import PatchIndex, StaleIndexError, as_vectors, exact_knn, recall_at_k
 from collide.models import load_checkpoint, load_model_source
 from collide.objective import nonpositive_units
 from collide.patches import build_store, open_store, sample_ids
+from collide.precision import full_precision
 from collide.store import write_row
 from collide.taps import preactivation
+from collide.validity import criterion_for
 from collide.vertices import solve_gradient
 
 Progress = mnist.Progress
@@ -91,41 +94,113 @@ def build_index(*, config: PatchExperiment, progress: Progress = _noop) -> dict[
     return {"index": str(path), "build_seconds": index.build_seconds, "reused": False}
 
 
-def _neighbours(
-    image: torch.Tensor, index: PatchIndex, patches: Any, config: PatchExperiment
-) -> tuple[torch.Tensor, dict[str, Any]]:
-    """The k nearest store patches of each window of ``image``, and how well they were found.
+# In ``candidate_rows``: the start image's own window patch, which is no store row.
+OWN_PATCH = -1
+
+
+@dataclass(frozen=True)
+class _Neighbours:
+    """The k nearest store patches of each window of one image, as the index found them.
 
     Shapes:
-        image: (C, H, W) -> (G, k, C, p, p) in [0, 1]
+        rows: (G, k) store rows; found, exact: (G, k) distances of the index's answers
+        and of the exact ones, each row ascending
     """
-    own = window_patches(image, config.patch.size, config.patch.stride)
-    queries = own.flatten(1).numpy().astype(np.float32)
+
+    rows: np.ndarray
+    found: np.ndarray
+    exact: np.ndarray
+    seconds: float
+    exact_seconds: float
+
+
+def _read(patches: Any, rows: np.ndarray) -> np.ndarray:
+    """uint8 patches at sorted, distinct ``rows`` of a Zarr or numpy array."""
+    return np.asarray(patches.oindex[rows] if hasattr(patches, "oindex") else patches[rows])
+
+
+def _as_uint8(windows: torch.Tensor) -> np.ndarray:
+    """[0, 1] patches as the store holds them. (n, C, p, p) -> uint8"""
+    return (windows * 255).round().clamp(0, 255).to(torch.uint8).numpy()
+
+
+def _neighbours(
+    image: torch.Tensor, index: PatchIndex, patches: Any, config: PatchExperiment,
+    *, exclude: frozenset[bytes] = frozenset(),
+) -> _Neighbours:
+    """The ``knn.k`` nearest store patches of each window of ``image``, none in ``exclude``.
+
+    An excluded patch is dropped from the answers and the next one moves up, in the
+    index's answers and the exact oracle's alike, so recall compares like with like.
+    The index answers distinct patches, so asking ``len(exclude)`` more is enough.
+
+    Shapes:
+        image: (C, H, W) in [0, 1]
+    """
+    k = config.knn.k
+    queries = window_patches(image, config.patch.size, config.patch.stride).flatten(1).numpy().astype(np.float32)
+    ask = max(k, min(k + len(exclude), len(index.items))) if exclude else k
     t0 = time.perf_counter()
-    idx, dist = index.query(queries, config.knn.k, corpus=patches if index.basis is not None else None)
-    query_seconds = time.perf_counter() - t0
+    idx, dist = index.query(queries, ask, corpus=patches if index.basis is not None else None)
+    seconds = time.perf_counter() - t0
     t0 = time.perf_counter()
-    _, exact = exact_knn(queries, patches, config.knn.k, rows=index.items)
+    exact_idx, exact = exact_knn(queries, patches, ask, rows=index.items)
     exact_seconds = time.perf_counter() - t0
+    if exclude:
+        idx, dist = _without(idx, dist, patches, exclude, k)
+        _, exact = _without(exact_idx, exact, patches, exclude, k)
+    return _Neighbours(idx, dist, exact, seconds, exact_seconds)
+
+
+def _without(
+    idx: np.ndarray, dist: np.ndarray, patches: Any, exclude: frozenset[bytes], k: int
+) -> tuple[np.ndarray, np.ndarray]:
+    """The first k answers of each query whose patch is not in ``exclude``. (Q, M) -> (Q, k)"""
     unique = np.unique(idx)
-    table = torch.from_numpy(as_vectors(patches.oindex[unique]))
-    found = table[torch.from_numpy(np.searchsorted(unique, idx))]  # (G, k, D)
-    facts = {
-        "knn_recall": recall_at_k(dist, exact),
-        "knn_k": config.knn.k,
-        "knn_query_seconds": query_seconds,
-        "exact_query_seconds": exact_seconds,
-        "n_patches": int(patches.shape[0]),
-        "index_build_seconds": index.build_seconds,
-    }
-    return found.view(len(idx), config.knn.k, *own.shape[1:]), facts
+    banned = np.array([p.tobytes() in exclude for p in _read(patches, unique)])[np.searchsorted(unique, idx)]
+    order = np.argsort(banned, axis=1, kind="stable")[:, :k]
+    if np.take_along_axis(banned, order, 1).any():
+        raise ConfigError(f"fewer than k={k} store patches remain once the target's own are left out: lower k")
+    return np.take_along_axis(idx, order, 1), np.take_along_axis(dist, order, 1)
+
+
+def _composition(start: torch.Tensor, candidate_rows: np.ndarray, patches: Any, config: PatchExperiment) -> Composition:
+    """Every window's candidates: the start's own patch where ``OWN_PATCH``, else store rows.
+
+    Shapes:
+        start: (C, H, W); candidate_rows: (G, K) -> candidates (G, K, C, p, p) float32
+    """
+    own = window_patches(start, config.patch.size, config.patch.stride)  # (G, C, p, p)
+    stored = candidate_rows != OWN_PATCH
+    unique = np.unique(candidate_rows[stored])
+    table = torch.from_numpy(as_vectors(_read(patches, unique))).view(-1, *own.shape[1:])
+    candidates = own[:, None].expand(-1, candidate_rows.shape[1], -1, -1, -1).clone()
+    candidates[torch.from_numpy(stored)] = table[torch.from_numpy(np.searchsorted(unique, candidate_rows[stored]))]
+    return Composition(candidates.float(), tuple(start.shape), config.patch.stride)
+
+
+def _distances(vertices: torch.Tensor, point: torch.Tensor) -> np.ndarray:
+    """L2 distance of each vertex to ``point`` in input units, float64. (V, C, H, W) -> (V,)"""
+    return (vertices.double() - point.double()).flatten(1).norm(dim=1).numpy()
 
 
 def solve_rows(
     model_source: dict[str, Any], examples: dict[str, Any], *, config: PatchExperiment, progress: Progress = _noop
 ) -> list[dict[str, Any]]:
     """Optimise the composition logits of each row's vertices (one batch per row: rows
-    may have different candidate sets)."""
+    may have different candidate sets).
+
+    Besides the storage contract's arrays, each row group holds ``start`` (C, H, W),
+    ``logits`` (V, G, K), ``candidate_rows`` (G, K) (store row of every candidate,
+    ``OWN_PATCH`` for the start's own window patch), ``candidate_from_target`` (K,)
+    (candidates that answer a query of the target's windows) and, per vertex,
+    ``distance_to_start`` and ``distance_to_target`` (V,), L2 in [0, 1] input units.
+    Row attrs add the means of those distances over all vertices (``*_all``: the
+    evaluation's ``mean_distance_to_target`` counts valid vertices only), the share of
+    composition weight on target-derived candidates (``target_weight_share``, mean over
+    pixels and vertices) and recall@k over every kNN query the row's candidates came
+    from (``knn_recall``, ``knn_queries``).
+    """
     model = load_model_source(model_source)
     accuracy = None
     if model_source["kind"] == "checkpoint":
@@ -133,8 +208,8 @@ def solve_rows(
     start = sources.image(examples["start"], config=config)
     patches = open_store(_store_path(config))["patches"]
     index = PatchIndex.load(_index_path(config))
-    own = window_patches(start, config.patch.size, config.patch.stride)[:, None]
-    near, facts = _neighbours(start, index, patches, config)
+    near = _neighbours(start, index, patches, config)
+    n_windows = len(near.rows)
     v, rows = config.n_vertices, list(config.rows)
     targets = {"self": examples["start"], "other": examples["other"]}
     device = resolve_device(config.device)
@@ -142,27 +217,36 @@ def solve_rows(
     summaries = []
     for k, name in enumerate(rows):
         target = sources.image(targets[name], config=config)
-        # Candidates of every window: the start's own patch first, then its neighbours,
-        # and with "start+target" the other target's own patch and neighbours too.
-        parts = [own, near]
-        widened = config.candidates_from == "start+target" and name == "other"
+        # The paper's candidates: the start's own patch and its neighbours. The variant
+        # adds the target's neighbours, never the target's own patches (nor copies of
+        # them): with those, one-hot weights rebuild the target.
+        queried = [near]
+        widened = config.candidates_from == "start+target-neighbours" and name == "other"
         if widened:
-            theirs = window_patches(target, config.patch.size, config.patch.stride)[:, None]
-            parts += [theirs, _neighbours(target, index, patches, config)[0]]
-        comp = Composition(torch.cat(parts, 1).float(), tuple(start.shape), config.patch.stride)
+            own_bytes = frozenset(p.tobytes() for p in _as_uint8(
+                window_patches(target, config.patch.size, config.patch.stride)))
+            queried.append(_neighbours(target, index, patches, config, exclude=own_bytes))
+        candidate_rows = np.concatenate([np.full((n_windows, 1), OWN_PATCH), *(q.rows for q in queried)], 1)
+        from_target = np.zeros(candidate_rows.shape[1], dtype=bool)
+        from_target[1 + config.knn.k :] = widened
+        comp = _composition(start, candidate_rows, patches, config)
         with torch.no_grad():
             pre = preactivation(model, target.unsqueeze(0), config.layer)[0]
         units = nonpositive_units(pre, v)
         logits0 = initial_logits(comp.candidates.shape[0], comp.n_candidates, own=config.own_logit)
         comp_dev = comp.to(device)
-        result = solve_gradient(
-            model, config.layer, pre.expand(v, -1), logits0.expand(v, -1, -1).clone(), units,
-            config=config.gradient, device=device,
-            progress=lambda s, n, _d, name=name: progress(f"vertices ({name})", s, n),
-            decode=lambda theta, comp_dev=comp_dev: compose(theta, comp_dev),
-            regularizer=lambda theta, comp_dev=comp_dev: config.tv_weight * weight_tv(theta, comp_dev),
-        )
+        with full_precision():
+            result = solve_gradient(
+                model, config.layer, pre.expand(v, -1), logits0.expand(v, -1, -1).clone(), units,
+                config=config.gradient, device=device,
+                progress=lambda s, n, _d, name=name: progress(f"vertices ({name})", s, n),
+                decode=lambda theta, comp_dev=comp_dev: compose(theta, comp_dev),
+                regularizer=lambda theta, comp_dev=comp_dev: config.tv_weight * weight_tv(theta, comp_dev),
+            )
         init_image = compose(logits0[None], comp)[0]
+        to_start, to_target = _distances(result.vertices, start), _distances(result.vertices, target)
+        with torch.no_grad():
+            share = candidate_share(result.params, comp, torch.from_numpy(from_target))
         solver = result.summary()
         attrs = {
             "experiment": config.name,
@@ -174,6 +258,7 @@ def solve_rows(
             "method": "patches",
             "init": "start-composition",
             "loss": config.gradient.loss,
+            "criterion": criterion_for("gradient", config.gradient).to_dict(),
             "row_kind": name,
             "target_index": targets[name],
             "init_index": examples["start"],
@@ -182,8 +267,12 @@ def solve_rows(
             "pixel_scale": scale,
             "composition": {"size": config.patch.size, "stride": config.patch.stride,
                             "candidates": comp.n_candidates, "own_logit": config.own_logit,
-                            "candidates_from": "start+target" if widened else "start"},
-            **facts,
+                            "candidates_from": "start+target-neighbours" if widened else "start",
+                            "target_candidates": int(from_target.sum())},
+            **_knn_facts(queried, index, patches, config),
+            "target_weight_share": float(share.mean()),
+            "mean_distance_to_start_all": float(to_start.mean()),
+            "mean_distance_to_target_all": float(to_target.mean()),
             "solver": solver,
             "sampler": config.sample.sampler,
             "config": config.to_dict(),
@@ -195,12 +284,31 @@ def solve_rows(
                 "vertices": result.vertices.numpy().astype(np.float32),
                 "target": target.numpy().astype(np.float32),
                 "init": init_image.numpy().astype(np.float32),
+                "start": start.numpy().astype(np.float32),
                 "logits": result.params.numpy().astype(np.float32),
+                "candidate_rows": candidate_rows.astype(np.int64),
+                "candidate_from_target": from_target,
+                "distance_to_start": to_start,
+                "distance_to_target": to_target,
             },
             attrs,
         )
         summaries.append({"row": k, "method": "patches", "init": name, **solver})
     return summaries
+
+
+def _knn_facts(queried: list[_Neighbours], index: PatchIndex, patches: Any, config: PatchExperiment) -> dict[str, Any]:
+    """Recall@k and timings over every query a row's candidates came from."""
+    return {
+        "knn_recall": recall_at_k(np.concatenate([q.found for q in queried]),
+                                  np.concatenate([q.exact for q in queried])),
+        "knn_queries": int(sum(len(q.rows) for q in queried)),
+        "knn_k": config.knn.k,
+        "knn_query_seconds": sum(q.seconds for q in queried),
+        "exact_query_seconds": sum(q.exact_seconds for q in queried),
+        "n_patches": int(patches.shape[0]),
+        "index_build_seconds": index.build_seconds,
+    }
 
 
 def _model_name(source: dict[str, Any], config: PatchExperiment) -> str:

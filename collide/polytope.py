@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import copy
 from dataclasses import dataclass
 
 import torch
 from torch import nn
 
 from collide.errors import DataError
+from collide.taps import eval_mode
 
 
 def sample_weights(n: int, n_vertices: int, *, sampler: str, generator: torch.Generator) -> torch.Tensor:
@@ -84,20 +86,28 @@ def evaluate(
 ) -> Evaluation:
     """Classify ``samples``; success is the share given the target's top-1 class.
 
+    The model is run in eval mode on ``device`` and left as it was: its modes are
+    restored afterwards, and a model on another device is copied rather than moved.
+
     Shapes:
         samples: (S, *input); target: (*input)
     """
     if not torch.isfinite(samples).all():
         raise DataError("polytope samples hold NaN or infinite values")
-    model = model.eval().to(device)
-    t_prob = torch.softmax(model(target.unsqueeze(0).to(device)), -1)[0]
-    t_class = int(t_prob.argmax())
-    preds, probs = [], []
-    for start in range(0, len(samples), batch_size):
-        p = torch.softmax(model(samples[start : start + batch_size].to(device)), -1)
-        top = p.max(-1)
-        preds.append(top.indices.cpu())
-        probs.append(top.values.cpu())
+    want = torch.device(device)
+    if want.type == "cuda" and want.index is None:
+        want = torch.device("cuda", torch.cuda.current_device())
+    if any(t.device != want for t in (*model.parameters(), *model.buffers())):
+        model = copy.deepcopy(model).to(want)  # .to() would move the caller's own model
+    with eval_mode(model):
+        t_prob = torch.softmax(model(target.unsqueeze(0).to(device)), -1)[0]
+        t_class = int(t_prob.argmax())
+        preds, probs = [], []
+        for start in range(0, len(samples), batch_size):
+            p = torch.softmax(model(samples[start : start + batch_size].to(device)), -1)
+            top = p.max(-1)
+            preds.append(top.indices.cpu())
+            probs.append(top.values.cpu())
     pred, prob = torch.cat(preds), torch.cat(probs)
     return Evaluation(
         sample_pred=pred,

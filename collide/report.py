@@ -2,7 +2,10 @@
 
 :func:`markdown` renders one experiment with its figure inlined as a data URI (the
 Prefect UI shows it without access to the results folder); :func:`write_report` writes
-``report.html`` for every experiment, self-contained, next to the tables.
+``report.html`` for every experiment, self-contained, next to the tables. Both say what
+each column means (:data:`GLOSSARY`), print the paper's published row beside each of
+ours that reproduces one (:mod:`collide.reference`), and never let a flagged row or a
+row without a success rate read as a plain success.
 """
 
 from __future__ import annotations
@@ -10,77 +13,241 @@ from __future__ import annotations
 import base64
 import datetime as dt
 import html
+from collections.abc import Mapping
 from pathlib import Path
+from typing import Any
 
 import pandas as pd
 
-from collide.store import TABLE_COLUMNS, atomic_file, table_path
-from collide.tables import figure_path, read_ledger
+from collide.reference import REFERENCE_COLUMNS, ReferenceRow, reference_for, to_input_units
+from collide.store import atomic_file, table_path
+from collide.tables import (
+    FLAGS,
+    PROBABILITY_DECIMALS,
+    figure_path,
+    flag_text,
+    format_probability,
+    missing,
+    read_ledger,
+    row_flags,
+    success_text,
+    valid_text,
+)
 
-EXTRA_COLUMNS = ("init", "target_index", "converged", "config_digest")
+UNITS = (
+    "Distances are L2 norms in the model's input units: [0, 1] pixels for every experiment "
+    "(a store that measured on 0-255 pixels records pixel_scale 255 and is divided by it here). "
+    f"Probabilities print with {PROBABILITY_DECIMALS} decimals; one below 1 that would round to 1 "
+    "prints as 1 - ε (e.g. 1 - 4.0e-07). n/a: no value, with the reason where there is one."
+)
+
+# Every column the report shows, in order, and what it means.
+GLOSSARY = {
+    "row": "the polytope's row group in the store, `row-<n>`",
+    "method": "how the vertices were found: gradient (our solver), exact (linear programming), "
+    "paper (the authors' scheme), patches (compositions of real image patches)",
+    "init": "where each vertex's search started: target (the target itself), other (an image of "
+    "another class, shown in the figure's init column), or the patch start",
+    "model": "the network, e.g. mnist-mlp, vgg16-imagenet",
+    "layer": "the layer whose features collide",
+    "valid": "valid_vertices/n_vertices: vertices that met their method's collision criterion, of "
+    "those solved. Only valid vertices are sampled and measured; invalid ones stay in the store "
+    "(red frame in the figure). ? = evaluated before validity was recorded",
+    "converged": "gradient and paper rows: every vertex's optimiser met its stopping rule; n/a for exact rows",
+    "n_samples": "random convex combinations of the valid vertices that were classified",
+    "success_rate": "share of the samples classified as the target's top-1 class; n/a (with the "
+    "reason) when fewer than 2 vertices are valid; a row's flags are printed beside it",
+    "target_top_prob": "the model's top-1 probability on the target",
+    "samples_top_prob": "mean top-1 probability over the samples",
+    "dataset_avg_distance": "mean L2 distance between random pairs of images of the dataset",
+    "vertex_avg_distance": "mean pairwise L2 distance between the valid vertices: the polytope's size",
+    "max_feature_rel_error": "largest ||f(v) - f(t)|| / ||f(t)|| over the valid vertices, f the "
+    "layer's post-activation features, t the target",
+    "max_feature_rel_error_all": "the same over every solved vertex, invalid ones included",
+    "flags": "why the row's numbers mean less than they seem: "
+    + "; ".join(f"{name} ({meaning})" for name, meaning in FLAGS.values()),
+    "invalid_reason": "why the row has no success rate; empty when the row is fine",
+    "target_index": "the target's index in its dataset",
+    "config_digest": "hash of the full configuration the row was computed with (in the store's attrs)",
+}
+_ALWAYS = ("valid", "success_rate", "flags")  # derived, so shown even for stores that predate them
+_PROBABILITIES = ("target_top_prob", "samples_top_prob")
+_DISTANCES = ("dataset_avg_distance", "vertex_avg_distance")
+_ERRORS = ("max_feature_rel_error", "max_feature_rel_error_all")
 
 
 def _columns(frame: pd.DataFrame) -> list[str]:
-    wanted = [c for c in TABLE_COLUMNS if c != "experiment"] + list(EXTRA_COLUMNS)
-    return [c for c in wanted if c in frame.columns]
+    return [c for c in GLOSSARY if c in _ALWAYS or c in frame.columns]
 
 
-def _cell(value: object) -> str:
-    if isinstance(value, float):
-        return f"{value:.4g}"
-    return str(value)
+def _distance(value: Any, record: Mapping[str, Any]) -> str:
+    """In input units: stores that measured on 0-255 pixels record ``pixel_scale`` 255."""
+    if missing(value):
+        return "n/a"
+    scale = record.get("pixel_scale")
+    return f"{to_input_units(float(value), 1.0 if missing(scale) else float(scale)):.4g}"
+
+
+def _cell(column: str, record: Mapping[str, Any]) -> str:
+    value = record.get(column)
+    if column == "valid":
+        return valid_text(record)
+    if column == "success_rate":
+        return success_text(record)
+    if column == "flags":
+        return ", ".join(flag_text(f) for f in row_flags(record))
+    if column in _PROBABILITIES:
+        return format_probability(value)
+    if column in _DISTANCES:
+        return _distance(value, record)
+    if column in _ERRORS:
+        return "n/a" if missing(value) else f"{float(value):.2e}"
+    if column == "converged":
+        return "n/a" if missing(value) else ("yes" if value else "no")
+    if missing(value):
+        return ""
+    return str(int(value)) if isinstance(value, float) and value.is_integer() else str(value)
+
+
+def display_frame(frame: pd.DataFrame) -> pd.DataFrame:
+    """The table as the report prints it: one string per cell, columns of :data:`GLOSSARY`."""
+    cols = _columns(frame)
+    return pd.DataFrame([[_cell(c, rec) for c in cols] for rec in frame.to_dict("records")], columns=cols)
+
+
+def _paper_value(column: str, ref: ReferenceRow) -> str:
+    value = ref.values()[column]
+    if value is None:
+        return "-"
+    return f"{value:.4g}" if column in _DISTANCES else f"{value:g}"
+
+
+def reference_frame(frame: pd.DataFrame) -> pd.DataFrame:
+    """Our rows that reproduce a published row, each value beside the paper's.
+
+    Empty where the paper has no such experiment (see :func:`collide.reference.reference_for`).
+    """
+    out = []
+    for rec in frame.to_dict("records"):
+        ref = reference_for(rec)
+        if ref is None:
+            continue
+        line = {"row": _cell("row", rec), "method": _cell("method", rec), "init": _cell("init", rec),
+                "paper": f"{ref.table} row {ref.row}: {ref.setting}"}
+        for column in REFERENCE_COLUMNS:
+            line[f"{column} (ours)"] = _cell(column, rec)
+            line[f"{column} (paper)"] = _paper_value(column, ref)
+        out.append(line)
+    return pd.DataFrame(out)
+
+
+REFERENCE_NOTE = (
+    "The paper's published values (Li, Zhang, Malik 2019, Tables 2, 4, 6) beside ours. Its ImageNet "
+    "distances are on 0-255 pixels and are printed here divided by 255, in our input units; its MNIST "
+    "distances are already on [0, 1]. Its probabilities carry the digits it prints."
+)
+
+
+def _rows(n: int) -> str:
+    return f"{n} row" if n == 1 else f"{n} rows"
+
+
+def summary(frame: pd.DataFrame) -> str:
+    """Success over the rows that have one, how many have none, flags, the largest error."""
+    rates = frame["success_rate"].astype(float)
+    scored = rates.dropna()
+    parts = []
+    if len(scored):
+        parts.append(f"Success rate mean {scored.mean():.4f} (min {scored.min():.4f}) over "
+                     f"{len(scored)} of {_rows(len(frame))}")
+    else:
+        parts.append(f"No success rate in any of the {_rows(len(frame))}")
+    if len(scored) < len(frame):
+        parts.append(f"{_rows(len(frame) - len(scored))} without a success rate (n/a: fewer than 2 valid vertices)")
+    flagged: dict[str, int] = {}
+    for rec in frame.to_dict("records"):
+        for flag in row_flags(rec):
+            flagged[flag] = flagged.get(flag, 0) + 1
+    parts += [f"FLAGGED {flag_text(f)}: {_rows(n)}" for f, n in flagged.items()]
+    errors = frame["max_feature_rel_error"].astype(float).dropna()
+    if len(errors):
+        parts.append(f"largest feature error (valid vertices) {errors.max():.2e}")
+    return "; ".join(parts) + "."
 
 
 def _png_uri(path: Path) -> str:
     return "data:image/png;base64," + base64.b64encode(path.read_bytes()).decode()
 
 
+def _markdown_table(display: pd.DataFrame) -> list[str]:
+    def cell(text: str) -> str:
+        return text.replace("|", "\\|")
+
+    return ["| " + " | ".join(map(cell, display.columns)) + " |", "|" + "---|" * len(display.columns)] + [
+        "| " + " | ".join(cell(str(v)) for v in rec) + " |" for rec in display.itertuples(index=False)
+    ]
+
+
+def glossary_markdown() -> str:
+    return "\n".join(["## Columns", "", UNITS, ""] + [f"- `{c}`: {text}" for c, text in GLOSSARY.items()])
+
+
 def markdown(root: str | Path, experiment: str, *, max_rows: int = 50) -> str:
-    """The experiment's table (first ``max_rows`` rows) and figure as Markdown."""
+    """The experiment's table (first ``max_rows`` rows), the paper's rows, figure and glossary as Markdown."""
     frame = pd.read_parquet(table_path(root, experiment))
-    cols = _columns(frame)
     lines = [
         f"# {experiment}: {len(frame)} colliding polytopes",
         "",
-        f"Success rate mean {frame['success_rate'].mean():.3f} (min {frame['success_rate'].min():.3f}); "
-        f"largest feature error {frame['max_feature_rel_error'].max():.2e}. "
-        f"Table: `{table_path(root, experiment)}`.",
+        f"{summary(frame)} Table: `{table_path(root, experiment)}`.",
         "",
-        "| " + " | ".join(cols) + " |",
-        "|" + "---|" * len(cols),
+        *_markdown_table(display_frame(frame.head(max_rows))),
     ]
-    for _, rec in frame.head(max_rows).iterrows():
-        lines.append("| " + " | ".join(_cell(rec[c]) for c in cols) + " |")
     if len(frame) > max_rows:
         lines.append(f"\n({len(frame) - max_rows} more rows in the Parquet table)")
+    reference = reference_frame(frame.head(max_rows))
+    if len(reference):
+        lines += ["", "## Beside the paper", "", REFERENCE_NOTE, "", *_markdown_table(reference)]
     figure = figure_path(root, experiment)
     if figure.is_file():
-        lines += ["", f"![{experiment}: targets and vertices]({_png_uri(figure)})"]
+        lines += ["", f"![{experiment}: targets, inits and vertices]({_png_uri(figure)})"]
+    lines += ["", glossary_markdown()]
     return "\n".join(lines) + "\n"
+
+
+def _html_table(display: pd.DataFrame) -> str:
+    return display.to_html(index=False, escape=True)
 
 
 def write_report(root: str | Path, experiments: list[str]) -> Path:
     """``<root>/report.html``: every experiment's table and figure, one self-contained page."""
     root = Path(root)
     now = dt.datetime.now(dt.UTC).isoformat(timespec="seconds")
+    glossary = "".join(f"<dt><code>{html.escape(c)}</code></dt><dd>{html.escape(t)}</dd>" for c, t in GLOSSARY.items())
     parts = [
         "<!doctype html><html><head><meta charset='utf-8'><title>collide report</title>",
         "<style>body{font-family:sans-serif;margin:2em}table{border-collapse:collapse;font-size:13px}"
-        "td,th{border:1px solid #ccc;padding:3px 6px;text-align:right}img{max-width:100%}</style>",
+        "td,th{border:1px solid #ccc;padding:3px 6px;text-align:right}img{max-width:100%}"
+        "dt{font-weight:bold}dd{margin:0 0 .4em 1.5em}.warn{color:#b00}</style>",
         f"</head><body><h1>collide: result tables</h1><p>Rebuilt {now} from the stores under "
-        f"<code>{html.escape(str(root))}</code>.</p>",
+        f"<code>{html.escape(str(root))}</code>.</p><p>{html.escape(UNITS)}</p>",
     ]
     for name in experiments:
         frame = pd.read_parquet(table_path(root, name))
         ledger = read_ledger(root, name)
+        flagged = any(row_flags(rec) for rec in frame.to_dict("records"))
         parts.append(f"<h2>{html.escape(name)}</h2><p>{len(frame)} rows; configs "
                      f"{html.escape(', '.join(ledger.get('config_digests', [])))}; "
                      f"table <code>{html.escape(str(table_path(root, name)))}</code></p>")
-        parts.append(frame[_columns(frame)].to_html(index=False, float_format=lambda v: f"{v:.4g}"))
+        parts.append(f"<p{' class=warn' if flagged else ''}>{html.escape(summary(frame))}</p>")
+        parts.append(_html_table(display_frame(frame)))
+        reference = reference_frame(frame)
+        if len(reference):
+            parts.append(f"<h3>Beside the paper</h3><p>{html.escape(REFERENCE_NOTE)}</p>{_html_table(reference)}")
         figure = figure_path(root, name)
         if figure.is_file():
-            parts.append(f"<p><img alt='{html.escape(name)} vertices' src='{_png_uri(figure)}'></p>")
-    parts.append("</body></html>")
+            parts.append(f"<p><img alt='{html.escape(name)} targets, inits and vertices' "
+                         f"src='{_png_uri(figure)}'></p>")
+    parts.append(f"<h2>Columns</h2><p>{html.escape(UNITS)}</p><dl>{glossary}</dl></body></html>")
     path = root / "report.html"
     with atomic_file(path) as tmp:
         tmp.write_text("\n".join(parts))

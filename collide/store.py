@@ -32,6 +32,13 @@ TABLE_COLUMNS = (
 )
 
 
+# Columns that may be NaN in every row (no valid polytope anywhere) and are still numbers.
+FLOAT_COLUMNS = (
+    "success_rate", "target_top_prob", "samples_top_prob", "dataset_avg_distance", "vertex_avg_distance",
+    "max_feature_rel_error", "max_feature_rel_error_all", "samples_max_feature_rel_error",
+)
+
+
 def store_path(root: str | Path, experiment: str) -> Path:
     return Path(root) / f"{experiment}.zarr"
 
@@ -63,11 +70,13 @@ def write_row(
     attrs: Mapping[str, Any],
     *,
     keep_existing: bool = False,
+    drop: tuple[str, ...] = (),
 ) -> Path:
     """Write (or replace) group ``row-<row>`` atomically.
 
     With ``keep_existing`` the arrays and attrs already in the group are carried over
-    and the new ones added on top, still as one atomic replacement.
+    and the new ones added on top, still as one atomic replacement; arrays named in
+    ``drop`` are not carried over (results of an earlier evaluation that no longer hold).
     """
     root = Path(root)
     target_store = store_path(root, experiment)
@@ -78,7 +87,7 @@ def write_row(
     merged_attrs: dict[str, Any] = {}
     if keep_existing and final.exists():
         old_arrays, old_attrs = read_row(root, experiment, row)
-        merged_arrays.update(old_arrays)
+        merged_arrays.update({k: v for k, v in old_arrays.items() if k not in drop})
         merged_attrs.update(old_attrs)
     merged_arrays.update({k: np.asarray(v) for k, v in arrays.items()})
     merged_attrs.update(_jsonable(dict(attrs)))
@@ -151,6 +160,13 @@ def table_from_store(root: str | Path, experiment: str) -> pd.DataFrame:
     missing = [c for c in TABLE_COLUMNS if c not in frame.columns]
     if missing:
         raise DataError(f"rows of {experiment} lack table columns {missing}")
+    for column in frame.columns:
+        # NaN is stored as JSON null: a column of numbers and nulls is a float column again
+        # (one of nulls alone would otherwise come back as objects).
+        values = frame[column].dropna()
+        if column in FLOAT_COLUMNS or (len(values) and all(
+                isinstance(v, int | float) and not isinstance(v, bool) for v in values)):
+            frame[column] = pd.to_numeric(frame[column], errors="coerce")
     rest = [c for c in frame.columns if c not in TABLE_COLUMNS]
     return frame[list(TABLE_COLUMNS) + rest].sort_values("row").reset_index(drop=True)
 

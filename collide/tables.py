@@ -11,17 +11,30 @@ from __future__ import annotations
 import datetime as dt
 import hashlib
 import json
-from collections.abc import Callable
+import math
+import textwrap
+from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import pandas as pd
+import zarr
 
 from collide.errors import DataError
+from collide.reference import reference_for
 from collide.store import atomic_file, list_rows, read_row, store_path, table_from_store, table_path, write_table
 
 FIGURE_ROWS = 16  # a figure of more polytopes than this is too tall to read
+PROBABILITY_DECIMALS = 6  # enough to tell a typical 0.99996 from 1
+
+# Each row flag: its short name in cells and titles, and what it means for the row.
+FLAGS = {
+    "random-weights": ("random weights", "the model was never trained: its predictions, hence the "
+                       "success rate and probabilities, say nothing about a real network"),
+    "uninformative-model": ("uninformative model", "the model gives every input one class at about "
+                            "chance probability: a success rate of 1 is trivial"),
+}
 
 
 def experiments(root: str | Path) -> list[str]:
@@ -62,13 +75,94 @@ def read_ledger(root: str | Path, experiment: str) -> dict[str, Any]:
         return {}
 
 
+def missing(value: Any) -> bool:
+    """None or NaN: how a cell reads when a row has no value (or an older store no column)."""
+    return value is None or (isinstance(value, float | np.floating) and math.isnan(value))
+
+
+def format_probability(p: Any) -> str:
+    """:data:`PROBABILITY_DECIMALS` decimals; a value below 1 that would print as 1 reads "1 - 4.0e-07"."""
+    if missing(p):
+        return "n/a"
+    p = float(p)
+    if p in (0.0, 1.0):
+        return f"{p:.0f}"
+    text = f"{p:.{PROBABILITY_DECIMALS}f}"
+    return f"1 - {1 - p:.1e}" if float(text) == 1.0 else text
+
+
+def row_flags(metrics: Mapping[str, Any]) -> list[str]:
+    """The row's flags (``flags``, comma-separated), with ``random_weights`` for older stores."""
+    raw = metrics.get("flags")
+    flags = [f.strip() for f in raw.split(",") if f.strip()] if isinstance(raw, str) else []
+    source = metrics.get("model_source")
+    random = _true(metrics.get("random_weights")) or (isinstance(source, Mapping) and _true(source.get("random")))
+    if random and "random-weights" not in flags:
+        flags.append("random-weights")
+    return flags
+
+
+def _true(value: Any) -> bool:
+    return not missing(value) and bool(value)
+
+
+def flag_text(flag: str) -> str:
+    return FLAGS[flag][0] if flag in FLAGS else flag.replace("-", " ")
+
+
+def success_text(metrics: Mapping[str, Any]) -> str:
+    """The success rate, "n/a: <why>" where there is none, and the row's flags beside it."""
+    rate = metrics.get("success_rate")
+    if missing(rate):
+        reason = metrics.get("invalid_reason")
+        text = f"n/a: {reason}" if isinstance(reason, str) and reason else "n/a"
+    else:
+        text = format_probability(rate)
+    flags = row_flags(metrics)
+    return f"{text} [{', '.join(flag_text(f) for f in flags)}]" if flags else text
+
+
+def valid_text(metrics: Mapping[str, Any]) -> str:
+    """``k/V`` valid vertices, or "?" for rows evaluated before validity was recorded."""
+    valid, total = metrics.get("valid_vertices"), metrics.get("n_vertices")
+    if missing(valid):
+        return "?"
+    return f"{int(valid)}/{'?' if missing(total) else int(total)}"
+
+
+def row_summary(metrics: Mapping[str, Any]) -> str:
+    """One line of a row's table record for logs: method, validity, success, size, error."""
+
+    def number(key: str, fmt: str) -> str:
+        value = metrics.get(key)
+        return "n/a" if missing(value) else format(float(value), fmt)
+
+    init = f", init={metrics['init']}" if metrics.get("init") else ""
+    return (f"row {metrics.get('row')} ({metrics.get('method')}{init}): {valid_text(metrics)} vertices valid; "
+            f"success {success_text(metrics)}; vertex distance {number('vertex_avg_distance', '.3f')}; "
+            f"feature error {number('max_feature_rel_error', '.1e')}")
+
+
 def _label(row: int, attrs: dict[str, Any]) -> str:
-    parts = [f"row {row}: {attrs.get('method', '?')}"]
-    if "init" in attrs:
-        parts.append(f"init={attrs['init']}")
+    """Method, init, valid vertices, success (or why none) and the paper's row, if any."""
+    metrics = attrs.get("metrics", {})
+    head = f"row {row}: {attrs.get('method', '?')}, init={attrs.get('init', '?')}"
     if attrs.get("target_index") is not None and attrs.get("config", {}).get("targets_per_class"):
-        parts[-1] += f" t={attrs['target_index']}"
-    return "\n".join(parts)
+        head += f" t={attrs['target_index']}"
+    lines = [head]
+    if metrics:
+        # The full reason is in the table and report; the label only has room for the gist.
+        if missing(metrics.get("success_rate")):
+            lines.append(f"valid {valid_text(metrics)}: no success rate")
+        else:
+            lines.append(f"valid {valid_text(metrics)}, success {success_text(metrics)}")
+        dist, err = metrics.get("vertex_avg_distance"), metrics.get("max_feature_rel_error_all")
+        lines.append(f"dist {'n/a' if missing(dist) else format(dist, '.3g')}, "
+                     f"err {'n/a' if missing(err) else format(err, '.1e')}")
+    reference = reference_for({**attrs, **metrics})
+    if reference is not None:
+        lines.append(f"{reference.name}: {reference.success_rate:.0%}, dist {reference.vertex_avg_distance:.4g}")
+    return "\n".join(textwrap.fill(line, 28) for line in lines)
 
 
 def _difference_boxes(vertices: np.ndarray, size: int, stride: int, n: int) -> list[tuple[int, int, int]]:
@@ -90,29 +184,35 @@ def _difference_boxes(vertices: np.ndarray, size: int, stride: int, n: int) -> l
 
 
 def write_figure(root: str | Path, experiment: str, rows: list[int]) -> Path:
-    """Targets and vertices of the first :data:`FIGURE_ROWS` rows (the paper's Tables 1, 3, 5).
+    """Targets, inits and vertices of the first :data:`FIGURE_ROWS` rows (the paper's Tables 1, 3, 5).
 
-    Rows of a patch experiment get boxes where their vertices differ most; a model with
-    random weights is named in the title.
+    Invalid vertices are drawn, framed in red; each row's label gives its valid vertices
+    and success rate (or why it has none); the title names every row flag. Rows of a
+    patch experiment get boxes where their vertices differ most.
     """
     from collide.figures import vertex_grid
 
-    targets, vertices, labels, boxes, layer, random = [], [], [], [], "?", False
+    targets, inits, vertices, valid, labels, boxes = [], [], [], [], [], []
+    layer, flags = "?", []
     for row in rows[:FIGURE_ROWS]:
         arrays, attrs = read_row(root, experiment, row)
         targets.append(arrays["target"])
+        inits.append(arrays.get("init"))
         vertices.append(arrays["vertices"])
+        valid.append(arrays.get("vertex_valid"))
         labels.append(_label(row, attrs))
         layer = attrs.get("layer", layer)
-        random |= bool(attrs.get("model_source", {}).get("random"))
+        flags += [f for f in row_flags({**attrs, **attrs.get("metrics", {})}) if f not in flags]
         patch = attrs.get("composition")
         boxes.append(_difference_boxes(arrays["vertices"], patch["size"], patch["stride"], 3) if patch else [])
     shown = "" if len(rows) <= FIGURE_ROWS else f" (first {FIGURE_ROWS} of {len(rows)} rows)"
-    note = " - RANDOM WEIGHTS" if random else ""
+    note = "".join(f" - {flag_text(f).upper()}" for f in flags)
     kind = "patch compositions (boxes: largest differences)" if any(boxes) else "polytopes"
+    title = f"{experiment}: {kind} colliding with the target at {layer}{shown}{note}"
+    if any(v is not None and not np.all(v) for v in valid):
+        title += "\nred frame: invalid vertex (missed its criterion; no sample weight)"
     return vertex_grid(
-        targets, vertices, labels, figure_path(root, experiment),
-        title=f"{experiment}: {kind} colliding with the target at {layer}{shown}{note}", boxes=boxes,
+        targets, inits, vertices, labels, figure_path(root, experiment), valid=valid, title=title, boxes=boxes,
     )
 
 
@@ -172,18 +272,62 @@ def regenerate(
     return {"experiments": outputs, "report": str(write_report(root, names))}
 
 
+def _read_attrs(root: str | Path, experiment: str, row: int) -> dict[str, Any]:
+    """A row group's attrs alone: its metadata is read, none of its arrays."""
+    return dict(zarr.open_group(store_path(root, experiment) / f"row-{row}", mode="r").attrs)
+
+
+def _rows_text(rows: list[int]) -> str:
+    return f"row{'s' if len(rows) > 1 else ''} {', '.join(map(str, rows))}"
+
+
+def _warnings(
+    flagged: dict[str, list[int]], invalid: dict[int, str], no_success: dict[int, str], unchecked: list[int]
+) -> list[str]:
+    out = [f"{_rows_text(rows)}: {flag_text(flag)}: {FLAGS[flag][1] if flag in FLAGS else 'flagged'}"
+           for flag, rows in flagged.items()]
+    out += [f"row {r}: only {v} vertices valid; the others carry no sample weight" for r, v in invalid.items()]
+    out += [f"row {r}: no success rate: {why}" for r, why in no_success.items()]
+    if unchecked:
+        out.append(f"{_rows_text(unchecked)}: evaluated before vertex validity was recorded; "
+                   "their success rates count every vertex, valid or not")
+    return out
+
+
 def status(root: str | Path) -> list[dict[str, Any]]:
-    """Per store: rows, evaluated rows, configs, newest row time, and whether the table is fresh."""
+    """Per store: rows, evaluated rows, configs, newest row time, whether the table is fresh,
+    and the rows a reader must not take at face value.
+
+    Reads the row groups' attrs, never their arrays (freshness hashes the stored files
+    with :func:`store_digest`, without decoding them). ``flagged`` maps each flag to its
+    rows; ``invalid_vertex_rows`` maps a row to its ``k/V`` valid vertices where k < V;
+    ``no_success_rate`` maps a row to the reason; ``unchecked_rows`` were evaluated by a
+    version that did not check vertices; ``warnings`` says all of it in words.
+    """
     out = []
     for name in experiments(root):
         rows = list_rows(root, name)
         base = store_path(root, name)
         evaluated, configs, newest = 0, {}, None
+        flagged: dict[str, list[int]] = {}
+        invalid: dict[int, str] = {}
+        no_success: dict[int, str] = {}
+        unchecked: list[int] = []
         for row in rows:
-            _, attrs = read_row(root, name, row)
-            evaluated += "metrics" in attrs
+            attrs = _read_attrs(root, name, row)
+            metrics = attrs.get("metrics")
+            evaluated += metrics is not None
             if "config_digest" in attrs:
                 configs.setdefault(attrs["config_digest"], attrs.get("config"))
+            for flag in row_flags({**attrs, **(metrics or {})}):
+                flagged.setdefault(flag, []).append(row)
+            if metrics is not None:
+                if missing(metrics.get("valid_vertices")):
+                    unchecked.append(row)
+                elif metrics["valid_vertices"] < metrics.get("n_vertices", 0):
+                    invalid[row] = valid_text(metrics)
+                if missing(metrics.get("success_rate")):
+                    no_success[row] = metrics.get("invalid_reason") or "reason not recorded"
             stamp = (base / f"row-{row}" / "zarr.json").stat().st_mtime
             newest = stamp if newest is None else max(newest, stamp)
         ledger = read_ledger(root, name)
@@ -199,5 +343,10 @@ def status(root: str | Path) -> list[dict[str, Any]]:
             "table": str(table_path(root, name)) if table_path(root, name).is_file() else None,
             "table_written": ledger.get("written"),
             "table_fresh": fresh,
+            "flagged": flagged,
+            "invalid_vertex_rows": {str(r): v for r, v in invalid.items()},
+            "no_success_rate": {str(r): why for r, why in no_success.items()},
+            "unchecked_rows": unchecked,
+            "warnings": _warnings(flagged, invalid, no_success, unchecked),
         })
     return out

@@ -9,6 +9,10 @@ The tap is a forward *pre*-hook on the ReLU: it sees the ReLU's input, which is 
 pre-activation, even when the ReLU is ``inplace=True`` (a hook on the Linear before it
 would see a tensor the ReLU later overwrites). The captured tensor is cloned for the
 same reason. Hooks are removed when the ``with`` block ends, whatever happens inside.
+
+Nothing here changes the caller's model for good: :func:`preactivation` runs in eval
+mode (batch norm on its running statistics, no dropout) and restores every module's
+``training`` flag afterwards; :func:`tap` runs no forward pass of its own.
 """
 
 from __future__ import annotations
@@ -58,6 +62,27 @@ def resolve_layer(model: nn.Module, name: str) -> str:
     raise LayerError(f"{what}; layers that work: {', '.join(usable) or 'none (the model has no ReLU)'}")
 
 
+@contextlib.contextmanager
+def eval_mode(model: nn.Module) -> Iterator[nn.Module]:
+    """Run ``model`` in eval mode for the block, then give every module its own flag back.
+
+    ``model.eval()`` alone would leave a caller's training-mode model in eval mode, and
+    ``model.train()`` afterwards would switch on modules the caller had frozen: each
+    submodule's ``training`` flag is restored one by one, even when the block raises.
+
+    Yields:
+        ``model`` itself (not a copy): parameters and buffers are shared.
+    """
+    flags = [(m, m.training) for m in model.modules()]
+    try:
+        for m, _ in flags:
+            m.training = False
+        yield model
+    finally:
+        for m, training in flags:
+            m.training = training
+
+
 class _Stop(Exception):
     """Raised inside a hook to skip the rest of the forward pass."""
 
@@ -75,6 +100,9 @@ class Tap:
 @contextlib.contextmanager
 def tap(model: nn.Module, layers: Sequence[str], *, detach: bool = False) -> Iterator[Tap]:
     """Capture the pre-activation of each named ReLU layer on every forward pass.
+
+    The caller runs the forward passes, in whatever mode the model is in: wrap them in
+    :func:`eval_mode` for what :func:`preactivation` would give.
 
     Args:
         model: any module.
@@ -105,7 +133,9 @@ def preactivation(model: nn.Module, x: torch.Tensor, layer: str) -> torch.Tensor
     """The pre-activation of ``layer`` for input ``x``, flattened per example.
 
     The forward pass stops at the layer, so nothing after it is computed; gradients
-    flow when ``x`` requires them.
+    flow when ``x`` requires them. It runs in eval mode whatever mode ``model`` is in
+    (batch norm uses its running statistics and leaves them as they were; dropout is
+    off), and leaves every module's mode as it found it.
 
     Shapes:
         x: (B, C, H, W) or any shape the model takes; returns (B, D)
@@ -120,7 +150,8 @@ def preactivation(model: nn.Module, x: torch.Tensor, layer: str) -> torch.Tensor
 
     handle = module.register_forward_pre_hook(hook)
     try:
-        model(x)
+        with eval_mode(model):
+            model(x)
     except _Stop:
         pass
     finally:

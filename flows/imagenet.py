@@ -8,6 +8,7 @@ from prefect import flow, get_run_logger
 
 import flows  # noqa: F401  (telemetry off before prefect loads)
 from collide.config import ImagenetExperiment
+from collide.tables import format_probability, row_summary
 from flows._outputs import write_and_publish
 from tasks import imagenet as t
 
@@ -32,9 +33,8 @@ def imagenet_flow(config: dict[str, Any] | None = None) -> dict[str, Any]:
                     summary["seconds"], summary["outcomes"])
     metrics = t.evaluate_row.map(list(range(len(cfg.rows))), config=cfg).result()
     for m in metrics:
-        logger.info("row %d: success %.3f, target prob %.3f, vertex distance %.1f (of %.1f between images)",
-                    m["row"], m["success_rate"], m["target_top_prob"], m["vertex_avg_distance"],
-                    m["dataset_avg_distance"])
+        logger.info("%s; target prob %s (%.3f between images)", row_summary(m),
+                    format_probability(m["target_top_prob"]), m["dataset_avg_distance"])
     outputs = write_and_publish(cfg.results_root, cfg.name, logger)
     return {**outputs, "random_weights": plan["model_source"]["random"]}
 

@@ -8,6 +8,7 @@ from prefect import flow, get_run_logger, unmapped
 
 import flows  # noqa: F401  (telemetry off before prefect loads)
 from collide.config import MnistExperiment
+from collide.tables import row_summary
 from flows._outputs import write_and_publish
 from flows.runner import dask_runner
 from tasks import mnist as t
@@ -38,10 +39,8 @@ def mnist_flow(config: dict[str, Any] | None = None) -> dict[str, Any]:
     rows = [row for job in done for row in job]
     reused = sum(not r["solved"] and not r["evaluated"] for r in rows)
     for m in rows:
-        logger.info("row %d (%s, init=%s, target %d): %s; success %.3f, vertex distance %.2f, "
-                    "feature error %.1e", m["row"], m["method"], m["init"], m["target_index"],
-                    "reused" if not (m["solved"] or m["evaluated"]) else "computed",
-                    m["success_rate"], m["vertex_avg_distance"], m["max_feature_rel_error"])
+        logger.info("%s, target %d: %s", row_summary(m), m["target_index"],
+                    "reused" if not (m["solved"] or m["evaluated"]) else "computed")
     logger.info("%d of %d rows were already finished and reused", reused, len(rows))
     outputs = write_and_publish(cfg.results_root, cfg.name, logger)
     return {**outputs, "test_accuracy": trained["test_accuracy"], "reused_rows": reused}

@@ -8,6 +8,7 @@ from prefect import flow, get_run_logger
 
 import flows  # noqa: F401  (telemetry off before prefect loads)
 from collide.config import PatchExperiment
+from collide.tables import row_summary
 from flows._outputs import write_and_publish
 from tasks import patches as t
 
@@ -41,9 +42,7 @@ def patches_flow(config: dict[str, Any] | None = None) -> dict[str, Any]:
                     summary["seconds"], summary["outcomes"])
     metrics = t.evaluate_row.map(list(range(len(cfg.rows))), config=cfg).result()
     for m in metrics:
-        logger.info("row %d: success %.3f, vertex distance %.2f, feature error %.1e, kNN recall@%d %.3f",
-                    m["row"], m["success_rate"], m["vertex_avg_distance"], m["max_feature_rel_error"],
-                    m["knn_k"], m["knn_recall"])
+        logger.info("%s; kNN recall@%d %.3f", row_summary(m), m["knn_k"], m["knn_recall"])
     outputs = write_and_publish(cfg.results_root, cfg.name, logger)
     return {**outputs, "test_accuracy": trained["test_accuracy"],
             "random_weights": bool(trained["model_source"].get("random"))}

@@ -8,8 +8,10 @@ import torch
 
 os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
 os.environ.setdefault("DO_NOT_TRACK", "1")
-
-from collide.config import MnistExperiment, SampleConfig, TrainConfig  # noqa: E402
+# Prefect's environment defaults (a generous temporary-server start-up among them) for
+# this process and every `collide` subprocess a test starts.
+import flows  # noqa: E402, F401
+from collide.config import MnistExperiment, PaperConfig, SampleConfig, TrainConfig  # noqa: E402
 
 
 def pytest_collection_modifyitems(config, items):
@@ -59,6 +61,7 @@ def small_mnist_config(data_root: Path, root: Path, **changes) -> MnistExperimen
         allow_download=False,
         train=TrainConfig(epochs=2, min_accuracy=0.0),
         sample=SampleConfig(n_samples=300, n_dataset_pairs=200),
+        paper=PaperConfig(steps=300),
     )
     return MnistExperiment(**{**settings, **changes})
 

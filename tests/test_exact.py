@@ -1,14 +1,26 @@
+import copy
+import itertools
+from collections import OrderedDict
+
 import numpy as np
 import pytest
 import torch
+from torch import nn
 
+import collide.exact as exact
 from collide.config import ExactConfig
 from collide.errors import DataError
-from collide.exact import LEFT_REGION, OPTIMAL, solve_exact
+from collide.exact import OPTIMAL, affine_piece, solve_exact
 from collide.models import lenet5
-from collide.objective import nonpositive_units
+from collide.objective import feature_rel_error, nonpositive_units
 from collide.taps import preactivation
-from tests.tolerances import LP_CONSTRAINT, UNCHANGED
+from tests.tolerances import (
+    JACOBIAN_MODES_AGREE,
+    LP_CONSTRAINT,
+    LP_STORED_REL_ERROR_F64,
+    RANK_RTOL,
+    UNCHANGED,
+)
 
 V = 5
 
@@ -38,8 +50,6 @@ def test_first_layer_vertices_satisfy_every_constraint(mlp_model):
         assert pre[units[k]] < 0
     assert res.input_dim == 784
     assert res.n_positive == int(pos.sum())
-    assert res.rank_positive == np.linalg.matrix_rank(w[pos])
-    assert res.dim_bound == 784 - res.rank_positive
 
 
 def test_each_vertex_minimises_its_unit(mlp_model):
@@ -71,19 +81,247 @@ def test_deeper_layer_keeps_the_activation_region(mlp_model):
     assert ((first_v >= -LP_CONSTRAINT) | ~signs_t).all() and ((first_v <= LP_CONSTRAINT) | signs_t).all()
 
 
-def test_max_pooling_region_is_checked_by_a_real_forward():
-    with torch.random.fork_rng():
-        torch.manual_seed(0)
-        net = lenet5().eval()
-    target = _target()
+def _errors_f64(model: nn.Module, layer: str, target: torch.Tensor, vertices: torch.Tensor) -> torch.Tensor:
+    """The oracle: each stored (float32) vertex's relative feature error, in float64."""
+    net = copy.deepcopy(model).double().eval()
     with torch.no_grad():
-        units = nonpositive_units(preactivation(net, target.unsqueeze(0), "relu3")[0], 1)
-    # 6,000+ region constraints from the conv layers: one vertex, no L1 term, keeps it quick.
-    res = solve_exact(net, "relu3", target, target, units, config=ExactConfig(proximity=0))
-    for outcome, rel in zip(res.outcomes, res.rel_error, strict=True):
-        assert outcome in (OPTIMAL, LEFT_REGION)
-        if outcome == OPTIMAL:
-            assert rel <= 1e-5
+        pre = preactivation(net, vertices.double(), layer)
+        t_pre = preactivation(net, target.double().unsqueeze(0), layer)
+    return feature_rel_error(pre, t_pre)
+
+
+def _solve_colliding(net: nn.Module, layer: str, target, init, n: int, config: ExactConfig):
+    with torch.no_grad():
+        units = nonpositive_units(preactivation(net, target.unsqueeze(0), layer)[0], n)
+    res = solve_exact(net, layer, target, init, units, config=config)
+    assert res.outcomes == (OPTIMAL,) * n
+    assert res.vertices.dtype == torch.float32
+    errors = _errors_f64(net, layer, target, res.vertices)
+    for k in range(n):
+        assert errors[k] <= LP_STORED_REL_ERROR_F64, f"vertex {k}: feature error {float(errors[k]):.2e}"
+    return res
+
+
+def _seeded(build, seed: int = 0) -> nn.Module:
+    with torch.random.fork_rng():
+        torch.manual_seed(seed)
+        return build().eval()
+
+
+@pytest.mark.slow
+def test_max_pooling_vertices_are_optimal_and_collide_in_float64():
+    net = _seeded(lenet5)
+    target = _target()
+    # 8,000+ region rows from the conv layers: one vertex, no L1 term, keeps it quick.
+    res = _solve_colliding(net, "relu3", target, target, 1, ExactConfig(proximity=0))
+    assert (res.vertices - target).abs().amax() > 1e-3  # the LP moved: the region rows were at stake
+
+
+def _pool_before_relu_2d() -> nn.Sequential:
+    return nn.Sequential(
+        OrderedDict(
+            conv1=nn.Conv2d(1, 3, 3),
+            pool1=nn.MaxPool2d(3, stride=2, padding=1, ceil_mode=True),
+            relu1=nn.ReLU(),
+            conv2=nn.Conv2d(3, 4, 3),
+            relu2=nn.ReLU(),
+            pool2=nn.MaxPool2d((2, 1), dilation=(1, 2)),
+            flatten=nn.Flatten(),
+            fc1=nn.Linear(4 * 1 * 3, 12),
+            relu3=nn.ReLU(),
+        )
+    )
+
+
+def _pool_before_relu_1d() -> nn.Sequential:
+    return nn.Sequential(
+        OrderedDict(
+            conv1=nn.Conv1d(1, 3, 3),
+            pool1=nn.MaxPool1d(3, stride=2, padding=1, dilation=2, ceil_mode=True),
+            relu1=nn.ReLU(),
+            flatten=nn.Flatten(),
+            fc1=nn.Linear(3 * 5, 12),
+            relu2=nn.ReLU(),
+        )
+    )
+
+
+@pytest.mark.parametrize(
+    ("build", "shape", "layer"),
+    [
+        (_pool_before_relu_2d, (1, 10, 10), "relu3"),
+        (_pool_before_relu_1d, (1, 12), "relu2"),
+    ],
+)
+def test_max_pooling_before_its_relu_keeps_the_winners(build, shape, layer):
+    net = _seeded(build)
+    gen = torch.Generator().manual_seed(5)
+    target, init = torch.rand(shape, generator=gen), torch.rand(shape, generator=gen)
+    assert affine_piece(net, layer, target).n_pool_rows > 0
+    _solve_colliding(net, layer, target, init, 3, ExactConfig())
+
+
+@pytest.mark.parametrize(
+    "pool",
+    [
+        nn.MaxPool2d(2),
+        nn.MaxPool2d(3, stride=2, padding=1, ceil_mode=True),
+        nn.MaxPool2d((2, 3), stride=(1, 2), dilation=(2, 1)),
+        nn.MaxPool1d(3, stride=2, padding=1, dilation=2, ceil_mode=True),
+    ],
+)
+def test_window_pairs_match_a_brute_force_oracle(pool):
+    nd = 2 if isinstance(pool, nn.MaxPool2d) else 1
+    shape = (1, 2, 7, 8) if nd == 2 else (1, 2, 11)
+    value = torch.randn(shape, generator=torch.Generator().manual_seed(1), dtype=torch.float64)
+    entries, winners = exact._window_pairs(pool, value)
+    pooled = pool(value)
+    flat = value.flatten()
+
+    def per_dim(v):
+        return tuple(v) if isinstance(v, tuple) else (v,) * nd
+
+    kernel, stride = per_dim(pool.kernel_size), per_dim(pool.stride)
+    padding, dilation = per_dim(pool.padding), per_dim(pool.dilation)
+    spatial = shape[2:]
+    expected = set()
+    for channel in range(shape[1]):
+        for out in itertools.product(*(range(n) for n in pooled.shape[2:])):
+            window = []
+            for offs in itertools.product(*(range(k) for k in kernel)):
+                pos = [o * s - p + i * dl for o, s, p, i, dl in zip(out, stride, padding, offs, dilation, strict=True)]
+                if all(0 <= q < n for q, n in zip(pos, spatial, strict=True)):
+                    window.append(channel * int(np.prod(spatial)) + int(np.ravel_multi_index(pos, spatial)))
+            best = max(window, key=lambda i: float(flat[i]))
+            assert flat[best] == pooled[(0, channel, *out)]  # the window is the pool's own
+            expected |= {(e, best) for e in window if e != best}
+    assert set(zip(entries.tolist(), winners.tolist(), strict=True)) == expected
+    assert len(entries) == len(expected)
+
+
+class _ResidualNet(nn.Module):
+    """Conv, batch norm (eval), a residual addition and average pooling: all affine."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.conv1 = nn.Conv2d(1, 4, 3, padding=1)
+        self.bn1 = nn.BatchNorm2d(4)
+        self.relu1 = nn.ReLU()
+        self.conv2 = nn.Conv2d(4, 4, 3, padding=1)
+        self.bn2 = nn.BatchNorm2d(4)
+        self.relu2 = nn.ReLU()
+        self.pool = nn.AvgPool2d(2)
+        self.fc = nn.Linear(4 * 4 * 4, 16)
+        self.relu3 = nn.ReLU()
+        gen = torch.Generator().manual_seed(2)
+        for bn in (self.bn1, self.bn2):  # statistics a trained net could have, not 0 and 1
+            bn.running_mean.copy_(torch.randn(4, generator=gen) * 0.3)
+            bn.running_var.copy_(torch.rand(4, generator=gen) + 0.5)
+            bn.weight.data.copy_(torch.rand(4, generator=gen) + 0.5)
+            bn.bias.data.copy_(torch.randn(4, generator=gen) * 0.3)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        h = self.relu1(self.bn1(self.conv1(x)))
+        h = self.relu2(self.bn2(self.conv2(h)) + h)
+        return self.relu3(self.fc(self.pool(h).flatten(1)))
+
+
+def test_batch_norm_average_pooling_and_residuals_need_no_rows():
+    net = _seeded(_ResidualNet)
+    before = copy.deepcopy(net.state_dict())
+    gen = torch.Generator().manual_seed(6)
+    target, init = torch.rand(1, 8, 8, generator=gen), torch.rand(1, 8, 8, generator=gen)
+    piece = affine_piece(net, "relu3", target)
+    assert piece.n_pool_rows == 0 and piece.n_relu_rows > 0
+    _solve_colliding(net, "relu3", target, init, 3, ExactConfig())
+    assert not net.training
+    for name, value in net.state_dict().items():
+        assert torch.equal(value, before[name]), name
+
+
+@pytest.mark.parametrize(
+    ("build", "shape", "layer"),
+    [
+        (_ResidualNet, (1, 8, 8), "relu3"),
+        (_pool_before_relu_2d, (1, 10, 10), "relu3"),
+    ],
+)
+def test_forward_and_reverse_mode_give_the_same_piece(build, shape, layer, monkeypatch):
+    net = _seeded(build)
+    target = torch.rand(shape, generator=torch.Generator().manual_seed(7))
+    monkeypatch.setattr(exact, "_JACOBIAN_BUDGET", 12_000)  # several chunks either way
+    forward = affine_piece(net, layer, target, mode="forward")
+    reverse = affine_piece(net, layer, target, mode="reverse")
+    for name in ("jac", "offset", "region_jac", "region_bound"):
+        a, b = getattr(forward, name), getattr(reverse, name)
+        assert a.shape == b.shape
+        assert np.abs(a - b).max() <= JACOBIAN_MODES_AGREE * (1 + np.abs(a).max()), name
+    net64 = copy.deepcopy(net).double()
+    x0 = target.double()
+    oracle = torch.autograd.functional.jacobian(lambda x: preactivation(net64, x.unsqueeze(0), layer)[0], x0)
+    assert np.abs(forward.jac - oracle.flatten(1).numpy()).max() <= JACOBIAN_MODES_AGREE
+    with pytest.raises(ValueError, match="mode"):
+        affine_piece(net, layer, target, mode="sideways")
+
+
+def test_dim_upper_bound_at_the_first_layer_is_d_minus_the_weights_rank(mlp_model):
+    target = _target()
+    x = target.double().flatten().numpy()
+    pos = np.flatnonzero(mlp_model.fc1(target.flatten()).detach().numpy() > 0)
+    # Rows scaled by powers of two stay exactly dependent: rank(W⁺) < the positive count.
+    first, copies = pos[0], pos[1:31]
+    scale = torch.tensor([0.5, 2.0, 4.0]).repeat(10)
+    with torch.no_grad():
+        mlp_model.fc1.weight[copies] = mlp_model.fc1.weight[first] * scale[:, None]
+        mlp_model.fc1.bias[copies] = mlp_model.fc1.bias[first] * scale
+    w = mlp_model.fc1.weight.double().detach().numpy()
+    b = mlp_model.fc1.bias.double().detach().numpy()
+    positive = (w @ x + b) > 0
+    rank = np.linalg.matrix_rank(w[positive])
+    assert rank < positive.sum()
+    units = torch.from_numpy(np.flatnonzero(~positive)[:1])
+    res = solve_exact(mlp_model, "relu1", target, target, units, config=ExactConfig(proximity=0))
+    assert res.n_positive == positive.sum()
+    assert res.rank_positive == rank
+    assert res.dim_upper_bound == 784 - rank
+    assert res.dim_bound == res.dim_upper_bound  # the alias, while callers switch
+
+
+def test_dim_upper_bound_is_met_by_collision_directions_at_a_deeper_layer(mlp_model):
+    # For a target strictly inside the box, its region and its half-spaces the bound is
+    # attained: collision directions checked by real forward passes span exactly that
+    # many dimensions, and a direction off that subspace changes the features.
+    target = 0.25 + _target()
+    x = target.double().flatten().numpy()
+    w1, b1, w2, b2 = (
+        p.detach().double().numpy()
+        for p in (mlp_model.fc1.weight, mlp_model.fc1.bias, mlp_model.fc2.weight, mlp_model.fc2.bias)
+    )
+    h = w1 @ x + b1
+    y = w2 @ np.maximum(h, 0) + b2
+    pos = y > 0
+    jac = w2 @ ((h > 0)[:, None] * w1)  # the oracle: the region's Jacobian from the weights
+    _, s, vt = np.linalg.svd(jac[pos])
+    rank = int((s > RANK_RTOL * s[0]).sum())
+    units = torch.from_numpy(np.flatnonzero(~pos)[:1])
+    res = solve_exact(mlp_model, "relu2", target, target, units, config=ExactConfig(proximity=0))
+    assert res.rank_positive == rank
+
+    margin = min(np.abs(h).min(), np.abs(y[~pos]).min(), x.min(), 1 - x.max())
+    step = 0.5 * margin / max(np.linalg.norm(w1, axis=1).max(), np.linalg.norm(jac, axis=1).max())
+    null = vt[rank:]
+    directions = np.random.default_rng(0).standard_normal((len(null), len(null))) @ null
+    directions /= np.linalg.norm(directions, axis=1, keepdims=True)
+    net = copy.deepcopy(mlp_model).double()
+    with torch.no_grad():
+        moved = torch.from_numpy(x + step * directions).view(-1, 1, 28, 28)
+        errors = feature_rel_error(preactivation(net, moved, "relu2"), torch.from_numpy(y)[None])
+        off = torch.from_numpy(x + step * vt[0]).view(1, 1, 28, 28)
+        off_error = feature_rel_error(preactivation(net, off, "relu2"), torch.from_numpy(y)[None])
+    assert errors.max() <= LP_CONSTRAINT * step
+    measured = np.linalg.matrix_rank(directions)
+    assert res.dim_upper_bound == measured
+    assert off_error > 1e3 * errors.max()
 
 
 def test_bad_inputs_are_refused(mlp_model):

@@ -17,7 +17,7 @@ pytestmark = pytest.mark.slow
 def harness():
     from prefect.testing.utilities import prefect_test_harness
 
-    with prefect_test_harness(server_startup_timeout=120):
+    with prefect_test_harness(server_startup_timeout=None):
         yield
 
 
@@ -68,11 +68,11 @@ def test_cli_plain_run_offline(tiny_config, tmp_path):
         "--data-root", tiny_config.data_root, "--results-root", str(tmp_path / "res"),
         "--checkpoint-dir", str(tmp_path / "ck"), "--device", "cpu",
         "--set", "allow_download=false", "--set", "train.epochs=1", "--set", "train.min_accuracy=0",
-        "--set", "sample.n_samples=100",
+        "--set", "sample.n_samples=100", "--set", "paper.steps=300",
     )
     assert res.returncode == 0, res.stderr
     assert "table:" in res.stdout
-    assert len(pd.read_parquet(tmp_path / "res" / "mnist.parquet")) == 4
+    assert len(pd.read_parquet(tmp_path / "res" / "mnist.parquet")) == 6
 
 
 def test_patches_and_imagenet_flows_run(harness, tiny_mnist, tmp_path):

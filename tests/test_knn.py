@@ -70,6 +70,27 @@ def test_duplicates_are_indexed_once_and_do_not_trap_the_search():
     assert recall_at_k(dist, exact) >= RECALL_MIN
 
 
+@pytest.mark.parametrize("config", [KnnConfig(k=10, shards=4), KnnConfig(k=10, shards=4, n_components=8)])
+def test_shards_answer_k_distinct_patches_when_duplicates_straddle_them(config):
+    base = _corpus(400)
+    # Every patch three times, scattered: the copies of a patch fall into different shards.
+    corpus = np.concatenate([base, base, base])[np.random.default_rng(5).permutation(1200)]
+    flat = corpus.reshape(len(corpus), -1)
+    distinct, first = np.unique(flat, axis=0, return_index=True)
+    q = np.concatenate([as_vectors(base[:50]), as_vectors(_corpus(50, seed=4))])  # near copies and fresh
+    index = PatchIndex.build(corpus, config=config)
+    assert np.array_equal(index.items, np.sort(first))
+    idx, dist = index.query(q, 10, corpus=corpus)
+    for row in idx:
+        assert len({corpus[i].tobytes() for i in row}) == 10, "answers are distinct patches"
+        assert all(not (flat[:i] == flat[i]).all(1).any() for i in row), "each named by its first row"
+    answers = as_vectors(corpus[idx.ravel()]).reshape(*idx.shape, -1)
+    assert np.allclose(np.linalg.norm(answers - q[:, None], axis=2), dist, atol=1e-5)
+    brute = np.sort(np.linalg.norm(as_vectors(distinct)[None] - q[:, None], axis=2), 1)[:, :10]
+    assert recall_at_k(dist, brute) >= RECALL_MIN
+    assert np.allclose(exact_knn(q, corpus, 10, rows=index.items)[1], brute, atol=1e-5)
+
+
 def test_an_index_from_an_older_format_is_refused(tmp_path):
     from collide.knn import StaleIndexError
 

@@ -11,12 +11,11 @@ import torch
 from collide import mnist
 from collide.config import TrainConfig
 from collide.errors import CheckpointError, ConfigError, DataError, LayerError
+from collide.evaluation import evaluate_row
 from collide.models import load_checkpoint
-from collide.objective import feature_rel_error, max_nonpositive_violation
-from collide.store import TABLE_COLUMNS, read_row, store_path
-from collide.taps import preactivation
+from collide.store import TABLE_COLUMNS, read_row, store_path, write_row
 from tests.conftest import small_mnist_config
-from tests.tolerances import LP_STORED_REL_ERROR
+from tests.tolerances import EXACT_STORED_REL_ERROR, RECHECK
 
 
 @pytest.fixture(scope="module")
@@ -27,40 +26,130 @@ def finished(tiny_mnist, tmp_path_factory):
     return config, out
 
 
-def test_table_has_the_four_rows_and_contract_columns(finished):
+def test_table_has_every_row_and_the_contract_columns(finished):
     config, out = finished
     frame = pd.read_parquet(out["table"])
     assert list(frame.columns[: len(TABLE_COLUMNS)]) == list(TABLE_COLUMNS)
-    assert frame["row"].tolist() == [0, 1, 2, 3]
+    assert frame["row"].tolist() == list(range(6))
     assert list(zip(frame["method"], frame["init"], strict=True)) == [
-        ("gradient", "target"), ("gradient", "other"), ("exact", "target"), ("exact", "other")]
-    assert (frame["success_rate"] == 1.0).all()
-    assert (frame["n_samples"] == 300).all()
-    assert (frame["dim_bound"][2:] == 784 - frame["rank_positive"][2:]).all()
+        ("gradient", "target"), ("gradient", "other"), ("exact", "target"), ("exact", "other"),
+        ("paper", "target"), ("paper", "other")]
+    for rec in frame.itertuples():
+        if rec.valid_vertices >= 2:
+            assert rec.invalid_reason == "" and rec.n_samples == 300
+        else:  # no polytope: no success rate, and the table says why
+            assert np.isnan(rec.success_rate) and "vertices valid" in rec.invalid_reason
+    gradient_and_exact = frame[frame["method"] != "paper"]
+    assert (gradient_and_exact["valid_vertices"] == config.n_vertices).all()
+    assert (gradient_and_exact["success_rate"] == 1.0).all()
+    assert frame.loc[frame["method"] == "gradient", "converged"].tolist() == [True, True]
     assert Path(out["figure"]).stat().st_size > 10_000
 
 
-def test_stored_vertices_collide_through_the_stored_checkpoint(finished):
+def test_dimension_bound_matches_an_independent_rank(finished):
+    # At relu1 the Jacobian rows of the positive units are fc1's weight rows: their rank,
+    # from the checkpoint with numpy, must be what the exact rows report.
+    config, out = finished
+    frame = pd.read_parquet(out["table"])
+    arrays, attrs = read_row(config.results_root, config.name, 2)
+    model, _ = load_checkpoint(attrs["checkpoint"])
+    w = model.fc1.weight.detach().double().numpy()
+    b = model.fc1.bias.detach().double().numpy()
+    positive = w @ arrays["target"].astype(np.float64).ravel() + b > 0
+    rank = np.linalg.matrix_rank(w[positive])
+    for row in (2, 3):
+        rec = frame[frame["row"] == row].iloc[0]
+        assert rec["n_positive"] == positive.sum()
+        assert rec["rank_positive"] == rank
+        assert rec["dim_upper_bound"] == 784 - rank
+
+
+def _mlp_pre_float64(model, x: np.ndarray) -> np.ndarray:
+    """relu1's pre-activation by hand, in float64: the oracle of the recheck."""
+    w = model.fc1.weight.detach().double().numpy()
+    b = model.fc1.bias.detach().double().numpy()
+    return x.reshape(len(x), -1).astype(np.float64) @ w.T + b
+
+
+def test_every_weighted_vertex_collides_when_recomputed_in_float64(finished):
+    """The sceptic's recheck: every vertex that carries sample weight, pushed through the
+    stored checkpoint by hand in float64, collides to its method's tolerance; the row's
+    largest error and success rate equal the recomputation."""
     config, _ = finished
+    frame = pd.read_parquet(Path(config.results_root) / f"{config.name}.parquet")
     for row, spec in enumerate(config.rows):
         arrays, attrs = read_row(config.results_root, config.name, row)
         model, meta = load_checkpoint(attrs["checkpoint"])
         assert meta["sha256"] == attrs["checkpoint_sha256"]
+        rec = frame[frame["row"] == row].iloc[0]
+        weighted = (arrays.get("sample_weights", np.zeros((1, 5))) > 0).any(0)
+        assert (weighted <= arrays["vertex_valid"]).all(), "an invalid vertex carries sample weight"
+        if not weighted.any():
+            assert np.isnan(rec["success_rate"])
+            continue
+        t_pre = _mlp_pre_float64(model, arrays["target"][None])
+        v_pre = _mlp_pre_float64(model, arrays["vertices"][weighted])
+        t_post = np.maximum(t_pre, 0)
+        rel = np.linalg.norm(np.maximum(v_pre, 0) - t_post, axis=1) / np.linalg.norm(t_post)
+        tol = {"gradient": config.gradient.rel_tol, "exact": EXACT_STORED_REL_ERROR,
+               "paper": config.paper.rel_tol}[spec.method]
+        for k, err in enumerate(rel):
+            assert err <= tol, (row, k, err)
+        assert rec["max_feature_rel_error"] == pytest.approx(rel.max(), rel=RECHECK)
+        samples = arrays["sample_weights"].astype(np.float64) @ arrays["vertices"].reshape(5, -1).astype(np.float64)
         with torch.no_grad():
-            t_pre = preactivation(model, torch.from_numpy(arrays["target"])[None], attrs["layer"])
-            v_pre = preactivation(model, torch.from_numpy(arrays["vertices"]), attrs["layer"])
-            pred = model(torch.from_numpy(arrays["vertices"])).argmax(1)
-        rel = feature_rel_error(v_pre, t_pre)
-        viol = max_nonpositive_violation(v_pre, t_pre)
-        rel_tol = config.gradient.rel_tol if spec.method == "gradient" else LP_STORED_REL_ERROR
-        for k in range(config.n_vertices):
-            assert rel[k] <= rel_tol, (row, k, float(rel[k]))
-            if spec.method == "gradient":
-                assert viol[k] <= config.gradient.neg_tol
-        assert (pred == attrs["target_class"]).all()
-        assert arrays["sample_weights"].shape == (300, config.n_vertices)
-        assert arrays["sample_pred"].shape == (300,) and arrays["sample_prob"].shape == (300,)
+            pred = model(torch.from_numpy(samples.astype(np.float32)).view(-1, 1, 28, 28)).argmax(1).numpy()
+            t_class = int(model(torch.from_numpy(arrays["target"])[None]).argmax())
+        assert rec["success_rate"] == pytest.approx((pred == t_class).mean(), abs=1 / len(pred))
         assert np.allclose(arrays["sample_weights"].sum(1), 1, atol=1e-6)
+
+
+def test_gradient_vertices_move_their_unit_below_the_target(finished):
+    # A vertex is the best feasible point, not the first: from the target itself, each
+    # pushed unit must end well below the target's own value.
+    config, _ = finished
+    for row in (0, 1):
+        arrays, attrs = read_row(config.results_root, config.name, row)
+        margin = attrs["push_margin_value"]
+        assert margin > 0
+        assert (arrays["pushed_value"] <= arrays["target_pushed_value"] - margin).all()
+        assert (arrays["distance_to_target"] > 0.1).all()
+
+
+def _tampered_copy(config, name: str, replace: dict[int, np.ndarray]) -> None:
+    arrays, attrs = read_row(config.results_root, config.name, 0)
+    vertices = arrays["vertices"].copy()
+    for k, v in replace.items():
+        vertices[k] = v
+    attrs = {k: v for k, v in attrs.items() if k not in ("metrics", "keys")}
+    write_row(config.results_root, name, 0, {"vertices": vertices, "target": arrays["target"],
+                                             "init": arrays["init"]}, attrs)
+
+
+def test_vertices_that_do_not_collide_carry_no_sample_weight(finished):
+    config, _ = finished
+    arrays, _ = read_row(config.results_root, config.name, 0)
+    noise = np.random.default_rng(0).random(arrays["target"].shape, dtype=np.float32)
+    _tampered_copy(config, "tampered", {1: noise, 2: arrays["target"]})
+    metrics = evaluate_row(config.results_root, "tampered", 0, sample=config.sample)
+    stored, attrs = read_row(config.results_root, "tampered", 0)
+    assert stored["vertex_valid"].tolist() == [True, False, False, True, True]
+    assert (stored["sample_weights"][:, 1:3] == 0).all()
+    assert metrics["valid_vertices"] == 3 and metrics["n_vertices"] == 5
+    assert "feature error" in attrs["vertex_reasons"][1]
+    assert "pushed unit" in attrs["vertex_reasons"][2]  # the target itself is no vertex
+    assert metrics["max_feature_rel_error"] <= config.gradient.rel_tol < metrics["max_feature_rel_error_all"]
+
+
+def test_a_row_without_two_valid_vertices_has_no_success_rate(finished):
+    config, _ = finished
+    arrays, _ = read_row(config.results_root, config.name, 0)
+    _tampered_copy(config, "collapsed", {k: arrays["target"] for k in range(1, 5)})
+    metrics = evaluate_row(config.results_root, "collapsed", 0, sample=config.sample)
+    stored, _ = read_row(config.results_root, "collapsed", 0)
+    assert np.isnan(metrics["success_rate"]) and np.isnan(metrics["vertex_avg_distance"])
+    assert metrics["valid_vertices"] == 1 and "1 of 5 vertices valid" in metrics["invalid_reason"]
+    assert "sample_weights" not in stored and "sample_pred" not in stored
 
 
 def test_rerun_reuses_the_checkpoint_and_reproduces_the_table(finished):
@@ -100,7 +189,24 @@ def test_bad_config_values_name_the_field():
 
     with pytest.raises(ConfigError, match="n_vertices"):
         MnistExperiment(n_vertices=0)
-    with pytest.raises(ConfigError, match="unexpected keyword"):
+    with pytest.raises(ConfigError, match="layers"):
         MnistExperiment.from_dict({"layers": "relu1"})
     with pytest.raises(ConfigError, match="expected method in"):
         MnistExperiment.from_dict({"rows": [{"method": "magic", "init": "target"}]})
+
+
+def test_verify_agrees_with_an_honest_table_and_catches_a_doctored_one(finished, capsys):
+    from collide.verify import verify
+    from flows.cli import main
+
+    config, _ = finished
+    assert all(r["problems"] == [] for r in verify(config.results_root, config.name))
+    assert main(["verify", config.name, "--results-root", config.results_root]) == 0
+    arrays, attrs = read_row(config.results_root, config.name, 0)
+    doctored = {**attrs["metrics"], "max_feature_rel_error": attrs["metrics"]["max_feature_rel_error"] / 2}
+    write_row(config.results_root, "doctored", 0, arrays, {**attrs, "metrics": doctored})
+    (report,) = verify(config.results_root, "doctored")
+    assert any("max_feature_rel_error" in p for p in report["problems"])
+    capsys.readouterr()
+    assert main(["verify", "doctored", "--results-root", config.results_root]) == 1
+    assert "MISMATCH" in capsys.readouterr().out

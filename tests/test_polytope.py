@@ -70,3 +70,28 @@ def test_evaluate_counts_the_target_class():
     assert ev.sample_pred.tolist() == [0, 0, 1, 0]
     with pytest.raises(DataError, match="NaN"):
         evaluate(model, samples * float("nan"), torch.tensor([3.0, 0.0]))
+
+
+@pytest.mark.parametrize("training", [True, False])
+def test_evaluate_leaves_the_model_as_it_was(training):
+    with torch.random.fork_rng():
+        torch.manual_seed(0)
+        model = nn.Sequential(nn.Linear(2, 4), nn.BatchNorm1d(4), nn.Dropout(0.5), nn.Linear(4, 3))
+    model.train(training)
+    state = {k: v.clone() for k, v in model.state_dict().items()}
+    samples = torch.rand(6, 2, generator=torch.Generator().manual_seed(1))
+    first = evaluate(model, samples, samples[0], batch_size=4)
+    second = evaluate(model, samples, samples[0], batch_size=4)
+    assert [m.training for m in model.modules()] == [training] * 5
+    for key, value in model.state_dict().items():
+        assert torch.equal(value, state[key]), key
+    assert torch.equal(first.sample_prob, second.sample_prob)  # eval mode inside: no dropout
+
+
+@pytest.mark.gpu
+def test_evaluate_on_another_device_leaves_the_model_where_it_is():
+    model = nn.Linear(2, 2)
+    samples = torch.rand(4, 2, generator=torch.Generator().manual_seed(0))
+    on_gpu = evaluate(model, samples, samples[0], device="cuda")
+    assert all(p.device.type == "cpu" for p in model.parameters())
+    assert on_gpu.success_rate == evaluate(model, samples, samples[0]).success_rate

@@ -44,7 +44,7 @@ def test_regenerated_tables_and_figures_equal_what_the_run_wrote(finished, tmp_p
     assert (root / "mnist-copy-vertices.png").stat().st_size > 10_000  # its title names the copy
     report = (root / "report.html").read_text()
     assert report.count("<img") == 2 and report.count("data:image/png;base64,") == 2
-    assert report.count("<h2>") == 2 and "mnist-copy" in report
+    assert report.count("<h2>") == 3 and "<h2>Columns</h2>" in report and "mnist-copy" in report
     assert "report:" in capsys.readouterr().out
 
 

@@ -1,3 +1,5 @@
+import copy
+
 import pytest
 import torch
 from torch import nn
@@ -67,3 +69,42 @@ def test_unknown_and_non_relu_layers_list_what_works(mlp_model):
         resolve_layer(mlp_model, "fc3")
     with pytest.raises(LayerError, match="'flatten' is a Flatten"):
         preactivation(mlp_model, torch.zeros(1, 1, 28, 28), "flatten")
+
+
+def _bn_dropout_net() -> nn.Module:
+    with torch.random.fork_rng():
+        torch.manual_seed(2)
+        return nn.Sequential(
+            nn.Conv2d(1, 3, 3), nn.BatchNorm2d(3), nn.Dropout(0.5), nn.Flatten(),
+            nn.Linear(3 * 4 * 4, 8), nn.BatchNorm1d(8), nn.ReLU(), nn.Linear(8, 2),
+        )
+
+
+def test_preactivation_leaves_a_training_mode_model_as_it_was():
+    net = _bn_dropout_net().train()
+    net[2].eval()  # a caller's own mix of modes must come back as it was, module by module
+    flags = [m.training for m in net.modules()]
+    state = {k: v.clone() for k, v in net.state_dict().items()}
+    x = torch.rand(4, 1, 6, 6, generator=torch.Generator().manual_seed(0))
+    reference = copy.deepcopy(net).eval()
+
+    first = preactivation(net, x, "6")
+    second = preactivation(net, x, "6")
+
+    assert [m.training for m in net.modules()] == flags
+    for key, value in net.state_dict().items():  # running statistics and batch counters included
+        assert torch.equal(value, state[key]), key
+    assert torch.equal(first, second)  # no dropout, no batch statistics
+    with torch.no_grad():
+        expected = reference[:6](x)  # everything before the ReLU, in eval mode
+    assert torch.allclose(first, expected, atol=UNCHANGED)
+
+
+def test_eval_mode_restores_the_flags_when_the_forward_fails():
+    from collide.taps import eval_mode
+
+    net = _bn_dropout_net().train()
+    with pytest.raises(RuntimeError), eval_mode(net):
+        assert not any(m.training for m in net.modules())
+        net(torch.rand(2, 1, 5, 5))  # the wrong size for the Linear
+    assert all(m.training for m in net.modules())

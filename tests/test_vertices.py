@@ -6,7 +6,7 @@ from collide.errors import DataError
 from collide.objective import feature_rel_error, max_nonpositive_violation, nonpositive_units
 from collide.taps import preactivation
 from collide.vertices import solve_gradient
-from tests.tolerances import EQUIVALENT
+from tests.tolerances import EQUIVALENT, GRADIENT_VS_LP
 
 V = 5
 
@@ -59,14 +59,61 @@ def test_batched_rows_follow_the_path_they_follow_alone(mlp_model):
         assert torch.allclose(both.vertices[k : k + 1], alone.vertices, atol=EQUIVALENT)
 
 
-def test_paper_loss_runs_and_leaves_the_model_alone(mlp_model):
+def test_paper_loss_lowers_the_paper_objective_and_leaves_the_model_alone(mlp_model):
+    from collide.objective import loss_minus, loss_plus
+
     before = {k: v.clone() for k, v in mlp_model.state_dict().items()}
-    t_pre, init, units = _problem(mlp_model, init_other=False)
-    res = solve_gradient(mlp_model, "relu1", t_pre, init, units,
-                         config=GradientConfig(loss="paper", max_steps=100))
-    assert res.vertices.shape == init.shape
+    t_pre, init, units = _problem(mlp_model, init_other=True)
+    config = GradientConfig(loss="paper", others_weight=1.0, max_steps=100)
+    res = solve_gradient(mlp_model, "relu1", t_pre, init, units, config=config)
+
+    def objective(x):
+        with torch.no_grad():
+            pre = preactivation(mlp_model, x, "relu1")
+        return config.alpha * loss_plus(pre, t_pre) + config.beta * loss_minus(pre, t_pre, units, others=1.0)
+
+    assert (objective(res.vertices) < objective(init)).all()
     assert all(torch.equal(before[k], v) for k, v in mlp_model.state_dict().items())
     assert all(p.requires_grad for p in mlp_model.parameters())
+
+
+def test_a_vertex_started_at_the_target_moves_its_unit_well_below(mlp_model):
+    # The failure this guards against: with min_steps=0 the target itself meets the
+    # criterion, and a solver that kept the first feasible iterate returned the target.
+    t_pre, init, units = _problem(mlp_model, init_other=False)
+    config = GradientConfig(min_steps=0)
+    res = solve_gradient(mlp_model, "relu1", t_pre, init, units, config=config)
+    margin = config.push_margin * float(t_pre.abs().max())
+    assert res.converged.all()
+    for k in range(V):
+        assert res.pushed[k] <= res.target_pushed[k] - margin, (k, res.pushed[k], res.target_pushed[k])
+        assert res.first_feasible[k] == 0 and res.steps[k] > config.plateau_window
+    assert (res.vertices - init).flatten(1).norm(dim=1).min() > 0.1
+
+
+def test_the_vertex_reaches_the_exact_optimum_of_its_unit(mlp_model):
+    # The oracle: the LP minimum of each pushed unit over the collision set (no pull to
+    # the init). A solver that stopped at its first feasible iterate ends far above it.
+    from collide.config import ExactConfig
+    from collide.exact import solve_exact
+
+    t_pre, init, units = _problem(mlp_model, init_other=False)
+    res = solve_gradient(mlp_model, "relu1", t_pre, init, units, config=GradientConfig(min_steps=0))
+    lp = solve_exact(mlp_model, "relu1", init[0], init[0], units, config=ExactConfig(proximity=0))
+    assert lp.outcomes == ("optimal",) * V
+    with torch.no_grad():
+        optimum = preactivation(mlp_model.double(), lp.vertices.double(), "relu1")[torch.arange(V), units].float()
+    for k in range(V):
+        assert abs(res.pushed[k] - optimum[k]) <= GRADIENT_VS_LP * abs(optimum[k]), (k, res.pushed[k], optimum[k])
+
+
+def test_the_continuation_factor_does_not_overflow():
+    from collide.vertices import _weight_factor
+
+    with pytest.raises(OverflowError):
+        1.01**100_000  # noqa: B018  (what the solver computed before)
+    assert _weight_factor(100_000, 1.01) == pytest.approx(1e8)
+    assert _weight_factor(10, 1.01) == pytest.approx(1.01**10)
 
 
 def test_bad_inputs_are_refused(mlp_model):
@@ -93,8 +140,19 @@ def test_config_errors_say_what_was_wrong():
 
 @pytest.mark.gpu
 def test_cuda_matches_cpu(mlp_model):
+    from collide.precision import full_precision
+
     t_pre, init, units = _problem(mlp_model, init_other=True)
-    config = GradientConfig()
-    cpu = solve_gradient(mlp_model, "relu1", t_pre, init, units, config=config, device="cpu")
-    gpu = solve_gradient(mlp_model, "relu1", t_pre, init, units, config=config, device="cuda")
+    short = GradientConfig(max_steps=20, min_steps=20)
+    with full_precision():
+        cpu = solve_gradient(mlp_model, "relu1", t_pre, init, units, config=short, device="cpu")
+        gpu = solve_gradient(mlp_model, "relu1", t_pre, init, units, config=short, device="cuda")
+        assert torch.allclose(cpu.vertices, gpu.vertices, atol=EQUIVALENT)  # the same path, step by step
+        config = GradientConfig()
+        cpu = solve_gradient(mlp_model, "relu1", t_pre, init, units, config=config, device="cpu")
+        gpu = solve_gradient(mlp_model, "relu1", t_pre, init, units, config=config, device="cuda")
     assert gpu.converged.all() and cpu.converged.all()
+    with torch.no_grad():  # the GPU's vertices, checked on the CPU
+        pre = preactivation(mlp_model, gpu.vertices, "relu1")
+    assert (feature_rel_error(pre, t_pre) <= config.rel_tol).all()
+    assert torch.allclose(gpu.pushed, cpu.pushed, rtol=0.05)

@@ -1,0 +1,198 @@
+"""What a reader sees: the figure, the report, the paper's rows and `collide status`, on
+small synthetic stores (no model, no solver)."""
+
+import html
+import json
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from collide import figures, reference, report, tables
+from collide.store import write_row
+from flows.cli import main
+
+V = 5
+REASON = "1 of 5 vertices valid: success needs >= 2"
+
+
+def _metrics(row: int, **changes):
+    base = {
+        "experiment": "mnist", "row": row, "method": "gradient", "model": "mnist-mlp", "layer": "relu1",
+        "n_vertices": V, "n_samples": 2000, "success_rate": 1.0, "target_top_prob": 0.99996,
+        "samples_top_prob": 0.99991, "dataset_avg_distance": 10.3, "vertex_avg_distance": 1.41,
+        "max_feature_rel_error": 4e-3, "init": "target", "valid_vertices": V, "converged": True,
+        "criterion": "rel<=0.01, nonpos<=0.01", "invalid_reason": "", "flags": "", "random_weights": False,
+        "max_feature_rel_error_all": 4e-3, "pixel_scale": 1.0,
+    }
+    return {**base, **changes}
+
+
+def _write(root, experiment, row, metrics, *, valid=None, attrs=None):
+    rng = np.random.default_rng(row)
+    arrays = {"vertices": rng.random((V, 1, 28, 28), dtype=np.float32),
+              "target": rng.random((1, 28, 28), dtype=np.float32),
+              "init": np.zeros((1, 28, 28), np.float32)}
+    if valid is not None:
+        arrays["vertex_valid"] = np.asarray(valid)
+    write_row(root, experiment, row, arrays, {
+        "method": metrics["method"], "init": metrics.get("init"), "layer": metrics["layer"],
+        "model": metrics["model"], "model_source": {"random": bool(metrics.get("random_weights"))},
+        "config_digest": "abc", "metrics": metrics, **(attrs or {}),
+    })
+
+
+@pytest.fixture
+def root(tmp_path):
+    """mnist: a fine row, a row with 1 valid vertex (no success rate), a random-weights row;
+    old: an ImageNet store from before vertex validity, distances on 0-255 pixels."""
+    root = tmp_path / "results"
+    _write(root, "mnist", 0, _metrics(0), valid=[True] * V)
+    _write(root, "mnist", 1, _metrics(1, method="exact", init="other", valid_vertices=1, converged=None,
+                                      success_rate=None, invalid_reason=REASON, vertex_avg_distance=None,
+                                      max_feature_rel_error_all=0.3),
+           valid=[True, False, False, False, False])
+    _write(root, "mnist", 2, _metrics(2, init="other", flags="random-weights", random_weights=True,
+                                      target_top_prob=0.1031, samples_top_prob=0.1029), valid=[True] * V)
+    old = {k: v for k, v in _metrics(0).items()
+           if k not in ("valid_vertices", "converged", "criterion", "invalid_reason", "flags",
+                        "max_feature_rel_error_all")}
+    old.update(experiment="old", model="vgg16-imagenet", layer="fc6", init="other", pixel_scale=255.0,
+               dataset_avg_distance=37000.0, vertex_avg_distance=5000.0)
+    _write(root, "old", 0, old)
+    tables.regenerate(root)
+    return root
+
+
+def test_probabilities_are_told_apart_from_one():
+    assert tables.format_probability(0.99996) == "0.999960"
+    assert tables.format_probability(0.99999996) == "1 - 4.0e-08"
+    assert tables.format_probability(1.0) == "1"
+    assert tables.format_probability(float("nan")) == tables.format_probability(None) == "n/a"
+
+
+def test_the_figure_has_an_init_column_and_frames_invalid_vertices():
+    rng = np.random.default_rng(0)
+    init = np.full((1, 8, 8), 0.25, np.float32)
+    fig = figures.draw_vertex_grid(
+        [rng.random((1, 8, 8))] * 2, [init, init], [rng.random((3, 1, 8, 8))] * 2, ["a", "b"],
+        valid=[np.array([True, False, True]), None],
+    )
+    assert figures.column_titles(3) == ["target", "init", "vertex 0", "vertex 1", "vertex 2"]
+    axes = np.array(fig.axes).reshape(2, 5)
+    assert [ax.get_title() for ax in axes[0]] == figures.column_titles(3)
+    np.testing.assert_array_equal(axes[0][1].images[0].get_array(), init[0])
+    invalid = axes[0][3]
+    assert invalid.get_xlabel() == "invalid" and invalid.images  # still drawn
+    assert invalid.spines["top"].get_edgecolor()[:3] == pytest.approx((0.839, 0.153, 0.157), abs=1e-2)
+    assert all(ax.get_xlabel() == "" for ax in (*axes[0][[2, 4]], *axes[1]))
+
+
+def test_the_figure_rows_say_init_validity_success_and_flags(root, monkeypatch):
+    seen = {}
+
+    def capture(targets, inits, vertices, labels, path, **kw):
+        seen.update(inits=inits, labels=labels, **kw)
+        return path
+
+    monkeypatch.setattr(figures, "vertex_grid", capture)
+    tables.write_figure(root, "mnist", [0, 1, 2])
+    labels = [" ".join(label.split()) for label in seen["labels"]]
+    assert "init=target" in labels[0] and "valid 5/5, success 1" in labels[0]
+    assert "paper Table 2 row 1: 100%, dist 1.33" in labels[0]
+    assert "valid 1/5: no success rate" in labels[1]
+    assert "success 1 [random weights]" in labels[2]
+    assert "RANDOM WEIGHTS" in seen["title"] and "red frame: invalid vertex" in seen["title"]
+    assert [v.tolist() for v in seen["valid"]][1] == [True, False, False, False, False]
+    assert all(i is not None for i in seen["inits"])
+
+
+def test_drawing_leaves_the_callers_matplotlib_alone(tmp_path):
+    code = (
+        "import sys, matplotlib; matplotlib.use('svg');"
+        "import numpy as np; from collide import figures;"
+        f"figures.vertex_grid([np.zeros((1, 4, 4))], [None], [np.ones((2, 1, 4, 4))], ['r'], r'{tmp_path}/f.png');"
+        "assert matplotlib.get_backend() == 'svg', matplotlib.get_backend();"
+        "assert 'matplotlib.pyplot' not in sys.modules"
+    )
+    subprocess.run([sys.executable, "-c", code], check=True)
+    assert (tmp_path / "f.png").stat().st_size > 1000
+
+
+def test_paper_rows_match_only_the_papers_settings_in_input_units():
+    mlp = {"model": "mnist-mlp", "layer": "relu1", "method": "exact"}
+    assert reference.reference_for({**mlp, "init": "target"}).vertex_avg_distance == 1.33
+    assert reference.reference_for({**mlp, "init": "other"}).vertex_avg_distance == 1.28
+    assert reference.reference_for({**mlp, "layer": "relu2", "init": "other"}) is None
+    assert reference.reference_for({**mlp, "model": "mnist-lenet5", "init": "other"}) is None
+    vgg = {"model": "vgg16-imagenet", "layer": "fc6", "method": "gradient", "init": "other"}
+    table4 = reference.reference_for(vgg)
+    assert table4.table == "Table 4" and table4.vertex_avg_distance == pytest.approx(4906.56 / 255)
+    assert table4.dataset_avg_distance == pytest.approx(37538.22 / 255)
+    assert reference.reference_for({**vgg, "model": "vgg16-random"}) is None
+    assert reference.reference_for({**vgg, "flags": "random-weights"}) is None
+    patches = {**vgg, "method": "patches", "init": "start-composition", "init_index": 3}
+    assert reference.reference_for({**patches, "target_index": 3}) == reference.TABLE_6[0]
+    other = reference.reference_for({**patches, "target_index": 9})
+    assert other == reference.TABLE_6[1] and other.vertex_avg_distance == pytest.approx(9587.92 / 255)
+
+
+def test_markdown_report_explains_every_number(root):
+    text = report.markdown(root, "mnist")
+    assert "Success rate mean 1.0000 (min 1.0000) over 2 of 3 rows" in text
+    assert "1 row without a success rate" in text and "FLAGGED random weights: 1 row" in text
+    assert "nan" not in re.sub(r"base64,[^)]*", "", text).lower()
+    assert f"n/a: {REASON}" in text
+    assert "| 1 [random weights] |" in text and "| 1/5 |" in text
+    assert "| 2000 | 1 | 0.999960 | 0.999910 |" in text  # success, target and samples probabilities
+    assert "## Columns" in text and "input units" in text
+    for column in report.GLOSSARY:
+        assert f"- `{column}`:" in text
+    assert "## Beside the paper" in text and "Table 2 row 1" in text and "Table 2 row 2" in text
+    assert text.count("Table 2 row 2") == 1  # the random-weights row has no paper row to match
+    header = text.split("## Beside the paper")[1].splitlines()[4]
+    assert "vertex_avg_distance (ours) | vertex_avg_distance (paper)" in header
+
+
+def test_html_report_shows_flags_validity_reference_and_units(root):
+    page = (root / "report.html").read_text()
+    assert "<h2>Columns</h2>" in page and "input units" in page
+    assert html.escape(f"n/a: {REASON}") in page and "1 [random weights]" in page and "0.999960" in page
+    assert "class=warn" in page and "Beside the paper" in page
+    # the older ImageNet store: validity unknown, 0-255 distances shown in input units, Table 4 beside
+    old = page.split("<h2>old</h2>")[1]
+    assert "Table 4 row 1" in old and f"{5000 / 255:.4g}" in old and f"{4906.56 / 255:.4g}" in old
+    assert ">?<" in old and "5000" not in old
+
+
+def test_status_warns_of_flags_invalid_vertices_and_missing_success(root, capsys, monkeypatch):
+    def no_arrays(*_a, **_k):
+        raise AssertionError("status must read attrs only")
+
+    monkeypatch.setattr(tables, "read_row", no_arrays)
+    by_name = {s["experiment"]: s for s in tables.status(root)}
+    mnist = by_name["mnist"]
+    assert mnist["flagged"] == {"random-weights": [2]}
+    assert mnist["invalid_vertex_rows"] == {"1": "1/5"}
+    assert mnist["no_success_rate"] == {"1": REASON}
+    assert mnist["unchecked_rows"] == [] and by_name["old"]["unchecked_rows"] == [0]
+    assert main(["status", "--results-root", str(root)]) == 0
+    out = capsys.readouterr().out
+    assert "WARNING: mnist: row 2: random weights" in out
+    assert "WARNING: mnist: row 1: no success rate: " + REASON in out
+    assert "WARNING: mnist: row 1: only 1/5 vertices valid" in out
+    assert "WARNING: old: row 0: evaluated before vertex validity was recorded" in out
+    assert main(["status", "--results-root", str(root), "--json"]) == 0
+    [first, _] = json.loads(capsys.readouterr().out)
+    assert first["flagged"] == {"random-weights": [2]} and len(first["warnings"]) == 3
+
+
+def test_readme_explains_the_reports_columns():
+    readme = (Path(__file__).parents[1] / "README.md").read_text()
+    section = readme.split("## Reading the tables")[1].split("\n## ")[0]
+    for column in set(report.GLOSSARY) - {"row", "model", "layer", "valid", "target_index", "config_digest"}:
+        assert f"`{column}`" in section, column
+    assert "input units" in section and "255" in section and "WARNING" in section
