@@ -97,6 +97,8 @@ def markdown(r: dict[str, Any]) -> str:
         f"pynndescent {m['pynndescent']}, Python {m['python']}; GPU: {m['cuda'] or 'none'}.",
         f"Started {m['date']}, load average {m['load_average']} (at the end: {r['load_average_end']}); "
         f"took {r['seconds']:.0f} s.",
+        *(["Not rerun this time, kept from earlier runs: "
+           + ", ".join(f"{k} ({v})" for k, v in r["carried_over"].items()) + "."] if r.get("carried_over") else []),
         "",
         "## Summary",
         "",

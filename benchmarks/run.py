@@ -83,8 +83,18 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         print(f"[bench] {item} done in {time.perf_counter() - t:.0f} s", flush=True)
     results["load_average_end"] = [round(x, 2) for x in os.getloadavg()]
     results["seconds"] = time.perf_counter() - start
-    results["notes"] = _notes(results)
     out = Path(args.out)
+    # A partial run (--only) keeps the other items of the last full run, each marked with
+    # the date it was measured, rather than dropping them from the results file.
+    earlier = out / "results.json"
+    if earlier.exists() and set(only) != set(ITEMS):
+        old = json.loads(earlier.read_text())
+        dates = old.get("carried_over", {})
+        for item in ITEMS:
+            if item not in only and item in old:
+                results[item] = old[item]
+                results.setdefault("carried_over", {})[item] = dates.get(item, old["machine"]["date"])
+    results["notes"] = _notes(results)
     out.mkdir(parents=True, exist_ok=True)
     (out / "results.json").write_text(json.dumps(results, indent=2, default=float) + "\n")
     (out / "results.md").write_text(markdown(results))

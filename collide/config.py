@@ -200,6 +200,13 @@ class ExactConfig:
     stored float32 vertex, its relative feature error is at most ``rel_tol``, its
     non-positive units at most ``neg_tol``, and its pushed unit ``push_margin`` x
     max|ỹᵗ| below the target's (a large ``proximity`` can pin a vertex to its init).
+
+    The margin is smaller than the gradient solver's: an LP vertex is an exact optimum,
+    so any move well above rounding (float32 storage shifts a unit by about 1e-7 x
+    max|ỹᵗ|) is a real, distinct point of the collision set, and the margin only has to
+    reject a vertex that stayed on the target. Deeper in a network the target's region
+    can be small: LeNet-5 at ``relu3`` lets its first pushed unit fall only about
+    1% of max|ỹᵗ| below the target's even without the proximity term.
     """
 
     proximity: float = 0.5
@@ -207,7 +214,7 @@ class ExactConfig:
     region_tol: float = 1e-5
     rel_tol: float = 1e-6
     neg_tol: float = 1e-6
-    push_margin: float = 1e-2
+    push_margin: float = 1e-4
     lower: float = 0.0
     upper: float = 1.0
 
