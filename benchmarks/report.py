@@ -68,6 +68,12 @@ def summary_rows(r: dict[str, Any]) -> list[tuple[str, str, str, str, str, str]]
     for ev in r.get("evaluation", []):
         rows.append((f"5 evaluation {ev['model']}", "2000 samples", _s(ev["seconds"]),
                      f"one by one: {_s(ev['one_by_one_seconds'])}", f"{ev['speedup']:.0f}x faster", "-"))
+    for j in r.get("jacobian", []):
+        rows.append((f"7 Jacobian {j['model']} {j['layer']}",
+                     f"affine piece: {j['input_dim']} inputs, {j['layer_units']} units, {j['region_rows']} region rows",
+                     f"forward {_s(j['forward_seconds'])}; auto {_s(j['auto_seconds'])}",
+                     f"reverse {_s(j['reverse_seconds'])}", f"{j['reverse_over_forward']:.2f}x",
+                     f"modes agree to {j['max_abs_difference']:.1e}"))
     gpu = r.get("gpu", {})
     if "skipped" in gpu:
         rows.append(("6 GPU", "VGG-16 fc6 solver", "not measured", "-", "-", gpu["skipped"]))

@@ -1,6 +1,6 @@
 """Run every benchmark and rewrite ``benchmarks/results.md`` and ``results.json``.
 
-Usage: ``python -m benchmarks.run [--only solver,exact,knn,extraction,evaluation,gpu]``
+Usage: ``python -m benchmarks.run [--only solver,exact,knn,extraction,evaluation,gpu,jacobian]``
 from the repository root (``make bench`` does this). MNIST is fetched and the
 classifiers are trained first when they are not under ``data/`` yet.
 """
@@ -16,12 +16,12 @@ from typing import Any
 
 import torch
 
-from benchmarks import evaluation, exact_vs_gradient, extraction, gpu, knn, solver
+from benchmarks import evaluation, exact_vs_gradient, extraction, gpu, jacobian, knn, solver
 from benchmarks.common import MODELS, checkpoint, machine
 from benchmarks.report import markdown
 
 HERE = Path(__file__).parent
-ITEMS = ("solver", "exact", "knn", "extraction", "evaluation", "gpu")
+ITEMS = ("solver", "exact", "knn", "extraction", "evaluation", "gpu", "jacobian")
 
 
 def _notes(r: dict[str, Any]) -> list[str]:
@@ -29,6 +29,9 @@ def _notes(r: dict[str, Any]) -> list[str]:
     notes = []
     for s in r.get("solver", []):
         ref = s["reference"]
+        if s["grid_choice"] in (solver.LR_GRID[0], solver.LR_GRID[-1]):
+            notes.append(f"solver {s['model']}: the reference's best rate {s['grid_choice']:g} is at the edge of the "
+                         "grid, so a better one may lie outside it: extend LR_GRID before quoting the ratio.")
         notes.append(
             f"solver {s['model']}: the authors' scheme (best lr of the grid, {s['grid_choice']:g}) ends at a "
             f"largest relative feature error of {ref['max_rel_error']:.3g} after {ref['config']['steps']} steps "
@@ -75,6 +78,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         "extraction": extraction.run,
         "evaluation": lambda: [evaluation.run(arch) for arch in MODELS],
         "gpu": gpu.run,
+        "jacobian": jacobian.run,
     }
     for item in only:
         t = time.perf_counter()

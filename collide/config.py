@@ -147,6 +147,13 @@ class GradientConfig:
         _require(self.lower < self.upper, f"expected lower < upper, got {self.lower} >= {self.upper}")
 
 
+# The authors' learning rate per model on [0, 1] pixels: the best of the grid in
+# benchmarks/solver.py (LR_GRID; lowest largest feature error of five vertices started
+# from another digit after 6,000 steps), on each model's collision problem of Table 2.
+# The grid and every rate's error are in benchmarks/results.md.
+PAPER_TUNED_LR = {"mlp": 1e-4, "lenet5": 3e-2}
+
+
 @dataclass(frozen=True)
 class PaperConfig:
     """The authors' own vertex scheme (paper §2; DESIGN.md, "Facts from the authors' code").
@@ -155,10 +162,8 @@ class PaperConfig:
     ``v = m·v + (1-m)·g; x -= lr·v`` from ``v = 0``, a piecewise learning rate divided by
     ``1/lr_drop`` at one and two thirds of ``steps``, clipping to the box, a fixed number
     of steps. The authors' rates (0.1 to 0.001) are for 0-255 pixels; on [0, 1] inputs the
-    same step is 255² times too large, so ``lr`` was chosen for [0, 1] inputs by the grid
-    of ``benchmarks/solver.py`` on the MNIST MLP at relu1, five vertices started from
-    another digit (lowest largest feature error after ``steps``; grid and result in
-    ``benchmarks/results.md``).
+    same step is 255² times too large. ``lr=None`` (the default) takes the rate chosen for
+    the model at hand on [0, 1] inputs, :data:`PAPER_TUNED_LR`, through :meth:`for_model`.
 
     The paper states no tolerance for its approximate collisions. A vertex of this scheme
     counts as valid when its relative feature error is at most ``rel_tol`` (its
@@ -168,7 +173,7 @@ class PaperConfig:
 
     alpha: float = 100.0
     beta: float = 10.0
-    lr: float = 1e-4
+    lr: float | None = None
     lr_drop: float = 0.1
     momentum: float = 0.99
     steps: int = 6000
@@ -179,14 +184,25 @@ class PaperConfig:
     upper: float = 1.0
 
     def __post_init__(self) -> None:
-        for name in ("alpha", "beta", "lr", "lr_drop", "rel_tol"):
+        for name in ("alpha", "beta", "lr_drop", "rel_tol"):
             _positive(name, getattr(self, name))
+        if self.lr is not None:
+            _positive("lr", self.lr)
         _require(0 <= self.momentum < 1, f"expected 0 <= momentum < 1, got {self.momentum}")
         _require(self.steps >= 1, f"expected steps >= 1, got {self.steps}")
         if self.neg_tol is not None:
             _non_negative("neg_tol", self.neg_tol)
         _non_negative("push_margin", self.push_margin)
         _require(self.lower < self.upper, f"expected lower < upper, got {self.lower} >= {self.upper}")
+
+    def for_model(self, arch: str) -> PaperConfig:
+        """This config with ``lr`` set: the caller's, else the rate tuned for ``arch``."""
+        if self.lr is not None:
+            return self
+        _require(arch in PAPER_TUNED_LR,
+                 f"no tuned paper.lr for model {arch!r} (tuned: {sorted(PAPER_TUNED_LR)}): set paper.lr, "
+                 "e.g. --set paper.lr=1e-4, or tune it with benchmarks/solver.py")
+        return dataclasses.replace(self, lr=PAPER_TUNED_LR[arch])
 
 
 @dataclass(frozen=True)

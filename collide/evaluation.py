@@ -32,7 +32,7 @@ UNINFORMATIVE = 2.0
 _PASS_THROUGH = (
     "init", "loss", "target_index", "init_index", "test_accuracy", "weights", "knn_recall", "knn_k",
     "n_patches", "index_build_seconds", "knn_query_seconds", "exact_query_seconds", "target_path", "init_path",
-    "knn_queries", "target_weight_share", "mean_distance_to_start_all", "mean_distance_to_target_all",
+    "knn_queries", "target_weight_share", "mean_distance_to_start_all", "mean_distance_to_target_all", "paper_lr",
 )
 
 

@@ -45,8 +45,11 @@ def _noop(_stage: str, _done: int, _total: int) -> None:
 
 
 def validate(*, config: MnistExperiment) -> None:
-    """Fail before any work if the layer does not exist in the architecture."""
+    """Fail before any work if the layer does not exist in the architecture, or the
+    paper-scheme rows have no learning rate for it."""
     resolve_layer(build_model(config.train.arch), config.layer)
+    if any(r.method == "paper" for r in config.rows):
+        config.paper.for_model(config.train.arch)
 
 
 def prepare_data(*, config: MnistExperiment) -> dict[str, Any]:
@@ -129,6 +132,7 @@ def _row_attrs(row: int, context: dict[str, Any], config: MnistExperiment) -> di
         "seed": config.seed,
         "config": config.to_dict(),
         "config_digest": config.digest(),
+        **({"paper_lr": config.paper.for_model(config.train.arch).lr} if spec.method == "paper" else {}),
     }
 
 
@@ -178,7 +182,8 @@ def solve_rows(
         with full_precision():
             result = (solve_gradient(*problem, config=config.gradient, device=device, progress=report)
                       if method == "gradient" else
-                      solve_paper(*problem, config=config.paper, device=device, progress=report))
+                      solve_paper(*problem, config=config.paper.for_model(config.train.arch), device=device,
+                                  progress=report))
         for k, r in enumerate(batch):
             part = slice(k * v, (k + 1) * v)
             summaries.append(_write_solution(r, result.vertices[part], target, inits[r], result.summary(part),

@@ -18,7 +18,7 @@ import torch
 from torch import nn
 
 from collide.config import PaperConfig
-from collide.errors import DataError
+from collide.errors import ConfigError, DataError
 from collide.objective import feature_rel_error, loss_minus, loss_plus, max_nonpositive_violation
 from collide.taps import preactivation, resolve_layer
 from collide.vertices import GradientResult, check_inputs, frozen_copy
@@ -26,6 +26,7 @@ from collide.vertices import GradientResult, check_inputs, frozen_copy
 
 def piecewise_lr(step: int, config: PaperConfig) -> float:
     """``lr`` for the first third of the steps, then ``lr·lr_drop``, then ``lr·lr_drop²``."""
+    assert config.lr is not None, "resolve the learning rate first (PaperConfig.for_model)"
     return config.lr * config.lr_drop ** min(2, (3 * step) // config.steps)
 
 
@@ -63,6 +64,8 @@ def solve_paper(
             f"{tuple(target_pre.shape)}, {tuple(init.shape)}, {tuple(units.shape)}"
         )
     check_inputs(init, "the init", config.lower, config.upper)
+    if config.lr is None:
+        raise ConfigError("paper.lr is not set: pass PaperConfig(lr=...) or config.for_model(arch)")
     net = frozen_copy(model, device)
     target = target_pre.detach().to(device, torch.float32)
     units = units.to(device)

@@ -6,7 +6,7 @@ import pytest
 import torch
 from torch import nn
 
-from collide.config import PaperConfig
+from collide.config import PAPER_TUNED_LR, PaperConfig
 from collide.errors import ConfigError
 from collide.paper_scheme import piecewise_lr, solve_paper
 from tests.tolerances import UNCHANGED
@@ -53,7 +53,7 @@ def test_a_batch_follows_the_paths_its_vertices_follow_alone(mlp_model):
     with torch.no_grad():
         t_pre = mlp_model[:3](target)
     units = torch.nonzero(t_pre[0] <= 0).flatten()[:3]
-    config = PaperConfig(steps=30)
+    config = PaperConfig(lr=1e-4, steps=30)
     both = solve_paper(mlp_model, "relu1", t_pre.expand(3, -1), init, units, config=config)
     for k in range(3):
         alone = solve_paper(mlp_model, "relu1", t_pre, init[k : k + 1], units[k : k + 1], config=config)
@@ -66,3 +66,14 @@ def test_config_checks():
         PaperConfig(momentum=1.0)
     with pytest.raises(ConfigError, match="lr"):
         PaperConfig(lr=0)
+
+
+def test_the_learning_rate_is_the_one_tuned_for_the_model_unless_set():
+    assert PaperConfig().for_model("mlp").lr == PAPER_TUNED_LR["mlp"]
+    assert PaperConfig().for_model("lenet5").lr == PAPER_TUNED_LR["lenet5"]
+    assert PaperConfig(lr=3e-3).for_model("lenet5").lr == 3e-3
+    with pytest.raises(ConfigError, match="no tuned paper.lr for model 'vgg16'.*--set paper.lr"):
+        PaperConfig().for_model("vgg16")
+    with pytest.raises(ConfigError, match="paper.lr is not set"):
+        solve_paper(_tiny_net(), "relu1", torch.tensor([[0.5, -1.0]]), torch.full((1, 2), 0.5),
+                    torch.tensor([1]), config=PaperConfig())
