@@ -31,10 +31,14 @@ N_VERTICES = 5
 
 # The two MNIST classifiers and the layer where their features collide: the MLP's
 # first ReLU (paper §3.1) and LeNet-5's first fully connected ReLU (the fc6 analogue).
-# LeNet-5 is trained as the patch experiment trains it, so its checkpoint is shared.
+# Both are trained as the MNIST experiment trains them (`--set train.arch=lenet5`), so
+# the benchmark solves the very problems of the table's rows, and the paper scheme's
+# rate tuned here (PAPER_TUNED_LR) is tuned for those rows. The rate depends on the
+# checkpoint: on the patch experiment's LeNet-5 (4 epochs) the best was 0.03, on this
+# one (8 epochs) it is 1.
 MODELS = {
     "mlp": (TrainConfig(), "relu1"),
-    "lenet5": (TrainConfig(arch="lenet5", epochs=4, min_accuracy=0.98), "fc1"),
+    "lenet5": (TrainConfig(arch="lenet5"), "fc1"),
 }
 
 
