@@ -15,7 +15,7 @@ from collide.evaluation import evaluate_row
 from collide.models import load_checkpoint
 from collide.store import TABLE_COLUMNS, read_row, store_path, write_row
 from tests.conftest import small_mnist_config
-from tests.tolerances import EXACT_STORED_REL_ERROR, RECHECK
+from tests.tolerances import LP_STORED_REL_ERROR_F64, RECHECK
 
 
 @pytest.fixture(scope="module")
@@ -91,7 +91,7 @@ def test_every_weighted_vertex_collides_when_recomputed_in_float64(finished):
         v_pre = _mlp_pre_float64(model, arrays["vertices"][weighted])
         t_post = np.maximum(t_pre, 0)
         rel = np.linalg.norm(np.maximum(v_pre, 0) - t_post, axis=1) / np.linalg.norm(t_post)
-        tol = {"gradient": config.gradient.rel_tol, "exact": EXACT_STORED_REL_ERROR,
+        tol = {"gradient": config.gradient.rel_tol, "exact": LP_STORED_REL_ERROR_F64,
                "paper": config.paper.rel_tol}[spec.method]
         for k, err in enumerate(rel):
             assert err <= tol, (row, k, err)

@@ -18,8 +18,6 @@ LP_STORED_REL_ERROR_F64 = 1e-6
 JACOBIAN_MODES_AGREE = 1e-12
 # Relative singular-value cut-off for numerical ranks of float64 Jacobians.
 RANK_RTOL = 1e-10
-# Exact vertices stored as float32, recomputed in float64 (issue: trustworthy numbers).
-EXACT_STORED_REL_ERROR = 1e-6
 # A table figure against the same quantity recomputed independently in float64.
 RECHECK = 1e-9
 # A patch composition recomputed on the CPU from the stored logits and candidates,
