@@ -5,7 +5,9 @@ Momentum gradient descent on the paper's loss α·L₊ + β·L₋ⁱ with the au
 start its buffer at ``g`` instead of ``(1−m)·g``), a piecewise learning rate, clipping
 to the input box, and a fixed number of steps: the paper has no stopping rule. The
 authors solved one vertex after another; momentum and the loss are per vertex, so a
-batch of vertices follows the same paths, and this solves them as one batch.
+batch of vertices follows the same paths up to floating-point rounding, and this solves
+them as one batch. (At large rates the paths are sensitive to rounding: on LeNet-5 at
+lr 1 the batched and one-by-one runs end at errors 0.134 and 0.142.)
 """
 
 from __future__ import annotations
