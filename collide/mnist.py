@@ -226,10 +226,3 @@ def _write_solution(
 # Every experiment evaluates and writes its rows the same way, from the store.
 evaluate_row = evaluation.evaluate_experiment_row
 write_outputs = evaluation.write_experiment_outputs
-
-
-def run(*, config: MnistExperiment, progress: Progress = _noop) -> dict[str, Any]:
-    """The whole experiment in plain Python, as the flow runs it: see :mod:`collide.mnist_jobs`."""
-    from collide import mnist_jobs  # it builds on this module's stages
-
-    return mnist_jobs.run(config=config, progress=progress)

@@ -20,9 +20,11 @@ from typing import Any
 import torch
 from torch import nn
 
+from collide.checksums import file_sha256
 from collide.config import TrainConfig
 from collide.data import Split
 from collide.errors import CheckpointError, ConfigError
+from collide.vgg import vgg16_from_source
 
 
 def mlp() -> nn.Sequential:
@@ -130,15 +132,6 @@ def train(
     return model, meta
 
 
-def file_sha256(path: str | Path) -> str:
-    """sha256 of a file's bytes, read in blocks."""
-    h = hashlib.sha256()
-    with open(path, "rb") as fh:
-        for block in iter(lambda: fh.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()
-
-
 def save_checkpoint(model: nn.Module, meta: dict[str, Any], path: str | Path) -> dict[str, Any]:
     """Write ``path`` (state dict) and ``path.json`` (metadata with the file's sha256).
 
@@ -210,7 +203,5 @@ def load_model_source(source: dict[str, Any]) -> nn.Module:
             )
         return model
     if kind == "vgg16":
-        from collide.vgg import vgg16_from_source
-
         return vgg16_from_source(source)
     raise CheckpointError(f"unknown model source {source!r}: expected kind 'checkpoint' or 'vgg16'")

@@ -19,20 +19,18 @@ from typing import Any
 
 import pandas as pd
 
-from collide.reference import REFERENCE_COLUMNS, ReferenceRow, reference_for, to_input_units
-from collide.store import atomic_file, table_path
-from collide.tables import (
+from collide.cells import (
     FLAGS,
     PROBABILITY_DECIMALS,
-    figure_path,
     flag_text,
     format_probability,
     missing,
-    read_ledger,
     row_flags,
     success_text,
     valid_text,
 )
+from collide.reference import REFERENCE_COLUMNS, ReferenceRow, reference_for, to_input_units
+from collide.store import atomic_file, figure_path, read_ledger, table_path
 
 UNITS = (
     "Distances are L2 norms in the model's input units: [0, 1] pixels for every experiment "

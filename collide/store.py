@@ -47,6 +47,22 @@ def table_path(root: str | Path, experiment: str) -> Path:
     return Path(root) / f"{experiment}.parquet"
 
 
+def figure_path(root: str | Path, experiment: str) -> Path:
+    return Path(root) / f"{experiment}-vertices.png"
+
+
+def ledger_path(root: str | Path, experiment: str) -> Path:
+    return Path(root) / f"{experiment}.outputs.json"
+
+
+def read_ledger(root: str | Path, experiment: str) -> dict[str, Any]:
+    path = ledger_path(root, experiment)
+    try:
+        return json.loads(path.read_text())
+    except (FileNotFoundError, json.JSONDecodeError):
+        return {}
+
+
 def _jsonable(value: Any) -> Any:
     """Plain JSON types only: numpy scalars and arrays, NaN (as None), tuples."""
     if isinstance(value, Mapping):

@@ -18,8 +18,8 @@ from typing import Any
 import torch
 from torch import nn
 
+from collide.checksums import file_sha256
 from collide.errors import CheckpointError
-from collide.models import file_sha256
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)

@@ -7,7 +7,7 @@ import sys
 import pandas as pd
 import pytest
 
-from collide import mnist
+from collide import mnist_jobs
 from collide.store import read_row
 
 pytestmark = pytest.mark.slow
@@ -25,7 +25,7 @@ def test_flow_writes_what_the_plain_pipeline_writes(harness, tiny_config, tmp_pa
     from flows.mnist import mnist_flow
 
     plain_cfg = dataclasses.replace(tiny_config, results_root=str(tmp_path / "plain"))
-    plain = mnist.run(config=plain_cfg)
+    plain = mnist_jobs.run(config=plain_cfg)
     out = mnist_flow(config=tiny_config.to_dict())
     flow_table = pd.read_parquet(out["table"])
     plain_table = pd.read_parquet(plain["table"])

@@ -8,7 +8,7 @@ import pandas as pd
 import pytest
 import torch
 
-from collide import mnist
+from collide import mnist, mnist_jobs
 from collide.config import TrainConfig
 from collide.errors import CheckpointError, ConfigError, DataError, LayerError
 from collide.evaluation import evaluate_row
@@ -22,7 +22,7 @@ from tests.tolerances import LP_STORED_REL_ERROR_F64, RECHECK
 def finished(tiny_mnist, tmp_path_factory):
     root = tmp_path_factory.mktemp("run")
     config = small_mnist_config(tiny_mnist, root)
-    out = mnist.run(config=config)
+    out = mnist_jobs.run(config=config)
     return config, out
 
 
@@ -155,7 +155,7 @@ def test_a_row_without_two_valid_vertices_has_no_success_rate(finished):
 def test_rerun_reuses_the_checkpoint_and_reproduces_the_table(finished):
     config, out = finished
     first = pd.read_parquet(out["table"])
-    second = mnist.run(config=config)
+    second = mnist_jobs.run(config=config)
     again = pd.read_parquet(second["table"])
     timing = ["solver_seconds"]
     pd.testing.assert_frame_equal(first.drop(columns=timing), again.drop(columns=timing))
@@ -165,21 +165,21 @@ def test_rerun_reuses_the_checkpoint_and_reproduces_the_table(finished):
 def test_unknown_layer_fails_before_writing_anything(tiny_config):
     bad = dataclasses.replace(tiny_config, layer="fc3")
     with pytest.raises(LayerError, match="relu1"):
-        mnist.run(config=bad)
+        mnist_jobs.run(config=bad)
     assert not Path(bad.results_root).exists() and not Path(bad.checkpoint_dir).exists()
 
 
 def test_missing_data_fails_before_writing_anything(tiny_config, tmp_path):
     bad = dataclasses.replace(tiny_config, data_root=str(tmp_path / "empty"))
     with pytest.raises(DataError, match="IDX"):
-        mnist.run(config=bad)
+        mnist_jobs.run(config=bad)
     assert not Path(bad.results_root).exists() and not Path(bad.checkpoint_dir).exists()
 
 
 def test_too_weak_a_model_is_refused_and_not_saved(tiny_config):
     bad = dataclasses.replace(tiny_config, train=TrainConfig(epochs=1, train_limit=20, min_accuracy=0.99))
     with pytest.raises(CheckpointError, match="below the required"):
-        mnist.run(config=bad)
+        mnist_jobs.run(config=bad)
     assert not store_path(bad.results_root, bad.name).exists()
     assert not any(Path(bad.checkpoint_dir).glob("*.pt")) if Path(bad.checkpoint_dir).exists() else True
 

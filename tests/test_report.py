@@ -11,7 +11,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from collide import figures, reference, report, tables
+from collide import cells, figures, reference, report, tables
 from collide.store import write_row
 from flows.cli import main
 
@@ -68,10 +68,10 @@ def root(tmp_path):
 
 
 def test_probabilities_are_told_apart_from_one():
-    assert tables.format_probability(0.99996) == "0.999960"
-    assert tables.format_probability(0.99999996) == "1 - 4.0e-08"
-    assert tables.format_probability(1.0) == "1"
-    assert tables.format_probability(float("nan")) == tables.format_probability(None) == "n/a"
+    assert cells.format_probability(0.99996) == "0.999960"
+    assert cells.format_probability(0.99999996) == "1 - 4.0e-08"
+    assert cells.format_probability(1.0) == "1"
+    assert cells.format_probability(float("nan")) == cells.format_probability(None) == "n/a"
 
 
 def test_the_figure_has_an_init_column_and_frames_invalid_vertices():

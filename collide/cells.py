@@ -1,0 +1,91 @@
+"""How a table cell reads: probabilities, missing values, validity, success and row flags.
+
+One place for the words and digits that the tables, figures, report and logs all show,
+so that a row reads the same everywhere.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping
+from typing import Any
+
+import numpy as np
+
+PROBABILITY_DECIMALS = 6  # enough to tell a typical 0.99996 from 1
+
+# Each row flag: its short name in cells and titles, and what it means for the row.
+FLAGS = {
+    "random-weights": ("random weights", "the model was never trained: its predictions, hence the "
+                       "success rate and probabilities, say nothing about a real network"),
+    "uninformative-model": ("uninformative model", "the model gives every input one class at about "
+                            "chance probability: a success rate of 1 is trivial"),
+}
+
+
+def missing(value: Any) -> bool:
+    """None or NaN: how a cell reads when a row has no value (or an older store no column)."""
+    return value is None or (isinstance(value, float | np.floating) and math.isnan(value))
+
+
+def format_probability(p: Any) -> str:
+    """:data:`PROBABILITY_DECIMALS` decimals; a value below 1 that would print as 1 reads "1 - 4.0e-07"."""
+    if missing(p):
+        return "n/a"
+    p = float(p)
+    if p in (0.0, 1.0):
+        return f"{p:.0f}"
+    text = f"{p:.{PROBABILITY_DECIMALS}f}"
+    return f"1 - {1 - p:.1e}" if float(text) == 1.0 else text
+
+
+def row_flags(metrics: Mapping[str, Any]) -> list[str]:
+    """The row's flags (``flags``, comma-separated), with ``random_weights`` for older stores."""
+    raw = metrics.get("flags")
+    flags = [f.strip() for f in raw.split(",") if f.strip()] if isinstance(raw, str) else []
+    source = metrics.get("model_source")
+    random = _true(metrics.get("random_weights")) or (isinstance(source, Mapping) and _true(source.get("random")))
+    if random and "random-weights" not in flags:
+        flags.append("random-weights")
+    return flags
+
+
+def _true(value: Any) -> bool:
+    return not missing(value) and bool(value)
+
+
+def flag_text(flag: str) -> str:
+    return FLAGS[flag][0] if flag in FLAGS else flag.replace("-", " ")
+
+
+def success_text(metrics: Mapping[str, Any]) -> str:
+    """The success rate, "n/a: <why>" where there is none, and the row's flags beside it."""
+    rate = metrics.get("success_rate")
+    if missing(rate):
+        reason = metrics.get("invalid_reason")
+        text = f"n/a: {reason}" if isinstance(reason, str) and reason else "n/a"
+    else:
+        text = format_probability(rate)
+    flags = row_flags(metrics)
+    return f"{text} [{', '.join(flag_text(f) for f in flags)}]" if flags else text
+
+
+def valid_text(metrics: Mapping[str, Any]) -> str:
+    """``k/V`` valid vertices, or "?" for rows evaluated before validity was recorded."""
+    valid, total = metrics.get("valid_vertices"), metrics.get("n_vertices")
+    if missing(valid):
+        return "?"
+    return f"{int(valid)}/{'?' if missing(total) else int(total)}"
+
+
+def row_summary(metrics: Mapping[str, Any]) -> str:
+    """One line of a row's table record for logs: method, validity, success, size, error."""
+
+    def number(key: str, fmt: str) -> str:
+        value = metrics.get(key)
+        return "n/a" if missing(value) else format(float(value), fmt)
+
+    init = f", init={metrics['init']}" if metrics.get("init") else ""
+    return (f"row {metrics.get('row')} ({metrics.get('method')}{init}): {valid_text(metrics)} vertices valid; "
+            f"success {success_text(metrics)}; vertex distance {number('vertex_avg_distance', '.3f')}; "
+            f"feature error {number('max_feature_rel_error', '.1e')}")
