@@ -164,11 +164,6 @@ class ExactResult:
         """
         return self.input_dim - self.rank_positive
 
-    @property
-    def dim_bound(self) -> int:
-        """Deprecated alias of :attr:`dim_upper_bound`, kept while callers switch."""
-        return self.dim_upper_bound
-
 
 def _ordered_captures(net: nn.Module, x: torch.Tensor, layer: str) -> list[tuple[nn.Module, torch.Tensor]]:
     """The input of every ReLU and max pool reached before ``layer``, then ``layer``'s own.

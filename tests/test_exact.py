@@ -284,7 +284,6 @@ def test_dim_upper_bound_at_the_first_layer_is_d_minus_the_weights_rank(mlp_mode
     assert res.n_positive == positive.sum()
     assert res.rank_positive == rank
     assert res.dim_upper_bound == 784 - rank
-    assert res.dim_bound == res.dim_upper_bound  # the alias, while callers switch
 
 
 def test_dim_upper_bound_is_met_by_collision_directions_at_a_deeper_layer(mlp_model):
