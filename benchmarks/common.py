@@ -20,9 +20,9 @@ import numpy as np
 import torch
 
 from collide.config import MnistExperiment, TrainConfig
-from collide.data import ensure_mnist, load_mnist
-from collide.mnist import pick_examples, prepare_data, train_model
-from collide.models import load_checkpoint
+from collide.datasets.mnist import ensure_mnist, load_mnist
+from collide.experiments.mnist import pick_examples, prepare_data, train_model
+from collide.models.zoo import load_checkpoint
 from collide.objective import nonpositive_units
 from collide.taps import preactivation
 

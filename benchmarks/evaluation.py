@@ -13,7 +13,7 @@ import torch
 from benchmarks.common import N_VERTICES, collision_problem, median_time
 from collide.config import GradientConfig
 from collide.polytope import combine, evaluate, sample_weights
-from collide.vertices import solve_gradient
+from collide.solvers.gradient import solve_gradient
 
 N_SAMPLES = 2000
 

@@ -11,9 +11,9 @@ from typing import Any
 
 from benchmarks.common import N_VERTICES, collision_problem, median_time
 from collide.config import ExactConfig, GradientConfig
-from collide.exact import OPTIMAL, solve_exact
 from collide.polytope import avg_pairwise_distance
-from collide.vertices import solve_gradient
+from collide.solvers.exact import OPTIMAL, solve_exact
+from collide.solvers.gradient import solve_gradient
 
 
 def run(arch: str, *, repeats: int = 3) -> dict[str, Any]:

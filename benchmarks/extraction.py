@@ -26,8 +26,8 @@ SIZES = (6_000, 60_000)  # images: two corpora ten times apart
 
 def _child(method: str, n_images: int, workdir: str) -> dict[str, Any]:
     from benchmarks.common import mnist_train_file, proc_status_mib
-    from collide.patch_sources import _idx, _load_mnist
-    from collide.patches import build_store, extract
+    from collide.experiments.patch_sources import _idx, _load_mnist
+    from collide.patches.extract import build_store, extract
 
     # The pipeline's own loader (a picklable partial over the IDX file, read once and
     # cached). The file is read before the baseline, so neither path is charged for it.

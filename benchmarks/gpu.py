@@ -14,7 +14,7 @@ from typing import Any
 import torch
 
 from collide.config import GradientConfig
-from collide.vertices import solve_gradient
+from collide.solvers.gradient import solve_gradient
 
 STEPS = 50
 N_VERTICES = 5
@@ -49,9 +49,9 @@ def _solve(model: torch.nn.Module, target_pre: torch.Tensor, init: torch.Tensor,
 def run() -> dict[str, Any]:
     if not torch.cuda.is_available():
         return {"skipped": "no CUDA device on this machine (no GPU machine was lent to this run)"}
+    from collide.models.vgg import vgg16_from_source
     from collide.objective import nonpositive_units
     from collide.taps import preactivation
-    from collide.vgg import vgg16_from_source
 
     model = vgg16_from_source({"weights": "random", "seed": 0})
     gen = torch.Generator().manual_seed(0)

@@ -38,7 +38,7 @@ CONFIG = KnnConfig(k=K)
 
 def corpus(n: int) -> np.ndarray:
     from benchmarks.common import train_images
-    from collide.patches import extract
+    from collide.patches.extract import extract
 
     patches, _ = extract(train_images(limit=-(-n // 36)), 8, 4)
     return np.ascontiguousarray(patches[:n])
@@ -47,8 +47,8 @@ def corpus(n: int) -> np.ndarray:
 def queries() -> tuple[np.ndarray, np.ndarray]:
     """One image's windows (36, 64) and the bulk workload (N_QUERIES, 64), as float vectors."""
     from benchmarks.common import test_images
-    from collide.knn import as_vectors
-    from collide.patches import extract
+    from collide.patches.extract import extract
+    from collide.patches.knn import as_vectors
 
     patches, _ = extract(test_images(limit=-(-N_QUERIES // 36)), 8, 4)
     return as_vectors(patches[:36]), as_vectors(patches[:N_QUERIES])
@@ -65,7 +65,7 @@ def _distinct_rows(patches: np.ndarray) -> np.ndarray:
 
 def _child(method: str, n: int, out: Path) -> dict[str, Any]:
     from benchmarks.common import median_time, proc_status_mib, timed
-    from collide.knn import PatchIndex, exact_knn
+    from collide.patches.knn import PatchIndex, exact_knn
 
     data = corpus(n)
     one, bulk = queries()
@@ -127,7 +127,7 @@ def crossover(sizes: list[int], index_s: list[float], exact_s: list[float]) -> s
 
 
 def run(sizes: tuple[int, ...] = SIZES) -> dict[str, Any]:
-    from collide.knn import recall_at_k
+    from collide.patches.knn import recall_at_k
 
     rows = []
     with tempfile.TemporaryDirectory(prefix="collide-knn-") as tmp:

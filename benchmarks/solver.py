@@ -1,6 +1,6 @@
 """Item 1: the batched vertex solver against the authors' scheme, fairly configured.
 
-The reference is :mod:`collide.paper_scheme` (the paper's loss, the authors' momentum
+The reference is :mod:`collide.solvers.paper` (the paper's loss, the authors' momentum
 and piecewise learning rate), the same definition the ``paper`` table rows use. The
 authors' learning rates are for 0-255 pixels, so the reference first gets its best rate
 for [0, 1] inputs on this very problem: a grid of :data:`LR_GRID`, the rate whose
@@ -27,9 +27,9 @@ import torch
 
 from benchmarks.common import N_VERTICES, collision_problem, median_time, timed
 from collide.config import GradientConfig, PaperConfig
-from collide.paper_scheme import solve_paper
 from collide.polytope import avg_pairwise_distance
-from collide.vertices import solve_gradient
+from collide.solvers.gradient import solve_gradient
+from collide.solvers.paper import solve_paper
 
 LR_GRID = (1e-5, 3e-5, 1e-4, 3e-4, 1e-3, 3e-3, 1e-2, 3e-2, 0.1, 0.3, 1.0, 3.0, 10.0)
 AUTHORS_STEPS = 30_000  # the top of the authors' 20k-30k
@@ -124,7 +124,7 @@ def run(arch: str, *, repeats: int = 3) -> dict[str, Any]:
             "converged": int(collide.converged.sum()),
             "max_rel_error": float(collide.rel_error.max()),
             "max_violation": float(collide.violation.max()),
-            "vertex_avg_distance": avg_pairwise_distance(collide.vertices),
+            "vertex_avg_distance": avg_pairwise_distance(collide.solvers.gradient),
             "seconds_to_reference_best": collide_to_best,
         },
         "one_at_a_time": {"seconds": single_s, "converged": int(sum(int(r.converged.sum()) for r in singles))},

@@ -1,27 +1,26 @@
 """collide: find, verify and measure feature collisions in ReLU networks.
 
 After Li, Zhang, Malik, "Approximate Feature Collisions in Neural Nets" (NeurIPS 2019).
-The library never imports Prefect; orchestration lives in ``tasks/`` and ``flows/``.
+The public API is :func:`find_polytope` and :func:`measure` (in memory, any model);
+the experiments of the paper live in :mod:`collide.experiments`. The library never
+imports Prefect; orchestration lives in ``tasks/`` and ``flows/``.
 """
 
-from collide.config import ExactConfig, GradientConfig, MnistExperiment, SampleConfig, TrainConfig
+from collide.api import Measurement, Polytope, check_polytope, find_polytope, measure
+from collide.config import ExactConfig, GradientConfig, PaperConfig
 from collide.errors import CollideError
-from collide.exact import solve_exact
-from collide.polytope import evaluate, sample_weights
-from collide.taps import preactivation, tap
-from collide.vertices import solve_gradient
+from collide.taps import preactivation, relu_layers
 
 __all__ = [
     "CollideError",
     "ExactConfig",
     "GradientConfig",
-    "MnistExperiment",
-    "SampleConfig",
-    "TrainConfig",
-    "evaluate",
+    "Measurement",
+    "PaperConfig",
+    "Polytope",
+    "check_polytope",
+    "find_polytope",
+    "measure",
     "preactivation",
-    "sample_weights",
-    "solve_exact",
-    "solve_gradient",
-    "tap",
+    "relu_layers",
 ]

@@ -10,7 +10,6 @@ import contextlib
 import dataclasses
 import difflib
 import functools
-import hashlib
 import json
 import math
 import types
@@ -19,6 +18,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, ClassVar, Self
 
+from collide._io import json_digest
 from collide.errors import ConfigError
 
 ARCHITECTURES = ("mlp", "lenet5")
@@ -311,7 +311,7 @@ class _Experiment:
         places is the same experiment.
         """
         science = {k: v for k, v in self.to_dict().items() if k != "results_root"}
-        return hashlib.sha256(json.dumps(science, sort_keys=True).encode()).hexdigest()[:16]
+        return json_digest(science)
 
     @classmethod
     def _rows(cls, rows: Any) -> tuple[Any, ...]:

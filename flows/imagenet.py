@@ -7,8 +7,8 @@ from typing import Any
 from prefect import flow, get_run_logger
 
 import flows  # noqa: F401  (telemetry off before prefect loads)
-from collide.cells import format_probability, row_summary
 from collide.config import ImagenetExperiment
+from collide.results.cells import format_probability, row_summary
 from flows._outputs import write_and_publish
 from tasks import imagenet as t
 

@@ -7,8 +7,8 @@ from typing import Any
 from prefect import flow, get_run_logger, unmapped
 
 import flows  # noqa: F401  (telemetry off before prefect loads)
-from collide.cells import row_summary
 from collide.config import MnistExperiment
+from collide.results.cells import row_summary
 from flows._outputs import write_and_publish
 from flows.runner import dask_runner
 from tasks import mnist as t

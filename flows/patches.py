@@ -7,8 +7,8 @@ from typing import Any
 from prefect import flow, get_run_logger
 
 import flows  # noqa: F401  (telemetry off before prefect loads)
-from collide.cells import row_summary
 from collide.config import PatchExperiment
+from collide.results.cells import row_summary
 from flows._outputs import write_and_publish
 from tasks import patches as t
 

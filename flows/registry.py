@@ -41,26 +41,26 @@ EXPERIMENTS: dict[str, Experiment] = {
             name="mnist",
             flow="flows.mnist:mnist_flow",
             config="collide.config:MnistExperiment",
-            plain="collide.mnist_jobs:run",
+            plain="collide.experiments.mnist_jobs:run",
             summary="MNIST MLP, paper §3.1 (Tables 1-2); many targets with targets_per_class",
-            validate="collide.mnist:validate",
+            validate="collide.experiments.mnist:validate",
         ),
         Experiment(
             name="patches",
             flow="flows.patches:patches_flow",
             config="collide.config:PatchExperiment",
-            plain="collide.patch_experiment:run",
+            plain="collide.experiments.patches:run",
             summary="patch-composition polytopes, paper §4 (Tables 5-6); offline on MNIST + LeNet-5 at fc1, "
             "or an image folder + VGG-16 with dataset=folder",
-            validate="collide.patch_experiment:validate",
+            validate="collide.experiments.patches:validate",
         ),
         Experiment(
             name="imagenet",
             flow="flows.imagenet:imagenet_flow",
             config="collide.config:ImagenetExperiment",
-            plain="collide.imagenet:run",
+            plain="collide.experiments.imagenet:run",
             summary="VGG-16 at fc6 in pixel space on an ImageNet-style folder, paper §3.2 (Tables 3-4)",
-            validate="collide.imagenet:validate",
+            validate="collide.experiments.imagenet:validate",
         ),
     )
 }

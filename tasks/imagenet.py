@@ -1,4 +1,4 @@
-"""Tasks of the ImageNet experiment, one per stage of :mod:`collide.imagenet`."""
+"""Tasks of the ImageNet experiment, one per stage of :mod:`collide.experiments.imagenet`."""
 
 from __future__ import annotations
 
@@ -6,8 +6,8 @@ from typing import Any
 
 from prefect import task
 
-from collide import imagenet as stages
 from collide.config import ImagenetExperiment
+from collide.experiments import imagenet as stages
 from tasks._common import TASK_OPTIONS as _OPTIONS
 from tasks._common import logging_progress
 

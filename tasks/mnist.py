@@ -1,4 +1,4 @@
-"""Tasks of the MNIST experiment: one call of :mod:`collide.mnist` or :mod:`collide.mnist_jobs` each."""
+"""Tasks of the MNIST experiment: one call of :mod:`collide.experiments.mnist` or :mod:`collide.experiments.mnist_jobs` each."""
 
 from __future__ import annotations
 
@@ -6,9 +6,9 @@ from typing import Any
 
 from prefect import task
 
-from collide import mnist as stages
-from collide import mnist_jobs as jobs
 from collide.config import MnistExperiment
+from collide.experiments import mnist as stages
+from collide.experiments import mnist_jobs as jobs
 from tasks._common import TASK_OPTIONS as _OPTIONS
 from tasks._common import logging_progress
 

@@ -9,8 +9,8 @@ import pandas as pd
 from prefect import task
 from prefect.artifacts import create_markdown_artifact, create_table_artifact
 
-from collide import report, tables
-from collide.store import table_path
+from collide.results import report, tables
+from collide.results.store import table_path
 from tasks._common import TASK_OPTIONS as _OPTIONS
 
 

@@ -1,4 +1,4 @@
-"""Tasks of the patch-composition experiment, one per stage of :mod:`collide.patch_experiment`."""
+"""Tasks of the patch-composition experiment, one per stage of :mod:`collide.experiments.patches`."""
 
 from __future__ import annotations
 
@@ -6,8 +6,8 @@ from typing import Any
 
 from prefect import task
 
-from collide import patch_experiment as stages
 from collide.config import PatchExperiment
+from collide.experiments import patches as stages
 from tasks._common import TASK_OPTIONS as _OPTIONS
 from tasks._common import logging_progress
 

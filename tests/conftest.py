@@ -74,7 +74,7 @@ def tiny_config(tiny_mnist, tmp_path) -> MnistExperiment:
 @pytest.fixture
 def mlp_model():
     """A seeded, untrained MNIST MLP."""
-    from collide.models import mlp
+    from collide.models.zoo import mlp
 
     with torch.random.fork_rng():
         torch.manual_seed(0)

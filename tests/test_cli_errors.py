@@ -9,7 +9,7 @@ import sys
 
 import pytest
 
-from collide import data
+from collide.datasets import mnist as data
 from flows.cli import main
 
 
@@ -57,7 +57,7 @@ def test_allow_download_false_is_refused_before_any_work(tmp_path, monkeypatch, 
 def test_a_download_asked_for_is_announced_before_it_starts(tmp_path, monkeypatch, capsys, caplog):
     _no_fetching(monkeypatch)
     nowhere = tmp_path / "nowhere"
-    with caplog.at_level(logging.WARNING, logger="collide.data"):
+    with caplog.at_level(logging.WARNING, logger="collide.datasets.mnist"):
         code = main(["run", "mnist", "--no-prefect", "--data-root", str(nowhere), "--set", "allow_download=true",
                      "--results-root", str(tmp_path / "results"), "--checkpoint-dir", str(tmp_path / "ck")])
     assert code == 2  # both (monkeypatched) sources failed

@@ -1,7 +1,8 @@
 import pytest
 import torch
 
-from collide.compose import (
+from collide.errors import ConfigError
+from collide.patches.compose import (
     Composition,
     candidate_share,
     compose,
@@ -11,7 +12,6 @@ from collide.compose import (
     weight_tv,
     window_patches,
 )
-from collide.errors import ConfigError
 from tests.tolerances import UNCHANGED
 
 

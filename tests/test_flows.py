@@ -7,8 +7,8 @@ import sys
 import pandas as pd
 import pytest
 
-from collide import mnist_jobs
-from collide.store import read_row
+from collide.experiments import mnist_jobs
+from collide.results.store import read_row
 
 pytestmark = pytest.mark.slow
 
@@ -77,7 +77,7 @@ def test_cli_plain_run_offline(tiny_config, tmp_path):
 
 def test_patches_and_imagenet_flows_run(harness, tiny_mnist, tmp_path):
     from collide.config import KnnConfig, PatchConfig, PatchExperiment, SampleConfig, TrainConfig
-    from collide.images import bundled_corpus
+    from collide.datasets.folders import bundled_corpus
     from flows.imagenet import imagenet_flow
     from flows.patches import patches_flow
 

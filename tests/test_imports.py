@@ -1,4 +1,5 @@
 import ast
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -6,7 +7,8 @@ from pathlib import Path
 
 def test_library_imports_without_prefect():
     code = (
-        "import sys, collide, collide.mnist, collide.exact, collide.store, collide.figures;"
+        "import sys, collide, collide.experiments.mnist, collide.solvers.exact, collide.results.store,"
+        " collide.results.figures;"
         "assert 'prefect' not in sys.modules, 'collide imported prefect'"
     )
     subprocess.run([sys.executable, "-c", code], check=True)
@@ -33,8 +35,11 @@ def _collide_imports(path: Path) -> set[str]:
 
 def test_the_library_has_no_import_cycles():
     root = Path(__file__).resolve().parent.parent / "collide"
-    graph = {f"collide.{p.stem}": _collide_imports(p) - {f"collide.{p.stem}"}
-             for p in root.glob("*.py") if p.stem != "__init__"}
+    graph = {}
+    for path in root.rglob("*.py"):
+        name = ".".join(("collide", *path.relative_to(root).with_suffix("").parts)).removesuffix(".__init__")
+        graph[name] = _collide_imports(path) - {name}
+    assert len(graph) > 30, "the scan found too few modules"
     # Kahn's algorithm: what cannot be ordered lies on a cycle.
     left = {m: {d for d in deps if d in graph} for m, deps in graph.items()}
     while ready := [m for m, deps in left.items() if not deps]:
@@ -43,3 +48,21 @@ def test_the_library_has_no_import_cycles():
         for deps in left.values():
             deps.difference_update(ready)
     assert not left, f"import cycles among {sorted(left)}"
+
+
+def test_the_layers_contract_holds():
+    """pyproject's import-linter contract: each layer imports only from layers below it."""
+    root = Path(__file__).resolve().parent.parent
+    done = subprocess.run([str(Path(sys.executable).parent / "lint-imports"), "--no-cache"], cwd=root,
+                          capture_output=True, text=True)
+    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-2000:]
+    assert "1 kept, 0 broken" in done.stdout
+
+
+def test_importing_collide_leaves_matplotlib_backend_alone():
+    code = (
+        "import matplotlib; before = matplotlib.get_backend();"
+        "import collide, collide.results.figures, collide.results.report, collide.results.tables;"
+        "assert matplotlib.get_backend() == before, (before, matplotlib.get_backend())"
+    )
+    subprocess.run([sys.executable, "-c", code], check=True, env={**os.environ, "MPLBACKEND": "svg"})

@@ -3,7 +3,7 @@ import pytest
 
 from collide.config import KnnConfig
 from collide.errors import ConfigError, DataError
-from collide.knn import PatchIndex, as_vectors, exact_knn, recall_at_k
+from collide.patches.knn import PatchIndex, as_vectors, exact_knn, recall_at_k
 
 RECALL_MIN = 0.95
 
@@ -92,7 +92,7 @@ def test_shards_answer_k_distinct_patches_when_duplicates_straddle_them(config):
 
 
 def test_an_index_from_an_older_format_is_refused(tmp_path):
-    from collide.knn import StaleIndexError
+    from collide.patches.knn import StaleIndexError
 
     index = PatchIndex.build(_corpus(200), config=KnnConfig(k=3))
     index.format = 1

@@ -8,12 +8,12 @@ import pandas as pd
 import pytest
 import torch
 
-from collide import mnist, mnist_jobs
 from collide.config import TrainConfig
 from collide.errors import CheckpointError, ConfigError, DataError, LayerError
-from collide.evaluation import evaluate_row
-from collide.models import load_checkpoint
-from collide.store import TABLE_COLUMNS, read_row, store_path, write_row
+from collide.experiments import mnist, mnist_jobs
+from collide.models.zoo import load_checkpoint
+from collide.results.evaluation import evaluate_row
+from collide.results.store import TABLE_COLUMNS, read_row, store_path, write_row
 from tests.conftest import small_mnist_config
 from tests.tolerances import LP_STORED_REL_ERROR_F64, RECHECK
 
@@ -196,7 +196,7 @@ def test_bad_config_values_name_the_field():
 
 
 def test_verify_agrees_with_an_honest_table_and_catches_a_doctored_one(finished, capsys):
-    from collide.verify import verify
+    from collide.results.verify import verify
     from flows.cli import main
 
     config, _ = finished

@@ -4,9 +4,9 @@ import pytest
 import torch
 
 from collide.config import TrainConfig
-from collide.data import load_mnist
+from collide.datasets.mnist import load_mnist
 from collide.errors import CheckpointError, ConfigError
-from collide.models import build_model, checkpoint_path, lenet5, load_checkpoint, mlp, save_checkpoint, train
+from collide.models.zoo import build_model, checkpoint_path, lenet5, load_checkpoint, mlp, save_checkpoint, train
 
 
 def test_architectures_have_the_papers_shapes():

@@ -24,10 +24,10 @@ import pandas as pd
 import pytest
 import yaml
 
-from collide import mnist_jobs
 from collide.config import MnistExperiment, RowSpec, SampleConfig, TrainConfig
-from collide.resume import row_keys
-from collide.store import list_rows, read_row, store_path
+from collide.experiments import mnist_jobs
+from collide.results.resume import row_keys
+from collide.results.store import list_rows, read_row, store_path
 from flows.serve import PROJECT
 
 pytestmark = pytest.mark.slow

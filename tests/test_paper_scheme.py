@@ -1,4 +1,4 @@
-"""The authors' vertex scheme (collide.paper_scheme), against hand-written updates."""
+"""The authors' vertex scheme (collide.solvers.paper), against hand-written updates."""
 
 from collections import OrderedDict
 
@@ -8,7 +8,7 @@ from torch import nn
 
 from collide.config import PAPER_TUNED_LR, PaperConfig
 from collide.errors import ConfigError
-from collide.paper_scheme import piecewise_lr, solve_paper
+from collide.solvers.paper import piecewise_lr, solve_paper
 from tests.tolerances import UNCHANGED
 
 

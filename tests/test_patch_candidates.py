@@ -4,11 +4,11 @@ import numpy as np
 import pytest
 import torch
 
-from collide import patch_experiment
-from collide.compose import window_patches
 from collide.config import KnnConfig, PatchConfig, PatchExperiment
 from collide.errors import ConfigError
-from collide.knn import PatchIndex, as_vectors
+from collide.experiments import patches as patch_experiment
+from collide.patches.compose import window_patches
+from collide.patches.knn import PatchIndex, as_vectors
 
 
 def _setting(k=4):

@@ -2,10 +2,10 @@ import numpy as np
 import pytest
 import zarr
 
-from collide import patches
 from collide.config import PatchConfig
 from collide.errors import ConfigError, DataError
-from collide.patches import build_store, extract, open_store, sample_ids
+from collide.patches.extract import build_store, extract, open_store, sample_ids
+from collide.patches.extract import extract as patches
 
 
 def _images(n=10, c=1, h=12, w=12, seed=0):

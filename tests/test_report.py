@@ -11,8 +11,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from collide import cells, figures, reference, report, tables
-from collide.store import write_row
+from collide.results import cells, figures, reference, report, tables
+from collide.results.store import write_row
 from flows.cli import main
 
 V = 5

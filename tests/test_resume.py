@@ -9,13 +9,14 @@ import pandas as pd
 import pytest
 import torch
 
-from collide import mnist_jobs
+from collide._io import code_version
 from collide.config import DEFAULT_ROWS, MnistExperiment
-from collide.data import load_mnist
+from collide.datasets.mnist import load_mnist
 from collide.errors import ConfigError
-from collide.models import load_checkpoint
-from collide.resume import code_version, mark_done, row_keys, stage_key, torch_threads
-from collide.store import list_rows, read_row, store_path, write_row
+from collide.experiments import mnist_jobs
+from collide.models.zoo import load_checkpoint
+from collide.results.resume import mark_done, row_keys, stage_key, torch_threads
+from collide.results.store import list_rows, read_row, store_path, write_row
 from tests.conftest import small_mnist_config
 
 TIMING = ["solver_seconds"]

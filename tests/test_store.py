@@ -3,9 +3,9 @@ import pandas as pd
 import pytest
 import zarr
 
-from collide import store
 from collide.errors import DataError
-from collide.store import TABLE_COLUMNS, list_rows, read_row, table_from_store, write_row, write_table
+from collide.results import store
+from collide.results.store import TABLE_COLUMNS, list_rows, read_row, table_from_store, write_row, write_table
 
 
 def _metrics(row: int) -> dict:

@@ -8,10 +8,11 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from collide import mnist_jobs, tables
 from collide.config import MnistExperiment, RowSpec
-from collide.resume import mark_done
-from collide.store import table_path
+from collide.experiments import mnist_jobs
+from collide.results import tables
+from collide.results.resume import mark_done
+from collide.results.store import table_path
 from flows.cli import main
 from tests.conftest import small_mnist_config
 

@@ -5,8 +5,8 @@ import copy
 import torch
 
 from collide.config import ExactConfig, GradientConfig, PaperConfig
-from collide.exact import OPTIMAL, solve_exact
 from collide.objective import nonpositive_units
+from collide.solvers.exact import OPTIMAL, solve_exact
 from collide.taps import preactivation
 from collide.validity import check_vertices, criterion_for
 

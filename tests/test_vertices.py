@@ -4,8 +4,8 @@ import torch
 from collide.config import GradientConfig
 from collide.errors import DataError
 from collide.objective import feature_rel_error, max_nonpositive_violation, nonpositive_units
+from collide.solvers.gradient import solve_gradient
 from collide.taps import preactivation
-from collide.vertices import solve_gradient
 from tests.tolerances import EQUIVALENT, GRADIENT_VS_LP
 
 V = 5
@@ -95,7 +95,7 @@ def test_the_vertex_reaches_the_exact_optimum_of_its_unit(mlp_model):
     # The oracle: the LP minimum of each pushed unit over the collision set (no pull to
     # the init). A solver that stopped at its first feasible iterate ends far above it.
     from collide.config import ExactConfig
-    from collide.exact import solve_exact
+    from collide.solvers.exact import solve_exact
 
     t_pre, init, units = _problem(mlp_model, init_other=False)
     res = solve_gradient(mlp_model, "relu1", t_pre, init, units, config=GradientConfig(min_steps=0))
@@ -108,7 +108,7 @@ def test_the_vertex_reaches_the_exact_optimum_of_its_unit(mlp_model):
 
 
 def test_the_continuation_factor_does_not_overflow():
-    from collide.vertices import _weight_factor
+    from collide.solvers.gradient import _weight_factor
 
     with pytest.raises(OverflowError):
         1.01**100_000  # noqa: B018  (what the solver computed before)

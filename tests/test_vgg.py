@@ -2,10 +2,10 @@ import pytest
 import torch
 from torch import nn
 
+from collide.datasets.folders import bundled_corpus, list_folder, load_image
 from collide.errors import CheckpointError, DataError
-from collide.images import bundled_corpus, list_folder, load_image
+from collide.models.vgg import IMAGENET_MEAN, IMAGENET_STD, resolve_weights, vgg16_from_source
 from collide.taps import preactivation, resolve_layer
-from collide.vgg import IMAGENET_MEAN, IMAGENET_STD, resolve_weights, vgg16_from_source
 from tests.tolerances import EQUIVALENT
 
 pytestmark = pytest.mark.slow  # VGG-16 has 138M parameters even at 32x32 inputs

@@ -9,8 +9,6 @@ import pytest
 import torch
 import zarr
 
-from collide import imagenet, patch_experiment
-from collide.compose import Composition, compose, pixel_weights, window_patches
 from collide.config import (
     GradientConfig,
     ImagenetExperiment,
@@ -20,12 +18,15 @@ from collide.config import (
     SampleConfig,
     TrainConfig,
 )
+from collide.datasets.folders import bundled_corpus
 from collide.errors import CheckpointError, ConfigError, DataError, LayerError
-from collide.evaluation import evaluate_row
-from collide.images import bundled_corpus
-from collide.models import load_model_source
+from collide.experiments import imagenet
+from collide.experiments import patches as patch_experiment
+from collide.models.zoo import load_model_source
+from collide.patches.compose import Composition, compose, pixel_weights, window_patches
 from collide.polytope import combine
-from collide.store import TABLE_COLUMNS, list_rows, read_row, write_row
+from collide.results.evaluation import evaluate_row
+from collide.results.store import TABLE_COLUMNS, list_rows, read_row, write_row
 from tests.tolerances import RECOMPOSED
 
 pytestmark = pytest.mark.slow

@@ -14,12 +14,10 @@ from typing import Any
 import numpy as np
 import torch
 
-from collide import evaluation
 from collide.config import MnistExperiment, resolve_device
-from collide.data import ensure_mnist, load_mnist
+from collide.datasets.mnist import ensure_mnist, load_mnist
 from collide.errors import CheckpointError, DataError
-from collide.exact import OPTIMAL, solve_exact
-from collide.models import (
+from collide.models.zoo import (
     build_model,
     checkpoint_path,
     checkpoint_source,
@@ -28,13 +26,15 @@ from collide.models import (
     train,
 )
 from collide.objective import nonpositive_units
-from collide.paper_scheme import solve_paper
 from collide.polytope import dataset_avg_distance
 from collide.precision import full_precision
-from collide.store import write_row
+from collide.results import evaluation
+from collide.results.store import write_row
+from collide.solvers.exact import OPTIMAL, solve_exact
+from collide.solvers.gradient import solve_gradient
+from collide.solvers.paper import solve_paper
 from collide.taps import preactivation, resolve_layer
 from collide.validity import criterion_for
-from collide.vertices import solve_gradient
 
 Progress = Callable[[str, int, int], None]
 DATASET = "mnist"

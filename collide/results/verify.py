@@ -17,8 +17,8 @@ from typing import Any
 import numpy as np
 import torch
 
-from collide.models import load_model_source
-from collide.store import list_rows, read_row
+from collide.models.zoo import load_model_source
+from collide.results.store import list_rows, read_row
 from collide.taps import preactivation
 
 # Table values are float64 computations of the same quantities: they must agree to this.

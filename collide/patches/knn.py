@@ -18,6 +18,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from collide._io import atomic_file
 from collide.config import KnnConfig
 from collide.errors import ConfigError, DataError
 
@@ -240,7 +241,6 @@ class PatchIndex:
         return _merge(idx, dist, k)
 
     def save(self, path: str | Path) -> Path:
-        from collide.store import atomic_file
 
         with atomic_file(path) as tmp, open(tmp, "wb") as fh:
             pickle.dump(self, fh)

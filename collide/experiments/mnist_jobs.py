@@ -2,8 +2,8 @@
 
 A *job* is one target's gradient rows or its paper-scheme rows (each solved as one
 batch) or one of its exact rows.
-It solves and evaluates its rows with the stages of :mod:`collide.mnist`, skipping a
-stage whose key (:mod:`collide.resume`) is already on the row, and writes only its own
+It solves and evaluates its rows with the stages of :mod:`collide.experiments.mnist`, skipping a
+stage whose key (:mod:`collide.results.resume`) is already on the row, and writes only its own
 rows. Jobs are independent: the flow fans them out over Dask, :func:`run` runs them one
 after another, and both write the same rows.
 """
@@ -15,14 +15,15 @@ from typing import Any
 
 import torch
 
-from collide import mnist
+from collide._io import file_digest
 from collide.config import MnistExperiment
-from collide.data import load_mnist, mnist_files
+from collide.datasets.mnist import load_mnist, mnist_files
 from collide.errors import DataError
-from collide.models import load_checkpoint
-from collide.resume import file_digest, is_done, mark_done, prune_rows, stage_key, torch_threads
-from collide.store import read_row
-from collide.tables import write_outputs
+from collide.experiments import mnist
+from collide.models.zoo import load_checkpoint
+from collide.results.resume import is_done, mark_done, prune_rows, stage_key, torch_threads
+from collide.results.store import read_row
+from collide.results.tables import write_outputs
 
 Progress = mnist.Progress
 

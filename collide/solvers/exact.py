@@ -67,8 +67,8 @@ from torch import nn
 from collide.config import ExactConfig
 from collide.errors import DataError
 from collide.objective import feature_rel_error, max_nonpositive_violation
+from collide.solvers.gradient import check_inputs
 from collide.taps import _Stop, relu_layers, resolve_layer
-from collide.vertices import check_inputs
 
 OPTIMAL, INFEASIBLE, UNBOUNDED, LEFT_REGION, FAILED = (
     "optimal", "infeasible", "unbounded", "left_region", "failed",
@@ -127,7 +127,7 @@ class ExactResult:
     is the rank of J⁺, the rows of the layer's Jacobian (at the target, in float64) for
     the target's positive units. ``pieces[k]`` says which linear piece vertex k was
     solved on: ``"target"`` (the one autograd picked at the target) or ``"tie-broken"``
-    (an adjacent one, where the target sits on a tie; see :mod:`collide.exact`).
+    (an adjacent one, where the target sits on a tie; see :mod:`collide.solvers.exact`).
 
     Shapes:
         vertices: (V, *input) float32; rel_error, violation: (V,)

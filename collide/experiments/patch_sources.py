@@ -15,16 +15,16 @@ from typing import Any
 import numpy as np
 import torch
 
-from collide import mnist
 from collide.config import PatchExperiment
-from collide.data import MNIST_FILES, ensure_mnist, load_mnist, mnist_files, read_idx
+from collide.datasets.folders import list_folder, load_image
+from collide.datasets.mnist import MNIST_FILES, ensure_mnist, load_mnist, mnist_files, read_idx
 from collide.errors import ConfigError, DataError
-from collide.images import list_folder, load_image
-from collide.models import build_model, checkpoint_source
-from collide.patches import LoadImages, patches_per_image
+from collide.experiments import mnist
+from collide.models.vgg import NormalisedVGG, resolve_weights
+from collide.models.zoo import build_model, checkpoint_source
+from collide.patches.extract import LoadImages, patches_per_image
 from collide.polytope import dataset_avg_distance
 from collide.taps import resolve_layer
-from collide.vgg import NormalisedVGG, resolve_weights
 
 
 @dataclass(frozen=True)

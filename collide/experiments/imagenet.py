@@ -1,6 +1,6 @@
 """The ImageNet experiment (paper §3.2, Tables 3-4): VGG-16 at fc6, in pixel space.
 
-Stages as in :mod:`collide.mnist`. The model is named in each row by its weights
+Stages as in :mod:`collide.experiments.mnist`. The model is named in each row by its weights
 file and hash (or as random weights), so rows can be re-evaluated later.
 """
 
@@ -12,22 +12,22 @@ from typing import Any
 import numpy as np
 import torch
 
-from collide import evaluation
 from collide.config import ImagenetExperiment, resolve_device
+from collide.datasets.folders import list_folder, load_image
 from collide.errors import DataError
-from collide.images import list_folder, load_image
-from collide.mnist import Progress, _noop
+from collide.experiments.mnist import Progress, _noop
+from collide.models.vgg import NormalisedVGG, resolve_weights, vgg16_from_source
 from collide.objective import nonpositive_units
 from collide.polytope import dataset_avg_distance
 from collide.precision import full_precision
-from collide.store import write_row
+from collide.results import evaluation
+from collide.results.store import write_row
+from collide.solvers.gradient import solve_gradient
 from collide.taps import preactivation, resolve_layer
 from collide.validity import criterion_for
-from collide.vertices import solve_gradient
-from collide.vgg import NormalisedVGG, resolve_weights, vgg16_from_source
 
 # Every experiment reports L2 distances in the model's input units ([0, 1] pixels); the
-# paper's 0-255 figures are converted for comparison in collide.reference.
+# paper's 0-255 figures are converted for comparison in collide.results.reference.
 PIXEL_SCALE = 1.0
 
 

@@ -6,10 +6,7 @@ Layers are named so that taps can address them: ReLU modules are ``relu1``, ``re
 
 from __future__ import annotations
 
-import hashlib
 import json
-import os
-import tempfile
 import time
 from collections import OrderedDict
 from collections.abc import Callable
@@ -20,11 +17,11 @@ from typing import Any
 import torch
 from torch import nn
 
-from collide.checksums import file_sha256
+from collide._io import atomic_file, file_sha256, json_digest
 from collide.config import TrainConfig
-from collide.data import Split
+from collide.datasets.mnist import Split
 from collide.errors import CheckpointError, ConfigError
-from collide.vgg import vgg16_from_source
+from collide.models.vgg import vgg16_from_source
 
 
 def mlp() -> nn.Sequential:
@@ -139,20 +136,11 @@ def save_checkpoint(model: nn.Module, meta: dict[str, Any], path: str | Path) ->
     half-written checkpoint.
     """
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
-    os.close(fd)
-    try:
+    with atomic_file(path) as tmp:
         torch.save({"state_dict": model.state_dict(), "arch": meta["arch"]}, tmp)
-        meta = {**meta, "sha256": file_sha256(Path(tmp)), "file": path.name}
-        side = Path(f"{tmp}.json")
-        side.write_text(json.dumps(meta, indent=2, sort_keys=True))
-        os.replace(tmp, path)
-        os.replace(side, f"{path}.json")
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        Path(f"{tmp}.json").unlink(missing_ok=True)
-        raise
+        meta = {**meta, "sha256": file_sha256(tmp), "file": path.name}
+        with atomic_file(f"{path}.json") as side:
+            side.write_text(json.dumps(meta, indent=2, sort_keys=True))
     return meta
 
 
@@ -182,7 +170,7 @@ def load_checkpoint(path: str | Path) -> tuple[nn.Module, dict[str, Any]]:
 
 def checkpoint_path(checkpoint_dir: str | Path, dataset: str, config: TrainConfig) -> Path:
     """Where the checkpoint for this dataset and training config lives."""
-    digest = hashlib.sha256(json.dumps(asdict(config), sort_keys=True).encode()).hexdigest()[:12]
+    digest = json_digest(asdict(config), 12)
     return Path(checkpoint_dir) / f"{dataset}-{config.arch}-{digest}.pt"
 
 

@@ -14,8 +14,7 @@ import os
 import shutil
 import tempfile
 import uuid
-from collections.abc import Iterator, Mapping
-from contextlib import contextmanager
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
@@ -23,6 +22,7 @@ import numpy as np
 import pandas as pd
 import zarr
 
+from collide._io import atomic_file
 from collide.errors import DataError
 
 TABLE_COLUMNS = (
@@ -146,20 +146,6 @@ def list_rows(root: str | Path, experiment: str) -> list[int]:
         if child.name.startswith("row-") and (child / "zarr.json").is_file():
             rows.append(int(child.name.removeprefix("row-")))
     return sorted(rows)
-
-
-@contextmanager
-def atomic_file(path: str | Path) -> Iterator[Path]:
-    """Yield a temporary path next to ``path``; rename it into place on success."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.stem}-", suffix=path.suffix)
-    os.close(fd)
-    try:
-        yield Path(tmp)
-        os.replace(tmp, path)
-    finally:
-        Path(tmp).unlink(missing_ok=True)
 
 
 def table_from_store(root: str | Path, experiment: str) -> pd.DataFrame:

@@ -22,8 +22,8 @@ from torch import nn
 from collide.config import PaperConfig
 from collide.errors import ConfigError, DataError
 from collide.objective import feature_rel_error, loss_minus, loss_plus, max_nonpositive_violation
+from collide.solvers.gradient import GradientResult, check_inputs, frozen_copy
 from collide.taps import preactivation, resolve_layer
-from collide.vertices import GradientResult, check_inputs, frozen_copy
 
 
 def piecewise_lr(step: int, config: PaperConfig) -> float:

@@ -20,11 +20,12 @@ import numpy as np
 import pandas as pd
 import zarr
 
-from collide.cells import FLAGS, flag_text, missing, row_flags, success_text, valid_text
+from collide._io import code_version
 from collide.errors import DataError
-from collide.reference import reference_for
-from collide.report import write_report
-from collide.store import (
+from collide.results.cells import FLAGS, flag_text, missing, row_flags, success_text, valid_text
+from collide.results.reference import reference_for
+from collide.results.report import write_report
+from collide.results.store import (
     atomic_file,
     figure_path,
     ledger_path,
@@ -49,8 +50,6 @@ def experiments(root: str | Path) -> list[str]:
 
 def store_digest(root: str | Path, experiment: str) -> str:
     """sha256 (16 hex) of every file of every row group: changes iff a row changed."""
-    from collide.resume import code_version
-
     digest = hashlib.sha256(code_version().encode())
     base = store_path(root, experiment)
     for row in list_rows(root, experiment):
@@ -108,7 +107,7 @@ def write_figure(root: str | Path, experiment: str, rows: list[int]) -> Path:
     and success rate (or why it has none); the title names every row flag. Rows of a
     patch experiment get boxes where their vertices differ most.
     """
-    from collide.figures import vertex_grid
+    from collide.results.figures import vertex_grid
 
     targets, inits, vertices, valid, labels, boxes = [], [], [], [], [], []
     layer, flags = "?", []

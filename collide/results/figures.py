@@ -15,7 +15,7 @@ from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 from matplotlib.patches import Rectangle
 
-from collide.store import atomic_file
+from collide._io import atomic_file
 
 INVALID_COLOUR = "#d62728"
 BOX_COLOUR = "#a020f0"  # the paper's purple boxes (Table 5)

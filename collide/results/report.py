@@ -4,7 +4,7 @@
 Prefect UI shows it without access to the results folder); :func:`write_report` writes
 ``report.html`` for every experiment, self-contained, next to the tables. Both say what
 each column means (:data:`GLOSSARY`), print the paper's published row beside each of
-ours that reproduces one (:mod:`collide.reference`), and never let a flagged row or a
+ours that reproduces one (:mod:`collide.results.reference`), and never let a flagged row or a
 row without a success rate read as a plain success.
 """
 
@@ -19,7 +19,8 @@ from typing import Any
 
 import pandas as pd
 
-from collide.cells import (
+from collide._io import atomic_file
+from collide.results.cells import (
     FLAGS,
     PROBABILITY_DECIMALS,
     flag_text,
@@ -29,8 +30,8 @@ from collide.cells import (
     success_text,
     valid_text,
 )
-from collide.reference import REFERENCE_COLUMNS, ReferenceRow, reference_for, to_input_units
-from collide.store import atomic_file, figure_path, read_ledger, table_path
+from collide.results.reference import REFERENCE_COLUMNS, ReferenceRow, reference_for, to_input_units
+from collide.results.store import figure_path, read_ledger, table_path
 
 UNITS = (
     "Distances are L2 norms in the model's input units: [0, 1] pixels for every experiment "
@@ -123,7 +124,7 @@ def _paper_value(column: str, ref: ReferenceRow) -> str:
 def reference_frame(frame: pd.DataFrame) -> pd.DataFrame:
     """Our rows that reproduce a published row, each value beside the paper's.
 
-    Empty where the paper has no such experiment (see :func:`collide.reference.reference_for`).
+    Empty where the paper has no such experiment (see :func:`collide.results.reference.reference_for`).
     """
     out = []
     for rec in frame.to_dict("records"):

@@ -2,16 +2,14 @@
 
 Offline by default on MNIST with LeNet-5; on an ImageNet-style folder with VGG-16 as
 in the paper (``dataset="folder"``). Stages, each a plain function of keys and
-``*, config`` as in :mod:`collide.mnist`: prepare, model (train or find weights), the
+``*, config`` as in :mod:`collide.experiments.mnist`: prepare, model (train or find weights), the
 patch store (Dask into Zarr), the kNN index, the composition logits of each row,
 evaluation, outputs. What differs between the two datasets is in
-:mod:`collide.patch_sources`.
+:mod:`collide.experiments.patch_sources`.
 """
 
 from __future__ import annotations
 
-import hashlib
-import json
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -20,20 +18,22 @@ from typing import Any
 import numpy as np
 import torch
 
-from collide import evaluation, mnist
-from collide import patch_sources as sources
-from collide.compose import Composition, candidate_share, compose, initial_logits, weight_tv, window_patches
+from collide._io import json_digest
 from collide.config import PatchExperiment, resolve_device
 from collide.errors import ConfigError
-from collide.knn import PatchIndex, StaleIndexError, as_vectors, exact_knn, recall_at_k
-from collide.models import load_checkpoint, load_model_source
+from collide.experiments import mnist
+from collide.experiments import patch_sources as sources
+from collide.models.zoo import load_checkpoint, load_model_source
 from collide.objective import nonpositive_units
-from collide.patches import build_store, open_store, sample_ids
+from collide.patches.compose import Composition, candidate_share, compose, initial_logits, weight_tv, window_patches
+from collide.patches.extract import build_store, open_store, sample_ids
+from collide.patches.knn import PatchIndex, StaleIndexError, as_vectors, exact_knn, recall_at_k
 from collide.precision import full_precision
-from collide.store import write_row
+from collide.results import evaluation
+from collide.results.store import write_row
+from collide.solvers.gradient import solve_gradient
 from collide.taps import preactivation
 from collide.validity import criterion_for
-from collide.vertices import solve_gradient
 
 Progress = mnist.Progress
 _noop = mnist._noop
@@ -58,8 +58,8 @@ def pick_examples(model_source: dict[str, Any], *, config: PatchExperiment) -> d
 
 def _store_path(config: PatchExperiment) -> Path:
     origin = config.data_root if config.dataset == "mnist" else [config.image_root, config.image_size]
-    key = json.dumps({"patch": asdict(config.patch), "data": origin}, sort_keys=True)
-    return Path(config.cache_root) / f"{config.dataset}-patches-{hashlib.sha256(key.encode()).hexdigest()[:12]}.zarr"
+    origin_key = {"patch": asdict(config.patch), "data": origin}
+    return Path(config.cache_root) / f"{config.dataset}-patches-{json_digest(origin_key, 12)}.zarr"
 
 
 def build_patches(*, config: PatchExperiment, scheduler: Any = "threads", progress: Progress = _noop) -> dict[str, Any]:
@@ -73,7 +73,7 @@ def build_patches(*, config: PatchExperiment, scheduler: Any = "threads", progre
 
 
 def _index_path(config: PatchExperiment) -> Path:
-    key = hashlib.sha256(json.dumps(asdict(config.knn), sort_keys=True).encode()).hexdigest()[:12]
+    key = json_digest(asdict(config.knn), 12)
     return _store_path(config).with_suffix(f".index-{key}.pkl")
 
 

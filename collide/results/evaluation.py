@@ -13,15 +13,13 @@ from typing import Any
 import numpy as np
 import torch
 
-from collide.config import SampleConfig
+from collide.api import check_polytope, measure
+from collide.config import SampleConfig, resolve_device
 from collide.errors import DataError
-from collide.models import load_model_source
-from collide.objective import feature_rel_error
-from collide.polytope import avg_pairwise_distance, combine, evaluate, sample_weights
+from collide.models.zoo import load_model_source
 from collide.precision import full_precision
-from collide.store import read_row, write_row
-from collide.taps import preactivation
-from collide.validity import POLYTOPE_MIN_VERTICES, Criterion, check_vertices
+from collide.results.store import read_row, write_row
+from collide.validity import Criterion
 
 SAMPLE_ARRAYS = ("sample_weights", "sample_pred", "sample_prob")
 # A target whose top class is below this multiple of chance means the model tells
@@ -69,43 +67,24 @@ def _evaluate(
     init = torch.from_numpy(arrays["init"])
     layer, solver = attrs["layer"], attrs["solver"]
     criterion = Criterion.from_dict(attrs["criterion"])
-    check = check_vertices(model, layer, vertices, target, torch.tensor(attrs["units"]), criterion,
-                           outcomes=solver.get("outcomes"), device=device)
-    valid = check.valid
-    good = vertices[valid]
-    n_valid, n_all = int(valid.sum()), len(vertices)
-    logits = model(target.unsqueeze(0).to(device))[0]
-    t_prob = torch.softmax(logits, -1)
-    t_class = int(t_prob.argmax())
+    poly = check_polytope(model, layer, vertices, target, init, torch.tensor(attrs["units"]), method=attrs["method"],
+                          criterion=criterion, solver=solver, device=device)
+    m = measure(model, layer, poly, n_samples=sample.n_samples, sampler=sample.sampler, seed=sample.seed + row,
+                device=device)
+    valid, n_valid, n_all = poly.valid, poly.n_valid, len(vertices)
     finite = torch.isfinite(vertices.flatten(1)).all(1)
-    v_pred = model(torch.nan_to_num(vertices).to(device)).argmax(-1).cpu()
     scale = float(attrs.get("pixel_scale", 1.0))
     nan = float("nan")
-    reason = "" if n_valid >= POLYTOPE_MIN_VERTICES else (
-        f"{n_valid} of {n_all} vertices valid: a polytope needs {POLYTOPE_MIN_VERTICES}; "
-        + "; ".join(f"v{k}: {r}" for k, r in enumerate(check.reasons) if r)
-    )
-    if not reason:
-        gen = torch.Generator().manual_seed(sample.seed + row)
-        w = sample_weights(sample.n_samples, n_valid, sampler=sample.sampler, generator=gen)
-        samples = combine(w, good)
-        ev = evaluate(model, samples, target, device=device)
-        t_pre = preactivation(model, target.unsqueeze(0).to(device), layer).cpu()
-        s_rel = torch.cat([
-            feature_rel_error(preactivation(model, samples[i : i + 250].to(device), layer).cpu(), t_pre)
-            for i in range(0, len(samples), 250)
-        ])
-        full_w = np.zeros((len(w), n_all), dtype=np.float32)
-        full_w[:, valid.numpy()] = w.numpy()
-        sampled = {"sample_weights": full_w, "sample_pred": ev.sample_pred.numpy().astype(np.int64),
-                   "sample_prob": ev.sample_prob.numpy().astype(np.float32)}
-        success, samples_prob, samples_rel = ev.success_rate, ev.samples_top_prob, float(s_rel.max())
-    else:
-        sampled, success, samples_prob, samples_rel = {}, nan, nan, nan
+    reason = m.invalid_reason
+    sampled = {} if reason else {
+        "sample_weights": m.weights.numpy().astype(np.float32),  # type: ignore[union-attr]
+        "sample_pred": m.sample_pred.numpy().astype(np.int64),  # type: ignore[union-attr]
+        "sample_prob": m.sample_prob.numpy().astype(np.float32),  # type: ignore[union-attr]
+    }
     flags = []
     if attrs["model_source"].get("random"):
         flags.append("random-weights")
-    if float(t_prob.max()) < UNINFORMATIVE * 1 / len(t_prob):
+    if m.target_top_prob < UNINFORMATIVE / _n_classes(model, target, device):
         flags.append("uninformative-model")
     metrics: dict[str, Any] = {
         "experiment": experiment,
@@ -114,29 +93,29 @@ def _evaluate(
         "model": attrs["model"],
         "layer": layer,
         "n_vertices": n_all,
-        "n_samples": sample.n_samples if not reason else 0,
-        "success_rate": success,
-        "target_top_prob": float(t_prob.max()),
-        "samples_top_prob": samples_prob,
+        "n_samples": m.n_samples,
+        "success_rate": m.success_rate,
+        "target_top_prob": m.target_top_prob,
+        "samples_top_prob": m.samples_top_prob,
         "dataset_avg_distance": float(attrs["dataset_avg_distance"]),
-        "vertex_avg_distance": avg_pairwise_distance(good) * scale if n_valid >= 2 else nan,
-        "max_feature_rel_error": float(check.rel_error[valid].max()) if n_valid else nan,
+        "vertex_avg_distance": m.vertex_avg_distance * scale,
+        "max_feature_rel_error": m.max_feature_rel_error,
         "valid_vertices": n_valid,
         "converged": solver["converged"] if attrs["method"] != "exact" else None,
         "criterion": criterion.describe(),
         "invalid_reason": reason,
         "flags": ",".join(flags),
-        "max_feature_rel_error_all": float(check.rel_error[finite].max()) if bool(finite.any()) else nan,
-        "max_nonpositive": float(check.violation[valid].max()) if n_valid else nan,
-        "samples_max_feature_rel_error": samples_rel,
-        "vertices_in_target_class": int((v_pred[finite] == t_class).sum()),
-        "pushed_below_target": float((check.target_pushed - check.pushed)[valid].mean()) if n_valid else nan,
+        "max_feature_rel_error_all": float(poly.rel_error[finite].max()) if bool(finite.any()) else nan,
+        "max_nonpositive": float(poly.violation[valid].max()) if n_valid else nan,
+        "samples_max_feature_rel_error": m.samples_max_feature_rel_error,
+        "vertices_in_target_class": m.vertices_in_target_class,
+        "pushed_below_target": float((poly.target_pushed - poly.pushed)[valid].mean()) if n_valid else nan,
         "mean_distance_to_init": float(_distances(vertices, init)[valid].mean()) * scale if n_valid else nan,
         "mean_distance_to_target": float(_distances(vertices, target)[valid].mean()) * scale if n_valid else nan,
         **({"mean_distance_to_start": float(_distances(vertices, torch.from_numpy(arrays["start"]))[valid].mean())
             * scale if n_valid else nan} if "start" in arrays else {}),
         "sampler": sample.sampler,
-        "target_class": t_class,
+        "target_class": m.target_class,
         "pixel_scale": scale,
         "model_sha256": attrs["model_source"].get("sha256", ""),
         "random_weights": bool(attrs["model_source"].get("random", False)),
@@ -151,20 +130,25 @@ def _evaluate(
     metrics.update({k: attrs[k] for k in _PASS_THROUGH if k in attrs})
     per_vertex = {
         "vertex_valid": valid.numpy(),
-        "vertex_rel_error": check.rel_error.numpy(),
-        "vertex_violation": check.violation.numpy(),
-        "pushed_value": check.pushed.numpy(),
-        "target_pushed_value": check.target_pushed.numpy(),
+        "vertex_rel_error": poly.rel_error.numpy(),
+        "vertex_violation": poly.violation.numpy(),
+        "pushed_value": poly.pushed.numpy(),
+        "target_pushed_value": poly.target_pushed.numpy(),
         "distance_to_init": _distances(vertices, init).numpy(),
         "distance_to_target": _distances(vertices, target).numpy(),
     }
     write_row(
         results_root, experiment, row, {**per_vertex, **sampled},
-        {"target_class": t_class, "vertex_reasons": list(check.reasons), "push_margin_value": check.margin,
+        {"target_class": m.target_class, "vertex_reasons": list(poly.reasons), "push_margin_value": poly.margin,
          "metrics": metrics},
         keep_existing=True, drop=() if sampled else SAMPLE_ARRAYS,
     )
     return metrics
+
+
+def _n_classes(model: torch.nn.Module, target: torch.Tensor, device: str) -> int:
+    with torch.no_grad():
+        return int(model(target.unsqueeze(0).to(device)).shape[-1])
 
 
 def _distances(vertices: torch.Tensor, point: torch.Tensor) -> torch.Tensor:
@@ -174,14 +158,12 @@ def _distances(vertices: torch.Tensor, point: torch.Tensor) -> torch.Tensor:
 
 def evaluate_experiment_row(row: int, *, config: Any) -> dict[str, Any]:
     """:func:`evaluate_row` for an experiment config (its results root, name, sampler, device)."""
-    from collide.config import resolve_device
-
     return evaluate_row(config.results_root, config.name, row, sample=config.sample,
                         device=resolve_device(config.device))
 
 
 def write_experiment_outputs(*, config: Any) -> dict[str, Any]:
     """The experiment's table and figure, rebuilt from its Zarr store alone."""
-    from collide import tables
+    from collide.results import tables
 
     return tables.write_outputs(config.results_root, config.name)

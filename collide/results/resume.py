@@ -10,47 +10,21 @@ a row without a key, and the rerun redoes that stage: never a key without its re
 
 from __future__ import annotations
 
-import hashlib
-import json
 import threading
-from collections.abc import Iterable, Iterator, Mapping
+from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
-from functools import lru_cache
 from pathlib import Path
 from typing import Any
 
 import zarr
 
-from collide.store import list_rows, read_row, store_path, write_row
-
-
-@lru_cache(maxsize=1)
-def code_version() -> str:
-    """sha256 (16 hex) of every Python source of the ``collide`` package."""
-    digest = hashlib.sha256()
-    package = Path(__file__).parent
-    for path in sorted(package.rglob("*.py")):
-        digest.update(path.relative_to(package).as_posix().encode())
-        digest.update(path.read_bytes())
-    return digest.hexdigest()[:16]
+from collide._io import code_version, json_digest
+from collide.results.store import list_rows, read_row, store_path, write_row
 
 
 def stage_key(stage: str, inputs: Mapping[str, Any]) -> str:
     """The key of ``stage`` run on ``inputs`` (JSON-able) with this code."""
-    blob = json.dumps({"stage": stage, "code": code_version(), "inputs": inputs}, sort_keys=True, default=str)
-    return hashlib.sha256(blob.encode()).hexdigest()[:24]
-
-
-def file_digest(paths: Iterable[str | Path]) -> str:
-    """sha256 (16 hex) over the names and contents of ``paths``, in the order given."""
-    digest = hashlib.sha256()
-    for path in paths:
-        path = Path(path)
-        digest.update(path.name.encode())
-        with path.open("rb") as fh:
-            for block in iter(lambda: fh.read(1 << 20), b""):
-                digest.update(block)
-    return digest.hexdigest()[:16]
+    return json_digest({"stage": stage, "code": code_version(), "inputs": inputs}, 24)
 
 
 def row_keys(root: str | Path, experiment: str, row: int) -> dict[str, str]:

@@ -18,7 +18,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from collide.checksums import file_sha256
+from collide._io import file_sha256
 from collide.errors import CheckpointError
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)

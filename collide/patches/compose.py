@@ -163,3 +163,29 @@ def initial_logits(n_windows: int, n_candidates: int, *, own: float = 5.0) -> to
     logits = torch.zeros(n_windows, n_candidates)
     logits[:, 0] = own
     return logits
+
+
+@dataclass(frozen=True)
+class ComposedPatches:
+    """A composition as a solver parameterisation (:mod:`collide.solvers.param`): θ are
+    the logits, started at :func:`initial_logits`, decoded by :func:`compose`, with
+    ``tv_weight`` x :func:`weight_tv` as the extra loss."""
+
+    composition: Composition
+    own_logit: float = 5.0
+    tv_weight: float = 0.0
+
+    def initial(self, n: int) -> torch.Tensor:
+        g, k = self.composition.candidates.shape[:2]
+        return initial_logits(g, k, own=self.own_logit).expand(n, -1, -1).clone()
+
+    def on(self, device: str) -> ComposedPatches:
+        return ComposedPatches(self.composition.to(device), self.own_logit, self.tv_weight)
+
+    @property
+    def decode(self):  # type: ignore[no-untyped-def]
+        return lambda theta: compose(theta, self.composition)
+
+    @property
+    def regularizer(self):  # type: ignore[no-untyped-def]
+        return lambda theta: self.tv_weight * weight_tv(theta, self.composition)

@@ -1,0 +1,78 @@
+"""Files: the one atomic writer, the one set of hashing helpers, the code version.
+
+Every file collide writes goes through :func:`atomic_file` (or the row store's
+directory swap, which is built on the same rename), so a killed run leaves either the
+old file or the new one, never half of one. Every hash that names an input, a config or
+the code is made here, so two stages can never disagree about what "the same" means.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import tempfile
+from collections.abc import Iterable, Iterator
+from contextlib import contextmanager
+from functools import lru_cache
+from pathlib import Path
+from typing import Any
+
+
+@contextmanager
+def atomic_file(path: str | Path) -> Iterator[Path]:
+    """Yield a temporary path next to ``path``; rename it into place when the block ends
+    without an error, else remove it."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
+    os.close(fd)
+    try:
+        yield Path(tmp)
+        os.replace(tmp, path)
+    finally:
+        Path(tmp).unlink(missing_ok=True)
+
+
+def atomic_write_bytes(path: str | Path, payload: bytes) -> Path:
+    with atomic_file(path) as tmp:
+        tmp.write_bytes(payload)
+    return Path(path)
+
+
+def file_sha256(path: str | Path) -> str:
+    """sha256 of a file's bytes, read in blocks (the full 64 hex: checkpoints and weights record it)."""
+    h = hashlib.sha256()
+    with open(path, "rb") as fh:
+        for block in iter(lambda: fh.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()
+
+
+def file_digest(paths: Iterable[str | Path]) -> str:
+    """sha256 (16 hex) over the names and contents of ``paths``, in the order given."""
+    digest = hashlib.sha256()
+    for path in paths:
+        path = Path(path)
+        digest.update(path.name.encode())
+        with path.open("rb") as fh:
+            for block in iter(lambda: fh.read(1 << 20), b""):
+                digest.update(block)
+    return digest.hexdigest()[:16]
+
+
+def json_digest(value: Any, length: int = 16) -> str:
+    """sha256 (``length`` hex) of ``value`` as canonical JSON (sorted keys; other types by ``str``)."""
+    blob = json.dumps(value, sort_keys=True, default=str)
+    return hashlib.sha256(blob.encode()).hexdigest()[:length]
+
+
+@lru_cache(maxsize=1)
+def code_version() -> str:
+    """sha256 (16 hex) of every Python source of the ``collide`` package."""
+    digest = hashlib.sha256()
+    package = Path(__file__).parent
+    for path in sorted(package.rglob("*.py")):
+        digest.update(path.relative_to(package).as_posix().encode())
+        digest.update(path.read_bytes())
+    return digest.hexdigest()[:16]

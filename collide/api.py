@@ -1,0 +1,301 @@
+"""The public API: a colliding polytope for any model, in memory, and its measures.
+
+    poly = collide.find_polytope(model, "relu1", image, n_vertices=5)
+    m = collide.measure(model, "relu1", poly)
+
+Every experiment, benchmark and table goes through these two functions: the stored
+rows are :class:`Polytope` and :class:`Measurement` written down. Neither touches the
+caller's model (solvers and checks work on copies) nor any global torch setting
+(float32 matmuls run without TF32 inside and are restored after).
+"""
+
+from __future__ import annotations
+
+import copy
+from collections.abc import Callable
+from dataclasses import dataclass, field, replace
+from typing import Any, Literal
+
+import numpy as np
+import torch
+from torch import nn
+
+from collide.config import METHODS, PAPER_TUNED_LR, SAMPLERS, ExactConfig, GradientConfig, PaperConfig
+from collide.errors import ConfigError, DataError
+from collide.objective import feature_rel_error, nonpositive_units
+from collide.polytope import avg_pairwise_distance, combine, evaluate, sample_weights
+from collide.precision import full_precision
+from collide.solvers.exact import OPTIMAL, solve_exact
+from collide.solvers.gradient import check_inputs, solve_gradient
+from collide.solvers.paper import solve_paper
+from collide.solvers.param import Parameterisation, Pixels
+from collide.taps import eval_mode, preactivation, resolve_layer
+from collide.validity import POLYTOPE_MIN_VERTICES, Criterion, check_vertices, criterion_for
+
+Method = Literal["gradient", "exact", "paper"]
+Sampler = Literal["stick", "dirichlet"]
+SolverConfig = GradientConfig | ExactConfig | PaperConfig
+_CONFIGS: dict[str, type] = {"gradient": GradientConfig, "exact": ExactConfig, "paper": PaperConfig}
+
+
+@dataclass(frozen=True, kw_only=True)
+class Polytope:
+    """Vertices that share the target's features at ``layer``, each checked in float64.
+
+    ``valid[k]``: vertex k meets ``criterion`` (``reasons[k]`` says why not). Only valid
+    vertices span the polytope that :func:`measure` samples.
+
+    Shapes:
+        vertices: (V, *input) float32; target, init: (*input);
+        units, valid, rel_error, violation, pushed, target_pushed: (V,);
+        params: (V, *θ), what the solver optimised (the vertices, for pixels)
+    """
+
+    vertices: torch.Tensor
+    valid: torch.Tensor
+    target: torch.Tensor
+    init: torch.Tensor
+    layer: str
+    method: str
+    units: torch.Tensor
+    criterion: Criterion
+    rel_error: torch.Tensor
+    violation: torch.Tensor
+    pushed: torch.Tensor
+    target_pushed: torch.Tensor
+    margin: float
+    reasons: tuple[str, ...]
+    solver: dict[str, Any] = field(default_factory=dict)
+    params: torch.Tensor | None = None
+
+    @property
+    def n_valid(self) -> int:
+        return int(self.valid.sum())
+
+    @property
+    def outcomes(self) -> tuple[str, ...]:
+        return tuple(self.solver.get("outcomes", ()))
+
+
+@dataclass(frozen=True, kw_only=True)
+class Measurement:
+    """How the model sees ``n_samples`` points of a polytope (paper Tables 2, 4, 6).
+
+    With fewer than two valid vertices there is no polytope: ``success_rate``, the
+    sample columns and ``vertex_avg_distance`` are NaN and ``invalid_reason`` says why.
+    Distances are L2 in the model's input units.
+
+    Shapes:
+        weights: (S, V) over all vertices (zero on invalid ones); sample_pred, sample_prob: (S,)
+    """
+
+    success_rate: float
+    target_class: int
+    target_top_prob: float
+    samples_top_prob: float
+    vertex_avg_distance: float
+    max_feature_rel_error: float
+    samples_max_feature_rel_error: float
+    n_valid: int
+    n_samples: int
+    invalid_reason: str
+    vertices_in_target_class: int
+    weights: torch.Tensor | None = None
+    sample_pred: torch.Tensor | None = None
+    sample_prob: torch.Tensor | None = None
+
+
+def _solver_config(method: str, config: SolverConfig | None, bounds: tuple[float, float] | None) -> SolverConfig:
+    if method not in METHODS:
+        raise ConfigError(f"unknown method {method!r}: expected one of {METHODS}")
+    kind = _CONFIGS[method]
+    if config is None:
+        config = kind()
+    elif not isinstance(config, kind):
+        raise ConfigError(f"method {method!r} takes a {kind.__name__}, got a {type(config).__name__}")
+    if bounds is not None:
+        lower, upper = bounds
+        config = replace(config, lower=float(lower), upper=float(upper))
+    if isinstance(config, PaperConfig) and config.lr is None:
+        raise ConfigError("the paper's scheme needs a learning rate for your model: pass config=PaperConfig(lr=...) "
+                          f"(tuned for the zoo: {PAPER_TUNED_LR}; benchmarks/solver.py tunes one)")
+    return config
+
+
+def _one_input(x: torch.Tensor, what: str) -> torch.Tensor:
+    if not isinstance(x, torch.Tensor):
+        raise DataError(f"{what} must be a torch.Tensor, got {type(x).__name__}")
+    if x.ndim == 0:
+        raise DataError(f"{what} must be one input without a batch dimension, got a scalar")
+    return x.detach().to("cpu", torch.float32)
+
+
+def find_polytope(
+    model: nn.Module,
+    layer: str,
+    target: torch.Tensor,
+    *,
+    init: torch.Tensor | None = None,
+    n_vertices: int = 5,
+    method: Method = "gradient",
+    device: str = "cpu",
+    config: SolverConfig | None = None,
+    bounds: tuple[float, float] | None = None,
+    units: torch.Tensor | None = None,
+    param: Parameterisation | None = None,
+    progress: Callable[[int, int, int], None] | None = None,
+) -> Polytope:
+    """Find ``n_vertices`` inputs whose features at ``layer`` are the target's.
+
+    Vertex k pushes the target's k-th most negative pre-activation at ``layer`` as low
+    as the collision allows (paper §2), from ``init`` (default: the target itself).
+
+    Args:
+        model: any ``nn.Module`` that maps a batch of inputs to logits; copied, never changed.
+        layer: a ReLU of ``model``, by module name (``features.3``) or alias (``relu1``);
+            an unknown name lists the usable ones.
+        target: one input, no batch dimension, in the input range (``bounds``; default
+            the solver config's ``[lower, upper]``, ``[0, 1]``).
+        init: where the optimisation starts (same shape as ``target``).
+        method: ``gradient`` (default; :class:`GradientConfig`), ``exact`` (a linear
+            program per vertex; :class:`ExactConfig`) or ``paper`` (the authors'
+            scheme; :class:`PaperConfig`, with ``lr`` set for a model of your own).
+        device: where the solver runs (``cpu``, ``cuda``).
+        config: the method's solver config; its defaults when None.
+        units: the unit each vertex pushes (V,); default the target's most negative.
+        param: what the gradient solver optimises (default the pixels, from ``init``);
+            e.g. :class:`collide.patches.compose.ComposedPatches`.
+        progress: ``progress(step, total, stopped)`` while the gradient solvers run.
+
+    Raises:
+        LayerError: ``layer`` is not a ReLU of ``model``.
+        DataError: the target or init is not one finite input in range.
+        ConfigError: a config of another method, or the paper's scheme without a rate.
+    """
+    cfg = _solver_config(method, config, bounds)
+    layer = resolve_layer(model, layer)
+    target = _one_input(target, "target")
+    init = target if init is None else _one_input(init, "init")
+    if init.shape != target.shape:
+        raise DataError(f"init has shape {tuple(init.shape)}, the target {tuple(target.shape)}: they must match")
+    check_inputs(target, "the target", cfg.lower, cfg.upper)
+    if param is not None and method != "gradient":
+        raise ConfigError(f"a parameterisation other than pixels needs method='gradient', got {method!r}")
+    with full_precision(), torch.no_grad(), eval_mode(model):
+        try:
+            target_pre = preactivation(model, target.unsqueeze(0), layer)[0]
+        except RuntimeError as exc:
+            raise DataError(f"the model cannot take the target of shape {tuple(target.shape)} as one input "
+                            f"(pass it without a batch dimension): {exc}") from exc
+    if units is None:
+        units = nonpositive_units(target_pre, n_vertices)
+    units = torch.as_tensor(units).long().flatten()
+    v = len(units)
+    with full_precision():
+        if method == "exact":
+            ex = solve_exact(model, layer, target, init, units, config=cfg)  # type: ignore[arg-type]
+            vertices, params = ex.vertices, None
+            solver = {"seconds": ex.seconds, "converged": all(o == OPTIMAL for o in ex.outcomes),
+                      "outcomes": list(ex.outcomes), "input_dim": ex.input_dim, "n_positive": ex.n_positive,
+                      "rank_positive": ex.rank_positive, "dim_upper_bound": ex.dim_upper_bound}
+        else:
+            p = param if param is not None else Pixels(init)
+            problem = (model, layer, target_pre.expand(v, -1), p.initial(v), units)
+            if method == "gradient":
+                dev = p.on(device)
+                result = solve_gradient(*problem, config=cfg, device=device, progress=progress,  # type: ignore[arg-type]
+                                        decode=dev.decode, regularizer=dev.regularizer)
+            else:
+                result = solve_paper(*problem, config=cfg, device=device, progress=progress)  # type: ignore[arg-type]
+            vertices, params, solver = result.vertices, result.params, result.summary()
+            if param is not None:
+                with torch.no_grad():
+                    init = p.decode(p.initial(1))[0].float()  # type: ignore[misc]
+    return check_polytope(model, layer, vertices, target, init, units, method=method,
+                          criterion=criterion_for(method, cfg), solver=solver, params=params, device=device)
+
+
+def check_polytope(
+    model: nn.Module, layer: str, vertices: torch.Tensor, target: torch.Tensor, init: torch.Tensor,
+    units: torch.Tensor, *, method: str, criterion: Criterion, solver: dict[str, Any] | None = None,
+    params: torch.Tensor | None = None, device: str = "cpu",
+) -> Polytope:
+    """Vertices found elsewhere (a store, another tool) held to ``criterion`` in float64."""
+    solver = dict(solver or {})
+    check = check_vertices(model, layer, vertices, target, units, criterion,
+                           outcomes=solver.get("outcomes"), device=device)
+    return Polytope(
+        vertices=vertices, valid=check.valid, target=target, init=init, layer=layer, method=method,
+        units=units, criterion=criterion, rel_error=check.rel_error, violation=check.violation,
+        pushed=check.pushed, target_pushed=check.target_pushed, margin=check.margin, reasons=check.reasons,
+        solver=solver, params=params,
+    )
+
+
+@torch.no_grad()
+def measure(
+    model: nn.Module,
+    layer: str,
+    poly: Polytope,
+    *,
+    n_samples: int = 2000,
+    sampler: Sampler = "stick",
+    seed: int = 0,
+    device: str = "cpu",
+) -> Measurement:
+    """Sample ``n_samples`` convex combinations of the valid vertices and classify them.
+
+    ``success_rate`` is the share of samples the model gives the target's top class;
+    ``samples_max_feature_rel_error`` the largest relative feature error among them.
+    The draw is ``sampler`` (``stick``: the authors' stick-breaking; ``dirichlet``)
+    from a generator seeded with ``seed``: the same seed, the same samples.
+    """
+    if sampler not in SAMPLERS:
+        raise ConfigError(f"unknown sampler {sampler!r}: expected one of {SAMPLERS}")
+    if n_samples < 1:
+        raise ConfigError(f"expected n_samples >= 1, got {n_samples}")
+    layer = resolve_layer(model, layer)
+    with full_precision():
+        net = copy.deepcopy(model).to(device).eval()  # the caller's model keeps its device and mode
+        vertices, target, valid = poly.vertices, poly.target, poly.valid
+        good = vertices[valid]
+        n_valid, n_all = int(valid.sum()), len(vertices)
+        t_prob = torch.softmax(net(target.unsqueeze(0).to(device))[0], -1)
+        t_class = int(t_prob.argmax())
+        finite = torch.isfinite(vertices.flatten(1)).all(1)
+        v_pred = net(torch.nan_to_num(vertices).to(device)).argmax(-1).cpu()
+        nan = float("nan")
+        reason = "" if n_valid >= POLYTOPE_MIN_VERTICES else (
+            f"{n_valid} of {n_all} vertices valid: a polytope needs {POLYTOPE_MIN_VERTICES}; "
+            + "; ".join(f"v{k}: {r}" for k, r in enumerate(poly.reasons) if r)
+        )
+        common = {
+            "target_class": t_class, "target_top_prob": float(t_prob.max()), "n_valid": n_valid,
+            "invalid_reason": reason, "vertices_in_target_class": int((v_pred[finite] == t_class).sum()),
+            "vertex_avg_distance": avg_pairwise_distance(good) if n_valid >= 2 else nan,
+            "max_feature_rel_error": float(poly.rel_error[valid].max()) if n_valid else nan,
+        }
+        if reason:
+            return Measurement(success_rate=nan, samples_top_prob=nan, samples_max_feature_rel_error=nan,
+                               n_samples=0, **common)
+        gen = torch.Generator().manual_seed(seed)
+        w = sample_weights(n_samples, n_valid, sampler=sampler, generator=gen)
+        samples = combine(w, good)
+        ev = evaluate(net, samples, target, device=device)
+        t_pre = preactivation(net, target.unsqueeze(0).to(device), layer).cpu()
+        s_rel = torch.cat([
+            feature_rel_error(preactivation(net, samples[i : i + 250].to(device), layer).cpu(), t_pre)
+            for i in range(0, len(samples), 250)
+        ])
+    full_w = torch.zeros(len(w), n_all, dtype=torch.float64)
+    full_w[:, valid] = w
+    return Measurement(
+        success_rate=ev.success_rate, samples_top_prob=ev.samples_top_prob,
+        samples_max_feature_rel_error=float(s_rel.max()), n_samples=n_samples,
+        weights=full_w, sample_pred=ev.sample_pred, sample_prob=ev.sample_prob, **common,
+    )
+
+
+def distances(points: torch.Tensor, to: torch.Tensor) -> np.ndarray:
+    """L2 distance of each point to ``to`` in float64. (V, *input), (*input) -> (V,)"""
+    return (points.double() - to.double()).flatten(1).norm(dim=1).numpy()

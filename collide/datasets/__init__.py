@@ -1,0 +1,1 @@
+"""Datasets: MNIST (IDX files, fetched offline-first) and ImageNet-style image folders."""

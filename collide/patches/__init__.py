@@ -1,0 +1,1 @@
+"""Patches: extraction into Zarr with Dask, kNN search over them, and compositions of them."""

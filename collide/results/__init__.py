@@ -1,0 +1,1 @@
+"""Results: the Zarr store and its stage keys, evaluation, tables, figures, report and verify."""

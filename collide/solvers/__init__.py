@@ -1,0 +1,1 @@
+"""Vertex solvers: the gradient solver, the authors' scheme, the exact LP."""
