@@ -19,9 +19,10 @@ from typing import Any
 import numpy as np
 import torch
 
-from collide.config import MnistExperiment, TrainConfig
+from collide.config import TrainConfig
 from collide.datasets.mnist import ensure_mnist, load_mnist
-from collide.experiments.mnist import pick_examples, prepare_data, train_model
+from collide.experiments import mnist
+from collide.experiments.mnist import MnistExperiment
 from collide.models.zoo import load_checkpoint
 from collide.objective import nonpositive_units
 from collide.taps import preactivation
@@ -49,9 +50,7 @@ def experiment(arch: str) -> MnistExperiment:
 
 def checkpoint(arch: str) -> str:
     """The trained classifier's checkpoint; MNIST is fetched and the model trained if missing."""
-    config = experiment(arch)
-    prepare_data(config=config)
-    return train_model(config=config)["checkpoint"]
+    return mnist.prepare(config=experiment(arch))["checkpoint"]
 
 
 def collision_problem(arch: str) -> dict[str, Any]:
@@ -62,9 +61,9 @@ def collision_problem(arch: str) -> dict[str, Any]:
     and the ``N_VERTICES`` pushed units, in the authors' order.
     """
     config = experiment(arch)
-    path = checkpoint(arch)
-    model, _ = load_checkpoint(path)
-    examples = pick_examples(path, config=config)
+    context = mnist.prepare(config=config)
+    model, _ = load_checkpoint(context["checkpoint"])
+    [examples] = context["targets"]
     images = load_mnist(config.data_root, "test").images
     target, other = images[examples["target_index"]], images[examples["other_index"]]
     with torch.no_grad():

@@ -33,7 +33,7 @@ N_EXACT = 2048
 # Exact search: queries per pass. Its merge holds (block, 65536) distances and ids, about
 # 12 bytes each: 1024 keeps that near 0.8 GB.
 QUERY_BLOCK = 1024
-CONFIG = KnnConfig(k=K)
+CONFIG = KnnConfig(k=K, method="pynndescent")
 
 
 def corpus(n: int) -> np.ndarray:

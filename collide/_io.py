@@ -25,7 +25,8 @@ def atomic_file(path: str | Path) -> Iterator[Path]:
     without an error, else remove it."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
+    # The temporary keeps the suffix: writers that pick a format by it (savefig) still can.
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.stem}-", suffix=path.suffix)
     os.close(fd)
     try:
         yield Path(tmp)

@@ -14,13 +14,13 @@ from __future__ import annotations
 import copy
 from collections.abc import Callable
 from dataclasses import dataclass, field, replace
-from typing import Any, Literal
+from typing import Any
 
 import numpy as np
 import torch
 from torch import nn
 
-from collide.config import METHODS, PAPER_TUNED_LR, SAMPLERS, ExactConfig, GradientConfig, PaperConfig
+from collide.config import METHODS, PAPER_TUNED_LR, SAMPLERS, ExactConfig, GradientConfig, Method, PaperConfig, Sampler
 from collide.errors import ConfigError, DataError
 from collide.objective import feature_rel_error, nonpositive_units
 from collide.polytope import avg_pairwise_distance, combine, evaluate, sample_weights
@@ -32,8 +32,6 @@ from collide.solvers.param import Parameterisation, Pixels
 from collide.taps import eval_mode, preactivation, resolve_layer
 from collide.validity import POLYTOPE_MIN_VERTICES, Criterion, check_vertices, criterion_for
 
-Method = Literal["gradient", "exact", "paper"]
-Sampler = Literal["stick", "dirichlet"]
 SolverConfig = GradientConfig | ExactConfig | PaperConfig
 _CONFIGS: dict[str, type] = {"gradient": GradientConfig, "exact": ExactConfig, "paper": PaperConfig}
 

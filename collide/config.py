@@ -14,18 +14,26 @@ import json
 import math
 import types
 import typing
-from dataclasses import dataclass, field
-from pathlib import Path
-from typing import Any, ClassVar, Self
+from dataclasses import dataclass
+from typing import Any, ClassVar, Literal, Self
 
 from collide._io import json_digest
 from collide.errors import ConfigError
 
-ARCHITECTURES = ("mlp", "lenet5")
-LOSSES = ("paper", "penalty")
-METHODS = ("gradient", "exact", "paper")
-INITS = ("target", "other")
-SAMPLERS = ("stick", "dirichlet")
+# Each choice is one Literal type: configs are annotated with it (so ``from_dict`` refuses
+# anything else by name) and the tuple of its values is what code iterates over.
+Architecture = Literal["mlp", "lenet5"]
+Loss = Literal["paper", "penalty"]
+Method = Literal["gradient", "exact", "paper"]
+Init = Literal["target", "other"]
+Sampler = Literal["stick", "dirichlet"]
+KnnMethod = Literal["auto", "exact", "pynndescent"]
+ARCHITECTURES: tuple[str, ...] = typing.get_args(Architecture)
+LOSSES: tuple[str, ...] = typing.get_args(Loss)
+METHODS: tuple[str, ...] = typing.get_args(Method)
+INITS: tuple[str, ...] = typing.get_args(Init)
+SAMPLERS: tuple[str, ...] = typing.get_args(Sampler)
+KNN_METHODS: tuple[str, ...] = typing.get_args(KnnMethod)
 
 
 def _require(ok: bool, message: str) -> None:
@@ -59,7 +67,7 @@ class TrainConfig:
     that misses it is an error, not a silent weaker reproduction.
     """
 
-    arch: str = "mlp"
+    arch: Architecture = "mlp"
     epochs: int = 8
     batch_size: int = 128
     lr: float = 1e-3
@@ -102,12 +110,14 @@ class GradientConfig:
     (checked from ``min_steps`` on). Once an iterate meets it, the solver keeps
     optimising and keeps the feasible iterate with the lowest pushed unit; a vertex stops
     when that value has not improved by ``plateau_tol`` (relative) over ``plateau_window``
-    steps, or at ``max_steps``. A vertex is *valid* when it meets the criterion and its
-    pushed unit ends at least ``push_margin`` x max|ỹᵗ| below the target's: a vertex
-    that did not move is no vertex.
+    steps, or at ``max_steps``. With ``stall_window`` > 0 a vertex that has not met the
+    criterion also stops once its feature error has not fallen by ``plateau_tol``
+    (relative) for that many steps: it will not meet it (outcome ``stalled``). A vertex
+    is *valid* when it meets the criterion and its pushed unit ends at least
+    ``push_margin`` x max|ỹᵗ| below the target's: a vertex that did not move is no vertex.
     """
 
-    loss: str = "penalty"
+    loss: Loss = "penalty"
     alpha: float = 1.0
     beta: float = 1.0
     others_weight: float = 0.0
@@ -121,6 +131,7 @@ class GradientConfig:
     neg_tol: float = 1e-2
     plateau_window: int = 200
     plateau_tol: float = 1e-3
+    stall_window: int = 0
     push_margin: float = 1e-2
     lower: float = 0.0
     upper: float = 1.0
@@ -128,6 +139,7 @@ class GradientConfig:
     def __post_init__(self) -> None:
         _choice("loss", self.loss, LOSSES)
         _require(self.plateau_window >= 1, f"expected plateau_window >= 1, got {self.plateau_window}")
+        _require(self.stall_window >= 0, f"expected stall_window >= 0, got {self.stall_window}")
         _non_negative("plateau_tol", self.plateau_tol)
         _non_negative("push_margin", self.push_margin)
         for name in ("alpha", "beta", "lr", "lr_end", "rel_tol"):
@@ -249,7 +261,7 @@ class SampleConfig:
     """How points are drawn from a polytope: convex combinations of its vertices."""
 
     n_samples: int = 2000
-    sampler: str = "stick"
+    sampler: Sampler = "stick"
     seed: int = 0
     n_dataset_pairs: int = 2000
 
@@ -263,8 +275,8 @@ class SampleConfig:
 class RowSpec:
     """One polytope of a table: how its vertices are found and where they start."""
 
-    method: str
-    init: str
+    method: Method
+    init: Init
 
     def __post_init__(self) -> None:
         _choice("method", self.method, METHODS)
@@ -474,82 +486,6 @@ def _checked(value: Any, hint: Any, path: str) -> Any:
         raise ConfigError(f"{path}: expected a mapping, got {_shown(value)}")
     return value
 
-@dataclass(frozen=True)
-class MnistExperiment(_Experiment):
-    """The MNIST experiment of paper §3.1 (Tables 1-2), with the exact rows added.
-
-    ``target_label`` picks the first test image of that label that the model classifies
-    correctly; ``init="other"`` rows start from the first test image of another label.
-
-    ``targets_per_class`` > 0 replaces that single target by the first that many correctly
-    classified test images of every class; target ``k`` owns rows ``k*len(rows)`` to
-    ``(k+1)*len(rows) - 1``, each polytope job writes its own. ``threads`` is torch's CPU
-    thread count inside a job: results are the same bit for bit wherever a job runs (a
-    Dask worker, a thread, plain Python) only for the same count.
-    """
-
-    name: str = "mnist"
-    layer: str = "relu1"
-    n_vertices: int = 5
-    target_label: int = 7
-    rows: tuple[RowSpec, ...] = DEFAULT_ROWS
-    seed: int = 0
-    data_root: str = "data/raw/mnist"
-    checkpoint_dir: str = "data/checkpoints"
-    results_root: str = "data/results"
-    device: str = "auto"
-    allow_download: bool = True
-    train: TrainConfig = field(default_factory=TrainConfig)
-    gradient: GradientConfig = field(default_factory=GradientConfig)
-    exact: ExactConfig = field(default_factory=ExactConfig)
-    paper: PaperConfig = field(default_factory=PaperConfig)
-    sample: SampleConfig = field(default_factory=SampleConfig)
-    targets_per_class: int = 0
-    threads: int = 1
-
-    _nested: ClassVar[dict[str, type]] = {
-        "train": TrainConfig, "gradient": GradientConfig, "exact": ExactConfig, "paper": PaperConfig,
-        "sample": SampleConfig,
-    }
-
-    def __post_init__(self) -> None:
-        self._check_common()
-        _require(
-            all(isinstance(r, RowSpec) for r in self.rows),
-            f"expected rows to be RowSpec values, got {self.rows!r}",
-        )
-        _require(self.targets_per_class >= 0, f"expected targets_per_class >= 0, got {self.targets_per_class}")
-        _require(self.threads >= 1, f"expected threads >= 1, got {self.threads}")
-
-    @property
-    def n_targets(self) -> int:
-        """One target (``target_label``'s), or ``targets_per_class`` of each of the 10 classes."""
-        return 1 if self.targets_per_class == 0 else 10 * self.targets_per_class
-
-    @property
-    def n_rows(self) -> int:
-        return self.n_targets * len(self.rows)
-
-    def row_spec(self, row: int) -> RowSpec:
-        """How row ``row`` is found: every target repeats ``rows`` in order."""
-        _require(0 <= row < self.n_rows, f"expected row in 0..{self.n_rows - 1}, got {row}")
-        return self.rows[row % len(self.rows)]
-
-    @classmethod
-    def _rows(cls, rows: Any) -> tuple[Any, ...]:
-        return tuple(r if isinstance(r, RowSpec) else RowSpec(**r) for r in rows)
-
-    def with_paths(self, root: str | Path) -> MnistExperiment:
-        """The same experiment with data, checkpoints and results under ``root``."""
-        root = Path(root)
-        return dataclasses.replace(
-            self,
-            data_root=str(root / "raw" / "mnist"),
-            checkpoint_dir=str(root / "checkpoints"),
-            results_root=str(root / "results"),
-        )
-
-
 def resolve_device(device: str) -> str:
     """``auto`` becomes ``cuda`` when a GPU is visible, else ``cpu``."""
     if device != "auto":
@@ -587,6 +523,13 @@ class KnnConfig:
     ``n_components`` > 0 indexes a PCA projection; answers are re-ranked with exact
     distances in the full space. ``shards`` > 1 builds one index per slice of the store
     and merges their answers.
+
+    ``method="auto"`` searches exactly (brute force, same answers format) when the store
+    holds fewer than ``exact_below`` patches, else builds the pynndescent index: for a
+    small store, exact search of a few images' windows takes milliseconds, while the
+    index's first build in a process pays numba's compile (about a minute on 2 cores;
+    benchmarks/results.md, kNN: exact search of one image's windows stays below the
+    index's build time up to 1e6 patches).
     """
 
     k: int = 10
@@ -596,8 +539,12 @@ class KnnConfig:
     rerank: int = 3
     epsilon: float = 0.3
     seed: int = 0
+    method: KnnMethod = "auto"
+    exact_below: int = 100_000
 
     def __post_init__(self) -> None:
+        _choice("method", self.method, KNN_METHODS)
+        _require(self.exact_below >= 0, f"expected exact_below >= 0, got {self.exact_below}")
         _require(self.k >= 1, f"expected k >= 1, got {self.k}")
         _non_negative("epsilon", self.epsilon)
         _require(self.n_neighbors >= 2, f"expected n_neighbors >= 2, got {self.n_neighbors}")
@@ -606,126 +553,23 @@ class KnnConfig:
         _require(self.rerank >= 1, f"expected rerank >= 1, got {self.rerank}")
 
 
-PATCH_ROWS = ("self", "other")
-
-# Logits move in softmax units, so the solver takes larger steps than in pixel space.
-PATCH_GRADIENT = GradientConfig(lr=0.1, lr_end=1e-3, max_steps=1500, growth=1.01, min_steps=50)
-
-
-@dataclass(frozen=True)
-class PatchExperiment(_Experiment):
-    """Patch-composition collisions (paper §4, Tables 5-6), embedded on MNIST + LeNet-5.
-
-    The start image is the first correctly classified test image of ``target_label``.
-    Row ``self`` makes compositions of its neighbours' patches collide with the start
-    image itself; row ``other`` with the first test image of another label (the paper's
-    church -> cleaver). Collisions are sought at ``layer`` (LeNet-5's first fully
-    connected layer: the analogue of VGG's fc6).
-
-    ``candidates_from="start"`` (the default, the paper's candidate set): each window's
-    candidates are the start image's own patch and its ``knn.k`` nearest store patches,
-    for both rows. On MNIST this ``other`` row finds no collision, and says so: a 7's
-    patches and their neighbours hold none of a 2's strokes (per window, the best single
-    candidate is hardly nearer the 2's window than the 7's own patch), so the solver's
-    best composition stays a 7 (p 0.9998) at relative feature error 0.97, 1.5 from the
-    start and 11.0 from the target (11.3 apart): no vertex is valid and the success rate
-    is NaN (LeNet-5 at fc1, k=10, 8x8 patches at stride 4; measured for issue 8).
-
-    ``"start+target-neighbours"`` (a labelled variant, not the paper's) gives the
-    ``other`` row also the ``knn.k`` nearest store patches of each of the target's
-    windows, leaving out the target's own patches and every store patch byte-identical
-    to one of them: with those, one-hot weights would rebuild the target and the
-    collision would be reachable by construction. The row's ``target_weight_share``
-    says how much of the composition the target-derived candidates carry: in the same
-    setting 0.97, with vertices 1.3 from the 2 at feature error <= 1e-2. Near-copies of
-    the target's patches still rebuild it closely; read that row as such, not as the
-    paper's result.
-
-    ``tv_weight`` weighs the total variation of the weight maps. The authors' 100 (beside
-    β = 10) is for their scale; here 0.01 held the compositions so close to the start
-    that on the ``self`` row 3 of 5 vertices moved their pushed unit by less than 0.04
-    (0.01 x max|ỹᵗ| is needed to count), while 0.001 leaves 4 of 5 valid and the vertices
-    0.8 apart (measured for issue 8).
-
-    ``dataset="folder"`` runs the paper's setting instead: images of ``image_root`` (an
-    ImageNet-style folder) at ``image_size``, VGG-16 with ``weights`` (see
-    :class:`ImagenetExperiment`), ``layer="fc6"``; the start is the first image of the
-    first class and the other target the first image of another class.
-    """
-
-    name: str = "patches"
-    layer: str = "fc1"
-    n_vertices: int = 5
-    target_label: int = 7
-    rows: tuple[str, ...] = PATCH_ROWS
-    tv_weight: float = 0.001
-    own_logit: float = 5.0
-    candidates_from: str = "start"
-    dataset: str = "mnist"
-    image_root: str = "data/raw/imagenet"
-    image_size: int = 224
-    weights: str = "torchvision"
-    n_dataset_images: int = 200
-    data_root: str = "data/raw/mnist"
-    checkpoint_dir: str = "data/checkpoints"
-    cache_root: str = "data/cache"
-    results_root: str = "data/results"
-    device: str = "auto"
-    allow_download: bool = True
-    train: TrainConfig = field(default_factory=lambda: TrainConfig(arch="lenet5", epochs=4, min_accuracy=0.98))
-    patch: PatchConfig = field(default_factory=PatchConfig)
-    knn: KnnConfig = field(default_factory=KnnConfig)
-    gradient: GradientConfig = PATCH_GRADIENT
-    sample: SampleConfig = field(default_factory=SampleConfig)
-
-    CANDIDATE_SETS: ClassVar[tuple[str, ...]] = ("start", "start+target-neighbours")
-    _nested: ClassVar[dict[str, type]] = {
-        "train": TrainConfig, "gradient": GradientConfig, "patch": PatchConfig, "knn": KnnConfig,
-        "sample": SampleConfig,
-    }
-
-    def __post_init__(self) -> None:
-        self._check_common()
-        _require(all(r in PATCH_ROWS for r in self.rows), f"expected rows from {PATCH_ROWS}, got {self.rows!r}")
-        _non_negative("tv_weight", self.tv_weight)
-        _choice("candidates_from", self.candidates_from, self.CANDIDATE_SETS)
-        _choice("dataset", self.dataset, ("mnist", "folder"))
-        _require(self.image_size >= 32, f"expected image_size >= 32, got {self.image_size}")
-
-
-@dataclass(frozen=True)
-class ImagenetExperiment(_Experiment):
-    """VGG-16 collisions at the fc6 pre-activation in pixel space (paper §3.2, Tables 3-4).
-
-    ``image_root`` is an ImageNet-style folder (one subfolder per class). The target is
-    ``target`` (a path inside it) or the first image of the first class; ``init="other"``
-    rows start from the first image of another class. ``weights`` is ``torchvision``
-    (IMAGENET1K_V1, downloaded or cached), a local file, or ``random`` (explicit only).
-    Distances are L2 in [0, 1] pixel units, as for every experiment (the paper's are
-    0-255: divide them by 255 to compare).
-    """
-
-    name: str = "imagenet"
-    layer: str = "fc6"
-    n_vertices: int = 5
-    target_label: int = 0
-    rows: tuple[str, ...] = ("other",)
-    image_root: str = "data/raw/imagenet"
-    target: str = ""
-    image_size: int = 224
-    weights: str = "torchvision"
-    seed: int = 0
-    n_dataset_images: int = 200
-    results_root: str = "data/results"
-    device: str = "auto"
-    gradient: GradientConfig = field(default_factory=GradientConfig)
-    sample: SampleConfig = field(default_factory=SampleConfig)
-
-    _nested: ClassVar[dict[str, type]] = {"gradient": GradientConfig, "sample": SampleConfig}
-
-    def __post_init__(self) -> None:
-        self._check_common()
-        _require(all(r in INITS for r in self.rows), f"expected rows from {INITS}, got {self.rows!r}")
-        _require(self.image_size >= 32, f"expected image_size >= 32 (VGG-16 pools 5 times), got {self.image_size}")
-        _require(bool(self.weights), "expected weights: 'torchvision', a file path, or 'random'")
-        _require(self.n_dataset_images >= 2, f"expected n_dataset_images >= 2, got {self.n_dataset_images}")
+def config_keys(config: Any, prefix: str = "") -> list[tuple[str, str, Any]]:
+    """Every key ``--set`` accepts for ``config`` (an instance: its values are the defaults
+    shown): (dotted key, type, value). Nested configs are walked into."""
+    out: list[tuple[str, str, Any]] = []
+    hints = _hints(type(config))
+    for f in dataclasses.fields(config):
+        if not f.init:
+            continue
+        hint, value = hints[f.name], getattr(config, f.name)
+        if isinstance(hint, type) and dataclasses.is_dataclass(hint):
+            out += config_keys(value, f"{prefix}{f.name}.")
+            continue
+        if typing.get_origin(hint) is Literal:
+            shown = "one of " + ", ".join(map(str, typing.get_args(hint)))
+        else:
+            shown = getattr(hint, "__name__", None) or str(hint).replace("typing.", "")
+        if isinstance(value, tuple) and value and dataclasses.is_dataclass(value[0]):
+            value = [dataclasses.asdict(v) for v in value]
+        out.append((f"{prefix}{f.name}", shown, value))
+    return out

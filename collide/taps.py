@@ -44,6 +44,16 @@ def _aliases(model: nn.Module) -> dict[str, str]:
     return aliases
 
 
+def layer_names(model: nn.Module) -> list[str]:
+    """Every name ``layer`` accepts for ``model``: its named aliases (``fc6 (= net.classifier.1)``)
+    first, then the ReLU modules' own names."""
+    # A nested module's own path (net.features.0) names its ReLU too, but listing every
+    # one of those says nothing the ReLU's name does not.
+    named = {a: r for a, r in _aliases(model).items() if "." not in a}
+    aliases = {**named, **getattr(model, "collide_aliases", {})}
+    return [f"{a} (= {r})" for a, r in aliases.items()] + list(relu_layers(model))
+
+
 def resolve_layer(model: nn.Module, name: str) -> str:
     """The ReLU module name that ``name`` refers to, or a :class:`LayerError` listing them."""
     relus = relu_layers(model)

@@ -1,4 +1,4 @@
-"""The ``collide`` command line: run, tables, serve, status.
+"""The ``collide`` command line: run, config, tables, verify, serve, status.
 
 Exit codes: 0 done; 1 the run failed (Prefect's temporary server not starting too: the
 message says how to run without it); 2 bad input (unknown experiment or layer, bad
@@ -17,7 +17,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from flows.registry import EXPERIMENTS
+from collide.experiments.registry import EXPERIMENTS
 
 EXIT_OK, EXIT_FAILED, EXIT_BAD_INPUT = 0, 1, 2
 
@@ -102,24 +102,56 @@ def _check_mnist_root(overrides: dict[str, Any], config: Any) -> None:
 
 
 def _run(args: argparse.Namespace) -> int:
-    experiment = EXPERIMENTS[args.experiment]
+    module = EXPERIMENTS[args.experiment]
     overrides = _overrides(args)
-    config = experiment.load("config").from_dict(overrides)
-    if experiment.validate:
-        experiment.load("validate")(config=config)  # fail on bad input before any server starts
+    config = module.Config.from_dict(overrides)
+    module.validate(config=config)  # fail on bad input before any server starts
     _check_mnist_root(overrides, config)
     if args.no_prefect:
-        out = experiment.load("plain")(config=config, progress=_tqdm_progress())
+        from collide.experiments import engine
+
+        out = engine.run(module, config=config, progress=_tqdm_progress())
     else:
+        from flows.experiment import experiment_flow
         from flows.runner import dask_runner
 
-        flow = experiment.load("flow").with_options(task_runner=dask_runner(args.dask_address, args.workers))
-        out = flow(config=overrides)
+        flow = experiment_flow.with_options(task_runner=dask_runner(args.dask_address, args.workers))
+        out = flow(experiment=args.experiment, config=overrides)
     print(f"table:  {out['table']}\nfigure: {out['figure']}")
+    if out.get("summary"):
+        print(f"summary: {out['summary']}\nsummary figure: {out['summary_figure']}")
     if out.get("test_accuracy") is not None:
         print(f"test accuracy: {out['test_accuracy']:.4f}")
     if out.get("random_weights"):
         print("note: the model had RANDOM weights, as asked")
+    return EXIT_OK
+
+
+def describe(name: str) -> str:
+    """An experiment's config keys (type, default) and the layers its model offers."""
+    from collide.config import config_keys
+
+    module = EXPERIMENTS[name]
+    config = module.Config()
+    keys = config_keys(config)
+    width = max(len(k) for k, _, _ in keys)
+    lines = [f"{name}: {module.SUMMARY}", "", "config keys (--set KEY=VALUE; values are JSON, nested keys dotted):"]
+    lines += [f"  {k:<{width}}  {kind:<28} default {json.dumps(v, default=str)}" for k, kind, v in keys]
+    try:
+        usable = module.layers(config)
+        lines += ["", f"usable layers of the default model (layer=...): {', '.join(usable)}"]
+    except Exception as exc:  # a model that cannot be built offline says why, the keys still print
+        lines += ["", f"usable layers: unknown ({exc})"]
+    if name == "patches":
+        lines.append("  with dataset=folder (VGG-16): the layer defaults to fc6; see `collide config show imagenet`")
+    return "\n".join(lines)
+
+
+def _config(args: argparse.Namespace) -> int:
+    if args.json:
+        print(json.dumps(EXPERIMENTS[args.experiment].Config().to_dict(), indent=1, default=str))
+    else:
+        print(describe(args.experiment))
     return EXIT_OK
 
 
@@ -209,14 +241,15 @@ exit codes: 0 done, 1 the run failed, 2 bad input (the message says what to fix)
 Each command has its own --help.""",
     )
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
-    experiments = "\n".join(f"  {e.name:8s} {e.summary}" for e in EXPERIMENTS.values())
+    experiments = "\n".join(f"  {name:8s} {e.SUMMARY}" for name, e in EXPERIMENTS.items())
     run = sub.add_parser(
         "run", help="run an experiment end to end",
         formatter_class=argparse.RawDescriptionHelpFormatter,
         description="Run an experiment: data, model, vertices, 2000-sample evaluation, tables, figure.\n"
-        "Finished work is reused: for mnist a rerun after a crash redoes only what was cut off, and a\n"
-        "rerun of a finished experiment with the same config writes nothing; patches reuses its\n"
-        "checkpoint, patch store (chunk by chunk) and index, and recomputes the vertices.\n\n"
+        "Finished work is reused, for every experiment: a rerun after a crash redoes only what was cut\n"
+        "off, and a rerun of a finished experiment with the same config computes and writes nothing.\n"
+        "`collide run EXPERIMENT --help` (or `collide config show EXPERIMENT`) lists its config keys,\n"
+        "their types and defaults, and the model's layers.\n\n"
         "experiments:\n" + experiments,
         epilog="examples:\n  collide run mnist --set n_vertices=5 --set gradient.max_steps=2000\n"
         "  collide run mnist --set targets_per_class=10 --set name=mnist-targets   # 100 targets over Dask\n"
@@ -241,6 +274,18 @@ Each command has its own --help.""",
                      "else a local cluster started for the run)")
     run.add_argument("--workers", type=int, help="local cluster size (default: $COLLIDE_DASK_WORKERS or one per core)")
     run.set_defaults(func=_run)
+
+    config = sub.add_parser(
+        "config", help="show an experiment's config keys, types, defaults and layers",
+        description="collide config show EXPERIMENT: every key `collide run EXPERIMENT --set KEY=VALUE` accepts,\n"
+        "with its type and default, and the layers of the experiment's default model.",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    config_sub = config.add_subparsers(dest="action", required=True, metavar="ACTION")
+    show = config_sub.add_parser("show", help="list one experiment's config keys")
+    show.add_argument("experiment", choices=sorted(EXPERIMENTS), help="which experiment")
+    show.add_argument("--json", action="store_true", help="the default config as JSON (a --config file)")
+    show.set_defaults(func=_config)
 
     tables = sub.add_parser(
         "tables", help="rebuild every table, figure and the report from the stores",
@@ -325,6 +370,11 @@ def main(argv: list[str] | None = None) -> int:
     from collide.errors import CollideError
 
     argv = list(sys.argv[1:] if argv is None else argv)
+    if len(argv) >= 2 and argv[0] == "run" and argv[1] in EXPERIMENTS and {"-h", "--help"} & set(argv[2:]):
+        # `collide run mnist --help`: the run options, then what is particular to mnist.
+        run_help = build_parser()._subparsers._group_actions[0].choices["run"].format_help()  # type: ignore[union-attr]
+        print(run_help.split("\nexperiments:")[0].replace("EXPERIMENT", argv[1]) + "\n\n" + describe(argv[1]))
+        return EXIT_OK
     args = build_parser().parse_args(argv)
     try:
         return int(args.func(args))

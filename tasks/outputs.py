@@ -14,11 +14,6 @@ from collide.results.store import table_path
 from tasks._common import TASK_OPTIONS as _OPTIONS
 
 
-@task(name="write-tables", **_OPTIONS)
-def write_outputs(results_root: str, experiment: str) -> dict[str, Any]:
-    return tables.write_outputs(results_root, experiment)
-
-
 @task(name="regenerate-tables", **_OPTIONS)
 def regenerate(results_root: str) -> dict[str, Any]:
     return tables.regenerate(results_root)

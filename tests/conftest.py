@@ -11,7 +11,8 @@ os.environ.setdefault("DO_NOT_TRACK", "1")
 # Prefect's environment defaults (a generous temporary-server start-up among them) for
 # this process and every `collide` subprocess a test starts.
 import flows  # noqa: E402, F401
-from collide.config import MnistExperiment, PaperConfig, SampleConfig, TrainConfig  # noqa: E402
+from collide.config import PaperConfig, SampleConfig, TrainConfig  # noqa: E402
+from collide.experiments.mnist import MnistExperiment
 
 
 def pytest_collection_modifyitems(config, items):

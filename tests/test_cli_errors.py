@@ -72,7 +72,7 @@ def test_a_given_data_root_that_holds_mnist_is_used(tiny_config, tmp_path, monke
     _no_fetching(monkeypatch)
     args = cli.build_parser().parse_args(["run", "mnist", "--data-root", tiny_config.data_root])
     overrides = cli._overrides(args)
-    from collide.config import MnistExperiment
+    from collide.experiments.mnist import MnistExperiment
 
     cli._check_mnist_root(overrides, MnistExperiment.from_dict(overrides))  # no error
 

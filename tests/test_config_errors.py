@@ -2,8 +2,11 @@
 
 import pytest
 
-from collide.config import ImagenetExperiment, MnistExperiment, PatchExperiment, RowSpec
+from collide.config import RowSpec
 from collide.errors import ConfigError
+from collide.experiments.imagenet import ImagenetExperiment
+from collide.experiments.mnist import MnistExperiment
+from collide.experiments.patches import PatchExperiment
 
 
 @pytest.mark.parametrize(("raw", "message"), [

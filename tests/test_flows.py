@@ -7,7 +7,7 @@ import sys
 import pandas as pd
 import pytest
 
-from collide.experiments import mnist_jobs
+from collide.experiments import engine, mnist
 from collide.results.store import read_row
 
 pytestmark = pytest.mark.slow
@@ -22,11 +22,11 @@ def harness():
 
 
 def test_flow_writes_what_the_plain_pipeline_writes(harness, tiny_config, tmp_path):
-    from flows.mnist import mnist_flow
+    from flows.experiment import experiment_flow
 
     plain_cfg = dataclasses.replace(tiny_config, results_root=str(tmp_path / "plain"))
-    plain = mnist_jobs.run(config=plain_cfg)
-    out = mnist_flow(config=tiny_config.to_dict())
+    plain = engine.run(mnist, config=plain_cfg)
+    out = experiment_flow(experiment="mnist", config=tiny_config.to_dict())
     flow_table = pd.read_parquet(out["table"])
     plain_table = pd.read_parquet(plain["table"])
     timing = ["solver_seconds"]
@@ -76,10 +76,10 @@ def test_cli_plain_run_offline(tiny_config, tmp_path):
 
 
 def test_patches_and_imagenet_flows_run(harness, tiny_mnist, tmp_path):
-    from collide.config import KnnConfig, PatchConfig, PatchExperiment, SampleConfig, TrainConfig
+    from collide.config import KnnConfig, PatchConfig, SampleConfig, TrainConfig
     from collide.datasets.folders import bundled_corpus
-    from flows.imagenet import imagenet_flow
-    from flows.patches import patches_flow
+    from collide.experiments.patches import PatchExperiment
+    from flows.experiment import experiment_flow
 
     patch_cfg = PatchExperiment(
         data_root=str(tiny_mnist), checkpoint_dir=str(tmp_path / "ck"), cache_root=str(tmp_path / "cache"),
@@ -89,10 +89,10 @@ def test_patches_and_imagenet_flows_run(harness, tiny_mnist, tmp_path):
     )
     raw = patch_cfg.to_dict()
     raw["gradient"].update(max_steps=30, min_steps=0)
-    out = patches_flow(config=raw)
+    out = experiment_flow(experiment="patches", config=raw)
     assert len(pd.read_parquet(out["table"])) == 2
     photos = bundled_corpus(tmp_path / "photos", size=36)
-    out = imagenet_flow(config={
+    out = experiment_flow(experiment="imagenet", config={
         "image_root": str(photos), "image_size": 32, "weights": "random", "device": "cpu",
         "results_root": str(tmp_path / "res"), "gradient": {"max_steps": 5, "min_steps": 0},
         "sample": {"n_samples": 20, "n_dataset_pairs": 10}, "n_dataset_images": 4,

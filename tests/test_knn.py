@@ -6,6 +6,7 @@ from collide.errors import ConfigError, DataError
 from collide.patches.knn import PatchIndex, as_vectors, exact_knn, recall_at_k
 
 RECALL_MIN = 0.95
+DISTANCE_ATOL = 1e-3  # float32 distances of 16-pixel patches in 0-255 units
 
 
 def _corpus(n=3000, d=(1, 4, 4), seed=0):
@@ -31,7 +32,11 @@ def test_recall_counts_ties_and_misses():
     assert recall_at_k(np.array([[0.0, 1.0, 3.0], [0.0, 2.0, 2.0]]), exact) == pytest.approx(5 / 6)
 
 
-@pytest.mark.parametrize("config", [KnnConfig(k=10), KnnConfig(k=10, shards=3), KnnConfig(k=10, n_components=8)])
+@pytest.mark.parametrize("config", [
+    KnnConfig(method="pynndescent", k=10),
+    KnnConfig(method="pynndescent", k=10, shards=3),
+    KnnConfig(method="pynndescent", k=10, n_components=8),
+])
 def test_index_recall_against_the_oracle(config, tmp_path):
     corpus = _corpus()
     q = as_vectors(_corpus(200, seed=1))
@@ -60,7 +65,7 @@ def test_duplicates_are_indexed_once_and_do_not_trap_the_search():
     # Like MNIST: a large share of identical blank patches beside real ones.
     corpus = _corpus(3000)
     corpus[::2] = 0
-    index = PatchIndex.build(corpus, config=KnnConfig(k=10))
+    index = PatchIndex.build(corpus, config=KnnConfig(method="pynndescent", k=10))
     assert len(index.items) == len(np.unique(corpus.reshape(len(corpus), -1), axis=0))
     q = as_vectors(_corpus(100, seed=2)) * 0.05  # faint queries: the blank patch is near
     idx, dist = index.query(q, 10)
@@ -70,7 +75,10 @@ def test_duplicates_are_indexed_once_and_do_not_trap_the_search():
     assert recall_at_k(dist, exact) >= RECALL_MIN
 
 
-@pytest.mark.parametrize("config", [KnnConfig(k=10, shards=4), KnnConfig(k=10, shards=4, n_components=8)])
+@pytest.mark.parametrize("config", [
+    KnnConfig(method="pynndescent", k=10, shards=4),
+    KnnConfig(method="pynndescent", k=10, shards=4, n_components=8),
+])
 def test_shards_answer_k_distinct_patches_when_duplicates_straddle_them(config):
     base = _corpus(400)
     # Every patch three times, scattered: the copies of a patch fall into different shards.
@@ -94,7 +102,7 @@ def test_shards_answer_k_distinct_patches_when_duplicates_straddle_them(config):
 def test_an_index_from_an_older_format_is_refused(tmp_path):
     from collide.patches.knn import StaleIndexError
 
-    index = PatchIndex.build(_corpus(200), config=KnnConfig(k=3))
+    index = PatchIndex.build(_corpus(200), config=KnnConfig(method="pynndescent", k=3))
     index.format = 1
     index.save(tmp_path / "old.pkl")
     with pytest.raises(StaleIndexError, match="older collide"):
@@ -107,3 +115,18 @@ def test_query_blocks_do_not_change_the_answer():
     whole = exact_knn(q, corpus, 4)
     blocked = exact_knn(q, corpus, 4, query_block=7)
     assert np.array_equal(whole[0], blocked[0]) and np.array_equal(whole[1], blocked[1])
+
+
+@pytest.mark.parametrize("config", [KnnConfig(k=10), KnnConfig(k=10, shards=3), KnnConfig(method="exact", k=10)])
+def test_a_small_store_is_searched_exactly(config):
+    """``auto`` below ``exact_below`` patches: the answers are the brute-force oracle's."""
+    corpus = _corpus()
+    assert config.method == "exact" or len(corpus) < config.exact_below
+    q = as_vectors(_corpus(100, seed=2))
+    index = PatchIndex.build(corpus, config=config)
+    idx, dist = index.query(q, 10, corpus=corpus)
+    _, exact = exact_knn(q, corpus, 10, rows=index.items)
+    assert recall_at_k(dist, exact) == 1.0
+    assert np.allclose(dist, exact, atol=DISTANCE_ATOL)
+    full = np.linalg.norm(as_vectors(corpus)[idx] - q[:, None], axis=2)
+    assert np.allclose(full, dist, atol=DISTANCE_ATOL)  # each answer's distance is its own

@@ -10,7 +10,7 @@ import torch
 
 from collide.config import TrainConfig
 from collide.errors import CheckpointError, ConfigError, DataError, LayerError
-from collide.experiments import mnist, mnist_jobs
+from collide.experiments import engine, mnist
 from collide.models.zoo import load_checkpoint
 from collide.results.evaluation import evaluate_row
 from collide.results.store import TABLE_COLUMNS, read_row, store_path, write_row
@@ -22,7 +22,7 @@ from tests.tolerances import LP_STORED_REL_ERROR_F64, RECHECK
 def finished(tiny_mnist, tmp_path_factory):
     root = tmp_path_factory.mktemp("run")
     config = small_mnist_config(tiny_mnist, root)
-    out = mnist_jobs.run(config=config)
+    out = engine.run(mnist, config=config)
     return config, out
 
 
@@ -155,7 +155,7 @@ def test_a_row_without_two_valid_vertices_has_no_success_rate(finished):
 def test_rerun_reuses_the_checkpoint_and_reproduces_the_table(finished):
     config, out = finished
     first = pd.read_parquet(out["table"])
-    second = mnist_jobs.run(config=config)
+    second = engine.run(mnist, config=config)
     again = pd.read_parquet(second["table"])
     timing = ["solver_seconds"]
     pd.testing.assert_frame_equal(first.drop(columns=timing), again.drop(columns=timing))
@@ -165,33 +165,33 @@ def test_rerun_reuses_the_checkpoint_and_reproduces_the_table(finished):
 def test_unknown_layer_fails_before_writing_anything(tiny_config):
     bad = dataclasses.replace(tiny_config, layer="fc3")
     with pytest.raises(LayerError, match="relu1"):
-        mnist_jobs.run(config=bad)
+        engine.run(mnist, config=bad)
     assert not Path(bad.results_root).exists() and not Path(bad.checkpoint_dir).exists()
 
 
 def test_missing_data_fails_before_writing_anything(tiny_config, tmp_path):
     bad = dataclasses.replace(tiny_config, data_root=str(tmp_path / "empty"))
     with pytest.raises(DataError, match="IDX"):
-        mnist_jobs.run(config=bad)
+        engine.run(mnist, config=bad)
     assert not Path(bad.results_root).exists() and not Path(bad.checkpoint_dir).exists()
 
 
 def test_too_weak_a_model_is_refused_and_not_saved(tiny_config):
     bad = dataclasses.replace(tiny_config, train=TrainConfig(epochs=1, train_limit=20, min_accuracy=0.99))
     with pytest.raises(CheckpointError, match="below the required"):
-        mnist_jobs.run(config=bad)
+        engine.run(mnist, config=bad)
     assert not store_path(bad.results_root, bad.name).exists()
     assert not any(Path(bad.checkpoint_dir).glob("*.pt")) if Path(bad.checkpoint_dir).exists() else True
 
 
 def test_bad_config_values_name_the_field():
-    from collide.config import MnistExperiment
+    from collide.experiments.mnist import MnistExperiment
 
     with pytest.raises(ConfigError, match="n_vertices"):
         MnistExperiment(n_vertices=0)
     with pytest.raises(ConfigError, match="layers"):
         MnistExperiment.from_dict({"layers": "relu1"})
-    with pytest.raises(ConfigError, match="expected method in"):
+    with pytest.raises(ConfigError, match=r"rows\[0\]\.method: expected one of"):
         MnistExperiment.from_dict({"rows": [{"method": "magic", "init": "target"}]})
 
 

@@ -5,29 +5,42 @@ import socket
 import pytest
 import yaml
 
+from collide.experiments.registry import EXPERIMENTS
 from flows.cli import build_parser, main
-from flows.registry import EXPERIMENTS
 from flows.serve import PROJECT, read_deployments
 
 
 def test_every_experiment_is_deployed_on_a_cron_schedule():
+    from prefect.flows import load_flow_from_entrypoint
     from prefect.schedules import Cron
 
     deployments = read_deployments(PROJECT / "prefect.yaml")
-    entrypoints = {d["entrypoint"] for d in deployments}
-    assert entrypoints == {e.entrypoint for e in EXPERIMENTS.values()}
+    assert {d["parameters"]["experiment"] for d in deployments} == set(EXPERIMENTS)
     assert len({d["name"] for d in deployments}) == len(deployments)
     for d in deployments:
         assert d["schedules"], d["name"]
         for s in d["schedules"]:
             Cron(s["cron"], timezone=s["timezone"])  # raises on a malformed cron
         assert isinstance(d["parameters"]["config"], dict)
-    for e in EXPERIMENTS.values():
-        flow = e.load("flow")
-        assert (PROJECT / e.entrypoint.split(":")[0]).is_file()
-        config = e.load("config").from_dict(next(d for d in deployments if d["entrypoint"] == e.entrypoint)
-                                            ["parameters"]["config"])
-        assert flow.name and config.digest()
+        assert (PROJECT / d["entrypoint"].split(":")[0]).is_file()
+        flow = load_flow_from_entrypoint(str(PROJECT / d["entrypoint"]))
+        assert set(d["parameters"]) <= set(flow.parameters.properties), d["name"]
+        config = EXPERIMENTS[d["parameters"]["experiment"]].Config.from_dict(d["parameters"]["config"])
+        assert config.digest()
+
+
+def test_adding_an_experiment_takes_one_module_one_registry_entry_one_deployment():
+    """Every registered experiment is one module of collide/experiments with the engine's hooks;
+    the README says how to add one."""
+    import collide.experiments.registry as registry
+
+    for name, module in EXPERIMENTS.items():
+        assert module.__name__ == f"collide.experiments.{name}"
+        missing = [h for h in registry.REQUIRED if not hasattr(module, h)]
+        assert not missing, (name, missing)
+        assert module.NAME == name and module.Config().name  # defaults build
+    readme = (PROJECT / "README.md").read_text()
+    assert "Adding an experiment" in readme and "collide/experiments/registry.py" in readme
 
 
 def test_deployments_that_cannot_be_served_are_named(tmp_path):
@@ -42,7 +55,7 @@ def test_deployments_that_cannot_be_served_are_named(tmp_path):
         read_deployments(tmp_path / "missing.yaml")
 
 
-@pytest.mark.parametrize("command", ["run", "tables", "serve", "status"])
+@pytest.mark.parametrize("command", ["run", "tables", "serve", "status", "verify"])
 def test_every_command_has_help(command, capsys):
     with pytest.raises(SystemExit) as done:
         build_parser().parse_args([command, "--help"])
@@ -69,3 +82,24 @@ def test_serve_refuses_a_taken_port_before_starting_anything(tmp_path, capsys):
     assert not (tmp_path / "home").exists()
     assert main(["serve", "--file", str(tmp_path / "none.yaml")]) == 2
     assert "does not exist" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("name", sorted(EXPERIMENTS))
+def test_each_experiments_help_lists_its_keys_types_defaults_and_layers(name, capsys):
+    assert main(["run", name, "--help"]) == 0
+    text = capsys.readouterr().out
+    assert "--no-prefect" in text  # the run options, then the experiment's own keys
+    keys = [line.split()[0] for line in text.splitlines() if line.startswith("  ") and "default " in line]
+    config = EXPERIMENTS[name].Config()
+    assert {"name", "layer", "n_vertices", "sample.n_samples"} <= set(keys)
+    assert f'default "{config.layer}"' in text and "usable layers" in text
+    assert EXPERIMENTS[name].layers(config) and config.layer in text.split("usable layers")[1]
+    assert main(["config", "show", name]) == 0
+    assert "gradient.max_steps" in capsys.readouterr().out
+
+
+def test_patch_layer_follows_the_dataset():
+    patches = EXPERIMENTS["patches"]
+    assert patches.Config().layer == "fc1"  # LeNet-5 on MNIST
+    assert patches.Config.from_dict({"dataset": "folder"}).layer == "fc6"  # VGG-16 on a folder
+    assert patches.Config.from_dict({"dataset": "folder", "layer": "fc7"}).layer == "fc7"

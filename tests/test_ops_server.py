@@ -24,8 +24,9 @@ import pandas as pd
 import pytest
 import yaml
 
-from collide.config import MnistExperiment, RowSpec, SampleConfig, TrainConfig
-from collide.experiments import mnist_jobs
+from collide.config import RowSpec, SampleConfig, TrainConfig
+from collide.experiments import engine, mnist
+from collide.experiments.mnist import MnistExperiment
 from collide.results.resume import row_keys
 from collide.results.store import list_rows, read_row, store_path
 from flows.serve import PROJECT
@@ -171,7 +172,7 @@ def test_a_deployment_run_completes_and_publishes_its_table_figure_and_progress(
     assert "data:image/png;base64," in markdown and "| row |" in markdown
     progress = [float(a["data"]) for a in by_type["progress"]]
     assert progress and max(progress) == 100.0  # vertex optimisation reported to the end
-    wanted = ("fanning out 1 polytope jobs", "vertices (gradient):", "5/5 vertices valid; success 1;",
+    wanted = ("fanning out 2 polytope jobs", "vertices (gradient):", "5/5 vertices valid; success 1;",
               "rows were already finished")
     deadline = time.time() + 60  # the server stores logs a little after the run ends
     while True:
@@ -213,7 +214,7 @@ def _assert_same_rows(a: MnistExperiment, b: MnistExperiment) -> None:
 
 @pytest.fixture(scope="module")
 def fanned_out(server, tiny_mnist):
-    """Ten targets (one per class) as ten polytope jobs over a local 2-worker Dask cluster."""
+    """Ten targets (one per class), two rows each: twenty polytope jobs over a local 2-worker Dask cluster."""
     config = _config(tiny_mnist, server["root"], "fanout", targets_per_class=1)
     start = time.perf_counter()
     proc = _cli_run(server, config, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
@@ -226,7 +227,7 @@ def test_fan_out_over_dask_gives_the_rows_of_the_targets_one_by_one(fanned_out, 
     config, _ = fanned_out
     assert len(list_rows(config.results_root, config.name)) == 20
     one_by_one = MnistExperiment.from_dict({**config.to_dict(), "results_root": str(tmp_path / "serial")})
-    out = mnist_jobs.run(config=one_by_one)
+    out = engine.run(mnist, config=one_by_one)
     assert len(out["rows"]) == 20 and len({r["target_index"] for r in out["rows"]}) == 10
     _assert_same_rows(config, one_by_one)
 
@@ -350,8 +351,8 @@ def test_an_existing_dask_scheduler_runs_the_same_jobs(server, fanned_out, tmp_p
     _assert_same_rows(config, uninterrupted)
     # the jobs ran as task runs of this flow run, reported to this server
     [run] = _post(server["api"], "flow_runs/filter", {  # the latest finished one, not a scheduled one
-        "flows": {"name": {"any_": ["mnist"]}}, "flow_runs": {"state": {"type": {"any_": ["COMPLETED"]}}},
+        "flows": {"name": {"any_": ["experiment"]}}, "flow_runs": {"state": {"type": {"any_": ["COMPLETED"]}}},
         "sort": "EXPECTED_START_TIME_DESC", "limit": 1})
     jobs = _post(server["api"], "task_runs/filter", {
-        "flow_runs": {"id": {"any_": [run["id"]]}}, "task_runs": {"name": {"like_": "polytope-target"}}})
-    assert len(jobs) == 10 and {j["state_type"] for j in jobs} == {"COMPLETED"}
+        "flow_runs": {"id": {"any_": [run["id"]]}}, "task_runs": {"name": {"like_": "target-"}}})
+    assert len(jobs) == 20 and {j["state_type"] for j in jobs} == {"COMPLETED"}

@@ -4,9 +4,10 @@ import numpy as np
 import pytest
 import torch
 
-from collide.config import KnnConfig, PatchConfig, PatchExperiment
+from collide.config import KnnConfig, PatchConfig
 from collide.errors import ConfigError
 from collide.experiments import patches as patch_experiment
+from collide.experiments.patches import PatchExperiment
 from collide.patches.compose import window_patches
 from collide.patches.knn import PatchIndex, as_vectors
 
@@ -20,7 +21,7 @@ def _setting(k=4):
     target = (target * 255).round() / 255  # on the store's grid: copies are byte-identical
     windows = (window_patches(target, 4, 4) * 255).round().to(torch.uint8).numpy()  # (4, 1, 4, 4)
     corpus[[10, 400, 401]] = windows[[0, 2, 2]]  # copies, two of them straddling both halves
-    config = PatchExperiment(patch=PatchConfig(size=4, stride=4), knn=KnnConfig(k=k, shards=2))
+    config = PatchExperiment(patch=PatchConfig(size=4, stride=4), knn=KnnConfig(k=k, shards=2, method="pynndescent"))
     return corpus, target, windows, config
 
 

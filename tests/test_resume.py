@@ -10,10 +10,11 @@ import pytest
 import torch
 
 from collide._io import code_version
-from collide.config import DEFAULT_ROWS, MnistExperiment
+from collide.config import DEFAULT_ROWS
 from collide.datasets.mnist import load_mnist
 from collide.errors import ConfigError
-from collide.experiments import mnist_jobs
+from collide.experiments import engine, mnist
+from collide.experiments.mnist import MnistExperiment
 from collide.models.zoo import load_checkpoint
 from collide.results.resume import mark_done, row_keys, stage_key, torch_threads
 from collide.results.store import list_rows, read_row, store_path, write_row
@@ -26,7 +27,7 @@ TIMING = ["solver_seconds"]
 def finished(tiny_mnist, tmp_path_factory):
     root = tmp_path_factory.mktemp("resume")
     config = small_mnist_config(tiny_mnist, root, rows=DEFAULT_ROWS[:4])  # gradient and exact
-    out = mnist_jobs.run(config=config)
+    out = engine.run(mnist, config=config)
     return config, out
 
 
@@ -52,7 +53,7 @@ def test_every_row_carries_its_stage_keys(finished):
 def test_rerun_of_a_finished_experiment_reuses_everything_and_changes_nothing(finished):
     config, _ = finished
     before = _snapshot(config.results_root)
-    again = mnist_jobs.run(config=config)
+    again = engine.run(mnist, config=config)
     assert not any(r["solved"] or r["evaluated"] for r in again["rows"])
     assert again["reused"]
     assert _snapshot(config.results_root) == before
@@ -62,39 +63,37 @@ def test_a_row_cut_off_before_its_key_is_redone_alone(finished, tmp_path):
     config = _copy(finished[0], tmp_path)
     before = pd.read_parquet(Path(config.results_root) / "mnist.parquet")
     mark_done(config.results_root, config.name, 3, "evaluate", "killed-before-the-key")
-    out = mnist_jobs.run(config=config)
+    out = engine.run(mnist, config=config)
     assert [(r["solved"], r["evaluated"]) for r in out["rows"]] == [(False, False)] * 3 + [(False, True)]
     after = pd.read_parquet(out["table"])
     pd.testing.assert_frame_equal(before, after)  # solver_seconds too: the solve was reused
 
 
-def test_a_gradient_batch_cut_off_in_part_is_redone_whole_and_identically(finished, tmp_path):
+def test_a_row_whose_solve_key_is_lost_is_redone_alone_and_identically(finished, tmp_path):
     config = _copy(finished[0], tmp_path)
-    old = {r: read_row(config.results_root, config.name, r)[0] for r in (0, 1)}
-    _, attrs = read_row(config.results_root, config.name, 1)
+    old = read_row(config.results_root, config.name, 1)[0]
     write_row(config.results_root, config.name, 1, {}, {"keys": {}}, keep_existing=True)
-    out = mnist_jobs.run(config=config)
-    assert [r["solved"] for r in out["rows"]] == [True, True, False, False]
-    for r in (0, 1):
-        new, _ = read_row(config.results_root, config.name, r)
-        for key in ("vertices", "sample_weights", "sample_pred", "sample_prob"):
-            assert np.array_equal(new[key], old[r][key]), (r, key)
+    out = engine.run(mnist, config=config)
+    assert [r["solved"] for r in out["rows"]] == [False, True, False, False]
+    new, _ = read_row(config.results_root, config.name, 1)
+    for key in ("vertices", "sample_weights", "sample_pred", "sample_prob"):
+        assert np.array_equal(new[key], old[key]), key
 
 
 def test_rows_left_by_a_bigger_config_are_pruned(finished, tmp_path):
     config = _copy(finished[0], tmp_path)
     arrays, attrs = read_row(config.results_root, config.name, 0)
     write_row(config.results_root, config.name, 9, arrays, attrs)
-    out = mnist_jobs.run(config=config)
+    out = engine.run(mnist, config=config)
     assert list_rows(config.results_root, config.name) == [0, 1, 2, 3]
     assert pd.read_parquet(out["table"])["row"].tolist() == [0, 1, 2, 3]
 
 
 def test_many_targets_are_the_first_correct_images_of_each_class(finished):
     config = dataclasses.replace(finished[0], targets_per_class=2)
-    checkpoint = mnist_jobs.train_model(config=config)["checkpoint"]
-    targets = mnist_jobs.pick_targets(checkpoint, config=config)
-    model, _ = load_checkpoint(checkpoint)
+    context = engine.prepare(mnist, config=config)
+    targets = context["targets"]
+    model, _ = load_checkpoint(context["checkpoint"])
     test = load_mnist(config.data_root, "test")
     with torch.no_grad():
         pred = model(test.images).argmax(1)
@@ -105,17 +104,17 @@ def test_many_targets_are_the_first_correct_images_of_each_class(finished):
         assert int(test.labels[t["other_index"]]) != label
         earlier = torch.nonzero((test.labels[: t["target_index"]] == label) & (pred[: t["target_index"]] == label))
         assert len(earlier) == k % 2  # the first, then the second correct one
-    jobs = mnist_jobs.plan(checkpoint, config=dataclasses.replace(config, results_root=str(Path(config.results_root)
-                                                                                          / "plan")))
-    assert [j["rows"] for j in jobs[:3]] == [[0, 1], [2], [3]] and jobs[3]["rows"] == [4, 5]
+    planned = dataclasses.replace(config, results_root=str(Path(config.results_root) / "plan"))
+    jobs = engine.plan(mnist, context, config=planned)
+    assert [j["rows"] for j in jobs] == [[r] for r in range(80)]  # one job per row
+    assert jobs[5]["spec"]["examples"] == targets[1]  # rows 4..7 belong to the second target
     assert config.n_rows == 80 and config.row_spec(6) == config.rows[2]
 
 
 def test_too_few_correct_targets_is_refused_before_writing(finished, tmp_path):
     config = dataclasses.replace(finished[0], targets_per_class=10_000, results_root=str(tmp_path / "r"))
-    checkpoint = mnist_jobs.train_model(config=config)["checkpoint"]
     with pytest.raises(Exception, match="lower targets_per_class"):
-        mnist_jobs.plan(checkpoint, config=config)
+        engine.prepare(mnist, config=config)
     assert not store_path(config.results_root, config.name).exists()
 
 

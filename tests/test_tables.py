@@ -8,8 +8,9 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from collide.config import MnistExperiment, RowSpec
-from collide.experiments import mnist_jobs
+from collide.config import RowSpec
+from collide.experiments import engine, mnist
+from collide.experiments.mnist import MnistExperiment
 from collide.results import tables
 from collide.results.resume import mark_done
 from collide.results.store import table_path
@@ -24,7 +25,7 @@ def finished(tiny_mnist, tmp_path_factory):
         tiny_mnist, root,
         rows=(RowSpec("gradient", "target"), RowSpec("exact", "other")),
     )
-    return config, mnist_jobs.run(config=config)
+    return config, engine.run(mnist, config=config)
 
 
 def _stores_only(config: MnistExperiment, dest: Path, *names: str) -> Path:

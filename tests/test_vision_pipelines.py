@@ -9,19 +9,13 @@ import pytest
 import torch
 import zarr
 
-from collide.config import (
-    GradientConfig,
-    ImagenetExperiment,
-    KnnConfig,
-    PatchConfig,
-    PatchExperiment,
-    SampleConfig,
-    TrainConfig,
-)
+from collide.config import GradientConfig, KnnConfig, PatchConfig, SampleConfig, TrainConfig
 from collide.datasets.folders import bundled_corpus
 from collide.errors import CheckpointError, ConfigError, DataError, LayerError
-from collide.experiments import imagenet
+from collide.experiments import engine, imagenet
 from collide.experiments import patches as patch_experiment
+from collide.experiments.imagenet import ImagenetExperiment
+from collide.experiments.patches import PatchExperiment
 from collide.models.zoo import load_model_source
 from collide.patches.compose import Composition, compose, pixel_weights, window_patches
 from collide.polytope import combine
@@ -69,7 +63,7 @@ def imagenet_config(photos, tmp_path):
 
 
 def test_imagenet_run_marks_random_weights_and_reproduces(imagenet_config):
-    out = imagenet.run(config=imagenet_config)
+    out = engine.run(imagenet, config=imagenet_config)
     frame = pd.read_parquet(out["table"])
     assert list(frame.columns[: len(TABLE_COLUMNS)]) == list(TABLE_COLUMNS)
     assert len(frame) == 2 and frame["random_weights"].all() and (frame["model"] == "vgg16-random").all()
@@ -113,7 +107,7 @@ def test_imagenet_bad_inputs_write_nothing(imagenet_config, tmp_path):
     ]
     for change, error, message in cases:
         with pytest.raises(error, match=message):
-            imagenet.run(config=dataclasses.replace(imagenet_config, **change))
+            engine.run(imagenet, config=dataclasses.replace(imagenet_config, **change))
         assert not Path(imagenet_config.results_root).exists()
     with pytest.raises(ConfigError, match="image_size"):
         dataclasses.replace(imagenet_config, image_size=16)
@@ -127,10 +121,11 @@ def patch_run(tiny_mnist, tmp_path_factory):
         results_root=str(root / "res"), device="cpu", allow_download=False,
         train=TrainConfig(arch="lenet5", epochs=2, min_accuracy=0.0),
         patch=PatchConfig(size=8, stride=4, share=0.1, images_per_chunk=30),
-        knn=KnnConfig(k=5, epsilon=0.5), gradient=dataclasses.replace(PatchExperiment().gradient, max_steps=150),
+        knn=KnnConfig(k=5, epsilon=0.5, method="pynndescent"),
+        gradient=dataclasses.replace(PatchExperiment().gradient, max_steps=150),
         sample=SampleConfig(n_samples=200, n_dataset_pairs=100),
     )
-    return config, patch_experiment.run(config=config)
+    return config, engine.run(patch_experiment, config=config)
 
 
 def test_patch_run_writes_table6_with_recall(patch_run):
@@ -196,8 +191,7 @@ def test_patch_variant_adds_target_neighbours_but_never_the_target(patch_run, tm
     config, _ = patch_run
     variant = dataclasses.replace(config, candidates_from="start+target-neighbours", rows=("other",),
                                   results_root=str(tmp_path / "res"))
-    source = patch_experiment.train_model(config=variant)["model_source"]
-    patch_experiment.solve_rows(source, patch_experiment.pick_examples(source, config=variant), config=variant)
+    engine.run(patch_experiment, config=variant)
     arrays, attrs, store = _assert_stored_compositions(variant, 0)
     k = config.knn.k
     assert attrs["composition"]["candidates"] == 1 + 2 * k
@@ -229,10 +223,7 @@ def test_patch_bad_inputs(patch_run, tmp_path):
         patch_experiment.validate(config=dataclasses.replace(config, patch=PatchConfig(size=40)))
     with pytest.raises(ConfigError, match="larger than the store"):
         big_k = dataclasses.replace(config, knn=KnnConfig(k=10**6), results_root=str(tmp_path / "r"))
-        patch_experiment.build_index(config=big_k)
-        patch_experiment.solve_rows(
-            patch_experiment.train_model(config=big_k)["model_source"], {"start": 0, "other": 1}, config=big_k
-        )
+        engine.run(patch_experiment, config=big_k)
     assert not (tmp_path / "r").exists()
 
 
@@ -245,7 +236,7 @@ def test_patches_on_an_rgb_folder_with_vgg(photos, tmp_path):
         gradient=dataclasses.replace(PatchExperiment().gradient, max_steps=10, min_steps=0),
         sample=SampleConfig(n_samples=50, n_dataset_pairs=20), n_dataset_images=8,
     )
-    out = patch_experiment.run(config=config)
+    out = engine.run(patch_experiment, config=config)
     frame = pd.read_parquet(out["table"])
     assert out["random_weights"] and (frame["model"] == "vgg16-random").all()
     assert (frame["pixel_scale"] == 1).all() and (frame["knn_recall"] >= RECALL_MIN).all()

@@ -1,64 +1,80 @@
 """The ImageNet experiment (paper §3.2, Tables 3-4): VGG-16 at fc6, in pixel space.
 
-Stages as in :mod:`collide.experiments.mnist`. The model is named in each row by its weights
-file and hash (or as random weights), so rows can be re-evaluated later.
+The model is named in each row by its weights file and hash (or as random weights), so
+rows can be re-evaluated later. Each row is one polytope job of
+:mod:`collide.experiments.engine`: ``collide.find_polytope`` from the target or an
+image of another class.
 """
 
 from __future__ import annotations
 
-import time
-from typing import Any
+from dataclasses import dataclass, field
+from typing import Any, ClassVar
 
 import numpy as np
 import torch
 
-from collide.config import ImagenetExperiment, resolve_device
+from collide.api import find_polytope
+from collide.config import INITS, GradientConfig, SampleConfig, _Experiment, _require, resolve_device
 from collide.datasets.folders import list_folder, load_image
 from collide.errors import DataError
-from collide.experiments.mnist import Progress, _noop
+from collide.experiments.engine import Progress, job, no_progress
 from collide.models.vgg import NormalisedVGG, resolve_weights, vgg16_from_source
-from collide.objective import nonpositive_units
 from collide.polytope import dataset_avg_distance
-from collide.precision import full_precision
-from collide.results import evaluation
 from collide.results.store import write_row
-from collide.solvers.gradient import solve_gradient
-from collide.taps import preactivation, resolve_layer
-from collide.validity import criterion_for
+from collide.taps import layer_names, resolve_layer
 
+NAME = "imagenet"
+SUMMARY = "VGG-16 at fc6 in pixel space on an ImageNet-style folder, paper §3.2 (Tables 3-4)"
 # Every experiment reports L2 distances in the model's input units ([0, 1] pixels); the
 # paper's 0-255 figures are converted for comparison in collide.results.reference.
 PIXEL_SCALE = 1.0
 
 
-def validate(*, config: ImagenetExperiment) -> None:
-    """Fail before any work on a missing folder, layer or weights file."""
-    prepare(config=config)
+@dataclass(frozen=True, kw_only=True)
+class ImagenetExperiment(_Experiment):
+    """VGG-16 collisions at the fc6 pre-activation in pixel space (paper §3.2, Tables 3-4).
+
+    ``image_root`` is an ImageNet-style folder (one subfolder per class). The target is
+    ``target`` (a path inside it) or the first image of the first class; ``init="other"``
+    rows start from the first image of another class. ``targets_per_class`` > 0 takes the
+    first that many images of every class as targets instead, target ``k`` owning rows
+    ``k*len(rows)`` on; each row is one polytope job. ``weights`` is ``torchvision``
+    (IMAGENET1K_V1, downloaded or cached), a local file, or ``random`` (explicit only).
+    Distances are L2 in [0, 1] pixel units, as for every experiment (the paper's are
+    0-255: divide them by 255 to compare).
+    """
+
+    name: str = "imagenet"
+    layer: str = "fc6"
+    n_vertices: int = 5
+    target_label: int = 0
+    rows: tuple[str, ...] = ("other",)
+    image_root: str = "data/raw/imagenet"
+    target: str = ""
+    image_size: int = 224
+    weights: str = "torchvision"
+    seed: int = 0
+    n_dataset_images: int = 200
+    results_root: str = "data/results"
+    device: str = "auto"
+    gradient: GradientConfig = field(default_factory=GradientConfig)
+    sample: SampleConfig = field(default_factory=SampleConfig)
+    targets_per_class: int = 0
+
+    _nested: ClassVar[dict[str, type]] = {"gradient": GradientConfig, "sample": SampleConfig}
+
+    def __post_init__(self) -> None:
+        self._check_common()
+        _require(self.targets_per_class >= 0, f"expected targets_per_class >= 0, got {self.targets_per_class}")
+        _require(not (self.target and self.targets_per_class), "give target or targets_per_class, not both")
+        _require(all(r in INITS for r in self.rows), f"expected rows from {INITS}, got {self.rows!r}")
+        _require(self.image_size >= 32, f"expected image_size >= 32 (VGG-16 pools 5 times), got {self.image_size}")
+        _require(bool(self.weights), "expected weights: 'torchvision', a file path, or 'random'")
+        _require(self.n_dataset_images >= 2, f"expected n_dataset_images >= 2, got {self.n_dataset_images}")
 
 
-def prepare(*, config: ImagenetExperiment) -> dict[str, Any]:
-    """Check the folder, the layer and the weights before any work; pick the images."""
-    classes, items = list_folder(config.image_root)
-    resolve_layer(_skeleton(), config.layer)
-    source = resolve_weights(config.weights, seed=config.seed)
-    if len(classes) < 2 and "other" in config.rows:
-        raise DataError(f"{config.image_root} has one class: an 'other' init needs a second class")
-    if config.target:
-        wanted = (config.image_root.rstrip("/") + "/" + config.target.lstrip("/"))
-        matches = [k for k, (p, _) in enumerate(items) if str(p) == wanted or str(p).endswith(config.target)]
-        if not matches:
-            raise DataError(f"target {config.target!r} is not an image under {config.image_root}")
-        target = matches[0]
-    else:
-        target = 0
-    other = next(k for k, (_, c) in enumerate(items) if c != items[target][1]) if len(classes) > 1 else target
-    return {
-        "model_source": source,
-        "target_path": str(items[target][0]),
-        "target_class_name": classes[items[target][1]],
-        "other_path": str(items[other][0]),
-        "other_class_name": classes[items[other][1]],
-    }
+Config = ImagenetExperiment
 
 
 def _skeleton() -> NormalisedVGG:
@@ -67,76 +83,97 @@ def _skeleton() -> NormalisedVGG:
     return NormalisedVGG(vgg16(weights=None))
 
 
-def solve_rows(plan: dict[str, Any], *, config: ImagenetExperiment, progress: Progress = _noop) -> list[dict[str, Any]]:
-    """Find every row's vertices in one batch and write each row's group."""
-    model = vgg16_from_source(plan["model_source"])
-    size = config.image_size
-    target = load_image(plan["target_path"], size)
-    inits = {"target": target, "other": load_image(plan["other_path"], size)}
-    with torch.no_grad():
-        t_pre = preactivation(model, target.unsqueeze(0), config.layer)[0]
-    units = nonpositive_units(t_pre, config.n_vertices)
-    v, rows = config.n_vertices, list(config.rows)
-    with full_precision():
-        result = solve_gradient(
-            model, config.layer, t_pre.expand(v * len(rows), -1),
-            torch.stack([inits[r] for r in rows]).repeat_interleave(v, 0), units.repeat(len(rows)),
-            config=config.gradient, device=resolve_device(config.device),
-            progress=lambda s, n, _d: progress("vertices", s, n),
-        )
+def layers(config: ImagenetExperiment) -> list[str]:
+    return layer_names(_skeleton())
+
+
+def validate(*, config: ImagenetExperiment) -> None:
+    """Fail before any work on a missing folder, layer or weights file."""
+    _targets(config)
+    resolve_layer(_skeleton(), config.layer)
+    resolve_weights(config.weights, seed=config.seed)
+
+
+def _targets(config: ImagenetExperiment) -> list[dict[str, str]]:
+    classes, items = list_folder(config.image_root)
+    if len(classes) < 2 and "other" in config.rows:
+        raise DataError(f"{config.image_root} has one class: an 'other' init needs a second class")
+    if config.target:
+        wanted = (config.image_root.rstrip("/") + "/" + config.target.lstrip("/"))
+        matches = [k for k, (p, _) in enumerate(items) if str(p) == wanted or str(p).endswith(config.target)]
+        if not matches:
+            raise DataError(f"target {config.target!r} is not an image under {config.image_root}")
+        picked = matches[:1]
+    elif config.targets_per_class:
+        picked = [k for c in range(len(classes))
+                  for k in [i for i, (_, cc) in enumerate(items) if cc == c][: config.targets_per_class]]
+    else:
+        picked = [0]
+    out = []
+    for t in picked:
+        other = next((k for k, (_, c) in enumerate(items) if c != items[t][1]), t)
+        out.append({"target_path": str(items[t][0]), "target_class_name": classes[items[t][1]],
+                    "other_path": str(items[other][0]), "other_class_name": classes[items[other][1]]})
+    return out
+
+
+def prepare(*, config: ImagenetExperiment, progress: Progress = no_progress) -> dict[str, Any]:
+    """The weights (hashed), the targets, the dataset's mean distance between images."""
+    source = resolve_weights(config.weights, seed=config.seed)
     _, items = list_folder(config.image_root)
     rng = np.random.default_rng(config.seed)
     picked = rng.choice(len(items), size=min(config.n_dataset_images, len(items)), replace=False)
-    images = torch.stack([load_image(items[k][0], size) for k in sorted(picked)])
+    images = torch.stack([load_image(items[k][0], config.image_size) for k in sorted(picked)])
     distance = dataset_avg_distance(images, n_pairs=config.sample.n_dataset_pairs, seed=config.sample.seed)
-    summaries = []
-    for k, init in enumerate(rows):
-        part = slice(k * v, (k + 1) * v)
-        solver = result.summary(part)
+    return {"model_source": source, "random_weights": bool(source["random"]), "targets": _targets(config),
+            "dataset_avg_distance": distance, "inputs": {"model": source}}
+
+
+def plan(context: dict[str, Any], *, config: ImagenetExperiment) -> list[dict[str, Any]]:
+    n = len(config.rows)
+    return [job(f"target-{k}-row-{k * n + i}-{init}", [k * n + i], target=target)
+            for k, target in enumerate(context["targets"]) for i, init in enumerate(config.rows)]
+
+
+def solve(job: dict[str, Any], context: dict[str, Any], *, config: ImagenetExperiment,
+          progress: Progress = no_progress) -> None:
+    """Find each row's vertices with :func:`collide.find_polytope` and write its group."""
+    source = context["model_source"]
+    model = vgg16_from_source(source)
+    plan = job["spec"]["target"]
+    target = load_image(plan["target_path"], config.image_size)
+    for row in job["rows"]:
+        init_name = config.rows[row % len(config.rows)]
+        init_path = plan["target_path"] if init_name == "target" else plan["other_path"]
+        init = target if init_name == "target" else load_image(init_path, config.image_size)
+        poly = find_polytope(
+            model, config.layer, target, init=init, n_vertices=config.n_vertices, method="gradient",
+            device=resolve_device(config.device), config=config.gradient,
+            progress=lambda s, n, _d: progress("vertices", s, n),
+        )
         attrs = {
             "experiment": config.name,
-            "row": k,
-            "model": "vgg16-random" if plan["model_source"]["random"] else "vgg16-imagenet",
-            "model_source": plan["model_source"],
+            "row": row,
+            "model": "vgg16-random" if source["random"] else "vgg16-imagenet",
+            "model_source": source,
             "layer": config.layer,
             "method": "gradient",
-            "init": init,
+            "init": init_name,
             "loss": config.gradient.loss,
-            "criterion": criterion_for("gradient", config.gradient).to_dict(),
+            "criterion": poly.criterion.to_dict(),
             "target_path": plan["target_path"],
-            "init_path": plan["target_path"] if init == "target" else plan["other_path"],
+            "init_path": init_path,
             "target_class_name": plan["target_class_name"],
-            "units": units.tolist(),
-            "dataset_avg_distance": distance * PIXEL_SCALE,
+            "units": poly.units.tolist(),
+            "dataset_avg_distance": context["dataset_avg_distance"] * PIXEL_SCALE,
             "pixel_scale": PIXEL_SCALE,
-            "solver": solver,
+            "solver": poly.solver,
             "sampler": config.sample.sampler,
             "seed": config.seed,
             "config": config.to_dict(),
             "config_digest": config.digest(),
         }
-        write_row(
-            config.results_root, config.name, k,
-            {"vertices": result.vertices[part].numpy().astype(np.float32),
-             "target": target.numpy().astype(np.float32),
-             "init": inits[init].numpy().astype(np.float32)},
-            attrs,
-        )
-        summaries.append({"row": k, "method": "gradient", "init": init, **solver})
-    return summaries
-
-
-# Every experiment evaluates and writes its rows the same way, from the store.
-evaluate_row = evaluation.evaluate_experiment_row
-write_outputs = evaluation.write_experiment_outputs
-
-
-def run(*, config: ImagenetExperiment, progress: Progress = _noop) -> dict[str, Any]:
-    """The whole experiment in plain Python, stage after stage, as the flow runs it."""
-    start = time.perf_counter()
-    plan = prepare(config=config)
-    solve_rows(plan, config=config, progress=progress)
-    for r in range(len(config.rows)):
-        evaluate_row(r, config=config)
-    outputs = write_outputs(config=config)
-    return {**outputs, "random_weights": plan["model_source"]["random"], "seconds": time.perf_counter() - start}
+        write_row(config.results_root, config.name, row,
+                  {"vertices": poly.vertices.numpy().astype(np.float32),
+                   "target": target.numpy().astype(np.float32),
+                   "init": init.numpy().astype(np.float32)}, attrs)

@@ -1,47 +1,129 @@
-"""The MNIST experiment (paper §3.1, Tables 1-2) as pure stages.
+"""The MNIST experiment (paper §3.1, Tables 1-2), with the exact rows added.
 
-Each stage is a plain function of keys (paths, row numbers) and ``*, config``; it reads
-its inputs from disk, writes a fixed region of the results store, and returns a small
-dict. The Prefect flow wraps each stage in a task; :func:`run` chains them in plain
-Python. Both produce the same files.
+The MLP (or LeNet-5) is trained once, or its checkpoint reused; every row is one
+polytope job of :mod:`collide.experiments.engine`: ``collide.find_polytope`` on the
+row's target and init, written as one row group.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable
-from typing import Any
+import dataclasses
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, ClassVar
 
 import numpy as np
 import torch
 
-from collide.config import MnistExperiment, resolve_device
-from collide.datasets.mnist import ensure_mnist, load_mnist
-from collide.errors import CheckpointError, DataError
-from collide.models.zoo import (
-    build_model,
-    checkpoint_path,
-    checkpoint_source,
-    load_checkpoint,
-    save_checkpoint,
-    train,
+from collide._io import file_digest
+from collide.api import find_polytope
+from collide.config import (
+    DEFAULT_ROWS,
+    ExactConfig,
+    GradientConfig,
+    PaperConfig,
+    RowSpec,
+    SampleConfig,
+    TrainConfig,
+    _Experiment,
+    _require,
+    resolve_device,
 )
-from collide.objective import nonpositive_units
+from collide.datasets.mnist import ensure_mnist, load_mnist, mnist_files
+from collide.errors import CheckpointError, DataError
+from collide.experiments.engine import Progress, job, no_progress
+from collide.models.zoo import build_model, checkpoint_path, checkpoint_source, load_checkpoint, save_checkpoint, train
 from collide.polytope import dataset_avg_distance
-from collide.precision import full_precision
-from collide.results import evaluation
 from collide.results.store import write_row
-from collide.solvers.exact import OPTIMAL, solve_exact
-from collide.solvers.gradient import solve_gradient
-from collide.solvers.paper import solve_paper
-from collide.taps import preactivation, resolve_layer
-from collide.validity import criterion_for
+from collide.taps import layer_names, resolve_layer
 
-Progress = Callable[[str, int, int], None]
+NAME = "mnist"
+SUMMARY = "MNIST MLP, paper §3.1 (Tables 1-2); many targets with targets_per_class"
 DATASET = "mnist"
 
 
-def _noop(_stage: str, _done: int, _total: int) -> None:
-    pass
+@dataclass(frozen=True, kw_only=True)
+class MnistExperiment(_Experiment):
+    """The MNIST experiment of paper §3.1 (Tables 1-2), with the exact rows added.
+
+    ``target_label`` picks the first test image of that label that the model classifies
+    correctly; ``init="other"`` rows start from the first test image of another label.
+
+    ``targets_per_class`` > 0 replaces that single target by the first that many correctly
+    classified test images of every class; target ``k`` owns rows ``k*len(rows)`` to
+    ``(k+1)*len(rows) - 1``, each row one polytope job. ``threads`` is torch's CPU
+    thread count inside a job: results are the same bit for bit wherever a job runs (a
+    Dask worker, a thread, plain Python) only for the same count.
+    """
+
+    name: str = "mnist"
+    layer: str = "relu1"
+    n_vertices: int = 5
+    target_label: int = 7
+    rows: tuple[RowSpec, ...] = DEFAULT_ROWS
+    seed: int = 0
+    data_root: str = "data/raw/mnist"
+    checkpoint_dir: str = "data/checkpoints"
+    results_root: str = "data/results"
+    device: str = "auto"
+    allow_download: bool = True
+    train: TrainConfig = field(default_factory=TrainConfig)
+    gradient: GradientConfig = field(default_factory=GradientConfig)
+    exact: ExactConfig = field(default_factory=ExactConfig)
+    paper: PaperConfig = field(default_factory=PaperConfig)
+    sample: SampleConfig = field(default_factory=SampleConfig)
+    targets_per_class: int = 0
+    threads: int = 1
+
+    _nested: ClassVar[dict[str, type]] = {
+        "train": TrainConfig, "gradient": GradientConfig, "exact": ExactConfig, "paper": PaperConfig,
+        "sample": SampleConfig,
+    }
+
+    def __post_init__(self) -> None:
+        self._check_common()
+        _require(
+            all(isinstance(r, RowSpec) for r in self.rows),
+            f"expected rows to be RowSpec values, got {self.rows!r}",
+        )
+        _require(self.targets_per_class >= 0, f"expected targets_per_class >= 0, got {self.targets_per_class}")
+        _require(self.threads >= 1, f"expected threads >= 1, got {self.threads}")
+
+    @property
+    def n_targets(self) -> int:
+        """One target (``target_label``'s), or ``targets_per_class`` of each of the 10 classes."""
+        return 1 if self.targets_per_class == 0 else 10 * self.targets_per_class
+
+    @property
+    def n_rows(self) -> int:
+        return self.n_targets * len(self.rows)
+
+    def row_spec(self, row: int) -> RowSpec:
+        """How row ``row`` is found: every target repeats ``rows`` in order."""
+        _require(0 <= row < self.n_rows, f"expected row in 0..{self.n_rows - 1}, got {row}")
+        return self.rows[row % len(self.rows)]
+
+    @classmethod
+    def _rows(cls, rows: Any) -> tuple[Any, ...]:
+        return tuple(r if isinstance(r, RowSpec) else RowSpec(**r) for r in rows)
+
+    def with_paths(self, root: str | Path) -> MnistExperiment:
+        """The same experiment with data, checkpoints and results under ``root``."""
+        root = Path(root)
+        return dataclasses.replace(
+            self,
+            data_root=str(root / "raw" / "mnist"),
+            checkpoint_dir=str(root / "checkpoints"),
+            results_root=str(root / "results"),
+        )
+
+
+Config = MnistExperiment
+
+
+def layers(config: MnistExperiment) -> list[str]:
+    """The layers collisions can be sought at, as ``layer`` accepts them."""
+    return layer_names(build_model(config.train.arch))
 
 
 def validate(*, config: MnistExperiment) -> None:
@@ -52,29 +134,21 @@ def validate(*, config: MnistExperiment) -> None:
         config.paper.for_model(config.train.arch)
 
 
-def prepare_data(*, config: MnistExperiment) -> dict[str, Any]:
-    """Check the config against the model, then make sure MNIST is on disk."""
-    validate(config=config)
-    files = ensure_mnist(config.data_root, allow_download=config.allow_download)
-    return {"data_root": config.data_root, "files": {k: str(v) for k, v in files.items()}}
+def train_model(*, config: Any, progress: Progress = no_progress) -> dict[str, Any]:
+    """Train ``config.train.arch`` on MNIST, or reuse the checkpoint trained with the same settings.
 
-
-def train_model(*, config: MnistExperiment, progress: Progress = _noop) -> dict[str, Any]:
-    """Train the classifier, or reuse the checkpoint trained with the same settings."""
+    Any config with ``data_root``, ``checkpoint_dir``, ``train`` and ``device`` will do
+    (the patch experiment's LeNet-5 too).
+    """
     path = checkpoint_path(config.checkpoint_dir, DATASET, config.train)
     if path.exists():
         _, meta = load_checkpoint(path)
         reused = True
     else:
-        train_split = load_mnist(config.data_root, "train")
-        test_split = load_mnist(config.data_root, "test")
-
-        def report(epoch: int, epochs: int, _loss: float) -> None:
-            progress("train", epoch, epochs)
-
         model, meta = train(
-            train_split, test_split, config=config.train,
-            device=resolve_device(config.device), progress=report,
+            load_mnist(config.data_root, "train"), load_mnist(config.data_root, "test"), config=config.train,
+            device=resolve_device(config.device),
+            progress=lambda done, total, _loss: progress("train (batches)", done, total),
         )
         if meta["test_accuracy"] < config.train.min_accuracy:
             raise CheckpointError(
@@ -84,145 +158,97 @@ def train_model(*, config: MnistExperiment, progress: Progress = _noop) -> dict[
             )
         meta = save_checkpoint(model, meta, path)
         reused = False
-    return {
-        "checkpoint": str(path),
-        "sha256": meta["sha256"],
-        "test_accuracy": meta["test_accuracy"],
-        "reused": reused,
-    }
+    return {"checkpoint": str(path), "sha256": meta["sha256"], "test_accuracy": meta["test_accuracy"],
+            "reused": reused}
 
 
-def pick_examples(checkpoint: str, *, config: MnistExperiment) -> dict[str, int]:
-    """The target (first correctly classified test image of ``target_label``) and the
-    ``other`` init (first test image of another label)."""
+def pick_targets(checkpoint: str, *, data_root: str, label: int, per_class: int) -> list[dict[str, int]]:
+    """Each target's test index and its ``other`` init (the first test image of another
+    label): the first correctly classified image of ``label`` when ``per_class`` is 0,
+    else the first ``per_class`` correctly classified images of every class."""
     model, _ = load_checkpoint(checkpoint)
-    test = load_mnist(config.data_root, "test")
+    test = load_mnist(data_root, "test")
     with torch.no_grad():
         pred = model(test.images).argmax(1)
-    hits = torch.nonzero((test.labels == config.target_label) & (pred == test.labels)).flatten()
-    if len(hits) == 0:
-        raise DataError(f"no test image of label {config.target_label} is classified correctly")
-    target = int(hits[0])
-    others = torch.nonzero(test.labels != config.target_label).flatten()
-    return {"target_index": target, "other_index": int(others[0])}
+    targets = []
+    for wanted in [label] if per_class == 0 else range(10):
+        hits = torch.nonzero((test.labels == wanted) & (pred == test.labels)).flatten()
+        need = max(per_class, 1)
+        if len(hits) < need:
+            raise DataError(
+                f"only {len(hits)} test images of label {wanted} are classified correctly, fewer than the "
+                f"{need} asked for" + (": lower targets_per_class" if per_class else "")
+            )
+        other = int(torch.nonzero(test.labels != wanted).flatten()[0])
+        targets += [{"target_index": int(h), "other_index": other} for h in hits[:need]]
+    return targets
 
 
-def _row_attrs(row: int, context: dict[str, Any], config: MnistExperiment) -> dict[str, Any]:
-    spec = config.row_spec(row)
-    checkpoint, meta, examples = context["checkpoint"], context["meta"], context["examples"]
-    return {
-        "model_source": checkpoint_source(checkpoint, meta["sha256"]),
-        "dataset_avg_distance": context["distance"],
-        "pixel_scale": 1.0,
-        "experiment": config.name,
-        "row": row,
-        "model": f"{DATASET}-{config.train.arch}",
-        "checkpoint": checkpoint,
-        "checkpoint_sha256": meta["sha256"],
-        "test_accuracy": meta["test_accuracy"],
-        "layer": config.layer,
-        "method": spec.method,
-        "init": spec.init,
-        "loss": {"gradient": config.gradient.loss, "exact": "lp", "paper": "paper"}[spec.method],
-        "criterion": criterion_for(spec.method, getattr(config, spec.method)).to_dict(),
-        "target_index": examples["target_index"],
-        "init_index": examples["target_index"] if spec.init == "target" else examples["other_index"],
-        "units": context["units"].tolist(),
-        "sampler": config.sample.sampler,
-        "seed": config.seed,
-        "config": config.to_dict(),
-        "config_digest": config.digest(),
-        **({"paper_lr": config.paper.for_model(config.train.arch).lr} if spec.method == "paper" else {}),
-    }
+def prepare(*, config: MnistExperiment, progress: Progress = no_progress) -> dict[str, Any]:
+    """MNIST on disk, the classifier trained (or reused), the targets picked."""
+    ensure_mnist(config.data_root, allow_download=config.allow_download)
+    trained = train_model(config=config, progress=progress)
+    files = mnist_files(config.data_root)
+    if files is None:
+        raise DataError(f"MNIST not found in {config.data_root}")
+    data = file_digest([files["test_images"], files["test_labels"]])
+    targets = pick_targets(trained["checkpoint"], data_root=config.data_root, label=config.target_label,
+                           per_class=config.targets_per_class)
+    return {**trained, "targets": targets, "inputs": {"checkpoint_sha256": trained["sha256"], "data": data}}
 
 
-def solve_rows(
-    rows: list[int],
-    checkpoint: str,
-    examples: dict[str, int],
-    *,
-    config: MnistExperiment,
-    progress: Progress = _noop,
-) -> list[dict[str, Any]]:
-    """Find the vertices of ``rows`` and write each row's group (vertices, target, init).
+def plan(context: dict[str, Any], *, config: MnistExperiment) -> list[dict[str, Any]]:
+    """One job per row: target ``k`` owns rows ``k*len(rows)`` on."""
+    n = len(config.rows)
+    return [job(f"target-{k}-row-{k * n + i}-{spec.method}-{spec.init}", [k * n + i], examples=examples)
+            for k, examples in enumerate(context["targets"]) for i, spec in enumerate(config.rows)]
 
-    The gradient rows go through the solver as one batch, the paper-scheme rows as
-    another; exact rows are solved one LP per vertex.
-    """
-    model, meta = load_checkpoint(checkpoint)
+
+def solve(job: dict[str, Any], context: dict[str, Any], *, config: MnistExperiment,
+          progress: Progress = no_progress) -> None:
+    """Find each row's polytope with :func:`collide.find_polytope` and write its row group."""
+    model, meta = load_checkpoint(context["checkpoint"])
     test = load_mnist(config.data_root, "test")
+    examples = job["spec"]["examples"]
     target = test.images[examples["target_index"]]
-    with torch.no_grad():
-        target_pre = preactivation(model, target.unsqueeze(0), config.layer)[0]
-    units = nonpositive_units(target_pre, config.n_vertices)
-    specs = {r: config.row_spec(r) for r in rows}
-    inits = {
-        r: test.images[examples["target_index"] if s.init == "target" else examples["other_index"]]
-        for r, s in specs.items()
-    }
-    v = config.n_vertices
-    context = {
-        "checkpoint": checkpoint, "meta": meta, "examples": examples, "units": units,
-        "distance": dataset_avg_distance(test.images, n_pairs=config.sample.n_dataset_pairs, seed=config.sample.seed),
-    }
-    device = resolve_device(config.device)
-    summaries = []
-    for method in ("gradient", "paper"):
-        batch = [r for r in rows if specs[r].method == method]
-        if not batch:
-            continue
-        problem = (
-            model, config.layer, target_pre.expand(v * len(batch), -1),
-            torch.stack([inits[r] for r in batch]).repeat_interleave(v, 0), units.repeat(len(batch)),
+    distance = dataset_avg_distance(test.images, n_pairs=config.sample.n_dataset_pairs, seed=config.sample.seed)
+    for row in job["rows"]:
+        spec = config.row_spec(row)
+        init_index = examples["target_index"] if spec.init == "target" else examples["other_index"]
+        solver_config = config.paper.for_model(config.train.arch) if spec.method == "paper" else getattr(
+            config, spec.method)
+        poly = find_polytope(
+            model, config.layer, target, init=test.images[init_index], n_vertices=config.n_vertices,
+            method=spec.method, device=resolve_device(config.device), config=solver_config,
+            progress=lambda s, n, _d, m=spec.method: progress(f"vertices ({m})", s, n),
         )
-
-        def report(step: int, total: int, _stopped: int, method: str = method) -> None:
-            progress(f"vertices ({method})", step, total)
-
-        with full_precision():
-            result = (solve_gradient(*problem, config=config.gradient, device=device, progress=report)
-                      if method == "gradient" else
-                      solve_paper(*problem, config=config.paper.for_model(config.train.arch), device=device,
-                                  progress=report))
-        for k, r in enumerate(batch):
-            part = slice(k * v, (k + 1) * v)
-            summaries.append(_write_solution(r, result.vertices[part], target, inits[r], result.summary(part),
-                                             context, config))
-    exact_rows = [r for r in rows if specs[r].method == "exact"]
-    for k, r in enumerate(exact_rows):
-        ex = solve_exact(model, config.layer, target, inits[r], units, config=config.exact)
-        solver = {
-            "seconds": ex.seconds,
-            "converged": all(o == OPTIMAL for o in ex.outcomes),
-            "outcomes": list(ex.outcomes),
-            "input_dim": ex.input_dim,
-            "n_positive": ex.n_positive,
-            "rank_positive": ex.rank_positive,
-            "dim_upper_bound": ex.dim_upper_bound,
+        attrs = {
+            "model_source": checkpoint_source(context["checkpoint"], meta["sha256"]),
+            "dataset_avg_distance": distance,
+            "pixel_scale": 1.0,
+            "experiment": config.name,
+            "row": row,
+            "model": f"{DATASET}-{config.train.arch}",
+            "checkpoint": context["checkpoint"],
+            "checkpoint_sha256": meta["sha256"],
+            "test_accuracy": meta["test_accuracy"],
+            "layer": config.layer,
+            "method": spec.method,
+            "init": spec.init,
+            "loss": {"gradient": config.gradient.loss, "exact": "lp", "paper": "paper"}[spec.method],
+            "criterion": poly.criterion.to_dict(),
+            "target_index": examples["target_index"],
+            "init_index": init_index,
+            "units": poly.units.tolist(),
+            "sampler": config.sample.sampler,
+            "seed": config.seed,
+            "config": config.to_dict(),
+            "config_digest": config.digest(),
+            "solver": poly.solver,
+            **({"paper_lr": solver_config.lr} if spec.method == "paper" else {}),
         }
-        summaries.append(_write_solution(r, ex.vertices, target, inits[r], solver, context, config))
-        progress("exact", k + 1, len(exact_rows))
-    return summaries
-
-
-def _write_solution(
-    row: int, vertices: torch.Tensor, target: torch.Tensor, init: torch.Tensor, solver: dict[str, Any],
-    context: dict[str, Any], config: MnistExperiment,
-) -> dict[str, Any]:
-    attrs = _row_attrs(row, context, config)
-    attrs["solver"] = solver
-    write_row(
-        config.results_root, config.name, row,
-        {
-            "vertices": vertices.numpy().astype(np.float32),
+        write_row(config.results_root, config.name, row, {
+            "vertices": poly.vertices.numpy().astype(np.float32),
             "target": target.numpy().astype(np.float32),
-            "init": init.numpy().astype(np.float32),
-        },
-        attrs,
-    )
-    return {"row": row, "method": attrs["method"], "init": attrs["init"], **solver}
-
-
-# Every experiment evaluates and writes its rows the same way, from the store.
-evaluate_row = evaluation.evaluate_experiment_row
-write_outputs = evaluation.write_experiment_outputs
+            "init": poly.init.numpy().astype(np.float32),
+        }, attrs)

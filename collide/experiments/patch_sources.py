@@ -1,5 +1,8 @@
 """Where the patch experiment's images and model come from: MNIST or an image folder.
 
+``config`` is the patch experiment's config (typed ``Any`` here: its class lives in
+:mod:`collide.experiments.patches`, which imports this module).
+
 Each source answers the same questions: which images make the corpus (with labels,
 for the per-class share), how to load a list of them as uint8 (a picklable loader
 for Dask), which model to use, which images are the start and the other target, and
@@ -15,7 +18,6 @@ from typing import Any
 import numpy as np
 import torch
 
-from collide.config import PatchExperiment
 from collide.datasets.folders import list_folder, load_image
 from collide.datasets.mnist import MNIST_FILES, ensure_mnist, load_mnist, mnist_files, read_idx
 from collide.errors import ConfigError, DataError
@@ -24,7 +26,7 @@ from collide.models.vgg import NormalisedVGG, resolve_weights
 from collide.models.zoo import build_model, checkpoint_source
 from collide.patches.extract import LoadImages, patches_per_image
 from collide.polytope import dataset_avg_distance
-from collide.taps import resolve_layer
+from collide.taps import layer_names, resolve_layer
 
 
 @dataclass(frozen=True)
@@ -37,11 +39,24 @@ class Corpus:
     description: dict[str, Any]
 
 
-def image_side(config: PatchExperiment) -> int:
+def image_side(config: Any) -> int:
     return 28 if config.dataset == "mnist" else config.image_size
 
 
-def validate(*, config: PatchExperiment) -> None:
+def _model_skeleton(config: Any) -> torch.nn.Module:
+    if config.dataset == "mnist":
+        return build_model(config.train.arch)
+    from torchvision.models import vgg16
+
+    return NormalisedVGG(vgg16(weights=None))
+
+
+def layers(*, config: Any) -> list[str]:
+    """The layers of the dataset's model that ``layer`` accepts."""
+    return layer_names(_model_skeleton(config))
+
+
+def validate(*, config: Any) -> None:
     """Fail before any work on a layer the model lacks or a patch grid that cannot tile."""
     side = image_side(config)
     patches_per_image(side, side, config.patch.size, config.patch.stride)
@@ -50,15 +65,10 @@ def validate(*, config: PatchExperiment) -> None:
             f"patches of size {config.patch.size} at stride {config.patch.stride} do not tile a {side}-pixel "
             "side: choose them with (side - size) divisible by stride"
         )
-    if config.dataset == "mnist":
-        resolve_layer(build_model(config.train.arch), config.layer)
-    else:
-        from torchvision.models import vgg16
-
-        resolve_layer(NormalisedVGG(vgg16(weights=None)), config.layer)
+    resolve_layer(_model_skeleton(config), config.layer)
 
 
-def prepare(*, config: PatchExperiment) -> dict[str, Any]:
+def prepare(*, config: Any) -> dict[str, Any]:
     validate(config=config)
     if config.dataset == "mnist":
         files = ensure_mnist(config.data_root, allow_download=config.allow_download)
@@ -69,7 +79,7 @@ def prepare(*, config: PatchExperiment) -> dict[str, Any]:
     return {"dataset": "folder", "classes": len(classes), "images": len(items)}
 
 
-def model(*, config: PatchExperiment, progress: Any) -> dict[str, Any]:
+def model(*, config: Any, progress: Any) -> dict[str, Any]:
     """The classifier: MNIST's LeNet-5 trained (or reused), or VGG-16's weights."""
     if config.dataset == "mnist":
         trained = mnist.train_model(config=config, progress=progress)  # type: ignore[arg-type]
@@ -79,17 +89,31 @@ def model(*, config: PatchExperiment, progress: Any) -> dict[str, Any]:
     return {"model_source": source, "test_accuracy": None, "reused": True}
 
 
-def examples(model_source: dict[str, Any], *, config: PatchExperiment) -> dict[str, Any]:
-    """The start image and the other row's target, as references :func:`image` loads."""
+def examples(model_source: dict[str, Any], *, config: Any) -> list[dict[str, Any]]:
+    """Each job's start image and its other row's target, as references :func:`image` loads.
+
+    MNIST: the first correctly classified test image of ``target_label`` (or the first
+    ``targets_per_class`` of every class) and the first test image of another label.
+    A folder: the first image of the first class (or the first ``targets_per_class`` of
+    every class) and the first image of another class.
+    """
     if config.dataset == "mnist":
-        picked = mnist.pick_examples(model_source["path"], config=config)  # type: ignore[arg-type]
-        return {"start": picked["target_index"], "other": picked["other_index"]}
+        picked = mnist.pick_targets(model_source["path"], data_root=config.data_root, label=config.target_label,
+                                    per_class=config.targets_per_class)
+        return [{"start": p["target_index"], "other": p["other_index"]} for p in picked]
     _, items = list_folder(config.image_root)
-    other = next((str(p) for p, c in items if c != items[0][1]), str(items[0][0]))
-    return {"start": str(items[0][0]), "other": other}
+    per_class = config.targets_per_class
+    starts = [0] if per_class == 0 else [
+        k for c in sorted({c for _, c in items}) for k in [i for i, (_, cc) in enumerate(items) if cc == c][:per_class]
+    ]
+    out = []
+    for k in starts:
+        other = next((str(p) for p, c in items if c != items[k][1]), str(items[k][0]))
+        out.append({"start": str(items[k][0]), "other": other})
+    return out
 
 
-def image(ref: Any, *, config: PatchExperiment) -> torch.Tensor:
+def image(ref: Any, *, config: Any) -> torch.Tensor:
     """One image in [0, 1]. (C, H, W)"""
     if config.dataset == "mnist":
         return _mnist_test(config.data_root)[int(ref)]
@@ -114,7 +138,7 @@ def _load_folder(paths: tuple[str, ...], size: int, ids: list[int]) -> np.ndarra
     return np.stack([(load_image(paths[i], size).numpy() * 255).round().astype(np.uint8) for i in ids])
 
 
-def corpus(*, config: PatchExperiment) -> Corpus:
+def corpus(*, config: Any) -> Corpus:
     if config.dataset == "mnist":
         files = mnist_files(config.data_root)
         if files is None:
@@ -135,7 +159,7 @@ def corpus(*, config: PatchExperiment) -> Corpus:
     )
 
 
-def dataset_distance(*, config: PatchExperiment) -> tuple[float, float]:
+def dataset_distance(*, config: Any) -> tuple[float, float]:
     """Mean L2 between seeded pairs of the dataset's images, and the pixel scale it is in.
 
     Every experiment reports distances in the model's input units ([0, 1] pixels), so

@@ -1,68 +1,169 @@
 """The patch-composition experiment (paper §4, Tables 5-6).
 
 Offline by default on MNIST with LeNet-5; on an ImageNet-style folder with VGG-16 as
-in the paper (``dataset="folder"``). Stages, each a plain function of keys and
-``*, config`` as in :mod:`collide.experiments.mnist`: prepare, model (train or find weights), the
-patch store (Dask into Zarr), the kNN index, the composition logits of each row,
-evaluation, outputs. What differs between the two datasets is in
-:mod:`collide.experiments.patch_sources`.
+in the paper (``dataset="folder"``). ``prepare`` trains (or finds) the model, extracts
+the patch store (Dask into Zarr) and builds the kNN index; each start image is one
+polytope job of :mod:`collide.experiments.engine`, whose rows are
+``collide.find_polytope`` over composition logits. What differs between the two
+datasets is in :mod:`collide.experiments.patch_sources`.
 """
 
 from __future__ import annotations
 
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
 
 import numpy as np
 import torch
 
 from collide._io import json_digest
-from collide.config import PatchExperiment, resolve_device
+from collide.api import find_polytope
+from collide.config import (
+    GradientConfig,
+    KnnConfig,
+    PatchConfig,
+    SampleConfig,
+    TrainConfig,
+    _choice,
+    _Experiment,
+    _non_negative,
+    _require,
+    resolve_device,
+)
 from collide.errors import ConfigError
-from collide.experiments import mnist
 from collide.experiments import patch_sources as sources
+from collide.experiments.engine import Progress, job, no_progress
 from collide.models.zoo import load_checkpoint, load_model_source
-from collide.objective import nonpositive_units
-from collide.patches.compose import Composition, candidate_share, compose, initial_logits, weight_tv, window_patches
+from collide.patches.compose import ComposedPatches, Composition, candidate_share, window_patches
 from collide.patches.extract import build_store, open_store, sample_ids
 from collide.patches.knn import PatchIndex, StaleIndexError, as_vectors, exact_knn, recall_at_k
-from collide.precision import full_precision
-from collide.results import evaluation
 from collide.results.store import write_row
-from collide.solvers.gradient import solve_gradient
-from collide.taps import preactivation
-from collide.validity import criterion_for
 
-Progress = mnist.Progress
-_noop = mnist._noop
+NAME = "patches"
+SUMMARY = ("patch-composition polytopes, paper §4 (Tables 5-6); offline on MNIST + LeNet-5 at fc1, "
+           "or an image folder + VGG-16 (fc6) with dataset=folder")
+DEFAULT_LAYERS = {"mnist": "fc1", "folder": "fc6"}
+
+
+PATCH_ROWS = ("self", "other")
+
+# Logits move in softmax units, so the solver takes larger steps than in pixel space.
+# A composition that has not met the criterion after 300 steps without its feature error
+# falling by 0.1% will not meet it: it stops (outcome "stalled") instead of running on.
+PATCH_GRADIENT = GradientConfig(lr=0.1, lr_end=1e-3, max_steps=1500, growth=1.01, min_steps=50, stall_window=300)
+
+
+@dataclass(frozen=True, kw_only=True)
+class PatchExperiment(_Experiment):
+    """Patch-composition collisions (paper §4, Tables 5-6), embedded on MNIST + LeNet-5.
+
+    The start image is the first correctly classified test image of ``target_label``.
+    Row ``self`` makes compositions of its neighbours' patches collide with the start
+    image itself; row ``other`` with the first test image of another label (the paper's
+    church -> cleaver). Collisions are sought at ``layer`` (LeNet-5's first fully
+    connected layer: the analogue of VGG's fc6). ``targets_per_class`` > 0 takes that
+    many start images of every class instead of one, start ``k`` owning rows
+    ``k*len(rows)`` on.
+
+    ``candidates_from="start"`` (the default, the paper's candidate set): each window's
+    candidates are the start image's own patch and its ``knn.k`` nearest store patches,
+    for both rows. On MNIST this ``other`` row finds no collision, and says so: a 7's
+    patches and their neighbours hold none of a 2's strokes (per window, the best single
+    candidate is hardly nearer the 2's window than the 7's own patch), so the solver's
+    best composition stays a 7 (p 0.9998) at relative feature error 0.97, 1.5 from the
+    start and 11.0 from the target (11.3 apart): no vertex is valid and the success rate
+    is NaN (LeNet-5 at fc1, k=10, 8x8 patches at stride 4; measured for issue 8).
+
+    ``"start+target-neighbours"`` (a labelled variant, not the paper's) gives the
+    ``other`` row also the ``knn.k`` nearest store patches of each of the target's
+    windows, leaving out the target's own patches and every store patch byte-identical
+    to one of them: with those, one-hot weights would rebuild the target and the
+    collision would be reachable by construction. The row's ``target_weight_share``
+    says how much of the composition the target-derived candidates carry: in the same
+    setting 0.97, with vertices 1.3 from the 2 at feature error <= 1e-2. Near-copies of
+    the target's patches still rebuild it closely; read that row as such, not as the
+    paper's result.
+
+    ``tv_weight`` weighs the total variation of the weight maps. The authors' 100 (beside
+    β = 10) is for their scale; here 0.01 held the compositions so close to the start
+    that on the ``self`` row 3 of 5 vertices moved their pushed unit by less than 0.04
+    (0.01 x max|ỹᵗ| is needed to count), while 0.001 leaves 4 of 5 valid and the vertices
+    0.8 apart (measured for issue 8).
+
+    ``dataset="folder"`` runs the paper's setting instead: images of ``image_root`` (an
+    ImageNet-style folder) at ``image_size``, VGG-16 with ``weights`` (see
+    :class:`~collide.experiments.imagenet.ImagenetExperiment`), and ``layer`` then
+    defaults to ``fc6``; the start is the first image of the first class and the other
+    target the first image of another class.
+    """
+
+    name: str = "patches"
+    layer: str = ""
+    n_vertices: int = 5
+    target_label: int = 7
+    rows: tuple[str, ...] = PATCH_ROWS
+    tv_weight: float = 0.001
+    own_logit: float = 5.0
+    candidates_from: str = "start"
+    dataset: str = "mnist"
+    image_root: str = "data/raw/imagenet"
+    image_size: int = 224
+    weights: str = "torchvision"
+    n_dataset_images: int = 200
+    data_root: str = "data/raw/mnist"
+    checkpoint_dir: str = "data/checkpoints"
+    cache_root: str = "data/cache"
+    results_root: str = "data/results"
+    device: str = "auto"
+    allow_download: bool = True
+    train: TrainConfig = field(default_factory=lambda: TrainConfig(arch="lenet5", epochs=4, min_accuracy=0.98))
+    patch: PatchConfig = field(default_factory=PatchConfig)
+    knn: KnnConfig = field(default_factory=KnnConfig)
+    gradient: GradientConfig = PATCH_GRADIENT
+    sample: SampleConfig = field(default_factory=SampleConfig)
+    targets_per_class: int = 0
+
+    CANDIDATE_SETS: ClassVar[tuple[str, ...]] = ("start", "start+target-neighbours")
+    _nested: ClassVar[dict[str, type]] = {
+        "train": TrainConfig, "gradient": GradientConfig, "patch": PatchConfig, "knn": KnnConfig,
+        "sample": SampleConfig,
+    }
+
+    def __post_init__(self) -> None:
+        if not self.layer:  # the default follows the dataset: LeNet-5's fc1, VGG-16's fc6
+            object.__setattr__(self, "layer", DEFAULT_LAYERS.get(self.dataset, "fc1"))
+        self._check_common()
+        _require(self.targets_per_class >= 0, f"expected targets_per_class >= 0, got {self.targets_per_class}")
+        _require(all(r in PATCH_ROWS for r in self.rows), f"expected rows from {PATCH_ROWS}, got {self.rows!r}")
+        _non_negative("tv_weight", self.tv_weight)
+        _choice("candidates_from", self.candidates_from, self.CANDIDATE_SETS)
+        _choice("dataset", self.dataset, ("mnist", "folder"))
+        _require(self.image_size >= 32, f"expected image_size >= 32, got {self.image_size}")
+
+
+
+
+Config = PatchExperiment
+
+
+def layers(config: PatchExperiment) -> list[str]:
+    return sources.layers(config=config)
 
 
 def validate(*, config: PatchExperiment) -> None:
     sources.validate(config=config)
 
 
-def prepare_data(*, config: PatchExperiment) -> dict[str, Any]:
-    return sources.prepare(config=config)
-
-
-def train_model(*, config: PatchExperiment, progress: Progress = _noop) -> dict[str, Any]:
-    """The classifier, as a model source (checkpoint or VGG-16 weights) and its accuracy."""
-    return sources.model(config=config, progress=progress)
-
-
-def pick_examples(model_source: dict[str, Any], *, config: PatchExperiment) -> dict[str, Any]:
-    return sources.examples(model_source, config=config)
-
-
 def _store_path(config: PatchExperiment) -> Path:
     origin = config.data_root if config.dataset == "mnist" else [config.image_root, config.image_size]
-    origin_key = {"patch": asdict(config.patch), "data": origin}
-    return Path(config.cache_root) / f"{config.dataset}-patches-{json_digest(origin_key, 12)}.zarr"
+    key = json_digest({"patch": asdict(config.patch), "data": origin}, 12)
+    return Path(config.cache_root) / f"{config.dataset}-patches-{key}.zarr"
 
 
-def build_patches(*, config: PatchExperiment, scheduler: Any = "threads", progress: Progress = _noop) -> dict[str, Any]:
+def build_patches(*, config: PatchExperiment, scheduler: Any = "threads", progress: Progress = no_progress
+                  ) -> dict[str, Any]:
     """Patches of ``patch.share`` of each class's images, into a resumable Zarr store."""
     corpus = sources.corpus(config=config)
     ids = sample_ids(corpus.labels, config.patch.share, config.patch.seed)
@@ -73,12 +174,12 @@ def build_patches(*, config: PatchExperiment, scheduler: Any = "threads", progre
 
 
 def _index_path(config: PatchExperiment) -> Path:
-    key = json_digest(asdict(config.knn), 12)
-    return _store_path(config).with_suffix(f".index-{key}.pkl")
+    return _store_path(config).with_suffix(f".index-{json_digest(asdict(config.knn), 12)}.pkl")
 
 
-def build_index(*, config: PatchExperiment, progress: Progress = _noop) -> dict[str, Any]:
-    """The pynndescent index over the store, persisted next to it; reused when present."""
+def build_index(*, config: PatchExperiment, progress: Progress = no_progress) -> dict[str, Any]:
+    """The kNN index over the store (exact search for a small one), persisted next to it;
+    reused when present."""
     path = _index_path(config)
     if path.is_file():
         try:
@@ -86,12 +187,33 @@ def build_index(*, config: PatchExperiment, progress: Progress = _noop) -> dict[
             return {"index": str(path), "build_seconds": index.build_seconds, "reused": True}
         except StaleIndexError:
             pass  # rebuilt below and saved over it
-
     store = open_store(_store_path(config))
-    patches = store["patches"][...]
-    index = PatchIndex.build(patches, config=config.knn, progress=progress)
+    index = PatchIndex.build(store["patches"][...], config=config.knn, progress=progress)
     index.save(path)
     return {"index": str(path), "build_seconds": index.build_seconds, "reused": False}
+
+
+def prepare(*, config: PatchExperiment, progress: Progress = no_progress, scheduler: Any = "threads"
+            ) -> dict[str, Any]:
+    """Data, model, patch store and index (each reused when on disk), the start images."""
+    sources.prepare(config=config)
+    trained = sources.model(config=config, progress=progress)
+    store = build_patches(config=config, scheduler=scheduler, progress=progress)
+    index = build_index(config=config, progress=progress)
+    distance, scale = sources.dataset_distance(config=config)
+    source = trained["model_source"]
+    return {
+        **trained, "random_weights": bool(source.get("random")), "store": store, "index": index,
+        "targets": sources.examples(source, config=config), "dataset_avg_distance": distance, "pixel_scale": scale,
+        "inputs": {"model": source, "patches": store["n_patches"]},
+    }
+
+
+def plan(context: dict[str, Any], *, config: PatchExperiment) -> list[dict[str, Any]]:
+    """One job per start image, writing its ``rows`` (start ``k`` owns rows ``k*len(rows)`` on)."""
+    n = len(config.rows)
+    return [job(f"start-{k}", list(range(k * n, (k + 1) * n)), examples=examples)
+            for k, examples in enumerate(context["targets"])]
 
 
 # In ``candidate_rows``: the start image's own window patch, which is no store row.
@@ -184,9 +306,8 @@ def _distances(vertices: torch.Tensor, point: torch.Tensor) -> np.ndarray:
     return (vertices.double() - point.double()).flatten(1).norm(dim=1).numpy()
 
 
-def solve_rows(
-    model_source: dict[str, Any], examples: dict[str, Any], *, config: PatchExperiment, progress: Progress = _noop
-) -> list[dict[str, Any]]:
+def solve(job: dict[str, Any], context: dict[str, Any], *, config: PatchExperiment,
+          progress: Progress = no_progress) -> None:
     """Optimise the composition logits of each row's vertices (one batch per row: rows
     may have different candidate sets).
 
@@ -201,21 +322,17 @@ def solve_rows(
     pixels and vertices) and recall@k over every kNN query the row's candidates came
     from (``knn_recall``, ``knn_queries``).
     """
-    model = load_model_source(model_source)
-    accuracy = None
-    if model_source["kind"] == "checkpoint":
-        accuracy = load_checkpoint(model_source["path"])[1]["test_accuracy"]
+    source = context["model_source"]
+    model = load_model_source(source)
+    accuracy = load_checkpoint(source["path"])[1]["test_accuracy"] if source["kind"] == "checkpoint" else None
+    examples = job["spec"]["examples"]
     start = sources.image(examples["start"], config=config)
     patches = open_store(_store_path(config))["patches"]
     index = PatchIndex.load(_index_path(config))
     near = _neighbours(start, index, patches, config)
     n_windows = len(near.rows)
-    v, rows = config.n_vertices, list(config.rows)
     targets = {"self": examples["start"], "other": examples["other"]}
-    device = resolve_device(config.device)
-    distance, scale = sources.dataset_distance(config=config)
-    summaries = []
-    for k, name in enumerate(rows):
+    for row, name in zip(job["rows"], config.rows, strict=True):
         target = sources.image(targets[name], config=config)
         # The paper's candidates: the start's own patch and its neighbours. The variant
         # adds the target's neighbours, never the target's own patches (nor copies of
@@ -230,41 +347,32 @@ def solve_rows(
         from_target = np.zeros(candidate_rows.shape[1], dtype=bool)
         from_target[1 + config.knn.k :] = widened
         comp = _composition(start, candidate_rows, patches, config)
+        poly = find_polytope(
+            model, config.layer, target, init=start, n_vertices=config.n_vertices, method="gradient",
+            device=resolve_device(config.device), config=config.gradient,
+            param=ComposedPatches(comp, own_logit=config.own_logit, tv_weight=config.tv_weight),
+            progress=lambda s, n, _d, name=name: progress(f"vertices ({name})", s, n),
+        )
+        to_start, to_target = _distances(poly.vertices, start), _distances(poly.vertices, target)
         with torch.no_grad():
-            pre = preactivation(model, target.unsqueeze(0), config.layer)[0]
-        units = nonpositive_units(pre, v)
-        logits0 = initial_logits(comp.candidates.shape[0], comp.n_candidates, own=config.own_logit)
-        comp_dev = comp.to(device)
-        with full_precision():
-            result = solve_gradient(
-                model, config.layer, pre.expand(v, -1), logits0.expand(v, -1, -1).clone(), units,
-                config=config.gradient, device=device,
-                progress=lambda s, n, _d, name=name: progress(f"vertices ({name})", s, n),
-                decode=lambda theta, comp_dev=comp_dev: compose(theta, comp_dev),
-                regularizer=lambda theta, comp_dev=comp_dev: config.tv_weight * weight_tv(theta, comp_dev),
-            )
-        init_image = compose(logits0[None], comp)[0]
-        to_start, to_target = _distances(result.vertices, start), _distances(result.vertices, target)
-        with torch.no_grad():
-            share = candidate_share(result.params, comp, torch.from_numpy(from_target))
-        solver = result.summary()
+            share = candidate_share(poly.params, comp, torch.from_numpy(from_target))
         attrs = {
             "experiment": config.name,
-            "row": k,
-            "model": _model_name(model_source, config),
-            "model_source": model_source,
+            "row": row,
+            "model": _model_name(source, config),
+            "model_source": source,
             "test_accuracy": accuracy,
             "layer": config.layer,
             "method": "patches",
             "init": "start-composition",
             "loss": config.gradient.loss,
-            "criterion": criterion_for("gradient", config.gradient).to_dict(),
+            "criterion": poly.criterion.to_dict(),
             "row_kind": name,
             "target_index": targets[name],
             "init_index": examples["start"],
-            "units": units.tolist(),
-            "dataset_avg_distance": distance,
-            "pixel_scale": scale,
+            "units": poly.units.tolist(),
+            "dataset_avg_distance": context["dataset_avg_distance"],
+            "pixel_scale": context["pixel_scale"],
             "composition": {"size": config.patch.size, "stride": config.patch.stride,
                             "candidates": comp.n_candidates, "own_logit": config.own_logit,
                             "candidates_from": "start+target-neighbours" if widened else "start",
@@ -273,19 +381,19 @@ def solve_rows(
             "target_weight_share": float(share.mean()),
             "mean_distance_to_start_all": float(to_start.mean()),
             "mean_distance_to_target_all": float(to_target.mean()),
-            "solver": solver,
+            "solver": poly.solver,
             "sampler": config.sample.sampler,
             "config": config.to_dict(),
             "config_digest": config.digest(),
         }
         write_row(
-            config.results_root, config.name, k,
+            config.results_root, config.name, row,
             {
-                "vertices": result.vertices.numpy().astype(np.float32),
+                "vertices": poly.vertices.numpy().astype(np.float32),
                 "target": target.numpy().astype(np.float32),
-                "init": init_image.numpy().astype(np.float32),
+                "init": poly.init.numpy().astype(np.float32),
                 "start": start.numpy().astype(np.float32),
-                "logits": result.params.numpy().astype(np.float32),
+                "logits": poly.params.numpy().astype(np.float32),  # type: ignore[union-attr]
                 "candidate_rows": candidate_rows.astype(np.int64),
                 "candidate_from_target": from_target,
                 "distance_to_start": to_start,
@@ -293,8 +401,6 @@ def solve_rows(
             },
             attrs,
         )
-        summaries.append({"row": k, "method": "patches", "init": name, **solver})
-    return summaries
 
 
 def _knn_facts(queried: list[_Neighbours], index: PatchIndex, patches: Any, config: PatchExperiment) -> dict[str, Any]:
@@ -315,25 +421,3 @@ def _model_name(source: dict[str, Any], config: PatchExperiment) -> str:
     if config.dataset == "mnist":
         return f"mnist-{config.train.arch}"
     return "vgg16-random" if source.get("random") else "vgg16-imagenet"
-
-
-# Every experiment evaluates and writes its rows the same way, from the store.
-evaluate_row = evaluation.evaluate_experiment_row
-write_outputs = evaluation.write_experiment_outputs
-
-
-def run(*, config: PatchExperiment, progress: Progress = _noop, scheduler: Any = "threads") -> dict[str, Any]:
-    """The whole experiment in plain Python, stage after stage, as the flow runs it."""
-    start = time.perf_counter()
-    prepare_data(config=config)
-    trained = train_model(config=config, progress=progress)
-    examples = pick_examples(trained["model_source"], config=config)
-    build_patches(config=config, scheduler=scheduler, progress=progress)
-    build_index(config=config, progress=progress)
-    solve_rows(trained["model_source"], examples, config=config, progress=progress)
-    for r in range(len(config.rows)):
-        evaluate_row(r, config=config)
-        progress("evaluate", r + 1, len(config.rows))
-    outputs = write_outputs(config=config)
-    return {**outputs, "test_accuracy": trained["test_accuracy"],
-            "random_weights": bool(trained["model_source"].get("random")), "seconds": time.perf_counter() - start}

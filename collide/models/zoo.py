@@ -88,6 +88,8 @@ def train(
 ) -> tuple[nn.Module, dict[str, Any]]:
     """Train ``config.arch`` with Adam; deterministic for a given seed and device.
 
+    ``progress(batches_done, batches_total, loss)`` after every batch.
+
     Returns:
         The model in eval mode on CPU, and metadata (test accuracy, seconds, config).
     """
@@ -103,6 +105,7 @@ def train(
     loss_fn = nn.CrossEntropyLoss()
     n = len(train_split) if config.train_limit is None else min(config.train_limit, len(train_split))
     start = time.perf_counter()
+    per_epoch = -(-n // config.batch_size)
     for epoch in range(config.epochs):
         model.train()
         order = torch.randperm(n, generator=gen)
@@ -114,8 +117,8 @@ def train(
             loss = loss_fn(model(x), y)
             loss.backward()
             opt.step()
-        if progress is not None:
-            progress(epoch + 1, config.epochs, loss.item())
+            if progress is not None:
+                progress(epoch * per_epoch + b // config.batch_size + 1, config.epochs * per_epoch, loss.item())
     acc = accuracy(model, test_split, device=device)
     model.to("cpu").eval()
     meta = {

@@ -110,6 +110,22 @@ def recall_at_k(found: np.ndarray, exact: np.ndarray, *, rtol: float = 1e-5) -> 
     return float((found <= kth * (1 + rtol) + 1e-6).mean())
 
 
+class _BruteForce:
+    """Exact search with pynndescent's ``query`` signature, for stores too small to index."""
+
+    def __init__(self, vectors: np.ndarray) -> None:
+        self.vectors = vectors
+        self.norms = (vectors.astype(np.float64) ** 2).sum(1)
+
+    def query(self, q: np.ndarray, k: int, epsilon: float = 0.0) -> tuple[np.ndarray, np.ndarray]:
+        q64 = q.astype(np.float64)
+        d2 = (q64 ** 2).sum(1)[:, None] - 2 * q64 @ self.vectors.T.astype(np.float64) + self.norms[None]
+        order = np.argsort(d2, axis=1, kind="stable")[:, :k]
+        # The expansion ranks; the distances themselves are recomputed directly (no cancellation).
+        dist = np.linalg.norm(self.vectors[order].astype(np.float64) - q64[:, None], axis=2)
+        return order, dist.astype(np.float32)
+
+
 @dataclass
 class _Shard:
     ids: np.ndarray  # first store row of each indexed item's patch, over the whole store
@@ -168,11 +184,12 @@ class PatchIndex:
     def build(cls, corpus: Any, *, config: KnnConfig,
               progress: Callable[[str, int, int], None] | None = None) -> PatchIndex:
         """Index ``corpus`` (uint8 patches, any sliceable array), shard by shard."""
-        from pynndescent import NNDescent  # numba compiles on first import: only when needed
-
         n = corpus.shape[0]
         if n < 2:
             raise DataError(f"the patch store holds {n} patch(es): nothing to index")
+        brute = config.method == "exact" or (config.method == "auto" and n < config.exact_below)
+        if not brute:
+            from pynndescent import NNDescent  # numba compiles on first import: only when needed
         start = time.perf_counter()
         mean = basis = None
         if config.n_components:
@@ -195,17 +212,20 @@ class PatchIndex:
                 vectors = ((vectors - mean) @ basis).astype(np.float32)
             if len(vectors) < 2:
                 raise DataError(f"patches {lo}..{hi} of the store are all identical: nothing to index")
-            nn = NNDescent(vectors, n_neighbors=min(config.n_neighbors, len(vectors) - 1),
-                           random_state=config.seed, n_jobs=1)
-            nn.prepare()
+            if brute:
+                nn: Any = _BruteForce(vectors)
+            else:
+                nn = NNDescent(vectors, n_neighbors=min(config.n_neighbors, len(vectors) - 1),
+                               random_state=config.seed, n_jobs=1)
+                nn.prepare()
             indexes.append(nn)
             rows.append(lo + first.astype(np.int64))
             # Fingerprints, not the patches, are kept across shards: memory stays one
             # shard's patches plus 16 bytes per distinct patch.
             if config.shards > 1:
                 digests.append(_digests(raw[first]))
-            if progress is not None:
-                progress("index", s + 1, config.shards)
+            if progress is not None and config.shards > 1:  # one shard is one step: no bar
+                progress("index (shards)", s + 1, config.shards)
         if digests:
             rows = _first_rows(digests, rows)
         shards = [_Shard(ids, nn) for ids, nn in zip(rows, indexes, strict=True)]

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 from matplotlib.backends.backend_agg import FigureCanvasAgg
@@ -110,4 +111,40 @@ def vertex_grid(
     fig = draw_vertex_grid(targets, inits, vertices, labels, valid=valid, title=title, boxes=boxes)
     with atomic_file(path) as tmp:
         fig.savefig(tmp, dpi=110)
+    return Path(path)
+
+
+def draw_class_summary(frame: Any, *, title: str = "") -> Figure:
+    """Per class, one bar per method: the mean success rate and the mean vertex spread.
+
+    ``frame`` has one row per (class, method) with ``class``, ``method``,
+    ``success_rate_mean`` and ``vertex_avg_distance_mean`` (NaN: no polytope; no bar).
+    """
+    classes = sorted(frame["class"].unique())
+    methods = sorted(frame["method"].unique())
+    fig = Figure(figsize=(max(6.0, 0.7 * len(classes) * len(methods)), 5.5))
+    FigureCanvasAgg(fig)
+    axes = fig.subplots(2, 1, sharex=True)
+    width = 0.8 / len(methods)
+    x = np.arange(len(classes))
+    for m, method in enumerate(methods):
+        part = frame[frame["method"] == method].set_index("class").reindex(classes)
+        for ax, column in zip(axes, ("success_rate_mean", "vertex_avg_distance_mean"), strict=True):
+            ax.bar(x + (m - (len(methods) - 1) / 2) * width, part[column].to_numpy(dtype=float), width,
+                   label=method)
+    axes[0].set_ylabel("success rate (mean)")
+    axes[0].set_ylim(0, 1.05)
+    axes[1].set_ylabel("vertex spread, L2 (mean)")
+    axes[1].set_xticks(x, [str(c) for c in classes])
+    axes[1].set_xlabel("class of the target")
+    axes[0].legend(loc="lower right", fontsize="small")
+    if title:
+        fig.suptitle(title)
+    fig.tight_layout()
+    return fig
+
+
+def save_figure(fig: Figure, path: str | Path) -> Path:
+    with atomic_file(path) as tmp:
+        fig.savefig(tmp, format="png", dpi=100)
     return Path(path)

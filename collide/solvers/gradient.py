@@ -60,7 +60,9 @@ class GradientResult:
 
     ``converged[k]``: some iterate of row k met the criterion; ``vertices[k]`` is then
     the best such iterate, else the last one. ``steps[k]``: the step row k stopped at
-    (``max_steps`` when it never reached a plateau); ``first_feasible[k]``: the first
+    (``max_steps`` when it never reached a plateau); ``stalled[k]``: row k stopped
+    before meeting the criterion because its feature error stopped falling
+    (``GradientConfig.stall_window``); ``first_feasible[k]``: the first
     step it met the criterion (-1 never). ``pushed``/``target_pushed``: the pushed
     unit's pre-activation at the vertex and at the target.
 
@@ -80,16 +82,19 @@ class GradientResult:
     target_pushed: torch.Tensor
     first_feasible: torch.Tensor
     seconds: float
+    stalled: torch.Tensor | None = None
 
     def summary(self, rows: slice = slice(None)) -> dict[str, Any]:
         """What a table row records of the solve of ``rows`` (one polytope's vertices)."""
         done = self.converged[rows]
+        stalled = self.stalled[rows] if self.stalled is not None else torch.zeros_like(done)
         return {
             "seconds": self.seconds,
             "steps": self.steps[rows].tolist(),
             "first_feasible": self.first_feasible[rows].tolist(),
             "converged": bool(done.all()),
-            "outcomes": ["converged" if c else "max_steps" for c in done.tolist()],
+            "outcomes": ["converged" if c else "stalled" if s else "max_steps"
+                         for c, s in zip(done.tolist(), stalled.tolist(), strict=True)],
         }
 
 
@@ -180,6 +185,11 @@ def solve_gradient(
     stopped = torch.zeros(n, dtype=torch.bool, device=device)
     steps = torch.full((n,), config.max_steps, dtype=torch.long, device=device)
     first = torch.full((n,), -1, dtype=torch.long, device=device)
+    # Per vertex that has not met the criterion yet: its lowest feature error so far and
+    # the steps since that last improved by plateau_tol (the stall test).
+    best_rel = torch.full((n,), torch.inf, device=device)
+    rel_stale = torch.zeros(n, dtype=torch.long, device=device)
+    stalled = torch.zeros(n, dtype=torch.bool, device=device)
     start = time.perf_counter()
 
     def forward(theta: torch.Tensor) -> torch.Tensor:
@@ -203,6 +213,13 @@ def solve_gradient(
                 anchor_push = torch.where(moved, push, anchor_push)
                 stale = torch.where(moved, 0, stale + meets.long())
                 plateau = ~stopped & (stale >= config.plateau_window)
+                if config.stall_window:
+                    gained = rel < best_rel * (1 - config.plateau_tol)
+                    best_rel = torch.where(gained, rel, best_rel)
+                    rel_stale = torch.where(gained | feasible, 0, rel_stale + 1)
+                    stuck = ~stopped & ~feasible & (rel_stale >= config.stall_window)
+                    stalled |= stuck
+                    plateau |= stuck
                 steps = torch.where(plateau, step, steps)
                 stopped |= plateau
             if bool(stopped.all()) or step == config.max_steps:
@@ -249,4 +266,5 @@ def solve_gradient(
         target_pushed=target_push.cpu(),
         first_feasible=first.cpu(),
         seconds=time.perf_counter() - start,
+        stalled=stalled.cpu(),
     )

@@ -1,0 +1,134 @@
+"""The one experiment engine: plan keyed polytope jobs, run each once, rebuild the outputs.
+
+An experiment is a module (see :mod:`collide.experiments.registry`) with
+
+- ``Config``: its frozen config class (``from_dict``, ``digest``, ``results_root``, ``name``);
+- ``validate(*, config)``: fails on bad input before any work;
+- ``prepare(*, config, progress) -> dict``: the shared work every job needs (data,
+  model, patch store, index), each piece reused when already on disk; a JSON-able
+  context whose ``"inputs"`` names what the jobs' results depend on (file hashes);
+- ``plan(context, *, config) -> list[dict]``: the jobs, each ``{"label", "rows", "spec"}``
+  with ``spec`` JSON-able: everything beyond the config and context that its rows depend on;
+- ``solve(job, context, *, config, progress)``: finds the vertices of the job's rows and
+  writes each row group (arrays and attrs of the storage contract);
+- optionally ``summarize(*, config) -> dict``: outputs beyond the table and figure.
+
+The engine gives each row two stage keys (:mod:`collide.results.resume`): ``solve``
+hashes the config digest, the code version, the context's inputs, the job's spec and
+the row; ``evaluate`` hashes the solve key. A stage whose key is on the row is skipped,
+so a rerun of a finished experiment computes nothing and writes nothing, and a run
+killed at any moment (rows are replaced atomically, keys written after their results)
+redoes on rerun only the stage that was cut off. Jobs are independent: the Prefect flow
+fans them out over Dask, :func:`run` runs them one after another, and both write the
+same rows.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import time
+from collections.abc import Callable
+from types import ModuleType
+from typing import Any
+
+from collide.config import resolve_device
+from collide.results.evaluation import evaluate_row
+from collide.results.resume import is_done, mark_done, prune_rows, stage_key, torch_threads
+from collide.results.store import read_row
+from collide.results.tables import write_outputs
+
+Progress = Callable[[str, int, int], None]
+
+
+def no_progress(_stage: str, _done: int, _total: int) -> None:
+    pass
+
+
+def job(label: str, rows: list[int], **spec: Any) -> dict[str, Any]:
+    """A polytope job: the rows it writes and what they depend on beyond config and context."""
+    return {"label": label, "rows": list(rows), "spec": spec}
+
+
+def _threads(config: Any) -> contextlib.AbstractContextManager[None]:
+    n = getattr(config, "threads", None)
+    return torch_threads(n) if n else contextlib.nullcontext()
+
+
+def prepare(experiment: ModuleType, *, config: Any, progress: Progress = no_progress) -> dict[str, Any]:
+    """Validate, then the experiment's shared work (reused when on disk)."""
+    experiment.validate(config=config)
+    with _threads(config):
+        return experiment.prepare(config=config, progress=progress)
+
+
+def plan(experiment: ModuleType, context: dict[str, Any], *, config: Any) -> list[dict[str, Any]]:
+    """The experiment's jobs. Rows numbered beyond them (left by an earlier config with more
+    targets) and a killed run's half-built row groups are removed first."""
+    with _threads(config):
+        jobs = experiment.plan(context, config=config)
+    rows = sorted(r for j in jobs for r in j["rows"])
+    if rows != list(range(len(rows))):
+        raise RuntimeError(f"{config.name}: the plan's rows are not 0..{len(rows) - 1} each once")
+    prune_rows(config.results_root, config.name, len(rows))
+    return jobs
+
+
+def solve_key(job: dict[str, Any], row: int, context: dict[str, Any], config: Any) -> str:
+    return stage_key("solve", {"config": config.digest(), "row": row, "job": job["spec"],
+                               "inputs": context.get("inputs", {})})
+
+
+def run_job(
+    experiment: ModuleType, job: dict[str, Any], context: dict[str, Any], *, config: Any,
+    progress: Progress = no_progress,
+) -> list[dict[str, Any]]:
+    """Solve and evaluate one job's rows, skipping each stage whose key is already on the row.
+
+    The rows of a job are solved together or not at all. Returns each row's table
+    record with ``solved`` and ``evaluated``: whether this call did that stage.
+    """
+    root, name, rows = config.results_root, config.name, list(job["rows"])
+    solve = {r: solve_key(job, r, context, config) for r in rows}
+    evaluate = {r: stage_key("evaluate", {"solve": solve[r]}) for r in rows}
+    out = []
+    with _threads(config):
+        solved = not all(is_done(root, name, r, "solve", solve[r]) for r in rows)
+        if solved:
+            experiment.solve(job, context, config=config, progress=progress)
+            for r in rows:
+                mark_done(root, name, r, "solve", solve[r])
+        for r in rows:
+            evaluated = not is_done(root, name, r, "evaluate", evaluate[r])
+            if evaluated:
+                evaluate_row(root, name, r, sample=config.sample, device=resolve_device(config.device))
+                mark_done(root, name, r, "evaluate", evaluate[r])
+            _, attrs = read_row(root, name, r)
+            out.append({**attrs["metrics"], "solved": solved, "evaluated": evaluated})
+    return out
+
+
+def outputs(experiment: ModuleType, *, config: Any) -> dict[str, Any]:
+    """The table and figure from the store (kept when unchanged), and any summary."""
+    written = write_outputs(config.results_root, config.name)
+    if hasattr(experiment, "summarize"):
+        written = {**written, **experiment.summarize(config=config)}
+    return written
+
+
+def run(experiment: ModuleType, *, config: Any, progress: Progress = no_progress) -> dict[str, Any]:
+    """Every stage in plain Python, jobs one after another: what the flow does over Dask."""
+    start = time.perf_counter()
+    context = prepare(experiment, config=config, progress=progress)
+    jobs = plan(experiment, context, config=config)
+    rows = []
+    for k, j in enumerate(jobs):
+        rows += run_job(experiment, j, context, config=config, progress=progress)
+        progress("jobs", k + 1, len(jobs))
+    written = outputs(experiment, config=config)
+    return {**written, **{k: v for k, v in context.items() if k in REPORTED}, "rows": rows,
+            "reused_rows": sum(not r["solved"] and not r["evaluated"] for r in rows),
+            "seconds": time.perf_counter() - start}
+
+
+# Context entries a run reports back (the CLI prints them).
+REPORTED = ("test_accuracy", "random_weights")

@@ -1,0 +1,93 @@
+"""A vulnerability scan: colliding polytopes for many targets of every MNIST class.
+
+What the paper's §5 suggests auditors do. ``targets_per_class`` correctly classified
+test images of each class, each with a gradient and an exact row (the MNIST
+experiment's stages, fanned out by the engine), then a per-class summary: how often a
+polytope exists and keeps its class, how wide it is, and the exact dimension bound.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+from collide.config import RowSpec, _require
+from collide.experiments import mnist
+from collide.results.figures import draw_class_summary, save_figure
+from collide.results.store import table_path, write_table
+
+NAME = "scan"
+SUMMARY = "vulnerability scan: N targets per MNIST class, gradient and exact rows, per-class summary (paper §5)"
+SCAN_ROWS = (RowSpec("gradient", "target"), RowSpec("exact", "target"))
+
+
+@dataclass(frozen=True, kw_only=True)
+class ScanExperiment(mnist.MnistExperiment):
+    """The MNIST experiment's config with the scan's defaults: ``targets_per_class``
+    targets of each class (at least 1), each with the rows ``SCAN_ROWS``."""
+
+    name: str = "scan"
+    rows: tuple[RowSpec, ...] = SCAN_ROWS
+    targets_per_class: int = 3
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        _require(self.targets_per_class >= 1, f"a scan needs targets_per_class >= 1, got {self.targets_per_class}")
+
+
+Config = ScanExperiment
+layers, validate, prepare, plan, solve = mnist.layers, mnist.validate, mnist.prepare, mnist.plan, mnist.solve
+
+
+def summary_path(root: str | Path, experiment: str) -> Path:
+    return Path(root) / f"{experiment}-summary.parquet"
+
+
+def summary_figure_path(root: str | Path, experiment: str) -> Path:
+    return Path(root) / f"{experiment}-summary.png"
+
+
+def class_summary(table: pd.DataFrame) -> pd.DataFrame:
+    """One row per (class, method) of a scan's table.
+
+    Columns: ``targets``; ``polytopes`` (rows with at least two valid vertices) and its
+    share; ``success_rate_mean``/``_min`` over those; ``vertex_avg_distance_mean``
+    (the spread: mean pairwise L2 of valid vertices); ``max_feature_rel_error``;
+    ``dim_upper_bound_mean``/``_min`` (exact rows: d − rank J⁺, NaN for the others).
+    """
+    frame = table.assign(**{"class": table["target_class"].astype(int)})
+    bound = frame["dim_upper_bound"].where(frame["dim_upper_bound"] >= 0) if "dim_upper_bound" in frame else np.nan
+    frame = frame.assign(dim_upper_bound=bound, polytope=frame["valid_vertices"] >= 2)
+    out = frame.groupby(["class", "method"], sort=True).agg(
+        targets=("row", "size"),
+        polytopes=("polytope", "sum"),
+        success_rate_mean=("success_rate", "mean"),
+        success_rate_min=("success_rate", "min"),
+        vertex_avg_distance_mean=("vertex_avg_distance", "mean"),
+        max_feature_rel_error=("max_feature_rel_error", "max"),
+        dim_upper_bound_mean=("dim_upper_bound", "mean"),
+        dim_upper_bound_min=("dim_upper_bound", "min"),
+    ).reset_index()
+    out["polytopes"] = out["polytopes"].astype(int)
+    out.insert(4, "polytope_share", out["polytopes"] / out["targets"])
+    return out
+
+
+def summarize(*, config: ScanExperiment) -> dict[str, Any]:
+    """``<name>-summary.parquet`` and its figure from the scan's table; kept when unchanged."""
+    root, name = config.results_root, config.name
+    frame = class_summary(pd.read_parquet(table_path(root, name)))
+    path, figure = summary_path(root, name), summary_figure_path(root, name)
+    if path.is_file() and figure.is_file():
+        old = pd.read_parquet(path)
+        if old.shape == frame.shape and old.equals(frame):
+            return {"summary": str(path), "summary_figure": str(figure), "summary_reused": True}
+    title = (f"{name}: {config.targets_per_class} target(s) per class at {config.layer}, "
+             f"{config.n_vertices} vertices per polytope")
+    save_figure(draw_class_summary(frame, title=title), figure)
+    write_table(frame, path)
+    return {"summary": str(path), "summary_figure": str(figure), "summary_reused": False}

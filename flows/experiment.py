@@ -1,0 +1,61 @@
+"""Every experiment as one Prefect flow: `python -m flows.experiment mnist`.
+
+prepare (data, model, patch store, index) -> plan -> the polytope jobs fanned out over
+Dask -> the table, figure and summary, published as artifacts. A job reuses every stage
+already finished with the same inputs, so a rerun after a crash redoes only what was cut
+off, and a rerun of a finished experiment computes and writes nothing.
+"""
+
+from __future__ import annotations
+
+import sys
+from typing import Any
+
+from prefect import flow, get_run_logger, unmapped
+
+import flows  # noqa: F401  (telemetry off before prefect loads)
+from collide.experiments.registry import experiment as find
+from collide.results.cells import row_summary
+from flows.runner import dask_runner
+from tasks import experiment as t
+from tasks import outputs as o
+
+
+@flow(name="experiment", flow_run_name="{experiment}", log_prints=True, task_runner=dask_runner())
+def experiment_flow(experiment: str = "mnist", config: dict[str, Any] | None = None) -> dict[str, Any]:
+    """Run the experiment called ``experiment`` end to end.
+
+    Args:
+        experiment: a name of :data:`collide.experiments.registry.EXPERIMENTS`.
+        config: fields of that experiment's config to override.
+    """
+    module = find(experiment)
+    cfg = module.Config.from_dict(config or {})
+    logger = get_run_logger()
+    logger.info("experiment %s (%s, config %s), results in %s", cfg.name, experiment, cfg.digest(), cfg.results_root)
+    context = t.prepare(experiment, cfg)
+    if context.get("test_accuracy") is not None:
+        logger.info("model test accuracy %.4f (%s)", context["test_accuracy"],
+                    "reused checkpoint" if context.get("reused") else "trained")
+    if context.get("random_weights"):
+        logger.warning("the model has RANDOM weights, as asked: the results say nothing about the paper's model")
+    jobs = t.plan(experiment, context, cfg)
+    logger.info("fanning out %d polytope jobs", len(jobs))
+    done = t.run_job.map(jobs, experiment=unmapped(experiment), context=unmapped(context),
+                         config=unmapped(cfg)).result()
+    rows = [row for job in done for row in job]
+    reused = sum(not r["solved"] and not r["evaluated"] for r in rows)
+    for m in rows:
+        logger.info("%s: %s", row_summary(m), "reused" if not (m["solved"] or m["evaluated"]) else "computed")
+    logger.info("%d of %d rows were already finished and reused", reused, len(rows))
+    written = t.outputs(experiment, cfg)
+    logger.info("%s %s and %s", "kept" if written["reused"] else "wrote", written["table"], written["figure"])
+    if "summary" in written:
+        logger.info("summary %s (%s)", written["summary"], "kept" if written["summary_reused"] else "written")
+    o.publish(cfg.results_root, cfg.name)
+    return {**written, "test_accuracy": context.get("test_accuracy"),
+            "random_weights": bool(context.get("random_weights")), "reused_rows": reused}
+
+
+if __name__ == "__main__":
+    experiment_flow(sys.argv[1] if len(sys.argv) > 1 else "mnist")

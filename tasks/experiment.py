@@ -1,0 +1,32 @@
+"""Tasks of every experiment: one call of :mod:`collide.experiments.engine` each."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from prefect import task
+
+from collide.experiments import engine
+from collide.experiments.registry import experiment as find
+from tasks._common import TASK_OPTIONS as _OPTIONS
+from tasks._common import logging_progress
+
+
+@task(name="prepare", **_OPTIONS)
+def prepare(experiment: str, config: Any) -> dict[str, Any]:
+    return engine.prepare(find(experiment), config=config, progress=logging_progress())
+
+
+@task(name="plan-jobs", **_OPTIONS)
+def plan(experiment: str, context: dict[str, Any], config: Any) -> list[dict[str, Any]]:
+    return engine.plan(find(experiment), context, config=config)
+
+
+@task(name="polytope-job", task_run_name="{job[label]}", **_OPTIONS)
+def run_job(job: dict[str, Any], experiment: str, context: dict[str, Any], config: Any) -> list[dict[str, Any]]:
+    return engine.run_job(find(experiment), job, context, config=config, progress=logging_progress())
+
+
+@task(name="write-outputs", **_OPTIONS)
+def outputs(experiment: str, config: Any) -> dict[str, Any]:
+    return engine.outputs(find(experiment), config=config)
