@@ -11,6 +11,7 @@ caller's model (solvers and checks work on copies) nor any global torch setting
 
 from __future__ import annotations
 
+import contextlib
 import copy
 from collections.abc import Callable
 from dataclasses import dataclass, field, replace
@@ -181,10 +182,14 @@ def find_polytope(
         raise ConfigError(f"a parameterisation other than pixels needs method='gradient', got {method!r}")
     with full_precision(), torch.no_grad(), eval_mode(model):
         try:
+            logits = model(target.unsqueeze(0))
             target_pre = preactivation(model, target.unsqueeze(0), layer)[0]
         except RuntimeError as exc:
             raise DataError(f"the model cannot take the target of shape {tuple(target.shape)} as one input "
                             f"(pass it without a batch dimension): {exc}") from exc
+    if logits.ndim != 2 or len(logits) != 1:
+        raise DataError(f"for a target of shape {tuple(target.shape)} the model returned logits of shape "
+                        f"{tuple(logits.shape)}, not (1, classes): pass the target without a batch dimension")
     if units is None:
         units = nonpositive_units(target_pre, n_vertices)
     units = torch.as_tensor(units).long().flatten()
@@ -253,8 +258,13 @@ def measure(
     if n_samples < 1:
         raise ConfigError(f"expected n_samples >= 1, got {n_samples}")
     layer = resolve_layer(model, layer)
-    with full_precision():
-        net = copy.deepcopy(model).to(device).eval()  # the caller's model keeps its device and mode
+    with full_precision(), contextlib.ExitStack() as stack:
+        # Classify with the model itself when it is already on ``device`` (eval_mode below
+        # restores its modes); a copy only to move it, so the caller's stays where it is.
+        want = torch.device(device)
+        here = all(t.device.type == want.type for t in (*model.parameters(), *model.buffers()))
+        net = model if here else copy.deepcopy(model).to(device)
+        stack.enter_context(eval_mode(net))
         vertices, target, valid = poly.vertices, poly.target, poly.valid
         good = vertices[valid]
         n_valid, n_all = int(valid.sum()), len(vertices)

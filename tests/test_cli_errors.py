@@ -145,4 +145,4 @@ def test_config_file_errors_are_named_too(tmp_path, capsys):
     path = tmp_path / "c.json"
     path.write_text(json.dumps({"sample": {"sampler": 3}}))
     assert main(["run", "mnist", "--no-prefect", "--config", str(path)]) == 2
-    assert "sample.sampler: expected a string, got 3 (int)" in capsys.readouterr().err
+    assert "sample.sampler: expected one of ('stick', 'dirichlet'), got 3 (int)" in capsys.readouterr().err

@@ -4,8 +4,8 @@ import zarr
 
 from collide.config import PatchConfig
 from collide.errors import ConfigError, DataError
+from collide.patches import extract as patches
 from collide.patches.extract import build_store, extract, open_store, sample_ids
-from collide.patches.extract import extract as patches
 
 
 def _images(n=10, c=1, h=12, w=12, seed=0):

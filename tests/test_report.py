@@ -113,7 +113,7 @@ def test_the_figure_rows_say_init_validity_success_and_flags(root, monkeypatch):
 def test_drawing_leaves_the_callers_matplotlib_alone(tmp_path):
     code = (
         "import sys, matplotlib; matplotlib.use('svg');"
-        "import numpy as np; from collide import figures;"
+        "import numpy as np; from collide.results import figures;"
         f"figures.vertex_grid([np.zeros((1, 4, 4))], [None], [np.ones((2, 1, 4, 4))], ['r'], r'{tmp_path}/f.png');"
         "assert matplotlib.get_backend() == 'svg', matplotlib.get_backend();"
         "assert 'matplotlib.pyplot' not in sys.modules"

@@ -1,0 +1,156 @@
+"""The one engine, for every experiment: a finished run reruns as a no-op, a killed run
+resumes to what an uninterrupted one writes, and the scan's summary is its table's."""
+
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from collide.config import GradientConfig, RowSpec, SampleConfig, TrainConfig
+from collide.datasets.folders import bundled_corpus
+from collide.experiments import engine, imagenet, scan
+from collide.experiments.imagenet import ImagenetExperiment
+from collide.experiments.scan import ScanExperiment, class_summary
+from collide.results.store import list_rows, read_row, table_path
+
+pytestmark = pytest.mark.slow
+TIMING = ["solver_seconds"]
+PROJECT = Path(__file__).resolve().parent.parent
+
+
+def _snapshot(root: str | Path) -> dict[str, tuple[int, bytes]]:
+    root = Path(root)
+    return {str(p.relative_to(root)): (p.stat().st_mtime_ns, p.read_bytes())
+            for p in sorted(root.rglob("*")) if p.is_file() and ".tmp" not in p.parts}
+
+
+def _same_rows(a_root: str, b_root: str, name: str) -> None:
+    assert list_rows(a_root, name) == list_rows(b_root, name)
+    for row in list_rows(a_root, name):
+        a, _ = read_row(a_root, name, row)
+        b, _ = read_row(b_root, name, row)
+        assert a.keys() == b.keys(), row
+        for key in a:
+            assert np.array_equal(a[key], b[key], equal_nan=True), (row, key)
+    pd.testing.assert_frame_equal(pd.read_parquet(table_path(a_root, name)).drop(columns=TIMING),
+                                  pd.read_parquet(table_path(b_root, name)).drop(columns=TIMING))
+
+
+@pytest.fixture(scope="module")
+def photos(tmp_path_factory):
+    """Two classes of the bundled photos: two targets, four rows, each its own job."""
+    root = bundled_corpus(tmp_path_factory.mktemp("photos"), size=40)
+    for extra in sorted(p for p in root.iterdir() if p.is_dir())[2:]:
+        shutil.rmtree(extra)
+    return root
+
+
+def _imagenet(photos: Path, root: Path) -> ImagenetExperiment:
+    return ImagenetExperiment(
+        image_root=str(photos), image_size=32, weights="random", device="cpu", results_root=str(root),
+        rows=("target", "other"), targets_per_class=1, gradient=GradientConfig(max_steps=15, min_steps=0),
+        sample=SampleConfig(n_samples=100, n_dataset_pairs=50), n_dataset_images=10,
+    )
+
+
+@pytest.fixture(scope="module")
+def whole(photos, tmp_path_factory):
+    """An uninterrupted run: what every interrupted one must end as."""
+    config = _imagenet(photos, tmp_path_factory.mktemp("whole"))
+    return config, engine.run(imagenet, config=config)
+
+
+def test_a_killed_imagenet_run_resumes_to_the_uninterrupted_result(whole, photos, tmp_path):
+    """SIGKILL `collide run imagenet --no-prefect` once some rows are done, rerun it: the rows
+    finished before the kill are not touched, and the store and table end as an
+    uninterrupted run's."""
+    whole, out = whole
+    n_rows = len(out["rows"])
+    assert n_rows == 4 and len({r["target_path"] for r in out["rows"]}) == n_rows // 2
+    killed = _imagenet(photos, tmp_path / "killed")
+    path = tmp_path / "config.json"
+    path.write_text(json.dumps(killed.to_dict()))
+    command = [sys.executable, "-m", "flows.cli", "run", "imagenet", "--no-prefect", "--config", str(path)]
+    proc = subprocess.Popen(command, cwd=PROJECT, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    store = Path(killed.results_root) / "imagenet.zarr"
+    deadline = time.time() + 300
+    while time.time() < deadline and proc.poll() is None:
+        done = [r for r in list_rows(killed.results_root, "imagenet")
+                if "evaluate" in json.loads((store / f"row-{r}" / "zarr.json").read_text())["attributes"].get(
+                    "keys", {})]
+        if done:
+            break
+        time.sleep(0.05)
+    assert proc.poll() is None, "the run ended before it could be killed: " + proc.stderr.read().decode()[-2000:]
+    os.kill(proc.pid, signal.SIGKILL)
+    proc.wait()
+    finished = {k: v for k, v in _snapshot(store).items() if k.split("/")[0] in {f"row-{r}" for r in done}}
+    assert len(list_rows(killed.results_root, "imagenet")) < n_rows, "the kill came after the last row"
+    again = subprocess.run(command, cwd=PROJECT, capture_output=True, text=True, timeout=600)
+    assert again.returncode == 0, again.stderr[-3000:]
+    after = _snapshot(store)
+    assert all(after[k] == v for k, v in finished.items()), "a row finished before the kill was rewritten"
+    _same_rows(whole.results_root, killed.results_root, "imagenet")
+
+
+def test_a_finished_imagenet_run_reruns_as_a_no_op(whole):
+    config, _ = whole
+    before = _snapshot(config.results_root)
+    again = engine.run(imagenet, config=config)
+    assert again["reused"] and again["reused_rows"] == len(again["rows"])
+    assert _snapshot(config.results_root) == before
+
+
+@pytest.fixture(scope="module")
+def scanned(tiny_mnist, tmp_path_factory):
+    root = tmp_path_factory.mktemp("scan")
+    config = ScanExperiment(
+        data_root=str(tiny_mnist), checkpoint_dir=str(root / "ck"), results_root=str(root / "res"),
+        device="cpu", allow_download=False, train=TrainConfig(epochs=2, min_accuracy=0.0),
+        sample=SampleConfig(n_samples=200, n_dataset_pairs=100), targets_per_class=1,
+        gradient=GradientConfig(max_steps=400),
+    )
+    return config, engine.run(scan, config=config)
+
+
+def test_the_scan_covers_every_class_with_both_methods(scanned):
+    config, out = scanned
+    table = pd.read_parquet(out["table"])
+    assert len(table) == 20 and set(table["method"]) == {"gradient", "exact"}
+    assert sorted(table["target_class"].unique()) == list(range(10))
+    assert config.rows == (RowSpec("gradient", "target"), RowSpec("exact", "target"))
+
+
+def test_the_scan_summary_is_its_tables_per_class_aggregate(scanned):
+    config, out = scanned
+    table = pd.read_parquet(out["table"])
+    summary = pd.read_parquet(out["summary"])
+    assert Path(out["summary_figure"]).is_file() and Path(out["summary"]).name == "scan-summary.parquet"
+    assert len(summary) == 20
+    pd.testing.assert_frame_equal(summary, class_summary(table))
+    for (cls, method), part in table.groupby(["target_class", "method"]):
+        row = summary[(summary["class"] == cls) & (summary["method"] == method)].iloc[0]
+        polytopes = part["valid_vertices"] >= 2
+        assert row["targets"] == len(part) and row["polytopes"] == polytopes.sum()
+        assert np.isclose(row["success_rate_mean"], part["success_rate"].mean(), equal_nan=True)
+        assert np.isclose(row["vertex_avg_distance_mean"], part["vertex_avg_distance"].mean(), equal_nan=True)
+        bound = part["dim_upper_bound"].where(part["dim_upper_bound"] >= 0)
+        assert np.isclose(row["dim_upper_bound_mean"], bound.mean(), equal_nan=True)
+    exact = summary[summary["method"] == "exact"]
+    assert (exact["dim_upper_bound_mean"] > 0).all() and (exact["dim_upper_bound_mean"] <= 784).all()
+
+
+def test_a_finished_scan_reruns_as_a_no_op(scanned):
+    config, _ = scanned
+    before = _snapshot(config.results_root)
+    again = engine.run(scan, config=config)
+    assert again["summary_reused"] and again["reused"] and again["reused_rows"] == 20
+    assert _snapshot(config.results_root) == before
