@@ -111,7 +111,7 @@ class GradientConfig:
     optimising and keeps the feasible iterate with the lowest pushed unit; a vertex stops
     when that value has not improved by ``plateau_tol`` (relative) over ``plateau_window``
     steps, or at ``max_steps``. With ``stall_window`` > 0 a vertex that has not met the
-    criterion also stops once its feature error has not fallen by ``plateau_tol``
+    criterion also stops once its feature error has not fallen by ``stall_tol``
     (relative) for that many steps: it will not meet it (outcome ``stalled``). A vertex
     is *valid* when it meets the criterion and its pushed unit ends at least
     ``push_margin`` x max|ỹᵗ| below the target's: a vertex that did not move is no vertex.
@@ -132,6 +132,7 @@ class GradientConfig:
     plateau_window: int = 200
     plateau_tol: float = 1e-3
     stall_window: int = 0
+    stall_tol: float = 1e-2
     push_margin: float = 1e-2
     lower: float = 0.0
     upper: float = 1.0
@@ -140,6 +141,7 @@ class GradientConfig:
         _choice("loss", self.loss, LOSSES)
         _require(self.plateau_window >= 1, f"expected plateau_window >= 1, got {self.plateau_window}")
         _require(self.stall_window >= 0, f"expected stall_window >= 0, got {self.stall_window}")
+        _non_negative("stall_tol", self.stall_tol)
         _non_negative("plateau_tol", self.plateau_tol)
         _non_negative("push_margin", self.push_margin)
         for name in ("alpha", "beta", "lr", "lr_end", "rel_tol"):

@@ -156,3 +156,18 @@ def test_cuda_matches_cpu(mlp_model):
         pre = preactivation(mlp_model, gpu.vertices, "relu1")
     assert (feature_rel_error(pre, t_pre) <= config.rel_tol).all()
     assert torch.allclose(gpu.pushed, cpu.pushed, rtol=0.05)
+
+
+def test_a_vertex_that_stops_improving_before_it_collides_stalls_instead_of_running_on(mlp_model):
+    """An optimiser too slow to move (lr 1e-7, no continuation) from another image: the
+    feature error cannot fall by ``stall_tol`` in ``stall_window`` steps, so each vertex
+    stops there as "stalled"; without the stall test it runs to ``max_steps``."""
+    t_pre, init, units = _problem(mlp_model, init_other=True)
+    stuck = GradientConfig(loss="paper", lr=1e-7, lr_end=1e-7, min_steps=0, max_steps=400, stall_window=40)
+    res = solve_gradient(mlp_model, "relu1", t_pre, init, units, config=stuck)
+    assert not res.converged.any() and res.stalled.all()
+    assert (res.steps <= stuck.stall_window + 1).all()
+    assert res.summary()["outcomes"] == ["stalled"] * V
+    plain = solve_gradient(mlp_model, "relu1", t_pre, init, units,
+                           config=GradientConfig(loss="paper", lr=1e-7, lr_end=1e-7, min_steps=0, max_steps=100))
+    assert (plain.steps == 100).all() and plain.summary()["outcomes"] == ["max_steps"] * V

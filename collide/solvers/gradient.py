@@ -186,7 +186,7 @@ def solve_gradient(
     steps = torch.full((n,), config.max_steps, dtype=torch.long, device=device)
     first = torch.full((n,), -1, dtype=torch.long, device=device)
     # Per vertex that has not met the criterion yet: its lowest feature error so far and
-    # the steps since that last improved by plateau_tol (the stall test).
+    # the steps since that last improved by stall_tol (the stall test).
     best_rel = torch.full((n,), torch.inf, device=device)
     rel_stale = torch.zeros(n, dtype=torch.long, device=device)
     stalled = torch.zeros(n, dtype=torch.bool, device=device)
@@ -214,7 +214,7 @@ def solve_gradient(
                 stale = torch.where(moved, 0, stale + meets.long())
                 plateau = ~stopped & (stale >= config.plateau_window)
                 if config.stall_window:
-                    gained = rel < best_rel * (1 - config.plateau_tol)
+                    gained = rel < best_rel * (1 - config.stall_tol)
                     best_rel = torch.where(gained, rel, best_rel)
                     rel_stale = torch.where(gained | feasible, 0, rel_stale + 1)
                     stuck = ~stopped & ~feasible & (rel_stale >= config.stall_window)
