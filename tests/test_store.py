@@ -1,6 +1,7 @@
 import numpy as np
 import pandas as pd
 import pytest
+import torch
 import zarr
 
 from collide.errors import DataError
@@ -69,3 +70,30 @@ def test_atomic_file_leaves_nothing_on_failure(tmp_path):
         tmp.write_text("half")
         raise RuntimeError
     assert list(tmp_path.iterdir()) == []
+
+
+def test_a_row_record_is_the_storage_contract(tmp_path):
+    """Every required field or a TypeError where the record is built; written, it is a row
+    group with the contract's arrays and attrs."""
+    import dataclasses
+
+    import collide
+    from collide.experiments.mnist import MnistExperiment
+    from collide.results.records import RowRecord
+
+    torch.manual_seed(0)
+    model = torch.nn.Sequential(torch.nn.Linear(6, 5), torch.nn.ReLU(), torch.nn.Linear(5, 3))
+    poly = collide.find_polytope(model, "1", torch.rand(6), n_vertices=2, method="exact")
+    config = MnistExperiment(name="rec")
+    record = RowRecord.of(poly, config=config, row=3, init="target", loss="lp", model="m",
+                          model_source={"kind": "x"}, dataset_avg_distance=1.5, extra_attrs={"seed": 0})
+    required = [f.name for f in dataclasses.fields(RowRecord) if f.default is dataclasses.MISSING
+                and f.default_factory is dataclasses.MISSING]
+    fields = {f: getattr(record, f) for f in required}
+    with pytest.raises(TypeError, match="layer"):
+        RowRecord(**{k: v for k, v in fields.items() if k != "layer"})
+    record.write(tmp_path)
+    arrays, attrs = store.read_row(tmp_path, "rec", 3)
+    assert set(arrays) == {"vertices", "target", "init"} and arrays["vertices"].shape == (2, 6)
+    assert attrs["criterion"] == poly.criterion.to_dict() and attrs["units"] == poly.units.tolist()
+    assert attrs["config_digest"] == config.digest() and attrs["seed"] == 0 and attrs["method"] == "exact"

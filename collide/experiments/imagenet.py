@@ -21,7 +21,7 @@ from collide.errors import DataError
 from collide.experiments.engine import Progress, job, no_progress
 from collide.models.vgg import NormalisedVGG, resolve_weights, vgg16_from_source
 from collide.polytope import dataset_avg_distance
-from collide.results.store import write_row
+from collide.results.records import RowRecord
 from collide.taps import layer_names, resolve_layer
 
 NAME = "imagenet"
@@ -151,29 +151,10 @@ def solve(job: dict[str, Any], context: dict[str, Any], *, config: ImagenetExper
             device=resolve_device(config.device), config=config.gradient,
             progress=lambda s, n, _d: progress("vertices", s, n),
         )
-        attrs = {
-            "experiment": config.name,
-            "row": row,
-            "model": "vgg16-random" if source["random"] else "vgg16-imagenet",
-            "model_source": source,
-            "layer": config.layer,
-            "method": "gradient",
-            "init": init_name,
-            "loss": config.gradient.loss,
-            "criterion": poly.criterion.to_dict(),
-            "target_path": plan["target_path"],
-            "init_path": init_path,
-            "target_class_name": plan["target_class_name"],
-            "units": poly.units.tolist(),
-            "dataset_avg_distance": context["dataset_avg_distance"] * PIXEL_SCALE,
-            "pixel_scale": PIXEL_SCALE,
-            "solver": poly.solver,
-            "sampler": config.sample.sampler,
-            "seed": config.seed,
-            "config": config.to_dict(),
-            "config_digest": config.digest(),
-        }
-        write_row(config.results_root, config.name, row,
-                  {"vertices": poly.vertices.numpy().astype(np.float32),
-                   "target": target.numpy().astype(np.float32),
-                   "init": init.numpy().astype(np.float32)}, attrs)
+        RowRecord.of(
+            poly, config=config, row=row, init=init_name, loss=config.gradient.loss,
+            model="vgg16-random" if source["random"] else "vgg16-imagenet", model_source=source,
+            dataset_avg_distance=context["dataset_avg_distance"] * PIXEL_SCALE, pixel_scale=PIXEL_SCALE,
+            extra_attrs={"target_path": plan["target_path"], "init_path": init_path,
+                         "target_class_name": plan["target_class_name"], "seed": config.seed},
+        ).write(config.results_root)

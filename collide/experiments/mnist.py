@@ -12,7 +12,6 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, ClassVar
 
-import numpy as np
 import torch
 
 from collide._io import file_digest
@@ -34,7 +33,7 @@ from collide.errors import CheckpointError, DataError
 from collide.experiments.engine import Progress, job, no_progress
 from collide.models.zoo import build_model, checkpoint_path, checkpoint_source, load_checkpoint, save_checkpoint, train
 from collide.polytope import dataset_avg_distance
-from collide.results.store import write_row
+from collide.results.records import RowRecord
 from collide.taps import layer_names, resolve_layer
 
 NAME = "mnist"
@@ -222,33 +221,15 @@ def solve(job: dict[str, Any], context: dict[str, Any], *, config: MnistExperime
             method=spec.method, device=resolve_device(config.device), config=solver_config,
             progress=lambda s, n, _d, m=spec.method: progress(f"vertices ({m})", s, n),
         )
-        attrs = {
-            "model_source": checkpoint_source(context["checkpoint"], meta["sha256"]),
-            "dataset_avg_distance": distance,
-            "pixel_scale": 1.0,
-            "experiment": config.name,
-            "row": row,
-            "model": f"{DATASET}-{config.train.arch}",
-            "checkpoint": context["checkpoint"],
-            "checkpoint_sha256": meta["sha256"],
-            "test_accuracy": meta["test_accuracy"],
-            "layer": config.layer,
-            "method": spec.method,
-            "init": spec.init,
-            "loss": {"gradient": config.gradient.loss, "exact": "lp", "paper": "paper"}[spec.method],
-            "criterion": poly.criterion.to_dict(),
-            "target_index": examples["target_index"],
-            "init_index": init_index,
-            "units": poly.units.tolist(),
-            "sampler": config.sample.sampler,
-            "seed": config.seed,
-            "config": config.to_dict(),
-            "config_digest": config.digest(),
-            "solver": poly.solver,
-            **({"paper_lr": solver_config.lr} if spec.method == "paper" else {}),
-        }
-        write_row(config.results_root, config.name, row, {
-            "vertices": poly.vertices.numpy().astype(np.float32),
-            "target": target.numpy().astype(np.float32),
-            "init": poly.init.numpy().astype(np.float32),
-        }, attrs)
+        RowRecord.of(
+            poly, config=config, row=row, init=spec.init, model=f"{DATASET}-{config.train.arch}",
+            model_source=checkpoint_source(context["checkpoint"], meta["sha256"]),
+            loss={"gradient": config.gradient.loss, "exact": "lp", "paper": "paper"}[spec.method],
+            dataset_avg_distance=distance,
+            extra_attrs={
+                "checkpoint": context["checkpoint"], "checkpoint_sha256": meta["sha256"],
+                "test_accuracy": meta["test_accuracy"], "target_index": examples["target_index"],
+                "init_index": init_index, "seed": config.seed,
+                **({"paper_lr": solver_config.lr} if spec.method == "paper" else {}),
+            },
+        ).write(config.results_root)

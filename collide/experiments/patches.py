@@ -39,7 +39,7 @@ from collide.models.zoo import load_checkpoint, load_model_source
 from collide.patches.compose import ComposedPatches, Composition, candidate_share, window_patches
 from collide.patches.extract import build_store, open_store, sample_ids
 from collide.patches.knn import PatchIndex, StaleIndexError, as_vectors, exact_knn, recall_at_k
-from collide.results.store import write_row
+from collide.results.records import RowRecord
 
 NAME = "patches"
 SUMMARY = ("patch-composition polytopes, paper §4 (Tables 5-6); offline on MNIST + LeNet-5 at fc1, "
@@ -357,42 +357,23 @@ def solve(job: dict[str, Any], context: dict[str, Any], *, config: PatchExperime
         to_start, to_target = _distances(poly.vertices, start), _distances(poly.vertices, target)
         with torch.no_grad():
             share = candidate_share(poly.params, comp, torch.from_numpy(from_target))
-        attrs = {
-            "experiment": config.name,
-            "row": row,
-            "model": _model_name(source, config),
-            "model_source": source,
-            "test_accuracy": accuracy,
-            "layer": config.layer,
-            "method": "patches",
-            "init": "start-composition",
-            "loss": config.gradient.loss,
-            "criterion": poly.criterion.to_dict(),
-            "row_kind": name,
-            "target_index": targets[name],
-            "init_index": examples["start"],
-            "units": poly.units.tolist(),
-            "dataset_avg_distance": context["dataset_avg_distance"],
-            "pixel_scale": context["pixel_scale"],
-            "composition": {"size": config.patch.size, "stride": config.patch.stride,
-                            "candidates": comp.n_candidates, "own_logit": config.own_logit,
-                            "candidates_from": "start+target-neighbours" if widened else "start",
-                            "target_candidates": int(from_target.sum())},
-            **_knn_facts(queried, index, patches, config),
-            "target_weight_share": float(share.mean()),
-            "mean_distance_to_start_all": float(to_start.mean()),
-            "mean_distance_to_target_all": float(to_target.mean()),
-            "solver": poly.solver,
-            "sampler": config.sample.sampler,
-            "config": config.to_dict(),
-            "config_digest": config.digest(),
-        }
-        write_row(
-            config.results_root, config.name, row,
-            {
-                "vertices": poly.vertices.numpy().astype(np.float32),
-                "target": target.numpy().astype(np.float32),
-                "init": poly.init.numpy().astype(np.float32),
+        RowRecord.of(
+            poly, config=config, row=row, init="start-composition", method="patches", loss=config.gradient.loss,
+            model=_model_name(source, config), model_source=source,
+            dataset_avg_distance=context["dataset_avg_distance"], pixel_scale=context["pixel_scale"],
+            extra_attrs={
+                "test_accuracy": accuracy, "row_kind": name, "target_index": targets[name],
+                "init_index": examples["start"],
+                "composition": {"size": config.patch.size, "stride": config.patch.stride,
+                                "candidates": comp.n_candidates, "own_logit": config.own_logit,
+                                "candidates_from": "start+target-neighbours" if widened else "start",
+                                "target_candidates": int(from_target.sum())},
+                **_knn_facts(queried, index, patches, config),
+                "target_weight_share": float(share.mean()),
+                "mean_distance_to_start_all": float(to_start.mean()),
+                "mean_distance_to_target_all": float(to_target.mean()),
+            },
+            extra_arrays={
                 "start": start.numpy().astype(np.float32),
                 "logits": poly.params.numpy().astype(np.float32),  # type: ignore[union-attr]
                 "candidate_rows": candidate_rows.astype(np.int64),
@@ -400,8 +381,7 @@ def solve(job: dict[str, Any], context: dict[str, Any], *, config: PatchExperime
                 "distance_to_start": to_start,
                 "distance_to_target": to_target,
             },
-            attrs,
-        )
+        ).write(config.results_root)
 
 
 def _knn_facts(queried: list[_Neighbours], index: PatchIndex, patches: Any, config: PatchExperiment) -> dict[str, Any]:

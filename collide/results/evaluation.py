@@ -14,7 +14,7 @@ import numpy as np
 import torch
 
 from collide.api import check_polytope, measure
-from collide.config import SampleConfig, resolve_device
+from collide.config import SampleConfig
 from collide.errors import DataError
 from collide.models.zoo import load_model_source
 from collide.precision import full_precision
@@ -154,16 +154,3 @@ def _n_classes(model: torch.nn.Module, target: torch.Tensor, device: str) -> int
 def _distances(vertices: torch.Tensor, point: torch.Tensor) -> torch.Tensor:
     """L2 distance of each vertex to ``point``, in float64. (V, *input), (*input) -> (V,)"""
     return (vertices.double() - point.double()).flatten(1).norm(dim=1)
-
-
-def evaluate_experiment_row(row: int, *, config: Any) -> dict[str, Any]:
-    """:func:`evaluate_row` for an experiment config (its results root, name, sampler, device)."""
-    return evaluate_row(config.results_root, config.name, row, sample=config.sample,
-                        device=resolve_device(config.device))
-
-
-def write_experiment_outputs(*, config: Any) -> dict[str, Any]:
-    """The experiment's table and figure, rebuilt from its Zarr store alone."""
-    from collide.results import tables
-
-    return tables.write_outputs(config.results_root, config.name)
