@@ -61,6 +61,8 @@ def _tqdm_progress():  # type: ignore[no-untyped-def]
     bars: dict[str, Any] = {}
 
     def report(stage: str, done: int, total: int) -> None:
+        if total <= 1:  # one step: a bar would jump 0 -> 1 at a meaningless rate
+            return
         bar = bars.get(stage)
         if bar is None:
             bar = bars[stage] = tqdm(total=total, desc=stage, unit="step", leave=True)

@@ -121,6 +121,7 @@ def run(experiment: ModuleType, *, config: Any, progress: Progress = no_progress
     context = prepare(experiment, config=config, progress=progress)
     jobs = plan(experiment, context, config=config)
     rows = []
+    progress("jobs", 0, len(jobs))  # the bar starts with the first job, not after it
     for k, j in enumerate(jobs):
         rows += run_job(experiment, j, context, config=config, progress=progress)
         progress("jobs", k + 1, len(jobs))

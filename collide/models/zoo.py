@@ -106,6 +106,8 @@ def train(
     n = len(train_split) if config.train_limit is None else min(config.train_limit, len(train_split))
     start = time.perf_counter()
     per_epoch = -(-n // config.batch_size)
+    if progress is not None:
+        progress(0, config.epochs * per_epoch, float("nan"))
     for epoch in range(config.epochs):
         model.train()
         order = torch.randperm(n, generator=gen)
