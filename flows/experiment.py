@@ -48,7 +48,7 @@ def experiment_flow(experiment: str = "mnist", config: dict[str, Any] | None = N
     for m in rows:
         logger.info("%s: %s", row_summary(m), "reused" if not (m["solved"] or m["evaluated"]) else "computed")
     logger.info("%d of %d rows were already finished and reused", reused, len(rows))
-    written = t.outputs(experiment, cfg)
+    written = t.outputs(experiment, cfg, len(rows))
     logger.info("%s %s and %s", "kept" if written["reused"] else "wrote", written["table"], written["figure"])
     if "summary" in written:
         logger.info("summary %s (%s)", written["summary"], "kept" if written["summary_reused"] else "written")

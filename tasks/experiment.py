@@ -28,5 +28,5 @@ def run_job(job: dict[str, Any], experiment: str, context: dict[str, Any], confi
 
 
 @task(name="write-outputs", **_OPTIONS)
-def outputs(experiment: str, config: Any) -> dict[str, Any]:
-    return engine.outputs(find(experiment), config=config)
+def outputs(experiment: str, config: Any, n_rows: int) -> dict[str, Any]:
+    return engine.outputs(find(experiment), config=config, n_rows=n_rows)

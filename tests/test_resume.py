@@ -144,3 +144,15 @@ def test_torch_threads_nests_and_restores():
         with pytest.raises(RuntimeError, match="overlap"), torch_threads(3):
             pass
     assert torch.get_num_threads() == before
+
+
+def test_a_config_that_fails_in_its_jobs_leaves_an_earlier_runs_rows_alone(finished, tmp_path):
+    """Pruning waits for every job: a target without n_vertices non-positive units fails
+    its first job, and the rows of the earlier, larger run are all still there, unchanged."""
+    config = _copy(finished[0], tmp_path)
+    before = _snapshot(config.results_root)
+    fewer = dataclasses.replace(config, rows=DEFAULT_ROWS[:2], n_vertices=1000)
+    with pytest.raises(ConfigError, match="non-positive units"):
+        engine.run(mnist, config=fewer)
+    assert _snapshot(config.results_root) == before
+    assert list_rows(config.results_root, config.name) == [0, 1, 2, 3]

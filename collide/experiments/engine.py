@@ -62,14 +62,12 @@ def prepare(experiment: ModuleType, *, config: Any, progress: Progress = no_prog
 
 
 def plan(experiment: ModuleType, context: dict[str, Any], *, config: Any) -> list[dict[str, Any]]:
-    """The experiment's jobs. Rows numbered beyond them (left by an earlier config with more
-    targets) and a killed run's half-built row groups are removed first."""
+    """The experiment's jobs, rows 0..n-1 each once. Nothing in the store is touched yet."""
     with _threads(config):
         jobs = experiment.plan(context, config=config)
     rows = sorted(r for j in jobs for r in j["rows"])
     if rows != list(range(len(rows))):
         raise RuntimeError(f"{config.name}: the plan's rows are not 0..{len(rows) - 1} each once")
-    prune_rows(config.results_root, config.name, len(rows))
     return jobs
 
 
@@ -107,8 +105,15 @@ def run_job(
     return out
 
 
-def outputs(experiment: ModuleType, *, config: Any) -> dict[str, Any]:
-    """The table and figure from the store (kept when unchanged), and any summary."""
+def outputs(experiment: ModuleType, *, config: Any, n_rows: int) -> dict[str, Any]:
+    """Once every job succeeded: the rows numbered ``n_rows`` and above (left by an earlier
+    config with more targets) and a killed run's half-built row groups are removed, then
+    the table and figure are rebuilt from the store (kept when unchanged), and any summary.
+
+    Pruning waits for the jobs: a config that fails in a job (a target with fewer
+    non-positive units than ``n_vertices``, say) leaves an earlier run's rows as they were.
+    """
+    prune_rows(config.results_root, config.name, n_rows)
     written = write_outputs(config.results_root, config.name)
     if hasattr(experiment, "summarize"):
         written = {**written, **experiment.summarize(config=config)}
@@ -125,7 +130,7 @@ def run(experiment: ModuleType, *, config: Any, progress: Progress = no_progress
     for k, j in enumerate(jobs):
         rows += run_job(experiment, j, context, config=config, progress=progress)
         progress("jobs", k + 1, len(jobs))
-    written = outputs(experiment, config=config)
+    written = outputs(experiment, config=config, n_rows=len(rows))
     return {**written, **{k: v for k, v in context.items() if k in REPORTED}, "rows": rows,
             "reused_rows": sum(not r["solved"] and not r["evaluated"] for r in rows),
             "seconds": time.perf_counter() - start}
