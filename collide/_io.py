@@ -8,15 +8,21 @@ the code is made here, so two stages can never disagree about what "the same" me
 
 from __future__ import annotations
 
+import contextlib
+import datetime as dt
+import fcntl
 import hashlib
 import json
 import os
+import socket
 import tempfile
 from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
 from functools import lru_cache
 from pathlib import Path
 from typing import Any
+
+from collide.errors import BusyError
 
 
 @contextmanager
@@ -77,3 +83,43 @@ def code_version() -> str:
         digest.update(path.relative_to(package).as_posix().encode())
         digest.update(path.read_bytes())
     return digest.hexdigest()[:16]
+
+
+@contextmanager
+def exclusive_lock(path: str | Path, *, what: str) -> Iterator[None]:
+    """Hold an exclusive lock on ``path`` for the block, or raise :class:`BusyError` at once
+    naming the holder (host, pid, since when). The lock is the kernel's (``flock``): a
+    holder that dies, even by SIGKILL, releases it, and a stale file locks nothing."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+    try:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            holder = Path(path).read_text().strip() or "another process"
+            raise BusyError(f"{what} is in use by {holder} (lock {path}): wait for that run to end, "
+                            "or give this one another name (--set name=...) or results root") from None
+        os.ftruncate(fd, 0)
+        stamp = dt.datetime.now(dt.UTC).isoformat(timespec="seconds")
+        os.write(fd, f"pid {os.getpid()} on {socket.gethostname()} since {stamp}\n".encode())
+        try:
+            yield
+        finally:
+            os.ftruncate(fd, 0)
+            fcntl.flock(fd, fcntl.LOCK_UN)
+    finally:
+        os.close(fd)
+
+
+def experiment_lock(results_root: str | Path, name: str) -> contextlib.AbstractContextManager[None]:
+    """The lock of experiment ``name`` under ``results_root``, held by a run for its whole
+    length and by ``collide tables`` while it rewrites that experiment's outputs.
+
+    The file lives in the system's temporary folder, named by a hash of the absolute
+    results root: taking it writes nothing into the results, so bad input found later
+    still leaves them untouched. It guards runs on this machine.
+    """
+    root = Path(results_root).resolve()
+    path = Path(tempfile.gettempdir()) / "collide-locks" / f"{json_digest(str(root))}-{name}.lock"
+    return exclusive_lock(path, what=f"experiment {name!r} under {root}")

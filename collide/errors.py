@@ -22,3 +22,8 @@ class LayerError(CollideError, KeyError):
 
 class CheckpointError(CollideError):
     """A checkpoint file is missing, corrupt, or does not match its recorded hash."""
+
+
+class BusyError(CollideError):
+    """Another run holds the experiment's lock: two runs of one experiment at once would
+    interleave their rows."""

@@ -14,6 +14,7 @@ from typing import Any
 from prefect import flow, get_run_logger, unmapped
 
 import flows  # noqa: F401  (telemetry off before prefect loads)
+from collide.experiments import engine
 from collide.experiments.registry import experiment as find
 from collide.results.cells import row_summary
 from flows.runner import dask_runner
@@ -31,6 +32,12 @@ def experiment_flow(experiment: str = "mnist", config: dict[str, Any] | None = N
     """
     module = find(experiment)
     cfg = module.Config.from_dict(config or {})
+    module.validate(config=cfg)
+    with engine.lock(cfg):  # one run per experiment: a second one fails at once, naming this one
+        return _run(experiment, module, cfg)
+
+
+def _run(experiment: str, module: Any, cfg: Any) -> dict[str, Any]:
     logger = get_run_logger()
     logger.info("experiment %s (%s, config %s), results in %s", cfg.name, experiment, cfg.digest(), cfg.results_root)
     context = t.prepare(experiment, cfg)

@@ -17,6 +17,7 @@ import pytest
 from collide.config import GradientConfig, RowSpec, SampleConfig, TrainConfig
 from collide.datasets.folders import bundled_corpus
 from collide.experiments import engine, imagenet, scan
+from collide.experiments import mnist as mnist_module
 from collide.experiments.imagenet import ImagenetExperiment
 from collide.experiments.scan import ScanExperiment, class_summary
 from collide.results.store import list_rows, read_row, table_path
@@ -154,3 +155,37 @@ def test_a_finished_scan_reruns_as_a_no_op(scanned):
     again = engine.run(scan, config=config)
     assert again["summary_reused"] and again["reused"] and again["reused_rows"] == 20
     assert _snapshot(config.results_root) == before
+
+
+def test_a_second_run_of_one_experiment_is_refused_naming_the_first(tiny_config, tmp_path):
+    """While one run holds the experiment, another fails at once with exit 2 (bad input:
+    the experiment is busy), names the holder, and writes nothing; after, the lock is free."""
+    from collide.errors import BusyError
+    from flows.cli import main
+
+    holder = f"pid {os.getpid()} on"
+    with engine.lock(tiny_config):
+        with pytest.raises(BusyError, match=holder):
+            engine.run(mnist_module, config=tiny_config)
+        args = ["run", "mnist", "--no-prefect", "--data-root", tiny_config.data_root,
+                "--results-root", tiny_config.results_root, "--checkpoint-dir", tiny_config.checkpoint_dir,
+                "--set", "allow_download=false"]
+        assert main(args) == 2
+        assert not Path(tiny_config.results_root).exists() and not Path(tiny_config.checkpoint_dir).exists()
+    with engine.lock(tiny_config):  # released, by the block and by the refused runs alike
+        pass
+    other = subprocess.run([sys.executable, "-c", (
+        "import sys; from collide.experiments import engine; from collide.experiments.mnist import MnistExperiment;"
+        f"c = MnistExperiment(results_root={tiny_config.results_root!r});"
+        "import contextlib\nwith engine.lock(c): print('held')")], capture_output=True, text=True, timeout=120)
+    assert other.returncode == 0 and "held" in other.stdout  # no stale lock left for another process
+
+
+def test_tables_refuse_while_a_run_holds_the_experiment(scanned):
+    from collide.errors import BusyError
+    from collide.results.tables import regenerate
+
+    config, _ = scanned
+    with engine.lock(config), pytest.raises(BusyError, match="experiment 'scan'"):
+        regenerate(config.results_root)
+    assert "scan" in regenerate(config.results_root)["experiments"]

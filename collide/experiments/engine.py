@@ -31,6 +31,7 @@ from collections.abc import Callable
 from types import ModuleType
 from typing import Any
 
+from collide._io import experiment_lock
 from collide.config import resolve_device
 from collide.results.evaluation import evaluate_row
 from collide.results.resume import is_done, mark_done, prune_rows, stage_key, torch_threads
@@ -120,17 +121,24 @@ def outputs(experiment: ModuleType, *, config: Any, n_rows: int) -> dict[str, An
     return written
 
 
+def lock(config: Any) -> contextlib.AbstractContextManager[None]:
+    """One run of the experiment ``config`` names at a time (:func:`collide._io.experiment_lock`)."""
+    return experiment_lock(config.results_root, config.name)
+
+
 def run(experiment: ModuleType, *, config: Any, progress: Progress = no_progress) -> dict[str, Any]:
     """Every stage in plain Python, jobs one after another: what the flow does over Dask."""
     start = time.perf_counter()
-    context = prepare(experiment, config=config, progress=progress)
-    jobs = plan(experiment, context, config=config)
-    rows = []
-    progress("jobs", 0, len(jobs))  # the bar starts with the first job, not after it
-    for k, j in enumerate(jobs):
-        rows += run_job(experiment, j, context, config=config, progress=progress)
-        progress("jobs", k + 1, len(jobs))
-    written = outputs(experiment, config=config, n_rows=len(rows))
+    experiment.validate(config=config)
+    with lock(config):
+        context = prepare(experiment, config=config, progress=progress)
+        jobs = plan(experiment, context, config=config)
+        rows = []
+        progress("jobs", 0, len(jobs))  # the bar starts with the first job, not after it
+        for k, j in enumerate(jobs):
+            rows += run_job(experiment, j, context, config=config, progress=progress)
+            progress("jobs", k + 1, len(jobs))
+        written = outputs(experiment, config=config, n_rows=len(rows))
     return {**written, **{k: v for k, v in context.items() if k in REPORTED}, "rows": rows,
             "reused_rows": sum(not r["solved"] and not r["evaluated"] for r in rows),
             "seconds": time.perf_counter() - start}

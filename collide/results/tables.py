@@ -20,7 +20,7 @@ import numpy as np
 import pandas as pd
 import zarr
 
-from collide._io import code_version
+from collide._io import code_version, experiment_lock
 from collide.errors import DataError
 from collide.results.cells import FLAGS, flag_text, missing, row_flags, success_text, valid_text
 from collide.results.reference import reference_for
@@ -181,7 +181,8 @@ def regenerate(
         raise DataError(f"no <experiment>.zarr store under {root}: run an experiment first")
     outputs = {}
     for k, name in enumerate(names):
-        outputs[name] = write_outputs(root, name, force=True)
+        with experiment_lock(root, name):  # not while a run of it is writing rows
+            outputs[name] = write_outputs(root, name, force=True)
         if progress is not None:
             progress("tables", k + 1, len(names))
     return {"experiments": outputs, "report": str(write_report(root, names))}
