@@ -90,6 +90,7 @@ class Measurement:
 
     success_rate: float
     target_class: int
+    n_classes: int
     target_top_prob: float
     samples_top_prob: float
     vertex_avg_distance: float
@@ -278,7 +279,8 @@ def measure(
             + "; ".join(f"v{k}: {r}" for k, r in enumerate(poly.reasons) if r)
         )
         common = {
-            "target_class": t_class, "target_top_prob": float(t_prob.max()), "n_valid": n_valid,
+            "target_class": t_class, "n_classes": len(t_prob), "target_top_prob": float(t_prob.max()),
+            "n_valid": n_valid,
             "invalid_reason": reason, "vertices_in_target_class": int((v_pred[finite] == t_class).sum()),
             "vertex_avg_distance": avg_pairwise_distance(good) if n_valid >= 2 else nan,
             "max_feature_rel_error": float(poly.rel_error[valid].max()) if n_valid else nan,

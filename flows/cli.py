@@ -107,7 +107,8 @@ def _run(args: argparse.Namespace) -> int:
     module = EXPERIMENTS[args.experiment]
     overrides = _overrides(args)
     config = module.Config.from_dict(overrides)
-    module.validate(config=config)  # fail on bad input before any server starts
+    if not args.no_prefect:
+        module.validate(config=config)  # fail on bad input before any server starts (engine.run does it too)
     _check_mnist_root(overrides, config)
     if args.no_prefect:
         from collide.experiments import engine

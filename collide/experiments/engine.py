@@ -56,8 +56,7 @@ def _threads(config: Any) -> contextlib.AbstractContextManager[None]:
 
 
 def prepare(experiment: ModuleType, *, config: Any, progress: Progress = no_progress) -> dict[str, Any]:
-    """Validate, then the experiment's shared work (reused when on disk)."""
-    experiment.validate(config=config)
+    """The experiment's shared work (reused when on disk); its caller validated the config."""
     with _threads(config):
         return experiment.prepare(config=config, progress=progress)
 

@@ -193,7 +193,10 @@ def prepare(*, config: MnistExperiment, progress: Progress = no_progress) -> dic
     data = file_digest([files["test_images"], files["test_labels"]])
     targets = pick_targets(trained["checkpoint"], data_root=config.data_root, label=config.target_label,
                            per_class=config.targets_per_class)
-    return {**trained, "targets": targets, "inputs": {"checkpoint_sha256": trained["sha256"], "data": data}}
+    distance = dataset_avg_distance(load_mnist(config.data_root, "test").images,
+                                    n_pairs=config.sample.n_dataset_pairs, seed=config.sample.seed)
+    return {**trained, "targets": targets, "dataset_avg_distance": distance,
+            "inputs": {"checkpoint_sha256": trained["sha256"], "data": data}}
 
 
 def plan(context: dict[str, Any], *, config: MnistExperiment) -> list[dict[str, Any]]:
@@ -210,7 +213,6 @@ def solve(job: dict[str, Any], context: dict[str, Any], *, config: MnistExperime
     test = load_mnist(config.data_root, "test")
     examples = job["spec"]["examples"]
     target = test.images[examples["target_index"]]
-    distance = dataset_avg_distance(test.images, n_pairs=config.sample.n_dataset_pairs, seed=config.sample.seed)
     for row in job["rows"]:
         spec = config.row_spec(row)
         init_index = examples["target_index"] if spec.init == "target" else examples["other_index"]
@@ -225,7 +227,7 @@ def solve(job: dict[str, Any], context: dict[str, Any], *, config: MnistExperime
             poly, config=config, row=row, init=spec.init, model=f"{DATASET}-{config.train.arch}",
             model_source=checkpoint_source(context["checkpoint"], meta["sha256"]),
             loss={"gradient": config.gradient.loss, "exact": "lp", "paper": "paper"}[spec.method],
-            dataset_avg_distance=distance,
+            dataset_avg_distance=context["dataset_avg_distance"],
             extra_attrs={
                 "checkpoint": context["checkpoint"], "checkpoint_sha256": meta["sha256"],
                 "test_accuracy": meta["test_accuracy"], "target_index": examples["target_index"],

@@ -84,7 +84,7 @@ def _evaluate(
     flags = []
     if attrs["model_source"].get("random"):
         flags.append("random-weights")
-    if m.target_top_prob < UNINFORMATIVE / _n_classes(model, target, device):
+    if m.target_top_prob < UNINFORMATIVE / m.n_classes:
         flags.append("uninformative-model")
     metrics: dict[str, Any] = {
         "experiment": experiment,
@@ -144,11 +144,6 @@ def _evaluate(
         keep_existing=True, drop=() if sampled else SAMPLE_ARRAYS,
     )
     return metrics
-
-
-def _n_classes(model: torch.nn.Module, target: torch.Tensor, device: str) -> int:
-    with torch.no_grad():
-        return int(model(target.unsqueeze(0).to(device)).shape[-1])
 
 
 def _distances(vertices: torch.Tensor, point: torch.Tensor) -> torch.Tensor:
