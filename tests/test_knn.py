@@ -45,7 +45,7 @@ def test_index_recall_against_the_oracle(config, tmp_path):
     _, exact = exact_knn(q, corpus, 10, rows=index.items)
     assert recall_at_k(dist, exact) >= RECALL_MIN
     assert np.all(np.diff(dist, axis=1) >= 0)
-    reloaded = PatchIndex.load(index.save(tmp_path / "i.pkl"))
+    reloaded = PatchIndex.load(index.save(tmp_path / "i.npz"))
     assert np.array_equal(reloaded.query(q, 10, corpus=corpus)[0], approx)
 
 
@@ -58,7 +58,7 @@ def test_bad_queries_are_refused():
     with pytest.raises(DataError, match="nothing to index"):
         PatchIndex.build(corpus[:1], config=KnnConfig())
     with pytest.raises(DataError, match="build it first"):
-        PatchIndex.load("/nonexistent/i.pkl")
+        PatchIndex.load("/nonexistent/i.npz")
 
 
 def test_duplicates_are_indexed_once_and_do_not_trap_the_search():
@@ -104,9 +104,59 @@ def test_an_index_from_an_older_format_is_refused(tmp_path):
 
     index = PatchIndex.build(_corpus(200), config=KnnConfig(method="pynndescent", k=3))
     index.format = 1
-    index.save(tmp_path / "old.pkl")
+    index.save(tmp_path / "old.npz")
     with pytest.raises(StaleIndexError, match="older collide"):
-        PatchIndex.load(tmp_path / "old.pkl")
+        PatchIndex.load(tmp_path / "old.npz")
+
+
+class _Planted:
+    """A pickle that touches a file when loaded: what a planted cache file could do."""
+
+    def __init__(self, marker):
+        self.marker = marker
+
+    def __reduce__(self):
+        import pathlib
+
+        return pathlib.Path.touch, (pathlib.Path(self.marker),)
+
+
+@pytest.mark.parametrize("as_npz", [False, True])
+def test_a_planted_pickle_is_refused_and_never_run(tmp_path, as_npz):
+    import pickle
+
+    from collide.patches.index_file import UnsafeIndexError
+
+    marker = tmp_path / "ran"
+    path = tmp_path / "planted.npz"
+    if as_npz:  # an object array inside a real .npz: np.load would unpickle it if allowed
+        np.savez(path, __meta__=np.array([_Planted(marker)], dtype=object))
+    else:
+        path.write_bytes(pickle.dumps(_Planted(marker)))
+    with pytest.raises(UnsafeIndexError, match="not a collide kNN index"):
+        PatchIndex.load(path)
+    assert not marker.exists()
+
+
+def test_an_index_whose_graph_points_outside_its_data_is_refused(tmp_path):
+    from collide.patches.index_file import UnsafeIndexError, read_index_file, write_index_file
+
+    index = PatchIndex.build(_corpus(300), config=KnnConfig(method="pynndescent", k=3))
+    meta, arrays = read_index_file(index.save(tmp_path / "i.npz"))
+    arrays = {k: arrays[k] for k in arrays.files if k != "__meta__"}
+    arrays["s0._search_graph.indices"] = arrays["s0._search_graph.indices"] + 10**6
+    write_index_file(tmp_path / "bad.npz", meta, arrays)
+    with pytest.raises(UnsafeIndexError, match="out of range"):
+        PatchIndex.load(tmp_path / "bad.npz")
+
+
+def test_an_exact_index_round_trips(tmp_path):
+    corpus = _corpus(400)
+    q = as_vectors(_corpus(20, seed=4))
+    index = PatchIndex.build(corpus, config=KnnConfig(method="exact", k=5))
+    again = PatchIndex.load(index.save(tmp_path / "e.npz"))
+    for a, b in zip(index.query(q, 5), again.query(q, 5), strict=True):
+        assert np.array_equal(a, b)
 
 
 def test_query_blocks_do_not_change_the_answer():

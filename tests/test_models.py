@@ -56,3 +56,41 @@ def test_checkpoint_name_follows_the_training_config(tmp_path):
     b = checkpoint_path(tmp_path, "mnist", TrainConfig(epochs=4))
     assert a != b and a.name.startswith("mnist-mlp-")
     assert json.dumps(str(a))
+
+
+class _Planted:
+    def __init__(self, marker):
+        self.marker = marker
+
+    def __reduce__(self):
+        import pathlib
+
+        return pathlib.Path.touch, (pathlib.Path(self.marker),)
+
+
+def planted_pickle(marker) -> bytes:
+    """Bytes that, unpickled without torch's safe loader, create ``marker``."""
+    import io
+
+    buffer = io.BytesIO()
+    torch.save({"arch": "mlp", "state_dict": _Planted(marker)}, buffer)
+    return buffer.getvalue()
+
+
+def test_a_checkpoint_that_is_not_tensors_is_refused_without_running_it(tmp_path, mlp_model):
+    """Even with matching metadata (a planted pair), a checkpoint whose pickle holds more than
+    tensors is a CheckpointError that does not advise weights_only=False, and nothing runs."""
+    from collide._io import file_sha256
+
+    path = tmp_path / "m.pt"
+    save_checkpoint(mlp_model, {"arch": "mlp"}, path)
+    marker = tmp_path / "ran"
+    path.write_bytes(planted_pickle(marker))
+    side = tmp_path / "m.pt.json"
+    side.write_text(json.dumps({**json.loads(side.read_text()), "sha256": file_sha256(path)}))
+    with pytest.raises(CheckpointError, match="is not a collide checkpoint") as err:
+        load_checkpoint(path)
+    assert "weights_only" not in str(err.value) and not marker.exists()
+    side.write_text("{not json")
+    with pytest.raises(CheckpointError, match=r"m\.pt\.json is not JSON"):
+        load_checkpoint(path)

@@ -53,7 +53,7 @@ def test_missing_or_wrong_weights_are_clear_errors(tmp_path):
         resolve_weights(str(tmp_path / "none.pth"))
     bad = tmp_path / "bad.pth"
     torch.save({"not": torch.zeros(1)}, bad)
-    with pytest.raises(CheckpointError, match="does not hold VGG-16 weights"):
+    with pytest.raises(CheckpointError, match="is not a VGG-16 state dict"):
         vgg16_from_source(resolve_weights(str(bad)))
 
 
@@ -77,3 +77,16 @@ def test_image_folder_errors_and_loading(tmp_path):
     (root / "empty").mkdir()
     with pytest.raises(DataError, match="empty holds no images"):
         list_folder(root)
+
+
+def test_a_weights_file_that_is_not_tensors_is_refused_without_running_it(tmp_path):
+    """A pickle that would run code when unpickled: refused, not run, and the message never
+    advises turning torch's safe loading off."""
+    from tests.test_models import planted_pickle
+
+    marker = tmp_path / "ran"
+    bad = tmp_path / "planted.pth"
+    bad.write_bytes(planted_pickle(marker))
+    with pytest.raises(CheckpointError, match="is not a VGG-16 state dict") as err:
+        vgg16_from_source(resolve_weights(str(bad)))
+    assert "weights_only" not in str(err.value) and not marker.exists()

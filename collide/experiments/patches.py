@@ -38,6 +38,7 @@ from collide.experiments.engine import Progress, job, no_progress
 from collide.models.zoo import load_checkpoint, load_model_source
 from collide.patches.compose import ComposedPatches, Composition, candidate_share, window_patches
 from collide.patches.extract import build_store, open_store, sample_ids
+from collide.patches.index_file import UnsafeIndexError
 from collide.patches.knn import PatchIndex, StaleIndexError, as_vectors, exact_knn, recall_at_k
 from collide.results.records import RowRecord
 
@@ -175,19 +176,21 @@ def build_patches(*, config: PatchExperiment, scheduler: Any = "threads", progre
 
 
 def _index_path(config: PatchExperiment) -> Path:
-    return _store_path(config).with_suffix(f".index-{json_digest(asdict(config.knn), 12)}.pkl")
+    return _store_path(config).with_suffix(f".index-{json_digest(asdict(config.knn), 12)}.npz")
 
 
 def build_index(*, config: PatchExperiment, progress: Progress = no_progress) -> dict[str, Any]:
     """The kNN index over the store (exact search for a small one), persisted next to it;
     reused when present."""
     path = _index_path(config)
+    for pickled in path.parent.glob(f"{_store_path(config).stem}.index-*.pkl"):
+        pickled.unlink()  # collide before format 4 pickled its indexes: never loaded, so removed
     if path.is_file():
         try:
             index = PatchIndex.load(path)
             return {"index": str(path), "build_seconds": index.build_seconds, "reused": True}
-        except StaleIndexError:
-            pass  # rebuilt below and saved over it
+        except (StaleIndexError, UnsafeIndexError):
+            pass  # rebuilt below and saved over it: nothing in the old file was run
     store = open_store(_store_path(config))
     index = PatchIndex.build(store["patches"][...], config=config.knn, progress=progress)
     index.save(path)

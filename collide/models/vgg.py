@@ -20,6 +20,7 @@ from torch import nn
 
 from collide._io import file_sha256
 from collide.errors import CheckpointError
+from collide.models.tensor_file import load_tensors
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
@@ -54,7 +55,8 @@ def _torchvision_weights() -> tuple[dict[str, torch.Tensor], Path]:
                 f"downloaded ({type(exc).__name__}): copy {TORCHVISION_FILE} there, or pass the file "
                 "with --set weights=/path/to/vgg16.pth, or ask for random weights with --set weights=random"
             ) from exc
-    return torch.load(cached, map_location="cpu", weights_only=True), cached
+    fix = f"delete {cached} so that it is fetched again, or pass a file with --set weights=/path/to/vgg16.pth"
+    return load_tensors(cached, expected="a VGG-16 state dict", fix=fix), cached
 
 
 def resolve_weights(weights: str, *, seed: int = 0) -> dict[str, Any]:
@@ -87,8 +89,10 @@ def vgg16_from_source(source: dict[str, Any]) -> NormalisedVGG:
         if source.get("sha256") and file_sha256(path) != source["sha256"]:
             raise CheckpointError(f"VGG-16 weights file {path} changed since the row was solved: rerun")
         net = vgg16(weights=None)
+        fix = "pass torchvision's vgg16-397923af.pth (or a state dict saved from torchvision's vgg16)"
+        state = load_tensors(path, expected="a VGG-16 state dict", fix=fix)
         try:
-            net.load_state_dict(torch.load(path, map_location="cpu", weights_only=True))
-        except (RuntimeError, KeyError) as exc:
-            raise CheckpointError(f"{path} does not hold VGG-16 weights: {exc}") from exc
+            net.load_state_dict(state)
+        except (RuntimeError, KeyError, TypeError, AttributeError) as exc:
+            raise CheckpointError(f"{path} is not a VGG-16 state dict ({str(exc)[:300]}): {fix}") from None
     return NormalisedVGG(net).eval()

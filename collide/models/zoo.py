@@ -21,6 +21,7 @@ from collide._io import atomic_file, file_sha256, json_digest
 from collide.config import TrainConfig
 from collide.datasets.mnist import Split
 from collide.errors import CheckpointError, ConfigError
+from collide.models.tensor_file import load_tensors
 from collide.models.vgg import vgg16_from_source
 
 
@@ -157,19 +158,26 @@ def load_checkpoint(path: str | Path) -> tuple[nn.Module, dict[str, Any]]:
         raise CheckpointError(f"checkpoint {path} does not exist: train one with `collide run mnist`")
     if not side.is_file():
         raise CheckpointError(f"checkpoint metadata {side} is missing: delete {path} and retrain")
-    meta = json.loads(side.read_text())
+    try:
+        meta = json.loads(side.read_text())
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+        raise CheckpointError(f"checkpoint metadata {side} is not JSON ({exc}): delete {path} and {side} "
+                              "and retrain") from None
+    if not isinstance(meta, dict):
+        raise CheckpointError(f"checkpoint metadata {side} is not a JSON object: delete both files and retrain")
     digest = file_sha256(path)
     if digest != meta.get("sha256"):
         raise CheckpointError(
             f"checkpoint {path} has sha256 {digest[:12]}..., its metadata says "
             f"{str(meta.get('sha256'))[:12]}...: the file changed; delete both and retrain"
         )
+    fix = f"delete {path} and {side} and retrain (`collide run mnist`)"
+    blob = load_tensors(path, expected="a collide checkpoint", fix=fix)
     try:
-        blob = torch.load(path, map_location="cpu", weights_only=True)
         model = build_model(blob["arch"])
         model.load_state_dict(blob["state_dict"])
-    except (RuntimeError, KeyError, ValueError) as exc:
-        raise CheckpointError(f"checkpoint {path} cannot be loaded: {exc}") from exc
+    except (RuntimeError, KeyError, ValueError, TypeError, ConfigError) as exc:
+        raise CheckpointError(f"checkpoint {path} is not a collide checkpoint ({exc}): {fix}") from None
     return model.eval(), meta
 
 

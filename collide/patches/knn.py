@@ -8,10 +8,9 @@ the answers are true distances whichever space found them.
 from __future__ import annotations
 
 import hashlib
-import pickle
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
@@ -21,10 +20,17 @@ import torch
 from collide._io import atomic_file
 from collide.config import KnnConfig
 from collide.errors import ConfigError, DataError
+from collide.patches.index_file import (
+    nndescent_from_state,
+    nndescent_state,
+    read_index_file,
+    write_index_file,
+)
 
-# Raised with each change to what a saved index holds, so old pickles are rebuilt.
+# Raised with each change to what a saved index holds, so older files are rebuilt.
 # 3: shard items are named by their first row in the whole store (distinct across shards).
-INDEX_FORMAT = 3
+# 4: arrays and JSON in an .npz instead of a pickle (nothing loaded can run code).
+INDEX_FORMAT = 4
 
 
 class StaleIndexError(DataError):
@@ -261,21 +267,57 @@ class PatchIndex:
         return _merge(idx, dist, k)
 
     def save(self, path: str | Path) -> Path:
+        """Write the index as arrays and JSON (:mod:`collide.patches.index_file`), atomically."""
+        import pynndescent
 
-        with atomic_file(path) as tmp, open(tmp, "wb") as fh:
-            pickle.dump(self, fh)
-        return Path(path)
+        meta: dict[str, Any] = {
+            "format": self.format, "pynndescent": pynndescent.__version__, "n_items": self.n_items,
+            "config": asdict(self.config), "build_seconds": self.build_seconds, "shards": [],
+        }
+        arrays: dict[str, np.ndarray] = {}
+        if self.basis is not None:
+            arrays["mean"], arrays["basis"] = self.mean, self.basis
+        for s, shard in enumerate(self.shards):
+            arrays[f"s{s}.ids"] = shard.ids
+            if isinstance(shard.index, _BruteForce):
+                meta["shards"].append({"kind": "exact"})
+                arrays[f"s{s}.vectors"] = shard.index.vectors
+            else:
+                state, parts = nndescent_state(shard.index, f"s{s}.")
+                meta["shards"].append({"kind": "pynndescent", "state": state})
+                arrays.update(parts)
+        return write_index_file(path, meta, arrays)
 
     @staticmethod
     def load(path: str | Path) -> PatchIndex:
+        """An index :meth:`save` wrote. A file from another collide or pynndescent version
+        is :class:`StaleIndexError` (rebuild it); one that is not an index at all, or
+        whose graph points outside its data, is refused before anything walks it."""
+        import pynndescent
+
         path = Path(path)
         if not path.is_file():
             raise DataError(f"no index at {path}: build it first")
-        with open(path, "rb") as fh:
-            index = pickle.load(fh)
-        if getattr(index, "format", 1) != INDEX_FORMAT:
-            raise StaleIndexError(f"{path} was built by an older collide: delete it, or rebuild it")
-        return index
+        meta, arrays = read_index_file(path)
+        if meta.get("format") != INDEX_FORMAT or meta.get("pynndescent") != pynndescent.__version__:
+            raise StaleIndexError(f"{path} was built by an older collide (or another pynndescent): "
+                                  "delete it, or rebuild it")
+        shards = []
+        for s, spec in enumerate(meta["shards"]):
+            ids = arrays[f"s{s}.ids"]
+            if spec["kind"] == "exact":
+                nn: Any = _BruteForce(arrays[f"s{s}.vectors"])
+            else:
+                nn = nndescent_from_state(spec["state"], arrays, f"s{s}.", str(path))
+            if len(ids) != len(getattr(nn, "vectors", None) if spec["kind"] == "exact" else nn._raw_data):
+                raise StaleIndexError(f"{path}: shard {s} names {len(ids)} items for data of another size: rebuild")
+            if ids.size and not 0 <= ids.min() <= ids.max() < int(meta["n_items"]):
+                raise StaleIndexError(f"{path}: shard {s} names store rows outside the store: rebuild")
+            shards.append(_Shard(ids, nn))
+        mean = arrays["mean"] if "mean" in arrays else None
+        basis = arrays["basis"] if "basis" in arrays else None
+        return PatchIndex(shards, mean, basis, int(meta["n_items"]), KnnConfig(**meta["config"]),
+                          float(meta["build_seconds"]))
 
 
 def _distances(corpus: Any, rows: np.ndarray, query: np.ndarray) -> np.ndarray:
