@@ -7,7 +7,7 @@ import yaml
 
 from collide.experiments.registry import EXPERIMENTS
 from flows.cli import build_parser, main
-from flows.serve import PROJECT, read_deployments
+from flows.serve import PROJECT, _concurrency, read_deployments
 
 
 def test_every_experiment_is_deployed_on_a_cron_schedule():
@@ -27,6 +27,9 @@ def test_every_experiment_is_deployed_on_a_cron_schedule():
         assert set(d["parameters"]) <= set(flow.parameters.properties), d["name"]
         config = EXPERIMENTS[d["parameters"]["experiment"]].Config.from_dict(d["parameters"]["config"])
         assert config.digest()
+        # Overlapping schedules: a second run of a deployment waits for the first.
+        assert d["concurrency_limit"] == {"limit": 1, "collision_strategy": "ENQUEUE"}, d["name"]
+        assert _concurrency(d).limit == 1
 
 
 def test_adding_an_experiment_takes_one_module_one_registry_entry_one_deployment():
