@@ -17,7 +17,6 @@ from typing import Any
 import numpy as np
 import torch
 
-from collide._io import atomic_file
 from collide.config import KnnConfig
 from collide.errors import ConfigError, DataError
 from collide.patches.index_file import (
@@ -31,6 +30,15 @@ from collide.patches.index_file import (
 # 3: shard items are named by their first row in the whole store (distinct across shards).
 # 4: arrays and JSON in an .npz instead of a pickle (nothing loaded can run code).
 INDEX_FORMAT = 4
+
+
+def _pynndescent_version() -> str:
+    """From the package metadata: importing pynndescent compiles numba code, which must not
+    happen where it is not needed (an exact index), nor inside a Prefect flow that patches
+    ``print`` (numba then fails to type pynndescent's thread functions for the whole process)."""
+    from importlib.metadata import version
+
+    return version("pynndescent")
 
 
 class StaleIndexError(DataError):
@@ -268,10 +276,8 @@ class PatchIndex:
 
     def save(self, path: str | Path) -> Path:
         """Write the index as arrays and JSON (:mod:`collide.patches.index_file`), atomically."""
-        import pynndescent
-
         meta: dict[str, Any] = {
-            "format": self.format, "pynndescent": pynndescent.__version__, "n_items": self.n_items,
+            "format": self.format, "pynndescent": _pynndescent_version(), "n_items": self.n_items,
             "config": asdict(self.config), "build_seconds": self.build_seconds, "shards": [],
         }
         arrays: dict[str, np.ndarray] = {}
@@ -293,13 +299,11 @@ class PatchIndex:
         """An index :meth:`save` wrote. A file from another collide or pynndescent version
         is :class:`StaleIndexError` (rebuild it); one that is not an index at all, or
         whose graph points outside its data, is refused before anything walks it."""
-        import pynndescent
-
         path = Path(path)
         if not path.is_file():
             raise DataError(f"no index at {path}: build it first")
         meta, arrays = read_index_file(path)
-        if meta.get("format") != INDEX_FORMAT or meta.get("pynndescent") != pynndescent.__version__:
+        if meta.get("format") != INDEX_FORMAT or meta.get("pynndescent") != _pynndescent_version():
             raise StaleIndexError(f"{path} was built by an older collide (or another pynndescent): "
                                   "delete it, or rebuild it")
         shards = []
