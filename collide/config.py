@@ -325,7 +325,14 @@ class _Experiment:
         places is the same experiment.
         """
         science = {k: v for k, v in self.to_dict().items() if k != "results_root"}
+        science["layer"] = self.digest_layer()
         return json_digest(science)
+
+    def digest_layer(self) -> str:
+        """The layer as the digest names it. An experiment whose model gives layers aliases
+        (``fc1`` for ``relu1``) returns the module's name, so that both spellings share a
+        digest and a rerun under the other reuses every row."""
+        return str(self.layer)  # type: ignore[attr-defined]
 
     @classmethod
     def _rows(cls, rows: Any) -> tuple[Any, ...]:

@@ -169,3 +169,16 @@ def preactivation(model: nn.Module, x: torch.Tensor, layer: str) -> torch.Tensor
     if not captured:
         raise LayerError(f"layer {layer!r} was not reached in the forward pass")
     return captured[0].flatten(1)
+
+
+def check_units(model: nn.Module, layer: str, input_shape: Sequence[int], n_vertices: int) -> int:
+    """The number of units of ``layer`` for one input of ``input_shape``; a config asking
+    for more vertices than that (each vertex pushes one unit) is refused before any work."""
+    from collide.errors import ConfigError
+
+    with torch.no_grad():
+        width = preactivation(model, torch.zeros(1, *input_shape), layer).shape[1]
+    if n_vertices > width:
+        raise ConfigError(f"n_vertices={n_vertices} is more than the {width} units of layer {layer!r} "
+                          "(each vertex pushes one of the target's non-positive units): lower n_vertices")
+    return int(width)

@@ -146,13 +146,32 @@ def test_torch_threads_nests_and_restores():
     assert torch.get_num_threads() == before
 
 
-def test_a_config_that_fails_in_its_jobs_leaves_an_earlier_runs_rows_alone(finished, tmp_path):
-    """Pruning waits for every job: a target without n_vertices non-positive units fails
-    its first job, and the rows of the earlier, larger run are all still there, unchanged."""
+def test_a_config_that_fails_on_its_data_leaves_an_earlier_runs_rows_alone(finished, tmp_path, monkeypatch):
+    """A config refused by its data (more vertices than the layer's units; a target with
+    fewer non-positive units than vertices) fails before any row, record or output of the
+    earlier, larger run changes; and pruning waits for every job anyway."""
     config = _copy(finished[0], tmp_path)
     before = _snapshot(config.results_root)
     fewer = dataclasses.replace(config, rows=DEFAULT_ROWS[:2], n_vertices=1000)
-    with pytest.raises(ConfigError, match="non-positive units"):
+    with pytest.raises(ConfigError, match="more than the 256 units of layer 'relu1'"):
+        engine.run(mnist, config=fewer)
+    assert _snapshot(config.results_root) == before
+    # A width the layer has, but more than the target's non-positive units (it has some
+    # positive ones): found in prepare, from the data, not in a job.
+    fewer = dataclasses.replace(config, rows=DEFAULT_ROWS[:2], n_vertices=255)
+    with pytest.raises(ConfigError, match="non-positive units at relu1, fewer than the 255 vertices"):
         engine.run(mnist, config=fewer)
     assert _snapshot(config.results_root) == before
     assert list_rows(config.results_root, config.name) == [0, 1, 2, 3]
+
+
+def test_a_layer_alias_shares_its_digest_and_reuses_every_row(finished, tmp_path):
+    """``fc1`` is the MLP's ``relu1`` (`collide config show mnist` lists both): the same
+    experiment, so the same digest, and a rerun under the alias recomputes nothing."""
+    config = _copy(finished[0], tmp_path)
+    assert config.layer == "relu1"
+    alias = dataclasses.replace(config, layer="fc1")
+    assert alias.digest() == config.digest()
+    assert dataclasses.replace(config, layer="relu2").digest() != config.digest()
+    again = engine.run(mnist, config=alias)
+    assert not any(r["solved"] or r["evaluated"] for r in again["rows"])

@@ -90,3 +90,19 @@ def test_a_weights_file_that_is_not_tensors_is_refused_without_running_it(tmp_pa
     with pytest.raises(CheckpointError, match="is not a VGG-16 state dict") as err:
         vgg16_from_source(resolve_weights(str(bad)))
     assert "weights_only" not in str(err.value) and not marker.exists()
+
+
+def test_upper_case_suffixes_count_and_a_broken_image_is_named(tmp_path):
+    from collide.datasets.folders import check_images
+
+    root = bundled_corpus(tmp_path / "corpus", size=40)
+    classes, items = list_folder(root)
+    first = items[0][0]
+    shouted = first.with_name("SHOUT.JPG")
+    first.rename(shouted)
+    assert shouted in [p for p, _ in list_folder(root)[1]]
+    check_images([p for p, _ in list_folder(root)[1]])
+    broken = shouted.with_name("broken.png")
+    broken.write_bytes(shouted.read_bytes()[:50])  # a truncated file: its header, no pixels
+    with pytest.raises(DataError, match="cannot read image .*broken.png"):
+        check_images([broken])

@@ -14,7 +14,7 @@ import torch
 
 from collide.errors import DataError
 
-EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".webp", ".JPEG")
+EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".webp")  # compared lower-case: .JPG and .JPEG count
 
 
 def list_folder(root: str | Path) -> tuple[list[str], list[tuple[Path, int]]]:
@@ -27,12 +27,25 @@ def list_folder(root: str | Path) -> tuple[list[str], list[tuple[Path, int]]]:
         raise DataError(f"{root} has no class subfolders: expected <root>/<class>/<image>.jpg")
     items: list[tuple[Path, int]] = []
     for k, name in enumerate(classes):
-        files = sorted(p for p in (root / name).iterdir() if p.suffix in EXTENSIONS)
+        files = sorted(p for p in (root / name).iterdir() if p.is_file() and p.suffix.lower() in EXTENSIONS)
         if not files:
             kinds = ", ".join(EXTENSIONS[:5])
             raise DataError(f"class folder {root / name} holds no images ({kinds}): add some or remove it")
         items.extend((f, k) for f in files)
     return classes, items
+
+
+def check_images(paths: list[str | Path]) -> None:
+    """Decode every image of ``paths`` in full, failing on the first that cannot be read:
+    a bad file found here costs nothing, found after a solve it costs the solve."""
+    from PIL import Image
+
+    for path in dict.fromkeys(str(p) for p in paths):
+        try:
+            with Image.open(path) as im:
+                im.load()
+        except (OSError, ValueError) as exc:  # PIL's UnidentifiedImageError is an OSError
+            raise DataError(f"cannot read image {path}: {exc}; replace or remove it") from None
 
 
 def load_image(path: str | Path, size: int) -> torch.Tensor:

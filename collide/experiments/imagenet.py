@@ -16,13 +16,13 @@ import torch
 
 from collide.api import find_polytope
 from collide.config import INITS, GradientConfig, SampleConfig, _Experiment, _require, resolve_device
-from collide.datasets.folders import list_folder, load_image
+from collide.datasets.folders import check_images, list_folder, load_image
 from collide.errors import DataError
 from collide.experiments.engine import Progress, job, no_progress
 from collide.models.vgg import NormalisedVGG, resolve_weights, vgg16_from_source
 from collide.polytope import dataset_avg_distance
 from collide.results.records import RowRecord
-from collide.taps import layer_names, resolve_layer
+from collide.taps import check_units, layer_names
 
 NAME = "imagenet"
 SUMMARY = "VGG-16 at fc6 in pixel space on an ImageNet-style folder, paper §3.2 (Tables 3-4)"
@@ -64,6 +64,9 @@ class ImagenetExperiment(_Experiment):
 
     _nested: ClassVar[dict[str, type]] = {"gradient": GradientConfig, "sample": SampleConfig}
 
+    def digest_layer(self) -> str:
+        return NormalisedVGG.collide_aliases.get(self.layer, self.layer)
+
     def __post_init__(self) -> None:
         self._check_common()
         _require(self.targets_per_class >= 0, f"expected targets_per_class >= 0, got {self.targets_per_class}")
@@ -90,7 +93,7 @@ def layers(config: ImagenetExperiment) -> list[str]:
 def validate(*, config: ImagenetExperiment) -> None:
     """Fail before any work on a missing folder, layer or weights file."""
     _targets(config)
-    resolve_layer(_skeleton(), config.layer)
+    check_units(_skeleton(), config.layer, (3, config.image_size, config.image_size), config.n_vertices)
     resolve_weights(config.weights, seed=config.seed)
 
 
@@ -125,7 +128,9 @@ def prepare(*, config: ImagenetExperiment, progress: Progress = no_progress) -> 
     picked = rng.choice(len(items), size=min(config.n_dataset_images, len(items)), replace=False)
     images = torch.stack([load_image(items[k][0], config.image_size) for k in sorted(picked)])
     distance = dataset_avg_distance(images, n_pairs=config.sample.n_dataset_pairs, seed=config.sample.seed)
-    return {"model_source": source, "random_weights": bool(source["random"]), "targets": _targets(config),
+    targets = _targets(config)
+    check_images([t[k] for t in targets for k in ("target_path", "other_path")])
+    return {"model_source": source, "random_weights": bool(source["random"]), "targets": targets,
             "dataset_avg_distance": distance, "inputs": {"model": source}}
 
 

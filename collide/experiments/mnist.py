@@ -8,6 +8,7 @@ row's target and init, written as one row group.
 from __future__ import annotations
 
 import dataclasses
+import functools
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, ClassVar
@@ -29,16 +30,26 @@ from collide.config import (
     resolve_device,
 )
 from collide.datasets.mnist import ensure_mnist, load_mnist, mnist_files
-from collide.errors import CheckpointError, DataError
+from collide.errors import CheckpointError, ConfigError, DataError, LayerError
 from collide.experiments.engine import Progress, job, no_progress
 from collide.models.zoo import build_model, checkpoint_path, checkpoint_source, load_checkpoint, save_checkpoint, train
 from collide.polytope import dataset_avg_distance
 from collide.results.records import RowRecord
-from collide.taps import layer_names, resolve_layer
+from collide.taps import check_units, layer_names, preactivation, resolve_layer
 
 NAME = "mnist"
 SUMMARY = "MNIST MLP, paper §3.1 (Tables 1-2); many targets with targets_per_class"
 DATASET = "mnist"
+
+
+@functools.lru_cache(maxsize=64)
+def module_layer(arch: str, layer: str) -> str:
+    """The ReLU module ``layer`` names in ``arch`` (an alias resolved), or ``layer`` itself
+    when the architecture has no such layer (validation says so, not the digest)."""
+    try:
+        return resolve_layer(build_model(arch), layer)
+    except (LayerError, ConfigError):
+        return layer
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -78,6 +89,9 @@ class MnistExperiment(_Experiment):
         "train": TrainConfig, "gradient": GradientConfig, "exact": ExactConfig, "paper": PaperConfig,
         "sample": SampleConfig,
     }
+
+    def digest_layer(self) -> str:
+        return module_layer(self.train.arch, self.layer)
 
     def __post_init__(self) -> None:
         self._check_common()
@@ -128,7 +142,7 @@ def layers(config: MnistExperiment) -> list[str]:
 def validate(*, config: MnistExperiment) -> None:
     """Fail before any work if the layer does not exist in the architecture, or the
     paper-scheme rows have no learning rate for it."""
-    resolve_layer(build_model(config.train.arch), config.layer)
+    check_units(build_model(config.train.arch), config.layer, (1, 28, 28), config.n_vertices)
     if any(r.method == "paper" for r in config.rows):
         config.paper.for_model(config.train.arch)
 
@@ -161,10 +175,14 @@ def train_model(*, config: Any, progress: Progress = no_progress) -> dict[str, A
             "reused": reused}
 
 
-def pick_targets(checkpoint: str, *, data_root: str, label: int, per_class: int) -> list[dict[str, int]]:
+def pick_targets(checkpoint: str, *, data_root: str, label: int, per_class: int, layer: str | None = None,
+                 n_vertices: int = 0) -> list[dict[str, int]]:
     """Each target's test index and its ``other`` init (the first test image of another
     label): the first correctly classified image of ``label`` when ``per_class`` is 0,
-    else the first ``per_class`` correctly classified images of every class."""
+    else the first ``per_class`` correctly classified images of every class.
+
+    With ``layer``, a target with fewer than ``n_vertices`` non-positive units there is
+    refused here, before any row is touched, rather than in its job."""
     model, _ = load_checkpoint(checkpoint)
     test = load_mnist(data_root, "test")
     with torch.no_grad():
@@ -180,6 +198,14 @@ def pick_targets(checkpoint: str, *, data_root: str, label: int, per_class: int)
             )
         other = int(torch.nonzero(test.labels != wanted).flatten()[0])
         targets += [{"target_index": int(h), "other_index": other} for h in hits[:need]]
+    if layer is not None:
+        with torch.no_grad():
+            pre = preactivation(model, test.images[[t["target_index"] for t in targets]], layer)
+        for t, count in zip(targets, (pre <= 0).sum(1).tolist(), strict=True):
+            if count < n_vertices:
+                raise ConfigError(
+                    f"target test image {t['target_index']} has {count} non-positive units at {layer}, fewer "
+                    f"than the {n_vertices} vertices asked for: lower n_vertices or pick another layer")
     return targets
 
 
@@ -192,7 +218,7 @@ def prepare(*, config: MnistExperiment, progress: Progress = no_progress) -> dic
         raise DataError(f"MNIST not found in {config.data_root}")
     data = file_digest([files["test_images"], files["test_labels"]])
     targets = pick_targets(trained["checkpoint"], data_root=config.data_root, label=config.target_label,
-                           per_class=config.targets_per_class)
+                           per_class=config.targets_per_class, layer=config.layer, n_vertices=config.n_vertices)
     distance = dataset_avg_distance(load_mnist(config.data_root, "test").images,
                                     n_pairs=config.sample.n_dataset_pairs, seed=config.sample.seed)
     return {**trained, "targets": targets, "dataset_avg_distance": distance,

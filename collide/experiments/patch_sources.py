@@ -18,7 +18,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from collide.datasets.folders import list_folder, load_image
+from collide.datasets.folders import check_images, list_folder, load_image
 from collide.datasets.mnist import MNIST_FILES, ensure_mnist, load_mnist, mnist_files, read_idx
 from collide.errors import ConfigError, DataError
 from collide.experiments import mnist
@@ -26,7 +26,7 @@ from collide.models.vgg import NormalisedVGG, resolve_weights
 from collide.models.zoo import build_model, checkpoint_source
 from collide.patches.extract import LoadImages, patches_per_image
 from collide.polytope import dataset_avg_distance
-from collide.taps import layer_names, resolve_layer
+from collide.taps import check_units, layer_names
 
 
 @dataclass(frozen=True)
@@ -65,7 +65,9 @@ def validate(*, config: Any) -> None:
             f"patches of size {config.patch.size} at stride {config.patch.stride} do not tile a {side}-pixel "
             "side: choose them with (side - size) divisible by stride"
         )
-    resolve_layer(_model_skeleton(config), config.layer)
+    side = image_side(config)
+    check_units(_model_skeleton(config), config.layer, (1 if config.dataset == "mnist" else 3, side, side),
+                config.n_vertices)
 
 
 def prepare(*, config: Any) -> dict[str, Any]:
@@ -109,6 +111,7 @@ def examples(model_source: dict[str, Any], *, config: Any) -> list[dict[str, Any
     for k in starts:
         other = next((str(p) for p, c in items if c != items[k][1]), str(items[k][0]))
         out.append({"start": str(items[k][0]), "other": other})
+    check_images([ref for e in out for ref in (e["start"], e["other"])])
     return out
 
 

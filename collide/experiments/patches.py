@@ -35,6 +35,8 @@ from collide.config import (
 from collide.errors import ConfigError
 from collide.experiments import patch_sources as sources
 from collide.experiments.engine import Progress, job, no_progress
+from collide.experiments.mnist import module_layer
+from collide.models.vgg import NormalisedVGG
 from collide.models.zoo import load_checkpoint, load_model_source
 from collide.patches.compose import ComposedPatches, Composition, candidate_share, window_patches
 from collide.patches.extract import build_store, open_store, sample_ids
@@ -132,6 +134,11 @@ class PatchExperiment(_Experiment):
         "train": TrainConfig, "gradient": GradientConfig, "patch": PatchConfig, "knn": KnnConfig,
         "sample": SampleConfig,
     }
+
+    def digest_layer(self) -> str:
+        if self.dataset == "mnist":
+            return module_layer(self.train.arch, self.layer)
+        return NormalisedVGG.collide_aliases.get(self.layer, self.layer)
 
     def __post_init__(self) -> None:
         if not self.layer:  # the default follows the dataset: LeNet-5's fc1, VGG-16's fc6
