@@ -14,6 +14,8 @@ import fcntl
 import hashlib
 import json
 import os
+import re
+import secrets
 import socket
 import tempfile
 from collections.abc import Iterable, Iterator
@@ -25,15 +27,33 @@ from typing import Any
 from collide.errors import BusyError
 
 
+def temporary_name(path: Path) -> re.Pattern[str]:
+    """The names :func:`atomic_file` gives the temporaries of ``path``, as a pattern: what
+    a killed writer may have left, and nothing of another file (``.mnist-targets-...``
+    is not a temporary of ``mnist.parquet``)."""
+    return re.compile(rf"\.{re.escape(path.stem)}-[0-9a-f]{{8}}{re.escape(path.suffix)}")
+
+
+def _new_temporary(path: Path) -> Path:
+    """A new empty file beside ``path``, created with the process's umask (``mkstemp``'s
+    0600 would make every output readable by its owner alone). It keeps the suffix:
+    writers that pick a format by it (savefig) still can."""
+    while True:
+        tmp = path.parent / f".{path.stem}-{secrets.token_hex(4)}{path.suffix}"
+        try:
+            os.close(os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666))
+            return tmp
+        except FileExistsError:
+            continue
+
+
 @contextmanager
 def atomic_file(path: str | Path) -> Iterator[Path]:
     """Yield a temporary path next to ``path``; rename it into place when the block ends
     without an error, else remove it."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    # The temporary keeps the suffix: writers that pick a format by it (savefig) still can.
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.stem}-", suffix=path.suffix)
-    os.close(fd)
+    tmp = _new_temporary(path)
     try:
         yield Path(tmp)
         os.replace(tmp, path)

@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import Any
 
 from collide.experiments.registry import EXPERIMENTS
+from collide.results.store import RUN_RECORD
 
 EXIT_OK, EXIT_FAILED, EXIT_BAD_INPUT = 0, 1, 2
 
@@ -35,9 +36,17 @@ def _overrides(args: argparse.Namespace) -> dict[str, Any]:
         path = Path(args.config)
         if not path.is_file():
             raise FileNotFoundError(f"config file {path} does not exist")
-        loaded = json.loads(path.read_text())
+        try:
+            loaded = json.loads(path.read_text())
+        except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+            raise ValueError(f"config file {path} is not valid JSON: {exc}") from None
         if not isinstance(loaded, dict):
             raise ValueError(f"config file {path} must hold a JSON object of fields, got {type(loaded).__name__}")
+        if loaded.get("kind") == RUN_RECORD:  # <name>.run.json: the config a run planned with
+            if loaded.get("experiment") != args.experiment:
+                raise ValueError(f"{path} records a run of {loaded.get('experiment')!r}, not {args.experiment!r}: "
+                                 f"collide run {loaded.get('experiment')} --config {path}")
+            loaded = {**loaded["config"], "results_root": str(path.parent)}
         config.update(loaded)
     for item in args.set or []:
         key, sep, raw = item.partition("=")
@@ -114,6 +123,9 @@ def _run(args: argparse.Namespace) -> int:
         from collide.experiments import engine
 
         out = engine.run(module, config=config, progress=_tqdm_progress())
+        for row in out["rows"]:
+            if row.get("repaired"):
+                print(f"row {row['row']} was damaged ({row['repaired']}): recomputed", file=sys.stderr)
     else:
         from flows.experiment import experiment_flow
         from flows.runner import dask_runner
@@ -173,6 +185,8 @@ def _tables(args: argparse.Namespace) -> int:
         out = tables_flow(results_root=args.results_root)
     for name, written in out["experiments"].items():
         print(f"{name}: {written['rows']} rows -> {written['table']}, {written['figure']}")
+        if written.get("incomplete"):
+            print(f"  WARNING: {name}: {written['incomplete']}")
     print(f"report: {out['report']}")
     return EXIT_OK
 
@@ -217,7 +231,10 @@ def _status(args: argparse.Namespace) -> int:
         return EXIT_OK
     for s in report:
         fresh = "up to date" if s["table_fresh"] else "STALE or missing: run `collide tables`"
-        print(f"{s['experiment']}: {s['evaluated']}/{s['rows']} rows evaluated, last written {s['updated']}, "
+        if s["incomplete"] or s["damaged_rows"]:
+            fresh = "NOT to be read as complete (see below)"
+        planned = s["expected_rows"] if s["expected_rows"] is not None else s["rows"]
+        print(f"{s['experiment']}: {s['evaluated']}/{planned} rows evaluated, last written {s['updated']}, "
               f"config {', '.join(s['configs']) or '?'} (--json shows it); table {fresh}"
               + (f" (written {s['table_written']})" if s["table_written"] else ""))
         # An up-to-date table can still hold rows whose numbers mean nothing: say so.

@@ -53,6 +53,8 @@ def _run(experiment: str, module: Any, cfg: Any) -> dict[str, Any]:
     rows = [row for job in done for row in job]
     reused = sum(not r["solved"] and not r["evaluated"] for r in rows)
     for m in rows:
+        if m.get("repaired"):
+            logger.warning("row %s was damaged (%s): recomputed", m["row"], m["repaired"])
         logger.info("%s: %s", row_summary(m), "reused" if not (m["solved"] or m["evaluated"]) else "computed")
     logger.info("%d of %d rows were already finished and reused", reused, len(rows))
     written = t.outputs(experiment, cfg, len(rows))

@@ -18,6 +18,8 @@ def tables_flow(results_root: str = "data/results") -> dict[str, Any]:
     out = o.regenerate(results_root)
     for name, written in out["experiments"].items():
         logger.info("%s: %d rows -> %s, %s", name, written["rows"], written["table"], written["figure"])
+        if written.get("incomplete"):
+            logger.warning("%s: %s", name, written["incomplete"])
         o.publish(results_root, name)
     logger.info("report: %s", out["report"])
     return out

@@ -1,3 +1,5 @@
+import os
+
 import numpy as np
 import pandas as pd
 import pytest
@@ -97,3 +99,56 @@ def test_a_row_record_is_the_storage_contract(tmp_path):
     assert set(arrays) == {"vertices", "target", "init"} and arrays["vertices"].shape == (2, 6)
     assert attrs["criterion"] == poly.criterion.to_dict() and attrs["units"] == poly.units.tolist()
     assert attrs["config_digest"] == config.digest() and attrs["seed"] == 0 and attrs["method"] == "exact"
+
+
+def test_leftovers_of_a_killed_writer_are_found_by_exact_name(tmp_path):
+    """Half-built rows, set-aside rows and output temporaries of ``e`` go; those of an
+    experiment called ``e-targets`` (a prefix match) and real outputs stay."""
+    from collide.results.store import leftovers, remove_leftovers
+
+    scratch = tmp_path / ".tmp"
+    mine = [scratch / "e-row-0-abcd_123", scratch / f"e-old-{'a' * 32}", tmp_path / ".e-vertices-0123abcd.png",
+            tmp_path / ".e-89abcdef.parquet", tmp_path / ".e.outputs-00000000.json"]
+    theirs = [scratch / "e-targets-row-0-abcd_123", tmp_path / ".e-targets-0123abcd.parquet",
+              tmp_path / "e.parquet", tmp_path / ".e-vertices-notatemp.png"]
+    for path in mine + theirs:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.mkdir() if path.parent == scratch else path.write_bytes(b"")
+    assert leftovers(tmp_path, "e") == sorted(mine)
+    remove_leftovers(tmp_path, "e")
+    assert not any(p.exists() for p in mine) and all(p.exists() for p in theirs)
+
+
+@pytest.mark.parametrize("umask", [0o022, 0o077])
+def test_outputs_follow_the_umask(tmp_path, umask):
+    old = os.umask(umask)
+    try:
+        with store.atomic_file(tmp_path / "t.parquet") as tmp:
+            tmp.write_text("x")
+    finally:
+        os.umask(old)
+    assert (tmp_path / "t.parquet").stat().st_mode & 0o777 == 0o666 & ~umask
+
+
+def test_rows_written_at_once_into_a_new_store_all_land(tmp_path):
+    """Jobs of one run start together: each may be the first to create the store's group."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    def write(row):
+        return write_row(tmp_path, "e", row, {"x": np.full(3, row)}, {"metrics": _metrics(row)})
+
+    with ThreadPoolExecutor(8) as pool:
+        list(pool.map(write, range(16)))
+    assert list_rows(tmp_path, "e") == list(range(16))
+    assert [int(read_row(tmp_path, "e", r)[0]["x"][0]) for r in range(16)] == list(range(16))
+
+
+def test_a_row_whose_attrs_were_edited_is_damaged(tmp_path):
+    import json
+
+    path = write_row(tmp_path, "e", 0, {"x": np.zeros(2)}, {"metrics": _metrics(0)})
+    meta = json.loads((path / "zarr.json").read_text())
+    meta["attributes"]["metrics"]["success_rate"] = 1.0
+    (path / "zarr.json").write_text(json.dumps(meta))
+    with pytest.raises(DataError, match="row 0 of e is damaged: its attrs .* changed"):
+        read_row(tmp_path, "e", 0)

@@ -1,5 +1,6 @@
 """Tables, figures and the report rebuilt from the Zarr stores alone, and `collide status`."""
 
+import dataclasses
 import json
 import shutil
 from pathlib import Path
@@ -9,11 +10,12 @@ import pandas as pd
 import pytest
 
 from collide.config import RowSpec
+from collide.errors import DataError
 from collide.experiments import engine, mnist
 from collide.experiments.mnist import MnistExperiment
 from collide.results import tables
 from collide.results.resume import mark_done
-from collide.results.store import table_path
+from collide.results.store import read_row, table_path, write_row, write_run_record
 from flows.cli import main
 from tests.conftest import small_mnist_config
 
@@ -56,14 +58,59 @@ def test_tables_without_any_store_is_bad_input(tmp_path, capsys):
     assert not (tmp_path / "none").exists()
 
 
-def test_unevaluated_rows_are_refused_by_name(finished, tmp_path):
+def test_a_store_cut_short_is_flagged_incomplete(finished, tmp_path, capsys):
+    """Row 1 solved but never evaluated (a kill): the table holds row 0 and says, in the
+    ledger, the figure, the report and `collide status`, that 1 of 2 planned rows is in."""
     config, _ = finished
     root = _stores_only(config, tmp_path / "res")
-    row = root / "mnist.zarr" / "row-1" / "zarr.json"
-    meta = json.loads(row.read_text())
-    del meta["attributes"]["metrics"]
-    row.write_text(json.dumps(meta))
-    with pytest.raises(Exception, match="row 1 of mnist was never evaluated"):
+    arrays, attrs = read_row(root, "mnist", 1)
+    write_row(root, "mnist", 1, arrays, {k: v for k, v in attrs.items() if k != "metrics"})
+    write_run_record(root, "mnist", kind="mnist", rows=2, config=config)
+    out = tables.regenerate(root)["experiments"]["mnist"]
+    assert out["rows"] == 1 and out["expected_rows"] == 2
+    assert "1/2 planned rows evaluated: INCOMPLETE" in out["incomplete"]
+    assert f"collide run mnist --config {root / 'mnist.run.json'}" in out["incomplete"]
+    assert "INCOMPLETE" in (root / "report.html").read_text()
+    [s] = tables.status(root)
+    assert s["incomplete"] and not s["damaged_rows"]
+    assert main(["status", "--results-root", str(root)]) == 0
+    printed = capsys.readouterr().out
+    assert "1/2 rows evaluated" in printed and "NOT to be read as complete" in printed and "up to date" not in printed
+
+
+def test_a_deleted_chunk_is_damage_never_zeros_and_a_rerun_repairs_it(finished, tmp_path, capsys):
+    config, out = finished
+    root = tmp_path / "res"
+    shutil.copytree(config.results_root, root)
+    chunk = next((root / "mnist.zarr" / "row-0" / "vertices" / "c").rglob("*"))
+    while chunk.is_dir():
+        chunk = next(chunk.iterdir())
+    before = read_row(config.results_root, "mnist", 0)[0]["vertices"]
+    chunk.unlink()
+    with pytest.raises(DataError, match=r"row 0 of mnist is damaged: vertices/c/\S+ is missing; rerun `collide run"):
+        read_row(root, "mnist", 0)
+    [s] = tables.status(root)
+    assert list(s["damaged_rows"]) == ["0"] and not s["table_fresh"]
+    assert main(["tables", "--no-prefect", "--results-root", str(root)]) == 2
+    assert "row 0 of mnist is damaged" in capsys.readouterr().err
+    killed = [root / ".tmp" / "mnist-row-0-abcdefgh", root / ".mnist-vertices-0123abcd.png"]  # a kill's leftovers
+    killed[0].mkdir(parents=True)
+    killed[1].write_bytes(b"")
+    rerun = engine.run(mnist, config=dataclasses.replace(config, results_root=str(root)))
+    assert not any(p.exists() for p in killed)
+    assert [r["repaired"] is not None for r in rerun["rows"]] == [True, False]
+    assert not rerun["rows"][1]["solved"] and not rerun["rows"][1]["evaluated"]
+    assert np.array_equal(read_row(root, "mnist", 0)[0]["vertices"], before)  # recomputed bit for bit
+    assert tables.status(root)[0]["table_fresh"]
+
+
+def test_a_truncated_chunk_is_named(finished, tmp_path):
+    config, _ = finished
+    root = _stores_only(config, tmp_path / "res")
+    chunk = max((p for p in (root / "mnist.zarr" / "row-1").rglob("*") if p.is_file() and "/c/" in p.as_posix()),
+                key=lambda p: p.stat().st_size)
+    chunk.write_bytes(chunk.read_bytes()[:-7])
+    with pytest.raises(DataError, match="row 1 of mnist is damaged: .* bytes, .* were written"):
         tables.regenerate(root)
 
 

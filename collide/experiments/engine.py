@@ -16,7 +16,8 @@ An experiment is a module (see :mod:`collide.experiments.registry`) with
 The engine gives each row two stage keys (:mod:`collide.results.resume`): ``solve``
 hashes the config digest, the code version, the context's inputs, the job's spec and
 the row; ``evaluate`` hashes the solve key. A stage whose key is on the row is skipped,
-so a rerun of a finished experiment computes nothing and writes nothing, and a run
+so a rerun of a finished experiment computes nothing and writes nothing (a row whose
+files no longer match its manifest is removed and recomputed), and a run
 killed at any moment (rows are replaced atomically, keys written after their results)
 redoes on rerun only the stage that was cut off. Jobs are independent: the Prefect flow
 fans them out over Dask, :func:`run` runs them one after another, and both write the
@@ -27,15 +28,15 @@ from __future__ import annotations
 
 import contextlib
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from types import ModuleType
 from typing import Any
 
 from collide._io import experiment_lock
 from collide.config import resolve_device
 from collide.results.evaluation import evaluate_row
-from collide.results.resume import is_done, mark_done, prune_rows, stage_key, torch_threads
-from collide.results.store import read_row
+from collide.results.resume import drop_damaged, is_done, mark_done, prune_rows, stage_key, torch_threads
+from collide.results.store import read_row, remove_leftovers, write_run_record
 from collide.results.tables import write_outputs
 
 Progress = Callable[[str, int, int], None]
@@ -68,6 +69,8 @@ def plan(experiment: ModuleType, context: dict[str, Any], *, config: Any) -> lis
     rows = sorted(r for j in jobs for r in j["rows"])
     if rows != list(range(len(rows))):
         raise RuntimeError(f"{config.name}: the plan's rows are not 0..{len(rows) - 1} each once")
+    # Before any row changes: a store cut short from here on knows how many rows it lacks.
+    write_run_record(config.results_root, config.name, kind=experiment.NAME, rows=len(rows), config=config)
     return jobs
 
 
@@ -83,13 +86,15 @@ def run_job(
     """Solve and evaluate one job's rows, skipping each stage whose key is already on the row.
 
     The rows of a job are solved together or not at all. Returns each row's table
-    record with ``solved`` and ``evaluated``: whether this call did that stage.
+    record with ``solved`` and ``evaluated``: whether this call did that stage, and
+    ``repaired``: why the row's stored files were found damaged (and redone), else None.
     """
     root, name, rows = config.results_root, config.name, list(job["rows"])
     solve = {r: solve_key(job, r, context, config) for r in rows}
     evaluate = {r: stage_key("evaluate", {"solve": solve[r]}) for r in rows}
     out = []
     with _threads(config):
+        damaged = drop_damaged(root, name, rows)
         solved = not all(is_done(root, name, r, "solve", solve[r]) for r in rows)
         if solved:
             experiment.solve(job, context, config=config, progress=progress)
@@ -101,13 +106,13 @@ def run_job(
                 evaluate_row(root, name, r, sample=config.sample, device=resolve_device(config.device))
                 mark_done(root, name, r, "evaluate", evaluate[r])
             _, attrs = read_row(root, name, r)
-            out.append({**attrs["metrics"], "solved": solved, "evaluated": evaluated})
+            out.append({**attrs["metrics"], "solved": solved, "evaluated": evaluated, "repaired": damaged.get(r)})
     return out
 
 
 def outputs(experiment: ModuleType, *, config: Any, n_rows: int) -> dict[str, Any]:
     """Once every job succeeded: the rows numbered ``n_rows`` and above (left by an earlier
-    config with more targets) and a killed run's half-built row groups are removed, then
+    config with more targets) are removed, then
     the table and figure are rebuilt from the store (kept when unchanged), and any summary.
 
     Pruning waits for the jobs: a config that fails in a job (a target with fewer
@@ -120,9 +125,13 @@ def outputs(experiment: ModuleType, *, config: Any, n_rows: int) -> dict[str, An
     return written
 
 
-def lock(config: Any) -> contextlib.AbstractContextManager[None]:
-    """One run of the experiment ``config`` names at a time (:func:`collide._io.experiment_lock`)."""
-    return experiment_lock(config.results_root, config.name)
+@contextlib.contextmanager
+def lock(config: Any) -> Iterator[None]:
+    """One run of the experiment ``config`` names at a time (:func:`collide._io.experiment_lock`);
+    once it holds the lock, what a killed run of it left (scratch rows, temporaries) goes."""
+    with experiment_lock(config.results_root, config.name):
+        remove_leftovers(config.results_root, config.name)
+        yield
 
 
 def run(experiment: ModuleType, *, config: Any, progress: Progress = no_progress) -> dict[str, Any]:

@@ -199,6 +199,8 @@ def markdown(root: str | Path, experiment: str, *, max_rows: int = 50) -> str:
         "",
         f"{summary(frame)} Table: `{table_path(root, experiment)}`.",
         "",
+        *([f"**{read_ledger(root, experiment)['incomplete']}**", ""] if read_ledger(root, experiment).get("incomplete")
+          else []),
         *_markdown_table(display_frame(frame.head(max_rows))),
     ]
     if len(frame) > max_rows:
@@ -237,6 +239,8 @@ def write_report(root: str | Path, experiments: list[str]) -> Path:
         parts.append(f"<h2>{html.escape(name)}</h2><p>{len(frame)} rows; configs "
                      f"{html.escape(', '.join(ledger.get('config_digests', [])))}; "
                      f"table <code>{html.escape(str(table_path(root, name)))}</code></p>")
+        if ledger.get("incomplete"):
+            parts.append(f"<p class=warn>{html.escape(ledger['incomplete'])}</p>")
         parts.append(f"<p{' class=warn' if flagged else ''}>{html.escape(summary(frame))}</p>")
         parts.append(_html_table(display_frame(frame)))
         reference = reference_frame(frame)

@@ -19,7 +19,7 @@ from typing import Any
 import zarr
 
 from collide._io import code_version, json_digest
-from collide.results.store import list_rows, read_row, store_path, write_row
+from collide.results.store import list_rows, read_row, row_damage, store_path, write_row
 
 
 def stage_key(stage: str, inputs: Mapping[str, Any]) -> str:
@@ -47,21 +47,31 @@ def mark_done(root: str | Path, experiment: str, row: int, stage: str, key: str)
     write_row(root, experiment, row, {}, {"keys": keys}, keep_existing=True)
 
 
-def prune_rows(root: str | Path, experiment: str, keep: int) -> list[int]:
-    """Remove rows numbered ``keep`` and above (left by an earlier config with more rows),
-    and the half-built row groups a killed run left in the scratch folder.
+def drop_damaged(root: str | Path, experiment: str, rows: list[int]) -> dict[int, str]:
+    """Remove each of ``rows`` whose files disagree with its manifest, so that the run
+    recomputes it from scratch; returns what was wrong with each removed row."""
+    import shutil
 
-    Call it before the jobs of a run start: a job's own scratch would be removed too.
+    dropped = {}
+    for row in rows:
+        path = store_path(root, experiment) / f"row-{row}"
+        if path.exists() and (why := row_damage(root, experiment, row)) is not None:
+            shutil.rmtree(path)
+            dropped[row] = why
+    return dropped
+
+
+def prune_rows(root: str | Path, experiment: str, keep: int) -> list[int]:
+    """Remove rows numbered ``keep`` and above (left by an earlier config with more rows).
+
+    Call it once every job of the run succeeded: a config that fails in a job leaves an
+    earlier run's rows as they were.
     """
     import shutil
 
     gone = [r for r in list_rows(root, experiment) if r >= keep]
     for row in gone:
         shutil.rmtree(store_path(root, experiment) / f"row-{row}")
-    scratch = Path(root) / ".tmp"
-    if scratch.is_dir():
-        for leftover in scratch.glob(f"{experiment}-row-*"):
-            shutil.rmtree(leftover, ignore_errors=True)
     return gone
 
 

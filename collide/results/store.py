@@ -4,13 +4,20 @@
 everything needed to rebuild its table row. A row group is built under a temporary
 name outside the store and renamed into place, so a reader sees the old row or the new
 one, never a mix; Parquet and PNG files are written the same way.
+
+Each row's attrs carry a ``manifest``: the size and sha256 of every file of its arrays.
+Zarr reads a deleted chunk as the fill value (zeros) without a word; reading a row,
+the resume check and ``status`` compare the files with the manifest first, so a damaged
+row is an error that names it, never a row of zeros.
 """
 
 from __future__ import annotations
 
+import glob
 import json
 import math
 import os
+import re
 import shutil
 import tempfile
 import uuid
@@ -21,8 +28,9 @@ from typing import Any
 import numpy as np
 import pandas as pd
 import zarr
+import zarr.errors
 
-from collide._io import atomic_file
+from collide._io import atomic_file, file_sha256, json_digest, temporary_name
 from collide.errors import DataError
 
 TABLE_COLUMNS = (
@@ -78,6 +86,116 @@ def _jsonable(value: Any) -> Any:
     return value
 
 
+MANIFEST = "manifest"
+
+
+def _array_files(group_dir: Path) -> dict[str, Path]:
+    """Every file of a row group's arrays (metadata and chunks) by path relative to the
+    group: all but the group's own ``zarr.json``, which holds the manifest."""
+    return {p.relative_to(group_dir).as_posix(): p for p in sorted(group_dir.rglob("*"))
+            if p.is_file() and p.relative_to(group_dir).as_posix() != "zarr.json"}
+
+
+ATTRS_KEY = "attrs"  # the manifest's entry for the row's own attrs (all but the manifest)
+
+
+def _attrs_digest(attrs: Mapping[str, Any]) -> str:
+    return json_digest({k: v for k, v in attrs.items() if k != MANIFEST}, 32)
+
+
+def _manifest(group_dir: Path, attrs: Mapping[str, Any]) -> dict[str, Any]:
+    files: dict[str, Any] = {name: [p.stat().st_size, file_sha256(p)[:32]]
+                             for name, p in _array_files(group_dir).items()}
+    return {"files": files, ATTRS_KEY: _attrs_digest(attrs)}
+
+
+def row_damage(root: str | Path, experiment: str, row: int, attrs: Mapping[str, Any] | None = None) -> str | None:
+    """What is wrong with the files of row group ``row`` against its manifest, or None.
+
+    Reads the files' bytes (their sizes and hashes), never decodes an array.
+    """
+    path = store_path(root, experiment) / f"row-{row}"
+    if attrs is None:
+        try:
+            attrs = dict(zarr.open_group(path, mode="r").attrs)
+        except Exception as exc:  # an unreadable zarr.json is damage too
+            return f"its metadata {path / 'zarr.json'} cannot be read ({type(exc).__name__})"
+    manifest = attrs.get(MANIFEST)
+    if not isinstance(manifest, Mapping) or not isinstance(manifest.get("files"), Mapping):
+        return "it has no manifest of its files (written by a collide before checksums)"
+    if manifest.get(ATTRS_KEY) != _attrs_digest(attrs):
+        return f"its attrs ({path / 'zarr.json'}) changed since they were written"
+    written = manifest["files"]
+    files = _array_files(path)
+    for name, (size, digest) in sorted(written.items()):
+        file = files.get(name)
+        if file is None:
+            return f"{name} is missing"
+        if file.stat().st_size != size:
+            return f"{name} is {file.stat().st_size} bytes, {size} were written"
+        if file_sha256(file)[:32] != digest:
+            return f"{name} changed since it was written"
+    extra = sorted(set(files) - set(written))
+    if extra:
+        return f"{extra[0]} was not written with the row"
+    return None
+
+
+def run_record_path(root: str | Path, experiment: str) -> Path:
+    return Path(root) / f"{experiment}.run.json"
+
+
+RUN_RECORD = "collide run record"
+
+
+def write_run_record(root: str | Path, experiment: str, *, kind: str, rows: int, config: Any) -> Path:
+    """What the last run planned: the experiment kind, the row count, the full config.
+
+    Written once the plan is known, before any row changes, so a store cut short by a
+    kill says how many rows it should hold; ``collide run KIND --config <this file>``
+    runs that config again.
+    """
+    record = {"kind": RUN_RECORD, "experiment": kind, "name": experiment, "rows": int(rows),
+              "config_digest": config.digest(), "config": _jsonable(config.to_dict())}
+    path, text = run_record_path(root, experiment), json.dumps(record, indent=1, sort_keys=True)
+    if not (path.is_file() and path.read_text() == text):  # a rerun of the same plan writes nothing
+        with atomic_file(path) as tmp:
+            tmp.write_text(text)
+    return path
+
+
+def read_run_record(root: str | Path, experiment: str) -> dict[str, Any] | None:
+    """The record :func:`write_run_record` wrote, or None (no run planned here, or unreadable)."""
+    try:
+        record = json.loads(run_record_path(root, experiment).read_text())
+    except (FileNotFoundError, json.JSONDecodeError, UnicodeDecodeError):
+        return None
+    return record if isinstance(record, dict) and record.get("kind") == RUN_RECORD else None
+
+
+def rerun_hint(root: str | Path, experiment: str) -> str:
+    """How to rerun the experiment's last config (which also repairs damaged rows)."""
+    record = read_run_record(root, experiment)
+    if record is None:
+        return f"rerun the experiment with its config (`collide run <experiment> --set name={experiment} ...`)"
+    return f"rerun `collide run {record['experiment']} --config {run_record_path(root, experiment)}`"
+
+
+def damaged_text(root: str | Path, experiment: str, row: int, why: str) -> str:
+    return f"row {row} of {experiment} is damaged: {why}; {rerun_hint(root, experiment)}, which recomputes it"
+
+
+def ensure_store(path: Path) -> None:
+    """Create the store's root group unless it exists. Jobs of one run write rows at
+    once: one that finds the group made between its check and its create goes on."""
+    if (path / "zarr.json").is_file():
+        return
+    try:
+        zarr.open_group(path, mode="a")
+    except zarr.errors.ContainsGroupError:
+        pass
+
+
 def write_row(
     root: str | Path,
     experiment: str,
@@ -96,7 +214,7 @@ def write_row(
     """
     root = Path(root)
     target_store = store_path(root, experiment)
-    zarr.open_group(target_store, mode="a")
+    ensure_store(target_store)
     name = f"row-{row}"
     final = target_store / name
     merged_arrays: dict[str, np.ndarray] = {}
@@ -114,9 +232,10 @@ def write_row(
         group = zarr.open_group(tmp / name, mode="w")
         for key, value in merged_arrays.items():
             group.create_array(key, data=value, chunks=value.shape or "auto")
-        group.attrs.update(merged_attrs)
+        merged_attrs.pop(MANIFEST, None)
+        group.attrs.update({**merged_attrs, MANIFEST: _manifest(tmp / name, merged_attrs)})
         if final.exists():
-            trash = scratch / f"old-{uuid.uuid4().hex}"
+            trash = scratch / f"{experiment}-old-{uuid.uuid4().hex}"
             os.replace(final, trash)
             os.replace(tmp / name, final)
             shutil.rmtree(trash, ignore_errors=True)
@@ -132,9 +251,52 @@ def read_row(root: str | Path, experiment: str, row: int) -> tuple[dict[str, np.
     path = store_path(root, experiment) / f"row-{row}"
     if not (path / "zarr.json").is_file():
         raise DataError(f"no row {row} in {store_path(root, experiment)}: run the experiment first")
-    group = zarr.open_group(path, mode="r")
-    arrays = {name: np.asarray(arr[...]) for name, arr in group.arrays()}
-    return arrays, dict(group.attrs)
+    try:
+        group = zarr.open_group(path, mode="r")
+        attrs = dict(group.attrs)
+    except Exception as exc:
+        raise DataError(damaged_text(root, experiment, row, f"{path / 'zarr.json'} cannot be read ({exc})")) from None
+    why = row_damage(root, experiment, row, attrs)
+    if why is not None:
+        raise DataError(damaged_text(root, experiment, row, why))
+    try:
+        arrays = {name: np.asarray(arr[...]) for name, arr in group.arrays()}
+    except Exception as exc:  # a decode error past the manifest (a codec missing here, say)
+        raise DataError(f"row {row} of {experiment} ({path}) cannot be decoded: {type(exc).__name__}: {exc}") from None
+    return arrays, attrs
+
+
+def leftovers(root: str | Path, experiment: str) -> list[Path]:
+    """What killed writers of ``experiment`` left under ``root``: half-built row groups and
+    replaced rows in ``.tmp``, and the temporaries of its outputs (``.<name>-xxxxxxxx.png``).
+
+    Names are matched exactly, so nothing of an experiment called ``mnist-targets`` is
+    taken for a leftover of ``mnist``. Remove them only while holding the experiment's lock.
+    """
+    root = Path(root)
+    name = re.escape(experiment)
+    scratch = re.compile(rf"{name}-(row-\d+-[a-z0-9_]{{8}}|old-[0-9a-f]{{32}})")
+    found = [p for p in (root / ".tmp").iterdir() if scratch.fullmatch(p.name)] if (root / ".tmp").is_dir() else []
+    outputs = [table_path(root, experiment), figure_path(root, experiment), ledger_path(root, experiment),
+               run_record_path(root, experiment), root / f"{experiment}-summary.parquet",
+               root / f"{experiment}-summary.png"]
+    if root.is_dir():
+        for output in outputs:
+            pattern = temporary_name(output)
+            candidates = root.glob(f".{glob.escape(output.stem)}-*{output.suffix}")
+            found += [p for p in candidates if pattern.fullmatch(p.name)]
+    return sorted(found)
+
+
+def remove_leftovers(root: str | Path, experiment: str) -> list[Path]:
+    """Remove :func:`leftovers`; returns what was removed."""
+    gone = leftovers(root, experiment)
+    for path in gone:
+        if path.is_dir():
+            shutil.rmtree(path, ignore_errors=True)
+        else:
+            path.unlink(missing_ok=True)
+    return gone
 
 
 def list_rows(root: str | Path, experiment: str) -> list[int]:
@@ -149,14 +311,21 @@ def list_rows(root: str | Path, experiment: str) -> list[int]:
 
 
 def table_from_store(root: str | Path, experiment: str) -> pd.DataFrame:
-    """One row per polytope, from the ``metrics`` attrs of each row group."""
+    """One row per evaluated polytope, from the ``metrics`` attrs of each row group.
+
+    Rows not yet evaluated (a run cut short) are left out; :func:`collide.results.tables.write_outputs`
+    compares the count with the run record's and flags the table as incomplete.
+    """
     records = []
-    for row in list_rows(root, experiment):
+    rows = list_rows(root, experiment)
+    for row in rows:
         _, attrs = read_row(root, experiment, row)
-        if "metrics" not in attrs:
-            raise DataError(f"row {row} of {experiment} was never evaluated: rerun the experiment")
-        records.append(attrs["metrics"])
+        if "metrics" in attrs:  # a row solved but not yet evaluated is left out; the caller says so
+            records.append(attrs["metrics"])
     if not records:
+        if rows:
+            raise DataError(f"no row of {experiment} was evaluated yet (never evaluated): "
+                            f"{rerun_hint(root, experiment)}")
         raise DataError(f"no rows in {store_path(root, experiment)}: run the experiment first")
     frame = pd.DataFrame.from_records(records)
     missing = [c for c in TABLE_COLUMNS if c not in frame.columns]

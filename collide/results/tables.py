@@ -27,11 +27,16 @@ from collide.results.reference import reference_for
 from collide.results.report import write_report
 from collide.results.store import (
     atomic_file,
+    damaged_text,
     figure_path,
     ledger_path,
     list_rows,
     read_ledger,
     read_row,
+    read_run_record,
+    remove_leftovers,
+    rerun_hint,
+    row_damage,
     store_path,
     table_from_store,
     table_path,
@@ -48,9 +53,21 @@ def experiments(root: str | Path) -> list[str]:
     return sorted(p.name.removesuffix(".zarr") for p in root.glob("*.zarr") if p.is_dir())
 
 
+def expected_rows(root: str | Path, experiment: str) -> int | None:
+    """How many rows the last run of the experiment planned (its run record), if known."""
+    record = read_run_record(root, experiment)
+    return None if record is None else int(record["rows"])
+
+
+def incomplete_text(root: str | Path, experiment: str, evaluated: int, expected: int) -> str:
+    return (f"{evaluated}/{expected} planned rows evaluated: INCOMPLETE (a run was cut short); "
+            f"{rerun_hint(root, experiment)}")
+
+
 def store_digest(root: str | Path, experiment: str) -> str:
-    """sha256 (16 hex) of every file of every row group: changes iff a row changed."""
-    digest = hashlib.sha256(code_version().encode())
+    """sha256 (16 hex) of every file of every row group and of the planned row count:
+    changes iff a row changed or a run planned another number of rows."""
+    digest = hashlib.sha256(f"{code_version()} {expected_rows(root, experiment)}".encode())
     base = store_path(root, experiment)
     for row in list_rows(root, experiment):
         for path in sorted((base / f"row-{row}").rglob("*")):
@@ -100,7 +117,7 @@ def _difference_boxes(vertices: np.ndarray, size: int, stride: int, n: int) -> l
     return picked
 
 
-def write_figure(root: str | Path, experiment: str, rows: list[int]) -> Path:
+def write_figure(root: str | Path, experiment: str, rows: list[int], *, warning: str = "") -> Path:
     """Targets, inits and vertices of the first :data:`FIGURE_ROWS` rows (the paper's Tables 1, 3, 5).
 
     Invalid vertices are drawn, framed in red; each row's label gives its valid vertices
@@ -126,6 +143,8 @@ def write_figure(root: str | Path, experiment: str, rows: list[int]) -> Path:
     note = "".join(f" - {flag_text(f).upper()}" for f in flags)
     kind = "patch compositions (boxes: largest differences)" if any(boxes) else "polytopes"
     title = f"{experiment}: {kind} colliding with the target at {layer}{shown}{note}"
+    if warning:
+        title += f"\n{warning}"
     if any(v is not None and not np.all(v) for v in valid):
         title += "\nred frame: invalid vertex (missed its criterion; no sample weight)"
     return vertex_grid(
@@ -136,25 +155,35 @@ def write_figure(root: str | Path, experiment: str, rows: list[int]) -> Path:
 def write_outputs(root: str | Path, experiment: str, *, force: bool = False) -> dict[str, Any]:
     """The table (Parquet) and figure (PNG) of one store, unless they are already up to date.
 
+    A store holding fewer evaluated rows than its run record planned (a run cut short)
+    still gets its table, flagged: ``incomplete`` holds the warning, which the figure's
+    title, the ledger, the report and ``collide status`` repeat.
+
     Returns:
-        ``table``, ``figure`` paths, ``rows`` count, ``key`` and ``reused`` (nothing written).
+        ``table``, ``figure`` paths, ``rows`` count, ``expected_rows``, ``incomplete``
+        (a warning, or None), ``key`` and ``reused`` (nothing written).
     """
     key = store_digest(root, experiment)
     table, figure = table_path(root, experiment), figure_path(root, experiment)
     ledger = read_ledger(root, experiment)
+    kept = ("table", "figure", "rows", "expected_rows", "incomplete", "key")
     if not force and ledger.get("key") == key and table.is_file() and figure.is_file():
-        return {"table": str(table), "figure": str(figure), "rows": ledger["rows"], "key": key, "reused": True}
+        return {**{k: ledger.get(k) for k in kept}, "table": str(table), "figure": str(figure), "reused": True}
     frame = table_from_store(root, experiment)
-    write_figure(root, experiment, [int(r) for r in frame["row"]])
+    expected = expected_rows(root, experiment)
+    complete = expected is None or frame["row"].tolist() == list(range(expected))
+    warning = None if complete else incomplete_text(root, experiment, len(frame), expected or 0)
+    write_figure(root, experiment, [int(r) for r in frame["row"]], warning=warning or "")
     write_table(frame, table)
     digests = sorted({str(d) for d in frame.get("config_digest", pd.Series(dtype=str)).dropna()})
     record = {
-        "key": key, "table": str(table), "figure": str(figure), "rows": len(frame),
-        "config_digests": digests, "written": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
+        "key": key, "table": str(table), "figure": str(figure), "rows": len(frame), "expected_rows": expected,
+        "incomplete": warning, "config_digests": digests,
+        "written": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
     }
     with atomic_file(ledger_path(root, experiment)) as tmp:
         tmp.write_text(json.dumps(record, indent=1))
-    return {**{k: record[k] for k in ("table", "figure", "rows", "key")}, "reused": False}
+    return {**{k: record[k] for k in kept}, "reused": False}
 
 
 def records(frame: pd.DataFrame) -> list[dict[str, Any]]:
@@ -182,15 +211,19 @@ def regenerate(
     outputs = {}
     for k, name in enumerate(names):
         with experiment_lock(root, name):  # not while a run of it is writing rows
+            remove_leftovers(root, name)
             outputs[name] = write_outputs(root, name, force=True)
         if progress is not None:
             progress("tables", k + 1, len(names))
     return {"experiments": outputs, "report": str(write_report(root, names))}
 
 
-def _read_attrs(root: str | Path, experiment: str, row: int) -> dict[str, Any]:
-    """A row group's attrs alone: its metadata is read, none of its arrays."""
-    return dict(zarr.open_group(store_path(root, experiment) / f"row-{row}", mode="r").attrs)
+def _read_attrs(root: str | Path, experiment: str, row: int) -> dict[str, Any] | None:
+    """A row group's attrs alone: its metadata is read, none of its arrays (None: unreadable)."""
+    try:
+        return dict(zarr.open_group(store_path(root, experiment) / f"row-{row}", mode="r").attrs)
+    except Exception:  # a damaged zarr.json; status reports it rather than stopping
+        return None
 
 
 def _rows_text(rows: list[int]) -> str:
@@ -214,8 +247,11 @@ def status(root: str | Path) -> list[dict[str, Any]]:
     """Per store: rows, evaluated rows, configs, newest row time, whether the table is fresh,
     and the rows a reader must not take at face value.
 
-    Reads the row groups' attrs, never their arrays (freshness hashes the stored files
-    with :func:`store_digest`, without decoding them). ``flagged`` maps each flag to its
+    Reads the row groups' attrs, never their arrays (freshness and damage hash the stored
+    files, :func:`store_digest` and :func:`~collide.results.store.row_damage`, without
+    decoding them). ``expected_rows`` is the run record's planned count; ``incomplete``
+    says a store holds fewer evaluated rows, ``damaged_rows`` maps a row to what is wrong
+    with its files. ``flagged`` maps each flag to its
     rows; ``invalid_vertex_rows`` maps a row to its ``k/V`` valid vertices where k < V;
     ``no_success_rate`` maps a row to the reason; ``unchecked_rows`` were evaluated by a
     version that did not check vertices; ``warnings`` says all of it in words.
@@ -229,10 +265,19 @@ def status(root: str | Path) -> list[dict[str, Any]]:
         invalid: dict[int, str] = {}
         no_success: dict[int, str] = {}
         unchecked: list[int] = []
+        damaged: dict[int, str] = {}
+        evaluated_rows: list[int] = []
         for row in rows:
             attrs = _read_attrs(root, name, row)
+            why = row_damage(root, name, row, attrs) if attrs is not None else "its zarr.json cannot be read"
+            if why is not None:
+                damaged[row] = why
+                continue
+            assert attrs is not None
             metrics = attrs.get("metrics")
             evaluated += metrics is not None
+            if metrics is not None:
+                evaluated_rows.append(row)
             if "config_digest" in attrs:
                 configs.setdefault(attrs["config_digest"], attrs.get("config"))
             for flag in row_flags({**attrs, **(metrics or {})}):
@@ -247,11 +292,23 @@ def status(root: str | Path) -> list[dict[str, Any]]:
             stamp = (base / f"row-{row}" / "zarr.json").stat().st_mtime
             newest = stamp if newest is None else max(newest, stamp)
         ledger = read_ledger(root, name)
-        fresh = bool(rows) and ledger.get("key") == store_digest(root, name) and table_path(root, name).is_file()
+        fresh = (bool(rows) and not damaged and ledger.get("key") == store_digest(root, name)
+                 and table_path(root, name).is_file())
+        expected = expected_rows(root, name)
+        incomplete = None
+        # Damaged rows are reported as such below, not as rows a killed run never wrote.
+        if expected is not None and sorted(r for r in [*evaluated_rows, *damaged] if r < expected) != list(
+                range(expected)):
+            incomplete = incomplete_text(root, name, sum(r < expected for r in evaluated_rows), expected)
+        warnings = [incomplete] if incomplete else []
+        warnings += [damaged_text(root, name, r, why) for r, why in damaged.items()]
         out.append({
             "experiment": name,
             "rows": len(rows),
             "evaluated": evaluated,
+            "expected_rows": expected,
+            "incomplete": incomplete,
+            "damaged_rows": {str(r): why for r, why in damaged.items()},
             "configs": sorted(configs),
             "config": configs,  # digest -> the full config the rows were computed with
             "updated": None if newest is None
@@ -263,6 +320,6 @@ def status(root: str | Path) -> list[dict[str, Any]]:
             "invalid_vertex_rows": {str(r): v for r, v in invalid.items()},
             "no_success_rate": {str(r): why for r, why in no_success.items()},
             "unchecked_rows": unchecked,
-            "warnings": _warnings(flagged, invalid, no_success, unchecked),
+            "warnings": warnings + _warnings(flagged, invalid, no_success, unchecked),
         })
     return out
