@@ -195,13 +195,14 @@ def build_index(*, config: PatchExperiment, progress: Progress = no_progress) ->
     if path.is_file():
         try:
             index = PatchIndex.load(path)
-            return {"index": str(path), "build_seconds": index.build_seconds, "reused": True}
+            return {"index": str(path), "build_seconds": index.build_seconds, "reused": True,
+                    "distinct": len(index.items)}
         except (StaleIndexError, UnsafeIndexError):
             pass  # rebuilt below and saved over it: nothing in the old file was run
     store = open_store(_store_path(config))
     index = PatchIndex.build(store["patches"][...], config=config.knn, progress=progress)
     index.save(path)
-    return {"index": str(path), "build_seconds": index.build_seconds, "reused": False}
+    return {"index": str(path), "build_seconds": index.build_seconds, "reused": False, "distinct": len(index.items)}
 
 
 def prepare(*, config: PatchExperiment, progress: Progress = no_progress, scheduler: Any = "threads"
@@ -222,6 +223,10 @@ def prepare(*, config: PatchExperiment, progress: Progress = no_progress, schedu
 
 def plan(context: dict[str, Any], *, config: PatchExperiment) -> list[dict[str, Any]]:
     """One job per start image, writing its ``rows`` (start ``k`` owns rows ``k*len(rows)`` on)."""
+    distinct = context["index"]["distinct"]
+    if config.knn.k > distinct:  # found here, before the run record or any row is written
+        raise ConfigError(f"knn.k={config.knn.k} is larger than the store's {distinct} distinct patches "
+                          "(larger than the store): lower knn.k")
     n = len(config.rows)
     return [job(f"start-{k}", list(range(k * n, (k + 1) * n)), examples=examples)
             for k, examples in enumerate(context["targets"])]
