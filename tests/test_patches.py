@@ -55,12 +55,27 @@ def test_rerun_skips_finished_chunks_and_redoes_unfinished(tmp_path, monkeypatch
     group = zarr.open_group(tmp_path / "p.zarr", mode="r+")
     group["done"][1] = False
     group["patches"][9 * 4 : 9 * 8] = 0  # 9 patches per 12x12 image
+    (tmp_path / "p.zarr.manifest.json").unlink()  # written only once every chunk is done
     calls.clear()
     again = build_store(tmp_path / "p.zarr", range(10), load, image_shape=(1, 12, 12), config=config)
     assert calls == [[4, 5, 6, 7]]
     assert again["chunks_reused"] == 2 and again["chunks_written"] == 1
     ref, _ = extract(imgs, 4, 4)
     assert np.array_equal(open_store(tmp_path / "p.zarr")["patches"][...], ref)
+
+
+def test_a_deleted_chunk_of_a_finished_store_is_damage_and_the_next_build_redoes_it(tmp_path):
+    imgs = _images(10)
+    config = PatchConfig(size=4, stride=4, images_per_chunk=4)
+    build_store(tmp_path / "p.zarr", range(10), lambda i: imgs[list(i)], image_shape=(1, 12, 12), config=config)
+    chunk = sorted(p for p in (tmp_path / "p.zarr" / "patches").rglob("*") if p.is_file() and "/c/" in p.as_posix())[1]
+    chunk.unlink()
+    with pytest.raises(DataError, match=r"patch store .* is damaged: patches/c/\S+ is missing"):
+        open_store(tmp_path / "p.zarr")
+    out = build_store(tmp_path / "p.zarr", range(10), lambda i: imgs[list(i)], image_shape=(1, 12, 12),
+                      config=config)
+    assert out["chunks_written"] == 3
+    assert np.array_equal(open_store(tmp_path / "p.zarr")["patches"][...], extract(imgs, 4, 4)[0])
 
 
 def test_changed_settings_rebuild_the_store(tmp_path):

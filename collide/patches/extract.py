@@ -21,6 +21,7 @@ import dask
 import numpy as np
 import zarr
 
+from collide._io import atomic_file
 from collide.config import PatchConfig
 from collide.errors import ConfigError, DataError
 
@@ -131,8 +132,9 @@ def build_store(
             old = zarr.open_group(path, mode="r").attrs.get("fingerprint")
         except Exception:  # a store from a crash before its attrs were written
             old = None
-        if old != fingerprint:
+        if old != fingerprint or store_damage(path) is not None:  # a damaged cache is rebuilt
             shutil.rmtree(path)
+            _manifest_path(path).unlink(missing_ok=True)
     if not path.exists():
         tmp = path.with_name(f".{path.name}.creating")
         shutil.rmtree(tmp, ignore_errors=True)
@@ -164,8 +166,46 @@ def build_store(
         finished += len(batch)
         if progress is not None:
             progress("patches", finished, n_chunks)
+    if todo or not _manifest_path(path).is_file():
+        _write_manifest(path)
     return {"path": str(path), "n_patches": len(ids) * per_image, "n_chunks": n_chunks,
             "chunks_written": len(todo), "chunks_reused": n_chunks - len(todo)}
+
+
+def _manifest_path(path: Path) -> Path:
+    return path.with_name(f"{path.name}.manifest.json")
+
+
+def _store_files(path: Path) -> dict[str, int]:
+    """Every file of the store's arrays (all but its root ``zarr.json``) and its size."""
+    return {p.relative_to(path).as_posix(): p.stat().st_size for p in sorted(path.rglob("*"))
+            if p.is_file() and p.relative_to(path).as_posix() != "zarr.json"}
+
+
+def _write_manifest(path: Path) -> None:
+    """The size of every file of a finished store, beside it: Zarr reads a missing chunk
+    as zeros, so :func:`open_store` checks that each is still there, whole."""
+    with atomic_file(_manifest_path(path)) as tmp:
+        tmp.write_text(json.dumps(_store_files(path), sort_keys=True))
+
+
+def store_damage(path: str | Path) -> str | None:
+    """What is missing or cut short in a finished store, against its manifest; None when
+    whole or not yet finished (no manifest). Sizes only: a store can hold gigabytes."""
+    path = Path(path)
+    try:
+        written = json.loads(_manifest_path(path).read_text())
+    except FileNotFoundError:
+        return None
+    except (json.JSONDecodeError, UnicodeDecodeError):
+        return f"its manifest {_manifest_path(path)} is not JSON"
+    files = _store_files(path)
+    for name, size in sorted(written.items()):
+        if name not in files:
+            return f"{name} is missing"
+        if files[name] != size:
+            return f"{name} is {files[name]} bytes, {size} were written"
+    return None
 
 
 def open_store(path: str | Path) -> zarr.Group:
@@ -175,4 +215,7 @@ def open_store(path: str | Path) -> zarr.Group:
     group = zarr.open_group(path, mode="r")
     if not bool(group["done"][...].all()):
         raise DataError(f"patch store {path} is incomplete: rerun to finish it")
+    why = store_damage(path)
+    if why is not None:
+        raise DataError(f"patch store {path} is damaged: {why}; rerun the experiment, which rebuilds it")
     return group
