@@ -36,7 +36,7 @@ from collide._io import experiment_lock
 from collide.config import resolve_device
 from collide.results.evaluation import evaluate_row
 from collide.results.resume import drop_damaged, is_done, mark_done, prune_rows, stage_key, torch_threads
-from collide.results.store import read_row, remove_leftovers, write_run_record
+from collide.results.store import read_attrs, remove_leftovers, write_run_record
 from collide.results.tables import write_outputs
 
 Progress = Callable[[str, int, int], None]
@@ -105,7 +105,7 @@ def run_job(
             if evaluated:
                 evaluate_row(root, name, r, sample=config.sample, device=resolve_device(config.device))
                 mark_done(root, name, r, "evaluate", evaluate[r])
-            _, attrs = read_row(root, name, r)
+            attrs = read_attrs(root, name, r)
             out.append({**attrs["metrics"], "solved": solved, "evaluated": evaluated, "repaired": damaged.get(r)})
     return out
 

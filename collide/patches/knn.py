@@ -313,7 +313,7 @@ class PatchIndex:
                 nn: Any = _BruteForce(arrays[f"s{s}.vectors"])
             else:
                 nn = nndescent_from_state(spec["state"], arrays, f"s{s}.", str(path))
-            if len(ids) != len(getattr(nn, "vectors", None) if spec["kind"] == "exact" else nn._raw_data):
+            if len(ids) != len(nn.vectors if spec["kind"] == "exact" else nn._raw_data):
                 raise StaleIndexError(f"{path}: shard {s} names {len(ids)} items for data of another size: rebuild")
             if ids.size and not 0 <= ids.min() <= ids.max() < int(meta["n_items"]):
                 raise StaleIndexError(f"{path}: shard {s} names store rows outside the store: rebuild")

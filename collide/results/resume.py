@@ -19,7 +19,7 @@ from typing import Any
 import zarr
 
 from collide._io import code_version, json_digest
-from collide.results.store import list_rows, read_row, row_damage, store_path, write_row
+from collide.results.store import list_rows, read_attrs, row_damage, store_path, write_row
 
 
 def stage_key(stage: str, inputs: Mapping[str, Any]) -> str:
@@ -41,7 +41,7 @@ def is_done(root: str | Path, experiment: str, row: int, stage: str, key: str) -
 
 def mark_done(root: str | Path, experiment: str, row: int, stage: str, key: str) -> None:
     """Record that ``stage`` of ``row`` finished with ``key`` (one atomic row rewrite)."""
-    _, attrs = read_row(root, experiment, row)
+    attrs = read_attrs(root, experiment, row)
     keys = dict(attrs.get("keys", {}))
     keys[stage] = key
     write_row(root, experiment, row, {}, {"keys": keys}, keep_existing=True)

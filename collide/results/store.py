@@ -246,8 +246,8 @@ def write_row(
     return final
 
 
-def read_row(root: str | Path, experiment: str, row: int) -> tuple[dict[str, np.ndarray], dict[str, Any]]:
-    """The arrays and attrs of one row group."""
+def _open_row(root: str | Path, experiment: str, row: int) -> tuple[zarr.Group, dict[str, Any]]:
+    """A row group and its attrs, checked against its manifest; no array is decoded."""
     path = store_path(root, experiment) / f"row-{row}"
     if not (path / "zarr.json").is_file():
         raise DataError(f"no row {row} in {store_path(root, experiment)}: run the experiment first")
@@ -259,9 +259,21 @@ def read_row(root: str | Path, experiment: str, row: int) -> tuple[dict[str, np.
     why = row_damage(root, experiment, row, attrs)
     if why is not None:
         raise DataError(damaged_text(root, experiment, row, why))
+    return group, attrs
+
+
+def read_attrs(root: str | Path, experiment: str, row: int) -> dict[str, Any]:
+    """The attrs of one row group, its files checked against its manifest; no array is decoded."""
+    return _open_row(root, experiment, row)[1]
+
+
+def read_row(root: str | Path, experiment: str, row: int) -> tuple[dict[str, np.ndarray], dict[str, Any]]:
+    """The arrays and attrs of one row group, its files checked against its manifest first."""
+    group, attrs = _open_row(root, experiment, row)
     try:
         arrays = {name: np.asarray(arr[...]) for name, arr in group.arrays()}
     except Exception as exc:  # a decode error past the manifest (a codec missing here, say)
+        path = store_path(root, experiment) / f"row-{row}"
         raise DataError(f"row {row} of {experiment} ({path}) cannot be decoded: {type(exc).__name__}: {exc}") from None
     return arrays, attrs
 
@@ -319,7 +331,7 @@ def table_from_store(root: str | Path, experiment: str) -> pd.DataFrame:
     records = []
     rows = list_rows(root, experiment)
     for row in rows:
-        _, attrs = read_row(root, experiment, row)
+        attrs = read_attrs(root, experiment, row)
         if "metrics" in attrs:  # a row solved but not yet evaluated is left out; the caller says so
             records.append(attrs["metrics"])
     if not records:
