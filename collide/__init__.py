@@ -9,7 +9,7 @@ imports Prefect; orchestration lives in ``tasks/`` and ``flows/``.
 from collide.api import Measurement, Polytope, check_polytope, find_polytope, measure
 from collide.config import ExactConfig, GradientConfig, PaperConfig
 from collide.errors import CollideError
-from collide.taps import preactivation, relu_layers
+from collide.taps import layers, preactivation, tap
 
 __all__ = [
     "CollideError",
@@ -21,6 +21,7 @@ __all__ = [
     "check_polytope",
     "find_polytope",
     "measure",
+    "layers",
     "preactivation",
-    "relu_layers",
+    "tap",
 ]

@@ -26,11 +26,12 @@ from collide.errors import ConfigError, DataError
 from collide.objective import feature_rel_error, nonpositive_units
 from collide.polytope import avg_pairwise_distance, combine, evaluate, sample_weights
 from collide.precision import full_precision
+from collide.sites import eval_mode
 from collide.solvers.exact import OPTIMAL, solve_exact
 from collide.solvers.gradient import check_inputs, solve_gradient
 from collide.solvers.paper import solve_paper
 from collide.solvers.param import Parameterisation, Pixels
-from collide.taps import eval_mode, preactivation, resolve_layer
+from collide.taps import preactivation, resolve_layer
 from collide.validity import POLYTOPE_MIN_VERTICES, Criterion, check_vertices, criterion_for
 
 SolverConfig = GradientConfig | ExactConfig | PaperConfig
@@ -173,8 +174,8 @@ def find_polytope(
         ConfigError: a config of another method, or the paper's scheme without a rate.
     """
     cfg = _solver_config(method, config, bounds)
-    layer = resolve_layer(model, layer)
     target = _one_input(target, "target")
+    layer = resolve_layer(model, layer, target.unsqueeze(0))
     init = target if init is None else _one_input(init, "init")
     if init.shape != target.shape:
         raise DataError(f"init has shape {tuple(init.shape)}, the target {tuple(target.shape)}: they must match")
@@ -258,7 +259,7 @@ def measure(
         raise ConfigError(f"unknown sampler {sampler!r}: expected one of {SAMPLERS}")
     if n_samples < 1:
         raise ConfigError(f"expected n_samples >= 1, got {n_samples}")
-    layer = resolve_layer(model, layer)
+    layer = resolve_layer(model, layer, poly.target.unsqueeze(0))
     with full_precision(), contextlib.ExitStack() as stack:
         # Classify with the model itself when it is already on ``device`` (eval_mode below
         # restores its modes); a copy only to move it, so the caller's stays where it is.

@@ -237,6 +237,10 @@ class ExactConfig:
     reject a vertex that stayed on the target. Deeper in a network the target's region
     can be small: LeNet-5 at ``relu3`` lets its first pushed unit fall only about
     1% of max|ỹᵗ| below the target's even without the proximity term.
+
+    ``max_entries`` bounds the LP's constraint matrix (rows x input coordinates, dense in
+    float64: the Jacobian of a deep layer fills every entry). A larger problem is
+    refused before any work, naming its size and the largest input it would take.
     """
 
     proximity: float = 0.5
@@ -247,8 +251,10 @@ class ExactConfig:
     push_margin: float = 1e-4
     lower: float = 0.0
     upper: float = 1.0
+    max_entries: int = 100_000_000
 
     def __post_init__(self) -> None:
+        _require(self.max_entries >= 1, f"expected max_entries >= 1, got {self.max_entries}")
         _non_negative("proximity", self.proximity)
         _positive("rel_tol", self.rel_tol)
         _non_negative("neg_tol", self.neg_tol)

@@ -9,7 +9,7 @@ import torch
 from torch import nn
 
 from collide.errors import DataError
-from collide.taps import eval_mode
+from collide.sites import eval_mode
 
 
 def sample_weights(n: int, n_vertices: int, *, sampler: str, generator: torch.Generator) -> torch.Tensor:

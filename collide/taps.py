@@ -1,14 +1,11 @@
-"""Pre-activation capture by layer name.
+"""Pre-activation capture at a call site (see :mod:`collide.sites` for how sites are named).
 
-A *layer* is a ReLU module, named as in ``model.named_modules()``. The name of the
-module right before a ReLU in the same ``nn.Sequential`` (``fc1`` before ``relu1``,
-VGG's ``classifier.0`` before ``classifier.1``) names the same layer, and a model may
-name its own layers in a ``collide_aliases`` dict (``fc6`` for VGG-16).
-
-The tap is a forward *pre*-hook on the ReLU: it sees the ReLU's input, which is the
-pre-activation, even when the ReLU is ``inplace=True`` (a hook on the Linear before it
-would see a tensor the ReLU later overwrites). The captured tensor is cloned for the
-same reason. Hooks are removed when the ``with`` block ends, whatever happens inside.
+Every entry point resolves a layer name the same way, :func:`collide.sites.resolve`: the
+public :func:`preactivation`, :func:`tap` and :func:`layers`, both gradient solvers,
+the exact solver's region rows, validity checks and evaluation. The value captured is
+the call's input, the pre-activation, seen before the call runs: an in-place ReLU
+(``inplace=True``, ``x.relu_()``) cannot overwrite it first. Hooks and the function
+mode are removed when a capture ends, whatever happens inside.
 
 Nothing here changes the caller's model for good: :func:`preactivation` runs in eval
 mode (batch norm on its running statistics, no dropout) and restores every module's
@@ -19,127 +16,99 @@ from __future__ import annotations
 
 import contextlib
 from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
 
 import torch
 from torch import nn
 
-from collide.errors import LayerError
+from collide.errors import ConfigError, LayerError
+from collide.sites import (
+    ADAPTIVE_MAX_POOL,
+    HARDTANH,
+    LEAKY,
+    MAX_POOL,
+    NONLINEAR,
+    RELU,
+    SMOOTH,
+    Event,
+    Site,
+    Stop,
+    Watch,
+    eval_mode,
+    listed_aliases,
+    probe,
+    resolve,
+)
 
 
-def relu_layers(model: nn.Module) -> dict[str, nn.ReLU]:
-    """Every ReLU module of ``model`` by name, in registration order."""
-    return {name: m for name, m in model.named_modules() if isinstance(m, nn.ReLU)}
+def _batch(example: torch.Tensor) -> torch.Tensor:
+    """One input without a batch dimension, as a batch of one."""
+    if not isinstance(example, torch.Tensor) or example.ndim == 0:
+        raise LayerError(f"expected one example input (a tensor without a batch dimension), got {example!r}")
+    return example.detach().unsqueeze(0)
 
 
-def _aliases(model: nn.Module) -> dict[str, str]:
-    aliases: dict[str, str] = {}
-    for prefix, module in model.named_modules():
-        if not isinstance(module, nn.Sequential):
-            continue
-        children = list(module.named_children())
-        for (name, child), (next_name, next_child) in zip(children, children[1:], strict=False):
-            if isinstance(next_child, nn.ReLU) and not isinstance(child, nn.ReLU):
-                full = f"{prefix}.{name}" if prefix else name
-                aliases[full] = f"{prefix}.{next_name}" if prefix else next_name
-    return aliases
+def layers(model: nn.Module, example_input: torch.Tensor) -> list[Site]:
+    """Every ReLU call site of ``model`` that ``layer=`` can name, in forward order.
 
+    Each :class:`~collide.sites.Site` has its ``name`` (``layer2.1.relu#1``,
+    ``relu()``), ``kind`` (``module`` or ``function``), pre-activation ``shape`` and
+    ``units``. Aliases (``fc6``, the module before a ReLU) work as well;
+    :func:`layer_names` lists them too.
 
-def layer_names(model: nn.Module) -> list[str]:
-    """Every name ``layer`` accepts for ``model``: its named aliases (``fc6 (= net.classifier.1)``)
-    first, then the ReLU modules' own names."""
-    # A nested module's own path (net.features.0) names its ReLU too, but listing every
-    # one of those says nothing the ReLU's name does not.
-    named = {a: r for a, r in _aliases(model).items() if "." not in a}
-    aliases = {**named, **getattr(model, "collide_aliases", {})}
-    return [f"{a} (= {r})" for a, r in aliases.items()] + list(relu_layers(model))
-
-
-def resolve_layer(model: nn.Module, name: str) -> str:
-    """The ReLU module name that ``name`` refers to, or a :class:`LayerError` listing them."""
-    relus = relu_layers(model)
-    if name in relus:
-        return name
-    aliases = {**_aliases(model), **getattr(model, "collide_aliases", {})}
-    if name in aliases:
-        return aliases[name]
-    usable = list(relus) + [f"{a} (= {r})" for a, r in aliases.items()]
-    modules = dict(model.named_modules())
-    what = (
-        f"{name!r} is a {type(modules[name]).__name__}, not a ReLU layer"
-        if name in modules
-        else f"no layer named {name!r}"
-    )
-    raise LayerError(f"{what}; layers that work: {', '.join(usable) or 'none (the model has no ReLU)'}")
-
-
-@contextlib.contextmanager
-def eval_mode(model: nn.Module) -> Iterator[nn.Module]:
-    """Run ``model`` in eval mode for the block, then give every module its own flag back.
-
-    ``model.eval()`` alone would leave a caller's training-mode model in eval mode, and
-    ``model.train()`` afterwards would switch on modules the caller had frozen: each
-    submodule's ``training`` flag is restored one by one, even when the block raises.
-
-    Yields:
-        ``model`` itself (not a copy): parameters and buffers are shared.
+    Shapes:
+        example_input: (*input), one input without a batch dimension
     """
-    flags = [(m, m.training) for m in model.modules()]
-    try:
-        for m, _ in flags:
-            m.training = False
-        yield model
-    finally:
-        for m, training in flags:
-            m.training = training
+    return [s for s in probe(model, _batch(example_input)) if s.addressable]
 
 
-class _Stop(Exception):
-    """Raised inside a hook to skip the rest of the forward pass."""
+def layer_names(model: nn.Module, input_shape: Sequence[int]) -> list[str]:
+    """Every name ``layer`` accepts for ``model``: its aliases (``fc6 (= net.classifier.1)``)
+    first, then the ReLU call sites' own names."""
+    sites = [s for s in probe(model, torch.zeros(1, *input_shape)) if s.addressable]
+    bases = {s.base for s in sites}
+    return [f"{a} (= {m})" for a, m in listed_aliases(model).items() if m in bases] + [s.name for s in sites]
 
 
-class Tap:
-    """Holds the pre-activations captured during one forward pass, by layer name."""
+def resolve_layer(model: nn.Module, name: str, example: torch.Tensor) -> str:
+    """The canonical name of the ReLU call that ``name`` refers to (an alias resolved,
+    ``NAME#0`` of a module called once written ``NAME``), or a :class:`LayerError`.
 
-    def __init__(self) -> None:
-        self.values: dict[str, torch.Tensor] = {}
-
-    def __getitem__(self, name: str) -> torch.Tensor:
-        return self.values[name]
-
-
-@contextlib.contextmanager
-def tap(model: nn.Module, layers: Sequence[str], *, detach: bool = False) -> Iterator[Tap]:
-    """Capture the pre-activation of each named ReLU layer on every forward pass.
-
-    The caller runs the forward passes, in whatever mode the model is in: wrap them in
-    :func:`eval_mode` for what :func:`preactivation` would give.
-
-    Args:
-        model: any module.
-        layers: ReLU names (or the names of the modules right before them).
-        detach: store detached tensors (no graph kept).
-
-    Yields:
-        A :class:`Tap` whose ``values[name]`` is the latest pre-activation, keyed by the
-        name as given.
+    Shapes:
+        example: (B, *input), a batch the model takes
     """
-    resolved = {name: resolve_layer(model, name) for name in layers}
-    modules = dict(model.named_modules())
-    result = Tap()
-    handles = []
+    return resolve(model, name, example).name
+
+
+def site_of(model: nn.Module, layer: str | Site, example: torch.Tensor) -> Site:
+    return layer if isinstance(layer, Site) else resolve(model, layer, example)
+
+
+def capture(model: nn.Module, x: torch.Tensor, site: Site) -> torch.Tensor:
+    """The pre-activation at ``site`` for the batch ``x``, in whatever mode ``model`` is,
+    flattened per example; the forward stops there. Gradients flow to ``x``.
+
+    Shapes:
+        x: (B, *input); returns (B, D)
+    """
+    got: list[torch.Tensor] = []
+
+    def at_site(event: Event) -> None:
+        if event.base == site.base and event.call == site.call:
+            got.append(event.value)
+            raise Stop
+
     try:
-        for given, real in resolved.items():
-            def hook(_module: nn.Module, args: tuple[torch.Tensor, ...], given: str = given) -> None:
-                value = args[0].clone()  # an inplace ReLU overwrites args[0] next
-                result.values[given] = value.detach() if detach else value
-            handles.append(modules[real].register_forward_pre_hook(hook))
-        yield result
-    finally:
-        for h in handles:
-            h.remove()
+        with Watch(model, at_site):
+            model(x)
+    except Stop:
+        pass
+    if not got:
+        raise LayerError(f"layer {site.name!r} was not reached in the forward pass")
+    return got[0].flatten(1)
 
 
-def preactivation(model: nn.Module, x: torch.Tensor, layer: str) -> torch.Tensor:
+def preactivation(model: nn.Module, x: torch.Tensor, layer: str | Site) -> torch.Tensor:
     """The pre-activation of ``layer`` for input ``x``, flattened per example.
 
     The forward pass stops at the layer, so nothing after it is computed; gradients
@@ -148,37 +117,94 @@ def preactivation(model: nn.Module, x: torch.Tensor, layer: str) -> torch.Tensor
     off), and leaves every module's mode as it found it.
 
     Shapes:
-        x: (B, C, H, W) or any shape the model takes; returns (B, D)
+        x: (B, *input) or any shape the model takes; returns (B, D)
     """
-    real = resolve_layer(model, layer)
-    module = dict(model.named_modules())[real]
-    captured: list[torch.Tensor] = []
+    site = site_of(model, layer, x)
+    with eval_mode(model):
+        return capture(model, x, site)
 
-    def hook(_module: nn.Module, args: tuple[torch.Tensor, ...]) -> None:
-        captured.append(args[0])
-        raise _Stop
 
-    handle = module.register_forward_pre_hook(hook)
+def region_events(model: nn.Module, x: torch.Tensor, site: Site) -> list[Event]:
+    """Every call before ``site`` that shapes the input's linear piece, then the site's own.
+
+    That is each ReLU, LeakyReLU/PReLU, Hardtanh/ReLU6 and max-pooling call, and the
+    calls that make the layer non-piecewise-linear (smooth activations, softmax,
+    normalisation by the input's own statistics, adaptive max pooling), for the exact
+    solver to refuse. Values are cloned (an in-place call overwrites its input next);
+    the last event is the site's pre-activation.
+
+    Shapes:
+        x: (B, *input)
+    """
+    seen: list[Event] = []
+    kinds = (RELU, LEAKY, HARDTANH, SMOOTH, MAX_POOL, ADAPTIVE_MAX_POOL, NONLINEAR)
+
+    def keep(event: Event) -> None:
+        if event.base == site.base and event.call == site.call:
+            seen.append(event)
+            raise Stop
+        if event.kind in kinds:
+            seen.append(Event(event.base, event.call, event.kind, event.op, event.module, event.value.clone(),
+                              event.params))
+
     try:
-        with eval_mode(model):
+        with Watch(model, keep):
             model(x)
-    except _Stop:
+    except Stop:
         pass
-    finally:
-        handle.remove()
-    if not captured:
-        raise LayerError(f"layer {layer!r} was not reached in the forward pass")
-    return captured[0].flatten(1)
+    if not seen or (seen[-1].base, seen[-1].call) != (site.base, site.call):
+        raise LayerError(f"layer {site.name!r} was not reached in the forward pass")
+    return seen
+
+
+@dataclass
+class Tap:
+    """The pre-activations captured during the latest forward pass, by layer name as given."""
+
+    values: dict[str, torch.Tensor]
+
+    def __getitem__(self, name: str) -> torch.Tensor:
+        return self.values[name]
+
+
+@contextlib.contextmanager
+def tap(model: nn.Module, layers: Sequence[str], example: torch.Tensor, *, detach: bool = False) -> Iterator[Tap]:
+    """Capture the pre-activation of each named layer on every forward pass in the block.
+
+    The caller runs the forward passes, in whatever mode the model is in: wrap them in
+    :func:`eval_mode` for what :func:`preactivation` would give.
+
+    Args:
+        model: any module.
+        layers: layer names, resolved as :func:`preactivation` resolves them.
+        example: one input without a batch dimension, to resolve the names with.
+        detach: store detached tensors (no graph kept).
+
+    Yields:
+        A :class:`Tap` whose ``values[name]`` is the latest pre-activation at that call,
+        keyed by the name as given, shaped as the call's input.
+    """
+    batch = _batch(example)
+    wanted: dict[tuple[str, int], list[str]] = {}
+    for given in layers:
+        site = resolve(model, given, batch)
+        wanted.setdefault((site.base, site.call), []).append(given)
+    result = Tap({})
+
+    def record(event: Event) -> None:
+        for given in wanted.get((event.base, event.call), []):
+            value = event.value.clone()  # an in-place call overwrites it next
+            result.values[given] = value.detach() if detach else value
+
+    with Watch(model, record):
+        yield result
 
 
 def check_units(model: nn.Module, layer: str, input_shape: Sequence[int], n_vertices: int) -> int:
     """The number of units of ``layer`` for one input of ``input_shape``; a config asking
     for more vertices than that (each vertex pushes one unit) is refused before any work."""
-    from collide.errors import ConfigError
-
-    with torch.no_grad():
-        width = preactivation(model, torch.zeros(1, *input_shape), layer).shape[1]
-    if n_vertices > width:
-        raise ConfigError(f"n_vertices={n_vertices} is more than the {width} units of layer {layer!r} "
+    site = resolve(model, layer, torch.zeros(1, *input_shape))
+    if n_vertices > site.units:
+        raise ConfigError(f"n_vertices={n_vertices} is more than the {site.units} units of layer {layer!r} "
                           "(each vertex pushes one of the target's non-positive units): lower n_vertices")
-    return int(width)
+    return site.units

@@ -13,6 +13,7 @@ from collide.errors import DataError
 from collide.models.zoo import lenet5
 from collide.objective import feature_rel_error, nonpositive_units
 from collide.solvers.exact import OPTIMAL, affine_piece, solve_exact
+from collide.sites import Watch
 from collide.taps import preactivation
 from tests.tolerances import (
     JACOBIAN_MODES_AGREE,
@@ -174,7 +175,10 @@ def test_window_pairs_match_a_brute_force_oracle(pool):
     nd = 2 if isinstance(pool, nn.MaxPool2d) else 1
     shape = (1, 2, 7, 8) if nd == 2 else (1, 2, 11)
     value = torch.randn(shape, generator=torch.Generator().manual_seed(1), dtype=torch.float64)
-    entries, winners = exact._window_pairs(pool, value)
+    calls = []
+    with Watch(pool, calls.append):  # the window as the exact solver sees it: read off the call
+        pool(value)
+    entries, winners = exact._window_pairs(calls[0].params, value)
     pooled = pool(value)
     flat = value.flatten()
 

@@ -19,9 +19,9 @@ def _section_code(title: str) -> str:
 def test_the_own_model_example_runs_and_finds_valid_polytopes():
     code = _section_code("Your own model")
     # The user's model must come back as it went in: same mode, same weights.
-    head, tail = code.split("print(list(collide.relu_layers", 1)
+    head, tail = code.split("print([s.name for s in collide.layers", 1)
     snapshot = "before = {k: v.clone() for k, v in model.state_dict().items()}\n"
-    code = head + snapshot + "print(list(collide.relu_layers" + tail
+    code = head + snapshot + "print([s.name for s in collide.layers" + tail
     check = (
         "\nassert model.training and all(v.requires_grad for v in model.parameters())\n"
         "assert all(torch.equal(before[k], v) for k, v in model.state_dict().items())\n"

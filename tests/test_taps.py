@@ -8,6 +8,8 @@ from collide.errors import LayerError
 from collide.taps import preactivation, resolve_layer, tap
 from tests.tolerances import UNCHANGED
 
+X28 = torch.zeros(1, 1, 28, 28)
+
 
 def _vgg_like() -> nn.Module:
     """A small VGG-shaped net with torchvision's inplace ReLUs and nested Sequentials."""
@@ -41,7 +43,7 @@ def test_inplace_relu_taps_see_the_value_before_the_relu():
     conv, fc6 = net.features[0], net.classifier[0]
     manual = nn.functional.max_pool2d(torch.relu(conv(x)), 2).flatten(1) @ fc6.weight.T + fc6.bias
     assert (manual < 0).any(), "the check needs negative pre-activations to mean anything"
-    with tap(net, ["classifier.1", "classifier.0"]) as t:
+    with tap(net, ["classifier.1", "classifier.0"], x[0]) as t:
         net(x)
     assert torch.allclose(t["classifier.1"].flatten(1), manual, atol=UNCHANGED)
     assert torch.allclose(t["classifier.0"].flatten(1), manual, atol=UNCHANGED)
@@ -49,11 +51,15 @@ def test_inplace_relu_taps_see_the_value_before_the_relu():
 
 
 def test_hooks_are_removed_even_when_the_forward_fails(mlp_model):
-    with pytest.raises(RuntimeError), tap(mlp_model, ["relu1", "relu2"]):
+    def clean() -> bool:
+        return all(not m._forward_pre_hooks and not m._forward_hooks for m in mlp_model.modules())
+
+    with pytest.raises(RuntimeError), tap(mlp_model, ["relu1", "relu2"], torch.zeros(1, 28, 28)):
         mlp_model(torch.zeros(1, 5))  # wrong shape: the forward raises inside the block
-    assert all(len(m._forward_pre_hooks) == 0 for m in mlp_model.modules())
+    assert clean()
     preactivation(mlp_model, torch.zeros(1, 1, 28, 28), "relu2")
-    assert all(len(m._forward_pre_hooks) == 0 for m in mlp_model.modules())
+    assert clean()
+    assert not torch.overrides._get_current_function_mode_stack()  # the function mode is gone too
 
 
 def test_gradients_flow_through_the_tap(mlp_model):
@@ -64,9 +70,9 @@ def test_gradients_flow_through_the_tap(mlp_model):
 
 def test_unknown_and_non_relu_layers_list_what_works(mlp_model):
     with pytest.raises(LayerError, match="no layer named 'fc9'.*relu1, relu2"):
-        resolve_layer(mlp_model, "fc9")
+        resolve_layer(mlp_model, "fc9", X28)
     with pytest.raises(LayerError, match="'fc3' is a Linear, not a ReLU layer.*relu1"):
-        resolve_layer(mlp_model, "fc3")
+        resolve_layer(mlp_model, "fc3", X28)
     with pytest.raises(LayerError, match="'flatten' is a Flatten"):
         preactivation(mlp_model, torch.zeros(1, 1, 28, 28), "flatten")
 
@@ -101,7 +107,7 @@ def test_preactivation_leaves_a_training_mode_model_as_it_was():
 
 
 def test_eval_mode_restores_the_flags_when_the_forward_fails():
-    from collide.taps import eval_mode
+    from collide.sites import eval_mode
 
     net = _bn_dropout_net().train()
     with pytest.raises(RuntimeError), eval_mode(net):

@@ -30,7 +30,7 @@ def test_fc6_preactivation_equals_manual_forward(vgg):
         tapped = preactivation(vgg, x, "fc6")
     assert (manual < 0).any() and (manual > 0).any()
     assert torch.allclose(tapped, manual, atol=EQUIVALENT, rtol=EQUIVALENT)
-    assert resolve_layer(vgg, "fc6") == "net.classifier.1" == resolve_layer(vgg, "net.classifier.0")
+    assert resolve_layer(vgg, "fc6", x) == "net.classifier.1" == resolve_layer(vgg, "net.classifier.0", x)
 
 
 def test_weights_file_roundtrip_and_tamper(tmp_path, vgg):

@@ -87,7 +87,7 @@ def _skeleton() -> NormalisedVGG:
 
 
 def layers(config: ImagenetExperiment) -> list[str]:
-    return layer_names(_skeleton())
+    return layer_names(_skeleton(), (3, config.image_size, config.image_size))
 
 
 def validate(*, config: ImagenetExperiment) -> None:

@@ -40,6 +40,7 @@ from collide.taps import check_units, layer_names, preactivation, resolve_layer
 NAME = "mnist"
 SUMMARY = "MNIST MLP, paper §3.1 (Tables 1-2); many targets with targets_per_class"
 DATASET = "mnist"
+INPUT_SHAPE = (1, 28, 28)
 
 
 @functools.lru_cache(maxsize=64)
@@ -47,7 +48,7 @@ def module_layer(arch: str, layer: str) -> str:
     """The ReLU module ``layer`` names in ``arch`` (an alias resolved), or ``layer`` itself
     when the architecture has no such layer (validation says so, not the digest)."""
     try:
-        return resolve_layer(build_model(arch), layer)
+        return resolve_layer(build_model(arch), layer, torch.zeros(1, *INPUT_SHAPE))
     except (LayerError, ConfigError):
         return layer
 
@@ -136,13 +137,13 @@ Config = MnistExperiment
 
 def layers(config: MnistExperiment) -> list[str]:
     """The layers collisions can be sought at, as ``layer`` accepts them."""
-    return layer_names(build_model(config.train.arch))
+    return layer_names(build_model(config.train.arch), INPUT_SHAPE)
 
 
 def validate(*, config: MnistExperiment) -> None:
     """Fail before any work if the layer does not exist in the architecture, or the
     paper-scheme rows have no learning rate for it."""
-    check_units(build_model(config.train.arch), config.layer, (1, 28, 28), config.n_vertices)
+    check_units(build_model(config.train.arch), config.layer, INPUT_SHAPE, config.n_vertices)
     if any(r.method == "paper" for r in config.rows):
         config.paper.for_model(config.train.arch)
 

@@ -53,7 +53,8 @@ def _model_skeleton(config: Any) -> torch.nn.Module:
 
 def layers(*, config: Any) -> list[str]:
     """The layers of the dataset's model that ``layer`` accepts."""
-    return layer_names(_model_skeleton(config))
+    side = image_side(config)
+    return layer_names(_model_skeleton(config), (1 if config.dataset == "mnist" else 3, side, side))
 
 
 def validate(*, config: Any) -> None:

@@ -45,8 +45,13 @@ and keeps whichever of the two pieces pushes its unit lower. Both LPs stay in on
 piece, so both answers are exact; :attr:`ExactResult.pieces` says which was kept. Without
 ties (a first layer, an MLP off its ReLU kinks) nothing changes.
 
-Piecewise operations the solver cannot see (functional ``F.relu``, adaptive max pooling,
-other activations) are not modelled; every solution is therefore checked with a real
+Every ReLU call counts, module or functional (``F.relu``, ``x.relu_()``), found the way
+every layer is (:mod:`collide.sites`); LeakyReLU/PReLU calls add sign rows like a ReLU's
+and Hardtanh/ReLU6 calls the rows of their piece. Calls that are not piecewise linear
+before the layer (smooth activations, softmax, normalisation by the input's own
+statistics, adaptive max pooling) are refused before any work, and so is an LP larger
+than ``ExactConfig.max_entries``. Piecewise operations no call reveals (``clamp``,
+``maximum``, ``abs``) are not modelled: every solution is therefore checked with a real
 float64 forward pass, and one that left the target's piece is reported as ``left_region``.
 """
 
@@ -56,6 +61,7 @@ import copy
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 import scipy.optimize
@@ -65,10 +71,11 @@ import torch.nn.functional as F
 from torch import nn
 
 from collide.config import ExactConfig
-from collide.errors import DataError
+from collide.errors import ConfigError, DataError, LayerError
 from collide.objective import feature_rel_error, max_nonpositive_violation
+from collide.sites import ADAPTIVE_MAX_POOL, HARDTANH, LEAKY, MAX_POOL, NONLINEAR, RELU, SMOOTH, Event, Site, eval_mode
 from collide.solvers.gradient import check_inputs
-from collide.taps import _Stop, relu_layers, resolve_layer
+from collide.taps import capture, region_events, site_of
 
 OPTIMAL, INFEASIBLE, UNBOUNDED, LEFT_REGION, FAILED = (
     "optimal", "infeasible", "unbounded", "left_region", "failed",
@@ -78,10 +85,15 @@ JACOBIAN_MODES = ("auto", "forward", "reverse")
 # adjacent one its tie-breaking LP preferred.
 PIECE_TARGET, PIECE_TIE_BROKEN = "target", "tie-broken"
 
-_MAX_POOLS: dict[type[nn.Module], tuple[int, Callable[..., tuple[torch.Tensor, torch.Tensor]]]] = {
-    nn.MaxPool1d: (1, F.max_pool1d),
-    nn.MaxPool2d: (2, F.max_pool2d),
-    nn.MaxPool3d: (3, F.max_pool3d),
+_MAX_POOLS: dict[int, Callable[..., tuple[torch.Tensor, torch.Tensor]]] = {
+    1: F.max_pool1d, 2: F.max_pool2d, 3: F.max_pool3d,
+}
+# Calls before the layer that no LP row models, and why.
+_UNMODELLED = {
+    SMOOTH: "a smooth activation is not piecewise linear",
+    NONLINEAR: "it divides by or exponentiates the input's own values (softmax, normalisation by the input's "
+               "statistics)",
+    ADAPTIVE_MAX_POOL: "adaptive max pooling's windows are not modelled by collide's LP",
 }
 # float64 numbers one Jacobian chunk may hold across its captured tensors (2 GiB).
 _JACOBIAN_BUDGET = 2**28
@@ -165,61 +177,40 @@ class ExactResult:
         return self.input_dim - self.rank_positive
 
 
-def _ordered_captures(net: nn.Module, x: torch.Tensor, layer: str) -> list[tuple[nn.Module, torch.Tensor]]:
-    """The input of every ReLU and max pool reached before ``layer``, then ``layer``'s own.
-
-    Inputs are cloned (an inplace ReLU overwrites its argument) and keep their shapes;
-    the last entry is the layer's pre-activation.
-    """
-    target_name = resolve_layer(net, layer)
-    pools = {n: m for n, m in net.named_modules() if isinstance(m, tuple(_MAX_POOLS))}
-    watched = {**relu_layers(net), **pools}
-    seen: list[tuple[nn.Module, torch.Tensor]] = []
-    handles = []
-    for name, module in watched.items():
-        def hook(m: nn.Module, args: tuple[torch.Tensor, ...], name: str = name) -> None:
-            seen.append((m, args[0].clone()))
-            if name == target_name:
-                raise _Stop
-        handles.append(module.register_forward_pre_hook(hook))
-    try:
-        net(x)
-    except _Stop:
-        pass
-    finally:
-        for h in handles:
-            h.remove()
-    return seen
+def _region_events(net: nn.Module, x: torch.Tensor, site: Site) -> list[Event]:
+    """The calls before ``site`` that shape the linear piece, then the site's own
+    (:func:`collide.taps.region_events`); a call the LP cannot model is refused."""
+    events = region_events(net, x, site)
+    for e in events[:-1]:
+        if e.kind in _UNMODELLED:
+            raise LayerError(
+                f"the exact solver cannot model {e.base}#{e.call} ({e.op}) before layer {site.name!r}: "
+                f"{_UNMODELLED[e.kind]}, so the layer is not piecewise linear in the input there (or not with "
+                "pieces the LP knows); use method='gradient', or a layer before it")
+    return events
 
 
-def _ordered_preactivations(net: nn.Module, x: torch.Tensor, layer: str) -> list[torch.Tensor]:
-    """Pre-activations of every ReLU reached before ``layer``, then ``layer``'s own.
+def _window_pairs(params: dict[str, Any], value: torch.Tensor) -> tuple[np.ndarray, np.ndarray]:
+    """Every distinct (entry, winner) pair of a max pool's windows at ``value``, entry ≠ winner.
 
-    Shapes:
-        x: (B, *input); returns a list of (B, n_k)
-    """
-    return [v.flatten(1) for m, v in _ordered_captures(net, x, layer) if isinstance(m, nn.ReLU)]
-
-
-def _window_pairs(pool: nn.Module, value: torch.Tensor) -> tuple[np.ndarray, np.ndarray]:
-    """Every distinct (entry, winner) pair of ``pool``'s windows at ``value``, entry ≠ winner.
-
-    Windows follow the pool's own kernel, stride, padding, dilation and ceil mode; the
-    winner is the index ``return_indices`` gives. Indices are into ``value.flatten()``.
+    Windows follow the pool's own kernel, stride, padding, dilation and ceil mode
+    (``params``, from the call); the winner is the index ``return_indices`` gives.
+    Indices are into ``value.flatten()``.
 
     Shapes:
         value: (1, C, *spatial), the pool's input for one example; returns (P,), (P,)
     """
-    nd, pool_fn = next(v for kind, v in _MAX_POOLS.items() if isinstance(pool, kind))
+    nd = params["nd"]
+    pool_fn = _MAX_POOLS[nd]
 
     def per_dim(v: int | tuple[int, ...]) -> tuple[int, ...]:
         return tuple(v) if isinstance(v, tuple | list) else (v,) * nd
 
-    kernel = per_dim(pool.kernel_size)
-    stride = per_dim(pool.stride if pool.stride else pool.kernel_size)
-    padding, dilation = per_dim(pool.padding), per_dim(pool.dilation)
+    kernel = per_dim(params["kernel_size"])
+    stride = per_dim(params["stride"])
+    padding, dilation = per_dim(params["padding"]), per_dim(params["dilation"])
     _, winners = pool_fn(
-        value, kernel, stride, padding, dilation, ceil_mode=pool.ceil_mode, return_indices=True,
+        value, kernel, stride, padding, dilation, ceil_mode=params["ceil_mode"], return_indices=True,
     )
     spatial, out = value.shape[-nd:], winners.shape[-nd:]
     plane = int(np.prod(spatial))
@@ -281,12 +272,58 @@ def _jacobian(fn: Callable[[torch.Tensor], torch.Tensor], x: torch.Tensor, n_out
     return jac.T if forward else jac
 
 
-def affine_piece(model: nn.Module, layer: str, target: torch.Tensor, *, mode: str = "auto") -> AffinePiece:
+def _lp_size(events: list[Event], d: int) -> tuple[int, int]:
+    """Rows of the LP before any are dropped (layer units, ReLU and Hardtanh rows, an upper
+    bound on the max-pooling pairs) and its dense constraint entries, rows x ``d``."""
+    rows = events[-1].value[0].numel()
+    for e in events[:-1]:
+        n = e.value[0].numel()
+        if e.kind == MAX_POOL:
+            kernel = e.params["kernel_size"]
+            size = int(np.prod(kernel)) if isinstance(kernel, tuple | list) else int(kernel) ** e.params["nd"]
+            rows += n * (size - 1)  # at most one row per entry and window it loses in
+        else:
+            rows += n * (2 if e.kind == HARDTANH else 1)
+    return rows, rows * d
+
+
+def check_lp_size(model: nn.Module, layer: str | Site, target: torch.Tensor, *, max_entries: int) -> int:
+    """Refuse, before any Jacobian or LP, an exact problem larger than ``max_entries``.
+
+    The message names the LP's size and the largest input it would take: for an image
+    model both the rows and the input grow with the image's area, so the entries grow
+    with the fourth power of its side. Returns the entry count.
+
+    Shapes:
+        target: (*input), one example
+    """
+    site = site_of(model, layer, target.unsqueeze(0))
+    with torch.no_grad(), eval_mode(model):
+        events = _region_events(model, target.unsqueeze(0), site)
+    d = target.numel()
+    rows, entries = _lp_size(events, d)
+    if entries <= max_entries:
+        return entries
+    shape = "x".join(str(s) for s in target.shape)
+    if target.ndim >= 3:
+        side = int(target.shape[-1] * (max_entries / entries) ** 0.25)
+        smaller = (f"the largest input it would take is about {'x'.join(str(s) for s in target.shape[:-2])}"
+                   f"x{side}x{side} (rows and inputs both grow with the image's area)")
+    else:
+        smaller = "the input's size is fixed by the model, so only an earlier layer is smaller"
+    raise ConfigError(
+        f"the exact LP at layer {site.name!r} for a {shape} input is too large: about {rows:,} rows over "
+        f"{d:,} input coordinates, {entries:.2e} dense float64 entries ({entries * 8 / 2**30:.1f} GiB), above "
+        f"max_entries={max_entries:.2e} (ExactConfig.max_entries); {smaller}. Use a smaller input, an earlier "
+        "layer, or method='gradient'")
+
+
+def affine_piece(model: nn.Module, layer: str | Site, target: torch.Tensor, *, mode: str = "auto") -> AffinePiece:
     """Linearise ``layer``'s pre-activation at ``target`` and collect the region's rows.
 
     Args:
         model: the classifier (not changed: a float64 eval-mode copy is used).
-        layer: the ReLU layer.
+        layer: the ReLU layer (a name or a resolved site).
         target: one input, no batch dim.
         mode: ``forward`` or ``reverse`` mode for the Jacobian; ``auto`` takes forward
             mode when the input has fewer coordinates than the captured values (every
@@ -297,29 +334,40 @@ def affine_piece(model: nn.Module, layer: str, target: torch.Tensor, *, mode: st
     """
     net = copy.deepcopy(model).double().eval().requires_grad_(False)
     x0 = target.double().unsqueeze(0)
+    site = site_of(net, layer, x0)
 
     def all_values(x: torch.Tensor) -> torch.Tensor:
-        captures = _ordered_captures(net, x.view_as(x0), layer)
-        return torch.cat([v.flatten() for _, v in captures])
+        return torch.cat([e.value.flatten() for e in region_events(net, x.view_as(x0), site)])
 
     with torch.no_grad():
-        captures = _ordered_captures(net, x0, layer)
-    sizes = [v.numel() for _, v in captures]
+        captures = _region_events(net, x0, site)
+    sizes = [e.value.numel() for e in captures]
     starts = np.concatenate([[0], np.cumsum(sizes)])
     flat = x0.flatten()
     jac = _jacobian(all_values, flat, int(starts[-1]), mode).numpy()
-    values = torch.cat([v.flatten() for _, v in captures]).numpy()
+    values = torch.cat([e.value.flatten() for e in captures]).numpy()
     offset = values - jac @ flat.numpy()
 
     relu_rows, pool_rows = [], []
-    for k, (module, value) in enumerate(captures[:-1]):
+    for k, event in enumerate(captures[:-1]):
         at = slice(starts[k], starts[k + 1])
-        if isinstance(module, nn.ReLU):
-            # Positive units stay ≥ 0, the others ≤ 0: −s·(Jx + c) ≤ 0 with s = ±1.
+        if event.kind in (RELU, LEAKY):
+            # Each unit keeps its side of 0: −s·(Jx + c) ≤ 0 with s = ±1 (a leaky unit's
+            # slope changes at 0 just as a ReLU's does).
             sign = np.where(values[at] > 0, 1.0, -1.0)
             relu_rows.append((-sign[:, None] * jac[at], sign * offset[at]))
+        elif event.kind == HARDTANH:
+            # Three pieces: below min (y ≤ min), between (min ≤ y ≤ max), above (y ≥ max).
+            lo, hi = event.params["min_val"], event.params["max_val"]
+            v, j, c = values[at], jac[at], offset[at]
+            upper = v < hi  # y ≤ hi on the lower two pieces, y ≤ lo on the lowest
+            cap = np.where(v <= lo, lo, hi)
+            relu_rows.append((j[upper], cap[upper] - c[upper]))
+            lower = v > lo  # y ≥ lo on the upper two pieces, y ≥ hi on the highest
+            floor = np.where(v >= hi, hi, lo)
+            relu_rows.append((-j[lower], c[lower] - floor[lower]))
         else:
-            entry, winner = _window_pairs(module, value)
+            entry, winner = _window_pairs(event.params, event.value)
             entry, winner = entry + starts[k], winner + starts[k]
             pool_rows.append((jac[entry] - jac[winner], offset[winner] - offset[entry]))
 
@@ -439,7 +487,7 @@ def _solve_lp(
 
 
 def _tie_broken_piece(
-    model: nn.Module, layer: str, target: torch.Tensor, piece: AffinePiece, tied: np.ndarray,
+    model: nn.Module, layer: Site, target: torch.Tensor, piece: AffinePiece, tied: np.ndarray,
     direction: np.ndarray, t_pre: np.ndarray,
 ) -> AffinePiece | None:
     """The linear piece next to the target that ``direction`` enters, or None.
@@ -478,7 +526,7 @@ def _same_piece(a: AffinePiece, b: AffinePiece) -> bool:
 
 def solve_exact(
     model: nn.Module,
-    layer: str,
+    layer: str | Site,
     target: torch.Tensor,
     init: torch.Tensor,
     units: torch.Tensor,
@@ -515,7 +563,9 @@ def solve_exact(
     check_inputs(target, "the target", config.lower, config.upper)
     check_inputs(init, "the init", config.lower, config.upper)
     start = time.perf_counter()
-    piece = affine_piece(model, layer, target)
+    site = site_of(model, layer, target.unsqueeze(0))
+    check_lp_size(model, site, target, max_entries=config.max_entries)
+    piece = affine_piece(model, site, target)
     x0 = target.double().flatten().numpy()
     t_pre = piece.jac @ x0 + piece.offset
     pos = t_pre > 0
@@ -541,7 +591,7 @@ def solve_exact(
             direction = loose - x0
             adjacent = None
             if loose_outcome == OPTIMAL and np.abs(direction).max() > 0:
-                adjacent = _tie_broken_piece(model, layer, target, piece, tied, direction, t_pre)
+                adjacent = _tie_broken_piece(model, site, target, piece, tied, direction, t_pre)
             if adjacent is not None and not _same_piece(adjacent, piece):
                 # λ from the target's piece: the same trade-off on either piece.
                 x2, outcome2 = _solve_lp(_Constraints.on(adjacent, t_pre, pos), adjacent.jac[unit], lam,
@@ -554,7 +604,7 @@ def solve_exact(
     points = torch.from_numpy(np.stack([x for _, x, _ in flat]))
     net = copy.deepcopy(model).double().eval()
     with torch.no_grad():
-        pre_all = _ordered_preactivations(net, torch.nan_to_num(points).view(len(flat), *target.shape), layer)[-1]
+        pre_all = capture(net, torch.nan_to_num(points).view(len(flat), *target.shape), site)
     tgt = torch.from_numpy(t_pre).unsqueeze(0)
     scale = config.region_tol * (1 + tgt.abs().amax())
     checked = []

@@ -34,7 +34,7 @@ from collide.objective import (
     max_nonpositive_violation,
     positive_part_penalty,
 )
-from collide.taps import preactivation, resolve_layer
+from collide.taps import preactivation, site_of
 
 # Past this factor the continuation no longer changes anything Adam does, and
 # float32 would overflow long before float64 matters.
@@ -152,7 +152,6 @@ def solve_gradient(
     References:
         Li, Zhang, Malik (2019), §2, the optimisation problem for vertex i.
     """
-    resolve_layer(model, layer)
     if target_pre.ndim != 2 or len(target_pre) != len(init) or len(units) != len(init):
         raise DataError(
             f"expected target_pre (B, D), init (B, ...), units (B,) with one B; got "
@@ -165,6 +164,9 @@ def solve_gradient(
     if not torch.isfinite(target_pre).all():
         raise DataError("the target pre-activation holds NaN or infinite values")
     net = frozen_copy(model, device)
+    with torch.no_grad():
+        first_input = init[:1].to(device, torch.float32)
+        site = site_of(net, layer, first_input if decode is None else decode(first_input))
     target = target_pre.detach().to(device, torch.float32)
     units = units.to(device)
     u = init.detach().to(device, torch.float32).clone().requires_grad_(True)
@@ -193,7 +195,7 @@ def solve_gradient(
     start = time.perf_counter()
 
     def forward(theta: torch.Tensor) -> torch.Tensor:
-        return preactivation(net, theta if decode is None else decode(theta), layer)
+        return preactivation(net, theta if decode is None else decode(theta), site)
 
     for step in range(config.max_steps + 1):
         pre = forward(u)

@@ -23,7 +23,7 @@ from collide.config import PaperConfig
 from collide.errors import ConfigError, DataError
 from collide.objective import feature_rel_error, loss_minus, loss_plus, max_nonpositive_violation
 from collide.solvers.gradient import GradientResult, check_inputs, frozen_copy
-from collide.taps import preactivation, resolve_layer
+from collide.taps import preactivation, site_of
 
 
 def piecewise_lr(step: int, config: PaperConfig) -> float:
@@ -59,7 +59,6 @@ def solve_paper(
     References:
         Li, Zhang, Malik (2019), §2; the authors' optimiser (DESIGN.md).
     """
-    resolve_layer(model, layer)
     if target_pre.ndim != 2 or len(target_pre) != len(init) or len(units) != len(init):
         raise DataError(
             f"expected target_pre (B, D), init (B, ...), units (B,) with one B; got "
@@ -69,6 +68,7 @@ def solve_paper(
     if config.lr is None:
         raise ConfigError("paper.lr is not set: pass PaperConfig(lr=...) or config.for_model(arch)")
     net = frozen_copy(model, device)
+    site = site_of(net, layer, init[:1].to(device, torch.float32))
     target = target_pre.detach().to(device, torch.float32)
     units = units.to(device)
     rows = torch.arange(len(init), device=device)
@@ -77,7 +77,7 @@ def solve_paper(
     first = torch.full((len(x),), -1, dtype=torch.long, device=device)
     start = time.perf_counter()
     for step in range(config.steps + 1):
-        pre = preactivation(net, x, layer)
+        pre = preactivation(net, x, site)
         with torch.no_grad():
             rel = feature_rel_error(pre, target)
             if record is not None:

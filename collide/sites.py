@@ -1,0 +1,433 @@
+"""Call sites: where a network applies an activation, named so that a name cannot be wrong.
+
+A *layer* in collide is one ReLU **call** in the forward pass, not a module: torchvision's
+ResNet blocks call one ``relu`` module two or three times, and ``F.relu``, ``torch.relu``,
+``Tensor.relu`` and their in-place forms have no module at all. Every call is seen by
+the same mechanism, a :class:`torch.overrides.TorchFunctionMode` (which every ReLU form,
+``nn.ReLU`` included, goes through) plus a pre-hook on each module that tracks which
+module's ``forward`` is running.
+
+Names:
+
+- **module sites**: an activation module, by its name in ``model.named_modules()``
+  (``layer1.0.relu``). A module that runs more than once per forward is ``NAME#k``, the
+  k-th call from 0 (``layer1.0.relu#1``); its bare name is refused with the list.
+- **functional sites**: ``OWNER.relu()`` where OWNER is the module whose own ``forward``
+  made the call (``relu()`` for the root model), with ``#k`` when that forward makes
+  more than one functional ReLU call (counted in call order, every ReLU form together).
+  The parentheses keep them apart from module names. Names depend only on the model's
+  code, so they are the same in every run (for a forward whose path does not depend on
+  the input's values).
+- **aliases**: the module right before a ReLU in an ``nn.Sequential`` (``fc1`` for
+  ``relu1``) and a model's own ``collide_aliases`` dict (``fc6`` for VGG-16).
+
+A model wrapper that sets ``collide_unwrap = "<child>"`` (the input normaliser) is
+transparent: its child's layers keep the names they have in the child.
+
+Only ReLU calls are addressable. Other activations are seen too, so that naming one is
+refused with the reason: GELU, SiLU, sigmoid, tanh and the like are not piecewise
+linear; LeakyReLU and PReLU are injective; ReLU6 and Hardtanh saturate on both sides.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import re
+import weakref
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+from torch.overrides import TorchFunctionMode
+
+from collide.errors import DataError, LayerError
+
+# Operation kinds. Only RELU sites are addressable; the exact solver models RELU, LEAKY,
+# HARDTANH and MAX_POOL calls as region rows and refuses the NONLINEAR ones before a layer.
+RELU, LEAKY, HARDTANH, SMOOTH, MAX_POOL, ADAPTIVE_MAX_POOL, NONLINEAR = (
+    "relu", "leaky", "hardtanh", "smooth", "max_pool", "adaptive_max_pool", "nonlinear",
+)
+
+REFUSALS = {
+    SMOOTH: "is not piecewise linear, so no polytope of inputs shares its features exactly (the method needs "
+            "ReLU's flat negative side); approximate collisions at smooth activations are future work. Pick a ReLU "
+            "layer (collide.layers lists them)",
+    LEAKY: "is injective: only inputs with exactly equal pre-activations collide there, so there is no polytope "
+           "to find. Pick a ReLU layer (collide.layers lists them)",
+    HARDTANH: "saturates on both sides (at its minimum and at its maximum), which collide's collision criterion "
+              "(equal on the positive units, non-positive elsewhere) does not model. Pick a ReLU layer "
+              "(collide.layers lists them), or replace the ReLU6/Hardtanh by ReLU in a copy of the model",
+}
+
+
+def _lookup(*paths: str) -> list[Any]:
+    found = []
+    for path in paths:
+        owner: Any = {"torch": torch, "F": F, "Tensor": torch.Tensor}[path.split(".")[0]]
+        for part in path.split(".")[1:]:
+            owner = getattr(owner, part, None)
+        if owner is not None:
+            found.append(owner)
+    return found
+
+
+def _table() -> dict[Any, tuple[str, str]]:
+    """Every function collide watches, as (kind, the name its functional site uses)."""
+    table: dict[Any, tuple[str, str]] = {}
+
+    def add(kind: str, name: str, *paths: str) -> None:
+        for fn in _lookup(*paths):
+            table.setdefault(fn, (kind, name))
+
+    add(RELU, "relu", "F.relu", "F.relu_", "torch.relu", "torch.relu_", "Tensor.relu", "Tensor.relu_")
+    add(LEAKY, "leaky_relu", "F.leaky_relu", "F.leaky_relu_", "torch._C._nn.leaky_relu")
+    add(LEAKY, "prelu", "F.prelu", "torch.prelu")
+    add(LEAKY, "rrelu", "F.rrelu", "F.rrelu_", "torch.rrelu")
+    add(HARDTANH, "hardtanh", "F.hardtanh", "F.hardtanh_", "torch._C._nn.hardtanh")
+    add(HARDTANH, "relu6", "F.relu6", "torch._C._nn.relu6")
+    for name in ("gelu", "silu", "sigmoid", "tanh", "elu", "selu", "celu", "softplus", "mish", "hardswish",
+                 "hardsigmoid", "logsigmoid", "softsign", "tanhshrink", "glu"):
+        add(SMOOTH, name, f"F.{name}", f"F.{name}_", f"torch.{name}", f"torch.{name}_", f"Tensor.{name}",
+            f"Tensor.{name}_", f"torch._C._nn.{name}")
+    for nd in (1, 2, 3):
+        add(MAX_POOL, f"max_pool{nd}d", f"F.max_pool{nd}d", f"torch.max_pool{nd}d")
+        add(ADAPTIVE_MAX_POOL, f"adaptive_max_pool{nd}d", f"F.adaptive_max_pool{nd}d")
+    for name in ("softmax", "log_softmax", "layer_norm", "group_norm", "instance_norm", "local_response_norm",
+                 "normalize", "rms_norm"):
+        add(NONLINEAR, name, f"F.{name}", f"torch.{name}", f"Tensor.{name}")
+    return table
+
+
+_FUNCTIONS = _table()
+
+# Activation modules: their own forward is one watched call, named after the module.
+_MODULE_KINDS: tuple[tuple[type[nn.Module], str, str], ...] = (
+    (nn.ReLU, RELU, "ReLU"),
+    (nn.LeakyReLU, LEAKY, "LeakyReLU"), (nn.PReLU, LEAKY, "PReLU"), (nn.RReLU, LEAKY, "RReLU"),
+    (nn.Hardtanh, HARDTANH, "Hardtanh"),  # nn.ReLU6 is a Hardtanh
+    *((getattr(nn, n), SMOOTH, n) for n in ("GELU", "SiLU", "Sigmoid", "Tanh", "ELU", "SELU", "CELU", "Softplus",
+                                             "Mish", "Hardswish", "Hardsigmoid", "LogSigmoid", "Softsign",
+                                             "Tanhshrink", "GLU") if hasattr(nn, n)),
+)
+
+
+def module_kind(module: nn.Module) -> str | None:
+    """The activation kind of an activation module, else None."""
+    return next((kind for t, kind, _ in _MODULE_KINDS if isinstance(module, t)), None)
+
+
+class Stop(Exception):
+    """Raised inside a watcher to skip the rest of the forward pass."""
+
+
+@dataclass(frozen=True)
+class Event:
+    """One watched call during a forward pass.
+
+    ``base`` is the site's name without a call index, ``call`` the index of this call
+    among the calls of ``base`` in this forward. ``value`` is the call's input (the
+    pre-activation; for a pool, the pooled tensor), not cloned. ``params`` holds what
+    the exact solver needs: a pool's window, a Hardtanh's range.
+    """
+
+    base: str
+    call: int
+    kind: str
+    op: str
+    module: str  # "module" or "function"
+    value: torch.Tensor
+    params: dict[str, Any] = field(default_factory=dict)
+
+
+def _module_names(model: nn.Module) -> dict[int, str]:
+    """Each module's name as sites use it (a ``collide_unwrap`` wrapper's prefix dropped)."""
+    prefix = getattr(model, "collide_unwrap", "")
+    names = {}
+    for name, module in model.named_modules():
+        if prefix and (name == prefix or name.startswith(prefix + ".")):
+            name = name[len(prefix) + 1:]
+        names[id(module)] = name
+    return names
+
+
+_POOL_ARGS = ("kernel_size", "stride", "padding", "dilation", "ceil_mode", "return_indices")
+
+
+def _call_params(kind: str, op: str, args: tuple[Any, ...], kwargs: dict[str, Any]) -> dict[str, Any]:
+    if kind == MAX_POOL:
+        bound = dict(zip(_POOL_ARGS, args[1:], strict=False)) | {k: v for k, v in kwargs.items() if k in _POOL_ARGS}
+        nd = int(op[len("max_pool")])
+        return {"nd": nd, "kernel_size": bound["kernel_size"], "stride": bound.get("stride") or bound["kernel_size"],
+                "padding": bound.get("padding", 0), "dilation": bound.get("dilation", 1),
+                "ceil_mode": bool(bound.get("ceil_mode", False))}
+    if kind == HARDTANH:
+        if op == "relu6":
+            return {"min_val": 0.0, "max_val": 6.0}
+        rest = dict(zip(("min_val", "max_val"), args[1:3], strict=False)) | kwargs
+        return {"min_val": float(rest.get("min_val", -1.0)), "max_val": float(rest.get("max_val", 1.0))}
+    return {}
+
+
+class _Mode(TorchFunctionMode):
+    def __init__(self, watch: Watch) -> None:
+        super().__init__()
+        self.watch = watch
+
+    def __torch_function__(self, func: Any, types: Any, args: tuple[Any, ...] = (), kwargs: Any = None) -> Any:
+        kwargs = kwargs or {}
+        entry = _FUNCTIONS.get(func)
+        if entry is not None and args and isinstance(args[0], torch.Tensor):
+            self.watch._function(entry, args, kwargs)
+        return func(*args, **kwargs)
+
+
+class Watch:
+    """Calls ``on_event(event)`` for every watched call of ``model``'s forward passes.
+
+    Use as a context manager around ``model(x)``; the hooks and the function mode are
+    gone when the block ends, whatever happens in it. ``on_event`` may raise
+    :class:`Stop` to cut the forward short (the caller catches it).
+    """
+
+    def __init__(self, model: nn.Module, on_event: Callable[[Event], None]) -> None:
+        self.model, self.on_event = model, on_event
+        self.names = _module_names(model)
+        self.stack: list[nn.Module] = []
+        self.counts: dict[str, int] = {}
+
+    def _next(self, base: str) -> int:
+        k = self.counts.get(base, 0)
+        self.counts[base] = k + 1
+        return k
+
+    def _enter(self, module: nn.Module, args: tuple[Any, ...]) -> None:
+        if module is self.model:  # a new forward pass: counts start again
+            self.stack.clear()
+            self.counts.clear()
+        self.stack.append(module)
+        kind = module_kind(module)
+        if kind is not None and args and isinstance(args[0], torch.Tensor):
+            name, op = self.names[id(module)], type(module).__name__
+            params = ({"min_val": float(module.min_val), "max_val": float(module.max_val)}  # type: ignore[arg-type]
+                      if kind == HARDTANH else {})
+            self.on_event(Event(name, self._next(name), kind, op, "module", args[0], params))
+
+    def _leave(self, module: nn.Module, *_: Any) -> None:
+        if self.stack and self.stack[-1] is module:
+            self.stack.pop()
+
+    def _function(self, entry: tuple[str, str], args: tuple[Any, ...], kwargs: dict[str, Any]) -> None:
+        kind, op = entry
+        owner = self.stack[-1] if self.stack else None
+        if owner is not None and module_kind(owner) is not None and kind not in (MAX_POOL, ADAPTIVE_MAX_POOL):
+            return  # an activation module's own implementation: its module site was reported
+        owner_name = self.names.get(id(owner), "") if owner is not None else ""
+        # Every ReLU form counts as one function: F.relu then x.relu_() are relu()#0, relu()#1.
+        site_op = "relu" if kind == RELU else op
+        base = f"{owner_name}.{site_op}()" if owner_name else f"{site_op}()"
+        params = _call_params(kind, op, args, kwargs)
+        self.on_event(Event(base, self._next(base), kind, op, "function", args[0], params))
+
+    def __enter__(self) -> Watch:
+        self._handles = []
+        self._mode = _Mode(self)
+        try:
+            for module in self.model.modules():
+                self._handles.append(module.register_forward_pre_hook(self._enter))
+                self._handles.append(module.register_forward_hook(self._leave, always_call=True))
+            self._mode.__enter__()
+        except BaseException:
+            self._remove()
+            raise
+        return self
+
+    def _remove(self) -> None:
+        for h in self._handles:
+            h.remove()
+        self._handles = []
+
+    def __exit__(self, *exc: Any) -> None:
+        try:
+            self._mode.__exit__(*exc)
+        finally:
+            self._remove()
+
+
+@contextlib.contextmanager
+def eval_mode(model: nn.Module) -> Iterator[nn.Module]:
+    """Run ``model`` in eval mode for the block, then give every module its own flag back.
+
+    ``model.eval()`` alone would leave a caller's training-mode model in eval mode, and
+    ``model.train()`` afterwards would switch on modules the caller had frozen: each
+    submodule's ``training`` flag is restored one by one, even when the block raises.
+
+    Yields:
+        ``model`` itself (not a copy): parameters and buffers are shared.
+    """
+    flags = [(m, m.training) for m in model.modules()]
+    try:
+        for m, _ in flags:
+            m.training = False
+        yield model
+    finally:
+        for m, training in flags:
+            m.training = training
+
+
+@dataclass(frozen=True)
+class Site:
+    """One activation call of a forward pass, as :func:`probe` finds it.
+
+    ``name`` is what ``layer=`` takes (``layer1.0.relu#1``, ``fc1``'s ReLU ``relu1``,
+    ``relu()``); ``base`` the same without ``#k``; ``call`` its index among ``calls``
+    calls of ``base`` per forward. ``kind`` is ``module`` or ``function``, ``op`` the
+    activation (``relu``, ``ReLU6``, ``gelu``, ...). ``shape`` is the pre-activation's
+    shape for one input, ``units`` its size.
+    """
+
+    name: str
+    base: str
+    call: int
+    calls: int
+    kind: str
+    op: str
+    activation: str
+    shape: tuple[int, ...]
+
+    @property
+    def units(self) -> int:
+        n = 1
+        for s in self.shape:
+            n *= s
+        return n
+
+    @property
+    def addressable(self) -> bool:
+        return self.activation == RELU
+
+
+# Probes are forward passes: each (model, input shape) is probed once, while the model
+# has the same modules. Keys are weak, so a probed model is not kept alive.
+_PROBES: weakref.WeakKeyDictionary[nn.Module, dict[Any, list[Site]]] = weakref.WeakKeyDictionary()
+
+
+def probe(model: nn.Module, example: torch.Tensor) -> list[Site]:
+    """Every activation call of one forward pass of ``example[:1]``, in call order.
+
+    The pass runs in eval mode under ``no_grad`` (every module's flag restored after).
+
+    Shapes:
+        example: (B, *input), a batch of at least one input
+    """
+    key = (tuple(example.shape[1:]), tuple(id(m) for m in model.modules()))
+    cached = _PROBES.setdefault(model, {})
+    if key in cached:
+        return cached[key]
+    events: list[Event] = []
+
+    def keep(event: Event) -> None:
+        if event.kind in (RELU, LEAKY, HARDTANH, SMOOTH):
+            events.append(event)
+
+    x = example[:1].detach()
+    try:
+        with torch.no_grad(), eval_mode(model), Watch(model, keep):
+            model(x)
+    except RuntimeError as exc:
+        raise DataError(f"the model cannot take an input of shape {tuple(x.shape[1:])} (one example, no batch "
+                         f"dimension), so its layers cannot be listed: {str(exc)[:300]}") from exc
+    calls: dict[str, int] = {}
+    for e in events:
+        calls[e.base] = calls.get(e.base, 0) + 1
+    sites = [Site(name=e.base if calls[e.base] == 1 else f"{e.base}#{e.call}", base=e.base, call=e.call,
+                  calls=calls[e.base], kind=e.module, op=e.op, activation=e.kind, shape=tuple(e.value.shape[1:]))
+             for e in events]
+    cached.clear()  # a model with other modules than last time: older probes are stale
+    cached[key] = sites
+    return sites
+
+
+def aliases(model: nn.Module) -> dict[str, str]:
+    """Alias -> module name: the module before a ReLU in an ``nn.Sequential`` (nested
+    paths included), then the model's own ``collide_aliases``."""
+    names = _module_names(model)
+    found: dict[str, str] = {}
+    for module in model.modules():
+        if not isinstance(module, nn.Sequential):
+            continue
+        children = list(module.children())
+        for child, after in zip(children, children[1:], strict=False):
+            if isinstance(after, nn.ReLU) and not isinstance(child, nn.ReLU):
+                found[names[id(child)]] = names[id(after)]
+    return {**found, **getattr(model, "collide_aliases", {})}
+
+
+_INDEXED = re.compile(r"^(?P<base>.*?)#(?P<call>\d+)$")
+
+
+def listed_aliases(model: nn.Module) -> dict[str, str]:
+    """The aliases worth listing: a model's own, and the top-level modules before a ReLU
+    (a nested path such as ``net.features.0`` says nothing its ReLU's name does not)."""
+    own = getattr(model, "collide_aliases", {})
+    return {a: m for a, m in aliases(model).items() if "." not in a or a in own}
+
+
+def _listing(sites: list[Site], alias: dict[str, str]) -> str:
+    usable = [s.name for s in sites if s.addressable]
+    named = [f"{a} (= {m})" for a, m in alias.items() if any(s.base == m and s.addressable for s in sites)]
+    refused = sorted({f"{s.name} ({s.op})" for s in sites if not s.addressable})
+    return (", ".join(usable + named) or "none (the model makes no ReLU call)") + (
+        f" (not addressable: {', '.join(refused[:8])}{', ...' if len(refused) > 8 else ''})" if refused else "")
+
+
+def resolve(model: nn.Module, name: str, example: torch.Tensor) -> Site:
+    """The ReLU call site that ``name`` names in ``model``, or a :class:`LayerError` saying
+    why not and listing the names that work.
+
+    Shapes:
+        example: (B, *input), an input the model takes (only its first is run, once)
+    """
+    if not isinstance(name, str) or not name:
+        raise LayerError(f"expected a layer name, got {name!r}")
+    sites = probe(model, example)
+    alias = aliases(model)
+    shown = listed_aliases(model)
+    prefix = getattr(model, "collide_unwrap", "")
+    m = _INDEXED.match(name)
+    base, call = (m["base"], int(m["call"])) if m else (name, None)
+    if prefix and base.startswith(prefix + "."):
+        base = base[len(prefix) + 1:]
+    base = alias.get(base, base)
+    matching = [s for s in sites if s.base == base]
+    if not matching:
+        names = _module_names(model)
+        modules = {names[id(mod)]: mod for mod in model.modules()}
+        if base in modules:
+            kind = module_kind(modules[base])
+            what = (f"{name!r} ({type(modules[base]).__name__}) was not called in the forward pass"
+                    if kind is not None else f"{name!r} is a {type(modules[base]).__name__}, not a ReLU layer")
+        else:
+            what = f"no layer named {name!r}"
+        raise LayerError(f"{what}; layers that work: {_listing(sites, shown)}")
+    first = matching[0]
+    if call is None and first.calls > 1:
+        listed = ", ".join(s.name for s in matching)
+        raise LayerError(f"{name!r} runs {first.calls} times per forward pass, so its name alone is ambiguous: "
+                         f"name one call: {listed}")
+    if call is not None and call >= first.calls:
+        listed = ", ".join(s.name for s in matching)
+        raise LayerError(f"{name!r}: {base} runs {first.calls} time(s) per forward pass (calls count from 0): "
+                         f"{listed}")
+    site = matching[call or 0]
+    if not site.addressable:
+        raise LayerError(f"{name!r} is a {site.op} call: {site.op} {REFUSALS[site.activation]}; "
+                         f"layers that work: {_listing(sites, shown)}")
+    return site
+
+
+def refused_sites(sites: list[Site]) -> list[Site]:
+    """The activation calls that cannot be a collision layer (each one's reason in REFUSALS)."""
+    return [s for s in sites if not s.addressable]
