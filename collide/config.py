@@ -310,9 +310,9 @@ class _Experiment:
         name, device = self.name, self.device  # type: ignore[attr-defined]
         _require(bool(name) and "/" not in name, f"expected a plain experiment name, got {name!r}")
         _require(self.n_vertices >= 1, f"expected n_vertices >= 1, got {self.n_vertices}")  # type: ignore[attr-defined]
-        label = self.target_label  # type: ignore[attr-defined]
+        label = getattr(self, "target_label", 0)
         _require(0 <= label <= 9, f"expected target_label in 0..9, got {label}")
-        _require(len(self.rows) >= 1, "expected at least one row, got none")  # type: ignore[attr-defined]
+        _require(len(getattr(self, "rows", (None,))) >= 1, "expected at least one row, got none")
         _require(
             device == "auto" or device.split(":")[0] in ("cpu", "cuda"),
             f"expected device 'auto', 'cpu' or 'cuda[:n]', got {device!r}",

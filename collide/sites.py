@@ -378,7 +378,7 @@ def listed_aliases(model: nn.Module) -> dict[str, str]:
 def _listing(sites: list[Site], alias: dict[str, str]) -> str:
     usable = [s.name for s in sites if s.addressable]
     named = [f"{a} (= {m})" for a, m in alias.items() if any(s.base == m and s.addressable for s in sites)]
-    refused = sorted({f"{s.name} ({s.op})" for s in sites if not s.addressable})
+    refused = list(dict.fromkeys(f"{s.base} ({s.op})" for s in sites if not s.addressable))
     return (", ".join(usable + named) or "none (the model makes no ReLU call)") + (
         f" (not addressable: {', '.join(refused[:8])}{', ...' if len(refused) > 8 else ''})" if refused else "")
 

@@ -57,7 +57,7 @@ def _overrides(args: argparse.Namespace) -> dict[str, Any]:
         for part in parents:
             node = node.setdefault(part, {})
         node[leaf] = _parse_value(raw)
-    for key in ("results_root", "data_root", "checkpoint_dir", "image_root", "device"):
+    for key in ("results_root", "data_root", "checkpoint_dir", "image_root", "device", "model", "weights", "layer"):
         value = getattr(args, key)
         if value is not None:
             config[key] = value
@@ -139,6 +139,8 @@ def _run(args: argparse.Namespace) -> int:
         print(f"test accuracy: {out['test_accuracy']:.4f}")
     if out.get("random_weights"):
         print("note: the model had RANDOM weights, as asked")
+    for note in out.get("notes") or []:
+        print(f"note: {note}")
     return EXIT_OK
 
 
@@ -160,6 +162,42 @@ def describe(name: str) -> str:
     if name == "patches":
         lines.append("  with dataset=folder (VGG-16): the layer defaults to fc6; see `collide config show imagenet`")
     return "\n".join(lines)
+
+
+def _layers(args: argparse.Namespace) -> int:
+    import torch
+
+    from collide.models.external import build, input_defaults, resolve_model
+    from collide.sites import REFUSALS, listed_aliases, probe
+
+    side = args.input_size or input_defaults(args.model).get("input_size", 0)
+    if not side:
+        raise ValueError(f"{args.model} has no torchvision transforms to take the input size from: pass --input-size")
+    source = resolve_model(args.model, "random", mean=args.mean or (), std=args.std or (), input_size=side)
+    sites = probe(build(source), torch.zeros(1, args.channels, side, side))
+    usable = [s for s in sites if s.addressable]
+    if args.json:
+        print(json.dumps([{"name": s.name, "kind": s.kind, "op": s.op, "shape": list(s.shape), "units": s.units,
+                           "addressable": s.addressable} for s in sites], indent=1))
+        return EXIT_OK
+    print(f"{args.model} at {args.channels}x{side}x{side}: {len(usable)} ReLU call sites (layer=NAME), forward order")
+    width = max([len(s.name) for s in usable] + [4])
+    print(f"  {'name':<{width}}  {'kind':<8}  {'shape':<16}  units")
+    for s in usable:
+        print(f"  {s.name:<{width}}  {s.kind:<8}  {'x'.join(map(str, s.shape)):<16}  {s.units}")
+    bases = {s.base for s in usable}
+    named = {a: m for a, m in listed_aliases(build(source)).items() if m in bases}
+    if named:
+        print("aliases: " + ", ".join(f"{a} (= {m})" for a, m in named.items()))
+    refused = {s.base: s for s in sites if not s.addressable}
+    if refused:
+        print(f"not addressable ({len(refused)} activation sites):")
+        for kind in dict.fromkeys(s.activation for s in refused.values()):
+            names = [s.base for s in refused.values() if s.activation == kind]
+            ops = ", ".join(sorted({s.op for s in refused.values() if s.activation == kind}))
+            shown = ", ".join(names[:6]) + (f", ... ({len(names)} in all)" if len(names) > 6 else "")
+            print(f"  {ops}: {shown}\n    {REFUSALS[kind]}")
+    return EXIT_OK
 
 
 def _config(args: argparse.Namespace) -> int:
@@ -252,6 +290,7 @@ def build_parser() -> argparse.ArgumentParser:
         description="Find and measure feature collisions (colliding polytopes) in ReLU networks.",
         epilog="""first steps:
   collide run mnist                 run the MNIST experiment (tables in data/results/)
+  collide layers torchvision:resnet18 --input-size 64   the ReLU calls a model offers
   collide status                    what results exist, how fresh, from which config
   collide tables                    rebuild every table, figure and report.html from the stores
   collide verify                    recompute every table from its store in float64 and compare
@@ -276,7 +315,9 @@ Each command has its own --help.""",
         "  collide run mnist --dask-address tcp://10.0.0.5:8786                    # an existing cluster\n"
         "  collide run mnist --no-prefect                                          # plain Python\n"
         "  collide run patches                                                     # offline, MNIST patches\n"
-        "  collide run imagenet --image-root ~/imagenet/val --set weights=/path/vgg16.pth",
+        "  collide run imagenet --image-root ~/imagenet/val --set weights=/path/vgg16.pth\n"
+        "  collide run model --model torchvision:resnet18 --weights random --layer layer2.1.relu#1 \\\n"
+        "      --image-root DIR --set input_size=64                                # any classifier",
     )
     run.add_argument("experiment", choices=sorted(EXPERIMENTS), help="which experiment")
     run.add_argument("--config", help="JSON file with configuration fields to override")
@@ -287,6 +328,9 @@ Each command has its own --help.""",
     run.add_argument("--checkpoint-dir", help="where model checkpoints go (default data/checkpoints)")
     run.add_argument("--image-root", help="imagenet, patches with dataset=folder: an ImageNet-style folder")
     run.add_argument("--device", help="auto (default), cpu or cuda")
+    run.add_argument("--model", help="model: torchvision:NAME (e.g. torchvision:resnet18) or package.module:factory")
+    run.add_argument("--weights", help="model, imagenet: a state dict file, 'torchvision', or 'random' (on request)")
+    run.add_argument("--layer", help="the ReLU call where features collide (`collide layers MODEL` lists them)")
     run.add_argument("--no-prefect", action="store_true",
                      help="run the same stages in plain Python with progress bars, no Prefect")
     run.add_argument("--dask-address", metavar="ADDR",
@@ -306,6 +350,25 @@ Each command has its own --help.""",
     show.add_argument("experiment", choices=sorted(EXPERIMENTS), help="which experiment")
     show.add_argument("--json", action="store_true", help="the default config as JSON (a --config file)")
     show.set_defaults(func=_config)
+
+    layers = sub.add_parser(
+        "layers", help="list a model's ReLU call sites: the names --layer / layer= accepts",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+        description="Run one forward pass of a zero image through MODEL (random weights: names and shapes do not\n"
+        "depend on them) and list every ReLU call: module sites by module name, NAME#k for a module called\n"
+        "more than once per forward (k from 0), OWNER.relu() for functional ReLUs (#k when OWNER's forward\n"
+        "makes several). Other activations are listed with why they cannot be a collision layer.",
+        epilog="examples:\n  collide layers torchvision:resnet18 --input-size 64\n"
+        "  collide layers mypackage.models:small_cnn --input-size 28 --channels 1",
+    )
+    layers.add_argument("model", help="torchvision:NAME or package.module:factory")
+    layers.add_argument("--input-size", type=int, default=0, help="image side (default: the torchvision weights')")
+    layers.add_argument("--channels", type=int, default=3, help="input channels (default 3)")
+    layers.add_argument("--mean", type=float, nargs="+", help="per-channel mean the model expects (default: the "
+                        "torchvision weights', else none)")
+    layers.add_argument("--std", type=float, nargs="+", help="per-channel std, with --mean")
+    layers.add_argument("--json", action="store_true", help="every activation site as JSON")
+    layers.set_defaults(func=_layers)
 
     tables = sub.add_parser(
         "tables", help="rebuild every table, figure and the report from the stores",

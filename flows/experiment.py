@@ -46,6 +46,8 @@ def _run(experiment: str, module: Any, cfg: Any) -> dict[str, Any]:
                     "reused checkpoint" if context.get("reused") else "trained")
     if context.get("random_weights"):
         logger.warning("the model has RANDOM weights, as asked: the results say nothing about the paper's model")
+    for note in context.get("notes", []):
+        logger.warning("%s", note)
     jobs = t.plan(experiment, context, cfg)
     logger.info("fanning out %d polytope jobs", len(jobs))
     done = t.run_job.map(jobs, experiment=unmapped(experiment), context=unmapped(context),
@@ -63,7 +65,8 @@ def _run(experiment: str, module: Any, cfg: Any) -> dict[str, Any]:
         logger.info("summary %s (%s)", written["summary"], "kept" if written["summary_reused"] else "written")
     o.publish(cfg.results_root, cfg.name)
     return {**written, "test_accuracy": context.get("test_accuracy"),
-            "random_weights": bool(context.get("random_weights")), "reused_rows": reused}
+            "random_weights": bool(context.get("random_weights")), "notes": context.get("notes", []),
+            "reused_rows": reused}
 
 
 if __name__ == "__main__":

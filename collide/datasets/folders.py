@@ -35,6 +35,41 @@ def list_folder(root: str | Path) -> tuple[list[str], list[tuple[Path, int]]]:
     return classes, items
 
 
+def pick_images(root: str | Path, *, target: str = "", per_class: int = 0,
+                need_other: bool = True) -> list[dict[str, str]]:
+    """Targets in an image folder, each with an image of another class to start from.
+
+    The target is ``target`` (a path inside ``root``), else the first image of the first
+    class; ``per_class`` > 0 takes the first that many of every class instead. Each
+    target's ``other`` is the first image of another class. ``root`` may also be a single
+    image: it is the one target, and has no other (``need_other`` must then be False).
+    """
+    if Path(root).is_file():
+        if need_other:
+            raise DataError(f"{root} is a single image: an 'other' init needs an image folder with a second class")
+        return [{"target_path": str(root), "target_class_name": Path(root).stem, "other_path": str(root),
+                 "other_class_name": Path(root).stem}]
+    classes, items = list_folder(root)
+    if len(classes) < 2 and need_other:
+        raise DataError(f"{root} has one class: an 'other' init needs a second class")
+    if target:
+        wanted = str(root).rstrip("/") + "/" + target.lstrip("/")
+        matches = [k for k, (p, _) in enumerate(items) if str(p) == wanted or str(p).endswith(target)]
+        if not matches:
+            raise DataError(f"target {target!r} is not an image under {root}")
+        picked = matches[:1]
+    elif per_class:
+        picked = [k for c in range(len(classes)) for k in [i for i, (_, cc) in enumerate(items) if cc == c][:per_class]]
+    else:
+        picked = [0]
+    out = []
+    for t in picked:
+        other = next((k for k, (_, c) in enumerate(items) if c != items[t][1]), t)
+        out.append({"target_path": str(items[t][0]), "target_class_name": classes[items[t][1]],
+                    "other_path": str(items[other][0]), "other_class_name": classes[items[other][1]]})
+    return out
+
+
 def check_images(paths: list[str | Path]) -> None:
     """Decode every image of ``paths`` in full, failing on the first that cannot be read:
     a bad file found here costs nothing, found after a solve it costs the solve."""
@@ -48,13 +83,16 @@ def check_images(paths: list[str | Path]) -> None:
             raise DataError(f"cannot read image {path}: {exc}; replace or remove it") from None
 
 
-def load_image(path: str | Path, size: int) -> torch.Tensor:
-    """An RGB image, shorter side resized to ``size`` and centre-cropped. -> (3, size, size) in [0, 1]"""
+def load_image(path: str | Path, size: int, *, channels: int = 3) -> torch.Tensor:
+    """An RGB (or, with ``channels=1``, grey) image, shorter side resized to ``size`` and
+    centre-cropped. -> (channels, size, size) in [0, 1]"""
     from PIL import Image
 
+    if channels not in (1, 3):
+        raise DataError(f"expected 1 or 3 image channels, got {channels}")
     try:
         with Image.open(path) as im:
-            im = im.convert("RGB")
+            im = im.convert("RGB" if channels == 3 else "L")
             w, h = im.size
             scale = size / min(w, h)
             im = im.resize((max(size, round(w * scale)), max(size, round(h * scale))), Image.BILINEAR)
@@ -64,6 +102,7 @@ def load_image(path: str | Path, size: int) -> torch.Tensor:
             arr = np.asarray(im, dtype=np.float32) / 255.0
     except OSError as exc:
         raise DataError(f"cannot read image {path}: {exc}") from exc
+    arr = arr if arr.ndim == 3 else arr[..., None]
     return torch.from_numpy(arr).permute(2, 0, 1).contiguous()
 
 

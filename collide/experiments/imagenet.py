@@ -16,8 +16,7 @@ import torch
 
 from collide.api import find_polytope
 from collide.config import INITS, GradientConfig, SampleConfig, _Experiment, _require, resolve_device
-from collide.datasets.folders import check_images, list_folder, load_image
-from collide.errors import DataError
+from collide.datasets.folders import check_images, list_folder, load_image, pick_images
 from collide.experiments.engine import Progress, job, no_progress
 from collide.models.vgg import NormalisedVGG, resolve_weights, vgg16_from_source
 from collide.polytope import dataset_avg_distance
@@ -98,26 +97,8 @@ def validate(*, config: ImagenetExperiment) -> None:
 
 
 def _targets(config: ImagenetExperiment) -> list[dict[str, str]]:
-    classes, items = list_folder(config.image_root)
-    if len(classes) < 2 and "other" in config.rows:
-        raise DataError(f"{config.image_root} has one class: an 'other' init needs a second class")
-    if config.target:
-        wanted = (config.image_root.rstrip("/") + "/" + config.target.lstrip("/"))
-        matches = [k for k, (p, _) in enumerate(items) if str(p) == wanted or str(p).endswith(config.target)]
-        if not matches:
-            raise DataError(f"target {config.target!r} is not an image under {config.image_root}")
-        picked = matches[:1]
-    elif config.targets_per_class:
-        picked = [k for c in range(len(classes))
-                  for k in [i for i, (_, cc) in enumerate(items) if cc == c][: config.targets_per_class]]
-    else:
-        picked = [0]
-    out = []
-    for t in picked:
-        other = next((k for k, (_, c) in enumerate(items) if c != items[t][1]), t)
-        out.append({"target_path": str(items[t][0]), "target_class_name": classes[items[t][1]],
-                    "other_path": str(items[other][0]), "other_class_name": classes[items[other][1]]})
-    return out
+    return pick_images(config.image_root, target=config.target, per_class=config.targets_per_class,
+                       need_other="other" in config.rows)
 
 
 def prepare(*, config: ImagenetExperiment, progress: Progress = no_progress) -> dict[str, Any]:

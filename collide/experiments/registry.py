@@ -11,9 +11,9 @@ from __future__ import annotations
 from types import ModuleType
 
 from collide.errors import ConfigError
-from collide.experiments import imagenet, mnist, patches, scan
+from collide.experiments import imagenet, mnist, model, patches, scan
 
-EXPERIMENTS: dict[str, ModuleType] = {m.NAME: m for m in (mnist, patches, imagenet, scan)}
+EXPERIMENTS: dict[str, ModuleType] = {m.NAME: m for m in (mnist, patches, imagenet, scan, model)}
 
 REQUIRED = ("NAME", "SUMMARY", "Config", "layers", "validate", "prepare", "plan", "solve")
 

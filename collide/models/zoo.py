@@ -21,6 +21,7 @@ from collide._io import atomic_file, file_sha256, json_digest
 from collide.config import TrainConfig
 from collide.datasets.mnist import Split
 from collide.errors import CheckpointError, ConfigError
+from collide.models.external import build as build_external
 from collide.models.tensor_file import load_tensors
 from collide.models.vgg import vgg16_from_source
 
@@ -205,4 +206,6 @@ def load_model_source(source: dict[str, Any]) -> nn.Module:
         return model
     if kind == "vgg16":
         return vgg16_from_source(source)
-    raise CheckpointError(f"unknown model source {source!r}: expected kind 'checkpoint' or 'vgg16'")
+    if kind == "external":
+        return build_external(source)
+    raise CheckpointError(f"unknown model source {source!r}: expected kind 'checkpoint', 'vgg16' or 'external'")
