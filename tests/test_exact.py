@@ -12,8 +12,8 @@ from collide.config import ExactConfig
 from collide.errors import DataError
 from collide.models.zoo import lenet5
 from collide.objective import feature_rel_error, nonpositive_units
-from collide.solvers.exact import OPTIMAL, affine_piece, solve_exact
 from collide.sites import Watch
+from collide.solvers.exact import OPTIMAL, affine_piece, solve_exact
 from collide.taps import preactivation
 from tests.tolerances import (
     JACOBIAN_MODES_AGREE,

@@ -16,6 +16,8 @@ transforms where there are such, else from the config (no normalisation by defau
 from __future__ import annotations
 
 import importlib
+import os
+import sys
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -84,6 +86,21 @@ def input_defaults(spec: str) -> dict[str, Any]:
             "input_size": int(size[0] if isinstance(size, list | tuple) else size)}
 
 
+def _import(module: str) -> Any:
+    """``module`` imported; from the working folder too (a console script's path lacks it),
+    with ``sys.path`` given back as it was."""
+    try:
+        return importlib.import_module(module)
+    except ModuleNotFoundError as exc:
+        if exc.name != module.split(".")[0] or os.getcwd() in sys.path:
+            raise
+    sys.path.insert(0, os.getcwd())
+    try:
+        return importlib.import_module(module)
+    finally:
+        sys.path.remove(os.getcwd())
+
+
 def _architecture(spec: str) -> nn.Module:
     where, name = _check_spec(spec)
     if where == "torchvision":
@@ -95,7 +112,7 @@ def _architecture(spec: str) -> nn.Module:
                               + (f"; similar: {', '.join(near)}" if near else "; see torchvision.models.list_models()"))
         return models.get_model(name, weights=None)
     try:
-        factory = getattr(importlib.import_module(where), name)
+        factory = getattr(_import(where), name)
     except (ImportError, AttributeError) as exc:
         raise ConfigError(f"model {spec!r}: cannot import {name} from {where} ({exc}); the module must be importable "
                           "(on PYTHONPATH or installed) and define a function of no arguments returning the model") \

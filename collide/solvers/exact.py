@@ -184,7 +184,8 @@ def _region_events(net: nn.Module, x: torch.Tensor, site: Site) -> list[Event]:
     for e in events[:-1]:
         if e.kind in _UNMODELLED:
             raise LayerError(
-                f"the exact solver cannot model {e.base}#{e.call} ({e.op}) before layer {site.name!r}: "
+                f"the exact solver cannot model {e.base if e.call == 0 else f'{e.base}#{e.call}'} ({e.op}) before "
+                f"layer {site.name!r}: "
                 f"{_UNMODELLED[e.kind]}, so the layer is not piecewise linear in the input there (or not with "
                 "pieces the LP knows); use method='gradient', or a layer before it")
     return events
