@@ -148,6 +148,25 @@ def markdown(r: dict[str, Any]) -> str:
                   _table(["method", "images", "patches", "seconds", "patches/s", "peak MiB"],
                          [[x["method"], x["n_images"], x["n_patches"], f"{x['seconds']:.2f}",
                            f"{x['patches_per_second']:.3g}", f"{x['peak_mib']:.1f}"] for x in ex["runs"]])]
+    mo = r.get("models")
+    if mo:
+        parts += ["", "## Any model: torchvision classifiers", "",
+                  f"Random weights (nothing downloaded), {mo['side']}x{mo['side']} px, scikit-image's cat as the "
+                  f"target, torch with {mo['torch_threads']} threads. One 5-vertex polytope with collide's default "
+                  "gradient settings at the middle ReLU call; the exact LP's size there against "
+                  "`ExactConfig.max_entries`.", "",
+                  _table(["model", "ReLU calls (module/functional, reused modules)", "refused", "middle layer",
+                          "5-vertex polytope", "valid", "exact at this size", "exact's largest side"],
+                         [[x["model"], "error: " + x["error"] if "error" in x else
+                           f"{x['relu_calls']} ({x['modules']}/{x['functional']}, {x['reused']})",
+                           ", ".join(x.get("refused", [])) or "-", x.get("layer", "-"),
+                           _s(x["seconds"]) + f" ({x['steps']} steps)" if "seconds" in x else "-",
+                           f"{x['valid']}/5" if "valid" in x else "-",
+                           ("yes" if x.get("exact_feasible") else "no") + (
+                               f" ({x['lp_entries']:.1e} entries)" if "lp_entries" in x else
+                               f" ({x['exact_refused']})" if "exact_refused" in x else ""),
+                           f"{x['exact_max_side']} px" if "exact_max_side" in x else "-"]
+                          for x in mo["rows"]])]
     if r.get("notes"):
         parts += ["", "## Notes", ""] + [f"- {n}" for n in r["notes"]]
     return "\n".join(parts) + "\n"

@@ -1,6 +1,6 @@
 """Run every benchmark and rewrite ``benchmarks/results.md`` and ``results.json``.
 
-Usage: ``python -m benchmarks.run [--only solver,exact,knn,extraction,evaluation,gpu,jacobian]``
+Usage: ``python -m benchmarks.run [--only solver,exact,knn,extraction,evaluation,gpu,jacobian,models]``
 from the repository root (``make bench`` does this). MNIST is fetched and the
 classifiers are trained first when they are not under ``data/`` yet.
 """
@@ -16,12 +16,12 @@ from typing import Any
 
 import torch
 
-from benchmarks import evaluation, exact_vs_gradient, extraction, gpu, jacobian, knn, solver
+from benchmarks import evaluation, exact_vs_gradient, extraction, gpu, jacobian, knn, models, solver
 from benchmarks.common import MODELS, checkpoint, machine
 from benchmarks.report import markdown
 
 HERE = Path(__file__).parent
-ITEMS = ("solver", "exact", "knn", "extraction", "evaluation", "gpu", "jacobian")
+ITEMS = ("solver", "exact", "knn", "extraction", "evaluation", "gpu", "jacobian", "models")
 
 
 def _notes(r: dict[str, Any]) -> list[str]:
@@ -79,6 +79,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         "evaluation": lambda: [evaluation.run(arch) for arch in MODELS],
         "gpu": gpu.run,
         "jacobian": jacobian.run,
+        "models": models.run,
     }
     for item in only:
         t = time.perf_counter()

@@ -259,3 +259,30 @@ def test_collide_run_model_on_a_users_factory(tmp_path):
     assert verified.returncode == 0 and "every row agrees" in verified.stdout, verified.stdout + verified.stderr
     bare = _collide(*[a if a != "relu()#2" else "relu()" for a in args])
     assert bare.returncode == 2 and "relu()#0, relu()#1, relu()#2" in bare.stderr
+
+
+def test_a_models_weights_file_is_read_safely_and_checked_by_hash(tmp_path):
+    from collide.errors import CheckpointError
+    from collide.models.external import build, resolve_model
+    from tests.any_models import functional_cnn
+
+    trained = functional_cnn()
+    with torch.no_grad():
+        trained.fc3.bias.add_(1.0)  # weights the factory does not make
+    path = tmp_path / "cnn.pt"
+    torch.save(trained.state_dict(), path)
+    source = resolve_model("tests.any_models:functional_cnn", str(path), mean=[0.5], std=[0.25])
+    model = build(source)
+    x = torch.rand(2, 1, 8, 8)
+    with torch.no_grad():
+        assert torch.allclose(model(x), trained((x - 0.5) / 0.25), atol=UNCHANGED)
+    assert [s.name for s in collide.layers(model, x[0])][0] == "relu()#0"  # the wrapper is transparent
+    torch.save({"fc3.bias": torch.zeros(10)}, path)
+    with pytest.raises(CheckpointError, match="changed since the row was solved"):
+        build(source)
+    with pytest.raises(CheckpointError, match="is not a state dict of tests.any_models:functional_cnn"):
+        build(resolve_model("tests.any_models:functional_cnn", str(path)))
+    with pytest.raises(ConfigError, match="expected 'torchvision:NAME'"):
+        resolve_model("resnet18", "random")
+    with pytest.raises(ConfigError, match="cannot import nothing_here from tests.any_models"):
+        build(resolve_model("tests.any_models:nothing_here", "random"))
