@@ -333,6 +333,10 @@ def probe(model: nn.Module, example: torch.Tensor) -> list[Site]:
             events.append(event)
 
     x = example[:1].detach()
+    tensor = next(iter(model.parameters()), None)
+    tensor = tensor if tensor is not None else next(iter(model.buffers()), None)
+    if tensor is not None and tensor.is_floating_point():  # the names do not depend on device or dtype
+        x = x.to(tensor.device, tensor.dtype)
     try:
         with torch.no_grad(), eval_mode(model), Watch(model, keep):
             model(x)
