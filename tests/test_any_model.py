@@ -280,7 +280,7 @@ def test_a_models_weights_file_is_read_safely_and_checked_by_hash(tmp_path):
     torch.save({"fc3.bias": torch.zeros(10)}, path)
     with pytest.raises(CheckpointError, match="changed since the row was solved"):
         build(source)
-    with pytest.raises(CheckpointError, match="is not a state dict of tests.any_models:functional_cnn"):
+    with pytest.raises(CheckpointError, match="is not a tests.any_models:functional_cnn state dict"):
         build(resolve_model("tests.any_models:functional_cnn", str(path)))
     with pytest.raises(ConfigError, match="expected 'torchvision:NAME'"):
         resolve_model("resnet18", "random")

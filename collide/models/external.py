@@ -27,7 +27,7 @@ from torch import nn
 
 from collide._io import file_sha256
 from collide.errors import CheckpointError, ConfigError
-from collide.models.tensor_file import load_tensors
+from collide.models.tensor_file import build_with_weights
 
 TORCHVISION = "torchvision:"
 
@@ -170,23 +170,8 @@ def _cached_torchvision(spec: str) -> Path:
 def build(source: dict[str, Any]) -> nn.Module:
     """The model a source names, in eval mode, its weights checked against their hash."""
     spec = source["model"]
-    if source.get("weights") == "random":
-        with torch.random.fork_rng():
-            torch.manual_seed(int(source.get("seed", 0)))  # torchvision draws init from the global generator
-            net = _architecture(spec)
-    else:
-        path = Path(source["weights"])
-        if not path.is_file():
-            raise CheckpointError(f"weights file {path} is gone: restore it or rerun the experiment")
-        if source.get("sha256") and file_sha256(path) != source["sha256"]:
-            raise CheckpointError(f"weights file {path} changed since the row was solved: rerun the experiment")
-        net = _architecture(spec)
-        fix = f"pass a state dict saved from {spec} (torch.save(model.state_dict(), path))"
-        state = load_tensors(path, expected=f"a state dict of {spec}", fix=fix)
-        try:
-            net.load_state_dict(state)
-        except (RuntimeError, KeyError, TypeError, AttributeError) as exc:
-            raise CheckpointError(f"{path} is not a state dict of {spec} ({str(exc)[:300]}): {fix}") from None
+    fix = f"pass a state dict saved from {spec} (torch.save(model.state_dict(), path))"
+    net = build_with_weights(lambda: _architecture(spec), source, what=spec, fix=fix)
     if source.get("mean"):
         net = Normalized(net, source["mean"], source["std"])
     return net.eval()

@@ -9,11 +9,14 @@ how to get a good one, and nothing else.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import torch
+from torch import nn
 
+from collide._io import file_sha256
 from collide.errors import CheckpointError
 
 
@@ -33,3 +36,29 @@ def load_tensors(path: str | Path, *, expected: str, fix: str) -> Any:
             f"{path} is not {expected}: it cannot be read as plain tensors ({type(exc).__name__}); "
             f"collide loads weights only that way. {fix}"
         ) from None
+
+
+def build_with_weights(build: Callable[[], nn.Module], source: dict[str, Any], *, what: str, fix: str) -> nn.Module:
+    """``build()`` with the weights ``source`` names: ``random`` (seeded by ``source["seed"]``)
+    or a state dict file, which must still have the sha256 it was recorded with.
+
+    Args:
+        what: what the weights are, for messages ("VGG-16", "torchvision:resnet18").
+        fix: how to get a good file, for the message.
+    """
+    if source.get("weights") == "random":
+        with torch.random.fork_rng():
+            torch.manual_seed(int(source.get("seed", 0)))  # torchvision draws init from the global generator
+            return build()
+    path = Path(source["weights"])
+    if not path.is_file():
+        raise CheckpointError(f"{what} weights file {path} is gone: restore it or rerun the experiment")
+    if source.get("sha256") and file_sha256(path) != source["sha256"]:
+        raise CheckpointError(f"{what} weights file {path} changed since the row was solved: rerun the experiment")
+    net = build()
+    state = load_tensors(path, expected=f"a {what} state dict", fix=fix)
+    try:
+        net.load_state_dict(state)
+    except (RuntimeError, KeyError, TypeError, AttributeError) as exc:
+        raise CheckpointError(f"{path} is not a {what} state dict ({str(exc)[:300]}): {fix}") from None
+    return net

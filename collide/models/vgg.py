@@ -20,7 +20,7 @@ from torch import nn
 
 from collide._io import file_sha256
 from collide.errors import CheckpointError
-from collide.models.tensor_file import load_tensors
+from collide.models.tensor_file import build_with_weights, load_tensors
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
@@ -78,21 +78,6 @@ def vgg16_from_source(source: dict[str, Any]) -> NormalisedVGG:
     """Build the model a source names, checking the weights file against its hash."""
     from torchvision.models import vgg16
 
-    if source.get("weights") == "random":
-        with torch.random.fork_rng():
-            torch.manual_seed(int(source.get("seed", 0)))  # torchvision draws init from the global generator
-            net = vgg16(weights=None)
-    else:
-        path = Path(source["weights"])
-        if not path.is_file():
-            raise CheckpointError(f"VGG-16 weights file {path} is gone: restore it or rerun the experiment")
-        if source.get("sha256") and file_sha256(path) != source["sha256"]:
-            raise CheckpointError(f"VGG-16 weights file {path} changed since the row was solved: rerun")
-        net = vgg16(weights=None)
-        fix = "pass torchvision's vgg16-397923af.pth (or a state dict saved from torchvision's vgg16)"
-        state = load_tensors(path, expected="a VGG-16 state dict", fix=fix)
-        try:
-            net.load_state_dict(state)
-        except (RuntimeError, KeyError, TypeError, AttributeError) as exc:
-            raise CheckpointError(f"{path} is not a VGG-16 state dict ({str(exc)[:300]}): {fix}") from None
+    fix = "pass torchvision's vgg16-397923af.pth (or a state dict saved from torchvision's vgg16)"
+    net = build_with_weights(lambda: vgg16(weights=None), source, what="VGG-16", fix=fix)
     return NormalisedVGG(net).eval()
