@@ -15,7 +15,9 @@ Names:
 - **functional sites**: ``OWNER.relu()`` where OWNER is the module whose own ``forward``
   made the call (``relu()`` for the root model), with ``#k`` when that forward makes
   more than one functional ReLU call (counted in call order, every ReLU form together).
-  The parentheses keep them apart from module names. Names depend only on the model's
+  The parentheses keep them apart from module names. A ReLU written as ``x.clamp(min=0)``,
+  ``clamp_min(x, 0)`` or ``F.threshold(x, 0, 0)`` is ``OWNER.clamp()`` or
+  ``OWNER.threshold()``, counted apart. Names depend only on the model's
   code, so they are the same in every run (for a forward whose path does not depend on
   the input's values).
 - **aliases**: the module right before a ReLU in an ``nn.Sequential`` (``fc1`` for
@@ -103,6 +105,30 @@ def _table() -> dict[Any, tuple[str, str]]:
 
 _FUNCTIONS = _table()
 
+# ReLUs written another way, counted as ReLU calls under their own name (``clamp()``,
+# ``threshold()``) so that they do not renumber a forward's ``relu()`` calls: ``clamp``
+# and ``clamp_min`` with a minimum of 0 and no maximum, ``threshold(x, 0, 0)``.
+_CLAMPS: dict[Any, str] = {fn: "clamp" for fn in _lookup(
+    "torch.clamp", "torch.clamp_", "Tensor.clamp", "Tensor.clamp_", "torch.clamp_min", "torch.clamp_min_",
+    "Tensor.clamp_min", "Tensor.clamp_min_", "torch.clip", "Tensor.clip", "Tensor.clip_")}
+_CLAMPS.update({fn: "threshold" for fn in _lookup("F.threshold", "F.threshold_", "torch.threshold",
+                                                  "torch.threshold_")})
+
+
+def _is_zero(v: Any) -> bool:
+    return isinstance(v, int | float) and not isinstance(v, bool) and v == 0
+
+
+def _relu_in_disguise(name: str, args: tuple[Any, ...], kwargs: dict[str, Any]) -> bool:
+    """Whether a clamp or threshold call computes max(x, 0)."""
+    if name == "threshold":
+        threshold = args[1] if len(args) > 1 else kwargs.get("threshold")
+        value = args[2] if len(args) > 2 else kwargs.get("value")
+        return _is_zero(threshold) and _is_zero(value)
+    low = args[1] if len(args) > 1 else kwargs.get("min")
+    high = args[2] if len(args) > 2 else kwargs.get("max")
+    return _is_zero(low) and high is None
+
 # Activation modules: their own forward is one watched call, named after the module.
 _MODULE_KINDS: tuple[tuple[type[nn.Module], str, str], ...] = (
     (nn.ReLU, RELU, "ReLU"),
@@ -179,6 +205,9 @@ class _Mode(TorchFunctionMode):
     def __torch_function__(self, func: Any, types: Any, args: tuple[Any, ...] = (), kwargs: Any = None) -> Any:
         kwargs = kwargs or {}
         entry = _FUNCTIONS.get(func)
+        clamp = _CLAMPS.get(func)
+        if clamp is not None and _relu_in_disguise(clamp, args, kwargs):
+            entry = (RELU, clamp)
         if entry is not None and args and isinstance(args[0], torch.Tensor):
             self.watch._function(entry, args, kwargs)
         return func(*args, **kwargs)
@@ -225,8 +254,9 @@ class Watch:
         if owner is not None and module_kind(owner) is not None and kind not in (MAX_POOL, ADAPTIVE_MAX_POOL):
             return  # an activation module's own implementation: its module site was reported
         owner_name = self.names.get(id(owner), "") if owner is not None else ""
-        # Every ReLU form counts as one function: F.relu then x.relu_() are relu()#0, relu()#1.
-        site_op = "relu" if kind == RELU else op
+        # Every ReLU form counts as one function: F.relu then x.relu_() are relu()#0, relu()#1
+        # (a clamp at 0 keeps its own name).
+        site_op = "relu" if kind == RELU and op not in ("clamp", "threshold") else op
         base = f"{owner_name}.{site_op}()" if owner_name else f"{site_op}()"
         params = _call_params(kind, op, args, kwargs)
         self.on_event(Event(base, self._next(base), kind, op, "function", args[0], params))

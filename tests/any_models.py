@@ -92,3 +92,25 @@ def gelu_cnn() -> nn.Module:
             nn.Conv2d(1, 4, 3, padding=1), nn.GELU(), nn.Flatten(), nn.Linear(4 * 8 * 8, 16), nn.ReLU(),
             nn.Linear(16, 10),
         ).eval()
+
+
+class ClampNet(nn.Module):
+    """ReLUs written as clamps and thresholds, and a clamp that is not one."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.fc1, self.fc2 = nn.Linear(32, 16), nn.Linear(16, 16)
+        self.fc3, self.out = nn.Linear(16, 16), nn.Linear(16, 3)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = x.flatten(1).clamp(0, 1)                           # not a ReLU: it has a maximum
+        h = self.fc1(x).clamp(min=0)                           # clamp()#0
+        h = torch.clamp_min(self.fc2(h), 0.0)                  # clamp()#1
+        h = F.threshold(self.fc3(h), 0.0, 0.0)                 # threshold()
+        return self.out(F.relu(h))                             # relu(): a no-op on non-negatives
+
+
+def clamp_net() -> nn.Module:
+    with torch.random.fork_rng():
+        torch.manual_seed(9)
+        return ClampNet().eval()

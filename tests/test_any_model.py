@@ -154,11 +154,12 @@ def test_activations_without_polytopes_are_refused_with_the_reason():
         collide.find_polytope(gelu_cnn(), "4", image, method="exact")
 
 
-def _check_exact(net: nn.Module, layer: str, target: torch.Tensor, n: int) -> collide.Polytope:
+def _check_exact(net: nn.Module, layer: str, target: torch.Tensor, n: int,
+                 config: ExactConfig | None = None) -> collide.Polytope:
     """Exact vertices, every one colliding in float64 by an independent route (tap, then
     ReLU); a polytope of them (a deep unit may be unable to fall below the target's within
     the target's region: such a vertex is optimal and colliding, but not valid)."""
-    poly = collide.find_polytope(net, layer, target, n_vertices=n, method="exact")
+    poly = collide.find_polytope(net, layer, target, n_vertices=n, method="exact", config=config)
     assert poly.outcomes == ("optimal",) * n, poly.outcomes
     assert poly.n_valid >= 2, poly.reasons
     net64 = copy.deepcopy(net).double()
@@ -286,3 +287,21 @@ def test_a_models_weights_file_is_read_safely_and_checked_by_hash(tmp_path):
         resolve_model("resnet18", "random")
     with pytest.raises(ConfigError, match="cannot import nothing_here from tests.any_models"):
         build(resolve_model("tests.any_models:nothing_here", "random"))
+
+
+def test_relus_written_as_clamps_are_call_sites_and_exact_rows():
+    from tests.any_models import clamp_net
+
+    net = clamp_net()
+    x = torch.rand(4, 32, generator=torch.Generator().manual_seed(10))
+    assert [s.name for s in collide.layers(net, x[0])] == ["clamp()#0", "clamp()#1", "threshold()", "relu()"]
+    with torch.no_grad():
+        a = net.fc1(x)
+        b = net.fc2(a.clamp_min(0))
+        c = net.fc3(b.clamp_min(0))
+    for name, expected in (("clamp()#0", a), ("clamp()#1", b), ("threshold()", c)):
+        assert (expected < 0).any()
+        assert torch.allclose(collide.preactivation(net, x, name), expected, atol=UNCHANGED), name
+    # Without sign rows for the clamps before it, an LP vertex would leave the target's piece.
+    # No pull towards the init: each unit falls as far as the target's piece lets it.
+    _check_exact(net, "threshold()", x[0], 3, ExactConfig(proximity=0.0))
