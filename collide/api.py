@@ -113,7 +113,7 @@ def _solver_config(method: str, config: SolverConfig | None, bounds: tuple[float
     if config is None:
         config = kind()
     elif not isinstance(config, kind):
-        raise ConfigError(f"method {method!r} takes a {kind.__name__}, got a {type(config).__name__}")
+        raise ConfigError(f"method {method!r} takes config={kind.__name__}(...), got a {type(config).__name__}")
     if bounds is not None:
         lower, upper = bounds
         config = replace(config, lower=float(lower), upper=float(upper))
@@ -121,6 +121,14 @@ def _solver_config(method: str, config: SolverConfig | None, bounds: tuple[float
         raise ConfigError("the paper's scheme needs a learning rate for your model: pass config=PaperConfig(lr=...) "
                           f"(tuned for the zoo: {PAPER_TUNED_LR}; benchmarks/solver.py tunes one)")
     return config
+
+
+def _check_float32(model: nn.Module) -> None:
+    """The solvers take float32 models (and check vertices in float64 on copies of their own)."""
+    other = {str(p.dtype) for p in model.parameters() if p.is_floating_point() and p.dtype != torch.float32}
+    if other:
+        raise ConfigError(f"the model's parameters are {', '.join(sorted(other))}; collide solves on float32 models "
+                          "and rechecks every vertex in float64 itself: pass model.float()")
 
 
 def _one_input(x: torch.Tensor, what: str) -> torch.Tensor:
@@ -153,8 +161,9 @@ def find_polytope(
 
     Args:
         model: any ``nn.Module`` that maps a batch of inputs to logits; copied, never changed.
-        layer: a ReLU of ``model``, by module name (``features.3``) or alias (``relu1``);
-            an unknown name lists the usable ones.
+        layer: a ReLU call of ``model`` as :func:`collide.layers` names it (``relu1``,
+            ``layer2.1.relu#1``, ``block.relu()``) or an alias (``fc1``); an unknown name
+            lists the usable ones.
         target: one input, no batch dimension, in the input range (``bounds``; default
             the solver config's ``[lower, upper]``, ``[0, 1]``).
         init: where the optimisation starts (same shape as ``target``).
@@ -174,6 +183,7 @@ def find_polytope(
         ConfigError: a config of another method, or the paper's scheme without a rate.
     """
     cfg = _solver_config(method, config, bounds)
+    _check_float32(model)
     target = _one_input(target, "target")
     layer = resolve_layer(model, layer, target.unsqueeze(0))
     init = target if init is None else _one_input(init, "init")
@@ -259,6 +269,7 @@ def measure(
         raise ConfigError(f"unknown sampler {sampler!r}: expected one of {SAMPLERS}")
     if n_samples < 1:
         raise ConfigError(f"expected n_samples >= 1, got {n_samples}")
+    _check_float32(model)
     layer = resolve_layer(model, layer, poly.target.unsqueeze(0))
     with full_precision(), contextlib.ExitStack() as stack:
         # Classify with the model itself when it is already on ``device`` (eval_mode below

@@ -370,9 +370,10 @@ def probe(model: nn.Module, example: torch.Tensor) -> list[Site]:
     try:
         with torch.no_grad(), eval_mode(model), Watch(model, keep):
             model(x)
-    except RuntimeError as exc:
-        raise DataError(f"the model cannot take an input of shape {tuple(x.shape[1:])} (one example, no batch "
-                         f"dimension), so its layers cannot be listed: {str(exc)[:300]}") from exc
+    except (RuntimeError, ValueError, IndexError) as exc:  # shape errors, by the layer that met them
+        raise DataError(f"the model cannot take an example of shape {tuple(x.shape[1:])}, so its layers cannot be "
+                        "found (collide.layers, find_polytope and tap take one input without a batch dimension; "
+                        f"preactivation takes a batch (B, *input)): {str(exc)[:300]}") from exc
     calls: dict[str, int] = {}
     for e in events:
         calls[e.base] = calls.get(e.base, 0) + 1
@@ -385,17 +386,26 @@ def probe(model: nn.Module, example: torch.Tensor) -> list[Site]:
 
 
 def aliases(model: nn.Module) -> dict[str, str]:
-    """Alias -> module name: the module before a ReLU in an ``nn.Sequential`` (nested
-    paths included), then the model's own ``collide_aliases``."""
+    """Alias -> layer name: the module before a ReLU in an ``nn.Sequential`` (nested
+    paths included), then the model's own ``collide_aliases``.
+
+    One ReLU module placed several times in a Sequential runs there once per place, in
+    order: the module before its k-th place names ``RELU#k``.
+    """
     names = _module_names(model)
     found: dict[str, str] = {}
     for module in model.modules():
         if not isinstance(module, nn.Sequential):
             continue
-        children = list(module.children())
-        for child, after in zip(children, children[1:], strict=False):
-            if isinstance(after, nn.ReLU) and not isinstance(child, nn.ReLU):
-                found[names[id(child)]] = names[id(after)]
+        children = list(module._modules.values())  # every place, a module used twice included
+        prefix = names[id(module)]
+        places = {id(c): [i for i, d in enumerate(children) if d is c] for c in children if c is not None}
+        for i, (child, after) in enumerate(zip(children, children[1:], strict=False)):
+            if isinstance(after, nn.ReLU) and not isinstance(child, nn.ReLU) and child is not None:
+                where = places[id(after)]
+                target = names[id(after)] + (f"#{where.index(i + 1)}" if len(where) > 1 else "")
+                key = next(k for k, c in module._modules.items() if c is child)
+                found[f"{prefix}.{key}" if prefix else key] = target
     return {**found, **getattr(model, "collide_aliases", {})}
 
 
@@ -411,7 +421,7 @@ def listed_aliases(model: nn.Module) -> dict[str, str]:
 
 def _listing(sites: list[Site], alias: dict[str, str]) -> str:
     usable = [s.name for s in sites if s.addressable]
-    named = [f"{a} (= {m})" for a, m in alias.items() if any(s.base == m and s.addressable for s in sites)]
+    named = [f"{a} (= {m})" for a, m in alias.items() if any(m in (s.base, s.name) and s.addressable for s in sites)]
     refused = list(dict.fromkeys(f"{s.base} ({s.op})" for s in sites if not s.addressable))
     return (", ".join(usable + named) or "none (the model makes no ReLU call)") + (
         f" (not addressable: {', '.join(refused[:8])}{', ...' if len(refused) > 8 else ''})" if refused else "")
@@ -434,7 +444,9 @@ def resolve(model: nn.Module, name: str, example: torch.Tensor) -> Site:
     base, call = (m["base"], int(m["call"])) if m else (name, None)
     if prefix and base.startswith(prefix + "."):
         base = base[len(prefix) + 1:]
-    base = alias.get(base, base)
+    if base in alias:
+        target = _INDEXED.match(alias[base])
+        base, call = (target["base"], int(target["call"]) if call is None else call) if target else (alias[base], call)
     matching = [s for s in sites if s.base == base]
     if not matching:
         names = _module_names(model)

@@ -66,8 +66,8 @@ def layer_names(model: nn.Module, input_shape: Sequence[int]) -> list[str]:
     """Every name ``layer`` accepts for ``model``: its aliases (``fc6 (= net.classifier.1)``)
     first, then the ReLU call sites' own names."""
     sites = [s for s in probe(model, torch.zeros(1, *input_shape)) if s.addressable]
-    bases = {s.base for s in sites}
-    return [f"{a} (= {m})" for a, m in listed_aliases(model).items() if m in bases] + [s.name for s in sites]
+    known = {s.base for s in sites} | {s.name for s in sites}
+    return [f"{a} (= {m})" for a, m in listed_aliases(model).items() if m in known] + [s.name for s in sites]
 
 
 def resolve_layer(model: nn.Module, name: str, example: torch.Tensor) -> str:

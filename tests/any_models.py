@@ -114,3 +114,16 @@ def clamp_net() -> nn.Module:
     with torch.random.fork_rng():
         torch.manual_seed(9)
         return ClampNet().eval()
+
+
+def shared_relu_mlp() -> nn.Module:
+    """One ``nn.ReLU`` placed twice in a Sequential: its calls are ``1#0`` and ``1#1``."""
+    with torch.random.fork_rng():
+        torch.manual_seed(11)
+        act = nn.ReLU()
+        return nn.Sequential(nn.Linear(4, 6), act, nn.Linear(6, 6), act, nn.Linear(6, 2)).eval()
+
+
+def needs_width(width: int) -> nn.Module:
+    """A factory that cannot be called with no arguments."""
+    return nn.Linear(width, 2)

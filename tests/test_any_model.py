@@ -16,7 +16,7 @@ from torch import nn
 
 import collide
 from collide.config import ExactConfig, GradientConfig
-from collide.errors import ConfigError, LayerError
+from collide.errors import ConfigError, DataError, LayerError
 from collide.models.external import Normalized
 from collide.solvers import exact
 from tests.any_models import functional_cnn, gelu_cnn, piecewise_mlp, randomize_batch_norm
@@ -260,6 +260,19 @@ def test_collide_run_model_on_a_users_factory(tmp_path):
     assert verified.returncode == 0 and "every row agrees" in verified.stdout, verified.stdout + verified.stderr
     bare = _collide(*[a if a != "relu()#2" else "relu()" for a in args])
     assert bare.returncode == 2 and "relu()#0, relu()#1, relu()#2" in bare.stderr
+    # The table file is checked too: an edited success rate is a disagreement.
+    edited = table.copy()
+    edited.loc[0, "success_rate"] = 0.5 if edited.loc[0, "success_rate"] != 0.5 else 0.25
+    edited.to_parquet(out / "model.parquet", index=False)
+    caught = _collide("verify", "model", "--results-root", str(out))
+    assert caught.returncode == 1 and "success_rate: table file" in caught.stdout, caught.stdout
+    # One image: only its target rows, said so, and no dataset distance to measure.
+    one = sorted(images.glob("*/*.png"))[0]
+    single = _collide(*[str(one) if a == str(images) else a for a in args[:-2]], "--set", "name=one")
+    assert single.returncode == 0, single.stderr[-3000:]
+    assert "'other' rows left out: image_root is a single image" in single.stdout
+    rows = pd.read_parquet(out / "one.parquet")
+    assert list(rows["init"]) == ["target", "target"] and rows["dataset_avg_distance"].isna().all()
 
 
 def test_a_models_weights_file_is_read_safely_and_checked_by_hash(tmp_path):
@@ -305,3 +318,32 @@ def test_relus_written_as_clamps_are_call_sites_and_exact_rows():
     # Without sign rows for the clamps before it, an LP vertex would leave the target's piece.
     # No pull towards the init: each unit falls as far as the target's piece lets it.
     _check_exact(net, "threshold()", x[0], 3, ExactConfig(proximity=0.0))
+
+
+def test_a_relu_placed_twice_in_a_sequential_has_an_alias_per_call():
+    from collide.taps import layer_names
+    from tests.any_models import shared_relu_mlp
+
+    net = shared_relu_mlp()
+    x = torch.rand(3, 4, generator=torch.Generator().manual_seed(12))
+    assert layer_names(net, (4,)) == ["0 (= 1#0)", "2 (= 1#1)", "1#0", "1#1"]
+    with torch.no_grad():
+        first = net[0](x)
+        second = net[2](torch.relu(first))
+    assert torch.allclose(collide.preactivation(net, x, "0"), first, atol=UNCHANGED)
+    assert torch.allclose(collide.preactivation(net, x, "2"), second, atol=UNCHANGED)
+    assert torch.equal(collide.preactivation(net, x, "2"), collide.preactivation(net, x, "1#1"))
+
+
+def test_inputs_the_wrapped_model_cannot_take_are_refused():
+    from collide.models.external import build, resolve_model
+
+    grey = torch.rand(1, 1, 8, 8)
+    model = build(resolve_model("tests.any_models:functional_cnn_rgb", "random", mean=[0.5] * 3, std=[0.2] * 3))
+    with pytest.raises(DataError, match=r"takes 3 input channel\(s\).*got an input of shape \(1, 1, 8, 8\): set "
+                                        "channels=3"):
+        collide.layers(model, grey[0])
+    with pytest.raises(ConfigError, match=r"needs_width\(\) must build the model with no arguments"):
+        build(resolve_model("tests.any_models:needs_width", "random"))
+    with pytest.raises(DataError, match=r"preactivation takes a batch \(B, \*input\)"):
+        collide.preactivation(functional_cnn(), torch.rand(1, 8, 8), "act#0")

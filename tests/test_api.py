@@ -89,13 +89,14 @@ def test_a_polytope_without_two_valid_vertices_is_measured_as_none():
     (dict(target=torch.full((20,), 3.0)), DataError, "outside the valid input range"),
     (dict(init=torch.rand(21)), DataError, "init has shape"),
     (dict(method="magic"), ConfigError, "unknown method 'magic'"),
-    (dict(method="exact", config=collide.GradientConfig()), ConfigError, "takes a ExactConfig"),
+    (dict(method="exact", config=collide.GradientConfig()), ConfigError, "takes config=ExactConfig(...)"),
     (dict(method="paper"), ConfigError, "PaperConfig(lr=...)"),
+    (dict(model=lambda: _model().double()), ConfigError, "pass model.float()"),
 ])
 def test_bad_input_is_named(call, error, words):
-    args = {"layer": "1", "target": _target(), **call}
+    args = {"layer": "1", "target": _target(), "model": _model, **call}
     with pytest.raises(error) as raised:
-        collide.find_polytope(_model(), args.pop("layer"), args.pop("target"), **args)
+        collide.find_polytope(args.pop("model")(), args.pop("layer"), args.pop("target"), **args)
     assert words in str(raised.value)
 
 

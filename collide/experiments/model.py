@@ -33,7 +33,7 @@ from collide.config import (
     resolve_device,
 )
 from collide.datasets.folders import check_images, list_folder, load_image, pick_images
-from collide.errors import CollideError, ConfigError, DataError
+from collide.errors import CollideError, ConfigError, DataError, LayerError
 from collide.experiments.engine import Progress, job, no_progress
 from collide.models.external import build, input_defaults, resolve_model
 from collide.polytope import dataset_avg_distance
@@ -180,7 +180,11 @@ def rows(config: ModelExperiment) -> tuple[list[tuple[str, str]], list[str]]:
 
 def validate(*, config: ModelExperiment) -> None:
     """Fail before any work on a bad model spec, layer, weights file, image folder or row."""
-    check_units(_skeleton(config), config.layer, config.input_shape(), config.n_vertices)
+    try:
+        check_units(_skeleton(config), config.layer, config.input_shape(), config.n_vertices)
+    except LayerError as exc:
+        raise LayerError(f"{exc}. Pass the layer with --layer NAME (`collide layers {config.model}` lists them; "
+                         f"the default {ModelExperiment.layer!r} is ResNet's)") from None
     resolve_model(config.model, config.weights, seed=config.seed, mean=config.mean, std=config.std,
                   input_size=config.input_size)
     specs, _ = rows(config)

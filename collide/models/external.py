@@ -26,7 +26,7 @@ import torch
 from torch import nn
 
 from collide._io import file_sha256
-from collide.errors import CheckpointError, ConfigError
+from collide.errors import CheckpointError, ConfigError, DataError
 from collide.models.tensor_file import build_with_weights
 
 TORCHVISION = "torchvision:"
@@ -52,6 +52,11 @@ class Normalized(nn.Module):
         self.register_buffer("std", torch.tensor([float(s) for s in std]).view(1, -1, 1, 1))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if x.ndim < 2 or x.shape[1] != self.mean.shape[1]:
+            # Broadcasting would turn a grey image into three equal channels without a word.
+            raise DataError(f"the model takes {self.mean.shape[1]} input channel(s) (its normalisation has "
+                            f"{self.mean.shape[1]} means), got an input of shape {tuple(x.shape)}: set channels="
+                            f"{self.mean.shape[1]}")
         return self.net((x - self.mean) / self.std)
 
 
@@ -117,7 +122,11 @@ def _architecture(spec: str) -> nn.Module:
         raise ConfigError(f"model {spec!r}: cannot import {name} from {where} ({exc}); the module must be importable "
                           "(on PYTHONPATH or installed) and define a function of no arguments returning the model") \
             from None
-    net = factory()
+    try:
+        net = factory()
+    except TypeError as exc:
+        raise ConfigError(f"model {spec!r}: {name}() must build the model with no arguments ({exc}); wrap it in a "
+                          "function of none (e.g. def my_net(): return Net(width=64))") from None
     if not isinstance(net, nn.Module):
         raise ConfigError(f"model {spec!r}: {name}() returned a {type(net).__name__}, not an nn.Module")
     return net

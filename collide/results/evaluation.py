@@ -97,7 +97,9 @@ def _evaluate(
         "success_rate": m.success_rate,
         "target_top_prob": m.target_top_prob,
         "samples_top_prob": m.samples_top_prob,
-        "dataset_avg_distance": float(attrs["dataset_avg_distance"]),
+        # null in the attrs where there was no dataset to measure (one image): NaN in the table
+        "dataset_avg_distance": float(attrs["dataset_avg_distance"] if attrs["dataset_avg_distance"] is not None
+                                      else nan),
         "vertex_avg_distance": m.vertex_avg_distance * scale,
         "max_feature_rel_error": m.max_feature_rel_error,
         "valid_vertices": n_valid,

@@ -15,10 +15,11 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import pandas as pd
 import torch
 
 from collide.models.zoo import load_model_source
-from collide.results.store import list_rows, read_row
+from collide.results.store import list_rows, read_row, table_path
 from collide.taps import preactivation
 
 # Table values are float64 computations of the same quantities: they must agree to this.
@@ -32,8 +33,12 @@ def _close(a: Any, b: float) -> bool:
 
 
 @torch.no_grad()
-def verify_row(root: str | Path, experiment: str, row: int) -> dict[str, Any]:
-    """One row recomputed; ``problems`` lists every disagreement (empty: the row holds)."""
+def verify_row(root: str | Path, experiment: str, row: int, table: dict[str, Any] | None = None) -> dict[str, Any]:
+    """One row recomputed; ``problems`` lists every disagreement (empty: the row holds).
+
+    The recomputed figures are compared with the metrics stored in the row and, given
+    ``table`` (the row as ``<experiment>.parquet`` holds it), with the table file too: an
+    edited table is caught, not only an edited store."""
     arrays, attrs = read_row(root, experiment, row)
     metrics = attrs.get("metrics")
     if metrics is None:
@@ -76,20 +81,34 @@ def verify_row(root: str | Path, experiment: str, row: int) -> dict[str, Any]:
         expected["success_rate"] = float((pred == t_class).mean())
     else:
         expected["success_rate"] = float("nan")
+    sources = [("store", metrics)] + ([("table file", table)] if table is not None else [])
     for key, value in expected.items():
         if value is None:
             continue
-        if key == "success_rate":  # float32 sums in another order may flip a borderline sample
-            ok = (np.isnan(value) and _close(metrics.get(key), value)) or (
-                not np.isnan(value) and abs(float(metrics.get(key)) - value) <= 1 / max(1, len(weights)))
-        else:
-            ok = _close(metrics.get(key), value)
-        if not ok:
-            problems.append(f"{key}: table {metrics.get(key)!r}, recomputed {value!r}")
+        for where, stated in sources:
+            if key == "success_rate":  # float32 sums in another order may flip a borderline sample
+                ok = (np.isnan(value) and _close(stated.get(key), value)) or (
+                    not np.isnan(value) and abs(float(stated.get(key)) - value) <= 1 / max(1, len(weights)))
+            else:
+                ok = _close(stated.get(key), value)
+            if not ok:
+                problems.append(f"{key}: {where} {stated.get(key)!r}, recomputed {value!r}")
     return {"row": row, "counted_vertices": int(weighted.sum()), "max_feature_rel_error": expected[
         "max_feature_rel_error"], "success_rate": expected["success_rate"], "problems": problems}
 
 
 def verify(root: str | Path, experiment: str) -> list[dict[str, Any]]:
-    """:func:`verify_row` for every row of the experiment's store."""
-    return [verify_row(root, experiment, row) for row in list_rows(root, experiment)]
+    """:func:`verify_row` for every row of the experiment's store, against its table file
+    (``<experiment>.parquet``) too; a row the table lacks is a problem of its own."""
+    path = table_path(root, experiment)
+    rows = list_rows(root, experiment)
+    if not path.is_file():
+        return [{"row": r, "problems": [f"no table file {path.name}: run `collide tables`"]} for r in rows]
+    table = {int(r["row"]): r for r in pd.read_parquet(path).to_dict("records")}
+    out = []
+    for r in rows:
+        if r not in table:
+            out.append({"row": r, "problems": [f"row {r} is missing from {path.name}: run `collide tables`"]})
+        else:
+            out.append(verify_row(root, experiment, r, table[r]))
+    return out

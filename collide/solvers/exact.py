@@ -59,6 +59,7 @@ from __future__ import annotations
 
 import copy
 import time
+import warnings
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
@@ -264,11 +265,15 @@ def _jacobian(fn: Callable[[torch.Tensor], torch.Tensor], x: torch.Tensor, n_out
         def push(t: torch.Tensor) -> torch.Tensor:
             return pull(t)[0]
     parts = []
-    for start in range(0, n_seeds, chunk):
-        stop = min(start + chunk, n_seeds)
-        seeds = torch.zeros(stop - start, n_seeds, dtype=x.dtype)
-        seeds[torch.arange(stop - start), torch.arange(start, stop)] = 1
-        parts.append(torch.func.vmap(push)(seeds))
+    with warnings.catch_warnings():
+        # torch's own forward-mode decompositions script a helper and warn that scripting is
+        # deprecated, on every solve: nothing a user can act on.
+        warnings.filterwarnings("ignore", message=".*torch.jit.script.*", category=FutureWarning)
+        for start in range(0, n_seeds, chunk):
+            stop = min(start + chunk, n_seeds)
+            seeds = torch.zeros(stop - start, n_seeds, dtype=x.dtype)
+            seeds[torch.arange(stop - start), torch.arange(start, stop)] = 1
+            parts.append(torch.func.vmap(push)(seeds))
     jac = torch.cat(parts)
     return jac.T if forward else jac
 
