@@ -101,14 +101,12 @@ def verify(root: str | Path, experiment: str) -> list[dict[str, Any]]:
     """:func:`verify_row` for every row of the experiment's store, against its table file
     (``<experiment>.parquet``) too; a row the table lacks is a problem of its own."""
     path = table_path(root, experiment)
-    rows = list_rows(root, experiment)
-    if not path.is_file():
-        return [{"row": r, "problems": [f"no table file {path.name}: run `collide tables`"]} for r in rows]
-    table = {int(r["row"]): r for r in pd.read_parquet(path).to_dict("records")}
+    table = {int(r["row"]): r for r in pd.read_parquet(path).to_dict("records")} if path.is_file() else {}
     out = []
-    for r in rows:
-        if r not in table:
-            out.append({"row": r, "problems": [f"row {r} is missing from {path.name}: run `collide tables`"]})
-        else:
-            out.append(verify_row(root, experiment, r, table[r]))
+    for r in list_rows(root, experiment):
+        checked = verify_row(root, experiment, r, table.get(r))
+        if r not in table:  # the store is still checked against itself
+            missing = f"no table file {path.name}" if not table else f"row {r} is missing from {path.name}"
+            checked["problems"] = [*checked["problems"], f"{missing}: run `collide tables`"]
+        out.append(checked)
     return out
