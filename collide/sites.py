@@ -472,8 +472,3 @@ def resolve(model: nn.Module, name: str, example: torch.Tensor) -> Site:
         raise LayerError(f"{name!r} is a {site.op} call: {site.op} {REFUSALS[site.activation]}; "
                          f"layers that work: {_listing(sites, shown)}")
     return site
-
-
-def refused_sites(sites: list[Site]) -> list[Site]:
-    """The activation calls that cannot be a collision layer (each one's reason in REFUSALS)."""
-    return [s for s in sites if not s.addressable]
