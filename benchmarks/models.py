@@ -25,7 +25,7 @@ from collide.datasets.folders import load_image
 from collide.errors import CollideError
 from collide.models.external import Normalized, input_defaults
 from collide.sites import probe
-from collide.solvers.exact import check_lp_size
+from collide.solvers.exact import largest_side, lp_entries
 
 SIDE = 64
 # One of each family torchvision ships (the larger siblings, ResNeXt, Wide ResNet, VGG-16,
@@ -48,6 +48,18 @@ def _photo() -> torch.Tensor:
         return load_image(path, SIDE)
 
 
+def exact_lp(model: torch.nn.Module, layer: str, image: torch.Tensor) -> dict[str, Any]:
+    """The exact LP's size at ``layer`` and the largest side it fits at (measured), or why
+    the exact solver refuses the layer."""
+    limit = ExactConfig().max_entries
+    try:
+        _, entries = lp_entries(model, layer, image)
+        return {"lp_entries": entries, "exact_feasible": entries <= limit,
+                "exact_max_side": largest_side(model, layer, image, max_entries=limit)}
+    except CollideError as exc:
+        return {"exact_feasible": False, "exact_refused": str(exc)[:160]}
+
+
 def survey(name: str, image: torch.Tensor) -> dict[str, Any]:
     out: dict[str, Any] = {"model": f"torchvision:{name}", "side": SIDE}
     with torch.random.fork_rng():
@@ -68,13 +80,7 @@ def survey(name: str, image: torch.Tensor) -> dict[str, Any]:
         return out
     site = usable[len(usable) // 2]
     out.update(layer=site.name, units=site.units)
-    try:
-        entries = check_lp_size(model, site.name, image, max_entries=10**18)
-        limit = ExactConfig().max_entries
-        out.update(lp_entries=entries, exact_feasible=entries <= limit,
-                   exact_max_side=int(SIDE * (limit / entries) ** 0.25))
-    except CollideError as exc:
-        out.update(exact_feasible=False, exact_refused=str(exc)[:160])
+    out.update(exact_lp(model, site.name, image))
     start = time.perf_counter()
     poly = collide.find_polytope(model, site.name, image, n_vertices=5, method="gradient")
     out.update(seconds=time.perf_counter() - start, valid=poly.n_valid, steps=max(poly.solver["steps"]),

@@ -156,7 +156,8 @@ def markdown(r: dict[str, Any]) -> str:
                   "gradient settings at the middle ReLU call; the exact LP's size there against "
                   "`ExactConfig.max_entries`.", "",
                   _table(["model", "ReLU calls (module/functional, reused modules)", "refused", "middle layer",
-                          "5-vertex polytope", "valid", "exact at this size", "exact's largest side"],
+                          "5-vertex polytope", "valid", "exact at this size",
+                          "largest side exact fits (measured; -: none the model takes)"],
                          [[x["model"], "error: " + x["error"] if "error" in x else
                            f"{x['relu_calls']} ({x['modules']}/{x['functional']}, {x['reused']})",
                            ", ".join(x.get("refused", [])) or "-", x.get("layer", "-"),
@@ -165,7 +166,7 @@ def markdown(r: dict[str, Any]) -> str:
                            ("yes" if x.get("exact_feasible") else "no") + (
                                f" ({x['lp_entries']:.1e} entries)" if "lp_entries" in x else
                                f" ({x['exact_refused']})" if "exact_refused" in x else ""),
-                           f"{x['exact_max_side']} px" if "exact_max_side" in x else "-"]
+                           f"{x['exact_max_side']} px" if x.get("exact_max_side") else "-"]
                           for x in mo["rows"]])]
     if r.get("notes"):
         parts += ["", "## Notes", ""] + [f"- {n}" for n in r["notes"]]

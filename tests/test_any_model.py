@@ -201,7 +201,7 @@ def test_an_lp_too_large_is_refused_before_any_work(monkeypatch):
 
     monkeypatch.setattr(exact, "affine_piece", no_work)
     with pytest.raises(ConfigError, match=r"too large: about [\d,]+ rows over 64 input coordinates.*max_entries=1\.00e"
-                                          r"\+03.*largest input it would take is about 1x\d+x\d+"):
+                                          r"\+03.*no smaller square input fits either"):
         collide.find_polytope(net, "relu()#2", target, method="exact", config=ExactConfig(max_entries=1000))
 
 
@@ -347,3 +347,13 @@ def test_inputs_the_wrapped_model_cannot_take_are_refused():
         build(resolve_model("tests.any_models:needs_width", "random"))
     with pytest.raises(DataError, match=r"preactivation takes a batch \(B, \*input\)"):
         collide.preactivation(functional_cnn(), torch.rand(1, 8, 8), "act#0")
+
+
+def test_the_largest_input_an_exact_lp_takes_is_measured_not_extrapolated(resnet18):
+    limit = 100_000_000
+    side = exact.largest_side(resnet18, "layer2.1.relu#1", torch.rand(3, 64, 64), max_entries=limit)
+    assert side is not None
+    assert exact.lp_entries(resnet18, "layer2.1.relu#1", torch.zeros(3, side, side))[1] <= limit
+    assert exact.lp_entries(resnet18, "layer2.1.relu#1", torch.zeros(3, side + 1, side + 1))[1] > limit
+    with pytest.raises(ConfigError, match=f"the largest input it takes is 3x{side}x{side}"):
+        exact.check_lp_size(resnet18, "layer2.1.relu#1", torch.rand(3, 64, 64), max_entries=limit)

@@ -293,12 +293,9 @@ def _lp_size(events: list[Event], d: int) -> tuple[int, int]:
     return rows, rows * d
 
 
-def check_lp_size(model: nn.Module, layer: str | Site, target: torch.Tensor, *, max_entries: int) -> int:
-    """Refuse, before any Jacobian or LP, an exact problem larger than ``max_entries``.
-
-    The message names the LP's size and the largest input it would take: for an image
-    model both the rows and the input grow with the image's area, so the entries grow
-    with the fourth power of its side. Returns the entry count.
+def lp_entries(model: nn.Module, layer: str | Site, target: torch.Tensor) -> tuple[int, int]:
+    """The exact LP's rows and dense constraint entries at ``layer`` for an input shaped like
+    ``target``, from one forward pass (no Jacobian, no LP).
 
     Shapes:
         target: (*input), one example
@@ -306,15 +303,51 @@ def check_lp_size(model: nn.Module, layer: str | Site, target: torch.Tensor, *, 
     site = site_of(model, layer, target.unsqueeze(0))
     with torch.no_grad(), eval_mode(model):
         events = _region_events(model, target.unsqueeze(0), site)
-    d = target.numel()
-    rows, entries = _lp_size(events, d)
+    return _lp_size(events, target.numel())
+
+
+def largest_side(model: nn.Module, layer: str, target: torch.Tensor, *, max_entries: int) -> int | None:
+    """The largest square image side (same channels) whose LP at ``layer`` fits ``max_entries``,
+    found by measuring sides, not by a scaling rule: strides round, so the entries do not
+    grow exactly with the fourth power of the side. None when no side down to 1 fits or the
+    model takes no smaller image.
+
+    Shapes:
+        target: (C, H, W)
+    """
+    _, entries = lp_entries(model, layer, target)
+    # Rows and inputs both grow about with the area: start a little above that estimate.
+    side = max(1, int(target.shape[-1] * (max_entries / entries) ** 0.25) + 2)
+    while side >= 1:
+        try:
+            if lp_entries(model, layer, torch.zeros(*target.shape[:-2], side, side))[1] <= max_entries:
+                return side
+        except (DataError, LayerError):  # too small for the model, or the layer gone
+            return None
+        side -= 1
+    return None
+
+
+def check_lp_size(model: nn.Module, layer: str | Site, target: torch.Tensor, *, max_entries: int) -> int:
+    """Refuse, before any Jacobian or LP, an exact problem larger than ``max_entries``.
+
+    The message names the LP's size and the largest input it would take (measured by
+    :func:`largest_side`). Returns the entry count.
+
+    Shapes:
+        target: (*input), one example
+    """
+    site = site_of(model, layer, target.unsqueeze(0))
+    rows, entries = lp_entries(model, site, target)
     if entries <= max_entries:
         return entries
+    d = target.numel()
     shape = "x".join(str(s) for s in target.shape)
-    if target.ndim >= 3:
-        side = int(target.shape[-1] * (max_entries / entries) ** 0.25)
-        smaller = (f"the largest input it would take is about {'x'.join(str(s) for s in target.shape[:-2])}"
-                   f"x{side}x{side} (rows and inputs both grow with the image's area)")
+    side = largest_side(model, site.name, target, max_entries=max_entries) if target.ndim == 3 else None
+    if side is not None:
+        smaller = f"the largest input it takes is {'x'.join(str(s) for s in target.shape[:-2])}x{side}x{side}"
+    elif target.ndim == 3:
+        smaller = "no smaller square input fits either"
     else:
         smaller = "the input's size is fixed by the model, so only an earlier layer is smaller"
     raise ConfigError(
