@@ -14,7 +14,7 @@ import json
 import math
 import types
 import typing
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, ClassVar, Literal, Self
 
 from collide._io import json_digest
@@ -34,6 +34,23 @@ METHODS: tuple[str, ...] = typing.get_args(Method)
 INITS: tuple[str, ...] = typing.get_args(Init)
 SAMPLERS: tuple[str, ...] = typing.get_args(Sampler)
 KNN_METHODS: tuple[str, ...] = typing.get_args(KnnMethod)
+
+
+# How the exact solver's LPs are solved: see collide.solvers.lp.
+LP_SOLVERS = ("highs", "linprog")
+
+
+def _digested(obj: Any) -> Any:
+    """``obj`` as a dict for digests, without the fields marked ``metadata={"digest": False}``
+    (settings that change how fast, never what, a run computes)."""
+    if dataclasses.is_dataclass(obj) and not isinstance(obj, type):
+        return {f.name: _digested(getattr(obj, f.name)) for f in dataclasses.fields(obj)
+                if f.metadata.get("digest", True)}
+    if isinstance(obj, list | tuple):
+        return [_digested(v) for v in obj]
+    if isinstance(obj, dict):
+        return {k: _digested(v) for k, v in obj.items()}
+    return obj
 
 
 def _require(ok: bool, message: str) -> None:
@@ -241,6 +258,11 @@ class ExactConfig:
     ``max_entries`` bounds the LP's constraint matrix (rows x input coordinates, dense in
     float64: the Jacobian of a deep layer fills every entry). A larger problem is
     refused before any work, naming its size and the largest input it would take.
+
+    ``lp_solver``: ``highs`` (HiGHS through highspy, region rows added where violated) or
+    ``linprog`` (scipy, every row; the reference it is measured against); see
+    :mod:`collide.solvers.lp`. ``threads``: how many vertex LPs run at once (0: one per
+    core); the vertices do not depend on it, so it is left out of experiment digests.
     """
 
     proximity: float = 0.5
@@ -252,9 +274,13 @@ class ExactConfig:
     lower: float = 0.0
     upper: float = 1.0
     max_entries: int = 100_000_000
+    lp_solver: str = "highs"
+    threads: int = field(default=0, metadata={"digest": False})
 
     def __post_init__(self) -> None:
         _require(self.max_entries >= 1, f"expected max_entries >= 1, got {self.max_entries}")
+        _require(self.lp_solver in LP_SOLVERS, f"expected lp_solver in {LP_SOLVERS}, got {self.lp_solver!r}")
+        _require(self.threads >= 0, f"expected threads >= 0 (0: one per core), got {self.threads}")
         _non_negative("proximity", self.proximity)
         _positive("rel_tol", self.rel_tol)
         _non_negative("neg_tol", self.neg_tol)
@@ -330,7 +356,7 @@ class _Experiment:
         Where the results are written is left out: the same experiment written to two
         places is the same experiment.
         """
-        science = {k: v for k, v in self.to_dict().items() if k != "results_root"}
+        science = {k: v for k, v in _digested(self).items() if k != "results_root"}
         science["layer"] = self.digest_layer()
         return json_digest(science)
 

@@ -26,3 +26,6 @@ RECOMPOSED = 1e-6
 # A gradient vertex's pushed unit against the LP optimum of the same unit (the gradient
 # solver meets the collision only to 1e-2, so it may end slightly past the optimum).
 GRADIENT_VS_LP = 0.05
+# The optimal value of one LP by two solvers (HiGHS's feasibility tolerance is 1e-9),
+# relative to 1 + |value|.
+LP_OBJECTIVE = 1e-7

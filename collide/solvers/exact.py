@@ -13,7 +13,10 @@ Proposition 1), and a vertex is the solution of
                earlier max-pooling windows keep the target's winners,
                lower ≤ x ≤ upper,
 
-which stays linear with the usual split of the L1 term. The affine map is read off as
+which stays linear with the usual split of the L1 term (solved by
+:mod:`collide.solvers.lp`: HiGHS, with the region rows added only where a solution
+violates them; the vertices' LPs run side by side on ``ExactConfig.threads`` threads).
+The affine map is read off as
 the Jacobian at the target in float64, in forward mode when the input has fewer
 coordinates than the values it must cover (every earlier pre-activation and pool input),
 in reverse mode otherwise.
@@ -58,15 +61,16 @@ float64 forward pass, and one that left the target's piece is reported as ``left
 from __future__ import annotations
 
 import copy
+import os
+import threading
 import time
 import warnings
 from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
-import scipy.optimize
-import scipy.sparse as sp
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -76,11 +80,11 @@ from collide.errors import ConfigError, DataError, LayerError
 from collide.objective import feature_rel_error, max_nonpositive_violation
 from collide.sites import ADAPTIVE_MAX_POOL, HARDTANH, LEAKY, MAX_POOL, NONLINEAR, RELU, SMOOTH, Event, Site, eval_mode
 from collide.solvers.gradient import check_inputs
+from collide.solvers.lp import FAILED, INFEASIBLE, OPTIMAL, UNBOUNDED, LinearRows, LpProblem, LpSolution, solve_lp
 from collide.taps import capture, region_events, site_of
 
-OPTIMAL, INFEASIBLE, UNBOUNDED, LEFT_REGION, FAILED = (
-    "optimal", "infeasible", "unbounded", "left_region", "failed",
-)
+LEFT_REGION = "left_region"
+__all__ = ["FAILED", "INFEASIBLE", "LEFT_REGION", "OPTIMAL", "UNBOUNDED", "solve_exact"]
 JACOBIAN_MODES = ("auto", "forward", "reverse")
 # Which piece a vertex was solved on: the one autograd picked at the target, or the
 # adjacent one its tie-breaking LP preferred.
@@ -110,6 +114,10 @@ _TIE_TOL = 1e-9
 _TIE_STEP = 1e-6
 _TIE_SHRINK = 16
 _TIE_TRIES = 4
+# torch.func's forward-AD levels are numbered per process, not per thread: two jvp/vmap
+# transforms running at once from threads fail ("forward AD level with an invalid
+# index"). Jacobians therefore take turns; the vertices' LPs still run side by side.
+_TRANSFORMS = threading.Lock()
 
 
 @dataclass(frozen=True)
@@ -265,7 +273,7 @@ def _jacobian(fn: Callable[[torch.Tensor], torch.Tensor], x: torch.Tensor, n_out
         def push(t: torch.Tensor) -> torch.Tensor:
             return pull(t)[0]
     parts = []
-    with warnings.catch_warnings():
+    with _TRANSFORMS, warnings.catch_warnings():
         # torch's own forward-mode decompositions script a helper and warn that scripting is
         # deprecated, on every solve: nothing a user can act on.
         warnings.filterwarnings("ignore", message=".*torch.jit.script.*", category=FutureWarning)
@@ -460,69 +468,24 @@ def _contains(piece: AffinePiece, x: np.ndarray, t_pre: np.ndarray) -> bool:
     return bool((err <= _TIE_TOL * _slack_scale(piece.jac, piece.offset, x)).all())
 
 
-@dataclass(frozen=True)
-class _Constraints:
-    """The LP's rows on one piece: ``a_ub x ≤ b_ub`` and ``a_eq x = b_eq``, plus the box.
-
-    Shapes:
-        a_ub: (U, d); b_ub: (U,); a_eq: (E, d); b_eq: (E,)
-    """
-
-    a_ub: np.ndarray
-    b_ub: np.ndarray
-    a_eq: np.ndarray
-    b_eq: np.ndarray
-
-    @classmethod
-    def on(cls, piece: AffinePiece, t_pre: np.ndarray, pos: np.ndarray, keep: np.ndarray | None = None) -> _Constraints:
-        """Positive units at the target's values ``t_pre``, the others ≤ 0, the region rows ``keep``."""
-        region_jac, region_bound = piece.region_jac, piece.region_bound
-        if keep is not None:
-            region_jac, region_bound = region_jac[keep], region_bound[keep]
-        return cls(
-            a_ub=np.vstack([piece.jac[~pos], region_jac]),
-            b_ub=np.concatenate([-piece.offset[~pos], region_bound]),
-            a_eq=piece.jac[pos],
-            b_eq=t_pre[pos] - piece.offset[pos],
-        )
-
-
-def _solve_lp(
-    rows: _Constraints, cost: np.ndarray, lam: float, x_init: np.ndarray, config: ExactConfig,
-) -> tuple[np.ndarray, str]:
-    """Minimise ``cost·x + lam‖x − x_init‖₁`` subject to ``rows`` and the box (HiGHS).
-
-    Returns the minimiser clipped to the box (NaN unless optimal) and its outcome.
-
-    Shapes:
-        cost, x_init: (d,); returns (d,)
-    """
-    d = len(cost)
-    a_ub, a_eq = rows.a_ub, rows.a_eq
-    if lam > 0:
-        # x and t with t ≥ |x − init|: x − t ≤ init and −x − t ≤ −init.
-        eye = sp.identity(d, format="csr")
-        ub = sp.vstack([
-            sp.hstack([sp.csr_matrix(a_ub), sp.csr_matrix((len(a_ub), d))]),
-            sp.hstack([eye, -eye]),
-            sp.hstack([-eye, -eye]),
-        ]).tocsr()
-        rhs = np.concatenate([rows.b_ub, x_init, -x_init])
-        eq = sp.hstack([sp.csr_matrix(a_eq), sp.csr_matrix((len(a_eq), d))]).tocsr()
-        full_cost = np.concatenate([cost, np.full(d, lam)])
-        bounds = [(config.lower, config.upper)] * d + [(0, None)] * d
-    else:
-        ub, rhs, eq = a_ub, rows.b_ub, a_eq
-        full_cost, bounds = cost, [(config.lower, config.upper)] * d
-    res = scipy.optimize.linprog(
-        full_cost, A_ub=ub, b_ub=rhs, A_eq=eq if len(a_eq) else None, b_eq=rows.b_eq if len(a_eq) else None,
-        bounds=bounds, method="highs",
-        options={"primal_feasibility_tolerance": config.feasibility_tol,
-                 "dual_feasibility_tolerance": config.feasibility_tol},
+def _rows_on(piece: AffinePiece, t_pre: np.ndarray, pos: np.ndarray, keep: np.ndarray | None = None) -> LinearRows:
+    """The LP's rows on one piece: positive units at the target's values ``t_pre``, the
+    others ≤ 0, then the region rows ``keep`` (all by default), which may be added lazily."""
+    region_jac, region_bound = piece.region_jac, piece.region_bound
+    if keep is not None:
+        region_jac, region_bound = region_jac[keep], region_bound[keep]
+    return LinearRows(
+        a_ub=np.vstack([piece.jac[~pos], region_jac]),
+        b_ub=np.concatenate([-piece.offset[~pos], region_bound]),
+        a_eq=piece.jac[pos],
+        b_eq=t_pre[pos] - piece.offset[pos],
+        lazy=len(region_bound),
     )
-    if res.status == 0:
-        return np.clip(res.x[:d], config.lower, config.upper), OPTIMAL
-    return np.full(d, np.nan), {2: INFEASIBLE, 3: UNBOUNDED}.get(res.status, FAILED)
+
+
+def _solve(problem: LpProblem, config: ExactConfig) -> LpSolution:
+    return solve_lp(problem, lower=config.lower, upper=config.upper, tol=config.feasibility_tol,
+                    solver=config.lp_solver)
 
 
 def _tie_broken_piece(
@@ -611,32 +574,42 @@ def solve_exact(
     d = piece.jac.shape[1]
     rank = int(np.linalg.matrix_rank(piece.jac[pos])) if pos.any() else 0
     x_init = init.double().flatten().numpy()
-    rows = _Constraints.on(piece, t_pre, pos)
     tied = _tied_rows(piece, x0) if break_ties else np.zeros(len(piece.region_bound), dtype=bool)
-
-    # Per vertex, its candidates: (piece, solution, outcome), the target's piece first.
-    candidates: list[list[tuple[AffinePiece, np.ndarray, str]]] = []
-    for unit in units.tolist():
+    unit_list = units.tolist()
+    for unit in unit_list:
         if pos[unit]:
             raise DataError(f"unit {unit} is positive for the target: push a non-positive unit")
-        lam = config.proximity * float(np.abs(piece.jac[unit]).mean())
-        x, outcome = _solve_lp(rows, piece.jac[unit], lam, x_init, config)
-        tried = [(piece, x, outcome)]
-        if tied.any() and outcome == OPTIMAL:
+    # λ from the target's piece throughout: the same trade-off on either piece.
+    lams = [config.proximity * float(np.abs(piece.jac[unit]).mean()) for unit in unit_list]
+    rows = _rows_on(piece, t_pre, pos)
+    loose_rows = _rows_on(piece, t_pre, pos, ~tied)
+
+    def candidates_of(k: int) -> list[tuple[AffinePiece, np.ndarray, str]]:
+        """Vertex k's candidates: (piece, solution, outcome), the target's piece first."""
+        unit, lam = unit_list[k], lams[k]
+        first = _solve(LpProblem(rows, piece.jac[unit], lam, x_init), config)
+        tried = [(piece, first.x, first.outcome)]
+        if tied.any() and first.outcome == OPTIMAL:
             # Without the tied rows the LP may leave the piece: it only says which way
             # to break the ties. Its objective keeps the target's Jacobian.
-            loose, loose_outcome = _solve_lp(_Constraints.on(piece, t_pre, pos, ~tied), piece.jac[unit], lam,
-                                             x_init, config)
-            direction = loose - x0
-            adjacent = None
-            if loose_outcome == OPTIMAL and np.abs(direction).max() > 0:
+            loose = _solve(LpProblem(loose_rows, piece.jac[unit], lam, x_init), config)
+            direction = loose.x - x0
+            if loose.outcome == OPTIMAL and np.abs(direction).max() > 0:
                 adjacent = _tie_broken_piece(model, site, target, piece, tied, direction, t_pre)
-            if adjacent is not None and not _same_piece(adjacent, piece):
-                # λ from the target's piece: the same trade-off on either piece.
-                x2, outcome2 = _solve_lp(_Constraints.on(adjacent, t_pre, pos), adjacent.jac[unit], lam,
-                                         x_init, config)
-                tried.append((adjacent, x2, outcome2))
-        candidates.append(tried)
+                if adjacent is not None and not _same_piece(adjacent, piece):
+                    second = _solve(LpProblem(_rows_on(adjacent, t_pre, pos), adjacent.jac[unit], lam, x_init),
+                                    config)
+                    tried.append((adjacent, second.x, second.outcome))
+        return tried
+
+    # Vertices are independent: their LPs (HiGHS releases the GIL) and re-linearisations
+    # (torch does too) run side by side, each on its own copy of the model.
+    threads = min(config.threads or os.cpu_count() or 1, len(unit_list))
+    if threads > 1:
+        with ThreadPoolExecutor(threads) as pool:
+            candidates = list(pool.map(candidates_of, range(len(unit_list))))
+    else:
+        candidates = [candidates_of(k) for k in range(len(unit_list))]
 
     # Every candidate through a real float64 forward pass: it must match its own piece.
     flat = [c for tried in candidates for c in tried]

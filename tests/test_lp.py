@@ -1,0 +1,136 @@
+"""The exact solver's LP (collide.solvers.lp): HiGHS with lazy region rows against scipy's
+linprog with every row, the oracle."""
+
+import dataclasses
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+import torch
+
+from collide.config import ExactConfig
+from collide.objective import nonpositive_units
+from collide.solvers.exact import OPTIMAL, solve_exact
+from collide.solvers.lp import INFEASIBLE, LinearRows, LpProblem, solve_lp
+from collide.taps import preactivation
+from tests.tolerances import LP_CONSTRAINT, LP_OBJECTIVE
+
+TOL = 1e-9
+
+
+def _problem(seed: int, *, d: int = 40, n_eq: int = 4, n_ub: int = 8, n_lazy: int = 300, lam: float = 0.05):
+    """A random LP that the point x0 satisfies: every row's slack at x0 is random, some 0."""
+    rng = np.random.default_rng(seed)
+    x0 = rng.uniform(0.2, 0.8, d)
+    a_eq = rng.normal(size=(n_eq, d))
+    a_ub = rng.normal(size=(n_ub + n_lazy, d))
+    slack = rng.exponential(0.5, n_ub + n_lazy) * (rng.random(n_ub + n_lazy) > 0.1)
+    rows = LinearRows(a_ub=a_ub, b_ub=a_ub @ x0 + slack, a_eq=a_eq, b_eq=a_eq @ x0, lazy=n_lazy)
+    init = np.clip(x0 + rng.normal(scale=0.3, size=d), 0, 1)
+    return LpProblem(rows, rng.normal(size=d), lam, init)
+
+
+def _objective(p: LpProblem, x: np.ndarray) -> float:
+    return float(p.cost @ x + p.lam * np.abs(x - p.init).sum())
+
+
+def _check_feasible(p: LpProblem, x: np.ndarray) -> None:
+    r = p.rows
+    assert np.abs(r.a_eq @ x - r.b_eq).max() <= LP_CONSTRAINT
+    assert (r.a_ub @ x - r.b_ub).max() <= LP_CONSTRAINT
+    assert x.min() >= 0 and x.max() <= 1
+
+
+@pytest.mark.parametrize("seed", range(4))
+def test_highs_with_lazy_rows_matches_linprog_with_every_row(seed):
+    p = _problem(seed)
+    fast = solve_lp(p, lower=0, upper=1, tol=TOL, solver="highs")
+    oracle = solve_lp(p, lower=0, upper=1, tol=TOL, solver="linprog")
+    assert fast.outcome == oracle.outcome == OPTIMAL
+    _check_feasible(p, fast.x)  # every row, the ones never added too
+    assert abs(_objective(p, fast.x) - _objective(p, oracle.x)) <= LP_OBJECTIVE * (1 + abs(_objective(p, oracle.x)))
+    assert fast.rounds > 1 and 0 < fast.region_rows_used < p.rows.lazy  # the lazy path ran, and saved rows
+
+
+def test_lazy_rows_reach_the_optimum_of_the_whole_lp():
+    p = _problem(7)
+    every = dataclasses.replace(p, rows=dataclasses.replace(p.rows, lazy=0))
+    lazy = solve_lp(p, lower=0, upper=1, tol=TOL)
+    whole = solve_lp(every, lower=0, upper=1, tol=TOL)
+    assert whole.rounds == 1 and whole.region_rows_used == 0
+    assert abs(_objective(p, lazy.x) - _objective(p, whole.x)) <= LP_OBJECTIVE * (1 + abs(_objective(p, whole.x)))
+
+
+@pytest.mark.parametrize("solver", ["highs", "linprog"])
+def test_no_solution_is_reported_infeasible(solver):
+    p = _problem(1)
+    rows = dataclasses.replace(p.rows, a_eq=np.vstack([p.rows.a_eq[:1]] * 2),
+                               b_eq=np.array([p.rows.b_eq[0], p.rows.b_eq[0] + 1.0]))
+    out = solve_lp(dataclasses.replace(p, rows=rows), lower=0, upper=1, tol=TOL, solver=solver)
+    assert out.outcome == INFEASIBLE and np.isnan(out.x).all()
+
+
+def test_a_lazy_row_that_makes_the_lp_infeasible_is_found():
+    p = _problem(2, n_lazy=50)
+    r = p.rows
+    # The last lazy row contradicts the first equality: a·x ≤ b_eq − 1 with a·x = b_eq.
+    a_ub = np.vstack([r.a_ub, r.a_eq[:1]])
+    rows = dataclasses.replace(r, a_ub=a_ub, b_ub=np.concatenate([r.b_ub, r.b_eq[:1] - 1]), lazy=r.lazy + 1)
+    assert solve_lp(dataclasses.replace(p, rows=rows), lower=0, upper=1, tol=TOL).outcome == INFEASIBLE
+
+
+def test_unknown_solver_is_refused():
+    with pytest.raises(ValueError, match="expected solver in"):
+        solve_lp(_problem(0), lower=0, upper=1, tol=TOL, solver="glpk")
+
+
+def _units(model, layer, target, n):
+    with torch.no_grad():
+        return nonpositive_units(preactivation(model, target.unsqueeze(0), layer)[0], n)
+
+
+def test_vertices_do_not_depend_on_threads(mlp_model):
+    gen = torch.Generator().manual_seed(11)
+    target, init = torch.rand(1, 28, 28, generator=gen) * 0.5, torch.rand(1, 28, 28, generator=gen)
+    units = _units(mlp_model, "relu2", target, 4)
+    one = solve_exact(mlp_model, "relu2", target, init, units, config=ExactConfig(threads=1))
+    two = solve_exact(mlp_model, "relu2", target, init, units, config=ExactConfig(threads=2))
+    assert one.outcomes == two.outcomes == (OPTIMAL,) * 4
+    assert torch.equal(one.vertices, two.vertices)
+
+
+def test_exact_vertices_by_highs_and_by_linprog_agree(mlp_model):
+    # relu2: the first layer's 256 sign rows are region rows, added lazily by highs.
+    gen = torch.Generator().manual_seed(12)
+    target = torch.rand(1, 28, 28, generator=gen) * 0.5
+    units = _units(mlp_model, "relu2", target, 3)
+    fast = solve_exact(mlp_model, "relu2", target, target, units, config=ExactConfig())
+    oracle = solve_exact(mlp_model, "relu2", target, target, units, config=ExactConfig(lp_solver="linprog"))
+    assert fast.outcomes == oracle.outcomes == (OPTIMAL,) * 3
+    with torch.no_grad():
+        pushed_fast = preactivation(mlp_model.double(), fast.vertices.double(), "relu2")
+        pushed_oracle = preactivation(mlp_model, oracle.vertices.double(), "relu2")
+    mlp_model.float()
+    for k, unit in enumerate(units.tolist()):  # the same optimum of each vertex's own unit
+        assert abs(float(pushed_fast[k, unit] - pushed_oracle[k, unit])) <= LP_CONSTRAINT * (
+            1 + abs(float(pushed_oracle[k, unit])))
+
+
+def test_highs_prints_nothing():
+    code = ("import numpy as np; from collide.solvers.lp import LinearRows, LpProblem, solve_lp; "
+            "r = LinearRows(a_ub=np.ones((1, 2)), b_ub=np.ones(1), a_eq=np.zeros((0, 2)), b_eq=np.zeros(0)); "
+            "p = LpProblem(r, np.array([-1.0, 0.0]), 0.0, np.zeros(2)); "
+            "print(solve_lp(p, lower=0, upper=1, tol=1e-9).outcome)")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout == "optimal\n" and out.stderr == ""
+
+
+def test_threads_stay_out_of_the_digest_and_the_lp_solver_does_not(tmp_path):
+    from collide.experiments.mnist import MnistExperiment
+
+    base = MnistExperiment()
+    assert dataclasses.replace(base, exact=ExactConfig(threads=1)).digest() == base.digest()
+    assert dataclasses.replace(base, exact=ExactConfig(lp_solver="linprog")).digest() != base.digest()
+    with pytest.raises(Exception, match="expected lp_solver in"):
+        ExactConfig(lp_solver="glpk")
