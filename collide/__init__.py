@@ -6,7 +6,7 @@ the experiments of the paper live in :mod:`collide.experiments`. The library nev
 imports Prefect; orchestration lives in ``tasks/`` and ``flows/``.
 """
 
-from collide.api import Measurement, Polytope, check_polytope, find_polytope, measure
+from collide.api import Measurement, Polytope, check_polytope, find_polytope, find_polytopes, measure
 from collide.config import ExactConfig, GradientConfig, PaperConfig
 from collide.errors import CollideError
 from collide.taps import layers, preactivation, tap
@@ -20,6 +20,7 @@ __all__ = [
     "Polytope",
     "check_polytope",
     "find_polytope",
+    "find_polytopes",
     "measure",
     "layers",
     "preactivation",

@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import contextlib
 import copy
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field, replace
 from typing import Any
 
@@ -186,12 +186,72 @@ def find_polytope(
     _check_float32(model)
     target = _one_input(target, "target")
     layer = resolve_layer(model, layer, target.unsqueeze(0))
+    if param is not None and method != "gradient":
+        raise ConfigError(f"a parameterisation other than pixels needs method='gradient', got {method!r}")
+    problem = _problem(model, layer, target, init, n_vertices, units, cfg)
+    return _solve(model, layer, [problem], method=method, cfg=cfg, device=device, param=param,
+                  progress=progress)[0]
+
+
+def find_polytopes(
+    model: nn.Module,
+    layer: str,
+    targets: Sequence[torch.Tensor],
+    *,
+    inits: Sequence[torch.Tensor | None] | None = None,
+    n_vertices: int = 5,
+    method: Method = "gradient",
+    device: str = "cpu",
+    config: SolverConfig | None = None,
+    bounds: tuple[float, float] | None = None,
+    progress: Callable[[int, int, int], None] | None = None,
+) -> list[Polytope]:
+    """:func:`find_polytope` for several targets at once: one polytope per target.
+
+    The gradient solvers take every target's vertices as one batch (the model runs once
+    per step for all of them; each vertex still follows its own path and stops on its
+    own), which is what makes a scan of many targets fast. The exact solver's LPs are
+    per vertex anyway and run target after target. ``solver["seconds"]`` is the whole
+    batch's time and ``solver["batch_targets"]`` its size.
+
+    A vertex depends only on its own target, init and unit, up to float rounding:
+    a batched matrix product may round differently for another batch size, so results
+    are the same bit for bit for the same batches, not across batch sizes.
+
+    Shapes:
+        targets: T inputs (*input), or a (T, *input) tensor; inits: T inputs or None each
+    """
+    cfg = _solver_config(method, config, bounds)
+    _check_float32(model)
+    targets = [_one_input(t, f"target {k}") for k, t in enumerate(targets)]
+    if not targets:
+        raise DataError("find_polytopes needs at least one target, got none")
+    inits = list(inits) if inits is not None else [None] * len(targets)
+    if len(inits) != len(targets):
+        raise DataError(f"got {len(targets)} targets and {len(inits)} inits: give one init per target (or None)")
+    layer = resolve_layer(model, layer, targets[0].unsqueeze(0))
+    problems = [_problem(model, layer, t, i, n_vertices, None, cfg) for t, i in zip(targets, inits, strict=True)]
+    return _solve(model, layer, problems, method=method, cfg=cfg, device=device, param=None, progress=progress)
+
+
+@dataclass(frozen=True)
+class _Problem:
+    """One target's polytope problem, checked: ``target_pre`` (D,), ``units`` (V,)."""
+
+    target: torch.Tensor
+    init: torch.Tensor
+    target_pre: torch.Tensor
+    units: torch.Tensor
+
+
+def _problem(
+    model: nn.Module, layer: str, target: torch.Tensor, init: torch.Tensor | None, n_vertices: int,
+    units: torch.Tensor | None, cfg: SolverConfig,
+) -> _Problem:
     init = target if init is None else _one_input(init, "init")
     if init.shape != target.shape:
         raise DataError(f"init has shape {tuple(init.shape)}, the target {tuple(target.shape)}: they must match")
     check_inputs(target, "the target", cfg.lower, cfg.upper)
-    if param is not None and method != "gradient":
-        raise ConfigError(f"a parameterisation other than pixels needs method='gradient', got {method!r}")
     with full_precision(), torch.no_grad(), eval_mode(model):
         try:
             logits = model(target.unsqueeze(0))
@@ -204,30 +264,54 @@ def find_polytope(
                         f"{tuple(logits.shape)}, not (1, classes): pass the target without a batch dimension")
     if units is None:
         units = nonpositive_units(target_pre, n_vertices)
-    units = torch.as_tensor(units).long().flatten()
-    v = len(units)
+    return _Problem(target=target, init=init, target_pre=target_pre, units=torch.as_tensor(units).long().flatten())
+
+
+def _solve(
+    model: nn.Module, layer: str, problems: list[_Problem], *, method: str, cfg: SolverConfig, device: str,
+    param: Parameterisation | None, progress: Callable[[int, int, int], None] | None,
+) -> list[Polytope]:
+    """Every problem's vertices (one solver batch for the gradient solvers), each polytope
+    checked in float64."""
+    found: list[tuple[torch.Tensor, torch.Tensor | None, dict[str, Any], torch.Tensor]] = []
     with full_precision():
         if method == "exact":
-            ex = solve_exact(model, layer, target, init, units, config=cfg)  # type: ignore[arg-type]
-            vertices, params = ex.vertices, None
-            solver = {"seconds": ex.seconds, "converged": all(o == OPTIMAL for o in ex.outcomes),
-                      "outcomes": list(ex.outcomes), "input_dim": ex.input_dim, "n_positive": ex.n_positive,
-                      "rank_positive": ex.rank_positive, "dim_upper_bound": ex.dim_upper_bound}
+            for pr in problems:
+                ex = solve_exact(model, layer, pr.target, pr.init, pr.units, config=cfg)  # type: ignore[arg-type]
+                found.append((ex.vertices, None, {
+                    "seconds": ex.seconds, "converged": all(o == OPTIMAL for o in ex.outcomes),
+                    "outcomes": list(ex.outcomes), "input_dim": ex.input_dim, "n_positive": ex.n_positive,
+                    "rank_positive": ex.rank_positive, "dim_upper_bound": ex.dim_upper_bound}, pr.init))
         else:
-            p = param if param is not None else Pixels(init)
-            problem = (model, layer, target_pre.expand(v, -1), p.initial(v), units)
+            params = [param if param is not None else Pixels(pr.init) for pr in problems]
+            sizes = [len(pr.units) for pr in problems]
+            batch = (
+                model, layer,
+                torch.cat([pr.target_pre.expand(v, -1) for pr, v in zip(problems, sizes, strict=True)]),
+                torch.cat([p.initial(v) for p, v in zip(params, sizes, strict=True)]),
+                torch.cat([pr.units for pr in problems]),
+            )
             if method == "gradient":
-                dev = p.on(device)
-                result = solve_gradient(*problem, config=cfg, device=device, progress=progress,  # type: ignore[arg-type]
+                dev = params[0].on(device)
+                result = solve_gradient(*batch, config=cfg, device=device, progress=progress,  # type: ignore[arg-type]
                                         decode=dev.decode, regularizer=dev.regularizer)
             else:
-                result = solve_paper(*problem, config=cfg, device=device, progress=progress)  # type: ignore[arg-type]
-            vertices, params, solver = result.vertices, result.params, result.summary()
-            if param is not None:
-                with torch.no_grad():
-                    init = p.decode(p.initial(1))[0].float()  # type: ignore[misc]
-    return check_polytope(model, layer, vertices, target, init, units, method=method,
-                          criterion=criterion_for(method, cfg), solver=solver, params=params, device=device)
+                result = solve_paper(*batch, config=cfg, device=device, progress=progress)  # type: ignore[arg-type]
+            start = 0
+            for pr, p, v in zip(problems, params, sizes, strict=True):
+                rows = slice(start, start + v)
+                start += v
+                init = pr.init
+                if param is not None:
+                    with torch.no_grad():
+                        init = p.decode(p.initial(1))[0].float()  # type: ignore[misc]
+                solver = result.summary(rows)
+                if len(problems) > 1:
+                    solver["batch_targets"] = len(problems)
+                found.append((result.vertices[rows], result.params[rows], solver, init))
+    return [check_polytope(model, layer, vertices, pr.target, init, pr.units, method=method,
+                           criterion=criterion_for(method, cfg), solver=solver, params=params, device=device)
+            for pr, (vertices, params, solver, init) in zip(problems, found, strict=True)]
 
 
 def check_polytope(

@@ -1,6 +1,7 @@
 """The one engine, for every experiment: a finished run reruns as a no-op, a killed run
 resumes to what an uninterrupted one writes, and the scan's summary is its table's."""
 
+import dataclasses
 import json
 import os
 import shutil
@@ -21,6 +22,7 @@ from collide.experiments import mnist as mnist_module
 from collide.experiments.imagenet import ImagenetExperiment
 from collide.experiments.scan import ScanExperiment, class_summary
 from collide.results.store import list_rows, read_row, table_path
+from tests.tolerances import EQUIVALENT
 
 pytestmark = pytest.mark.slow
 TIMING = ["solver_seconds"]
@@ -117,7 +119,7 @@ def scanned(tiny_mnist, tmp_path_factory):
         data_root=str(tiny_mnist), checkpoint_dir=str(root / "ck"), results_root=str(root / "res"),
         device="cpu", allow_download=False, train=TrainConfig(epochs=2, min_accuracy=0.0),
         sample=SampleConfig(n_samples=200, n_dataset_pairs=100), targets_per_class=1,
-        gradient=GradientConfig(max_steps=400),
+        gradient=GradientConfig(max_steps=400), targets_per_batch=1,
     )
     return config, engine.run(scan, config=config)
 
@@ -155,6 +157,30 @@ def test_a_finished_scan_reruns_as_a_no_op(scanned):
     again = engine.run(scan, config=config)
     assert again["summary_reused"] and again["reused"] and again["reused_rows"] == 20
     assert _snapshot(config.results_root) == before
+
+
+def test_a_batched_scan_writes_the_unbatched_scans_polytopes(scanned, tmp_path):
+    config, _ = scanned
+    batched = dataclasses.replace(config, targets_per_batch=4, results_root=str(tmp_path / "res"))
+    context = mnist_module.prepare(config=batched)
+    jobs = mnist_module.plan(context, config=batched)
+    # 10 gradient rows in batches of 4, 4 and 2; the exact rows stay one job each.
+    assert sorted(len(j["rows"]) for j in jobs) == [1] * 10 + [2, 4, 4]
+    out = engine.run(scan, config=batched)
+    assert len(out["rows"]) == 20
+    for row in range(20):
+        a, a_attrs = read_row(config.results_root, config.name, row)
+        b, b_attrs = read_row(batched.results_root, batched.name, row)
+        assert a_attrs["method"] == b_attrs["method"] and a_attrs["target_index"] == b_attrs["target_index"]
+        if a_attrs["method"] == "exact":  # not batched: the very same LPs
+            assert np.array_equal(a["vertices"], b["vertices"], equal_nan=True)
+        else:  # each vertex its own path; only a batched product's rounding may differ
+            assert np.allclose(a["vertices"], b["vertices"], atol=EQUIVALENT, equal_nan=True)
+            assert b_attrs["solver"]["batch_targets"] in (2, 4)
+        assert a_attrs["units"] == b_attrs["units"]
+    before = _snapshot(batched.results_root)
+    assert engine.run(scan, config=batched)["reused_rows"] == 20
+    assert _snapshot(batched.results_root) == before
 
 
 def test_a_second_run_of_one_experiment_is_refused_naming_the_first(tiny_config, tmp_path):

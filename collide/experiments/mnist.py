@@ -16,7 +16,7 @@ from typing import Any, ClassVar
 import torch
 
 from collide._io import file_digest
-from collide.api import find_polytope
+from collide.api import find_polytopes
 from collide.config import (
     DEFAULT_ROWS,
     ExactConfig,
@@ -41,6 +41,8 @@ NAME = "mnist"
 SUMMARY = "MNIST MLP, paper §3.1 (Tables 1-2); many targets with targets_per_class"
 DATASET = "mnist"
 INPUT_SHAPE = (1, 28, 28)
+# Rows whose solver takes many targets' vertices as one batch (targets_per_batch).
+BATCHED_METHODS = ("gradient", "paper")
 
 
 @functools.lru_cache(maxsize=64)
@@ -65,6 +67,12 @@ class MnistExperiment(_Experiment):
     ``(k+1)*len(rows) - 1``, each row one polytope job. ``threads`` is torch's CPU
     thread count inside a job: results are the same bit for bit wherever a job runs (a
     Dask worker, a thread, plain Python) only for the same count.
+
+    ``targets_per_batch`` > 1 solves the gradient and paper rows of that many targets
+    as one solver batch (one job; :func:`collide.find_polytopes`): a scan's polytopes
+    per second rise (benchmarks/results.md, "targets per batch", measured the default
+    chosen for scans). A row is the same bit for bit for the same batches; another
+    batch size may change its last bits (a batched matrix product rounds by shape).
     """
 
     name: str = "mnist"
@@ -84,6 +92,7 @@ class MnistExperiment(_Experiment):
     paper: PaperConfig = field(default_factory=PaperConfig)
     sample: SampleConfig = field(default_factory=SampleConfig)
     targets_per_class: int = 0
+    targets_per_batch: int = 1
     threads: int = 1
 
     _nested: ClassVar[dict[str, type]] = {
@@ -102,6 +111,7 @@ class MnistExperiment(_Experiment):
         )
         _require(self.targets_per_class >= 0, f"expected targets_per_class >= 0, got {self.targets_per_class}")
         _require(self.threads >= 1, f"expected threads >= 1, got {self.threads}")
+        _require(self.targets_per_batch >= 1, f"expected targets_per_batch >= 1, got {self.targets_per_batch}")
 
     @property
     def n_targets(self) -> int:
@@ -227,29 +237,45 @@ def prepare(*, config: MnistExperiment, progress: Progress = no_progress) -> dic
 
 
 def plan(context: dict[str, Any], *, config: MnistExperiment) -> list[dict[str, Any]]:
-    """One job per row: target ``k`` owns rows ``k*len(rows)`` on."""
-    n = len(config.rows)
-    return [job(f"target-{k}-row-{k * n + i}-{spec.method}-{spec.init}", [k * n + i], examples=examples)
-            for k, examples in enumerate(context["targets"]) for i, spec in enumerate(config.rows)]
+    """One job per row: target ``k`` owns rows ``k*len(rows)`` on. With
+    ``targets_per_batch`` > 1, a job holds the gradient-solver rows (``gradient``,
+    ``paper``) of one row spec for that many consecutive targets, solved as one batch."""
+    n, per = len(config.rows), config.targets_per_batch
+    targets = context["targets"]
+    jobs = []
+    for i, spec in enumerate(config.rows):
+        if per == 1 or spec.method not in BATCHED_METHODS:
+            jobs += [job(f"target-{k}-row-{k * n + i}-{spec.method}-{spec.init}", [k * n + i], examples=examples)
+                     for k, examples in enumerate(targets)]
+            continue
+        for first in range(0, len(targets), per):
+            ks = range(first, min(first + per, len(targets)))
+            jobs.append(job(f"targets-{ks[0]}-{ks[-1]}-{spec.method}-{spec.init}", [k * n + i for k in ks],
+                            batch=[targets[k] for k in ks]))
+    return sorted(jobs, key=lambda j: j["rows"][0])
 
 
 def solve(job: dict[str, Any], context: dict[str, Any], *, config: MnistExperiment,
           progress: Progress = no_progress) -> None:
-    """Find each row's polytope with :func:`collide.find_polytope` and write its row group."""
+    """Find the job's polytopes with :func:`collide.find_polytopes` (one solver batch; rows
+    of one spec) and write each row group."""
     model, meta = load_checkpoint(context["checkpoint"])
     test = load_mnist(config.data_root, "test")
-    examples = job["spec"]["examples"]
-    target = test.images[examples["target_index"]]
-    for row in job["rows"]:
-        spec = config.row_spec(row)
-        init_index = examples["target_index"] if spec.init == "target" else examples["other_index"]
-        solver_config = config.paper.for_model(config.train.arch) if spec.method == "paper" else getattr(
-            config, spec.method)
-        poly = find_polytope(
-            model, config.layer, target, init=test.images[init_index], n_vertices=config.n_vertices,
-            method=spec.method, device=resolve_device(config.device), config=solver_config,
-            progress=lambda s, n, _d, m=spec.method: progress(f"vertices ({m})", s, n),
-        )
+    batch = job["spec"].get("batch") or [job["spec"]["examples"]] * len(job["rows"])
+    specs = {config.row_spec(row) for row in job["rows"]}
+    if len(specs) != 1:
+        raise RuntimeError(f"job {job['label']}: its rows {job['rows']} mix row specs {sorted(specs)}")
+    [spec] = specs
+    init_indices = [e["target_index"] if spec.init == "target" else e["other_index"] for e in batch]
+    solver_config = config.paper.for_model(config.train.arch) if spec.method == "paper" else getattr(
+        config, spec.method)
+    polys = find_polytopes(
+        model, config.layer, [test.images[e["target_index"]] for e in batch],
+        inits=[test.images[i] for i in init_indices], n_vertices=config.n_vertices,
+        method=spec.method, device=resolve_device(config.device), config=solver_config,
+        progress=lambda s, n, _d, m=spec.method: progress(f"vertices ({m})", s, n),
+    )
+    for row, examples, init_index, poly in zip(job["rows"], batch, init_indices, polys, strict=True):
         RowRecord.of(
             poly, config=config, row=row, init=spec.init, model=f"{DATASET}-{config.train.arch}",
             model_source=checkpoint_source(context["checkpoint"], meta["sha256"]),
