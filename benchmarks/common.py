@@ -13,6 +13,7 @@ import platform
 import statistics
 import time
 from collections.abc import Callable
+from importlib.metadata import version
 from pathlib import Path
 from typing import Any
 
@@ -147,5 +148,8 @@ def machine() -> dict[str, Any]:
         "scipy": scipy.__version__,
         "dask": dask.__version__,
         "pynndescent": pynndescent.__version__,
+        # The exact solver's HiGHS (highspy) and the reference's (scipy): scipy 1.15's linprog
+        # had a large regression (scipy issue 22655), so versions go with every figure.
+        "highspy": version("highspy"),
         "cuda": torch.cuda.get_device_name(0) if torch.cuda.is_available() else None,
     }

@@ -149,6 +149,8 @@ class ExactResult:
     the target's positive units. ``pieces[k]`` says which linear piece vertex k was
     solved on: ``"target"`` (the one autograd picked at the target) or ``"tie-broken"``
     (an adjacent one, where the target sits on a tie; see :mod:`collide.solvers.exact`).
+    ``lp_work[k]``: what vertex k cost: LPs solved, their rounds of added rows, the most
+    region rows one of them held, and the region rows there were.
 
     Shapes:
         vertices: (V, *input) float32; rel_error, violation: (V,)
@@ -163,6 +165,7 @@ class ExactResult:
     rank_positive: int
     seconds: float
     pieces: tuple[str, ...] = ()
+    lp_work: tuple[dict[str, int], ...] = ()
 
     @property
     def dim_upper_bound(self) -> int:
@@ -584,32 +587,39 @@ def solve_exact(
     rows = _rows_on(piece, t_pre, pos)
     loose_rows = _rows_on(piece, t_pre, pos, ~tied)
 
-    def candidates_of(k: int) -> list[tuple[AffinePiece, np.ndarray, str]]:
-        """Vertex k's candidates: (piece, solution, outcome), the target's piece first."""
+    def candidates_of(k: int) -> tuple[list[tuple[AffinePiece, np.ndarray, str]], list[LpSolution]]:
+        """Vertex k's candidates: (piece, solution, outcome), the target's piece first;
+        and every LP solved for it."""
         unit, lam = unit_list[k], lams[k]
         first = _solve(LpProblem(rows, piece.jac[unit], lam, x_init), config)
-        tried = [(piece, first.x, first.outcome)]
+        tried, solved = [(piece, first.x, first.outcome)], [first]
         if tied.any() and first.outcome == OPTIMAL:
             # Without the tied rows the LP may leave the piece: it only says which way
             # to break the ties. Its objective keeps the target's Jacobian.
             loose = _solve(LpProblem(loose_rows, piece.jac[unit], lam, x_init), config)
+            solved.append(loose)
             direction = loose.x - x0
             if loose.outcome == OPTIMAL and np.abs(direction).max() > 0:
                 adjacent = _tie_broken_piece(model, site, target, piece, tied, direction, t_pre)
                 if adjacent is not None and not _same_piece(adjacent, piece):
                     second = _solve(LpProblem(_rows_on(adjacent, t_pre, pos), adjacent.jac[unit], lam, x_init),
                                     config)
+                    solved.append(second)
                     tried.append((adjacent, second.x, second.outcome))
-        return tried
+        return tried, solved
 
     # Vertices are independent: their LPs (HiGHS releases the GIL) and re-linearisations
     # (torch does too) run side by side, each on its own copy of the model.
     threads = min(config.threads or os.cpu_count() or 1, len(unit_list))
     if threads > 1:
         with ThreadPoolExecutor(threads) as pool:
-            candidates = list(pool.map(candidates_of, range(len(unit_list))))
+            per_vertex = list(pool.map(candidates_of, range(len(unit_list))))
     else:
-        candidates = [candidates_of(k) for k in range(len(unit_list))]
+        per_vertex = [candidates_of(k) for k in range(len(unit_list))]
+    candidates = [c for c, _ in per_vertex]
+    lp_work = tuple({"lps": len(solved), "rounds": sum(sol.rounds for sol in solved),
+                     "region_rows": max(sol.region_rows_used for sol in solved),
+                     "region_rows_total": len(piece.region_bound)} for _, solved in per_vertex)
 
     # Every candidate through a real float64 forward pass: it must match its own piece.
     flat = [c for tried in candidates for c in tried]
@@ -655,4 +665,5 @@ def solve_exact(
         rank_positive=rank,
         seconds=time.perf_counter() - start,
         pieces=tuple(pieces),
+        lp_work=lp_work,
     )
