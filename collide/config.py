@@ -541,7 +541,7 @@ class PatchConfig:
     """Sliding-window patches of a corpus (paper §4.1: 32x32 at a constant stride).
 
     ``share`` of each class's images is sampled (seeded) into the corpus; the store is
-    written ``images_per_chunk`` images at a time, one Zarr chunk per Dask task.
+    written in Zarr chunks of ``images_per_chunk`` images, whole chunks per Dask task.
     """
 
     size: int = 8
@@ -571,10 +571,14 @@ class KnnConfig:
     index's first build in a process pays numba's compile (about a minute on 2 cores;
     benchmarks/results.md, kNN: exact search of one image's windows stays below the
     index's build time up to 1e6 patches).
+
+    ``n_jobs``, ``n_trees``, ``n_iters``, ``max_candidates`` and ``low_memory`` go to
+    pynndescent's ``NNDescent`` (0: pynndescent's own default, which grows with the
+    store); benchmarks/results.md, kNN build, has the grid they were chosen from.
     """
 
     k: int = 10
-    n_neighbors: int = 30
+    n_neighbors: int = 20
     n_components: int = 0
     shards: int = 1
     rerank: int = 3
@@ -582,9 +586,17 @@ class KnnConfig:
     seed: int = 0
     method: KnnMethod = "auto"
     exact_below: int = 100_000
+    n_jobs: int = 2
+    n_trees: int = 8
+    n_iters: int = 0
+    max_candidates: int = 0
+    low_memory: bool = False
 
     def __post_init__(self) -> None:
         _choice("method", self.method, KNN_METHODS)
+        _require(self.n_jobs >= 1, f"expected n_jobs >= 1, got {self.n_jobs}")
+        for name in ("n_trees", "n_iters", "max_candidates"):
+            _non_negative(name, getattr(self, name))
         _require(self.exact_below >= 0, f"expected exact_below >= 0, got {self.exact_below}")
         _require(self.k >= 1, f"expected k >= 1, got {self.k}")
         _non_negative("epsilon", self.epsilon)

@@ -37,10 +37,11 @@ def test_dask_store_equals_numpy_path(tmp_path):
     ref_p, ref_i = extract(imgs[ids], 4, 4, ids)
     assert np.array_equal(group["patches"][...], ref_p)
     assert np.array_equal(group["index"][...], ref_i)
-    assert group["patches"].chunks[0] == 3 * 9  # one Zarr chunk per Dask task
+    assert group["patches"].chunks[0] == 3 * 9  # chunked by images_per_chunk, however tasks group them
 
 
 def test_rerun_skips_finished_chunks_and_redoes_unfinished(tmp_path, monkeypatch):
+    monkeypatch.setattr(patches, "TASK_BYTES", 1)  # one chunk per task, one load per chunk
     imgs = _images(10)
     config = PatchConfig(size=4, stride=4, images_per_chunk=4)
     calls = []
@@ -119,3 +120,62 @@ def test_store_attrs_stay_small_as_the_corpus_grows(tmp_path):
                 config=PatchConfig(size=4, stride=4, images_per_chunk=600))
     assert (tmp_path / "p.zarr" / "zarr.json").stat().st_size < 4096
     assert open_store(tmp_path / "p.zarr")["image_ids"][...].tolist() == ids
+
+
+def test_runs_group_consecutive_unfinished_chunks():
+    assert patches._runs([0, 1, 2, 4, 5, 7], 2) == [(0, 2), (2, 3), (4, 6), (7, 8)]
+    assert patches._runs([], 3) == []
+    assert patches._runs([3], 1) == [(3, 4)]
+
+
+@pytest.mark.parametrize("task_bytes", [1, 2 * 9 * 16, 10**9])  # one chunk per task, two, all
+def test_tasks_of_several_chunks_write_the_numpy_store(tmp_path, monkeypatch, task_bytes):
+    monkeypatch.setattr(patches, "TASK_BYTES", task_bytes)
+    imgs = _images(10)
+    config = PatchConfig(size=4, stride=4, images_per_chunk=2)  # 2 images * 9 patches * 16 bytes a chunk
+    seen = []
+    out = build_store(tmp_path / "p.zarr", range(10), lambda i: imgs[list(i)], image_shape=(1, 12, 12),
+                      config=config, progress=lambda what, done, total: seen.append((done, total)))
+    assert out["chunks_written"] == 5
+    group = open_store(tmp_path / "p.zarr")
+    ref_p, ref_i = extract(imgs, 4, 4)
+    assert np.array_equal(group["patches"][...], ref_p) and np.array_equal(group["index"][...], ref_i)
+    assert group["patches"].chunks[0] == 2 * 9  # the store's chunking is the config's, whatever the tasks
+    assert seen[0] == (0, 5) and seen[-1] == (5, 5)
+    assert [d for d, _ in seen] == sorted(d for d, _ in seen)
+
+
+def test_a_rerun_redoes_a_run_of_unfinished_chunks_in_one_task(tmp_path, monkeypatch):
+    monkeypatch.setattr(patches, "TASK_BYTES", 10**9)
+    imgs = _images(10)
+    config = PatchConfig(size=4, stride=4, images_per_chunk=2)
+    calls = []
+
+    def load(ids):
+        calls.append(list(ids))
+        return imgs[list(ids)]
+
+    build_store(tmp_path / "p.zarr", range(10), load, image_shape=(1, 12, 12), config=config)
+    assert calls == [list(range(10))]
+    group = zarr.open_group(tmp_path / "p.zarr", mode="r+")
+    group["done"][1:3] = False  # chunks 1 and 2: images 2..5
+    group["done"][4] = False  # chunk 4: images 8, 9
+    group["patches"][18:54] = 0
+    (tmp_path / "p.zarr.manifest.json").unlink()
+    calls.clear()
+    build_store(tmp_path / "p.zarr", range(10), load, image_shape=(1, 12, 12), config=config)
+    assert sorted(calls) == [[2, 3, 4, 5], [8, 9]]
+    assert np.array_equal(open_store(tmp_path / "p.zarr")["patches"][...], extract(imgs, 4, 4)[0])
+
+
+def test_a_blank_chunk_is_written_and_listed_in_the_manifest(tmp_path):
+    """An all-zero chunk equals Zarr's fill value: it is still written, so that the
+    manifest can tell it from a lost one."""
+    imgs = np.zeros((4, 1, 12, 12), dtype=np.uint8)
+    build_store(tmp_path / "p.zarr", range(4), lambda i: imgs[list(i)], image_shape=(1, 12, 12),
+                config=PatchConfig(size=4, stride=4, images_per_chunk=2))
+    chunks = [p for p in (tmp_path / "p.zarr" / "patches").rglob("*") if p.is_file() and "/c/" in p.as_posix()]
+    assert len(chunks) == 2
+    chunks[0].unlink()
+    with pytest.raises(DataError, match="damaged"):
+        open_store(tmp_path / "p.zarr")
