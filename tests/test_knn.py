@@ -180,3 +180,67 @@ def test_a_small_store_is_searched_exactly(config):
     assert np.allclose(dist, exact, atol=DISTANCE_ATOL)
     full = np.linalg.norm(as_vectors(corpus)[idx] - q[:, None], axis=2)
     assert np.allclose(full, dist, atol=DISTANCE_ATOL)  # each answer's distance is its own
+
+
+@pytest.mark.parametrize("config", [
+    KnnConfig(method="pynndescent", k=10, shards=3),
+    KnnConfig(method="pynndescent", k=10, shards=3, n_components=8),
+    KnnConfig(method="exact", k=10, shards=2),
+])
+def test_a_saved_index_queried_shard_by_shard_equals_the_loaded_one(config, tmp_path, monkeypatch):
+    import weakref
+
+    from collide.patches import knn
+
+    corpus = _corpus()
+    q = as_vectors(_corpus(200, seed=1))
+    path = PatchIndex.build(corpus, config=config).save(tmp_path / "i.npz")
+    loaded = PatchIndex.load(path)
+    saved = knn.SavedIndex(path)
+    assert np.array_equal(saved.items, loaded.items)
+    alive = []
+    read_shard = knn._read_shard
+
+    def read_one(*args):
+        # The shard read before this one must be gone: one shard in memory at a time.
+        assert all(ref() is None for ref in alive), "an earlier shard is still held"
+        shard = read_shard(*args)
+        alive.append(weakref.ref(shard.index))
+        return shard
+
+    monkeypatch.setattr(knn, "_read_shard", read_one)
+    got = saved.query(q, 10, corpus=corpus)
+    assert len(alive) == config.shards
+    want = loaded.query(q, 10, corpus=corpus)
+    assert np.array_equal(got[0], want[0]) and np.array_equal(got[1], want[1])
+    _, exact = exact_knn(q, corpus, 10, rows=loaded.items)
+    assert recall_at_k(got[1], exact) >= RECALL_MIN
+
+
+def test_nndescent_options_reach_pynndescent_and_keep_recall():
+    corpus = _corpus()
+    q = as_vectors(_corpus(200, seed=1))
+    config = KnnConfig(method="pynndescent", k=10, n_neighbors=12, n_trees=3, n_iters=4, max_candidates=8,
+                       low_memory=False, n_jobs=2)
+    index = PatchIndex.build(corpus, config=config)
+    nn = index.shards[0].index
+    assert (nn.n_neighbors, nn.n_trees, nn.n_iters, nn.max_candidates, nn.low_memory, nn.n_jobs) == (
+        12, 3, 4, 8, False, 2)
+    _, dist = index.query(q, 10)
+    _, exact = exact_knn(q, corpus, 10, rows=index.items)
+    assert recall_at_k(dist, exact) >= RECALL_MIN
+
+
+def test_the_default_index_is_deterministic():
+    corpus = _corpus()
+    q = as_vectors(_corpus(100, seed=1))
+    config = KnnConfig(method="pynndescent", k=10)
+    a, b = (PatchIndex.build(corpus, config=config).query(q, 10) for _ in range(2))
+    assert np.array_equal(a[0], b[0]) and np.array_equal(a[1], b[1])
+
+
+def test_bad_nndescent_options_are_refused():
+    with pytest.raises(ConfigError, match="n_jobs >= 1"):
+        KnnConfig(n_jobs=0)
+    with pytest.raises(ConfigError, match="n_trees >= 0"):
+        KnnConfig(n_trees=-1)

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import hashlib
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
@@ -140,6 +140,17 @@ class _BruteForce:
         return order, dist.astype(np.float32)
 
 
+def _nndescent_options(config: KnnConfig, n: int) -> dict[str, Any]:
+    """NNDescent's keyword arguments for ``n`` vectors; a 0 in the config leaves
+    pynndescent's default, which depends on ``n``."""
+    options: dict[str, Any] = {"n_neighbors": min(config.n_neighbors, n - 1), "random_state": config.seed,
+                               "n_jobs": config.n_jobs, "low_memory": config.low_memory}
+    for name in ("n_trees", "n_iters", "max_candidates"):
+        if getattr(config, name):
+            options[name] = getattr(config, name)
+    return options
+
+
 @dataclass
 class _Shard:
     ids: np.ndarray  # first store row of each indexed item's patch, over the whole store
@@ -189,11 +200,6 @@ class PatchIndex:
         """The store rows the index holds, one per distinct patch of the store, sorted."""
         return self._items
 
-    def _project(self, x: np.ndarray) -> np.ndarray:
-        if self.basis is None:
-            return x
-        return ((x - self.mean) @ self.basis).astype(np.float32)
-
     @classmethod
     def build(cls, corpus: Any, *, config: KnnConfig,
               progress: Callable[[str, int, int], None] | None = None) -> PatchIndex:
@@ -229,8 +235,7 @@ class PatchIndex:
             if brute:
                 nn: Any = _BruteForce(vectors)
             else:
-                nn = NNDescent(vectors, n_neighbors=min(config.n_neighbors, len(vectors) - 1),
-                               random_state=config.seed, n_jobs=1)
+                nn = NNDescent(vectors, **_nndescent_options(config, len(vectors)))
                 nn.prepare()
             indexes.append(nn)
             rows.append(lo + first.astype(np.int64))
@@ -254,25 +259,9 @@ class PatchIndex:
         Shapes:
             queries: (Q, D) float32 -> indices (Q, k) int64, distances (Q, k) float32
         """
-        _check(queries, self.n_items, k)
-        n_distinct = len(self.items)
-        if k > n_distinct:
-            raise ConfigError(f"k={k} is larger than the {n_distinct} distinct patches of the store: lower k")
-        if self.basis is not None and corpus is None:
-            raise DataError("this index works on a PCA projection: pass corpus= so answers get true distances")
-        rerank = self.basis is not None  # only a projection's distances need correcting
-        want = k * (self.config.rerank if rerank else 1)
-        q = self._project(np.asarray(queries, dtype=np.float32))
-        found_i, found_d = [], []
-        for shard in self.shards:
-            kk = min(want, len(shard.ids))
-            i, d = shard.index.query(q, k=kk, epsilon=self.config.epsilon)
-            found_i.append(shard.ids[i])
-            found_d.append(d)
-        idx, dist = np.concatenate(found_i, 1), np.concatenate(found_d, 1)
-        if rerank:
-            dist = np.stack([_distances(corpus, row, qv) for row, qv in zip(idx, queries, strict=True)])
-        return _merge(idx, dist, k)
+        _check_query(queries, k, self.n_items, len(self.items), self.basis is not None, corpus)
+        return _query_shards(self.shards, queries, k, mean=self.mean, basis=self.basis, config=self.config,
+                             corpus=corpus)
 
     def save(self, path: str | Path) -> Path:
         """Write the index as arrays and JSON (:mod:`collide.patches.index_file`), atomically."""
@@ -299,29 +288,114 @@ class PatchIndex:
         """An index :meth:`save` wrote. A file from another collide or pynndescent version
         is :class:`StaleIndexError` (rebuild it); one that is not an index at all, or
         whose graph points outside its data, is refused before anything walks it."""
-        path = Path(path)
-        if not path.is_file():
-            raise DataError(f"no index at {path}: build it first")
-        meta, arrays = read_index_file(path)
-        if meta.get("format") != INDEX_FORMAT or meta.get("pynndescent") != _pynndescent_version():
-            raise StaleIndexError(f"{path} was built by an older collide (or another pynndescent): "
-                                  "delete it, or rebuild it")
-        shards = []
-        for s, spec in enumerate(meta["shards"]):
-            ids = arrays[f"s{s}.ids"]
-            if spec["kind"] == "exact":
-                nn: Any = _BruteForce(arrays[f"s{s}.vectors"])
-            else:
-                nn = nndescent_from_state(spec["state"], arrays, f"s{s}.", str(path))
-            if len(ids) != len(nn.vectors if spec["kind"] == "exact" else nn._raw_data):
-                raise StaleIndexError(f"{path}: shard {s} names {len(ids)} items for data of another size: rebuild")
-            if ids.size and not 0 <= ids.min() <= ids.max() < int(meta["n_items"]):
-                raise StaleIndexError(f"{path}: shard {s} names store rows outside the store: rebuild")
-            shards.append(_Shard(ids, nn))
+        meta, arrays = _read_checked(path)
+        shards = [_read_shard(meta, arrays, s, path) for s in range(len(meta["shards"]))]
         mean = arrays["mean"] if "mean" in arrays else None
         basis = arrays["basis"] if "basis" in arrays else None
         return PatchIndex(shards, mean, basis, int(meta["n_items"]), KnnConfig(**meta["config"]),
                           float(meta["build_seconds"]))
+
+
+class SavedIndex:
+    """A saved index queried from its file, one shard in memory at a time.
+
+    :meth:`PatchIndex.load` holds every shard's vectors and graph at once, which caps
+    the store at what fits in RAM; here each shard is read, queried and dropped before
+    the next, so the peak is one shard (plus the ids of all, 8 bytes per item). Answers
+    equal the loaded index's exactly: both run :func:`_query_shards` on the same shards
+    in the same order. Each query rereads the shards: it suits a few large batches.
+    """
+
+    def __init__(self, path: str | Path) -> None:
+        self.path = Path(path)
+        meta, arrays = _read_checked(self.path)
+        self.n_items = int(meta["n_items"])
+        self.config = KnnConfig(**meta["config"])
+        self.mean = arrays["mean"] if "mean" in arrays else None
+        self.basis = arrays["basis"] if "basis" in arrays else None
+        self.n_shards = len(meta["shards"])
+        self._items = np.unique(np.concatenate([arrays[f"s{s}.ids"] for s in range(self.n_shards)]))
+
+    @property
+    def items(self) -> np.ndarray:
+        """The store rows the index holds, one per distinct patch of the store, sorted."""
+        return self._items
+
+    def _shards(self) -> Iterator[_Shard]:
+        meta, arrays = _read_checked(self.path)
+        for s in range(self.n_shards):
+            yield _read_shard(meta, arrays, s, self.path)
+
+    def query(self, queries: np.ndarray, k: int, *, corpus: Any = None) -> tuple[np.ndarray, np.ndarray]:
+        """As :meth:`PatchIndex.query`, reading the shards from the file in turn.
+
+        Shapes:
+            queries: (Q, D) float32 -> indices (Q, k) int64, distances (Q, k) float32
+        """
+        _check_query(queries, k, self.n_items, len(self.items), self.basis is not None, corpus)
+        return _query_shards(self._shards(), queries, k, mean=self.mean, basis=self.basis, config=self.config,
+                             corpus=corpus)
+
+
+def _read_checked(path: str | Path) -> tuple[dict[str, Any], Any]:
+    """An index file's meta and (lazily read) arrays, refused when stale."""
+    path = Path(path)
+    if not path.is_file():
+        raise DataError(f"no index at {path}: build it first")
+    meta, arrays = read_index_file(path)
+    if meta.get("format") != INDEX_FORMAT or meta.get("pynndescent") != _pynndescent_version():
+        raise StaleIndexError(f"{path} was built by an older collide (or another pynndescent): "
+                              "delete it, or rebuild it")
+    return meta, arrays
+
+
+def _read_shard(meta: dict[str, Any], arrays: Any, s: int, path: Path) -> _Shard:
+    """Shard ``s`` of a saved index, bounds-checked before anything walks it."""
+    spec = meta["shards"][s]
+    ids = arrays[f"s{s}.ids"]
+    if spec["kind"] == "exact":
+        nn: Any = _BruteForce(arrays[f"s{s}.vectors"])
+    else:
+        nn = nndescent_from_state(spec["state"], arrays, f"s{s}.", str(path))
+    if len(ids) != len(nn.vectors if spec["kind"] == "exact" else nn._raw_data):
+        raise StaleIndexError(f"{path}: shard {s} names {len(ids)} items for data of another size: rebuild")
+    if ids.size and not 0 <= ids.min() <= ids.max() < int(meta["n_items"]):
+        raise StaleIndexError(f"{path}: shard {s} names store rows outside the store: rebuild")
+    return _Shard(ids, nn)
+
+
+def _check_query(queries: np.ndarray, k: int, n_items: int, n_distinct: int, projected: bool, corpus: Any) -> None:
+    _check(queries, n_items, k)
+    if k > n_distinct:
+        raise ConfigError(f"k={k} is larger than the {n_distinct} distinct patches of the store: lower k")
+    if projected and corpus is None:
+        raise DataError("this index works on a PCA projection: pass corpus= so answers get true distances")
+
+
+def _query_shards(shards: Iterable[_Shard], queries: np.ndarray, k: int, *, mean: np.ndarray | None,
+                  basis: np.ndarray | None, config: KnnConfig, corpus: Any) -> tuple[np.ndarray, np.ndarray]:
+    """Each shard's candidates, re-ranked in the full space when projected, merged.
+
+    Shapes:
+        queries: (Q, D) float32 -> indices (Q, k) int64, distances (Q, k) float32
+    """
+    rerank = basis is not None  # only a projection's distances need correcting
+    want = k * (config.rerank if rerank else 1)
+    q = np.asarray(queries, dtype=np.float32)
+    if basis is not None:
+        q = ((q - mean) @ basis).astype(np.float32)
+    found_i, found_d = [], []
+    for shard in shards:
+        kk = min(want, len(shard.ids))
+        i, d = shard.index.query(q, k=kk, epsilon=config.epsilon)
+        found_i.append(shard.ids[i])
+        found_d.append(d)
+        # The loop name would hold this shard while a lazy source reads the next.
+        del shard
+    idx, dist = np.concatenate(found_i, 1), np.concatenate(found_d, 1)
+    if rerank:
+        dist = np.stack([_distances(corpus, row, qv) for row, qv in zip(idx, queries, strict=True)])
+    return _merge(idx, dist, k)
 
 
 def _distances(corpus: Any, rows: np.ndarray, query: np.ndarray) -> np.ndarray:
