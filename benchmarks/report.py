@@ -75,14 +75,27 @@ def summary_rows(r: dict[str, Any]) -> list[tuple[str, str, str, str, str, str]]
                          f"{x['one_image_seconds'] / i['one_image_seconds']:.0f}x; "
                          f"{x['bulk_seconds'] / i['bulk_seconds']:.0f}x (query only)",
                          f"recall@10 {rec:.4f} >= 0.95: {_yes(rec >= 0.95)}"))
+    if k and "build" in k:
+        bd, sq = k["build"], k["sharded_query"]
+        rows.append((f"3 kNN build {bd['n']:.0e}", "build s; recall@10 (1e5 q sample)",
+                     f"{_s(bd['default']['build_seconds'])}; {bd['recall_default']:.4f}",
+                     f"today's settings: {_s(bd['reference']['build_seconds'])}; {bd['recall_reference']:.4f}",
+                     f"{bd['build_ratio']:.2f}x the time",
+                     f"<= 0.5x at recall >= 0.99: {_yes(bd['build_ratio'] <= 0.5 and bd['recall_default'] >= 0.99)}"))
+        rows.append((f"3 kNN sharded query {sq['n']:.0e}", f"{sq['shards']} shards: peak MiB; 2048 queries",
+                     f"from file: {sq['from_file']['peak_mib']:.0f}; {_s(sq['from_file']['bulk_seconds'])}",
+                     f"loaded whole: {sq['loaded']['peak_mib']:.0f}; {_s(sq['loaded']['bulk_seconds'])}",
+                     f"{sq['peak_ratio']:.2f}x the memory",
+                     f"same answers: {'yes' if sq['answers_equal'] else '**no**'}"))
     ex = r.get("extraction")
     if ex:
         g = ex["peak_growth"]
         big = {x["method"]: x for x in ex["runs"] if x["n_images"] == max(y["n_images"] for y in ex["runs"])}
-        speed = big["dask"]["patches_per_second"] / big["numpy"]["patches_per_second"]
+        speed = ex["dask_over_numpy"][str(max(x["n_images"] for x in ex["runs"]))] if "dask_over_numpy" in ex else (
+            big["dask"]["patches_per_second"] / big["numpy"]["patches_per_second"])
         rows.append(("4 extraction", "peak RSS growth, corpus x10", f"dask {g['dask']:.2f}x",
                      f"numpy {g['numpy']:.2f}x", f"{speed:.2f}x numpy's patches/s",
-                     f"dask < 1.5x: {_yes(g['dask'] < 1.5)}"))
+                     f"dask < 1.5x: {_yes(g['dask'] < 1.5)}; >= 0.9x numpy's patches/s: {_yes(speed >= 0.9)}"))
     for ev in r.get("evaluation", []):
         rows.append((f"5 evaluation {ev['model']}", "2000 samples", _s(ev["seconds"]),
                      f"one by one: {_s(ev['one_by_one_seconds'])}", f"{ev['speedup']:.0f}x faster", "-"))
@@ -157,6 +170,35 @@ def markdown(r: dict[str, Any]) -> str:
         for name, w in k["index_beats_exact"].items():
             parts.append(f"- {name}: query only (index already built) {w['query_only']}; "
                          f"build + query {w['build_plus_query']}")
+    if k and "build" in k:
+        bd, sq = k["build"], k["sharded_query"]
+        changed = {key: v for key, v in bd["default"]["config"].items() if bd["reference"]["config"].get(key) != v}
+        parts += ["", "## kNN build: today's settings against the defaults", "",
+                  f"{bd['n']:.0e} patches, each build in a fresh child (numba warmed up first). The defaults change "
+                  + ", ".join(f"{key} {bd['reference']['config'][key]} -> {v}" for key, v in changed.items())
+                  + ".", "",
+                  _table(["settings", "build", "peak MiB", "recall@10", "load before/after"],
+                         [[name, _s(x["build_seconds"]), f"{x['peak_mib']:.0f}", f"{rec:.4f}",
+                           f"{x['load_before']:.2f} / {x['load_after']:.2f}"]
+                          for name, x, rec in (("today's", bd["reference"], bd["recall_reference"]),
+                                               ("defaults", bd["default"], bd["recall_default"]))]),
+                  "", f"## kNN sharded query: loaded whole against from its file ({sq['shards']} shards)", "",
+                  "The same saved index queried in two fresh children: `PatchIndex.load` holds every shard, "
+                  "`SavedIndex` reads, queries and drops one shard at a time.", "",
+                  _table(["path", "open", "one image (36 q)", "2048 queries", "peak MiB", "recall@10", "load"],
+                         [[name, _s(x["open_seconds"]), _s(x["one_image_seconds"]), _s(x["bulk_seconds"]),
+                           f"{x['peak_mib']:.0f}", f"{rec:.4f}", f"{x['load_before']:.2f} / {x['load_after']:.2f}"]
+                          for name, x, rec in (("loaded whole", sq["loaded"], sq["recall_loaded"]),
+                                               ("from file", sq["from_file"], sq["recall_from_file"]))]),
+                  "", f"Answers equal: {sq['answers_equal']}."]
+        if k.get("grid"):
+            parts += ["", "## kNN build grid (chosen from, measured once)", "",
+                      "Each row changes today's settings (n_neighbors 30, one job, pynndescent's default trees, "
+                      "low_memory on); one warm process; recall@10 against exact search of 2048 queries.", "",
+                      _table(["change", "patches", "build", "recall@10", "load before/after"],
+                             [[", ".join(f"{a} {b}" for a, b in g["change"].items()) or "none (today)",
+                               f"{g['n']:.0e}", _s(g["build_seconds"]), f"{g['recall']:.4f}",
+                               " / ".join(f"{x:.2f}" for x in g["load"])] for g in k["grid"]])]
     ex = r.get("extraction")
     if ex:
         parts += ["", "## Extraction details", "",
@@ -164,9 +206,14 @@ def markdown(r: dict[str, Any]) -> str:
                   f"{ex['patch']['images_per_chunk']} images per Zarr chunk, Dask threads scheduler. Peak: rise "
                   "of a fresh child process's RSS high-water mark over its resident memory after loading the "
                   "source images and a warm-up run.", "",
-                  _table(["method", "images", "patches", "seconds", "patches/s", "peak MiB"],
+                  _table(["method", "images", "patches", "seconds", "patches/s", "peak MiB", "load before/after"],
                          [[x["method"], x["n_images"], x["n_patches"], f"{x['seconds']:.2f}",
-                           f"{x['patches_per_second']:.3g}", f"{x['peak_mib']:.1f}"] for x in ex["runs"]])]
+                           f"{x['patches_per_second']:.3g}", f"{x['peak_mib']:.1f}",
+                           " / ".join(f"{v:.2f}" for v in x["load"]) if "load" in x else "-"] for x in ex["runs"]])]
+        if "dask_over_numpy_rounds" in ex:
+            parts += ["", f"Each Dask task writes whole chunks, about {ex['task_bytes'] / 2**20:.0f} MiB. Dask/numpy "
+                      "patches/s at the larger corpus, per round (numpy and Dask alternate; the table is the median "
+                      "round): " + ", ".join(f"{x:.2f}" for x in ex["dask_over_numpy_rounds"]) + "."]
     exacts = [e for e in r.get("exact", []) if "reference" in e]
     if exacts:
         parts += ["", "## Exact solver details", "",

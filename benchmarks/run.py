@@ -61,14 +61,35 @@ def _notes(r: dict[str, Any]) -> list[str]:
                       f"rows, in {max(w['rounds'] for w in work)} rounds at most per vertex")
         notes.append(cause + ". What is left is HiGHS's dual simplex itself on dense rows over every input "
                      "coordinate (each iteration prices every coordinate).")
+    k = r.get("knn") or {}
+    if "build" in k and k["build"]["build_ratio"] > 0.5:
+        bd = k["build"]
+        notes.append(
+            f"kNN build at {bd['n']:.0e}: the defaults took {bd['build_ratio']:.2f}x today's time, not 0.5x. Half "
+            "of their gain is a second numba thread (n_jobs 2), which needs a free core: the load average was "
+            f"{bd['default']['load_before']:.2f} -> {bd['default']['load_after']:.2f} during their build. In the "
+            "grid, one change at a time never reached 0.5x at recall@10 >= 0.99, and PCA to 16 dimensions lost "
+            "recall (0.95).")
     ex = r.get("extraction")
+    if ex and "dask_over_numpy" in ex:
+        ratio = ex["dask_over_numpy"][str(max(extraction.SIZES))]
+        if ratio < 0.9:
+            loads = [x["load"][0] for x in ex["runs"] if "load" in x]
+            notes.append(
+                f"extraction: Dask reached {ratio:.2f}x numpy's patches/s (rounds: "
+                + ", ".join(f"{x:.2f}" for x in ex["dask_over_numpy_rounds"])
+                + f"), not 0.9x, at load averages {min(loads, default=float('nan')):.2f}-"
+                f"{max(loads, default=float('nan')):.2f}. The Dask path spreads one corpus over two worker threads, "
+                "Zarr's event-loop thread and its codec pool, each waiting for a core when others load the machine; "
+                "the numpy path is one thread and barely notices.")
     if ex and ex["peak_growth"]["dask"] >= 1.5:
         runs = {(x["method"], x["n_images"]): x for x in ex["runs"]}
         small, big = (runs[("dask", n)] for n in extraction.SIZES)
         notes.append(
             f"extraction: the Dask path's peak rose from {small['peak_mib']:.1f} to {big['peak_mib']:.1f} MiB "
             f"({ex['peak_growth']['dask']:.2f}x) while the numpy path's rose {ex['peak_growth']['numpy']:.1f}x. "
-            "Each chunk is written and dropped (under 0.5 MiB); what grows with the corpus is whatever "
+            f"Each task writes and drops about {ex.get('task_bytes', 2**20) / 2**20:.0f} MiB of chunks; what grows "
+            "with the corpus is whatever "
             "every task reads per image: look for per-image metadata read by each task (once, the image "
             "ids kept in the Zarr attrs did this: 2.25x).")
     return notes
