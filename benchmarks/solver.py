@@ -124,7 +124,7 @@ def run(arch: str, *, repeats: int = 3) -> dict[str, Any]:
             "converged": int(collide.converged.sum()),
             "max_rel_error": float(collide.rel_error.max()),
             "max_violation": float(collide.violation.max()),
-            "vertex_avg_distance": avg_pairwise_distance(collide.solvers.gradient),
+            "vertex_avg_distance": avg_pairwise_distance(collide.vertices),
             "seconds_to_reference_best": collide_to_best,
         },
         "one_at_a_time": {"seconds": single_s, "converged": int(sum(int(r.converged.sum()) for r in singles))},
