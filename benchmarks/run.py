@@ -61,6 +61,9 @@ def _notes(r: dict[str, Any]) -> list[str]:
                       f"rows, in {max(w['rounds'] for w in work)} rounds at most per vertex")
         notes.append(cause + ". What is left is HiGHS's dual simplex itself on dense rows over every input "
                      "coordinate (each iteration prices every coordinate).")
+    if str(r["machine"].get("scipy", "")).startswith("1.15."):
+        notes.append("scipy 1.15's linprog has a large regression (scipy issue 22655): the exact solver's "
+                     "reference is slower than on other versions, and its ratio is inflated.")
     k = r.get("knn") or {}
     if "build" in k and k["build"]["build_ratio"] > 0.5:
         bd = k["build"]

@@ -31,7 +31,7 @@ from collide.polytope import avg_pairwise_distance
 from collide.solvers.gradient import solve_gradient
 from collide.solvers.paper import solve_paper
 
-LR_GRID = (1e-5, 3e-5, 1e-4, 3e-4, 1e-3, 3e-3, 1e-2, 3e-2, 0.1, 0.3, 1.0, 3.0, 10.0)
+LR_GRID = (1e-5, 3e-5, 1e-4, 3e-4, 1e-3, 3e-3, 1e-2, 3e-2, 0.1, 0.3, 1.0, 3.0, 10.0, 30.0, 100.0)
 AUTHORS_STEPS = 30_000  # the top of the authors' 20k-30k
 
 

@@ -40,15 +40,22 @@ def test_dask_store_equals_numpy_path(tmp_path):
     assert group["patches"].chunks[0] == 3 * 9  # chunked by images_per_chunk, however tasks group them
 
 
-def test_rerun_skips_finished_chunks_and_redoes_unfinished(tmp_path, monkeypatch):
-    monkeypatch.setattr(patches, "TASK_BYTES", 1)  # one chunk per task, one load per chunk
-    imgs = _images(10)
-    config = PatchConfig(size=4, stride=4, images_per_chunk=4)
+def _recording_loader(imgs):
+    """A loader of ``imgs`` that records the ids of every call."""
     calls = []
 
     def load(ids):
         calls.append(list(ids))
         return imgs[list(ids)]
+
+    return load, calls
+
+
+def test_rerun_skips_finished_chunks_and_redoes_unfinished(tmp_path, monkeypatch):
+    monkeypatch.setattr(patches, "TASK_BYTES", 1)  # one chunk per task, one load per chunk
+    imgs = _images(10)
+    config = PatchConfig(size=4, stride=4, images_per_chunk=4)
+    load, calls = _recording_loader(imgs)
 
     build_store(tmp_path / "p.zarr", range(10), load, image_shape=(1, 12, 12), config=config)
     assert len(calls) == 3
@@ -149,11 +156,7 @@ def test_a_rerun_redoes_a_run_of_unfinished_chunks_in_one_task(tmp_path, monkeyp
     monkeypatch.setattr(patches, "TASK_BYTES", 10**9)
     imgs = _images(10)
     config = PatchConfig(size=4, stride=4, images_per_chunk=2)
-    calls = []
-
-    def load(ids):
-        calls.append(list(ids))
-        return imgs[list(ids)]
+    load, calls = _recording_loader(imgs)
 
     build_store(tmp_path / "p.zarr", range(10), load, image_shape=(1, 12, 12), config=config)
     assert calls == [list(range(10))]

@@ -608,8 +608,9 @@ def solve_exact(
                     tried.append((adjacent, second.x, second.outcome))
         return tried, solved
 
-    # Vertices are independent: their LPs (HiGHS releases the GIL) and re-linearisations
-    # (torch does too) run side by side, each on its own copy of the model.
+    # Vertices are independent: their LPs run side by side (HiGHS releases the GIL), and
+    # so do their forward passes, each on its own copy of the model; only the Jacobians
+    # of re-linearisation take turns (_TRANSFORMS).
     threads = min(config.threads or os.cpu_count() or 1, len(unit_list))
     if threads > 1:
         with ThreadPoolExecutor(threads) as pool:
