@@ -211,8 +211,10 @@ def find_polytopes(
     The gradient solvers take every target's vertices as one batch (the model runs once
     per step for all of them; each vertex still follows its own path and stops on its
     own), which is what makes a scan of many targets fast. The exact solver's LPs are
-    per vertex anyway and run target after target. ``solver["seconds"]`` is the whole
-    batch's time and ``solver["batch_targets"]`` its size.
+    per vertex anyway and run target after target. In a batch of several targets,
+    ``solver["seconds"]`` is each polytope's share of the batch's time (the batch's
+    divided by its targets, so seconds add up over a table), ``solver["batch_seconds"]``
+    the batch's and ``solver["batch_targets"]`` its size.
 
     A vertex depends only on its own target, init and unit, up to float rounding:
     a batched matrix product may round differently for another batch size, so results
@@ -307,7 +309,9 @@ def _solve(
                         init = p.decode(p.initial(1))[0].float()  # type: ignore[misc]
                 solver = result.summary(rows)
                 if len(problems) > 1:
-                    solver["batch_targets"] = len(problems)
+                    # A polytope's share of the batch, so that seconds add up over a table.
+                    solver.update(seconds=result.seconds / len(problems), batch_seconds=result.seconds,
+                                  batch_targets=len(problems))
                 found.append((result.vertices[rows], result.params[rows], solver, init))
     return [check_polytope(model, layer, vertices, pr.target, init, pr.units, method=method,
                            criterion=criterion_for(method, cfg), solver=solver, params=params, device=device)

@@ -26,6 +26,7 @@ def test_a_batch_of_targets_is_deterministic_and_each_polytope_its_own(mlp_model
         assert torch.equal(pa.vertices, pb.vertices)  # the same batch, the same bits
         assert torch.equal(pa.target, target) and torch.equal(pa.init, target if init is None else init)
         assert pa.solver["batch_targets"] == 3 and len(pa.solver["steps"]) == 3
+        assert pa.solver["seconds"] * 3 == pytest.approx(pa.solver["batch_seconds"])
         alone = find_polytope(mlp_model, "relu1", target, init=init, n_vertices=3, config=CONFIG)
         assert torch.equal(pa.units, alone.units)
         # Each vertex follows its own path (per-row loss, per-element Adam, per-row stop);

@@ -240,17 +240,14 @@ def plan(context: dict[str, Any], *, config: MnistExperiment) -> list[dict[str, 
     """One job per row: target ``k`` owns rows ``k*len(rows)`` on. With
     ``targets_per_batch`` > 1, a job holds the gradient-solver rows (``gradient``,
     ``paper``) of one row spec for that many consecutive targets, solved as one batch."""
-    n, per = len(config.rows), config.targets_per_batch
-    targets = context["targets"]
+    n, targets = len(config.rows), context["targets"]
     jobs = []
     for i, spec in enumerate(config.rows):
-        if per == 1 or spec.method not in BATCHED_METHODS:
-            jobs += [job(f"target-{k}-row-{k * n + i}-{spec.method}-{spec.init}", [k * n + i], examples=examples)
-                     for k, examples in enumerate(targets)]
-            continue
+        per = config.targets_per_batch if spec.method in BATCHED_METHODS else 1
         for first in range(0, len(targets), per):
             ks = range(first, min(first + per, len(targets)))
-            jobs.append(job(f"targets-{ks[0]}-{ks[-1]}-{spec.method}-{spec.init}", [k * n + i for k in ks],
+            label = (f"target-{first}-row-{first * n + i}" if len(ks) == 1 else f"targets-{ks[0]}-{ks[-1]}")
+            jobs.append(job(f"{label}-{spec.method}-{spec.init}", [k * n + i for k in ks],
                             batch=[targets[k] for k in ks]))
     return sorted(jobs, key=lambda j: j["rows"][0])
 
@@ -261,7 +258,7 @@ def solve(job: dict[str, Any], context: dict[str, Any], *, config: MnistExperime
     of one spec) and write each row group."""
     model, meta = load_checkpoint(context["checkpoint"])
     test = load_mnist(config.data_root, "test")
-    batch = job["spec"].get("batch") or [job["spec"]["examples"]] * len(job["rows"])
+    batch = job["spec"]["batch"]
     specs = {config.row_spec(row) for row in job["rows"]}
     if len(specs) != 1:
         raise RuntimeError(f"job {job['label']}: its rows {job['rows']} mix row specs {sorted(specs)}")
