@@ -21,13 +21,25 @@ import numpy as np
 import torch
 from torch import nn
 
-from collide.config import METHODS, PAPER_TUNED_LR, SAMPLERS, ExactConfig, GradientConfig, Method, PaperConfig, Sampler
+from collide.config import (
+    METHODS,
+    PAPER_TUNED_LR,
+    SAMPLERS,
+    ExactConfig,
+    GeometryConfig,
+    GradientConfig,
+    Method,
+    PaperConfig,
+    Sampler,
+)
 from collide.errors import ConfigError, DataError
 from collide.objective import feature_rel_error, nonpositive_units
 from collide.polytope import avg_pairwise_distance, combine, evaluate, sample_weights
 from collide.precision import full_precision
 from collide.sites import eval_mode
-from collide.solvers.exact import OPTIMAL, solve_exact
+from collide.solvers.collision_set import collision_set
+from collide.solvers.collision_set import measure as measure_set
+from collide.solvers.exact import OPTIMAL, affine_piece, solve_exact
 from collide.solvers.gradient import check_inputs, solve_gradient
 from collide.solvers.paper import solve_paper
 from collide.solvers.param import Parameterisation, Pixels
@@ -409,3 +421,97 @@ def measure(
 def distances(points: torch.Tensor, to: torch.Tensor) -> np.ndarray:
     """L2 distance of each point to ``to`` in float64. (V, *input), (*input) -> (V,)"""
     return (points.double() - to.double()).flatten(1).norm(dim=1).numpy()
+
+
+@dataclass(frozen=True, kw_only=True)
+class Geometry:
+    """How large the exact collision set of a target is (:mod:`collide.solvers.collision_set`).
+
+    ``dim``: the dimension of the set's affine hull (``dim_method`` says how it was
+    found: ``ball``, ``implicit-equalities``, ``point``, or ``upper-bound`` where the
+    search gave up). ``radius``: the largest ball inside the set within its hull, a
+    certified distance one can move in every direction of it without changing a
+    feature. ``widths``: the set's extent along random unit ``directions`` of its hull,
+    each between two of its points (``extremes``: maximiser, minimiser per direction),
+    found by LP. ``samples``: points of the set by hit-and-run (``sampler`` has the
+    chains, steps and the mixing diagnostics: read them before taking the samples for
+    uniform). ``models`` > 1: the set of inputs that collide with the target in every
+    model at once.
+
+    Shapes: center (*input); samples (n, *input); directions (w, *input);
+    extremes (2w, *input); widths (w,), float64.
+    """
+
+    dim: int
+    dim_method: str
+    radius: float
+    center: torch.Tensor
+    samples: torch.Tensor
+    directions: torch.Tensor
+    extremes: torch.Tensor
+    widths: torch.Tensor
+    n_positive: int
+    rank: int
+    free_dim: int
+    input_dim: int
+    models: int
+    box: tuple[float, float]
+    sampler: dict[str, Any]
+    lp: dict[str, Any]
+    seconds: float
+
+    def to_dict(self) -> dict[str, Any]:
+        """The scalars, as a row's attrs store them."""
+        return {"dim": self.dim, "dim_method": self.dim_method, "radius": self.radius,
+                "mean_width": float(self.widths.mean()) if len(self.widths) else 0.0,
+                "n_positive": self.n_positive, "rank": self.rank, "free_dim": self.free_dim,
+                "input_dim": self.input_dim, "models": self.models, "box": list(self.box),
+                "sampler": dict(self.sampler),
+                "lp": dict(self.lp), "seconds": self.seconds}
+
+
+def collision_geometry(
+    model: nn.Module, layer: str, target: torch.Tensor, *, config: GeometryConfig | None = None,
+    also: Sequence[tuple[nn.Module, str]] = (),
+) -> Geometry:
+    """Dimension, inscribed ball and uniform samples of ``target``'s exact collision set.
+
+    The set is the exact solver's (every input in the box and the target's activation
+    region with the target's pre-activation at ``layer`` on its positive units and ≤ 0
+    on the rest), so every sample has the target's features exactly. ``also``: more
+    ``(model, layer)`` pairs on the same input; the set is then the inputs that collide
+    in all of them.
+
+    Args:
+        model: a float32 classifier (not changed).
+        target: one input, no batch dim, inside the box ``config.lower..upper``.
+
+    Shapes:
+        target: (*input)
+    """
+    config = config or GeometryConfig()
+    target = _one_input(target, "target")
+    if not torch.isfinite(target).all():
+        raise DataError("the target holds NaN or infinite values: pass a finite input")
+    flat = target.double().flatten().numpy()
+    if flat.min() < config.lower or flat.max() > config.upper:
+        raise DataError(f"the target lies outside the box [{config.lower}, {config.upper}] the collision set is "
+                        "taken in: set geometry.lower/upper to the model's input range")
+    pieces = []
+    for net, name in [(model, layer), *also]:
+        _check_float32(net)
+        site = resolve_layer(net, name, target.unsqueeze(0))
+        piece = affine_piece(net, site, target)
+        pieces.append((piece, piece.jac @ flat + piece.offset))
+    cs = collision_set(pieces, flat, lower=config.lower, upper=config.upper, max_entries=config.max_entries)
+    found = measure_set(cs, config=config)
+    shape = tuple(target.shape)
+    return Geometry(
+        dim=found.dim, dim_method=found.dim_method, radius=found.radius,
+        center=torch.from_numpy(found.center).view(shape),
+        samples=torch.from_numpy(found.samples).view(-1, *shape),
+        directions=torch.from_numpy(found.directions).view(-1, *shape),
+        extremes=torch.from_numpy(found.extremes).view(-1, *shape), widths=torch.from_numpy(found.widths),
+        n_positive=found.n_positive, rank=found.rank, free_dim=found.free_dim, input_dim=cs.input_dim,
+        models=len(pieces), box=(config.lower, config.upper), sampler=found.sampler, lp=found.lp, seconds=found.seconds,
+    )

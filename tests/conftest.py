@@ -11,7 +11,7 @@ os.environ.setdefault("DO_NOT_TRACK", "1")
 # Prefect's environment defaults (a generous temporary-server start-up among them) for
 # this process and every `collide` subprocess a test starts.
 import flows  # noqa: E402, F401
-from collide.config import PaperConfig, SampleConfig, TrainConfig  # noqa: E402
+from collide.config import GeometryConfig, PaperConfig, SampleConfig, TrainConfig  # noqa: E402
 from collide.experiments.mnist import MnistExperiment
 
 
@@ -52,6 +52,10 @@ def tiny_mnist(tmp_path_factory) -> Path:
     return synthetic_mnist(tmp_path_factory.mktemp("mnist"))
 
 
+# Exact rows' collision sets, measured cheaply: the numbers are checked, not their precision.
+LIGHT_GEOMETRY = GeometryConfig(n_samples=60, chains=6, burn_in=20, thin=2, n_directions=2)
+
+
 def small_mnist_config(data_root: Path, root: Path, **changes) -> MnistExperiment:
     """The MNIST experiment sized for tests: 2 epochs, 300 samples, CPU, no downloads."""
     settings = dict(
@@ -63,6 +67,7 @@ def small_mnist_config(data_root: Path, root: Path, **changes) -> MnistExperimen
         train=TrainConfig(epochs=2, min_accuracy=0.0),
         sample=SampleConfig(n_samples=300, n_dataset_pairs=200),
         paper=PaperConfig(steps=300),
+        geometry=LIGHT_GEOMETRY,
     )
     return MnistExperiment(**{**settings, **changes})
 

@@ -22,10 +22,11 @@ from collide.experiments import mnist as mnist_module
 from collide.experiments.imagenet import ImagenetExperiment
 from collide.experiments.scan import ScanExperiment, class_summary
 from collide.results.store import list_rows, read_row, table_path
+from tests.conftest import LIGHT_GEOMETRY
 from tests.tolerances import EQUIVALENT
 
 pytestmark = pytest.mark.slow
-TIMING = ["solver_seconds"]
+TIMING = ["solver_seconds", "region_seconds"]
 PROJECT = Path(__file__).resolve().parent.parent
 
 
@@ -43,8 +44,8 @@ def _same_rows(a_root: str, b_root: str, name: str) -> None:
         assert a.keys() == b.keys(), row
         for key in a:
             assert np.array_equal(a[key], b[key], equal_nan=True), (row, key)
-    pd.testing.assert_frame_equal(pd.read_parquet(table_path(a_root, name)).drop(columns=TIMING),
-                                  pd.read_parquet(table_path(b_root, name)).drop(columns=TIMING))
+    pd.testing.assert_frame_equal(pd.read_parquet(table_path(a_root, name)).drop(columns=TIMING, errors="ignore"),
+                                  pd.read_parquet(table_path(b_root, name)).drop(columns=TIMING, errors="ignore"))
 
 
 @pytest.fixture(scope="module")
@@ -119,7 +120,7 @@ def scanned(tiny_mnist, tmp_path_factory):
         data_root=str(tiny_mnist), checkpoint_dir=str(root / "ck"), results_root=str(root / "res"),
         device="cpu", allow_download=False, train=TrainConfig(epochs=2, min_accuracy=0.0),
         sample=SampleConfig(n_samples=200, n_dataset_pairs=100), targets_per_class=1,
-        gradient=GradientConfig(max_steps=400), targets_per_batch=1,
+        gradient=GradientConfig(max_steps=400), targets_per_batch=1, geometry=LIGHT_GEOMETRY,
     )
     return config, engine.run(scan, config=config)
 

@@ -32,7 +32,7 @@ from collide.results.store import list_rows, read_row, store_path
 from flows.serve import PROJECT
 
 pytestmark = pytest.mark.slow
-TIMING = ["solver_seconds"]
+TIMING = ["solver_seconds", "region_seconds"]
 
 
 def _free_port() -> int:
@@ -201,8 +201,8 @@ def _snapshot(config: MnistExperiment) -> dict[str, tuple[int, bytes]]:
 
 def _assert_same_rows(a: MnistExperiment, b: MnistExperiment) -> None:
     pd.testing.assert_frame_equal(
-        pd.read_parquet(Path(a.results_root) / f"{a.name}.parquet").drop(columns=TIMING),
-        pd.read_parquet(Path(b.results_root) / f"{b.name}.parquet").drop(columns=TIMING))
+        pd.read_parquet(Path(a.results_root) / f"{a.name}.parquet").drop(columns=TIMING, errors="ignore"),
+        pd.read_parquet(Path(b.results_root) / f"{b.name}.parquet").drop(columns=TIMING, errors="ignore"))
     assert list_rows(a.results_root, a.name) == list_rows(b.results_root, b.name)
     for row in list_rows(a.results_root, a.name):
         x, _ = read_row(a.results_root, a.name, row)

@@ -20,7 +20,7 @@ from collide.results.resume import mark_done, row_keys, stage_key, torch_threads
 from collide.results.store import list_rows, read_row, store_path, write_row
 from tests.conftest import small_mnist_config
 
-TIMING = ["solver_seconds"]
+TIMING = ["solver_seconds", "region_seconds"]
 
 
 @pytest.fixture(scope="module")

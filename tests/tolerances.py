@@ -29,3 +29,21 @@ GRADIENT_VS_LP = 0.05
 # The optimal value of one LP by two solvers (HiGHS's feasibility tolerance is 1e-9),
 # relative to 1 + |value|.
 LP_OBJECTIVE = 1e-7
+# A random-ball point's L2 distance to the target against the distance asked for,
+# relative (bisection on the step in float64 stops at ~4e-16 of the step).
+BALL_DISTANCE = 1e-12
+# A null-space move of the first layer's input: the target's positive pre-activations,
+# recomputed through the model in float64, against the target's (absolute; features ~1).
+NULL_SPACE_KEEPS = 1e-9
+# The approximation frontier's distance against SLSQP on the same convex problem
+# (SLSQP meets its constraint to about 1e-8; the frontier's rel_tol leaves E up to
+# rel_tol below ε, which moves the distance by about as much), relative to 1 + distance.
+FRONTIER_VS_ORACLE = 2e-3
+# An ε = 0 frontier point (HiGHS QP, feasibility tolerance 1e-9): its float64 feature error.
+FRONTIER_EXACT = 1e-6
+# Points of an exact collision set computed in float64 (samples, extreme points, the
+# ball's centre): their relative feature error, and how far they may cross a row.
+SET_EXACT = 1e-9
+# The mean of 4000 hit-and-run samples of a polygon against its exact mean (standard
+# deviation ~0.28 per coordinate; at 400 effective samples the standard error is 0.014).
+MC_POLYGON_MEAN = 0.04

@@ -16,10 +16,11 @@ from typing import Any, ClassVar
 import torch
 
 from collide._io import file_digest
-from collide.api import find_polytopes
+from collide.api import collision_geometry, find_polytopes
 from collide.config import (
     DEFAULT_ROWS,
     ExactConfig,
+    GeometryConfig,
     GradientConfig,
     PaperConfig,
     RowSpec,
@@ -34,7 +35,7 @@ from collide.errors import CheckpointError, ConfigError, DataError, LayerError
 from collide.experiments.engine import Progress, job, no_progress
 from collide.models.zoo import build_model, checkpoint_path, checkpoint_source, load_checkpoint, save_checkpoint, train
 from collide.polytope import dataset_avg_distance
-from collide.results.records import RowRecord
+from collide.results.records import RowRecord, region_fields
 from collide.taps import check_units, layer_names, preactivation, resolve_layer
 
 NAME = "mnist"
@@ -91,13 +92,14 @@ class MnistExperiment(_Experiment):
     exact: ExactConfig = field(default_factory=ExactConfig)
     paper: PaperConfig = field(default_factory=PaperConfig)
     sample: SampleConfig = field(default_factory=SampleConfig)
+    geometry: GeometryConfig = field(default_factory=GeometryConfig)
     targets_per_class: int = 0
     targets_per_batch: int = 1
     threads: int = 1
 
     _nested: ClassVar[dict[str, type]] = {
         "train": TrainConfig, "gradient": GradientConfig, "exact": ExactConfig, "paper": PaperConfig,
-        "sample": SampleConfig,
+        "sample": SampleConfig, "geometry": GeometryConfig,
     }
 
     def digest_layer(self) -> str:
@@ -273,6 +275,9 @@ def solve(job: dict[str, Any], context: dict[str, Any], *, config: MnistExperime
         progress=lambda s, n, _d, m=spec.method: progress(f"vertices ({m})", s, n),
     )
     for row, examples, init_index, poly in zip(job["rows"], batch, init_indices, polys, strict=True):
+        # An exact row also measures the whole set its vertices lie in.
+        attrs, arrays = region_fields(collision_geometry(
+            model, config.layer, poly.target, config=config.geometry)) if spec.method == "exact" else ({}, {})
         RowRecord.of(
             poly, config=config, row=row, init=spec.init, model=f"{DATASET}-{config.train.arch}",
             model_source=checkpoint_source(context["checkpoint"], meta["sha256"]),
@@ -282,6 +287,7 @@ def solve(job: dict[str, Any], context: dict[str, Any], *, config: MnistExperime
                 "checkpoint": context["checkpoint"], "checkpoint_sha256": meta["sha256"],
                 "test_accuracy": meta["test_accuracy"], "target_index": examples["target_index"],
                 "init_index": init_index, "seed": config.seed,
-                **({"paper_lr": solver_config.lr} if spec.method == "paper" else {}),
+                **({"paper_lr": solver_config.lr} if spec.method == "paper" else {}), **attrs,
             },
+            extra_arrays=arrays,
         ).write(config.results_root)

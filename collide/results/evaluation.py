@@ -18,6 +18,7 @@ from collide.config import SampleConfig
 from collide.errors import DataError
 from collide.models.zoo import load_model_source
 from collide.precision import full_precision
+from collide.results.points import evaluate_points, flat_rows, is_points_row, point_metrics, spread
 from collide.results.store import read_row, write_row
 from collide.validity import Criterion
 
@@ -31,6 +32,7 @@ _PASS_THROUGH = (
     "init", "loss", "target_index", "init_index", "test_accuracy", "weights", "knn_recall", "knn_k",
     "n_patches", "index_build_seconds", "knn_query_seconds", "exact_query_seconds", "target_path", "init_path",
     "knn_queries", "target_weight_share", "mean_distance_to_start_all", "mean_distance_to_target_all", "paper_lr",
+    "arch", "depth",
 )
 
 
@@ -49,6 +51,8 @@ def evaluate_row(
         The row's table record (the storage contract's columns and more).
     """
     arrays, attrs = read_row(results_root, experiment, row)
+    if is_points_row(attrs):
+        return evaluate_points(results_root, experiment, row, device=device)
     if "criterion" not in attrs:
         raise DataError(f"row {row} of {experiment} was solved by an older collide that recorded no vertex "
                         "criterion: rerun the experiment to recompute it")
@@ -130,6 +134,21 @@ def _evaluate(
         "config_digest": attrs["config_digest"],
     }
     metrics.update({k: attrs[k] for k in _PASS_THROUGH if k in attrs})
+    if not reason:
+        # Invalid vertices have weight 0 but may be NaN (an LP with no solution).
+        hull = (m.weights @ torch.nan_to_num(vertices.double()).flatten(1)).view(  # type: ignore[operator]
+            -1, *vertices.shape[1:])
+        metrics.update({"hull_mean_distance_to_target": float(_distances(hull, target).mean()) * scale,
+                        "hull_spread": spread(hull) * scale})
+    region_arrays: dict[str, np.ndarray] = {}
+    if "region_samples" in arrays:
+        region, region_arrays = _region(model, layer, arrays, attrs, target, init, scale=scale, device=device)
+        good = vertices[valid].double().flatten(1).numpy()
+        directions = flat_rows(arrays["region_directions"])
+        region["hull_mean_width"] = float((
+            (good @ directions.T).max(0) - (good @ directions.T).min(0)).mean()) * scale if n_valid and len(
+            directions) else float("nan")
+        metrics.update(region)
     per_vertex = {
         "vertex_valid": valid.numpy(),
         "vertex_rel_error": poly.rel_error.numpy(),
@@ -140,12 +159,46 @@ def _evaluate(
         "distance_to_target": _distances(vertices, target).numpy(),
     }
     write_row(
-        results_root, experiment, row, {**per_vertex, **sampled},
+        results_root, experiment, row, {**per_vertex, **sampled, **region_arrays},
         {"target_class": m.target_class, "vertex_reasons": list(poly.reasons), "push_margin_value": poly.margin,
          "metrics": metrics},
         keep_existing=True, drop=() if sampled else SAMPLE_ARRAYS,
     )
     return metrics
+
+
+def region_widths(directions: np.ndarray, extremes: np.ndarray) -> np.ndarray:
+    """Each direction's width between its two extreme points (maximiser, minimiser).
+    Shapes: directions (w, d); extremes (2w, d) -> (w,)"""
+    return np.einsum("nd,nd->n", directions, extremes[0::2] - extremes[1::2])
+
+
+def _region(model: torch.nn.Module, layer: str, arrays: dict[str, np.ndarray], attrs: dict[str, Any],
+            target: torch.Tensor, init: torch.Tensor, *, scale: float, device: str,
+            ) -> tuple[dict[str, Any], dict[str, np.ndarray]]:
+    """The columns of an exact row's collision set: its geometry as solved, and how the
+    model sees its stored samples (each claimed to collide exactly)."""
+    found, per_point = point_metrics(model, layer, torch.from_numpy(arrays["region_samples"]), target, init,
+                                     claim=0.0, scale=scale, device=device)
+    geometry = attrs["geometry"]
+    directions = flat_rows(arrays["region_directions"]).astype(np.float64)
+    extremes = flat_rows(arrays["region_extremes"]).astype(np.float64)
+    columns = {
+        "region_mean_width": float(region_widths(directions, extremes).mean()) * scale if len(directions) else 0.0,
+        "region_dim": geometry["dim"], "region_dim_method": geometry["dim_method"],
+        "region_radius": geometry["radius"] * scale, "region_free_dim": geometry["free_dim"],
+        "region_n_samples": found["n_samples"], "region_success_rate": found["success_rate"],
+        "region_max_feature_rel_error": found["max_feature_rel_error"],
+        "region_claim_met": found["claim_met"],
+        "region_mean_distance_to_target": found["mean_distance_to_target"],
+        "region_max_distance_to_target": found["max_distance_to_target"],
+        "region_spread": found["points_spread"],
+        "region_rhat": geometry["sampler"]["rhat"], "region_drift": geometry["sampler"]["drift"],
+        "region_seconds": geometry["seconds"],
+    }
+    if found["claim_met"] is False:  # samples that do not collide give no success rate
+        columns["region_success_rate"] = float("nan")
+    return columns, {f"region_{k.removeprefix('point_')}": v for k, v in per_point.items()}
 
 
 def _distances(vertices: torch.Tensor, point: torch.Tensor) -> torch.Tensor:

@@ -14,7 +14,7 @@ from typing import Any
 
 import numpy as np
 
-from collide.api import Polytope
+from collide.api import Geometry, Polytope
 from collide.results.store import write_row
 
 
@@ -68,3 +68,15 @@ class RowRecord:
             "dataset_avg_distance", "pixel_scale", "solver", "sampler", "config", "config_digest")}
         arrays = {"vertices": self.vertices, "target": self.target, "init": self.init_image, **self.extra_arrays}
         return write_row(results_root, self.experiment, self.row, arrays, {**attrs, **self.extra_attrs})
+
+
+def region_fields(geometry: Geometry) -> tuple[dict[str, Any], dict[str, np.ndarray]]:
+    """What an exact row stores of its collision set: the scalars as the ``geometry`` attr;
+    as arrays, the samples (``region_samples``, inputs), the inscribed ball's centre, and
+    the width directions with their extreme points (float64: widths are recomputed from
+    them)."""
+    return ({"geometry": geometry.to_dict()},
+            {"region_samples": geometry.samples.numpy().astype(np.float32),
+             "region_center": geometry.center.numpy(),
+             "region_directions": geometry.directions.numpy(),
+             "region_extremes": geometry.extremes.numpy()})

@@ -23,6 +23,7 @@ import zarr
 from collide._io import code_version, experiment_lock
 from collide.errors import DataError
 from collide.results.cells import FLAGS, flag_text, missing, row_flags, success_text, valid_text
+from collide.results.points import is_points_row
 from collide.results.reference import reference_for
 from collide.results.report import write_report
 from collide.results.store import (
@@ -44,6 +45,7 @@ from collide.results.store import (
 )
 
 FIGURE_ROWS = 16  # a figure of more polytopes than this is too tall to read
+POINTS_SHOWN = 5  # the first points of a points row, as many as the paper shows vertices
 
 def experiments(root: str | Path) -> list[str]:
     """Names of the experiments with a store under ``root``, sorted."""
@@ -80,6 +82,8 @@ def store_digest(root: str | Path, experiment: str) -> str:
 def _label(row: int, attrs: dict[str, Any]) -> str:
     """Method, init, valid vertices, success (or why none) and the paper's row, if any."""
     metrics = attrs.get("metrics", {})
+    if is_points_row(attrs):
+        return _points_label(row, attrs, metrics)
     head = f"row {row}: {attrs.get('method', '?')}, init={attrs.get('init', '?')}"
     if attrs.get("target_index") is not None and attrs.get("config", {}).get("targets_per_class"):
         head += f" t={attrs['target_index']}"
@@ -96,6 +100,18 @@ def _label(row: int, attrs: dict[str, Any]) -> str:
     reference = reference_for({**attrs, **metrics})
     if reference is not None:
         lines.append(f"{reference.name}: {reference.success_rate:.0%}, dist {reference.vertex_avg_distance:.4g}")
+    return "\n".join(textwrap.fill(line, 28) for line in lines)
+
+
+def _points_label(row: int, attrs: dict[str, Any], metrics: dict[str, Any]) -> str:
+    """Method, what its columns asked for (ε), success, feature error and distance to the target."""
+    asked = "".join(f", {k}={v:.3g}" for k, v in attrs.get("columns", {}).items() if k == "epsilon")
+    lines = [f"row {row}: {attrs.get('method', '?')}{asked}, {metrics.get('n_samples', '?')} pts"]
+    if metrics:
+        err, dist = metrics.get("max_feature_rel_error"), metrics.get("mean_distance_to_target")
+        lines.append(f"success {success_text(metrics)}")
+        lines.append(f"err {'n/a' if missing(err) else format(err, '.1e')}, "
+                     f"to target {'n/a' if missing(dist) else format(dist, '.3g')}")
     return "\n".join(textwrap.fill(line, 28) for line in lines)
 
 
@@ -132,7 +148,8 @@ def write_figure(root: str | Path, experiment: str, rows: list[int], *, warning:
         arrays, attrs = read_row(root, experiment, row)
         targets.append(arrays["target"])
         inits.append(arrays.get("init"))
-        vertices.append(arrays["vertices"])
+        # A points row shows its first points where a polytope row shows its vertices.
+        vertices.append(arrays["vertices"] if "vertices" in arrays else arrays["points"][:POINTS_SHOWN])
         valid.append(arrays.get("vertex_valid"))
         labels.append(_label(row, attrs))
         layer = attrs.get("layer", layer)

@@ -19,11 +19,18 @@ import pandas as pd
 import torch
 
 from collide.models.zoo import load_model_source
+from collide.results.points import flat_rows, is_points_row, verify_points
 from collide.results.store import list_rows, read_row, table_path
+from collide.solvers.collision_set import collision_set
+from collide.solvers.exact import affine_piece
 from collide.taps import preactivation
 
 # Table values are float64 computations of the same quantities: they must agree to this.
 AGREE = 1e-9
+# What a point claimed to collide exactly may miss by (its relative feature error in float64).
+EXACT_CLAIM = 1e-6
+# What a stored ball may cross a row of its set by (HiGHS meets rows to 1e-9).
+BALL_SLACK = 1e-8
 
 
 def _close(a: Any, b: float) -> bool:
@@ -40,6 +47,8 @@ def verify_row(root: str | Path, experiment: str, row: int, table: dict[str, Any
     ``table`` (the row as ``<experiment>.parquet`` holds it), with the table file too: an
     edited table is caught, not only an edited store."""
     arrays, attrs = read_row(root, experiment, row)
+    if is_points_row(attrs):
+        return verify_points(root, experiment, row, table, agree=AGREE)
     metrics = attrs.get("metrics")
     if metrics is None:
         return {"row": row, "problems": ["never evaluated"]}
@@ -93,8 +102,64 @@ def verify_row(root: str | Path, experiment: str, row: int, table: dict[str, Any
                 ok = _close(stated.get(key), value)
             if not ok:
                 problems.append(f"{key}: {where} {stated.get(key)!r}, recomputed {value!r}")
+    if "region_samples" in arrays:
+        problems += _verify_region(net, model, arrays, attrs, sources)
     return {"row": row, "counted_vertices": int(weighted.sum()), "max_feature_rel_error": expected[
         "max_feature_rel_error"], "success_rate": expected["success_rate"], "problems": problems}
+
+
+def _verify_region(net: torch.nn.Module, model: torch.nn.Module, arrays: dict[str, np.ndarray],
+                   attrs: dict[str, Any], sources: list[tuple[str, dict[str, Any]]]) -> list[str]:
+    """An exact row's collision set, rechecked: every stored sample and extreme point
+    collides (float64 feature error ≤ :data:`EXACT_CLAIM`), the success rate and width
+    follow from them, and the stored ball lies inside the set's rows, rebuilt here from
+    the model's affine piece rather than read from the solver."""
+    layer = attrs["layer"]
+    target = torch.from_numpy(arrays["target"].astype(np.float64))
+    t_pre = preactivation(net, target[None], layer)
+    t_post = t_pre.clamp_min(0)
+    problems = []
+
+    def errors(points: np.ndarray) -> np.ndarray:
+        post = preactivation(net, torch.from_numpy(points.astype(np.float64)), layer).clamp_min(0)
+        return ((post - t_post).norm(dim=1) / t_post.norm(dim=1)).numpy()
+
+    samples, extremes = arrays["region_samples"], arrays["region_extremes"]
+    rel, rel_ext = errors(samples), errors(extremes) if len(extremes) else np.zeros(0)
+    for what, values in (("region samples", rel), ("width extreme points", rel_ext)):
+        if (values > EXACT_CLAIM).any():
+            problems.append(f"{what} {np.flatnonzero(values > EXACT_CLAIM)[:10].tolist()} do not collide exactly: "
+                            f"feature errors up to {values.max():.3g} > {EXACT_CLAIM}")
+    pred = model(torch.from_numpy(samples)).argmax(-1).numpy()
+    t_class = int(model(target.float()[None]).argmax())
+    scale = float(attrs.get("pixel_scale", 1.0))
+    directions = flat_rows(arrays["region_directions"])
+    flat_ext = flat_rows(extremes).astype(np.float64)
+    widths = np.einsum("nd,nd->n", directions, flat_ext[0::2] - flat_ext[1::2])
+    recomputed = {"region_max_feature_rel_error": float(rel.max()),
+                  "region_success_rate": float((pred == t_class).mean()),
+                  "region_mean_width": float(widths.mean()) * scale if len(widths) else 0.0}
+    for where, stated in sources:
+        for key, value in recomputed.items():
+            tol = 1 / len(samples) if key == "region_success_rate" else AGREE * max(1.0, abs(value))
+            if stated.get(key) is None or abs(float(stated[key]) - value) > tol:
+                problems.append(f"{key}: {where} {stated.get(key)!r}, recomputed {value!r}")
+    # The ball: every row a·x ≤ b of the set holds on it iff a·c + r‖Bᵀa‖ ≤ b.
+    piece = affine_piece(model, layer, target.float())
+    cs = collision_set([(piece, t_pre[0].numpy())], target.flatten().numpy(), lower=attrs["geometry"]["box"][0],
+                       upper=attrs["geometry"]["box"][1], max_entries=2**62)
+    a_all, b_all = cs.all_rows()
+    reach = np.linalg.norm(a_all @ cs.basis, axis=1)
+    center = arrays["region_center"].reshape(-1).astype(np.float64)
+    radius = float(attrs["geometry"]["radius"])
+    over = a_all @ center + radius * reach - b_all
+    if (over > BALL_SLACK * (1 + np.abs(b_all))).any():
+        problems.append(f"the stored inscribed ball (radius {radius:.6g}) crosses {int((over > 0).sum())} rows of "
+                        f"the collision set, by up to {over.max():.3g}")
+    off = np.abs(cs.equalities @ (center - cs.origin)).max(initial=0.0)
+    if off > BALL_SLACK:
+        problems.append(f"the stored ball's centre leaves the equality subspace by {off:.3g}")
+    return problems
 
 
 def verify(root: str | Path, experiment: str) -> list[dict[str, Any]]:
