@@ -1,0 +1,278 @@
+"""Baselines side by side: is the colliding polytope special, or is the net merely smooth?
+
+For each MNIST target, one table row per way of making points near it, each a set of
+points (:class:`collide.results.points.PointsRecord`) that the engine evaluates alike
+(success rate: the share classified as the target's class; float64 feature errors at
+the row's layer; distances to the target and init; spread):
+
+0. ``gradient-hull``: uniform samples of the simplex of the gradient polytope's valid
+   vertices (paper §2), claimed to collide to the solver's ``rel_tol``;
+1. ``exact-region``: hit-and-run samples of the target's exact collision set
+   (:func:`collide.api.collision_geometry`), claimed exact (to float32 storage);
+2. ``random-ball``: the authors' control (§3.1), points at the polytope vertices'
+   distances in random directions (:func:`collide.solvers.baselines.random_ball`);
+3. ``null-space``: Ozbulak et al.'s moves in null(W_P), clipped to the box, measured at
+   ``layer`` (the first ReLU), and
+4. the same points measured at ``deeper_layer``: whether deeper collisions follow;
+5. ``inversion``: Mahendran and Vedaldi's code inversion from the other digit, one point.
+
+The baselines make no claim. ``summarize`` draws ``<name>-baselines.png``: success rate
+and feature error per method.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, ClassVar
+
+import numpy as np
+import pandas as pd
+import torch
+from matplotlib.backends.backend_agg import FigureCanvasAgg
+from matplotlib.figure import Figure
+
+from collide.api import collision_geometry, find_polytope
+from collide.config import SAMPLERS, GeometryConfig, RowSpec, Sampler, _require, resolve_device
+from collide.datasets.mnist import load_mnist
+from collide.errors import ConfigError
+from collide.experiments import mnist
+from collide.experiments.engine import Progress, job, no_progress
+from collide.models.zoo import build_model, checkpoint_source, load_checkpoint
+from collide.polytope import combine, sample_weights
+from collide.results.figures import save_figure
+from collide.results.points import PointsRecord
+from collide.results.store import table_path
+from collide.solvers.baselines import (
+    BallConfig,
+    InversionConfig,
+    NullSpaceConfig,
+    first_relu_layer,
+    invert,
+    null_space_points,
+    random_ball,
+)
+from collide.taps import resolve_layer
+
+NAME = "baselines"
+SUMMARY = "baselines side by side: gradient hull, exact region, random ball, null space, code inversion (MNIST)"
+METHODS = ("gradient-hull", "exact-region", "random-ball", "null-space", "null-space-deeper", "inversion")
+# Exact collision-set samples claim a feature error of 0: the points rows' check allows
+# collide.results.points.CLAIM_SLACK (1e-6) for their float32 storage.
+EXACT_CLAIM = 0.0
+
+
+@dataclass(frozen=True, kw_only=True)
+class HullConfig:
+    """How the gradient polytope is sampled: ``n`` points uniform on the simplex of its
+    valid vertices (``dirichlet``; ``stick`` is the authors' stick-breaking)."""
+
+    n: int = 2000
+    sampler: Sampler = "dirichlet"
+    seed: int = 0
+
+    def __post_init__(self) -> None:
+        _require(self.n >= 1, f"expected hull.n >= 1, got {self.n}")
+        _require(self.sampler in SAMPLERS, f"expected hull.sampler in {SAMPLERS}, got {self.sampler!r}")
+
+
+@dataclass(frozen=True, kw_only=True)
+class BaselinesExperiment(mnist.MnistExperiment):
+    """The MNIST experiment's target, model and gradient solver, with the baselines' rows.
+
+    ``methods`` picks rows of :data:`METHODS` (in that order) for every target: target
+    ``k`` owns rows ``k*len(methods)`` on, all solved in one job (the baselines take their
+    distances from the gradient polytope). ``layer`` must be the model's first ReLU (the
+    null-space construction's); ``deeper_layer`` is where row ``null-space-deeper``
+    measures the same points. The inherited ``rows`` are not used.
+    """
+
+    name: str = "baselines"
+    layer: str = "relu1"
+    deeper_layer: str = "relu2"
+    methods: tuple[str, ...] = METHODS
+    rows: tuple[RowSpec, ...] = (RowSpec("gradient", "target"),)
+    hull: HullConfig = field(default_factory=HullConfig)
+    geometry: GeometryConfig = field(default_factory=GeometryConfig)
+    ball: BallConfig = field(default_factory=BallConfig)
+    null_space: NullSpaceConfig = field(default_factory=NullSpaceConfig)
+    inversion: InversionConfig = field(default_factory=InversionConfig)
+
+    _nested: ClassVar[dict[str, type]] = {
+        **mnist.MnistExperiment._nested, "hull": HullConfig, "geometry": GeometryConfig, "ball": BallConfig,
+        "null_space": NullSpaceConfig, "inversion": InversionConfig,
+    }
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        unknown = [m for m in self.methods if m not in METHODS]
+        _require(not unknown, f"expected methods from {METHODS}, got {unknown}")
+        _require(len(self.methods) >= 1 and len(set(self.methods)) == len(self.methods),
+                 f"expected one or more distinct methods, got {self.methods!r}")
+        _require(list(self.methods) == [m for m in METHODS if m in self.methods],
+                 f"expected methods in the order {METHODS}, got {self.methods!r}")
+        _require("gradient-hull" in self.methods or not {"random-ball", "null-space", "null-space-deeper"}
+                 & set(self.methods),
+                 "random-ball and null-space rows take their distances from the gradient polytope: keep "
+                 "'gradient-hull' in methods")
+
+    @property
+    def n_rows(self) -> int:
+        return self.n_targets * len(self.methods)
+
+
+Config = BaselinesExperiment
+layers, prepare = mnist.layers, mnist.prepare
+
+
+def validate(*, config: BaselinesExperiment) -> None:
+    """Fail before any work unless ``layer`` is the first ReLU and ``deeper_layer`` a later one."""
+    mnist.validate(config=config)
+    model, example = build_model(config.train.arch), torch.zeros(*mnist.INPUT_SHAPE)
+    first = first_relu_layer(model, example)
+    layer = resolve_layer(model, config.layer, example.unsqueeze(0))
+    if layer != first:
+        raise ConfigError(f"the baselines experiment needs layer = the first ReLU ({first!r}) for its "
+                          f"null-space rows, got {config.layer!r}")
+    deeper = resolve_layer(model, config.deeper_layer, example.unsqueeze(0))
+    if deeper == first:
+        raise ConfigError(f"deeper_layer must come after {first!r}, got {config.deeper_layer!r}")
+
+
+def plan(context: dict[str, Any], *, config: BaselinesExperiment) -> list[dict[str, Any]]:
+    """One job per target: all its rows, which share the gradient polytope."""
+    n = len(config.methods)
+    return [job(f"target-{k}-baselines", list(range(k * n, (k + 1) * n)), target=t)
+            for k, t in enumerate(context["targets"])]
+
+
+def _vertex_distances(vertices: torch.Tensor, target: torch.Tensor) -> np.ndarray:
+    return (vertices.double() - target.double()).flatten(1).norm(dim=1).numpy()
+
+
+def solve(job: dict[str, Any], context: dict[str, Any], *, config: BaselinesExperiment,
+          progress: Progress = no_progress) -> None:
+    """Every row of one target: the gradient polytope first, then each baseline."""
+    model, meta = load_checkpoint(context["checkpoint"])
+    test = load_mnist(config.data_root, "test")
+    spec = job["spec"]["target"]
+    target, other = test.images[spec["target_index"]], test.images[spec["other_index"]]
+    device = resolve_device(config.device)
+    rows = dict(zip(config.methods, job["rows"], strict=True))
+    first = job["rows"][0]  # each target's random draws are seeded apart
+    base = {
+        "experiment": config.name, "model": f"{mnist.DATASET}-{config.train.arch}",
+        "model_source": checkpoint_source(context["checkpoint"], meta["sha256"]), "config": config.to_dict(),
+        "config_digest": config.digest(), "target": target.numpy(),
+        "dataset_avg_distance": context["dataset_avg_distance"],
+    }
+    ids = {"target_index": spec["target_index"], "init_index": spec["target_index"]}
+
+    def write(method: str, points: torch.Tensor, *, layer: str | None = None, init: str = "target",
+              init_image: torch.Tensor | None = None, claim: float | None = None, **columns: Any) -> None:
+        PointsRecord(
+            **base, row=rows[method], layer=layer or config.layer, init=init,
+            method=method.removesuffix("-deeper"), claim_rel_error=claim,
+            points=points.numpy().astype(np.float32),
+            init_image=(target if init_image is None else init_image).numpy(), columns={**ids, **columns},
+        ).write(config.results_root)
+
+    distances = None
+    if "gradient-hull" in rows:
+        start = time.perf_counter()
+        poly = find_polytope(model, config.layer, target, init=target, n_vertices=config.n_vertices,
+                             method="gradient", device=device, config=config.gradient,
+                             progress=lambda s, n, _d: progress("vertices (gradient)", s, n))
+        good = poly.vertices[poly.valid]
+        if len(good) == 0:
+            raise RuntimeError(f"job {job['label']}: no valid gradient vertex ({'; '.join(poly.reasons)}): "
+                               "there is no polytope to compare the baselines with")
+        distances = _vertex_distances(good, target)
+        gen = torch.Generator().manual_seed(config.hull.seed + first)
+        weights = sample_weights(config.hull.n, len(good), sampler=config.hull.sampler, generator=gen)
+        write("gradient-hull", combine(weights, good), claim=poly.criterion.rel_tol,
+              valid_vertices=len(good), vertex_distance_mean=float(distances.mean()),
+              vertex_distance_max=float(distances.max()), seconds=time.perf_counter() - start)
+    if "exact-region" in rows:
+        geo = collision_geometry(model, config.layer, target, config=config.geometry)
+        write("exact-region", geo.samples, claim=EXACT_CLAIM, region_dim=geo.dim, region_radius=geo.radius,
+              region_mean_width=float(geo.widths.mean()) if len(geo.widths) else 0.0,
+              seconds=geo.seconds)
+    if "random-ball" in rows:
+        start = time.perf_counter()
+        ball = random_ball(target, distances, n=config.ball.n, seed=config.ball.seed + first,  # type: ignore[arg-type]
+                           lower=config.gradient.lower, upper=config.gradient.upper)
+        write("random-ball", ball.points, vertex_distance_mean=float(distances.mean()),  # type: ignore[union-attr]
+              reached_mean=float(ball.reached.mean()), short_share=float((ball.reached < ball.wanted).mean()),
+              seconds=time.perf_counter() - start)
+    wanted = [m for m in ("null-space", "null-space-deeper") if m in rows]
+    if wanted:
+        start = time.perf_counter()
+        ns = null_space_points(model, config.layer, target, distances=distances,  # type: ignore[arg-type]
+                               n=config.null_space.n, seed=config.null_space.seed + first,
+                               lower=config.gradient.lower, upper=config.gradient.upper,
+                               rank_rtol=config.null_space.rank_rtol)
+        seconds = time.perf_counter() - start
+        for method in wanted:  # the same points, measured where the construction moved them and deeper
+            write(method, ns.points, layer=config.layer if method == "null-space" else config.deeper_layer,
+                  vertex_distance_mean=float(distances.mean()),  # type: ignore[union-attr]
+                  reached_mean=float(ns.reached.mean()), clipped_share=float(ns.clipped.mean()),
+                  null_dim=ns.null_dim, rank_positive=ns.rank, moved_at=config.layer, seconds=seconds)
+    if "inversion" in rows:
+        inv = invert(model, config.layer, target, other, config=config.inversion, device=device)
+        write("inversion", inv.point.unsqueeze(0), init="other", init_image=other,
+              **{**ids, "init_index": spec["other_index"]}, init_rel_error=inv.init_rel_error,
+              distance_to_init=inv.distance_to_init, steps=len(inv.history), final_loss=float(inv.history[-1]),
+              seconds=inv.seconds)
+
+
+def figure_path(root: str | Path, experiment: str) -> Path:
+    return Path(root) / f"{experiment}-baselines.png"
+
+
+def method_summary(table: pd.DataFrame) -> pd.DataFrame:
+    """One row per (method, layer) over the targets: mean success rate, the largest and
+    the mean feature error, the mean distance to the target and the mean spread."""
+    frame = table.assign(label=table["method"] + " @ " + table["layer"])
+    order = {label: k for k, label in enumerate(dict.fromkeys(frame.sort_values("row")["label"]))}
+    out = frame.groupby("label", sort=False).agg(
+        targets=("row", "size"), success_rate=("success_rate", "mean"),
+        max_feature_rel_error=("max_feature_rel_error", "max"),
+        mean_feature_rel_error=("mean_feature_rel_error", "mean"),
+        mean_distance_to_target=("mean_distance_to_target", "mean"), points_spread=("points_spread", "mean"),
+    ).reset_index()
+    return out.sort_values("label", key=lambda c: c.map(order)).reset_index(drop=True)
+
+
+def draw_baselines(summary: pd.DataFrame, *, title: str = "") -> Figure:
+    """Per method: success rate (top) and feature error (bottom, log: bar the largest,
+    dot the mean). Drawn on its own Agg canvas; pyplot's state is not touched."""
+    fig = Figure(figsize=(max(6.0, 1.2 * len(summary)), 6.0))
+    FigureCanvasAgg(fig)
+    top, bottom = fig.subplots(2, 1, sharex=True)
+    x = np.arange(len(summary))
+    top.bar(x, summary["success_rate"].to_numpy(dtype=float), 0.6)
+    top.set_ylabel("success rate")
+    top.set_ylim(0, 1.05)
+    err = summary["max_feature_rel_error"].to_numpy(dtype=float)
+    bottom.bar(x, np.maximum(err, 1e-12), 0.6, label="largest")
+    bottom.plot(x, np.maximum(summary["mean_feature_rel_error"].to_numpy(dtype=float), 1e-12), "ko", label="mean")
+    bottom.set_yscale("log")
+    bottom.set_ylabel("feature error (relative)")
+    bottom.set_xticks(x, [label.replace(" @ ", "\n@ ") for label in summary["label"]], fontsize=8)
+    bottom.legend(fontsize="small")
+    if title:
+        fig.suptitle(title, fontsize=9)
+    fig.tight_layout()
+    return fig
+
+
+def summarize(*, config: BaselinesExperiment) -> dict[str, Any]:
+    """``<name>-baselines.png`` from the table: success rate and feature error per method."""
+    root, name = config.results_root, config.name
+    summary = method_summary(pd.read_parquet(table_path(root, name)))
+    title = (f"{name}: {config.n_targets} target(s), polytope at {config.layer} ({config.n_vertices} vertices); "
+             f"null space also measured at {config.deeper_layer}")
+    path = save_figure(draw_baselines(summary, title=title), figure_path(root, name))
+    return {"baselines_figure": str(path), "baselines": summary.to_dict(orient="records")}
