@@ -11,9 +11,11 @@ from __future__ import annotations
 from types import ModuleType
 
 from collide.errors import ConfigError
-from collide.experiments import imagenet, mnist, model, patches, scan
+from collide.experiments import baselines, frontier, imagenet, mnist, model, patches, profile, scan, transfer
 
-EXPERIMENTS: dict[str, ModuleType] = {m.NAME: m for m in (mnist, patches, imagenet, scan, model)}
+EXPERIMENTS: dict[str, ModuleType] = {
+    m.NAME: m for m in (mnist, patches, imagenet, scan, model, profile, baselines, frontier, transfer)
+}
 
 REQUIRED = ("NAME", "SUMMARY", "Config", "layers", "validate", "prepare", "plan", "solve")
 

@@ -1,0 +1,226 @@
+"""Collisions across models: sets that collide in two networks at once, and transfer.
+
+For each target and each partner model B (another architecture, or the same one
+trained from another seed) beside the experiment's model A:
+
+0. ``joint-region`` under A and 1. under B: the inputs whose features equal the
+   target's in *both* models (A at ``layer``, B at ``partner_layer``: both models'
+   rows stacked, :func:`collide.api.collision_geometry` with ``also``), their
+   dimension, inscribed radius and mean width as columns, their hit-and-run samples
+   as the points, claimed exact in each model;
+2. ``exact-region`` of A under B: samples of A's own exact collision set, classified
+   and measured by B: does a collision built for one network transfer to another?
+3. ``gradient-hull`` of A under B: the same for the paper's gradient polytope of A.
+
+Why collision-based poisons transfer is an open question in the poisoning literature;
+rows 2 and 3 measure how often they do, rows 0 and 1 whether a set that collides in
+both exists at all.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+import torch
+from matplotlib.figure import Figure
+
+from collide.api import collision_geometry, find_polytope
+from collide.config import ARCHITECTURES, RowSpec, _require, resolve_device
+from collide.datasets.mnist import load_mnist
+from collide.errors import ConfigError
+from collide.experiments import mnist
+from collide.experiments.engine import Progress, job, no_progress
+from collide.models.zoo import build_model, checkpoint_source, load_checkpoint
+from collide.polytope import combine, sample_weights
+from collide.results.figures import save_figure
+from collide.results.points import PointsRecord
+from collide.results.store import table_path, write_table
+from collide.taps import check_units
+
+NAME = "transfer"
+SUMMARY = "collisions across models: exact sets shared by two networks, and how one model's polytopes transfer"
+ROWS = ("joint-region@A", "joint-region@B", "exact-region@B", "gradient-hull@B")
+
+
+def parse_partner(spec: str) -> tuple[str, int]:
+    """``arch:seed`` (``mlp:1``, ``lenet5:0``) as (arch, seed)."""
+    arch, _, seed = spec.partition(":")
+    if arch not in ARCHITECTURES or not seed.isdigit():
+        raise ConfigError(f"a partner is 'arch:seed' with arch in {ARCHITECTURES} (say 'mlp:1'), got {spec!r}")
+    return arch, int(seed)
+
+
+@dataclass(frozen=True, kw_only=True)
+class TransferExperiment(mnist.MnistExperiment):
+    """Model A is the MNIST experiment's (``train``, ``layer``); each of ``partners``
+    (``arch:seed``: trained with ``train``'s other settings) is a model B at
+    ``partner_layer``. Target ``k`` and partner ``p`` own the rows
+    ``(k*len(partners) + p)*4`` on, in the order of :data:`ROWS`; the inherited ``rows``
+    are not used. ``geometry`` measures both the joint and A's own set."""
+
+    name: str = "transfer"
+    partners: tuple[str, ...] = ("mlp:1", "lenet5:0")
+    partner_layer: str = "relu1"
+    rows: tuple[RowSpec, ...] = (RowSpec("gradient", "target"),)
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        _require(len(self.partners) >= 1 and len(set(self.partners)) == len(self.partners),
+                 f"expected one or more distinct partners, got {self.partners!r}")
+        for spec in self.partners:
+            arch, seed = parse_partner(spec)
+            _require((arch, seed) != (self.train.arch, self.train.seed),
+                     f"partner {spec!r} is model A itself ({self.train.arch}, seed {self.train.seed})")
+
+    @property
+    def n_rows(self) -> int:
+        return self.n_targets * len(self.partners) * len(ROWS)
+
+    def partner_config(self, spec: str) -> mnist.MnistExperiment:
+        """Where and how the partner is trained: what :func:`mnist.train_model` reads."""
+        arch, seed = parse_partner(spec)
+        return mnist.MnistExperiment(data_root=self.data_root, checkpoint_dir=self.checkpoint_dir, device=self.device,
+                                     train=dataclasses.replace(self.train, arch=arch, seed=seed))
+
+
+Config = TransferExperiment
+layers = mnist.layers
+
+
+def validate(*, config: TransferExperiment) -> None:
+    check_units(build_model(config.train.arch), config.layer, mnist.INPUT_SHAPE, config.n_vertices)
+    for spec in config.partners:
+        check_units(build_model(parse_partner(spec)[0]), config.partner_layer, mnist.INPUT_SHAPE, 1)
+
+
+def prepare(*, config: TransferExperiment, progress: Progress = no_progress) -> dict[str, Any]:
+    """Model A's context (data, checkpoint, targets) and every partner trained or reused."""
+    context = mnist.prepare(config=config, progress=progress)
+    partners = {spec: mnist.train_model(config=config.partner_config(spec), progress=progress)
+                for spec in config.partners}
+    return {**context, "partners": {s: p["checkpoint"] for s, p in partners.items()},
+            "inputs": {**context["inputs"], "partners": {s: p["sha256"] for s, p in partners.items()}}}
+
+
+def plan(context: dict[str, Any], *, config: TransferExperiment) -> list[dict[str, Any]]:
+    """One job per (target, partner): its four rows share A's polytope and set."""
+    n, jobs = len(ROWS), []
+    for k, example in enumerate(context["targets"]):
+        for p, spec in enumerate(config.partners):
+            first = (k * len(config.partners) + p) * n
+            jobs.append(job(f"target-{k}-{spec.replace(':', '-seed-')}", range(first, first + n),
+                            example=example, partner=spec))
+    return jobs
+
+
+def solve(job: dict[str, Any], context: dict[str, Any], *, config: TransferExperiment,
+          progress: Progress = no_progress) -> None:
+    model_a, meta_a = load_checkpoint(context["checkpoint"])
+    spec = job["spec"]
+    checkpoint_b = context["partners"][spec["partner"]]
+    model_b, meta_b = load_checkpoint(checkpoint_b)
+    target = load_mnist(config.data_root, "test").images[spec["example"]["target_index"]]
+    first = job["rows"][0]
+    arch_b, _ = parse_partner(spec["partner"])
+    sources = {"A": (f"{mnist.DATASET}-{config.train.arch}", checkpoint_source(context["checkpoint"],
+                                                                                 meta_a["sha256"]), config.layer),
+               "B": (f"{mnist.DATASET}-{arch_b}-{spec['partner']}", checkpoint_source(checkpoint_b, meta_b["sha256"]),
+                     config.partner_layer)}
+    common = {"target_index": spec["example"]["target_index"], "partner": spec["partner"],
+              "model_a": sources["A"][0], "layer_a": config.layer, "model_b": sources["B"][0],
+              "layer_b": config.partner_layer}
+
+    def write(offset: int, under: str, method: str, points: torch.Tensor, claim: float | None,
+              **columns: Any) -> None:
+        model, source, layer = sources[under]
+        PointsRecord(
+            experiment=config.name, row=first + offset, model=model, model_source=source, layer=layer,
+            method=method, init="target", claim_rel_error=claim, config=config.to_dict(),
+            config_digest=config.digest(), points=points.numpy().astype(np.float32), target=target.numpy(),
+            init_image=target.numpy(), dataset_avg_distance=context["dataset_avg_distance"],
+            columns={**common, "evaluated_under": under, **columns},
+        ).write(config.results_root)
+
+    progress("joint set", 0, 3)
+    joint = collision_geometry(model_a, config.layer, target, config=config.geometry,
+                               also=[(model_b, config.partner_layer)])
+    progress("joint set", 1, 3)
+    own = collision_geometry(model_a, config.layer, target, config=config.geometry)
+    progress("joint set", 2, 3)
+    poly = find_polytope(model_a, config.layer, target, init=target, n_vertices=config.n_vertices,
+                         method="gradient", device=resolve_device(config.device), config=config.gradient)
+    progress("joint set", 3, 3)
+    sets = {"joint_dim": joint.dim, "joint_dim_method": joint.dim_method, "joint_radius": joint.radius,
+            "joint_mean_width": float(joint.widths.mean()) if len(joint.widths) else 0.0,
+            "joint_free_dim": joint.free_dim, "a_dim": own.dim, "a_radius": own.radius,
+            "a_mean_width": float(own.widths.mean()) if len(own.widths) else 0.0,
+            "joint_rhat": joint.sampler["rhat"], "seconds": joint.seconds}
+    write(0, "A", "joint-region", joint.samples, 0.0, **sets)
+    write(1, "B", "joint-region", joint.samples, 0.0, **sets)
+    write(2, "B", "exact-region", own.samples, None, a_dim=own.dim, a_radius=own.radius, seconds=own.seconds)
+    good = poly.vertices[poly.valid]
+    if len(good) == 0:
+        raise RuntimeError(f"job {job['label']}: no valid gradient vertex of model A, nothing to transfer "
+                           f"({'; '.join(r for r in poly.reasons if r)}): raise gradient.max_steps")
+    gen = torch.Generator().manual_seed(config.sample.seed + first)
+    weights = sample_weights(config.sample.n_samples, len(good), sampler=config.sample.sampler, generator=gen)
+    write(3, "B", "gradient-hull", combine(weights, good), None, valid_vertices=len(good),
+          vertex_avg_distance_a=float(torch.pdist(good.flatten(1).double()).mean()) if len(good) > 1 else 0.0)
+
+
+def summary_path(root: str | Path, experiment: str) -> Path:
+    return Path(root) / f"{experiment}-summary.parquet"
+
+
+def summary_figure_path(root: str | Path, experiment: str) -> Path:
+    return Path(root) / f"{experiment}-summary.png"
+
+
+def partner_summary(table: pd.DataFrame) -> pd.DataFrame:
+    """One row per (partner, row kind) over the targets: success rate (the transfer rate
+    for rows under B), the largest feature error, and the joint set's size."""
+    frame = table.assign(kind=table["method"] + "@" + table["evaluated_under"])
+    return frame.groupby(["partner", "kind"], sort=False).agg(
+        targets=("row", "size"), success_rate=("success_rate", "mean"),
+        max_feature_rel_error=("max_feature_rel_error", "max"), joint_dim=("joint_dim", "mean"),
+        joint_radius=("joint_radius", "mean"), joint_mean_width=("joint_mean_width", "mean"),
+        a_dim=("a_dim", "mean"), mean_distance_to_target=("mean_distance_to_target", "mean"),
+    ).reset_index()
+
+
+def draw_transfer(summary: pd.DataFrame, *, title: str) -> Figure:
+    """Success rate per row kind, one group of bars per partner; the joint set's
+    dimension in the group's label."""
+    fig = Figure(figsize=(9, 4.5), layout="constrained")
+    ax = fig.subplots()
+    kinds = list(dict.fromkeys(summary["kind"]))
+    partners = list(dict.fromkeys(summary["partner"]))
+    width = 0.8 / len(kinds)
+    for i, kind in enumerate(kinds):
+        part = summary[summary["kind"] == kind].set_index("partner").reindex(partners)
+        ax.bar(np.arange(len(partners)) + i * width, part["success_rate"].to_numpy(dtype=float), width, label=kind)
+    dims = summary.groupby("partner", sort=False)["joint_dim"].mean().reindex(partners)
+    ax.set_xticks(np.arange(len(partners)) + 0.4 - width / 2,
+                  [f"A with {p}\n(joint set: dim {d:.0f})" for p, d in dims.items()])
+    ax.set_ylabel("success rate (share classified as the target's class)")
+    ax.set_ylim(0, 1.05)
+    ax.legend(fontsize=8)
+    ax.set_title(title, fontsize=9)
+    return fig
+
+
+def summarize(*, config: TransferExperiment) -> dict[str, Any]:
+    """``<name>-summary.parquet`` and its figure from the table."""
+    root, name = config.results_root, config.name
+    frame = partner_summary(pd.read_parquet(table_path(root, name)))
+    path, figure = summary_path(root, name), summary_figure_path(root, name)
+    title = (f"{name}: model A = {config.train.arch} at {config.layer}, partners at {config.partner_layer}, "
+             f"{config.n_targets} target(s)")
+    save_figure(draw_transfer(frame, title=title), figure)
+    write_table(frame, path)
+    return {"summary": str(path), "summary_figure": str(figure)}

@@ -1,0 +1,89 @@
+"""Exact rows' collision sets in the store, the layer profile and the transfer experiment,
+end to end on the synthetic MNIST, each rechecked by ``collide verify``'s route."""
+
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from collide.config import GradientConfig, RowSpec, SampleConfig, TrainConfig
+from collide.experiments import engine, mnist, profile, transfer
+from collide.results.store import read_row, write_row
+from collide.results.verify import verify
+from tests.conftest import LIGHT_GEOMETRY, small_mnist_config
+from tests.tolerances import LP_STORED_REL_ERROR_F64, SET_EXACT
+
+SMALL = dict(device="cpu", allow_download=False, train=TrainConfig(epochs=2, min_accuracy=0.0),
+             sample=SampleConfig(n_samples=100, n_dataset_pairs=50), gradient=GradientConfig(max_steps=400),
+             geometry=LIGHT_GEOMETRY)
+
+
+def _paths(data, root) -> dict[str, str]:
+    return {"data_root": str(data), "checkpoint_dir": str(root / "ck"), "results_root": str(root / "res")}
+
+
+@pytest.fixture(scope="module")
+def exact_run(tiny_mnist, tmp_path_factory):
+    root = tmp_path_factory.mktemp("exact")
+    config = small_mnist_config(tiny_mnist, root, rows=(RowSpec("exact", "target"),))
+    return config, engine.run(mnist, config=config)
+
+
+def test_an_exact_row_stores_its_collision_set_and_verify_recomputes_it(exact_run):
+    config, out = exact_run
+    row = pd.read_parquet(out["table"]).iloc[0]
+    arrays, attrs = read_row(config.results_root, config.name, 0)
+    assert row["region_dim"] == attrs["geometry"]["dim"] <= row["region_free_dim"] == row["dim_upper_bound"]
+    assert row["region_n_samples"] == len(arrays["region_samples"]) == LIGHT_GEOMETRY.n_samples
+    assert row["region_claim_met"] and row["region_max_feature_rel_error"] <= LP_STORED_REL_ERROR_F64
+    assert row["region_mean_width"] >= row["hull_mean_width"] - SET_EXACT  # the hull lies inside C
+    assert np.isfinite(row["region_rhat"]) or LIGHT_GEOMETRY.n_samples // LIGHT_GEOMETRY.chains < 4
+    assert [r["problems"] for r in verify(config.results_root, config.name)] == [[]]
+
+
+def test_verify_catches_a_region_sample_moved_off_the_set_and_a_ball_made_too_large(exact_run):
+    config, _ = exact_run
+    root, name = config.results_root, config.name
+    arrays, attrs = read_row(root, name, 0)
+    try:
+        moved = arrays["region_samples"].copy()
+        moved[3] = np.clip(arrays["target"] + 0.3, 0, 1)  # a brighter target: not a collision
+        write_row(root, name, 0, {"region_samples": moved}, {}, keep_existing=True)
+        problems = verify(root, name)[0]["problems"]
+        assert any("region samples [3] do not collide exactly" in p for p in problems)
+        write_row(root, name, 0, {"region_samples": arrays["region_samples"]},
+                  {"geometry": {**attrs["geometry"], "radius": attrs["geometry"]["radius"] * 2 + 0.01}},
+                  keep_existing=True)
+        assert any("inscribed ball" in p for p in verify(root, name)[0]["problems"])
+    finally:
+        write_row(root, name, 0, arrays, attrs)
+
+
+def test_the_profile_covers_every_layer_and_summarises_by_depth(tiny_mnist, tmp_path):
+    config = profile.Config(**_paths(tiny_mnist, tmp_path), **SMALL, archs=("mlp",), targets=1)
+    out = engine.run(profile, config=config)
+    table = pd.read_parquet(out["table"])
+    assert len(table) == config.n_rows == 4
+    assert table.groupby("layer")["method"].apply(sorted).to_dict() == {
+        "relu1": ["exact", "gradient"], "relu2": ["exact", "gradient"]}
+    summary = pd.read_parquet(out["summary"])
+    assert summary[["layer", "depth"]].values.tolist() == [["relu1", 1], ["relu2", 2]]
+    exact = table[table["method"] == "exact"].set_index("layer")
+    assert summary.set_index("layer")["region_dim"].to_dict() == exact["region_dim"].to_dict()
+    assert all(not r["problems"] for r in verify(config.results_root, config.name))
+
+
+def test_a_joint_set_collides_in_both_models_and_the_transfer_rows_measure_the_partner(tiny_mnist, tmp_path):
+    config = transfer.Config(**_paths(tiny_mnist, tmp_path), **SMALL, partners=("mlp:1",))
+    out = engine.run(transfer, config=config)
+    table = pd.read_parquet(out["table"]).set_index("row")
+    assert list(zip(table["method"], table["evaluated_under"], strict=True)) == [
+        ("joint-region", "A"), ("joint-region", "B"), ("exact-region", "B"), ("gradient-hull", "B")]
+    joint = table.loc[[0, 1]]
+    assert joint["claim_met"].all() and (joint["max_feature_rel_error"] <= LP_STORED_REL_ERROR_F64).all()
+    assert joint["joint_dim"].iloc[0] <= joint["a_dim"].iloc[0]  # more rows, a smaller set
+    assert table.loc[0, "model"] != table.loc[1, "model"]
+    assert all(not r["problems"] for r in verify(config.results_root, config.name))
+    with pytest.raises(Exception, match="model A itself"):
+        transfer.Config(partners=("mlp:0",))
