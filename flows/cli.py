@@ -249,7 +249,11 @@ def _verify(args: argparse.Namespace) -> int:
     for name in names:
         for r in verify(args.results_root, name):
             state = "ok" if not r["problems"] else "MISMATCH: " + "; ".join(r["problems"])
-            print(f"{name} row {r['row']}: {r.get('counted_vertices', 0)} vertices recomputed in float64, "
+            counted = (f"{r['counted_points']} points" if "counted_points" in r
+                       else f"{r.get('counted_vertices', 0)} vertices")
+            if "counted_region_samples" in r:
+                counted += f" and {r['counted_region_samples']} collision-set samples"
+            print(f"{name} row {r['row']}: {counted} recomputed in float64, "
                   f"largest feature error {r.get('max_feature_rel_error', float('nan')):.3g}, "
                   f"success {r.get('success_rate', float('nan')):.6g}: {state}")
             failed += bool(r["problems"])

@@ -30,7 +30,8 @@ def test_flow_writes_what_the_plain_pipeline_writes(harness, tiny_config, tmp_pa
     flow_table = pd.read_parquet(out["table"])
     plain_table = pd.read_parquet(plain["table"])
     timing = ["solver_seconds", "region_seconds"]
-    pd.testing.assert_frame_equal(flow_table.drop(columns=timing, errors="ignore"), plain_table.drop(columns=timing, errors="ignore"))
+    pd.testing.assert_frame_equal(flow_table.drop(columns=timing, errors="ignore"),
+                                  plain_table.drop(columns=timing, errors="ignore"))
     for row in range(len(tiny_config.rows)):
         a, _ = read_row(tiny_config.results_root, tiny_config.name, row)
         b, _ = read_row(plain_cfg.results_root, plain_cfg.name, row)

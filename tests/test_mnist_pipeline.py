@@ -158,7 +158,8 @@ def test_rerun_reuses_the_checkpoint_and_reproduces_the_table(finished):
     second = engine.run(mnist, config=config)
     again = pd.read_parquet(second["table"])
     timing = ["solver_seconds", "region_seconds"]
-    pd.testing.assert_frame_equal(first.drop(columns=timing, errors="ignore"), again.drop(columns=timing, errors="ignore"))
+    pd.testing.assert_frame_equal(first.drop(columns=timing, errors="ignore"), again.drop(columns=timing,
+                                                                                          errors="ignore"))
     assert mnist.train_model(config=config)["reused"]
 
 

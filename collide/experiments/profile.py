@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import dataclasses
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any, ClassVar
 
 import pandas as pd
@@ -33,9 +32,9 @@ from collide.experiments import mnist
 from collide.experiments.engine import Progress, job, no_progress
 from collide.models.zoo import build_model, checkpoint_source, load_checkpoint
 from collide.polytope import dataset_avg_distance
-from collide.results.figures import save_figure
 from collide.results.records import RowRecord, region_fields
-from collide.results.store import table_path, write_table
+from collide.results.store import table_path
+from collide.results.summary import write_summary
 from collide.taps import layers as taps_layers
 from collide.taps import preactivation
 
@@ -193,14 +192,6 @@ def solve(job: dict[str, Any], context: dict[str, Any], *, config: ProfileExperi
     dataclasses.replace(record, layer=layer).write(config.results_root)
 
 
-def summary_path(root: str | Path, experiment: str) -> Path:
-    return Path(root) / f"{experiment}-summary.parquet"
-
-
-def summary_figure_path(root: str | Path, experiment: str) -> Path:
-    return Path(root) / f"{experiment}-summary.png"
-
-
 def layer_summary(table: pd.DataFrame) -> pd.DataFrame:
     """One row per (model, layer), in depth order: each quantity's mean over the targets.
 
@@ -251,15 +242,7 @@ def draw_profile(summary: pd.DataFrame, *, title: str) -> Figure:
 def summarize(*, config: ProfileExperiment) -> dict[str, Any]:
     """``<name>-summary.parquet`` and its figure from the profile's table; kept when unchanged."""
     root, name = config.results_root, config.name
-    frame = layer_summary(pd.read_parquet(table_path(root, name)))
-    path, figure = summary_path(root, name), summary_figure_path(root, name)
-    if path.is_file() and figure.is_file():
-        old = pd.read_parquet(path)
-        if old.shape == frame.shape and old.equals(frame):
-            return {"summary": str(path), "summary_figure": str(figure), "summary_reused": True}
     title = (f"{name}: exact collision sets and polytopes at every ReLU layer "
-             f"({config.n_targets} target(s) of label {config.target_label}, {config.n_vertices} vertices)")
-    save_figure(draw_profile(frame, title=title), figure)
-    write_table(frame, path)
-    return {"summary": str(path), "summary_figure": str(figure), "summary_reused": False}
-
+             f"({config.targets} target(s) of label {config.target_label}, {config.n_vertices} vertices)")
+    return write_summary(root, name, layer_summary(pd.read_parquet(table_path(root, name))),
+                         lambda frame: draw_profile(frame, title=title))

@@ -9,7 +9,6 @@ polytope exists and keeps its class, how wide it is, and the exact dimension bou
 from __future__ import annotations
 
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -17,8 +16,9 @@ import pandas as pd
 
 from collide.config import RowSpec, _require
 from collide.experiments import mnist
-from collide.results.figures import draw_class_summary, save_figure
-from collide.results.store import table_path, write_table
+from collide.results.figures import draw_class_summary
+from collide.results.store import table_path
+from collide.results.summary import write_summary
 
 NAME = "scan"
 SUMMARY = "vulnerability scan: N targets per MNIST class, gradient and exact rows, per-class summary (paper §5)"
@@ -50,14 +50,6 @@ Config = ScanExperiment
 layers, validate, prepare, plan, solve = mnist.layers, mnist.validate, mnist.prepare, mnist.plan, mnist.solve
 
 
-def summary_path(root: str | Path, experiment: str) -> Path:
-    return Path(root) / f"{experiment}-summary.parquet"
-
-
-def summary_figure_path(root: str | Path, experiment: str) -> Path:
-    return Path(root) / f"{experiment}-summary.png"
-
-
 def class_summary(table: pd.DataFrame) -> pd.DataFrame:
     """One row per (class, method) of a scan's table.
 
@@ -87,14 +79,7 @@ def class_summary(table: pd.DataFrame) -> pd.DataFrame:
 def summarize(*, config: ScanExperiment) -> dict[str, Any]:
     """``<name>-summary.parquet`` and its figure from the scan's table; kept when unchanged."""
     root, name = config.results_root, config.name
-    frame = class_summary(pd.read_parquet(table_path(root, name)))
-    path, figure = summary_path(root, name), summary_figure_path(root, name)
-    if path.is_file() and figure.is_file():
-        old = pd.read_parquet(path)
-        if old.shape == frame.shape and old.equals(frame):
-            return {"summary": str(path), "summary_figure": str(figure), "summary_reused": True}
     title = (f"{name}: {config.targets_per_class} target(s) per class at {config.layer}, "
              f"{config.n_vertices} vertices per polytope")
-    save_figure(draw_class_summary(frame, title=title), figure)
-    write_table(frame, path)
-    return {"summary": str(path), "summary_figure": str(figure), "summary_reused": False}
+    return write_summary(root, name, class_summary(pd.read_parquet(table_path(root, name))),
+                         lambda frame: draw_class_summary(frame, title=title))

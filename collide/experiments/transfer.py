@@ -21,7 +21,6 @@ from __future__ import annotations
 
 import dataclasses
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -37,9 +36,9 @@ from collide.experiments import mnist
 from collide.experiments.engine import Progress, job, no_progress
 from collide.models.zoo import build_model, checkpoint_source, load_checkpoint
 from collide.polytope import combine, sample_weights
-from collide.results.figures import save_figure
 from collide.results.points import PointsRecord
-from collide.results.store import table_path, write_table
+from collide.results.store import table_path
+from collide.results.summary import write_summary
 from collide.taps import check_units
 
 NAME = "transfer"
@@ -173,14 +172,6 @@ def solve(job: dict[str, Any], context: dict[str, Any], *, config: TransferExper
           vertex_avg_distance_a=float(torch.pdist(good.flatten(1).double()).mean()) if len(good) > 1 else 0.0)
 
 
-def summary_path(root: str | Path, experiment: str) -> Path:
-    return Path(root) / f"{experiment}-summary.parquet"
-
-
-def summary_figure_path(root: str | Path, experiment: str) -> Path:
-    return Path(root) / f"{experiment}-summary.png"
-
-
 def partner_summary(table: pd.DataFrame) -> pd.DataFrame:
     """One row per (partner, row kind) over the targets: success rate (the transfer rate
     for rows under B), the largest feature error, and the joint set's size."""
@@ -215,12 +206,9 @@ def draw_transfer(summary: pd.DataFrame, *, title: str) -> Figure:
 
 
 def summarize(*, config: TransferExperiment) -> dict[str, Any]:
-    """``<name>-summary.parquet`` and its figure from the table."""
+    """``<name>-summary.parquet`` and its figure from the table; kept when unchanged."""
     root, name = config.results_root, config.name
-    frame = partner_summary(pd.read_parquet(table_path(root, name)))
-    path, figure = summary_path(root, name), summary_figure_path(root, name)
     title = (f"{name}: model A = {config.train.arch} at {config.layer}, partners at {config.partner_layer}, "
              f"{config.n_targets} target(s)")
-    save_figure(draw_transfer(frame, title=title), figure)
-    write_table(frame, path)
-    return {"summary": str(path), "summary_figure": str(figure)}
+    return write_summary(root, name, partner_summary(pd.read_parquet(table_path(root, name))),
+                         lambda frame: draw_transfer(frame, title=title))

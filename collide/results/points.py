@@ -240,5 +240,5 @@ def verify_points(results_root: str | Path, experiment: str, row: int, table: di
                 ok = abs(have - value) <= agree * max(1.0, abs(value))
             if not ok:
                 problems.append(f"{key}: {where} {have!r}, recomputed {value!r}")
-    return {"row": row, "counted_vertices": 0, "max_feature_rel_error": recomputed["max_feature_rel_error"],
+    return {"row": row, "counted_points": len(points), "max_feature_rel_error": recomputed["max_feature_rel_error"],
             "success_rate": recomputed["success_rate"], "problems": problems}

@@ -105,7 +105,8 @@ def verify_row(root: str | Path, experiment: str, row: int, table: dict[str, Any
     if "region_samples" in arrays:
         problems += _verify_region(net, model, arrays, attrs, sources)
     return {"row": row, "counted_vertices": int(weighted.sum()), "max_feature_rel_error": expected[
-        "max_feature_rel_error"], "success_rate": expected["success_rate"], "problems": problems}
+        "max_feature_rel_error"], "success_rate": expected["success_rate"], "problems": problems,
+        **({"counted_region_samples": len(arrays["region_samples"])} if "region_samples" in arrays else {})}
 
 
 def _verify_region(net: torch.nn.Module, model: torch.nn.Module, arrays: dict[str, np.ndarray],

@@ -224,6 +224,31 @@ def _solver(cost: np.ndarray, lower: np.ndarray, upper: np.ndarray) -> highspy.H
     return h
 
 
+def _solve_lazily(h: highspy.Highs, lazy_a: np.ndarray, lazy_b: np.ndarray,
+                  added: np.ndarray) -> tuple[np.ndarray | None, list[int], int]:
+    """Run ``h``, add the most violated of the rows not yet ``added`` (updated in place),
+    and run again until the solution meets them all: an optimum of the whole LP.
+
+    Returns the solution (None where HiGHS ends other than optimal), the rows added in
+    the order they entered the model, and the rounds run."""
+    order: list[int] = []
+    rounds = 0
+    while True:
+        h.run()
+        rounds += 1
+        if h.getModelStatus() != highspy.HighsModelStatus.kOptimal:
+            return None, order, rounds
+        sol = np.asarray(h.getSolution().col_value)
+        over = _mm(lazy_a, sol) - lazy_b
+        violated = np.flatnonzero(~added & (over > _LP_TOL * (1 + np.abs(lazy_b))))
+        if not len(violated):
+            return sol, order, rounds
+        violated = violated[np.argsort(-over[violated], kind="stable")[:_ROWS_PER_ROUND]]
+        _highs_rows(h, lazy_a[violated], np.full(len(violated), -np.inf), lazy_b[violated])
+        added[violated] = True
+        order += violated.tolist()
+
+
 def inscribed_ball(cs: CollisionSet, *, pinned: np.ndarray | None = None) -> Ball:
     """The Chebyshev ball of C in its equality subspace: one LP, region rows added lazily.
 
@@ -271,21 +296,10 @@ def inscribed_ball(cs: CollisionSet, *, pinned: np.ndarray | None = None) -> Bal
         in_model += list(rows)
     lazy_a = np.hstack([a_all[lazy], coef[lazy][:, None]])
     lazy_b = b_all[lazy]
-    rounds = 0
-    while True:
-        h.run()
-        rounds += 1
-        if h.getModelStatus() != highspy.HighsModelStatus.kOptimal:
-            return Ball(cs.origin.copy(), float("nan"), str(h.getModelStatus()), rounds, int(added.sum()), np.zeros(m))
-        sol = np.asarray(h.getSolution().col_value)
-        over = _mm(lazy_a, sol) - lazy_b
-        violated = np.flatnonzero(~added & (over > _LP_TOL * (1 + np.abs(lazy_b))))
-        if not len(violated):
-            break
-        violated = violated[np.argsort(-over[violated], kind="stable")[:_ROWS_PER_ROUND]]
-        _highs_rows(h, lazy_a[violated], np.full(len(violated), -np.inf), lazy_b[violated])
-        added[violated] = True
-        in_model += list(lazy[violated])
+    sol, order, rounds = _solve_lazily(h, lazy_a, lazy_b, added)
+    if sol is None:
+        return Ball(cs.origin.copy(), float("nan"), str(h.getModelStatus()), rounds, int(added.sum()), np.zeros(m))
+    in_model += list(lazy[order])
     duals = np.zeros(m)
     duals[np.array(in_model, dtype=int)] = np.asarray(h.getSolution().row_dual)[cs.rank :]
     # The centre, put back on the equality subspace exactly; the radius shrunk by what
@@ -326,19 +340,10 @@ def extents(cs: CollisionSet, *, n_directions: int, seed: int) -> tuple[np.ndarr
     for u in directions:
         for sign in (-1.0, 1.0):  # minimise −u·x (the maximiser), then u·x
             h.changeColsCost(d, np.arange(d, dtype=np.int32), sign * u)
-            while True:
-                h.run()
-                if h.getModelStatus() != highspy.HighsModelStatus.kOptimal:
-                    raise RuntimeError(f"a width LP of the collision set ended {h.getModelStatus()}, though the "
-                                       "set holds the target: report this with the model and target")
-                x = np.asarray(h.getSolution().col_value)
-                over = _mm(lazy_a, x) - lazy_b
-                violated = np.flatnonzero(~added & (over > _LP_TOL * (1 + np.abs(lazy_b))))
-                if not len(violated):
-                    break
-                violated = violated[np.argsort(-over[violated], kind="stable")[:_ROWS_PER_ROUND]]
-                _highs_rows(h, lazy_a[violated], np.full(len(violated), -np.inf), lazy_b[violated])
-                added[violated] = True
+            x, _, _ = _solve_lazily(h, lazy_a, lazy_b, added)
+            if x is None:
+                raise RuntimeError(f"a width LP of the collision set ended {h.getModelStatus()}, though the "
+                                   "set holds the target: report this with the model and target")
             # Onto the equality subspace exactly, and into the box.
             extremes.append(np.clip(cs.origin + _mm(cs.basis, _mm(cs.basis.T, x - cs.origin)), cs.lower, cs.upper))
     ext = np.array(extremes)

@@ -1,0 +1,38 @@
+"""An experiment's summary: a table aggregated from its main table, and its figure.
+
+``<name>-summary.parquet`` and ``<name>-summary.png`` beside the experiment's own
+outputs; both are rewritten only when the summary's values changed.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+from matplotlib.figure import Figure
+
+from collide.results.figures import save_figure
+from collide.results.store import write_table
+
+
+def summary_path(root: str | Path, experiment: str) -> Path:
+    return Path(root) / f"{experiment}-summary.parquet"
+
+
+def summary_figure_path(root: str | Path, experiment: str) -> Path:
+    return Path(root) / f"{experiment}-summary.png"
+
+
+def write_summary(root: str | Path, experiment: str, frame: pd.DataFrame,
+                  draw: Callable[[pd.DataFrame], Figure]) -> dict[str, Any]:
+    """Write ``frame`` and ``draw(frame)``, unless both files already hold the same values."""
+    path, figure = summary_path(root, experiment), summary_figure_path(root, experiment)
+    if path.is_file() and figure.is_file():
+        old = pd.read_parquet(path)
+        if old.shape == frame.shape and old.equals(frame):
+            return {"summary": str(path), "summary_figure": str(figure), "summary_reused": True}
+    save_figure(draw(frame), figure)
+    write_table(frame, path)
+    return {"summary": str(path), "summary_figure": str(figure), "summary_reused": False}
