@@ -22,6 +22,7 @@ from typing import Any, ClassVar
 import pandas as pd
 import torch
 from matplotlib.figure import Figure
+from matplotlib.ticker import MaxNLocator
 
 from collide._io import file_digest
 from collide.api import collision_geometry, find_polytope
@@ -231,6 +232,7 @@ def draw_profile(summary: pd.DataFrame, *, title: str) -> Figure:
                             textcoords="offset points")
         ax.set_title(label, fontsize=10)
         ax.set_xlabel("ReLU layer (depth)")
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True))
         if column in ("region_radius",) and (summary[column] > 0).any():
             ax.set_yscale("symlog", linthresh=1e-3)
     axes[0].legend(fontsize=8)

@@ -496,6 +496,8 @@ def measure(cs: CollisionSet, *, config: GeometryConfig) -> SetGeometry:
     # thousands of steps, while its widths are several units.
     starts = np.vstack([centre[None], centre + 0.5 * (extremes - centre)])
     samples, record = hit_and_run(walk, starts, config=config)
+    if dim == 0:  # every chain sits on the one point: nothing to mix
+        record = {**record, "rhat": float("nan"), "drift": 0.0}
     return SetGeometry(
         dim=dim, dim_method=how, radius=ball.radius, center=ball.center, samples=samples,
         directions=directions, extremes=extremes, widths=widths,
