@@ -10,6 +10,7 @@ import pytest
 from collide.config import GradientConfig, RowSpec, SampleConfig, TrainConfig
 from collide.experiments import engine, mnist, profile, transfer
 from collide.results.store import read_row, write_row
+from collide.results.tables import status
 from collide.results.verify import verify
 from tests.conftest import LIGHT_GEOMETRY, small_mnist_config
 from tests.tolerances import LP_STORED_REL_ERROR_F64, SET_EXACT
@@ -85,5 +86,7 @@ def test_a_joint_set_collides_in_both_models_and_the_transfer_rows_measure_the_p
     assert joint["joint_dim"].iloc[0] <= joint["a_dim"].iloc[0]  # more rows, a smaller set
     assert table.loc[0, "model"] != table.loc[1, "model"]
     assert all(not r["problems"] for r in verify(config.results_root, config.name))
+    [entry] = [e for e in status(config.results_root) if e["experiment"] == config.name]
+    assert entry["warnings"] == [] and entry["table_fresh"]  # points rows have no vertices to be unchecked
     with pytest.raises(Exception, match="model A itself"):
         transfer.Config(partners=("mlp:0",))

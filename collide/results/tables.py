@@ -300,7 +300,9 @@ def status(root: str | Path) -> list[dict[str, Any]]:
             for flag in row_flags({**attrs, **(metrics or {})}):
                 flagged.setdefault(flag, []).append(row)
             if metrics is not None:
-                if missing(metrics.get("valid_vertices")):
+                if is_points_row(attrs):  # no vertices: a missed claim withholds its success rate
+                    pass
+                elif missing(metrics.get("valid_vertices")):
                     unchecked.append(row)
                 elif metrics["valid_vertices"] < metrics.get("n_vertices", 0):
                     invalid[row] = valid_text(metrics)
