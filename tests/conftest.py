@@ -53,7 +53,7 @@ def tiny_mnist(tmp_path_factory) -> Path:
 
 
 # Exact rows' collision sets, measured cheaply: the numbers are checked, not their precision.
-LIGHT_GEOMETRY = GeometryConfig(n_samples=60, chains=6, burn_in=20, thin=2, n_directions=2)
+LIGHT_GEOMETRY = GeometryConfig(n_samples=60, chains=6, burn_in=20, thin=2, n_directions=2, max_draws=30)
 
 
 def small_mnist_config(data_root: Path, root: Path, **changes) -> MnistExperiment:

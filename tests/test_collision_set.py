@@ -19,7 +19,17 @@ from collide.errors import ConfigError, DataError
 from collide.taps import preactivation
 from tests.tolerances import LP_OBJECTIVE, MC_POLYGON_MEAN, SET_EXACT
 
-SMALL = GeometryConfig(n_samples=400, chains=20, burn_in=40, thin=4, n_directions=4)
+SMALL = GeometryConfig(n_samples=400, chains=8, burn_in=20, n_directions=4, max_draws=400)
+# A converged sampler's mean of a coordinate of the uniform 3-simplex against 1/4, and its
+# variance against 3/80, at ESS ≥ 1000 (standard errors about 0.006 and 0.002).
+MC_SIMPLEX_MEAN = 0.02
+MC_SIMPLEX_VAR = 0.006
+# How many combined Monte Carlo standard errors two converged runs may differ by (issue §3).
+MCSE_AGREE = 3.0
+# Diagnostics on synthetic chains: R̂ of independent draws, and ESS against the exact
+# value for an AR(1) chain (relative).
+RHAT_IID = 1.01
+ESS_REL = 0.25
 
 
 def _net(*weights: tuple[list[list[float]], list[float]]) -> nn.Sequential:
@@ -101,10 +111,13 @@ def test_hit_and_run_samples_a_known_polygon_uniformly():
     # No positive unit: C is the unit square cut by x1 + x2 ≤ 1.5, whose uniform mean of
     # x1 is (1/2 − (1/8)(5/6)) / (7/8) = 19/42.
     model = _net(([[1.0, 1.0]], [-1.5]))
-    config = GeometryConfig(n_samples=4000, chains=40, burn_in=50, thin=5, n_directions=8, seed=3)
+    config = GeometryConfig(n_samples=4000, chains=8, burn_in=20, n_directions=8, seed=3, max_draws=2000)
     geo = collision_geometry(model, "relu1", torch.tensor([0.2, 0.2]), config=config)
     x = geo.samples.numpy()
-    assert geo.dim == 2 and (x.sum(1) <= 1.5 + SET_EXACT).all() and (x >= 0).all() and (x <= 1).all()
+    assert geo.sampler["converged"], geo.sampler["reason"]
+    # Nothing is clipped: the samples meet the rows to rounding on their own.
+    assert geo.dim == 2 and (x.sum(1) <= 1.5 + SET_EXACT).all()
+    assert (x >= -SET_EXACT).all() and (x <= 1 + SET_EXACT).all()
     assert abs(x[:, 0].mean() - 19 / 42) <= MC_POLYGON_MEAN
     assert abs(x[:, 1].mean() - 19 / 42) <= MC_POLYGON_MEAN
     # Widths against the polygon's own vertices.
@@ -152,3 +165,141 @@ def test_bad_targets_and_oversized_sets_are_refused_with_the_fix():
                            config=GeometryConfig(max_entries=5, n_samples=10, chains=2))
     with pytest.raises(ConfigError, match="n_samples"):
         GeometryConfig(n_samples=0)
+
+
+def _simplex_net(d: int = 5) -> nn.Sequential:
+    """Inputs x1..x5: units 1 and 2 are positive at the target and pin x4 = 0.3, x5 = 0.6
+    (equalities); unit 3, x1 + x2 + x3 − 1 ≤ 0, with the box leaves the 3-simplex."""
+    return _net(([[0.0, 0.0, 0.0, 1.0, 0.0], [0.0, 0.0, 0.0, 0.0, 1.0], [1.0, 1.0, 1.0, 0.0, 0.0]],
+                 [-0.2, -0.5, -1.0]))
+
+
+SIMPLEX_TARGET = torch.tensor([0.1, 0.1, 0.1, 0.3, 0.6])
+
+
+@pytest.mark.parametrize("walk", ["billiard", "hit-and-run"])
+def test_the_sampler_draws_a_simplex_within_equalities_uniformly_and_stops_converged(walk):
+    # Uniform on {x ≥ 0, x1 + x2 + x3 ≤ 1}: each coordinate is Beta(1, 3), mean 1/4 and
+    # variance 3/80; x4, x5 stay on their equalities.
+    config = GeometryConfig(n_samples=3000, chains=8, burn_in=20, n_directions=4, seed=5, walk=walk,
+                            ess_min=1000, max_draws=3000)
+    geo = collision_geometry(_simplex_net(), "relu1", SIMPLEX_TARGET, config=config)
+    x = geo.samples.numpy()
+    assert (geo.free_dim, geo.dim, geo.dim_method) == (3, 3, "ball")
+    assert geo.sampler["converged"], geo.sampler["reason"]
+    assert geo.sampler["rhat"] <= 1.01 and geo.sampler["ess"] >= 1000
+    assert set(geo.sampler["rhat_by"]) == {"distance_to_target", "pairwise_distance", "projections"}
+    assert (x[:, :3] >= -SET_EXACT).all() and (x[:, :3].sum(1) <= 1 + SET_EXACT).all()
+    assert np.abs(x[:, 3:] - SIMPLEX_TARGET[3:].double().numpy()).max() <= SET_EXACT
+    for i in range(3):
+        assert abs(x[:, i].mean() - 0.25) <= MC_SIMPLEX_MEAN, (i, x[:, i].mean())
+        assert abs(x[:, i].var() - 3 / 80) <= MC_SIMPLEX_VAR, (i, x[:, i].var())
+
+
+def test_two_seeds_agree_within_their_monte_carlo_errors_and_one_seed_repeats_exactly():
+    runs = [collision_geometry(_simplex_net(), "relu1", SIMPLEX_TARGET, config=GeometryConfig(
+        n_samples=500, chains=8, burn_in=20, n_directions=4, seed=seed, max_draws=3000)) for seed in (0, 1, 1)]
+    a, b = runs[0].sampler, runs[1].sampler
+    assert a["converged"] and b["converged"]
+    for key in ("mean_distance_to_target", "mean_pairwise_distance"):
+        combined = np.hypot(a[f"{key}_mcse"], b[f"{key}_mcse"])
+        assert 0 < combined and abs(a[key] - b[key]) <= MCSE_AGREE * combined, (key, a[key], b[key], combined)
+    assert torch.equal(runs[1].samples, runs[2].samples) and runs[1].sampler == runs[2].sampler | {
+        "sampler_seconds": runs[1].sampler["sampler_seconds"]}
+
+
+def test_a_budget_too_small_to_converge_gives_nan_statistics_and_the_reason(tmp_path):
+    from collide.results.evaluation import _region
+    from collide.results.records import region_fields
+
+    model = _simplex_net()
+    config = GeometryConfig(n_samples=40, chains=4, burn_in=4, n_directions=4, max_draws=12, check_every=4)
+    geo = collision_geometry(model, "relu1", SIMPLEX_TARGET, config=config)
+    assert not geo.sampler["converged"] and "max_draws" in geo.sampler["reason"]
+    attrs, arrays = region_fields(geo)
+    columns, _ = _region(model, "relu1", arrays, attrs, SIMPLEX_TARGET, SIMPLEX_TARGET, scale=1.0, device="cpu")
+    for key in ("region_mean_distance_to_target", "region_spread", "region_mean_distance_to_target_mcse"):
+        assert np.isnan(columns[key]), key
+    assert columns["region_sampler_reason"].startswith("not converged") and not columns["region_converged"]
+    # The certified sizes are given all the same, and the stored samples are points of C.
+    assert columns["region_radius"] > 0 and columns["region_mean_width"] > 0
+    assert np.isfinite(columns["region_mean_width_se"]) and columns["region_n_directions"] >= 4
+    assert _errors(model, "relu1", geo.samples, SIMPLEX_TARGET).max() <= SET_EXACT
+
+
+def _cube_net() -> nn.Sequential:
+    # Units 1, 2 pin x4, x5; unit 3 (−x1 − x2 − x3 − 0.1) is negative all over the box.
+    return _net(([[0.0, 0.0, 0.0, 1.0, 0.0], [0.0, 0.0, 0.0, 0.0, 1.0], [-1.0, -1.0, -1.0, 0.0, 0.0]],
+                 [-0.2, -0.5, -0.1]))
+
+
+def test_the_mean_width_of_a_cube_in_a_flat_is_its_exact_mean_width_within_three_standard_errors():
+    # The unit cube in R³: width along u is Σ|uᵢ|, whose mean over the sphere is 3·E|u₁| = 3/2.
+    config = GeometryConfig(n_samples=16, chains=2, burn_in=2, max_draws=8, n_directions=8, max_directions=48,
+                            width_rel_se=1e-3)
+    geo = collision_geometry(_cube_net(), "relu1", SIMPLEX_TARGET, config=config)
+    w = geo.widths.numpy()
+    assert len(w) == 48  # the SE target is out of reach: the cap holds
+    se = w.std(ddof=1) / np.sqrt(len(w))
+    assert abs(w.mean() - 1.5) <= 3 * se, (w.mean(), se)
+    # Directions lie in the hull (x4, x5 pinned) and each width is the cube's own.
+    u = geo.directions.numpy()
+    assert np.abs(u[:, 3:]).max() <= SET_EXACT and np.allclose(np.linalg.norm(u, axis=1), 1)
+    assert np.allclose(w, np.abs(u).sum(1), atol=1e-9)
+    # The extreme points are inside the box exactly, no clipping needed.
+    ext = geo.extremes.numpy()
+    assert (ext >= 0).all() and (ext <= 1).all()
+
+
+def test_widths_stop_once_the_relative_standard_error_is_met():
+    config = GeometryConfig(n_samples=16, chains=2, burn_in=2, max_draws=8, n_directions=3, max_directions=64,
+                            width_rel_se=0.05)
+    geo = collision_geometry(_cube_net(), "relu1", SIMPLEX_TARGET, config=config)
+    w = geo.widths.numpy()
+    assert 3 <= len(w) < 64
+    assert w.std(ddof=1) / np.sqrt(len(w)) <= 0.05 * w.mean()
+    prefix = w[:-1]  # one direction fewer had not met it (or was under the minimum)
+    assert len(prefix) < 3 or prefix.std(ddof=1) / np.sqrt(len(prefix)) > 0.05 * prefix.mean()
+
+
+def test_widths_of_a_set_flattened_by_an_implicit_equality_are_taken_within_its_hull():
+    # x1 = 0.7 (equality), x2 = 0 all over C (implicit), x3 free: the hull is a segment
+    # along x3, so every direction is ±e3 and every width is 1.
+    model = _net(([[1.0, 0.0, 0.0], [0.0, 1.0, 0.0]], [-0.5, 0.0]))
+    geo = collision_geometry(model, "relu1", torch.tensor([0.7, 0.0, 0.3]), config=SMALL)
+    assert geo.dim_method == "implicit-equalities"
+    assert np.allclose(np.abs(geo.directions.numpy()), [0.0, 0.0, 1.0], atol=1e-9)
+    assert np.allclose(geo.widths.numpy(), 1.0, atol=1e-9)
+
+
+def test_rank_normalised_rhat_and_ess_against_chains_of_known_law():
+    from collide.solvers.collision_set import ess_bulk, ess_mean, rank_rhat
+
+    rng = np.random.default_rng(0)
+    iid = rng.standard_normal((1, 8, 2000))
+    assert rank_rhat(iid)[0] <= RHAT_IID
+    assert abs(ess_bulk(iid)[0] / iid[0].size - 1) <= ESS_REL
+    shifted = iid + np.arange(8)[None, :, None] * 0.3  # chains that disagree
+    assert rank_rhat(shifted)[0] > 1.1
+    # AR(1) with ρ = 0.9: ESS = n (1 − ρ) / (1 + ρ).
+    rho, n = 0.9, 4000
+    x = np.zeros((4, n))
+    noise = rng.standard_normal((4, n)) * np.sqrt(1 - rho**2)
+    x[:, 0] = rng.standard_normal(4)
+    for t in range(1, n):
+        x[:, t] = rho * x[:, t - 1] + noise[:, t]
+    exact = x.size * (1 - rho) / (1 + rho)
+    assert abs(ess_mean(x[None])[0] / exact - 1) <= ESS_REL
+    assert abs(ess_bulk(x[None])[0] / exact - 1) <= ESS_REL
+
+
+@pytest.mark.parametrize("walk", ["billiard", "hit-and-run"])
+def test_a_chain_outside_the_set_is_raised_not_clipped_back(walk):
+    from collide.solvers.collision_set import HullPolytope, _walker
+
+    # The unit square as {z : g z ≤ h}; one chain starts a little past x ≤ 1.
+    poly = HullPolytope(origin=np.zeros(2), basis=np.eye(2), g=np.vstack([np.eye(2), -np.eye(2)]),
+                        h=np.array([1.0, 1.0, 0.0, 0.0]))
+    config = GeometryConfig(walk=walk, chains=2)
+    with pytest.raises(RuntimeError, match="left the collision set"):
+        _walker(poly, np.full(2, 0.5), np.eye(2), np.array([[0.5, 0.5], [1.0 + 1e-6, 0.5]]), config=config)

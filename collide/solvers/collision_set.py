@@ -23,12 +23,30 @@ with ``B`` an orthonormal basis of the null space of the stacked positive rows, 
   (a k-ball lies inside C). When it is 0, some inequalities hold with equality all over
   C; they are found by LPs that maximise a common slack and move the rows whose duals
   are positive into the equalities (Fukuda's method), until a positive slack remains;
-- **uniform samples** come from hit-and-run: chains started at the Chebyshev centre, each
-  step a uniformly random direction in z and a uniform point on the chord of C through
-  the current point. Steps are vectorised over chains (one matrix product a step).
-  Hit-and-run mixes in polynomially many steps, not few: the sampler reports the
-  split-chain R̂ of the distance to the target and its drift between the first and
-  second half of the samples, so a reader can judge the mixing of every row.
+- the **widths** along directions drawn uniformly on the unit sphere of C's affine hull
+  (within the flat left by pinned rows, when there are any) are two LPs each; the mean
+  over directions is an unbiased estimate of C's mean width, reported with its standard
+  error, and directions are added until that error is at most ``width_rel_se`` of it.
+  Each extreme point is an LP optimum moved onto the hull and, where HiGHS met a row
+  only to its tolerance, the least way towards the interior: a point of C, so each
+  width is certified from below;
+- **uniform samples** come from a walk in rounded coordinates (the Dikin ellipsoid at
+  C's analytic centre, optionally refined by the chains' pooled covariance): by default
+  the billiard walk (straight runs of random length that reflect off C's facets), else
+  hit-and-run. Chains start spread over C and run until every statistic reported from
+  them (distance to the target, distance between independent chains, projections on
+  the width directions) has rank-normalised split-R̂ ≤ 1.01 and bulk ESS ≥ 400, or a
+  budget ends; a set whose chains did not converge reports its sample statistics as
+  NaN, with the reason. No point is ever clipped into C: one outside is a bug, raised.
+
+Which size to quote. The radius and the widths need no mixing: each is an LP optimum
+with its own certificate (a ball inside every row; two points of C), so they are the
+sizes to rank inputs by and to compare layers or models with. The radius says how far
+one can move in *every* direction of the hull and stay in C (it is 0 for a set that is
+thin anywhere); the mean width says how far C extends in a typical direction, with an
+error bar from the directions alone. Sample statistics (mean distance to the target,
+mean pairwise distance) describe where C's volume lies: in ~700 dimensions almost all of
+it sits near C's far faces, which is what they report, and only once the chains agree.
 """
 
 from __future__ import annotations
@@ -42,7 +60,10 @@ from typing import Any
 
 import highspy
 import numpy as np
+import scipy.linalg
 import scipy.sparse as sp
+import scipy.special
+import scipy.stats
 import torch
 
 from collide.config import GeometryConfig
@@ -64,6 +85,13 @@ _REFRESH = 50
 # Rounds of the implicit-equality search before giving the subspace's dimension as a bound.
 _MAX_HULL_ROUNDS = 10
 _LP_TOL = 1e-9
+# What a chain's slack may fall below 0 by (relative to 1 + max|h|) before it is a bug:
+# float64 slack updates drift by ~1e-15 per step between refreshes.
+_SLACK_TOL = 1e-9
+# The least shrinkage of a pilot covariance towards a multiple of the identity: pooled draws of
+# a few chains number not far above the ~700 dimensions, and a rank-deficient shape
+# would leave directions the walk never takes.
+_SHRINK = 0.05
 
 
 def _mm(a: np.ndarray, b: np.ndarray) -> np.ndarray:
@@ -236,6 +264,11 @@ def _solve_lazily(h: highspy.Highs, lazy_a: np.ndarray, lazy_b: np.ndarray,
     while True:
         h.run()
         rounds += 1
+        if h.getModelStatus() == highspy.HighsModelStatus.kNotset:
+            # A hot-started dual simplex can stop without a status after raising its
+            # Markowitz threshold (seen on LeNet-5's relu3 set); from scratch it solves.
+            h.clearSolver()
+            h.run()
         if h.getModelStatus() != highspy.HighsModelStatus.kOptimal:
             return None, order, rounds
         sol = np.asarray(h.getSolution().col_value)
@@ -311,44 +344,116 @@ def inscribed_ball(cs: CollisionSet, *, pinned: np.ndarray | None = None) -> Bal
     return Ball(center, radius, "optimal", rounds, int(added.sum()), duals)
 
 
-def extents(cs: CollisionSet, *, n_directions: int, seed: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """C's width along ``n_directions`` random unit directions of its subspace: two LPs
-    each (max and min of u·x over C), on one HiGHS model that keeps its basis and the
-    region rows added for earlier directions.
+@dataclass(frozen=True)
+class Widths:
+    """C's widths along random unit directions of its affine hull, each between two
+    certified points of C.
 
-    The extreme points are points of C, so ``u·(x_max − x_min)`` is a certified lower
-    bound on the width, and equal to it at the LPs' optimum. The mean over directions
-    estimates C's mean width, a size that, unlike samples, needs no mixing.
-
-    Returns directions (n, d), extremes (2n, d) (each direction's maximiser then
-    minimiser) and widths (n,).
+    Shapes: directions (w, d); extremes (2w, d) (each direction's maximiser then
+    minimiser); widths (w,)
     """
-    d, k = cs.input_dim, cs.free_dim
+
+    directions: np.ndarray
+    extremes: np.ndarray
+    widths: np.ndarray
+    seconds: float = 0.0
+
+    @property
+    def mean(self) -> float:
+        return float(self.widths.mean()) if len(self.widths) else 0.0
+
+    @property
+    def se(self) -> float:
+        """The mean's standard error, std/√n over the directions; NaN for one direction."""
+        n = len(self.widths)
+        return float(self.widths.std(ddof=1) / math.sqrt(n)) if n > 1 else float("nan")
+
+
+def _onto(cs: CollisionSet, basis: np.ndarray, x: np.ndarray) -> np.ndarray:
+    """``x`` put onto the flat ``origin + span(basis)`` (orthonormal columns). (n, d) -> (n, d)"""
+    return cs.origin + _mm(_mm(x - cs.origin, basis), basis.T)
+
+
+def _pull_inside(cs: CollisionSet, x: np.ndarray, center: np.ndarray, free: np.ndarray) -> np.ndarray:
+    """Each row of ``x`` moved the least way towards ``center`` (a point strictly inside
+    the ``free`` rows) that meets every free row in float64: an LP optimum meets its rows
+    only to HiGHS's 1e-9, and a point outside C is not a certificate of C's width.
+
+    Rows not ``free`` (constant on the hull, or pinned to equality all over C) hold at
+    every point of the hull, so they are left to the projection onto it. (n, d) -> (n, d)
+    """
+    a_all, b_all = cs.all_rows()
+    a, b = a_all[free], b_all[free]
+    room = b - _mm(a, center)  # > 0: the centre's slack
+    out = x.copy()
+    for _ in range(3):  # a second pass only where the first one's product rounded the other way
+        over = _mm(out, a.T) - b
+        if not (over > 0).any():
+            break
+        lam = np.where(over > 0, over / (over + room), 0.0).max(1)
+        lam = np.minimum(1.0, lam * (1 + 1e-9) + 1e-15)
+        out = out + lam[:, None] * (center - out)
+    return out
+
+
+def extents(cs: CollisionSet, basis: np.ndarray, *, center: np.ndarray | None, free: np.ndarray | None,
+            min_directions: int, max_directions: int, rel_se: float, seed: int) -> Widths:
+    """C's width along random unit directions of its affine hull ``origin + span(basis)``:
+    two LPs each (max and min of u·x over C), on one HiGHS model that keeps its basis and
+    the region rows added for earlier directions.
+
+    Directions are drawn uniformly on the hull's unit sphere (a standard normal in the
+    ``basis`` coordinates, normalised), so the mean of the widths is an unbiased estimate
+    of C's mean width. They are added one at a time until there are ``min_directions``
+    and the mean's relative standard error is at most ``rel_se``, or there are
+    ``max_directions``; the first n directions for a seed do not depend on how many
+    follow.
+
+    The extreme points are LP optima put onto the hull and, given ``center`` (a point
+    strictly inside the ``free`` rows), pulled towards it until they meet every row in
+    float64: points of C, so ``u·(x_max − x_min)`` is a certified lower bound on the
+    width (equal to it within the LP's tolerance). Width and radius need no mixing: each
+    is an optimum, checked by its own certificate.
+
+    Shapes: basis (d, k) with orthonormal columns.
+    """
+    start = time.perf_counter()
+    d, k = cs.input_dim, basis.shape[1]
     rng = np.random.default_rng(seed)
     if k == 0:
-        return np.zeros((0, d)), np.zeros((0, d)), np.zeros(0)
-    g = rng.standard_normal((n_directions, k))
-    directions = _mm(g, cs.basis.T)
-    directions /= np.linalg.norm(directions, axis=1, keepdims=True)
+        return Widths(np.zeros((0, d)), np.zeros((0, d)), np.zeros(0))
     h = _solver(np.zeros(d), np.full(d, cs.lower), np.full(d, cs.upper))
     eq_rhs = cs.equalities @ cs.origin
     _highs_rows(h, cs.equalities, eq_rhs, eq_rhs)
     _highs_rows(h, cs.rows[: cs.n_fixed], np.full(cs.n_fixed, -np.inf), cs.bounds[: cs.n_fixed])
     lazy_a, lazy_b = cs.rows[cs.n_fixed :], cs.bounds[cs.n_fixed :]
     added = np.zeros(len(lazy_b), dtype=bool)
-    extremes = []
-    for u in directions:
+    directions: list[np.ndarray] = []
+    extremes: list[np.ndarray] = []
+    widths: list[float] = []
+    while len(directions) < max_directions:
+        u = _mm(rng.standard_normal(k), basis.T)
+        u /= np.linalg.norm(u)
+        pair = []
         for sign in (-1.0, 1.0):  # minimise −u·x (the maximiser), then u·x
             h.changeColsCost(d, np.arange(d, dtype=np.int32), sign * u)
             x, _, _ = _solve_lazily(h, lazy_a, lazy_b, added)
             if x is None:
                 raise RuntimeError(f"a width LP of the collision set ended {h.getModelStatus()}, though the "
                                    "set holds the target: report this with the model and target")
-            # Onto the equality subspace exactly, and into the box.
-            extremes.append(np.clip(cs.origin + _mm(cs.basis, _mm(cs.basis.T, x - cs.origin)), cs.lower, cs.upper))
-    ext = np.array(extremes)
-    widths = np.einsum("nd,nd->n", directions, ext[0::2] - ext[1::2])
-    return directions, ext, widths
+            pair.append(x)
+        ext = _onto(cs, basis, np.array(pair))
+        if center is not None and free is not None:
+            ext = _pull_inside(cs, ext, center, free)
+        directions.append(u)
+        extremes += list(ext)
+        widths.append(float(u @ (ext[0] - ext[1])))
+        n = len(widths)
+        if n >= min_directions:
+            w = np.array(widths)
+            if n > 1 and w.std(ddof=1) / math.sqrt(n) <= rel_se * abs(w.mean()):
+                break
+    return Widths(np.array(directions), np.array(extremes), np.array(widths), time.perf_counter() - start)
 
 
 def hull_dimension(cs: CollisionSet, ball: Ball) -> tuple[int, str, Ball | None]:
@@ -383,126 +488,619 @@ def hull_dimension(cs: CollisionSet, ball: Ball) -> tuple[int, str, Ball | None]
     return k, "upper-bound", None
 
 
-def hit_and_run(cs: CollisionSet, starts: np.ndarray, *, config: GeometryConfig) -> tuple[np.ndarray, dict[str, Any]]:
-    """``config.n_samples`` points of C by hit-and-run, chain c from ``starts[c % len(starts)]``
-    (points of C).
+@dataclass(frozen=True)
+class HullPolytope:
+    """C in coordinates of its affine hull: ``x = origin + basis @ z``, ``C = {z : g z ≤ h}``.
 
-    Each step draws a direction uniformly on the subspace's sphere and moves each chain
-    to a uniform point of its chord. Returns the samples (n, d) and the sampler's record:
-    chains, steps, and the mixing diagnostics of the distance to the target (split-chain
-    R̂ over the chains, and the relative drift of its mean from the first to the second
-    half of the samples).
+    ``basis`` has orthonormal columns, so ‖z‖ is the distance to ``origin`` (the target)
+    and ``w = basisᵀ u`` turns a unit direction u of the hull into one of z. Rows
+    constant on the hull (pinned to equality, or in the equalities' span) are left out:
+    they hold at every point of it.
+
+    Shapes: origin (d,); basis (d, k); g (m, k); h (m,)
     """
-    k = cs.free_dim
-    per_chain = math.ceil(config.n_samples / config.chains)
-    steps = config.burn_in + config.thin * (per_chain - 1) + 1
-    record = {"sampler": "hit-and-run", "rounding": config.rounding, "chains": config.chains,
-              "per_chain": per_chain, "burn_in": config.burn_in, "thin": config.thin, "steps": steps,
-              "seed": config.seed}
-    if k == 0:
-        return np.repeat(cs.origin[None], config.n_samples, 0), {**record, "rhat": float("nan"), "drift": 0.0}
-    gen = torch.Generator().manual_seed(config.seed)
-    basis = torch.from_numpy(cs.basis)
-    a = torch.from_numpy(cs.rows)
-    b = torch.from_numpy(cs.bounds)
-    x0 = torch.from_numpy(cs.origin)
-    x = torch.from_numpy(starts[np.arange(config.chains) % len(starts)]).clone()
-    kept, pilot = [], []
-    # Directions: isotropic in the subspace until halfway through burn-in, then shaped by
-    # the covariance of the chains' positions in its second quarter (the set is far
-    # longer in some directions than others). Any fixed direction law symmetric under
-    # v -> -v leaves the uniform law invariant, so the change only speeds mixing.
-    shape = basis.T.clone()
-    adapt_at, watch_from = config.burn_in // 2, config.burn_in // 4
-    for step in range(steps):
-        if step % _REFRESH == 0:
-            slack = (b - x @ a.T).clamp_min(0.0)
-            x = x.clamp(cs.lower, cs.upper)
-        if config.rounding and watch_from <= step < adapt_at and step % 5 == 0:
-            pilot.append((x - x0) @ basis)
-        if config.rounding and step == adapt_at and pilot:
-            z = torch.cat(pilot)
-            cov = torch.atleast_2d(torch.cov(z.T)) if len(z) > 1 else torch.eye(k, dtype=torch.float64)
-            cov += (1e-3 * cov.trace() / k + 1e-12) * torch.eye(k, dtype=torch.float64)
-            shape = torch.linalg.cholesky(cov).T @ basis.T
-        v = torch.randn(config.chains, k, generator=gen, dtype=torch.float64) @ shape
-        rate = v @ a.T  # how fast each row's slack falls along v
-        t_hi = torch.minimum(
-            torch.where(rate > 0, slack / rate, torch.inf).amin(1),
-            torch.where(v > 0, (cs.upper - x) / v, torch.where(v < 0, (cs.lower - x) / v, torch.inf)).amin(1))
-        t_lo = torch.maximum(
-            torch.where(rate < 0, slack / rate, -torch.inf).amax(1),
-            torch.where(v < 0, (cs.upper - x) / v, torch.where(v > 0, (cs.lower - x) / v, -torch.inf)).amax(1))
-        t_hi, t_lo = t_hi.clamp_min(0.0), t_lo.clamp_max(0.0)
-        t = t_lo + torch.rand(config.chains, generator=gen, dtype=torch.float64) * (t_hi - t_lo)
-        x += t[:, None] * v
-        slack = (slack - t[:, None] * rate).clamp_min(0.0)
-        if step >= config.burn_in and (step - config.burn_in) % config.thin == 0:
-            kept.append(x.clone())
-    chains = torch.stack(kept, 1)  # (chains, per_chain, d)
-    # Back onto the equality subspace exactly (steps add rounding along it).
-    z = (chains - x0) @ basis
-    radius = z.norm(dim=2).numpy()
-    samples = cs.to_input(z.reshape(-1, k)[: config.n_samples].numpy())
-    return np.clip(samples, cs.lower, cs.upper), {**record, "rhat": split_rhat(radius), "drift": _drift(radius)}
+
+    origin: np.ndarray
+    basis: np.ndarray
+    g: np.ndarray
+    h: np.ndarray
+
+    @property
+    def dim(self) -> int:
+        return self.basis.shape[1]
+
+    def coords(self, x: np.ndarray) -> np.ndarray:
+        """(n, d) -> (n, k)"""
+        return _mm(x - self.origin, self.basis)
 
 
-def split_rhat(draws: np.ndarray) -> float:
-    """Gelman–Rubin R̂ of (chains, draws) with each chain split in two; NaN for < 4 draws."""
-    n = draws.shape[1] // 2
-    if n < 2:
-        return float("nan")
-    halves = np.concatenate([draws[:, :n], draws[:, n : 2 * n]], 0)
-    within = halves.var(1, ddof=1).mean()
-    between = n * halves.mean(1).var(ddof=1)
-    if within == 0:
-        return 1.0 if between == 0 else float("inf")
-    return float(np.sqrt(((n - 1) / n * within + between / n) / within))
+def hull_polytope(cs: CollisionSet, basis: np.ndarray) -> HullPolytope:
+    """C's rows, box included, in the coordinates of the flat ``cs.origin + span(basis)``."""
+    a_all, b_all = cs.all_rows()
+    g = _mm(a_all, basis)
+    moving = np.linalg.norm(g, axis=1) > _FLAT_ROW * (1 + np.linalg.norm(a_all, axis=1))
+    return HullPolytope(cs.origin, basis, np.ascontiguousarray(g[moving]), (b_all - _mm(a_all, cs.origin))[moving])
 
 
-def _drift(draws: np.ndarray) -> float:
-    half = draws.shape[1] // 2
-    if half == 0:
-        return float("nan")
-    first, second = draws[:, :half].mean(), draws[:, half:].mean()
-    return float((second - first) / max(abs(draws.mean()), 1e-300))
+def analytic_center(poly: HullPolytope, z: np.ndarray, *, max_iter: int = 60) -> tuple[np.ndarray, np.ndarray]:
+    """The maximiser of Σ log(h − g z) by damped Newton from ``z`` (strictly inside), and
+    the log barrier's Hessian there, ``H = gᵀ diag(1/s²) g``.
+
+    ``{z : (z − c)ᵀ H (z − c) ≤ 1}`` (the Dikin ellipsoid) lies inside C, and C inside
+    that ellipsoid grown m times: its shape is a first rounding of C. Thin directions
+    (a pixel pressed against 0 or 1) get large curvature, long ones small.
+
+    Shapes: z (k,) -> (k,), (k, k)
+    """
+    g, h = torch.from_numpy(poly.g), torch.from_numpy(poly.h)
+    zt = torch.from_numpy(z.copy())
+    hess = torch.eye(poly.dim, dtype=torch.float64)
+    for _ in range(max_iter):
+        s = h - g @ zt
+        gs = g / s[:, None]
+        hess = gs.T @ gs
+        grad = gs.sum(0)  # −∇f: the Newton step solves H Δ = −gᵀ(1/s)
+        chol = torch.linalg.cholesky(hess + 1e-12 * hess.diagonal().mean() * torch.eye(poly.dim, dtype=torch.float64))
+        step = -torch.cholesky_solve(grad[:, None], chol)[:, 0]
+        decrement = float(-(grad @ step))
+        rate = g @ step
+        room = torch.where(rate > 0, s / rate, torch.inf).amin()
+        zt = zt + min(1.0, 0.9 * float(room)) * step if decrement > 1e-12 else zt
+        if decrement < 1e-8:
+            break
+    s = h - g @ zt
+    gs = g / s[:, None]
+    return zt.numpy(), (gs.T @ gs).numpy()
+
+
+@dataclass
+class _Walk:
+    """Chains of a walk in the rounded coordinates y of C: ``z = center + shape @ y``.
+
+    Positions are kept as y and each row's slack ``s = h − g z`` is kept exactly, updated
+    with the step and recomputed every :data:`_REFRESH` steps. Nothing is clipped: a
+    slack below −:data:`_SLACK_TOL` after a refresh is a point outside C, raised as the
+    bug it is.
+    """
+
+    poly: HullPolytope
+    center: torch.Tensor
+    shape: torch.Tensor
+    gs: torch.Tensor
+    y: torch.Tensor
+    slack: torch.Tensor
+    walk: str
+    gen: torch.Generator
+    steps: int = 0
+
+    @classmethod
+    def start(cls, poly: HullPolytope, center: np.ndarray, shape: np.ndarray, z: np.ndarray, *, walk: str,
+              seed: int) -> _Walk:
+        c, sh = torch.from_numpy(center), torch.from_numpy(shape)
+        y = torch.linalg.solve_triangular(sh, (torch.from_numpy(z) - c).T, upper=False).T
+        out = cls(poly, c, sh, torch.from_numpy(poly.g) @ sh, y, torch.zeros(0), walk,
+                  torch.Generator().manual_seed(seed))
+        out.refresh()
+        return out
+
+    def z(self) -> torch.Tensor:
+        return self.center + self.y @ self.shape.T
+
+    def refresh(self) -> None:
+        self.slack = torch.from_numpy(self.poly.h) - self.z() @ torch.from_numpy(self.poly.g).T
+        worst = float(self.slack.min())
+        if worst < -_SLACK_TOL * (1 + float(np.abs(self.poly.h).max(initial=0.0))):
+            raise RuntimeError(f"a chain left the collision set by {-worst:.3g} after {self.steps} steps: a sampler "
+                               "bug, report it with the model and target")
+
+    def reshape(self, shape: np.ndarray) -> None:
+        """Walk on with a new lower-triangular ``shape`` (z = center + shape @ y); positions stay."""
+        z = self.z()
+        self.shape = torch.from_numpy(shape)
+        self.gs = torch.from_numpy(self.poly.g) @ self.shape
+        self.y = torch.linalg.solve_triangular(self.shape, (z - self.center).T, upper=False).T
+        self.refresh()
+
+    def step(self) -> None:
+        """One hit-and-run step of every chain: a direction (uniform on the sphere of y, or
+        a uniformly chosen axis of y for ``coordinate``) and a uniform point of the chord."""
+        n, k = self.y.shape
+        if self.walk == "coordinate":
+            axis = torch.randint(k, (n,), generator=self.gen)
+            rate = self.gs[:, axis].T  # how fast each row's slack falls along the axis
+        else:
+            v = torch.randn(n, k, generator=self.gen, dtype=torch.float64)
+            rate = v @ self.gs.T
+        ratio = self.slack / rate
+        t_hi = torch.where(rate > 0, ratio, torch.inf).amin(1).clamp_min(0.0)
+        t_lo = torch.where(rate < 0, ratio, -torch.inf).amax(1).clamp_max(0.0)
+        t = t_lo + torch.rand(n, generator=self.gen, dtype=torch.float64) * (t_hi - t_lo)
+        if self.walk == "coordinate":
+            self.y[torch.arange(n), axis] += t
+        else:
+            self.y += t[:, None] * v
+        self.slack -= t[:, None] * rate
+        self.steps += 1
+        if self.steps % _REFRESH == 0:
+            self.refresh()
+
+
+def _shape_from(z: np.ndarray) -> np.ndarray:
+    """A lower-triangular factor of the covariance of points ``z`` (n, k), shrunk towards a
+    multiple of the identity by Ledoit and Wolf's rule: the shape that makes them
+    isotropic. Pooled draws of a few chains number not far above (or below) the ~700
+    dimensions; shrinking keeps the shape full rank and leaves a direction the draws
+    barely saw at its old scale instead of squashing it.
+
+    References:
+        Ledoit, Wolf (2004), "A well-conditioned estimator for large-dimensional
+        covariance matrices", J. Multivariate Analysis 88(2).
+    """
+    n, k = z.shape
+    x = z - z.mean(0)
+    cov = x.T @ x / n
+    mu = np.trace(cov) / k
+    delta = ((cov - mu * np.eye(k)) ** 2).sum() / k
+    # Σᵢ ‖xᵢxᵢᵀ − S‖² = Σᵢ ‖xᵢ‖⁴ − n‖S‖², without forming n matrices.
+    beta = ((x**2).sum(1) ** 2).sum() - n * (cov**2).sum()
+    beta = beta / (n**2 * k)
+    shrink = 1.0 if delta <= 0 else float(np.clip(beta / delta, _SHRINK, 1.0))
+    return np.linalg.cholesky((1 - shrink) * cov + shrink * mu * np.eye(k))
+
+
+def _statistics(z: torch.Tensor, w: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """The sampled statistics at one draw of every chain: distance to the target ‖z‖,
+    the distance between paired chains (2i, 2i+1), and the projections on the width
+    directions. (n, k), (w, k) -> (n,), (n // 2,), (n, w)"""
+    pairs = len(z) // 2
+    return z.norm(dim=1), (z[0 : 2 * pairs : 2] - z[1 : 2 * pairs : 2]).norm(dim=1), z @ w.T
+
+
+class _Billiard:
+    """Chains of the billiard walk in rounded coordinates y of C (``z = center + shape @ y``):
+    each draw, a chain picks a direction uniform on y's sphere and a length −L·ln U (L is
+    ``length`` × √k), and
+    travels that far in straight lines, reflecting off every facet it meets (the angle of
+    incidence equal to that of reflection, in y's metric). The billiard map keeps volume
+    and is its own inverse with the direction flipped, so the uniform law is stationary;
+    a trajectory past ``max_reflections`` is rejected (the chain stays), which keeps it so,
+    since the reversed trajectory meets as many facets.
+
+    Chains travel independently of each other (one finishing a trajectory starts the next
+    while the others still move), so every pass over the rows does work for every chain.
+    A reflection updates the rows' approach rates through the Gram matrix of the facets'
+    normals (O(m) per chain, not O(mk)); slack and rates are recomputed at every
+    trajectory's start. Nothing is clipped.
+
+    References:
+        Gryazina, Polyak (2014), "Random sampling: billiard walk algorithm", EJOR 238(2);
+        Chalkis, Fisikopoulos, Tsigaridas, Zafeirakopoulos (2021), "Geometric algorithms
+        for sampling the flux space of metabolic networks", SoCG.
+    """
+
+    def __init__(self, poly: HullPolytope, center: np.ndarray, shape: np.ndarray, z: np.ndarray, *,
+                 length: float, max_reflections: int, seed: int) -> None:
+        # The length's unit is √k in y: the RMS radius of an isotropic set, which a
+        # covariance-rounded C is.
+        self.poly, self.length, self.max_reflections = poly, length * math.sqrt(poly.dim), max_reflections
+        self.center = center
+        # numpy, not torch, inside the loop: its arrays are a few chains by m rows, where
+        # torch's per-call overhead (and its thread pool's, on a busy machine) dominates.
+        self.rng = np.random.default_rng(seed)
+        self.z_now = np.array(z, dtype=np.float64)
+        self.reflections = 0
+        self.rejected = 0
+        self.steps = 0
+        self.reshape(shape)
+
+    def z(self) -> torch.Tensor:
+        return torch.from_numpy(self.z_now)
+
+    def reshape(self, shape: np.ndarray) -> None:
+        self.shape = np.asarray(shape, dtype=np.float64)
+        self.gs = _mm(self.poly.g, self.shape)
+        self.gram = _mm(self.gs, self.gs.T)
+        self.norm2 = self.gram.diagonal().copy()
+        slack = self.poly.h - _mm(self.z_now, self.poly.g.T)
+        worst = float(slack.min())
+        if worst < -_SLACK_TOL * (1 + float(np.abs(self.poly.h).max())):
+            raise RuntimeError(f"a chain left the collision set by {-worst:.3g}: a sampler bug, report it with the "
+                               "model and target")
+
+    def run(self, n: int) -> torch.Tensor:
+        """Every chain travels ``n`` more trajectories; its position after each.
+        -> (chains, n, k) in z"""
+        chains, k = self.z_now.shape
+        g, h, gs, gram, shape = self.poly.g, self.poly.h, self.gs, self.gram, self.shape
+        out = np.empty((chains, n, k))
+        done = np.zeros(chains, dtype=np.int64)
+        y = scipy.linalg.solve_triangular(shape, (self.z_now - self.center).T, lower=True).T
+        y0 = y.copy()
+        v = np.empty((chains, k))
+        rate = np.empty((chains, len(h)))
+        slack = np.empty_like(rate)
+        left = np.zeros(chains)
+        count = np.zeros(chains, dtype=np.int64)
+        fresh = np.ones(chains, dtype=bool)  # chains starting a trajectory
+        while True:
+            if fresh.any():
+                f = np.flatnonzero(fresh)
+                vf = self.rng.standard_normal((len(f), k))
+                v[f] = vf / np.linalg.norm(vf, axis=1, keepdims=True)
+                left[f] = -self.length * np.log1p(-self.rng.random(len(f)))
+                y0[f] = y[f]
+                slack[f] = h - _mm(self.center + _mm(y[f], shape.T), g.T)
+                rate[f] = _mm(v[f], gs.T)
+                count[f] = 0
+            moving = done < n
+            with np.errstate(divide="ignore", invalid="ignore"):
+                ratio = np.where(rate > 0, slack / rate, np.inf)
+            hit = ratio.argmin(1)
+            t_hit = np.maximum(ratio[np.arange(chains), hit], 0.0)
+            step = np.where(moving, np.minimum(t_hit, left), 0.0)
+            y += step[:, None] * v
+            slack -= step[:, None] * rate
+            left -= step
+            bounce = moving & (t_hit <= step)
+            count += bounce
+            over = bounce & (count > self.max_reflections)
+            if over.any():  # reject: back to the trajectory's start
+                y[over] = y0[over]
+                self.rejected += int(over.sum())
+            ends = moving & (~bounce | over)
+            bounce &= ~over
+            if bounce.any():
+                b = np.flatnonzero(bounce)
+                coef = 2 * rate[b, hit[b]] / self.norm2[hit[b]]
+                v[b] -= coef[:, None] * gs[hit[b]]
+                rate[b] -= coef[:, None] * gram[hit[b]]
+                self.reflections += len(b)
+            if ends.any():
+                e = np.flatnonzero(ends)
+                out[e, done[e]] = self.center + _mm(y[e], shape.T)
+                done[e] += 1
+            fresh = ends & (done < n)
+            if not (done < n).any():
+                break
+        self.z_now = out[:, -1].copy()
+        self.steps += n
+        self.reshape(self.shape)  # checks the chains are inside
+        return torch.from_numpy(out)
+
+
+class _HitAndRun(_Walk):
+    """:class:`_Walk` seen as a source of draws: one draw every ``thin`` steps."""
+
+    thin: int = 1
+
+    def run(self, n: int) -> torch.Tensor:
+        """(chains, n, k) in z: the positions after every ``thin`` steps."""
+        out = []
+        for _ in range(n):
+            for _ in range(self.thin):
+                self.step()
+            out.append(self.z())
+        return torch.stack(out, 1)
+
+
+def _walker(poly: HullPolytope, center: np.ndarray, shape: np.ndarray, z0: np.ndarray, *,
+            config: GeometryConfig) -> _Billiard | _HitAndRun:
+    if config.walk == "billiard":
+        return _Billiard(poly, center, shape, z0, length=config.trajectory, max_reflections=config.max_reflections,
+                         seed=config.seed)
+    walk = _HitAndRun.start(poly, center, shape, z0, walk=config.walk, seed=config.seed)
+    walk.thin = config.thin
+    return walk
+
+
+def sample(poly: HullPolytope, center: np.ndarray, starts: np.ndarray, directions: np.ndarray, *,
+           config: GeometryConfig, deadline: float | None = None) -> tuple[np.ndarray, dict[str, Any]]:
+    """``config.n_samples`` points of C by a walk after rounding, with the convergence
+    diagnostics of every statistic reported.
+
+    1. Rounding (``config.rounding``): the Dikin ellipsoid at C's analytic centre, then
+       after each of ``config.adapt_rounds`` rounds of ``config.burn_in`` draws per chain
+       in all (doubling), the shrunk covariance of the chains' pooled draws in the round's
+       second half. Unrounded, a ~700-dimensional set pressed against most box faces lets
+       hit-and-run's chains barely leave their start.
+    2. Sampling with the shape frozen (so the uniform law is the walk's stationary law):
+       at every draw, each chain's distance to the target, paired chains' distance to each
+       other (chains 2i and 2i+1 are independent, so at stationarity this is the distance
+       between two independent uniform points, whose mean is the spread), and the
+       projections on the width ``directions``. Every ``config.check_every`` draws the
+       second half of them is diagnosed (rank-normalised split-R̂ and bulk ESS); the walk
+       stops when every statistic has R̂ ≤ ``config.rhat_max`` and ESS ≥
+       ``config.ess_min``, or at ``config.max_draws`` draws per chain (adaptation
+       included), or at the wall-clock ``deadline``, which only guards a slow machine.
+
+    A draw is one billiard trajectory (``walk="billiard"``), or ``config.thin`` steps of
+    hit-and-run. Chains start at ``starts`` (points of C, cycled), meant to be spread
+    wider than C's uniform law so that R̂ compares chains that began apart.
+
+    Returns ``config.n_samples`` samples in z (n, k), taken evenly from the diagnosed half
+    of every chain (``distinct_samples`` of them differ: fewer than n where the run was
+    short), and the record: ``converged``, ``reason`` (why not, else ""), ``rhat`` (max over the
+    statistics), ``ess`` (min), per-statistic figures, and the estimates of the mean
+    distance to the target and the mean pairwise distance with their Monte Carlo
+    standard errors (from the diagnosed draws).
+
+    Shapes: center (k,); starts (s, k); directions (w, k) unit rows in z.
+
+    References:
+        Vehtari, Gelman, Simpson, Carpenter, Bürkner (2021), "Rank-normalization,
+        folding, and localization: an improved R̂", Bayesian Analysis 16(2).
+    """
+    t0 = time.perf_counter()
+    k, chains = poly.dim, config.chains
+    record: dict[str, Any] = {"sampler": config.walk, "rounding": config.rounding, "chains": chains,
+                              "seed": config.seed, **({"trajectory": config.trajectory} if config.walk == "billiard"
+                                                      else {"thin": config.thin})}
+    z0 = starts[np.arange(chains) % len(starts)]
+    if config.rounding:
+        center, hess = analytic_center(poly, center)
+        # z = c + S y with S Sᵀ = H⁻¹: the Dikin ellipsoid is y's unit ball.
+        shape = np.linalg.cholesky(np.linalg.inv(hess))
+    else:
+        shape = np.eye(k)
+    walk = _walker(poly, center, shape, z0, config=config)
+    rounds = config.adapt_rounds if config.rounding else 0
+    # Round r walks burn_in * 2^r / (2^rounds − 1) draws: doubling, as each shape is better.
+    lengths = [config.burn_in * 2**r // (2**rounds - 1) for r in range(rounds)] if rounds else [config.burn_in]
+    drawn = 0
+    for length in lengths:
+        length = min(length, config.max_draws - drawn)
+        if length <= 0:
+            break
+        z = walk.run(length)
+        drawn += length
+        if rounds and length >= 2:
+            walk.reshape(_shape_from(z[:, length // 2 :].reshape(-1, k).numpy()))
+    adapt_draws = drawn
+    w = torch.from_numpy(directions)
+    dist, pair, proj = [], [], []
+    # Positions kept for the samples: every `stride`-th draw, at most 4x what is needed
+    # per chain; when full, every other one is dropped and the stride doubles.
+    per_chain = math.ceil(config.n_samples / chains)
+    stride, cap, kept, kept_at = 1, 4 * per_chain, [], []
+    diag: dict[str, Any] = {}
+    reason = ""
+    while True:
+        n = min(config.check_every, config.max_draws - drawn)
+        if n <= 0:
+            break
+        z = walk.run(n)
+        drawn += n
+        for j in range(n):
+            a, b, c = _statistics(z[:, j], w)
+            dist.append(a)
+            pair.append(b)
+            proj.append(c)
+            if (len(dist) - 1) % stride == 0:
+                kept.append(z[:, j].clone())
+                kept_at.append(len(dist) - 1)
+                if len(kept) > cap:
+                    kept, kept_at, stride = kept[::2], kept_at[::2], stride * 2
+        half = len(dist) // 2
+        if len(dist) >= 8:
+            diag = diagnose(torch.stack(dist[half:], 1).numpy(), torch.stack(pair[half:], 1).numpy(),
+                            torch.stack(proj[half:], 2).permute(1, 0, 2).numpy())
+            if diag["rhat"] <= config.rhat_max and diag["ess"] >= config.ess_min:
+                reason = ""
+                break
+            reason = (f"not converged: R̂ {diag['rhat']:.4g} (≤ {config.rhat_max} wanted), ESS "
+                      f"{diag['ess']:.0f} (≥ {config.ess_min:.0f} wanted)")
+        if deadline is not None and time.perf_counter() > deadline:
+            reason = (reason or "not converged") + (f" after {drawn} draws a chain in {time.perf_counter() - t0:.0f} s:"
+                                                    " the time budget geometry.max_seconds")
+            break
+    if not reason and not diag:
+        reason = "not converged: no draws left for diagnosis"
+    elif reason and "budget" not in reason:
+        reason += f" after {drawn} draws a chain: the budget geometry.max_draws"
+    if not kept:  # nothing sampled past adaptation: the chains' last positions
+        kept, kept_at = [walk.z().clone()], [0]
+    half = len(dist) // 2
+    pick = [j for j, at in enumerate(kept_at) if at >= half] or [len(kept) - 1]
+    z_kept = torch.stack([kept[j] for j in pick], 1)  # (chains, draws, k)
+    take = np.unique(np.linspace(0, z_kept.shape[1] - 1, min(per_chain, z_kept.shape[1])).round().astype(int))
+    z_out = z_kept[:, take].permute(1, 0, 2).reshape(-1, k)
+    # Evenly over them; a draw repeats where the diagnosed half holds fewer than asked for.
+    idx = np.linspace(0, len(z_out) - 1, config.n_samples).round().astype(int)
+    extra = {"reflections": walk.reflections, "rejected": walk.rejected} if isinstance(walk, _Billiard) else {}
+    return z_out[idx].numpy(), {
+        **record, **diag, "converged": not reason, "reason": reason, "draws": drawn, "adapt_draws": adapt_draws,
+        "diagnosed_draws": len(dist) - len(dist) // 2, "distinct_samples": len(z_out), **extra,
+        "sampler_seconds": time.perf_counter() - t0}
+
+
+def diagnose(dist: np.ndarray, pair: np.ndarray, proj: np.ndarray) -> dict[str, Any]:
+    """R̂ and ESS of the sampled statistics, and the estimates with their MCSE.
+
+    Shapes: dist (chains, n); pair (chains // 2, n); proj (w, chains, n)
+    """
+    stats = {"distance_to_target": dist[None], "pairwise_distance": pair[None], "projections": proj}
+    out: dict[str, Any] = {"rhat_by": {}, "ess_by": {}}
+    for name, draws in stats.items():
+        if draws.size == 0 or draws.shape[1] == 0:
+            continue
+        rhat, ess = rank_rhat(draws), ess_bulk(draws)
+        out["rhat_by"][name], out["ess_by"][name] = float(np.max(rhat)), float(np.min(ess))
+    # NaN (too few draws to tell) propagates: it never passes for converged.
+    out["rhat"] = float(np.max(list(out["rhat_by"].values()))) if out["rhat_by"] else float("nan")
+    out["ess"] = float(np.min(list(out["ess_by"].values()))) if out["ess_by"] else float("nan")
+    for name, draws in (("mean_distance_to_target", dist), ("mean_pairwise_distance", pair)):
+        if draws.size:
+            out[name] = float(draws.mean())
+            out[f"{name}_mcse"] = float(draws.std() / np.sqrt(ess_mean(draws[None])[0]))
+        else:
+            out[name] = out[f"{name}_mcse"] = float("nan")
+    return out
+
+
+def _split(draws: np.ndarray) -> np.ndarray:
+    """Each chain cut in two halves. (s, chains, n) -> (s, 2 chains, n // 2)"""
+    n = draws.shape[-1] // 2
+    return np.concatenate([draws[..., :n], draws[..., draws.shape[-1] - n :]], 1)
+
+
+def _rank_normal(draws: np.ndarray) -> np.ndarray:
+    """Rank-normalised draws, pooled per statistic (ties averaged). (s, m, n) -> (s, m, n)"""
+    flat = draws.reshape(len(draws), -1)
+    ranks = scipy.stats.rankdata(flat, axis=1)
+    return scipy.special.ndtri((ranks - 0.375) / (flat.shape[1] + 0.25)).reshape(draws.shape)
+
+
+def _rhat(draws: np.ndarray) -> np.ndarray:
+    """Gelman–Rubin R̂ of (s, chains, n) draws, per statistic. (s, m, n) -> (s,)"""
+    n = draws.shape[-1]
+    within = draws.var(-1, ddof=1).mean(-1)
+    between = n * draws.mean(-1).var(-1, ddof=1)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        rhat = np.sqrt(((n - 1) / n * within + between / n) / within)
+    return np.where(within > 0, rhat, np.where(between > 0, np.inf, 1.0))
+
+
+def rank_rhat(draws: np.ndarray) -> np.ndarray:
+    """Rank-normalised split-R̂: the larger of the bulk's (rank-normalised split chains)
+    and the tails' (the same of |draw − median|), Vehtari et al. (2021), eq. 4–5.
+    (s, chains, n) -> (s,); NaN where a chain has fewer than 4 draws."""
+    if draws.shape[-1] < 4:
+        return np.full(len(draws), np.nan)
+    split = _split(draws)
+    folded = np.abs(split - np.median(split.reshape(len(split), -1), axis=1)[:, None, None])
+    return np.maximum(_rhat(_rank_normal(split)), _rhat(_rank_normal(folded)))
+
+
+def _ess(draws: np.ndarray) -> np.ndarray:
+    """ESS of (s, chains, n) draws from the chains' pooled autocorrelation, Geyer's initial
+    monotone sequence (Vehtari et al. 2021, eq. 10–11). (s, m, n) -> (s,)"""
+    s, m, n = draws.shape
+    if n < 4:
+        return np.full(s, np.nan)
+    centred = draws - draws.mean(-1, keepdims=True)
+    size = 1 << (2 * n - 1).bit_length()
+    f = np.fft.rfft(centred, size, axis=-1)
+    acov = np.fft.irfft(f * np.conj(f), size, axis=-1)[..., :n] / n  # (s, m, n), biased
+    chain_var = acov[..., 0] * n / (n - 1)
+    within = chain_var.mean(-1)
+    var_plus = within * (n - 1) / n + (draws.mean(-1).var(-1, ddof=1) if m > 1 else 0.0)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        rho = 1 - (within[:, None] - acov.mean(1)) / var_plus[:, None]  # (s, n)
+    rho[:, 0] = 1.0
+    out = np.empty(s)
+    for j in range(s):
+        if not np.isfinite(var_plus[j]) or var_plus[j] <= 0:
+            out[j] = float(m * n)  # a constant statistic: every draw is exact
+            continue
+        r = rho[j]
+        pairs = r[: (n // 2) * 2].reshape(-1, 2).sum(1)
+        stop = np.flatnonzero(pairs < 0)
+        pairs = pairs[: stop[0] if len(stop) else len(pairs)]
+        pairs = np.minimum.accumulate(pairs)
+        tau = max(-1 + 2 * pairs.sum(), 1 / np.log10(m * n)) if len(pairs) else 1.0
+        out[j] = m * n / tau
+    return out
+
+
+def ess_bulk(draws: np.ndarray) -> np.ndarray:
+    """Bulk ESS: the ESS of the rank-normalised split chains. (s, chains, n) -> (s,)"""
+    return _ess(_rank_normal(_split(draws))) if draws.shape[-1] >= 8 else np.full(len(draws), np.nan)
+
+
+def ess_mean(draws: np.ndarray) -> np.ndarray:
+    """The ESS that the mean's Monte Carlo standard error uses: of the split chains as
+    they are. (s, chains, n) -> (s,)"""
+    return _ess(_split(draws)) if draws.shape[-1] >= 8 else np.full(len(draws), np.nan)
+
+
+def _hull(cs: CollisionSet, ball: Ball, flat: Ball | None) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """The affine hull's orthonormal basis, a point strictly inside C within it, and the
+    rows that move on the hull (the others, pinned to equality or constant on it, hold at
+    every point of the hull since the target meets them).
+
+    Shapes: -> (d, k'), (d,), (m + 2d,) bool
+    """
+    a_all, _ = cs.all_rows()
+    basis, centre = cs.basis, ball.center
+    if flat is not None:
+        # The subspace cut down by the rows pinned to equality.
+        _, s_t, vt_t = torch.linalg.svd(torch.from_numpy(_mm(a_all[flat.pinned], cs.basis)), full_matrices=True)
+        rank = int((s_t > s_t.max() * max(len(s_t), cs.free_dim) * np.finfo(np.float64).eps).sum())
+        basis, centre = _mm(cs.basis, vt_t.numpy()[rank:].T), flat.center
+    reach = np.linalg.norm(_mm(a_all, basis), axis=1)
+    return basis, centre, reach > _FLAT_ROW * (1 + np.linalg.norm(a_all, axis=1))
 
 
 def measure(cs: CollisionSet, *, config: GeometryConfig) -> SetGeometry:
-    """Ball, dimension and samples of ``cs``."""
+    """Ball, dimension, widths and samples of ``cs``.
+
+    The sizes come first and need no mixing: the radius is an LP optimum, each width two
+    (their mean over uniform directions, with its standard error, estimates the mean
+    width). The samples come with the diagnostics of every statistic they are used for;
+    ``sampler["converged"]`` False means those statistics are not to be reported.
+    """
     start = time.perf_counter()
+    deadline = start + config.max_seconds if config.max_seconds > 0 else None
     ball = inscribed_ball(cs)
     if not np.isfinite(ball.radius):
         raise RuntimeError(f"the inscribed-ball LP of the collision set failed ({ball.outcome}), though the "
                            "target is in the set: report this with the model and target")
-    directions, extremes, widths = extents(cs, n_directions=config.n_directions, seed=config.seed)
-    if cs.free_dim and ball.radius <= RADIUS_TOL and len(widths) and widths.max() <= WIDTH_TOL:
+    widths_config = {"min_directions": config.n_directions, "max_directions": config.max_directions,
+                     "rel_se": config.width_rel_se, "seed": config.seed}
+    dim, how, flat, widths = cs.free_dim, "ball" if cs.free_dim else "point", None, None
+    if cs.free_dim and ball.radius <= RADIUS_TOL:
         # A set of dimension ≥ 1 has a positive width along a random direction of its
         # subspace with probability 1: zero along every one drawn, it is one point.
-        dim, how, flat = 0, "widths", None
+        probe = extents(cs, cs.basis, center=None, free=None, **{**widths_config, "max_directions": max(
+            1, config.n_directions)})
+        if probe.widths.max() <= WIDTH_TOL:
+            dim, how, widths = 0, "widths", probe
+        else:
+            dim, how, flat = hull_dimension(cs, ball)
+    basis, centre, free = _hull(cs, ball, flat)
+    if widths is None:
+        # Directions uniform on the hull's own sphere (not the subspace's): a direction
+        # partly across the hull would count a zero extent along its normal part.
+        interior = ball.radius > RADIUS_TOL or flat is not None
+        widths = extents(cs, basis, center=centre if interior else None, free=free if interior else None,
+                         **widths_config)
+    poly = hull_polytope(cs, basis)
+    if dim == 0 or poly.dim == 0 or how == "upper-bound":
+        # One point has nothing to mix; past the hull search's rounds there is no
+        # interior point to start chains from.
+        samples = np.repeat(cs.origin[None], config.n_samples, 0)
+        nothing = "one point" if dim == 0 or poly.dim == 0 else "no interior point (dimension only bounded)"
+        record = {"sampler": config.walk, "converged": dim == 0 or poly.dim == 0,
+                  "reason": "" if dim == 0 or poly.dim == 0 else f"not sampled: {nothing}", "rhat": float("nan"),
+                  "ess": float("nan"), "draws": 0, "seed": config.seed}
+        if record["converged"]:
+            record.update(mean_distance_to_target=0.0, mean_distance_to_target_mcse=0.0,
+                          mean_pairwise_distance=0.0, mean_pairwise_distance_mcse=0.0)
     else:
-        dim, how, flat = hull_dimension(cs, ball)
-    walk, centre = cs, ball.center
-    if flat is not None:
-        # Chains move within the hull: the subspace cut down by the rows pinned to equality.
-        a_all, _ = cs.all_rows()
-        _, s_t, vt_t = torch.linalg.svd(torch.from_numpy(_mm(a_all[flat.pinned], cs.basis)), full_matrices=True)
-        rank = int((s_t > s_t.max() * max(len(s_t), cs.free_dim) * np.finfo(np.float64).eps).sum())
-        walk, centre = dataclasses.replace(cs, basis=_mm(cs.basis, vt_t.numpy()[rank:].T)), flat.center
-    # Chains start spread over C (the centre, and halfway from it to each extreme point,
-    # inside C by convexity) rather than all at the centre: R̂ then compares chains that
-    # began far apart, which is what it is for. On the MNIST MLP's relu1 the set is so
-    # thin near most box faces that chains from one point stay within 1 of it for
-    # thousands of steps, while its widths are several units.
-    starts = np.vstack([centre[None], centre + 0.5 * (extremes - centre)])
-    samples, record = hit_and_run(walk, starts, config=config)
-    if dim == 0:  # every chain sits on the one point: nothing to mix
-        record = {**record, "rhat": float("nan"), "drift": 0.0}
+        # Chains start spread over C: halfway from the interior point to each extreme point
+        # (inside C by convexity), and the interior point itself.
+        z_centre = poly.coords(centre[None])[0]
+        starts = np.vstack([z_centre[None], z_centre + 0.5 * (poly.coords(widths.extremes) - z_centre)])
+        z, record = sample(poly, z_centre, starts[np.r_[1 : len(starts), 0]], _mm(widths.directions, basis),
+                           config=config, deadline=deadline)
+        samples = _onto(cs, basis, cs.origin + _mm(z, basis.T))
+        _check_inside(cs, samples, free)
     return SetGeometry(
         dim=dim, dim_method=how, radius=ball.radius, center=ball.center, samples=samples,
-        directions=directions, extremes=extremes, widths=widths,
+        directions=widths.directions, extremes=widths.extremes, widths=widths.widths,
         n_positive=cs.n_positive, rank=cs.rank, free_dim=cs.free_dim, sampler=record,
         lp={"outcome": ball.outcome, "rounds": ball.rounds, "region_rows_used": ball.region_rows_used,
-            "region_rows": len(cs.bounds) - cs.n_fixed, "rows": len(cs.bounds)},
+            "region_rows": len(cs.bounds) - cs.n_fixed, "rows": len(cs.bounds), "width_seconds": widths.seconds},
         seconds=time.perf_counter() - start,
     )
+
+
+def _check_inside(cs: CollisionSet, points: np.ndarray, free: np.ndarray) -> None:
+    """Every point meets every row of C to rounding: nothing was clipped to hide one."""
+    a_all, b_all = cs.all_rows()
+    over = _mm(points, a_all[free].T) - b_all[free]
+    scale = 1 + np.abs(b_all[free]) + _mm(np.abs(points), np.abs(a_all[free]).T)
+    worst = float((over / scale).max(initial=-np.inf))
+    if worst > _SLACK_TOL:
+        raise RuntimeError(f"a sample of the collision set misses one of its rows by {worst:.3g} (relative): a "
+                           "sampler bug, report it with the model and target")
