@@ -42,8 +42,11 @@ def _run(experiment: str, module: Any, cfg: Any) -> dict[str, Any]:
     logger.info("experiment %s (%s, config %s), results in %s", cfg.name, experiment, cfg.digest(), cfg.results_root)
     context = t.prepare(experiment, cfg)
     if context.get("test_accuracy") is not None:
-        logger.info("model test accuracy %.4f (%s)", context["test_accuracy"],
-                    "reused checkpoint" if context.get("reused") else "trained")
+        from flows.cli import accuracy_text  # the profile's is a dict of two models: %.4f would fail on it
+
+        logger.info("model test accuracy %s (%s checkpoint %s, data %s)", accuracy_text(context["test_accuracy"]),
+                    context.get("origin") or ("reused" if context.get("reused") else "trained"),
+                    context.get("checkpoint", "?"), context.get("dataset", "?"))
     if context.get("random_weights"):
         logger.warning("the model has RANDOM weights, as asked: the results say nothing about the paper's model")
     for note in context.get("notes", []):
@@ -64,7 +67,7 @@ def _run(experiment: str, module: Any, cfg: Any) -> dict[str, Any]:
     if "summary" in written:
         logger.info("summary %s (%s)", written["summary"], "kept" if written["summary_reused"] else "written")
     o.publish(cfg.results_root, cfg.name)
-    return {**written, "test_accuracy": context.get("test_accuracy"),
+    return {**written, **{k: context[k] for k in engine.REPORTED if k in context},
             "random_weights": bool(context.get("random_weights")), "notes": context.get("notes", []),
             "reused_rows": reused}
 

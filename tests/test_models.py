@@ -4,9 +4,19 @@ import pytest
 import torch
 
 from collide.config import TrainConfig
-from collide.datasets.mnist import load_mnist
+from collide.datasets.mnist import MNIST_DIGEST, load_mnist
 from collide.errors import CheckpointError, ConfigError
-from collide.models.zoo import build_model, checkpoint_path, lenet5, load_checkpoint, mlp, save_checkpoint, train
+from collide.models.zoo import (
+    build_model,
+    checkpoint_path,
+    lenet5,
+    load_checkpoint,
+    mlp,
+    save_checkpoint,
+    shipped_checkpoint,
+    shipped_checkpoints,
+    train,
+)
 
 
 def test_architectures_have_the_papers_shapes():
@@ -22,14 +32,28 @@ def test_architectures_have_the_papers_shapes():
 def test_training_is_deterministic_and_learns(tiny_mnist, arch):
     train_split, test_split = load_mnist(tiny_mnist, "train"), load_mnist(tiny_mnist, "test")
     config = TrainConfig(arch=arch, epochs=2)
+    threads, deterministic = torch.get_num_threads(), torch.are_deterministic_algorithms_enabled()
     a, meta = train(train_split, test_split, config=config)
     b, _ = train(train_split, test_split, config=config)
     assert all(torch.equal(x, y) for x, y in zip(a.state_dict().values(), b.state_dict().values(), strict=True))
     assert meta["test_accuracy"] >= 0.5  # chance is 0.1; two epochs on 1000 images
+    # The caller's torch settings come back as they were.
+    assert (torch.get_num_threads(), torch.are_deterministic_algorithms_enabled()) == (threads, deterministic)
+    assert meta["machine"]["torch"] == torch.__version__ and meta["config"]["threads"] == 1
+
+
+def test_a_retrained_checkpoint_is_the_same_file(tiny_mnist, tmp_path):
+    """Same data, config and machine: the same bytes, so the same sha256 (torch.save must
+    not name the archive after a temporary file)."""
+    train_split, test_split = load_mnist(tiny_mnist, "train"), load_mnist(tiny_mnist, "test")
+    config = TrainConfig(epochs=1, min_accuracy=0.0)
+    digests = [save_checkpoint(train(train_split, test_split, config=config)[0], {"arch": "mlp"},
+                               tmp_path / f"{k}.pt")["sha256"] for k in range(2)]
+    assert digests[0] == digests[1]
 
 
 def test_checkpoint_roundtrip_and_tamper_detection(tmp_path, mlp_model):
-    path = checkpoint_path(tmp_path, "mnist", TrainConfig())
+    path = checkpoint_path(tmp_path, TrainConfig(), "0" * 64)
     meta = save_checkpoint(mlp_model, {"arch": "mlp", "test_accuracy": 0.5}, path)
     loaded, meta2 = load_checkpoint(path)
     assert meta2["sha256"] == meta["sha256"] and meta2["test_accuracy"] == 0.5
@@ -51,11 +75,27 @@ def test_missing_checkpoint_and_metadata_are_clear_errors(tmp_path, mlp_model):
         load_checkpoint(path)
 
 
-def test_checkpoint_name_follows_the_training_config(tmp_path):
-    a = checkpoint_path(tmp_path, "mnist", TrainConfig(epochs=3))
-    b = checkpoint_path(tmp_path, "mnist", TrainConfig(epochs=4))
-    assert a != b and a.name.startswith("mnist-mlp-")
+def test_checkpoint_name_follows_the_training_config_and_the_data(tmp_path):
+    a = checkpoint_path(tmp_path, TrainConfig(epochs=3), "a" * 64)
+    b = checkpoint_path(tmp_path, TrainConfig(epochs=4), "a" * 64)
+    c = checkpoint_path(tmp_path, TrainConfig(epochs=3), "b" * 64)
+    assert len({a, b, c}) == 3 and a.name.startswith("mlp-")
     assert json.dumps(str(a))
+
+
+def test_shipped_checkpoints_load_and_match_their_metadata():
+    """Each shipped checkpoint verifies against its sha256 and is found by its own training
+    config and MNIST's digest: what `make run` uses by default."""
+    shipped = shipped_checkpoints()
+    assert {(m["config"]["arch"], m["config"]["seed"]) for m in shipped} >= {("mlp", 0), ("lenet5", 0), ("mlp", 1)}
+    for meta in shipped:
+        assert meta["data_digest"] == MNIST_DIGEST and meta["dataset"] == "MNIST"
+        assert {"cpu", "torch", "cpu_capability"} <= set(meta["machine"])
+        path = shipped_checkpoint(TrainConfig(**meta["config"]), meta["data_digest"])
+        assert path is not None and path.name == meta["file"]
+        _, loaded = load_checkpoint(path)
+        assert loaded["sha256"] == meta["sha256"]
+    assert shipped_checkpoint(TrainConfig(), "f" * 64) is None
 
 
 class _Planted:

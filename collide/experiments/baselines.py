@@ -162,7 +162,7 @@ def solve(job: dict[str, Any], context: dict[str, Any], *, config: BaselinesExpe
     rows = dict(zip(config.methods, job["rows"], strict=True))
     first = job["rows"][0]  # each target's random draws are seeded apart
     base = {
-        "experiment": config.name, "model": f"{mnist.DATASET}-{config.train.arch}",
+        "experiment": config.name, "model": mnist.model_name(context, config.train.arch),
         "model_source": checkpoint_source(context["checkpoint"], meta["sha256"]), "config": config.to_dict(),
         "config_digest": config.digest(), "target": target.numpy(),
         "dataset_avg_distance": context["dataset_avg_distance"],

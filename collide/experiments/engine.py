@@ -153,4 +153,4 @@ def run(experiment: ModuleType, *, config: Any, progress: Progress = no_progress
 
 
 # Context entries a run reports back (the CLI prints them).
-REPORTED = ("test_accuracy", "random_weights", "notes")
+REPORTED = ("test_accuracy", "random_weights", "notes", "origin", "checkpoint", "sha256", "dataset")

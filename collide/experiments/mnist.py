@@ -19,6 +19,7 @@ from collide._io import file_digest
 from collide.api import collision_geometry, find_polytopes
 from collide.config import (
     DEFAULT_ROWS,
+    CheckpointChoice,
     ExactConfig,
     GeometryConfig,
     GradientConfig,
@@ -30,10 +31,19 @@ from collide.config import (
     _require,
     resolve_device,
 )
-from collide.datasets.mnist import ensure_mnist, load_mnist, mnist_files
+from collide.datasets.mnist import MNIST_LABEL, data_digest, data_label, ensure_mnist, load_mnist, mnist_files
 from collide.errors import CheckpointError, ConfigError, DataError, LayerError
 from collide.experiments.engine import Progress, job, no_progress
-from collide.models.zoo import build_model, checkpoint_path, checkpoint_source, load_checkpoint, save_checkpoint, train
+from collide.models.zoo import (
+    build_model,
+    checkpoint_path,
+    checkpoint_source,
+    load_checkpoint,
+    save_checkpoint,
+    shipped_checkpoint,
+    shipped_checkpoints,
+    train,
+)
 from collide.polytope import dataset_avg_distance
 from collide.results.records import RowRecord, region_fields
 from collide.taps import check_units, layer_names, preactivation, resolve_layer
@@ -69,6 +79,12 @@ class MnistExperiment(_Experiment):
     thread count inside a job: results are the same bit for bit wherever a job runs (a
     Dask worker, a thread, plain Python) only for the same count.
 
+    ``checkpoint``: where the classifier comes from (:func:`train_model`): by default the
+    shipped checkpoint when one was trained with ``train`` on these data, else trained
+    here; ``train`` always trains (or reuses what this machine trained). ``dataset_label``
+    names the data in tables and figures (default: ``MNIST`` for MNIST's files, else the
+    data root's folder name); the paper's MNIST values appear beside MNIST runs only.
+
     ``targets_per_batch`` > 1 solves the gradient and paper rows of that many targets
     as one solver batch (one job; :func:`collide.find_polytopes`): a scan's polytopes
     per second rise (benchmarks/results.md, "targets per batch", measured the default
@@ -96,6 +112,8 @@ class MnistExperiment(_Experiment):
     targets_per_class: int = 0
     targets_per_batch: int = 1
     threads: int = 1
+    checkpoint: CheckpointChoice = "auto"
+    dataset_label: str = ""
 
     _nested: ClassVar[dict[str, type]] = {
         "train": TrainConfig, "gradient": GradientConfig, "exact": ExactConfig, "paper": PaperConfig,
@@ -114,6 +132,7 @@ class MnistExperiment(_Experiment):
         _require(self.targets_per_class >= 0, f"expected targets_per_class >= 0, got {self.targets_per_class}")
         _require(self.threads >= 1, f"expected threads >= 1, got {self.threads}")
         _require(self.targets_per_batch >= 1, f"expected targets_per_batch >= 1, got {self.targets_per_batch}")
+        _require("/" not in self.dataset_label, f"expected a plain dataset_label, got {self.dataset_label!r}")
 
     @property
     def n_targets(self) -> int:
@@ -161,31 +180,73 @@ def validate(*, config: MnistExperiment) -> None:
 
 
 def train_model(*, config: Any, progress: Progress = no_progress) -> dict[str, Any]:
-    """Train ``config.train.arch`` on MNIST, or reuse the checkpoint trained with the same settings.
+    """The classifier ``config.train`` describes, for the data under ``config.data_root``.
 
     Any config with ``data_root``, ``checkpoint_dir``, ``train`` and ``device`` will do
-    (the patch experiment's LeNet-5 too).
+    (the patch experiment's LeNet-5 too); ``checkpoint`` (default ``auto``) says where the
+    model may come from:
+
+    - ``auto``: the shipped checkpoint trained with these settings on these data (the
+      one the published tables come from) when there is one, else as ``train``;
+    - ``shipped``: that checkpoint, or an error naming the ones there are;
+    - ``train``: the checkpoint trained here with these settings on these data, reused
+      from ``checkpoint_dir`` (keyed by the data's digest, so other data never reuse it)
+      or trained now.
+
+    Returns:
+        The checkpoint's path and sha256, its test accuracy, ``origin`` (``shipped``,
+        ``cached`` or ``trained``), the data's digest and label.
     """
-    path = checkpoint_path(config.checkpoint_dir, DATASET, config.train)
-    if path.exists():
+    choice = getattr(config, "checkpoint", "auto")
+    digest = data_digest(config.data_root)
+    label = data_label(config.data_root, digest, getattr(config, "dataset_label", ""))
+    shipped = shipped_checkpoint(config.train, digest) if choice != "train" else None
+    if shipped is not None:
+        path, origin = shipped, "shipped"
         _, meta = load_checkpoint(path)
-        reused = True
+    elif choice == "shipped":
+        have = ", ".join(f"{m['config']['arch']} seed {m['config']['seed']} on {m.get('dataset', '?')}"
+                         for m in shipped_checkpoints()) or "none"
+        raise CheckpointError(
+            f"no shipped checkpoint was trained with train={config.train} on the data in {config.data_root} "
+            f"({label}, sha256 {digest[:12]}...); shipped: {have}. Train one with --set checkpoint=train")
     else:
-        model, meta = train(
-            load_mnist(config.data_root, "train"), load_mnist(config.data_root, "test"), config=config.train,
-            device=resolve_device(config.device),
-            progress=lambda done, total, _loss: progress("train (batches)", done, total),
-        )
-        if meta["test_accuracy"] < config.train.min_accuracy:
-            raise CheckpointError(
-                f"{config.train.arch} reached test accuracy {meta['test_accuracy']:.4f}, below the "
-                f"required {config.train.min_accuracy:.4f}: train longer (train.epochs) or lower "
-                "train.min_accuracy; no checkpoint was saved"
+        path = checkpoint_path(config.checkpoint_dir, config.train, digest)
+        origin = "cached" if path.exists() else "trained"
+        if path.exists():
+            _, meta = load_checkpoint(path)
+        else:
+            model, meta = train(
+                load_mnist(config.data_root, "train"), load_mnist(config.data_root, "test"), config=config.train,
+                device=resolve_device(config.device),
+                progress=lambda done, total, _loss: progress("train (batches)", done, total),
             )
-        meta = save_checkpoint(model, meta, path)
-        reused = False
+            if meta["test_accuracy"] < config.train.min_accuracy:
+                raise CheckpointError(
+                    f"{config.train.arch} reached test accuracy {meta['test_accuracy']:.4f}, below the "
+                    f"required {config.train.min_accuracy:.4f}: train longer (train.epochs) or lower "
+                    "train.min_accuracy; no checkpoint was saved"
+                )
+            meta = save_checkpoint(model, {**meta, "data_digest": digest, "dataset": label}, path)
+    if meta.get("data_digest", digest) != digest:
+        raise CheckpointError(f"checkpoint {path} was trained on data {str(meta['data_digest'])[:12]}..., not on "
+                              f"the data in {config.data_root} ({digest[:12]}...): delete it and rerun")
     return {"checkpoint": str(path), "sha256": meta["sha256"], "test_accuracy": meta["test_accuracy"],
-            "reused": reused}
+            "reused": origin != "trained", "origin": origin, "data_digest": digest, "dataset": label}
+
+
+def data_attrs(context: dict[str, Any]) -> dict[str, Any]:
+    """What a row records of its data and checkpoint's origin (table columns too)."""
+    return {"dataset": context.get("dataset", MNIST_LABEL), "data_digest": context.get("data_digest", ""),
+            "checkpoint_origin": context.get("origin", "")}
+
+
+def model_name(context: dict[str, Any], arch: str) -> str:
+    """How tables name a model of this experiment family: ``mnist-mlp`` on MNIST, the data's
+    label otherwise (``digits-mlp``), so that the paper's MNIST rows sit beside MNIST runs
+    only (:func:`collide.results.reference.reference_for`)."""
+    label = context.get("dataset", MNIST_LABEL)
+    return f"{DATASET if label == MNIST_LABEL else label}-{arch}"
 
 
 def pick_targets(checkpoint: str, *, data_root: str, label: int, per_class: int, layer: str | None = None,
@@ -235,7 +296,7 @@ def prepare(*, config: MnistExperiment, progress: Progress = no_progress) -> dic
     distance = dataset_avg_distance(load_mnist(config.data_root, "test").images,
                                     n_pairs=config.sample.n_dataset_pairs, seed=config.sample.seed)
     return {**trained, "targets": targets, "dataset_avg_distance": distance,
-            "inputs": {"checkpoint_sha256": trained["sha256"], "data": data}}
+            "inputs": {"checkpoint_sha256": trained["sha256"], "data": data, "dataset": trained["dataset"]}}
 
 
 def plan(context: dict[str, Any], *, config: MnistExperiment) -> list[dict[str, Any]]:
@@ -279,13 +340,14 @@ def solve(job: dict[str, Any], context: dict[str, Any], *, config: MnistExperime
         attrs, arrays = region_fields(collision_geometry(
             model, config.layer, poly.target, config=config.geometry)) if spec.method == "exact" else ({}, {})
         RowRecord.of(
-            poly, config=config, row=row, init=spec.init, model=f"{DATASET}-{config.train.arch}",
+            poly, config=config, row=row, init=spec.init, model=model_name(context, config.train.arch),
             model_source=checkpoint_source(context["checkpoint"], meta["sha256"]),
             loss={"gradient": config.gradient.loss, "exact": "lp", "paper": "paper"}[spec.method],
             dataset_avg_distance=context["dataset_avg_distance"],
             extra_attrs={
                 "checkpoint": context["checkpoint"], "checkpoint_sha256": meta["sha256"],
                 "test_accuracy": meta["test_accuracy"], "target_index": examples["target_index"],
+                **data_attrs(context),
                 "init_index": init_index, "seed": config.seed,
                 **({"paper_lr": solver_config.lr} if spec.method == "paper" else {}), **attrs,
             },

@@ -181,7 +181,7 @@ def solve(job: dict[str, Any], context: dict[str, Any], *, config: ProfileExperi
     attrs, arrays = region_fields(collision_geometry(
         model, layer, target, config=config.geometry)) if method == "exact" else ({}, {})
     record = RowRecord.of(
-        poly, config=config, row=job["rows"][0], init="target", model=f"{mnist.DATASET}-{arch}",
+        poly, config=config, row=job["rows"][0], init="target", model=mnist.model_name(context, arch),
         model_source=checkpoint_source(checkpoint, meta["sha256"]),
         loss={"gradient": config.gradient.loss, "exact": "lp"}[method],
         dataset_avg_distance=context["dataset_avg_distance"],

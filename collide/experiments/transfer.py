@@ -126,10 +126,10 @@ def solve(job: dict[str, Any], context: dict[str, Any], *, config: TransferExper
     target = load_mnist(config.data_root, "test").images[spec["example"]["target_index"]]
     first = job["rows"][0]
     arch_b, _ = parse_partner(spec["partner"])
-    sources = {"A": (f"{mnist.DATASET}-{config.train.arch}", checkpoint_source(context["checkpoint"],
-                                                                                 meta_a["sha256"]), config.layer),
-               "B": (f"{mnist.DATASET}-{arch_b}-{spec['partner']}", checkpoint_source(checkpoint_b, meta_b["sha256"]),
-                     config.partner_layer)}
+    source_a = checkpoint_source(context["checkpoint"], meta_a["sha256"])
+    source_b = checkpoint_source(checkpoint_b, meta_b["sha256"])
+    sources = {"A": (mnist.model_name(context, config.train.arch), source_a, config.layer),
+               "B": (f"{mnist.model_name(context, arch_b)}-{spec['partner']}", source_b, config.partner_layer)}
     common = {"target_index": spec["example"]["target_index"], "partner": spec["partner"],
               "model_a": sources["A"][0], "layer_a": config.layer, "model_b": sources["B"][0],
               "layer_b": config.partner_layer}

@@ -6,10 +6,13 @@ Layers are named so that taps can address them: ReLU modules are ``relu1``, ``re
 
 from __future__ import annotations
 
+import contextlib
+import io
 import json
+import platform
 import time
 from collections import OrderedDict
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import asdict
 from pathlib import Path
 from typing import Any
@@ -24,6 +27,12 @@ from collide.errors import CheckpointError, ConfigError
 from collide.models.external import build as build_external
 from collide.models.tensor_file import load_tensors
 from collide.models.vgg import vgg16_from_source
+
+# The checkpoints the published tables are computed from, shipped with the package: each
+# ``.pt`` with its ``.pt.json`` (sha256, data digest, training config, torch version,
+# machine). Two trainings with the same settings on different CPUs differ (AVX2 against
+# AVX-512 kernels), and every size moves with them; a shipped file does not.
+SHIPPED_DIR = Path(__file__).parent / "shipped"
 
 
 def mlp() -> nn.Sequential:
@@ -88,13 +97,57 @@ def train(
     device: str = "cpu",
     progress: Callable[[int, int, float], None] | None = None,
 ) -> tuple[nn.Module, dict[str, Any]]:
-    """Train ``config.arch`` with Adam; deterministic for a given seed and device.
+    """Train ``config.arch`` with Adam: bit-identical weights for the same data, config,
+    device and machine (torch's deterministic algorithms, ``config.threads`` CPU threads,
+    a seeded data order and initialisation; the caller's settings restored after).
+
+    Another CPU may round differently (its kernels differ), which is why the published
+    numbers come from shipped checkpoints (:data:`SHIPPED_DIR`).
 
     ``progress(batches_done, batches_total, loss)`` after every batch.
 
     Returns:
-        The model in eval mode on CPU, and metadata (test accuracy, seconds, config).
+        The model in eval mode on CPU, and metadata (test accuracy, seconds, config, the
+        torch version and machine it was trained on).
     """
+    with _deterministic(config.threads, cuda=str(device).startswith("cuda")):
+        return _train(train_split, test_split, config=config, device=device, progress=progress)
+
+
+@contextlib.contextmanager
+def _deterministic(threads: int, *, cuda: bool) -> Iterator[None]:
+    """torch's deterministic algorithms and ``threads`` CPU threads for the block; the
+    caller's settings come back after it."""
+    saved_threads, saved_det = torch.get_num_threads(), torch.are_deterministic_algorithms_enabled()
+    saved_warn = torch.is_deterministic_algorithms_warn_only_enabled()
+    torch.set_num_threads(threads)
+    # On CUDA some kernels have no deterministic form without CUBLAS_WORKSPACE_CONFIG:
+    # warn there rather than fail a training the user asked for.
+    torch.use_deterministic_algorithms(True, warn_only=cuda)
+    try:
+        yield
+    finally:
+        torch.use_deterministic_algorithms(saved_det, warn_only=saved_warn)
+        torch.set_num_threads(saved_threads)
+
+
+def machine() -> dict[str, Any]:
+    """What a checkpoint was trained on: enough to tell two machines' kernels apart."""
+    cpu = platform.processor() or ""
+    with contextlib.suppress(OSError):
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                cpu = line.split(":", 1)[1].strip()
+                break
+    return {"cpu": cpu, "machine": platform.machine(), "system": platform.system(),
+            "python": platform.python_version(), "torch": torch.__version__,
+            "cpu_capability": torch.backends.cpu.get_cpu_capability()}
+
+
+def _train(
+    train_split: Split, test_split: Split, *, config: TrainConfig, device: str,
+    progress: Callable[[int, int, float], None] | None,
+) -> tuple[nn.Module, dict[str, Any]]:
     gen = torch.Generator().manual_seed(config.seed)
     torch_state = torch.random.get_rng_state()
     torch.manual_seed(config.seed)  # module init draws from the global generator only
@@ -132,6 +185,8 @@ def train(
         "train_examples": n,
         "config": asdict(config),
         "torch": torch.__version__,
+        "device": str(device),
+        "machine": machine(),
     }
     return model, meta
 
@@ -143,8 +198,12 @@ def save_checkpoint(model: nn.Module, meta: dict[str, Any], path: str | Path) ->
     half-written checkpoint.
     """
     path = Path(path)
+    # Through memory: torch names the archive's folder after the file it writes, and a
+    # temporary's random name would make two identical trainings differ in their sha256.
+    buffer = io.BytesIO()
+    torch.save({"state_dict": model.state_dict(), "arch": meta["arch"]}, buffer)
     with atomic_file(path) as tmp:
-        torch.save({"state_dict": model.state_dict(), "arch": meta["arch"]}, tmp)
+        tmp.write_bytes(buffer.getvalue())
         meta = {**meta, "sha256": file_sha256(tmp), "file": path.name}
         with atomic_file(f"{path}.json") as side:
             side.write_text(json.dumps(meta, indent=2, sort_keys=True))
@@ -182,10 +241,26 @@ def load_checkpoint(path: str | Path) -> tuple[nn.Module, dict[str, Any]]:
     return model.eval(), meta
 
 
-def checkpoint_path(checkpoint_dir: str | Path, dataset: str, config: TrainConfig) -> Path:
-    """Where the checkpoint for this dataset and training config lives."""
-    digest = json_digest(asdict(config), 12)
-    return Path(checkpoint_dir) / f"{dataset}-{config.arch}-{digest}.pt"
+def checkpoint_name(config: TrainConfig, data_digest: str) -> str:
+    """A checkpoint's file name: its architecture, and a hash of its training config and of
+    the data it was trained on, so that other data in the same folder never reuses it."""
+    return f"{config.arch}-{json_digest({'train': asdict(config), 'data': data_digest}, 12)}.pt"
+
+
+def checkpoint_path(checkpoint_dir: str | Path, config: TrainConfig, data_digest: str) -> Path:
+    """Where the checkpoint trained with ``config`` on the data of ``data_digest`` lives."""
+    return Path(checkpoint_dir) / checkpoint_name(config, data_digest)
+
+
+def shipped_checkpoint(config: TrainConfig, data_digest: str) -> Path | None:
+    """The shipped checkpoint trained with ``config`` on the data of ``data_digest``, if any."""
+    path = SHIPPED_DIR / checkpoint_name(config, data_digest)
+    return path if path.is_file() else None
+
+
+def shipped_checkpoints() -> list[dict[str, Any]]:
+    """Every shipped checkpoint's metadata (``file`` names it), for messages and docs."""
+    return [json.loads(p.read_text()) for p in sorted(SHIPPED_DIR.glob("*.pt.json"))]
 
 
 def checkpoint_source(path: str | Path, sha256: str) -> dict[str, Any]:

@@ -107,6 +107,9 @@ def reference_for(record: Mapping[str, Any]) -> ReferenceRow | None:
     patches have no reference.
     """
     model, method, init, layer = (record.get(k) for k in ("model", "method", "init", "layer"))
+    dataset = record.get("dataset")
+    if _present(dataset) and str(dataset) not in ("MNIST", "ImageNet", ""):
+        return None  # the paper measured MNIST and ImageNet only
     random = record.get("random_weights")
     if (_present(random) and bool(random)) or "random-weights" in str(record.get("flags") or ""):
         return None
