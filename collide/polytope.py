@@ -54,14 +54,81 @@ def avg_pairwise_distance(points: torch.Tensor) -> float:
     return float(torch.pdist(points.flatten(1).double()).mean())
 
 
-def dataset_avg_distance(images: torch.Tensor, *, n_pairs: int, seed: int) -> float:
-    """Mean L2 distance over ``n_pairs`` seeded random pairs of distinct images."""
-    if len(images) < 2:
-        raise DataError(f"need at least two images to measure distances, got {len(images)}")
+# Above this many images the exact mean over all pairs (N²·D/2 multiply-adds) gives way to
+# sampled pairs; MNIST's 10,000 test images (5·10⁷ pairs) take a few seconds on 2 cores.
+MAX_EXACT_IMAGES = 20_000
+# Elements of one float64 block of squared distances (64 MiB): bounds the exact path's memory.
+_BLOCK_ELEMENTS = 1 << 23
+
+
+@dataclass(frozen=True)
+class DatasetDistance:
+    """The mean L2 distance between distinct images of a dataset, and how it was measured.
+
+    ``exact``: the mean over all ``n_pairs`` = N(N−1)/2 unordered pairs, ``stderr`` 0;
+    otherwise the mean over ``n_pairs`` seeded random pairs, with its standard error.
+    """
+
+    mean: float
+    stderr: float
+    n_pairs: int
+    exact: bool
+
+
+def _all_pairs_mean(images: torch.Tensor) -> float:
+    """Exact mean L2 distance over all unordered pairs of distinct rows, in float64 blocks.
+
+    ‖a−b‖² = ‖a‖² + ‖b‖² − 2a·b from float64 norms and dot products, clamped at 0: with
+    pixels ≲ 1 and D ≲ 10⁶ the cancellation leaves an absolute error ~1e-16·‖a‖² in the
+    square, far below any distance between two different images. Memory: the float64 copy
+    of the images and a few temporaries of at most ``_BLOCK_ELEMENTS`` float64 values each.
+    """
+    x = images.flatten(1).double()
+    n = len(x)
+    sq = (x * x).sum(1)
+    rows = max(1, _BLOCK_ELEMENTS // n)
+    total = torch.zeros((), dtype=torch.float64)
+    for i0 in range(0, n, rows):
+        i1 = min(i0 + rows, n)
+        # only the columns j >= i0: the square part's upper triangle and everything right of it
+        d2 = sq[i0:i1, None] + sq[None, i0:] - 2.0 * (x[i0:i1] @ x[i0:].T)
+        d = d2.clamp_(min=0.0).sqrt_()
+        total += d[:, i1 - i0:].sum() + d[:, : i1 - i0].triu(diagonal=1).sum()
+    return float(total / (n * (n - 1) / 2))
+
+
+def dataset_distance(images: torch.Tensor, *, n_pairs: int, seed: int,
+                     max_exact_images: int = MAX_EXACT_IMAGES) -> DatasetDistance:
+    """Mean L2 distance between distinct images: exact over all pairs, or sampled past a size.
+
+    With at most ``max_exact_images`` images the mean is exact over every unordered pair of
+    distinct images (``n_pairs`` and ``seed`` are then unused): 2,000 random pairs gave
+    MNIST's 10.23 where all pairs give 10.18. Past it, ``n_pairs`` seeded random pairs of
+    distinct images, and the standard error of their mean.
+
+    Shapes:
+        images: (N, *input), N >= 2
+    References:
+        The paper's Tables 2, 4 and 6, "average distance between images of the dataset".
+    """
+    n = len(images)
+    if n < 2:
+        raise DataError(f"need at least two images to measure distances, got {n}")
+    if n <= max_exact_images:
+        return DatasetDistance(mean=_all_pairs_mean(images), stderr=0.0, n_pairs=n * (n - 1) // 2, exact=True)
     gen = torch.Generator().manual_seed(seed)
-    a = torch.randint(len(images), (n_pairs,), generator=gen)
-    b = (a + torch.randint(1, len(images), (n_pairs,), generator=gen)) % len(images)
-    return float((images[a].double() - images[b].double()).flatten(1).norm(dim=1).mean())
+    a = torch.randint(n, (n_pairs,), generator=gen)
+    b = (a + torch.randint(1, n, (n_pairs,), generator=gen)) % n
+    d = (images[a].double() - images[b].double()).flatten(1).norm(dim=1)
+    stderr = float(d.std() / n_pairs**0.5) if n_pairs > 1 else float("nan")
+    return DatasetDistance(mean=float(d.mean()), stderr=stderr, n_pairs=n_pairs, exact=False)
+
+
+def dataset_avg_distance(images: torch.Tensor, *, n_pairs: int, seed: int,
+                         max_exact_images: int = MAX_EXACT_IMAGES) -> float:
+    """The mean of :func:`dataset_distance`: exact over all pairs up to ``max_exact_images``
+    images, else over ``n_pairs`` seeded random pairs (see there for its standard error)."""
+    return dataset_distance(images, n_pairs=n_pairs, seed=seed, max_exact_images=max_exact_images).mean
 
 
 @dataclass(frozen=True)

@@ -138,3 +138,17 @@ def check_vertices(
             reasons.append("")
     valid = torch.tensor([r == "" for r in reasons], dtype=torch.bool)
     return VertexCheck(valid, rel, viol, pushed, target_pushed, margin, tuple(reasons))
+
+
+def hull_collides(samples_max_rel_error: float, criterion: Criterion) -> bool | None:
+    """Whether a polytope's samples meet its method's feature-error criterion; None where
+    there were no samples (NaN).
+
+    At a first layer the pre-activation is affine in the input, so a convex combination of
+    colliding vertices collides too. Past it, the hull can leave the collision set: the
+    samples' success rate then measures the hull, not a collision (paper §3 claims the
+    polytope at the first hidden layer only).
+    """
+    if samples_max_rel_error != samples_max_rel_error:  # NaN: no polytope was sampled
+        return None
+    return bool(samples_max_rel_error <= criterion.rel_tol)

@@ -132,16 +132,36 @@ def _run(args: argparse.Namespace) -> int:
 
         flow = experiment_flow.with_options(task_runner=dask_runner(args.dask_address, args.workers))
         out = flow(experiment=args.experiment, config=overrides)
-    print(f"table:  {out['table']}\nfigure: {out['figure']}")
-    if out.get("summary"):
-        print(f"summary: {out['summary']}\nsummary figure: {out['summary_figure']}")
-    if out.get("test_accuracy") is not None:
-        print(f"test accuracy: {out['test_accuracy']:.4f}")
-    if out.get("random_weights"):
-        print("note: the model had RANDOM weights, as asked")
-    for note in out.get("notes") or []:
-        print(f"note: {note}")
+    print("\n".join(outcome_lines(out)))
     return EXIT_OK
+
+
+def accuracy_text(accuracy: float | dict[str, float]) -> str:
+    """``0.9781``, or ``mlp 0.9781, lenet5 0.9890`` for an experiment that trains several models."""
+    if isinstance(accuracy, dict):
+        return ", ".join(f"{name} {value:.4f}" for name, value in accuracy.items())
+    return f"{accuracy:.4f}"
+
+
+def outcome_lines(out: dict) -> list[str]:
+    """What `collide run` prints once an experiment is written: its outputs, accuracy and notes.
+
+    ``test_accuracy`` is one float, or a dict of them (the profile experiment trains two models):
+    each model's is printed by name, so a run that wrote everything does not fail on its summary.
+    """
+    lines = [f"table:  {out['table']}", f"figure: {out['figure']}"]
+    if out.get("summary"):
+        lines += [f"summary: {out['summary']}", f"summary figure: {out['summary_figure']}"]
+    if out.get("origin"):
+        # Which model the numbers come from: shipped (the published tables'), or trained here.
+        lines.append(f"checkpoint: {out['origin']} {out.get('checkpoint', '')} "
+                     f"(sha256 {str(out.get('sha256'))[:12]}..., data {out.get('dataset', '?')})")
+    if out.get("test_accuracy") is not None:
+        lines.append(f"test accuracy: {accuracy_text(out['test_accuracy'])}")
+    if out.get("random_weights"):
+        lines.append("note: the model had RANDOM weights, as asked")
+    lines += [f"note: {note}" for note in out.get("notes") or []]
+    return lines
 
 
 def describe(name: str) -> str:
@@ -285,6 +305,43 @@ def _status(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+def _compare(args: argparse.Namespace) -> int:
+    import pandas as pd
+
+    from collide.results.agreement import compare_tables
+
+    reference, table = (pd.read_parquet(path) for path in (args.reference, args.table))
+    problems = compare_tables(reference, table)
+    for line in problems:
+        print(f"DIFFERS: {line}")
+    if problems:
+        print(f"{args.table} does not reproduce {args.reference}: {len(problems)} difference(s)")
+        return EXIT_FAILED
+    print(f"{args.table} reproduces {args.reference}: {len(table)} rows, every column that does not measure time "
+          "within its tolerance (collide/results/agreement.py)")
+    return EXIT_OK
+
+
+def _readme(args: argparse.Namespace) -> int:
+    from collide.results.published import render
+
+    path = Path(args.file)
+    text = path.read_text()
+    new = render(text, args.reference_dir)
+    if args.check:
+        if new != text:
+            print(f"{path}'s generated blocks differ from {args.reference_dir}: run `collide readme`")
+            return EXIT_FAILED
+        print(f"{path}'s generated blocks match {args.reference_dir}")
+        return EXIT_OK
+    if new != text:
+        from collide._io import atomic_write_bytes
+
+        atomic_write_bytes(path, new.encode())
+    print(f"{path}: generated blocks written from {args.reference_dir}")
+    return EXIT_OK
+
+
 def build_parser() -> argparse.ArgumentParser:
     from flows.serve import DEFAULT_PORT, PROJECT
 
@@ -410,6 +467,22 @@ Each command has its own --help.""",
     verify.add_argument("experiment", nargs="?", help="one experiment (default: every store)")
     verify.add_argument("--results-root", default="data/results", help="default data/results")
     verify.set_defaults(func=_verify)
+
+    compare = sub.add_parser(
+        "compare", help="does a table reproduce a reference table (e.g. data/reference/mnist-mlp.parquet)?",
+        description="Compare every column that does not measure time, row by row, each within the tolerance\n"
+        "collide/results/agreement.py states and explains. Exit 0 when the table reproduces the reference.",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    compare.add_argument("reference", help="the reference table (.parquet)")
+    compare.add_argument("table", help="the table to check (.parquet)")
+    compare.set_defaults(func=_compare)
+
+    readme = sub.add_parser("readme", help="rewrite the README's generated tables from data/reference/")
+    readme.add_argument("--file", default="README.md", help="default README.md")
+    readme.add_argument("--reference-dir", default="data/reference", help="default data/reference")
+    readme.add_argument("--check", action="store_true", help="only say whether the README is up to date")
+    readme.set_defaults(func=_readme)
 
     status = sub.add_parser("status", help="what results exist, how fresh, from which config")
     status.add_argument("--results-root", default="data/results", help="default data/results")

@@ -146,3 +146,19 @@ def test_config_file_errors_are_named_too(tmp_path, capsys):
     path.write_text(json.dumps({"sample": {"sampler": 3}}))
     assert main(["run", "mnist", "--no-prefect", "--config", str(path)]) == 2
     assert "sample.sampler: expected one of ('stick', 'dirichlet'), got 3 (int)" in capsys.readouterr().err
+
+
+def test_a_profile_run_with_two_models_accuracies_prints_each_and_exits_0(monkeypatch, capsys):
+    """The profile trains two models: its test_accuracy is a dict, which `:.4f` refused after
+    every output was written, so the run exited 1 (issue "Sizes you can trust" §7)."""
+    from collide.experiments import engine
+    from flows import cli
+
+    written = {"table": "t.parquet", "figure": "f.png", "rows": [], "notes": ["n"],
+               "test_accuracy": {"mlp": 0.97814, "lenet5": 0.98906}}
+    monkeypatch.setattr(cli, "_check_mnist_root", lambda overrides, config: None)  # no data needed
+    monkeypatch.setattr(engine, "run", lambda module, *, config, progress: written)
+    assert main(["run", "profile", "--no-prefect"]) == 0
+    out = capsys.readouterr().out
+    assert "test accuracy: mlp 0.9781, lenet5 0.9891" in out and "note: n" in out
+    assert cli.outcome_lines({**written, "test_accuracy": 0.97814})[2] == "test accuracy: 0.9781"

@@ -92,8 +92,8 @@ def test_every_point_meets_its_budget_and_distance_falls_as_epsilon_grows(solved
         assert p.feature_error_bound <= max(p.epsilon, FRONTIER_EXACT), p
         if p.epsilon > 0:
             assert p.feature_error_bound >= (1 - FrontierConfig().rel_tol) * p.epsilon or p.mu == 0, p
-            # The dual bound: no point within ε is closer to other.
-            assert p.distance_lower_bound <= p.distance_to_other + 1e-9, p
+            # The dual bound: no point of the convex inner set E ≤ ε is closer to other.
+            assert p.distance_lower_bound_inner <= p.distance_to_other + 1e-9, p
     dists = [p.distance_to_other for p in sorted(points, key=lambda p: p.epsilon)]
     assert all(a >= b - 1e-9 for a, b in zip(dists, dists[1:], strict=False)), dists
 

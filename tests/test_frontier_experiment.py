@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import numpy as np
 import pandas as pd
 import pytest
 
@@ -35,6 +36,26 @@ def test_one_row_per_epsilon_each_meeting_its_claim(ran):
     assert (table["max_feature_rel_error"] <= table["epsilon"] + 1e-6).all()
     assert table["distance_to_other"].is_monotonic_decreasing
     assert (table["solver_outcome"] == "optimal").all()
+
+
+def test_the_lower_bound_is_named_for_the_convex_inner_set_and_old_stores_read_as_new(ran, tmp_path):
+    """Issue "Sizes you can trust" §7: the dual bound holds over {E ≤ ε} only, and says so."""
+    config, out = ran
+    table = frontier.frontier_table(config.results_root, config.name)
+    assert frontier.LOWER_BOUND == "distance_lower_bound_inner" and "distance_lower_bound" not in table.columns
+    bound, dist = table[frontier.LOWER_BOUND], table["distance_to_other"]
+    assert bound.iloc[0] != bound.iloc[0]  # NaN at ε = 0: the exact QP has no dual bound
+    assert (bound.iloc[1:] <= dist.iloc[1:] + 1e-9).all() and (bound.iloc[1:] > 0).all()
+    # a store written before the rename reads with the new name
+    old_root = tmp_path / "old"
+    old_root.mkdir()
+    table.rename(columns={frontier.LOWER_BOUND: "distance_lower_bound"}).to_parquet(old_root / "frontier.parquet")
+    pd.testing.assert_series_equal(frontier.frontier_table(old_root, "frontier")[frontier.LOWER_BOUND], bound)
+    images = {int(r): np.zeros((1, 28, 28)) for r in table["row"]}
+    side = {int(t): np.zeros((1, 28, 28)) for t in table["target_index"]}
+    fig = frontier.draw_frontier(table, images, side, side)
+    labels = [t.get_text() for ax in fig.axes if ax.get_legend() for t in ax.get_legend().get_texts()]
+    assert any(label.startswith("lower bound (convex inner set E ≤ ε)") for label in labels), labels
 
 
 def test_the_frontier_figure_is_written(ran):

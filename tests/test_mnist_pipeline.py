@@ -46,6 +46,18 @@ def test_table_has_every_row_and_the_contract_columns(finished):
     assert Path(out["figure"]).stat().st_size > 10_000
 
 
+def test_exact_rows_say_which_points_they_hold_and_every_spread_its_pairs(finished):
+    """Issue "Sizes you can trust" §7: an exact row names its proximity (0: extreme points; the
+    default 0.5: pulled toward the init), and every row the vertex pairs its spread rests on."""
+    config, out = finished
+    frame = pd.read_parquet(out["table"])
+    exact = frame["method"] == "exact"
+    assert (frame.loc[exact, "exact_proximity"] == config.exact.proximity).all() and exact.sum() == 2
+    assert frame.loc[~exact, "exact_proximity"].isna().all()
+    n = frame["valid_vertices"]
+    assert (frame["vertex_pairs"] == n * (n - 1) // 2).all()
+
+
 def test_dimension_bound_matches_an_independent_rank(finished):
     # At relu1 the Jacobian rows of the positive units are fc1's weight rows: their rank,
     # from the checkpoint with numpy, must be what the exact rows report.
@@ -136,6 +148,10 @@ def test_vertices_that_do_not_collide_carry_no_sample_weight(finished):
     assert stored["vertex_valid"].tolist() == [True, False, False, True, True]
     assert (stored["sample_weights"][:, 1:3] == 0).all()
     assert metrics["valid_vertices"] == 3 and metrics["n_vertices"] == 5
+    assert metrics["vertex_pairs"] == 3  # 3 choose 2: the spread rests on the valid vertices' pairs only
+    good = torch.from_numpy(arrays["vertices"][[0, 3, 4]]).flatten(1).double()
+    assert abs(metrics["vertex_avg_distance"] - float(torch.pdist(good).mean())) <= RECHECK * (
+        1 + metrics["vertex_avg_distance"])
     assert "feature error" in attrs["vertex_reasons"][1]
     assert "pushed unit" in attrs["vertex_reasons"][2]  # the target itself is no vertex
     assert metrics["max_feature_rel_error"] <= config.gradient.rel_tol < metrics["max_feature_rel_error_all"]
@@ -149,6 +165,7 @@ def test_a_row_without_two_valid_vertices_has_no_success_rate(finished):
     stored, _ = read_row(config.results_root, "collapsed", 0)
     assert np.isnan(metrics["success_rate"]) and np.isnan(metrics["vertex_avg_distance"])
     assert metrics["valid_vertices"] == 1 and "1 of 5 vertices valid" in metrics["invalid_reason"]
+    assert metrics["vertex_pairs"] == 0
     assert "sample_weights" not in stored and "sample_pred" not in stored
 
 

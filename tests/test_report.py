@@ -9,6 +9,7 @@ import sys
 from pathlib import Path
 
 import numpy as np
+import pandas as pd
 import pytest
 
 from collide.results import cells, figures, reference, report, tables
@@ -103,6 +104,7 @@ def test_the_figure_rows_say_init_validity_success_and_flags(root, monkeypatch):
     labels = [" ".join(label.split()) for label in seen["labels"]]
     assert "init=target" in labels[0] and "valid 5/5, success 1" in labels[0]
     assert "paper Table 2 row 1: 100%, dist 1.33" in labels[0]
+    assert "dist 1.41 (10 pairs)" in labels[0]  # a spread says how many vertex pairs it rests on
     assert "valid 1/5: no success rate" in labels[1]
     assert "success 1 [random weights]" in labels[2]
     assert "RANDOM WEIGHTS" in seen["title"] and "red frame: invalid vertex" in seen["title"]
@@ -155,6 +157,16 @@ def test_markdown_report_explains_every_number(root):
     assert text.count("Table 2 row 2") == 1  # the random-weights row has no paper row to match
     header = text.split("## Beside the paper")[1].splitlines()[4]
     assert "vertex_avg_distance (ours) | vertex_avg_distance (paper)" in header
+    assert "| 1.41 (10 pairs) | 1.33 |" in text  # 5 valid vertices, beside the paper's
+
+
+def test_a_spread_from_two_valid_vertices_says_it_is_one_pair():
+    """Issue "Sizes you can trust" §7: the paper rows' 1.26 / 1.28 rested on 2 of 5 valid vertices."""
+    row = _metrics(0, method="paper", valid_vertices=2, vertex_pairs=1, vertex_avg_distance=1.26)
+    assert report.display_frame(pd.DataFrame([row]))["vertex_avg_distance"][0] == "1.26 (1 pair)"
+    assert "vertex distance 1.260 (1 pair)" in cells.row_summary(row)
+    assert cells.pairs_text({"valid_vertices": 3}) == " (3 pairs)"  # stores from before the column
+    assert cells.pairs_text({}) == ""
 
 
 def test_html_report_shows_flags_validity_reference_and_units(root):

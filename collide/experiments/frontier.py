@@ -13,8 +13,12 @@ engine evaluates: predicted class, its probability, float64 feature error, dista
 
 ``summarize`` draws ``<name>-frontier.png``: each target's other image and target, then
 one image per ε titled with ε, the predicted class and probability and the distance to
-the other image; below, distance to the other image and the target class's probability
-against ε.
+the other image; below, distance to the other image, its lower bound and the target
+class's probability against ε.
+
+The lower bound (column ``distance_lower_bound_inner``) is the dual bound over the convex
+inner set {E(x) ≤ ε‖relu(c)‖}: no input of that set is closer to the other image. It is no
+bound over every input whose true feature error is ≤ ε, which may come closer still.
 """
 
 from __future__ import annotations
@@ -46,6 +50,12 @@ METHOD = "frontier"
 SOLVER = "highs-qp"  # ε = 0; the other budgets name theirs in the "solver" column
 # The row spec the MNIST config requires; the frontier's only start is "other".
 FRONTIER_ROWS = (RowSpec("exact", "other"),)
+# The dual bound holds over the convex inner set {E(x) ≤ εR} only (see collide.solvers.frontier):
+# an input whose true feature error is ≤ ε may lie closer to the other image. Stores written
+# before the column said so call it "distance_lower_bound"; frontier_table renames it.
+LOWER_BOUND = "distance_lower_bound_inner"
+LOWER_BOUND_LABEL = "lower bound (convex inner set E ≤ ε)"
+_OLD_LOWER_BOUND = "distance_lower_bound"
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -113,7 +123,7 @@ def solve(job: dict[str, Any], context: dict[str, Any], *, config: FrontierExper
             raise RuntimeError(f"job {job['label']}: the frontier's ε = {p.epsilon} point was not found "
                                "(HiGHS did not solve the exact QP)")
         PointsRecord(
-            experiment=config.name, row=row, model=f"{mnist.DATASET}-{config.train.arch}",
+            experiment=config.name, row=row, model=mnist.model_name(context, config.train.arch),
             model_source=checkpoint_source(context["checkpoint"], meta["sha256"]), layer=config.layer,
             method=METHOD, init="other", claim_rel_error=p.epsilon, config=config.to_dict(),
             config_digest=config.digest(), points=p.point.float().unsqueeze(0).numpy(),
@@ -121,13 +131,21 @@ def solve(job: dict[str, Any], context: dict[str, Any], *, config: FrontierExper
             dataset_avg_distance=context["dataset_avg_distance"],
             columns={
                 "epsilon": p.epsilon, "feature_error_bound": p.feature_error_bound,
-                "distance_to_other": p.distance_to_other, "distance_lower_bound": p.distance_lower_bound,
+                "distance_to_other": p.distance_to_other, LOWER_BOUND: p.distance_lower_bound_inner,
                 "target_class_prob": float(prob[t_class]),
                 "solver": SOLVER if p.epsilon == 0 else "lbfgsb-dual", "solver_outcome": p.outcome, "mu": p.mu,
                 "solver_seconds": p.seconds, "target_index": example["target_index"],
                 "init_index": example["other_index"], "checkpoint_sha256": meta["sha256"],
             },
         ).write(config.results_root)
+
+
+def frontier_table(root: str | Path, experiment: str) -> pd.DataFrame:
+    """The frontier's table by row, its lower bound named :data:`LOWER_BOUND` (older stores too)."""
+    table = pd.read_parquet(table_path(root, experiment)).sort_values("row")
+    if _OLD_LOWER_BOUND in table.columns and LOWER_BOUND not in table.columns:
+        table = table.rename(columns={_OLD_LOWER_BOUND: LOWER_BOUND})
+    return table
 
 
 def figure_path(root: str | Path, experiment: str) -> Path:
@@ -162,11 +180,14 @@ def draw_frontier(table: pd.DataFrame, images: dict[int, np.ndarray], others: di
     twin = ax.twinx()
     for t_index, g in groups:
         ax.plot(g["epsilon"], g["distance_to_other"], "o-", color="tab:blue", label=f"distance, #{t_index}")
+        if LOWER_BOUND in g:  # NaN at ε = 0 (the exact QP needs no bound): not drawn there
+            ax.plot(g["epsilon"], g[LOWER_BOUND], "v:", color="tab:cyan", label=f"{LOWER_BOUND_LABEL}, #{t_index}")
         twin.plot(g["epsilon"], g["target_class_prob"], "s--", color="tab:red", label=f"p(target class), #{t_index}")
     ax.set_xlabel("feature-error budget ε")
     ax.set_ylabel("L2 distance to the other image", color="tab:blue", fontsize=8)
     twin.set_ylabel("probability of the target's class", color="tab:red", fontsize=8)
     twin.set_ylim(-0.02, 1.02)
+    ax.legend(loc="lower left", fontsize=6)
     if title:
         fig.suptitle(title, fontsize=9)
     fig.tight_layout()
@@ -176,7 +197,7 @@ def draw_frontier(table: pd.DataFrame, images: dict[int, np.ndarray], others: di
 def summarize(*, config: FrontierExperiment) -> dict[str, Any]:
     """``<name>-frontier.png`` from the table and the stored points."""
     root, name = config.results_root, config.name
-    table = pd.read_parquet(table_path(root, name)).sort_values("row")
+    table = frontier_table(root, name)
     images: dict[int, np.ndarray] = {}
     others: dict[int, np.ndarray] = {}
     targets: dict[int, np.ndarray] = {}

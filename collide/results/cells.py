@@ -20,6 +20,12 @@ FLAGS = {
                        "success rate and probabilities, say nothing about a real network"),
     "uninformative-model": ("uninformative model", "the model gives every input one class at about "
                             "chance probability: a success rate of 1 is trivial"),
+    "hull-not-collision": ("hull is no collision", "the samples of the valid vertices' hull miss the "
+                           "method's feature-error criterion (samples_max_feature_rel_error > rel_tol; "
+                           "possible past a first layer): its success rate measures the hull, not a collision"),
+    "set-samples-not-mixed": ("set samples not mixed", "the collision set's sampler did not reach R-hat <= 1.01 "
+                              "and ESS >= 400 within its budget: the sample statistics are withheld (n/a, with "
+                              "region_sampler_reason); the certified sizes (radius, mean width) stand"),
 }
 
 
@@ -70,6 +76,22 @@ def success_text(metrics: Mapping[str, Any]) -> str:
     return f"{text} [{', '.join(flag_text(f) for f in flags)}]" if flags else text
 
 
+def vertex_pairs(metrics: Mapping[str, Any]) -> int | None:
+    """How many vertex pairs ``vertex_avg_distance`` averages: ``vertex_pairs``, or for stores that
+    predate it n_valid·(n_valid−1)/2 from ``valid_vertices``; None where neither is known."""
+    pairs = metrics.get("vertex_pairs")
+    if missing(pairs):
+        valid = metrics.get("valid_vertices")
+        return None if missing(valid) else int(valid) * (int(valid) - 1) // 2
+    return int(pairs)
+
+
+def pairs_text(metrics: Mapping[str, Any]) -> str:
+    """" (1 pair)", " (10 pairs)": what a spread rests on, printed beside it; "" where unknown."""
+    pairs = vertex_pairs(metrics)
+    return "" if pairs is None else f" ({pairs} pair{'' if pairs == 1 else 's'})"
+
+
 def valid_text(metrics: Mapping[str, Any]) -> str:
     """``k/V`` valid vertices, or "?" for rows evaluated before validity was recorded."""
     valid, total = metrics.get("valid_vertices"), metrics.get("n_vertices")
@@ -87,5 +109,6 @@ def row_summary(metrics: Mapping[str, Any]) -> str:
 
     init = f", init={metrics['init']}" if metrics.get("init") else ""
     return (f"row {metrics.get('row')} ({metrics.get('method')}{init}): {valid_text(metrics)} vertices valid; "
-            f"success {success_text(metrics)}; vertex distance {number('vertex_avg_distance', '.3f')}; "
+            f"success {success_text(metrics)}; "
+            f"vertex distance {number('vertex_avg_distance', '.3f')}{pairs_text(metrics)}; "
             f"feature error {number('max_feature_rel_error', '.1e')}")

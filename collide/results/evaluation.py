@@ -20,19 +20,24 @@ from collide.models.zoo import load_model_source
 from collide.precision import full_precision
 from collide.results.points import evaluate_points, flat_rows, is_points_row, point_metrics, spread
 from collide.results.store import read_row, write_row
-from collide.validity import Criterion
+from collide.validity import Criterion, hull_collides
 
 SAMPLE_ARRAYS = ("sample_weights", "sample_pred", "sample_prob")
 # A target whose top class is below this multiple of chance means the model tells
 # nothing apart (random weights): its "success" says nothing about collisions.
 UNINFORMATIVE = 2.0
 
+# The flag of a row whose hull samples miss its method's criterion.
+HULL_NOT_COLLISION = "hull-not-collision"
+# The flag of an exact row whose collision-set sampler did not converge.
+SET_NOT_MIXED = "set-samples-not-mixed"
+
 # Row attrs copied into the table as they are, when present.
 _PASS_THROUGH = (
     "init", "loss", "target_index", "init_index", "test_accuracy", "weights", "knn_recall", "knn_k",
     "n_patches", "index_build_seconds", "knn_query_seconds", "exact_query_seconds", "target_path", "init_path",
     "knn_queries", "target_weight_share", "mean_distance_to_start_all", "mean_distance_to_target_all", "paper_lr",
-    "arch", "depth",
+    "arch", "depth", "dataset", "data_digest", "checkpoint_origin",
 )
 
 
@@ -90,6 +95,11 @@ def _evaluate(
         flags.append("random-weights")
     if m.target_top_prob < UNINFORMATIVE / m.n_classes:
         flags.append("uninformative-model")
+    # Past a first layer the hull of colliding vertices can leave the collision set: its
+    # samples then miss the method's criterion, and the success rate measures the hull.
+    collides = None if reason else hull_collides(m.samples_max_feature_rel_error, criterion)
+    if collides is False:
+        flags.append(HULL_NOT_COLLISION)
     metrics: dict[str, Any] = {
         "experiment": experiment,
         "row": row,
@@ -105,15 +115,21 @@ def _evaluate(
         "dataset_avg_distance": float(attrs["dataset_avg_distance"] if attrs["dataset_avg_distance"] is not None
                                       else nan),
         "vertex_avg_distance": m.vertex_avg_distance * scale,
+        # the pairs that spread averages: 2 valid vertices of 5 give it from one pair (issue §7)
+        "vertex_pairs": n_valid * (n_valid - 1) // 2,
         "max_feature_rel_error": m.max_feature_rel_error,
         "valid_vertices": n_valid,
         "converged": solver["converged"] if attrs["method"] != "exact" else None,
+        # which points an exact row holds: 0, each unit's minimum over the collision set (its extreme
+        # points); > 0, vertices pulled toward the init and short of that minimum (issue §7)
+        "exact_proximity": _exact_proximity(attrs),
         "criterion": criterion.describe(),
         "invalid_reason": reason,
         "flags": ",".join(flags),
         "max_feature_rel_error_all": float(poly.rel_error[finite].max()) if bool(finite.any()) else nan,
         "max_nonpositive": float(poly.violation[valid].max()) if n_valid else nan,
         "samples_max_feature_rel_error": m.samples_max_feature_rel_error,
+        "hull_collides": collides,
         "vertices_in_target_class": m.vertices_in_target_class,
         "pushed_below_target": float((poly.target_pushed - poly.pushed)[valid].mean()) if n_valid else nan,
         "mean_distance_to_init": float(_distances(vertices, init)[valid].mean()) * scale if n_valid else nan,
@@ -149,6 +165,9 @@ def _evaluate(
             (good @ directions.T).max(0) - (good @ directions.T).min(0)).mean()) * scale if n_valid and len(
             directions) else float("nan")
         metrics.update(region)
+        mixed = region.get("region_converged")
+        if mixed is not None and not mixed:  # its sample statistics are withheld: say so everywhere
+            metrics["flags"] = ",".join([*filter(None, metrics["flags"].split(",")), SET_NOT_MIXED])
     per_vertex = {
         "vertex_valid": valid.numpy(),
         "vertex_rel_error": poly.rel_error.numpy(),
@@ -167,6 +186,13 @@ def _evaluate(
     return metrics
 
 
+def _exact_proximity(attrs: dict[str, Any]) -> float:
+    """An exact row's ``ExactConfig.proximity`` from its stored config; NaN for other methods
+    (and for an exact row whose config has no ``exact`` section)."""
+    exact = attrs.get("config", {}).get("exact") if attrs["method"] == "exact" else None
+    return float(exact["proximity"]) if isinstance(exact, dict) and "proximity" in exact else float("nan")
+
+
 def region_widths(directions: np.ndarray, extremes: np.ndarray) -> np.ndarray:
     """Each direction's width between its two extreme points (maximiser, minimiser).
     Shapes: directions (w, d); extremes (2w, d) -> (w,)"""
@@ -177,23 +203,52 @@ def _region(model: torch.nn.Module, layer: str, arrays: dict[str, np.ndarray], a
             target: torch.Tensor, init: torch.Tensor, *, scale: float, device: str,
             ) -> tuple[dict[str, Any], dict[str, np.ndarray]]:
     """The columns of an exact row's collision set: its geometry as solved, and how the
-    model sees its stored samples (each claimed to collide exactly)."""
+    model sees its stored samples (each claimed to collide exactly).
+
+    The certified sizes are always given: the radius, and the mean width over directions
+    uniform on the set's hull with its standard error (std/√n over the directions). The
+    sample statistics (mean distance to the target, mean pairwise distance) are the
+    sampler's estimates with their Monte Carlo standard errors, given only where every
+    reported statistic converged (R̂ ≤ 1.01, ESS ≥ 400 by default); else NaN and
+    ``region_sampler_reason`` says why. A set sampled by a collide that did not diagnose
+    convergence reports NaN too."""
     found, per_point = point_metrics(model, layer, torch.from_numpy(arrays["region_samples"]), target, init,
                                      claim=0.0, scale=scale, device=device)
     geometry = attrs["geometry"]
+    sampler = geometry["sampler"]
     directions = flat_rows(arrays["region_directions"]).astype(np.float64)
     extremes = flat_rows(arrays["region_extremes"]).astype(np.float64)
+    widths = region_widths(directions, extremes) * scale
+    nan = float("nan")
+    converged = bool(sampler.get("converged", False))
+    reason = sampler.get("reason", "not diagnosed: sampled by an older collide, rerun the row") if not converged \
+        else ""
+
+    def estimate(key: str) -> float:
+        value = sampler.get(key)
+        return float(value) * scale if converged and value is not None else nan
+
     columns = {
-        "region_mean_width": float(region_widths(directions, extremes).mean()) * scale if len(directions) else 0.0,
+        "region_mean_width": float(widths.mean()) if len(widths) else 0.0,
+        "region_mean_width_se": float(widths.std(ddof=1) / np.sqrt(len(widths))) if len(widths) > 1 else nan,
+        "region_n_directions": len(widths),
         "region_dim": geometry["dim"], "region_dim_method": geometry["dim_method"],
         "region_radius": geometry["radius"] * scale, "region_free_dim": geometry["free_dim"],
         "region_n_samples": found["n_samples"], "region_success_rate": found["success_rate"],
         "region_max_feature_rel_error": found["max_feature_rel_error"],
         "region_claim_met": found["claim_met"],
-        "region_mean_distance_to_target": found["mean_distance_to_target"],
+        "region_mean_distance_to_target": estimate("mean_distance_to_target"),
+        "region_mean_distance_to_target_mcse": estimate("mean_distance_to_target_mcse"),
         "region_max_distance_to_target": found["max_distance_to_target"],
-        "region_spread": found["points_spread"],
-        "region_rhat": geometry["sampler"]["rhat"], "region_drift": geometry["sampler"]["drift"],
+        "region_spread": estimate("mean_pairwise_distance"),
+        "region_spread_mcse": estimate("mean_pairwise_distance_mcse"),
+        "region_converged": converged,
+        "region_sampler_reason": reason,
+        # NaN is stored as null in the attrs' JSON
+        "region_rhat": float(sampler.get("rhat") if sampler.get("rhat") is not None else nan),
+        "region_ess": float(sampler.get("ess") if sampler.get("ess") is not None else nan),
+        "region_sampler": sampler.get("sampler", ""),
+        "region_sampler_draws": sampler.get("draws", sampler.get("steps")),
         "region_seconds": geometry["seconds"],
     }
     if found["claim_met"] is False:  # samples that do not collide give no success rate

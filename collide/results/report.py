@@ -26,6 +26,7 @@ from collide.results.cells import (
     flag_text,
     format_probability,
     missing,
+    pairs_text,
     row_flags,
     success_text,
     valid_text,
@@ -52,14 +53,19 @@ GLOSSARY = {
     "valid": "valid_vertices/n_vertices: vertices that met their method's collision criterion, of "
     "those solved. Only valid vertices are sampled and measured; invalid ones stay in the store "
     "(red frame in the figure). ? = evaluated before validity was recorded",
+    "exact_proximity": "exact rows: the L1 pull toward the init their LPs used (exact.proximity). 0: each "
+    "vertex is the extreme point of its unit, the unit's minimum over the collision set; above 0: vertices "
+    "pulled toward the init, short of that minimum",
     "converged": "gradient and paper rows: every vertex's optimiser met its stopping rule; n/a for exact rows",
     "n_samples": "random convex combinations of the valid vertices that were classified",
     "success_rate": "share of the samples classified as the target's top-1 class; n/a (with the "
     "reason) when fewer than 2 vertices are valid; a row's flags are printed beside it",
     "target_top_prob": "the model's top-1 probability on the target",
     "samples_top_prob": "mean top-1 probability over the samples",
-    "dataset_avg_distance": "mean L2 distance between random pairs of images of the dataset",
-    "vertex_avg_distance": "mean pairwise L2 distance between the valid vertices: the polytope's size",
+    "dataset_avg_distance": "mean L2 distance over all pairs of distinct images of the dataset (over "
+    "seeded random pairs only past 20,000 images)",
+    "vertex_avg_distance": "mean pairwise L2 distance between the valid vertices: the polytope's size; in "
+    "brackets the number of vertex pairs it averages, n_valid(n_valid-1)/2 (one pair: a single distance)",
     "max_feature_rel_error": "largest ||f(v) - f(t)|| / ||f(t)|| over the valid vertices, f the "
     "layer's post-activation features, t the target",
     "max_feature_rel_error_all": "the same over every solved vertex, invalid ones included",
@@ -97,6 +103,8 @@ def _cell(column: str, record: Mapping[str, Any]) -> str:
         return ", ".join(flag_text(f) for f in row_flags(record))
     if column in _PROBABILITIES:
         return format_probability(value)
+    if column == "vertex_avg_distance":  # a spread says how many pairs it rests on
+        return _distance(value, record) + ("" if missing(value) else pairs_text(record))
     if column in _DISTANCES:
         return _distance(value, record)
     if column in _ERRORS:

@@ -43,7 +43,7 @@ TABLE_COLUMNS = (
 # Columns that may be NaN in every row (no valid polytope anywhere) and are still numbers.
 FLOAT_COLUMNS = (
     "success_rate", "target_top_prob", "samples_top_prob", "dataset_avg_distance", "vertex_avg_distance",
-    "max_feature_rel_error", "max_feature_rel_error_all", "samples_max_feature_rel_error",
+    "max_feature_rel_error", "max_feature_rel_error_all", "samples_max_feature_rel_error", "exact_proximity",
 )
 
 

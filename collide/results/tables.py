@@ -22,7 +22,7 @@ import zarr
 
 from collide._io import code_version, experiment_lock
 from collide.errors import DataError
-from collide.results.cells import FLAGS, flag_text, missing, row_flags, success_text, valid_text
+from collide.results.cells import FLAGS, flag_text, missing, pairs_text, row_flags, success_text, valid_text
 from collide.results.points import is_points_row
 from collide.results.reference import reference_for
 from collide.results.report import write_report
@@ -95,7 +95,7 @@ def _label(row: int, attrs: dict[str, Any]) -> str:
         else:
             lines.append(f"valid {valid_text(metrics)}, success {success_text(metrics)}")
         dist, err = metrics.get("vertex_avg_distance"), metrics.get("max_feature_rel_error_all")
-        lines.append(f"dist {'n/a' if missing(dist) else format(dist, '.3g')}, "
+        lines.append(f"dist {'n/a' if missing(dist) else format(dist, '.3g') + pairs_text(metrics)}, "
                      f"err {'n/a' if missing(err) else format(err, '.1e')}")
     reference = reference_for({**attrs, **metrics})
     if reference is not None:

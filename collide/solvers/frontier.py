@@ -51,7 +51,8 @@ accuracy as μ grows (its conditioning is about μ‖W‖²); on the dual it too
 for μ from 1e2 to 1e5 with a duality gap below 1e-9 relative. The gap is a
 certificate: ``f(x(λ)) − g(λ)`` bounds how far x(λ)'s squared distance is from the
 optimum for its own E, and ``g(λ) − μ(εR)²`` is a lower bound on the squared distance
-any point with E ≤ εR can have (:attr:`FrontierPoint.distance_lower_bound`).
+any point with E ≤ εR can have (:attr:`FrontierPoint.distance_lower_bound_inner`): a bound
+over the convex inner set only, not over every input whose true feature error is ≤ ε.
 
 ε = 0 is the limit μ → ∞: the closest point of the exact collision set
 ``{W_P x + b_P = c_P, W_N x + b_N ≤ 0, box}``, an ordinary QP that HiGHS solves exactly
@@ -149,7 +150,8 @@ class FrontierPoint:
     the model); ``feature_error_bound`` is E(x)/R ≥ it (see the module docstring), and
     ≤ ``epsilon`` whenever the point is finite. ``mu`` is the penalty whose minimiser
     the point is (``inf`` for the exact QP, 0 when ``other`` itself is within ε).
-    ``distance_lower_bound``: no point with E ≤ εR lies closer to ``other`` than this
+    ``distance_lower_bound_inner``: no point of the convex inner set {E ≤ εR} lies closer to
+    ``other`` than this; a point outside it whose true feature error is ≤ ε may
     (a dual bound; NaN for the exact QP). ``solves`` counts the penalised problems this
     ε started (shared ones included once, where first solved).
 
@@ -163,7 +165,7 @@ class FrontierPoint:
     feature_error_bound: float
     distance_to_other: float
     distance_to_target: float
-    distance_lower_bound: float
+    distance_lower_bound_inner: float
     outcome: str
     mu: float
     solves: int
@@ -405,7 +407,7 @@ def closest_within(
             dist_t = float(np.linalg.norm(x - t64.flatten().numpy()))
         points.append(FrontierPoint(
             point=point, epsilon=eps, feature_error=fe, feature_error_bound=bound, distance_to_other=dist_o,
-            distance_to_target=dist_t, distance_lower_bound=lower_bound, outcome=outcome, mu=mu,
+            distance_to_target=dist_t, distance_lower_bound_inner=lower_bound, outcome=outcome, mu=mu,
             solves=len(solves) - n_before, seconds=time.perf_counter() - start,
         ))
     return points
