@@ -11,10 +11,21 @@ from __future__ import annotations
 from types import ModuleType
 
 from collide.errors import ConfigError
-from collide.experiments import baselines, frontier, imagenet, mnist, model, patches, profile, scan, transfer
+from collide.experiments import (
+    baselines,
+    frontier,
+    imagenet,
+    mnist,
+    model,
+    patches,
+    profile,
+    scan,
+    spread,
+    transfer,
+)
 
 EXPERIMENTS: dict[str, ModuleType] = {
-    m.NAME: m for m in (mnist, patches, imagenet, scan, model, profile, baselines, frontier, transfer)
+    m.NAME: m for m in (mnist, patches, imagenet, scan, model, profile, baselines, frontier, transfer, spread)
 }
 
 REQUIRED = ("NAME", "SUMMARY", "Config", "layers", "validate", "prepare", "plan", "solve")

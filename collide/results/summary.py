@@ -36,3 +36,17 @@ def write_summary(root: str | Path, experiment: str, frame: pd.DataFrame,
     save_figure(draw(frame), figure)
     write_table(frame, path)
     return {"summary": str(path), "summary_figure": str(figure), "summary_reused": False}
+
+
+def summary_table_path(root: str | Path, experiment: str, kind: str) -> Path:
+    return Path(root) / f"{experiment}-{kind}.parquet"
+
+
+def write_summary_table(root: str | Path, experiment: str, kind: str, frame: pd.DataFrame) -> Path:
+    """A second summary table, ``<experiment>-<kind>.parquet``, unless it already holds ``frame``."""
+    path = summary_table_path(root, experiment, kind)
+    if path.is_file():
+        old = pd.read_parquet(path)
+        if old.shape == frame.shape and old.equals(frame):
+            return path
+    return write_table(frame, path)
