@@ -1,0 +1,196 @@
+"""The README's result tables, written from the committed reference tables, never typed.
+
+``data/reference/`` holds the tables that ``make reference`` has the pipeline write from
+the shipped checkpoints. The README marks each generated block
+
+    <!-- generated: NAME -->
+    ...
+    <!-- end generated -->
+
+and :func:`render` rewrites every block from those files (``collide readme``), so a
+number in the README is a number in a committed table; a test fails when they part.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Callable, Mapping
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+
+from collide.results.cells import format_probability, missing, pairs_text, row_flags, valid_text
+from collide.results.reference import TABLE_2
+
+_BLOCK = re.compile(r"(<!-- generated: (?P<name>[\w-]+) -->\n)(?P<body>.*?)(<!-- end generated -->)", re.S)
+
+
+def _num(value: Any, fmt: str) -> str:
+    return "n/a" if missing(value) else format(float(value), fmt)
+
+
+def _err(value: Any) -> str:
+    return "n/a" if missing(value) else f"{float(value):.1e}"
+
+
+def _init(record: Mapping[str, Any]) -> str:
+    return str(record.get("init", ""))
+
+
+def _machine(frame: pd.DataFrame) -> str:
+    """One line on what the rows were computed from, for the block's caption."""
+    first = frame.iloc[0]
+    return (f"{first['model']} at `{first['layer']}`, checkpoint `{str(first.get('model_sha256', ''))[:12]}` "
+            f"({first.get('checkpoint_origin', '?')}, test accuracy {_num(first.get('test_accuracy'), '.4f')}), "
+            f"target test image {first.get('target_index', '?')}")
+
+
+def table2(frame: pd.DataFrame) -> str:
+    """Table 2 as ``make run`` writes it, with the paper's two rows beneath."""
+    lines = [
+        f"_{_machine(frame)}._",
+        "",
+        "| row | method | init | valid | success | target top-p | samples top-p | dataset avg dist "
+        "| vertex avg dist (pairs) | max feature error | hull collides |",
+        "|---|---|---|---|---|---|---|---|---|---|---|",
+    ]
+    for r in frame.sort_values("row").to_dict("records"):
+        flags = ", ".join(row_flags(r))
+        lines.append(
+            f"| {r['row']} | {r['method']} | {_init(r)} | {valid_text(r)} | {_success(r)} "
+            f"| {format_probability(r['target_top_prob'])} | {format_probability(r['samples_top_prob'])} "
+            f"| {_num(r['dataset_avg_distance'], '.2f')} | {_num(r['vertex_avg_distance'], '.2f')}{pairs_text(r)} "
+            f"| {_err(r['max_feature_rel_error'])} | {_yes(r.get('hull_collides'))}{f' ({flags})' if flags else ''} |")
+    for ref in TABLE_2:
+        lines.append(
+            f"| {ref.name} | gradient | {ref.setting} | 5 | {ref.success_rate:g} | {ref.target_top_prob:g} "
+            f"| {ref.samples_top_prob:g} | {_num(ref.dataset_avg_distance, '.2f')} "
+            f"| {ref.published_vertex_avg_distance:g} | - | - |")
+    return "\n".join(lines) + "\n"
+
+
+def collision_set(frame: pd.DataFrame) -> str:
+    """The exact rows' collision sets beside their vertices' hulls."""
+    exact = frame[frame["method"] == "exact"].sort_values("row").to_dict("records")
+    if not exact:
+        return "_No exact rows in the reference table._\n"
+    head = "| | " + " | ".join(f"row {r['row']} (init {_init(r)})" for r in exact) + " |"
+    lines = [f"_{_machine(frame)}._", "", head, "|---|" + "---|" * len(exact)]
+
+    def row(label: str, cell: Callable[[Mapping[str, Any]], str]) -> None:
+        lines.append(f"| {label} | " + " | ".join(cell(r) for r in exact) + " |")
+
+    row("N⁺ (positive units) / d − rank J⁺", lambda r: f"{r.get('n_positive', '?')} / {r.get('region_free_dim', '?')}")
+    row("dim C (how)", lambda r: f"{r.get('region_dim', '?')} ({r.get('region_dim_method', '?')})")
+    row("inscribed radius", lambda r: _num(r.get("region_radius"), ".4f"))
+    row("mean width ± SE (directions)", lambda r: f"{_num(r.get('region_mean_width'), '.3f')} ± "
+        f"{_num(r.get('region_mean_width_se'), '.3f')} ({_count(r.get('region_n_directions'))})")
+    row("the 5 vertices' hull: mean width along the same directions", lambda r: _num(r.get("hull_mean_width"), ".3f"))
+    row("samples: mean distance to the target", lambda r: _sampled(r, "region_mean_distance_to_target"))
+    row("samples: mean pairwise distance", lambda r: _sampled(r, "region_spread"))
+    row("sampler: R̂ max / ESS min", lambda r: f"{_num(r.get('region_rhat'), '.3f')} / "
+        f"{_num(r.get('region_ess'), '.0f')}")
+    row("samples' largest feature error", lambda r: _err(r.get("region_max_feature_rel_error")))
+    return "\n".join(lines) + "\n"
+
+
+def _sampled(record: Mapping[str, Any], column: str) -> str:
+    value = record.get(column)
+    if missing(value):
+        reason = record.get("region_sampler_reason")
+        return f"n/a ({reason})" if isinstance(reason, str) and reason else "n/a"
+    return _num(value, ".3f")
+
+
+def _count(value: Any) -> str:
+    return "?" if missing(value) else str(int(value))
+
+
+def _success(record: Mapping[str, Any]) -> str:
+    rate = record.get("success_rate")
+    return "n/a" if missing(rate) else format_probability(rate)
+
+
+def _yes(value: Any) -> str:
+    if missing(value):
+        return "n/a"
+    return "yes" if bool(value) else "**no**"
+
+
+def lenet(frame: pd.DataFrame) -> str:
+    """The LeNet-5 rows: validity, success, spread and why a row has no polytope."""
+    lines = [f"_{_machine(frame)}._", "",
+             "| row | method | init | valid | success | vertex avg dist (pairs) "
+             "| max feature error (all vertices) | why |",
+             "|---|---|---|---|---|---|---|---|"]
+    for r in frame.sort_values("row").to_dict("records"):
+        why = r.get("invalid_reason") if isinstance(r.get("invalid_reason"), str) else ""
+        pairs = pairs_text(r) if not missing(r["vertex_avg_distance"]) else ""
+        lines.append(f"| {r['row']} | {r['method']} | {_init(r)} | {valid_text(r)} | {_success(r)} "
+                     f"| {_num(r['vertex_avg_distance'], '.2f')}{pairs} "
+                     f"| {_err(r.get('max_feature_rel_error'))} ({_err(r.get('max_feature_rel_error_all'))}) | {why} |")
+    return "\n".join(lines) + "\n"
+
+
+def _g(value: Any) -> str:
+    return "n/a" if missing(value) else f"{float(value):.4g}"
+
+
+def spread_paper(frame: pd.DataFrame) -> str:
+    """The paper's Table 2 values against our range over training seeds and targets."""
+    lines = ["| paper row | our rows | column | paper | our range (min-max) | mean ± std | 95% CI of the mean | n "
+             "| the paper's value |",
+             "|---|---|---|---|---|---|---|---|---|"]
+    for r in frame.to_dict("records"):
+        where = "inside our range" if r["in_range"] else "**outside our range**"
+        lines.append(f"| {r['paper_row']} | {r['method']}, init {r['init']} | {r['column']} | {r['paper']:g} "
+                     f"| {_g(r['min'])}-{_g(r['max'])} | {_g(r['mean'])} ± {_g(r['std'])} "
+                     f"| {_g(r['ci95_low'])}-{_g(r['ci95_high'])} | {int(r['n'])} | {where} |")
+    return "\n".join(lines) + "\n"
+
+
+def spread_summary(frame: pd.DataFrame) -> str:
+    """Each size's spread: all draws, between training seeds and between targets."""
+    lines = ["| rows | column | n | mean | std | min-max | 95% CI of the mean | std between seeds "
+             "| std between targets |",
+             "|---|---|---|---|---|---|---|---|---|"]
+    for r in frame.to_dict("records"):
+        if r["column"] in ("dataset_avg_distance", "target_top_prob", "samples_top_prob"):
+            continue  # one value per dataset or per target: no spread of their own to read here
+        lines.append(f"| {r['method']}, init {r['init']} | {r['column']} | {int(r['n'])} | {_g(r['mean'])} "
+                     f"| {_g(r['std'])} | {_g(r['min'])}-{_g(r['max'])} | {_g(r['ci95_low'])}-{_g(r['ci95_high'])} "
+                     f"| {_g(r['between_seed_std'])} | {_g(r['between_target_std'])} |")
+    return "\n".join(lines) + "\n"
+
+
+# Each generated block: the reference file it reads and how it is written.
+BLOCKS: dict[str, tuple[str, Callable[[pd.DataFrame], str]]] = {
+    "table2-mlp": ("mnist-mlp.parquet", table2),
+    "collision-set-mlp": ("mnist-mlp.parquet", collision_set),
+    "table2-lenet5": ("mnist-lenet5.parquet", lenet),
+    "spread-paper": ("spread-paper.parquet", spread_paper),
+    "spread-summary": ("spread-summary.parquet", spread_summary),
+}
+
+
+def render(text: str, reference_dir: str | Path, *, blocks: Mapping[str, tuple[str, Callable[[pd.DataFrame], str]]]
+           = BLOCKS) -> str:
+    """``text`` with every generated block rewritten from the tables in ``reference_dir``.
+
+    Raises:
+        KeyError: a block names no known generator (the message lists them).
+        FileNotFoundError: a block's reference table is missing.
+    """
+    frames: dict[str, pd.DataFrame] = {}
+
+    def one(match: re.Match[str]) -> str:
+        name = match["name"]
+        if name not in blocks:
+            raise KeyError(f"unknown generated block {name!r}: expected one of {sorted(blocks)}")
+        file, write = blocks[name]
+        if file not in frames:
+            frames[file] = pd.read_parquet(Path(reference_dir) / file)
+        return match.group(1) + write(frames[file]) + match.group(4)
+
+    return _BLOCK.sub(one, text)

@@ -1,0 +1,79 @@
+"""A table reproduces its reference when every column that does not measure time agrees
+within the tolerance stated for it; the README's tables are the committed reference's."""
+
+from pathlib import Path
+
+import pandas as pd
+import pytest
+
+from collide.results.agreement import EXACT, GRADIENT, compare_tables
+from collide.results.published import render
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def _table() -> pd.DataFrame:
+    return pd.DataFrame({
+        "row": [0, 1], "method": ["gradient", "exact"], "valid_vertices": [5, 5],
+        "vertex_avg_distance": [10.0, 8.0], "success_rate": [1.0, 1.0], "solver_seconds": [3.0, 1.0],
+        "invalid_reason": [None, None], "hull_collides": [True, True],
+    })
+
+
+def test_a_table_reproduces_itself_and_time_columns_never_count():
+    ref = _table()
+    again = ref.assign(solver_seconds=[9.0, 0.1])
+    assert compare_tables(ref, again) == []
+
+
+@pytest.mark.parametrize(("row", "factor", "agrees"), [
+    (0, 1 + GRADIENT.rtol / 2, True),   # a gradient vertex may move by its measured bound
+    (0, 1 + GRADIENT.rtol * 2, False),
+    (1, 1 + EXACT.rtol / 2, True),      # an LP optimum to its tolerance only
+    (1, 1 + GRADIENT.rtol / 2, False),
+])
+def test_each_method_has_its_own_tolerance(row, factor, agrees):
+    ref = _table()
+    moved = ref.copy()
+    moved.loc[row, "vertex_avg_distance"] *= factor
+    problems = compare_tables(ref, moved)
+    assert (problems == []) is agrees
+    if not agrees:
+        assert problems[0].startswith(f"row {row}: vertex_avg_distance")
+
+
+def test_integers_flags_and_rows_must_be_equal():
+    ref = _table()
+    assert compare_tables(ref, ref.assign(valid_vertices=[5, 4]))[0].startswith("row 1: valid_vertices")
+    assert compare_tables(ref, ref.assign(hull_collides=[True, False]))[0].startswith("row 1: hull_collides")
+    problems = compare_tables(ref, ref.iloc[:1])
+    assert "1 rows against the reference's 2" in problems[0] and "not in the table" in problems[1]
+    assert "missing" in compare_tables(ref, ref.drop(columns="success_rate"))[0]
+    # NaN agrees with NaN only.
+    nan = ref.assign(success_rate=[float("nan"), 1.0])
+    assert compare_tables(nan, nan) == [] and compare_tables(nan, ref) != []
+
+
+def test_the_readme_tables_are_the_committed_reference():
+    """Every generated block of the README is what `collide readme` writes from data/reference/."""
+    text = (ROOT / "README.md").read_text()
+    assert "<!-- generated: table2-mlp -->" in text
+    assert render(text, ROOT / "data" / "reference") == text, "run `collide readme` (or `make reference`)"
+
+
+def test_an_unknown_block_is_named():
+    with pytest.raises(KeyError, match="unknown generated block 'nope'"):
+        render("<!-- generated: nope -->\nx\n<!-- end generated -->", ROOT / "data" / "reference")
+
+
+def test_collide_compare_exits_by_agreement(tmp_path, capsys):
+    from flows.cli import main
+
+    ref, same, moved = tmp_path / "ref.parquet", tmp_path / "same.parquet", tmp_path / "moved.parquet"
+    _table().to_parquet(ref)
+    _table().assign(solver_seconds=[1.0, 2.0]).to_parquet(same)
+    _table().assign(valid_vertices=[5, 3]).to_parquet(moved)
+    assert main(["compare", str(ref), str(same)]) == 0
+    assert "reproduces" in capsys.readouterr().out
+    assert main(["compare", str(ref), str(moved)]) == 1
+    assert "DIFFERS: row 1: valid_vertices: 3 against the reference's 5" in capsys.readouterr().out
