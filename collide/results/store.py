@@ -186,9 +186,14 @@ def damaged_text(root: str | Path, experiment: str, row: int, why: str) -> str:
 
 
 def ensure_store(path: Path) -> None:
-    """Create the store's root group unless it exists. Jobs of one run write rows at
-    once: one that finds the group made between its check and its create goes on."""
-    if (path / "zarr.json").is_file():
+    """Create the store's root group unless it exists, or rewrite its metadata when it was
+    damaged (emptied, not JSON). Jobs of one run write rows at once: one that finds the
+    group made between its check and its create goes on."""
+    if (path / "zarr.json").is_file() and store_damage(path.parent, path.name.removesuffix(".zarr")) is None:
+        return
+    if (path / "zarr.json").is_file():  # damaged: the rows beside it are checked by their own manifests
+        with atomic_file(path / "zarr.json") as tmp:
+            tmp.write_text(json.dumps({"attributes": {}, "zarr_format": 3, "node_type": "group"}, indent=2))
         return
     try:
         zarr.open_group(path, mode="a")
@@ -311,15 +316,59 @@ def remove_leftovers(root: str | Path, experiment: str) -> list[Path]:
     return gone
 
 
-def list_rows(root: str | Path, experiment: str) -> list[int]:
+ROW_NAME = re.compile(r"row-(0|[1-9][0-9]*)")
+
+
+def _row_entries(root: str | Path, experiment: str) -> tuple[list[int], list[str]]:
     path = store_path(root, experiment)
     if not path.is_dir():
-        return []
-    rows = []
+        return [], []
+    rows, strays = [], []
     for child in path.iterdir():
-        if child.name.startswith("row-") and (child / "zarr.json").is_file():
-            rows.append(int(child.name.removeprefix("row-")))
-    return sorted(rows)
+        if child.name == "zarr.json":
+            continue
+        found = ROW_NAME.fullmatch(child.name)
+        if found and child.is_dir() and not child.is_symlink() and (child / "zarr.json").is_file():
+            rows.append(int(found.group(1)))
+        elif child.name.startswith("row-") or (child / "zarr.json").is_file():
+            strays.append(child.name)  # a backup (row-5.bak), a group of another name: never a row
+    return sorted(rows), sorted(strays)
+
+
+def list_rows(root: str | Path, experiment: str) -> list[int]:
+    """The row numbers of the store's groups named ``row-<n>`` (n without leading zeros).
+
+    Anything else in the store (``row-abc``, ``row-5.bak``, a group by another name) is
+    no row: it is skipped here, and :func:`stray_entries` names it."""
+    return _row_entries(root, experiment)[0]
+
+
+def stray_entries(root: str | Path, experiment: str) -> list[str]:
+    """Entries of the store that look like groups but are not rows ``row-<n>``: skipped by
+    every reader, named by ``status`` and ``verify``."""
+    return _row_entries(root, experiment)[1]
+
+
+def stray_text(root: str | Path, experiment: str, strays: list[str]) -> str:
+    base = store_path(root, experiment)
+    return (f"{', '.join(str(base / s) for s in strays)}: not a row (rows are row-<n>), skipped; "
+            "move it out of the store")
+
+
+def store_damage(root: str | Path, experiment: str) -> str | None:
+    """What is wrong with the store's own root metadata (``<experiment>.zarr/zarr.json``), or None.
+
+    A run rewrites it (:func:`ensure_store`); ``status`` and ``verify`` report it."""
+    path = store_path(root, experiment) / "zarr.json"
+    try:
+        meta = json.loads(path.read_bytes())
+    except FileNotFoundError:
+        return f"{path} is missing"
+    except (OSError, ValueError) as exc:
+        return f"{path} cannot be read ({type(exc).__name__})"
+    if not isinstance(meta, dict) or meta.get("node_type") != "group" or meta.get("zarr_format") != 3:
+        return f"{path} is not a Zarr group's metadata"
+    return None
 
 
 def table_from_store(root: str | Path, experiment: str) -> pd.DataFrame:
