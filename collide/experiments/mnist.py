@@ -214,7 +214,12 @@ def pick_targets(checkpoint: str, *, data_root: str, label: int, per_class: int,
     if layer is not None:
         with torch.no_grad():
             pre = preactivation(model, test.images[[t["target_index"] for t in targets]], layer)
-        for t, count in zip(targets, (pre <= 0).sum(1).tolist(), strict=True):
+        for t, count, bad in zip(targets, (pre <= 0).sum(1).tolist(), (~torch.isfinite(pre)).sum(1).tolist(),
+                                 strict=True):
+            if bad:
+                raise DataError(
+                    f"target test image {t['target_index']} has {bad} NaN or infinite pre-activations at {layer}: "
+                    f"the model in {checkpoint} does not compute finite values; delete it and retrain")
             if count < n_vertices:
                 raise ConfigError(
                     f"target test image {t['target_index']} has {count} non-positive units at {layer}, fewer "
