@@ -181,21 +181,22 @@ def _sweep(folder: Path, keep: Path) -> None:
 
 
 @contextmanager
-def exclusive_lock(path: str | Path, *, what: str) -> Iterator[None]:
+def exclusive_lock(path: str | Path, *, what: str, wait: bool = False) -> Iterator[None]:
     """Hold an exclusive lock on ``path`` for the block, or raise :class:`BusyError` at once
     naming the holder (host, pid, since when). The lock is the kernel's (``flock``): a
     holder that dies, even by SIGKILL, releases it, and a stale file locks nothing.
 
     The file is opened without following links (a planted link is refused, never
     written through) and without truncating it; it is removed when the block ends, and
-    stale lock files beside it go when the next lock is taken.
+    stale lock files beside it go when the next lock is taken. With ``wait`` the lock is
+    waited for instead of refused (a shared cache that another run is building).
     """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     while True:
         fd = _open_lock(path)
         try:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            fcntl.flock(fd, fcntl.LOCK_EX | (0 if wait else fcntl.LOCK_NB))
         except BlockingIOError:
             holder = os.pread(fd, 4096, 0).decode(errors="replace").strip() or "another process"
             os.close(fd)
@@ -238,6 +239,14 @@ def lock_holder(results_root: str | Path, name: str) -> str | None:
     finally:
         os.close(fd)  # a shared lock we got is released with it
     return None
+
+
+def cache_lock(path: str | Path, *, what: str) -> contextlib.AbstractContextManager[None]:
+    """Wait for exclusive use of a cache that runs of different experiments share (a patch
+    store and its kNN index under ``cache_root``): one run builds or repairs it while the
+    others wait, then find it finished and reuse it."""
+    key = json_digest(str(Path(path).resolve()))
+    return exclusive_lock(lock_dir() / f"cache-{key}.lock", what=what, wait=True)
 
 
 def experiment_lock(results_root: str | Path, name: str) -> contextlib.AbstractContextManager[None]:

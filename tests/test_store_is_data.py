@@ -215,3 +215,61 @@ def test_status_and_verify_say_a_run_is_in_progress(finished, tmp_path, capsys):
         assert main(["verify", "--results-root", str(root)]) == 1
         out = capsys.readouterr().out
         assert f"a run is in progress (pid {os.getpid()} on" in out and "no table file" not in out
+
+
+def test_a_killed_runs_temporaries_are_found_from_the_declared_outputs(tmp_path):
+    """`baselines` and `frontier` write figures of their own: a kill mid-write leaves
+    `.<name>-baselines-xxxxxxxx.png`, found from what the experiment declares, not a list."""
+    from collide.experiments import baselines, frontier
+    from collide.experiments.registry import EXPERIMENTS
+    from collide.results.store import leftovers, write_run_record
+
+    for module in EXPERIMENTS.values():  # every file a summary writes is declared
+        if hasattr(module, "summarize"):
+            assert module.OUTPUTS, module.NAME
+    for module, config_class in ((baselines, baselines.BaselinesExperiment), (frontier, frontier.FrontierExperiment)):
+        root = tmp_path / module.NAME
+        root.mkdir()
+        config = config_class(results_root=str(root), name="b")
+        figure = module.OUTPUTS[0](root, "b").name
+        killed = [root / f".{Path(figure).stem}-0123abcd.png", root / ".b-vertices-89abcdef.png"]
+        others = [root / f".{Path(figure).stem}-nothex!.png", root / ".bb-vertices-0123abcd.png", root / "keep.png"]
+        for path in killed + others:
+            path.write_bytes(b"half a png")
+        assert leftovers(root, "b", engine.declared_outputs(module, config=config)) == sorted(killed)
+        with engine.lock(config, module):
+            pass
+        assert not any(p.exists() for p in killed) and all(p.exists() for p in others)
+        # `collide tables` knows no experiment module: the run record names the outputs.
+        write_run_record(root, "b", kind=module.NAME, rows=1, config=config,
+                         outputs=engine.declared_outputs(module, config=config))
+        killed[0].write_bytes(b"half a png")
+        assert leftovers(root, "b") == [killed[0]]
+
+
+def test_runs_sharing_a_patch_store_take_turns(tmp_path):
+    """Two runs (other names) sharing one patch store and index: the second waits for the
+    first to finish building, rather than removing the store under it as damaged."""
+    import threading
+
+    order = []
+    held = threading.Event()
+
+    def first():
+        with _io.cache_lock(tmp_path / "p.zarr", what="the patch store"):
+            held.set()
+            order.append("first in")
+            time.sleep(0.5)
+            order.append("first out")
+
+    thread = threading.Thread(target=first)
+    thread.start()
+    held.wait()
+    with _io.cache_lock(tmp_path / "p.zarr", what="the patch store"):
+        order.append("second in")
+    thread.join()
+    assert order == ["first in", "first out", "second in"]
+    import inspect
+
+    from collide.experiments import patches
+    assert "cache_lock(_store_path(config)" in inspect.getsource(patches.prepare)

@@ -39,7 +39,14 @@ from collide.config import resolve_device
 from collide.errors import ConfigError
 from collide.results.evaluation import evaluate_row
 from collide.results.resume import drop_damaged, is_done, mark_done, prune_rows, stage_key, torch_threads
-from collide.results.store import ensure_store, read_attrs, remove_leftovers, store_path, write_run_record
+from collide.results.store import (
+    ensure_store,
+    own_outputs,
+    read_attrs,
+    remove_leftovers,
+    store_path,
+    write_run_record,
+)
 from collide.results.tables import write_outputs
 
 Progress = Callable[[str, int, int], None]
@@ -110,8 +117,18 @@ def plan(experiment: ModuleType, context: dict[str, Any], *, config: Any) -> lis
     if rows != list(range(len(rows))):
         raise RuntimeError(f"{config.name}: the plan's rows are not 0..{len(rows) - 1} each once")
     # Before any row changes: a store cut short from here on knows how many rows it lacks.
-    write_run_record(config.results_root, config.name, kind=experiment.NAME, rows=len(rows), config=config)
+    write_run_record(config.results_root, config.name, kind=experiment.NAME, rows=len(rows), config=config,
+                     outputs=declared_outputs(experiment, config=config))
     return jobs
+
+
+def declared_outputs(experiment: ModuleType, *, config: Any) -> list[Path]:
+    """Every file a run of ``experiment`` writes beside its store: the engine's own (table,
+    figure, ledger, run record) and those the experiment declares in ``OUTPUTS`` (functions
+    of root and name, the same ones its ``summarize`` writes to). What a killed run leaves
+    is found from this list, never from one kept by hand."""
+    root, name = config.results_root, config.name
+    return [*own_outputs(root, name), *(path(root, name) for path in getattr(experiment, "OUTPUTS", ()))]
 
 
 def solve_key(job: dict[str, Any], row: int, context: dict[str, Any], config: Any) -> str:
@@ -177,11 +194,13 @@ def outputs(experiment: ModuleType, *, config: Any, n_rows: int) -> dict[str, An
 
 
 @contextlib.contextmanager
-def lock(config: Any) -> Iterator[None]:
+def lock(config: Any, experiment: ModuleType | None = None) -> Iterator[None]:
     """One run of the experiment ``config`` names at a time (:func:`collide._io.experiment_lock`);
-    once it holds the lock, what a killed run of it left (scratch rows, temporaries) goes."""
+    once it holds the lock, what a killed run of it left (scratch rows, temporaries of the
+    outputs ``experiment`` declares, :func:`declared_outputs`) goes."""
     with experiment_lock(config.results_root, config.name):
-        remove_leftovers(config.results_root, config.name)
+        declared = None if experiment is None else declared_outputs(experiment, config=config)
+        remove_leftovers(config.results_root, config.name, declared)  # None: those its run record declared
         if store_path(config.results_root, config.name).is_dir():  # damaged root metadata is rewritten
             ensure_store(store_path(config.results_root, config.name))
         yield
@@ -191,7 +210,7 @@ def run(experiment: ModuleType, *, config: Any, progress: Progress = no_progress
     """Every stage in plain Python, jobs one after another: what the flow does over Dask."""
     start = time.perf_counter()
     validate(experiment, config=config)
-    with lock(config):
+    with lock(config, experiment):
         context = prepare(experiment, config=config, progress=progress)
         jobs = plan(experiment, context, config=config)
         rows = []

@@ -21,7 +21,7 @@ import re
 import shutil
 import tempfile
 import uuid
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -148,15 +148,18 @@ def run_record_path(root: str | Path, experiment: str) -> Path:
 RUN_RECORD = "collide run record"
 
 
-def write_run_record(root: str | Path, experiment: str, *, kind: str, rows: int, config: Any) -> Path:
+def write_run_record(root: str | Path, experiment: str, *, kind: str, rows: int, config: Any,
+                     outputs: Iterable[str | Path] = ()) -> Path:
     """What the last run planned: the experiment kind, the row count, the full config.
 
     Written once the plan is known, before any row changes, so a store cut short by a
     kill says how many rows it should hold; ``collide run KIND --config <this file>``
-    runs that config again.
+    runs that config again. ``outputs``: every file the run writes beside the store (by
+    name), so that ``collide tables`` finds a killed run's temporaries of them too.
     """
     record = {"kind": RUN_RECORD, "experiment": kind, "name": experiment, "rows": int(rows),
-              "config_digest": config.digest(), "config": _jsonable(config.to_dict())}
+              "config_digest": config.digest(), "config": _jsonable(config.to_dict()),
+              "outputs": sorted(Path(p).name for p in outputs)}
     path, text = run_record_path(root, experiment), json.dumps(record, indent=1, sort_keys=True)
     if not (path.is_file() and path.read_text() == text):  # a rerun of the same plan writes nothing
         with atomic_file(path) as tmp:
@@ -283,20 +286,39 @@ def read_row(root: str | Path, experiment: str, row: int) -> tuple[dict[str, np.
     return arrays, attrs
 
 
-def leftovers(root: str | Path, experiment: str) -> list[Path]:
+def own_outputs(root: str | Path, experiment: str) -> list[Path]:
+    """The files every experiment writes beside its store: table, figure, ledger, run record."""
+    return [table_path(root, experiment), figure_path(root, experiment), ledger_path(root, experiment),
+            run_record_path(root, experiment)]
+
+
+def recorded_outputs(root: str | Path, experiment: str) -> list[Path]:
+    """The outputs the last run declared (its run record's ``outputs``), as files of ``root``.
+
+    The record is data: only plain names of ``<experiment>-...`` or ``<experiment>....``
+    files directly under ``root`` are taken, never a path elsewhere."""
+    record = read_run_record(root, experiment) or {}
+    names = record.get("outputs") if isinstance(record.get("outputs"), list) else []
+    plain = re.compile(rf"{re.escape(experiment)}[-.][A-Za-z0-9._-]+")
+    return [Path(root) / n for n in names if isinstance(n, str) and plain.fullmatch(n) and ".." not in n]
+
+
+def leftovers(root: str | Path, experiment: str, outputs: Iterable[str | Path] | None = None) -> list[Path]:
     """What killed writers of ``experiment`` left under ``root``: half-built row groups and
     replaced rows in ``.tmp``, and the temporaries of its outputs (``.<name>-xxxxxxxx.png``).
 
-    Names are matched exactly, so nothing of an experiment called ``mnist-targets`` is
-    taken for a leftover of ``mnist``. Remove them only while holding the experiment's lock.
+    ``outputs``: the files the experiment declares (the engine derives them from the
+    experiment's ``OUTPUTS``); by default its own outputs and those its last run record
+    declared. Names are matched exactly, so nothing of an experiment called
+    ``mnist-targets`` is taken for a leftover of ``mnist``. Remove them only while
+    holding the experiment's lock.
     """
     root = Path(root)
     name = re.escape(experiment)
     scratch = re.compile(rf"{name}-(row-\d+-[a-z0-9_]{{8}}|old-[0-9a-f]{{32}})")
     found = [p for p in (root / ".tmp").iterdir() if scratch.fullmatch(p.name)] if (root / ".tmp").is_dir() else []
-    outputs = [table_path(root, experiment), figure_path(root, experiment), ledger_path(root, experiment),
-               run_record_path(root, experiment), root / f"{experiment}-summary.parquet",
-               root / f"{experiment}-summary.png"]
+    declared = [Path(p) for p in outputs] if outputs is not None else recorded_outputs(root, experiment)
+    outputs = list(dict.fromkeys([*own_outputs(root, experiment), *declared]))
     if root.is_dir():
         for output in outputs:
             pattern = temporary_name(output)
@@ -305,9 +327,9 @@ def leftovers(root: str | Path, experiment: str) -> list[Path]:
     return sorted(found)
 
 
-def remove_leftovers(root: str | Path, experiment: str) -> list[Path]:
+def remove_leftovers(root: str | Path, experiment: str, outputs: Iterable[str | Path] | None = None) -> list[Path]:
     """Remove :func:`leftovers`; returns what was removed."""
-    gone = leftovers(root, experiment)
+    gone = leftovers(root, experiment, outputs)
     for path in gone:
         if path.is_dir():
             shutil.rmtree(path, ignore_errors=True)
