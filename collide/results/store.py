@@ -350,8 +350,9 @@ def _row_entries(root: str | Path, experiment: str) -> tuple[list[int], list[str
         if child.name == "zarr.json":
             continue
         found = ROW_NAME.fullmatch(child.name)
-        if found and child.is_dir() and not child.is_symlink() and (child / "zarr.json").is_file():
-            rows.append(int(found.group(1)))
+        if found and child.is_dir() and not child.is_symlink():
+            if (child / "zarr.json").is_file():  # without it: a row never finished, as good as absent
+                rows.append(int(found.group(1)))
         elif child.name.startswith("row-") or (child / "zarr.json").is_file():
             strays.append(child.name)  # a backup (row-5.bak), a group of another name: never a row
     return sorted(rows), sorted(strays)
