@@ -375,10 +375,10 @@ class _Experiment:
 
     def _check_common(self) -> None:
         name, device = self.name, self.device  # type: ignore[attr-defined]
-        for field in dataclasses.fields(self):  # type: ignore[arg-type]
-            value = getattr(self, field.name)
+        for key in dataclasses.fields(self):  # type: ignore[arg-type]
+            value = getattr(self, key.name)
             if isinstance(value, str) and "\x00" in value:
-                raise ConfigError(f"{field.name}: expected no NUL character (it names a file or folder), "
+                raise ConfigError(f"{key.name}: expected no NUL character (it names a file or folder), "
                                   f"got {value[:60]!r}")
         shown = name if len(name) <= 60 else f"{name[:40]}... ({len(name)} characters)"
         _require(isinstance(name, str) and EXPERIMENT_NAME.fullmatch(name) is not None,

@@ -12,7 +12,6 @@ from prefect.cache_policies import NO_CACHE
 
 from collide.errors import CollideError
 
-
 # OSErrors that a retry three seconds later cannot cure: the path or the disk is wrong.
 PERMANENT_ERRNOS = frozenset({errno.EACCES, errno.EPERM, errno.EROFS, errno.ENOTDIR, errno.EISDIR,
                               errno.ENAMETOOLONG, errno.ENOSPC, errno.EDQUOT, errno.ELOOP})

@@ -109,8 +109,8 @@ def _architecture(spec: str) -> nn.Module:
         factory = getattr(_import(where), name)
     except (ImportError, AttributeError) as exc:
         raise ConfigError(f"model {spec!r}: cannot import {name} from {where} ({exc}); the module must be importable "
-                          "(installed, or its folder on PYTHONPATH: the working folder is not searched) and define a function of no arguments returning the model") \
-            from None
+                          "(installed, or its folder on PYTHONPATH: the working folder is not searched) and define "
+                          "a function of no arguments returning the model") from None
     try:
         net = factory()
     except TypeError as exc:

@@ -187,7 +187,8 @@ def verify(root: str | Path, experiment: str, *, trusted: Collection[str] = ()) 
     out: list[dict[str, Any]] = []
     damage = store_damage(root, experiment)
     if damage is not None:
-        out.append({"row": None, "what": "store", "problems": [f"{damage}: rerun the experiment, which rewrites it"]})
+        out.append({"row": None, "what": "store",
+                    "problems": [f"{damage}: rerun the experiment, which rewrites it"]})
     strays = stray_entries(root, experiment)
     if strays:
         out.append({"row": None, "what": "entries", "problems": [stray_text(root, experiment, strays)]})
@@ -199,7 +200,7 @@ def verify(root: str | Path, experiment: str, *, trusted: Collection[str] = ()) 
             checked["problems"] = [*checked["problems"], f"{missing}: run `collide tables`"]
         out.append(checked)
     for r in sorted(set(table) - set(rows)):
-        out.append({"row": r, "missing": True, "problems": [f"{path.name} lists row {r}, but {store_path(root, experiment).name} "
-                                           f"has no row-{r}: {rerun_hint(root, experiment)}, which recomputes it "
-                                           "(or `collide tables` to drop it from the table)"]})
+        gone = (f"{path.name} lists row {r}, but {store_path(root, experiment).name} has no row-{r}: "
+                f"{rerun_hint(root, experiment)}, which recomputes it (or `collide tables` to drop it from the table)")
+        out.append({"row": r, "missing": True, "problems": [gone]})
     return out
