@@ -180,7 +180,8 @@ def verify(root: str | Path, experiment: str, *, trusted: Collection[str] = ()) 
     """:func:`verify_row` for every row of the experiment's store, against its table file
     (``<experiment>.parquet``) too, in both directions: a store row the table lacks and a
     table row the store lacks are problems of their own. Entries of the store that are not
-    rows, and damaged root metadata, come back as entries with ``row`` None and ``what``.
+    rows (a ``note``, skipped, no problem) and damaged root metadata (a problem) come back
+    as entries with ``row`` None and ``what``.
     ``trusted``: the user's own model specs the caller named (``--model``)."""
     path = table_path(root, experiment)
     table = {int(r["row"]): r for r in pd.read_parquet(path).to_dict("records")} if path.is_file() else {}
@@ -191,7 +192,8 @@ def verify(root: str | Path, experiment: str, *, trusted: Collection[str] = ()) 
                     "problems": [f"{damage}: rerun the experiment, which rewrites it"]})
     strays = stray_entries(root, experiment)
     if strays:
-        out.append({"row": None, "what": "entries", "problems": [stray_text(root, experiment, strays)]})
+        # Not a disagreement (no row is read from them): named, so that nothing is skipped silently.
+        out.append({"row": None, "what": "entries", "note": stray_text(root, experiment, strays), "problems": []})
     rows = list_rows(root, experiment)
     for r in rows:
         checked = verify_row(root, experiment, r, table.get(r), trusted=trusted)
