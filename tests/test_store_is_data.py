@@ -273,3 +273,22 @@ def test_runs_sharing_a_patch_store_take_turns(tmp_path):
 
     from collide.experiments import patches
     assert "cache_lock(_store_path(config)" in inspect.getsource(patches.prepare)
+
+
+def test_runs_sharing_a_checkpoint_folder_train_once(tiny_mnist, tmp_path):
+    """Two runs (other experiments) that need the same checkpoint at once: one trains, the
+    other waits and reuses it. Before, both trained and the second replaced the file that
+    the first had solved its rows with (its evaluation then refused them: exit 2)."""
+    import threading
+
+    from collide.config import TrainConfig
+
+    config = small_mnist_config(tiny_mnist, tmp_path, train=TrainConfig(epochs=1, min_accuracy=0.0))
+    got = []
+    threads = [threading.Thread(target=lambda: got.append(mnist.train_model(config=config))) for _ in range(2)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    assert sorted(g["reused"] for g in got) == [False, True]
+    assert got[0]["sha256"] == got[1]["sha256"]

@@ -15,7 +15,7 @@ from typing import Any, ClassVar
 
 import torch
 
-from collide._io import file_digest
+from collide._io import cache_lock, file_digest
 from collide.api import collision_geometry, find_polytopes
 from collide.config import (
     DEFAULT_ROWS,
@@ -164,9 +164,16 @@ def train_model(*, config: Any, progress: Progress = no_progress) -> dict[str, A
     """Train ``config.train.arch`` on MNIST, or reuse the checkpoint trained with the same settings.
 
     Any config with ``data_root``, ``checkpoint_dir``, ``train`` and ``device`` will do
-    (the patch experiment's LeNet-5 too).
+    (the patch experiment's LeNet-5 too). Runs of other experiments sharing the checkpoint
+    folder train one at a time: one trains, the others wait and reuse its checkpoint, so
+    that no run's rows are solved with a file another run then replaces.
     """
     path = checkpoint_path(config.checkpoint_dir, DATASET, config.train)
+    with cache_lock(path, what=f"the checkpoint {path}"):
+        return _train_or_reuse(path, config=config, progress=progress)
+
+
+def _train_or_reuse(path: Path, *, config: Any, progress: Progress) -> dict[str, Any]:
     if path.exists():
         _, meta = load_checkpoint(path)
         reused = True
