@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import contextlib
 import datetime as dt
+import errno
 import fcntl
 import hashlib
 import json
@@ -17,7 +18,9 @@ import os
 import re
 import secrets
 import socket
+import stat
 import tempfile
+import time
 from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
 from functools import lru_cache
@@ -105,41 +108,155 @@ def code_version() -> str:
     return digest.hexdigest()[:16]
 
 
-@contextmanager
-def exclusive_lock(path: str | Path, *, what: str) -> Iterator[None]:
-    """Hold an exclusive lock on ``path`` for the block, or raise :class:`BusyError` at once
-    naming the holder (host, pid, since when). The lock is the kernel's (``flock``): a
-    holder that dies, even by SIGKILL, releases it, and a stale file locks nothing."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+def lock_dir() -> Path:
+    """This user's own folder for locks, created 0700: ``$XDG_RUNTIME_DIR/collide-locks``
+    where that is set, else ``<tmp>/collide-locks-<uid>``.
+
+    Refused (:class:`BusyError`) when it is a link, another user's, or open to others: a
+    folder anyone can write lets them plant links that a lock would follow, or block runs.
+    """
+    runtime = os.environ.get("XDG_RUNTIME_DIR")
+    base = Path(runtime) / "collide-locks" if runtime and Path(runtime).is_dir() else \
+        Path(tempfile.gettempdir()) / f"collide-locks-{os.getuid()}"
     try:
+        base.mkdir(mode=0o700, exist_ok=True)
+        info = os.lstat(base)
+    except OSError as exc:
+        raise BusyError(f"cannot make the lock folder {base} ({exc.strerror}): set XDG_RUNTIME_DIR to a folder "
+                        "of your own") from None
+    if not stat.S_ISDIR(info.st_mode) or info.st_uid != os.getuid() or info.st_mode & 0o077:
+        raise BusyError(f"the lock folder {base} is not a folder of this user's alone (a link, another user's, or "
+                        f"mode {stat.S_IMODE(info.st_mode):o}): remove it, or set XDG_RUNTIME_DIR to a folder of "
+                        "your own")
+    return base
+
+
+def _open_lock(path: Path) -> int:
+    """The lock file, opened without following a link and without truncating it."""
+    try:
+        return os.open(path, os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600)
+    except OSError as exc:
+        if exc.errno == errno.ELOOP:
+            raise BusyError(f"the lock {path} is a symbolic link: refusing to follow it; remove it") from None
+        raise
+
+
+def _same_file(fd: int, path: Path) -> bool:
+    """Whether ``path`` still names the file open as ``fd`` (a holder that finished may
+    have removed it between our open and our lock)."""
+    try:
+        on_disk = os.lstat(path)
+    except FileNotFoundError:
+        return False
+    held = os.fstat(fd)
+    return (on_disk.st_dev, on_disk.st_ino) == (held.st_dev, held.st_ino)
+
+
+# A lock file untouched this long and held by nobody was left by a run that died.
+STALE_LOCK_SECONDS = 60
+
+
+def _sweep(folder: Path, keep: Path) -> None:
+    """Remove lock files in ``folder`` that nobody holds (left by killed runs), each while
+    holding it, so that a run about to take one finds it gone and makes a new one."""
+    now = time.time()
+    for other in folder.glob("*.lock"):
+        try:
+            if other == keep or other.is_symlink() or now - other.lstat().st_mtime < STALE_LOCK_SECONDS:
+                continue  # a fresh file may be about to be taken: leave it
+        except OSError:
+            continue
+        try:
+            fd = os.open(other, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC)
+        except OSError:
+            continue
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            if _same_file(fd, other):
+                other.unlink()
+        except OSError:
+            pass  # held: a live run's
+        finally:
+            os.close(fd)
+
+
+@contextmanager
+def exclusive_lock(path: str | Path, *, what: str, wait: bool = False) -> Iterator[None]:
+    """Hold an exclusive lock on ``path`` for the block, or raise :class:`BusyError` at once
+    naming the holder (host, pid, since when). The lock is the kernel's (``flock``): a
+    holder that dies, even by SIGKILL, releases it, and a stale file locks nothing.
+
+    The file is opened without following links (a planted link is refused, never
+    written through) and without truncating it; it is removed when the block ends, and
+    stale lock files beside it go when the next lock is taken. With ``wait`` the lock is
+    waited for instead of refused (a shared cache that another run is building).
+    """
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    while True:
+        fd = _open_lock(path)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | (0 if wait else fcntl.LOCK_NB))
         except BlockingIOError:
-            holder = Path(path).read_text().strip() or "another process"
+            holder = os.pread(fd, 4096, 0).decode(errors="replace").strip() or "another process"
+            os.close(fd)
             raise BusyError(f"{what} is in use by {holder} (lock {path}): wait for that run to end, "
                             "or give this one another name (--set name=...) or results root") from None
-        os.ftruncate(fd, 0)
+        if _same_file(fd, path):
+            break
+        os.close(fd)  # removed by the holder that just finished: take the new file
+    try:
+        _sweep(path.parent, path)
         stamp = dt.datetime.now(dt.UTC).isoformat(timespec="seconds")
-        os.write(fd, f"pid {os.getpid()} on {socket.gethostname()} since {stamp}\n".encode())
+        os.ftruncate(fd, 0)  # our own file, locked, never a link
+        os.pwrite(fd, f"pid {os.getpid()} on {socket.gethostname()} since {stamp}\n".encode(), 0)
         try:
             yield
         finally:
-            os.ftruncate(fd, 0)
-            fcntl.flock(fd, fcntl.LOCK_UN)
+            with contextlib.suppress(FileNotFoundError):
+                path.unlink()  # while still held: whoever opened it before now retries on a new file
     finally:
-        os.close(fd)
+        os.close(fd)  # releases the flock
+
+
+def lock_path(results_root: str | Path, name: str) -> Path:
+    """The file :func:`experiment_lock` holds for experiment ``name`` under ``results_root``."""
+    root = Path(results_root).resolve()
+    return lock_dir() / f"{json_digest(str(root))}-{name}.lock"
+
+
+def lock_holder(results_root: str | Path, name: str) -> str | None:
+    """Who holds the experiment's lock now ("pid N on HOST since TIME"), or None when nobody does."""
+    try:
+        path = lock_path(results_root, name)
+        fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC)
+    except (OSError, BusyError):
+        return None
+    try:
+        fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
+    except BlockingIOError:
+        return os.pread(fd, 4096, 0).decode(errors="replace").strip() or "another process"
+    finally:
+        os.close(fd)  # a shared lock we got is released with it
+    return None
+
+
+def cache_lock(path: str | Path, *, what: str) -> contextlib.AbstractContextManager[None]:
+    """Wait for exclusive use of a cache that runs of different experiments share (a patch
+    store and its kNN index under ``cache_root``): one run builds or repairs it while the
+    others wait, then find it finished and reuse it."""
+    key = json_digest(str(Path(path).resolve()))
+    return exclusive_lock(lock_dir() / f"cache-{key}.lock", what=what, wait=True)
 
 
 def experiment_lock(results_root: str | Path, name: str) -> contextlib.AbstractContextManager[None]:
     """The lock of experiment ``name`` under ``results_root``, held by a run for its whole
     length and by ``collide tables`` while it rewrites that experiment's outputs.
 
-    The file lives in the system's temporary folder, named by a hash of the absolute
-    results root: taking it writes nothing into the results, so bad input found later
-    still leaves them untouched. It guards runs on this machine.
+    The file lives in this user's own lock folder (:func:`lock_dir`, 0700), named by a
+    hash of the absolute results root: taking it writes nothing into the results, so bad
+    input found later still leaves them untouched. It guards this user's runs on this
+    machine.
     """
     root = Path(results_root).resolve()
-    path = Path(tempfile.gettempdir()) / "collide-locks" / f"{json_digest(str(root))}-{name}.lock"
-    return exclusive_lock(path, what=f"experiment {name!r} under {root}")
+    return exclusive_lock(lock_path(results_root, name), what=f"experiment {name!r} under {root}")

@@ -12,6 +12,7 @@ import difflib
 import functools
 import json
 import math
+import re
 import types
 import typing
 from dataclasses import dataclass, field
@@ -419,6 +420,12 @@ DEFAULT_ROWS = (
 )
 
 
+# An experiment's name names its files (<name>.zarr, .<name>-xxxxxxxx.parquet, <name>-summary.png):
+# short enough for every such name to stay under the file system's 255 bytes, never hidden.
+NAME_MAX = 100
+EXPERIMENT_NAME = re.compile(rf"[A-Za-z0-9][A-Za-z0-9._-]{{0,{NAME_MAX - 1}}}")
+
+
 class _Experiment:
     """What every experiment config shares: checks, JSON round trip, a stable digest."""
 
@@ -426,7 +433,15 @@ class _Experiment:
 
     def _check_common(self) -> None:
         name, device = self.name, self.device  # type: ignore[attr-defined]
-        _require(bool(name) and "/" not in name, f"expected a plain experiment name, got {name!r}")
+        for key in dataclasses.fields(self):  # type: ignore[arg-type]
+            value = getattr(self, key.name)
+            if isinstance(value, str) and "\x00" in value:
+                raise ConfigError(f"{key.name}: expected no NUL character (it names a file or folder), "
+                                  f"got {value[:60]!r}")
+        shown = name if len(name) <= 60 else f"{name[:40]}... ({len(name)} characters)"
+        _require(isinstance(name, str) and EXPERIMENT_NAME.fullmatch(name) is not None,
+                 f"name: expected a plain experiment name of 1 to {NAME_MAX} letters, digits, '.', '_' or '-', "
+                 f"starting with a letter or digit (it names the files <name>.zarr, <name>.parquet), got {shown!r}")
         _require(self.n_vertices >= 1, f"expected n_vertices >= 1, got {self.n_vertices}")  # type: ignore[attr-defined]
         label = getattr(self, "target_label", 0)
         _require(0 <= label <= 9, f"expected target_label in 0..9, got {label}")
@@ -620,12 +635,17 @@ def _checked(value: Any, hint: Any, path: str) -> Any:
     return value
 
 def resolve_device(device: str) -> str:
-    """``auto`` becomes ``cuda`` when a GPU is visible, else ``cpu``."""
-    if device != "auto":
-        return device
+    """``auto`` becomes ``cuda`` when a GPU is visible, else ``cpu``; ``cuda`` asked for
+    where torch sees no GPU is a :class:`ConfigError` that says what to set."""
     import torch
 
-    return "cuda" if torch.cuda.is_available() else "cpu"
+    if device == "auto":
+        return "cuda" if torch.cuda.is_available() else "cpu"
+    if device.split(":")[0] == "cuda" and not torch.cuda.is_available():
+        raise ConfigError(f"device: {device!r} was asked for, but torch finds no usable CUDA GPU here "
+                          f"(torch {torch.__version__}, CUDA build {torch.version.cuda or 'none'}): set device=auto "
+                          "(a GPU where there is one, else the CPU) or device=cpu")
+    return device
 
 
 @dataclass(frozen=True)

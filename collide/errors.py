@@ -27,3 +27,8 @@ class CheckpointError(CollideError):
 class BusyError(CollideError):
     """Another run holds the experiment's lock: two runs of one experiment at once would
     interleave their rows."""
+
+
+class ModelRefused(ConfigError):
+    """A store names a model of the user's own code that the caller did not name: a store
+    is data, and nothing read from it may choose code to import."""

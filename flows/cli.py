@@ -23,11 +23,13 @@ from collide.results.store import RUN_RECORD
 EXIT_OK, EXIT_FAILED, EXIT_BAD_INPUT = 0, 1, 2
 
 
-def _parse_value(raw: str) -> Any:
+def _parse_value(raw: str, key: str = "") -> Any:
     try:
         return json.loads(raw)
     except json.JSONDecodeError:
         return raw
+    except RecursionError:
+        raise ValueError(f"--set {key}: the value is nested too deeply to be a config value") from None
 
 
 def _overrides(args: argparse.Namespace) -> dict[str, Any]:
@@ -40,6 +42,9 @@ def _overrides(args: argparse.Namespace) -> dict[str, Any]:
             loaded = json.loads(path.read_text())
         except (json.JSONDecodeError, UnicodeDecodeError) as exc:
             raise ValueError(f"config file {path} is not valid JSON: {exc}") from None
+        except RecursionError:
+            raise ValueError(f"config file {path} is nested too deeply to be a config (JSON objects within "
+                             "objects thousands deep)") from None
         if not isinstance(loaded, dict):
             raise ValueError(f"config file {path} must hold a JSON object of fields, got {type(loaded).__name__}")
         if loaded.get("kind") == RUN_RECORD:  # <name>.run.json: the config a run planned with
@@ -56,7 +61,7 @@ def _overrides(args: argparse.Namespace) -> dict[str, Any]:
         *parents, leaf = key.split(".")
         for part in parents:
             node = node.setdefault(part, {})
-        node[leaf] = _parse_value(raw)
+        node[leaf] = _parse_value(raw, key)
     for key in ("results_root", "data_root", "checkpoint_dir", "image_root", "device", "model", "weights", "layer"):
         value = getattr(args, key)
         if value is not None:
@@ -117,7 +122,9 @@ def _run(args: argparse.Namespace) -> int:
     overrides = _overrides(args)
     config = module.Config.from_dict(overrides)
     if not args.no_prefect:
-        module.validate(config=config)  # fail on bad input before any server starts (engine.run does it too)
+        from collide.experiments import engine
+
+        engine.validate(module, config=config)  # fail on bad input before any server starts (engine.run too)
     _check_mnist_root(overrides, config)
     if args.no_prefect:
         from collide.experiments import engine
@@ -258,6 +265,7 @@ def _serve(args: argparse.Namespace) -> int:
 
 
 def _verify(args: argparse.Namespace) -> int:
+    from collide._io import lock_holder
     from collide.results.tables import experiments
     from collide.results.verify import verify
 
@@ -266,9 +274,23 @@ def _verify(args: argparse.Namespace) -> int:
         raise FileNotFoundError(f"no store {names or '<experiment>.zarr'} under {args.results_root}: "
                                 "run an experiment first (collide status lists what there is)")
     failed = 0
+    trusted = tuple(args.model or ())
     for name in names:
-        for r in verify(args.results_root, name):
+        holder = lock_holder(args.results_root, name)
+        if holder is not None:  # its rows and table are being written: nothing to compare yet
+            print(f"{name}: a run is in progress ({holder}): not verified; run `collide verify` once it ends")
+            failed += 1
+            continue
+        for r in verify(args.results_root, name, trusted=trusted):
             state = "ok" if not r["problems"] else "MISMATCH: " + "; ".join(r["problems"])
+            if r["row"] is None:  # the store itself: its metadata, entries that are not rows
+                print(f"{name} {r['what']}: " + (f"skipped: {r['note']}" if r.get("note") else state))
+                failed += bool(r["problems"])
+                continue
+            if r.get("missing"):  # a table row with no store row
+                print(f"{name} row {r['row']}: {state}")
+                failed += 1
+                continue
             counted = (f"{r['counted_points']} points" if "counted_points" in r
                        else f"{r.get('counted_vertices', 0)} vertices")
             if "counted_region_samples" in r:
@@ -277,7 +299,7 @@ def _verify(args: argparse.Namespace) -> int:
                   f"largest feature error {r.get('max_feature_rel_error', float('nan')):.3g}, "
                   f"success {r.get('success_rate', float('nan')):.6g}: {state}")
             failed += bool(r["problems"])
-    print(f"{failed} row(s) disagree with their table" if failed else "every row agrees with its table")
+    print(f"{failed} row(s) or entries disagree with their table" if failed else "every row agrees with its table")
     return EXIT_FAILED if failed else EXIT_OK
 
 
@@ -293,8 +315,10 @@ def _status(args: argparse.Namespace) -> int:
         return EXIT_OK
     for s in report:
         fresh = "up to date" if s["table_fresh"] else "STALE or missing: run `collide tables`"
-        if s["incomplete"] or s["damaged_rows"]:
+        if s["incomplete"] or s["damaged_rows"] or s["store_damage"]:
             fresh = "NOT to be read as complete (see below)"
+        if s["running"]:
+            fresh = f"being written: a run is in progress ({s['running']})"
         planned = s["expected_rows"] if s["expected_rows"] is not None else s["rows"]
         print(f"{s['experiment']}: {s['evaluated']}/{planned} rows evaluated, last written {s['updated']}, "
               f"config {', '.join(s['configs']) or '?'} (--json shows it); table {fresh}"
@@ -466,6 +490,9 @@ Each command has its own --help.""",
     )
     verify.add_argument("experiment", nargs="?", help="one experiment (default: every store)")
     verify.add_argument("--results-root", default="data/results", help="default data/results")
+    verify.add_argument("--model", action="append", metavar="MODULE:FACTORY",
+                        help="a model of your own code that the stores name, which you trust to import "
+                        "(repeatable); a store never chooses code by itself")
     verify.set_defaults(func=_verify)
 
     compare = sub.add_parser(

@@ -32,8 +32,8 @@ def experiment_flow(experiment: str = "mnist", config: dict[str, Any] | None = N
     """
     module = find(experiment)
     cfg = module.Config.from_dict(config or {})
-    module.validate(config=cfg)
-    with engine.lock(cfg):  # one run per experiment: a second one fails at once, naming this one
+    engine.validate(module, config=cfg)  # bad input fails here, in the flow: no task, no retry
+    with engine.lock(cfg, module):  # one run per experiment: a second one fails at once, naming this one
         return _run(experiment, module, cfg)
 
 

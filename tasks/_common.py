@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import errno
 from collections.abc import Callable
 from typing import Any
 
@@ -11,10 +12,18 @@ from prefect.cache_policies import NO_CACHE
 
 from collide.errors import CollideError
 
+# OSErrors that a retry three seconds later cannot cure: the path or the disk is wrong.
+PERMANENT_ERRNOS = frozenset({errno.EACCES, errno.EPERM, errno.EROFS, errno.ENOTDIR, errno.EISDIR,
+                              errno.ENAMETOOLONG, errno.ENOSPC, errno.EDQUOT, errno.ELOOP})
+
 
 def transient(_task: Any, _task_run: Any, state: Any) -> bool:
-    """Retry a failure unless it is collide saying the input is wrong: that never passes."""
-    return not isinstance(getattr(state, "data", None), CollideError)
+    """Retry a failure unless it cannot pass: collide saying the input is wrong, or an
+    OSError about the path or disk itself (read-only, not a folder, name too long, full)."""
+    error = getattr(state, "data", None)
+    if isinstance(error, CollideError | ValueError):
+        return False
+    return not (isinstance(error, OSError) and error.errno in PERMANENT_ERRNOS)
 
 
 # Stages reuse finished work themselves (checkpoints by config hash); Prefect's own

@@ -256,7 +256,11 @@ def test_collide_run_model_on_a_users_factory(tmp_path):
     assert set(table["layer"]) == {"relu()#2"} and table["flags"].str.contains("random-weights").all()
     exact_rows = table[table["method"] == "exact"]
     assert (exact_rows["valid_vertices"] == 3).all() and (exact_rows["max_feature_rel_error"] <= 1e-6).all()
-    verified = _collide("verify", "model", "--results-root", str(out))
+    # The store names the user's factory: verify imports it only when the user names it too.
+    refused = _collide("verify", "model", "--results-root", str(out))
+    assert refused.returncode == 2 and "--model tests.any_models:functional_cnn_rgb" in refused.stderr
+    trust = ("--model", "tests.any_models:functional_cnn_rgb")
+    verified = _collide("verify", "model", "--results-root", str(out), *trust)
     assert verified.returncode == 0 and "every row agrees" in verified.stdout, verified.stdout + verified.stderr
     bare = _collide(*[a if a != "relu()#2" else "relu()" for a in args])
     assert bare.returncode == 2 and "relu()#0, relu()#1, relu()#2" in bare.stderr
@@ -264,7 +268,7 @@ def test_collide_run_model_on_a_users_factory(tmp_path):
     edited = table.copy()
     edited.loc[0, "success_rate"] = 0.5 if edited.loc[0, "success_rate"] != 0.5 else 0.25
     edited.to_parquet(out / "model.parquet", index=False)
-    caught = _collide("verify", "model", "--results-root", str(out))
+    caught = _collide("verify", "model", "--results-root", str(out), *trust)
     assert caught.returncode == 1 and "success_rate: table file" in caught.stdout, caught.stdout
     # One image: only its target rows, said so, and no dataset distance to measure.
     one = sorted(images.glob("*/*.png"))[0]

@@ -99,3 +99,37 @@ def test_patches_and_imagenet_flows_run(harness, tiny_mnist, tmp_path):
         "sample": {"n_samples": 20, "n_dataset_pairs": 10}, "n_dataset_images": 4,
     })
     assert out["random_weights"] and len(pd.read_parquet(out["table"])) == 1
+
+
+def test_a_transient_task_failure_is_retried_to_success_and_a_permanent_one_never(harness):
+    """Issue 22 §7: a task that fails once for a passing reason (a lost connection) is
+    retried and succeeds; one that fails for a reason a retry cannot cure (a read-only
+    disk) fails at once, its body run once."""
+    import errno
+
+    from prefect import flow, task
+
+    from tasks._common import TASK_OPTIONS
+
+    options = {**TASK_OPTIONS, "retry_delay_seconds": 0}
+    calls = {"flaky": 0, "read_only": 0}
+
+    @task(**options)
+    def flaky() -> str:
+        calls["flaky"] += 1
+        if calls["flaky"] == 1:
+            raise ConnectionResetError("the worker's connection was reset")
+        return "done"
+
+    @task(**options)
+    def read_only() -> None:
+        calls["read_only"] += 1
+        raise OSError(errno.EROFS, "Read-only file system")
+
+    @flow
+    def both():
+        return flaky(), read_only(return_state=True)
+
+    result, state = both()
+    assert result == "done" and calls["flaky"] == 2
+    assert state.is_failed() and calls["read_only"] == 1

@@ -266,6 +266,13 @@ def load_mnist(root: str | Path, split: str, *, limit: int | None = None) -> Spl
     labels = read_idx(files[f"{split}_labels"])
     if images.ndim != 3 or images.shape[1:] != (28, 28):
         raise DataError(f"expected MNIST images of shape (n, 28, 28), got {images.shape}")
+    wrong = np.flatnonzero(labels > 9)
+    if len(wrong):
+        raise DataError(
+            f"{files[f'{split}_labels']} holds {len(wrong)} labels outside 0..9 of {len(labels)} (values "
+            f"{sorted({int(v) for v in labels[wrong]})[:10]}, first at index {int(wrong[0])}): the file is damaged "
+            "or not MNIST's; replace it with the original"
+        )
     if limit is not None:
         images, labels = images[:limit], labels[:limit]
     x = torch.from_numpy(images.astype(np.float32) / 255.0).unsqueeze(1)

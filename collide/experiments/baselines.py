@@ -231,6 +231,11 @@ def figure_path(root: str | Path, experiment: str) -> Path:
     return Path(root) / f"{experiment}-baselines.png"
 
 
+# Files :func:`summarize` writes beyond the table and figure: a killed run's temporaries of
+# them are found from here (:func:`collide.experiments.engine.declared_outputs`).
+OUTPUTS = (figure_path,)
+
+
 def method_summary(table: pd.DataFrame) -> pd.DataFrame:
     """One row per (method, layer) over the targets: mean success rate, the largest and
     the mean feature error, the mean distance to the target and the mean spread."""

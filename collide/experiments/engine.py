@@ -27,16 +27,26 @@ same rows.
 from __future__ import annotations
 
 import contextlib
+import os
 import time
 from collections.abc import Callable, Iterator
+from pathlib import Path
 from types import ModuleType
 from typing import Any
 
 from collide._io import experiment_lock
 from collide.config import resolve_device
+from collide.errors import ConfigError
 from collide.results.evaluation import evaluate_row
 from collide.results.resume import drop_damaged, is_done, mark_done, prune_rows, stage_key, torch_threads
-from collide.results.store import read_attrs, remove_leftovers, write_run_record
+from collide.results.store import (
+    ensure_store,
+    own_outputs,
+    read_attrs,
+    remove_leftovers,
+    store_path,
+    write_run_record,
+)
 from collide.results.tables import write_outputs
 
 Progress = Callable[[str, int, int], None]
@@ -56,6 +66,43 @@ def _threads(config: Any) -> contextlib.AbstractContextManager[None]:
     return torch_threads(n) if n else contextlib.nullcontext()
 
 
+def check_results_root(root: str | Path) -> None:
+    """Fail unless ``root`` is a folder this process can write, or can be created as one.
+
+    Creates nothing: bad input leaves the disk as it was. A plain file, a read-only
+    folder, or a parent that is a file or read-only is a :class:`ConfigError` naming
+    the path (never an ``OSError`` halfway through a run, never retried)."""
+    path = Path(root)
+    try:
+        probe = path
+        while not os.path.lexists(probe):  # the nearest part of the path that exists
+            probe = probe.parent
+        is_dir = probe.is_dir()
+        writable = os.access(probe, os.W_OK | os.X_OK)
+    except (OSError, ValueError) as exc:
+        raise ConfigError(f"results_root: {str(path)[:200]!r} cannot be used ({exc}): pass another "
+                          "--results-root") from None
+    if probe == path and not is_dir:
+        raise ConfigError(f"results_root: {path} is a file, not a folder: pass another --results-root")
+    if not is_dir:
+        raise ConfigError(f"results_root: {path} cannot be created: {probe} is a file, not a folder; pass another "
+                          "--results-root")
+    if not writable:
+        what = f"{path} is not writable" if probe == path else f"{path} cannot be created: {probe} is not writable"
+        raise ConfigError(f"results_root: {what} by this user (read-only, or another's): pass another --results-root")
+    too_long = [p for p in path.parts if len(os.fsencode(p)) > 255]
+    if too_long:
+        raise ConfigError(f"results_root: the folder name {too_long[0][:40]!r}... is longer than 255 bytes")
+
+
+def validate(experiment: ModuleType, *, config: Any) -> None:
+    """Every check that needs no work: where results go, the device, and the experiment's own
+    (:func:`experiment.validate`). Bad input fails here, before a lock, a server or a task."""
+    check_results_root(config.results_root)
+    resolve_device(config.device)
+    experiment.validate(config=config)
+
+
 def prepare(experiment: ModuleType, *, config: Any, progress: Progress = no_progress) -> dict[str, Any]:
     """The experiment's shared work (reused when on disk); its caller validated the config."""
     with _threads(config):
@@ -70,13 +117,33 @@ def plan(experiment: ModuleType, context: dict[str, Any], *, config: Any) -> lis
     if rows != list(range(len(rows))):
         raise RuntimeError(f"{config.name}: the plan's rows are not 0..{len(rows) - 1} each once")
     # Before any row changes: a store cut short from here on knows how many rows it lacks.
-    write_run_record(config.results_root, config.name, kind=experiment.NAME, rows=len(rows), config=config)
+    write_run_record(config.results_root, config.name, kind=experiment.NAME, rows=len(rows), config=config,
+                     outputs=declared_outputs(experiment, config=config))
     return jobs
+
+
+def declared_outputs(experiment: ModuleType, *, config: Any) -> list[Path]:
+    """Every file a run of ``experiment`` writes beside its store: the engine's own (table,
+    figure, ledger, run record) and those the experiment declares in ``OUTPUTS`` (functions
+    of root and name, the same ones its ``summarize`` writes to). What a killed run leaves
+    is found from this list, never from one kept by hand."""
+    root, name = config.results_root, config.name
+    return [*own_outputs(root, name), *(path(root, name) for path in getattr(experiment, "OUTPUTS", ()))]
 
 
 def solve_key(job: dict[str, Any], row: int, context: dict[str, Any], config: Any) -> str:
     return stage_key("solve", {"config": config.digest(), "row": row, "job": job["spec"],
                                "inputs": context.get("inputs", {})})
+
+
+def trusted_models(context: dict[str, Any]) -> tuple[str, ...]:
+    """The user's own model this run was started with (its config's, resolved by ``prepare``
+    in this run, never read back from the store): the one external model its evaluation
+    may build. A row naming any other is refused."""
+    source = context.get("model_source")
+    if isinstance(source, dict) and source.get("kind") == "external" and isinstance(source.get("model"), str):
+        return (source["model"],)
+    return ()
 
 
 def run_job(
@@ -103,7 +170,8 @@ def run_job(
         for r in rows:
             evaluated = not is_done(root, name, r, "evaluate", evaluate[r])
             if evaluated:
-                evaluate_row(root, name, r, sample=config.sample, device=resolve_device(config.device))
+                evaluate_row(root, name, r, sample=config.sample, device=resolve_device(config.device),
+                             trusted=trusted_models(context))
                 mark_done(root, name, r, "evaluate", evaluate[r])
             attrs = read_attrs(root, name, r)
             out.append({**attrs["metrics"], "solved": solved, "evaluated": evaluated, "repaired": damaged.get(r)})
@@ -126,19 +194,23 @@ def outputs(experiment: ModuleType, *, config: Any, n_rows: int) -> dict[str, An
 
 
 @contextlib.contextmanager
-def lock(config: Any) -> Iterator[None]:
+def lock(config: Any, experiment: ModuleType | None = None) -> Iterator[None]:
     """One run of the experiment ``config`` names at a time (:func:`collide._io.experiment_lock`);
-    once it holds the lock, what a killed run of it left (scratch rows, temporaries) goes."""
+    once it holds the lock, what a killed run of it left (scratch rows, temporaries of the
+    outputs ``experiment`` declares, :func:`declared_outputs`) goes."""
     with experiment_lock(config.results_root, config.name):
-        remove_leftovers(config.results_root, config.name)
+        declared = None if experiment is None else declared_outputs(experiment, config=config)
+        remove_leftovers(config.results_root, config.name, declared)  # None: those its run record declared
+        if store_path(config.results_root, config.name).is_dir():  # damaged root metadata is rewritten
+            ensure_store(store_path(config.results_root, config.name))
         yield
 
 
 def run(experiment: ModuleType, *, config: Any, progress: Progress = no_progress) -> dict[str, Any]:
     """Every stage in plain Python, jobs one after another: what the flow does over Dask."""
     start = time.perf_counter()
-    experiment.validate(config=config)
-    with lock(config):
+    validate(experiment, config=config)
+    with lock(config, experiment):
         context = prepare(experiment, config=config, progress=progress)
         jobs = plan(experiment, context, config=config)
         rows = []

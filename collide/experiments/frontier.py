@@ -152,6 +152,10 @@ def figure_path(root: str | Path, experiment: str) -> Path:
     return Path(root) / f"{experiment}-frontier.png"
 
 
+# Files :func:`summarize` writes beyond the table and figure (engine.declared_outputs).
+OUTPUTS = (figure_path,)
+
+
 def draw_frontier(table: pd.DataFrame, images: dict[int, np.ndarray], others: dict[int, np.ndarray],
                   targets: dict[int, np.ndarray], *, title: str = "") -> Figure:
     """Per target: its other image, the target, then one point per ε; below, distance to

@@ -15,7 +15,7 @@ from typing import Any, ClassVar
 
 import torch
 
-from collide._io import file_digest
+from collide._io import cache_lock, file_digest
 from collide.api import collision_geometry, find_polytopes
 from collide.config import (
     DEFAULT_ROWS,
@@ -191,7 +191,9 @@ def train_model(*, config: Any, progress: Progress = no_progress) -> dict[str, A
     - ``shipped``: that checkpoint, or an error naming the ones there are;
     - ``train``: the checkpoint trained here with these settings on these data, reused
       from ``checkpoint_dir`` (keyed by the data's digest, so other data never reuse it)
-      or trained now.
+      or trained now. Runs of other experiments sharing the checkpoint folder train one
+      at a time: one trains, the others wait and reuse its checkpoint, so that no run's
+      rows are solved with a file another run then replaces.
 
     Returns:
         The checkpoint's path and sha256, its test accuracy, ``origin`` (``shipped``,
@@ -212,27 +214,31 @@ def train_model(*, config: Any, progress: Progress = no_progress) -> dict[str, A
             f"({label}, sha256 {digest[:12]}...); shipped: {have}. Train one with --set checkpoint=train")
     else:
         path = checkpoint_path(config.checkpoint_dir, config.train, digest)
-        origin = "cached" if path.exists() else "trained"
-        if path.exists():
-            _, meta = load_checkpoint(path)
-        else:
-            model, meta = train(
-                load_mnist(config.data_root, "train"), load_mnist(config.data_root, "test"), config=config.train,
-                device=resolve_device(config.device),
-                progress=lambda done, total, _loss: progress("train (batches)", done, total),
-            )
-            if meta["test_accuracy"] < config.train.min_accuracy:
-                raise CheckpointError(
-                    f"{config.train.arch} reached test accuracy {meta['test_accuracy']:.4f}, below the "
-                    f"required {config.train.min_accuracy:.4f}: train longer (train.epochs) or lower "
-                    "train.min_accuracy; no checkpoint was saved"
-                )
-            meta = save_checkpoint(model, {**meta, "data_digest": digest, "dataset": label}, path)
+        with cache_lock(path, what=f"the checkpoint {path}"):
+            origin, meta = _train_or_reuse(path, config=config, digest=digest, label=label, progress=progress)
     if meta.get("data_digest", digest) != digest:
         raise CheckpointError(f"checkpoint {path} was trained on data {str(meta['data_digest'])[:12]}..., not on "
                               f"the data in {config.data_root} ({digest[:12]}...): delete it and rerun")
     return {"checkpoint": str(path), "sha256": meta["sha256"], "test_accuracy": meta["test_accuracy"],
             "reused": origin != "trained", "origin": origin, "data_digest": digest, "dataset": label}
+
+
+def _train_or_reuse(path: Path, *, config: Any, digest: str, label: str,
+                    progress: Progress) -> tuple[str, dict[str, Any]]:
+    if path.exists():
+        return "cached", load_checkpoint(path)[1]
+    model, meta = train(
+        load_mnist(config.data_root, "train"), load_mnist(config.data_root, "test"), config=config.train,
+        device=resolve_device(config.device),
+        progress=lambda done, total, _loss: progress("train (batches)", done, total),
+    )
+    if meta["test_accuracy"] < config.train.min_accuracy:
+        raise CheckpointError(
+            f"{config.train.arch} reached test accuracy {meta['test_accuracy']:.4f}, below the "
+            f"required {config.train.min_accuracy:.4f}: train longer (train.epochs) or lower "
+            "train.min_accuracy; no checkpoint was saved"
+        )
+    return "trained", save_checkpoint(model, {**meta, "data_digest": digest, "dataset": label}, path)
 
 
 def data_attrs(context: dict[str, Any]) -> dict[str, Any]:
@@ -275,7 +281,12 @@ def pick_targets(checkpoint: str, *, data_root: str, label: int, per_class: int,
     if layer is not None:
         with torch.no_grad():
             pre = preactivation(model, test.images[[t["target_index"] for t in targets]], layer)
-        for t, count in zip(targets, (pre <= 0).sum(1).tolist(), strict=True):
+        for t, count, bad in zip(targets, (pre <= 0).sum(1).tolist(), (~torch.isfinite(pre)).sum(1).tolist(),
+                                 strict=True):
+            if bad:
+                raise DataError(
+                    f"target test image {t['target_index']} has {bad} NaN or infinite pre-activations at {layer}: "
+                    f"the model in {checkpoint} does not compute finite values; delete it and retrain")
             if count < n_vertices:
                 raise ConfigError(
                     f"target test image {t['target_index']} has {count} non-positive units at {layer}, fewer "

@@ -18,7 +18,7 @@ from typing import Any, ClassVar
 import numpy as np
 import torch
 
-from collide._io import json_digest
+from collide._io import cache_lock, json_digest
 from collide.api import find_polytope
 from collide.config import (
     GradientConfig,
@@ -210,8 +210,11 @@ def prepare(*, config: PatchExperiment, progress: Progress = no_progress, schedu
     """Data, model, patch store and index (each reused when on disk), the start images."""
     sources.prepare(config=config)
     trained = sources.model(config=config, progress=progress)
-    store = build_patches(config=config, scheduler=scheduler, progress=progress)
-    index = build_index(config=config, progress=progress)
+    # Runs of other experiments (other names) may share this store and index: one builds,
+    # the others wait and reuse it, never rebuilding it under a writer.
+    with cache_lock(_store_path(config), what=f"the patch store {_store_path(config)}"):
+        store = build_patches(config=config, scheduler=scheduler, progress=progress)
+        index = build_index(config=config, progress=progress)
     distance, scale = sources.dataset_distance(config=config)
     source = trained["model_source"]
     return {

@@ -35,9 +35,12 @@ from collide.models.zoo import build_model, checkpoint_source, load_checkpoint
 from collide.polytope import dataset_avg_distance
 from collide.results.records import RowRecord, region_fields
 from collide.results.store import table_path
-from collide.results.summary import write_summary
+from collide.results.summary import summary_figure_path, summary_path, write_summary
 from collide.taps import layers as taps_layers
 from collide.taps import preactivation
+
+# Files :func:`summarize` writes beyond the table and figure (engine.declared_outputs).
+OUTPUTS = (summary_path, summary_figure_path)
 
 NAME = "profile"
 SUMMARY = "collision size at every ReLU layer of the MLP and LeNet-5: N+, dim C, inscribed radius, spread, success"

@@ -18,7 +18,10 @@ from collide.config import GeometryConfig, RowSpec, _require
 from collide.experiments import mnist
 from collide.results.figures import draw_class_summary
 from collide.results.store import table_path
-from collide.results.summary import write_summary
+from collide.results.summary import summary_figure_path, summary_path, write_summary
+
+# Files :func:`summarize` writes beyond the table and figure (engine.declared_outputs).
+OUTPUTS = (summary_path, summary_figure_path)
 
 NAME = "scan"
 SUMMARY = "vulnerability scan: N targets per MNIST class, gradient and exact rows, per-class summary (paper §5)"

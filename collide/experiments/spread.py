@@ -25,6 +25,7 @@ from __future__ import annotations
 import dataclasses
 import math
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any, ClassVar
 
 import numpy as np
@@ -46,7 +47,13 @@ from collide.results.points import PointsRecord
 from collide.results.records import RowRecord, region_fields
 from collide.results.reference import REFERENCE_COLUMNS, reference_for
 from collide.results.store import read_attrs, table_path
-from collide.results.summary import write_summary, write_summary_table
+from collide.results.summary import (
+    summary_figure_path,
+    summary_path,
+    summary_table_path,
+    write_summary,
+    write_summary_table,
+)
 from collide.solvers.baselines import BallConfig, NullSpaceConfig, null_space_points, random_ball
 from collide.taps import preactivation
 
@@ -72,6 +79,15 @@ CONFIDENCE = 0.95
 # Columns every draw shares by construction: the dataset distance is one estimate (from
 # sample.n_dataset_pairs random test pairs), whatever the seed or target.
 SHARED_BY_EVERY_DRAW = ("dataset_avg_distance",)
+
+
+def paper_table_path(root: str | Path, experiment: str) -> Path:
+    return summary_table_path(root, experiment, "paper")
+
+
+# Files :func:`summarize` writes beyond the table and figure (engine.declared_outputs).
+OUTPUTS = (summary_path, summary_figure_path, paper_table_path)
+
 # The paper comparison's columns (<name>-paper.parquet), in order.
 COMPARISON_COLUMNS = ("method", "init", "paper_row", "setting", "column", "paper", "paper_low", "paper_high", "n",
                       "mean", "std", "min", "max", "ci95_low", "ci95_high", "in_range", "in_ci95", "verdict")

@@ -38,8 +38,11 @@ from collide.models.zoo import build_model, checkpoint_source, load_checkpoint
 from collide.polytope import combine, sample_weights
 from collide.results.points import PointsRecord
 from collide.results.store import table_path
-from collide.results.summary import write_summary
+from collide.results.summary import summary_figure_path, summary_path, write_summary
 from collide.taps import check_units
+
+# Files :func:`summarize` writes beyond the table and figure (engine.declared_outputs).
+OUTPUTS = (summary_path, summary_figure_path)
 
 NAME = "transfer"
 SUMMARY = "collisions across models: exact sets shared by two networks, and how one model's polytopes transfer"

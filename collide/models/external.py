@@ -16,8 +16,6 @@ transforms where there are such, else from the config (no normalisation by defau
 from __future__ import annotations
 
 import importlib
-import os
-import sys
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -92,18 +90,9 @@ def input_defaults(spec: str) -> dict[str, Any]:
 
 
 def _import(module: str) -> Any:
-    """``module`` imported; from the working folder too (a console script's path lacks it),
-    with ``sys.path`` given back as it was."""
-    try:
-        return importlib.import_module(module)
-    except ModuleNotFoundError as exc:
-        if exc.name != module.split(".")[0] or os.getcwd() in sys.path:
-            raise
-    sys.path.insert(0, os.getcwd())
-    try:
-        return importlib.import_module(module)
-    finally:
-        sys.path.remove(os.getcwd())
+    """``module`` imported from ``sys.path`` as it is: the working folder is never added
+    (a planted file there must not become code); set ``PYTHONPATH`` to reach a folder."""
+    return importlib.import_module(module)
 
 
 def _architecture(spec: str) -> nn.Module:
@@ -120,8 +109,8 @@ def _architecture(spec: str) -> nn.Module:
         factory = getattr(_import(where), name)
     except (ImportError, AttributeError) as exc:
         raise ConfigError(f"model {spec!r}: cannot import {name} from {where} ({exc}); the module must be importable "
-                          "(on PYTHONPATH or installed) and define a function of no arguments returning the model") \
-            from None
+                          "(installed, or its folder on PYTHONPATH: the working folder is not searched) and define "
+                          "a function of no arguments returning the model") from None
     try:
         net = factory()
     except TypeError as exc:

@@ -12,7 +12,7 @@ import json
 import platform
 import time
 from collections import OrderedDict
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Collection, Iterator, Mapping
 from dataclasses import asdict
 from pathlib import Path
 from typing import Any
@@ -23,7 +23,8 @@ from torch import nn
 from collide._io import atomic_file, file_sha256, json_digest
 from collide.config import TrainConfig
 from collide.datasets.mnist import Split
-from collide.errors import CheckpointError, ConfigError
+from collide.errors import CheckpointError, ConfigError, ModelRefused
+from collide.models.external import TORCHVISION
 from collide.models.external import build as build_external
 from collide.models.tensor_file import load_tensors
 from collide.models.vgg import vgg16_from_source
@@ -268,8 +269,21 @@ def checkpoint_source(path: str | Path, sha256: str) -> dict[str, Any]:
     return {"kind": "checkpoint", "path": str(path), "sha256": sha256}
 
 
-def load_model_source(source: dict[str, Any]) -> nn.Module:
-    """The model a stored row names, verified against the hash it was solved with."""
+def load_model_source(source: Any, *, trusted: Collection[str] = ()) -> nn.Module:
+    """The model a stored row names, verified against the hash it was solved with.
+
+    A store is data: nothing read from it selects code to import. A row's source is
+    rebuilt from collide's own registry alone (a checkpoint file checked by sha256,
+    VGG-16, a torchvision classifier by name), and an external model of the user's own
+    code (``package.module:factory``) only when its spec is in ``trusted``: the specs the
+    caller named itself (``--model`` on the command line, or the running config's model).
+
+    Raises:
+        ModelRefused: the row names a user's module that the caller did not name.
+    """
+    if not isinstance(source, Mapping):
+        raise CheckpointError(f"the row's model source is {type(source).__name__}, not a mapping: the store is "
+                              "damaged; rerun the experiment")
     kind = source.get("kind")
     if kind == "checkpoint":
         model, meta = load_checkpoint(source["path"])
@@ -282,5 +296,13 @@ def load_model_source(source: dict[str, Any]) -> nn.Module:
     if kind == "vgg16":
         return vgg16_from_source(source)
     if kind == "external":
+        spec = source.get("model")
+        if not isinstance(spec, str) or not spec:
+            raise CheckpointError(f"the row's external model source names no model ({spec!r}): the store is damaged")
+        if not spec.startswith(TORCHVISION) and spec not in set(trusted):
+            raise ModelRefused(
+                f"the store names the external model {spec!r}, code of a user's own: collide never imports code "
+                f"named in a store. If you trust that module, name it yourself: pass --model {spec}"
+            )
         return build_external(source)
-    raise CheckpointError(f"unknown model source {source!r}: expected kind 'checkpoint', 'vgg16' or 'external'")
+    raise CheckpointError(f"unknown model source kind {kind!r}: expected 'checkpoint', 'vgg16' or 'external'")

@@ -7,6 +7,7 @@ pixel scale that distances are reported in.
 
 from __future__ import annotations
 
+from collections.abc import Collection
 from pathlib import Path
 from typing import Any
 
@@ -42,7 +43,8 @@ _PASS_THROUGH = (
 
 
 def evaluate_row(
-    results_root: str | Path, experiment: str, row: int, *, sample: SampleConfig, device: str = "cpu"
+    results_root: str | Path, experiment: str, row: int, *, sample: SampleConfig, device: str = "cpu",
+    trusted: Collection[str] = (),
 ) -> dict[str, Any]:
     """Check the row's vertices, sample the polytope of the valid ones, classify, store.
 
@@ -50,27 +52,29 @@ def evaluate_row(
     float64 by :func:`collide.validity.check_vertices`) carry sample weight; the others
     stay in the store, marked by ``vertex_valid``. With fewer than two valid vertices
     there is no polytope: the success rate and sample columns are NaN and
-    ``invalid_reason`` says why.
+    ``invalid_reason`` says why. ``trusted``: the user's own model specs the caller named
+    (a run passes its config's); any other such model the row names is refused
+    (:func:`collide.models.zoo.load_model_source`).
 
     Returns:
         The row's table record (the storage contract's columns and more).
     """
     arrays, attrs = read_row(results_root, experiment, row)
     if is_points_row(attrs):
-        return evaluate_points(results_root, experiment, row, device=device)
+        return evaluate_points(results_root, experiment, row, device=device, trusted=trusted)
     if "criterion" not in attrs:
         raise DataError(f"row {row} of {experiment} was solved by an older collide that recorded no vertex "
                         "criterion: rerun the experiment to recompute it")
     with full_precision():  # TF32 errors are near the 1e-2 criterion
-        return _evaluate(results_root, experiment, row, arrays, attrs, sample=sample, device=device)
+        return _evaluate(results_root, experiment, row, arrays, attrs, sample=sample, device=device, trusted=trusted)
 
 
 @torch.no_grad()
 def _evaluate(
     results_root: str | Path, experiment: str, row: int, arrays: dict[str, np.ndarray], attrs: dict[str, Any],
-    *, sample: SampleConfig, device: str,
+    *, sample: SampleConfig, device: str, trusted: Collection[str],
 ) -> dict[str, Any]:
-    model = load_model_source(attrs["model_source"]).to(device).eval()
+    model = load_model_source(attrs["model_source"], trusted=trusted).to(device).eval()
     vertices = torch.from_numpy(arrays["vertices"])
     target = torch.from_numpy(arrays["target"])
     init = torch.from_numpy(arrays["init"])

@@ -14,6 +14,7 @@ columns a polytope row has, so the two kinds sit side by side in one table, and
 from __future__ import annotations
 
 import copy
+from collections.abc import Collection
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -167,10 +168,13 @@ def point_metrics(model: nn.Module, layer: str, points: torch.Tensor, target: to
     return metrics, arrays
 
 
-def evaluate_points(results_root: str | Path, experiment: str, row: int, *, device: str = "cpu") -> dict[str, Any]:
-    """Evaluate a points row and store its metrics: the engine's evaluation of such rows."""
+def evaluate_points(results_root: str | Path, experiment: str, row: int, *, device: str = "cpu",
+                    trusted: Collection[str] = ()) -> dict[str, Any]:
+    """Evaluate a points row and store its metrics: the engine's evaluation of such rows.
+
+    ``trusted``: the user's own model specs the caller named (:func:`load_model_source`)."""
     arrays, attrs = read_row(results_root, experiment, row)
-    model = load_model_source(attrs["model_source"]).eval()
+    model = load_model_source(attrs["model_source"], trusted=trusted).eval()
     points = torch.from_numpy(arrays["points"])
     target = torch.from_numpy(arrays["target"])
     init = torch.from_numpy(arrays["init"]) if "init" in arrays else None
@@ -199,7 +203,7 @@ def evaluate_points(results_root: str | Path, experiment: str, row: int, *, devi
 
 @torch.no_grad()
 def verify_points(results_root: str | Path, experiment: str, row: int, table: dict[str, Any] | None,
-                  *, agree: float) -> dict[str, Any]:
+                  *, agree: float, trusted: Collection[str] = ()) -> dict[str, Any]:
     """A points row recomputed from its stored points (float64 route of its own).
 
     Problems: a point beyond its claim, and any table figure (success rate, the largest
@@ -209,7 +213,7 @@ def verify_points(results_root: str | Path, experiment: str, row: int, table: di
     metrics = attrs.get("metrics")
     if metrics is None:
         return {"row": row, "problems": ["never evaluated"]}
-    model = load_model_source(attrs["model_source"]).eval()
+    model = load_model_source(attrs["model_source"], trusted=trusted).eval()
     net = copy.deepcopy(model).double()
     points = torch.from_numpy(arrays["points"].astype(np.float64))
     target = torch.from_numpy(arrays["target"].astype(np.float64))

@@ -21,7 +21,7 @@ import re
 import shutil
 import tempfile
 import uuid
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -148,15 +148,18 @@ def run_record_path(root: str | Path, experiment: str) -> Path:
 RUN_RECORD = "collide run record"
 
 
-def write_run_record(root: str | Path, experiment: str, *, kind: str, rows: int, config: Any) -> Path:
+def write_run_record(root: str | Path, experiment: str, *, kind: str, rows: int, config: Any,
+                     outputs: Iterable[str | Path] = ()) -> Path:
     """What the last run planned: the experiment kind, the row count, the full config.
 
     Written once the plan is known, before any row changes, so a store cut short by a
     kill says how many rows it should hold; ``collide run KIND --config <this file>``
-    runs that config again.
+    runs that config again. ``outputs``: every file the run writes beside the store (by
+    name), so that ``collide tables`` finds a killed run's temporaries of them too.
     """
     record = {"kind": RUN_RECORD, "experiment": kind, "name": experiment, "rows": int(rows),
-              "config_digest": config.digest(), "config": _jsonable(config.to_dict())}
+              "config_digest": config.digest(), "config": _jsonable(config.to_dict()),
+              "outputs": sorted(Path(p).name for p in outputs)}
     path, text = run_record_path(root, experiment), json.dumps(record, indent=1, sort_keys=True)
     if not (path.is_file() and path.read_text() == text):  # a rerun of the same plan writes nothing
         with atomic_file(path) as tmp:
@@ -186,9 +189,14 @@ def damaged_text(root: str | Path, experiment: str, row: int, why: str) -> str:
 
 
 def ensure_store(path: Path) -> None:
-    """Create the store's root group unless it exists. Jobs of one run write rows at
-    once: one that finds the group made between its check and its create goes on."""
-    if (path / "zarr.json").is_file():
+    """Create the store's root group unless it exists, or rewrite its metadata when it was
+    damaged (emptied, not JSON). Jobs of one run write rows at once: one that finds the
+    group made between its check and its create goes on."""
+    if (path / "zarr.json").is_file() and store_damage(path.parent, path.name.removesuffix(".zarr")) is None:
+        return
+    if (path / "zarr.json").is_file():  # damaged: the rows beside it are checked by their own manifests
+        with atomic_file(path / "zarr.json") as tmp:
+            tmp.write_text(json.dumps({"attributes": {}, "zarr_format": 3, "node_type": "group"}, indent=2))
         return
     try:
         zarr.open_group(path, mode="a")
@@ -278,20 +286,39 @@ def read_row(root: str | Path, experiment: str, row: int) -> tuple[dict[str, np.
     return arrays, attrs
 
 
-def leftovers(root: str | Path, experiment: str) -> list[Path]:
+def own_outputs(root: str | Path, experiment: str) -> list[Path]:
+    """The files every experiment writes beside its store: table, figure, ledger, run record."""
+    return [table_path(root, experiment), figure_path(root, experiment), ledger_path(root, experiment),
+            run_record_path(root, experiment)]
+
+
+def recorded_outputs(root: str | Path, experiment: str) -> list[Path]:
+    """The outputs the last run declared (its run record's ``outputs``), as files of ``root``.
+
+    The record is data: only plain names of ``<experiment>-...`` or ``<experiment>....``
+    files directly under ``root`` are taken, never a path elsewhere."""
+    record = read_run_record(root, experiment) or {}
+    names = record.get("outputs") if isinstance(record.get("outputs"), list) else []
+    plain = re.compile(rf"{re.escape(experiment)}[-.][A-Za-z0-9._-]+")
+    return [Path(root) / n for n in names if isinstance(n, str) and plain.fullmatch(n) and ".." not in n]
+
+
+def leftovers(root: str | Path, experiment: str, outputs: Iterable[str | Path] | None = None) -> list[Path]:
     """What killed writers of ``experiment`` left under ``root``: half-built row groups and
     replaced rows in ``.tmp``, and the temporaries of its outputs (``.<name>-xxxxxxxx.png``).
 
-    Names are matched exactly, so nothing of an experiment called ``mnist-targets`` is
-    taken for a leftover of ``mnist``. Remove them only while holding the experiment's lock.
+    ``outputs``: the files the experiment declares (the engine derives them from the
+    experiment's ``OUTPUTS``); by default its own outputs and those its last run record
+    declared. Names are matched exactly, so nothing of an experiment called
+    ``mnist-targets`` is taken for a leftover of ``mnist``. Remove them only while
+    holding the experiment's lock.
     """
     root = Path(root)
     name = re.escape(experiment)
     scratch = re.compile(rf"{name}-(row-\d+-[a-z0-9_]{{8}}|old-[0-9a-f]{{32}})")
     found = [p for p in (root / ".tmp").iterdir() if scratch.fullmatch(p.name)] if (root / ".tmp").is_dir() else []
-    outputs = [table_path(root, experiment), figure_path(root, experiment), ledger_path(root, experiment),
-               run_record_path(root, experiment), root / f"{experiment}-summary.parquet",
-               root / f"{experiment}-summary.png"]
+    declared = [Path(p) for p in outputs] if outputs is not None else recorded_outputs(root, experiment)
+    outputs = list(dict.fromkeys([*own_outputs(root, experiment), *declared]))
     if root.is_dir():
         for output in outputs:
             pattern = temporary_name(output)
@@ -300,9 +327,9 @@ def leftovers(root: str | Path, experiment: str) -> list[Path]:
     return sorted(found)
 
 
-def remove_leftovers(root: str | Path, experiment: str) -> list[Path]:
+def remove_leftovers(root: str | Path, experiment: str, outputs: Iterable[str | Path] | None = None) -> list[Path]:
     """Remove :func:`leftovers`; returns what was removed."""
-    gone = leftovers(root, experiment)
+    gone = leftovers(root, experiment, outputs)
     for path in gone:
         if path.is_dir():
             shutil.rmtree(path, ignore_errors=True)
@@ -311,15 +338,60 @@ def remove_leftovers(root: str | Path, experiment: str) -> list[Path]:
     return gone
 
 
-def list_rows(root: str | Path, experiment: str) -> list[int]:
+ROW_NAME = re.compile(r"row-(0|[1-9][0-9]*)")
+
+
+def _row_entries(root: str | Path, experiment: str) -> tuple[list[int], list[str]]:
     path = store_path(root, experiment)
     if not path.is_dir():
-        return []
-    rows = []
+        return [], []
+    rows, strays = [], []
     for child in path.iterdir():
-        if child.name.startswith("row-") and (child / "zarr.json").is_file():
-            rows.append(int(child.name.removeprefix("row-")))
-    return sorted(rows)
+        if child.name == "zarr.json":
+            continue
+        found = ROW_NAME.fullmatch(child.name)
+        if found and child.is_dir() and not child.is_symlink():
+            if (child / "zarr.json").is_file():  # without it: a row never finished, as good as absent
+                rows.append(int(found.group(1)))
+        elif child.name.startswith("row-") or (child / "zarr.json").is_file():
+            strays.append(child.name)  # a backup (row-5.bak), a group of another name: never a row
+    return sorted(rows), sorted(strays)
+
+
+def list_rows(root: str | Path, experiment: str) -> list[int]:
+    """The row numbers of the store's groups named ``row-<n>`` (n without leading zeros).
+
+    Anything else in the store (``row-abc``, ``row-5.bak``, a group by another name) is
+    no row: it is skipped here, and :func:`stray_entries` names it."""
+    return _row_entries(root, experiment)[0]
+
+
+def stray_entries(root: str | Path, experiment: str) -> list[str]:
+    """Entries of the store that look like groups but are not rows ``row-<n>``: skipped by
+    every reader, named by ``status`` and ``verify``."""
+    return _row_entries(root, experiment)[1]
+
+
+def stray_text(root: str | Path, experiment: str, strays: list[str]) -> str:
+    base = store_path(root, experiment)
+    return (f"{', '.join(str(base / s) for s in strays)}: not a row (rows are row-<n>), skipped; "
+            "move it out of the store")
+
+
+def store_damage(root: str | Path, experiment: str) -> str | None:
+    """What is wrong with the store's own root metadata (``<experiment>.zarr/zarr.json``), or None.
+
+    A run rewrites it (:func:`ensure_store`); ``status`` and ``verify`` report it."""
+    path = store_path(root, experiment) / "zarr.json"
+    try:
+        meta = json.loads(path.read_bytes())
+    except FileNotFoundError:
+        return f"{path} is missing"
+    except (OSError, ValueError) as exc:
+        return f"{path} cannot be read ({type(exc).__name__})"
+    if not isinstance(meta, dict) or meta.get("node_type") != "group" or meta.get("zarr_format") != 3:
+        return f"{path} is not a Zarr group's metadata"
+    return None
 
 
 def table_from_store(root: str | Path, experiment: str) -> pd.DataFrame:

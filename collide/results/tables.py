@@ -20,7 +20,7 @@ import numpy as np
 import pandas as pd
 import zarr
 
-from collide._io import code_version, experiment_lock
+from collide._io import code_version, experiment_lock, file_sha256, lock_holder
 from collide.errors import DataError
 from collide.results.cells import FLAGS, flag_text, missing, pairs_text, row_flags, success_text, valid_text
 from collide.results.points import is_points_row
@@ -38,7 +38,10 @@ from collide.results.store import (
     remove_leftovers,
     rerun_hint,
     row_damage,
+    store_damage,
     store_path,
+    stray_entries,
+    stray_text,
     table_from_store,
     table_path,
     write_table,
@@ -184,7 +187,7 @@ def write_outputs(root: str | Path, experiment: str, *, force: bool = False) -> 
     table, figure = table_path(root, experiment), figure_path(root, experiment)
     ledger = read_ledger(root, experiment)
     kept = ("table", "figure", "rows", "expected_rows", "incomplete", "key")
-    if not force and ledger.get("key") == key and table.is_file() and figure.is_file():
+    if not force and ledger.get("key") == key and outputs_intact(root, experiment, ledger):
         return {**{k: ledger.get(k) for k in kept}, "table": str(table), "figure": str(figure), "reused": True}
     frame = table_from_store(root, experiment)
     expected = expected_rows(root, experiment)
@@ -195,12 +198,21 @@ def write_outputs(root: str | Path, experiment: str, *, force: bool = False) -> 
     digests = sorted({str(d) for d in frame.get("config_digest", pd.Series(dtype=str)).dropna()})
     record = {
         "key": key, "table": str(table), "figure": str(figure), "rows": len(frame), "expected_rows": expected,
+        "table_sha256": file_sha256(table), "figure_sha256": file_sha256(figure),
         "incomplete": warning, "config_digests": digests,
         "written": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
     }
     with atomic_file(ledger_path(root, experiment)) as tmp:
         tmp.write_text(json.dumps(record, indent=1))
     return {**{k: record[k] for k in kept}, "reused": False}
+
+
+def outputs_intact(root: str | Path, experiment: str, ledger: dict[str, Any]) -> bool:
+    """Whether the table and figure are the very files the ledger recorded writing: an
+    edited or replaced table is stale however fresh the store's key."""
+    table, figure = table_path(root, experiment), figure_path(root, experiment)
+    return (table.is_file() and figure.is_file() and ledger.get("table_sha256") == file_sha256(table)
+            and ledger.get("figure_sha256") == file_sha256(figure))
 
 
 def records(frame: pd.DataFrame) -> list[dict[str, Any]]:
@@ -311,15 +323,26 @@ def status(root: str | Path) -> list[dict[str, Any]]:
             stamp = (base / f"row-{row}" / "zarr.json").stat().st_mtime
             newest = stamp if newest is None else max(newest, stamp)
         ledger = read_ledger(root, name)
-        fresh = (bool(rows) and not damaged and ledger.get("key") == store_digest(root, name)
-                 and table_path(root, name).is_file())
+        store_broken = store_damage(root, name)
+        strays = stray_entries(root, name)
+        fresh = (bool(rows) and not damaged and store_broken is None and ledger.get("key") == store_digest(root, name)
+                 and outputs_intact(root, name, ledger))
         expected = expected_rows(root, name)
         incomplete = None
         # Damaged rows are reported as such below, not as rows a killed run never wrote.
         if expected is not None and sorted(r for r in [*evaluated_rows, *damaged] if r < expected) != list(
                 range(expected)):
             incomplete = incomplete_text(root, name, sum(r < expected for r in evaluated_rows), expected)
+        holder = lock_holder(root, name)
+        if holder is not None and incomplete:  # not cut short: still being written
+            incomplete = (f"{sum(r < expected for r in evaluated_rows)}/{expected} planned rows evaluated so far: "
+                          f"a run is in progress ({holder})")
         warnings = [incomplete] if incomplete else []
+        if store_broken is not None:
+            warnings.append(f"the store's own metadata is damaged: {store_broken}; {rerun_hint(root, name)}, "
+                            "which rewrites it")
+        if strays:
+            warnings.append(stray_text(root, name, strays))
         warnings += [damaged_text(root, name, r, why) for r, why in damaged.items()]
         out.append({
             "experiment": name,
@@ -328,6 +351,9 @@ def status(root: str | Path) -> list[dict[str, Any]]:
             "expected_rows": expected,
             "incomplete": incomplete,
             "damaged_rows": {str(r): why for r, why in damaged.items()},
+            "store_damage": store_broken,
+            "strays": strays,
+            "running": holder,
             "configs": sorted(configs),
             "config": configs,  # digest -> the full config the rows were computed with
             "updated": None if newest is None

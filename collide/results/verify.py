@@ -11,6 +11,7 @@ A weighted vertex that does not collide to its row's criterion is a failure too.
 from __future__ import annotations
 
 import copy
+from collections.abc import Collection
 from pathlib import Path
 from typing import Any
 
@@ -20,7 +21,16 @@ import torch
 
 from collide.models.zoo import load_model_source
 from collide.results.points import flat_rows, is_points_row, verify_points
-from collide.results.store import list_rows, read_row, table_path
+from collide.results.store import (
+    list_rows,
+    read_row,
+    rerun_hint,
+    store_damage,
+    store_path,
+    stray_entries,
+    stray_text,
+    table_path,
+)
 from collide.solvers.collision_set import collision_set
 from collide.solvers.exact import affine_piece
 from collide.taps import preactivation
@@ -40,19 +50,22 @@ def _close(a: Any, b: float) -> bool:
 
 
 @torch.no_grad()
-def verify_row(root: str | Path, experiment: str, row: int, table: dict[str, Any] | None = None) -> dict[str, Any]:
+def verify_row(root: str | Path, experiment: str, row: int, table: dict[str, Any] | None = None, *,
+               trusted: Collection[str] = ()) -> dict[str, Any]:
     """One row recomputed; ``problems`` lists every disagreement (empty: the row holds).
 
     The recomputed figures are compared with the metrics stored in the row and, given
     ``table`` (the row as ``<experiment>.parquet`` holds it), with the table file too: an
-    edited table is caught, not only an edited store."""
+    edited table is caught, not only an edited store. The model is rebuilt from collide's
+    registry; one of the user's own code only when its spec is in ``trusted`` (what the
+    caller named with ``--model``): nothing read from the store chooses code to import."""
     arrays, attrs = read_row(root, experiment, row)
     if is_points_row(attrs):
-        return verify_points(root, experiment, row, table, agree=AGREE)
+        return verify_points(root, experiment, row, table, agree=AGREE, trusted=trusted)
     metrics = attrs.get("metrics")
     if metrics is None:
         return {"row": row, "problems": ["never evaluated"]}
-    model = load_model_source(attrs["model_source"]).eval()
+    model = load_model_source(attrs["model_source"], trusted=trusted).eval()
     net = copy.deepcopy(model).double()
     vertices = arrays["vertices"].astype(np.float64)
     weights = arrays.get("sample_weights")
@@ -167,16 +180,33 @@ def _verify_region(net: torch.nn.Module, model: torch.nn.Module, arrays: dict[st
     return problems
 
 
-def verify(root: str | Path, experiment: str) -> list[dict[str, Any]]:
+def verify(root: str | Path, experiment: str, *, trusted: Collection[str] = ()) -> list[dict[str, Any]]:
     """:func:`verify_row` for every row of the experiment's store, against its table file
-    (``<experiment>.parquet``) too; a row the table lacks is a problem of its own."""
+    (``<experiment>.parquet``) too, in both directions: a store row the table lacks and a
+    table row the store lacks are problems of their own. Entries of the store that are not
+    rows (a ``note``, skipped, no problem) and damaged root metadata (a problem) come back
+    as entries with ``row`` None and ``what``.
+    ``trusted``: the user's own model specs the caller named (``--model``)."""
     path = table_path(root, experiment)
     table = {int(r["row"]): r for r in pd.read_parquet(path).to_dict("records")} if path.is_file() else {}
-    out = []
-    for r in list_rows(root, experiment):
-        checked = verify_row(root, experiment, r, table.get(r))
+    out: list[dict[str, Any]] = []
+    damage = store_damage(root, experiment)
+    if damage is not None:
+        out.append({"row": None, "what": "store",
+                    "problems": [f"{damage}: rerun the experiment, which rewrites it"]})
+    strays = stray_entries(root, experiment)
+    if strays:
+        # Not a disagreement (no row is read from them): named, so that nothing is skipped silently.
+        out.append({"row": None, "what": "entries", "note": stray_text(root, experiment, strays), "problems": []})
+    rows = list_rows(root, experiment)
+    for r in rows:
+        checked = verify_row(root, experiment, r, table.get(r), trusted=trusted)
         if r not in table:  # the store is still checked against itself
             missing = f"no table file {path.name}" if not table else f"row {r} is missing from {path.name}"
             checked["problems"] = [*checked["problems"], f"{missing}: run `collide tables`"]
         out.append(checked)
+    for r in sorted(set(table) - set(rows)):
+        gone = (f"{path.name} lists row {r}, but {store_path(root, experiment).name} has no row-{r}: "
+                f"{rerun_hint(root, experiment)}, which recomputes it (or `collide tables` to drop it from the table)")
+        out.append({"row": r, "missing": True, "problems": [gone]})
     return out
