@@ -81,8 +81,9 @@ def collision_set(frame: pd.DataFrame) -> str:
     def row(label: str, cell: Callable[[Mapping[str, Any]], str]) -> None:
         lines.append(f"| {label} | " + " | ".join(cell(r) for r in exact) + " |")
 
-    row("N⁺ (positive units) / d − rank J⁺", lambda r: f"{r.get('n_positive', '?')} / {r.get('region_free_dim', '?')}")
-    row("dim C (how)", lambda r: f"{r.get('region_dim', '?')} ({r.get('region_dim_method', '?')})")
+    row("N⁺ (positive units) / d − rank J⁺", lambda r: f"{_count(r.get('n_positive'))} / "
+        f"{_count(r.get('region_free_dim'))}")
+    row("dim C (how)", lambda r: f"{_count(r.get('region_dim'))} ({r.get('region_dim_method', '?')})")
     row("inscribed radius", lambda r: _num(r.get("region_radius"), ".4f"))
     row("mean width ± SE (directions)", lambda r: f"{_num(r.get('region_mean_width'), '.3f')} ± "
         f"{_num(r.get('region_mean_width_se'), '.3f')} ({_count(r.get('region_n_directions'))})")
@@ -122,14 +123,15 @@ def lenet(frame: pd.DataFrame) -> str:
     """The LeNet-5 rows: validity, success, spread and why a row has no polytope."""
     lines = [f"_{_machine(frame)}._", "",
              "| row | method | init | valid | success | vertex avg dist (pairs) "
-             "| max feature error (all vertices) | why |",
-             "|---|---|---|---|---|---|---|---|"]
+             "| max feature error (all vertices) | hull collides (samples' error) | why |",
+             "|---|---|---|---|---|---|---|---|---|"]
     for r in frame.sort_values("row").to_dict("records"):
         why = r.get("invalid_reason") if isinstance(r.get("invalid_reason"), str) else ""
         pairs = pairs_text(r) if not missing(r["vertex_avg_distance"]) else ""
         lines.append(f"| {r['row']} | {r['method']} | {_init(r)} | {valid_text(r)} | {_success(r)} "
                      f"| {_num(r['vertex_avg_distance'], '.2f')}{pairs} "
-                     f"| {_err(r.get('max_feature_rel_error'))} ({_err(r.get('max_feature_rel_error_all'))}) | {why} |")
+                     f"| {_err(r.get('max_feature_rel_error'))} ({_err(r.get('max_feature_rel_error_all'))}) "
+                     f"| {_yes(r.get('hull_collides'))} ({_err(r.get('samples_max_feature_rel_error'))}) | {why} |")
     return "\n".join(lines) + "\n"
 
 
