@@ -1,6 +1,6 @@
 """The paper scheme's learning rate, re-tuned on the shipped checkpoints.
 
-``python -m benchmarks.paper_lr`` runs :data:`benchmarks.solver.LR_GRID` on each model's
+``python -m benchmarks.paper_lr`` runs :func:`benchmarks.solver.lr_grid` on each model's
 Table 2 problem (five vertices from the other digit, 6,000 steps, one thread) and writes
 ``benchmarks/paper_lr.json``: every rate's largest feature error, spread and time, the
 best rate, and the machine. :data:`collide.config.PAPER_TUNED_LR` holds the best ones.
@@ -15,20 +15,15 @@ from typing import Any
 import torch
 
 from benchmarks.common import MODELS, collision_problem, machine
-from benchmarks.solver import LR_GRID, _paper
-from collide.config import PAPER_TUNED_LR, PaperConfig
-from collide.polytope import avg_pairwise_distance
+from benchmarks.solver import lr_grid
+from collide.config import PAPER_TUNED_LR
 
 OUT = Path(__file__).parent / "paper_lr.json"
 
 
 def grid(arch: str) -> dict[str, Any]:
     p = collision_problem(arch)
-    rows = []
-    for lr in LR_GRID:
-        seconds, result, _ = _paper(p, PaperConfig(lr=lr))
-        rows.append({"lr": lr, "seconds": seconds, "max_rel_error": float(result.rel_error.max()),
-                     "vertex_avg_distance": avg_pairwise_distance(result.vertices)})
+    rows = lr_grid(p)
     best = min(rows, key=lambda r: r["max_rel_error"])
     return {"model": arch, "layer": p["layer"], "grid": rows, "best_lr": best["lr"],
             "tuned_lr": PAPER_TUNED_LR[arch]}

@@ -76,13 +76,20 @@ def _time_to(level: float, seconds: float, trace: _Trace) -> float | None:
     return None if step is None else seconds * (step + 1) / len(trace.errors)
 
 
-def run(arch: str, *, repeats: int = 3) -> dict[str, Any]:
-    p = collision_problem(arch)
+def lr_grid(p: dict[str, Any]) -> list[dict[str, Any]]:
+    """The paper scheme at every rate of :data:`LR_GRID` on problem ``p``: largest feature
+    error, spread and time per rate."""
     grid = []
     for lr in LR_GRID:
         seconds, result, _ = _paper(p, PaperConfig(lr=lr))
         grid.append({"lr": lr, "seconds": seconds, "max_rel_error": float(result.rel_error.max()),
                      "vertex_avg_distance": avg_pairwise_distance(result.vertices)})
+    return grid
+
+
+def run(arch: str, *, repeats: int = 3) -> dict[str, Any]:
+    p = collision_problem(arch)
+    grid = lr_grid(p)
     best = min(grid, key=lambda g: g["max_rel_error"])
     reference = PaperConfig(lr=best["lr"])
     ref = _vertex_by_vertex(p, reference)

@@ -279,19 +279,27 @@ def pick_targets(checkpoint: str, *, data_root: str, label: int, per_class: int,
         other = int(torch.nonzero(test.labels != wanted).flatten()[0])
         targets += [{"target_index": int(h), "other_index": other} for h in hits[:need]]
     if layer is not None:
-        with torch.no_grad():
-            pre = preactivation(model, test.images[[t["target_index"] for t in targets]], layer)
-        for t, count, bad in zip(targets, (pre <= 0).sum(1).tolist(), (~torch.isfinite(pre)).sum(1).tolist(),
-                                 strict=True):
-            if bad:
-                raise DataError(
-                    f"target test image {t['target_index']} has {bad} NaN or infinite pre-activations at {layer}: "
-                    f"the model in {checkpoint} does not compute finite values; delete it and retrain")
-            if count < n_vertices:
-                raise ConfigError(
-                    f"target test image {t['target_index']} has {count} non-positive units at {layer}, fewer "
-                    f"than the {n_vertices} vertices asked for: lower n_vertices or pick another layer")
+        check_targets(model, test.images, targets, layer=layer, n_vertices=n_vertices, model_name=checkpoint)
     return targets
+
+
+def check_targets(model: torch.nn.Module, images: torch.Tensor, targets: list[dict[str, int]], *, layer: str,
+                  n_vertices: int, model_name: str) -> None:
+    """Refuse, before any row is touched, a target whose pre-activations at ``layer`` are not
+    finite or that has fewer than ``n_vertices`` non-positive units there (each vertex pushes
+    one). ``model_name`` says which model, for the message."""
+    with torch.no_grad():
+        pre = preactivation(model, images[[t["target_index"] for t in targets]], layer)
+    for t, count, bad in zip(targets, (pre <= 0).sum(1).tolist(), (~torch.isfinite(pre)).sum(1).tolist(),
+                             strict=True):
+        if bad:
+            raise DataError(
+                f"target test image {t['target_index']} has {bad} NaN or infinite pre-activations at {layer}: "
+                f"the model {model_name} does not compute finite values; delete it and retrain")
+        if count < n_vertices:
+            raise ConfigError(
+                f"target test image {t['target_index']} has {count} non-positive units at {layer}, fewer than "
+                f"the {n_vertices} vertices asked for (model {model_name}): lower n_vertices or pick another layer")
 
 
 def prepare(*, config: MnistExperiment, progress: Progress = no_progress) -> dict[str, Any]:

@@ -55,7 +55,6 @@ from collide.results.summary import (
     write_summary_table,
 )
 from collide.solvers.baselines import BallConfig, NullSpaceConfig, null_space_points, random_ball
-from collide.taps import preactivation
 
 NAME = "spread"
 SUMMARY = ("spread over training seeds x targets: mean, std and 95% interval of every Table 2 column and "
@@ -214,15 +213,9 @@ def pick_common_targets(checkpoints: list[str], *, config: SpreadExperiment) -> 
                             f"{len(models)} seeds' models, fewer than targets_per_label={config.targets_per_label}")
         other = int(torch.nonzero(test.labels != label).flatten()[0])
         targets += [{"target_index": int(h), "other_index": other, "label": label} for h in hits]
-    indices = [t["target_index"] for t in targets]
     for seed, model in zip(config.seeds, models, strict=True):
-        with torch.no_grad():
-            counts = (preactivation(model, test.images[indices], config.layer) <= 0).sum(1).tolist()
-        for t, count in zip(targets, counts, strict=True):
-            if count < config.n_vertices:
-                raise ConfigError(
-                    f"target test image {t['target_index']} has {count} non-positive units at {config.layer} under "
-                    f"seed {seed}'s model, fewer than the {config.n_vertices} vertices asked for: lower n_vertices")
+        mnist.check_targets(model, test.images, targets, layer=config.layer, n_vertices=config.n_vertices,
+                            model_name=f"of seed {seed}")
     return targets
 
 
