@@ -161,7 +161,8 @@ def outcome_lines(out: dict) -> list[str]:
         lines += [f"summary: {out['summary']}", f"summary figure: {out['summary_figure']}"]
     if out.get("origin"):
         # Which model the numbers come from: shipped (the published tables'), or trained here.
-        lines.append(f"checkpoint: {out['origin']} {out.get('checkpoint', '')} "
+        how = out["origin"] + (" (reused)" if out["origin"] == "trained" and out.get("reused") else "")
+        lines.append(f"checkpoint: {how} {out.get('checkpoint', '')} "
                      f"(sha256 {str(out.get('sha256'))[:12]}..., data {out.get('dataset', '?')})")
     if out.get("test_accuracy") is not None:
         lines.append(f"test accuracy: {accuracy_text(out['test_accuracy'])}")

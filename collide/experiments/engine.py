@@ -225,4 +225,4 @@ def run(experiment: ModuleType, *, config: Any, progress: Progress = no_progress
 
 
 # Context entries a run reports back (the CLI prints them).
-REPORTED = ("test_accuracy", "random_weights", "notes", "origin", "checkpoint", "sha256", "dataset")
+REPORTED = ("test_accuracy", "random_weights", "notes", "origin", "reused", "checkpoint", "sha256", "dataset")

@@ -196,15 +196,16 @@ def train_model(*, config: Any, progress: Progress = no_progress) -> dict[str, A
       rows are solved with a file another run then replaces.
 
     Returns:
-        The checkpoint's path and sha256, its test accuracy, ``origin`` (``shipped``,
-        ``cached`` or ``trained``), the data's digest and label.
+        The checkpoint's path and sha256, its test accuracy, ``origin`` (``shipped``, or
+        ``trained`` here: what a row records, the same whether this run or an earlier one
+        trained it), ``reused`` (no training in this call), the data's digest and label.
     """
     choice = getattr(config, "checkpoint", "auto")
     digest = data_digest(config.data_root)
     label = data_label(config.data_root, digest, getattr(config, "dataset_label", ""))
     shipped = shipped_checkpoint(config.train, digest) if choice != "train" else None
     if shipped is not None:
-        path, origin = shipped, "shipped"
+        path, origin, reused = shipped, "shipped", True
         _, meta = load_checkpoint(path)
     elif choice == "shipped":
         have = ", ".join(f"{m['config']['arch']} seed {m['config']['seed']} on {m.get('dataset', '?')}"
@@ -215,18 +216,20 @@ def train_model(*, config: Any, progress: Progress = no_progress) -> dict[str, A
     else:
         path = checkpoint_path(config.checkpoint_dir, config.train, digest)
         with cache_lock(path, what=f"the checkpoint {path}"):
-            origin, meta = _train_or_reuse(path, config=config, digest=digest, label=label, progress=progress)
+            reused, meta = _train_or_reuse(path, config=config, digest=digest, label=label, progress=progress)
+        origin = "trained"
     if meta.get("data_digest", digest) != digest:
         raise CheckpointError(f"checkpoint {path} was trained on data {str(meta['data_digest'])[:12]}..., not on "
                               f"the data in {config.data_root} ({digest[:12]}...): delete it and rerun")
     return {"checkpoint": str(path), "sha256": meta["sha256"], "test_accuracy": meta["test_accuracy"],
-            "reused": origin != "trained", "origin": origin, "data_digest": digest, "dataset": label}
+            "reused": reused, "origin": origin, "data_digest": digest, "dataset": label}
 
 
 def _train_or_reuse(path: Path, *, config: Any, digest: str, label: str,
-                    progress: Progress) -> tuple[str, dict[str, Any]]:
+                    progress: Progress) -> tuple[bool, dict[str, Any]]:
+    """Whether the checkpoint at ``path`` was there already, and its metadata (trained now if not)."""
     if path.exists():
-        return "cached", load_checkpoint(path)[1]
+        return True, load_checkpoint(path)[1]
     model, meta = train(
         load_mnist(config.data_root, "train"), load_mnist(config.data_root, "test"), config=config.train,
         device=resolve_device(config.device),
@@ -238,7 +241,7 @@ def _train_or_reuse(path: Path, *, config: Any, digest: str, label: str,
             f"required {config.train.min_accuracy:.4f}: train longer (train.epochs) or lower "
             "train.min_accuracy; no checkpoint was saved"
         )
-    return "trained", save_checkpoint(model, {**meta, "data_digest": digest, "dataset": label}, path)
+    return False, save_checkpoint(model, {**meta, "data_digest": digest, "dataset": label}, path)
 
 
 def data_attrs(context: dict[str, Any]) -> dict[str, Any]:
