@@ -46,7 +46,8 @@ bench: $(STAMP)
 
 # The published tables: the pipeline itself writes them from the shipped checkpoints
 # (collide/models/shipped/), then the README's generated blocks are rewritten from them.
-# About 15 minutes on 2 cores (the spread over 5 seeds x 4 targets: 9). `make run` compares
+# About 30 minutes on 2 cores (LeNet-5 13, the spread over 5 seeds x 4 targets 10, frontier,
+# baselines and transfer 3). `make run` compares
 # its table with data/reference/mnist-mlp.parquet.
 REF_WORK := data/reference-work
 reference: $(STAMP)
@@ -55,6 +56,11 @@ reference: $(STAMP)
 	$(BIN)/collide run mnist --no-prefect --results-root $(REF_WORK)/lenet5 --set train.arch=lenet5 --set layer=relu3
 	cp $(REF_WORK)/mlp/mnist.parquet data/reference/mnist-mlp.parquet
 	$(BIN)/collide run spread --no-prefect --results-root $(REF_WORK)/spread
+	$(BIN)/collide run frontier --no-prefect --results-root $(REF_WORK)/frontier
+	$(BIN)/collide run baselines --no-prefect --results-root $(REF_WORK)/baselines
+	$(BIN)/collide run transfer --no-prefect --results-root $(REF_WORK)/transfer
+	cp $(REF_WORK)/frontier/frontier.parquet $(REF_WORK)/baselines/baselines.parquet data/reference/
+	cp $(REF_WORK)/transfer/transfer-summary.parquet data/reference/
 	cp $(REF_WORK)/lenet5/mnist.parquet data/reference/mnist-lenet5.parquet
 	cp $(REF_WORK)/spread/spread-summary.parquet $(REF_WORK)/spread/spread-paper.parquet data/reference/
 	$(BIN)/collide readme

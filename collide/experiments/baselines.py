@@ -44,6 +44,7 @@ from collide.polytope import combine, sample_weights
 from collide.results.figures import save_figure
 from collide.results.points import PointsRecord
 from collide.results.store import table_path
+from collide.results.summary import baseline_summary
 from collide.solvers.baselines import (
     BallConfig,
     InversionConfig,
@@ -236,20 +237,6 @@ def figure_path(root: str | Path, experiment: str) -> Path:
 OUTPUTS = (figure_path,)
 
 
-def method_summary(table: pd.DataFrame) -> pd.DataFrame:
-    """One row per (method, layer) over the targets: mean success rate, the largest and
-    the mean feature error, the mean distance to the target and the mean spread."""
-    frame = table.assign(label=table["method"] + " @ " + table["layer"])
-    order = {label: k for k, label in enumerate(dict.fromkeys(frame.sort_values("row")["label"]))}
-    out = frame.groupby("label", sort=False).agg(
-        targets=("row", "size"), success_rate=("success_rate", "mean"),
-        max_feature_rel_error=("max_feature_rel_error", "max"),
-        mean_feature_rel_error=("mean_feature_rel_error", "mean"),
-        mean_distance_to_target=("mean_distance_to_target", "mean"), points_spread=("points_spread", "mean"),
-    ).reset_index()
-    return out.sort_values("label", key=lambda c: c.map(order)).reset_index(drop=True)
-
-
 def draw_baselines(summary: pd.DataFrame, *, title: str = "") -> Figure:
     """Per method: success rate (top) and feature error (bottom, log: bar the largest,
     dot the mean). Drawn on its own Agg canvas; pyplot's state is not touched."""
@@ -276,7 +263,7 @@ def draw_baselines(summary: pd.DataFrame, *, title: str = "") -> Figure:
 def summarize(*, config: BaselinesExperiment) -> dict[str, Any]:
     """``<name>-baselines.png`` from the table: success rate and feature error per method."""
     root, name = config.results_root, config.name
-    summary = method_summary(pd.read_parquet(table_path(root, name)))
+    summary = baseline_summary(pd.read_parquet(table_path(root, name)))
     title = (f"{name}: {config.n_targets} target(s), polytope at {config.layer} ({config.n_vertices} vertices); "
              f"null space also measured at {config.deeper_layer}")
     path = save_figure(draw_baselines(summary, title=title), figure_path(root, name))

@@ -22,6 +22,7 @@ import pandas as pd
 
 from collide.results.cells import format_probability, missing, pairs_text, row_flags, valid_text
 from collide.results.reference import TABLE_2
+from collide.results.summary import baseline_summary
 
 _BLOCK = re.compile(r"(<!-- generated: (?P<name>[\w-]+) -->\n)(?P<body>.*?)(<!-- end generated -->)", re.S)
 
@@ -166,6 +167,49 @@ def spread_summary(frame: pd.DataFrame) -> str:
     return "\n".join(lines) + "\n"
 
 
+def frontier(frame: pd.DataFrame) -> str:
+    """The approximation frontier: for each ε, the point closest to the other digit."""
+    first = frame.iloc[0]
+    lines = [f"_{first['model']} at `{first['layer']}`, checkpoint `{str(first.get('model_sha256', ''))[:12]}`, "
+             f"target test image {first.get('target_index', '?')}, other digit test image "
+             f"{first.get('init_index', '?')}._", "",
+             "| ε | distance to the other digit | lower bound (convex inner set E ≤ ε) | distance to the target "
+             "| feature error (float64) | class | p(target's class) |",
+             "|---|---|---|---|---|---|---|"]
+    for r in frame.sort_values("row").to_dict("records"):
+        lines.append(f"| {r['epsilon']:g} | {_num(r['mean_distance_to_init'], '.3f')} "
+                     f"| {_num(r.get('distance_lower_bound_inner'), '.3f')} "
+                     f"| {_num(r['mean_distance_to_target'], '.3f')} "
+                     f"| {_err(r['max_feature_rel_error'])} | {int(r['pred_class'])} "
+                     f"| {format_probability(r.get('target_class_prob'))} |")
+    return "\n".join(lines) + "\n"
+
+
+def baselines(frame: pd.DataFrame) -> str:
+    """The baselines side by side, one row per method and layer, means over the targets."""
+    lines = ["| method @ layer | targets | success (target's class) | feature error max / mean "
+             "| mean distance to the target | spread |",
+             "|---|---|---|---|---|---|"]
+    for r in baseline_summary(frame).to_dict("records"):
+        lines.append(f"| {r['label']} | {r['targets']} | {_num(r['success_rate'], '.3f')} "
+                     f"| {_err(r['max_feature_rel_error'])} / {_err(r['mean_feature_rel_error'])} "
+                     f"| {_num(r['mean_distance_to_target'], '.2f')} | {_num(r['points_spread'], '.2f')} |")
+    return "\n".join(lines) + "\n"
+
+
+def transfer(frame: pd.DataFrame) -> str:
+    """Collisions across models, one row per partner and row kind, means over the targets."""
+    lines = ["| model B | rows | targets | success (class kept) | max feature error | joint set: dim / radius / "
+             "mean width | A's own dim |",
+             "|---|---|---|---|---|---|---|"]
+    for r in frame.to_dict("records"):
+        lines.append(f"| {r['partner']} | {r['kind']} | {int(r['targets'])} | {_num(r['success_rate'], '.3f')} "
+                     f"| {_err(r['max_feature_rel_error'])} | {_num(r['joint_dim'], '.0f')} / "
+                     f"{_num(r['joint_radius'], '.4f')} / {_num(r['joint_mean_width'], '.3f')} "
+                     f"| {_num(r['a_dim'], '.0f')} |")
+    return "\n".join(lines) + "\n"
+
+
 # Each generated block: the reference file it reads and how it is written.
 BLOCKS: dict[str, tuple[str, Callable[[pd.DataFrame], str]]] = {
     "table2-mlp": ("mnist-mlp.parquet", table2),
@@ -173,6 +217,9 @@ BLOCKS: dict[str, tuple[str, Callable[[pd.DataFrame], str]]] = {
     "table2-lenet5": ("mnist-lenet5.parquet", lenet),
     "spread-paper": ("spread-paper.parquet", spread_paper),
     "spread-summary": ("spread-summary.parquet", spread_summary),
+    "frontier": ("frontier.parquet", frontier),
+    "baselines": ("baselines.parquet", baselines),
+    "transfer": ("transfer-summary.parquet", transfer),
 }
 
 

@@ -50,3 +50,17 @@ def write_summary_table(root: str | Path, experiment: str, kind: str, frame: pd.
         if old.shape == frame.shape and old.equals(frame):
             return path
     return write_table(frame, path)
+
+
+def baseline_summary(table: pd.DataFrame) -> pd.DataFrame:
+    """One row per (method, layer) over the targets: mean success rate, the largest and
+    the mean feature error, the mean distance to the target and the mean spread."""
+    frame = table.assign(label=table["method"] + " @ " + table["layer"])
+    order = {label: k for k, label in enumerate(dict.fromkeys(frame.sort_values("row")["label"]))}
+    out = frame.groupby("label", sort=False).agg(
+        targets=("row", "size"), success_rate=("success_rate", "mean"),
+        max_feature_rel_error=("max_feature_rel_error", "max"),
+        mean_feature_rel_error=("mean_feature_rel_error", "mean"),
+        mean_distance_to_target=("mean_distance_to_target", "mean"), points_spread=("points_spread", "mean"),
+    ).reset_index()
+    return out.sort_values("label", key=lambda c: c.map(order)).reset_index(drop=True)
