@@ -8,8 +8,13 @@ from pathlib import Path
 import pytest
 import torch
 
+import flows.experiment
 from collide.errors import ConfigError, DataError
 from flows.cli import main
+
+# flows.experiment imports Prefect, which binds its log handlers to the sys.stderr of that
+# moment: imported here, at collection, not inside a test whose capsys stream is closed after
+# it (every later flow's log would then write to a closed file and fail the flow).
 
 
 def _run(tiny_mnist, tmp_path, *extra: str) -> list[str]:
@@ -75,8 +80,6 @@ def test_a_read_only_results_root_is_named(tiny_mnist, tmp_path, capsys):
 
 
 def test_the_prefect_path_checks_the_results_root_before_any_server(tiny_mnist, tmp_path, capsys, monkeypatch):
-    import flows.experiment
-
     def no_flow(*args, **kwargs):
         raise AssertionError("the flow (and Prefect's server) must not start on bad input")
 
