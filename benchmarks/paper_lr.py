@@ -16,7 +16,7 @@ import torch
 
 from benchmarks.common import MODELS, collision_problem, machine
 from benchmarks.solver import lr_grid
-from collide.config import PAPER_TUNED_LR
+from collide.solvers.paper import PAPER_TUNED_LR
 
 OUT = Path(__file__).parent / "paper_lr.json"
 

@@ -14,40 +14,29 @@ from __future__ import annotations
 import contextlib
 import copy
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
 import torch
 from torch import nn
 
-from collide.config import (
-    METHODS,
-    PAPER_TUNED_LR,
-    SAMPLERS,
-    ExactConfig,
-    GeometryConfig,
-    GradientConfig,
-    Method,
-    PaperConfig,
-    Sampler,
-)
+from collide.config import SAMPLERS, ExactConfig, GeometryConfig, GradientConfig, Method, PaperConfig, Sampler
 from collide.errors import ConfigError, DataError
-from collide.objective import feature_rel_error, nonpositive_units
+from collide.inputs import one_input, require_finite, require_float32
+from collide.objective import feature_rel_error
 from collide.polytope import avg_pairwise_distance, combine, evaluate, sample_weights
 from collide.precision import full_precision
-from collide.sites import eval_mode
+from collide.sites import Site, eval_mode, resolve
+from collide.solvers import Solver, solver_for
 from collide.solvers.collision_set import collision_set
 from collide.solvers.collision_set import measure as measure_set
-from collide.solvers.exact import OPTIMAL, affine_piece, solve_exact
-from collide.solvers.gradient import check_inputs, solve_gradient
-from collide.solvers.paper import solve_paper
-from collide.solvers.param import Parameterisation, Pixels
-from collide.taps import preactivation, resolve_layer
-from collide.validity import POLYTOPE_MIN_VERTICES, Criterion, check_vertices, criterion_for
+from collide.solvers.exact import affine_piece
+from collide.solvers.param import Parameterisation
+from collide.taps import preactivation
+from collide.validity import POLYTOPE_MIN_VERTICES, Criterion, check_vertices
 
 SolverConfig = GradientConfig | ExactConfig | PaperConfig
-_CONFIGS: dict[str, type] = {"gradient": GradientConfig, "exact": ExactConfig, "paper": PaperConfig}
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -118,47 +107,25 @@ class Measurement:
     sample_prob: torch.Tensor | None = None
 
 
-def _solver_config(method: str, config: SolverConfig | None, bounds: tuple[float, float] | None) -> SolverConfig:
-    if method not in METHODS:
-        raise ConfigError(f"unknown method {method!r}: expected one of {METHODS}")
-    kind = _CONFIGS[method]
-    if config is None:
-        config = kind()
-    elif not isinstance(config, kind):
-        raise ConfigError(f"method {method!r} takes config={kind.__name__}(...), got a {type(config).__name__}")
-    if bounds is not None:
-        lower, upper = bounds
-        config = replace(config, lower=float(lower), upper=float(upper))
-    if isinstance(config, PaperConfig) and config.lr is None:
-        raise ConfigError("the paper's scheme needs a learning rate for your model: pass config=PaperConfig(lr=...) "
-                          f"(tuned for the zoo: {PAPER_TUNED_LR}; benchmarks/solver.py tunes one)")
-    return config
+def _solver(method: Method | Solver, config: SolverConfig | None, bounds: tuple[float, float] | None) -> Solver:
+    solver = solver_for(method, config)
+    return solver if bounds is None else solver.with_bounds(*bounds)
 
 
-def _check_float32(model: nn.Module) -> None:
-    """The solvers take float32 models (and check vertices in float64 on copies of their own)."""
-    other = {str(p.dtype) for p in model.parameters() if p.is_floating_point() and p.dtype != torch.float32}
-    if other:
-        raise ConfigError(f"the model's parameters are {', '.join(sorted(other))}; collide solves on float32 models "
-                          "and rechecks every vertex in float64 itself: pass model.float()")
-
-
-def _one_input(x: torch.Tensor, what: str) -> torch.Tensor:
-    if not isinstance(x, torch.Tensor):
-        raise DataError(f"{what} must be a torch.Tensor, got {type(x).__name__}")
-    if x.ndim == 0:
-        raise DataError(f"{what} must be one input without a batch dimension, got a scalar")
-    return x.detach().to("cpu", torch.float32)
+def _site(model: nn.Module, layer: str | Site, example: torch.Tensor) -> Site:
+    """The one resolution of an API call: ``layer`` named by the caller becomes a Site here,
+    and only the Site goes further (its ``name`` is what a store writes)."""
+    return layer if isinstance(layer, Site) else resolve(model, layer, example.unsqueeze(0))
 
 
 def find_polytope(
     model: nn.Module,
-    layer: str,
+    layer: str | Site,
     target: torch.Tensor,
     *,
     init: torch.Tensor | None = None,
     n_vertices: int = 5,
-    method: Method = "gradient",
+    method: Method | Solver = "gradient",
     device: str = "cpu",
     config: SolverConfig | None = None,
     bounds: tuple[float, float] | None = None,
@@ -179,11 +146,13 @@ def find_polytope(
         target: one input, no batch dimension, in the input range (``bounds``; default
             the solver config's ``[lower, upper]``, ``[0, 1]``).
         init: where the optimisation starts (same shape as ``target``).
-        method: ``gradient`` (default; :class:`GradientConfig`), ``exact`` (a linear
-            program per vertex; :class:`ExactConfig`) or ``paper`` (the authors'
-            scheme; :class:`PaperConfig`, with ``lr`` set for a model of your own).
+        method: a solver (:class:`GradientSolver`, :class:`ExactSolver`,
+            :class:`PaperSolver`, or one of your own), or its name: ``gradient``
+            (default; :class:`GradientConfig`), ``exact`` (a linear program per vertex;
+            :class:`ExactConfig`) or ``paper`` (the authors' scheme;
+            :class:`PaperConfig`, with ``lr`` set for a model of your own).
         device: where the solver runs (``cpu``, ``cuda``).
-        config: the method's solver config; its defaults when None.
+        config: the method's solver config when ``method`` is a name; its defaults when None.
         units: the unit each vertex pushes (V,); default the target's most negative.
         param: what the gradient solver optimises (default the pixels, from ``init``);
             e.g. :class:`collide.patches.compose.ComposedPatches`.
@@ -194,25 +163,25 @@ def find_polytope(
         DataError: the target or init is not one finite input in range.
         ConfigError: a config of another method, or the paper's scheme without a rate.
     """
-    cfg = _solver_config(method, config, bounds)
-    _check_float32(model)
-    target = _one_input(target, "target")
-    layer = resolve_layer(model, layer, target.unsqueeze(0))
-    if param is not None and method != "gradient":
-        raise ConfigError(f"a parameterisation other than pixels needs method='gradient', got {method!r}")
-    problem = _problem(model, layer, target, init, n_vertices, units, cfg)
-    return _solve(model, layer, [problem], method=method, cfg=cfg, device=device, param=param,
-                  progress=progress)[0]
+    solver = _solver(method, config, bounds)
+    require_float32(model)
+    target = one_input(target, "target")
+    site = _site(model, layer, target)
+    init = None if init is None else one_input(init, "init")
+    units = None if units is None else torch.as_tensor(units)
+    solved = solver(model, site, [target], [init], n_vertices=n_vertices, units=units, device=device, param=param,
+                    progress=progress)
+    return _checked(model, site, solver, solved, device)[0]
 
 
 def find_polytopes(
     model: nn.Module,
-    layer: str,
+    layer: str | Site,
     targets: Sequence[torch.Tensor],
     *,
     inits: Sequence[torch.Tensor | None] | None = None,
     n_vertices: int = 5,
-    method: Method = "gradient",
+    method: Method | Solver = "gradient",
     device: str = "cpu",
     config: SolverConfig | None = None,
     bounds: tuple[float, float] | None = None,
@@ -235,112 +204,39 @@ def find_polytopes(
     Shapes:
         targets: T inputs (*input), or a (T, *input) tensor; inits: T inputs or None each
     """
-    cfg = _solver_config(method, config, bounds)
-    _check_float32(model)
-    targets = [_one_input(t, f"target {k}") for k, t in enumerate(targets)]
+    solver = _solver(method, config, bounds)
+    require_float32(model)
+    targets = [one_input(t, f"target {k}") for k, t in enumerate(targets)]
     if not targets:
         raise DataError("find_polytopes needs at least one target, got none")
     inits = list(inits) if inits is not None else [None] * len(targets)
     if len(inits) != len(targets):
         raise DataError(f"got {len(targets)} targets and {len(inits)} inits: give one init per target (or None)")
-    layer = resolve_layer(model, layer, targets[0].unsqueeze(0))
-    problems = [_problem(model, layer, t, i, n_vertices, None, cfg) for t, i in zip(targets, inits, strict=True)]
-    return _solve(model, layer, problems, method=method, cfg=cfg, device=device, param=None, progress=progress)
+    inits = [None if i is None else one_input(i, f"init {k}") for k, i in enumerate(inits)]
+    site = _site(model, layer, targets[0])
+    solved = solver(model, site, targets, inits, n_vertices=n_vertices, device=device, progress=progress)
+    return _checked(model, site, solver, solved, device)
 
 
-@dataclass(frozen=True)
-class _Problem:
-    """One target's polytope problem, checked: ``target_pre`` (D,), ``units`` (V,)."""
-
-    target: torch.Tensor
-    init: torch.Tensor
-    target_pre: torch.Tensor
-    units: torch.Tensor
-
-
-def _problem(
-    model: nn.Module, layer: str, target: torch.Tensor, init: torch.Tensor | None, n_vertices: int,
-    units: torch.Tensor | None, cfg: SolverConfig,
-) -> _Problem:
-    init = target if init is None else _one_input(init, "init")
-    if init.shape != target.shape:
-        raise DataError(f"init has shape {tuple(init.shape)}, the target {tuple(target.shape)}: they must match")
-    check_inputs(target, "the target", cfg.lower, cfg.upper)
-    with full_precision(), torch.no_grad(), eval_mode(model):
-        try:
-            logits = model(target.unsqueeze(0))
-            target_pre = preactivation(model, target.unsqueeze(0), layer)[0]
-        except RuntimeError as exc:
-            raise DataError(f"the model cannot take the target of shape {tuple(target.shape)} as one input "
-                            f"(pass it without a batch dimension): {exc}") from exc
-    if logits.ndim != 2 or len(logits) != 1:
-        raise DataError(f"for a target of shape {tuple(target.shape)} the model returned logits of shape "
-                        f"{tuple(logits.shape)}, not (1, classes): pass the target without a batch dimension")
-    if units is None:
-        units = nonpositive_units(target_pre, n_vertices)
-    return _Problem(target=target, init=init, target_pre=target_pre, units=torch.as_tensor(units).long().flatten())
-
-
-def _solve(
-    model: nn.Module, layer: str, problems: list[_Problem], *, method: str, cfg: SolverConfig, device: str,
-    param: Parameterisation | None, progress: Callable[[int, int, int], None] | None,
-) -> list[Polytope]:
-    """Every problem's vertices (one solver batch for the gradient solvers), each polytope
-    checked in float64."""
-    found: list[tuple[torch.Tensor, torch.Tensor | None, dict[str, Any], torch.Tensor]] = []
-    with full_precision():
-        if method == "exact":
-            for pr in problems:
-                ex = solve_exact(model, layer, pr.target, pr.init, pr.units, config=cfg)  # type: ignore[arg-type]
-                found.append((ex.vertices, None, {
-                    "seconds": ex.seconds, "converged": all(o == OPTIMAL for o in ex.outcomes),
-                    "outcomes": list(ex.outcomes), "input_dim": ex.input_dim, "n_positive": ex.n_positive,
-                    "rank_positive": ex.rank_positive, "dim_upper_bound": ex.dim_upper_bound}, pr.init))
-        else:
-            params = [param if param is not None else Pixels(pr.init) for pr in problems]
-            sizes = [len(pr.units) for pr in problems]
-            batch = (
-                model, layer,
-                torch.cat([pr.target_pre.expand(v, -1) for pr, v in zip(problems, sizes, strict=True)]),
-                torch.cat([p.initial(v) for p, v in zip(params, sizes, strict=True)]),
-                torch.cat([pr.units for pr in problems]),
-            )
-            if method == "gradient":
-                dev = params[0].on(device)
-                result = solve_gradient(*batch, config=cfg, device=device, progress=progress,  # type: ignore[arg-type]
-                                        decode=dev.decode, regularizer=dev.regularizer)
-            else:
-                result = solve_paper(*batch, config=cfg, device=device, progress=progress)  # type: ignore[arg-type]
-            start = 0
-            for pr, p, v in zip(problems, params, sizes, strict=True):
-                rows = slice(start, start + v)
-                start += v
-                init = pr.init
-                if param is not None:
-                    with torch.no_grad():
-                        init = p.decode(p.initial(1))[0].float()  # type: ignore[misc]
-                solver = result.summary(rows)
-                if len(problems) > 1:
-                    # A polytope's share of the batch, so that seconds add up over a table.
-                    solver.update(seconds=result.seconds / len(problems), batch_seconds=result.seconds,
-                                  batch_targets=len(problems))
-                found.append((result.vertices[rows], result.params[rows], solver, init))
-    return [check_polytope(model, layer, vertices, pr.target, init, pr.units, method=method,
-                           criterion=criterion_for(method, cfg), solver=solver, params=params, device=device)
-            for pr, (vertices, params, solver, init) in zip(problems, found, strict=True)]
+def _checked(model: nn.Module, site: Site, solver: Solver, solved: list, device: str) -> list[Polytope]:
+    """Each problem's vertices held to the solver's criterion in float64."""
+    return [check_polytope(model, site, found.vertices, pr.target, found.init, pr.units, method=solver.method,
+                           criterion=solver.criterion, solver=found.record, params=found.params, device=device)
+            for pr, found in solved]
 
 
 def check_polytope(
-    model: nn.Module, layer: str, vertices: torch.Tensor, target: torch.Tensor, init: torch.Tensor,
+    model: nn.Module, layer: str | Site, vertices: torch.Tensor, target: torch.Tensor, init: torch.Tensor,
     units: torch.Tensor, *, method: str, criterion: Criterion, solver: dict[str, Any] | None = None,
     params: torch.Tensor | None = None, device: str = "cpu",
 ) -> Polytope:
     """Vertices found elsewhere (a store, another tool) held to ``criterion`` in float64."""
     solver = dict(solver or {})
-    check = check_vertices(model, layer, vertices, target, units, criterion,
+    site = _site(model, layer, target)
+    check = check_vertices(model, site, vertices, target, units, criterion,
                            outcomes=solver.get("outcomes"), device=device)
     return Polytope(
-        vertices=vertices, valid=check.valid, target=target, init=init, layer=layer, method=method,
+        vertices=vertices, valid=check.valid, target=target, init=init, layer=site.name, method=method,
         units=units, criterion=criterion, rel_error=check.rel_error, violation=check.violation,
         pushed=check.pushed, target_pushed=check.target_pushed, margin=check.margin, reasons=check.reasons,
         solver=solver, params=params,
@@ -350,7 +246,7 @@ def check_polytope(
 @torch.no_grad()
 def measure(
     model: nn.Module,
-    layer: str,
+    layer: str | Site,
     poly: Polytope,
     *,
     n_samples: int = 2000,
@@ -369,8 +265,8 @@ def measure(
         raise ConfigError(f"unknown sampler {sampler!r}: expected one of {SAMPLERS}")
     if n_samples < 1:
         raise ConfigError(f"expected n_samples >= 1, got {n_samples}")
-    _check_float32(model)
-    layer = resolve_layer(model, layer, poly.target.unsqueeze(0))
+    require_float32(model)
+    layer = _site(model, layer, poly.target)
     with full_precision(), contextlib.ExitStack() as stack:
         # Classify with the model itself when it is already on ``device`` (eval_mode below
         # restores its modes); a copy only to move it, so the caller's stays where it is.
@@ -471,8 +367,8 @@ class Geometry:
 
 
 def collision_geometry(
-    model: nn.Module, layer: str, target: torch.Tensor, *, config: GeometryConfig | None = None,
-    also: Sequence[tuple[nn.Module, str]] = (),
+    model: nn.Module, layer: str | Site, target: torch.Tensor, *, config: GeometryConfig | None = None,
+    also: Sequence[tuple[nn.Module, str | Site]] = (),
 ) -> Geometry:
     """Dimension, inscribed ball and uniform samples of ``target``'s exact collision set.
 
@@ -490,17 +386,16 @@ def collision_geometry(
         target: (*input)
     """
     config = config or GeometryConfig()
-    target = _one_input(target, "target")
-    if not torch.isfinite(target).all():
-        raise DataError("the target holds NaN or infinite values: pass a finite input")
+    target = one_input(target, "target")
+    require_finite(target, "the target", fix="pass a finite input")
     flat = target.double().flatten().numpy()
     if flat.min() < config.lower or flat.max() > config.upper:
         raise DataError(f"the target lies outside the box [{config.lower}, {config.upper}] the collision set is "
                         "taken in: set geometry.lower/upper to the model's input range")
     pieces = []
     for net, name in [(model, layer), *also]:
-        _check_float32(net)
-        site = resolve_layer(net, name, target.unsqueeze(0))
+        require_float32(net)
+        site = _site(net, name, target)
         piece = affine_piece(net, site, target)
         pieces.append((piece, piece.jac @ flat + piece.offset))
     cs = collision_set(pieces, flat, lower=config.lower, upper=config.upper, max_entries=config.max_entries)

@@ -186,15 +186,6 @@ class GradientConfig:
         _require(self.lower < self.upper, f"expected lower < upper, got {self.lower} >= {self.upper}")
 
 
-# The authors' learning rate per model on [0, 1] pixels: the best of the grid in
-# benchmarks/solver.py (LR_GRID; lowest largest feature error of five vertices started
-# from another digit after 6,000 steps), on each model's collision problem of Table 2,
-# with the shipped checkpoints (collide/models/shipped/). The grid and every rate's error
-# are in benchmarks/paper_lr.json (`python -m benchmarks.paper_lr`): on the MLP it is flat
-# (0.232-0.240 from 1e-4 to 10), on LeNet-5 3 edges out 1 (0.0513 against 0.0545).
-PAPER_TUNED_LR = {"mlp": 1e-4, "lenet5": 3.0}
-
-
 @dataclass(frozen=True)
 class PaperConfig:
     """The authors' own vertex scheme (paper §2; DESIGN.md, "Facts from the authors' code").
@@ -204,7 +195,8 @@ class PaperConfig:
     ``1/lr_drop`` at one and two thirds of ``steps``, clipping to the box, a fixed number
     of steps. The authors' rates (0.1 to 0.001) are for 0-255 pixels; on [0, 1] inputs the
     same step is 255² times too large. ``lr=None`` (the default) takes the rate chosen for
-    the model at hand on [0, 1] inputs, :data:`PAPER_TUNED_LR`, through :meth:`for_model`.
+    the model at hand on [0, 1] inputs, :data:`collide.solvers.paper.PAPER_TUNED_LR`, through
+    ``PaperSolver(config, arch=...)``.
 
     The paper states no tolerance for its approximate collisions. A vertex of this scheme
     counts as valid when its relative feature error is at most ``rel_tol`` (its
@@ -235,15 +227,6 @@ class PaperConfig:
             _non_negative("neg_tol", self.neg_tol)
         _non_negative("push_margin", self.push_margin)
         _require(self.lower < self.upper, f"expected lower < upper, got {self.lower} >= {self.upper}")
-
-    def for_model(self, arch: str) -> PaperConfig:
-        """This config with ``lr`` set: the caller's, else the rate tuned for ``arch``."""
-        if self.lr is not None:
-            return self
-        _require(arch in PAPER_TUNED_LR,
-                 f"no tuned paper.lr for model {arch!r} (tuned: {sorted(PAPER_TUNED_LR)}): set paper.lr, "
-                 "e.g. --set paper.lr=1e-4, or tune it with benchmarks/solver.py")
-        return dataclasses.replace(self, lr=PAPER_TUNED_LR[arch])
 
 
 # How the collision-set sampler steps (GeometryConfig.walk).

@@ -1,4 +1,4 @@
-"""Which vertices count: each method's collision criterion, checked in float64.
+"""Which vertices count: each solver's collision criterion, checked in float64.
 
 A vertex enters a polytope's samples only when it meets the criterion its method
 promises, recomputed here from the stored float32 vertex through a float64 copy of the
@@ -22,6 +22,7 @@ from torch import nn
 
 from collide.errors import DataError
 from collide.objective import feature_rel_error, max_nonpositive_violation
+from collide.sites import Site
 from collide.taps import preactivation
 
 POLYTOPE_MIN_VERTICES = 2  # fewer valid vertices span no polytope to sample
@@ -57,13 +58,6 @@ class Criterion:
         return ", ".join(parts)
 
 
-def criterion_for(method: str, config: Any) -> Criterion:
-    """The criterion of ``method`` from its solver config (``rel_tol``, ``neg_tol``, ``push_margin``)."""
-    neg = float("inf") if config.neg_tol is None else config.neg_tol
-    return Criterion(rel_tol=config.rel_tol, neg_tol=neg, push_margin=config.push_margin,
-                     outcome="optimal" if method == "exact" else None)
-
-
 @dataclass(frozen=True)
 class VertexCheck:
     """Each vertex against its criterion, from a float64 forward pass.
@@ -86,7 +80,7 @@ class VertexCheck:
 @torch.no_grad()
 def check_vertices(
     model: nn.Module,
-    layer: str,
+    layer: str | Site,
     vertices: torch.Tensor,
     target: torch.Tensor,
     units: torch.Tensor,

@@ -6,9 +6,9 @@ import pytest
 import torch
 from torch import nn
 
-from collide.config import PAPER_TUNED_LR, PaperConfig
+from collide.config import PaperConfig
 from collide.errors import ConfigError
-from collide.solvers.paper import piecewise_lr, solve_paper
+from collide.solvers.paper import PAPER_TUNED_LR, PaperSolver, piecewise_lr, solve_paper
 from tests.tolerances import UNCHANGED
 
 
@@ -69,11 +69,14 @@ def test_config_checks():
 
 
 def test_the_learning_rate_is_the_one_tuned_for_the_model_unless_set():
-    assert PaperConfig().for_model("mlp").lr == PAPER_TUNED_LR["mlp"]
-    assert PaperConfig().for_model("lenet5").lr == PAPER_TUNED_LR["lenet5"]
-    assert PaperConfig(lr=3e-3).for_model("lenet5").lr == 3e-3
+    assert PaperSolver(arch="mlp").config.lr == PAPER_TUNED_LR["mlp"]
+    assert PaperSolver(PaperConfig(), arch="lenet5").config.lr == PAPER_TUNED_LR["lenet5"]
+    assert PaperSolver(PaperConfig(lr=3e-3), arch="lenet5").config.lr == 3e-3
+    assert PaperSolver(arch="mlp").record == {"paper_lr": PAPER_TUNED_LR["mlp"]}
     with pytest.raises(ConfigError, match="no tuned paper.lr for model 'vgg16'.*--set paper.lr"):
-        PaperConfig().for_model("vgg16")
+        PaperSolver(arch="vgg16")
+    with pytest.raises(ConfigError, match="needs a learning rate for your model"):
+        PaperSolver()
     with pytest.raises(ConfigError, match="paper.lr is not set"):
         solve_paper(_tiny_net(), "relu1", torch.tensor([[0.5, -1.0]]), torch.full((1, 2), 0.5),
                     torch.tensor([1]), config=PaperConfig())

@@ -6,9 +6,10 @@ import torch
 
 from collide.config import ExactConfig, GradientConfig, PaperConfig
 from collide.objective import nonpositive_units
+from collide.solvers import ExactSolver, GradientSolver, PaperSolver
 from collide.solvers.exact import OPTIMAL, solve_exact
 from collide.taps import preactivation
-from collide.validity import check_vertices, criterion_for
+from collide.validity import check_vertices
 
 V = 3
 
@@ -23,7 +24,7 @@ def _problem(model):
 
 def test_exact_vertices_are_valid_and_the_target_itself_is_not(mlp_model):
     target, units, lp = _problem(mlp_model)
-    exact = criterion_for("exact", ExactConfig())
+    exact = ExactSolver(ExactConfig()).criterion
     check = check_vertices(mlp_model, "relu1", lp.vertices, target, units, exact, outcomes=list(lp.outcomes))
     assert check.valid.all(), check.reasons
     assert (check.pushed <= check.target_pushed - check.margin).all()
@@ -47,16 +48,16 @@ def test_a_small_exact_move_counts_for_the_lp_but_not_for_the_gradient_solver(ml
     share = float(0.3 * GradientConfig().push_margin * gap / drop)
     assert 0 < share < 1
     near = target + share * (lp.vertices - target)
-    exact = check_vertices(mlp_model, "relu1", near, target, units, criterion_for("exact", ExactConfig()),
+    exact = check_vertices(mlp_model, "relu1", near, target, units, ExactSolver(ExactConfig()).criterion,
                            outcomes=[OPTIMAL] * V)
     assert exact.valid.all(), exact.reasons
-    gradient = check_vertices(mlp_model, "relu1", near, target, units, criterion_for("gradient", GradientConfig()))
+    gradient = check_vertices(mlp_model, "relu1", near, target, units, GradientSolver(GradientConfig()).criterion)
     assert not gradient.valid.any()
 
 
 def test_each_condition_names_itself(mlp_model):
     target, units, lp = _problem(mlp_model)
-    exact = criterion_for("exact", ExactConfig())
+    exact = ExactSolver(ExactConfig()).criterion
     vertices = lp.vertices.clone()
     vertices[1] = float("nan")
     vertices[2] = (vertices[2] + 0.3).clamp(0, 1)  # far off the collision
@@ -71,7 +72,7 @@ def test_each_condition_names_itself(mlp_model):
 
 
 def test_the_paper_criterion_accepts_its_large_errors_and_checks_no_outcome():
-    paper = criterion_for("paper", PaperConfig())
+    paper = PaperSolver(PaperConfig(lr=1.0)).criterion
     assert paper.rel_tol == PaperConfig().rel_tol and paper.outcome is None
-    assert criterion_for("exact", ExactConfig()).outcome == OPTIMAL
+    assert ExactSolver(ExactConfig()).criterion.outcome == OPTIMAL
     assert ExactConfig().push_margin < GradientConfig().push_margin

@@ -46,6 +46,7 @@ from collide.models.zoo import (
 )
 from collide.polytope import dataset_avg_distance
 from collide.results.records import RowRecord, region_fields
+from collide.solvers import SOLVERS, PaperSolver, solver_for
 from collide.taps import check_units, layer_names, preactivation, resolve_layer
 
 NAME = "mnist"
@@ -53,7 +54,6 @@ SUMMARY = "MNIST MLP, paper §3.1 (Tables 1-2); many targets with targets_per_cl
 DATASET = "mnist"
 INPUT_SHAPE = (1, 28, 28)
 # Rows whose solver takes many targets' vertices as one batch (targets_per_batch).
-BATCHED_METHODS = ("gradient", "paper")
 
 
 @functools.lru_cache(maxsize=64)
@@ -176,7 +176,7 @@ def validate(*, config: MnistExperiment) -> None:
     paper-scheme rows have no learning rate for it."""
     check_units(build_model(config.train.arch), config.layer, INPUT_SHAPE, config.n_vertices)
     if any(r.method == "paper" for r in config.rows):
-        config.paper.for_model(config.train.arch)
+        PaperSolver(config.paper, arch=config.train.arch)
 
 
 def train_model(*, config: Any, progress: Progress = no_progress) -> dict[str, Any]:
@@ -328,7 +328,7 @@ def plan(context: dict[str, Any], *, config: MnistExperiment) -> list[dict[str, 
     n, targets = len(config.rows), context["targets"]
     jobs = []
     for i, spec in enumerate(config.rows):
-        per = config.targets_per_batch if spec.method in BATCHED_METHODS else 1
+        per = config.targets_per_batch if SOLVERS[spec.method].batches else 1
         for first in range(0, len(targets), per):
             ks = range(first, min(first + per, len(targets)))
             label = (f"target-{first}-row-{first * n + i}" if len(ks) == 1 else f"targets-{ks[0]}-{ks[-1]}")
@@ -349,12 +349,11 @@ def solve(job: dict[str, Any], context: dict[str, Any], *, config: MnistExperime
         raise RuntimeError(f"job {job['label']}: its rows {job['rows']} mix row specs {sorted(specs)}")
     [spec] = specs
     init_indices = [e["target_index"] if spec.init == "target" else e["other_index"] for e in batch]
-    solver_config = config.paper.for_model(config.train.arch) if spec.method == "paper" else getattr(
-        config, spec.method)
+    solver = solver_for(spec.method, getattr(config, spec.method), arch=config.train.arch)
     polys = find_polytopes(
         model, config.layer, [test.images[e["target_index"]] for e in batch],
         inits=[test.images[i] for i in init_indices], n_vertices=config.n_vertices,
-        method=spec.method, device=resolve_device(config.device), config=solver_config,
+        method=solver, device=resolve_device(config.device),
         progress=lambda s, n, _d, m=spec.method: progress(f"vertices ({m})", s, n),
     )
     for row, examples, init_index, poly in zip(job["rows"], batch, init_indices, polys, strict=True):
@@ -364,14 +363,14 @@ def solve(job: dict[str, Any], context: dict[str, Any], *, config: MnistExperime
         RowRecord.of(
             poly, config=config, row=row, init=spec.init, model=model_name(context, config.train.arch),
             model_source=checkpoint_source(context["checkpoint"], meta["sha256"]),
-            loss={"gradient": config.gradient.loss, "exact": "lp", "paper": "paper"}[spec.method],
+            loss=solver.loss_name,
             dataset_avg_distance=context["dataset_avg_distance"],
             extra_attrs={
                 "checkpoint": context["checkpoint"], "checkpoint_sha256": meta["sha256"],
                 "test_accuracy": meta["test_accuracy"], "target_index": examples["target_index"],
                 **data_attrs(context),
                 "init_index": init_index, "seed": config.seed,
-                **({"paper_lr": solver_config.lr} if spec.method == "paper" else {}), **attrs,
+                **solver.record, **attrs,
             },
             extra_arrays=arrays,
         ).write(config.results_root)

@@ -38,6 +38,7 @@ from collide.experiments.engine import Progress, job, no_progress
 from collide.models.external import build, input_defaults, resolve_model
 from collide.polytope import dataset_avg_distance
 from collide.results.records import RowRecord
+from collide.solvers import solver_for
 from collide.solvers.exact import check_lp_size
 from collide.taps import check_units, layer_names, resolve_layer
 
@@ -233,18 +234,18 @@ def solve(job: dict[str, Any], context: dict[str, Any], *, config: ModelExperime
     target = load_image(images["target_path"], side, channels=config.channels)
     init_path = images["target_path"] if init_name == "target" else images["other_path"]
     init = target if init_name == "target" else load_image(init_path, side, channels=config.channels)
-    solver_config = {"gradient": config.gradient, "exact": config.exact, "paper": config.paper}[method]
+    solver = solver_for(method, getattr(config, method))
     for row in job["rows"]:
         poly = find_polytope(
-            model, config.layer, target, init=init, n_vertices=config.n_vertices, method=method,
-            device=resolve_device(config.device), config=solver_config,
+            model, config.layer, target, init=init, n_vertices=config.n_vertices, method=solver,
+            device=resolve_device(config.device),
             progress=lambda s, n, _d: progress(f"vertices ({method})", s, n),
         )
         RowRecord.of(
             poly, config=config, row=row, init=init_name, model=config.model + ("-random" if source["random"] else ""),
-            model_source=source, loss={"gradient": config.gradient.loss, "exact": "lp", "paper": "paper"}[method],
+            model_source=source, loss=solver.loss_name,
             dataset_avg_distance=context["dataset_avg_distance"],
             extra_attrs={"target_path": images["target_path"], "init_path": init_path,
                          "target_class_name": images["target_class_name"], "seed": config.seed,
-                         **({"paper_lr": config.paper.lr} if method == "paper" else {})},
+                         **solver.record},
         ).write(config.results_root)

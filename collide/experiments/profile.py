@@ -36,6 +36,7 @@ from collide.polytope import dataset_avg_distance
 from collide.results.records import RowRecord, region_fields
 from collide.results.store import table_path
 from collide.results.summary import summary_figure_path, summary_path, write_summary
+from collide.solvers import solver_for
 from collide.taps import layers as taps_layers
 from collide.taps import preactivation
 
@@ -178,15 +179,16 @@ def solve(job: dict[str, Any], context: dict[str, Any], *, config: ProfileExperi
     checkpoint = context["checkpoints"][arch]
     model, meta = load_checkpoint(checkpoint)
     target = load_mnist(config.data_root, "test").images[spec["target_index"]]
-    poly = find_polytope(model, layer, target, init=target, n_vertices=config.n_vertices, method=method,
-                         device=resolve_device(config.device), config=getattr(config, method),
+    solver = solver_for(method, getattr(config, method))
+    poly = find_polytope(model, layer, target, init=target, n_vertices=config.n_vertices, method=solver,
+                         device=resolve_device(config.device),
                          progress=lambda s, n, _d: progress(f"vertices ({method})", s, n))
     attrs, arrays = region_fields(collision_geometry(
         model, layer, target, config=config.geometry)) if method == "exact" else ({}, {})
     record = RowRecord.of(
         poly, config=config, row=job["rows"][0], init="target", model=mnist.model_name(context, arch),
         model_source=checkpoint_source(checkpoint, meta["sha256"]),
-        loss={"gradient": config.gradient.loss, "exact": "lp"}[method],
+        loss=solver.loss_name,
         dataset_avg_distance=context["dataset_avg_distance"],
         extra_attrs={"checkpoint": checkpoint, "checkpoint_sha256": meta["sha256"], "arch": arch,
                      "depth": arch_layers(arch).index(layer) + 1, "target_index": spec["target_index"],

@@ -54,6 +54,7 @@ from collide.results.summary import (
     write_summary,
     write_summary_table,
 )
+from collide.solvers import solver_for
 from collide.solvers.baselines import BallConfig, NullSpaceConfig, null_space_points, random_ball
 
 NAME = "spread"
@@ -273,10 +274,11 @@ def solve(job: dict[str, Any], context: dict[str, Any], *, config: SpreadExperim
     model, meta = load_checkpoint(checkpoint)
     test = load_mnist(config.data_root, "test")
     init_index = example["target_index"] if init == "target" else example["other_index"]
+    solver = solver_for(method, getattr(config, method))
     [poly] = find_polytopes(
         model, config.layer, [test.images[example["target_index"]]], inits=[test.images[init_index]],
-        n_vertices=config.n_vertices, method=method, device=resolve_device(config.device),
-        config=getattr(config, method), progress=lambda s, n, _d: progress(f"vertices ({method})", s, n),
+        n_vertices=config.n_vertices, method=solver, device=resolve_device(config.device),
+        progress=lambda s, n, _d: progress(f"vertices ({method})", s, n),
     )
     attrs, arrays = region_fields(collision_geometry(
         model, config.layer, poly.target, config=config.geometry)) if method == "exact" else ({}, {})
@@ -287,7 +289,7 @@ def solve(job: dict[str, Any], context: dict[str, Any], *, config: SpreadExperim
     RowRecord.of(
         poly, config=config, row=row, init=init, model=mnist.model_name(context, config.train.arch),
         model_source=checkpoint_source(checkpoint, meta["sha256"]),
-        loss={"gradient": config.gradient.loss, "exact": "lp"}[method],
+        loss=solver.loss_name,
         dataset_avg_distance=context["dataset_avg_distance"],
         extra_attrs={"checkpoint": checkpoint, **draw, "init_index": init_index, **attrs},
         extra_arrays=arrays,

@@ -61,6 +61,7 @@ float64 forward pass, and one that left the target's piece is reported as ``left
 from __future__ import annotations
 
 import copy
+import dataclasses
 import os
 import threading
 import time
@@ -77,14 +78,17 @@ from torch import nn
 
 from collide.config import ExactConfig
 from collide.errors import ConfigError, DataError, LayerError
+from collide.inputs import require_in_box
 from collide.objective import feature_rel_error, max_nonpositive_violation
 from collide.sites import ADAPTIVE_MAX_POOL, HARDTANH, LEAKY, MAX_POOL, NONLINEAR, RELU, SMOOTH, Event, Site, eval_mode
-from collide.solvers.gradient import check_inputs
+from collide.solvers.base import Found, Problem, Progress, Solver
 from collide.solvers.lp import FAILED, INFEASIBLE, OPTIMAL, UNBOUNDED, LinearRows, LpProblem, LpSolution, solve_lp
+from collide.solvers.param import Parameterisation
 from collide.taps import capture, region_events, site_of
+from collide.validity import Criterion
 
 LEFT_REGION = "left_region"
-__all__ = ["FAILED", "INFEASIBLE", "LEFT_REGION", "OPTIMAL", "UNBOUNDED", "solve_exact"]
+__all__ = ["FAILED", "INFEASIBLE", "LEFT_REGION", "OPTIMAL", "UNBOUNDED", "ExactSolver", "solve_exact"]
 JACOBIAN_MODES = ("auto", "forward", "reverse")
 # Which piece a vertex was solved on: the one autograd picked at the target, or the
 # adjacent one its tie-breaking LP preferred.
@@ -565,8 +569,8 @@ def solve_exact(
     """
     if target.shape != init.shape:
         raise DataError(f"target {tuple(target.shape)} and init {tuple(init.shape)} differ in shape")
-    check_inputs(target, "the target", config.lower, config.upper)
-    check_inputs(init, "the init", config.lower, config.upper)
+    require_in_box(target, "the target", config.lower, config.upper)
+    require_in_box(init, "the init", config.lower, config.upper)
     start = time.perf_counter()
     site = site_of(model, layer, target.unsqueeze(0))
     check_lp_size(model, site, target, max_entries=config.max_entries)
@@ -668,3 +672,32 @@ def solve_exact(
         pieces=tuple(pieces),
         lp_work=lp_work,
     )
+
+
+class ExactSolver(Solver):
+    """The exact solver (:func:`solve_exact`, :class:`ExactConfig`): a vertex counts only
+    where its LP ended ``optimal``. Its LPs are per vertex, so targets run one after another."""
+
+    method = "exact"
+    config_type = ExactConfig
+
+    @property
+    def criterion(self) -> Criterion:
+        return dataclasses.replace(super().criterion, outcome=OPTIMAL)
+
+    @property
+    def loss_name(self) -> str:
+        return "lp"
+
+    def solve(
+        self, model: nn.Module, site: Site, problems: list[Problem], *, device: str,
+        param: Parameterisation | None, progress: Progress | None,
+    ) -> list[Found]:
+        found = []
+        for pr in problems:
+            ex = solve_exact(model, site, pr.target, pr.init, pr.units, config=self.config)
+            found.append(Found(ex.vertices, None, {
+                "seconds": ex.seconds, "converged": all(o == OPTIMAL for o in ex.outcomes),
+                "outcomes": list(ex.outcomes), "input_dim": ex.input_dim, "n_positive": ex.n_positive,
+                "rank_positive": ex.rank_positive, "dim_upper_bound": ex.dim_upper_bound}, pr.init))
+        return found

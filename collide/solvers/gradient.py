@@ -15,6 +15,7 @@ stopped rather than how large the polytope is.
 
 from __future__ import annotations
 
+import abc
 import copy
 import math
 import time
@@ -27,6 +28,7 @@ from torch import nn
 
 from collide.config import GradientConfig
 from collide.errors import DataError
+from collide.inputs import require_finite, require_in_box
 from collide.objective import (
     feature_rel_error,
     loss_minus,
@@ -34,6 +36,9 @@ from collide.objective import (
     max_nonpositive_violation,
     positive_part_penalty,
 )
+from collide.sites import Site
+from collide.solvers.base import Found, Problem, Progress, Solver
+from collide.solvers.param import Parameterisation, Pixels
 from collide.taps import preactivation, site_of
 
 # Past this factor the continuation no longer changes anything Adam does, and
@@ -105,19 +110,9 @@ def frozen_copy(model: nn.Module, device: str) -> nn.Module:
     return model
 
 
-def check_inputs(x: torch.Tensor, what: str, lower: float, upper: float) -> None:
-    if not torch.isfinite(x).all():
-        raise DataError(f"{what} holds NaN or infinite values")
-    if float(x.min()) < lower - 1e-6 or float(x.max()) > upper + 1e-6:
-        raise DataError(
-            f"{what} lies outside the valid input range [{lower}, {upper}] "
-            f"(min {float(x.min()):.4g}, max {float(x.max()):.4g})"
-        )
-
-
 def solve_gradient(
     model: nn.Module,
-    layer: str,
+    layer: str | Site,
     target_pre: torch.Tensor,
     init: torch.Tensor,
     units: torch.Tensor,
@@ -158,11 +153,11 @@ def solve_gradient(
             f"{tuple(target_pre.shape)}, {tuple(init.shape)}, {tuple(units.shape)}"
         )
     if decode is None:
-        check_inputs(init, "the init", config.lower, config.upper)
-    elif not torch.isfinite(init).all():
-        raise DataError("the initial parameters hold NaN or infinite values")
-    if not torch.isfinite(target_pre).all():
-        raise DataError("the target pre-activation holds NaN or infinite values")
+        require_in_box(init, "the init", config.lower, config.upper)
+    else:
+        require_finite(init, "the initial parameters", fix="start the parameterisation from finite values")
+    require_finite(target_pre, "the target pre-activation",
+                   fix="the model's weights (or the target) are not finite; check the checkpoint or weights file")
     net = frozen_copy(model, device)
     with torch.no_grad():
         first_input = init[:1].to(device, torch.float32)
@@ -270,3 +265,66 @@ def solve_gradient(
         seconds=time.perf_counter() - start,
         stalled=stalled.cpu(),
     )
+
+
+class BatchedSolver(Solver):
+    """A solver whose vertices, of every target at once, form one batch of the model."""
+
+    batches = True
+
+    @abc.abstractmethod
+    def run_batch(
+        self, model: nn.Module, site: Site, target_pre: torch.Tensor, init: torch.Tensor, units: torch.Tensor, *,
+        device: str, param: Parameterisation, progress: Progress | None,
+    ) -> GradientResult:
+        """One vertex per row. Shapes: target_pre (B, D); init (B, *θ); units (B,)"""
+
+    def solve(
+        self, model: nn.Module, site: Site, problems: list[Problem], *, device: str,
+        param: Parameterisation | None, progress: Progress | None,
+    ) -> list[Found]:
+        params = [param if param is not None else Pixels(pr.init) for pr in problems]
+        sizes = [len(pr.units) for pr in problems]
+        result = self.run_batch(
+            model, site,
+            torch.cat([pr.target_pre.expand(v, -1) for pr, v in zip(problems, sizes, strict=True)]),
+            torch.cat([p.initial(v) for p, v in zip(params, sizes, strict=True)]),
+            torch.cat([pr.units for pr in problems]),
+            device=device, param=params[0], progress=progress,
+        )
+        found, start = [], 0
+        for pr, p, v in zip(problems, params, sizes, strict=True):
+            rows = slice(start, start + v)
+            start += v
+            init = pr.init
+            if param is not None:
+                with torch.no_grad():
+                    init = p.decode(p.initial(1))[0].float()  # type: ignore[misc]
+            record = result.summary(rows)
+            if len(problems) > 1:
+                # A polytope's share of the batch, so that seconds add up over a table.
+                record.update(seconds=result.seconds / len(problems), batch_seconds=result.seconds,
+                              batch_targets=len(problems))
+            found.append(Found(result.vertices[rows], result.params[rows], record, init))
+        return found
+
+
+class GradientSolver(BatchedSolver):
+    """collide's gradient solver (:func:`solve_gradient`, :class:`GradientConfig`); it also
+    optimises parameterisations other than the pixels (patch compositions)."""
+
+    method = "gradient"
+    config_type = GradientConfig
+    takes_param = True
+
+    @property
+    def loss_name(self) -> str:
+        return self.config.loss
+
+    def run_batch(
+        self, model: nn.Module, site: Site, target_pre: torch.Tensor, init: torch.Tensor, units: torch.Tensor, *,
+        device: str, param: Parameterisation, progress: Progress | None,
+    ) -> GradientResult:
+        on = param.on(device)
+        return solve_gradient(model, site, target_pre, init, units, config=self.config, device=device,
+                              progress=progress, decode=on.decode, regularizer=on.regularizer)
