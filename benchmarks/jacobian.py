@@ -1,6 +1,6 @@
 """Item 7: the exact solver's linearisation, forward against reverse mode.
 
-:func:`collide.solvers.exact.affine_piece` needs the Jacobian of every value it captures (each
+:func:`collide.piecewise.linearise.affine_piece` needs the Jacobian of every value it captures (each
 earlier ReLU's and max pool's input, then the layer's pre-activation) at the target.
 Reverse mode pulls back one cotangent per captured value; forward mode pushes one tangent
 per input coordinate (784 for MNIST). Both are vectorised with ``torch.func.vmap`` in
@@ -15,7 +15,7 @@ from typing import Any
 import numpy as np
 
 from benchmarks.common import collision_problem, median_time
-from collide.solvers.exact import affine_piece
+from collide.piecewise.linearise import affine_piece
 
 # (model, layer) pairs: the MLP at both ReLUs, LeNet-5 at its first fully connected ReLU
 # (its conv ReLUs and pools give some 8,000 captured values against 784 inputs).

@@ -24,8 +24,8 @@ from collide.config import ExactConfig
 from collide.datasets.folders import load_image
 from collide.errors import CollideError
 from collide.models.external import Normalized, input_defaults
+from collide.piecewise.budget import largest_side, lp_entries
 from collide.sites import probe
-from collide.solvers.exact import largest_side, lp_entries
 
 SIDE = 64
 # One of each family torchvision ships (the larger siblings, ResNeXt, Wide ResNet, VGG-16,

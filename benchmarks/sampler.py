@@ -48,8 +48,13 @@ import torch
 
 from benchmarks.common import collision_problem, machine
 from collide.config import GeometryConfig
-from collide.solvers import collision_set as cset
-from collide.solvers.exact import affine_piece
+from collide.piecewise.ball import Ball, inscribed_ball
+from collide.piecewise.collision_set import CollisionSet, collision_set
+from collide.piecewise.diagnostics import diagnose
+from collide.piecewise.hull import HullPolytope, hull_frame, hull_polytope
+from collide.piecewise.linearise import affine_piece
+from collide.piecewise.sampler import sample
+from collide.piecewise.widths import Widths, extents
 from collide.taps import resolve_layer
 
 OUT = Path(__file__).parent / "sampler.json"
@@ -63,29 +68,29 @@ APPROACHES = {
 }
 
 
-def the_set() -> tuple[cset.CollisionSet, dict[str, Any]]:
+def the_set() -> tuple[CollisionSet, dict[str, Any]]:
     problem = collision_problem("mlp")
     model, target = problem["model"], problem["target"]
     flat = target.double().flatten().numpy()
     site = resolve_layer(model, problem["layer"], target.unsqueeze(0))
     piece = affine_piece(model, site, target)
-    cs = cset.collision_set([(piece, piece.jac @ flat + piece.offset)], flat, lower=0.0, upper=1.0,
+    cs = collision_set([(piece, piece.jac @ flat + piece.offset)], flat, lower=0.0, upper=1.0,
                             max_entries=10**9)
     return cs, {"free_dim": cs.free_dim, "rows": len(cs.bounds) + 2 * cs.input_dim, "rank": cs.rank}
 
 
-def sizes(cs: cset.CollisionSet) -> tuple[dict[str, Any], cset.Ball, cset.Widths]:
+def sizes(cs: CollisionSet) -> tuple[dict[str, Any], Ball, Widths]:
     start = time.perf_counter()
-    ball = cset.inscribed_ball(cs)
+    ball = inscribed_ball(cs)
     ball_seconds = time.perf_counter() - start
-    basis, centre, free = cset._hull(cs, ball, None)
+    basis, centre, free = hull_frame(cs, ball, None)
     out = {"radius": ball.radius, "ball_seconds": ball_seconds}
     for rel_se in (0.05, 0.005):
-        w = cset.extents(cs, basis, center=centre, free=free, min_directions=8, max_directions=64, rel_se=rel_se,
+        w = extents(cs, basis, center=centre, free=free, min_directions=8, max_directions=64, rel_se=rel_se,
                          seed=0)
         out[f"widths_rel_se_{rel_se}"] = {"n_directions": len(w.widths), "mean_width": w.mean, "se": w.se,
                                           "relative_se": w.se / w.mean, "seconds": w.seconds}
-    widths = cset.extents(cs, basis, center=centre, free=free, min_directions=8, max_directions=64, rel_se=0.05,
+    widths = extents(cs, basis, center=centre, free=free, min_directions=8, max_directions=64, rel_se=0.05,
                           seed=0)
     return out, ball, widths
 
@@ -102,7 +107,7 @@ def _row(name: str, record: dict[str, Any], steps: int, seconds: float) -> dict[
             "converged": bool(record.get("converged")), "reason": record.get("reason", "")}
 
 
-def pilot_hit_and_run(cs: cset.CollisionSet, starts: np.ndarray, directions: np.ndarray, *, steps: int,
+def pilot_hit_and_run(cs: CollisionSet, starts: np.ndarray, directions: np.ndarray, *, steps: int,
                       seconds: float) -> tuple[dict[str, Any], int, float]:
     """collide's sampler before this change (its walk, start design and adaptation), with
     the diagnostics of today's statistics over the second half of its draws.
@@ -149,15 +154,15 @@ def pilot_hit_and_run(cs: cset.CollisionSet, starts: np.ndarray, directions: np.
     dist = z.norm(dim=2).numpy()
     pair = (z[0::2] - z[1::2]).norm(dim=2).numpy()
     proj = (z @ w.T).permute(2, 0, 1).numpy()
-    record = cset.diagnose(dist, pair, proj)
+    record = diagnose(dist, pair, proj)
     record["converged"] = record["rhat"] <= 1.01 and record["ess"] >= 400
     return record, step, time.perf_counter() - t0
 
 
-def run_sampler(poly: cset.HullPolytope, centre: np.ndarray, starts: np.ndarray, directions: np.ndarray,
+def run_sampler(poly: HullPolytope, centre: np.ndarray, starts: np.ndarray, directions: np.ndarray,
                 config: GeometryConfig) -> tuple[dict[str, Any], float]:
     t0 = time.perf_counter()
-    _, record = cset.sample(poly, centre, starts, directions, config=config, deadline=t0 + SECONDS)
+    _, record = sample(poly, centre, starts, directions, config=config, deadline=t0 + SECONDS)
     return record, time.perf_counter() - t0
 
 
@@ -165,7 +170,7 @@ def main() -> None:
     torch.set_num_threads(1)
     cs, shape = the_set()
     certified, ball, widths = sizes(cs)
-    poly = cset.hull_polytope(cs, cs.basis)
+    poly = hull_polytope(cs, cs.basis)
     z_centre = poly.coords(ball.center[None])[0]
     starts = z_centre + 0.5 * (poly.coords(widths.extremes) - z_centre)
     directions = widths.directions @ cs.basis
@@ -212,14 +217,14 @@ def long_run(seed: int, toward: float, seconds: float = 600.0) -> None:
     torch.set_num_threads(1)
     cs, _ = the_set()
     _, ball, widths = sizes(cs)
-    poly = cset.hull_polytope(cs, cs.basis)
+    poly = hull_polytope(cs, cs.basis)
     z_centre = poly.coords(ball.center[None])[0]
     starts = z_centre + toward * (poly.coords(widths.extremes) - z_centre)
     results = json.loads(OUT.read_text())
     best = results["default_twice"][0]["approach"]
     config = dataclasses.replace(APPROACHES[best], seed=seed)
     t0 = time.perf_counter()
-    _, record = cset.sample(poly, z_centre, starts, widths.directions @ cs.basis, config=config,
+    _, record = sample(poly, z_centre, starts, widths.directions @ cs.basis, config=config,
                             deadline=t0 + seconds)
     steps = record["draws"] * (config.thin if config.walk != "billiard" else 1)
     runs = [r for r in results.get("long", []) if r["seed"] != seed]

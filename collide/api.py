@@ -25,13 +25,13 @@ from collide.config import SAMPLERS, ExactConfig, GeometryConfig, GradientConfig
 from collide.errors import ConfigError, DataError
 from collide.inputs import one_input, require_finite, require_float32
 from collide.objective import feature_rel_error
+from collide.piecewise.collision_set import collision_set
+from collide.piecewise.geometry import measure as measure_set
+from collide.piecewise.linearise import affine_piece
 from collide.polytope import avg_pairwise_distance, combine, evaluate, sample_weights
 from collide.precision import full_precision
 from collide.sites import Site, eval_mode, resolve
 from collide.solvers import Solver, solver_for
-from collide.solvers.collision_set import collision_set
-from collide.solvers.collision_set import measure as measure_set
-from collide.solvers.exact import affine_piece
 from collide.solvers.param import Parameterisation
 from collide.taps import preactivation
 from collide.validity import POLYTOPE_MIN_VERTICES, Criterion, check_vertices
@@ -321,7 +321,7 @@ def distances(points: torch.Tensor, to: torch.Tensor) -> np.ndarray:
 
 @dataclass(frozen=True, kw_only=True)
 class Geometry:
-    """How large the exact collision set of a target is (:mod:`collide.solvers.collision_set`).
+    """How large the exact collision set of a target is (:mod:`collide.piecewise.collision_set`).
 
     ``dim``: the dimension of the set's affine hull (``dim_method`` says how it was
     found: ``ball``, ``implicit-equalities``, ``point``, or ``upper-bound`` where the

@@ -40,7 +40,7 @@ SAMPLERS: tuple[str, ...] = typing.get_args(Sampler)
 KNN_METHODS: tuple[str, ...] = typing.get_args(KnnMethod)
 
 
-# How the exact solver's LPs are solved: see collide.solvers.lp.
+# How the exact solver's LPs are solved: see collide.piecewise.lp.
 LP_SOLVERS = ("highs", "linprog")
 
 
@@ -235,7 +235,7 @@ GEOMETRY_WALKS: tuple[str, ...] = ("billiard", "hit-and-run", "coordinate")
 
 @dataclass(frozen=True, kw_only=True)
 class GeometryConfig:
-    """How an exact collision set is measured (:mod:`collide.solvers.collision_set`).
+    """How an exact collision set is measured (:mod:`collide.piecewise.geometry`).
 
     Sizes, which need no mixing: the inscribed ball (one LP) and widths along directions
     uniform on the set's affine hull (two LPs each). Directions are added, from
@@ -337,7 +337,7 @@ class ExactConfig:
 
     ``lp_solver``: ``highs`` (HiGHS through highspy, region rows added where violated) or
     ``linprog`` (scipy, every row; the reference it is measured against); see
-    :mod:`collide.solvers.lp`. ``threads``: how many vertex LPs run at once (0: one per
+    :mod:`collide.piecewise.lp`. ``threads``: how many vertex LPs run at once (0: one per
     core); the vertices do not depend on it, so it is left out of experiment digests.
     """
 

@@ -37,7 +37,8 @@ def require_in_box(x: torch.Tensor, what: str, lower: float, upper: float, *, fi
     require_finite(x, what, fix=fix or "pass a finite input")
     lo, hi = float(x.min()), float(x.max())
     if lo < lower - BOX_SLACK or hi > upper + BOX_SLACK:
-        raise DataError(f"{what} lies outside the valid input range [{lower}, {upper}] (min {lo:.4g}, max {hi:.4g})"
+        raise DataError(f"{what} lies outside the valid input range (the input box [{lower}, {upper}]; min {lo:.4g}, "
+                        f"max {hi:.4g})"
                         + (f": {fix}" if fix else ""))
 
 

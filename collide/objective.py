@@ -13,7 +13,8 @@ from __future__ import annotations
 
 import torch
 
-from collide.errors import ConfigError, DataError
+from collide.errors import ConfigError
+from collide.inputs import require_finite
 
 
 def _split(target: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -60,12 +61,8 @@ def nonpositive_units(target: torch.Tensor, n: int) -> torch.Tensor:
 
     The authors push the i-th non-positive unit for vertex i. (D,) -> (n,)
     """
-    bad = int((~torch.isfinite(target)).sum())
-    if bad:
-        raise DataError(
-            f"the target's pre-activations at this layer hold {bad} NaN or infinite values of {target.numel()}: "
-            "the model's weights (or the input) are not finite; check the checkpoint or weights file"
-        )
+    require_finite(target, "the target's pre-activations at this layer",
+                   fix="the model's weights (or the input) are not finite; check the checkpoint or weights file")
     idx = torch.nonzero(target.flatten() <= 0).flatten()
     if len(idx) < n:
         raise ConfigError(

@@ -9,6 +9,7 @@ import torch
 from torch import nn
 
 from collide.errors import DataError
+from collide.inputs import require_finite
 from collide.sites import eval_mode
 
 
@@ -159,8 +160,8 @@ def evaluate(
     Shapes:
         samples: (S, *input); target: (*input)
     """
-    if not torch.isfinite(samples).all():
-        raise DataError("polytope samples hold NaN or infinite values")
+    require_finite(samples, "the polytope's samples",
+                   fix="a sample is a convex combination of the vertices: drop the vertices that are not finite")
     want = torch.device(device)
     if want.type == "cuda" and want.index is None:
         want = torch.device("cuda", torch.cuda.current_device())

@@ -18,6 +18,7 @@ import collide
 from collide.config import ExactConfig, GradientConfig
 from collide.errors import ConfigError, DataError, LayerError
 from collide.models.external import Normalized
+from collide.piecewise import budget, linearise
 from collide.solvers import exact
 from tests.any_models import functional_cnn, gelu_cnn, piecewise_mlp, randomize_batch_norm
 from tests.tolerances import LP_STORED_REL_ERROR_F64, UNCHANGED
@@ -174,7 +175,7 @@ def _check_exact(net: nn.Module, layer: str, target: torch.Tensor, n: int,
 def test_exact_vertices_on_a_residual_cnn_with_batch_norm_collide_to_1e_6():
     net = functional_cnn()
     target = torch.rand(1, 8, 8, generator=torch.Generator().manual_seed(7))
-    piece = exact.affine_piece(net, "relu()#2", target)
+    piece = linearise.affine_piece(net, "relu()#2", target)
     assert piece.n_relu_rows > 0 and piece.n_pool_rows > 0  # conv, block, pool and fc rows all count
     _check_exact(net, "relu()#2", target, 4)
     _check_exact(net, "act#1", target, 3)  # past a module's second call
@@ -187,7 +188,7 @@ def test_exact_models_leaky_and_hardtanh_pieces():
         hard_in = net[:4](target[None])[0]  # the Hardtanh's input
     # The target's Hardtanh units sit on all three pieces, so each kind of row matters.
     assert (hard_in < -0.3).any() and ((hard_in > -0.3) & (hard_in < 0.3)).any() and (hard_in > 0.3).any()
-    piece = exact.affine_piece(net, "6", target)
+    piece = linearise.affine_piece(net, "6", target)
     assert piece.n_relu_rows >= 16 + 16  # a sign row per leaky unit, one or two per Hardtanh unit
     _check_exact(net, "6", target, 4)
 
@@ -355,9 +356,9 @@ def test_inputs_the_wrapped_model_cannot_take_are_refused():
 
 def test_the_largest_input_an_exact_lp_takes_is_measured_not_extrapolated(resnet18):
     limit = 100_000_000
-    side = exact.largest_side(resnet18, "layer2.1.relu#1", torch.rand(3, 64, 64), max_entries=limit)
+    side = budget.largest_side(resnet18, "layer2.1.relu#1", torch.rand(3, 64, 64), max_entries=limit)
     assert side is not None
-    assert exact.lp_entries(resnet18, "layer2.1.relu#1", torch.zeros(3, side, side))[1] <= limit
-    assert exact.lp_entries(resnet18, "layer2.1.relu#1", torch.zeros(3, side + 1, side + 1))[1] > limit
+    assert budget.lp_entries(resnet18, "layer2.1.relu#1", torch.zeros(3, side, side))[1] <= limit
+    assert budget.lp_entries(resnet18, "layer2.1.relu#1", torch.zeros(3, side + 1, side + 1))[1] > limit
     with pytest.raises(ConfigError, match=f"the largest input it takes is 3x{side}x{side}"):
-        exact.check_lp_size(resnet18, "layer2.1.relu#1", torch.rand(3, 64, 64), max_entries=limit)
+        budget.check_lp_size(resnet18, "layer2.1.relu#1", torch.rand(3, 64, 64), max_entries=limit)

@@ -1,4 +1,4 @@
-"""The baselines (collide.solvers.baselines): random ball, null-space moves, code inversion."""
+"""The baselines (collide.comparisons.baselines): random ball, null-space moves, code inversion."""
 
 from collections import OrderedDict
 from pathlib import Path
@@ -8,9 +8,7 @@ import pytest
 import torch
 from torch import nn
 
-from collide.errors import ConfigError, DataError, LayerError
-from collide.objective import feature_rel_error
-from collide.solvers.baselines import (
+from collide.comparisons.baselines import (
     BallConfig,
     InversionConfig,
     NullSpaceConfig,
@@ -18,6 +16,8 @@ from collide.solvers.baselines import (
     null_space_points,
     random_ball,
 )
+from collide.errors import ConfigError, DataError, LayerError
+from collide.objective import feature_rel_error
 from collide.taps import preactivation
 from tests.any_models import piecewise_mlp
 from tests.tolerances import BALL_DISTANCE, NULL_SPACE_KEEPS, RANK_RTOL

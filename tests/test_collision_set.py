@@ -273,7 +273,7 @@ def test_widths_of_a_set_flattened_by_an_implicit_equality_are_taken_within_its_
 
 
 def test_rank_normalised_rhat_and_ess_against_chains_of_known_law():
-    from collide.solvers.collision_set import ess_bulk, ess_mean, rank_rhat
+    from collide.piecewise.diagnostics import ess_bulk, ess_mean, rank_rhat
 
     rng = np.random.default_rng(0)
     iid = rng.standard_normal((1, 8, 2000))
@@ -295,7 +295,8 @@ def test_rank_normalised_rhat_and_ess_against_chains_of_known_law():
 
 @pytest.mark.parametrize("walk", ["billiard", "hit-and-run"])
 def test_a_chain_outside_the_set_is_raised_not_clipped_back(walk):
-    from collide.solvers.collision_set import HullPolytope, _walker
+    from collide.piecewise.hull import HullPolytope
+    from collide.piecewise.sampler import _walker
 
     # The unit square as {z : g z ≤ h}; one chain starts a little past x ≤ 1.
     poly = HullPolytope(origin=np.zeros(2), basis=np.eye(2), g=np.vstack([np.eye(2), -np.eye(2)]),

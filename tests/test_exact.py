@@ -7,13 +7,14 @@ import pytest
 import torch
 from torch import nn
 
-import collide.solvers.exact as exact
 from collide.config import ExactConfig
 from collide.errors import DataError
 from collide.models.zoo import lenet5
 from collide.objective import feature_rel_error, nonpositive_units
+from collide.piecewise import linearise
+from collide.piecewise.linearise import affine_piece
 from collide.sites import Watch
-from collide.solvers.exact import OPTIMAL, affine_piece, solve_exact
+from collide.solvers.exact import OPTIMAL, solve_exact
 from collide.taps import preactivation
 from tests.tolerances import (
     JACOBIAN_MODES_AGREE,
@@ -178,7 +179,7 @@ def test_window_pairs_match_a_brute_force_oracle(pool):
     calls = []
     with Watch(pool, calls.append):  # the window as the exact solver sees it: read off the call
         pool(value)
-    entries, winners = exact._window_pairs(calls[0].params, value)
+    entries, winners = linearise._window_pairs(calls[0].params, value)
     pooled = pool(value)
     flat = value.flatten()
 
@@ -253,7 +254,7 @@ def test_batch_norm_average_pooling_and_residuals_need_no_rows():
 def test_forward_and_reverse_mode_give_the_same_piece(build, shape, layer, monkeypatch):
     net = _seeded(build)
     target = torch.rand(shape, generator=torch.Generator().manual_seed(7))
-    monkeypatch.setattr(exact, "_JACOBIAN_BUDGET", 12_000)  # several chunks either way
+    monkeypatch.setattr(linearise, "_JACOBIAN_BUDGET", 12_000)  # several chunks either way
     forward = affine_piece(net, layer, target, mode="forward")
     reverse = affine_piece(net, layer, target, mode="reverse")
     for name in ("jac", "offset", "region_jac", "region_bound"):

@@ -1,4 +1,4 @@
-"""The approximation frontier (collide.solvers.frontier) against an oracle on tiny nets."""
+"""The approximation frontier (collide.comparisons.frontier) against an oracle on tiny nets."""
 
 from __future__ import annotations
 
@@ -8,8 +8,8 @@ import scipy.optimize
 import torch
 from torch import nn
 
+from collide.comparisons.frontier import LOOSE, OPTIMAL, FrontierConfig, closest_within
 from collide.errors import ConfigError, DataError, LayerError
-from collide.solvers.frontier import LOOSE, OPTIMAL, FrontierConfig, closest_within
 from tests.tolerances import FRONTIER_EXACT, FRONTIER_VS_ORACLE
 
 EPSILONS = (0.0, 1e-3, 1e-2, 5e-2, 0.1, 0.2, 0.3)

@@ -6,11 +6,11 @@ import numpy as np
 import pandas as pd
 import pytest
 
+from collide.comparisons.frontier import FrontierConfig
 from collide.config import SampleConfig, TrainConfig
 from collide.errors import LayerError
 from collide.experiments import engine, frontier
 from collide.experiments.frontier import FrontierExperiment
-from collide.solvers.frontier import FrontierConfig
 
 
 def _config(data_root, root, **changes) -> FrontierExperiment:

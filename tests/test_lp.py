@@ -1,4 +1,4 @@
-"""The exact solver's LP (collide.solvers.lp): HiGHS with lazy region rows against scipy's
+"""The exact solver's LP (collide.piecewise.lp): HiGHS with lazy region rows against scipy's
 linprog with every row, the oracle."""
 
 import dataclasses
@@ -11,8 +11,8 @@ import torch
 
 from collide.config import ExactConfig
 from collide.objective import nonpositive_units
+from collide.piecewise.lp import INFEASIBLE, LinearRows, LpProblem, solve_lp
 from collide.solvers.exact import OPTIMAL, solve_exact
-from collide.solvers.lp import INFEASIBLE, LinearRows, LpProblem, solve_lp
 from collide.taps import preactivation
 from tests.tolerances import LP_CONSTRAINT, LP_OBJECTIVE
 
@@ -118,7 +118,7 @@ def test_exact_vertices_by_highs_and_by_linprog_agree(mlp_model):
 
 
 def test_highs_prints_nothing():
-    code = ("import numpy as np; from collide.solvers.lp import LinearRows, LpProblem, solve_lp; "
+    code = ("import numpy as np; from collide.piecewise.lp import LinearRows, LpProblem, solve_lp; "
             "r = LinearRows(a_ub=np.ones((1, 2)), b_ub=np.ones(1), a_eq=np.zeros((0, 2)), b_eq=np.zeros(0)); "
             "p = LpProblem(r, np.array([-1.0, 0.0]), 0.0, np.zeros(2)); "
             "print(solve_lp(p, lower=0, upper=1, tol=1e-9).outcome)")

@@ -53,3 +53,39 @@ def test_find_polytopes_and_measure_resolve_the_layer_once_each(resolutions):
     resolutions.clear()
     collide.measure(model, "2", polys[0], n_samples=20)
     assert resolutions == ["2"]
+
+
+class _Shifted(collide.Solver):
+    """A solver of one's own: the exact solver's vertices, under another name and loss."""
+
+    method = "shifted"
+    config_type = collide.ExactConfig
+
+    @property
+    def loss_name(self):
+        return "lp-again"
+
+    def solve(self, model, site, problems, *, device, param, progress):
+        assert isinstance(site, collide.sites.Site)  # resolved once, above
+        return collide.ExactSolver(self.config).solve(model, site, problems, device=device, param=param,
+                                                      progress=progress)
+
+
+def test_a_solver_of_ones_own_is_one_class_and_gets_the_shared_checks(resolutions):
+    model, target = _model(), torch.rand(12, generator=torch.Generator().manual_seed(1))
+    config = collide.ExactConfig(threads=1)
+    mine = collide.find_polytope(model, "2", target, n_vertices=2, method=_Shifted(config))
+    exact = collide.find_polytope(model, "2", target, n_vertices=2, method="exact", config=config)
+    assert mine.method == "shifted" and exact.method == "exact"
+    assert torch.equal(mine.vertices, exact.vertices) and mine.valid.tolist() == exact.valid.tolist()
+    # The criterion is the solver's own: the exact solver's also asks for an optimal outcome.
+    assert mine.criterion == _Shifted(config).criterion and mine.criterion.outcome is None
+    assert exact.criterion == collide.ExactSolver(config).criterion and exact.criterion.outcome == "optimal"
+    assert resolutions == ["2", "2"]
+    with pytest.raises(collide.errors.DataError, match="the target holds 1 NaN or infinite values of 12"):
+        collide.find_polytope(model, "2", target.clone().index_fill_(0, torch.tensor([3]), float("nan")),
+                              method=_Shifted(config))
+    with pytest.raises(collide.errors.ConfigError, match="takes config=ExactConfig"):
+        _Shifted(collide.GradientConfig())
+    with pytest.raises(collide.errors.ConfigError, match="not both"):
+        collide.find_polytope(model, "2", target, method=_Shifted(config), config=config)

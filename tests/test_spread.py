@@ -11,13 +11,13 @@ import pandas as pd
 import pytest
 from scipy import stats
 
+from collide.comparisons.baselines import BallConfig, NullSpaceConfig
 from collide.config import GradientConfig, SampleConfig, TrainConfig
 from collide.errors import ConfigError
 from collide.experiments import engine, mnist, spread
 from collide.models.zoo import load_checkpoint
 from collide.results.reference import TABLE_2
 from collide.results.store import read_attrs
-from collide.solvers.baselines import BallConfig, NullSpaceConfig
 from tests.conftest import LIGHT_GEOMETRY
 
 SEEDS = (0, 1)

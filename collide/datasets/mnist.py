@@ -26,6 +26,7 @@ import torch
 
 from collide._io import atomic_write_bytes, file_sha256
 from collide.errors import DataError
+from collide.inputs import require_finite
 
 MNIST_FILES = {
     "train_images": "train-images-idx3-ubyte",
@@ -64,8 +65,7 @@ class Split:
             raise DataError("the dataset is empty: expected at least one image")
         if len(self.labels) != len(self.images):
             raise DataError(f"{len(self.images)} images but {len(self.labels)} labels")
-        if not torch.isfinite(self.images).all():
-            raise DataError("the images hold NaN or infinite values")
+        require_finite(self.images, "the images", fix="the files are damaged or not MNIST: fetch them again")
 
     def __len__(self) -> int:
         return len(self.images)

@@ -10,7 +10,7 @@ the row's layer; distances to the target and init; spread):
 1. ``exact-region``: hit-and-run samples of the target's exact collision set
    (:func:`collide.api.collision_geometry`), claimed exact (to float32 storage);
 2. ``random-ball``: the authors' control (§3.1), points at the polytope vertices'
-   distances in random directions (:func:`collide.solvers.baselines.random_ball`);
+   distances in random directions (:func:`collide.comparisons.baselines.random_ball`);
 3. ``null-space``: Ozbulak et al.'s moves in null(W_P), clipped to the box, measured at
    ``layer`` (the first ReLU), and
 4. the same points measured at ``deeper_layer``: whether deeper collisions follow;
@@ -34,6 +34,15 @@ from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 
 from collide.api import collision_geometry, find_polytope
+from collide.comparisons.baselines import (
+    BallConfig,
+    InversionConfig,
+    NullSpaceConfig,
+    first_relu_layer,
+    invert,
+    null_space_points,
+    random_ball,
+)
 from collide.config import SAMPLERS, GeometryConfig, RowSpec, Sampler, _require, resolve_device
 from collide.datasets.mnist import load_mnist
 from collide.errors import ConfigError
@@ -45,15 +54,6 @@ from collide.results.figures import save_figure
 from collide.results.points import PointsRecord
 from collide.results.store import table_path
 from collide.results.summary import baseline_summary
-from collide.solvers.baselines import (
-    BallConfig,
-    InversionConfig,
-    NullSpaceConfig,
-    first_relu_layer,
-    invert,
-    null_space_points,
-    random_ball,
-)
 from collide.taps import resolve_layer
 
 NAME = "baselines"

@@ -6,7 +6,7 @@ classified as 7: collisions that hold only approximately. For each target (the M
 experiment's targets) and each budget ε of ``frontier.epsilons``, one row holds the
 point closest to the target's ``other`` image (the first test image of another label)
 whose relative feature error at ``layer`` (a first ReLU layer) is at most ε:
-:func:`collide.solvers.frontier.closest_within` (the exact QP by HiGHS for ε = 0, the
+:func:`collide.comparisons.frontier.closest_within` (the exact QP by HiGHS for ε = 0, the
 dual of a penalised QP by L-BFGS-B otherwise; see that module). Rows are points rows
 (:class:`collide.results.points.PointsRecord`) claiming feature error ≤ ε, which the
 engine evaluates: predicted class, its probability, float64 feature error, distances.
@@ -32,17 +32,17 @@ import pandas as pd
 import torch
 from matplotlib.figure import Figure
 
+from collide.comparisons.frontier import FAILED, FrontierConfig, closest_within
 from collide.config import RowSpec, _require
 from collide.datasets.mnist import load_mnist
 from collide.errors import LayerError
 from collide.experiments import mnist
 from collide.experiments.engine import Progress, job, no_progress
 from collide.models.zoo import build_model, checkpoint_source, load_checkpoint
+from collide.piecewise.linearise import affine_piece
 from collide.results.figures import save_figure
 from collide.results.points import PointsRecord
 from collide.results.store import read_row, table_path
-from collide.solvers.exact import affine_piece
-from collide.solvers.frontier import FAILED, FrontierConfig, closest_within
 
 NAME = "frontier"
 SUMMARY = "approximation frontier: closest point to another digit within feature error ε of a 7 (relu1)"
@@ -50,7 +50,7 @@ METHOD = "frontier"
 SOLVER = "highs-qp"  # ε = 0; the other budgets name theirs in the "solver" column
 # The row spec the MNIST config requires; the frontier's only start is "other".
 FRONTIER_ROWS = (RowSpec("exact", "other"),)
-# The dual bound holds over the convex inner set {E(x) ≤ εR} only (see collide.solvers.frontier):
+# The dual bound holds over the convex inner set {E(x) ≤ εR} only (see collide.comparisons.frontier):
 # an input whose true feature error is ≤ ε may lie closer to the other image. Stores written
 # before the column said so call it "distance_lower_bound"; frontier_table renames it.
 LOWER_BOUND = "distance_lower_bound_inner"

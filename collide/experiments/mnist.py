@@ -34,6 +34,7 @@ from collide.config import (
 from collide.datasets.mnist import MNIST_LABEL, data_digest, data_label, ensure_mnist, load_mnist, mnist_files
 from collide.errors import CheckpointError, ConfigError, DataError, LayerError
 from collide.experiments.engine import Progress, job, no_progress
+from collide.inputs import require_finite
 from collide.models.zoo import (
     build_model,
     checkpoint_path,
@@ -293,12 +294,9 @@ def check_targets(model: torch.nn.Module, images: torch.Tensor, targets: list[di
     one). ``model_name`` says which model, for the message."""
     with torch.no_grad():
         pre = preactivation(model, images[[t["target_index"] for t in targets]], layer)
-    for t, count, bad in zip(targets, (pre <= 0).sum(1).tolist(), (~torch.isfinite(pre)).sum(1).tolist(),
-                             strict=True):
-        if bad:
-            raise DataError(
-                f"target test image {t['target_index']} has {bad} NaN or infinite pre-activations at {layer}: "
-                f"the model {model_name} does not compute finite values; delete it and retrain")
+    for t, count, row in zip(targets, (pre <= 0).sum(1).tolist(), pre, strict=True):
+        require_finite(row, f"target test image {t['target_index']}'s pre-activations at {layer}",
+                       fix=f"the model {model_name} does not compute finite values; delete it and retrain")
         if count < n_vertices:
             raise ConfigError(
                 f"target test image {t['target_index']} has {count} non-positive units at {layer}, fewer than "

@@ -36,10 +36,10 @@ from collide.datasets.folders import check_images, list_folder, load_image, pick
 from collide.errors import CollideError, ConfigError, DataError, LayerError
 from collide.experiments.engine import Progress, job, no_progress
 from collide.models.external import build, input_defaults, resolve_model
+from collide.piecewise.budget import check_lp_size
 from collide.polytope import dataset_avg_distance
 from collide.results.records import RowRecord
 from collide.solvers import solver_for
-from collide.solvers.exact import check_lp_size
 from collide.taps import check_units, layer_names, resolve_layer
 
 NAME = "model"

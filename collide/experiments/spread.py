@@ -36,6 +36,7 @@ from scipy import stats
 
 from collide._io import file_digest
 from collide.api import collision_geometry, find_polytopes
+from collide.comparisons.baselines import BallConfig, NullSpaceConfig, null_space_points, random_ball
 from collide.config import GeometryConfig, RowSpec, _require, resolve_device
 from collide.datasets.mnist import ensure_mnist, load_mnist, mnist_files
 from collide.errors import ConfigError, DataError
@@ -55,7 +56,6 @@ from collide.results.summary import (
     write_summary_table,
 )
 from collide.solvers import solver_for
-from collide.solvers.baselines import BallConfig, NullSpaceConfig, null_space_points, random_ball
 
 NAME = "spread"
 SUMMARY = ("spread over training seeds x targets: mean, std and 95% interval of every Table 2 column and "

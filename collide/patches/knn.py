@@ -19,6 +19,7 @@ import torch
 
 from collide.config import KnnConfig
 from collide.errors import ConfigError, DataError
+from collide.inputs import require_finite
 from collide.patches.index_file import (
     nndescent_from_state,
     nndescent_state,
@@ -53,8 +54,7 @@ def as_vectors(patches: np.ndarray) -> np.ndarray:
 def _check(queries: np.ndarray, n_corpus: int, k: int) -> None:
     if queries.ndim != 2:
         raise DataError(f"expected queries of shape (Q, D), got {queries.shape}")
-    if not np.isfinite(queries).all():
-        raise DataError("the queries hold NaN or infinite values")
+    require_finite(queries, "the queries", fix="the query patches are not finite: check the images they came from")
     if k > n_corpus:
         raise ConfigError(f"k={k} is larger than the store ({n_corpus} patches): lower k")
 

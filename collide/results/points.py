@@ -23,6 +23,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from collide.inputs import require_finite
 from collide.models.zoo import load_model_source
 from collide.objective import feature_rel_error
 from collide.polytope import evaluate
@@ -75,8 +76,8 @@ class PointsRecord:
             raise ValueError(f"a points row needs (n >= 1, *input) points, got shape {points.shape}")
         if points.shape[1:] != np.asarray(self.target).shape:
             raise ValueError(f"points of shape {points.shape[1:]} do not match the target's {np.shape(self.target)}")
-        if not np.isfinite(points).all():
-            raise ValueError(f"row {self.row} of {self.experiment}: its {self.method} points hold NaN or inf")
+        require_finite(points, f"row {self.row} of {self.experiment}: its {self.method} points", error=ValueError,
+                       fix="a stored row holds finite points only; drop the ones the method did not find")
         if self.claim_rel_error is not None and not self.claim_rel_error >= 0:
             raise ValueError(f"claim_rel_error must be >= 0 or None, got {self.claim_rel_error}")
 

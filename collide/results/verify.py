@@ -20,6 +20,8 @@ import pandas as pd
 import torch
 
 from collide.models.zoo import load_model_source
+from collide.piecewise.collision_set import collision_set
+from collide.piecewise.linearise import affine_piece
 from collide.results.points import flat_rows, is_points_row, verify_points
 from collide.results.store import (
     list_rows,
@@ -31,8 +33,6 @@ from collide.results.store import (
     stray_text,
     table_path,
 )
-from collide.solvers.collision_set import collision_set
-from collide.solvers.exact import affine_piece
 from collide.taps import preactivation
 
 # Table values are float64 computations of the same quantities: they must agree to this.

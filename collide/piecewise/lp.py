@@ -11,8 +11,9 @@ the L1 term becomes a linear cost on bounded columns, with no extra rows, and a
 coordinate whose init sits on a bound loses the column that would leave the box. The
 rows that model the target's activation region (``lazy`` below: earlier ReLU signs,
 max-pooling winners; thousands of dense rows at LeNet-5's ``relu3``) start out of the
-model and are added where the solution violates them, a round at a time, HiGHS's dual
-simplex carrying on from its last basis. The answer meets every row within tolerance, so
+model and are added where the solution violates them, a round at a time
+(:func:`collide.piecewise.highs.solve_lazily`), HiGHS's dual simplex carrying on from
+its last basis. The answer meets every row within tolerance, so
 it is an optimum of the whole LP, not of a relaxation: the rows left out never bind.
 
 ``linprog`` is scipy's ``linprog(method="highs")`` with every row and the L1 term as
@@ -22,9 +23,6 @@ the tests compare with.
 
 from __future__ import annotations
 
-import os
-import sys
-import threading
 from dataclasses import dataclass
 
 import highspy
@@ -33,11 +31,9 @@ import scipy.optimize
 import scipy.sparse as sp
 
 from collide.config import LP_SOLVERS
+from collide.piecewise.highs import add_rows, new_highs, solve_lazily
 
 OPTIMAL, INFEASIBLE, UNBOUNDED, FAILED = "optimal", "infeasible", "unbounded", "failed"
-# Region rows added per round, the most violated first: a few rounds cover the rows
-# that bind without growing the model by every row one loose solution crosses.
-_ROWS_PER_ROUND = 256
 
 
 @dataclass(frozen=True)
@@ -85,37 +81,6 @@ class LpSolution:
     region_rows_used: int = 0
 
 
-_banner_lock = threading.Lock()
-_banner_shown = False
-
-
-def _new_highs() -> highspy.Highs:
-    """A silent HiGHS instance. The first one a process makes prints HiGHS's banner from
-    C++ to file descriptor 1 before any option can be set; that descriptor points at
-    /dev/null for the moment it takes, then back where it was."""
-    global _banner_shown
-    with _banner_lock:
-        if not _banner_shown:
-            sys.stdout.flush()
-            saved = os.dup(1)
-            try:
-                with open(os.devnull, "w") as null:
-                    os.dup2(null.fileno(), 1)
-                    h = highspy.Highs()
-            finally:
-                os.dup2(saved, 1)
-                os.close(saved)
-            _banner_shown = True
-        else:
-            h = highspy.Highs()
-    h.setOptionValue("output_flag", False)
-    return h
-
-
-def _violation_scale(b: np.ndarray) -> np.ndarray:
-    return 1 + np.abs(b)
-
-
 def _highs(problem: LpProblem, lower: float, upper: float, tol: float) -> LpSolution:
     rows, init = problem.rows, problem.init
     d = len(init)
@@ -142,7 +107,7 @@ def _highs(problem: LpProblem, lower: float, upper: float, tol: float) -> LpSolu
     lp.row_lower_, lp.row_upper_ = lo0 - shift, b0 - shift
     lp.a_matrix_.format_ = highspy.MatrixFormat.kColwise
     lp.a_matrix_.start_, lp.a_matrix_.index_, lp.a_matrix_.value_ = m.indptr, m.indices, m.data
-    h = _new_highs()
+    h = new_highs()
     h.setOptionValue("threads", 1)
     # Measured on the MNIST MLP's relu1 (benchmarks/exact_vs_gradient.py): presolve and
     # scaling cost more than they save on these small dense rows, with the same optima.
@@ -153,29 +118,23 @@ def _highs(problem: LpProblem, lower: float, upper: float, tol: float) -> LpSolu
     h.passModel(lp)
     added = np.zeros(len(b_lazy), dtype=bool)
     lazy_shift = a_lazy @ init
-    rounds = 0
-    while True:
-        h.run()
-        rounds += 1
-        status = h.getModelStatus()
-        if status != highspy.HighsModelStatus.kOptimal:
-            # A relaxation with no solution means the whole LP has none; the box keeps
-            # every relaxation bounded, so anything else is a solver failure.
-            outcome = {highspy.HighsModelStatus.kInfeasible: INFEASIBLE,
-                       highspy.HighsModelStatus.kUnbounded: UNBOUNDED}.get(status, FAILED)
-            return LpSolution(np.full(d, np.nan), outcome, rounds, int(added.sum()))
-        moves = np.asarray(h.getSolution().col_value)
+
+    def point(moves: np.ndarray) -> np.ndarray:
         x = init.copy()
         np.add.at(x, pixel, moves * sign)
-        over = a_lazy @ x - b_lazy
-        violated = np.flatnonzero(~added & (over > tol * _violation_scale(b_lazy)))
-        if not len(violated):
-            return LpSolution(np.clip(x, lower, upper), OPTIMAL, rounds, int(added.sum()))
-        violated = violated[np.argsort(-over[violated], kind="stable")[:_ROWS_PER_ROUND]]
-        new = sp.csr_matrix(block(a_lazy[violated]))
-        h.addRows(len(violated), np.full(len(violated), -np.inf), b_lazy[violated] - lazy_shift[violated],
-                  new.nnz, new.indptr[:-1].astype(np.int32), new.indices.astype(np.int32), new.data)
-        added[violated] = True
+        return x
+
+    def add(rows: np.ndarray) -> None:
+        add_rows(h, block(a_lazy[rows]), np.full(len(rows), -np.inf), b_lazy[rows] - lazy_shift[rows])
+
+    run = solve_lazily(h, lambda moves: a_lazy @ point(moves) - b_lazy, b_lazy, added, tol=tol, add=add)
+    if run.solution is None:
+        # A relaxation with no solution means the whole LP has none; the box keeps
+        # every relaxation bounded, so anything else is a solver failure.
+        outcome = {highspy.HighsModelStatus.kInfeasible: INFEASIBLE,
+                   highspy.HighsModelStatus.kUnbounded: UNBOUNDED}.get(run.status, FAILED)
+        return LpSolution(np.full(d, np.nan), outcome, run.rounds, int(added.sum()))
+    return LpSolution(np.clip(point(run.solution), lower, upper), OPTIMAL, run.rounds, int(added.sum()))
 
 
 def _linprog(problem: LpProblem, lower: float, upper: float, tol: float) -> LpSolution:

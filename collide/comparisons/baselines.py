@@ -35,9 +35,10 @@ from torch import nn
 
 from collide.config import _non_negative, _positive, _require
 from collide.errors import ConfigError, DataError, LayerError
+from collide.inputs import one_input, require_in_box
 from collide.objective import feature_rel_error, total_variation
+from collide.piecewise.linearise import affine_piece
 from collide.precision import full_precision
-from collide.solvers.exact import affine_piece
 from collide.taps import layers, preactivation, site_of
 
 __all__ = [
@@ -69,16 +70,8 @@ def _check_box(lower: float, upper: float) -> None:
 
 def _check_point(x: torch.Tensor, what: str, lower: float, upper: float) -> torch.Tensor:
     """``x`` as float64 on the CPU, refused when not one finite input inside the box."""
-    if not isinstance(x, torch.Tensor):
-        raise DataError(f"{what} must be a torch.Tensor, got {type(x).__name__}")
-    if x.ndim == 0 or x.numel() == 0:
-        raise DataError(f"{what} must be one input without a batch dimension, got shape {tuple(x.shape)}")
-    x = x.detach().to("cpu", torch.float64)
-    if not torch.isfinite(x).all():
-        raise DataError(f"{what} holds NaN or infinite values")
-    if float(x.min()) < lower - 1e-6 or float(x.max()) > upper + 1e-6:
-        raise DataError(f"{what} lies outside the input box [{lower}, {upper}] "
-                        f"(min {float(x.min()):.4g}, max {float(x.max()):.4g})")
+    x = one_input(x, what).double()
+    require_in_box(x, what, lower, upper, fix="scale it into the box, or set lower/upper")
     return x.clamp(lower, upper)
 
 
@@ -303,7 +296,7 @@ def null_space_points(
     ``reached`` is its distance after clipping.
 
     Args:
-        model: not changed (:func:`collide.solvers.exact.affine_piece` works on a copy).
+        model: not changed (:func:`collide.piecewise.linearise.affine_piece` works on a copy).
         layer: the model's first ReLU layer (deeper ones are not affine in the input).
         rank_rtol: the SVD's relative cut-off.
 

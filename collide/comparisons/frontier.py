@@ -79,9 +79,10 @@ import torch
 from torch import nn
 
 from collide.errors import ConfigError, DataError, LayerError
+from collide.inputs import require_finite, require_in_box
 from collide.objective import feature_rel_error
-from collide.solvers.exact import affine_piece
-from collide.solvers.lp import _new_highs
+from collide.piecewise.highs import new_highs
+from collide.piecewise.linearise import affine_piece
 from collide.taps import preactivation, site_of
 
 OPTIMAL, LOOSE, FAILED = "optimal", "loose", "failed"
@@ -259,7 +260,7 @@ def _exact_qp(prob: _Problem, config: FrontierConfig) -> np.ndarray | None:
     hess = model.hessian_
     hess.dim_, hess.format_ = d, highspy.HessianFormat.kTriangular
     hess.start_, hess.index_, hess.value_ = np.arange(d + 1), np.arange(d), np.full(d, 2.0)
-    h = _new_highs()
+    h = new_highs()
     h.setOptionValue("threads", 1)
     h.setOptionValue("primal_feasibility_tolerance", config.qp_tol)
     h.setOptionValue("dual_feasibility_tolerance", config.qp_tol)
@@ -306,11 +307,8 @@ def _check(x: torch.Tensor, what: str, shape: torch.Size | None, config: Frontie
     if shape is not None and x.shape != shape:
         raise DataError(f"{what} has shape {tuple(x.shape)}, the target {tuple(shape)}: pass one input of the "
                         "target's shape, without a batch dimension")
-    if not torch.isfinite(x).all():
-        raise DataError(f"{what} holds NaN or infinite values: pass a finite image")
-    if float(x.min()) < config.lower - 1e-6 or float(x.max()) > config.upper + 1e-6:
-        raise DataError(f"{what} lies outside the input box [{config.lower}, {config.upper}] (min "
-                        f"{float(x.min()):.4g}, max {float(x.max()):.4g}): scale it, or set config.lower/upper")
+    require_finite(x, what, fix="pass a finite image")
+    require_in_box(x, what, config.lower, config.upper, fix="scale it, or set config.lower/upper")
 
 
 def closest_within(

@@ -1,0 +1,163 @@
+"""The exact collision set of an input: the rows that bound it, in its equality subspace.
+
+For a target t and a ReLU layer, the exact solver's polytope lives in
+
+    C = {x : lower ≤ x ≤ upper, x in t's activation region,
+             ỹⱼ(x) = ỹⱼ(t) for t's positive units j, ỹⱼ(x) ≤ 0 for the others},
+
+every point of which has t's features at the layer exactly (within the region the
+pre-activation is ``J x + c``, :func:`collide.piecewise.linearise.affine_piece`). Several
+models' sets stack on one input: their rows together give the inputs that collide with
+t in every model at once.
+
+Everything is computed in the coordinates of C's equality subspace: ``x = t + B z``
+with ``B`` an orthonormal basis of the null space of the stacked positive rows, so that
+‖z‖ is the distance to the target and a ball in z is a ball in x. C becomes
+``{z : G z ≤ h}`` with ``h ≥ 0`` (t itself is in C).
+
+This module builds C from the pieces (:func:`collision_set`) and holds what its
+measures share: float64 products with a fixed thread count (:func:`mm`) and the LP
+with the region rows taken in lazily (:func:`solve_with_region`). The measures live
+one per module: :mod:`~collide.piecewise.ball` (inscribed ball, dimension),
+:mod:`~collide.piecewise.widths`, :mod:`~collide.piecewise.hull` (C in its hull's
+coordinates), :mod:`~collide.piecewise.rounding` and :mod:`~collide.piecewise.sampler`
+(uniform samples) with :mod:`~collide.piecewise.diagnostics` (R̂, ESS), and
+:mod:`~collide.piecewise.geometry`, which runs them in order.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import highspy
+import numpy as np
+import torch
+
+from collide.errors import ConfigError
+from collide.piecewise.highs import LazyRun, add_rows, solve_lazily
+from collide.piecewise.linearise import AffinePiece
+
+# A row whose norm on the equality subspace is below this (relative to 1 + its norm) is
+# constant there: float64 projections of a row in the equalities' span leave ~1e-14.
+FLAT_ROW = 1e-10
+
+
+LP_TOL = 1e-9
+
+
+def mm(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    """``a @ b`` in float64 through torch: its thread count is what the engine fixes per
+    job, so a job's set is the same bits in a Dask worker (BLAS on one thread) and in
+    plain Python (numpy's BLAS rounds differently with its thread count)."""
+    return (torch.from_numpy(np.ascontiguousarray(a)) @ torch.from_numpy(np.ascontiguousarray(b))).numpy()
+
+
+@dataclass(frozen=True)
+class CollisionSet:
+    """C as the rows that bound it: ``{x : E x = E t, A x ≤ b, lower ≤ x ≤ upper}``.
+
+    ``equalities`` are orthonormal (the row space of the stacked positive rows), ``basis``
+    spans their null space, so ``x = t + basis @ z``. ``rows[:n_fixed]`` are the layer's
+    own inequality rows; the rest are activation-region rows (earlier ReLU signs,
+    max-pooling winners), which an LP takes in only where a solution violates them.
+
+    Shapes: origin (d,); equalities (rank, d); basis (d, k); rows (m, d); bounds (m,)
+    """
+
+    origin: np.ndarray
+    equalities: np.ndarray
+    basis: np.ndarray
+    rows: np.ndarray
+    bounds: np.ndarray
+    n_fixed: int
+    lower: float
+    upper: float
+    n_positive: int
+
+    @property
+    def input_dim(self) -> int:
+        return len(self.origin)
+
+    @property
+    def rank(self) -> int:
+        return len(self.equalities)
+
+    @property
+    def free_dim(self) -> int:
+        """k = d − rank: the dimension of the equality subspace, an upper bound on C's."""
+        return self.basis.shape[1]
+
+    def to_input(self, z: np.ndarray) -> np.ndarray:
+        """Points of C from coordinates. (n, k) -> (n, d)"""
+        return self.origin + mm(z, self.basis.T)
+
+    def all_rows(self) -> tuple[np.ndarray, np.ndarray]:
+        """Every inequality of C, the box's included, as ``a x ≤ b``. (m + 2d, d), (m + 2d,)"""
+        d = self.input_dim
+        return (np.vstack([self.rows, np.eye(d), -np.eye(d)]),
+                np.concatenate([self.bounds, np.full(d, self.upper), np.full(d, -self.lower)]))
+
+
+def collision_set(
+    pieces: Sequence[tuple[AffinePiece, np.ndarray]], target: np.ndarray, *, lower: float, upper: float,
+    max_entries: int,
+) -> CollisionSet:
+    """Stack each piece's rows at ``target``.
+
+    Args:
+        pieces: one ``(piece, t_pre)`` per model: its affine piece at the target and the
+            target's pre-activation at its layer (float64).
+        target: the input, flattened (d,), float64.
+    """
+    x0 = np.asarray(target, dtype=np.float64)
+    d = len(x0)
+    eq, fixed, region = [], [], []
+    n_positive = 0
+    for piece, t_pre in pieces:
+        pos = t_pre > 0
+        n_positive += int(pos.sum())
+        eq.append(piece.jac[pos])
+        # ỹ_N(x) ≤ 0 and the region rows, both as a x ≤ b.
+        fixed.append((piece.jac[~pos], -piece.offset[~pos]))
+        region.append((piece.region_jac, piece.region_bound))
+    n_rows = sum(len(a) for a, _ in fixed) + sum(len(a) for a, _ in region)
+    if n_rows * d > max_entries:
+        raise ConfigError(f"the collision set has {n_rows} dense rows x {d} inputs = {n_rows * d:,} entries, over "
+                          f"geometry.max_entries={max_entries:,}: raise it (memory grows with it) or measure the "
+                          "set at a smaller layer or input")
+    a_eq = np.vstack(eq)
+    if len(a_eq):
+        # torch's SVD, not numpy's: it runs on torch's thread count, which the engine
+        # fixes per job, so a job's basis is the same bits wherever it runs.
+        _, s_t, vt_t = torch.linalg.svd(torch.from_numpy(a_eq), full_matrices=True)
+        s, vt = s_t.numpy(), vt_t.numpy()
+        # numpy's matrix_rank cut-off, as the exact solver's rank_positive uses.
+        rank = int((s > s.max(initial=0.0) * max(a_eq.shape) * np.finfo(np.float64).eps).sum())
+    else:
+        rank, vt = 0, np.eye(d)
+    rows = np.vstack([a for a, _ in fixed] + [a for a, _ in region])
+    bounds = np.concatenate([b for _, b in fixed] + [b for _, b in region])
+    # The target is in C: a row it violates by more than rounding means a wrong piece.
+    at_target = mm(rows, x0)
+    over = at_target - bounds
+    scale = 1 + np.abs(bounds) + mm(np.abs(rows), np.abs(x0))
+    if (over > 1e-7 * scale).any():
+        worst = int(np.argmax(over / scale))
+        raise ValueError(f"the target violates row {worst} of its own collision set by {over[worst]:.3g}: "
+                         "its activation region was not taken at this input")
+    return CollisionSet(origin=x0, equalities=vt[:rank], basis=vt[rank:].T, rows=rows,
+                        bounds=np.maximum(bounds, np.minimum(at_target, bounds + 1e-7 * scale)),
+                        n_fixed=sum(len(a) for a, _ in fixed), lower=lower, upper=upper, n_positive=n_positive)
+
+
+def onto(cs: CollisionSet, basis: np.ndarray, x: np.ndarray) -> np.ndarray:
+    """``x`` put onto the flat ``origin + span(basis)`` (orthonormal columns). (n, d) -> (n, d)"""
+    return cs.origin + mm(mm(x - cs.origin, basis), basis.T)
+
+
+def solve_with_region(h: highspy.Highs, lazy_a: np.ndarray, lazy_b: np.ndarray, added: np.ndarray) -> LazyRun:
+    """``h`` solved with the region rows ``lazy_a x ≤ lazy_b`` taken in lazily
+    (:func:`collide.piecewise.highs.solve_lazily`); ``added`` marks those it holds."""
+    return solve_lazily(h, lambda sol: mm(lazy_a, sol) - lazy_b, lazy_b, added, tol=LP_TOL,
+                        add=lambda rows: add_rows(h, lazy_a[rows], np.full(len(rows), -np.inf), lazy_b[rows]))

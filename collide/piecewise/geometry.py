@@ -1,0 +1,151 @@
+"""The exact collision set measured: its dimension, inscribed ball, widths and samples.
+
+Of the set C of :mod:`collide.piecewise.collision_set`:
+
+- the **inscribed ball** (Chebyshev centre and radius) is one LP:
+  maximise r subject to ``G z + r‖Gᵢ‖ ≤ h`` (HiGHS; the activation-region rows, thousands
+  at LeNet-5's ``relu3``, are added only where a solution violates them, as the exact
+  solver does);
+- the **dimension** of C's affine hull is ``k = d − rank`` when the radius is positive
+  (a k-ball lies inside C). When it is 0, some inequalities hold with equality all over
+  C; they are found by LPs that maximise a common slack and move the rows whose duals
+  are positive into the equalities (Fukuda's method), until a positive slack remains;
+- the **widths** along directions drawn uniformly on the unit sphere of C's affine hull
+  (within the flat left by pinned rows, when there are any) are two LPs each; the mean
+  over directions is an unbiased estimate of C's mean width, reported with its standard
+  error, and directions are added until that error is at most ``width_rel_se`` of it.
+  Each extreme point is an LP optimum moved onto the hull and, where HiGHS met a row
+  only to its tolerance, the least way towards the interior: a point of C, so each
+  width is certified from below;
+- **uniform samples** come from a walk in rounded coordinates (the Dikin ellipsoid at
+  C's analytic centre, optionally refined by the chains' pooled covariance): by default
+  the billiard walk (straight runs of random length that reflect off C's facets), else
+  hit-and-run. Chains start spread over C and run until every statistic reported from
+  them (distance to the target, distance between independent chains, projections on
+  the width directions) has rank-normalised split-R̂ ≤ 1.01 and bulk ESS ≥ 400, or a
+  budget ends; a set whose chains did not converge reports its sample statistics as
+  NaN, with the reason. No point is ever clipped into C: one outside is a bug, raised.
+
+Which size to quote. The radius and the widths need no mixing: each is an LP optimum
+with its own certificate (a ball inside every row; two points of C), so they are the
+sizes to rank inputs by and to compare layers or models with. The radius says how far
+one can move in *every* direction of the hull and stay in C (it is 0 for a set that is
+thin anywhere); the mean width says how far C extends in a typical direction, with an
+error bar from the directions alone. Sample statistics (mean distance to the target,
+mean pairwise distance) describe where C's volume lies: in ~700 dimensions almost all of
+it sits near C's far faces, which is what they report, and only once the chains agree.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+
+from collide.config import GeometryConfig
+from collide.piecewise.ball import RADIUS_TOL, hull_dimension, inscribed_ball
+from collide.piecewise.collision_set import CollisionSet, mm, onto
+from collide.piecewise.hull import hull_frame, hull_polytope
+from collide.piecewise.sampler import SLACK_TOL, sample
+from collide.piecewise.widths import WIDTH_TOL, extents
+
+
+@dataclass(frozen=True)
+class SetGeometry:
+    """What :func:`measure` found: dimension (and how), ball, widths, samples, costs.
+
+    Shapes: center (d,); samples (n, d); directions (w, d); extremes (2w, d); widths (w,),
+    float64 in input units.
+    """
+
+    dim: int
+    dim_method: str
+    radius: float
+    center: np.ndarray
+    samples: np.ndarray
+    directions: np.ndarray
+    extremes: np.ndarray
+    widths: np.ndarray
+    n_positive: int
+    rank: int
+    free_dim: int
+    sampler: dict[str, Any] = field(default_factory=dict)
+    lp: dict[str, Any] = field(default_factory=dict)
+    seconds: float = 0.0
+
+
+def measure(cs: CollisionSet, *, config: GeometryConfig) -> SetGeometry:
+    """Ball, dimension, widths and samples of ``cs``.
+
+    The sizes come first and need no mixing: the radius is an LP optimum, each width two
+    (their mean over uniform directions, with its standard error, estimates the mean
+    width). The samples come with the diagnostics of every statistic they are used for;
+    ``sampler["converged"]`` False means those statistics are not to be reported.
+    """
+    start = time.perf_counter()
+    deadline = start + config.max_seconds if config.max_seconds > 0 else None
+    ball = inscribed_ball(cs)
+    if not np.isfinite(ball.radius):
+        raise RuntimeError(f"the inscribed-ball LP of the collision set failed ({ball.outcome}), though the "
+                           "target is in the set: report this with the model and target")
+    widths_config = {"min_directions": config.n_directions, "max_directions": config.max_directions,
+                     "rel_se": config.width_rel_se, "seed": config.seed}
+    dim, how, flat, widths = cs.free_dim, "ball" if cs.free_dim else "point", None, None
+    if cs.free_dim and ball.radius <= RADIUS_TOL:
+        # A set of dimension ≥ 1 has a positive width along a random direction of its
+        # subspace with probability 1: zero along every one drawn, it is one point.
+        probe = extents(cs, cs.basis, center=None, free=None, **{**widths_config, "max_directions": max(
+            1, config.n_directions)})
+        if probe.widths.max() <= WIDTH_TOL:
+            dim, how, widths = 0, "widths", probe
+        else:
+            dim, how, flat = hull_dimension(cs, ball)
+    basis, centre, free = hull_frame(cs, ball, flat)
+    if widths is None:
+        # Directions uniform on the hull's own sphere (not the subspace's): a direction
+        # partly across the hull would count a zero extent along its normal part.
+        interior = ball.radius > RADIUS_TOL or flat is not None
+        widths = extents(cs, basis, center=centre if interior else None, free=free if interior else None,
+                         **widths_config)
+    poly = hull_polytope(cs, basis)
+    if dim == 0 or poly.dim == 0 or how == "upper-bound":
+        # One point has nothing to mix; past the hull search's rounds there is no
+        # interior point to start chains from.
+        samples = np.repeat(cs.origin[None], config.n_samples, 0)
+        nothing = "one point" if dim == 0 or poly.dim == 0 else "no interior point (dimension only bounded)"
+        record = {"sampler": config.walk, "converged": dim == 0 or poly.dim == 0,
+                  "reason": "" if dim == 0 or poly.dim == 0 else f"not sampled: {nothing}", "rhat": float("nan"),
+                  "ess": float("nan"), "draws": 0, "seed": config.seed}
+        if record["converged"]:
+            record.update(mean_distance_to_target=0.0, mean_distance_to_target_mcse=0.0,
+                          mean_pairwise_distance=0.0, mean_pairwise_distance_mcse=0.0)
+    else:
+        # Chains start spread over C: halfway from the interior point to each extreme point
+        # (inside C by convexity), and the interior point itself.
+        z_centre = poly.coords(centre[None])[0]
+        starts = np.vstack([z_centre[None], z_centre + 0.5 * (poly.coords(widths.extremes) - z_centre)])
+        z, record = sample(poly, z_centre, starts[np.r_[1 : len(starts), 0]], mm(widths.directions, basis),
+                           config=config, deadline=deadline)
+        samples = onto(cs, basis, cs.origin + mm(z, basis.T))
+        _check_inside(cs, samples, free)
+    return SetGeometry(
+        dim=dim, dim_method=how, radius=ball.radius, center=ball.center, samples=samples,
+        directions=widths.directions, extremes=widths.extremes, widths=widths.widths,
+        n_positive=cs.n_positive, rank=cs.rank, free_dim=cs.free_dim, sampler=record,
+        lp={"outcome": ball.outcome, "rounds": ball.rounds, "region_rows_used": ball.region_rows_used,
+            "region_rows": len(cs.bounds) - cs.n_fixed, "rows": len(cs.bounds), "width_seconds": widths.seconds},
+        seconds=time.perf_counter() - start,
+    )
+
+
+def _check_inside(cs: CollisionSet, points: np.ndarray, free: np.ndarray) -> None:
+    """Every point meets every row of C to rounding: nothing was clipped to hide one."""
+    a_all, b_all = cs.all_rows()
+    over = mm(points, a_all[free].T) - b_all[free]
+    scale = 1 + np.abs(b_all[free]) + mm(np.abs(points), np.abs(a_all[free]).T)
+    worst = float((over / scale).max(initial=-np.inf))
+    if worst > SLACK_TOL:
+        raise RuntimeError(f"a sample of the collision set misses one of its rows by {worst:.3g} (relative): a "
+                           "sampler bug, report it with the model and target")

@@ -1,0 +1,120 @@
+"""The HiGHS backend: a silent instance, rows in CSR, and the one lazy-row loop.
+
+Activation-region rows (earlier ReLU signs, max-pooling winners) number in the
+thousands at LeNet-5's ``relu3`` and are dense; few of them bind. Every LP of collide
+that carries them (the exact solver's vertices, the collision set's ball and widths)
+therefore starts without them and adds, a round at a time, the ones its solution
+violates, HiGHS's dual simplex carrying on from its last basis. The answer meets every
+row within tolerance, so it is an optimum of the whole LP, not of a relaxation.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+import threading
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import highspy
+import numpy as np
+import scipy.sparse as sp
+
+# Region rows added per round, the most violated first: a few rounds cover the rows
+# that bind without growing the model by every row one loose solution crosses.
+ROWS_PER_ROUND = 256
+
+_banner_lock = threading.Lock()
+_banner_shown = False
+
+
+def new_highs() -> highspy.Highs:
+    """A silent HiGHS instance. The first one a process makes prints HiGHS's banner from
+    C++ to file descriptor 1 before any option can be set; that descriptor points at
+    /dev/null for the moment it takes, then back where it was."""
+    global _banner_shown
+    with _banner_lock:
+        if not _banner_shown:
+            sys.stdout.flush()
+            saved = os.dup(1)
+            try:
+                with open(os.devnull, "w") as null:
+                    os.dup2(null.fileno(), 1)
+                    h = highspy.Highs()
+            finally:
+                os.dup2(saved, 1)
+                os.close(saved)
+            _banner_shown = True
+        else:
+            h = highspy.Highs()
+    h.setOptionValue("output_flag", False)
+    return h
+
+
+def add_rows(h: highspy.Highs, a: np.ndarray | sp.spmatrix, lower: np.ndarray, upper: np.ndarray) -> None:
+    """Rows ``lower ≤ a x ≤ upper`` added to ``h``. Shapes: a (r, n); lower, upper (r,)"""
+    m = sp.csr_matrix(a)
+    h.addRows(len(upper), lower, upper, m.nnz, m.indptr[:-1].astype(np.int32), m.indices.astype(np.int32), m.data)
+
+
+@dataclass(frozen=True)
+class LazyRun:
+    """How :func:`solve_lazily` ended: the columns' values (None unless optimal), HiGHS's
+    final model status, the lazy rows added in the order they entered, and the rounds run."""
+
+    solution: np.ndarray | None
+    status: highspy.HighsModelStatus
+    order: list[int]
+    rounds: int
+
+
+def solve_lazily(
+    h: highspy.Highs, excess: Callable[[np.ndarray], np.ndarray], bounds: np.ndarray, added: np.ndarray, *,
+    tol: float, add: Callable[[np.ndarray], None],
+) -> LazyRun:
+    """Run ``h``; while its solution violates lazy rows not yet ``added``, add the most
+    violated (at most :data:`ROWS_PER_ROUND` a round) and run again.
+
+    Args:
+        h: the model, holding every row but the lazy ones not yet added.
+        excess: the lazy rows' ``a x − b`` at a solution of ``h``'s columns (L,).
+        bounds: the lazy rows' right-hand sides ``b`` (L,), which scale the tolerance.
+        added: which lazy rows the model holds (L,), updated in place.
+        tol: a row counts as violated past ``tol·(1 + |b|)``.
+        add: puts the given lazy rows (indices) into ``h``.
+    """
+    order: list[int] = []
+    rounds = 0
+    while True:
+        h.run()
+        rounds += 1
+        if h.getModelStatus() == highspy.HighsModelStatus.kNotset:
+            # A hot-started dual simplex can stop without a status after raising its
+            # Markowitz threshold (seen on LeNet-5's relu3 set); from scratch it solves.
+            h.clearSolver()
+            h.run()
+        status = h.getModelStatus()
+        if status != highspy.HighsModelStatus.kOptimal:
+            return LazyRun(None, status, order, rounds)
+        sol = np.asarray(h.getSolution().col_value)
+        over = excess(sol)
+        violated = np.flatnonzero(~added & (over > tol * (1 + np.abs(bounds))))
+        if not len(violated):
+            return LazyRun(sol, status, order, rounds)
+        violated = violated[np.argsort(-over[violated], kind="stable")[:ROWS_PER_ROUND]]
+        add(violated)
+        added[violated] = True
+        order += violated.tolist()
+
+
+def lp_model(cost: np.ndarray, lower: np.ndarray, upper: np.ndarray, *, tol: float) -> highspy.Highs:
+    """A single-threaded HiGHS model with columns ``lower ≤ x ≤ upper``, cost ``cost`` and no
+    rows yet; ``tol`` its primal and dual feasibility tolerance. Shapes: (n,) each"""
+    h = new_highs()
+    h.setOptionValue("threads", 1)
+    h.setOptionValue("primal_feasibility_tolerance", tol)
+    h.setOptionValue("dual_feasibility_tolerance", tol)
+    n = len(cost)
+    h.addVars(n, lower, upper)
+    h.changeColsCost(n, np.arange(n, dtype=np.int32), cost)
+    return h

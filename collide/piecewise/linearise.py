@@ -1,0 +1,264 @@
+"""A layer's pre-activation as an affine map on the target's linear piece, and the piece's rows.
+
+Up to the first ReLU, a ReLU net's pre-activation is affine in its input. Deeper, it is
+affine within the target's *activation region*: the inputs that give every earlier ReLU
+the target's sign pattern and every earlier max-pooling window the target's winner.
+The affine map is read off as the Jacobian at the target in float64, in forward mode
+when the input has fewer coordinates than the values it must cover (every earlier
+pre-activation and pool input), in reverse mode otherwise.
+
+Which modules need region rows:
+
+- ``nn.ReLU``: one sign row per unit.
+- ``nn.MaxPool1d/2d/3d``: max pooling switches linear pieces without a ReLU to show it.
+  For each window with winner a* at the target and each other entry a, the row
+  ``ỹ_a(x) ≤ ỹ_a*(x)`` on the pool's input. Fixing the winner is correct wherever the
+  pool sits, before or after its ReLU; after a ReLU, rows between inactive entries are
+  identically ``0 ≤ 0`` and are dropped.
+- Nothing else that is affine: convolutions, linear layers, average pooling, batch norm
+  in eval mode, dropout in eval mode, flattening and residual additions.
+
+Every ReLU call counts, module or functional (``F.relu``, ``x.relu_()``), found the way
+every layer is (:mod:`collide.sites`); LeakyReLU/PReLU calls add sign rows like a ReLU's
+and Hardtanh/ReLU6 calls the rows of their piece. Calls that are not piecewise linear
+before the layer (smooth activations, softmax, normalisation by the input's own
+statistics, adaptive max pooling) are refused before any work, and so is an LP larger
+than ``ExactConfig.max_entries`` (:mod:`collide.piecewise.budget`). Piecewise operations no call reveals (``clamp``,
+``maximum``, ``abs``) are not modelled: every solution is therefore checked with a real
+float64 forward pass, and one that left the target's piece is reported as ``left_region``.
+"""
+
+from __future__ import annotations
+
+import copy
+import threading
+import warnings
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from collide.errors import LayerError
+from collide.sites import ADAPTIVE_MAX_POOL, HARDTANH, LEAKY, NONLINEAR, RELU, SMOOTH, Event, Site
+from collide.taps import region_events, site_of
+
+JACOBIAN_MODES = ("auto", "forward", "reverse")
+
+
+_MAX_POOLS: dict[int, Callable[..., tuple[torch.Tensor, torch.Tensor]]] = {
+    1: F.max_pool1d, 2: F.max_pool2d, 3: F.max_pool3d,
+}
+
+
+# Calls before the layer that no LP row models, and why.
+_UNMODELLED = {
+    SMOOTH: "a smooth activation is not piecewise linear",
+    NONLINEAR: "it divides by or exponentiates the input's own values (softmax, normalisation by the input's "
+               "statistics)",
+    ADAPTIVE_MAX_POOL: "adaptive max pooling's windows are not modelled by collide's LP",
+}
+
+
+# float64 numbers one Jacobian chunk may hold across its captured tensors (2 GiB).
+_JACOBIAN_BUDGET = 2**28
+
+
+# torch.func's forward-AD levels are numbered per process, not per thread: two jvp/vmap
+# transforms running at once from threads fail ("forward AD level with an invalid
+# index"). Jacobians therefore take turns; the vertices' LPs still run side by side.
+_TRANSFORMS = threading.Lock()
+
+
+@dataclass(frozen=True)
+class AffinePiece:
+    """The layer's pre-activation as ``J x + c`` on the target's activation region.
+
+    The region is ``region_jac @ x <= region_bound``: the sign rows of every earlier
+    ReLU, then the winner rows of every earlier max pool, in forward order, without the
+    rows that hold for every x.
+
+    Shapes:
+        jac: (D, d); offset: (D,); region_jac: (R, d); region_bound: (R,)
+    """
+
+    jac: np.ndarray
+    offset: np.ndarray
+    region_jac: np.ndarray
+    region_bound: np.ndarray
+    n_relu_rows: int
+    n_pool_rows: int
+
+
+def piecewise_events(net: nn.Module, x: torch.Tensor, site: Site) -> list[Event]:
+    """The calls before ``site`` that shape the linear piece, then the site's own
+    (:func:`collide.taps.region_events`); a call the LP cannot model is refused."""
+    events = region_events(net, x, site)
+    for e in events[:-1]:
+        if e.kind in _UNMODELLED:
+            raise LayerError(
+                f"the exact solver cannot model {e.base if e.call == 0 else f'{e.base}#{e.call}'} ({e.op}) before "
+                f"layer {site.name!r}: "
+                f"{_UNMODELLED[e.kind]}, so the layer is not piecewise linear in the input there (or not with "
+                "pieces the LP knows); use method='gradient', or a layer before it")
+    return events
+
+
+def _window_pairs(params: dict[str, Any], value: torch.Tensor) -> tuple[np.ndarray, np.ndarray]:
+    """Every distinct (entry, winner) pair of a max pool's windows at ``value``, entry ≠ winner.
+
+    Windows follow the pool's own kernel, stride, padding, dilation and ceil mode
+    (``params``, from the call); the winner is the index ``return_indices`` gives.
+    Indices are into ``value.flatten()``.
+
+    Shapes:
+        value: (1, C, *spatial), the pool's input for one example; returns (P,), (P,)
+    """
+    nd = params["nd"]
+    pool_fn = _MAX_POOLS[nd]
+
+    def per_dim(v: int | tuple[int, ...]) -> tuple[int, ...]:
+        return tuple(v) if isinstance(v, tuple | list) else (v,) * nd
+
+    kernel = per_dim(params["kernel_size"])
+    stride = per_dim(params["stride"])
+    padding, dilation = per_dim(params["padding"]), per_dim(params["dilation"])
+    _, winners = pool_fn(
+        value, kernel, stride, padding, dilation, ceil_mode=params["ceil_mode"], return_indices=True,
+    )
+    spatial, out = value.shape[-nd:], winners.shape[-nd:]
+    plane = int(np.prod(spatial))
+    # Window positions per dimension, broadcast to (*out, *kernel).
+    flat = np.zeros((1,) * 2 * nd, dtype=np.int64)
+    valid = np.ones((1,) * 2 * nd, dtype=bool)
+    for j in range(nd):
+        pos = np.arange(out[j])[:, None] * stride[j] - padding[j] + np.arange(kernel[j])[None, :] * dilation[j]
+        shape = [1] * 2 * nd
+        shape[j], shape[nd + j] = out[j], kernel[j]
+        pos = pos.reshape(shape)
+        flat = flat * spatial[j] + pos
+        valid = valid & (pos >= 0) & (pos < spatial[j])
+    n_windows, n_kernel = int(np.prod(out)), int(np.prod(kernel))
+    flat = np.broadcast_to(flat, (*out, *kernel)).reshape(n_windows, n_kernel)
+    valid = np.broadcast_to(valid, (*out, *kernel)).reshape(n_windows, n_kernel)
+    n_planes = winners.numel() // n_windows
+    base = (np.arange(n_planes) * plane)[:, None, None]
+    entries = base + flat[None]
+    won = base[:, :, 0] + winners.reshape(n_planes, n_windows).numpy()
+    keep = valid[None] & (entries != won[:, :, None])
+    pairs = np.stack([entries[keep], np.broadcast_to(won[:, :, None], entries.shape)[keep]], axis=1)
+    # Overlapping windows can share an (entry, winner) pair: one row is enough.
+    pairs = np.unique(pairs, axis=0)
+    return pairs[:, 0], pairs[:, 1]
+
+
+def _jacobian(fn: Callable[[torch.Tensor], torch.Tensor], x: torch.Tensor, n_out: int, mode: str) -> torch.Tensor:
+    """The Jacobian of ``fn`` at ``x`` by forward or reverse mode, vectorised in chunks.
+
+    Forward mode pushes one tangent per input coordinate, reverse mode one cotangent per
+    output: ``auto`` takes the fewer. Chunks keep the batched intermediates within
+    ``_JACOBIAN_BUDGET`` numbers.
+
+    Shapes:
+        x: (d,); fn(x): (n_out,); returns (n_out, d)
+    """
+    if mode not in JACOBIAN_MODES:
+        raise ValueError(f"expected mode in {JACOBIAN_MODES}, got {mode!r}")
+    d = x.numel()
+    forward = n_out > d if mode == "auto" else mode == "forward"
+    n_seeds = d if forward else n_out
+    chunk = max(1, min(n_seeds, _JACOBIAN_BUDGET // (n_out + d)))
+    if forward:
+        def push(t: torch.Tensor) -> torch.Tensor:
+            return torch.func.jvp(fn, (x,), (t,))[1]
+    else:
+        _, pull = torch.func.vjp(fn, x)
+
+        def push(t: torch.Tensor) -> torch.Tensor:
+            return pull(t)[0]
+    parts = []
+    with _TRANSFORMS, warnings.catch_warnings():
+        # torch's own forward-mode decompositions script a helper and warn that scripting is
+        # deprecated, on every solve: nothing a user can act on.
+        warnings.filterwarnings("ignore", message=".*torch.jit.script.*", category=FutureWarning)
+        for start in range(0, n_seeds, chunk):
+            stop = min(start + chunk, n_seeds)
+            seeds = torch.zeros(stop - start, n_seeds, dtype=x.dtype)
+            seeds[torch.arange(stop - start), torch.arange(start, stop)] = 1
+            parts.append(torch.func.vmap(push)(seeds))
+    jac = torch.cat(parts)
+    return jac.T if forward else jac
+
+
+def affine_piece(model: nn.Module, layer: str | Site, target: torch.Tensor, *, mode: str = "auto") -> AffinePiece:
+    """Linearise ``layer``'s pre-activation at ``target`` and collect the region's rows.
+
+    Args:
+        model: the classifier (not changed: a float64 eval-mode copy is used).
+        layer: the ReLU layer (a name or a resolved site).
+        target: one input, no batch dim.
+        mode: ``forward`` or ``reverse`` mode for the Jacobian; ``auto`` takes forward
+            mode when the input has fewer coordinates than the captured values (every
+            earlier pre-activation and pool input plus the layer's).
+
+    Shapes:
+        target: (*input), d = target.numel()
+    """
+    net = copy.deepcopy(model).double().eval().requires_grad_(False)
+    x0 = target.double().unsqueeze(0)
+    site = site_of(net, layer, x0)
+
+    def all_values(x: torch.Tensor) -> torch.Tensor:
+        return torch.cat([e.value.flatten() for e in region_events(net, x.view_as(x0), site)])
+
+    with torch.no_grad():
+        captures = piecewise_events(net, x0, site)
+    sizes = [e.value.numel() for e in captures]
+    starts = np.concatenate([[0], np.cumsum(sizes)])
+    flat = x0.flatten()
+    jac = _jacobian(all_values, flat, int(starts[-1]), mode).numpy()
+    values = torch.cat([e.value.flatten() for e in captures]).numpy()
+    offset = values - jac @ flat.numpy()
+
+    relu_rows, pool_rows = [], []
+    for k, event in enumerate(captures[:-1]):
+        at = slice(starts[k], starts[k + 1])
+        if event.kind in (RELU, LEAKY):
+            # Each unit keeps its side of 0: −s·(Jx + c) ≤ 0 with s = ±1 (a leaky unit's
+            # slope changes at 0 just as a ReLU's does).
+            sign = np.where(values[at] > 0, 1.0, -1.0)
+            relu_rows.append((-sign[:, None] * jac[at], sign * offset[at]))
+        elif event.kind == HARDTANH:
+            # Three pieces: below min (y ≤ min), between (min ≤ y ≤ max), above (y ≥ max).
+            lo, hi = event.params["min_val"], event.params["max_val"]
+            v, j, c = values[at], jac[at], offset[at]
+            upper = v < hi  # y ≤ hi on the lower two pieces, y ≤ lo on the lowest
+            cap = np.where(v <= lo, lo, hi)
+            relu_rows.append((j[upper], cap[upper] - c[upper]))
+            lower = v > lo  # y ≥ lo on the upper two pieces, y ≥ hi on the highest
+            floor = np.where(v >= hi, hi, lo)
+            relu_rows.append((-j[lower], c[lower] - floor[lower]))
+        else:
+            entry, winner = _window_pairs(event.params, event.value)
+            entry, winner = entry + starts[k], winner + starts[k]
+            pool_rows.append((jac[entry] - jac[winner], offset[winner] - offset[entry]))
+
+    def stack(rows: list[tuple[np.ndarray, np.ndarray]]) -> tuple[np.ndarray, np.ndarray]:
+        a = np.concatenate([r[0] for r in rows]) if rows else np.zeros((0, flat.numel()))
+        b = np.concatenate([r[1] for r in rows]) if rows else np.zeros(0)
+        needed = np.any(a != 0, axis=1) | (b < 0)
+        return a[needed], b[needed]
+
+    relu_a, relu_b = stack(relu_rows)
+    pool_a, pool_b = stack(pool_rows)
+    return AffinePiece(
+        jac=jac[starts[-2]:],
+        offset=offset[starts[-2]:],
+        region_jac=np.concatenate([relu_a, pool_a]),
+        region_bound=np.concatenate([relu_b, pool_b]),
+        n_relu_rows=len(relu_b),
+        n_pool_rows=len(pool_b),
+    )
