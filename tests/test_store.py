@@ -6,7 +6,7 @@ import pytest
 import torch
 import zarr
 
-from collide.errors import DataError
+from collide.errors import ConfigError, DataError
 from collide.results import store
 from collide.results.store import TABLE_COLUMNS, ExperimentStore, write_table
 
@@ -151,3 +151,37 @@ def test_a_row_whose_attrs_were_edited_is_damaged(tmp_path):
     (path / "zarr.json").write_text(json.dumps(meta))
     with pytest.raises(DataError, match="row 0 of e is damaged: its attrs .* changed"):
         ExperimentStore(tmp_path, "e").read_row(0)
+
+
+@pytest.mark.parametrize("name", ["", "../e", "a/b", ".hidden", "e" * 101, "a b"])
+def test_a_store_refuses_a_name_that_is_no_plain_file_name(tmp_path, name):
+    """The name is checked once, where the store is made: no path of it can leave the root."""
+    with pytest.raises(ConfigError, match="plain experiment name"):
+        ExperimentStore(tmp_path, name)
+
+
+@pytest.mark.parametrize("suffix", ["/../x.png", "x.png", "-a/b.png", "-..png"])
+def test_a_store_refuses_a_declared_output_that_is_no_plain_suffix(tmp_path, suffix):
+    with pytest.raises(ConfigError, match="plain suffixes"):
+        ExperimentStore(tmp_path, "e", (suffix,))
+
+
+def test_the_layout_and_the_run_records_outputs_are_those_earlier_versions_wrote(tmp_path):
+    """Existing stores still read: the file names are byte for byte the old ones, and the run
+    record names the same outputs (own and declared) that the free functions recorded."""
+    import json
+
+    from collide.experiments import baselines, spread
+
+    store = ExperimentStore(tmp_path, "b", baselines.OUTPUTS)
+    assert (store.path, store.table_path, store.figure_path, store.ledger_path, store.run_record_path) == (
+        tmp_path / "b.zarr", tmp_path / "b.parquet", tmp_path / "b-vertices.png", tmp_path / "b.outputs.json",
+        tmp_path / "b.run.json")
+    config = baselines.BaselinesExperiment(results_root=str(tmp_path), name="b")
+    record = json.loads(store.write_run_record(kind="baselines", rows=3, config=config).read_text())
+    assert record["outputs"] == ["b-baselines.png", "b-vertices.png", "b.outputs.json", "b.parquet", "b.run.json"]
+    assert set(record) == {"kind", "experiment", "name", "rows", "config_digest", "config", "outputs"}
+    # A store that knows no module (`collide tables`) finds the same outputs from the record.
+    assert ExperimentStore(tmp_path, "b").outputs() == store.outputs()
+    assert [p.name for p in ExperimentStore(tmp_path, "s", spread.OUTPUTS).outputs()][4:] == [
+        "s-summary.parquet", "s-summary.png", "s-paper.parquet"]
