@@ -81,10 +81,6 @@ def jsonable(value: Any) -> Any:
     return value
 
 
-def config_json(config: Any) -> str:
-    return json.dumps(jsonable(config), sort_keys=True)
-
-
 def write_table(frame: pd.DataFrame, path: str | Path) -> Path:
     """``frame`` as Parquet at ``path``, atomically."""
     with atomic_file(path) as tmp:
