@@ -18,7 +18,7 @@ from pathlib import Path
 from typing import Any
 
 from collide.experiments.registry import EXPERIMENTS
-from collide.results.store import RUN_RECORD
+from collide.results.store import rerun_config
 
 EXIT_OK, EXIT_FAILED, EXIT_BAD_INPUT = 0, 1, 2
 
@@ -47,12 +47,8 @@ def _overrides(args: argparse.Namespace) -> dict[str, Any]:
                              "objects thousands deep)") from None
         if not isinstance(loaded, dict):
             raise ValueError(f"config file {path} must hold a JSON object of fields, got {type(loaded).__name__}")
-        if loaded.get("kind") == RUN_RECORD:  # <name>.run.json: the config a run planned with
-            if loaded.get("experiment") != args.experiment:
-                raise ValueError(f"{path} records a run of {loaded.get('experiment')!r}, not {args.experiment!r}: "
-                                 f"collide run {loaded.get('experiment')} --config {path}")
-            loaded = {**loaded["config"], "results_root": str(path.parent)}
-        config.update(loaded)
+        planned = rerun_config(loaded, path=path, kind=args.experiment)  # <name>.run.json: a run's plan
+        config.update(loaded if planned is None else planned)
     for item in args.set or []:
         key, sep, raw = item.partition("=")
         if not sep:
@@ -237,9 +233,9 @@ def _config(args: argparse.Namespace) -> int:
 
 
 def _tables(args: argparse.Namespace) -> int:
-    from collide.results.tables import experiments
+    from collide.results.store import stores
 
-    if not experiments(args.results_root):
+    if not stores(args.results_root):
         raise FileNotFoundError(f"no <experiment>.zarr store under {args.results_root}: run an experiment first")
     if args.no_prefect:
         from collide.results.tables import regenerate
@@ -266,23 +262,23 @@ def _serve(args: argparse.Namespace) -> int:
 
 
 def _verify(args: argparse.Namespace) -> int:
-    from collide._io import lock_holder
-    from collide.results.tables import experiments
+    from collide.results.store import stores
     from collide.results.verify import verify
 
-    names = [args.experiment] if args.experiment else experiments(args.results_root)
-    if not names or not all(n in experiments(args.results_root) for n in names):
+    found = {s.name: s for s in stores(args.results_root)}
+    names = [args.experiment] if args.experiment else list(found)
+    if not names or not all(n in found for n in names):
         raise FileNotFoundError(f"no store {names or '<experiment>.zarr'} under {args.results_root}: "
                                 "run an experiment first (collide status lists what there is)")
     failed = 0
     trusted = tuple(args.model or ())
     for name in names:
-        holder = lock_holder(args.results_root, name)
+        holder = found[name].lock_holder()
         if holder is not None:  # its rows and table are being written: nothing to compare yet
             print(f"{name}: a run is in progress ({holder}): not verified; run `collide verify` once it ends")
             failed += 1
             continue
-        for r in verify(args.results_root, name, trusted=trusted):
+        for r in verify(found[name], trusted=trusted):
             state = "ok" if not r["problems"] else "MISMATCH: " + "; ".join(r["problems"])
             if r["row"] is None:  # the store itself: its metadata, entries that are not rows
                 print(f"{name} {r['what']}: " + (f"skipped: {r['note']}" if r.get("note") else state))
@@ -305,7 +301,7 @@ def _verify(args: argparse.Namespace) -> int:
 
 
 def _status(args: argparse.Namespace) -> int:
-    from collide.results.tables import status
+    from collide.results.health import status
 
     report = status(args.results_root)
     if args.json:

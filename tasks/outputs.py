@@ -5,12 +5,11 @@ from __future__ import annotations
 import re
 from typing import Any
 
-import pandas as pd
 from prefect import task
 from prefect.artifacts import create_markdown_artifact, create_table_artifact
 
 from collide.results import report, tables
-from collide.results.store import table_path
+from collide.results.store import ExperimentStore
 from tasks._common import TASK_OPTIONS as _OPTIONS
 
 
@@ -22,14 +21,15 @@ def regenerate(results_root: str) -> dict[str, Any]:
 @task(name="publish-artifacts", **_OPTIONS)
 def publish(results_root: str, experiment: str) -> dict[str, Any]:
     """The table as a table artifact and the report (figure inlined) as a markdown artifact."""
-    frame = pd.read_parquet(table_path(results_root, experiment))
+    store = ExperimentStore(results_root, experiment)
+    frame = store.read_table()
     key = re.sub(r"[^a-z0-9-]+", "-", experiment.lower())  # what Prefect allows in a key
     table_id = create_table_artifact(
         table=tables.records(frame), key=f"{key}-table",
         description=f"{experiment}: one row per colliding polytope ({len(frame)} rows)",
     )
     markdown_id = create_markdown_artifact(
-        markdown=report.markdown(results_root, experiment), key=f"{key}-report",
+        markdown=report.markdown(store), key=f"{key}-report",
         description=f"{experiment}: table and figure",
     )
     return {"table": str(table_id), "markdown": str(markdown_id)}

@@ -12,8 +12,8 @@ from collide.errors import CheckpointError, DataError
 from collide.experiments import mnist
 from collide.experiments.engine import run
 from collide.results.reference import reference_for
-from collide.results.store import table_path
-from collide.results.tables import _label
+from collide.results.store import ExperimentStore
+from collide.results.vertex_figure import row_label
 from tests.conftest import small_mnist_config, synthetic_mnist
 
 GRADIENT_ROWS = (RowSpec("gradient", "target"), RowSpec("gradient", "other"))
@@ -62,13 +62,13 @@ def test_checkpoints_of_other_data_are_never_reused(tmp_path):
 def test_a_run_on_other_data_is_labelled_so_and_shows_no_paper_values(tmp_path):
     config = small_mnist_config(synthetic_mnist(tmp_path / "digits"), tmp_path, rows=GRADIENT_ROWS)
     run(mnist, config=config)
-    table = pd.read_parquet(table_path(config.results_root, config.name))
+    table = pd.read_parquet(ExperimentStore.of(config).table_path)
     assert set(table["dataset"]) == {"digits"} and set(table["model"]) == {"digits-mlp"}
     assert set(table["checkpoint_origin"]) == {"trained"}
     assert set(table["data_digest"]) == {data_digest(config.data_root)}
     for record in table.to_dict("records"):
         assert reference_for(record) is None
-        assert "paper" not in _label(int(record["row"]), {"metrics": record, **record})
+        assert "paper" not in row_label(int(record["row"]), {"metrics": record, **record})
     # The same row under MNIST's name would be compared with the paper's Table 2.
     mnist_like = {**table.to_dict("records")[0], "model": "mnist-mlp", "dataset": "MNIST"}
     assert reference_for(mnist_like) is not None

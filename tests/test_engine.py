@@ -21,7 +21,7 @@ from collide.experiments import engine, imagenet, scan
 from collide.experiments import mnist as mnist_module
 from collide.experiments.imagenet import ImagenetExperiment
 from collide.experiments.scan import ScanExperiment, class_summary
-from collide.results.store import list_rows, read_row, table_path
+from collide.results.store import ExperimentStore
 from tests.conftest import LIGHT_GEOMETRY
 from tests.tolerances import EQUIVALENT
 
@@ -37,15 +37,16 @@ def _snapshot(root: str | Path) -> dict[str, tuple[int, bytes]]:
 
 
 def _same_rows(a_root: str, b_root: str, name: str) -> None:
-    assert list_rows(a_root, name) == list_rows(b_root, name)
-    for row in list_rows(a_root, name):
-        a, _ = read_row(a_root, name, row)
-        b, _ = read_row(b_root, name, row)
+    a_store, b_store = ExperimentStore(a_root, name), ExperimentStore(b_root, name)
+    assert a_store.rows() == b_store.rows()
+    for row in a_store.rows():
+        a, _ = a_store.read_row(row)
+        b, _ = b_store.read_row(row)
         assert a.keys() == b.keys(), row
         for key in a:
             assert np.array_equal(a[key], b[key], equal_nan=True), (row, key)
-    pd.testing.assert_frame_equal(pd.read_parquet(table_path(a_root, name)).drop(columns=TIMING, errors="ignore"),
-                                  pd.read_parquet(table_path(b_root, name)).drop(columns=TIMING, errors="ignore"))
+    pd.testing.assert_frame_equal(a_store.read_table().drop(columns=TIMING, errors="ignore"),
+                                  b_store.read_table().drop(columns=TIMING, errors="ignore"))
 
 
 @pytest.fixture(scope="module")
@@ -87,7 +88,7 @@ def test_a_killed_imagenet_run_resumes_to_the_uninterrupted_result(whole, photos
     store = Path(killed.results_root) / "imagenet.zarr"
     deadline = time.time() + 300
     while time.time() < deadline and proc.poll() is None:
-        done = [r for r in list_rows(killed.results_root, "imagenet")
+        done = [r for r in ExperimentStore(killed.results_root, "imagenet").rows()
                 if "evaluate" in json.loads((store / f"row-{r}" / "zarr.json").read_text())["attributes"].get(
                     "keys", {})]
         if done:
@@ -97,7 +98,7 @@ def test_a_killed_imagenet_run_resumes_to_the_uninterrupted_result(whole, photos
     os.kill(proc.pid, signal.SIGKILL)
     proc.wait()
     finished = {k: v for k, v in _snapshot(store).items() if k.split("/")[0] in {f"row-{r}" for r in done}}
-    assert len(list_rows(killed.results_root, "imagenet")) < n_rows, "the kill came after the last row"
+    assert len(ExperimentStore(killed.results_root, "imagenet").rows()) < n_rows, "the kill came after the last row"
     again = subprocess.run(command, cwd=PROJECT, capture_output=True, text=True, timeout=600)
     assert again.returncode == 0, again.stderr[-3000:]
     after = _snapshot(store)
@@ -170,8 +171,8 @@ def test_a_batched_scan_writes_the_unbatched_scans_polytopes(scanned, tmp_path):
     out = engine.run(scan, config=batched)
     assert len(out["rows"]) == 20
     for row in range(20):
-        a, a_attrs = read_row(config.results_root, config.name, row)
-        b, b_attrs = read_row(batched.results_root, batched.name, row)
+        a, a_attrs = ExperimentStore.of(config).read_row(row)
+        b, b_attrs = ExperimentStore.of(batched).read_row(row)
         assert a_attrs["method"] == b_attrs["method"] and a_attrs["target_index"] == b_attrs["target_index"]
         if a_attrs["method"] == "exact":  # not batched: the very same LPs
             assert np.array_equal(a["vertices"], b["vertices"], equal_nan=True)

@@ -8,7 +8,7 @@ import pandas as pd
 import pytest
 
 from collide.experiments import engine, mnist
-from collide.results.store import read_row
+from collide.results.store import ExperimentStore
 
 pytestmark = pytest.mark.slow
 
@@ -33,8 +33,8 @@ def test_flow_writes_what_the_plain_pipeline_writes(harness, tiny_config, tmp_pa
     pd.testing.assert_frame_equal(flow_table.drop(columns=timing, errors="ignore"),
                                   plain_table.drop(columns=timing, errors="ignore"))
     for row in range(len(tiny_config.rows)):
-        a, _ = read_row(tiny_config.results_root, tiny_config.name, row)
-        b, _ = read_row(plain_cfg.results_root, plain_cfg.name, row)
+        a, _ = ExperimentStore.of(tiny_config).read_row(row)
+        b, _ = ExperimentStore.of(plain_cfg).read_row(row)
         assert a.keys() == b.keys()
         for key in a:
             assert (a[key] == b[key]).all() or (pd.isna(a[key]) & pd.isna(b[key])).all(), (row, key)

@@ -11,6 +11,7 @@ from collide.config import SampleConfig, TrainConfig
 from collide.errors import LayerError
 from collide.experiments import engine, frontier
 from collide.experiments.frontier import FrontierExperiment
+from collide.results.store import ExperimentStore
 
 
 def _config(data_root, root, **changes) -> FrontierExperiment:
@@ -41,7 +42,7 @@ def test_one_row_per_epsilon_each_meeting_its_claim(ran):
 def test_the_lower_bound_is_named_for_the_convex_inner_set_and_old_stores_read_as_new(ran, tmp_path):
     """Issue "Sizes you can trust" §7: the dual bound holds over {E ≤ ε} only, and says so."""
     config, out = ran
-    table = frontier.frontier_table(config.results_root, config.name)
+    table = frontier.frontier_table(ExperimentStore.of(config))
     assert frontier.LOWER_BOUND == "distance_lower_bound_inner" and "distance_lower_bound" not in table.columns
     bound, dist = table[frontier.LOWER_BOUND], table["distance_to_other"]
     assert bound.iloc[0] != bound.iloc[0]  # NaN at ε = 0: the exact QP has no dual bound
@@ -50,7 +51,8 @@ def test_the_lower_bound_is_named_for_the_convex_inner_set_and_old_stores_read_a
     old_root = tmp_path / "old"
     old_root.mkdir()
     table.rename(columns={frontier.LOWER_BOUND: "distance_lower_bound"}).to_parquet(old_root / "frontier.parquet")
-    pd.testing.assert_series_equal(frontier.frontier_table(old_root, "frontier")[frontier.LOWER_BOUND], bound)
+    old = frontier.frontier_table(ExperimentStore(old_root, "frontier"))
+    pd.testing.assert_series_equal(old[frontier.LOWER_BOUND], bound)
     images = {int(r): np.zeros((1, 28, 28)) for r in table["row"]}
     side = {int(t): np.zeros((1, 28, 28)) for t in table["target_index"]}
     fig = frontier.draw_frontier(table, images, side, side)

@@ -9,8 +9,8 @@ import pytest
 
 from collide.config import GradientConfig, RowSpec, SampleConfig, TrainConfig
 from collide.experiments import engine, mnist, profile, transfer
-from collide.results.store import read_row, write_row
-from collide.results.tables import status
+from collide.results.health import status
+from collide.results.store import ExperimentStore
 from collide.results.verify import verify
 from tests.conftest import LIGHT_GEOMETRY, small_mnist_config
 from tests.tolerances import LP_STORED_REL_ERROR_F64, SET_EXACT
@@ -34,31 +34,32 @@ def exact_run(tiny_mnist, tmp_path_factory):
 def test_an_exact_row_stores_its_collision_set_and_verify_recomputes_it(exact_run):
     config, out = exact_run
     row = pd.read_parquet(out["table"]).iloc[0]
-    arrays, attrs = read_row(config.results_root, config.name, 0)
+    arrays, attrs = ExperimentStore.of(config).read_row(0)
     assert row["region_dim"] == attrs["geometry"]["dim"] <= row["region_free_dim"] == row["dim_upper_bound"]
     assert row["region_n_samples"] == len(arrays["region_samples"]) == LIGHT_GEOMETRY.n_samples
     assert row["region_claim_met"] and row["region_max_feature_rel_error"] <= LP_STORED_REL_ERROR_F64
     assert row["region_mean_width"] >= row["hull_mean_width"] - SET_EXACT  # the hull lies inside C
     assert np.isfinite(row["region_rhat"]) or LIGHT_GEOMETRY.n_samples // LIGHT_GEOMETRY.chains < 4
-    assert [r["problems"] for r in verify(config.results_root, config.name)] == [[]]
+    assert [r["problems"] for r in verify(ExperimentStore.of(config))] == [[]]
 
 
 def test_verify_catches_a_region_sample_moved_off_the_set_and_a_ball_made_too_large(exact_run):
     config, _ = exact_run
     root, name = config.results_root, config.name
-    arrays, attrs = read_row(root, name, 0)
+    arrays, attrs = ExperimentStore(root, name).read_row(0)
     try:
         moved = arrays["region_samples"].copy()
         moved[3] = np.clip(arrays["target"] + 0.3, 0, 1)  # a brighter target: not a collision
-        write_row(root, name, 0, {"region_samples": moved}, {}, keep_existing=True)
-        problems = verify(root, name)[0]["problems"]
+        ExperimentStore(root, name).write_row(0, {"region_samples": moved}, {}, keep_existing=True)
+        problems = verify(ExperimentStore(root, name))[0]["problems"]
         assert any("region samples [3] do not collide exactly" in p for p in problems)
-        write_row(root, name, 0, {"region_samples": arrays["region_samples"]},
-                  {"geometry": {**attrs["geometry"], "radius": attrs["geometry"]["radius"] * 2 + 0.01}},
-                  keep_existing=True)
-        assert any("inscribed ball" in p for p in verify(root, name)[0]["problems"])
+        ExperimentStore(root, name).write_row(0, {"region_samples": arrays["region_samples"]},
+                                              {"geometry": {**attrs["geometry"],
+                                                            "radius": attrs["geometry"]["radius"] * 2 + 0.01}},
+                                              keep_existing=True)
+        assert any("inscribed ball" in p for p in verify(ExperimentStore(root, name))[0]["problems"])
     finally:
-        write_row(root, name, 0, arrays, attrs)
+        ExperimentStore(root, name).write_row(0, arrays, attrs)
 
 
 def test_the_profile_covers_every_layer_and_summarises_by_depth(tiny_mnist, tmp_path):
@@ -72,7 +73,7 @@ def test_the_profile_covers_every_layer_and_summarises_by_depth(tiny_mnist, tmp_
     assert summary[["layer", "depth"]].values.tolist() == [["relu1", 1], ["relu2", 2]]
     exact = table[table["method"] == "exact"].set_index("layer")
     assert summary.set_index("layer")["region_dim"].to_dict() == exact["region_dim"].to_dict()
-    assert all(not r["problems"] for r in verify(config.results_root, config.name))
+    assert all(not r["problems"] for r in verify(ExperimentStore.of(config)))
 
 
 def test_a_joint_set_collides_in_both_models_and_the_transfer_rows_measure_the_partner(tiny_mnist, tmp_path):
@@ -85,7 +86,7 @@ def test_a_joint_set_collides_in_both_models_and_the_transfer_rows_measure_the_p
     assert joint["claim_met"].all() and (joint["max_feature_rel_error"] <= LP_STORED_REL_ERROR_F64).all()
     assert joint["joint_dim"].iloc[0] <= joint["a_dim"].iloc[0]  # more rows, a smaller set
     assert table.loc[0, "model"] != table.loc[1, "model"]
-    assert all(not r["problems"] for r in verify(config.results_root, config.name))
+    assert all(not r["problems"] for r in verify(ExperimentStore.of(config)))
     [entry] = [e for e in status(config.results_root) if e["experiment"] == config.name]
     assert entry["warnings"] == [] and entry["table_fresh"]  # points rows have no vertices to be unchecked
     with pytest.raises(Exception, match="model A itself"):

@@ -13,7 +13,7 @@ from collide.errors import CheckpointError, ConfigError, DataError, LayerError
 from collide.experiments import engine, mnist
 from collide.models.zoo import load_checkpoint
 from collide.results.evaluation import evaluate_row
-from collide.results.store import TABLE_COLUMNS, read_row, store_path, write_row
+from collide.results.store import TABLE_COLUMNS, ExperimentStore
 from tests.conftest import small_mnist_config
 from tests.tolerances import LP_STORED_REL_ERROR_F64, RECHECK
 
@@ -63,7 +63,7 @@ def test_dimension_bound_matches_an_independent_rank(finished):
     # from the checkpoint with numpy, must be what the exact rows report.
     config, out = finished
     frame = pd.read_parquet(out["table"])
-    arrays, attrs = read_row(config.results_root, config.name, 2)
+    arrays, attrs = ExperimentStore.of(config).read_row(2)
     model, _ = load_checkpoint(attrs["checkpoint"])
     w = model.fc1.weight.detach().double().numpy()
     b = model.fc1.bias.detach().double().numpy()
@@ -90,7 +90,7 @@ def test_every_weighted_vertex_collides_when_recomputed_in_float64(finished):
     config, _ = finished
     frame = pd.read_parquet(Path(config.results_root) / f"{config.name}.parquet")
     for row, spec in enumerate(config.rows):
-        arrays, attrs = read_row(config.results_root, config.name, row)
+        arrays, attrs = ExperimentStore.of(config).read_row(row)
         model, meta = load_checkpoint(attrs["checkpoint"])
         assert meta["sha256"] == attrs["checkpoint_sha256"]
         rec = frame[frame["row"] == row].iloc[0]
@@ -121,7 +121,7 @@ def test_gradient_vertices_move_their_unit_below_the_target(finished):
     # pushed unit must end well below the target's own value.
     config, _ = finished
     for row in (0, 1):
-        arrays, attrs = read_row(config.results_root, config.name, row)
+        arrays, attrs = ExperimentStore.of(config).read_row(row)
         margin = attrs["push_margin_value"]
         assert margin > 0
         assert (arrays["pushed_value"] <= arrays["target_pushed_value"] - margin).all()
@@ -129,22 +129,22 @@ def test_gradient_vertices_move_their_unit_below_the_target(finished):
 
 
 def _tampered_copy(config, name: str, replace: dict[int, np.ndarray]) -> None:
-    arrays, attrs = read_row(config.results_root, config.name, 0)
+    arrays, attrs = ExperimentStore.of(config).read_row(0)
     vertices = arrays["vertices"].copy()
     for k, v in replace.items():
         vertices[k] = v
     attrs = {k: v for k, v in attrs.items() if k not in ("metrics", "keys")}
-    write_row(config.results_root, name, 0, {"vertices": vertices, "target": arrays["target"],
+    ExperimentStore(config.results_root, name).write_row(0, {"vertices": vertices, "target": arrays["target"],
                                              "init": arrays["init"]}, attrs)
 
 
 def test_vertices_that_do_not_collide_carry_no_sample_weight(finished):
     config, _ = finished
-    arrays, _ = read_row(config.results_root, config.name, 0)
+    arrays, _ = ExperimentStore.of(config).read_row(0)
     noise = np.random.default_rng(0).random(arrays["target"].shape, dtype=np.float32)
     _tampered_copy(config, "tampered", {1: noise, 2: arrays["target"]})
-    metrics = evaluate_row(config.results_root, "tampered", 0, sample=config.sample)
-    stored, attrs = read_row(config.results_root, "tampered", 0)
+    metrics = evaluate_row(ExperimentStore(config.results_root, "tampered"), 0, sample=config.sample)
+    stored, attrs = ExperimentStore(config.results_root, "tampered").read_row(0)
     assert stored["vertex_valid"].tolist() == [True, False, False, True, True]
     assert (stored["sample_weights"][:, 1:3] == 0).all()
     assert metrics["valid_vertices"] == 3 and metrics["n_vertices"] == 5
@@ -159,10 +159,10 @@ def test_vertices_that_do_not_collide_carry_no_sample_weight(finished):
 
 def test_a_row_without_two_valid_vertices_has_no_success_rate(finished):
     config, _ = finished
-    arrays, _ = read_row(config.results_root, config.name, 0)
+    arrays, _ = ExperimentStore.of(config).read_row(0)
     _tampered_copy(config, "collapsed", {k: arrays["target"] for k in range(1, 5)})
-    metrics = evaluate_row(config.results_root, "collapsed", 0, sample=config.sample)
-    stored, _ = read_row(config.results_root, "collapsed", 0)
+    metrics = evaluate_row(ExperimentStore(config.results_root, "collapsed"), 0, sample=config.sample)
+    stored, _ = ExperimentStore(config.results_root, "collapsed").read_row(0)
     assert np.isnan(metrics["success_rate"]) and np.isnan(metrics["vertex_avg_distance"])
     assert metrics["valid_vertices"] == 1 and "1 of 5 vertices valid" in metrics["invalid_reason"]
     assert metrics["vertex_pairs"] == 0
@@ -198,7 +198,7 @@ def test_too_weak_a_model_is_refused_and_not_saved(tiny_config):
     bad = dataclasses.replace(tiny_config, train=TrainConfig(epochs=1, train_limit=20, min_accuracy=0.99))
     with pytest.raises(CheckpointError, match="below the required"):
         engine.run(mnist, config=bad)
-    assert not store_path(bad.results_root, bad.name).exists()
+    assert not ExperimentStore.of(bad).path.exists()
     assert not any(Path(bad.checkpoint_dir).glob("*.pt")) if Path(bad.checkpoint_dir).exists() else True
 
 
@@ -218,12 +218,12 @@ def test_verify_agrees_with_an_honest_table_and_catches_a_doctored_one(finished,
     from flows.cli import main
 
     config, _ = finished
-    assert all(r["problems"] == [] for r in verify(config.results_root, config.name))
+    assert all(r["problems"] == [] for r in verify(ExperimentStore.of(config)))
     assert main(["verify", config.name, "--results-root", config.results_root]) == 0
-    arrays, attrs = read_row(config.results_root, config.name, 0)
+    arrays, attrs = ExperimentStore.of(config).read_row(0)
     doctored = {**attrs["metrics"], "max_feature_rel_error": attrs["metrics"]["max_feature_rel_error"] / 2}
-    write_row(config.results_root, "doctored", 0, arrays, {**attrs, "metrics": doctored})
-    (report,) = verify(config.results_root, "doctored")
+    ExperimentStore(config.results_root, "doctored").write_row(0, arrays, {**attrs, "metrics": doctored})
+    (report,) = verify(ExperimentStore(config.results_root, "doctored"))
     assert any("max_feature_rel_error" in p for p in report["problems"])
     capsys.readouterr()
     assert main(["verify", "doctored", "--results-root", config.results_root]) == 1

@@ -28,7 +28,7 @@ from collide.config import RowSpec, SampleConfig, TrainConfig
 from collide.experiments import engine, mnist
 from collide.experiments.mnist import MnistExperiment
 from collide.results.resume import row_keys
-from collide.results.store import list_rows, read_row, store_path
+from collide.results.store import ExperimentStore
 from flows.serve import PROJECT
 
 pytestmark = pytest.mark.slow
@@ -203,10 +203,10 @@ def _assert_same_rows(a: MnistExperiment, b: MnistExperiment) -> None:
     pd.testing.assert_frame_equal(
         pd.read_parquet(Path(a.results_root) / f"{a.name}.parquet").drop(columns=TIMING, errors="ignore"),
         pd.read_parquet(Path(b.results_root) / f"{b.name}.parquet").drop(columns=TIMING, errors="ignore"))
-    assert list_rows(a.results_root, a.name) == list_rows(b.results_root, b.name)
-    for row in list_rows(a.results_root, a.name):
-        x, _ = read_row(a.results_root, a.name, row)
-        y, _ = read_row(b.results_root, b.name, row)
+    assert ExperimentStore.of(a).rows() == ExperimentStore.of(b).rows()
+    for row in ExperimentStore.of(a).rows():
+        x, _ = ExperimentStore.of(a).read_row(row)
+        y, _ = ExperimentStore.of(b).read_row(row)
         assert x.keys() == y.keys()
         for key in x:
             assert np.array_equal(x[key], y[key], equal_nan=True), (row, key)
@@ -225,7 +225,7 @@ def fanned_out(server, tiny_mnist):
 
 def test_fan_out_over_dask_gives_the_rows_of_the_targets_one_by_one(fanned_out, tmp_path):
     config, _ = fanned_out
-    assert len(list_rows(config.results_root, config.name)) == 20
+    assert len(ExperimentStore.of(config).rows()) == 20
     one_by_one = MnistExperiment.from_dict({**config.to_dict(), "results_root": str(tmp_path / "serial")})
     out = engine.run(mnist, config=one_by_one)
     assert len(out["rows"]) == 20 and len({r["target_index"] for r in out["rows"]}) == 10
@@ -251,8 +251,8 @@ def test_a_run_killed_mid_stage_reruns_to_the_uninterrupted_result(server, tiny_
         deadline = time.time() + 300
         finished: list[int] = []
         while time.time() < deadline and proc.poll() is None:
-            finished = [r for r in list_rows(config.results_root, config.name)
-                        if "evaluate" in row_keys(config.results_root, config.name, r)]
+            finished = [r for r in ExperimentStore.of(config).rows()
+                        if "evaluate" in row_keys(ExperimentStore.of(config), r)]
             if len(finished) >= 4:
                 os.killpg(proc.pid, signal.SIGKILL)  # the flow and its Dask workers, no cleanup
                 break
@@ -260,22 +260,22 @@ def test_a_run_killed_mid_stage_reruns_to_the_uninterrupted_result(server, tiny_
         proc.wait()
     assert proc.returncode == -signal.SIGKILL, log.read_text()
     # cut off mid-way: some rows are missing, and whatever is there is whole
-    present = list_rows(config.results_root, config.name)
+    present = ExperimentStore.of(config).rows()
     assert len(present) < 20
     assert not (Path(config.results_root) / "mnist.parquet").exists()
     for row in present:
-        arrays, attrs = read_row(config.results_root, config.name, row)
+        arrays, attrs = ExperimentStore.of(config).read_row(row)
         assert {"vertices", "target", "init"} <= arrays.keys()
         assert arrays["vertices"].shape == (5, 1, 28, 28)
         if "evaluate" in attrs.get("keys", {}):
             assert "metrics" in attrs and arrays["sample_pred"].shape == (300,)
-    kept = {r: (store_path(config.results_root, config.name) / f"row-{r}" / "zarr.json").stat().st_mtime_ns
+    kept = {r: (ExperimentStore.of(config).path / f"row-{r}" / "zarr.json").stat().st_mtime_ns
             for r in finished}
     rerun = _cli_run(server, config, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
     text, _ = rerun.communicate(timeout=400)
     assert rerun.returncode == 0, text
     for row, stamp in kept.items():  # finished before the kill: reused, not rewritten
-        assert (store_path(config.results_root, config.name) / f"row-{row}" / "zarr.json").stat().st_mtime_ns == stamp
+        assert (ExperimentStore.of(config).path / f"row-{row}" / "zarr.json").stat().st_mtime_ns == stamp
     _assert_same_rows(config, uninterrupted)
     assert not list((Path(config.results_root) / ".tmp").glob("mnist-row-*"))  # the kill's scratch, cleared
 
@@ -283,7 +283,7 @@ def test_a_run_killed_mid_stage_reruns_to_the_uninterrupted_result(server, tiny_
 def test_tables_flow_rebuilds_from_the_store_alone_and_publishes(server, fanned_out, tmp_path):
     config, _ = fanned_out
     root = tmp_path / "rebuilt"
-    shutil.copytree(store_path(config.results_root, config.name), store_path(root, config.name))
+    shutil.copytree(ExperimentStore.of(config).path, ExperimentStore(root, config.name).path)
     proc = subprocess.run([sys.executable, "-m", "flows.cli", "tables", "--results-root", str(root)],
                           env=server["env"], cwd=PROJECT, capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0, proc.stderr

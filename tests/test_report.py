@@ -12,8 +12,8 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from collide.results import cells, figures, reference, report, tables
-from collide.results.store import write_row
+from collide.results import cells, figures, health, reference, report, tables, vertex_figure
+from collide.results.store import ExperimentStore
 from flows.cli import main
 
 V = 5
@@ -39,7 +39,7 @@ def _write(root, experiment, row, metrics, *, valid=None, attrs=None):
               "init": np.zeros((1, 28, 28), np.float32)}
     if valid is not None:
         arrays["vertex_valid"] = np.asarray(valid)
-    write_row(root, experiment, row, arrays, {
+    ExperimentStore(root, experiment).write_row(row, arrays, {
         "method": metrics["method"], "init": metrics.get("init"), "layer": metrics["layer"],
         "model": metrics["model"], "model_source": {"random": bool(metrics.get("random_weights"))},
         "config_digest": "abc", "metrics": metrics, **(attrs or {}),
@@ -99,8 +99,8 @@ def test_the_figure_rows_say_init_validity_success_and_flags(root, monkeypatch):
         seen.update(inits=inits, labels=labels, **kw)
         return path
 
-    monkeypatch.setattr(figures, "vertex_grid", capture)
-    tables.write_figure(root, "mnist", [0, 1, 2])
+    monkeypatch.setattr(vertex_figure, "vertex_grid", capture)
+    vertex_figure.write_figure(ExperimentStore(root, "mnist"), [0, 1, 2])
     labels = [" ".join(label.split()) for label in seen["labels"]]
     assert "init=target" in labels[0] and "valid 5/5, success 1" in labels[0]
     assert "paper Table 2 row 1: 100%, dist 1.33" in labels[0]
@@ -143,7 +143,7 @@ def test_paper_rows_match_only_the_papers_settings_in_input_units():
 
 
 def test_markdown_report_explains_every_number(root):
-    text = report.markdown(root, "mnist")
+    text = report.markdown(ExperimentStore(root, "mnist"))
     assert "Success rate mean 1.0000 (min 1.0000) over 2 of 3 rows" in text
     assert "1 row without a success rate" in text and "FLAGGED random weights: 1 row" in text
     assert "nan" not in re.sub(r"base64,[^)]*", "", text).lower()
@@ -184,8 +184,8 @@ def test_status_warns_of_flags_invalid_vertices_and_missing_success(root, capsys
     def no_arrays(*_a, **_k):
         raise AssertionError("status must read attrs only")
 
-    monkeypatch.setattr(tables, "read_row", no_arrays)
-    by_name = {s["experiment"]: s for s in tables.status(root)}
+    monkeypatch.setattr(ExperimentStore, "read_row", no_arrays)
+    by_name = {s["experiment"]: s for s in health.status(root)}
     mnist = by_name["mnist"]
     assert mnist["flagged"] == {"random-weights": [2]}
     assert mnist["invalid_vertex_rows"] == {"1": "1/5"}

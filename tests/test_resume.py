@@ -17,7 +17,7 @@ from collide.experiments import engine, mnist
 from collide.experiments.mnist import MnistExperiment
 from collide.models.zoo import load_checkpoint
 from collide.results.resume import mark_done, row_keys, stage_key, torch_threads
-from collide.results.store import list_rows, read_row, store_path, write_row
+from collide.results.store import ExperimentStore
 from tests.conftest import small_mnist_config
 
 TIMING = ["solver_seconds", "region_seconds"]
@@ -47,7 +47,7 @@ def test_every_row_carries_its_stage_keys(finished):
     assert [r["row"] for r in out["rows"]] == [0, 1, 2, 3]
     assert all(r["solved"] and r["evaluated"] for r in out["rows"])
     for row in range(4):
-        assert set(row_keys(config.results_root, config.name, row)) == {"solve", "evaluate"}
+        assert set(row_keys(ExperimentStore.of(config), row)) == {"solve", "evaluate"}
 
 
 def test_rerun_of_a_finished_experiment_reuses_everything_and_changes_nothing(finished):
@@ -62,7 +62,7 @@ def test_rerun_of_a_finished_experiment_reuses_everything_and_changes_nothing(fi
 def test_a_row_cut_off_before_its_key_is_redone_alone(finished, tmp_path):
     config = _copy(finished[0], tmp_path)
     before = pd.read_parquet(Path(config.results_root) / "mnist.parquet")
-    mark_done(config.results_root, config.name, 3, "evaluate", "killed-before-the-key")
+    mark_done(ExperimentStore.of(config), 3, "evaluate", "killed-before-the-key")
     out = engine.run(mnist, config=config)
     assert [(r["solved"], r["evaluated"]) for r in out["rows"]] == [(False, False)] * 3 + [(False, True)]
     after = pd.read_parquet(out["table"])
@@ -71,21 +71,21 @@ def test_a_row_cut_off_before_its_key_is_redone_alone(finished, tmp_path):
 
 def test_a_row_whose_solve_key_is_lost_is_redone_alone_and_identically(finished, tmp_path):
     config = _copy(finished[0], tmp_path)
-    old = read_row(config.results_root, config.name, 1)[0]
-    write_row(config.results_root, config.name, 1, {}, {"keys": {}}, keep_existing=True)
+    old = ExperimentStore.of(config).read_row(1)[0]
+    ExperimentStore.of(config).write_row(1, {}, {"keys": {}}, keep_existing=True)
     out = engine.run(mnist, config=config)
     assert [r["solved"] for r in out["rows"]] == [False, True, False, False]
-    new, _ = read_row(config.results_root, config.name, 1)
+    new, _ = ExperimentStore.of(config).read_row(1)
     for key in ("vertices", "sample_weights", "sample_pred", "sample_prob"):
         assert np.array_equal(new[key], old[key]), key
 
 
 def test_rows_left_by_a_bigger_config_are_pruned(finished, tmp_path):
     config = _copy(finished[0], tmp_path)
-    arrays, attrs = read_row(config.results_root, config.name, 0)
-    write_row(config.results_root, config.name, 9, arrays, attrs)
+    arrays, attrs = ExperimentStore.of(config).read_row(0)
+    ExperimentStore.of(config).write_row(9, arrays, attrs)
     out = engine.run(mnist, config=config)
-    assert list_rows(config.results_root, config.name) == [0, 1, 2, 3]
+    assert ExperimentStore.of(config).rows() == [0, 1, 2, 3]
     assert pd.read_parquet(out["table"])["row"].tolist() == [0, 1, 2, 3]
 
 
@@ -115,7 +115,7 @@ def test_too_few_correct_targets_is_refused_before_writing(finished, tmp_path):
     config = dataclasses.replace(finished[0], targets_per_class=10_000, results_root=str(tmp_path / "r"))
     with pytest.raises(Exception, match="lower targets_per_class"):
         engine.prepare(mnist, config=config)
-    assert not store_path(config.results_root, config.name).exists()
+    assert not ExperimentStore.of(config).path.exists()
 
 
 def test_config_checks_the_new_fields():
@@ -162,7 +162,7 @@ def test_a_config_that_fails_on_its_data_leaves_an_earlier_runs_rows_alone(finis
     with pytest.raises(ConfigError, match="non-positive units at relu1, fewer than the 255 vertices"):
         engine.run(mnist, config=fewer)
     assert _snapshot(config.results_root) == before
-    assert list_rows(config.results_root, config.name) == [0, 1, 2, 3]
+    assert ExperimentStore.of(config).rows() == [0, 1, 2, 3]
 
 
 def test_a_layer_alias_shares_its_digest_and_reuses_every_row(finished, tmp_path):

@@ -17,7 +17,7 @@ from collide.errors import ConfigError
 from collide.experiments import engine, mnist, spread
 from collide.models.zoo import load_checkpoint
 from collide.results.reference import TABLE_2
-from collide.results.store import read_attrs
+from collide.results.store import ExperimentStore
 from tests.conftest import LIGHT_GEOMETRY
 
 SEEDS = (0, 1)
@@ -42,7 +42,7 @@ def spread_run(tiny_mnist, tmp_path_factory):
     table = pd.read_parquet(out["table"])
     # A points row (a baseline) keeps what it adds in its columns.
     attrs = [{**a.get("columns", {}), **a} for a in
-             (read_attrs(config.results_root, config.name, int(r)) for r in table["row"])]
+             (ExperimentStore.of(config).read_attrs(int(r)) for r in table["row"])]
     return config, out, table, attrs
 
 

@@ -6,9 +6,9 @@ import pytest
 import torch
 import zarr
 
-from collide.errors import DataError
+from collide.errors import ConfigError, DataError
 from collide.results import store
-from collide.results.store import TABLE_COLUMNS, list_rows, read_row, table_from_store, write_row, write_table
+from collide.results.store import TABLE_COLUMNS, ExperimentStore, write_table
 
 
 def _metrics(row: int) -> dict:
@@ -20,37 +20,38 @@ def _metrics(row: int) -> dict:
 
 def test_row_roundtrip_and_merge(tmp_path):
     v = np.random.default_rng(0).random((5, 1, 4, 4)).astype(np.float32)
-    write_row(tmp_path, "e", 0, {"vertices": v}, {"layer": "relu1", "n": np.int64(3)})
-    write_row(tmp_path, "e", 0, {"sample_pred": np.arange(4)}, {"metrics": _metrics(0)}, keep_existing=True)
-    arrays, attrs = read_row(tmp_path, "e", 0)
+    e = ExperimentStore(tmp_path, "e")
+    e.write_row(0, {"vertices": v}, {"layer": "relu1", "n": np.int64(3)})
+    e.write_row(0, {"sample_pred": np.arange(4)}, {"metrics": _metrics(0)}, keep_existing=True)
+    arrays, attrs = e.read_row(0)
     assert np.array_equal(arrays["vertices"], v)
     assert np.array_equal(arrays["sample_pred"], np.arange(4))
     assert attrs["layer"] == "relu1" and attrs["n"] == 3
     assert attrs["metrics"]["extra"] == 1.5
-    assert list_rows(tmp_path, "e") == [0]
+    assert e.rows() == [0]
     assert zarr.open_group(tmp_path / "e.zarr", mode="r")["row-0/vertices"].shape == (5, 1, 4, 4)
 
 
 def test_a_failed_write_leaves_the_old_row_and_no_scratch(tmp_path, monkeypatch):
     old = np.ones((2, 2), np.float32)
-    write_row(tmp_path, "e", 0, {"vertices": old}, {"version": 1})
+    ExperimentStore(tmp_path, "e").write_row(0, {"vertices": old}, {"version": 1})
 
     def boom(*args, **kwargs):
         raise OSError("disk full")
 
     monkeypatch.setattr(zarr.Group, "create_array", boom)
     with pytest.raises(OSError, match="disk full"):
-        write_row(tmp_path, "e", 0, {"vertices": old * 2}, {"version": 2})
+        ExperimentStore(tmp_path, "e").write_row(0, {"vertices": old * 2}, {"version": 2})
     monkeypatch.undo()
-    arrays, attrs = read_row(tmp_path, "e", 0)
+    arrays, attrs = ExperimentStore(tmp_path, "e").read_row(0)
     assert np.array_equal(arrays["vertices"], old) and attrs["version"] == 1
     assert list((tmp_path / ".tmp").iterdir()) == []
 
 
 def test_table_from_store_orders_columns_and_rows(tmp_path):
     for row in (1, 0):
-        write_row(tmp_path, "e", row, {"x": np.zeros(1)}, {"metrics": _metrics(row)})
-    frame = table_from_store(tmp_path, "e")
+        ExperimentStore(tmp_path, "e").write_row(row, {"x": np.zeros(1)}, {"metrics": _metrics(row)})
+    frame = ExperimentStore(tmp_path, "e").table()
     assert list(frame.columns[: len(TABLE_COLUMNS)]) == list(TABLE_COLUMNS)
     assert frame["row"].tolist() == [0, 1]
     path = write_table(frame, tmp_path / "e.parquet")
@@ -59,12 +60,12 @@ def test_table_from_store_orders_columns_and_rows(tmp_path):
 
 def test_missing_rows_are_clear_errors(tmp_path):
     with pytest.raises(DataError, match="run the experiment first"):
-        table_from_store(tmp_path, "nothing")
+        ExperimentStore(tmp_path, "nothing").table()
     with pytest.raises(DataError, match="no row 3"):
-        read_row(tmp_path, "nothing", 3)
-    write_row(tmp_path, "e", 0, {"x": np.zeros(1)}, {})
+        ExperimentStore(tmp_path, "nothing").read_row(3)
+    ExperimentStore(tmp_path, "e").write_row(0, {"x": np.zeros(1)}, {})
     with pytest.raises(DataError, match="never evaluated"):
-        table_from_store(tmp_path, "e")
+        ExperimentStore(tmp_path, "e").table()
 
 
 def test_atomic_file_leaves_nothing_on_failure(tmp_path):
@@ -95,7 +96,7 @@ def test_a_row_record_is_the_storage_contract(tmp_path):
     with pytest.raises(TypeError, match="layer"):
         RowRecord(**{k: v for k, v in fields.items() if k != "layer"})
     record.write(tmp_path)
-    arrays, attrs = store.read_row(tmp_path, "rec", 3)
+    arrays, attrs = store.ExperimentStore(tmp_path, "rec").read_row(3)
     assert set(arrays) == {"vertices", "target", "init"} and arrays["vertices"].shape == (2, 6)
     assert attrs["criterion"] == poly.criterion.to_dict() and attrs["units"] == poly.units.tolist()
     assert attrs["config_digest"] == config.digest() and attrs["seed"] == 0 and attrs["method"] == "exact"
@@ -104,8 +105,6 @@ def test_a_row_record_is_the_storage_contract(tmp_path):
 def test_leftovers_of_a_killed_writer_are_found_by_exact_name(tmp_path):
     """Half-built rows, set-aside rows and output temporaries of ``e`` go; those of an
     experiment called ``e-targets`` (a prefix match) and real outputs stay."""
-    from collide.results.store import leftovers, remove_leftovers
-
     scratch = tmp_path / ".tmp"
     mine = [scratch / "e-row-0-abcd_123", scratch / f"e-old-{'a' * 32}", tmp_path / ".e-vertices-0123abcd.png",
             tmp_path / ".e-89abcdef.parquet", tmp_path / ".e.outputs-00000000.json"]
@@ -114,8 +113,8 @@ def test_leftovers_of_a_killed_writer_are_found_by_exact_name(tmp_path):
     for path in mine + theirs:
         path.parent.mkdir(parents=True, exist_ok=True)
         path.mkdir() if path.parent == scratch else path.write_bytes(b"")
-    assert leftovers(tmp_path, "e") == sorted(mine)
-    remove_leftovers(tmp_path, "e")
+    assert ExperimentStore(tmp_path, "e").leftovers() == sorted(mine)
+    ExperimentStore(tmp_path, "e").remove_leftovers()
     assert not any(p.exists() for p in mine) and all(p.exists() for p in theirs)
 
 
@@ -135,20 +134,54 @@ def test_rows_written_at_once_into_a_new_store_all_land(tmp_path):
     from concurrent.futures import ThreadPoolExecutor
 
     def write(row):
-        return write_row(tmp_path, "e", row, {"x": np.full(3, row)}, {"metrics": _metrics(row)})
+        return ExperimentStore(tmp_path, "e").write_row(row, {"x": np.full(3, row)}, {"metrics": _metrics(row)})
 
     with ThreadPoolExecutor(8) as pool:
         list(pool.map(write, range(16)))
-    assert list_rows(tmp_path, "e") == list(range(16))
-    assert [int(read_row(tmp_path, "e", r)[0]["x"][0]) for r in range(16)] == list(range(16))
+    assert ExperimentStore(tmp_path, "e").rows() == list(range(16))
+    assert [int(ExperimentStore(tmp_path, "e").read_row(r)[0]["x"][0]) for r in range(16)] == list(range(16))
 
 
 def test_a_row_whose_attrs_were_edited_is_damaged(tmp_path):
     import json
 
-    path = write_row(tmp_path, "e", 0, {"x": np.zeros(2)}, {"metrics": _metrics(0)})
+    path = ExperimentStore(tmp_path, "e").write_row(0, {"x": np.zeros(2)}, {"metrics": _metrics(0)})
     meta = json.loads((path / "zarr.json").read_text())
     meta["attributes"]["metrics"]["success_rate"] = 1.0
     (path / "zarr.json").write_text(json.dumps(meta))
     with pytest.raises(DataError, match="row 0 of e is damaged: its attrs .* changed"):
-        read_row(tmp_path, "e", 0)
+        ExperimentStore(tmp_path, "e").read_row(0)
+
+
+@pytest.mark.parametrize("name", ["", "../e", "a/b", ".hidden", "e" * 101, "a b"])
+def test_a_store_refuses_a_name_that_is_no_plain_file_name(tmp_path, name):
+    """The name is checked once, where the store is made: no path of it can leave the root."""
+    with pytest.raises(ConfigError, match="plain experiment name"):
+        ExperimentStore(tmp_path, name)
+
+
+@pytest.mark.parametrize("suffix", ["/../x.png", "x.png", "-a/b.png", "-..png"])
+def test_a_store_refuses_a_declared_output_that_is_no_plain_suffix(tmp_path, suffix):
+    with pytest.raises(ConfigError, match="plain suffixes"):
+        ExperimentStore(tmp_path, "e", (suffix,))
+
+
+def test_the_layout_and_the_run_records_outputs_are_those_earlier_versions_wrote(tmp_path):
+    """Existing stores still read: the file names are byte for byte the old ones, and the run
+    record names the same outputs (own and declared) that the free functions recorded."""
+    import json
+
+    from collide.experiments import baselines, spread
+
+    store = ExperimentStore(tmp_path, "b", baselines.OUTPUTS)
+    assert (store.path, store.table_path, store.figure_path, store.ledger_path, store.run_record_path) == (
+        tmp_path / "b.zarr", tmp_path / "b.parquet", tmp_path / "b-vertices.png", tmp_path / "b.outputs.json",
+        tmp_path / "b.run.json")
+    config = baselines.BaselinesExperiment(results_root=str(tmp_path), name="b")
+    record = json.loads(store.write_run_record(kind="baselines", rows=3, config=config).read_text())
+    assert record["outputs"] == ["b-baselines.png", "b-vertices.png", "b.outputs.json", "b.parquet", "b.run.json"]
+    assert set(record) == {"kind", "experiment", "name", "rows", "config_digest", "config", "outputs"}
+    # A store that knows no module (`collide tables`) finds the same outputs from the record.
+    assert ExperimentStore(tmp_path, "b").outputs() == store.outputs()
+    assert [p.name for p in ExperimentStore(tmp_path, "s", spread.OUTPUTS).outputs()][4:] == [
+        "s-summary.parquet", "s-summary.png", "s-paper.parquet"]

@@ -16,10 +16,10 @@ from collide import _io
 from collide.config import RowSpec
 from collide.errors import BusyError, ConfigError, ModelRefused
 from collide.experiments import engine, mnist
-from collide.results import tables
+from collide.results import health
 from collide.results.evaluation import evaluate_row
 from collide.results.resume import mark_done
-from collide.results.store import list_rows, read_attrs, store_damage, table_path, write_row
+from collide.results.store import ExperimentStore
 from flows.cli import main
 from tests.conftest import small_mnist_config
 
@@ -70,14 +70,14 @@ def test_verify_never_imports_a_model_the_store_names(finished, tmp_path, monkey
     monkeypatch.syspath_prepend(str(tmp_path))  # importable: only collide's refusal stands in the way
     evil = {"kind": "external", "model": "evilmod:factory", "weights": "random", "random": True, "sha256": "",
             "seed": 0, "mean": [], "std": [], "input_size": 28}
-    write_row(root, "mnist", 0, {}, {"model_source": evil}, keep_existing=True)  # a valid manifest
+    ExperimentStore(root, "mnist").write_row(0, {}, {"model_source": evil}, keep_existing=True)  # a valid manifest
     assert main(["verify", "--results-root", str(root)]) == 2
     err = capsys.readouterr().err
     assert "--model evilmod:factory" in err and "never imports code named in a store" in err
     assert not marker.exists() and "evilmod" not in sys.modules
     # Re-evaluating the row (a rerun whose evaluation key was lost) refuses it the same way.
     with pytest.raises(ModelRefused, match="--model evilmod:factory"):
-        evaluate_row(root, "mnist", 0, sample=config.sample)
+        evaluate_row(ExperimentStore(root, "mnist"), 0, sample=config.sample)
     assert not marker.exists()
     # `collide tables` reads metrics only: no model, no import.
     assert main(["tables", "--no-prefect", "--results-root", str(root)]) == 0
@@ -146,7 +146,7 @@ def test_a_stray_folder_is_named_and_skipped_and_stops_nothing(finished, tmp_pat
     shutil.copy(root / "mnist.parquet", root / "other.parquet")
     for stray in ("row-abc", "row-5.bak", "row-01"):
         shutil.copytree(root / "mnist.zarr" / "row-0", root / "mnist.zarr" / stray)
-    assert list_rows(root, "mnist") == [0, 1] and list_rows(root, "other") == [0, 1]
+    assert ExperimentStore(root, "mnist").rows() == [0, 1] and ExperimentStore(root, "other").rows() == [0, 1]
     assert main(["status", "--results-root", str(root)]) == 0
     out = capsys.readouterr().out
     assert "mnist: 2/2 rows evaluated" in out and "other: 2/2 rows evaluated" in out
@@ -156,7 +156,7 @@ def test_a_stray_folder_is_named_and_skipped_and_stops_nothing(finished, tmp_pat
     assert "mnist entries: skipped: " in out and "row-abc" in out and "invalid literal" not in out
     assert out.count(": ok") == 4  # both rows of both experiments verified
     assert main(["tables", "--no-prefect", "--results-root", str(root)]) == 0
-    assert pd.read_parquet(table_path(root, "other"))["row"].tolist() == [0, 1]
+    assert pd.read_parquet(ExperimentStore(root, "other").table_path)["row"].tolist() == [0, 1]
     run = dataclasses.replace(config, results_root=str(root))
     assert engine.run(mnist, config=run)["reused_rows"] == 2
     assert (root / "mnist.zarr" / "row-abc").is_dir()  # not the run's to delete: named, left alone
@@ -175,30 +175,30 @@ def test_a_table_row_without_its_store_row_is_a_mismatch(finished, tmp_path, cap
 def test_an_edited_table_is_stale_and_a_run_rewrites_it(finished, tmp_path, capsys):
     config, _ = finished
     root = _copy(config, tmp_path / "res")
-    honest = pd.read_parquet(table_path(root, "mnist"))
+    honest = pd.read_parquet(ExperimentStore(root, "mnist").table_path)
     edited = honest.copy()
     edited.loc[0, "success_rate"] = 0.123
-    edited.to_parquet(table_path(root, "mnist"), index=False)
-    assert tables.status(root)[0]["table_fresh"] is False
+    edited.to_parquet(ExperimentStore(root, "mnist").table_path, index=False)
+    assert health.status(root)[0]["table_fresh"] is False
     assert main(["status", "--results-root", str(root)]) == 0
     assert "STALE" in capsys.readouterr().out
     assert main(["run", "mnist", "--no-prefect", "--config", str(root / "mnist.run.json")]) == 0
-    pd.testing.assert_frame_equal(pd.read_parquet(table_path(root, "mnist")), honest)
-    assert tables.status(root)[0]["table_fresh"] is True
+    pd.testing.assert_frame_equal(pd.read_parquet(ExperimentStore(root, "mnist").table_path), honest)
+    assert health.status(root)[0]["table_fresh"] is True
 
 
 def test_a_damaged_store_root_is_noticed_and_a_run_rewrites_it(finished, tmp_path, capsys):
     config, _ = finished
     root = _copy(config, tmp_path / "res")
     (root / "mnist.zarr" / "zarr.json").write_text("")
-    [report] = tables.status(root)
+    [report] = health.status(root)
     assert report["store_damage"] and not report["table_fresh"]
     assert any("store's own metadata is damaged" in w for w in report["warnings"])
     assert main(["verify", "--results-root", str(root)]) == 1
     assert "mnist store: MISMATCH" in capsys.readouterr().out
     engine.run(mnist, config=dataclasses.replace(config, results_root=str(root)))
-    assert store_damage(root, "mnist") is None and tables.status(root)[0]["table_fresh"]
-    assert read_attrs(root, "mnist", 0)["metrics"]["row"] == 0
+    assert ExperimentStore(root, "mnist").damage() is None and health.status(root)[0]["table_fresh"]
+    assert ExperimentStore(root, "mnist").read_attrs(0)["metrics"]["row"] == 0
 
 
 def test_status_and_verify_say_a_run_is_in_progress(finished, tmp_path, capsys):
@@ -207,7 +207,7 @@ def test_status_and_verify_say_a_run_is_in_progress(finished, tmp_path, capsys):
     run = dataclasses.replace(config, results_root=str(root))
     (root / "mnist.parquet").unlink()
     shutil.rmtree(root / "mnist.zarr" / "row-1")
-    mark_done(root, "mnist", 0, "evaluate", "changed")
+    mark_done(ExperimentStore(root, "mnist"), 0, "evaluate", "changed")
     with engine.lock(run):
         assert main(["status", "--results-root", str(root)]) == 0
         out = capsys.readouterr().out
@@ -222,7 +222,6 @@ def test_a_killed_runs_temporaries_are_found_from_the_declared_outputs(tmp_path)
     `.<name>-baselines-xxxxxxxx.png`, found from what the experiment declares, not a list."""
     from collide.experiments import baselines, frontier
     from collide.experiments.registry import EXPERIMENTS
-    from collide.results.store import leftovers, write_run_record
 
     for module in EXPERIMENTS.values():  # every file a summary writes is declared
         if hasattr(module, "summarize"):
@@ -231,20 +230,67 @@ def test_a_killed_runs_temporaries_are_found_from_the_declared_outputs(tmp_path)
         root = tmp_path / module.NAME
         root.mkdir()
         config = config_class(results_root=str(root), name="b")
-        figure = module.OUTPUTS[0](root, "b").name
+        store = engine.experiment_store(module, config=config)
+        figure = store.output(module.OUTPUTS[0]).name
         killed = [root / f".{Path(figure).stem}-0123abcd.png", root / ".b-vertices-89abcdef.png"]
         others = [root / f".{Path(figure).stem}-nothex!.png", root / ".bb-vertices-0123abcd.png", root / "keep.png"]
         for path in killed + others:
             path.write_bytes(b"half a png")
-        assert leftovers(root, "b", engine.declared_outputs(module, config=config)) == sorted(killed)
+        assert store.leftovers() == sorted(killed)
         with engine.lock(config, module):
             pass
         assert not any(p.exists() for p in killed) and all(p.exists() for p in others)
         # `collide tables` knows no experiment module: the run record names the outputs.
-        write_run_record(root, "b", kind=module.NAME, rows=1, config=config,
-                         outputs=engine.declared_outputs(module, config=config))
+        store.write_run_record(kind=module.NAME, rows=1, config=config)
         killed[0].write_bytes(b"half a png")
-        assert leftovers(root, "b") == [killed[0]]
+        assert ExperimentStore(root, "b").leftovers() == [killed[0]]
+
+
+KILLED_MID_FIGURE = """
+import os, signal, sys
+from matplotlib.figure import Figure
+from collide.experiments.registry import EXPERIMENTS
+from collide.results import figures
+from collide.results.store import ExperimentStore
+
+module = EXPERIMENTS[sys.argv[2]]
+
+def half_then_killed(self, path, **kwargs):
+    with open(path, "wb") as fh:
+        fh.write(b"\\x89PNG half")
+    os.kill(os.getpid(), signal.SIGKILL)
+
+Figure.savefig = half_then_killed
+figures.save_figure(Figure(), ExperimentStore(sys.argv[1], "b").output(module.OUTPUTS[0]))
+"""
+
+
+@pytest.mark.parametrize("kind", ["baselines", "frontier"])
+def test_a_run_killed_while_writing_its_own_figure_leaves_a_temporary_that_is_found_and_removed(tmp_path, kind):
+    """A process killed (SIGKILL) inside the figure write of ``baselines`` or ``frontier``
+    leaves ``.b-<kind>-xxxxxxxx.png``; the store reports it from the run record alone
+    (what ``collide tables`` sees) and the next run's lock removes it, the figure's
+    old file untouched."""
+    import signal
+    import subprocess
+
+    from collide.experiments.registry import EXPERIMENTS
+
+    module = EXPERIMENTS[kind]
+    config = module.Config(results_root=str(tmp_path), name="b")
+    store = engine.experiment_store(module, config=config)
+    store.write_run_record(kind=kind, rows=1, config=config)
+    figure = store.output(module.OUTPUTS[0])
+    figure.write_bytes(b"the old figure")
+    done = subprocess.run([sys.executable, "-c", KILLED_MID_FIGURE, str(tmp_path), kind], capture_output=True)
+    assert done.returncode == -signal.SIGKILL, done.stderr.decode()[-2000:]
+    [temporary] = [p for p in tmp_path.iterdir() if p.name.startswith(f".b-{kind}-")]
+    assert temporary.read_bytes().endswith(b"half") and figure.read_bytes() == b"the old figure"
+    assert ExperimentStore(tmp_path, "b").leftovers() == [temporary]
+    with engine.lock(config, module):
+        assert not temporary.exists()
+    assert figure.read_bytes() == b"the old figure"
+    assert ExperimentStore(tmp_path, "b").leftovers() == []
 
 
 def test_runs_sharing_a_patch_store_take_turns(tmp_path):

@@ -13,9 +13,9 @@ from collide.config import RowSpec
 from collide.errors import DataError
 from collide.experiments import engine, mnist
 from collide.experiments.mnist import MnistExperiment
-from collide.results import tables
+from collide.results import health, tables
 from collide.results.resume import mark_done
-from collide.results.store import read_row, table_path, write_row, write_run_record
+from collide.results.store import ExperimentStore
 from flows.cli import main
 from tests.conftest import small_mnist_config
 
@@ -43,7 +43,7 @@ def test_regenerated_tables_and_figures_equal_what_the_run_wrote(finished, tmp_p
     assert main(["tables", "--no-prefect", "--results-root", str(root)]) == 0
     run_table = pd.read_parquet(out["table"])
     for name in ("mnist", "mnist-copy"):
-        pd.testing.assert_frame_equal(pd.read_parquet(table_path(root, name)), run_table)
+        pd.testing.assert_frame_equal(pd.read_parquet(ExperimentStore(root, name).table_path), run_table)
     assert (root / "mnist-vertices.png").read_bytes() == Path(out["figure"]).read_bytes()
     assert (root / "mnist-copy-vertices.png").stat().st_size > 10_000  # its title names the copy
     report = (root / "report.html").read_text()
@@ -63,15 +63,15 @@ def test_a_store_cut_short_is_flagged_incomplete(finished, tmp_path, capsys):
     ledger, the figure, the report and `collide status`, that 1 of 2 planned rows is in."""
     config, _ = finished
     root = _stores_only(config, tmp_path / "res")
-    arrays, attrs = read_row(root, "mnist", 1)
-    write_row(root, "mnist", 1, arrays, {k: v for k, v in attrs.items() if k != "metrics"})
-    write_run_record(root, "mnist", kind="mnist", rows=2, config=config)
+    arrays, attrs = ExperimentStore(root, "mnist").read_row(1)
+    ExperimentStore(root, "mnist").write_row(1, arrays, {k: v for k, v in attrs.items() if k != "metrics"})
+    ExperimentStore(root, "mnist").write_run_record(kind="mnist", rows=2, config=config)
     out = tables.regenerate(root)["experiments"]["mnist"]
     assert out["rows"] == 1 and out["expected_rows"] == 2
     assert "1/2 planned rows evaluated: INCOMPLETE" in out["incomplete"]
     assert f"collide run mnist --config {root / 'mnist.run.json'}" in out["incomplete"]
     assert "INCOMPLETE" in (root / "report.html").read_text()
-    [s] = tables.status(root)
+    [s] = health.status(root)
     assert s["incomplete"] and not s["damaged_rows"]
     assert main(["status", "--results-root", str(root)]) == 0
     printed = capsys.readouterr().out
@@ -85,11 +85,11 @@ def test_a_deleted_chunk_is_damage_never_zeros_and_a_rerun_repairs_it(finished, 
     chunk = next((root / "mnist.zarr" / "row-0" / "vertices" / "c").rglob("*"))
     while chunk.is_dir():
         chunk = next(chunk.iterdir())
-    before = read_row(config.results_root, "mnist", 0)[0]["vertices"]
+    before = ExperimentStore(config.results_root, "mnist").read_row(0)[0]["vertices"]
     chunk.unlink()
     with pytest.raises(DataError, match=r"row 0 of mnist is damaged: vertices/c/\S+ is missing; rerun `collide run"):
-        read_row(root, "mnist", 0)
-    [s] = tables.status(root)
+        ExperimentStore(root, "mnist").read_row(0)
+    [s] = health.status(root)
     assert list(s["damaged_rows"]) == ["0"] and not s["table_fresh"]
     assert main(["tables", "--no-prefect", "--results-root", str(root)]) == 2
     assert "row 0 of mnist is damaged" in capsys.readouterr().err
@@ -100,8 +100,8 @@ def test_a_deleted_chunk_is_damage_never_zeros_and_a_rerun_repairs_it(finished, 
     assert not any(p.exists() for p in killed)
     assert [r["repaired"] is not None for r in rerun["rows"]] == [True, False]
     assert not rerun["rows"][1]["solved"] and not rerun["rows"][1]["evaluated"]
-    assert np.array_equal(read_row(root, "mnist", 0)[0]["vertices"], before)  # recomputed bit for bit
-    assert tables.status(root)[0]["table_fresh"]
+    assert np.array_equal(ExperimentStore(root, "mnist").read_row(0)[0]["vertices"], before)  # recomputed bit for bit
+    assert health.status(root)[0]["table_fresh"]
 
 
 def test_a_truncated_chunk_is_named(finished, tmp_path):
@@ -118,18 +118,18 @@ def test_status_says_which_tables_are_fresh(finished, tmp_path, capsys):
     config, _ = finished
     root = tmp_path / "res"
     shutil.copytree(config.results_root, root)
-    [fresh] = tables.status(root)
+    [fresh] = health.status(root)
     assert fresh["rows"] == fresh["evaluated"] == 2 and fresh["table_fresh"]
     assert fresh["configs"] == [config.digest()]
     assert MnistExperiment.from_dict(fresh["config"][config.digest()]) == config
-    mark_done(root, "mnist", 0, "evaluate", "changed")  # a row changed after the table was written
+    mark_done(ExperimentStore(root, "mnist"), 0, "evaluate", "changed")  # a row changed after the table was written
     assert main(["status", "--results-root", str(root), "--json"]) == 0
     [stale] = json.loads(capsys.readouterr().out)
     assert not stale["table_fresh"]
     assert main(["status", "--results-root", str(root)]) == 0
     assert "STALE" in capsys.readouterr().out
-    assert tables.write_outputs(root, "mnist")["reused"] is False
-    assert tables.status(root)[0]["table_fresh"]
+    assert tables.write_outputs(ExperimentStore(root, "mnist"))["reused"] is False
+    assert health.status(root)[0]["table_fresh"]
     assert main(["status", "--results-root", str(tmp_path / "none")]) == 0
     assert "no results" in capsys.readouterr().out
 

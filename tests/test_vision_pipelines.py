@@ -20,7 +20,7 @@ from collide.models.zoo import load_model_source
 from collide.patches.compose import Composition, compose, pixel_weights, window_patches
 from collide.polytope import combine
 from collide.results.evaluation import evaluate_row
-from collide.results.store import TABLE_COLUMNS, list_rows, read_row, write_row
+from collide.results.store import TABLE_COLUMNS, ExperimentStore
 from tests.tolerances import RECOMPOSED
 
 pytestmark = pytest.mark.slow
@@ -33,8 +33,8 @@ def _stored_predictions_reproduce(results_root, experiment):
     A row with fewer than two valid vertices has no samples; elsewhere only valid
     vertices carry weight.
     """
-    for row in list_rows(results_root, experiment):
-        arrays, attrs = read_row(results_root, experiment, row)
+    for row in ExperimentStore(results_root, experiment).rows():
+        arrays, attrs = ExperimentStore(results_root, experiment).read_row(row)
         valid = arrays["vertex_valid"]
         if "sample_weights" not in arrays:
             assert valid.sum() < 2, (experiment, row)
@@ -68,22 +68,22 @@ def test_imagenet_run_marks_random_weights_and_reproduces(imagenet_config):
     assert list(frame.columns[: len(TABLE_COLUMNS)]) == list(TABLE_COLUMNS)
     assert len(frame) == 2 and frame["random_weights"].all() and (frame["model"] == "vgg16-random").all()
     assert (frame["pixel_scale"] == 1).all()  # [0, 1] input units, as every experiment
-    _, attrs = read_row(imagenet_config.results_root, "imagenet", 1)
+    _, attrs = ExperimentStore(imagenet_config.results_root, "imagenet").read_row(1)
     assert attrs["init"] == "other" and attrs["init_path"] != attrs["target_path"]
     assert Path(out["figure"]).is_file()
     _stored_predictions_reproduce(imagenet_config.results_root, "imagenet")
     for row in (0, 1):
-        arrays, _ = read_row(imagenet_config.results_root, "imagenet", row)
+        arrays, _ = ExperimentStore(imagenet_config.results_root, "imagenet").read_row(row)
         _assert_validity_is_counted(arrays, frame.iloc[row])
     # Row 0 starts at the target with min_steps=0: a solver that stops at once leaves
     # every vertex on the target. Whatever the solver did, such vertices are no
     # polytope: pinned to the target, the row must say so, not "success 1.0".
     root = imagenet_config.results_root
-    arrays, _ = read_row(root, "imagenet", 0)
+    arrays, _ = ExperimentStore(root, "imagenet").read_row(0)
     pinned = np.broadcast_to(arrays["target"], arrays["vertices"].shape).copy()
-    write_row(root, "imagenet", 0, {"vertices": pinned}, {}, keep_existing=True)
-    record = evaluate_row(root, "imagenet", 0, sample=imagenet_config.sample)
-    arrays, _ = read_row(root, "imagenet", 0)
+    ExperimentStore(root, "imagenet").write_row(0, {"vertices": pinned}, {}, keep_existing=True)
+    record = evaluate_row(ExperimentStore(root, "imagenet"), 0, sample=imagenet_config.sample)
+    arrays, _ = ExperimentStore(root, "imagenet").read_row(0)
     assert not arrays["vertex_valid"].any() and record["invalid_reason"]
     _assert_validity_is_counted(arrays, record)
 
@@ -138,7 +138,7 @@ def test_patch_run_writes_table6_with_recall(patch_run):
     assert Path(out["figure"]).is_file()
     _stored_predictions_reproduce(config.results_root, config.name)
     for row in (0, 1):
-        arrays, attrs = read_row(config.results_root, config.name, row)
+        arrays, attrs = ExperimentStore.of(config).read_row(row)
         _assert_validity_is_counted(arrays, frame.iloc[row])
         # The paper's candidates: the start's windows were the only queries.
         assert attrs["knn_queries"] == 36 and attrs["target_weight_share"] == 0.0
@@ -158,7 +158,7 @@ def _recompose(config, arrays):
 
 
 def _assert_stored_compositions(config, row):
-    arrays, attrs = read_row(config.results_root, config.name, row)
+    arrays, attrs = ExperimentStore.of(config).read_row(row)
     v = config.n_vertices
     assert arrays["logits"].shape[:1] == (v,) and arrays["candidate_rows"].shape == arrays["logits"].shape[1:]
     assert (arrays["candidate_rows"][:, 0] == patch_experiment.OWN_PATCH).all()
@@ -240,7 +240,7 @@ def test_patches_on_an_rgb_folder_with_vgg(photos, tmp_path):
     frame = pd.read_parquet(out["table"])
     assert out["random_weights"] and (frame["model"] == "vgg16-random").all()
     assert (frame["pixel_scale"] == 1).all() and (frame["knn_recall"] >= RECALL_MIN).all()
-    arrays, attrs = read_row(config.results_root, config.name, 1)
+    arrays, attrs = ExperimentStore.of(config).read_row(1)
     assert arrays["vertices"].shape == (5, 3, 32, 32)
     assert attrs["composition"]["candidates_from"] == "start" and attrs["knn_queries"] == 16
     _stored_predictions_reproduce(config.results_root, config.name)

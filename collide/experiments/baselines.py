@@ -24,7 +24,6 @@ from __future__ import annotations
 
 import time
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any, ClassVar
 
 import numpy as np
@@ -52,7 +51,7 @@ from collide.models.zoo import build_model, checkpoint_source, load_checkpoint
 from collide.polytope import combine, sample_weights
 from collide.results.figures import save_figure
 from collide.results.points import PointsRecord
-from collide.results.store import table_path
+from collide.results.store import ExperimentStore
 from collide.results.summary import baseline_summary
 from collide.taps import resolve_layer
 
@@ -228,13 +227,10 @@ def solve(job: dict[str, Any], context: dict[str, Any], *, config: BaselinesExpe
               seconds=inv.seconds)
 
 
-def figure_path(root: str | Path, experiment: str) -> Path:
-    return Path(root) / f"{experiment}-baselines.png"
-
-
-# Files :func:`summarize` writes beyond the table and figure: a killed run's temporaries of
-# them are found from here (:func:`collide.experiments.engine.declared_outputs`).
-OUTPUTS = (figure_path,)
+FIGURE = "-baselines.png"
+# Files :func:`summarize` writes beyond the table and figure, as suffixes of the name: a
+# killed run's temporaries of them are found from here (engine.experiment_store).
+OUTPUTS = (FIGURE,)
 
 
 def draw_baselines(summary: pd.DataFrame, *, title: str = "") -> Figure:
@@ -262,9 +258,9 @@ def draw_baselines(summary: pd.DataFrame, *, title: str = "") -> Figure:
 
 def summarize(*, config: BaselinesExperiment) -> dict[str, Any]:
     """``<name>-baselines.png`` from the table: success rate and feature error per method."""
-    root, name = config.results_root, config.name
-    summary = baseline_summary(pd.read_parquet(table_path(root, name)))
+    store, name = ExperimentStore.of(config), config.name
+    summary = baseline_summary(store.read_table())
     title = (f"{name}: {config.n_targets} target(s), polytope at {config.layer} ({config.n_vertices} vertices); "
              f"null space also measured at {config.deeper_layer}")
-    path = save_figure(draw_baselines(summary, title=title), figure_path(root, name))
+    path = save_figure(draw_baselines(summary, title=title), store.output(FIGURE))
     return {"baselines_figure": str(path), "baselines": summary.to_dict(orient="records")}

@@ -34,19 +34,11 @@ from pathlib import Path
 from types import ModuleType
 from typing import Any
 
-from collide._io import experiment_lock
 from collide.config import resolve_device
 from collide.errors import ConfigError
 from collide.results.evaluation import evaluate_row
 from collide.results.resume import drop_damaged, is_done, mark_done, prune_rows, stage_key, torch_threads
-from collide.results.store import (
-    ensure_store,
-    own_outputs,
-    read_attrs,
-    remove_leftovers,
-    store_path,
-    write_run_record,
-)
+from collide.results.store import ExperimentStore
 from collide.results.tables import write_outputs
 
 Progress = Callable[[str, int, int], None]
@@ -117,18 +109,16 @@ def plan(experiment: ModuleType, context: dict[str, Any], *, config: Any) -> lis
     if rows != list(range(len(rows))):
         raise RuntimeError(f"{config.name}: the plan's rows are not 0..{len(rows) - 1} each once")
     # Before any row changes: a store cut short from here on knows how many rows it lacks.
-    write_run_record(config.results_root, config.name, kind=experiment.NAME, rows=len(rows), config=config,
-                     outputs=declared_outputs(experiment, config=config))
+    experiment_store(experiment, config=config).write_run_record(kind=experiment.NAME, rows=len(rows), config=config)
     return jobs
 
 
-def declared_outputs(experiment: ModuleType, *, config: Any) -> list[Path]:
-    """Every file a run of ``experiment`` writes beside its store: the engine's own (table,
-    figure, ledger, run record) and those the experiment declares in ``OUTPUTS`` (functions
-    of root and name, the same ones its ``summarize`` writes to). What a killed run leaves
-    is found from this list, never from one kept by hand."""
-    root, name = config.results_root, config.name
-    return [*own_outputs(root, name), *(path(root, name) for path in getattr(experiment, "OUTPUTS", ()))]
+def experiment_store(experiment: ModuleType | None, *, config: Any) -> ExperimentStore:
+    """The store of a run of ``experiment`` with ``config``, with the outputs the experiment
+    declares in ``OUTPUTS`` (suffixes of its name, the files its ``summarize`` writes):
+    what a killed run leaves is derived from them, never from a list kept by hand. Without
+    a module, the store takes them from its last run record."""
+    return ExperimentStore.of(config, getattr(experiment, "OUTPUTS", ()))
 
 
 def solve_key(job: dict[str, Any], row: int, context: dict[str, Any], config: Any) -> str:
@@ -156,24 +146,24 @@ def run_job(
     record with ``solved`` and ``evaluated``: whether this call did that stage, and
     ``repaired``: why the row's stored files were found damaged (and redone), else None.
     """
-    root, name, rows = config.results_root, config.name, list(job["rows"])
+    store, rows = experiment_store(experiment, config=config), list(job["rows"])
     solve = {r: solve_key(job, r, context, config) for r in rows}
     evaluate = {r: stage_key("evaluate", {"solve": solve[r]}) for r in rows}
     out = []
     with _threads(config):
-        damaged = drop_damaged(root, name, rows)
-        solved = not all(is_done(root, name, r, "solve", solve[r]) for r in rows)
+        damaged = drop_damaged(store, rows)
+        solved = not all(is_done(store, r, "solve", solve[r]) for r in rows)
         if solved:
             experiment.solve(job, context, config=config, progress=progress)
             for r in rows:
-                mark_done(root, name, r, "solve", solve[r])
+                mark_done(store, r, "solve", solve[r])
         for r in rows:
-            evaluated = not is_done(root, name, r, "evaluate", evaluate[r])
+            evaluated = not is_done(store, r, "evaluate", evaluate[r])
             if evaluated:
-                evaluate_row(root, name, r, sample=config.sample, device=resolve_device(config.device),
+                evaluate_row(store, r, sample=config.sample, device=resolve_device(config.device),
                              trusted=trusted_models(context))
-                mark_done(root, name, r, "evaluate", evaluate[r])
-            attrs = read_attrs(root, name, r)
+                mark_done(store, r, "evaluate", evaluate[r])
+            attrs = store.read_attrs(r)
             out.append({**attrs["metrics"], "solved": solved, "evaluated": evaluated, "repaired": damaged.get(r)})
     return out
 
@@ -186,8 +176,9 @@ def outputs(experiment: ModuleType, *, config: Any, n_rows: int) -> dict[str, An
     Pruning waits for the jobs: a config that fails in a job (a target with fewer
     non-positive units than ``n_vertices``, say) leaves an earlier run's rows as they were.
     """
-    prune_rows(config.results_root, config.name, n_rows)
-    written = write_outputs(config.results_root, config.name)
+    store = experiment_store(experiment, config=config)
+    prune_rows(store, n_rows)
+    written = write_outputs(store)
     if hasattr(experiment, "summarize"):
         written = {**written, **experiment.summarize(config=config)}
     return written
@@ -197,12 +188,12 @@ def outputs(experiment: ModuleType, *, config: Any, n_rows: int) -> dict[str, An
 def lock(config: Any, experiment: ModuleType | None = None) -> Iterator[None]:
     """One run of the experiment ``config`` names at a time (:func:`collide._io.experiment_lock`);
     once it holds the lock, what a killed run of it left (scratch rows, temporaries of the
-    outputs ``experiment`` declares, :func:`declared_outputs`) goes."""
-    with experiment_lock(config.results_root, config.name):
-        declared = None if experiment is None else declared_outputs(experiment, config=config)
-        remove_leftovers(config.results_root, config.name, declared)  # None: those its run record declared
-        if store_path(config.results_root, config.name).is_dir():  # damaged root metadata is rewritten
-            ensure_store(store_path(config.results_root, config.name))
+    outputs ``experiment`` declares, or without it those its run record declared) goes."""
+    store = experiment_store(experiment, config=config)
+    with store.lock():
+        store.remove_leftovers()
+        if store.path.is_dir():  # damaged root metadata is rewritten
+            store.ensure()
         yield
 
 

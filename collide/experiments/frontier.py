@@ -24,7 +24,6 @@ bound over every input whose true feature error is ≤ ε, which may come closer
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any, ClassVar
 
 import numpy as np
@@ -42,7 +41,7 @@ from collide.models.zoo import build_model, checkpoint_source, load_checkpoint
 from collide.piecewise.linearise import affine_piece
 from collide.results.figures import save_figure
 from collide.results.points import PointsRecord
-from collide.results.store import read_row, table_path
+from collide.results.store import ExperimentStore
 
 NAME = "frontier"
 SUMMARY = "approximation frontier: closest point to another digit within feature error ε of a 7 (relu1)"
@@ -140,20 +139,18 @@ def solve(job: dict[str, Any], context: dict[str, Any], *, config: FrontierExper
         ).write(config.results_root)
 
 
-def frontier_table(root: str | Path, experiment: str) -> pd.DataFrame:
+def frontier_table(store: ExperimentStore) -> pd.DataFrame:
     """The frontier's table by row, its lower bound named :data:`LOWER_BOUND` (older stores too)."""
-    table = pd.read_parquet(table_path(root, experiment)).sort_values("row")
+    table = store.read_table().sort_values("row")
     if _OLD_LOWER_BOUND in table.columns and LOWER_BOUND not in table.columns:
         table = table.rename(columns={_OLD_LOWER_BOUND: LOWER_BOUND})
     return table
 
 
-def figure_path(root: str | Path, experiment: str) -> Path:
-    return Path(root) / f"{experiment}-frontier.png"
-
-
-# Files :func:`summarize` writes beyond the table and figure (engine.declared_outputs).
-OUTPUTS = (figure_path,)
+FIGURE = "-frontier.png"
+# Files :func:`summarize` writes beyond the table and figure, as suffixes of the name: a
+# killed run's temporaries of them are found from here (engine.experiment_store).
+OUTPUTS = (FIGURE,)
 
 
 def draw_frontier(table: pd.DataFrame, images: dict[int, np.ndarray], others: dict[int, np.ndarray],
@@ -200,16 +197,16 @@ def draw_frontier(table: pd.DataFrame, images: dict[int, np.ndarray], others: di
 
 def summarize(*, config: FrontierExperiment) -> dict[str, Any]:
     """``<name>-frontier.png`` from the table and the stored points."""
-    root, name = config.results_root, config.name
-    table = frontier_table(root, name)
+    store, name = ExperimentStore.of(config), config.name
+    table = frontier_table(store)
     images: dict[int, np.ndarray] = {}
     others: dict[int, np.ndarray] = {}
     targets: dict[int, np.ndarray] = {}
     for row, t_index in zip(table["row"], table["target_index"], strict=True):
-        arrays, _ = read_row(root, name, int(row))
+        arrays, _ = store.read_row(int(row))
         images[int(row)] = arrays["points"][0]
         others[int(t_index)], targets[int(t_index)] = arrays["init"], arrays["target"]
     title = (f"{name}: closest point to another digit with feature error ≤ ε at {config.layer} "
              f"({config.train.arch})")
-    path = save_figure(draw_frontier(table, images, others, targets, title=title), figure_path(root, name))
+    path = save_figure(draw_frontier(table, images, others, targets, title=title), store.output(FIGURE))
     return {"frontier_figure": str(path)}

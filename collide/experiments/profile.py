@@ -34,14 +34,15 @@ from collide.experiments.engine import Progress, job, no_progress
 from collide.models.zoo import build_model, checkpoint_source, load_checkpoint
 from collide.polytope import dataset_avg_distance
 from collide.results.records import RowRecord, region_fields
-from collide.results.store import table_path
-from collide.results.summary import summary_figure_path, summary_path, write_summary
+from collide.results.store import ExperimentStore
+from collide.results.summary import SUMMARY_OUTPUTS, write_summary
 from collide.solvers import solver_for
 from collide.taps import layers as taps_layers
 from collide.taps import preactivation
 
-# Files :func:`summarize` writes beyond the table and figure (engine.declared_outputs).
-OUTPUTS = (summary_path, summary_figure_path)
+# Files :func:`summarize` writes beyond the table and figure, as suffixes of the name
+# (engine.experiment_store).
+OUTPUTS = SUMMARY_OUTPUTS
 
 NAME = "profile"
 SUMMARY = "collision size at every ReLU layer of the MLP and LeNet-5: N+, dim C, inscribed radius, spread, success"
@@ -248,8 +249,8 @@ def draw_profile(summary: pd.DataFrame, *, title: str) -> Figure:
 
 def summarize(*, config: ProfileExperiment) -> dict[str, Any]:
     """``<name>-summary.parquet`` and its figure from the profile's table; kept when unchanged."""
-    root, name = config.results_root, config.name
+    store, name = ExperimentStore.of(config), config.name
     title = (f"{name}: exact collision sets and polytopes at every ReLU layer "
              f"({config.targets} target(s) of label {config.target_label}, {config.n_vertices} vertices)")
-    return write_summary(root, name, layer_summary(pd.read_parquet(table_path(root, name))),
+    return write_summary(store, layer_summary(store.read_table()),
                          lambda frame: draw_profile(frame, title=title))

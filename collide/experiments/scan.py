@@ -17,11 +17,12 @@ import pandas as pd
 from collide.config import GeometryConfig, RowSpec, _require
 from collide.experiments import mnist
 from collide.results.figures import draw_class_summary
-from collide.results.store import table_path
-from collide.results.summary import summary_figure_path, summary_path, write_summary
+from collide.results.store import ExperimentStore
+from collide.results.summary import SUMMARY_OUTPUTS, write_summary
 
-# Files :func:`summarize` writes beyond the table and figure (engine.declared_outputs).
-OUTPUTS = (summary_path, summary_figure_path)
+# Files :func:`summarize` writes beyond the table and figure, as suffixes of the name
+# (engine.experiment_store).
+OUTPUTS = SUMMARY_OUTPUTS
 
 NAME = "scan"
 SUMMARY = "vulnerability scan: N targets per MNIST class, gradient and exact rows, per-class summary (paper §5)"
@@ -85,8 +86,8 @@ def class_summary(table: pd.DataFrame) -> pd.DataFrame:
 
 def summarize(*, config: ScanExperiment) -> dict[str, Any]:
     """``<name>-summary.parquet`` and its figure from the scan's table; kept when unchanged."""
-    root, name = config.results_root, config.name
+    store, name = ExperimentStore.of(config), config.name
     title = (f"{name}: {config.targets_per_class} target(s) per class at {config.layer}, "
              f"{config.n_vertices} vertices per polytope")
-    return write_summary(root, name, class_summary(pd.read_parquet(table_path(root, name))),
+    return write_summary(store, class_summary(store.read_table()),
                          lambda frame: draw_class_summary(frame, title=title))

@@ -25,7 +25,6 @@ from __future__ import annotations
 import dataclasses
 import math
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any, ClassVar
 
 import numpy as np
@@ -47,14 +46,8 @@ from collide.polytope import dataset_avg_distance
 from collide.results.points import PointsRecord
 from collide.results.records import RowRecord, region_fields
 from collide.results.reference import REFERENCE_COLUMNS, reference_for
-from collide.results.store import read_attrs, table_path
-from collide.results.summary import (
-    summary_figure_path,
-    summary_path,
-    summary_table_path,
-    write_summary,
-    write_summary_table,
-)
+from collide.results.store import ExperimentStore
+from collide.results.summary import SUMMARY_OUTPUTS, summary_table, write_summary, write_summary_table
 from collide.solvers import solver_for
 
 NAME = "spread"
@@ -81,12 +74,9 @@ CONFIDENCE = 0.95
 SHARED_BY_EVERY_DRAW = ("dataset_avg_distance",)
 
 
-def paper_table_path(root: str | Path, experiment: str) -> Path:
-    return summary_table_path(root, experiment, "paper")
-
-
-# Files :func:`summarize` writes beyond the table and figure (engine.declared_outputs).
-OUTPUTS = (summary_path, summary_figure_path, paper_table_path)
+# Files :func:`summarize` writes beyond the table and figure, as suffixes of the name
+# (engine.experiment_store).
+OUTPUTS = (*SUMMARY_OUTPUTS, summary_table("paper"))
 
 # The paper comparison's columns (<name>-paper.parquet), in order.
 COMPARISON_COLUMNS = ("method", "init", "paper_row", "setting", "column", "paper", "paper_low", "paper_high", "n",
@@ -505,15 +495,15 @@ def draw_spread(frame: pd.DataFrame, summary: pd.DataFrame, comparison: pd.DataF
 def summarize(*, config: SpreadExperiment) -> dict[str, Any]:
     """``<name>-summary.parquet``, ``<name>-paper.parquet`` and ``<name>-summary.png``
     from the table and the rows' seeds; each kept when unchanged."""
-    root, name = config.results_root, config.name
-    table = pd.read_parquet(table_path(root, name))
-    attrs = [read_attrs(root, name, int(r)) for r in table["row"]]
+    store, name = ExperimentStore.of(config), config.name
+    table = store.read_table()
+    attrs = [store.read_attrs(int(r)) for r in table["row"]]
     frame = draws(table, attrs)
     summary = spread_summary(frame)
     comparison = paper_comparison(frame, summary)
     title = (f"{name}: {len(config.seeds)} training seeds x {config.n_targets} targets (labels "
              f"{list(config.labels)}) at {config.layer}, {config.n_vertices} vertices")
-    written = write_summary(root, name, summary, lambda s: draw_spread(frame, s, comparison, title=title))
-    paper = write_summary_table(root, name, "paper", comparison)
+    written = write_summary(store, summary, lambda s: draw_spread(frame, s, comparison, title=title))
+    paper = write_summary_table(store, "paper", comparison)
     return {**written, "paper_comparison": str(paper),
             "paper_verdicts": comparison["verdict"].tolist() if not comparison.empty else []}

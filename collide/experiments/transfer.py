@@ -37,12 +37,13 @@ from collide.experiments.engine import Progress, job, no_progress
 from collide.models.zoo import build_model, checkpoint_source, load_checkpoint
 from collide.polytope import combine, sample_weights
 from collide.results.points import PointsRecord
-from collide.results.store import table_path
-from collide.results.summary import summary_figure_path, summary_path, write_summary
+from collide.results.store import ExperimentStore
+from collide.results.summary import SUMMARY_OUTPUTS, write_summary
 from collide.taps import check_units
 
-# Files :func:`summarize` writes beyond the table and figure (engine.declared_outputs).
-OUTPUTS = (summary_path, summary_figure_path)
+# Files :func:`summarize` writes beyond the table and figure, as suffixes of the name
+# (engine.experiment_store).
+OUTPUTS = SUMMARY_OUTPUTS
 
 NAME = "transfer"
 SUMMARY = "collisions across models: exact sets shared by two networks, and how one model's polytopes transfer"
@@ -210,8 +211,8 @@ def draw_transfer(summary: pd.DataFrame, *, title: str) -> Figure:
 
 def summarize(*, config: TransferExperiment) -> dict[str, Any]:
     """``<name>-summary.parquet`` and its figure from the table; kept when unchanged."""
-    root, name = config.results_root, config.name
+    store, name = ExperimentStore.of(config), config.name
     title = (f"{name}: model A = {config.train.arch} at {config.layer}, partners at {config.partner_layer}, "
              f"{config.n_targets} target(s)")
-    return write_summary(root, name, partner_summary(pd.read_parquet(table_path(root, name))),
+    return write_summary(store, partner_summary(store.read_table()),
                          lambda frame: draw_transfer(frame, title=title))

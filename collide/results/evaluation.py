@@ -8,7 +8,6 @@ pixel scale that distances are reported in.
 from __future__ import annotations
 
 from collections.abc import Collection
-from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -20,7 +19,7 @@ from collide.errors import DataError
 from collide.models.zoo import load_model_source
 from collide.precision import full_precision
 from collide.results.points import evaluate_points, flat_rows, is_points_row, point_metrics, spread
-from collide.results.store import read_row, write_row
+from collide.results.store import ExperimentStore
 from collide.validity import Criterion, hull_collides
 
 SAMPLE_ARRAYS = ("sample_weights", "sample_pred", "sample_prob")
@@ -43,7 +42,7 @@ _PASS_THROUGH = (
 
 
 def evaluate_row(
-    results_root: str | Path, experiment: str, row: int, *, sample: SampleConfig, device: str = "cpu",
+    store: ExperimentStore, row: int, *, sample: SampleConfig, device: str = "cpu",
     trusted: Collection[str] = (),
 ) -> dict[str, Any]:
     """Check the row's vertices, sample the polytope of the valid ones, classify, store.
@@ -59,19 +58,19 @@ def evaluate_row(
     Returns:
         The row's table record (the storage contract's columns and more).
     """
-    arrays, attrs = read_row(results_root, experiment, row)
+    arrays, attrs = store.read_row(row)
     if is_points_row(attrs):
-        return evaluate_points(results_root, experiment, row, device=device, trusted=trusted)
+        return evaluate_points(store, row, device=device, trusted=trusted)
     if "criterion" not in attrs:
-        raise DataError(f"row {row} of {experiment} was solved by an older collide that recorded no vertex "
+        raise DataError(f"row {row} of {store.name} was solved by an older collide that recorded no vertex "
                         "criterion: rerun the experiment to recompute it")
     with full_precision():  # TF32 errors are near the 1e-2 criterion
-        return _evaluate(results_root, experiment, row, arrays, attrs, sample=sample, device=device, trusted=trusted)
+        return _evaluate(store, row, arrays, attrs, sample=sample, device=device, trusted=trusted)
 
 
 @torch.no_grad()
 def _evaluate(
-    results_root: str | Path, experiment: str, row: int, arrays: dict[str, np.ndarray], attrs: dict[str, Any],
+    store: ExperimentStore, row: int, arrays: dict[str, np.ndarray], attrs: dict[str, Any],
     *, sample: SampleConfig, device: str, trusted: Collection[str],
 ) -> dict[str, Any]:
     model = load_model_source(attrs["model_source"], trusted=trusted).to(device).eval()
@@ -105,7 +104,7 @@ def _evaluate(
     if collides is False:
         flags.append(HULL_NOT_COLLISION)
     metrics: dict[str, Any] = {
-        "experiment": experiment,
+        "experiment": store.name,
         "row": row,
         "method": attrs["method"],
         "model": attrs["model"],
@@ -181,8 +180,8 @@ def _evaluate(
         "distance_to_init": _distances(vertices, init).numpy(),
         "distance_to_target": _distances(vertices, target).numpy(),
     }
-    write_row(
-        results_root, experiment, row, {**per_vertex, **sampled, **region_arrays},
+    store.write_row(
+        row, {**per_vertex, **sampled, **region_arrays},
         {"target_class": m.target_class, "vertex_reasons": list(poly.reasons), "push_margin_value": poly.margin,
          "metrics": metrics},
         keep_existing=True, drop=() if sampled else SAMPLE_ARRAYS,

@@ -28,7 +28,7 @@ from collide.models.zoo import load_model_source
 from collide.objective import feature_rel_error
 from collide.polytope import evaluate
 from collide.precision import full_precision
-from collide.results.store import read_row, write_row
+from collide.results.store import ExperimentStore
 from collide.taps import preactivation
 
 POINTS = "points"
@@ -94,7 +94,7 @@ class PointsRecord:
             "dataset_avg_distance": self.dataset_avg_distance, "pixel_scale": self.pixel_scale,
             "columns": dict(self.columns),
         }
-        return write_row(results_root, self.experiment, self.row, arrays, attrs)
+        return ExperimentStore(results_root, self.experiment).write_row(self.row, arrays, attrs)
 
 
 def flat_rows(array: np.ndarray) -> np.ndarray:
@@ -169,12 +169,12 @@ def point_metrics(model: nn.Module, layer: str, points: torch.Tensor, target: to
     return metrics, arrays
 
 
-def evaluate_points(results_root: str | Path, experiment: str, row: int, *, device: str = "cpu",
+def evaluate_points(store: ExperimentStore, row: int, *, device: str = "cpu",
                     trusted: Collection[str] = ()) -> dict[str, Any]:
     """Evaluate a points row and store its metrics: the engine's evaluation of such rows.
 
     ``trusted``: the user's own model specs the caller named (:func:`load_model_source`)."""
-    arrays, attrs = read_row(results_root, experiment, row)
+    arrays, attrs = store.read_row(row)
     model = load_model_source(attrs["model_source"], trusted=trusted).eval()
     points = torch.from_numpy(arrays["points"])
     target = torch.from_numpy(arrays["target"])
@@ -185,7 +185,7 @@ def evaluate_points(results_root: str | Path, experiment: str, row: int, *, devi
                                          device=device)
     nan = float("nan")
     metrics = {
-        "experiment": experiment, "row": row, "method": attrs["method"], "model": attrs["model"],
+        "experiment": store.name, "row": row, "method": attrs["method"], "model": attrs["model"],
         "layer": attrs["layer"], "init": attrs["init"], "n_vertices": 0, "vertex_avg_distance": nan,
         "dataset_avg_distance": nan if attrs["dataset_avg_distance"] is None else float(attrs["dataset_avg_distance"]),
         **found,
@@ -198,19 +198,19 @@ def evaluate_points(results_root: str | Path, experiment: str, row: int, *, devi
     }
     if found["claim_met"] is False:  # a set that does not collide as claimed has no success rate
         metrics["success_rate"] = nan
-    write_row(results_root, experiment, row, per_point, {"metrics": metrics}, keep_existing=True)
+    store.write_row(row, per_point, {"metrics": metrics}, keep_existing=True)
     return metrics
 
 
 @torch.no_grad()
-def verify_points(results_root: str | Path, experiment: str, row: int, table: dict[str, Any] | None,
+def verify_points(store: ExperimentStore, row: int, table: dict[str, Any] | None,
                   *, agree: float, trusted: Collection[str] = ()) -> dict[str, Any]:
     """A points row recomputed from its stored points (float64 route of its own).
 
     Problems: a point beyond its claim, and any table figure (success rate, the largest
     feature error, the mean distance to the target) that the recomputation does not give.
     """
-    arrays, attrs = read_row(results_root, experiment, row)
+    arrays, attrs = store.read_row(row)
     metrics = attrs.get("metrics")
     if metrics is None:
         return {"row": row, "problems": ["never evaluated"]}

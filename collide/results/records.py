@@ -15,7 +15,7 @@ from typing import Any
 import numpy as np
 
 from collide.api import Geometry, Polytope
-from collide.results.store import write_row
+from collide.results.store import ExperimentStore
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -67,7 +67,7 @@ class RowRecord:
             "experiment", "row", "model", "model_source", "layer", "method", "init", "loss", "criterion", "units",
             "dataset_avg_distance", "pixel_scale", "solver", "sampler", "config", "config_digest")}
         arrays = {"vertices": self.vertices, "target": self.target, "init": self.init_image, **self.extra_arrays}
-        return write_row(results_root, self.experiment, self.row, arrays, {**attrs, **self.extra_attrs})
+        return ExperimentStore(results_root, self.experiment).write_row(self.row, arrays, {**attrs, **self.extra_attrs})
 
 
 def region_fields(geometry: Geometry) -> tuple[dict[str, Any], dict[str, np.ndarray]]:

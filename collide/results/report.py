@@ -13,7 +13,7 @@ from __future__ import annotations
 import base64
 import datetime as dt
 import html
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -32,7 +32,7 @@ from collide.results.cells import (
     valid_text,
 )
 from collide.results.reference import REFERENCE_COLUMNS, ReferenceRow, reference_for, to_input_units
-from collide.results.store import figure_path, read_ledger, table_path
+from collide.results.store import ExperimentStore
 
 UNITS = (
     "Distances are L2 norms in the model's input units: [0, 1] pixels for every experiment "
@@ -199,16 +199,16 @@ def glossary_markdown() -> str:
     return "\n".join(["## Columns", "", UNITS, ""] + [f"- `{c}`: {text}" for c, text in GLOSSARY.items()])
 
 
-def markdown(root: str | Path, experiment: str, *, max_rows: int = 50) -> str:
+def markdown(store: ExperimentStore, *, max_rows: int = 50) -> str:
     """The experiment's table (first ``max_rows`` rows), the paper's rows, figure and glossary as Markdown."""
-    frame = pd.read_parquet(table_path(root, experiment))
+    frame = store.read_table()
+    incomplete = store.ledger().get("incomplete")
     lines = [
-        f"# {experiment}: {len(frame)} colliding polytopes",
+        f"# {store.name}: {len(frame)} colliding polytopes",
         "",
-        f"{summary(frame)} Table: `{table_path(root, experiment)}`.",
+        f"{summary(frame)} Table: `{store.table_path}`.",
         "",
-        *([f"**{read_ledger(root, experiment)['incomplete']}**", ""] if read_ledger(root, experiment).get("incomplete")
-          else []),
+        *([f"**{incomplete}**", ""] if incomplete else []),
         *_markdown_table(display_frame(frame.head(max_rows))),
     ]
     if len(frame) > max_rows:
@@ -216,9 +216,9 @@ def markdown(root: str | Path, experiment: str, *, max_rows: int = 50) -> str:
     reference = reference_frame(frame.head(max_rows))
     if len(reference):
         lines += ["", "## Beside the paper", "", REFERENCE_NOTE, "", *_markdown_table(reference)]
-    figure = figure_path(root, experiment)
+    figure = store.figure_path
     if figure.is_file():
-        lines += ["", f"![{experiment}: targets, inits and vertices]({_png_uri(figure)})"]
+        lines += ["", f"![{store.name}: targets, inits and vertices]({_png_uri(figure)})"]
     lines += ["", glossary_markdown()]
     return "\n".join(lines) + "\n"
 
@@ -227,7 +227,7 @@ def _html_table(display: pd.DataFrame) -> str:
     return display.to_html(index=False, escape=True)
 
 
-def write_report(root: str | Path, experiments: list[str]) -> Path:
+def write_report(root: str | Path, stores: Sequence[ExperimentStore]) -> Path:
     """``<root>/report.html``: every experiment's table and figure, one self-contained page."""
     root = Path(root)
     now = dt.datetime.now(dt.UTC).isoformat(timespec="seconds")
@@ -240,13 +240,14 @@ def write_report(root: str | Path, experiments: list[str]) -> Path:
         f"</head><body><h1>collide: result tables</h1><p>Rebuilt {now} from the stores under "
         f"<code>{html.escape(str(root))}</code>.</p><p>{html.escape(UNITS)}</p>",
     ]
-    for name in experiments:
-        frame = pd.read_parquet(table_path(root, name))
-        ledger = read_ledger(root, name)
+    for store in stores:
+        name = store.name
+        frame = store.read_table()
+        ledger = store.ledger()
         flagged = any(row_flags(rec) for rec in frame.to_dict("records"))
         parts.append(f"<h2>{html.escape(name)}</h2><p>{len(frame)} rows; configs "
                      f"{html.escape(', '.join(ledger.get('config_digests', [])))}; "
-                     f"table <code>{html.escape(str(table_path(root, name)))}</code></p>")
+                     f"table <code>{html.escape(str(store.table_path))}</code></p>")
         if ledger.get("incomplete"):
             parts.append(f"<p class=warn>{html.escape(ledger['incomplete'])}</p>")
         parts.append(f"<p{' class=warn' if flagged else ''}>{html.escape(summary(frame))}</p>")
@@ -254,7 +255,7 @@ def write_report(root: str | Path, experiments: list[str]) -> Path:
         reference = reference_frame(frame)
         if len(reference):
             parts.append(f"<h3>Beside the paper</h3><p>{html.escape(REFERENCE_NOTE)}</p>{_html_table(reference)}")
-        figure = figure_path(root, name)
+        figure = store.figure_path
         if figure.is_file():
             parts.append(f"<p><img alt='{html.escape(name)} targets, inits and vertices' "
                          f"src='{_png_uri(figure)}'></p>")

@@ -13,13 +13,10 @@ from __future__ import annotations
 import threading
 from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
-from pathlib import Path
 from typing import Any
 
-import zarr
-
 from collide._io import code_version, json_digest
-from collide.results.store import list_rows, read_attrs, row_damage, store_path, write_row
+from collide.results.store import ExperimentStore
 
 
 def stage_key(stage: str, inputs: Mapping[str, Any]) -> str:
@@ -27,51 +24,44 @@ def stage_key(stage: str, inputs: Mapping[str, Any]) -> str:
     return json_digest({"stage": stage, "code": code_version(), "inputs": inputs}, 24)
 
 
-def row_keys(root: str | Path, experiment: str, row: int) -> dict[str, str]:
-    """The stage keys recorded on a row; empty when the row does not exist."""
-    path = store_path(root, experiment) / f"row-{row}"
-    if not (path / "zarr.json").is_file():
-        return {}
-    return dict(zarr.open_group(path, mode="r").attrs.get("keys", {}))
+def row_keys(store: ExperimentStore, row: int) -> dict[str, str]:
+    """The stage keys recorded on a row; empty when the row does not exist (or its metadata
+    cannot be read: then every stage is redone)."""
+    return dict((store.metadata(row) or {}).get("keys", {}))
 
 
-def is_done(root: str | Path, experiment: str, row: int, stage: str, key: str) -> bool:
-    return row_keys(root, experiment, row).get(stage) == key
+def is_done(store: ExperimentStore, row: int, stage: str, key: str) -> bool:
+    return row_keys(store, row).get(stage) == key
 
 
-def mark_done(root: str | Path, experiment: str, row: int, stage: str, key: str) -> None:
+def mark_done(store: ExperimentStore, row: int, stage: str, key: str) -> None:
     """Record that ``stage`` of ``row`` finished with ``key`` (one atomic row rewrite)."""
-    attrs = read_attrs(root, experiment, row)
+    attrs = store.read_attrs(row)
     keys = dict(attrs.get("keys", {}))
     keys[stage] = key
-    write_row(root, experiment, row, {}, {"keys": keys}, keep_existing=True)
+    store.write_row(row, {}, {"keys": keys}, keep_existing=True)
 
 
-def drop_damaged(root: str | Path, experiment: str, rows: list[int]) -> dict[int, str]:
+def drop_damaged(store: ExperimentStore, rows: list[int]) -> dict[int, str]:
     """Remove each of ``rows`` whose files disagree with its manifest, so that the run
     recomputes it from scratch; returns what was wrong with each removed row."""
-    import shutil
-
     dropped = {}
     for row in rows:
-        path = store_path(root, experiment) / f"row-{row}"
-        if path.exists() and (why := row_damage(root, experiment, row)) is not None:
-            shutil.rmtree(path)
+        if store.row_path(row).exists() and (why := store.row_damage(row)) is not None:
+            store.remove_row(row)
             dropped[row] = why
     return dropped
 
 
-def prune_rows(root: str | Path, experiment: str, keep: int) -> list[int]:
+def prune_rows(store: ExperimentStore, keep: int) -> list[int]:
     """Remove rows numbered ``keep`` and above (left by an earlier config with more rows).
 
     Call it once every job of the run succeeded: a config that fails in a job leaves an
     earlier run's rows as they were.
     """
-    import shutil
-
-    gone = [r for r in list_rows(root, experiment) if r >= keep]
+    gone = [r for r in store.rows() if r >= keep]
     for row in gone:
-        shutil.rmtree(store_path(root, experiment) / f"row-{row}")
+        store.remove_row(row)
     return gone
 
 

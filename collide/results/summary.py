@@ -14,21 +14,18 @@ import pandas as pd
 from matplotlib.figure import Figure
 
 from collide.results.figures import save_figure
-from collide.results.store import write_table
+from collide.results.store import ExperimentStore, write_table
+
+# The outputs (suffixes of the experiment's name) of :func:`write_summary`: an experiment
+# that writes a summary declares them in its ``OUTPUTS``.
+SUMMARY, SUMMARY_FIGURE = "-summary.parquet", "-summary.png"
+SUMMARY_OUTPUTS = (SUMMARY, SUMMARY_FIGURE)
 
 
-def summary_path(root: str | Path, experiment: str) -> Path:
-    return Path(root) / f"{experiment}-summary.parquet"
-
-
-def summary_figure_path(root: str | Path, experiment: str) -> Path:
-    return Path(root) / f"{experiment}-summary.png"
-
-
-def write_summary(root: str | Path, experiment: str, frame: pd.DataFrame,
+def write_summary(store: ExperimentStore, frame: pd.DataFrame,
                   draw: Callable[[pd.DataFrame], Figure]) -> dict[str, Any]:
     """Write ``frame`` and ``draw(frame)``, unless both files already hold the same values."""
-    path, figure = summary_path(root, experiment), summary_figure_path(root, experiment)
+    path, figure = store.output(SUMMARY), store.output(SUMMARY_FIGURE)
     if path.is_file() and figure.is_file():
         old = pd.read_parquet(path)
         if old.shape == frame.shape and old.equals(frame):
@@ -38,13 +35,14 @@ def write_summary(root: str | Path, experiment: str, frame: pd.DataFrame,
     return {"summary": str(path), "summary_figure": str(figure), "summary_reused": False}
 
 
-def summary_table_path(root: str | Path, experiment: str, kind: str) -> Path:
-    return Path(root) / f"{experiment}-{kind}.parquet"
+def summary_table(kind: str) -> str:
+    """The output suffix of a second summary table, ``<experiment>-<kind>.parquet``."""
+    return f"-{kind}.parquet"
 
 
-def write_summary_table(root: str | Path, experiment: str, kind: str, frame: pd.DataFrame) -> Path:
+def write_summary_table(store: ExperimentStore, kind: str, frame: pd.DataFrame) -> Path:
     """A second summary table, ``<experiment>-<kind>.parquet``, unless it already holds ``frame``."""
-    path = summary_table_path(root, experiment, kind)
+    path = store.output(summary_table(kind))
     if path.is_file():
         old = pd.read_parquet(path)
         if old.shape == frame.shape and old.equals(frame):

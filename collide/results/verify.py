@@ -12,27 +12,16 @@ from __future__ import annotations
 
 import copy
 from collections.abc import Collection
-from pathlib import Path
 from typing import Any
 
 import numpy as np
-import pandas as pd
 import torch
 
 from collide.models.zoo import load_model_source
 from collide.piecewise.collision_set import collision_set
 from collide.piecewise.linearise import affine_piece
 from collide.results.points import flat_rows, is_points_row, verify_points
-from collide.results.store import (
-    list_rows,
-    read_row,
-    rerun_hint,
-    store_damage,
-    store_path,
-    stray_entries,
-    stray_text,
-    table_path,
-)
+from collide.results.store import ExperimentStore
 from collide.taps import preactivation
 
 # Table values are float64 computations of the same quantities: they must agree to this.
@@ -50,7 +39,7 @@ def _close(a: Any, b: float) -> bool:
 
 
 @torch.no_grad()
-def verify_row(root: str | Path, experiment: str, row: int, table: dict[str, Any] | None = None, *,
+def verify_row(store: ExperimentStore, row: int, table: dict[str, Any] | None = None, *,
                trusted: Collection[str] = ()) -> dict[str, Any]:
     """One row recomputed; ``problems`` lists every disagreement (empty: the row holds).
 
@@ -59,9 +48,9 @@ def verify_row(root: str | Path, experiment: str, row: int, table: dict[str, Any
     edited table is caught, not only an edited store. The model is rebuilt from collide's
     registry; one of the user's own code only when its spec is in ``trusted`` (what the
     caller named with ``--model``): nothing read from the store chooses code to import."""
-    arrays, attrs = read_row(root, experiment, row)
+    arrays, attrs = store.read_row(row)
     if is_points_row(attrs):
-        return verify_points(root, experiment, row, table, agree=AGREE, trusted=trusted)
+        return verify_points(store, row, table, agree=AGREE, trusted=trusted)
     metrics = attrs.get("metrics")
     if metrics is None:
         return {"row": row, "problems": ["never evaluated"]}
@@ -180,33 +169,33 @@ def _verify_region(net: torch.nn.Module, model: torch.nn.Module, arrays: dict[st
     return problems
 
 
-def verify(root: str | Path, experiment: str, *, trusted: Collection[str] = ()) -> list[dict[str, Any]]:
+def verify(store: ExperimentStore, *, trusted: Collection[str] = ()) -> list[dict[str, Any]]:
     """:func:`verify_row` for every row of the experiment's store, against its table file
     (``<experiment>.parquet``) too, in both directions: a store row the table lacks and a
     table row the store lacks are problems of their own. Entries of the store that are not
     rows (a ``note``, skipped, no problem) and damaged root metadata (a problem) come back
     as entries with ``row`` None and ``what``.
     ``trusted``: the user's own model specs the caller named (``--model``)."""
-    path = table_path(root, experiment)
-    table = {int(r["row"]): r for r in pd.read_parquet(path).to_dict("records")} if path.is_file() else {}
+    path = store.table_path
+    table = {int(r["row"]): r for r in store.read_table().to_dict("records")} if path.is_file() else {}
     out: list[dict[str, Any]] = []
-    damage = store_damage(root, experiment)
+    damage = store.damage()
     if damage is not None:
         out.append({"row": None, "what": "store",
                     "problems": [f"{damage}: rerun the experiment, which rewrites it"]})
-    strays = stray_entries(root, experiment)
+    strays = store.strays()
     if strays:
         # Not a disagreement (no row is read from them): named, so that nothing is skipped silently.
-        out.append({"row": None, "what": "entries", "note": stray_text(root, experiment, strays), "problems": []})
-    rows = list_rows(root, experiment)
+        out.append({"row": None, "what": "entries", "note": store.stray_text(strays), "problems": []})
+    rows = store.rows()
     for r in rows:
-        checked = verify_row(root, experiment, r, table.get(r), trusted=trusted)
+        checked = verify_row(store, r, table.get(r), trusted=trusted)
         if r not in table:  # the store is still checked against itself
             missing = f"no table file {path.name}" if not table else f"row {r} is missing from {path.name}"
             checked["problems"] = [*checked["problems"], f"{missing}: run `collide tables`"]
         out.append(checked)
     for r in sorted(set(table) - set(rows)):
-        gone = (f"{path.name} lists row {r}, but {store_path(root, experiment).name} has no row-{r}: "
-                f"{rerun_hint(root, experiment)}, which recomputes it (or `collide tables` to drop it from the table)")
+        gone = (f"{path.name} lists row {r}, but {store.path.name} has no row-{r}: "
+                f"{store.rerun_hint()}, which recomputes it (or `collide tables` to drop it from the table)")
         out.append({"row": r, "missing": True, "problems": [gone]})
     return out
