@@ -23,6 +23,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from collide.errors import InternalError
 from collide.models.zoo import load_model_source
 from collide.objective import feature_rel_error
 from collide.polytope import evaluate
@@ -72,13 +73,13 @@ class PointsRecord:
     def __post_init__(self) -> None:
         points = np.asarray(self.points)
         if points.ndim < 2 or len(points) == 0:
-            raise ValueError(f"a points row needs (n >= 1, *input) points, got shape {points.shape}")
+            raise InternalError(f"a points row needs (n >= 1, *input) points, got shape {points.shape}")
         if points.shape[1:] != np.asarray(self.target).shape:
-            raise ValueError(f"points of shape {points.shape[1:]} do not match the target's {np.shape(self.target)}")
+            raise InternalError(f"points of shape {points.shape[1:]} do not match the target's {np.shape(self.target)}")
         if not np.isfinite(points).all():
-            raise ValueError(f"row {self.row} of {self.experiment}: its {self.method} points hold NaN or inf")
+            raise InternalError(f"row {self.row} of {self.experiment}: its {self.method} points hold NaN or inf")
         if self.claim_rel_error is not None and not self.claim_rel_error >= 0:
-            raise ValueError(f"claim_rel_error must be >= 0 or None, got {self.claim_rel_error}")
+            raise InternalError(f"claim_rel_error must be >= 0 or None, got {self.claim_rel_error}")
 
     def write(self, results_root: str | Path) -> Path:
         """The row group ``row-<row>`` of ``<experiment>.zarr``, replaced atomically."""

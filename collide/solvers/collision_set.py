@@ -67,7 +67,7 @@ import scipy.stats
 import torch
 
 from collide.config import GeometryConfig
-from collide.errors import ConfigError
+from collide.errors import ConfigError, InternalError
 from collide.solvers.exact import AffinePiece
 from collide.solvers.lp import _new_highs
 
@@ -229,7 +229,7 @@ def collision_set(
     scale = 1 + np.abs(bounds) + _mm(np.abs(rows), np.abs(x0))
     if (over > 1e-7 * scale).any():
         worst = int(np.argmax(over / scale))
-        raise ValueError(f"the target violates row {worst} of its own collision set by {over[worst]:.3g}: "
+        raise InternalError(f"the target violates row {worst} of its own collision set by {over[worst]:.3g}: "
                          "its activation region was not taken at this input")
     return CollisionSet(origin=x0, equalities=vt[:rank], basis=vt[rank:].T, rows=rows,
                         bounds=np.maximum(bounds, np.minimum(at_target, bounds + 1e-7 * scale)),
@@ -439,7 +439,7 @@ def extents(cs: CollisionSet, basis: np.ndarray, *, center: np.ndarray | None, f
             h.changeColsCost(d, np.arange(d, dtype=np.int32), sign * u)
             x, _, _ = _solve_lazily(h, lazy_a, lazy_b, added)
             if x is None:
-                raise RuntimeError(f"a width LP of the collision set ended {h.getModelStatus()}, though the "
+                raise InternalError(f"a width LP of the collision set ended {h.getModelStatus()}, though the "
                                    "set holds the target: report this with the model and target")
             pair.append(x)
         ext = _onto(cs, basis, np.array(pair))
@@ -590,7 +590,7 @@ class _Walk:
         self.slack = torch.from_numpy(self.poly.h) - self.z() @ torch.from_numpy(self.poly.g).T
         worst = float(self.slack.min())
         if worst < -_SLACK_TOL * (1 + float(np.abs(self.poly.h).max(initial=0.0))):
-            raise RuntimeError(f"a chain left the collision set by {-worst:.3g} after {self.steps} steps: a sampler "
+            raise InternalError(f"a chain left the collision set by {-worst:.3g} after {self.steps} steps: a sampler "
                                "bug, report it with the model and target")
 
     def reshape(self, shape: np.ndarray) -> None:
@@ -709,7 +709,7 @@ class _Billiard:
         slack = self.poly.h - _mm(self.z_now, self.poly.g.T)
         worst = float(slack.min())
         if worst < -_SLACK_TOL * (1 + float(np.abs(self.poly.h).max())):
-            raise RuntimeError(f"a chain left the collision set by {-worst:.3g}: a sampler bug, report it with the "
+            raise InternalError(f"a chain left the collision set by {-worst:.3g}: a sampler bug, report it with the "
                                "model and target")
 
     def run(self, n: int) -> torch.Tensor:
@@ -1049,7 +1049,7 @@ def measure(cs: CollisionSet, *, config: GeometryConfig) -> SetGeometry:
     deadline = start + config.max_seconds if config.max_seconds > 0 else None
     ball = inscribed_ball(cs)
     if not np.isfinite(ball.radius):
-        raise RuntimeError(f"the inscribed-ball LP of the collision set failed ({ball.outcome}), though the "
+        raise InternalError(f"the inscribed-ball LP of the collision set failed ({ball.outcome}), though the "
                            "target is in the set: report this with the model and target")
     widths_config = {"min_directions": config.n_directions, "max_directions": config.max_directions,
                      "rel_se": config.width_rel_se, "seed": config.seed}
@@ -1108,5 +1108,5 @@ def _check_inside(cs: CollisionSet, points: np.ndarray, free: np.ndarray) -> Non
     scale = 1 + np.abs(b_all[free]) + _mm(np.abs(points), np.abs(a_all[free]).T)
     worst = float((over / scale).max(initial=-np.inf))
     if worst > _SLACK_TOL:
-        raise RuntimeError(f"a sample of the collision set misses one of its rows by {worst:.3g} (relative): a "
+        raise InternalError(f"a sample of the collision set misses one of its rows by {worst:.3g} (relative): a "
                            "sampler bug, report it with the model and target")

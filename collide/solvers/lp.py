@@ -33,6 +33,7 @@ import scipy.optimize
 import scipy.sparse as sp
 
 from collide.config import LP_SOLVERS
+from collide.errors import ConfigError
 
 OPTIMAL, INFEASIBLE, UNBOUNDED, FAILED = "optimal", "infeasible", "unbounded", "failed"
 # Region rows added per round, the most violated first: a few rounds cover the rows
@@ -216,5 +217,5 @@ def solve_lp(problem: LpProblem, *, lower: float, upper: float, tol: float, solv
     how many run together.
     """
     if solver not in LP_SOLVERS:
-        raise ValueError(f"expected solver in {LP_SOLVERS}, got {solver!r}")
+        raise ConfigError(f"expected solver in {LP_SOLVERS}, got {solver!r}")
     return (_highs if solver == "highs" else _linprog)(problem, lower, upper, tol)
