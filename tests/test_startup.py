@@ -43,3 +43,12 @@ def test_the_registry_lists_names_and_imports_an_experiment_only_when_asked():
 def test_importing_collide_loads_torch_only_when_its_api_is_used():
     assert "torch" not in _loaded_after("import collide\nimport collide.errors")
     assert "torch" in _loaded_after("import collide\ncollide.find_polytope")
+
+
+def test_status_reads_the_stores_without_torch_or_prefect(tmp_path):
+    code = ("import contextlib, io\nfrom flows.cli import main\n"
+            "with contextlib.redirect_stdout(io.StringIO()) as out:\n"
+            f"    assert main(['status', '--results-root', {str(tmp_path)!r}]) == 0\n"
+            "assert 'no results under' in out.getvalue()")
+    loaded = _loaded_after(code)
+    assert not {m for m in loaded if m.split(".")[0] in ("torch", "prefect", "dask", "matplotlib")}

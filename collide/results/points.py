@@ -28,10 +28,10 @@ from collide.models.zoo import load_model_source
 from collide.objective import feature_rel_error
 from collide.polytope import evaluate
 from collide.precision import full_precision
-from collide.results.store import read_row, write_row
+from collide.results.store import POINTS, read_row, write_row
+from collide.results.store import is_points_row as is_points_row  # where evaluation and verify look
 from collide.taps import preactivation
 
-POINTS = "points"
 # A point meets its row's claim when its float64 relative feature error is at most the
 # claim plus this: the points are stored as float32, whose rounding moves a feature by
 # about 1e-7 of its size, far below it, and a point that misses by more does not collide.
@@ -100,10 +100,6 @@ class PointsRecord:
 def flat_rows(array: np.ndarray) -> np.ndarray:
     """(n, *input) -> (n, d), also for n = 0 (a set with no width directions)."""
     return array.reshape(array.shape[0], int(np.prod(array.shape[1:])))
-
-
-def is_points_row(attrs: dict[str, Any]) -> bool:
-    return attrs.get("kind") == POINTS
 
 
 @torch.no_grad()

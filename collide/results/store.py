@@ -147,6 +147,14 @@ def run_record_path(root: str | Path, experiment: str) -> Path:
 
 RUN_RECORD = "collide run record"
 
+# The ``kind`` attr of a row that holds points, not a polytope (collide.results.points);
+# told apart here, where reading a row needs no torch (`collide status`).
+POINTS = "points"
+
+
+def is_points_row(attrs: dict[str, Any]) -> bool:
+    return attrs.get("kind") == POINTS
+
 
 def write_run_record(root: str | Path, experiment: str, *, kind: str, rows: int, config: Any,
                      outputs: Iterable[str | Path] = ()) -> Path:

@@ -23,13 +23,13 @@ import zarr
 from collide._io import code_version, experiment_lock, file_sha256, lock_holder
 from collide.errors import DataError
 from collide.results.cells import FLAGS, flag_text, missing, pairs_text, row_flags, success_text, valid_text
-from collide.results.points import is_points_row
 from collide.results.reference import reference_for
 from collide.results.report import write_report
 from collide.results.store import (
     atomic_file,
     damaged_text,
     figure_path,
+    is_points_row,
     ledger_path,
     list_rows,
     read_ledger,
