@@ -52,3 +52,14 @@ def test_status_reads_the_stores_without_torch_or_prefect(tmp_path):
             "assert 'no results under' in out.getvalue()")
     loaded = _loaded_after(code)
     assert not {m for m in loaded if m.split(".")[0] in ("torch", "prefect", "dask", "matplotlib")}
+
+
+def test_an_unknown_experiment_is_refused_without_importing_any():
+    code = ("import contextlib, io\nfrom flows.cli import main\n"
+            "with contextlib.redirect_stderr(io.StringIO()) as err:\n"
+            "    try:\n        main(['run', 'imagenet9'])\n"
+            "    except SystemExit as exc:\n        assert exc.code == 2\n"
+            "assert \"invalid choice: 'imagenet9'\" in err.getvalue()")
+    loaded = _loaded_after(code)
+    assert not {m for m in loaded if m.split(".")[0] in HEAVY}
+    assert not {m for m in loaded if m.startswith("collide.experiments.") and not m.endswith(".registry")}
