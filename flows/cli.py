@@ -373,7 +373,8 @@ def build_parser() -> argparse.ArgumentParser:
   collide verify                    recompute every table from its store in float64 and compare
   collide serve                     Prefect server + UI on http://127.0.0.1:4200, scheduled deployments
 
-exit codes: 0 done, 1 the run failed, 2 bad input (the message says what to fix), 130 interrupted.
+exit codes: 0 done, 1 the run failed (or a bug in collide: "internal error"), 2 bad input (the message
+says what to fix), 130 interrupted.
 Each command has its own --help.""",
     )
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
