@@ -4,22 +4,54 @@ After Li, Zhang, Malik, "Approximate Feature Collisions in Neural Nets" (NeurIPS
 The public API is :func:`find_polytope` and :func:`measure` (in memory, any model);
 the experiments of the paper live in :mod:`collide.experiments`. The library never
 imports Prefect; orchestration lives in ``tasks/`` and ``flows/``.
+
+The names below are imported on first use: ``import collide.errors`` (the command line's
+start, say) does not pay for torch.
 """
 
-from collide.api import (
-    Geometry,
-    Measurement,
-    Polytope,
-    check_polytope,
-    collision_geometry,
-    find_polytope,
-    find_polytopes,
-    measure,
-)
-from collide.config import ExactConfig, GradientConfig, PaperConfig
-from collide.errors import CollideError
-from collide.solvers import ExactSolver, GradientSolver, PaperSolver, Solver
-from collide.taps import layers, preactivation, tap
+from __future__ import annotations
+
+import importlib
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from collide.api import (
+        Geometry,
+        Measurement,
+        Polytope,
+        check_polytope,
+        collision_geometry,
+        find_polytope,
+        find_polytopes,
+        measure,
+    )
+    from collide.config import ExactConfig, GradientConfig, PaperConfig
+    from collide.errors import CollideError
+    from collide.solvers import ExactSolver, GradientSolver, PaperSolver, Solver
+    from collide.taps import layers, preactivation, tap
+
+# Each public name and the module that holds it.
+_HOMES = {
+    "CollideError": "collide.errors",
+    "ExactConfig": "collide.config",
+    "ExactSolver": "collide.solvers",
+    "Geometry": "collide.api",
+    "GradientConfig": "collide.config",
+    "GradientSolver": "collide.solvers",
+    "Measurement": "collide.api",
+    "PaperConfig": "collide.config",
+    "PaperSolver": "collide.solvers",
+    "Polytope": "collide.api",
+    "Solver": "collide.solvers",
+    "check_polytope": "collide.api",
+    "collision_geometry": "collide.api",
+    "find_polytope": "collide.api",
+    "find_polytopes": "collide.api",
+    "measure": "collide.api",
+    "layers": "collide.taps",
+    "preactivation": "collide.taps",
+    "tap": "collide.taps",
+}
 
 __all__ = [
     "CollideError",
@@ -42,3 +74,15 @@ __all__ = [
     "preactivation",
     "tap",
 ]
+
+
+def __getattr__(name: str) -> Any:
+    if name not in _HOMES:
+        raise AttributeError(f"module 'collide' has no attribute {name!r}")
+    value = getattr(importlib.import_module(_HOMES[name]), name)
+    globals()[name] = value  # later lookups skip this function
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted([*globals(), *_HOMES])

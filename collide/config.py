@@ -6,19 +6,17 @@ value fails before any work starts or any file is written.
 
 from __future__ import annotations
 
-import contextlib
-import dataclasses
-import difflib
-import functools
-import json
 import math
 import re
-import types
 import typing
 from dataclasses import dataclass, field
-from typing import Any, ClassVar, Literal, Self
+from typing import Literal
 
-from collide._io import json_digest
+from collide.checks import choice as _choice
+from collide.checks import non_negative as _non_negative
+from collide.checks import positive as _positive
+from collide.checks import require as _require
+from collide.config_loader import config_keys as config_keys  # the keys' reference reads it here
 from collide.errors import ConfigError
 
 # Each choice is one Literal type: configs are annotated with it (so ``from_dict`` refuses
@@ -43,41 +41,10 @@ KNN_METHODS: tuple[str, ...] = typing.get_args(KnnMethod)
 # How the exact solver's LPs are solved: see collide.piecewise.lp.
 LP_SOLVERS = ("highs", "linprog")
 
-
-def _digested(obj: Any) -> Any:
-    """``obj`` as a dict for digests, without the fields marked ``metadata={"digest": False}``
-    (settings that change how fast, never what, a run computes)."""
-    if dataclasses.is_dataclass(obj) and not isinstance(obj, type):
-        return {f.name: _digested(getattr(obj, f.name)) for f in dataclasses.fields(obj)
-                if f.metadata.get("digest", True)}
-    if isinstance(obj, list | tuple):
-        return [_digested(v) for v in obj]
-    if isinstance(obj, dict):
-        return {k: _digested(v) for k, v in obj.items()}
-    return obj
-
-
-def _require(ok: bool, message: str) -> None:
-    if not ok:
-        raise ConfigError(message)
-
-
-def _positive(name: str, value: float) -> None:
-    _require(
-        isinstance(value, int | float) and math.isfinite(value) and value > 0,
-        f"expected {name} > 0, got {value!r}",
-    )
-
-
-def _non_negative(name: str, value: float) -> None:
-    _require(
-        isinstance(value, int | float) and math.isfinite(value) and value >= 0,
-        f"expected {name} >= 0, got {value!r}",
-    )
-
-
-def _choice(name: str, value: str, allowed: tuple[str, ...]) -> None:
-    _require(value in allowed, f"expected {name} in {allowed}, got {value!r}")
+# An experiment's name names its files (<name>.zarr, .<name>-xxxxxxxx.parquet, <name>-summary.png):
+# short enough for every such name to stay under the file system's 255 bytes, never hidden.
+NAME_MAX = 100
+EXPERIMENT_NAME = re.compile(rf"[A-Za-z0-9][A-Za-z0-9._-]{{0,{NAME_MAX - 1}}}")
 
 
 @dataclass(frozen=True)
@@ -88,6 +55,16 @@ class TrainConfig:
     that misses it is an error, not a silent weaker reproduction. ``threads``: torch's CPU
     threads while training; part of the checkpoint's identity, since another count
     rounds the gradients' sums differently.
+
+    Attributes:
+        arch: the classifier's architecture: the paper's MLP or LeNet-5.
+        epochs: passes over the training set.
+        batch_size: training images per optimizer step.
+        lr: Adam's learning rate.
+        seed: seeds the weights' initialisation and the batches' order.
+        min_accuracy: the lowest test accuracy a trained model may reach without being refused.
+        train_limit: train on only the first that many training images (None: all of them).
+        threads: torch's CPU threads while training (part of the checkpoint's identity).
     """
 
     arch: Architecture = "mlp"
@@ -140,6 +117,27 @@ class GradientConfig:
     (relative) for that many steps: it will not meet it (outcome ``stalled``). A vertex
     is *valid* when it meets the criterion and its pushed unit ends at least
     ``push_margin`` x max|ỹᵗ| below the target's: a vertex that did not move is no vertex.
+
+    Attributes:
+        loss: paper (α·L₊ + β·L₋ⁱ alone) or penalty (adds the continuation penalty on ỹⱼ > 0).
+        alpha: weight of L₊, the error on the target's positive units.
+        beta: weight of L₋ⁱ, the pushed unit's term.
+        others_weight: weight of Σ_{j≠i}|ỹⱼ| over the target's other non-positive units (the paper has 1).
+        gamma: weight of the penalty on the target's non-positive units above 0 (loss=penalty).
+        growth: factor alpha and gamma grow by every step (loss=penalty; 1: no continuation).
+        lr: Adam's learning rate at the first step.
+        lr_end: the learning rate at max_steps (geometric decay from lr).
+        min_steps: steps before the collision criterion is first checked.
+        max_steps: the most steps a vertex takes.
+        rel_tol: largest relative post-activation error at the layer for a collision.
+        neg_tol: largest value a unit the target has non-positive may take for a collision.
+        plateau_window: steps without plateau_tol improvement of the pushed unit after which a vertex stops.
+        plateau_tol: relative improvement of the pushed unit that counts as progress.
+        stall_window: steps without stall_tol fall of the feature error after which an unmet vertex stops (0: never).
+        stall_tol: relative fall of the feature error that counts as progress (with stall_window).
+        push_margin: how far below the target's value (x max|ỹᵗ|) the pushed unit must end for a valid vertex.
+        lower: smallest input value (the box the input is projected onto).
+        upper: largest input value.
     """
 
     loss: Loss = "penalty"
@@ -202,6 +200,19 @@ class PaperConfig:
     counts as valid when its relative feature error is at most ``rel_tol`` (its
     non-positive units at most ``neg_tol``, unchecked when None, and its pushed unit
     ``push_margin`` x max|ỹᵗ| below the target's); the table reports its actual error.
+
+    Attributes:
+        alpha: weight of L₊, the error on the target's positive units (the authors' 100).
+        beta: weight of L₋ⁱ, the pushed unit's term (the authors' 10).
+        lr: the learning rate on [0, 1] inputs (None: the rate tuned for the model).
+        lr_drop: factor the learning rate is multiplied by at one and two thirds of steps.
+        momentum: m of the momentum update v = m·v + (1-m)·g.
+        steps: how many steps each vertex takes.
+        rel_tol: largest relative feature error of a valid vertex.
+        neg_tol: largest value of the target's non-positive units for a valid vertex (None: unchecked).
+        push_margin: how far below the target's value (x max|ỹᵗ|) the pushed unit must end for a valid vertex.
+        lower: smallest input value (each step clips to the box).
+        upper: largest input value.
     """
 
     alpha: float = 100.0
@@ -266,6 +277,29 @@ class GeometryConfig:
     there, which is not enough to converge: such a set reports NaN sample statistics
     with the reason. ``max_draws=1500, max_seconds=600`` converges it.
     ``max_entries`` bounds rows x free dimensions of the dense constraint matrix.
+
+    Attributes:
+        n_samples: points of the collision set sampled.
+        chains: independent chains of the walk (R̂ compares them).
+        burn_in: draws per chain discarded before sampling.
+        thin: hit-and-run steps per kept draw.
+        rounding: round the set by the Dikin ellipsoid at its analytic centre before walking.
+        walk: billiard, hit-and-run or coordinate (hit-and-run along coordinates).
+        trajectory: mean billiard trajectory length, in units of √k in the rounded coordinates.
+        max_reflections: reflections after which a billiard trajectory is rejected.
+        adapt_rounds: rounds of pooled-covariance shaping within the burn-in.
+        n_directions: width directions measured first.
+        max_directions: the most width directions measured.
+        width_rel_se: standard error of the mean width, relative to it, that stops adding directions.
+        max_draws: the most draws per chain.
+        max_seconds: wall-clock limit of the whole measurement (0: none; makes results depend on the machine).
+        check_every: draws between convergence checks.
+        rhat_max: largest rank-normalised split-R̂ that counts as converged.
+        ess_min: smallest bulk effective sample size that counts as converged.
+        seed: seeds the chains' starts and steps, and the width directions.
+        lower: smallest input value (the box that bounds the set).
+        upper: largest input value.
+        max_entries: the most entries (rows x free dimensions) of the dense constraint matrix.
     """
 
     n_samples: int = 2000
@@ -339,6 +373,21 @@ class ExactConfig:
     ``linprog`` (scipy, every row; the reference it is measured against); see
     :mod:`collide.piecewise.lp`. ``threads``: how many vertex LPs run at once (0: one per
     core); the vertices do not depend on it, so it is left out of experiment digests.
+
+    Attributes:
+        proximity: weight of the L1 distance to the init, as a multiple of the pushed unit's mean |coefficient| (0:
+            none).
+        feasibility_tol: the LP solver's primal feasibility tolerance.
+        region_tol: largest gap (x (1 + max|ỹᵗ|)) between a vertex's float64 forward pass and its linear
+            piece before it counts as having left the region.
+        rel_tol: largest relative feature error (float64, from the stored vertex) of a valid vertex.
+        neg_tol: largest value of the target's non-positive units for a valid vertex.
+        push_margin: how far below the target's value (x max|ỹᵗ|) the pushed unit must end for a valid vertex.
+        lower: smallest input value (the LP's box).
+        upper: largest input value.
+        max_entries: the most entries (rows x input coordinates) of the LP's constraint matrix.
+        lp_solver: highs (HiGHS, rows added where violated) or linprog (scipy, every row).
+        threads: how many vertex LPs run at once (0: one per core; not in digests).
     """
 
     proximity: float = 0.5
@@ -368,7 +417,14 @@ class ExactConfig:
 
 @dataclass(frozen=True)
 class SampleConfig:
-    """How points are drawn from a polytope: convex combinations of its vertices."""
+    """How points are drawn from a polytope: convex combinations of its vertices.
+
+    Attributes:
+        n_samples: random points drawn from each polytope and classified.
+        sampler: stick (the authors' stick-breaking weights) or dirichlet (uniform on the simplex).
+        seed: seeds the samples' weights.
+        n_dataset_pairs: random image pairs for the dataset's average distance (when too many images for all pairs).
+    """
 
     n_samples: int = 2000
     sampler: Sampler = "stick"
@@ -403,220 +459,6 @@ DEFAULT_ROWS = (
 )
 
 
-# An experiment's name names its files (<name>.zarr, .<name>-xxxxxxxx.parquet, <name>-summary.png):
-# short enough for every such name to stay under the file system's 255 bytes, never hidden.
-NAME_MAX = 100
-EXPERIMENT_NAME = re.compile(rf"[A-Za-z0-9][A-Za-z0-9._-]{{0,{NAME_MAX - 1}}}")
-
-
-class _Experiment:
-    """What every experiment config shares: checks, JSON round trip, a stable digest."""
-
-    _nested: ClassVar[dict[str, type]] = {}
-
-    def _check_common(self) -> None:
-        name, device = self.name, self.device  # type: ignore[attr-defined]
-        for key in dataclasses.fields(self):  # type: ignore[arg-type]
-            value = getattr(self, key.name)
-            if isinstance(value, str) and "\x00" in value:
-                raise ConfigError(f"{key.name}: expected no NUL character (it names a file or folder), "
-                                  f"got {value[:60]!r}")
-        shown = name if len(name) <= 60 else f"{name[:40]}... ({len(name)} characters)"
-        _require(isinstance(name, str) and EXPERIMENT_NAME.fullmatch(name) is not None,
-                 f"name: expected a plain experiment name of 1 to {NAME_MAX} letters, digits, '.', '_' or '-', "
-                 f"starting with a letter or digit (it names the files <name>.zarr, <name>.parquet), got {shown!r}")
-        _require(self.n_vertices >= 1, f"expected n_vertices >= 1, got {self.n_vertices}")  # type: ignore[attr-defined]
-        label = getattr(self, "target_label", 0)
-        _require(0 <= label <= 9, f"expected target_label in 0..9, got {label}")
-        _require(len(getattr(self, "rows", (None,))) >= 1, "expected at least one row, got none")
-        _require(
-            device == "auto" or device.split(":")[0] in ("cpu", "cuda"),
-            f"expected device 'auto', 'cpu' or 'cuda[:n]', got {device!r}",
-        )
-
-    def to_dict(self) -> dict[str, Any]:
-        return dataclasses.asdict(self)  # type: ignore[call-overload]
-
-    def to_json(self) -> str:
-        return json.dumps(self.to_dict(), sort_keys=True)
-
-    def digest(self) -> str:
-        """A short hash of everything that shapes the results, stable across processes.
-
-        Where the results are written is left out: the same experiment written to two
-        places is the same experiment.
-        """
-        science = {k: v for k, v in _digested(self).items() if k != "results_root"}
-        science["layer"] = self.digest_layer()
-        return json_digest(science)
-
-    def digest_layer(self) -> str:
-        """The layer as the digest names it. An experiment whose model gives layers aliases
-        (``fc1`` for ``relu1``) returns the module's name, so that both spellings share a
-        digest and a rerun under the other reuses every row."""
-        return str(self.layer)  # type: ignore[attr-defined]
-
-    @classmethod
-    def _rows(cls, rows: Any) -> tuple[Any, ...]:
-        return tuple(rows)
-
-    @classmethod
-    def from_dict(cls, raw: dict[str, Any]) -> Self:
-        """Build from plain JSON-like values; nested configs and rows may be dicts.
-
-        Every key is checked against the fields and every value against its field's
-        annotation before the dataclass checks its ranges, so a typo or a wrong type is
-        reported by name (``gradient.lrr``: unknown key, did you mean ``gradient.lr``?),
-        never as a Python ``TypeError``. Integers are accepted for floats and integral
-        floats (``1e4``) for integers; booleans must be JSON ``true``/``false``: ``1``,
-        ``0`` and ``"yes"`` are refused rather than guessed. A nested config given as a
-        dict overrides that field's default (the patch experiment's LeNet-5 training
-        settings, say), not the nested class's defaults.
-
-        Raises:
-            ConfigError: naming the key (with its dotted path), what was expected and
-                what was given.
-        """
-        return _build(cls, raw, "")
-
-
-_WANTED = {int: "an integer", float: "a number", str: "a string", bool: "true or false"}
-
-
-def _build(kind: type, raw: Any, path: str, base: Any = None) -> Any:
-    """An instance of the dataclass ``kind`` from a mapping of (some of) its fields.
-
-    Args:
-        kind: the dataclass.
-        raw: field values, JSON-like.
-        path: where ``raw`` sits in the experiment config (``gradient``), for messages.
-        base: an instance whose values the missing fields keep; else ``kind``'s defaults.
-    """
-    where = f"{path}: " if path else ""
-    if not isinstance(raw, dict):
-        raise ConfigError(f"{where}expected a mapping of {kind.__name__} fields, got {_shown(raw)}")
-    fields = {f.name: f for f in dataclasses.fields(kind) if f.init}
-    hints = _hints(kind)
-    values: dict[str, Any] = {}
-    for key, value in raw.items():
-        if key not in fields:
-            raise ConfigError(_unknown_key(kind, str(key), path, list(fields), hints))
-        hint, dotted = hints[key], f"{path}.{key}" if path else key
-        if isinstance(value, dict) and isinstance(hint, type) and dataclasses.is_dataclass(hint):
-            default = getattr(base, key) if base is not None else _default(fields[key])
-            values[key] = _build(hint, value, dotted, default if isinstance(default, hint) else None)
-        else:
-            values[key] = _checked(value, hint, dotted)
-    if "rows" in values and hasattr(kind, "_rows"):
-        values["rows"] = kind._rows(values["rows"])
-    try:
-        return dataclasses.replace(base, **values) if base is not None else kind(**values)
-    except ConfigError as exc:
-        raise ConfigError(f"{where}{exc}") from exc
-    except TypeError as exc:  # a field the checks above do not cover
-        raise ConfigError(f"{where}bad {kind.__name__} configuration: {exc}") from exc
-
-
-@functools.cache
-def _hints(kind: type) -> dict[str, Any]:
-    # The annotations are strings (``from __future__ import annotations``): resolve them.
-    return typing.get_type_hints(kind)
-
-
-def _default(f: dataclasses.Field[Any]) -> Any:
-    if f.default is not dataclasses.MISSING:
-        return f.default
-    if f.default_factory is not dataclasses.MISSING:
-        return f.default_factory()
-    return None
-
-
-def _unknown_key(kind: type, key: str, path: str, names: list[str], hints: dict[str, Any]) -> str:
-    prefix = f"{path}." if path else ""
-    owner = f"{kind.__name__} ({path})" if path else kind.__name__
-    message = f"unknown key {prefix + key!r}: unexpected keyword for {owner}"
-    # A nested config's key given one level too high: `max_steps` for `gradient.max_steps`.
-    nested = [
-        f"{prefix}{name}.{key}" for name in names
-        if dataclasses.is_dataclass(hints[name]) and key in {f.name for f in dataclasses.fields(hints[name])}
-    ]
-    close = difflib.get_close_matches(key, names, n=1)
-    if nested:
-        message += f"; did you mean {' or '.join(repr(n) for n in nested)}?"
-    elif close:
-        message += f"; did you mean {prefix + close[0]!r}?"
-    return f"{message} Valid keys: {', '.join(names)}"
-
-
-def _shown(value: Any) -> str:
-    return f"{value!r} ({type(value).__name__})"
-
-
-def _wanted(hint: Any) -> str:
-    return _WANTED.get(hint, getattr(hint, "__name__", str(hint)))
-
-
-def _checked(value: Any, hint: Any, path: str) -> Any:
-    """``value`` as the annotation ``hint`` wants it, or a :class:`ConfigError` naming ``path``.
-
-    An annotation it does not know (a new kind of field) lets the value through
-    unchanged: the dataclass's own checks still apply.
-    """
-    origin, args = typing.get_origin(hint), typing.get_args(hint)
-    if hint is Any:
-        return value
-    if origin in (typing.Union, types.UnionType):
-        if value is None and type(None) in args:
-            return None
-        options = [a for a in args if a is not type(None)]
-        for option in options:
-            with contextlib.suppress(ConfigError):
-                return _checked(value, option, path)
-        wanted = " or ".join(_wanted(a) for a in options) + (" or null" if type(None) in args else "")
-        raise ConfigError(f"{path}: expected {wanted}, got {_shown(value)}")
-    if origin is typing.Literal:
-        if value in args:
-            return value
-        raise ConfigError(f"{path}: expected one of {args}, got {_shown(value)}")
-    if hint is bool:
-        if isinstance(value, bool):
-            return value
-        raise ConfigError(f"{path}: expected true or false, got {_shown(value)}")
-    if hint is int:
-        if isinstance(value, float) and value.is_integer():
-            return int(value)
-        if isinstance(value, int) and not isinstance(value, bool):
-            return value
-        raise ConfigError(f"{path}: expected an integer, got {_shown(value)}")
-    if hint is float:
-        # Kept as given (an int stays an int) so that digests of existing configs stay put.
-        if isinstance(value, int | float) and not isinstance(value, bool):
-            return value
-        raise ConfigError(f"{path}: expected a number, got {_shown(value)}")
-    if hint is str:
-        if isinstance(value, str):
-            return value
-        raise ConfigError(f"{path}: expected a string, got {_shown(value)}")
-    if origin in (tuple, list):
-        if not isinstance(value, list | tuple):
-            item = f" of {_wanted(args[0])} values" if args else ""
-            raise ConfigError(f"{path}: expected a list{item}, got {_shown(value)}")
-        variadic = origin is list or not args or args[-1] is Ellipsis
-        if not variadic and len(args) != len(value):
-            raise ConfigError(f"{path}: expected {len(args)} values, got {_shown(value)}")
-        kinds = (args[:1] or (Any,)) * len(value) if variadic else args
-        items = [_checked(v, k, f"{path}[{i}]") for i, (v, k) in enumerate(zip(value, kinds, strict=True))]
-        return tuple(items) if origin is tuple else items
-    if isinstance(hint, type) and dataclasses.is_dataclass(hint):
-        if isinstance(value, hint):
-            return value
-        if isinstance(value, dict):
-            return _build(hint, value, path)
-        raise ConfigError(f"{path}: expected a {hint.__name__} (a mapping of its fields), got {_shown(value)}")
-    if (origin or hint) is dict and not isinstance(value, dict):
-        raise ConfigError(f"{path}: expected a mapping, got {_shown(value)}")
-    return value
-
 def resolve_device(device: str) -> str:
     """``auto`` becomes ``cuda`` when a GPU is visible, else ``cpu``; ``cuda`` asked for
     where torch sees no GPU is a :class:`ConfigError` that says what to set."""
@@ -637,6 +479,13 @@ class PatchConfig:
 
     ``share`` of each class's images is sampled (seeded) into the corpus; the store is
     written in Zarr chunks of ``images_per_chunk`` images, whole chunks per Dask task.
+
+    Attributes:
+        size: patch side in pixels.
+        stride: step between patch positions in pixels.
+        share: share of each class's images sampled into the patch corpus.
+        images_per_chunk: images per Zarr chunk (and per Dask task).
+        seed: seeds which images are sampled.
     """
 
     size: int = 8
@@ -670,6 +519,22 @@ class KnnConfig:
     ``n_jobs``, ``n_trees``, ``n_iters``, ``max_candidates`` and ``low_memory`` go to
     pynndescent's ``NNDescent`` (0: pynndescent's own default, which grows with the
     store); benchmarks/results.md, kNN build, has the grid they were chosen from.
+
+    Attributes:
+        k: neighbours returned per query patch.
+        n_neighbors: pynndescent's graph degree.
+        n_components: PCA dimensions the index is built on (0: the full space).
+        shards: indexes built over slices of the store, their answers merged.
+        rerank: with n_components, k x rerank candidates are re-ranked by exact distance.
+        epsilon: pynndescent's search breadth (larger: more accurate, slower).
+        seed: seeds pynndescent and the PCA's sample of patches.
+        method: auto (exact below exact_below patches, else pynndescent), exact or pynndescent.
+        exact_below: store size under which auto searches exactly.
+        n_jobs: pynndescent's threads.
+        n_trees: pynndescent's random projection trees (0: its default).
+        n_iters: pynndescent's NN-descent iterations (0: its default).
+        max_candidates: pynndescent's candidates per iteration (0: its default).
+        low_memory: pynndescent's low-memory build.
     """
 
     k: int = 10
@@ -699,25 +564,3 @@ class KnnConfig:
         _require(self.n_components >= 0, f"expected n_components >= 0, got {self.n_components}")
         _require(self.shards >= 1, f"expected shards >= 1, got {self.shards}")
         _require(self.rerank >= 1, f"expected rerank >= 1, got {self.rerank}")
-
-
-def config_keys(config: Any, prefix: str = "") -> list[tuple[str, str, Any]]:
-    """Every key ``--set`` accepts for ``config`` (an instance: its values are the defaults
-    shown): (dotted key, type, value). Nested configs are walked into."""
-    out: list[tuple[str, str, Any]] = []
-    hints = _hints(type(config))
-    for f in dataclasses.fields(config):
-        if not f.init:
-            continue
-        hint, value = hints[f.name], getattr(config, f.name)
-        if isinstance(hint, type) and dataclasses.is_dataclass(hint):
-            out += config_keys(value, f"{prefix}{f.name}.")
-            continue
-        if typing.get_origin(hint) is Literal:
-            shown = "one of " + ", ".join(map(str, typing.get_args(hint)))
-        else:
-            shown = getattr(hint, "__name__", None) or str(hint).replace("typing.", "")
-        if isinstance(value, tuple) and value and dataclasses.is_dataclass(value[0]):
-            value = [dataclasses.asdict(v) for v in value]
-        out.append((f"{prefix}{f.name}", shown, value))
-    return out

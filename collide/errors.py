@@ -32,3 +32,10 @@ class BusyError(CollideError):
 class ModelRefused(ConfigError):
     """A store names a model of the user's own code that the caller did not name: a store
     is data, and nothing read from it may choose code to import."""
+
+
+class InternalError(RuntimeError):
+    """A broken internal invariant: a bug in collide, never a problem with the user's input.
+
+    Deliberately not a :class:`CollideError`: what catches those reports them as the
+    user's mistake (the CLI's exit code 2); this one is reported as a bug to fix."""

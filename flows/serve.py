@@ -30,6 +30,8 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
+from collide.errors import CollideError
+
 PROJECT = Path(__file__).resolve().parent.parent
 HOST = "127.0.0.1"  # loopback only: the server has no authentication
 DEFAULT_PORT = 4200
@@ -38,7 +40,7 @@ RUNNER_GRACE = 20.0  # of which the runner gets this long to pause the deploymen
 SERVER_GRACE = 15.0  # and the server this long after SIGTERM before SIGKILL
 
 
-class ServeError(ValueError):
+class ServeError(CollideError, ValueError):
     """Bad input to ``collide serve``: port taken, deployments file missing or malformed."""
 
 

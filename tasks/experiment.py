@@ -7,6 +7,7 @@ from typing import Any
 from prefect import task
 
 from collide.experiments import engine
+from collide.experiments.contract import Job
 from collide.experiments.registry import experiment as find
 from tasks._common import TASK_OPTIONS as _OPTIONS
 from tasks._common import logging_progress
@@ -18,12 +19,12 @@ def prepare(experiment: str, config: Any) -> dict[str, Any]:
 
 
 @task(name="plan-jobs", **_OPTIONS)
-def plan(experiment: str, context: dict[str, Any], config: Any) -> list[dict[str, Any]]:
+def plan(experiment: str, context: dict[str, Any], config: Any) -> list[Job]:
     return engine.plan(find(experiment), context, config=config)
 
 
-@task(name="polytope-job", task_run_name="{job[label]}", **_OPTIONS)
-def run_job(job: dict[str, Any], experiment: str, context: dict[str, Any], config: Any) -> list[dict[str, Any]]:
+@task(name="polytope-job", task_run_name="{job.label}", **_OPTIONS)
+def run_job(job: Job, experiment: str, context: dict[str, Any], config: Any) -> list[dict[str, Any]]:
     return engine.run_job(find(experiment), job, context, config=config, progress=logging_progress())
 
 

@@ -10,6 +10,7 @@ import sys
 import pytest
 
 from collide.datasets import mnist as data
+from collide.errors import InternalError
 from flows.cli import main
 
 
@@ -74,7 +75,7 @@ def test_a_given_data_root_that_holds_mnist_is_used(tiny_config, tmp_path, monke
     overrides = cli._overrides(args)
     from collide.experiments.mnist import MnistExperiment
 
-    cli._check_mnist_root(overrides, MnistExperiment.from_dict(overrides))  # no error
+    MnistExperiment.from_dict(overrides).check_request(overrides)  # no error
 
 
 def test_a_data_root_from_a_config_file_is_not_downloaded_into_either(tmp_path, monkeypatch, capsys):
@@ -156,9 +157,58 @@ def test_a_profile_run_with_two_models_accuracies_prints_each_and_exits_0(monkey
 
     written = {"table": "t.parquet", "figure": "f.png", "rows": [], "notes": ["n"],
                "test_accuracy": {"mlp": 0.97814, "lenet5": 0.98906}}
-    monkeypatch.setattr(cli, "_check_mnist_root", lambda overrides, config: None)  # no data needed
+    from collide.experiments.mnist import MnistExperiment
+
+    monkeypatch.setattr(MnistExperiment, "check_request", lambda self, given: None)  # no data needed
     monkeypatch.setattr(engine, "run", lambda module, *, config, progress: written)
     assert main(["run", "profile", "--no-prefect"]) == 0
     out = capsys.readouterr().out
     assert "test accuracy: mlp 0.9781, lenet5 0.9891" in out and "note: n" in out
     assert cli.outcome_lines({**written, "test_accuracy": 0.97814})[2] == "test accuracy: 0.9781"
+
+
+@pytest.mark.parametrize("bug", [ValueError("a shape that cannot happen"), KeyError("row"),
+                                 InternalError("rows are not 0..n-1")])
+def test_a_bug_is_reported_as_one_not_as_the_users_mistake(bug, monkeypatch, capsys):
+    """A ValueError (or KeyError, or a broken invariant) escaping from the code is a bug:
+    exit 1 with its traceback and a line that says so, never exit 2 "bad input"."""
+    from collide.experiments import engine
+    from collide.experiments.mnist import MnistExperiment
+
+    def broken(module, *, config, progress):
+        raise bug
+
+    monkeypatch.setattr(MnistExperiment, "check_request", lambda self, given: None)
+    monkeypatch.setattr(engine, "run", broken)
+    assert main(["run", "mnist", "--no-prefect"]) == 1
+    err = capsys.readouterr().err
+    assert "Traceback" in err and "in broken" in err  # where it was raised
+    assert "internal error" in err and "a bug in collide, not a problem with your input" in err
+    assert "collide: error:" not in err
+
+
+def test_collides_own_errors_are_bad_input_and_carry_no_traceback(monkeypatch, capsys):
+    from collide.errors import DataError
+    from collide.experiments import engine
+    from collide.experiments.mnist import MnistExperiment
+
+    def refused(module, *, config, progress):
+        raise DataError("the data are wrong: here is what to fix")
+
+    monkeypatch.setattr(MnistExperiment, "check_request", lambda self, given: None)
+    monkeypatch.setattr(engine, "run", refused)
+    assert main(["run", "mnist", "--no-prefect"]) == 2
+    err = capsys.readouterr().err
+    assert err.strip() == "collide: error: the data are wrong: here is what to fix"
+
+
+def test_the_clis_own_refusals_are_collide_errors(tmp_path, capsys):
+    """What the command line refuses itself (a missing or malformed --config file, --set
+    without '=') is exit 2 with a message, as before."""
+    bad = tmp_path / "bad.json"
+    bad.write_text("[1, 2]")
+    for argv, said in ((["--config", str(tmp_path / "none.json")], "does not exist"),
+                       (["--config", str(bad)], "must hold a JSON object"),
+                       (["--set", "n_vertices"], "--set expects key=value")):
+        assert main(["run", "mnist", "--no-prefect", *argv]) == 2
+        assert said in capsys.readouterr().err

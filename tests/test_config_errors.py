@@ -73,10 +73,10 @@ def test_a_nested_dict_overrides_the_field_default_not_the_class_default():
 def test_a_field_added_later_is_checked_by_its_annotation():
     import dataclasses
 
-    from collide.config import _Experiment
+    from collide.experiments.contract import ExperimentConfig
 
     @dataclasses.dataclass(frozen=True)
-    class Later(_Experiment):
+    class Later(ExperimentConfig):
         count: int = 1
         ratio: float | None = None
 

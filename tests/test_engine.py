@@ -167,7 +167,7 @@ def test_a_batched_scan_writes_the_unbatched_scans_polytopes(scanned, tmp_path):
     context = mnist_module.prepare(config=batched)
     jobs = mnist_module.plan(context, config=batched)
     # 10 gradient rows in batches of 4, 4 and 2; the exact rows stay one job each.
-    assert sorted(len(j["rows"]) for j in jobs) == [1] * 10 + [2, 4, 4]
+    assert sorted(len(j.rows) for j in jobs) == [1] * 10 + [2, 4, 4]
     out = engine.run(scan, config=batched)
     assert len(out["rows"]) == 20
     for row in range(20):

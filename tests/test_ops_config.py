@@ -33,15 +33,27 @@ def test_every_experiment_is_deployed_on_a_cron_schedule():
 
 
 def test_adding_an_experiment_takes_one_module_one_registry_entry_one_deployment():
-    """Every registered experiment is one module of collide/experiments with the engine's hooks;
-    the README says how to add one."""
-    import collide.experiments.registry as registry
+    """Every registered experiment is one module of collide/experiments that satisfies the
+    typed experiment protocol; the README says how to add one."""
+    import dataclasses
+    import inspect
 
+    from collide.experiments.contract import Experiment, ExperimentConfig
+    from collide.experiments.registry import SUMMARIES
+
+    assert list(EXPERIMENTS) == list(SUMMARIES) and len(EXPERIMENTS) == 10
     for name, module in EXPERIMENTS.items():
         assert module.__name__ == f"collide.experiments.{name}"
-        missing = [h for h in registry.REQUIRED if not hasattr(module, h)]
-        assert not missing, (name, missing)
+        assert isinstance(module, Experiment), name  # NAME, Config and every hook the engine calls
         assert module.NAME == name and module.Config().name  # defaults build
+        assert issubclass(module.Config, ExperimentConfig) and dataclasses.is_dataclass(module.Config), name
+        assert module.Config.__dataclass_params__.frozen, name  # type: ignore[attr-defined]
+        # The hooks take what the engine passes, by the names it passes them.
+        for hook, wanted in (("validate", {"config"}), ("prepare", {"config", "progress"}),
+                             ("plan", {"context", "config"}), ("solve", {"job", "context", "config", "progress"})):
+            params = inspect.signature(getattr(module, hook)).parameters
+            assert wanted <= set(params), (name, hook, list(params))
+            assert params["config"].kind is inspect.Parameter.KEYWORD_ONLY, (name, hook)
     readme = (PROJECT / "README.md").read_text()
     assert "Adding an experiment" in readme and "collide/experiments/registry.py" in readme
 

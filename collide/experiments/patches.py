@@ -11,6 +11,7 @@ datasets is in :mod:`collide.experiments.patch_sources`.
 from __future__ import annotations
 
 import time
+from collections.abc import Mapping
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, ClassVar
@@ -20,22 +21,19 @@ import torch
 
 from collide._io import cache_lock, json_digest
 from collide.api import find_polytope
+from collide.checks import choice, non_negative, require
 from collide.config import (
     GradientConfig,
     KnnConfig,
     PatchConfig,
     SampleConfig,
     TrainConfig,
-    _choice,
-    _Experiment,
-    _non_negative,
-    _require,
     resolve_device,
 )
 from collide.errors import ConfigError
 from collide.experiments import patch_sources as sources
-from collide.experiments.engine import Progress, job, no_progress
-from collide.experiments.mnist import module_layer
+from collide.experiments.contract import ExperimentConfig, Job, Progress, job, no_progress
+from collide.experiments.mnist import check_data_root, module_layer
 from collide.models.vgg import NormalisedVGG
 from collide.models.zoo import load_checkpoint, load_model_source
 from collide.patches.compose import ComposedPatches, Composition, candidate_share, window_patches
@@ -45,9 +43,9 @@ from collide.patches.knn import PatchIndex, StaleIndexError, as_vectors, exact_k
 from collide.results.records import RowRecord
 
 NAME = "patches"
-SUMMARY = ("patch-composition polytopes, paper §4 (Tables 5-6); offline on MNIST + LeNet-5 at fc1, "
-           "or an image folder + VGG-16 (fc6) with dataset=folder")
 DEFAULT_LAYERS = {"mnist": "fc1", "folder": "fc6"}
+# What `collide config show patches` adds below the default model's layers.
+LAYERS_NOTE = "with dataset=folder (VGG-16): the layer defaults to fc6; see `collide config show imagenet`"
 
 
 PATCH_ROWS = ("self", "other")
@@ -60,7 +58,7 @@ PATCH_GRADIENT = GradientConfig(lr=0.1, lr_end=1e-3, max_steps=1500, growth=1.01
 
 
 @dataclass(frozen=True, kw_only=True)
-class PatchExperiment(_Experiment):
+class PatchExperiment(ExperimentConfig):
     """Patch-composition collisions (paper §4, Tables 5-6), embedded on MNIST + LeNet-5.
 
     The start image is the first correctly classified test image of ``target_label``.
@@ -101,6 +99,33 @@ class PatchExperiment(_Experiment):
     :class:`~collide.experiments.imagenet.ImagenetExperiment`), and ``layer`` then
     defaults to ``fc6``; the start is the first image of the first class and the other
     target the first image of another class.
+
+    Attributes:
+        name: names the outputs: <name>.zarr, <name>.parquet, <name>-vertices.png under results_root.
+        layer: the ReLU layer where features collide ("": fc1 on MNIST, fc6 with dataset=folder).
+        n_vertices: vertices per polytope, each pushing one of the target's non-positive units.
+        target_label: the digit whose first correctly classified test image is the start (dataset=mnist).
+        rows: self (compositions collide with the start image) and/or other (with another label's image).
+        tv_weight: weight of the total variation of the composition's weight maps.
+        own_logit: initial logit of each window's own patch (the others start at 0).
+        candidates_from: start (the paper's candidates) or start+target-neighbours (a labelled variant).
+        dataset: mnist (LeNet-5, offline) or folder (an ImageNet-style folder with VGG-16, as in the paper).
+        image_root: the ImageNet-style folder (one subfolder per class), with dataset=folder.
+        image_size: image side in pixels, with dataset=folder.
+        weights: VGG-16's weights with dataset=folder: torchvision, a state dict file, or random.
+        n_dataset_images: images sampled for the dataset's average distance, with dataset=folder.
+        data_root: folder of the MNIST IDX files (raw or .gz).
+        checkpoint_dir: where trained classifiers are kept and reused.
+        cache_root: where the patch store and kNN index are kept and reused.
+        results_root: where the stores, tables and figures go.
+        device: auto (a GPU where there is one, else the CPU), cpu or cuda[:n].
+        allow_download: fetch MNIST when data_root lacks it (into another folder than the default only if set here).
+        train: how LeNet-5 is trained (or which shipped checkpoint matches), with dataset=mnist.
+        patch: how patches are cut from the corpus into the patch store.
+        knn: the nearest-neighbour search over the patch store.
+        gradient: the gradient solver's settings over composition logits.
+        sample: how each polytope's samples are drawn and the dataset's distance measured.
+        targets_per_class: 0: one start image; n > 0: the first n of every class.
     """
 
     name: str = "patches"
@@ -130,26 +155,25 @@ class PatchExperiment(_Experiment):
     targets_per_class: int = 0
 
     CANDIDATE_SETS: ClassVar[tuple[str, ...]] = ("start", "start+target-neighbours")
-    _nested: ClassVar[dict[str, type]] = {
-        "train": TrainConfig, "gradient": GradientConfig, "patch": PatchConfig, "knn": KnnConfig,
-        "sample": SampleConfig,
-    }
 
     def digest_layer(self) -> str:
         if self.dataset == "mnist":
             return module_layer(self.train.arch, self.layer)
         return NormalisedVGG.collide_aliases.get(self.layer, self.layer)
 
+    def check_request(self, given: Mapping[str, Any]) -> None:
+        check_data_root(self, download_asked=given.get("allow_download") is True)
+
     def __post_init__(self) -> None:
         if not self.layer:  # the default follows the dataset: LeNet-5's fc1, VGG-16's fc6
             object.__setattr__(self, "layer", DEFAULT_LAYERS.get(self.dataset, "fc1"))
-        self._check_common()
-        _require(self.targets_per_class >= 0, f"expected targets_per_class >= 0, got {self.targets_per_class}")
-        _require(all(r in PATCH_ROWS for r in self.rows), f"expected rows from {PATCH_ROWS}, got {self.rows!r}")
-        _non_negative("tv_weight", self.tv_weight)
-        _choice("candidates_from", self.candidates_from, self.CANDIDATE_SETS)
-        _choice("dataset", self.dataset, ("mnist", "folder"))
-        _require(self.image_size >= 32, f"expected image_size >= 32, got {self.image_size}")
+        self.check_common()
+        require(self.targets_per_class >= 0, f"expected targets_per_class >= 0, got {self.targets_per_class}")
+        require(all(r in PATCH_ROWS for r in self.rows), f"expected rows from {PATCH_ROWS}, got {self.rows!r}")
+        non_negative("tv_weight", self.tv_weight)
+        choice("candidates_from", self.candidates_from, self.CANDIDATE_SETS)
+        choice("dataset", self.dataset, ("mnist", "folder"))
+        require(self.image_size >= 32, f"expected image_size >= 32, got {self.image_size}")
 
 
 
@@ -224,7 +248,7 @@ def prepare(*, config: PatchExperiment, progress: Progress = no_progress, schedu
     }
 
 
-def plan(context: dict[str, Any], *, config: PatchExperiment) -> list[dict[str, Any]]:
+def plan(context: dict[str, Any], *, config: PatchExperiment) -> list[Job]:
     """One job per start image, writing its ``rows`` (start ``k`` owns rows ``k*len(rows)`` on)."""
     distinct = context["index"]["distinct"]
     if config.knn.k > distinct:  # found here, before the run record or any row is written
@@ -325,7 +349,7 @@ def _distances(vertices: torch.Tensor, point: torch.Tensor) -> np.ndarray:
     return (vertices.double() - point.double()).flatten(1).norm(dim=1).numpy()
 
 
-def solve(job: dict[str, Any], context: dict[str, Any], *, config: PatchExperiment,
+def solve(job: Job, context: dict[str, Any], *, config: PatchExperiment,
           progress: Progress = no_progress) -> None:
     """Optimise the composition logits of each row's vertices (one batch per row: rows
     may have different candidate sets).
@@ -344,14 +368,14 @@ def solve(job: dict[str, Any], context: dict[str, Any], *, config: PatchExperime
     source = context["model_source"]
     model = load_model_source(source)
     accuracy = load_checkpoint(source["path"])[1]["test_accuracy"] if source["kind"] == "checkpoint" else None
-    examples = job["spec"]["examples"]
+    examples = job.spec["examples"]
     start = sources.image(examples["start"], config=config)
     patches = open_store(_store_path(config))["patches"]
     index = PatchIndex.load(_index_path(config))
     near = _neighbours(start, index, patches, config)
     n_windows = len(near.rows)
     targets = {"self": examples["start"], "other": examples["other"]}
-    for row, name in zip(job["rows"], config.rows, strict=True):
+    for row, name in zip(job.rows, config.rows, strict=True):
         target = sources.image(targets[name], config=config)
         # The paper's candidates: the start's own patch and its neighbours. The variant
         # adds the target's neighbours, never the target's own patches (nor copies of

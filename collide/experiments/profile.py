@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import dataclasses
 from dataclasses import dataclass, field
-from typing import Any, ClassVar
+from typing import Any
 
 import pandas as pd
 import torch
@@ -26,11 +26,12 @@ from matplotlib.ticker import MaxNLocator
 
 from collide._io import file_digest
 from collide.api import collision_geometry, find_polytope
-from collide.config import ARCHITECTURES, GeometryConfig, RowSpec, _require, resolve_device
+from collide.checks import require
+from collide.config import ARCHITECTURES, GeometryConfig, RowSpec, resolve_device
 from collide.datasets.mnist import ensure_mnist, load_mnist, mnist_files
 from collide.errors import ConfigError, DataError
 from collide.experiments import mnist
-from collide.experiments.engine import Progress, job, no_progress
+from collide.experiments.contract import Job, Progress, job, no_progress
 from collide.models.zoo import build_model, checkpoint_source, load_checkpoint
 from collide.polytope import dataset_avg_distance
 from collide.results.records import RowRecord, region_fields
@@ -45,7 +46,6 @@ from collide.taps import preactivation
 OUTPUTS = SUMMARY_OUTPUTS
 
 NAME = "profile"
-SUMMARY = "collision size at every ReLU layer of the MLP and LeNet-5: N+, dim C, inscribed radius, spread, success"
 PROFILE_ROWS = (RowSpec("gradient", "target"), RowSpec("exact", "target"))
 # The summary's quantities, as (column in the summary, title), in the figure's order.
 QUANTITIES = (
@@ -69,6 +69,13 @@ class ProfileExperiment(mnist.MnistExperiment):
     whose default here is lighter than the MNIST experiment's (500 samples of 25 chains,
     4 width directions): LeNet-5's deeper sets carry ~9,000 activation-region rows, which
     every LP round and every step of every chain touches (about 2.5 min a set on 2 cores).
+
+    Attributes:
+        archs: the architectures profiled, each at every ReLU layer.
+        targets: targets per architecture and layer (the first correctly classified test images of target_label).
+        rows: the rows per target, layer and architecture.
+        train: how every architecture is trained (its arch is replaced by each of archs).
+        geometry: how each exact row's collision set is measured (lighter than the MNIST experiment's).
     """
 
     name: str = "profile"
@@ -78,16 +85,14 @@ class ProfileExperiment(mnist.MnistExperiment):
     geometry: GeometryConfig = field(default_factory=lambda: GeometryConfig(n_samples=500, chains=25,
                                                                             n_directions=4))
 
-    _nested: ClassVar[dict[str, type]] = mnist.MnistExperiment._nested
-
     def __post_init__(self) -> None:
         super().__post_init__()
-        _require(len(self.archs) >= 1 and len(set(self.archs)) == len(self.archs),
+        require(len(self.archs) >= 1 and len(set(self.archs)) == len(self.archs),
                  f"expected one or more distinct archs, got {self.archs!r}")
         unknown = [a for a in self.archs if a not in ARCHITECTURES]
-        _require(not unknown, f"unknown archs {unknown}: expected some of {ARCHITECTURES}")
-        _require(self.targets >= 1, f"expected targets >= 1, got {self.targets}")
-        _require(self.targets_per_class == 0, "the profile picks its targets with targets, not targets_per_class")
+        require(not unknown, f"unknown archs {unknown}: expected some of {ARCHITECTURES}")
+        require(self.targets >= 1, f"expected targets >= 1, got {self.targets}")
+        require(self.targets_per_class == 0, "the profile picks its targets with targets, not targets_per_class")
 
     def digest_layer(self) -> str:
         return "all"
@@ -166,16 +171,16 @@ def prepare(*, config: ProfileExperiment, progress: Progress = no_progress) -> d
     }
 
 
-def plan(context: dict[str, Any], *, config: ProfileExperiment) -> list[dict[str, Any]]:
+def plan(context: dict[str, Any], *, config: ProfileExperiment) -> list[Job]:
     """One job per row."""
     return [job(f"{a}-{layer}-target-{k}-{spec.method}", [row], arch=a, layer=layer,
                 target_index=context["targets"][k], method=spec.method)
             for row, (a, layer, k, spec) in enumerate(row_plan(config))]
 
 
-def solve(job: dict[str, Any], context: dict[str, Any], *, config: ProfileExperiment,
+def solve(job: Job, context: dict[str, Any], *, config: ProfileExperiment,
           progress: Progress = no_progress) -> None:
-    spec = job["spec"]
+    spec = job.spec
     arch, layer, method = spec["arch"], spec["layer"], spec["method"]
     checkpoint = context["checkpoints"][arch]
     model, meta = load_checkpoint(checkpoint)
@@ -187,7 +192,7 @@ def solve(job: dict[str, Any], context: dict[str, Any], *, config: ProfileExperi
     attrs, arrays = region_fields(collision_geometry(
         model, layer, target, config=config.geometry)) if method == "exact" else ({}, {})
     record = RowRecord.of(
-        poly, config=config, row=job["rows"][0], init="target", model=mnist.model_name(context, arch),
+        poly, config=config, row=job.rows[0], init="target", model=mnist.model_name(context, arch),
         model_source=checkpoint_source(checkpoint, meta["sha256"]),
         loss=solver.loss_name,
         dataset_avg_distance=context["dataset_avg_distance"],

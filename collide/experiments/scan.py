@@ -14,7 +14,8 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from collide.config import GeometryConfig, RowSpec, _require
+from collide.checks import require
+from collide.config import GeometryConfig, RowSpec
 from collide.experiments import mnist
 from collide.results.figures import draw_class_summary
 from collide.results.store import ExperimentStore
@@ -25,7 +26,6 @@ from collide.results.summary import SUMMARY_OUTPUTS, write_summary
 OUTPUTS = SUMMARY_OUTPUTS
 
 NAME = "scan"
-SUMMARY = "vulnerability scan: N targets per MNIST class, gradient and exact rows, per-class summary (paper §5)"
 SCAN_ROWS = (RowSpec("gradient", "target"), RowSpec("exact", "target"))
 
 
@@ -40,7 +40,14 @@ class ScanExperiment(mnist.MnistExperiment):
     50 per batch: on 2 cores a scan of 100 targets ran 9.3x as many polytopes per second
     as one target per job, 100 per batch 10.2x (benchmarks/results.md, "targets per
     batch"); 50 keeps within a tenth of the best while a killed scan redoes at most 50
-    targets' gradient rows."""
+    targets' gradient rows.
+
+    Attributes:
+        rows: the rows per target (gradient and exact, from the target).
+        targets_per_class: the first n correctly classified test images of every digit are targets (at least 1).
+        targets_per_batch: targets whose gradient rows one solver batch solves together.
+        geometry: how each exact row's collision set is measured (lighter than the MNIST experiment's).
+    """
 
     name: str = "scan"
     rows: tuple[RowSpec, ...] = SCAN_ROWS
@@ -51,7 +58,7 @@ class ScanExperiment(mnist.MnistExperiment):
 
     def __post_init__(self) -> None:
         super().__post_init__()
-        _require(self.targets_per_class >= 1, f"a scan needs targets_per_class >= 1, got {self.targets_per_class}")
+        require(self.targets_per_class >= 1, f"a scan needs targets_per_class >= 1, got {self.targets_per_class}")
 
 
 Config = ScanExperiment

@@ -25,7 +25,7 @@ from __future__ import annotations
 import dataclasses
 import math
 from dataclasses import dataclass, field
-from typing import Any, ClassVar
+from typing import Any
 
 import numpy as np
 import pandas as pd
@@ -35,12 +35,13 @@ from scipy import stats
 
 from collide._io import file_digest
 from collide.api import collision_geometry, find_polytopes
+from collide.checks import require
 from collide.comparisons.baselines import BallConfig, NullSpaceConfig, null_space_points, random_ball
-from collide.config import GeometryConfig, RowSpec, _require, resolve_device
+from collide.config import GeometryConfig, RowSpec, resolve_device
 from collide.datasets.mnist import ensure_mnist, load_mnist, mnist_files
 from collide.errors import ConfigError, DataError
 from collide.experiments import mnist
-from collide.experiments.engine import Progress, job, no_progress
+from collide.experiments.contract import Job, Progress, job, no_progress
 from collide.models.zoo import checkpoint_source, load_checkpoint
 from collide.polytope import dataset_avg_distance
 from collide.results.points import PointsRecord
@@ -51,8 +52,6 @@ from collide.results.summary import SUMMARY_OUTPUTS, summary_table, write_summar
 from collide.solvers import solver_for
 
 NAME = "spread"
-SUMMARY = ("spread over training seeds x targets: mean, std and 95% interval of every Table 2 column and "
-           "collision-set size, the paper's values against our range")
 SPREAD_ROWS = (RowSpec("gradient", "target"), RowSpec("gradient", "other"), RowSpec("exact", "target"))
 # The baselines a draw may add (points rows at the gradient polytope's vertex distances,
 # as in :mod:`collide.experiments.baselines`): their conclusion moved with the checkpoint.
@@ -115,6 +114,16 @@ class SpreadExperiment(mnist.MnistExperiment):
     5% of it). One set per (seed, target): about 25 s each on 2 busy cores. The defaults
     (5 seeds x 4 targets x 5 rows = 100 rows) ran in about 15 minutes there, training
     four MLPs (about 25 s each; seed 0's checkpoint is shipped) included.
+
+    Attributes:
+        seeds: training seeds: seed s trains train with seed=s (or takes its shipped checkpoint).
+        labels: the digits whose test images are targets.
+        targets_per_label: targets per label: the first test images every seed's model classifies correctly.
+        rows: the polytope rows per (seed, target).
+        baselines: random-ball and/or null-space points rows added per (seed, target).
+        geometry: how each exact row's collision set is measured (light on samples: sizes are LP optima).
+        ball: the random-ball baseline's points.
+        null_space: the null-space baseline's points.
     """
 
     name: str = "spread"
@@ -127,26 +136,23 @@ class SpreadExperiment(mnist.MnistExperiment):
     ball: BallConfig = field(default_factory=BallConfig)
     null_space: NullSpaceConfig = field(default_factory=NullSpaceConfig)
 
-    _nested: ClassVar[dict[str, type]] = {
-        **mnist.MnistExperiment._nested, "ball": BallConfig, "null_space": NullSpaceConfig}
-
     def __post_init__(self) -> None:
         super().__post_init__()
-        _require(len(self.seeds) >= 1 and len(set(self.seeds)) == len(self.seeds),
+        require(len(self.seeds) >= 1 and len(set(self.seeds)) == len(self.seeds),
                  f"expected one or more distinct seeds, got {self.seeds!r}")
-        _require(all(s >= 0 for s in self.seeds), f"expected seeds >= 0, got {self.seeds!r}")
-        _require(len(self.labels) >= 1 and len(set(self.labels)) == len(self.labels),
+        require(all(s >= 0 for s in self.seeds), f"expected seeds >= 0, got {self.seeds!r}")
+        require(len(self.labels) >= 1 and len(set(self.labels)) == len(self.labels),
                  f"expected one or more distinct labels, got {self.labels!r}")
-        _require(all(0 <= label <= 9 for label in self.labels), f"expected labels in 0..9, got {self.labels!r}")
-        _require(self.targets_per_label >= 1, f"expected targets_per_label >= 1, got {self.targets_per_label}")
-        _require(self.targets_per_class == 0, "the spread picks its targets with labels and targets_per_label, "
+        require(all(0 <= label <= 9 for label in self.labels), f"expected labels in 0..9, got {self.labels!r}")
+        require(self.targets_per_label >= 1, f"expected targets_per_label >= 1, got {self.targets_per_label}")
+        require(self.targets_per_class == 0, "the spread picks its targets with labels and targets_per_label, "
                  "not targets_per_class")
-        _require(self.targets_per_batch == 1, "the spread solves one (seed, target, row) per job: "
+        require(self.targets_per_batch == 1, "the spread solves one (seed, target, row) per job: "
                  f"expected targets_per_batch 1, got {self.targets_per_batch}")
         unknown = [b for b in self.baselines if b not in BASELINES]
-        _require(not unknown, f"expected baselines from {BASELINES}, got {unknown}")
-        _require(len(set(self.baselines)) == len(self.baselines), f"expected distinct baselines, got {self.baselines}")
-        _require(not self.baselines or RowSpec("gradient", "target") in self.rows,
+        require(not unknown, f"expected baselines from {BASELINES}, got {unknown}")
+        require(len(set(self.baselines)) == len(self.baselines), f"expected distinct baselines, got {self.baselines}")
+        require(not self.baselines or RowSpec("gradient", "target") in self.rows,
                  "the baselines take their distances from the gradient polytope from the target: keep the row "
                  "{method: gradient, init: target} in rows")
 
@@ -239,7 +245,7 @@ def prepare(*, config: SpreadExperiment, progress: Progress = no_progress) -> di
     }
 
 
-def plan(context: dict[str, Any], *, config: SpreadExperiment) -> list[dict[str, Any]]:
+def plan(context: dict[str, Any], *, config: SpreadExperiment) -> list[Job]:
     """One job per (seed, target, row spec); the baselines' rows join the job of the
     gradient polytope from the target, whose vertex distances they take."""
     jobs = []
@@ -255,10 +261,10 @@ def plan(context: dict[str, Any], *, config: SpreadExperiment) -> list[dict[str,
     return jobs
 
 
-def solve(job: dict[str, Any], context: dict[str, Any], *, config: SpreadExperiment,
+def solve(job: Job, context: dict[str, Any], *, config: SpreadExperiment,
           progress: Progress = no_progress) -> None:
     """The MNIST experiment's row, under the job's seed's checkpoint."""
-    spec = job["spec"]
+    spec = job.spec
     seed, example, method, init = spec["seed"], spec["example"], spec["method"], spec["init"]
     checkpoint = context["checkpoints"][str(seed)]
     model, meta = load_checkpoint(checkpoint)
@@ -272,7 +278,7 @@ def solve(job: dict[str, Any], context: dict[str, Any], *, config: SpreadExperim
     )
     attrs, arrays = region_fields(collision_geometry(
         model, config.layer, poly.target, config=config.geometry)) if method == "exact" else ({}, {})
-    row, *baseline_rows = job["rows"]
+    row, *baseline_rows = job.rows
     draw = {"seed": seed, "target_number": spec["target"], "target_index": example["target_index"],
             "checkpoint_sha256": meta["sha256"], "test_accuracy": meta["test_accuracy"],
             **mnist.data_attrs({**context, "origin": context["origins"][str(seed)]})}

@@ -29,11 +29,12 @@ import torch
 from matplotlib.figure import Figure
 
 from collide.api import collision_geometry, find_polytope
-from collide.config import ARCHITECTURES, RowSpec, _require, resolve_device
+from collide.checks import require
+from collide.config import ARCHITECTURES, RowSpec, resolve_device
 from collide.datasets.mnist import load_mnist
 from collide.errors import ConfigError
 from collide.experiments import mnist
-from collide.experiments.engine import Progress, job, no_progress
+from collide.experiments.contract import Job, Progress, job, no_progress
 from collide.models.zoo import build_model, checkpoint_source, load_checkpoint
 from collide.polytope import combine, sample_weights
 from collide.results.points import PointsRecord
@@ -46,7 +47,6 @@ from collide.taps import check_units
 OUTPUTS = SUMMARY_OUTPUTS
 
 NAME = "transfer"
-SUMMARY = "collisions across models: exact sets shared by two networks, and how one model's polytopes transfer"
 ROWS = ("joint-region@A", "joint-region@B", "exact-region@B", "gradient-hull@B")
 
 
@@ -64,7 +64,13 @@ class TransferExperiment(mnist.MnistExperiment):
     (``arch:seed``: trained with ``train``'s other settings) is a model B at
     ``partner_layer``. Target ``k`` and partner ``p`` own the rows
     ``(k*len(partners) + p)*4`` on, in the order of :data:`ROWS`; the inherited ``rows``
-    are not used. ``geometry`` measures both the joint and A's own set."""
+    are not used. ``geometry`` measures both the joint and A's own set.
+
+    Attributes:
+        partners: models B as arch:seed, trained with train's other settings.
+        partner_layer: the layer of each model B where features are compared.
+        rows: inherited and not used (the rows are those of ROWS per target and partner).
+    """
 
     name: str = "transfer"
     partners: tuple[str, ...] = ("mlp:1", "lenet5:0")
@@ -73,11 +79,11 @@ class TransferExperiment(mnist.MnistExperiment):
 
     def __post_init__(self) -> None:
         super().__post_init__()
-        _require(len(self.partners) >= 1 and len(set(self.partners)) == len(self.partners),
+        require(len(self.partners) >= 1 and len(set(self.partners)) == len(self.partners),
                  f"expected one or more distinct partners, got {self.partners!r}")
         for spec in self.partners:
             arch, seed = parse_partner(spec)
-            _require((arch, seed) != (self.train.arch, self.train.seed),
+            require((arch, seed) != (self.train.arch, self.train.seed),
                      f"partner {spec!r} is model A itself ({self.train.arch}, seed {self.train.seed})")
 
     @property
@@ -110,7 +116,7 @@ def prepare(*, config: TransferExperiment, progress: Progress = no_progress) -> 
             "inputs": {**context["inputs"], "partners": {s: p["sha256"] for s, p in partners.items()}}}
 
 
-def plan(context: dict[str, Any], *, config: TransferExperiment) -> list[dict[str, Any]]:
+def plan(context: dict[str, Any], *, config: TransferExperiment) -> list[Job]:
     """One job per (target, partner): its four rows share A's polytope and set."""
     n, jobs = len(ROWS), []
     for k, example in enumerate(context["targets"]):
@@ -121,14 +127,14 @@ def plan(context: dict[str, Any], *, config: TransferExperiment) -> list[dict[st
     return jobs
 
 
-def solve(job: dict[str, Any], context: dict[str, Any], *, config: TransferExperiment,
+def solve(job: Job, context: dict[str, Any], *, config: TransferExperiment,
           progress: Progress = no_progress) -> None:
     model_a, meta_a = load_checkpoint(context["checkpoint"])
-    spec = job["spec"]
+    spec = job.spec
     checkpoint_b = context["partners"][spec["partner"]]
     model_b, meta_b = load_checkpoint(checkpoint_b)
     target = load_mnist(config.data_root, "test").images[spec["example"]["target_index"]]
-    first = job["rows"][0]
+    first = job.rows[0]
     arch_b, _ = parse_partner(spec["partner"])
     source_a = checkpoint_source(context["checkpoint"], meta_a["sha256"])
     source_b = checkpoint_source(checkpoint_b, meta_b["sha256"])
@@ -168,7 +174,7 @@ def solve(job: dict[str, Any], context: dict[str, Any], *, config: TransferExper
     write(2, "B", "exact-region", own.samples, None, a_dim=own.dim, a_radius=own.radius, seconds=own.seconds)
     good = poly.vertices[poly.valid]
     if len(good) == 0:
-        raise RuntimeError(f"job {job['label']}: no valid gradient vertex of model A, nothing to transfer "
+        raise RuntimeError(f"job {job.label}: no valid gradient vertex of model A, nothing to transfer "
                            f"({'; '.join(r for r in poly.reasons if r)}): raise gradient.max_steps")
     gen = torch.Generator().manual_seed(config.sample.seed + first)
     weights = sample_weights(config.sample.n_samples, len(good), sampler=config.sample.sampler, generator=gen)

@@ -34,7 +34,7 @@ import highspy
 import numpy as np
 import torch
 
-from collide.errors import ConfigError
+from collide.errors import ConfigError, InternalError
 from collide.piecewise.highs import LazyRun, add_rows, solve_lazily
 from collide.piecewise.linearise import AffinePiece
 
@@ -144,7 +144,7 @@ def collision_set(
     scale = 1 + np.abs(bounds) + mm(np.abs(rows), np.abs(x0))
     if (over > 1e-7 * scale).any():
         worst = int(np.argmax(over / scale))
-        raise ValueError(f"the target violates row {worst} of its own collision set by {over[worst]:.3g}: "
+        raise InternalError(f"the target violates row {worst} of its own collision set by {over[worst]:.3g}: "
                          "its activation region was not taken at this input")
     return CollisionSet(origin=x0, equalities=vt[:rank], basis=vt[rank:].T, rows=rows,
                         bounds=np.maximum(bounds, np.minimum(at_target, bounds + 1e-7 * scale)),

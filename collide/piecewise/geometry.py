@@ -45,6 +45,7 @@ from typing import Any
 import numpy as np
 
 from collide.config import GeometryConfig
+from collide.errors import InternalError
 from collide.piecewise.ball import RADIUS_TOL, hull_dimension, inscribed_ball
 from collide.piecewise.collision_set import CollisionSet, mm, onto
 from collide.piecewise.hull import hull_frame, hull_polytope
@@ -88,7 +89,7 @@ def measure(cs: CollisionSet, *, config: GeometryConfig) -> SetGeometry:
     deadline = start + config.max_seconds if config.max_seconds > 0 else None
     ball = inscribed_ball(cs)
     if not np.isfinite(ball.radius):
-        raise RuntimeError(f"the inscribed-ball LP of the collision set failed ({ball.outcome}), though the "
+        raise InternalError(f"the inscribed-ball LP of the collision set failed ({ball.outcome}), though the "
                            "target is in the set: report this with the model and target")
     widths_config = {"min_directions": config.n_directions, "max_directions": config.max_directions,
                      "rel_se": config.width_rel_se, "seed": config.seed}
@@ -147,5 +148,5 @@ def _check_inside(cs: CollisionSet, points: np.ndarray, free: np.ndarray) -> Non
     scale = 1 + np.abs(b_all[free]) + mm(np.abs(points), np.abs(a_all[free]).T)
     worst = float((over / scale).max(initial=-np.inf))
     if worst > SLACK_TOL:
-        raise RuntimeError(f"a sample of the collision set misses one of its rows by {worst:.3g} (relative): a "
+        raise InternalError(f"a sample of the collision set misses one of its rows by {worst:.3g} (relative): a "
                            "sampler bug, report it with the model and target")

@@ -42,7 +42,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from collide.errors import LayerError
+from collide.errors import ConfigError, LayerError
 from collide.sites import ADAPTIVE_MAX_POOL, HARDTANH, LEAKY, NONLINEAR, RELU, SMOOTH, Event, Site
 from collide.taps import region_events, site_of
 
@@ -166,7 +166,7 @@ def _jacobian(fn: Callable[[torch.Tensor], torch.Tensor], x: torch.Tensor, n_out
         x: (d,); fn(x): (n_out,); returns (n_out, d)
     """
     if mode not in JACOBIAN_MODES:
-        raise ValueError(f"expected mode in {JACOBIAN_MODES}, got {mode!r}")
+        raise ConfigError(f"expected mode in {JACOBIAN_MODES}, got {mode!r}")
     d = x.numel()
     forward = n_out > d if mode == "auto" else mode == "forward"
     n_seeds = d if forward else n_out

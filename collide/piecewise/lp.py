@@ -31,6 +31,7 @@ import scipy.optimize
 import scipy.sparse as sp
 
 from collide.config import LP_SOLVERS
+from collide.errors import ConfigError
 from collide.piecewise.highs import add_rows, new_highs, solve_lazily
 
 OPTIMAL, INFEASIBLE, UNBOUNDED, FAILED = "optimal", "infeasible", "unbounded", "failed"
@@ -175,5 +176,5 @@ def solve_lp(problem: LpProblem, *, lower: float, upper: float, tol: float, solv
     how many run together.
     """
     if solver not in LP_SOLVERS:
-        raise ValueError(f"expected solver in {LP_SOLVERS}, got {solver!r}")
+        raise ConfigError(f"expected solver in {LP_SOLVERS}, got {solver!r}")
     return (_highs if solver == "highs" else _linprog)(problem, lower, upper, tol)

@@ -21,6 +21,7 @@ import scipy.stats
 import torch
 
 from collide.config import GeometryConfig
+from collide.errors import InternalError
 from collide.piecewise.collision_set import mm
 from collide.piecewise.diagnostics import diagnose
 from collide.piecewise.hull import HullPolytope
@@ -72,7 +73,7 @@ class _Walk:
         self.slack = torch.from_numpy(self.poly.h) - self.z() @ torch.from_numpy(self.poly.g).T
         worst = float(self.slack.min())
         if worst < -SLACK_TOL * (1 + float(np.abs(self.poly.h).max(initial=0.0))):
-            raise RuntimeError(f"a chain left the collision set by {-worst:.3g} after {self.steps} steps: a sampler "
+            raise InternalError(f"a chain left the collision set by {-worst:.3g} after {self.steps} steps: a sampler "
                                "bug, report it with the model and target")
 
     def reshape(self, shape: np.ndarray) -> None:
@@ -168,7 +169,7 @@ class _Billiard:
         slack = self.poly.h - mm(self.z_now, self.poly.g.T)
         worst = float(slack.min())
         if worst < -SLACK_TOL * (1 + float(np.abs(self.poly.h).max())):
-            raise RuntimeError(f"a chain left the collision set by {-worst:.3g}: a sampler bug, report it with the "
+            raise InternalError(f"a chain left the collision set by {-worst:.3g}: a sampler bug, report it with the "
                                "model and target")
 
     def run(self, n: int) -> torch.Tensor:

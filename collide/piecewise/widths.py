@@ -14,6 +14,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from collide.errors import InternalError
 from collide.piecewise.collision_set import LP_TOL, CollisionSet, mm, onto, solve_with_region
 from collide.piecewise.highs import add_rows, lp_model
 
@@ -111,7 +112,7 @@ def extents(cs: CollisionSet, basis: np.ndarray, *, center: np.ndarray | None, f
             h.changeColsCost(d, np.arange(d, dtype=np.int32), sign * u)
             x = solve_with_region(h, lazy_a, lazy_b, added).solution
             if x is None:
-                raise RuntimeError(f"a width LP of the collision set ended {h.getModelStatus()}, though the "
+                raise InternalError(f"a width LP of the collision set ended {h.getModelStatus()}, though the "
                                    "set holds the target: report this with the model and target")
             pair.append(x)
         ext = onto(cs, basis, np.array(pair))

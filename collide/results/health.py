@@ -12,8 +12,7 @@ from typing import Any
 
 from collide.results.cells import FLAGS, flag_text, missing, row_flags, valid_text
 from collide.results.freshness import incomplete_text, outputs_intact, store_digest
-from collide.results.points import is_points_row
-from collide.results.store import stores
+from collide.results.store import is_points_row, stores
 
 
 def _rows_text(rows: list[int]) -> str:

@@ -23,15 +23,16 @@ import numpy as np
 import torch
 from torch import nn
 
+from collide.errors import InternalError
 from collide.inputs import require_finite
 from collide.models.zoo import load_model_source
 from collide.objective import feature_rel_error
 from collide.polytope import evaluate
 from collide.precision import full_precision
-from collide.results.store import ExperimentStore
+from collide.results.store import POINTS, ExperimentStore
+from collide.results.store import is_points_row as is_points_row  # where evaluation and verify look
 from collide.taps import preactivation
 
-POINTS = "points"
 # A point meets its row's claim when its float64 relative feature error is at most the
 # claim plus this: the points are stored as float32, whose rounding moves a feature by
 # about 1e-7 of its size, far below it, and a point that misses by more does not collide.
@@ -73,13 +74,13 @@ class PointsRecord:
     def __post_init__(self) -> None:
         points = np.asarray(self.points)
         if points.ndim < 2 or len(points) == 0:
-            raise ValueError(f"a points row needs (n >= 1, *input) points, got shape {points.shape}")
+            raise InternalError(f"a points row needs (n >= 1, *input) points, got shape {points.shape}")
         if points.shape[1:] != np.asarray(self.target).shape:
-            raise ValueError(f"points of shape {points.shape[1:]} do not match the target's {np.shape(self.target)}")
-        require_finite(points, f"row {self.row} of {self.experiment}: its {self.method} points", error=ValueError,
+            raise InternalError(f"points of shape {points.shape[1:]} do not match the target's {np.shape(self.target)}")
+        require_finite(points, f"row {self.row} of {self.experiment}: its {self.method} points", error=InternalError,
                        fix="a stored row holds finite points only; drop the ones the method did not find")
         if self.claim_rel_error is not None and not self.claim_rel_error >= 0:
-            raise ValueError(f"claim_rel_error must be >= 0 or None, got {self.claim_rel_error}")
+            raise InternalError(f"claim_rel_error must be >= 0 or None, got {self.claim_rel_error}")
 
     def write(self, results_root: str | Path) -> Path:
         """The row group ``row-<row>`` of ``<experiment>.zarr``, replaced atomically."""
@@ -100,10 +101,6 @@ class PointsRecord:
 def flat_rows(array: np.ndarray) -> np.ndarray:
     """(n, *input) -> (n, d), also for n = 0 (a set with no width directions)."""
     return array.reshape(array.shape[0], int(np.prod(array.shape[1:])))
-
-
-def is_points_row(attrs: dict[str, Any]) -> bool:
-    return attrs.get("kind") == POINTS
 
 
 @torch.no_grad()

@@ -61,6 +61,16 @@ OWN_OUTPUTS = (TABLE, FIGURE, LEDGER, RUN_RECORD_FILE)
 OUTPUT_SUFFIX = re.compile(r"[-.][A-Za-z0-9._-]+")
 
 RUN_RECORD = "collide run record"
+
+# The ``kind`` attr of a row that holds points, not a polytope (collide.results.points);
+# told apart here, where reading a row needs no torch (`collide status`).
+POINTS = "points"
+
+
+def is_points_row(attrs: Mapping[str, Any]) -> bool:
+    return attrs.get("kind") == POINTS
+
+
 MANIFEST = "manifest"
 ATTRS_KEY = "attrs"  # the manifest's entry for the row's own attrs (all but the manifest)
 ROW_NAME = re.compile(r"row-(0|[1-9][0-9]*)")
@@ -111,12 +121,12 @@ def rerun_config(record: Mapping[str, Any], *, path: str | Path, kind: str) -> d
     (``<name>.run.json``), None when it is not one (a plain config file).
 
     Raises:
-        ValueError: the record is of a run of another experiment kind than ``kind``.
+        ConfigError: the record is of a run of another experiment kind than ``kind``.
     """
     if record.get("kind") != RUN_RECORD:
         return None
     if record.get("experiment") != kind:
-        raise ValueError(f"{path} records a run of {record.get('experiment')!r}, not {kind!r}: "
+        raise ConfigError(f"{path} records a run of {record.get('experiment')!r}, not {kind!r}: "
                          f"collide run {record.get('experiment')} --config {path}")
     return {**record["config"], "results_root": str(Path(path).parent)}
 

@@ -14,9 +14,8 @@ import numpy as np
 
 from collide.results.cells import flag_text, missing, pairs_text, row_flags, success_text, valid_text
 from collide.results.figures import vertex_grid
-from collide.results.points import is_points_row
 from collide.results.reference import reference_for
-from collide.results.store import ExperimentStore
+from collide.results.store import ExperimentStore, is_points_row
 
 FIGURE_ROWS = 16  # a figure of more polytopes than this is too tall to read
 POINTS_SHOWN = 5  # the first points of a points row, as many as the paper shows vertices

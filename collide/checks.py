@@ -1,0 +1,35 @@
+"""The checks a config runs in ``__post_init__``: each raises :class:`ConfigError` saying
+what was expected and what was given (``expected n_vertices >= 1, got 0``)."""
+
+from __future__ import annotations
+
+import math
+
+from collide.errors import ConfigError
+
+
+def require(ok: bool, message: str) -> None:
+    """Raise :class:`ConfigError` with ``message`` unless ``ok``."""
+    if not ok:
+        raise ConfigError(message)
+
+
+def positive(name: str, value: float) -> None:
+    """``value`` is a finite number above 0."""
+    require(
+        isinstance(value, int | float) and math.isfinite(value) and value > 0,
+        f"expected {name} > 0, got {value!r}",
+    )
+
+
+def non_negative(name: str, value: float) -> None:
+    """``value`` is a finite number of at least 0."""
+    require(
+        isinstance(value, int | float) and math.isfinite(value) and value >= 0,
+        f"expected {name} >= 0, got {value!r}",
+    )
+
+
+def choice(name: str, value: str, allowed: tuple[str, ...]) -> None:
+    """``value`` is one of ``allowed``."""
+    require(value in allowed, f"expected {name} in {allowed}, got {value!r}")

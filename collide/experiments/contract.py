@@ -1,0 +1,169 @@
+"""What an experiment is: the base class of its config, the job it plans, and the
+protocol its module satisfies (:class:`Experiment`), which the engine and the registry
+rely on."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+from collections.abc import Callable, Iterable, Mapping
+from typing import Any, Protocol, Self, runtime_checkable
+
+from collide._io import json_digest
+from collide.checks import require
+from collide.config import EXPERIMENT_NAME, NAME_MAX, SampleConfig
+from collide.config_loader import load
+from collide.errors import ConfigError
+
+#: ``progress(stage, done, total)``: how far a stage has come.
+Progress = Callable[[str, int, int], None]
+
+
+def no_progress(_stage: str, _done: int, _total: int) -> None:
+    pass
+
+
+class ExperimentConfig:
+    """What every experiment config shares: checks, JSON round trip, a stable digest.
+
+    A subclass is a frozen, keyword-only dataclass with at least ``name``, ``layer``,
+    ``n_vertices``, ``results_root``, ``device`` and ``sample``; it calls
+    :meth:`check_common` from its ``__post_init__``.
+    """
+
+    # What a subclass declares as dataclass fields (annotations here only, for the type checker).
+    name: str
+    layer: str
+    n_vertices: int
+    results_root: str
+    device: str
+    sample: SampleConfig
+
+    def check_common(self) -> None:
+        """The checks every experiment's config needs: its name names files, NUL-free
+        strings, at least one vertex and one row, a target label 0..9, a known device."""
+        name, device = self.name, self.device
+        for key in dataclasses.fields(self):  # type: ignore[arg-type]
+            value = getattr(self, key.name)
+            if isinstance(value, str) and "\x00" in value:
+                raise ConfigError(f"{key.name}: expected no NUL character (it names a file or folder), "
+                                  f"got {value[:60]!r}")
+        shown = name if len(name) <= 60 else f"{name[:40]}... ({len(name)} characters)"
+        require(isinstance(name, str) and EXPERIMENT_NAME.fullmatch(name) is not None,
+                f"name: expected a plain experiment name of 1 to {NAME_MAX} letters, digits, '.', '_' or '-', "
+                f"starting with a letter or digit (it names the files <name>.zarr, <name>.parquet), got {shown!r}")
+        require(self.n_vertices >= 1, f"expected n_vertices >= 1, got {self.n_vertices}")
+        label = getattr(self, "target_label", 0)
+        require(0 <= label <= 9, f"expected target_label in 0..9, got {label}")
+        require(len(getattr(self, "rows", (None,))) >= 1, "expected at least one row, got none")
+        require(
+            device == "auto" or device.split(":")[0] in ("cpu", "cuda"),
+            f"expected device 'auto', 'cpu' or 'cuda[:n]', got {device!r}",
+        )
+
+    def check_request(self, given: Mapping[str, Any]) -> None:
+        """Refusals that depend on what the user asked for in so many words, not only on
+        the values: ``given`` holds the keys of a ``--config`` file, ``--set`` and the
+        command line's options. The command line runs it before any work; none by default."""
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)  # type: ignore[call-overload]
+
+    def to_json(self) -> str:
+        return json.dumps(self.to_dict(), sort_keys=True)
+
+    def digest(self) -> str:
+        """A short hash of everything that shapes the results, stable across processes.
+
+        Where the results are written is left out: the same experiment written to two
+        places is the same experiment.
+        """
+        science = {k: v for k, v in _digested(self).items() if k != "results_root"}
+        science["layer"] = self.digest_layer()
+        return json_digest(science)
+
+    def digest_layer(self) -> str:
+        """The layer as the digest names it. An experiment whose model gives layers aliases
+        (``fc1`` for ``relu1``) returns the module's name, so that both spellings share a
+        digest and a rerun under the other reuses every row."""
+        return str(self.layer)
+
+    @classmethod
+    def from_dict(cls, raw: dict[str, Any]) -> Self:
+        """Build from plain JSON-like values; nested configs and rows may be dicts
+        (:func:`collide.config_loader.load`: every key and value checked by name).
+
+        Raises:
+            ConfigError: naming the key (with its dotted path), what was expected and
+                what was given.
+        """
+        return load(cls, raw)
+
+
+def _digested(obj: Any) -> Any:
+    """``obj`` as a dict for digests, without the fields marked ``metadata={"digest": False}``
+    (settings that change how fast, never what, a run computes)."""
+    if dataclasses.is_dataclass(obj) and not isinstance(obj, type):
+        return {f.name: _digested(getattr(obj, f.name)) for f in dataclasses.fields(obj)
+                if f.metadata.get("digest", True)}
+    if isinstance(obj, list | tuple):
+        return [_digested(v) for v in obj]
+    if isinstance(obj, dict):
+        return {k: _digested(v) for k, v in obj.items()}
+    return obj
+
+
+@dataclasses.dataclass(frozen=True)
+class Job:
+    """One polytope job of a plan: the rows it writes and what they depend on.
+
+    Attributes:
+        label: a name for logs and the Prefect task run (unique within a plan).
+        rows: the table rows the job writes, solved together or not at all.
+        spec: JSON-able: everything beyond the config and the context that its rows
+            depend on; hashed into each row's solve key.
+    """
+
+    label: str
+    rows: tuple[int, ...]
+    spec: Mapping[str, Any] = dataclasses.field(default_factory=dict)
+
+
+def job(label: str, rows: Iterable[int], **spec: Any) -> Job:
+    """A polytope job: the rows it writes and what they depend on beyond config and context."""
+    return Job(label=label, rows=tuple(int(r) for r in rows), spec=spec)
+
+
+@runtime_checkable
+class Experiment(Protocol):
+    """What an experiment module provides (:mod:`collide.experiments.engine` runs it).
+
+    ``NAME`` names it in the registry; ``Config`` is its config class. Optional:
+    ``summarize(*, config) -> dict`` (outputs beyond the table and figure) and
+    ``OUTPUTS``, functions ``(root, name) -> Path`` of the files ``summarize`` writes.
+    """
+
+    NAME: str
+    Config: type[ExperimentConfig]
+
+    def layers(self, config: Any) -> list[str]:
+        """The layers of the config's model that collisions can be sought at."""
+        ...
+
+    def validate(self, *, config: Any) -> None:
+        """Fail on bad input before any work."""
+        ...
+
+    def prepare(self, *, config: Any, progress: Progress = ...) -> dict[str, Any]:
+        """The shared work every job needs, each piece reused when on disk: a JSON-able
+        context whose ``"inputs"`` names what the jobs' results depend on."""
+        ...
+
+    def plan(self, context: dict[str, Any], *, config: Any) -> list[Job]:
+        """The jobs: rows 0..n-1 each once."""
+        ...
+
+    def solve(self, job: Job, context: dict[str, Any], *, config: Any, progress: Progress = ...) -> None:
+        """Find the vertices of the job's rows and write each row group."""
+        ...
+
