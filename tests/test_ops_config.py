@@ -34,7 +34,7 @@ def test_every_experiment_is_deployed_on_a_cron_schedule():
 
 def test_adding_an_experiment_takes_one_module_one_registry_entry_one_deployment():
     """Every registered experiment is one module of collide/experiments with the engine's hooks;
-    the README says how to add one."""
+    the contributing guide says how to add one."""
     import collide.experiments.registry as registry
 
     for name, module in EXPERIMENTS.items():
@@ -42,8 +42,8 @@ def test_adding_an_experiment_takes_one_module_one_registry_entry_one_deployment
         missing = [h for h in registry.REQUIRED if not hasattr(module, h)]
         assert not missing, (name, missing)
         assert module.NAME == name and module.Config().name  # defaults build
-    readme = (PROJECT / "README.md").read_text()
-    assert "Adding an experiment" in readme and "collide/experiments/registry.py" in readme
+    guide = (PROJECT / "docs" / "contributing.md").read_text()
+    assert "Adding an experiment" in guide and "collide/experiments/registry.py" in guide
 
 
 def test_deployments_that_cannot_be_served_are_named(tmp_path):
