@@ -93,7 +93,7 @@ def _check_mnist_root(overrides: dict[str, Any], config: Any) -> None:
 
     Downloading is the default only into the default data root: a mistyped ``--data-root``
     (or ``data_root`` in a config file) would otherwise fill a new folder with MNIST and
-    recompute every row (issue 8 §8).
+    recompute every row.
     """
     root = getattr(config, "data_root", None)
     if root is None or getattr(config, "dataset", "mnist") != "mnist":

@@ -1,4 +1,4 @@
-"""The storage contract (DESIGN.md): Zarr row groups, Parquet tables, atomic writes.
+"""The storage contract (docs/storage.md): Zarr row groups, Parquet tables, atomic writes.
 
 ``<root>/<experiment>.zarr/row-<n>`` holds one polytope's arrays and, in its attrs,
 everything needed to rebuild its table row. A row group is built under a temporary
