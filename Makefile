@@ -8,7 +8,7 @@ STAMP := $(VENV)/.installed
 export PREFECT_SERVER_ANALYTICS_ENABLED := false
 export DO_NOT_TRACK := 1
 
-.PHONY: run test lint serve tables status clean-results reference
+.PHONY: run test lint serve tables status clean-results reference docs docs-serve
 
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -45,7 +45,7 @@ bench: $(STAMP)
 	$(BIN)/python -m benchmarks.run
 
 # The published tables: the pipeline itself writes them from the shipped checkpoints
-# (collide/models/shipped/), then the README's generated blocks are rewritten from them.
+# (collide/models/shipped/); the documentation's results pages read them when built.
 # About 30 minutes on 2 cores (LeNet-5 13, the spread over 5 seeds x 4 targets 10, frontier,
 # baselines and transfer 3). `make run` compares
 # its table with data/reference/mnist-mlp.parquet.
@@ -63,4 +63,12 @@ reference: $(STAMP)
 	cp $(REF_WORK)/transfer/transfer-summary.parquet data/reference/
 	cp $(REF_WORK)/lenet5/mnist.parquet data/reference/mnist-lenet5.parquet
 	cp $(REF_WORK)/spread/spread-summary.parquet $(REF_WORK)/spread/spread-paper.parquet data/reference/
-	$(BIN)/collide readme
+	$(MAKE) docs
+
+# The documentation site (mkdocs.yml, docs/): references and results pages are generated
+# as it builds (docs/hooks.py); --strict fails on a broken link, reference or block.
+docs: $(STAMP)
+	$(BIN)/mkdocs build --strict --site-dir site
+
+docs-serve: $(STAMP)
+	$(BIN)/mkdocs serve

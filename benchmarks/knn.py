@@ -45,7 +45,7 @@ N_EXACT = 2048
 # 12 bytes each: 1024 keeps that near 0.8 GB.
 QUERY_BLOCK = 1024
 CONFIG = KnnConfig(k=K, method="pynndescent")
-# Today's settings before the build was tuned (issue 11 §4): the reference of the ratio.
+# The settings before the build was tuned: the reference of the ratio.
 REFERENCE = dataclasses.replace(CONFIG, n_neighbors=30, n_jobs=1, n_trees=0, n_iters=0, max_candidates=0,
                                 low_memory=True)
 COMPARE_N = 1_000_000

@@ -186,7 +186,7 @@ class GradientConfig:
 
 @dataclass(frozen=True)
 class PaperConfig:
-    """The authors' own vertex scheme (paper §2; DESIGN.md, "Facts from the authors' code").
+    """The authors' own vertex scheme (paper §2, and the authors' code).
 
     The paper's loss ``alpha*L+ + beta*L-^i`` (α=100, β=10 as the authors used), momentum
     ``v = m·v + (1-m)·g; x -= lr·v`` from ``v = 0``, a piecewise learning rate divided by
@@ -267,15 +267,14 @@ class GeometryConfig:
     keeps its samples (points of the set all the same) but reports NaN for their
     statistics, with the reason.
 
-    Defaults measured on the MNIST MLP's ``relu1`` set of the first test 7 (678
-    dimensions, 1,718 rows; ``benchmarks/sampler.json``, 2 busy cores): the billiard walk
-    in the Dikin ellipsoid's coordinates mixed best of the walks tried (R̂ 1.03–1.08 after
-    2 minutes, against 1.4 for hit-and-run with a pilot covariance and 2.4 for
-    hit-and-run after Dikin and covariance rounding), and converged (R̂ 1.009, ESS 676)
-    after 670 draws a chain in 4 minutes; covariance rounding from a few chains' draws
-    only slowed it. ``max_draws`` keeps a default run's sampling under a minute a set
-    there, which is not enough to converge: such a set reports NaN sample statistics
-    with the reason. ``max_draws=1500, max_seconds=600`` converges it.
+    Defaults chosen on the MNIST MLP's ``relu1`` set of the first test 7
+    (``benchmarks/sampler.json``): the billiard walk in the Dikin ellipsoid's coordinates
+    mixed best of the walks tried (against hit-and-run with a pilot covariance, and
+    hit-and-run after Dikin and covariance rounding), and converged after several hundred
+    draws a chain; covariance rounding from a few chains' draws only slowed it.
+    ``max_draws`` keeps a default run's sampling short, which is not enough to converge
+    there: such a set reports NaN sample statistics with the reason.
+    ``max_draws=1500, max_seconds=600`` converges it.
     ``max_entries`` bounds rows x free dimensions of the dense constraint matrix.
 
     Attributes:
@@ -512,9 +511,9 @@ class KnnConfig:
     ``method="auto"`` searches exactly (brute force, same answers format) when the store
     holds fewer than ``exact_below`` patches, else builds the pynndescent index: for a
     small store, exact search of a few images' windows takes milliseconds, while the
-    index's first build in a process pays numba's compile (about a minute on 2 cores;
-    benchmarks/results.md, kNN: exact search of one image's windows stays below the
-    index's build time up to 1e6 patches).
+    index's first build in a process pays numba's compile (benchmarks/results.md, kNN:
+    exact search of one image's windows stays below the index's build time up to 1e6
+    patches).
 
     ``n_jobs``, ``n_trees``, ``n_iters``, ``max_candidates`` and ``low_memory`` go to
     pynndescent's ``NNDescent`` (0: pynndescent's own default, which grows with the

@@ -334,26 +334,6 @@ def _compare(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
-def _readme(args: argparse.Namespace) -> int:
-    from collide.results.published import render
-
-    path = Path(args.file)
-    text = path.read_text()
-    new = render(text, args.reference_dir)
-    if args.check:
-        if new != text:
-            print(f"{path}'s generated blocks differ from {args.reference_dir}: run `collide readme`")
-            return EXIT_FAILED
-        print(f"{path}'s generated blocks match {args.reference_dir}")
-        return EXIT_OK
-    if new != text:
-        from collide._io import atomic_write_bytes
-
-        atomic_write_bytes(path, new.encode())
-    print(f"{path}: generated blocks written from {args.reference_dir}")
-    return EXIT_OK
-
-
 def build_parser() -> argparse.ArgumentParser:
     from flows.serve import DEFAULT_PORT, PROJECT
 
@@ -493,12 +473,6 @@ Each command has its own --help.""",
     compare.add_argument("reference", help="the reference table (.parquet)")
     compare.add_argument("table", help="the table to check (.parquet)")
     compare.set_defaults(func=_compare)
-
-    readme = sub.add_parser("readme", help="rewrite the README's generated tables from data/reference/")
-    readme.add_argument("--file", default="README.md", help="default README.md")
-    readme.add_argument("--reference-dir", default="data/reference", help="default data/reference")
-    readme.add_argument("--check", action="store_true", help="only say whether the README is up to date")
-    readme.set_defaults(func=_readme)
 
     status = sub.add_parser("status", help="what results exist, how fresh, from which config")
     status.add_argument("--results-root", default="data/results", help="default data/results")

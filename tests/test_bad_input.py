@@ -1,4 +1,4 @@
-"""Bad input is exit 2, names the key or path, writes nothing and is never retried (issue 22 §5, §6)."""
+"""Bad input is exit 2, names the key or path, writes nothing and is never retried."""
 
 import errno
 import json

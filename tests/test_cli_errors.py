@@ -1,5 +1,5 @@
 """The CLI says what went wrong and what to do: config errors, a data root without
-MNIST, a temporary Prefect server that does not start (issue 8 §1, §8)."""
+MNIST, a temporary Prefect server that does not start."""
 
 import json
 import logging

@@ -1,4 +1,4 @@
-"""Configuration errors say which key, what type, and the closest valid key (issue 8 §8)."""
+"""Configuration errors say which key, what type, and the closest valid key."""
 
 import pytest
 

@@ -102,7 +102,7 @@ def test_patches_and_imagenet_flows_run(harness, tiny_mnist, tmp_path):
 
 
 def test_a_transient_task_failure_is_retried_to_success_and_a_permanent_one_never(harness):
-    """Issue 22 §7: a task that fails once for a passing reason (a lost connection) is
+    """A task that fails once for a passing reason (a lost connection) is
     retried and succeeds; one that fails for a reason a retry cannot cure (a read-only
     disk) fails at once, its body run once."""
     import errno

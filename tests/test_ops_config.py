@@ -34,7 +34,7 @@ def test_every_experiment_is_deployed_on_a_cron_schedule():
 
 def test_adding_an_experiment_takes_one_module_one_registry_entry_one_deployment():
     """Every registered experiment is one module of collide/experiments that satisfies the
-    typed experiment protocol; the README says how to add one."""
+    typed experiment protocol; the contributing guide says how to add one."""
     import dataclasses
     import inspect
 
@@ -54,8 +54,8 @@ def test_adding_an_experiment_takes_one_module_one_registry_entry_one_deployment
             params = inspect.signature(getattr(module, hook)).parameters
             assert wanted <= set(params), (name, hook, list(params))
             assert params["config"].kind is inspect.Parameter.KEYWORD_ONLY, (name, hook)
-    readme = (PROJECT / "README.md").read_text()
-    assert "Adding an experiment" in readme and "collide/experiments/registry.py" in readme
+    guide = (PROJECT / "docs" / "contributing.md").read_text()
+    assert "Adding an experiment" in guide and "collide/experiments/registry.py" in guide
 
 
 def test_deployments_that_cannot_be_served_are_named(tmp_path):

@@ -340,7 +340,7 @@ def test_an_existing_dask_scheduler_runs_the_same_jobs(server, fanned_out, tmp_p
 
     uninterrupted, _ = fanned_out
     config = MnistExperiment.from_dict({**uninterrupted.to_dict(), "results_root": str(tmp_path / "remote")})
-    # a cluster of its own, set up as the README asks: workers know the Prefect API
+    # a cluster of its own, set up as docs/operations.md asks: workers know the Prefect API
     with LocalCluster(n_workers=1, threads_per_worker=1, processes=True, host="127.0.0.1",
                       dashboard_address=None, env={"PREFECT_API_URL": server["api"]}) as cluster:
         proc = _cli_run(server, config, "--dask-address", cluster.scheduler_address,

@@ -202,9 +202,9 @@ def test_status_warns_of_flags_invalid_vertices_and_missing_success(root, capsys
     assert first["flagged"] == {"random-weights": [2]} and len(first["warnings"]) == 3
 
 
-def test_readme_explains_the_reports_columns():
-    readme = (Path(__file__).parents[1] / "README.md").read_text()
-    section = readme.split("## Reading the tables")[1].split("\n## ")[0]
+def test_the_docs_explain_the_reports_columns():
+    storage = (Path(__file__).parents[1] / "docs" / "storage.md").read_text()
+    section = storage.split("## Reading the tables")[1].split("\n## ")[0]
     for column in set(report.GLOSSARY) - {"row", "model", "layer", "valid", "target_index", "config_digest"}:
         assert f"`{column}`" in section, column
     assert "input units" in section and "255" in section and "WARNING" in section

@@ -1,4 +1,4 @@
-"""A results store is data, never code (issue 22): what collide reads back from a store
+"""A results store is data, never code: what collide reads back from a store
 never chooses code to import, locks never follow links, a stray folder stops nothing, and
 tables that disagree with their store are caught both ways."""
 

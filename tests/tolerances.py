@@ -1,4 +1,4 @@
-"""Named numerical tolerances, in one place (STYLE.md, habit 8)."""
+"""Named numerical tolerances, in one place."""
 
 # Two computations of the same float32 quantity by different routes.
 UNCHANGED = 1e-6
@@ -12,7 +12,7 @@ LP_STORED_REL_ERROR = 1e-5
 MC_MEAN = 5e-3
 MEAN_SAMPLES = 200_000
 # Exact vertices stored as float32, recomputed through the model in float64: the
-# relative feature error each must meet (issue 8 acceptance).
+# relative feature error each must meet.
 LP_STORED_REL_ERROR_F64 = 1e-6
 # The same float64 Jacobian by forward and by reverse mode.
 JACOBIAN_MODES_AGREE = 1e-12

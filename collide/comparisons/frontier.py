@@ -43,20 +43,18 @@ y_P = W_P x + b_P − c_P and s_N ≥ W_N x + b_N, s_N ≥ 0 (the diagonal-Hessi
     x(λ) = clip(other − Wᵀλ/2, lower, upper),   ĉ = c on P, 0 on N,
 
 a smooth concave function of D variables with simple bounds, maximised by scipy's
-L-BFGS-B. Why not HiGHS's QP solver on the primal: measured on the MNIST MLP's relu1
-(784 inputs, 256 units, 2 cores), HiGHS had not finished one penalised QP (μ = 1 or
-100) in 20 s, nor did scipy's ``lsq_linear`` (BVLS 80-240 s, TRF 16-23 s) on the
-equivalent bounded least squares; L-BFGS-B on the primal took 1-11 s and loses
-accuracy as μ grows (its conditioning is about μ‖W‖²); on the dual it took 0.3-1.5 s
-for μ from 1e2 to 1e5 with a duality gap below 1e-9 relative. The gap is a
+L-BFGS-B. Why not HiGHS's QP solver on the primal: on the MNIST MLP's relu1 (784
+inputs, 256 units) HiGHS's penalised QP and scipy's ``lsq_linear`` on the equivalent
+bounded least squares are far slower than the dual, and L-BFGS-B on the primal loses
+accuracy as μ grows (its conditioning is about μ‖W‖²); the dual converges for μ from
+1e2 to 1e5 with a duality gap below 1e-9 relative. The gap is a
 certificate: ``f(x(λ)) − g(λ)`` bounds how far x(λ)'s squared distance is from the
 optimum for its own E, and ``g(λ) − μ(εR)²`` is a lower bound on the squared distance
 any point with E ≤ εR can have (:attr:`FrontierPoint.distance_lower_bound_inner`): a bound
 over the convex inner set only, not over every input whose true feature error is ≤ ε.
 
 ε = 0 is the limit μ → ∞: the closest point of the exact collision set
-``{W_P x + b_P = c_P, W_N x + b_N ≤ 0, box}``, an ordinary QP that HiGHS solves exactly
-(about 2 s on the MNIST MLP's relu1).
+``{W_P x + b_P = c_P, W_N x + b_N ≤ 0, box}``, an ordinary QP that HiGHS solves exactly.
 
 References:
     Li, Zhang, Malik, "Approximate Feature Collisions in Neural Nets", NeurIPS 2019,

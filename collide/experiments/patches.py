@@ -74,9 +74,8 @@ class PatchExperiment(ExperimentConfig):
     for both rows. On MNIST this ``other`` row finds no collision, and says so: a 7's
     patches and their neighbours hold none of a 2's strokes (per window, the best single
     candidate is hardly nearer the 2's window than the 7's own patch), so the solver's
-    best composition stays a 7 (p 0.9998) at relative feature error 0.97, 1.5 from the
-    start and 11.0 from the target (11.3 apart): no vertex is valid and the success rate
-    is NaN (LeNet-5 at fc1, k=10, 8x8 patches at stride 4; measured for issue 8).
+    best composition stays a 7 far from the target's features: no vertex is valid and
+    the success rate is NaN (LeNet-5 at fc1, k=10, 8x8 patches at stride 4).
 
     ``"start+target-neighbours"`` (a labelled variant, not the paper's) gives the
     ``other`` row also the ``knn.k`` nearest store patches of each of the target's
@@ -84,15 +83,14 @@ class PatchExperiment(ExperimentConfig):
     to one of them: with those, one-hot weights would rebuild the target and the
     collision would be reachable by construction. The row's ``target_weight_share``
     says how much of the composition the target-derived candidates carry: in the same
-    setting 0.97, with vertices 1.3 from the 2 at feature error <= 1e-2. Near-copies of
+    setting nearly all of it, with vertices close to the 2. Near-copies of
     the target's patches still rebuild it closely; read that row as such, not as the
     paper's result.
 
     ``tv_weight`` weighs the total variation of the weight maps. The authors' 100 (beside
     β = 10) is for their scale; here 0.01 held the compositions so close to the start
-    that on the ``self`` row 3 of 5 vertices moved their pushed unit by less than 0.04
-    (0.01 x max|ỹᵗ| is needed to count), while 0.001 leaves 4 of 5 valid and the vertices
-    0.8 apart (measured for issue 8).
+    that on the ``self`` row most vertices did not move their pushed unit by the push
+    margin, while 0.001 leaves most of them valid.
 
     ``dataset="folder"`` runs the paper's setting instead: images of ``image_root`` (an
     ImageNet-style folder) at ``image_size``, VGG-16 with ``weights`` (see

@@ -68,7 +68,7 @@ class ProfileExperiment(mnist.MnistExperiment):
     ``arch`` is replaced by each of ``archs``). The collision sets use ``geometry``,
     whose default here is lighter than the MNIST experiment's (500 samples of 25 chains,
     4 width directions): LeNet-5's deeper sets carry ~9,000 activation-region rows, which
-    every LP round and every step of every chain touches (about 2.5 min a set on 2 cores).
+    every LP round and every step of every chain touches.
 
     Attributes:
         archs: the architectures profiled, each at every ReLU layer.

@@ -37,10 +37,9 @@ class ScanExperiment(mnist.MnistExperiment):
     collision set with a lighter ``geometry`` than the MNIST experiment's (200 samples,
     4 width directions): a scan measures one set per target.
 
-    50 per batch: on 2 cores a scan of 100 targets ran 9.3x as many polytopes per second
-    as one target per job, 100 per batch 10.2x (benchmarks/results.md, "targets per
-    batch"); 50 keeps within a tenth of the best while a killed scan redoes at most 50
-    targets' gradient rows.
+    50 per batch: a scan runs several times as many polytopes per second as with one
+    target per job, within a tenth of the best batch size (benchmarks/results.md,
+    "targets per batch"), while a killed scan redoes at most 50 targets' gradient rows.
 
     Attributes:
         rows: the rows per target (gradient and exact, from the target).

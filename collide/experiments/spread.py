@@ -103,17 +103,15 @@ class SpreadExperiment(mnist.MnistExperiment):
     ``baselines`` (some of :data:`BASELINES`, default both) adds to every (seed, target)
     the baselines experiment's points rows, after the polytope rows: ``random-ball``
     (``ball``) and ``null-space`` (``null_space``, measured at ``layer``), at the distances
-    of the gradient polytope from the target, in that row's job. Their success rates moved
-    with the checkpoint (0.32 and 0.53 in the README, 0.485 and 0.92 on another machine):
-    here they come with their spread.
+    of the gradient polytope from the target, in that row's job. Their success rates move
+    with the checkpoint: here they come with their spread.
 
     ``geometry`` is light on samples (200 in 4 chains of at most 50 draws; the walk is not
     expected to converge, and its sample statistics come out NaN with the reason): the
     sizes summarised are LP optima, which need no mixing (the dimension, the inscribed
     radius, and the mean width over random directions, added until its standard error is
-    5% of it). One set per (seed, target): about 25 s each on 2 busy cores. The defaults
-    (5 seeds x 4 targets x 5 rows = 100 rows) ran in about 15 minutes there, training
-    four MLPs (about 25 s each; seed 0's checkpoint is shipped) included.
+    5% of it). One set per (seed, target); the defaults are 5 seeds x 4 targets x 5 rows
+    = 100 rows (every seed's checkpoint is shipped).
 
     Attributes:
         seeds: training seeds: seed s trains train with seed=s (or takes its shipped checkpoint).

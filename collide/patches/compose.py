@@ -1,4 +1,4 @@
-"""Images as compositions of existing patches (paper §4; DESIGN.md, authors' facts).
+"""Images as compositions of existing patches (paper §4, and the authors' code).
 
 The start image is covered by a regular grid of windows (size p, stride s). Window g
 has K candidate patches; candidate k is weighted by softmaxₖ(logits[g]) and every

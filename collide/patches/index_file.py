@@ -1,7 +1,7 @@
 """A saved kNN index as plain arrays and JSON: nothing in the file can run code.
 
 A pickle of a pynndescent index runs whatever its bytes say when it is loaded, and the
-cache folder is writable by anyone who can write the results (issue 10 §7). The file
+cache folder is writable by anyone who can write the results. The file
 here is an ``.npz`` read with ``allow_pickle=False``: numbers only, plus one JSON
 document. An index is rebuilt from it by filling a fresh ``NNDescent`` with the state
 pynndescent itself pickles (its ``__getstate__``), the functions in that state being

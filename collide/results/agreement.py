@@ -11,7 +11,7 @@ the tolerance says how far a column may move, and why:
 - a gradient or paper vertex is the end of thousands of float32 steps: another CPU's
   kernels (AVX2 against AVX-512) round each step differently, and the last bits of a
   step can move where the solver stops; :data:`GRADIENT` is the measured bound, with its
-  margin (README, "Table 2, measured");
+  margin;
 - the collision set's sample statistics are Monte Carlo estimates: within their own
   standard error when the table gives one, else :data:`SAMPLED`.
 """
@@ -47,7 +47,7 @@ class Tolerance:
 
 
 EXACT = Tolerance(1e-6, 1e-9, "LP optima in float64 (HiGHS meets its rows to 1e-9)")
-# Measured (README, "Table 2, measured"): make run's gradient and paper rows from the shipped
+# Measured: make run's gradient and paper rows from the shipped
 # MLP with AVX2 kernels forced (ATEN_CPU_CAPABILITY=avx2, MKL_ENABLE_INSTRUCTIONS=AVX2)
 # against AVX-512 moved a vertex by up to 0.06 (L2), distances by up to 0.4%, a feature
 # error by up to 8e-4, a non-positive unit by up to 6e-3 and a probability by 2.5e-7; an

@@ -1,14 +1,14 @@
-"""The README's result tables, written from the committed reference tables, never typed.
+"""The published result tables, written from the committed reference tables, never typed.
 
 ``data/reference/`` holds the tables that ``make reference`` has the pipeline write from
-the shipped checkpoints. The README marks each generated block
+the shipped checkpoints. A documentation page marks each generated block
 
     <!-- generated: NAME -->
     ...
     <!-- end generated -->
 
-and :func:`render` rewrites every block from those files (``collide readme``), so a
-number in the README is a number in a committed table; a test fails when they part.
+and :func:`render` fills every block from those files when the site is built
+(``make docs``), so a number on a results page is a number in a committed table.
 """
 
 from __future__ import annotations
@@ -224,19 +224,24 @@ BLOCKS: dict[str, tuple[str, Callable[[pd.DataFrame], str]]] = {
 
 
 def render(text: str, reference_dir: str | Path, *, blocks: Mapping[str, tuple[str, Callable[[pd.DataFrame], str]]]
-           = BLOCKS) -> str:
-    """``text`` with every generated block rewritten from the tables in ``reference_dir``.
+           = BLOCKS, extra: Mapping[str, Callable[[], str]] | None = None) -> str:
+    """``text`` with every generated block rewritten: a block of ``blocks`` from its table
+    in ``reference_dir``, a block of ``extra`` (blocks that read no reference table) by
+    calling it.
 
     Raises:
         KeyError: a block names no known generator (the message lists them).
         FileNotFoundError: a block's reference table is missing.
     """
+    extra = extra or {}
     frames: dict[str, pd.DataFrame] = {}
 
     def one(match: re.Match[str]) -> str:
         name = match["name"]
+        if name in extra:
+            return match.group(1) + extra[name]() + match.group(4)
         if name not in blocks:
-            raise KeyError(f"unknown generated block {name!r}: expected one of {sorted(blocks)}")
+            raise KeyError(f"unknown generated block {name!r}: expected one of {sorted({*blocks, *extra})}")
         file, write = blocks[name]
         if file not in frames:
             frames[file] = pd.read_parquet(Path(reference_dir) / file)

@@ -1,6 +1,6 @@
 """One stored polytope row, as every experiment writes it: the storage contract in code.
 
-A :class:`RowRecord` holds what DESIGN.md's contract requires of every row group; a
+A :class:`RowRecord` holds what the storage contract requires of every row group; a
 missing field is a ``TypeError`` where the record is built, not a missing attr found
 when a table is read. What one experiment adds (the patch experiment's candidates, the
 ImageNet target's path) goes in ``extra_attrs`` and ``extra_arrays``.

@@ -1,4 +1,4 @@
-"""The storage contract (DESIGN.md): one :class:`ExperimentStore` owns an experiment's layout.
+"""The storage contract (docs/storage.md): one :class:`ExperimentStore` owns an experiment's layout.
 
 ``<root>/<name>.zarr/row-<n>`` holds one polytope's arrays and, in its attrs,
 everything needed to rebuild its table row. A row group is built under a temporary

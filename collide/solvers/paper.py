@@ -71,7 +71,7 @@ def solve_paper(
         target_pre: (B, D); init: (B, *input); units: (B,)
 
     References:
-        Li, Zhang, Malik (2019), §2; the authors' optimiser (DESIGN.md).
+        Li, Zhang, Malik (2019), §2; the authors' optimiser.
     """
     if target_pre.ndim != 2 or len(target_pre) != len(init) or len(units) != len(init):
         raise DataError(

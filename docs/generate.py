@@ -1,0 +1,283 @@
+"""The documentation's generated blocks: references from the code, results from the files.
+
+A page marks a block
+
+    <!-- generated: NAME -->
+    (placeholder text, replaced when the site is built)
+    <!-- end generated -->
+
+and the MkDocs hook (``docs/hooks.py``) fills every block when the site is built, so no
+option, key, default or measured number on the site is typed by hand:
+
+- ``cli``: every command and option, walked from ``flows.cli.build_parser()``;
+- ``config``: every experiment's config keys, from its config dataclass;
+- ``benchmarks``, ``benchmark-figures``: from ``benchmarks/results.json``;
+- the result tables of ``collide.results.published.BLOCKS``: from ``data/reference/``.
+
+This module is not part of the library: it imports ``flows`` and ``benchmarks``, which
+``collide`` never does.
+"""
+
+from __future__ import annotations
+
+import argparse
+import ast
+import base64
+import io
+import json
+import re
+import sys
+import tomllib
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+ROOT = Path(__file__).resolve().parent.parent
+REFERENCE_DIR = ROOT / "data" / "reference"
+BENCH_RESULTS = ROOT / "benchmarks" / "results.json"
+
+
+def _cell(text: Any) -> str:
+    """``text`` safe inside one Markdown table cell."""
+    return str(text).replace("|", "\\|").replace("\n", " ").strip()
+
+
+def _code(text: Any) -> str:
+    """``text`` as inline code, whatever backticks it holds."""
+    text = str(text)
+    fence = "``" if "`" in text else "`"
+    pad = " " if text.startswith("`") or text.endswith("`") else ""
+    return f"{fence}{pad}{text}{pad}{fence}"
+
+
+# ---------------------------------------------------------------- the command line
+
+
+def _subcommands(parser: argparse.ArgumentParser) -> list[tuple[str, str, argparse.ArgumentParser]]:
+    """(name, help, parser) of each sub-command of ``parser``, in the order they were added."""
+    out = []
+    for action in parser._actions:  # argparse has no public walk over its actions
+        if isinstance(action, argparse._SubParsersAction):
+            helps = {a.dest: a.help or "" for a in action._choices_actions}
+            out += [(name, helps.get(name, ""), sub) for name, sub in action.choices.items()]
+    return out
+
+
+def _option_rows(parser: argparse.ArgumentParser) -> list[str]:
+    rows = []
+    for action in parser._actions:
+        if isinstance(action, argparse._SubParsersAction | argparse._HelpAction):
+            continue
+        if action.option_strings:
+            name = ", ".join(action.option_strings)
+            if action.nargs != 0:
+                name += " " + (action.metavar or action.dest.upper())
+        else:
+            name = action.metavar or action.dest
+        values = ", ".join(map(str, action.choices)) if action.choices else ""
+        default = "" if action.default in (None, False, argparse.SUPPRESS) else json.dumps(action.default, default=str)
+        rows.append(f"| {_code(name)} | {_cell(values)} | {_cell(default)} | {_cell(action.help or '')} |")
+    return rows
+
+
+def cli_reference(parser: argparse.ArgumentParser | None = None) -> str:
+    """Every command of ``collide`` with its usage, description and options, from the parser."""
+    if parser is None:
+        from flows.cli import build_parser
+
+        parser = build_parser()
+    parts = [f"```text\n{parser.format_usage().strip()}\n```", "", _cell(parser.description or ""), ""]
+    if parser.epilog:
+        parts += [f"```text\n{parser.epilog.strip()}\n```", ""]
+
+    def walk(path: str, help_text: str, sub: argparse.ArgumentParser, depth: int) -> None:
+        nested = _subcommands(sub)
+        parts.extend([f"{'#' * depth} `{path}`", ""])
+        if help_text:
+            parts.extend([help_text[0].upper() + help_text[1:] + ".", ""])
+        parts.extend([f"```text\n{sub.format_usage().strip()}\n```", ""])
+        if sub.description:
+            parts.extend([f"```text\n{sub.description.strip()}\n```", ""])
+        rows = _option_rows(sub)
+        if rows:
+            parts.extend(["| argument | values | default | what |", "|---|---|---|---|", *rows, ""])
+        if sub.epilog:
+            parts.extend([f"```text\n{sub.epilog.strip()}\n```", ""])
+        for name, text, child in nested:
+            walk(f"{path} {name}", text, child, min(depth + 1, 4))
+
+    for name, text, sub in _subcommands(parser):
+        walk(f"{parser.prog} {name}", text, sub, 2)
+    return "\n".join(parts).rstrip() + "\n"
+
+
+# ---------------------------------------------------------------- config keys
+
+
+def config_rows(config: Any) -> list[tuple[str, str, Any, str]]:
+    """(key, type, default, description) for every key of ``config``; a description is
+    empty where ``config_keys`` gives none."""
+    from collide.config import config_keys
+
+    rows = []
+    for entry in config_keys(config):
+        key, kind, default, *rest = entry
+        rows.append((key, kind, default, rest[0] if rest else ""))
+    return rows
+
+
+def config_reference(name: str) -> str:
+    """The config keys of experiment ``name``: one table row a key, from its dataclass."""
+    from collide.experiments.registry import experiment
+
+    module = experiment(name)
+    lines = [f"`collide run {name} --set KEY=VALUE` (values are JSON; nested keys dotted). "
+             f"`collide config show {name}` prints the same list, `--json` the defaults as a `--config` file.",
+             "", "| key | type | default | what |", "|---|---|---|---|"]
+    for key, kind, default, description in config_rows(module.Config()):
+        lines.append(f"| {_code(key)} | {_cell(kind)} | {_code(json.dumps(default, default=str))} "
+                     f"| {_cell(description)} |")
+    return "\n".join(lines) + "\n"
+
+
+def config_references() -> str:
+    """A section per registered experiment, each with its config keys."""
+    from collide.experiments.registry import SUMMARIES
+
+    parts = []
+    for name, summary in SUMMARIES.items():
+        parts += [f"## {name}", "", summary, "", config_reference(name)]
+    return "\n".join(parts)
+
+
+# ---------------------------------------------------------------- benchmarks
+
+
+def benchmark_tables(path: Path = BENCH_RESULTS) -> str:
+    """``benchmarks/results.md``'s tables, written by the benchmarks' own writer from
+    ``results.json``, with their headings under this page's title."""
+    from benchmarks.report import markdown
+
+    text = markdown(json.loads(path.read_text()))
+    body = text.split("\n", 1)[1]  # the writer's own title: the page has one
+    return re.sub(r"^(#+) ", lambda m: "#" + m.group(1) + " ", body, flags=re.M).strip() + "\n"
+
+
+def _png(fig: Any) -> str:
+    buffer = io.BytesIO()
+    fig.savefig(buffer, format="png", dpi=110, bbox_inches="tight")
+    return base64.b64encode(buffer.getvalue()).decode()
+
+
+def benchmark_figures(path: Path = BENCH_RESULTS) -> str:
+    """Figures of ``results.json``'s scans, drawn on a ``Figure`` object of their own:
+    matplotlib's global backend and state stay as the caller left them."""
+    from matplotlib.figure import Figure
+
+    results = json.loads(path.read_text())
+    out = []
+
+    def show(fig: Any, alt: str, caption: str) -> None:
+        out.extend([f'<figure markdown="span"><img alt="{alt}" src="data:image/png;base64,{_png(fig)}">',
+                    f"<figcaption>{caption}</figcaption></figure>", ""])
+
+    batching = results.get("batching")
+    if batching and batching.get("runs"):
+        fig = Figure(figsize=(5, 3.2))
+        ax = fig.add_subplot()
+        runs = batching["runs"]
+        ax.plot([r["targets_per_batch"] for r in runs], [r["polytopes_per_second"] for r in runs], "o-")
+        ax.set(xscale="log", xlabel="targets per solver batch", ylabel="polytopes per second",
+               title=f"{batching['targets']} targets, {batching['model']} at {batching['layer']}")
+        ax.grid(alpha=0.3)
+        show(fig, "batching throughput", "Gradient polytopes per second against the targets in one solver batch.")
+
+    knn = results.get("knn")
+    if knn and knn.get("sizes"):
+        fig = Figure(figsize=(5, 3.2))
+        ax = fig.add_subplot()
+        sizes = knn["sizes"]
+        n = [s["n"] for s in sizes]
+        ax.plot(n, [s["index"]["bulk_seconds"] for s in sizes], "o-", label="index: queries")
+        ax.plot(n, [s["index"]["build_seconds"] for s in sizes], "s--", label="index: build")
+        ax.plot(n, [s["exact"]["bulk_seconds"] for s in sizes], "^-", label="exact search (timed on a sample, scaled)")
+        ax.set(xscale="log", yscale="log", xlabel="patches in the store", ylabel="seconds",
+               title=f"{knn['n_queries']:,} queries, k = {knn['k']}")
+        ax.legend()
+        ax.grid(alpha=0.3, which="both")
+        show(fig, "kNN time", "kNN: the index's build and query time against exact chunked search.")
+
+    for solver in results.get("solver", []):
+        fig = Figure(figsize=(5, 3.2))
+        ax = fig.add_subplot()
+        grid = solver["grid"]
+        ax.plot([g["lr"] for g in grid], [g["max_rel_error"] for g in grid], "o-", label="authors' scheme")
+        ax.axhline(solver["criterion"]["rel_tol"], color="k", ls=":", label="collide's criterion")
+        ax.axvline(solver["grid_choice"], color="C1", ls="--", label="chosen rate")
+        ax.set(xscale="log", yscale="log", xlabel="learning rate ([0, 1] pixels)",
+               ylabel="largest relative feature error", title=f"{solver['model']} at {solver['layer']}")
+        ax.legend()
+        ax.grid(alpha=0.3, which="both")
+        show(fig, f"learning-rate grid {solver['model']}",
+             f"The authors' scheme on {solver['model']}: final feature error over its learning-rate grid.")
+    return "\n".join(out) if out else "_No scans in `benchmarks/results.json`._\n"
+
+
+# ---------------------------------------------------------------- the layout
+
+
+def layers_reference(pyproject: Path = ROOT / "pyproject.toml") -> str:
+    """The library's layers, top to bottom, as the import-linter contract states them."""
+    contracts = tomllib.loads(pyproject.read_text())["tool"]["importlinter"]["contracts"]
+    lines = []
+    for contract in contracts:
+        if contract.get("type") != "layers":
+            continue
+        lines += [f"_{contract['name']}_", "", "| layer (top first) | modules |", "|---|---|"]
+        for i, layer in enumerate(contract["layers"], 1):
+            kind = ("independent of each other" if "|" in layer
+                    else "may import each other" if ":" in layer else "")
+            names = ", ".join(f"`{n.strip()}`" for n in re.split(r"[|:]", layer))
+            lines.append(f"| {i} | {names}{f' ({kind})' if kind else ''} |")
+        lines.append("")
+    return "\n".join(lines)
+
+
+def _summary(path: Path) -> str:
+    doc = ast.get_docstring(ast.parse(path.read_text()))
+    return doc.strip().split("\n\n")[0].replace("\n", " ") if doc else ""
+
+
+def layout_reference(package: Path = ROOT / "collide") -> str:
+    """Every module of the library and of the pipeline around it, with its docstring's summary."""
+    lines = ["| module | what it holds |", "|---|---|"]
+    for top in (package, ROOT / "tasks", ROOT / "flows"):
+        for path in sorted(top.rglob("*.py")):
+            if "shipped" in path.parts:
+                continue
+            lines.append(f"| `{path.relative_to(ROOT).as_posix()}` | {_cell(_summary(path))} |")
+    return "\n".join(lines) + "\n"
+
+
+# ---------------------------------------------------------------- every block
+
+
+def generators() -> dict[str, Callable[[], str]]:
+    """Every block a page may ask for that is not a result table, by name."""
+    out: dict[str, Callable[[], str]] = {"cli": cli_reference, "benchmarks": benchmark_tables,
+                                         "benchmark-figures": benchmark_figures,
+                                         "layers": layers_reference, "layout": layout_reference,
+                                         "config": config_references}
+    return out
+
+
+def fill(markdown: str) -> str:
+    """``markdown`` with every generated block filled: the references and benchmarks from
+    the code and ``results.json``, the result tables from ``data/reference/``."""
+    from collide.results.published import render
+
+    # flows/ and benchmarks/ come from the checkout built, as `python -m` would find them;
+    # MkDocs restores sys.path after loading a hook, so this is done on every call.
+    if str(ROOT) not in sys.path:
+        sys.path.insert(0, str(ROOT))
+    return render(markdown, REFERENCE_DIR, extra=generators())
