@@ -14,7 +14,7 @@ and :func:`render` fills every block from those files when the site is built
 from __future__ import annotations
 
 import re
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -29,6 +29,14 @@ _BLOCK = re.compile(r"(<!-- generated: (?P<name>[\w-]+) -->\n)(?P<body>.*?)(<!--
 
 def _num(value: Any, fmt: str) -> str:
     return "n/a" if missing(value) else format(float(value), fmt)
+
+
+def _markdown(header: str, rows: Iterable[str], *, caption: str = "") -> str:
+    """A markdown table: ``header`` (``| a | b |``), its rule, then ``rows``, under an
+    optional italic ``caption``."""
+    n = header.count("|") - 1
+    lines = [f"_{caption}._", ""] if caption else []
+    return "\n".join([*lines, header, "|" + "---|" * n, *rows]) + "\n"
 
 
 def _err(value: Any) -> str:
@@ -49,26 +57,22 @@ def _machine(frame: pd.DataFrame) -> str:
 
 def table2(frame: pd.DataFrame) -> str:
     """Table 2 as ``make run`` writes it, with the paper's two rows beneath."""
-    lines = [
-        f"_{_machine(frame)}._",
-        "",
-        "| row | method | init | valid | success | target top-p | samples top-p | dataset avg dist "
-        "| vertex avg dist (pairs) | max feature error | hull collides |",
-        "|---|---|---|---|---|---|---|---|---|---|---|",
-    ]
+    header = ("| row | method | init | valid | success | target top-p | samples top-p | dataset avg dist "
+              "| vertex avg dist (pairs) | max feature error | hull collides |")
+    rows = []
     for r in frame.sort_values("row").to_dict("records"):
         flags = ", ".join(row_flags(r))
-        lines.append(
+        rows.append(
             f"| {r['row']} | {r['method']} | {_init(r)} | {valid_text(r)} | {_success(r)} "
             f"| {format_probability(r['target_top_prob'])} | {format_probability(r['samples_top_prob'])} "
             f"| {_num(r['dataset_avg_distance'], '.2f')} | {_num(r['vertex_avg_distance'], '.2f')}{pairs_text(r)} "
             f"| {_err(r['max_feature_rel_error'])} | {_yes(r.get('hull_collides'))}{f' ({flags})' if flags else ''} |")
     for ref in TABLE_2:
-        lines.append(
+        rows.append(
             f"| {ref.name} | gradient | {ref.setting} | 5 | {ref.success_rate:g} | {ref.target_top_prob:g} "
             f"| {ref.samples_top_prob:g} | {_num(ref.dataset_avg_distance, '.2f')} "
             f"| {ref.published_vertex_avg_distance:g} | - | - |")
-    return "\n".join(lines) + "\n"
+    return _markdown(header, rows, caption=_machine(frame))
 
 
 def collision_set(frame: pd.DataFrame) -> str:
@@ -76,8 +80,8 @@ def collision_set(frame: pd.DataFrame) -> str:
     exact = frame[frame["method"] == "exact"].sort_values("row").to_dict("records")
     if not exact:
         return "_No exact rows in the reference table._\n"
-    head = "| | " + " | ".join(f"row {r['row']} (init {_init(r)})" for r in exact) + " |"
-    lines = [f"_{_machine(frame)}._", "", head, "|---|" + "---|" * len(exact)]
+    header = "| | " + " | ".join(f"row {r['row']} (init {_init(r)})" for r in exact) + " |"
+    lines: list[str] = []
 
     def row(label: str, cell: Callable[[Mapping[str, Any]], str]) -> None:
         lines.append(f"| {label} | " + " | ".join(cell(r) for r in exact) + " |")
@@ -94,7 +98,7 @@ def collision_set(frame: pd.DataFrame) -> str:
     row("sampler: R̂ max / ESS min", lambda r: f"{_num(r.get('region_rhat'), '.3f')} / "
         f"{_num(r.get('region_ess'), '.0f')}")
     row("samples' largest feature error", lambda r: _err(r.get("region_max_feature_rel_error")))
-    return "\n".join(lines) + "\n"
+    return _markdown(header, lines, caption=_machine(frame))
 
 
 def _sampled(record: Mapping[str, Any], column: str) -> str:
@@ -122,18 +126,17 @@ def _yes(value: Any) -> str:
 
 def lenet(frame: pd.DataFrame) -> str:
     """The LeNet-5 rows: validity, success, spread and why a row has no polytope."""
-    lines = [f"_{_machine(frame)}._", "",
-             "| row | method | init | valid | success | vertex avg dist (pairs) "
-             "| max feature error (all vertices) | hull collides (samples' error) | why |",
-             "|---|---|---|---|---|---|---|---|---|"]
+    header = ("| row | method | init | valid | success | vertex avg dist (pairs) "
+              "| max feature error (all vertices) | hull collides (samples' error) | why |")
+    rows = []
     for r in frame.sort_values("row").to_dict("records"):
         why = r.get("invalid_reason") if isinstance(r.get("invalid_reason"), str) else ""
         pairs = pairs_text(r) if not missing(r["vertex_avg_distance"]) else ""
-        lines.append(f"| {r['row']} | {r['method']} | {_init(r)} | {valid_text(r)} | {_success(r)} "
-                     f"| {_num(r['vertex_avg_distance'], '.2f')}{pairs} "
-                     f"| {_err(r.get('max_feature_rel_error'))} ({_err(r.get('max_feature_rel_error_all'))}) "
-                     f"| {_yes(r.get('hull_collides'))} ({_err(r.get('samples_max_feature_rel_error'))}) | {why} |")
-    return "\n".join(lines) + "\n"
+        rows.append(f"| {r['row']} | {r['method']} | {_init(r)} | {valid_text(r)} | {_success(r)} "
+                    f"| {_num(r['vertex_avg_distance'], '.2f')}{pairs} "
+                    f"| {_err(r.get('max_feature_rel_error'))} ({_err(r.get('max_feature_rel_error_all'))}) "
+                    f"| {_yes(r.get('hull_collides'))} ({_err(r.get('samples_max_feature_rel_error'))}) | {why} |")
+    return _markdown(header, rows, caption=_machine(frame))
 
 
 def _g(value: Any) -> str:
@@ -142,72 +145,69 @@ def _g(value: Any) -> str:
 
 def spread_paper(frame: pd.DataFrame) -> str:
     """The paper's Table 2 values against our range over training seeds and targets."""
-    lines = ["| paper row | our rows | column | paper | our range (min-max) | mean ± std | 95% CI of the mean | n "
-             "| the paper's value |",
-             "|---|---|---|---|---|---|---|---|---|"]
-    for r in frame.to_dict("records"):
-        where = "inside our range" if r["in_range"] else "**outside our range**"
-        lines.append(f"| {r['paper_row']} | {r['method']}, init {r['init']} | {r['column']} | {r['paper']:g} "
-                     f"| {_g(r['min'])}-{_g(r['max'])} | {_g(r['mean'])} ± {_g(r['std'])} "
-                     f"| {_g(r['ci95_low'])}-{_g(r['ci95_high'])} | {int(r['n'])} | {where} |")
-    return "\n".join(lines) + "\n"
+    header = ("| paper row | our rows | column | paper | our range (min-max) | mean ± std | 95% CI of the mean | n "
+              "| the paper's value |")
+    rows = [f"| {r['paper_row']} | {r['method']}, init {r['init']} | {r['column']} | {r['paper']:g} "
+            f"| {_g(r['min'])}-{_g(r['max'])} | {_g(r['mean'])} ± {_g(r['std'])} "
+            f"| {_g(r['ci95_low'])}-{_g(r['ci95_high'])} | {int(r['n'])} "
+            f"| {'inside our range' if r['in_range'] else '**outside our range**'} |"
+            for r in frame.to_dict("records")]
+    return _markdown(header, rows)
+
+
+# One value per dataset or per target: no spread of their own to read in the summary.
+_NO_SPREAD = ("dataset_avg_distance", "target_top_prob", "samples_top_prob")
 
 
 def spread_summary(frame: pd.DataFrame) -> str:
     """Each size's spread: all draws, between training seeds and between targets."""
-    lines = ["| rows | column | n | mean | std | min-max | 95% CI of the mean | std between seeds "
-             "| std between targets |",
-             "|---|---|---|---|---|---|---|---|---|"]
-    for r in frame.to_dict("records"):
-        if r["column"] in ("dataset_avg_distance", "target_top_prob", "samples_top_prob"):
-            continue  # one value per dataset or per target: no spread of their own to read here
-        lines.append(f"| {r['method']}, init {r['init']} | {r['column']} | {int(r['n'])} | {_g(r['mean'])} "
-                     f"| {_g(r['std'])} | {_g(r['min'])}-{_g(r['max'])} | {_g(r['ci95_low'])}-{_g(r['ci95_high'])} "
-                     f"| {_g(r['between_seed_std'])} | {_g(r['between_target_std'])} |")
-    return "\n".join(lines) + "\n"
+    header = ("| rows | column | n | mean | std | min-max | 95% CI of the mean | std between seeds "
+              "| std between targets |")
+    rows = [f"| {r['method']}, init {r['init']} | {r['column']} | {int(r['n'])} | {_g(r['mean'])} "
+            f"| {_g(r['std'])} | {_g(r['min'])}-{_g(r['max'])} | {_g(r['ci95_low'])}-{_g(r['ci95_high'])} "
+            f"| {_g(r['between_seed_std'])} | {_g(r['between_target_std'])} |"
+            for r in frame.to_dict("records") if r["column"] not in _NO_SPREAD]
+    return _markdown(header, rows)
 
 
 def frontier(frame: pd.DataFrame) -> str:
     """The approximation frontier: for each ε, the point closest to the other digit."""
     first = frame.iloc[0]
-    lines = [f"_{first['model']} at `{first['layer']}`, checkpoint `{str(first.get('model_sha256', ''))[:12]}`, "
-             f"target test image {first.get('target_index', '?')}, other digit test image "
-             f"{first.get('init_index', '?')}._", "",
-             "| ε | distance to the other digit | lower bound (convex inner set E ≤ ε) | distance to the target "
-             "| feature error (float64) | class | p(target's class) |",
-             "|---|---|---|---|---|---|---|"]
-    for r in frame.sort_values("row").to_dict("records"):
-        lines.append(f"| {r['epsilon']:g} | {_num(r['mean_distance_to_init'], '.3f')} "
-                     f"| {_num(r.get('distance_lower_bound_inner'), '.3f')} "
-                     f"| {_num(r['mean_distance_to_target'], '.3f')} "
-                     f"| {_err(r['max_feature_rel_error'])} | {int(r['pred_class'])} "
-                     f"| {format_probability(r.get('target_class_prob'))} |")
-    return "\n".join(lines) + "\n"
+    caption = (f"{first['model']} at `{first['layer']}`, checkpoint `{str(first.get('model_sha256', ''))[:12]}`, "
+               f"target test image {first.get('target_index', '?')}, other digit test image "
+               f"{first.get('init_index', '?')}")
+    header = ("| ε | distance to the other digit | lower bound (convex inner set E ≤ ε) | distance to the target "
+              "| feature error (float64) | class | p(target's class) |")
+    rows = [f"| {r['epsilon']:g} | {_num(r['mean_distance_to_init'], '.3f')} "
+            f"| {_num(r.get('distance_lower_bound_inner'), '.3f')} "
+            f"| {_num(r['mean_distance_to_target'], '.3f')} "
+            f"| {_err(r['max_feature_rel_error'])} | {int(r['pred_class'])} "
+            f"| {format_probability(r.get('target_class_prob'))} |"
+            for r in frame.sort_values("row").to_dict("records")]
+    return _markdown(header, rows, caption=caption)
 
 
 def baselines(frame: pd.DataFrame) -> str:
     """The baselines side by side, one row per method and layer, means over the targets."""
-    lines = ["| method @ layer | targets | success (target's class) | feature error max / mean "
-             "| mean distance to the target | spread |",
-             "|---|---|---|---|---|---|"]
-    for r in baseline_summary(frame).to_dict("records"):
-        lines.append(f"| {r['label']} | {r['targets']} | {_num(r['success_rate'], '.3f')} "
-                     f"| {_err(r['max_feature_rel_error'])} / {_err(r['mean_feature_rel_error'])} "
-                     f"| {_num(r['mean_distance_to_target'], '.2f')} | {_num(r['points_spread'], '.2f')} |")
-    return "\n".join(lines) + "\n"
+    header = ("| method @ layer | targets | success (target's class) | feature error max / mean "
+              "| mean distance to the target | spread |")
+    rows = [f"| {r['label']} | {r['targets']} | {_num(r['success_rate'], '.3f')} "
+            f"| {_err(r['max_feature_rel_error'])} / {_err(r['mean_feature_rel_error'])} "
+            f"| {_num(r['mean_distance_to_target'], '.2f')} | {_num(r['points_spread'], '.2f')} |"
+            for r in baseline_summary(frame).to_dict("records")]
+    return _markdown(header, rows)
 
 
 def transfer(frame: pd.DataFrame) -> str:
     """Collisions across models, one row per partner and row kind, means over the targets."""
-    lines = ["| model B | rows | targets | success (class kept) | max feature error | joint set: dim / radius / "
-             "mean width | A's own dim |",
-             "|---|---|---|---|---|---|---|"]
-    for r in frame.to_dict("records"):
-        lines.append(f"| {r['partner']} | {r['kind']} | {int(r['targets'])} | {_num(r['success_rate'], '.3f')} "
-                     f"| {_err(r['max_feature_rel_error'])} | {_num(r['joint_dim'], '.0f')} / "
-                     f"{_num(r['joint_radius'], '.4f')} / {_num(r['joint_mean_width'], '.3f')} "
-                     f"| {_num(r['a_dim'], '.0f')} |")
-    return "\n".join(lines) + "\n"
+    header = ("| model B | rows | targets | success (class kept) | max feature error | joint set: dim / radius / "
+              "mean width | A's own dim |")
+    rows = [f"| {r['partner']} | {r['kind']} | {int(r['targets'])} | {_num(r['success_rate'], '.3f')} "
+            f"| {_err(r['max_feature_rel_error'])} | {_num(r['joint_dim'], '.0f')} / "
+            f"{_num(r['joint_radius'], '.4f')} / {_num(r['joint_mean_width'], '.3f')} "
+            f"| {_num(r['a_dim'], '.0f')} |"
+            for r in frame.to_dict("records")]
+    return _markdown(header, rows)
 
 
 # Each generated block: the reference file it reads and how it is written.
