@@ -14,7 +14,7 @@ from collide.experiments import engine, mnist
 from collide.models.zoo import load_checkpoint
 from collide.results.evaluation import evaluate_row
 from collide.results.store import TABLE_COLUMNS, read_row, store_path, write_row
-from tests.conftest import small_mnist_config
+from tests.support import small_mnist_config
 from tests.tolerances import LP_STORED_REL_ERROR_F64, RECHECK
 
 

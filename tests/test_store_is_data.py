@@ -21,7 +21,7 @@ from collide.results.evaluation import evaluate_row
 from collide.results.resume import mark_done
 from collide.results.store import list_rows, read_attrs, store_damage, table_path, write_row
 from flows.cli import main
-from tests.conftest import small_mnist_config
+from tests.support import small_mnist_config
 
 EVIL = """
 from pathlib import Path

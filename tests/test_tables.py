@@ -17,7 +17,7 @@ from collide.results import tables
 from collide.results.resume import mark_done
 from collide.results.store import read_row, table_path, write_row, write_run_record
 from flows.cli import main
-from tests.conftest import small_mnist_config
+from tests.support import small_mnist_config
 
 
 @pytest.fixture(scope="module")
