@@ -2,18 +2,38 @@ import os
 from pathlib import Path
 
 import pytest
-import torch
 
 os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
 os.environ.setdefault("DO_NOT_TRACK", "1")
+if os.environ.get("PYTEST_XDIST_WORKER"):
+    # `make test` runs one worker per core: each keeps to one thread (torch, OpenMP,
+    # numba), and so do the `collide` processes its tests start. Two workers of two
+    # threads each on two cores spin against each other and ran ten times slower.
+    for _var in ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "NUMBA_NUM_THREADS"):
+        os.environ.setdefault(_var, "1")
+import torch  # noqa: E402
+
 # Prefect's environment defaults (a generous temporary-server start-up among them) for
 # this process and every `collide` subprocess a test starts.
 import flows  # noqa: E402, F401
+from collide.config import RowSpec  # noqa: E402
+from collide.experiments import engine, mnist  # noqa: E402
 from collide.experiments.mnist import MnistExperiment  # noqa: E402
 from tests.support import small_mnist_config, synthetic_mnist  # noqa: E402
 
+# Session-scoped finished runs that several modules read.
+SHARED_RUNS = {"mnist_run", "two_row_run"}
+
 
 def pytest_collection_modifyitems(config, items):
+    if config.pluginmanager.hasplugin("xdist"):
+        # For `--dist loadgroup`: a module's tests go to one worker, so its module-scoped
+        # fixtures are built once; the modules that read a shared run go to one worker
+        # together, so that run is made once.
+        sharing = {item.module.__name__ for item in items if SHARED_RUNS & set(item.fixturenames)}
+        for item in items:
+            module = item.module.__name__
+            item.add_marker(pytest.mark.xdist_group("shared-runs" if module in sharing else module))
     if torch.cuda.is_available():
         return
     skip = pytest.mark.skip(reason="needs CUDA")
@@ -25,6 +45,23 @@ def pytest_collection_modifyitems(config, items):
 @pytest.fixture(scope="session")
 def tiny_mnist(tmp_path_factory) -> Path:
     return synthetic_mnist(tmp_path_factory.mktemp("mnist"))
+
+
+@pytest.fixture(scope="session")
+def mnist_run(tiny_mnist, tmp_path_factory) -> tuple[MnistExperiment, dict]:
+    """One finished run of the small MNIST experiment, every default row: the modules that
+    read a finished run share it. Never change it: a test that damages, extends or reruns
+    a run works on a copy (``tests.support.copy_run``)."""
+    config = small_mnist_config(tiny_mnist, tmp_path_factory.mktemp("mnist-run"))
+    return config, engine.run(mnist, config=config)
+
+
+@pytest.fixture(scope="session")
+def two_row_run(tiny_mnist, tmp_path_factory) -> tuple[MnistExperiment, dict]:
+    """One finished run of a gradient and an exact row, shared like ``mnist_run``."""
+    rows = (RowSpec("gradient", "target"), RowSpec("exact", "other"))
+    config = small_mnist_config(tiny_mnist, tmp_path_factory.mktemp("two-row-run"), rows=rows)
+    return config, engine.run(mnist, config=config)
 
 
 @pytest.fixture

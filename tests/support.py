@@ -2,6 +2,8 @@
 for tests, and one snapshot of a folder's files. Tests import these by name; conftest.py
 holds only fixtures and hooks."""
 
+import dataclasses
+import shutil
 import struct
 from pathlib import Path
 
@@ -60,3 +62,10 @@ def snapshot(root: str | Path) -> dict[str, tuple[int, bytes]]:
     root = Path(root)
     return {str(p.relative_to(root)): (p.stat().st_mtime_ns, p.read_bytes())
             for p in sorted(root.rglob("*")) if p.is_file() and ".tmp" not in p.parts}
+
+
+def copy_run(config: MnistExperiment, dest: Path) -> MnistExperiment:
+    """A finished run's results in a folder of their own, to damage or rerun freely; the
+    checkpoint stays shared (a rerun reuses it and never writes it)."""
+    shutil.copytree(config.results_root, dest)
+    return dataclasses.replace(config, results_root=str(dest))
