@@ -21,19 +21,8 @@ from collide.experiments import engine, mnist  # noqa: E402
 from collide.experiments.mnist import MnistExperiment  # noqa: E402
 from tests.support import small_mnist_config, synthetic_mnist  # noqa: E402
 
-# Session-scoped finished runs that several modules read.
-SHARED_RUNS = {"mnist_run", "two_row_run"}
-
 
 def pytest_collection_modifyitems(config, items):
-    if config.pluginmanager.hasplugin("xdist"):
-        # For `--dist loadgroup`: a module's tests go to one worker, so its module-scoped
-        # fixtures are built once; the modules that read a shared run go to one worker
-        # together, so that run is made once.
-        sharing = {item.module.__name__ for item in items if SHARED_RUNS & set(item.fixturenames)}
-        for item in items:
-            module = item.module.__name__
-            item.add_marker(pytest.mark.xdist_group("shared-runs" if module in sharing else module))
     if torch.cuda.is_available():
         return
     skip = pytest.mark.skip(reason="needs CUDA")
@@ -50,8 +39,9 @@ def tiny_mnist(tmp_path_factory) -> Path:
 @pytest.fixture(scope="session")
 def mnist_run(tiny_mnist, tmp_path_factory) -> tuple[MnistExperiment, dict]:
     """One finished run of the small MNIST experiment, every default row: the modules that
-    read a finished run share it. Never change it: a test that damages, extends or reruns
-    a run works on a copy (``tests.support.copy_run``)."""
+    read a finished run share it (under `make test`, one per worker that runs any of them).
+    Never change it: a test that damages, extends or reruns a run works on a copy
+    (``tests.support.copy_run``)."""
     config = small_mnist_config(tiny_mnist, tmp_path_factory.mktemp("mnist-run"))
     return config, engine.run(mnist, config=config)
 
