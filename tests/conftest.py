@@ -23,6 +23,10 @@ from tests.support import small_mnist_config, synthetic_mnist  # noqa: E402
 
 
 def pytest_collection_modifyitems(config, items):
+    # Files holding slow tests first (in their own order): `make test`'s workers, which
+    # take a file at a time, then end on short files rather than wait for one long one.
+    slow_files = {item.path for item in items if "slow" in item.keywords}
+    items.sort(key=lambda item: item.path not in slow_files)
     if torch.cuda.is_available():
         return
     skip = pytest.mark.skip(reason="needs CUDA")
