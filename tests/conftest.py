@@ -6,10 +6,11 @@ import pytest
 os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
 os.environ.setdefault("DO_NOT_TRACK", "1")
 if os.environ.get("PYTEST_XDIST_WORKER"):
-    # `make test` runs one worker per core: each keeps to one thread (torch, OpenMP,
-    # numba), and so do the `collide` processes its tests start. Two workers of two
-    # threads each on two cores spin against each other and ran ten times slower.
-    for _var in ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "NUMBA_NUM_THREADS"):
+    # `make test` runs one worker per core: each keeps to one thread (torch, OpenMP),
+    # and so do the `collide` processes its tests start. Two workers of two threads each
+    # on two cores spin against each other and ran ten times slower. (numba's pool stays:
+    # pynndescent asks it for n_jobs threads, and tests set n_jobs=2.)
+    for _var in ("OMP_NUM_THREADS", "MKL_NUM_THREADS"):
         os.environ.setdefault(_var, "1")
 import torch  # noqa: E402
 
