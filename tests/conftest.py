@@ -7,8 +7,9 @@ os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
 os.environ.setdefault("DO_NOT_TRACK", "1")
 if os.environ.get("PYTEST_XDIST_WORKER"):
     # `make test` runs one worker per core: each keeps to one thread (torch, OpenMP),
-    # and so do the `collide` processes its tests start. Two workers of two threads each
-    # on two cores spin against each other and ran ten times slower. (numba's pool stays:
+    # and so do the `collide` processes its tests start: threads beyond the cores spin
+    # against each other (30 gradient steps on ResNet-18 took 60-90 s with torch's two
+    # threads on the loaded 2-core machine, 2-5 s with one). (numba's pool stays:
     # pynndescent asks it for n_jobs threads, and tests set n_jobs=2.)
     for _var in ("OMP_NUM_THREADS", "MKL_NUM_THREADS"):
         os.environ.setdefault(_var, "1")
