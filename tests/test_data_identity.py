@@ -14,7 +14,7 @@ from collide.experiments.engine import run
 from collide.results.reference import reference_for
 from collide.results.store import ExperimentStore
 from collide.results.vertex_figure import row_label
-from tests.conftest import small_mnist_config, synthetic_mnist
+from tests.support import small_mnist_config, synthetic_mnist
 
 GRADIENT_ROWS = (RowSpec("gradient", "target"), RowSpec("gradient", "other"))
 

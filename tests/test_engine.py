@@ -22,18 +22,15 @@ from collide.experiments import mnist as mnist_module
 from collide.experiments.imagenet import ImagenetExperiment
 from collide.experiments.scan import ScanExperiment, class_summary
 from collide.results.store import ExperimentStore
-from tests.conftest import LIGHT_GEOMETRY
+from tests.support import LIGHT_GEOMETRY, snapshot
 from tests.tolerances import EQUIVALENT
 
 pytestmark = pytest.mark.slow
 TIMING = ["solver_seconds", "region_seconds"]
 PROJECT = Path(__file__).resolve().parent.parent
-
-
-def _snapshot(root: str | Path) -> dict[str, tuple[int, bytes]]:
-    root = Path(root)
-    return {str(p.relative_to(root)): (p.stat().st_mtime_ns, p.read_bytes())
-            for p in sorted(root.rglob("*")) if p.is_file() and ".tmp" not in p.parts}
+# The scan's tests read its exact rows' dimensions and vertices, never the samples of
+# their sets: few draws (20 exact rows, each measuring its set, in the scan and its batched twin).
+SCAN_GEOMETRY = dataclasses.replace(LIGHT_GEOMETRY, max_draws=5)
 
 
 def _same_rows(a_root: str, b_root: str, name: str) -> None:
@@ -97,21 +94,21 @@ def test_a_killed_imagenet_run_resumes_to_the_uninterrupted_result(whole, photos
     assert proc.poll() is None, "the run ended before it could be killed: " + proc.stderr.read().decode()[-2000:]
     os.kill(proc.pid, signal.SIGKILL)
     proc.wait()
-    finished = {k: v for k, v in _snapshot(store).items() if k.split("/")[0] in {f"row-{r}" for r in done}}
+    finished = {k: v for k, v in snapshot(store).items() if k.split("/")[0] in {f"row-{r}" for r in done}}
     assert len(ExperimentStore(killed.results_root, "imagenet").rows()) < n_rows, "the kill came after the last row"
     again = subprocess.run(command, cwd=PROJECT, capture_output=True, text=True, timeout=600)
     assert again.returncode == 0, again.stderr[-3000:]
-    after = _snapshot(store)
+    after = snapshot(store)
     assert all(after[k] == v for k, v in finished.items()), "a row finished before the kill was rewritten"
     _same_rows(whole.results_root, killed.results_root, "imagenet")
 
 
 def test_a_finished_imagenet_run_reruns_as_a_no_op(whole):
     config, _ = whole
-    before = _snapshot(config.results_root)
+    before = snapshot(config.results_root)
     again = engine.run(imagenet, config=config)
     assert again["reused"] and again["reused_rows"] == len(again["rows"])
-    assert _snapshot(config.results_root) == before
+    assert snapshot(config.results_root) == before
 
 
 @pytest.fixture(scope="module")
@@ -121,7 +118,7 @@ def scanned(tiny_mnist, tmp_path_factory):
         data_root=str(tiny_mnist), checkpoint_dir=str(root / "ck"), results_root=str(root / "res"),
         device="cpu", allow_download=False, train=TrainConfig(epochs=2, min_accuracy=0.0),
         sample=SampleConfig(n_samples=200, n_dataset_pairs=100), targets_per_class=1,
-        gradient=GradientConfig(max_steps=400), targets_per_batch=1, geometry=LIGHT_GEOMETRY,
+        gradient=GradientConfig(max_steps=400), targets_per_batch=1, geometry=SCAN_GEOMETRY,
     )
     return config, engine.run(scan, config=config)
 
@@ -155,10 +152,10 @@ def test_the_scan_summary_is_its_tables_per_class_aggregate(scanned):
 
 def test_a_finished_scan_reruns_as_a_no_op(scanned):
     config, _ = scanned
-    before = _snapshot(config.results_root)
+    before = snapshot(config.results_root)
     again = engine.run(scan, config=config)
     assert again["summary_reused"] and again["reused"] and again["reused_rows"] == 20
-    assert _snapshot(config.results_root) == before
+    assert snapshot(config.results_root) == before
 
 
 def test_a_batched_scan_writes_the_unbatched_scans_polytopes(scanned, tmp_path):
@@ -180,9 +177,9 @@ def test_a_batched_scan_writes_the_unbatched_scans_polytopes(scanned, tmp_path):
             assert np.allclose(a["vertices"], b["vertices"], atol=EQUIVALENT, equal_nan=True)
             assert b_attrs["solver"]["batch_targets"] in (2, 4)
         assert a_attrs["units"] == b_attrs["units"]
-    before = _snapshot(batched.results_root)
+    before = snapshot(batched.results_root)
     assert engine.run(scan, config=batched)["reused_rows"] == 20
-    assert _snapshot(batched.results_root) == before
+    assert snapshot(batched.results_root) == before
 
 
 def test_a_second_run_of_one_experiment_is_refused_naming_the_first(tiny_config, tmp_path):

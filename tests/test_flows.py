@@ -7,8 +7,8 @@ import sys
 import pandas as pd
 import pytest
 
-from collide.experiments import engine, mnist
 from collide.results.store import ExperimentStore
+from tests.support import LIGHT_GEOMETRY
 
 pytestmark = pytest.mark.slow
 
@@ -21,23 +21,27 @@ def harness():
         yield
 
 
-def test_flow_writes_what_the_plain_pipeline_writes(harness, tiny_config, tmp_path):
+def test_flow_writes_what_the_plain_pipeline_writes(harness, mnist_run, tmp_path):
     from flows.experiment import experiment_flow
 
-    plain_cfg = dataclasses.replace(tiny_config, results_root=str(tmp_path / "plain"))
-    plain = engine.run(mnist, config=plain_cfg)
-    out = experiment_flow(experiment="mnist", config=tiny_config.to_dict())
+    plain_cfg, plain = mnist_run  # the session's plain run; the flow reuses its checkpoint
+    flow_cfg = dataclasses.replace(plain_cfg, results_root=str(tmp_path / "flow"))
+    out = experiment_flow(experiment="mnist", config=flow_cfg.to_dict())
     flow_table = pd.read_parquet(out["table"])
     plain_table = pd.read_parquet(plain["table"])
     timing = ["solver_seconds", "region_seconds"]
     pd.testing.assert_frame_equal(flow_table.drop(columns=timing, errors="ignore"),
                                   plain_table.drop(columns=timing, errors="ignore"))
-    for row in range(len(tiny_config.rows)):
-        a, _ = ExperimentStore.of(tiny_config).read_row(row)
+    for row in range(len(flow_cfg.rows)):
+        a, _ = ExperimentStore.of(flow_cfg).read_row(row)
         b, _ = ExperimentStore.of(plain_cfg).read_row(row)
         assert a.keys() == b.keys()
         for key in a:
             assert (a[key] == b[key]).all() or (pd.isna(a[key]) & pd.isna(b[key])).all(), (row, key)
+
+
+# The exact rows' collision sets measured as cheaply as the in-process runs measure them.
+LIGHT_GEOMETRY_FIELDS = ("n_samples", "chains", "burn_in", "thin", "n_directions", "max_draws")
 
 
 def _cli(*args: str) -> subprocess.CompletedProcess:
@@ -70,6 +74,7 @@ def test_cli_plain_run_offline(tiny_config, tmp_path):
         "--checkpoint-dir", str(tmp_path / "ck"), "--device", "cpu",
         "--set", "allow_download=false", "--set", "train.epochs=1", "--set", "train.min_accuracy=0",
         "--set", "sample.n_samples=100", "--set", "paper.steps=300",
+        *(a for k in LIGHT_GEOMETRY_FIELDS for a in ("--set", f"geometry.{k}={getattr(LIGHT_GEOMETRY, k)}")),
     )
     assert res.returncode == 0, res.stderr
     assert "table:" in res.stdout

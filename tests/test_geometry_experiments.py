@@ -12,7 +12,7 @@ from collide.experiments import engine, mnist, profile, transfer
 from collide.results.health import status
 from collide.results.store import ExperimentStore
 from collide.results.verify import verify
-from tests.conftest import LIGHT_GEOMETRY, small_mnist_config
+from tests.support import LIGHT_GEOMETRY, small_mnist_config
 from tests.tolerances import LP_STORED_REL_ERROR_F64, SET_EXACT
 
 SMALL = dict(device="cpu", allow_download=False, train=TrainConfig(epochs=2, min_accuracy=0.0),

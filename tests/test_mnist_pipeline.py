@@ -14,16 +14,15 @@ from collide.experiments import engine, mnist
 from collide.models.zoo import load_checkpoint
 from collide.results.evaluation import evaluate_row
 from collide.results.store import TABLE_COLUMNS, ExperimentStore
-from tests.conftest import small_mnist_config
+from tests.support import copy_run
 from tests.tolerances import LP_STORED_REL_ERROR_F64, RECHECK
 
 
 @pytest.fixture(scope="module")
-def finished(tiny_mnist, tmp_path_factory):
-    root = tmp_path_factory.mktemp("run")
-    config = small_mnist_config(tiny_mnist, root)
-    out = engine.run(mnist, config=config)
-    return config, out
+def finished(mnist_run, tmp_path_factory):
+    """The session's finished run, copied: tests here write stores of their own beside it."""
+    config, out = mnist_run
+    return copy_run(config, tmp_path_factory.mktemp("run") / "results"), out
 
 
 def test_table_has_every_row_and_the_contract_columns(finished):

@@ -30,6 +30,7 @@ from collide.experiments.mnist import MnistExperiment
 from collide.results.resume import row_keys
 from collide.results.store import ExperimentStore
 from flows.serve import PROJECT
+from tests.support import snapshot
 
 pytestmark = pytest.mark.slow
 TIMING = ["solver_seconds", "region_seconds"]
@@ -193,12 +194,6 @@ def _cli_run(server, config: MnistExperiment, *extra: str, **popen) -> subproces
     )
 
 
-def _snapshot(config: MnistExperiment) -> dict[str, tuple[int, bytes]]:
-    root = Path(config.results_root)
-    return {str(p.relative_to(root)): (p.stat().st_mtime_ns, p.read_bytes())
-            for p in sorted(root.rglob("*")) if p.is_file() and ".tmp" not in p.parts}
-
-
 def _assert_same_rows(a: MnistExperiment, b: MnistExperiment) -> None:
     pd.testing.assert_frame_equal(
         pd.read_parquet(Path(a.results_root) / f"{a.name}.parquet").drop(columns=TIMING, errors="ignore"),
@@ -234,12 +229,12 @@ def test_fan_out_over_dask_gives_the_rows_of_the_targets_one_by_one(fanned_out, 
 
 def test_rerun_with_everything_finished_reuses_it_and_changes_nothing(server, fanned_out):
     config, _ = fanned_out
-    before = _snapshot(config)
+    before = snapshot(config.results_root)
     proc = _cli_run(server, config, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
     out, _ = proc.communicate(timeout=400)
     assert proc.returncode == 0, out
     assert "20 of 20 rows were already finished and reused" in out
-    assert _snapshot(config) == before  # not one byte, not one mtime
+    assert snapshot(config.results_root) == before  # not one byte, not one mtime
 
 
 def test_a_run_killed_mid_stage_reruns_to_the_uninterrupted_result(server, tiny_mnist, fanned_out):

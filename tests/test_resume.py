@@ -18,7 +18,7 @@ from collide.experiments.mnist import MnistExperiment
 from collide.models.zoo import load_checkpoint
 from collide.results.resume import mark_done, row_keys, stage_key, torch_threads
 from collide.results.store import ExperimentStore
-from tests.conftest import small_mnist_config
+from tests.support import small_mnist_config, snapshot
 
 TIMING = ["solver_seconds", "region_seconds"]
 
@@ -29,11 +29,6 @@ def finished(tiny_mnist, tmp_path_factory):
     config = small_mnist_config(tiny_mnist, root, rows=DEFAULT_ROWS[:4])  # gradient and exact
     out = engine.run(mnist, config=config)
     return config, out
-
-
-def _snapshot(root: str) -> dict[str, tuple[int, bytes]]:
-    return {str(p): (p.stat().st_mtime_ns, p.read_bytes())
-            for p in sorted(Path(root).rglob("*")) if p.is_file() and ".tmp" not in p.parts}
 
 
 def _copy(config: MnistExperiment, tmp_path: Path) -> MnistExperiment:
@@ -52,11 +47,11 @@ def test_every_row_carries_its_stage_keys(finished):
 
 def test_rerun_of_a_finished_experiment_reuses_everything_and_changes_nothing(finished):
     config, _ = finished
-    before = _snapshot(config.results_root)
+    before = snapshot(config.results_root)
     again = engine.run(mnist, config=config)
     assert not any(r["solved"] or r["evaluated"] for r in again["rows"])
     assert again["reused"]
-    assert _snapshot(config.results_root) == before
+    assert snapshot(config.results_root) == before
 
 
 def test_a_row_cut_off_before_its_key_is_redone_alone(finished, tmp_path):
@@ -151,17 +146,17 @@ def test_a_config_that_fails_on_its_data_leaves_an_earlier_runs_rows_alone(finis
     fewer non-positive units than vertices) fails before any row, record or output of the
     earlier, larger run changes; and pruning waits for every job anyway."""
     config = _copy(finished[0], tmp_path)
-    before = _snapshot(config.results_root)
+    before = snapshot(config.results_root)
     fewer = dataclasses.replace(config, rows=DEFAULT_ROWS[:2], n_vertices=1000)
     with pytest.raises(ConfigError, match="more than the 256 units of layer 'relu1'"):
         engine.run(mnist, config=fewer)
-    assert _snapshot(config.results_root) == before
+    assert snapshot(config.results_root) == before
     # A width the layer has, but more than the target's non-positive units (it has some
     # positive ones): found in prepare, from the data, not in a job.
     fewer = dataclasses.replace(config, rows=DEFAULT_ROWS[:2], n_vertices=255)
     with pytest.raises(ConfigError, match="non-positive units at relu1, fewer than the 255 vertices"):
         engine.run(mnist, config=fewer)
-    assert _snapshot(config.results_root) == before
+    assert snapshot(config.results_root) == before
     assert ExperimentStore.of(config).rows() == [0, 1, 2, 3]
 
 

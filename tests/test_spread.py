@@ -18,7 +18,7 @@ from collide.experiments import engine, mnist, spread
 from collide.models.zoo import load_checkpoint
 from collide.results.reference import TABLE_2
 from collide.results.store import ExperimentStore
-from tests.conftest import LIGHT_GEOMETRY
+from tests.support import LIGHT_GEOMETRY
 
 SEEDS = (0, 1)
 LABELS = (7, 2)

@@ -13,7 +13,6 @@ import pandas as pd
 import pytest
 
 from collide import _io
-from collide.config import RowSpec
 from collide.errors import BusyError, ConfigError, ModelRefused
 from collide.experiments import engine, mnist
 from collide.results import health
@@ -21,7 +20,7 @@ from collide.results.evaluation import evaluate_row
 from collide.results.resume import mark_done
 from collide.results.store import ExperimentStore
 from flows.cli import main
-from tests.conftest import small_mnist_config
+from tests.support import small_mnist_config
 
 EVIL = """
 from pathlib import Path
@@ -35,10 +34,9 @@ def factory():
 
 
 @pytest.fixture(scope="module")
-def finished(tiny_mnist, tmp_path_factory):
-    root = tmp_path_factory.mktemp("store-is-data")
-    config = small_mnist_config(tiny_mnist, root, rows=(RowSpec("gradient", "target"), RowSpec("exact", "other")))
-    return config, engine.run(mnist, config=config)
+def finished(two_row_run):
+    """The session's gradient-and-exact run; tests here copy it before they change anything."""
+    return two_row_run
 
 
 def _copy(config, dest: Path) -> Path:

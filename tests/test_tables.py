@@ -9,7 +9,6 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from collide.config import RowSpec
 from collide.errors import DataError
 from collide.experiments import engine, mnist
 from collide.experiments.mnist import MnistExperiment
@@ -17,17 +16,12 @@ from collide.results import health, tables
 from collide.results.resume import mark_done
 from collide.results.store import ExperimentStore
 from flows.cli import main
-from tests.conftest import small_mnist_config
 
 
 @pytest.fixture(scope="module")
-def finished(tiny_mnist, tmp_path_factory):
-    root = tmp_path_factory.mktemp("tables")
-    config = small_mnist_config(
-        tiny_mnist, root,
-        rows=(RowSpec("gradient", "target"), RowSpec("exact", "other")),
-    )
-    return config, engine.run(mnist, config=config)
+def finished(two_row_run):
+    """The session's gradient-and-exact run; tests here copy it before they change anything."""
+    return two_row_run
 
 
 def _stores_only(config: MnistExperiment, dest: Path, *names: str) -> Path:

@@ -1,0 +1,71 @@
+"""What several test modules build on: synthetic MNIST files, the MNIST experiment sized
+for tests, and one snapshot of a folder's files. Tests import these by name; conftest.py
+holds only fixtures and hooks."""
+
+import dataclasses
+import shutil
+import struct
+from pathlib import Path
+
+import numpy as np
+
+from collide.config import GeometryConfig, PaperConfig, SampleConfig, TrainConfig
+from collide.experiments.mnist import MnistExperiment
+
+
+def write_idx(path: Path, array: np.ndarray) -> None:
+    """Write ``array`` (uint8) as an IDX file: the format MNIST ships in."""
+    header = bytes([0, 0, 0x08, array.ndim]) + b"".join(struct.pack(">I", n) for n in array.shape)
+    path.write_bytes(header + array.astype(np.uint8).tobytes())
+
+
+def synthetic_mnist(root: Path, *, n_train: int = 1000, n_test: int = 300, seed: int = 0) -> Path:
+    """MNIST-shaped IDX files: one smooth random template per digit plus noise.
+
+    Learnable in one epoch, so tests run the real pipeline without the real data.
+    """
+    rng = np.random.default_rng(seed)
+    templates = rng.random((10, 7, 7)).repeat(4, 1).repeat(4, 2) > 0.6
+    root.mkdir(parents=True, exist_ok=True)
+    for split, n in (("train", n_train), ("t10k", n_test)):
+        labels = rng.integers(0, 10, n)
+        labels[:2] = (7, 2)  # like MNIST's test set: a 7 first, another digit next
+        images = templates[labels] * 200 + rng.integers(0, 55, (n, 28, 28))
+        write_idx(root / f"{split}-images-idx3-ubyte", images)
+        write_idx(root / f"{split}-labels-idx1-ubyte", labels)
+    return root
+
+
+# Exact rows' collision sets, measured cheaply: the numbers are checked, not their precision.
+LIGHT_GEOMETRY = GeometryConfig(n_samples=60, chains=6, burn_in=20, thin=2, n_directions=2, max_draws=30)
+
+
+def small_mnist_config(data_root: Path, root: Path, **changes) -> MnistExperiment:
+    """The MNIST experiment sized for tests: 2 epochs, 300 samples, CPU, no downloads."""
+    settings = dict(
+        data_root=str(data_root),
+        checkpoint_dir=str(root / "checkpoints"),
+        results_root=str(root / "results"),
+        device="cpu",
+        allow_download=False,
+        train=TrainConfig(epochs=2, min_accuracy=0.0),
+        sample=SampleConfig(n_samples=300, n_dataset_pairs=200),
+        paper=PaperConfig(steps=300),
+        geometry=LIGHT_GEOMETRY,
+    )
+    return MnistExperiment(**{**settings, **changes})
+
+
+def snapshot(root: str | Path) -> dict[str, tuple[int, bytes]]:
+    """Every file under ``root`` (scratch in ``.tmp`` aside), by relative path: its mtime
+    and its bytes. Two equal snapshots: not one byte and not one mtime changed."""
+    root = Path(root)
+    return {str(p.relative_to(root)): (p.stat().st_mtime_ns, p.read_bytes())
+            for p in sorted(root.rglob("*")) if p.is_file() and ".tmp" not in p.parts}
+
+
+def copy_run(config: MnistExperiment, dest: Path) -> MnistExperiment:
+    """A finished run's results in a folder of their own, to damage or rerun freely; the
+    checkpoint stays shared (a rerun reuses it and never writes it)."""
+    shutil.copytree(config.results_root, dest)
+    return dataclasses.replace(config, results_root=str(dest))
