@@ -12,6 +12,9 @@ import numpy as np
 from collide.config import GeometryConfig, PaperConfig, SampleConfig, TrainConfig
 from collide.experiments.mnist import MnistExperiment
 
+# The repository's root: tests read its README, docs, pyproject and reference tables.
+PROJECT = Path(__file__).resolve().parent.parent
+
 
 def write_idx(path: Path, array: np.ndarray) -> None:
     """Write ``array`` (uint8) as an IDX file: the format MNIST ships in."""

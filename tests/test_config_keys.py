@@ -4,7 +4,6 @@ reaches for another's private names."""
 
 import ast
 import dataclasses
-from pathlib import Path
 
 import pytest
 
@@ -12,8 +11,7 @@ from collide.config import config_keys
 from collide.config_loader import descriptions, field_types
 from collide.experiments.registry import EXPERIMENTS
 from flows.cli import main
-
-PROJECT = Path(__file__).resolve().parent.parent
+from tests.support import PROJECT
 
 
 @pytest.mark.parametrize("name", list(EXPERIMENTS))

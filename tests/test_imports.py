@@ -4,6 +4,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+from tests.support import PROJECT
+
 
 def test_library_imports_without_prefect():
     code = (
@@ -54,7 +56,7 @@ def test_the_library_has_no_import_cycles():
 def test_the_layers_contract_holds():
     """pyproject's import-linter contracts: each layer imports only from layers below it, in
     the library and inside the piecewise-linear core and the solvers."""
-    root = Path(__file__).resolve().parent.parent
+    root = PROJECT
     done = subprocess.run([str(Path(sys.executable).parent / "lint-imports"), "--no-cache"], cwd=root,
                           capture_output=True, text=True)
     assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-2000:]

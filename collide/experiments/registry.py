@@ -4,7 +4,7 @@ Adding an experiment is a module in :mod:`collide.experiments` named as the expe
 (satisfying :class:`collide.experiments.contract.Experiment`: ``NAME``, ``Config``,
 ``layers``, ``validate``, ``prepare``, ``plan``, ``solve``; see
 :mod:`collide.experiments.engine`), one entry here and one deployment in ``prefect.yaml``
-(``tests/test_ops_config.py`` checks all three agree).
+(``tests/flows/test_ops_config.py`` checks all three agree).
 
 Names and summaries are listed without importing any experiment (each pulls in torch and
 more): an experiment's module is imported when it is first asked for, so that
@@ -48,7 +48,7 @@ def experiment(name: str) -> Experiment:
     module = importlib.import_module(f"{__package__}.{name}")
     if getattr(module, "NAME", None) != name:
         raise InternalError(f"{module.__name__} names itself {getattr(module, 'NAME', None)!r}, not {name!r}")
-    return module  # type: ignore[return-value]  # a module satisfies the protocol (tests/test_ops_config.py)
+    return module  # type: ignore[return-value]  # a module satisfies the protocol (tests/flows/test_ops_config.py)
 
 
 class _Experiments(Mapping[str, "Experiment"]):

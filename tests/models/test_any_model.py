@@ -21,9 +21,9 @@ from collide.models.external import Normalized
 from collide.piecewise import budget, linearise
 from collide.solvers import exact
 from tests.any_models import functional_cnn, gelu_cnn, piecewise_mlp, randomize_batch_norm
+from tests.support import PROJECT
 from tests.tolerances import LP_STORED_REL_ERROR_F64, UNCHANGED
 
-PROJECT = Path(__file__).resolve().parent.parent
 # The gradient solver's collision criterion (GradientConfig.rel_tol), recomputed by an
 # independent forward pass: float32 storage may move it by rounding only.
 GRADIENT_REL_TOL = 1e-2 + 1e-5

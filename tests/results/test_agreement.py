@@ -1,15 +1,13 @@
 """A table reproduces its reference when every column that does not measure time agrees
 within the tolerance stated for it; the published tables are rendered from the committed reference."""
 
-from pathlib import Path
 
 import pandas as pd
 import pytest
 
 from collide.results.agreement import EXACT, GRADIENT, compare_tables
 from collide.results.published import BLOCKS, render
-
-ROOT = Path(__file__).resolve().parent.parent
+from tests.support import PROJECT as ROOT
 
 
 def _table() -> pd.DataFrame:

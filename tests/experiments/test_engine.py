@@ -22,12 +22,11 @@ from collide.experiments import mnist as mnist_module
 from collide.experiments.imagenet import ImagenetExperiment
 from collide.experiments.scan import ScanExperiment, class_summary
 from collide.results.store import ExperimentStore
-from tests.support import LIGHT_GEOMETRY, snapshot
+from tests.support import LIGHT_GEOMETRY, PROJECT, snapshot
 from tests.tolerances import EQUIVALENT
 
 pytestmark = pytest.mark.slow
 TIMING = ["solver_seconds", "region_seconds"]
-PROJECT = Path(__file__).resolve().parent.parent
 # The scan's tests read its exact rows' dimensions and vertices, never the samples of
 # their sets: few draws (20 exact rows, each measuring its set, in the scan and its batched twin).
 SCAN_GEOMETRY = dataclasses.replace(LIGHT_GEOMETRY, max_draws=5)

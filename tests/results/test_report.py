@@ -6,7 +6,6 @@ import json
 import re
 import subprocess
 import sys
-from pathlib import Path
 
 import numpy as np
 import pandas as pd
@@ -15,6 +14,7 @@ import pytest
 from collide.results import cells, figures, health, reference, report, tables, vertex_figure
 from collide.results.store import ExperimentStore
 from flows.cli import main
+from tests.support import PROJECT
 
 V = 5
 REASON = "1 of 5 vertices valid: success needs >= 2"
@@ -203,7 +203,7 @@ def test_status_warns_of_flags_invalid_vertices_and_missing_success(root, capsys
 
 
 def test_the_docs_explain_the_reports_columns():
-    storage = (Path(__file__).parents[1] / "docs" / "storage.md").read_text()
+    storage = (PROJECT / "docs" / "storage.md").read_text()
     section = storage.split("## Reading the tables")[1].split("\n## ")[0]
     for column in set(report.GLOSSARY) - {"row", "model", "layer", "valid", "target_index", "config_digest"}:
         assert f"`{column}`" in section, column
