@@ -8,6 +8,7 @@ import struct
 from pathlib import Path
 
 import numpy as np
+import torch
 
 from collide.config import GeometryConfig, PaperConfig, SampleConfig, TrainConfig
 from collide.experiments.mnist import MnistExperiment
@@ -72,3 +73,24 @@ def copy_run(config: MnistExperiment, dest: Path) -> MnistExperiment:
     checkpoint stays shared (a rerun reuses it and never writes it)."""
     shutil.copytree(config.results_root, dest)
     return dataclasses.replace(config, results_root=str(dest))
+
+
+class _Planted:
+    """Unpickled, touches ``marker``: what a checkpoint must never be able to do."""
+
+    def __init__(self, marker):
+        self.marker = marker
+
+    def __reduce__(self):
+        import pathlib
+
+        return pathlib.Path.touch, (pathlib.Path(self.marker),)
+
+
+def planted_pickle(marker) -> bytes:
+    """Bytes that, unpickled without torch's safe loader, create ``marker``."""
+    import io
+
+    buffer = io.BytesIO()
+    torch.save({"arch": "mlp", "state_dict": _Planted(marker)}, buffer)
+    return buffer.getvalue()

@@ -17,6 +17,7 @@ from collide.models.zoo import (
     shipped_checkpoints,
     train,
 )
+from tests.support import planted_pickle
 
 
 def test_architectures_have_the_papers_shapes():
@@ -96,25 +97,6 @@ def test_shipped_checkpoints_load_and_match_their_metadata():
         _, loaded = load_checkpoint(path)
         assert loaded["sha256"] == meta["sha256"]
     assert shipped_checkpoint(TrainConfig(), "f" * 64) is None
-
-
-class _Planted:
-    def __init__(self, marker):
-        self.marker = marker
-
-    def __reduce__(self):
-        import pathlib
-
-        return pathlib.Path.touch, (pathlib.Path(self.marker),)
-
-
-def planted_pickle(marker) -> bytes:
-    """Bytes that, unpickled without torch's safe loader, create ``marker``."""
-    import io
-
-    buffer = io.BytesIO()
-    torch.save({"arch": "mlp", "state_dict": _Planted(marker)}, buffer)
-    return buffer.getvalue()
 
 
 def test_a_checkpoint_that_is_not_tensors_is_refused_without_running_it(tmp_path, mlp_model):

@@ -82,7 +82,7 @@ def test_image_folder_errors_and_loading(tmp_path):
 def test_a_weights_file_that_is_not_tensors_is_refused_without_running_it(tmp_path):
     """A pickle that would run code when unpickled: refused, not run, and the message never
     advises turning torch's safe loading off."""
-    from tests.test_models import planted_pickle
+    from tests.support import planted_pickle
 
     marker = tmp_path / "ran"
     bad = tmp_path / "planted.pth"
