@@ -8,8 +8,10 @@ collide's own errors (:class:`collide.errors.CollideError`) only, so that a bug 
 reported as the user's mistake; 130 interrupted.
 
 Start-up imports nothing heavy: torch, pandas, Prefect, Dask and matplotlib load inside
-the commands that need them, and the experiment registry lists names without importing
-an experiment, so that ``--help`` and refusals answer at once.
+the commands that need them, the experiment registry lists names without importing an
+experiment, and configs are built, shown and refused with their torch-free classes
+(:mod:`collide.experiments.configs`), the experiment imported only to run, so that
+``--help``, ``config show`` and refusals answer at once.
 """
 
 from __future__ import annotations
@@ -25,6 +27,7 @@ from typing import Any
 
 from collide.errors import CollideError, ConfigError, DataError, InternalError
 from collide.experiments.registry import SUMMARIES, experiment
+from collide.experiments.registry import config as experiment_config
 
 EXIT_OK, EXIT_FAILED, EXIT_BAD_INPUT = 0, 1, 2
 
@@ -53,7 +56,7 @@ def _overrides(args: argparse.Namespace) -> dict[str, Any]:
                              "objects thousands deep)") from None
         if not isinstance(loaded, dict):
             raise ConfigError(f"config file {path} must hold a JSON object of fields, got {type(loaded).__name__}")
-        from collide.results.store import rerun_config
+        from collide.results.run_record import rerun_config
 
         planned = rerun_config(loaded, path=path, kind=args.experiment)  # <name>.run.json: a run's plan
         config.update(loaded if planned is None else planned)
@@ -93,9 +96,9 @@ def _tqdm_progress():  # type: ignore[no-untyped-def]
 
 
 def _run(args: argparse.Namespace) -> int:
-    module = experiment(args.experiment)
     overrides = _overrides(args)
-    config = module.Config.from_dict(overrides)
+    config = experiment_config(args.experiment).from_dict(overrides)  # a plain config error is refused before torch
+    module = experiment(args.experiment)
     if not args.no_prefect:
         from collide.experiments import engine
 
@@ -161,18 +164,19 @@ def describe(name: str) -> str:
     """An experiment's config keys (type, default, description) and the layers its model offers."""
     from collide.config_loader import config_keys
 
-    module = experiment(name)
-    config = module.Config()
+    config = experiment_config(name)()
     lines = [f"{name}: {SUMMARIES[name]}", "", "config keys (--set KEY=VALUE; values are JSON, nested keys dotted):"]
     lines += key_lines(config_keys(config))
+    usable = config.listed_layers()  # the MNIST models' layers are known without building one (and torch)
+    module = experiment(name) if usable is None else None
     try:
-        usable = module.layers(config)
-        lines += ["", f"usable layers of the default model (layer=...): {', '.join(usable)}"]
+        if module is not None:
+            usable = module.layers(config)
+        lines += ["", f"usable layers of the default model (layer=...): {', '.join(usable or ())}"]
     except Exception as exc:  # a model that cannot be built offline says why, the keys still print
         lines += ["", f"usable layers: unknown ({exc})"]
-    note = getattr(module, "LAYERS_NOTE", "")
-    if note:
-        lines.append(f"  {note}")
+    if config.LAYERS_NOTE:
+        lines.append(f"  {config.LAYERS_NOTE}")
     return "\n".join(lines)
 
 
@@ -214,7 +218,7 @@ def _layers(args: argparse.Namespace) -> int:
 
 def _config(args: argparse.Namespace) -> int:
     if args.json:
-        print(json.dumps(experiment(args.experiment).Config().to_dict(), indent=1, default=str))
+        print(json.dumps(experiment_config(args.experiment)().to_dict(), indent=1, default=str))
     else:
         print(describe(args.experiment))
     return EXIT_OK

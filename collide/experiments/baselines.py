@@ -23,7 +23,6 @@ and feature error per method.
 from __future__ import annotations
 
 import time
-from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
@@ -33,20 +32,17 @@ from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 
 from collide.api import collision_geometry, find_polytope
-from collide.checks import require
 from collide.comparisons.baselines import (
-    BallConfig,
-    InversionConfig,
-    NullSpaceConfig,
     first_relu_layer,
     invert,
     null_space_points,
     random_ball,
 )
-from collide.config import SAMPLERS, GeometryConfig, RowSpec, Sampler, resolve_device
+from collide.config import resolve_device
 from collide.datasets.mnist import load_mnist
 from collide.errors import ConfigError
 from collide.experiments import mnist
+from collide.experiments.configs.baselines import BaselinesExperiment
 from collide.experiments.contract import Job, Progress, job, no_progress
 from collide.models.zoo import build_model, checkpoint_source, load_checkpoint
 from collide.polytope import combine, sample_weights
@@ -57,81 +53,9 @@ from collide.results.summary import baseline_summary
 from collide.taps import resolve_layer
 
 NAME = "baselines"
-METHODS = ("gradient-hull", "exact-region", "random-ball", "null-space", "null-space-deeper", "inversion")
 # Exact collision-set samples claim a feature error of 0: the points rows' check allows
 # collide.results.points.CLAIM_SLACK (1e-6) for their float32 storage.
 EXACT_CLAIM = 0.0
-
-
-@dataclass(frozen=True, kw_only=True)
-class HullConfig:
-    """How the gradient polytope is sampled: ``n`` points uniform on the simplex of its
-    valid vertices (``dirichlet``; ``stick`` is the authors' stick-breaking).
-
-    Attributes:
-        n: points drawn from the gradient polytope's hull.
-        sampler: stick or dirichlet weights of the vertices.
-        seed: seeds the points' weights.
-    """
-
-    n: int = 2000
-    sampler: Sampler = "dirichlet"
-    seed: int = 0
-
-    def __post_init__(self) -> None:
-        require(self.n >= 1, f"expected hull.n >= 1, got {self.n}")
-        require(self.sampler in SAMPLERS, f"expected hull.sampler in {SAMPLERS}, got {self.sampler!r}")
-
-
-@dataclass(frozen=True, kw_only=True)
-class BaselinesExperiment(mnist.MnistExperiment):
-    """The MNIST experiment's target, model and gradient solver, with the baselines' rows.
-
-    ``methods`` picks rows of :data:`METHODS` (in that order) for every target: target
-    ``k`` owns rows ``k*len(methods)`` on, all solved in one job (the baselines take their
-    distances from the gradient polytope). ``layer`` must be the model's first ReLU (the
-    null-space construction's); ``deeper_layer`` is where row ``null-space-deeper``
-    measures the same points. The inherited ``rows`` are not used.
-
-    Attributes:
-        layer: the model's first ReLU layer (where the null-space construction works).
-        deeper_layer: where row null-space-deeper measures the null-space points.
-        methods: the rows per target, in the order of METHODS (gradient-hull, exact-region, random-ball, ...).
-        rows: inherited and not used (methods picks the rows).
-        hull: how the gradient polytope's hull is sampled (row gradient-hull).
-        geometry: how the exact collision set is measured and sampled (row exact-region).
-        ball: the random-ball baseline's points (row random-ball).
-        null_space: the null-space baseline's points (rows null-space, null-space-deeper).
-        inversion: the code-inversion baseline's optimisation (row inversion).
-    """
-
-    name: str = "baselines"
-    layer: str = "relu1"
-    deeper_layer: str = "relu2"
-    methods: tuple[str, ...] = METHODS
-    rows: tuple[RowSpec, ...] = (RowSpec("gradient", "target"),)
-    hull: HullConfig = field(default_factory=HullConfig)
-    geometry: GeometryConfig = field(default_factory=GeometryConfig)
-    ball: BallConfig = field(default_factory=BallConfig)
-    null_space: NullSpaceConfig = field(default_factory=NullSpaceConfig)
-    inversion: InversionConfig = field(default_factory=InversionConfig)
-
-    def __post_init__(self) -> None:
-        super().__post_init__()
-        unknown = [m for m in self.methods if m not in METHODS]
-        require(not unknown, f"expected methods from {METHODS}, got {unknown}")
-        require(len(self.methods) >= 1 and len(set(self.methods)) == len(self.methods),
-                 f"expected one or more distinct methods, got {self.methods!r}")
-        require(list(self.methods) == [m for m in METHODS if m in self.methods],
-                 f"expected methods in the order {METHODS}, got {self.methods!r}")
-        require("gradient-hull" in self.methods or not {"random-ball", "null-space", "null-space-deeper"}
-                 & set(self.methods),
-                 "random-ball and null-space rows take their distances from the gradient polytope: keep "
-                 "'gradient-hull' in methods")
-
-    @property
-    def n_rows(self) -> int:
-        return self.n_targets * len(self.methods)
 
 
 Config = BaselinesExperiment

@@ -7,7 +7,7 @@ from __future__ import annotations
 import dataclasses
 import json
 from collections.abc import Callable, Iterable, Mapping
-from typing import Any, Protocol, Self, runtime_checkable
+from typing import Any, ClassVar, Protocol, Self, runtime_checkable
 
 from collide._io import json_digest
 from collide.checks import require
@@ -30,6 +30,9 @@ class ExperimentConfig:
     ``n_vertices``, ``results_root``, ``device`` and ``sample``; it calls
     :meth:`check_common` from its ``__post_init__``.
     """
+
+    #: What `collide config show` adds below the listed layers ("": nothing).
+    LAYERS_NOTE: ClassVar[str] = ""
 
     # What a subclass declares as dataclass fields (annotations here only, for the type checker).
     name: str
@@ -65,6 +68,12 @@ class ExperimentConfig:
         """Refusals that depend on what the user asked for in so many words, not only on
         the values: ``given`` holds the keys of a ``--config`` file, ``--set`` and the
         command line's options. The command line runs it before any work; none by default."""
+
+    def listed_layers(self) -> list[str] | None:
+        """The layers `collide config show` lists (what the experiment's ``layers`` returns)
+        when they are known without building the model, else None (the experiment module
+        builds it, which imports torch). None by default."""
+        return None
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)  # type: ignore[call-overload]

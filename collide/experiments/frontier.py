@@ -23,7 +23,6 @@ bound over every input whose true feature error is ≤ ε, which may come closer
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
@@ -31,12 +30,11 @@ import pandas as pd
 import torch
 from matplotlib.figure import Figure
 
-from collide.checks import require
-from collide.comparisons.frontier import FAILED, FrontierConfig, closest_within
-from collide.config import RowSpec
+from collide.comparisons.frontier import FAILED, closest_within
 from collide.datasets.mnist import load_mnist
 from collide.errors import LayerError
 from collide.experiments import mnist
+from collide.experiments.configs.frontier import FrontierExperiment
 from collide.experiments.contract import Job, Progress, job, no_progress
 from collide.models.zoo import build_model, checkpoint_source, load_checkpoint
 from collide.piecewise.linearise import affine_piece
@@ -47,45 +45,12 @@ from collide.results.store import ExperimentStore
 NAME = "frontier"
 METHOD = "frontier"
 SOLVER = "highs-qp"  # ε = 0; the other budgets name theirs in the "solver" column
-# The row spec the MNIST config requires; the frontier's only start is "other".
-FRONTIER_ROWS = (RowSpec("exact", "other"),)
 # The dual bound holds over the convex inner set {E(x) ≤ εR} only (see collide.comparisons.frontier):
 # an input whose true feature error is ≤ ε may lie closer to the other image. Stores written
 # before the column said so call it "distance_lower_bound"; frontier_table renames it.
 LOWER_BOUND = "distance_lower_bound_inner"
 LOWER_BOUND_LABEL = "lower bound (convex inner set E ≤ ε)"
 _OLD_LOWER_BOUND = "distance_lower_bound"
-
-
-@dataclass(frozen=True, kw_only=True)
-class FrontierExperiment(mnist.MnistExperiment):
-    """The MNIST experiment's data, checkpoint and targets, with one points row per
-    (target, ε): target ``k`` owns rows ``k*len(frontier.epsilons)`` on, in ε's order.
-
-    ``rows`` and ``n_vertices`` only serve the MNIST stages this experiment reuses
-    (target picking needs at least ``n_vertices`` non-positive units).
-
-    Attributes:
-        layer: the ReLU layer where features must stay within ε.
-        rows: serves only the MNIST stages this experiment reuses.
-        n_vertices: the fewest non-positive units a target must have (target picking only).
-        frontier: the feature-error budgets ε and the solver of each frontier point.
-    """
-
-    name: str = "frontier"
-    layer: str = "relu1"
-    rows: tuple[RowSpec, ...] = FRONTIER_ROWS
-    n_vertices: int = 1
-    frontier: FrontierConfig = field(default_factory=FrontierConfig)
-
-    def __post_init__(self) -> None:
-        super().__post_init__()
-        require(isinstance(self.frontier, FrontierConfig),
-                 f"expected frontier to be a FrontierConfig, got {self.frontier!r}")
-
-    @property
-    def n_rows(self) -> int:
-        return self.n_targets * len(self.frontier.epsilons)
 
 
 Config = FrontierExperiment

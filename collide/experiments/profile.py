@@ -16,7 +16,6 @@ collisions should grow with depth; this measures whether they do.
 from __future__ import annotations
 
 import dataclasses
-from dataclasses import dataclass, field
 from typing import Any
 
 import pandas as pd
@@ -26,19 +25,18 @@ from matplotlib.ticker import MaxNLocator
 
 from collide._io import file_digest
 from collide.api import collision_geometry, find_polytope
-from collide.checks import require
-from collide.config import ARCHITECTURES, GeometryConfig, RowSpec, resolve_device
+from collide.config import RowSpec, resolve_device
 from collide.datasets.mnist import ensure_mnist, load_mnist, mnist_files
 from collide.errors import ConfigError, DataError
 from collide.experiments import mnist
+from collide.experiments.configs.profile import ProfileExperiment, arch_layers
 from collide.experiments.contract import Job, Progress, job, no_progress
-from collide.models.zoo import build_model, checkpoint_source, load_checkpoint
+from collide.models.zoo import checkpoint_source, load_checkpoint
 from collide.polytope import dataset_avg_distance
 from collide.results.records import RowRecord, region_fields
 from collide.results.store import ExperimentStore
 from collide.results.summary import SUMMARY_OUTPUTS, write_summary
 from collide.solvers import solver_for
-from collide.taps import layers as taps_layers
 from collide.taps import preactivation
 
 # Files :func:`summarize` writes beyond the table and figure, as suffixes of the name
@@ -46,7 +44,6 @@ from collide.taps import preactivation
 OUTPUTS = SUMMARY_OUTPUTS
 
 NAME = "profile"
-PROFILE_ROWS = (RowSpec("gradient", "target"), RowSpec("exact", "target"))
 # The summary's quantities, as (column in the summary, title), in the figure's order.
 QUANTITIES = (
     ("n_positive", "N⁺ (positive units)"),
@@ -59,63 +56,7 @@ QUANTITIES = (
 )
 
 
-@dataclass(frozen=True, kw_only=True)
-class ProfileExperiment(mnist.MnistExperiment):
-    """Every ReLU layer of every architecture in ``archs``, for ``targets`` targets.
-
-    Rows run architecture by architecture, layer by layer (forward order), target by
-    target, ``rows`` within each. ``train`` is the training of every architecture (its
-    ``arch`` is replaced by each of ``archs``). The collision sets use ``geometry``,
-    whose default here is lighter than the MNIST experiment's (500 samples of 25 chains,
-    4 width directions): LeNet-5's deeper sets carry ~9,000 activation-region rows, which
-    every LP round and every step of every chain touches.
-
-    Attributes:
-        archs: the architectures profiled, each at every ReLU layer.
-        targets: targets per architecture and layer (the first correctly classified test images of target_label).
-        rows: the rows per target, layer and architecture.
-        train: how every architecture is trained (its arch is replaced by each of archs).
-        geometry: how each exact row's collision set is measured (lighter than the MNIST experiment's).
-    """
-
-    name: str = "profile"
-    archs: tuple[str, ...] = ("mlp", "lenet5")
-    targets: int = 2
-    rows: tuple[RowSpec, ...] = PROFILE_ROWS
-    geometry: GeometryConfig = field(default_factory=lambda: GeometryConfig(n_samples=500, chains=25,
-                                                                            n_directions=4))
-
-    def __post_init__(self) -> None:
-        super().__post_init__()
-        require(len(self.archs) >= 1 and len(set(self.archs)) == len(self.archs),
-                 f"expected one or more distinct archs, got {self.archs!r}")
-        unknown = [a for a in self.archs if a not in ARCHITECTURES]
-        require(not unknown, f"unknown archs {unknown}: expected some of {ARCHITECTURES}")
-        require(self.targets >= 1, f"expected targets >= 1, got {self.targets}")
-        require(self.targets_per_class == 0, "the profile picks its targets with targets, not targets_per_class")
-
-    def digest_layer(self) -> str:
-        return "all"
-
-    @property
-    def n_targets(self) -> int:
-        return self.targets
-
-    @property
-    def n_rows(self) -> int:
-        return sum(len(arch_layers(a)) for a in self.archs) * self.n_targets * len(self.rows)
-
-    def arch_config(self, arch: str) -> ProfileExperiment:
-        """This config with ``arch`` trained: what :func:`mnist.train_model` reads."""
-        return dataclasses.replace(self, train=dataclasses.replace(self.train, arch=arch))
-
-
 Config = ProfileExperiment
-
-
-def arch_layers(arch: str) -> list[str]:
-    """The ReLU layers of ``arch``, in forward order."""
-    return [site.name for site in taps_layers(build_model(arch), torch.zeros(*mnist.INPUT_SHAPE))]
 
 
 def layers(config: ProfileExperiment) -> list[str]:

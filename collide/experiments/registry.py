@@ -3,12 +3,15 @@
 Adding an experiment is a module in :mod:`collide.experiments` named as the experiment
 (satisfying :class:`collide.experiments.contract.Experiment`: ``NAME``, ``Config``,
 ``layers``, ``validate``, ``prepare``, ``plan``, ``solve``; see
-:mod:`collide.experiments.engine`), one entry here and one deployment in ``prefect.yaml``
+:mod:`collide.experiments.engine`), its config class in a module of the same name under
+:mod:`collide.experiments.configs`, one entry here and one deployment in ``prefect.yaml``
 (``tests/flows/test_ops_config.py`` checks all three agree).
 
 Names and summaries are listed without importing any experiment (each pulls in torch and
-more): an experiment's module is imported when it is first asked for, so that
-``collide --help`` and a refused input answer at once.
+more): an experiment's module is imported when it is first asked for, and its config
+class comes from a module of its own (:func:`config`, under
+:mod:`collide.experiments.configs`, free of torch), so that ``collide --help``, ``collide
+config show`` and a refused input answer at once.
 """
 
 from __future__ import annotations
@@ -20,7 +23,7 @@ from typing import TYPE_CHECKING
 from collide.errors import ConfigError, InternalError
 
 if TYPE_CHECKING:
-    from collide.experiments.contract import Experiment
+    from collide.experiments.contract import Experiment, ExperimentConfig
 
 #: Each experiment's one-line summary, by name (the name of its module too).
 SUMMARIES: dict[str, str] = {
@@ -49,6 +52,15 @@ def experiment(name: str) -> Experiment:
     if getattr(module, "NAME", None) != name:
         raise InternalError(f"{module.__name__} names itself {getattr(module, 'NAME', None)!r}, not {name!r}")
     return module  # type: ignore[return-value]  # a module satisfies the protocol (tests/flows/test_ops_config.py)
+
+
+def config(name: str) -> type[ExperimentConfig]:
+    """The config class of experiment ``name``, from its own module under
+    :mod:`collide.experiments.configs`, which imports no torch: building, showing and
+    refusing a config never loads the experiment (the experiment's ``Config`` is this class)."""
+    if name not in SUMMARIES:
+        raise ConfigError(f"unknown experiment {name!r}: expected one of {sorted(SUMMARIES)}")
+    return importlib.import_module(f"{__package__}.configs.{name}").Config  # type: ignore[no-any-return]
 
 
 class _Experiments(Mapping[str, "Experiment"]):

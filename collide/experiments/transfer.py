@@ -19,8 +19,6 @@ both exists at all.
 
 from __future__ import annotations
 
-import dataclasses
-from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
@@ -29,11 +27,10 @@ import torch
 from matplotlib.figure import Figure
 
 from collide.api import collision_geometry, find_polytope
-from collide.checks import require
-from collide.config import ARCHITECTURES, RowSpec, resolve_device
+from collide.config import resolve_device
 from collide.datasets.mnist import load_mnist
-from collide.errors import ConfigError
 from collide.experiments import mnist
+from collide.experiments.configs.transfer import ROWS, TransferExperiment, parse_partner
 from collide.experiments.contract import Job, Progress, job, no_progress
 from collide.models.zoo import build_model, checkpoint_source, load_checkpoint
 from collide.polytope import combine, sample_weights
@@ -47,54 +44,6 @@ from collide.taps import check_units
 OUTPUTS = SUMMARY_OUTPUTS
 
 NAME = "transfer"
-ROWS = ("joint-region@A", "joint-region@B", "exact-region@B", "gradient-hull@B")
-
-
-def parse_partner(spec: str) -> tuple[str, int]:
-    """``arch:seed`` (``mlp:1``, ``lenet5:0``) as (arch, seed)."""
-    arch, _, seed = spec.partition(":")
-    if arch not in ARCHITECTURES or not seed.isdigit():
-        raise ConfigError(f"a partner is 'arch:seed' with arch in {ARCHITECTURES} (say 'mlp:1'), got {spec!r}")
-    return arch, int(seed)
-
-
-@dataclass(frozen=True, kw_only=True)
-class TransferExperiment(mnist.MnistExperiment):
-    """Model A is the MNIST experiment's (``train``, ``layer``); each of ``partners``
-    (``arch:seed``: trained with ``train``'s other settings) is a model B at
-    ``partner_layer``. Target ``k`` and partner ``p`` own the rows
-    ``(k*len(partners) + p)*4`` on, in the order of :data:`ROWS`; the inherited ``rows``
-    are not used. ``geometry`` measures both the joint and A's own set.
-
-    Attributes:
-        partners: models B as arch:seed, trained with train's other settings.
-        partner_layer: the layer of each model B where features are compared.
-        rows: inherited and not used (the rows are those of ROWS per target and partner).
-    """
-
-    name: str = "transfer"
-    partners: tuple[str, ...] = ("mlp:1", "lenet5:0")
-    partner_layer: str = "relu1"
-    rows: tuple[RowSpec, ...] = (RowSpec("gradient", "target"),)
-
-    def __post_init__(self) -> None:
-        super().__post_init__()
-        require(len(self.partners) >= 1 and len(set(self.partners)) == len(self.partners),
-                 f"expected one or more distinct partners, got {self.partners!r}")
-        for spec in self.partners:
-            arch, seed = parse_partner(spec)
-            require((arch, seed) != (self.train.arch, self.train.seed),
-                     f"partner {spec!r} is model A itself ({self.train.arch}, seed {self.train.seed})")
-
-    @property
-    def n_rows(self) -> int:
-        return self.n_targets * len(self.partners) * len(ROWS)
-
-    def partner_config(self, spec: str) -> mnist.MnistExperiment:
-        """Where and how the partner is trained: what :func:`mnist.train_model` reads."""
-        arch, seed = parse_partner(spec)
-        return mnist.MnistExperiment(data_root=self.data_root, checkpoint_dir=self.checkpoint_dir, device=self.device,
-                                     train=dataclasses.replace(self.train, arch=arch, seed=seed))
 
 
 Config = TransferExperiment

@@ -40,6 +40,7 @@ import zarr.errors
 from collide._io import atomic_file, experiment_lock, file_sha256, json_digest, lock_holder, temporary_name
 from collide.config import EXPERIMENT_NAME
 from collide.errors import ConfigError, DataError
+from collide.results.run_record import RUN_RECORD
 
 TABLE_COLUMNS = (
     "experiment", "row", "method", "model", "layer", "n_vertices", "n_samples",
@@ -59,8 +60,6 @@ TABLE, FIGURE, LEDGER, RUN_RECORD_FILE = ".parquet", "-vertices.png", ".outputs.
 OWN_OUTPUTS = (TABLE, FIGURE, LEDGER, RUN_RECORD_FILE)
 # A declared output's suffix: what follows the name, then a plain file name.
 OUTPUT_SUFFIX = re.compile(r"[-.][A-Za-z0-9._-]+")
-
-RUN_RECORD = "collide run record"
 
 # The ``kind`` attr of a row that holds points, not a polytope (collide.results.points);
 # told apart here, where reading a row needs no torch (`collide status`).
@@ -113,22 +112,6 @@ def _manifest(group_dir: Path, attrs: Mapping[str, Any]) -> dict[str, Any]:
     files: dict[str, Any] = {name: [p.stat().st_size, file_sha256(p)[:32]]
                              for name, p in _array_files(group_dir).items()}
     return {"files": files, ATTRS_KEY: _attrs_digest(attrs)}
-
-
-def rerun_config(record: Mapping[str, Any], *, path: str | Path, kind: str) -> dict[str, Any] | None:
-    """The config fields to run again from a JSON file ``path`` that holds ``record``: the
-    planned config with ``results_root`` the file's folder when it is a run record
-    (``<name>.run.json``), None when it is not one (a plain config file).
-
-    Raises:
-        ConfigError: the record is of a run of another experiment kind than ``kind``.
-    """
-    if record.get("kind") != RUN_RECORD:
-        return None
-    if record.get("experiment") != kind:
-        raise ConfigError(f"{path} records a run of {record.get('experiment')!r}, not {kind!r}: "
-                         f"collide run {record.get('experiment')} --config {path}")
-    return {**record["config"], "results_root": str(Path(path).parent)}
 
 
 @dataclass(frozen=True)

@@ -202,7 +202,7 @@ def test_inversion_refuses_bad_input(call, error):
 
 def tiny_baselines(data_root, root, **changes):
     from collide.config import GeometryConfig, SampleConfig, TrainConfig
-    from collide.experiments.baselines import BaselinesExperiment, HullConfig
+    from collide.experiments.configs.baselines import BaselinesExperiment, HullConfig
 
     settings = dict(
         data_root=str(data_root), checkpoint_dir=str(root / "checkpoints"), results_root=str(root / "results"),

@@ -15,6 +15,7 @@ from collide.comparisons.baselines import BallConfig, NullSpaceConfig
 from collide.config import GradientConfig, SampleConfig, TrainConfig
 from collide.errors import ConfigError
 from collide.experiments import engine, mnist, spread
+from collide.experiments.configs.spread import BASELINES
 from collide.models.zoo import load_checkpoint
 from collide.results.reference import TABLE_2
 from collide.results.store import ExperimentStore
@@ -35,7 +36,7 @@ def spread_run(tiny_mnist, tmp_path_factory):
         data_root=str(tiny_mnist), checkpoint_dir=str(root / "ck"), results_root=str(root / "res"), device="cpu",
         allow_download=False, seeds=SEEDS, labels=LABELS, targets_per_label=1,
         train=TrainConfig(epochs=1, min_accuracy=0.0), sample=SampleConfig(n_samples=100, n_dataset_pairs=50),
-        gradient=GradientConfig(max_steps=400), geometry=GEOMETRY, baselines=spread.BASELINES,
+        gradient=GradientConfig(max_steps=400), geometry=GEOMETRY, baselines=BASELINES,
         ball=BallConfig(n=100), null_space=NullSpaceConfig(n=100),
     )
     out = engine.run(spread, config=config)
@@ -48,7 +49,7 @@ def spread_run(tiny_mnist, tmp_path_factory):
 
 def test_seeds_and_targets_are_crossed_and_each_row_uses_its_seeds_checkpoint(spread_run):
     config, _, table, attrs = spread_run
-    kinds = [(r.method, r.init) for r in config.rows] + [(b, "target") for b in spread.BASELINES]
+    kinds = [(r.method, r.init) for r in config.rows] + [(b, "target") for b in BASELINES]
     assert len(table) == config.n_rows == len(SEEDS) * len(LABELS) * len(kinds)
     # Oracle: the checkpoint mnist.train_model gives (reuses) for each seed, and the seed it records.
     checkpoints = {s: mnist.train_model(config=config.seed_config(s)) for s in SEEDS}
@@ -85,7 +86,7 @@ def test_the_summary_is_pandas_own_mean_std_and_t_interval_over_the_rows(spread_
                                                                                 strict=True))
     for (method, init), group in frame.groupby(["method", "init"]):
         ours = summary[(summary["method"] == method) & (summary["init"] == init)].set_index("column")
-        points = method in spread.BASELINES  # points rows: no vertices, no polytope columns
+        points = method in BASELINES  # points rows: no vertices, no polytope columns
         for column in ("success_rate", "max_feature_rel_error", "target_top_prob") if points else (
                 "success_rate", "vertex_avg_distance", "max_feature_rel_error", "valid_vertices", "target_top_prob"):
             values = group[column].astype(float)

@@ -39,7 +39,7 @@ def test_adding_an_experiment_takes_one_module_one_registry_entry_one_deployment
     import inspect
 
     from collide.experiments.contract import Experiment, ExperimentConfig
-    from collide.experiments.registry import SUMMARIES
+    from collide.experiments.registry import SUMMARIES, config
 
     assert list(EXPERIMENTS) == list(SUMMARIES) and len(EXPERIMENTS) == 10
     for name, module in EXPERIMENTS.items():
@@ -48,6 +48,8 @@ def test_adding_an_experiment_takes_one_module_one_registry_entry_one_deployment
         assert module.NAME == name and module.Config().name  # defaults build
         assert issubclass(module.Config, ExperimentConfig) and dataclasses.is_dataclass(module.Config), name
         assert module.Config.__dataclass_params__.frozen, name  # type: ignore[attr-defined]
+        # Its config class lives in collide/experiments/configs/NAME.py, where the CLI builds it without torch.
+        assert module.Config is config(name) and module.Config.__module__ == f"collide.experiments.configs.{name}"
         # The hooks take what the engine passes, by the names it passes them.
         for hook, wanted in (("validate", {"config"}), ("prepare", {"config", "progress"}),
                              ("plan", {"context", "config"}), ("solve", {"job", "context", "config", "progress"})):
@@ -56,6 +58,21 @@ def test_adding_an_experiment_takes_one_module_one_registry_entry_one_deployment
             assert params["config"].kind is inspect.Parameter.KEYWORD_ONLY, (name, hook)
     guide = (PROJECT / "docs" / "contributing.md").read_text()
     assert "Adding an experiment" in guide and "collide/experiments/registry.py" in guide
+    assert "collide/experiments/configs/NAME.py" in guide
+
+
+@pytest.mark.parametrize("name", list(EXPERIMENTS))
+def test_the_layers_a_config_lists_without_its_model_are_the_models(name):
+    """`collide config show` lists the MNIST models' layers from the names written out in
+    collide/experiments/configs/mnist.py (no torch): they are what the built models offer."""
+    module = EXPERIMENTS[name]
+    configs = [module.Config()]
+    if name not in ("imagenet", "model", "profile"):
+        configs.append(module.Config.from_dict({"train": {"arch": "lenet5", "seed": 5}}))
+    for config in configs:
+        listed = config.listed_layers()
+        assert listed is None or listed == module.layers(config), (name, listed)
+    assert (configs[0].listed_layers() is None) == (name in ("imagenet", "model")), name
 
 
 def test_deployments_that_cannot_be_served_are_named(tmp_path):

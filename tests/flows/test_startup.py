@@ -63,3 +63,45 @@ def test_an_unknown_experiment_is_refused_without_importing_any():
     loaded = _loaded_after(code)
     assert not {m for m in loaded if m.split(".")[0] in HEAVY}
     assert not {m for m in loaded if m.startswith("collide.experiments.") and not m.endswith(".registry")}
+
+
+def _cli(argv: list[str], *, code: int, said: str, stream: str = "stdout") -> set[str]:
+    """The modules loaded by ``main(argv)``, which must return ``code`` and print ``said``."""
+    probe = ("import contextlib, io\nfrom flows.cli import main\n"
+             f"with contextlib.redirect_{stream}(io.StringIO()) as out:\n"
+             f"    assert main({argv!r}) == {code}\n"
+             f"assert {said!r} in out.getvalue(), out.getvalue()")
+    return _loaded_after(probe)
+
+
+def test_config_show_lists_keys_and_layers_without_importing_torch_pandas_or_prefect():
+    loaded = _cli(["config", "show", "mnist"], code=0, said="usable layers of the default model (layer=...): fc1")
+    assert not {m for m in loaded if m.split(".")[0] in HEAVY}
+    assert "collide.experiments.mnist" not in loaded  # the config's own module answers
+    loaded = _cli(["config", "show", "patches", "--json"], code=0, said='"layer": "fc1"')
+    assert not {m for m in loaded if m.split(".")[0] in HEAVY}
+
+
+def test_a_refused_config_imports_no_experiment_and_nothing_heavy(tmp_path):
+    """Unknown key, out-of-range value, bad JSON, a config file with a bad key: exit 2 at once."""
+    bad_file = tmp_path / "bad.json"
+    bad_file.write_text('{"nope": 1}')
+    for argv, said in ((["run", "mnist", "--set", "nope=1"], "unknown key 'nope'"),
+                       (["run", "baselines", "--set", "ball.n=0"], "expected n >= 1 points"),
+                       (["run", "frontier", "--set", "frontier.epsilons=[-1]"], "expected every epsilon finite"),
+                       (["run", "spread", "--set", "seeds=[]"], "expected one or more distinct seeds"),
+                       (["run", "mnist", "--set", "threads=x"], "threads: expected an integer"),
+                       (["run", "scan", "--config", str(bad_file)], "unknown key 'nope'")):
+        loaded = _cli(argv, code=2, said=said, stream="stderr")
+        assert not {m for m in loaded if m.split(".")[0] in HEAVY}, argv
+        assert not {m for m in loaded if m.startswith("collide.experiments.") and m.split(".")[2] not in
+                    ("registry", "contract", "configs")}, argv
+
+
+def test_every_experiment_config_module_imports_nothing_heavy():
+    from collide.experiments.registry import SUMMARIES
+
+    code = "\n".join(f"import collide.experiments.configs.{name}" for name in SUMMARIES)
+    loaded = _loaded_after(code + "\nimport collide.comparisons.baseline_configs, collide.comparisons.frontier_config"
+                           "\nimport collide.results.run_record")
+    assert not {m for m in loaded if m.split(".")[0] in (*HEAVY, "numpy", "highspy")}
