@@ -106,6 +106,8 @@ def _unknown_key(kind: type, key: str, path: str, names: list[str], hints: dict[
         message += f"; did you mean {' or '.join(repr(n) for n in nested)}?"
     elif close:
         message += f"; did you mean {prefix + close[0]!r}?"
+    else:
+        message += "."
     return f"{message} Valid keys: {', '.join(names)}"
 
 
