@@ -13,12 +13,6 @@ if os.environ.get("PYTEST_XDIST_WORKER"):
     # pynndescent asks it for n_jobs threads, and tests set n_jobs=2.)
     for _var in ("OMP_NUM_THREADS", "MKL_NUM_THREADS"):
         os.environ.setdefault(_var, "1")
-# MKL's default kernels may pick a path by the alignment of their buffers, so one float64
-# product can differ in its last bit between two processes (seen once: a killed ImageNet
-# run resumed in a new process against the uninterrupted one run here, 1.8e-15 against
-# 1.35e-15). Its reproducible mode fixes the path for this process and every `collide`
-# process a test starts.
-os.environ.setdefault("MKL_CBWR", "AUTO")
 import torch  # noqa: E402
 
 # Prefect's environment defaults (a generous temporary-server start-up among them) for
