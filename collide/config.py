@@ -21,7 +21,8 @@ from collide.errors import ConfigError
 
 # Each choice is one Literal type: configs are annotated with it (so ``from_dict`` refuses
 # anything else by name) and the tuple of its values is what code iterates over.
-Architecture = Literal["mlp", "lenet5"]
+# The MLP with another hidden activation is ``mlp-NAME`` (collide.models.zoo.MLP_ACTIVATIONS).
+Architecture = Literal["mlp", "lenet5", "mlp-tanh", "mlp-sigmoid", "mlp-elu", "mlp-gelu"]
 Loss = Literal["paper", "penalty"]
 Method = Literal["gradient", "exact", "paper"]
 Init = Literal["target", "other"]
@@ -36,6 +37,11 @@ METHODS: tuple[str, ...] = typing.get_args(Method)
 INITS: tuple[str, ...] = typing.get_args(Init)
 SAMPLERS: tuple[str, ...] = typing.get_args(Sampler)
 KNN_METHODS: tuple[str, ...] = typing.get_args(KnnMethod)
+
+# A setting added after results were stored under digests that did not name it: a digest
+# names it only when it differs from its default, so the results computed before it
+# existed (which used that default, or did not depend on it) stay fresh.
+UNLESS_DEFAULT = {"digest": "unless-default"}
 
 
 # How the exact solver's LPs are solved: see collide.piecewise.lp.
@@ -57,7 +63,8 @@ class TrainConfig:
     rounds the gradients' sums differently.
 
     Attributes:
-        arch: the classifier's architecture: the paper's MLP or LeNet-5.
+        arch: the classifier's architecture: the paper's MLP, LeNet-5, or the MLP with tanh, sigmoid, ELU or GELU
+            (mlp-tanh, ...).
         epochs: passes over the training set.
         batch_size: training images per optimizer step.
         lr: Adam's learning rate.
@@ -136,6 +143,7 @@ class GradientConfig:
         stall_window: steps without stall_tol fall of the feature error after which an unmet vertex stops (0: never).
         stall_tol: relative fall of the feature error that counts as progress (with stall_window).
         push_margin: how far below the target's value (x max|ỹᵗ|) the pushed unit must end for a valid vertex.
+        saturation_tol: how close to its asymptote a smooth activation's output (sigmoid, GELU) counts as saturated.
         lower: smallest input value (the box the input is projected onto).
         upper: largest input value.
     """
@@ -157,11 +165,13 @@ class GradientConfig:
     stall_window: int = 0
     stall_tol: float = 1e-2
     push_margin: float = 1e-2
+    saturation_tol: float = field(default=1e-2, metadata=UNLESS_DEFAULT)
     lower: float = 0.0
     upper: float = 1.0
 
     def __post_init__(self) -> None:
         _choice("loss", self.loss, LOSSES)
+        _positive("saturation_tol", self.saturation_tol)
         _require(self.plateau_window >= 1, f"expected plateau_window >= 1, got {self.plateau_window}")
         _require(self.stall_window >= 0, f"expected stall_window >= 0, got {self.stall_window}")
         _non_negative("stall_tol", self.stall_tol)
@@ -211,6 +221,7 @@ class PaperConfig:
         rel_tol: largest relative feature error of a valid vertex.
         neg_tol: largest value of the target's non-positive units for a valid vertex (None: unchecked).
         push_margin: how far below the target's value (x max|ỹᵗ|) the pushed unit must end for a valid vertex.
+        saturation_tol: how close to its asymptote a smooth activation's output (sigmoid, GELU) counts as saturated.
         lower: smallest input value (each step clips to the box).
         upper: largest input value.
     """
@@ -224,11 +235,12 @@ class PaperConfig:
     rel_tol: float = 0.5
     neg_tol: float | None = None
     push_margin: float = 1e-2
+    saturation_tol: float = field(default=1e-2, metadata=UNLESS_DEFAULT)
     lower: float = 0.0
     upper: float = 1.0
 
     def __post_init__(self) -> None:
-        for name in ("alpha", "beta", "lr_drop", "rel_tol"):
+        for name in ("alpha", "beta", "lr_drop", "rel_tol", "saturation_tol"):
             _positive(name, getattr(self, name))
         if self.lr is not None:
             _positive("lr", self.lr)
@@ -371,7 +383,9 @@ class ExactConfig:
     ``lp_solver``: ``highs`` (HiGHS through highspy, region rows added where violated) or
     ``linprog`` (scipy, every row; the reference it is measured against); see
     :mod:`collide.piecewise.lp`. ``threads``: how many vertex LPs run at once (0: one per
-    core); the vertices do not depend on it, so it is left out of experiment digests.
+    core the job may take: every core, or on a Dask worker its share of its host's,
+    :func:`collide.workers.job_cores`); the vertices do not depend on it, so it is left
+    out of experiment digests.
 
     Attributes:
         proximity: weight of the L1 distance to the init, as a multiple of the pushed unit's mean |coefficient| (0:
@@ -386,7 +400,7 @@ class ExactConfig:
         upper: largest input value.
         max_entries: the most entries (rows x input coordinates) of the LP's constraint matrix.
         lp_solver: highs (HiGHS, rows added where violated) or linprog (scipy, every row).
-        threads: how many vertex LPs run at once (0: one per core; not in digests).
+        threads: how many vertex LPs run at once (0: one per core the job may take; not in digests).
     """
 
     proximity: float = 0.5

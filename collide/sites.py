@@ -1,6 +1,6 @@
 """Call sites: where a network applies an activation, named so that a name cannot be wrong.
 
-A *layer* in collide is one ReLU **call** in the forward pass, not a module: torchvision's
+A *layer* in collide is one activation **call** in the forward pass, not a module: torchvision's
 ResNet blocks call one ``relu`` module two or three times, and ``F.relu``, ``torch.relu``,
 ``Tensor.relu`` and their in-place forms have no module at all. Every call is seen by
 the same mechanism, a :class:`torch.overrides.TorchFunctionMode` (which every ReLU form,
@@ -20,15 +20,18 @@ Names:
   ``OWNER.threshold()``, counted apart. Names depend only on the model's
   code, so they are the same in every run (for a forward whose path does not depend on
   the input's values).
-- **aliases**: the module right before a ReLU in an ``nn.Sequential`` (``fc1`` for
+- **aliases**: the module right before an activation in an ``nn.Sequential`` (``fc1`` for
   ``relu1``) and a model's own ``collide_aliases`` dict (``fc6`` for VGG-16).
 
 A model wrapper that sets ``collide_unwrap = "<child>"`` (the input normaliser) is
 transparent: its child's layers keep the names they have in the child.
 
-Only ReLU calls are addressable. Other activations are seen too, so that naming one is
-refused with the reason: GELU, SiLU, sigmoid, tanh and the like are not piecewise
-linear; LeakyReLU and PReLU are injective; ReLU6 and Hardtanh saturate on both sides.
+Every activation that saturates is addressable (:mod:`collide.activations`): ReLU,
+ReLU6, Hardtanh, Hardsigmoid and Hardswish by every method (their flat pieces make exact
+collisions); sigmoid, tanh, ELU, SELU, CELU, GELU, SiLU, Mish, Softplus and LogSigmoid by
+the gradient methods (:attr:`Site.methods`). Naming any other activation is refused with the reason:
+LeakyReLU and PReLU are injective; GLU, Tanhshrink and Softsign do not saturate
+(Softsign only as 1/z).
 """
 
 from __future__ import annotations
@@ -45,24 +48,29 @@ import torch.nn.functional as F
 from torch import nn
 from torch.overrides import TorchFunctionMode
 
+from collide.activations import Activation, lookup
 from collide.errors import DataError, LayerError
 
-# Operation kinds. Only RELU sites are addressable; the exact solver models RELU, LEAKY,
-# HARDTANH and MAX_POOL calls as region rows and refuses the NONLINEAR ones before a layer.
+# Operation kinds. The exact solver models RELU, LEAKY, HARDTANH and MAX_POOL calls as
+# region rows and refuses SMOOTH and NONLINEAR ones before a layer.
 RELU, LEAKY, HARDTANH, SMOOTH, MAX_POOL, ADAPTIVE_MAX_POOL, NONLINEAR = (
     "relu", "leaky", "hardtanh", "smooth", "max_pool", "adaptive_max_pool", "nonlinear",
 )
 
 REFUSALS = {
-    SMOOTH: "is not piecewise linear, so no polytope of inputs shares its features exactly (the method needs "
-            "ReLU's flat negative side); approximate collisions at smooth activations are future work. Pick a ReLU "
-            "layer (collide.layers lists them)",
     LEAKY: "is injective: only inputs with exactly equal pre-activations collide there, so there is no polytope "
-           "to find. Pick a ReLU layer (collide.layers lists them)",
-    HARDTANH: "saturates on both sides (at its minimum and at its maximum), which collide's collision criterion "
-              "(equal on the positive units, non-positive elsewhere) does not model. Pick a ReLU layer "
-              "(collide.layers lists them), or replace the ReLU6/Hardtanh by ReLU in a copy of the model",
+           "to find",
+    SMOOTH: "does not saturate (or is not elementwise), so no large change of its input leaves its output nearly "
+            "unchanged",
 }
+
+GRADIENT_METHODS = ("gradient", "paper")
+ALL_METHODS = (*GRADIENT_METHODS, "exact")
+
+# Why a method cannot take a site whose activation it does not model.
+EXACT_REFUSAL = ("the exact LP keeps a collision layer's saturated units on the activation's flat pieces, and {op} "
+                 "only approaches its asymptotes: use method='gradient', which finds approximate collisions where "
+                 "{op} saturates")
 
 
 def _lookup(*paths: str) -> list[Any]:
@@ -90,8 +98,11 @@ def _table() -> dict[Any, tuple[str, str]]:
     add(LEAKY, "rrelu", "F.rrelu", "F.rrelu_", "torch.rrelu")
     add(HARDTANH, "hardtanh", "F.hardtanh", "F.hardtanh_", "torch._C._nn.hardtanh")
     add(HARDTANH, "relu6", "F.relu6", "torch._C._nn.relu6")
+    # Hardsigmoid is piecewise linear with kinks at ±3: its pieces are a Hardtanh's on [-3, 3]
+    # (the slope between them, 1/6, is the Jacobian's business, not the rows').
+    add(HARDTANH, "hardsigmoid", "F.hardsigmoid", "torch._C._nn.hardsigmoid")
     for name in ("gelu", "silu", "sigmoid", "tanh", "elu", "selu", "celu", "softplus", "mish", "hardswish",
-                 "hardsigmoid", "logsigmoid", "softsign", "tanhshrink", "glu"):
+                 "logsigmoid", "softsign", "tanhshrink", "glu"):
         add(SMOOTH, name, f"F.{name}", f"F.{name}_", f"torch.{name}", f"torch.{name}_", f"Tensor.{name}",
             f"Tensor.{name}_", f"torch._C._nn.{name}")
     for nd in (1, 2, 3):
@@ -134,8 +145,9 @@ _MODULE_KINDS: tuple[tuple[type[nn.Module], str, str], ...] = (
     (nn.ReLU, RELU, "ReLU"),
     (nn.LeakyReLU, LEAKY, "LeakyReLU"), (nn.PReLU, LEAKY, "PReLU"), (nn.RReLU, LEAKY, "RReLU"),
     (nn.Hardtanh, HARDTANH, "Hardtanh"),  # nn.ReLU6 is a Hardtanh
+    (nn.Hardsigmoid, HARDTANH, "Hardsigmoid"),  # pieces at ±3, as a Hardtanh's on [-3, 3]
     *((getattr(nn, n), SMOOTH, n) for n in ("GELU", "SiLU", "Sigmoid", "Tanh", "ELU", "SELU", "CELU", "Softplus",
-                                             "Mish", "Hardswish", "Hardsigmoid", "LogSigmoid", "Softsign",
+                                             "Mish", "Hardswish", "LogSigmoid", "Softsign",
                                              "Tanhshrink", "GLU") if hasattr(nn, n)),
 )
 
@@ -179,6 +191,22 @@ def _module_names(model: nn.Module) -> dict[int, str]:
     return names
 
 
+def _module_params(module: nn.Module, kind: str) -> dict[str, Any]:
+    """What an activation module's call needs to be recomputed: its range, alpha, form."""
+    if kind == HARDTANH:
+        if isinstance(module, nn.Hardsigmoid):
+            return {"min_val": -3.0, "max_val": 3.0}
+        return {"min_val": float(module.min_val), "max_val": float(module.max_val)}  # type: ignore[arg-type]
+    return {k: _plain(getattr(module, k)) for k in _SMOOTH_ARGS.get(type(module).__name__.lower(), ())}
+
+
+def _plain(value: Any) -> Any:
+    return value if isinstance(value, str) else float(value)
+
+
+# The settings of a smooth activation that change its output, in the order its function takes them.
+_SMOOTH_ARGS = {"elu": ("alpha",), "celu": ("alpha",), "gelu": ("approximate",), "softplus": ("beta", "threshold")}
+
 _POOL_ARGS = ("kernel_size", "stride", "padding", "dilation", "ceil_mode", "return_indices")
 
 
@@ -192,8 +220,14 @@ def _call_params(kind: str, op: str, args: tuple[Any, ...], kwargs: dict[str, An
     if kind == HARDTANH:
         if op == "relu6":
             return {"min_val": 0.0, "max_val": 6.0}
+        if op == "hardsigmoid":
+            return {"min_val": -3.0, "max_val": 3.0}
         rest = dict(zip(("min_val", "max_val"), args[1:3], strict=False)) | kwargs
         return {"min_val": float(rest.get("min_val", -1.0)), "max_val": float(rest.get("max_val", 1.0))}
+    if kind == SMOOTH and op in _SMOOTH_ARGS:
+        names = _SMOOTH_ARGS[op]
+        bound = dict(zip(names, args[1:], strict=False)) | {k: v for k, v in kwargs.items() if k in names}
+        return {k: _plain(v) for k, v in bound.items()}
     return {}
 
 
@@ -240,8 +274,7 @@ class Watch:
         kind = module_kind(module)
         if kind is not None and args and isinstance(args[0], torch.Tensor):
             name, op = self.names[id(module)], type(module).__name__
-            params = ({"min_val": float(module.min_val), "max_val": float(module.max_val)}  # type: ignore[arg-type]
-                      if kind == HARDTANH else {})
+            params = _module_params(module, kind)
             self.on_event(Event(name, self._next(name), kind, op, "module", args[0], params))
 
     def _leave(self, module: nn.Module, *_: Any) -> None:
@@ -326,6 +359,7 @@ class Site:
     op: str
     activation: str
     shape: tuple[int, ...]
+    params: tuple[tuple[str, Any], ...] = ()
 
     @property
     def units(self) -> int:
@@ -335,8 +369,35 @@ class Site:
         return n
 
     @property
+    def function(self) -> Activation | None:
+        """The activation this call applies, or None where collide has no saturated regime for it."""
+        if self.activation == RELU:
+            return lookup("relu")
+        return lookup(self.op, dict(self.params)) if self.activation in (HARDTANH, SMOOTH) else None
+
+    @property
+    def methods(self) -> tuple[str, ...]:
+        """The methods that can find collisions at this call: every one where the activation
+        reaches its asymptotes on flat pieces (ReLU, ReLU6, Hardtanh, Hardsigmoid,
+        Hardswish), the gradient methods where it only approaches them (sigmoid, tanh,
+        GELU, ...), none elsewhere."""
+        act = self.function
+        if act is None:
+            return ()
+        # Flat pieces make exact collisions: the LP keeps the other units' pre-activations.
+        return ALL_METHODS if act.piecewise_linear else GRADIENT_METHODS
+
+    @property
     def addressable(self) -> bool:
-        return self.activation == RELU
+        return bool(self.methods)
+
+    def why_not(self, method: str | None = None) -> str:
+        """Why ``method`` (any method when None) cannot take this site; "" when it can."""
+        if method is None and self.addressable or method is not None and method in self.methods:
+            return ""
+        if self.addressable:
+            return EXACT_REFUSAL.format(op=self.op)
+        return f"{self.op} {REFUSALS.get(self.activation, REFUSALS[SMOOTH])}"
 
 
 # Probes are forward passes: each (model, input shape) is probed once, while the model
@@ -378,19 +439,27 @@ def probe(model: nn.Module, example: torch.Tensor) -> list[Site]:
     for e in events:
         calls[e.base] = calls.get(e.base, 0) + 1
     sites = [Site(name=e.base if calls[e.base] == 1 else f"{e.base}#{e.call}", base=e.base, call=e.call,
-                  calls=calls[e.base], kind=e.module, op=e.op, activation=e.kind, shape=tuple(e.value.shape[1:]))
+                  calls=calls[e.base], kind=e.module, op=e.op, activation=e.kind, shape=tuple(e.value.shape[1:]),
+                  params=tuple(sorted(e.params.items())))
              for e in events]
     cached.clear()  # a model with other modules than last time: older probes are stale
     cached[key] = sites
     return sites
 
 
+def _saturates(module: nn.Module | None) -> bool:
+    """Whether ``module`` is an activation module that collide can address."""
+    kind = module_kind(module) if module is not None else None
+    return kind == RELU or kind in (HARDTANH, SMOOTH) and lookup(type(module).__name__,
+                                                                _module_params(module, kind)) is not None
+
+
 def aliases(model: nn.Module) -> dict[str, str]:
-    """Alias -> layer name: the module before a ReLU in an ``nn.Sequential`` (nested
+    """Alias -> layer name: the module before an activation in an ``nn.Sequential`` (nested
     paths included), then the model's own ``collide_aliases``.
 
-    One ReLU module placed several times in a Sequential runs there once per place, in
-    order: the module before its k-th place names ``RELU#k``.
+    One activation module placed several times in a Sequential runs there once per place,
+    in order: the module before its k-th place names ``RELU#k``.
     """
     names = _module_names(model)
     found: dict[str, str] = {}
@@ -401,7 +470,7 @@ def aliases(model: nn.Module) -> dict[str, str]:
         prefix = names[id(module)]
         places = {id(c): [i for i, d in enumerate(children) if d is c] for c in children if c is not None}
         for i, (child, after) in enumerate(zip(children, children[1:], strict=False)):
-            if isinstance(after, nn.ReLU) and not isinstance(child, nn.ReLU) and child is not None:
+            if _saturates(after) and not _saturates(child) and child is not None:
                 where = places[id(after)]
                 target = names[id(after)] + (f"#{where.index(i + 1)}" if len(where) > 1 else "")
                 key = next(k for k, c in module._modules.items() if c is child)
@@ -413,7 +482,7 @@ _INDEXED = re.compile(r"^(?P<base>.*?)#(?P<call>\d+)$")
 
 
 def listed_aliases(model: nn.Module) -> dict[str, str]:
-    """The aliases worth listing: a model's own, and the top-level modules before a ReLU
+    """The aliases worth listing: a model's own, and the top-level modules before an activation
     (a nested path such as ``net.features.0`` says nothing its ReLU's name does not)."""
     own = getattr(model, "collide_aliases", {})
     return {a: m for a, m in aliases(model).items() if "." not in a or a in own}
@@ -423,12 +492,12 @@ def _listing(sites: list[Site], alias: dict[str, str]) -> str:
     usable = [s.name for s in sites if s.addressable]
     named = [f"{a} (= {m})" for a, m in alias.items() if any(m in (s.base, s.name) and s.addressable for s in sites)]
     refused = list(dict.fromkeys(f"{s.base} ({s.op})" for s in sites if not s.addressable))
-    return (", ".join(usable + named) or "none (the model makes no ReLU call)") + (
+    return (", ".join(usable + named) or "none (the model makes no call of an activation that saturates)") + (
         f" (not addressable: {', '.join(refused[:8])}{', ...' if len(refused) > 8 else ''})" if refused else "")
 
 
 def resolve(model: nn.Module, name: str, example: torch.Tensor) -> Site:
-    """The ReLU call site that ``name`` names in ``model``, or a :class:`LayerError` saying
+    """The activation call site that ``name`` names in ``model``, or a :class:`LayerError` saying
     why not and listing the names that work.
 
     Shapes:
@@ -454,7 +523,7 @@ def resolve(model: nn.Module, name: str, example: torch.Tensor) -> Site:
         if base in modules:
             kind = module_kind(modules[base])
             what = (f"{name!r} ({type(modules[base]).__name__}) was not called in the forward pass"
-                    if kind is not None else f"{name!r} is a {type(modules[base]).__name__}, not a ReLU layer")
+                    if kind is not None else f"{name!r} is a {type(modules[base]).__name__}, not an activation")
         else:
             what = f"no layer named {name!r}"
         raise LayerError(f"{what}; layers that work: {_listing(sites, shown)}")
@@ -469,6 +538,20 @@ def resolve(model: nn.Module, name: str, example: torch.Tensor) -> Site:
                          f"{listed}")
     site = matching[call or 0]
     if not site.addressable:
-        raise LayerError(f"{name!r} is a {site.op} call: {site.op} {REFUSALS[site.activation]}; "
-                         f"layers that work: {_listing(sites, shown)}")
+        raise LayerError(f"{name!r} is a {site.op} call: {site.why_not()}; layers that work: {_listing(sites, shown)}")
     return site
+
+
+def function_of(site: Site) -> Activation:
+    """The activation ``site`` applies, or a :class:`LayerError` where collide has no
+    saturated regime for it."""
+    act = site.function
+    if act is None:
+        raise LayerError(f"{site.name!r} is a {site.op} call: {site.why_not()}")
+    return act
+
+
+def require_method(site: Site, method: str) -> None:
+    """Refuse ``method`` at ``site`` when it cannot take the site's activation, saying what can."""
+    if why := site.why_not(method):
+        raise LayerError(f"{site.name!r} is a {site.op} call: {why}")

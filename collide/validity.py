@@ -4,26 +4,30 @@ A vertex enters a polytope's samples only when it meets the criterion its method
 promises, recomputed here from the stored float32 vertex through a float64 copy of the
 model, so that a table's numbers equal what a sceptic recomputes from the store:
 
-- its relative feature error ‖relu(ỹ(v)) − relu(ỹᵗ)‖/‖relu(ỹᵗ)‖ is at most ``rel_tol``;
-- every unit the target has non-positive is at most ``neg_tol``;
-- its pushed unit ends at least ``push_margin``·max|ỹᵗ| below the target's value (a
-  vertex that did not move its unit is the target again, not a vertex of a polytope);
+- its relative feature error ‖φ(ỹ(v)) − φ(ỹᵗ)‖/‖φ(ỹᵗ)‖ is at most ``rel_tol`` (φ the
+  layer's activation: ReLU, or one that saturates, :mod:`collide.activations`);
+- every unit the target has saturated (ReLU: non-positive) has left its saturated regime
+  by at most ``neg_tol`` (ReLU: is at most ``neg_tol``);
+- its pushed unit ends at least ``push_margin``·max|ỹᵗ| deeper in its regime than the
+  target's value (ReLU: below it; a vertex that did not move its unit is the target
+  again, not a vertex of a polytope);
 - where the method reports outcomes (the exact solver), the outcome is ``optimal``.
 """
 
 from __future__ import annotations
 
 import copy
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
 import torch
 from torch import nn
 
+from collide.activations import RELU_SATURATION, Saturation
 from collide.errors import DataError
-from collide.objective import feature_rel_error, max_nonpositive_violation
+from collide.objective import feature_rel_error, max_regime_violation
 from collide.sites import Site
-from collide.taps import preactivation
+from collide.taps import preactivation, site_of
 
 POLYTOPE_MIN_VERTICES = 2  # fewer valid vertices span no polytope to sample
 
@@ -36,23 +40,43 @@ class Criterion:
     neg_tol: float
     push_margin: float
     outcome: str | None = None
+    saturation_tol: float | None = None
+
+    def at(self, site: Site) -> Criterion:
+        """This criterion for vertices at ``site``: the saturation tolerance is kept only
+        where it means something, at an activation without flat pieces."""
+        act = site.function
+        keep = act is not None and not act.piecewise_linear
+        return self if keep or self.saturation_tol is None else replace(self, saturation_tol=None)
+
+    def saturation(self, site: Site) -> Saturation:
+        """The saturated regimes vertices at ``site`` are held to."""
+        act = site.function
+        if act is None:
+            raise DataError(f"{site.name!r} is a {site.op} call: {site.why_not()}")
+        return RELU_SATURATION if act == RELU_SATURATION.activation else act.at(self.saturation_tol or 0.0)
 
     def to_dict(self) -> dict[str, Any]:
-        """As JSON: an unchecked ``neg_tol`` (infinite) is None."""
+        """As JSON: an unchecked ``neg_tol`` (infinite) is None; ``saturation_tol`` is
+        written only where it applies (rows at a ReLU read as they always did)."""
         neg = None if self.neg_tol == float("inf") else self.neg_tol
-        return {"rel_tol": self.rel_tol, "neg_tol": neg, "push_margin": self.push_margin, "outcome": self.outcome}
+        out = {"rel_tol": self.rel_tol, "neg_tol": neg, "push_margin": self.push_margin, "outcome": self.outcome}
+        return out if self.saturation_tol is None else out | {"saturation_tol": self.saturation_tol}
 
     @classmethod
     def from_dict(cls, raw: dict[str, Any]) -> Criterion:
-        neg = raw.get("neg_tol")
+        neg, sat = raw.get("neg_tol"), raw.get("saturation_tol")
         return cls(rel_tol=float(raw["rel_tol"]), neg_tol=float("inf") if neg is None else float(neg),
-                   push_margin=float(raw["push_margin"]), outcome=raw.get("outcome"))
+                   push_margin=float(raw["push_margin"]), outcome=raw.get("outcome"),
+                   saturation_tol=None if sat is None else float(sat))
 
     def describe(self) -> str:
         parts = [f"rel<={self.rel_tol:g}"]
         if self.neg_tol != float("inf"):
             parts.append(f"nonpos<={self.neg_tol:g}")
         parts.append(f"push>={self.push_margin:g}*max|t|")
+        if self.saturation_tol is not None:
+            parts.append(f"saturation<={self.saturation_tol:g}")
         if self.outcome:
             parts.append(f"outcome={self.outcome}")
         return ", ".join(parts)
@@ -106,14 +130,18 @@ def check_vertices(
         raise DataError(f"{len(vertices)} vertices but {len(units)} pushed units")
     net = copy.deepcopy(model).to(device).double().eval()
     finite = torch.isfinite(vertices.flatten(1)).all(1)
-    pre = preactivation(net, torch.nan_to_num(vertices).to(device, torch.float64), layer).cpu()
-    t_pre = preactivation(net, target.unsqueeze(0).to(device, torch.float64), layer).cpu()
+    site = site_of(net, layer, t_in := target.unsqueeze(0).to(device, torch.float64))
+    pre = preactivation(net, torch.nan_to_num(vertices).to(device, torch.float64), site).cpu()
+    t_pre = preactivation(net, t_in, site).cpu()
+    sat = criterion.saturation(site)
     nan = torch.tensor(float("nan"), dtype=torch.float64)
-    rel = torch.where(finite, feature_rel_error(pre, t_pre), nan)
-    viol = torch.where(finite, max_nonpositive_violation(pre, t_pre), nan)
+    rel = torch.where(finite, feature_rel_error(pre, t_pre, act=sat.activation), nan)
+    viol = torch.where(finite, max_regime_violation(pre, t_pre, sat=sat), nan)
     units = units.long().cpu()
     pushed = torch.where(finite, pre[torch.arange(len(units)), units], nan)
     target_pushed = t_pre[0, units]
+    # Deeper is lower at a lower asymptote, higher at an upper one: compare signed values.
+    sign = sat.sign(t_pre[0])[units]
     margin = criterion.push_margin * float(t_pre.abs().max())
     reasons = []
     for k in range(len(vertices)):
@@ -124,9 +152,11 @@ def check_vertices(
         elif not float(rel[k]) <= criterion.rel_tol:
             reasons.append(f"feature error {float(rel[k]):.2g} > {criterion.rel_tol:g}")
         elif not float(viol[k]) <= criterion.neg_tol:
-            reasons.append(f"non-positive unit at {float(viol[k]):.2g} > {criterion.neg_tol:g}")
-        elif not float(pushed[k]) <= float(target_pushed[k]) - margin:
-            reasons.append(f"pushed unit {float(pushed[k]):.3g} not below the target's "
+            what = "non-positive unit at" if sat is RELU_SATURATION else "saturated unit out of its regime by"
+            reasons.append(f"{what} {float(viol[k]):.2g} > {criterion.neg_tol:g}")
+        elif not float(sign[k] * pushed[k]) <= float(sign[k] * target_pushed[k]) - margin:
+            where = "below" if float(sign[k]) > 0 else "above"
+            reasons.append(f"pushed unit {float(pushed[k]):.3g} not {where} the target's "
                            f"{float(target_pushed[k]):.3g} by {margin:.2g}")
         else:
             reasons.append("")

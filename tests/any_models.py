@@ -127,3 +127,17 @@ def shared_relu_mlp() -> nn.Module:
 def needs_width(width: int) -> nn.Module:
     """A factory that cannot be called with no arguments."""
     return nn.Linear(width, 2)
+
+
+def saturating_cnn() -> nn.Module:
+    """A tanh collision layer after a SiLU: gradient collisions only (weights large enough
+    that a share of the tanh units saturate)."""
+    with torch.random.fork_rng():
+        torch.manual_seed(7)
+        net = nn.Sequential(
+            nn.Conv2d(3, 4, 3, padding=1), nn.SiLU(), nn.Flatten(), nn.Linear(4 * 8 * 8, 24), nn.Tanh(),
+            nn.Linear(24, 10),
+        ).eval()
+        with torch.no_grad():
+            net[3].weight.mul_(40)
+        return net

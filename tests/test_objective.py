@@ -6,9 +6,9 @@ from collide.objective import (
     feature_rel_error,
     loss_minus,
     loss_plus,
-    max_nonpositive_violation,
-    nonpositive_units,
-    positive_part_penalty,
+    max_regime_violation,
+    regime_penalty,
+    saturated_units,
     total_variation,
 )
 from tests.tolerances import UNCHANGED
@@ -40,8 +40,8 @@ def test_loss_minus_refuses_a_positive_unit():
 
 def test_penalty_and_violation_by_hand():
     # relu on units 1, 3, 4: 0.5, 0, 0.25 -> ½(0.25 + 0.0625)
-    assert positive_part_penalty(PRE, TARGET).item() == pytest.approx(0.15625, abs=UNCHANGED)
-    assert max_nonpositive_violation(PRE, TARGET).item() == pytest.approx(0.5)
+    assert regime_penalty(PRE, TARGET).item() == pytest.approx(0.15625, abs=UNCHANGED)
+    assert max_regime_violation(PRE, TARGET).item() == pytest.approx(0.5)
 
 
 def test_feature_error_by_hand():
@@ -51,10 +51,10 @@ def test_feature_error_by_hand():
     assert feature_rel_error(TARGET, TARGET).item() == 0.0
 
 
-def test_nonpositive_units_in_index_order():
-    assert nonpositive_units(TARGET[0], 3).tolist() == [1, 3, 4]
+def test_saturated_units_in_index_order():
+    assert saturated_units(TARGET[0], 3).tolist() == [1, 3, 4]
     with pytest.raises(ConfigError, match="fewer than the 4 vertices"):
-        nonpositive_units(TARGET[0], 4)
+        saturated_units(TARGET[0], 4)
 
 
 def test_total_variation_by_hand():

@@ -71,7 +71,7 @@ def test_gradients_flow_through_the_tap(mlp_model):
 def test_unknown_and_non_relu_layers_list_what_works(mlp_model):
     with pytest.raises(LayerError, match="no layer named 'fc9'.*relu1, relu2"):
         resolve_layer(mlp_model, "fc9", X28)
-    with pytest.raises(LayerError, match="'fc3' is a Linear, not a ReLU layer.*relu1"):
+    with pytest.raises(LayerError, match="'fc3' is a Linear, not an activation.*relu1"):
         resolve_layer(mlp_model, "fc3", X28)
     with pytest.raises(LayerError, match="'flatten' is a Flatten"):
         preactivation(mlp_model, torch.zeros(1, 1, 28, 28), "flatten")

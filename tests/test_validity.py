@@ -5,7 +5,7 @@ import copy
 import torch
 
 from collide.config import ExactConfig, GradientConfig, PaperConfig
-from collide.objective import nonpositive_units
+from collide.objective import saturated_units
 from collide.solvers import ExactSolver, GradientSolver, PaperSolver
 from collide.solvers.exact import OPTIMAL, solve_exact
 from collide.taps import preactivation
@@ -16,7 +16,7 @@ V = 3
 
 def _problem(model):
     target = torch.rand(1, 28, 28, generator=torch.Generator().manual_seed(4)) * 0.5
-    units = nonpositive_units(preactivation(model, target[None], "relu1")[0], V)
+    units = saturated_units(preactivation(model, target[None], "relu1")[0], V)
     lp = solve_exact(model, "relu1", target, target, units, config=ExactConfig(proximity=0))
     assert lp.outcomes == (OPTIMAL,) * V
     return target, units, lp

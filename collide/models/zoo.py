@@ -1,12 +1,14 @@
 """The paper's classifiers, their training, and checkpoint IO.
 
-Layers are named so that taps can address them: ReLU modules are ``relu1``, ``relu2``,
-... in forward order, and the layer before each is its ``fc``/``conv`` namesake.
+Layers are named so that taps can address them: activation modules are ``relu1``,
+``relu2``, ... in forward order (``tanh1``, ``tanh2``, ... in the MLP with tanh), and the
+layer before each is its ``fc``/``conv`` namesake.
 """
 
 from __future__ import annotations
 
 import contextlib
+import functools
 import io
 import json
 import platform
@@ -36,17 +38,35 @@ from collide.models.vgg import vgg16_from_source
 SHIPPED_DIR = Path(__file__).parent / "shipped"
 
 
-def mlp() -> nn.Sequential:
-    """The paper's MNIST MLP: 784-256-256-10 with ReLU (§3.1)."""
+# The MLP's hidden activations besides ReLU (issue 25 §3: does the paper's claim about
+# saturating activations hold?), by the name an architecture ``mlp-NAME`` gives them: each
+# a module so that its call sites are named ``NAME1``, ``NAME2``. GELU is the erf form,
+# torch's default.
+MLP_ACTIVATIONS: dict[str, Callable[[], nn.Module]] = {
+    "tanh": nn.Tanh, "sigmoid": nn.Sigmoid, "elu": nn.ELU, "gelu": nn.GELU,
+}
+
+
+def mlp(activation: str = "relu") -> nn.Sequential:
+    """The paper's MNIST MLP: 784-256-256-10 with ReLU (§3.1), or with another hidden
+    activation of :data:`MLP_ACTIVATIONS` at both hidden layers (same widths, same
+    initialisation draws: the activations hold no parameters)."""
+    if activation == "relu":
+        make: Callable[[], nn.Module] = nn.ReLU
+    elif activation in MLP_ACTIVATIONS:
+        make = MLP_ACTIVATIONS[activation]
+    else:
+        raise ConfigError(f"unknown MLP activation {activation!r}: expected 'relu' or one of "
+                          f"{sorted(MLP_ACTIVATIONS)}")
     return nn.Sequential(
-        OrderedDict(
-            flatten=nn.Flatten(),
-            fc1=nn.Linear(784, 256),
-            relu1=nn.ReLU(),
-            fc2=nn.Linear(256, 256),
-            relu2=nn.ReLU(),
-            fc3=nn.Linear(256, 10),
-        )
+        OrderedDict([
+            ("flatten", nn.Flatten()),
+            ("fc1", nn.Linear(784, 256)),
+            (f"{activation}1", make()),
+            ("fc2", nn.Linear(256, 256)),
+            (f"{activation}2", make()),
+            ("fc3", nn.Linear(256, 10)),
+        ])
     )
 
 
@@ -70,7 +90,10 @@ def lenet5() -> nn.Sequential:
     )
 
 
-_BUILDERS: dict[str, Callable[[], nn.Sequential]] = {"mlp": mlp, "lenet5": lenet5}
+_BUILDERS: dict[str, Callable[[], nn.Sequential]] = {
+    "mlp": mlp, "lenet5": lenet5,
+    **{f"mlp-{name}": functools.partial(mlp, name) for name in MLP_ACTIVATIONS},
+}
 
 
 def build_model(arch: str) -> nn.Sequential:
@@ -111,12 +134,12 @@ def train(
         The model in eval mode on CPU, and metadata (test accuracy, seconds, config, the
         torch version and machine it was trained on).
     """
-    with _deterministic(config.threads, cuda=str(device).startswith("cuda")):
-        return _train(train_split, test_split, config=config, device=device, progress=progress)
+    with deterministic(config.threads, cuda=str(device).startswith("cuda")):
+        return train_loop(train_split, test_split, config=config, device=device, progress=progress)
 
 
 @contextlib.contextmanager
-def _deterministic(threads: int, *, cuda: bool) -> Iterator[None]:
+def deterministic(threads: int, *, cuda: bool) -> Iterator[None]:
     """torch's deterministic algorithms and ``threads`` CPU threads for the block; the
     caller's settings come back after it."""
     saved_threads, saved_det = torch.get_num_threads(), torch.are_deterministic_algorithms_enabled()
@@ -145,10 +168,14 @@ def machine() -> dict[str, Any]:
             "cpu_capability": torch.backends.cpu.get_cpu_capability()}
 
 
-def _train(
+def train_loop(
     train_split: Split, test_split: Split, *, config: TrainConfig, device: str,
     progress: Callable[[int, int, float], None] | None,
+    extra_loss: Callable[[nn.Module], torch.Tensor] | None = None, weight_decay: float = 0.0,
 ) -> tuple[nn.Module, dict[str, Any]]:
+    """The training loop; ``extra_loss(model)`` is added to every batch's loss and Adam
+    takes ``weight_decay`` (a regulariser: :mod:`collide.models.regularised`). Without
+    them the weights are the same bits as ever."""
     gen = torch.Generator().manual_seed(config.seed)
     torch_state = torch.random.get_rng_state()
     torch.manual_seed(config.seed)  # module init draws from the global generator only
@@ -157,7 +184,7 @@ def _train(
     finally:
         torch.random.set_rng_state(torch_state)
     model.to(device)
-    opt = torch.optim.Adam(model.parameters(), lr=config.lr)
+    opt = torch.optim.Adam(model.parameters(), lr=config.lr, weight_decay=weight_decay)
     loss_fn = nn.CrossEntropyLoss()
     n = len(train_split) if config.train_limit is None else min(config.train_limit, len(train_split))
     start = time.perf_counter()
@@ -173,6 +200,8 @@ def _train(
             y = train_split.labels[idx].to(device)
             opt.zero_grad(set_to_none=True)
             loss = loss_fn(model(x), y)
+            if extra_loss is not None:
+                loss = loss + extra_loss(model)
             loss.backward()
             opt.step()
             if progress is not None:

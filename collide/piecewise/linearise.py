@@ -42,8 +42,9 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from collide.activations import Saturation
 from collide.errors import ConfigError, LayerError
-from collide.sites import ADAPTIVE_MAX_POOL, HARDTANH, LEAKY, NONLINEAR, RELU, SMOOTH, Event, Site
+from collide.sites import ADAPTIVE_MAX_POOL, HARDTANH, LEAKY, NONLINEAR, RELU, SMOOTH, Event, Site, require_method
 from collide.taps import region_events, site_of
 
 JACOBIAN_MODES = ("auto", "forward", "reverse")
@@ -107,7 +108,7 @@ def piecewise_events(net: nn.Module, x: torch.Tensor, site: Site) -> list[Event]
     return events
 
 
-def _window_pairs(params: dict[str, Any], value: torch.Tensor) -> tuple[np.ndarray, np.ndarray]:
+def window_pairs(params: dict[str, Any], value: torch.Tensor) -> tuple[np.ndarray, np.ndarray]:
     """Every distinct (entry, winner) pair of a max pool's windows at ``value``, entry ≠ winner.
 
     Windows follow the pool's own kernel, stride, padding, dilation and ceil mode
@@ -210,6 +211,7 @@ def affine_piece(model: nn.Module, layer: str | Site, target: torch.Tensor, *, m
     net = copy.deepcopy(model).double().eval().requires_grad_(False)
     x0 = target.double().unsqueeze(0)
     site = site_of(net, layer, x0)
+    require_method(site, "exact")  # the rows below model a ReLU collision layer
 
     def all_values(x: torch.Tensor) -> torch.Tensor:
         return torch.cat([e.value.flatten() for e in region_events(net, x.view_as(x0), site)])
@@ -242,7 +244,7 @@ def affine_piece(model: nn.Module, layer: str | Site, target: torch.Tensor, *, m
             floor = np.where(v >= hi, hi, lo)
             relu_rows.append((-j[lower], c[lower] - floor[lower]))
         else:
-            entry, winner = _window_pairs(event.params, event.value)
+            entry, winner = window_pairs(event.params, event.value)
             entry, winner = entry + starts[k], winner + starts[k]
             pool_rows.append((jac[entry] - jac[winner], offset[winner] - offset[entry]))
 
@@ -262,3 +264,24 @@ def affine_piece(model: nn.Module, layer: str | Site, target: torch.Tensor, *, m
         n_relu_rows=len(relu_b),
         n_pool_rows=len(pool_b),
     )
+
+
+def layer_rows(jac: np.ndarray, offset: np.ndarray, t_pre: np.ndarray, sat: Saturation) -> tuple[
+        np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """The collision layer's own rows on an affine piece ``jac x + offset`` of its
+    pre-activation: equal to the target's ``t_pre`` on its unsaturated units, and in
+    their flat piece on the others (≤ ``sat.below`` on the lower one, ≥ ``sat.above`` on
+    the upper one, written as ≤ rows). ReLU: equal on the positive units, ≤ 0 on the rest.
+
+    Returns:
+        ``a_eq, b_eq, a_ub, b_ub`` with ``a_eq x = b_eq`` and ``a_ub x ≤ b_ub``, the lower
+        regime's rows first, each in unit order.
+
+    Shapes:
+        jac: (D, d); offset, t_pre: (D,)
+    """
+    low, high = sat.low(t_pre), sat.high(t_pre)
+    free = ~(low | high)
+    a_ub = np.vstack([jac[low], -jac[high]])
+    b_ub = np.concatenate([sat.below - offset[low], offset[high] - sat.above])
+    return jac[free], t_pre[free] - offset[free], a_ub, b_ub

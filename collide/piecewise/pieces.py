@@ -14,28 +14,29 @@ import numpy as np
 import torch
 from torch import nn
 
-from collide.piecewise.linearise import AffinePiece, affine_piece
+from collide.activations import Saturation
+from collide.piecewise.linearise import AffinePiece, affine_piece, layer_rows
 from collide.piecewise.lp import LinearRows
 from collide.sites import Site
 
 # A region row is tied at the target when its slack there is within this of 0, relative
 # to the terms the slack is computed from (_slack_scale): far above float64 rounding
 # (~1e-16 per term), far below the gaps between values that merely happen to be close.
-_TIE_TOL = 1e-9
+TIE_TOL = 1e-9
 
 
 # The re-linearisation point moves no input coordinate by more than this: enough for
 # every tie the direction breaks at first order to show in a float64 forward pass (by
 # about 1e-6 x its rate, against rounding near 1e-16), and small against the slack of
 # untied rows. Where the piece found does not contain the target, the step is divided
-# by _TIE_SHRINK, at most _TIE_TRIES times in all.
-_TIE_STEP = 1e-6
+# by TIE_SHRINK, at most TIE_TRIES times in all.
+TIE_STEP = 1e-6
 
 
-_TIE_SHRINK = 16
+TIE_SHRINK = 16
 
 
-_TIE_TRIES = 4
+TIE_TRIES = 4
 
 
 def _slack_scale(a: np.ndarray, b: np.ndarray, x: np.ndarray) -> np.ndarray:
@@ -58,29 +59,31 @@ def tied_rows(piece: AffinePiece, x: np.ndarray) -> np.ndarray:
         x: (d,); returns (R,) bool
     """
     slack = piece.region_bound - piece.region_jac @ x
-    return slack <= _TIE_TOL * _slack_scale(piece.region_jac, piece.region_bound, x)
+    return slack <= TIE_TOL * _slack_scale(piece.region_jac, piece.region_bound, x)
 
 
 def _contains(piece: AffinePiece, x: np.ndarray, t_pre: np.ndarray) -> bool:
     """Whether ``x`` lies in the closure of ``piece``, with its pre-activation ``t_pre`` there."""
     over = piece.region_jac @ x - piece.region_bound
-    if (over > _TIE_TOL * _slack_scale(piece.region_jac, piece.region_bound, x)).any():
+    if (over > TIE_TOL * _slack_scale(piece.region_jac, piece.region_bound, x)).any():
         return False
     err = np.abs(piece.jac @ x + piece.offset - t_pre)
-    return bool((err <= _TIE_TOL * _slack_scale(piece.jac, piece.offset, x)).all())
+    return bool((err <= TIE_TOL * _slack_scale(piece.jac, piece.offset, x)).all())
 
 
-def rows_on(piece: AffinePiece, t_pre: np.ndarray, pos: np.ndarray, keep: np.ndarray | None = None) -> LinearRows:
-    """The LP's rows on one piece: positive units at the target's values ``t_pre``, the
-    others ≤ 0, then the region rows ``keep`` (all by default), which may be added lazily."""
+def rows_on(piece: AffinePiece, t_pre: np.ndarray, sat: Saturation, keep: np.ndarray | None = None) -> LinearRows:
+    """The LP's rows on one piece: the layer's own (:func:`layer_rows`: ReLU's positive
+    units at the target's values ``t_pre``, the others ≤ 0), then the region rows
+    ``keep`` (all by default), which may be added lazily."""
     region_jac, region_bound = piece.region_jac, piece.region_bound
     if keep is not None:
         region_jac, region_bound = region_jac[keep], region_bound[keep]
+    a_eq, b_eq, a_ub, b_ub = layer_rows(piece.jac, piece.offset, t_pre, sat)
     return LinearRows(
-        a_ub=np.vstack([piece.jac[~pos], region_jac]),
-        b_ub=np.concatenate([-piece.offset[~pos], region_bound]),
-        a_eq=piece.jac[pos],
-        b_eq=t_pre[pos] - piece.offset[pos],
+        a_ub=np.vstack([a_ub, region_jac]),
+        b_ub=np.concatenate([b_ub, region_bound]),
+        a_eq=a_eq,
+        b_eq=b_eq,
         lazy=len(region_bound),
     )
 
@@ -93,7 +96,7 @@ def tie_broken_piece(
 
     Re-linearises at ``x0 + step·direction``, where every tie that ``direction`` breaks
     at first order is broken its way. The step moves no coordinate by more than
-    ``_TIE_STEP`` and stays below half the distance at which ``direction`` would cross an
+    ``TIE_STEP`` and stays below half the distance at which ``direction`` would cross an
     untied row of the target's piece; the piece found must still hold the target in its
     closure (with the target's pre-activation there), else the step shrinks.
 
@@ -101,18 +104,18 @@ def tie_broken_piece(
         target: (*input); tied: (R,); direction: (d,); t_pre: (D,)
     """
     x0 = target.double().flatten().numpy()
-    step = _TIE_STEP / np.abs(direction).max()
+    step = TIE_STEP / np.abs(direction).max()
     rate = piece.region_jac[~tied] @ direction
     slack = piece.region_bound[~tied] - piece.region_jac[~tied] @ x0
     crossing = slack[rate > 0] / rate[rate > 0]
     if len(crossing):
         step = min(step, 0.5 * float(crossing.min()))
-    for _ in range(_TIE_TRIES):
+    for _ in range(TIE_TRIES):
         moved = torch.from_numpy(x0 + step * direction).view(target.shape)
         adjacent = affine_piece(model, layer, moved)
         if _contains(adjacent, x0, t_pre):
             return adjacent
-        step /= _TIE_SHRINK
+        step /= TIE_SHRINK
     return None
 
 

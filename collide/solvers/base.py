@@ -18,11 +18,12 @@ from typing import Any, ClassVar, final
 import torch
 from torch import nn
 
+from collide.activations import RELU_SATURATION, Saturation
 from collide.errors import ConfigError, DataError
 from collide.inputs import require_float32, require_in_box
-from collide.objective import nonpositive_units
+from collide.objective import saturated_units
 from collide.precision import full_precision
-from collide.sites import Site, eval_mode
+from collide.sites import Site, eval_mode, require_method
 from collide.solvers.param import Parameterisation
 from collide.taps import preactivation
 from collide.validity import Criterion
@@ -58,10 +59,10 @@ class Found:
 
 def problem(
     model: nn.Module, site: Site, target: torch.Tensor, init: torch.Tensor | None, *, n_vertices: int,
-    units: torch.Tensor | None = None,
+    units: torch.Tensor | None = None, sat: Saturation = RELU_SATURATION,
 ) -> Problem:
     """``target``'s problem at ``site``: its pre-activation and the units its vertices push
-    (default the first ``n_vertices`` non-positive ones).
+    (default the first ``n_vertices`` saturated ones: ReLU's non-positive ones).
 
     Shapes:
         target, init: (*input), one input each
@@ -80,7 +81,7 @@ def problem(
         raise DataError(f"for a target of shape {tuple(target.shape)} the model returned logits of shape "
                         f"{tuple(logits.shape)}, not (1, classes): pass the target without a batch dimension")
     if units is None:
-        units = nonpositive_units(target_pre, n_vertices)
+        units = saturated_units(target_pre, n_vertices, sat=sat)
     return Problem(target=target, init=init, target_pre=target_pre, units=torch.as_tensor(units).long().flatten())
 
 
@@ -89,14 +90,17 @@ class Solver(abc.ABC):
 
     Class attributes say what the solver is: ``method`` (its name in tables and in
     ``method="..."``), ``config_type``, ``batches`` (whether several targets' vertices
-    run as one batch) and ``takes_param`` (whether it optimises a parameterisation
-    other than the pixels).
+    run as one batch), ``takes_param`` (whether it optimises a parameterisation other
+    than the pixels) and ``exact`` (whether it needs the layer's flat pieces).
     """
 
     method: ClassVar[str]
     config_type: ClassVar[type]
     batches: ClassVar[bool] = False
     takes_param: ClassVar[bool] = False
+    # Whether its vertices are exact collisions (an LP on the layer's flat pieces), or
+    # approximate ones any activation that saturates allows.
+    exact: ClassVar[bool] = False
 
     def __init__(self, config: Any = None) -> None:
         config = self.config_type() if config is None else config
@@ -128,7 +132,12 @@ class Solver(abc.ABC):
     def criterion(self) -> Criterion:
         """What a vertex of this solver must meet (checked in float64 by :mod:`collide.validity`)."""
         neg = float("inf") if self.config.neg_tol is None else self.config.neg_tol
-        return Criterion(rel_tol=self.config.rel_tol, neg_tol=neg, push_margin=self.config.push_margin)
+        return Criterion(rel_tol=self.config.rel_tol, neg_tol=neg, push_margin=self.config.push_margin,
+                         saturation_tol=getattr(self.config, "saturation_tol", None))
+
+    def saturation(self, site: Site) -> Saturation:
+        """Where units of ``site``'s activation count as saturated for this solver."""
+        return self.criterion.saturation(site)
 
     @property
     @abc.abstractmethod
@@ -154,6 +163,8 @@ class Solver(abc.ABC):
         """
         if param is not None and not self.takes_param:
             raise ConfigError(f"a parameterisation other than pixels needs method='gradient', got {self.method!r}")
+        require_method(site, "exact" if self.exact else "gradient")
+        sat = self.saturation(site)
         require_float32(model)
         lower, upper = self.config.lower, self.config.upper
         problems = []
@@ -162,7 +173,7 @@ class Solver(abc.ABC):
             require_in_box(target, f"the target{which}", lower, upper)
             if init is not None and param is None:
                 require_in_box(init, f"the init{which}", lower, upper)
-            problems.append(problem(model, site, target, init, n_vertices=n_vertices, units=units))
+            problems.append(problem(model, site, target, init, n_vertices=n_vertices, units=units, sat=sat))
         with full_precision():
             found = self.solve(model, site, problems, device=device, param=param, progress=progress)
         return list(zip(problems, found, strict=True))

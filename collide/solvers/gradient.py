@@ -26,6 +26,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from collide.activations import RELU_SATURATION, Saturation
 from collide.config import GradientConfig
 from collide.errors import DataError
 from collide.inputs import require_finite, require_in_box
@@ -33,8 +34,8 @@ from collide.objective import (
     feature_rel_error,
     loss_minus,
     loss_plus,
-    max_nonpositive_violation,
-    positive_part_penalty,
+    max_regime_violation,
+    regime_penalty,
 )
 from collide.sites import Site
 from collide.solvers.base import Found, Problem, Progress, Solver
@@ -123,15 +124,17 @@ def solve_gradient(
     decode: Callable[[torch.Tensor], torch.Tensor] | None = None,
     regularizer: Callable[[torch.Tensor], torch.Tensor] | None = None,
     record: Callable[[int, torch.Tensor], None] | None = None,
+    sat: Saturation = RELU_SATURATION,
 ) -> GradientResult:
     """Find one vertex per batch row by minimising α·L₊ + β·L₋ⁱ (+ penalty).
 
     Args:
         model: the classifier; it is copied, never changed.
-        layer: the ReLU layer where features must collide.
+        layer: the activation layer where features must collide.
         target_pre: the target's pre-activation at ``layer`` for each row.
         init: where each row's optimisation starts, inside the input box.
-        units: the unit each row pushes down; a non-positive unit of its target.
+        units: the unit each row pushes deeper into saturation; a saturated (ReLU:
+            non-positive) unit of its target.
         config: solver settings; see :class:`GradientConfig`.
         device: ``cpu`` or ``cuda``.
         progress: called as ``progress(step, max_steps, n_stopped)`` every 50 steps.
@@ -140,6 +143,7 @@ def solve_gradient(
         regularizer: an extra per-row loss of θ, e.g. total variation. (B,)
         record: called as ``record(step, rel_error)`` every step with each row's relative
             feature error (B,), for benchmarks that compare solvers at equal error.
+        sat: the layer activation's saturated regimes (ReLU's by default).
 
     Shapes:
         target_pre: (B, D); init: (B, *input); units: (B,)
@@ -170,6 +174,9 @@ def solve_gradient(
     n = len(u)
     rows = torch.arange(n, device=device)
     target_push = target[rows, units]
+    # Deeper in saturation is lower at a lower asymptote, higher at an upper one: the
+    # plateau test runs on signed values, lower is better.
+    sign = sat.sign(target)[rows, units]
     # Per vertex: the best feasible iterate so far (lowest pushed unit); the value the
     # plateau test compares against, and how many feasible steps have not beaten it.
     # Infeasible steps do not count: early on the penalty is weak and the iterates leave
@@ -195,12 +202,13 @@ def solve_gradient(
     for step in range(config.max_steps + 1):
         pre = forward(u)
         with torch.no_grad():
-            rel = feature_rel_error(pre, target)
+            rel = feature_rel_error(pre, target, act=sat.activation)
             if record is not None:
                 record(step, rel)
             if step >= config.min_steps:
-                meets = (rel <= config.rel_tol) & (max_nonpositive_violation(pre, target) <= config.neg_tol) & ~stopped
-                push = pre[rows, units]
+                violation = max_regime_violation(pre, target, sat=sat)
+                meets = (rel <= config.rel_tol) & (violation <= config.neg_tol) & ~stopped
+                push = sign * pre[rows, units]
                 better = meets & (push < best_push)
                 best[better] = u.detach()[better]
                 best_push = torch.where(better, push, best_push)
@@ -223,14 +231,14 @@ def solve_gradient(
                 break
             if progress is not None and step % 50 == 0:
                 progress(step, config.max_steps, int(stopped.sum()))
-        loss = config.beta * loss_minus(pre, target, units, others=config.others_weight)
+        loss = config.beta * loss_minus(pre, target, units, others=config.others_weight, sat=sat)
         if config.loss == "penalty":
             factor = _weight_factor(step, config.growth)
             loss = loss + factor * (
-                config.alpha * loss_plus(pre, target) + config.gamma * positive_part_penalty(pre, target)
+                config.alpha * loss_plus(pre, target, sat=sat) + config.gamma * regime_penalty(pre, target, sat=sat)
             )
         else:
-            loss = loss + config.alpha * loss_plus(pre, target)
+            loss = loss + config.alpha * loss_plus(pre, target, sat=sat)
         if regularizer is not None:
             loss = loss + regularizer(u)
         opt.zero_grad(set_to_none=True)
@@ -247,8 +255,8 @@ def solve_gradient(
         final = torch.where(feasible.view(-1, *[1] * (u.ndim - 1)), best, u.detach())
         pre = forward(final)
         images = final if decode is None else decode(final)
-        rel = feature_rel_error(pre, target)
-        viol = max_nonpositive_violation(pre, target)
+        rel = feature_rel_error(pre, target, act=sat.activation)
+        viol = max_regime_violation(pre, target, sat=sat)
         push = pre[rows, units]
     if progress is not None:
         progress(config.max_steps, config.max_steps, int(stopped.sum()))
@@ -327,4 +335,5 @@ class GradientSolver(BatchedSolver):
     ) -> GradientResult:
         on = param.on(device)
         return solve_gradient(model, site, target_pre, init, units, config=self.config, device=device,
-                              progress=progress, decode=on.decode, regularizer=on.regularizer)
+                              progress=progress, decode=on.decode, regularizer=on.regularizer,
+                              sat=self.saturation(site))

@@ -21,10 +21,11 @@ from typing import Any
 import torch
 from torch import nn
 
+from collide.activations import RELU_SATURATION, Saturation
 from collide.config import PaperConfig
 from collide.errors import ConfigError, DataError
 from collide.inputs import require_in_box
-from collide.objective import feature_rel_error, loss_minus, loss_plus, max_nonpositive_violation
+from collide.objective import feature_rel_error, loss_minus, loss_plus, max_regime_violation
 from collide.sites import Site
 from collide.solvers.base import Progress
 from collide.solvers.gradient import BatchedSolver, GradientResult, frozen_copy
@@ -57,6 +58,7 @@ def solve_paper(
     device: str = "cpu",
     progress: Callable[[int, int, int], None] | None = None,
     record: Callable[[int, torch.Tensor], None] | None = None,
+    sat: Saturation = RELU_SATURATION,
 ) -> GradientResult:
     """One vertex per batch row by the authors' scheme; the last iterate is the vertex.
 
@@ -93,7 +95,7 @@ def solve_paper(
     for step in range(config.steps + 1):
         pre = preactivation(net, x, site)
         with torch.no_grad():
-            rel = feature_rel_error(pre, target)
+            rel = feature_rel_error(pre, target, act=sat.activation)
             if record is not None:
                 record(step, rel)
             ok = rel <= config.rel_tol
@@ -102,14 +104,14 @@ def solve_paper(
             break
         if progress is not None and step % 50 == 0:
             progress(step, config.steps, 0)
-        loss = config.alpha * loss_plus(pre, target) + config.beta * loss_minus(pre, target, units)
+        loss = config.alpha * loss_plus(pre, target, sat=sat) + config.beta * loss_minus(pre, target, units, sat=sat)
         (grad,) = torch.autograd.grad(loss.sum(), x)
         with torch.no_grad():
             velocity.mul_(config.momentum).add_(grad, alpha=1 - config.momentum)
             x.sub_(piecewise_lr(step, config) * velocity).clamp_(config.lower, config.upper)
     with torch.no_grad():
-        rel = feature_rel_error(pre, target)
-        viol = max_nonpositive_violation(pre, target)
+        rel = feature_rel_error(pre, target, act=sat.activation)
+        viol = max_regime_violation(pre, target, sat=sat)
         converged = (rel <= config.rel_tol) & (viol <= (math.inf if config.neg_tol is None else config.neg_tol))
         vertices = x.detach()
     if progress is not None:
@@ -164,4 +166,5 @@ class PaperSolver(BatchedSolver):
         self, model: nn.Module, site: Site, target_pre: torch.Tensor, init: torch.Tensor, units: torch.Tensor, *,
         device: str, param: Parameterisation, progress: Progress | None,
     ) -> GradientResult:
-        return solve_paper(model, site, target_pre, init, units, config=self.config, device=device, progress=progress)
+        return solve_paper(model, site, target_pre, init, units, config=self.config, device=device, progress=progress,
+                           sat=self.saturation(site))

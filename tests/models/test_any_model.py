@@ -4,6 +4,7 @@ refusals that say why (issue "Any model, any layer")."""
 from __future__ import annotations
 
 import copy
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -81,7 +82,7 @@ def test_a_reused_module_by_its_bare_name_is_refused_with_its_calls(resnet18):
         collide.preactivation(resnet18, x, "layer1.0.relu")
     with pytest.raises(LayerError, match=r"runs 2 time\(s\) .*calls count from 0"):
         collide.preactivation(resnet18, x, "layer1.0.relu#2")
-    with pytest.raises(LayerError, match=r"'conv1' is a Conv2d, not a ReLU layer; layers that work: relu, layer1"):
+    with pytest.raises(LayerError, match=r"'conv1' is a Conv2d, not an activation; layers that work: relu, layer1"):
         collide.preactivation(resnet18, x, "conv1")
     # A module called once: NAME#0 is NAME.
     assert collide.layers(resnet18, x[0])[0].name == "relu"
@@ -141,12 +142,13 @@ def test_activations_without_polytopes_are_refused_with_the_reason():
         torch.manual_seed(0)
         mobilenet = torchvision.models.mobilenet_v2(weights=None).eval()
     x = torch.rand(3, 32, 32)
-    assert collide.layers(mobilenet, x) == []
-    with pytest.raises(LayerError, match=r"ReLU6 saturates on both sides.*layers that work: none.*features\.0\.2"):
-        collide.find_polytope(mobilenet, "features.1.conv.0.2", x)
+    # Every ReLU6 of MobileNetV2 is a site, by every method (its flat pieces collide exactly).
+    sites = collide.layers(mobilenet, x)
+    assert len(sites) == 35 and {s.op for s in sites} == {"ReLU6"}
+    assert all(s.methods == ("gradient", "paper", "exact") for s in sites)
     image = torch.rand(1, 8, 8)
-    with pytest.raises(LayerError, match="GELU is not piecewise linear.*future work.*layers that work: 4"):
-        collide.find_polytope(gelu_cnn(), "1", image)
+    with pytest.raises(LayerError, match=r"'1' is a GELU call: the exact LP .* use method='gradient'"):
+        collide.find_polytope(gelu_cnn(), "1", image, method="exact")
     with pytest.raises(LayerError, match="LeakyReLU is injective: only inputs with exactly equal pre-activations"):
         collide.find_polytope(piecewise_mlp(), "2", torch.rand(24))
     # A smooth activation before a ReLU layer: gradient collisions exist there, exact ones
@@ -230,7 +232,9 @@ def test_collide_layers_lists_call_sites_and_refusals():
         assert line in done.stdout
     done = _collide("layers", "torchvision:mobilenet_v2", "--input-size", "32")
     assert done.returncode == 0, done.stderr
-    assert "0 ReLU call sites" in done.stdout and "ReLU6: features.0.2" in done.stdout
+    assert "35 activation call sites" in done.stdout
+    listed = r"features\.0\.2 +ReLU6 +module +32x16x16 +8192 +gradient, paper, exact\n"
+    assert re.search(listed, done.stdout), done.stdout
     done = _collide("layers", "torchvision:no_such_net", "--input-size", "32")
     assert done.returncode == 2 and "torchvision has no classification model 'no_such_net'" in done.stderr
 
@@ -362,3 +366,26 @@ def test_the_largest_input_an_exact_lp_takes_is_measured_not_extrapolated(resnet
     assert budget.lp_entries(resnet18, "layer2.1.relu#1", torch.zeros(3, side + 1, side + 1))[1] > limit
     with pytest.raises(ConfigError, match=f"the largest input it takes is 3x{side}x{side}"):
         budget.check_lp_size(resnet18, "layer2.1.relu#1", torch.rand(3, 64, 64), max_entries=limit)
+
+
+def test_collide_run_model_at_a_saturating_layer_leaves_exact_out_and_verifies(tmp_path):
+    """A tanh collision layer after a SiLU, end to end: gradient rows only (said why), and
+    `collide verify` recomputes them through the layer's own activation."""
+    from collide.datasets.folders import bundled_corpus
+
+    images = bundled_corpus(tmp_path / "images", size=16)
+    out = tmp_path / "results"
+    model = "tests.any_models:saturating_cnn"
+    done = _collide("run", "model", "--no-prefect", "--model", model, "--weights", "random", "--layer", "4",
+                    "--image-root", str(images), "--results-root", str(out), "--set", "input_size=8",
+                    "--set", "targets_per_class=0", "--set", "gradient.max_steps=300",
+                    "--set", "sample.n_samples=200", "--set", "n_vertices=3")
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert "exact rows left out: '4' is a Tanh call" in done.stdout and "method='gradient'" in done.stdout
+    import pandas as pd
+
+    table = pd.read_parquet(out / "model.parquet")
+    assert list(table["method"]) == ["gradient", "gradient"] and (table["valid_vertices"] >= 1).all()
+    assert (table["max_feature_rel_error"] <= 1e-2).all()
+    verified = _collide("verify", "model", "--results-root", str(out), "--model", model)
+    assert verified.returncode == 0 and "every row agrees" in verified.stdout, verified.stdout + verified.stderr

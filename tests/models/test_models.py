@@ -6,7 +6,9 @@ import torch
 from collide.config import TrainConfig
 from collide.datasets.mnist import MNIST_DIGEST, load_mnist
 from collide.errors import CheckpointError, ConfigError
+from collide.experiments.configs.activations import ACTIVATIONS, arch_of
 from collide.models.zoo import (
+    MLP_ACTIVATIONS,
     build_model,
     checkpoint_path,
     lenet5,
@@ -29,7 +31,35 @@ def test_architectures_have_the_papers_shapes():
         build_model("resnet")
 
 
-@pytest.mark.parametrize("arch", ["mlp", "lenet5"])
+def test_the_mlp_with_another_activation_is_the_same_mlp_with_that_activation():
+    """``mlp-NAME``: the paper's widths and Linear names, the activation module named
+    ``NAME1``/``NAME2``, the same initial weights as the ReLU MLP for the same seed (the
+    activations hold no parameters), and a forward pass that is the manual one with torch's
+    function (oracle: ``x @ W.T + b`` through ``torch.tanh`` and friends)."""
+    functions = {"relu": torch.relu, "tanh": torch.tanh, "sigmoid": torch.sigmoid,
+                 "elu": torch.nn.functional.elu, "gelu": torch.nn.functional.gelu}
+    assert set(ACTIVATIONS) == {"relu", *MLP_ACTIVATIONS} and arch_of("relu") == "mlp"
+    x = torch.rand(3, 1, 28, 28, generator=torch.Generator().manual_seed(0))
+    for activation in ACTIVATIONS:
+        torch.manual_seed(7)
+        model = build_model(arch_of(activation))
+        torch.manual_seed(7)
+        relu_mlp = mlp()
+        assert [name for name, _ in model.named_children()] == [
+            "flatten", "fc1", f"{activation}1", "fc2", f"{activation}2", "fc3"]
+        assert all(torch.equal(a, b) for a, b in zip(model.state_dict().values(), relu_mlp.state_dict().values(),
+                                                     strict=True))
+        f, (w1, b1, w2, b2, w3, b3) = functions[activation], [p.detach() for p in model.parameters()]
+        manual = f(f(x.flatten(1) @ w1.T + b1) @ w2.T + b2) @ w3.T + b3
+        with torch.no_grad():
+            torch.testing.assert_close(model(x), manual, rtol=0, atol=1e-6)
+    # The ReLU MLP keeps the names its shipped checkpoints and stored rows use.
+    assert [name for name, _ in mlp().named_children()] == ["flatten", "fc1", "relu1", "fc2", "relu2", "fc3"]
+    with pytest.raises(ConfigError, match="unknown MLP activation 'swish'"):
+        mlp("swish")
+
+
+@pytest.mark.parametrize("arch", ["mlp", "lenet5", "mlp-tanh"])
 def test_training_is_deterministic_and_learns(tiny_mnist, arch):
     train_split, test_split = load_mnist(tiny_mnist, "train"), load_mnist(tiny_mnist, "test")
     config = TrainConfig(arch=arch, epochs=2)
@@ -81,6 +111,9 @@ def test_checkpoint_name_follows_the_training_config_and_the_data(tmp_path):
     b = checkpoint_path(tmp_path, TrainConfig(epochs=4), "a" * 64)
     c = checkpoint_path(tmp_path, TrainConfig(epochs=3), "b" * 64)
     assert len({a, b, c}) == 3 and a.name.startswith("mlp-")
+    # Another activation is another architecture: its own checkpoint, named after it.
+    d = checkpoint_path(tmp_path, TrainConfig(epochs=3, arch="mlp-tanh"), "a" * 64)
+    assert d not in {a, b, c} and d.name.startswith("mlp-tanh-")
     assert json.dumps(str(a))
 
 

@@ -3,7 +3,7 @@ import torch
 
 from collide.config import GradientConfig
 from collide.errors import DataError
-from collide.objective import feature_rel_error, max_nonpositive_violation, nonpositive_units
+from collide.objective import feature_rel_error, max_regime_violation, saturated_units
 from collide.solvers.gradient import solve_gradient
 from collide.taps import preactivation
 from tests.tolerances import EQUIVALENT, GRADIENT_VS_LP
@@ -17,7 +17,7 @@ def _problem(model, *, init_other: bool):
     init = torch.rand(1, 28, 28, generator=gen) if init_other else target
     with torch.no_grad():
         t_pre = preactivation(model, target.unsqueeze(0), "relu1")
-    units = nonpositive_units(t_pre[0], V)
+    units = saturated_units(t_pre[0], V)
     return t_pre.expand(V, -1), init.expand(V, -1, -1, -1), units
 
 
@@ -30,7 +30,7 @@ def test_every_vertex_meets_the_criterion(mlp_model, init_other):
     with torch.no_grad():
         pre = preactivation(mlp_model, res.vertices, "relu1")
     rel = feature_rel_error(pre, t_pre)
-    viol = max_nonpositive_violation(pre, t_pre)
+    viol = max_regime_violation(pre, t_pre)
     for k in range(V):  # per vertex, not on the mean
         assert rel[k] <= config.rel_tol, (k, rel[k])
         assert viol[k] <= config.neg_tol, (k, viol[k])
