@@ -25,7 +25,7 @@ from collide.datasets.mnist import ensure_mnist, load_mnist
 from collide.experiments import mnist
 from collide.experiments.mnist import MnistExperiment
 from collide.models.zoo import load_checkpoint
-from collide.objective import nonpositive_units
+from collide.objective import saturated_units
 from collide.taps import preactivation
 
 DATA_ROOT = Path(os.environ.get("COLLIDE_BENCH_DATA", "data"))
@@ -70,7 +70,7 @@ def collision_problem(arch: str) -> dict[str, Any]:
     with torch.no_grad():
         target_pre = preactivation(model, target.unsqueeze(0), config.layer)[0]
     return {"model": model, "layer": config.layer, "target": target, "other": other, "target_pre": target_pre,
-            "units": nonpositive_units(target_pre, N_VERTICES)}
+            "units": saturated_units(target_pre, N_VERTICES)}
 
 
 def mnist_train_file() -> Path:
@@ -131,10 +131,8 @@ def _ram_gib() -> float:
 
 def machine() -> dict[str, Any]:
     """Where the numbers came from; the load average says how busy the machine was."""
-    import dask
-    import pynndescent
-    import scipy
-
+    # Versions from the package metadata: importing pynndescent compiles it with numba
+    # (about 15 s here), which a benchmark that does not use it should not pay.
     return {
         "date": datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds"),
         "cpu": _cpu_model(),
@@ -145,9 +143,9 @@ def machine() -> dict[str, Any]:
         "python": platform.python_version(),
         "torch": torch.__version__,
         "numpy": np.__version__,
-        "scipy": scipy.__version__,
-        "dask": dask.__version__,
-        "pynndescent": pynndescent.__version__,
+        "scipy": version("scipy"),
+        "dask": version("dask"),
+        "pynndescent": version("pynndescent"),
         # The exact solver's HiGHS (highspy) and the reference's (scipy): scipy 1.15's linprog
         # had a large regression (scipy issue 22655), so versions go with every figure.
         "highspy": version("highspy"),

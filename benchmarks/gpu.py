@@ -23,16 +23,24 @@ N_VERTICES = 5
 FLOP_PER_IMAGE_STEP = 3 * 2 * 15.5e9
 
 
-def matmul_rate(n: int = 8192, repeats: int = 10) -> float:
-    """The card's measured float32 matmul rate, FLOP/s (TF32 as torch's default allows)."""
-    a = torch.randn(n, n, device="cuda")
-    b = torch.randn(n, n, device="cuda")
+def synchronize(device: str) -> None:
+    """Wait for the device's queued kernels, so that a clock read after it means something."""
+    if torch.device(device).type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def matmul_rate(n: int = 8192, repeats: int = 10, *, device: str = "cuda", seed: int = 0) -> float:
+    """The device's measured float32 matmul rate, FLOP/s, under the precision switches in
+    force (TF32 as torch's default allows, unless the caller switched it off)."""
+    gen = torch.Generator().manual_seed(seed)
+    a = torch.randn(n, n, generator=gen).to(device)
+    b = torch.randn(n, n, generator=gen).to(device)
     a @ b
-    torch.cuda.synchronize()
+    synchronize(device)
     start = time.perf_counter()
     for _ in range(repeats):
         a @ b
-    torch.cuda.synchronize()
+    synchronize(device)
     return 2 * n**3 * repeats / (time.perf_counter() - start)
 
 
@@ -50,7 +58,7 @@ def run() -> dict[str, Any]:
     if not torch.cuda.is_available():
         return {"skipped": "no CUDA device on this machine (no GPU machine was lent to this run)"}
     from collide.models.vgg import vgg16_from_source
-    from collide.objective import nonpositive_units
+    from collide.objective import saturated_units
     from collide.taps import preactivation
 
     model = vgg16_from_source({"weights": "random", "seed": 0})
@@ -58,7 +66,7 @@ def run() -> dict[str, Any]:
     target = torch.rand(1, 3, 224, 224, generator=gen)
     with torch.no_grad():
         target_pre = preactivation(model, target, "fc6")
-    units = nonpositive_units(target_pre[0], N_VERTICES)
+    units = saturated_units(target_pre[0], N_VERTICES)
     init = torch.rand(N_VERTICES, 3, 224, 224, generator=gen)
     _solve(model, target_pre, target, units[:1])  # warm-up: cuDNN autotuning, allocator
     batched = _solve(model, target_pre.expand(N_VERTICES, -1), init, units)

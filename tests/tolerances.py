@@ -47,3 +47,14 @@ SET_EXACT = 1e-9
 # The mean of 4000 hit-and-run samples of a polygon against its exact mean (standard
 # deviation ~0.28 per coordinate; at 400 effective samples the standard error is 0.014).
 MC_POLYGON_MEAN = 0.04
+# A saturation threshold found by bisection in float64 against its closed form.
+THRESHOLD = 1e-9
+# A gradient vertex at a smooth activation (float32 solve, criterion 1e-2), its relative
+# post-activation error recomputed by an independent float64 forward pass.
+SMOOTH_REL_ERROR = 1e-2 + 1e-5
+# The same vertex LP in its dense and its layered form (HiGHS, feasibility 1e-9): the
+# optima agree to the solver's tolerance, then both are stored as float32 (~6e-8 steps).
+LP_FORMS_AGREE = 1e-6
+# The same gradient solve twice on one CPU in one process (benchmarks/gpu_suite.py's
+# agreement item with --device cpu): the same float ops in the same order, bit for bit.
+SAME_DEVICE_SOLVE = 0.0

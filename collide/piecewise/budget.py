@@ -89,4 +89,5 @@ def check_lp_size(model: nn.Module, layer: str | Site, target: torch.Tensor, *, 
         f"the exact LP at layer {site.name!r} for a {shape} input is too large: about {rows:,} rows over "
         f"{d:,} input coordinates, {entries:.2e} dense float64 entries ({entries * 8 / 2**30:.1f} GiB), above "
         f"max_entries={max_entries:.2e} (ExactConfig.max_entries); {smaller}. Use a smaller input, an earlier "
-        "layer, or method='gradient'")
+        "layer, or method='gradient' (or, from Python, collide.solvers.exact.solve_exact(..., form='layered'), "
+        "whose LP grows with the weights' nonzeros instead, and is slow at that size)")

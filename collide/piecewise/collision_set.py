@@ -34,9 +34,10 @@ import highspy
 import numpy as np
 import torch
 
+from collide.activations import RELU_SATURATION, Saturation
 from collide.errors import ConfigError, InternalError
 from collide.piecewise.highs import LazyRun, add_rows, solve_lazily
-from collide.piecewise.linearise import AffinePiece
+from collide.piecewise.linearise import AffinePiece, layer_rows
 
 # A row whose norm on the equality subspace is below this (relative to 1 + its norm) is
 # constant there: float64 projections of a row in the equalities' span leave ~1e-14.
@@ -101,7 +102,7 @@ class CollisionSet:
 
 def collision_set(
     pieces: Sequence[tuple[AffinePiece, np.ndarray]], target: np.ndarray, *, lower: float, upper: float,
-    max_entries: int,
+    max_entries: int, flats: Sequence[Saturation] | None = None,
 ) -> CollisionSet:
     """Stack each piece's rows at ``target``.
 
@@ -109,17 +110,19 @@ def collision_set(
         pieces: one ``(piece, t_pre)`` per model: its affine piece at the target and the
             target's pre-activation at its layer (float64).
         target: the input, flattened (d,), float64.
+        flats: per piece, its layer activation's flat pieces (ReLU's z ≤ 0 by default;
+            ReLU6's z ≤ 0 and z ≥ 6): where the saturated units stay.
     """
     x0 = np.asarray(target, dtype=np.float64)
     d = len(x0)
     eq, fixed, region = [], [], []
     n_positive = 0
-    for piece, t_pre in pieces:
-        pos = t_pre > 0
-        n_positive += int(pos.sum())
-        eq.append(piece.jac[pos])
-        # ỹ_N(x) ≤ 0 and the region rows, both as a x ≤ b.
-        fixed.append((piece.jac[~pos], -piece.offset[~pos]))
+    for k, (piece, t_pre) in enumerate(pieces):
+        a_eq, _, a_ub, b_ub = layer_rows(piece.jac, piece.offset, t_pre, RELU_SATURATION if flats is None else flats[k])
+        n_positive += len(a_eq)
+        eq.append(a_eq)
+        # ỹ_N(x) ≤ 0 (the saturated units in their flat pieces) and the region rows, both as a x ≤ b.
+        fixed.append((a_ub, b_ub))
         region.append((piece.region_jac, piece.region_bound))
     n_rows = sum(len(a) for a, _ in fixed) + sum(len(a) for a, _ in region)
     if n_rows * d > max_entries:

@@ -4,7 +4,7 @@ A stage's key hashes everything its result depends on: the config digest, the co
 version (a hash of collide's sources), and the content hashes and paths of its inputs.
 A finished row carries its stage keys in the ``keys`` attr of its group; a rerun whose key
 matches skips the stage, one whose key differs redoes it. Keys are written after the
-stage's results, each as one atomic row replacement, so a run killed in between leaves
+stage's results, each as one atomic rewrite of the row's attrs, so a run killed in between leaves
 a row without a key, and the rerun redoes that stage: never a key without its result.
 """
 
@@ -35,11 +35,11 @@ def is_done(store: ExperimentStore, row: int, stage: str, key: str) -> bool:
 
 
 def mark_done(store: ExperimentStore, row: int, stage: str, key: str) -> None:
-    """Record that ``stage`` of ``row`` finished with ``key`` (one atomic row rewrite)."""
-    attrs = store.read_attrs(row)
-    keys = dict(attrs.get("keys", {}))
+    """Record that ``stage`` of ``row`` finished with ``key``: one atomic rewrite of the row's
+    attrs, its arrays untouched (:meth:`ExperimentStore.update_attrs`)."""
+    keys = row_keys(store, row)  # unchecked here: update_attrs checks the row first
     keys[stage] = key
-    store.write_row(row, {}, {"keys": keys}, keep_existing=True)
+    store.update_attrs(row, {"keys": keys})
 
 
 def drop_damaged(store: ExperimentStore, rows: list[int]) -> dict[int, str]:
@@ -67,23 +67,30 @@ def prune_rows(store: ExperimentStore, keep: int) -> list[int]:
 
 _lock = threading.Lock()
 _depth = 0
-_saved = 0
+_saved: tuple[int, Any] = (0, None)
 
 
 @contextmanager
-def torch_threads(n: int) -> Iterator[None]:
-    """Run the block with torch using ``n`` CPU threads, then restore the old count.
+def job_threads(n: int) -> Iterator[None]:
+    """Run the block with ``n`` CPU threads for torch and for the BLAS and OpenMP pools
+    that numpy and scipy call (threadpoolctl), then restore the old counts.
 
-    Jobs overlapping in one process share the setting; the count is restored when the
+    Both fix a row's last bits (a matrix product's sums run in an order set by its
+    threads), so a job computes the same bits in plain Python and on a Dask worker, whose
+    nanny starts it with ``OMP_NUM_THREADS=1`` and the like: unpinned, numpy's float64
+    products in the exact set's sampler differed in the 10th digit between the two.
+    Jobs overlapping in one process share the setting; the counts are restored when the
     last one leaves, never while another still runs.
     """
     import torch
+    from threadpoolctl import threadpool_limits
 
     global _depth, _saved
     with _lock:
         if _depth == 0:
-            _saved = torch.get_num_threads()
+            saved_torch = torch.get_num_threads()
             torch.set_num_threads(n)
+            _saved = (saved_torch, threadpool_limits(limits=n))
         elif torch.get_num_threads() != n:
             raise RuntimeError(f"jobs asking for {n} and {torch.get_num_threads()} torch threads overlap")
         _depth += 1
@@ -93,4 +100,6 @@ def torch_threads(n: int) -> Iterator[None]:
         with _lock:
             _depth -= 1
             if _depth == 0:
-                torch.set_num_threads(_saved)
+                saved_torch, limits = _saved
+                limits.restore_original_limits()
+                torch.set_num_threads(saved_torch)

@@ -104,14 +104,18 @@ def _array_files(group_dir: Path) -> dict[str, Path]:
             if p.is_file() and p.relative_to(group_dir).as_posix() != "zarr.json"}
 
 
+def _link_or_copy(src: str, dst: str) -> str:
+    """A hard link to ``src`` at ``dst`` (row files are replaced whole, never edited in
+    place, so the old and the new group may share them), a copy where linking fails."""
+    try:
+        os.link(src, dst)
+    except OSError:
+        shutil.copy2(src, dst)
+    return dst
+
+
 def _attrs_digest(attrs: Mapping[str, Any]) -> str:
     return json_digest({k: v for k, v in attrs.items() if k != MANIFEST}, 32)
-
-
-def _manifest(group_dir: Path, attrs: Mapping[str, Any]) -> dict[str, Any]:
-    files: dict[str, Any] = {name: [p.stat().st_size, file_sha256(p)[:32]]
-                             for name, p in _array_files(group_dir).items()}
-    return {"files": files, ATTRS_KEY: _attrs_digest(attrs)}
 
 
 @dataclass(frozen=True)
@@ -258,27 +262,38 @@ class ExperimentStore:
         With ``keep_existing`` the arrays and attrs already in the group are carried over
         and the new ones added on top, still as one atomic replacement; arrays named in
         ``drop`` are not carried over (results of an earlier evaluation that no longer hold).
+        Carried arrays are checked against the manifest and linked (copied where links
+        fail) into the new group as they are, never decoded and written again.
         """
         self.ensure()
         name = f"row-{row}"
         final = self.row_path(row)
-        merged_arrays: dict[str, np.ndarray] = {}
+        new_arrays = {k: np.asarray(v) for k, v in arrays.items()}
         merged_attrs: dict[str, Any] = {}
+        carried: list[str] = []
+        old_files: dict[str, Any] = {}
         if keep_existing and final.exists():
-            old_arrays, old_attrs = self.read_row(row)
-            merged_arrays.update({k: v for k, v in old_arrays.items() if k not in drop})
+            group, old_attrs = self._open_row(row)
+            carried = [k for k, _ in group.arrays() if k not in drop and k not in new_arrays]
+            old_files = dict(old_attrs[MANIFEST]["files"])
             merged_attrs.update(old_attrs)
-        merged_arrays.update({k: np.asarray(v) for k, v in arrays.items()})
         merged_attrs.update(jsonable(dict(attrs)))
         scratch = self.root / ".tmp"
         scratch.mkdir(parents=True, exist_ok=True)
         tmp = Path(tempfile.mkdtemp(dir=scratch, prefix=f"{self.name}-{name}-"))
         try:
             group = zarr.open_group(tmp / name, mode="w")
-            for key, value in merged_arrays.items():
+            for key in carried:
+                shutil.copytree(final / key, tmp / name / key, copy_function=_link_or_copy)
+            for key, value in new_arrays.items():
                 group.create_array(key, data=value, chunks=value.shape or "auto")
             merged_attrs.pop(MANIFEST, None)
-            group.attrs.update({**merged_attrs, MANIFEST: _manifest(tmp / name, merged_attrs)})
+            # Carried files keep their manifest entries (checked above); new ones are hashed.
+            kept = {f: old_files[f] for f in old_files if f.split("/", 1)[0] in carried}
+            fresh = {f: [p.stat().st_size, file_sha256(p)[:32]] for f, p in _array_files(tmp / name).items()
+                     if f not in kept}
+            manifest = {"files": dict(sorted({**kept, **fresh}.items())), ATTRS_KEY: _attrs_digest(merged_attrs)}
+            group.attrs.update({**merged_attrs, MANIFEST: manifest})
             if final.exists():
                 trash = scratch / f"{self.name}-old-{uuid.uuid4().hex}"
                 os.replace(final, trash)
@@ -286,6 +301,29 @@ class ExperimentStore:
                 shutil.rmtree(trash, ignore_errors=True)
             else:
                 os.replace(tmp / name, final)
+        finally:
+            shutil.rmtree(tmp, ignore_errors=True)
+        return final
+
+    def update_attrs(self, row: int, attrs: Mapping[str, Any]) -> Path:
+        """Add ``attrs`` to row group ``row``'s attrs, its arrays untouched (a stage key).
+
+        The row is checked against its manifest first (file hashes, no array decoded); then
+        only its ``zarr.json`` is rewritten, with the manifest's attrs digest renewed and its
+        file list kept, and renamed into place: one atomic step, as :meth:`write_row` is.
+        """
+        old = self.read_attrs(row)
+        final = self.row_path(row)
+        merged = {k: v for k, v in old.items() if k != MANIFEST}
+        merged.update(jsonable(dict(attrs)))
+        manifest = {**old[MANIFEST], ATTRS_KEY: _attrs_digest(merged)}
+        scratch = self.root / ".tmp"
+        scratch.mkdir(parents=True, exist_ok=True)
+        tmp = Path(tempfile.mkdtemp(dir=scratch, prefix=f"{self.name}-row-{row}-attrs-"))
+        try:
+            shutil.copy2(final / "zarr.json", tmp / "zarr.json")
+            zarr.open_group(tmp, mode="r+").attrs.put({**merged, MANIFEST: manifest})
+            os.replace(tmp / "zarr.json", final / "zarr.json")
         finally:
             shutil.rmtree(tmp, ignore_errors=True)
         return final

@@ -43,33 +43,58 @@ from __future__ import annotations
 
 import copy
 import dataclasses
-import os
 import time
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 import torch
 from torch import nn
 
+from collide.activations import Saturation
 from collide.config import ExactConfig
-from collide.errors import DataError
+from collide.errors import ConfigError, DataError
 from collide.inputs import require_in_box
-from collide.objective import feature_rel_error, max_nonpositive_violation
+from collide.objective import feature_rel_error, max_regime_violation
 from collide.piecewise.budget import check_lp_size
+from collide.piecewise.layered_lp import (
+    LayeredLp,
+    LayeredSolution,
+    Linear,
+    adjacent_piece,
+    build_lp,
+    linear_on,
+    piece_at,
+    solve_layered,
+    tied,
+)
+from collide.piecewise.layers import LayeredUnsupported, layered_net
 from collide.piecewise.linearise import AffinePiece, affine_piece
 from collide.piecewise.lp import FAILED, INFEASIBLE, OPTIMAL, UNBOUNDED, LpProblem, LpSolution, solve_lp
-from collide.piecewise.pieces import rows_on, same_piece, tie_broken_piece, tied_rows
-from collide.sites import Site
+from collide.piecewise.pieces import (
+    TIE_SHRINK,
+    TIE_STEP,
+    TIE_TOL,
+    TIE_TRIES,
+    rows_on,
+    same_piece,
+    tie_broken_piece,
+    tied_rows,
+)
+from collide.sites import MAX_POOL, Site, function_of, require_method
 from collide.solvers.base import Found, Problem, Progress, Solver
 from collide.solvers.param import Parameterisation
-from collide.taps import capture, site_of
+from collide.taps import capture, region_events, site_of
 from collide.validity import Criterion
+from collide.workers import job_cores
 
 LEFT_REGION = "left_region"
 
 
-__all__ = ["FAILED", "INFEASIBLE", "LEFT_REGION", "OPTIMAL", "UNBOUNDED", "ExactSolver", "solve_exact"]
+__all__ = ["FAILED", "INFEASIBLE", "LEFT_REGION", "OPTIMAL", "UNBOUNDED", "ExactSolver", "LayeredUnsupported",
+           "solve_exact"]
 
 
 # Which piece a vertex was solved on: the one autograd picked at the target, or the
@@ -83,9 +108,12 @@ class ExactResult:
 
     ``vertices[k]`` is NaN where ``outcomes[k]`` is not ``optimal``. ``rank_positive``
     is the rank of J⁺, the rows of the layer's Jacobian (at the target, in float64) for
-    the target's positive units. ``pieces[k]`` says which linear piece vertex k was
-    solved on: ``"target"`` (the one autograd picked at the target) or ``"tie-broken"``
-    (an adjacent one, where the target sits on a tie; see :mod:`collide.solvers.exact`).
+    the target's positive units; -1 where the layered LP was solved and J⁺, dense over
+    the input, would pass ``ExactConfig.max_entries`` (``dim_upper_bound`` is then -1 too).
+    ``form`` says which LP was solved: ``dense`` or ``layered`` (:func:`solve_exact`).
+    ``pieces[k]`` says which linear piece vertex k was solved on: ``"target"`` (the one
+    autograd picked at the target) or ``"tie-broken"`` (an adjacent one, where the target
+    sits on a tie; see :mod:`collide.solvers.exact`).
     ``lp_work[k]``: what vertex k cost: LPs solved, their rounds of added rows, the most
     region rows one of them held, and the region rows there were.
 
@@ -103,6 +131,7 @@ class ExactResult:
     seconds: float
     pieces: tuple[str, ...] = ()
     lp_work: tuple[dict[str, int], ...] = ()
+    form: str = "dense"
 
     @property
     def dim_upper_bound(self) -> int:
@@ -123,12 +152,176 @@ class ExactResult:
         subspace's dimension, with ``d`` the previous layer's width; here ``d`` is the
         input's dimension and the rank is ``np.linalg.matrix_rank`` of J⁺ in float64.
         """
-        return self.input_dim - self.rank_positive
+        return self.input_dim - self.rank_positive if self.rank_positive >= 0 else -1
 
 
 def _solve(problem: LpProblem, config: ExactConfig) -> LpSolution:
     return solve_lp(problem, lower=config.lower, upper=config.upper, tol=config.feasibility_tol,
                     solver=config.lp_solver)
+
+
+LP_FORMS = ("auto", "dense", "layered")
+
+
+# A candidate vertex: the layer's pre-activation on the piece it was solved on (a function
+# of x), the point and the LP's outcome.
+_Candidate = tuple[Callable[[np.ndarray], np.ndarray], np.ndarray, str]
+
+
+@dataclass(frozen=True)
+class _Found:
+    per_vertex: list[list[_Candidate]]
+    lp_work: tuple[dict[str, int], ...]
+    t_pre: np.ndarray
+    rank: int
+    form: str
+
+
+def chosen_form(form: str) -> str:
+    """``dense`` or ``layered``: ``auto`` is ``dense``, any other form as given.
+
+    Measured side by side (benchmarks/exact_forms.py, 2 cores), the dense form wins
+    wherever it fits ``ExactConfig.max_entries``: its region rows enter lazily and few
+    bind, while the layered LP carries every layer's equality rows (LeNet-5 at ``relu3``:
+    15,143 rows, 14,296 columns, 9,410 dual simplex iterations for one vertex). Past the
+    budget the dense form is refused, as ``max_entries`` promises, rather than switched
+    silently to a form that may run for many minutes (ResNet-18 at 64 px did not finish
+    one vertex in 9); ``form="layered"`` asks for it.
+    """
+    if form not in LP_FORMS:
+        raise ConfigError(f"expected form in {LP_FORMS}, got {form!r}")
+    return "dense" if form == "auto" else form
+
+
+def _map(fn: Callable[[int], Any], n: int, config: ExactConfig) -> list[Any]:
+    # Vertices are independent: their LPs run side by side (HiGHS releases the GIL); only
+    # the Jacobians of re-linearisation take turns (_TRANSFORMS).
+    # 0: the cores this job may take (on a Dask worker its share of the host's, not every core).
+    threads = min(config.threads or job_cores(), n)
+    if threads > 1:
+        with ThreadPoolExecutor(threads) as pool:
+            return list(pool.map(fn, range(n)))
+    return [fn(k) for k in range(n)]
+
+
+def flat_pieces(site: Site) -> Saturation:
+    """The collision layer's flat pieces, where the exact LP keeps the saturated units
+    (ReLU: z ≤ 0); refused where the layer's activation has none the LP models."""
+    require_method(site, "exact")
+    return function_of(site).at(0.0)
+
+
+def _require_saturated(free: np.ndarray, units: list[int]) -> None:
+    for unit in units:
+        if free[unit]:
+            raise DataError(f"unit {unit} is not in a flat piece of the activation for the target (ReLU: it is "
+                            "positive): push a unit the target has saturated")
+
+
+def _dense(model: nn.Module, site: Site, target: torch.Tensor, x_init: np.ndarray, unit_list: list[int], *,
+           config: ExactConfig, break_ties: bool) -> _Found:
+    check_lp_size(model, site, target, max_entries=config.max_entries)
+    piece = affine_piece(model, site, target)
+    x0 = target.double().flatten().numpy()
+    t_pre = piece.jac @ x0 + piece.offset
+    sat = flat_pieces(site)
+    pos = ~sat.saturated(t_pre)
+    sign = sat.sign(t_pre)  # deeper in an upper flat piece is higher: maximise there
+    rank = int(np.linalg.matrix_rank(piece.jac[pos])) if pos.any() else 0
+    tied = tied_rows(piece, x0) if break_ties else np.zeros(len(piece.region_bound), dtype=bool)
+    _require_saturated(pos, unit_list)
+    # λ from the target's piece throughout: the same trade-off on either piece.
+    lams = [config.proximity * float(np.abs(piece.jac[unit]).mean()) for unit in unit_list]
+    rows = rows_on(piece, t_pre, sat)
+    loose_rows = rows_on(piece, t_pre, sat, ~tied)
+
+    def on(p: AffinePiece) -> Callable[[np.ndarray], np.ndarray]:
+        return lambda x: x @ p.jac.T + p.offset
+
+    def candidates_of(k: int) -> tuple[list[_Candidate], list[LpSolution]]:
+        """Vertex k's candidates, the target's piece first; and every LP solved for it."""
+        unit, lam = unit_list[k], lams[k]
+        first = _solve(LpProblem(rows, sign[unit] * piece.jac[unit], lam, x_init), config)
+        tried, solved = [(on(piece), first.x, first.outcome)], [first]
+        if tied.any() and first.outcome == OPTIMAL:
+            # Without the tied rows the LP may leave the piece: it only says which way
+            # to break the ties. Its objective keeps the target's Jacobian.
+            loose = _solve(LpProblem(loose_rows, sign[unit] * piece.jac[unit], lam, x_init), config)
+            solved.append(loose)
+            direction = loose.x - x0
+            if loose.outcome == OPTIMAL and np.abs(direction).max() > 0:
+                adjacent = tie_broken_piece(model, site, target, piece, tied, direction, t_pre)
+                if adjacent is not None and not same_piece(adjacent, piece):
+                    second = _solve(LpProblem(rows_on(adjacent, t_pre, sat), sign[unit] * adjacent.jac[unit], lam,
+                                              x_init), config)
+                    solved.append(second)
+                    tried.append((on(adjacent), second.x, second.outcome))
+        return tried, solved
+
+    per_vertex = _map(candidates_of, len(unit_list), config)
+    lp_work = tuple({"lps": len(solved), "rounds": sum(sol.rounds for sol in solved),
+                     "region_rows": max(sol.region_rows_used for sol in solved),
+                     "region_rows_total": len(piece.region_bound)} for _, solved in per_vertex)
+    return _Found([c for c, _ in per_vertex], lp_work, t_pre, rank, "dense")
+
+
+def _layered(model: nn.Module, site: Site, target: torch.Tensor, x_init: np.ndarray, unit_list: list[int], *,
+             config: ExactConfig, break_ties: bool) -> _Found:
+    net = layered_net(model, site, target)
+    x0 = target.double().flatten().numpy()
+    piece = piece_at(net, [c.value for c in net.calls[:-1]])
+    lin = linear_on(net, piece)
+    t_pre = net.calls[-1].value
+    pos = ~flat_pieces(site).saturated(t_pre)
+    _require_saturated(pos, unit_list)
+    d = net.input_dim
+    # J⁺ is dense over the input: its rank only where the dense budget would hold it.
+    rank = (int(np.linalg.matrix_rank(lin.rows(np.flatnonzero(pos)))) if pos.any() else 0) \
+        if pos.sum() * d <= config.max_entries else -1
+    lams = [config.proximity * float(np.abs(row).mean()) for row in lin.rows(np.array(unit_list))]
+    ties = tied(net, piece, lin, TIE_TOL) if break_ties else tuple(np.zeros(0, bool) for _ in net.calls[:-1])
+    any_tie = any(t.any() for t in ties)
+    box = {"lower": config.lower, "upper": config.upper}
+    lp = build_lp(net, piece, lin, x_init, **box)
+    loose_lp = build_lp(net, piece, lin, x_init, free=ties, **box) if any_tie else None
+    n_region = int(sum(c.size for c in net.calls[:-1] if c.kind != MAX_POOL)) + lp.matrix.shape[0] - sum(
+        c.size for c in net.calls)
+    net64 = copy.deepcopy(model).double().eval()
+
+    def read(x: np.ndarray) -> list[np.ndarray]:
+        with torch.no_grad():
+            events = region_events(net64, torch.from_numpy(x).view(1, *target.shape), site)
+        return [e.value.flatten().numpy() for e in events[:-1]]
+
+    def solve(p: LayeredLp, unit: int, lam: float) -> LayeredSolution:
+        return solve_layered(p, site, t_pre, unit, lam, lower=config.lower, upper=config.upper,
+                             tol=config.feasibility_tol)
+
+    def on(p: Linear) -> Callable[[np.ndarray], np.ndarray]:
+        return lambda x: p.values(x)[-1]
+
+    def candidates_of(k: int) -> tuple[list[_Candidate], int]:
+        unit, lam = unit_list[k], lams[k]
+        first = solve(lp, unit, lam)
+        tried, n_lps = [(on(lin), first.x, first.outcome)], 1
+        if loose_lp is not None and first.outcome == OPTIMAL:
+            loose = solve(loose_lp, unit, lam)
+            n_lps += 1
+            direction = loose.x - x0
+            if loose.outcome == OPTIMAL and np.abs(direction).max() > 0:
+                found = adjacent_piece(net, piece, lin, ties, x0, direction, read, step=TIE_STEP,
+                                       shrink=TIE_SHRINK, tries=TIE_TRIES, tol=TIE_TOL)
+                if found is not None and not found[0].same_as(piece):
+                    adjacent, lin_adj = found
+                    second = solve(build_lp(net, adjacent, lin_adj, x_init, **box), unit, lam)
+                    n_lps += 1
+                    tried.append((on(lin_adj), second.x, second.outcome))
+        return tried, n_lps
+
+    per_vertex = _map(candidates_of, len(unit_list), config)
+    lp_work = tuple({"lps": n, "rounds": n, "region_rows": n_region, "region_rows_total": n_region}
+                    for _, n in per_vertex)
+    return _Found([c for c, _ in per_vertex], lp_work, t_pre, rank, "layered")
 
 
 def solve_exact(
@@ -140,6 +333,7 @@ def solve_exact(
     *,
     config: ExactConfig,
     break_ties: bool = True,
+    form: str = "auto",
 ) -> ExactResult:
     """Find one exact vertex per unit in ``units`` by linear programming (HiGHS).
 
@@ -154,6 +348,11 @@ def solve_exact(
         units: the non-positive unit each vertex minimises.
         config: see :class:`ExactConfig`.
         break_ties: False solves on the target's own piece only (for comparison).
+        form: ``dense`` (rows over the input, :mod:`collide.piecewise.lp`; refused past
+            ``config.max_entries``), ``layered`` (a variable vector per layer,
+            :mod:`collide.piecewise.layered_lp`; no budget: its memory grows with the
+            weights' nonzeros; a model it cannot read, such as a leaky ReLU before the
+            layer, raises :class:`LayeredUnsupported`) or ``auto`` (:func:`chosen_form`).
 
     Returns:
         An :class:`ExactResult`; each optimal vertex is checked by a float64 forward
@@ -171,58 +370,13 @@ def solve_exact(
     require_in_box(init, "the init", config.lower, config.upper)
     start = time.perf_counter()
     site = site_of(model, layer, target.unsqueeze(0))
-    check_lp_size(model, site, target, max_entries=config.max_entries)
-    piece = affine_piece(model, site, target)
-    x0 = target.double().flatten().numpy()
-    t_pre = piece.jac @ x0 + piece.offset
-    pos = t_pre > 0
-    d = piece.jac.shape[1]
-    rank = int(np.linalg.matrix_rank(piece.jac[pos])) if pos.any() else 0
     x_init = init.double().flatten().numpy()
-    tied = tied_rows(piece, x0) if break_ties else np.zeros(len(piece.region_bound), dtype=bool)
     unit_list = units.tolist()
-    for unit in unit_list:
-        if pos[unit]:
-            raise DataError(f"unit {unit} is positive for the target: push a non-positive unit")
-    # λ from the target's piece throughout: the same trade-off on either piece.
-    lams = [config.proximity * float(np.abs(piece.jac[unit]).mean()) for unit in unit_list]
-    rows = rows_on(piece, t_pre, pos)
-    loose_rows = rows_on(piece, t_pre, pos, ~tied)
-
-    def candidates_of(k: int) -> tuple[list[tuple[AffinePiece, np.ndarray, str]], list[LpSolution]]:
-        """Vertex k's candidates: (piece, solution, outcome), the target's piece first;
-        and every LP solved for it."""
-        unit, lam = unit_list[k], lams[k]
-        first = _solve(LpProblem(rows, piece.jac[unit], lam, x_init), config)
-        tried, solved = [(piece, first.x, first.outcome)], [first]
-        if tied.any() and first.outcome == OPTIMAL:
-            # Without the tied rows the LP may leave the piece: it only says which way
-            # to break the ties. Its objective keeps the target's Jacobian.
-            loose = _solve(LpProblem(loose_rows, piece.jac[unit], lam, x_init), config)
-            solved.append(loose)
-            direction = loose.x - x0
-            if loose.outcome == OPTIMAL and np.abs(direction).max() > 0:
-                adjacent = tie_broken_piece(model, site, target, piece, tied, direction, t_pre)
-                if adjacent is not None and not same_piece(adjacent, piece):
-                    second = _solve(LpProblem(rows_on(adjacent, t_pre, pos), adjacent.jac[unit], lam, x_init),
-                                    config)
-                    solved.append(second)
-                    tried.append((adjacent, second.x, second.outcome))
-        return tried, solved
-
-    # Vertices are independent: their LPs run side by side (HiGHS releases the GIL), and
-    # so do their forward passes, each on its own copy of the model; only the Jacobians
-    # of re-linearisation take turns (_TRANSFORMS).
-    threads = min(config.threads or os.cpu_count() or 1, len(unit_list))
-    if threads > 1:
-        with ThreadPoolExecutor(threads) as pool:
-            per_vertex = list(pool.map(candidates_of, range(len(unit_list))))
+    if chosen_form(form) == "layered":
+        found = _layered(model, site, target, x_init, unit_list, config=config, break_ties=break_ties)
     else:
-        per_vertex = [candidates_of(k) for k in range(len(unit_list))]
-    candidates = [c for c, _ in per_vertex]
-    lp_work = tuple({"lps": len(solved), "rounds": sum(sol.rounds for sol in solved),
-                     "region_rows": max(sol.region_rows_used for sol in solved),
-                     "region_rows_total": len(piece.region_bound)} for _, solved in per_vertex)
+        found = _dense(model, site, target, x_init, unit_list, config=config, break_ties=break_ties)
+    t_pre, candidates = found.t_pre, found.per_vertex
 
     # Every candidate through a real float64 forward pass: it must match its own piece.
     flat = [c for tried in candidates for c in tried]
@@ -233,19 +387,21 @@ def solve_exact(
     tgt = torch.from_numpy(t_pre).unsqueeze(0)
     scale = config.region_tol * (1 + tgt.abs().amax())
     checked = []
-    for (p, x, outcome), pre in zip(flat, pre_all, strict=True):
-        lin = torch.from_numpy(np.nan_to_num(x) @ p.jac.T + p.offset)
+    for (linear, x, outcome), pre in zip(flat, pre_all, strict=True):
+        lin = torch.from_numpy(linear(np.nan_to_num(x)))
         off_piece = bool((pre - lin).abs().amax() > scale)
         checked.append(LEFT_REGION if (outcome == OPTIMAL and off_piece) else outcome)
 
-    # Per vertex, the candidate that stayed on its piece with the lowest pushed unit;
-    # the target's piece's answer where none did.
+    # Per vertex, the candidate that stayed on its piece with the pushed unit deepest in
+    # its flat piece (ReLU: lowest); the target's piece's answer where none did.
+    sat = flat_pieces(site)
+    sign = sat.sign(tgt[0])
     vertices, outcomes, pieces, pre_rows = [], [], [], []
     at = 0
     for unit, tried in zip(units.tolist(), candidates, strict=True):
         here = range(at, at + len(tried))
         good = [i for i in here if checked[i] == OPTIMAL]
-        best = min(good, key=lambda i: float(pre_all[i, unit])) if good else at
+        best = min(good, key=lambda i: float(sign[unit] * pre_all[i, unit])) if good else at
         vertices.append(flat[best][1])
         outcomes.append(checked[best])
         pieces.append(PIECE_TARGET if best == at else PIECE_TIE_BROKEN)
@@ -254,8 +410,8 @@ def solve_exact(
 
     verts = torch.from_numpy(np.stack(vertices)).view(len(vertices), *target.shape)
     pre = torch.stack(pre_rows)
-    rel = feature_rel_error(pre, tgt)
-    viol = max_nonpositive_violation(pre, tgt)
+    rel = feature_rel_error(pre, tgt, act=sat.activation)
+    viol = max_regime_violation(pre, tgt, sat=sat)
     ok = torch.tensor([o == OPTIMAL for o in outcomes])
     nan = torch.tensor(float("nan"), dtype=torch.float64)
     return ExactResult(
@@ -263,12 +419,13 @@ def solve_exact(
         outcomes=tuple(outcomes),
         rel_error=torch.where(ok, rel, nan).float(),
         violation=torch.where(ok, viol, nan).float(),
-        input_dim=d,
-        n_positive=int(pos.sum()),
-        rank_positive=rank,
+        input_dim=target.numel(),
+        n_positive=int((t_pre > 0).sum()),
+        rank_positive=found.rank,
         seconds=time.perf_counter() - start,
         pieces=tuple(pieces),
-        lp_work=lp_work,
+        lp_work=found.lp_work,
+        form=found.form,
     )
 
 
@@ -278,6 +435,7 @@ class ExactSolver(Solver):
 
     method = "exact"
     config_type = ExactConfig
+    exact = True
 
     @property
     def criterion(self) -> Criterion:

@@ -4,6 +4,7 @@ mean is known in closed form."""
 
 from __future__ import annotations
 
+import copy
 from collections import OrderedDict
 
 import numpy as np
@@ -13,9 +14,10 @@ import scipy.optimize
 import torch
 from torch import nn
 
-from collide.api import collision_geometry
+from collide.api import _exact_set, collision_geometry, collision_size
 from collide.config import GeometryConfig
 from collide.errors import ConfigError, DataError
+from collide.piecewise.ball import inscribed_ball
 from collide.taps import preactivation
 from tests.tolerances import LP_OBJECTIVE, MC_POLYGON_MEAN, SET_EXACT
 
@@ -80,6 +82,40 @@ def test_the_ball_is_the_chebyshev_lp_of_the_set_in_subspace_coordinates():
     reach = np.linalg.norm(a @ basis, axis=1)
     center = geo.center.double().numpy()
     assert np.all(a @ center + geo.radius * reach <= rhs + a @ x0 + 1e-9)
+
+
+def test_the_ball_with_lazy_box_rows_is_the_ball_of_every_row_on_a_deeper_image_like_set():
+    # 60 inputs, a third of them at the box's lower face as on an MNIST digit, at relu2:
+    # the box rows (taken in lazily) and the relu1 sign rows (region rows) both bind.
+    d = 60
+    model = _random_net(3, d=d, widths=(40, 12))
+    gen = torch.Generator().manual_seed(1)
+    target = torch.rand(d, generator=gen) * (torch.rand(d, generator=gen) > 0.33)
+    size = collision_size(model, "relu2", target, config=SMALL)
+    # Oracle: scipy's LP over z with x = t + N z and every row (box, relu1 signs, relu2's
+    # non-positive units) dense from the start.
+    net = copy.deepcopy(model).double()
+    w1, b1 = net.fc1.weight.detach().numpy(), net.fc1.bias.detach().numpy()
+    w2, b2 = net.fc2.weight.detach().numpy(), net.fc2.bias.detach().numpy()
+    x0 = target.double().numpy()
+    h1 = w1 @ x0 + b1
+    on = (h1 > 0).astype(float)
+    j2, c2 = w2 @ (on[:, None] * w1), w2 @ (on * b1) + b2
+    pre2 = j2 @ x0 + c2
+    basis = scipy.linalg.null_space(j2[pre2 > 0])
+    sign = np.where(h1 > 0, -1.0, 1.0)  # relu1's units keep their signs
+    a = np.vstack([j2[pre2 <= 0], sign[:, None] * w1, np.eye(d), -np.eye(d)])
+    rhs = np.concatenate([-c2[pre2 <= 0], -sign * b1, np.ones(d), np.zeros(d)]) - a @ x0
+    g = a @ basis
+    k = basis.shape[1]
+    res = scipy.optimize.linprog(np.r_[np.zeros(k), -1.0], A_ub=np.hstack([g, np.linalg.norm(g, axis=1)[:, None]]),
+                                 b_ub=np.maximum(rhs, 0.0), bounds=[(None, None)] * k + [(0, None)], method="highs")
+    assert res.status == 0 and -res.fun > 1e-3  # a real ball, so the lazy path's answer stands
+    assert size.free_dim == k and size.dim == k and size.dim_method == "ball"
+    assert abs(size.radius - (-res.fun)) <= LP_OBJECTIVE * (1 + abs(res.fun))
+    # The lazy path gave it (no fall-back to every row), holding some box rows, not all.
+    ball = inscribed_ball(_exact_set(model, "relu2", target, SMALL, ()))
+    assert 0 < ball.box_rows_used < 2 * d and ball.radius == size.radius
 
 
 def test_an_inequality_that_holds_with_equality_lowers_the_dimension():

@@ -10,7 +10,7 @@ import pytest
 import torch
 
 from collide.config import ExactConfig
-from collide.objective import nonpositive_units
+from collide.objective import saturated_units
 from collide.piecewise.lp import INFEASIBLE, LinearRows, LpProblem, solve_lp
 from collide.solvers.exact import OPTIMAL, solve_exact
 from collide.taps import preactivation
@@ -87,7 +87,7 @@ def test_unknown_solver_is_refused():
 
 def _units(model, layer, target, n):
     with torch.no_grad():
-        return nonpositive_units(preactivation(model, target.unsqueeze(0), layer)[0], n)
+        return saturated_units(preactivation(model, target.unsqueeze(0), layer)[0], n)
 
 
 def test_vertices_do_not_depend_on_threads(mlp_model):

@@ -185,3 +185,34 @@ def test_the_layout_and_the_run_records_outputs_are_those_earlier_versions_wrote
     assert ExperimentStore(tmp_path, "b").outputs() == store.outputs()
     assert [p.name for p in ExperimentStore(tmp_path, "s", spread.OUTPUTS).outputs()][4:] == [
         "s-summary.parquet", "s-summary.png", "s-paper.parquet"]
+
+
+def test_a_stage_key_rewrites_the_attrs_only(tmp_path):
+    e = ExperimentStore(tmp_path, "e")
+    path = e.write_row(0, {"vertices": np.arange(12.0).reshape(3, 4), "y": np.ones(5)}, {"metrics": _metrics(0)})
+
+    def array_files():
+        return {p: (p.read_bytes(), p.stat().st_mtime_ns) for p in path.rglob("*")
+                if p.is_file() and p != path / "zarr.json"}
+
+    before = array_files()
+    e.update_attrs(0, {"keys": {"solve": "abc"}})
+    assert array_files() == before  # not one array file written again
+    assert e.row_damage(0) is None  # the manifest still vouches for the row
+    arrays, attrs = e.read_row(0)
+    assert attrs["keys"] == {"solve": "abc"} and attrs["metrics"] == _metrics(0)
+    assert np.array_equal(arrays["vertices"], np.arange(12.0).reshape(3, 4))
+    assert not list((tmp_path / ".tmp").iterdir())  # no scratch left
+
+
+def test_carried_arrays_are_linked_not_written_again(tmp_path):
+    e = ExperimentStore(tmp_path, "e")
+    path = e.write_row(0, {"vertices": np.arange(6.0), "old": np.zeros(3)}, {"metrics": _metrics(0)})
+    chunk = next(p for p in (path / "vertices").rglob("*") if p.is_file() and p.name != "zarr.json")
+    before = chunk.stat().st_ino
+    e.write_row(0, {"sample_pred": np.ones(4)}, {"extra": 1}, keep_existing=True, drop=("old",))
+    after = next(p for p in (path / "vertices").rglob("*") if p.is_file() and p.name != "zarr.json")
+    assert after.stat().st_ino == before  # the same file, not a re-encoded copy
+    arrays, attrs = e.read_row(0)  # the manifest vouches for carried and new files alike
+    assert sorted(arrays) == ["sample_pred", "vertices"] and attrs["extra"] == 1
+    assert np.array_equal(arrays["vertices"], np.arange(6.0)) and e.row_damage(0) is None

@@ -10,7 +10,7 @@ from torch import nn
 from collide.config import ExactConfig
 from collide.errors import DataError
 from collide.models.zoo import lenet5
-from collide.objective import feature_rel_error, nonpositive_units
+from collide.objective import feature_rel_error, saturated_units
 from collide.piecewise import linearise
 from collide.piecewise.linearise import affine_piece
 from collide.sites import Watch
@@ -35,7 +35,7 @@ def test_first_layer_vertices_satisfy_every_constraint(mlp_model):
     target = _target()
     init = _target(seed=4)
     with torch.no_grad():
-        units = nonpositive_units(preactivation(mlp_model, target.unsqueeze(0), "relu1")[0], V)
+        units = saturated_units(preactivation(mlp_model, target.unsqueeze(0), "relu1")[0], V)
     res = solve_exact(mlp_model, "relu1", target, init, units, config=ExactConfig())
     assert res.outcomes == (OPTIMAL,) * V
     w = mlp_model.fc1.weight.double().detach().numpy()
@@ -59,7 +59,7 @@ def test_each_vertex_minimises_its_unit(mlp_model):
     # vertex can push unit k lower.
     target = _target()
     with torch.no_grad():
-        units = nonpositive_units(preactivation(mlp_model, target.unsqueeze(0), "relu1")[0], V)
+        units = saturated_units(preactivation(mlp_model, target.unsqueeze(0), "relu1")[0], V)
     res = solve_exact(mlp_model, "relu1", target, target, units, config=ExactConfig(proximity=0))
     with torch.no_grad():
         pre = preactivation(mlp_model, res.vertices, "relu1").double()
@@ -71,7 +71,7 @@ def test_deeper_layer_keeps_the_activation_region(mlp_model):
     target = _target()
     with torch.no_grad():
         t_pre = preactivation(mlp_model, target.unsqueeze(0), "relu2")
-    units = nonpositive_units(t_pre[0], 3)
+    units = saturated_units(t_pre[0], 3)
     res = solve_exact(mlp_model, "relu2", target, target, units, config=ExactConfig())
     assert res.outcomes == (OPTIMAL,) * 3
     assert (res.rel_error <= LP_CONSTRAINT).all()
@@ -94,7 +94,7 @@ def _errors_f64(model: nn.Module, layer: str, target: torch.Tensor, vertices: to
 
 def _solve_colliding(net: nn.Module, layer: str, target, init, n: int, config: ExactConfig):
     with torch.no_grad():
-        units = nonpositive_units(preactivation(net, target.unsqueeze(0), layer)[0], n)
+        units = saturated_units(preactivation(net, target.unsqueeze(0), layer)[0], n)
     res = solve_exact(net, layer, target, init, units, config=config)
     assert res.outcomes == (OPTIMAL,) * n
     assert res.vertices.dtype == torch.float32
@@ -179,7 +179,7 @@ def test_window_pairs_match_a_brute_force_oracle(pool):
     calls = []
     with Watch(pool, calls.append):  # the window as the exact solver sees it: read off the call
         pool(value)
-    entries, winners = linearise._window_pairs(calls[0].params, value)
+    entries, winners = linearise.window_pairs(calls[0].params, value)
     pooled = pool(value)
     flat = value.flatten()
 
@@ -338,5 +338,5 @@ def test_bad_inputs_are_refused(mlp_model):
     with torch.no_grad():
         pre = preactivation(mlp_model, target.unsqueeze(0), "relu1")[0]
     positive = torch.nonzero(pre > 0).flatten()[:1]
-    with pytest.raises(DataError, match="positive for the target"):
+    with pytest.raises(DataError, match="not in a flat piece .* it is positive"):
         solve_exact(mlp_model, "relu1", target, target, positive, config=ExactConfig())

@@ -1,0 +1,185 @@
+"""The layered exact LP against the dense one: the same maps, the same vertices."""
+
+import copy
+from collections import OrderedDict
+
+import numpy as np
+import pytest
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from collide.config import ExactConfig
+from collide.errors import ConfigError, LayerError
+from collide.objective import feature_rel_error, saturated_units
+from collide.piecewise.layered_lp import collision_layer, linear_on, piece_at
+from collide.piecewise.layers import LayeredUnsupported, layered_net
+from collide.piecewise.linearise import affine_piece
+from collide.solvers.exact import OPTIMAL, solve_exact
+from collide.taps import preactivation, site_of
+from tests.tolerances import JACOBIAN_MODES_AGREE, LP_FORMS_AGREE, LP_STORED_REL_ERROR_F64
+
+
+class _Residual(nn.Module):
+    """Batch norm, a functional ReLU, a residual addition and a strided convolution:
+    a map between two calls that reads two earlier outputs."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.conv1 = nn.Conv2d(2, 4, 3, padding=1)
+        self.bn1 = nn.BatchNorm2d(4)
+        self.conv2 = nn.Conv2d(4, 4, 3, padding=1)
+        self.down = nn.Conv2d(4, 6, 3, stride=2, padding=1)
+        self.relu = nn.ReLU()
+        self.fc = nn.Linear(6 * 4 * 4, 10)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        a = F.relu(self.bn1(self.conv1(x)))
+        b = self.relu(self.conv2(a) + a)
+        c = self.relu(self.down(b))
+        return self.fc(c.flatten(1))
+
+
+def _cnn_pool() -> nn.Sequential:
+    return nn.Sequential(OrderedDict(
+        conv1=nn.Conv2d(1, 3, 3), relu1=nn.ReLU(), pool1=nn.MaxPool2d(2),
+        conv2=nn.Conv2d(3, 4, 3, padding=1), relu2=nn.ReLU(inplace=True),
+        pool2=nn.MaxPool2d(3, stride=2, padding=1, ceil_mode=True),
+        flatten=nn.Flatten(), fc1=nn.Linear(4 * 3 * 3, 12), relu3=nn.ReLU(),
+    ))
+
+
+def _mlp() -> nn.Sequential:
+    return nn.Sequential(OrderedDict(
+        flatten=nn.Flatten(), fc1=nn.Linear(36, 24), relu1=nn.ReLU(), fc2=nn.Linear(24, 16), relu2=nn.ReLU(),
+    ))
+
+
+def _seeded(build, seed: int = 0) -> nn.Module:
+    with torch.random.fork_rng():
+        torch.manual_seed(seed)
+        net = build().eval()
+    with torch.no_grad():  # batch norm with statistics of its own, not the identity
+        for m in net.modules():
+            if isinstance(m, nn.BatchNorm2d):
+                m.running_mean.uniform_(-0.2, 0.2, generator=torch.Generator().manual_seed(seed))
+                m.running_var.uniform_(0.5, 2.0, generator=torch.Generator().manual_seed(seed + 1))
+    return net
+
+
+CASES = [
+    (_mlp, (1, 6, 6), "relu2"),
+    (_cnn_pool, (1, 10, 10), "relu3"),
+    (_Residual, (2, 8, 8), "relu#1"),
+]
+
+
+def _inputs(shape, seed: int = 5):
+    gen = torch.Generator().manual_seed(seed)
+    return torch.rand(shape, generator=gen), torch.rand(shape, generator=gen)
+
+
+@pytest.mark.parametrize(("build", "shape", "layer"), CASES)
+def test_layered_maps_compose_to_the_dense_jacobian(build, shape, layer):
+    net = _seeded(build)
+    target, _ = _inputs(shape)
+    layered = layered_net(net, layer, target)
+    piece = piece_at(layered, [c.value for c in layered.calls[:-1]])
+    lin = linear_on(layered, piece)
+    dense = affine_piece(net, layer, target)  # the oracle: autograd's Jacobian of the whole net
+    jac = lin.rows(np.arange(layered.calls[-1].size))
+    scale = np.abs(dense.jac).max()
+    assert np.abs(jac - dense.jac).max() <= JACOBIAN_MODES_AGREE * scale
+    x0 = target.double().flatten().numpy()
+    t_pre = dense.jac @ x0 + dense.offset
+    assert np.abs(lin.values(x0)[-1] - t_pre).max() <= JACOBIAN_MODES_AGREE * (1 + np.abs(t_pre).max())
+    # Sparse as the weights: each unit of a convolution reads its window only.
+    first = layered.calls[0]
+    if len(first.shape) > 1:
+        assert first.from_x.nnz < first.from_x.shape[0] * first.from_x.shape[1] / 2
+
+
+def _errors_f64(model: nn.Module, layer: str, target: torch.Tensor, vertices: torch.Tensor) -> torch.Tensor:
+    net = copy.deepcopy(model).double().eval()
+    with torch.no_grad():
+        pre = preactivation(net, vertices.double(), layer)
+        t_pre = preactivation(net, target.double().unsqueeze(0), layer)
+    return feature_rel_error(pre, t_pre)
+
+
+def _both(net, layer, target, init, n):
+    with torch.no_grad():
+        units = saturated_units(preactivation(net, target.unsqueeze(0), layer)[0], n)
+    config = ExactConfig(threads=1)
+    return [solve_exact(net, layer, target, init, units, config=config, form=form) for form in ("dense", "layered")]
+
+
+@pytest.mark.parametrize(("build", "shape", "layer"), CASES)
+def test_both_forms_give_the_same_vertices(build, shape, layer):
+    net = _seeded(build)
+    target, init = _inputs(shape)
+    dense, layered = _both(net, layer, target, init, 3)
+    assert dense.form == "dense" and layered.form == "layered"
+    assert layered.outcomes == dense.outcomes == (OPTIMAL,) * 3
+    assert layered.pieces == dense.pieces
+    assert layered.rank_positive == dense.rank_positive
+    assert (layered.vertices - dense.vertices).abs().max() <= LP_FORMS_AGREE
+    errors = _errors_f64(net, layer, target, layered.vertices)
+    for k in range(3):
+        assert errors[k] <= LP_STORED_REL_ERROR_F64, f"vertex {k}: feature error {float(errors[k]):.2e}"
+
+
+def test_both_forms_break_the_same_ties():
+    # A blank corner: its pooling windows tie and its ReLUs sit at 0 (zero biases), so
+    # the target lies on the boundary of several pieces.
+    net = _seeded(_cnn_pool)
+    with torch.no_grad():
+        net.conv1.bias.zero_()
+    target, init = _inputs((1, 10, 10))
+    target[:, :6, :6] = 0
+    dense, layered = _both(net, "relu3", target, init, 3)
+    assert "tie-broken" in dense.pieces  # the case is the one meant
+    assert layered.pieces == dense.pieces
+    assert layered.outcomes == dense.outcomes
+    ok = np.array([o == OPTIMAL for o in dense.outcomes])
+    assert (layered.vertices[ok] - dense.vertices[ok]).abs().max() <= LP_FORMS_AGREE
+
+
+def test_a_model_the_layered_form_cannot_read_is_refused_and_auto_solves_it_dense():
+    net = _seeded(lambda: nn.Sequential(OrderedDict(
+        flatten=nn.Flatten(), fc1=nn.Linear(16, 12), act=nn.LeakyReLU(0.1), fc2=nn.Linear(12, 8), relu=nn.ReLU())))
+    target, init = _inputs((1, 4, 4))
+    with torch.no_grad():
+        units = saturated_units(preactivation(net, target.unsqueeze(0), "relu")[0], 2)
+    with pytest.raises(LayeredUnsupported, match="not modelled by the layered LP"):
+        solve_exact(net, "relu", target, init, units, config=ExactConfig(threads=1), form="layered")
+    res = solve_exact(net, "relu", target, init, units, config=ExactConfig(threads=1), form="auto")
+    assert res.form == "dense" and res.outcomes == (OPTIMAL,) * 2
+
+
+def test_the_collision_layer_pins_positive_units_and_pushes_one():
+    net = _seeded(_mlp)
+    target, _ = _inputs((1, 6, 6))
+    site = site_of(net, "relu2", target.unsqueeze(0))
+    t_pre = np.array([0.5, -0.2, 0.0, 1.5])
+    layer = collision_layer(site, t_pre, 2)
+    assert np.array_equal(layer.lower, [0.5, -np.inf, -np.inf, 1.5])
+    assert np.array_equal(layer.upper, [0.5, 0.0, 0.0, 1.5])
+    assert np.array_equal(layer.cost, [0.0, 0.0, 1.0, 0.0])
+    with pytest.raises(LayerError, match="not in a flat piece .* it is positive"):
+        collision_layer(site, t_pre, 3)
+
+
+def test_past_the_dense_budget_auto_refuses_and_the_layered_form_solves():
+    net = _seeded(_cnn_pool)
+    target, init = _inputs((1, 10, 10))
+    with torch.no_grad():
+        units = saturated_units(preactivation(net, target.unsqueeze(0), "relu3")[0], 1)
+    small = ExactConfig(threads=1, max_entries=300)
+    with pytest.raises(ConfigError, match="too large.*form='layered'"):
+        solve_exact(net, "relu3", target, init, units, config=small)
+    fits = solve_exact(net, "relu3", target, init, units, config=ExactConfig(threads=1))
+    past = solve_exact(net, "relu3", target, init, units, config=small, form="layered")
+    assert (fits.form, past.form) == ("dense", "layered")
+    assert past.rank_positive == -1 and past.dim_upper_bound == -1  # J⁺ is not formed past the budget
+    assert (past.vertices - fits.vertices).abs().max() <= LP_FORMS_AGREE
