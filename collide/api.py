@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import contextlib
 import copy
+import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -22,15 +23,16 @@ import torch
 from torch import nn
 
 from collide.config import SAMPLERS, ExactConfig, GeometryConfig, GradientConfig, Method, PaperConfig, Sampler
-from collide.errors import ConfigError, DataError
+from collide.errors import ConfigError, DataError, InternalError
 from collide.inputs import one_input, require_finite, require_float32
 from collide.objective import feature_rel_error
-from collide.piecewise.collision_set import collision_set
+from collide.piecewise.ball import hull_dimension, inscribed_ball
+from collide.piecewise.collision_set import CollisionSet, collision_set
 from collide.piecewise.geometry import measure as measure_set
 from collide.piecewise.linearise import affine_piece
 from collide.polytope import avg_pairwise_distance, combine, evaluate, sample_weights
 from collide.precision import full_precision
-from collide.sites import Site, eval_mode, resolve
+from collide.sites import Site, eval_mode, function_of, require_method, resolve
 from collide.solvers import Solver, solver_for
 from collide.solvers.param import Parameterisation
 from collide.taps import preactivation
@@ -221,7 +223,8 @@ def find_polytopes(
 def _checked(model: nn.Module, site: Site, solver: Solver, solved: list, device: str) -> list[Polytope]:
     """Each problem's vertices held to the solver's criterion in float64."""
     return [check_polytope(model, site, found.vertices, pr.target, found.init, pr.units, method=solver.method,
-                           criterion=solver.criterion, solver=found.record, params=found.params, device=device)
+                           criterion=solver.criterion.at(site), solver=found.record, params=found.params,
+                           device=device)
             for pr, found in solved]
 
 
@@ -301,8 +304,9 @@ def measure(
         samples = combine(w, good)
         ev = evaluate(net, samples, target, device=device)
         t_pre = preactivation(net, target.unsqueeze(0).to(device), layer).cpu()
+        act = function_of(layer)
         s_rel = torch.cat([
-            feature_rel_error(preactivation(net, samples[i : i + 250].to(device), layer).cpu(), t_pre)
+            feature_rel_error(preactivation(net, samples[i : i + 250].to(device), layer).cpu(), t_pre, act=act)
             for i in range(0, len(samples), 250)
         ])
     full_w = torch.zeros(len(w), n_all, dtype=torch.float64)
@@ -387,18 +391,7 @@ def collision_geometry(
     """
     config = config or GeometryConfig()
     target = one_input(target, "target")
-    require_finite(target, "the target", fix="pass a finite input")
-    flat = target.double().flatten().numpy()
-    if flat.min() < config.lower or flat.max() > config.upper:
-        raise DataError(f"the target lies outside the box [{config.lower}, {config.upper}] the collision set is "
-                        "taken in: set geometry.lower/upper to the model's input range")
-    pieces = []
-    for net, name in [(model, layer), *also]:
-        require_float32(net)
-        site = _site(net, name, target)
-        piece = affine_piece(net, site, target)
-        pieces.append((piece, piece.jac @ flat + piece.offset))
-    cs = collision_set(pieces, flat, lower=config.lower, upper=config.upper, max_entries=config.max_entries)
+    cs = _exact_set(model, layer, target, config, also)
     found = measure_set(cs, config=config)
     shape = tuple(target.shape)
     return Geometry(
@@ -408,5 +401,66 @@ def collision_geometry(
         directions=torch.from_numpy(found.directions).view(-1, *shape),
         extremes=torch.from_numpy(found.extremes).view(-1, *shape), widths=torch.from_numpy(found.widths),
         n_positive=found.n_positive, rank=found.rank, free_dim=found.free_dim, input_dim=cs.input_dim,
-        models=len(pieces), box=(config.lower, config.upper), sampler=found.sampler, lp=found.lp, seconds=found.seconds,
+        models=1 + len(also), box=(config.lower, config.upper), sampler=found.sampler, lp=found.lp,
+        seconds=found.seconds,
     )
+
+
+def _exact_set(
+    model: nn.Module, layer: str | Site, target: torch.Tensor, config: GeometryConfig,
+    also: Sequence[tuple[nn.Module, str | Site]],
+) -> CollisionSet:
+    """The exact collision set of ``target`` at ``layer`` (and every pair of ``also``), in the box."""
+    require_finite(target, "the target", fix="pass a finite input")
+    flat = target.double().flatten().numpy()
+    if flat.min() < config.lower or flat.max() > config.upper:
+        raise DataError(f"the target lies outside the box [{config.lower}, {config.upper}] the collision set is "
+                        "taken in: set geometry.lower/upper to the model's input range")
+    pieces, flats = [], []
+    for net, name in [(model, layer), *also]:
+        require_float32(net)
+        site = _site(net, name, target)
+        require_method(site, "exact")
+        piece = affine_piece(net, site, target)
+        pieces.append((piece, piece.jac @ flat + piece.offset))
+        flats.append(function_of(site).at(0.0))  # where its saturated units stay: the flat pieces
+    return collision_set(pieces, flat, lower=config.lower, upper=config.upper, max_entries=config.max_entries,
+                         flats=flats)
+
+
+@dataclass(frozen=True)
+class SetSize:
+    """The exact collision set's screening sizes: the dimension of its affine hull (and
+    how it was found, as :class:`Geometry` says) and its inscribed radius, with what they
+    cost. No widths and no samples: those are :func:`collision_geometry`'s."""
+
+    dim: int
+    dim_method: str
+    radius: float
+    free_dim: int
+    input_dim: int
+    seconds: float
+
+
+def collision_size(
+    model: nn.Module, layer: str | Site, target: torch.Tensor, *, config: GeometryConfig | None = None,
+) -> SetSize:
+    """The dimension and inscribed radius of ``target``'s exact collision set at ``layer``:
+    the certified sizes that need one LP (two or more where the set is flat), for
+    screening many inputs before measuring a few in full with :func:`collision_geometry`.
+
+    Shapes:
+        target: (*input)
+    """
+    config = config or GeometryConfig()
+    target = one_input(target, "target")
+    start = time.perf_counter()
+    cs = _exact_set(model, layer, target, config, ())
+    ball = inscribed_ball(cs)
+    if not np.isfinite(ball.radius):
+        raise InternalError(f"the inscribed-ball LP of the collision set failed ({ball.outcome}), though the "
+                            "target is in the set: report this with the model and target")
+    dim, how, flat = hull_dimension(cs, ball)
+    radius = ball.radius if flat is None else flat.radius
+    return SetSize(dim=dim, dim_method=how, radius=float(radius), free_dim=cs.free_dim, input_dim=cs.input_dim,
+                   seconds=time.perf_counter() - start)

@@ -30,6 +30,12 @@ def non_negative(name: str, value: float) -> None:
     )
 
 
+def distinct(name: str, values: tuple) -> None:  # type: ignore[type-arg]
+    """``values`` holds one or more values, none twice."""
+    require(len(values) >= 1 and len(set(values)) == len(values), f"expected one or more distinct {name}, got "
+            f"{values!r}")
+
+
 def choice(name: str, value: str, allowed: tuple[str, ...]) -> None:
     """``value`` is one of ``allowed``."""
     require(value in allowed, f"expected {name} in {allowed}, got {value!r}")

@@ -83,7 +83,7 @@ def test_a_polytope_without_two_valid_vertices_is_measured_as_none():
 
 @pytest.mark.parametrize("call, error, words", [
     (dict(layer="fc9"), LayerError, "no layer named 'fc9'; layers that work: 1"),
-    (dict(layer="3"), LayerError, "is a Linear, not a ReLU"),
+    (dict(layer="3"), LayerError, "is a Linear, not an activation"),
     (dict(target=torch.rand(1, 20)), DataError, "without a batch dimension"),
     (dict(target=torch.full((20,), float("nan"))), DataError, "NaN"),
     (dict(target=torch.full((20,), 3.0)), DataError, "outside the valid input range"),

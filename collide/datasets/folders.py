@@ -106,6 +106,28 @@ def load_image(path: str | Path, size: int, *, channels: int = 3) -> torch.Tenso
     return torch.from_numpy(arr).permute(2, 0, 1).contiguous()
 
 
+def load_labelled_folder(root: str | Path, *, size: int,
+                         channels: int) -> tuple[torch.Tensor, torch.Tensor, list[Path]]:
+    """Every image of an image folder whose class folders are named by their integer label
+    (``<root>/3/a.png`` is labelled 3), at ``size`` px with ``channels`` channels, in
+    :func:`list_folder`'s order, with their paths.
+
+    Raises:
+        DataError: a missing or empty folder, an unreadable image, or a class folder whose
+            name is not an integer label.
+
+    Shapes: -> images (n, channels, size, size) in [0, 1]; labels (n,) int64
+    """
+    classes, items = list_folder(root)
+    bad = [name for name in classes if not name.isdigit()]
+    if bad:
+        raise DataError(f"class folder {Path(root) / bad[0]} is not named by an integer label: name each class "
+                        f"folder of {root} by the label the classifier gives it (0, 1, ...)")
+    images = torch.stack([load_image(path, size, channels=channels) for path, _ in items])
+    labels = torch.tensor([int(classes[k]) for _, k in items], dtype=torch.int64)
+    return images, labels, [path for path, _ in items]
+
+
 def bundled_corpus(dest: str | Path, *, size: int = 64) -> Path:
     """Write the photos that scikit-image and scikit-learn ship as an image folder.
 

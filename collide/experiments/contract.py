@@ -6,14 +6,19 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import os
 from collections.abc import Callable, Iterable, Mapping
 from typing import Any, ClassVar, Protocol, Self, runtime_checkable
 
 from collide._io import json_digest
 from collide.checks import require
-from collide.config import EXPERIMENT_NAME, NAME_MAX, SampleConfig
+from collide.config import EXPERIMENT_NAME, NAME_MAX, UNLESS_DEFAULT, SampleConfig
 from collide.config_loader import load
 from collide.errors import ConfigError
+
+#: The config fields that name folders or files a job reads or writes, where a config has
+#: them: made absolute before jobs leave the submitting process (:meth:`ExperimentConfig.absolute`).
+PATH_FIELDS = ("results_root", "data_root", "checkpoint_dir", "image_root", "cache_root")
 
 #: ``progress(stage, done, total)``: how far a stage has come.
 Progress = Callable[[str, int, int], None]
@@ -75,6 +80,18 @@ class ExperimentConfig:
         builds it, which imports torch). None by default."""
         return None
 
+    def absolute(self) -> Self:
+        """The same config with each folder it names (:data:`PATH_FIELDS`) absolute,
+        resolved against this process's working folder.
+
+        What a run hands to its jobs: a Dask worker started in another folder reads and
+        writes the files the submitter meant, not its own ``data/...``. The digest names the
+        absolute folders too, so a plain run and a Dask run of one config share their keys.
+        """
+        changes = {f.name: os.path.abspath(value) for f in dataclasses.fields(self)  # type: ignore[arg-type]
+                   if f.name in PATH_FIELDS and isinstance(value := getattr(self, f.name), str) and value}
+        return dataclasses.replace(self, **changes)  # type: ignore[type-var]
+
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)  # type: ignore[call-overload]
 
@@ -111,10 +128,12 @@ class ExperimentConfig:
 
 def _digested(obj: Any) -> Any:
     """``obj`` as a dict for digests, without the fields marked ``metadata={"digest": False}``
-    (settings that change how fast, never what, a run computes)."""
+    (settings that change how fast, never what, a run computes), nor those marked
+    :data:`collide.config.UNLESS_DEFAULT` while they hold their default."""
     if dataclasses.is_dataclass(obj) and not isinstance(obj, type):
         return {f.name: _digested(getattr(obj, f.name)) for f in dataclasses.fields(obj)
-                if f.metadata.get("digest", True)}
+                if f.metadata.get("digest", True) is True
+                or f.metadata.get("digest") == UNLESS_DEFAULT["digest"] and getattr(obj, f.name) != f.default}
     if isinstance(obj, list | tuple):
         return [_digested(v) for v in obj]
     if isinstance(obj, dict):

@@ -26,6 +26,11 @@ killed at any moment (rows are replaced atomically, keys written after their res
 redoes on rerun only the stage that was cut off. Jobs are independent: the Prefect flow
 fans them out over Dask, :func:`run` runs them one after another, and both write the
 same rows.
+
+Both hand the jobs a config whose folders are absolute
+(:meth:`~collide.experiments.contract.ExperimentConfig.absolute`), and :func:`prepare`
+records the files every job reads (``context["shared"]``): a job on a Dask worker that
+cannot see one of them fails at once, saying so (:func:`collide.workers.require_visible`).
 """
 
 from __future__ import annotations
@@ -41,16 +46,17 @@ from collide.config import resolve_device
 from collide.errors import ConfigError, InternalError
 from collide.experiments.contract import Experiment, ExperimentConfig, Job, Progress, no_progress
 from collide.results.evaluation import evaluate_row
-from collide.results.resume import drop_damaged, is_done, mark_done, prune_rows, stage_key, torch_threads
+from collide.results.resume import drop_damaged, is_done, job_threads, mark_done, prune_rows, stage_key
 from collide.results.store import ExperimentStore
 from collide.results.tables import write_outputs
+from collide.workers import require_visible
 
 __all__ = ["Progress", "no_progress"]  # re-exported: callers of the engine pass them
 
 
 def _threads(config: ExperimentConfig) -> contextlib.AbstractContextManager[None]:
     n = getattr(config, "threads", None)
-    return torch_threads(n) if n else contextlib.nullcontext()
+    return job_threads(n) if n else contextlib.nullcontext()
 
 
 def check_results_root(root: str | Path) -> None:
@@ -91,9 +97,28 @@ def validate(experiment: Experiment, *, config: ExperimentConfig) -> None:
 
 
 def prepare(experiment: Experiment, *, config: ExperimentConfig, progress: Progress = no_progress) -> dict[str, Any]:
-    """The experiment's shared work (reused when on disk); its caller validated the config."""
+    """The experiment's shared work (reused when on disk); its caller validated the config.
+
+    The context's ``shared`` names the files every job reads (:func:`shared_files`)."""
     with _threads(config):
-        return experiment.prepare(config=config, progress=progress)
+        context = experiment.prepare(config=config, progress=progress)
+    return {**context, "shared": shared_files(config, context)}
+
+
+def shared_files(config: ExperimentConfig, context: dict[str, Any]) -> dict[str, str]:
+    """What every job reads, by what it is, as it was found once the shared work was done:
+    the data folders the config names that exist, and the checkpoint(s) the context names.
+    The results root is checked by each job itself (:func:`run_job`)."""
+    shared = {}
+    for field, what in (("data_root", "the data"), ("image_root", "the images"), ("cache_root", "the cache")):
+        path = getattr(config, field, None)
+        if isinstance(path, str) and path and os.path.exists(path):
+            shared[what] = path
+    checkpoint = context.get("checkpoint")
+    named = checkpoint.values() if isinstance(checkpoint, dict) else [checkpoint]
+    for k, path in enumerate(p for p in named if isinstance(p, str) and p):
+        shared["the checkpoint" if k == 0 else f"the checkpoint #{k + 1}"] = path
+    return shared
 
 
 def plan(experiment: Experiment, context: dict[str, Any], *, config: ExperimentConfig) -> list[Job]:
@@ -142,6 +167,9 @@ def run_job(
     ``repaired``: why the row's stored files were found damaged (and redone), else None.
     """
     store, rows = experiment_store(experiment, config=config), list(job.rows)
+    # Before anything is written: a worker on another filesystem would otherwise fill a results
+    # root of its own (the plan wrote its run record there, so it exists wherever it is shared).
+    require_visible({**context.get("shared", {}), "the results root": str(store.root)})
     solve = {r: solve_key(job, r, context, config) for r in rows}
     evaluate = {r: stage_key("evaluate", {"solve": solve[r]}) for r in rows}
     out = []
@@ -195,6 +223,7 @@ def lock(config: ExperimentConfig, experiment: Experiment | None = None) -> Iter
 def run(experiment: Experiment, *, config: ExperimentConfig, progress: Progress = no_progress) -> dict[str, Any]:
     """Every stage in plain Python, jobs one after another: what the flow does over Dask."""
     start = time.perf_counter()
+    config = config.absolute()  # what the flow hands its jobs: both runs share their keys
     validate(experiment, config=config)
     with lock(config, experiment):
         context = prepare(experiment, config=config, progress=progress)

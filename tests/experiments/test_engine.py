@@ -1,6 +1,7 @@
 """The one engine, for every experiment: a finished run reruns as a no-op, a killed run
 resumes to what an uninterrupted one writes, and the scan's summary is its table's."""
 
+import copy
 import dataclasses
 import json
 import os
@@ -14,16 +15,22 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import pytest
+import torch
 
+from collide.api import collision_size
 from collide.config import GradientConfig, RowSpec, SampleConfig, TrainConfig
 from collide.datasets.folders import bundled_corpus
+from collide.datasets.mnist import load_mnist
+from collide.errors import DataError
 from collide.experiments import engine, imagenet, scan
 from collide.experiments import mnist as mnist_module
 from collide.experiments.imagenet import ImagenetExperiment
 from collide.experiments.scan import ScanExperiment, class_summary
+from collide.models.zoo import load_checkpoint
+from collide.results.report import ranking_markdown
 from collide.results.store import ExperimentStore
 from tests.support import LIGHT_GEOMETRY, PROJECT, snapshot
-from tests.tolerances import EQUIVALENT
+from tests.tolerances import EQUIVALENT, LP_OBJECTIVE
 
 pytestmark = pytest.mark.slow
 TIMING = ["solver_seconds", "region_seconds"]
@@ -133,12 +140,118 @@ def scanned(tiny_mnist, tmp_path_factory):
     return config, engine.run(scan, config=config)
 
 
-def test_the_scan_covers_every_class_with_both_methods(scanned):
+def test_the_scan_covers_every_class_with_both_methods(scanned, tiny_mnist):
     config, out = scanned
     table = pd.read_parquet(out["table"])
     assert len(table) == 20 and set(table["method"]) == {"gradient", "exact"}
-    assert sorted(table["target_class"].unique()) == list(range(10))
+    labels = load_mnist(str(tiny_mnist), "test").labels
+    firsts = sorted(int(torch.nonzero(labels == c).flatten()[0]) for c in range(10))  # right or wrong
+    assert sorted(table["target_index"].unique()) == firsts
     assert config.rows == (RowSpec("gradient", "target"), RowSpec("exact", "target"))
+
+
+def test_the_ranking_joins_each_examples_rows_most_blind_first(scanned, tiny_mnist):
+    config, out = scanned
+    table, ranked = pd.read_parquet(out["table"]), pd.read_parquet(out["ranking"])
+    labels = load_mnist(str(tiny_mnist), "test").labels
+    assert Path(out["ranking"]).name == "scan-ranking.parquet" and Path(out["gallery"]).is_file()
+    assert len(ranked) == 10 and list(ranked["rank"]) == list(range(1, 11)) and set(ranked["rank_by"]) == {"radius"}
+    assert ranked["size"].is_monotonic_decreasing
+    for r in ranked.itertuples():
+        grad = table[(table["target_index"] == r.index) & (table["method"] == "gradient")].iloc[0]
+        exact = table[(table["target_index"] == r.index) & (table["method"] == "exact")].iloc[0]
+        assert r.label == int(labels[r.index]) and r.prediction == grad["target_class"]
+        assert r.correct == (r.label == r.prediction) and r.confidence == grad["target_top_prob"]
+        assert np.isclose(r.spread, grad["vertex_avg_distance"], equal_nan=True) and r.valid_vertices == grad[
+            "valid_vertices"]
+        assert (r.dim, r.radius, r.mean_width) == (exact["region_dim"], exact["region_radius"],
+                                                   exact["region_mean_width"])
+    by_spread = scan.ranking(table, labels.numpy(), rank_by="spread")
+    assert by_spread["spread"].dropna().is_monotonic_decreasing and set(by_spread["rank_by"]) == {"spread"}
+
+
+def test_the_second_stage_certifies_the_most_and_least_blind_and_a_rerun_keeps_it(scanned, tiny_mnist):
+    config, out = scanned
+    ranked = pd.read_parquet(out["ranking"])
+    staged = dataclasses.replace(config, certify=1, certify_geometry=dataclasses.replace(
+        SCAN_GEOMETRY, n_directions=3, max_directions=3))
+    assert staged.digest() == config.digest()  # no row is solved again for it
+    first = engine.run(scan, config=staged)
+    assert first["reused_rows"] == len(first["rows"])
+    certified = pd.read_parquet(first["certified"])
+    sized = ranked.dropna(subset=["size"])
+    assert list(certified["index"]) == [sized["index"].iloc[0], sized["index"].iloc[-1]]
+    test = load_mnist(str(tiny_mnist), "test")
+    model, _ = load_checkpoint(ExperimentStore.of(config).read_attrs(0)["checkpoint"])
+    for r in certified.itertuples():
+        # The same set as the screen's: the same ball LP (to its tolerance), now with
+        # widths along 3 directions, each between two points of the set.
+        size = collision_size(model, config.layer, test.images[r.index], config=staged.certify_geometry)
+        assert abs(r.radius - r.screen_radius) <= LP_OBJECTIVE * (1 + r.radius) and r.dim == size.dim
+        assert r.width_directions == 3 and r.mean_width > 0 and np.isfinite(r.mean_width_se)
+        assert r.converged or (np.isnan(r.mean_distance_to_target) and r.reason)
+    _, markdown = ranking_markdown(ExperimentStore.of(config))  # the artifact and the report show it
+    assert "Certified: the second stage" in markdown and f"| {certified['index'].iloc[0]} |" in markdown
+    stamp = Path(first["certified"]).stat().st_mtime_ns
+    again = engine.run(scan, config=staged)
+    assert again["reused_rows"] == len(again["rows"]) and Path(again["certified"]).stat().st_mtime_ns == stamp
+    engine.run(scan, config=config)  # certify 0 again: the earlier second stage goes
+    assert not Path(first["certified"]).exists()
+
+
+def test_the_ranking_is_published_in_the_report_and_as_artifact_markdown(scanned, tmp_path):
+    from collide.results.report import write_report
+
+    config, out = scanned
+    store = ExperimentStore.of(config)
+    frame, markdown = ranking_markdown(store)
+    pd.testing.assert_frame_equal(frame, pd.read_parquet(out["ranking"]))
+    assert "10 examples ranked by radius" in markdown and "data:image/png;base64," in markdown
+    page = write_report(tmp_path, [store]).read_text()
+    assert "Ranked: the most and least blind of 10 examples" in page and "gallery" in page
+
+
+def test_a_scan_of_listed_training_examples(scanned, tiny_mnist, tmp_path):
+    config, _ = scanned
+    listed = dataclasses.replace(config, split="train", indices=(5, 0, 3), rows=(RowSpec("gradient", "target"),),
+                                 results_root=str(tmp_path / "res"))
+    out = engine.run(scan, config=listed)
+    ranked = pd.read_parquet(out["ranking"])
+    train = load_mnist(str(tiny_mnist), "train")
+    assert sorted(ranked["index"]) == [0, 3, 5] and set(ranked["rank_by"]) == {"spread"}
+    assert list(ranked.sort_values("index")["label"]) == train.labels[[0, 3, 5]].tolist()
+    with pytest.raises(DataError, match="past the train split's"):
+        engine.run(scan, config=dataclasses.replace(listed, indices=(10**6,)))
+
+
+def test_a_scan_of_an_image_folder_labelled_by_its_class_folders(scanned, tiny_mnist, tmp_path):
+    from PIL import Image
+
+    config, _ = scanned
+    test = load_mnist(str(tiny_mnist), "test")
+    folder = tmp_path / "digits"
+    for label in (3, 7):  # the first two test images of each: as an auditor's own files
+        (folder / str(label)).mkdir(parents=True)
+        for k, i in enumerate(torch.nonzero(test.labels == label).flatten()[:2].tolist()):
+            pixels = (test.images[i, 0] * 255).round().to(torch.uint8).numpy()
+            Image.fromarray(pixels, mode="L").save(folder / str(label) / f"{k}.png")
+    own = dataclasses.replace(config, image_root=str(folder), targets_per_class=0,
+                              rows=(RowSpec("gradient", "target"),), results_root=str(tmp_path / "res"))
+    out = engine.run(scan, config=own)
+    ranked = pd.read_parquet(out["ranking"]).sort_values("index")
+    assert list(ranked["index"]) == [0, 1, 2, 3] and list(ranked["label"]) == [3, 3, 7, 7]
+    # Oracle: the PNGs read by PIL alone, through the model in float64.
+    files = sorted(folder.glob("*/*.png"))
+    pixels = torch.tensor(np.stack([np.asarray(Image.open(f), dtype=np.float64) / 255 for f in files]))[:, None]
+    model, _ = load_checkpoint(ExperimentStore.of(own).read_attrs(0)["checkpoint"])
+    with torch.no_grad():
+        prob = torch.softmax(copy.deepcopy(model).double()(pixels), -1)
+    assert list(ranked["prediction"]) == prob.argmax(1).tolist()
+    assert np.allclose(ranked["confidence"], prob.max(1).values.numpy(), atol=1e-5)
+    (folder / "cat").mkdir()
+    shutil.copy(files[0], folder / "cat" / "0.png")
+    with pytest.raises(DataError, match="not named by an integer label"):
+        engine.run(scan, config=own)
 
 
 def test_the_scan_summary_is_its_tables_per_class_aggregate(scanned):

@@ -1,24 +1,37 @@
 """The vulnerability scan's config (:mod:`collide.experiments.scan`): the MNIST
-experiment's with many targets per class. Imports no torch."""
+experiment's over many examples of a split, ranked. Imports no torch."""
 
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import Literal
 
-from collide.checks import require
-from collide.config import GeometryConfig, RowSpec
+from collide.checks import choice, require
+from collide.config import UNLESS_DEFAULT, GeometryConfig, RowSpec
 from collide.experiments.configs.mnist import MnistExperiment
 
 SCAN_ROWS = (RowSpec("gradient", "target"), RowSpec("exact", "target"))
+SPLITS = ("test", "train")
+# The sizes a scan may rank by, as its ranking names them (:mod:`collide.audit`).
+RANK_SIZES = ("auto", "radius", "spread", "dim", "valid_vertices", "mean_width")
 
 
 @dataclass(frozen=True, kw_only=True)
 class ScanExperiment(MnistExperiment):
-    """The MNIST experiment's config with the scan's defaults: ``targets_per_class``
-    targets of each class (at least 1), each with the rows ``SCAN_ROWS``, the gradient
-    rows ``targets_per_batch`` targets to a solver batch. Each exact row measures its
-    collision set with a lighter ``geometry`` than the MNIST experiment's (200 samples,
-    4 width directions): a scan measures one set per target.
+    """The MNIST experiment's config with the scan's defaults: examples of one ``split``
+    (the first ``targets_per_class`` of each class, every one with 0, or exactly
+    ``indices``), right or wrong, each with the rows ``SCAN_ROWS``, the gradient rows
+    ``targets_per_batch`` targets to a solver batch; then every example ranked by
+    ``rank_by`` (``<name>-ranking.parquet``) and the most and least blind shown
+    (``<name>-gallery.png``). Each exact row measures its collision set as a screen:
+    the inscribed radius and the dimension (one LP), and the mean width from 4 to 8
+    random directions (until its standard error is within a tenth of it), with next to
+    no samples (one hit-and-run step a chain, where one billiard draw can reflect 10⁵
+    times; the sample statistics are NaN with the reason): a ranking reads none of
+    them, and sampling with widths to 5% took most of an exact row's time (``exact_row``
+    in ``benchmarks/scan.json``). With ``certify`` k > 0 the k most and k least blind
+    examples then get the full measurement (``certify_geometry``: widths to 5%, chains
+    run until they mix or its budget ends) in ``<name>-certified.parquet``.
 
     50 per batch: a scan runs several times as many polytopes per second as with one
     target per job, within a tenth of the best batch size (benchmarks/results.md,
@@ -26,21 +39,54 @@ class ScanExperiment(MnistExperiment):
 
     Attributes:
         rows: the rows per target (gradient and exact, from the target).
-        targets_per_class: the first n correctly classified test images of every digit are targets (at least 1).
+        split: the MNIST split whose examples are scanned: test or train.
+        image_root: scan this folder's images instead (grey, 28 px; class folders named by their label: 0, 1, ...).
+        targets_per_class: the first n examples of every digit in the split (0: every example of the split).
+        indices: exactly these examples of the split (overrides targets_per_class).
+        rank_by: the size to rank by: auto (the radius where every example has an exact set, else the spread).
+        gallery: the most and the least blind examples shown in the gallery, each.
         targets_per_batch: targets whose gradient rows one solver batch solves together.
-        geometry: how each exact row's collision set is measured (lighter than the MNIST experiment's).
+        geometry: how each exact row's collision set is measured (a screen: sizes, next to no samples).
+        certify: the full measurement of the k most and k least blind examples by the ranking (0: none).
+        certify_geometry: how the certified examples' collision sets are measured.
     """
 
     name: str = "scan"
     rows: tuple[RowSpec, ...] = SCAN_ROWS
+    split: Literal["test", "train"] = "test"
+    image_root: str = field(default="", metadata=UNLESS_DEFAULT)
     targets_per_class: int = 3
+    indices: tuple[int, ...] = ()
+    # How the outputs rank and show the rows, not what a row computes: no solve key changes.
+    rank_by: str = field(default="auto", metadata={"digest": False})
+    gallery: int = field(default=8, metadata={"digest": False})
     targets_per_batch: int = 50
-    geometry: GeometryConfig = field(default_factory=lambda: GeometryConfig(n_samples=200, chains=20,
-                                                                            n_directions=4))
+    geometry: GeometryConfig = field(default_factory=lambda: GeometryConfig(
+        n_samples=1, chains=2, burn_in=0, max_draws=1, walk="hit-and-run", thin=1, rounding=False,
+        n_directions=4, max_directions=8, width_rel_se=0.1, max_seconds=0))
+    # The second stage reads the rows and writes an output of its own, keyed by what each
+    # certified example was measured from: no row's solve key depends on it.
+    certify: int = field(default=0, metadata={"digest": False})
+    certify_geometry: GeometryConfig = field(default_factory=lambda: GeometryConfig(max_draws=1500, max_seconds=600),
+                                             metadata={"digest": False})
 
     def __post_init__(self) -> None:
         super().__post_init__()
-        require(self.targets_per_class >= 1, f"a scan needs targets_per_class >= 1, got {self.targets_per_class}")
+        require(self.targets_per_class >= 0, f"expected targets_per_class >= 0 (0: every example), got "
+                f"{self.targets_per_class}")
+        choice("split", self.split, SPLITS)
+        choice("rank_by", self.rank_by, RANK_SIZES)
+        require(all(i >= 0 for i in self.indices), f"expected indices >= 0, got {list(self.indices)}")
+        require(len(set(self.indices)) == len(self.indices), f"indices repeat an example: {list(self.indices)}")
+        require(self.gallery >= 1, f"expected gallery >= 1, got {self.gallery}")
+        require(self.certify >= 0, f"expected certify >= 0 (0: none), got {self.certify}")
+
+    def row_spec(self, row: int) -> RowSpec:
+        """How row ``row`` is found: every example repeats ``rows`` in order. How many
+        examples there are is known only once the data are read (every example of a split
+        or a folder, or ``indices``), so only the row's place among ``rows`` is checked."""
+        require(row >= 0, f"expected row >= 0, got {row}")
+        return self.rows[row % len(self.rows)]
 
 
 Config = ScanExperiment

@@ -1,0 +1,143 @@
+"""The auditor's scan, measured: the cost of each stage per example, the whole test set's
+time by extrapolation, and how stable the ranking is across training seeds.
+
+Usage: ``python -m benchmarks.scan [--examples N] [--stages-only]`` from the repository root; writes
+``benchmarks/scan.json`` (the machine noted, its load average included: a figure taken
+while something else ran says so). The model is the MNIST MLP at ``relu1`` as
+``collide run mnist`` trains it, at training seeds 0, 2 and 4 (seed 0 is the shipped
+checkpoint; the others are trained here once and kept in ``data/checkpoints``).
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import math
+import os
+import time
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from benchmarks.common import experiment, machine, test_images
+from collide.api import _exact_set, collision_geometry, collision_size, find_polytopes
+from collide.audit import ScanConfig, rank_stability, scan
+from collide.config import GeometryConfig
+from collide.experiments import mnist
+from collide.experiments.configs.scan import ScanExperiment
+from collide.models.zoo import load_checkpoint
+from collide.piecewise.ball import _ball_every_box_row, inscribed_ball
+
+HERE = Path(__file__).parent
+LAYER = "relu1"
+SEEDS = (0, 2, 4)
+TEST_SET = 10_000
+# The scan experiment's exact-row geometry before it became a screen: 200 samples from 20
+# chains, widths until their standard error is 5% of the mean (up to 64 directions).
+SCAN_GEOMETRY_BEFORE = GeometryConfig(n_samples=200, chains=20, n_directions=4)
+
+
+def _checkpoint(seed: int) -> str:
+    config = experiment("mlp")
+    config = dataclasses.replace(config, train=dataclasses.replace(config.train, seed=seed))
+    return mnist.prepare(config=config)["checkpoint"]
+
+
+def stage_costs(model: torch.nn.Module, images: torch.Tensor, config: ScanConfig) -> dict[str, Any]:
+    """Seconds per example of each stage, each timed alone on the same examples."""
+    start = time.perf_counter()
+    find_polytopes(model, LAYER, list(images), n_vertices=config.n_vertices, method="gradient",
+                   config=config.gradient)
+    gradient = (time.perf_counter() - start) / len(images)
+    start = time.perf_counter()
+    for x in images:
+        collision_size(model, LAYER, x, config=config.geometry)
+    screen = (time.perf_counter() - start) / len(images)
+    start = time.perf_counter()
+    certified = images[:2]
+    for x in certified:
+        collision_geometry(model, LAYER, x, config=config.geometry)
+    certify = (time.perf_counter() - start) / len(certified)
+    per_example = gradient + screen
+    return {"gradient_s": gradient, "exact_screen_s": screen, "certify_s": certify,
+            "screen_per_example_s": per_example,
+            "test_set_hours": (per_example * TEST_SET + certify * 2 * 50) / 3600,
+            "test_set_note": f"{TEST_SET} examples screened, the 50 most and 50 least blind certified"}
+
+
+def exact_row_costs(model: torch.nn.Module, images: torch.Tensor) -> dict[str, Any]:
+    """Seconds per example of what an exact row of the scan experiment measures, each
+    alternative timed on the same examples in this process: the inscribed-ball LP with
+    its box rows lazy against every box row from the start, and the scan's geometry
+    against the one it replaced."""
+    lazy, every, worst = 0.0, 0.0, 0.0
+    for x in images:
+        cs = _exact_set(model, LAYER, x, GeometryConfig(), ())
+        start = time.perf_counter()
+        a = inscribed_ball(cs)
+        lazy += time.perf_counter() - start
+        start = time.perf_counter()
+        b = _ball_every_box_row(cs, pinned=None)
+        every += time.perf_counter() - start
+        worst = max(worst, abs(a.radius - b.radius) / (1 + b.radius))
+    out: dict[str, Any] = {"ball_box_rows_lazy_s": lazy / len(images), "ball_every_box_row_s": every / len(images),
+                           "ball_radius_max_rel_diff": worst}
+    for name, config in (("geometry_scan_s", ScanExperiment().geometry), ("geometry_before_s", SCAN_GEOMETRY_BEFORE)):
+        start = time.perf_counter()
+        for x in images:
+            collision_geometry(model, LAYER, x, config=config)
+        out[name] = (time.perf_counter() - start) / len(images)
+    return out
+
+
+def main(argv: list[str] | None = None) -> dict[str, Any]:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--examples", type=int, default=60, help="test images scanned per model")
+    parser.add_argument("--stages-only", action="store_true",
+                        help="measure the stages and the exact row only, and keep the stored rank stability")
+    args = parser.parse_args(argv)
+    images = torch.from_numpy(test_images(args.examples).copy()).float().div(255).unsqueeze(1)
+    config = ScanConfig(chunk=args.examples)
+    out: dict[str, Any] = {"machine": machine(), "layer": LAYER, "examples": args.examples,
+                           "config": json.loads(json.dumps(dataclasses.asdict(config), default=str))}
+    path = HERE / "scan.json"
+    if args.stages_only:
+        model, _ = load_checkpoint(_checkpoint(SEEDS[0]))
+        out["stages"] = stage_costs(model, images[: min(20, args.examples)], config)
+        out["exact_row"] = exact_row_costs(model, images[: min(10, args.examples)])
+        out["machine"]["load_average_after"] = [round(x, 2) for x in os.getloadavg()]
+        kept = json.loads(path.read_text()) if path.is_file() else {}
+        for key in ("scan_seconds", "radius_vs_spread", "across_training_seeds"):
+            if key in kept:
+                out[key] = kept[key]
+                out.setdefault("kept_from", kept["machine"].get("date"))
+        path.write_text(json.dumps(out, indent=1))
+        print(json.dumps({k: out[k] for k in ("stages", "exact_row")}, indent=1))
+        return out
+    frames = {}
+    for seed in SEEDS:
+        model, _ = load_checkpoint(_checkpoint(seed))
+        if seed == SEEDS[0]:
+            out["stages"] = stage_costs(model, images[: min(20, args.examples)], config)
+            out["exact_row"] = exact_row_costs(model, images[: min(10, args.examples)])
+        start = time.perf_counter()
+        frames[seed] = scan(model, LAYER, images, config=config)
+        out.setdefault("scan_seconds", {})[str(seed)] = time.perf_counter() - start
+    first = frames[SEEDS[0]]
+    out["radius_vs_spread"] = rank_stability(first.assign(size=first["radius"]), first.assign(size=first["spread"]))
+    out["across_training_seeds"] = {}
+    for by in ("radius", "spread"):
+        for other in SEEDS[1:]:
+            a, b = (f.assign(size=f[by]) for f in (first, frames[other]))
+            out["across_training_seeds"][f"{by} seed {SEEDS[0]} vs {other}"] = {
+                **rank_stability(a, b), "top10": rank_stability(a, b, top=0.1)}
+    out["machine"]["load_average_after"] = [round(x, 2) for x in os.getloadavg()]
+    path.write_text(json.dumps(out, indent=1, default=lambda v: None if isinstance(v, float) and math.isnan(v) else v))
+    print(json.dumps({k: out[k] for k in ("stages", "radius_vs_spread", "across_training_seeds")}, indent=1))
+    return out
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,362 @@
+"""The auditor's scan: every example of a dataset, ranked by how blind the model is around it.
+
+The paper's §5 says what collision sizes are for: finding the examples a model depends
+on most (possibly mislabelled or tampered with), and where the data is too thin.
+:func:`scan` measures, for each example of a batch, a ``Dataset`` or a ``DataLoader``:
+
+- what the model makes of it: prediction, confidence, whether it is right;
+- **screen** (every example): a gradient polytope (all examples of a chunk in one
+  solver batch): its valid vertices and their *spread* (mean pairwise L2), and, where
+  the layer is a ReLU whose exact LP fits, the exact collision set's dimension and
+  inscribed *radius* (one LP; :func:`collide.api.collision_size`);
+- **certify** (``certify=k``: the k most and k least blind by the screen): the exact
+  set's mean width with its standard error, from LPs along random directions of its
+  hull (:func:`collide.api.collision_geometry`).
+
+Which size to act on. The radius and the widths are certified: each is an LP optimum
+with a certificate (a ball inside the set; two points of it), so two examples compare
+on them whatever the solver did. The spread is the distance between the vertices one
+gradient run happened to reach: it depends on the steps, the seed and the pushed units,
+and ranks examples differently (on a small CNN the top five by spread and by width
+shared one example). The scan ranks by the radius where the exact set exists, else by
+the spread, and says which in ``rank_by``.
+
+An interrupted scan resumes when given a ``store`` folder: each chunk of examples is one
+Parquet file, written whole or not at all, keyed by what it was computed from (the
+model's weights, the chunk's inputs, the config), so a rerun of a finished scan
+computes nothing and a changed input is computed again.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import math
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+import torch
+from torch import nn
+from torch.utils.data import DataLoader, Dataset
+
+from collide._io import atomic_file, json_digest
+from collide.api import collision_geometry, collision_size, find_polytopes
+from collide.checks import require
+from collide.config import GeometryConfig, GradientConfig
+from collide.errors import CollideError, ConfigError, DataError
+from collide.inputs import require_finite, require_float32
+from collide.piecewise.budget import check_lp_size
+from collide.polytope import avg_pairwise_distance
+from collide.sites import Site, eval_mode, resolve
+from collide.solvers import solver_for
+from collide.taps import preactivation
+
+SIZES = ("radius", "spread", "dim", "valid_vertices", "mean_width")
+
+# The columns of a scan's frame, in order.
+COLUMNS = ("index", "label", "prediction", "confidence", "correct", "valid_vertices", "spread", "dim", "dim_method",
+           "radius", "mean_width", "mean_width_se", "width_directions", "exact", "reason", "rank_by", "size",
+           "rank")
+
+
+@dataclass(frozen=True, kw_only=True)
+class ScanConfig:
+    """How :func:`scan` measures each example.
+
+    Attributes:
+        n_vertices: gradient vertices per example (the spread needs two valid ones).
+        gradient: the gradient solver's settings.
+        exact: measure the exact set's dimension and radius: auto (at a ReLU whose LP fits), always, never.
+        certify: measure the mean width of the k most and k least blind examples by the screen (0: none).
+        geometry: the exact set's settings (box, LP budget; widths for certify).
+        rank_by: the size to rank by: auto (radius where the exact set exists, else spread) or one of SIZES.
+        chunk: examples per solver batch and per stored file.
+        device: cpu or cuda for the gradient solver.
+    """
+
+    n_vertices: int = 5
+    gradient: GradientConfig = field(default_factory=lambda: GradientConfig(max_steps=1000))
+    exact: str = "auto"
+    certify: int = 0
+    geometry: GeometryConfig = field(default_factory=lambda: GeometryConfig(
+        n_samples=1, chains=2, n_directions=8, max_directions=32, width_rel_se=0.1, max_seconds=0))
+    rank_by: str = "auto"
+    chunk: int = 50
+    device: str = "cpu"
+
+    def __post_init__(self) -> None:
+        require(self.n_vertices >= 2, f"expected n_vertices >= 2 (a spread needs two vertices), got {self.n_vertices}")
+        require(self.exact in ("auto", "always", "never"), f"expected exact auto, always or never, got {self.exact!r}")
+        require(self.certify >= 0, f"expected certify >= 0, got {self.certify}")
+        require(self.rank_by == "auto" or self.rank_by in SIZES,
+                f"expected rank_by auto or one of {SIZES}, got {self.rank_by!r}")
+        require(self.chunk >= 1, f"expected chunk >= 1, got {self.chunk}")
+
+
+Progress = Callable[[int, int], None]
+
+
+def _items(data: Any, labels: Any) -> tuple[int, Callable[[int, int], tuple[torch.Tensor, torch.Tensor | None]]]:
+    """The number of examples and a reader of examples [start, stop) with their labels."""
+    if isinstance(data, torch.Tensor):
+        y = None if labels is None else torch.as_tensor(labels).long().flatten()
+        if y is not None and len(y) != len(data):
+            raise DataError(f"{len(data)} examples but {len(y)} labels: pass one label per example")
+        return len(data), lambda a, b: (data[a:b], None if y is None else y[a:b])
+    if isinstance(data, DataLoader):
+        xs, ys = [], []
+        for batch in data:
+            x, y = (batch[0], batch[1]) if isinstance(batch, list | tuple) and len(batch) >= 2 else (batch, None)
+            xs.append(torch.as_tensor(x))
+            ys.append(None if y is None else torch.as_tensor(y).long().flatten())
+        if not xs:
+            raise DataError("the DataLoader yielded no batch: the dataset is empty")
+        x_all = torch.cat(xs)
+        y_all = None if any(y is None for y in ys) else torch.cat(ys)  # type: ignore[arg-type]
+        return _items(x_all, y_all if labels is None else labels)
+    if isinstance(data, Dataset) or hasattr(data, "__getitem__") and hasattr(data, "__len__"):
+        n = len(data)  # type: ignore[arg-type]
+
+        def read(a: int, b: int) -> tuple[torch.Tensor, torch.Tensor | None]:
+            got = [data[i] for i in range(a, b)]
+            pairs = [g if isinstance(g, list | tuple) and len(g) >= 2 else (g, None) for g in got]
+            x = torch.stack([torch.as_tensor(p[0]) for p in pairs])
+            if labels is not None:
+                return x, torch.as_tensor(labels).long().flatten()[a:b]
+            ys = [p[1] for p in pairs]
+            return x, None if any(y is None for y in ys) else torch.as_tensor(ys).long()
+
+        return n, read
+    raise DataError(f"expected the data as a tensor (N, *input), a torch Dataset or a DataLoader, got "
+                    f"{type(data).__name__}")
+
+
+def _weights_digest(model: nn.Module) -> str:
+    h = hashlib.sha256()
+    for name, t in sorted(model.state_dict().items()):
+        h.update(name.encode())
+        h.update(t.detach().cpu().contiguous().numpy().tobytes())
+    return h.hexdigest()[:16]
+
+
+def _chunk_key(base: dict[str, Any], x: torch.Tensor, y: torch.Tensor | None) -> str:
+    h = hashlib.sha256(x.detach().cpu().float().contiguous().numpy().tobytes())
+    if y is not None:
+        h.update(y.numpy().tobytes())
+    return json_digest({**base, "inputs": h.hexdigest()})
+
+
+def _exact_fits(model: nn.Module, site: Site, example: torch.Tensor, config: ScanConfig) -> str:
+    """"" where the exact set can be measured at ``site``, else why not."""
+    if config.exact == "never":
+        return "exact sizes not asked for (exact=never)"
+    reason = site.why_not("exact")
+    if not reason:
+        try:
+            check_lp_size(model, site, example, max_entries=config.geometry.max_entries)
+        except CollideError as exc:
+            reason = str(exc)
+    if reason and config.exact == "always":
+        raise ConfigError(f"exact=always, but {reason}")
+    return reason
+
+
+def _screen(model: nn.Module, site: Site, x: torch.Tensor, y: torch.Tensor | None, start: int, *,
+            config: ScanConfig, exact_reason: str) -> list[dict[str, Any]]:
+    with torch.no_grad(), eval_mode(model):
+        prob = torch.softmax(model(x), -1)
+    conf, pred = prob.max(-1)
+    rows = [{"index": start + k, "label": None if y is None else int(y[k]), "prediction": int(pred[k]),
+             "confidence": float(conf[k]), "correct": None if y is None else bool(pred[k] == y[k]),
+             "valid_vertices": 0, "spread": math.nan, "dim": math.nan, "dim_method": "", "radius": math.nan,
+             "mean_width": math.nan, "mean_width_se": math.nan, "width_directions": 0, "exact": False,
+             "reason": ""} for k in range(len(x))]
+    solver = solver_for("gradient", config.gradient)
+    sat = solver.saturation(site)
+    with torch.no_grad(), eval_mode(model):
+        pre = preactivation(model, x, site)
+    enough = sat.saturated(pre).sum(-1) >= config.n_vertices
+    for k in torch.nonzero(~enough).flatten().tolist():
+        rows[k]["reason"] = (f"{int(sat.saturated(pre[k]).sum())} saturated units at the layer, fewer than "
+                             f"n_vertices={config.n_vertices}")
+    keep = torch.nonzero(enough).flatten().tolist()
+    if keep:
+        polys = find_polytopes(model, site, [x[k] for k in keep], n_vertices=config.n_vertices,
+                               method=solver, device=config.device)
+        for k, poly in zip(keep, polys, strict=True):
+            good = poly.vertices[poly.valid]
+            rows[k]["valid_vertices"] = int(poly.valid.sum())
+            if len(good) >= 2:
+                rows[k]["spread"] = avg_pairwise_distance(good)
+            else:
+                rows[k]["reason"] = "; ".join(f"v{i}: {r}" for i, r in enumerate(poly.reasons) if r) or "no vertex"
+    if not exact_reason:
+        for k in range(len(x)):
+            size = collision_size(model, site, x[k], config=config.geometry)
+            rows[k].update(dim=size.dim, dim_method=size.dim_method, radius=size.radius, exact=True)
+    return rows
+
+
+def rank_examples(frame: pd.DataFrame, by: str) -> pd.DataFrame:
+    """``frame`` (one row per example, with ``index`` and the column ``by``) sorted most
+    blind first, with ``rank_by``, ``size`` (the value ranked) and ``rank`` (1: the
+    largest ``by``; ties by index; examples without it last)."""
+    frame = frame.assign(rank_by=by, size=frame[by].astype(float))
+    order = frame.sort_values(["size", "index"], ascending=[False, True], na_position="last", kind="stable")
+    order["rank"] = np.arange(1, len(order) + 1)
+    return order.reset_index(drop=True)
+
+
+def _rank(frame: pd.DataFrame, by: str) -> pd.DataFrame:
+    return rank_examples(frame, by)[list(COLUMNS)]
+
+
+def rank_stability(a: pd.DataFrame, b: pd.DataFrame, *, top: float = 0.01) -> dict[str, float]:
+    """How far two rankings of the same examples agree: the Spearman correlation of their
+    ranks over the examples both ranked (a size in each), and the share of the top
+    ``top`` (at least one example) of one that is in the top of the other."""
+    both = a.dropna(subset=["size"]).merge(b.dropna(subset=["size"]), on="index", suffixes=("_a", "_b"))
+    n = len(both)
+    if n < 2:
+        return {"examples": float(n), "spearman": math.nan, "top_overlap": math.nan, "top_k": math.nan}
+    ra, rb = both["size_a"].rank(ascending=False), both["size_b"].rank(ascending=False)
+    spearman = float(np.corrcoef(ra.to_numpy(), rb.to_numpy())[0, 1])
+    k = max(1, round(top * n))
+    top_a = set(both.nsmallest(k, "rank_a")["index"])
+    top_b = set(both.nsmallest(k, "rank_b")["index"])
+    return {"examples": float(n), "spearman": spearman, "top_overlap": len(top_a & top_b) / k, "top_k": float(k)}
+
+
+def scan(
+    model: nn.Module,
+    layer: str | Site,
+    data: Any,
+    *,
+    labels: Any = None,
+    config: ScanConfig | None = None,
+    store: str | Path | None = None,
+    progress: bool | Progress = False,
+) -> pd.DataFrame:
+    """Every example of ``data`` with its collision sizes at ``layer``, ranked: rank 1 is
+    the example the model is most blind around.
+
+    Args:
+        model: a float32 classifier (not changed).
+        layer: an activation call (``collide.layers`` lists them).
+        data: a tensor batch (N, *input), a ``torch.utils.data.Dataset`` of inputs or
+            (input, label) pairs, or a ``DataLoader`` of such batches.
+        labels: one label per example, where ``data`` carries none (optional).
+        config: how each example is measured (:class:`ScanConfig`).
+        store: a folder to keep each finished chunk in; a rerun reads them back.
+        progress: True for a progress bar on stderr, or ``progress(done, total)``.
+
+    Returns:
+        One row per example (:data:`COLUMNS`): ``index`` in ``data``, ``label``,
+        ``prediction``, ``confidence``, ``correct``; the sizes ``valid_vertices``,
+        ``spread``, ``dim`` (and ``dim_method``), ``radius``, ``mean_width`` with
+        ``mean_width_se`` (certified examples), ``exact`` (the set was measured),
+        ``reason`` (why an example has no polytope or no exact set); ``rank_by``,
+        ``size`` (the ranked value) and ``rank``.
+    """
+    config = config or ScanConfig()
+    require_float32(model)
+    n, read = _items(data, labels)
+    if n == 0:
+        raise DataError("the data holds no example: nothing to scan")
+    first, _ = read(0, 1)
+    require_finite(first, "the first example", fix="pass finite inputs")
+    site = layer if isinstance(layer, Site) else resolve(model, layer, first)
+    exact_reason = _exact_fits(model, site, first[0], config)
+    base = {"weights": _weights_digest(model), "layer": site.name, "config": json.loads(
+        json.dumps(asdict(config), default=str))}
+    folder = Path(store) if store is not None else None
+    if folder is not None:
+        folder.mkdir(parents=True, exist_ok=True)
+    bar = _bar(progress, n)
+    frames = []
+    try:
+        for start in range(0, n, config.chunk):
+            stop = min(n, start + config.chunk)
+            x, y = read(start, stop)
+            require_finite(x, f"examples {start}..{stop - 1}", fix="pass finite inputs")
+            key = _chunk_key(base, x, y)
+            path = folder / f"chunk-{start:08d}-{key}.parquet" if folder is not None else None
+            if path is not None and path.is_file():
+                frames.append(pd.read_parquet(path))
+            else:
+                rows = _screen(model, site, x.float(), y, start, config=config, exact_reason=exact_reason)
+                chunk = pd.DataFrame(rows)
+                chunk["reason"] = [r["reason"] or ("" if r["exact"] else exact_reason) for r in rows]
+                if path is not None:
+                    for old in folder.glob(f"chunk-{start:08d}-*.parquet"):  # type: ignore[union-attr]
+                        old.unlink()  # a chunk of other inputs or another config
+                    with atomic_file(path) as tmp:
+                        chunk.to_parquet(tmp, index=False)
+                frames.append(chunk)
+            bar(stop)
+    finally:
+        bar(None)
+    frame = pd.concat(frames, ignore_index=True)
+    by = config.rank_by if config.rank_by != "auto" else ("radius" if not exact_reason else "spread")
+    frame = _rank(frame, by)
+    if config.certify and not exact_reason:
+        frame = _certify(model, site, read, frame, config=config, folder=folder, base=base)
+        if config.rank_by == "mean_width":
+            frame = _rank(frame, "mean_width")
+    return frame
+
+
+def _certify(model: nn.Module, site: Site, read: Callable[[int, int], tuple[torch.Tensor, Any]],
+             frame: pd.DataFrame, *, config: ScanConfig, folder: Path | None, base: dict[str, Any]) -> pd.DataFrame:
+    """The mean width (with its standard error) of the ``certify`` most and least blind examples."""
+    ranked = frame[frame["size"].notna()]
+    picked = sorted(set(ranked["index"].head(config.certify)) | set(ranked["index"].tail(config.certify)))
+    frame = frame.set_index("index", drop=False)
+    for i in picked:
+        x, _ = read(int(i), int(i) + 1)
+        key = json_digest({**base, "certify": int(i), "inputs": _chunk_key(base, x, None)})
+        path = folder / f"certify-{int(i):08d}-{key}.json" if folder is not None else None
+        if path is not None and path.is_file():
+            found = json.loads(path.read_text())
+        else:
+            geo = collision_geometry(model, site, x[0].float(), config=config.geometry)
+            found = width_summary(geo.widths.numpy())
+            if path is not None:
+                with atomic_file(path) as tmp:
+                    Path(tmp).write_text(json.dumps(found))
+        for k, v in found.items():
+            frame.loc[i, k] = v
+    return frame.reset_index(drop=True)
+
+
+def width_summary(widths: np.ndarray) -> dict[str, Any]:
+    """The mean width over the directions measured, its standard error (NaN for one
+    direction) and how many there were; 0 for a set of one point (no direction)."""
+    n = len(widths)
+    return {"mean_width": float(widths.mean()) if n else 0.0,
+            "mean_width_se": float(widths.std(ddof=1) / math.sqrt(n)) if n > 1 else math.nan,
+            "width_directions": n}
+
+
+def _bar(progress: bool | Progress, total: int) -> Callable[[int | None], None]:
+    """``update(done)`` as examples finish, ``update(None)`` at the end."""
+    if callable(progress):
+        return lambda done: None if done is None else progress(done, total)
+    if not progress:
+        return lambda done: None
+    from tqdm.auto import tqdm
+
+    bar = tqdm(total=total, unit="example", desc="scan")
+
+    def update(done: int | None) -> None:
+        if done is None:
+            bar.close()
+        else:
+            bar.update(done - bar.n)
+
+    return update
+

@@ -1,0 +1,93 @@
+"""The rows of the §5 experiments that scan examples (:mod:`collide.experiments.mislabelled`,
+:mod:`collide.experiments.thin`): one scan per training seed, one row per scan.
+
+:func:`scan_row` runs :func:`collide.scan` over the chosen examples under one seed's
+checkpoint (each chunk kept under ``<results_root>/<name>-scans/seed-<s>/``, so a killed
+job resumes where it stopped) and writes one row: the gradient polytope of the example
+ranked most blind, evaluated by the engine like any row, with every scanned example's
+columns as arrays ``scan_<column>`` beside it. :func:`read_scans` reads them back as one
+frame, one line per (seed, example).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+import torch
+
+from collide.api import find_polytope
+from collide.audit import ScanConfig, scan
+from collide.config import resolve_device
+from collide.experiments.configs.scanning import ScannedExperiment
+from collide.experiments.contract import Progress, no_progress
+from collide.models.zoo import checkpoint_source, load_checkpoint
+from collide.results.records import RowRecord
+from collide.results.store import ExperimentStore
+from collide.solvers import solver_for
+
+# The scan's columns kept with a row, as numbers (NaN where an example has none).
+SCAN_COLUMNS = ("index", "label", "prediction", "confidence", "correct", "valid_vertices", "spread", "dim",
+                "radius", "mean_width", "mean_width_se", "rank")
+PREFIX = "scan_"
+
+def scan_config(config: ScannedExperiment) -> ScanConfig:
+    """How :func:`collide.scan` measures each example under ``config``."""
+    return ScanConfig(n_vertices=config.n_vertices, gradient=config.gradient, exact=config.exact_sizes,
+                      certify=config.certify, geometry=config.geometry, chunk=config.chunk,
+                      device=resolve_device(config.device))
+
+def scan_folder(config: ScannedExperiment, seed: int) -> Path:
+    return Path(config.results_root) / f"{config.name}-scans" / f"seed-{seed}"
+
+def scan_row(config: ScannedExperiment, *, row: int, seed: int, checkpoint: str, images: torch.Tensor,
+             labels: torch.Tensor, examples: list[int], extra: dict[str, np.ndarray], attrs: dict[str, Any],
+             dataset_distance: float, progress: Progress = no_progress) -> pd.DataFrame:
+    """Scan ``images[examples]`` (labelled ``labels[examples]``) under ``checkpoint`` and
+    write row ``row``; returns the scan's frame.
+
+    Args:
+        extra: per-example columns of the experiment (one value per entry of ``examples``,
+            in that order), stored as ``scan_<key>``.
+        attrs: the row's attrs beyond the polytope's and the scan's.
+    """
+    model, meta = load_checkpoint(checkpoint)
+    where = torch.as_tensor(examples, dtype=torch.long)
+    x, y = images[where], labels[where]
+    frame = scan(model, config.layer, x, labels=y, config=scan_config(config), store=scan_folder(config, seed),
+                 progress=lambda done, total: progress("scan (examples)", done, total))
+    top = int(frame["index"].iloc[0])
+    solver = solver_for("gradient", config.gradient)
+    poly = find_polytope(model, config.layer, x[top], init=x[top], n_vertices=config.n_vertices, method=solver,
+                         device=resolve_device(config.device))
+    order = frame["index"].to_numpy(dtype=np.int64)
+    arrays = {f"{PREFIX}{c}": pd.to_numeric(frame[c], errors="coerce").to_numpy(dtype=np.float64)
+              for c in SCAN_COLUMNS}
+    arrays[f"{PREFIX}example"] = where.numpy()[order]
+    arrays.update({f"{PREFIX}{k}": np.asarray(v, dtype=np.float64)[order] for k, v in extra.items()})
+    reasons = sorted({r for r in frame["reason"] if r})
+    RowRecord.of(
+        poly, config=config, row=row, init="target", model=f"mnist-{config.train.arch}",
+        model_source=checkpoint_source(checkpoint, meta["sha256"]), loss=solver.loss_name,
+        dataset_avg_distance=dataset_distance,
+        extra_attrs={"checkpoint": checkpoint, "checkpoint_sha256": meta["sha256"], "seed": seed,
+                     "test_accuracy": meta["test_accuracy"], "target_index": int(examples[top]),
+                     "init_index": int(examples[top]), "scan_rank_by": str(frame["rank_by"].iloc[0]),
+                     "scan_reasons": reasons[:20], **attrs},
+        extra_arrays=arrays,
+    ).write(config.results_root)
+    return frame
+
+def read_scans(store: ExperimentStore) -> pd.DataFrame:
+    """Every row's scan as one frame: ``seed``, ``example`` (the dataset's index) and the
+    scan's columns, one line per (seed, example), in rank order within each seed."""
+    frames = []
+    for r in store.rows():
+        arrays, attrs = store.read_row(r)
+        part = pd.DataFrame({k[len(PREFIX):]: v for k, v in arrays.items() if k.startswith(PREFIX)})
+        part.insert(0, "seed", int(attrs["seed"]))
+        part.insert(1, "row", r)
+        frames.append(part)
+    return pd.concat(frames, ignore_index=True) if frames else pd.DataFrame()

@@ -1,0 +1,102 @@
+"""Where a job runs: the CPU cores it may take, and the shared files it must see.
+
+A job may run in the process that planned it or on a Dask worker in another process,
+folder or machine. Two things then differ from a plain run:
+
+- cores: a worker's task slots (its ``nthreads``) each run a job at once, and several
+  workers may share one host, so a job that sizes a thread pool by the machine's core
+  count oversubscribes it. :func:`job_cores` gives the job its share instead;
+- files: paths sent to a worker are absolute (the submitter resolves them), so they mean
+  the same file everywhere only on one shared filesystem. :func:`require_visible` fails
+  with the worker named, rather than letting a job write a private copy of the results
+  or train a checkpoint of its own.
+
+Imports nothing of Dask unless the process is already a Dask worker.
+"""
+
+from __future__ import annotations
+
+import os
+import socket
+import sys
+from collections.abc import Mapping
+from typing import Any
+
+from collide.errors import DataError
+
+SHARED = ("every worker needs the same filesystem as the submitting process (the results root, the data and "
+          "the checkpoints)")
+
+
+def machine_cores() -> int:
+    """The cores this process may run on (its CPU affinity where the OS tells it)."""
+    try:
+        return len(os.sched_getaffinity(0)) or 1
+    except (AttributeError, OSError):  # no affinity on macOS and Windows
+        return os.cpu_count() or 1
+
+
+def core_share(cores: int, slots: int) -> int:
+    """Cores per job when ``slots`` jobs at most run at once on ``cores`` cores: at least one."""
+    return max(1, cores // max(1, slots))
+
+
+def dask_worker() -> Any | None:
+    """The Dask worker running this code, or None (plain Python, a thread, a Prefect run
+    without Dask). Dask is looked up, never imported: a process that runs a Dask task has
+    it loaded already."""
+    distributed = sys.modules.get("distributed")
+    if distributed is None:
+        return None
+    try:
+        return distributed.get_worker()
+    except ValueError:  # "No worker found": not inside a task
+        return None
+
+
+def host_slots(worker: Any) -> int:
+    """How many jobs may run at once on this worker's host: the task slots of every worker
+    the scheduler knows there (a host may run several worker processes, ``dask worker
+    --nworkers``), else, when the scheduler cannot be asked, this worker's own."""
+    own = int(getattr(getattr(worker, "state", worker), "nthreads", 1) or 1)
+    try:
+        host = worker.address.rsplit(":", 1)[0]
+        info = worker.client.scheduler_info(n_workers=-1)["workers"]
+        slots = sum(int(w.get("nthreads", 1)) for addr, w in info.items() if addr.rsplit(":", 1)[0] == host)
+    except Exception:  # noqa: BLE001  (any failure to ask: fall back to this worker's slots, never fail a job)
+        return own
+    return max(own, slots)
+
+
+def job_cores() -> int:
+    """CPU cores a job may take for a thread pool of its own.
+
+    Outside Dask: every core of the machine (what a plain run always did). On a Dask
+    worker: the host's cores shared among the task slots of the workers on that host, at
+    least one, so that two workers on a two-core host run one LP each, not two each.
+    """
+    worker = dask_worker()
+    if worker is None:
+        return machine_cores()
+    return core_share(machine_cores(), host_slots(worker))
+
+
+def where() -> str:
+    """This process as an error message names it: the Dask worker and its host and pid."""
+    host, pid = socket.gethostname(), os.getpid()
+    worker = dask_worker()
+    if worker is None:
+        return f"this process (host {host}, pid {pid})"
+    return f"this Dask worker ({getattr(worker, 'address', '?')}, host {host}, pid {pid})"
+
+
+def require_visible(paths: Mapping[str, str]) -> None:
+    """Fail unless every path exists here; ``paths`` maps what each is (``the data``) to it.
+
+    Raises:
+        DataError: naming this worker, what it cannot see and where, and that every
+            worker needs the submitter's filesystem.
+    """
+    for what, path in paths.items():
+        if not os.path.exists(path):
+            raise DataError(f"{where()} cannot see {what} at {path}: {SHARED}")

@@ -1,0 +1,121 @@
+"""collide.scan: every example ranked, from a batch, a Dataset or a DataLoader, resumable."""
+
+import math
+
+import pandas as pd
+import pytest
+import torch
+from torch import nn
+from torch.utils.data import DataLoader, TensorDataset
+
+import collide
+from collide.api import collision_size
+from collide.audit import COLUMNS, ScanConfig
+from collide.errors import ConfigError, DataError
+from collide.polytope import avg_pairwise_distance
+from tests.tolerances import UNCHANGED
+
+CONFIG = ScanConfig(n_vertices=3, gradient=collide.GradientConfig(max_steps=1000), chunk=4, certify=1)
+
+
+def _model() -> nn.Module:
+    with torch.random.fork_rng():
+        torch.manual_seed(0)
+        return nn.Sequential(nn.Flatten(), nn.Linear(36, 12), nn.ReLU(), nn.Linear(12, 4)).eval()
+
+
+def _data(n: int = 6) -> tuple[torch.Tensor, torch.Tensor]:
+    gen = torch.Generator().manual_seed(1)
+    return torch.rand(n, 1, 6, 6, generator=gen), torch.randint(0, 4, (n,), generator=gen)
+
+
+@pytest.fixture(scope="module")
+def scanned(tmp_path_factory):
+    x, y = _data()
+    store = tmp_path_factory.mktemp("scan")
+    return collide.scan(_model(), "2", x, labels=y, config=CONFIG, store=store), store
+
+
+def test_every_example_is_ranked_by_its_certified_radius(scanned):
+    frame, _ = scanned
+    model, (x, y) = _model(), _data()
+    assert list(frame.columns) == list(COLUMNS) and sorted(frame["index"]) == list(range(len(x)))
+    assert list(frame["rank"]) == list(range(1, len(x) + 1)) and set(frame["rank_by"]) == {"radius"}
+    assert frame["radius"].is_monotonic_decreasing and (frame["size"] == frame["radius"]).all()
+    with torch.no_grad():
+        prob = torch.softmax(model(x), -1)
+    for row in frame.itertuples():
+        assert row.prediction == int(prob[row.index].argmax()) and row.label == int(y[row.index])
+        assert row.confidence == pytest.approx(float(prob[row.index].max()), abs=UNCHANGED)
+        assert row.correct == (row.prediction == row.label)
+        size = collision_size(model, "2", x[row.index], config=CONFIG.geometry)  # the oracle: one set alone
+        assert (row.dim, row.radius) == (size.dim, pytest.approx(size.radius, abs=1e-9)) and row.exact
+
+
+def test_the_spread_is_the_valid_vertices_mean_distance(scanned):
+    frame, _ = scanned
+    model, (x, _) = _model(), _data()
+    row = frame.iloc[0]
+    poly = collide.find_polytope(model, "2", x[int(row["index"])], n_vertices=3, method="gradient",
+                                 config=CONFIG.gradient)
+    assert row["valid_vertices"] == int(poly.valid.sum())
+    assert row["spread"] == pytest.approx(avg_pairwise_distance(poly.vertices[poly.valid]), rel=1e-6)
+
+
+def test_certify_measures_the_most_and_least_blind(scanned):
+    frame, _ = scanned
+    certified = frame[frame["width_directions"] > 0]
+    assert list(certified["rank"]) == [1, len(frame)]
+    assert (certified["mean_width"] > 0).all() and certified["mean_width_se"].notna().all()
+    assert frame.loc[frame["width_directions"] == 0, "mean_width"].isna().all()
+
+
+def test_a_rerun_reads_every_chunk_back_and_recomputes_a_changed_one(scanned, monkeypatch):
+    frame, store = scanned
+    x, y = _data()
+
+    def never(*args, **kwargs):
+        raise AssertionError("a finished scan computed again")
+
+    monkeypatch.setattr("collide.audit.find_polytopes", never)
+    monkeypatch.setattr("collide.audit.collision_size", never)
+    monkeypatch.setattr("collide.audit.collision_geometry", never)
+    again = collide.scan(_model(), "2", x, labels=y, config=CONFIG, store=store)
+    pd.testing.assert_frame_equal(again, frame)
+    changed = x.clone()
+    changed[5] = 1 - changed[5]
+    with pytest.raises(AssertionError, match="computed again"):  # the second chunk holds example 5
+        collide.scan(_model(), "2", changed, labels=y, config=CONFIG, store=store)
+
+
+def test_a_dataset_and_a_dataloader_scan_like_the_batch(scanned):
+    frame, _ = scanned
+    x, y = _data()
+    config = ScanConfig(n_vertices=3, gradient=CONFIG.gradient, chunk=4, exact="never")
+    batch = collide.scan(_model(), "2", x, labels=y, config=config)
+    assert set(batch["rank_by"]) == {"spread"} and batch["reason"].str.contains("exact=never").all()
+    assert list(batch.sort_values("index")["spread"]) == pytest.approx(list(frame.sort_values("index")["spread"]))
+    for data in (TensorDataset(x, y), DataLoader(TensorDataset(x, y), batch_size=4)):
+        pd.testing.assert_frame_equal(collide.scan(_model(), "2", data, config=config), batch)
+
+
+def test_examples_without_a_polytope_say_why_and_rank_last():
+    x, y = _data(3)
+    frame = collide.scan(_model(), "2", x, labels=y, config=ScanConfig(n_vertices=12, exact="never"))
+    assert frame["reason"].str.contains("fewer than n_vertices=12").all() and frame["spread"].isna().all()
+    assert (frame["valid_vertices"] == 0).all()
+
+
+def test_bad_input_is_refused_by_name():
+    x, y = _data(3)
+    with pytest.raises(DataError, match="3 examples but 2 labels"):
+        collide.scan(_model(), "2", x, labels=y[:2])
+    with pytest.raises(DataError, match="holds no example"):
+        collide.scan(_model(), "2", x[:0])
+    with pytest.raises(DataError, match="NaN or infinite values"):
+        collide.scan(_model(), "2", torch.full_like(x, math.nan))
+    with pytest.raises(ConfigError, match="rank_by"):
+        ScanConfig(rank_by="volume")
+    with pytest.raises(ConfigError, match="exact=always"):
+        tanh = nn.Sequential(nn.Flatten(), nn.Linear(36, 12), nn.Tanh(), nn.Linear(12, 4))
+        collide.scan(tanh, "2", x, config=ScanConfig(exact="always"))
