@@ -47,11 +47,22 @@ clean-results:
 bench: $(STAMP)
 	$(BIN)/python -m benchmarks.run
 
+# The GPU path in one run, on a machine with CUDA (refused without it; at most about 5
+# minutes on an H200-class card): VGG-16 fc6 solver steps per second against the card's
+# measured matmul rate, the patch composition at 224 px, 10,000 MNIST targets as one
+# batch, and CPU-vs-GPU agreement of vertices with TF32 off. Rewrites benchmarks/gpu.json.
+# BENCH_GPU_ARGS="--device cpu --tiny --out /tmp/gpu.json" checks it on a CPU in seconds.
+.PHONY: bench-gpu
+BENCH_GPU_ARGS ?=
+bench-gpu: $(STAMP)
+	$(BIN)/python -m benchmarks.gpu_suite $(BENCH_GPU_ARGS)
+
 # The published tables: the pipeline itself writes them from the shipped checkpoints
 # (collide/models/shipped/); the documentation's results pages read them when built.
-# About 30 minutes on 2 cores (LeNet-5 13, the spread over 5 seeds x 4 targets 10, frontier,
-# baselines and transfer 3). `make run` compares
-# its table with data/reference/mnist-mlp.parquet.
+# About 45 minutes on 2 cores (LeNet-5 13, the spread over 5 seeds x 4 targets 10, activations 15, frontier,
+# baselines and transfer 3), then the paper's §5 experiments (thin on the shipped checkpoints;
+# mislabelled and regularisers train their models here: about an hour more on a loaded
+# 2-core machine). `make run` compares its table with data/reference/mnist-mlp.parquet.
 REF_WORK := data/reference-work
 reference: $(STAMP)
 	rm -rf $(REF_WORK)
@@ -62,10 +73,17 @@ reference: $(STAMP)
 	$(BIN)/collide run frontier --no-prefect --results-root $(REF_WORK)/frontier
 	$(BIN)/collide run baselines --no-prefect --results-root $(REF_WORK)/baselines
 	$(BIN)/collide run transfer --no-prefect --results-root $(REF_WORK)/transfer
+	$(BIN)/collide run activations --no-prefect --results-root $(REF_WORK)/activations
 	cp $(REF_WORK)/frontier/frontier.parquet $(REF_WORK)/baselines/baselines.parquet data/reference/
 	cp $(REF_WORK)/transfer/transfer-summary.parquet data/reference/
 	cp $(REF_WORK)/lenet5/mnist.parquet data/reference/mnist-lenet5.parquet
 	cp $(REF_WORK)/spread/spread-summary.parquet $(REF_WORK)/spread/spread-paper.parquet data/reference/
+	cp $(REF_WORK)/activations/activations-summary.parquet data/reference/
+	$(BIN)/collide run thin --no-prefect --results-root $(REF_WORK)/thin
+	$(BIN)/collide run mislabelled --no-prefect --results-root $(REF_WORK)/mislabelled
+	$(BIN)/collide run regularisers --no-prefect --results-root $(REF_WORK)/regularisers
+	cp $(REF_WORK)/thin/thin-summary.parquet $(REF_WORK)/mislabelled/mislabelled-summary.parquet \
+		$(REF_WORK)/regularisers/regularisers-summary.parquet data/reference/
 	$(MAKE) docs
 
 # The documentation site (mkdocs.yml, docs/): references and results pages are generated

@@ -121,6 +121,31 @@ def _table(header: list[str], rows: list[list[str]]) -> str:
     return "\n".join(lines)
 
 
+def exact_forms_section(ef: dict[str, Any]) -> list[str]:
+    """The exact LP's two forms side by side (benchmarks/exact_forms.py), as markdown lines."""
+    return ["## The exact LP: dense rows against layers", "",
+              "The same 5 vertices of the MNIST polytope (init: another digit), one LP at a time, by the dense "
+              "form (the reference) and the layered form (one variable vector per layer, "
+              "`collide.piecewise.layered_lp`)." + (f" Note: {ef['note']}." if ef.get("note") else ""), "",
+              _table(["model", "layer", "dense entries", "dense", "layered", "layered / dense",
+                      "max abs vertex difference", "optimal (dense, layered)"],
+                     [[x["model"], x["layer"], f"{x['dense_entries']:.1e}", _s(x["dense"]["seconds"]),
+                       _s(x["layered"]["seconds"]), f"{x['layered_over_dense_seconds']:.2f}x",
+                       f"{x['max_abs_vertex_diff']:.1e}",
+                       f"{x['dense']['optimal']}/5, {x['layered']['optimal']}/5"] for x in ef["mnist"]]),
+              "", "ResNet-18 (random weights) at `layer2.1.relu#1`, one vertex by the layered form in a child "
+              "process (peak resident memory measured).", "",
+              _table(["side", "dense entries (GiB)", "dense fits", "layered nonzeros", "read", "solve",
+                      "outcome", "peak memory"],
+                     [[f"{x['side']} px", f"{x['dense_entries']:.1e} ({x['dense_gib']:.1f})",
+                       "yes" if x["dense_fits"] else "no", f"{x.get('nnz', 0):.1e}",
+                       _s(x["read_seconds"]) if "read_seconds" in x else "-",
+                       _s(x["solve_seconds"]) if "solve_seconds" in x else x.get("unfinished", "-"),
+                       x.get("outcome", "-"),
+                       f"{x.get('peak_rss_gib', x.get('peak_rss_gib_after_read', 0)):.1f} GiB"]
+                      for x in ef["resnet18"]])]
+
+
 def markdown(r: dict[str, Any]) -> str:
     m = r["machine"]
     parts = [
@@ -245,24 +270,83 @@ def markdown(r: dict[str, Any]) -> str:
                            f"{x['max_abs_diff_vs_one_per_job']:.1e}"] for x in b["runs"]])]
     mo = r.get("models")
     if mo:
-        parts += ["", "## Any model: torchvision classifiers", "",
-                  f"Random weights (nothing downloaded), {mo['side']}x{mo['side']} px, scikit-image's cat as the "
-                  f"target, torch with {mo['torch_threads']} threads. One 5-vertex polytope with collide's default "
-                  "gradient settings at the middle ReLU call; the exact LP's size there against "
-                  "`ExactConfig.max_entries`.", "",
-                  _table(["model", "ReLU calls (module/functional, reused modules)", "refused", "middle layer",
-                          "5-vertex polytope", "valid", "exact at this size",
-                          "largest side exact fits (measured; -: none the model takes)"],
-                         [[x["model"], "error: " + x["error"] if "error" in x else
-                           f"{x['relu_calls']} ({x['modules']}/{x['functional']}, {x['reused']})",
-                           ", ".join(x.get("refused", [])) or "-", x.get("layer", "-"),
-                           _s(x["seconds"]) + f" ({x['steps']} steps)" if "seconds" in x else "-",
-                           f"{x['valid']}/5" if "valid" in x else "-",
-                           ("yes" if x.get("exact_feasible") else "no") + (
-                               f" ({x['lp_entries']:.1e} entries)" if "lp_entries" in x else
-                               f" ({x['exact_refused']})" if "exact_refused" in x else ""),
-                           f"{x['exact_max_side']} px" if x.get("exact_max_side") else "-"]
-                          for x in mo["rows"]])]
+        parts += ["", "## Any model: torchvision classifiers", "", models_section(mo)]
+    if r.get("exact_forms"):
+        parts += ["", *exact_forms_section(r["exact_forms"])]
     if r.get("notes"):
         parts += ["", "## Notes", ""] + [f"- {n}" for n in r["notes"]]
     return "\n".join(parts) + "\n"
+
+
+def _kinds(x: dict[str, Any]) -> str:
+    kinds = x.get("kinds") or {}
+    return ", ".join(f"{op} {n}" for op, n in sorted(kinds.items(), key=lambda kv: -kv[1])) or "-"
+
+
+def _side(x: dict[str, Any]) -> str:
+    side = f"{x['side']} px"
+    if x.get("native_side") and x["native_side"] != x["side"]:
+        native = x.get("native_worst_case_seconds")
+        side += (f" (takes {x['native_side']} px only; built with image_size={x['side']}: at {x['native_side']} px "
+                 f"2000 steps would take {native / 60:.0f} min)" if native else
+                 f" (takes {x['native_side']} px only; built with image_size={x['side']})")
+    return side
+
+
+def _middle(x: dict[str, Any]) -> str:
+    if "layer" not in x:
+        return "-"
+    saturated = x.get("saturated")
+    counts = (f"; saturated units at tol {', '.join(f'{t}: {n}' for t, n in saturated.items())} of {x['units']}"
+              if saturated else "")
+    return f"{x['layer']} ({x.get('layer_op', 'ReLU')}{counts})"
+
+
+def _polytope(x: dict[str, Any]) -> str:
+    if "seconds" not in x:
+        return x.get("why_no_polytope", "-")
+    where = (f" at {x['polytope_layer']} ({x['polytope_op']}, {x['polytope_saturated']} saturated), the nearest "
+             "site with 5 saturated units" if "polytope_layer" in x else "")
+    tol = f", saturation_tol {x['saturation_tol']:g}" if "saturation_tol" in x else ""
+    budget = f" of at most {x['max_steps']}" if x.get("max_steps", 2000) != 2000 else ""
+    return _s(x["seconds"]) + f" ({x['steps']} steps{budget}{tol}){where}"
+
+
+def models_section(mo: dict[str, Any]) -> str:
+    """The survey of torchvision classifiers (:mod:`benchmarks.models`): sites by
+    activation and method, and a 5-vertex gradient polytope at the middle site."""
+    load = f", load average {mo['load_average']} at the end" if mo.get("load_average") else ""
+    intro = (f"Random weights (nothing downloaded), {mo['side']}x{mo['side']} px unless the row says otherwise, "
+             f"scikit-image's cat as the target, torch with {mo['torch_threads']} threads{load}. One 5-vertex "
+             "polytope with collide's default gradient settings at the middle addressable call site (its "
+             "activation in brackets); feature error: the vertices' largest relative post-activation error "
+             "there (criterion 1e-2); the exact LP's size where the exact method addresses the site, against "
+             "`ExactConfig.max_entries`.")
+    rows = []
+    for x in mo["rows"]:
+        if "error" in x:
+            rows.append([x["model"], "error: " + x["error"]] + ["-"] * 8)
+            continue
+        addressable = x.get("addressable", x.get("relu_calls", 0))
+        methods = x.get("by_method")
+        rows.append([
+            x["model"], f"{x['sites']}: {_kinds(x)}" if "kinds" in x else str(x["sites"]),
+            (f"{addressable} (gradient {methods['gradient']}, exact {methods['exact']}; "
+             f"{x['modules']} modules/{x['functional']} functional, {x['reused']} reused)" if methods else
+             f"{addressable} ReLU ({x['modules']}/{x['functional']}, {x['reused']} reused)"),
+            ", ".join(x.get("refused", [])) or "-",
+            _middle(x),
+            _side(x),
+            _polytope(x),
+            f"{x['valid']}/5" if "valid" in x else "-",
+            f"{x['max_rel_error']:.1e}" if "max_rel_error" in x else "-",
+            ("yes" if x.get("exact_feasible") else "no") + (
+                f" ({x['lp_entries']:.1e} entries; fits up to {x['exact_max_side']} px)" if "lp_entries" in x
+                and x.get("exact_max_side") else f" ({x['lp_entries']:.1e} entries)" if "lp_entries" in x else
+                f" ({x['exact_refused']})" if "exact_refused" in x else ": not addressed"),
+        ])
+    table = _table(["model", "activation calls: by activation",
+                    "addressable (by method; modules/functional, reused)", "refused",
+                    "middle site", "input", "5-vertex polytope", "valid", "feature error", "exact LP there"], rows)
+    return intro + "\n\n" + table
+

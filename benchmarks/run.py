@@ -16,12 +16,23 @@ from typing import Any
 
 import torch
 
-from benchmarks import batching, evaluation, exact_vs_gradient, extraction, gpu, jacobian, knn, models, solver
+from benchmarks import (
+    batching,
+    evaluation,
+    exact_forms,
+    exact_vs_gradient,
+    extraction,
+    gpu,
+    jacobian,
+    knn,
+    models,
+    solver,
+)
 from benchmarks.common import MODELS, checkpoint, machine
 from benchmarks.report import _s, markdown
 
 HERE = Path(__file__).parent
-ITEMS = ("solver", "exact", "knn", "extraction", "evaluation", "gpu", "jacobian", "models", "batching")
+ITEMS = ("solver", "exact", "knn", "extraction", "evaluation", "gpu", "jacobian", "models", "batching", "exact_forms")
 
 
 def _notes(r: dict[str, Any]) -> list[str]:
@@ -127,6 +138,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         "jacobian": jacobian.run,
         "models": models.run,
         "batching": batching.run,
+        "exact_forms": exact_forms.run,
     }
     for item in only:
         t = time.perf_counter()

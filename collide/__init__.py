@@ -1,7 +1,8 @@
-"""collide: find, verify and measure feature collisions in ReLU networks.
+"""collide: find, verify and measure feature collisions in neural networks.
 
 After Li, Zhang, Malik, "Approximate Feature Collisions in Neural Nets" (NeurIPS 2019).
-The public API is :func:`find_polytope` and :func:`measure` (in memory, any model);
+The public API is :func:`find_polytope` and :func:`measure` (in memory, any model), and
+:func:`scan` (every example of a dataset, ranked by how blind the model is around it);
 the experiments of the paper live in :mod:`collide.experiments`. The library never
 imports Prefect; orchestration lives in ``tasks/`` and ``flows/``.
 
@@ -25,6 +26,7 @@ if TYPE_CHECKING:
         find_polytopes,
         measure,
     )
+    from collide.audit import ScanConfig, scan
     from collide.config import ExactConfig, GradientConfig, PaperConfig
     from collide.errors import CollideError
     from collide.solvers import ExactSolver, GradientSolver, PaperSolver, Solver
@@ -42,12 +44,14 @@ _HOMES = {
     "PaperConfig": "collide.config",
     "PaperSolver": "collide.solvers",
     "Polytope": "collide.api",
+    "ScanConfig": "collide.audit",
     "Solver": "collide.solvers",
     "check_polytope": "collide.api",
     "collision_geometry": "collide.api",
     "find_polytope": "collide.api",
     "find_polytopes": "collide.api",
     "measure": "collide.api",
+    "scan": "collide.audit",
     "layers": "collide.taps",
     "preactivation": "collide.taps",
     "tap": "collide.taps",
@@ -64,12 +68,14 @@ __all__ = [
     "PaperConfig",
     "PaperSolver",
     "Polytope",
+    "ScanConfig",
     "Solver",
     "check_polytope",
     "collision_geometry",
     "find_polytope",
     "find_polytopes",
     "measure",
+    "scan",
     "layers",
     "preactivation",
     "tap",

@@ -163,6 +163,20 @@ def benchmark_tables(path: Path = BENCH_RESULTS) -> str:
     return re.sub(r"^(#+) ", lambda m: "#" + m.group(1) + " ", body, flags=re.M).strip() + "\n"
 
 
+def exact_forms_table(path: Path = BENCH_RESULTS) -> str:
+    """The exact LP's two forms side by side, from ``results.json`` (benchmarks/exact_forms.py)."""
+    from benchmarks.report import exact_forms_section
+
+    results = json.loads(path.read_text())
+    if "exact_forms" not in results:
+        return "_Not measured yet: `python -m benchmarks.run --only exact_forms`._\n"
+    m = results["machine"]
+    body = "\n".join(exact_forms_section(results["exact_forms"])[2:])
+    dated = results.get("carried_over", {}).get("exact_forms", m["date"])
+    return (f"Measured {dated} on {m['cpu']}, {m['cores']} cores (load average {m['load_average']}).\n\n"
+            + body + "\n")
+
+
 def _png(fig: Any) -> str:
     buffer = io.BytesIO()
     fig.savefig(buffer, format="png", dpi=110, bbox_inches="tight")
@@ -223,6 +237,28 @@ def benchmark_figures(path: Path = BENCH_RESULTS) -> str:
     return "\n".join(out) if out else "_No scans in `benchmarks/results.json`._\n"
 
 
+def activations_figure(path: Path = REFERENCE_DIR / "activations-summary.parquet") -> str:
+    """The activations experiment's figure, drawn from its published summary by the
+    experiment's own drawing code (on a ``Figure`` of its own, no global state)."""
+    import pandas as pd
+
+    from collide.experiments.activations import draw_summary
+
+    fig = draw_summary(pd.read_parquet(path), title="activations (published summary)")
+    return (f'<figure markdown="span"><img alt="activations summary" src="data:image/png;base64,{_png(fig)}">'
+            "<figcaption>Each panel against the saturation tolerance, tightening to the right: the share of "
+            "draws solved, then the solved polytopes' means (line) and range (band); ReLU dashed.</figcaption>"
+            "</figure>\n")
+
+
+def models_survey(path: Path = BENCH_RESULTS) -> str:
+    """The torchvision survey's table, by the benchmarks' own writer, from ``results.json``."""
+    from benchmarks.report import models_section
+
+    models = json.loads(path.read_text()).get("models")
+    return models_section(models) + "\n" if models else "_No survey in `benchmarks/results.json`._\n"
+
+
 # ---------------------------------------------------------------- the layout
 
 
@@ -259,6 +295,35 @@ def layout_reference(package: Path = ROOT / "collide") -> str:
     return "\n".join(lines) + "\n"
 
 
+# ---------------------------------------------------------------- activations
+
+
+ACTIVATION_OPS = ("relu", "relu6", "hardtanh", "hardsigmoid", "hardswish", "sigmoid", "tanh", "elu", "selu", "celu",
+                  "gelu", "silu", "mish", "softplus", "logsigmoid")
+
+
+def activations_reference(tol: float = 1e-2) -> str:
+    """Each addressable activation's asymptotes and the thresholds of its saturated regimes
+    at ``tol`` (the default ``saturation_tol``), computed by :mod:`collide.activations`."""
+    import math
+
+    from collide.activations import lookup
+
+    def num(x: float | None) -> str:
+        return "-" if x is None or not math.isfinite(x) else f"{x:.4g}"
+
+    rows = ["| activation | lower asymptote | upper asymptote | saturated at z ≤ | saturated at z ≥ | regime |",
+            "| --- | --- | --- | --- | --- | --- |"]
+    for op in ACTIVATION_OPS:
+        act = lookup(op)
+        assert act is not None, op
+        sat = act.at(tol)
+        how = "flat piece (exact)" if act.piecewise_linear else f"within {tol:g} of the asymptote"
+        rows.append(f"| {act.name} | {num(act.lower)} | {num(act.upper)} | {num(sat.below)} | {num(sat.above)} "
+                    f"| {how} |")
+    return "\n".join(rows)
+
+
 # ---------------------------------------------------------------- every block
 
 
@@ -267,7 +332,9 @@ def generators() -> dict[str, Callable[[], str]]:
     out: dict[str, Callable[[], str]] = {"cli": cli_reference, "benchmarks": benchmark_tables,
                                          "benchmark-figures": benchmark_figures,
                                          "layers": layers_reference, "layout": layout_reference,
-                                         "config": config_references}
+                                         "config": config_references, "activations": activations_reference,
+                                         "exact-forms": exact_forms_table, "activations-figure": activations_figure,
+                                         "models-survey": models_survey}
     return out
 
 

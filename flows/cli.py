@@ -96,6 +96,10 @@ def _tqdm_progress():  # type: ignore[no-untyped-def]
 
 
 def _run(args: argparse.Namespace) -> int:
+    if args.no_prefect and (args.dask_address or args.workers):
+        flag = "--dask-address" if args.dask_address else "--workers"
+        raise ConfigError(f"{flag} fans the jobs out over Dask, which the Prefect flow does: --no-prefect runs every "
+                          f"job in this process, one after another; drop --no-prefect to use Dask, or drop {flag}")
     overrides = _overrides(args)
     config = experiment_config(args.experiment).from_dict(overrides)  # a plain config error is refused before torch
     module = experiment(args.experiment)
@@ -184,7 +188,7 @@ def _layers(args: argparse.Namespace) -> int:
     import torch
 
     from collide.models.external import build, input_defaults, resolve_model
-    from collide.sites import REFUSALS, listed_aliases, probe
+    from collide.sites import listed_aliases, probe
 
     side = args.input_size or input_defaults(args.model).get("input_size", 0)
     if not side:
@@ -194,25 +198,32 @@ def _layers(args: argparse.Namespace) -> int:
     usable = [s for s in sites if s.addressable]
     if args.json:
         print(json.dumps([{"name": s.name, "kind": s.kind, "op": s.op, "shape": list(s.shape), "units": s.units,
-                           "addressable": s.addressable} for s in sites], indent=1))
+                           "addressable": s.addressable, "methods": list(s.methods), "why_not": s.why_not("exact")}
+                          for s in sites], indent=1))
         return EXIT_OK
-    print(f"{args.model} at {args.channels}x{side}x{side}: {len(usable)} ReLU call sites (layer=NAME), forward order")
+    print(f"{args.model} at {args.channels}x{side}x{side}: {len(usable)} activation call sites (layer=NAME), "
+          "forward order")
     width = max([len(s.name) for s in usable] + [4])
-    print(f"  {'name':<{width}}  {'kind':<8}  {'shape':<16}  units")
+    op_width = max([len(s.op) for s in usable] + [10])
+    print(f"  {'name':<{width}}  {'activation':<{op_width}}  {'kind':<8}  {'shape':<16}  {'units':>7}  methods")
     for s in usable:
-        print(f"  {s.name:<{width}}  {s.kind:<8}  {'x'.join(map(str, s.shape)):<16}  {s.units}")
+        print(f"  {s.name:<{width}}  {s.op:<{op_width}}  {s.kind:<8}  {'x'.join(map(str, s.shape)):<16}  "
+              f"{s.units:>7}  {', '.join(s.methods)}")
     bases = {s.base for s in usable}
     named = {a: m for a, m in listed_aliases(build(source)).items() if m in bases}
     if named:
         print("aliases: " + ", ".join(f"{a} (= {m})" for a, m in named.items()))
+    gradient_only = sorted({s.op for s in usable if "exact" not in s.methods})
+    if gradient_only:
+        print(f"{', '.join(gradient_only)}: approximate collisions where they saturate (methods gradient, paper); "
+              "the exact LP models ReLU collision layers")
     refused = {s.base: s for s in sites if not s.addressable}
     if refused:
         print(f"not addressable ({len(refused)} activation sites):")
-        for kind in dict.fromkeys(s.activation for s in refused.values()):
-            names = [s.base for s in refused.values() if s.activation == kind]
-            ops = ", ".join(sorted({s.op for s in refused.values() if s.activation == kind}))
+        for op in dict.fromkeys(s.op for s in refused.values()):
+            names = [s.base for s in refused.values() if s.op == op]
             shown = ", ".join(names[:6]) + (f", ... ({len(names)} in all)" if len(names) > 6 else "")
-            print(f"  {ops}: {shown}\n    {REFUSALS[kind]}")
+            print(f"  {op}: {shown}\n    {next(s for s in refused.values() if s.op == op).why_not()}")
     return EXIT_OK
 
 
@@ -393,7 +404,8 @@ Each command has its own --help.""",
                      help="run the same stages in plain Python with progress bars, no Prefect")
     run.add_argument("--dask-address", metavar="ADDR",
                      help="send the polytope jobs to this Dask scheduler (default: $COLLIDE_DASK_ADDRESS, "
-                     "else a local cluster started for the run)")
+                     "else a local cluster started for the run); its workers need this filesystem (the results "
+                     "root, the data, the checkpoints)")
     run.add_argument("--workers", type=int, help="local cluster size (default: $COLLIDE_DASK_WORKERS or one per core)")
     run.set_defaults(func=_run)
 

@@ -31,7 +31,9 @@ def experiment_flow(experiment: str = "mnist", config: dict[str, Any] | None = N
         config: fields of that experiment's config to override.
     """
     module = find(experiment)
-    cfg = module.Config.from_dict(config or {})
+    # Folders absolute here, in the submitting process: a Dask worker started in another
+    # folder then reads and writes the same files (on the same filesystem).
+    cfg = module.Config.from_dict(config or {}).absolute()
     engine.validate(module, config=cfg)  # bad input fails here, in the flow: no task, no retry
     with engine.lock(cfg, module):  # one run per experiment: a second one fails at once, naming this one
         return _run(experiment, module, cfg)

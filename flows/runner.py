@@ -5,6 +5,11 @@ scheduler; without it each flow run starts a local cluster on 127.0.0.1 with
 ``COLLIDE_DASK_WORKERS`` worker processes (default: one per CPU core), one thread each,
 and stops it when the run ends. The scheduler's dashboard listens on a free loopback
 port, logged at the start of the run.
+
+An existing scheduler's workers must see the submitter's files at the same absolute
+paths (the flow makes the config's folders absolute; a worker that cannot see them says
+so: :func:`collide.workers.require_visible`) and should report to the same Prefect API
+(``PREFECT_API_URL`` in their environment).
 """
 
 from __future__ import annotations

@@ -32,4 +32,13 @@ def publish(results_root: str, experiment: str) -> dict[str, Any]:
         markdown=report.markdown(store), key=f"{key}-report",
         description=f"{experiment}: table and figure",
     )
-    return {"table": str(table_id), "markdown": str(markdown_id)}
+    out = {"table": str(table_id), "markdown": str(markdown_id)}
+    ranking = report.ranking_markdown(store)
+    if ranking is not None:  # an auditor's scan: every example ranked, and the gallery
+        frame, markdown = ranking
+        out["ranking"] = str(create_table_artifact(
+            table=tables.records(frame), key=f"{key}-ranking",
+            description=f"{experiment}: every example, most blind first ({len(frame)} examples)"))
+        out["gallery"] = str(create_markdown_artifact(
+            markdown=markdown, key=f"{key}-gallery", description=f"{experiment}: the most and least blind examples"))
+    return out

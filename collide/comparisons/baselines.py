@@ -46,6 +46,7 @@ from collide.inputs import one_input, require_in_box
 from collide.objective import feature_rel_error, total_variation
 from collide.piecewise.linearise import affine_piece
 from collide.precision import full_precision
+from collide.sites import function_of
 from collide.taps import layers, preactivation, site_of
 
 __all__ = [
@@ -356,7 +357,8 @@ def invert(
     with torch.no_grad():
         net64 = copy.deepcopy(model).double().eval().to("cpu")
         t_pre = preactivation(net64, t.unsqueeze(0), site)
-        errors = feature_rel_error(preactivation(net64, torch.stack([point.double(), x0]), site), t_pre)
+        errors = feature_rel_error(preactivation(net64, torch.stack([point.double(), x0]), site), t_pre,
+                                   act=function_of(site))
     return Inversion(
         point=point, rel_error=float(errors[0]), init_rel_error=float(errors[1]),
         distance_to_init=float((point.double() - x0).norm()), distance_to_target=float((point.double() - t).norm()),

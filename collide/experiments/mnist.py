@@ -17,8 +17,10 @@ from collide.api import collision_geometry, find_polytopes
 from collide.config import (
     resolve_device,
 )
+from collide.datasets.folders import load_labelled_folder
 from collide.datasets.mnist import (
     MNIST_LABEL,
+    Split,
     data_digest,
     data_label,
     ensure_mnist,
@@ -220,12 +222,23 @@ def plan(context: dict[str, Any], *, config: MnistExperiment) -> list[Job]:
     return sorted(jobs, key=lambda j: j.rows[0])
 
 
+def indexed_images(config: Any) -> Split:
+    """The images a job's targets index: the MNIST split ``config.split`` (test by
+    default), or, where a config names an ``image_root`` (the scan's), that folder's
+    images in grey at 28 px, labelled by their class folders' names."""
+    root = getattr(config, "image_root", "")
+    if root:
+        images, labels, _ = load_labelled_folder(root, size=INPUT_SHAPE[-1], channels=INPUT_SHAPE[0])
+        return Split(images, labels)
+    return load_mnist(config.data_root, getattr(config, "split", "test"))
+
+
 def solve(job: Job, context: dict[str, Any], *, config: MnistExperiment,
           progress: Progress = no_progress) -> None:
     """Find the job's polytopes with :func:`collide.find_polytopes` (one solver batch; rows
     of one spec) and write each row group."""
     model, meta = load_checkpoint(context["checkpoint"])
-    test = load_mnist(config.data_root, "test")
+    test = indexed_images(config)  # the scan may read the training split, or an image folder
     batch = job.spec["batch"]
     specs = {config.row_spec(row) for row in job.rows}
     if len(specs) != 1:

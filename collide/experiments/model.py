@@ -1,4 +1,4 @@
-"""Any classifier: a torchvision model or the user's own, at any ReLU call, on images.
+"""Any classifier: a torchvision model or the user's own, at any activation call, on images.
 
 ``collide run model --model torchvision:resnet18 --weights FILE --layer layer2.1.relu#1
 --image-root DIR``. Rows are the MNIST table's, method by init: gradient, exact where
@@ -30,8 +30,9 @@ from collide.models.external import build, resolve_model
 from collide.piecewise.budget import check_lp_size
 from collide.polytope import dataset_avg_distance
 from collide.results.records import RowRecord
+from collide.sites import require_method
 from collide.solvers import solver_for
-from collide.taps import check_units, layer_names
+from collide.taps import check_units, layer_names, site_of
 
 NAME = "model"
 Config = ModelExperiment
@@ -64,9 +65,10 @@ def rows(config: ModelExperiment) -> tuple[list[tuple[str, str]], list[str]]:
                           "(benchmarks/solver.py tunes one), or leave paper out of methods")
     if "exact" in methods:
         try:
-            check_lp_size(skeleton(config), config.layer, torch.zeros(config.input_shape()),
-                          max_entries=config.exact.max_entries)
-        except ConfigError as exc:
+            net, example = skeleton(config), torch.zeros(config.input_shape())
+            require_method(site_of(net, config.layer, example.unsqueeze(0)), "exact")
+            check_lp_size(net, config.layer, example, max_entries=config.exact.max_entries)
+        except (ConfigError, LayerError) as exc:
             if config.methods:
                 raise
             methods.remove("exact")

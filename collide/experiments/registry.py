@@ -31,7 +31,7 @@ SUMMARIES: dict[str, str] = {
     "patches": ("patch-composition polytopes, paper §4 (Tables 5-6); offline on MNIST + LeNet-5 at fc1, or an image "
                 "folder + VGG-16 (fc6) with dataset=folder"),
     "imagenet": "VGG-16 at fc6 in pixel space on an ImageNet-style folder, paper §3.2 (Tables 3-4)",
-    "scan": "vulnerability scan: N targets per MNIST class, gradient and exact rows, per-class summary (paper §5)",
+    "scan": "the auditor's scan: examples of an MNIST split ranked by collision size, with a gallery (paper §5)",
     "model": "any classifier (torchvision:NAME or module:factory) at any ReLU call, on an image folder or one image",
     "profile": ("collision size at every ReLU layer of the MLP and LeNet-5: N+, dim C, inscribed radius, spread, "
                 "success"),
@@ -41,6 +41,14 @@ SUMMARIES: dict[str, str] = {
     "transfer": "collisions across models: exact sets shared by two networks, and how one model's polytopes transfer",
     "spread": ("spread over training seeds x targets: mean, std and 95% interval of every Table 2 column and "
                "collision-set size, the paper's values against our range"),
+    "activations": ("the MLP with ReLU, tanh, sigmoid, ELU or GELU: valid vertices, spread, success and samples' "
+                    "feature error at fc1 over seeds x targets, and spread against the saturation tolerance"),
+    "mislabelled": ("paper §5.3: flip 1% of the training labels, train, scan: do large collision sets single out the "
+                    "flipped examples (AUROC, precision at k against training loss and confidence)"),
+    "thin": ("paper §5.1: does collision size predict misclassification or low confidence on the test set (AUROC "
+             "with intervals over seeds)"),
+    "regularisers": ("paper §5.2: the MLP trained with a cosine penalty between the rows of W at several strengths "
+                     "and with weight decay: test accuracy against collision-set dimension, radius and mean width"),
 }
 
 

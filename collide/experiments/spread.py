@@ -23,13 +23,13 @@ Table 2 value of the paper against our range) and ``<name>-summary.png``.
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
 from typing import Any
 
 import numpy as np
 import pandas as pd
 import torch
 from matplotlib.figure import Figure
-from scipy import stats
 
 from collide._io import file_digest
 from collide.api import collision_geometry, find_polytopes
@@ -42,6 +42,7 @@ from collide.experiments.configs.spread import SpreadExperiment
 from collide.experiments.contract import Job, Progress, job, no_progress
 from collide.models.zoo import checkpoint_source, load_checkpoint
 from collide.polytope import dataset_avg_distance
+from collide.results.detection import t_interval
 from collide.results.points import PointsRecord
 from collide.results.records import RowRecord, region_fields
 from collide.results.reference import REFERENCE_COLUMNS, reference_for
@@ -96,6 +97,28 @@ def row_number(config: SpreadExperiment, seed_position: int, target: int, spec: 
     return (seed_position * config.n_targets + target) * config.rows_per_draw + spec
 
 
+def first_right_by_all(images: torch.Tensor, labels: torch.Tensor, models: Sequence[torch.nn.Module], *,
+                       wanted: Sequence[int], per_label: int, who: str) -> dict[int, list[int]]:
+    """The first ``per_label`` images of each label of ``wanted`` that every model of
+    ``models`` (``who`` in a refusal) classifies correctly, by label.
+
+    Raises:
+        DataError: fewer such images of a label than ``per_label``.
+    """
+    right = torch.ones(len(labels), dtype=torch.bool)
+    with torch.no_grad():
+        for model in models:
+            right &= model(images).argmax(1) == labels
+    found = {}
+    for label in wanted:
+        hits = torch.nonzero(right & (labels == label)).flatten()[:per_label]
+        if len(hits) < per_label:
+            raise DataError(f"only {len(hits)} test images of label {label} are classified correctly by all "
+                            f"{who}, fewer than targets_per_label={per_label}")
+        found[label] = [int(h) for h in hits]
+    return found
+
+
 def pick_common_targets(checkpoints: list[str], *, config: SpreadExperiment) -> list[dict[str, int]]:
     """The first ``targets_per_label`` test images of each of ``labels`` that every
     checkpoint classifies correctly, each with its ``other`` init (the first test image of
@@ -103,18 +126,12 @@ def pick_common_targets(checkpoints: list[str], *, config: SpreadExperiment) -> 
     non-positive units at ``layer`` under one of the models."""
     test = load_mnist(config.data_root, "test")
     models = [load_checkpoint(c)[0] for c in checkpoints]
-    right = torch.ones(len(test.labels), dtype=torch.bool)
-    with torch.no_grad():
-        for model in models:
-            right &= model(test.images).argmax(1) == test.labels
+    found = first_right_by_all(test.images, test.labels, models, wanted=config.labels,
+                               per_label=config.targets_per_label, who=f"{len(models)} seeds' models")
     targets = []
-    for label in config.labels:
-        hits = torch.nonzero(right & (test.labels == label)).flatten()[: config.targets_per_label]
-        if len(hits) < config.targets_per_label:
-            raise DataError(f"only {len(hits)} test images of label {label} are classified correctly by all "
-                            f"{len(models)} seeds' models, fewer than targets_per_label={config.targets_per_label}")
+    for label, hits in found.items():
         other = int(torch.nonzero(test.labels != label).flatten()[0])
-        targets += [{"target_index": int(h), "other_index": other, "label": label} for h in hits]
+        targets += [{"target_index": h, "other_index": other, "label": label} for h in hits]
     for seed, model in zip(config.seeds, models, strict=True):
         mnist.check_targets(model, test.images, targets, layer=config.layer, n_vertices=config.n_vertices,
                             model_name=f"of seed {seed}")
@@ -248,16 +265,6 @@ def draws(table: pd.DataFrame, attrs: list[dict[str, Any]]) -> pd.DataFrame:
     return frame
 
 
-def interval(values: np.ndarray, confidence: float = CONFIDENCE) -> tuple[float, float]:
-    """The two-sided t-interval of the mean of ``values`` (NaN for fewer than two)."""
-    n = len(values)
-    if n < 2:
-        return math.nan, math.nan
-    mean, sem = float(values.mean()), float(values.std(ddof=1)) / math.sqrt(n)
-    half = float(stats.t.ppf(0.5 + confidence / 2, n - 1)) * sem
-    return mean - half, mean + half
-
-
 def _std(values: pd.Series) -> float:
     values = values.dropna()
     return float(values.std(ddof=1)) if len(values) >= 2 else math.nan
@@ -266,7 +273,7 @@ def _std(values: pd.Series) -> float:
 def describe(frame: pd.DataFrame, column: str) -> dict[str, Any]:
     """One column's spread over the draws of ``frame`` (NaN draws left out and counted)."""
     values = frame[column].dropna().to_numpy(dtype=float)
-    low, high = interval(values)
+    low, high = t_interval(values, CONFIDENCE)
     per_seed = frame.groupby("seed")[column].mean().dropna()  # each seed's mean over its targets
     per_target = frame.groupby("target_index")[column].mean().dropna()  # each target's mean over seeds
     return {

@@ -148,3 +148,32 @@ def save_figure(fig: Figure, path: str | Path) -> Path:
     with atomic_file(path) as tmp:
         fig.savefig(tmp, format="png", dpi=100)
     return Path(path)
+
+
+def draw_gallery(images: Any, ranked: Any, *, title: str = "", columns: int = 8) -> Figure:
+    """Examples as images, each captioned with its rank, label, prediction and size.
+
+    ``ranked`` has one row per image, in order, with ``rank``, ``label``, ``prediction``,
+    ``rank_by`` and ``size`` (:func:`collide.experiments.scan.ranking`).
+
+    Shapes:
+        images: (n, C, H, W) in [0, 1]
+    """
+    n = len(ranked)
+    rows = max(1, -(-n // columns))
+    fig = Figure(figsize=(1.6 * min(n, columns), 1.9 * rows + 0.6))
+    FigureCanvasAgg(fig)
+    for k, (image, row) in enumerate(zip(images, ranked.itertuples(), strict=True)):
+        ax = fig.add_subplot(rows, columns, k + 1)
+        pixels = np.asarray(image, dtype=float)
+        ax.imshow(pixels[0] if pixels.shape[0] == 1 else pixels.transpose(1, 2, 0), cmap="gray", vmin=0, vmax=1)
+        wrong = int(row.prediction) != int(row.label)
+        ax.set_title(f"#{int(row.rank)} label {int(row.label)}\npred {int(row.prediction)}"
+                     f"{' (wrong)' if wrong else ''}\n{row.rank_by} {row.size:.3g}", fontsize=7,
+                     color="red" if wrong else "black")
+        ax.set_xticks([])
+        ax.set_yticks([])
+    if title:
+        fig.suptitle(title, fontsize=9)
+    fig.tight_layout()
+    return fig

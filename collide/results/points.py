@@ -31,7 +31,8 @@ from collide.polytope import evaluate
 from collide.precision import full_precision
 from collide.results.store import POINTS, ExperimentStore
 from collide.results.store import is_points_row as is_points_row  # where evaluation and verify look
-from collide.taps import preactivation
+from collide.sites import function_of
+from collide.taps import preactivation, site_of
 
 # A point meets its row's claim when its float64 relative feature error is at most the
 # claim plus this: the points are stored as float32, whose rounding moves a feature by
@@ -110,9 +111,11 @@ def feature_errors(model: nn.Module, layer: str, points: torch.Tensor, target: t
     Shapes: points (n, *input); target (*input); returns (n,)
     """
     net = copy.deepcopy(model).double().eval()
-    t_pre = preactivation(net, target.double().unsqueeze(0), layer)
+    site = site_of(net, layer, t_in := target.double().unsqueeze(0))
+    t_pre = preactivation(net, t_in, site)
+    act = function_of(site)
     return torch.cat([
-        feature_rel_error(preactivation(net, points[i : i + _BATCH].double(), layer), t_pre)
+        feature_rel_error(preactivation(net, points[i : i + _BATCH].double(), site), t_pre, act=act)
         for i in range(0, len(points), _BATCH)
     ]).numpy()
 

@@ -210,6 +210,68 @@ def transfer(frame: pd.DataFrame) -> str:
     return _markdown(header, rows)
 
 
+def activations(frame: pd.DataFrame) -> str:
+    """The activations experiment's summary: per activation and saturation tolerance, the
+    draws solved, the saturated units, and the solved polytopes' means over seeds x targets
+    (with the spread between seeds and between targets of the vertex spread)."""
+    header = ("| activation | saturation_tol | draws solved | saturated units: targets / test images (median) "
+              "| valid vertices (mean) | vertex avg dist: mean (std between seeds, between targets) "
+              "| success rate (mean) | samples' feature error (max) |")
+    rows = []
+    for (activation, tol), group in frame.groupby(["activation", "saturation_tol"], sort=False, dropna=False):
+        by = group.set_index("column")
+        first, spread = by.iloc[0], by.loc["vertex_avg_distance"]
+        rows.append(
+            f"| {activation} | {'exact (flat pieces)' if missing(tol) else format(float(tol), 'g')} "
+            f"| {int(first['solved'])}/{int(first['draws'])} "
+            f"| {_g(first['target_saturated_median'])} / {_g(first['test_saturated_median'])} "
+            f"| {_num(by.loc['valid_vertices', 'mean'], '.2f')} "
+            f"| {_num(spread['mean'], '.3f')} ({_num(spread['between_seed_std'], '.3f')}, "
+            f"{_num(spread['between_target_std'], '.3f')}) "
+            f"| {_num(by.loc['success_rate', 'mean'], '.3f')} "
+            f"| {_err(by.loc['samples_max_feature_rel_error', 'max'])} |")
+    return _markdown(header, rows)
+
+
+def _interval(low: Any, high: Any, fmt: str) -> str:
+    return "n/a" if missing(low) or missing(high) else f"{float(low):{fmt}} to {float(high):{fmt}}"
+
+
+def detection(frame: pd.DataFrame) -> str:
+    """The §5 detection summaries (mislabelled, thin): each score's AUROC over seeds with
+    its t-interval, the per-seed values with their bootstrap intervals, and the precision at k."""
+    header = ("| question | score | AUROC, mean over seeds | 95% t-interval over seeds | 95% bootstrap over examples "
+              "| per seed: AUROC (95% bootstrap) | precision at k | base rate | examples (positives) |")
+    rows = []
+    for r in frame[frame["seed"] < 0].to_dict("records"):
+        seeds = frame[(frame["seed"] >= 0) & (frame["question"] == r["question"]) & (frame["score"] == r["score"])]
+        per = "; ".join(f"{int(s['seed'])}: {_num(s['auroc'], '.2f')} "
+                        f"({_interval(s['auroc_low'], s['auroc_high'], '.2f')})" for s in seeds.to_dict("records"))
+        rows.append(f"| {r['question']} | {r['score']} | {_num(r['auroc'], '.3f')} "
+                    f"| {_interval(r['auroc_low'], r['auroc_high'], '.2f')} "
+                    f"| {_interval(r['boot_low'], r['boot_high'], '.2f')} | {per} "
+                    f"| {_num(r['precision_at_k'], '.2f')} (k={int(r['k'])}) | {_num(r['base_rate'], '.2f')} "
+                    f"| {int(r['examples'])} ({int(r['positives'])}) |")
+    return _markdown(header, rows, caption="higher score = more suspect; 0.5 is chance; n/a where no example has "
+                                          "the size")
+
+
+def regularisers(frame: pd.DataFrame) -> str:
+    """The §5.2 trade-off: each penalty's test accuracy and collision-set sizes, means over
+    seeds with their 95% t-intervals."""
+    header = ("| penalty | seeds x targets | test accuracy | final cosine penalty | dim C | inscribed radius "
+              "| mean width |")
+    def cell(r: Mapping[str, Any], column: str, fmt: str) -> str:
+        return f"{_num(r[column], fmt)} ({_interval(r[f'{column}_low'], r[f'{column}_high'], fmt)})"
+
+    rows = [f"| {r['penalty']} | {int(r['seeds'])} x {int(r['targets'])} | {cell(r, 'test_accuracy', '.4f')} "
+            f"| {_num(r['cosine_penalty'], '.2e')} | {cell(r, 'region_dim', '.1f')} "
+            f"| {cell(r, 'region_radius', '.4f')} | {cell(r, 'region_mean_width', '.3f')} |"
+            for r in frame.to_dict("records")]
+    return _markdown(header, rows, caption="means over seeds of each seed's mean over the targets (95% t-interval "
+                                          "over seeds)")
+
+
 # Each generated block: the reference file it reads and how it is written.
 BLOCKS: dict[str, tuple[str, Callable[[pd.DataFrame], str]]] = {
     "table2-mlp": ("mnist-mlp.parquet", table2),
@@ -220,6 +282,12 @@ BLOCKS: dict[str, tuple[str, Callable[[pd.DataFrame], str]]] = {
     "frontier": ("frontier.parquet", frontier),
     "baselines": ("baselines.parquet", baselines),
     "transfer": ("transfer-summary.parquet", transfer),
+    "activations-summary": ("activations-summary.parquet", activations),
+
+
+    "mislabelled": ("mislabelled-summary.parquet", detection),
+    "thin": ("thin-summary.parquet", detection),
+    "regularisers": ("regularisers-summary.parquet", regularisers),
 }
 
 

@@ -223,6 +223,60 @@ def markdown(store: ExperimentStore, *, max_rows: int = 50) -> str:
     return "\n".join(lines) + "\n"
 
 
+# An auditor's scan writes these beside its table (collide.experiments.scan).
+RANKING_OUTPUT, GALLERY_OUTPUT, CERTIFIED_OUTPUT = "-ranking.parquet", "-gallery.png", "-certified.parquet"
+# A scan's second stage as shown: the certified sizes, and the samples' only where they mixed.
+_CERTIFIED_SHOWN = ("rank", "index", "dim", "radius", "mean_width", "mean_width_se", "converged", "rhat", "ess",
+                    "mean_distance_to_target")
+_RANKING_SHOWN = ("rank", "index", "label", "prediction", "confidence", "valid_vertices", "spread", "dim", "radius",
+                  "mean_width", "reason")
+
+
+def _ranking_display(frame: pd.DataFrame, shown: int) -> pd.DataFrame:
+    """The most and the least blind ``shown`` examples, rounded for reading."""
+    part = pd.concat([frame.head(shown), frame.tail(shown)]).drop_duplicates("index")
+    part = part[[c for c in _RANKING_SHOWN if c in part]].copy()
+    for column in ("confidence", "spread", "radius", "mean_width"):
+        if column in part:
+            part[column] = part[column].map(lambda v: "" if pd.isna(v) else f"{v:.4g}")
+    return part
+
+
+def _certified_display(store: ExperimentStore) -> pd.DataFrame | None:
+    """A scan's second stage (its certified examples), rounded for reading; None without one."""
+    path = store.output(CERTIFIED_OUTPUT)
+    if not path.is_file():
+        return None
+    part = pd.read_parquet(path)
+    part = part[[c for c in _CERTIFIED_SHOWN if c in part]].copy()
+    for column in ("radius", "mean_width", "mean_width_se", "rhat", "ess", "mean_distance_to_target"):
+        if column in part:
+            part[column] = part[column].map(lambda v: "" if pd.isna(v) else f"{v:.4g}")
+    return part
+
+
+def ranking_markdown(store: ExperimentStore, *, shown: int = 10) -> tuple[pd.DataFrame, str] | None:
+    """A scan's ranking and a Markdown page of its most and least blind examples with the
+    gallery inlined; None for an experiment that ranks nothing."""
+    path = store.output(RANKING_OUTPUT)
+    if not path.is_file():
+        return None
+    frame = pd.read_parquet(path)
+    by = frame["rank_by"].iloc[0] if len(frame) else ""
+    lines = [f"# {store.name}: {len(frame)} examples ranked by {by}", "",
+             f"Rank 1 is the example the model is most blind around. Ranking: `{path}`.", "",
+             *_markdown_table(_ranking_display(frame, shown))]
+    gallery = store.output(GALLERY_OUTPUT)
+    if gallery.is_file():
+        lines += ["", f"![{store.name}: the most and least blind examples]({_png_uri(gallery)})"]
+    certified = _certified_display(store)
+    if certified is not None:
+        lines += ["", "## Certified: the second stage", "",
+                  "The most and least blind examples measured in full (the samples' statistics only where "
+                  "the chains mixed).", "", *_markdown_table(certified)]
+    return frame, "\n".join(lines) + "\n"
+
+
 def _html_table(display: pd.DataFrame) -> str:
     return display.to_html(index=False, escape=True)
 
@@ -259,6 +313,17 @@ def write_report(root: str | Path, stores: Sequence[ExperimentStore]) -> Path:
         if figure.is_file():
             parts.append(f"<p><img alt='{html.escape(name)} targets, inits and vertices' "
                          f"src='{_png_uri(figure)}'></p>")
+        ranked = store.output(RANKING_OUTPUT)
+        if ranked.is_file():
+            frame = pd.read_parquet(ranked)
+            parts.append(f"<h3>Ranked: the most and least blind of {len(frame)} examples</h3>"
+                         f"{_html_table(_ranking_display(frame, 10))}")
+            gallery = store.output(GALLERY_OUTPUT)
+            if gallery.is_file():
+                parts.append(f"<p><img alt='{html.escape(name)} gallery' src='{_png_uri(gallery)}'></p>")
+            certified = _certified_display(store)
+            if certified is not None:
+                parts.append(f"<h3>Certified: the second stage</h3>{_html_table(certified)}")
     parts.append(f"<h2>Columns</h2><p>{html.escape(UNITS)}</p><dl>{glossary}</dl></body></html>")
     path = root / "report.html"
     with atomic_file(path) as tmp:

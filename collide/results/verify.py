@@ -22,7 +22,8 @@ from collide.piecewise.collision_set import collision_set
 from collide.piecewise.linearise import affine_piece
 from collide.results.points import flat_rows, is_points_row, verify_points
 from collide.results.store import ExperimentStore
-from collide.taps import preactivation
+from collide.sites import function_of
+from collide.taps import preactivation, site_of
 
 # Table values are float64 computations of the same quantities: they must agree to this.
 AGREE = 1e-9
@@ -69,10 +70,13 @@ def verify_row(store: ExperimentStore, row: int, table: dict[str, Any] | None = 
         problems.append(f"vertices {np.flatnonzero(weighted & ~arrays['vertex_valid']).tolist()} carry "
                         "sample weight but are marked invalid")
     target = torch.from_numpy(arrays["target"].astype(np.float64))[None]
-    t_post = preactivation(net, target, attrs["layer"]).clamp_min(0)
+    # The layer's own activation (ReLU, or one that saturates) gives the features.
+    site = site_of(net, attrs["layer"], target)
+    phi = function_of(site).post
+    t_post = phi(preactivation(net, target, site))
     rel = np.full(len(vertices), np.nan)
     if weighted.any():
-        post = preactivation(net, torch.from_numpy(vertices[weighted]), attrs["layer"]).clamp_min(0)
+        post = phi(preactivation(net, torch.from_numpy(vertices[weighted]), site))
         rel[weighted] = ((post - t_post).norm(dim=1) / t_post.norm(dim=1)).numpy()
     tol = attrs.get("criterion", {}).get("rel_tol")
     if tol is not None and (rel[weighted] > tol).any():
@@ -117,14 +121,15 @@ def _verify_region(net: torch.nn.Module, model: torch.nn.Module, arrays: dict[st
     collides (float64 feature error ≤ :data:`EXACT_CLAIM`), the success rate and width
     follow from them, and the stored ball lies inside the set's rows, rebuilt here from
     the model's affine piece rather than read from the solver."""
-    layer = attrs["layer"]
     target = torch.from_numpy(arrays["target"].astype(np.float64))
+    layer = site_of(net, attrs["layer"], target[None])
+    flats = function_of(layer)  # the layer's activation, and its flat pieces below
     t_pre = preactivation(net, target[None], layer)
-    t_post = t_pre.clamp_min(0)
+    t_post = flats.post(t_pre)
     problems = []
 
     def errors(points: np.ndarray) -> np.ndarray:
-        post = preactivation(net, torch.from_numpy(points.astype(np.float64)), layer).clamp_min(0)
+        post = flats.post(preactivation(net, torch.from_numpy(points.astype(np.float64)), layer))
         return ((post - t_post).norm(dim=1) / t_post.norm(dim=1)).numpy()
 
     samples, extremes = arrays["region_samples"], arrays["region_extremes"]
@@ -154,7 +159,7 @@ def _verify_region(net: torch.nn.Module, model: torch.nn.Module, arrays: dict[st
     # The ball: every row a·x ≤ b of the set holds on it iff a·c + r‖Bᵀa‖ ≤ b.
     piece = affine_piece(model, layer, target.float())
     cs = collision_set([(piece, t_pre[0].numpy())], target.flatten().numpy(), lower=attrs["geometry"]["box"][0],
-                       upper=attrs["geometry"]["box"][1], max_entries=2**62)
+                       upper=attrs["geometry"]["box"][1], max_entries=2**62, flats=[flats.at(0.0)])
     a_all, b_all = cs.all_rows()
     reach = np.linalg.norm(a_all @ cs.basis, axis=1)
     center = arrays["region_center"].reshape(-1).astype(np.float64)

@@ -90,6 +90,16 @@ def test_the_prefect_path_checks_the_results_root_before_any_server(tiny_mnist, 
     assert "is a file" in capsys.readouterr().err
 
 
+def test_a_plain_run_refuses_a_dask_cluster_it_would_not_use(tiny_mnist, tmp_path, capsys):
+    """--no-prefect runs every job in the calling process: a cluster asked for is refused,
+    not silently ignored, and nothing is written."""
+    for flag in (["--dask-address", "tcp://127.0.0.1:8786"], ["--workers", "2"]):
+        code = main(["run", "mnist", "--no-prefect", *flag, "--data-root", str(tiny_mnist),
+                     "--results-root", str(tmp_path / "res")])
+        assert code == 2 and f"{flag[0]} fans the jobs out over Dask" in capsys.readouterr().err
+    assert not (tmp_path / "res").exists()
+
+
 def test_permanent_failures_are_never_retried_and_transient_ones_are():
     pytest.importorskip("prefect")
     from prefect.states import Failed
@@ -144,8 +154,8 @@ def test_labels_out_of_range_are_named(tmp_path, capsys):
 
 
 def test_nan_preactivations_are_called_nan():
-    from collide.objective import nonpositive_units
+    from collide.objective import saturated_units
 
     with pytest.raises(DataError, match="2 NaN or infinite values of 3"):
-        nonpositive_units(torch.tensor([float("nan"), 1.0, float("inf")]), 1)
-    assert nonpositive_units(torch.tensor([0.0, 1.0, -2.0]), 2).tolist() == [0, 2]
+        saturated_units(torch.tensor([float("nan"), 1.0, float("inf")]), 1)
+    assert saturated_units(torch.tensor([0.0, 1.0, -2.0]), 2).tolist() == [0, 2]

@@ -41,7 +41,7 @@ def test_adding_an_experiment_takes_one_module_one_registry_entry_one_deployment
     from collide.experiments.contract import Experiment, ExperimentConfig
     from collide.experiments.registry import SUMMARIES, config
 
-    assert list(EXPERIMENTS) == list(SUMMARIES) and len(EXPERIMENTS) == 10
+    assert list(EXPERIMENTS) == list(SUMMARIES) and len(EXPERIMENTS) == 14
     for name, module in EXPERIMENTS.items():
         assert module.__name__ == f"collide.experiments.{name}"
         assert isinstance(module, Experiment), name  # NAME, Config and every hook the engine calls
@@ -67,7 +67,7 @@ def test_the_layers_a_config_lists_without_its_model_are_the_models(name):
     collide/experiments/configs/mnist.py (no torch): they are what the built models offer."""
     module = EXPERIMENTS[name]
     configs = [module.Config()]
-    if name not in ("imagenet", "model", "profile"):
+    if name not in ("imagenet", "model", "profile", "activations", "regularisers"):  # their own archs; the MLP only
         configs.append(module.Config.from_dict({"train": {"arch": "lenet5", "seed": 5}}))
     for config in configs:
         listed = config.listed_layers()

@@ -6,7 +6,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from collide.checks import require
+from collide.checks import distinct, require
 from collide.comparisons.baseline_configs import BallConfig, InversionConfig, NullSpaceConfig
 from collide.config import SAMPLERS, GeometryConfig, RowSpec, Sampler
 from collide.experiments.configs.mnist import MnistExperiment
@@ -71,8 +71,7 @@ class BaselinesExperiment(MnistExperiment):
         super().__post_init__()
         unknown = [m for m in self.methods if m not in METHODS]
         require(not unknown, f"expected methods from {METHODS}, got {unknown}")
-        require(len(self.methods) >= 1 and len(set(self.methods)) == len(self.methods),
-                 f"expected one or more distinct methods, got {self.methods!r}")
+        distinct("methods", self.methods)
         require(list(self.methods) == [m for m in METHODS if m in self.methods],
                  f"expected methods in the order {METHODS}, got {self.methods!r}")
         require("gradient-hull" in self.methods or not {"random-ball", "null-space", "null-space-deeper"}

@@ -70,9 +70,9 @@ class MnistExperiment(ExperimentConfig):
 
     ``targets_per_class`` > 0 replaces that single target by the first that many correctly
     classified test images of every class; target ``k`` owns rows ``k*len(rows)`` to
-    ``(k+1)*len(rows) - 1``, each row one polytope job. ``threads`` is torch's CPU
-    thread count inside a job: results are the same bit for bit wherever a job runs (a
-    Dask worker, a thread, plain Python) only for the same count.
+    ``(k+1)*len(rows) - 1``, each row one polytope job. ``threads`` is the CPU
+    thread count of torch and of numpy's BLAS inside a job: results are the same bit for
+    bit wherever a job runs (a Dask worker, a thread, plain Python) only for the same count.
 
     ``checkpoint``: where the classifier comes from (:func:`collide.experiments.mnist.train_model`): by default the
     shipped checkpoint when one was trained with ``train`` on these data, else trained
@@ -107,7 +107,7 @@ class MnistExperiment(ExperimentConfig):
         targets_per_class: 0: one target (target_label's); n > 0: the first n correctly classified images of every
             digit.
         targets_per_batch: targets whose gradient and paper rows one solver batch solves together.
-        threads: torch's CPU threads inside a job (rows are bit-identical only for the same count).
+        threads: torch's and BLAS's CPU threads inside a job (rows are bit-identical only for the same count).
         checkpoint: auto (the shipped checkpoint when one matches, else trained), shipped, or train.
         dataset_label: names the data in tables and figures ("": MNIST for MNIST's files, else the folder's name).
     """

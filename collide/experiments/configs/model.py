@@ -50,7 +50,7 @@ class ModelExperiment(ExperimentConfig):
         n_dataset_images: images sampled for the dataset's average distance.
         results_root: where the stores, tables and figures go.
         device: auto (a GPU where there is one, else the CPU), cpu or cuda[:n].
-        threads: torch's CPU threads inside a job.
+        threads: torch's and BLAS's CPU threads inside a job.
         gradient: the gradient vertex solver's settings.
         exact: the exact LP vertex solver's settings.
         paper: the authors' momentum scheme's settings (needs paper.lr here: no tuned rate for other models).

@@ -7,7 +7,7 @@ from __future__ import annotations
 import dataclasses
 from dataclasses import dataclass, field
 
-from collide.checks import require
+from collide.checks import distinct, require
 from collide.config import ARCHITECTURES, GeometryConfig, RowSpec
 from collide.experiments.configs.mnist import ARCH_RELUS, INPUT_SHAPE, MnistExperiment
 
@@ -42,8 +42,7 @@ class ProfileExperiment(MnistExperiment):
 
     def __post_init__(self) -> None:
         super().__post_init__()
-        require(len(self.archs) >= 1 and len(set(self.archs)) == len(self.archs),
-                 f"expected one or more distinct archs, got {self.archs!r}")
+        distinct("archs", self.archs)
         unknown = [a for a in self.archs if a not in ARCHITECTURES]
         require(not unknown, f"unknown archs {unknown}: expected some of {ARCHITECTURES}")
         require(self.targets >= 1, f"expected targets >= 1, got {self.targets}")

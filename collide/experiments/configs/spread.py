@@ -6,7 +6,7 @@ from __future__ import annotations
 import dataclasses
 from dataclasses import dataclass, field
 
-from collide.checks import require
+from collide.checks import distinct, require
 from collide.comparisons.baseline_configs import BallConfig, NullSpaceConfig
 from collide.config import GeometryConfig, RowSpec
 from collide.experiments.configs.mnist import MnistExperiment
@@ -68,11 +68,9 @@ class SpreadExperiment(MnistExperiment):
 
     def __post_init__(self) -> None:
         super().__post_init__()
-        require(len(self.seeds) >= 1 and len(set(self.seeds)) == len(self.seeds),
-                 f"expected one or more distinct seeds, got {self.seeds!r}")
+        distinct("seeds", self.seeds)
         require(all(s >= 0 for s in self.seeds), f"expected seeds >= 0, got {self.seeds!r}")
-        require(len(self.labels) >= 1 and len(set(self.labels)) == len(self.labels),
-                 f"expected one or more distinct labels, got {self.labels!r}")
+        distinct("labels", self.labels)
         require(all(0 <= label <= 9 for label in self.labels), f"expected labels in 0..9, got {self.labels!r}")
         require(self.targets_per_label >= 1, f"expected targets_per_label >= 1, got {self.targets_per_label}")
         require(self.targets_per_class == 0, "the spread picks its targets with labels and targets_per_label, "

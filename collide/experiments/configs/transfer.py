@@ -6,7 +6,7 @@ from __future__ import annotations
 import dataclasses
 from dataclasses import dataclass
 
-from collide.checks import require
+from collide.checks import distinct, require
 from collide.config import ARCHITECTURES, RowSpec
 from collide.errors import ConfigError
 from collide.experiments.configs.mnist import MnistExperiment
@@ -43,8 +43,7 @@ class TransferExperiment(MnistExperiment):
 
     def __post_init__(self) -> None:
         super().__post_init__()
-        require(len(self.partners) >= 1 and len(set(self.partners)) == len(self.partners),
-                 f"expected one or more distinct partners, got {self.partners!r}")
+        distinct("partners", self.partners)
         for spec in self.partners:
             arch, seed = parse_partner(spec)
             require((arch, seed) != (self.train.arch, self.train.seed),
