@@ -155,10 +155,14 @@ def test_deployments_carry_the_schedules_and_parameters_of_prefect_yaml(server):
 def test_a_deployment_run_completes_and_publishes_its_table_figure_and_progress(server):
     api = server["api"]
     deployment = next(d for d in _post(api, "deployments/filter", {}) if d["name"] == "mnist-nightly")
-    created = _post(api, f"deployments/{deployment['id']}/create_flow_run", {})
+    # A folder of this run's own: the deployment's cron may fire while the test runs (at
+    # 03:00 UTC a scheduled run solved the rows first, and this one reused them all).
+    config = {**deployment["parameters"]["config"], "results_root": str(server["root"] / "deployment-run")}
+    created = _post(api, f"deployments/{deployment['id']}/create_flow_run", {"parameters": {"config": config}})
     run = _wait_final(api, created["id"])
     assert run["state_type"] == "COMPLETED", run["state"]
-    results = Path(deployment["parameters"]["config"]["results_root"])
+    assert run["parameters"]["config"]["results_root"] == config["results_root"]
+    results = Path(config["results_root"])
     table = pd.read_parquet(results / "mnist.parquet")
     artifacts = _post(api, "artifacts/filter", {"artifacts": {"flow_run_id": {"any_": [run["id"]]}}})
     by_type: dict[str, list] = {}
