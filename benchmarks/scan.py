@@ -1,8 +1,8 @@
 """The auditor's scan, measured: the cost of each stage per example, the whole test set's
-time by extrapolation, and how stable the ranking is across training seeds.
+time by extrapolation, and how stable the ranking is across training seeds and solver seeds.
 
-Usage: ``python -m benchmarks.scan [--examples N] [--stages-only]`` from the repository root; writes
-``benchmarks/scan.json`` (the machine noted, its load average included: a figure taken
+Usage: ``python -m benchmarks.scan [--examples N] [--seeds-examples K] [--stages-only]`` from
+the repository root; writes ``benchmarks/scan.json`` (the machine noted, its load average included: a figure taken
 while something else ran says so). The model is the MNIST MLP at ``relu1`` as
 ``collide run mnist`` trains it, at training seeds 0, 2 and 4 (seed 0 is the shipped
 checkpoint; the others are trained here once and kept in ``data/checkpoints``).
@@ -92,9 +92,31 @@ def exact_row_costs(model: torch.nn.Module, images: torch.Tensor) -> dict[str, A
     return out
 
 
+def across_solver_seeds(model: torch.nn.Module, images: torch.Tensor, first: Any, config: ScanConfig) -> dict[str, Any]:
+    """The same model scanned again with every seed changed: the screen's sizes (radius,
+    spread) and the scan experiment's screened mean width (4 to 8 random directions),
+    ranked at seeds 0 and 1."""
+    reseeded = dataclasses.replace(config, geometry=dataclasses.replace(config.geometry, seed=1))
+    again = scan(model, LAYER, images, config=reseeded)
+    out: dict[str, Any] = {}
+    for by in ("radius", "spread"):
+        a, b = (f.assign(size=f[by]) for f in (first, again))
+        out[f"{by} seed 0 vs 1"] = {**rank_stability(a, b), "max_abs_diff": float((a["size"] - b["size"]).abs().max())}
+    widths = {}
+    for seed in (0, 1):
+        geometry = dataclasses.replace(ScanExperiment().geometry, seed=seed)
+        widths[seed] = first[["index"]].assign(size=[
+            float(collision_geometry(model, LAYER, x, config=geometry).widths.mean()) for x in images])
+    out["screened mean_width seed 0 vs 1"] = {**rank_stability(widths[0], widths[1]),
+                                              "top10": rank_stability(widths[0], widths[1], top=0.1)}
+    return out
+
+
 def main(argv: list[str] | None = None) -> dict[str, Any]:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--examples", type=int, default=60, help="test images scanned per model")
+    parser.add_argument("--seeds-examples", type=int, default=30,
+                        help="test images scanned again with other solver seeds")
     parser.add_argument("--stages-only", action="store_true",
                         help="measure the stages and the exact row only, and keep the stored rank stability")
     args = parser.parse_args(argv)
@@ -109,7 +131,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         out["exact_row"] = exact_row_costs(model, images[: min(10, args.examples)])
         out["machine"]["load_average_after"] = [round(x, 2) for x in os.getloadavg()]
         kept = json.loads(path.read_text()) if path.is_file() else {}
-        for key in ("scan_seconds", "radius_vs_spread", "across_training_seeds"):
+        for key in ("scan_seconds", "radius_vs_spread", "across_training_seeds", "across_solver_seeds"):
             if key in kept:
                 out[key] = kept[key]
                 out.setdefault("kept_from", kept["machine"].get("date"))
@@ -133,9 +155,13 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
             a, b = (f.assign(size=f[by]) for f in (first, frames[other]))
             out["across_training_seeds"][f"{by} seed {SEEDS[0]} vs {other}"] = {
                 **rank_stability(a, b), "top10": rank_stability(a, b, top=0.1)}
+    k = min(args.seeds_examples, args.examples)
+    model, _ = load_checkpoint(_checkpoint(SEEDS[0]))
+    out["across_solver_seeds"] = across_solver_seeds(model, images[:k], first[first["index"] < k], config)
     out["machine"]["load_average_after"] = [round(x, 2) for x in os.getloadavg()]
     path.write_text(json.dumps(out, indent=1, default=lambda v: None if isinstance(v, float) and math.isnan(v) else v))
-    print(json.dumps({k: out[k] for k in ("stages", "radius_vs_spread", "across_training_seeds")}, indent=1))
+    shown = ("stages", "radius_vs_spread", "across_training_seeds", "across_solver_seeds")
+    print(json.dumps({k: out[k] for k in shown}, indent=1))
     return out
 
 

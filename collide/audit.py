@@ -41,12 +41,12 @@ import numpy as np
 import pandas as pd
 import torch
 from torch import nn
-from torch.utils.data import DataLoader, Dataset
 
 from collide._io import atomic_file, json_digest
 from collide.api import collision_geometry, collision_size, find_polytopes
 from collide.checks import require
 from collide.config import GeometryConfig, GradientConfig
+from collide.datasets.examples import example_reader
 from collide.errors import CollideError, ConfigError, DataError
 from collide.inputs import require_finite, require_float32
 from collide.piecewise.budget import check_lp_size
@@ -98,41 +98,6 @@ class ScanConfig:
 
 
 Progress = Callable[[int, int], None]
-
-
-def _items(data: Any, labels: Any) -> tuple[int, Callable[[int, int], tuple[torch.Tensor, torch.Tensor | None]]]:
-    """The number of examples and a reader of examples [start, stop) with their labels."""
-    if isinstance(data, torch.Tensor):
-        y = None if labels is None else torch.as_tensor(labels).long().flatten()
-        if y is not None and len(y) != len(data):
-            raise DataError(f"{len(data)} examples but {len(y)} labels: pass one label per example")
-        return len(data), lambda a, b: (data[a:b], None if y is None else y[a:b])
-    if isinstance(data, DataLoader):
-        xs, ys = [], []
-        for batch in data:
-            x, y = (batch[0], batch[1]) if isinstance(batch, list | tuple) and len(batch) >= 2 else (batch, None)
-            xs.append(torch.as_tensor(x))
-            ys.append(None if y is None else torch.as_tensor(y).long().flatten())
-        if not xs:
-            raise DataError("the DataLoader yielded no batch: the dataset is empty")
-        x_all = torch.cat(xs)
-        y_all = None if any(y is None for y in ys) else torch.cat(ys)  # type: ignore[arg-type]
-        return _items(x_all, y_all if labels is None else labels)
-    if isinstance(data, Dataset) or hasattr(data, "__getitem__") and hasattr(data, "__len__"):
-        n = len(data)  # type: ignore[arg-type]
-
-        def read(a: int, b: int) -> tuple[torch.Tensor, torch.Tensor | None]:
-            got = [data[i] for i in range(a, b)]
-            pairs = [g if isinstance(g, list | tuple) and len(g) >= 2 else (g, None) for g in got]
-            x = torch.stack([torch.as_tensor(p[0]) for p in pairs])
-            if labels is not None:
-                return x, torch.as_tensor(labels).long().flatten()[a:b]
-            ys = [p[1] for p in pairs]
-            return x, None if any(y is None for y in ys) else torch.as_tensor(ys).long()
-
-        return n, read
-    raise DataError(f"expected the data as a tensor (N, *input), a torch Dataset or a DataLoader, got "
-                    f"{type(data).__name__}")
 
 
 def _weights_digest(model: nn.Module) -> str:
@@ -264,7 +229,7 @@ def scan(
     """
     config = config or ScanConfig()
     require_float32(model)
-    n, read = _items(data, labels)
+    n, read = example_reader(data, labels)
     if n == 0:
         raise DataError("the data holds no example: nothing to scan")
     first, _ = read(0, 1)

@@ -7,6 +7,7 @@ row's target and init, written as one row group.
 
 from __future__ import annotations
 
+import hashlib
 from pathlib import Path
 from typing import Any
 
@@ -17,6 +18,7 @@ from collide.api import collision_geometry, find_polytopes
 from collide.config import (
     resolve_device,
 )
+from collide.datasets.examples import load_factory_dataset
 from collide.datasets.folders import load_labelled_folder
 from collide.datasets.mnist import (
     MNIST_LABEL,
@@ -225,7 +227,10 @@ def plan(context: dict[str, Any], *, config: MnistExperiment) -> list[Job]:
 def indexed_images(config: Any) -> Split:
     """The images a job's targets index: the MNIST split ``config.split`` (test by
     default), or, where a config names an ``image_root`` (the scan's), that folder's
-    images in grey at 28 px, labelled by their class folders' names."""
+    images in grey at 28 px, labelled by their class folders' names, or where it names a
+    ``dataset`` (the scan's), the examples the user's ``package.module:factory`` builds."""
+    if getattr(config, "dataset", ""):
+        return Split(*load_factory_dataset(config.dataset, shape=INPUT_SHAPE))
     root = getattr(config, "image_root", "")
     if root:
         images, labels, _ = load_labelled_folder(root, size=INPUT_SHAPE[-1], channels=INPUT_SHAPE[0])
@@ -233,12 +238,31 @@ def indexed_images(config: Any) -> Split:
     return load_mnist(config.data_root, getattr(config, "split", "test"))
 
 
+def images_digest(data: Split) -> str:
+    """A digest of a split's pixels and labels: what rows that index it depend on."""
+    h = hashlib.sha256(data.images.to(torch.float32).contiguous().numpy().tobytes())
+    h.update(data.labels.to(torch.int64).contiguous().numpy().tobytes())
+    return h.hexdigest()
+
+
+def _job_images(config: Any, context: dict[str, Any]) -> Split:
+    """The images a job's targets index, checked to be those the run planned with where
+    user code builds them: rows index examples by position, so a factory that returned
+    other examples (or another order) would pair rows with the wrong images."""
+    data = indexed_images(config)
+    if getattr(config, "dataset", "") and images_digest(data) != context["inputs"].get("images"):
+        raise DataError(f"dataset {config.dataset} returned other examples than when the run was planned: its "
+                        "factory must return the same examples in the same order every time (seed any shuffling "
+                        "or augmentation, or drop it)")
+    return data
+
+
 def solve(job: Job, context: dict[str, Any], *, config: MnistExperiment,
           progress: Progress = no_progress) -> None:
     """Find the job's polytopes with :func:`collide.find_polytopes` (one solver batch; rows
     of one spec) and write each row group."""
     model, meta = load_checkpoint(context["checkpoint"])
-    test = indexed_images(config)  # the scan may read the training split, or an image folder
+    test = _job_images(config, context)  # the scan may read the training split, an image folder, a dataset
     batch = job.spec["batch"]
     specs = {config.row_spec(row) for row in job.rows}
     if len(specs) != 1:

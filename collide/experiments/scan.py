@@ -64,8 +64,17 @@ layers, plan, solve = mnist.layers, mnist.plan, mnist.solve
 
 
 def _kind(config: ScanExperiment) -> str:
-    """What the scanned examples are, in a title: their split, or their image folder's name."""
+    """What the scanned examples are, in a title: their split, their image folder's name,
+    or the dataset factory."""
+    if config.dataset:
+        return config.dataset
     return f"{Path(config.image_root).name}/" if config.image_root else config.split
+
+
+def _source(config: ScanExperiment) -> str:
+    if config.dataset:
+        return f"dataset {config.dataset}"
+    return f"image folder {config.image_root}" if config.image_root else f"{config.split} split"
 
 
 def validate(*, config: ScanExperiment) -> None:
@@ -82,8 +91,7 @@ def pick_examples(model: torch.nn.Module, images: torch.Tensor, labels: torch.Te
     if config.indices:
         wrong = [i for i in config.indices if i >= n]
         if wrong:
-            source = f"image folder {config.image_root}" if config.image_root else f"{config.split} split"
-            raise DataError(f"indices {wrong[:5]} are past the {source}'s {n} examples: "
+            raise DataError(f"indices {wrong[:5]} are past the {_source(config)}'s {n} examples: "
                             f"pass indices below {n}")
         chosen = list(config.indices)
     elif config.targets_per_class:
@@ -117,6 +125,8 @@ def prepare(*, config: ScanExperiment, progress: Progress = no_progress) -> dict
     if config.image_root:  # the rows index these images: their files and labels are what they depend on
         paths = [path for path, _ in list_folder(config.image_root)[1]]  # the order indexed_images read them in
         inputs["images"] = json_digest({"files": file_digest(paths), "labels": data.labels.tolist()})
+    if config.dataset:  # the factory's examples themselves: the code that built them may change
+        inputs["images"] = mnist.images_digest(data)
     return {**context, "targets": targets, "notes": [*context.get("notes", []), *notes], "inputs": inputs}
 
 

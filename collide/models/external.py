@@ -15,7 +15,6 @@ transforms where there are such, else from the config (no normalisation by defau
 
 from __future__ import annotations
 
-import importlib
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -26,6 +25,7 @@ from torch import nn
 from collide._io import file_sha256
 from collide.errors import CheckpointError, ConfigError, DataError
 from collide.models.tensor_file import build_with_weights
+from collide.usercode import call_factory, split_spec
 
 TORCHVISION = "torchvision:"
 
@@ -59,11 +59,8 @@ class Normalized(nn.Module):
 
 
 def _check_spec(spec: str) -> tuple[str, str]:
-    where, sep, name = spec.partition(":")
-    if not sep or not where or not name:
-        raise ConfigError(f"model {spec!r}: expected 'torchvision:NAME' (e.g. torchvision:resnet18) or "
-                          "'package.module:factory'")
-    return where, name
+    return split_spec(spec, what="model", forms="'torchvision:NAME' (e.g. torchvision:resnet18) or "
+                      "'package.module:factory'")
 
 
 def _torchvision_weights_enum(name: str) -> Any:
@@ -89,12 +86,6 @@ def input_defaults(spec: str) -> dict[str, Any]:
             "input_size": int(size[0] if isinstance(size, list | tuple) else size)}
 
 
-def _import(module: str) -> Any:
-    """``module`` imported from ``sys.path`` as it is: the working folder is never added
-    (a planted file there must not become code); set ``PYTHONPATH`` to reach a folder."""
-    return importlib.import_module(module)
-
-
 def _architecture(spec: str) -> nn.Module:
     where, name = _check_spec(spec)
     if where == "torchvision":
@@ -105,17 +96,7 @@ def _architecture(spec: str) -> nn.Module:
             raise ConfigError(f"torchvision has no classification model {name!r}"
                               + (f"; similar: {', '.join(near)}" if near else "; see torchvision.models.list_models()"))
         return models.get_model(name, weights=None)
-    try:
-        factory = getattr(_import(where), name)
-    except (ImportError, AttributeError) as exc:
-        raise ConfigError(f"model {spec!r}: cannot import {name} from {where} ({exc}); the module must be importable "
-                          "(installed, or its folder on PYTHONPATH: the working folder is not searched) and define "
-                          "a function of no arguments returning the model") from None
-    try:
-        net = factory()
-    except TypeError as exc:
-        raise ConfigError(f"model {spec!r}: {name}() must build the model with no arguments ({exc}); wrap it in a "
-                          "function of none (e.g. def my_net(): return Net(width=64))") from None
+    net = call_factory(spec, what="model")
     if not isinstance(net, nn.Module):
         raise ConfigError(f"model {spec!r}: {name}() returned a {type(net).__name__}, not an nn.Module")
     return net

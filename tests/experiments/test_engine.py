@@ -254,6 +254,31 @@ def test_a_scan_of_an_image_folder_labelled_by_its_class_folders(scanned, tiny_m
         engine.run(scan, config=own)
 
 
+def test_a_scan_of_a_dataset_the_users_code_builds(scanned, tiny_mnist, tmp_path, monkeypatch):
+    from tests import user_datasets
+
+    config, _ = scanned
+    monkeypatch.setenv(user_datasets.ROOT, str(tiny_mnist))
+    own = dataclasses.replace(config, dataset="tests.user_datasets:four_digits", targets_per_class=0,
+                              rows=(RowSpec("gradient", "target"),), results_root=str(tmp_path / "res"))
+    assert own.digest() != dataclasses.replace(own, dataset="tests.user_datasets:four_digits_loader").digest()
+    out = engine.run(scan, config=own)
+    ranked = pd.read_parquet(out["ranking"]).sort_values("index")
+    test = load_mnist(str(tiny_mnist), "test")
+    picked = user_datasets.picked_indices(test.labels)
+    assert list(ranked["index"]) == [0, 1, 2, 3] and list(ranked["label"]) == test.labels[picked].tolist()
+    # Oracle: the same MNIST images through the model in float64.
+    model, _ = load_checkpoint(ExperimentStore.of(own).read_attrs(0)["checkpoint"])
+    with torch.no_grad():
+        prob = torch.softmax(copy.deepcopy(model).double()(test.images[picked].double()), -1)
+    assert list(ranked["prediction"]) == prob.argmax(1).tolist()
+    assert np.allclose(ranked["confidence"], prob.max(1).values.numpy(), atol=1e-5)
+    drifting = dataclasses.replace(own, dataset="tests.user_datasets:drifting_digits",
+                                   results_root=str(tmp_path / "drift"))
+    with pytest.raises(DataError, match="returned other examples than when the run was planned"):
+        engine.run(scan, config=drifting)
+
+
 def test_the_scan_summary_is_its_tables_per_class_aggregate(scanned):
     config, out = scanned
     table = pd.read_parquet(out["table"])

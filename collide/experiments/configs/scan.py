@@ -9,6 +9,7 @@ from typing import Literal
 from collide.checks import choice, require
 from collide.config import UNLESS_DEFAULT, GeometryConfig, RowSpec
 from collide.experiments.configs.mnist import MnistExperiment
+from collide.usercode import split_spec
 
 SCAN_ROWS = (RowSpec("gradient", "target"), RowSpec("exact", "target"))
 SPLITS = ("test", "train")
@@ -41,6 +42,8 @@ class ScanExperiment(MnistExperiment):
         rows: the rows per target (gradient and exact, from the target).
         split: the MNIST split whose examples are scanned: test or train.
         image_root: scan this folder's images instead (grey, 28 px; class folders named by their label: 0, 1, ...).
+        dataset: scan the dataset your own code builds instead: package.module:factory, a function of no
+            arguments returning a Dataset of (image, label), a DataLoader, or (images, labels): images 1x28x28, [0, 1].
         targets_per_class: the first n examples of every digit in the split (0: every example of the split).
         indices: exactly these examples of the split (overrides targets_per_class).
         rank_by: the size to rank by: auto (the radius where every example has an exact set, else the spread).
@@ -55,6 +58,7 @@ class ScanExperiment(MnistExperiment):
     rows: tuple[RowSpec, ...] = SCAN_ROWS
     split: Literal["test", "train"] = "test"
     image_root: str = field(default="", metadata=UNLESS_DEFAULT)
+    dataset: str = field(default="", metadata=UNLESS_DEFAULT)
     targets_per_class: int = 3
     indices: tuple[int, ...] = ()
     # How the outputs rank and show the rows, not what a row computes: no solve key changes.
@@ -75,6 +79,11 @@ class ScanExperiment(MnistExperiment):
         require(self.targets_per_class >= 0, f"expected targets_per_class >= 0 (0: every example), got "
                 f"{self.targets_per_class}")
         choice("split", self.split, SPLITS)
+        if self.dataset:
+            split_spec(self.dataset, what="dataset", forms="'package.module:factory' (a function of no arguments "
+                       "returning the dataset)")
+            require(not self.image_root, "give image_root or dataset, not both: each is the whole set of examples "
+                    "scanned")
         choice("rank_by", self.rank_by, RANK_SIZES)
         require(all(i >= 0 for i in self.indices), f"expected indices >= 0, got {list(self.indices)}")
         require(len(set(self.indices)) == len(self.indices), f"indices repeat an example: {list(self.indices)}")
