@@ -183,16 +183,19 @@ def _rank(frame: pd.DataFrame, by: str) -> pd.DataFrame:
 def rank_stability(a: pd.DataFrame, b: pd.DataFrame, *, top: float = 0.01) -> dict[str, float]:
     """How far two rankings of the same examples agree: the Spearman correlation of their
     ranks over the examples both ranked (a size in each), and the share of the top
-    ``top`` (at least one example) of one that is in the top of the other."""
+    ``top`` (at least one example) of one that is in the top of the other. Each frame
+    needs ``index`` and ``size`` (larger: more blind)."""
     both = a.dropna(subset=["size"]).merge(b.dropna(subset=["size"]), on="index", suffixes=("_a", "_b"))
     n = len(both)
     if n < 2:
         return {"examples": float(n), "spearman": math.nan, "top_overlap": math.nan, "top_k": math.nan}
+    # Ranked by the sizes compared, among the examples both ranked: a frame's own rank
+    # column may be by another size, or over more examples.
     ra, rb = both["size_a"].rank(ascending=False), both["size_b"].rank(ascending=False)
     spearman = float(np.corrcoef(ra.to_numpy(), rb.to_numpy())[0, 1])
     k = max(1, round(top * n))
-    top_a = set(both.nsmallest(k, "rank_a")["index"])
-    top_b = set(both.nsmallest(k, "rank_b")["index"])
+    top_a = set(both.loc[ra.nsmallest(k).index, "index"])
+    top_b = set(both.loc[rb.nsmallest(k).index, "index"])
     return {"examples": float(n), "spearman": spearman, "top_overlap": len(top_a & top_b) / k, "top_k": float(k)}
 
 

@@ -2,6 +2,7 @@
 
 import math
 
+import numpy as np
 import pandas as pd
 import pytest
 import torch
@@ -119,3 +120,26 @@ def test_bad_input_is_refused_by_name():
     with pytest.raises(ConfigError, match="exact=always"):
         tanh = nn.Sequential(nn.Flatten(), nn.Linear(36, 12), nn.Tanh(), nn.Linear(12, 4))
         collide.scan(tanh, "2", x, config=ScanConfig(exact="always"))
+
+
+def test_rank_stability_ranks_by_the_sizes_compared_over_the_examples_both_ranked():
+    from scipy import stats
+
+    from collide.audit import rank_stability
+
+    rng = np.random.default_rng(0)
+    a = pd.DataFrame({"index": np.arange(200), "size": rng.random(200)})
+    b = pd.DataFrame({"index": np.arange(200), "size": a["size"] + 0.3 * rng.random(200)})
+    b.loc[[3, 7], "size"] = np.nan  # no size: left out of both
+    # A rank column by some other size must not matter.
+    a["rank"], b["rank"] = np.arange(1, 201), np.arange(200, 0, -1)
+    got = rank_stability(a, b.iloc[::-1], top=0.05)
+    kept = a.index.difference([3, 7])
+    assert got["examples"] == 198 and got["top_k"] == 10
+    rho = stats.spearmanr(a.loc[kept, "size"], b.loc[kept, "size"]).statistic
+    assert abs(got["spearman"] - rho) <= 1e-12
+    top_a = set(a.loc[kept].nlargest(10, "size")["index"])
+    top_b = set(b.loc[kept].nlargest(10, "size")["index"])
+    assert got["top_overlap"] == len(top_a & top_b) / 10
+    same = rank_stability(a, a.assign(size=2 * a["size"] + 1), top=0.1)
+    assert same["spearman"] == pytest.approx(1.0) and same["top_overlap"] == 1.0
