@@ -155,11 +155,16 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
             a, b = (f.assign(size=f[by]) for f in (first, frames[other]))
             out["across_training_seeds"][f"{by} seed {SEEDS[0]} vs {other}"] = {
                 **rank_stability(a, b), "top10": rank_stability(a, b, top=0.1)}
+    def write() -> None:
+        out["machine"]["load_average_after"] = [round(x, 2) for x in os.getloadavg()]
+        path.write_text(json.dumps(out, indent=1,
+                                   default=lambda v: None if isinstance(v, float) and math.isnan(v) else v))
+
+    write()  # what is measured so far, should the rest fail
     k = min(args.seeds_examples, args.examples)
     model, _ = load_checkpoint(_checkpoint(SEEDS[0]))
     out["across_solver_seeds"] = across_solver_seeds(model, images[:k], first[first["index"] < k], config)
-    out["machine"]["load_average_after"] = [round(x, 2) for x in os.getloadavg()]
-    path.write_text(json.dumps(out, indent=1, default=lambda v: None if isinstance(v, float) and math.isnan(v) else v))
+    write()
     shown = ("stages", "radius_vs_spread", "across_training_seeds", "across_solver_seeds")
     print(json.dumps({k: out[k] for k in shown}, indent=1))
     return out

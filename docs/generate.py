@@ -35,6 +35,7 @@ from typing import Any
 ROOT = Path(__file__).resolve().parent.parent
 REFERENCE_DIR = ROOT / "data" / "reference"
 BENCH_RESULTS = ROOT / "benchmarks" / "results.json"
+SCAN_RESULTS = ROOT / "benchmarks" / "scan.json"
 
 
 def _cell(text: Any) -> str:
@@ -251,6 +252,49 @@ def activations_figure(path: Path = REFERENCE_DIR / "activations-summary.parquet
             "</figure>\n")
 
 
+def _stability_rows(pairs: dict[str, Any]) -> list[str]:
+    rows = []
+    for name, m in pairs.items():
+        top10 = m.get("top10", {})
+        rows.append(f"| {name} | {int(m['examples'])} | {m['spearman']:.3f} | {m['top_overlap']:.2f} "
+                    f"({int(m['top_k'])}) | "
+                    + (f"{top10['top_overlap']:.2f} ({int(top10['top_k'])})" if top10 else "-") + " |")
+    return rows
+
+
+def scan_costs(path: Path = SCAN_RESULTS) -> str:
+    """The scan's cost per example by stage and its ranking's stability, from
+    ``benchmarks/scan.json`` (``python -m benchmarks.scan``)."""
+    if not path.is_file():
+        return "_Not measured yet: `python -m benchmarks.scan`._\n"
+    r = json.loads(path.read_text())
+    m, st = r["machine"], r["stages"]
+    out = [f"Measured {m['date']} on {m['cpu']}, {m['cores']} cores, load average {m['load_average']} before and "
+           f"{m.get('load_average_after', '?')} after; the MNIST MLP at `{r['layer']}`.", "",
+           "| stage | seconds per example |", "|---|---|",
+           f"| screen: batched gradient polytopes | {st['gradient_s']:.2f} |",
+           f"| screen: exact set's radius and dimension (one LP) | {st['exact_screen_s']:.2f} |",
+           f"| certify: widths to 5% and mixing samples | {st['certify_s']:.1f} |"]
+    row = r.get("exact_row")
+    if row:
+        out += [f"| the scan experiment's exact row: its screened geometry | {row['geometry_scan_s']:.2f} |",
+                f"| (the geometry it replaced) | {row['geometry_before_s']:.1f} |"]
+    out += ["", f"The whole test set at that rate: {st['test_set_hours']:.1f} hours in one process "
+            f"({st['test_set_note']}).", ""]
+    pairs = {**{f"training seeds: {k}": v for k, v in r.get("across_training_seeds", {}).items()},
+             **{f"solver seeds, training seed 0: {k}": v for k, v in r.get("across_solver_seeds", {}).items()}}
+    if "radius_vs_spread" in r:
+        pairs["radius against spread, one model"] = r["radius_vs_spread"]
+    if pairs:
+        dated = f" (measured {r['kept_from']})" if "kept_from" in r else ""
+        out += [f"How stable the ranking is{dated}: two rankings of the same test images, the Spearman "
+                "correlation of their ranks and the share of one's top 1% (and top 10%) in the other's, "
+                "with how many examples that top holds.", "",
+                "| rankings compared | examples | Spearman | top 1% overlap (k) | top 10% overlap (k) |",
+                "|---|---|---|---|---|", *_stability_rows(pairs)]
+    return "\n".join(out) + "\n"
+
+
 def models_survey(path: Path = BENCH_RESULTS) -> str:
     """The torchvision survey's table, by the benchmarks' own writer, from ``results.json``."""
     from benchmarks.report import models_section
@@ -334,7 +378,7 @@ def generators() -> dict[str, Callable[[], str]]:
                                          "layers": layers_reference, "layout": layout_reference,
                                          "config": config_references, "activations": activations_reference,
                                          "exact-forms": exact_forms_table, "activations-figure": activations_figure,
-                                         "models-survey": models_survey}
+                                         "models-survey": models_survey, "scan-costs": scan_costs}
     return out
 
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import argparse
 import importlib.util
+import json
 import os
 import re
 import subprocess
@@ -157,8 +158,6 @@ def test_benchmark_figures_leave_matplotlib_as_they_found_it():
             "print(out.count('<img '))\n")
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120, cwd=ROOT)
     assert done.returncode == 0, done.stderr[-3000:]
-    import json
-
     results = json.loads((ROOT / "benchmarks" / "results.json").read_text())
     expected = bool(results.get("batching")) + bool(results.get("knn")) + len(results.get("solver", []))
     assert int(done.stdout.strip()) == expected
@@ -187,3 +186,20 @@ def test_the_site_builds_strictly_with_every_block_filled(tmp_path):
     assert "vertex avg dist" in (site / "experiments" / "mnist" / "index.html").read_text()
     assert "--results-root" in (site / "reference" / "cli" / "index.html").read_text()
     assert "find_polytope" in (site / "reference" / "api" / "index.html").read_text()
+
+
+def test_the_scan_costs_block_shows_scan_json_as_measured(tmp_path):
+    stability = {"examples": 200.0, "spearman": 0.8125, "top_overlap": 0.5, "top_k": 2.0,
+                 "top10": {"examples": 200.0, "spearman": 0.8125, "top_overlap": 0.65, "top_k": 20.0}}
+    results = {"machine": {"date": "D", "cpu": "CPU", "cores": 2, "load_average": [1.0]}, "layer": "relu1",
+               "stages": {"gradient_s": 0.25, "exact_screen_s": 1.5, "certify_s": 12.0, "test_set_hours": 4.86,
+                          "test_set_note": "N"},
+               "across_training_seeds": {"radius seed 0 vs 2": stability},
+               "across_solver_seeds": {"radius seed 0 vs 1": {**stability, "spearman": 1.0}}}
+    path = tmp_path / "scan.json"
+    path.write_text(json.dumps(results))
+    text = _generate().scan_costs(path)
+    assert "| screen: batched gradient polytopes | 0.25 |" in text and "4.9 hours" in text
+    assert "| training seeds: radius seed 0 vs 2 | 200 | 0.812 | 0.50 (2) | 0.65 (20) |" in text
+    assert "| solver seeds, training seed 0: radius seed 0 vs 1 | 200 | 1.000 |" in text
+    assert "Not measured" in _generate().scan_costs(tmp_path / "none.json")
