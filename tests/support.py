@@ -2,6 +2,7 @@
 for tests, and one snapshot of a folder's files. Tests import these by name; conftest.py
 holds only fixtures and hooks."""
 
+import copy
 import dataclasses
 import shutil
 import struct
@@ -9,9 +10,12 @@ from pathlib import Path
 
 import numpy as np
 import torch
+from torch import nn
 
 from collide.config import GeometryConfig, PaperConfig, SampleConfig, TrainConfig
 from collide.experiments.mnist import MnistExperiment
+from collide.objective import feature_rel_error
+from collide.taps import preactivation
 
 # The repository's root: tests read its README, docs, pyproject and reference tables.
 PROJECT = Path(__file__).resolve().parent.parent
@@ -94,3 +98,12 @@ def planted_pickle(marker) -> bytes:
     buffer = io.BytesIO()
     torch.save({"arch": "mlp", "state_dict": _Planted(marker)}, buffer)
     return buffer.getvalue()
+
+
+def feature_errors_f64(model: nn.Module, layer: str, target: torch.Tensor, vertices: torch.Tensor) -> torch.Tensor:
+    """The oracle: each stored (float32) vertex's relative feature error, in float64."""
+    net = copy.deepcopy(model).double().eval()
+    with torch.no_grad():
+        pre = preactivation(net, vertices.double(), layer)
+        t_pre = preactivation(net, target.double().unsqueeze(0), layer)
+    return feature_rel_error(pre, t_pre)

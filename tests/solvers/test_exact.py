@@ -16,6 +16,7 @@ from collide.piecewise.linearise import affine_piece
 from collide.sites import Watch
 from collide.solvers.exact import OPTIMAL, solve_exact
 from collide.taps import preactivation
+from tests.support import feature_errors_f64
 from tests.tolerances import (
     JACOBIAN_MODES_AGREE,
     LP_CONSTRAINT,
@@ -83,14 +84,6 @@ def test_deeper_layer_keeps_the_activation_region(mlp_model):
     assert ((first_v >= -LP_CONSTRAINT) | ~signs_t).all() and ((first_v <= LP_CONSTRAINT) | signs_t).all()
 
 
-def _errors_f64(model: nn.Module, layer: str, target: torch.Tensor, vertices: torch.Tensor) -> torch.Tensor:
-    """The oracle: each stored (float32) vertex's relative feature error, in float64."""
-    net = copy.deepcopy(model).double().eval()
-    with torch.no_grad():
-        pre = preactivation(net, vertices.double(), layer)
-        t_pre = preactivation(net, target.double().unsqueeze(0), layer)
-    return feature_rel_error(pre, t_pre)
-
 
 def _solve_colliding(net: nn.Module, layer: str, target, init, n: int, config: ExactConfig):
     with torch.no_grad():
@@ -98,7 +91,7 @@ def _solve_colliding(net: nn.Module, layer: str, target, init, n: int, config: E
     res = solve_exact(net, layer, target, init, units, config=config)
     assert res.outcomes == (OPTIMAL,) * n
     assert res.vertices.dtype == torch.float32
-    errors = _errors_f64(net, layer, target, res.vertices)
+    errors = feature_errors_f64(net, layer, target, res.vertices)
     for k in range(n):
         assert errors[k] <= LP_STORED_REL_ERROR_F64, f"vertex {k}: feature error {float(errors[k]):.2e}"
     return res

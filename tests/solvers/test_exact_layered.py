@@ -1,6 +1,5 @@
 """The layered exact LP against the dense one: the same maps, the same vertices."""
 
-import copy
 from collections import OrderedDict
 
 import numpy as np
@@ -11,12 +10,13 @@ from torch import nn
 
 from collide.config import ExactConfig
 from collide.errors import ConfigError, LayerError
-from collide.objective import feature_rel_error, saturated_units
+from collide.objective import saturated_units
 from collide.piecewise.layered_lp import collision_layer, linear_on, piece_at
 from collide.piecewise.layers import LayeredUnsupported, layered_net
 from collide.piecewise.linearise import affine_piece
 from collide.solvers.exact import OPTIMAL, solve_exact
 from collide.taps import preactivation, site_of
+from tests.support import feature_errors_f64
 from tests.tolerances import JACOBIAN_MODES_AGREE, LP_FORMS_AGREE, LP_STORED_REL_ERROR_F64
 
 
@@ -99,13 +99,6 @@ def test_layered_maps_compose_to_the_dense_jacobian(build, shape, layer):
         assert first.from_x.nnz < first.from_x.shape[0] * first.from_x.shape[1] / 2
 
 
-def _errors_f64(model: nn.Module, layer: str, target: torch.Tensor, vertices: torch.Tensor) -> torch.Tensor:
-    net = copy.deepcopy(model).double().eval()
-    with torch.no_grad():
-        pre = preactivation(net, vertices.double(), layer)
-        t_pre = preactivation(net, target.double().unsqueeze(0), layer)
-    return feature_rel_error(pre, t_pre)
-
 
 def _both(net, layer, target, init, n):
     with torch.no_grad():
@@ -124,7 +117,7 @@ def test_both_forms_give_the_same_vertices(build, shape, layer):
     assert layered.pieces == dense.pieces
     assert layered.rank_positive == dense.rank_positive
     assert (layered.vertices - dense.vertices).abs().max() <= LP_FORMS_AGREE
-    errors = _errors_f64(net, layer, target, layered.vertices)
+    errors = feature_errors_f64(net, layer, target, layered.vertices)
     for k in range(3):
         assert errors[k] <= LP_STORED_REL_ERROR_F64, f"vertex {k}: feature error {float(errors[k]):.2e}"
 
