@@ -250,11 +250,17 @@ def _job_images(config: Any, context: dict[str, Any]) -> Split:
     user code builds them: rows index examples by position, so a factory that returned
     other examples (or another order) would pair rows with the wrong images."""
     data = indexed_images(config)
-    if getattr(config, "dataset", "") and images_digest(data) != context["inputs"].get("images"):
+    if getattr(config, "dataset", ""):
+        require_same_images(config, data, context["inputs"].get("images"))
+    return data
+
+
+def require_same_images(config: Any, data: Split, digest: str | None) -> None:
+    """``data`` is what ``config.dataset``'s factory returned when the run was planned (``digest``)."""
+    if images_digest(data) != digest:
         raise DataError(f"dataset {config.dataset} returned other examples than when the run was planned: its "
                         "factory must return the same examples in the same order every time (seed any shuffling "
                         "or augmentation, or drop it)")
-    return data
 
 
 def solve(job: Job, context: dict[str, Any], *, config: MnistExperiment,

@@ -127,6 +127,9 @@ def prepare(*, config: ScanExperiment, progress: Progress = no_progress) -> dict
         inputs["images"] = json_digest({"files": file_digest(paths), "labels": data.labels.tolist()})
     if config.dataset:  # the factory's examples themselves: the code that built them may change
         inputs["images"] = mnist.images_digest(data)
+        # Rows index examples by position: a factory that returns other examples on the next
+        # call is refused here, before the plan writes anything (each job checks again).
+        mnist.require_same_images(config, mnist.indexed_images(config), inputs["images"])
     return {**context, "targets": targets, "notes": [*context.get("notes", []), *notes], "inputs": inputs}
 
 

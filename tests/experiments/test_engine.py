@@ -277,6 +277,7 @@ def test_a_scan_of_a_dataset_the_users_code_builds(scanned, tiny_mnist, tmp_path
                                    results_root=str(tmp_path / "drift"))
     with pytest.raises(DataError, match="returned other examples than when the run was planned"):
         engine.run(scan, config=drifting)
+    assert not Path(drifting.results_root).exists()  # refused before the plan wrote anything
 
 
 def test_the_scan_summary_is_its_tables_per_class_aggregate(scanned):
