@@ -12,6 +12,7 @@ import torch
 from torch.utils.data import DataLoader, Dataset
 
 from collide.errors import DataError
+from collide.inputs import require_finite, require_in_box
 from collide.usercode import call_factory
 
 Reader = Callable[[int, int], tuple[torch.Tensor, torch.Tensor | None]]
@@ -81,10 +82,8 @@ def load_factory_dataset(spec: str, *, shape: tuple[int, ...]) -> tuple[torch.Te
     if tuple(images.shape[1:]) != tuple(shape):
         raise DataError(f"dataset {spec!r}: images of shape {tuple(images.shape[1:])}, the model takes {tuple(shape)}: "
                         "return them as the model's input (channels, height, width)")
-    if not bool(torch.isfinite(images).all()):
-        raise DataError(f"dataset {spec!r}: some images hold NaN or infinite values")
-    low, high = float(images.min()), float(images.max())
-    if low < 0 or high > 1:
-        raise DataError(f"dataset {spec!r}: pixels range over [{low:.3g}, {high:.3g}], collide takes them in [0, 1]: "
-                        "drop the normalisation (ToTensor() alone scales 8-bit images to [0, 1])")
+    what = f"dataset {spec!r}'s images"
+    require_finite(images, what, fix="drop or repair the examples that hold them")
+    require_in_box(images, what, 0.0, 1.0, fix="collide takes pixels in [0, 1]: drop the normalisation (ToTensor() "
+                   "alone scales 8-bit images to [0, 1])")
     return images.contiguous(), got.long()

@@ -31,9 +31,9 @@ def test_a_factory_dataset_is_read_whole_with_its_labels(digits_root, factory):
     ("needs_root", ConfigError, r"needs_root\(\) must build the dataset with no arguments"),
     ("unlabelled", DataError, "has no labels"),
     ("empty", DataError, "is empty"),
-    ("normalised", DataError, r"pixels range over \[-0.42"),
+    ("normalised", DataError, r"outside the valid input range \(the input box \[0.0, 1.0\]; min -0.42"),
     ("rgb", DataError, r"images of shape \(3, 28, 28\), the model takes \(1, 28, 28\)"),
-    ("with_nan", DataError, "NaN"),
+    ("with_nan", DataError, "holds 1 NaN or infinite values of 2352: drop or repair"),
 ])
 def test_a_factory_dataset_that_is_not_usable_is_refused_by_name(factory, error, match):
     with pytest.raises(error, match=match):
