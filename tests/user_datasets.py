@@ -63,5 +63,9 @@ def with_nan() -> tuple[torch.Tensor, torch.Tensor]:
     return images, torch.zeros(3, dtype=torch.long)
 
 
+def ragged() -> Dataset:
+    return [(torch.rand(1, 28, 28), 0), (torch.rand(1, 32, 32), 1)]  # type: ignore[return-value]
+
+
 def needs_root(root: str) -> Dataset:
     return four_digits()

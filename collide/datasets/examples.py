@@ -43,7 +43,11 @@ def example_reader(data: Any, labels: Any) -> tuple[int, Reader]:
         def read(a: int, b: int) -> tuple[torch.Tensor, torch.Tensor | None]:
             got = [data[i] for i in range(a, b)]
             pairs = [g if isinstance(g, list | tuple) and len(g) >= 2 else (g, None) for g in got]
-            x = torch.stack([torch.as_tensor(p[0]) for p in pairs])
+            try:
+                x = torch.stack([torch.as_tensor(p[0]) for p in pairs])
+            except RuntimeError as exc:  # torch says which sizes differ
+                raise DataError(f"examples {a} to {b - 1} are not all of one shape ({exc}): resize them to the "
+                                "model's input") from None
             if labels is not None:
                 return x, torch.as_tensor(labels).long().flatten()[a:b]
             ys = [p[1] for p in pairs]

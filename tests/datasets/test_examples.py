@@ -33,6 +33,7 @@ def test_a_factory_dataset_is_read_whole_with_its_labels(digits_root, factory):
     ("empty", DataError, "is empty"),
     ("normalised", DataError, r"outside the valid input range \(the input box \[0.0, 1.0\]; min -0.42"),
     ("rgb", DataError, r"images of shape \(3, 28, 28\), the model takes \(1, 28, 28\)"),
+    ("ragged", DataError, r"examples 0 to 1 are not all of one shape .*resize them"),
     ("with_nan", DataError, "holds 1 NaN or infinite values of 2352: drop or repair"),
 ])
 def test_a_factory_dataset_that_is_not_usable_is_refused_by_name(factory, error, match):
