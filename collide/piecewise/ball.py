@@ -1,7 +1,7 @@
 """The largest ball inside a collision set, and the dimension of the set's affine hull.
 
-The ball (Chebyshev centre and radius) is one LP in x, the region rows taken in lazily,
-and the box's rows too wherever they can be (no row pinned): about half of them bind.
+The ball (Chebyshev centre and radius) is one LP in x, the region rows taken in lazily
+and the box held both as the columns' bounds and as rows (no row pinned).
 A positive radius puts a ball of the equality subspace's dimension in C; a radius of 0
 means some rows hold with equality all over C, found from the LP's multipliers
 (Fukuda's "largest common slack" LP) and pinned until a positive radius is left.
@@ -16,7 +16,7 @@ import numpy as np
 import scipy.sparse as sp
 
 from collide.piecewise.collision_set import FLAT_ROW, LP_TOL, CollisionSet, mm, solve_with_region
-from collide.piecewise.highs import add_rows, lp_model, solve_lazily
+from collide.piecewise.highs import add_rows, lp_model
 
 # A radius above this (input units) is a ball, not LP rounding: HiGHS meets rows to 1e-9.
 RADIUS_TOL = 1e-7
@@ -50,16 +50,18 @@ def inscribed_ball(cs: CollisionSet, *, pinned: np.ndarray | None = None) -> Bal
     marks rows taken as equalities: the ball then lies in the flat they leave.
     ``Ball.duals`` are the rows' multipliers (0 for rows never added).
 
-    Without ``pinned`` rows the box's rows are taken in lazily too, the box held
-    meanwhile as the columns' bounds (which the box rows imply, so the optimum is the
-    same): on the MNIST MLP's ``relu1`` about 730 of the 1,568 box rows bind, and the LP
-    solves about 4x faster (``exact_row`` in ``benchmarks/scan.json``). A radius that
-    comes out as 0 is solved again with every box row, since :func:`hull_dimension`
-    reads the rows' multipliers, and a column's bound would carry a box face's
-    multiplier in its row's place.
+    Without ``pinned`` rows the box is in the model twice: as the columns' bounds, which
+    HiGHS's dual simplex meets by flipping a bound instead of a basis change, and as the
+    rows that carry r's coefficient, all from the start and with presolve off. On the
+    MNIST MLP's ``relu1`` that solves in about 0.55 s, where the box rows taken in
+    lazily (5 to 7 rounds to find the ~730 that bind) took 0.9 s and every box row with
+    free columns 4 s (``exact_row`` in ``benchmarks/scan.json``). A radius that comes
+    out as 0 is solved again in the last form, since :func:`hull_dimension` reads the
+    rows' multipliers, and a column's bound would carry a box face's multiplier in its
+    row's place.
     """
     if pinned is None or not pinned.any():
-        ball = _ball_box_lazily(cs)
+        ball = _ball_boxed(cs)
         if ball.radius > RADIUS_TOL:
             return ball
     return _ball_every_box_row(cs, pinned=pinned)
@@ -84,8 +86,9 @@ def _inside(cs: CollisionSet, sol: np.ndarray, reach_all: np.ndarray, free: np.n
     return center, max(0.0, min(float(sol[d]), float(gap.min(initial=np.inf))))
 
 
-def _ball_box_lazily(cs: CollisionSet) -> Ball:
-    """:func:`inscribed_ball` with no row pinned, the region and box rows both lazy."""
+def _ball_boxed(cs: CollisionSet) -> Ball:
+    """:func:`inscribed_ball` with no row pinned: the box both as the columns' bounds and
+    as rows, the region rows lazy, presolve off."""
     d, k = cs.input_dim, cs.free_dim
     a_all, b_all = cs.all_rows()
     m = len(b_all)
@@ -96,38 +99,29 @@ def _ball_box_lazily(cs: CollisionSet) -> Ball:
     cost = np.zeros(d + 1)
     cost[-1] = -1.0  # maximise r
     h = lp_model(cost, np.r_[np.full(d, cs.lower), 0.0], np.r_[np.full(d, cs.upper), np.inf], tol=LP_TOL)
+    # HiGHS's presolve takes longer than it saves on this model: on the MNIST MLP's relu1
+    # the whole solve is 0.65 s with it and 0.56 s without (benchmarks/scan.json).
+    h.setOptionValue("presolve", "off")
     eq_rhs = cs.equalities @ cs.origin
     add_rows(h, np.hstack([cs.equalities, np.zeros((cs.rank, 1))]), eq_rhs, eq_rhs)
+    n = len(cs.bounds)
+    box_rows = np.arange(n, m)
+    eye = sp.identity(d, format="csr")
+    add_rows(h, sp.hstack([sp.vstack([eye, -eye]), sp.csr_matrix(coef[box_rows, None])]),
+             np.full(len(box_rows), -np.inf), b_all[box_rows])
     fixed = np.arange(cs.n_fixed)
     add_rows(h, np.hstack([a_all[fixed], coef[fixed][:, None]]), np.full(len(fixed), -np.inf), b_all[fixed])
-    # The lazy rows: the region's (dense) first, then the box's (two entries each).
-    n_region = len(cs.bounds) - cs.n_fixed
-    region_a = np.hstack([a_all[cs.n_fixed : len(cs.bounds)], coef[cs.n_fixed : len(cs.bounds), None]])
-    eye = sp.identity(d, format="csr")
-    box_a = sp.hstack([sp.vstack([eye, -eye]), sp.csr_matrix(coef[len(cs.bounds) :, None])]).tocsr()
-    lazy_b = b_all[cs.n_fixed :]
-
-    def excess(sol: np.ndarray) -> np.ndarray:
-        return np.concatenate([mm(region_a, sol), box_a @ sol]) - lazy_b
-
-    def add(rows: np.ndarray) -> None:
-        region, box = rows[rows < n_region], rows[rows >= n_region] - n_region
-        if len(region):
-            add_rows(h, region_a[region], np.full(len(region), -np.inf), lazy_b[region])
-        if len(box):
-            add_rows(h, box_a[box], np.full(len(box), -np.inf), lazy_b[n_region + box])
-
-    added = np.zeros(len(lazy_b), dtype=bool)
-    run = solve_lazily(h, excess, lazy_b, added, tol=LP_TOL, add=add)
-    n_region_added = int(added[:n_region].sum())
+    lazy = np.arange(cs.n_fixed, n)
+    added = np.zeros(len(lazy), dtype=bool)
+    run = solve_with_region(h, np.hstack([a_all[lazy], coef[lazy][:, None]]), b_all[lazy], added)
     if run.solution is None:
-        return Ball(cs.origin.copy(), float("nan"), str(run.status), run.rounds, n_region_added, np.zeros(m))
-    in_model = np.r_[fixed, cs.n_fixed + np.asarray(run.order, dtype=int)]
+        return Ball(cs.origin.copy(), float("nan"), str(run.status), run.rounds, int(added.sum()), np.zeros(m),
+                    box_rows_used=len(box_rows))
+    in_model = np.r_[box_rows, fixed, lazy[np.asarray(run.order, dtype=int)]]
     duals = np.zeros(m)
     duals[in_model] = np.asarray(h.getSolution().row_dual)[cs.rank :]
     center, radius = _inside(cs, run.solution, reach_all, moving)
-    return Ball(center, radius, "optimal", run.rounds, n_region_added, duals,
-                box_rows_used=int(added[n_region:].sum()))
+    return Ball(center, radius, "optimal", run.rounds, int(added.sum()), duals, box_rows_used=len(box_rows))
 
 
 def _ball_every_box_row(cs: CollisionSet, *, pinned: np.ndarray | None) -> Ball:

@@ -84,7 +84,7 @@ def test_the_ball_is_the_chebyshev_lp_of_the_set_in_subspace_coordinates():
     assert np.all(a @ center + geo.radius * reach <= rhs + a @ x0 + 1e-9)
 
 
-def test_the_ball_with_lazy_box_rows_is_the_ball_of_every_row_on_a_deeper_image_like_set():
+def test_the_ball_with_the_box_as_bounds_and_rows_is_the_ball_of_every_row_on_a_deeper_image_like_set():
     # 60 inputs, a third of them at the box's lower face as on an MNIST digit, at relu2:
     # the box rows (taken in lazily) and the relu1 sign rows (region rows) both bind.
     d = 60
@@ -113,9 +113,9 @@ def test_the_ball_with_lazy_box_rows_is_the_ball_of_every_row_on_a_deeper_image_
     assert res.status == 0 and -res.fun > 1e-3  # a real ball, so the lazy path's answer stands
     assert size.free_dim == k and size.dim == k and size.dim_method == "ball"
     assert abs(size.radius - (-res.fun)) <= LP_OBJECTIVE * (1 + abs(res.fun))
-    # The lazy path gave it (no fall-back to every row), holding some box rows, not all.
+    # The first LP gave it (no fall-back to the every-row form that reads multipliers).
     ball = inscribed_ball(_exact_set(model, "relu2", target, SMALL, ()))
-    assert 0 < ball.box_rows_used < 2 * d and ball.radius == size.radius
+    assert ball.box_rows_used == 2 * d and ball.radius == size.radius
 
 
 def test_an_inequality_that_holds_with_equality_lowers_the_dimension():
