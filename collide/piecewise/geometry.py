@@ -46,11 +46,11 @@ import numpy as np
 
 from collide.config import GeometryConfig
 from collide.errors import InternalError
-from collide.piecewise.ball import RADIUS_TOL, hull_dimension, inscribed_ball
+from collide.piecewise.ball import RADIUS_TOL, Ball, hull_dimension, inscribed_ball
 from collide.piecewise.collision_set import CollisionSet, mm, onto
 from collide.piecewise.hull import hull_frame, hull_polytope
 from collide.piecewise.sampler import SLACK_TOL, sample
-from collide.piecewise.widths import WIDTH_TOL, extents
+from collide.piecewise.widths import WIDTH_TOL, Widths, extents
 
 
 @dataclass(frozen=True)
@@ -103,6 +103,8 @@ def measure(cs: CollisionSet, *, config: GeometryConfig) -> SetGeometry:
             dim, how, widths = 0, "widths", probe
         else:
             dim, how, flat = hull_dimension(cs, ball)
+    if config.sizes_only:
+        return _sizes_only(cs, ball, dim, how, widths, config, start)
     basis, centre, free = hull_frame(cs, ball, flat)
     if widths is None:
         # Directions uniform on the hull's own sphere (not the subspace's): a direction
@@ -135,6 +137,30 @@ def measure(cs: CollisionSet, *, config: GeometryConfig) -> SetGeometry:
         dim=dim, dim_method=how, radius=ball.radius, center=ball.center, samples=samples,
         directions=widths.directions, extremes=widths.extremes, widths=widths.widths,
         n_positive=cs.n_positive, rank=cs.rank, free_dim=cs.free_dim, sampler=record,
+        lp={"outcome": ball.outcome, "rounds": ball.rounds, "region_rows_used": ball.region_rows_used,
+            "region_rows": len(cs.bounds) - cs.n_fixed, "rows": len(cs.bounds), "width_seconds": widths.seconds},
+        seconds=time.perf_counter() - start,
+    )
+
+
+def _sizes_only(cs: CollisionSet, ball: Ball, dim: int, how: str, widths: Widths | None, config: GeometryConfig,
+                start: float) -> SetGeometry:
+    """``measure``'s result for ``config.sizes_only``: the radius and the dimension, the
+    widths only where the dimension's probe drew some (a set of one point), and the
+    target as every sample, their statistics not to be reported (one point's are 0)."""
+    d = cs.input_dim
+    widths = widths or Widths(np.zeros((0, d)), np.zeros((0, d)), np.zeros(0))
+    record: dict[str, Any] = {"sampler": config.walk, "converged": dim == 0, "rhat": float("nan"),
+                              "ess": float("nan"), "draws": 0, "seed": config.seed,
+                              "reason": "" if dim == 0 else "not sampled: sizes only (geometry.sizes_only)"}
+    if dim == 0:
+        record.update(mean_distance_to_target=0.0, mean_distance_to_target_mcse=0.0,
+                      mean_pairwise_distance=0.0, mean_pairwise_distance_mcse=0.0)
+    return SetGeometry(
+        dim=dim, dim_method=how, radius=ball.radius, center=ball.center,
+        samples=np.repeat(cs.origin[None], config.n_samples, 0), directions=widths.directions,
+        extremes=widths.extremes, widths=widths.widths, n_positive=cs.n_positive, rank=cs.rank,
+        free_dim=cs.free_dim, sampler=record,
         lp={"outcome": ball.outcome, "rounds": ball.rounds, "region_rows_used": ball.region_rows_used,
             "region_rows": len(cs.bounds) - cs.n_fixed, "rows": len(cs.bounds), "width_seconds": widths.seconds},
         seconds=time.perf_counter() - start,

@@ -232,7 +232,8 @@ def _region(model: torch.nn.Module, layer: str, arrays: dict[str, np.ndarray], a
         return float(value) * scale if converged and value is not None else nan
 
     columns = {
-        "region_mean_width": float(widths.mean()) if len(widths) else 0.0,
+        # No widths: a point's width is 0; a larger set measured for its sizes only has none.
+        "region_mean_width": float(widths.mean()) if len(widths) else 0.0 if geometry["dim"] == 0 else nan,
         "region_mean_width_se": float(widths.std(ddof=1) / np.sqrt(len(widths))) if len(widths) > 1 else nan,
         "region_n_directions": len(widths),
         "region_dim": geometry["dim"], "region_dim_method": geometry["dim_method"],

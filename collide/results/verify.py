@@ -146,7 +146,8 @@ def _verify_region(net: torch.nn.Module, model: torch.nn.Module, arrays: dict[st
     widths = np.einsum("nd,nd->n", directions, flat_ext[0::2] - flat_ext[1::2])
     recomputed = {"region_max_feature_rel_error": float(rel.max()),
                   "region_success_rate": float((pred == t_class).mean()),
-                  "region_mean_width": float(widths.mean()) * scale if len(widths) else 0.0,
+                  "region_mean_width": float(widths.mean()) * scale if len(widths)
+                  else 0.0 if attrs["geometry"]["dim"] == 0 else float("nan"),
                   "region_mean_width_se": float(widths.std(ddof=1) / np.sqrt(len(widths))) * scale
                   if len(widths) > 1 else float("nan")}
     for where, stated in sources:
@@ -154,6 +155,10 @@ def _verify_region(net: torch.nn.Module, model: torch.nn.Module, arrays: dict[st
             tol = 1 / len(samples) if key == "region_success_rate" else AGREE * max(1.0, abs(value))
             if key == "region_mean_width_se" and (key not in stated or np.isnan(value)):
                 continue  # a row evaluated before the column existed, or one direction: no error bar
+            if np.isnan(value):  # no widths measured (geometry.sizes_only): none may be stated
+                if stated.get(key) is not None and not np.isnan(float(stated[key])):  # JSON keeps NaN as null
+                    problems.append(f"{key}: {where} {stated.get(key)!r}, but the row measured no widths")
+                continue
             if stated.get(key) is None or abs(float(stated[key]) - value) > tol:
                 problems.append(f"{key}: {where} {stated.get(key)!r}, recomputed {value!r}")
     # The ball: every row a·x ≤ b of the set holds on it iff a·c + r‖Bᵀa‖ ≤ b.

@@ -29,6 +29,7 @@ from collide.experiments.scan import ScanExperiment, class_summary
 from collide.models.zoo import load_checkpoint
 from collide.results.report import ranking_markdown
 from collide.results.store import ExperimentStore
+from collide.results.verify import verify
 from tests.support import LIGHT_GEOMETRY, PROJECT, snapshot
 from tests.tolerances import EQUIVALENT, LP_OBJECTIVE
 
@@ -135,7 +136,8 @@ def scanned(tiny_mnist, tmp_path_factory):
         data_root=str(tiny_mnist), checkpoint_dir=str(root / "ck"), results_root=str(root / "res"),
         device="cpu", allow_download=False, train=TrainConfig(epochs=2, min_accuracy=0.0),
         sample=SampleConfig(n_samples=200, n_dataset_pairs=100), targets_per_class=1,
-        gradient=GradientConfig(max_steps=400), targets_per_batch=1, geometry=SCAN_GEOMETRY,
+        gradient=GradientConfig(max_steps=400), targets_per_batch=1,
+        geometry=dataclasses.replace(SCAN_GEOMETRY, sizes_only=True),  # the screen, as the scan's default
     )
     return config, engine.run(scan, config=config)
 
@@ -164,10 +166,27 @@ def test_the_ranking_joins_each_examples_rows_most_blind_first(scanned, tiny_mni
         assert r.correct == (r.label == r.prediction) and r.confidence == grad["target_top_prob"]
         assert np.isclose(r.spread, grad["vertex_avg_distance"], equal_nan=True) and r.valid_vertices == grad[
             "valid_vertices"]
-        assert (r.dim, r.radius, r.mean_width) == (exact["region_dim"], exact["region_radius"],
-                                                   exact["region_mean_width"])
+        assert (r.dim, r.radius) == (exact["region_dim"], exact["region_radius"])
+        # A screen measures no widths: no mean width, except a point's 0.
+        assert np.isnan(r.mean_width) == np.isnan(exact["region_mean_width"]) == (r.dim > 0)
     by_spread = scan.ranking(table, labels.numpy(), rank_by="spread")
     assert by_spread["spread"].dropna().is_monotonic_decreasing and set(by_spread["rank_by"]) == {"spread"}
+
+
+def test_a_screened_row_holds_its_sizes_only_and_the_referee_agrees(scanned):
+    config, out = scanned
+    store = ExperimentStore.of(config)
+    table = pd.read_parquet(out["table"])
+    exact = table[table["method"] == "exact"]
+    # The screen's radius and dimension are the full measurement's (one LP either way);
+    # it has no widths and no sample statistics, each saying why.
+    row = int(exact[exact["region_dim"] > 0]["row"].iloc[0])
+    arrays, attrs = store.read_row(row)
+    assert arrays["region_directions"].shape[0] == 0 and arrays["region_extremes"].shape[0] == 0
+    assert "sizes only" in attrs["geometry"]["sampler"]["reason"]
+    assert exact.loc[exact["region_dim"] > 0, "region_mean_distance_to_target"].isna().all()
+    # The referee recomputes every stored claim from the store alone, and finds none wrong.
+    assert [p for r in verify(store) for p in r["problems"]] == []
 
 
 def test_the_second_stage_certifies_the_most_and_least_blind_and_a_rerun_keeps_it(scanned, tiny_mnist):
@@ -278,6 +297,11 @@ def test_a_scan_of_a_dataset_the_users_code_builds(scanned, tiny_mnist, tmp_path
     with pytest.raises(DataError, match="returned other examples than when the run was planned"):
         engine.run(scan, config=drifting)
     assert not Path(drifting.results_root).exists()  # refused before the plan wrote anything
+    eleven = dataclasses.replace(own, dataset="tests.user_datasets:eleventh_class",
+                                 results_root=str(tmp_path / "eleven"))
+    with pytest.raises(DataError, match=r"example 1 has label 10, but the MNIST classifier's classes are 0 to 9"):
+        engine.run(scan, config=eleven)
+    assert not Path(eleven.results_root).exists()
 
 
 def test_the_scan_summary_is_its_tables_per_class_aggregate(scanned):

@@ -5,6 +5,7 @@ mean is known in closed form."""
 from __future__ import annotations
 
 import copy
+import dataclasses
 from collections import OrderedDict
 
 import numpy as np
@@ -141,6 +142,26 @@ def test_a_segment_has_dimension_one_its_half_length_as_radius_and_its_length_as
     assert torch.allclose(geo.center, torch.tensor([0.7, 0.25], dtype=torch.float64), atol=1e-9)
     assert torch.allclose(geo.widths, torch.full_like(geo.widths, 0.5), atol=1e-9)
     assert float(geo.samples[:, 1].min()) >= 0 and float(geo.samples[:, 1].max()) <= 0.5 + SET_EXACT
+
+
+def test_sizes_only_gives_the_known_radius_and_dimension_with_no_widths_or_samples():
+    screen = dataclasses.replace(SMALL, sizes_only=True)
+    # The segment {0.7} x [0, 0.5]: radius 0.25, dimension 1 (the test above).
+    geo = collision_geometry(_net(([[1.0, 0.0], [0.0, 1.0]], [-0.5, -0.5])), "relu1", torch.tensor([0.7, 0.1]),
+                             config=screen)
+    assert (geo.dim, geo.dim_method) == (1, "ball") and abs(geo.radius - 0.25) <= LP_OBJECTIVE
+    assert len(geo.widths) == len(geo.directions) == len(geo.extremes) == 0
+    assert torch.equal(geo.samples, torch.tensor([0.7, 0.1]).double().expand(SMALL.n_samples, 2))  # the target
+    assert not geo.sampler["converged"] and "sizes only" in geo.sampler["reason"]
+    # A flat set found by its implicit equality: dimension 1 of a free 2, as in full.
+    geo = collision_geometry(_net(([[1.0, 0.0, 0.0], [0.0, 1.0, 0.0]], [-0.5, 0.0])), "relu1",
+                             torch.tensor([0.7, 0.0, 0.3]), config=screen)
+    assert (geo.free_dim, geo.dim, geo.dim_method, geo.radius) == (2, 1, "implicit-equalities", 0.0)
+    # One point: its width 0 along the probe's directions, its statistics those of a point.
+    geo = collision_geometry(_net(([[1.0, 0.0], [0.0, 1.0]], [-0.5, 0.0])), "relu1", torch.tensor([0.7, 0.0]),
+                             config=screen)
+    assert (geo.dim, geo.dim_method) == (0, "widths") and float(geo.widths.abs().max()) <= 1e-7
+    assert geo.sampler["converged"] and geo.sampler["mean_distance_to_target"] == 0.0
 
 
 def test_hit_and_run_samples_a_known_polygon_uniformly():

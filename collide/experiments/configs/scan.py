@@ -25,12 +25,12 @@ class ScanExperiment(MnistExperiment):
     ``targets_per_batch`` targets to a solver batch; then every example ranked by
     ``rank_by`` (``<name>-ranking.parquet``) and the most and least blind shown
     (``<name>-gallery.png``). Each exact row measures its collision set as a screen:
-    the inscribed radius and the dimension (one LP), and the mean width from 4 to 8
-    random directions (until its standard error is within a tenth of it), with next to
-    no samples (one hit-and-run step a chain, where one billiard draw can reflect 10⁵
-    times; the sample statistics are NaN with the reason): a ranking reads none of
-    them, and sampling with widths to 5% took most of an exact row's time (``exact_row``
-    in ``benchmarks/scan.json``). With ``certify`` k > 0 the k most and k least blind
+    the inscribed radius and the dimension (one LP, ``geometry.sizes_only``), no widths
+    and no samples (their statistics NaN, with the reason): a ranking reads neither,
+    and four width directions took two thirds of a screened row's time (``exact_row``
+    in ``benchmarks/scan.json``). ``--set geometry.sizes_only=false`` adds the mean
+    width from 4 to 8 random directions, until its standard error is within a tenth of
+    it. With ``certify`` k > 0 the k most and k least blind
     examples then get the full measurement (``certify_geometry``: widths to 5%, chains
     run until they mix or its budget ends) in ``<name>-certified.parquet``.
 
@@ -67,7 +67,7 @@ class ScanExperiment(MnistExperiment):
     targets_per_batch: int = 50
     geometry: GeometryConfig = field(default_factory=lambda: GeometryConfig(
         n_samples=1, chains=2, burn_in=0, max_draws=1, walk="hit-and-run", thin=1, rounding=False,
-        n_directions=4, max_directions=8, width_rel_se=0.1, max_seconds=0))
+        n_directions=4, max_directions=8, width_rel_se=0.1, max_seconds=0, sizes_only=True))
     # The second stage reads the rows and writes an output of its own, keyed by what each
     # certified example was measured from: no row's solve key depends on it.
     certify: int = field(default=0, metadata={"digest": False})
@@ -89,6 +89,9 @@ class ScanExperiment(MnistExperiment):
         require(len(set(self.indices)) == len(self.indices), f"indices repeat an example: {list(self.indices)}")
         require(self.gallery >= 1, f"expected gallery >= 1, got {self.gallery}")
         require(self.certify >= 0, f"expected certify >= 0 (0: none), got {self.certify}")
+        require(not (self.rank_by == "mean_width" and self.geometry.sizes_only),
+                "rank_by=mean_width, but the screen measures no widths (geometry.sizes_only=true): rank by the "
+                "radius, or measure widths in every exact row with --set geometry.sizes_only=false")
 
     def row_spec(self, row: int) -> RowSpec:
         """How row ``row`` is found: every example repeats ``rows`` in order. How many
