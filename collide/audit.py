@@ -135,6 +135,11 @@ def _screen(model: nn.Module, site: Site, x: torch.Tensor, y: torch.Tensor | Non
     with torch.no_grad(), eval_mode(model):
         prob = torch.softmax(model(x), -1)
     conf, pred = prob.max(-1)
+    n_classes = prob.shape[-1]
+    if y is not None and ((y < 0) | (y >= n_classes)).any():
+        k = int(torch.nonzero((y < 0) | (y >= n_classes)).flatten()[0])
+        raise DataError(f"example {start + k} has label {int(y[k])}, but the model has {n_classes} classes (0 to "
+                        f"{n_classes - 1}): pass labels the model's outputs are indexed by, or none (labels=None)")
     rows = [{"index": start + k, "label": None if y is None else int(y[k]), "prediction": int(pred[k]),
              "confidence": float(conf[k]), "correct": None if y is None else bool(pred[k] == y[k]),
              "valid_vertices": 0, "spread": math.nan, "dim": math.nan, "dim_method": "", "radius": math.nan,

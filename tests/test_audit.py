@@ -115,6 +115,10 @@ def test_bad_input_is_refused_by_name():
         collide.scan(_model(), "2", x[:0])
     with pytest.raises(DataError, match="NaN or infinite values"):
         collide.scan(_model(), "2", torch.full_like(x, math.nan))
+    with pytest.raises(DataError, match=r"example 1 has label 4, but the model has 4 classes \(0 to 3\)"):
+        collide.scan(_model(), "2", x, labels=torch.tensor([0, 4, 1]), config=ScanConfig(exact="never"))
+    with pytest.raises(DataError, match="example 0 has label -1"):
+        collide.scan(_model(), "2", x, labels=torch.tensor([-1, 0, 1]), config=ScanConfig(exact="never"))
     with pytest.raises(ConfigError, match="rank_by"):
         ScanConfig(rank_by="volume")
     with pytest.raises(ConfigError, match="exact=always"):

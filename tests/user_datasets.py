@@ -53,6 +53,11 @@ def normalised() -> tuple[torch.Tensor, torch.Tensor]:
     return (torch.rand(3, 1, 28, 28) - 0.1307) / 0.3081, torch.zeros(3, dtype=torch.long)
 
 
+def eleventh_class() -> tuple[torch.Tensor, torch.Tensor]:
+    """Digits in the model's shape with a label past the 10 it has."""
+    return torch.rand(3, 1, 28, 28, generator=torch.Generator().manual_seed(0)), torch.tensor([0, 10, 3])
+
+
 def rgb() -> tuple[torch.Tensor, torch.Tensor]:
     return torch.rand(3, 3, 28, 28), torch.zeros(3, dtype=torch.long)
 

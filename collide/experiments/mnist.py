@@ -33,6 +33,7 @@ from collide.errors import CheckpointError, ConfigError, DataError, InternalErro
 from collide.experiments.configs.mnist import (  # re-exported: the experiments built on MNIST's read them here
     DATASET,
     INPUT_SHAPE,
+    N_CLASSES,
     MnistExperiment,
 )
 from collide.experiments.contract import Job, Progress, job, no_progress
@@ -230,12 +231,21 @@ def indexed_images(config: Any) -> Split:
     images in grey at 28 px, labelled by their class folders' names, or where it names a
     ``dataset`` (the scan's), the examples the user's ``package.module:factory`` builds."""
     if getattr(config, "dataset", ""):
-        return Split(*load_factory_dataset(config.dataset, shape=INPUT_SHAPE))
-    root = getattr(config, "image_root", "")
-    if root:
+        split = Split(*load_factory_dataset(config.dataset, shape=INPUT_SHAPE))
+        source = f"dataset {config.dataset!r}"
+    elif root := getattr(config, "image_root", ""):
         images, labels, _ = load_labelled_folder(root, size=INPUT_SHAPE[-1], channels=INPUT_SHAPE[0])
-        return Split(images, labels)
-    return load_mnist(config.data_root, getattr(config, "split", "test"))
+        split, source = Split(images, labels), f"image folder {root}"
+    else:
+        return load_mnist(config.data_root, getattr(config, "split", "test"))
+    # A label the model has no class for would count every prediction of it wrong.
+    bad = torch.nonzero((split.labels < 0) | (split.labels >= N_CLASSES)).flatten()
+    if len(bad):
+        k = int(bad[0])
+        raise DataError(f"{source}: example {k} has label {int(split.labels[k])}, but the MNIST classifier's classes "
+                        f"are 0 to {N_CLASSES - 1} ({len(bad)} examples lie outside them): label each example by the "
+                        "digit it shows")
+    return split
 
 
 def images_digest(data: Split) -> str:

@@ -29,6 +29,8 @@ from collide.experiments.contract import ExperimentConfig
 
 DATASET = "mnist"
 INPUT_SHAPE = (1, 28, 28)
+# Every MNIST architecture's classes (collide.models.zoo): the digits 0-9.
+N_CLASSES = 10
 # Each MNIST architecture's ReLU layers in forward order, and the aliases its model gives
 # them (collide.models.zoo): written out so that `collide config show` lists the layers
 # without building a model, hence without torch. tests/flows/test_ops_config.py checks them
