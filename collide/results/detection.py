@@ -136,8 +136,8 @@ def detection_summary(frame: pd.DataFrame, *, questions: dict[str, str], scores:
         One line per (question, score, seed) with the AUROC and its percentile bootstrap
         interval over examples (``interval``: ``bootstrap``; the same in ``boot_low``,
         ``boot_high``), and one line per (question, score) with ``seed`` -1: the mean over
-        seeds with its t-interval over seeds (``interval``: ``t over seeds``: what another
-        training seed moves) and, in ``boot_low``, ``boot_high``, the percentile bootstrap
+        seeds with its t-interval over seeds, cut to [0, 1] (``interval``: ``t over seeds``:
+        what another training seed moves) and, in ``boot_low``, ``boot_high``, the percentile bootstrap
         of that mean over the examples (:func:`bootstrap_mean_auroc`: what other examples
         move); :data:`DETECTION_COLUMNS`.
     """
@@ -158,7 +158,8 @@ def detection_summary(frame: pd.DataFrame, *, questions: dict[str, str], scores:
                 per_seed.append(line)
             lines += per_seed
             aurocs = np.array([p["auroc"] for p in per_seed])
-            low, high = t_interval(aurocs)
+            # An AUROC lies in [0, 1]; a t-interval from three seeds can reach past either end.
+            low, high = np.clip(t_interval(aurocs), 0.0, 1.0).tolist()
             groups = [(part[score].to_numpy(float), part[column].to_numpy(bool))
                       for _, part in frame.groupby("seed", sort=True)]
             boot_low, boot_high = bootstrap_mean_auroc(groups, n_boot=n_boot, seed=seed)

@@ -79,8 +79,25 @@ def test_the_summary_has_each_seeds_auroc_and_their_mean_with_a_t_interval():
     assert summary["auroc"].iloc[:3].tolist() == pytest.approx(per_seed, abs=RECHECK)
     mean = summary.iloc[3]
     assert mean["auroc"] == pytest.approx(np.mean(per_seed), abs=RECHECK)
-    assert (mean["auroc_low"], mean["auroc_high"]) == pytest.approx(t_interval(np.array(per_seed)), abs=RECHECK)
+    assert (mean["auroc_low"], mean["auroc_high"]) == pytest.approx(
+        np.clip(t_interval(np.array(per_seed)), 0, 1).tolist(), abs=RECHECK)
     assert mean["interval"] == "t over seeds" and set(summary["interval"].iloc[:3]) == {"bootstrap"}
+
+
+def test_the_t_interval_over_seeds_of_an_auroc_is_cut_to_zero_and_one():
+    # Seed 0 ranks every hit first (AUROC 1), seeds 1 and 2 nearly so: the t-interval of
+    # three such AUROCs reaches past 1, and an AUROC cannot.
+    hit = np.tile([True, False, False, False], 5)
+    perfect = np.where(hit, 1.0, 0.0) + np.linspace(0, 0.1, 20)
+    swapped = perfect.copy()
+    swapped[[0, 1]] = swapped[[1, 0]]  # one hit below one miss
+    frame = pd.DataFrame({"seed": np.repeat([0, 1, 2], 20), "hit": np.tile(hit, 3),
+                          "size": np.concatenate([perfect, swapped, perfect - np.where(hit, 0.95, 0.0)])})
+    summary = detection_summary(frame, questions={"q": "hit"}, scores={"q": {"size": "size"}}, top_k=5, n_boot=50)
+    mean = summary.iloc[3]
+    raw_low, raw_high = t_interval(summary["auroc"].iloc[:3].to_numpy())
+    assert raw_high > 1 and mean["auroc_high"] == 1.0
+    assert mean["auroc_low"] == pytest.approx(max(0.0, raw_low), abs=RECHECK)
 
 
 def test_the_bootstrap_of_the_mean_over_seeds_holds_it_and_is_one_seeds_bootstrap_for_one_seed():
