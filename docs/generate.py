@@ -278,6 +278,8 @@ def scan_costs(path: Path = SCAN_RESULTS) -> str:
     row = r.get("exact_row")
     if row:
         out += [f"| the scan experiment's exact row: its screened geometry | {row['geometry_scan_s']:.2f} |",
+                *([f"| (the same with four to eight width directions) | {row['geometry_widths_s']:.2f} |"]
+                  if "geometry_widths_s" in row else []),
                 f"| (the geometry it replaced) | {row['geometry_before_s']:.1f} |"]
     out += ["", f"The whole test set at that rate: {st['test_set_hours']:.1f} hours in one process "
             f"({st['test_set_note']}).", ""]
