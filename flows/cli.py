@@ -395,7 +395,8 @@ Each command has its own --help.""",
     run.add_argument("--results-root", help="where tables, stores and figures go (default data/results)")
     run.add_argument("--data-root", help="where the MNIST IDX files are (default data/raw/mnist)")
     run.add_argument("--checkpoint-dir", help="where model checkpoints go (default data/checkpoints)")
-    run.add_argument("--image-root", help="imagenet, model, scan, patches with dataset=folder: an image folder (scan: grey digits in class folders 0-9)")
+    run.add_argument("--image-root", help="imagenet, model, scan, patches with dataset=folder: an image folder "
+                     "(scan: grey digits in class folders 0-9)")
     run.add_argument("--device", help="auto (default), cpu or cuda")
     run.add_argument("--model", help="model: torchvision:NAME (e.g. torchvision:resnet18) or package.module:factory")
     run.add_argument("--weights", help="model, imagenet: a state dict file, 'torchvision', or 'random' (on request)")
