@@ -293,7 +293,8 @@ class ExperimentStore:
             fresh = {f: [p.stat().st_size, file_sha256(p)[:32]] for f, p in _array_files(tmp / name).items()
                      if f not in kept}
             manifest = {"files": dict(sorted({**kept, **fresh}.items())), ATTRS_KEY: _attrs_digest(merged_attrs)}
-            group.attrs.update({**merged_attrs, MANIFEST: manifest})
+            # One write of zarr.json: ``attrs.update`` rewrites it once per key (30 a row).
+            group.attrs.put({**merged_attrs, MANIFEST: manifest})
             if final.exists():
                 trash = scratch / f"{self.name}-old-{uuid.uuid4().hex}"
                 os.replace(final, trash)
