@@ -333,11 +333,13 @@ def test_a_finished_scan_reruns_as_a_no_op(scanned):
 
 def test_a_batched_scan_writes_the_unbatched_scans_polytopes(scanned, tmp_path):
     config, _ = scanned
-    batched = dataclasses.replace(config, targets_per_batch=4, results_root=str(tmp_path / "res"))
+    batched = dataclasses.replace(config, targets_per_batch=4, targets_per_job=3, results_root=str(tmp_path / "res"))
+    assert batched.digest() == dataclasses.replace(config, targets_per_batch=4).digest()  # grouping only
     context = mnist_module.prepare(config=batched)
     jobs = mnist_module.plan(context, config=batched)
-    # 10 gradient rows in batches of 4, 4 and 2; the exact rows stay one job each.
-    assert sorted(len(j.rows) for j in jobs) == [1] * 10 + [2, 4, 4]
+    # 10 gradient rows in batches of 4, 4 and 2; the exact rows in jobs of 3, 3, 3 and 1
+    # (the fixture's in one job of 10).
+    assert sorted(len(j.rows) for j in jobs) == [1, 2, 3, 3, 3, 4, 4]
     out = engine.run(scan, config=batched)
     assert len(out["rows"]) == 20
     for row in range(20):

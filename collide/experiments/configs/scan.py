@@ -37,6 +37,8 @@ class ScanExperiment(MnistExperiment):
     50 per batch: a scan runs several times as many polytopes per second as with one
     target per job, within a tenth of the best batch size (benchmarks/results.md,
     "targets per batch"), while a killed scan redoes at most 50 targets' gradient rows.
+    10 exact rows per job: each job's fixed cost (a Prefect task, the checkpoint and the
+    images read) is paid once for ten sets, while a killed scan redoes at most ten.
 
     Attributes:
         rows: the rows per target (gradient and exact, from the target).
@@ -49,6 +51,7 @@ class ScanExperiment(MnistExperiment):
         rank_by: the size to rank by: auto (the radius where every example has an exact set, else the spread).
         gallery: the most and the least blind examples shown in the gallery, each.
         targets_per_batch: targets whose gradient rows one solver batch solves together.
+        targets_per_job: targets whose exact rows one job solves, one after another.
         geometry: how each exact row's collision set is measured (a screen: sizes, next to no samples).
         certify: the full measurement of the k most and k least blind examples by the ranking (0: none).
         certify_geometry: how the certified examples' collision sets are measured.
@@ -65,6 +68,8 @@ class ScanExperiment(MnistExperiment):
     rank_by: str = field(default="auto", metadata={"digest": False})
     gallery: int = field(default=8, metadata={"digest": False})
     targets_per_batch: int = 50
+    # How rows are grouped into jobs, not what a row computes: no solve key changes.
+    targets_per_job: int = field(default=10, metadata={"digest": False})
     geometry: GeometryConfig = field(default_factory=lambda: GeometryConfig(
         n_samples=1, chains=2, burn_in=0, max_draws=1, walk="hit-and-run", thin=1, rounding=False,
         n_directions=4, max_directions=8, width_rel_se=0.1, max_seconds=0, sizes_only=True))
@@ -88,6 +93,7 @@ class ScanExperiment(MnistExperiment):
         require(all(i >= 0 for i in self.indices), f"expected indices >= 0, got {list(self.indices)}")
         require(len(set(self.indices)) == len(self.indices), f"indices repeat an example: {list(self.indices)}")
         require(self.gallery >= 1, f"expected gallery >= 1, got {self.gallery}")
+        require(self.targets_per_job >= 1, f"expected targets_per_job >= 1, got {self.targets_per_job}")
         require(self.certify >= 0, f"expected certify >= 0 (0: none), got {self.certify}")
         require(not (self.rank_by == "mean_width" and self.geometry.sizes_only),
                 "rank_by=mean_width, but the screen measures no widths (geometry.sizes_only=true): rank by the "
