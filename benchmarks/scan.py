@@ -2,11 +2,11 @@
 time by extrapolation, and how stable the ranking is across training seeds and solver seeds.
 
 Usage: ``python -m benchmarks.scan [--examples N] [--seeds-examples K] [--stages-only |
---solver-seeds-only]`` from the repository root; writes ``benchmarks/scan.json`` (the machine
-noted, its load average included: a figure taken while something else ran says so). The
-model is the MNIST MLP at ``relu1`` as ``collide run mnist`` trains it, at training seeds
-0, 2 and 4 (seed 0 is the shipped checkpoint; the others are trained here once and kept in
-``data/checkpoints``).
+--solver-seeds-only | --experiment-only PER_CLASS]`` from the repository root; writes
+``benchmarks/scan.json`` (the machine noted, its load average included: a figure taken
+while something else ran says so). The model is the MNIST MLP at ``relu1`` as ``collide
+run mnist`` trains it, at training seeds 0, 2 and 4 (seed 0 is the shipped checkpoint;
+the others are trained here once and kept in ``data/checkpoints``).
 """
 
 from __future__ import annotations
@@ -16,6 +16,9 @@ import dataclasses
 import json
 import math
 import os
+import subprocess
+import sys
+import tempfile
 import time
 from pathlib import Path
 from typing import Any
@@ -124,6 +127,26 @@ def across_solver_seeds(model: torch.nn.Module, images: torch.Tensor, config: Sc
     return out
 
 
+def experiment_end_to_end(per_class: int) -> dict[str, Any]:
+    """``collide run scan`` on the first ``per_class`` test images of each class, as a user
+    runs it (a Prefect flow over a local Dask cluster, one worker per core), timed from
+    the command's start to its end, a temporary Prefect server and results folder of its
+    own included."""
+    with tempfile.TemporaryDirectory(prefix="collide-scan-bench-") as tmp:
+        env = {**os.environ, "PREFECT_HOME": str(Path(tmp) / "prefect")}
+        command = [sys.executable, "-m", "flows.cli", "run", "scan", "--set", f"targets_per_class={per_class}",
+                   "--set", f"results_root={Path(tmp) / 'results'}"]
+        start = time.perf_counter()
+        subprocess.run(command, cwd=HERE.parent, env=env, check=True, stdout=subprocess.DEVNULL)
+        seconds = time.perf_counter() - start
+        ranked = pd.read_parquet(Path(tmp) / "results" / "scan-ranking.parquet")
+    n = len(ranked)
+    return {"command": " ".join(command[1:3] + command[3:-2]), "examples": n, "seconds": seconds,
+            "per_example_s": seconds / n, "test_set_hours": seconds / n * TEST_SET / 3600,
+            "workers": os.cpu_count(), "machine": {**machine(), "load_average_after": [
+                round(x, 2) for x in os.getloadavg()]}}
+
+
 def main(argv: list[str] | None = None) -> dict[str, Any]:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--examples", type=int, default=60, help="test images scanned per model")
@@ -133,12 +156,21 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
                         help="measure the stages and the exact row only, and keep the stored rank stability")
     parser.add_argument("--solver-seeds-only", action="store_true",
                         help="measure the ranking across solver seeds only, and keep the rest of scan.json")
+    parser.add_argument("--experiment-only", type=int, metavar="PER_CLASS",
+                        help="time `collide run scan` end to end on PER_CLASS test images of each digit only, "
+                             "and keep the rest of scan.json")
     args = parser.parse_args(argv)
+    path = HERE / "scan.json"
+    if args.experiment_only:
+        kept = json.loads(path.read_text()) if path.is_file() else {}
+        kept["experiment"] = experiment_end_to_end(args.experiment_only)
+        path.write_text(json.dumps(kept, indent=1))
+        print(json.dumps(kept["experiment"], indent=1))
+        return kept
     images = torch.from_numpy(test_images(args.examples).copy()).float().div(255).unsqueeze(1)
     config = ScanConfig(chunk=args.examples)
     out: dict[str, Any] = {"machine": machine(), "layer": LAYER, "examples": args.examples,
                            "config": json.loads(json.dumps(dataclasses.asdict(config), default=str))}
-    path = HERE / "scan.json"
     if args.solver_seeds_only:
         kept = json.loads(path.read_text())
         model, _ = load_checkpoint(_checkpoint(SEEDS[0]))
@@ -155,13 +187,15 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         out["exact_row"] = exact_row_costs(model, images[: min(10, args.examples)])
         out["machine"]["load_average_after"] = [round(x, 2) for x in os.getloadavg()]
         kept = json.loads(path.read_text()) if path.is_file() else {}
-        for key in ("scan_seconds", "radius_vs_spread", "across_training_seeds", "across_solver_seeds"):
+        for key in ("scan_seconds", "radius_vs_spread", "across_training_seeds", "across_solver_seeds", "experiment"):
             if key in kept:
                 out[key] = kept[key]
                 out.setdefault("kept_from", kept["machine"].get("date"))
         path.write_text(json.dumps(out, indent=1))
         print(json.dumps({k: out[k] for k in ("stages", "exact_row")}, indent=1))
         return out
+    if path.is_file() and "experiment" in (kept := json.loads(path.read_text())):
+        out["experiment"] = kept["experiment"]  # timed on its own (--experiment-only)
     frames = {}
     for seed in SEEDS:
         model, _ = load_checkpoint(_checkpoint(seed))

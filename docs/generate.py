@@ -283,6 +283,13 @@ def scan_costs(path: Path = SCAN_RESULTS) -> str:
                 f"| (the geometry it replaced) | {row['geometry_before_s']:.1f} |"]
     out += ["", f"The whole test set at that rate: {st['test_set_hours']:.1f} hours in one process "
             f"({st['test_set_note']}).", ""]
+    if e := r.get("experiment"):
+        em = e["machine"]
+        out += [f"The scan experiment end to end (`{e['command']}`: a Prefect flow over {e['workers']} local Dask "
+                f"workers, its temporary server's start included), measured {em['date']}, load average "
+                f"{em['load_average']} before and {em['load_average_after']} after: {e['examples']} test images in "
+                f"{e['seconds']:.0f} s, {e['per_example_s']:.2f} s an image; the whole test set at that rate: "
+                f"{e['test_set_hours']:.1f} hours.", ""]
     pairs = {**{f"training seeds: {k}": v for k, v in r.get("across_training_seeds", {}).items()},
              **{f"solver seeds, training seed 0: {k}": v for k, v in r.get("across_solver_seeds", {}).items()}}
     if "radius_vs_spread" in r:
