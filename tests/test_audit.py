@@ -1,5 +1,6 @@
 """collide.scan: every example ranked, from a batch, a Dataset or a DataLoader, resumable."""
 
+import dataclasses
 import math
 
 import numpy as np
@@ -98,6 +99,20 @@ def test_a_dataset_and_a_dataloader_scan_like_the_batch(scanned):
     assert list(batch.sort_values("index")["spread"]) == pytest.approx(list(frame.sort_values("index")["spread"]))
     for data in (TensorDataset(x, y), DataLoader(TensorDataset(x, y), batch_size=4)):
         pd.testing.assert_frame_equal(collide.scan(_model(), "2", data, config=config), batch)
+
+
+def test_exact_sets_measured_side_by_side_are_the_ones_measured_one_at_a_time(tmp_path):
+    x, y = _data()
+    config = ScanConfig(n_vertices=3, gradient=collide.GradientConfig(max_steps=1000), chunk=4, certify=2)
+    one, two = (collide.scan(_model(), "2", x, labels=y, config=dataclasses.replace(config, threads=n))
+                for n in (1, 2))
+    pd.testing.assert_frame_equal(one, two)
+    assert one["exact"].all() and (one["width_directions"] > 0).sum() == 4
+    # The thread count is not part of a stored chunk's key: a rerun with another reads it back.
+    collide.scan(_model(), "2", x, labels=y, config=dataclasses.replace(config, threads=1), store=tmp_path)
+    stamps = {p.name: p.stat().st_mtime_ns for p in tmp_path.iterdir()}
+    collide.scan(_model(), "2", x, labels=y, config=dataclasses.replace(config, threads=2), store=tmp_path)
+    assert {p.name: p.stat().st_mtime_ns for p in tmp_path.iterdir()} == stamps
 
 
 def test_examples_without_a_polytope_say_why_and_rank_last():
