@@ -281,8 +281,13 @@ def scan_costs(path: Path = SCAN_RESULTS) -> str:
                 *([f"| (the same with four to eight width directions) | {row['geometry_widths_s']:.2f} |"]
                   if "geometry_widths_s" in row else []),
                 f"| (the geometry it replaced) | {row['geometry_before_s']:.1f} |"]
-    out += ["", f"The whole test set at that rate: {st['test_set_hours']:.1f} hours in one process "
-            f"({st['test_set_note']}).", ""]
+    if "scan_per_example_s" in st:
+        out += ["", f"`collide.scan` as a whole, its exact sets measured {st['scan_threads']} at a time: "
+                f"{st['scan_per_example_s']:.2f} s an example. The whole test set at that rate: "
+                f"{st['test_set_hours']:.1f} hours ({st['test_set_note']}).", ""]
+    else:
+        out += ["", f"The whole test set at that rate: {st['test_set_hours']:.1f} hours in one process "
+                f"({st['test_set_note']}).", ""]
     if e := r.get("experiment"):
         em = e["machine"]
         out += [f"The scan experiment end to end (`{e['command']}`: a Prefect flow over {e['workers']} local Dask "

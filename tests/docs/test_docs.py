@@ -210,3 +210,7 @@ def test_the_scan_costs_block_shows_scan_json_as_measured(tmp_path):
     text = _generate().scan_costs(path)
     assert "200 test images in 224 s, 1.12 s an image; the whole test set at that rate: 3.1 hours" in text
     assert "over 2 local Dask workers" in text
+    results["stages"].update(scan_per_example_s=0.36, scan_threads=2, test_set_hours=1.25)
+    path.write_text(json.dumps(results))
+    assert "measured 2 at a time: 0.36 s an example. The whole test set at that rate: 1.2 hours" in \
+        _generate().scan_costs(path)
