@@ -298,24 +298,20 @@ def _certify(model: nn.Module, site: Site, read: Callable[[int, int], tuple[torc
     ranked = frame[frame["size"].notna()]
     picked = sorted(set(ranked["index"].head(config.certify)) | set(ranked["index"].tail(config.certify)))
     frame = frame.set_index("index", drop=False)
-    examples = {int(i): read(int(i), int(i) + 1)[0] for i in picked}  # a reader need not be thread-safe
-
-    def measure(i: int) -> dict[str, Any]:
-        x = examples[i]
-        key = json_digest({**base, "certify": i, "inputs": _chunk_key(base, x, None)})
-        path = folder / f"certify-{i:08d}-{key}.json" if folder is not None else None
-        if path is not None and path.is_file():
-            return json.loads(path.read_text())
-        geo = collision_geometry(model, site, x[0].float(), config=config.geometry)
-        found = width_summary(geo.widths.numpy())
-        if path is not None:
-            with atomic_file(path) as tmp:
-                Path(tmp).write_text(json.dumps(found))
-        return found
-
     # One at a time: side by side on 2 cores measured no faster (8.8 s an example either
     # way: certify_s and certify_side_by_side_s in benchmarks/scan.json).
-    for i, found in {i: measure(i) for i in examples}.items():
+    for i in picked:
+        x, _ = read(int(i), int(i) + 1)
+        key = json_digest({**base, "certify": int(i), "inputs": _chunk_key(base, x, None)})
+        path = folder / f"certify-{int(i):08d}-{key}.json" if folder is not None else None
+        if path is not None and path.is_file():
+            found = json.loads(path.read_text())
+        else:
+            geo = collision_geometry(model, site, x[0].float(), config=config.geometry)
+            found = width_summary(geo.widths.numpy())
+            if path is not None:
+                with atomic_file(path) as tmp:
+                    Path(tmp).write_text(json.dumps(found))
         for k, v in found.items():
             frame.loc[i, k] = v
     return frame.reset_index(drop=True)
