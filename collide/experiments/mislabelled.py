@@ -23,10 +23,9 @@ from collide.datasets.mnist import Split, ensure_mnist, load_mnist
 from collide.experiments import mnist
 from collide.experiments.configs.mislabelled import MislabelledExperiment
 from collide.experiments.contract import Job, Progress, job, no_progress
-from collide.experiments.scanned import read_scans, scan_row
+from collide.experiments.scanned import read_scans, scan_row, seeds_context
 from collide.experiments.variants import flip_labels, variant_checkpoint
 from collide.models.zoo import load_checkpoint, train
-from collide.polytope import dataset_avg_distance
 from collide.results.detection import detection_summary, draw_detection
 from collide.results.store import ExperimentStore
 from collide.results.summary import SUMMARY_OUTPUTS, write_summary
@@ -50,10 +49,15 @@ def seed_train(config: MislabelledExperiment, seed: int) -> MislabelledExperimen
     return dataclasses.replace(config, train=dataclasses.replace(config.train, seed=seed))
 
 
+def trained_on(config: MislabelledExperiment, total: int) -> int:
+    """How many of the ``total`` training examples the models are trained on (the first ones)."""
+    return total if config.train.train_limit is None else min(config.train.train_limit, total)
+
+
 def flips(config: MislabelledExperiment, labels: torch.Tensor, seed: int) -> tuple[torch.Tensor, torch.Tensor]:
     """The labels seed ``seed``'s model is trained on, and the flipped indices."""
-    n = len(labels) if config.train.train_limit is None else min(config.train.train_limit, len(labels))
-    return flip_labels(labels, fraction=config.flip_fraction, n=n, seed=config.flip_seed + seed)
+    return flip_labels(labels, fraction=config.flip_fraction, n=trained_on(config, len(labels)),
+                       seed=config.flip_seed + seed)
 
 
 def scanned(config: MislabelledExperiment, flipped: torch.Tensor, n: int, seed: int) -> list[int]:
@@ -80,16 +84,10 @@ def prepare(*, config: MislabelledExperiment, progress: Progress = no_progress) 
         trained = variant_checkpoint(
             cfg, variant=variant, progress=progress,
             fit=lambda tr, te, labels=labels, cfg=cfg: train(Split(tr.images, labels), te, config=cfg.train))
-        n = len(train_split) if config.train.train_limit is None else min(config.train.train_limit, len(train_split))
         seeds[str(seed)] = {**trained, "flipped": [int(i) for i in flipped],
-                            "examples": scanned(config, flipped, n, seed)}
+                            "examples": scanned(config, flipped, trained_on(config, len(train_split)), seed)}
     progress("checkpoints (seeds)", len(config.seeds), len(config.seeds))
-    distance = dataset_avg_distance(load_mnist(config.data_root, "test").images,
-                                    n_pairs=config.sample.n_dataset_pairs, seed=config.sample.seed)
-    return {"seeds": seeds, "dataset_avg_distance": distance,
-            "test_accuracy": {f"seed-{s}": t["test_accuracy"] for s, t in seeds.items()},
-            "inputs": {"checkpoint_sha256": {s: t["sha256"] for s, t in seeds.items()},
-                       "data": seeds[str(config.seeds[0])]["data_digest"]}}
+    return seeds_context(seeds, load_mnist(config.data_root, "test").images, config=config)
 
 
 def plan(context: dict[str, Any], *, config: MislabelledExperiment) -> list[Job]:

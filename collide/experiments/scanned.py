@@ -24,6 +24,7 @@ from collide.config import resolve_device
 from collide.experiments.configs.scanning import ScannedExperiment
 from collide.experiments.contract import Progress, no_progress
 from collide.models.zoo import checkpoint_source, load_checkpoint
+from collide.polytope import dataset_avg_distance
 from collide.results.records import RowRecord
 from collide.results.store import ExperimentStore
 from collide.solvers import solver_for
@@ -32,6 +33,19 @@ from collide.solvers import solver_for
 SCAN_COLUMNS = ("index", "label", "prediction", "confidence", "correct", "valid_vertices", "spread", "dim",
                 "radius", "mean_width", "mean_width_se", "rank")
 PREFIX = "scan_"
+
+def seeds_context(seeds: dict[str, dict[str, Any]], test_images: torch.Tensor, *,
+                  config: ScannedExperiment) -> dict[str, Any]:
+    """A §5 scan's prepared context from each seed's checkpoint (``train_model``'s record
+    with the ``examples`` to scan): the test set's mean pairwise distance, each seed's
+    test accuracy, and what the rows depend on (the checkpoints and the data)."""
+    return {"seeds": seeds,
+            "dataset_avg_distance": dataset_avg_distance(test_images, n_pairs=config.sample.n_dataset_pairs,
+                                                         seed=config.sample.seed),
+            "test_accuracy": {f"seed-{s}": t["test_accuracy"] for s, t in seeds.items()},
+            "inputs": {"checkpoint_sha256": {s: t["sha256"] for s, t in seeds.items()},
+                       "data": seeds[str(config.seeds[0])]["data_digest"]}}
+
 
 def scan_config(config: ScannedExperiment) -> ScanConfig:
     """How :func:`collide.scan` measures each example under ``config``."""

@@ -21,9 +21,8 @@ from collide.datasets.mnist import ensure_mnist, load_mnist
 from collide.experiments import mnist
 from collide.experiments.configs.thin import ThinExperiment
 from collide.experiments.contract import Job, Progress, job, no_progress
-from collide.experiments.scanned import read_scans, scan_row
+from collide.experiments.scanned import read_scans, scan_row, seeds_context
 from collide.models.zoo import load_checkpoint
-from collide.polytope import dataset_avg_distance
 from collide.results.detection import detection_summary, draw_detection
 from collide.results.store import ExperimentStore
 from collide.results.summary import SUMMARY_OUTPUTS, write_summary
@@ -67,11 +66,7 @@ def prepare(*, config: ThinExperiment, progress: Progress = no_progress) -> dict
             pred = model(test.images).argmax(1)
         seeds[str(seed)] = {**trained, "examples": pick(config, pred, test.labels, seed)}
     progress("checkpoints (seeds)", len(config.seeds), len(config.seeds))
-    distance = dataset_avg_distance(test.images, n_pairs=config.sample.n_dataset_pairs, seed=config.sample.seed)
-    return {"seeds": seeds, "dataset_avg_distance": distance,
-            "test_accuracy": {f"seed-{s}": t["test_accuracy"] for s, t in seeds.items()},
-            "inputs": {"checkpoint_sha256": {s: t["sha256"] for s, t in seeds.items()},
-                       "data": seeds[str(config.seeds[0])]["data_digest"]}}
+    return seeds_context(seeds, test.images, config=config)
 
 
 def plan(context: dict[str, Any], *, config: ThinExperiment) -> list[Job]:
