@@ -1,5 +1,7 @@
 """Configuration errors say which key, what type, and the closest valid key."""
 
+import re
+
 import pytest
 
 from collide.config import RowSpec
@@ -7,6 +9,7 @@ from collide.errors import ConfigError
 from collide.experiments.imagenet import ImagenetExperiment
 from collide.experiments.mnist import MnistExperiment
 from collide.experiments.patches import PatchExperiment
+from collide.experiments.scan import ScanExperiment
 
 
 @pytest.mark.parametrize(("raw", "message"), [
@@ -85,3 +88,15 @@ def test_a_field_added_later_is_checked_by_its_annotation():
         Later.from_dict({"ratio": "x"})
     with pytest.raises(ConfigError, match="did you mean 'count'"):
         Later.from_dict({"cout": 2})
+
+
+@pytest.mark.parametrize(("raw", "message"), [
+    ({"targets_per_job": 0}, "expected targets_per_job >= 1, got 0"),
+    ({"rank_by": "mean_width"}, "rank_by=mean_width, but the screen measures no widths (geometry.sizes_only=true)"),
+])
+def test_a_scan_that_cannot_run_as_asked_is_refused_with_the_fix(raw, message):
+    with pytest.raises(ConfigError, match=re.escape(message)):
+        ScanExperiment.from_dict(raw)
+    # Widths in every row make the mean width a size to rank by.
+    widths = ScanExperiment.from_dict({"rank_by": "mean_width", "geometry": {"sizes_only": False}})
+    assert widths.rank_by == "mean_width"
