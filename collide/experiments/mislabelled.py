@@ -23,7 +23,7 @@ from collide.datasets.mnist import Split, ensure_mnist, load_mnist
 from collide.experiments import mnist
 from collide.experiments.configs.mislabelled import MislabelledExperiment
 from collide.experiments.contract import Job, Progress, job, no_progress
-from collide.experiments.scanned import read_scans, scan_row, seeds_context
+from collide.experiments.scanned import read_scans, scan_config, scan_folder, scan_row, seeds_context
 from collide.experiments.variants import flip_labels, variant_checkpoint
 from collide.models.zoo import load_checkpoint, train
 from collide.results.detection import detection_summary, draw_detection
@@ -112,6 +112,7 @@ def solve(job: Job, context: dict[str, Any], *, config: MislabelledExperiment,
     is_flipped = np.isin(np.asarray(examples), flipped.numpy())
     scan_row(config, row=job.rows[0], seed=seed, checkpoint=checkpoint, images=split.images, labels=labels,
              examples=examples, dataset_distance=context["dataset_avg_distance"], progress=progress,
+             measure=scan_config(config), folder=scan_folder(config, seed), model_name=f"mnist-{config.train.arch}",
              extra={"flipped": is_flipped, "loss": loss, "true_label": split.labels[where].numpy()},
              attrs={"split": "train", "flipped_count": len(flipped), "scanned": len(examples)})
 

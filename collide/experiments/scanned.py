@@ -21,6 +21,7 @@ import torch
 from collide.api import find_polytope
 from collide.audit import ScanConfig, scan
 from collide.config import resolve_device
+from collide.experiments.configs.mnist import MnistExperiment
 from collide.experiments.configs.scanning import ScannedExperiment
 from collide.experiments.contract import Progress, no_progress
 from collide.models.zoo import checkpoint_source, load_checkpoint
@@ -56,21 +57,24 @@ def scan_config(config: ScannedExperiment) -> ScanConfig:
 def scan_folder(config: ScannedExperiment, seed: int) -> Path:
     return Path(config.results_root) / f"{config.name}-scans" / f"seed-{seed}"
 
-def scan_row(config: ScannedExperiment, *, row: int, seed: int, checkpoint: str, images: torch.Tensor,
+def scan_row(config: MnistExperiment, *, row: int, seed: int, checkpoint: str, images: torch.Tensor,
              labels: torch.Tensor, examples: list[int], extra: dict[str, np.ndarray], attrs: dict[str, Any],
-             dataset_distance: float, progress: Progress = no_progress) -> pd.DataFrame:
-    """Scan ``images[examples]`` (labelled ``labels[examples]``) under ``checkpoint`` and
-    write row ``row``; returns the scan's frame.
+             dataset_distance: float, measure: ScanConfig, folder: Path | None, model_name: str,
+             progress: Progress = no_progress) -> pd.DataFrame:
+    """Scan ``images[examples]`` (labelled ``labels[examples]``) under ``checkpoint`` as
+    ``measure`` says and write row ``row``; returns the scan's frame.
 
     Args:
         extra: per-example columns of the experiment (one value per entry of ``examples``,
             in that order), stored as ``scan_<key>``.
         attrs: the row's attrs beyond the polytope's and the scan's.
+        folder: where :func:`collide.scan` keeps each finished chunk (None: nowhere).
+        model_name: the row's ``model`` (what the tables call it).
     """
     model, meta = load_checkpoint(checkpoint)
     where = torch.as_tensor(examples, dtype=torch.long)
     x, y = images[where], labels[where]
-    frame = scan(model, config.layer, x, labels=y, config=scan_config(config), store=scan_folder(config, seed),
+    frame = scan(model, config.layer, x, labels=y, config=measure, store=folder,
                  progress=lambda done, total: progress("scan (examples)", done, total))
     top = int(frame["index"].iloc[0])
     solver = solver_for("gradient", config.gradient)
@@ -81,18 +85,28 @@ def scan_row(config: ScannedExperiment, *, row: int, seed: int, checkpoint: str,
               for c in SCAN_COLUMNS}
     arrays[f"{PREFIX}example"] = where.numpy()[order]
     arrays.update({f"{PREFIX}{k}": np.asarray(v, dtype=np.float64)[order] for k, v in extra.items()})
+    if "center" in frame:  # the balls, with the examples they lie around: a referee checks each
+        d = x[0].numel()
+        arrays[f"{PREFIX}center"] = np.stack([np.full(d, np.nan) if c is None else np.asarray(c, dtype=np.float64)
+                                              for c in frame["center"]])
+        arrays[f"{PREFIX}image"] = x[torch.as_tensor(order)].float().numpy()
+    # Why an example has no polytope or no exact set, as an index into the row's list of
+    # reasons (arrays hold numbers): -1 where it has both.
     reasons = sorted({r for r in frame["reason"] if r})
+    arrays[f"{PREFIX}reason"] = np.array([reasons.index(r) if r else -1 for r in frame["reason"]], dtype=np.int64)
     RowRecord.of(
-        poly, config=config, row=row, init="target", model=f"mnist-{config.train.arch}",
+        poly, config=config, row=row, init="target", model=model_name,
         model_source=checkpoint_source(checkpoint, meta["sha256"]), loss=solver.loss_name,
         dataset_avg_distance=dataset_distance,
         extra_attrs={"checkpoint": checkpoint, "checkpoint_sha256": meta["sha256"], "seed": seed,
                      "test_accuracy": meta["test_accuracy"], "target_index": int(examples[top]),
                      "init_index": int(examples[top]), "scan_rank_by": str(frame["rank_by"].iloc[0]),
-                     "scan_reasons": reasons[:20], **attrs},
+                     "scan_reasons": reasons, "scan_box": [measure.geometry.lower, measure.geometry.upper],
+                     **attrs},
         extra_arrays=arrays,
     ).write(config.results_root)
     return frame
+
 
 def read_scans(store: ExperimentStore) -> pd.DataFrame:
     """Every row's scan as one frame: ``seed``, ``example`` (the dataset's index) and the
@@ -100,7 +114,11 @@ def read_scans(store: ExperimentStore) -> pd.DataFrame:
     frames = []
     for r in store.rows():
         arrays, attrs = store.read_row(r)
-        part = pd.DataFrame({k[len(PREFIX):]: v for k, v in arrays.items() if k.startswith(PREFIX)})
+        part = pd.DataFrame({k[len(PREFIX):]: v for k, v in arrays.items()
+                             if k.startswith(PREFIX) and v.ndim == 1})  # not the balls' centres and images
+        if "reason" in part:  # rows written before the reasons were kept lack it
+            texts = [*attrs.get("scan_reasons", []), ""]  # code -1: none
+            part["reason"] = [texts[int(c)] for c in part["reason"]]
         part.insert(0, "seed", int(attrs["seed"]))
         part.insert(1, "row", r)
         frames.append(part)

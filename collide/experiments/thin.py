@@ -21,7 +21,7 @@ from collide.datasets.mnist import ensure_mnist, load_mnist
 from collide.experiments import mnist
 from collide.experiments.configs.thin import ThinExperiment
 from collide.experiments.contract import Job, Progress, job, no_progress
-from collide.experiments.scanned import read_scans, scan_row, seeds_context
+from collide.experiments.scanned import read_scans, scan_config, scan_folder, scan_row, seeds_context
 from collide.models.zoo import load_checkpoint
 from collide.results.detection import detection_summary, draw_detection
 from collide.results.store import ExperimentStore
@@ -81,6 +81,7 @@ def solve(job: Job, context: dict[str, Any], *, config: ThinExperiment, progress
     scan_row(config, row=job.rows[0], seed=seed, checkpoint=context["seeds"][str(seed)]["checkpoint"],
              images=test.images, labels=test.labels, examples=examples, extra={},
              dataset_distance=context["dataset_avg_distance"], progress=progress,
+             measure=scan_config(config), folder=scan_folder(config, seed), model_name=f"mnist-{config.train.arch}",
              attrs={"split": "test", "scanned": len(examples)})
 
 
