@@ -432,7 +432,9 @@ def _exact_set(
 class SetSize:
     """The exact collision set's screening sizes: the dimension of its affine hull (and
     how it was found, as :class:`Geometry` says) and its inscribed radius, with what they
-    cost. No widths and no samples: those are :func:`collision_geometry`'s."""
+    cost. No widths and no samples: those are :func:`collision_geometry`'s. ``center``:
+    the ball's centre, flat like the input (float64), so that anyone can check the ball
+    lies in the set."""
 
     dim: int
     dim_method: str
@@ -440,6 +442,7 @@ class SetSize:
     free_dim: int
     input_dim: int
     seconds: float
+    center: np.ndarray
 
 
 def collision_size(
@@ -461,6 +464,7 @@ def collision_size(
         raise InternalError(f"the inscribed-ball LP of the collision set failed ({ball.outcome}), though the "
                             "target is in the set: report this with the model and target")
     dim, how, flat = hull_dimension(cs, ball)
-    radius = ball.radius if flat is None else flat.radius
+    radius, center = (ball.radius, ball.center) if flat is None else (flat.radius, flat.center)
     return SetSize(dim=dim, dim_method=how, radius=float(radius), free_dim=cs.free_dim, input_dim=cs.input_dim,
+                   center=np.asarray(center, dtype=np.float64),
                    seconds=time.perf_counter() - start)

@@ -80,6 +80,8 @@ class ScanConfig:
         device: cpu or cuda for the gradient solver.
         threads: examples whose exact sets the screen measures at once (0: a thread per core this process may
             take).
+        centers: keep each exact set's ball centre (column ``center``: the input flattened, float64; None
+            without one), so that a reader can check each ball lies in its set.
     """
 
     n_vertices: int = 5
@@ -92,6 +94,7 @@ class ScanConfig:
     chunk: int = 50
     device: str = "cpu"
     threads: int = 0
+    centers: bool = False
 
     def __post_init__(self) -> None:
         require(self.n_vertices >= 2, f"expected n_vertices >= 2 (a spread needs two vertices), got {self.n_vertices}")
@@ -176,6 +179,11 @@ def _screen(model: nn.Module, site: Site, x: torch.Tensor, y: torch.Tensor | Non
             sizes = list(pool.map(lambda k: collision_size(model, site, x[k], config=config.geometry), range(len(x))))
         for row, size in zip(rows, sizes, strict=True):
             row.update(dim=size.dim, dim_method=size.dim_method, radius=size.radius, exact=True)
+            if config.centers:
+                row["center"] = size.center
+    elif config.centers:
+        for row in rows:
+            row["center"] = None
     return rows
 
 
@@ -190,7 +198,7 @@ def rank_examples(frame: pd.DataFrame, by: str) -> pd.DataFrame:
 
 
 def _rank(frame: pd.DataFrame, by: str) -> pd.DataFrame:
-    return rank_examples(frame, by)[list(COLUMNS)]
+    return rank_examples(frame, by)[[*COLUMNS, *(["center"] if "center" in frame else [])]]
 
 
 def rank_stability(a: pd.DataFrame, b: pd.DataFrame, *, top: float = 0.01) -> dict[str, float]:
@@ -241,7 +249,7 @@ def scan(
         ``spread``, ``dim`` (and ``dim_method``), ``radius``, ``mean_width`` with
         ``mean_width_se`` (certified examples), ``exact`` (the set was measured),
         ``reason`` (why an example has no polytope or no exact set); ``rank_by``,
-        ``size`` (the ranked value) and ``rank``.
+        ``size`` (the ranked value) and ``rank``; with ``config.centers``, ``center``.
     """
     config = config or ScanConfig()
     require_float32(model)

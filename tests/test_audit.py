@@ -115,6 +115,32 @@ def test_exact_sets_measured_side_by_side_are_the_ones_measured_one_at_a_time(tm
     assert {p.name: p.stat().st_mtime_ns for p in tmp_path.iterdir()} == stamps
 
 
+def test_kept_centres_are_each_sets_ball_and_a_stored_chunk_keeps_them(tmp_path):
+    x, y = _data()
+    config = ScanConfig(n_vertices=3, gradient=collide.GradientConfig(max_steps=1000), chunk=4, centers=True)
+    model = _model()
+    frame = collide.scan(model, "2", x, labels=y, config=config, store=tmp_path)
+    assert list(frame.columns) == [*COLUMNS, "center"]
+    w, b = (t.detach().double().numpy() for t in (model[1].weight, model[1].bias))
+    for row in frame.itertuples():
+        size = collision_size(model, "2", x[row.index], config=config.geometry)
+        assert np.array_equal(np.asarray(row.center), size.center) and size.center.shape == (36,)
+        # Oracle, in numpy from the weights: the ball of the stored centre and radius within
+        # the flat where the active units keep their values lies in the set. On the flat
+        # (projector p), a row a·x ≤ b holds on the ball iff a·c + r‖p a‖ ≤ b.
+        t = x[row.index].flatten().double().numpy()
+        active = w @ t + b > 0
+        p = np.eye(36) - np.linalg.pinv(w[active]) @ w[active]
+        c, r = size.center, row.radius
+        assert np.allclose(w[active] @ c, w[active] @ t, atol=1e-9)  # the active units' values kept
+        assert (w[~active] @ c + b[~active] + r * np.linalg.norm(w[~active] @ p, axis=1) <= 1e-9).all()
+        reach = np.linalg.norm(p, axis=0)  # of each pixel's face
+        assert (c - r * reach >= -1e-9).all() and (c + r * reach <= 1 + 1e-9).all()
+    again = collide.scan(model, "2", x, labels=y, config=config, store=tmp_path)  # read back from the chunks
+    assert all(np.array_equal(np.asarray(a), np.asarray(b)) for a, b in zip(frame["center"], again["center"],
+                                                                             strict=True))
+
+
 def test_examples_without_a_polytope_say_why_and_rank_last():
     x, y = _data(3)
     frame = collide.scan(_model(), "2", x, labels=y, config=ScanConfig(n_vertices=12, exact="never"))
