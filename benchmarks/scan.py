@@ -98,12 +98,13 @@ def _test_set(scan_per_example: float, certify: float) -> dict[str, Any]:
 
 
 def exact_row_costs(model: torch.nn.Module, images: torch.Tensor) -> dict[str, Any]:
-    """Seconds per example of what an exact row of the scan experiment measures, each
-    alternative timed on the same examples in this process: the inscribed-ball LP with
-    its box as column bounds and rows at once (the form it solves) against every box row
+    """Seconds per example of the exact set's measurement in a screen, each alternative
+    timed on the same examples in this process: the inscribed-ball LP with its box as
+    column bounds and rows at once (the form it solves) against every box row
     with free columns (the form it falls back to for a radius of 0), and the scan's
     geometry (sizes only) against the same with four to eight width directions and the
-    geometry the scan used first."""
+    geometry the scan experiment's exact rows took first (before it screened with
+    :func:`collide.scan`)."""
     lazy, every, worst = 0.0, 0.0, 0.0
     for x in images:
         cs = _exact_set(model, LAYER, x, GeometryConfig(), ())
@@ -163,7 +164,8 @@ def experiment_end_to_end(per_class: int) -> dict[str, Any]:
         seconds = time.perf_counter() - start
         ranked = pd.read_parquet(Path(tmp) / "results" / "scan-ranking.parquet")
     n = len(ranked)
-    return {"command": " ".join(command[1:3] + command[3:-2]), "examples": n, "seconds": seconds,
+    return {"command": " ".join(command[1:3] + command[3:-2]), "examples": n,
+            "per_job": ScanExperiment().targets_per_batch, "seconds": seconds,
             "per_example_s": seconds / n, "test_set_hours": seconds / n * TEST_SET / 3600,
             "workers": os.cpu_count(), "machine": {**machine(), "load_average_after": [
                 round(x, 2) for x in os.getloadavg()]}}
@@ -175,7 +177,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     parser.add_argument("--seeds-examples", type=int, default=30,
                         help="test images scanned again with other solver seeds")
     parser.add_argument("--stages-only", action="store_true",
-                        help="measure the stages and the exact row only, and keep the stored rank stability")
+                        help="measure the stages and the exact set's forms only, and keep the stored rank stability")
     parser.add_argument("--solver-seeds-only", action="store_true",
                         help="measure the ranking across solver seeds only, and keep the rest of scan.json")
     parser.add_argument("--experiment-only", type=int, metavar="PER_CLASS",

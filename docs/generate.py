@@ -277,10 +277,10 @@ def scan_costs(path: Path = SCAN_RESULTS) -> str:
            f"| certify: widths to 5% and mixing samples | {st['certify_s']:.1f} |"]
     row = r.get("exact_row")
     if row:
-        out += [f"| the scan experiment's exact row: its screened geometry | {row['geometry_scan_s']:.2f} |",
+        out += [f"| `collision_geometry` with the screen's settings (sizes only) | {row['geometry_scan_s']:.2f} |",
                 *([f"| (the same with four to eight width directions) | {row['geometry_widths_s']:.2f} |"]
                   if "geometry_widths_s" in row else []),
-                f"| (the geometry it replaced) | {row['geometry_before_s']:.1f} |"]
+                f"| (the geometry the scan experiment's exact rows first took) | {row['geometry_before_s']:.1f} |"]
     if "scan_per_example_s" in st:
         out += ["", f"`collide.scan` as a whole, its exact sets measured {st['scan_threads']} at a time: "
                 f"{st['scan_per_example_s']:.2f} s an example. The whole test set at that rate: "
@@ -291,7 +291,8 @@ def scan_costs(path: Path = SCAN_RESULTS) -> str:
     if e := r.get("experiment"):
         em = e["machine"]
         out += [f"The scan experiment end to end (`{e['command']}`: a Prefect flow over {e['workers']} local Dask "
-                f"workers, its temporary server's start included), measured {em['date']}, load average "
+                f"workers, {e['per_job']} examples a job, its temporary server's start included), measured "
+                f"{em['date']}, load average "
                 f"{em['load_average']} before and {em['load_average_after']} after: {e['examples']} test images in "
                 f"{e['seconds']:.0f} s, {e['per_example_s']:.2f} s an image; the whole test set at that rate: "
                 f"{e['test_set_hours']:.1f} hours.", ""]

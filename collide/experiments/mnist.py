@@ -212,13 +212,11 @@ def prepare(*, config: MnistExperiment, progress: Progress = no_progress) -> dic
 def plan(context: dict[str, Any], *, config: MnistExperiment) -> list[Job]:
     """One job per row: target ``k`` owns rows ``k*len(rows)`` on. With
     ``targets_per_batch`` > 1, a job holds the gradient-solver rows (``gradient``,
-    ``paper``) of one row spec for that many consecutive targets, solved as one batch;
-    a config with ``targets_per_job`` (the scan's) groups the other rows so, solved one
-    after another in one job."""
+    ``paper``) of one row spec for that many consecutive targets, solved as one batch."""
     n, targets = len(config.rows), context["targets"]
     jobs = []
     for i, spec in enumerate(config.rows):
-        per = config.targets_per_batch if SOLVERS[spec.method].batches else getattr(config, "targets_per_job", 1)
+        per = config.targets_per_batch if SOLVERS[spec.method].batches else 1
         for first in range(0, len(targets), per):
             ks = range(first, min(first + per, len(targets)))
             label = (f"target-{first}-row-{first * n + i}" if len(ks) == 1 else f"targets-{ks[0]}-{ks[-1]}")

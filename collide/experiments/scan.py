@@ -1,23 +1,25 @@
 """The auditor's scan: every example of a split or an image folder (or N per class, or a list), ranked.
 
 What the paper's §5 suggests auditors do: find the examples the model is most blind
-around. Each example is a target, right or wrong, with a gradient and an exact row (the
-MNIST experiment's stages, fanned out by the engine). Then:
+around. The examples are screened ``targets_per_batch`` to a job by :func:`collide.scan`
+(each example's gradient polytope, all in one solver batch, and its exact collision
+set's dimension and inscribed radius, one LP each), and each job writes one row: the
+gradient polytope of its most blind example, evaluated like any row, with every
+example's sizes beside it (arrays ``scan_<column>``, :mod:`collide.experiments.scanned`).
+Then:
 
 - ``<name>-ranking.parquet``: one row per example, its label, prediction, confidence,
   the sizes (the gradient polytope's valid vertices and spread; the exact set's
-  dimension, inscribed radius and mean width with its standard error) and its rank by
-  ``rank_by`` (the certified radius by default; :mod:`collide.audit` says why);
+  dimension and inscribed radius) and its rank by ``rank_by`` (the certified radius by
+  default; :mod:`collide.audit` says why), and why an example has no size;
 - ``<name>-gallery.png``: the most and the least blind examples with their sizes;
-- ``<name>-summary.parquet`` and its figure: per class, how often a polytope exists and
-  keeps its class, how wide it is, and the exact dimension bound;
+- ``<name>-summary.parquet`` and its figure: per class, how many examples, how many of
+  them the model gets right, how often a gradient polytope and an exact set exist, and
+  their sizes;
 - with ``certify`` k > 0, ``<name>-certified.parquet``: the second stage, the full
   measurement of the k most and k least blind examples by the ranking (widths to
   ``certify_geometry``'s error, samples whose statistics are reported only where the
   chains mixed), each kept while what it was measured from is unchanged.
-
-Examples the model cannot hold a polytope around (fewer units it can push than
-``n_vertices`` at the layer) are left out before any job, and counted in a note.
 """
 
 from __future__ import annotations
@@ -33,19 +35,20 @@ import torch
 
 from collide._io import file_digest, json_digest
 from collide.api import collision_geometry
-from collide.audit import rank_examples, width_summary
+from collide.audit import ScanConfig, rank_examples, width_summary
+from collide.config import resolve_device
 from collide.datasets.folders import list_folder
 from collide.datasets.mnist import ensure_mnist
 from collide.errors import DataError
 from collide.experiments import mnist
 from collide.experiments.configs.scan import ScanExperiment
-from collide.experiments.contract import Progress, no_progress
+from collide.experiments.contract import Job, Progress, job, no_progress
+from collide.experiments.scanned import read_scans, scan_row
 from collide.models.zoo import load_checkpoint
-from collide.results.figures import draw_class_summary, draw_gallery, save_figure
+from collide.results.figures import draw_gallery, draw_scan_classes, save_figure
 from collide.results.report import CERTIFIED_OUTPUT, GALLERY_OUTPUT, RANKING_OUTPUT
 from collide.results.store import ExperimentStore
 from collide.results.summary import SUMMARY_OUTPUTS, summary_table, write_summary, write_summary_table
-from collide.taps import preactivation
 
 RANKING, GALLERY, CERTIFIED = "ranking", GALLERY_OUTPUT, "certified"
 # Files :func:`summarize` writes beyond the table and figure, as suffixes of the name
@@ -60,7 +63,7 @@ assert summary_table(CERTIFIED) == CERTIFIED_OUTPUT  # and the second stage by t
 
 NAME = "scan"
 Config = ScanExperiment
-layers, plan, solve = mnist.layers, mnist.plan, mnist.solve
+layers = mnist.layers
 
 
 def _kind(config: ScanExperiment) -> str:
@@ -81,46 +84,29 @@ def validate(*, config: ScanExperiment) -> None:
     mnist.validate(config=config)
 
 
-def pick_examples(model: torch.nn.Module, images: torch.Tensor, labels: torch.Tensor, *,
-                  config: ScanExperiment) -> tuple[list[dict[str, int]], list[str]]:
-    """The examples to scan (each with its ``other`` init, the first example of another
-    label) and notes on those left out: exactly ``indices``, else the first
-    ``targets_per_class`` of every label, else every example; an example with fewer
-    units it can push at the layer than ``n_vertices`` is left out."""
+def pick_examples(labels: torch.Tensor, *, config: ScanExperiment) -> list[int]:
+    """The examples to scan, by index: exactly ``indices``, else the first
+    ``targets_per_class`` of every label, else every example. An example the model
+    cannot hold a polytope around is scanned too: the ranking says why it has no size."""
     n = len(labels)
     if config.indices:
         wrong = [i for i in config.indices if i >= n]
         if wrong:
             raise DataError(f"indices {wrong[:5]} are past the {_source(config)}'s {n} examples: "
                             f"pass indices below {n}")
-        chosen = list(config.indices)
-    elif config.targets_per_class:
-        chosen = sorted(int(i) for c in labels.unique().tolist()
-                        for i in torch.nonzero(labels == c).flatten()[:config.targets_per_class])
-    else:
-        chosen = list(range(n))
-    with torch.no_grad():
-        pre = torch.cat([preactivation(model, images[chosen[k:k + 1000]], config.layer)
-                         for k in range(0, len(chosen), 1000)])
-    units = (pre <= 0).sum(1).tolist()
-    kept = [i for i, u in zip(chosen, units, strict=True) if u >= config.n_vertices]
-    notes = [] if len(kept) == len(chosen) else [
-        f"{len(chosen) - len(kept)} of {len(chosen)} examples left out: fewer than n_vertices={config.n_vertices} "
-        f"non-positive units at {config.layer}"]
-    if not kept:
-        raise DataError(f"no example to scan: every one has fewer than n_vertices={config.n_vertices} non-positive "
-                        f"units at {config.layer}; lower n_vertices or pick another layer")
-    firsts = {int(c): int(torch.nonzero(labels != c).flatten()[0]) for c in labels.unique().tolist()}
-    return [{"target_index": i, "other_index": firsts[int(labels[i])]} for i in kept], notes
+        return list(config.indices)
+    if config.targets_per_class:
+        return sorted(int(i) for c in labels.unique().tolist()
+                      for i in torch.nonzero(labels == c).flatten()[:config.targets_per_class])
+    return list(range(n))
 
 
 def prepare(*, config: ScanExperiment, progress: Progress = no_progress) -> dict[str, Any]:
     """The MNIST experiment's shared work, with the scan's examples of its split."""
     ensure_mnist(config.data_root, allow_download=config.allow_download)
     context = mnist.prepare(config=_one_target(config), progress=progress)
-    model, _ = load_checkpoint(context["checkpoint"])
     data = mnist.indexed_images(config)
-    targets, notes = pick_examples(model, data.images, data.labels, config=config)
+    examples = pick_examples(data.labels, config=config)
     inputs = {**context["inputs"], "split": config.split}
     if config.image_root:  # the rows index these images: their files and labels are what they depend on
         paths = [path for path, _ in list_folder(config.image_root)[1]]  # the order indexed_images read them in
@@ -130,7 +116,34 @@ def prepare(*, config: ScanExperiment, progress: Progress = no_progress) -> dict
         # Rows index examples by position: a factory that returns other examples on the next
         # call is refused here, before the plan writes anything (each job checks again).
         mnist.require_same_images(config, mnist.indexed_images(config), inputs["images"])
-    return {**context, "targets": targets, "notes": [*context.get("notes", []), *notes], "inputs": inputs}
+    return {**context, "targets": examples, "inputs": inputs}
+
+
+def plan(context: dict[str, Any], *, config: ScanExperiment) -> list[Job]:
+    """Job ``k`` screens the ``k``-th ``targets_per_batch`` examples and writes row ``k``."""
+    examples, per = context["targets"], config.targets_per_batch
+    return [job(f"examples-{first}-{min(first + per, len(examples)) - 1}", [k], examples=examples[first:first + per])
+            for k, first in enumerate(range(0, len(examples), per))]
+
+
+def measure(config: ScanExperiment, n: int) -> ScanConfig:
+    """How a job of ``n`` examples screens them: one solver batch, the screen's sizes (each
+    ball's centre kept, for ``collide verify``), and its row's polytope that of the
+    example ranked first by the scan's own rule (radius, else spread), whatever
+    ``rank_by`` the outputs use."""
+    return ScanConfig(n_vertices=config.n_vertices, gradient=config.gradient, exact=config.exact_sizes,
+                      geometry=config.geometry, chunk=n, device=resolve_device(config.device), centers=True)
+
+
+def solve(job: Job, context: dict[str, Any], *, config: ScanExperiment, progress: Progress = no_progress) -> None:
+    """Screen the job's examples with :func:`collide.scan` and write its row."""
+    data = mnist._job_images(config, context)  # the training split, an image folder, a dataset
+    examples = job.spec["examples"]
+    scan_row(config, row=job.rows[0], seed=config.seed, checkpoint=context["checkpoint"], images=data.images,
+             labels=data.labels, examples=examples, extra={}, dataset_distance=context["dataset_avg_distance"],
+             measure=measure(config, len(examples)), folder=None, model_name=mnist.model_name(
+                 context, config.train.arch), progress=progress,
+             attrs={"split": _kind(config), "scanned": len(examples), **mnist.data_attrs(context)})
 
 
 def _one_target(config: ScanExperiment) -> mnist.MnistExperiment:
@@ -142,68 +155,53 @@ def _one_target(config: ScanExperiment) -> mnist.MnistExperiment:
     return mnist.MnistExperiment(**{**keep, "targets_per_class": 0, "n_vertices": 1})
 
 
-def class_summary(table: pd.DataFrame) -> pd.DataFrame:
-    """One row per (class, method) of a scan's table.
+def class_summary(ranked: pd.DataFrame) -> pd.DataFrame:
+    """One row per class (label) of a scan's ranking.
 
-    Columns: ``targets``; ``polytopes`` (rows with at least two valid vertices) and its
-    share; ``success_rate_mean``/``_min`` over those; ``vertex_avg_distance_mean``
-    (the spread: mean pairwise L2 of valid vertices); ``max_feature_rel_error``;
-    ``dim_upper_bound_mean``/``_min`` (exact rows: d − rank J⁺, NaN for the others).
+    Columns: ``examples``; ``correct`` (the model's share right); ``polytopes`` (examples
+    with a gradient polytope: two valid vertices or more) and ``polytope_share``;
+    ``spread_mean``; ``exact_sets`` (examples whose exact set was measured);
+    ``dim_mean``/``_min`` and ``radius_mean``/``_min`` over those.
     """
-    frame = table.assign(**{"class": table["target_class"].astype(int)})
-    bound = frame["dim_upper_bound"].where(frame["dim_upper_bound"] >= 0) if "dim_upper_bound" in frame else np.nan
-    frame = frame.assign(dim_upper_bound=bound, polytope=frame["valid_vertices"] >= 2)
-    out = frame.groupby(["class", "method"], sort=True).agg(
-        targets=("row", "size"),
-        polytopes=("polytope", "sum"),
-        success_rate_mean=("success_rate", "mean"),
-        success_rate_min=("success_rate", "min"),
-        vertex_avg_distance_mean=("vertex_avg_distance", "mean"),
-        max_feature_rel_error=("max_feature_rel_error", "max"),
-        dim_upper_bound_mean=("dim_upper_bound", "mean"),
-        dim_upper_bound_min=("dim_upper_bound", "min"),
+    frame = ranked.assign(**{"class": ranked["label"].astype(int), "polytope": ranked["valid_vertices"] >= 2,
+                             "exact_set": ranked["radius"].notna(), "right": ranked["correct"].astype(float)})
+    out = frame.groupby("class", sort=True).agg(
+        examples=("index", "size"), correct=("right", "mean"), polytopes=("polytope", "sum"),
+        spread_mean=("spread", "mean"), exact_sets=("exact_set", "sum"), dim_mean=("dim", "mean"),
+        dim_min=("dim", "min"), radius_mean=("radius", "mean"), radius_min=("radius", "min"),
     ).reset_index()
-    out["polytopes"] = out["polytopes"].astype(int)
-    out.insert(4, "polytope_share", out["polytopes"] / out["targets"])
+    out[["polytopes", "exact_sets"]] = out[["polytopes", "exact_sets"]].astype(int)
+    out.insert(4, "polytope_share", out["polytopes"] / out["examples"])
     return out
 
 
-# The ranking's columns: what each example's gradient and exact rows say of it.
-_GRADIENT = {"valid_vertices": "valid_vertices", "vertex_avg_distance": "spread", "success_rate": "success_rate",
-             "target_top_prob": "confidence", "target_class": "prediction"}
-_EXACT = {"region_dim": "dim", "region_radius": "radius", "region_mean_width": "mean_width",
-          "region_mean_width_se": "mean_width_se", "region_n_directions": "width_directions"}
+# The ranking's columns, in order: the scan's (collide.audit.COLUMNS) with ``index`` the
+# example's in the split, and the row that holds it.
+COLUMNS = ("index", "label", "prediction", "confidence", "correct", "valid_vertices", "spread", "dim", "radius",
+           "reason", "row", "rank_by", "size", "rank")
 
 
-def ranking(table: pd.DataFrame, labels: np.ndarray, *, rank_by: str = "auto") -> pd.DataFrame:
-    """One row per example of a scan's table, most blind first (:func:`collide.audit.rank_examples`).
-
-    ``labels``: the split's labels, by example index. ``rank_by`` auto takes the radius
-    when every example has an exact row, else the spread.
-    """
-    grad = table[table["method"] == "gradient"].set_index("target_index")
-    exact = table[table["method"] == "exact"].set_index("target_index")
-    frame = grad[list(_GRADIENT)].rename(columns=_GRADIENT)
-    for src, dst in _EXACT.items():
-        frame[dst] = exact[src].reindex(frame.index) if src in exact else np.nan
-    frame["reason"] = grad["invalid_reason"]
-    frame = frame.reset_index().rename(columns={"target_index": "index"})
-    frame.insert(1, "label", labels[frame["index"].to_numpy()].astype(int))
-    frame.insert(4, "correct", frame["prediction"].astype(int) == frame["label"])
+def ranking(scans: pd.DataFrame, *, rank_by: str = "auto") -> pd.DataFrame:
+    """One line per example of a scan's rows (:func:`collide.experiments.scanned.read_scans`),
+    most blind first (:func:`collide.audit.rank_examples`). ``rank_by`` auto takes the
+    radius when every example has an exact set, else the spread."""
+    frame = scans.drop(columns=["index"]).rename(columns={"example": "index"})
+    frame = frame.assign(index=frame["index"].astype(int), label=frame["label"].astype(int),
+                         prediction=frame["prediction"].astype(int), correct=frame["correct"].astype(bool),
+                         valid_vertices=frame["valid_vertices"].astype(int))
     by = rank_by if rank_by != "auto" else ("radius" if frame["radius"].notna().all() else "spread")
-    return rank_examples(frame, by)
+    return rank_examples(frame, by)[list(COLUMNS)]
 
 
 def summarize(*, config: ScanExperiment) -> dict[str, Any]:
     """The per-class summary and its figure, the ranking and the gallery, from the store;
     each kept when unchanged."""
     store, name = ExperimentStore.of(config), config.name
-    table = store.read_table()
-    title = (f"{name}: {table['target_index'].nunique()} {_kind(config)} example(s) at {config.layer}, "
+    ranked = ranking(read_scans(store), rank_by=config.rank_by)
+    title = (f"{name}: {len(ranked)} {_kind(config)} example(s) at {config.layer}, "
              f"{config.n_vertices} vertices per polytope")
-    written = write_summary(store, class_summary(table), lambda frame: draw_class_summary(frame, title=title))
+    written = write_summary(store, class_summary(ranked), lambda frame: draw_scan_classes(frame, title=title))
     data = mnist.indexed_images(config)
-    ranked = ranking(table, data.labels.numpy(), rank_by=config.rank_by)
     path, gallery = store.output(summary_table(RANKING)), store.output(GALLERY)
     same = path.is_file() and pd.read_parquet(path).equals(ranked)
     write_summary_table(store, RANKING, ranked)

@@ -114,30 +114,31 @@ def vertex_grid(
     return Path(path)
 
 
-def draw_class_summary(frame: Any, *, title: str = "") -> Figure:
-    """Per class, one bar per method: the mean success rate and the mean vertex spread.
+def draw_scan_classes(frame: Any, *, title: str = "") -> Figure:
+    """Per class of a scan: the share of its examples the model gets right and the share
+    with a gradient polytope, and the mean inscribed radius of their exact sets with
+    its smallest.
 
-    ``frame`` has one row per (class, method) with ``class``, ``method``,
-    ``success_rate_mean`` and ``vertex_avg_distance_mean`` (NaN: no polytope; no bar).
+    ``frame`` has one row per class with ``class``, ``correct``, ``polytope_share``,
+    ``radius_mean`` and ``radius_min`` (NaN: no exact set; no bar)
+    (:func:`collide.experiments.scan.class_summary`).
     """
-    classes = sorted(frame["class"].unique())
-    methods = sorted(frame["method"].unique())
-    fig = Figure(figsize=(max(6.0, 0.7 * len(classes) * len(methods)), 5.5))
+    classes = [str(c) for c in frame["class"]]
+    x = np.arange(len(classes))
+    fig = Figure(figsize=(max(6.0, 0.6 * len(classes)), 5.5))
     FigureCanvasAgg(fig)
     axes = fig.subplots(2, 1, sharex=True)
-    width = 0.8 / len(methods)
-    x = np.arange(len(classes))
-    for m, method in enumerate(methods):
-        part = frame[frame["method"] == method].set_index("class").reindex(classes)
-        for ax, column in zip(axes, ("success_rate_mean", "vertex_avg_distance_mean"), strict=True):
-            ax.bar(x + (m - (len(methods) - 1) / 2) * width, part[column].to_numpy(dtype=float), width,
-                   label=method)
-    axes[0].set_ylabel("success rate (mean)")
+    for k, (column, label) in enumerate((("correct", "right"), ("polytope_share", "with a gradient polytope"))):
+        axes[0].bar(x + (k - 0.5) * 0.4, frame[column].to_numpy(dtype=float), 0.4, label=label)
+    axes[0].set_ylabel("share of the class's examples")
     axes[0].set_ylim(0, 1.05)
-    axes[1].set_ylabel("vertex spread, L2 (mean)")
-    axes[1].set_xticks(x, [str(c) for c in classes])
-    axes[1].set_xlabel("class of the target")
     axes[0].legend(loc="lower right", fontsize="small")
+    axes[1].bar(x, frame["radius_mean"].to_numpy(dtype=float), 0.6, label="mean")
+    axes[1].plot(x, frame["radius_min"].to_numpy(dtype=float), "k_", markersize=14, label="smallest")
+    axes[1].set_ylabel("inscribed radius, L2")
+    axes[1].legend(loc="upper right", fontsize="small")
+    axes[1].set_xticks(x, classes)
+    axes[1].set_xlabel("label")
     if title:
         fig.suptitle(title)
     fig.tight_layout()

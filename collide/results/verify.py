@@ -5,13 +5,15 @@ carries sample weight is pushed through the recorded model in float64 (its own f
 pass, not the evaluation's), the samples are rebuilt from the stored weights and
 classified again, and the row's ``success_rate``, ``max_feature_rel_error``,
 ``vertex_avg_distance`` and ``valid_vertices`` are compared with what was recomputed.
-A weighted vertex that does not collide to its row's criterion is a failure too.
+A weighted vertex that does not collide to its row's criterion is a failure too. An
+exact row's collision set and a scan row's examples have their stored balls checked
+against the set rebuilt from the model (every row of it holds on the ball).
 """
 
 from __future__ import annotations
 
 import copy
-from collections.abc import Collection
+from collections.abc import Collection, Sequence
 from typing import Any
 
 import numpy as np
@@ -110,9 +112,15 @@ def verify_row(store: ExperimentStore, row: int, table: dict[str, Any] | None = 
                 problems.append(f"{key}: {where} {stated.get(key)!r}, recomputed {value!r}")
     if "region_samples" in arrays:
         problems += _verify_region(net, model, arrays, attrs, sources)
+    scan_balls = {}
+    if "scan_center" in arrays:
+        found, checked = _verify_scan(net, model, arrays, attrs)
+        problems += found
+        scan_balls = {"checked_scan_balls": checked}
     return {"row": row, "counted_vertices": int(weighted.sum()), "max_feature_rel_error": expected[
         "max_feature_rel_error"], "success_rate": expected["success_rate"], "problems": problems,
-        **({"counted_region_samples": len(arrays["region_samples"])} if "region_samples" in arrays else {})}
+        **({"counted_region_samples": len(arrays["region_samples"])} if "region_samples" in arrays else {}),
+        **scan_balls}
 
 
 def _verify_region(net: torch.nn.Module, model: torch.nn.Module, arrays: dict[str, np.ndarray],
@@ -162,21 +170,59 @@ def _verify_region(net: torch.nn.Module, model: torch.nn.Module, arrays: dict[st
             if stated.get(key) is None or abs(float(stated[key]) - value) > tol:
                 problems.append(f"{key}: {where} {stated.get(key)!r}, recomputed {value!r}")
     # The ball: every row a·x ≤ b of the set holds on it iff a·c + r‖Bᵀa‖ ≤ b.
+    cs = _set_of(model, layer, target, t_pre, flats, attrs["geometry"]["box"])
+    center = arrays["region_center"].reshape(-1).astype(np.float64)
+    return problems + [f"the stored inscribed ball {p}" for p in _ball_in_set(cs, center,
+                                                                             float(attrs["geometry"]["radius"]))]
+
+
+def _set_of(model: torch.nn.Module, layer: Any, target: torch.Tensor, t_pre: torch.Tensor, flats: Any,
+            box: Sequence[float]) -> Any:
+    """``target``'s collision set at ``layer`` in ``box``, from ``model``'s affine piece there."""
     piece = affine_piece(model, layer, target.float())
-    cs = collision_set([(piece, t_pre[0].numpy())], target.flatten().numpy(), lower=attrs["geometry"]["box"][0],
-                       upper=attrs["geometry"]["box"][1], max_entries=2**62, flats=[flats.at(0.0)])
+    return collision_set([(piece, t_pre[0].numpy())], target.flatten().numpy(), lower=box[0], upper=box[1],
+                         max_entries=2**62, flats=[flats.at(0.0)])
+
+
+def _ball_in_set(cs: Any, center: np.ndarray, radius: float) -> list[str]:
+    """What keeps the ball of ``center`` and ``radius`` (within the equality subspace)
+    from lying in the set ``cs``: none when it does."""
     a_all, b_all = cs.all_rows()
     reach = np.linalg.norm(a_all @ cs.basis, axis=1)
-    center = arrays["region_center"].reshape(-1).astype(np.float64)
-    radius = float(attrs["geometry"]["radius"])
     over = a_all @ center + radius * reach - b_all
+    problems = []
     if (over > BALL_SLACK * (1 + np.abs(b_all))).any():
-        problems.append(f"the stored inscribed ball (radius {radius:.6g}) crosses {int((over > 0).sum())} rows of "
-                        f"the collision set, by up to {over.max():.3g}")
+        problems.append(f"(radius {radius:.6g}) crosses {int((over > 0).sum())} rows of the collision set, by up "
+                        f"to {over.max():.3g}")
     off = np.abs(cs.equalities @ (center - cs.origin)).max(initial=0.0)
     if off > BALL_SLACK:
-        problems.append(f"the stored ball's centre leaves the equality subspace by {off:.3g}")
+        problems.append(f"(radius {radius:.6g}) has its centre off the equality subspace by {off:.3g}")
     return problems
+
+
+def _verify_scan(net: torch.nn.Module, model: torch.nn.Module, arrays: dict[str, np.ndarray],
+                 attrs: dict[str, Any]) -> tuple[list[str], int]:
+    """A scan's stored sizes, rechecked for every example with an exact set: its ball
+    (``scan_center``, ``scan_radius``) lies in the collision set rebuilt around its stored
+    image (``scan_image``), and ``scan_dim`` is not above the set's equality subspace's
+    dimension. A set whose dimension is below that (some rows hold with equality all over
+    it: its ball lies in a flat the referee does not rebuild) has only its dimension
+    checked. Returns the problems and how many balls were checked."""
+    problems, checked = [], 0
+    images, centers = arrays["scan_image"].astype(np.float64), arrays["scan_center"]
+    for k in np.flatnonzero(np.isfinite(arrays["scan_radius"])):
+        target = torch.from_numpy(images[k])
+        layer = site_of(net, attrs["layer"], target[None])
+        flats = function_of(layer)
+        cs = _set_of(model, layer, target, preactivation(net, target[None], layer), flats, attrs["scan_box"])
+        example, dim = int(arrays["scan_example"][k]), int(arrays["scan_dim"][k])
+        if dim > cs.free_dim:
+            problems.append(f"example {example}: scan_dim {dim} is above its set's subspace dimension {cs.free_dim}")
+        elif dim == cs.free_dim:
+            problems += [f"example {example}: the stored ball {p}"
+                         for p in _ball_in_set(cs, centers[k], float(arrays["scan_radius"][k]))]
+            checked += 1
+    return problems, checked
 
 
 def verify(store: ExperimentStore, *, trusted: Collection[str] = ()) -> list[dict[str, Any]]:

@@ -204,12 +204,13 @@ def test_the_scan_costs_block_shows_scan_json_as_measured(tmp_path):
     assert "| solver seeds, training seed 0: radius seed 0 vs 1 | 200 | 1.000 |" in text
     assert "Not measured" in _generate().scan_costs(tmp_path / "none.json")
     results["experiment"] = {"command": "flows.cli run scan --set targets_per_class=20", "examples": 200,
-                             "seconds": 224.0, "per_example_s": 1.12, "test_set_hours": 3.11, "workers": 2,
+                             "per_job": 100, "seconds": 224.0, "per_example_s": 1.12, "test_set_hours": 3.11,
+                             "workers": 2,
                              "machine": {"date": "E", "load_average": [0.5], "load_average_after": [1.5]}}
     path.write_text(json.dumps(results))
     text = _generate().scan_costs(path)
     assert "200 test images in 224 s, 1.12 s an image; the whole test set at that rate: 3.1 hours" in text
-    assert "over 2 local Dask workers" in text
+    assert "over 2 local Dask workers, 100 examples a job" in text
     results["stages"].update(scan_per_example_s=0.36, scan_threads=2, test_set_hours=1.25)
     path.write_text(json.dumps(results))
     assert "measured 2 at a time: 0.36 s an example. The whole test set at that rate: 1.2 hours" in \

@@ -91,12 +91,13 @@ def test_a_field_added_later_is_checked_by_its_annotation():
 
 
 @pytest.mark.parametrize(("raw", "message"), [
-    ({"targets_per_job": 0}, "expected targets_per_job >= 1, got 0"),
-    ({"rank_by": "mean_width"}, "rank_by=mean_width, but the screen measures no widths (geometry.sizes_only=true)"),
+    ({"targets_per_batch": 0}, "expected targets_per_batch >= 1, got 0"),
+    ({"rank_by": "mean_width"}, "rank_by=mean_width, but the screen measures no widths: rank by the radius, and "
+                                "measure widths of the most and least blind with --set certify=K"),
+    ({"rank_by": "radius", "exact_sizes": "never"}, "rank_by=radius, but exact_sizes=never measures no exact set"),
+    ({"exact_sizes": "sometimes"}, "exact_sizes"),
+    ({"rows": [{"method": "exact", "init": "target"}]}, "expected rows"),
 ])
 def test_a_scan_that_cannot_run_as_asked_is_refused_with_the_fix(raw, message):
     with pytest.raises(ConfigError, match=re.escape(message)):
         ScanExperiment.from_dict(raw)
-    # Widths in every row make the mean width a size to rank by.
-    widths = ScanExperiment.from_dict({"rank_by": "mean_width", "geometry": {"sizes_only": False}})
-    assert widths.rank_by == "mean_width"

@@ -26,6 +26,7 @@ from collide.experiments import engine, imagenet, scan
 from collide.experiments import mnist as mnist_module
 from collide.experiments.imagenet import ImagenetExperiment
 from collide.experiments.scan import ScanExperiment, class_summary
+from collide.experiments.scanned import read_scans
 from collide.models.zoo import load_checkpoint
 from collide.results.report import ranking_markdown
 from collide.results.store import ExperimentStore
@@ -35,8 +36,7 @@ from tests.tolerances import EQUIVALENT, LP_OBJECTIVE
 
 pytestmark = pytest.mark.slow
 TIMING = ["solver_seconds", "region_seconds"]
-# The scan's tests read its exact rows' dimensions and vertices, never the samples of
-# their sets: few draws (20 exact rows, each measuring its set, in the scan and its batched twin).
+# The scan's second stage is read for its widths, never for the samples of its sets: few draws.
 SCAN_GEOMETRY = dataclasses.replace(LIGHT_GEOMETRY, max_draws=5)
 
 
@@ -131,62 +131,74 @@ def test_a_finished_imagenet_run_reruns_as_a_no_op(whole):
 
 @pytest.fixture(scope="module")
 def scanned(tiny_mnist, tmp_path_factory):
+    """The first test image of every class, screened 4 to a job: rows of 4, 4 and 2."""
     root = tmp_path_factory.mktemp("scan")
     config = ScanExperiment(
         data_root=str(tiny_mnist), checkpoint_dir=str(root / "ck"), results_root=str(root / "res"),
         device="cpu", allow_download=False, train=TrainConfig(epochs=2, min_accuracy=0.0),
         sample=SampleConfig(n_samples=200, n_dataset_pairs=100), targets_per_class=1,
-        gradient=GradientConfig(max_steps=400), targets_per_batch=1,
-        geometry=dataclasses.replace(SCAN_GEOMETRY, sizes_only=True),  # the screen, as the scan's default
+        gradient=GradientConfig(max_steps=400), targets_per_batch=4,
     )
     return config, engine.run(scan, config=config)
 
 
-def test_the_scan_covers_every_class_with_both_methods(scanned, tiny_mnist):
-    config, out = scanned
-    table = pd.read_parquet(out["table"])
-    assert len(table) == 20 and set(table["method"]) == {"gradient", "exact"}
-    labels = load_mnist(str(tiny_mnist), "test").labels
-    firsts = sorted(int(torch.nonzero(labels == c).flatten()[0]) for c in range(10))  # right or wrong
-    assert sorted(table["target_index"].unique()) == firsts
-    assert config.rows == (RowSpec("gradient", "target"), RowSpec("exact", "target"))
+def _firsts(labels: torch.Tensor) -> list[int]:
+    return sorted(int(torch.nonzero(labels == c).flatten()[0]) for c in range(10))  # right or wrong
 
 
-def test_the_ranking_joins_each_examples_rows_most_blind_first(scanned, tiny_mnist):
+def test_each_job_screens_its_examples_and_keeps_its_most_blind_polytope(scanned, tiny_mnist):
     config, out = scanned
     table, ranked = pd.read_parquet(out["table"]), pd.read_parquet(out["ranking"])
-    labels = load_mnist(str(tiny_mnist), "test").labels
+    firsts = _firsts(load_mnist(str(tiny_mnist), "test").labels)
+    assert len(table) == 3 and set(table["method"]) == {"gradient"} and config.rows == (RowSpec("gradient", "target"),)
+    assert sorted(ranked["index"]) == firsts
+    for k, row in enumerate(table.sort_values("row").itertuples()):
+        chunk = ranked[ranked["row"] == row.row]
+        assert sorted(chunk["index"]) == firsts[4 * k:4 * k + 4]
+        # The row's polytope is its chunk's most blind example's, by the radius.
+        assert row.target_index == chunk.sort_values("radius", ascending=False)["index"].iloc[0]
+        assert row.valid_vertices >= 2 and 0 <= row.success_rate <= 1
+
+
+def test_the_ranking_holds_each_examples_prediction_and_sizes_most_blind_first(scanned, tiny_mnist):
+    config, out = scanned
+    ranked = pd.read_parquet(out["ranking"])
+    test = load_mnist(str(tiny_mnist), "test")
     assert Path(out["ranking"]).name == "scan-ranking.parquet" and Path(out["gallery"]).is_file()
     assert len(ranked) == 10 and list(ranked["rank"]) == list(range(1, 11)) and set(ranked["rank_by"]) == {"radius"}
-    assert ranked["size"].is_monotonic_decreasing
-    for r in ranked.itertuples():
-        grad = table[(table["target_index"] == r.index) & (table["method"] == "gradient")].iloc[0]
-        exact = table[(table["target_index"] == r.index) & (table["method"] == "exact")].iloc[0]
-        assert r.label == int(labels[r.index]) and r.prediction == grad["target_class"]
-        assert r.correct == (r.label == r.prediction) and r.confidence == grad["target_top_prob"]
-        assert np.isclose(r.spread, grad["vertex_avg_distance"], equal_nan=True) and r.valid_vertices == grad[
-            "valid_vertices"]
-        assert (r.dim, r.radius) == (exact["region_dim"], exact["region_radius"])
-        # A screen measures no widths: no mean width, except a point's 0.
-        assert np.isnan(r.mean_width) == np.isnan(exact["region_mean_width"]) == (r.dim > 0)
-    by_spread = scan.ranking(table, labels.numpy(), rank_by="spread")
-    assert by_spread["spread"].dropna().is_monotonic_decreasing and set(by_spread["rank_by"]) == {"spread"}
+    assert ranked["size"].is_monotonic_decreasing and (ranked["size"] == ranked["radius"]).all()
+    model, _ = load_checkpoint(ExperimentStore.of(config).read_attrs(0)["checkpoint"])
+    where = torch.tensor(ranked["index"].tolist())
+    # Oracle: the images through the model in float64.
+    with torch.no_grad():
+        prob = torch.softmax(copy.deepcopy(model).double()(test.images[where].double()), -1)
+    assert list(ranked["label"]) == test.labels[where].tolist()
+    assert list(ranked["prediction"]) == prob.argmax(1).tolist()
+    assert np.allclose(ranked["confidence"], prob.max(1).values.numpy(), atol=1e-5)
+    assert list(ranked["correct"]) == (prob.argmax(1) == test.labels[where]).tolist()
+    for r in ranked.head(3).itertuples():  # the sizes are the set's, measured alone
+        size = collision_size(model, config.layer, test.images[r.index], config=config.geometry)
+        assert abs(r.radius - size.radius) <= LP_OBJECTIVE * (1 + size.radius) and r.dim == size.dim
+    assert (ranked["valid_vertices"] >= 2).all() and ranked["spread"].gt(0).all() and (ranked["reason"] == "").all()
+    by_spread = scan.ranking(read_scans(ExperimentStore.of(config)), rank_by="spread")
+    assert by_spread["spread"].is_monotonic_decreasing and set(by_spread["rank_by"]) == {"spread"}
 
 
-def test_a_screened_row_holds_its_sizes_only_and_the_referee_agrees(scanned):
-    config, out = scanned
+def test_the_referee_checks_every_examples_ball_and_catches_a_doctored_radius(scanned):
+    config, _ = scanned
     store = ExperimentStore.of(config)
-    table = pd.read_parquet(out["table"])
-    exact = table[table["method"] == "exact"]
-    # The screen's radius and dimension are the full measurement's (one LP either way);
-    # it has no widths and no sample statistics, each saying why.
-    row = int(exact[exact["region_dim"] > 0]["row"].iloc[0])
-    arrays, attrs = store.read_row(row)
-    assert arrays["region_directions"].shape[0] == 0 and arrays["region_extremes"].shape[0] == 0
-    assert "sizes only" in attrs["geometry"]["sampler"]["reason"]
-    assert exact.loc[exact["region_dim"] > 0, "region_mean_distance_to_target"].isna().all()
-    # The referee recomputes every stored claim from the store alone, and finds none wrong.
-    assert [p for r in verify(store) for p in r["problems"]] == []
+    checked = verify(store)
+    assert [p for r in checked for p in r["problems"]] == []
+    assert sum(r["checked_scan_balls"] for r in checked) == 10  # every example: its set is full-dimensional
+    arrays, attrs = store.read_row(1)
+    k = int(np.argmax(arrays["scan_radius"]))
+    doctored = {**arrays, "scan_radius": arrays["scan_radius"] * np.where(np.arange(len(arrays["scan_radius"])) == k,
+                                                                         1.5, 1.0)}
+    ExperimentStore(config.results_root, "doctored").write_row(1, doctored, attrs)
+    (report,) = verify(ExperimentStore(config.results_root, "doctored"))
+    example = int(arrays["scan_example"][k])
+    assert [p for p in report["problems"] if "collision set" in p] == [p for p in report["problems"] if p.startswith(
+        f"example {example}: the stored ball (radius")] != []
 
 
 def test_the_second_stage_certifies_the_most_and_least_blind_and_a_rerun_keeps_it(scanned, tiny_mnist):
@@ -232,13 +244,14 @@ def test_the_ranking_is_published_in_the_report_and_as_artifact_markdown(scanned
 
 def test_a_scan_of_listed_training_examples(scanned, tiny_mnist, tmp_path):
     config, _ = scanned
-    listed = dataclasses.replace(config, split="train", indices=(5, 0, 3), rows=(RowSpec("gradient", "target"),),
+    listed = dataclasses.replace(config, split="train", indices=(5, 0, 3), exact_sizes="never",
                                  results_root=str(tmp_path / "res"))
     out = engine.run(scan, config=listed)
     ranked = pd.read_parquet(out["ranking"])
     train = load_mnist(str(tiny_mnist), "train")
     assert sorted(ranked["index"]) == [0, 3, 5] and set(ranked["rank_by"]) == {"spread"}
     assert list(ranked.sort_values("index")["label"]) == train.labels[[0, 3, 5]].tolist()
+    assert ranked["radius"].isna().all() and ranked["reason"].str.contains("exact=never").all()
     with pytest.raises(DataError, match="past the train split's"):
         engine.run(scan, config=dataclasses.replace(listed, indices=(10**6,)))
 
@@ -254,8 +267,8 @@ def test_a_scan_of_an_image_folder_labelled_by_its_class_folders(scanned, tiny_m
         for k, i in enumerate(torch.nonzero(test.labels == label).flatten()[:2].tolist()):
             pixels = (test.images[i, 0] * 255).round().to(torch.uint8).numpy()
             Image.fromarray(pixels, mode="L").save(folder / str(label) / f"{k}.png")
-    own = dataclasses.replace(config, image_root=str(folder), targets_per_class=0,
-                              rows=(RowSpec("gradient", "target"),), results_root=str(tmp_path / "res"))
+    own = dataclasses.replace(config, image_root=str(folder), targets_per_class=0, exact_sizes="never",
+                              results_root=str(tmp_path / "res"))
     out = engine.run(scan, config=own)
     ranked = pd.read_parquet(out["ranking"]).sort_values("index")
     assert list(ranked["index"]) == [0, 1, 2, 3] and list(ranked["label"]) == [3, 3, 7, 7]
@@ -279,7 +292,7 @@ def test_a_scan_of_a_dataset_the_users_code_builds(scanned, tiny_mnist, tmp_path
     config, _ = scanned
     monkeypatch.setenv(user_datasets.ROOT, str(tiny_mnist))
     own = dataclasses.replace(config, dataset="tests.user_datasets:four_digits", targets_per_class=0,
-                              rows=(RowSpec("gradient", "target"),), results_root=str(tmp_path / "res"))
+                              exact_sizes="never", results_root=str(tmp_path / "res"))
     assert own.digest() != dataclasses.replace(own, dataset="tests.user_datasets:four_digits_loader").digest()
     out = engine.run(scan, config=own)
     ranked = pd.read_parquet(out["ranking"]).sort_values("index")
@@ -304,57 +317,39 @@ def test_a_scan_of_a_dataset_the_users_code_builds(scanned, tiny_mnist, tmp_path
     assert not Path(eleven.results_root).exists()
 
 
-def test_the_scan_summary_is_its_tables_per_class_aggregate(scanned):
+def test_the_scan_summary_is_its_rankings_per_class_aggregate(scanned):
     config, out = scanned
-    table = pd.read_parquet(out["table"])
+    ranked = pd.read_parquet(out["ranking"])
     summary = pd.read_parquet(out["summary"])
     assert Path(out["summary_figure"]).is_file() and Path(out["summary"]).name == "scan-summary.parquet"
-    assert len(summary) == 20
-    pd.testing.assert_frame_equal(summary, class_summary(table))
-    for (cls, method), part in table.groupby(["target_class", "method"]):
-        row = summary[(summary["class"] == cls) & (summary["method"] == method)].iloc[0]
-        polytopes = part["valid_vertices"] >= 2
-        assert row["targets"] == len(part) and row["polytopes"] == polytopes.sum()
-        assert np.isclose(row["success_rate_mean"], part["success_rate"].mean(), equal_nan=True)
-        assert np.isclose(row["vertex_avg_distance_mean"], part["vertex_avg_distance"].mean(), equal_nan=True)
-        bound = part["dim_upper_bound"].where(part["dim_upper_bound"] >= 0)
-        assert np.isclose(row["dim_upper_bound_mean"], bound.mean(), equal_nan=True)
-    exact = summary[summary["method"] == "exact"]
-    assert (exact["dim_upper_bound_mean"] > 0).all() and (exact["dim_upper_bound_mean"] <= 784).all()
+    pd.testing.assert_frame_equal(summary, class_summary(ranked))
+    assert list(summary["class"]) == list(range(10))
+    for row in summary.itertuples():  # each class's one example, by hand
+        [ex] = ranked[ranked["label"] == row[1]].itertuples()
+        assert (row.examples, row.correct, row.polytopes, row.exact_sets) == (1, float(ex.correct), 1, 1)
+        assert (row.radius_mean, row.radius_min, row.dim_mean) == (ex.radius, ex.radius, ex.dim)
+        assert row.spread_mean == ex.spread
 
 
 def test_a_finished_scan_reruns_as_a_no_op(scanned):
     config, _ = scanned
     before = snapshot(config.results_root)
     again = engine.run(scan, config=config)
-    assert again["summary_reused"] and again["reused"] and again["reused_rows"] == 20
+    assert again["summary_reused"] and again["reused"] and again["reused_rows"] == 3
     assert snapshot(config.results_root) == before
 
 
-def test_a_batched_scan_writes_the_unbatched_scans_polytopes(scanned, tmp_path):
-    config, _ = scanned
-    batched = dataclasses.replace(config, targets_per_batch=4, targets_per_job=3, results_root=str(tmp_path / "res"))
-    assert batched.digest() == dataclasses.replace(config, targets_per_batch=4).digest()  # grouping only
-    context = mnist_module.prepare(config=batched)
-    jobs = mnist_module.plan(context, config=batched)
-    # 10 gradient rows in batches of 4, 4 and 2; the exact rows in jobs of 3, 3, 3 and 1
-    # (the fixture's in one job of 10).
-    assert sorted(len(j.rows) for j in jobs) == [1, 2, 3, 3, 3, 4, 4]
-    out = engine.run(scan, config=batched)
-    assert len(out["rows"]) == 20
-    for row in range(20):
-        a, a_attrs = ExperimentStore.of(config).read_row(row)
-        b, b_attrs = ExperimentStore.of(batched).read_row(row)
-        assert a_attrs["method"] == b_attrs["method"] and a_attrs["target_index"] == b_attrs["target_index"]
-        if a_attrs["method"] == "exact":  # not batched: the very same LPs
-            assert np.array_equal(a["vertices"], b["vertices"], equal_nan=True)
-        else:  # each vertex its own path; only a batched product's rounding may differ
-            assert np.allclose(a["vertices"], b["vertices"], atol=EQUIVALENT, equal_nan=True)
-            assert b_attrs["solver"]["batch_targets"] in (2, 4)
-        assert a_attrs["units"] == b_attrs["units"]
-    before = snapshot(batched.results_root)
-    assert engine.run(scan, config=batched)["reused_rows"] == 20
-    assert snapshot(batched.results_root) == before
+def test_a_scan_in_other_jobs_ranks_the_same_sizes(scanned, tmp_path):
+    config, out = scanned
+    regrouped = dataclasses.replace(config, targets_per_batch=10, results_root=str(tmp_path / "res"))
+    again = engine.run(scan, config=regrouped)
+    assert len(again["rows"]) == 1
+    a, b = (pd.read_parquet(o["ranking"]).set_index("index").sort_index() for o in (out, again))
+    # The exact sizes are each example's own LP; the spread is a batched gradient run's,
+    # where only a batched product's rounding may differ.
+    assert np.allclose(a["radius"], b["radius"], rtol=LP_OBJECTIVE, atol=0) and (a["dim"] == b["dim"]).all()
+    assert np.allclose(a["spread"], b["spread"], atol=EQUIVALENT * 28)  # 28 = √784: per pixel
+    assert (a["valid_vertices"] == b["valid_vertices"]).all()
 
 
 def test_a_second_run_of_one_experiment_is_refused_naming_the_first(tiny_config, tmp_path):

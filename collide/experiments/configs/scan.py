@@ -11,37 +11,40 @@ from collide.config import UNLESS_DEFAULT, GeometryConfig, RowSpec
 from collide.experiments.configs.mnist import MnistExperiment
 from collide.usercode import split_spec
 
-SCAN_ROWS = (RowSpec("gradient", "target"), RowSpec("exact", "target"))
+# One row per job of ``targets_per_batch`` examples: the gradient polytope of the one its
+# scan ranked most blind, with every example's sizes beside it (arrays ``scan_<column>``).
+SCAN_ROWS = (RowSpec("gradient", "target"),)
 SPLITS = ("test", "train")
 # The sizes a scan may rank by, as its ranking names them (:mod:`collide.audit`).
 RANK_SIZES = ("auto", "radius", "spread", "dim", "valid_vertices", "mean_width")
+EXACT_SIZES = ("auto", "always", "never")
 
 
 @dataclass(frozen=True, kw_only=True)
 class ScanExperiment(MnistExperiment):
     """The MNIST experiment's config with the scan's defaults: examples of one ``split``
     (the first ``targets_per_class`` of each class, every one with 0, or exactly
-    ``indices``), right or wrong, each with the rows ``SCAN_ROWS``, the gradient rows
-    ``targets_per_batch`` targets to a solver batch; then every example ranked by
-    ``rank_by`` (``<name>-ranking.parquet``) and the most and least blind shown
-    (``<name>-gallery.png``). Each exact row measures its collision set as a screen:
-    the inscribed radius and the dimension (one LP, ``geometry.sizes_only``), no widths
-    and no samples (their statistics NaN, with the reason): a ranking reads neither,
-    and four width directions took two thirds of a screened row's time (``exact_row``
-    in ``benchmarks/scan.json``). ``--set geometry.sizes_only=false`` adds the mean
-    width from 4 to 8 random directions, until its standard error is within a tenth of
-    it. With ``certify`` k > 0 the k most and k least blind
-    examples then get the full measurement (``certify_geometry``: widths to 5%, chains
-    run until they mix or its budget ends) in ``<name>-certified.parquet``.
+    ``indices``), right or wrong, screened ``targets_per_batch`` to a job by
+    :func:`collide.scan`: each example's gradient polytope (its valid vertices and
+    spread, all of the job's examples in one solver batch) and its exact collision set's
+    dimension and inscribed radius (one LP: ``geometry``'s box and LP budget; no widths,
+    no samples). A job writes one row: the gradient polytope of its most blind example,
+    evaluated like any row, with every example's sizes stored beside it (arrays
+    ``scan_<column>``). Then every example is ranked by ``rank_by``
+    (``<name>-ranking.parquet``) and the most and least blind shown
+    (``<name>-gallery.png``). With ``certify`` k > 0 the k most and k least blind
+    examples get the full measurement (``certify_geometry``: widths to 5%, chains run
+    until they mix or its budget ends) in ``<name>-certified.parquet``.
 
-    50 per batch: a scan runs several times as many polytopes per second as with one
-    target per job, within a tenth of the best batch size (benchmarks/results.md,
-    "targets per batch"), while a killed scan redoes at most 50 targets' gradient rows.
-    10 exact rows per job: each job's fixed cost (a Prefect task, the checkpoint and the
-    images read) is paid once for ten sets, while a killed scan redoes at most ten.
+    Why rows of many examples: a gradient and an exact row per example (the exact
+    vertices, two evaluations, two writes) cost 2.35 s an example where its ball LP took
+    0.87 s (profiled over 100 test images in one process; docs/experiments/scan.md).
+    100 to a job: one gradient batch of 100 runs within a tenth of the best rate
+    (benchmarks/results.md, "targets per batch"), and a killed scan redoes at most 100
+    examples, about a minute.
 
     Attributes:
-        rows: the rows per target (gradient and exact, from the target).
+        rows: one gradient row per job (the most blind example's polytope).
         split: the MNIST split whose examples are scanned: test or train.
         image_root: scan this folder's images instead (grey, 28 px; class folders named by their label: 0, 1, ...).
         dataset: scan the dataset your own code builds instead: package.module:factory, a function of no
@@ -50,9 +53,10 @@ class ScanExperiment(MnistExperiment):
         indices: exactly these examples of the split (overrides targets_per_class).
         rank_by: the size to rank by: auto (the radius where every example has an exact set, else the spread).
         gallery: the most and the least blind examples shown in the gallery, each.
-        targets_per_batch: targets whose gradient rows one solver batch solves together.
-        targets_per_job: targets whose exact rows one job solves, one after another.
-        geometry: how each exact row's collision set is measured (a screen: sizes, next to no samples).
+        targets_per_batch: examples per job: one gradient solver batch, one row.
+        exact_sizes: measure each example's exact set (dimension, inscribed radius): auto (where its LP fits),
+            always, never.
+        geometry: the exact set's box and LP budget for each example's sizes.
         certify: the full measurement of the k most and k least blind examples by the ranking (0: none).
         certify_geometry: how the certified examples' collision sets are measured.
     """
@@ -67,9 +71,8 @@ class ScanExperiment(MnistExperiment):
     # How the outputs rank and show the rows, not what a row computes: no solve key changes.
     rank_by: str = field(default="auto", metadata={"digest": False})
     gallery: int = field(default=8, metadata={"digest": False})
-    targets_per_batch: int = 50
-    # How rows are grouped into jobs, not what a row computes: no solve key changes.
-    targets_per_job: int = field(default=10, metadata={"digest": False})
+    targets_per_batch: int = 100
+    exact_sizes: str = "auto"
     geometry: GeometryConfig = field(default_factory=lambda: GeometryConfig(
         n_samples=1, chains=2, burn_in=0, max_draws=1, walk="hit-and-run", thin=1, rounding=False,
         n_directions=4, max_directions=8, width_rel_se=0.1, max_seconds=0, sizes_only=True))
@@ -81,6 +84,8 @@ class ScanExperiment(MnistExperiment):
 
     def __post_init__(self) -> None:
         super().__post_init__()
+        require(self.rows == SCAN_ROWS, f"expected rows {SCAN_ROWS} (one row per job: its most blind example's "
+                f"gradient polytope), got {self.rows!r}")
         require(self.targets_per_class >= 0, f"expected targets_per_class >= 0 (0: every example), got "
                 f"{self.targets_per_class}")
         choice("split", self.split, SPLITS)
@@ -90,21 +95,23 @@ class ScanExperiment(MnistExperiment):
             require(not self.image_root, "give image_root or dataset, not both: each is the whole set of examples "
                     "scanned")
         choice("rank_by", self.rank_by, RANK_SIZES)
+        choice("exact_sizes", self.exact_sizes, EXACT_SIZES)
         require(all(i >= 0 for i in self.indices), f"expected indices >= 0, got {list(self.indices)}")
         require(len(set(self.indices)) == len(self.indices), f"indices repeat an example: {list(self.indices)}")
         require(self.gallery >= 1, f"expected gallery >= 1, got {self.gallery}")
-        require(self.targets_per_job >= 1, f"expected targets_per_job >= 1, got {self.targets_per_job}")
         require(self.certify >= 0, f"expected certify >= 0 (0: none), got {self.certify}")
-        require(not (self.rank_by == "mean_width" and self.geometry.sizes_only),
-                "rank_by=mean_width, but the screen measures no widths (geometry.sizes_only=true): rank by the "
-                "radius, or measure widths in every exact row with --set geometry.sizes_only=false")
+        require(self.rank_by != "mean_width",
+                "rank_by=mean_width, but the screen measures no widths: rank by the radius, and measure widths "
+                "of the most and least blind with --set certify=K")
+        require(not (self.rank_by in ("radius", "dim") and self.exact_sizes == "never"),
+                f"rank_by={self.rank_by}, but exact_sizes=never measures no exact set: rank by the spread, or "
+                "let exact_sizes be auto")
 
     def row_spec(self, row: int) -> RowSpec:
-        """How row ``row`` is found: every example repeats ``rows`` in order. How many
-        examples there are is known only once the data are read (every example of a split
-        or a folder, or ``indices``), so only the row's place among ``rows`` is checked."""
+        """How row ``row`` is found: every job's row is its most blind example's gradient
+        polytope. How many jobs there are is known only once the data are read."""
         require(row >= 0, f"expected row >= 0, got {row}")
-        return self.rows[row % len(self.rows)]
+        return self.rows[0]
 
 
 Config = ScanExperiment
