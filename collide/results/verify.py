@@ -210,10 +210,14 @@ def _verify_scan(net: torch.nn.Module, model: torch.nn.Module, arrays: dict[str,
     checked. Returns the problems and how many balls were checked."""
     problems, checked = [], 0
     images, centers = arrays["scan_image"].astype(np.float64), arrays["scan_center"]
-    for k in np.flatnonzero(np.isfinite(arrays["scan_radius"])):
+    measured = np.flatnonzero(np.isfinite(arrays["scan_radius"]))
+    if not len(measured):
+        return problems, checked
+    # One layer for every example: its site depends on the input's shape, not its values.
+    layer = site_of(net, attrs["layer"], torch.from_numpy(images[measured[0]])[None])
+    flats = function_of(layer)
+    for k in measured:
         target = torch.from_numpy(images[k])
-        layer = site_of(net, attrs["layer"], target[None])
-        flats = function_of(layer)
         cs = _set_of(model, layer, target, preactivation(net, target[None], layer), flats, attrs["scan_box"])
         example, dim = int(arrays["scan_example"][k]), int(arrays["scan_dim"][k])
         if dim > cs.free_dim:
