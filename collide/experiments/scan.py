@@ -158,7 +158,7 @@ def _one_target(config: ScanExperiment) -> mnist.MnistExperiment:
 def class_summary(ranked: pd.DataFrame) -> pd.DataFrame:
     """One row per class (label) of a scan's ranking.
 
-    Columns: ``examples``; ``correct`` (the model's share right); ``polytopes`` (examples
+    Columns: ``examples``; ``correct_share`` (the share the model gets right); ``polytopes`` (examples
     with a gradient polytope: two valid vertices or more) and ``polytope_share``;
     ``spread_mean``; ``exact_sets`` (examples whose exact set was measured);
     ``dim_mean``/``_min`` and ``radius_mean``/``_min`` over those.
@@ -166,7 +166,7 @@ def class_summary(ranked: pd.DataFrame) -> pd.DataFrame:
     frame = ranked.assign(**{"class": ranked["label"].astype(int), "polytope": ranked["valid_vertices"] >= 2,
                              "exact_set": ranked["radius"].notna(), "right": ranked["correct"].astype(float)})
     out = frame.groupby("class", sort=True).agg(
-        examples=("index", "size"), correct=("right", "mean"), polytopes=("polytope", "sum"),
+        examples=("index", "size"), correct_share=("right", "mean"), polytopes=("polytope", "sum"),
         spread_mean=("spread", "mean"), exact_sets=("exact_set", "sum"), dim_mean=("dim", "mean"),
         dim_min=("dim", "min"), radius_mean=("radius", "mean"), radius_min=("radius", "min"),
     ).reset_index()

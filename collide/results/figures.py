@@ -119,7 +119,7 @@ def draw_scan_classes(frame: Any, *, title: str = "") -> Figure:
     with a gradient polytope, and the mean inscribed radius of their exact sets with
     its smallest.
 
-    ``frame`` has one row per class with ``class``, ``correct``, ``polytope_share``,
+    ``frame`` has one row per class with ``class``, ``correct_share``, ``polytope_share``,
     ``radius_mean`` and ``radius_min`` (NaN: no exact set; no bar)
     (:func:`collide.experiments.scan.class_summary`).
     """
@@ -128,7 +128,7 @@ def draw_scan_classes(frame: Any, *, title: str = "") -> Figure:
     fig = Figure(figsize=(max(6.0, 0.6 * len(classes)), 5.5))
     FigureCanvasAgg(fig)
     axes = fig.subplots(2, 1, sharex=True)
-    for k, (column, label) in enumerate((("correct", "right"), ("polytope_share", "with a gradient polytope"))):
+    for k, (column, label) in enumerate((("correct_share", "right"), ("polytope_share", "with a gradient polytope"))):
         axes[0].bar(x + (k - 0.5) * 0.4, frame[column].to_numpy(dtype=float), 0.4, label=label)
     axes[0].set_ylabel("share of the class's examples")
     axes[0].set_ylim(0, 1.05)

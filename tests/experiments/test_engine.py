@@ -326,7 +326,7 @@ def test_the_scan_summary_is_its_rankings_per_class_aggregate(scanned):
     assert list(summary["class"]) == list(range(10))
     for row in summary.itertuples():  # each class's one example, by hand
         [ex] = ranked[ranked["label"] == row[1]].itertuples()
-        assert (row.examples, row.correct, row.polytopes, row.exact_sets) == (1, float(ex.correct), 1, 1)
+        assert (row.examples, row.correct_share, row.polytopes, row.exact_sets) == (1, float(ex.correct), 1, 1)
         assert (row.radius_mean, row.radius_min, row.dim_mean) == (ex.radius, ex.radius, ex.dim)
         assert row.spread_mean == ex.spread
 
