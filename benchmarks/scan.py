@@ -99,9 +99,9 @@ def _test_set(scan_per_example: float, certify: float) -> dict[str, Any]:
 
 def exact_row_costs(model: torch.nn.Module, images: torch.Tensor) -> dict[str, Any]:
     """Seconds per example of the exact set's measurement in a screen, each alternative
-    timed on the same examples in this process: the inscribed-ball LP with its box as
-    column bounds and rows at once (the form it solves) against every box row
-    with free columns (the form it falls back to for a radius of 0), and the scan's
+    timed on the same examples in this process: the inscribed-ball LP with each
+    coordinate measured from its near box face (the form it solves) against every box
+    face a row with free columns (the form it falls back to for a radius of 0), and the scan's
     geometry (sizes only) against the same with four to eight width directions and the
     geometry the scan experiment's exact rows took first (before it screened with
     :func:`collide.scan`)."""
@@ -116,7 +116,7 @@ def exact_row_costs(model: torch.nn.Module, images: torch.Tensor) -> dict[str, A
         every += time.perf_counter() - start
         worst = max(worst, abs(a.radius - b.radius) / (1 + b.radius))
     out: dict[str, Any] = {"ball_boxed_s": lazy / len(images), "ball_every_box_row_s": every / len(images),
-                           "ball_radius_max_rel_diff": worst}
+                           "ball_radius_max_rel_diff": worst, "examples": len(images), "machine": machine()}
     screen = ScanExperiment().geometry
     for name, config in (("geometry_scan_s", screen),
                          ("geometry_widths_s", dataclasses.replace(screen, sizes_only=False)),
@@ -181,11 +181,11 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     parser.add_argument("--solver-seeds-only", action="store_true",
                         help="measure the ranking across solver seeds only, and keep the rest of scan.json")
     parser.add_argument("--experiment-only", type=int, metavar="PER_CLASS",
-                        help="time `collide run scan` end to end on PER_CLASS test images of each digit only, "
-                             "and keep the rest of scan.json")
+                        help="time `collide run scan` end to end on PER_CLASS test images of each digit only "
+                             "(0: the whole test set), and keep the rest of scan.json")
     args = parser.parse_args(argv)
     path = HERE / "scan.json"
-    if args.experiment_only:
+    if args.experiment_only is not None:
         kept = json.loads(path.read_text()) if path.is_file() else {}
         kept["experiment"] = experiment_end_to_end(args.experiment_only)
         path.write_text(json.dumps(kept, indent=1))

@@ -310,6 +310,20 @@ def scan_costs(path: Path = SCAN_RESULTS) -> str:
     return "\n".join(out) + "\n"
 
 
+def ball_forms(path: Path = SCAN_RESULTS) -> str:
+    """The ball LP's solved form against its fall-back, from ``benchmarks/scan.json``
+    (``python -m benchmarks.scan --stages-only``)."""
+    row = json.loads(path.read_text()).get("exact_row") if path.is_file() else None
+    if not row or "examples" not in row:  # written before the near-face form
+        return "_Not measured yet: `python -m benchmarks.scan --stages-only`._\n"
+    m = row.get("machine") or json.loads(path.read_text())["machine"]
+    return (f"Measured {m['date']} on {m['cpu']}, {m['cores']} cores, load average {m['load_average']}, on "
+            f"{row['examples']} MNIST test images at the MLP's `relu1`, one process: the near-face form "
+            f"{row['ball_boxed_s']:.2f} s a set, every box face a row {row['ball_every_box_row_s']:.2f} s; their "
+            f"radii differ by at most {row['ball_radius_max_rel_diff']:.1e} relative "
+            "(`python -m benchmarks.scan --stages-only`, `exact_row` in `benchmarks/scan.json`).\n")
+
+
 def models_survey(path: Path = BENCH_RESULTS) -> str:
     """The torchvision survey's table, by the benchmarks' own writer, from ``results.json``."""
     from benchmarks.report import models_section
@@ -393,7 +407,8 @@ def generators() -> dict[str, Callable[[], str]]:
                                          "layers": layers_reference, "layout": layout_reference,
                                          "config": config_references, "activations": activations_reference,
                                          "exact-forms": exact_forms_table, "activations-figure": activations_figure,
-                                         "models-survey": models_survey, "scan-costs": scan_costs}
+                                         "models-survey": models_survey, "scan-costs": scan_costs,
+                                         "ball-forms": ball_forms}
     return out
 
 

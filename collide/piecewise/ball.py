@@ -1,7 +1,7 @@
 """The largest ball inside a collision set, and the dimension of the set's affine hull.
 
-The ball (Chebyshev centre and radius) is one LP in x, the region rows taken in lazily
-and the box held both as the columns' bounds and as rows (no row pinned).
+The ball (Chebyshev centre and radius) is one LP, the region rows taken in lazily and
+each coordinate measured from its box face nearer the target (no row pinned).
 A positive radius puts a ball of the equality subspace's dimension in C; a radius of 0
 means some rows hold with equality all over C, found from the LP's multipliers
 (Fukuda's "largest common slack" LP) and pinned until a positive radius is left.
@@ -50,15 +50,13 @@ def inscribed_ball(cs: CollisionSet, *, pinned: np.ndarray | None = None) -> Bal
     marks rows taken as equalities: the ball then lies in the flat they leave.
     ``Ball.duals`` are the rows' multipliers (0 for rows never added).
 
-    Without ``pinned`` rows the box is in the model twice: as the columns' bounds, which
-    HiGHS's dual simplex meets by flipping a bound instead of a basis change, and as the
-    rows that carry r's coefficient, all from the start and with presolve off. On the
-    MNIST MLP's ``relu1`` that solves in about 0.55 s, where the box rows taken in
-    lazily (5 to 7 rounds to find the ~730 that bind) took 0.9 s and every box row with
-    free columns 4 s (``exact_row`` in ``benchmarks/scan.json``). A radius that comes
-    out as 0 is solved again in the last form, since :func:`hull_dimension` reads the
-    rows' multipliers, and a column's bound would carry a box face's multiplier in its
-    row's place.
+    Without ``pinned`` rows each coordinate is measured from its box face nearer the
+    target (:func:`_ball_boxed`): that face becomes the column's bound and only the far
+    face a row, which on the MNIST MLP's ``relu1`` solves about three times faster than
+    both faces as rows (``ball_*`` in ``benchmarks/scan.json``). A radius that comes out
+    as 0 is solved again with every box face a row and x free, since
+    :func:`hull_dimension` reads the rows' multipliers, and a face that holds all over C
+    must show in its row's.
     """
     if pinned is None or not pinned.any():
         ball = _ball_boxed(cs)
@@ -87,8 +85,20 @@ def _inside(cs: CollisionSet, sol: np.ndarray, reach_all: np.ndarray, free: np.n
 
 
 def _ball_boxed(cs: CollisionSet) -> Ball:
-    """:func:`inscribed_ball` with no row pinned: the box both as the columns' bounds and
-    as rows, the region rows lazy, presolve off."""
+    """:func:`inscribed_ball` with no row pinned, each coordinate measured from its box
+    face nearer the target: ``x = base + side·(ρ r + s)`` with ``s ≥ 0``.
+
+    A ball of radius r in the subspace reaches ``ρⱼ r`` along coordinate j (``ρⱼ`` the
+    box row's reach), so the near face's row is exactly ``sⱼ ≥ 0``, a column bound, and
+    only the far face stays a row (``sⱼ + 2ρⱼ r ≤ upper − lower``); ``sⱼ ≤ upper − lower``
+    is kept as a bound too, which HiGHS's dual simplex meets by flipping it. The model
+    has d fewer rows than with both faces as rows: on the MNIST MLP's ``relu1`` the
+    solve falls from about 0.7 s to 0.2 s and 1,400 iterations to 600, with the same
+    radius to 1e-10 (``ball_*`` in ``benchmarks/scan.json``). Presolve is off: it took
+    longer than it saved. The equality, layer and region rows are the same rows in the
+    new columns, so their multipliers are the original rows'; a near face's multiplier
+    is its column's reduced cost.
+    """
     d, k = cs.input_dim, cs.free_dim
     a_all, b_all = cs.all_rows()
     m = len(b_all)
@@ -96,32 +106,46 @@ def _ball_boxed(cs: CollisionSet) -> Ball:
         return Ball(cs.origin.copy(), 0.0, "optimal", 0, 0, np.zeros(m))
     reach_all, moving = _reach(cs, a_all)
     coef = np.where(moving, reach_all, 0.0)
+    n = len(cs.bounds)
+    upper_rows, lower_rows = np.arange(n, n + d), np.arange(n + d, n + 2 * d)
+    rho = coef[upper_rows]  # a coordinate's two faces have the same reach
+    near_lower = cs.origin - cs.lower <= cs.upper - cs.origin
+    side = np.where(near_lower, 1.0, -1.0)
+    base = np.where(near_lower, cs.lower, cs.upper)
+    far_rows, near_rows = np.where(near_lower, upper_rows, lower_rows), np.where(near_lower, lower_rows, upper_rows)
+
+    def in_s(rows: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """Rows ``a x ≤ b`` as rows over (s, r), and their right-hand sides."""
+        a = a_all[rows] * side
+        return np.hstack([a, (mm(a, rho[:, None])[:, 0] + coef[rows])[:, None]]), b_all[rows] - mm(a_all[rows], base)
+
+    span = cs.upper - cs.lower
     cost = np.zeros(d + 1)
     cost[-1] = -1.0  # maximise r
-    h = lp_model(cost, np.r_[np.full(d, cs.lower), 0.0], np.r_[np.full(d, cs.upper), np.inf], tol=LP_TOL)
-    # HiGHS's presolve takes longer than it saves on this model: on the MNIST MLP's relu1
-    # the whole solve is 0.65 s with it and 0.56 s without (benchmarks/scan.json).
+    h = lp_model(cost, np.zeros(d + 1), np.r_[np.full(d, span), np.inf], tol=LP_TOL)
     h.setOptionValue("presolve", "off")
-    eq_rhs = cs.equalities @ cs.origin
-    add_rows(h, np.hstack([cs.equalities, np.zeros((cs.rank, 1))]), eq_rhs, eq_rhs)
-    n = len(cs.bounds)
-    box_rows = np.arange(n, m)
-    eye = sp.identity(d, format="csr")
-    add_rows(h, sp.hstack([sp.vstack([eye, -eye]), sp.csr_matrix(coef[box_rows, None])]),
-             np.full(len(box_rows), -np.inf), b_all[box_rows])
+    eq = cs.equalities * side
+    eq_rhs = cs.equalities @ (cs.origin - base)
+    add_rows(h, np.hstack([eq, (eq @ rho)[:, None]]), eq_rhs, eq_rhs)
+    add_rows(h, sp.hstack([sp.identity(d, format="csr"), sp.csr_matrix(2 * rho[:, None])]),
+             np.full(d, -np.inf), np.full(d, span))
     fixed = np.arange(cs.n_fixed)
-    add_rows(h, np.hstack([a_all[fixed], coef[fixed][:, None]]), np.full(len(fixed), -np.inf), b_all[fixed])
+    fixed_a, fixed_b = in_s(fixed)
+    add_rows(h, fixed_a, np.full(len(fixed), -np.inf), fixed_b)
     lazy = np.arange(cs.n_fixed, n)
+    lazy_a, lazy_b = in_s(lazy)
     added = np.zeros(len(lazy), dtype=bool)
-    run = solve_with_region(h, np.hstack([a_all[lazy], coef[lazy][:, None]]), b_all[lazy], added)
+    run = solve_with_region(h, lazy_a, lazy_b, added)
     if run.solution is None:
         return Ball(cs.origin.copy(), float("nan"), str(run.status), run.rounds, int(added.sum()), np.zeros(m),
-                    box_rows_used=len(box_rows))
-    in_model = np.r_[box_rows, fixed, lazy[np.asarray(run.order, dtype=int)]]
+                    box_rows_used=2 * d)
+    solution = h.getSolution()
     duals = np.zeros(m)
-    duals[in_model] = np.asarray(h.getSolution().row_dual)[cs.rank :]
-    center, radius = _inside(cs, run.solution, reach_all, moving)
-    return Ball(center, radius, "optimal", run.rounds, int(added.sum()), duals, box_rows_used=len(box_rows))
+    duals[np.r_[far_rows, fixed, lazy[np.asarray(run.order, dtype=int)]]] = np.asarray(solution.row_dual)[cs.rank :]
+    duals[near_rows] = -np.asarray(solution.col_dual)[:d]
+    s, r = run.solution[:d], run.solution[d]
+    center, radius = _inside(cs, np.r_[base + side * (rho * r + s), r], reach_all, moving)
+    return Ball(center, radius, "optimal", run.rounds, int(added.sum()), duals, box_rows_used=2 * d)
 
 
 def _ball_every_box_row(cs: CollisionSet, *, pinned: np.ndarray | None) -> Ball:

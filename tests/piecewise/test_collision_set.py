@@ -18,7 +18,7 @@ from torch import nn
 from collide.api import _exact_set, collision_geometry, collision_size
 from collide.config import GeometryConfig
 from collide.errors import ConfigError, DataError
-from collide.piecewise.ball import inscribed_ball
+from collide.piecewise.ball import _ball_every_box_row, inscribed_ball
 from collide.taps import preactivation
 from tests.tolerances import LP_OBJECTIVE, MC_POLYGON_MEAN, SET_EXACT
 
@@ -85,13 +85,15 @@ def test_the_ball_is_the_chebyshev_lp_of_the_set_in_subspace_coordinates():
     assert np.all(a @ center + geo.radius * reach <= rhs + a @ x0 + 1e-9)
 
 
-def test_the_ball_with_the_box_as_bounds_and_rows_is_the_ball_of_every_row_on_a_deeper_image_like_set():
-    # 60 inputs, a third of them at the box's lower face as on an MNIST digit, at relu2:
-    # the box rows (taken in lazily) and the relu1 sign rows (region rows) both bind.
+def test_the_ball_measured_from_the_near_faces_is_the_ball_of_every_row_on_a_deeper_image_like_set():
+    # 60 inputs, a third of them at the box's lower face as on an MNIST digit and a tenth
+    # at its upper face, at relu2: box faces on both sides and the relu1 sign rows
+    # (region rows, taken in lazily) bind.
     d = 60
     model = _random_net(3, d=d, widths=(40, 12))
     gen = torch.Generator().manual_seed(1)
     target = torch.rand(d, generator=gen) * (torch.rand(d, generator=gen) > 0.33)
+    target[:6] = 1.0
     size = collision_size(model, "relu2", target, config=SMALL)
     # Oracle: scipy's LP over z with x = t + N z and every row (box, relu1 signs, relu2's
     # non-positive units) dense from the start.
@@ -115,8 +117,14 @@ def test_the_ball_with_the_box_as_bounds_and_rows_is_the_ball_of_every_row_on_a_
     assert size.free_dim == k and size.dim == k and size.dim_method == "ball"
     assert abs(size.radius - (-res.fun)) <= LP_OBJECTIVE * (1 + abs(res.fun))
     # The first LP gave it (no fall-back to the every-row form that reads multipliers).
-    ball = inscribed_ball(_exact_set(model, "relu2", target, SMALL, ()))
+    cs = _exact_set(model, "relu2", target, SMALL, ())
+    ball = inscribed_ball(cs)
     assert ball.box_rows_used == 2 * d and ball.radius == size.radius
+    # Its multipliers are the rows' own, a near face's read from its column: the same as
+    # the form with every face a row, which the dimension's search reads.
+    every = _ball_every_box_row(cs, pinned=None)
+    assert np.abs(ball.duals).max() > 0
+    np.testing.assert_allclose(np.abs(ball.duals), np.abs(every.duals), atol=LP_OBJECTIVE)
 
 
 def test_an_inequality_that_holds_with_equality_lowers_the_dimension():
