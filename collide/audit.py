@@ -82,6 +82,9 @@ class ScanConfig:
             take).
         centers: keep each exact set's ball centre (column ``center``: the input flattened, float64; None
             without one), so that a reader can check each ball lies in its set.
+        vertices: keep each example's gradient vertices and which of them are valid (columns ``vertices``:
+            the n_vertices inputs flattened into one float32 array, and ``vertex_valid``; None where the
+            example has no polytope), so that a reader can recompute its valid vertices and spread.
     """
 
     n_vertices: int = 5
@@ -95,6 +98,7 @@ class ScanConfig:
     device: str = "cpu"
     threads: int = 0
     centers: bool = False
+    vertices: bool = False
 
     def __post_init__(self) -> None:
         require(self.n_vertices >= 2, f"expected n_vertices >= 2 (a spread needs two vertices), got {self.n_vertices}")
@@ -124,18 +128,19 @@ def _chunk_key(base: dict[str, Any], x: torch.Tensor, y: torch.Tensor | None) ->
     return json_digest({**base, "inputs": h.hexdigest()})
 
 
-def _exact_fits(model: nn.Module, site: Site, example: torch.Tensor, config: ScanConfig) -> str:
-    """"" where the exact set can be measured at ``site``, else why not."""
+def exact_sizes_reason(model: nn.Module, layer: str | Site, example: torch.Tensor, config: ScanConfig) -> str:
+    """"" where :func:`scan` measures the exact set of examples like ``example`` at
+    ``layer`` under ``config``, else why it does not (``exact="always"`` is not refused
+    here: callers that hold it name their own key)."""
     if config.exact == "never":
         return "exact sizes not asked for (exact=never)"
+    site = layer if isinstance(layer, Site) else resolve(model, layer, example[None])
     reason = site.why_not("exact")
     if not reason:
         try:
             check_lp_size(model, site, example, max_entries=config.geometry.max_entries)
         except CollideError as exc:
             reason = str(exc)
-    if reason and config.exact == "always":
-        raise ConfigError(f"exact=always, but {reason}")
     return reason
 
 
@@ -153,7 +158,8 @@ def _screen(model: nn.Module, site: Site, x: torch.Tensor, y: torch.Tensor | Non
              "confidence": float(conf[k]), "correct": None if y is None else bool(pred[k] == y[k]),
              "valid_vertices": 0, "spread": math.nan, "dim": math.nan, "dim_method": "", "radius": math.nan,
              "mean_width": math.nan, "mean_width_se": math.nan, "width_directions": 0, "exact": False,
-             "reason": ""} for k in range(len(x))]
+             "reason": "", **({"vertices": None, "vertex_valid": None} if config.vertices else {})}
+            for k in range(len(x))]
     solver = solver_for("gradient", config.gradient)
     sat = solver.saturation(site)
     with torch.no_grad(), eval_mode(model):
@@ -169,6 +175,9 @@ def _screen(model: nn.Module, site: Site, x: torch.Tensor, y: torch.Tensor | Non
         for k, poly in zip(keep, polys, strict=True):
             good = poly.vertices[poly.valid]
             rows[k]["valid_vertices"] = int(poly.valid.sum())
+            if config.vertices:
+                rows[k]["vertices"] = poly.vertices.detach().cpu().float().flatten().numpy()
+                rows[k]["vertex_valid"] = poly.valid.detach().cpu().numpy().astype(bool)
             if len(good) >= 2:
                 rows[k]["spread"] = avg_pairwise_distance(good)
             else:
@@ -197,8 +206,12 @@ def rank_examples(frame: pd.DataFrame, by: str) -> pd.DataFrame:
     return order.reset_index(drop=True)
 
 
+# Columns a scan keeps only when asked (ScanConfig.centers, .vertices).
+KEPT = ("center", "vertices", "vertex_valid")
+
+
 def _rank(frame: pd.DataFrame, by: str) -> pd.DataFrame:
-    return rank_examples(frame, by)[[*COLUMNS, *(["center"] if "center" in frame else [])]]
+    return rank_examples(frame, by)[[*COLUMNS, *(c for c in KEPT if c in frame)]]
 
 
 def rank_stability(a: pd.DataFrame, b: pd.DataFrame, *, top: float = 0.01) -> dict[str, float]:
@@ -259,7 +272,9 @@ def scan(
     first, _ = read(0, 1)
     require_finite(first, "the first example", fix="pass finite inputs")
     site = layer if isinstance(layer, Site) else resolve(model, layer, first)
-    exact_reason = _exact_fits(model, site, first[0], config)
+    exact_reason = exact_sizes_reason(model, site, first[0], config)
+    if exact_reason and config.exact == "always":
+        raise ConfigError(f"exact=always, but {exact_reason}")
     # How many threads measure a chunk does not change what it holds: not in its key.
     base = {"weights": _weights_digest(model), "layer": site.name, "config": json.loads(
         json.dumps({k: v for k, v in asdict(config).items() if k != "threads"}, default=str))}

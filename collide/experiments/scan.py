@@ -36,14 +36,13 @@ import torch
 from collide._io import file_digest, json_digest
 from collide.api import collision_geometry
 from collide.audit import ScanConfig, rank_examples, width_summary
-from collide.config import resolve_device
 from collide.datasets.folders import list_folder
 from collide.datasets.mnist import ensure_mnist
 from collide.errors import DataError
 from collide.experiments import mnist
 from collide.experiments.configs.scan import ScanExperiment
 from collide.experiments.contract import Job, Progress, job, no_progress
-from collide.experiments.scanned import read_scans, scan_row
+from collide.experiments.scanned import read_scans, require_exact_sizes, scan_row, screen_config
 from collide.models.zoo import load_checkpoint
 from collide.results.figures import draw_gallery, draw_scan_classes, save_figure
 from collide.results.report import CERTIFIED_OUTPUT, GALLERY_OUTPUT, RANKING_OUTPUT
@@ -116,6 +115,8 @@ def prepare(*, config: ScanExperiment, progress: Progress = no_progress) -> dict
         # Rows index examples by position: a factory that returns other examples on the next
         # call is refused here, before the plan writes anything (each job checks again).
         mnist.require_same_images(config, mnist.indexed_images(config), inputs["images"])
+    if examples:
+        require_exact_sizes(config, context["checkpoint"], data.images[examples[0]])
     return {**context, "targets": examples, "inputs": inputs}
 
 
@@ -128,11 +129,10 @@ def plan(context: dict[str, Any], *, config: ScanExperiment) -> list[Job]:
 
 def measure(config: ScanExperiment, n: int) -> ScanConfig:
     """How a job of ``n`` examples screens them: one solver batch, the screen's sizes (each
-    ball's centre kept, for ``collide verify``), and its row's polytope that of the
-    example ranked first by the scan's own rule (radius, else spread), whatever
-    ``rank_by`` the outputs use."""
-    return ScanConfig(n_vertices=config.n_vertices, gradient=config.gradient, exact=config.exact_sizes,
-                      geometry=config.geometry, chunk=n, device=resolve_device(config.device), centers=True)
+    ball's centre and each example's gradient vertices kept, for ``collide verify``), and
+    its row's polytope that of the example ranked first by the scan's own rule (radius,
+    else spread), whatever ``rank_by`` the outputs use."""
+    return screen_config(config, chunk=n, centers=True, vertices=True)
 
 
 def solve(job: Job, context: dict[str, Any], *, config: ScanExperiment, progress: Progress = no_progress) -> None:

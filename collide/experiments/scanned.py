@@ -19,9 +19,11 @@ import pandas as pd
 import torch
 
 from collide.api import find_polytope
-from collide.audit import ScanConfig, scan
+from collide.audit import ScanConfig, exact_sizes_reason, scan
 from collide.config import resolve_device
+from collide.errors import ConfigError
 from collide.experiments.configs.mnist import MnistExperiment
+from collide.experiments.configs.scan import ScanExperiment
 from collide.experiments.configs.scanning import ScannedExperiment
 from collide.experiments.contract import Progress, no_progress
 from collide.models.zoo import checkpoint_source, load_checkpoint
@@ -40,6 +42,7 @@ def seeds_context(seeds: dict[str, dict[str, Any]], test_images: torch.Tensor, *
     """A §5 scan's prepared context from each seed's checkpoint (``train_model``'s record
     with the ``examples`` to scan): the test set's mean pairwise distance, each seed's
     test accuracy, and what the rows depend on (the checkpoints and the data)."""
+    require_exact_sizes(config, seeds[str(config.seeds[0])]["checkpoint"], test_images[0])
     return {"seeds": seeds,
             "dataset_avg_distance": dataset_avg_distance(test_images, n_pairs=config.sample.n_dataset_pairs,
                                                          seed=config.sample.seed),
@@ -48,11 +51,32 @@ def seeds_context(seeds: dict[str, dict[str, Any]], test_images: torch.Tensor, *
                        "data": seeds[str(config.seeds[0])]["data_digest"]}}
 
 
-def scan_config(config: ScannedExperiment) -> ScanConfig:
-    """How :func:`collide.scan` measures each example under ``config``."""
+def screen_config(config: ScanExperiment | ScannedExperiment, *, chunk: int, certify: int = 0,
+                  centers: bool = False, vertices: bool = False) -> ScanConfig:
+    """How :func:`collide.scan` measures each example of a scanning experiment (its
+    gradient solver, exact sizes, geometry and device), ``chunk`` examples at a time."""
     return ScanConfig(n_vertices=config.n_vertices, gradient=config.gradient, exact=config.exact_sizes,
-                      certify=config.certify, geometry=config.geometry, chunk=config.chunk,
-                      device=resolve_device(config.device))
+                      certify=certify, geometry=config.geometry, chunk=chunk, device=resolve_device(config.device),
+                      centers=centers, vertices=vertices)
+
+
+def scan_config(config: ScannedExperiment) -> ScanConfig:
+    """How a §5 scan measures each example under ``config``."""
+    return screen_config(config, chunk=config.chunk, certify=config.certify)
+
+
+def require_exact_sizes(config: ScanExperiment | ScannedExperiment, checkpoint: str, example: torch.Tensor) -> None:
+    """Refuses ``exact_sizes=always`` where the exact set cannot be measured at the
+    experiment's layer: said before any job runs, each of which would fail on its first
+    example. Shapes: example (*input)"""
+    if config.exact_sizes != "always":
+        return
+    model, _ = load_checkpoint(checkpoint)
+    reason = exact_sizes_reason(model, config.layer, example, screen_config(config, chunk=1))
+    if reason:
+        raise ConfigError(f"exact_sizes=always, but {reason}: set exact_sizes=auto to rank by the gradient spread "
+                          "where the exact set cannot be measured")
+
 
 def scan_folder(config: ScannedExperiment, seed: int) -> Path:
     return Path(config.results_root) / f"{config.name}-scans" / f"seed-{seed}"
@@ -80,7 +104,7 @@ def scan_row(config: MnistExperiment, *, row: int, seed: int, checkpoint: str, i
     solver = solver_for("gradient", config.gradient)
     poly = find_polytope(model, config.layer, x[top], init=x[top], n_vertices=config.n_vertices, method=solver,
                          device=resolve_device(config.device))
-    order = frame["index"].to_numpy(dtype=np.int64)
+    order = frame["index"].to_numpy(dtype=np.int64, copy=True)  # writable: torch indexes with it
     arrays = {f"{PREFIX}{c}": pd.to_numeric(frame[c], errors="coerce").to_numpy(dtype=np.float64)
               for c in SCAN_COLUMNS}
     arrays[f"{PREFIX}example"] = where.numpy()[order]
@@ -90,6 +114,14 @@ def scan_row(config: MnistExperiment, *, row: int, seed: int, checkpoint: str, i
         arrays[f"{PREFIX}center"] = np.stack([np.full(d, np.nan) if c is None else np.asarray(c, dtype=np.float64)
                                               for c in frame["center"]])
         arrays[f"{PREFIX}image"] = x[torch.as_tensor(order)].float().numpy()
+    if "vertices" in frame:  # what each example's valid vertices and spread are computed from
+        shape = (measure.n_vertices, *x.shape[1:])
+        arrays[f"{PREFIX}vertices"] = np.stack([np.full(shape, np.nan, dtype=np.float32) if v is None else
+                                                np.asarray(v, dtype=np.float32).reshape(shape)
+                                                for v in frame["vertices"]])
+        arrays[f"{PREFIX}vertex_valid"] = np.stack([np.zeros(measure.n_vertices, dtype=bool) if v is None else
+                                                    np.asarray(v, dtype=bool) for v in frame["vertex_valid"]])
+        arrays.setdefault(f"{PREFIX}image", x[torch.as_tensor(order)].float().numpy())
     # Why an example has no polytope or no exact set, as an index into the row's list of
     # reasons (arrays hold numbers): -1 where it has both.
     reasons = sorted({r for r in frame["reason"] if r})

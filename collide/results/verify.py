@@ -112,15 +112,14 @@ def verify_row(store: ExperimentStore, row: int, table: dict[str, Any] | None = 
                 problems.append(f"{key}: {where} {stated.get(key)!r}, recomputed {value!r}")
     if "region_samples" in arrays:
         problems += _verify_region(net, model, arrays, attrs, sources)
-    scan_balls = {}
-    if "scan_center" in arrays:
-        found, checked = _verify_scan(net, model, arrays, attrs)
+    scan_checks: dict[str, int] = {}
+    if "scan_image" in arrays:
+        found, scan_checks = _verify_scan(net, model, arrays, attrs)
         problems += found
-        scan_balls = {"checked_scan_balls": checked}
     return {"row": row, "counted_vertices": int(weighted.sum()), "max_feature_rel_error": expected[
         "max_feature_rel_error"], "success_rate": expected["success_rate"], "problems": problems,
         **({"counted_region_samples": len(arrays["region_samples"])} if "region_samples" in arrays else {}),
-        **scan_balls}
+        **scan_checks}
 
 
 def _verify_region(net: torch.nn.Module, model: torch.nn.Module, arrays: dict[str, np.ndarray],
@@ -201,22 +200,67 @@ def _ball_in_set(cs: Any, center: np.ndarray, radius: float) -> list[str]:
 
 
 def _verify_scan(net: torch.nn.Module, model: torch.nn.Module, arrays: dict[str, np.ndarray],
-                 attrs: dict[str, Any]) -> tuple[list[str], int]:
-    """A scan's stored sizes, rechecked for every example with an exact set: its ball
-    (``scan_center``, ``scan_radius``) lies in the collision set rebuilt around its stored
-    image (``scan_image``), and ``scan_dim`` is not above the set's equality subspace's
-    dimension. A set whose dimension is below that (some rows hold with equality all over
-    it: its ball lies in a flat the referee does not rebuild) has only its dimension
-    checked. Returns the problems and how many balls were checked."""
-    problems, checked = [], 0
-    images, centers = arrays["scan_image"].astype(np.float64), arrays["scan_center"]
-    measured = np.flatnonzero(np.isfinite(arrays["scan_radius"]))
-    if not len(measured):
-        return problems, checked
+                 attrs: dict[str, Any]) -> tuple[list[str], dict[str, int]]:
+    """A scan's stored sizes, rechecked for every example around its stored image
+    (``scan_image``): its gradient vertices (:func:`_scan_vertices`) where the row keeps
+    them, and its ball where it has an exact set (:func:`_scan_balls`). Returns the
+    problems and how many examples' vertices and balls were checked."""
+    images = arrays["scan_image"].astype(np.float64)
     # One layer for every example: its site depends on the input's shape, not its values.
-    layer = site_of(net, attrs["layer"], torch.from_numpy(images[measured[0]])[None])
+    layer = site_of(net, attrs["layer"], torch.from_numpy(images[:1]))
+    problems, checked = [], {}
+    if "scan_vertices" in arrays:
+        found, checked["checked_scan_vertices"] = _scan_vertices(net, layer, images, arrays, attrs)
+        problems += found
+    if "scan_center" in arrays:
+        found, checked["checked_scan_balls"] = _scan_balls(net, model, layer, images, arrays, attrs)
+        problems += found
+    return problems, checked
+
+
+def _scan_vertices(net: torch.nn.Module, layer: Any, images: np.ndarray, arrays: dict[str, np.ndarray],
+                   attrs: dict[str, Any]) -> tuple[list[str], int]:
+    """Each example's valid vertices and spread, recomputed from its stored gradient
+    vertices (``scan_vertices``, ``scan_vertex_valid``): those marked valid collide with
+    its image within the criterion's ``rel_tol`` in float64, there are
+    ``scan_valid_vertices`` of them, and their mean pairwise distance is ``scan_spread``."""
+    phi = function_of(layer).post
+    tol = attrs.get("criterion", {}).get("rel_tol")
+    problems = []
+    for k in range(len(images)):
+        example = int(arrays["scan_example"][k])
+        good = arrays["scan_vertices"][k][arrays["scan_vertex_valid"][k]].astype(np.float64)
+        stated = float(arrays["scan_valid_vertices"][k])
+        if len(good) != stated:
+            problems.append(f"example {example}: scan_valid_vertices {stated:g}, but {len(good)} of its stored "
+                            "vertices are marked valid")
+        if len(good):
+            t_post = phi(preactivation(net, torch.from_numpy(images[k])[None], layer))
+            post = phi(preactivation(net, torch.from_numpy(good), layer))
+            rel = ((post - t_post).norm(dim=1) / t_post.norm(dim=1)).numpy()
+            if tol is not None and (rel > tol).any():
+                problems.append(f"example {example}: valid vertices {np.flatnonzero(rel > tol).tolist()} do not "
+                                f"collide: feature errors {rel[rel > tol].round(6).tolist()} > {tol}")
+        flat = good.reshape(len(good), -1)
+        spread = (float(np.mean([np.linalg.norm(flat[i] - flat[j]) for i in range(len(flat))
+                                 for j in range(i + 1, len(flat))])) if len(flat) >= 2 else float("nan"))
+        if not _close(float(arrays["scan_spread"][k]), spread):
+            problems.append(f"example {example}: scan_spread {float(arrays['scan_spread'][k])!r}, recomputed "
+                            f"{spread!r}")
+    return problems, len(images)
+
+
+def _scan_balls(net: torch.nn.Module, model: torch.nn.Module, layer: Any, images: np.ndarray,
+                arrays: dict[str, np.ndarray], attrs: dict[str, Any]) -> tuple[list[str], int]:
+    """Every example with an exact set: its ball (``scan_center``, ``scan_radius``) lies
+    in the collision set rebuilt around its image, and ``scan_dim`` is not above the
+    set's equality subspace's dimension. A set whose dimension is below that (some rows
+    hold with equality all over it: its ball lies in a flat the referee does not rebuild)
+    has only its dimension checked."""
+    problems, checked = [], 0
+    centers = arrays["scan_center"]
     flats = function_of(layer)
-    for k in measured:
+    for k in np.flatnonzero(np.isfinite(arrays["scan_radius"])):
         target = torch.from_numpy(images[k])
         cs = _set_of(model, layer, target, preactivation(net, target[None], layer), flats, attrs["scan_box"])
         example, dim = int(arrays["scan_example"][k]), int(arrays["scan_dim"][k])

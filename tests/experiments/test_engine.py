@@ -21,7 +21,7 @@ from collide.api import collision_size
 from collide.config import GradientConfig, RowSpec, SampleConfig, TrainConfig
 from collide.datasets.folders import bundled_corpus
 from collide.datasets.mnist import load_mnist
-from collide.errors import DataError
+from collide.errors import ConfigError, DataError
 from collide.experiments import engine, imagenet, scan
 from collide.experiments import mnist as mnist_module
 from collide.experiments.imagenet import ImagenetExperiment
@@ -32,7 +32,7 @@ from collide.results.report import ranking_markdown
 from collide.results.store import ExperimentStore
 from collide.results.verify import verify
 from tests.support import LIGHT_GEOMETRY, PROJECT, snapshot
-from tests.tolerances import EQUIVALENT, LP_OBJECTIVE
+from tests.tolerances import EQUIVALENT, LP_OBJECTIVE, RECHECK
 
 pytestmark = pytest.mark.slow
 TIMING = ["solver_seconds", "region_seconds"]
@@ -201,6 +201,36 @@ def test_the_referee_checks_every_examples_ball_and_catches_a_doctored_radius(sc
         f"example {example}: the stored ball (radius")] != []
 
 
+def test_the_referee_recomputes_every_examples_vertices_and_spread_and_catches_doctored_ones(scanned):
+    config, _ = scanned
+    store = ExperimentStore.of(config)
+    checked = verify(store)
+    assert sum(r["checked_scan_vertices"] for r in checked) == 10
+    arrays, attrs = store.read_row(1)
+    # Oracle for what the store claims: the valid vertices counted and their mean pairwise
+    # distance, in plain numpy from the stored vertices.
+    for k in range(len(arrays["scan_example"])):
+        good = arrays["scan_vertices"][k][arrays["scan_vertex_valid"][k]].reshape(-1, 784).astype(np.float64)
+        assert len(good) == arrays["scan_valid_vertices"][k]
+        if len(good) >= 2:
+            d = np.sqrt(((good[:, None] - good[None]) ** 2).sum(-1))
+            assert abs(d[np.triu_indices(len(good), 1)].mean() - arrays["scan_spread"][k]) <= RECHECK
+    k = int(np.nanargmax(arrays["scan_spread"]))
+    example = int(arrays["scan_example"][k])
+    spread = arrays["scan_spread"].copy()
+    spread[k] *= 1.01
+    vertices = arrays["scan_vertices"].copy()
+    j = int(np.flatnonzero(arrays["scan_vertex_valid"][k])[0])
+    vertices[k, j] = arrays["scan_image"][k] + 0.5  # a "valid" vertex that does not collide
+    for name, doctored, expected in (("spread", {**arrays, "scan_spread": spread}, "scan_spread"),
+                                     ("vertex", {**arrays, "scan_vertices": vertices}, "do not collide")):
+        ExperimentStore(config.results_root, f"doctored-{name}").write_row(1, doctored, attrs)
+        (report,) = verify(ExperimentStore(config.results_root, f"doctored-{name}"))
+        found = [p for p in report["problems"] if p.startswith("example ")]  # not the missing table file's
+        assert found and all(p.startswith(f"example {example}: ") for p in found)
+        assert any(expected in p for p in found)  # a moved vertex moves the spread too
+
+
 def test_the_second_stage_certifies_the_most_and_least_blind_and_a_rerun_keeps_it(scanned, tiny_mnist):
     config, out = scanned
     ranked = pd.read_parquet(out["ranking"])
@@ -254,6 +284,15 @@ def test_a_scan_of_listed_training_examples(scanned, tiny_mnist, tmp_path):
     assert ranked["radius"].isna().all() and ranked["reason"].str.contains("exact=never").all()
     with pytest.raises(DataError, match="past the train split's"):
         engine.run(scan, config=dataclasses.replace(listed, indices=(10**6,)))
+
+
+def test_exact_sizes_always_where_the_set_cannot_be_measured_is_refused_before_any_job(scanned, tmp_path):
+    config, _ = scanned
+    tight = dataclasses.replace(config, exact_sizes="always", results_root=str(tmp_path / "res"),
+                                geometry=dataclasses.replace(config.geometry, max_entries=10))
+    with pytest.raises(ConfigError, match="exact_sizes=always, but .*max_entries.*set exact_sizes=auto"):
+        engine.run(scan, config=tight)
+    assert not ExperimentStore.of(tight).path.exists()  # refused in prepare: no job wrote a row
 
 
 def test_a_scan_of_an_image_folder_labelled_by_its_class_folders(scanned, tiny_mnist, tmp_path):
