@@ -155,6 +155,7 @@ def experiment_end_to_end(per_class: int) -> dict[str, Any]:
     runs it (a Prefect flow over a local Dask cluster, one worker per core), timed from
     the command's start to its end, a temporary Prefect server and results folder of its
     own included."""
+    before = [round(x, 2) for x in os.getloadavg()]
     with tempfile.TemporaryDirectory(prefix="collide-scan-bench-") as tmp:
         env = {**os.environ, "PREFECT_HOME": str(Path(tmp) / "prefect")}
         command = [sys.executable, "-m", "flows.cli", "run", "scan", "--set", f"targets_per_class={per_class}",
@@ -167,8 +168,7 @@ def experiment_end_to_end(per_class: int) -> dict[str, Any]:
     return {"command": " ".join(command[1:3] + command[3:-2]), "examples": n,
             "per_job": ScanExperiment().targets_per_batch, "seconds": seconds,
             "per_example_s": seconds / n, "test_set_hours": seconds / n * TEST_SET / 3600,
-            "workers": os.cpu_count(), "machine": {**machine(), "load_average_after": [
-                round(x, 2) for x in os.getloadavg()]}}
+            "workers": os.cpu_count(), "machine": {**machine(), "load_average_before": before}}
 
 
 def main(argv: list[str] | None = None) -> dict[str, Any]:

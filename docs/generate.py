@@ -290,10 +290,12 @@ def scan_costs(path: Path = SCAN_RESULTS) -> str:
                 f"({st['test_set_note']}).", ""]
     if e := r.get("experiment"):
         em = e["machine"]
+        # machine() is read when the run ends; runs since keep the load average before it apart.
+        load = (f"{em['load_average_before']} before and {em['load_average']} after" if "load_average_before" in em
+                else f"{em['load_average']} at the end")
         out += [f"The scan experiment end to end (`{e['command']}`: a Prefect flow over {e['workers']} local Dask "
-                f"workers, {e['per_job']} examples a job, its temporary server's start included), measured "
-                f"{em['date']}, load average "
-                f"{em['load_average']} before and {em['load_average_after']} after: {e['examples']} test images in "
+                f"workers, {e['per_job']} examples a job, its temporary server's start included), finished "
+                f"{em['date']}, load average {load}: {e['examples']} test images in "
                 f"{e['seconds']:.0f} s, {e['per_example_s']:.2f} s an image; the whole test set at that rate: "
                 f"{e['test_set_hours']:.1f} hours.", ""]
     pairs = {**{f"training seeds: {k}": v for k, v in r.get("across_training_seeds", {}).items()},
