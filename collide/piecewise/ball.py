@@ -94,7 +94,7 @@ def _ball_boxed(cs: CollisionSet) -> Ball:
     is kept as a bound too, which HiGHS's dual simplex meets by flipping it. The model
     has d fewer rows than with both faces as rows: on the MNIST MLP's ``relu1`` the
     solve falls from about 0.7 s to 0.2 s and 1,400 iterations to 600, with the same
-    radius to 1e-10 (``ball_*`` in ``benchmarks/scan.json``). Presolve is off: it took
+    radius to 3e-8 relative (``ball_*`` in ``benchmarks/scan.json``). Presolve is off: it took
     longer than it saved. The equality, layer and region rows are the same rows in the
     new columns, so their multipliers are the original rows'; a near face's multiplier
     is its column's reduced cost.
@@ -125,8 +125,8 @@ def _ball_boxed(cs: CollisionSet) -> Ball:
     h = lp_model(cost, np.zeros(d + 1), np.r_[np.full(d, span), np.inf], tol=LP_TOL)
     h.setOptionValue("presolve", "off")
     eq = cs.equalities * side
-    eq_rhs = cs.equalities @ (cs.origin - base)
-    add_rows(h, np.hstack([eq, (eq @ rho)[:, None]]), eq_rhs, eq_rhs)
+    eq_rhs = mm(cs.equalities, (cs.origin - base)[:, None])[:, 0]
+    add_rows(h, np.hstack([eq, mm(eq, rho[:, None])]), eq_rhs, eq_rhs)
     add_rows(h, sp.hstack([sp.identity(d, format="csr"), sp.csr_matrix(2 * rho[:, None])]),
              np.full(d, -np.inf), np.full(d, span))
     fixed = np.arange(cs.n_fixed)
