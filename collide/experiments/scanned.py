@@ -109,11 +109,12 @@ def scan_row(config: MnistExperiment, *, row: int, seed: int, checkpoint: str, i
               for c in SCAN_COLUMNS}
     arrays[f"{PREFIX}example"] = where.numpy()[order]
     arrays.update({f"{PREFIX}{k}": np.asarray(v, dtype=np.float64)[order] for k, v in extra.items()})
-    if "center" in frame:  # the balls, with the examples they lie around: a referee checks each
+    if "center" in frame or "vertices" in frame:  # what the balls and vertices lie around: a referee checks each
+        arrays[f"{PREFIX}image"] = x[torch.as_tensor(order)].float().numpy()
+    if "center" in frame:
         d = x[0].numel()
         arrays[f"{PREFIX}center"] = np.stack([np.full(d, np.nan) if c is None else np.asarray(c, dtype=np.float64)
                                               for c in frame["center"]])
-        arrays[f"{PREFIX}image"] = x[torch.as_tensor(order)].float().numpy()
     if "vertices" in frame:  # what each example's valid vertices and spread are computed from
         shape = (measure.n_vertices, *x.shape[1:])
         arrays[f"{PREFIX}vertices"] = np.stack([np.full(shape, np.nan, dtype=np.float32) if v is None else
@@ -121,7 +122,6 @@ def scan_row(config: MnistExperiment, *, row: int, seed: int, checkpoint: str, i
                                                 for v in frame["vertices"]])
         arrays[f"{PREFIX}vertex_valid"] = np.stack([np.zeros(measure.n_vertices, dtype=bool) if v is None else
                                                     np.asarray(v, dtype=bool) for v in frame["vertex_valid"]])
-        arrays.setdefault(f"{PREFIX}image", x[torch.as_tensor(order)].float().numpy())
     # Why an example has no polytope or no exact set, as an index into the row's list of
     # reasons (arrays hold numbers): -1 where it has both.
     reasons = sorted({r for r in frame["reason"] if r})
