@@ -72,7 +72,7 @@ from collide.piecewise.layered_lp import (
 )
 from collide.piecewise.layers import LayeredUnsupported, layered_net
 from collide.piecewise.linearise import AffinePiece, affine_piece
-from collide.piecewise.lp import FAILED, INFEASIBLE, OPTIMAL, UNBOUNDED, LpProblem, LpSolution, solve_lp
+from collide.piecewise.lp import FAILED, INFEASIBLE, OPTIMAL, UNBOUNDED, LinearRows, LpFamily, LpSolution, lp_family
 from collide.piecewise.pieces import (
     TIE_SHRINK,
     TIE_STEP,
@@ -155,9 +155,9 @@ class ExactResult:
         return self.input_dim - self.rank_positive if self.rank_positive >= 0 else -1
 
 
-def _solve(problem: LpProblem, config: ExactConfig) -> LpSolution:
-    return solve_lp(problem, lower=config.lower, upper=config.upper, tol=config.feasibility_tol,
-                    solver=config.lp_solver)
+def _family(rows: LinearRows, x_init: np.ndarray, config: ExactConfig) -> LpFamily:
+    return lp_family(rows, x_init, lower=config.lower, upper=config.upper, tol=config.feasibility_tol,
+                     solver=config.lp_solver)
 
 
 LP_FORMS = ("auto", "dense", "layered")
@@ -232,8 +232,9 @@ def _dense(model: nn.Module, site: Site, target: torch.Tensor, x_init: np.ndarra
     _require_saturated(pos, unit_list)
     # λ from the target's piece throughout: the same trade-off on either piece.
     lams = [config.proximity * float(np.abs(piece.jac[unit]).mean()) for unit in unit_list]
-    rows = rows_on(piece, t_pre, sat)
-    loose_rows = rows_on(piece, t_pre, sat, ~tied)
+    # Every vertex's LPs on the target's piece share their rows: written for the solver once.
+    target_lps = _family(rows_on(piece, t_pre, sat), x_init, config)
+    loose_lps = _family(rows_on(piece, t_pre, sat, ~tied), x_init, config) if tied.any() else None
 
     def on(p: AffinePiece) -> Callable[[np.ndarray], np.ndarray]:
         return lambda x: x @ p.jac.T + p.offset
@@ -241,19 +242,19 @@ def _dense(model: nn.Module, site: Site, target: torch.Tensor, x_init: np.ndarra
     def candidates_of(k: int) -> tuple[list[_Candidate], list[LpSolution]]:
         """Vertex k's candidates, the target's piece first; and every LP solved for it."""
         unit, lam = unit_list[k], lams[k]
-        first = _solve(LpProblem(rows, sign[unit] * piece.jac[unit], lam, x_init), config)
+        first = target_lps.solve(sign[unit] * piece.jac[unit], lam)
         tried, solved = [(on(piece), first.x, first.outcome)], [first]
-        if tied.any() and first.outcome == OPTIMAL:
+        if loose_lps is not None and first.outcome == OPTIMAL:
             # Without the tied rows the LP may leave the piece: it only says which way
             # to break the ties. Its objective keeps the target's Jacobian.
-            loose = _solve(LpProblem(loose_rows, sign[unit] * piece.jac[unit], lam, x_init), config)
+            loose = loose_lps.solve(sign[unit] * piece.jac[unit], lam)
             solved.append(loose)
             direction = loose.x - x0
             if loose.outcome == OPTIMAL and np.abs(direction).max() > 0:
                 adjacent = tie_broken_piece(model, site, target, piece, tied, direction, t_pre)
                 if adjacent is not None and not same_piece(adjacent, piece):
-                    second = _solve(LpProblem(rows_on(adjacent, t_pre, sat), sign[unit] * adjacent.jac[unit], lam,
-                                              x_init), config)
+                    second = _family(rows_on(adjacent, t_pre, sat), x_init, config).solve(
+                        sign[unit] * adjacent.jac[unit], lam)
                     solved.append(second)
                     tried.append((on(adjacent), second.x, second.outcome))
         return tried, solved

@@ -11,7 +11,7 @@ import torch
 
 from collide.config import ExactConfig
 from collide.objective import saturated_units
-from collide.piecewise.lp import INFEASIBLE, LinearRows, LpProblem, solve_lp
+from collide.piecewise.lp import INFEASIBLE, LinearRows, LpProblem, lp_family, solve_lp
 from collide.solvers.exact import OPTIMAL, solve_exact
 from collide.taps import preactivation
 from tests.tolerances import LP_CONSTRAINT, LP_OBJECTIVE
@@ -53,13 +53,26 @@ def test_highs_with_lazy_rows_matches_linprog_with_every_row(seed):
     assert fast.rounds > 1 and 0 < fast.region_rows_used < p.rows.lazy  # the lazy path ran, and saved rows
 
 
-def test_lazy_rows_reach_the_optimum_of_the_whole_lp():
-    p = _problem(7)
-    every = dataclasses.replace(p, rows=dataclasses.replace(p.rows, lazy=0))
+def test_the_layers_rows_are_taken_lazily_too_and_reach_the_optimum_of_the_whole_lp():
+    p = _problem(7, n_ub=300, n_lazy=0)  # no region rows: every inequality row is the layer's
     lazy = solve_lp(p, lower=0, upper=1, tol=TOL)
-    whole = solve_lp(every, lower=0, upper=1, tol=TOL)
-    assert whole.rounds == 1 and whole.region_rows_used == 0
+    whole = solve_lp(p, lower=0, upper=1, tol=TOL, solver="linprog")
+    assert lazy.rounds > 1 and lazy.region_rows_used == 0  # rows were added, none of them a region's
+    _check_feasible(p, lazy.x)
     assert abs(_objective(p, lazy.x) - _objective(p, whole.x)) <= LP_OBJECTIVE * (1 + abs(_objective(p, whole.x)))
+
+
+def test_a_family_solves_each_cost_as_a_problem_of_its_own_would():
+    p = _problem(5)
+    family = lp_family(p.rows, p.init, lower=0, upper=1, tol=TOL)
+    rng = np.random.default_rng(5)
+    for cost in rng.normal(size=(3, len(p.init))):
+        shared = family.solve(cost, p.lam)
+        alone = solve_lp(dataclasses.replace(p, cost=cost), lower=0, upper=1, tol=TOL, solver="linprog")
+        assert shared.outcome == alone.outcome == OPTIMAL
+        _check_feasible(p, shared.x)
+        target = _objective(dataclasses.replace(p, cost=cost), alone.x)
+        assert abs(_objective(dataclasses.replace(p, cost=cost), shared.x) - target) <= LP_OBJECTIVE * (1 + abs(target))
 
 
 @pytest.mark.parametrize("solver", ["highs", "linprog"])
