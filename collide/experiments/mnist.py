@@ -255,7 +255,7 @@ def images_digest(data: Split) -> str:
     return h.hexdigest()
 
 
-def _job_images(config: Any, context: dict[str, Any]) -> Split:
+def job_images(config: Any, context: dict[str, Any]) -> Split:
     """The images a job's targets index, checked to be those the run planned with where
     user code builds them: rows index examples by position, so a factory that returned
     other examples (or another order) would pair rows with the wrong images."""
@@ -278,7 +278,7 @@ def solve(job: Job, context: dict[str, Any], *, config: MnistExperiment,
     """Find the job's polytopes with :func:`collide.find_polytopes` (one solver batch; rows
     of one spec) and write each row group."""
     model, meta = load_checkpoint(context["checkpoint"])
-    test = _job_images(config, context)  # the scan may read the training split, an image folder, a dataset
+    test = job_images(config, context)  # the scan may read the training split, an image folder, a dataset
     batch = job.spec["batch"]
     specs = {config.row_spec(row) for row in job.rows}
     if len(specs) != 1:

@@ -137,7 +137,7 @@ def measure(config: ScanExperiment, n: int) -> ScanConfig:
 
 def solve(job: Job, context: dict[str, Any], *, config: ScanExperiment, progress: Progress = no_progress) -> None:
     """Screen the job's examples with :func:`collide.scan` and write its row."""
-    data = mnist._job_images(config, context)  # the training split, an image folder, a dataset
+    data = mnist.job_images(config, context)  # the training split, an image folder, a dataset
     examples = job.spec["examples"]
     scan_row(config, row=job.rows[0], seed=config.seed, checkpoint=context["checkpoint"], images=data.images,
              labels=data.labels, examples=examples, extra={}, dataset_distance=context["dataset_avg_distance"],
