@@ -29,7 +29,7 @@ from benchmarks import (
     solver,
 )
 from benchmarks.common import MODELS, checkpoint, machine
-from benchmarks.report import _s, markdown
+from benchmarks.report import EXACT_GOAL_SECONDS, _s, markdown
 
 HERE = Path(__file__).parent
 ITEMS = ("solver", "exact", "knn", "extraction", "evaluation", "gpu", "jacobian", "models", "batching", "exact_forms")
@@ -56,7 +56,7 @@ def _notes(r: dict[str, Any]) -> list[str]:
         x, one = e["exact"], e["exact_one_thread"]
         work = x.get("lp_work") or []
         lps = sum(w["lps"] for w in work)
-        limit = {"mlp": 0.5, "lenet5": 3.0}.get(e["model"])
+        limit = EXACT_GOAL_SECONDS.get(e["model"])
         if limit is None or x["seconds"] <= limit:
             continue
         cause = (
