@@ -70,7 +70,7 @@ DEFAULT_STEPS = GradientConfig().max_steps
 SURVEY_TOLS = (GradientConfig().saturation_tol, 0.03, 0.1)
 
 
-def _photo(side: int = SIDE) -> torch.Tensor:
+def cat_photo(side: int = SIDE) -> torch.Tensor:
     """scikit-image's cat at ``side`` px, as the image pipeline loads it."""
     from PIL import Image
     from skimage import data
@@ -207,7 +207,7 @@ def fitting_side(name: str, photo: Callable[[int], torch.Tensor], *, steps: int 
             "native_worst_case_seconds": timed[native] * DEFAULT_STEPS if native in timed else None}
 
 
-def survey(name: str, photo: Callable[[int], torch.Tensor] = _photo, *, max_steps: int = DEFAULT_STEPS,
+def survey(name: str, photo: Callable[[int], torch.Tensor] = cat_photo, *, max_steps: int = DEFAULT_STEPS,
            budget_s: float = BUDGET_S) -> dict[str, Any]:
     fit = (fitting_side(name, photo, steps=max_steps, budget_s=budget_s) if name in NATIVE_ONLY
            else {"side": SIDE})

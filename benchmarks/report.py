@@ -149,6 +149,35 @@ def exact_forms_section(ef: dict[str, Any]) -> list[str]:
                       for x in ef["resnet18"]])]
 
 
+def _gist(why: str, width: int = 110) -> str:
+    """An error message's first clause, cut to ``width`` characters for a table cell."""
+    head = why.split(": ")[0].split(" (collide.")[0]
+    return head if len(head) <= width else head[:width - 1] + "…"
+
+
+def exact_sizes_section(rows: list[dict[str, Any]]) -> list[str]:
+    """The exact polytope at the largest input the dense form takes (benchmarks/exact_sizes.py)."""
+    def solved(x: dict[str, Any]) -> list[str]:
+        if "seconds" not in x:
+            return [x.get("unfinished", "-"), "-", "-", "-"]
+        work = x["lp_work"]
+        return [_s(x["seconds"]), f"{x['outcome']} ({x['max_rel_error_f64']:.1e})",
+                f"{work['rounds']} rounds, {work['region_rows']} of {work['region_rows_total']}",
+                f"{x['peak_rss_gib_before']:.2f} -> {x['peak_rss_gib']:.2f} GiB"]
+
+    return ["## The exact polytope at the largest input it takes", "",
+            "Each survey model (random weights) at its middle call site, where the exact method addresses it: the "
+            "largest square side whose dense LP fits `ExactConfig.max_entries`, and one vertex solved there in a "
+            "child process (the photo as target, its mirror image as init; one LP at a time). Memory is the "
+            "child's peak resident set, measured before the solve and after it.", "",
+            _table(["model", "layer", "side", "LP rows x inputs", "solve", "outcome (f64 rel error)",
+                    "region rows added", "peak memory"],
+                   [[x["model"], f"`{x['layer']}`" if "layer" in x else "-",
+                     f"{x['side']} px" if x.get("side") else _gist(x.get("why", "-")),
+                     f"{x['lp_rows']} x {x['input_dim']}" if "lp_rows" in x else "-", *solved(x)]
+                    for x in rows])]
+
+
 def markdown(r: dict[str, Any]) -> str:
     m = r["machine"]
     parts = [
@@ -276,6 +305,8 @@ def markdown(r: dict[str, Any]) -> str:
         parts += ["", "## Any model: torchvision classifiers", "", models_section(mo)]
     if r.get("exact_forms"):
         parts += ["", *exact_forms_section(r["exact_forms"])]
+    if r.get("exact_sizes"):
+        parts += ["", *exact_sizes_section(r["exact_sizes"])]
     if r.get("notes"):
         parts += ["", "## Notes", ""] + [f"- {n}" for n in r["notes"]]
     return "\n".join(parts) + "\n"

@@ -1,6 +1,6 @@
 """Run every benchmark and rewrite ``benchmarks/results.md`` and ``results.json``.
 
-Usage: ``python -m benchmarks.run [--only solver,exact,knn,extraction,evaluation,gpu,jacobian,models,batching]``
+Usage: ``python -m benchmarks.run [--only ITEM,...]`` (the items: :data:`ITEMS`)
 from the repository root (``make bench`` does this). MNIST is fetched and the
 classifiers are trained first when they are not under ``data/`` yet.
 """
@@ -20,6 +20,7 @@ from benchmarks import (
     batching,
     evaluation,
     exact_forms,
+    exact_sizes,
     exact_vs_gradient,
     extraction,
     gpu,
@@ -32,7 +33,8 @@ from benchmarks.common import MODELS, checkpoint, machine
 from benchmarks.report import EXACT_GOAL_SECONDS, _s, markdown
 
 HERE = Path(__file__).parent
-ITEMS = ("solver", "exact", "knn", "extraction", "evaluation", "gpu", "jacobian", "models", "batching", "exact_forms")
+ITEMS = ("solver", "exact", "knn", "extraction", "evaluation", "gpu", "jacobian", "models", "batching", "exact_forms",
+         "exact_sizes")
 
 
 def _notes(r: dict[str, Any]) -> list[str]:
@@ -72,6 +74,16 @@ def _notes(r: dict[str, Any]) -> list[str]:
                       f"rows, in {max(w['rounds'] for w in work)} rounds at most per vertex")
         notes.append(cause + ". What is left is HiGHS's dual simplex itself on dense rows over every input "
                      "coordinate (each iteration prices every coordinate).")
+    sizes = r.get("exact_sizes") or []
+    stuck = [x for x in sizes if "unfinished" in x or x.get("outcome", "optimal") != "optimal"]
+    if stuck:
+        notes.append(
+            "exact_sizes: at the largest input the dense LP fits, "
+            + "; ".join(f"{x['model']} " + (x["unfinished"] if "unfinished" in x else f"ended {x['outcome']}")
+                        for x in stuck)
+            + ". The dense form's entry budget bounds memory, not time: these LPs (random weights, up to "
+            + f"{max((x['lp_work']['region_rows'] for x in stuck if 'lp_work' in x), default=0)} region rows in "
+            "the model when it ended) are where HiGHS's simplex stalls or gives up.")
     if str(r["machine"].get("scipy", "")).startswith("1.15."):
         notes.append("scipy 1.15's linprog has a large regression (scipy issue 22655): the exact solver's "
                      "reference is slower than on other versions, and its ratio is inflated.")
@@ -139,6 +151,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         "models": models.run,
         "batching": batching.run,
         "exact_forms": exact_forms.run,
+        "exact_sizes": exact_sizes.run,
     }
     for item in only:
         t = time.perf_counter()

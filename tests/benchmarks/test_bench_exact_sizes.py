@@ -1,0 +1,45 @@
+"""The exact polytope at the largest input (benchmarks/exact_sizes.py) on a tiny model, so it cannot rot."""
+
+from collections import OrderedDict
+
+import torch
+from torch import nn
+
+from benchmarks.exact_sizes import largest_exact
+from benchmarks.report import exact_sizes_section
+from collide.piecewise.budget import lp_entries
+from collide.solvers.exact import OPTIMAL
+from tests.tolerances import LP_STORED_REL_ERROR_F64
+
+
+def _net() -> nn.Module:
+    with torch.random.fork_rng():
+        torch.manual_seed(0)
+        return nn.Sequential(OrderedDict(
+            conv=nn.Conv2d(1, 2, 3), relu1=nn.ReLU(), pool=nn.AdaptiveAvgPool2d(3), flatten=nn.Flatten(),
+            fc=nn.Linear(2 * 3 * 3, 8), relu2=nn.ReLU())).eval()
+
+
+def _photo(side: int) -> torch.Tensor:
+    return torch.rand(1, side, side, generator=torch.Generator().manual_seed(side))
+
+
+def test_the_vertex_is_solved_at_the_largest_side_that_fits_and_reported():
+    net = _net()
+    budget = lp_entries(net, "relu2", _photo(12))[1]  # 12 px fits exactly; 13 px does not
+    assert lp_entries(net, "relu2", _photo(13))[1] > budget
+    reported = []
+    row = largest_exact(net, "relu2", _photo, max_entries=budget, report=reported.append)
+    assert reported == [{"side": 12, "lp_rows": row["lp_rows"], "lp_entries": budget, "input_dim": 144}]
+    assert row["side"] == 12 and row["lp_entries"] == budget and row["input_dim"] == 144
+    assert row["outcome"] == OPTIMAL and row["max_rel_error_f64"] <= LP_STORED_REL_ERROR_F64
+    assert 0 < row["peak_rss_gib_before"] <= row["peak_rss_gib"]
+    text = "\n".join(exact_sizes_section([{"model": "tiny", "layer": "relu2", **row},
+                                          {"model": "big", "why": "no side fits 1e+08 entries"},
+                                          {"model": "stuck", "layer": "x", "side": 30, "unfinished": "stopped"}]))
+    assert "| tiny | `relu2` | 12 px |" in text and "no side fits" in text and "stopped" in text
+
+
+def test_a_layer_no_side_fits_is_said_so():
+    row = largest_exact(_net(), "relu2", _photo, max_entries=1)
+    assert row["side"] is None and "no side fits" in row["why"]
