@@ -2,7 +2,7 @@
 
 The same 5 vertices (same target, init and pushed units) four ways, in one process:
 
-- ``exact``: collide's LP path (HiGHS through highspy, region rows added where violated,
+- ``exact``: collide's LP path (HiGHS through highspy, inequality rows added where violated,
   the vertices' LPs side by side on every core: ``ExactConfig()``);
 - ``exact_one_thread``: the same, one LP at a time (``threads=1``);
 - ``reference``: the path before it, one scipy ``linprog`` per vertex with every row

@@ -387,7 +387,7 @@ class ExactConfig:
     float64: the Jacobian of a deep layer fills every entry). A larger problem is
     refused before any work, naming its size and the largest input it would take.
 
-    ``lp_solver``: ``highs`` (HiGHS through highspy, region rows added where violated) or
+    ``lp_solver``: ``highs`` (HiGHS through highspy, inequality rows added where violated) or
     ``linprog`` (scipy, every row; the reference it is measured against); see
     :mod:`collide.piecewise.lp`. ``threads``: how many vertex LPs run at once (0: one per
     core the job may take: every core, or on a Dask worker its share of its host's,

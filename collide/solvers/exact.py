@@ -14,7 +14,7 @@ Proposition 1), and a vertex is the solution of
                lower ≤ x ≤ upper,
 
 which stays linear with the usual split of the L1 term (solved by
-:mod:`collide.piecewise.lp`: HiGHS, with the region rows added only where a solution
+:mod:`collide.piecewise.lp`: HiGHS, with the inequality rows added only where a solution
 violates them; the vertices' LPs run side by side on ``ExactConfig.threads`` threads).
 The affine map and the region rows come from :mod:`collide.piecewise.linearise`; an
 LP too large for ``ExactConfig.max_entries`` is refused before any work
