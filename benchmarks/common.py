@@ -8,6 +8,7 @@ process right before or after it.
 from __future__ import annotations
 
 import datetime
+import multiprocessing as mp
 import os
 import platform
 import statistics
@@ -151,3 +152,25 @@ def machine() -> dict[str, Any]:
         "highspy": version("highspy"),
         "cuda": torch.cuda.get_device_name(0) if torch.cuda.is_available() else None,
     }
+
+
+def in_child(target: Callable[..., None], args: tuple[Any, ...], *, seconds: float) -> dict[str, Any]:
+    """``target(*args, queue)`` in a spawned child process: every dict it puts on the queue,
+    merged in order, and ``unfinished`` where it was still running after ``seconds`` and was
+    stopped. The child's peak memory is its own, and a stuck LP cannot hold up the run."""
+    row: dict[str, Any] = {}
+    ctx = mp.get_context("spawn")
+    out = ctx.Queue()
+    child = ctx.Process(target=target, args=(*args, out))
+    child.start()
+    deadline = time.monotonic() + seconds
+    while child.is_alive() and time.monotonic() < deadline:
+        child.join(5)
+        while not out.empty():
+            row.update(out.get())
+    while not out.empty():
+        row.update(out.get())
+    if child.is_alive():
+        child.kill()
+        row["unfinished"] = f"stopped after {seconds:.0f} s"
+    return row

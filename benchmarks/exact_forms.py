@@ -14,7 +14,6 @@ form's size beside it. A side whose LP runs past :data:`LP_SECONDS` is reported 
 
 from __future__ import annotations
 
-import multiprocessing as mp
 import resource
 import time
 from typing import Any
@@ -22,7 +21,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from benchmarks.common import collision_problem, median_time
+from benchmarks.common import collision_problem, in_child, median_time
 from collide.config import ExactConfig
 from collide.piecewise.budget import lp_entries
 from collide.solvers.exact import OPTIMAL, solve_exact
@@ -102,21 +101,7 @@ def resnet(side: int) -> dict[str, Any]:
     _, entries = lp_entries(model, RESNET_LAYER, torch.zeros(3, side, side))
     row: dict[str, Any] = {"side": side, "layer": RESNET_LAYER, "dense_entries": entries,
                            "dense_gib": entries * 8 / 2**30, "dense_fits": entries <= ExactConfig().max_entries}
-    ctx = mp.get_context("spawn")
-    out = ctx.Queue()
-    child = ctx.Process(target=_resnet_side, args=(side, out))
-    child.start()
-    deadline = time.monotonic() + LP_SECONDS + 300
-    while child.is_alive() and time.monotonic() < deadline:
-        child.join(5)
-        while not out.empty():
-            row.update(out.get())
-    while not out.empty():
-        row.update(out.get())
-    if child.is_alive():
-        child.kill()
-        row["unfinished"] = f"stopped after {LP_SECONDS + 300} s"
-    return row
+    return {**row, **in_child(_resnet_side, (side,), seconds=LP_SECONDS + 300)}
 
 
 def run() -> dict[str, Any]:

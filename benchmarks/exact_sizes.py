@@ -14,7 +14,6 @@ past :data:`SOLVE_SECONDS` is stopped and reported as such.
 
 from __future__ import annotations
 
-import multiprocessing as mp
 import resource
 import time
 from collections.abc import Callable
@@ -23,6 +22,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from benchmarks.common import in_child
 from benchmarks.models import MODELS, NATIVE_ONLY, SIDE, build, cat_photo, middle_site
 from collide.config import ExactConfig
 from collide.errors import CollideError
@@ -84,22 +84,7 @@ def _child(name: str, out: Any) -> None:
 def measure(name: str) -> dict[str, Any]:
     """torchvision's ``name`` in a child process (its peak memory is the solve's, and a
     stuck LP is stopped after :data:`SOLVE_SECONDS`)."""
-    row: dict[str, Any] = {"model": f"torchvision:{name}"}
-    ctx = mp.get_context("spawn")
-    out = ctx.Queue()
-    child = ctx.Process(target=_child, args=(name, out))
-    child.start()
-    deadline = time.monotonic() + SOLVE_SECONDS + 120
-    while child.is_alive() and time.monotonic() < deadline:
-        child.join(5)
-        while not out.empty():
-            row.update(out.get())
-    while not out.empty():
-        row.update(out.get())
-    if child.is_alive():
-        child.kill()
-        row["unfinished"] = f"stopped after {SOLVE_SECONDS + 120} s"
-    return row
+    return {"model": f"torchvision:{name}", **in_child(_child, (name,), seconds=SOLVE_SECONDS + 120)}
 
 
 def run() -> list[dict[str, Any]]:

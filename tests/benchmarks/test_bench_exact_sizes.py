@@ -1,14 +1,17 @@
 """The exact polytope at the largest input (benchmarks/exact_sizes.py) on a tiny model, so it cannot rot."""
 
+import time
 from collections import OrderedDict
 
 import torch
 from torch import nn
 
+from benchmarks.common import in_child
 from benchmarks.exact_sizes import largest_exact
 from benchmarks.report import exact_sizes_section
 from collide.piecewise.budget import lp_entries
 from collide.solvers.exact import OPTIMAL
+from tests.benchmarks import children
 from tests.tolerances import LP_STORED_REL_ERROR_F64
 
 
@@ -43,3 +46,10 @@ def test_the_vertex_is_solved_at_the_largest_side_that_fits_and_reported():
 def test_a_layer_no_side_fits_is_said_so():
     row = largest_exact(_net(), "relu2", _photo, max_entries=1)
     assert row["side"] is None and "no side fits" in row["why"]
+
+
+def test_a_child_reports_in_order_and_one_that_hangs_is_stopped():
+    assert in_child(children.reports, (1,), seconds=60) == {"a": 1, "b": 2}
+    start = time.monotonic()
+    assert in_child(children.hangs, (), seconds=1) == {"unfinished": "stopped after 1 s"}
+    assert time.monotonic() - start < 30  # stopped, not waited for
