@@ -203,8 +203,7 @@ class LpFamily:
     lower: float
     upper: float
     tol: float
-    solver: str
-    split: _Split | None
+    split: _Split | None  # None: scipy's linprog solves each LP
 
     def solve(self, cost: np.ndarray, lam: float) -> LpSolution:
         """The family's LP with cost ``cost`` and L1 weight ``lam``. Shapes: cost (d,)"""
@@ -229,7 +228,7 @@ def lp_family(rows: LinearRows, init: np.ndarray, *, lower: float, upper: float,
     if solver not in LP_SOLVERS:
         raise ConfigError(f"expected solver in {LP_SOLVERS}, got {solver!r}")
     split = _split(rows, init, lower, upper) if solver == "highs" else None
-    return LpFamily(rows, init, lower, upper, tol, solver, split)
+    return LpFamily(rows, init, lower, upper, tol, split)
 
 
 def solve_lp(problem: LpProblem, *, lower: float, upper: float, tol: float, solver: str = "highs") -> LpSolution:
