@@ -113,6 +113,11 @@ def proc_status_mib(field: str) -> float:
     raise RuntimeError(f"{field} not in /proc/self/status (this needs Linux)")
 
 
+def peak_rss_gib() -> float:
+    """This process's peak resident memory so far (its high-water mark), in GiB."""
+    return proc_status_mib("VmHWM") / 1024
+
+
 def _cpu_model() -> str:
     try:
         for line in Path("/proc/cpuinfo").read_text().splitlines():

@@ -14,14 +14,13 @@ form's size beside it. A side whose LP runs past :data:`LP_SECONDS` is reported 
 
 from __future__ import annotations
 
-import resource
 import time
 from typing import Any
 
 import numpy as np
 import torch
 
-from benchmarks.common import collision_problem, in_child, median_time
+from benchmarks.common import collision_problem, in_child, median_time, peak_rss_gib
 from collide.config import ExactConfig
 from collide.piecewise.budget import lp_entries
 from collide.solvers.exact import OPTIMAL, solve_exact
@@ -82,14 +81,14 @@ def _resnet_side(side: int, out: Any) -> None:
     net = layered_net(model, RESNET_LAYER, image)
     read_s = time.perf_counter() - t
     out.put({"read_seconds": read_s, "nnz": net.nnz, "variables": sum(c.size for c in net.calls),
-             "peak_rss_gib_after_read": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20})
+             "peak_rss_gib_after_read": peak_rss_gib()})
     with torch.no_grad():
         units = saturated_units(preactivation(model, image.unsqueeze(0), RESNET_LAYER)[0], 1)
     t = time.perf_counter()
     res = solve_exact(model, RESNET_LAYER, image, image, units, config=ExactConfig(threads=1), form="layered")
     out.put({"solve_seconds": time.perf_counter() - t, "outcome": res.outcomes[0],
              "max_rel_error_f64": float(res.rel_error.max()),
-             "peak_rss_gib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20})
+             "peak_rss_gib": peak_rss_gib()})
 
 
 def resnet(side: int) -> dict[str, Any]:

@@ -6,15 +6,15 @@ addresses: the largest square side whose dense LP fits ``ExactConfig.max_entries
 (counted at each side from one forward pass, :func:`collide.piecewise.budget.largest_side`),
 then one exact vertex there, in a child process of its own: the seconds it took, its
 outcome and float64 feature error, its LP work, and the process's peak resident memory
-before the solve (the model and torch) and after it. The memory is what the solve needed,
-not rows x columns x 8 bytes. Random weights (seed 0), the survey's photo at that side as
-the target and its mirror image as the init; one LP at a time (``threads=1``). A solve
-past :data:`SOLVE_SECONDS` is stopped and reported as such.
+before the solve (the model, torch and the size search) and after it: where the second is
+higher, the solve set it, so the memory is measured rather than rows x columns x 8 bytes.
+Random weights (seed 0), the survey's photo at that side as the target and its mirror
+image as the init; one LP at a time (``threads=1``). A solve past :data:`SOLVE_SECONDS` is
+stopped and reported as such.
 """
 
 from __future__ import annotations
 
-import resource
 import time
 from collections.abc import Callable
 from typing import Any
@@ -22,7 +22,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from benchmarks.common import in_child
+from benchmarks.common import in_child, peak_rss_gib
 from benchmarks.models import MODELS, NATIVE_ONLY, SIDE, build, cat_photo, middle_site
 from collide.config import ExactConfig
 from collide.errors import CollideError
@@ -34,11 +34,6 @@ from collide.taps import preactivation
 
 # A child still solving after this is stopped and its model reported as unfinished.
 SOLVE_SECONDS = 300
-
-
-def peak_rss_gib() -> float:
-    """This process's peak resident memory so far, in GiB (Linux reports KiB)."""
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20
 
 
 def largest_exact(model: nn.Module, layer: str, photo: Callable[[int], torch.Tensor], *, max_entries: int,
