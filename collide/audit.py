@@ -29,6 +29,7 @@ computes nothing and a changed input is computed again.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import math
@@ -55,6 +56,7 @@ from collide.polytope import avg_pairwise_distance
 from collide.sites import Site, eval_mode, resolve
 from collide.solvers import solver_for
 from collide.taps import preactivation
+from collide.threads import one_blas_thread
 from collide.workers import job_cores
 
 SIZES = ("radius", "spread", "dim", "valid_vertices", "mean_width")
@@ -184,7 +186,8 @@ def _screen(model: nn.Module, site: Site, x: torch.Tensor, y: torch.Tensor | Non
                 rows[k]["reason"] = "; ".join(f"v{i}: {r}" for i, r in enumerate(poly.reasons) if r) or "no vertex"
     if not exact_reason:
         # HiGHS runs without the GIL: on 2 cores two sets at once take about half the time.
-        with ThreadPoolExecutor(max(1, min(len(x), config.threads or job_cores()))) as pool:
+        threads = max(1, min(len(x), config.threads or job_cores()))
+        with one_blas_thread() if threads > 1 else contextlib.nullcontext(), ThreadPoolExecutor(threads) as pool:
             sizes = list(pool.map(lambda k: collision_size(model, site, x[k], config=config.geometry), range(len(x))))
         for row, size in zip(rows, sizes, strict=True):
             row.update(dim=size.dim, dim_method=size.dim_method, radius=size.radius, exact=True)

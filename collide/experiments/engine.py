@@ -46,9 +46,10 @@ from collide.config import resolve_device
 from collide.errors import ConfigError, InternalError
 from collide.experiments.contract import Experiment, ExperimentConfig, Job, Progress, no_progress
 from collide.results.evaluation import evaluate_row
-from collide.results.resume import drop_damaged, is_done, job_threads, mark_done, prune_rows, stage_key
+from collide.results.resume import drop_damaged, is_done, mark_done, prune_rows, stage_key
 from collide.results.store import ExperimentStore
 from collide.results.tables import write_outputs
+from collide.threads import job_threads
 from collide.workers import require_visible
 
 __all__ = ["Progress", "no_progress"]  # re-exported: callers of the engine pass them

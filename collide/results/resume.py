@@ -10,9 +10,7 @@ a row without a key, and the rerun redoes that stage: never a key without its re
 
 from __future__ import annotations
 
-import threading
-from collections.abc import Iterator, Mapping
-from contextlib import contextmanager
+from collections.abc import Mapping
 from typing import Any
 
 from collide._io import code_version, json_digest
@@ -65,41 +63,3 @@ def prune_rows(store: ExperimentStore, keep: int) -> list[int]:
     return gone
 
 
-_lock = threading.Lock()
-_depth = 0
-_saved: tuple[int, Any] = (0, None)
-
-
-@contextmanager
-def job_threads(n: int) -> Iterator[None]:
-    """Run the block with ``n`` CPU threads for torch and for the BLAS and OpenMP pools
-    that numpy and scipy call (threadpoolctl), then restore the old counts.
-
-    Both fix a row's last bits (a matrix product's sums run in an order set by its
-    threads), so a job computes the same bits in plain Python and on a Dask worker, whose
-    nanny starts it with ``OMP_NUM_THREADS=1`` and the like: unpinned, numpy's float64
-    products in the exact set's sampler differed in the 10th digit between the two.
-    Jobs overlapping in one process share the setting; the counts are restored when the
-    last one leaves, never while another still runs.
-    """
-    import torch
-    from threadpoolctl import threadpool_limits
-
-    global _depth, _saved
-    with _lock:
-        if _depth == 0:
-            saved_torch = torch.get_num_threads()
-            torch.set_num_threads(n)
-            _saved = (saved_torch, threadpool_limits(limits=n))
-        elif torch.get_num_threads() != n:
-            raise RuntimeError(f"jobs asking for {n} and {torch.get_num_threads()} torch threads overlap")
-        _depth += 1
-    try:
-        yield
-    finally:
-        with _lock:
-            _depth -= 1
-            if _depth == 0:
-                saved_torch, limits = _saved
-                limits.restore_original_limits()
-                torch.set_num_threads(saved_torch)

@@ -87,6 +87,7 @@ from collide.sites import MAX_POOL, Site, function_of, require_method
 from collide.solvers.base import Found, Problem, Progress, Solver
 from collide.solvers.param import Parameterisation
 from collide.taps import capture, region_events, site_of
+from collide.threads import one_blas_thread
 from collide.validity import Criterion
 from collide.workers import job_cores
 
@@ -199,7 +200,7 @@ def _map(fn: Callable[[int], Any], n: int, config: ExactConfig) -> list[Any]:
     # 0: the cores this job may take (on a Dask worker its share of the host's, not every core).
     threads = min(config.threads or job_cores(), n)
     if threads > 1:
-        with ThreadPoolExecutor(threads) as pool:
+        with one_blas_thread(), ThreadPoolExecutor(threads) as pool:
             return list(pool.map(fn, range(n)))
     return [fn(k) for k in range(n)]
 

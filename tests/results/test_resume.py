@@ -16,7 +16,7 @@ from collide.errors import ConfigError
 from collide.experiments import engine, mnist
 from collide.experiments.mnist import MnistExperiment
 from collide.models.zoo import load_checkpoint
-from collide.results.resume import job_threads, mark_done, row_keys, stage_key
+from collide.results.resume import mark_done, row_keys, stage_key
 from collide.results.store import ExperimentStore
 from tests.support import small_mnist_config, snapshot
 
@@ -128,23 +128,6 @@ def test_stage_keys_follow_their_inputs():
     a = stage_key("solve", {"row": 0, "config": "x"})
     assert a == stage_key("solve", {"config": "x", "row": 0})
     assert a != stage_key("solve", {"row": 1, "config": "x"}) != stage_key("evaluate", {"row": 0, "config": "x"})
-
-
-def test_job_threads_nests_and_restores():
-    from threadpoolctl import threadpool_info
-
-    def blas() -> list[int]:  # numpy's BLAS: pinned too, since a Dask worker's starts at one thread
-        return [p["num_threads"] for p in threadpool_info() if p["user_api"] == "blas"]
-
-    before, blas_before = torch.get_num_threads(), blas()
-    with job_threads(1):
-        with job_threads(1):
-            assert torch.get_num_threads() == 1
-            assert set(blas()) <= {1}
-        assert torch.get_num_threads() == 1 and set(blas()) <= {1}
-        with pytest.raises(RuntimeError, match="overlap"), job_threads(3):
-            pass
-    assert torch.get_num_threads() == before and blas() == blas_before
 
 
 def test_a_config_that_fails_on_its_data_leaves_an_earlier_runs_rows_alone(finished, tmp_path, monkeypatch):
