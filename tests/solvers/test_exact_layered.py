@@ -138,6 +138,23 @@ def test_both_forms_break_the_same_ties():
     assert (layered.vertices[ok] - dense.vertices[ok]).abs().max() <= LP_FORMS_AGREE
 
 
+def test_tie_breaking_gives_the_same_vertices_on_one_thread_and_on_several():
+    """Where the target sits on ties, each vertex's LP on the target's piece and its
+    tie-breaking chain run as separate tasks; the answer must not depend on how they
+    are scheduled."""
+    net = _seeded(_cnn_pool)
+    with torch.no_grad():
+        net.conv1.bias.zero_()
+    target, init = _inputs((1, 10, 10))
+    target[:, :6, :6] = 0
+    with torch.no_grad():
+        units = saturated_units(preactivation(net, target.unsqueeze(0), "relu3")[0], 3)
+    one, three = (solve_exact(net, "relu3", target, init, units, config=ExactConfig(threads=t)) for t in (1, 3))
+    assert "tie-broken" in one.pieces  # the case is the one meant
+    assert (one.outcomes, one.pieces, one.lp_work) == (three.outcomes, three.pieces, three.lp_work)
+    assert torch.equal(one.vertices.nan_to_num(), three.vertices.nan_to_num())
+
+
 def test_a_model_the_layered_form_cannot_read_is_refused_and_auto_solves_it_dense():
     net = _seeded(lambda: nn.Sequential(OrderedDict(
         flatten=nn.Flatten(), fc1=nn.Linear(16, 12), act=nn.LeakyReLU(0.1), fc2=nn.Linear(12, 8), relu=nn.ReLU())))
