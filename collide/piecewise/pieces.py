@@ -65,7 +65,10 @@ def tied_rows(piece: AffinePiece, x: np.ndarray) -> np.ndarray:
 def _contains(piece: AffinePiece, x: np.ndarray, t_pre: np.ndarray) -> bool:
     """Whether ``x`` lies in the closure of ``piece``, with its pre-activation ``t_pre`` there."""
     over = piece.region_jac @ x - piece.region_bound
-    if (over > TIE_TOL * _slack_scale(piece.region_jac, piece.region_bound, x)).any():
+    # Only a row with a positive excess can break the tolerance: scale those alone (the
+    # scale's |a| is a copy of the rows, thousands of them at LeNet-5's relu3).
+    out = np.flatnonzero(over > 0)
+    if (over[out] > TIE_TOL * _slack_scale(piece.region_jac[out], piece.region_bound[out], x)).any():
         return False
     err = np.abs(piece.jac @ x + piece.offset - t_pre)
     return bool((err <= TIE_TOL * _slack_scale(piece.jac, piece.offset, x)).all())
@@ -105,8 +108,9 @@ def tie_broken_piece(
     """
     x0 = target.double().flatten().numpy()
     step = TIE_STEP / np.abs(direction).max()
-    rate = piece.region_jac[~tied] @ direction
-    slack = piece.region_bound[~tied] - piece.region_jac[~tied] @ x0
+    # Products over every row, then the untied ones: indexing the rows first copies them.
+    rate = (piece.region_jac @ direction)[~tied]
+    slack = (piece.region_bound - piece.region_jac @ x0)[~tied]
     crossing = slack[rate > 0] / rate[rate > 0]
     if len(crossing):
         step = min(step, 0.5 * float(crossing.min()))
