@@ -84,8 +84,9 @@ def one_blas_thread() -> Iterator[None]:
 
     OpenBLAS's threads wait busily between products, on the cores the section's threads
     need: on 2 cores LeNet-5's ``relu3`` polytope took 12.4 s (23.6 s of CPU) with two
-    BLAS threads under each of two LP threads, and 8.9 s (16.2 s of CPU) with one; with
-    one LP thread the second BLAS thread saved nothing. The vertices were the same bits.
+    BLAS threads under each of two LP threads, and 8.9 s (16.2 s of CPU) with one; under
+    a single LP thread, two BLAS threads used 18-20 s of CPU against 11-14 s for the same
+    time. The vertices were the same bits.
     """
     global _serial
     with _lock:

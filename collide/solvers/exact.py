@@ -198,11 +198,14 @@ def _map(fn: Callable[[int], Any], n: int, config: ExactConfig) -> list[Any]:
     # Vertices (or their LPs) are independent: they run side by side (HiGHS releases the
     # GIL); only the Jacobians of re-linearisation take turns (_TRANSFORMS).
     # 0: the cores this job may take (on a Dask worker its share of the host's, not every core).
+    # One BLAS thread under each LP thread, and under a single one too: there the BLAS
+    # threads took a second core and saved no time (collide.threads.one_blas_thread).
     threads = min(config.threads or job_cores(), n)
-    if threads > 1:
-        with one_blas_thread(), ThreadPoolExecutor(threads) as pool:
-            return list(pool.map(fn, range(n)))
-    return [fn(k) for k in range(n)]
+    with one_blas_thread():
+        if threads > 1:
+            with ThreadPoolExecutor(threads) as pool:
+                return list(pool.map(fn, range(n)))
+        return [fn(k) for k in range(n)]
 
 
 def flat_pieces(site: Site) -> Saturation:
