@@ -40,7 +40,7 @@ def _apply() -> None:
     torch.set_num_threads(_job_n if _jobs else saved_torch)
     if _jobs:
         threadpool_limits(limits=_job_n)
-    if _serial:
+    if _serial and _jobs <= 1:
         threadpool_limits(limits=1, user_api="blas")
     if not (_jobs or _serial):
         _saved = None
@@ -87,6 +87,11 @@ def one_blas_thread() -> Iterator[None]:
     BLAS threads under each of two LP threads, and 8.9 s (16.2 s of CPU) with one; under
     a single LP thread, two BLAS threads used 18-20 s of CPU against 11-14 s for the same
     time. The vertices were the same bits.
+
+    A product's last bits depend on its BLAS threads, and the count is the process's: a
+    caller's other threads that multiply meanwhile do so on one thread too. Where two
+    jobs (:func:`job_threads`) overlap in the process, the count stays what they set, so
+    that neither job's products change with the other's timing.
     """
     global _serial
     with _lock:

@@ -58,3 +58,15 @@ def test_blocks_closing_out_of_order_across_threads_restore_the_original_counts(
     other.join(10)
     assert set(seen["blas after the job closed"]) <= {1}
     assert torch.get_num_threads() == before and blas() == blas_before
+
+
+def test_one_blas_thread_leaves_overlapping_jobs_their_count():
+    """Two jobs in one process: a section in one must not change the count the other's
+    products run with (their last bits would then follow the other's timing)."""
+    with job_threads(2):
+        with one_blas_thread():
+            assert set(blas()) <= {1}  # one job: the section has its one thread
+        with job_threads(2):
+            jobs = blas()
+            with one_blas_thread():
+                assert blas() == jobs
