@@ -29,7 +29,6 @@ computes nothing and a changed input is computed again.
 
 from __future__ import annotations
 
-import contextlib
 import hashlib
 import json
 import math
@@ -186,8 +185,10 @@ def _screen(model: nn.Module, site: Site, x: torch.Tensor, y: torch.Tensor | Non
                 rows[k]["reason"] = "; ".join(f"v{i}: {r}" for i, r in enumerate(poly.reasons) if r) or "no vertex"
     if not exact_reason:
         # HiGHS runs without the GIL: on 2 cores two sets at once take about half the time.
+        # One BLAS thread whether the sets run side by side or not: the sets' bits then do
+        # not depend on how many examples the call holds or on the cores.
         threads = max(1, min(len(x), config.threads or job_cores()))
-        with one_blas_thread() if threads > 1 else contextlib.nullcontext(), ThreadPoolExecutor(threads) as pool:
+        with one_blas_thread(), ThreadPoolExecutor(threads) as pool:
             sizes = list(pool.map(lambda k: collision_size(model, site, x[k], config=config.geometry), range(len(x))))
         for row, size in zip(rows, sizes, strict=True):
             row.update(dim=size.dim, dim_method=size.dim_method, radius=size.radius, exact=True)

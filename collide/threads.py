@@ -1,55 +1,71 @@
 """CPU threads: how many a job gives torch and the BLAS and OpenMP pools, and the sections
 that run threads of their own and want one BLAS thread under each.
 
-Both settings are process-wide (torch's, OpenBLAS's), so blocks that overlap in one
-process share them: the first block to open saves what was there, every open and close
-applies what the open blocks ask for together, and the last to close restores what it
-saved, never while another block still runs.
+The pools' counts (threadpoolctl) are shared by the process, and OpenBLAS's is one count
+for every thread; torch's, set from a thread, holds for that thread. Blocks that overlap
+in one process therefore share one record: a pool's count is saved the first time a block
+meets the pool, each open and close sets only the counts that must change (never passing
+through the saved ones while other blocks run), and the last block to close puts the
+saved counts back.
 """
 
 from __future__ import annotations
 
 import threading
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 
 import threadpoolctl
 import torch
-from threadpoolctl import ThreadpoolController, threadpool_limits
+from threadpoolctl import ThreadpoolController
+
+from collide.errors import ConfigError
 
 _lock = threading.Lock()
-_jobs = 0  # job_threads blocks open
+_open = {"jobs": 0, "sections": 0}  # job_threads and one_blas_thread blocks open
 _job_n = 0
-_serial = 0  # one_blas_thread blocks open
-_saved: tuple[int, dict[str, int]] | None = None  # torch's threads and each pool's, before the first block
+_saved_torch = 0
+_saved_pools: dict[str, int] = {}  # each pool's count when a block first met it
 
 
-def _pools() -> dict[str, int]:
-    return {lib.filepath: lib.num_threads for lib in ThreadpoolController().lib_controllers}
-
-
-def _apply() -> None:
-    """Under ``_lock``: set what the open blocks ask for, or restore what was saved."""
-    global _saved
-    if _saved is None:
-        _saved = (torch.get_num_threads(), _pools())
-    saved_torch, saved_pools = _saved
+def _set_pools() -> None:
+    """Under ``_lock``: each pool at the count the open blocks ask for (a job's ``n``;
+    one for BLAS in a section outside jobs), or at its saved count when none is open."""
     for lib in ThreadpoolController().lib_controllers:
-        if lib.filepath in saved_pools:
-            lib.set_num_threads(saved_pools[lib.filepath])
-    torch.set_num_threads(_job_n if _jobs else saved_torch)
-    if _jobs:
-        threadpool_limits(limits=_job_n)
-    if _serial and _jobs <= 1:
-        threadpool_limits(limits=1, user_api="blas")
-    if not (_jobs or _serial):
-        _saved = None
-    # threadpoolctl 3.8 lets only the thread that last set OpenBLAS's process-wide count
-    # set it again, while that thread lives; a block may close in another thread than the
-    # one that opened the first, so give the control back after every change.
+        # A pool loaded while blocks are open is first met here, at the count its library
+        # chose: the one to restore.
+        saved = _saved_pools.setdefault(lib.filepath, lib.num_threads)
+        want = _job_n if _open["jobs"] else saved
+        if _open["sections"] and not _open["jobs"] and lib.user_api == "blas":
+            want = 1
+        if lib.num_threads != want:
+            lib.set_num_threads(want)
+    if not any(_open.values()):
+        _saved_pools.clear()
+    # threadpoolctl 3.8 lets only the thread that last set OpenBLAS's count set it again,
+    # while that thread lives; a block may close in another thread than the one that
+    # opened the first, so the control is given back after every change.
     release = getattr(getattr(threadpoolctl, "OpenBLASController", None), "clear_controlling_thread", None)
     if release is not None:
         release()
+
+
+def _enter(kind: str, also: Callable[[], None] | None = None) -> None:
+    """Under ``_lock``: one more block of ``kind`` open, ``also`` run, the pools set; on a
+    failure, all of it undone."""
+    # Every pool's count is saved before anything changes: torch's count is also its
+    # OpenMP pool's, which ``also`` may set.
+    for lib in ThreadpoolController().lib_controllers:
+        _saved_pools.setdefault(lib.filepath, lib.num_threads)
+    _open[kind] += 1
+    try:
+        if also is not None:
+            also()
+        _set_pools()
+    except BaseException:
+        _open[kind] -= 1
+        _set_pools()
+        raise
 
 
 @contextmanager
@@ -61,20 +77,32 @@ def job_threads(n: int) -> Iterator[None]:
     threads), so a job computes the same bits in plain Python and on a Dask worker, whose
     nanny starts it with ``OMP_NUM_THREADS=1`` and the like: unpinned, numpy's float64
     products in the exact set's sampler differed in the 10th digit between the two.
-    Jobs overlapping in one process must ask for the same ``n``.
+    Jobs overlapping in one process must ask for the same ``n``; torch's count is set in
+    the thread that opens a job and restored by the thread that closes the last.
     """
-    global _jobs, _job_n
+    global _job_n, _saved_torch
+    if n < 1:
+        raise ConfigError(f"expected a job's threads >= 1, got {n}")
     with _lock:
-        if _jobs and _job_n != n:
+        if _open["jobs"] and _job_n != n:
             raise RuntimeError(f"jobs asking for {n} and {_job_n} torch threads overlap")
-        _jobs, _job_n = _jobs + 1, n
-        _apply()
+        if not _open["jobs"]:
+            _saved_torch = torch.get_num_threads()
+        _job_n = n
+        try:
+            _enter("jobs", lambda: torch.set_num_threads(n))
+        except BaseException:
+            if not _open["jobs"]:
+                torch.set_num_threads(_saved_torch)
+            raise
     try:
         yield
     finally:
         with _lock:
-            _jobs -= 1
-            _apply()
+            _open["jobs"] -= 1
+            _set_pools()
+            if not _open["jobs"]:
+                torch.set_num_threads(_saved_torch)
 
 
 @contextmanager
@@ -88,18 +116,17 @@ def one_blas_thread() -> Iterator[None]:
     a single LP thread, two BLAS threads used 18-20 s of CPU against 11-14 s for the same
     time. The vertices were the same bits.
 
-    A product's last bits depend on its BLAS threads, and the count is the process's: a
-    caller's other threads that multiply meanwhile do so on one thread too. Where two
-    jobs (:func:`job_threads`) overlap in the process, the count stays what they set, so
-    that neither job's products change with the other's timing.
+    Inside a job (:func:`job_threads`) nothing changes: the job's count holds, so that a
+    row's bits do not depend on which other jobs ran beside it (a product's last bits
+    follow its BLAS threads: a 9137 x 784 gemv differs by 4e-15 between one and two).
+    Jobs run with one thread unless their config asks for more. Outside jobs, a caller's
+    other threads that multiply during the block do so on one BLAS thread too.
     """
-    global _serial
     with _lock:
-        _serial += 1
-        _apply()
+        _enter("sections")
     try:
         yield
     finally:
         with _lock:
-            _serial -= 1
-            _apply()
+            _open["sections"] -= 1
+            _set_pools()

@@ -4,6 +4,7 @@ import pytest
 import torch
 from threadpoolctl import threadpool_info
 
+from collide.errors import ConfigError
 from collide.threads import job_threads, one_blas_thread
 
 
@@ -27,14 +28,61 @@ def test_job_threads_nests_and_restores():
     assert torch.get_num_threads() == before and blas() == blas_before
 
 
-def test_one_blas_thread_inside_a_job_goes_back_to_the_jobs_counts():
+def test_one_blas_thread_outside_jobs_sets_blas_alone_and_inside_a_job_changes_nothing():
+    """Inside a job the job's count holds, so a row's bits do not depend on which other
+    jobs ran beside it."""
     before, blas_before, omp_before = torch.get_num_threads(), blas(), openmp()
-    with job_threads(2):
-        with one_blas_thread():
-            assert set(blas()) <= {1}
-            assert torch.get_num_threads() == 2 and set(openmp()) <= {2}  # only BLAS changes
-        assert set(blas()) <= {2} and torch.get_num_threads() == 2
+    with one_blas_thread():
+        assert set(blas()) <= {1}
+        assert torch.get_num_threads() == before and openmp() == omp_before  # only BLAS changes
     assert (torch.get_num_threads(), blas(), openmp()) == (before, blas_before, omp_before)
+    with job_threads(2):
+        in_job = blas()
+        with one_blas_thread():
+            assert blas() == in_job
+        with job_threads(2), one_blas_thread():  # two jobs overlapping, as on a Dask worker
+            assert blas() == in_job
+    assert (torch.get_num_threads(), blas(), openmp()) == (before, blas_before, omp_before)
+
+
+def test_nested_blocks_set_no_count_that_is_already_right(monkeypatch):
+    """Opening or closing an inner block must not pass the pools through their saved
+    counts: other threads' products would run on those meanwhile."""
+    import threadpoolctl
+
+    calls = []
+    original = threadpoolctl.OpenBLASController.set_num_threads
+
+    def spy(self, n):
+        calls.append(n)
+        return original(self, n)
+
+    monkeypatch.setattr(threadpoolctl.OpenBLASController, "set_num_threads", spy)
+    saved = blas()
+    with one_blas_thread():
+        opened = list(calls)
+        with one_blas_thread():
+            pass
+        assert calls == opened  # the inner block changed nothing
+    if saved and set(saved) != {1}:
+        assert opened and set(opened) == {1} and calls[len(opened):] and set(calls[len(opened):]) <= set(saved)
+
+
+def test_a_job_that_fails_to_start_leaves_no_trace(monkeypatch):
+    before, blas_before = torch.get_num_threads(), blas()
+
+    def broken(n):
+        raise RuntimeError("torch refuses")
+
+    with monkeypatch.context() as m:
+        m.setattr(torch, "set_num_threads", broken)
+        with pytest.raises(RuntimeError, match="refuses"), job_threads(1):
+            pass
+    assert torch.get_num_threads() == before and blas() == blas_before
+    with job_threads(2):  # no phantom job left open: a different count is accepted
+        assert torch.get_num_threads() == 2
+    with pytest.raises(ConfigError, match=">= 1"), job_threads(0):
+        pass
 
 
 def test_blocks_closing_out_of_order_across_threads_restore_the_original_counts():
@@ -58,15 +106,3 @@ def test_blocks_closing_out_of_order_across_threads_restore_the_original_counts(
     other.join(10)
     assert set(seen["blas after the job closed"]) <= {1}
     assert torch.get_num_threads() == before and blas() == blas_before
-
-
-def test_one_blas_thread_leaves_overlapping_jobs_their_count():
-    """Two jobs in one process: a section in one must not change the count the other's
-    products run with (their last bits would then follow the other's timing)."""
-    with job_threads(2):
-        with one_blas_thread():
-            assert set(blas()) <= {1}  # one job: the section has its one thread
-        with job_threads(2):
-            jobs = blas()
-            with one_blas_thread():
-                assert blas() == jobs

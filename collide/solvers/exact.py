@@ -116,7 +116,9 @@ class ExactResult:
     autograd picked at the target) or ``"tie-broken"`` (an adjacent one, where the target
     sits on a tie; see :mod:`collide.solvers.exact`).
     ``lp_work[k]``: what vertex k cost: LPs solved, their rounds of added rows, the most
-    region rows one of them held, and the region rows there were.
+    region rows one of them held, and the region rows there were. (The dense form runs a
+    vertex's tie-breaking LPs beside its LP on the target's piece, so they count even
+    where that LP failed and their answer was not used.)
 
     Shapes:
         vertices: (V, *input) float32; rel_error, violation: (V,)
