@@ -43,6 +43,7 @@ from __future__ import annotations
 
 import copy
 import dataclasses
+import threading
 import time
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
@@ -116,9 +117,9 @@ class ExactResult:
     autograd picked at the target) or ``"tie-broken"`` (an adjacent one, where the target
     sits on a tie; see :mod:`collide.solvers.exact`).
     ``lp_work[k]``: what vertex k cost: LPs solved, their rounds of added rows, the most
-    region rows one of them held, and the region rows there were. (The dense form runs a
-    vertex's tie-breaking LPs beside its LP on the target's piece, so they count even
-    where that LP failed and their answer was not used.)
+    region rows one of them held, and the region rows there were. (A vertex's tie-breaking
+    LPs run beside its LP on the target's piece, so they count even where that LP failed
+    and their answer was not used.)
 
     Shapes:
         vertices: (V, *input) float32; rel_error, violation: (V,)
@@ -210,6 +211,22 @@ def _map(fn: Callable[[int], Any], n: int, config: ExactConfig) -> list[Any]:
         return [fn(k) for k in range(n)]
 
 
+def _with_chains(first_of: Callable[[int], Any], chain_of: Callable[[int], Any], n: int, ties: bool,
+                 config: ExactConfig) -> list[tuple[Any, Any]]:
+    """Each vertex's LP on the target's piece, and where the target sits on ties its
+    tie-breaking chain (the LP without the tied rows, the adjacent piece, the LP there;
+    None without ties), as ``(first, chain)`` per vertex.
+
+    The two do not wait for each other: run as 2n tasks, the longer chains first, they
+    keep the threads evenly busy (LeNet-5's relu3 polytope, dense, on 2 cores: 8.4-8.8 s
+    against 10.2-11.4 s with one task per vertex).
+    """
+    if not ties:
+        return [(first, None) for first in _map(first_of, n, config)]
+    done = _map(lambda i: chain_of(i) if i < n else first_of(i - n), 2 * n, config)
+    return list(zip(done[n:], done[:n], strict=True))
+
+
 def flat_pieces(site: Site) -> Saturation:
     """The collision layer's flat pieces, where the exact LP keeps the saturated units
     (ReLU: z ≤ 0); refused where the layer's activation has none the LP models."""
@@ -248,7 +265,7 @@ def _dense(model: nn.Module, site: Site, target: torch.Tensor, x_init: np.ndarra
     def first_of(k: int) -> LpSolution:
         return target_lps.solve(sign[unit_list[k]] * piece.jac[unit_list[k]], lams[k])
 
-    def adjacent_of(k: int, loose_lps: LpFamily) -> tuple[_Candidate | None, list[LpSolution]]:
+    def chain_of(k: int) -> tuple[_Candidate | None, list[LpSolution]]:
         """Vertex k's candidate on the adjacent piece its tie-free LP points to (None where
         there is none), and the LPs solved for it."""
         unit, lam = unit_list[k], lams[k]
@@ -264,19 +281,9 @@ def _dense(model: nn.Module, site: Site, target: torch.Tensor, x_init: np.ndarra
         second = _family(rows_on(adjacent, t_pre, sat), x_init, config).solve(sign[unit] * adjacent.jac[unit], lam)
         return (on(adjacent), second.x, second.outcome), [loose, second]
 
-    n = len(unit_list)
-    if loose_lps is None:
-        firsts, seconds = _map(first_of, n, config), [(None, [])] * n
-    else:
-        # A vertex's LP on the target's piece and its tie-breaking chain (the loose LP, the
-        # adjacent piece, its LP) do not wait for each other: as 2n tasks, the longer
-        # chains first, they keep the threads evenly busy (LeNet-5's relu3 polytope on 2
-        # cores: 8.4-8.8 s against 10.2-11.4 s with one task per vertex).
-        loose = loose_lps
-        done = _map(lambda i: adjacent_of(i, loose) if i < n else first_of(i - n), 2 * n, config)
-        seconds, firsts = done[:n], done[n:]
     per_vertex = []
-    for first, (candidate, solved) in zip(firsts, seconds, strict=True):
+    for first, chain in _with_chains(first_of, chain_of, len(unit_list), loose_lps is not None, config):
+        candidate, solved = chain if chain is not None else (None, [])
         tried = [(on(piece), first.x, first.outcome)]
         # As when the chain waited for it: the adjacent piece competes only with an
         # optimal vertex on the target's piece.
@@ -311,9 +318,12 @@ def _layered(model: nn.Module, site: Site, target: torch.Tensor, x_init: np.ndar
     n_region = int(sum(c.size for c in net.calls[:-1] if c.kind != MAX_POOL)) + lp.matrix.shape[0] - sum(
         c.size for c in net.calls)
     net64 = copy.deepcopy(model).double().eval()
+    # region_events hooks the model it reads: two chains reading net64 at once would
+    # each collect the other's events.
+    reading = threading.Lock()
 
     def read(x: np.ndarray) -> list[np.ndarray]:
-        with torch.no_grad():
+        with reading, torch.no_grad():
             events = region_events(net64, torch.from_numpy(x).view(1, *target.shape), site)
         return [e.value.flatten().numpy() for e in events[:-1]]
 
@@ -324,25 +334,32 @@ def _layered(model: nn.Module, site: Site, target: torch.Tensor, x_init: np.ndar
     def on(p: Linear) -> Callable[[np.ndarray], np.ndarray]:
         return lambda x: p.values(x)[-1]
 
-    def candidates_of(k: int) -> tuple[list[_Candidate], int]:
-        unit, lam = unit_list[k], lams[k]
-        first = solve(lp, unit, lam)
-        tried, n_lps = [(on(lin), first.x, first.outcome)], 1
-        if loose_lp is not None and first.outcome == OPTIMAL:
-            loose = solve(loose_lp, unit, lam)
-            n_lps += 1
-            direction = loose.x - x0
-            if loose.outcome == OPTIMAL and np.abs(direction).max() > 0:
-                found = adjacent_piece(net, piece, lin, ties, x0, direction, read, step=TIE_STEP,
-                                       shrink=TIE_SHRINK, tries=TIE_TRIES, tol=TIE_TOL)
-                if found is not None and not found[0].same_as(piece):
-                    adjacent, lin_adj = found
-                    second = solve(build_lp(net, adjacent, lin_adj, x_init, **box), unit, lam)
-                    n_lps += 1
-                    tried.append((on(lin_adj), second.x, second.outcome))
-        return tried, n_lps
+    def first_of(k: int) -> LayeredSolution:
+        return solve(lp, unit_list[k], lams[k])
 
-    per_vertex = _map(candidates_of, len(unit_list), config)
+    def chain_of(k: int) -> tuple[_Candidate | None, int]:
+        """Vertex k's candidate on the adjacent piece (None where there is none), and the
+        LPs solved for it."""
+        unit, lam = unit_list[k], lams[k]
+        loose = solve(loose_lp, unit, lam)
+        direction = loose.x - x0
+        if loose.outcome != OPTIMAL or not np.abs(direction).max() > 0:
+            return None, 1
+        found = adjacent_piece(net, piece, lin, ties, x0, direction, read, step=TIE_STEP,
+                               shrink=TIE_SHRINK, tries=TIE_TRIES, tol=TIE_TOL)
+        if found is None or found[0].same_as(piece):
+            return None, 1
+        adjacent, lin_adj = found
+        second = solve(build_lp(net, adjacent, lin_adj, x_init, **box), unit, lam)
+        return (on(lin_adj), second.x, second.outcome), 2
+
+    per_vertex = []
+    for first, chain in _with_chains(first_of, chain_of, len(unit_list), loose_lp is not None, config):
+        candidate, chain_lps = chain if chain is not None else (None, 0)
+        tried = [(on(lin), first.x, first.outcome)]
+        if first.outcome == OPTIMAL and candidate is not None:  # as in the dense form
+            tried.append(candidate)
+        per_vertex.append((tried, 1 + chain_lps))
     lp_work = tuple({"lps": n, "rounds": n, "region_rows": n_region, "region_rows_total": n_region}
                     for _, n in per_vertex)
     return _Found([c for c, _ in per_vertex], lp_work, t_pre, rank, "layered")

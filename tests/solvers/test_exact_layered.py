@@ -138,7 +138,8 @@ def test_both_forms_break_the_same_ties():
     assert (layered.vertices[ok] - dense.vertices[ok]).abs().max() <= LP_FORMS_AGREE
 
 
-def test_tie_breaking_gives_the_same_vertices_on_one_thread_and_on_several():
+@pytest.mark.parametrize("form", ["dense", "layered"])
+def test_tie_breaking_gives_the_same_vertices_on_one_thread_and_on_several(form):
     """Where the target sits on ties, each vertex's LP on the target's piece and its
     tie-breaking chain run as separate tasks; the answer must not depend on how they
     are scheduled."""
@@ -149,7 +150,8 @@ def test_tie_breaking_gives_the_same_vertices_on_one_thread_and_on_several():
     target[:, :6, :6] = 0
     with torch.no_grad():
         units = saturated_units(preactivation(net, target.unsqueeze(0), "relu3")[0], 3)
-    one, three = (solve_exact(net, "relu3", target, init, units, config=ExactConfig(threads=t)) for t in (1, 3))
+    one, three = (solve_exact(net, "relu3", target, init, units, config=ExactConfig(threads=t), form=form)
+                  for t in (1, 3))
     assert "tie-broken" in one.pieces  # the case is the one meant
     assert (one.outcomes, one.pieces, one.lp_work) == (three.outcomes, three.pieces, three.lp_work)
     assert torch.equal(one.vertices.nan_to_num(), three.vertices.nan_to_num())
