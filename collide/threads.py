@@ -28,10 +28,11 @@ _saved_torch = 0
 _saved_pools: dict[str, int] = {}  # each pool's count when a block first met it
 
 
-def _set_pools() -> None:
-    """Under ``_lock``: each pool at the count the open blocks ask for (a job's ``n``;
-    one for BLAS in a section outside jobs), or at its saved count when none is open."""
-    for lib in ThreadpoolController().lib_controllers:
+def _set_pools(libs: list | None = None) -> None:
+    """Under ``_lock``: each pool (``libs``: threadpoolctl's controllers, found afresh by
+    default) at the count the open blocks ask for (a job's ``n``; one for BLAS in a
+    section outside jobs), or at its saved count when none is open."""
+    for lib in ThreadpoolController().lib_controllers if libs is None else libs:
         # A pool loaded while blocks are open is first met here, at the count its library
         # chose: the one to restore.
         saved = _saved_pools.setdefault(lib.filepath, lib.num_threads)
@@ -55,13 +56,14 @@ def _enter(kind: str, also: Callable[[], None] | None = None) -> None:
     failure, all of it undone."""
     # Every pool's count is saved before anything changes: torch's count is also its
     # OpenMP pool's, which ``also`` may set.
-    for lib in ThreadpoolController().lib_controllers:
+    libs = ThreadpoolController().lib_controllers
+    for lib in libs:
         _saved_pools.setdefault(lib.filepath, lib.num_threads)
     _open[kind] += 1
     try:
         if also is not None:
             also()
-        _set_pools()
+        _set_pools(libs)
     except BaseException:
         _open[kind] -= 1
         _set_pools()
