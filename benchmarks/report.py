@@ -135,18 +135,39 @@ def exact_forms_section(ef: dict[str, Any]) -> list[str]:
                      [[x["model"], x["layer"], f"{x['dense_entries']:.1e}", _s(x["dense"]["seconds"]),
                        _s(x["layered"]["seconds"]), f"{x['layered_over_dense_seconds']:.2f}x",
                        f"{x['max_abs_vertex_diff']:.1e}",
-                       f"{x['dense']['optimal']}/5, {x['layered']['optimal']}/5"] for x in ef["mnist"]]),
-              "", "ResNet-18 (random weights) at `layer2.1.relu#1`, one vertex by the layered form in a child "
-              "process (peak resident memory measured).", "",
-              _table(["side", "dense entries (GiB)", "dense fits", "layered nonzeros", "read", "solve",
-                      "outcome", "peak memory"],
+                       f"{x['dense']['optimal']}/5, {x['layered']['optimal']}/5"] for x in ef["mnist"]])]
+
+
+def exact_resnet_section(rows: list[dict[str, Any]]) -> list[str]:
+    """ResNet-18's exact vertex by both forms as the input grows (benchmarks/exact_forms.py)."""
+    return ["## The exact LP's forms on ResNet-18", "",
+            "ResNet-18 (random weights) at `layer2.1.relu#1`, one vertex (init: the image's mirror) by "
+            "each form in a child process of its own (peak resident memory measured); the dense form where "
+            "its rows fit the machine.", "",
+            _table(["side", "dense rows (GiB)", "within the default budget", "dense", "layered nonzeros",
+                      "layered read", "layered", "moved from the target (dense, layered)",
+                      "vertex difference"],
                      [[f"{x['side']} px", f"{x['dense_entries']:.1e} ({x['dense_gib']:.1f})",
-                       "yes" if x["dense_fits"] else "no", f"{x.get('nnz', 0):.1e}",
-                       _s(x["read_seconds"]) if "read_seconds" in x else "-",
-                       _s(x["solve_seconds"]) if "solve_seconds" in x else x.get("unfinished", "-"),
-                       x.get("outcome", "-"),
-                       f"{x.get('peak_rss_gib', x.get('peak_rss_gib_after_read', 0)):.1f} GiB"]
-                      for x in ef["resnet18"]])]
+                       "yes" if x["dense_fits"] else "no", _resnet_solve(x["dense"]),
+                       f"{x['layered'].get('nnz', 0):.1e}",
+                       _s(x["layered"]["read_seconds"]) if "read_seconds" in x["layered"] else "-",
+                       _resnet_solve(x["layered"]),
+                       ", ".join(f"{x[f]['moved_from_target']:.2f}" if "moved_from_target" in x[f] else "-"
+                                 for f in ("dense", "layered")),
+                       f"{x['max_abs_vertex_diff']:.1e}" if "max_abs_vertex_diff" in x else "-"]
+                      for x in rows])]
+
+
+def _resnet_solve(got: dict[str, Any]) -> str:
+    """One form's ResNet vertex as a table cell: seconds, outcome and peak memory, or why not."""
+    if "skipped" in got:
+        return f"not run: {got['skipped']}"
+    memory = got.get("peak_rss_gib", got.get("peak_rss_gib_after_read"))
+    parts = [_s(got["solve_seconds"]) + f" ({got['outcome']})" if "solve_seconds" in got
+             else got.get("unfinished", "-")]
+    if memory is not None:
+        parts.append(f"{memory:.1f} GiB")
+    return ", ".join(parts)
 
 
 def _gist(why: str, width: int = 110) -> str:
@@ -305,6 +326,8 @@ def markdown(r: dict[str, Any]) -> str:
         parts += ["", "## Any model: torchvision classifiers", "", models_section(mo)]
     if r.get("exact_forms"):
         parts += ["", *exact_forms_section(r["exact_forms"])]
+    if r.get("exact_resnet"):
+        parts += ["", *exact_resnet_section(r["exact_resnet"])]
     if r.get("exact_sizes"):
         parts += ["", *exact_sizes_section(r["exact_sizes"])]
     if r.get("notes"):

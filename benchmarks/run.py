@@ -34,7 +34,7 @@ from benchmarks.report import EXACT_GOAL_SECONDS, _s, markdown
 
 HERE = Path(__file__).parent
 ITEMS = ("solver", "exact", "knn", "extraction", "evaluation", "gpu", "jacobian", "models", "batching", "exact_forms",
-         "exact_sizes")
+         "exact_sizes", "exact_resnet")
 
 
 def _notes(r: dict[str, Any]) -> list[str]:
@@ -152,6 +152,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         "batching": batching.run,
         "exact_forms": exact_forms.run,
         "exact_sizes": exact_sizes.run,
+        "exact_resnet": exact_forms.run_resnet,
     }
     for item in only:
         t = time.perf_counter()

@@ -166,16 +166,19 @@ def benchmark_tables(path: Path = BENCH_RESULTS) -> str:
 
 def exact_forms_table(path: Path = BENCH_RESULTS) -> str:
     """The exact LP's two forms side by side, from ``results.json`` (benchmarks/exact_forms.py)."""
-    from benchmarks.report import exact_forms_section
+    from benchmarks.report import exact_forms_section, exact_resnet_section
 
     results = json.loads(path.read_text())
     if "exact_forms" not in results:
         return "_Not measured yet: `python -m benchmarks.run --only exact_forms`._\n"
     m = results["machine"]
-    body = "\n".join(exact_forms_section(results["exact_forms"])[2:])
-    dated = results.get("carried_over", {}).get("exact_forms", m["date"])
-    return (f"Measured {dated} on {m['cpu']}, {m['cores']} cores (load average {m['load_average']}).\n\n"
-            + body + "\n")
+    dates = results.get("carried_over", {})
+    text = (f"Measured {dates.get('exact_forms', m['date'])} on {m['cpu']}, {m['cores']} cores.\n\n"
+            + "\n".join(exact_forms_section(results["exact_forms"])[2:]) + "\n")
+    if "exact_resnet" in results:
+        text += (f"\n### ResNet-18\n\nMeasured {dates.get('exact_resnet', m['date'])}.\n\n"
+                 + "\n".join(exact_resnet_section(results["exact_resnet"])[2:]) + "\n")
+    return text
 
 
 def _png(fig: Any) -> str:
