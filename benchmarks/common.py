@@ -11,6 +11,7 @@ import datetime
 import multiprocessing as mp
 import os
 import platform
+import queue
 import statistics
 import time
 from collections.abc import Callable
@@ -161,21 +162,33 @@ def machine() -> dict[str, Any]:
 
 def in_child(target: Callable[..., None], args: tuple[Any, ...], *, seconds: float) -> dict[str, Any]:
     """``target(*args, queue)`` in a spawned child process: every dict it puts on the queue,
-    merged in order, and ``unfinished`` where it was still running after ``seconds`` and was
-    stopped. The child's peak memory is its own, and a stuck LP cannot hold up the run."""
+    merged in order; ``unfinished`` where it was still running after ``seconds`` and was
+    stopped, ``died`` where it ended with an error (the kernel's OOM killer included, so
+    that such a child does not read as one never measured). The child's peak memory is its
+    own, and a stuck LP cannot hold up the run."""
     row: dict[str, Any] = {}
     ctx = mp.get_context("spawn")
     out = ctx.Queue()
     child = ctx.Process(target=target, args=(*args, out))
+
+    def drain() -> None:
+        # A child killed in the middle of a put leaves a message that never completes.
+        while not out.empty():
+            try:
+                row.update(out.get(timeout=5))
+            except queue.Empty:
+                return
+
     child.start()
     deadline = time.monotonic() + seconds
     while child.is_alive() and time.monotonic() < deadline:
         child.join(5)
-        while not out.empty():
-            row.update(out.get())
-    while not out.empty():
-        row.update(out.get())
+        drain()
+    drain()
     if child.is_alive():
         child.kill()
+        child.join()
         row["unfinished"] = f"stopped after {seconds:.0f} s"
+    elif child.exitcode:
+        row["died"] = f"exit code {child.exitcode}"
     return row

@@ -161,13 +161,15 @@ def exact_resnet_section(rows: list[dict[str, Any]]) -> list[str]:
 def _resnet_solve(got: dict[str, Any]) -> str:
     """One form's ResNet vertex as a table cell: seconds, outcome and peak memory, or why not."""
     if "skipped" in got:
-        return f"not run: {got['skipped']}"
-    memory = got.get("peak_rss_gib", got.get("peak_rss_gib_after_read"))
-    parts = [_s(got["solve_seconds"]) + f" ({got['outcome']})" if "solve_seconds" in got
-             else got.get("unfinished", "-")]
-    if memory is not None:
-        parts.append(f"{memory:.1f} GiB")
-    return ", ".join(parts)
+        return f"not run, past the benchmark's memory margin: {got['skipped']}"
+    if "solve_seconds" in got:
+        return f"{_s(got['solve_seconds'])} ({got['outcome']}), {got['peak_rss_gib']:.1f} GiB"
+    why = got.get("unfinished") or got.get("died") or "-"
+    # A child stopped in its LP last reported its memory after reading the model: the LP's
+    # own peak is not known, and the cell says so.
+    if "peak_rss_gib_after_read" in got:
+        return f"{why}; {got['peak_rss_gib_after_read']:.1f} GiB after reading"
+    return why
 
 
 def _gist(why: str, width: int = 110) -> str:

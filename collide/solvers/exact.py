@@ -190,8 +190,9 @@ def chosen_form(form: str) -> str:
     bind, while the layered LP carries every layer's equality rows (LeNet-5 at ``relu3``:
     15,143 rows, 14,296 columns, 9,410 dual simplex iterations for one vertex). Past the
     budget the dense form is refused, as ``max_entries`` promises, rather than switched
-    silently to a form that may run for many minutes (ResNet-18 at 64 px did not finish
-    one vertex in 9); ``form="layered"`` asks for it.
+    silently to a form that may run for many minutes (ResNet-18 at layer2.1.relu#1, from
+    the image's mirror: no layered vertex within 9 minutes at 16, 32 or 64 px, where the
+    dense form took 17 s at 16 px); ``form="layered"`` asks for it.
     """
     if form not in LP_FORMS:
         raise ConfigError(f"expected form in {LP_FORMS}, got {form!r}")
@@ -222,10 +223,12 @@ def _with_chains(first_of: Callable[[int], Any], chain_of: Callable[[int], Any],
     keep the threads evenly busy (LeNet-5's relu3 polytope, dense, on 2 cores: 8.4-8.8 s
     against 10.2-11.4 s with one task per vertex).
 
-    ``beside`` (work no vertex waits for, J⁺'s rank) is the last task, and its result comes
-    second: it takes the thread the LPs leave idle first. On the MNIST MLP's relu1, 5 LPs
-    on 2 threads leave one idle for an LP's time, and the rank's SVD there took the
-    polytope from 0.37-0.39 s to 0.33 s.
+    ``beside`` (work no vertex waits for, J⁺'s rank) is one task more, the last, and its
+    result comes second: it takes the thread the LPs leave idle first. On the MNIST MLP's
+    relu1, 5 LPs on 2 threads leave one idle for an LP's time, and the rank's SVD there
+    took the polytope from 0.37-0.39 s to 0.33 s. The price: its copy of J⁺ and the SVD's
+    workspace now live beside the LPs' models, and the SVD runs on one BLAS thread; on a
+    J⁺ near the budget it is the run's tail only where it outlasts the last LP.
     """
     tasks: list[Callable[[], Any]] = [partial(chain_of, k) for k in range(n)] if ties else []
     tasks += [partial(first_of, k) for k in range(n)] + [beside]
@@ -287,12 +290,12 @@ def _dense(model: nn.Module, site: Site, target: torch.Tensor, x_init: np.ndarra
         second = _family(rows_on(adjacent, t_pre, sat), x_init, config).solve(sign[unit] * adjacent.jac[unit], lam)
         return (on(adjacent), second.x, second.outcome), [loose, second]
 
-    per_vertex = []
     def rank() -> int:
         return int(np.linalg.matrix_rank(piece.jac[pos])) if pos.any() else 0
 
     chains, rank_positive = _with_chains(first_of, chain_of, len(unit_list), loose_lps is not None, config,
                                          beside=rank)
+    per_vertex = []
     for first, chain in chains:
         candidate, solved = chain if chain is not None else (None, [])
         tried = [(on(piece), first.x, first.outcome)]
@@ -361,7 +364,6 @@ def _layered(model: nn.Module, site: Site, target: torch.Tensor, x_init: np.ndar
         second = solve(build_lp(net, adjacent, lin_adj, x_init, **box), unit, lam)
         return (on(lin_adj), second.x, second.outcome), 2
 
-    per_vertex = []
     def rank() -> int:
         # J⁺ is dense over the input: its rank only where the dense budget would hold it.
         if pos.sum() * d > config.max_entries:
@@ -370,6 +372,7 @@ def _layered(model: nn.Module, site: Site, target: torch.Tensor, x_init: np.ndar
 
     chains, rank_positive = _with_chains(first_of, chain_of, len(unit_list), loose_lp is not None, config,
                                          beside=rank)
+    per_vertex = []
     for first, chain in chains:
         candidate, chain_lps = chain if chain is not None else (None, 0)
         tried = [(on(lin), first.x, first.outcome)]

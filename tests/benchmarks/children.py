@@ -11,3 +11,8 @@ def reports(first: int, out) -> None:
 
 def hangs(out) -> None:
     time.sleep(60)
+
+
+def dies(out) -> None:
+    out.put({"a": 1})
+    raise SystemExit(3)
