@@ -162,10 +162,10 @@ def machine() -> dict[str, Any]:
 
 def in_child(target: Callable[..., None], args: tuple[Any, ...], *, seconds: float) -> dict[str, Any]:
     """``target(*args, queue)`` in a spawned child process: every dict it puts on the queue,
-    merged in order; ``unfinished`` where it was still running after ``seconds`` and was
-    stopped, ``died`` where it ended with an error (the kernel's OOM killer included, so
-    that such a child does not read as one never measured). The child's peak memory is its
-    own, and a stuck LP cannot hold up the run."""
+    merged in order, and ``unfinished`` where it did not finish: still running after
+    ``seconds`` and stopped, or ended with an error (the kernel's OOM killer included), so
+    that every reader of ``unfinished`` sees such a child rather than one never measured.
+    The child's peak memory is its own, and a stuck LP cannot hold up the run."""
     row: dict[str, Any] = {}
     ctx = mp.get_context("spawn")
     out = ctx.Queue()
@@ -190,5 +190,5 @@ def in_child(target: Callable[..., None], args: tuple[Any, ...], *, seconds: flo
         child.join()
         row["unfinished"] = f"stopped after {seconds:.0f} s"
     elif child.exitcode:
-        row["died"] = f"exit code {child.exitcode}"
+        row["unfinished"] = f"died with exit code {child.exitcode}"
     return row

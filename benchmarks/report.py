@@ -164,7 +164,7 @@ def _resnet_solve(got: dict[str, Any]) -> str:
         return f"not run, past the benchmark's memory margin: {got['skipped']}"
     if "solve_seconds" in got:
         return f"{_s(got['solve_seconds'])} ({got['outcome']}), {got['peak_rss_gib']:.1f} GiB"
-    why = got.get("unfinished") or got.get("died") or "-"
+    why = got.get("unfinished", "-")
     # A child stopped in its LP last reported its memory after reading the model: the LP's
     # own peak is not known, and the cell says so.
     if "peak_rss_gib_after_read" in got:

@@ -237,6 +237,12 @@ def _with_chains(first_of: Callable[[int], Any], chain_of: Callable[[int], Any],
     return list(zip(done[-n:], chains, strict=True)), aside
 
 
+def _candidates(on_target: _Candidate, adjacent: _Candidate | None) -> list[_Candidate]:
+    """A vertex's candidates: its LP's answer on the target's piece, and the adjacent
+    piece's only beside an optimal one there (as when the chain waited for it)."""
+    return [on_target, adjacent] if on_target[2] == OPTIMAL and adjacent is not None else [on_target]
+
+
 def flat_pieces(site: Site) -> Saturation:
     """The collision layer's flat pieces, where the exact LP keeps the saturated units
     (ReLU: z ≤ 0); refused where the layer's activation has none the LP models."""
@@ -298,12 +304,7 @@ def _dense(model: nn.Module, site: Site, target: torch.Tensor, x_init: np.ndarra
     per_vertex = []
     for first, chain in chains:
         candidate, solved = chain if chain is not None else (None, [])
-        tried = [(on(piece), first.x, first.outcome)]
-        # As when the chain waited for it: the adjacent piece competes only with an
-        # optimal vertex on the target's piece.
-        if first.outcome == OPTIMAL and candidate is not None:
-            tried.append(candidate)
-        per_vertex.append((tried, [first, *solved]))
+        per_vertex.append((_candidates((on(piece), first.x, first.outcome), candidate), [first, *solved]))
     lp_work = tuple({"lps": len(solved), "rounds": sum(sol.rounds for sol in solved),
                      "region_rows": max(sol.region_rows_used for sol in solved),
                      "region_rows_total": len(piece.region_bound)} for _, solved in per_vertex)
@@ -375,10 +376,7 @@ def _layered(model: nn.Module, site: Site, target: torch.Tensor, x_init: np.ndar
     per_vertex = []
     for first, chain in chains:
         candidate, chain_lps = chain if chain is not None else (None, 0)
-        tried = [(on(lin), first.x, first.outcome)]
-        if first.outcome == OPTIMAL and candidate is not None:  # as in the dense form
-            tried.append(candidate)
-        per_vertex.append((tried, 1 + chain_lps))
+        per_vertex.append((_candidates((on(lin), first.x, first.outcome), candidate), 1 + chain_lps))
     lp_work = tuple({"lps": n, "rounds": n, "region_rows": n_region, "region_rows_total": n_region}
                     for _, n in per_vertex)
     return _Found([c for c, _ in per_vertex], lp_work, t_pre, rank_positive, "layered")

@@ -53,4 +53,4 @@ def test_a_child_reports_in_order_and_one_that_hangs_is_stopped():
     start = time.monotonic()
     assert in_child(children.hangs, (), seconds=1) == {"unfinished": "stopped after 1 s"}
     assert time.monotonic() - start < 30  # stopped, not waited for
-    assert in_child(children.dies, (), seconds=60) == {"a": 1, "died": "exit code 3"}
+    assert in_child(children.dies, (), seconds=60) == {"a": 1, "unfinished": "died with exit code 3"}
