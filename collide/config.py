@@ -391,8 +391,9 @@ class ExactConfig:
     ``linprog`` (scipy, every row; the reference it is measured against); see
     :mod:`collide.piecewise.lp`. ``threads``: how many vertex LPs run at once (0: one per
     core the job may take: every core, or on a Dask worker its share of its host's,
-    :func:`collide.workers.job_cores`); the vertices do not depend on it, so it is left
-    out of experiment digests.
+    :func:`collide.workers.job_cores`; or all of a polytope's at once where they are
+    small, :data:`collide.solvers.exact.AT_ONCE_ENTRIES`); the vertices do not depend on
+    it, so it is left out of experiment digests.
 
     Attributes:
         proximity: weight of the L1 distance to the init, as a multiple of the pushed unit's mean |coefficient| (0:
@@ -407,7 +408,8 @@ class ExactConfig:
         upper: largest input value.
         max_entries: the most entries (rows x input coordinates) of the LP's constraint matrix.
         lp_solver: highs (HiGHS, rows added where violated) or linprog (scipy, every row).
-        threads: how many vertex LPs run at once (0: one per core the job may take; not in digests).
+        threads: how many vertex LPs run at once (0: one per core the job may take, all at once where small; not
+            in digests).
     """
 
     proximity: float = 0.5

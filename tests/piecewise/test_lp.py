@@ -4,11 +4,15 @@ linprog with every row, the oracle."""
 import dataclasses
 import subprocess
 import sys
+import threading
+import time
 
 import numpy as np
 import pytest
 import torch
 
+import collide.piecewise.lp as lp_module
+import collide.solvers.exact as exact_module
 from collide.config import ExactConfig
 from collide.objective import saturated_units
 from collide.piecewise.lp import INFEASIBLE, LinearRows, LpProblem, lp_family, solve_lp
@@ -111,6 +115,38 @@ def test_vertices_do_not_depend_on_threads(mlp_model):
     two = solve_exact(mlp_model, "relu2", target, init, units, config=ExactConfig(threads=2))
     assert one.outcomes == two.outcomes == (OPTIMAL,) * 4
     assert torch.equal(one.vertices, two.vertices)
+
+
+def test_small_lps_share_the_cores_and_large_ones_take_one_each(mlp_model, monkeypatch):
+    # threads=0 on a one-core job: the MLP's LPs (about 0.3 M entries of rows) all run at
+    # once; past AT_ONCE_ENTRIES they run one at a time. The vertices are the same bits.
+    monkeypatch.setattr(exact_module, "job_cores", lambda: 1)
+    solve = lp_module.LpFamily.solve
+    running, peak, lock = [0], [0], threading.Lock()
+
+    def counted(self, cost, lam):
+        with lock:
+            running[0] += 1
+            peak[0] = max(peak[0], running[0])
+        time.sleep(0.2)  # every LP that may run now has started before this one ends
+        try:
+            return solve(self, cost, lam)
+        finally:
+            with lock:
+                running[0] -= 1
+
+    monkeypatch.setattr(lp_module.LpFamily, "solve", counted)
+    gen = torch.Generator().manual_seed(11)
+    target, init = torch.rand(1, 28, 28, generator=gen) * 0.5, torch.rand(1, 28, 28, generator=gen)
+    units = _units(mlp_model, "relu2", target, 4)
+    shared = solve_exact(mlp_model, "relu2", target, init, units, config=ExactConfig())
+    assert peak[0] == 4
+    peak[0] = 0
+    monkeypatch.setattr(exact_module, "AT_ONCE_ENTRIES", 0)
+    alone = solve_exact(mlp_model, "relu2", target, init, units, config=ExactConfig())
+    assert peak[0] == 1
+    assert shared.outcomes == alone.outcomes == (OPTIMAL,) * 4
+    assert torch.equal(shared.vertices, alone.vertices)
 
 
 def test_exact_vertices_by_highs_and_by_linprog_agree(mlp_model):
