@@ -11,7 +11,7 @@ from collide.config import ExactConfig
 from collide.errors import DataError
 from collide.models.zoo import lenet5
 from collide.objective import feature_rel_error, saturated_units
-from collide.piecewise import linearise
+from collide.piecewise import linearise, lp
 from collide.piecewise.linearise import affine_piece
 from collide.sites import Watch
 from collide.solvers.exact import OPTIMAL, solve_exact
@@ -333,3 +333,32 @@ def test_bad_inputs_are_refused(mlp_model):
     positive = torch.nonzero(pre > 0).flatten()[:1]
     with pytest.raises(DataError, match="not in a flat piece .* it is positive"):
         solve_exact(mlp_model, "relu1", target, target, positive, config=ExactConfig())
+
+
+def _shrunk(model: nn.Module, factor: float) -> nn.Module:
+    """``model`` with relu1's and relu2's pre-activations multiplied by ``factor``: the
+    same pieces, the same polytope, every row of its LP ``factor`` times as large (exactly,
+    for a power of two)."""
+    small = copy.deepcopy(model)
+    with torch.no_grad():
+        small.fc1.weight.mul_(factor)
+        small.fc1.bias.mul_(factor)
+        small.fc2.bias.mul_(factor)
+    return small
+
+
+@pytest.mark.parametrize("rescale", [True, False])
+def test_vertices_do_not_depend_on_the_scale_of_the_layer(mlp_model, monkeypatch, rescale):
+    # At 2**-27 (about 7e-9) the rows' entries fall below HiGHS's matrix floor (1e-9,
+    # dropped) and near its absolute tolerances. Rescaled by powers of two, they give the
+    # unscaled model's vertices bit for bit; as they are, they do not.
+    if not rescale:
+        monkeypatch.setattr(lp, "SMALL_COEFFICIENT", 0.0)
+    target, init = _target(), _target(seed=4)
+    with torch.no_grad():
+        units = saturated_units(preactivation(mlp_model, target.unsqueeze(0), "relu2")[0], 3)
+    config = ExactConfig(threads=1)
+    ref = solve_exact(mlp_model, "relu2", target, init, units, config=config)
+    small = solve_exact(_shrunk(mlp_model, 2.0**-27), "relu2", target, init, units, config=config)
+    assert ref.outcomes == (OPTIMAL,) * 3
+    assert (small.outcomes == ref.outcomes and torch.equal(small.vertices, ref.vertices)) == rescale
