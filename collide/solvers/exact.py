@@ -199,9 +199,9 @@ def chosen_form(form: str) -> str:
     return "dense" if form == "auto" else form
 
 
-# An LP whose rows hold at most this many entries (rows x input coordinates, 8 MiB in
-# float64) is small enough for several to share a core without evicting each other's
-# rows; see _map.
+# A polytope whose LP rows hold at most this many entries (rows x input coordinates,
+# 8 MiB in float64) runs all its LPs at once under threads=0: measured faster than one
+# per core for the MNIST MLP, slower for LeNet-5 (see _map).
 AT_ONCE_ENTRIES = 2**20
 
 
@@ -211,7 +211,8 @@ def _map(fn: Callable[[int], Any], n: int, config: ExactConfig, *, small: bool =
     # 0: the cores this job may take (on a Dask worker its share of the host's, not every core).
     # Small LPs (``small``) then all run at once: a few equal LPs on fewer cores leave a
     # core idle for the last wave (5 LPs on 2 cores: three waves where 2.5 would do), and
-    # sharing the cores instead took the MNIST MLP's relu1 polytope from 0.34 to 0.30 s.
+    # sharing the cores instead took the MNIST MLP's relu1 polytope from 0.31-0.34 s to
+    # 0.28-0.30 s.
     # LeNet-5's relu3 LPs (7 M entries of rows) were slower run all at once (11 on
     # 2 cores: 5.8 s against 5.0 s), so larger LPs keep one per core.
     # One BLAS thread under each LP thread, and under a single one too: there the BLAS
@@ -431,6 +432,8 @@ def solve_exact(
     Returns:
         An :class:`ExactResult`; each optimal vertex is checked by a float64 forward
         pass and reported ``left_region`` where the layer left the piece it was solved on.
+        Every LP holds the target, so one the solver calls infeasible or unbounded is
+        reported ``failed``.
 
     Shapes:
         target, init: (*input), one example; units: (V,)
@@ -464,6 +467,9 @@ def solve_exact(
     for (linear, x, outcome), pre in zip(flat, pre_all, strict=True):
         lin = torch.from_numpy(linear(np.nan_to_num(x)))
         off_piece = bool((pre - lin).abs().amax() > scale)
+        # Every LP here holds the target and lies in the box: a solver that calls one
+        # infeasible or unbounded has failed, and saying otherwise would claim no collision.
+        outcome = FAILED if outcome in (INFEASIBLE, UNBOUNDED) else outcome
         checked.append(LEFT_REGION if (outcome == OPTIMAL and off_piece) else outcome)
 
     # Per vertex, the candidate that stayed on its piece with the pushed unit deepest in

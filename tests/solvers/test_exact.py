@@ -13,8 +13,9 @@ from collide.models.zoo import lenet5
 from collide.objective import feature_rel_error, saturated_units
 from collide.piecewise import linearise, lp
 from collide.piecewise.linearise import affine_piece
+from collide.piecewise.lp import INFEASIBLE, LpSolution
 from collide.sites import Watch
-from collide.solvers.exact import OPTIMAL, solve_exact
+from collide.solvers.exact import FAILED, OPTIMAL, solve_exact
 from collide.taps import preactivation
 from tests.support import feature_errors_f64
 from tests.tolerances import (
@@ -362,3 +363,18 @@ def test_vertices_do_not_depend_on_the_scale_of_the_layer(mlp_model, monkeypatch
     small = solve_exact(_shrunk(mlp_model, 2.0**-27), "relu2", target, init, units, config=config)
     assert ref.outcomes == (OPTIMAL,) * 3
     assert (small.outcomes == ref.outcomes and torch.equal(small.vertices, ref.vertices)) == rescale
+
+
+def test_an_lp_the_solver_calls_infeasible_is_reported_failed(mlp_model, monkeypatch):
+    # The target meets every row of every LP solve_exact writes: "infeasible" from the
+    # solver would claim no collision where one exists.
+    def infeasible(self, cost, lam):
+        return LpSolution(np.full(len(self.init), np.nan), INFEASIBLE)
+
+    monkeypatch.setattr(lp.LpFamily, "solve", infeasible)
+    target = _target()
+    with torch.no_grad():
+        units = saturated_units(preactivation(mlp_model, target.unsqueeze(0), "relu1")[0], 2)
+    res = solve_exact(mlp_model, "relu1", target, target, units, config=ExactConfig(threads=1))
+    assert res.outcomes == (FAILED, FAILED)
+    assert torch.isnan(res.vertices).all()
