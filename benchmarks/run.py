@@ -76,14 +76,16 @@ def _notes(r: dict[str, Any]) -> list[str]:
                      "coordinate (each iteration prices every coordinate).")
     sizes = r.get("exact_sizes") or []
     stuck = [x for x in sizes if "unfinished" in x or x.get("outcome", "optimal") != "optimal"]
+    held = [x["lp_work"]["region_rows"] for x in stuck if "lp_work" in x]
     if stuck:
         notes.append(
             "exact_sizes: at the largest input the dense LP fits, "
             + "; ".join(f"{x['model']} " + (x["unfinished"] if "unfinished" in x else f"ended {x['outcome']}")
                         for x in stuck)
-            + ". The dense form's entry budget bounds memory, not time: these LPs (random weights, up to "
-            + f"{max((x['lp_work']['region_rows'] for x in stuck if 'lp_work' in x), default=0)} region rows in "
-            "the model when it ended) are where HiGHS's simplex stalls or gives up.")
+            + ". The dense form's entry budget bounds memory, not time"
+            + (f": these LPs (random weights, up to {max(held)} region rows in the model when it ended) are where "
+               "HiGHS's simplex stalls or gives up." if held else
+               ": a vertex stopped at the limit was still being solved (random weights)."))
     if str(r["machine"].get("scipy", "")).startswith("1.15."):
         notes.append("scipy 1.15's linprog has a large regression (scipy issue 22655): the exact solver's "
                      "reference is slower than on other versions, and its ratio is inflated.")
