@@ -36,7 +36,7 @@ import torch
 
 from collide.activations import RELU_SATURATION, Saturation
 from collide.errors import ConfigError, InternalError
-from collide.piecewise.highs import LazyRun, add_rows, solve_lazily
+from collide.piecewise.highs import LazyRun, add_rows, solve_lazily, unit_scale
 from collide.piecewise.linearise import AffinePiece, layer_rows
 
 # A row whose norm on the equality subspace is below this (relative to 1 + its norm) is
@@ -61,7 +61,9 @@ class CollisionSet:
     ``equalities`` are orthonormal (the row space of the stacked positive rows), ``basis``
     spans their null space, so ``x = t + basis @ z``. ``rows[:n_fixed]`` are the layer's
     own inequality rows; the rest are activation-region rows (earlier ReLU signs,
-    max-pooling winners), which an LP takes in only where a solution violates them.
+    max-pooling winners), which an LP takes in only where a solution violates them. A row
+    far below unit size is held rescaled by a power of two
+    (:func:`collide.piecewise.highs.unit_scale`): the same half-space.
 
     Shapes: origin (d,); equalities (rank, d); basis (d, k); rows (m, d); bounds (m,)
     """
@@ -141,6 +143,11 @@ def collision_set(
         rank, vt = 0, np.eye(d)
     rows = np.vstack([a for a, _ in fixed] + [a for a, _ in region])
     bounds = np.concatenate([b for _, b in fixed] + [b for _, b in region])
+    # Rows far below unit size, rescaled (unit_scale): the LPs that measure C, and the
+    # tolerances below, would otherwise treat them with absolute tolerances near their size.
+    scale_rows = unit_scale(np.abs(rows).max(axis=1, initial=0.0))
+    rows *= scale_rows[:, None]
+    bounds *= scale_rows
     # The target is in C: a row it violates by more than rounding means a wrong piece.
     at_target = mm(rows, x0)
     over = at_target - bounds

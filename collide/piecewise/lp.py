@@ -18,7 +18,8 @@ it is an optimum of the whole LP, not of a relaxation: the rows left out never b
 LPs that share their rows and init (the vertices of one polytope) share one
 :class:`LpFamily`, which writes the rows in the split columns once.
 HiGHS's tolerances and matrix-entry floor are absolute, so a row (or a cost) far below
-unit size reaches it rescaled by a power of two (:data:`SMALL_COEFFICIENT`), and the
+unit size reaches it rescaled by a power of two
+(:data:`collide.piecewise.highs.SMALL_COEFFICIENT`), and the
 lazy rows' violations are judged on the rows as HiGHS holds them.
 
 ``linprog`` is scipy's ``linprog(method="highs")`` with every row and the L1 term as
@@ -37,7 +38,7 @@ import scipy.sparse as sp
 
 from collide.config import LP_SOLVERS
 from collide.errors import ConfigError
-from collide.piecewise.highs import add_rows, new_highs, solve_lazily
+from collide.piecewise.highs import add_rows, new_highs, solve_lazily, unit_scale
 
 OPTIMAL, INFEASIBLE, UNBOUNDED, FAILED = "optimal", "infeasible", "unbounded", "failed"
 
@@ -97,26 +98,6 @@ def _split_columns(init: np.ndarray, lower: float, upper: float) -> tuple[np.nda
     return cols % d, np.where(cols < d, 1.0, -1.0), room[cols]
 
 
-# A row, or an LP's cost, whose largest coefficient is below this reaches HiGHS
-# rescaled by a power of two (exact: no coefficient is rounded) so that it lies in
-# [0.5, 1) (_unit_scale). HiGHS's tolerances and its matrix-entry floor are absolute:
-# it drops entries below 1e-9, and a deep layer of a randomly initialised model has
-# Jacobian rows whose entries lie near that floor (googlenet's inception4c at 16 px,
-# shufflenet's stage3 at 25 px: their LPs ended in a solve error). The feasible set and
-# the optimum are the same. Rows above it reach HiGHS as they are: rescaling every row
-# of the MNIST models (largest coefficients 0.04 to 1.1) gave the same vertices to
-# 2e-10 but took LeNet-5's relu3 polytope from 4.6 to 5.5 s.
-SMALL_COEFFICIENT = 2.0**-10
-
-
-def _unit_scale(biggest: np.ndarray) -> np.ndarray:
-    """Per row (or cost) with largest coefficient ``biggest``: the power of two that
-    brings it into [0.5, 1) where it is below :data:`SMALL_COEFFICIENT` (and not 0), else 1."""
-    small = (biggest > 0) & (biggest < SMALL_COEFFICIENT)
-    _, exponent = np.frexp(np.where(small, biggest, 0.5))
-    return np.ldexp(1.0, -exponent)
-
-
 @dataclass(frozen=True)
 class _Split:
     """A family's rows in the split columns, written once for every cost solved over them.
@@ -124,7 +105,7 @@ class _Split:
     ``model`` is the HiGHS model of the equality rows with zero cost: each LP passes it to
     its own instance (a copy inside HiGHS, no conversion from numpy) and sets its cost.
     ``ub_scale``: what each inequality row is multiplied by before HiGHS sees it
-    (:func:`_unit_scale`; the equality rows in ``model`` already are).
+    (:func:`collide.piecewise.highs.unit_scale`; the equality rows in ``model`` already are).
 
     Shapes:
         pixel, sign, room: (n,); ub_rhs, ub_scale: (U,)
@@ -141,7 +122,7 @@ class _Split:
 def _split(rows: LinearRows, init: np.ndarray, lower: float, upper: float) -> _Split:
     pixel, sign, room = _split_columns(init, lower, upper)
     n = len(pixel)
-    eq_scale = _unit_scale(np.abs(rows.a_eq).max(axis=1, initial=0.0))[:, None]
+    eq_scale = unit_scale(np.abs(rows.a_eq).max(axis=1, initial=0.0))[:, None]
     eq, eq_rhs = sp.csc_matrix(rows.a_eq[:, pixel] * sign * eq_scale), (rows.b_eq - rows.a_eq @ init) * eq_scale[:, 0]
     lp = highspy.HighsLp()
     lp.num_col_, lp.num_row_ = n, len(eq_rhs)
@@ -150,7 +131,7 @@ def _split(rows: LinearRows, init: np.ndarray, lower: float, upper: float) -> _S
     lp.row_lower_, lp.row_upper_ = eq_rhs, eq_rhs
     lp.a_matrix_.format_ = highspy.MatrixFormat.kColwise
     lp.a_matrix_.start_, lp.a_matrix_.index_, lp.a_matrix_.value_ = eq.indptr, eq.indices, eq.data
-    ub_scale = _unit_scale(np.abs(rows.a_ub).max(axis=1, initial=0.0))
+    ub_scale = unit_scale(np.abs(rows.a_ub).max(axis=1, initial=0.0))
     return _Split(pixel, sign, room, rows.b_ub - rows.a_ub @ init, ub_scale, lp)
 
 
@@ -167,7 +148,7 @@ def _highs(rows: LinearRows, init: np.ndarray, split: _Split, cost: np.ndarray, 
     h.setOptionValue("dual_feasibility_tolerance", tol)
     h.passModel(split.model)
     col_cost = cost[split.pixel] * split.sign + lam
-    h.changeColsCost(n, np.arange(n, dtype=np.int32), col_cost * _unit_scale(np.abs(col_cost).max(initial=0.0)))
+    h.changeColsCost(n, np.arange(n, dtype=np.int32), col_cost * unit_scale(np.abs(col_cost).max(initial=0.0)))
     # Every inequality row is taken lazily, the layer's too: on the MNIST MLP's relu1 about
     # 15 of its 150 bind at a vertex, and leaving the rest out took 13% less time.
     added = np.zeros(len(rows.b_ub), dtype=bool)

@@ -17,7 +17,8 @@ from torch import nn
 
 from collide.api import _exact_set, collision_geometry, collision_size
 from collide.config import GeometryConfig
-from collide.errors import ConfigError, DataError
+from collide.errors import ConfigError, DataError, InternalError
+from collide.piecewise import highs
 from collide.piecewise.ball import _ball_every_box_row, inscribed_ball
 from collide.taps import preactivation
 from tests.tolerances import LP_OBJECTIVE, MC_POLYGON_MEAN, SET_EXACT
@@ -369,3 +370,25 @@ def test_a_chain_outside_the_set_is_raised_not_clipped_back(walk):
     config = GeometryConfig(walk=walk, chains=2)
     with pytest.raises(RuntimeError, match="left the collision set"):
         _walker(poly, np.full(2, 0.5), np.eye(2), np.array([[0.5, 0.5], [1.0 + 1e-6, 0.5]]), config=config)
+
+
+@pytest.mark.parametrize("rescale", [True, False])
+def test_set_sizes_do_not_depend_on_the_scale_of_the_layer(mlp_model, monkeypatch, rescale):
+    # relu1's and relu2's pre-activations times 2**-27 (exact in float32): the same set.
+    # Its rows' entries then sit near HiGHS's absolute floor and tolerances (1e-9):
+    # rescaled, the set has the same dimension and radius; as they are, its ball LP fails.
+    if not rescale:
+        monkeypatch.setattr(highs, "SMALL_COEFFICIENT", 0.0)
+    small = copy.deepcopy(mlp_model)
+    with torch.no_grad():
+        for p in (small.fc1.weight, small.fc1.bias, small.fc2.bias):
+            p.mul_(2.0**-27)
+    target = torch.rand(1, 28, 28, generator=torch.Generator().manual_seed(3)) * 0.5
+    ref = collision_size(mlp_model, "relu2", target)
+    if not rescale:
+        with pytest.raises(InternalError, match="inscribed-ball LP"):
+            collision_size(small, "relu2", target)
+        return
+    got = collision_size(small, "relu2", target)
+    assert (got.dim, got.free_dim) == (ref.dim, ref.free_dim)
+    assert abs(got.radius - ref.radius) <= LP_OBJECTIVE * (1 + ref.radius)

@@ -11,7 +11,7 @@ from collide.config import ExactConfig
 from collide.errors import DataError
 from collide.models.zoo import lenet5
 from collide.objective import feature_rel_error, saturated_units
-from collide.piecewise import linearise, lp
+from collide.piecewise import highs, linearise, lp
 from collide.piecewise.linearise import affine_piece
 from collide.piecewise.lp import INFEASIBLE, LpSolution
 from collide.sites import Watch
@@ -354,7 +354,7 @@ def test_vertices_do_not_depend_on_the_scale_of_the_layer(mlp_model, monkeypatch
     # dropped) and near its absolute tolerances. Rescaled by powers of two, they give the
     # unscaled model's vertices bit for bit; as they are, they do not.
     if not rescale:
-        monkeypatch.setattr(lp, "SMALL_COEFFICIENT", 0.0)
+        monkeypatch.setattr(highs, "SMALL_COEFFICIENT", 0.0)
     target, init = _target(), _target(seed=4)
     with torch.no_grad():
         units = saturated_units(preactivation(mlp_model, target.unsqueeze(0), "relu2")[0], 3)
