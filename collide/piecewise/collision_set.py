@@ -36,7 +36,7 @@ import torch
 
 from collide.activations import RELU_SATURATION, Saturation
 from collide.errors import ConfigError, InternalError
-from collide.piecewise.highs import LazyRun, add_rows, solve_lazily, unit_scale
+from collide.piecewise.highs import LazyRun, add_rows, row_scales, solve_lazily
 from collide.piecewise.linearise import AffinePiece, layer_rows
 
 # A row whose norm on the equality subspace is below this (relative to 1 + its norm) is
@@ -145,9 +145,10 @@ def collision_set(
     bounds = np.concatenate([b for _, b in fixed] + [b for _, b in region])
     # Rows far below unit size, rescaled (unit_scale): the LPs that measure C, and the
     # tolerances below, would otherwise treat them with absolute tolerances near their size.
-    scale_rows = unit_scale(np.abs(rows).max(axis=1, initial=0.0))
-    rows *= scale_rows[:, None]
-    bounds *= scale_rows
+    scale_rows = row_scales(rows)
+    if (scale_rows != 1).any():
+        rows *= scale_rows[:, None]
+        bounds *= scale_rows
     # The target is in C: a row it violates by more than rounding means a wrong piece.
     at_target = mm(rows, x0)
     over = at_target - bounds

@@ -45,6 +45,12 @@ def unit_scale(biggest: np.ndarray) -> np.ndarray:
     return np.ldexp(1.0, -exponent)
 
 
+def row_scales(a: np.ndarray) -> np.ndarray:
+    """:func:`unit_scale` for each row of ``a``, read without a copy of ``a`` (the exact
+    LP's dense rows reach GiBs). Shapes: a (R, d); returns (R,)"""
+    return unit_scale(np.maximum(a.max(axis=1, initial=0.0), -a.min(axis=1, initial=0.0)))
+
+
 _banner_lock = threading.Lock()
 _banner_shown = False
 

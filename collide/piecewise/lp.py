@@ -38,7 +38,7 @@ import scipy.sparse as sp
 
 from collide.config import LP_SOLVERS
 from collide.errors import ConfigError
-from collide.piecewise.highs import add_rows, new_highs, solve_lazily, unit_scale
+from collide.piecewise.highs import add_rows, new_highs, row_scales, solve_lazily, unit_scale
 
 OPTIMAL, INFEASIBLE, UNBOUNDED, FAILED = "optimal", "infeasible", "unbounded", "failed"
 
@@ -122,7 +122,7 @@ class _Split:
 def _split(rows: LinearRows, init: np.ndarray, lower: float, upper: float) -> _Split:
     pixel, sign, room = _split_columns(init, lower, upper)
     n = len(pixel)
-    eq_scale = unit_scale(np.abs(rows.a_eq).max(axis=1, initial=0.0))[:, None]
+    eq_scale = row_scales(rows.a_eq)[:, None]
     eq, eq_rhs = sp.csc_matrix(rows.a_eq[:, pixel] * sign * eq_scale), (rows.b_eq - rows.a_eq @ init) * eq_scale[:, 0]
     lp = highspy.HighsLp()
     lp.num_col_, lp.num_row_ = n, len(eq_rhs)
@@ -131,7 +131,7 @@ def _split(rows: LinearRows, init: np.ndarray, lower: float, upper: float) -> _S
     lp.row_lower_, lp.row_upper_ = eq_rhs, eq_rhs
     lp.a_matrix_.format_ = highspy.MatrixFormat.kColwise
     lp.a_matrix_.start_, lp.a_matrix_.index_, lp.a_matrix_.value_ = eq.indptr, eq.indices, eq.data
-    ub_scale = unit_scale(np.abs(rows.a_ub).max(axis=1, initial=0.0))
+    ub_scale = row_scales(rows.a_ub)
     return _Split(pixel, sign, room, rows.b_ub - rows.a_ub @ init, ub_scale, lp)
 
 
