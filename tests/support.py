@@ -107,3 +107,14 @@ def feature_errors_f64(model: nn.Module, layer: str, target: torch.Tensor, verti
         pre = preactivation(net, vertices.double(), layer)
         t_pre = preactivation(net, target.double().unsqueeze(0), layer)
     return feature_rel_error(pre, t_pre)
+
+
+def shrunk_mlp(model: nn.Module, factor: float) -> nn.Module:
+    """A copy of the MNIST MLP with relu1's and relu2's pre-activations multiplied by
+    ``factor``: the same pieces and the same collision sets, every row of their LPs
+    ``factor`` times as large (exactly, for a power of two in float32's range)."""
+    small = copy.deepcopy(model)
+    with torch.no_grad():
+        for p in (small.fc1.weight, small.fc1.bias, small.fc2.bias):
+            p.mul_(factor)
+    return small

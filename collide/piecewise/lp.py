@@ -18,9 +18,8 @@ it is an optimum of the whole LP, not of a relaxation: the rows left out never b
 LPs that share their rows and init (the vertices of one polytope) share one
 :class:`LpFamily`, which writes the rows in the split columns once.
 HiGHS's tolerances and matrix-entry floor are absolute, so a row (or a cost) far below
-unit size reaches it rescaled by a power of two
-(:data:`collide.piecewise.highs.SMALL_COEFFICIENT`), and the
-lazy rows' violations are judged on the rows as HiGHS holds them.
+unit size reaches it rescaled by a power of two (:data:`collide.piecewise.highs.SMALL_COEFFICIENT`),
+and the lazy rows' violations are judged on the rows as HiGHS holds them.
 
 ``linprog`` is scipy's ``linprog(method="highs")`` with every row and the L1 term as
 ``t ≥ |x − init|`` rows: what collide did before, kept as the reference the benchmark and

@@ -21,6 +21,7 @@ from collide.errors import ConfigError, DataError, InternalError
 from collide.piecewise import highs
 from collide.piecewise.ball import _ball_every_box_row, inscribed_ball
 from collide.taps import preactivation
+from tests.support import shrunk_mlp
 from tests.tolerances import LP_OBJECTIVE, MC_POLYGON_MEAN, SET_EXACT
 
 SMALL = GeometryConfig(n_samples=400, chains=8, burn_in=20, n_directions=4, max_draws=400)
@@ -379,10 +380,7 @@ def test_set_sizes_do_not_depend_on_the_scale_of_the_layer(mlp_model, monkeypatc
     # rescaled, the set has the same dimension and radius; as they are, its ball LP fails.
     if not rescale:
         monkeypatch.setattr(highs, "SMALL_COEFFICIENT", 0.0)
-    small = copy.deepcopy(mlp_model)
-    with torch.no_grad():
-        for p in (small.fc1.weight, small.fc1.bias, small.fc2.bias):
-            p.mul_(2.0**-27)
+    small = shrunk_mlp(mlp_model, 2.0**-27)
     target = torch.rand(1, 28, 28, generator=torch.Generator().manual_seed(3)) * 0.5
     ref = collision_size(mlp_model, "relu2", target)
     if not rescale:

@@ -17,7 +17,7 @@ from collide.piecewise.lp import INFEASIBLE, LpSolution
 from collide.sites import Watch
 from collide.solvers.exact import FAILED, OPTIMAL, solve_exact
 from collide.taps import preactivation
-from tests.support import feature_errors_f64
+from tests.support import feature_errors_f64, shrunk_mlp
 from tests.tolerances import (
     JACOBIAN_MODES_AGREE,
     LP_CONSTRAINT,
@@ -336,18 +336,6 @@ def test_bad_inputs_are_refused(mlp_model):
         solve_exact(mlp_model, "relu1", target, target, positive, config=ExactConfig())
 
 
-def _shrunk(model: nn.Module, factor: float) -> nn.Module:
-    """``model`` with relu1's and relu2's pre-activations multiplied by ``factor``: the
-    same pieces, the same polytope, every row of its LP ``factor`` times as large (exactly,
-    for a power of two)."""
-    small = copy.deepcopy(model)
-    with torch.no_grad():
-        small.fc1.weight.mul_(factor)
-        small.fc1.bias.mul_(factor)
-        small.fc2.bias.mul_(factor)
-    return small
-
-
 @pytest.mark.parametrize("rescale", [True, False])
 def test_vertices_do_not_depend_on_the_scale_of_the_layer(mlp_model, monkeypatch, rescale):
     # At 2**-27 (about 7e-9) the rows' entries fall below HiGHS's matrix floor (1e-9,
@@ -360,7 +348,7 @@ def test_vertices_do_not_depend_on_the_scale_of_the_layer(mlp_model, monkeypatch
         units = saturated_units(preactivation(mlp_model, target.unsqueeze(0), "relu2")[0], 3)
     config = ExactConfig(threads=1)
     ref = solve_exact(mlp_model, "relu2", target, init, units, config=config)
-    small = solve_exact(_shrunk(mlp_model, 2.0**-27), "relu2", target, init, units, config=config)
+    small = solve_exact(shrunk_mlp(mlp_model, 2.0**-27), "relu2", target, init, units, config=config)
     assert ref.outcomes == (OPTIMAL,) * 3
     assert (small.outcomes == ref.outcomes and torch.equal(small.vertices, ref.vertices)) == rescale
 
