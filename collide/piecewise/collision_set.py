@@ -38,6 +38,7 @@ from collide.activations import RELU_SATURATION, Saturation
 from collide.errors import ConfigError, InternalError
 from collide.piecewise.highs import LazyRun, add_rows, row_scales, solve_lazily
 from collide.piecewise.linearise import AffinePiece, layer_rows
+from collide.piecewise.row_space import rank_of, svd
 
 # A row whose norm on the equality subspace is below this (relative to 1 + its norm) is
 # constant there: float64 projections of a row in the equalities' span leave ~1e-14.
@@ -133,12 +134,8 @@ def collision_set(
                           "set at a smaller layer or input")
     a_eq = np.vstack(eq)
     if len(a_eq):
-        # torch's SVD, not numpy's: it runs on torch's thread count, which the engine
-        # fixes per job, so a job's basis is the same bits wherever it runs.
-        _, s_t, vt_t = torch.linalg.svd(torch.from_numpy(a_eq), full_matrices=True)
-        s, vt = s_t.numpy(), vt_t.numpy()
-        # numpy's matrix_rank cut-off, as the exact solver's rank_positive uses.
-        rank = int((s > s.max(initial=0.0) * max(a_eq.shape) * np.finfo(np.float64).eps).sum())
+        _, s, vt = svd(a_eq, full=True)
+        rank = rank_of(s, a_eq.shape)
     else:
         rank, vt = 0, np.eye(d)
     rows = np.vstack([a for a, _ in fixed] + [a for a, _ in region])

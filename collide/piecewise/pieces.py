@@ -17,6 +17,7 @@ from torch import nn
 from collide.activations import Saturation
 from collide.piecewise.linearise import AffinePiece, affine_piece, layer_rows
 from collide.piecewise.lp import LinearRows
+from collide.piecewise.row_space import independent_rows
 from collide.sites import Site
 
 # A region row is tied at the target when its slack there is within this of 0, relative
@@ -76,12 +77,14 @@ def _contains(piece: AffinePiece, x: np.ndarray, t_pre: np.ndarray) -> bool:
 
 def rows_on(piece: AffinePiece, t_pre: np.ndarray, sat: Saturation, keep: np.ndarray | None = None) -> LinearRows:
     """The LP's rows on one piece: the layer's own (:func:`layer_rows`: ReLU's positive
-    units at the target's values ``t_pre``, the others ≤ 0), then the region rows
-    ``keep`` (all by default), which may be added lazily."""
+    units at the target's values ``t_pre``, the others ≤ 0; dependent equalities as an
+    orthonormal basis of their row space, :func:`independent_rows`), then the region
+    rows ``keep`` (all by default), which may be added lazily."""
     region_jac, region_bound = piece.region_jac, piece.region_bound
     if keep is not None:
         region_jac, region_bound = region_jac[keep], region_bound[keep]
     a_eq, b_eq, a_ub, b_ub = layer_rows(piece.jac, piece.offset, t_pre, sat)
+    a_eq, b_eq = independent_rows(a_eq, b_eq)
     return LinearRows(
         a_ub=np.vstack([a_ub, region_jac]),
         b_ub=np.concatenate([b_ub, region_bound]),
