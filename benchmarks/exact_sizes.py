@@ -5,7 +5,9 @@ For each torchvision classifier of the survey whose middle call site the exact m
 addresses: the largest square side whose dense LP fits ``ExactConfig.max_entries``
 (counted at each side from one forward pass, :func:`collide.piecewise.budget.largest_side`),
 then one exact vertex there, in a child process of its own: the seconds it took, its
-outcome and float64 feature error, its LP work, and the process's peak resident memory
+outcome and float64 feature error, its LP work, its equality rows (the target's positive
+units) and their rank (where lower, the LP holds a basis of their row space instead:
+:mod:`collide.piecewise.row_space`), and the process's peak resident memory
 before the solve (the model, torch and the size search) and after it: where the second is
 higher, the solve set it, so the memory is measured rather than rows x columns x 8 bytes.
 Random weights (seed 0), the survey's photo at that side as the target and its mirror
@@ -59,6 +61,7 @@ def largest_exact(model: nn.Module, layer: str, photo: Callable[[int], torch.Ten
                                                                                      max_entries=max_entries))
     return {**row, "seconds": time.perf_counter() - start, "outcome": res.outcomes[0],
             "max_rel_error_f64": float(res.rel_error.max()), "lp_work": res.lp_work[0],
+            "n_positive": res.n_positive, "rank_positive": res.rank_positive,
             "peak_rss_gib_before": before, "peak_rss_gib": peak_rss_gib()}
 
 

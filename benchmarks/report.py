@@ -182,18 +182,27 @@ def exact_sizes_section(rows: list[dict[str, Any]]) -> list[str]:
     """The exact polytope at the largest input the dense form takes (benchmarks/exact_sizes.py)."""
     def solved(x: dict[str, Any]) -> list[str]:
         if "seconds" not in x:
-            return [x.get("unfinished", "-"), "-", "-", "-"]
+            return ["-", x.get("unfinished", "-"), "-", "-", "-"]
         work = x["lp_work"]
-        return [_s(x["seconds"]), f"{x['outcome']} ({x['max_rel_error_f64']:.1e})",
-                f"{work['rounds']} rounds, {work['region_rows']} of {work['region_rows_total']}",
+        equalities = "-"
+        if "rank_positive" in x:
+            # Rank d: the target is the only input of its piece with its features.
+            point = ": the target alone" if x["rank_positive"] == x["input_dim"] else ""
+            equalities = f"{x['n_positive']} (rank {x['rank_positive']}{point})"
+        return [equalities, _s(x["seconds"]), f"{x['outcome']} ({x['max_rel_error_f64']:.1e})",
+                f"{work['rounds']} round{'s' if work['rounds'] != 1 else ''}, "
+                f"{work['region_rows']} of {work['region_rows_total']}",
                 f"{x['peak_rss_gib_before']:.2f} -> {x['peak_rss_gib']:.2f} GiB"]
 
     return ["## The exact polytope at the largest input it takes", "",
             "Each survey model (random weights) at its middle call site, where the exact method addresses it: the "
             "largest square side whose dense LP fits `ExactConfig.max_entries`, and one vertex solved there in a "
             "child process (the photo as target, its mirror image as init; one LP at a time). Memory is the "
-            "child's peak resident set, measured before the solve and after it.", "",
-            _table(["model", "layer", "side", "LP rows x inputs", "solve", "outcome (f64 rel error)",
+            "child's peak resident set, measured before the solve and after it. Equality rows: the target's "
+            "positive units, and their rank; where it is lower, the LP holds an orthonormal basis of their row "
+            "space instead (`collide.piecewise.row_space`); where it equals the inputs, the target is the only "
+            "input of its linear piece with its features, and the vertex is the target.", "",
+            _table(["model", "layer", "side", "LP rows x inputs", "equality rows", "solve", "outcome (f64 rel error)",
                     "region rows added", "peak memory"],
                    [[x["model"], f"`{x['layer']}`" if "layer" in x else "-",
                      f"{x['side']} px" if x.get("side") else _gist(x.get("why", "-")),

@@ -182,6 +182,18 @@ def exact_forms_table(path: Path = BENCH_RESULTS) -> str:
     return text
 
 
+def exact_sizes_table(path: Path = BENCH_RESULTS) -> str:
+    """The exact polytope at each survey model's largest input, from ``results.json``
+    (benchmarks/exact_sizes.py), with its equality rows and their rank."""
+    from benchmarks.report import exact_sizes_section
+
+    results = json.loads(path.read_text())
+    if "exact_sizes" not in results:
+        return "_Not measured yet: `python -m benchmarks.run --only exact_sizes`._\n"
+    date = results.get("carried_over", {}).get("exact_sizes", results["machine"]["date"])
+    return f"Measured {date}.\n\n" + "\n".join(exact_sizes_section(results["exact_sizes"])[2:]) + "\n"
+
+
 def _png(fig: Any) -> str:
     buffer = io.BytesIO()
     fig.savefig(buffer, format="png", dpi=110, bbox_inches="tight")
@@ -412,7 +424,8 @@ def generators() -> dict[str, Callable[[], str]]:
                                          "benchmark-figures": benchmark_figures,
                                          "layers": layers_reference, "layout": layout_reference,
                                          "config": config_references, "activations": activations_reference,
-                                         "exact-forms": exact_forms_table, "activations-figure": activations_figure,
+                                         "exact-forms": exact_forms_table, "exact-sizes": exact_sizes_table,
+                                         "activations-figure": activations_figure,
                                          "models-survey": models_survey, "scan-costs": scan_costs,
                                          "ball-forms": ball_forms}
     return out

@@ -37,10 +37,14 @@ def test_the_vertex_is_solved_at_the_largest_side_that_fits_and_reported():
     assert row["side"] == 12 and row["lp_entries"] == budget and row["input_dim"] == 144
     assert row["outcome"] == OPTIMAL and row["max_rel_error_f64"] <= LP_STORED_REL_ERROR_F64
     assert 0 < row["peak_rss_gib_before"] <= row["peak_rss_gib"]
+    assert 0 < row["rank_positive"] <= row["n_positive"] <= 8  # fc's 8 units
     text = "\n".join(exact_sizes_section([{"model": "tiny", "layer": "relu2", **row},
                                           {"model": "big", "why": "no side fits 1e+08 entries"},
-                                          {"model": "stuck", "layer": "x", "side": 30, "unfinished": "stopped"}]))
+                                          {"model": "stuck", "layer": "x", "side": 30, "unfinished": "stopped"},
+                                          {"model": "point", "layer": "relu2", **row, "rank_positive": 144}]))
     assert "| tiny | `relu2` | 12 px |" in text and "no side fits" in text and "stopped" in text
+    assert f"| {row['n_positive']} (rank {row['rank_positive']}) |" in text
+    assert f"| {row['n_positive']} (rank 144: the target alone) |" in text  # rank = inputs: a single point
 
 
 def test_a_layer_no_side_fits_is_said_so():
