@@ -190,8 +190,10 @@ def exact_sizes_table(path: Path = BENCH_RESULTS) -> str:
     results = json.loads(path.read_text())
     if "exact_sizes" not in results:
         return "_Not measured yet: `python -m benchmarks.run --only exact_sizes`._\n"
-    date = results.get("carried_over", {}).get("exact_sizes", results["machine"]["date"])
-    return f"Measured {date}.\n\n" + "\n".join(exact_sizes_section(results["exact_sizes"])[2:]) + "\n"
+    m = results["machine"]
+    date = results.get("carried_over", {}).get("exact_sizes", m["date"])
+    return (f"Measured {date} on {m['cpu']}, {m['cores']} cores.\n\n"
+            + "\n".join(exact_sizes_section(results["exact_sizes"])[2:]) + "\n")
 
 
 def _png(fig: Any) -> str:

@@ -21,9 +21,11 @@ HiGHS's tolerances and matrix-entry floor are absolute, so a row (or a cost) far
 unit size reaches it rescaled by a power of two (:data:`collide.piecewise.highs.SMALL_COEFFICIENT`),
 and the lazy rows' violations are judged on the rows as HiGHS holds them.
 
-``linprog`` is scipy's ``linprog(method="highs")`` with every row and the L1 term as
-``t ≥ |x − init|`` rows: what collide did before, kept as the reference the benchmark and
-the tests compare with.
+``linprog`` is scipy's ``linprog(method="highs")`` with every row from the start and the
+L1 term as ``t ≥ |x − init|`` rows: what collide did before, kept as the reference the
+benchmark and the tests compare with. Both take the rows they are given: the exact
+solver's equality rows reach either as :func:`collide.piecewise.pieces.rows_on` writes
+them (a basis of their row space where they are dependent).
 """
 
 from __future__ import annotations

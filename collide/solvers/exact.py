@@ -17,7 +17,8 @@ which stays linear with the usual split of the L1 term (solved by
 :mod:`collide.piecewise.lp`: HiGHS, with the inequality rows added only where a solution
 violates them; the vertices' LPs run side by side on ``ExactConfig.threads`` threads).
 Equality rows that are linearly dependent (a layer after a linear bottleneck) reach the
-LP as an orthonormal basis of their row space (:mod:`collide.piecewise.row_space`).
+dense form's LP as an orthonormal basis of their row space
+(:mod:`collide.piecewise.row_space`); the layered form keeps them as they are.
 The affine map and the region rows come from :mod:`collide.piecewise.linearise`; an
 LP too large for ``ExactConfig.max_entries`` is refused before any work
 (:mod:`collide.piecewise.budget`), and every solution is checked with a real float64

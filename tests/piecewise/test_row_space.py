@@ -58,14 +58,56 @@ def test_dependent_rows_become_an_orthonormal_basis_of_the_same_subspace(seed):
     assert np.abs(new_a @ x0 - new_b).max() <= SAME_SUBSPACE
 
 
+def _free(a: np.ndarray) -> np.ndarray:
+    """The projector onto the directions ``a``'s rows leave free (oracle: pinv of the
+    rows at unit norm, the scale HiGHS judges each row at)."""
+    unit = a / np.linalg.norm(a, axis=1, keepdims=True)
+    return np.eye(a.shape[1]) - np.linalg.pinv(unit) @ unit
+
+
 def test_more_rows_than_columns_or_a_zero_row_need_the_svd():
     rng = np.random.default_rng(1)
     assert not clearly_independent(rng.normal(size=(31, 30)))
-    with_zero = np.vstack([rng.normal(size=(3, 30)), np.zeros((1, 30))])
+    x0 = rng.uniform(size=30)
+    base = rng.normal(size=(3, 30))
+    with_zero = np.vstack([base, np.zeros((1, 30))])
     assert not clearly_independent(with_zero)
-    new_a, _ = independent_rows(with_zero, np.zeros(4))
+    new_a, new_b = independent_rows(with_zero, with_zero @ x0)
     assert new_a.shape == (3, 30)
-    assert clearly_independent(with_zero[:3])
+    assert np.abs(_free(base) - (np.eye(30) - new_a.T @ new_a)).max() <= SAME_SUBSPACE
+    assert np.abs(new_a @ x0 - new_b).max() <= SAME_SUBSPACE
+    assert clearly_independent(base)
+
+
+def test_a_row_far_smaller_than_the_others_is_not_dropped():
+    # At unit norm (as HiGHS sees it) the tiny row is as binding as any other.
+    a, _, x0 = _dependent(3)
+    tiny = 1e-17 * np.random.default_rng(4).normal(size=(1, 30))
+    rows = np.vstack([a, tiny])
+    new_a, new_b = independent_rows(rows, rows @ x0)
+    assert new_a.shape == (5, 30)
+    assert np.abs(_free(rows) - (np.eye(30) - new_a.T @ new_a)).max() <= SAME_SUBSPACE
+    assert np.abs(new_a @ x0 - new_b).max() <= SAME_SUBSPACE
+
+
+def test_nearly_dependent_rows_of_full_rank_are_kept_as_they_are():
+    rng = np.random.default_rng(5)
+    a = rng.normal(size=(4, 30))
+    a[3] = a[2] + 1e-6 * rng.normal(size=30)  # smallest singular value ~1e-6: past the screen, not the rank
+    assert not clearly_independent(a) and np.linalg.matrix_rank(a) == 4
+    b = a @ rng.uniform(size=30)
+    kept_a, kept_b = independent_rows(a, b)
+    assert kept_a is a and kept_b is b
+
+
+def test_rows_no_point_meets_are_kept_for_the_lp_to_judge():
+    a, b, _ = _dependent(6)
+    off = b + 1e-3 * np.random.default_rng(7).normal(size=len(b))  # not in the rows' range
+    kept_a, kept_b = independent_rows(a, off)
+    assert kept_a is a and kept_b is off
+    zero_row = np.vstack([a, np.zeros((1, 30))])
+    kept_a, _ = independent_rows(zero_row, np.append(b, 5.0))  # 0 = 5
+    assert kept_a is zero_row
 
 
 def _bottleneck() -> nn.Module:
