@@ -198,11 +198,12 @@ def exact_sizes_section(rows: list[dict[str, Any]]) -> list[str]:
             "Each survey model (random weights) at its middle call site, where the exact method addresses it: the "
             "largest square side whose dense LP fits `ExactConfig.max_entries`, and one vertex solved there in a "
             "child process (the photo as target, its mirror image as init; one LP at a time). Memory is the "
-            "child's peak resident set, measured before the solve and after it. Equality rows: the target's "
-            "positive units, and their rank (`rank_positive`); where the rows are dependent, the LP holds an "
-            "orthonormal basis of their row space instead (`collide.piecewise.row_space`); where the rank equals "
-            "the inputs, the target is the only input of its linear piece with its features, and the vertex is "
-            "the target.", "",
+            "child's peak resident set, measured before the solve and after it. The relative error is the LP's "
+            "float64 solution's, before the vertex is stored as float32, whose rounding adds its own error. "
+            "Equality rows: the target's positive units, and their rank (`rank_positive`); where the rows are "
+            "dependent, the LP holds an orthonormal basis of their row space instead "
+            "(`collide.piecewise.row_space`); where the rank equals the inputs, the target is the only input of "
+            "its linear piece with its features, and the vertex is the target.", "",
             _table(["model", "layer", "side", "LP rows x inputs", "equality rows", "solve", "outcome (f64 rel error)",
                     "region rows added", "peak memory"],
                    [[x["model"], f"`{x['layer']}`" if "layer" in x else "-",
