@@ -164,6 +164,12 @@ def benchmark_tables(path: Path = BENCH_RESULTS) -> str:
     return re.sub(r"^(#+) ", lambda m: "#" + m.group(1) + " ", body, flags=re.M).strip() + "\n"
 
 
+def _measured(results: dict[str, Any], item: str) -> str:
+    """When and where a benchmark item of ``results`` was measured, as a sentence."""
+    m = results["machine"]
+    return f"Measured {results.get('carried_over', {}).get(item, m['date'])} on {m['cpu']}, {m['cores']} cores."
+
+
 def exact_forms_table(path: Path = BENCH_RESULTS) -> str:
     """The exact LP's two forms side by side, from ``results.json`` (benchmarks/exact_forms.py)."""
     from benchmarks.report import exact_forms_section, exact_resnet_section
@@ -172,7 +178,7 @@ def exact_forms_table(path: Path = BENCH_RESULTS) -> str:
     m, dates = results["machine"], results.get("carried_over", {})
     text = ""
     if "exact_forms" in results:
-        text += (f"Measured {dates.get('exact_forms', m['date'])} on {m['cpu']}, {m['cores']} cores.\n\n"
+        text += (_measured(results, "exact_forms") + "\n\n"
                  + "\n".join(exact_forms_section(results["exact_forms"])[2:]) + "\n")
     else:
         text += "_Not measured yet: `python -m benchmarks.run --only exact_forms`._\n"
@@ -190,9 +196,7 @@ def exact_sizes_table(path: Path = BENCH_RESULTS) -> str:
     results = json.loads(path.read_text())
     if "exact_sizes" not in results:
         return "_Not measured yet: `python -m benchmarks.run --only exact_sizes`._\n"
-    m = results["machine"]
-    date = results.get("carried_over", {}).get("exact_sizes", m["date"])
-    return (f"Measured {date} on {m['cpu']}, {m['cores']} cores.\n\n"
+    return (_measured(results, "exact_sizes") + "\n\n"
             + "\n".join(exact_sizes_section(results["exact_sizes"])[2:]) + "\n")
 
 

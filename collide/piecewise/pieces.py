@@ -10,6 +10,8 @@ target lies in its closure.
 
 from __future__ import annotations
 
+import dataclasses
+
 import numpy as np
 import torch
 from torch import nn
@@ -75,23 +77,27 @@ def _contains(piece: AffinePiece, x: np.ndarray, t_pre: np.ndarray) -> bool:
     return bool((err <= TIE_TOL * _slack_scale(piece.jac, piece.offset, x)).all())
 
 
-def rows_on(piece: AffinePiece, t_pre: np.ndarray, sat: Saturation, keep: np.ndarray | None = None) -> LinearRows:
+def rows_on(piece: AffinePiece, t_pre: np.ndarray, sat: Saturation) -> LinearRows:
     """The LP's rows on one piece: the layer's own (:func:`layer_rows`: ReLU's positive
     units at the target's values ``t_pre``, the others ≤ 0; dependent equalities as an
-    orthonormal basis of their row space, :func:`independent_rows`), then the region
-    rows ``keep`` (all by default), which may be added lazily."""
-    region_jac, region_bound = piece.region_jac, piece.region_bound
-    if keep is not None:
-        region_jac, region_bound = region_jac[keep], region_bound[keep]
+    orthonormal basis of their row space, :func:`independent_rows`), then every region
+    row, which may be added lazily."""
     a_eq, b_eq, a_ub, b_ub = layer_rows(piece.jac, piece.offset, t_pre, sat)
     a_eq, b_eq = independent_rows(a_eq, b_eq)
     return LinearRows(
-        a_ub=np.vstack([a_ub, region_jac]),
-        b_ub=np.concatenate([b_ub, region_bound]),
+        a_ub=np.vstack([a_ub, piece.region_jac]),
+        b_ub=np.concatenate([b_ub, piece.region_bound]),
         a_eq=a_eq,
         b_eq=b_eq,
-        lazy=len(region_bound),
+        lazy=len(piece.region_bound),
     )
+
+
+def region_subset(rows: LinearRows, keep: np.ndarray) -> LinearRows:
+    """``rows`` (from :func:`rows_on`) with only the region rows ``keep``; the layer's own
+    rows as they are, so their equalities' SVD is not taken again. Shapes: keep (lazy,)"""
+    take = np.concatenate([np.ones(len(rows.b_ub) - rows.lazy, dtype=bool), keep])
+    return dataclasses.replace(rows, a_ub=rows.a_ub[take], b_ub=rows.b_ub[take], lazy=int(keep.sum()))
 
 
 def tie_broken_piece(

@@ -83,6 +83,7 @@ from collide.piecewise.pieces import (
     TIE_STEP,
     TIE_TOL,
     TIE_TRIES,
+    region_subset,
     rows_on,
     same_piece,
     tie_broken_piece,
@@ -293,8 +294,9 @@ def _dense(model: nn.Module, site: Site, target: torch.Tensor, x_init: np.ndarra
     # λ from the target's piece throughout: the same trade-off on either piece.
     lams = [config.proximity * float(np.abs(piece.jac[unit]).mean()) for unit in unit_list]
     # Every vertex's LPs on the target's piece share their rows: written for the solver once.
-    target_lps = _family(rows_on(piece, t_pre, sat), x_init, config)
-    loose_lps = _family(rows_on(piece, t_pre, sat, ~tied), x_init, config) if tied.any() else None
+    target_rows = rows_on(piece, t_pre, sat)
+    target_lps = _family(target_rows, x_init, config)
+    loose_lps = _family(region_subset(target_rows, ~tied), x_init, config) if tied.any() else None
 
     def on(p: AffinePiece) -> Callable[[np.ndarray], np.ndarray]:
         return lambda x: x @ p.jac.T + p.offset
