@@ -67,7 +67,10 @@ def _notes(r: dict[str, Any]) -> list[str]:
             f"{len(work)} vertices")
         if lps > len(work):
             cause += (" (the target sits on ties of its linear pieces, so each vertex also solves the LP without "
-                      "the tied rows and the LP on the adjacent piece it points to, and re-linearises there)")
+                      "the tied rows and the LP on the adjacent piece it points to, and re-linearises there")
+            outdone = sum(w.get("outdone", 0) for w in work)
+            cause += (f"; {outdone} of the LPs on the target's piece stopped early, outdone by the adjacent "
+                      "vertex)" if outdone else ")")
         if work and work[0]["region_rows_total"]:
             cause += (f"; with region rows added where violated, an LP held at most "
                       f"{max(w['region_rows'] for w in work)} of the {work[0]['region_rows_total']} dense region "

@@ -10,6 +10,7 @@ row within tolerance, so it is an optimum of the whole LP, not of a relaxation.
 
 from __future__ import annotations
 
+import math
 import os
 import sys
 import threading
@@ -87,20 +88,27 @@ def add_rows(h: highspy.Highs, a: np.ndarray | sp.spmatrix, lower: np.ndarray, u
 @dataclass(frozen=True)
 class LazyRun:
     """How :func:`solve_lazily` ended: the columns' values (None unless optimal), HiGHS's
-    final model status, the lazy rows added in the order they entered, and the rounds run."""
+    final model status, the lazy rows added in the order they entered, and the rounds run.
+    ``outdone``: stopped once the optimum was known to lie above ``stop_above``."""
 
     solution: np.ndarray | None
     status: highspy.HighsModelStatus
     order: list[int]
     rounds: int
+    outdone: bool = False
 
 
 def solve_lazily(
     h: highspy.Highs, excess: Callable[[np.ndarray], np.ndarray], bounds: np.ndarray, added: np.ndarray, *,
-    tol: float, add: Callable[[np.ndarray], None],
+    tol: float, add: Callable[[np.ndarray], None], stop_above: float = math.inf,
 ) -> LazyRun:
     """Run ``h``; while its solution violates lazy rows not yet ``added``, add the most
     violated (at most :data:`ROWS_PER_ROUND` a round) and run again.
+
+    ``stop_above`` (a minimisation, in ``h``'s objective): stop, ``outdone``, as soon as
+    the optimum is known to lie above it. Every relaxation's optimum is a lower bound on
+    the whole LP's (it has fewer rows), and so is the dual simplex's objective on the way
+    to it, which rises monotonically: HiGHS's ``objective_bound`` stops it there.
 
     Args:
         h: the model, holding every row but the lazy ones not yet added.
@@ -112,6 +120,8 @@ def solve_lazily(
     """
     order: list[int] = []
     rounds = 0
+    if stop_above < math.inf:
+        h.setOptionValue("objective_bound", stop_above)
     while True:
         h.run()
         rounds += 1
@@ -121,6 +131,9 @@ def solve_lazily(
             h.clearSolver()
             h.run()
         status = h.getModelStatus()
+        if status == highspy.HighsModelStatus.kObjectiveBound or (
+                status == highspy.HighsModelStatus.kOptimal and h.getInfo().objective_function_value > stop_above):
+            return LazyRun(None, status, order, rounds, outdone=True)
         if status != highspy.HighsModelStatus.kOptimal:
             return LazyRun(None, status, order, rounds)
         sol = np.asarray(h.getSolution().col_value)

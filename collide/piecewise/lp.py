@@ -30,6 +30,7 @@ them (a basis of their row space where they are dependent).
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 
 import highspy
@@ -42,6 +43,10 @@ from collide.errors import ConfigError
 from collide.piecewise.highs import add_rows, new_highs, row_scales, solve_lazily, unit_scale
 
 OPTIMAL, INFEASIBLE, UNBOUNDED, FAILED = "optimal", "infeasible", "unbounded", "failed"
+
+# An LP stopped once its optimum was known to lie above a bound it was given
+# (``LpFamily.solve(..., stop_above=)``): another candidate beats it.
+OUTDONE = "outdone"
 
 
 @dataclass(frozen=True)
@@ -137,7 +142,7 @@ def _split(rows: LinearRows, init: np.ndarray, lower: float, upper: float) -> _S
 
 
 def _highs(rows: LinearRows, init: np.ndarray, split: _Split, cost: np.ndarray, lam: float, lower: float,
-           upper: float, tol: float) -> LpSolution:
+           upper: float, tol: float, stop_above: float = math.inf) -> LpSolution:
     d, n = len(init), len(split.pixel)
     h = new_highs()
     h.setOptionValue("threads", 1)
@@ -149,7 +154,8 @@ def _highs(rows: LinearRows, init: np.ndarray, split: _Split, cost: np.ndarray, 
     h.setOptionValue("dual_feasibility_tolerance", tol)
     h.passModel(split.model)
     col_cost = cost[split.pixel] * split.sign + lam
-    h.changeColsCost(n, np.arange(n, dtype=np.int32), col_cost * unit_scale(np.abs(col_cost).max(initial=0.0)))
+    scale = unit_scale(np.abs(col_cost).max(initial=0.0))
+    h.changeColsCost(n, np.arange(n, dtype=np.int32), col_cost * scale)
     # Every inequality row is taken lazily, the layer's too: on the MNIST MLP's relu1 about
     # 15 of its 150 bind at a vertex, and leaving the rest out took 13% less time.
     added = np.zeros(len(rows.b_ub), dtype=bool)
@@ -166,9 +172,13 @@ def _highs(rows: LinearRows, init: np.ndarray, split: _Split, cost: np.ndarray, 
 
     # Violations are judged on the rows as HiGHS holds them: its tolerance, relative to
     # each row's size.
+    # HiGHS's objective is the LP's less c·init (it counts the moves from init), scaled.
     run = solve_lazily(h, lambda moves: (rows.a_ub @ point(moves) - rows.b_ub) * split.ub_scale,
-                       rows.b_ub * split.ub_scale, added, tol=tol, add=add)
+                       rows.b_ub * split.ub_scale, added, tol=tol, add=add,
+                       stop_above=float(scale * (stop_above - cost @ init)))
     region_rows_used = int(added[len(added) - rows.lazy:].sum())
+    if run.outdone:
+        return LpSolution(np.full(d, np.nan), OUTDONE, run.rounds, region_rows_used)
     if run.solution is None:
         # A relaxation with no solution means the whole LP has none; the box keeps
         # every relaxation bounded, so anything else is a solver failure.
@@ -224,11 +234,15 @@ class LpFamily:
     tol: float
     split: _Split | None  # None: scipy's linprog solves each LP
 
-    def solve(self, cost: np.ndarray, lam: float) -> LpSolution:
-        """The family's LP with cost ``cost`` and L1 weight ``lam``. Shapes: cost (d,)"""
+    def solve(self, cost: np.ndarray, lam: float, *, stop_above: float = math.inf) -> LpSolution:
+        """The family's LP with cost ``cost`` and L1 weight ``lam``.
+
+        ``stop_above``: where the LP's optimum (``cost·x + lam‖x − init‖₁``) is found to lie
+        above it, HiGHS stops early and the outcome is ``outdone`` (scipy's ``linprog``
+        solves to the end: a reference path). Shapes: cost (d,)"""
         if self.split is None:
             return _linprog(LpProblem(self.rows, cost, lam, self.init), self.lower, self.upper, self.tol)
-        return _highs(self.rows, self.init, self.split, cost, lam, self.lower, self.upper, self.tol)
+        return _highs(self.rows, self.init, self.split, cost, lam, self.lower, self.upper, self.tol, stop_above)
 
 
 def lp_family(rows: LinearRows, init: np.ndarray, *, lower: float, upper: float, tol: float,

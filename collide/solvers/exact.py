@@ -36,9 +36,14 @@ lower. Where the target's piece has tied rows, each vertex therefore also solves
    along it, with the target's own pre-activation as the right-hand sides, and kept only
    if the target lies in its closure;
 
-and keeps whichever of the two pieces pushes its unit lower. Both LPs stay in one linear
-piece, so both answers are exact; :attr:`ExactResult.pieces` says which was kept. Without
-ties (a first layer, an MLP off its ReLU kinks) nothing changes.
+and keeps whichever of the two answers has the lower objective (the pushed unit plus the
+L1 term, with the same λ on both pieces): the better vertex of the two pieces together.
+Both LPs stay in one linear piece, so both answers are exact; :attr:`ExactResult.pieces`
+says which was kept. The LP on the target's piece runs after the chain, and stops as soon
+as its optimum is known to lie above the adjacent vertex's objective (``outdone``: HiGHS's
+dual simplex proves a lower bound on its way; see :func:`collide.piecewise.highs.solve_lazily`),
+so the vertex kept is the one a full solve of both would keep. Without ties (a first
+layer, an MLP off its ReLU kinks) nothing changes.
 (The rows and pieces: :mod:`collide.piecewise.pieces`.)
 """
 
@@ -46,12 +51,12 @@ from __future__ import annotations
 
 import copy
 import dataclasses
+import math
 import threading
 import time
 from collections.abc import Callable
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
-from functools import partial
 from typing import Any
 
 import numpy as np
@@ -77,7 +82,17 @@ from collide.piecewise.layered_lp import (
 )
 from collide.piecewise.layers import LayeredUnsupported, layered_net
 from collide.piecewise.linearise import AffinePiece, affine_piece
-from collide.piecewise.lp import FAILED, INFEASIBLE, OPTIMAL, UNBOUNDED, LinearRows, LpFamily, LpSolution, lp_family
+from collide.piecewise.lp import (
+    FAILED,
+    INFEASIBLE,
+    OPTIMAL,
+    OUTDONE,
+    UNBOUNDED,
+    LinearRows,
+    LpFamily,
+    LpSolution,
+    lp_family,
+)
 from collide.piecewise.pieces import (
     TIE_SHRINK,
     TIE_STEP,
@@ -120,11 +135,13 @@ class ExactResult:
     ``form`` says which LP was solved: ``dense`` or ``layered`` (:func:`solve_exact`).
     ``pieces[k]`` says which linear piece vertex k was solved on: ``"target"`` (the one
     autograd picked at the target) or ``"tie-broken"`` (an adjacent one, where the target
-    sits on a tie; see :mod:`collide.solvers.exact`).
+    sits on a tie; see :mod:`collide.solvers.exact`): the one whose answer has the lower
+    objective, the LP's own (pushed unit plus the L1 term).
     ``lp_work[k]``: what vertex k cost: LPs solved, their rounds of added rows, the most
-    region rows one of them held, and the region rows there were. (A vertex's tie-breaking
-    LPs run beside its LP on the target's piece, so they count even where that LP failed
-    and their answer was not used.)
+    region rows one of them held, the region rows there were, and how many of its LPs
+    stopped ``outdone`` (the LP on the target's piece, once the adjacent vertex beat it).
+    (A vertex's tie-breaking LPs run before its LP on the target's piece, so they count
+    even where that LP failed and their answer was not used.)
     ``rel_error`` and ``violation`` are those of the LP's float64 solution, before it is
     stored as the float32 ``vertices``, whose rounding adds its own error (1.4e-7 relative
     on the survey's MNASNet vertex at 24 px, where this is 2.4e-12); the solvers' validity
@@ -176,9 +193,22 @@ def _family(rows: LinearRows, x_init: np.ndarray, config: ExactConfig) -> LpFami
 LP_FORMS = ("auto", "dense", "layered")
 
 
-# A candidate vertex: the layer's pre-activation on the piece it was solved on (a function
-# of x), the point and the LP's outcome.
-_Candidate = tuple[Callable[[np.ndarray], np.ndarray], np.ndarray, str]
+# The LP on the target's piece stops once its optimum is known to exceed the adjacent
+# vertex's objective by more than this, relative to 1 + |that objective|: far above the
+# solver's tolerances (1e-9), so a bound that HiGHS proves is never a rounding artefact.
+OUTDONE_MARGIN = 1e-6
+
+
+@dataclass(frozen=True)
+class _Candidate:
+    """A candidate vertex: the layer's pre-activation on the piece it was solved on (a
+    function of x), the point, the LP's outcome and, where it was checked already, the
+    layer's pre-activation at the point by a real float64 forward pass."""
+
+    linear: Callable[[np.ndarray], np.ndarray]
+    x: np.ndarray
+    outcome: str
+    pre: torch.Tensor | None = None
 
 
 @dataclass(frozen=True)
@@ -188,6 +218,34 @@ class _Found:
     t_pre: np.ndarray
     rank: int
     form: str
+    lams: list[float]
+
+
+class _Check:
+    """The float64 forward pass every candidate is checked with: it must stay on the piece
+    it was solved on. One copy of the model; the chains' threads take turns (its hooks
+    would otherwise collect each other's calls)."""
+
+    def __init__(self, model: nn.Module, site: Site, shape: torch.Size, region_tol: float) -> None:
+        self.net = copy.deepcopy(model).double().eval()
+        self.site, self.shape, self.region_tol = site, shape, region_tol
+        self.lock = threading.Lock()
+
+    def features(self, points: np.ndarray) -> torch.Tensor:
+        """The layer's pre-activation at each point (NaN read as 0). Shapes: (n, d) → (n, D)"""
+        with self.lock, torch.no_grad():
+            return capture(self.net, torch.from_numpy(np.nan_to_num(points)).view(len(points), *self.shape),
+                           self.site)
+
+    def on_piece(self, candidate: _Candidate, pre: torch.Tensor, t_pre: np.ndarray) -> bool:
+        lin = torch.from_numpy(candidate.linear(np.nan_to_num(candidate.x)))
+        return not bool((pre - lin).abs().amax() > self.region_tol * (1 + np.abs(t_pre).max()))
+
+
+def objective(pushed: float, x: np.ndarray, x_init: np.ndarray, lam: float) -> float:
+    """What a vertex's LP minimises, at ``x``: the pushed unit's value (signed so that
+    lower is deeper in its flat piece) plus ``lam`` times the L1 distance to the init."""
+    return pushed + lam * float(np.abs(x - x_init).sum())
 
 
 def chosen_form(form: str) -> str:
@@ -233,16 +291,18 @@ def _map(fn: Callable[[int], Any], n: int, config: ExactConfig, *, small: bool =
         return [fn(k) for k in range(n)]
 
 
-def _with_chains(first_of: Callable[[int], Any], chain_of: Callable[[int], Any], n: int, ties: bool,
-                 config: ExactConfig, *, beside: Callable[[], Any], small: bool = False
+def _with_chains(first_of: Callable[[int, float], Any], chain_of: Callable[[int], tuple[Any, float]], n: int,
+                 ties: bool, config: ExactConfig, *, beside: Callable[[], Any], small: bool = False
                  ) -> tuple[list[tuple[Any, Any]], Any]:
     """Each vertex's LP on the target's piece, and where the target sits on ties its
     tie-breaking chain (the LP without the tied rows, the adjacent piece, the LP there;
     None without ties), as ``(first, chain)`` per vertex.
 
-    The two do not wait for each other: run as 2n tasks, the longer chains first, they
-    keep the threads evenly busy (LeNet-5's relu3 polytope, dense, on 2 cores: 8.4-8.8 s
-    against 10.2-11.4 s with one task per vertex).
+    ``chain_of(k)`` returns its result and a bound: ``first_of(k, bound)`` runs once chain
+    k is done (``math.inf`` without ties), and may stop once its LP cannot beat the
+    bound. The chains go first and each queues its vertex's first LP as it ends, so the
+    threads stay evenly busy to the end (one task per vertex, chain and LP together, left
+    one thread with three of LeNet-5's five vertices).
 
     ``beside`` (work no vertex waits for, J⁺'s rank) is one task more, the last, and its
     result comes second: it takes the thread the LPs leave idle first. On the MNIST MLP's
@@ -251,19 +311,41 @@ def _with_chains(first_of: Callable[[int], Any], chain_of: Callable[[int], Any],
     workspace now live beside the LPs' models, and the SVD runs on one BLAS thread; on a
     J⁺ near the budget it is the run's tail only where it outlasts the last LP.
 
-    ``small``: the LPs are small enough to run all at once (see ``_map``).
+    ``small``: the LPs are small enough to run all at once (see ``_map``). The answers
+    do not depend on the threads: each LP's bound comes from its own vertex's chain.
     """
-    tasks: list[Callable[[], Any]] = [partial(chain_of, k) for k in range(n)] if ties else []
-    tasks += [partial(first_of, k) for k in range(n)] + [beside]
-    *done, aside = _map(lambda i: tasks[i](), len(tasks), config, small=small)
-    chains = done[:n] if ties else [None] * n
-    return list(zip(done[-n:], chains, strict=True)), aside
+    n_tasks = (2 * n if ties else n) + 1
+    threads = min(config.threads or (n_tasks if small else job_cores()), n_tasks)
+    with one_blas_thread():
+        if threads <= 1:
+            chains = [chain_of(k) for k in range(n)] if ties else [(None, math.inf)] * n
+            firsts = [first_of(k, bound) for k, (_, bound) in enumerate(chains)]
+            aside = beside()
+        else:
+            with ThreadPoolExecutor(threads) as pool:
+                queued: list[Future[Any] | None] = [None] * n
+
+                def chain_then_queue(k: int) -> tuple[Any, float]:
+                    out = chain_of(k)
+                    queued[k] = pool.submit(first_of, k, out[1])
+                    return out
+
+                if ties:
+                    chains = [f.result() for f in [pool.submit(chain_then_queue, k) for k in range(n)]]
+                else:
+                    chains = [(None, math.inf)] * n
+                    queued = [pool.submit(first_of, k, math.inf) for k in range(n)]
+                later = pool.submit(beside)  # queued behind every LP
+                firsts = [f.result() for f in queued if f is not None]
+                aside = later.result()
+    return [(first, chain) for first, (chain, _) in zip(firsts, chains, strict=True)], aside
 
 
 def _candidates(on_target: _Candidate, adjacent: _Candidate | None) -> list[_Candidate]:
     """A vertex's candidates: its LP's answer on the target's piece, and the adjacent
-    piece's only beside an optimal one there (as when the chain waited for it)."""
-    return [on_target, adjacent] if on_target[2] == OPTIMAL and adjacent is not None else [on_target]
+    piece's only beside an optimal one there, or one that it outdid."""
+    keep = adjacent is not None and on_target.outcome in (OPTIMAL, OUTDONE)
+    return [on_target, adjacent] if keep else [on_target]  # type: ignore[list-item]
 
 
 def flat_pieces(site: Site) -> Saturation:
@@ -281,7 +363,7 @@ def _require_saturated(free: np.ndarray, units: list[int]) -> None:
 
 
 def _dense(model: nn.Module, site: Site, target: torch.Tensor, x_init: np.ndarray, unit_list: list[int], *,
-           config: ExactConfig, break_ties: bool) -> _Found:
+           config: ExactConfig, break_ties: bool, check: _Check) -> _Found:
     check_lp_size(model, site, target, max_entries=config.max_entries)
     piece = affine_piece(model, site, target)
     x0 = target.double().flatten().numpy()
@@ -301,24 +383,38 @@ def _dense(model: nn.Module, site: Site, target: torch.Tensor, x_init: np.ndarra
     def on(p: AffinePiece) -> Callable[[np.ndarray], np.ndarray]:
         return lambda x: x @ p.jac.T + p.offset
 
-    def first_of(k: int) -> LpSolution:
-        return target_lps.solve(sign[unit_list[k]] * piece.jac[unit_list[k]], lams[k])
+    def first_of(k: int, bound: float) -> LpSolution:
+        """Vertex k's LP on the target's piece; it stops once its objective is known to
+        exceed ``bound`` (the adjacent vertex's), which in the LP's own terms leaves out
+        the pushed unit's offset on this piece."""
+        unit = unit_list[k]
+        return target_lps.solve(sign[unit] * piece.jac[unit], lams[k],
+                                stop_above=bound - sign[unit] * piece.offset[unit])
 
-    def chain_of(k: int) -> tuple[_Candidate | None, list[LpSolution]]:
+    def chain_of(k: int) -> tuple[tuple[_Candidate | None, list[LpSolution]], float]:
         """Vertex k's candidate on the adjacent piece its tie-free LP points to (None where
-        there is none), and the LPs solved for it."""
+        there is none) and the LPs solved for it; and the bound its LP on the target's
+        piece need not beat: the candidate's objective, where it is optimal and on its piece."""
         unit, lam = unit_list[k], lams[k]
         # Without the tied rows the LP may leave the piece: it only says which way to
         # break the ties. Its objective keeps the target's Jacobian.
         loose = loose_lps.solve(sign[unit] * piece.jac[unit], lam)
         direction = loose.x - x0
         if loose.outcome != OPTIMAL or not np.abs(direction).max() > 0:
-            return None, [loose]
+            return (None, [loose]), math.inf
         adjacent = tie_broken_piece(model, site, target, piece, tied, direction, t_pre)
         if adjacent is None or same_piece(adjacent, piece):
-            return None, [loose]
+            return (None, [loose]), math.inf
         second = _family(rows_on(adjacent, t_pre, sat), x_init, config).solve(sign[unit] * adjacent.jac[unit], lam)
-        return (on(adjacent), second.x, second.outcome), [loose, second]
+        candidate = _Candidate(on(adjacent), second.x, second.outcome)
+        if second.outcome != OPTIMAL:
+            return (candidate, [loose, second]), math.inf
+        pre = check.features(second.x[None])[0]
+        candidate = dataclasses.replace(candidate, pre=pre)
+        if not check.on_piece(candidate, pre, t_pre):
+            return (candidate, [loose, second]), math.inf
+        beaten = objective(float(sign[unit] * pre[unit]), second.x, x_init, lam)
+        return (candidate, [loose, second]), beaten + OUTDONE_MARGIN * (1 + abs(beaten))
 
     def rank() -> int:
         return int(np.linalg.matrix_rank(piece.jac[pos])) if pos.any() else 0
@@ -330,15 +426,16 @@ def _dense(model: nn.Module, site: Site, target: torch.Tensor, x_init: np.ndarra
     per_vertex = []
     for first, chain in chains:
         candidate, solved = chain if chain is not None else (None, [])
-        per_vertex.append((_candidates((on(piece), first.x, first.outcome), candidate), [first, *solved]))
+        per_vertex.append((_candidates(_Candidate(on(piece), first.x, first.outcome), candidate), [first, *solved]))
     lp_work = tuple({"lps": len(solved), "rounds": sum(sol.rounds for sol in solved),
                      "region_rows": max(sol.region_rows_used for sol in solved),
-                     "region_rows_total": len(piece.region_bound)} for _, solved in per_vertex)
-    return _Found([c for c, _ in per_vertex], lp_work, t_pre, rank_positive, "dense")
+                     "region_rows_total": len(piece.region_bound),
+                     "outdone": sum(sol.outcome == OUTDONE for sol in solved)} for _, solved in per_vertex)
+    return _Found([c for c, _ in per_vertex], lp_work, t_pre, rank_positive, "dense", lams)
 
 
 def _layered(model: nn.Module, site: Site, target: torch.Tensor, x_init: np.ndarray, unit_list: list[int], *,
-             config: ExactConfig, break_ties: bool) -> _Found:
+             config: ExactConfig, break_ties: bool, check: _Check) -> _Found:
     net = layered_net(model, site, target)
     x0 = target.double().flatten().numpy()
     piece = piece_at(net, [c.value for c in net.calls[:-1]])
@@ -355,14 +452,10 @@ def _layered(model: nn.Module, site: Site, target: torch.Tensor, x_init: np.ndar
     loose_lp = build_lp(net, piece, lin, x_init, free=ties, **box) if any_tie else None
     n_region = int(sum(c.size for c in net.calls[:-1] if c.kind != MAX_POOL)) + lp.matrix.shape[0] - sum(
         c.size for c in net.calls)
-    net64 = copy.deepcopy(model).double().eval()
-    # region_events hooks the model it reads: two chains reading net64 at once would
-    # each collect the other's events.
-    reading = threading.Lock()
-
     def read(x: np.ndarray) -> list[np.ndarray]:
-        with reading, torch.no_grad():
-            events = region_events(net64, torch.from_numpy(x).view(1, *target.shape), site)
+        # The checker's float64 copy, and its lock: region_events hooks the model it reads.
+        with check.lock, torch.no_grad():
+            events = region_events(check.net, torch.from_numpy(x).view(1, *target.shape), site)
         return [e.value.flatten().numpy() for e in events[:-1]]
 
     def solve(p: LayeredLp, unit: int, lam: float) -> LayeredSolution:
@@ -372,24 +465,25 @@ def _layered(model: nn.Module, site: Site, target: torch.Tensor, x_init: np.ndar
     def on(p: Linear) -> Callable[[np.ndarray], np.ndarray]:
         return lambda x: p.values(x)[-1]
 
-    def first_of(k: int) -> LayeredSolution:
+    def first_of(k: int, _bound: float) -> LayeredSolution:
+        # Solved to the end: the layered LP has no lazy rounds to stop between.
         return solve(lp, unit_list[k], lams[k])
 
-    def chain_of(k: int) -> tuple[_Candidate | None, int]:
+    def chain_of(k: int) -> tuple[tuple[_Candidate | None, int], float]:
         """Vertex k's candidate on the adjacent piece (None where there is none), and the
         LPs solved for it."""
         unit, lam = unit_list[k], lams[k]
         loose = solve(loose_lp, unit, lam)
         direction = loose.x - x0
         if loose.outcome != OPTIMAL or not np.abs(direction).max() > 0:
-            return None, 1
+            return (None, 1), math.inf
         found = adjacent_piece(net, piece, lin, ties, x0, direction, read, step=TIE_STEP,
                                shrink=TIE_SHRINK, tries=TIE_TRIES, tol=TIE_TOL)
         if found is None or found[0].same_as(piece):
-            return None, 1
+            return (None, 1), math.inf
         adjacent, lin_adj = found
         second = solve(build_lp(net, adjacent, lin_adj, x_init, **box), unit, lam)
-        return (on(lin_adj), second.x, second.outcome), 2
+        return (_Candidate(on(lin_adj), second.x, second.outcome), 2), math.inf
 
     def rank() -> int:
         # J⁺ is dense over the input: its rank only where the dense budget would hold it.
@@ -402,10 +496,10 @@ def _layered(model: nn.Module, site: Site, target: torch.Tensor, x_init: np.ndar
     per_vertex = []
     for first, chain in chains:
         candidate, chain_lps = chain if chain is not None else (None, 0)
-        per_vertex.append((_candidates((on(lin), first.x, first.outcome), candidate), 1 + chain_lps))
-    lp_work = tuple({"lps": n, "rounds": n, "region_rows": n_region, "region_rows_total": n_region}
+        per_vertex.append((_candidates(_Candidate(on(lin), first.x, first.outcome), candidate), 1 + chain_lps))
+    lp_work = tuple({"lps": n, "rounds": n, "region_rows": n_region, "region_rows_total": n_region, "outdone": 0}
                     for _, n in per_vertex)
-    return _Found([c for c, _ in per_vertex], lp_work, t_pre, rank_positive, "layered")
+    return _Found([c for c, _ in per_vertex], lp_work, t_pre, rank_positive, "layered", lams)
 
 
 def solve_exact(
@@ -423,7 +517,7 @@ def solve_exact(
 
     Where the target's piece has ties (region rows that hold with equality at the
     target), each vertex also tries the adjacent piece its LP prefers (see the module
-    docstring) and keeps whichever piece pushes its unit lower.
+    docstring) and keeps whichever piece's answer has the lower objective.
 
     Args:
         model: the classifier (not changed).
@@ -458,40 +552,38 @@ def solve_exact(
     site = site_of(model, layer, target.unsqueeze(0))
     x_init = init.double().flatten().numpy()
     unit_list = units.tolist()
-    if chosen_form(form) == "layered":
-        found = _layered(model, site, target, x_init, unit_list, config=config, break_ties=break_ties)
-    else:
-        found = _dense(model, site, target, x_init, unit_list, config=config, break_ties=break_ties)
+    check = _Check(model, site, target.shape, config.region_tol)
+    solve_form = _layered if chosen_form(form) == "layered" else _dense
+    found = solve_form(model, site, target, x_init, unit_list, config=config, break_ties=break_ties, check=check)
     t_pre, candidates = found.t_pre, found.per_vertex
 
-    # Every candidate through a real float64 forward pass: it must match its own piece.
+    # Every candidate through a real float64 forward pass (where its chain did not run it
+    # already): it must match its own piece.
     flat = [c for tried in candidates for c in tried]
-    points = torch.from_numpy(np.stack([x for _, x, _ in flat]))
-    net = copy.deepcopy(model).double().eval()
-    with torch.no_grad():
-        pre_all = capture(net, torch.nan_to_num(points).view(len(flat), *target.shape), site)
+    todo = [i for i, c in enumerate(flat) if c.pre is None]
+    fresh = iter(check.features(np.stack([flat[i].x for i in todo])) if todo else [])
+    pre_all = torch.stack([c.pre if c.pre is not None else next(fresh) for c in flat])
     tgt = torch.from_numpy(t_pre).unsqueeze(0)
-    scale = config.region_tol * (1 + tgt.abs().amax())
     checked = []
-    for (linear, x, outcome), pre in zip(flat, pre_all, strict=True):
-        lin = torch.from_numpy(linear(np.nan_to_num(x)))
-        off_piece = bool((pre - lin).abs().amax() > scale)
+    for c, pre in zip(flat, pre_all, strict=True):
         # Every LP here holds the target and lies in the box: a solver that calls one
         # infeasible or unbounded has failed, and saying otherwise would claim no collision.
-        outcome = FAILED if outcome in (INFEASIBLE, UNBOUNDED) else outcome
-        checked.append(LEFT_REGION if (outcome == OPTIMAL and off_piece) else outcome)
+        outcome = FAILED if c.outcome in (INFEASIBLE, UNBOUNDED) else c.outcome
+        checked.append(LEFT_REGION if (outcome == OPTIMAL and not check.on_piece(c, pre, t_pre)) else outcome)
 
-    # Per vertex, the candidate that stayed on its piece with the pushed unit deepest in
-    # its flat piece (ReLU: lowest); the target's piece's answer where none did.
+    # Per vertex, the candidate that stayed on its piece with the lowest objective (the
+    # pushed unit, deepest in its flat piece, plus the L1 term); the target's piece's
+    # answer where none did. A target-piece LP that its chain's vertex outdid is never kept.
     sat = flat_pieces(site)
     sign = sat.sign(tgt[0])
     vertices, outcomes, pieces, pre_rows = [], [], [], []
     at = 0
-    for unit, tried in zip(units.tolist(), candidates, strict=True):
+    for k, (unit, tried) in enumerate(zip(units.tolist(), candidates, strict=True)):
         here = range(at, at + len(tried))
         good = [i for i in here if checked[i] == OPTIMAL]
-        best = min(good, key=lambda i: float(sign[unit] * pre_all[i, unit])) if good else at
-        vertices.append(flat[best][1])
+        best = min(good, key=lambda i: objective(float(sign[unit] * pre_all[i, unit]), flat[i].x, x_init,
+                                                 found.lams[k])) if good else at
+        vertices.append(flat[best].x)
         outcomes.append(checked[best])
         pieces.append(PIECE_TARGET if best == at else PIECE_TIE_BROKEN)
         pre_rows.append(pre_all[best])

@@ -15,7 +15,7 @@ import collide.piecewise.lp as lp_module
 import collide.solvers.exact as exact_module
 from collide.config import ExactConfig
 from collide.objective import saturated_units
-from collide.piecewise.lp import INFEASIBLE, LinearRows, LpProblem, lp_family, solve_lp
+from collide.piecewise.lp import INFEASIBLE, OUTDONE, LinearRows, LpProblem, lp_family, solve_lp
 from collide.solvers.exact import OPTIMAL, solve_exact
 from collide.taps import preactivation
 from tests.tolerances import LP_CONSTRAINT, LP_OBJECTIVE
@@ -79,6 +79,22 @@ def test_a_family_solves_each_cost_as_a_problem_of_its_own_would():
         assert abs(_objective(dataclasses.replace(p, cost=cost), shared.x) - target) <= LP_OBJECTIVE * (1 + abs(target))
 
 
+@pytest.mark.parametrize("seed", range(4))
+def test_an_lp_stops_outdone_only_where_its_optimum_lies_above_the_bound(seed):
+    # The oracle: linprog's optimum of the whole LP. A bound a little below it must stop
+    # the solve (early: before the last round), one a little above must not change it.
+    p = _problem(seed)
+    best = _objective(p, solve_lp(p, lower=0, upper=1, tol=TOL, solver="linprog").x)
+    family = lp_family(p.rows, p.init, lower=0, upper=1, tol=TOL)
+    full = family.solve(p.cost, p.lam)
+    gap = 1e-4 * (1 + abs(best))
+    below = family.solve(p.cost, p.lam, stop_above=best - gap)
+    above = family.solve(p.cost, p.lam, stop_above=best + gap)
+    assert below.outcome == OUTDONE and np.isnan(below.x).all() and below.rounds <= full.rounds
+    assert above.outcome == OPTIMAL and np.array_equal(above.x, full.x)
+    assert family.solve(p.cost, p.lam, stop_above=best - 10 * (1 + abs(best))).rounds == 1  # the first round proves it
+
+
 @pytest.mark.parametrize("solver", ["highs", "linprog"])
 def test_no_solution_is_reported_infeasible(solver):
     p = _problem(1)
@@ -124,13 +140,13 @@ def test_small_lps_share_the_cores_and_large_ones_take_one_each(mlp_model, monke
     solve = lp_module.LpFamily.solve
     running, peak, lock = [0], [0], threading.Lock()
 
-    def counted(self, cost, lam):
+    def counted(self, cost, lam, **bound):
         with lock:
             running[0] += 1
             peak[0] = max(peak[0], running[0])
         time.sleep(0.2)  # every LP that may run now has started before this one ends
         try:
-            return solve(self, cost, lam)
+            return solve(self, cost, lam, **bound)
         finally:
             with lock:
                 running[0] -= 1

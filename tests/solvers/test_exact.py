@@ -356,7 +356,7 @@ def test_vertices_do_not_depend_on_the_scale_of_the_layer(mlp_model, monkeypatch
 def test_an_lp_the_solver_calls_infeasible_is_reported_failed(mlp_model, monkeypatch):
     # The target meets every row of every LP solve_exact writes: "infeasible" from the
     # solver would claim no collision where one exists.
-    def infeasible(self, cost, lam):
+    def infeasible(self, cost, lam, **_):
         return LpSolution(np.full(len(self.init), np.nan), INFEASIBLE)
 
     monkeypatch.setattr(lp.LpFamily, "solve", infeasible)

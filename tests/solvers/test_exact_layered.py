@@ -11,6 +11,7 @@ from torch import nn
 from collide.config import ExactConfig
 from collide.errors import ConfigError, LayerError
 from collide.objective import saturated_units
+from collide.piecewise import lp
 from collide.piecewise.layered_lp import collision_layer, linear_on, piece_at
 from collide.piecewise.layers import LayeredUnsupported, layered_net
 from collide.piecewise.linearise import affine_piece
@@ -155,6 +156,28 @@ def test_tie_breaking_gives_the_same_vertices_on_one_thread_and_on_several(form)
     assert "tie-broken" in one.pieces  # the case is the one meant
     assert (one.outcomes, one.pieces, one.lp_work) == (three.outcomes, three.pieces, three.lp_work)
     assert torch.equal(one.vertices.nan_to_num(), three.vertices.nan_to_num())
+
+
+def test_an_outdone_lp_on_the_targets_piece_keeps_the_vertex_that_solving_it_to_the_end_keeps(monkeypatch):
+    """The LP on the target's piece stops once the adjacent vertex beats it; the oracle
+    solves every LP to the end and keeps the lower objective."""
+    net = _seeded(_cnn_pool)
+    with torch.no_grad():
+        net.conv1.bias.zero_()
+    target, _ = _inputs((1, 10, 10))
+    target[:, :6, :6] = 0
+    with torch.no_grad():
+        units = saturated_units(preactivation(net, target.unsqueeze(0), "relu3")[0], 6)
+    config = ExactConfig(threads=1)
+    cut = solve_exact(net, "relu3", target, target, units, config=config, form="dense")
+    solve = lp.LpFamily.solve
+    monkeypatch.setattr(lp.LpFamily, "solve", lambda self, cost, lam, **_: solve(self, cost, lam))
+    whole = solve_exact(net, "relu3", target, target, units, config=config, form="dense")
+    # The cases meant: LPs outdone, and a vertex whose own piece wins (its LP ran to the end).
+    assert sum(w["outdone"] for w in cut.lp_work) > 0 and "target" in whole.pieces
+    assert sum(w["outdone"] for w in whole.lp_work) == 0
+    assert (cut.outcomes, cut.pieces) == (whole.outcomes, whole.pieces)
+    assert torch.equal(cut.vertices.nan_to_num(), whole.vertices.nan_to_num())
 
 
 def test_a_model_the_layered_form_cannot_read_is_refused_and_auto_solves_it_dense():
