@@ -44,6 +44,7 @@ from torch import nn
 
 from collide.activations import Saturation
 from collide.errors import ConfigError, LayerError
+from collide.inputs import require_finite
 from collide.sites import ADAPTIVE_MAX_POOL, HARDTANH, LEAKY, NONLINEAR, RELU, SMOOTH, Event, Site, require_method
 from collide.taps import region_events, site_of
 
@@ -221,8 +222,13 @@ def affine_piece(model: nn.Module, layer: str | Site, target: torch.Tensor, *, m
     sizes = [e.value.numel() for e in captures]
     starts = np.concatenate([[0], np.cumsum(sizes)])
     flat = x0.flatten()
-    jac = _jacobian(all_values, flat, int(starts[-1]), mode).numpy()
     values = torch.cat([e.value.flatten() for e in captures]).numpy()
+    # A model that computes NaN or inf here would reach the LP as rows it cannot solve
+    # (or an SVD that fails far from the cause): refused where it is found.
+    fix = "the model computes NaN or inf at the target: check its weights and the input"
+    require_finite(values, f"the forward pass up to layer {site.name!r}", fix=fix)
+    jac = _jacobian(all_values, flat, int(starts[-1]), mode).numpy()
+    require_finite(jac, f"the Jacobian up to layer {site.name!r}", fix=fix)
     offset = values - jac @ flat.numpy()
 
     relu_rows, pool_rows = [], []

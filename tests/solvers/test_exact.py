@@ -336,6 +336,17 @@ def test_bad_inputs_are_refused(mlp_model):
         solve_exact(mlp_model, "relu1", target, target, positive, config=ExactConfig())
 
 
+@pytest.mark.parametrize(("where", "value"), [("fc2", float("nan")), ("fc1", float("inf"))])
+def test_a_model_that_computes_nan_or_inf_is_refused_where_it_is_linearised(mlp_model, where, value):
+    # Before: the NaN reached the layer's values, and the message blamed the pushed unit.
+    net = copy.deepcopy(mlp_model)
+    with torch.no_grad():
+        getattr(net, where).weight[3, 5] = value
+    target = _target()
+    with pytest.raises(DataError, match="up to layer 'relu2' holds .* NaN or infinite values .* check its weights"):
+        solve_exact(net, "relu2", target, target, torch.tensor([0]), config=ExactConfig(threads=1))
+
+
 @pytest.mark.parametrize("rescale", [True, False])
 def test_vertices_do_not_depend_on_the_scale_of_the_layer(mlp_model, monkeypatch, rescale):
     # At 2**-27 (about 7e-9) the rows' entries fall below HiGHS's matrix floor (1e-9,
