@@ -107,8 +107,10 @@ def solve_lazily(
 
     ``stop_above`` (a minimisation, in ``h``'s objective): stop, ``outdone``, as soon as
     the optimum is known to lie above it. Every relaxation's optimum is a lower bound on
-    the whole LP's (it has fewer rows), and so is the dual simplex's objective on the way
-    to it, which rises monotonically: HiGHS's ``objective_bound`` stops it there.
+    the whole LP's (it has fewer rows). Within a solve, HiGHS's ``objective_bound`` stops
+    the dual simplex once a lower bound on the relaxation's optimum passes it: the
+    perturbed dual objective only triggers the check, and HiGHS confirms it with the dual
+    bound recomputed from the true costs (weak duality) before it reports the status.
 
     Args:
         h: the model, holding every row but the lazy ones not yet added.
@@ -120,8 +122,7 @@ def solve_lazily(
     """
     order: list[int] = []
     rounds = 0
-    if stop_above < math.inf:
-        h.setOptionValue("objective_bound", stop_above)
+    h.setOptionValue("objective_bound", stop_above)  # inf as well: no stale bound on a reused model
     while True:
         h.run()
         rounds += 1

@@ -42,7 +42,8 @@ Both LPs stay in one linear piece, so both answers are exact; :attr:`ExactResult
 says which was kept. The LP on the target's piece runs after the chain, and stops as soon
 as its optimum is known to lie above the adjacent vertex's objective (``outdone``: HiGHS's
 dual simplex proves a lower bound on its way; see :func:`collide.piecewise.highs.solve_lazily`),
-so the vertex kept is the one a full solve of both would keep. Without ties (a first
+by a margin that covers the solver's and the region check's tolerances, so the vertex kept
+is the one a full solve of both would keep. Without ties (a first
 layer, an MLP off its ReLU kinks) nothing changes.
 (The rows and pieces: :mod:`collide.piecewise.pieces`.)
 """
@@ -194,9 +195,19 @@ LP_FORMS = ("auto", "dense", "layered")
 
 
 # The LP on the target's piece stops once its optimum is known to exceed the adjacent
-# vertex's objective by more than this, relative to 1 + |that objective|: far above the
-# solver's tolerances (1e-9), so a bound that HiGHS proves is never a rounding artefact.
+# vertex's objective by more than this, relative to 1 + |that objective| (at least 1e3 x
+# the LP's feasibility tolerance, far above what HiGHS's bound can be off by), plus the
+# region check's own allowance (_outdone_bound): the candidates are compared by forward
+# passes that may differ from their pieces' linear maps by that much.
 OUTDONE_MARGIN = 1e-6
+
+
+def _outdone_bound(beaten: float, t_pre: np.ndarray, config: ExactConfig) -> float:
+    """The objective the LP on the target's piece must exceed to be ``outdone`` by an
+    adjacent vertex of objective ``beaten``: a full solve of both would then keep the
+    adjacent vertex too."""
+    relative = max(OUTDONE_MARGIN, 1e3 * config.feasibility_tol)
+    return beaten + relative * (1 + abs(beaten)) + config.region_tol * (1 + float(np.abs(t_pre).max()))
 
 
 @dataclass(frozen=True)
@@ -342,10 +353,10 @@ def _with_chains(first_of: Callable[[int, float], Any], chain_of: Callable[[int]
 
 
 def _candidates(on_target: _Candidate, adjacent: _Candidate | None) -> list[_Candidate]:
-    """A vertex's candidates: its LP's answer on the target's piece, and the adjacent
-    piece's only beside an optimal one there, or one that it outdid."""
-    keep = adjacent is not None and on_target.outcome in (OPTIMAL, OUTDONE)
-    return [on_target, adjacent] if keep else [on_target]  # type: ignore[list-item]
+    """A vertex's candidates: its LP's answer on the target's piece, then the adjacent
+    piece's where its chain found one (kept even where the LP on the target's piece failed:
+    each answer is checked on its own piece)."""
+    return [on_target] if adjacent is None else [on_target, adjacent]
 
 
 def flat_pieces(site: Site) -> Saturation:
@@ -414,7 +425,7 @@ def _dense(model: nn.Module, site: Site, target: torch.Tensor, x_init: np.ndarra
         if not check.on_piece(candidate, pre, t_pre):
             return (candidate, [loose, second]), math.inf
         beaten = objective(float(sign[unit] * pre[unit]), second.x, x_init, lam)
-        return (candidate, [loose, second]), beaten + OUTDONE_MARGIN * (1 + abs(beaten))
+        return (candidate, [loose, second]), _outdone_bound(beaten, t_pre, config)
 
     def rank() -> int:
         return int(np.linalg.matrix_rank(piece.jac[pos])) if pos.any() else 0
