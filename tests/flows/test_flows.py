@@ -8,7 +8,7 @@ import pandas as pd
 import pytest
 
 from collide.results.store import ExperimentStore
-from tests.support import LIGHT_GEOMETRY
+from tests.support import LIGHT_GEOMETRY, TEST_GRADIENT
 
 pytestmark = pytest.mark.slow
 
@@ -74,6 +74,7 @@ def test_cli_plain_run_offline(tiny_config, tmp_path):
         "--checkpoint-dir", str(tmp_path / "ck"), "--device", "cpu",
         "--set", "allow_download=false", "--set", "train.epochs=1", "--set", "train.min_accuracy=0",
         "--set", "sample.n_samples=100", "--set", "paper.steps=300",
+        "--set", f"gradient.max_steps={TEST_GRADIENT.max_steps}",
         *(a for k in LIGHT_GEOMETRY_FIELDS for a in ("--set", f"geometry.{k}={getattr(LIGHT_GEOMETRY, k)}")),
     )
     assert res.returncode == 0, res.stderr

@@ -30,7 +30,7 @@ from collide.experiments.mnist import MnistExperiment
 from collide.results.resume import row_keys
 from collide.results.store import ExperimentStore
 from flows.serve import PROJECT
-from tests.support import snapshot
+from tests.support import TEST_GRADIENT, snapshot
 
 pytestmark = pytest.mark.slow
 TIMING = ["solver_seconds", "region_seconds"]
@@ -48,7 +48,7 @@ def _config(tiny_mnist: Path, root: Path, name: str, **changes) -> MnistExperime
     base = MnistExperiment(
         data_root=str(tiny_mnist), checkpoint_dir=str(root / "checkpoints"), results_root=str(root / name),
         device="cpu", allow_download=False, train=TrainConfig(epochs=2, min_accuracy=0.0),
-        sample=SampleConfig(n_samples=300, n_dataset_pairs=200),
+        sample=SampleConfig(n_samples=300, n_dataset_pairs=200), gradient=TEST_GRADIENT,
         rows=(RowSpec("gradient", "target"), RowSpec("gradient", "other")),
     )
     return MnistExperiment.from_dict({**base.to_dict(), **changes})
