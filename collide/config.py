@@ -399,8 +399,8 @@ class ExactConfig:
         proximity: weight of the L1 distance to the init, as a multiple of the pushed unit's mean |coefficient| (0:
             none).
         feasibility_tol: the LP solver's primal feasibility tolerance.
-        region_tol: largest gap (x (1 + max|ỹᵗ|)) between a vertex's float64 forward pass and its linear
-            piece before it counts as having left the region.
+        region_tol: largest gap (x max|ỹᵗ|, the target's largest pre-activation at the layer) between a
+            vertex's float64 forward pass and its linear piece before it counts as having left the region.
         rel_tol: largest relative feature error (float64, from the stored vertex) of a valid vertex.
         neg_tol: largest value of the target's non-positive units for a valid vertex.
         push_margin: how far below the target's value (x max|ỹᵗ|) the pushed unit must end for a valid vertex.

@@ -197,9 +197,19 @@ LP_FORMS = ("auto", "dense", "layered")
 # The LP on the target's piece stops once its optimum is known to exceed the adjacent
 # vertex's objective by more than this, relative to 1 + |that objective| (at least 1e3 x
 # the LP's feasibility tolerance, far above what HiGHS's bound can be off by), plus the
-# region check's own allowance (_outdone_bound): the candidates are compared by forward
+# region check's own allowance (region_allowance): the candidates are compared by forward
 # passes that may differ from their pieces' linear maps by that much.
 OUTDONE_MARGIN = 1e-6
+
+
+def region_allowance(t_pre: np.ndarray, region_tol: float) -> float:
+    """How far a vertex's float64 forward pass may stray from its piece's linear map at the
+    layer and still count as on the piece: ``region_tol`` relative to the target's largest
+    pre-activation there (absolute where that is 0). Relative, not ``1 + max|t|`` as before:
+    a deep layer of a randomly initialised model can have pre-activations near 3e-8, where
+    the absolute part let a point that left its piece pass the check."""
+    scale = float(np.abs(t_pre).max())
+    return region_tol * (scale if scale > 0 else 1.0)
 
 
 def _outdone_bound(beaten: float, t_pre: np.ndarray, config: ExactConfig) -> float:
@@ -207,7 +217,7 @@ def _outdone_bound(beaten: float, t_pre: np.ndarray, config: ExactConfig) -> flo
     adjacent vertex of objective ``beaten``: a full solve of both would then keep the
     adjacent vertex too."""
     relative = max(OUTDONE_MARGIN, 1e3 * config.feasibility_tol)
-    return beaten + relative * (1 + abs(beaten)) + config.region_tol * (1 + float(np.abs(t_pre).max()))
+    return beaten + relative * (1 + abs(beaten)) + region_allowance(t_pre, config.region_tol)
 
 
 @dataclass(frozen=True)
@@ -250,7 +260,7 @@ class _Check:
 
     def on_piece(self, candidate: _Candidate, pre: torch.Tensor, t_pre: np.ndarray) -> bool:
         lin = torch.from_numpy(candidate.linear(np.nan_to_num(candidate.x)))
-        return not bool((pre - lin).abs().amax() > self.region_tol * (1 + np.abs(t_pre).max()))
+        return not bool((pre - lin).abs().amax() > region_allowance(t_pre, self.region_tol))
 
 
 def objective(pushed: float, x: np.ndarray, x_init: np.ndarray, lam: float) -> float:

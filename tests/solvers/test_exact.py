@@ -347,6 +347,24 @@ def test_a_model_that_computes_nan_or_inf_is_refused_where_it_is_linearised(mlp_
         solve_exact(net, "relu2", target, target, torch.tensor([0]), config=ExactConfig(threads=1))
 
 
+@pytest.mark.parametrize("factor", [1.0, 2.0**-27])
+def test_a_point_that_left_its_piece_is_caught_at_any_scale_of_the_layer(mlp_model, monkeypatch, factor):
+    # The oracle: a point whose relu1 signs differ from the target's is off the target's
+    # piece, however small the layer's values (2**-27: pre-activations near 1e-8, where an
+    # allowance of region_tol x (1 + max|t|) let it pass as optimal).
+    net = shrunk_mlp(mlp_model, factor)
+    target = _target()
+    far = torch.rand(1, 28, 28, generator=torch.Generator().manual_seed(9))
+    with torch.no_grad():
+        signs = [(preactivation(net, x.unsqueeze(0), "relu1")[0] > 0) for x in (target, far)]
+        units = saturated_units(preactivation(net, target.unsqueeze(0), "relu2")[0], 2)
+    assert (signs[0] != signs[1]).any()  # the case is the one meant
+    monkeypatch.setattr(lp.LpFamily, "solve", lambda self, cost, lam, **_: LpSolution(
+        far.double().flatten().numpy(), OPTIMAL))
+    res = solve_exact(net, "relu2", target, target, units, config=ExactConfig(threads=1))
+    assert res.outcomes == ("left_region",) * 2
+
+
 @pytest.mark.parametrize("rescale", [True, False])
 def test_vertices_do_not_depend_on_the_scale_of_the_layer(mlp_model, monkeypatch, rescale):
     # At 2**-27 (about 7e-9) the rows' entries fall below HiGHS's matrix floor (1e-9,
