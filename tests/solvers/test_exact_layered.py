@@ -123,14 +123,22 @@ def test_both_forms_give_the_same_vertices(build, shape, layer):
         assert errors[k] <= LP_STORED_REL_ERROR_F64, f"vertex {k}: feature error {float(errors[k]):.2e}"
 
 
-def test_both_forms_break_the_same_ties():
-    # A blank corner: its pooling windows tie and its ReLUs sit at 0 (zero biases), so
-    # the target lies on the boundary of several pieces.
+def _tied(n_units: int) -> tuple[nn.Module, torch.Tensor, torch.Tensor, torch.Tensor]:
+    """A target with a blank corner: its pooling windows tie and its ReLUs sit at 0 (zero
+    biases), so it lies on the boundary of several pieces. The net, target, init and the
+    first ``n_units`` saturated units at relu3."""
     net = _seeded(_cnn_pool)
     with torch.no_grad():
         net.conv1.bias.zero_()
     target, init = _inputs((1, 10, 10))
     target[:, :6, :6] = 0
+    with torch.no_grad():
+        units = saturated_units(preactivation(net, target.unsqueeze(0), "relu3")[0], n_units)
+    return net, target, init, units
+
+
+def test_both_forms_break_the_same_ties():
+    net, target, init, _ = _tied(3)
     dense, layered = _both(net, "relu3", target, init, 3)
     assert "tie-broken" in dense.pieces  # the case is the one meant
     assert layered.pieces == dense.pieces
@@ -144,13 +152,7 @@ def test_tie_breaking_gives_the_same_vertices_on_one_thread_and_on_several(form)
     """Where the target sits on ties, each vertex's LP on the target's piece and its
     tie-breaking chain run as separate tasks; the answer must not depend on how they
     are scheduled."""
-    net = _seeded(_cnn_pool)
-    with torch.no_grad():
-        net.conv1.bias.zero_()
-    target, init = _inputs((1, 10, 10))
-    target[:, :6, :6] = 0
-    with torch.no_grad():
-        units = saturated_units(preactivation(net, target.unsqueeze(0), "relu3")[0], 3)
+    net, target, init, units = _tied(3)
     one, three = (solve_exact(net, "relu3", target, init, units, config=ExactConfig(threads=t), form=form)
                   for t in (1, 3))
     assert "tie-broken" in one.pieces  # the case is the one meant
@@ -161,13 +163,7 @@ def test_tie_breaking_gives_the_same_vertices_on_one_thread_and_on_several(form)
 def test_an_outdone_lp_on_the_targets_piece_keeps_the_vertex_that_solving_it_to_the_end_keeps(monkeypatch):
     """The LP on the target's piece stops once the adjacent vertex beats it; the oracle
     solves every LP to the end and keeps the lower objective."""
-    net = _seeded(_cnn_pool)
-    with torch.no_grad():
-        net.conv1.bias.zero_()
-    target, _ = _inputs((1, 10, 10))
-    target[:, :6, :6] = 0
-    with torch.no_grad():
-        units = saturated_units(preactivation(net, target.unsqueeze(0), "relu3")[0], 6)
+    net, target, _, units = _tied(6)
     config = ExactConfig(threads=1)
     cut = solve_exact(net, "relu3", target, target, units, config=config, form="dense")
     solve = lp.LpFamily.solve
