@@ -263,7 +263,7 @@ class _Check:
         return not bool((pre - lin).abs().amax() > region_allowance(t_pre, self.region_tol))
 
 
-def objective(pushed: float, x: np.ndarray, x_init: np.ndarray, lam: float) -> float:
+def _objective(pushed: float, x: np.ndarray, x_init: np.ndarray, lam: float) -> float:
     """What a vertex's LP minimises, at ``x``: the pushed unit's value (signed so that
     lower is deeper in its flat piece) plus ``lam`` times the L1 distance to the init."""
     return pushed + lam * float(np.abs(x - x_init).sum())
@@ -288,28 +288,23 @@ def chosen_form(form: str) -> str:
 
 # A polytope whose LP rows hold at most this many entries (rows x input coordinates,
 # 8 MiB in float64) runs all its LPs at once under threads=0: measured faster than one
-# per core for the MNIST MLP, slower for LeNet-5 (see _map).
+# per core for the MNIST MLP, slower for LeNet-5 (see _threads).
 AT_ONCE_ENTRIES = 2**20
 
 
-def _map(fn: Callable[[int], Any], n: int, config: ExactConfig, *, small: bool = False) -> list[Any]:
-    # Vertices (or their LPs) are independent: they run side by side (HiGHS releases the
-    # GIL); only the Jacobians of re-linearisation take turns (_TRANSFORMS).
-    # 0: the cores this job may take (on a Dask worker its share of the host's, not every core).
-    # Small LPs (``small``) then all run at once: a few equal LPs on fewer cores leave a
-    # core idle for the last wave (5 LPs on 2 cores: three waves where 2.5 would do), and
-    # sharing the cores instead took the MNIST MLP's relu1 polytope from 0.31-0.34 s to
-    # 0.28-0.30 s.
-    # LeNet-5's relu3 LPs (7 M entries of rows) were slower run all at once (11 on
-    # 2 cores: 5.8 s against 5.0 s), so larger LPs keep one per core.
-    # One BLAS thread under each LP thread, and under a single one too: there the BLAS
-    # threads took a second core and saved no time (collide.threads.one_blas_thread).
-    threads = min(config.threads or (n if small else job_cores()), n)
-    with one_blas_thread():
-        if threads > 1:
-            with ThreadPoolExecutor(threads) as pool:
-                return list(pool.map(fn, range(n)))
-        return [fn(k) for k in range(n)]
+def _threads(n: int, config: ExactConfig, *, small: bool) -> int:
+    """How many threads a polytope's ``n`` tasks run on.
+
+    Its vertices' LPs are independent: they run side by side (HiGHS releases the GIL);
+    only the Jacobians of re-linearisation take turns (_TRANSFORMS). ``threads=0``: the
+    cores this job may take (on a Dask worker its share of the host's, not every core).
+    Small LPs (``small``) then all run at once: a few equal LPs on fewer cores leave a core
+    idle for the last wave (5 LPs on 2 cores: three waves where 2.5 would do), and sharing
+    the cores instead took the MNIST MLP's relu1 polytope from 0.31-0.34 s to 0.28-0.30 s.
+    LeNet-5's relu3 LPs (7 M entries of rows) were slower run all at once (11 on 2 cores:
+    5.8 s against 5.0 s), so larger LPs keep one per core.
+    """
+    return min(config.threads or (n if small else job_cores()), n)
 
 
 def _with_chains(first_of: Callable[[int, float], Any], chain_of: Callable[[int], tuple[Any, float]], n: int,
@@ -332,11 +327,12 @@ def _with_chains(first_of: Callable[[int, float], Any], chain_of: Callable[[int]
     workspace now live beside the LPs' models, and the SVD runs on one BLAS thread; on a
     J⁺ near the budget it is the run's tail only where it outlasts the last LP.
 
-    ``small``: the LPs are small enough to run all at once (see ``_map``). The answers
+    ``small``: the LPs are small enough to run all at once (see ``_threads``). The answers
     do not depend on the threads: each LP's bound comes from its own vertex's chain.
     """
-    n_tasks = (2 * n if ties else n) + 1
-    threads = min(config.threads or (n_tasks if small else job_cores()), n_tasks)
+    threads = _threads((2 * n if ties else n) + 1, config, small=small)
+    # One BLAS thread under each LP thread, and under a single one too: there the BLAS
+    # threads took a second core and saved no time (collide.threads.one_blas_thread).
     with one_blas_thread():
         if threads <= 1:
             chains = [chain_of(k) for k in range(n)] if ties else [(None, math.inf)] * n
@@ -434,7 +430,7 @@ def _dense(model: nn.Module, site: Site, target: torch.Tensor, x_init: np.ndarra
         candidate = dataclasses.replace(candidate, pre=pre)
         if not check.on_piece(candidate, pre, t_pre):
             return (candidate, [loose, second]), math.inf
-        beaten = objective(float(sign[unit] * pre[unit]), second.x, x_init, lam)
+        beaten = _objective(float(sign[unit] * pre[unit]), second.x, x_init, lam)
         return (candidate, [loose, second]), _outdone_bound(beaten, t_pre, config)
 
     def rank() -> int:
@@ -602,7 +598,7 @@ def solve_exact(
     for k, (unit, tried) in enumerate(zip(units.tolist(), candidates, strict=True)):
         here = range(at, at + len(tried))
         good = [i for i in here if checked[i] == OPTIMAL]
-        best = min(good, key=lambda i: objective(float(sign[unit] * pre_all[i, unit]), flat[i].x, x_init,
+        best = min(good, key=lambda i: _objective(float(sign[unit] * pre_all[i, unit]), flat[i].x, x_init,
                                                  found.lams[k])) if good else at
         vertices.append(flat[best].x)
         outcomes.append(checked[best])
