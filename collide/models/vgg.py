@@ -79,5 +79,5 @@ def vgg16_from_source(source: dict[str, Any]) -> NormalisedVGG:
     from torchvision.models import vgg16
 
     fix = "pass torchvision's vgg16-397923af.pth (or a state dict saved from torchvision's vgg16)"
-    net = build_with_weights(lambda: vgg16(weights=None), source, what="VGG-16", fix=fix)
+    net = build_with_weights(lambda: vgg16(weights=None), source, what="VGG-16", fix=fix, skip_init=True)
     return NormalisedVGG(net).eval()

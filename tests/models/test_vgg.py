@@ -4,6 +4,7 @@ from torch import nn
 
 from collide.datasets.folders import bundled_corpus, list_folder, load_image
 from collide.errors import CheckpointError, DataError
+from collide.models.tensor_file import build_with_weights
 from collide.models.vgg import IMAGENET_MEAN, IMAGENET_STD, resolve_weights, vgg16_from_source
 from collide.taps import preactivation, resolve_layer
 from tests.tolerances import EQUIVALENT
@@ -46,6 +47,43 @@ def test_weights_file_roundtrip_and_tamper(tmp_path, vgg):
         fh.write(b"x")
     with pytest.raises(CheckpointError, match="changed"):
         vgg16_from_source(source)
+
+
+class _WithExtra(nn.Module):
+    """A linear layer and a batch norm (a buffer the state dict holds), and optionally a
+    buffer it leaves out (non-persistent)."""
+
+    def __init__(self, extra: bool = False) -> None:
+        super().__init__()
+        self.fc, self.bn = nn.Linear(4, 3), nn.BatchNorm1d(3)
+        self.extra = extra
+        if extra:
+            self.register_buffer("scale", torch.full((3,), 2.0), persistent=False)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        y = self.bn(self.fc(x))
+        return y * self.scale if self.extra else y
+
+
+@pytest.mark.parametrize("extra", [False, True])
+def test_a_weights_file_is_built_without_drawing_the_init_it_replaces(tmp_path, extra):
+    # The oracle: the module built as usual and given the file's tensors.
+    torch.manual_seed(5)
+    saved = _WithExtra(extra)
+    saved.bn.running_mean.normal_()
+    torch.save(saved.state_dict(), tmp_path / "w.pth")
+    source = {"weights": str(tmp_path / "w.pth"), "sha256": ""}
+    before = torch.get_rng_state()
+    net = build_with_weights(lambda: _WithExtra(extra), source, what="test", fix="-", skip_init=True)
+    # No init drawn where the file holds every tensor; a non-persistent buffer builds it as usual.
+    assert torch.equal(torch.get_rng_state(), before) != extra
+    for key, value in saved.state_dict().items():
+        assert torch.equal(net.state_dict()[key], value), key
+    assert all(isinstance(p, nn.Parameter) and p.requires_grad and not p.is_meta for p in net.parameters())
+    assert not any(b.is_meta for b in net.buffers())
+    x = torch.rand(2, 4)
+    with torch.no_grad():
+        assert torch.equal(net.eval()(x), saved.eval()(x))
 
 
 def test_missing_or_wrong_weights_are_clear_errors(tmp_path):
