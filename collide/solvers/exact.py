@@ -574,12 +574,14 @@ def solve_exact(
     found = solve_form(model, site, target, x_init, unit_list, config=config, break_ties=break_ties, check=check)
     t_pre, candidates = found.t_pre, found.per_vertex
 
-    # Every candidate through a real float64 forward pass (where its chain did not run it
-    # already): it must match its own piece.
+    # Every optimal candidate through a real float64 forward pass (where its chain did not
+    # run it already): it must match its own piece. The others have no point to check.
     flat = [c for tried in candidates for c in tried]
-    todo = [i for i, c in enumerate(flat) if c.pre is None]
+    todo = [i for i, c in enumerate(flat) if c.pre is None and c.outcome == OPTIMAL]
     fresh = iter(check.features(np.stack([flat[i].x for i in todo])) if todo else [])
-    pre_all = torch.stack([c.pre if c.pre is not None else next(fresh) for c in flat])
+    none = torch.full((len(t_pre),), float("nan"), dtype=torch.float64)
+    pre_all = torch.stack([c.pre if c.pre is not None else next(fresh) if c.outcome == OPTIMAL else none
+                           for c in flat])
     tgt = torch.from_numpy(t_pre).unsqueeze(0)
     checked = []
     for c, pre in zip(flat, pre_all, strict=True):
