@@ -1,0 +1,80 @@
+"""The affine piece's region rows (collide.piecewise.linearise) against the forward pass:
+a point meets every row exactly where the model gives it the target's activation pattern."""
+
+from collections import OrderedDict
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from collide.piecewise.linearise import affine_piece
+from collide.taps import preactivation
+from tests.tolerances import JACOBIAN_MODES_AGREE
+
+# A row counts as met up to this, relative to 1 + |b|: float64 rounding of a row product
+# is ~1e-15 there, and a random point lies ~1e-4 or more from any row.
+ROW_MET = 1e-12
+
+
+def _net() -> nn.Sequential:
+    with torch.random.fork_rng():
+        torch.manual_seed(0)
+        return nn.Sequential(OrderedDict(
+            conv1=nn.Conv2d(1, 3, 3),
+            relu1=nn.ReLU(),
+            pool1=nn.MaxPool2d(2),  # after a ReLU: rows between dead entries are dropped
+            conv2=nn.Conv2d(3, 4, 1),
+            clamp=nn.Hardtanh(-0.4, -0.05),  # units in each of its three pieces at the target
+            pool2=nn.MaxPool2d(2),
+            flatten=nn.Flatten(),
+            fc=nn.Linear(4 * 2 * 2, 6),
+            relu2=nn.ReLU(),
+        )).double().eval()
+
+
+def _pattern(net: nn.Sequential, x: torch.Tensor) -> list[torch.Tensor]:
+    """The oracle: every ReLU's signs, Hardtanh's pieces and max pool's winners at x."""
+    seen: list[torch.Tensor] = []
+
+    def hook(module: nn.Module, args: tuple[torch.Tensor, ...], _out: torch.Tensor) -> None:
+        (z,) = args
+        if isinstance(module, nn.ReLU):
+            seen.append(z > 0)
+        elif isinstance(module, nn.Hardtanh):
+            seen.append((z > module.min_val).long() + (z > module.max_val).long())
+        elif isinstance(module, nn.MaxPool2d):
+            seen.append(F.max_pool2d(z, module.kernel_size, return_indices=True)[1])
+
+    handles = [m.register_forward_hook(hook) for m in (net.relu1, net.pool1, net.clamp, net.pool2)]
+    try:
+        with torch.no_grad():
+            net(x.unsqueeze(0))
+    finally:
+        for h in handles:
+            h.remove()
+    return seen
+
+
+def test_a_point_meets_the_region_rows_exactly_where_it_keeps_the_targets_pattern():
+    net = _net()
+    rng = np.random.default_rng(0)
+    target = torch.from_numpy(rng.uniform(0, 1, (1, 10, 10)))
+    piece = affine_piece(net, "relu2", target)
+    want = _pattern(net, target)
+    inside = outside = 0
+    for scale in np.logspace(-4, -1, 12):
+        for _ in range(20):
+            x = target + scale * torch.from_numpy(rng.normal(size=target.shape))
+            flat = x.flatten().numpy()
+            excess = piece.region_jac @ flat - piece.region_bound
+            meets = bool((excess <= ROW_MET * (1 + np.abs(piece.region_bound))).all())
+            same = all(torch.equal(a, b) for a, b in zip(_pattern(net, x), want, strict=True))
+            assert meets == same, float(scale)
+            if same:  # and on the piece, the affine map is the layer's pre-activation
+                with torch.no_grad():
+                    pre = preactivation(net, x.unsqueeze(0), "relu2")[0].numpy()
+                assert np.abs(piece.jac @ flat + piece.offset - pre).max() <= JACOBIAN_MODES_AGREE
+            inside, outside = inside + same, outside + (not same)
+    assert inside >= 20 and outside >= 20  # both sides of the region were tried
+    assert piece.n_relu_rows > 0 and piece.n_pool_rows > 0
