@@ -81,9 +81,29 @@ class LpProblem:
 
 
 @dataclass(frozen=True)
+class Solved:
+    """An LP's HiGHS model as it ended (``LpFamily.solve(..., keep=True)``): the instance,
+    its basis and the family's inequality rows it took (``added``, over the family's)."""
+
+    highs: highspy.Highs
+    added: np.ndarray
+
+
+@dataclass(frozen=True)
+class Start:
+    """Where an LP carries on from: ``solved``, the model of an LP with the same cost and
+    L1 weight over the same columns and equality rows and a subset of the inequality rows,
+    which this LP's family holds at ``rows`` (one index per inequality row of the other's)."""
+
+    solved: Solved
+    rows: np.ndarray
+
+
+@dataclass(frozen=True)
 class LpSolution:
     """The minimiser clipped to the box (NaN unless ``outcome`` is optimal); for ``highs``,
-    the rounds of added rows and how many of the region's rows the final model held.
+    the rounds of added rows, how many of the region's rows the final model held and,
+    where it was asked for, the model itself (:class:`Solved`).
 
     Shapes:
         x: (d,)
@@ -93,6 +113,7 @@ class LpSolution:
     outcome: str
     rounds: int = 1
     region_rows_used: int = 0
+    solved: Solved | None = None
 
 
 def _split_columns(init: np.ndarray, lower: float, upper: float) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
@@ -142,23 +163,30 @@ def _split(rows: LinearRows, init: np.ndarray, lower: float, upper: float) -> _S
 
 
 def _highs(rows: LinearRows, init: np.ndarray, split: _Split, cost: np.ndarray, lam: float, lower: float,
-           upper: float, tol: float, stop_above: float = math.inf) -> LpSolution:
+           upper: float, tol: float, stop_above: float = math.inf, keep: bool = False,
+           start: Start | None = None) -> LpSolution:
     d, n = len(init), len(split.pixel)
-    h = new_highs()
-    h.setOptionValue("threads", 1)
-    # Measured on the MNIST MLP's relu1 (benchmarks/exact_vs_gradient.py): presolve and
-    # scaling cost more than they save on these small dense rows, with the same optima.
-    h.setOptionValue("presolve", "off")
-    h.setOptionValue("simplex_scale_strategy", 0)
-    h.setOptionValue("primal_feasibility_tolerance", tol)
-    h.setOptionValue("dual_feasibility_tolerance", tol)
-    h.passModel(split.model)
     col_cost = cost[split.pixel] * split.sign + lam
     scale = unit_scale(np.abs(col_cost).max(initial=0.0))
-    h.changeColsCost(n, np.arange(n, dtype=np.int32), col_cost * scale)
     # Every inequality row is taken lazily, the layer's too: on the MNIST MLP's relu1 about
     # 15 of its 150 bind at a vertex, and leaving the rest out took 13% less time.
     added = np.zeros(len(rows.b_ub), dtype=bool)
+    if start is not None:
+        # The dual simplex carries on from the other LP's optimal basis: with the same
+        # costs it stays dual feasible as rows come in.
+        h = start.solved.highs
+        added[start.rows[start.solved.added]] = True
+    else:
+        h = new_highs()
+        h.setOptionValue("threads", 1)
+        # Measured on the MNIST MLP's relu1 (benchmarks/exact_vs_gradient.py): presolve and
+        # scaling cost more than they save on these small dense rows, with the same optima.
+        h.setOptionValue("presolve", "off")
+        h.setOptionValue("simplex_scale_strategy", 0)
+        h.setOptionValue("primal_feasibility_tolerance", tol)
+        h.setOptionValue("dual_feasibility_tolerance", tol)
+        h.passModel(split.model)
+        h.changeColsCost(n, np.arange(n, dtype=np.int32), col_cost * scale)
 
     def point(moves: np.ndarray) -> np.ndarray:
         x = init.copy()
@@ -177,6 +205,7 @@ def _highs(rows: LinearRows, init: np.ndarray, split: _Split, cost: np.ndarray, 
                        rows.b_ub * split.ub_scale, added, tol=tol, add=add,
                        stop_above=float(scale * (stop_above - cost @ init)))
     region_rows_used = int(added[len(added) - rows.lazy:].sum())
+    solved = Solved(h, added) if keep else None
     if run.outdone:
         return LpSolution(np.full(d, np.nan), OUTDONE, run.rounds, region_rows_used)
     if run.solution is None:
@@ -185,7 +214,7 @@ def _highs(rows: LinearRows, init: np.ndarray, split: _Split, cost: np.ndarray, 
         outcome = {highspy.HighsModelStatus.kInfeasible: INFEASIBLE,
                    highspy.HighsModelStatus.kUnbounded: UNBOUNDED}.get(run.status, FAILED)
         return LpSolution(np.full(d, np.nan), outcome, run.rounds, region_rows_used)
-    return LpSolution(np.clip(point(run.solution), lower, upper), OPTIMAL, run.rounds, region_rows_used)
+    return LpSolution(np.clip(point(run.solution), lower, upper), OPTIMAL, run.rounds, region_rows_used, solved)
 
 
 def _linprog(problem: LpProblem, lower: float, upper: float, tol: float) -> LpSolution:
@@ -234,15 +263,22 @@ class LpFamily:
     tol: float
     split: _Split | None  # None: scipy's linprog solves each LP
 
-    def solve(self, cost: np.ndarray, lam: float, *, stop_above: float = math.inf) -> LpSolution:
+    def solve(self, cost: np.ndarray, lam: float, *, stop_above: float = math.inf, keep: bool = False,
+              start: Start | None = None) -> LpSolution:
         """The family's LP with cost ``cost`` and L1 weight ``lam``.
 
         ``stop_above``: where the LP's optimum (``cost·x + lam‖x − init‖₁``) is found to lie
         above it, HiGHS stops early and the outcome is ``outdone`` (scipy's ``linprog``
-        solves to the end: a reference path). Shapes: cost (d,)"""
+        solves to the end: a reference path). ``keep``: an optimal solution carries its
+        model (``LpSolution.solved``) for another LP to ``start`` from: that LP then takes
+        over the model, which is no longer the first's. ``start`` is for ``highs`` only.
+        Shapes: cost (d,)"""
         if self.split is None:
+            if start is not None:
+                raise ConfigError("only the highs solver carries on from another LP's model")
             return _linprog(LpProblem(self.rows, cost, lam, self.init), self.lower, self.upper, self.tol)
-        return _highs(self.rows, self.init, self.split, cost, lam, self.lower, self.upper, self.tol, stop_above)
+        return _highs(self.rows, self.init, self.split, cost, lam, self.lower, self.upper, self.tol, stop_above,
+                      keep, start)
 
 
 def lp_family(rows: LinearRows, init: np.ndarray, *, lower: float, upper: float, tol: float,

@@ -39,11 +39,13 @@ lower. Where the target's piece has tied rows, each vertex therefore also solves
 and keeps whichever of the two answers has the lower objective (the pushed unit plus the
 L1 term, with the same λ on both pieces): the better vertex of the two pieces together.
 Both LPs stay in one linear piece, so both answers are exact; :attr:`ExactResult.pieces`
-says which was kept. The LP on the target's piece runs after the chain, and stops as soon
-as its optimum is known to lie above the adjacent vertex's objective (``outdone``: HiGHS's
-dual simplex proves a lower bound on its way; see :func:`collide.piecewise.highs.solve_lazily`),
-by a margin that covers the solver's and the region check's tolerances, so the vertex kept
-is the one a full solve of both would keep. Without ties (a first
+says which was kept. The LP on the target's piece runs after the chain, carried on from
+the model of step 1 (the same LP less the tied rows, with the same costs: its dual simplex
+stays dual feasible as the tied rows come in), and stops as soon as its optimum is known
+to lie above the adjacent vertex's objective (``outdone``: HiGHS's dual simplex proves a
+lower bound on its way; see :func:`collide.piecewise.highs.solve_lazily`), by a margin
+that covers the solver's and the region check's tolerances, so the vertex kept is the one
+a full solve of both would keep. Without ties (a first
 layer, an MLP off its ReLU kinks) nothing changes.
 (The rows and pieces: :mod:`collide.piecewise.pieces`.)
 """
@@ -92,6 +94,7 @@ from collide.piecewise.lp import (
     LinearRows,
     LpFamily,
     LpSolution,
+    Start,
     lp_family,
 )
 from collide.piecewise.pieces import (
@@ -233,6 +236,17 @@ class _Candidate:
 
 
 @dataclass(frozen=True)
+class _Handoff:
+    """What a vertex's tie-breaking chain hands its LP on the target's piece: the objective
+    above which that LP stops, ``outdone`` (the adjacent vertex's, with a margin), and the
+    model of the LP without the tied rows to carry on from (dense form; None where it did
+    not end optimal)."""
+
+    bound: float = math.inf
+    start: Start | None = None
+
+
+@dataclass(frozen=True)
 class _Found:
     per_vertex: list[list[_Candidate]]
     lp_work: tuple[dict[str, int], ...]
@@ -307,18 +321,19 @@ def _threads(n: int, config: ExactConfig, *, small: bool) -> int:
     return min(config.threads or (n if small else job_cores()), n)
 
 
-def _with_chains(first_of: Callable[[int, float], Any], chain_of: Callable[[int], tuple[Any, float]], n: int,
+def _with_chains(first_of: Callable[[int, _Handoff], Any], chain_of: Callable[[int], tuple[Any, _Handoff]], n: int,
                  ties: bool, config: ExactConfig, *, beside: Callable[[], Any], small: bool = False
                  ) -> tuple[list[tuple[Any, Any]], Any]:
     """Each vertex's LP on the target's piece, and where the target sits on ties its
     tie-breaking chain (the LP without the tied rows, the adjacent piece, the LP there;
     None without ties), as ``(first, chain)`` per vertex.
 
-    ``chain_of(k)`` returns its result and a bound: ``first_of(k, bound)`` runs once chain
-    k is done (``math.inf`` without ties), and may stop once its LP cannot beat the
-    bound. The chains go first and each queues its vertex's first LP as it ends, so the
-    threads stay evenly busy to the end (one task per vertex, chain and LP together, left
-    one thread with three of LeNet-5's five vertices).
+    ``chain_of(k)`` returns its result and a :class:`_Handoff`: ``first_of(k, handoff)``
+    runs once chain k is done (an empty one without ties), may carry on from the model it
+    hands over and may stop once its LP cannot beat its bound. The chains go first and
+    each queues its vertex's first LP as it ends, so the threads stay evenly busy to the
+    end (one task per vertex, chain and LP together, left one thread with three of
+    LeNet-5's five vertices).
 
     ``beside`` (work no vertex waits for, J⁺'s rank) is one task more, the last, and its
     result comes second: it takes the thread the LPs leave idle first. On the MNIST MLP's
@@ -335,14 +350,14 @@ def _with_chains(first_of: Callable[[int, float], Any], chain_of: Callable[[int]
     # threads took a second core and saved no time (collide.threads.one_blas_thread).
     with one_blas_thread():
         if threads <= 1:
-            chains = [chain_of(k) for k in range(n)] if ties else [(None, math.inf)] * n
-            firsts = [first_of(k, bound) for k, (_, bound) in enumerate(chains)]
+            chains = [chain_of(k) for k in range(n)] if ties else [(None, _Handoff())] * n
+            firsts = [first_of(k, handoff) for k, (_, handoff) in enumerate(chains)]
             aside = beside()
         else:
             with ThreadPoolExecutor(threads) as pool:
                 queued: list[Future[Any] | None] = [None] * n
 
-                def chain_then_queue(k: int) -> tuple[Any, float]:
+                def chain_then_queue(k: int) -> tuple[Any, _Handoff]:
                     out = chain_of(k)
                     queued[k] = pool.submit(first_of, k, out[1])
                     return out
@@ -350,8 +365,8 @@ def _with_chains(first_of: Callable[[int, float], Any], chain_of: Callable[[int]
                 if ties:
                     chains = [f.result() for f in [pool.submit(chain_then_queue, k) for k in range(n)]]
                 else:
-                    chains = [(None, math.inf)] * n
-                    queued = [pool.submit(first_of, k, math.inf) for k in range(n)]
+                    chains = [(None, _Handoff())] * n
+                    queued = [pool.submit(first_of, k, _Handoff()) for k in range(n)]
                 later = pool.submit(beside)  # queued behind every LP
                 firsts = [f.result() for f in queued if f is not None]
                 aside = later.result()
@@ -400,38 +415,47 @@ def _dense(model: nn.Module, site: Site, target: torch.Tensor, x_init: np.ndarra
     def on(p: AffinePiece) -> Callable[[np.ndarray], np.ndarray]:
         return lambda x: x @ p.jac.T + p.offset
 
-    def first_of(k: int, bound: float) -> LpSolution:
-        """Vertex k's LP on the target's piece; it stops once its objective is known to
-        exceed ``bound`` (the adjacent vertex's), which in the LP's own terms leaves out
-        the pushed unit's offset on this piece."""
+    # Where each of the LP without the tied rows' rows sits among the target piece's: that
+    # LP's model, tied rows added, is the target piece's LP (the same cost and columns).
+    loose_index = np.flatnonzero(np.concatenate([np.ones(len(target_rows.b_ub) - target_rows.lazy, dtype=bool),
+                                                 ~tied]))
+
+    def first_of(k: int, handoff: _Handoff) -> LpSolution:
+        """Vertex k's LP on the target's piece, carried on from its LP without the tied rows
+        where that ended optimal; it stops once its objective is known to exceed the
+        adjacent vertex's (``handoff.bound``, which in the LP's own terms leaves out the
+        pushed unit's offset on this piece)."""
         unit = unit_list[k]
         return target_lps.solve(sign[unit] * piece.jac[unit], lams[k],
-                                stop_above=bound - sign[unit] * piece.offset[unit])
+                                stop_above=handoff.bound - sign[unit] * piece.offset[unit], start=handoff.start)
 
-    def chain_of(k: int) -> tuple[tuple[_Candidate | None, list[LpSolution]], float]:
+    def chain_of(k: int) -> tuple[tuple[_Candidate | None, list[LpSolution]], _Handoff]:
         """Vertex k's candidate on the adjacent piece its tie-free LP points to (None where
-        there is none) and the LPs solved for it; and the bound its LP on the target's
-        piece need not beat: the candidate's objective, where it is optimal and on its piece."""
+        there is none) and the LPs solved for it; and what its LP on the target's piece
+        takes over: the tie-free LP's model, and the bound it need not beat (the
+        candidate's objective, where it is optimal and on its piece)."""
         unit, lam = unit_list[k], lams[k]
         # Without the tied rows the LP may leave the piece: it only says which way to
         # break the ties. Its objective keeps the target's Jacobian.
-        loose = loose_lps.solve(sign[unit] * piece.jac[unit], lam)
+        loose = loose_lps.solve(sign[unit] * piece.jac[unit], lam, keep=True)
+        start = Start(loose.solved, loose_index) if loose.solved is not None else None
+        loose = dataclasses.replace(loose, solved=None)  # the model is the next LP's now
         direction = loose.x - x0
         if loose.outcome != OPTIMAL or not np.abs(direction).max() > 0:
-            return (None, [loose]), math.inf
+            return (None, [loose]), _Handoff(start=start)
         adjacent = tie_broken_piece(model, site, target, piece, tied, direction, t_pre)
         if adjacent is None or same_piece(adjacent, piece):
-            return (None, [loose]), math.inf
+            return (None, [loose]), _Handoff(start=start)
         second = _family(rows_on(adjacent, t_pre, sat), x_init, config).solve(sign[unit] * adjacent.jac[unit], lam)
         candidate = _Candidate(on(adjacent), second.x, second.outcome)
         if second.outcome != OPTIMAL:
-            return (candidate, [loose, second]), math.inf
+            return (candidate, [loose, second]), _Handoff(start=start)
         pre = check.features(second.x[None])[0]
         candidate = dataclasses.replace(candidate, pre=pre)
         if not check.on_piece(candidate, pre, t_pre):
-            return (candidate, [loose, second]), math.inf
+            return (candidate, [loose, second]), _Handoff(start=start)
         beaten = _objective(float(sign[unit] * pre[unit]), second.x, x_init, lam)
-        return (candidate, [loose, second]), _outdone_bound(beaten, t_pre, config)
+        return (candidate, [loose, second]), _Handoff(_outdone_bound(beaten, t_pre, config), start)
 
     def rank() -> int:
         return int(np.linalg.matrix_rank(piece.jac[pos])) if pos.any() else 0
@@ -482,25 +506,25 @@ def _layered(model: nn.Module, site: Site, target: torch.Tensor, x_init: np.ndar
     def on(p: Linear) -> Callable[[np.ndarray], np.ndarray]:
         return lambda x: p.values(x)[-1]
 
-    def first_of(k: int, _bound: float) -> LayeredSolution:
+    def first_of(k: int, _handoff: _Handoff) -> LayeredSolution:
         # Solved to the end: the layered LP has no lazy rounds to stop between.
         return solve(lp, unit_list[k], lams[k])
 
-    def chain_of(k: int) -> tuple[tuple[_Candidate | None, int], float]:
+    def chain_of(k: int) -> tuple[tuple[_Candidate | None, int], _Handoff]:
         """Vertex k's candidate on the adjacent piece (None where there is none), and the
         LPs solved for it."""
         unit, lam = unit_list[k], lams[k]
         loose = solve(loose_lp, unit, lam)
         direction = loose.x - x0
         if loose.outcome != OPTIMAL or not np.abs(direction).max() > 0:
-            return (None, 1), math.inf
+            return (None, 1), _Handoff()
         found = adjacent_piece(net, piece, lin, ties, x0, direction, read, step=TIE_STEP,
                                shrink=TIE_SHRINK, tries=TIE_TRIES, tol=TIE_TOL)
         if found is None or found[0].same_as(piece):
-            return (None, 1), math.inf
+            return (None, 1), _Handoff()
         adjacent, lin_adj = found
         second = solve(build_lp(net, adjacent, lin_adj, x_init, **box), unit, lam)
-        return (_Candidate(on(lin_adj), second.x, second.outcome), 2), math.inf
+        return (_Candidate(on(lin_adj), second.x, second.outcome), 2), _Handoff()
 
     def rank() -> int:
         # J⁺ is dense over the input: its rank only where the dense budget would hold it.

@@ -14,8 +14,9 @@ import torch
 import collide.piecewise.lp as lp_module
 import collide.solvers.exact as exact_module
 from collide.config import ExactConfig
+from collide.errors import ConfigError
 from collide.objective import saturated_units
-from collide.piecewise.lp import INFEASIBLE, OUTDONE, LinearRows, LpProblem, lp_family, solve_lp
+from collide.piecewise.lp import INFEASIBLE, OUTDONE, LinearRows, LpProblem, Start, lp_family, solve_lp
 from collide.solvers.exact import OPTIMAL, solve_exact
 from collide.taps import preactivation
 from tests.tolerances import LP_CONSTRAINT, LP_OBJECTIVE
@@ -93,6 +94,51 @@ def test_an_lp_stops_outdone_only_where_its_optimum_lies_above_the_bound(seed):
     assert below.outcome == OUTDONE and np.isnan(below.x).all() and below.rounds <= full.rounds
     assert above.outcome == OPTIMAL and np.array_equal(above.x, full.x)
     assert family.solve(p.cost, p.lam, stop_above=best - 10 * (1 + abs(best))).rounds == 1  # the first round proves it
+
+
+def _loose(p: LpProblem, seed: int) -> tuple[LinearRows, np.ndarray]:
+    """``p``'s rows without a random third of its lazy rows, and where each row left sits
+    among ``p``'s."""
+    rows = p.rows
+    n_layer = len(rows.b_ub) - rows.lazy
+    keep = np.concatenate([np.ones(n_layer, dtype=bool), np.random.default_rng(seed).random(rows.lazy) > 1 / 3])
+    loose = dataclasses.replace(rows, a_ub=rows.a_ub[keep], b_ub=rows.b_ub[keep], lazy=int(keep[n_layer:].sum()))
+    return loose, np.flatnonzero(keep)
+
+
+@pytest.mark.parametrize("seed", range(4))
+def test_an_lp_carried_on_from_one_with_fewer_rows_reaches_the_optimum_of_its_own(seed):
+    # The oracle: linprog on the whole LP. The LP without a third of its rows hands its
+    # model over; the whole LP, carried on from it, must reach the same optimum, and stop
+    # outdone as a fresh solve does.
+    p = _problem(seed)
+    best = _objective(p, solve_lp(p, lower=0, upper=1, tol=TOL, solver="linprog").x)
+    loose_rows, index = _loose(p, seed)
+    loose_family = lp_family(loose_rows, p.init, lower=0, upper=1, tol=TOL)
+    family = lp_family(p.rows, p.init, lower=0, upper=1, tol=TOL)
+
+    first = loose_family.solve(p.cost, p.lam, keep=True)
+    assert first.outcome == OPTIMAL and first.solved is not None
+    carried = family.solve(p.cost, p.lam, start=Start(first.solved, index))
+    assert carried.outcome == OPTIMAL
+    _check_feasible(p, carried.x)
+    assert abs(_objective(p, carried.x) - best) <= LP_OBJECTIVE * (1 + abs(best))
+    assert carried.region_rows_used >= first.region_rows_used  # it kept the first LP's rows
+    assert family.solve(p.cost, p.lam).solved is None  # a model is kept only where asked for
+
+    gap = 1e-4 * (1 + abs(best))
+    again = loose_family.solve(p.cost, p.lam, keep=True)
+    below = family.solve(p.cost, p.lam, stop_above=best - gap, start=Start(again.solved, index))
+    assert below.outcome == OUTDONE and np.isnan(below.x).all()
+
+
+def test_only_highs_carries_on_from_a_model():
+    p = _problem(0)
+    loose_rows, index = _loose(p, 0)
+    first = lp_family(loose_rows, p.init, lower=0, upper=1, tol=TOL).solve(p.cost, p.lam, keep=True)
+    reference = lp_family(p.rows, p.init, lower=0, upper=1, tol=TOL, solver="linprog")
+    with pytest.raises(ConfigError, match="highs"):
+        reference.solve(p.cost, p.lam, start=Start(first.solved, index))
 
 
 @pytest.mark.parametrize("solver", ["highs", "linprog"])
