@@ -183,9 +183,7 @@ def tied(net: LayeredNet, piece: Piece, lin: Linear, tol: float) -> tuple[np.nda
     dep = _reaches_input(lin)
     out = []
     for k, call in enumerate(net.calls[:-1]):
-        # Relative only, with the size of the call's values, as the dense form's TIE_TOL.
-        scale = np.abs(lin.maps[k][2]) + np.abs(call.value)
-        scale = scale + scale.max(initial=0.0)
+        scale = np.abs(lin.maps[k][2]) + np.abs(call.value)  # relative only, as the dense form's TIE_TOL
         if call.kind == RELU:
             out.append(dep[k] & (np.abs(call.value) <= tol * scale))
         elif call.kind == MAX_POOL:

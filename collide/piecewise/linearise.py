@@ -92,8 +92,13 @@ class AffinePiece:
     ReLU, then the winner rows of every earlier max pool, in forward order, without the
     rows that hold for every x.
 
+    ``scale`` and ``region_scale``: per row, the size of the terms its values were
+    computed from at the point the piece was linearised at (``|J| |x| + |c|`` of each
+    value in the row, plus ``|b|``), which their rounding is relative to. A pool row is the
+    difference of two values, and its own ``|a| |x|`` can be far smaller than theirs.
+
     Shapes:
-        jac: (D, d); offset: (D,); region_jac: (R, d); region_bound: (R,)
+        jac: (D, d); offset, scale: (D,); region_jac: (R, d); region_bound, region_scale: (R,)
     """
 
     jac: np.ndarray
@@ -102,6 +107,8 @@ class AffinePiece:
     region_bound: np.ndarray
     n_relu_rows: int
     n_pool_rows: int
+    scale: np.ndarray
+    region_scale: np.ndarray
 
 
 def piecewise_events(net: nn.Module, x: torch.Tensor, site: Site) -> list[Event]:
@@ -166,15 +173,17 @@ def window_pairs(params: dict[str, Any], value: torch.Tensor) -> tuple[np.ndarra
     return pairs[:, 0], pairs[:, 1]
 
 
-def _jacobian(fn: Callable[[torch.Tensor], torch.Tensor], x: torch.Tensor, n_out: int, mode: str) -> np.ndarray:
-    """The Jacobian of ``fn`` at ``x`` by forward or reverse mode, vectorised in chunks.
+def _jacobian(fn: Callable[[torch.Tensor], torch.Tensor], x: torch.Tensor, n_out: int, mode: str
+              ) -> tuple[np.ndarray, np.ndarray]:
+    """The Jacobian ``J`` of ``fn`` at ``x`` by forward or reverse mode, vectorised in
+    chunks, and ``|J| |x|`` (summed chunk by chunk while each is at hand).
 
     Forward mode pushes one tangent per input coordinate, reverse mode one cotangent per
     output: ``auto`` takes the fewer. Chunks hold at most ``_JACOBIAN_SEEDS`` of them, and
     keep the batched intermediates within ``_JACOBIAN_BUDGET`` numbers.
 
     Shapes:
-        x: (d,); fn(x): (n_out,); returns (n_out, d), rows contiguous
+        x: (d,); fn(x): (n_out,); returns (n_out, d), rows contiguous, and (n_out,)
     """
     if mode not in JACOBIAN_MODES:
         raise ConfigError(f"expected mode in {JACOBIAN_MODES}, got {mode!r}")
@@ -194,6 +203,8 @@ def _jacobian(fn: Callable[[torch.Tensor], torch.Tensor], x: torch.Tensor, n_out
     # Each chunk goes straight to its place: the rows the LP reads are then contiguous,
     # with no concatenation of the chunks (numpy's transposing copy took half torch's time).
     jac = np.empty((n_out, d), dtype=np.float64)
+    terms = np.zeros(n_out)
+    size = x.abs().numpy()
     with _TRANSFORMS, warnings.catch_warnings():
         # torch's own forward-mode decompositions script a helper and warn that scripting is
         # deprecated, on every solve: nothing a user can act on.
@@ -205,9 +216,11 @@ def _jacobian(fn: Callable[[torch.Tensor], torch.Tensor], x: torch.Tensor, n_out
             part = torch.func.vmap(push)(seeds).numpy()
             if forward:
                 jac[:, start:stop] = part.T
+                terms += np.abs(part, out=part).T @ size[start:stop]
             else:
                 jac[start:stop] = part
-    return jac
+                terms[start:stop] = np.abs(part, out=part) @ size
+    return jac, terms
 
 
 def affine_piece(model: nn.Module, layer: str | Site, target: torch.Tensor, *, mode: str = "auto") -> AffinePiece:
@@ -242,9 +255,10 @@ def affine_piece(model: nn.Module, layer: str | Site, target: torch.Tensor, *, m
     # (or an SVD that fails far from the cause): refused where it is found.
     fix = "the model computes NaN or inf at the target: check its weights and the input"
     require_finite(values, f"the forward pass up to layer {site.name!r}", fix=fix)
-    jac = _jacobian(all_values, flat, int(starts[-1]), mode)
+    jac, terms = _jacobian(all_values, flat, int(starts[-1]), mode)
     require_finite(jac, f"the Jacobian up to layer {site.name!r}", fix=fix)
     offset = values - jac @ flat.numpy()
+    terms += np.abs(offset)  # each value's terms: what its rounding is relative to
 
     # Each region row is one Jacobian row times ±1 (ReLU, Hardtanh) or the difference of
     # two (a pool's entry less its winner); rows that hold for every x (zero, with b ≥ 0)
@@ -280,6 +294,7 @@ def affine_piece(model: nn.Module, layer: str | Site, target: torch.Tensor, *, m
     # ±1 times a row is zero only where the row is.
     keep = jac.any(axis=1)[rows] | (relu_b < 0)
     rows, coef, relu_b = rows[keep], coef[keep], relu_b[keep]
+    relu_scale = terms[rows] + np.abs(relu_b)
     entry, winner, pool_b = column(pairs, 0, np.int64), column(pairs, 1, np.int64), column(pairs, 2, np.float64)
     n_relu = len(rows)
     region_jac = np.empty((n_relu + len(entry), flat.numel()))
@@ -294,6 +309,7 @@ def affine_piece(model: nn.Module, layer: str | Site, target: torch.Tensor, *, m
         # In place: kept[i] ≥ i, so no row is overwritten before it is read.
         pool_a[:len(kept)] = pool_a[kept]
         region_jac = region_jac[:n_relu + len(kept)]
+    pool_scale = terms[entry[keep]] + terms[winner[keep]] + np.abs(pool_b[keep])
     return AffinePiece(
         jac=jac[starts[-2]:].copy(),  # not a view: the Jacobian of every earlier value is freed
         offset=offset[starts[-2]:],
@@ -301,6 +317,8 @@ def affine_piece(model: nn.Module, layer: str | Site, target: torch.Tensor, *, m
         region_bound=np.concatenate([relu_b, pool_b[keep]]),
         n_relu_rows=n_relu,
         n_pool_rows=int(keep.sum()),
+        scale=terms[starts[-2]:],
+        region_scale=np.concatenate([relu_scale, pool_scale]),
     )
 
 

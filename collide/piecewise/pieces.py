@@ -23,14 +23,12 @@ from collide.piecewise.row_space import independent_rows
 from collide.sites import Site
 
 # A region row is tied at the target when its slack there is within this of 0, relative
-# to the terms the slack is computed from and to the size of the values the piece's rows
-# compare (_slack_scale): far above float64 rounding (~1e-16 per term), far below the gaps
-# between values that merely happen to be close. Relative only: with an absolute part
-# (1 + the terms, as before) a layer whose values lie near 1e-8 (the test MLP scaled by
-# 2**-27) had rows 1e-9 apart counted as tied, and its vertices differed from the
-# unscaled model's. The values' size stands in for the rounding a row's own terms do not
-# show: a row of a blank corner has terms 0 at the target, and its offset, taken at a
-# point beside it, carries rounding from the terms there.
+# to the terms its values were computed from (AffinePiece.region_scale): far above float64
+# rounding (~1e-16 per term), far below the gaps between values that merely happen to be
+# close. Relative only: with an absolute part (1 + the row's own terms, as before) a
+# layer whose values lie near 1e-8 (the test MLP scaled by 2**-27) had rows 1e-9 apart
+# counted as tied, and so did randomly initialised GoogLeNet (71 rows) and MobileNet-v2
+# (12) at their middle sites, whose slacks there were 1e-5 of their terms.
 TIE_TOL = 1e-9
 
 
@@ -48,20 +46,9 @@ TIE_SHRINK = 16
 TIE_TRIES = 4
 
 
-def _slack_scale(a: np.ndarray, b: np.ndarray, x: np.ndarray, ax: np.ndarray) -> np.ndarray:
-    """Per row of ``a x ≤ b``, what its slack at ``x`` is judged against: the size of the
-    terms it is computed from, plus the largest value the rows compare (``|a x| + |b|``;
-    ``ax`` is ``a @ x``, computed already), so that a scaled model keeps its ties.
-
-    Shapes:
-        a: (R, d); b, ax: (R,); x: (d,); returns (R,)
-    """
-    size = float((np.abs(ax) + np.abs(b)).max(initial=0.0))
-    return np.abs(b) + np.abs(a) @ np.abs(x) + size
-
-
 def tied_rows(piece: AffinePiece, x: np.ndarray) -> np.ndarray:
-    """The region rows that hold with equality at ``x``: ties at the target.
+    """The region rows that hold with equality at ``x``, where ``piece`` was linearised:
+    ties at the target.
 
     A pool row is tied where its entry equals the window's winner, a ReLU row where the
     unit's pre-activation is 0. Such a target sits on the boundary of several linear
@@ -70,25 +57,17 @@ def tied_rows(piece: AffinePiece, x: np.ndarray) -> np.ndarray:
     Shapes:
         x: (d,); returns (R,) bool
     """
-    ax = piece.region_jac @ x
-    return piece.region_bound - ax <= TIE_TOL * _slack_scale(piece.region_jac, piece.region_bound, x, ax)
+    slack = piece.region_bound - piece.region_jac @ x
+    return slack <= TIE_TOL * piece.region_scale
 
 
 def _contains(piece: AffinePiece, x: np.ndarray, t_pre: np.ndarray) -> bool:
-    """Whether ``x`` lies in the closure of ``piece``, with its pre-activation ``t_pre`` there."""
-    ax = piece.region_jac @ x
-    over = ax - piece.region_bound
-    # Only a row with a positive excess can break the tolerance: scale those alone (the
-    # scale's |a| is a copy of the rows, thousands of them at LeNet-5's relu3), with the
-    # size of every row's values.
-    out = np.flatnonzero(over > 0)
-    size = float((np.abs(ax) + np.abs(piece.region_bound)).max(initial=0.0))
-    scale = np.abs(piece.region_bound[out]) + np.abs(piece.region_jac[out]) @ np.abs(x) + size
-    if (over[out] > TIE_TOL * scale).any():
+    """Whether ``x``, a step from where ``piece`` was linearised, lies in the closure of
+    ``piece``, with its pre-activation ``t_pre`` there."""
+    if (piece.region_jac @ x - piece.region_bound > TIE_TOL * piece.region_scale).any():
         return False
-    jx = piece.jac @ x
-    err = np.abs(jx + piece.offset - t_pre)
-    return bool((err <= TIE_TOL * _slack_scale(piece.jac, piece.offset, x, jx)).all())
+    err = np.abs(piece.jac @ x + piece.offset - t_pre)
+    return bool((err <= TIE_TOL * piece.scale).all())
 
 
 def rows_on(piece: AffinePiece, t_pre: np.ndarray, sat: Saturation) -> LinearRows:

@@ -78,3 +78,9 @@ def test_a_point_meets_the_region_rows_exactly_where_it_keeps_the_targets_patter
             inside, outside = inside + same, outside + (not same)
     assert inside >= 20 and outside >= 20  # both sides of the region were tried
     assert piece.n_relu_rows > 0 and piece.n_pool_rows > 0
+    # Each row's scale holds its own terms at the target: a pool row's |a| is at most the
+    # sum of its two values' Jacobian rows.
+    x0 = target.flatten().numpy()
+    own = np.abs(piece.region_bound) + np.abs(piece.region_jac) @ np.abs(x0)
+    assert (piece.region_scale >= own * (1 - ROW_MET)).all() and (piece.region_scale > 0).all()
+    assert (piece.scale >= (np.abs(piece.offset) + np.abs(piece.jac) @ np.abs(x0)) * (1 - ROW_MET)).all()
