@@ -26,6 +26,10 @@ def run(*, repeats: int = 3) -> list[dict[str, Any]]:
     out = []
     for arch, layer in CASES:
         p = collision_problem(arch)
+        for mode in ("forward", "reverse"):
+            # Untimed: a process's first forward-mode pass imports torch's compiler helpers
+            # (about 2 s), and the first of each mode warms its caches.
+            affine_piece(p["model"], layer, p["target"], mode=mode)
         times, pieces = {}, {}
         for mode in ("forward", "reverse", "auto"):
             times[mode], pieces[mode] = median_time(lambda mode=mode, p=p, layer=layer: affine_piece(
