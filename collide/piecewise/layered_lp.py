@@ -183,13 +183,13 @@ def tied(net: LayeredNet, piece: Piece, lin: Linear, tol: float) -> tuple[np.nda
     dep = _reaches_input(lin)
     out = []
     for k, call in enumerate(net.calls[:-1]):
-        scale = np.abs(lin.maps[k][2]) + np.abs(call.value)  # relative only, as the dense form's TIE_TOL
+        scale = 1 + np.abs(lin.maps[k][2]) + np.abs(call.value)
         if call.kind == RELU:
             out.append(dep[k] & (np.abs(call.value) <= tol * scale))
         elif call.kind == MAX_POOL:
             _, e, w = piece.choices[k]  # type: ignore[misc]
             gap = np.abs(call.value[e] - call.value[w])
-            out.append((dep[k][e] | dep[k][w]) & (gap <= tol * (scale[e] + scale[w])))
+            out.append((dep[k][e] | dep[k][w]) & (gap <= tol * (1 + scale[e] + scale[w])))
         else:
             out.append(np.zeros(call.size, dtype=bool))
     return tuple(out)

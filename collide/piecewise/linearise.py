@@ -306,7 +306,8 @@ def affine_piece(model: nn.Module, layer: str | Site, target: torch.Tensor, *, m
     keep = pool_a.any(axis=1) | (pool_b < 0)
     if not keep.all():
         kept = np.flatnonzero(keep)
-        # In place: kept[i] ≥ i, so no row is overwritten before it is read.
+        # The kept rows to the front (through a copy of them alone); the dropped rows'
+        # memory stays with the piece, which lives for one solve.
         pool_a[:len(kept)] = pool_a[kept]
         region_jac = region_jac[:n_relu + len(kept)]
     pool_scale = terms[entry[keep]] + terms[winner[keep]] + np.abs(pool_b[keep])

@@ -271,7 +271,8 @@ class LpFamily:
         above it, HiGHS stops early and the outcome is ``outdone`` (scipy's ``linprog``
         solves to the end: a reference path). ``keep``: an optimal solution carries its
         model (``LpSolution.solved``) for another LP to ``start`` from: that LP then takes
-        over the model, which is no longer the first's. ``start`` is for ``highs`` only.
+        over the model, which is no longer the first's. Both are for ``highs`` only:
+        ``linprog`` keeps no model (``solved`` stays None) and refuses a ``start``.
         Shapes: cost (d,)"""
         if self.split is None:
             if start is not None:

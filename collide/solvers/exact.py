@@ -348,29 +348,34 @@ def _with_chains(first_of: Callable[[int, _Handoff], Any], chain_of: Callable[[i
     threads = _threads((2 * n if ties else n) + 1, config, small=small)
     # One BLAS thread under each LP thread, and under a single one too: there the BLAS
     # threads took a second core and saved no time (collide.threads.one_blas_thread).
+    # A handoff is dropped once its LP has taken it: the solver model it may carry would
+    # otherwise stay alive, one per vertex, until every LP is done.
     with one_blas_thread():
         if threads <= 1:
-            chains = [chain_of(k) for k in range(n)] if ties else [(None, _Handoff())] * n
-            firsts = [first_of(k, handoff) for k, (_, handoff) in enumerate(chains)]
+            chains, firsts = [], []
+            for k in range(n):
+                chain, handoff = chain_of(k) if ties else (None, _Handoff())
+                chains.append(chain)
+                firsts.append(first_of(k, handoff))
             aside = beside()
         else:
             with ThreadPoolExecutor(threads) as pool:
                 queued: list[Future[Any] | None] = [None] * n
 
-                def chain_then_queue(k: int) -> tuple[Any, _Handoff]:
-                    out = chain_of(k)
-                    queued[k] = pool.submit(first_of, k, out[1])
-                    return out
+                def chain_then_queue(k: int) -> Any:
+                    chain, handoff = chain_of(k)
+                    queued[k] = pool.submit(first_of, k, handoff)
+                    return chain
 
                 if ties:
                     chains = [f.result() for f in [pool.submit(chain_then_queue, k) for k in range(n)]]
                 else:
-                    chains = [(None, _Handoff())] * n
+                    chains = [None] * n
                     queued = [pool.submit(first_of, k, _Handoff()) for k in range(n)]
                 later = pool.submit(beside)  # queued behind every LP
                 firsts = [f.result() for f in queued if f is not None]
                 aside = later.result()
-    return [(first, chain) for first, (chain, _) in zip(firsts, chains, strict=True)], aside
+    return list(zip(firsts, chains, strict=True)), aside
 
 
 def _candidates(on_target: _Candidate, adjacent: _Candidate | None) -> list[_Candidate]:

@@ -119,11 +119,12 @@ def test_an_lp_carried_on_from_one_with_fewer_rows_reaches_the_optimum_of_its_ow
 
     first = loose_family.solve(p.cost, p.lam, keep=True)
     assert first.outcome == OPTIMAL and first.solved is not None
-    carried = family.solve(p.cost, p.lam, start=Start(first.solved, index))
+    carried = family.solve(p.cost, p.lam, start=Start(first.solved, index), keep=True)
     assert carried.outcome == OPTIMAL
     _check_feasible(p, carried.x)
     assert abs(_objective(p, carried.x) - best) <= LP_OBJECTIVE * (1 + abs(best))
-    assert carried.region_rows_used >= first.region_rows_used  # it kept the first LP's rows
+    assert carried.solved.highs is first.solved.highs  # it carried on in the model handed over
+    assert carried.region_rows_used >= first.region_rows_used  # with the first LP's rows
     assert family.solve(p.cost, p.lam).solved is None  # a model is kept only where asked for
 
     gap = 1e-4 * (1 + abs(best))
