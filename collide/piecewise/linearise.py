@@ -31,6 +31,7 @@ float64 forward pass, and one that left the target's piece is reported as ``left
 from __future__ import annotations
 
 import copy
+import math
 import threading
 import warnings
 from collections.abc import Callable
@@ -191,7 +192,8 @@ def _jacobian(fn: Callable[[torch.Tensor], torch.Tensor], x: torch.Tensor, n_out
     forward = n_out > d if mode == "auto" else mode == "forward"
     n_seeds = d if forward else n_out
     most = max(1, min(_JACOBIAN_SEEDS, _JACOBIAN_BUDGET // (n_out + d)))
-    chunk = -(-n_seeds // -(-n_seeds // most))  # equal chunks: no small one left at the end
+    # Equal chunks, as few as ``most`` allows: no small one left at the end.
+    chunk = math.ceil(n_seeds / math.ceil(n_seeds / most))
     if forward:
         def push(t: torch.Tensor) -> torch.Tensor:
             return torch.func.jvp(fn, (x,), (t,))[1]

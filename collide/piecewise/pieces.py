@@ -86,11 +86,15 @@ def rows_on(piece: AffinePiece, t_pre: np.ndarray, sat: Saturation) -> LinearRow
     )
 
 
-def region_subset(rows: LinearRows, keep: np.ndarray) -> LinearRows:
-    """``rows`` (from :func:`rows_on`) with only the region rows ``keep``; the layer's own
-    rows as they are, so their equalities' SVD is not taken again. Shapes: keep (lazy,)"""
+def region_subset(rows: LinearRows, keep: np.ndarray) -> tuple[LinearRows, np.ndarray]:
+    """``rows`` (from :func:`rows_on`) with only the region rows ``keep``, the layer's own
+    rows as they are (so their equalities' SVD is not taken again); and where each of the
+    subset's inequality rows sits among ``rows``'s (an LP over the subset can hand its
+    model on to one over ``rows``: :class:`collide.piecewise.lp.Start`).
+    Shapes: keep (lazy,); returns the subset and (U',)"""
     take = np.concatenate([np.ones(len(rows.b_ub) - rows.lazy, dtype=bool), keep])
-    return dataclasses.replace(rows, a_ub=rows.a_ub[take], b_ub=rows.b_ub[take], lazy=int(keep.sum()))
+    subset = dataclasses.replace(rows, a_ub=rows.a_ub[take], b_ub=rows.b_ub[take], lazy=int(keep.sum()))
+    return subset, np.flatnonzero(take)
 
 
 def tie_broken_piece(

@@ -330,10 +330,10 @@ def _with_chains(first_of: Callable[[int, _Handoff], Any], chain_of: Callable[[i
 
     ``chain_of(k)`` returns its result and a :class:`_Handoff`: ``first_of(k, handoff)``
     runs once chain k is done (an empty one without ties), may carry on from the model it
-    hands over and may stop once its LP cannot beat its bound. The chains go first and
-    each queues its vertex's first LP as it ends, so the threads stay evenly busy to the
-    end (one task per vertex, chain and LP together, left one thread with three of
-    LeNet-5's five vertices).
+    hands over and may stop once its LP cannot beat its bound. On several threads the
+    chains go first and each queues its vertex's first LP as it ends, so the threads stay
+    evenly busy to the end (one task per vertex, chain and LP together, left one thread
+    with three of LeNet-5's five vertices); on one, each chain is followed by its LP.
 
     ``beside`` (work no vertex waits for, J⁺'s rank) is one task more, the last, and its
     result comes second: it takes the thread the LPs leave idle first. On the MNIST MLP's
@@ -415,15 +415,15 @@ def _dense(model: nn.Module, site: Site, target: torch.Tensor, x_init: np.ndarra
     # Every vertex's LPs on the target's piece share their rows: written for the solver once.
     target_rows = rows_on(piece, t_pre, sat)
     target_lps = _family(target_rows, x_init, config)
-    loose_lps = _family(region_subset(target_rows, ~tied), x_init, config) if tied.any() else None
+    # The LP without the tied rows hands its model on to the target piece's LP (the same
+    # cost and columns): ``loose_index`` says where its rows sit among the target piece's.
+    loose_lps, loose_index = None, np.zeros(0, dtype=np.int64)
+    if tied.any():
+        loose_rows, loose_index = region_subset(target_rows, ~tied)
+        loose_lps = _family(loose_rows, x_init, config)
 
     def on(p: AffinePiece) -> Callable[[np.ndarray], np.ndarray]:
         return lambda x: x @ p.jac.T + p.offset
-
-    # Where each of the LP without the tied rows' rows sits among the target piece's: that
-    # LP's model, tied rows added, is the target piece's LP (the same cost and columns).
-    loose_index = np.flatnonzero(np.concatenate([np.ones(len(target_rows.b_ub) - target_rows.lazy, dtype=bool),
-                                                 ~tied]))
 
     def first_of(k: int, handoff: _Handoff) -> LpSolution:
         """Vertex k's LP on the target's piece, carried on from its LP without the tied rows
