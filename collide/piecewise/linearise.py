@@ -300,10 +300,12 @@ def affine_piece(model: nn.Module, layer: str | Site, target: torch.Tensor, *, m
     entry, winner, pool_b = column(pairs, 0, np.int64), column(pairs, 1, np.int64), column(pairs, 2, np.float64)
     n_relu = len(rows)
     region_jac = np.empty((n_relu + len(entry), flat.numel()))
-    np.take(jac, rows, axis=0, out=region_jac[:n_relu])
+    # mode="clip" (the indices are in range): with the default "raise", numpy gathers into
+    # a buffer and copies it to ``out`` (19 of LeNet-5's 189 ms per linearisation).
+    np.take(jac, rows, axis=0, out=region_jac[:n_relu], mode="clip")
     region_jac[:n_relu] *= coef[:, None]
     pool_a = region_jac[n_relu:]
-    np.take(jac, entry, axis=0, out=pool_a)
+    np.take(jac, entry, axis=0, out=pool_a, mode="clip")
     pool_a -= jac[winner]
     keep = pool_a.any(axis=1) | (pool_b < 0)
     if not keep.all():
