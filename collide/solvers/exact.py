@@ -423,7 +423,12 @@ def _dense(model: nn.Module, site: Site, target: torch.Tensor, x_init: np.ndarra
         loose_lps = _family(loose_rows, x_init, config)
 
     def on(p: AffinePiece) -> Callable[[np.ndarray], np.ndarray]:
-        return lambda x: x @ p.jac.T + p.offset
+        # The layer's map alone: a candidate lives to the end of the solve, and holding
+        # its whole piece kept each adjacent piece's region rows too (56 MB a vertex on
+        # LeNet-5's relu3), so that every re-linearisation wrote to memory never touched
+        # before, which costs page faults (0.15 s a vertex on this 2-core VM).
+        jac, offset = p.jac, p.offset
+        return lambda x: x @ jac.T + offset
 
     def first_of(k: int, handoff: _Handoff) -> LpSolution:
         """Vertex k's LP on the target's piece, carried on from its LP without the tied rows

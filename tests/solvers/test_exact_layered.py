@@ -1,5 +1,6 @@
 """The layered exact LP against the dense one: the same maps, the same vertices."""
 
+import weakref
 from collections import OrderedDict
 
 import numpy as np
@@ -12,6 +13,7 @@ from collide.config import ExactConfig
 from collide.errors import ConfigError, LayerError
 from collide.objective import saturated_units
 from collide.piecewise import lp
+from collide.piecewise import pieces as pieces_module
 from collide.piecewise.layered_lp import collision_layer, linear_on, piece_at
 from collide.piecewise.layers import LayeredUnsupported, layered_net
 from collide.piecewise.linearise import affine_piece
@@ -158,6 +160,27 @@ def test_tie_breaking_gives_the_same_vertices_on_one_thread_and_on_several(form)
     assert "tie-broken" in one.pieces  # the case is the one meant
     assert (one.outcomes, one.pieces, one.lp_work) == (three.outcomes, three.pieces, three.lp_work)
     assert torch.equal(one.vertices.nan_to_num(), three.vertices.nan_to_num())
+
+
+def test_each_adjacent_piece_is_let_go_once_its_vertex_is_found(monkeypatch):
+    """A vertex's adjacent piece holds its region rows (56 MB on LeNet-5's relu3), and a
+    candidate keeps only the layer's map: on one thread no earlier adjacent piece is alive
+    when the next is linearised, so the memory of one serves the next."""
+    net, target, init, units = _tied(3)
+    made: list[weakref.ref] = []
+    alive_at_call: list[int] = []
+    linearise = pieces_module.affine_piece
+
+    def tracked(*args, **kwargs):
+        alive_at_call.append(sum(ref() is not None for ref in made))
+        piece = linearise(*args, **kwargs)
+        made.append(weakref.ref(piece))
+        return piece
+
+    monkeypatch.setattr(pieces_module, "affine_piece", tracked)
+    res = solve_exact(net, "relu3", target, init, units, config=ExactConfig(threads=1), form="dense")
+    assert res.pieces.count("tie-broken") >= 2 and len(made) >= 2  # the case is the one meant
+    assert alive_at_call == [0] * len(made)
 
 
 def test_an_outdone_lp_on_the_targets_piece_keeps_the_vertex_that_solving_it_to_the_end_keeps(monkeypatch):
