@@ -83,10 +83,20 @@ class LpProblem:
 @dataclass(frozen=True)
 class Solved:
     """An LP's HiGHS model as it ended (``LpFamily.solve(..., keep=True)``): the instance,
-    its basis and the family's inequality rows it took (``added``, over the family's)."""
+    its basis, the family's inequality rows it took (``added``, over the family's) and
+    those rows in the order the model holds them, after its equality rows (``order``)."""
 
     highs: highspy.Highs
     added: np.ndarray
+    order: np.ndarray
+
+    def binding(self) -> np.ndarray:
+        """The family's inequality rows that bind at the optimum: nonbasic in its final
+        basis, so held at their bound. Shapes: returns (k,) indices into the family's rows"""
+        status = self.highs.getBasis().row_status
+        first = len(status) - len(self.order)
+        basic = highspy.HighsBasisStatus.kBasic
+        return self.order[np.array([s != basic for s in status[first:]], dtype=bool)]
 
 
 @dataclass(frozen=True)
@@ -164,18 +174,20 @@ def _split(rows: LinearRows, init: np.ndarray, lower: float, upper: float) -> _S
 
 def _highs(rows: LinearRows, init: np.ndarray, split: _Split, cost: np.ndarray, lam: float, lower: float,
            upper: float, tol: float, stop_above: float = math.inf, keep: bool = False,
-           start: Start | None = None) -> LpSolution:
+           start: Start | None = None, seed: np.ndarray | None = None) -> LpSolution:
     d, n = len(init), len(split.pixel)
     col_cost = cost[split.pixel] * split.sign + lam
     scale = unit_scale(np.abs(col_cost).max(initial=0.0))
     # Every inequality row is taken lazily, the layer's too: on the MNIST MLP's relu1 about
     # 15 of its 150 bind at a vertex, and leaving the rest out took 13% less time.
     added = np.zeros(len(rows.b_ub), dtype=bool)
+    held = np.zeros(0, dtype=np.int64)  # the rows the model holds before the first round
     if start is not None:
         # The dual simplex carries on from the other LP's optimal basis: with the same
         # costs it stays dual feasible as rows come in.
         h = start.solved.highs
-        added[start.rows[start.solved.added]] = True
+        held = start.rows[start.solved.order]
+        added[held] = True
     else:
         h = new_highs()
         h.setOptionValue("threads", 1)
@@ -198,6 +210,13 @@ def _highs(rows: LinearRows, init: np.ndarray, split: _Split, cost: np.ndarray, 
         add_rows(h, rows.a_ub[at][:, split.pixel] * split.sign * scale[:, None], np.full(len(at), -np.inf),
                  split.ub_rhs[at] * scale)
 
+    if seed is not None:
+        fresh = np.unique(seed[~added[seed]])
+        if len(fresh):
+            add(fresh)
+            added[fresh] = True
+            held = np.concatenate([held, fresh])
+
     # Violations are judged on the rows as HiGHS holds them: its tolerance, relative to
     # each row's size.
     # HiGHS's objective is the LP's less c·init (it counts the moves from init), scaled.
@@ -205,7 +224,7 @@ def _highs(rows: LinearRows, init: np.ndarray, split: _Split, cost: np.ndarray, 
                        rows.b_ub * split.ub_scale, added, tol=tol, add=add,
                        stop_above=float(scale * (stop_above - cost @ init)))
     region_rows_used = int(added[len(added) - rows.lazy:].sum())
-    solved = Solved(h, added) if keep else None
+    solved = Solved(h, added, np.concatenate([held, np.asarray(run.order, dtype=np.int64)])) if keep else None
     if run.outdone:
         return LpSolution(np.full(d, np.nan), OUTDONE, run.rounds, region_rows_used)
     if run.solution is None:
@@ -264,7 +283,7 @@ class LpFamily:
     split: _Split | None  # None: scipy's linprog solves each LP
 
     def solve(self, cost: np.ndarray, lam: float, *, stop_above: float = math.inf, keep: bool = False,
-              start: Start | None = None) -> LpSolution:
+              start: Start | None = None, seed: np.ndarray | None = None) -> LpSolution:
         """The family's LP with cost ``cost`` and L1 weight ``lam``.
 
         ``stop_above``: where the LP's optimum (``cost·x + lam‖x − init‖₁``) is found to lie
@@ -273,13 +292,22 @@ class LpFamily:
         model (``LpSolution.solved``) for another LP to ``start`` from: that LP then takes
         over the model, which is no longer the first's. Both are for ``highs`` only:
         ``linprog`` keeps no model (``solved`` stays None) and refuses a ``start``.
-        Shapes: cost (d,)"""
+        ``seed``: inequality rows (indices into the family's) that ``highs`` puts in the
+        model before its first solve instead of waiting for a solution to violate them: a
+        guess at the rows that bind, which saves rounds where it is good; the LP and its
+        optimum are the same either way (``linprog`` holds every row from the start).
+        Shapes: cost (d,); seed (k,)"""
+        if seed is not None:
+            seed = np.asarray(seed, dtype=np.int64)
+            if len(seed) and not (0 <= seed.min() and seed.max() < len(self.rows.b_ub)):
+                raise ConfigError(f"seed rows must index the family's {len(self.rows.b_ub)} inequality rows, got "
+                                  f"{seed.min()} to {seed.max()}")
         if self.split is None:
             if start is not None:
                 raise ConfigError("only the highs solver carries on from another LP's model")
             return _linprog(LpProblem(self.rows, cost, lam, self.init), self.lower, self.upper, self.tol)
         return _highs(self.rows, self.init, self.split, cost, lam, self.lower, self.upper, self.tol, stop_above,
-                      keep, start)
+                      keep, start, seed)
 
 
 def lp_family(rows: LinearRows, init: np.ndarray, *, lower: float, upper: float, tol: float,

@@ -133,6 +133,41 @@ def test_an_lp_carried_on_from_one_with_fewer_rows_reaches_the_optimum_of_its_ow
     assert below.outcome == OUTDONE and np.isnan(below.x).all()
 
 
+@pytest.mark.parametrize("seed", range(4))
+def test_the_rows_said_to_bind_hold_with_equality_and_the_others_need_not(seed):
+    # The oracle: each row's own slack at the solution, recomputed here. The rows said to
+    # bind sit at their bound; a row the model holds in its basis is not among them.
+    p = _problem(seed)
+    solved = lp_family(p.rows, p.init, lower=0, upper=1, tol=TOL).solve(p.cost, p.lam, keep=True)
+    binding = solved.solved.binding()
+    slack = p.rows.b_ub - p.rows.a_ub @ solved.x
+    assert len(binding) > 0 and np.abs(slack[binding]).max() <= LP_CONSTRAINT
+    assert set(binding) <= set(solved.solved.order) == set(np.flatnonzero(solved.solved.added))
+    assert len(solved.solved.order) == solved.solved.highs.getNumRow() - len(p.rows.b_eq)  # the model's rows
+    assert (slack[np.setdiff1d(solved.solved.order, binding)] > LP_CONSTRAINT).any()  # some held rows are slack
+
+
+@pytest.mark.parametrize("seed", range(4))
+def test_seeded_rows_change_the_rounds_but_not_the_optimum(seed):
+    # The oracle: linprog on the whole LP. Seeding the rows that bind (read off a solve)
+    # saves rounds; seeding rows that do not (random ones) still reaches the same optimum.
+    p = _problem(seed)
+    best = _objective(p, solve_lp(p, lower=0, upper=1, tol=TOL, solver="linprog").x)
+    family = lp_family(p.rows, p.init, lower=0, upper=1, tol=TOL)
+    plain = family.solve(p.cost, p.lam, keep=True)
+    guessed = family.solve(p.cost, p.lam, seed=plain.solved.binding(), keep=True)
+    random_rows = np.random.default_rng(seed).choice(len(p.rows.b_ub), 40, replace=False)
+    wrong = family.solve(p.cost, p.lam, seed=np.concatenate([random_rows, random_rows]))  # repeats are one row
+    for sol in (guessed, wrong):
+        assert sol.outcome == OPTIMAL
+        _check_feasible(p, sol.x)
+        assert abs(_objective(p, sol.x) - best) <= LP_OBJECTIVE * (1 + abs(best))
+    assert guessed.rounds < plain.rounds
+    assert set(plain.solved.binding()) <= set(guessed.solved.order[:len(plain.solved.binding())])  # seeds first
+    with pytest.raises(ConfigError, match="seed rows"):
+        family.solve(p.cost, p.lam, seed=np.array([len(p.rows.b_ub)]))
+
+
 def test_only_highs_carries_on_from_a_model():
     p = _problem(0)
     loose_rows, index = _loose(p, 0)
