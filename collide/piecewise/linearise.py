@@ -174,17 +174,72 @@ def window_pairs(params: dict[str, Any], value: torch.Tensor) -> tuple[np.ndarra
     return pairs[:, 0], pairs[:, 1]
 
 
-def _jacobian(fn: Callable[[torch.Tensor], torch.Tensor], x: torch.Tensor, n_out: int, mode: str
-              ) -> tuple[np.ndarray, np.ndarray]:
+@dataclass(frozen=True)
+class _Reads:
+    """Which values each region row reads, known from the values at the point before any
+    Jacobian is taken: ``coef`` (±1) times one value, bounded by ``const − coef·c`` (ReLU
+    and Hardtanh sides; ``c`` the value's offset), then a pool's ``entry`` less its
+    ``winner``, bounded by ``c_winner − c_entry``; and ``layer``, where the layer's own
+    values start. Shapes: signed, coef, const (S,); entry, winner (P,)"""
+
+    signed: np.ndarray
+    coef: np.ndarray
+    const: np.ndarray
+    entry: np.ndarray
+    winner: np.ndarray
+    layer: int
+
+
+class _Gather:
+    """What a piece needs of the Jacobian ``J`` of every value, gathered from its column
+    blocks as they come, so that ``J`` itself (every value over every input coordinate)
+    is never held: the region rows each value's row enters, the layer's own rows, ``J x``
+    and ``|J| |x|`` per value, and which signed rows are zero.
+
+    Shapes:
+        x: (d,); rows: (S + P, d); layer_jac: (n_out − layer, d); lin, terms: (n_out,)
+    """
+
+    def __init__(self, reads: _Reads, n_out: int, x: np.ndarray) -> None:
+        d = len(x)
+        self.reads, self.x = reads, x
+        self.rows = np.empty((len(reads.signed) + len(reads.entry), d))
+        self.layer_jac = np.empty((n_out - reads.layer, d))
+        self.lin, self.terms = np.zeros(n_out), np.zeros(n_out)
+        self.signed_nonzero = np.zeros(len(reads.signed), dtype=bool)
+
+    def __call__(self, cols: slice, block: np.ndarray) -> None:
+        """Take ``block``, ``J[:, cols]`` transposed (k, n_out), which it may overwrite."""
+        r, n = self.reads, len(self.reads.signed)
+        fix = "the model computes NaN or inf at the target: check its weights and the input"
+        require_finite(block, "the Jacobian up to the layer", fix=fix)
+        # mode="clip" (the indices are in range): numpy's default gathers into a buffer first.
+        part = np.take(block, r.signed, axis=1, mode="clip")
+        self.signed_nonzero |= part.any(axis=0)
+        part *= r.coef
+        self.rows[:n, cols] = part.T
+        part = np.take(block, r.entry, axis=1, mode="clip")
+        part -= np.take(block, r.winner, axis=1, mode="clip")
+        self.rows[n:, cols] = part.T
+        self.layer_jac[:, cols] = block[:, r.layer:].T
+        x = self.x[cols]
+        self.lin += x @ block
+        self.terms += np.abs(x) @ np.abs(block, out=block)
+
+
+def _jacobian(fn: Callable[[torch.Tensor], torch.Tensor], x: torch.Tensor, n_out: int, mode: str,
+              take: Callable[[slice, np.ndarray], None]) -> None:
     """The Jacobian ``J`` of ``fn`` at ``x`` by forward or reverse mode, vectorised in
-    chunks, and ``|J| |x|`` (summed chunk by chunk while each is at hand).
+    chunks, handed to ``take`` a block of columns at a time: ``take(cols, J[:, cols].T)``.
 
     Forward mode pushes one tangent per input coordinate, reverse mode one cotangent per
     output: ``auto`` takes the fewer. Chunks hold at most ``_JACOBIAN_SEEDS`` of them, and
-    keep the batched intermediates within ``_JACOBIAN_BUDGET`` numbers.
+    keep the batched intermediates within ``_JACOBIAN_BUDGET`` numbers. In forward mode
+    each chunk is a block of columns; reverse mode (fewer values than input coordinates,
+    so ``J`` is the smaller) collects its rows first and hands over one block.
 
     Shapes:
-        x: (d,); fn(x): (n_out,); returns (n_out, d), rows contiguous, and (n_out,)
+        x: (d,); fn(x): (n_out,)
     """
     if mode not in JACOBIAN_MODES:
         raise ConfigError(f"expected mode in {JACOBIAN_MODES}, got {mode!r}")
@@ -202,11 +257,7 @@ def _jacobian(fn: Callable[[torch.Tensor], torch.Tensor], x: torch.Tensor, n_out
 
         def push(t: torch.Tensor) -> torch.Tensor:
             return pull(t)[0]
-    # Each chunk goes straight to its place: the rows the LP reads are then contiguous,
-    # with no concatenation of the chunks (numpy's transposing copy took half torch's time).
-    jac = np.empty((n_out, d), dtype=np.float64)
-    terms = np.zeros(n_out)
-    size = x.abs().numpy()
+    jac = None if forward else np.empty((n_out, d), dtype=np.float64)
     with _TRANSFORMS, warnings.catch_warnings():
         # torch's own forward-mode decompositions script a helper and warn that scripting is
         # deprecated, on every solve: nothing a user can act on.
@@ -216,13 +267,23 @@ def _jacobian(fn: Callable[[torch.Tensor], torch.Tensor], x: torch.Tensor, n_out
             seeds = torch.zeros(stop - start, n_seeds, dtype=x.dtype)
             seeds[torch.arange(stop - start), torch.arange(start, stop)] = 1
             part = torch.func.vmap(push)(seeds).numpy()
-            if forward:
-                jac[:, start:stop] = part.T
-                terms += np.abs(part, out=part).T @ size[start:stop]
+            if jac is None:
+                take(slice(start, stop), part)
             else:
                 jac[start:stop] = part
-                terms[start:stop] = np.abs(part, out=part) @ size
-    return jac, terms
+    if jac is not None:
+        take(slice(0, d), jac.T)
+
+
+def _to_front(a: np.ndarray, keep: np.ndarray) -> np.ndarray:
+    """The rows ``keep`` of ``a``, moved to its front in order, in place (a block of rows
+    at a time: no copy of them all); a view of those rows. Shapes: a (R, d); keep (R,)"""
+    kept = np.flatnonzero(keep)
+    first = int(np.argmin(keep)) if not keep.all() else len(keep)  # rows before it stay where they are
+    for at in range(first, len(kept), 256):
+        block = kept[at:at + 256]
+        a[at:at + len(block)] = a[block]  # reads rows at or after the ones it writes
+    return a[:len(kept)]
 
 
 def affine_piece(model: nn.Module, layer: str | Site, target: torch.Tensor, *, mode: str = "auto") -> AffinePiece:
@@ -257,73 +318,59 @@ def affine_piece(model: nn.Module, layer: str | Site, target: torch.Tensor, *, m
     # (or an SVD that fails far from the cause): refused where it is found.
     fix = "the model computes NaN or inf at the target: check its weights and the input"
     require_finite(values, f"the forward pass up to layer {site.name!r}", fix=fix)
-    jac, terms = _jacobian(all_values, flat, int(starts[-1]), mode)
-    require_finite(jac, f"the Jacobian up to layer {site.name!r}", fix=fix)
-    offset = values - jac @ flat.numpy()
-    terms += np.abs(offset)  # each value's terms: what its rounding is relative to
 
-    # Each region row is one Jacobian row times ±1 (ReLU, Hardtanh) or the difference of
-    # two (a pool's entry less its winner); rows that hold for every x (zero, with b ≥ 0)
-    # are left out. The rows are gathered once, straight into the array the LP reads.
-    signed: list[tuple[np.ndarray, np.ndarray, np.ndarray]] = []  # rows, ±1, b
-    pairs: list[tuple[np.ndarray, np.ndarray, np.ndarray]] = []  # entries, winners, b
+    # Each region row is one value's Jacobian row times ±1 (ReLU, Hardtanh) or the
+    # difference of two (a pool's entry less its winner): which ones, and the constant
+    # part of their bounds, follow from the values alone.
+    signed: list[tuple[np.ndarray, np.ndarray, np.ndarray]] = []  # values, ±1, const
+    pairs: list[tuple[np.ndarray, np.ndarray]] = []  # entries, winners
     for k, event in enumerate(captures[:-1]):
         at = np.arange(starts[k], starts[k + 1])
         if event.kind in (RELU, LEAKY):
             # Each unit keeps its side of 0: −s·(Jx + c) ≤ 0 with s = ±1 (a leaky unit's
             # slope changes at 0 just as a ReLU's does).
             sign = np.where(values[at] > 0, 1.0, -1.0)
-            signed.append((at, -sign, sign * offset[at]))
+            signed.append((at, -sign, np.zeros(len(at))))
         elif event.kind == HARDTANH:
             # Three pieces: below min (y ≤ min), between (min ≤ y ≤ max), above (y ≥ max).
             lo, hi = event.params["min_val"], event.params["max_val"]
-            v, c = values[at], offset[at]
+            v = values[at]
             upper = v < hi  # y ≤ hi on the lower two pieces, y ≤ lo on the lowest
-            cap = np.where(v <= lo, lo, hi)
-            signed.append((at[upper], np.ones(int(upper.sum())), cap[upper] - c[upper]))
+            signed.append((at[upper], np.ones(int(upper.sum())), np.where(v <= lo, lo, hi)[upper]))
             lower = v > lo  # y ≥ lo on the upper two pieces, y ≥ hi on the highest
-            floor = np.where(v >= hi, hi, lo)
-            signed.append((at[lower], -np.ones(int(lower.sum())), c[lower] - floor[lower]))
+            signed.append((at[lower], -np.ones(int(lower.sum())), -np.where(v >= hi, hi, lo)[lower]))
         else:
             entry, winner = window_pairs(event.params, event.value)
-            entry, winner = entry + starts[k], winner + starts[k]
-            pairs.append((entry, winner, offset[winner] - offset[entry]))
+            pairs.append((entry + starts[k], winner + starts[k]))
 
-    def column(parts: list[tuple[np.ndarray, np.ndarray, np.ndarray]], i: int, dtype: type) -> np.ndarray:
+    def column(parts: list[tuple[np.ndarray, ...]], i: int, dtype: type) -> np.ndarray:
         return np.concatenate([p[i] for p in parts]) if parts else np.zeros(0, dtype=dtype)
 
-    rows, coef, relu_b = column(signed, 0, np.int64), column(signed, 1, np.float64), column(signed, 2, np.float64)
-    # ±1 times a row is zero only where the row is.
-    keep = jac.any(axis=1)[rows] | (relu_b < 0)
-    rows, coef, relu_b = rows[keep], coef[keep], relu_b[keep]
-    relu_scale = terms[rows] + np.abs(relu_b)
-    entry, winner, pool_b = column(pairs, 0, np.int64), column(pairs, 1, np.int64), column(pairs, 2, np.float64)
-    n_relu = len(rows)
-    region_jac = np.empty((n_relu + len(entry), flat.numel()))
-    # mode="clip" (the indices are in range): with the default "raise", numpy gathers into
-    # a buffer and copies it to ``out`` (19 of LeNet-5's 189 ms per linearisation).
-    np.take(jac, rows, axis=0, out=region_jac[:n_relu], mode="clip")
-    region_jac[:n_relu] *= coef[:, None]
-    pool_a = region_jac[n_relu:]
-    np.take(jac, entry, axis=0, out=pool_a, mode="clip")
-    pool_a -= jac[winner]
-    keep = pool_a.any(axis=1) | (pool_b < 0)
-    if not keep.all():
-        kept = np.flatnonzero(keep)
-        # The kept rows to the front (through a copy of them alone); the dropped rows'
-        # memory stays with the piece, which lives for one solve.
-        pool_a[:len(kept)] = pool_a[kept]
-        region_jac = region_jac[:n_relu + len(kept)]
-    pool_scale = terms[entry[keep]] + terms[winner[keep]] + np.abs(pool_b[keep])
+    reads = _Reads(signed=column(signed, 0, np.int64), coef=column(signed, 1, np.float64),
+                   const=column(signed, 2, np.float64), entry=column(pairs, 0, np.int64),
+                   winner=column(pairs, 1, np.int64), layer=int(starts[-2]))
+    got = _Gather(reads, int(starts[-1]), flat.numpy())
+    _jacobian(all_values, flat, int(starts[-1]), mode, got)
+    offset = values - got.lin
+    terms = got.terms + np.abs(offset)  # each value's terms: what its rounding is relative to
+
+    # Rows that hold for every x (zero, with b ≥ 0) are left out.
+    signed_b = reads.const - reads.coef * offset[reads.signed]
+    pool_b = offset[reads.winner] - offset[reads.entry]
+    n_signed = len(reads.signed)
+    keep_signed = got.signed_nonzero | (signed_b < 0)
+    keep_pool = got.rows[n_signed:].any(axis=1) | (pool_b < 0)
+    keep = np.concatenate([keep_signed, keep_pool])
     return AffinePiece(
-        jac=jac[starts[-2]:].copy(),  # not a view: the Jacobian of every earlier value is freed
-        offset=offset[starts[-2]:],
-        region_jac=region_jac,
-        region_bound=np.concatenate([relu_b, pool_b[keep]]),
-        n_relu_rows=n_relu,
-        n_pool_rows=int(keep.sum()),
-        scale=terms[starts[-2]:],
-        region_scale=np.concatenate([relu_scale, pool_scale]),
+        jac=got.layer_jac,
+        offset=offset[reads.layer:],
+        region_jac=got.rows if keep.all() else _to_front(got.rows, keep),
+        region_bound=np.concatenate([signed_b[keep_signed], pool_b[keep_pool]]),
+        n_relu_rows=int(keep_signed.sum()),
+        n_pool_rows=int(keep_pool.sum()),
+        scale=terms[reads.layer:],
+        region_scale=np.concatenate([terms[reads.signed[keep_signed]] + np.abs(signed_b[keep_signed]),
+                                     (terms[reads.entry] + terms[reads.winner] + np.abs(pool_b))[keep_pool]]),
     )
 
 
