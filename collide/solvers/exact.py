@@ -34,7 +34,8 @@ lower. Where the target's piece has tied rows, each vertex therefore also solves
    ``x₁ − x0``, which breaks each tie one way (it may leave every piece it touches);
 2. the LP on the piece that direction enters: re-linearised a tiny step from the target
    along it, with the target's own pre-activation as the right-hand sides, and kept only
-   if the target lies in its closure;
+   if the target lies in its closure (its model starts with the rows that bound step 1's
+   answer, a guess at the rows that bind that saves rounds, not a change to the LP);
 
 and keeps whichever of the two answers has the lower objective (the pushed unit plus the
 L1 term, with the same λ on both pieces): the better vertex of the two pieces together.
@@ -102,6 +103,7 @@ from collide.piecewise.pieces import (
     TIE_STEP,
     TIE_TOL,
     TIE_TRIES,
+    reading_rows,
     region_subset,
     rows_on,
     same_piece,
@@ -414,6 +416,7 @@ def _dense(model: nn.Module, site: Site, target: torch.Tensor, x_init: np.ndarra
     lams = [config.proximity * float(np.abs(piece.jac[unit]).mean()) for unit in unit_list]
     # Every vertex's LPs on the target's piece share their rows: written for the solver once.
     target_rows = rows_on(piece, t_pre, sat)
+    piece = reading_rows(piece, target_rows)
     target_lps = _family(target_rows, x_init, config)
     # The LP without the tied rows hands its model on to the target piece's LP (the same
     # cost and columns): ``loose_index`` says where its rows sit among the target piece's.
@@ -465,9 +468,11 @@ def _dense(model: nn.Module, site: Site, target: torch.Tensor, x_init: np.ndarra
         # where both pieces have as many rows of each kind: a place then mostly holds the
         # same ReLU unit's or pool pair's row on both. A wrong guess costs time only.
         aligned = (adjacent.n_relu_rows, adjacent.n_pool_rows) == (piece.n_relu_rows, piece.n_pool_rows)
-        second = _family(rows_on(adjacent, t_pre, sat), x_init, config).solve(
-            sign[unit] * adjacent.jac[unit], lam, seed=seed if aligned else None)
-        candidate = _Candidate(on(adjacent), second.x, second.outcome)
+        adjacent_lps = _family(rows_on(adjacent, t_pre, sat), x_init, config)
+        cost, layer_map = sign[unit] * adjacent.jac[unit], on(adjacent)
+        del adjacent  # its region rows: the LPs' rows are a copy of them
+        second = adjacent_lps.solve(cost, lam, seed=seed if aligned else None)
+        candidate = _Candidate(layer_map, second.x, second.outcome)
         if second.outcome != OPTIMAL:
             return (candidate, [loose, second]), _Handoff(start=start)
         pre = check.features(second.x[None])[0]
