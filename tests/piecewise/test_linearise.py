@@ -9,9 +9,10 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from collide.activations import RELU_SATURATION
 from collide.piecewise import linearise
 from collide.piecewise.linearise import affine_piece
-from collide.piecewise.pieces import tied_rows
+from collide.piecewise.pieces import reading_rows, rows_on, tied_rows
 from collide.taps import preactivation
 from tests.tolerances import JACOBIAN_MODES_AGREE
 
@@ -91,3 +92,19 @@ def test_a_point_meets_the_region_rows_exactly_where_it_keeps_the_targets_patter
     assert (piece.scale >= (np.abs(piece.offset) + np.abs(piece.jac) @ np.abs(x0)) * (1 - ROW_MET)).all()
     # and not so much more that a random target, which sits on no tie, would seem to.
     assert not tied_rows(piece, x0).any()
+
+
+def test_a_piece_reading_its_lps_rows_keeps_the_same_rows_in_one_copy():
+    # The oracle: the piece as linearised. Reading its region rows from the LP's rows
+    # (which rows_on copied) must give the same rows, now in the LP's memory.
+    net = _net()
+    target = torch.from_numpy(np.random.default_rng(1).uniform(0, 1, (1, 10, 10)))
+    piece = affine_piece(net, "relu2", target)
+    x0 = target.flatten().numpy()
+    rows = rows_on(piece, piece.jac @ x0 + piece.offset, RELU_SATURATION)
+    shared = reading_rows(piece, rows)
+    assert piece.n_relu_rows > 0 and piece.n_pool_rows > 0
+    assert np.array_equal(shared.region_jac, piece.region_jac)
+    assert np.shares_memory(shared.region_jac, rows.a_ub) and not np.shares_memory(piece.region_jac, rows.a_ub)
+    assert np.array_equal(rows.b_ub[len(rows.b_ub) - rows.lazy:], shared.region_bound)
+
