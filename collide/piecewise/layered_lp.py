@@ -27,7 +27,7 @@ import scipy.sparse as sp
 import torch
 
 from collide.errors import LayerError
-from collide.piecewise.highs import add_rows, new_highs, solve_lazily
+from collide.piecewise.highs import add_rows, columnwise_lp, new_highs, solve_lazily
 from collide.piecewise.layers import Call, LayeredNet, pool_winners
 from collide.piecewise.linearise import window_pairs
 from collide.piecewise.lp import FAILED, INFEASIBLE, OPTIMAL, UNBOUNDED
@@ -324,21 +324,13 @@ def solve_layered(lp: LayeredLp, site: Site, t_pre: np.ndarray, unit: int, lam: 
     h.setOptionValue("threads", 1)
     h.setOptionValue("primal_feasibility_tolerance", tol)
     h.setOptionValue("dual_feasibility_tolerance", tol)
-    model = highspy.HighsLp()
-    model.num_col_, model.num_row_ = lp.matrix.shape[1], lp.matrix.shape[0]
-    model.col_cost_ = cost
-    model.row_lower_, model.row_upper_ = lp.row_lower, lp.row_upper
-    model.a_matrix_.format_ = highspy.MatrixFormat.kColwise
-    m = lp.matrix
-    model.a_matrix_.start_, model.a_matrix_.index_, model.a_matrix_.value_ = m.indptr, m.indices, m.data
     col_lower, col_upper = lp.col_lower.copy(), lp.col_upper.copy()
     col_lower[lp.starts[-2]:lp.starts[-1]] = layer.lower
     col_upper[lp.starts[-2]:lp.starts[-1]] = layer.upper
     n_sign = len(lp.sign_cols)
     if not lazy:
         col_lower[lp.sign_cols], col_upper[lp.sign_cols] = lp.sign_lower, lp.sign_upper
-    model.col_lower_, model.col_upper_ = col_lower, col_upper
-    h.passModel(model)
+    h.passModel(columnwise_lp(cost, col_lower, col_upper, lp.row_lower, lp.row_upper, lp.matrix))
     added = np.zeros(lp.n_region, dtype=bool)
     if not lazy:
         added[:] = True

@@ -40,7 +40,7 @@ import scipy.sparse as sp
 
 from collide.config import LP_SOLVERS
 from collide.errors import ConfigError
-from collide.piecewise.highs import add_rows, new_highs, row_scales, solve_lazily, unit_scale
+from collide.piecewise.highs import add_rows, columnwise_lp, new_highs, row_scales, solve_lazily, unit_scale
 
 OPTIMAL, INFEASIBLE, UNBOUNDED, FAILED = "optimal", "infeasible", "unbounded", "failed"
 
@@ -161,13 +161,7 @@ def _split(rows: LinearRows, init: np.ndarray, lower: float, upper: float) -> _S
     n = len(pixel)
     eq_scale = row_scales(rows.a_eq)[:, None]
     eq, eq_rhs = sp.csc_matrix(rows.a_eq[:, pixel] * sign * eq_scale), (rows.b_eq - rows.a_eq @ init) * eq_scale[:, 0]
-    lp = highspy.HighsLp()
-    lp.num_col_, lp.num_row_ = n, len(eq_rhs)
-    lp.col_cost_ = np.zeros(n)
-    lp.col_lower_, lp.col_upper_ = np.zeros(n), room
-    lp.row_lower_, lp.row_upper_ = eq_rhs, eq_rhs
-    lp.a_matrix_.format_ = highspy.MatrixFormat.kColwise
-    lp.a_matrix_.start_, lp.a_matrix_.index_, lp.a_matrix_.value_ = eq.indptr, eq.indices, eq.data
+    lp = columnwise_lp(np.zeros(n), np.zeros(n), room, eq_rhs, eq_rhs, eq)
     ub_scale = row_scales(rows.a_ub)
     return _Split(pixel, sign, room, rows.b_ub - rows.a_ub @ init, ub_scale, lp)
 

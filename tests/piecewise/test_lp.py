@@ -7,8 +7,11 @@ import sys
 import threading
 import time
 
+import highspy
 import numpy as np
 import pytest
+import scipy.optimize
+import scipy.sparse as sp
 import torch
 
 import collide.piecewise.lp as lp_module
@@ -16,6 +19,7 @@ import collide.solvers.exact as exact_module
 from collide.config import ExactConfig
 from collide.errors import ConfigError
 from collide.objective import saturated_units
+from collide.piecewise.highs import columnwise_lp, new_highs
 from collide.piecewise.lp import INFEASIBLE, OUTDONE, LinearRows, LpProblem, Start, lp_family, solve_lp
 from collide.solvers.exact import OPTIMAL, solve_exact
 from collide.taps import preactivation
@@ -166,6 +170,34 @@ def test_seeded_rows_change_the_rounds_but_not_the_optimum(seed):
     assert set(plain.solved.binding()) <= set(guessed.solved.order[:len(plain.solved.binding())])  # seeds first
     with pytest.raises(ConfigError, match="seed rows"):
         family.solve(p.cost, p.lam, seed=np.array([len(p.rows.b_ub)]))
+
+
+def test_a_model_built_from_arrays_is_the_lp_its_fields_describe():
+    # The oracle: HiGHS's own HighsLp, filled field by field, and linprog's optimum.
+    rng = np.random.default_rng(3)
+    a = sp.csc_matrix(rng.normal(size=(5, 12)) * (rng.random((5, 12)) > 0.3))
+    cost, lower, upper = rng.normal(size=12), np.zeros(12), rng.uniform(0.5, 2, 12)
+    x0 = rng.uniform(0, 0.5, 12)
+    row_lower, row_upper = a @ x0 - np.r_[0, 0, 1, 1, np.inf], a @ x0 + np.r_[0, 0, 1, 2, 3]
+    built = columnwise_lp(cost, lower, upper, row_lower, row_upper, a)
+    by_hand = highspy.HighsLp()
+    by_hand.num_col_, by_hand.num_row_ = 12, 5
+    by_hand.col_cost_, by_hand.col_lower_, by_hand.col_upper_ = cost, lower, upper
+    by_hand.row_lower_, by_hand.row_upper_ = row_lower, row_upper
+    by_hand.a_matrix_.format_ = highspy.MatrixFormat.kColwise
+    by_hand.a_matrix_.start_, by_hand.a_matrix_.index_, by_hand.a_matrix_.value_ = a.indptr, a.indices, a.data
+    for field in ("col_cost_", "col_lower_", "col_upper_", "row_lower_", "row_upper_"):
+        assert np.array_equal(getattr(built, field), getattr(by_hand, field)), field
+    for field in ("start_", "index_", "value_"):
+        assert np.array_equal(getattr(built.a_matrix_, field), getattr(by_hand.a_matrix_, field)), field
+    h = new_highs()
+    h.passModel(built)
+    h.run()
+    finite = np.isfinite(row_lower)
+    oracle = scipy.optimize.linprog(cost, A_ub=sp.vstack([a, -a[finite]]), b_ub=np.r_[row_upper, -row_lower[finite]],
+                                    bounds=list(zip(lower, upper, strict=True)), method="highs")
+    assert h.getModelStatus() == highspy.HighsModelStatus.kOptimal and oracle.status == 0
+    assert abs(h.getInfo().objective_function_value - oracle.fun) <= LP_OBJECTIVE * (1 + abs(oracle.fun))
 
 
 def test_only_highs_carries_on_from_a_model():
