@@ -30,6 +30,7 @@ float64 forward pass, and one that left the target's piece is reported as ``left
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import math
 import threading
@@ -48,6 +49,7 @@ from collide.errors import ConfigError, LayerError
 from collide.inputs import require_finite
 from collide.sites import ADAPTIVE_MAX_POOL, HARDTANH, LEAKY, NONLINEAR, RELU, SMOOTH, Event, Site, require_method
 from collide.taps import region_events, site_of
+from collide.threads import one_blas_thread
 
 JACOBIAN_MODES = ("auto", "forward", "reverse")
 
@@ -258,7 +260,12 @@ def _jacobian(fn: Callable[[torch.Tensor], torch.Tensor], x: torch.Tensor, n_out
         def push(t: torch.Tensor) -> torch.Tensor:
             return pull(t)[0]
     jac = None if forward else np.empty((n_out, d), dtype=np.float64)
-    with _TRANSFORMS, warnings.catch_warnings():
+    # Where chunks and ``take``'s products alternate (forward mode, several chunks), numpy's
+    # products run on one BLAS thread: OpenBLAS's threads wait busily after each product,
+    # on the cores torch's next chunk needs (LeNet-5's relu3 took 0.33-0.35 s with two
+    # BLAS and two torch threads, 0.12 s with one BLAS thread; 2 cores, 2026-12-06).
+    interleaved = one_blas_thread() if forward and chunk < n_seeds else contextlib.nullcontext()
+    with _TRANSFORMS, interleaved, warnings.catch_warnings():
         # torch's own forward-mode decompositions script a helper and warn that scripting is
         # deprecated, on every solve: nothing a user can act on.
         warnings.filterwarnings("ignore", message=".*torch.jit.script.*", category=FutureWarning)
