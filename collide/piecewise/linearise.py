@@ -200,11 +200,13 @@ class _Gather:
 
     Shapes:
         x: (d,); rows: (S + P, d); layer_jac: (n_out − layer, d); lin, terms: (n_out,)
+
+    ``what`` names the Jacobian in the error a NaN or inf in it raises.
     """
 
-    def __init__(self, reads: _Reads, n_out: int, x: np.ndarray) -> None:
+    def __init__(self, reads: _Reads, n_out: int, x: np.ndarray, *, what: str) -> None:
         d = len(x)
-        self.reads, self.x = reads, x
+        self.reads, self.x, self.what = reads, x, what
         self.rows = np.empty((len(reads.signed) + len(reads.entry), d))
         self.layer_jac = np.empty((n_out - reads.layer, d))
         self.lin, self.terms = np.zeros(n_out), np.zeros(n_out)
@@ -214,7 +216,7 @@ class _Gather:
         """Take ``block``, ``J[:, cols]`` transposed (k, n_out), which it may overwrite."""
         r, n = self.reads, len(self.reads.signed)
         fix = "the model computes NaN or inf at the target: check its weights and the input"
-        require_finite(block, "the Jacobian up to the layer", fix=fix)
+        require_finite(block, self.what, fix=fix)
         # mode="clip" (the indices are in range): numpy's default gathers into a buffer first.
         part = np.take(block, r.signed, axis=1, mode="clip")
         self.signed_nonzero |= part.any(axis=0)
@@ -356,7 +358,7 @@ def affine_piece(model: nn.Module, layer: str | Site, target: torch.Tensor, *, m
     reads = _Reads(signed=column(signed, 0, np.int64), coef=column(signed, 1, np.float64),
                    const=column(signed, 2, np.float64), entry=column(pairs, 0, np.int64),
                    winner=column(pairs, 1, np.int64), layer=int(starts[-2]))
-    got = _Gather(reads, int(starts[-1]), flat.numpy())
+    got = _Gather(reads, int(starts[-1]), flat.numpy(), what=f"the Jacobian up to layer {site.name!r}")
     _jacobian(all_values, flat, int(starts[-1]), mode, got)
     offset = values - got.lin
     terms = got.terms + np.abs(offset)  # each value's terms: what its rounding is relative to
