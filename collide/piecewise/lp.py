@@ -83,11 +83,10 @@ class LpProblem:
 @dataclass(frozen=True)
 class Solved:
     """An LP's HiGHS model as it ended (``LpFamily.solve(..., keep=True)``): the instance,
-    its basis, the family's inequality rows it took (``added``, over the family's) and
-    those rows in the order the model holds them, after its equality rows (``order``)."""
+    its basis, and the family's inequality rows it took, in the order the model holds them
+    after its equality rows (``order``)."""
 
     highs: highspy.Highs
-    added: np.ndarray
     order: np.ndarray
 
     def binding(self) -> np.ndarray:
@@ -218,7 +217,7 @@ def _highs(rows: LinearRows, init: np.ndarray, split: _Split, cost: np.ndarray, 
                        rows.b_ub * split.ub_scale, added, tol=tol, add=add,
                        stop_above=float(scale * (stop_above - cost @ init)))
     region_rows_used = int(added[len(added) - rows.lazy:].sum())
-    solved = Solved(h, added, np.concatenate([held, np.asarray(run.order, dtype=np.int64)])) if keep else None
+    solved = Solved(h, np.concatenate([held, np.asarray(run.order, dtype=np.int64)])) if keep else None
     if run.outdone:
         return LpSolution(np.full(d, np.nan), OUTDONE, run.rounds, region_rows_used)
     if run.solution is None:

@@ -451,10 +451,7 @@ def _dense(model: nn.Module, site: Site, target: torch.Tensor, x_init: np.ndarra
         # Without the tied rows the LP may leave the piece: it only says which way to
         # break the ties. Its objective keeps the target's Jacobian.
         loose = loose_lps.solve(sign[unit] * piece.jac[unit], lam, keep=True)
-        start, seed = None, None
-        if loose.solved is not None:
-            start = Start(loose.solved, loose_index)
-            seed = loose_index[loose.solved.binding()]
+        start = Start(loose.solved, loose_index) if loose.solved is not None else None
         loose = dataclasses.replace(loose, solved=None)  # the model is the next LP's now
         direction = loose.x - x0
         if loose.outcome != OPTIMAL or not np.abs(direction).max() > 0:
@@ -468,10 +465,11 @@ def _dense(model: nn.Module, site: Site, target: torch.Tensor, x_init: np.ndarra
         # where both pieces have as many rows of each kind: a place then mostly holds the
         # same ReLU unit's or pool pair's row on both. A wrong guess costs time only.
         aligned = (adjacent.n_relu_rows, adjacent.n_pool_rows) == (piece.n_relu_rows, piece.n_pool_rows)
+        seed = loose_index[start.solved.binding()] if aligned and start is not None else None
         adjacent_lps = _family(rows_on(adjacent, t_pre, sat), x_init, config)
         cost, layer_map = sign[unit] * adjacent.jac[unit], on(adjacent)
         del adjacent  # its region rows: the LPs' rows are a copy of them
-        second = adjacent_lps.solve(cost, lam, seed=seed if aligned else None)
+        second = adjacent_lps.solve(cost, lam, seed=seed)
         candidate = _Candidate(layer_map, second.x, second.outcome)
         if second.outcome != OPTIMAL:
             return (candidate, [loose, second]), _Handoff(start=start)
