@@ -80,7 +80,7 @@ from collide.comparisons.frontier_config import FrontierConfig
 from collide.errors import DataError, LayerError
 from collide.inputs import require_finite, require_in_box
 from collide.objective import feature_rel_error
-from collide.piecewise.highs import new_highs
+from collide.piecewise.highs import columnwise_lp, new_highs
 from collide.piecewise.linearise import affine_piece
 from collide.taps import preactivation, site_of
 
@@ -197,17 +197,11 @@ def _exact_qp(prob: _Problem, config: FrontierConfig) -> np.ndarray | None:
     w, pos = prob.w, prob.positive
     d = w.shape[1]
     m = sp.csc_matrix(np.vstack([w[pos], w[~pos]]))
-    lp = highspy.HighsLp()
-    lp.num_col_, lp.num_row_ = d, w.shape[0]
-    lp.col_cost_ = -2 * prob.other
-    lp.col_lower_, lp.col_upper_ = np.full(d, prob.lower), np.full(d, prob.upper)
     eq = prob.c[pos] - prob.b[pos]
-    lp.row_lower_ = np.concatenate([eq, np.full(int((~pos).sum()), -np.inf)])
-    lp.row_upper_ = np.concatenate([eq, -prob.b[~pos]])
-    lp.a_matrix_.format_ = highspy.MatrixFormat.kColwise
-    lp.a_matrix_.start_, lp.a_matrix_.index_, lp.a_matrix_.value_ = m.indptr, m.indices, m.data
     model = highspy.HighsModel()
-    model.lp_ = lp
+    model.lp_ = columnwise_lp(-2 * prob.other, np.full(d, prob.lower), np.full(d, prob.upper),
+                              np.concatenate([eq, np.full(int((~pos).sum()), -np.inf)]),
+                              np.concatenate([eq, -prob.b[~pos]]), m)
     hess = model.hessian_
     hess.dim_, hess.format_ = d, highspy.HessianFormat.kTriangular
     hess.start_, hess.index_, hess.value_ = np.arange(d + 1), np.arange(d), np.full(d, 2.0)
