@@ -27,7 +27,7 @@ import scipy.sparse as sp
 import torch
 
 from collide.errors import LayerError
-from collide.piecewise.highs import add_rows, columnwise_lp, new_highs, solve_lazily
+from collide.piecewise.highs import add_rows, columnwise_lp, new_highs, solve_lazily, unit_scale
 from collide.piecewise.layers import Call, LayeredNet, pool_winners
 from collide.piecewise.linearise import window_pairs
 from collide.piecewise.lp import FAILED, INFEASIBLE, OPTIMAL, UNBOUNDED
@@ -132,6 +132,20 @@ class Linear:
             out.append(z)
         return out
 
+    def terms(self, x: np.ndarray) -> list[np.ndarray]:
+        """Each call's input's terms at ``x`` on this piece, what its rounding is relative
+        to: ``|B_kx| |x| + Σ_j |B_kj P_j| T_j + |c_k|``, with ``T_j`` call j's own (the
+        terms an earlier value was summed from are carried into the later ones, as its
+        rounding is). Shapes: x (d,)"""
+        out: list[np.ndarray] = []
+        size = np.abs(x)
+        for bx, bz, c in self.maps:
+            t = abs(bx) @ size + np.abs(c)
+            for j, m in bz.items():
+                t = t + abs(m) @ out[j]
+            out.append(t)
+        return out
+
     def rows(self, which: np.ndarray) -> np.ndarray:
         """Rows ``which`` of the layer's Jacobian in x, dense. Shapes: (r, d)"""
         grads: list[sp.csr_matrix | None] = [None] * len(self.maps)
@@ -176,20 +190,22 @@ def _reaches_input(lin: Linear) -> list[np.ndarray]:
     return dep
 
 
-def tied(net: LayeredNet, piece: Piece, lin: Linear, tol: float) -> tuple[np.ndarray, ...]:
-    """Per call before the layer, its ties at the point the net was read at: ReLU units at 0
-    and (entry, winner) pairs of equal value, among those that depend on x; Hardtanh
-    segments are not tie-broken (all False)."""
+def tied(net: LayeredNet, piece: Piece, lin: Linear, x: np.ndarray, tol: float) -> tuple[np.ndarray, ...]:
+    """Per call before the layer, its ties at ``x``, the point the net was read at: ReLU
+    units at 0 and (entry, winner) pairs of equal value, among those that depend on x,
+    within ``tol`` x the terms the values were summed from (:meth:`Linear.terms`), as the
+    dense form's ties are (:func:`collide.piecewise.pieces.tied_rows`); Hardtanh segments
+    are not tie-broken (all False). Shapes: x (d,)"""
     dep = _reaches_input(lin)
+    terms = lin.terms(x)
     out = []
     for k, call in enumerate(net.calls[:-1]):
-        scale = 1 + np.abs(lin.maps[k][2]) + np.abs(call.value)
         if call.kind == RELU:
-            out.append(dep[k] & (np.abs(call.value) <= tol * scale))
+            out.append(dep[k] & (np.abs(call.value) <= tol * terms[k]))
         elif call.kind == MAX_POOL:
             _, e, w = piece.choices[k]  # type: ignore[misc]
             gap = np.abs(call.value[e] - call.value[w])
-            out.append((dep[k][e] | dep[k][w]) & (gap <= tol * (1 + scale[e] + scale[w])))
+            out.append((dep[k][e] | dep[k][w]) & (gap <= tol * (terms[k][e] + terms[k][w])))
         else:
             out.append(np.zeros(call.size, dtype=bool))
     return tuple(out)
@@ -200,7 +216,13 @@ class LayeredLp:
     """One piece's LP without its objective: the sparse rows over ``[p, q, z_0 … z_L]``, the
     columns' bounds and where each block starts; apart, the region's constraints (ReLU sign
     bounds on ``sign_cols``, max-pooling rows ``pool_rows x ≤ 0``), which the solve adds
-    where a solution breaks them. Built once per piece, shared by its vertices."""
+    where a solution breaks them. Built once per piece, shared by its vertices.
+
+    Each call's variables are its values times a power of two (``layer_scale`` the
+    layer's), 1 unless the terms they are summed from are all below
+    :data:`collide.piecewise.highs.SMALL_COEFFICIENT`, as the dense form scales its rows:
+    values near 1e-9 would otherwise sit at HiGHS's absolute tolerances and its
+    coefficients under its matrix floor."""
 
     matrix: sp.csc_matrix
     row_lower: np.ndarray
@@ -215,6 +237,7 @@ class LayeredLp:
     sign_lower: np.ndarray
     sign_upper: np.ndarray
     pool_rows: sp.csr_matrix
+    layer_scale: float = 1.0
 
     @property
     def n_region(self) -> int:
@@ -239,22 +262,24 @@ def build_lp(net: LayeredNet, piece: Piece, lin: Linear, init: np.ndarray, *, lo
     col_lo = [np.zeros(len(cols))]
     col_hi = [room[cols]]
     n_cols = starts[-1]
+    # Each call's variables are s_k z_k, its row is multiplied by s_k (powers of two: exact).
+    scales = [float(unit_scale(np.asarray(t.max(initial=0.0)))) for t in lin.terms(init)]
     for k, call in enumerate(net.calls):
         bx, bz, c = lin.maps[k]
-        n = call.size
-        # z_k − B_kx (p − q) − Σ_j B_kj P_j z_j = c_k + B_kx init
+        n, s_k = call.size, scales[k]
+        # s_k z_k − s_k B_kx (p − q) − Σ_j (s_k / s_j) B_kj P_j s_j z_j = s_k (c_k + B_kx init)
         moves = sp.coo_matrix(bx[:, pixel].multiply(sign[None, :]))
         rr = [np.arange(n), moves.row]
         cc = [starts[k] + np.arange(n), moves.col]
-        vv = [np.ones(n), -moves.data]
+        vv = [np.ones(n), -s_k * moves.data]
         for j, m in bz.items():
             mc = sp.coo_matrix(m)
             rr.append(mc.row)
             cc.append(starts[j] + mc.col)
-            vv.append(-mc.data)
+            vv.append(-(s_k / scales[j]) * mc.data)
         blocks.append(sp.coo_matrix((np.concatenate(vv), (np.concatenate(rr), np.concatenate(cc))),
                                     shape=(n, n_cols)))
-        rhs = c + bx @ init
+        rhs = s_k * (c + bx @ init)
         row_lo.append(rhs)
         row_hi.append(rhs)
         lo, hi = np.full(n, -np.inf), np.full(n, np.inf)
@@ -270,8 +295,8 @@ def build_lp(net: LayeredNet, piece: Piece, lin: Linear, init: np.ndarray, *, lo
             sign_hi.append(np.where(act, np.inf, 0.0)[bound])
         elif call.kind == HARDTANH:
             seg, a, b = np.asarray(choice), call.params["min_val"], call.params["max_val"]
-            lo = np.where(seg == 0, a, np.where(seg > 0, b, lo))
-            hi = np.where(seg == 0, b, np.where(seg < 0, a, hi))
+            lo = s_k * np.where(seg == 0, a, np.where(seg > 0, b, lo))
+            hi = s_k * np.where(seg == 0, b, np.where(seg < 0, a, hi))
         elif call.kind == MAX_POOL:
             _, e, w = choice  # type: ignore[misc]
             keep = dep[k][e] | dep[k][w]
@@ -289,7 +314,8 @@ def build_lp(net: LayeredNet, piece: Piece, lin: Linear, init: np.ndarray, *, lo
     return LayeredLp(matrix, np.concatenate(row_lo), np.concatenate(row_hi), np.concatenate(col_lo),
                      np.concatenate(col_hi), pixel, sign, starts, init,
                      cat(sign_cols, np.int64), cat(sign_lo, np.float64), cat(sign_hi, np.float64),
-                     sp.csr_matrix(sp.vstack(pool_rows)) if pool_rows else sp.csr_matrix((0, n_cols)))
+                     sp.csr_matrix(sp.vstack(pool_rows)) if pool_rows else sp.csr_matrix((0, n_cols)),
+                     scales[-1])
 
 
 @dataclass(frozen=True)
@@ -319,14 +345,15 @@ def solve_layered(lp: LayeredLp, site: Site, t_pre: np.ndarray, unit: int, lam: 
     n_move = len(lp.pixel)
     cost = np.zeros(lp.matrix.shape[1])
     cost[:n_move] = lam
-    cost[lp.starts[-2]:lp.starts[-1]] = layer.cost
+    cost[lp.starts[-2]:lp.starts[-1]] = layer.cost / lp.layer_scale  # on the layer's scaled variables
+    cost *= unit_scale(np.abs(cost).max(initial=0.0))
     h = new_highs()
     h.setOptionValue("threads", 1)
     h.setOptionValue("primal_feasibility_tolerance", tol)
     h.setOptionValue("dual_feasibility_tolerance", tol)
     col_lower, col_upper = lp.col_lower.copy(), lp.col_upper.copy()
-    col_lower[lp.starts[-2]:lp.starts[-1]] = layer.lower
-    col_upper[lp.starts[-2]:lp.starts[-1]] = layer.upper
+    col_lower[lp.starts[-2]:lp.starts[-1]] = lp.layer_scale * layer.lower
+    col_upper[lp.starts[-2]:lp.starts[-1]] = lp.layer_scale * layer.upper
     n_sign = len(lp.sign_cols)
     if not lazy:
         col_lower[lp.sign_cols], col_upper[lp.sign_cols] = lp.sign_lower, lp.sign_upper
@@ -361,18 +388,17 @@ def solve_layered(lp: LayeredLp, site: Site, t_pre: np.ndarray, unit: int, lam: 
     return LayeredSolution(np.clip(x, lower, upper), OPTIMAL, iterations, run.rounds)
 
 
-def _holds(net: LayeredNet, piece: Piece, values: list[np.ndarray], tol: float) -> bool:
+def _holds(net: LayeredNet, piece: Piece, values: list[np.ndarray], terms: list[np.ndarray], tol: float) -> bool:
     """Whether the calls' inputs ``values`` meet ``piece``'s sign bounds and pool rows,
-    each within ``tol`` x its size."""
-    for call, choice, v in zip(net.calls[:-1], piece.choices, values, strict=False):
-        slack_tol = tol * (1 + np.abs(v).max(initial=0.0))
+    each within ``tol`` x the terms its values were summed from (``terms``)."""
+    for call, choice, v, t in zip(net.calls[:-1], piece.choices, values, terms, strict=False):
         if call.kind == RELU:
             act = np.asarray(choice)
-            if (v[act] < -slack_tol).any() or (v[~act] > slack_tol).any():
+            if (v[act] < -tol * t[act]).any() or (v[~act] > tol * t[~act]).any():
                 return False
         elif call.kind == MAX_POOL:
             _, e, w = choice  # type: ignore[misc]
-            if (v[e] - v[w] > slack_tol).any():
+            if (v[e] - v[w] > tol * (t[e] + t[w])).any():
                 return False
     return True
 
@@ -391,7 +417,7 @@ def adjacent_piece(net: LayeredNet, piece: Piece, lin: Linear, ties: tuple[np.nd
     Shapes:
         x0, direction: (d,)
     """
-    at = lin.values(x0)
+    at, terms = lin.values(x0), lin.terms(x0)
     rate = [a - b for a, b in zip(lin.values(x0 + direction), at, strict=True)]
     crossing = [np.inf]
     for k, call in enumerate(net.calls[:-1]):
@@ -411,9 +437,10 @@ def adjacent_piece(net: LayeredNet, piece: Piece, lin: Linear, ties: tuple[np.nd
         values = read(x0 + size * direction)  # type: ignore[operator]
         adjacent = piece_at(net, values)
         lin_adj = linear_on(net, adjacent)
-        same = all(np.abs(a - b).max(initial=0.0) <= tol * (1 + np.abs(b).max(initial=0.0))
-                   for a, b in zip(lin_adj.values(x0), at, strict=True))
-        if same and _holds(net, adjacent, at, tol):
+        # Both pieces' values at x0, each rounded relative to its own terms.
+        same = all((np.abs(a - b) <= tol * (t_a + t_b)).all()
+                   for a, b, t_a, t_b in zip(lin_adj.values(x0), at, lin_adj.terms(x0), terms, strict=True))
+        if same and _holds(net, adjacent, at, terms, tol):
             return adjacent, lin_adj
         size /= shrink
     return None

@@ -509,7 +509,7 @@ def _layered(model: nn.Module, site: Site, target: torch.Tensor, x_init: np.ndar
     _require_saturated(pos, unit_list)
     d = net.input_dim
     lams = [config.proximity * float(np.abs(row).mean()) for row in lin.rows(np.array(unit_list))]
-    ties = tied(net, piece, lin, TIE_TOL) if break_ties else tuple(np.zeros(0, bool) for _ in net.calls[:-1])
+    ties = tied(net, piece, lin, x0, TIE_TOL) if break_ties else tuple(np.zeros(0, bool) for _ in net.calls[:-1])
     any_tie = any(t.any() for t in ties)
     box = {"lower": config.lower, "upper": config.upper}
     lp = build_lp(net, piece, lin, x_init, **box)

@@ -1,5 +1,6 @@
 """The layered exact LP against the dense one: the same maps, the same vertices."""
 
+import copy
 import weakref
 from collections import OrderedDict
 
@@ -14,9 +15,10 @@ from collide.errors import ConfigError, LayerError
 from collide.objective import saturated_units
 from collide.piecewise import lp
 from collide.piecewise import pieces as pieces_module
-from collide.piecewise.layered_lp import collision_layer, linear_on, piece_at
+from collide.piecewise.layered_lp import collision_layer, linear_on, piece_at, tied
 from collide.piecewise.layers import LayeredUnsupported, layered_net
 from collide.piecewise.linearise import affine_piece
+from collide.piecewise.pieces import TIE_TOL
 from collide.solvers.exact import OPTIMAL, solve_exact
 from collide.taps import preactivation, site_of
 from tests.support import feature_errors_f64
@@ -147,6 +149,40 @@ def test_both_forms_break_the_same_ties():
     assert layered.outcomes == dense.outcomes
     ok = np.array([o == OPTIMAL for o in dense.outcomes])
     assert (layered.vertices[ok] - dense.vertices[ok]).abs().max() <= LP_FORMS_AGREE
+
+
+def _shrunk(net: nn.Module, factor: float) -> nn.Module:
+    """``net`` with every value from conv1 on times ``factor`` (a power of two: exactly),
+    ReLU and max pooling being positively homogeneous: the same pieces and the same ties."""
+    small = copy.deepcopy(net)
+    with torch.no_grad():
+        for p in (small.conv1.weight, small.conv1.bias, small.conv2.bias, small.fc1.bias):
+            p.mul_(factor)
+    return small
+
+
+def _layered_ties(net: nn.Module, target: torch.Tensor) -> tuple[np.ndarray, ...]:
+    read = layered_net(net, "relu3", target)
+    piece = piece_at(read, [c.value for c in read.calls[:-1]])
+    return tied(read, piece, linear_on(read, piece), target.double().flatten().numpy(), TIE_TOL)
+
+
+def test_layered_ties_and_vertices_do_not_depend_on_the_scale_of_the_values():
+    # The oracle: the same net with its values times 2**-27 (near 1e-9) sits on the same
+    # ties and gives the same vertices, bit for bit. Before: ties were judged relative to
+    # 1 + the values, so every unit within about 1e-9 of 0 counted as tied there (155 ReLU
+    # ties where the net has 48: 0.13 of the unscaled net's values), and the LP's
+    # variables, near 1e-9, sat at HiGHS's tolerances: every vertex failed.
+    net, target, init, units = _tied(3)
+    small = _shrunk(net, 2.0**-27)
+    ref, got = _layered_ties(net, target), _layered_ties(small, target)
+    assert sum(int(t.sum()) for t in ref) > 0  # the case is the one meant: ties at the target
+    assert all(np.array_equal(a, b) for a, b in zip(ref, got, strict=True))
+    config = ExactConfig(threads=1)
+    want, have = (solve_exact(m, "relu3", target, init, units, config=config, form="layered") for m in (net, small))
+    assert want.outcomes == (OPTIMAL,) * 3 and "tie-broken" in want.pieces
+    assert (have.outcomes, have.pieces) == (want.outcomes, want.pieces)
+    assert torch.equal(have.vertices, want.vertices)
 
 
 @pytest.mark.parametrize("form", ["dense", "layered"])
