@@ -170,8 +170,8 @@ def _layered_ties(net: nn.Module, target: torch.Tensor) -> tuple[np.ndarray, ...
 def test_layered_ties_and_vertices_do_not_depend_on_the_scale_of_the_values():
     # The oracle: the same net with its values times 2**-27 (near 1e-9) sits on the same
     # ties and gives the same vertices, bit for bit. Before: ties were judged relative to
-    # 1 + the values, so every unit within about 1e-9 of 0 counted as tied there (155 ReLU
-    # ties where the net has 48: 0.13 of the unscaled net's values), and the LP's
+    # 1 + the values, so every value within about 1e-9 of 0 counted as tied there (109, 78,
+    # 43 and 86 ties in the four calls, where the net has 48, 0, 0 and 0), and the LP's
     # variables, near 1e-9, sat at HiGHS's tolerances: every vertex failed.
     net, target, init, units = _tied(3)
     small = _shrunk(net, 2.0**-27)
@@ -183,6 +183,23 @@ def test_layered_ties_and_vertices_do_not_depend_on_the_scale_of_the_values():
     assert want.outcomes == (OPTIMAL,) * 3 and "tie-broken" in want.pieces
     assert (have.outcomes, have.pieces) == (want.outcomes, want.pieces)
     assert torch.equal(have.vertices, want.vertices)
+
+
+@pytest.mark.parametrize("bias", [0.0, 1e-12])
+def test_an_init_at_zero_gives_the_dense_forms_vertices(bias):
+    # The oracle: the dense form. The layered LP's variables are scaled by the largest value
+    # the box allows them; scaled by their terms at the init instead (rounding-sized at 0),
+    # they reached 2**54: HiGHS refused the model (zero biases), or it gave other vertices,
+    # 0.63 from the dense ones, one failed (biases x 1e-12).
+    net = _seeded(_cnn_pool)
+    with torch.no_grad():
+        for name, p in net.named_parameters():
+            if name.endswith("bias"):
+                p.mul_(bias)
+    target, _ = _inputs((1, 10, 10))
+    dense, layered = _both(net, "relu3", target, torch.zeros_like(target), 3)
+    assert dense.outcomes == (OPTIMAL,) * 3 and layered.outcomes == dense.outcomes
+    assert (layered.vertices - dense.vertices).abs().max() <= LP_FORMS_AGREE
 
 
 @pytest.mark.parametrize("form", ["dense", "layered"])
