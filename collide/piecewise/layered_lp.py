@@ -136,15 +136,7 @@ class Linear:
         """Each call's input's terms at ``x`` on this piece, what the value is summed from
         and its rounding relative to: ``|B_kx| |x| + Σ_j |B_kj P_j| |z_j| + |c_k|``, with
         ``z_j`` call j's input at x. Shapes: x (d,)"""
-        values = self.values(x)
-        size = np.abs(x)
-        out: list[np.ndarray] = []
-        for bx, bz, c in self.maps:
-            t = abs(bx) @ size + np.abs(c)
-            for j, m in bz.items():
-                t = t + abs(m) @ np.abs(values[j])
-            out.append(t)
-        return out
+        return self._sums(np.abs(x), [np.abs(v) for v in self.values(x)])
 
     def bound(self, size: np.ndarray) -> list[np.ndarray]:
         """Per call, a bound on its input over ``|x| ≤ size`` on this piece, the terms
@@ -153,11 +145,16 @@ class Linear:
         passes on to z_k; it grows with depth (at the last call of an 8-layer random MLP,
         214 times the dense form's ``|J| |x| + |c|`` at the median, where :meth:`terms` is
         2.7 times). Shapes: size (d,)"""
+        return self._sums(size, None)
+
+    def _sums(self, size: np.ndarray, earlier: list[np.ndarray] | None) -> list[np.ndarray]:
+        """``|B_kx| size + Σ_j |B_kj P_j| e_j + |c_k|`` per call, with ``e_j`` from ``earlier``,
+        or where it is None, this sum of call j itself."""
         out: list[np.ndarray] = []
         for bx, bz, c in self.maps:
             t = abs(bx) @ size + np.abs(c)
             for j, m in bz.items():
-                t = t + abs(m) @ out[j]
+                t = t + abs(m) @ (out[j] if earlier is None else earlier[j])
             out.append(t)
         return out
 
