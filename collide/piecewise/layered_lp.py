@@ -209,17 +209,29 @@ def tied(net: LayeredNet, piece: Piece, lin: Linear, x: np.ndarray, tol: float) 
     dense form's ties are relative to theirs (:func:`collide.piecewise.pieces.tied_rows`:
     ``|J| |x| + |c|``; on an 8-layer random MLP the two are within 0.5 to 60 times of each
     other, where terms carried through every call (:meth:`Linear.bound`) reach 5,900 times);
-    Hardtanh segments are not tie-broken (all False). Shapes: x (d,)"""
+    Hardtanh segments are not tie-broken (all False).
+
+    A value, or a pool pair's difference, that is the same at every x on the piece is no
+    tie: its row holds everywhere, and the dense form drops it (a zero Jacobian row). Two
+    entries of a pool that read one earlier pool's winner twice (overlapping windows, as
+    GoogLeNet's inception branches have) are such a pair: 251 of its "ties" at 16 px,
+    where the dense form has none. That it is the same is seen as an exact float equality
+    at x and at a fixed pseudo-random step from it (two maps of the piece that differ
+    anywhere differ there). Shapes: x (d,)"""
     dep = _reaches_input(lin)
     terms = lin.terms(x)
+    at = lin.values(x)
+    moved = lin.values(x + np.random.default_rng(0).uniform(-1.0, 1.0, size=len(x)))
     out = []
     for k, call in enumerate(net.calls[:-1]):
         if call.kind == RELU:
-            out.append(dep[k] & (np.abs(call.value) <= tol * terms[k]))
+            varies = moved[k] != at[k]
+            out.append(dep[k] & varies & (np.abs(call.value) <= tol * terms[k]))
         elif call.kind == MAX_POOL:
             _, e, w = piece.choices[k]  # type: ignore[misc]
+            varies = moved[k][e] - moved[k][w] != at[k][e] - at[k][w]
             gap = np.abs(call.value[e] - call.value[w])
-            out.append((dep[k][e] | dep[k][w]) & (gap <= tol * (terms[k][e] + terms[k][w])))
+            out.append((dep[k][e] | dep[k][w]) & varies & (gap <= tol * (terms[k][e] + terms[k][w])))
         else:
             out.append(np.zeros(call.size, dtype=bool))
     return tuple(out)

@@ -185,6 +185,37 @@ def test_layered_ties_and_vertices_do_not_depend_on_the_scale_of_the_values():
     assert torch.equal(have.vertices, want.vertices)
 
 
+def _pool_of_a_pool() -> nn.Sequential:
+    """A pool whose overlapping windows read an earlier pool's winners, some twice (as
+    GoogLeNet's inception branches do)."""
+    return nn.Sequential(OrderedDict(
+        conv1=nn.Conv2d(1, 3, 3), relu1=nn.ReLU(), pool1=nn.MaxPool2d(3, stride=2, ceil_mode=True),
+        pool2=nn.MaxPool2d(3, stride=1, padding=1), conv2=nn.Conv2d(3, 4, 3), relu2=nn.ReLU(),
+    ))
+
+
+def test_an_entry_read_twice_is_no_tie():
+    # The oracle: the dense form, which drops a pool row whose two entries are one value
+    # (its Jacobian row is zero) and finds no tie on a random target. The layered form
+    # counted such pairs (equal at every x) as ties, and solved an LP without them for
+    # nothing; GoogLeNet at 16 px had 251 of them.
+    net = _seeded(_pool_of_a_pool)
+    target, init = _inputs((1, 12, 12))
+    read = layered_net(net, "relu2", target)
+    piece = piece_at(read, [c.value for c in read.calls[:-1]])
+    pool = read.calls[2]
+    _, entry, winner = piece.choices[2]
+    assert (pool.value[entry] == pool.value[winner]).any()  # the case is the one meant
+    ties = tied(read, piece, linear_on(read, piece), target.double().flatten().numpy(), TIE_TOL)
+    assert not any(t.any() for t in ties)
+    dense = affine_piece(net, "relu2", target)
+    assert not pieces_module.tied_rows(dense, target.double().flatten().numpy()).any()
+    with torch.no_grad():
+        units = saturated_units(preactivation(net, target.unsqueeze(0), "relu2")[0], 2)
+    res = solve_exact(net, "relu2", target, init, units, config=ExactConfig(threads=1), form="layered")
+    assert [w["lps"] for w in res.lp_work] == [1, 1]  # no LP without "tied" rows: 2 each before
+
+
 @pytest.mark.parametrize("bias", [0.0, 1e-12])
 def test_an_init_at_zero_gives_the_dense_forms_vertices(bias):
     # The oracle: the dense form. The layered LP's variables are scaled by the largest value
