@@ -14,7 +14,8 @@ each max-pooling window's winner) every call's output is a sparse map of its inp
 Its optimum is the dense LP's (:mod:`collide.piecewise.lp`): the same polytope in more
 coordinates. The L1 term is split as the dense path splits it, ``x = init + p − q`` on
 bounded columns. Rows that hold for every input (a pool window whose entries no input
-reaches, after inactive ReLUs) are left out, as the dense path drops its all-zero rows.
+reaches, after inactive ReLUs, or a pool pair that reads one value twice) are left out, as
+the dense path drops its all-zero rows.
 """
 
 from __future__ import annotations
@@ -191,15 +192,27 @@ def linear_on(net: LayeredNet, piece: Piece) -> Linear:
     return Linear(tuple(maps))
 
 
-def _reaches_input(lin: Linear) -> list[np.ndarray]:
-    """Per call, which of its inputs depend on x at all on this piece."""
-    dep: list[np.ndarray] = []
-    for bx, bz, _ in lin.maps:
-        d = np.diff(bx.indptr) > 0
-        for j, m in bz.items():
-            d = d | (abs(m) @ dep[j].astype(np.float64) > 0)
-        dep.append(d)
-    return dep
+def _varies(net: LayeredNet, piece: Piece, lin: Linear, x: np.ndarray) -> list[np.ndarray]:
+    """Per call before the layer, which of its region rows change with x on this piece: a
+    ReLU's units, a max pool's (entry, winner) pairs; all True for other calls. A row that
+    does not holds at every x, as the dense form's zero Jacobian rows do: a unit no input
+    reaches (after inactive ReLUs), and a pool pair that reads one value twice (a pool
+    whose overlapping windows read an earlier pool's winner twice, as GoogLeNet's
+    inception branches do). Seen as exact float inequality between x and a fixed
+    pseudo-random step from it: two affine maps of the piece that differ anywhere differ
+    there. Shapes: x (d,)"""
+    at = lin.values(x)
+    moved = lin.values(x + np.random.default_rng(0).uniform(-1.0, 1.0, size=len(x)))
+    out: list[np.ndarray] = []
+    for k, call in enumerate(net.calls[:-1]):
+        if call.kind == RELU:
+            out.append(moved[k] != at[k])
+        elif call.kind == MAX_POOL:
+            _, e, w = piece.choices[k]  # type: ignore[misc]
+            out.append(moved[k][e] - moved[k][w] != at[k][e] - at[k][w])
+        else:
+            out.append(np.ones(call.size, dtype=bool))
+    return out
 
 
 def tied(net: LayeredNet, piece: Piece, lin: Linear, x: np.ndarray, tol: float) -> tuple[np.ndarray, ...]:
@@ -211,27 +224,19 @@ def tied(net: LayeredNet, piece: Piece, lin: Linear, x: np.ndarray, tol: float) 
     other, where terms carried through every call (:meth:`Linear.bound`) reach 5,900 times);
     Hardtanh segments are not tie-broken (all False).
 
-    A value, or a pool pair's difference, that is the same at every x on the piece is no
-    tie: its row holds everywhere, and the dense form drops it (a zero Jacobian row). Two
-    entries of a pool that read one earlier pool's winner twice (overlapping windows, as
-    GoogLeNet's inception branches have) are such a pair: 251 of its "ties" at 16 px,
-    where the dense form has none. That it is the same is seen as an exact float equality
-    at x and at a fixed pseudo-random step from it (two maps of the piece that differ
-    anywhere differ there). Shapes: x (d,)"""
-    dep = _reaches_input(lin)
+    A row that holds at every x on the piece (:func:`_varies`) is no tie: a pool pair that
+    reads one value twice counted 251 "ties" at GoogLeNet's survey site at 16 px, where the
+    dense form has none. Shapes: x (d,)"""
+    varies = _varies(net, piece, lin, x)
     terms = lin.terms(x)
-    at = lin.values(x)
-    moved = lin.values(x + np.random.default_rng(0).uniform(-1.0, 1.0, size=len(x)))
     out = []
     for k, call in enumerate(net.calls[:-1]):
         if call.kind == RELU:
-            varies = moved[k] != at[k]
-            out.append(dep[k] & varies & (np.abs(call.value) <= tol * terms[k]))
+            out.append(varies[k] & (np.abs(call.value) <= tol * terms[k]))
         elif call.kind == MAX_POOL:
             _, e, w = piece.choices[k]  # type: ignore[misc]
-            varies = moved[k][e] - moved[k][w] != at[k][e] - at[k][w]
             gap = np.abs(call.value[e] - call.value[w])
-            out.append((dep[k][e] | dep[k][w]) & varies & (gap <= tol * (terms[k][e] + terms[k][w])))
+            out.append(varies[k] & (gap <= tol * (terms[k][e] + terms[k][w])))
         else:
             out.append(np.zeros(call.size, dtype=bool))
     return tuple(out)
@@ -283,7 +288,7 @@ def build_lp(net: LayeredNet, piece: Piece, lin: Linear, init: np.ndarray, *, lo
     pixel, sign = cols % d, np.where(cols < d, 1.0, -1.0)
     sizes = [c.size for c in net.calls]
     starts = tuple(int(s) for s in np.concatenate([[len(cols)], len(cols) + np.cumsum(sizes)]))
-    dep = _reaches_input(lin)
+    varies = _varies(net, piece, lin, init)
     blocks, row_lo, row_hi, pool_rows = [], [], [], []
     sign_cols, sign_lo, sign_hi = [], [], []
     col_lo = [np.zeros(len(cols))]
@@ -327,7 +332,7 @@ def build_lp(net: LayeredNet, piece: Piece, lin: Linear, init: np.ndarray, *, lo
             hi = s_k * np.where(seg == 0, b, np.where(seg < 0, a, hi))
         elif call.kind == MAX_POOL:
             _, e, w = choice  # type: ignore[misc]
-            keep = dep[k][e] | dep[k][w]
+            keep = varies[k].copy()
             if loose is not None:
                 keep &= ~loose
             e, w = e[keep], w[keep]
