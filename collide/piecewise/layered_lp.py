@@ -161,23 +161,28 @@ class Linear:
 
     def rows(self, which: np.ndarray) -> np.ndarray:
         """Rows ``which`` of the layer's Jacobian in x, dense. Shapes: (r, d)"""
-        grads: list[sp.csr_matrix | None] = [None] * len(self.maps)
         last = len(self.maps) - 1
         n_last = self.maps[last][0].shape[0]
-        grads[last] = sp.csr_matrix((np.ones(len(which)), (np.arange(len(which)), which)),
-                                    shape=(len(which), n_last))
-        d = self.maps[0][0].shape[1]
-        total = sp.csr_matrix((len(which), d))
-        for k in range(last, -1, -1):
-            g = grads[k]
-            if g is None:
+        pick = sp.csr_matrix((np.ones(len(which)), (np.arange(len(which)), which)), shape=(len(which), n_last))
+        return self.composed(last, pick).toarray()
+
+    def composed(self, k: int, g: sp.csr_matrix) -> sp.csr_matrix:
+        """The rows ``g`` over call k's input, as rows over x on this piece: ``g`` times the
+        Jacobian of call k's input, by sparse products back through the maps, its explicit
+        zeros removed. Shapes: g (r, n_k); returns (r, d)"""
+        grads: dict[int, sp.csr_matrix] = {k: sp.csr_matrix(g)}
+        total = sp.csr_matrix((g.shape[0], self.maps[0][0].shape[1]))
+        for i in range(k, -1, -1):
+            gi = grads.pop(i, None)
+            if gi is None:
                 continue
-            bx, bz, _ = self.maps[k]
-            total = total + g @ bx
+            bx, bz, _ = self.maps[i]
+            total = total + gi @ bx
             for j, m in bz.items():
-                add = g @ m
-                grads[j] = add if grads[j] is None else grads[j] + add
-        return total.toarray()
+                add = gi @ m
+                grads[j] = grads[j] + add if j in grads else add
+        total.eliminate_zeros()
+        return total
 
 
 def linear_on(net: LayeredNet, piece: Piece) -> Linear:
@@ -198,20 +203,34 @@ def _varies(net: LayeredNet, piece: Piece, lin: Linear, x: np.ndarray) -> list[n
     does not holds at every x, as the dense form's zero Jacobian rows do: a unit no input
     reaches (after inactive ReLUs), and a pool pair that reads one value twice (a pool
     whose overlapping windows read an earlier pool's winner twice, as GoogLeNet's
-    inception branches do). Seen as exact float inequality between x and a fixed
-    pseudo-random step from it: two affine maps of the piece that differ anywhere differ
-    there. Shapes: x (d,)"""
+    inception branches do).
+
+    A row is constant where its row over x (:meth:`Linear.composed`) is exactly zero: one
+    value read twice cancels exactly, since both reads are the same products. Only the rows
+    whose value is the same at x and at a fixed pseudo-random step from it are composed (a
+    row that changes there is not constant; one that does not may still vary, along
+    directions orthogonal to the step or below rounding), so that the many rows that
+    clearly vary cost no product. Shapes: x (d,)"""
     at = lin.values(x)
     moved = lin.values(x + np.random.default_rng(0).uniform(-1.0, 1.0, size=len(x)))
     out: list[np.ndarray] = []
     for k, call in enumerate(net.calls[:-1]):
         if call.kind == RELU:
-            out.append(moved[k] != at[k])
+            entry, winner, varies = np.arange(call.size), None, moved[k] != at[k]
         elif call.kind == MAX_POOL:
-            _, e, w = piece.choices[k]  # type: ignore[misc]
-            out.append(moved[k][e] - moved[k][w] != at[k][e] - at[k][w])
+            _, entry, winner = piece.choices[k]  # type: ignore[misc]
+            varies = moved[k][entry] - moved[k][winner] != at[k][entry] - at[k][winner]
         else:
             out.append(np.ones(call.size, dtype=bool))
+            continue
+        maybe = np.flatnonzero(~varies)
+        if len(maybe):
+            r = np.arange(len(maybe))
+            g = sp.csr_matrix((np.ones(len(maybe)), (r, entry[maybe])), shape=(len(maybe), call.size))
+            if winner is not None:
+                g = g - sp.csr_matrix((np.ones(len(maybe)), (r, winner[maybe])), shape=(len(maybe), call.size))
+            varies[maybe] = np.diff(lin.composed(k, g).indptr) > 0
+        out.append(varies)
     return out
 
 

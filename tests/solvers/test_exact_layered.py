@@ -205,18 +205,58 @@ def test_an_entry_read_twice_is_no_tie_and_no_row():
     piece = piece_at(read, [c.value for c in read.calls[:-1]])
     pool = read.calls[2]
     _, entry, winner = piece.choices[2]
-    assert (pool.value[entry] == pool.value[winner]).any()  # the case is the one meant
-    x0 = target.double().flatten().numpy()
+    same = pool.value[entry] == pool.value[winner]
+    assert (same & (pool.value[winner] > 0)).any()  # the case is the one meant: read twice, not two zeros
+    x0, x_init = target.double().flatten().numpy(), init.double().flatten().numpy()
     lin = linear_on(read, piece)
     assert not any(t.any() for t in tied(read, piece, lin, x0, TIE_TOL))
     dense = affine_piece(net, "relu2", target)
     assert not pieces_module.tied_rows(dense, x0).any()
-    # and its LP leaves those rows out, as the dense form drops them: the same pool rows
-    assert build_lp(read, piece, lin, x0, lower=0.0, upper=1.0).pool_rows.shape[0] == dense.n_pool_rows
+    # and its LP, built at the init as a solve builds it, leaves those rows out as the dense form does
+    assert build_lp(read, piece, lin, x_init, lower=0.0, upper=1.0).pool_rows.shape[0] == dense.n_pool_rows
     with torch.no_grad():
         units = saturated_units(preactivation(net, target.unsqueeze(0), "relu2")[0], 2)
-    res = solve_exact(net, "relu2", target, init, units, config=ExactConfig(threads=1), form="layered")
-    assert [w["lps"] for w in res.lp_work] == [1, 1]  # no LP without "tied" rows: 2 each before
+    both = [solve_exact(net, "relu2", target, init, units, config=ExactConfig(threads=1), form=form)
+            for form in ("dense", "layered")]
+    assert [w["lps"] for w in both[1].lp_work] == [1, 1]  # no LP without "tied" rows: 2 each before
+    assert both[1].outcomes == both[0].outcomes == (OPTIMAL,) * 2
+    assert (both[1].vertices - both[0].vertices).abs().max() <= LP_FORMS_AGREE
+
+
+def test_a_pool_row_that_varies_only_across_the_probe_step_is_kept():
+    # The oracle: the dense form. Which rows hold at every x is first screened by their
+    # values at x and at a fixed pseudo-random step from it (numpy's default_rng(0),
+    # uniform in [-1, 1]); a pair whose difference is orthogonal to that step passes the
+    # screen but varies. A review built one: taken as constant, its row was dropped, and
+    # the vertex left the target's pool winner (left_region) where the dense form's is optimal.
+    step = np.random.default_rng(0).uniform(-1.0, 1.0, size=4)
+    net = nn.Sequential(OrderedDict(
+        flatten=nn.Flatten(), fc1=nn.Linear(4, 4), unflatten=nn.Unflatten(1, (1, 2, 2)), pool=nn.MaxPool2d(2),
+        flat=nn.Flatten(), fc2=nn.Linear(1, 2), relu=nn.ReLU(),
+    )).double().eval()
+    with torch.no_grad():
+        net.fc1.weight.zero_()
+        net.fc1.weight[0, 0], net.fc1.weight[1, 1] = float(step[1]), float(step[0])  # (e - w) . step = 0
+        net.fc1.bias.copy_(torch.tensor([0.2, 0.0, -10.0, -10.0]))
+        net.fc2.weight.fill_(1.0)
+        net.fc2.bias.copy_(torch.tensor([-1.0, -2.0]))
+    target = torch.tensor([[[0.5, 1.0], [0.3, 0.7]]], dtype=torch.float64)
+    init = torch.zeros_like(target)
+    read = layered_net(net, "relu", target)
+    piece = piece_at(read, [c.value for c in read.calls[:-1]])
+    lin = linear_on(read, piece)
+    _, entry, winner = piece.choices[0]
+    x_init = init.flatten().numpy()
+    at, moved = lin.values(x_init)[0], lin.values(x_init + step)[0]
+    assert (at[entry] - at[winner] == moved[entry] - moved[winner]).any()  # the case is the one meant
+    dense = affine_piece(net, "relu", target)
+    assert build_lp(read, piece, lin, x_init, lower=0.0, upper=1.0).pool_rows.shape[0] == dense.n_pool_rows == 3
+    with torch.no_grad():
+        units = saturated_units(preactivation(net, target.unsqueeze(0), "relu")[0], 1)
+    both = [solve_exact(net, "relu", target, init, units, config=ExactConfig(threads=1), form=form)
+            for form in ("dense", "layered")]
+    assert both[1].outcomes == both[0].outcomes == (OPTIMAL,)
+    assert (both[1].vertices - both[0].vertices).abs().max() <= LP_FORMS_AGREE
 
 
 @pytest.mark.parametrize("bias", [0.0, 1e-12])
