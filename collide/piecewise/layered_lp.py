@@ -13,9 +13,10 @@ each max-pooling window's winner) every call's output is a sparse map of its inp
 
 Its optimum is the dense LP's (:mod:`collide.piecewise.lp`): the same polytope in more
 coordinates. The L1 term is split as the dense path splits it, ``x = init + p − q`` on
-bounded columns. Rows that hold for every input (a pool window whose entries no input
+bounded columns. Pool rows that hold for every input (a pool window whose entries no input
 reaches, after inactive ReLUs, or a pool pair that reads one value twice) are left out, as
-the dense path drops its all-zero rows.
+the dense path drops its all-zero rows; a ReLU unit constant on the piece keeps its sign
+bound, a bound on a column that its equality row fixes anyway.
 """
 
 from __future__ import annotations
