@@ -134,11 +134,12 @@ class Linear:
             out.append(z)
         return out
 
-    def terms(self, x: np.ndarray) -> list[np.ndarray]:
+    def terms(self, x: np.ndarray, values: list[np.ndarray]) -> list[np.ndarray]:
         """Each call's input's terms at ``x`` on this piece, what the value is summed from
         and its rounding relative to: ``|B_kx| |x| + Σ_j |B_kj P_j| |z_j| + |c_k|``, with
-        ``z_j`` call j's input at x. Shapes: x (d,)"""
-        return self._sums(np.abs(x), [np.abs(v) for v in self.values(x)])
+        ``z_j`` call j's input at x (``values``: :meth:`values` at x, which the caller has
+        at hand). Shapes: x (d,)"""
+        return self._sums(np.abs(x), [np.abs(v) for v in values])
 
     def bound(self, size: np.ndarray) -> list[np.ndarray]:
         """Per call, a bound on its input over ``|x| ≤ size`` on this piece, the terms
@@ -198,7 +199,7 @@ def linear_on(net: LayeredNet, piece: Piece) -> Linear:
     return Linear(tuple(maps))
 
 
-def _varies(net: LayeredNet, piece: Piece, lin: Linear, x: np.ndarray) -> list[np.ndarray]:
+def _varies(net: LayeredNet, piece: Piece, lin: Linear, x: np.ndarray, at: list[np.ndarray]) -> list[np.ndarray]:
     """Per call before the layer, which of its region rows change with x on this piece: a
     ReLU's units, a max pool's (entry, winner) pairs; all True for other calls. A row that
     does not holds at every x, as the dense form's zero Jacobian rows do: a unit no input
@@ -211,8 +212,7 @@ def _varies(net: LayeredNet, piece: Piece, lin: Linear, x: np.ndarray) -> list[n
     whose value is the same at x and at a fixed pseudo-random step from it are composed (a
     row that changes there is not constant; one that does not may still vary, along
     directions orthogonal to the step or below rounding), so that the many rows that
-    clearly vary cost no product. Shapes: x (d,)"""
-    at = lin.values(x)
+    clearly vary cost no product. ``at``: ``lin.values(x)``. Shapes: x (d,)"""
     moved = lin.values(x + np.random.default_rng(0).uniform(-1.0, 1.0, size=len(x)))
     out: list[np.ndarray] = []
     for k, call in enumerate(net.calls[:-1]):
@@ -247,8 +247,9 @@ def tied(net: LayeredNet, piece: Piece, lin: Linear, x: np.ndarray, tol: float) 
     A row that holds at every x on the piece (:func:`_varies`) is no tie: a pool pair that
     reads one value twice counted 251 "ties" at GoogLeNet's survey site at 16 px, where the
     dense form has none. Shapes: x (d,)"""
-    varies = _varies(net, piece, lin, x)
-    terms = lin.terms(x)
+    at = lin.values(x)
+    varies = _varies(net, piece, lin, x, at)
+    terms = lin.terms(x, at)
     out = []
     for k, call in enumerate(net.calls[:-1]):
         if call.kind == RELU:
@@ -308,7 +309,7 @@ def build_lp(net: LayeredNet, piece: Piece, lin: Linear, init: np.ndarray, *, lo
     pixel, sign = cols % d, np.where(cols < d, 1.0, -1.0)
     sizes = [c.size for c in net.calls]
     starts = tuple(int(s) for s in np.concatenate([[len(cols)], len(cols) + np.cumsum(sizes)]))
-    varies = _varies(net, piece, lin, init)
+    varies = _varies(net, piece, lin, init, lin.values(init))
     blocks, row_lo, row_hi, pool_rows = [], [], [], []
     sign_cols, sign_lo, sign_hi = [], [], []
     col_lo = [np.zeros(len(cols))]
