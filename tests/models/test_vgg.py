@@ -4,6 +4,7 @@ from torch import nn
 
 from collide.datasets.folders import bundled_corpus, list_folder, load_image
 from collide.errors import CheckpointError, DataError
+from collide.models import tensor_file
 from collide.models.tensor_file import build_with_weights
 from collide.models.vgg import IMAGENET_MEAN, IMAGENET_STD, resolve_weights, vgg16_from_source
 from collide.taps import preactivation, resolve_layer
@@ -84,6 +85,30 @@ def test_a_weights_file_is_built_without_drawing_the_init_it_replaces(tmp_path, 
     x = torch.rand(2, 4)
     with torch.no_grad():
         assert torch.equal(net.eval()(x), saved.eval()(x))
+
+
+def test_random_weights_built_again_are_the_same_draw_in_tensors_of_their_own():
+    # The oracle: the module drawn afresh from its seed, no copy of an earlier draw.
+    fresh = tensor_file._drawn(_WithExtra, 7)
+
+    def build(seed: int) -> nn.Module:
+        return build_with_weights(_WithExtra, {"weights": "random", "seed": seed}, what="test-random", fix="-",
+                                  skip_init=True)
+
+    before = torch.get_rng_state()
+    first, again = build(7), build(7)
+    assert ("test-random", 7) in tensor_file._LAST_DRAWN  # the second is the first's copy
+    assert torch.equal(torch.get_rng_state(), before)
+    for net in (first, again):
+        for key, value in fresh.state_dict().items():
+            assert torch.equal(net.state_dict()[key], value), key
+        assert all(isinstance(p, nn.Parameter) and p.requires_grad for p in net.parameters())
+    with torch.no_grad():
+        again.fc.weight.add_(1.0)  # each model's tensors are its own: the next build is not changed
+    assert torch.equal(build(7).fc.weight, fresh.fc.weight)
+    other = build(8)
+    assert not torch.equal(other.fc.weight, fresh.fc.weight)
+    assert torch.equal(other.fc.weight, tensor_file._drawn(_WithExtra, 8).fc.weight)
 
 
 def test_missing_or_wrong_weights_are_clear_errors(tmp_path):
