@@ -21,7 +21,8 @@ run: $(STAMP)
 	$(BIN)/collide compare data/reference/mnist-mlp.parquet data/results/mnist.parquet
 
 # One test worker per core, each on one thread (tests/conftest.py); a file's tests stay in
-# one worker (--dist loadfile), so its module-scoped fixtures are built once.
+# one worker (--dist loadfile), so its module-scoped fixtures are built once, and the files
+# that build pynndescent indexes share one (tests/support.py's SHARED_WORKER).
 TEST_WORKERS ?= 2
 test: $(STAMP)
 	$(BIN)/python -m pytest -q -n $(TEST_WORKERS) --dist loadfile

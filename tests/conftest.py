@@ -21,7 +21,25 @@ import flows  # noqa: E402, F401
 from collide.config import RowSpec  # noqa: E402
 from collide.experiments import engine, mnist  # noqa: E402
 from collide.experiments.mnist import MnistExperiment  # noqa: E402
-from tests.support import small_mnist_config, synthetic_mnist  # noqa: E402
+from tests.support import SHARED_WORKER, small_mnist_config, synthetic_mnist  # noqa: E402
+
+
+def pytest_xdist_make_scheduler(config, log):
+    # tests.support.SHARED_WORKER's files run in one worker. In the scheduler, by path:
+    # xdist's own groups (--dist loadgroup) do nothing under pytest 9.2 (pytest-xdist
+    # issue 1386).
+    if config.getvalue("dist") != "loadfile":
+        return None  # xdist's own scheduler
+    from xdist.scheduler import LoadFileScheduling  # a plugin's module: only where xdist runs
+
+    class Files(LoadFileScheduling):
+        """A work unit per file, as --dist loadfile, except SHARED_WORKER's files: one unit."""
+
+        def _split_scope(self, nodeid: str) -> str:
+            path = super()._split_scope(nodeid)
+            return SHARED_WORKER.get(path, path)
+
+    return Files(config, log)
 
 
 def pytest_collection_modifyitems(config, items):

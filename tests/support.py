@@ -20,6 +20,14 @@ from collide.taps import preactivation
 # The repository's root: tests read its README, docs, pyproject and reference tables.
 PROJECT = Path(__file__).resolve().parent.parent
 
+# Files whose tests build pynndescent indexes: under `make test` (--dist loadfile) they
+# share one worker (tests/conftest.py's scheduler), so that numba compiles pynndescent's
+# kernels once rather than once per worker: 35 to 56 s a compile on the loaded 2-core
+# machine (2026-12-06).
+SHARED_WORKER = dict.fromkeys(
+    ("tests/patches/test_knn.py", "tests/patches/test_patch_candidates.py",
+     "tests/experiments/test_vision_pipelines.py"), "pynndescent")
+
 
 def write_idx(path: Path, array: np.ndarray) -> None:
     """Write ``array`` (uint8) as an IDX file: the format MNIST ships in."""

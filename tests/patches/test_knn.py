@@ -4,6 +4,7 @@ import pytest
 from collide.config import KnnConfig
 from collide.errors import ConfigError, DataError
 from collide.patches.knn import PatchIndex, as_vectors, exact_knn, recall_at_k
+from tests.support import PROJECT, SHARED_WORKER
 
 RECALL_MIN = 0.95
 DISTANCE_ATOL = 1e-3  # float32 distances of 16-pixel patches in 0-255 units
@@ -244,3 +245,10 @@ def test_bad_nndescent_options_are_refused():
         KnnConfig(n_jobs=0)
     with pytest.raises(ConfigError, match="n_trees >= 0"):
         KnnConfig(n_trees=-1)
+
+
+def test_the_files_that_build_pynndescent_indexes_share_a_test_worker():
+    # One that does not compiles numba's kernels again in a worker of its own.
+    building = {path.relative_to(PROJECT).as_posix() for path in (PROJECT / "tests").rglob("test_*.py")
+                if 'method="pynndescent"' in path.read_text()}
+    assert building and building == set(SHARED_WORKER)
