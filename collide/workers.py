@@ -22,10 +22,23 @@ import sys
 from collections.abc import Mapping
 from typing import Any
 
-from collide.errors import DataError
+from collide.errors import ConfigError, DataError
 
 SHARED = ("every worker needs the same filesystem as the submitting process (the results root, the data and "
           "the checkpoints)")
+
+
+def worker_count(text: str, what: str) -> int:
+    """``text`` (a flag's or an environment variable's value, named by ``what``) as a number
+    of local worker processes: a whole number, at least 1. A cluster of none or fewer starts
+    and then waits for ever, since no job ever reaches it."""
+    try:
+        n = int(text)
+    except ValueError:
+        n = 0
+    if n < 1 or str(n) != text.strip():
+        raise ConfigError(f"{what} must be a whole number of worker processes, at least 1; got {text!r}")
+    return n
 
 
 def machine_cores() -> int:

@@ -8,7 +8,8 @@ value the user exported wins:
   noise to the log;
 - ``PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS``: Prefect gives its temporary
   server 20 s to start; a cold Prefect home (new database, migrations) on a loaded
-  2-core machine needs longer, so allow minutes;
+  2-core machine needs longer, so allow minutes (``collide run``'s own temporary server,
+  :mod:`flows.temporary_server`, reads it too);
 - ``PREFECT_LOGGING_EXTRA_LOGGERS``: what the library logs (``collide.datasets.mnist``
   downloading MNIST, say) goes to the flow run's log as well.
 """

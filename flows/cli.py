@@ -5,7 +5,7 @@ message says how to run without it), or collide has a bug (an internal error: th
 traceback and a line saying so); 2 bad input (unknown experiment or layer, bad config
 value, missing data or checkpoint, port in use), with a message that says what to fix:
 collide's own errors (:class:`collide.errors.CollideError`) only, so that a bug is never
-reported as the user's mistake; 130 interrupted.
+reported as the user's mistake; 130 interrupted (Ctrl-C, or SIGTERM to a run).
 
 Start-up imports nothing heavy: torch, pandas, Prefect, Dask and matplotlib load inside
 the commands that need them, the experiment registry lists names without importing an
@@ -17,11 +17,15 @@ experiment, and configs are built, shown and refused with their torch-free class
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import shlex
+import signal
 import sys
+import threading
 import traceback
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -95,7 +99,42 @@ def _tqdm_progress():  # type: ignore[no-untyped-def]
     return report
 
 
+@contextlib.contextmanager
+def _sigterm_interrupts() -> Iterator[None]:
+    """SIGTERM (``timeout``, a service manager) stops a run as Ctrl-C does: an exception,
+    so that the run's clean-up (its scratch folders, the temporary server) still happens.
+    Prefect's flow engine passes the signal on to the handler it found once it has
+    recorded the crash; without this one, Python's default would end the process there."""
+    if threading.current_thread() is not threading.main_thread():
+        yield  # only the main thread may set handlers
+        return
+
+    def interrupt(_signum: int, _frame: Any) -> None:
+        raise KeyboardInterrupt
+
+    previous = signal.signal(signal.SIGTERM, interrupt)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+
+
+def _prefect_server() -> contextlib.AbstractContextManager[object]:
+    """The server a flow run reports to: ``PREFECT_API_URL``'s, else a temporary one of
+    collide's for the block (:mod:`flows.temporary_server`)."""
+    from prefect.settings import PREFECT_API_URL
+
+    from flows.temporary_server import temporary_server
+
+    return contextlib.nullcontext() if PREFECT_API_URL.value() else temporary_server()
+
+
 def _run(args: argparse.Namespace) -> int:
+    with _sigterm_interrupts():
+        return _run_experiment(args)
+
+
+def _run_experiment(args: argparse.Namespace) -> int:
     if args.no_prefect and (args.dask_address or args.workers):
         flag = "--dask-address" if args.dask_address else "--workers"
         raise ConfigError(f"{flag} fans the jobs out over Dask, which the Prefect flow does: --no-prefect runs every "
@@ -120,7 +159,8 @@ def _run(args: argparse.Namespace) -> int:
         from flows.runner import dask_runner
 
         flow = experiment_flow.with_options(task_runner=dask_runner(args.dask_address, args.workers))
-        out = flow(experiment=args.experiment, config=overrides)
+        with _prefect_server():
+            out = flow(experiment=args.experiment, config=overrides)
     print("\n".join(outcome_lines(out)))
     return EXIT_OK
 
@@ -247,7 +287,8 @@ def _tables(args: argparse.Namespace) -> int:
     else:
         from flows.tables import tables_flow
 
-        out = tables_flow(results_root=args.results_root)
+        with _sigterm_interrupts(), _prefect_server():
+            out = tables_flow(results_root=args.results_root)
     for name, written in out["experiments"].items():
         print(f"{name}: {written['rows']} rows -> {written['table']}, {written['figure']}")
         if written.get("incomplete"):
@@ -269,10 +310,24 @@ def _verify(args: argparse.Namespace) -> int:
     from collide.results.verify import verify
 
     found = {s.name: s for s in stores(args.results_root)}
+    if not Path(args.results_root).is_dir():
+        raise DataError(f"{args.results_root} is not a folder: pass --results-root, the folder holding "
+                        "<experiment>.zarr (default data/results)")
+    if args.experiment and args.experiment not in found:
+        # A path where a name goes (data/results/mnist.zarr): say how to name it.
+        given = Path(args.experiment)
+        hint = (f"; to verify {given}, run `collide verify {given.name.removesuffix('.zarr')} --results-root "
+                f"{given.parent}`" if given.suffix == ".zarr" or given.is_dir() else "")
+        there = ", ".join(found) or "none"
+        raise DataError(f"no store {args.experiment!r} under {args.results_root} (stores there: {there}){hint}")
     names = [args.experiment] if args.experiment else list(found)
-    if not names or not all(n in found for n in names):
-        raise DataError(f"no store {names or '<experiment>.zarr'} under {args.results_root}: "
-                                "run an experiment first (collide status lists what there is)")
+    if not names:
+        root = Path(args.results_root)
+        if root.suffix == ".zarr":  # the store itself where the folder holding it goes
+            raise DataError(f"{root} is a store, not the folder that holds stores: run `collide verify "
+                            f"{root.name.removesuffix('.zarr')} --results-root {root.parent}`")
+        raise DataError(f"no <experiment>.zarr store under {args.results_root}: run an experiment first "
+                        "(collide status lists what there is)")
     failed = 0
     trusted = tuple(args.model or ())
     for name in names:
@@ -334,10 +389,16 @@ def _compare(args: argparse.Namespace) -> int:
 
     from collide.results.agreement import compare_tables
 
-    for path in (args.reference, args.table):
+    def read(path: str) -> pd.DataFrame:
+        fix = "give a .parquet table (e.g. data/reference/mnist-mlp.parquet)"
         if not Path(path).is_file():
-            raise DataError(f"{path} does not exist: give a .parquet table (e.g. data/reference/mnist-mlp.parquet)")
-    reference, table = (pd.read_parquet(path) for path in (args.reference, args.table))
+            raise DataError(f"{path} does not exist: {fix}")
+        try:
+            return pd.read_parquet(path)
+        except (OSError, ValueError) as exc:  # pyarrow's ArrowInvalid is a ValueError
+            raise DataError(f"{path} is not a Parquet table ({type(exc).__name__}): {fix}") from None
+
+    reference, table = read(args.reference), read(args.table)
     problems = compare_tables(reference, table)
     for line in problems:
         print(f"DIFFERS: {line}")
@@ -349,23 +410,35 @@ def _compare(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+def _worker_count(text: str) -> int:
+    """``--workers``: a whole number of worker processes, at least 1 (0 or less would start
+    a cluster no job ever reaches)."""
+    from collide.workers import worker_count
+
+    try:
+        return worker_count(text, "--workers")
+    except ConfigError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
+
+
 def build_parser() -> argparse.ArgumentParser:
     from flows.serve import DEFAULT_PORT, PROJECT
 
     parser = argparse.ArgumentParser(
         prog="collide",
         formatter_class=argparse.RawDescriptionHelpFormatter,
-        description="Find and measure feature collisions (colliding polytopes) in ReLU networks.",
+        description="Find and measure feature collisions (colliding polytopes) in neural networks: ReLU and every "
+        "activation that saturates.",
         epilog="""first steps:
   collide run mnist                 run the MNIST experiment (tables in data/results/)
-  collide layers torchvision:resnet18 --input-size 64   the ReLU calls a model offers
+  collide layers torchvision:resnet18 --input-size 64   the activation calls a model offers
   collide status                    what results exist, how fresh, from which config
   collide tables                    rebuild every table, figure and report.html from the stores
   collide verify                    recompute every table from its store in float64 and compare
   collide serve                     Prefect server + UI on http://127.0.0.1:4200, scheduled deployments
 
 exit codes: 0 done, 1 the run failed (or a bug in collide: "internal error"), 2 bad input (the message
-says what to fix), 130 interrupted.
+says what to fix), 130 interrupted (Ctrl-C, or SIGTERM to a run).
 Each command has its own --help.""",
     )
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
@@ -400,14 +473,16 @@ Each command has its own --help.""",
     run.add_argument("--device", help="auto (default), cpu or cuda")
     run.add_argument("--model", help="model: torchvision:NAME (e.g. torchvision:resnet18) or package.module:factory")
     run.add_argument("--weights", help="model, imagenet: a state dict file, 'torchvision', or 'random' (on request)")
-    run.add_argument("--layer", help="the ReLU call where features collide (`collide layers MODEL` lists them)")
+    run.add_argument("--layer", help="the activation call where features collide (`collide layers MODEL` lists "
+                     "them)")
     run.add_argument("--no-prefect", action="store_true",
                      help="run the same stages in plain Python with progress bars, no Prefect")
     run.add_argument("--dask-address", metavar="ADDR",
                      help="send the polytope jobs to this Dask scheduler (default: $COLLIDE_DASK_ADDRESS, "
                      "else a local cluster started for the run); its workers need this filesystem (the results "
                      "root, the data, the checkpoints)")
-    run.add_argument("--workers", type=int, help="local cluster size (default: $COLLIDE_DASK_WORKERS or one per core)")
+    run.add_argument("--workers", type=_worker_count,
+                     help="local cluster size, at least 1 (default: $COLLIDE_DASK_WORKERS or one per core)")
     run.set_defaults(func=_run)
 
     config = sub.add_parser(
@@ -423,12 +498,13 @@ Each command has its own --help.""",
     show.set_defaults(func=_config)
 
     layers = sub.add_parser(
-        "layers", help="list a model's ReLU call sites: the names --layer / layer= accepts",
+        "layers", help="list a model's activation call sites: the names --layer / layer= accepts",
         formatter_class=argparse.RawDescriptionHelpFormatter,
         description="Run one forward pass of a zero image through MODEL (random weights: names and shapes do not\n"
-        "depend on them) and list every ReLU call: module sites by module name, NAME#k for a module called\n"
-        "more than once per forward (k from 0), OWNER.relu() for functional ReLUs (#k when OWNER's forward\n"
-        "makes several). Other activations are listed with why they cannot be a collision layer.",
+        "depend on them) and list every activation call: module sites by module name, NAME#k for a module\n"
+        "called more than once per forward (k from 0), OWNER.relu() for functional calls (#k when OWNER's\n"
+        "forward makes several), with the methods each supports; an activation that cannot be a collision\n"
+        "layer is listed with why.",
         epilog="examples:\n  collide layers torchvision:resnet18 --input-size 64\n"
         "  collide layers mypackage.models:small_cnn --input-size 28 --channels 1",
     )
@@ -499,10 +575,14 @@ Each command has its own --help.""",
 
 
 def _server_did_not_start(exc: BaseException) -> bool:
-    """Whether ``exc`` (or what it was raised from) is Prefect's temporary server failing to start."""
+    """Whether ``exc`` (or what it was raised from) is the temporary server failing to start:
+    collide's own (:mod:`flows.temporary_server`) or Prefect's (``python -m flows.experiment``)."""
+    from flows.temporary_server import TemporaryServerError
+
     seen: BaseException | None = exc
     while seen is not None:
-        if isinstance(seen, RuntimeError) and "ephemeral Prefect API server" in str(seen):
+        if isinstance(seen, TemporaryServerError) or (
+                isinstance(seen, RuntimeError) and "ephemeral Prefect API server" in str(seen)):
             return True
         seen = seen.__cause__ or seen.__context__
     return False
@@ -564,6 +644,8 @@ def main(argv: list[str] | None = None) -> int:
         print(f"collide: error: {exc}", file=sys.stderr)
         return EXIT_BAD_INPUT
     except KeyboardInterrupt:
+        print("collide: interrupted. Finished rows are kept: the same command again resumes where this one "
+              "stopped (`collide status` lists what is done).", file=sys.stderr)
         return 130
     except BUGS as exc:
         traceback.print_exception(exc, file=sys.stderr)

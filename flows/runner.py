@@ -19,6 +19,9 @@ from typing import Any
 
 from prefect_dask import DaskTaskRunner
 
+from collide.errors import ConfigError
+from collide.workers import worker_count
+
 ADDRESS_ENV = "COLLIDE_DASK_ADDRESS"
 WORKERS_ENV = "COLLIDE_DASK_WORKERS"
 
@@ -56,7 +59,11 @@ def dask_runner(address: str | None = None, workers: int | None = None) -> Any:
     address = address or os.environ.get(ADDRESS_ENV) or None
     if address:
         return DaskTaskRunner(address=address)
-    workers = workers or int(os.environ.get(WORKERS_ENV) or 0) or os.cpu_count() or 1
+    if workers is not None and workers < 1:
+        raise ConfigError(f"a local Dask cluster needs at least 1 worker, got {workers}")
+    if workers is None and os.environ.get(WORKERS_ENV):
+        workers = worker_count(os.environ[WORKERS_ENV], WORKERS_ENV)
+    workers = workers or os.cpu_count() or 1
     return LocalDaskRunner(cluster_kwargs={
         "n_workers": workers, "threads_per_worker": 1, "processes": True,
         "host": "127.0.0.1", "dashboard_address": "127.0.0.1:0",

@@ -231,7 +231,7 @@ def serve(*, port: int, file: str | Path, home: str | Path, log: Any = print) ->
             os.chdir(PROJECT)  # entrypoints are relative to the project root, as for `prefect deploy`
             _serve_until(runner_deployments(specs), stopping, log)
         finally:
-            _drain_prefect()
+            drain_prefect()
             stop(server)
     log("stopped: deployments paused, server down")
     return 0
@@ -261,7 +261,7 @@ def _serve_until(deployments: list[Any], stopping: threading.Event, log: Any) ->
         log(f"the runner did not stop within {RUNNER_GRACE:.0f} s; stopping the server anyway")
 
 
-def _drain_prefect() -> None:
+def drain_prefect() -> None:
     """Send the logs and events still queued while the server is up; at exit they would
     be retried against a stopped server, and the process would not end."""
     if "prefect" not in sys.modules:

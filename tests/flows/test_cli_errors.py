@@ -1,17 +1,23 @@
 """The CLI says what went wrong and what to do: config errors, a data root without
-MNIST, a temporary Prefect server that does not start."""
+MNIST, a temporary Prefect server that does not start, a run interrupted."""
 
 import json
 import logging
 import os
+import re
+import signal
 import subprocess
 import sys
+import threading
+import time
 
 import pytest
 
 from collide.datasets import mnist as data
-from collide.errors import InternalError
-from flows.cli import main
+from collide.errors import ConfigError, InternalError
+from flows.cli import _sigterm_interrupts, main
+from flows.serve import port_free
+from tests.support import PROJECT
 
 
 def _no_fetching(monkeypatch):
@@ -109,37 +115,98 @@ def test_the_test_session_itself_has_the_generous_timeout():
     assert int(os.environ[STARTUP_TIMEOUT_ENV]) >= 300
 
 
+def _run_argv(config, tmp_path) -> list[str]:
+    return ["run", "mnist", "--data-root", config.data_root, "--results-root", str(tmp_path / "results"),
+            "--checkpoint-dir", str(tmp_path / "ck"), "--device", "cpu", "--workers", "1"]
+
+
+def _without_server(tmp_path, **extra: str) -> dict[str, str]:
+    """The environment of a `collide run` that names no Prefect server: it starts its own."""
+    env = {k: v for k, v in os.environ.items() if k != "PREFECT_API_URL"}
+    return {**env, "PREFECT_HOME": str(tmp_path / "prefect-home"), **extra}
+
+
 # Run in a child: Prefect's logging set-up in this process would bind its console handler
 # to pytest's captured stream, which is closed once the test ends, and every later flow
 # test would log into a closed file.
-_SERVER_TIMES_OUT = """
-import sys
-from flows.cli import main
-from prefect.server.api.server import SubprocessASGIServer
-
-def timed_out(self, timeout=None):
-    raise RuntimeError("Timed out while attempting to connect to ephemeral Prefect API server.")
-
-SubprocessASGIServer.start = timed_out
-raise SystemExit(main(sys.argv[1:]))
-"""
-
-
 @pytest.mark.slow
 def test_a_server_that_does_not_start_says_what_to_do(tiny_config, tmp_path):
-    argv = ["run", "mnist", "--data-root", tiny_config.data_root, "--results-root", str(tmp_path / "results"),
-            "--checkpoint-dir", str(tmp_path / "ck"), "--device", "cpu", "--workers", "1"]
-    env = {k: v for k, v in os.environ.items() if k != "PREFECT_API_URL"}
-    env["PREFECT_HOME"] = str(tmp_path / "prefect-home")
-    done = subprocess.run([sys.executable, "-c", _SERVER_TIMES_OUT, *argv], env=env, capture_output=True,
-                          text=True, timeout=300)
+    # One second: the server's own Python takes longer to start than that.
+    env = _without_server(tmp_path, PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS="1")
+    done = subprocess.run([sys.executable, "-m", "flows.cli", *_run_argv(tiny_config, tmp_path)], env=env,
+                          capture_output=True, text=True, timeout=300, cwd=PROJECT)
     assert done.returncode == 1, done.stderr
     err = done.stderr
-    assert "Prefect's temporary server did not start within PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS" in err
+    assert "Prefect's temporary server did not start within PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS=1" in err
     assert "--no-prefect" in err and "collide serve" in err
     assert "PREFECT_API_URL=http://127.0.0.1:4200/api" in err
     assert "export PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS=" in err
     assert not (tmp_path / "results").exists()
+    port = int(re.search(r"temporary Prefect server on 127\.0\.0\.1:(\d+)", err).group(1))
+    assert port_free(port)  # stopped, not left behind
+
+
+@pytest.mark.slow
+def test_ctrl_c_stops_the_run_within_seconds_and_the_server_with_it(tiny_config, tmp_path):
+    """Ctrl-C in a terminal signals the whole foreground group. Prefect's own temporary server
+    was in it: it died first, and the run then spent minutes retrying its crash report
+    against it and exited 1, "the run failed" (a new user's trial, 2026-12-06)."""
+    log = tmp_path / "run.log"
+    with log.open("w") as out:
+        proc = subprocess.Popen([sys.executable, "-m", "flows.cli", *_run_argv(tiny_config, tmp_path)],
+                                env=_without_server(tmp_path), stdout=out, stderr=subprocess.STDOUT, cwd=PROJECT,
+                                start_new_session=True)  # a group of its own, as a terminal's job
+        deadline = time.time() + 240
+        while "fanning out" not in log.read_text() and proc.poll() is None and time.time() < deadline:
+            time.sleep(0.2)
+        assert proc.poll() is None, log.read_text()
+        os.killpg(proc.pid, signal.SIGINT)
+        stopped = time.time()
+        code = proc.wait(timeout=120)
+    text = log.read_text()
+    assert code == 130, text
+    assert time.time() - stopped < 60, text
+    assert "collide: interrupted" in text and "the run failed" not in text
+    assert "Crash detected! Execution was aborted by an interrupt signal" in text  # the server recorded it
+    port = int(re.search(r"temporary Prefect server on 127\.0\.0\.1:(\d+)", text).group(1))
+    assert port_free(port)
+
+
+def test_sigterm_to_a_run_is_an_interrupt_and_the_old_handler_comes_back():
+    if threading.current_thread() is not threading.main_thread():
+        pytest.skip("signal handlers belong to the main thread: the signal would end this test process")
+    before = signal.getsignal(signal.SIGTERM)
+    with pytest.raises(KeyboardInterrupt), _sigterm_interrupts():
+        os.kill(os.getpid(), signal.SIGTERM)
+        time.sleep(5)  # the handler raises as soon as the signal is taken, well before this ends
+    assert signal.getsignal(signal.SIGTERM) is before
+
+
+def test_a_worker_count_below_one_is_refused_before_anything_starts(capsys):
+    for bad in ("0", "-1", "two", "1.5"):
+        with pytest.raises(SystemExit) as exit_:
+            main(["run", "mnist", "--workers", bad])
+        assert exit_.value.code == 2
+        assert f"--workers must be a whole number of worker processes, at least 1; got {bad!r}" in (
+            capsys.readouterr().err)
+
+
+def test_a_worker_count_from_the_environment_is_checked_too(monkeypatch):
+    from flows.runner import WORKERS_ENV, dask_runner
+
+    monkeypatch.setenv(WORKERS_ENV, "-1")
+    with pytest.raises(ConfigError, match=f"{WORKERS_ENV} must be a whole number of worker processes"):
+        dask_runner()
+    monkeypatch.setenv(WORKERS_ENV, "3")
+    assert dask_runner().cluster_kwargs["n_workers"] == 3
+
+
+def test_compare_refuses_a_file_that_is_not_a_parquet_table(tmp_path, capsys):
+    (tmp_path / "notes.txt").write_text("not a table")
+    reference = PROJECT / "data" / "reference" / "mnist-mlp.parquet"
+    assert main(["compare", str(reference), str(tmp_path / "notes.txt")]) == 2
+    err = capsys.readouterr().err
+    assert "notes.txt is not a Parquet table" in err and "internal error" not in err
 
 
 def test_config_file_errors_are_named_too(tmp_path, capsys):
@@ -212,3 +279,18 @@ def test_the_clis_own_refusals_are_collide_errors(tmp_path, capsys):
                        (["--set", "n_vertices"], "--set expects key=value")):
         assert main(["run", "mnist", "--no-prefect", *argv]) == 2
         assert said in capsys.readouterr().err
+
+
+def test_verify_given_a_store_path_says_how_to_name_it(tmp_path, capsys):
+    root = tmp_path / "results"
+    (root / "mnist.zarr").mkdir(parents=True)
+    store = root / "mnist.zarr"
+    assert main(["verify", str(store), "--results-root", str(root)]) == 2
+    err = capsys.readouterr().err
+    assert f"stores there: mnist); to verify {store}, run `collide verify mnist --results-root {root}`" in err
+    assert main(["verify", "--results-root", str(store)]) == 2
+    assert f"is a store, not the folder that holds stores: run `collide verify mnist --results-root {root}`" in (
+        capsys.readouterr().err)
+    assert main(["verify", "--results-root", str(tmp_path / "none")]) == 2
+    assert "none is not a folder: pass --results-root" in capsys.readouterr().err
+    assert sorted(p.name for p in tmp_path.rglob("*")) == ["mnist.zarr", "results"]  # nothing written

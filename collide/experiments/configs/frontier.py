@@ -24,7 +24,7 @@ class FrontierExperiment(MnistExperiment):
     (target picking needs at least ``n_vertices`` non-positive units).
 
     Attributes:
-        layer: the ReLU layer where features must stay within ε.
+        layer: the activation layer where features must stay within ε.
         rows: serves only the MNIST stages this experiment reuses.
         n_vertices: the fewest non-positive units a target must have (target picking only).
         frontier: the feature-error budgets ε and the solver of each frontier point.

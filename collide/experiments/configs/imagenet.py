@@ -25,7 +25,7 @@ class ImagenetExperiment(ExperimentConfig):
 
     Attributes:
         name: names the outputs: <name>.zarr, <name>.parquet, <name>-vertices.png under results_root.
-        layer: the ReLU layer where features collide (VGG-16's fc6 pre-activation by default).
+        layer: the activation layer where features collide (VGG-16's fc6 pre-activation by default).
         n_vertices: vertices per polytope, each pushing one of the target's non-positive units.
         target_label: checked to lie in 0..9 like every experiment's; the target is chosen by target instead.
         rows: the inits of the table's rows: target and/or other (an image of another class).

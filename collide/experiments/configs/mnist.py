@@ -90,7 +90,7 @@ class MnistExperiment(ExperimentConfig):
 
     Attributes:
         name: names the outputs: <name>.zarr, <name>.parquet, <name>-vertices.png under results_root.
-        layer: the ReLU layer where features collide (`collide config show` lists the model's).
+        layer: the activation layer where features collide (`collide config show` lists the model's).
         n_vertices: vertices per polytope, each pushing one of the target's non-positive units.
         target_label: the digit whose first correctly classified test image is the target.
         rows: the table's rows per target: each a method (gradient, exact, paper) and an init (target, other).

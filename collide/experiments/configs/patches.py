@@ -67,7 +67,7 @@ class PatchExperiment(ExperimentConfig):
 
     Attributes:
         name: names the outputs: <name>.zarr, <name>.parquet, <name>-vertices.png under results_root.
-        layer: the ReLU layer where features collide ("": fc1 on MNIST, fc6 with dataset=folder).
+        layer: the activation layer where features collide ("": fc1 on MNIST, fc6 with dataset=folder).
         n_vertices: vertices per polytope, each pushing one of the target's non-positive units.
         target_label: the digit whose first correctly classified test image is the start (dataset=mnist).
         rows: self (compositions collide with the start image) and/or other (with another label's image).
