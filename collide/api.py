@@ -285,10 +285,10 @@ def measure(
         finite = torch.isfinite(vertices.flatten(1)).all(1)
         v_pred = net(torch.nan_to_num(vertices).to(device)).argmax(-1).cpu()
         nan = float("nan")
-        reason = "" if n_valid >= POLYTOPE_MIN_VERTICES else (
-            f"{n_valid} of {n_all} vertices valid: a polytope needs {POLYTOPE_MIN_VERTICES}; "
-            + "; ".join(f"v{k}: {r}" for k, r in enumerate(poly.reasons) if r)
-        )
+        # Each invalid vertex's reason after the count; none where every vertex was valid (too few asked for).
+        reason = "" if n_valid >= POLYTOPE_MIN_VERTICES else "; ".join([
+            f"{n_valid} of {n_all} vertices valid: a polytope needs {POLYTOPE_MIN_VERTICES}",
+            *(f"v{k}: {r}" for k, r in enumerate(poly.reasons) if r)])
         common = {
             "target_class": t_class, "n_classes": len(t_prob), "target_top_prob": float(t_prob.max()),
             "n_valid": n_valid,

@@ -103,7 +103,20 @@ def prepare(experiment: Experiment, *, config: ExperimentConfig, progress: Progr
     The context's ``shared`` names the files every job reads (:func:`shared_files`)."""
     with _threads(config):
         context = experiment.prepare(config=config, progress=progress)
-    return {**context, "shared": shared_files(config, context)}
+    notes = [*context.get("notes", []), *replaced_config_note(experiment_store(experiment, config=config), config)]
+    return {**context, "shared": shared_files(config, context), **({"notes": notes} if notes else {})}
+
+
+def replaced_config_note(store: ExperimentStore, config: ExperimentConfig) -> list[str]:
+    """A note where ``store`` holds rows of another config than ``config`` (its run record
+    says so): the run replaces them row by row, since a store holds one config's rows.
+    Said before any row changes, with the way to keep both."""
+    record = store.run_record()
+    if record is None or record.get("config_digest") in (None, config.digest()) or not store.rows():
+        return []
+    return [f"{store.path} holds {len(store.rows())} rows of another config ({record['config_digest']}; its run "
+            f"record {store.run_record_path.name} has it whole): this run's config ({config.digest()}) replaces "
+            f"them as its jobs run. To keep both, stop now and pass --set name=NEW"]
 
 
 def shared_files(config: ExperimentConfig, context: dict[str, Any]) -> dict[str, str]:

@@ -179,6 +179,17 @@ def test_rerun_reuses_the_checkpoint_and_reproduces_the_table(finished):
     assert mnist.train_model(config=config)["reused"]
 
 
+def test_a_run_with_another_config_says_it_replaces_the_stores_rows_before_changing_any(finished):
+    config, _ = finished
+    store = engine.experiment_store(mnist, config=config)
+    assert engine.replaced_config_note(store, config) == []  # the store's own config: nothing replaced
+    other = dataclasses.replace(config, n_vertices=3).absolute()
+    [note] = engine.replaced_config_note(store, other)
+    assert f"holds 6 rows of another config ({config.absolute().digest()}" in note
+    assert f"this run's config ({other.digest()}) replaces them" in note and "--set name=NEW" in note
+    assert "holds 6 rows of another config" in " ".join(engine.prepare(mnist, config=other)["notes"])
+
+
 def test_unknown_layer_fails_before_writing_anything(tiny_config):
     bad = dataclasses.replace(tiny_config, layer="fc3")
     with pytest.raises(LayerError, match="relu1"):
