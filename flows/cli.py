@@ -5,7 +5,7 @@ message says how to run without it), or collide has a bug (an internal error: th
 traceback and a line saying so); 2 bad input (unknown experiment or layer, bad config
 value, missing data or checkpoint, port in use), with a message that says what to fix:
 collide's own errors (:class:`collide.errors.CollideError`) only, so that a bug is never
-reported as the user's mistake; 130 interrupted (Ctrl-C, or SIGTERM to a run).
+reported as the user's mistake; 130 interrupted (Ctrl-C, or SIGTERM or SIGHUP to a run).
 
 Start-up imports nothing heavy: torch, pandas, Prefect, Dask and matplotlib load inside
 the commands that need them, the experiment registry lists names without importing an
@@ -99,12 +99,17 @@ def _tqdm_progress():  # type: ignore[no-untyped-def]
     return report
 
 
+# Signals that stop a run from outside: a service manager's or `timeout`'s SIGTERM, and the
+# SIGHUP of a terminal that closes (the temporary server, in a session of its own, gets none).
+_STOPS = (signal.SIGTERM, signal.SIGHUP)
+
+
 @contextlib.contextmanager
-def _sigterm_interrupts() -> Iterator[None]:
-    """SIGTERM (``timeout``, a service manager) stops a run as Ctrl-C does: an exception,
-    so that the run's clean-up (its scratch folders, the temporary server) still happens.
-    Prefect's flow engine passes the signal on to the handler it found once it has
-    recorded the crash; without this one, Python's default would end the process there."""
+def _stops_interrupt() -> Iterator[None]:
+    """SIGTERM and SIGHUP stop a run as Ctrl-C does: an exception, so that the run's
+    clean-up (its scratch folders, the temporary server) still happens. Prefect's flow
+    engine passes SIGTERM on to the handler it found once it has recorded the crash;
+    without this one, Python's default would end the process there."""
     if threading.current_thread() is not threading.main_thread():
         yield  # only the main thread may set handlers
         return
@@ -112,11 +117,12 @@ def _sigterm_interrupts() -> Iterator[None]:
     def interrupt(_signum: int, _frame: Any) -> None:
         raise KeyboardInterrupt
 
-    previous = signal.signal(signal.SIGTERM, interrupt)
+    previous = {sig: signal.signal(sig, interrupt) for sig in _STOPS}
     try:
         yield
     finally:
-        signal.signal(signal.SIGTERM, previous)
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
 
 
 def _prefect_server() -> contextlib.AbstractContextManager[object]:
@@ -130,7 +136,7 @@ def _prefect_server() -> contextlib.AbstractContextManager[object]:
 
 
 def _run(args: argparse.Namespace) -> int:
-    with _sigterm_interrupts():
+    with _stops_interrupt():
         return _run_experiment(args)
 
 
@@ -149,11 +155,15 @@ def _run_experiment(args: argparse.Namespace) -> int:
     config.check_request(overrides)  # refusals that depend on what was asked for by name (the MNIST data root)
     if args.no_prefect:
         from collide.experiments import engine
+        from collide.results.cells import row_summary
 
         out = engine.run(module, config=config, progress=_tqdm_progress())
+        # What the flow logs of its rows, here where no flow log is.
         for row in out["rows"]:
             if row.get("repaired"):
                 print(f"row {row['row']} was damaged ({row['repaired']}): recomputed", file=sys.stderr)
+            print(f"{row_summary(row)}: {'computed' if row['solved'] or row['evaluated'] else 'reused'}")
+        print(f"{out['reused_rows']} of {len(out['rows'])} rows were already finished and reused")
     else:
         from flows.experiment import experiment_flow
         from flows.runner import dask_runner
@@ -287,7 +297,7 @@ def _tables(args: argparse.Namespace) -> int:
     else:
         from flows.tables import tables_flow
 
-        with _sigterm_interrupts(), _prefect_server():
+        with _stops_interrupt(), _prefect_server():
             out = tables_flow(results_root=args.results_root)
     for name, written in out["experiments"].items():
         print(f"{name}: {written['rows']} rows -> {written['table']}, {written['figure']}")
@@ -317,7 +327,7 @@ def _verify(args: argparse.Namespace) -> int:
         # A path where a name goes (data/results/mnist.zarr): say how to name it.
         given = Path(args.experiment)
         hint = (f"; to verify {given}, run `collide verify {given.name.removesuffix('.zarr')} --results-root "
-                f"{given.parent}`" if given.suffix == ".zarr" or given.is_dir() else "")
+                f"{given.parent}`" if given.suffix == ".zarr" or os.sep in args.experiment else "")
         there = ", ".join(found) or "none"
         raise DataError(f"no store {args.experiment!r} under {args.results_root} (stores there: {there}){hint}")
     names = [args.experiment] if args.experiment else list(found)
@@ -438,7 +448,7 @@ def build_parser() -> argparse.ArgumentParser:
   collide serve                     Prefect server + UI on http://127.0.0.1:4200, scheduled deployments
 
 exit codes: 0 done, 1 the run failed (or a bug in collide: "internal error"), 2 bad input (the message
-says what to fix), 130 interrupted (Ctrl-C, or SIGTERM to a run).
+says what to fix), 130 interrupted (Ctrl-C, or SIGTERM or SIGHUP to a run).
 Each command has its own --help.""",
     )
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
@@ -575,14 +585,13 @@ Each command has its own --help.""",
 
 
 def _server_did_not_start(exc: BaseException) -> bool:
-    """Whether ``exc`` (or what it was raised from) is the temporary server failing to start:
-    collide's own (:mod:`flows.temporary_server`) or Prefect's (``python -m flows.experiment``)."""
+    """Whether ``exc`` (or what it was raised from) is the temporary server failing to start
+    (:mod:`flows.temporary_server`)."""
     from flows.temporary_server import TemporaryServerError
 
     seen: BaseException | None = exc
     while seen is not None:
-        if isinstance(seen, TemporaryServerError) or (
-                isinstance(seen, RuntimeError) and "ephemeral Prefect API server" in str(seen)):
+        if isinstance(seen, TemporaryServerError):
             return True
         seen = seen.__cause__ or seen.__context__
     return False
@@ -596,9 +605,12 @@ def _server_help(argv: list[str], exc: BaseException) -> str:
     longer = max(1800, 2 * int(waited)) if waited.isdigit() else 1800
     said = str(exc).strip()
     said = said if len(said) <= 1500 else said[:1500] + " ..."
+    exited = bool(getattr(exc, "exited", False))
+    why = ("exited before it answered (its log, named below, says why)" if exited else
+           f"did not start within {STARTUP_TIMEOUT_ENV}={waited} s (a new Prefect database on a busy machine can "
+           "take minutes)")
     return (
-        f"collide: the run failed: Prefect's temporary server did not start within {STARTUP_TIMEOUT_ENV}="
-        f"{waited} s (a new Prefect database on a busy machine can take minutes). Nothing was run. Either\n"
+        f"collide: the run failed: Prefect's temporary server {why}. Nothing was run. Either\n"
         f"  - run the same stages without Prefect:  collide {shlex.join([*argv, '--no-prefect'])}\n"
         f"  - start a server once (`collide serve` in another shell) and point runs at it:\n"
         f"      export PREFECT_API_URL=http://127.0.0.1:{DEFAULT_PORT}/api\n"
@@ -644,8 +656,9 @@ def main(argv: list[str] | None = None) -> int:
         print(f"collide: error: {exc}", file=sys.stderr)
         return EXIT_BAD_INPUT
     except KeyboardInterrupt:
-        print("collide: interrupted. Finished rows are kept: the same command again resumes where this one "
-              "stopped (`collide status` lists what is done).", file=sys.stderr)
+        resume = (" Finished rows are kept: the same command again resumes where this one stopped (`collide status` "
+                  "lists what is done).") if args.func is _run else ""
+        print(f"collide: interrupted.{resume}", file=sys.stderr)
         return 130
     except BUGS as exc:
         traceback.print_exception(exc, file=sys.stderr)

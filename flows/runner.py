@@ -2,7 +2,7 @@
 
 ``COLLIDE_DASK_ADDRESS`` (``tcp://host:8786``) sends the tasks to an existing Dask
 scheduler; without it each flow run starts a local cluster on 127.0.0.1 with
-``COLLIDE_DASK_WORKERS`` worker processes (default: one per CPU core), one thread each,
+``COLLIDE_DASK_WORKERS`` worker processes (unset or 0: one per CPU core), one thread each,
 and stops it when the run ends. The scheduler's dashboard listens on a free loopback
 port, logged at the start of the run.
 
@@ -61,7 +61,7 @@ def dask_runner(address: str | None = None, workers: int | None = None) -> Any:
         return DaskTaskRunner(address=address)
     if workers is not None and workers < 1:
         raise ConfigError(f"a local Dask cluster needs at least 1 worker, got {workers}")
-    if workers is None and os.environ.get(WORKERS_ENV):
+    if workers is None and os.environ.get(WORKERS_ENV, "0").strip() not in ("", "0"):  # 0: one per core
         workers = worker_count(os.environ[WORKERS_ENV], WORKERS_ENV)
     workers = workers or os.cpu_count() or 1
     return LocalDaskRunner(cluster_kwargs={

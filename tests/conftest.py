@@ -24,6 +24,7 @@ from collide.experiments.mnist import MnistExperiment  # noqa: E402
 from tests.support import SHARED_WORKER, small_mnist_config, synthetic_mnist  # noqa: E402
 
 
+@pytest.hookimpl(optionalhook=True)  # xdist's hook: pytest without xdist (-p no:xdist) knows none
 def pytest_xdist_make_scheduler(config, log):
     # tests.support.SHARED_WORKER's files run in one worker. In the scheduler, by path:
     # xdist's own groups (--dist loadgroup) do nothing under pytest 9.2 (pytest-xdist

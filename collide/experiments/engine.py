@@ -36,6 +36,7 @@ cannot see one of them fails at once, saying so (:func:`collide.workers.require_
 from __future__ import annotations
 
 import contextlib
+import logging
 import os
 import time
 from collections.abc import Iterator
@@ -53,6 +54,8 @@ from collide.threads import job_threads
 from collide.workers import require_visible
 
 __all__ = ["Progress", "no_progress"]  # re-exported: callers of the engine pass them
+
+log = logging.getLogger(__name__)
 
 
 def _threads(config: ExperimentConfig) -> contextlib.AbstractContextManager[None]:
@@ -103,20 +106,23 @@ def prepare(experiment: Experiment, *, config: ExperimentConfig, progress: Progr
     The context's ``shared`` names the files every job reads (:func:`shared_files`)."""
     with _threads(config):
         context = experiment.prepare(config=config, progress=progress)
-    notes = [*context.get("notes", []), *replaced_config_note(experiment_store(experiment, config=config), config)]
-    return {**context, "shared": shared_files(config, context), **({"notes": notes} if notes else {})}
+    for note in replaced_config_note(experiment_store(experiment, config=config), config):
+        log.warning("%s", note)  # now, before any job: in the flow's log too (PREFECT_LOGGING_EXTRA_LOGGERS)
+    return {**context, "shared": shared_files(config, context)}
 
 
 def replaced_config_note(store: ExperimentStore, config: ExperimentConfig) -> list[str]:
-    """A note where ``store`` holds rows of another config than ``config`` (its run record
-    says so): the run replaces them row by row, since a store holds one config's rows.
-    Said before any row changes, with the way to keep both."""
-    record = store.run_record()
-    if record is None or record.get("config_digest") in (None, config.digest()) or not store.rows():
+    """A note where rows of ``store`` come from another config than ``config`` (each row
+    names its own): the run replaces them as its jobs run, since a store holds one
+    config's rows. Said before any job runs, with the way to keep both."""
+    rows = store.rows()
+    other = [r for r in rows if (attrs := store.metadata(r)) is not None
+             and attrs.get("config_digest") not in (None, config.digest())]
+    if not other:
         return []
-    return [f"{store.path} holds {len(store.rows())} rows of another config ({record['config_digest']}; its run "
-            f"record {store.run_record_path.name} has it whole): this run's config ({config.digest()}) replaces "
-            f"them as its jobs run. To keep both, stop now and pass --set name=NEW"]
+    return [f"{store.path} holds {len(other)} of its {len(rows)} rows from another config than this run's "
+            f"({config.digest()}): this run replaces them as its jobs run. To keep both, stop it now (Ctrl-C: the "
+            "rows it has not reached stay as they are) and pass --set name=NEW"]
 
 
 def shared_files(config: ExperimentConfig, context: dict[str, Any]) -> dict[str, str]:

@@ -179,15 +179,21 @@ def test_rerun_reuses_the_checkpoint_and_reproduces_the_table(finished):
     assert mnist.train_model(config=config)["reused"]
 
 
-def test_a_run_with_another_config_says_it_replaces_the_stores_rows_before_changing_any(finished):
+def test_a_run_with_another_config_says_it_replaces_the_stores_rows_before_any_job(finished, caplog):
     config, _ = finished
     store = engine.experiment_store(mnist, config=config)
-    assert engine.replaced_config_note(store, config) == []  # the store's own config: nothing replaced
+    assert engine.replaced_config_note(store, config) == []  # the rows' own config: nothing replaced
     other = dataclasses.replace(config, n_vertices=3).absolute()
     [note] = engine.replaced_config_note(store, other)
-    assert f"holds 6 rows of another config ({config.absolute().digest()}" in note
-    assert f"this run's config ({other.digest()}) replaces them" in note and "--set name=NEW" in note
-    assert "holds 6 rows of another config" in " ".join(engine.prepare(mnist, config=other)["notes"])
+    assert f"holds 6 of its 6 rows from another config than this run's ({other.digest()})" in note
+    assert "--set name=NEW" in note
+    with caplog.at_level("WARNING", logger="collide.experiments.engine"):
+        engine.prepare(mnist, config=other)
+    assert [r.getMessage() for r in caplog.records] == [note]
+    # The rows say which config they come from, not the run record: a run planned with the
+    # other config and stopped before any job leaves the rows, and no note, for their own.
+    store.write_run_record(kind="mnist", rows=6, config=other)
+    assert engine.replaced_config_note(store, config) == []
 
 
 def test_unknown_layer_fails_before_writing_anything(tiny_config):

@@ -87,9 +87,12 @@ def test_a_weights_file_is_built_without_drawing_the_init_it_replaces(tmp_path, 
         assert torch.equal(net.eval()(x), saved.eval()(x))
 
 
-def test_random_weights_built_again_are_the_same_draw_in_tensors_of_their_own():
+def test_random_weights_built_again_are_the_same_draw_in_tensors_of_their_own(monkeypatch):
     # The oracle: the module drawn afresh from its seed, no copy of an earlier draw.
     fresh = tensor_file._drawn(_WithExtra, 7)
+    draws = []
+    drawn = tensor_file._drawn
+    monkeypatch.setattr(tensor_file, "_drawn", lambda build, seed: draws.append(seed) or drawn(build, seed))
 
     def build(seed: int) -> nn.Module:
         return build_with_weights(_WithExtra, {"weights": "random", "seed": seed}, what="test-random", fix="-",
@@ -97,18 +100,21 @@ def test_random_weights_built_again_are_the_same_draw_in_tensors_of_their_own():
 
     before = torch.get_rng_state()
     first, again = build(7), build(7)
-    assert ("test-random", 7) in tensor_file._LAST_DRAWN  # the second is the first's copy
+    assert draws == [7]  # the second is a copy of the first's draw
     assert torch.equal(torch.get_rng_state(), before)
     for net in (first, again):
         for key, value in fresh.state_dict().items():
             assert torch.equal(net.state_dict()[key], value), key
         assert all(isinstance(p, nn.Parameter) and p.requires_grad for p in net.parameters())
-    with torch.no_grad():
-        again.fc.weight.add_(1.0)  # each model's tensors are its own: the next build is not changed
-    assert torch.equal(build(7).fc.weight, fresh.fc.weight)
+    with torch.no_grad():  # each model's tensors are its own: the next build is not changed
+        first.fc.weight.add_(1.0)
+        again.fc.bias.add_(1.0)
+    third = build(7)
+    assert torch.equal(third.fc.weight, fresh.fc.weight) and torch.equal(third.fc.bias, fresh.fc.bias)
     other = build(8)
+    assert draws == [7, 8]
+    assert torch.equal(other.fc.weight, drawn(_WithExtra, 8).fc.weight)
     assert not torch.equal(other.fc.weight, fresh.fc.weight)
-    assert torch.equal(other.fc.weight, tensor_file._drawn(_WithExtra, 8).fc.weight)
 
 
 def test_missing_or_wrong_weights_are_clear_errors(tmp_path):
