@@ -117,7 +117,8 @@ def _stops_interrupt() -> Iterator[None]:
     def interrupt(_signum: int, _frame: Any) -> None:
         raise KeyboardInterrupt
 
-    previous = {sig: signal.signal(sig, interrupt) for sig in _STOPS}
+    # A signal ignored when the run started stays ignored: `nohup collide run` must outlive its terminal.
+    previous = {sig: signal.signal(sig, interrupt) for sig in _STOPS if signal.getsignal(sig) is not signal.SIG_IGN}
     try:
         yield
     finally:

@@ -147,6 +147,17 @@ def test_a_server_that_does_not_start_says_what_to_do(tiny_config, tmp_path):
     assert len(ports) == 1 and port_free(ports[0])  # a timeout is not retried; the server is stopped
 
 
+# `collide` as a terminal starts it: Ctrl-C raises KeyboardInterrupt. A test process started
+# in the background by a shell without job control (`make test &`) ignores SIGINT, and so
+# would its children, which Python then leaves ignoring it.
+_INTERRUPTIBLE = """
+import signal, sys
+signal.signal(signal.SIGINT, signal.default_int_handler)
+from flows.cli import main
+raise SystemExit(main(sys.argv[1:]))
+"""
+
+
 @pytest.mark.slow
 def test_ctrl_c_stops_the_run_within_seconds_and_the_server_with_it(tiny_config, tmp_path):
     """Ctrl-C in a terminal signals the whole foreground group. Prefect's own temporary server
@@ -154,7 +165,7 @@ def test_ctrl_c_stops_the_run_within_seconds_and_the_server_with_it(tiny_config,
     against it and exited 1, "the run failed" (a new user's trial, 2026-12-06)."""
     log = tmp_path / "run.log"
     with log.open("w") as out:
-        proc = subprocess.Popen([sys.executable, "-m", "flows.cli", *_run_argv(tiny_config, tmp_path)],
+        proc = subprocess.Popen([sys.executable, "-c", _INTERRUPTIBLE, *_run_argv(tiny_config, tmp_path)],
                                 env=_without_server(tmp_path), stdout=out, stderr=subprocess.STDOUT, cwd=PROJECT,
                                 start_new_session=True)  # a group of its own, as a terminal's job
         deadline = time.time() + 240
@@ -184,6 +195,21 @@ def test_sigterm_or_a_hangup_is_an_interrupt_and_the_old_handler_comes_back(sig)
         os.kill(os.getpid(), sig)
         time.sleep(5)  # the handler raises as soon as the signal is taken, well before this ends
     assert signal.getsignal(sig) is before
+
+
+def test_a_hangup_ignored_before_the_run_stays_ignored():
+    """`nohup collide run` ignores SIGHUP so that the run outlives its terminal: kept so."""
+    if threading.current_thread() is not threading.main_thread():
+        pytest.skip("signal handlers belong to the main thread")
+    before = signal.signal(signal.SIGHUP, signal.SIG_IGN)
+    try:
+        with _stops_interrupt():
+            assert signal.getsignal(signal.SIGHUP) is signal.SIG_IGN
+            os.kill(os.getpid(), signal.SIGHUP)  # ignored: nothing is raised
+            time.sleep(0.2)
+        assert signal.getsignal(signal.SIGHUP) is signal.SIG_IGN
+    finally:
+        signal.signal(signal.SIGHUP, before)
 
 
 def test_a_worker_count_below_one_is_refused_before_anything_starts(capsys):
