@@ -190,11 +190,17 @@ def test_ctrl_c_stops_the_run_within_seconds_and_the_server_with_it(tiny_config,
 def test_sigterm_or_a_hangup_is_an_interrupt_and_the_old_handler_comes_back(sig):
     if threading.current_thread() is not threading.main_thread():
         pytest.skip("signal handlers belong to the main thread: the signal would end this test process")
-    before = signal.getsignal(sig)
-    with pytest.raises(KeyboardInterrupt), _stops_interrupt():
-        os.kill(os.getpid(), sig)
-        time.sleep(5)  # the handler raises as soon as the signal is taken, well before this ends
-    assert signal.getsignal(sig) is before
+    def before(_signum, _frame):  # a handler of the caller's (not ignored: see the test below), kept after
+        pass
+
+    original = signal.signal(sig, before)  # under `nohup make test` SIGHUP is ignored
+    try:
+        with pytest.raises(KeyboardInterrupt), _stops_interrupt():
+            os.kill(os.getpid(), sig)
+            time.sleep(5)  # the handler raises as soon as the signal is taken, well before this ends
+        assert signal.getsignal(sig) is before
+    finally:
+        signal.signal(sig, original)
 
 
 def test_a_hangup_ignored_before_the_run_stays_ignored():
