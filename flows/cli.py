@@ -27,11 +27,14 @@ import threading
 import traceback
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from collide.errors import CollideError, ConfigError, DataError, InternalError
 from collide.experiments.registry import SUMMARIES, experiment
 from collide.experiments.registry import config as experiment_config
+
+if TYPE_CHECKING:
+    from flows.temporary_server import TemporaryServerError
 
 EXIT_OK, EXIT_FAILED, EXIT_BAD_INPUT = 0, 1, 2
 
@@ -156,15 +159,13 @@ def _run_experiment(args: argparse.Namespace) -> int:
     config.check_request(overrides)  # refusals that depend on what was asked for by name (the MNIST data root)
     if args.no_prefect:
         from collide.experiments import engine
-        from collide.results.cells import row_summary
+        from collide.results.cells import run_lines
 
         out = engine.run(module, config=config, progress=_tqdm_progress())
-        # What the flow logs of its rows, here where no flow log is.
         for row in out["rows"]:
             if row.get("repaired"):
                 print(f"row {row['row']} was damaged ({row['repaired']}): recomputed", file=sys.stderr)
-            print(f"{row_summary(row)}: {'computed' if row['solved'] or row['evaluated'] else 'reused'}")
-        print(f"{out['reused_rows']} of {len(out['rows'])} rows were already finished and reused")
+        print("\n".join(run_lines(out["rows"])))  # what the flow logs of its rows, here where no flow log is
     else:
         from flows.experiment import experiment_flow
         from flows.runner import dask_runner
@@ -585,20 +586,20 @@ Each command has its own --help.""",
     return parser
 
 
-def _server_did_not_start(exc: BaseException) -> bool:
-    """Whether ``exc`` (or what it was raised from) is the temporary server failing to start
-    (:mod:`flows.temporary_server`)."""
+def _server_failure(exc: BaseException) -> TemporaryServerError | None:
+    """The temporary server's failure to start (:mod:`flows.temporary_server`) that ``exc``
+    is or was raised from, if any."""
     from flows.temporary_server import TemporaryServerError
 
     seen: BaseException | None = exc
     while seen is not None:
         if isinstance(seen, TemporaryServerError):
-            return True
+            return seen
         seen = seen.__cause__ or seen.__context__
-    return False
+    return None
 
 
-def _server_help(argv: list[str], exc: BaseException) -> str:
+def _server_help(argv: list[str], exc: TemporaryServerError) -> str:
     from flows import STARTUP_TIMEOUT_ENV
     from flows.serve import DEFAULT_PORT
 
@@ -606,8 +607,7 @@ def _server_help(argv: list[str], exc: BaseException) -> str:
     longer = max(1800, 2 * int(waited)) if waited.isdigit() else 1800
     said = str(exc).strip()
     said = said if len(said) <= 1500 else said[:1500] + " ..."
-    exited = bool(getattr(exc, "exited", False))
-    why = ("exited before it answered (its log, named below, says why)" if exited else
+    why = ("exited before it answered (its log, named below, says why)" if exc.exited else
            f"did not start within {STARTUP_TIMEOUT_ENV}={waited} s (a new Prefect database on a busy machine can "
            "take minutes)")
     return (
@@ -666,8 +666,8 @@ def main(argv: list[str] | None = None) -> int:
         print(_internal_error(exc), file=sys.stderr)
         return EXIT_FAILED
     except Exception as exc:  # the flow already logged the traceback
-        if _server_did_not_start(exc):
-            print(_server_help(argv, exc), file=sys.stderr)
+        if (failure := _server_failure(exc)) is not None:
+            print(_server_help(argv, failure), file=sys.stderr)
             return EXIT_FAILED
         print(f"collide: the run failed: {type(exc).__name__}: {exc}", file=sys.stderr)
         return EXIT_FAILED

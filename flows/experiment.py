@@ -16,7 +16,7 @@ from prefect import flow, get_run_logger, unmapped
 import flows  # noqa: F401  (telemetry off before prefect loads)
 from collide.experiments import engine
 from collide.experiments.registry import experiment as find
-from collide.results.cells import row_summary
+from collide.results.cells import reused, run_lines
 from flows.runner import dask_runner
 from tasks import experiment as t
 from tasks import outputs as o
@@ -58,12 +58,11 @@ def _run(experiment: str, module: Any, cfg: Any) -> dict[str, Any]:
     done = t.run_job.map(jobs, experiment=unmapped(experiment), context=unmapped(context),
                          config=unmapped(cfg)).result()
     rows = [row for job in done for row in job]
-    reused = sum(not r["solved"] and not r["evaluated"] for r in rows)
     for m in rows:
         if m.get("repaired"):
             logger.warning("row %s was damaged (%s): recomputed", m["row"], m["repaired"])
-        logger.info("%s: %s", row_summary(m), "reused" if not (m["solved"] or m["evaluated"]) else "computed")
-    logger.info("%d of %d rows were already finished and reused", reused, len(rows))
+    for line in run_lines(rows):
+        logger.info("%s", line)
     written = t.outputs(experiment, cfg, len(rows))
     logger.info("%s %s and %s", "kept" if written["reused"] else "wrote", written["table"], written["figure"])
     if "summary" in written:
@@ -71,7 +70,7 @@ def _run(experiment: str, module: Any, cfg: Any) -> dict[str, Any]:
     o.publish(cfg.results_root, cfg.name)
     return {**written, **{k: context[k] for k in engine.REPORTED if k in context},
             "random_weights": bool(context.get("random_weights")), "notes": context.get("notes", []),
-            "reused_rows": reused}
+            "reused_rows": sum(reused(r) for r in rows)}
 
 
 if __name__ == "__main__":

@@ -55,7 +55,9 @@ def free_port() -> int:
 
 def _started(home: Path, limit: float) -> tuple[subprocess.Popen, str, Path]:
     """A server answering on a free port: the process, its API URL and its log."""
-    for start in range(STARTS):
+    tries = 0
+    while True:
+        tries += 1
         port = free_port()
         env = {**environment(port, home), **_QUIET}
         log = home / f"temporary-server-{port}.log"
@@ -67,14 +69,13 @@ def _started(home: Path, limit: float) -> tuple[subprocess.Popen, str, Path]:
         except RuntimeError as exc:
             exited = server.poll() is not None
             stop(server)
-            if exited and start + 1 < STARTS:
+            if exited and tries < STARTS:
                 continue
             raise TemporaryServerError(str(exc), exited=exited) from None
         except BaseException:  # an interrupt while it starts
             stop(server)
             raise
         return server, env["PREFECT_API_URL"], log
-    raise AssertionError("unreachable: the last start returns or raises")
 
 
 @contextmanager

@@ -46,6 +46,7 @@ from typing import Any
 from collide.config import resolve_device
 from collide.errors import ConfigError, InternalError
 from collide.experiments.contract import Experiment, ExperimentConfig, Job, Progress, no_progress
+from collide.results.cells import reused
 from collide.results.evaluation import evaluate_row
 from collide.results.resume import drop_damaged, is_done, mark_done, prune_rows, stage_key
 from collide.results.store import ExperimentStore
@@ -255,7 +256,7 @@ def run(experiment: Experiment, *, config: ExperimentConfig, progress: Progress 
             progress("jobs", k + 1, len(jobs))
         written = outputs(experiment, config=config, n_rows=len(rows))
     return {**written, **{k: v for k, v in context.items() if k in REPORTED}, "rows": rows,
-            "reused_rows": sum(not r["solved"] and not r["evaluated"] for r in rows),
+            "reused_rows": sum(reused(r) for r in rows),
             "seconds": time.perf_counter() - start}
 
 

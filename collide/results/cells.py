@@ -112,3 +112,15 @@ def row_summary(metrics: Mapping[str, Any]) -> str:
             f"success {success_text(metrics)}; "
             f"vertex distance {number('vertex_avg_distance', '.3f')}{pairs_text(metrics)}; "
             f"feature error {number('max_feature_rel_error', '.1e')}")
+
+
+def reused(metrics: Mapping[str, Any]) -> bool:
+    """Whether a run took the row as it found it: neither solved nor evaluated again."""
+    return not (metrics["solved"] or metrics["evaluated"])
+
+
+def run_lines(rows: list[Mapping[str, Any]]) -> list[str]:
+    """What a run says of its rows, the flow in its log and ``--no-prefect`` on the terminal:
+    each row's summary, computed or reused, then how many were reused."""
+    lines = [f"{row_summary(m)}: {'reused' if reused(m) else 'computed'}" for m in rows]
+    return [*lines, f"{sum(reused(m) for m in rows)} of {len(rows)} rows were already finished and reused"]
