@@ -287,11 +287,37 @@ def _config(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+# Where tables, verify and status look for stores unless told: on a fresh clone it does not
+# exist yet, which is no mistake of the user's.
+DEFAULT_RESULTS = "data/results"
+
+
+def _results_root(args: argparse.Namespace, command: str) -> Path:
+    """``--results-root``, refused where it cannot hold stores: a store itself (a path where
+    the folder holding it goes), a file, or a folder that does not exist (the default may
+    not exist yet)."""
+    root = Path(args.results_root)
+    if root.suffix == ".zarr" and root.is_dir():
+        name = f" {root.name.removesuffix('.zarr')}" if command == "verify" else ""  # verify alone takes a name
+        raise DataError(f"{root} is a store, not the folder that holds stores: run `collide {command}{name} "
+                        f"--results-root {root.parent}`")
+    if (root.exists() or args.results_root != DEFAULT_RESULTS) and not root.is_dir():
+        what = "is not a folder" if root.exists() else "does not exist"
+        raise DataError(f"{root} {what}: pass --results-root, the folder holding <experiment>.zarr "
+                        f"(default {DEFAULT_RESULTS})")
+    return root
+
+
+def _no_stores(root: Path) -> DataError:
+    return DataError(f"no <experiment>.zarr store under {root}: run an experiment first "
+                     "(collide status lists what there is)")
+
+
 def _tables(args: argparse.Namespace) -> int:
     from collide.results.store import stores
 
-    if not stores(args.results_root):
-        raise DataError(f"no <experiment>.zarr store under {args.results_root}: run an experiment first")
+    if not stores(_results_root(args, "tables")):
+        raise _no_stores(Path(args.results_root))
     if args.no_prefect:
         from collide.results.tables import regenerate
 
@@ -321,10 +347,7 @@ def _verify(args: argparse.Namespace) -> int:
     from collide.results.store import stores
     from collide.results.verify import verify
 
-    found = {s.name: s for s in stores(args.results_root)}
-    if not Path(args.results_root).is_dir():
-        raise DataError(f"{args.results_root} is not a folder: pass --results-root, the folder holding "
-                        "<experiment>.zarr (default data/results)")
+    found = {s.name: s for s in stores(_results_root(args, "verify"))}
     if args.experiment and args.experiment not in found:
         # A path where a name goes (data/results/mnist.zarr): say how to name it.
         given = Path(args.experiment)
@@ -334,12 +357,7 @@ def _verify(args: argparse.Namespace) -> int:
         raise DataError(f"no store {args.experiment!r} under {args.results_root} (stores there: {there}){hint}")
     names = [args.experiment] if args.experiment else list(found)
     if not names:
-        root = Path(args.results_root)
-        if root.suffix == ".zarr":  # the store itself where the folder holding it goes
-            raise DataError(f"{root} is a store, not the folder that holds stores: run `collide verify "
-                            f"{root.name.removesuffix('.zarr')} --results-root {root.parent}`")
-        raise DataError(f"no <experiment>.zarr store under {args.results_root}: run an experiment first "
-                        "(collide status lists what there is)")
+        raise _no_stores(Path(args.results_root))
     failed = 0
     trusted = tuple(args.model or ())
     for name in names:
@@ -373,7 +391,7 @@ def _verify(args: argparse.Namespace) -> int:
 def _status(args: argparse.Namespace) -> int:
     from collide.results.health import status
 
-    report = status(args.results_root)
+    report = status(_results_root(args, "status"))
     if args.json:
         print(json.dumps(report, indent=1))
         return EXIT_OK
@@ -536,7 +554,7 @@ Each command has its own --help.""",
         "recomputed. As a Prefect flow that publishes the tables as artifacts, or with --no-prefect.",
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    tables.add_argument("--results-root", default="data/results", help="default data/results")
+    tables.add_argument("--results-root", default=DEFAULT_RESULTS, help=f"default {DEFAULT_RESULTS}")
     tables.add_argument("--no-prefect", action="store_true", help="plain Python with a progress bar")
     tables.set_defaults(func=_tables)
 
@@ -563,7 +581,7 @@ Each command has its own --help.""",
         "Exit 0 when every row agrees, 1 when one does not (each disagreement is printed).",
     )
     verify.add_argument("experiment", nargs="?", help="one experiment (default: every store)")
-    verify.add_argument("--results-root", default="data/results", help="default data/results")
+    verify.add_argument("--results-root", default=DEFAULT_RESULTS, help=f"default {DEFAULT_RESULTS}")
     verify.add_argument("--model", action="append", metavar="MODULE:FACTORY",
                         help="a model of your own code that the stores name, which you trust to import "
                         "(repeatable); a store never chooses code by itself")
@@ -580,7 +598,7 @@ Each command has its own --help.""",
     compare.set_defaults(func=_compare)
 
     status = sub.add_parser("status", help="what results exist, how fresh, from which config")
-    status.add_argument("--results-root", default="data/results", help="default data/results")
+    status.add_argument("--results-root", default=DEFAULT_RESULTS, help=f"default {DEFAULT_RESULTS}")
     status.add_argument("--json", action="store_true", help="machine-readable output")
     status.set_defaults(func=_status)
     return parser

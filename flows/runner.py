@@ -19,7 +19,6 @@ from typing import Any
 
 from prefect_dask import DaskTaskRunner
 
-from collide.errors import ConfigError
 from collide.workers import worker_count
 
 ADDRESS_ENV = "COLLIDE_DASK_ADDRESS"
@@ -59,9 +58,9 @@ def dask_runner(address: str | None = None, workers: int | None = None) -> Any:
     address = address or os.environ.get(ADDRESS_ENV) or None
     if address:
         return DaskTaskRunner(address=address)
-    if workers is not None and workers < 1:
-        raise ConfigError(f"a local Dask cluster needs at least 1 worker, got {workers}")
-    if workers is None and os.environ.get(WORKERS_ENV, "0").strip() not in ("", "0"):  # 0: one per core
+    if workers is not None:
+        workers = worker_count(str(workers), "workers")
+    elif os.environ.get(WORKERS_ENV, "0").strip() not in ("", "0"):  # 0: one per core
         workers = worker_count(os.environ[WORKERS_ENV], WORKERS_ENV)
     workers = workers or os.cpu_count() or 1
     return LocalDaskRunner(cluster_kwargs={

@@ -90,6 +90,9 @@ def compare_tables(reference: pd.DataFrame, table: pd.DataFrame, *,
     difference, a new column is not (a newer collide may add columns). Columns that
     measure time (``*_seconds``) and the config's digest are not compared.
     """
+    other = _other_problem(reference, table)
+    if other:
+        return other
     problems: list[str] = []
     if len(reference) != len(table):
         problems.append(f"{len(table)} rows against the reference's {len(reference)}")
@@ -100,6 +103,26 @@ def compare_tables(reference: pd.DataFrame, table: pd.DataFrame, *,
     for k in sorted(set(ref) & set(got)):
         problems += [f"row {k[0] if len(k) == 1 else k}: {p}" for p in compare_rows(ref[k], got[k])]
     return problems
+
+
+# What a table is of: where these differ, the rows answer another question, and listing
+# every column of every row would bury that one fact. (Not the checkpoint's or the data's
+# digest: a table from a checkpoint trained elsewhere is what the comparison is for.)
+_PROBLEM = ("experiment", "model", "layer", "dataset")
+
+
+def _other_problem(reference: pd.DataFrame, table: pd.DataFrame) -> list[str]:
+    """How the two tables' problems differ (another model, layer, experiment or dataset),
+    each as one line; empty where they are of the same problem."""
+    out = []
+    for column in _PROBLEM:
+        if column in reference and column in table:
+            want, have = sorted(map(str, reference[column].unique())), sorted(map(str, table[column].unique()))
+            if want != have:
+                out.append(f"{column}: {', '.join(have)} against the reference's {', '.join(want)}: the table is "
+                           "of another problem, so its rows were not compared (compare it with that problem's "
+                           "reference)")
+    return out
 
 
 def compare_rows(reference: Mapping[str, Any], row: Mapping[str, Any]) -> list[str]:

@@ -237,6 +237,9 @@ def test_a_worker_count_from_the_environment_is_checked_too(monkeypatch):
     assert dask_runner().cluster_kwargs["n_workers"] == 3
     monkeypatch.setenv(WORKERS_ENV, "0")  # as unset: one per core
     assert dask_runner().cluster_kwargs["n_workers"] == (os.cpu_count() or 1)
+    assert dask_runner(workers=2).cluster_kwargs["n_workers"] == 2  # a count given wins over the environment
+    with pytest.raises(ConfigError, match="workers must be a whole number of worker processes, at least 1; got '0'"):
+        dask_runner(workers=0)  # the same check as the flag's and the environment's
 
 
 def test_compare_refuses_a_file_that_is_not_a_parquet_table(tmp_path, capsys):
@@ -330,5 +333,29 @@ def test_verify_given_a_store_path_says_how_to_name_it(tmp_path, capsys):
     assert f"is a store, not the folder that holds stores: run `collide verify mnist --results-root {root}`" in (
         capsys.readouterr().err)
     assert main(["verify", "--results-root", str(tmp_path / "none")]) == 2
-    assert "none is not a folder: pass --results-root" in capsys.readouterr().err
+    assert "none does not exist: pass --results-root" in capsys.readouterr().err
     assert sorted(p.name for p in tmp_path.rglob("*")) == ["mnist.zarr", "results"]  # nothing written
+
+
+def test_a_results_root_that_cannot_hold_stores_is_refused_by_every_command(tmp_path, capsys, monkeypatch):
+    """tables, verify and status refuse a --results-root that does not exist, a file, or a
+    store itself, each naming the fix; only the default folder may be missing (a fresh
+    clone has no results yet), which status reports as no results."""
+    root = tmp_path / "results"
+    (root / "mnist.zarr").mkdir(parents=True)
+    (tmp_path / "file").write_text("")
+    for command in ("tables", "verify", "status"):
+        for given, said in ((tmp_path / "none", "does not exist"), (tmp_path / "file", "is not a folder"),
+                            (root / "mnist.zarr", f"is a store, not the folder that holds stores: run `collide "
+                                                  f"{command}{' mnist' if command == 'verify' else ''} "
+                                                  f"--results-root {root}`")):
+            assert main([command, "--results-root", str(given)]) == 2, (command, given)
+            assert f"{given} {said}" in capsys.readouterr().err
+    monkeypatch.chdir(tmp_path)  # no data/results here
+    assert main(["status"]) == 0
+    assert "no results under data/results" in capsys.readouterr().out
+    assert main(["status", "--json"]) == 0
+    assert json.loads(capsys.readouterr().out) == []
+    assert main(["tables", "--no-prefect"]) == 2
+    assert "no <experiment>.zarr store under data/results" in capsys.readouterr().err
+    assert sorted(p.name for p in tmp_path.rglob("*")) == ["file", "mnist.zarr", "results"]  # nothing written

@@ -52,6 +52,20 @@ def test_integers_flags_and_rows_must_be_equal():
     assert compare_tables(nan, nan) == [] and compare_tables(nan, ref) != []
 
 
+def test_a_table_of_another_problem_says_so_in_a_line_instead_of_every_column():
+    """The MLP's table against LeNet-5's reference (the committed ones): one line naming
+    the model and the layer, not a difference per column per row."""
+    mlp = pd.read_parquet(ROOT / "data" / "reference" / "mnist-mlp.parquet")
+    lenet = pd.read_parquet(ROOT / "data" / "reference" / "mnist-lenet5.parquet")
+    assert len(compare_tables(lenet, mlp.drop(columns=["model", "layer"]))) > 10  # what it would list
+    problems = compare_tables(lenet, mlp)
+    assert [p.split(":")[:2] for p in problems] == [["model", " mnist-mlp against the reference's mnist-lenet5"],
+                                                    ["layer", " relu1 against the reference's relu3"]]
+    # Another checkpoint of the same model is the same problem: its rows are compared.
+    other = compare_tables(mlp, mlp.assign(model_sha256="another checkpoint"))
+    assert other and all(p.startswith(f"row {k}: model_sha256") for k, p in enumerate(other))
+
+
 @pytest.mark.parametrize("name", sorted(BLOCKS))
 def test_every_published_block_renders_from_the_committed_reference(name):
     """Each results block of the docs is written from its table in data/reference/, one line per row."""
