@@ -31,6 +31,7 @@ from pathlib import Path
 from typing import Any
 
 from collide.errors import CollideError
+from flows.parent_bound import bound
 
 PROJECT = Path(__file__).resolve().parent.parent
 HOST = "127.0.0.1"  # loopback only: the server has no authentication
@@ -91,11 +92,13 @@ def server_log(home: str | Path) -> Path:
 
 
 def start_server(port: int, env: dict[str, str], log: Path) -> subprocess.Popen:
-    """``prefect server start`` in a new session (its own process group), writing to ``log``."""
+    """``prefect server start`` in a new session (its own process group), writing to ``log``;
+    it stops when this process ends, even killed outright (on Linux: :mod:`flows.parent_bound`).
+    Call it from a thread that lives as long as the server should (the main thread)."""
     with log.open("ab") as out:
         return subprocess.Popen(
-            [sys.executable, "-m", "prefect", "server", "start", "--host", HOST, "--port", str(port),
-             "--analytics-off"],
+            bound([sys.executable, "-m", "prefect", "server", "start", "--host", HOST, "--port", str(port),
+                   "--analytics-off"]),
             env={**os.environ, **env}, stdin=subprocess.DEVNULL, stdout=out, stderr=subprocess.STDOUT,
             start_new_session=True,
         )

@@ -9,7 +9,8 @@ server records the crash, and it is stopped once the run has ended and its logs 
 Its start-up is limited by the setting Prefect's own temporary server reads
 (:data:`flows.STARTUP_TIMEOUT_ENV`); it runs the services Prefect's own temporary server
 runs, no scheduler; and it writes to ``<PREFECT_HOME>/temporary-server-<port>.log``.
-A run killed outright (SIGKILL, the OOM killer) leaves it running, as it left Prefect's.
+A run killed outright (SIGKILL, the OOM killer) left it running, as it left Prefect's; on
+Linux it now stops with the run (:mod:`flows.parent_bound`), though it cannot record the crash.
 """
 
 from __future__ import annotations
