@@ -25,6 +25,8 @@ from typing import Any
 
 import pandas as pd
 
+from collide.errors import DataError
+
 # Columns that measure the machine, not the result, and columns that name files or code.
 _SKIPPED_SUFFIXES = ("_seconds",)
 _SKIPPED = frozenset({"config_digest", "repaired", "solved", "evaluated"})
@@ -90,6 +92,14 @@ def compare_tables(reference: pd.DataFrame, table: pd.DataFrame, *,
     difference, a new column is not (a newer collide may add columns). Columns that
     measure time (``*_seconds``) and the config's digest are not compared.
     """
+    for frame, what in ((reference, "the reference"), (table, "the table")):
+        missing = [k for k in key if k not in frame.columns]
+        if missing:
+            raise DataError(
+                f"{what} has no {', '.join(map(repr, missing))} column: it is not a table of rows (a summary, "
+                "whose columns are statistics over an experiment's rows) and has no tolerance to be compared "
+                "within; collide compare checks tables of rows, such as data/reference/mnist-mlp.parquet against "
+                "data/results/mnist.parquet (data/reference/README.md says which reference each run writes)")
     other = _other_problem(reference, table)
     if other:
         return other

@@ -5,6 +5,7 @@ within the tolerance stated for it; the published tables are rendered from the c
 import pandas as pd
 import pytest
 
+from collide.errors import DataError
 from collide.results.agreement import EXACT, GRADIENT, compare_tables
 from collide.results.published import BLOCKS, render
 from tests.support import PROJECT as ROOT
@@ -64,6 +65,14 @@ def test_a_table_of_another_problem_says_so_in_a_line_instead_of_every_column():
     # Another checkpoint of the same model is the same problem: its rows are compared.
     other = compare_tables(mlp, mlp.assign(model_sha256="another checkpoint"))
     assert other and all(p.startswith(f"row {k}: model_sha256") for k, p in enumerate(other))
+
+
+def test_a_summary_table_is_refused_with_what_can_be_compared():
+    """A summary (no row column) was an internal error (KeyError); it is bad input now."""
+    summary = pd.read_parquet(ROOT / "data" / "reference" / "transfer-summary.parquet")
+    for reference, table in ((summary, summary), (_table(), summary), (summary, _table())):
+        with pytest.raises(DataError, match="has no 'row' column: it is not a table of rows"):
+            compare_tables(reference, table)
 
 
 @pytest.mark.parametrize("name", sorted(BLOCKS))
