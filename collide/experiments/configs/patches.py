@@ -9,7 +9,7 @@ from typing import Any, ClassVar
 
 from collide.checks import choice, non_negative, require
 from collide.config import GradientConfig, KnnConfig, PatchConfig, SampleConfig, TrainConfig
-from collide.experiments.configs.mnist import arch_layer_names, check_data_root, module_layer
+from collide.experiments.configs.mnist import DATASET, arch_layer_names, check_data_root, module_layer
 from collide.experiments.contract import ExperimentConfig
 
 DEFAULT_LAYERS = {"mnist": "fc1", "folder": "fc6"}
@@ -134,7 +134,8 @@ class PatchExperiment(ExperimentConfig):
         return arch_layer_names(self.train.arch) if self.dataset == "mnist" else None
 
     def check_request(self, given: Mapping[str, Any]) -> None:
-        check_data_root(self, download_asked=given.get("allow_download") is True)
+        if self.dataset == DATASET:
+            check_data_root(self, download_asked=given.get("allow_download") is True)
 
     def __post_init__(self) -> None:
         if not self.layer:  # the default follows the dataset: LeNet-5's fc1, VGG-16's fc6
