@@ -25,7 +25,7 @@ import signal
 import sys
 import threading
 import traceback
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -244,7 +244,8 @@ def _layers(args: argparse.Namespace) -> int:
 
     side = args.input_size or input_defaults(args.model).get("input_size", 0)
     if not side:
-        raise ConfigError(f"{args.model} has no torchvision transforms to take the input size from: pass --input-size")
+        raise ConfigError(f"{args.model} has no torchvision weights whose transforms give its input size (your own "
+                          "factory, or a torchvision model without weights): pass --input-size")
     source = resolve_model(args.model, "random", mean=args.mean or (), std=args.std or (), input_size=side)
     sites = probe(build(source), torch.zeros(1, args.channels, side, side))
     usable = [s for s in sites if s.addressable]
@@ -451,6 +452,19 @@ def _worker_count(text: str) -> int:
         raise argparse.ArgumentTypeError(str(exc)) from None
 
 
+def _at_least_one(flag: str) -> Callable[[str], int]:
+    """An argparse type: a whole number, at least 1, named ``flag`` in the refusal."""
+    def parse(text: str) -> int:
+        try:
+            n = int(text)
+        except ValueError:
+            n = 0
+        if n < 1:
+            raise argparse.ArgumentTypeError(f"{flag} must be a whole number, at least 1; got {text!r}")
+        return n
+    return parse
+
+
 def build_parser() -> argparse.ArgumentParser:
     from flows.serve import DEFAULT_PORT, PROJECT
 
@@ -539,8 +553,9 @@ Each command has its own --help.""",
         "  collide layers mypackage.models:small_cnn --input-size 28 --channels 1",
     )
     layers.add_argument("model", help="torchvision:NAME or package.module:factory")
-    layers.add_argument("--input-size", type=int, default=0, help="image side (default: the torchvision weights')")
-    layers.add_argument("--channels", type=int, default=3, help="input channels (default 3)")
+    layers.add_argument("--input-size", type=_at_least_one("--input-size"), default=0,
+                        help="image side (default: the torchvision weights')")
+    layers.add_argument("--channels", type=_at_least_one("--channels"), default=3, help="input channels (default 3)")
     layers.add_argument("--mean", type=float, nargs="+", help="per-channel mean the model expects (default: the "
                         "torchvision weights', else none)")
     layers.add_argument("--std", type=float, nargs="+", help="per-channel std, with --mean")

@@ -72,11 +72,24 @@ def _torchvision_weights_enum(name: str) -> Any:
         return None
 
 
+def _require_torchvision_model(name: str) -> None:
+    """Refuse a name torchvision has no classification model of, with the names like it."""
+    from torchvision import models
+
+    known = models.list_models(module=models)
+    if name not in known:
+        near = [m for m in known if name.lower()[:4] in m][:8]
+        raise ConfigError(f"torchvision has no classification model {name!r}"
+                          + (f"; similar: {', '.join(near)}" if near else "; see torchvision.models.list_models()"))
+
+
 def input_defaults(spec: str) -> dict[str, Any]:
-    """Mean, std and input size from the torchvision weights' transforms ({} for other models)."""
+    """Mean, std and input size from the torchvision weights' transforms ({} for other models);
+    a name torchvision does not have is refused here, before anything asks for what it lacks."""
     where, name = _check_spec(spec)
     if where != "torchvision":
         return {}
+    _require_torchvision_model(name)
     weights = _torchvision_weights_enum(name)
     if weights is None:
         return {}
@@ -91,10 +104,7 @@ def _architecture(spec: str) -> nn.Module:
     if where == "torchvision":
         from torchvision import models
 
-        if name not in models.list_models(module=models):
-            near = [m for m in models.list_models(module=models) if name.lower()[:4] in m][:8]
-            raise ConfigError(f"torchvision has no classification model {name!r}"
-                              + (f"; similar: {', '.join(near)}" if near else "; see torchvision.models.list_models()"))
+        _require_torchvision_model(name)
         return models.get_model(name, weights=None)
     net = call_factory(spec, what="model")
     if not isinstance(net, nn.Module):

@@ -380,3 +380,17 @@ def test_a_results_root_that_cannot_hold_stores_is_refused_by_every_command(tmp_
     assert main(["tables", "--no-prefect"]) == 2
     assert "no <experiment>.zarr store under data/results" in capsys.readouterr().err
     assert sorted(p.name for p in tmp_path.rglob("*")) == ["file", "mnist.zarr", "results"]  # nothing written
+
+
+def test_layers_checks_the_model_name_and_the_sizes_first(capsys):
+    """A misspelt torchvision model was told to pass --input-size; a negative size was an
+    internal failure (exit 1) and 0 meant 224 (a new user's trial)."""
+    assert main(["layers", "torchvision:resnet81"]) == 2
+    assert "torchvision has no classification model 'resnet81'; similar: resnet101" in capsys.readouterr().err
+    for flag, bad in (("--input-size", "-5"), ("--input-size", "0"), ("--channels", "0"), ("--input-size", "2.5")):
+        with pytest.raises(SystemExit) as exit_:
+            main(["layers", "torchvision:resnet18", flag, bad])
+        assert exit_.value.code == 2
+        assert f"{flag} must be a whole number, at least 1; got {bad!r}" in capsys.readouterr().err
+    assert main(["layers", "tests.any_models:functional_cnn"]) == 2  # a factory's size is not known
+    assert "pass --input-size" in capsys.readouterr().err
