@@ -53,7 +53,9 @@ def _overrides(args: argparse.Namespace) -> dict[str, Any]:
     if args.config:
         path = Path(args.config)
         if not path.is_file():
-            raise ConfigError(f"config file {path} does not exist")
+            what = "is a folder, not a file" if path.is_dir() else "does not exist"
+            raise ConfigError(f"config file {path} {what}: pass a JSON file of fields (collide config show "
+                              "EXPERIMENT --json writes one)")
         try:
             loaded = json.loads(path.read_text())
         except (json.JSONDecodeError, UnicodeDecodeError) as exc:
@@ -360,12 +362,13 @@ def _verify(args: argparse.Namespace) -> int:
     if not names:
         raise _no_stores(Path(args.results_root))
     failed = 0
+    busy = []  # stores a run is writing: neither verified nor found to disagree
     trusted = tuple(args.model or ())
     for name in names:
         holder = found[name].lock_holder()
         if holder is not None:  # its rows and table are being written: nothing to compare yet
             print(f"{name}: a run is in progress ({holder}): not verified; run `collide verify` once it ends")
-            failed += 1
+            busy.append(name)
             continue
         for r in verify(found[name], trusted=trusted):
             state = "ok" if not r["problems"] else "MISMATCH: " + "; ".join(r["problems"])
@@ -385,8 +388,14 @@ def _verify(args: argparse.Namespace) -> int:
                   f"largest feature error {r.get('max_feature_rel_error', float('nan')):.3g}, "
                   f"success {r.get('success_rate', float('nan')):.6g}: {state}")
             failed += bool(r["problems"])
-    print(f"{failed} row(s) or entries disagree with their table" if failed else "every row agrees with its table")
-    return EXIT_FAILED if failed else EXIT_OK
+    if failed:
+        print(f"{failed} row(s) or entries disagree with their table")
+    elif busy:
+        print(f"no row disagrees with its table, but {', '.join(busy)} {'was' if len(busy) == 1 else 'were'} not "
+              "verified (a run is writing it): run `collide verify` once it ends")
+    else:
+        print("every row agrees with its table")
+    return EXIT_FAILED if failed or busy else EXIT_OK
 
 
 def _status(args: argparse.Namespace) -> int:
@@ -423,7 +432,7 @@ def _compare(args: argparse.Namespace) -> int:
     def read(path: str) -> pd.DataFrame:
         fix = "give a .parquet table (e.g. data/reference/mnist-mlp.parquet)"
         if not Path(path).is_file():
-            raise DataError(f"{path} does not exist: {fix}")
+            raise DataError(f"{path} {'is a folder' if Path(path).is_dir() else 'does not exist'}: {fix}")
         try:
             return pd.read_parquet(path)
         except (OSError, ValueError) as exc:  # pyarrow's ArrowInvalid is a ValueError

@@ -337,6 +337,7 @@ def test_the_clis_own_refusals_are_collide_errors(tmp_path, capsys):
     bad = tmp_path / "bad.json"
     bad.write_text("[1, 2]")
     for argv, said in ((["--config", str(tmp_path / "none.json")], "does not exist"),
+                       (["--config", str(tmp_path)], f"config file {tmp_path} is a folder, not a file"),
                        (["--config", str(bad)], "must hold a JSON object"),
                        (["--set", "n_vertices"], "--set expects key=value")):
         assert main(["run", "mnist", "--no-prefect", *argv]) == 2

@@ -213,6 +213,9 @@ def test_status_and_verify_say_a_run_is_in_progress(finished, tmp_path, capsys):
         assert main(["verify", "--results-root", str(root)]) == 1
         out = capsys.readouterr().out
         assert f"a run is in progress (pid {os.getpid()} on" in out and "no table file" not in out
+        # Not verified is not a disagreement: the summary says which (a new user's trial).
+        assert "disagree with their table" not in out
+        assert "no row disagrees with its table, but mnist was not verified (a run is writing it)" in out
 
 
 def test_a_killed_runs_temporaries_are_found_from_the_declared_outputs(tmp_path):
