@@ -491,7 +491,8 @@ def build_parser() -> argparse.ArgumentParser:
   collide serve                     Prefect server + UI on http://127.0.0.1:4200, scheduled deployments
 
 exit codes: 0 done, 1 the run failed (or a bug in collide: "internal error"), 2 bad input (the message
-says what to fix), 130 interrupted (Ctrl-C, or SIGTERM or SIGHUP to a run).
+says what to fix), 130 interrupted (Ctrl-C, or SIGTERM or SIGHUP to a run), 141 the output's reader
+went away (`| head`).
 Each command has its own --help.""",
     )
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
@@ -674,6 +675,31 @@ def _internal_error(exc: BaseException) -> str:
 BUGS = (InternalError, ValueError, TypeError, KeyError, IndexError, AttributeError, NameError, AssertionError)
 
 
+# Where the reader of the output went away (`collide config show mnist | head`): what a
+# process killed by SIGPIPE reports in a shell, as other command-line tools do.
+EXIT_STDOUT_GONE = 128 + signal.SIGPIPE
+
+
+def _stdout_gone() -> bool:
+    """Whether standard output's reader has gone (a pipe closed early), rather than some
+    other pipe or socket of the run; if so, standard output is pointed at /dev/null, so
+    that Python's own flush at exit does not fail again. (A pipe with no reader polls as
+    an error; a flush cannot tell, since the failed write dropped what it held.)"""
+    import select
+
+    try:
+        poll = select.poll()
+        poll.register(sys.stdout.fileno(), select.POLLOUT)
+        gone = any(events & select.POLLERR for _, events in poll.poll(0))
+    except (AttributeError, OSError, ValueError):  # no poll here, or no file behind stdout
+        return False
+    if gone:
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+        os.close(devnull)
+    return gone
+
+
 def main(argv: list[str] | None = None) -> int:
     """Run the ``collide`` command line; returns the exit code (see the module docstring).
 
@@ -703,6 +729,11 @@ def main(argv: list[str] | None = None) -> int:
                   "lists what is done).") if args.func is _run else ""
         print(f"collide: interrupted.{resume}", file=sys.stderr)
         return 130
+    except BrokenPipeError as exc:
+        if not _stdout_gone():
+            print(f"collide: the run failed: {type(exc).__name__}: {exc}", file=sys.stderr)
+            return EXIT_FAILED
+        return EXIT_STDOUT_GONE
     except BUGS as exc:
         traceback.print_exception(exc, file=sys.stderr)
         print(_internal_error(exc), file=sys.stderr)

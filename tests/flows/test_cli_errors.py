@@ -395,3 +395,18 @@ def test_layers_checks_the_model_name_and_the_sizes_first(capsys):
         assert f"{flag} must be a whole number, at least 1; got {bad!r}" in capsys.readouterr().err
     assert main(["layers", "tests.any_models:functional_cnn"]) == 2  # a factory's size is not known
     assert "pass --input-size" in capsys.readouterr().err
+
+
+def test_output_whose_reader_went_away_ends_quietly():
+    """`collide config show mnist --json | head -1`: the reader closes the pipe early. The
+    command said "the run failed: BrokenPipeError" (a new user's trial, seen here too); it
+    now ends as a tool killed by SIGPIPE would, without a message."""
+    read, write = os.pipe()
+    os.close(read)  # no reader at all: the first write fails
+    try:
+        done = subprocess.run([sys.executable, "-m", "flows.cli", "config", "show", "mnist", "--json"], stdout=write,
+                              stderr=subprocess.PIPE, text=True, cwd=PROJECT, timeout=120)
+    finally:
+        os.close(write)
+    assert done.returncode == 128 + signal.SIGPIPE
+    assert done.stderr == ""
