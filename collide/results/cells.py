@@ -108,10 +108,17 @@ def row_summary(metrics: Mapping[str, Any]) -> str:
         return "n/a" if missing(value) else format(float(value), fmt)
 
     init = f", init={metrics['init']}" if metrics.get("init") else ""
-    return (f"row {metrics.get('row')} ({metrics.get('method')}{init}): {valid_text(metrics)} vertices valid; "
-            f"success {success_text(metrics)}; "
-            f"vertex distance {number('vertex_avg_distance', '.3f')}{pairs_text(metrics)}; "
-            f"feature error {number('max_feature_rel_error', '.1e')}")
+    # A row evaluated under one of several models (transfer's A and B) says which.
+    under = f", under {metrics['evaluated_under']}: {metrics.get('model')}" if metrics.get("evaluated_under") else ""
+    success, error = f"success {success_text(metrics)}", f"feature error {number('max_feature_rel_error', '.1e')}"
+    head = f"row {metrics.get('row')} ({metrics.get('method')}{init}{under})"
+    if metrics.get("n_vertices") == 0:
+        # A row of sampled points with no vertices of its own (a baseline): no vertex distance.
+        valid = metrics.get("valid_vertices")
+        points = "points" + ("" if missing(valid) else f" from {int(valid)} valid vertices")
+        return f"{head}: {points}; {success}; {error}"
+    return (f"{head}: {valid_text(metrics)} vertices valid; {success}; "
+            f"vertex distance {number('vertex_avg_distance', '.3f')}{pairs_text(metrics)}; {error}")
 
 
 def reused(metrics: Mapping[str, Any]) -> bool:

@@ -169,6 +169,20 @@ def test_a_spread_from_two_valid_vertices_says_it_is_one_pair():
     assert cells.pairs_text({}) == ""
 
 
+def test_a_row_of_points_and_a_row_under_a_partner_model_read_as_what_they_are():
+    """A baseline's row has no vertices of its own: it read "5/0 vertices valid ... vertex
+    distance n/a (10 pairs)"; transfer's two joint-region rows read alike (a new user's trial)."""
+    hull = {"row": 0, "method": "gradient-hull", "init": "target", "n_vertices": 0, "valid_vertices": 5,
+            "success_rate": 1.0, "max_feature_rel_error": 0.004}
+    line = cells.row_summary(hull)
+    assert line == "row 0 (gradient-hull, init=target): points from 5 valid vertices; success 1; feature error 4.0e-03"
+    assert "points; success" in cells.row_summary({**hull, "valid_vertices": float("nan")})
+    joint = {"row": 1, "method": "joint-region", "init": "target", "n_vertices": 0, "evaluated_under": "B",
+             "model": "mnist-lenet5-lenet5"}
+    assert cells.row_summary(joint).startswith("row 1 (joint-region, init=target, under B: mnist-lenet5-lenet5): "
+                                               "points; ")
+
+
 def test_html_report_shows_flags_validity_reference_and_units(root):
     page = (root / "report.html").read_text()
     assert "<h2>Columns</h2>" in page and "input units" in page
