@@ -186,6 +186,11 @@ def accuracy_text(accuracy: float | dict[str, float]) -> str:
     return f"{accuracy:.4f}"
 
 
+# The outputs outcome_lines names on lines of their own, and what a file it lists ends in.
+_LISTED = frozenset({"table", "figure", "summary", "summary_figure", "checkpoint"})
+_OUTPUT_SUFFIXES = frozenset({".parquet", ".png", ".html", ".json", ".csv"})
+
+
 def outcome_lines(out: dict) -> list[str]:
     """What `collide run` prints once an experiment is written: its outputs, accuracy and notes.
 
@@ -195,6 +200,11 @@ def outcome_lines(out: dict) -> list[str]:
     lines = [f"table:  {out['table']}", f"figure: {out['figure']}"]
     if out.get("summary"):
         lines += [f"summary: {out['summary']}", f"summary figure: {out['summary_figure']}"]
+    # What an experiment's summarize wrote besides (the scan's ranking and gallery, the
+    # baselines' figure): every file it names, by its key.
+    lines += [f"{key.replace('_', ' ')}: {value}" for key, value in out.items()
+              if key not in _LISTED and isinstance(value, str) and Path(value).suffix in _OUTPUT_SUFFIXES
+              and Path(value).is_file()]
     if out.get("origin"):
         # Which model the numbers come from: shipped (the published tables'), or trained here.
         how = out["origin"] + (" (reused)" if out["origin"] == "trained" and out.get("reused") else "")

@@ -296,6 +296,20 @@ def test_a_profile_run_with_two_models_accuracies_prints_each_and_exits_0(monkey
     assert cli.outcome_lines({**written, "test_accuracy": 0.97814})[2] == "test accuracy: 0.9781"
 
 
+def test_a_run_names_every_file_its_summary_wrote(tmp_path):
+    """The scan's ranking and gallery, the baselines' figure: not listed before (a new user's
+    trial); a key that names no file written (a record, a file not there) is not listed."""
+    from flows import cli
+
+    ranking, gallery = tmp_path / "scan-ranking.parquet", tmp_path / "scan-gallery.png"
+    ranking.write_bytes(b"x")
+    gallery.write_bytes(b"x")
+    out = {"table": "t.parquet", "figure": "f.png", "ranking": str(ranking), "gallery": str(gallery),
+           "certified": str(tmp_path / "gone.parquet"), "baselines": [{"row": 0}], "checkpoint": str(ranking)}
+    assert cli.outcome_lines(out) == ["table:  t.parquet", "figure: f.png", f"ranking: {ranking}",
+                                      f"gallery: {gallery}"]
+
+
 @pytest.mark.parametrize("bug", [ValueError("a shape that cannot happen"), KeyError("row"),
                                  InternalError("rows are not 0..n-1")])
 def test_a_bug_is_reported_as_one_not_as_the_users_mistake(bug, monkeypatch, capsys):
