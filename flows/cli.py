@@ -156,8 +156,10 @@ def _run_experiment(args: argparse.Namespace) -> int:
     module = experiment(args.experiment)
     if not args.no_prefect:
         from collide.experiments import engine
+        from flows.runner import require_scheduler
 
         engine.validate(module, config=config)  # fail on bad input before any server starts (engine.run too)
+        require_scheduler(args.dask_address)
     config.check_request(overrides)  # refusals that depend on what was asked for by name (the MNIST data root)
     if args.no_prefect:
         from collide.experiments import engine
@@ -349,8 +351,10 @@ def _tables(args: argparse.Namespace) -> int:
 
 
 def _serve(args: argparse.Namespace) -> int:
+    from flows.runner import require_scheduler
     from flows.serve import serve
 
+    require_scheduler(args.dask_address)  # every flow run it serves would fail on it
     if args.dask_address:
         os.environ["COLLIDE_DASK_ADDRESS"] = args.dask_address  # inherited by every flow run
     return serve(port=args.port, file=args.file, home=args.home)

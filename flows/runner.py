@@ -19,6 +19,7 @@ from typing import Any
 
 from prefect_dask import DaskTaskRunner
 
+from collide.errors import ConfigError
 from collide.workers import worker_count
 
 ADDRESS_ENV = "COLLIDE_DASK_ADDRESS"
@@ -51,6 +52,42 @@ class LocalDaskRunner(DaskTaskRunner):
 
     def duplicate(self) -> LocalDaskRunner:
         return type(self)(address=self.address, cluster_kwargs=self.cluster_kwargs, client_kwargs=self.client_kwargs)
+
+
+# How long a given scheduler has to accept a connection before the run is refused: a
+# wrong address otherwise cost Dask's own retries (44 s, two tracebacks, exit 1) and left
+# a run record with no store behind (a new user's trial).
+SCHEDULER_CONNECT_S = 10.0
+
+
+def require_scheduler(address: str | None) -> None:
+    """Refuse a ``tcp://host:port`` scheduler address (``--dask-address``, else
+    ``COLLIDE_DASK_ADDRESS``) that nothing accepts connections on, before any work; other
+    schemes (tls, ucx) are left to Dask."""
+    import socket
+    from urllib.parse import urlsplit
+
+    where = "--dask-address" if address else ADDRESS_ENV
+    address = address or os.environ.get(ADDRESS_ENV) or None
+    if not address:
+        return
+    parts = urlsplit(address if "://" in address else f"tcp://{address}")
+    if parts.scheme != "tcp":
+        return
+    try:
+        host, port = parts.hostname, parts.port
+    except ValueError:
+        host, port = None, None
+    if not host or not port:
+        raise ConfigError(f"{where} {address!r}: expected tcp://HOST:PORT (a Dask scheduler's address, e.g. "
+                          "tcp://10.0.0.5:8786)")
+    try:
+        with socket.create_connection((host, port), timeout=SCHEDULER_CONNECT_S):
+            pass
+    except OSError as exc:
+        raise ConfigError(f"no Dask scheduler answers at {address} ({where}: {exc.strerror or exc}): start one there "
+                          "(`dask scheduler`, with workers that see this machine's files), or drop the address to "
+                          "run on a local cluster") from None
 
 
 def dask_runner(address: str | None = None, workers: int | None = None) -> Any:

@@ -424,3 +424,24 @@ def test_output_whose_reader_went_away_ends_quietly():
         os.close(write)
     assert done.returncode == 128 + signal.SIGPIPE
     assert done.stderr == ""
+
+
+def test_a_dask_address_nothing_answers_on_is_refused_before_any_work(tmp_path, monkeypatch, capsys):
+    """It cost Dask's retries (44 s, two tracebacks, exit 1) and left a run record behind
+    (a new user's trial); now exit 2 at once, naming the address and where it came from."""
+    from collide.experiments.mnist import MnistExperiment
+    from flows.runner import ADDRESS_ENV
+    from flows.temporary_server import free_port
+
+    monkeypatch.setattr(MnistExperiment, "check_request", lambda self, given: None)  # no data needed
+    closed = f"tcp://127.0.0.1:{free_port()}"  # nothing listens there now
+    results = tmp_path / "results"
+    assert main(["run", "mnist", "--dask-address", closed, "--results-root", str(results)]) == 2
+    assert f"no Dask scheduler answers at {closed} (--dask-address: " in capsys.readouterr().err
+    monkeypatch.setenv(ADDRESS_ENV, closed)
+    assert main(["run", "mnist", "--results-root", str(results)]) == 2
+    assert f"no Dask scheduler answers at {closed} ({ADDRESS_ENV}: " in capsys.readouterr().err
+    assert main(["run", "mnist", "--dask-address", "nohost:port", "--results-root", str(results)]) == 2
+    assert "expected tcp://HOST:PORT" in capsys.readouterr().err
+    assert main(["serve", "--dask-address", closed]) == 2
+    assert not results.exists()
