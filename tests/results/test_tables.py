@@ -48,8 +48,12 @@ def test_regenerated_tables_and_figures_equal_what_the_run_wrote(finished, tmp_p
 
 def test_tables_without_any_store_is_bad_input(tmp_path, capsys):
     assert main(["tables", "--no-prefect", "--results-root", str(tmp_path / "none")]) == 2
-    assert "run an experiment first" in capsys.readouterr().err
+    assert "none does not exist: pass --results-root" in capsys.readouterr().err
     assert not (tmp_path / "none").exists()
+    (tmp_path / "empty").mkdir()
+    assert main(["tables", "--no-prefect", "--results-root", str(tmp_path / "empty")]) == 2
+    assert "run an experiment first" in capsys.readouterr().err
+    assert list((tmp_path / "empty").iterdir()) == []
 
 
 def test_a_store_cut_short_is_flagged_incomplete(finished, tmp_path, capsys):
@@ -124,8 +128,11 @@ def test_status_says_which_tables_are_fresh(finished, tmp_path, capsys):
     assert "STALE" in capsys.readouterr().out
     assert tables.write_outputs(ExperimentStore(root, "mnist"))["reused"] is False
     assert health.status(root)[0]["table_fresh"]
-    assert main(["status", "--results-root", str(tmp_path / "none")]) == 0
+    (tmp_path / "empty").mkdir()
+    assert main(["status", "--results-root", str(tmp_path / "empty")]) == 0
     assert "no results" in capsys.readouterr().out
+    assert main(["status", "--results-root", str(tmp_path / "none")]) == 2  # a mistyped folder: bad input
+    assert "none does not exist" in capsys.readouterr().err
 
 
 def test_table_records_are_plain_json():
