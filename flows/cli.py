@@ -95,7 +95,9 @@ def _tqdm_progress():  # type: ignore[no-untyped-def]
             return
         bar = bars.get(stage)
         if bar is None:
-            bar = bars[stage] = tqdm(total=total, desc=stage, unit="step", leave=True)
+            # Steps done before the first report (reused rows) started the bar: its rate counts
+            # only the steps after it, not thousands of steps in no time.
+            bar = bars[stage] = tqdm(total=total, initial=done, desc=stage, unit="step", leave=True)
         bar.n = done
         bar.refresh()
         if done >= total:

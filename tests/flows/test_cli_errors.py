@@ -445,3 +445,14 @@ def test_a_dask_address_nothing_answers_on_is_refused_before_any_work(tmp_path, 
     assert "expected tcp://HOST:PORT" in capsys.readouterr().err
     assert main(["serve", "--dask-address", closed]) == 2
     assert not results.exists()
+
+
+def test_a_progress_bar_started_at_its_end_shows_no_rate(capsys):
+    """A stage whose steps were all reused reported 4/4 at once and read "798915 step/s"
+    (a new user's trial): steps done before the bar started count for no rate."""
+    from flows.cli import _tqdm_progress
+
+    report = _tqdm_progress()
+    report("jobs", 4, 4)
+    shown = capsys.readouterr().err.strip().split("\r")[-1]
+    assert "4/4" in shown and "?step/s" in shown, shown
