@@ -400,6 +400,12 @@ def _verify(args: argparse.Namespace) -> int:
                        else f"{r.get('counted_vertices', 0)} vertices")
             if "counted_region_samples" in r:
                 counted += f" and {r['counted_region_samples']} collision-set samples"
+            # A scan row's own sizes, each example's around its stored image.
+            scanned = [f"{r[key]} examples' {what}" for key, what in (("checked_scan_vertices", "vertices"),
+                                                                     ("checked_scan_balls", "balls"))
+                       if key in r]
+            if scanned:
+                counted += ", and the scan's " + " and ".join(scanned)
             print(f"{name} row {r['row']}: {counted} recomputed in float64, "
                   f"largest feature error {r.get('max_feature_rel_error', float('nan')):.3g}, "
                   f"success {r.get('success_rate', float('nan')):.6g}: {state}")

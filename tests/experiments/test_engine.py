@@ -184,12 +184,18 @@ def test_the_ranking_holds_each_examples_prediction_and_sizes_most_blind_first(s
     assert by_spread["spread"].is_monotonic_decreasing and set(by_spread["rank_by"]) == {"spread"}
 
 
-def test_the_referee_checks_every_examples_ball_and_catches_a_doctored_radius(scanned):
+def test_the_referee_checks_every_examples_ball_and_catches_a_doctored_radius(scanned, capsys):
+    from flows.cli import main
+
     config, _ = scanned
     store = ExperimentStore.of(config)
     checked = verify(store)
     assert [p for r in checked for p in r["problems"]] == []
     assert sum(r["checked_scan_balls"] for r in checked) == 10  # every example: its set is full-dimensional
+    # The command line says so too (it printed the vertices alone: a new user's trial).
+    assert main(["verify", config.name, "--results-root", config.results_root]) == 0
+    said = capsys.readouterr().out
+    assert "and the scan's" in said and "examples' balls" in said, said
     arrays, attrs = store.read_row(1)
     k = int(np.argmax(arrays["scan_radius"]))
     doctored = {**arrays, "scan_radius": arrays["scan_radius"] * np.where(np.arange(len(arrays["scan_radius"])) == k,
