@@ -353,11 +353,13 @@ def _tables(args: argparse.Namespace) -> int:
 
 
 def _serve(args: argparse.Namespace) -> int:
-    from flows.runner import require_scheduler
+    from collide.workers import require_scheduler
     from flows.serve import serve
 
-    require_scheduler(args.dask_address)  # every flow run it serves would fail on it
     if args.dask_address:
+        # Every flow run it serves would fail on it. (Not through flows.runner: Prefect must
+        # not load its settings before serve sets the server's.)
+        require_scheduler(args.dask_address, "--dask-address")
         os.environ["COLLIDE_DASK_ADDRESS"] = args.dask_address  # inherited by every flow run
     return serve(port=args.port, file=args.file, home=args.home)
 

@@ -19,11 +19,13 @@ from typing import Any
 
 from prefect_dask import DaskTaskRunner
 
-from collide.errors import ConfigError
+from collide.workers import require_scheduler as require_reachable
 from collide.workers import worker_count
 
 ADDRESS_ENV = "COLLIDE_DASK_ADDRESS"
 WORKERS_ENV = "COLLIDE_DASK_WORKERS"
+# The module each local worker process runs as it starts (flows/worker_setup.py).
+WORKER_SETUP = "flows.worker_setup"
 
 
 def _api_url() -> str | None:
@@ -54,40 +56,13 @@ class LocalDaskRunner(DaskTaskRunner):
         return type(self)(address=self.address, cluster_kwargs=self.cluster_kwargs, client_kwargs=self.client_kwargs)
 
 
-# How long a given scheduler has to accept a connection before the run is refused: a
-# wrong address otherwise cost Dask's own retries (44 s, two tracebacks, exit 1) and left
-# a run record with no store behind (a new user's trial).
-SCHEDULER_CONNECT_S = 10.0
-
-
 def require_scheduler(address: str | None) -> None:
-    """Refuse a ``tcp://host:port`` scheduler address (``--dask-address``, else
-    ``COLLIDE_DASK_ADDRESS``) that nothing accepts connections on, before any work; other
-    schemes (tls, ucx) are left to Dask."""
-    import socket
-    from urllib.parse import urlsplit
-
-    where = "--dask-address" if address else ADDRESS_ENV
-    address = address or os.environ.get(ADDRESS_ENV) or None
-    if not address:
-        return
-    parts = urlsplit(address if "://" in address else f"tcp://{address}")
-    if parts.scheme != "tcp":
-        return
-    try:
-        host, port = parts.hostname, parts.port
-    except ValueError:
-        host, port = None, None
-    if not host or not port:
-        raise ConfigError(f"{where} {address!r}: expected tcp://HOST:PORT (a Dask scheduler's address, e.g. "
-                          "tcp://10.0.0.5:8786)")
-    try:
-        with socket.create_connection((host, port), timeout=SCHEDULER_CONNECT_S):
-            pass
-    except OSError as exc:
-        raise ConfigError(f"no Dask scheduler answers at {address} ({where}: {exc.strerror or exc}): start one there "
-                          "(`dask scheduler`, with workers that see this machine's files), or drop the address to "
-                          "run on a local cluster") from None
+    """:func:`collide.workers.require_scheduler` for ``address`` (``--dask-address``), else
+    ``COLLIDE_DASK_ADDRESS``'s, named as the user gave it."""
+    if address:
+        require_reachable(address, "--dask-address")
+    elif os.environ.get(ADDRESS_ENV):
+        require_reachable(os.environ[ADDRESS_ENV], ADDRESS_ENV)
 
 
 def dask_runner(address: str | None = None, workers: int | None = None) -> Any:
@@ -103,4 +78,5 @@ def dask_runner(address: str | None = None, workers: int | None = None) -> Any:
     return LocalDaskRunner(cluster_kwargs={
         "n_workers": workers, "threads_per_worker": 1, "processes": True,
         "host": "127.0.0.1", "dashboard_address": "127.0.0.1:0",
+        "preload": [WORKER_SETUP],  # a terminal's Ctrl-C is the run's to handle, not each worker's
     })
