@@ -116,6 +116,10 @@ def require_visible(paths: Mapping[str, str]) -> None:
             raise DataError(f"{where()} cannot see {what} at {path}: {SHARED}")
 
 
+# The environment variable that names a Dask scheduler for every flow run (flows.runner).
+DASK_ADDRESS_ENV = "COLLIDE_DASK_ADDRESS"
+
+
 # How long a given scheduler has to accept a connection before the run is refused: a
 # wrong address otherwise cost Dask's own retries (44 s, two tracebacks, exit 1) and left
 # a run record with no store behind (a new user's trial).

@@ -102,6 +102,7 @@ def _tqdm_progress():  # type: ignore[no-untyped-def]
         bar.refresh()
         if done >= total:
             bar.close()
+            del bars[stage]  # the next job's stage of the same name gets a bar of its own
 
     return report
 
@@ -158,10 +159,10 @@ def _run_experiment(args: argparse.Namespace) -> int:
     module = experiment(args.experiment)
     if not args.no_prefect:
         from collide.experiments import engine
-        from flows.runner import require_scheduler
+        from flows.runner import require_given_scheduler
 
         engine.validate(module, config=config)  # fail on bad input before any server starts (engine.run too)
-        require_scheduler(args.dask_address)
+        require_given_scheduler(args.dask_address)
     config.check_request(overrides)  # refusals that depend on what was asked for by name (the MNIST data root)
     if args.no_prefect:
         from collide.experiments import engine
@@ -190,7 +191,8 @@ def accuracy_text(accuracy: float | dict[str, float]) -> str:
     return f"{accuracy:.4f}"
 
 
-# The outputs outcome_lines names on lines of their own, and what a file it lists ends in.
+# Outputs outcome_lines names on lines of their own; and the suffixes that tell a written
+# file among its other values (records, counts).
 _LISTED = frozenset({"table", "figure", "summary", "summary_figure", "checkpoint"})
 _OUTPUT_SUFFIXES = frozenset({".parquet", ".png", ".html", ".json", ".csv"})
 
@@ -204,8 +206,8 @@ def outcome_lines(out: dict) -> list[str]:
     lines = [f"table:  {out['table']}", f"figure: {out['figure']}"]
     if out.get("summary"):
         lines += [f"summary: {out['summary']}", f"summary figure: {out['summary_figure']}"]
-    # What an experiment's summarize wrote besides (the scan's ranking and gallery, the
-    # baselines' figure): every file it names, by its key.
+    # Listed by their keys rather than known names: an experiment that adds an output to its
+    # summarize is then named without a change here (the scan's ranking went unlisted).
     lines += [f"{key.replace('_', ' ')}: {value}" for key, value in out.items()
               if key not in _LISTED and isinstance(value, str) and Path(value).suffix in _OUTPUT_SUFFIXES
               and Path(value).is_file()]
@@ -353,14 +355,19 @@ def _tables(args: argparse.Namespace) -> int:
 
 
 def _serve(args: argparse.Namespace) -> int:
-    from collide.workers import require_scheduler
+    from collide.workers import DASK_ADDRESS_ENV, require_scheduler
     from flows.serve import serve
 
     if args.dask_address:
-        # Every flow run it serves would fail on it. (Not through flows.runner: Prefect must
-        # not load its settings before serve sets the server's.)
-        require_scheduler(args.dask_address, "--dask-address")
-        os.environ["COLLIDE_DASK_ADDRESS"] = args.dask_address  # inherited by every flow run
+        os.environ[DASK_ADDRESS_ENV] = args.dask_address  # inherited by every flow run
+    if address := os.environ.get(DASK_ADDRESS_ENV):
+        # A warning, not a refusal: the scheduled runs come later, and a service manager may
+        # start the scheduler beside this server. (collide.workers, not flows.runner: Prefect
+        # must not load its settings before serve sets the server's.)
+        try:
+            require_scheduler(address, "--dask-address" if args.dask_address else DASK_ADDRESS_ENV)
+        except ConfigError as exc:
+            print(f"collide: warning: {exc}; every flow run needs it up by the time it starts", file=sys.stderr)
     return serve(port=args.port, file=args.file, home=args.home)
 
 
@@ -412,11 +419,12 @@ def _verify(args: argparse.Namespace) -> int:
                   f"largest feature error {r.get('max_feature_rel_error', float('nan')):.3g}, "
                   f"success {r.get('success_rate', float('nan')):.6g}: {state}")
             failed += bool(r["problems"])
+    unverified = (f"{', '.join(busy)} {'was' if len(busy) == 1 else 'were'} not verified (a run is writing "
+                  f"{'it' if len(busy) == 1 else 'them'}): run `collide verify` once it ends") if busy else ""
     if failed:
-        print(f"{failed} row(s) or entries disagree with their table")
+        print(f"{failed} row(s) or entries disagree with their table" + (f"; {unverified}" if busy else ""))
     elif busy:
-        print(f"no row disagrees with its table, but {', '.join(busy)} {'was' if len(busy) == 1 else 'were'} not "
-              "verified (a run is writing it): run `collide verify` once it ends")
+        print(f"no row disagrees with its table, but {unverified}")
     else:
         print("every row agrees with its table")
     return EXIT_FAILED if failed or busy else EXIT_OK
@@ -627,7 +635,8 @@ Each command has its own --help.""",
         description="For each row: push every vertex that carries sample weight through the recorded model in\n"
         "float64, rebuild the samples from the stored weights and classify them again, and compare the\n"
         "recomputed valid vertices, feature error, vertex distance and success rate with the table.\n"
-        "Exit 0 when every row agrees, 1 when one does not (each disagreement is printed).",
+        "Exit 0 when every row agrees, 1 when one does not (each disagreement is printed) or when a store\n"
+        "could not be verified (a run is writing it).",
     )
     verify.add_argument("experiment", nargs="?", help="one experiment (default: every store)")
     verify.add_argument("--results-root", default=DEFAULT_RESULTS, help=f"default {DEFAULT_RESULTS}")
@@ -714,7 +723,8 @@ def _stdout_gone() -> bool:
     try:
         poll = select.poll()
         poll.register(sys.stdout.fileno(), select.POLLOUT)
-        gone = any(events & select.POLLERR for _, events in poll.poll(0))
+        # Linux reports a pipe without a reader as an error; macOS, it seems, as a hang-up.
+        gone = any(events & (select.POLLERR | select.POLLHUP) for _, events in poll.poll(0))
     except (AttributeError, OSError, ValueError):  # no poll here, or no file behind stdout
         return False
     if gone:
@@ -725,6 +735,26 @@ def _stdout_gone() -> bool:
 
 
 def main(argv: list[str] | None = None) -> int:
+    """Run the ``collide`` command line (:func:`command`); returns the exit code.
+
+    Standard output is flushed before it returns: a pipe is block-buffered, so the last of
+    the output would otherwise be written by Python's flush at exit, where a reader that
+    went away (`| head`) is an "Exception ignored" message and exit 120, not 141.
+    """
+    try:
+        try:
+            code = command(argv)
+        finally:
+            sys.stdout.flush()  # also after --help's SystemExit
+    except BrokenPipeError as exc:
+        if not _stdout_gone():
+            print(f"collide: the run failed: {type(exc).__name__}: {exc}", file=sys.stderr)
+            return EXIT_FAILED
+        return EXIT_STDOUT_GONE
+    return code
+
+
+def command(argv: list[str] | None = None) -> int:
     """Run the ``collide`` command line; returns the exit code (see the module docstring).
 
     Only collide's own errors (:class:`collide.errors.CollideError`: what it raises on
@@ -753,11 +783,8 @@ def main(argv: list[str] | None = None) -> int:
                   "lists what is done).") if args.func is _run else ""
         print(f"collide: interrupted.{resume}", file=sys.stderr)
         return 130
-    except BrokenPipeError as exc:
-        if not _stdout_gone():
-            print(f"collide: the run failed: {type(exc).__name__}: {exc}", file=sys.stderr)
-            return EXIT_FAILED
-        return EXIT_STDOUT_GONE
+    except BrokenPipeError:
+        raise  # main tells a closed standard output from another broken pipe
     except BUGS as exc:
         traceback.print_exception(exc, file=sys.stderr)
         print(_internal_error(exc), file=sys.stderr)

@@ -13,7 +13,9 @@ The kernel sends the signal when the *thread* that started the child ends, not o
 process: start the command from a thread that lives as long as the child should (the
 main thread, in collide's commands).
 
-Usage: ``python -m flows.parent_bound PARENT_PID COMMAND [ARG ...]`` (:func:`bound` writes it).
+Usage: ``python -P .../flows/parent_bound.py PARENT_PID COMMAND [ARG ...]`` (:func:`bound`
+writes it). Run by its path, with ``-P`` and the standard library alone: nothing in the
+folder the user runs collide from (a ``flows`` package of their own, say) is imported.
 """
 
 from __future__ import annotations
@@ -22,6 +24,7 @@ import ctypes
 import os
 import signal
 import sys
+from pathlib import Path
 
 _PR_SET_PDEATHSIG = 1  # <linux/prctl.h>
 
@@ -34,15 +37,16 @@ def bound(argv: list[str]) -> list[str]:
     ``argv`` itself where the platform has no such request."""
     if not sys.platform.startswith("linux"):
         return argv
-    return [sys.executable, "-m", "flows.parent_bound", str(os.getpid()), *argv]
+    return [sys.executable, "-P", str(Path(__file__).resolve()), str(os.getpid()), *argv]
 
 
 def main(args: list[str]) -> int:
     parent, argv = int(args[0]), args[1:]
     libc = ctypes.CDLL(None, use_errno=True)
     if libc.prctl(_PR_SET_PDEATHSIG, int(signal.SIGTERM), 0, 0, 0) != 0:
-        err = ctypes.get_errno()
-        raise OSError(err, f"prctl(PR_SET_PDEATHSIG) failed: {os.strerror(err)}")
+        # The command still runs, as it ran before: only a parent killed outright leaves it.
+        print(f"flows.parent_bound: prctl(PR_SET_PDEATHSIG) failed ({os.strerror(ctypes.get_errno())}): {argv[0]} "
+              "will not stop by itself if its parent is killed outright", file=sys.stderr)
     # A parent that ended between the fork and the request above sent nothing: this
     # process has been handed to another (init, a subreaper) already.
     if os.getppid() != parent:

@@ -19,10 +19,10 @@ from typing import Any
 
 from prefect_dask import DaskTaskRunner
 
+from collide.workers import DASK_ADDRESS_ENV, worker_count
 from collide.workers import require_scheduler as require_reachable
-from collide.workers import worker_count
 
-ADDRESS_ENV = "COLLIDE_DASK_ADDRESS"
+ADDRESS_ENV = DASK_ADDRESS_ENV
 WORKERS_ENV = "COLLIDE_DASK_WORKERS"
 # The module each local worker process runs as it starts (flows/worker_setup.py).
 WORKER_SETUP = "flows.worker_setup"
@@ -56,7 +56,7 @@ class LocalDaskRunner(DaskTaskRunner):
         return type(self)(address=self.address, cluster_kwargs=self.cluster_kwargs, client_kwargs=self.client_kwargs)
 
 
-def require_scheduler(address: str | None) -> None:
+def require_given_scheduler(address: str | None) -> None:
     """:func:`collide.workers.require_scheduler` for ``address`` (``--dask-address``), else
     ``COLLIDE_DASK_ADDRESS``'s, named as the user gave it."""
     if address:

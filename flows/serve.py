@@ -97,7 +97,8 @@ def start_server(port: int, env: dict[str, str], log: Path) -> subprocess.Popen:
     Call it from a thread that lives as long as the server should (the main thread)."""
     with log.open("ab") as out:
         return subprocess.Popen(
-            bound([sys.executable, "-m", "prefect", "server", "start", "--host", HOST, "--port", str(port),
+            # -P: nothing of the folder collide runs from is imported by the server.
+            bound([sys.executable, "-P", "-m", "prefect", "server", "start", "--host", HOST, "--port", str(port),
                    "--analytics-off"]),
             env={**os.environ, **env}, stdin=subprocess.DEVNULL, stdout=out, stderr=subprocess.STDOUT,
             start_new_session=True,

@@ -29,7 +29,7 @@ from collide.errors import DataError
 
 # Columns that measure the machine, not the result, and columns that name files or code.
 _SKIPPED_SUFFIXES = ("_seconds",)
-_SKIPPED = frozenset({"config_digest", "repaired", "solved", "evaluated"})
+_SKIPPED = frozenset({"config_digest", "repaired", "solved", "evaluated", "experiment"})  # experiment: a run's name
 
 
 @dataclass(frozen=True)
@@ -116,13 +116,14 @@ def compare_tables(reference: pd.DataFrame, table: pd.DataFrame, *,
 
 
 # What a table is of: where these differ, the rows answer another question, and listing
-# every column of every row would bury that one fact. (Not the checkpoint's or the data's
-# digest: a table from a checkpoint trained elsewhere is what the comparison is for.)
-_PROBLEM = ("experiment", "model", "layer", "dataset")
+# every column of every row would bury that one fact. (Not the experiment's name, which a
+# run may choose, nor the checkpoint's or the data's digest: a table from a checkpoint
+# trained elsewhere is what the comparison is for.)
+_PROBLEM = ("model", "layer", "dataset")
 
 
 def _other_problem(reference: pd.DataFrame, table: pd.DataFrame) -> list[str]:
-    """How the two tables' problems differ (another model, layer, experiment or dataset),
+    """How the two tables' problems differ (another model, layer or dataset),
     each as one line; empty where they are of the same problem."""
     out = []
     for column in _PROBLEM:

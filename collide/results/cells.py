@@ -108,7 +108,8 @@ def row_summary(metrics: Mapping[str, Any]) -> str:
         return "n/a" if missing(value) else format(float(value), fmt)
 
     init = f", init={metrics['init']}" if metrics.get("init") else ""
-    # A row evaluated under one of several models (transfer's A and B) says which.
+    # Transfer evaluates one set of points under two models: without the model its two rows
+    # of a target read alike.
     under = f", under {metrics['evaluated_under']}: {metrics.get('model')}" if metrics.get("evaluated_under") else ""
     success, error = f"success {success_text(metrics)}", f"feature error {number('max_feature_rel_error', '.1e')}"
     head = f"row {metrics.get('row')} ({metrics.get('method')}{init}{under})"

@@ -1,6 +1,7 @@
 """A command started through flows.parent_bound ends when the process that started it is
 killed outright (the Prefect servers collide starts: flows.serve.start_server)."""
 
+import contextlib
 import os
 import signal
 import subprocess
@@ -52,12 +53,20 @@ def _child_of_killed_parent(through_bound: bool) -> int:
     return child
 
 
+def _end(pid: int) -> None:
+    with contextlib.suppress(ProcessLookupError):  # ended already
+        os.kill(pid, signal.SIGKILL)
+
+
 def test_a_bound_child_ends_when_its_parent_is_killed_outright():
     child = _child_of_killed_parent(through_bound=True)
-    deadline = time.monotonic() + ENDS_WITHIN_S
-    while _running(child) and time.monotonic() < deadline:
-        time.sleep(0.05)
-    assert not _running(child)
+    try:
+        deadline = time.monotonic() + ENDS_WITHIN_S
+        while _running(child) and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert not _running(child)
+    finally:
+        _end(child)  # no sleep left behind by a failure
 
 
 def test_an_unbound_child_outlives_its_killed_parent():
@@ -67,15 +76,18 @@ def test_an_unbound_child_outlives_its_killed_parent():
         time.sleep(0.5)
         assert _running(child)
     finally:
-        os.kill(child, signal.SIGKILL)
+        _end(child)
 
 
 def test_a_parent_gone_before_the_request_took_hold_starts_nothing(tmp_path):
     """The wrapper finds another parent than the one named: the command is not started."""
     assert bound(["true"])[-1] == "true" and bound(["true"])[3] == str(os.getpid())
+    (tmp_path / "flows").mkdir()  # a package of the user's own in the folder it runs from: never imported
+    (tmp_path / "flows" / "__init__.py").write_text("raise SystemExit('imported from the working folder')")
     marker = tmp_path / "started"
-    gone = subprocess.run([sys.executable, "-m", "flows.parent_bound", str(os.getpid() + 10**6), "touch",
-                           str(marker)], capture_output=True, text=True, cwd=Path(__file__).resolve().parents[2])
+    wrapper = bound(["touch", str(marker)])
+    wrapper[3] = str(os.getpid() + 10**6)  # a parent that is not this process's
+    gone = subprocess.run(wrapper, capture_output=True, text=True, cwd=tmp_path)
     assert gone.returncode == PARENT_GONE
     assert "ended before touch started" in gone.stderr
     assert not marker.exists()

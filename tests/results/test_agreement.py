@@ -62,6 +62,7 @@ def test_a_table_of_another_problem_says_so_in_a_line_instead_of_every_column():
     problems = compare_tables(lenet, mlp)
     assert [p.split(":")[:2] for p in problems] == [["model", " mnist-mlp against the reference's mnist-lenet5"],
                                                     ["layer", " relu1 against the reference's relu3"]]
+    assert compare_tables(mlp, mlp.assign(experiment="mnist-b")) == []  # a run's own name: the same problem
     # Another checkpoint of the same model is the same problem: its rows are compared.
     other = compare_tables(mlp, mlp.assign(model_sha256="another checkpoint"))
     assert other and all(p.startswith(f"row {k}: model_sha256") for k, p in enumerate(other))
