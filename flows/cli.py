@@ -159,10 +159,11 @@ def _run_experiment(args: argparse.Namespace) -> int:
     module = experiment(args.experiment)
     if not args.no_prefect:
         from collide.experiments import engine
-        from flows.runner import require_given_scheduler
+        from collide.workers import require_scheduler
 
         engine.validate(module, config=config)  # fail on bad input before any server starts (engine.run too)
-        require_given_scheduler(args.dask_address)
+        if scheduler := _scheduler(args):
+            require_scheduler(*scheduler)
     config.check_request(overrides)  # refusals that depend on what was asked for by name (the MNIST data root)
     if args.no_prefect:
         from collide.experiments import engine
@@ -354,20 +355,30 @@ def _tables(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+def _scheduler(args: argparse.Namespace) -> tuple[str, str] | None:
+    """The Dask scheduler address flow runs will use and where it came from (the flag,
+    else the environment's), or None for a local cluster."""
+    from collide.workers import DASK_ADDRESS_ENV
+
+    if args.dask_address:
+        return args.dask_address, "--dask-address"
+    return (os.environ[DASK_ADDRESS_ENV], DASK_ADDRESS_ENV) if os.environ.get(DASK_ADDRESS_ENV) else None
+
+
 def _serve(args: argparse.Namespace) -> int:
+    # collide.workers, not flows.runner: Prefect must not load its settings before serve sets the server's.
     from collide.workers import DASK_ADDRESS_ENV, require_scheduler
     from flows.serve import serve
 
-    if args.dask_address:
-        os.environ[DASK_ADDRESS_ENV] = args.dask_address  # inherited by every flow run
-    if address := os.environ.get(DASK_ADDRESS_ENV):
+    if scheduler := _scheduler(args):
         # A warning, not a refusal: the scheduled runs come later, and a service manager may
-        # start the scheduler beside this server. (collide.workers, not flows.runner: Prefect
-        # must not load its settings before serve sets the server's.)
+        # start the scheduler beside this server.
         try:
-            require_scheduler(address, "--dask-address" if args.dask_address else DASK_ADDRESS_ENV)
+            require_scheduler(*scheduler)
         except ConfigError as exc:
             print(f"collide: warning: {exc}; every flow run needs it up by the time it starts", file=sys.stderr)
+    if args.dask_address:
+        os.environ[DASK_ADDRESS_ENV] = args.dask_address  # inherited by every flow run
     return serve(port=args.port, file=args.file, home=args.home)
 
 

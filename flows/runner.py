@@ -20,7 +20,6 @@ from typing import Any
 from prefect_dask import DaskTaskRunner
 
 from collide.workers import DASK_ADDRESS_ENV, worker_count
-from collide.workers import require_scheduler as require_reachable
 
 ADDRESS_ENV = DASK_ADDRESS_ENV
 WORKERS_ENV = "COLLIDE_DASK_WORKERS"
@@ -54,15 +53,6 @@ class LocalDaskRunner(DaskTaskRunner):
 
     def duplicate(self) -> LocalDaskRunner:
         return type(self)(address=self.address, cluster_kwargs=self.cluster_kwargs, client_kwargs=self.client_kwargs)
-
-
-def require_given_scheduler(address: str | None) -> None:
-    """:func:`collide.workers.require_scheduler` for ``address`` (``--dask-address``), else
-    ``COLLIDE_DASK_ADDRESS``'s, named as the user gave it."""
-    if address:
-        require_reachable(address, "--dask-address")
-    elif os.environ.get(ADDRESS_ENV):
-        require_reachable(os.environ[ADDRESS_ENV], ADDRESS_ENV)
 
 
 def dask_runner(address: str | None = None, workers: int | None = None) -> Any:
