@@ -14,6 +14,18 @@ def require(ok: bool, message: str) -> None:
         raise ConfigError(message)
 
 
+def count_in(text: str, what: str, *, of: str = "") -> int:
+    """``text`` (a flag's or an environment variable's value, named by ``what``) as a count:
+    a whole number written as one, at least 1; ``of`` names what is counted in the refusal."""
+    try:
+        n = int(text)
+    except ValueError:
+        n = 0
+    if n < 1 or str(n) != text.strip():
+        raise ConfigError(f"{what} must be a whole number{f' of {of}' if of else ''}, at least 1; got {text!r}")
+    return n
+
+
 def positive(name: str, value: float) -> None:
     """``value`` is a finite number above 0."""
     require(

@@ -29,17 +29,9 @@ SHARED = ("every worker needs the same filesystem as the submitting process (the
           "the checkpoints)")
 
 
-def worker_count(text: str, what: str) -> int:
-    """``text`` (a flag's or an environment variable's value, named by ``what``) as a number
-    of local worker processes: a whole number, at least 1. A cluster of none or fewer starts
-    and then waits for ever, since no job ever reaches it."""
-    try:
-        n = int(text)
-    except ValueError:
-        n = 0
-    if n < 1 or str(n) != text.strip():
-        raise ConfigError(f"{what} must be a whole number of worker processes, at least 1; got {text!r}")
-    return n
+# What a worker count counts, in its refusal (collide.checks.count_in): a local cluster of
+# none or fewer would start and wait for ever, since no job reaches it.
+WORKER_PROCESSES = "worker processes"
 
 
 def machine_cores() -> int:

@@ -32,6 +32,7 @@ from typing import TYPE_CHECKING, Any
 from collide.errors import CollideError, ConfigError, DataError, InternalError
 from collide.experiments.registry import SUMMARIES, experiment
 from collide.experiments.registry import config as experiment_config
+from collide.workers import WORKER_PROCESSES
 
 if TYPE_CHECKING:
     from flows.temporary_server import TemporaryServerError
@@ -493,27 +494,16 @@ def _compare(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
-def _worker_count(text: str) -> int:
-    """``--workers``: a whole number of worker processes, at least 1 (0 or less would start
-    a cluster no job ever reaches)."""
-    from collide.workers import worker_count
+def _count(flag: str, of: str = "") -> Callable[[str], int]:
+    """An argparse type: a whole number, at least 1 (:func:`collide.checks.count_in`), named
+    ``flag`` in the refusal. ``--workers 0`` or less would start a cluster no job reaches."""
+    from collide.checks import count_in
 
-    try:
-        return worker_count(text, "--workers")
-    except ConfigError as exc:
-        raise argparse.ArgumentTypeError(str(exc)) from None
-
-
-def _at_least_one(flag: str) -> Callable[[str], int]:
-    """An argparse type: a whole number, at least 1, named ``flag`` in the refusal."""
     def parse(text: str) -> int:
         try:
-            n = int(text)
-        except ValueError:
-            n = 0
-        if n < 1:
-            raise argparse.ArgumentTypeError(f"{flag} must be a whole number, at least 1; got {text!r}")
-        return n
+            return count_in(text, flag, of=of)
+        except ConfigError as exc:
+            raise argparse.ArgumentTypeError(str(exc)) from None
     return parse
 
 
@@ -578,7 +568,7 @@ Each command has its own --help.""",
                      help="send the polytope jobs to this Dask scheduler (default: $COLLIDE_DASK_ADDRESS, "
                      "else a local cluster started for the run); its workers need this filesystem (the results "
                      "root, the data, the checkpoints)")
-    run.add_argument("--workers", type=_worker_count,
+    run.add_argument("--workers", type=_count("--workers", of=WORKER_PROCESSES),
                      help="local cluster size, at least 1 (default: $COLLIDE_DASK_WORKERS or one per core)")
     run.set_defaults(func=_run)
 
@@ -606,9 +596,9 @@ Each command has its own --help.""",
         "  collide layers mypackage.models:small_cnn --input-size 28 --channels 1",
     )
     layers.add_argument("model", help="torchvision:NAME or package.module:factory")
-    layers.add_argument("--input-size", type=_at_least_one("--input-size"), default=0,
+    layers.add_argument("--input-size", type=_count("--input-size"), default=0,
                         help="image side (default: the torchvision weights')")
-    layers.add_argument("--channels", type=_at_least_one("--channels"), default=3, help="input channels (default 3)")
+    layers.add_argument("--channels", type=_count("--channels"), default=3, help="input channels (default 3)")
     layers.add_argument("--mean", type=float, nargs="+", help="per-channel mean the model expects (default: the "
                         "torchvision weights', else none)")
     layers.add_argument("--std", type=float, nargs="+", help="per-channel std, with --mean")

@@ -19,7 +19,8 @@ from typing import Any
 
 from prefect_dask import DaskTaskRunner
 
-from collide.workers import DASK_ADDRESS_ENV, worker_count
+from collide.checks import count_in
+from collide.workers import DASK_ADDRESS_ENV, WORKER_PROCESSES
 
 ADDRESS_ENV = DASK_ADDRESS_ENV
 WORKERS_ENV = "COLLIDE_DASK_WORKERS"
@@ -61,9 +62,9 @@ def dask_runner(address: str | None = None, workers: int | None = None) -> Any:
     if address:
         return DaskTaskRunner(address=address)
     if workers is not None:
-        workers = worker_count(str(workers), "workers")
+        workers = count_in(str(workers), "workers", of=WORKER_PROCESSES)
     elif os.environ.get(WORKERS_ENV, "0").strip() not in ("", "0"):  # 0: one per core
-        workers = worker_count(os.environ[WORKERS_ENV], WORKERS_ENV)
+        workers = count_in(os.environ[WORKERS_ENV], WORKERS_ENV, of=WORKER_PROCESSES)
     workers = workers or os.cpu_count() or 1
     return LocalDaskRunner(cluster_kwargs={
         "n_workers": workers, "threads_per_worker": 1, "processes": True,
