@@ -73,10 +73,10 @@ def _notes(r: dict[str, Any]) -> list[str]:
                       "vertex)" if outdone else ")")
         if work and work[0]["region_rows_total"]:
             cause += (f"; with region rows added where violated, an LP held at most "
-                      f"{max(w['region_rows'] for w in work)} of the {work[0]['region_rows_total']} dense region "
+                      f"{max(w['region_rows'] for w in work)} of the {work[0]['region_rows_total']} region "
                       f"rows, in {max(w['rounds'] for w in work)} rounds at most per vertex")
-        notes.append(cause + ". What is left is HiGHS's dual simplex itself on dense rows over every input "
-                     "coordinate (each iteration prices every coordinate).")
+        notes.append(cause + ". What is left is HiGHS's dual simplex itself, whose every iteration prices both "
+                     "split columns of every input coordinate.")
     sizes = r.get("exact_sizes") or []
     stuck = [x for x in sizes if "unfinished" in x or x.get("outcome", "optimal") != "optimal"]
     held = [x["lp_work"]["region_rows"] for x in stuck if "lp_work" in x]

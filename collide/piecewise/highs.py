@@ -46,9 +46,11 @@ def unit_scale(biggest: np.ndarray) -> np.ndarray:
     return np.ldexp(1.0, -exponent)
 
 
-def row_scales(a: np.ndarray) -> np.ndarray:
-    """:func:`unit_scale` for each row of ``a``, read without a copy of ``a`` (the exact
-    LP's dense rows reach GiBs). Shapes: a (R, d); returns (R,)"""
+def row_scales(a: np.ndarray | sp.csr_array) -> np.ndarray:
+    """:func:`unit_scale` for each row of ``a``, dense or compressed rows, read without a
+    copy of ``a`` (the exact LP's dense rows reach GiBs). Shapes: a (R, d); returns (R,)"""
+    if sp.issparse(a):
+        return unit_scale(abs(a).max(axis=1).toarray().ravel())
     return unit_scale(np.maximum(a.max(axis=1, initial=0.0), -a.min(axis=1, initial=0.0)))
 
 

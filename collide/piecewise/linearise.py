@@ -40,6 +40,7 @@ from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
+import scipy.sparse as sp
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -81,6 +82,13 @@ _JACOBIAN_BUDGET = 2**28
 _JACOBIAN_SEEDS = 200
 
 
+# Region rows asked for sparse stay compressed while at most this share of their entries
+# is nonzero. Compressed rows take 12 bytes an entry against 8, and a product with them
+# costs about 3 times as much an entry as a dense one (LeNet-5's relu3 rows, 8% nonzero:
+# 0.35 ms against 1.4 ms, one-off, 2026-12-06, AMD EPYC), so a quarter keeps both ahead.
+SPARSE_DENSITY = 0.25
+
+
 # torch.func's forward-AD levels are numbered per process, not per thread: two jvp/vmap
 # transforms running at once from threads fail ("forward AD level with an invalid
 # index"). Jacobians therefore take turns; the vertices' LPs still run side by side.
@@ -100,13 +108,16 @@ class AffinePiece:
     value in the row, plus ``|b|``), which their rounding is relative to. A pool row is the
     difference of two values, and its own ``|a| |x|`` can be far smaller than theirs.
 
+    ``region_jac`` is dense unless the piece was asked for sparse rows
+    (:func:`affine_piece`); either supports ``@``, row selection and ``.shape``.
+
     Shapes:
         jac: (D, d); offset, scale: (D,); region_jac: (R, d); region_bound, region_scale: (R,)
     """
 
     jac: np.ndarray
     offset: np.ndarray
-    region_jac: np.ndarray
+    region_jac: np.ndarray | sp.csr_array
     region_bound: np.ndarray
     n_relu_rows: int
     n_pool_rows: int
@@ -198,19 +209,39 @@ class _Gather:
     is never held: the region rows each value's row enters, the layer's own rows, ``J x``
     and ``|J| |x|`` per value, and which signed rows are zero.
 
+    ``sparse``: the region rows are collected as their nonzero entries while they stay
+    sparse (at most ``SPARSE_DENSITY`` of the entries seen so far), else as dense rows
+    from then on; :meth:`region` says which.
+
     Shapes:
-        x: (d,); rows: (S + P, d); layer_jac: (n_out − layer, d); lin, terms: (n_out,)
+        x: (d,); region rows: (S + P, d); layer_jac: (n_out − layer, d); lin, terms: (n_out,)
 
     ``what`` names the Jacobian in the error a NaN or inf in it raises.
     """
 
-    def __init__(self, reads: _Reads, n_out: int, x: np.ndarray, *, what: str) -> None:
+    def __init__(self, reads: _Reads, n_out: int, x: np.ndarray, *, what: str, sparse: bool = False) -> None:
         d = len(x)
         self.reads, self.x, self.what = reads, x, what
-        self.rows = np.empty((len(reads.signed) + len(reads.entry), d))
+        self.n_rows = len(reads.signed) + len(reads.entry)
+        self.rows: np.ndarray | None = None if sparse and self.n_rows else np.empty((self.n_rows, d))
+        self.entries: list[tuple[np.ndarray, np.ndarray, np.ndarray]] = []  # (row, column, value) per part
+        self.n_entries = self.n_columns = 0
         self.layer_jac = np.empty((n_out - reads.layer, d))
         self.lin, self.terms = np.zeros(n_out), np.zeros(n_out)
         self.signed_nonzero = np.zeros(len(reads.signed), dtype=bool)
+
+    def _put(self, first: int, cols: slice, part: np.ndarray) -> None:
+        """Region rows ``first`` onwards at columns ``cols``: ``part`` transposed (k, rows)."""
+        if self.rows is not None:
+            self.rows[first:first + part.shape[1], cols] = part.T
+            return
+        # torch's nonzero: a third of numpy's time on these blocks (one thread, 2026-12-06).
+        # Its order is the block's, so each row's entries come in column order.
+        values = torch.from_numpy(part)
+        at, row = values.nonzero().T
+        self.entries.append(((row + first).to(torch.int32).numpy(), (at + cols.start).to(torch.int32).numpy(),
+                             values[at, row].numpy()))
+        self.n_entries += len(row)
 
     def __call__(self, cols: slice, block: np.ndarray) -> None:
         """Take ``block``, ``J[:, cols]`` transposed (k, n_out), which it may overwrite."""
@@ -221,14 +252,40 @@ class _Gather:
         part = np.take(block, r.signed, axis=1, mode="clip")
         self.signed_nonzero |= part.any(axis=0)
         part *= r.coef
-        self.rows[:n, cols] = part.T
+        self._put(0, cols, part)
         part = np.take(block, r.entry, axis=1, mode="clip")
         part -= np.take(block, r.winner, axis=1, mode="clip")
-        self.rows[n:, cols] = part.T
+        self._put(n, cols, part)
+        self.n_columns += cols.stop - cols.start
+        if self.rows is None and self.n_entries > SPARSE_DENSITY * self.n_rows * self.n_columns:
+            self.rows = np.zeros((self.n_rows, len(self.x)))
+            for row, col, value in self.entries:
+                self.rows[row, col] = value
+            self.entries = []
         self.layer_jac[:, cols] = block[:, r.layer:].T
         x = self.x[cols]
         self.lin += x @ block
         self.terms += np.abs(x) @ np.abs(block, out=block)
+
+    def row_nonzero(self) -> np.ndarray:
+        """Which region rows have a nonzero entry. Shapes: returns (S + P,) bool"""
+        if self.rows is not None:
+            return self.rows.any(axis=1)
+        rows = np.concatenate([row for row, _, _ in self.entries]) if self.entries else np.zeros(0, np.int32)
+        return np.bincount(rows, minlength=self.n_rows) > 0
+
+    def region(self, keep: np.ndarray) -> np.ndarray | sp.csr_array:
+        """The region rows ``keep``, in order: dense (moved to the front of the gathered
+        rows, in place) or, where they stayed sparse, compressed rows."""
+        if self.rows is not None:
+            return self.rows if keep.all() else _to_front(self.rows, keep)
+        parts = self.entries or [(np.zeros(0, np.int32), np.zeros(0, np.int32), np.zeros(0))]
+        row, col, value = (np.concatenate(p) for p in zip(*parts, strict=True))
+        self.entries = []
+        # Renumbered to the kept rows; a row left out has no entries (it is all zero). The
+        # conversion keeps each row's entries in the order they came: column order.
+        new = (np.cumsum(keep, dtype=np.int64) - 1).astype(np.int32)
+        return sp.csr_array(sp.coo_array((value, (new[row], col)), shape=(int(keep.sum()), len(self.x))))
 
 
 def _jacobian(fn: Callable[[torch.Tensor], torch.Tensor], x: torch.Tensor, n_out: int, mode: str,
@@ -295,7 +352,8 @@ def _to_front(a: np.ndarray, keep: np.ndarray) -> np.ndarray:
     return a[:len(kept)]
 
 
-def affine_piece(model: nn.Module, layer: str | Site, target: torch.Tensor, *, mode: str = "auto") -> AffinePiece:
+def affine_piece(model: nn.Module, layer: str | Site, target: torch.Tensor, *, mode: str = "auto",
+                 sparse: bool = False) -> AffinePiece:
     """Linearise ``layer``'s pre-activation at ``target`` and collect the region's rows.
 
     Args:
@@ -305,6 +363,10 @@ def affine_piece(model: nn.Module, layer: str | Site, target: torch.Tensor, *, m
         mode: ``forward`` or ``reverse`` mode for the Jacobian; ``auto`` takes forward
             mode when the input has fewer coordinates than the captured values (every
             earlier pre-activation and pool input plus the layer's).
+        sparse: the region rows as compressed rows (``scipy.sparse.csr_array``) where at
+            most ``SPARSE_DENSITY`` of their entries are nonzero, as behind convolutions
+            (on LeNet-5's relu3 8%: each early unit sees a small window of the input);
+            dense otherwise. The entries are the same either way.
 
     Shapes:
         target: (*input), d = target.numel()
@@ -358,7 +420,8 @@ def affine_piece(model: nn.Module, layer: str | Site, target: torch.Tensor, *, m
     reads = _Reads(signed=column(signed, 0, np.int64), coef=column(signed, 1, np.float64),
                    const=column(signed, 2, np.float64), entry=column(pairs, 0, np.int64),
                    winner=column(pairs, 1, np.int64), layer=int(starts[-2]))
-    got = _Gather(reads, int(starts[-1]), flat.numpy(), what=f"the Jacobian up to layer {site.name!r}")
+    got = _Gather(reads, int(starts[-1]), flat.numpy(), what=f"the Jacobian up to layer {site.name!r}",
+                  sparse=sparse)
     _jacobian(all_values, flat, int(starts[-1]), mode, got)
     offset = values - got.lin
     terms = got.terms + np.abs(offset)  # each value's terms: what its rounding is relative to
@@ -368,12 +431,12 @@ def affine_piece(model: nn.Module, layer: str | Site, target: torch.Tensor, *, m
     pool_b = offset[reads.winner] - offset[reads.entry]
     n_signed = len(reads.signed)
     keep_signed = got.signed_nonzero | (signed_b < 0)
-    keep_pool = got.rows[n_signed:].any(axis=1) | (pool_b < 0)
+    keep_pool = got.row_nonzero()[n_signed:] | (pool_b < 0)
     keep = np.concatenate([keep_signed, keep_pool])
     return AffinePiece(
         jac=got.layer_jac,
         offset=offset[reads.layer:],
-        region_jac=got.rows if keep.all() else _to_front(got.rows, keep),
+        region_jac=got.region(keep),
         region_bound=np.concatenate([signed_b[keep_signed], pool_b[keep_pool]]),
         n_relu_rows=int(keep_signed.sum()),
         n_pool_rows=int(keep_pool.sum()),

@@ -53,13 +53,14 @@ OUTDONE = "outdone"
 class LinearRows:
     """The LP's rows: ``a_eq x = b_eq`` and ``a_ub x ≤ b_ub``; the last ``lazy`` rows of
     ``a_ub`` are the region's (``highs`` adds every row of ``a_ub`` only where a solution
-    violates it, and reports how many of the region's it took).
+    violates it, and reports how many of the region's it took). ``a_ub`` may be compressed
+    rows (``scipy.sparse.csr_array``) where few of its entries are nonzero.
 
     Shapes:
         a_ub: (U, d); b_ub: (U,); a_eq: (E, d); b_eq: (E,)
     """
 
-    a_ub: np.ndarray
+    a_ub: np.ndarray | sp.csr_array
     b_ub: np.ndarray
     a_eq: np.ndarray
     b_eq: np.ndarray
@@ -142,9 +143,11 @@ class _Split:
     its own instance (a copy inside HiGHS, no conversion from numpy) and sets its cost.
     ``ub_scale``: what each inequality row is multiplied by before HiGHS sees it
     (:func:`collide.piecewise.highs.unit_scale`; the equality rows in ``model`` already are).
+    ``spread``: for compressed inequality rows, the map from input coordinates to the
+    split columns (``sign`` at ``(pixel, column)``), else None.
 
     Shapes:
-        pixel, sign, room: (n,); ub_rhs, ub_scale: (U,)
+        pixel, sign, room: (n,); ub_rhs, ub_scale: (U,); spread: (d, n)
     """
 
     pixel: np.ndarray
@@ -153,6 +156,7 @@ class _Split:
     ub_rhs: np.ndarray
     ub_scale: np.ndarray
     model: highspy.HighsLp
+    spread: sp.csr_array | None = None
 
 
 def _split(rows: LinearRows, init: np.ndarray, lower: float, upper: float) -> _Split:
@@ -162,7 +166,10 @@ def _split(rows: LinearRows, init: np.ndarray, lower: float, upper: float) -> _S
     eq, eq_rhs = sp.csc_matrix(rows.a_eq[:, pixel] * sign * eq_scale), (rows.b_eq - rows.a_eq @ init) * eq_scale[:, 0]
     lp = columnwise_lp(np.zeros(n), np.zeros(n), room, eq_rhs, eq_rhs, eq)
     ub_scale = row_scales(rows.a_ub)
-    return _Split(pixel, sign, room, rows.b_ub - rows.a_ub @ init, ub_scale, lp)
+    spread = None
+    if sp.issparse(rows.a_ub):
+        spread = sp.csr_array((sign, (pixel, np.arange(n))), shape=(len(init), n))
+    return _Split(pixel, sign, room, rows.b_ub - rows.a_ub @ init, ub_scale, lp, spread)
 
 
 def _highs(rows: LinearRows, init: np.ndarray, split: _Split, cost: np.ndarray, lam: float, lower: float,
@@ -200,8 +207,14 @@ def _highs(rows: LinearRows, init: np.ndarray, split: _Split, cost: np.ndarray, 
 
     def add(at: np.ndarray) -> None:
         scale = split.ub_scale[at]
-        add_rows(h, rows.a_ub[at][:, split.pixel] * split.sign * scale[:, None], np.full(len(at), -np.inf),
-                 split.ub_rhs[at] * scale)
+        if split.spread is None:
+            a = rows.a_ub[at][:, split.pixel] * split.sign * scale[:, None]
+        else:
+            # Each entry is one row entry times its column's sign, then the row's scale: the
+            # same numbers as the dense rows give.
+            a = rows.a_ub[at] @ split.spread
+            a.data *= np.repeat(scale, np.diff(a.indptr))
+        add_rows(h, a, np.full(len(at), -np.inf), split.ub_rhs[at] * scale)
 
     if seed is not None:
         fresh = np.unique(seed[~added[seed]])
@@ -237,7 +250,7 @@ def _linprog(problem: LpProblem, lower: float, upper: float, tol: float) -> LpSo
         # x and t with t ≥ |x − init|: x − t ≤ init and −x − t ≤ −init.
         eye = sp.identity(d, format="csr")
         ub = sp.vstack([
-            sp.hstack([sp.csr_matrix(a_ub), sp.csr_matrix((len(a_ub), d))]),
+            sp.hstack([sp.csr_matrix(a_ub), sp.csr_matrix((a_ub.shape[0], d))]),
             sp.hstack([eye, -eye]),
             sp.hstack([-eye, -eye]),
         ]).tocsr()

@@ -13,6 +13,7 @@ from __future__ import annotations
 import dataclasses
 
 import numpy as np
+import scipy.sparse as sp
 import torch
 from torch import nn
 
@@ -77,8 +78,12 @@ def rows_on(piece: AffinePiece, t_pre: np.ndarray, sat: Saturation) -> LinearRow
     row, which may be added lazily."""
     a_eq, b_eq, a_ub, b_ub = layer_rows(piece.jac, piece.offset, t_pre, sat)
     a_eq, b_eq = independent_rows(a_eq, b_eq)
+    if sp.issparse(piece.region_jac):
+        a_ub = sp.vstack([sp.csr_array(a_ub), piece.region_jac], format="csr")
+    else:
+        a_ub = np.vstack([a_ub, piece.region_jac])
     return LinearRows(
-        a_ub=np.vstack([a_ub, piece.region_jac]),
+        a_ub=a_ub,
         b_ub=np.concatenate([b_ub, piece.region_bound]),
         a_eq=a_eq,
         b_eq=b_eq,
@@ -89,8 +94,15 @@ def rows_on(piece: AffinePiece, t_pre: np.ndarray, sat: Saturation) -> LinearRow
 def reading_rows(piece: AffinePiece, rows: LinearRows) -> AffinePiece:
     """``piece`` with its region rows read from ``rows`` (:func:`rows_on` of it), which
     hold a copy of them, so that the piece's own array can go: one copy of the region's
-    rows instead of two while the polytope's LPs run (56 MB on LeNet-5's relu3)."""
-    return dataclasses.replace(piece, region_jac=rows.a_ub[len(rows.b_ub) - rows.lazy:])
+    rows instead of two while the polytope's LPs run (56 MB dense on LeNet-5's relu3, 7 MB
+    compressed)."""
+    first = len(rows.b_ub) - rows.lazy
+    if not sp.issparse(rows.a_ub):
+        return dataclasses.replace(piece, region_jac=rows.a_ub[first:])
+    # Compressed rows' slicing copies them: these share the LP's entries instead.
+    a, start = rows.a_ub, rows.a_ub.indptr[first]
+    view = sp.csr_array((a.data[start:], a.indices[start:], a.indptr[first:] - start), shape=(rows.lazy, a.shape[1]))
+    return dataclasses.replace(piece, region_jac=view)
 
 
 def region_subset(rows: LinearRows, keep: np.ndarray) -> tuple[LinearRows, np.ndarray]:
@@ -106,7 +118,7 @@ def region_subset(rows: LinearRows, keep: np.ndarray) -> tuple[LinearRows, np.nd
 
 def tie_broken_piece(
     model: nn.Module, layer: Site, target: torch.Tensor, piece: AffinePiece, tied: np.ndarray,
-    direction: np.ndarray, t_pre: np.ndarray,
+    direction: np.ndarray, t_pre: np.ndarray, *, sparse: bool = False,
 ) -> AffinePiece | None:
     """The linear piece next to the target that ``direction`` enters, or None.
 
@@ -114,7 +126,8 @@ def tie_broken_piece(
     at first order is broken its way. The step moves no coordinate by more than
     ``TIE_STEP`` and stays below half the distance at which ``direction`` would cross an
     untied row of the target's piece; the piece found must still hold the target in its
-    closure (with the target's pre-activation there), else the step shrinks.
+    closure (with the target's pre-activation there), else the step shrinks. ``sparse``:
+    as :func:`affine_piece` takes it.
 
     Shapes:
         target: (*input); tied: (R,); direction: (d,); t_pre: (D,)
@@ -129,7 +142,7 @@ def tie_broken_piece(
         step = min(step, 0.5 * float(crossing.min()))
     for _ in range(TIE_TRIES):
         moved = torch.from_numpy(x0 + step * direction).view(target.shape)
-        adjacent = affine_piece(model, layer, moved)
+        adjacent = affine_piece(model, layer, moved, sparse=sparse)
         if _contains(adjacent, x0, t_pre):
             return adjacent
         step /= TIE_SHRINK
@@ -139,5 +152,15 @@ def tie_broken_piece(
 def same_piece(a: AffinePiece, b: AffinePiece) -> bool:
     """Whether two linearisations picked the same piece: within a piece the Jacobians are
     computed by the same operations on the same weights, so they agree bit for bit."""
-    return (a.region_jac.shape == b.region_jac.shape and np.array_equal(a.region_jac, b.region_jac)
-            and np.array_equal(a.jac, b.jac))
+    return _same_rows(a.region_jac, b.region_jac) and np.array_equal(a.jac, b.jac)
+
+
+def _same_rows(a: np.ndarray | sp.csr_array, b: np.ndarray | sp.csr_array) -> bool:
+    """Whether two pieces' region rows, dense or compressed, hold the same entries."""
+    if a.shape != b.shape:
+        return False
+    if sp.issparse(a) and sp.issparse(b):
+        # Both canonical (column order within each row, no explicit zeros: affine_piece).
+        return (np.array_equal(a.indptr, b.indptr) and np.array_equal(a.indices, b.indices)
+                and np.array_equal(a.data, b.data))
+    return np.array_equal(a.toarray() if sp.issparse(a) else a, b.toarray() if sp.issparse(b) else b)

@@ -404,7 +404,7 @@ def _require_saturated(free: np.ndarray, units: list[int]) -> None:
 def _dense(model: nn.Module, site: Site, target: torch.Tensor, x_init: np.ndarray, unit_list: list[int], *,
            config: ExactConfig, break_ties: bool, check: _Check) -> _Found:
     check_lp_size(model, site, target, max_entries=config.max_entries)
-    piece = affine_piece(model, site, target)
+    piece = affine_piece(model, site, target, sparse=True)
     x0 = target.double().flatten().numpy()
     t_pre = piece.jac @ x0 + piece.offset
     sat = flat_pieces(site)
@@ -456,7 +456,7 @@ def _dense(model: nn.Module, site: Site, target: torch.Tensor, x_init: np.ndarra
         direction = loose.x - x0
         if loose.outcome != OPTIMAL or not np.abs(direction).max() > 0:
             return (None, [loose]), _Handoff(start=start)
-        adjacent = tie_broken_piece(model, site, target, piece, tied, direction, t_pre)
+        adjacent = tie_broken_piece(model, site, target, piece, tied, direction, t_pre, sparse=True)
         if adjacent is None or same_piece(adjacent, piece):
             return (None, [loose]), _Handoff(start=start)
         # The rows that bind the LP without the tied rows, at the same places among the

@@ -5,6 +5,7 @@ from collections import OrderedDict
 
 import numpy as np
 import pytest
+import scipy.sparse as sp
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -108,3 +109,53 @@ def test_a_piece_reading_its_lps_rows_keeps_the_same_rows_in_one_copy():
     assert np.shares_memory(shared.region_jac, rows.a_ub) and not np.shares_memory(piece.region_jac, rows.a_ub)
     assert np.array_equal(rows.b_ub[len(rows.b_ub) - rows.lazy:], shared.region_bound)
 
+
+
+@pytest.mark.parametrize("mode", ["forward", "reverse"])
+@pytest.mark.parametrize(("density", "compressed"), [(1.0, True), (0.0, False)])
+def test_rows_asked_for_sparse_hold_the_dense_rows_entries(mode, density, compressed, monkeypatch):
+    # The oracle: the dense rows. Compressed rows must hold the same numbers bit for bit;
+    # rows denser than SPARSE_DENSITY (0: any entry at all) turn dense after the first of
+    # the many chunks, and must come out the same too.
+    net = _net()
+    target = torch.from_numpy(np.random.default_rng(2).uniform(0, 1, (1, 10, 10)))
+    monkeypatch.setattr(linearise, "_JACOBIAN_SEEDS", 7)
+    dense = affine_piece(net, "relu2", target, mode=mode)
+    monkeypatch.setattr(linearise, "SPARSE_DENSITY", density)
+    got = affine_piece(net, "relu2", target, mode=mode, sparse=True)
+    assert sp.issparse(got.region_jac) == compressed
+    rows = got.region_jac.toarray() if compressed else got.region_jac
+    assert np.array_equal(rows, dense.region_jac)
+    if compressed:  # canonical: each row's columns in order, no stored zeros
+        assert got.region_jac.has_canonical_format and (got.region_jac.data != 0).all()
+    for field in ("jac", "offset", "region_bound", "scale", "region_scale", "n_relu_rows", "n_pool_rows"):
+        assert np.array_equal(getattr(got, field), getattr(dense, field)), field
+
+
+def test_the_default_keeps_convolution_rows_compressed_and_dense_rows_dense():
+    # Behind a convolution each early unit reads a window of the input: few entries are
+    # nonzero. A first layer of a fully connected net reads every input: its rows are dense.
+    target = torch.from_numpy(np.random.default_rng(3).uniform(0, 1, (1, 10, 10)))
+    conv = affine_piece(_net(), "relu2", target, sparse=True)
+    assert sp.issparse(conv.region_jac) and conv.region_jac.nnz <= linearise.SPARSE_DENSITY * np.prod(
+        conv.region_jac.shape)
+    with torch.random.fork_rng():
+        torch.manual_seed(0)
+        mlp = nn.Sequential(OrderedDict(flatten=nn.Flatten(), fc1=nn.Linear(100, 20), relu1=nn.ReLU(),
+                                        fc2=nn.Linear(20, 10), relu2=nn.ReLU())).double().eval()
+    full = affine_piece(mlp, "relu2", target, sparse=True)
+    assert not sp.issparse(full.region_jac) and len(full.region_bound) == 20
+    assert np.array_equal(full.region_jac, affine_piece(mlp, "relu2", target).region_jac)
+
+
+def test_compressed_rows_read_from_the_lps_rows_share_their_entries():
+    net = _net()
+    target = torch.from_numpy(np.random.default_rng(1).uniform(0, 1, (1, 10, 10)))
+    piece = affine_piece(net, "relu2", target, sparse=True)
+    x0 = target.flatten().numpy()
+    rows = rows_on(piece, piece.jac @ x0 + piece.offset, RELU_SATURATION)
+    shared = reading_rows(piece, rows)
+    assert sp.issparse(rows.a_ub) and sp.issparse(shared.region_jac)
+    assert np.array_equal(shared.region_jac.toarray(), piece.region_jac.toarray())
+    assert np.shares_memory(shared.region_jac.data, rows.a_ub.data)
+    assert not np.shares_memory(piece.region_jac.data, rows.a_ub.data)

@@ -84,6 +84,29 @@ def test_a_family_solves_each_cost_as_a_problem_of_its_own_would():
         assert abs(_objective(dataclasses.replace(p, cost=cost), shared.x) - target) <= LP_OBJECTIVE * (1 + abs(target))
 
 
+@pytest.mark.parametrize("seed", range(3))
+def test_compressed_rows_give_the_optimum_of_the_same_rows_dense(seed):
+    # The oracle: the same LP with its inequality rows dense, and linprog's optimum. Four
+    # in five entries are zero, as behind a convolution.
+    p = _problem(seed)
+    rng = np.random.default_rng(100 + seed)
+    a_ub = p.rows.a_ub * (rng.random(p.rows.a_ub.shape) < 0.2)
+    x0 = np.clip(p.init + rng.normal(scale=0.05, size=len(p.init)), 0, 1)
+    slack = rng.exponential(0.5, len(a_ub)) * (rng.random(len(a_ub)) > 0.1)
+    dense = dataclasses.replace(p, rows=dataclasses.replace(
+        p.rows, a_ub=a_ub, b_ub=a_ub @ x0 + slack, b_eq=p.rows.a_eq @ x0))
+    compressed = dataclasses.replace(dense, rows=dataclasses.replace(dense.rows, a_ub=sp.csr_array(a_ub)))
+    want = solve_lp(dense, lower=0, upper=1, tol=TOL)
+    got = solve_lp(compressed, lower=0, upper=1, tol=TOL)
+    oracle = solve_lp(compressed, lower=0, upper=1, tol=TOL, solver="linprog")
+    assert got.outcome == want.outcome == oracle.outcome == OPTIMAL
+    assert got.rounds > 1 and 0 < got.region_rows_used < p.rows.lazy  # rows were taken lazily
+    _check_feasible(dense, got.x)
+    assert np.abs(got.x - want.x).max() <= LP_CONSTRAINT
+    best = _objective(dense, oracle.x)
+    assert abs(_objective(dense, got.x) - best) <= LP_OBJECTIVE * (1 + abs(best))
+
+
 @pytest.mark.parametrize("seed", range(4))
 def test_an_lp_stops_outdone_only_where_its_optimum_lies_above_the_bound(seed):
     # The oracle: linprog's optimum of the whole LP. A bound a little below it must stop

@@ -4,9 +4,12 @@ from collections import OrderedDict
 
 import numpy as np
 import pytest
+import scipy.sparse as sp
 import torch
 from torch import nn
 
+import collide.piecewise.pieces as pieces_module
+import collide.solvers.exact as exact_module
 from collide.config import ExactConfig
 from collide.errors import DataError
 from collide.models.zoo import lenet5
@@ -261,6 +264,40 @@ def test_forward_and_reverse_mode_give_the_same_piece(build, shape, layer, monke
     assert np.abs(forward.jac - oracle.flatten(1).numpy()).max() <= JACOBIAN_MODES_AGREE
     with pytest.raises(ValueError, match="mode"):
         affine_piece(net, layer, target, mode="sideways")
+
+
+def test_compressed_region_rows_give_the_vertices_of_dense_ones(monkeypatch):
+    # The oracle: the same solve with every piece's region rows dense (SPARSE_DENSITY 0).
+    # A blank corner and zero biases put the target on ties, so the adjacent pieces'
+    # rows (re-linearised, compared with the target's) are compressed too.
+    net = _seeded(_pool_before_relu_2d)
+    with torch.no_grad():
+        net.conv1.bias.zero_()
+    gen = torch.Generator().manual_seed(5)
+    target, init = torch.rand(1, 10, 10, generator=gen), torch.rand(1, 10, 10, generator=gen)
+    target[:, :6, :6] = 0
+    with torch.no_grad():
+        units = saturated_units(preactivation(net, target.unsqueeze(0), "relu3")[0], 3)
+    config = ExactConfig(threads=1)
+    made = []
+    real = linearise.affine_piece
+
+    def spy(*args, **kwargs):
+        made.append(real(*args, **kwargs))
+        return made[-1]
+
+    monkeypatch.setattr(exact_module, "affine_piece", spy)
+    monkeypatch.setattr(pieces_module, "affine_piece", spy)
+    got = solve_exact(net, "relu3", target, init, units, config=config)
+    assert made and all(sp.issparse(p.region_jac) for p in made)
+    assert "tie-broken" in got.pieces  # the case is the one meant
+    monkeypatch.setattr(linearise, "SPARSE_DENSITY", 0.0)
+    made.clear()
+    want = solve_exact(net, "relu3", target, init, units, config=config)
+    assert made and not any(sp.issparse(p.region_jac) for p in made)
+    assert (got.outcomes, got.pieces) == (want.outcomes, want.pieces) and OPTIMAL in want.outcomes
+    ok = np.array([o == OPTIMAL for o in want.outcomes])
+    assert (got.vertices[ok] - want.vertices[ok]).abs().max() <= LP_CONSTRAINT
 
 
 def test_dim_upper_bound_at_the_first_layer_is_d_minus_the_weights_rank(mlp_model):
