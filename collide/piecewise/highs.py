@@ -1,7 +1,7 @@
 """The HiGHS backend: a silent instance, rows in CSR, and the one lazy-row loop.
 
 Activation-region rows (earlier ReLU signs, max-pooling winners) number in the
-thousands at LeNet-5's ``relu3`` and are dense; few of them bind. Every LP of collide
+thousands at LeNet-5's ``relu3`` and each reads much of the input; few of them bind. Every LP of collide
 that carries them (the exact solver's vertices, the collision set's ball and widths)
 therefore starts without them and adds, a round at a time, the ones its solution
 violates, HiGHS's dual simplex carrying on from its last basis. The answer meets every
@@ -47,8 +47,9 @@ def unit_scale(biggest: np.ndarray) -> np.ndarray:
 
 
 def row_scales(a: np.ndarray | sp.csr_array) -> np.ndarray:
-    """:func:`unit_scale` for each row of ``a``, dense or compressed rows, read without a
-    copy of ``a`` (the exact LP's dense rows reach GiBs). Shapes: a (R, d); returns (R,)"""
+    """:func:`unit_scale` for each row of ``a``: dense rows are read without a copy (the
+    exact LP's reach GiBs), compressed rows (a ``csr_array``) through one copy of their
+    entries. Shapes: a (R, d); returns (R,)"""
     if sp.issparse(a):
         return unit_scale(abs(a).max(axis=1).toarray().ravel())
     return unit_scale(np.maximum(a.max(axis=1, initial=0.0), -a.min(axis=1, initial=0.0)))

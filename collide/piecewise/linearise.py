@@ -83,7 +83,8 @@ _JACOBIAN_SEEDS = 200
 
 
 # Region rows asked for sparse stay compressed while at most this share of their entries
-# is nonzero. Compressed rows take 12 bytes an entry against 8, and a product with them
+# is nonzero. Compressed rows take 12 bytes an entry against 8 (16 while they are
+# gathered: row, column and value), and a product with them
 # costs about 3 times as much an entry as a dense one (LeNet-5's relu3 rows, 8% nonzero:
 # 0.35 ms against 1.4 ms, one-off, 2026-12-06, AMD EPYC), so a quarter keeps both ahead.
 SPARSE_DENSITY = 0.25
@@ -231,7 +232,15 @@ class _Gather:
         self.signed_nonzero = np.zeros(len(reads.signed), dtype=bool)
 
     def _put(self, first: int, cols: slice, part: np.ndarray) -> None:
-        """Region rows ``first`` onwards at columns ``cols``: ``part`` transposed (k, rows)."""
+        """Region rows ``first`` onwards at columns ``cols``: ``part`` transposed (k, rows).
+        Entries are counted before they are collected, so that rows too dense to compress
+        turn dense first (reverse mode hands over every column in one block)."""
+        seen = self.n_rows * (self.n_columns + cols.stop - cols.start)
+        if self.rows is None and self.n_entries + np.count_nonzero(part) > SPARSE_DENSITY * seen:
+            self.rows = np.zeros((self.n_rows, len(self.x)))
+            for row, col, value in self.entries:
+                self.rows[row, col] = value
+            self.entries = []
         if self.rows is not None:
             self.rows[first:first + part.shape[1], cols] = part.T
             return
@@ -257,11 +266,6 @@ class _Gather:
         part -= np.take(block, r.winner, axis=1, mode="clip")
         self._put(n, cols, part)
         self.n_columns += cols.stop - cols.start
-        if self.rows is None and self.n_entries > SPARSE_DENSITY * self.n_rows * self.n_columns:
-            self.rows = np.zeros((self.n_rows, len(self.x)))
-            for row, col, value in self.entries:
-                self.rows[row, col] = value
-            self.entries = []
         self.layer_jac[:, cols] = block[:, r.layer:].T
         x = self.x[cols]
         self.lin += x @ block
@@ -279,9 +283,10 @@ class _Gather:
         rows, in place) or, where they stayed sparse, compressed rows."""
         if self.rows is not None:
             return self.rows if keep.all() else _to_front(self.rows, keep)
-        parts = self.entries or [(np.zeros(0, np.int32), np.zeros(0, np.int32), np.zeros(0))]
+        parts, self.entries = self.entries, []
+        parts = parts or [(np.zeros(0, np.int32), np.zeros(0, np.int32), np.zeros(0))]
         row, col, value = (np.concatenate(p) for p in zip(*parts, strict=True))
-        self.entries = []
+        del parts  # each chunk's arrays: the concatenated ones hold the entries now
         # Renumbered to the kept rows; a row left out has no entries (it is all zero). The
         # conversion keeps each row's entries in the order they came: column order.
         new = (np.cumsum(keep, dtype=np.int64) - 1).astype(np.int32)

@@ -95,11 +95,12 @@ def reading_rows(piece: AffinePiece, rows: LinearRows) -> AffinePiece:
     """``piece`` with its region rows read from ``rows`` (:func:`rows_on` of it), which
     hold a copy of them, so that the piece's own array can go: one copy of the region's
     rows instead of two while the polytope's LPs run (56 MB dense on LeNet-5's relu3, 7 MB
-    compressed)."""
+    compressed). Compressed rows are ``csr_array``s, as :func:`rows_on` writes them."""
     first = len(rows.b_ub) - rows.lazy
     if not sp.issparse(rows.a_ub):
         return dataclasses.replace(piece, region_jac=rows.a_ub[first:])
-    # Compressed rows' slicing copies them: these share the LP's entries instead.
+    # Compressed rows' slicing copies them: these share the LP's entries instead, where the
+    # region holds at least half of them (as on LeNet-5); scipy copies a smaller share.
     a, start = rows.a_ub, rows.a_ub.indptr[first]
     view = sp.csr_array((a.data[start:], a.indices[start:], a.indptr[first:] - start), shape=(rows.lazy, a.shape[1]))
     return dataclasses.replace(piece, region_jac=view)

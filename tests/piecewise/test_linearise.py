@@ -159,3 +159,18 @@ def test_compressed_rows_read_from_the_lps_rows_share_their_entries():
     assert np.array_equal(shared.region_jac.toarray(), piece.region_jac.toarray())
     assert np.shares_memory(shared.region_jac.data, rows.a_ub.data)
     assert not np.shares_memory(piece.region_jac.data, rows.a_ub.data)
+
+
+def test_rows_too_dense_to_compress_turn_dense_before_any_entry_is_collected():
+    # Reverse mode hands every column over in one block: counting first keeps a dense
+    # block's entries (16 bytes each while gathered) from being collected at all.
+    rng = np.random.default_rng(4)
+    reads = linearise._Reads(signed=np.arange(6), coef=np.ones(6), const=np.zeros(6), entry=np.array([6]),
+                             winner=np.array([7]), layer=8)
+    x = rng.uniform(0, 1, 5)
+    got = linearise._Gather(reads, 10, x, what="a test block", sparse=True)
+    block = rng.normal(size=(5, 10))
+    got(slice(0, 5), block.copy())
+    assert got.rows is not None and got.n_entries == 0 and not got.entries
+    want = np.vstack([block[:, :6].T, (block[:, 6] - block[:, 7])[None]])
+    assert np.array_equal(got.region(np.ones(7, dtype=bool)), want)

@@ -19,7 +19,7 @@ import collide.solvers.exact as exact_module
 from collide.config import ExactConfig
 from collide.errors import ConfigError
 from collide.objective import saturated_units
-from collide.piecewise.highs import columnwise_lp, new_highs
+from collide.piecewise.highs import columnwise_lp, new_highs, row_scales
 from collide.piecewise.lp import INFEASIBLE, OUTDONE, LinearRows, LpProblem, Start, lp_family, solve_lp
 from collide.solvers.exact import OPTIMAL, solve_exact
 from collide.taps import preactivation
@@ -87,18 +87,26 @@ def test_a_family_solves_each_cost_as_a_problem_of_its_own_would():
 @pytest.mark.parametrize("seed", range(3))
 def test_compressed_rows_give_the_optimum_of_the_same_rows_dense(seed):
     # The oracle: the same LP with its inequality rows dense, and linprog's optimum. Four
-    # in five entries are zero, as behind a convolution.
+    # in five entries are zero, as behind a convolution, and every other row is far below
+    # unit size, so that HiGHS receives it rescaled (unit_scale) by either path.
     p = _problem(seed)
     rng = np.random.default_rng(100 + seed)
     a_ub = p.rows.a_ub * (rng.random(p.rows.a_ub.shape) < 0.2)
+    a_ub[::2] *= 2.0**-20
     x0 = np.clip(p.init + rng.normal(scale=0.05, size=len(p.init)), 0, 1)
     slack = rng.exponential(0.5, len(a_ub)) * (rng.random(len(a_ub)) > 0.1)
+    slack[::2] *= 2.0**-20
     dense = dataclasses.replace(p, rows=dataclasses.replace(
         p.rows, a_ub=a_ub, b_ub=a_ub @ x0 + slack, b_eq=p.rows.a_eq @ x0))
+    assert (row_scales(a_ub)[::2] > 1).all()  # the case is the one meant
     compressed = dataclasses.replace(dense, rows=dataclasses.replace(dense.rows, a_ub=sp.csr_array(a_ub)))
     want = solve_lp(dense, lower=0, upper=1, tol=TOL)
     got = solve_lp(compressed, lower=0, upper=1, tol=TOL)
-    oracle = solve_lp(compressed, lower=0, upper=1, tol=TOL, solver="linprog")
+    # linprog judges rows by absolute tolerances: its oracle holds them at unit size.
+    unit = np.where(np.arange(len(a_ub)) % 2 == 0, 2.0**20, 1.0)
+    oracle = solve_lp(dataclasses.replace(dense, rows=dataclasses.replace(
+        dense.rows, a_ub=a_ub * unit[:, None], b_ub=dense.rows.b_ub * unit)), lower=0, upper=1, tol=TOL,
+        solver="linprog")
     assert got.outcome == want.outcome == oracle.outcome == OPTIMAL
     assert got.rounds > 1 and 0 < got.region_rows_used < p.rows.lazy  # rows were taken lazily
     _check_feasible(dense, got.x)
