@@ -208,7 +208,7 @@ class _Gather:
     """What a piece needs of the Jacobian ``J`` of every value, gathered from its column
     blocks as they come, so that ``J`` itself (every value over every input coordinate)
     is never held: the region rows each value's row enters, the layer's own rows, ``J x``
-    and ``|J| |x|`` per value, and which signed rows are zero.
+    and ``|J| |x|`` per value.
 
     ``sparse``: the region rows are collected as their nonzero entries while they stay
     sparse (at most ``SPARSE_DENSITY`` of the entries seen so far), else as dense rows
@@ -229,7 +229,6 @@ class _Gather:
         self.n_entries = self.n_columns = 0
         self.layer_jac = np.empty((n_out - reads.layer, d))
         self.lin, self.terms = np.zeros(n_out), np.zeros(n_out)
-        self.signed_nonzero = np.zeros(len(reads.signed), dtype=bool)
 
     def _put(self, first: int, cols: slice, part: np.ndarray) -> None:
         """Region rows ``first`` onwards at columns ``cols``: ``part`` transposed (k, rows).
@@ -259,7 +258,6 @@ class _Gather:
         require_finite(block, self.what, fix=fix)
         # mode="clip" (the indices are in range): numpy's default gathers into a buffer first.
         part = np.take(block, r.signed, axis=1, mode="clip")
-        self.signed_nonzero |= part.any(axis=0)
         part *= r.coef
         self._put(0, cols, part)
         part = np.take(block, r.entry, axis=1, mode="clip")
@@ -435,8 +433,9 @@ def affine_piece(model: nn.Module, layer: str | Site, target: torch.Tensor, *, m
     signed_b = reads.const - reads.coef * offset[reads.signed]
     pool_b = offset[reads.winner] - offset[reads.entry]
     n_signed = len(reads.signed)
-    keep_signed = got.signed_nonzero | (signed_b < 0)
-    keep_pool = got.row_nonzero()[n_signed:] | (pool_b < 0)
+    nonzero = got.row_nonzero()
+    keep_signed = nonzero[:n_signed] | (signed_b < 0)
+    keep_pool = nonzero[n_signed:] | (pool_b < 0)
     keep = np.concatenate([keep_signed, keep_pool])
     return AffinePiece(
         jac=got.layer_jac,

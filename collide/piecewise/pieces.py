@@ -119,7 +119,7 @@ def region_subset(rows: LinearRows, keep: np.ndarray) -> tuple[LinearRows, np.nd
 
 def tie_broken_piece(
     model: nn.Module, layer: Site, target: torch.Tensor, piece: AffinePiece, tied: np.ndarray,
-    direction: np.ndarray, t_pre: np.ndarray, *, sparse: bool = False,
+    direction: np.ndarray, t_pre: np.ndarray,
 ) -> AffinePiece | None:
     """The linear piece next to the target that ``direction`` enters, or None.
 
@@ -127,8 +127,8 @@ def tie_broken_piece(
     at first order is broken its way. The step moves no coordinate by more than
     ``TIE_STEP`` and stays below half the distance at which ``direction`` would cross an
     untied row of the target's piece; the piece found must still hold the target in its
-    closure (with the target's pre-activation there), else the step shrinks. ``sparse``:
-    as :func:`affine_piece` takes it.
+    closure (with the target's pre-activation there), else the step shrinks. Its region
+    rows are asked for compressed where the target's are (:func:`affine_piece`).
 
     Shapes:
         target: (*input); tied: (R,); direction: (d,); t_pre: (D,)
@@ -143,7 +143,7 @@ def tie_broken_piece(
         step = min(step, 0.5 * float(crossing.min()))
     for _ in range(TIE_TRIES):
         moved = torch.from_numpy(x0 + step * direction).view(target.shape)
-        adjacent = affine_piece(model, layer, moved, sparse=sparse)
+        adjacent = affine_piece(model, layer, moved, sparse=sp.issparse(piece.region_jac))
         if _contains(adjacent, x0, t_pre):
             return adjacent
         step /= TIE_SHRINK

@@ -456,7 +456,7 @@ def _dense(model: nn.Module, site: Site, target: torch.Tensor, x_init: np.ndarra
         direction = loose.x - x0
         if loose.outcome != OPTIMAL or not np.abs(direction).max() > 0:
             return (None, [loose]), _Handoff(start=start)
-        adjacent = tie_broken_piece(model, site, target, piece, tied, direction, t_pre, sparse=True)
+        adjacent = tie_broken_piece(model, site, target, piece, tied, direction, t_pre)
         if adjacent is None or same_piece(adjacent, piece):
             return (None, [loose]), _Handoff(start=start)
         # The rows that bind the LP without the tied rows, at the same places among the
