@@ -215,7 +215,8 @@ def run_job(
 def outputs(experiment: Experiment, *, config: ExperimentConfig, n_rows: int) -> dict[str, Any]:
     """Once every job succeeded: the rows numbered ``n_rows`` and above (left by an earlier
     config with more targets) are removed, then
-    the table and figure are rebuilt from the store (kept when unchanged), and any summary.
+    the table and figure are rebuilt from the store (kept when unchanged), and any summary,
+    whose files the ledger then records (``collide status`` reports one missing or changed).
 
     Pruning waits for the jobs: a config that fails in a job (a target with fewer
     non-positive units than ``n_vertices``, say) leaves an earlier run's rows as they were.
@@ -224,7 +225,9 @@ def outputs(experiment: Experiment, *, config: ExperimentConfig, n_rows: int) ->
     prune_rows(store, n_rows)
     written = write_outputs(store)
     if hasattr(experiment, "summarize"):
+        store.remove_damaged_declared()  # else an edited figure beside unchanged values would be kept
         written = {**written, **experiment.summarize(config=config)}
+        store.record_declared()
     return written
 
 

@@ -41,7 +41,8 @@ def status(root: str | Path) -> list[dict[str, Any]]:
     :meth:`~collide.results.store.ExperimentStore.row_damage`, without decoding them).
     ``expected_rows`` is the run record's planned count; ``incomplete``
     says a store holds fewer evaluated rows, ``damaged_rows`` maps a row to what is wrong
-    with its files. ``flagged`` maps each flag to its
+    with its files, ``damaged_outputs`` a summary or figure the last run wrote to why it is
+    no longer that file (missing, changed). ``flagged`` maps each flag to its
     rows; ``invalid_vertex_rows`` maps a row to its ``k/V`` valid vertices where k < V;
     ``no_success_rate`` maps a row to the reason; ``unchecked_rows`` were evaluated by a
     version that did not check vertices; ``warnings`` says all of it in words.
@@ -86,8 +87,9 @@ def status(root: str | Path) -> list[dict[str, Any]]:
         ledger = store.ledger()
         store_broken = store.damage()
         strays = store.strays()
+        declared_broken = store.declared_damage(ledger)
         fresh = (bool(rows) and not damaged and store_broken is None and ledger.get("key") == store_digest(store)
-                 and outputs_intact(store, ledger))
+                 and outputs_intact(store, ledger) and not declared_broken)
         expected = store.planned_rows()
         incomplete = None
         # Damaged rows are reported as such below, not as rows a killed run never wrote.
@@ -105,6 +107,7 @@ def status(root: str | Path) -> list[dict[str, Any]]:
         if strays:
             warnings.append(store.stray_text(strays))
         warnings += [store.damaged_text(r, why) for r, why in damaged.items()]
+        warnings += [store.declared_text(name, why) for name, why in declared_broken.items()]
         out.append({
             "experiment": name,
             "rows": len(rows),
@@ -112,6 +115,7 @@ def status(root: str | Path) -> list[dict[str, Any]]:
             "expected_rows": expected,
             "incomplete": incomplete,
             "damaged_rows": {str(r): why for r, why in damaged.items()},
+            "damaged_outputs": declared_broken,
             "store_damage": store_broken,
             "strays": strays,
             "running": holder,

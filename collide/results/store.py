@@ -60,10 +60,17 @@ TABLE, FIGURE, LEDGER, RUN_RECORD_FILE = ".parquet", "-vertices.png", ".outputs.
 OWN_OUTPUTS = (TABLE, FIGURE, LEDGER, RUN_RECORD_FILE)
 # A declared output's suffix: what follows the name, then a plain file name.
 OUTPUT_SUFFIX = re.compile(r"[-.][A-Za-z0-9._-]+")
+# The ledger's record of the declared outputs a run wrote: file name -> sha256.
+DECLARED = "declared_sha256"
 
 # The ``kind`` attr of a row that holds points, not a polytope (collide.results.points);
 # told apart here, where reading a row needs no torch (`collide status`).
 POINTS = "points"
+
+
+def _plain_file(path: Path) -> bool:
+    """A regular file that is not a link: what collide writes as an output."""
+    return path.is_file() and not path.is_symlink()
 
 
 def is_points_row(attrs: Mapping[str, Any]) -> bool:
@@ -488,6 +495,50 @@ class ExperimentStore:
         with atomic_file(self.ledger_path) as tmp:
             tmp.write_text(json.dumps(record, indent=1))
         return self.ledger_path
+
+    def record_declared(self) -> None:
+        """Record in the ledger the sha256 of each declared output now beside the store: what
+        a run's summaries wrote (or kept). An output the run did not write (the scan's
+        certified table without ``certify``) is not there, so nothing will ask for it."""
+        found = {p.name: file_sha256(p) for p in (self.output(s) for s in self.declared) if _plain_file(p)}
+        ledger = self.ledger()
+        if ledger.get(DECLARED) != found:  # a rerun that changed nothing writes nothing
+            self.write_ledger({**ledger, DECLARED: found})
+
+    def declared_damage(self, ledger: Mapping[str, Any] | None = None) -> dict[str, str]:
+        """The declared outputs the ledger recorded that are no longer the files written:
+        file name -> ``missing`` or ``changed since it was written``.
+
+        The ledger is data: only the experiment's own outputs (:meth:`outputs`: declared,
+        or named by its run record) are looked at, and a link is not followed (it is
+        reported as changed)."""
+        ledger = self.ledger() if ledger is None else ledger
+        recorded = ledger.get(DECLARED)
+        ours = {p.name: p for p in self.outputs()}
+        out = {}
+        for name, sha in (recorded.items() if isinstance(recorded, dict) else []):
+            path = ours.get(name) if isinstance(name, str) else None
+            if path is None:
+                continue
+            if not (path.exists() or path.is_symlink()):
+                out[name] = "missing"
+            elif not _plain_file(path) or file_sha256(path) != sha:
+                out[name] = "changed since it was written"
+        return out
+
+    def declared_text(self, name: str, why: str) -> str:
+        return f"{self.root / name} is {why}; {self.rerun_hint()}, which rewrites it"
+
+    def remove_damaged_declared(self) -> None:
+        """Remove the declared outputs that are not the files the ledger recorded, so that
+        the run's summaries write them again (a summary whose values are unchanged is
+        otherwise kept as it is found). Only those this store declares, and only while
+        holding :meth:`lock`."""
+        declared = {self.output(s).name for s in self.declared}
+        for name in self.declared_damage():
+            path = self.root / name
+            if name in declared and (path.is_symlink() or path.is_file()):
+                path.unlink()
 
     # Outputs and what killed writers leave ----------------------------------------------
 

@@ -18,7 +18,7 @@ from collide._io import file_sha256
 from collide.errors import DataError
 from collide.results.freshness import incomplete_text, outputs_intact, store_digest
 from collide.results.report import write_report
-from collide.results.store import ExperimentStore, jsonable, stores, write_table
+from collide.results.store import DECLARED, ExperimentStore, jsonable, stores, write_table
 from collide.results.vertex_figure import write_figure
 
 
@@ -52,6 +52,8 @@ def write_outputs(store: ExperimentStore, *, force: bool = False) -> dict[str, A
         "incomplete": warning, "config_digests": digests,
         "written": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
     }
+    if DECLARED in ledger:  # the summaries were not rewritten: what they were written as still holds
+        record[DECLARED] = ledger[DECLARED]
     store.write_ledger(record)
     return {**{k: record[k] for k in kept}, "reused": False}
 

@@ -3,16 +3,19 @@ end to end on the synthetic MNIST, each rechecked by ``collide verify``'s route.
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import numpy as np
 import pandas as pd
 import pytest
 
 from collide.config import GradientConfig, RowSpec, SampleConfig, TrainConfig
 from collide.experiments import engine, mnist, profile, transfer
+from collide.results import tables
 from collide.results.health import status
 from collide.results.store import ExperimentStore
 from collide.results.verify import verify
-from tests.support import LIGHT_GEOMETRY, small_mnist_config
+from tests.support import LIGHT_GEOMETRY, small_mnist_config, snapshot
 from tests.tolerances import LP_STORED_REL_ERROR_F64, SET_EXACT
 
 SMALL = dict(device="cpu", allow_download=False, train=TrainConfig(epochs=2, min_accuracy=0.0),
@@ -62,9 +65,16 @@ def test_verify_catches_a_region_sample_moved_off_the_set_and_a_ball_made_too_la
         ExperimentStore(root, name).write_row(0, arrays, attrs)
 
 
-def test_the_profile_covers_every_layer_and_summarises_by_depth(tiny_mnist, tmp_path):
-    config = profile.Config(**_paths(tiny_mnist, tmp_path), **SMALL, archs=("mlp",), targets=1)
-    out = engine.run(profile, config=config)
+@pytest.fixture(scope="module")
+def profile_run(tiny_mnist, tmp_path_factory):
+    """One profile run; a test that damages its files leaves them as the run wrote them."""
+    config = profile.Config(**_paths(tiny_mnist, tmp_path_factory.mktemp("profile")), **SMALL, archs=("mlp",),
+                            targets=1)
+    return config, engine.run(profile, config=config)
+
+
+def test_the_profile_covers_every_layer_and_summarises_by_depth(profile_run):
+    config, out = profile_run
     table = pd.read_parquet(out["table"])
     assert len(table) == config.n_rows == 4
     assert table.groupby("layer")["method"].apply(sorted).to_dict() == {
@@ -74,6 +84,40 @@ def test_the_profile_covers_every_layer_and_summarises_by_depth(tiny_mnist, tmp_
     exact = table[table["method"] == "exact"].set_index("layer")
     assert summary.set_index("layer")["region_dim"].to_dict() == exact["region_dim"].to_dict()
     assert all(not r["problems"] for r in verify(ExperimentStore.of(config)))
+
+
+def test_a_missing_or_edited_summary_is_reported_and_a_run_rewrites_it(profile_run):
+    config, out = profile_run
+    summary, figure = Path(out["summary"]), Path(out["summary_figure"])
+    written = figure.read_bytes()
+
+    def entry() -> dict:
+        [e] = [e for e in status(config.results_root) if e["experiment"] == config.name]
+        return e
+
+    before = entry()
+    assert before["table_fresh"] and before["damaged_outputs"] == {}
+    summary.unlink()
+    figure.write_bytes(written + b"edited")
+    damaged = entry()
+    assert damaged["damaged_outputs"] == {summary.name: "missing", figure.name: "changed since it was written"}
+    assert not damaged["table_fresh"]
+    rerun = f"rerun `collide run profile --config {config.results_root}/{config.name}.run.json`, which rewrites it"
+    # The store's own files first, then its rows.
+    assert damaged["warnings"] == [f"{summary} is missing; {rerun}",
+                                   f"{figure} is changed since it was written; {rerun}", *before["warnings"]]
+    tables.regenerate(config.results_root)  # the table and figure only: the summaries' record is kept
+    assert entry()["damaged_outputs"] == damaged["damaged_outputs"]
+    again = engine.run(profile, config=config)
+    assert again["reused_rows"] == config.n_rows and not again["summary_reused"]
+    assert figure.read_bytes() == written and summary.is_file()
+    assert entry()["warnings"] == before["warnings"] and entry()["table_fresh"]
+    figure.write_bytes(b"edited")  # beside a summary whose values are unchanged
+    engine.run(profile, config=config)
+    assert figure.read_bytes() == written and entry()["table_fresh"]
+    files = snapshot(config.results_root)
+    engine.run(profile, config=config)
+    assert snapshot(config.results_root) == files  # nothing damaged: not one byte or mtime written
 
 
 def test_a_joint_set_collides_in_both_models_and_the_transfer_rows_measure_the_partner(tiny_mnist, tmp_path):

@@ -18,7 +18,7 @@ from collide.experiments import engine, mnist
 from collide.results import health
 from collide.results.evaluation import evaluate_row
 from collide.results.resume import mark_done
-from collide.results.store import ExperimentStore
+from collide.results.store import DECLARED, ExperimentStore
 from flows.cli import main
 from tests.support import small_mnist_config
 
@@ -245,6 +245,37 @@ def test_a_killed_runs_temporaries_are_found_from_the_declared_outputs(tmp_path)
         store.write_run_record(kind=module.NAME, rows=1, config=config)
         killed[0].write_bytes(b"half a png")
         assert ExperimentStore(root, "b").leftovers() == [killed[0]]
+
+
+def test_the_ledger_names_only_this_experiments_outputs_and_a_link_is_not_read(tmp_path):
+    """What the ledger records of the declared outputs is data: only this experiment's own
+    file names under its root are checked, a link is reported (never followed), and an output
+    the run did not write (the scan's certified table without ``certify``) is not asked for."""
+    root = tmp_path / "res"
+    root.mkdir()
+    store = ExperimentStore(root, "b", ("-summary.parquet", "-summary.png", "-certified.parquet"))
+    for suffix in ("-summary.parquet", "-summary.png"):
+        store.output(suffix).write_bytes(suffix.encode())
+    store.record_declared()
+    assert set(store.ledger()[DECLARED]) == {"b-summary.parquet", "b-summary.png"}
+    assert store.declared_damage() == {}
+    outside = tmp_path / "theirs.png"
+    outside.write_bytes(b"-summary.png")  # the same bytes, through a link: still not ours
+    store.output("-summary.png").unlink()
+    store.output("-summary.png").symlink_to(outside)
+    ledger = store.ledger()
+    mine = root / "b-notes.txt"  # named like an output, but not one the experiment declares
+    mine.write_text("a user's own")
+    others = {"../theirs.png": "0" * 64, "bb-summary.png": "0" * 64, "b/../theirs.png": "0" * 64,
+              "b-notes.txt": "0" * 64}
+    store.write_ledger({**ledger, DECLARED: {**ledger[DECLARED], **others}})
+    assert store.declared_damage() == {"b-summary.png": "changed since it was written"}
+    store.remove_damaged_declared()
+    assert outside.read_bytes() == b"-summary.png" and not store.output("-summary.png").is_symlink()
+    assert mine.read_text() == "a user's own"
+    assert store.declared_damage() == {"b-summary.png": "missing"}
+    store.write_ledger({DECLARED: ["b-summary.png"]})  # not a mapping: nothing to check
+    assert store.declared_damage() == {}
 
 
 KILLED_MID_FIGURE = """
