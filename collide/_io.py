@@ -64,16 +64,21 @@ def atomic_file(path: str | Path) -> Iterator[Path]:
         Path(tmp).unlink(missing_ok=True)
 
 
+def _no_follow(path: str, flags: int) -> int:
+    return os.open(path, flags | os.O_NOFOLLOW)
+
+
 def atomic_write_bytes(path: str | Path, payload: bytes) -> Path:
     with atomic_file(path) as tmp:
         tmp.write_bytes(payload)
     return Path(path)
 
 
-def file_sha256(path: str | Path) -> str:
-    """sha256 of a file's bytes, read in blocks (the full 64 hex: checkpoints and weights record it)."""
+def file_sha256(path: str | Path, *, follow: bool = True) -> str:
+    """sha256 of a file's bytes, read in blocks (the full 64 hex: checkpoints and weights record it).
+    ``follow=False``: a link is not opened (``OSError``), even one put there after a check."""
     h = hashlib.sha256()
-    with open(path, "rb") as fh:
+    with open(path, "rb", opener=None if follow else _no_follow) as fh:
         for block in iter(lambda: fh.read(1 << 20), b""):
             h.update(block)
     return h.hexdigest()

@@ -454,6 +454,8 @@ def _status(args: argparse.Namespace) -> int:
         return EXIT_OK
     for s in report:
         fresh = "up to date" if s["table_fresh"] else "STALE or missing: run `collide tables`"
+        if s["damaged_outputs"]:  # `collide tables` does not write summaries: the run does
+            fresh += "; a summary or figure of its own is NOT as the run wrote it (see below)"
         if s["incomplete"] or s["damaged_rows"] or s["store_damage"]:
             fresh = "NOT to be read as complete (see below)"
         if s["running"]:

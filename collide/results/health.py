@@ -87,9 +87,8 @@ def status(root: str | Path) -> list[dict[str, Any]]:
         ledger = store.ledger()
         store_broken = store.damage()
         strays = store.strays()
-        declared_broken = store.declared_damage(ledger)
         fresh = (bool(rows) and not damaged and store_broken is None and ledger.get("key") == store_digest(store)
-                 and outputs_intact(store, ledger) and not declared_broken)
+                 and outputs_intact(store, ledger))
         expected = store.planned_rows()
         incomplete = None
         # Damaged rows are reported as such below, not as rows a killed run never wrote.
@@ -97,6 +96,8 @@ def status(root: str | Path) -> list[dict[str, Any]]:
                 range(expected)):
             incomplete = incomplete_text(store, sum(r < expected for r in evaluated_rows), expected)
         holder = store.lock_holder()
+        # A run in progress removes and rewrites its summaries: nothing to report until it ends.
+        declared_broken = {} if holder is not None else store.declared_damage(ledger)
         if holder is not None and incomplete:  # not cut short: still being written
             incomplete = (f"{sum(r < expected for r in evaluated_rows)}/{expected} planned rows evaluated so far: "
                           f"a run is in progress ({holder})")

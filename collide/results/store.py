@@ -73,6 +73,14 @@ def _plain_file(path: Path) -> bool:
     return path.is_file() and not path.is_symlink()
 
 
+def _sha256_or_none(path: Path) -> str | None:
+    """A file's sha256, not through a link (one put there after a check included)."""
+    try:
+        return file_sha256(path, follow=False)
+    except OSError:
+        return None
+
+
 def is_points_row(attrs: Mapping[str, Any]) -> bool:
     return attrs.get("kind") == POINTS
 
@@ -487,9 +495,10 @@ class ExperimentStore:
     def ledger(self) -> dict[str, Any]:
         """What the last writing of the table and figure recorded (``<name>.outputs.json``); {} if none."""
         try:
-            return json.loads(self.ledger_path.read_text())
-        except (FileNotFoundError, json.JSONDecodeError):
+            ledger = json.loads(self.ledger_path.read_text())
+        except (FileNotFoundError, json.JSONDecodeError, UnicodeDecodeError):
             return {}
+        return ledger if isinstance(ledger, dict) else {}  # data: another shape records nothing
 
     def write_ledger(self, record: Mapping[str, Any]) -> Path:
         with atomic_file(self.ledger_path) as tmp:
@@ -509,12 +518,13 @@ class ExperimentStore:
         """The declared outputs the ledger recorded that are no longer the files written:
         file name -> ``missing`` or ``changed since it was written``.
 
-        The ledger is data: only the experiment's own outputs (:meth:`outputs`: declared,
-        or named by its run record) are looked at, and a link is not followed (it is
-        reported as changed)."""
+        The ledger is data: only the experiment's declared outputs (its own, or those its
+        run record names; not the table, figure, ledger or run record) are looked at, and a
+        link is not followed (it is reported as changed)."""
         ledger = self.ledger() if ledger is None else ledger
         recorded = ledger.get(DECLARED)
-        ours = {p.name: p for p in self.outputs()}
+        own = {self.output(s) for s in OWN_OUTPUTS}
+        ours = {p.name: p for p in self.outputs() if p not in own}
         out = {}
         for name, sha in (recorded.items() if isinstance(recorded, dict) else []):
             path = ours.get(name) if isinstance(name, str) else None
@@ -522,7 +532,7 @@ class ExperimentStore:
                 continue
             if not (path.exists() or path.is_symlink()):
                 out[name] = "missing"
-            elif not _plain_file(path) or file_sha256(path) != sha:
+            elif not _plain_file(path) or _sha256_or_none(path) != sha:
                 out[name] = "changed since it was written"
         return out
 
@@ -530,14 +540,14 @@ class ExperimentStore:
         return f"{self.root / name} is {why}; {self.rerun_hint()}, which rewrites it"
 
     def remove_damaged_declared(self) -> None:
-        """Remove the declared outputs that are not the files the ledger recorded, so that
-        the run's summaries write them again (a summary whose values are unchanged is
-        otherwise kept as it is found). Only those this store declares, and only while
-        holding :meth:`lock`."""
-        declared = {self.output(s).name for s in self.declared}
-        for name in self.declared_damage():
-            path = self.root / name
-            if name in declared and (path.is_symlink() or path.is_file()):
+        """Remove the declared outputs that are not the files the ledger recorded, and any
+        that is a link (the link alone), so that the run's summaries write them again as
+        files of their own (a summary whose values are unchanged is otherwise kept as it
+        is found, and read through a link). Only outputs this store declares, and only
+        while holding :meth:`lock`."""
+        damaged = self.declared_damage()
+        for path in (self.output(s) for s in self.declared):
+            if path.is_symlink() or (path.name in damaged and path.is_file()):
                 path.unlink()
 
     # Outputs and what killed writers leave ----------------------------------------------

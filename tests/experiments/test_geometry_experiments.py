@@ -15,6 +15,7 @@ from collide.results import tables
 from collide.results.health import status
 from collide.results.store import ExperimentStore
 from collide.results.verify import verify
+from flows.cli import main
 from tests.support import LIGHT_GEOMETRY, small_mnist_config, snapshot
 from tests.tolerances import LP_STORED_REL_ERROR_F64, SET_EXACT
 
@@ -86,7 +87,7 @@ def test_the_profile_covers_every_layer_and_summarises_by_depth(profile_run):
     assert all(not r["problems"] for r in verify(ExperimentStore.of(config)))
 
 
-def test_a_missing_or_edited_summary_is_reported_and_a_run_rewrites_it(profile_run):
+def test_a_missing_or_edited_summary_is_reported_and_a_run_rewrites_it(profile_run, capsys):
     config, out = profile_run
     summary, figure = Path(out["summary"]), Path(out["summary_figure"])
     written = figure.read_bytes()
@@ -101,11 +102,17 @@ def test_a_missing_or_edited_summary_is_reported_and_a_run_rewrites_it(profile_r
     figure.write_bytes(written + b"edited")
     damaged = entry()
     assert damaged["damaged_outputs"] == {summary.name: "missing", figure.name: "changed since it was written"}
-    assert not damaged["table_fresh"]
+    assert damaged["table_fresh"]  # the table and its figure are as written: `collide tables` would change nothing
+    assert main(["status", "--results-root", config.results_root]) == 0
+    printed = capsys.readouterr().out
+    assert "table up to date; a summary or figure of its own is NOT as the run wrote it (see below)" in printed
+    assert f"WARNING: {config.name}: {summary} is missing; rerun" in printed
     rerun = f"rerun `collide run profile --config {config.results_root}/{config.name}.run.json`, which rewrites it"
     # The store's own files first, then its rows.
     assert damaged["warnings"] == [f"{summary} is missing; {rerun}",
                                    f"{figure} is changed since it was written; {rerun}", *before["warnings"]]
+    with engine.lock(config, profile):  # a run in progress removes and rewrites them: not reported meanwhile
+        assert entry()["damaged_outputs"] == {} and entry()["running"]
     tables.regenerate(config.results_root)  # the table and figure only: the summaries' record is kept
     assert entry()["damaged_outputs"] == damaged["damaged_outputs"]
     again = engine.run(profile, config=config)

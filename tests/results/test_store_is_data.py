@@ -249,32 +249,43 @@ def test_a_killed_runs_temporaries_are_found_from_the_declared_outputs(tmp_path)
 
 def test_the_ledger_names_only_this_experiments_outputs_and_a_link_is_not_read(tmp_path):
     """What the ledger records of the declared outputs is data: only this experiment's own
-    file names under its root are checked, a link is reported (never followed), and an output
-    the run did not write (the scan's certified table without ``certify``) is not asked for."""
+    declared file names under its root are checked, a link is reported and removed (never
+    followed), nothing else is removed, and an output the run did not write (the scan's
+    certified table without ``certify``) is not asked for."""
     root = tmp_path / "res"
     root.mkdir()
     store = ExperimentStore(root, "b", ("-summary.parquet", "-summary.png", "-certified.parquet"))
-    for suffix in ("-summary.parquet", "-summary.png"):
-        store.output(suffix).write_bytes(suffix.encode())
+    outside = tmp_path / "theirs.parquet"
+    outside.write_bytes(b"-summary.parquet")
+    store.output("-summary.parquet").symlink_to(outside)  # there before the run: read through, never kept
+    store.output("-summary.png").write_bytes(b"-summary.png")
+    store.remove_damaged_declared()
+    assert not store.output("-summary.parquet").exists() and outside.read_bytes() == b"-summary.parquet"
+    store.output("-summary.parquet").write_bytes(b"-summary.parquet")
     store.record_declared()
     assert set(store.ledger()[DECLARED]) == {"b-summary.parquet", "b-summary.png"}
     assert store.declared_damage() == {}
-    outside = tmp_path / "theirs.png"
-    outside.write_bytes(b"-summary.png")  # the same bytes, through a link: still not ours
     store.output("-summary.png").unlink()
-    store.output("-summary.png").symlink_to(outside)
-    ledger = store.ledger()
+    store.output("-summary.png").symlink_to(outside)  # a link put in place of a recorded file
+    with pytest.raises(OSError):
+        _io.file_sha256(store.output("-summary.png"), follow=False)
     mine = root / "b-notes.txt"  # named like an output, but not one the experiment declares
     mine.write_text("a user's own")
-    others = {"../theirs.png": "0" * 64, "bb-summary.png": "0" * 64, "b/../theirs.png": "0" * 64,
-              "b-notes.txt": "0" * 64}
+    table = store.table_path  # the store's own output: the ledger's own sha256 fields judge it
+    table.write_bytes(b"a table")
+    ledger = store.ledger()
+    others = {name: "0" * 64 for name in ("../theirs.parquet", "bb-summary.png", "b/../theirs.parquet",
+                                          "b-notes.txt", table.name)}
     store.write_ledger({**ledger, DECLARED: {**ledger[DECLARED], **others}})
     assert store.declared_damage() == {"b-summary.png": "changed since it was written"}
     store.remove_damaged_declared()
-    assert outside.read_bytes() == b"-summary.png" and not store.output("-summary.png").is_symlink()
-    assert mine.read_text() == "a user's own"
+    assert outside.read_bytes() == b"-summary.parquet" and not store.output("-summary.png").is_symlink()
+    assert mine.read_text() == "a user's own" and table.read_bytes() == b"a table"
     assert store.declared_damage() == {"b-summary.png": "missing"}
-    store.write_ledger({DECLARED: ["b-summary.png"]})  # not a mapping: nothing to check
+    for bad in (b'["b-summary.png"]', b"\xff\xfe not text"):  # not a mapping, not text: nothing recorded
+        store.ledger_path.write_bytes(bad)
+        assert store.ledger() == {} and store.declared_damage() == {}
+    store.ledger_path.write_text('{"declared_sha256": ["b-summary.png"]}')
     assert store.declared_damage() == {}
 
 
