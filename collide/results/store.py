@@ -509,7 +509,8 @@ class ExperimentStore:
         """Record in the ledger the sha256 of each declared output now beside the store: what
         a run's summaries wrote (or kept). An output the run did not write (the scan's
         certified table without ``certify``) is not there, so nothing will ask for it."""
-        found = {p.name: file_sha256(p) for p in (self.output(s) for s in self.declared) if _plain_file(p)}
+        found = {p.name: sha for p in (self.output(s) for s in self.declared)
+                 if _plain_file(p) and (sha := _sha256_or_none(p)) is not None}
         ledger = self.ledger()
         if ledger.get(DECLARED) != found:  # a rerun that changed nothing writes nothing
             self.write_ledger({**ledger, DECLARED: found})
