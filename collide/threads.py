@@ -125,10 +125,20 @@ def one_blas_thread() -> Iterator[None]:
     other threads that multiply during the block do so on one BLAS thread too.
     """
     with _lock:
-        _enter("sections")
+        # While another block is open, opening or closing a section changes no pool's
+        # count (a job's count holds; a section's BLAS count is 1 already), and finding
+        # the pools reads /proc/self/maps, 3 ms in a process with torch: each of a
+        # polytope's re-linearisations opened a section inside the solver's and read it
+        # twice. A pool first loaded meanwhile keeps its count until a job opens or closes
+        # or the last block closes.
+        if any(_open.values()):
+            _open["sections"] += 1
+        else:
+            _enter("sections")
     try:
         yield
     finally:
         with _lock:
             _open["sections"] -= 1
-            _set_pools()
+            if not any(_open.values()):
+                _set_pools()

@@ -4,6 +4,7 @@ import pytest
 import torch
 from threadpoolctl import threadpool_info
 
+from collide import threads
 from collide.errors import ConfigError
 from collide.threads import job_threads, one_blas_thread
 
@@ -59,11 +60,16 @@ def test_nested_blocks_set_no_count_that_is_already_right(monkeypatch):
 
     monkeypatch.setattr(threadpoolctl.OpenBLASController, "set_num_threads", spy)
     saved = blas()
+    found = []  # pools looked up: each lookup reads /proc/self/maps (3 ms beside torch)
+    monkeypatch.setattr(threads, "ThreadpoolController",
+                        lambda: found.append(1) or threadpoolctl.ThreadpoolController())
     with one_blas_thread():
-        opened = list(calls)
+        opened, looked_up = list(calls), len(found)
         with one_blas_thread():
             pass
         assert calls == opened  # the inner block changed nothing
+        assert len(found) == looked_up  # nor looked the pools up
+    assert len(found) > looked_up  # the outer block's close puts the counts back
     if saved and set(saved) != {1}:
         assert opened and set(opened) == {1} and calls[len(opened):] and set(calls[len(opened):]) <= set(saved)
 

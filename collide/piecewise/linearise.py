@@ -232,24 +232,24 @@ class _Gather:
 
     def _put(self, first: int, cols: slice, part: np.ndarray) -> None:
         """Region rows ``first`` onwards at columns ``cols``: ``part`` transposed (k, rows).
-        Entries are counted before they are collected, so that rows too dense to compress
-        turn dense first (reverse mode hands over every column in one block)."""
-        seen = self.n_rows * (self.n_columns + cols.stop - cols.start)
-        if self.rows is None and self.n_entries + np.count_nonzero(part) > SPARSE_DENSITY * seen:
+        A block's entries are found before they are kept, so that rows too dense to
+        compress turn dense first (reverse mode hands over every column in one block)."""
+        if self.rows is None:
+            # torch's nonzero: a third of numpy's time on these blocks (one thread, 2026-12-06).
+            # Its order is the block's, so each row's entries come in column order.
+            values = torch.from_numpy(part)
+            at, row = values.nonzero().T
+            seen = self.n_rows * (self.n_columns + cols.stop - cols.start)
+            if self.n_entries + len(row) <= SPARSE_DENSITY * seen:
+                self.entries.append(((row + first).to(torch.int32).numpy(),
+                                     (at + cols.start).to(torch.int32).numpy(), values[at, row].numpy()))
+                self.n_entries += len(row)
+                return
             self.rows = np.zeros((self.n_rows, len(self.x)))
             for row, col, value in self.entries:
                 self.rows[row, col] = value
             self.entries = []
-        if self.rows is not None:
-            self.rows[first:first + part.shape[1], cols] = part.T
-            return
-        # torch's nonzero: a third of numpy's time on these blocks (one thread, 2026-12-06).
-        # Its order is the block's, so each row's entries come in column order.
-        values = torch.from_numpy(part)
-        at, row = values.nonzero().T
-        self.entries.append(((row + first).to(torch.int32).numpy(), (at + cols.start).to(torch.int32).numpy(),
-                             values[at, row].numpy()))
-        self.n_entries += len(row)
+        self.rows[first:first + part.shape[1], cols] = part.T
 
     def __call__(self, cols: slice, block: np.ndarray) -> None:
         """Take ``block``, ``J[:, cols]`` transposed (k, n_out), which it may overwrite."""
