@@ -1,12 +1,15 @@
 """CPU threads: how many a job gives torch and the BLAS and OpenMP pools, and the sections
 that run threads of their own and want one BLAS thread under each.
 
-The pools' counts (threadpoolctl) are shared by the process, and OpenBLAS's is one count
-for every thread; torch's, set from a thread, holds for that thread. Blocks that overlap
-in one process therefore share one record: a pool's count is saved the first time a block
-meets the pool, each open and close sets only the counts that must change (never passing
-through the saved ones while other blocks run), and the last block to close puts the
-saved counts back.
+The pools' counts (threadpoolctl) are process state: OpenBLAS's is one count for every
+thread, while an OpenMP pool's and torch's, set from a thread, hold for that thread. Blocks
+that overlap in one process therefore share one record: a pool's count is saved the first
+time a block meets the pool, each open and close sets only the counts that must change
+(never passing through the saved ones while other blocks run), and the last block to
+close puts the saved counts back. The pools are looked up when the outermost block opens
+and kept until the last one closes: a lookup reads ``/proc/self/maps`` (3 ms in a process
+with torch), and each of an exact polytope's re-linearisations opens and closes a section
+inside the solver's. A pool first loaded meanwhile keeps its own count until then.
 """
 
 from __future__ import annotations
@@ -26,15 +29,23 @@ _open = {"jobs": 0, "sections": 0}  # job_threads and one_blas_thread blocks ope
 _job_n = 0
 _saved_torch = 0
 _saved_pools: dict[str, int] = {}  # each pool's count when a block first met it
+_libs: list | None = None  # threadpoolctl's controllers, while any block is open
 
 
-def _set_pools(libs: list | None = None) -> None:
-    """Under ``_lock``: each pool (``libs``: threadpoolctl's controllers, found afresh by
-    default) at the count the open blocks ask for (a job's ``n``; one for BLAS in a
-    section outside jobs), or at its saved count when none is open."""
-    for lib in ThreadpoolController().lib_controllers if libs is None else libs:
-        # A pool loaded while blocks are open is first met here, at the count its library
-        # chose: the one to restore.
+def _pools() -> list:
+    """Under ``_lock``: the pools' controllers, looked up when none are held yet."""
+    global _libs
+    if _libs is None:
+        _libs = ThreadpoolController().lib_controllers
+    return _libs
+
+
+def _set_pools() -> None:
+    """Under ``_lock``: each pool at the count the open blocks ask for (a job's ``n``; one
+    for BLAS in a section outside jobs), or at its saved count when none is open, from
+    the calling thread (an OpenMP pool's count is that thread's)."""
+    global _libs
+    for lib in _pools():
         saved = _saved_pools.setdefault(lib.filepath, lib.num_threads)
         want = _job_n if _open["jobs"] else saved
         if _open["sections"] and not _open["jobs"] and lib.user_api == "blas":
@@ -43,6 +54,7 @@ def _set_pools(libs: list | None = None) -> None:
             lib.set_num_threads(want)
     if not any(_open.values()):
         _saved_pools.clear()
+        _libs = None
     # threadpoolctl 3.8 lets only the thread that last set OpenBLAS's count set it again,
     # while that thread lives; a block may close in another thread than the one that
     # opened the first, so the control is given back after every change.
@@ -56,14 +68,13 @@ def _enter(kind: str, also: Callable[[], None] | None = None) -> None:
     failure, all of it undone."""
     # Every pool's count is saved before anything changes: torch's count is also its
     # OpenMP pool's, which ``also`` may set.
-    libs = ThreadpoolController().lib_controllers
-    for lib in libs:
+    for lib in _pools():
         _saved_pools.setdefault(lib.filepath, lib.num_threads)
     _open[kind] += 1
     try:
         if also is not None:
             also()
-        _set_pools(libs)
+        _set_pools()
     except BaseException:
         _open[kind] -= 1
         _set_pools()
@@ -125,20 +136,10 @@ def one_blas_thread() -> Iterator[None]:
     other threads that multiply during the block do so on one BLAS thread too.
     """
     with _lock:
-        # While another block is open, opening or closing a section changes no pool's
-        # count (a job's count holds; a section's BLAS count is 1 already), and finding
-        # the pools reads /proc/self/maps, 3 ms in a process with torch: each of a
-        # polytope's re-linearisations opened a section inside the solver's and read it
-        # twice. A pool first loaded meanwhile keeps its count until a job opens or closes
-        # or the last block closes.
-        if any(_open.values()):
-            _open["sections"] += 1
-        else:
-            _enter("sections")
+        _enter("sections")
     try:
         yield
     finally:
         with _lock:
             _open["sections"] -= 1
-            if not any(_open.values()):
-                _set_pools()
+            _set_pools()
