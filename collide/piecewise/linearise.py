@@ -246,8 +246,8 @@ class _Gather:
                 self.n_entries += len(row)
                 return
             self.rows = np.zeros((self.n_rows, len(self.x)))
-            for row, col, value in self.entries:
-                self.rows[row, col] = value
+            for kept_row, kept_col, kept_value in self.entries:
+                self.rows[kept_row, kept_col] = kept_value
             self.entries = []
         self.rows[first:first + part.shape[1], cols] = part.T
 
