@@ -14,7 +14,10 @@ so: :func:`collide.workers.require_visible`) and should report to the same Prefe
 
 from __future__ import annotations
 
+import contextlib
+import logging
 import os
+import signal
 from typing import Any
 
 from prefect_dask import DaskTaskRunner
@@ -51,6 +54,27 @@ class LocalDaskRunner(DaskTaskRunner):
         if not self.address and self._cluster is None and (url := _api_url()):
             self.cluster_kwargs = {**self.cluster_kwargs, "env": {"PREFECT_API_URL": url}}
         return super().__enter__()
+
+    def __exit__(self, *exc_info: Any) -> None:
+        # An interrupt (Ctrl-C, SIGTERM or SIGHUP: not an Exception) stops the cluster under
+        # running jobs. A terminal's Ctrl-C reaches the workers too, a SIGTERM to the run
+        # does not: either way each worker is told, and goes quiet and ends as it closes
+        # (flows/worker_setup.py). One still busy after the nanny's 4 s (a worker importing
+        # collide for its first job takes longer) is killed, as it must be: the nanny's
+        # warning that it did so is no news to whoever stopped the run, and it came after
+        # the run's own last lines.
+        interrupted = exc_info[0] is not None and not issubclass(exc_info[0], Exception)
+        nanny = logging.getLogger("distributed.nanny")
+        level = nanny.level
+        if interrupted:
+            nanny.setLevel(logging.ERROR)
+            for worker in list(self._cluster.workers.values()) if self._cluster is not None else []:
+                with contextlib.suppress(ProcessLookupError, TypeError):  # gone, or never started (no pid)
+                    os.kill(worker.pid, signal.SIGINT)
+        try:
+            super().__exit__(*exc_info)
+        finally:
+            nanny.setLevel(level)
 
     def duplicate(self) -> LocalDaskRunner:
         return type(self)(address=self.address, cluster_kwargs=self.cluster_kwargs, client_kwargs=self.client_kwargs)

@@ -1,21 +1,48 @@
-"""What each worker process of a flow's local Dask cluster does first (a Dask preload).
+"""What each worker process of a flow's local Dask cluster does first and last (a Dask preload).
 
 A Ctrl-C in the terminal reaches every process of its foreground group, the local
 cluster's worker processes too. Each then raised KeyboardInterrupt in its own event loop
 and printed two tracebacks, while the run was already stopping them through their
 nannies (a new user's trial: about 70 lines before "interrupted"). A worker process
-therefore ignores SIGINT: the run stops it, as it stops the cluster, once the flow run
-has recorded the interrupt.
+therefore takes SIGINT as a note that the run is stopping, not as an interrupt of its
+own: the run stops it, as it stops the cluster, once the flow run has recorded the
+interrupt (and sends it that SIGINT itself where the signal went to the run alone, a
+SIGTERM or SIGHUP: flows/runner.py).
+
+What Dask then said in the worker was about that shutdown alone, and printed from under
+the run's own last lines (make run's MNIST jobs, 2026-12-07): a warning per job
+cancelled under a running worker, a 25-line traceback of a heartbeat to the scheduler
+that had just closed, and, 4 s later, the nanny's warning that the worker, still inside
+its job, was killed. So once the Ctrl-C has reached it, a worker logs nothing below
+critical, and as its close reaches this module's teardown it ends at once instead of
+waiting for its job: what a job had not written by then is redone by the rerun, as it was
+when the nanny killed the worker.
 """
 
 from __future__ import annotations
 
+import logging
+import os
 import signal
 import threading
 from typing import Any
+
+# Set once the terminal's Ctrl-C has reached this worker process.
+_interrupted = threading.Event()
+
+
+def _note_interrupt(_signum: int, _frame: Any) -> None:
+    _interrupted.set()
+    logging.getLogger("distributed").setLevel(logging.CRITICAL)
 
 
 def dask_setup(_worker: Any) -> None:
     """Dask calls this in the worker process as the worker starts."""
     if threading.current_thread() is threading.main_thread():  # only the main thread may set handlers
-        signal.signal(signal.SIGINT, signal.SIG_IGN)
+        signal.signal(signal.SIGINT, _note_interrupt)
+
+
+def dask_teardown(_worker: Any) -> None:
+    """Dask calls this as the worker closes, before it waits for the job it is running."""
+    if _interrupted.is_set():
+        os._exit(0)  # the job's thread would hold the process until the nanny killed it

@@ -207,6 +207,28 @@ def test_ctrl_c_stops_the_run_within_seconds_and_the_server_with_it(tiny_config,
         assert db.execute("SELECT state_type FROM flow_run").fetchall() == [("CRASHED",)]
 
 
+@pytest.mark.slow
+def test_a_run_stopped_under_its_jobs_ends_within_seconds_and_dask_says_nothing(tiny_config, tmp_path):
+    """A SIGTERM to the run alone, while a job runs: it reaches no worker, so the run tells
+    them (flows/runner.py). Before, each worker warned of its cancelled job and, still
+    inside it, was killed by its nanny 4 s later with a warning of its own."""
+    log = tmp_path / "run.log"
+    with log.open("w") as out:
+        proc = subprocess.Popen([sys.executable, "-c", _INTERRUPTIBLE, *_run_argv(tiny_config, tmp_path)],
+                                env=_without_server(tmp_path), stdout=out, stderr=subprocess.STDOUT, cwd=PROJECT,
+                                start_new_session=True)
+        deadline = time.time() + 240
+        while "vertices (" not in log.read_text() and proc.poll() is None and time.time() < deadline:
+            time.sleep(0.2)  # a job's first progress line: its worker has started it
+        assert proc.poll() is None, log.read_text()
+        proc.send_signal(signal.SIGTERM)
+        code = proc.wait(timeout=120)
+    text = log.read_text()
+    assert code == 130 and "collide: interrupted" in text, text
+    # Neither a worker's log lines (Dask's own format) nor the nanny's (Prefect's), nor a traceback.
+    assert not re.search(r" - distributed\.|\| (WARNING|ERROR) +\| distributed\.|Traceback", text), text
+
+
 @pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGHUP])
 def test_sigterm_or_a_hangup_is_an_interrupt_and_the_old_handler_comes_back(sig):
     if threading.current_thread() is not threading.main_thread():
