@@ -17,13 +17,13 @@ from __future__ import annotations
 import contextlib
 import logging
 import os
-import signal
 from typing import Any
 
 from prefect_dask import DaskTaskRunner
 
 from collide.checks import count_in
 from collide.workers import DASK_ADDRESS_ENV, WORKER_PROCESSES
+from flows.worker_setup import NOTE
 
 ADDRESS_ENV = DASK_ADDRESS_ENV
 WORKERS_ENV = "COLLIDE_DASK_WORKERS"
@@ -58,7 +58,7 @@ class LocalDaskRunner(DaskTaskRunner):
     def __exit__(self, *exc_info: Any) -> None:
         # An interrupt (Ctrl-C, SIGTERM or SIGHUP: not an Exception) stops the cluster under
         # running jobs. A terminal's Ctrl-C reaches the workers too, a SIGTERM to the run
-        # does not: either way each worker is told, and goes quiet and ends as it closes
+        # does not: either way each worker is told (NOTE), and goes quiet and ends as it closes
         # (flows/worker_setup.py). One still busy after the nanny's 4 s (a worker importing
         # collide for its first job takes longer) is killed, as it must be: the nanny's
         # warning that it did so is no news to whoever stopped the run, and it came after
@@ -66,12 +66,14 @@ class LocalDaskRunner(DaskTaskRunner):
         interrupted = exc_info[0] is not None and not issubclass(exc_info[0], Exception)
         nanny = logging.getLogger("distributed.nanny")
         level = nanny.level
-        if interrupted:
-            nanny.setLevel(logging.ERROR)
-            for worker in list(self._cluster.workers.values()) if self._cluster is not None else []:
-                with contextlib.suppress(ProcessLookupError, TypeError):  # gone, or never started (no pid)
-                    os.kill(worker.pid, signal.SIGINT)
         try:
+            if interrupted:
+                nanny.setLevel(logging.ERROR)
+                for worker in list(self._cluster.workers.values()) if self._cluster is not None else []:
+                    # A worker may be ending under us (its nanny's pid then reads None or
+                    # fails half-way): the close below deals with it either way.
+                    with contextlib.suppress(Exception):
+                        os.kill(worker.pid, NOTE)
             super().__exit__(*exc_info)
         finally:
             nanny.setLevel(level)

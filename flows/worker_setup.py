@@ -6,8 +6,8 @@ and printed two tracebacks, while the run was already stopping them through thei
 nannies (a new user's trial: about 70 lines before "interrupted"). A worker process
 therefore takes SIGINT as a note that the run is stopping, not as an interrupt of its
 own: the run stops it, as it stops the cluster, once the flow run has recorded the
-interrupt (and sends it that SIGINT itself where the signal went to the run alone, a
-SIGTERM or SIGHUP: flows/runner.py).
+interrupt (and, where the signal went to the run alone, a SIGTERM or SIGHUP, the run
+sends it a note of its own, SIGUSR1: flows/runner.py).
 
 What Dask then said in the worker was about that shutdown alone, and printed from under
 the run's own last lines (make run's MNIST jobs, 2026-12-07): a warning per job
@@ -27,22 +27,33 @@ import signal
 import threading
 from typing import Any
 
-# Set once the terminal's Ctrl-C has reached this worker process.
-_interrupted = threading.Event()
+# The signal by which the run itself tells a worker that it is stopping (flows/runner.py),
+# where the signal that stopped it did not reach the worker.
+NOTE = signal.SIGUSR1
+
+# Set (in the worker's main thread, where every handler and hook here runs) once the
+# terminal's Ctrl-C or the run's note has reached this worker process. A plain flag: an
+# Event's lock could be held by the very code a second signal interrupts.
+_interrupted = False
 
 
 def _note_interrupt(_signum: int, _frame: Any) -> None:
-    _interrupted.set()
+    global _interrupted
+    _interrupted = True
     logging.getLogger("distributed").setLevel(logging.CRITICAL)
 
 
 def dask_setup(_worker: Any) -> None:
     """Dask calls this in the worker process as the worker starts."""
     if threading.current_thread() is threading.main_thread():  # only the main thread may set handlers
-        signal.signal(signal.SIGINT, _note_interrupt)
+        signal.signal(NOTE, _note_interrupt)
+        # A run started ignoring SIGINT (in the background of a shell without job control)
+        # starts its workers ignoring it too: kept so, as the run keeps it.
+        if signal.getsignal(signal.SIGINT) is not signal.SIG_IGN:
+            signal.signal(signal.SIGINT, _note_interrupt)
 
 
 def dask_teardown(_worker: Any) -> None:
     """Dask calls this as the worker closes, before it waits for the job it is running."""
-    if _interrupted.is_set():
+    if _interrupted:
         os._exit(0)  # the job's thread would hold the process until the nanny killed it

@@ -14,12 +14,19 @@ from flows import worker_setup
 from flows.runner import dask_runner
 
 
-def _sigint_handler_is_the_preloads() -> bool:
-    return signal.getsignal(signal.SIGINT) is worker_setup._note_interrupt
+def _handlers() -> tuple[bool, bool, bool]:
+    """Whether SIGINT is the preload's, whether it is ignored, whether the run's note is the preload's."""
+    sigint = signal.getsignal(signal.SIGINT)
+    return (sigint is worker_setup._note_interrupt, sigint is signal.SIG_IGN,
+            signal.getsignal(worker_setup.NOTE) is worker_setup._note_interrupt)
 
 
 def _dask_level() -> int:
     return logging.getLogger("distributed").getEffectiveLevel()
+
+
+def _executing(dask_worker) -> int:
+    return len(dask_worker.state.executing)
 
 
 class _Records(logging.Handler):
@@ -31,9 +38,16 @@ class _Records(logging.Handler):
         self.messages.append(record.getMessage())
 
 
-def _close_under_a_busy_job(interrupt: bool) -> list[str]:
+def _until(condition, what: str, seconds: float = 60) -> None:
+    deadline = time.time() + seconds
+    while not condition():
+        assert time.time() < deadline, f"waited {seconds} s for {what}"
+        time.sleep(0.05)
+
+
+def _close_under_a_busy_job(sig: signal.Signals | None) -> list[str]:
     """What the nanny (in this process) logs as a 1-worker cluster closes while its worker
-    runs a 60 s job, the worker told of an interrupt first or not."""
+    runs a 60 s job, the worker sent ``sig`` first (None: nothing)."""
     from distributed import Client, LocalCluster
 
     kwargs = {**dask_runner(workers=1).cluster_kwargs, "n_workers": 1}
@@ -42,16 +56,12 @@ def _close_under_a_busy_job(interrupt: bool) -> list[str]:
     try:
         with LocalCluster(**kwargs) as cluster, Client(cluster) as client:
             job = client.submit(time.sleep, 60, pure=False)
-            while not client.processing() or not any(client.processing().values()) or job.status != "pending":
-                time.sleep(0.05)
-            time.sleep(0.5)  # in its thread now
-            if interrupt:
+            _until(lambda: list(client.run(_executing).values()) == [1], "the job to start")
+            if sig is not None:
                 [pid] = client.run(os.getpid).values()
-                os.kill(pid, signal.SIGINT)
-                deadline = time.time() + 30
-                while list(client.run(_dask_level).values()) != [logging.CRITICAL] and time.time() < deadline:
-                    time.sleep(0.05)
-                assert list(client.run(_dask_level).values()) == [logging.CRITICAL]  # quiet from now on
+                os.kill(pid, sig)
+                _until(lambda: list(client.run(_dask_level).values()) == [logging.CRITICAL], "the worker to go quiet")
+            del job
     finally:
         nanny.removeHandler(records)
     return records.messages
@@ -70,21 +80,31 @@ def test_a_local_worker_process_takes_sigint_as_a_note_not_an_interrupt(monkeypa
     previous = signal.signal(signal.SIGINT, signal.default_int_handler)
     try:
         with LocalCluster(**kwargs) as cluster, Client(cluster) as client:
-            assert list(client.run(_sigint_handler_is_the_preloads).values()) == [True]
+            assert list(client.run(_handlers).values()) == [(True, False, True)]
         assert signal.getsignal(signal.SIGINT) is signal.default_int_handler  # this process's own: untouched
+        # A run started ignoring SIGINT: its workers keep ignoring it, and still take the run's note.
+        signal.signal(signal.SIGINT, signal.SIG_IGN)
+        with LocalCluster(**kwargs) as cluster, Client(cluster) as client:
+            assert list(client.run(_handlers).values()) == [(False, True, True)]
         # The control: without the preload a worker takes SIGINT as Python does.
+        signal.signal(signal.SIGINT, signal.default_int_handler)
         del kwargs["preload"]
         with LocalCluster(**kwargs) as cluster, Client(cluster) as client:
-            assert list(client.run(_sigint_handler_is_the_preloads).values()) == [False]
+            assert list(client.run(_handlers).values()) == [(False, False, False)]
     finally:
         signal.signal(signal.SIGINT, previous)
 
 
 @pytest.mark.slow
-def test_a_worker_told_of_an_interrupt_ends_as_it_closes_not_after_its_job(monkeypatch):
+@pytest.mark.parametrize("sig", [signal.SIGINT, worker_setup.NOTE], ids=["ctrl-c", "the-runs-note"])
+def test_a_worker_told_of_an_interrupt_ends_as_it_closes_not_after_its_job(monkeypatch, sig):
     monkeypatch.delenv("COLLIDE_DASK_ADDRESS", raising=False)
-    told = _close_under_a_busy_job(interrupt=True)
+    told = _close_under_a_busy_job(sig)
     assert not any("still alive" in m for m in told), told
-    # The control: a worker not told waits for its job, and its nanny kills it after 4 s.
-    untold = _close_under_a_busy_job(interrupt=False)
+
+
+@pytest.mark.slow
+def test_the_control_a_worker_not_told_is_killed_by_its_nanny_inside_its_job(monkeypatch):
+    monkeypatch.delenv("COLLIDE_DASK_ADDRESS", raising=False)
+    untold = _close_under_a_busy_job(None)
     assert any("still alive" in m for m in untold), untold
