@@ -13,10 +13,10 @@ What Dask then said in the worker was about that shutdown alone, and printed fro
 the run's own last lines (make run's MNIST jobs, 2026-12-07): a warning per job
 cancelled under a running worker, a 25-line traceback of a heartbeat to the scheduler
 that had just closed, and, 4 s later, the nanny's warning that the worker, still inside
-its job, was killed. So once the Ctrl-C has reached it, a worker logs nothing below
-critical, and as its close reaches this module's teardown it ends at once instead of
-waiting for its job: what a job had not written by then is redone by the rerun, as it was
-when the nanny killed the worker.
+its job, was killed. So once the Ctrl-C (or the run's note) has reached it, Dask logs
+nothing below critical in the worker, and as its close reaches this module's teardown the
+worker ends at once instead of waiting for its job: what a job had not written by then is
+redone by the rerun, as it was when the nanny killed the worker.
 """
 
 from __future__ import annotations
