@@ -179,26 +179,34 @@ raise SystemExit(main(sys.argv[1:]))
 """
 
 
+def _stopped_run(config, tmp_path, *, once: str, stop) -> tuple[int, float, str]:
+    """A `collide run` started as a terminal's job (a process group of its own), stopped by
+    ``stop(proc)`` once its log shows ``once``: its exit code, the seconds from the signal to
+    its exit, and its log."""
+    log = tmp_path / "run.log"
+    with log.open("w") as out:
+        proc = subprocess.Popen([sys.executable, "-c", _INTERRUPTIBLE, *_run_argv(config, tmp_path)],
+                                env=_without_server(tmp_path), stdout=out, stderr=subprocess.STDOUT, cwd=PROJECT,
+                                start_new_session=True)
+        deadline = time.time() + 240
+        while once not in log.read_text() and proc.poll() is None and time.time() < deadline:
+            time.sleep(0.2)
+        assert proc.poll() is None, log.read_text()
+        stop(proc)
+        stopped = time.time()
+        code = proc.wait(timeout=120)
+    return code, time.time() - stopped, log.read_text()
+
+
 @pytest.mark.slow
 def test_ctrl_c_stops_the_run_within_seconds_and_the_server_with_it(tiny_config, tmp_path):
     """Ctrl-C in a terminal signals the whole foreground group. Prefect's own temporary server
     was in it: it died first, and the run then spent minutes retrying its crash report
     against it and exited 1, "the run failed" (a new user's trial, 2026-12-06)."""
-    log = tmp_path / "run.log"
-    with log.open("w") as out:
-        proc = subprocess.Popen([sys.executable, "-c", _INTERRUPTIBLE, *_run_argv(tiny_config, tmp_path)],
-                                env=_without_server(tmp_path), stdout=out, stderr=subprocess.STDOUT, cwd=PROJECT,
-                                start_new_session=True)  # a group of its own, as a terminal's job
-        deadline = time.time() + 240
-        while "fanning out" not in log.read_text() and proc.poll() is None and time.time() < deadline:
-            time.sleep(0.2)
-        assert proc.poll() is None, log.read_text()
-        os.killpg(proc.pid, signal.SIGINT)
-        stopped = time.time()
-        code = proc.wait(timeout=120)
-    text = log.read_text()
+    code, seconds, text = _stopped_run(tiny_config, tmp_path, once="fanning out",
+                                       stop=lambda proc: os.killpg(proc.pid, signal.SIGINT))
     assert code == 130, text
-    assert time.time() - stopped < 60, text
+    assert seconds < 60, text
     assert "collide: interrupted" in text and "the run failed" not in text
     port = int(re.search(r"temporary Prefect server on 127\.0\.0\.1:(\d+)", text).group(1))
     assert port_free(port)
@@ -212,21 +220,11 @@ def test_a_run_stopped_under_its_jobs_ends_within_seconds_and_dask_says_nothing(
     """A SIGTERM to the run alone, while a job runs: it reaches no worker, so the run tells
     them (flows/runner.py). Before, each worker warned of its cancelled job and, still
     inside it, was killed by its nanny 4 s later with a warning of its own."""
-    log = tmp_path / "run.log"
-    with log.open("w") as out:
-        proc = subprocess.Popen([sys.executable, "-c", _INTERRUPTIBLE, *_run_argv(tiny_config, tmp_path)],
-                                env=_without_server(tmp_path), stdout=out, stderr=subprocess.STDOUT, cwd=PROJECT,
-                                start_new_session=True)
-        deadline = time.time() + 240
-        while "vertices (" not in log.read_text() and proc.poll() is None and time.time() < deadline:
-            time.sleep(0.2)  # a job's first progress line: its worker has started it
-        assert proc.poll() is None, log.read_text()
-        proc.send_signal(signal.SIGTERM)
-        stopped = time.time()
-        code = proc.wait(timeout=120)
-    text = log.read_text()
+    # Once a job's first progress line shows: its worker has started it.
+    code, seconds, text = _stopped_run(tiny_config, tmp_path, once="vertices (",
+                                       stop=lambda proc: proc.send_signal(signal.SIGTERM))
     assert code == 130 and "collide: interrupted" in text, text
-    assert time.time() - stopped < 60, text  # a bound for a loaded machine: 3 s here
+    assert seconds < 60, text  # a bound for a loaded machine: 3 s here
     # Neither a worker's log lines (Dask's own format) nor the nanny's (Prefect's), nor a traceback.
     assert not re.search(r" - distributed\.|\| (WARNING|ERROR) +\| distributed\.|Traceback", text), text
 
