@@ -334,11 +334,11 @@ if __name__ == "__main__":
     assert bad.returncode != 0 and (tmp_path / "count").read_text() == "1"  # refused once, not retried
 
 
-def test_an_existing_dask_scheduler_runs_the_same_jobs(server, fanned_out, tmp_path):
+def test_an_existing_dask_scheduler_runs_the_same_jobs(server, tiny_mnist, tmp_path):
     from distributed import LocalCluster
 
-    uninterrupted, _ = fanned_out
-    config = MnistExperiment.from_dict({**uninterrupted.to_dict(), "results_root": str(tmp_path / "remote")})
+    # One target, two jobs: enough to show where they ran (the fan-out above covers twenty).
+    config = _config(tiny_mnist, server["root"], "remote")
     # a cluster of its own, set up as docs/operations.md asks: workers know the Prefect API
     with LocalCluster(n_workers=1, threads_per_worker=1, processes=True, host="127.0.0.1",
                       dashboard_address=None, env={"PREFECT_API_URL": server["api"]}) as cluster:
@@ -347,11 +347,13 @@ def test_an_existing_dask_scheduler_runs_the_same_jobs(server, fanned_out, tmp_p
         out, _ = proc.communicate(timeout=400)
         assert proc.returncode == 0, out
         assert "Connecting to an existing Dask cluster" in out
-    _assert_same_rows(config, uninterrupted)
+    in_process = MnistExperiment.from_dict({**config.to_dict(), "results_root": str(tmp_path / "in-process")})
+    assert len(engine.run(mnist, config=in_process)["rows"]) == 2
+    _assert_same_rows(config, in_process)
     # the jobs ran as task runs of this flow run, reported to this server
     [run] = _post(server["api"], "flow_runs/filter", {  # the latest finished one, not a scheduled one
         "flows": {"name": {"any_": ["experiment"]}}, "flow_runs": {"state": {"type": {"any_": ["COMPLETED"]}}},
         "sort": "EXPECTED_START_TIME_DESC", "limit": 1})
     jobs = _post(server["api"], "task_runs/filter", {
         "flow_runs": {"id": {"any_": [run["id"]]}}, "task_runs": {"name": {"like_": "target-"}}})
-    assert len(jobs) == 20 and {j["state_type"] for j in jobs} == {"COMPLETED"}
+    assert len(jobs) == 2 and {j["state_type"] for j in jobs} == {"COMPLETED"}
