@@ -16,7 +16,6 @@ model, so that a table's numbers equal what a sceptic recomputes from the store:
 
 from __future__ import annotations
 
-import copy
 from dataclasses import dataclass, replace
 from typing import Any
 
@@ -24,6 +23,7 @@ import torch
 from torch import nn
 
 from collide.activations import RELU_SATURATION, Saturation
+from collide.copies import cast_copy
 from collide.errors import DataError
 from collide.objective import feature_rel_error, max_regime_violation
 from collide.sites import Site
@@ -128,7 +128,7 @@ def check_vertices(
     """
     if len(units) != len(vertices):
         raise DataError(f"{len(vertices)} vertices but {len(units)} pushed units")
-    net = copy.deepcopy(model).to(device).double().eval()
+    net = cast_copy(model).to(device).eval()
     finite = torch.isfinite(vertices.flatten(1)).all(1)
     site = site_of(net, layer, t_in := target.unsqueeze(0).to(device, torch.float64))
     pre = preactivation(net, torch.nan_to_num(vertices).to(device, torch.float64), site).cpu()

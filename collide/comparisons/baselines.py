@@ -23,7 +23,6 @@ eval mode, randomness comes from explicit seeds (``numpy.random.default_rng``,
 
 from __future__ import annotations
 
-import copy
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -41,6 +40,7 @@ from collide.comparisons.baseline_configs import (
     check_box,
     check_count,
 )
+from collide.copies import cast_copy
 from collide.errors import ConfigError, DataError, LayerError
 from collide.inputs import one_input, require_in_box
 from collide.objective import feature_rel_error, total_variation
@@ -234,7 +234,7 @@ def null_space_points(
     _require(0 < rank_rtol < 1, f"expected 0 < rank_rtol < 1, got {rank_rtol}")
     t = _check_point(target, "the target", lower, upper)
     wanted = np.resize(_check_distances(distances), n)
-    net = copy.deepcopy(model).float().eval()
+    net = cast_copy(model, torch.float32).eval()
     example = t.float()
     site = site_of(net, layer, example.unsqueeze(0))
     first = first_relu_layer(net, example)
@@ -327,7 +327,7 @@ def invert(
         raise ConfigError(f"a TV prior needs image inputs (C, H, W) or (H, W), got shape {tuple(t.shape)}: "
                           "set tv_weight=0")
     start = time.perf_counter()
-    net = copy.deepcopy(model).float().eval().requires_grad_(False).to(device)
+    net = cast_copy(model, torch.float32).eval().requires_grad_(False).to(device)
     site = site_of(net, layer, t.float().unsqueeze(0))
     x = x0.float().unsqueeze(0)
     if config.init_noise > 0:
@@ -355,7 +355,7 @@ def invert(
                 history[step] = loss.detach()
     point = x.detach().to("cpu", torch.float32)[0]
     with torch.no_grad():
-        net64 = copy.deepcopy(model).double().eval().to("cpu")
+        net64 = cast_copy(model).eval().to("cpu")
         t_pre = preactivation(net64, t.unsqueeze(0), site)
         errors = feature_rel_error(preactivation(net64, torch.stack([point.double(), x0]), site), t_pre,
                                    act=function_of(site))

@@ -63,7 +63,6 @@ References:
 
 from __future__ import annotations
 
-import copy
 import math
 import time
 from dataclasses import dataclass
@@ -77,6 +76,7 @@ import torch
 from torch import nn
 
 from collide.comparisons.frontier_config import FrontierConfig
+from collide.copies import cast_copy
 from collide.errors import DataError, LayerError
 from collide.inputs import require_finite, require_in_box
 from collide.objective import feature_rel_error
@@ -286,7 +286,7 @@ def closest_within(
     """
     _check(target, "target", None, config)
     _check(other, "other", target.shape, config)
-    net = copy.deepcopy(model).double().eval().requires_grad_(False)
+    net = cast_copy(model).eval().requires_grad_(False)
     t64 = target.detach().double()
     piece = affine_piece(net, layer, t64)
     if piece.region_jac.shape[0] != 0:

@@ -44,6 +44,7 @@ import torch.nn.functional as F
 from torch import nn
 from torch.overrides import TorchFunctionMode
 
+from collide.copies import cast_copy
 from collide.errors import LayerError
 from collide.piecewise.linearise import piecewise_events
 from collide.sites import HARDTANH, MAX_POOL, RELU, Event, Site, Stop, Watch, module_kind
@@ -309,7 +310,7 @@ def layered_net(model: nn.Module, layer: str | Site, target: torch.Tensor) -> La
         target: (*input), one example; d = target.numel()
     """
     start = time.perf_counter()
-    net = copy.deepcopy(model).double().eval().requires_grad_(False)
+    net = cast_copy(model).eval().requires_grad_(False)
     for m in net.modules():
         if getattr(m, "inplace", False):
             m.inplace = False  # type: ignore[attr-defined]

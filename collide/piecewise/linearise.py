@@ -31,7 +31,6 @@ float64 forward pass, and one that left the target's piece is reported as ``left
 from __future__ import annotations
 
 import contextlib
-import copy
 import math
 import threading
 import warnings
@@ -46,6 +45,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from collide.activations import Saturation
+from collide.copies import cast_copy
 from collide.errors import ConfigError, LayerError
 from collide.inputs import require_finite
 from collide.sites import ADAPTIVE_MAX_POOL, HARDTANH, LEAKY, NONLINEAR, RELU, SMOOTH, Event, Site, require_method
@@ -374,7 +374,7 @@ def affine_piece(model: nn.Module, layer: str | Site, target: torch.Tensor, *, m
     Shapes:
         target: (*input), d = target.numel()
     """
-    net = copy.deepcopy(model).double().eval().requires_grad_(False)
+    net = cast_copy(model).eval().requires_grad_(False)
     x0 = target.double().unsqueeze(0)
     site = site_of(net, layer, x0)
     require_method(site, "exact")  # the rows below model a ReLU collision layer

@@ -13,7 +13,6 @@ columns a polytope row has, so the two kinds sit side by side in one table, and
 
 from __future__ import annotations
 
-import copy
 from collections.abc import Collection
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -23,6 +22,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from collide.copies import cast_copy
 from collide.errors import InternalError
 from collide.inputs import require_finite
 from collide.models.zoo import load_model_source
@@ -110,7 +110,7 @@ def feature_errors(model: nn.Module, layer: str, points: torch.Tensor, target: t
 
     Shapes: points (n, *input); target (*input); returns (n,)
     """
-    net = copy.deepcopy(model).double().eval()
+    net = cast_copy(model).eval()
     site = site_of(net, layer, t_in := target.double().unsqueeze(0))
     t_pre = preactivation(net, t_in, site)
     act = function_of(site)
@@ -215,7 +215,7 @@ def verify_points(store: ExperimentStore, row: int, table: dict[str, Any] | None
     if metrics is None:
         return {"row": row, "problems": ["never evaluated"]}
     model = load_model_source(attrs["model_source"], trusted=trusted).eval()
-    net = copy.deepcopy(model).double()
+    net = cast_copy(model)
     points = torch.from_numpy(arrays["points"].astype(np.float64))
     target = torch.from_numpy(arrays["target"].astype(np.float64))
     t_post = preactivation(net, target[None], attrs["layer"]).clamp_min(0)

@@ -12,13 +12,13 @@ against the set rebuilt from the model (every row of it holds on the ball).
 
 from __future__ import annotations
 
-import copy
 from collections.abc import Collection, Sequence
 from typing import Any
 
 import numpy as np
 import torch
 
+from collide.copies import cast_copy
 from collide.models.zoo import load_model_source
 from collide.piecewise.collision_set import collision_set
 from collide.piecewise.linearise import affine_piece
@@ -58,7 +58,7 @@ def verify_row(store: ExperimentStore, row: int, table: dict[str, Any] | None = 
     if metrics is None:
         return {"row": row, "problems": ["never evaluated"]}
     model = load_model_source(attrs["model_source"], trusted=trusted).eval()
-    net = copy.deepcopy(model).double()
+    net = cast_copy(model)
     vertices = arrays["vertices"].astype(np.float64)
     weights = arrays.get("sample_weights")
     # The vertices a row's numbers rest on: those with sample weight, or, in a row with

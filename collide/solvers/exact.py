@@ -53,7 +53,6 @@ layer, an MLP off its ReLU kinks) nothing changes.
 
 from __future__ import annotations
 
-import copy
 import dataclasses
 import math
 import threading
@@ -69,6 +68,7 @@ from torch import nn
 
 from collide.activations import Saturation
 from collide.config import ExactConfig
+from collide.copies import cast_copy
 from collide.errors import ConfigError, DataError
 from collide.inputs import require_in_box
 from collide.objective import feature_rel_error, max_regime_violation
@@ -264,7 +264,7 @@ class _Check:
     would otherwise collect each other's calls)."""
 
     def __init__(self, model: nn.Module, site: Site, shape: torch.Size, region_tol: float) -> None:
-        self.net = copy.deepcopy(model).double().eval()
+        self.net = cast_copy(model).eval()
         self.site, self.shape, self.region_tol = site, shape, region_tol
         self.lock = threading.Lock()
 
