@@ -17,8 +17,11 @@ Imports nothing of Dask unless the process is already a Dask worker.
 from __future__ import annotations
 
 import os
+import queue
 import socket
 import sys
+import threading
+import time
 from collections.abc import Mapping
 from typing import Any
 from urllib.parse import urlsplit
@@ -112,16 +115,63 @@ def require_visible(paths: Mapping[str, str]) -> None:
 DASK_ADDRESS_ENV = "COLLIDE_DASK_ADDRESS"
 
 
-# How long a given scheduler has to accept a connection before the run is refused: a
-# wrong address otherwise cost Dask's own retries (44 s, two tracebacks, exit 1) and left
-# a run record with no store behind (a new user's trial).
+# How long a given scheduler has to accept a connection, its name's lookup included, before
+# the run is refused: a wrong address otherwise cost Dask's own retries (44 s, two
+# tracebacks, exit 1) and left a run record with no store behind (a new user's trial).
 SCHEDULER_CONNECT_S = 10.0
+
+
+def _addresses(host: str, port: int, timeout: float) -> list[tuple[Any, ...]]:
+    """``host``'s addresses for a TCP connection to ``port`` (``socket.getaddrinfo``), looked
+    up on a thread of its own: the lookup takes no timeout, and a resolver that does not
+    answer would otherwise hold the run for as long as it likes.
+
+    Raises:
+        OSError: the lookup failed, or took more than ``timeout`` seconds (its thread is left
+            to end on its own).
+    """
+    found: queue.Queue[list[tuple[Any, ...]] | OSError] = queue.Queue()
+
+    def look_up() -> None:
+        try:
+            found.put(socket.getaddrinfo(host, port, type=socket.SOCK_STREAM))
+        except OSError as exc:
+            found.put(exc)
+
+    threading.Thread(target=look_up, name="collide-scheduler-lookup", daemon=True).start()
+    try:
+        got = found.get(timeout=timeout)
+    except queue.Empty:
+        raise OSError(f"looking up {host} took over {timeout:g} s") from None
+    if isinstance(got, OSError):
+        raise got
+    return got
+
+
+def _connect(host: str, port: int, timeout: float) -> None:
+    """Open and close a TCP connection to ``host:port`` within ``timeout`` seconds in all,
+    trying each of its addresses in turn. Raises: OSError where none accepts it."""
+    deadline = time.monotonic() + timeout
+    error: OSError = OSError(f"{host} has no address")
+    for family, kind, proto, _, address in _addresses(host, port, timeout):
+        left = deadline - time.monotonic()
+        if left <= 0:
+            raise OSError(f"no connection within {timeout:g} s")
+        try:
+            with socket.socket(family, kind, proto) as sock:
+                sock.settimeout(left)
+                sock.connect(address)
+            return
+        except OSError as exc:
+            error = exc
+    raise error
 
 
 def require_scheduler(address: str, where: str) -> None:
     """Refuse a ``tcp://host:port`` Dask scheduler address that nothing accepts connections
-    on, before any work; ``where`` names where it came from (a flag, a variable). Other
-    schemes (tls, ucx) are left to Dask.
+    on within ``SCHEDULER_CONNECT_S`` (its name's lookup included), before any work;
+    ``where`` names where it came from (a flag, a variable). Other schemes (tls, ucx) are
+    left to Dask.
 
     Raises:
         ConfigError: naming the address, where it came from and the ways round it.
@@ -137,8 +187,7 @@ def require_scheduler(address: str, where: str) -> None:
         raise ConfigError(f"{where} {address!r}: expected tcp://HOST:PORT (a Dask scheduler's address, e.g. "
                           "tcp://10.0.0.5:8786)")
     try:
-        with socket.create_connection((host, port), timeout=SCHEDULER_CONNECT_S):
-            pass
+        _connect(host, port, SCHEDULER_CONNECT_S)
     except OSError as exc:
         raise ConfigError(f"no Dask scheduler answers at {address} ({where}: {exc.strerror or exc}): start one there "
                           "(`dask scheduler`, with workers that see this machine's files), or drop the address to "

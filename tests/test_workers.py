@@ -3,6 +3,7 @@ cannot see the shared files, and thread pools sized by the worker's share of the
 No cluster here: the worker is a stand-in with the attributes collide reads."""
 
 import os
+import threading
 from pathlib import Path
 from types import SimpleNamespace
 
@@ -118,3 +119,31 @@ def test_a_worker_that_cannot_see_the_results_root_writes_nothing(monkeypatch, t
     with pytest.raises(DataError, match=r"^this process \(host .*\) cannot see the results root at .*gone"):
         engine.run_job(mnist_module, job("j", [0]), {"inputs": {}}, config=config)
     assert not (tmp_path / "gone").exists()
+
+
+def test_a_scheduler_address_is_refused_within_its_limit_even_where_the_name_lookup_hangs(monkeypatch):
+    import socket
+    import time
+
+    from collide.errors import ConfigError
+
+    with socket.create_server(("127.0.0.1", 0)) as server:  # something listening: accepted, by name too
+        port = server.getsockname()[1]
+        workers.require_scheduler(f"tcp://127.0.0.1:{port}", "--dask-address")
+        workers.require_scheduler(f"tcp://localhost:{port}", "--dask-address")
+    released = threading.Event()
+
+    def resolver_that_does_not_answer(*args, **kwargs):
+        released.wait(30)  # a resolver's own timeout can be far longer than the limit
+        raise socket.gaierror(socket.EAI_AGAIN, "Temporary failure in name resolution")
+
+    monkeypatch.setattr(workers, "SCHEDULER_CONNECT_S", 0.3)
+    monkeypatch.setattr(socket, "getaddrinfo", resolver_that_does_not_answer)
+    start = time.monotonic()
+    try:
+        with pytest.raises(ConfigError, match=r"no Dask scheduler answers at tcp://sched\.example:8786 "
+                                              r"\(COLLIDE_DASK_ADDRESS: looking up sched\.example took over 0\.3 s\)"):
+            workers.require_scheduler("tcp://sched.example:8786", "COLLIDE_DASK_ADDRESS")
+    finally:
+        released.set()
+    assert time.monotonic() - start < 5
