@@ -16,15 +16,26 @@ import torch
 from torch import nn
 
 
-def cast_copy(model: nn.Module, dtype: torch.dtype = torch.float64) -> nn.Module:
-    """A deep copy of ``model`` whose floating-point parameters and buffers are ``dtype``:
-    what ``copy.deepcopy(model).to(dtype)`` gives (other tensors copied as they are, each
-    parameter's ``requires_grad`` kept, weights tied in ``model`` tied in the copy), with no
-    tensor shared with ``model``, even where it is ``dtype`` already."""
+def cast_copy(model: nn.Module, dtype: torch.dtype = torch.float64, *, device: torch.device | str | None = None
+              ) -> nn.Module:
+    """A deep copy of ``model`` whose floating-point parameters and buffers are ``dtype`` (and
+    on ``device`` where it is given): what ``copy.deepcopy(model).to(device, dtype)`` gives
+    (other tensors copied as they are, each parameter's class and ``requires_grad`` kept,
+    weights tied in ``model`` tied in the copy), with no tensor shared with ``model``, even
+    where it is ``dtype`` already.
+
+    A model with parameters not yet initialised (lazy modules) is copied and then cast: they
+    have no values to cast. The copy is cast once more at the end, which costs nothing where
+    every weight is cast already, for a module whose own ``__deepcopy__`` does not use the
+    weights cast here."""
+    tensors = [*model.parameters(), *model.buffers()]
+    if any(nn.parameter.is_lazy(t) for t in tensors):
+        return copy.deepcopy(model).to(device=device, dtype=dtype)
     memo: dict[int, object] = {}
-    for t in [*model.parameters(), *model.buffers()]:
+    for t in tensors:
         if id(t) in memo:
             continue
-        data = t.detach().to(dtype if t.is_floating_point() else t.dtype, copy=True)
-        memo[id(t)] = nn.Parameter(data, requires_grad=t.requires_grad) if isinstance(t, nn.Parameter) else data
-    return copy.deepcopy(model, memo)
+        data = t.detach().to(device=device, dtype=dtype if t.is_floating_point() else t.dtype, copy=True)
+        # As torch's own deep copy of a parameter makes it: its class, its requires_grad.
+        memo[id(t)] = type(t)(data, t.requires_grad) if isinstance(t, nn.Parameter) else data
+    return copy.deepcopy(model, memo).to(device=device, dtype=dtype)

@@ -128,7 +128,7 @@ def check_vertices(
     """
     if len(units) != len(vertices):
         raise DataError(f"{len(vertices)} vertices but {len(units)} pushed units")
-    net = cast_copy(model).to(device).eval()
+    net = cast_copy(model, device=device).eval()
     finite = torch.isfinite(vertices.flatten(1)).all(1)
     site = site_of(net, layer, t_in := target.unsqueeze(0).to(device, torch.float64))
     pre = preactivation(net, torch.nan_to_num(vertices).to(device, torch.float64), site).cpu()

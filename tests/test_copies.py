@@ -32,6 +32,7 @@ def test_a_cast_copy_is_what_a_deep_copy_cast_gives_and_shares_nothing(dtype):
     got, want = cast_copy(model, dtype), copy.deepcopy(model).to(dtype)
 
     assert got.state_dict().keys() == want.state_dict().keys()
+    assert dict(got.named_buffers()).keys() == dict(want.named_buffers()).keys()  # buffers stay buffers
     for key, value in got.state_dict().items():
         assert value.dtype == want.state_dict()[key].dtype and torch.equal(value, want.state_dict()[key]), key
     assert got.norm.num_batches_tracked.dtype == torch.int64
@@ -51,3 +52,45 @@ def test_a_cast_copy_is_what_a_deep_copy_cast_gives_and_shares_nothing(dtype):
     for key, value in model.state_dict().items():
         assert value.dtype == before[key].dtype and torch.equal(value, before[key]), key
     assert model.training
+
+
+class _Tagged(nn.Parameter):
+    """A parameter class of a user's own."""
+
+
+class _OwnCopy(nn.Module):
+    """A module whose own deep copy ignores the memo it is given."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.weight = _Tagged(torch.randn(3, 4))
+
+    def __deepcopy__(self, memo):
+        fresh = _OwnCopy()
+        fresh.weight = _Tagged(self.weight.detach().clone())
+        return fresh
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return x @ self.weight.T
+
+
+def test_a_cast_copy_keeps_a_parameters_class_and_casts_a_module_that_copies_itself_its_own_way():
+    torch.manual_seed(0)
+    model = nn.Sequential(_OwnCopy(), nn.ReLU())
+    got = cast_copy(model)
+    assert type(got[0].weight) is _Tagged and got[0].weight.dtype == torch.float64
+    assert torch.equal(got[0].weight, model[0].weight.double())
+    tagged = nn.Linear(4, 3)
+    tagged.weight = _Tagged(torch.randn(3, 4))
+    assert type(cast_copy(tagged).weight) is _Tagged
+
+
+def test_a_model_with_lazy_modules_is_copied_before_and_after_they_are_initialised():
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.LazyLinear(3), nn.ReLU())
+    lazy = cast_copy(model)  # nothing to cast yet: the copy runs in float64 from its first call
+    x = torch.randn(2, 5, dtype=torch.float64)
+    assert lazy(x).dtype == torch.float64 and nn.parameter.is_lazy(next(model.parameters()))
+    model(torch.randn(2, 5))  # the caller's model initialised in float32
+    got = cast_copy(model)
+    assert got[0].weight.dtype == torch.float64 and torch.equal(got[0].weight, model[0].weight.double())
