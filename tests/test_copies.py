@@ -18,6 +18,7 @@ class _Tied(nn.Module):
         self.head = nn.Linear(6, 3, bias=False).requires_grad_(False)
         self.tail = self.embed  # the same module twice: one copy of it
         self.norm = nn.BatchNorm1d(6)
+        self.register_buffer("phase", torch.randn(6, dtype=torch.complex64))  # stays complex
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.head(self.norm(self.back(self.tail(x))))
@@ -29,13 +30,14 @@ def test_a_cast_copy_is_what_a_deep_copy_cast_gives_and_shares_nothing(dtype):
     model = _Tied().train()
     model.norm(torch.randn(8, 6))  # running statistics and the batch count (int64) move
     before = {k: v.clone() for k, v in model.state_dict().items()}
-    got, want = cast_copy(model, dtype), copy.deepcopy(model).to(dtype)
+    got = cast_copy(model, dtype)
+    want = copy.deepcopy(model).double() if dtype == torch.float64 else copy.deepcopy(model).float()
 
     assert got.state_dict().keys() == want.state_dict().keys()
     assert dict(got.named_buffers()).keys() == dict(want.named_buffers()).keys()  # buffers stay buffers
     for key, value in got.state_dict().items():
         assert value.dtype == want.state_dict()[key].dtype and torch.equal(value, want.state_dict()[key]), key
-    assert got.norm.num_batches_tracked.dtype == torch.int64
+    assert got.norm.num_batches_tracked.dtype == torch.int64 and got.phase.dtype == torch.complex64
     assert got.tail is got.embed and got.back.weight is got.embed.weight  # shared and tied stay so
     assert got.head.weight.requires_grad is False and got.embed.weight.requires_grad is True
     assert isinstance(got.embed.weight, nn.Parameter) and got.training
