@@ -327,7 +327,7 @@ def invert(
         raise ConfigError(f"a TV prior needs image inputs (C, H, W) or (H, W), got shape {tuple(t.shape)}: "
                           "set tv_weight=0")
     start = time.perf_counter()
-    net = cast_copy(model, torch.float32).eval().requires_grad_(False).to(device)
+    net = cast_copy(model, torch.float32, device=device).eval().requires_grad_(False)
     site = site_of(net, layer, t.float().unsqueeze(0))
     x = x0.float().unsqueeze(0)
     if config.init_noise > 0:
@@ -355,7 +355,7 @@ def invert(
                 history[step] = loss.detach()
     point = x.detach().to("cpu", torch.float32)[0]
     with torch.no_grad():
-        net64 = cast_copy(model).eval().to("cpu")
+        net64 = cast_copy(model, device="cpu").eval()
         t_pre = preactivation(net64, t.unsqueeze(0), site)
         errors = feature_rel_error(preactivation(net64, torch.stack([point.double(), x0]), site), t_pre,
                                    act=function_of(site))
