@@ -143,3 +143,24 @@ def one_blas_thread() -> Iterator[None]:
         with _lock:
             _open["sections"] -= 1
             _set_pools()
+
+
+@contextmanager
+def torch_threads_kept() -> Iterator[None]:
+    """Run the block, then give torch back the thread count it had in this thread.
+
+    For blocks that run numba's parallel code (pynndescent's index): numba's OpenMP layer,
+    when it first launches its threads in a process, sets their count (a thread per core
+    by default) with ``omp_set_num_threads`` in the calling thread, in the libgomp that
+    torch loaded, and torch reads its own count there. Building an index left torch on 2
+    threads where the caller had 1, for the rest of the process: in the test suite, the
+    scans of test_audit.py took 150 s of CPU in a process that had built one before, 17 s
+    in one that had not.
+    """
+    saved = torch.get_num_threads()
+    try:
+        yield
+    finally:
+        if torch.get_num_threads() != saved:
+            torch.set_num_threads(saved)
+

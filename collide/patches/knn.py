@@ -26,6 +26,7 @@ from collide.patches.index_file import (
     read_index_file,
     write_index_file,
 )
+from collide.threads import torch_threads_kept
 
 # Raised with each change to what a saved index holds, so older files are rebuilt.
 # 3: shard items are named by their first row in the whole store (distinct across shards).
@@ -143,8 +144,13 @@ class _BruteForce:
 def _nndescent_options(config: KnnConfig, n: int) -> dict[str, Any]:
     """NNDescent's keyword arguments for ``n`` vectors; a 0 in the config leaves
     pynndescent's default, which depends on ``n``."""
+    import numba  # loaded with pynndescent already
+
+    # numba refuses more threads than its pool holds (a thread per core unless
+    # NUMBA_NUM_THREADS says otherwise): the default of 2 would fail on one core.
     options: dict[str, Any] = {"n_neighbors": min(config.n_neighbors, n - 1), "random_state": config.seed,
-                               "n_jobs": config.n_jobs, "low_memory": config.low_memory}
+                               "n_jobs": min(config.n_jobs, numba.config.NUMBA_NUM_THREADS),
+                               "low_memory": config.low_memory}
     for name in ("n_trees", "n_iters", "max_candidates"):
         if getattr(config, name):
             options[name] = getattr(config, name)
@@ -235,8 +241,9 @@ class PatchIndex:
             if brute:
                 nn: Any = _BruteForce(vectors)
             else:
-                nn = NNDescent(vectors, **_nndescent_options(config, len(vectors)))
-                nn.prepare()
+                with torch_threads_kept():  # numba's threads are set where torch reads its own
+                    nn = NNDescent(vectors, **_nndescent_options(config, len(vectors)))
+                    nn.prepare()
             indexes.append(nn)
             rows.append(lo + first.astype(np.int64))
             # Fingerprints, not the patches, are kept across shards: memory stays one
@@ -387,7 +394,8 @@ def _query_shards(shards: Iterable[_Shard], queries: np.ndarray, k: int, *, mean
     found_i, found_d = [], []
     for shard in shards:
         kk = min(want, len(shard.ids))
-        i, d = shard.index.query(q, k=kk, epsilon=config.epsilon)
+        with torch_threads_kept():
+            i, d = shard.index.query(q, k=kk, epsilon=config.epsilon)
         found_i.append(shard.ids[i])
         found_d.append(d)
         # The loop name would hold this shard while a lazy source reads the next.

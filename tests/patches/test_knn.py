@@ -1,5 +1,7 @@
+import numba
 import numpy as np
 import pytest
+import torch
 
 from collide.config import KnnConfig
 from collide.errors import ConfigError, DataError
@@ -226,10 +228,40 @@ def test_nndescent_options_reach_pynndescent_and_keep_recall():
     index = PatchIndex.build(corpus, config=config)
     nn = index.shards[0].index
     assert (nn.n_neighbors, nn.n_trees, nn.n_iters, nn.max_candidates, nn.low_memory, nn.n_jobs) == (
-        12, 3, 4, 8, False, 2)
+        12, 3, 4, 8, False, min(2, numba.config.NUMBA_NUM_THREADS))
     _, dist = index.query(q, 10)
     _, exact = exact_knn(q, corpus, 10, rows=index.items)
     assert recall_at_k(dist, exact) >= RECALL_MIN
+
+
+def test_pynndescent_gets_at_most_the_threads_numba_holds(monkeypatch):
+    # On one core numba holds one thread, and the default n_jobs=2 was refused.
+    monkeypatch.setattr(numba.config, "NUMBA_NUM_THREADS", 1)
+    index = PatchIndex.build(_corpus(500), config=KnnConfig(method="pynndescent", n_jobs=2))
+    assert index.shards[0].index.n_jobs == 1
+
+
+def test_building_and_querying_an_index_leave_torchs_thread_count_alone(monkeypatch):
+    # numba's first launch of its OpenMP threads in a process sets their count where torch
+    # reads its own (torch's 1 became numba's 2 on this 2-core machine). This process
+    # launched them already, so each of pynndescent's calls to numba.set_num_threads
+    # stands in for that launch here.
+    real = numba.set_num_threads
+
+    def launching(n):
+        real(n)
+        torch.set_num_threads(n + 5)
+
+    monkeypatch.setattr(numba, "set_num_threads", launching)
+    saved = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        index = PatchIndex.build(_corpus(500), config=KnnConfig(method="pynndescent", n_jobs=1))
+        assert torch.get_num_threads() == 1
+        index.query(as_vectors(_corpus(20, seed=1)), 5)
+        assert torch.get_num_threads() == 1
+    finally:
+        torch.set_num_threads(saved)
 
 
 def test_the_default_index_is_deterministic():
