@@ -104,15 +104,15 @@ def test_a_dataset_and_a_dataloader_scan_like_the_batch(scanned):
 def test_exact_sets_measured_side_by_side_are_the_ones_measured_one_at_a_time(tmp_path):
     x, y = _data()
     config = ScanConfig(n_vertices=3, gradient=collide.GradientConfig(max_steps=1000), chunk=4, certify=2)
-    one, two = (collide.scan(_model(), "2", x, labels=y, config=dataclasses.replace(config, threads=n))
-                for n in (1, 2))
+    one = collide.scan(_model(), "2", x, labels=y, config=dataclasses.replace(config, threads=1), store=tmp_path)
+    stamps = {p.name: p.stat().st_mtime_ns for p in tmp_path.iterdir()}
+    two = collide.scan(_model(), "2", x, labels=y, config=dataclasses.replace(config, threads=2))
     pd.testing.assert_frame_equal(one, two)
     assert one["exact"].all() and (one["width_directions"] > 0).sum() == 4
     # The thread count is not part of a stored chunk's key: a rerun with another reads it back.
-    collide.scan(_model(), "2", x, labels=y, config=dataclasses.replace(config, threads=1), store=tmp_path)
-    stamps = {p.name: p.stat().st_mtime_ns for p in tmp_path.iterdir()}
-    collide.scan(_model(), "2", x, labels=y, config=dataclasses.replace(config, threads=2), store=tmp_path)
+    again = collide.scan(_model(), "2", x, labels=y, config=dataclasses.replace(config, threads=2), store=tmp_path)
     assert {p.name: p.stat().st_mtime_ns for p in tmp_path.iterdir()} == stamps
+    pd.testing.assert_frame_equal(again, one)
 
 
 def test_kept_centres_are_each_sets_ball_and_a_stored_chunk_keeps_them(tmp_path):
