@@ -56,6 +56,20 @@ def pytest_collection_modifyitems(config, items):
             item.add_marker(skip)
 
 
+_TORCH_THREADS = torch.get_num_threads()  # the process's own: one under `make test`
+
+
+@pytest.fixture(autouse=True)
+def _torch_threads_as_found():
+    """Fail a test (or a fixture it set up) that leaves torch on another thread count: every
+    later test in its worker would run on it (a patch index's numba launch once left a
+    worker on 2 threads, and test_audit.py then took 150 s of CPU instead of 17)."""
+    yield
+    if (now := torch.get_num_threads()) != _TORCH_THREADS:
+        torch.set_num_threads(_TORCH_THREADS)
+        pytest.fail(f"torch was left on {now} threads; the process started on {_TORCH_THREADS}")
+
+
 @pytest.fixture(scope="session")
 def tiny_mnist(tmp_path_factory) -> Path:
     return synthetic_mnist(tmp_path_factory.mktemp("mnist"))
