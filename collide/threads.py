@@ -163,4 +163,3 @@ def torch_threads_kept() -> Iterator[None]:
     finally:
         if torch.get_num_threads() != saved:
             torch.set_num_threads(saved)
-
