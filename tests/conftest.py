@@ -13,6 +13,11 @@ if os.environ.get("PYTEST_XDIST_WORKER"):
     # pynndescent asks it for n_jobs threads, and tests set n_jobs=2.)
     for _var in ("OMP_NUM_THREADS", "MKL_NUM_THREADS"):
         os.environ.setdefault(_var, "1")
+    # numpy's OpenBLAS read its count before this file ran (zarr's pytest plugin imports
+    # numpy) and started a thread per core: the pools already loaded get the same count.
+    import threadpoolctl
+
+    threadpoolctl.threadpool_limits(int(os.environ["OMP_NUM_THREADS"]))
 import torch  # noqa: E402
 
 # Prefect's environment defaults (a generous temporary-server start-up among them) for
