@@ -2,7 +2,7 @@ import threading
 
 import pytest
 import torch
-from threadpoolctl import threadpool_info
+from threadpoolctl import ThreadpoolController, threadpool_info
 
 from collide import threads
 from collide.errors import ConfigError
@@ -117,6 +117,8 @@ def test_a_section_closing_before_a_job_in_another_thread_leaves_the_jobs_count_
     """BLAS's count is the process's. (An OpenMP pool's is per thread: the section's thread
     keeps the job's count it was given as the section closed, as it always did.)"""
     torch_before, blas_before = torch.get_num_threads(), blas()
+    pools = [lib for lib in ThreadpoolController().lib_controllers if lib.user_api == "openmp"]
+    pools_before = [lib.num_threads for lib in pools]
     section_closed, job_open, seen = threading.Event(), threading.Event(), {}
 
     def job() -> None:
@@ -135,7 +137,11 @@ def test_a_section_closing_before_a_job_in_another_thread_leaves_the_jobs_count_
     assert set(seen["blas in the section during the job"]) <= {3}
     assert set(seen["blas in the job after the section closed"]) <= {3}
     assert blas() == blas_before
-    torch.set_num_threads(torch_before)  # this thread's OpenMP count, left at the job's: see above
+    # This thread's OpenMP counts, left at the job's (see above), back as they were: the
+    # rest of the process's tests would otherwise run those pools on 3 threads.
+    torch.set_num_threads(torch_before)
+    for lib, n in zip(pools, pools_before, strict=True):
+        lib.set_num_threads(n)
 
 
 def test_a_section_opened_in_another_thread_during_a_job_gives_that_thread_the_jobs_openmp_count():
