@@ -241,7 +241,9 @@ class PatchIndex:
             if brute:
                 nn: Any = _BruteForce(vectors)
             else:
-                with torch_threads_kept():  # numba's threads are set where torch reads its own
+                # numba launches its threads here (a prepared index's queries run serially),
+                # and sets their count where torch reads its own.
+                with torch_threads_kept():
                     nn = NNDescent(vectors, **_nndescent_options(config, len(vectors)))
                     nn.prepare()
             indexes.append(nn)
@@ -394,8 +396,7 @@ def _query_shards(shards: Iterable[_Shard], queries: np.ndarray, k: int, *, mean
     found_i, found_d = [], []
     for shard in shards:
         kk = min(want, len(shard.ids))
-        with torch_threads_kept():
-            i, d = shard.index.query(q, k=kk, epsilon=config.epsilon)
+        i, d = shard.index.query(q, k=kk, epsilon=config.epsilon)
         found_i.append(shard.ids[i])
         found_d.append(d)
         # The loop name would hold this shard while a lazy source reads the next.
