@@ -17,7 +17,13 @@ if os.environ.get("PYTEST_XDIST_WORKER"):
     # numpy) and started a thread per core: the pools already loaded get the same count.
     import threadpoolctl
 
-    threadpoolctl.threadpool_limits(int(os.environ["OMP_NUM_THREADS"]))
+    if os.environ["OMP_NUM_THREADS"].isdigit():  # "4,2" (nested levels) is left alone
+        threadpoolctl.threadpool_limits(int(os.environ["OMP_NUM_THREADS"]))
+        # threadpoolctl 3.8 lets only the thread that last set OpenBLAS's count set it
+        # again: collide.threads' blocks, opened from any thread, must be able to.
+        release = getattr(getattr(threadpoolctl, "OpenBLASController", None), "clear_controlling_thread", None)
+        if release is not None:
+            release()
 import torch  # noqa: E402
 
 # Prefect's environment defaults (a generous temporary-server start-up among them) for
@@ -61,18 +67,18 @@ def pytest_collection_modifyitems(config, items):
             item.add_marker(skip)
 
 
-_TORCH_THREADS = torch.get_num_threads()  # the process's own: one under `make test`
+_TORCH_THREADS = torch.get_num_threads()  # as the tests start: one under `make test`
 
 
 @pytest.fixture(autouse=True)
 def _torch_threads_as_found():
-    """Fail a test (or a fixture it set up) that leaves torch on another thread count: every
+    """Error a test (or a fixture it set up) that leaves torch on another thread count: every
     later test in its worker would run on it (a patch index's numba launch once left a
     worker on 2 threads, and test_audit.py then took 150 s of CPU instead of 17)."""
     yield
     if (now := torch.get_num_threads()) != _TORCH_THREADS:
         torch.set_num_threads(_TORCH_THREADS)
-        pytest.fail(f"torch was left on {now} threads; the process started on {_TORCH_THREADS}")
+        pytest.fail(f"torch was left on {now} threads; the tests started on {_TORCH_THREADS}")
 
 
 @pytest.fixture(scope="session")
