@@ -572,15 +572,16 @@ class ExperimentStore:
         return list(dict.fromkeys([*self._known_outputs(), *self._recorded_outputs()]))
 
     def leftovers(self) -> list[Path]:
-        """What killed writers of the experiment left under ``root``: half-built row groups
-        and replaced rows in ``.tmp``, and the temporaries of its :meth:`outputs`
+        """What killed writers of the experiment left under ``root``: half-built row groups,
+        half-added stage keys and replaced rows in ``.tmp``, and the temporaries of its :meth:`outputs`
         (``.<name>-vertices-xxxxxxxx.png``).
 
         Names are matched exactly, so nothing of an experiment called ``mnist-targets`` is
         taken for a leftover of ``mnist``. Remove them only while holding :meth:`lock`.
         """
         name = re.escape(self.name)
-        scratch = re.compile(rf"{name}-(row-\d+-[a-z0-9_]{{8}}|old-[0-9a-f]{{32}})")
+        # row-N-xxxxxxxx: a row being written; row-N-attrs-xxxxxxxx: a stage key being added.
+        scratch = re.compile(rf"{name}-(row-\d+-(attrs-)?[a-z0-9_]{{8}}|old-[0-9a-f]{{32}})")
         tmp_dir = self.root / ".tmp"
         found = [p for p in tmp_dir.iterdir() if scratch.fullmatch(p.name)] if tmp_dir.is_dir() else []
         if self.root.is_dir():

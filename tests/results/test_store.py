@@ -106,7 +106,8 @@ def test_leftovers_of_a_killed_writer_are_found_by_exact_name(tmp_path):
     """Half-built rows, set-aside rows and output temporaries of ``e`` go; those of an
     experiment called ``e-targets`` (a prefix match) and real outputs stay."""
     scratch = tmp_path / ".tmp"
-    mine = [scratch / "e-row-0-abcd_123", scratch / f"e-old-{'a' * 32}", tmp_path / ".e-vertices-0123abcd.png",
+    mine = [scratch / "e-row-0-abcd_123", scratch / "e-row-4-attrs-qmyzpkyl", scratch / f"e-old-{'a' * 32}",
+            tmp_path / ".e-vertices-0123abcd.png",
             tmp_path / ".e-89abcdef.parquet", tmp_path / ".e.outputs-00000000.json"]
     theirs = [scratch / "e-targets-row-0-abcd_123", tmp_path / ".e-targets-0123abcd.parquet",
               tmp_path / "e.parquet", tmp_path / ".e-vertices-notatemp.png"]
