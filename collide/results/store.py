@@ -134,6 +134,35 @@ def _attrs_digest(attrs: Mapping[str, Any]) -> str:
 
 
 @dataclass(frozen=True)
+class _Scratch:
+    """The folders writers of experiment ``name`` make in ``<root>/.tmp``, named and
+    recognised in this one place, so that a rerun clears exactly what a killed writer left:
+    ``<name>-row-N-xxxxxxxx`` (a row being written), ``<name>-row-N-attrs-xxxxxxxx`` (a stage
+    key being added) and ``<name>-old-<32 hex>`` (a replaced row on its way out).
+    """
+
+    root: Path
+    name: str
+
+    @property
+    def dir(self) -> Path:
+        return self.root / ".tmp"
+
+    def make(self, row: int, *, attrs: bool = False) -> Path:
+        self.dir.mkdir(parents=True, exist_ok=True)
+        prefix = f"{self.name}-row-{row}-" + ("attrs-" if attrs else "")
+        return Path(tempfile.mkdtemp(dir=self.dir, prefix=prefix))
+
+    def trash(self) -> Path:
+        return self.dir / f"{self.name}-old-{uuid.uuid4().hex}"
+
+    def found(self) -> list[Path]:
+        # mkdtemp's suffix is 8 of [a-z0-9_]; uuid4().hex, 32 hex digits.
+        pattern = re.compile(rf"{re.escape(self.name)}-(row-\d+-(attrs-)?[a-z0-9_]{{8}}|old-[0-9a-f]{{32}})")
+        return sorted(p for p in self.dir.iterdir() if pattern.fullmatch(p.name)) if self.dir.is_dir() else []
+
+
+@dataclass(frozen=True)
 class ExperimentStore:
     """Where experiment ``name`` keeps everything under ``root``, and how it reads and writes it.
 
@@ -164,6 +193,10 @@ class ExperimentStore:
         return cls(Path(config.results_root), config.name, tuple(declared))
 
     # Paths ------------------------------------------------------------------------------
+
+    @property
+    def _scratch(self) -> _Scratch:
+        return _Scratch(self.root, self.name)
 
     @property
     def path(self) -> Path:
@@ -293,9 +326,7 @@ class ExperimentStore:
             old_files = dict(old_attrs[MANIFEST]["files"])
             merged_attrs.update(old_attrs)
         merged_attrs.update(jsonable(dict(attrs)))
-        scratch = self.root / ".tmp"
-        scratch.mkdir(parents=True, exist_ok=True)
-        tmp = Path(tempfile.mkdtemp(dir=scratch, prefix=f"{self.name}-{name}-"))
+        tmp = self._scratch.make(row)
         try:
             group = zarr.open_group(tmp / name, mode="w")
             for key in carried:
@@ -311,7 +342,7 @@ class ExperimentStore:
             # One write of zarr.json: ``attrs.update`` rewrites it once per key (30 a row).
             group.attrs.put({**merged_attrs, MANIFEST: manifest})
             if final.exists():
-                trash = scratch / f"{self.name}-old-{uuid.uuid4().hex}"
+                trash = self._scratch.trash()
                 os.replace(final, trash)
                 os.replace(tmp / name, final)
                 shutil.rmtree(trash, ignore_errors=True)
@@ -333,9 +364,7 @@ class ExperimentStore:
         merged = {k: v for k, v in old.items() if k != MANIFEST}
         merged.update(jsonable(dict(attrs)))
         manifest = {**old[MANIFEST], ATTRS_KEY: _attrs_digest(merged)}
-        scratch = self.root / ".tmp"
-        scratch.mkdir(parents=True, exist_ok=True)
-        tmp = Path(tempfile.mkdtemp(dir=scratch, prefix=f"{self.name}-row-{row}-attrs-"))
+        tmp = self._scratch.make(row, attrs=True)
         try:
             shutil.copy2(final / "zarr.json", tmp / "zarr.json")
             zarr.open_group(tmp, mode="r+").attrs.put({**merged, MANIFEST: manifest})
@@ -579,11 +608,7 @@ class ExperimentStore:
         Names are matched exactly, so nothing of an experiment called ``mnist-targets`` is
         taken for a leftover of ``mnist``. Remove them only while holding :meth:`lock`.
         """
-        name = re.escape(self.name)
-        # row-N-xxxxxxxx: a row being written; row-N-attrs-xxxxxxxx: a stage key being added.
-        scratch = re.compile(rf"{name}-(row-\d+-(attrs-)?[a-z0-9_]{{8}}|old-[0-9a-f]{{32}})")
-        tmp_dir = self.root / ".tmp"
-        found = [p for p in tmp_dir.iterdir() if scratch.fullmatch(p.name)] if tmp_dir.is_dir() else []
+        found = self._scratch.found()
         if self.root.is_dir():
             for output in self.outputs():
                 pattern = temporary_name(output)

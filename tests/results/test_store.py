@@ -119,6 +119,17 @@ def test_leftovers_of_a_killed_writer_are_found_by_exact_name(tmp_path):
     assert not any(p.exists() for p in mine) and all(p.exists() for p in theirs)
 
 
+def test_every_scratch_folder_a_writer_makes_is_a_leftover_of_its_experiment_only(tmp_path):
+    """The names write_row and update_attrs give their scratch are the names leftovers()
+    looks for (they once were spelled apart, and a stage key's scratch outlived reruns)."""
+    mine, theirs = store._Scratch(tmp_path, "e"), store._Scratch(tmp_path, "e-targets")
+    made = [mine.make(0), mine.make(12, attrs=True), mine.trash()]
+    made[-1].mkdir()
+    other = [theirs.make(0), theirs.make(12, attrs=True)]
+    assert mine.found() == sorted(made) and ExperimentStore(tmp_path, "e").leftovers() == sorted(made)
+    assert theirs.found() == sorted(other)
+
+
 @pytest.mark.parametrize("umask", [0o022, 0o077])
 def test_outputs_follow_the_umask(tmp_path, umask):
     old = os.umask(umask)
