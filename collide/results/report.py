@@ -176,10 +176,25 @@ def summary(frame: pd.DataFrame) -> str:
         for flag in row_flags(rec):
             flagged[flag] = flagged.get(flag, 0) + 1
     parts += [f"FLAGGED {flag_text(f)}: {_rows(n)}" for f, n in flagged.items()]
-    errors = frame["max_feature_rel_error"].astype(float).dropna()
-    if len(errors):
-        parts.append(f"largest feature error (valid vertices) {errors.max():.2e}")
+    errors = _largest_errors(frame)
+    if errors:
+        parts.append(f"largest feature error of the valid vertices, by method: {errors}")
     return "; ".join(parts) + "."
+
+
+def _largest_errors(frame: pd.DataFrame) -> str:
+    """Each method's largest feature error over its valid vertices, beside the bound its
+    criterion sets (``rel<=0.01``): a vertex is valid by its own method's criterion, so one
+    maximum over methods would be the loosest method's and say nothing of the others."""
+    parts = []
+    for method, rows in frame.groupby("method", sort=False) if "method" in frame else [("", frame)]:
+        errors = rows["max_feature_rel_error"].astype(float).dropna()
+        if not len(errors):
+            continue
+        bounds = sorted({str(c).split(",")[0] for c in rows.get("criterion", pd.Series(dtype=object)).dropna()})
+        bound = f" ({' or '.join(bounds)})" if bounds else ""
+        parts.append(f"{method + ' ' if method else ''}{errors.max():.2e}{bound}")
+    return ", ".join(parts)
 
 
 def _png_uri(path: Path) -> str:

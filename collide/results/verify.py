@@ -117,7 +117,7 @@ def verify_row(store: ExperimentStore, row: int, table: dict[str, Any] | None = 
         found, scan_checks = _verify_scan(net, model, arrays, attrs)
         problems += found
     return {"row": row, "counted_vertices": int(weighted.sum()), "max_feature_rel_error": expected[
-        "max_feature_rel_error"], "success_rate": expected["success_rate"], "problems": problems,
+        "max_feature_rel_error"], "rel_tol": tol, "success_rate": expected["success_rate"], "problems": problems,
         **({"counted_region_samples": len(arrays["region_samples"])} if "region_samples" in arrays else {}),
         **scan_checks}
 

@@ -235,7 +235,13 @@ def test_verify_agrees_with_an_honest_table_and_catches_a_doctored_one(finished,
 
     config, _ = finished
     assert all(r["problems"] == [] for r in verify(ExperimentStore.of(config)))
+    capsys.readouterr()
     assert main(["verify", config.name, "--results-root", config.results_root]) == 0
+    # Each row's largest error beside its own method's bound: the paper's 0.5 is not the others'.
+    lines = [line for line in capsys.readouterr().out.splitlines() if "recomputed in float64" in line]
+    methods = pd.read_parquet(Path(config.results_root) / f"{config.name}.parquet")["method"].tolist()
+    bounds = {"gradient": "(criterion <= 0.01)", "exact": "(criterion <= 1e-06)", "paper": "(criterion <= 0.5)"}
+    assert len(lines) == len(methods) and all(bounds[m] in line for m, line in zip(methods, lines, strict=True))
     arrays, attrs = ExperimentStore.of(config).read_row(0)
     doctored = {**attrs["metrics"], "max_feature_rel_error": attrs["metrics"]["max_feature_rel_error"] / 2}
     ExperimentStore(config.results_root, "doctored").write_row(0, arrays, {**attrs, "metrics": doctored})

@@ -142,6 +142,20 @@ def test_paper_rows_match_only_the_papers_settings_in_input_units():
     assert other == reference.TABLE_6[1] and other.vertex_avg_distance == pytest.approx(9587.92 / 255)
 
 
+def test_the_summary_gives_each_methods_largest_error_beside_its_own_bound():
+    """A vertex is valid by its own method's criterion: one maximum over methods would be
+    the loosest method's (the paper's rel<=0.5) and pass for the exact rows' too."""
+    frame = pd.DataFrame({
+        "method": ["gradient", "exact", "paper", "exact"], "success_rate": [1.0, 1.0, 1.0, float("nan")],
+        "max_feature_rel_error": [9.9e-3, 9.7e-9, 0.23, float("nan")],
+        "criterion": ["rel<=0.01, nonpos<=0.01", "rel<=1e-06, outcome=optimal", "rel<=0.5, push>=0.01*max|t|",
+                      "rel<=1e-06, outcome=optimal"],
+    })
+    line = report.summary(frame)
+    assert ("largest feature error of the valid vertices, by method: gradient 9.90e-03 (rel<=0.01), "
+            "exact 9.70e-09 (rel<=1e-06), paper 2.30e-01 (rel<=0.5).") in line
+
+
 def test_markdown_report_explains_every_number(root):
     text = report.markdown(ExperimentStore(root, "mnist"))
     assert "Success rate mean 1.0000 (min 1.0000) over 2 of 3 rows" in text
