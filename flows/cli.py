@@ -183,7 +183,16 @@ def _run_experiment(args: argparse.Namespace) -> int:
         with _prefect_server():
             out = flow(experiment=args.experiment, config=overrides)
     print("\n".join(outcome_lines(out)))
+    print(next_steps(config.results_root))
     return EXIT_OK
+
+
+def next_steps(results_root: str) -> str:
+    """Where to look once a run is written: the table's numbers alone say little of what
+    each row holds, why one is flagged, or how it stands beside the paper's."""
+    where = "" if os.path.normpath(results_root) == DEFAULT_RESULTS else f" --results-root {shlex.quote(results_root)}"
+    return (f"next: `collide status{where}` says what each row holds and why one is flagged; "
+            f"`collide tables{where}` writes report.html, the tables beside the paper's")
 
 
 def accuracy_text(accuracy: float | dict[str, float]) -> str:

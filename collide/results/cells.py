@@ -28,6 +28,11 @@ FLAGS = {
                               "region_sampler_reason); the certified sizes (radius, mean width) stand"),
 }
 
+# Flags that qualify other columns than the success rate (the collision set's sample
+# statistics): a row's summary names them after its numbers, not beside its success rate,
+# which they leave as it is.
+BESIDE_SUCCESS_NOT = frozenset({"set-samples-not-mixed"})
+
 
 def missing(value: Any) -> bool:
     """None or NaN: how a cell reads when a row has no value (or an older store no column)."""
@@ -65,15 +70,22 @@ def flag_text(flag: str) -> str:
 
 
 def success_text(metrics: Mapping[str, Any]) -> str:
-    """The success rate, "n/a: <why>" where there is none, and the row's flags beside it."""
+    """The success rate, "n/a: <why>" where there is none, and beside it the row's flags that
+    qualify it (all but :data:`BESIDE_SUCCESS_NOT`)."""
     rate = metrics.get("success_rate")
     if missing(rate):
         reason = metrics.get("invalid_reason")
         text = f"n/a: {reason}" if isinstance(reason, str) and reason else "n/a"
     else:
         text = format_probability(rate)
-    flags = row_flags(metrics)
+    flags = [f for f in row_flags(metrics) if f not in BESIDE_SUCCESS_NOT]
     return f"{text} [{', '.join(flag_text(f) for f in flags)}]" if flags else text
+
+
+def other_flags_text(metrics: Mapping[str, Any]) -> str:
+    """``"; flagged: set samples not mixed"``: the row's flags :func:`success_text` leaves out."""
+    flags = [flag_text(f) for f in row_flags(metrics) if f in BESIDE_SUCCESS_NOT]
+    return f"; flagged: {', '.join(flags)}" if flags else ""
 
 
 def vertex_pairs(metrics: Mapping[str, Any]) -> int | None:
@@ -117,9 +129,10 @@ def row_summary(metrics: Mapping[str, Any]) -> str:
         # A row of sampled points with no vertices of its own (a baseline): no vertex distance.
         valid = metrics.get("valid_vertices")
         points = "points" + ("" if missing(valid) else f" from {int(valid)} valid vertices")
-        return f"{head}: {points}; {success}; {error}"
+        return f"{head}: {points}; {success}; {error}{other_flags_text(metrics)}"
     return (f"{head}: {valid_text(metrics)} vertices valid; {success}; "
-            f"vertex distance {number('vertex_avg_distance', '.3f')}{pairs_text(metrics)}; {error}")
+            f"vertex distance {number('vertex_avg_distance', '.3f')}{pairs_text(metrics)}; {error}"
+            f"{other_flags_text(metrics)}")
 
 
 def reused(metrics: Mapping[str, Any]) -> bool:

@@ -59,7 +59,7 @@ GLOSSARY = {
     "converged": "gradient and paper rows: every vertex's optimiser met its stopping rule; n/a for exact rows",
     "n_samples": "random convex combinations of the valid vertices that were classified",
     "success_rate": "share of the samples classified as the target's top-1 class; n/a (with the "
-    "reason) when fewer than 2 vertices are valid; a row's flags are printed beside it",
+    "reason) when fewer than 2 vertices are valid; the row's flags that qualify it are printed beside it",
     "target_top_prob": "the model's top-1 probability on the target",
     "samples_top_prob": "mean top-1 probability over the samples",
     "dataset_avg_distance": "mean L2 distance over all pairs of distinct images of the dataset (over "

@@ -79,11 +79,12 @@ def write_figure(store: ExperimentStore, rows: list[int], *, warning: str = "") 
     """Targets, inits and vertices of the first :data:`FIGURE_ROWS` rows (the paper's Tables 1, 3, 5).
 
     Invalid vertices are drawn, framed in red; each row's label gives its valid vertices
-    and success rate (or why it has none); the title names every row flag. Rows of a
+    and success rate (or why it has none); the title names every row flag and its rows. Rows of a
     patch experiment get boxes where their vertices differ most.
     """
     targets, inits, vertices, valid, labels, boxes = [], [], [], [], [], []
-    layer, flags = "?", []
+    layer = "?"
+    flagged: dict[str, list[int]] = {}
     for row in rows[:FIGURE_ROWS]:
         arrays, attrs = store.read_row(row)
         targets.append(arrays["target"])
@@ -93,11 +94,14 @@ def write_figure(store: ExperimentStore, rows: list[int], *, warning: str = "") 
         valid.append(arrays.get("vertex_valid"))
         labels.append(row_label(row, attrs))
         layer = attrs.get("layer", layer)
-        flags += [f for f in row_flags({**attrs, **attrs.get("metrics", {})}) if f not in flags]
+        for flag in row_flags({**attrs, **attrs.get("metrics", {})}):
+            flagged.setdefault(flag, []).append(row)
         patch = attrs.get("composition")
         boxes.append(_difference_boxes(arrays["vertices"], patch["size"], patch["stride"], 3) if patch else [])
     shown = "" if len(rows) <= FIGURE_ROWS else f" (first {FIGURE_ROWS} of {len(rows)} rows)"
-    note = "".join(f" - {flag_text(f).upper()}" for f in flags)
+    # A flag names its rows: one flagged row must not read as the whole figure's.
+    note = "".join(f" - {flag_text(f).upper()} ({'rows' if len(at) > 1 else 'row'} {', '.join(map(str, at))})"
+                   for f, at in flagged.items())
     kind = "patch compositions (boxes: largest differences)" if any(boxes) else "polytopes"
     title = f"{store.name}: {kind} colliding with the target at {layer}{shown}{note}"
     if warning:

@@ -332,6 +332,18 @@ def test_a_run_names_every_file_its_summary_wrote(tmp_path):
                                       f"gallery: {gallery}"]
 
 
+def test_a_run_ends_by_saying_where_to_look_next_with_its_own_results_root():
+    """A new user's trial: the run named its table and figure only, never `collide status` or
+    the report that sets the table beside the paper's."""
+    from flows import cli
+
+    default = cli.next_steps("data/results")
+    assert "`collide status` says what each row holds" in default and "`collide tables` writes report.html" in default
+    elsewhere = cli.next_steps("/tmp/my results")
+    assert "`collide status --results-root '/tmp/my results'`" in elsewhere
+    assert "`collide tables --results-root '/tmp/my results'`" in elsewhere
+
+
 @pytest.mark.parametrize("bug", [ValueError("a shape that cannot happen"), KeyError("row"),
                                  InternalError("rows are not 0..n-1")])
 def test_a_bug_is_reported_as_one_not_as_the_users_mistake(bug, monkeypatch, capsys):

@@ -83,6 +83,7 @@ def test_cli_plain_run_offline(tiny_config, tmp_path):
     # each row's summary and the reuse count, as the flow logs them
     assert "row 0 (gradient, init=target): " in res.stdout and res.stdout.count(": computed\n") == 6
     assert "0 of 6 rows were already finished and reused" in res.stdout
+    assert f"`collide tables --results-root {tmp_path / 'res'}` writes report.html" in res.stdout
 
 
 def test_patches_and_imagenet_flows_run(harness, tiny_mnist, tmp_path):

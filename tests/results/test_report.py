@@ -107,7 +107,7 @@ def test_the_figure_rows_say_init_validity_success_and_flags(root, monkeypatch):
     assert "dist 1.41 (10 pairs)" in labels[0]  # a spread says how many vertex pairs it rests on
     assert "valid 1/5: no success rate" in labels[1]
     assert "success 1 [random weights]" in labels[2]
-    assert "RANDOM WEIGHTS" in seen["title"] and "red frame: invalid vertex" in seen["title"]
+    assert "RANDOM WEIGHTS (row 2)" in seen["title"] and "red frame: invalid vertex" in seen["title"]
     assert [v.tolist() for v in seen["valid"]][1] == [True, False, False, False, False]
     assert all(i is not None for i in seen["inits"])
 
@@ -181,6 +181,15 @@ def test_a_spread_from_two_valid_vertices_says_it_is_one_pair():
     assert "vertex distance 1.260 (1 pair)" in cells.row_summary(row)
     assert cells.pairs_text({"valid_vertices": 3}) == " (3 pairs)"  # stores from before the column
     assert cells.pairs_text({}) == ""
+
+
+def test_a_flag_of_the_sets_statistics_is_not_set_beside_the_success_rate():
+    """A new user's trial: "success 1 [set samples not mixed]" read as if the success rate were
+    withheld; the flag withholds the collision set's sample statistics, and says so apart."""
+    row = {**_metrics(2, method="exact"), "flags": "set-samples-not-mixed,random-weights"}
+    assert cells.success_text(row) == "1 [random weights]"
+    assert cells.row_summary(row).endswith("; flagged: set samples not mixed")
+    assert "flagged" not in cells.row_summary(_metrics(2, method="exact"))
 
 
 def test_a_row_of_points_and_a_row_under_a_partner_model_read_as_what_they_are():
