@@ -87,6 +87,7 @@ def temporary_server() -> Iterator[str]:
         PREFECT_API_URL,
         PREFECT_HOME,
         PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS,
+        PREFECT_UI_URL,
         temporary_settings,
     )
 
@@ -94,7 +95,9 @@ def temporary_server() -> Iterator[str]:
     home.mkdir(parents=True, exist_ok=True)
     server, url, log = _started(home, float(PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS.value()))
     try:
-        with temporary_settings(updates={PREFECT_API_URL: url}):
+        # No UI URL: the server serves none (PREFECT_UI_ENABLED false) and is gone once the
+        # command ends, so the "View at <link>" Prefect logs for each run would lead nowhere.
+        with temporary_settings(updates={PREFECT_API_URL: url, PREFECT_UI_URL: ""}):
             try:
                 yield url
             finally:

@@ -502,3 +502,22 @@ def test_a_progress_bar_started_at_its_end_shows_no_rate_and_a_stage_run_again_s
     report("vertices (gradient)", 0, 3)  # the next job's solve
     report("vertices (gradient)", 3, 3)
     assert "3/3" in capsys.readouterr().err
+
+
+def test_a_run_under_the_temporary_server_logs_no_link_to_a_ui_it_does_not_serve(tmp_path, monkeypatch):
+    """A new user's trial: every run logged "View at http://127.0.0.1:<port>/runs/..." though
+    the temporary server has no UI and is gone when the command ends."""
+    import uuid
+
+    from prefect.settings import PREFECT_API_URL, PREFECT_HOME, temporary_settings
+    from prefect.utilities.urls import url_for
+
+    import flows.temporary_server as temporary
+
+    url = "http://127.0.0.1:9/api"
+    monkeypatch.setattr(temporary, "_started", lambda home, limit: (None, url, tmp_path / "server.log"))
+    monkeypatch.setattr(temporary, "stop", lambda server: None)
+    monkeypatch.setattr(temporary, "drain_prefect", lambda: None)
+    with temporary_settings(updates={PREFECT_HOME: str(tmp_path)}), temporary.temporary_server() as api:
+        assert api == url and PREFECT_API_URL.value() == url
+        assert url_for("flow-run", obj_id=uuid.uuid4()) is None
