@@ -397,13 +397,7 @@ def _verify(args: argparse.Namespace) -> int:
     from collide.results.verify import verify
 
     found = {s.name: s for s in stores(_results_root(args, "verify"))}
-    if args.experiment and args.experiment not in found:
-        # A path where a name goes (data/results/mnist.zarr): say how to name it.
-        given = Path(args.experiment)
-        hint = (f"; to verify {given}, run `collide verify {given.name.removesuffix('.zarr')} --results-root "
-                f"{given.parent}`" if given.suffix == ".zarr" or os.sep in args.experiment else "")
-        there = ", ".join(found) or "none"
-        raise DataError(f"no store {args.experiment!r} under {args.results_root} (stores there: {there}){hint}")
+    _require_store(args, "verify", list(found))
     names = [args.experiment] if args.experiment else list(found)
     if not names:
         raise _no_stores(Path(args.results_root))
@@ -453,10 +447,24 @@ def _verify(args: argparse.Namespace) -> int:
     return EXIT_FAILED if failed or busy else EXIT_OK
 
 
+def _require_store(args: argparse.Namespace, command: str, names: list[str]) -> None:
+    """Refuse ``args.experiment`` where the results root holds no store of that name."""
+    if not args.experiment or args.experiment in names:
+        return
+    # A path where a name goes (data/results/mnist.zarr): say how to name it.
+    given = Path(args.experiment)
+    hint = (f"; for {given}, run `collide {command} {given.name.removesuffix('.zarr')} --results-root "
+            f"{given.parent}`" if given.suffix == ".zarr" or os.sep in args.experiment else "")
+    there = ", ".join(names) or "none"
+    raise DataError(f"no store {args.experiment!r} under {args.results_root} (stores there: {there}){hint}")
+
+
 def _status(args: argparse.Namespace) -> int:
     from collide.results.health import status
 
     report = status(_results_root(args, "status"))
+    _require_store(args, "status", [s["experiment"] for s in report])
+    report = [s for s in report if not args.experiment or s["experiment"] == args.experiment]
     if args.json:
         print(json.dumps(report, indent=1))
         return EXIT_OK
@@ -670,6 +678,7 @@ Each command has its own --help.""",
     compare.set_defaults(func=_compare)
 
     status = sub.add_parser("status", help="what results exist, how fresh, from which config")
+    status.add_argument("experiment", nargs="?", help="one experiment (default: every store)")
     status.add_argument("--results-root", default=DEFAULT_RESULTS, help=f"default {DEFAULT_RESULTS}")
     status.add_argument("--json", action="store_true", help="machine-readable output")
     status.set_defaults(func=_status)

@@ -392,13 +392,18 @@ def test_the_clis_own_refusals_are_collide_errors(tmp_path, capsys):
         assert said in capsys.readouterr().err
 
 
-def test_verify_given_a_store_path_says_how_to_name_it(tmp_path, capsys):
+def test_verify_and_status_given_a_store_path_say_how_to_name_it(tmp_path, capsys):
     root = tmp_path / "results"
     (root / "mnist.zarr").mkdir(parents=True)
     store = root / "mnist.zarr"
     assert main(["verify", str(store), "--results-root", str(root)]) == 2
     err = capsys.readouterr().err
-    assert f"stores there: mnist); to verify {store}, run `collide verify mnist --results-root {root}`" in err
+    assert f"stores there: mnist); for {store}, run `collide verify mnist --results-root {root}`" in err
+    # status takes one experiment's name as verify does, and refuses an unknown one alike
+    assert main(["status", "mnsit", "--results-root", str(root)]) == 2
+    assert "no store 'mnsit' under" in capsys.readouterr().err
+    assert main(["status", str(store), "--results-root", str(root)]) == 2
+    assert f"for {store}, run `collide status mnist --results-root {root}`" in capsys.readouterr().err
     assert main(["verify", "--results-root", str(store)]) == 2
     assert f"is a store, not the folder that holds stores: run `collide verify mnist --results-root {root}`" in (
         capsys.readouterr().err)
