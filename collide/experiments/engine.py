@@ -241,7 +241,10 @@ def lock(config: ExperimentConfig, experiment: Experiment | None = None) -> Iter
         store.remove_leftovers()
         if store.path.is_dir():  # damaged root metadata is rewritten
             store.ensure()
-        yield
+        try:
+            yield
+        finally:
+            store.tidy_scratch()  # each write cleared its own scratch: an empty .tmp is all that is left
 
 
 def run(experiment: Experiment, *, config: ExperimentConfig, progress: Progress = no_progress) -> dict[str, Any]:

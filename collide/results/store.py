@@ -149,9 +149,23 @@ class _Scratch:
         return self.root / ".tmp"
 
     def make(self, row: int, *, attrs: bool = False) -> Path:
-        self.dir.mkdir(parents=True, exist_ok=True)
         prefix = f"{self.name}-row-{row}-" + ("attrs-" if attrs else "")
-        return Path(tempfile.mkdtemp(dir=self.dir, prefix=prefix))
+        for attempt in range(3):
+            self.dir.mkdir(parents=True, exist_ok=True)
+            try:
+                return Path(tempfile.mkdtemp(dir=self.dir, prefix=prefix))
+            except FileNotFoundError:
+                # Another experiment's run in this root tidied the folder away between the
+                # two steps (tidy): it is made again.
+                if attempt == 2:
+                    raise
+        raise AssertionError("unreachable")
+
+    def tidy(self) -> None:
+        """Remove the scratch folder where it is empty: a finished run leaves no ``.tmp``
+        behind. Never one that holds anything (another experiment's writer in this root)."""
+        with contextlib.suppress(OSError):
+            self.dir.rmdir()
 
     def trash(self) -> Path:
         return self.dir / f"{self.name}-old-{uuid.uuid4().hex}"
@@ -616,6 +630,10 @@ class ExperimentStore:
                 found += [p for p in candidates if pattern.fullmatch(p.name)]
         return sorted(found)
 
+    def tidy_scratch(self) -> None:
+        """Remove ``<root>/.tmp`` where it is empty (:meth:`_Scratch.tidy`)."""
+        self._scratch.tidy()
+
     def remove_leftovers(self) -> list[Path]:
         """Remove :meth:`leftovers`; returns what was removed."""
         gone = self.leftovers()
@@ -624,6 +642,7 @@ class ExperimentStore:
                 shutil.rmtree(path, ignore_errors=True)
             else:
                 path.unlink(missing_ok=True)
+        self.tidy_scratch()
         return gone
 
     # Lock -------------------------------------------------------------------------------

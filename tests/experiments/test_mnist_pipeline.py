@@ -25,6 +25,13 @@ def finished(mnist_run, tmp_path_factory):
     return copy_run(config, tmp_path_factory.mktemp("run") / "results"), out
 
 
+def test_a_finished_run_leaves_no_scratch_folder(mnist_run):
+    """A new user's trial: an empty data/results/.tmp stayed after every run."""
+    config, _ = mnist_run
+    assert not (Path(config.results_root) / ".tmp").exists()
+    assert (Path(config.results_root) / f"{config.name}.zarr").is_dir()
+
+
 def test_table_has_every_row_and_the_contract_columns(finished):
     config, out = finished
     frame = pd.read_parquet(out["table"])

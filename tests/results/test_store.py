@@ -1,4 +1,6 @@
 import os
+import shutil
+import tempfile
 
 import numpy as np
 import pandas as pd
@@ -128,6 +130,30 @@ def test_every_scratch_folder_a_writer_makes_is_a_leftover_of_its_experiment_onl
     other = [theirs.make(0), theirs.make(12, attrs=True)]
     assert mine.found() == sorted(made) and ExperimentStore(tmp_path, "e").leftovers() == sorted(made)
     assert theirs.found() == sorted(other)
+
+
+def test_the_scratch_folder_goes_once_empty_and_never_with_another_writers_scratch(tmp_path, monkeypatch):
+    """A new user's trial: an empty data/results/.tmp stayed after every run."""
+    e, other = ExperimentStore(tmp_path, "e"), ExperimentStore(tmp_path, "f")
+    e.write_row(0, {"a": np.zeros(2)}, {})
+    theirs = store._Scratch(tmp_path, "f").make(3)  # another experiment's write, under way
+    e.tidy_scratch()
+    assert theirs.is_dir()
+    shutil.rmtree(theirs)
+    other.remove_leftovers()
+    assert not (tmp_path / ".tmp").exists()
+    # Tidied away between its two steps by another run, a writer makes the folder again.
+    mkdtemp, calls = tempfile.mkdtemp, []
+
+    def raced(**kw):
+        calls.append(kw)
+        if len(calls) == 1:
+            (tmp_path / ".tmp").rmdir()
+        return mkdtemp(**kw)
+
+    monkeypatch.setattr(store.tempfile, "mkdtemp", raced)
+    e.write_row(1, {"a": np.ones(2)}, {})
+    assert len(calls) == 2 and e.read_row(1)[0]["a"].tolist() == [1.0, 1.0]
 
 
 @pytest.mark.parametrize("umask", [0o022, 0o077])
