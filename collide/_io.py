@@ -113,27 +113,33 @@ def code_version() -> str:
     return digest.hexdigest()[:16]
 
 
-def lock_dir() -> Path:
-    """This user's own folder for locks, created 0700: ``$XDG_RUNTIME_DIR/collide-locks``
-    where that is set, else ``<tmp>/collide-locks-<uid>``.
+def private_dir(kind: str, *, runtime: bool = True) -> Path:
+    """This user's own folder for ``kind``, created 0700: ``$XDG_RUNTIME_DIR/collide-<kind>``
+    where that is set and ``runtime`` allows it, else ``<tmp>/collide-<kind>-<uid>``.
 
     Refused (:class:`BusyError`) when it is a link, another user's, or open to others: a
     folder anyone can write lets them plant links that a lock would follow, or block runs.
+    ``runtime=False`` for what may grow large (Dask's spill files): the runtime folder is
+    usually memory.
     """
-    runtime = os.environ.get("XDG_RUNTIME_DIR")
-    base = Path(runtime) / "collide-locks" if runtime and Path(runtime).is_dir() else \
-        Path(tempfile.gettempdir()) / f"collide-locks-{os.getuid()}"
+    place = os.environ.get("XDG_RUNTIME_DIR") if runtime else None
+    base = Path(place) / f"collide-{kind}" if place and Path(place).is_dir() else \
+        Path(tempfile.gettempdir()) / f"collide-{kind}-{os.getuid()}"
+    fix = "set XDG_RUNTIME_DIR to a folder of your own" if runtime else "set TMPDIR to a folder of your own"
     try:
         base.mkdir(mode=0o700, exist_ok=True)
         info = os.lstat(base)
     except OSError as exc:
-        raise BusyError(f"cannot make the lock folder {base} ({exc.strerror}): set XDG_RUNTIME_DIR to a folder "
-                        "of your own") from None
+        raise BusyError(f"cannot make the {kind} folder {base} ({exc.strerror}): {fix}") from None
     if not stat.S_ISDIR(info.st_mode) or info.st_uid != os.getuid() or info.st_mode & 0o077:
-        raise BusyError(f"the lock folder {base} is not a folder of this user's alone (a link, another user's, or "
-                        f"mode {stat.S_IMODE(info.st_mode):o}): remove it, or set XDG_RUNTIME_DIR to a folder of "
-                        "your own")
+        raise BusyError(f"the {kind} folder {base} is not a folder of this user's alone (a link, another user's, or "
+                        f"mode {stat.S_IMODE(info.st_mode):o}): remove it, or {fix}")
     return base
+
+
+def lock_dir() -> Path:
+    """This user's own folder for locks (:func:`private_dir`)."""
+    return private_dir("locks")
 
 
 def _open_lock(path: Path) -> int:

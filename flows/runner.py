@@ -21,6 +21,7 @@ from typing import Any
 
 from prefect_dask import DaskTaskRunner
 
+from collide._io import private_dir
 from collide.checks import count_in
 from collide.workers import DASK_ADDRESS_ENV, WORKER_PROCESSES
 from flows.worker_setup import NOTE
@@ -51,8 +52,17 @@ class LocalDaskRunner(DaskTaskRunner):
     """
 
     def __enter__(self) -> LocalDaskRunner:
-        if not self.address and self._cluster is None and (url := _api_url()):
-            self.cluster_kwargs = {**self.cluster_kwargs, "env": {"PREFECT_API_URL": url}}
+        if not self.address and self._cluster is None:
+            kwargs = dict(self.cluster_kwargs)
+            if url := _api_url():
+                kwargs["env"] = {"PREFECT_API_URL": url}
+            # Dask's default scratch, <tmp>/dask-scratch-space, is one folder for every user of
+            # the machine (another's, or holding their links): the scheduler's and workers'
+            # scratch (locks, spilled data) goes in this user's own, made when a cluster starts.
+            scratch = str(private_dir("dask", runtime=False))
+            kwargs.setdefault("local_directory", scratch)
+            kwargs["scheduler_kwargs"] = {"local_directory": scratch, **kwargs.get("scheduler_kwargs", {})}
+            self.cluster_kwargs = kwargs
         return super().__enter__()
 
     def __exit__(self, *exc_info: Any) -> None:

@@ -116,3 +116,22 @@ def test_the_control_a_worker_not_told_is_killed_by_its_nanny_inside_its_job(mon
     monkeypatch.delenv("COLLIDE_DASK_ADDRESS", raising=False)
     untold = _close_under_a_busy_job(None)
     assert any("still alive" in m for m in untold), untold
+
+
+def test_a_local_cluster_keeps_its_scratch_in_a_folder_of_the_users_own(monkeypatch, tmp_path):
+    """Dask's default, <tmp>/dask-scratch-space, is one folder for every user of the machine
+    (a new user's trial found it left there); the cluster's goes in <tmp>/collide-dask-<uid>."""
+    from prefect_dask import DaskTaskRunner
+
+    from collide.errors import BusyError
+
+    monkeypatch.setattr("tempfile.tempdir", str(tmp_path))
+    monkeypatch.setattr(DaskTaskRunner, "__enter__", lambda self: self)  # no cluster: its arguments only
+    runner = dask_runner(workers=1).__enter__()
+    mine = tmp_path / f"collide-dask-{os.getuid()}"
+    assert runner.cluster_kwargs["local_directory"] == str(mine)
+    assert runner.cluster_kwargs["scheduler_kwargs"] == {"local_directory": str(mine)}
+    assert mine.stat().st_mode & 0o777 == 0o700
+    os.chmod(mine, 0o777)  # open to others: refused, never used
+    with pytest.raises(BusyError, match="not a folder of this user's alone"):
+        dask_runner(workers=1).__enter__()
