@@ -434,7 +434,7 @@ def _verify(args: argparse.Namespace) -> int:
             bound = f" (criterion <= {r['rel_tol']:g})" if r.get("rel_tol") is not None else ""
             print(f"{name} row {r['row']}: {counted} recomputed in float64, "
                   f"largest feature error {r.get('max_feature_rel_error', float('nan')):.3g}{bound}, "
-                  f"success {r.get('success_rate', float('nan')):.6g}: {state}")
+                  f"success rate {r.get('success_rate', float('nan')):.6g}: {state}")
             failed += bool(r["problems"])
     unverified = (f"{', '.join(busy)} {'was' if len(busy) == 1 else 'were'} not verified (a run is writing "
                   f"{'it' if len(busy) == 1 else 'them'}): run `collide verify` once it ends") if busy else ""

@@ -123,7 +123,7 @@ def row_summary(metrics: Mapping[str, Any]) -> str:
     # Transfer evaluates one set of points under two models: without the model its two rows
     # of a target read alike.
     under = f", under {metrics['evaluated_under']}: {metrics.get('model')}" if metrics.get("evaluated_under") else ""
-    success, error = f"success {success_text(metrics)}", f"feature error {number('max_feature_rel_error', '.1e')}"
+    success, error = f"success rate {success_text(metrics)}", f"feature error {number('max_feature_rel_error', '.1e')}"
     head = f"row {metrics.get('row')} ({metrics.get('method')}{init}{under})"
     if metrics.get("n_vertices") == 0:
         # A row of sampled points with no vertices of its own (a baseline): no vertex distance.

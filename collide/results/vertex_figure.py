@@ -35,7 +35,7 @@ def row_label(row: int, attrs: dict[str, Any]) -> str:
         if missing(metrics.get("success_rate")):
             lines.append(f"valid {valid_text(metrics)}: no success rate")
         else:
-            lines.append(f"valid {valid_text(metrics)}, success {success_text(metrics)}")
+            lines.append(f"valid {valid_text(metrics)}, success rate {success_text(metrics)}")
         dist, err = metrics.get("vertex_avg_distance"), metrics.get("max_feature_rel_error_all")
         lines.append(f"dist {'n/a' if missing(dist) else format(dist, '.3g') + pairs_text(metrics)}, "
                      f"err {'n/a' if missing(err) else format(err, '.1e')}")
@@ -51,7 +51,7 @@ def _points_label(row: int, attrs: dict[str, Any], metrics: dict[str, Any]) -> s
     lines = [f"row {row}: {attrs.get('method', '?')}{asked}, {metrics.get('n_samples', '?')} pts"]
     if metrics:
         err, dist = metrics.get("max_feature_rel_error"), metrics.get("mean_distance_to_target")
-        lines.append(f"success {success_text(metrics)}")
+        lines.append(f"success rate {success_text(metrics)}")
         lines.append(f"err {'n/a' if missing(err) else format(err, '.1e')}, "
                      f"to target {'n/a' if missing(dist) else format(dist, '.3g')}")
     return "\n".join(textwrap.fill(line, 28) for line in lines)

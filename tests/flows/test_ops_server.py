@@ -177,7 +177,7 @@ def test_a_deployment_run_completes_and_publishes_its_table_figure_and_progress(
     assert "data:image/png;base64," in markdown and "| row |" in markdown
     progress = [float(a["data"]) for a in by_type["progress"]]
     assert progress and max(progress) == 100.0  # vertex optimisation reported to the end
-    wanted = ("fanning out 2 polytope jobs", "vertices (gradient):", "5/5 vertices valid; success 1;",
+    wanted = ("fanning out 2 polytope jobs", "vertices (gradient):", "5/5 vertices valid; success rate 1;",
               "rows were already finished")
     deadline = time.time() + 60  # the server stores logs a little after the run ends
     while True:

@@ -102,11 +102,11 @@ def test_the_figure_rows_say_init_validity_success_and_flags(root, monkeypatch):
     monkeypatch.setattr(vertex_figure, "vertex_grid", capture)
     vertex_figure.write_figure(ExperimentStore(root, "mnist"), [0, 1, 2])
     labels = [" ".join(label.split()) for label in seen["labels"]]
-    assert "init=target" in labels[0] and "valid 5/5, success 1" in labels[0]
+    assert "init=target" in labels[0] and "valid 5/5, success rate 1" in labels[0]
     assert "paper Table 2 row 1: 100%, dist 1.33" in labels[0]
     assert "dist 1.41 (10 pairs)" in labels[0]  # a spread says how many vertex pairs it rests on
     assert "valid 1/5: no success rate" in labels[1]
-    assert "success 1 [random weights]" in labels[2]
+    assert "success rate 1 [random weights]" in labels[2]
     assert "RANDOM WEIGHTS (row 2)" in seen["title"] and "red frame: invalid vertex" in seen["title"]
     assert [v.tolist() for v in seen["valid"]][1] == [True, False, False, False, False]
     assert all(i is not None for i in seen["inits"])
@@ -198,7 +198,8 @@ def test_a_row_of_points_and_a_row_under_a_partner_model_read_as_what_they_are()
     hull = {"row": 0, "method": "gradient-hull", "init": "target", "n_vertices": 0, "valid_vertices": 5,
             "success_rate": 1.0, "max_feature_rel_error": 0.004}
     line = cells.row_summary(hull)
-    assert line == "row 0 (gradient-hull, init=target): points from 5 valid vertices; success 1; feature error 4.0e-03"
+    assert line == ("row 0 (gradient-hull, init=target): points from 5 valid vertices; success rate 1; "
+                    "feature error 4.0e-03")
     assert "points; success" in cells.row_summary({**hull, "valid_vertices": float("nan")})
     joint = {"row": 1, "method": "joint-region", "init": "target", "n_vertices": 0, "evaluated_under": "B",
              "model": "mnist-lenet5-lenet5"}
