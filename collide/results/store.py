@@ -150,16 +150,17 @@ class _Scratch:
 
     def make(self, row: int, *, attrs: bool = False) -> Path:
         prefix = f"{self.name}-row-{row}-" + ("attrs-" if attrs else "")
-        for attempt in range(3):
+        tries = 3
+        while True:
+            tries -= 1
             self.dir.mkdir(parents=True, exist_ok=True)
             try:
                 return Path(tempfile.mkdtemp(dir=self.dir, prefix=prefix))
             except FileNotFoundError:
                 # Another experiment's run in this root tidied the folder away between the
                 # two steps (tidy): it is made again.
-                if attempt == 2:
+                if not tries:
                     raise
-        raise AssertionError("unreachable")
 
     def tidy(self) -> None:
         """Remove the scratch folder where it is empty: a finished run leaves no ``.tmp``
