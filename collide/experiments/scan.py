@@ -208,7 +208,8 @@ def summarize(*, config: ScanExperiment) -> dict[str, Any]:
     if not (same and gallery.is_file()):
         k = min(config.gallery, len(ranked) // 2 or 1)
         shown = pd.concat([ranked.head(k), ranked.tail(k)]).drop_duplicates("index")
-        save_figure(draw_gallery(data.images[torch.tensor(shown["index"].tolist())], shown, title=(
+        # One row of the k most blind above one of the k least: what the title says.
+        save_figure(draw_gallery(data.images[torch.tensor(shown["index"].tolist())], shown, columns=k, title=(
             f"{name}: the {k} most (top) and least (bottom) blind {_kind(config)} examples by "
             f"{ranked['rank_by'].iloc[0]}")), gallery)
     out = {**written, "ranking": str(path), "gallery": str(gallery)}

@@ -7,6 +7,7 @@ needed on servers and CI.
 
 from __future__ import annotations
 
+import textwrap
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -21,6 +22,14 @@ from collide._io import atomic_file
 INVALID_COLOUR = "#d62728"
 BOX_COLOUR = "#a020f0"  # the paper's purple boxes (Table 5)
 LEADING_COLUMNS = ("target", "init")
+
+
+def fitted_title(title: str, fig: Figure, fontsize: float) -> str:
+    """``title`` wrapped to ``fig``'s width (each of its lines): a figure's title wider than
+    the figure is cut off at both edges (a long flag note, a narrow gallery of 2 images).
+    A character is taken as 0.6 of the font size wide, a little over DejaVu Sans's mean."""
+    chars = max(20, int(fig.get_figwidth() * 72 / (0.6 * fontsize)))
+    return "\n".join(textwrap.fill(line, chars) for line in title.splitlines())
 
 
 def column_titles(n_vertices: int) -> list[str]:
@@ -91,7 +100,7 @@ def draw_vertex_grid(
                 ax.set_xlabel("invalid", color=INVALID_COLOUR, fontsize=8)
         axes[r][0].set_ylabel(labels[r], fontsize=7)
     if title:
-        fig.suptitle(title, fontsize=9)
+        fig.suptitle(fitted_title(title, fig, 9), fontsize=9)
     fig.tight_layout()
     return fig
 
@@ -140,7 +149,7 @@ def draw_scan_classes(frame: Any, *, title: str = "") -> Figure:
     axes[1].set_xticks(x, classes)
     axes[1].set_xlabel("label")
     if title:
-        fig.suptitle(title)
+        fig.suptitle(fitted_title(title, fig, 12))  # suptitle's default size, "large"
     fig.tight_layout()
     return fig
 
@@ -161,8 +170,9 @@ def draw_gallery(images: Any, ranked: Any, *, title: str = "", columns: int = 8)
         images: (n, C, H, W) in [0, 1]
     """
     n = len(ranked)
-    rows = max(1, -(-n // columns))
-    fig = Figure(figsize=(1.6 * min(n, columns), 1.9 * rows + 0.6))
+    columns = max(1, min(n, columns))  # as many as are drawn: fewer leave the grid wider than the figure
+    rows = -(-n // columns)
+    fig = Figure(figsize=(1.6 * columns, 1.9 * rows + 0.6))
     FigureCanvasAgg(fig)
     for k, (image, row) in enumerate(zip(images, ranked.itertuples(), strict=True)):
         ax = fig.add_subplot(rows, columns, k + 1)
@@ -175,6 +185,6 @@ def draw_gallery(images: Any, ranked: Any, *, title: str = "", columns: int = 8)
         ax.set_xticks([])
         ax.set_yticks([])
     if title:
-        fig.suptitle(title, fontsize=9)
+        fig.suptitle(fitted_title(title, fig, 9), fontsize=9)
     fig.tight_layout()
     return fig

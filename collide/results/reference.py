@@ -65,6 +65,8 @@ def _published(
 
 
 _255 = PAPER_IMAGENET_PIXEL_SCALE
+# Table 1's target: an image of the digit 7.
+PAPER_MNIST_TARGET = 7
 # Table 2 prints the dataset distance once for both rows: the same test set.
 TABLE_2 = (
     _published("Table 2", 1, "MNIST MLP, first layer, init = target", 1.0, 1.0, 1.0, 10.21, 1.33, pixel_scale=1.0),
@@ -101,12 +103,15 @@ def _present(value: Any) -> bool:
 def reference_for(record: Mapping[str, Any]) -> ReferenceRow | None:
     """The published row that a table row reproduces, or None where the paper has none.
 
-    Only the paper's settings match: the MNIST MLP at its first layer (any method, init
-    ``target`` or ``other``), VGG-16 with ImageNet weights at fc6 started from another
-    image, and patch compositions there. Random weights, other layers, LeNet-5 and MNIST
-    patches have no reference.
+    Only the paper's settings match: polytopes of the MNIST MLP at its first layer around
+    a 7 (any method, init ``target`` or ``other``), VGG-16 with ImageNet weights at fc6
+    started from another image, and patch compositions there. Random weights, other layers,
+    LeNet-5, MNIST patches, another digit as the target (a scan's) and rows of points (a
+    baseline's, the frontier's) have no reference.
     """
     model, method, init, layer = (record.get(k) for k in ("model", "method", "init", "layer"))
+    if _present(record.get("n_vertices")) and int(record["n_vertices"]) == 0:
+        return None  # points, not a polytope's vertices: nothing the paper measured
     dataset = record.get("dataset")
     if _present(dataset) and str(dataset) not in ("MNIST", "ImageNet", ""):
         return None  # the paper measured MNIST and ImageNet only
@@ -114,6 +119,9 @@ def reference_for(record: Mapping[str, Any]) -> ReferenceRow | None:
     if (_present(random) and bool(random)) or "random-weights" in str(record.get("flags") or ""):
         return None
     if model == "mnist-mlp" and layer in MNIST_FIRST_LAYER and method != "patches":
+        target = record.get("target_class")
+        if _present(target) and int(target) != PAPER_MNIST_TARGET:
+            return None
         return {"target": TABLE_2[0], "other": TABLE_2[1]}.get(str(init))
     if model != "vgg16-imagenet" or layer != "fc6":
         return None

@@ -185,8 +185,11 @@ def summary(frame: pd.DataFrame) -> str:
 def _largest_errors(frame: pd.DataFrame) -> str:
     """Each method's largest feature error over its valid vertices, beside the bound its
     criterion sets (``rel<=0.01``): a vertex is valid by its own method's criterion, so one
-    maximum over methods would be the loosest method's and say nothing of the others."""
+    maximum over methods would be the loosest method's and say nothing of the others. Rows
+    of points (``n_vertices`` 0: a baseline's, the frontier's) have no vertices and are left out."""
     parts = []
+    if "n_vertices" in frame:
+        frame = frame[frame["n_vertices"].astype(float).fillna(1) != 0]
     for method, rows in frame.groupby("method", sort=False) if "method" in frame else [("", frame)]:
         errors = rows["max_feature_rel_error"].astype(float).dropna()
         if not len(errors):

@@ -112,6 +112,30 @@ def test_the_figure_rows_say_init_validity_success_and_flags(root, monkeypatch):
     assert all(i is not None for i in seen["inits"])
 
 
+def _inside(fig, text) -> bool:
+    box = text.get_window_extent(fig.canvas.get_renderer())
+    return box.x0 >= 0 and box.x1 <= fig.bbox.x1
+
+
+def test_a_long_title_is_wrapped_to_the_figure_and_a_small_gallery_is_as_wide_as_its_images():
+    """A new user's trial: a title naming four flagged rows ran off the figure's right edge,
+    and a gallery of 2 images drew them in a grid of 8 columns, captions over each other."""
+    long = "mnist: polytopes colliding with the target at relu1" + " - RANDOM WEIGHTS (rows 0, 1, 2, 3)" * 3
+    fig = figures.draw_vertex_grid([np.zeros((1, 4, 4))], [None], [np.ones((2, 1, 4, 4))], ["r"], title=long)
+    fig.canvas.draw()
+    assert _inside(fig, fig._suptitle) and "\n" in fig._suptitle.get_text()
+    ranked = pd.DataFrame({"rank": [1, 2], "label": [0, 9], "prediction": [0, 9], "rank_by": "radius",
+                           "size": [0.5, 0.1]})
+    gallery = figures.draw_gallery(np.zeros((2, 1, 4, 4)), ranked, title="scan: the 1 most (top) and least "
+                                   "(bottom) blind test examples by radius", columns=1)
+    gallery.canvas.draw()
+    assert _inside(gallery, gallery._suptitle)
+    tops = sorted(ax.get_position().y0 for ax in gallery.axes)
+    assert len(gallery.axes) == 2 and tops[0] < tops[1]  # one above the other: top and bottom
+    wide = figures.draw_gallery(np.zeros((2, 1, 4, 4)), ranked)  # 8 columns asked, 2 images
+    assert all(ax.get_position().width > 0.3 for ax in wide.axes)
+
+
 def test_drawing_leaves_the_callers_matplotlib_alone(tmp_path):
     code = (
         "import sys, matplotlib; matplotlib.use('svg');"
@@ -130,6 +154,10 @@ def test_paper_rows_match_only_the_papers_settings_in_input_units():
     assert reference.reference_for({**mlp, "init": "other"}).vertex_avg_distance == 1.28
     assert reference.reference_for({**mlp, "layer": "relu2", "init": "other"}) is None
     assert reference.reference_for({**mlp, "model": "mnist-lenet5", "init": "other"}) is None
+    # A scan's most blind example, a 0, and the frontier's points are nothing Table 2 measured.
+    assert reference.reference_for({**mlp, "init": "target", "target_class": 7}).vertex_avg_distance == 1.33
+    assert reference.reference_for({**mlp, "init": "target", "target_class": 0}) is None
+    assert reference.reference_for({**mlp, "method": "frontier", "init": "other", "n_vertices": 0}) is None
     vgg = {"model": "vgg16-imagenet", "layer": "fc6", "method": "gradient", "init": "other"}
     table4 = reference.reference_for(vgg)
     assert table4.table == "Table 4" and table4.vertex_avg_distance == pytest.approx(4906.56 / 255)
@@ -151,9 +179,11 @@ def test_the_summary_gives_each_methods_largest_error_beside_its_own_bound():
         "criterion": ["rel<=0.01, nonpos<=0.01", "rel<=1e-06, outcome=optimal", "rel<=0.5, push>=0.01*max|t|",
                       "rel<=1e-06, outcome=optimal"],
     })
-    line = report.summary(frame)
+    points = pd.DataFrame({"method": ["frontier"], "success_rate": [1.0], "max_feature_rel_error": [0.097],
+                           "criterion": [""], "n_vertices": [0]})
+    line = report.summary(pd.concat([frame.assign(n_vertices=5), points], ignore_index=True))
     assert ("largest feature error of the valid vertices, by method: gradient 9.90e-03 (rel<=0.01), "
-            "exact 9.70e-09 (rel<=1e-06), paper 2.30e-01 (rel<=0.5).") in line
+            "exact 9.70e-09 (rel<=1e-06), paper 2.30e-01 (rel<=0.5).") in line  # the frontier's points: none
 
 
 def test_markdown_report_explains_every_number(root):
