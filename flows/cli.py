@@ -393,6 +393,7 @@ def _serve(args: argparse.Namespace) -> int:
 
 
 def _verify(args: argparse.Namespace) -> int:
+    from collide.errors import ModelRefused
     from collide.results.store import stores
     from collide.results.verify import verify
 
@@ -403,6 +404,7 @@ def _verify(args: argparse.Namespace) -> int:
         raise _no_stores(Path(args.results_root))
     failed = 0
     busy = []  # stores a run is writing: neither verified nor found to disagree
+    refused = []  # stores whose model is a user's own code, not named with --model
     trusted = tuple(args.model or ())
     for name in names:
         holder = found[name].lock_holder()
@@ -410,7 +412,16 @@ def _verify(args: argparse.Namespace) -> int:
             print(f"{name}: a run is in progress ({holder}): not verified; run `collide verify` once it ends")
             busy.append(name)
             continue
-        for r in verify(found[name], trusted=trusted):
+        try:
+            results = verify(found[name], trusted=trusted)
+        except ModelRefused as exc:
+            if args.experiment:
+                raise
+            # One such store must not keep the others from being verified.
+            print(f"{name}: not verified: {exc}")
+            refused.append(name)
+            continue
+        for r in results:
             state = "ok" if not r["problems"] else "MISMATCH: " + "; ".join(r["problems"])
             if r["row"] is None:  # the store itself: its metadata, entries that are not rows
                 print(f"{name} {r['what']}: " + (f"skipped: {r['note']}" if r.get("note") else state))
@@ -436,15 +447,21 @@ def _verify(args: argparse.Namespace) -> int:
                   f"largest feature error {r.get('max_feature_rel_error', float('nan')):.3g}{bound}, "
                   f"success rate {r.get('success_rate', float('nan')):.6g}: {state}")
             failed += bool(r["problems"])
-    unverified = (f"{', '.join(busy)} {'was' if len(busy) == 1 else 'were'} not verified (a run is writing "
-                  f"{'it' if len(busy) == 1 else 'them'}): run `collide verify` once it ends") if busy else ""
+    reasons = []
+    if busy:
+        reasons.append(f"{', '.join(busy)} {'was' if len(busy) == 1 else 'were'} not verified (a run is writing "
+                       f"{'it' if len(busy) == 1 else 'them'}): run `collide verify` once it ends")
+    if refused:
+        reasons.append(f"{', '.join(refused)} {'was' if len(refused) == 1 else 'were'} not verified (a model of "
+                       "your own code, named in the store): verify each with --model, as said above")
+    unverified = "; ".join(reasons)
     if failed:
-        print(f"{failed} row(s) or entries disagree with their table" + (f"; {unverified}" if busy else ""))
-    elif busy:
+        print(f"{failed} row(s) or entries disagree with their table" + (f"; {unverified}" if unverified else ""))
+    elif unverified:
         print(f"no row disagrees with its table, but {unverified}")
     else:
         print("every row agrees with its table")
-    return EXIT_FAILED if failed or busy else EXIT_OK
+    return EXIT_FAILED if failed or unverified else EXIT_OK
 
 
 def _require_store(args: argparse.Namespace, command: str, names: list[str]) -> None:

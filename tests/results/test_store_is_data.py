@@ -60,18 +60,28 @@ def forget_modules():
 def test_verify_never_imports_a_model_the_store_names(finished, tmp_path, monkeypatch, capsys, forget_modules):
     """A row rewritten to name `evilmod:factory` (its manifest recomputed, as anyone can):
     `verify` refuses with exit 2 naming --model, and the module, importable from the
-    working folder and sys.path alike, is never imported. Named on the command line, it is."""
+    working folder and sys.path alike, is never imported. Named on the command line, it is.
+    Verifying every store, it is named as not verified and the other stores are still
+    verified (a new user's trial: the first such store stopped them all)."""
     config, _ = finished
     root = _copy(config, tmp_path / "res")
+    shutil.copytree(root / "mnist.zarr", root / "honest.zarr")
+    assert main(["tables", "--no-prefect", "--results-root", str(root)]) == 0  # the copy's own table
     marker = _plant(tmp_path, "evilmod")
     monkeypatch.chdir(tmp_path)
     monkeypatch.syspath_prepend(str(tmp_path))  # importable: only collide's refusal stands in the way
     evil = {"kind": "external", "model": "evilmod:factory", "weights": "random", "random": True, "sha256": "",
             "seed": 0, "mean": [], "std": [], "input_size": 28}
     ExperimentStore(root, "mnist").write_row(0, {}, {"model_source": evil}, keep_existing=True)  # a valid manifest
-    assert main(["verify", "--results-root", str(root)]) == 2
+    assert main(["verify", "mnist", "--results-root", str(root)]) == 2
     err = capsys.readouterr().err
     assert "--model evilmod:factory" in err and "never imports code named in a store" in err
+    assert main(["verify", "--results-root", str(root)]) == 1
+    out = capsys.readouterr().out
+    assert "mnist: not verified: the store names the external model 'evilmod:factory'" in out
+    assert "honest row 0: " in out and "honest row 1: " in out and "MISMATCH" not in out
+    assert out.rstrip().endswith("mnist was not verified (a model of your own code, named in the store): verify "
+                                 "each with --model, as said above")
     assert not marker.exists() and "evilmod" not in sys.modules
     # Re-evaluating the row (a rerun whose evaluation key was lost) refuses it the same way.
     with pytest.raises(ModelRefused, match="--model evilmod:factory"):
