@@ -49,7 +49,8 @@ def _batch(example: torch.Tensor) -> torch.Tensor:
 
 
 def layers(model: nn.Module, example_input: torch.Tensor) -> list[Site]:
-    """Every ReLU call site of ``model`` that ``layer=`` can name, in forward order.
+    """Every activation call site of ``model`` that ``layer=`` can name (ReLU, or one that
+    saturates: :mod:`collide.sites`), in forward order.
 
     Each :class:`~collide.sites.Site` has its ``name`` (``layer2.1.relu#1``,
     ``relu()``), ``kind`` (``module`` or ``function``), pre-activation ``shape`` and
@@ -64,7 +65,7 @@ def layers(model: nn.Module, example_input: torch.Tensor) -> list[Site]:
 
 def layer_names(model: nn.Module, input_shape: Sequence[int]) -> list[str]:
     """Every name ``layer`` accepts for ``model``: its aliases (``fc6 (= net.classifier.1)``)
-    first, then the ReLU call sites' own names."""
+    first, then the activation call sites' own names."""
     sites = [s for s in probe(model, torch.zeros(1, *input_shape)) if s.addressable]
     known = {s.base for s in sites} | {s.name for s in sites}
     return [f"{a} (= {m})" for a, m in listed_aliases(model).items() if m in known] + [s.name for s in sites]

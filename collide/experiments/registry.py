@@ -32,7 +32,8 @@ SUMMARIES: dict[str, str] = {
                 "folder + VGG-16 (fc6) with dataset=folder"),
     "imagenet": "VGG-16 at fc6 in pixel space on an ImageNet-style folder, paper §3.2 (Tables 3-4)",
     "scan": "the auditor's scan: examples of an MNIST split ranked by collision size, with a gallery (paper §5)",
-    "model": "any classifier (torchvision:NAME or module:factory) at any ReLU call, on an image folder or one image",
+    "model": ("any classifier (torchvision:NAME or module:factory) at any activation call, on an image folder or "
+              "one image"),
     "profile": ("collision size at every ReLU layer of the MLP and LeNet-5: N+, dim C, inscribed radius, spread, "
                 "success"),
     "baselines": ("baselines side by side: gradient hull, exact region, random ball, null space, code inversion "

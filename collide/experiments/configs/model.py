@@ -1,5 +1,5 @@
 """The any-model experiment's config (:mod:`collide.experiments.model`): any classifier
-at any ReLU call site. Imports no torch: the model is built (once, with random weights)
+at any activation call site. Imports no torch: the model is built (once, with random weights)
 only where names and shapes are needed."""
 
 from __future__ import annotations
@@ -19,7 +19,7 @@ if TYPE_CHECKING:
 
 @dataclass(frozen=True, kw_only=True)
 class ModelExperiment(ExperimentConfig):
-    """Colliding polytopes of any image classifier at one ReLU call site.
+    """Colliding polytopes of any image classifier at one activation call site.
 
     ``model`` is ``torchvision:NAME`` or ``package.module:factory`` (a function of no
     arguments). ``weights``: a state dict file, ``torchvision`` (the torch cache, or a
@@ -35,7 +35,7 @@ class ModelExperiment(ExperimentConfig):
         name: names the outputs: <name>.zarr, <name>.parquet, <name>-vertices.png under results_root.
         model: the classifier: torchvision:NAME or package.module:factory (a function of no arguments).
         weights: a state dict file, torchvision (the torch cache or a download), or random (on request).
-        layer: the ReLU call site where features collide, as `collide layers MODEL` names it.
+        layer: the activation call site where features collide, as `collide layers MODEL` names it.
         image_root: a folder of class folders, or one image.
         target: an image inside image_root to collide with ("": the first image of the first class).
         targets_per_class: 0: one target; n > 0: the first n images of every class.
