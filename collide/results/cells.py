@@ -105,8 +105,12 @@ def pairs_text(metrics: Mapping[str, Any]) -> str:
 
 
 def valid_text(metrics: Mapping[str, Any]) -> str:
-    """``k/V`` valid vertices, or "?" for rows evaluated before validity was recorded."""
+    """``k/V`` valid vertices, or "?" for rows evaluated before validity was recorded; for a
+    row of points (``n_vertices`` 0: a baseline's, the frontier's) "none (points)", or the
+    valid vertices its points came from ("points of 5")."""
     valid, total = metrics.get("valid_vertices"), metrics.get("n_vertices")
+    if not missing(total) and int(total) == 0:
+        return "none (points)" if missing(valid) else f"points of {int(valid)}"
     if missing(valid):
         return "?"
     return f"{int(valid)}/{'?' if missing(total) else int(total)}"

@@ -32,9 +32,10 @@ def fitted_title(title: str, fig: Figure, fontsize: float) -> str:
     return "\n".join(textwrap.fill(line, chars) for line in title.splitlines())
 
 
-def column_titles(n_vertices: int) -> list[str]:
-    """The figure's column headers for rows of up to ``n_vertices`` vertices."""
-    return [*LEADING_COLUMNS, *(f"vertex {i}" for i in range(n_vertices))]
+def column_titles(n_vertices: int, item: str = "vertex") -> list[str]:
+    """The figure's column headers for rows of up to ``n_vertices`` vertices (``item``
+    "point" where the rows hold points, not a polytope's vertices)."""
+    return [*LEADING_COLUMNS, *(f"{item} {i}" for i in range(n_vertices))]
 
 
 def _as_image(x: np.ndarray) -> tuple[np.ndarray, str | None]:
@@ -53,6 +54,7 @@ def draw_vertex_grid(
     valid: Sequence[np.ndarray | None] | None = None,
     title: str = "",
     boxes: Sequence[Sequence[tuple[int, int, int]]] | None = None,
+    item: str = "vertex",
 ) -> Figure:
     """One figure row per polytope: its target, its init, then its vertices.
 
@@ -66,7 +68,7 @@ def draw_vertex_grid(
         valid[r]: (V,) bool, or None when every vertex counts
     """
     n_rows = len(vertices)
-    titles = column_titles(max(len(v) for v in vertices))
+    titles = column_titles(max(len(v) for v in vertices), item)
     lead = len(LEADING_COLUMNS)
     fig = Figure(figsize=(1.5 * len(titles), 1.7 * n_rows + 0.5))
     FigureCanvasAgg(fig)
@@ -115,9 +117,10 @@ def vertex_grid(
     valid: Sequence[np.ndarray | None] | None = None,
     title: str = "",
     boxes: Sequence[Sequence[tuple[int, int, int]]] | None = None,
+    item: str = "vertex",
 ) -> Path:
     """:func:`draw_vertex_grid`, written to ``path`` as PNG (atomically)."""
-    fig = draw_vertex_grid(targets, inits, vertices, labels, valid=valid, title=title, boxes=boxes)
+    fig = draw_vertex_grid(targets, inits, vertices, labels, valid=valid, title=title, boxes=boxes, item=item)
     with atomic_file(path) as tmp:
         fig.savefig(tmp, dpi=110)
     return Path(path)

@@ -52,7 +52,8 @@ GLOSSARY = {
     "layer": "the layer whose features collide",
     "valid": "valid_vertices/n_vertices: vertices that met their method's collision criterion, of "
     "those solved. Only valid vertices are sampled and measured; invalid ones stay in the store "
-    "(red frame in the figure). ? = evaluated before validity was recorded",
+    "(red frame in the figure). ? = evaluated before validity was recorded; a row of points has no "
+    "vertices of its own: none, or the valid vertices its points came from",
     "exact_proximity": "exact rows: the L1 pull toward the init their LPs used (exact.proximity). 0: each "
     "vertex is the extreme point of its unit, the unit's minimum over the collision set; above 0: vertices "
     "pulled toward the init, short of that minimum",

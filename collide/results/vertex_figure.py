@@ -85,6 +85,7 @@ def write_figure(store: ExperimentStore, rows: list[int], *, warning: str = "") 
     targets, inits, vertices, valid, labels, boxes = [], [], [], [], [], []
     layer = "?"
     flagged: dict[str, list[int]] = {}
+    points = 0  # rows of points (a baseline's, the frontier's), not of a polytope's vertices
     for row in rows[:FIGURE_ROWS]:
         arrays, attrs = store.read_row(row)
         targets.append(arrays["target"])
@@ -94,6 +95,7 @@ def write_figure(store: ExperimentStore, rows: list[int], *, warning: str = "") 
         valid.append(arrays.get("vertex_valid"))
         labels.append(row_label(row, attrs))
         layer = attrs.get("layer", layer)
+        points += is_points_row(attrs)
         for flag in row_flags({**attrs, **attrs.get("metrics", {})}):
             flagged.setdefault(flag, []).append(row)
         patch = attrs.get("composition")
@@ -102,10 +104,20 @@ def write_figure(store: ExperimentStore, rows: list[int], *, warning: str = "") 
     # A flag names its rows: one flagged row must not read as the whole figure's.
     note = "".join(f" - {flag_text(f).upper()} ({'rows' if len(at) > 1 else 'row'} {', '.join(map(str, at))})"
                    for f, at in flagged.items())
-    kind = "patch compositions (boxes: largest differences)" if any(boxes) else "polytopes"
-    title = f"{store.name}: {kind} colliding with the target at {layer}{shown}{note}"
+    shown_rows = min(len(rows), FIGURE_ROWS)
+    if points == shown_rows:
+        # Points need not collide (the frontier's trade feature error for distance): the title
+        # claims no collision; each row's label gives its success and feature error.
+        head = f"the first {POINTS_SHOWN} points of each row, for the target at {layer}"
+    else:
+        kind = "patch compositions (boxes: largest differences)" if any(boxes) else "polytopes"
+        head = f"{kind} colliding with the target at {layer}" + (
+            f" (rows of points show their first {POINTS_SHOWN})" if points else "")
+    title = f"{store.name}: {head}{shown}{note}"
     if warning:
         title += f"\n{warning}"
     if any(v is not None and not np.all(v) for v in valid):
         title += "\nred frame: invalid vertex (missed its criterion; no sample weight)"
-    return vertex_grid(targets, inits, vertices, labels, store.figure_path, valid=valid, title=title, boxes=boxes)
+    item = "point" if points == shown_rows else "vertex"
+    return vertex_grid(targets, inits, vertices, labels, store.figure_path, valid=valid, title=title, boxes=boxes,
+                       item=item)

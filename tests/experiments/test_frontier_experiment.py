@@ -65,6 +65,23 @@ def test_the_frontier_figure_is_written(ran):
     assert out["frontier_figure"].endswith("frontier-frontier.png")
 
 
+def test_rows_of_points_read_as_points_not_as_a_polytopes_vertices(ran, monkeypatch):
+    """A new user's trial: the frontier's figure said "polytopes colliding with the target"
+    over "vertex 0" columns (a point at ε = 0.1 need not collide), and the report's valid
+    column read "?", which it defines as a row from before validity was recorded."""
+    from collide.results import cells, vertex_figure
+
+    config, _ = ran
+    seen = {}
+    monkeypatch.setattr(vertex_figure, "vertex_grid", lambda *a, **kw: seen.update(kw))
+    store = ExperimentStore.of(config)
+    vertex_figure.write_figure(store, store.rows())
+    assert seen["item"] == "point" and "colliding" not in seen["title"]
+    assert seen["title"].startswith("frontier: the first 5 points of each row, for the target at relu1")
+    assert cells.valid_text(store.read_attrs(0)["metrics"]) == "none (points)"
+    assert cells.valid_text({"n_vertices": 0, "valid_vertices": 5}) == "points of 5"
+
+
 def test_a_finished_frontier_reruns_as_a_no_op(ran):
     config, _ = ran
     again = engine.run(frontier, config=config)
