@@ -23,6 +23,21 @@ def split_spec(spec: str, *, what: str, forms: str) -> tuple[str, str]:
     return where, name
 
 
+def factory_of(spec: str, *, what: str) -> Any:
+    """The function ``package.module:factory`` names, imported, not called.
+
+    Raises:
+        ConfigError: the module cannot be imported or has no such function.
+    """
+    where, name = split_spec(spec, what=what, forms="'package.module:factory'")
+    try:
+        return getattr(importlib.import_module(where), name)
+    except (ImportError, AttributeError) as exc:
+        raise ConfigError(f"{what} {spec!r}: cannot import {name} from {where} ({exc}); the module must be importable "
+                          "(installed, or its folder on PYTHONPATH: the working folder is not searched) and define "
+                          f"a function of no arguments returning the {what}") from None
+
+
 def call_factory(spec: str, *, what: str) -> Any:
     """What ``package.module:factory`` returns when called with no arguments.
 
@@ -30,13 +45,8 @@ def call_factory(spec: str, *, what: str) -> Any:
         ConfigError: the module cannot be imported, has no such function, or the function
             needs arguments.
     """
-    where, name = split_spec(spec, what=what, forms="'package.module:factory'")
-    try:
-        factory = getattr(importlib.import_module(where), name)
-    except (ImportError, AttributeError) as exc:
-        raise ConfigError(f"{what} {spec!r}: cannot import {name} from {where} ({exc}); the module must be importable "
-                          "(installed, or its folder on PYTHONPATH: the working folder is not searched) and define "
-                          f"a function of no arguments returning the {what}") from None
+    _, name = split_spec(spec, what=what, forms="'package.module:factory'")
+    factory = factory_of(spec, what=what)
     try:
         return factory()
     except TypeError as exc:

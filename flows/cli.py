@@ -270,9 +270,12 @@ def _layers(args: argparse.Namespace) -> int:
 
     from collide.models.external import build, input_defaults, resolve_model
     from collide.sites import listed_aliases, probe
+    from collide.usercode import factory_of
 
     side = args.input_size or input_defaults(args.model).get("input_size", 0)
     if not side:
+        if not args.model.startswith("torchvision:"):
+            factory_of(args.model, what="model")  # a module that does not import says so first
         raise ConfigError(f"{args.model} has no torchvision weights whose transforms give its input size (your own "
                           "factory, or a torchvision model without weights): pass --input-size")
     source = resolve_model(args.model, "random", mean=args.mean or (), std=args.std or (), input_size=side)

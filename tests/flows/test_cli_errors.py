@@ -448,6 +448,10 @@ def test_layers_checks_the_model_name_and_the_sizes_first(capsys):
         assert f"{flag} must be a whole number, at least 1; got {bad!r}" in capsys.readouterr().err
     assert main(["layers", "tests.any_models:functional_cnn"]) == 2  # a factory's size is not known
     assert "pass --input-size" in capsys.readouterr().err
+    # A factory that does not import says so first, not that a size is missing (a new user's trial).
+    assert main(["layers", "tests.no_such_module:factory"]) == 2
+    err = capsys.readouterr().err
+    assert "cannot import factory from tests.no_such_module" in err and "--input-size" not in err
 
 
 def test_output_whose_reader_went_away_ends_quietly():
