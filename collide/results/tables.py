@@ -46,8 +46,10 @@ def write_outputs(store: ExperimentStore, *, force: bool = False) -> dict[str, A
     write_figure(store, [int(r) for r in frame["row"]], warning=warning or "")
     write_table(frame, table)
     digests = sorted({str(d) for d in frame.get("config_digest", pd.Series(dtype=str)).dropna()})
+    # The files by name, beside the ledger: it reads the same however the root was given (the
+    # run's absolute folders, `collide tables`' relative one).
     record = {
-        "key": key, "table": str(table), "figure": str(figure), "rows": len(frame), "expected_rows": expected,
+        "key": key, "table": table.name, "figure": figure.name, "rows": len(frame), "expected_rows": expected,
         "table_sha256": file_sha256(table), "figure_sha256": file_sha256(figure),
         "incomplete": warning, "config_digests": digests,
         "written": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
@@ -55,7 +57,7 @@ def write_outputs(store: ExperimentStore, *, force: bool = False) -> dict[str, A
     if DECLARED in ledger:  # the summaries were not rewritten: what they were written as still holds
         record[DECLARED] = ledger[DECLARED]
     store.write_ledger(record)
-    return {**{k: record[k] for k in kept}, "reused": False}
+    return {**{k: record[k] for k in kept}, "table": str(table), "figure": str(figure), "reused": False}
 
 
 def records(frame: pd.DataFrame) -> list[dict[str, Any]]:

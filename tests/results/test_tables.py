@@ -44,6 +44,7 @@ def test_regenerated_tables_and_figures_equal_what_the_run_wrote(finished, tmp_p
     assert report.count("<img") == 2 and report.count("data:image/png;base64,") == 2
     assert report.count("<h2>") == 3 and "<h2>Columns</h2>" in report and "mnist-copy" in report
     assert "report:" in capsys.readouterr().out
+    assert ExperimentStore(root, "mnist").ledger()["table"] == "mnist.parquet"  # by name: however root was given
     assert main(["status", "mnist-copy", "--results-root", str(root)]) == 0  # one store of the two, by name
     assert [line.split(":")[0] for line in capsys.readouterr().out.splitlines() if not line.startswith(" ")] == [
         "mnist-copy"]
