@@ -25,6 +25,7 @@ Then:
 from __future__ import annotations
 
 import hashlib
+import logging
 from dataclasses import asdict
 from pathlib import Path
 from typing import Any
@@ -48,6 +49,9 @@ from collide.results.figures import draw_gallery, draw_scan_classes, save_figure
 from collide.results.report import CERTIFIED_OUTPUT, GALLERY_OUTPUT, RANKING_OUTPUT
 from collide.results.store import ExperimentStore
 from collide.results.summary import SUMMARY_OUTPUTS, summary_table, write_summary, write_summary_table
+
+# In the flow's log too (PREFECT_LOGGING_EXTRA_LOGGERS): the second stage runs minutes without a job's bar.
+log = logging.getLogger(__name__)
 
 RANKING, GALLERY, CERTIFIED = "ranking", GALLERY_OUTPUT, "certified"
 # Files :func:`summarize` writes beyond the table and figure, as suffixes of the name
@@ -243,7 +247,7 @@ def certify(ranked: pd.DataFrame, images: torch.Tensor, *, config: ScanExperimen
     kept = pd.read_parquet(path).set_index("key") if path.is_file() else pd.DataFrame()
     geometry = asdict(config.certify_geometry)
     rows = []
-    for example in picked.itertuples():
+    for n, example in enumerate(picked.itertuples(), 1):
         image = images[int(example.index)]
         key = json_digest({"index": int(example.index), "checkpoint_sha256": model_info["sha256"],
                            "layer": config.layer, "geometry": geometry,
@@ -252,6 +256,8 @@ def certify(ranked: pd.DataFrame, images: torch.Tensor, *, config: ScanExperimen
         if key in kept.index:
             rows.append({**kept.loc[key].to_dict(), **head, "key": key})
             continue
+        log.info("certifying example %d (rank %d), %d of %d: its exact set measured in full", int(example.index),
+                 int(example.rank), n, len(picked))
         geo = collision_geometry(model, config.layer, image, config=config.certify_geometry)
         sampler = geo.sampler
         rows.append({
@@ -263,4 +269,11 @@ def certify(ranked: pd.DataFrame, images: torch.Tensor, *, config: ScanExperimen
             "seconds": geo.seconds, "key": key})
     columns = ["index", "rank", "screen_radius", "dim", "dim_method", "radius", "mean_width", "mean_width_se",
                "width_directions", "converged", "rhat", "ess", "reason", *_SAMPLED, "seconds", "key"]
-    return pd.DataFrame(rows, columns=columns)
+    frame = pd.DataFrame(rows, columns=columns)
+    unmixed = frame[~frame["converged"].astype(bool)]
+    if len(unmixed):
+        log.warning("%d of %d certified examples' set samples did not mix (examples %s; R-hat %s): their sample "
+                    "statistics are withheld, their radius and mean width stand", len(unmixed), len(frame),
+                    ", ".join(str(int(i)) for i in unmixed["index"]),
+                    ", ".join(f"{r:.3f}" for r in unmixed["rhat"]))
+    return frame

@@ -4,6 +4,7 @@ resumes to what an uninterrupted one writes, and the scan's summary is its table
 import copy
 import dataclasses
 import json
+import logging
 import os
 import shutil
 import signal
@@ -237,13 +238,14 @@ def test_the_referee_recomputes_every_examples_vertices_and_spread_and_catches_d
         assert any(expected in p for p in found)  # a moved vertex moves the spread too
 
 
-def test_the_second_stage_certifies_the_most_and_least_blind_and_a_rerun_keeps_it(scanned, tiny_mnist):
+def test_the_second_stage_certifies_the_most_and_least_blind_and_a_rerun_keeps_it(scanned, tiny_mnist, caplog):
     config, out = scanned
     ranked = pd.read_parquet(out["ranking"])
     staged = dataclasses.replace(config, certify=1, certify_geometry=dataclasses.replace(
         SCAN_GEOMETRY, n_directions=3, max_directions=3))
     assert staged.digest() == config.digest()  # no row is solved again for it
-    first = engine.run(scan, config=staged)
+    with caplog.at_level(logging.INFO, logger="collide.experiments.scan"):
+        first = engine.run(scan, config=staged)
     assert first["reused_rows"] == len(first["rows"])
     certified = pd.read_parquet(first["certified"])
     sized = ranked.dropna(subset=["size"])
@@ -257,6 +259,12 @@ def test_the_second_stage_certifies_the_most_and_least_blind_and_a_rerun_keeps_i
         assert abs(r.radius - r.screen_radius) <= LP_OBJECTIVE * (1 + r.radius) and r.dim == size.dim
         assert r.width_directions == 3 and r.mean_width > 0 and np.isfinite(r.mean_width_se)
         assert r.converged or (np.isnan(r.mean_distance_to_target) and r.reason)
+    # Minutes of it show in the log (a new user's trial: it ran silent), and so does a set that did not mix.
+    said = [rec.getMessage() for rec in caplog.records if rec.name == "collide.experiments.scan"]
+    assert [m.split(",")[0] for m in said if m.startswith("certifying")] == [
+        f"certifying example {i} (rank {k})" for i, k in zip(certified["index"], certified["rank"], strict=True)]
+    unmixed = (~certified["converged"].astype(bool)).sum()
+    assert any(f"{unmixed} of 2 certified examples' set samples did not mix" in m for m in said) == bool(unmixed)
     _, markdown = ranking_markdown(ExperimentStore.of(config))  # the artifact and the report show it
     assert "Certified: the second stage" in markdown and f"| {certified['index'].iloc[0]} |" in markdown
     stamp = Path(first["certified"]).stat().st_mtime_ns
