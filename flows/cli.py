@@ -191,8 +191,8 @@ def next_steps(results_root: str) -> str:
     """Where to look once a run is written: the table's numbers alone say little of what
     each row holds, why one is flagged, or how it stands beside the paper's."""
     where = "" if os.path.normpath(results_root) == DEFAULT_RESULTS else f" --results-root {shlex.quote(results_root)}"
-    return (f"next: `collide status{where}` says what each row holds and why one is flagged; "
-            f"`collide tables{where}` writes report.html, the tables beside the paper's")
+    return (f"next: `collide status{where}` says which rows are flagged and why; "
+            f"`collide tables{where}` writes report.html, each row explained and beside the paper's where it has one")
 
 
 def accuracy_text(accuracy: float | dict[str, float]) -> str:
@@ -331,7 +331,7 @@ def _results_root(args: argparse.Namespace, command: str) -> Path:
     not exist yet)."""
     root = Path(args.results_root)
     if root.suffix == ".zarr" and root.is_dir():
-        name = f" {root.name.removesuffix('.zarr')}" if command == "verify" else ""  # verify alone takes a name
+        name = f" {root.name.removesuffix('.zarr')}" if command in ("verify", "status") else ""  # they take a name
         raise DataError(f"{root} is a store, not the folder that holds stores: run `collide {command}{name} "
                         f"--results-root {root.parent}`")
     if (root.exists() or args.results_root != DEFAULT_RESULTS) and not root.is_dir():

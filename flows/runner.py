@@ -19,6 +19,7 @@ import logging
 import os
 from typing import Any
 
+import dask
 from prefect_dask import DaskTaskRunner
 
 from collide._io import private_dir
@@ -58,10 +59,12 @@ class LocalDaskRunner(DaskTaskRunner):
                 kwargs["env"] = {"PREFECT_API_URL": url}
             # Dask's default scratch, <tmp>/dask-scratch-space, is one folder for every user of
             # the machine (another's, or holding their links): the scheduler's and workers'
-            # scratch (locks, spilled data) goes in this user's own, made when a cluster starts.
-            scratch = str(private_dir("dask", runtime=False))
-            kwargs.setdefault("local_directory", scratch)
-            kwargs["scheduler_kwargs"] = {"local_directory": scratch, **kwargs.get("scheduler_kwargs", {})}
+            # scratch (locks, spilled data) goes in this user's own, made when a cluster starts,
+            # unless the user chose one (Dask's temporary-directory).
+            if not dask.config.get("temporary-directory", None):
+                scratch = str(private_dir("dask", runtime=False))
+                kwargs.setdefault("local_directory", scratch)
+                kwargs["scheduler_kwargs"] = {"local_directory": scratch, **kwargs.get("scheduler_kwargs", {})}
             self.cluster_kwargs = kwargs
         return super().__enter__()
 

@@ -270,7 +270,8 @@ def certify(ranked: pd.DataFrame, images: torch.Tensor, *, config: ScanExperimen
     columns = ["index", "rank", "screen_radius", "dim", "dim_method", "radius", "mean_width", "mean_width_se",
                "width_directions", "converged", "rhat", "ess", "reason", *_SAMPLED, "seconds", "key"]
     frame = pd.DataFrame(rows, columns=columns)
-    unmixed = frame[~frame["converged"].astype(bool)]
+    # A set that was never sampled (no interior point; sizes only) has no R-hat to report.
+    unmixed = frame[~frame["converged"].astype(bool) & ~frame["reason"].astype(str).str.startswith("not sampled")]
     if len(unmixed):
         log.warning("%d of %d certified examples' set samples did not mix (examples %s; R-hat %s): their sample "
                     "statistics are withheld, their radius and mean width stand", len(unmixed), len(frame),

@@ -321,7 +321,9 @@ def paper_comparison(frame: pd.DataFrame, summary: pd.DataFrame) -> pd.DataFrame
     """
     out = []
     for (method, init), group in frame.groupby(["method", "init"], sort=False):
-        reference = reference_for(group.iloc[0].to_dict()) if method in POLYTOPE_METHODS else None
+        # The group's draws span its targets' labels: the paper's row is the one any 7 of them has.
+        found = (reference_for(r) for r in group.to_dict("records")) if method in POLYTOPE_METHODS else iter(())
+        reference = next((r for r in found if r is not None), None)
         if reference is None:
             continue
         ours = summary[(summary["method"] == method) & (summary["init"] == init)].set_index("column")

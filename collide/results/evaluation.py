@@ -37,7 +37,7 @@ _PASS_THROUGH = (
     "init", "loss", "target_index", "init_index", "test_accuracy", "weights", "knn_recall", "knn_k",
     "n_patches", "index_build_seconds", "knn_query_seconds", "exact_query_seconds", "target_path", "init_path",
     "knn_queries", "target_weight_share", "mean_distance_to_start_all", "mean_distance_to_target_all", "paper_lr",
-    "arch", "depth", "dataset", "data_digest", "checkpoint_origin",
+    "arch", "depth", "dataset", "data_digest", "checkpoint_origin", "scan_rank_by",
 )
 
 

@@ -106,12 +106,14 @@ def reference_for(record: Mapping[str, Any]) -> ReferenceRow | None:
     Only the paper's settings match: polytopes of the MNIST MLP at its first layer around
     a 7 (any method, init ``target`` or ``other``), VGG-16 with ImageNet weights at fc6
     started from another image, and patch compositions there. Random weights, other layers,
-    LeNet-5, MNIST patches, another digit as the target (a scan's) and rows of points (a
-    baseline's, the frontier's) have no reference.
+    LeNet-5, MNIST patches, another digit as the target, a scan's rows (its most blind
+    examples) and rows of points (a baseline's, the frontier's) have no reference.
     """
     model, method, init, layer = (record.get(k) for k in ("model", "method", "init", "layer"))
     if _present(record.get("n_vertices")) and int(record["n_vertices"]) == 0:
         return None  # points, not a polytope's vertices: nothing the paper measured
+    if _present(record.get("scan_rank_by")):
+        return None  # a scan's most blind example of its batch, whatever its digit: not the paper's target
     dataset = record.get("dataset")
     if _present(dataset) and str(dataset) not in ("MNIST", "ImageNet", ""):
         return None  # the paper measured MNIST and ImageNet only
@@ -119,6 +121,8 @@ def reference_for(record: Mapping[str, Any]) -> ReferenceRow | None:
     if (_present(random) and bool(random)) or "random-weights" in str(record.get("flags") or ""):
         return None
     if model == "mnist-mlp" and layer in MNIST_FIRST_LAYER and method != "patches":
+        # The class the model gives the target: a 7 for every row whose target was chosen as
+        # a correctly classified 7 (the MNIST experiments'); any other target has no row.
         target = record.get("target_class")
         if _present(target) and int(target) != PAPER_MNIST_TARGET:
             return None

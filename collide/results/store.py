@@ -174,7 +174,11 @@ class _Scratch:
     def found(self) -> list[Path]:
         # mkdtemp's suffix is 8 of [a-z0-9_]; uuid4().hex, 32 hex digits.
         pattern = re.compile(rf"{re.escape(self.name)}-(row-\d+-(attrs-)?[a-z0-9_]{{8}}|old-[0-9a-f]{{32}})")
-        return sorted(p for p in self.dir.iterdir() if pattern.fullmatch(p.name)) if self.dir.is_dir() else []
+        try:
+            entries = list(self.dir.iterdir())
+        except (FileNotFoundError, NotADirectoryError):  # none yet, or tidied away by another run just now
+            return []
+        return sorted(p for p in entries if pattern.fullmatch(p.name))
 
 
 @dataclass(frozen=True)

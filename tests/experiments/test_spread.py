@@ -138,6 +138,16 @@ def _draws(values: list[float], column: str, init: str = "target") -> pd.DataFra
     return frame
 
 
+def test_the_paper_row_is_found_whichever_label_comes_first_and_never_for_other_digits_alone():
+    """Table 2's target is a 7: a group whose first draw is a 2 still has it (its 7s), one of
+    2s alone has none (the reviewer of "only a 7": the first row alone decided)."""
+    frame = _draws([1.0, 1.1, 1.2, 1.15], "vertex_avg_distance").assign(target_class=[2, 7, 2, 7])
+    [row] = spread.paper_comparison(frame, spread.spread_summary(frame)).to_dict(orient="records")
+    assert row["paper_row"] == "paper Table 2 row 1"
+    twos = frame.assign(target_class=2)
+    assert spread.paper_comparison(twos, spread.spread_summary(twos)).empty
+
+
 def test_the_paper_value_is_judged_against_our_range_not_our_mean():
     # Table 2 row 1 prints 1.33; our draws 1.0-1.2: outside, whatever the mean.
     frame = _draws([1.0, 1.1, 1.2, 1.15], "vertex_avg_distance")

@@ -338,7 +338,8 @@ def test_a_run_ends_by_saying_where_to_look_next_with_its_own_results_root():
     from flows import cli
 
     default = cli.next_steps("data/results")
-    assert "`collide status` says what each row holds" in default and "`collide tables` writes report.html" in default
+    assert "`collide status` says which rows are flagged" in default
+    assert "`collide tables` writes report.html" in default
     elsewhere = cli.next_steps("/tmp/my results")
     assert "`collide status --results-root '/tmp/my results'`" in elsewhere
     assert "`collide tables --results-root '/tmp/my results'`" in elsewhere
@@ -422,7 +423,7 @@ def test_a_results_root_that_cannot_hold_stores_is_refused_by_every_command(tmp_
     for command in ("tables", "verify", "status"):
         for given, said in ((tmp_path / "none", "does not exist"), (tmp_path / "file", "is not a folder"),
                             (root / "mnist.zarr", f"is a store, not the folder that holds stores: run `collide "
-                                                  f"{command}{' mnist' if command == 'verify' else ''} "
+                                                  f"{command}{' mnist' if command in ('verify', 'status') else ''} "
                                                   f"--results-root {root}`")):
             assert main([command, "--results-root", str(given)]) == 2, (command, given)
             assert f"{given} {said}" in capsys.readouterr().err

@@ -135,3 +135,7 @@ def test_a_local_cluster_keeps_its_scratch_in_a_folder_of_the_users_own(monkeypa
     os.chmod(mine, 0o777)  # open to others: refused, never used
     with pytest.raises(BusyError, match="not a folder of this user's alone"):
         dask_runner(workers=1).__enter__()
+    import dask
+
+    with dask.config.set({"temporary-directory": str(tmp_path / "chosen")}):  # the user's own choice stands
+        assert "local_directory" not in dask_runner(workers=1).__enter__().cluster_kwargs

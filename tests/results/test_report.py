@@ -157,6 +157,7 @@ def test_paper_rows_match_only_the_papers_settings_in_input_units():
     # A scan's most blind example, a 0, and the frontier's points are nothing Table 2 measured.
     assert reference.reference_for({**mlp, "init": "target", "target_class": 7}).vertex_avg_distance == 1.33
     assert reference.reference_for({**mlp, "init": "target", "target_class": 0}) is None
+    assert reference.reference_for({**mlp, "init": "target", "target_class": 7, "scan_rank_by": "radius"}) is None
     assert reference.reference_for({**mlp, "method": "frontier", "init": "other", "n_vertices": 0}) is None
     vgg = {"model": "vgg16-imagenet", "layer": "fc6", "method": "gradient", "init": "other"}
     table4 = reference.reference_for(vgg)

@@ -121,7 +121,7 @@ def test_leftovers_of_a_killed_writer_are_found_by_exact_name(tmp_path):
     assert not any(p.exists() for p in mine) and all(p.exists() for p in theirs)
 
 
-def test_every_scratch_folder_a_writer_makes_is_a_leftover_of_its_experiment_only(tmp_path):
+def test_every_scratch_folder_a_writer_makes_is_a_leftover_of_its_experiment_only(tmp_path, monkeypatch):
     """The names write_row and update_attrs give their scratch are the names leftovers()
     looks for (they once were spelled apart, and a stage key's scratch outlived reruns)."""
     mine, theirs = store._Scratch(tmp_path, "e"), store._Scratch(tmp_path, "e-targets")
@@ -130,6 +130,10 @@ def test_every_scratch_folder_a_writer_makes_is_a_leftover_of_its_experiment_onl
     other = [theirs.make(0), theirs.make(12, attrs=True)]
     assert mine.found() == sorted(made) and ExperimentStore(tmp_path, "e").leftovers() == sorted(made)
     assert theirs.found() == sorted(other)
+    # Tidied away by another run between a look and the listing: nothing found, no error.
+    shutil.rmtree(tmp_path / ".tmp")
+    monkeypatch.setattr(store.Path, "is_dir", lambda self: True)  # as a look just before it would have said
+    assert store._Scratch(tmp_path, "e").found() == []
 
 
 def test_the_scratch_folder_goes_once_empty_and_never_with_another_writers_scratch(tmp_path, monkeypatch):

@@ -65,7 +65,7 @@ def test_verify_never_imports_a_model_the_store_names(finished, tmp_path, monkey
     verified (a new user's trial: the first such store stopped them all)."""
     config, _ = finished
     root = _copy(config, tmp_path / "res")
-    shutil.copytree(root / "mnist.zarr", root / "honest.zarr")
+    shutil.copytree(root / "mnist.zarr", root / "zz-honest.zarr")  # verified after the refused one
     assert main(["tables", "--no-prefect", "--results-root", str(root)]) == 0  # the copy's own table
     marker = _plant(tmp_path, "evilmod")
     monkeypatch.chdir(tmp_path)
@@ -79,7 +79,7 @@ def test_verify_never_imports_a_model_the_store_names(finished, tmp_path, monkey
     assert main(["verify", "--results-root", str(root)]) == 1
     out = capsys.readouterr().out
     assert "mnist: not verified: the store names the external model 'evilmod:factory'" in out
-    assert "honest row 0: " in out and "honest row 1: " in out and "MISMATCH" not in out
+    assert "zz-honest row 0: " in out and "zz-honest row 1: " in out and "MISMATCH" not in out
     assert out.rstrip().endswith("mnist was not verified (a model of your own code, named in the store): verify "
                                  "each with --model, as said above")
     assert not marker.exists() and "evilmod" not in sys.modules
