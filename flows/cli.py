@@ -481,10 +481,12 @@ def _require_store(args: argparse.Namespace, command: str, names: list[str]) -> 
 
 def _status(args: argparse.Namespace) -> int:
     from collide.results.health import status
+    from collide.results.store import stores
 
-    report = status(_results_root(args, "status"))
-    _require_store(args, "status", [s["experiment"] for s in report])
-    report = [s for s in report if not args.experiment or s["experiment"] == args.experiment]
+    root = _results_root(args, "status")
+    if args.experiment:
+        _require_store(args, "status", [s.name for s in stores(root)])
+    report = status(root, only=args.experiment)
     if args.json:
         print(json.dumps(report, indent=1))
         return EXIT_OK

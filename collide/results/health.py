@@ -32,7 +32,7 @@ def _warnings(
     return out
 
 
-def status(root: str | Path) -> list[dict[str, Any]]:
+def status(root: str | Path, *, only: str | None = None) -> list[dict[str, Any]]:
     """Per store: rows, evaluated rows, configs, newest row time, whether the table is fresh,
     and the rows a reader must not take at face value.
 
@@ -45,10 +45,13 @@ def status(root: str | Path) -> list[dict[str, Any]]:
     no longer that file (missing, changed). ``flagged`` maps each flag to its
     rows; ``invalid_vertex_rows`` maps a row to its ``k/V`` valid vertices where k < V;
     ``no_success_rate`` maps a row to the reason; ``unchecked_rows`` were evaluated by a
-    version that did not check vertices; ``warnings`` says all of it in words.
+    version that did not check vertices; ``warnings`` says all of it in words. ``only``:
+    the store of that experiment alone (the others are not read).
     """
     out = []
     for store in stores(root):
+        if only is not None and store.name != only:
+            continue  # `collide status NAME`: the other stores' files are not read
         name = store.name
         rows = store.rows()
         evaluated, configs, newest = 0, {}, None

@@ -31,7 +31,7 @@ def _stores_only(config: MnistExperiment, dest: Path, *names: str) -> Path:
     return dest
 
 
-def test_regenerated_tables_and_figures_equal_what_the_run_wrote(finished, tmp_path, capsys):
+def test_regenerated_tables_and_figures_equal_what_the_run_wrote(finished, tmp_path, capsys, monkeypatch):
     config, out = finished
     root = _stores_only(config, tmp_path / "res", "mnist", "mnist-copy")
     assert main(["tables", "--no-prefect", "--results-root", str(root)]) == 0
@@ -45,9 +45,12 @@ def test_regenerated_tables_and_figures_equal_what_the_run_wrote(finished, tmp_p
     assert report.count("<h2>") == 3 and "<h2>Columns</h2>" in report and "mnist-copy" in report
     assert "report:" in capsys.readouterr().out
     assert ExperimentStore(root, "mnist").ledger()["table"] == "mnist.parquet"  # by name: however root was given
+    read, rows = [], ExperimentStore.rows
+    monkeypatch.setattr(ExperimentStore, "rows", lambda self: read.append(self.name) or rows(self))
     assert main(["status", "mnist-copy", "--results-root", str(root)]) == 0  # one store of the two, by name
     assert [line.split(":")[0] for line in capsys.readouterr().out.splitlines() if not line.startswith(" ")] == [
         "mnist-copy"]
+    assert set(read) == {"mnist-copy"}  # the other store is not even read
 
 
 def test_tables_without_any_store_is_bad_input(tmp_path, capsys):
