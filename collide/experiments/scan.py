@@ -270,11 +270,11 @@ def certify(ranked: pd.DataFrame, images: torch.Tensor, *, config: ScanExperimen
     columns = ["index", "rank", "screen_radius", "dim", "dim_method", "radius", "mean_width", "mean_width_se",
                "width_directions", "converged", "rhat", "ess", "reason", *_SAMPLED, "seconds", "key"]
     frame = pd.DataFrame(rows, columns=columns)
-    # A set that was never sampled (no interior point; sizes only) has no R-hat to report.
-    unmixed = frame[~frame["converged"].astype(bool) & ~frame["reason"].astype(str).str.startswith("not sampled")]
-    if len(unmixed):
-        log.warning("%d of %d certified examples' set samples did not mix (examples %s; R-hat %s): their sample "
-                    "statistics are withheld, their radius and mean width stand", len(unmixed), len(frame),
-                    ", ".join(str(int(i)) for i in unmixed["index"]),
-                    ", ".join(f"{r:.3f}" for r in unmixed["rhat"]))
+    # The sampler's own reason says why (not mixed, with its R-hat; or never sampled).
+    withheld = frame[~frame["converged"].astype(bool)]
+    if len(withheld):
+        log.warning("%d of %d certified examples have no sample statistics, their radius and mean width stand: %s",
+                    len(withheld), len(frame),
+                    "; ".join(f"example {int(i)}: {why}" for i, why in zip(withheld["index"], withheld["reason"],
+                                                                            strict=True)))
     return frame
