@@ -450,14 +450,17 @@ def _verify(args: argparse.Namespace) -> int:
                   f"largest feature error {r.get('max_feature_rel_error', float('nan')):.3g}{bound}, "
                   f"success rate {r.get('success_rate', float('nan')):.6g}: {state}")
             failed += bool(r["problems"])
-    reasons = []
-    if busy:
-        reasons.append(f"{', '.join(busy)} {'was' if len(busy) == 1 else 'were'} not verified (a run is writing "
-                       f"{'it' if len(busy) == 1 else 'them'}): run `collide verify` once it ends")
-    if refused:
-        reasons.append(f"{', '.join(refused)} {'was' if len(refused) == 1 else 'were'} not verified (a model of "
-                       "your own code, named in the store): verify each with --model, as said above")
-    unverified = "; ".join(reasons)
+
+    def not_verified(names: list[str], why: str, then: str) -> list[str]:
+        were = "was" if len(names) == 1 else "were"
+        return [f"{', '.join(names)} {were} not verified ({why}): {then}"] if names else []
+
+    unverified = "; ".join([
+        *not_verified(busy, f"a run is writing {'it' if len(busy) == 1 else 'them'}",
+                      "run `collide verify` once it ends"),
+        *not_verified(refused, "a model of your own code, named in the store",
+                      "verify each with --model, as said above"),
+    ])
     if failed:
         print(f"{failed} row(s) or entries disagree with their table" + (f"; {unverified}" if unverified else ""))
     elif unverified:
