@@ -50,7 +50,10 @@ def empty() -> tuple[torch.Tensor, torch.Tensor]:
 
 
 def normalised() -> tuple[torch.Tensor, torch.Tensor]:
-    return (torch.rand(3, 1, 28, 28) - 0.1307) / 0.3081, torch.zeros(3, dtype=torch.long)
+    """MNIST's normalisation applied: its minimum (-0.424 here) is what the refusal names. Seeded:
+    unseeded, one draw in twenty had its smallest pixel above 0.0013 and the minimum read -0.41xx."""
+    pixels = torch.rand(3, 1, 28, 28, generator=torch.Generator().manual_seed(0))
+    return (pixels - 0.1307) / 0.3081, torch.zeros(3, dtype=torch.long)
 
 
 def eleventh_class() -> tuple[torch.Tensor, torch.Tensor]:
