@@ -115,18 +115,6 @@ def cli_reference(parser: argparse.ArgumentParser | None = None) -> str:
 # ---------------------------------------------------------------- config keys
 
 
-def config_rows(config: Any) -> list[tuple[str, str, Any, str]]:
-    """(key, type, default, description) for every key of ``config``; a description is
-    empty where ``config_keys`` gives none."""
-    from collide.config import config_keys
-
-    rows = []
-    for entry in config_keys(config):
-        key, kind, default, *rest = entry
-        rows.append((key, kind, default, rest[0] if rest else ""))
-    return rows
-
-
 def config_reference(name: str) -> str:
     """The config keys of experiment ``name``: one table row a key, from its dataclass."""
     from collide.experiments.registry import experiment
@@ -135,9 +123,13 @@ def config_reference(name: str) -> str:
     lines = [f"`collide run {name} --set KEY=VALUE` (values are JSON; nested keys dotted). "
              f"`collide config show {name}` prints the same list, `--json` the defaults as a `--config` file.",
              "", "| key | type | default | what |", "|---|---|---|---|"]
-    for key, kind, default, description in config_rows(module.Config()):
+    config = module.Config()
+    for key, kind, default, description in config.keys_read():
         lines.append(f"| {_code(key)} | {_cell(kind)} | {_code(json.dumps(default, default=str))} "
                      f"| {_cell(description)} |")
+    if config.NOT_USED:
+        lines += ["", f"Inherited and not read by {name} (a value for one is refused): "
+                  + ", ".join(_code(k) for k in config.NOT_USED) + "."]
     return "\n".join(lines) + "\n"
 
 

@@ -156,7 +156,8 @@ def _run_experiment(args: argparse.Namespace) -> int:
         raise ConfigError(f"{flag} fans the jobs out over Dask, which the Prefect flow does: --no-prefect runs every "
                           f"job in this process, one after another; drop --no-prefect to use Dask, or drop {flag}")
     overrides = _overrides(args)
-    config = experiment_config(args.experiment).from_dict(overrides)  # a plain config error is refused before torch
+    # A plain config error is refused before torch.
+    config = experiment_config(args.experiment).from_request(overrides)
     module = experiment(args.experiment)
     if not args.no_prefect:
         from collide.experiments import engine
@@ -247,11 +248,11 @@ def key_lines(keys: list[tuple[str, str, Any, str]]) -> list[str]:
 
 def describe(name: str) -> str:
     """An experiment's config keys (type, default, description) and the layers its model offers."""
-    from collide.config_loader import config_keys
-
     config = experiment_config(name)()
     lines = [f"{name}: {SUMMARIES[name]}", "", "config keys (--set KEY=VALUE; values are JSON, nested keys dotted):"]
-    lines += key_lines(config_keys(config))
+    lines += key_lines(config.keys_read())
+    if config.NOT_USED:
+        lines += ["", f"inherited and not read by {name} (a value for one is refused): {', '.join(config.NOT_USED)}"]
     usable = config.listed_layers()  # the MNIST models' layers are known without building one (and torch)
     module = experiment(name) if usable is None else None
     try:

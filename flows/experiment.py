@@ -33,7 +33,7 @@ def experiment_flow(experiment: str = "mnist", config: dict[str, Any] | None = N
     module = find(experiment)
     # Folders absolute here, in the submitting process: a Dask worker started in another
     # folder then reads and writes the same files (on the same filesystem).
-    cfg = module.Config.from_dict(config or {}).absolute()
+    cfg = module.Config.from_request(config or {}).absolute()
     engine.validate(module, config=cfg)  # bad input fails here, in the flow: no task, no retry
     with engine.lock(cfg, module):  # one run per experiment: a second one fails at once, naming this one
         return _run(experiment, module, cfg)

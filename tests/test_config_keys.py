@@ -9,6 +9,7 @@ import pytest
 
 from collide.config import config_keys
 from collide.config_loader import descriptions, field_types
+from collide.errors import ConfigError
 from collide.experiments.registry import EXPERIMENTS
 from flows.cli import main
 from tests.support import PROJECT
@@ -67,3 +68,42 @@ def test_no_module_imports_private_names_of_another_modules_config():
             if isinstance(node, ast.ImportFrom) and (node.module or "").startswith("collide.config"):
                 offenders += [(path.name, a.name) for a in node.names if a.name.startswith("_")]
     assert not offenders
+
+
+@pytest.mark.parametrize("name", list(EXPERIMENTS))
+def test_the_keys_an_experiment_does_not_read_are_its_own_and_shown_apart(name, capsys):
+    """A new user's trial: `config show scan` listed target_label, which a scan never reads."""
+    config = EXPERIMENTS[name].Config()
+    keys = [k for k, *_ in config_keys(config)]
+    for unused in config.NOT_USED:  # each names a key there is (a renamed field would leave it naming nothing)
+        assert any(k == unused or k.startswith(f"{unused}.") for k in keys), (name, unused)
+    assert main(["config", "show", name]) == 0
+    shown = capsys.readouterr().out
+    listed = {line.split()[0] for line in shown.splitlines() if line.startswith("  ") and not line.startswith("   ")}
+    assert not [k for k in listed for u in config.NOT_USED if k == u or k.startswith(f"{u}.")]
+    if config.NOT_USED:
+        assert f"inherited and not read by {name} (a value for one is refused): {', '.join(config.NOT_USED)}" in shown
+
+
+def test_a_value_for_a_key_the_experiment_does_not_read_is_refused_and_its_default_is_not(tmp_path):
+    from collide.experiments.configs.scan import ScanExperiment
+
+    config = ScanExperiment()
+    assert config.unused_given({"target_label": 3, "paper": {"lr": 0.5}, "exact": {"proximity": 0.5},
+                                "gradient": {"lr": 0.5}}) == ["target_label", "paper.lr"]
+    assert config.unused_given(config.to_dict()) == []  # `config show --json`'s file, every key at its default
+    assert config.unused_given({"target_label": 7, "split": "train"}) == []
+    from collide.experiments.configs.spread import SpreadExperiment
+
+    assert SpreadExperiment().unused_given({"train": {"seed": 2, "epochs": 3}}) == ["train.seed"]
+    # What the command line and the flow build their config with.
+    with pytest.raises(ConfigError, match="target_label: not read by this experiment"):
+        ScanExperiment.from_request({"target_label": 3})
+    assert ScanExperiment.from_request({"target_label": 7, "split": "train"}).split == "train"
+
+
+def test_the_command_line_refuses_a_key_the_experiment_does_not_read(tmp_path, capsys):
+    assert main(["run", "scan", "--no-prefect", "--results-root", str(tmp_path / "r"), "--set", "target_label=3"]) == 2
+    said = capsys.readouterr().err
+    assert "target_label: not read by this experiment" in said and "drop it" in said
+    assert not (tmp_path / "r").exists()  # refused before anything was written

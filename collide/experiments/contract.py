@@ -13,7 +13,7 @@ from typing import Any, ClassVar, Protocol, Self, runtime_checkable
 from collide._io import json_digest
 from collide.checks import require
 from collide.config import EXPERIMENT_NAME, NAME_MAX, UNLESS_DEFAULT, SampleConfig
-from collide.config_loader import load
+from collide.config_loader import config_keys, load
 from collide.errors import ConfigError
 
 #: The config fields that name folders or files a job reads or writes, where a config has
@@ -38,6 +38,9 @@ class ExperimentConfig:
 
     #: What `collide config show` adds below the listed layers ("": nothing).
     LAYERS_NOTE: ClassVar[str] = ""
+    #: Keys (dotted) the experiment inherits from the config it extends and never reads:
+    #: `collide config show` lists them apart, and the command line refuses a value for one.
+    NOT_USED: ClassVar[tuple[str, ...]] = ()
 
     # What a subclass declares as dataclass fields (annotations here only, for the type checker).
     name: str
@@ -73,6 +76,41 @@ class ExperimentConfig:
         """Refusals that depend on what the user asked for in so many words, not only on
         the values: ``given`` holds the keys of a ``--config`` file, ``--set`` and the
         command line's options. The command line runs it before any work; none by default."""
+
+    @classmethod
+    def from_request(cls, given: Mapping[str, Any]) -> Self:
+        """:meth:`from_dict` of what a user asked for (a ``--config`` file, ``--set``, a flow
+        run's parameters), refusing a value for a key the experiment does not read.
+
+        Raises:
+            ConfigError: as :meth:`from_dict`, or naming the keys not read.
+        """
+        config = cls.from_dict(dict(given))
+        if unused := config.unused_given(given):
+            raise ConfigError(f"{', '.join(unused)}: not read by this experiment (inherited from the config it "
+                              "extends), so the value would change nothing: drop it (`collide config show` lists "
+                              "the keys each experiment reads)")
+        return config
+
+    def keys_read(self) -> list[tuple[str, str, Any, str]]:
+        """:func:`~collide.config_loader.config_keys` less the :attr:`NOT_USED` ones: what
+        `collide config show` and the config reference list."""
+        return [k for k in config_keys(self) if not _under(k[0], self.NOT_USED)]
+
+    def unused_given(self, given: Mapping[str, Any]) -> list[str]:
+        """The keys of ``given`` (as :meth:`check_request` takes it) that are :attr:`NOT_USED`
+        and hold another value than their default: asked for, and it would change nothing."""
+        if not self.NOT_USED:
+            return []
+        def plain(value: Any) -> Any:  # tuples as the lists JSON gives
+            return json.loads(json.dumps(value, default=str))
+
+        default = plain(type(self)().to_dict())
+        out = []
+        for key, value in _leaves(given):
+            if _under(key, self.NOT_USED) and plain(value) != _at(default, key):
+                out.append(key)
+        return out
 
     def listed_layers(self) -> list[str] | None:
         """The layers `collide config show` lists (what the experiment's ``layers`` returns)
@@ -124,6 +162,30 @@ class ExperimentConfig:
                 what was given.
         """
         return load(cls, raw)
+
+
+def _under(key: str, names: Iterable[str]) -> bool:
+    """Whether dotted ``key`` is one of ``names`` or lies in one."""
+    return any(key == n or key.startswith(f"{n}.") for n in names)
+
+
+def _leaves(given: Mapping[str, Any], prefix: str = "") -> list[tuple[str, Any]]:
+    """Each value of nested mappings under its dotted key."""
+    out: list[tuple[str, Any]] = []
+    for key, value in given.items():
+        if isinstance(value, Mapping):
+            out += _leaves(value, f"{prefix}{key}.")
+        else:
+            out.append((f"{prefix}{key}", value))
+    return out
+
+
+def _at(tree: Mapping[str, Any], key: str) -> Any:
+    """The value at a dotted key of nested mappings; None where there is none."""
+    node: Any = tree
+    for part in key.split("."):
+        node = node.get(part) if isinstance(node, Mapping) else None
+    return node
 
 
 def _digested(obj: Any) -> Any:

@@ -126,26 +126,18 @@ def test_the_cli_reference_lists_every_command_and_option():
                 assert f"`{option}" in text or f", {option}" in text, (name, option)
 
 
-def test_config_rows_take_keys_with_or_without_descriptions(monkeypatch):
-    import collide.config
-
-    gen = _generate()
-    monkeypatch.setattr(collide.config, "config_keys", lambda config: [("a", "int", 1), ("b.c", "str", "x", "what")])
-    assert gen.config_rows(object()) == [("a", "int", 1, ""), ("b.c", "str", "x", "what")]
-
-
-def test_the_config_reference_lists_every_key_of_every_experiment():
-    from collide.config import config_keys
+def test_the_config_reference_lists_every_key_each_experiment_reads():
     from collide.experiments.registry import EXPERIMENTS, experiment
 
     text = _generate().config_references()
     for name in EXPERIMENTS:
-        assert f"## {name}\n" in text
-        entries = config_keys(experiment(name).Config())
-        for key, *_ in entries:
-            assert f"| `{key}` |" in text, (name, key)
-        if any(len(e) == 4 for e in entries):  # once configs describe their keys, every key has one line
-            assert all(e[3] and "\n" not in e[3] for e in entries), name
+        section = text.split(f"## {name}\n", 1)[1].split("\n## ", 1)[0]
+        config = experiment(name).Config()
+        for key, *_ in config.keys_read():
+            assert f"| `{key}` |" in section, (name, key)
+        for key in config.NOT_USED:  # apart, not among the keys it reads
+            assert f"| `{key}` |" not in section and f"| `{key}." not in section, (name, key)
+        assert ("Inherited and not read" in section) == bool(config.NOT_USED), name
 
 
 def test_benchmark_figures_leave_matplotlib_as_they_found_it():

@@ -7,6 +7,7 @@ from __future__ import annotations
 import dataclasses
 import math
 from dataclasses import dataclass
+from typing import ClassVar
 
 from collide.checks import distinct, require
 from collide.config import RowSpec
@@ -69,6 +70,9 @@ class ActivationsExperiment(MnistExperiment):
         targets_per_label: targets per label: the first test images every model classifies correctly.
         saturation_tols: the saturation tolerances each smooth activation's polytopes are solved under.
     """
+
+    NOT_USED: ClassVar[tuple[str, ...]] = ("train.arch", "train.seed", "seed", "target_label", "paper", "exact",
+                                           "geometry")
 
     name: str = "activations"
     layer: str = "fc1"

@@ -5,6 +5,7 @@ torch."""
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import ClassVar
 
 from collide.checks import distinct, require
 from collide.comparisons.baseline_configs import BallConfig, InversionConfig, NullSpaceConfig
@@ -55,6 +56,8 @@ class BaselinesExperiment(MnistExperiment):
         null_space: the null-space baseline's points (rows null-space, null-space-deeper).
         inversion: the code-inversion baseline's optimisation (row inversion).
     """
+
+    NOT_USED: ClassVar[tuple[str, ...]] = ("rows",)
 
     name: str = "baselines"
     layer: str = "relu1"

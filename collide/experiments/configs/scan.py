@@ -4,7 +4,7 @@ experiment's over many examples of a split, ranked. Imports no torch."""
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Literal
+from typing import ClassVar, Literal
 
 from collide.checks import choice, require
 from collide.config import UNLESS_DEFAULT, GeometryConfig, RowSpec
@@ -60,6 +60,9 @@ class ScanExperiment(MnistExperiment):
         certify: the full measurement of the k most and k least blind examples by the ranking (0: none).
         certify_geometry: how the certified examples' collision sets are measured.
     """
+
+    # Its examples are the split's, its rows gradient rows: no target label, paper or exact rows.
+    NOT_USED: ClassVar[tuple[str, ...]] = ("target_label", "paper", "exact")
 
     name: str = "scan"
     rows: tuple[RowSpec, ...] = SCAN_ROWS

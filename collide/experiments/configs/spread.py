@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import dataclasses
 from dataclasses import dataclass, field
+from typing import ClassVar
 
 from collide.checks import distinct, require
 from collide.comparisons.baseline_configs import BallConfig, NullSpaceConfig
@@ -55,6 +56,8 @@ class SpreadExperiment(MnistExperiment):
         ball: the random-ball baseline's points.
         null_space: the null-space baseline's points.
     """
+
+    NOT_USED: ClassVar[tuple[str, ...]] = ("train.seed", "seed", "target_label", "paper")
 
     name: str = "spread"
     seeds: tuple[int, ...] = (0, 1, 2, 3, 4)

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import dataclasses
 from dataclasses import dataclass
+from typing import ClassVar
 
 from collide.checks import distinct, require
 from collide.config import ARCHITECTURES, RowSpec
@@ -35,6 +36,8 @@ class TransferExperiment(MnistExperiment):
         partner_layer: the layer of each model B where features are compared.
         rows: inherited and not used (the rows are those of ROWS per target and partner).
     """
+
+    NOT_USED: ClassVar[tuple[str, ...]] = ("rows",)
 
     name: str = "transfer"
     partners: tuple[str, ...] = ("mlp:1", "lenet5:0")
