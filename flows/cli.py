@@ -509,6 +509,8 @@ def _status(args: argparse.Namespace) -> int:
         print(f"{s['experiment']}: {s['evaluated']}/{planned} rows evaluated, last written {s['updated']}, "
               f"config {', '.join(s['configs']) or '?'} (--json shows it); table {fresh}"
               + (f" (written {s['table_written']})" if s["table_written"] else ""))
+        if s["files"]:
+            print(f"  files under {args.results_root}: {', '.join(s['files'])}")
         # An up-to-date table can still hold rows whose numbers mean nothing: say so.
         for warning in s.get("warnings", []):
             print(f"  WARNING: {s['experiment']}: {warning}")

@@ -12,7 +12,7 @@ from typing import Any
 
 from collide.results.cells import FLAGS, flag_text, missing, row_flags, valid_text
 from collide.results.freshness import incomplete_text, outputs_intact, store_digest
-from collide.results.store import is_points_row, stores
+from collide.results.store import LEDGER, RUN_RECORD_FILE, ExperimentStore, is_points_row, stores
 
 
 def _rows_text(rows: list[int]) -> str:
@@ -32,6 +32,13 @@ def _warnings(
     return out
 
 
+def _readable(store: ExperimentStore) -> list[str]:
+    """The outputs beside ``store`` that are there to be read, by file name: not its ledger
+    nor its run record, which are collide's own bookkeeping."""
+    return [p.name for p in store.outputs()
+            if not p.name.endswith((LEDGER, RUN_RECORD_FILE)) and p.is_file() and not p.is_symlink()]
+
+
 def status(root: str | Path, *, only: str | None = None) -> list[dict[str, Any]]:
     """Per store: rows, evaluated rows, configs, newest row time, whether the table is fresh,
     and the rows a reader must not take at face value.
@@ -45,8 +52,10 @@ def status(root: str | Path, *, only: str | None = None) -> list[dict[str, Any]]
     no longer that file (missing, changed). ``flagged`` maps each flag to its
     rows; ``invalid_vertex_rows`` maps a row to its ``k/V`` valid vertices where k < V;
     ``no_success_rate`` maps a row to the reason; ``unchecked_rows`` were evaluated by a
-    version that did not check vertices; ``warnings`` says all of it in words. ``only``:
-    the store of that experiment alone (the others are not read).
+    version that did not check vertices; ``warnings`` says all of it in words. ``files``:
+    the outputs beside the store that a reader opens (its table, figure and those it declares,
+    a scan's ranking, gallery and certified table among them), by name, where they are.
+    ``only``: the store of that experiment alone (the others are not read).
     """
     out = []
     for store in stores(root):
@@ -128,6 +137,7 @@ def status(root: str | Path, *, only: str | None = None) -> list[dict[str, Any]]
             "updated": None if newest is None
             else dt.datetime.fromtimestamp(newest, dt.UTC).isoformat(timespec="seconds"),
             "table": str(store.table_path) if store.table_path.is_file() else None,
+            "files": _readable(store),
             "table_written": ledger.get("written"),
             "table_fresh": fresh,
             "flagged": flagged,

@@ -185,6 +185,19 @@ def test_the_ranking_holds_each_examples_prediction_and_sizes_most_blind_first(s
     assert by_spread["spread"].is_monotonic_decreasing and set(by_spread["rank_by"]) == {"spread"}
 
 
+def test_status_names_the_scans_own_files(scanned, capsys):
+    from flows.cli import main
+
+    config, out = scanned
+    assert main(["status", config.name, "--results-root", config.results_root]) == 0
+    said = capsys.readouterr().out
+    files = said.split("files under ")[1].split(": ", 1)[1].strip().split(", ")
+    # Oracle: what the run says it wrote, and nothing else (no ledger, no run record).
+    written = {Path(out[k]).name for k in ("table", "ranking", "gallery")}
+    assert written <= set(files) and all(Path(config.results_root, f).is_file() for f in files)
+    assert not [f for f in files if f.endswith((".outputs.json", ".run.json"))]
+
+
 def test_the_referee_checks_every_examples_ball_and_catches_a_doctored_radius(scanned, capsys):
     from flows.cli import main
 
