@@ -113,7 +113,7 @@ def _cell(column: str, record: Mapping[str, Any]) -> str:
     if column == "converged":
         return "n/a" if missing(value) else ("yes" if value else "no")
     if missing(value):
-        return ""
+        return "" if column == "invalid_reason" else "n/a"  # its glossary: empty when the row is fine
     return str(int(value)) if isinstance(value, float) and value.is_integer() else str(value)
 
 
@@ -191,7 +191,9 @@ def _largest_errors(frame: pd.DataFrame) -> str:
     parts = []
     if "n_vertices" in frame:
         frame = frame[frame["n_vertices"].astype(float).fillna(1) != 0]
-    for method, rows in frame.groupby("method", sort=False) if "method" in frame else [("", frame)]:
+    # A row without a method (a store from before the column) keeps its error, unlabelled.
+    methods = frame["method"].fillna("").astype(str) if "method" in frame else pd.Series("", index=frame.index)
+    for method, rows in frame.groupby(methods, sort=False):
         errors = rows["max_feature_rel_error"].astype(float).dropna()
         if not len(errors):
             continue

@@ -185,6 +185,19 @@ def test_the_summary_gives_each_methods_largest_error_beside_its_own_bound():
     line = report.summary(pd.concat([frame.assign(n_vertices=5), points], ignore_index=True))
     assert ("largest feature error of the valid vertices, by method: gradient 9.90e-03 (rel<=0.01), "
             "exact 9.70e-09 (rel<=1e-06), paper 2.30e-01 (rel<=0.5).") in line  # the frontier's points: none
+    # A row without a method (a store from before the column) was dropped by the grouping.
+    unnamed = pd.DataFrame({"method": [None], "success_rate": [1.0], "max_feature_rel_error": [4.2e-3],
+                            "criterion": ["rel<=0.01, nonpos<=0.01"], "n_vertices": [5]})
+    line = report.summary(pd.concat([frame.assign(n_vertices=5), unnamed], ignore_index=True))
+    assert line.endswith("paper 2.30e-01 (rel<=0.5), 4.20e-03 (rel<=0.01).")
+
+
+def test_a_missing_value_reads_na_and_only_a_fine_rows_reason_is_empty():
+    """A new user's trial: some cells were blank where the report's key says n/a."""
+    record = {"row": 0, "method": "gradient", "init": None, "exact_proximity": float("nan"), "invalid_reason": None,
+              "n_samples": 2000}
+    cells_shown = {c: report._cell(c, record) for c in ("init", "exact_proximity", "invalid_reason", "n_samples")}
+    assert cells_shown == {"init": "n/a", "exact_proximity": "n/a", "invalid_reason": "", "n_samples": "2000"}
 
 
 def test_markdown_report_explains_every_number(root):
