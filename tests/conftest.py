@@ -5,6 +5,9 @@ import pytest
 
 os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
 os.environ.setdefault("DO_NOT_TRACK", "1")
+# Tests call the library outside any flow run in a worker where an earlier test ran a flow
+# and attached Prefect's API log handler to collide's loggers: nothing to send there.
+os.environ.setdefault("PREFECT_LOGGING_TO_API_WHEN_MISSING_FLOW", "ignore")
 if os.environ.get("PYTEST_XDIST_WORKER"):
     # `make test` runs one worker per core: each keeps to one thread (torch, OpenMP),
     # and so do the `collide` processes its tests start: threads beyond the cores spin

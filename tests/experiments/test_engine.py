@@ -113,6 +113,7 @@ def test_a_killed_imagenet_run_resumes_to_the_uninterrupted_result(whole, photos
     assert proc.poll() is None, "the run ended before it could be killed: " + proc.stderr.read().decode()[-2000:]
     os.kill(proc.pid, signal.SIGKILL)
     proc.wait()
+    proc.stderr.close()
     finished = {k: v for k, v in snapshot(store).items() if k.split("/")[0] in {f"row-{r}" for r in done}}
     assert len(ExperimentStore(killed.results_root, "imagenet").rows()) < n_rows, "the kill came after the last row"
     again = subprocess.run(command, cwd=PROJECT, capture_output=True, text=True, timeout=600)

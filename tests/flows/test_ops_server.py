@@ -340,8 +340,10 @@ def test_an_existing_dask_scheduler_runs_the_same_jobs(server, tiny_mnist, tmp_p
     # One target, two jobs: enough to show where they ran (the fan-out above covers twenty).
     config = _config(tiny_mnist, server["root"], "remote")
     # a cluster of its own, set up as docs/operations.md asks: workers know the Prefect API
-    with LocalCluster(n_workers=1, threads_per_worker=1, processes=True, host="127.0.0.1",
-                      dashboard_address=None, env={"PREFECT_API_URL": server["api"]}) as cluster:
+    scratch = str(tmp_path / "dask")  # not Dask's default, which every user of the machine shares
+    with LocalCluster(n_workers=1, threads_per_worker=1, processes=True, host="127.0.0.1", local_directory=scratch,
+                      scheduler_kwargs={"local_directory": scratch}, dashboard_address=None,
+                      env={"PREFECT_API_URL": server["api"]}) as cluster:
         proc = _cli_run(server, config, "--dask-address", cluster.scheduler_address,
                         stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
         out, _ = proc.communicate(timeout=400)

@@ -50,6 +50,7 @@ def _child_of_killed_parent(through_bound: bool) -> int:
     finally:
         parent.kill()
         parent.wait()
+        parent.stdout.close()
     return child
 
 

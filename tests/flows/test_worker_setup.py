@@ -7,6 +7,7 @@ import os
 import signal
 import threading
 import time
+from unittest import mock
 
 import pytest
 
@@ -45,12 +46,21 @@ def _until(condition, what: str, seconds: float = 60) -> None:
         time.sleep(0.05)
 
 
+def _cluster_kwargs() -> dict:
+    """A 1-worker cluster's arguments as the flow's runner gives them, its scratch in this
+    user's own folder (not Dask's default, shared by every user of the machine)."""
+    from prefect_dask import DaskTaskRunner
+
+    with mock.patch.object(DaskTaskRunner, "__enter__", lambda self: self):  # the arguments, no cluster
+        return {**dask_runner(workers=1).__enter__().cluster_kwargs, "n_workers": 1}
+
+
 def _close_under_a_busy_job(sig: signal.Signals | None) -> list[str]:
     """What the nanny (in this process) logs as a 1-worker cluster closes while its worker
     runs a 60 s job, the worker sent ``sig`` first (None: nothing)."""
     from distributed import Client, LocalCluster
 
-    kwargs = {**dask_runner(workers=1).cluster_kwargs, "n_workers": 1}
+    kwargs = _cluster_kwargs()
     records, nanny = _Records(), logging.getLogger("distributed.nanny")
     nanny.addHandler(records)
     try:
@@ -74,7 +84,7 @@ def test_a_local_worker_process_takes_sigint_as_a_note_not_an_interrupt(monkeypa
     if threading.current_thread() is not threading.main_thread():
         pytest.skip("signal handlers belong to the main thread")
     monkeypatch.delenv("COLLIDE_DASK_ADDRESS", raising=False)
-    kwargs = {**dask_runner(workers=1).cluster_kwargs, "n_workers": 1}
+    kwargs = _cluster_kwargs()
     # As a terminal starts a run (a test started in the background would ignore SIGINT, and
     # so would the workers it starts, preload or not).
     previous = signal.signal(signal.SIGINT, signal.default_int_handler)
