@@ -102,15 +102,9 @@ class ExperimentConfig:
         and hold another value than their default: asked for, and it would change nothing."""
         if not self.NOT_USED:
             return []
-        def plain(value: Any) -> Any:  # tuples as the lists JSON gives
-            return json.loads(json.dumps(value, default=str))
-
-        default = plain(type(self)().to_dict())
-        out = []
-        for key, value in _leaves(given):
-            if _under(key, self.NOT_USED) and plain(value) != _at(default, key):
-                out.append(key)
-        return out
+        default = _plain(type(self)().to_dict())
+        return [key for key, value in _leaves(given)
+                if _under(key, self.NOT_USED) and _plain(value) != _at(default, key)]
 
     def listed_layers(self) -> list[str] | None:
         """The layers `collide config show` lists (what the experiment's ``layers`` returns)
@@ -162,6 +156,11 @@ class ExperimentConfig:
                 what was given.
         """
         return load(cls, raw)
+
+
+def _plain(value: Any) -> Any:
+    """``value`` as JSON gives it back (tuples as lists), to compare a request with a default."""
+    return json.loads(json.dumps(value, default=str))
 
 
 def _under(key: str, names: Iterable[str]) -> bool:
