@@ -106,12 +106,14 @@ def solve(job: Job, context: dict[str, Any], *, config: BaselinesExperiment,
     ids = {"target_index": spec["target_index"], "init_index": spec["target_index"]}
 
     def write(method: str, points: torch.Tensor, *, layer: str | None = None, init: str = "target",
-              init_image: torch.Tensor | None = None, claim: float | None = None, **columns: Any) -> None:
+              init_image: torch.Tensor | None = None, claim: float | None = None,
+              sampler: dict[str, Any] | None = None, **columns: Any) -> None:
         PointsRecord(
             **base, row=rows[method], layer=layer or config.layer, init=init,
             method=method.removesuffix("-deeper"), claim_rel_error=claim,
             points=points.numpy().astype(np.float32),
             init_image=(target if init_image is None else init_image).numpy(), columns={**ids, **columns},
+            sampler=sampler,
         ).write(config.results_root)
 
     distances = None
@@ -132,7 +134,8 @@ def solve(job: Job, context: dict[str, Any], *, config: BaselinesExperiment,
               vertex_distance_max=float(distances.max()), seconds=time.perf_counter() - start)
     if "exact-region" in rows:
         geo = collision_geometry(model, config.layer, target, config=config.geometry)
-        write("exact-region", geo.samples, claim=EXACT_CLAIM, region_dim=geo.dim, region_radius=geo.radius,
+        write("exact-region", geo.samples, claim=EXACT_CLAIM, sampler=geo.sampler, region_dim=geo.dim,
+              region_radius=geo.radius,
               region_mean_width=float(geo.widths.mean()) if len(geo.widths) else 0.0,
               seconds=geo.seconds)
     if "random-ball" in rows:

@@ -94,14 +94,14 @@ def solve(job: Job, context: dict[str, Any], *, config: TransferExperiment,
               "layer_b": config.partner_layer}
 
     def write(offset: int, under: str, method: str, points: torch.Tensor, claim: float | None,
-              **columns: Any) -> None:
+              sampler: dict[str, Any] | None = None, **columns: Any) -> None:
         model, source, layer = sources[under]
         PointsRecord(
             experiment=config.name, row=first + offset, model=model, model_source=source, layer=layer,
             method=method, init="target", claim_rel_error=claim, config=config.to_dict(),
             config_digest=config.digest(), points=points.numpy().astype(np.float32), target=target.numpy(),
             init_image=target.numpy(), dataset_avg_distance=context["dataset_avg_distance"],
-            columns={**common, "evaluated_under": under, **columns},
+            columns={**common, "evaluated_under": under, **columns}, sampler=sampler,
         ).write(config.results_root)
 
     progress("joint set", 0, 3)
@@ -118,9 +118,10 @@ def solve(job: Job, context: dict[str, Any], *, config: TransferExperiment,
             "joint_free_dim": joint.free_dim, "a_dim": own.dim, "a_radius": own.radius,
             "a_mean_width": float(own.widths.mean()) if len(own.widths) else 0.0,
             "joint_rhat": joint.sampler["rhat"], "seconds": joint.seconds}
-    write(0, "A", "joint-region", joint.samples, 0.0, **sets)
-    write(1, "B", "joint-region", joint.samples, 0.0, **sets)
-    write(2, "B", "exact-region", own.samples, None, a_dim=own.dim, a_radius=own.radius, seconds=own.seconds)
+    write(0, "A", "joint-region", joint.samples, 0.0, joint.sampler, **sets)
+    write(1, "B", "joint-region", joint.samples, 0.0, joint.sampler, **sets)
+    write(2, "B", "exact-region", own.samples, None, own.sampler, a_dim=own.dim, a_radius=own.radius,
+          seconds=own.seconds)
     good = poly.vertices[poly.valid]
     if len(good) == 0:
         raise RuntimeError(f"job {job.label}: no valid gradient vertex of model A, nothing to transfer "

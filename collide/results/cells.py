@@ -25,8 +25,12 @@ FLAGS = {
                            "possible past a first layer): its success rate measures the hull, not a collision"),
     "set-samples-not-mixed": ("set samples not mixed", "the collision set's sampler did not reach R-hat <= 1.01 "
                               "and ESS >= 400 within its budget: the sample statistics are withheld (n/a, with "
-                              "region_sampler_reason); the certified sizes (radius, mean width) stand"),
+                              "region_sampler_reason; in a row of the set's samples, their success rate and "
+                              "distances, with invalid_reason); the certified sizes (radius, mean width) stand"),
 }
+# The flag of a row whose collision set's sampler did not mix.
+SET_NOT_MIXED = "set-samples-not-mixed"
+assert SET_NOT_MIXED in FLAGS
 
 # Flags that qualify other columns than the success rate (the collision set's sample
 # statistics): a row's summary names them after its numbers, not beside its success rate,

@@ -18,6 +18,7 @@ from collide.config import SampleConfig
 from collide.errors import DataError
 from collide.models.zoo import load_model_source
 from collide.precision import full_precision
+from collide.results.cells import SET_NOT_MIXED
 from collide.results.points import evaluate_points, flat_rows, is_points_row, point_metrics, spread
 from collide.results.store import ExperimentStore
 from collide.validity import Criterion, hull_collides
@@ -29,8 +30,6 @@ UNINFORMATIVE = 2.0
 
 # The flag of a row whose hull samples miss its method's criterion.
 HULL_NOT_COLLISION = "hull-not-collision"
-# The flag of an exact row whose collision-set sampler did not converge.
-SET_NOT_MIXED = "set-samples-not-mixed"
 
 # Row attrs copied into the table as they are, when present.
 _PASS_THROUGH = (

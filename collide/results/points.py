@@ -29,6 +29,7 @@ from collide.models.zoo import load_model_source
 from collide.objective import feature_rel_error
 from collide.polytope import evaluate
 from collide.precision import full_precision
+from collide.results.cells import SET_NOT_MIXED
 from collide.results.store import POINTS, ExperimentStore
 from collide.results.store import is_points_row as is_points_row  # where evaluation and verify look
 from collide.sites import function_of
@@ -41,6 +42,11 @@ CLAIM_SLACK = 1e-6
 # Pairs a spread is averaged over: all pairs of at most this many points (seeded subset).
 SPREAD_POINTS = 200
 _BATCH = 250
+# A points row's columns that estimate something of the distribution its points were
+# drawn from: withheld where they are a collision set's samples whose chains did not mix.
+# The largest feature error and distance are every point's bound, and stand.
+SAMPLE_STATISTICS = ("success_rate", "samples_top_prob", "mean_feature_rel_error", "mean_distance_to_target",
+                     "mean_distance_to_init", "points_spread")
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -71,6 +77,10 @@ class PointsRecord:
     pixel_scale: float = 1.0
     columns: dict[str, Any] = field(default_factory=dict)
     extra_arrays: dict[str, np.ndarray] = field(default_factory=dict)
+    # Points that are a collision set's samples: its sampler's record (``converged``,
+    # ``reason``, ``rhat``, ``ess``). Where the chains did not mix, the points' sample
+    # statistics are withheld (:data:`SAMPLE_STATISTICS`).
+    sampler: dict[str, Any] | None = None
 
     def __post_init__(self) -> None:
         points = np.asarray(self.points)
@@ -96,6 +106,8 @@ class PointsRecord:
             "dataset_avg_distance": self.dataset_avg_distance, "pixel_scale": self.pixel_scale,
             "columns": dict(self.columns),
         }
+        if self.sampler is not None:
+            attrs["sampler"] = {k: self.sampler.get(k) for k in ("converged", "reason", "rhat", "ess")}
         return ExperimentStore(results_root, self.experiment).write_row(self.row, arrays, attrs)
 
 
@@ -198,8 +210,22 @@ def evaluate_points(store: ExperimentStore, row: int, *, device: str = "cpu",
     }
     if found["claim_met"] is False:  # a set that does not collide as claimed has no success rate
         metrics["success_rate"] = nan
+    if (why := unmixed(attrs)) is not None:
+        metrics.update(dict.fromkeys(SAMPLE_STATISTICS, nan), flags=SET_NOT_MIXED, set_rhat=attrs["sampler"]["rhat"])
+        metrics["invalid_reason"] = metrics["invalid_reason"] or (
+            f"the collision set's samples did not mix ({why}): their success rate and distances are withheld")
     store.write_row(row, per_point, {"metrics": metrics}, keep_existing=True)
     return metrics
+
+
+def unmixed(attrs: dict[str, Any]) -> str | None:
+    """Why a points row's sample statistics are withheld: its points are a collision set's
+    samples whose chains did not mix (the sampler's reason); None where they stand."""
+    sampler = attrs.get("sampler")
+    if not isinstance(sampler, dict) or sampler.get("converged") is True:
+        return None
+    reason = sampler.get("reason")
+    return reason if isinstance(reason, str) and reason else "not diagnosed"
 
 
 @torch.no_grad()
@@ -229,18 +255,21 @@ def verify_points(store: ExperimentStore, row: int, table: dict[str, Any] | None
                         f"{rel[bad[:10]].round(8).tolist()}")
     pred = model(points.float()).argmax(-1).numpy()
     t_class = int(model(target.float()[None]).argmax())
+    withheld = unmixed(attrs) is not None  # the stored sampler's record: its statistics are n/a
     recomputed = {
         "max_feature_rel_error": float(rel.max()),
-        "mean_distance_to_target": float((points - target).flatten(1).norm(dim=1).mean())
-        * float(attrs["pixel_scale"]),
-        "success_rate": float((pred == t_class).mean()) if not problems else float("nan"),
+        "mean_distance_to_target": float("nan") if withheld
+        else float((points - target).flatten(1).norm(dim=1).mean()) * float(attrs["pixel_scale"]),
+        "success_rate": float((pred == t_class).mean()) if not (problems or withheld) else float("nan"),
     }
     for where, stated in [("store", metrics)] + ([("table file", table)] if table is not None else []):
         for key, value in recomputed.items():
             have = stated.get(key)
             have = float("nan") if have is None else float(have)
-            if key == "success_rate":  # a borderline point may flip under another summation order
-                ok = (np.isnan(value) and np.isnan(have)) or abs(have - value) <= 1 / len(points)
+            if np.isnan(value) or np.isnan(have):  # withheld: both must say so
+                ok = bool(np.isnan(value) and np.isnan(have))
+            elif key == "success_rate":  # a borderline point may flip under another summation order
+                ok = abs(have - value) <= 1 / len(points)
             else:
                 ok = abs(have - value) <= agree * max(1.0, abs(value))
             if not ok:
