@@ -12,6 +12,7 @@ over seeds.
 from __future__ import annotations
 
 import dataclasses
+import math
 from functools import partial
 from typing import Any
 
@@ -157,7 +158,7 @@ def penalty_summary(frame: pd.DataFrame, penalties: list[str]) -> pd.DataFrame:
                 "cosine_penalty": float(per_seed["cosine_penalty"].mean())}
         for column in ("test_accuracy", *(c for c, _ in SIZES)):
             values = per_seed[column].to_numpy(float)
-            low, high = t_interval(values)
+            low, high = t_interval(values, within=(0.0, 1.0 if column == "test_accuracy" else math.inf))
             line.update({column: float(np.nanmean(values)) if np.isfinite(values).any() else np.nan,
                          f"{column}_low": low, f"{column}_high": high})
         lines.append(line)

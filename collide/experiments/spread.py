@@ -63,6 +63,9 @@ COLUMNS = (
 # Columns where a negative value means "not recorded" (the gradient solver leaves n_positive at -1).
 NOT_RECORDED_BELOW_ZERO = ("n_positive", "region_dim")
 CONFIDENCE = 0.95
+# Columns that are shares or probabilities, in [0, 1]; every other column summarised is a
+# count or a size, at least 0. A mean's interval is cut to them.
+IN_UNIT_INTERVAL = ("success_rate", "target_top_prob", "samples_top_prob")
 # Columns every draw shares by construction: the dataset distance is one estimate (from
 # sample.n_dataset_pairs random test pairs), whatever the seed or target.
 SHARED_BY_EVERY_DRAW = ("dataset_avg_distance",)
@@ -273,7 +276,7 @@ def _std(values: pd.Series) -> float:
 def describe(frame: pd.DataFrame, column: str) -> dict[str, Any]:
     """One column's spread over the draws of ``frame`` (NaN draws left out and counted)."""
     values = frame[column].dropna().to_numpy(dtype=float)
-    low, high = t_interval(values, CONFIDENCE)
+    low, high = t_interval(values, CONFIDENCE, within=(0.0, 1.0 if column in IN_UNIT_INTERVAL else math.inf))
     per_seed = frame.groupby("seed")[column].mean().dropna()  # each seed's mean over its targets
     per_target = frame.groupby("target_index")[column].mean().dropna()  # each target's mean over seeds
     return {
@@ -348,12 +351,15 @@ def paper_comparison(frame: pd.DataFrame, summary: pd.DataFrame) -> pd.DataFrame
 
 def verdict(column: str, paper: float, ours: pd.Series, *, in_range: bool, in_ci: bool) -> str:
     """``paper 1.33 against our range 0.9-1.2 (mean ..., 95% CI ..., n=20): OUTSIDE our range``."""
-    where = ("OUTSIDE our range" if not in_range else
-             "inside our range, a plausible mean" if in_ci else "inside our range, not our typical value")
+    if in_range:
+        where = "inside our range, a plausible mean" if in_ci else "inside our range, not our typical value"
+    else:  # a mean's interval from few draws can be wider than the draws themselves
+        where = "OUTSIDE our range, though inside the 95% CI of our mean: too few draws to tell" if in_ci \
+            else "OUTSIDE our range"
     if column in SHARED_BY_EVERY_DRAW:
         where += "; one estimate shared by every draw: seeds and targets do not move it, so this range is not its error"
-    return (f"{column}: paper {paper:.4g} against our range {ours['min']:.4g}-{ours['max']:.4g} "
-            f"(mean {ours['mean']:.4g}, 95% CI {ours['ci95_low']:.4g}-{ours['ci95_high']:.4g}, "
+    return (f"{column}: paper {paper:.4g} against our range {ours['min']:.4g} to {ours['max']:.4g} "
+            f"(mean {ours['mean']:.4g}, 95% CI {ours['ci95_low']:.4g} to {ours['ci95_high']:.4g}, "
             f"n={int(ours['n'])}): {where}")
 
 

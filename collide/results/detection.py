@@ -96,9 +96,12 @@ def bootstrap_auroc(scores: np.ndarray, positive: np.ndarray, *, n_boot: int = 1
     return float(low), float(high)
 
 
-def t_interval(values: np.ndarray, confidence: float = CONFIDENCE) -> tuple[float, float]:
+def t_interval(values: np.ndarray, confidence: float = CONFIDENCE, *,
+               within: tuple[float, float] = (-math.inf, math.inf)) -> tuple[float, float]:
     """The two-sided t-interval of the mean of ``values`` (NaN values left out; NaN for
-    fewer than two)."""
+    fewer than two), cut to ``within``: the values the mean can take (a rate's [0, 1], a
+    size's [0, inf)). Few draws make the interval wide, and past those bounds it would
+    claim means that cannot be."""
     values = np.asarray(values, dtype=float)
     values = values[np.isfinite(values)]
     n = len(values)
@@ -106,7 +109,7 @@ def t_interval(values: np.ndarray, confidence: float = CONFIDENCE) -> tuple[floa
         return math.nan, math.nan
     mean, sem = float(values.mean()), float(values.std(ddof=1)) / math.sqrt(n)
     half = float(stats.t.ppf(0.5 + confidence / 2, n - 1)) * sem
-    return mean - half, mean + half
+    return max(mean - half, within[0]), min(mean + half, within[1])
 
 
 # The detection summary's columns, in order.
@@ -159,7 +162,7 @@ def detection_summary(frame: pd.DataFrame, *, questions: dict[str, str], scores:
             lines += per_seed
             aurocs = np.array([p["auroc"] for p in per_seed])
             # An AUROC lies in [0, 1]; a t-interval from three seeds can reach past either end.
-            low, high = np.clip(t_interval(aurocs), 0.0, 1.0).tolist()
+            low, high = t_interval(aurocs, within=(0.0, 1.0))
             groups = [(part[score].to_numpy(float), part[column].to_numpy(bool))
                       for _, part in frame.groupby("seed", sort=True)]
             boot_low, boot_high = bootstrap_mean_auroc(groups, n_boot=n_boot, seed=seed)

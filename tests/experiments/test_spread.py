@@ -98,6 +98,8 @@ def test_the_summary_is_pandas_own_mean_std_and_t_interval_over_the_rows(spread_
             sem = values.std(ddof=1) / math.sqrt(values.notna().sum())
             low, high = (stats.t.interval(0.95, values.notna().sum() - 1, loc=values.mean(), scale=sem)
                          if sem > 0 else (values.mean(), values.mean()))
+            top = 1.0 if column in ("success_rate", "target_top_prob") else math.inf  # what a mean can be
+            low, high = max(low, 0.0), min(high, top)
             assert (row["ci95_low"], row["ci95_high"]) == pytest.approx((low, high), rel=1e-9, abs=SAME_STAT)
             per_seed = group.groupby("seed")[column].mean()
             per_target = group.groupby("target_index")[column].mean()
@@ -146,6 +148,24 @@ def test_the_paper_row_is_found_whichever_label_comes_first_and_never_for_other_
     assert row["paper_row"] == "paper Table 2 row 1"
     twos = frame.assign(target_class=2)
     assert spread.paper_comparison(twos, spread.spread_summary(twos)).empty
+
+
+def test_a_means_interval_from_few_draws_is_cut_to_what_the_column_can_be_and_said_so():
+    """A new user's trial: two draws gave a success rate's 95% CI as -2.473-3.033, a distance's
+    as -4.322-21.38 (the dash read as a minus), and "OUTSIDE our range" beside in_ci95 True."""
+    frame = _draws([0.5, 1.0], "success_rate")
+    [rate] = spread.spread_summary(frame).query("column == 'success_rate'").to_dict(orient="records")
+    raw = stats.t.interval(0.95, 1, loc=0.75, scale=0.25)  # the oracle: scipy's, uncut
+    assert raw[0] < 0 and raw[1] > 1 and (rate["ci95_low"], rate["ci95_high"]) == (0.0, 1.0)
+    frame = _draws([2.0, 4.0], "vertex_avg_distance")
+    summary = spread.spread_summary(frame)
+    [row] = summary.query("column == 'vertex_avg_distance'").to_dict(orient="records")
+    high = stats.t.interval(0.95, 1, loc=3.0, scale=1.0)[1]
+    assert row["ci95_low"] == 0.0 and row["ci95_high"] == pytest.approx(high)
+    [verdict] = spread.paper_comparison(frame, summary).to_dict(orient="records")
+    assert not verdict["in_range"] and verdict["in_ci95"]  # the paper's 1.33: below every draw, inside the CI
+    assert verdict["verdict"].endswith("OUTSIDE our range, though inside the 95% CI of our mean: too few draws to tell")
+    assert f"our range 2 to 4 (mean 3, 95% CI 0 to {high:.4g}, n=2)" in verdict["verdict"]
 
 
 def test_the_paper_value_is_judged_against_our_range_not_our_mean():

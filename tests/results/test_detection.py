@@ -68,6 +68,12 @@ def test_the_t_interval_is_scipys():
     expected = stats.t.interval(0.95, len(values) - 1, loc=values.mean(), scale=stats.sem(values))
     assert t_interval(values) == pytest.approx(expected, abs=RECHECK)
     assert all(math.isnan(v) for v in t_interval(np.array([0.5])))
+    # Cut to the values a mean can take, and only there.
+    wide = np.array([0.1, 0.95])
+    raw = stats.t.interval(0.95, 1, loc=wide.mean(), scale=stats.sem(wide))
+    assert raw[0] < 0 and raw[1] > 1
+    assert t_interval(wide, within=(0.0, 1.0)) == (0.0, 1.0)
+    assert t_interval(values, within=(0.0, 1.0)) == pytest.approx(expected, abs=RECHECK)
 
 
 def test_the_summary_has_each_seeds_auroc_and_their_mean_with_a_t_interval():
@@ -80,7 +86,8 @@ def test_the_summary_has_each_seeds_auroc_and_their_mean_with_a_t_interval():
     mean = summary.iloc[3]
     assert mean["auroc"] == pytest.approx(np.mean(per_seed), abs=RECHECK)
     assert (mean["auroc_low"], mean["auroc_high"]) == pytest.approx(
-        np.clip(t_interval(np.array(per_seed)), 0, 1).tolist(), abs=RECHECK)
+        np.clip(stats.t.interval(0.95, 2, loc=np.mean(per_seed), scale=stats.sem(per_seed)), 0, 1).tolist(),
+        abs=RECHECK)
     assert mean["interval"] == "t over seeds" and set(summary["interval"].iloc[:3]) == {"bootstrap"}
 
 
