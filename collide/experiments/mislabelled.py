@@ -112,7 +112,8 @@ def solve(job: Job, context: dict[str, Any], *, config: MislabelledExperiment,
     is_flipped = np.isin(np.asarray(examples), flipped.numpy())
     scan_row(config, row=job.rows[0], seed=seed, checkpoint=checkpoint, images=split.images, labels=labels,
              examples=examples, dataset_distance=context["dataset_avg_distance"], progress=progress,
-             measure=scan_config(config), folder=scan_folder(config, seed), model_name=f"mnist-{config.train.arch}",
+             measure=scan_config(config), folder=scan_folder(config, seed),
+             model_name=f"mnist-{config.train.arch}-flipped-labels",  # not the paper's model: beside none of its rows
              extra={"flipped": is_flipped, "loss": loss, "true_label": split.labels[where].numpy()},
              attrs={"split": "train", "flipped_count": len(flipped), "scanned": len(examples)})
 

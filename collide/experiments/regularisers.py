@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
+import re
 from functools import partial
 from typing import Any
 
@@ -104,6 +105,13 @@ def plan(context: dict[str, Any], *, config: RegularisersExperiment) -> list[Job
             for k, t in enumerate(context["targets"])]
 
 
+def model_name(arch: str, penalty: str) -> str:
+    """``mnist-mlp-penalty-cosine-10``: trained here on a subset, with a penalty (or none),
+    this is not the paper's MNIST model, and its rows are set beside none of its tables
+    (:func:`collide.results.reference.reference_for` knows the paper's by name)."""
+    return f"mnist-{arch}-penalty-{re.sub(r'[^A-Za-z0-9.]+', '-', penalty)}"
+
+
 def solve(job: Job, context: dict[str, Any], *, config: RegularisersExperiment,
           progress: Progress = no_progress) -> None:
     spec = job.spec
@@ -117,7 +125,7 @@ def solve(job: Job, context: dict[str, Any], *, config: RegularisersExperiment,
                          progress=lambda s, n, _d: progress("vertices (exact)", s, n))
     attrs, arrays = region_fields(collision_geometry(model, config.layer, target, config=config.geometry))
     RowRecord.of(
-        poly, config=config, row=job.rows[0], init="target", model=f"mnist-{config.train.arch}",
+        poly, config=config, row=job.rows[0], init="target", model=model_name(config.train.arch, penalty.label),
         model_source=checkpoint_source(trained["checkpoint"], meta["sha256"]), loss=solver.loss_name,
         dataset_avg_distance=context["dataset_avg_distance"],
         extra_attrs={"checkpoint": trained["checkpoint"], "checkpoint_sha256": meta["sha256"],
