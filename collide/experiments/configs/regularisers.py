@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import ClassVar
 
 from collide.checks import distinct, require
 from collide.config import GeometryConfig, RowSpec, TrainConfig
@@ -67,6 +68,9 @@ class RegularisersExperiment(MnistExperiment):
         train: how every model is trained (seed replaced by each of seeds).
         geometry: how each target's collision set is measured (widths; samples are not summarised).
     """
+
+    # One model per (seed, penalty), targets by count, every row exact.
+    NOT_USED: ClassVar[tuple[str, ...]] = ("target_label", "train.seed", "rows", "paper", "gradient")
 
     name: str = "regularisers"
     rows: tuple[RowSpec, ...] = REGULARISER_ROWS

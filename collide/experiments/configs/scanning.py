@@ -5,6 +5,7 @@ measured (:class:`collide.audit.ScanConfig`'s settings, here without torch)."""
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import ClassVar
 
 from collide.checks import distinct, require
 from collide.config import GeometryConfig, GradientConfig, RowSpec
@@ -34,6 +35,9 @@ class ScannedExperiment(MnistExperiment):
         n_boot: bootstrap resamples of each AUROC's interval.
         top_k: k of the precision at k.
     """
+
+    # One model per seed, its examples the scan's, its rows gradient rows.
+    NOT_USED: ClassVar[tuple[str, ...]] = ("target_label", "train.seed", "paper", "exact")
 
     rows: tuple[RowSpec, ...] = SCAN_ROW
     seeds: tuple[int, ...] = (0, 1, 2)

@@ -37,7 +37,7 @@ class TransferExperiment(MnistExperiment):
         rows: inherited and not used (the rows are those of ROWS per target and partner).
     """
 
-    NOT_USED: ClassVar[tuple[str, ...]] = ("rows",)
+    NOT_USED: ClassVar[tuple[str, ...]] = ("rows", "paper", "exact")  # its rows: ROWS, sets and gradient
 
     name: str = "transfer"
     partners: tuple[str, ...] = ("mlp:1", "lenet5:0")
