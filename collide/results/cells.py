@@ -7,7 +7,7 @@ so that a row reads the same everywhere.
 from __future__ import annotations
 
 import math
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 import numpy as np
@@ -120,8 +120,13 @@ def valid_text(metrics: Mapping[str, Any]) -> str:
     return f"{int(valid)}/{'?' if missing(total) else int(total)}"
 
 
-def row_summary(metrics: Mapping[str, Any]) -> str:
-    """One line of a row's table record for logs: method, validity, success, size, error."""
+# The columns that may tell one run's rows apart, in the order a row's line names them.
+TELLING_APART = ("model", "layer", "activation", "saturation_tol", "penalty", "seed", "partner", "target_index")
+
+
+def row_summary(metrics: Mapping[str, Any], apart: Sequence[str] = ()) -> str:
+    """One line of a row's table record for logs: method, validity, success, size, error;
+    ``apart``: the columns that tell it from the other rows of its run, named beside its method."""
 
     def number(key: str, fmt: str) -> str:
         value = metrics.get(key)
@@ -132,7 +137,8 @@ def row_summary(metrics: Mapping[str, Any]) -> str:
     # of a target read alike.
     under = f", under {metrics['evaluated_under']}: {metrics.get('model')}" if metrics.get("evaluated_under") else ""
     success, error = f"success rate {success_text(metrics)}", f"feature error {number('max_feature_rel_error', '.1e')}"
-    head = f"row {metrics.get('row')} ({metrics.get('method')}{init}{under})"
+    told = [f"{k} {_told(metrics.get(k))}" for k in apart if not (k == "model" and under)]
+    head = f"row {metrics.get('row')} ({metrics.get('method')}{init}{under}{'; ' if told else ''}{', '.join(told)})"
     if metrics.get("n_vertices") == 0:
         # A row of sampled points with no vertices of its own (a baseline): no vertex distance.
         valid = metrics.get("valid_vertices")
@@ -148,8 +154,15 @@ def reused(metrics: Mapping[str, Any]) -> bool:
     return not (metrics["solved"] or metrics["evaluated"])
 
 
+def _told(value: Any) -> str:
+    return "none" if missing(value) else format(value, "g") if isinstance(value, float) else str(value)
+
+
 def run_lines(rows: list[Mapping[str, Any]]) -> list[str]:
     """What a run says of its rows, the flow in its log and ``--no-prefect`` on the terminal:
-    each row's summary, computed or reused, then how many were reused."""
-    lines = [f"{row_summary(m)}: {'reused' if reused(m) else 'computed'}" for m in rows]
+    each row's summary, computed or reused, then how many were reused. Where method and init
+    do not tell its rows apart, the columns of :data:`TELLING_APART` that differ between
+    them do (an activation and its tolerance, a penalty, a training seed, a layer)."""
+    apart = [k for k in TELLING_APART if len({_told(m.get(k)) for m in rows}) > 1]
+    lines = [f"{row_summary(m, apart)}: {'reused' if reused(m) else 'computed'}" for m in rows]
     return [*lines, f"{sum(reused(m) for m in rows)} of {len(rows)} rows were already finished and reused"]

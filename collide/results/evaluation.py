@@ -37,6 +37,8 @@ _PASS_THROUGH = (
     "n_patches", "index_build_seconds", "knn_query_seconds", "exact_query_seconds", "target_path", "init_path",
     "knn_queries", "target_weight_share", "mean_distance_to_start_all", "mean_distance_to_target_all", "paper_lr",
     "arch", "depth", "dataset", "data_digest", "checkpoint_origin", "scan_rank_by",
+    # What tells one run's rows apart where method and init do not (cells.run_lines).
+    "activation", "saturation_tol", "penalty", "seed",
 )
 
 

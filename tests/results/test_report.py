@@ -251,6 +251,24 @@ def test_a_row_of_points_and_a_row_under_a_partner_model_read_as_what_they_are()
                                                "points; ")
 
 
+def test_a_runs_rows_that_method_and_init_do_not_tell_apart_are_told_by_what_differs():
+    """A new user's trial: activations printed eight lines "row k (gradient, init=target)" with
+    no activation or tolerance, and the baselines' two null-space rows (relu1, relu2) read alike."""
+    rows = [_metrics(k, model=f"mnist-mlp-{a}", activation=a, saturation_tol=t, seed=0, solved=True, evaluated=True)
+            for k, (a, t) in enumerate([("relu", None), ("tanh", 0.1), ("tanh", 0.03)])]
+    lines = cells.run_lines(rows)
+    assert lines[0].startswith("row 0 (gradient, init=target; model mnist-mlp-relu, activation relu, "
+                               "saturation_tol none): ")
+    assert lines[2].startswith("row 2 (gradient, init=target; model mnist-mlp-tanh, activation tanh, "
+                               "saturation_tol 0.03): ")
+    same = [_metrics(k, init=i, solved=True, evaluated=True) for k, i in enumerate(("target", "other"))]
+    assert cells.run_lines(same)[0].startswith("row 0 (gradient, init=target): ")  # nothing to tell: as before
+    layers = [_metrics(k, method="null-space", layer=layer, solved=False, evaluated=False)
+              for k, layer in enumerate(("relu1", "relu2"))]
+    assert [line.split(")")[0] for line in cells.run_lines(layers)[:2]] == [
+        "row 0 (null-space, init=target; layer relu1", "row 1 (null-space, init=target; layer relu2"]
+
+
 def test_html_report_shows_flags_validity_reference_and_units(root):
     page = (root / "report.html").read_text()
     assert "<h2>Columns</h2>" in page and "input units" in page
