@@ -78,7 +78,9 @@ def prepare(*, config: RegularisersExperiment, progress: Progress = no_progress)
             model, meta = load_checkpoint(trained["checkpoint"])
             with torch.no_grad():
                 right &= model(test.images).argmax(1) == test.labels
-            models[f"{seed}/{j}"] = {**trained, "cosine_penalty": meta.get("cosine_penalty")}
+            models[f"{seed}/{j}"] = {**trained, "cosine_penalty": meta.get("cosine_penalty"), "label": p.label,
+                                     "seed": seed}
+        progress(f"train (seed {seed})", len(config.penalties), len(config.penalties))
     hits = torch.nonzero(right).flatten()[: config.targets]
     if len(hits) < config.targets:
         raise DataError(f"only {len(hits)} test images are classified correctly by every model, fewer than "
@@ -86,7 +88,8 @@ def prepare(*, config: RegularisersExperiment, progress: Progress = no_progress)
     first = next(iter(models.values()))
     distance = dataset_avg_distance(test.images, n_pairs=config.sample.n_dataset_pairs, seed=config.sample.seed)
     return {"models": models, "targets": [int(h) for h in hits], "dataset_avg_distance": distance,
-            "test_accuracy": {k: m["test_accuracy"] for k, m in models.items()},
+            # As a run prints them: by penalty and seed, not by the jobs' keys.
+            "test_accuracy": {f"{m['label']} (seed {m['seed']})": m["test_accuracy"] for m in models.values()},
             "inputs": {"checkpoint_sha256": {k: m["sha256"] for k, m in models.items()},
                        "data": first["data_digest"]}}
 

@@ -84,11 +84,11 @@ def solve(job: Job, context: dict[str, Any], *, config: TransferExperiment,
     model_b, meta_b = load_checkpoint(checkpoint_b)
     target = load_mnist(config.data_root, "test").images[spec["example"]["target_index"]]
     first = job.rows[0]
-    arch_b, _ = parse_partner(spec["partner"])
+    arch_b, seed_b = parse_partner(spec["partner"])
     source_a = checkpoint_source(context["checkpoint"], meta_a["sha256"])
     source_b = checkpoint_source(checkpoint_b, meta_b["sha256"])
     sources = {"A": (mnist.model_name(context, config.train.arch), source_a, config.layer),
-               "B": (f"{mnist.model_name(context, arch_b)}-{spec['partner']}", source_b, config.partner_layer)}
+               "B": (f"{mnist.model_name(context, arch_b)}-seed-{seed_b}", source_b, config.partner_layer)}
     common = {"target_index": spec["example"]["target_index"], "partner": spec["partner"],
               "model_a": sources["A"][0], "layer_a": config.layer, "model_b": sources["B"][0],
               "layer_b": config.partner_layer}
