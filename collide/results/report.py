@@ -32,7 +32,7 @@ from collide.results.cells import (
     valid_text,
 )
 from collide.results.reference import REFERENCE_COLUMNS, ReferenceRow, reference_for, to_input_units
-from collide.results.store import ExperimentStore
+from collide.results.store import DECLARED, ExperimentStore
 
 UNITS = (
     "Distances are L2 norms in the model's input units: [0, 1] pixels for every experiment "
@@ -302,8 +302,46 @@ def _html_table(display: pd.DataFrame) -> str:
     return display.to_html(index=False, escape=True)
 
 
+# A summary table longer than this shows its first rows, and says how many more its file holds.
+SUMMARY_ROWS = 60
+
+
+def summary_outputs(store: ExperimentStore, ledger: Mapping[str, Any]) -> tuple[list[Path], dict[str, str]]:
+    """The summary tables and figures the experiment's last run wrote beside its table, by
+    the ledger's record of them, that are still the files it wrote; and those that are not,
+    with why. A scan's ranking, gallery and certified table have sections of their own.
+
+    The ledger is data: only files the store declares are looked at (:meth:`ExperimentStore.
+    declared_damage`), never a name it holds that points elsewhere."""
+    recorded = ledger.get(DECLARED)
+    ours = {p.name: p for p in store.outputs()}
+    damaged = store.declared_damage(ledger)
+    names = sorted(n for n in recorded if isinstance(n, str) and n in ours) if isinstance(recorded, dict) else []
+    shown = [ours[n] for n in names
+             if n not in damaged and not n.endswith((RANKING_OUTPUT, GALLERY_OUTPUT, CERTIFIED_OUTPUT))]
+    return shown, damaged
+
+
+def _summaries_html(store: ExperimentStore, ledger: Mapping[str, Any]) -> list[str]:
+    """What the experiment concludes over its rows: each summary table (rounded) and figure."""
+    shown, damaged = summary_outputs(store, ledger)
+    parts = [f"<p class=warn>{html.escape(store.declared_text(n, why))}: not shown</p>" for n, why in damaged.items()]
+    for path in shown:
+        if path.suffix == ".png":
+            parts.append(f"<h3>{html.escape(path.name)}</h3><p><img alt='{html.escape(path.name)}' "
+                         f"src='{_png_uri(path)}'></p>")
+        elif path.suffix == ".parquet":
+            frame = pd.read_parquet(path)
+            more = f" (the first {SUMMARY_ROWS} of {len(frame)} rows)" if len(frame) > SUMMARY_ROWS else ""
+            table = frame.head(SUMMARY_ROWS).to_html(index=False, escape=True, na_rep="n/a",
+                                                      float_format=lambda v: f"{v:.4g}")
+            parts.append(f"<h3>{html.escape(path.name)}{more}</h3>{table}")
+    return parts
+
+
 def write_report(root: str | Path, stores: Sequence[ExperimentStore]) -> Path:
-    """``<root>/report.html``: every experiment's table and figure, one self-contained page."""
+    """``<root>/report.html``: every experiment's table and figure, and the summaries its run
+    wrote (tables and figures over its rows), one self-contained page."""
     root = Path(root)
     now = dt.datetime.now(dt.UTC).isoformat(timespec="seconds")
     glossary = "".join(f"<dt><code>{html.escape(c)}</code></dt><dd>{html.escape(t)}</dd>" for c, t in GLOSSARY.items())
@@ -334,6 +372,7 @@ def write_report(root: str | Path, stores: Sequence[ExperimentStore]) -> Path:
         if figure.is_file():
             parts.append(f"<p><img alt='{html.escape(name)} targets, inits and vertices' "
                          f"src='{_png_uri(figure)}'></p>")
+        parts += _summaries_html(store, ledger)
         ranked = store.output(RANKING_OUTPUT)
         if ranked.is_file():
             frame = pd.read_parquet(ranked)

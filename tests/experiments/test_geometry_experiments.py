@@ -157,5 +157,18 @@ def test_a_joint_set_collides_in_both_models_and_the_transfer_rows_measure_the_p
     unmixed = sorted(r for r, ok in mixed.items() if not ok)
     assert entry["flagged"] == {"set-samples-not-mixed": unmixed} and entry["table_fresh"]
     assert sorted(int(r) for r in entry["no_success_rate"]) == unmixed
+    # The report shows what the experiment concludes, its summary table and figure, as the
+    # run wrote them (a new user's trial: report.html showed no summary of any experiment).
+    from collide.results.report import write_report
+    from collide.results.store import stores
+
+    summary = pd.read_parquet(store.output("-summary.parquet"))
+    page = write_report(config.results_root, stores(config.results_root)).read_text()
+    assert "<h3>transfer-summary.parquet</h3>" in page and "<h3>transfer-summary.png</h3>" in page
+    assert all(f"<td>{kind}</td>" in page for kind in summary["kind"])
+    store.output("-summary.png").write_bytes(b"not the figure the run drew")
+    page = write_report(config.results_root, stores(config.results_root)).read_text()
+    assert "<h3>transfer-summary.png</h3>" not in page
+    assert "transfer-summary.png is changed since it was written" in page
     with pytest.raises(Exception, match="model A itself"):
         transfer.Config(partners=("mlp:0",))
