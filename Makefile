@@ -61,7 +61,7 @@ bench-gpu: $(STAMP)
 # The published tables: the pipeline itself writes them from the shipped checkpoints
 # (collide/models/shipped/); the documentation's results pages read them when built.
 # About 45 minutes on 2 cores (LeNet-5 13, the spread over 5 seeds x 4 targets 10, activations 15, frontier,
-# baselines and transfer 3), then the paper's §5 experiments (thin on the shipped checkpoints;
+# baselines 2 and transfer 6, their sets sampled until they mix), then the paper's §5 experiments (thin on the shipped checkpoints;
 # mislabelled and regularisers train their models here: about an hour more on a loaded
 # 2-core machine). `make run` compares its table with data/reference/mnist-mlp.parquet.
 REF_WORK := data/reference-work

@@ -4,11 +4,11 @@ the MNIST experiment's, and the partner models B. Imports no torch."""
 from __future__ import annotations
 
 import dataclasses
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import ClassVar
 
 from collide.checks import distinct, require
-from collide.config import ARCHITECTURES, RowSpec
+from collide.config import ARCHITECTURES, GeometryConfig, RowSpec
 from collide.errors import ConfigError
 from collide.experiments.configs.mnist import MnistExperiment
 
@@ -35,6 +35,8 @@ class TransferExperiment(MnistExperiment):
         partners: models B as arch:seed, trained with train's other settings.
         partner_layer: the layer of each model B where features are compared.
         rows: inherited and not used (the rows are those of ROWS per target and partner).
+        geometry: how the joint set and A's own are measured and sampled (their rows are the samples: a budget
+            that mixes, else their statistics are withheld).
     """
 
     NOT_USED: ClassVar[tuple[str, ...]] = ("rows", "paper", "exact")  # its rows: ROWS, sets and gradient
@@ -43,6 +45,10 @@ class TransferExperiment(MnistExperiment):
     partners: tuple[str, ...] = ("mlp:1", "lenet5:0")
     partner_layer: str = "relu1"
     rows: tuple[RowSpec, ...] = (RowSpec("gradient", "target"),)
+    # The rows are the sets' samples, their statistics withheld where the chains did not
+    # mix: the MNIST experiment's 150 draws a chain left the first 7's sets at R-hat 1.07-1.09,
+    # 1,500 mixed them (2026-12-07, 6 minutes for the two partners on 2 cores).
+    geometry: GeometryConfig = field(default_factory=lambda: GeometryConfig(max_draws=1500, max_seconds=600))
 
     def __post_init__(self) -> None:
         super().__post_init__()
