@@ -44,6 +44,7 @@ def load(kind: type[_T], raw: Any) -> _T:
 
 
 _WANTED = {int: "an integer", float: "a number", str: "a string", bool: "true or false"}
+_WANTED_MANY = {int: "integers", float: "numbers", str: "strings", bool: "true or false values"}
 
 
 def _build(kind: type, raw: Any, path: str, base: Any = None) -> Any:
@@ -162,8 +163,11 @@ def _checked(value: Any, hint: Any, path: str) -> Any:
         raise ConfigError(f"{path}: expected a string, got {_shown(value)}")
     if origin in (tuple, list):
         if not isinstance(value, list | tuple):
-            item = f" of {_wanted(args[0])} values" if args else ""
-            raise ConfigError(f"{path}: expected a list{item}, got {_shown(value)}")
+            item = f" of {_WANTED_MANY.get(args[0], _wanted(args[0]) + ' values')}" if args else ""
+            # `--set k=[a,b]` is not JSON: its words need quotes, and the shell keeps them only inside '...'.
+            json_hint = (f" (a list is JSON, its strings quoted: --set '{path}=[\"a\",\"b\"]')"
+                         if isinstance(value, str) and value.lstrip().startswith("[") else "")
+            raise ConfigError(f"{path}: expected a list{item}, got {_shown(value)}{json_hint}")
         variadic = origin is list or not args or args[-1] is Ellipsis
         if not variadic and len(args) != len(value):
             raise ConfigError(f"{path}: expected {len(args)} values, got {_shown(value)}")

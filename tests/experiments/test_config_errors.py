@@ -101,3 +101,13 @@ def test_a_field_added_later_is_checked_by_its_annotation():
 def test_a_scan_that_cannot_run_as_asked_is_refused_with_the_fix(raw, message):
     with pytest.raises(ConfigError, match=re.escape(message)):
         ScanExperiment.from_dict(raw)
+
+
+def test_a_list_that_is_not_json_says_how_to_write_one():
+    """A new user's trial: "expected a list of a string values", and no word of JSON's quotes."""
+    from collide.experiments.configs.activations import ActivationsExperiment
+
+    with pytest.raises(ConfigError) as err:
+        ActivationsExperiment.from_dict({"activations": "[relu,tanh]"})
+    assert str(err.value) == ("activations: expected a list of strings, got '[relu,tanh]' (str) (a list is JSON, its "
+                              "strings quoted: --set 'activations=[\"a\",\"b\"]')")
