@@ -435,8 +435,9 @@ def _verify(args: argparse.Namespace) -> int:
                 print(f"{name} row {r['row']}: {state}")
                 failed += 1
                 continue
-            counted = (f"{r['counted_points']} points" if "counted_points" in r
-                       else f"{r.get('counted_vertices', 0)} vertices")
+            many, what = (r["counted_points"], "point") if "counted_points" in r else (r.get("counted_vertices", 0),
+                                                                                       "vertex")
+            counted = f"{many} {what}" if many == 1 else f"{many} {'points' if what == 'point' else 'vertices'}"
             if "counted_region_samples" in r:
                 counted += f" and {r['counted_region_samples']} collision-set samples"
             # A scan row's own sizes, each example's around its stored image.

@@ -46,9 +46,13 @@ def _run(experiment: str, module: Any, cfg: Any) -> dict[str, Any]:
     if context.get("test_accuracy") is not None:
         from flows.cli import accuracy_text  # the profile's is a dict of two models: %.4f would fail on it
 
-        logger.info("model test accuracy %s (%s checkpoint %s, data %s)", accuracy_text(context["test_accuracy"]),
-                    context.get("origin") or ("reused" if context.get("reused") else "trained"),
-                    context.get("checkpoint", "?"), context.get("dataset", "?"))
+        accuracy = accuracy_text(context["test_accuracy"])
+        if context.get("checkpoint"):
+            logger.info("model test accuracy %s (%s checkpoint %s, data %s)", accuracy,
+                        context.get("origin") or ("reused" if context.get("reused") else "trained"),
+                        context["checkpoint"], context.get("dataset", "MNIST"))
+        else:  # one model per seed (thin, spread, ...): each its own checkpoint, named in its rows
+            logger.info("models' test accuracy %s", accuracy)
     if context.get("random_weights"):
         logger.warning("the model has RANDOM weights, as asked: the results say nothing about the paper's model")
     for note in context.get("notes", []):

@@ -317,7 +317,8 @@ def draw_summary(summary: pd.DataFrame, *, title: str) -> Figure:
             exact = rows[rows["saturation_tol"].isna()]
             if not exact.empty and tols and np.isfinite(exact.iloc[0]["mean"]):
                 r = exact.iloc[0]
-                ax.axhline(r["mean"], color=colour, linestyle="--", label=f"{activation} (exact)")
+                ax.axhline(r["mean"], color=colour, linestyle="--",
+                           label=f"{activation} (piecewise linear: no tolerance)")
                 ax.axhspan(r["min"], r["max"], color=colour, alpha=0.1)
             smooth = rows[rows["saturation_tol"].notna()]
             if not smooth.empty:
