@@ -134,10 +134,11 @@ def solve(job: Job, context: dict[str, Any], *, config: TransferExperiment,
 
 def partner_summary(table: pd.DataFrame) -> pd.DataFrame:
     """One row per (partner, row kind) over the targets: success rate (the transfer rate
-    for rows under B), the largest feature error, and the joint set's size."""
+    for rows under B) over the ``scored`` targets that have one (a set whose chains did not
+    mix has none), the largest feature error, and the joint set's size."""
     frame = table.assign(kind=table["method"] + "@" + table["evaluated_under"])
     return frame.groupby(["partner", "kind"], sort=False).agg(
-        targets=("row", "size"), success_rate=("success_rate", "mean"),
+        targets=("row", "size"), scored=("success_rate", "count"), success_rate=("success_rate", "mean"),
         max_feature_rel_error=("max_feature_rel_error", "max"), joint_dim=("joint_dim", "mean"),
         joint_radius=("joint_radius", "mean"), joint_mean_width=("joint_mean_width", "mean"),
         a_dim=("a_dim", "mean"), mean_distance_to_target=("mean_distance_to_target", "mean"),

@@ -187,11 +187,20 @@ def frontier(frame: pd.DataFrame) -> str:
     return _markdown(header, rows, caption=caption)
 
 
+def _targets(r: dict[str, Any]) -> str:
+    """``4``, or ``3 of 4`` where only 3 have a success rate (a summary from before the
+    count has all of them)."""
+    targets = int(r["targets"])
+    scored = r.get("scored")
+    return f"{int(scored)} of {targets}" if scored is not None and not pd.isna(scored) and scored < targets \
+        else str(targets)
+
+
 def baselines(frame: pd.DataFrame) -> str:
     """The baselines side by side, one row per method and layer, means over the targets."""
     header = ("| method @ layer | targets | success (target's class) | feature error max / mean "
               "| mean distance to the target | spread |")
-    rows = [f"| {r['label']} | {r['targets']} | {_num(r['success_rate'], '.3f')} "
+    rows = [f"| {r['label']} | {_targets(r)} | {_num(r['success_rate'], '.3f')} "
             f"| {_err(r['max_feature_rel_error'])} / {_err(r['mean_feature_rel_error'])} "
             f"| {_num(r['mean_distance_to_target'], '.2f')} | {_num(r['points_spread'], '.2f')} |"
             for r in baseline_summary(frame).to_dict("records")]
@@ -202,7 +211,7 @@ def transfer(frame: pd.DataFrame) -> str:
     """Collisions across models, one row per partner and row kind, means over the targets."""
     header = ("| model B | rows | targets | success (class kept) | max feature error | joint set: dim / radius / "
               "mean width | A's own dim |")
-    rows = [f"| {r['partner']} | {r['kind']} | {int(r['targets'])} | {_num(r['success_rate'], '.3f')} "
+    rows = [f"| {r['partner']} | {r['kind']} | {_targets(r)} | {_num(r['success_rate'], '.3f')} "
             f"| {_err(r['max_feature_rel_error'])} | {_num(r['joint_dim'], '.0f')} / "
             f"{_num(r['joint_radius'], '.4f')} / {_num(r['joint_mean_width'], '.3f')} "
             f"| {_num(r['a_dim'], '.0f')} |"

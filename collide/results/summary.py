@@ -51,12 +51,13 @@ def write_summary_table(store: ExperimentStore, kind: str, frame: pd.DataFrame) 
 
 
 def baseline_summary(table: pd.DataFrame) -> pd.DataFrame:
-    """One row per (method, layer) over the targets: mean success rate, the largest and
-    the mean feature error, the mean distance to the target and the mean spread."""
+    """One row per (method, layer) over the targets: mean success rate over the ``scored``
+    targets that have one (a set whose chains did not mix has none), the largest and the
+    mean feature error, the mean distance to the target and the mean spread."""
     frame = table.assign(label=table["method"] + " @ " + table["layer"])
     order = {label: k for k, label in enumerate(dict.fromkeys(frame.sort_values("row")["label"]))}
     out = frame.groupby("label", sort=False).agg(
-        targets=("row", "size"), success_rate=("success_rate", "mean"),
+        targets=("row", "size"), scored=("success_rate", "count"), success_rate=("success_rate", "mean"),
         max_feature_rel_error=("max_feature_rel_error", "max"),
         mean_feature_rel_error=("mean_feature_rel_error", "mean"),
         mean_distance_to_target=("mean_distance_to_target", "mean"), points_spread=("points_spread", "mean"),

@@ -162,7 +162,12 @@ def test_a_joint_set_collides_in_both_models_and_the_transfer_rows_measure_the_p
     from collide.results.report import write_report
     from collide.results.store import stores
 
-    summary = pd.read_parquet(store.output("-summary.parquet"))
+    summary = pd.read_parquet(store.output("-summary.parquet")).set_index("kind")
+    # A kind whose only target's set did not mix has no success rate to average, and says so.
+    kinds = {0: "joint-region@A", 1: "joint-region@B", 2: "exact-region@B"}
+    assert all((summary.loc[kinds[r], "scored"] == 0) == (not ok) for r, ok in mixed.items())
+    assert summary.loc["gradient-hull@B", "scored"] == summary.loc["gradient-hull@B", "targets"] == 1
+    summary = summary.reset_index()
     page = write_report(config.results_root, stores(config.results_root)).read_text()
     assert "<h3>transfer-summary.parquet</h3>" in page and "<h3>transfer-summary.png</h3>" in page
     assert all(f"<td>{kind}</td>" in page for kind in summary["kind"])
