@@ -47,11 +47,12 @@ def auroc(scores: np.ndarray, positive: np.ndarray) -> float:
 
 def precision_at_k(scores: np.ndarray, positive: np.ndarray, k: int) -> float:
     """The share of positives among the ``k`` highest scores (ties by position: a stable
-    sort). NaN for no example with a score; ``k`` is capped at the examples there are."""
+    sort). NaN for no example with a score, and where ``k`` reaches every example: the
+    share is then the base rate, whatever the score, and singles nothing out."""
     scores, positive = _clean(scores, positive)
-    if len(scores) == 0 or k < 1:
+    if len(scores) == 0 or k < 1 or k >= len(scores):
         return math.nan
-    top = np.argsort(-scores, kind="stable")[: min(k, len(scores))]
+    top = np.argsort(-scores, kind="stable")[:k]
     return float(positive[top].mean())
 
 

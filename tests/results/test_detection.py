@@ -51,7 +51,10 @@ def test_precision_at_k_counts_positives_among_the_top_k():
     assert precision_at_k(scores, positive, 1) == 1.0
     assert precision_at_k(scores, positive, 2) == 0.5  # 0.9 (yes), 0.8 (no)
     assert precision_at_k(scores, positive, 3) == pytest.approx(2 / 3)
-    assert precision_at_k(scores, positive, 99) == pytest.approx(2 / 5)  # capped at the five with a score
+    assert precision_at_k(scores, positive, 4) == 0.5  # and 0.7 (yes), 0.2 (no)
+    # k at or past the five with a score: their base rate whatever the score, so none (a new
+    # user's trial: k=10 of 10 scanned read as a precision).
+    assert math.isnan(precision_at_k(scores, positive, 5)) and math.isnan(precision_at_k(scores, positive, 99))
 
 
 def test_the_bootstrap_interval_is_seeded_and_holds_the_estimate():
