@@ -71,9 +71,8 @@ class ActivationsExperiment(MnistExperiment):
         saturation_tols: the saturation tolerances each smooth activation's polytopes are solved under.
     """
 
-    # gradient.saturation_tol: replaced by each of saturation_tols (ReLU has no saturation).
     NOT_USED: ClassVar[tuple[str, ...]] = ("train.arch", "train.seed", "seed", "target_label", "paper", "exact",
-                                           "geometry", "gradient.saturation_tol")
+                                           "geometry")
 
     name: str = "activations"
     layer: str = "fc1"

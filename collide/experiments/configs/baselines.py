@@ -57,7 +57,7 @@ class BaselinesExperiment(MnistExperiment):
         inversion: the code-inversion baseline's optimisation (row inversion).
     """
 
-    NOT_USED: ClassVar[tuple[str, ...]] = ("rows",)
+    NOT_USED: ClassVar[tuple[str, ...]] = ("rows", "exact", "paper")  # methods picks its rows: none exact
 
     name: str = "baselines"
     layer: str = "relu1"

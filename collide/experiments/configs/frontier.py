@@ -5,6 +5,7 @@ torch."""
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import ClassVar
 
 from collide.checks import require
 from collide.comparisons.frontier_config import FrontierConfig
@@ -29,6 +30,9 @@ class FrontierExperiment(MnistExperiment):
         n_vertices: the fewest non-positive units a target must have (target picking only).
         frontier: the feature-error budgets ε and the solver of each frontier point.
     """
+
+    # Its points come from frontier.solver: no polytope solver, no collision set.
+    NOT_USED: ClassVar[tuple[str, ...]] = ("gradient", "exact", "paper", "geometry")
 
     name: str = "frontier"
     layer: str = "relu1"
