@@ -44,6 +44,7 @@ def load(kind: type[_T], raw: Any) -> _T:
 
 
 _WANTED = {int: "an integer", float: "a number", str: "a string", bool: "true or false"}
+_EXAMPLE_LIST = {int: "[0,1]", float: "[0.5,1.0]", str: '["a","b"]', bool: "[true,false]"}
 _WANTED_MANY = {int: "integers", float: "numbers", str: "strings", bool: "true or false values"}
 
 
@@ -165,8 +166,11 @@ def _checked(value: Any, hint: Any, path: str) -> Any:
         if not isinstance(value, list | tuple):
             item = f" of {_WANTED_MANY.get(args[0], _wanted(args[0]) + ' values')}" if args else ""
             # `--set k=[a,b]` is not JSON: its words need quotes, and the shell keeps them only inside '...'.
-            json_hint = (f" (a list is JSON, its strings quoted: --set '{path}=[\"a\",\"b\"]')"
-                         if isinstance(value, str) and value.lstrip().startswith("[") else "")
+            example = _EXAMPLE_LIST.get(args[0], "[{...}, ...]" if dataclasses.is_dataclass(args[0]) else "[...]") \
+                if args else "[...]"
+            bracketed = isinstance(value, str) and value.lstrip().startswith("[")
+            json_hint = (f" (a list is JSON, strings in double quotes: {example}; on the command line inside single "
+                         f"quotes, --set '{path}={example}')") if bracketed else ""
             raise ConfigError(f"{path}: expected a list{item}, got {_shown(value)}{json_hint}")
         variadic = origin is list or not args or args[-1] is Ellipsis
         if not variadic and len(args) != len(value):

@@ -46,7 +46,7 @@ from collide.experiments.configs.baselines import BaselinesExperiment
 from collide.experiments.contract import Job, Progress, job, no_progress
 from collide.models.zoo import build_model, checkpoint_source, load_checkpoint
 from collide.polytope import combine, sample_weights
-from collide.results.figures import save_figure
+from collide.results.figures import label_rates, save_figure
 from collide.results.points import PointsRecord
 from collide.results.store import ExperimentStore
 from collide.results.summary import baseline_summary
@@ -179,7 +179,9 @@ def draw_baselines(summary: pd.DataFrame, *, title: str = "") -> Figure:
     FigureCanvasAgg(fig)
     top, bottom = fig.subplots(2, 1, sharex=True)
     x = np.arange(len(summary))
-    top.bar(x, summary["success_rate"].to_numpy(dtype=float), 0.6)
+    rates = summary["success_rate"].to_numpy(dtype=float)
+    top.bar(x, rates, 0.6)
+    label_rates(top, x, rates, summary["scored"].to_numpy(), summary["targets"].to_numpy())
     top.set_ylabel("success rate")
     top.set_ylim(0, 1.05)
     err = summary["max_feature_rel_error"].to_numpy(dtype=float)

@@ -34,6 +34,7 @@ from collide.experiments.configs.transfer import ROWS, TransferExperiment, parse
 from collide.experiments.contract import Job, Progress, job, no_progress
 from collide.models.zoo import build_model, checkpoint_source, load_checkpoint
 from collide.polytope import combine, sample_weights
+from collide.results.figures import label_rates
 from collide.results.points import PointsRecord
 from collide.results.store import ExperimentStore
 from collide.results.summary import SUMMARY_OUTPUTS, write_summary
@@ -155,7 +156,9 @@ def draw_transfer(summary: pd.DataFrame, *, title: str) -> Figure:
     width = 0.8 / len(kinds)
     for i, kind in enumerate(kinds):
         part = summary[summary["kind"] == kind].set_index("partner").reindex(partners)
-        ax.bar(np.arange(len(partners)) + i * width, part["success_rate"].to_numpy(dtype=float), width, label=kind)
+        x, rates = np.arange(len(partners)) + i * width, part["success_rate"].to_numpy(dtype=float)
+        ax.bar(x, rates, width, label=kind)
+        label_rates(ax, x, rates, part["scored"].fillna(0).to_numpy(), part["targets"].fillna(0).to_numpy())
     dims = summary.groupby("partner", sort=False)["joint_dim"].mean().reindex(partners)
     ax.set_xticks(np.arange(len(partners)) + 0.4 - width / 2,
                   [f"A with {p}\n(joint set: dim {d:.0f})" for p, d in dims.items()])

@@ -137,7 +137,8 @@ def row_summary(metrics: Mapping[str, Any], apart: Sequence[str] = ()) -> str:
     # of a target read alike.
     under = f", under {metrics['evaluated_under']}: {metrics.get('model')}" if metrics.get("evaluated_under") else ""
     success, error = f"success rate {success_text(metrics)}", f"feature error {number('max_feature_rel_error', '.1e')}"
-    told = [f"{k} {_told(metrics.get(k))}" for k in apart if not (k == "model" and under)]
+    # A row evaluated before its table carried a column (reused beside new rows) names none.
+    told = [f"{k} {_told(metrics[k])}" for k in apart if k in metrics and not (k == "model" and under)]
     head = f"row {metrics.get('row')} ({metrics.get('method')}{init}{under}{'; ' if told else ''}{', '.join(told)})"
     if metrics.get("n_vertices") == 0:
         # A row of sampled points with no vertices of its own (a baseline): no vertex distance.
@@ -163,6 +164,6 @@ def run_lines(rows: list[Mapping[str, Any]]) -> list[str]:
     each row's summary, computed or reused, then how many were reused. Where method and init
     do not tell its rows apart, the columns of :data:`TELLING_APART` that differ between
     them do (an activation and its tolerance, a penalty, a training seed, a layer)."""
-    apart = [k for k in TELLING_APART if len({_told(m.get(k)) for m in rows}) > 1]
+    apart = [k for k in TELLING_APART if len({_told(m[k]) for m in rows if k in m}) > 1]
     lines = [f"{row_summary(m, apart)}: {'reused' if reused(m) else 'computed'}" for m in rows]
     return [*lines, f"{sum(reused(m) for m in rows)} of {len(rows)} rows were already finished and reused"]

@@ -157,6 +157,17 @@ def draw_scan_classes(frame: Any, *, title: str = "") -> Figure:
     return fig
 
 
+def label_rates(ax: Any, x: np.ndarray, rates: np.ndarray, scored: np.ndarray, targets: np.ndarray) -> None:
+    """Says on a bar chart of success rates what a bar cannot: "n/a" where a group has none
+    (no bar would read as 0) and "k of n" over a mean of fewer targets than the group has
+    (the others' rates withheld)."""
+    for xi, rate, k, n in zip(x, rates, scored, targets, strict=True):
+        if not np.isfinite(rate):
+            ax.text(xi, 0.02, "n/a", ha="center", va="bottom", fontsize=7)
+        elif k < n:
+            ax.text(xi, rate + 0.01, f"{int(k)} of {int(n)}", ha="center", va="bottom", fontsize=7)
+
+
 def save_figure(fig: Figure, path: str | Path) -> Path:
     with atomic_file(path) as tmp:
         fig.savefig(tmp, format="png", dpi=100)

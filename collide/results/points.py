@@ -29,7 +29,7 @@ from collide.models.zoo import load_model_source
 from collide.objective import feature_rel_error
 from collide.polytope import evaluate
 from collide.precision import full_precision
-from collide.results.cells import SET_NOT_MIXED
+from collide.results.cells import SET_NOT_MIXED, missing
 from collide.results.store import POINTS, ExperimentStore
 from collide.results.store import is_points_row as is_points_row  # where evaluation and verify look
 from collide.sites import function_of
@@ -46,7 +46,9 @@ _BATCH = 250
 # drawn from: withheld where they are a collision set's samples whose chains did not mix.
 # The largest feature error and distance are every point's bound, and stand.
 SAMPLE_STATISTICS = ("success_rate", "samples_top_prob", "mean_feature_rel_error", "mean_distance_to_target",
-                     "mean_distance_to_init", "points_spread")
+                     "mean_distance_to_init", "points_spread", "pred_class")
+# The methods whose points are a collision set's samples: their rows carry the sampler's record.
+SET_SAMPLES = ("exact-region", "joint-region")
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -211,7 +213,8 @@ def evaluate_points(store: ExperimentStore, row: int, *, device: str = "cpu",
     if found["claim_met"] is False:  # a set that does not collide as claimed has no success rate
         metrics["success_rate"] = nan
     if (why := unmixed(attrs)) is not None:
-        metrics.update(dict.fromkeys(SAMPLE_STATISTICS, nan), flags=SET_NOT_MIXED, set_rhat=attrs["sampler"]["rhat"])
+        rhat = attrs["sampler"].get("rhat") if isinstance(attrs.get("sampler"), dict) else None
+        metrics.update(dict.fromkeys(SAMPLE_STATISTICS, nan), flags=SET_NOT_MIXED, set_rhat=rhat)
         metrics["invalid_reason"] = metrics["invalid_reason"] or (
             f"the collision set's samples did not mix ({why}): their success rate and distances are withheld")
     store.write_row(row, per_point, {"metrics": metrics}, keep_existing=True)
@@ -220,9 +223,13 @@ def evaluate_points(store: ExperimentStore, row: int, *, device: str = "cpu",
 
 def unmixed(attrs: dict[str, Any]) -> str | None:
     """Why a points row's sample statistics are withheld: its points are a collision set's
-    samples whose chains did not mix (the sampler's reason); None where they stand."""
+    samples whose chains did not mix (the sampler's reason), or whose row has no record of
+    them (written before rows kept one, as an exact row's set without one); None where they stand."""
     sampler = attrs.get("sampler")
-    if not isinstance(sampler, dict) or sampler.get("converged") is True:
+    if not isinstance(sampler, dict):
+        return "not diagnosed: sampled by an older collide, rerun the row" if attrs.get("method") in SET_SAMPLES \
+            else None
+    if sampler.get("converged") is True:
         return None
     reason = sampler.get("reason")
     return reason if isinstance(reason, str) and reason else "not diagnosed"
@@ -263,6 +270,9 @@ def verify_points(store: ExperimentStore, row: int, table: dict[str, Any] | None
         "success_rate": float((pred == t_class).mean()) if not (problems or withheld) else float("nan"),
     }
     for where, stated in [("store", metrics)] + ([("table file", table)] if table is not None else []):
+        if withheld:  # each statistic of the points' law: none, wherever it is stated
+            shown = [k for k in SAMPLE_STATISTICS if k not in recomputed and not missing(stated.get(k))]
+            problems += [f"{k}: {where} {stated[k]!r}, withheld as the set's samples did not mix" for k in shown]
         for key, value in recomputed.items():
             have = stated.get(key)
             have = float("nan") if have is None else float(have)

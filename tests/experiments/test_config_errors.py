@@ -109,5 +109,8 @@ def test_a_list_that_is_not_json_says_how_to_write_one():
 
     with pytest.raises(ConfigError) as err:
         ActivationsExperiment.from_dict({"activations": "[relu,tanh]"})
-    assert str(err.value) == ("activations: expected a list of strings, got '[relu,tanh]' (str) (a list is JSON, its "
-                              "strings quoted: --set 'activations=[\"a\",\"b\"]')")
+    assert str(err.value) == ("activations: expected a list of strings, got '[relu,tanh]' (str) (a list is JSON, "
+                              "strings in double quotes: [\"a\",\"b\"]; on the command line inside single quotes, "
+                              "--set 'activations=[\"a\",\"b\"]')")
+    with pytest.raises(ConfigError, match=r"expected a list of integers, .*: \[0,1\]; .* --set 'seeds=\[0,1\]'"):
+        ActivationsExperiment.from_dict({"seeds": "[0;1]"})

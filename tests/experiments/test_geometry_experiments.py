@@ -11,7 +11,7 @@ import pytest
 
 from collide.config import GradientConfig, RowSpec, SampleConfig, TrainConfig
 from collide.experiments import engine, mnist, profile, transfer
-from collide.results import tables
+from collide.results import points, tables
 from collide.results.health import status
 from collide.results.store import ExperimentStore
 from collide.results.verify import verify
@@ -152,6 +152,18 @@ def test_a_joint_set_collides_in_both_models_and_the_transfer_rows_measure_the_p
     assert table.loc[[0, 1, 2], "max_feature_rel_error"].notna().all()  # every point's bound stands
     assert pd.notna(table.loc[3, "success_rate"])
     assert [p for r in verify(store) for p in r["problems"]] == []
+    # The referee wants every statistic of an unmixed set's law withheld, in the store and the
+    # table: one kept (a spread) is caught; and a set's row with no sampler record (written
+    # before rows kept one) is not taken as mixed.
+    first = min(r for r, ok in mixed.items() if not ok)
+    arrays, attrs = store.read_row(first)
+    kept = {**attrs, "metrics": {**attrs["metrics"], "points_spread": 1.5}}
+    ExperimentStore(tmp_path / "elsewhere", "doctored").write_row(first, arrays, kept)
+    [entry] = verify(ExperimentStore(tmp_path / "elsewhere", "doctored"))
+    assert entry["problems"][0] == "points_spread: store 1.5, withheld as the set's samples did not mix"
+    assert entry["problems"][1:] == ["no table file doctored.parquet: run `collide tables`"]  # a store alone
+    assert points.unmixed({k: v for k, v in attrs.items() if k != "sampler"}).startswith("not diagnosed")
+    assert points.unmixed({"method": "random-ball"}) is None  # no set: nothing to diagnose
     [entry] = [e for e in status(config.results_root) if e["experiment"] == config.name]
     # Points rows have no vertices to be unchecked: only the unmixed rows are warned of.
     unmixed = sorted(r for r, ok in mixed.items() if not ok)

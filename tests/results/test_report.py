@@ -261,6 +261,8 @@ def test_a_runs_rows_that_method_and_init_do_not_tell_apart_are_told_by_what_dif
                                "saturation_tol none): ")
     assert lines[2].startswith("row 2 (gradient, init=target; model mnist-mlp-tanh, activation tanh, "
                                "saturation_tol 0.03): ")
+    older = {k: v for k, v in rows[1].items() if k not in ("activation", "saturation_tol", "seed")}  # reused
+    assert cells.run_lines([rows[0], older])[1].startswith("row 1 (gradient, init=target; model mnist-mlp-tanh): ")
     same = [_metrics(k, init=i, solved=True, evaluated=True) for k, i in enumerate(("target", "other"))]
     assert cells.run_lines(same)[0].startswith("row 0 (gradient, init=target): ")  # nothing to tell: as before
     layers = [_metrics(k, method="null-space", layer=layer, solved=False, evaluated=False)
@@ -308,3 +310,14 @@ def test_the_docs_explain_the_reports_columns():
     for column in set(report.GLOSSARY) - {"row", "model", "layer", "valid", "target_index", "config_digest"}:
         assert f"`{column}`" in section, column
     assert "input units" in section and "255" in section and "WARNING" in section
+
+
+def test_a_bar_of_success_rates_says_n_a_and_k_of_n_where_a_bar_cannot():
+    """A review: a withheld success rate drew no bar, which reads as 0."""
+    from matplotlib.figure import Figure
+
+    from collide.results.figures import label_rates
+
+    ax = Figure().subplots()
+    label_rates(ax, np.arange(3), np.array([np.nan, 0.5, 1.0]), np.array([0, 3, 4]), np.array([4, 4, 4]))
+    assert [(t.get_position()[0], t.get_text()) for t in ax.texts] == [(0, "n/a"), (1, "3 of 4")]
