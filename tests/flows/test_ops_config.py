@@ -128,7 +128,11 @@ def test_each_experiments_help_lists_its_keys_types_defaults_and_layers(name, ca
     assert f'default "{config.layer}"' in text and "usable layers" in text
     assert EXPERIMENTS[name].layers(config) and config.layer in text.split("usable layers")[1]
     assert main(["config", "show", name]) == 0
-    assert "gradient.max_steps" in capsys.readouterr().out
+    shown = capsys.readouterr().out
+    # The gradient solver's keys where the experiment reads them; listed as not read where it does not.
+    assert ("  gradient.max_steps " in shown) == ("gradient" not in config.NOT_USED), name
+    unread = [line for line in shown.splitlines() if line.startswith("inherited and not read")]
+    assert any("gradient" in line.split(": ")[-1].split(", ") for line in unread) == ("gradient" in config.NOT_USED)
 
 
 def test_patch_layer_follows_the_dataset():
