@@ -127,9 +127,8 @@ def config_reference(name: str) -> str:
     for key, kind, default, description in config.keys_read():
         lines.append(f"| {_code(key)} | {_cell(kind)} | {_code(json.dumps(default, default=str))} "
                      f"| {_cell(description)} |")
-    if config.NOT_USED:
-        lines += ["", f"Inherited and not read by {name} (a value for one is refused): "
-                  + ", ".join(_code(k) for k in config.NOT_USED) + "."]
+    if text := config.not_read_text(name, _code):  # as `collide config show` says it, as a sentence
+        lines += ["", text[0].upper() + text[1:] + "."]
     return "\n".join(lines) + "\n"
 
 

@@ -252,7 +252,7 @@ def describe(name: str) -> str:
     lines = [f"{name}: {SUMMARIES[name]}", "", "config keys (--set KEY=VALUE; values are JSON, nested keys dotted):"]
     lines += key_lines(config.keys_read())
     if config.NOT_USED:
-        lines += ["", f"inherited and not read by {name} (a value for one is refused): {', '.join(config.NOT_USED)}"]
+        lines += ["", config.not_read_text(name)]
     usable = config.listed_layers()  # the MNIST models' layers are known without building one (and torch)
     module = experiment(name) if usable is None else None
     try:

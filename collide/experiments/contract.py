@@ -92,6 +92,14 @@ class ExperimentConfig:
                               "the keys each experiment reads)")
         return config
 
+    def not_read_text(self, name: str, quote: Any = str) -> str:
+        """The line `collide config show` and the config reference give :attr:`NOT_USED`
+        (``""`` where it is empty), each key through ``quote``."""
+        if not self.NOT_USED:
+            return ""
+        return f"inherited and not read by {name} (a value for one is refused): " + ", ".join(
+            quote(k) for k in self.NOT_USED)
+
     def keys_read(self) -> list[tuple[str, str, Any, str]]:
         """:func:`~collide.config_loader.config_keys` less the :attr:`NOT_USED` ones: what
         `collide config show` and the config reference list."""

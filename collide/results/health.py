@@ -12,7 +12,7 @@ from typing import Any
 
 from collide.results.cells import FLAGS, flag_text, missing, row_flags, valid_text
 from collide.results.freshness import incomplete_text, outputs_intact, store_digest
-from collide.results.store import LEDGER, RUN_RECORD_FILE, ExperimentStore, is_points_row, stores
+from collide.results.store import LEDGER, RUN_RECORD_FILE, ExperimentStore, is_points_row, plain_file, stores
 
 
 def _rows_text(rows: list[int]) -> str:
@@ -35,8 +35,7 @@ def _warnings(
 def _readable(store: ExperimentStore) -> list[str]:
     """The outputs beside ``store`` that are there to be read, by file name: not its ledger
     nor its run record, which are collide's own bookkeeping."""
-    return [p.name for p in store.outputs()
-            if not p.name.endswith((LEDGER, RUN_RECORD_FILE)) and p.is_file() and not p.is_symlink()]
+    return [p.name for p in store.outputs() if not p.name.endswith((LEDGER, RUN_RECORD_FILE)) and plain_file(p)]
 
 
 def status(root: str | Path, *, only: str | None = None) -> list[dict[str, Any]]:

@@ -32,7 +32,7 @@ from collide.results.cells import (
     valid_text,
 )
 from collide.results.reference import REFERENCE_COLUMNS, ReferenceRow, reference_for, to_input_units
-from collide.results.store import DECLARED, OWN_OUTPUTS, ExperimentStore
+from collide.results.store import DECLARED, ExperimentStore
 
 UNITS = (
     "Distances are L2 norms in the model's input units: [0, 1] pixels for every experiment "
@@ -315,8 +315,7 @@ def summary_outputs(store: ExperimentStore, ledger: Mapping[str, Any]) -> tuple[
     The ledger is data: only files the store declares are looked at (:meth:`ExperimentStore.
     declared_damage`), never a name it holds that points elsewhere."""
     recorded = ledger.get(DECLARED)
-    own = {store.output(s).name for s in OWN_OUTPUTS}  # the table and figure have their places above
-    ours = {p.name: p for p in store.outputs() if p.name not in own}
+    ours = store.declared_outputs()  # the table and figure have their places above
     damaged = store.declared_damage(ledger)
     names = sorted(n for n in recorded if isinstance(n, str) and n in ours) if isinstance(recorded, dict) else []
     shown = [ours[n] for n in names

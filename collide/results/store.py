@@ -68,7 +68,7 @@ DECLARED = "declared_sha256"
 POINTS = "points"
 
 
-def _plain_file(path: Path) -> bool:
+def plain_file(path: Path) -> bool:
     """A regular file that is not a link: what collide writes as an output."""
     return path.is_file() and not path.is_symlink()
 
@@ -558,10 +558,16 @@ class ExperimentStore:
         a run's summaries wrote (or kept). An output the run did not write (the scan's
         certified table without ``certify``) is not there, so nothing will ask for it."""
         found = {p.name: sha for p in (self.output(s) for s in self.declared)
-                 if _plain_file(p) and (sha := _sha256_or_none(p)) is not None}
+                 if plain_file(p) and (sha := _sha256_or_none(p)) is not None}
         ledger = self.ledger()
         if ledger.get(DECLARED) != found:  # a rerun that changed nothing writes nothing
             self.write_ledger({**ledger, DECLARED: found})
+
+    def declared_outputs(self) -> dict[str, Path]:
+        """The outputs the experiment declares (its own, or those its run record names), by
+        file name: not the table, figure, ledger or run record every store has."""
+        own = {self.output(s) for s in OWN_OUTPUTS}
+        return {p.name: p for p in self.outputs() if p not in own}
 
     def declared_damage(self, ledger: Mapping[str, Any] | None = None) -> dict[str, str]:
         """The declared outputs the ledger recorded that are no longer the files written:
@@ -572,8 +578,7 @@ class ExperimentStore:
         link is not followed (it is reported as changed)."""
         ledger = self.ledger() if ledger is None else ledger
         recorded = ledger.get(DECLARED)
-        own = {self.output(s) for s in OWN_OUTPUTS}
-        ours = {p.name: p for p in self.outputs() if p not in own}
+        ours = self.declared_outputs()
         out = {}
         for name, sha in (recorded.items() if isinstance(recorded, dict) else []):
             path = ours.get(name) if isinstance(name, str) else None
@@ -581,7 +586,7 @@ class ExperimentStore:
                 continue
             if not (path.exists() or path.is_symlink()):
                 out[name] = "missing"
-            elif not _plain_file(path) or _sha256_or_none(path) != sha:
+            elif not plain_file(path) or _sha256_or_none(path) != sha:
                 out[name] = "changed since it was written"
         return out
 
