@@ -3,7 +3,8 @@
 prepare (data, model, patch store, index) -> plan -> the polytope jobs fanned out over
 Dask -> the table, figure and summary, published as artifacts. A job reuses every stage
 already finished with the same inputs, so a rerun after a crash redoes only what was cut
-off, and a rerun of a finished experiment computes and writes nothing.
+off, and a rerun of a finished experiment computes and writes nothing: its jobs are read
+back in the flow's own process, and no Dask cluster starts.
 """
 
 from __future__ import annotations
@@ -58,9 +59,18 @@ def _run(experiment: str, module: Any, cfg: Any) -> dict[str, Any]:
     for note in context.get("notes", []):
         logger.warning("%s", note)
     jobs = t.plan(experiment, context, cfg)
-    logger.info("fanning out %d polytope jobs", len(jobs))
-    done = t.run_job.map(jobs, experiment=unmapped(experiment), context=unmapped(context),
-                         config=unmapped(cfg)).result()
+    # Jobs already finished are read back here: a rerun of a finished experiment starts no cluster.
+    finished = set(t.finished_jobs(experiment, jobs, context, cfg))
+    todo = [job for k, job in enumerate(jobs) if k not in finished]
+    if finished:
+        logger.info("%d of %d polytope jobs already finished: reading them back", len(finished), len(jobs))
+    if todo:
+        logger.info("fanning out %d polytope jobs", len(todo))
+    running = t.run_job.map(todo, experiment=unmapped(experiment), context=unmapped(context),
+                            config=unmapped(cfg)) if todo else None
+    kept = iter(t.reuse_jobs([jobs[k] for k in sorted(finished)], experiment, context, cfg) if finished else [])
+    ran = iter(running.result() if running is not None else [])
+    done = [next(kept) if k in finished else next(ran) for k in range(len(jobs))]
     rows = [row for job in done for row in job]
     for m in rows:
         if m.get("repaired"):

@@ -28,6 +28,16 @@ def run_job(job: Job, experiment: str, context: dict[str, Any], config: Any) -> 
     return engine.run_job(find(experiment), job, context, config=config, progress=logging_progress())
 
 
+@task(name="finished-jobs", **_OPTIONS)
+def finished_jobs(experiment: str, jobs: list[Job], context: dict[str, Any], config: Any) -> list[int]:
+    return engine.finished_jobs(find(experiment), jobs, context, config=config)
+
+
+@task(name="reuse-finished-jobs", **_OPTIONS)
+def reuse_jobs(jobs: list[Job], experiment: str, context: dict[str, Any], config: Any) -> list[list[dict[str, Any]]]:
+    return [engine.run_job(find(experiment), job, context, config=config) for job in jobs]
+
+
 @task(name="write-outputs", **_OPTIONS)
 def outputs(experiment: str, config: Any, n_rows: int) -> dict[str, Any]:
     return engine.outputs(find(experiment), config=config, n_rows=n_rows)

@@ -48,7 +48,7 @@ from collide.errors import ConfigError, InternalError
 from collide.experiments.contract import Experiment, ExperimentConfig, Job, Progress, no_progress
 from collide.results.cells import reused
 from collide.results.evaluation import evaluate_row
-from collide.results.resume import drop_damaged, is_done, mark_done, prune_rows, stage_key
+from collide.results.resume import drop_damaged, is_done, mark_done, prune_rows, row_keys, stage_key
 from collide.results.store import ExperimentStore
 from collide.results.tables import write_outputs
 from collide.threads import job_threads
@@ -167,6 +167,26 @@ def solve_key(job: Job, row: int, context: dict[str, Any], config: ExperimentCon
                                "inputs": context.get("inputs", {})})
 
 
+def evaluate_key(solve: str) -> str:
+    return stage_key("evaluate", {"solve": solve})
+
+
+def finished_jobs(experiment: Experiment, jobs: list[Job], context: dict[str, Any], *,
+                  config: ExperimentConfig) -> list[int]:
+    """The indices of ``jobs`` whose every row already holds both stage keys this run gives
+    it: :func:`run_job` would compute and write nothing for them, only read their metrics
+    back. The flow runs them in its own process instead of starting Dask workers for them
+    (a rerun of a finished experiment then starts no cluster). Reads each row's metadata
+    only: a row whose files are damaged is still found by :func:`run_job`, which redoes it."""
+    store = experiment_store(experiment, config=config)
+
+    def done(job: Job, row: int) -> bool:
+        keys, solve = row_keys(store, row), solve_key(job, row, context, config)
+        return keys.get("solve") == solve and keys.get("evaluate") == evaluate_key(solve)
+
+    return [k for k, job in enumerate(jobs) if all(done(job, r) for r in job.rows)]
+
+
 def trusted_models(context: dict[str, Any]) -> tuple[str, ...]:
     """The user's own model this run was started with (its config's, resolved by ``prepare``
     in this run, never read back from the store): the one external model its evaluation
@@ -192,7 +212,7 @@ def run_job(
     # root of its own (the plan wrote its run record there, so it exists wherever it is shared).
     require_visible({**context.get("shared", {}), "the results root": str(store.root)})
     solve = {r: solve_key(job, r, context, config) for r in rows}
-    evaluate = {r: stage_key("evaluate", {"solve": solve[r]}) for r in rows}
+    evaluate = {r: evaluate_key(solve[r]) for r in rows}
     out = []
     with _threads(config):
         damaged = drop_damaged(store, rows)

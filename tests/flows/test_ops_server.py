@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import shutil
 import signal
 import socket
@@ -238,6 +239,8 @@ def test_rerun_with_everything_finished_reuses_it_and_changes_nothing(server, fa
     out, _ = proc.communicate(timeout=400)
     assert proc.returncode == 0, out
     assert "20 of 20 rows were already finished and reused" in out
+    assert "20 of 20 polytope jobs already finished" in out
+    assert "Creating a new Dask cluster" not in out  # read back in the flow: no workers started for nothing
     assert snapshot(config.results_root) == before  # not one byte, not one mtime
 
 
@@ -273,6 +276,10 @@ def test_a_run_killed_mid_stage_reruns_to_the_uninterrupted_result(server, tiny_
     rerun = _cli_run(server, config, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
     text, _ = rerun.communicate(timeout=400)
     assert rerun.returncode == 0, text
+    # the jobs finished before the kill are read back in the flow, the rest fanned out
+    read_back = re.search(r"(\d+) of 20 polytope jobs already finished", text)
+    assert read_back and len(kept) <= int(read_back[1]) < 20, text
+    assert f"fanning out {20 - int(read_back[1])} polytope jobs" in text
     for row, stamp in kept.items():  # finished before the kill: reused, not rewritten
         assert (ExperimentStore.of(config).path / f"row-{row}" / "zarr.json").stat().st_mtime_ns == stamp
     _assert_same_rows(config, uninterrupted)

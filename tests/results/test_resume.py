@@ -75,6 +75,24 @@ def test_a_row_whose_solve_key_is_lost_is_redone_alone_and_identically(finished,
         assert np.array_equal(new[key], old[key]), key
 
 
+def test_finished_jobs_are_those_whose_every_row_holds_both_keys_of_this_run(finished, tmp_path):
+    """What the flow reads back without starting workers: a job is finished only where each
+    of its rows holds this run's solve and evaluate keys; a stale or missing key on any row,
+    or another config, leaves it to run."""
+    config = _copy(finished[0], tmp_path)
+    context = engine.prepare(mnist, config=config)
+    jobs = engine.plan(mnist, context, config=config)
+    assert sorted(r for j in jobs for r in j.rows) == [0, 1, 2, 3]
+    assert engine.finished_jobs(mnist, jobs, context, config=config) == list(range(len(jobs)))
+    owner = {r: k for k, j in enumerate(jobs) for r in j.rows}
+    mark_done(ExperimentStore.of(config), 3, "evaluate", "killed-before-the-key")
+    ExperimentStore.of(config).write_row(1, {}, {"keys": {}}, keep_existing=True)
+    assert engine.finished_jobs(mnist, jobs, context, config=config) == [
+        k for k in range(len(jobs)) if k not in (owner[1], owner[3])]
+    other = dataclasses.replace(config, sample=dataclasses.replace(config.sample, n_samples=7))
+    assert engine.finished_jobs(mnist, jobs, context, config=other) == []
+
+
 def test_rows_left_by_a_bigger_config_are_pruned(finished, tmp_path):
     config = _copy(finished[0], tmp_path)
     arrays, attrs = ExperimentStore.of(config).read_row(0)
