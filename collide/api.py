@@ -36,7 +36,7 @@ from collide.sites import Site, eval_mode, function_of, require_method, resolve
 from collide.solvers import Solver, solver_for
 from collide.solvers.param import Parameterisation
 from collide.taps import preactivation
-from collide.validity import POLYTOPE_MIN_VERTICES, Criterion, check_vertices
+from collide.validity import POLYTOPE_MIN_VERTICES, Criterion, check_vertices, hull_collides
 
 SolverConfig = GradientConfig | ExactConfig | PaperConfig
 
@@ -85,8 +85,14 @@ class Measurement:
     """How the model sees ``n_samples`` points of a polytope (paper Tables 2, 4, 6).
 
     With fewer than two valid vertices there is no polytope: ``success_rate``, the
-    sample columns and ``vertex_avg_distance`` are NaN and ``invalid_reason`` says why.
-    Distances are L2 in the model's input units.
+    sample columns and ``vertex_avg_distance`` are NaN, ``hull_collides`` is None and
+    ``invalid_reason`` says why. Distances are L2 in the model's input units.
+
+    ``hull_collides``: whether the samples meet the polytope's criterion themselves (their
+    largest feature error within its ``rel_tol``). Past a first layer the hull of colliding
+    vertices can leave the collision set; where it is False, ``success_rate`` measures how
+    the model classifies the hull, not a collision (the experiments flag such a row
+    ``hull-not-collision``).
 
     Shapes:
         weights: (S, V) over all vertices (zero on invalid ones); sample_pred, sample_prob: (S,)
@@ -103,6 +109,7 @@ class Measurement:
     n_valid: int
     n_samples: int
     invalid_reason: str
+    hull_collides: bool | None
     vertices_in_target_class: int
     weights: torch.Tensor | None = None
     sample_pred: torch.Tensor | None = None
@@ -260,7 +267,9 @@ def measure(
     """Sample ``n_samples`` convex combinations of the valid vertices and classify them.
 
     ``success_rate`` is the share of samples the model gives the target's top class;
-    ``samples_max_feature_rel_error`` the largest relative feature error among them.
+    ``samples_max_feature_rel_error`` the largest relative feature error among them, and
+    ``hull_collides`` whether that meets the polytope's criterion: read it before taking
+    the success rate for a collision's (see :class:`Measurement`).
     The draw is ``sampler`` (``stick``: the authors' stick-breaking; ``dirichlet``)
     from a generator seeded with ``seed``: the same seed, the same samples.
     """
@@ -298,7 +307,7 @@ def measure(
         }
         if reason:
             return Measurement(success_rate=nan, samples_top_prob=nan, samples_max_feature_rel_error=nan,
-                               n_samples=0, **common)
+                               n_samples=0, hull_collides=None, **common)
         gen = torch.Generator().manual_seed(seed)
         w = sample_weights(n_samples, n_valid, sampler=sampler, generator=gen)
         samples = combine(w, good)
@@ -314,6 +323,7 @@ def measure(
     return Measurement(
         success_rate=ev.success_rate, samples_top_prob=ev.samples_top_prob,
         samples_max_feature_rel_error=float(s_rel.max()), n_samples=n_samples,
+        hull_collides=hull_collides(float(s_rel.max()), poly.criterion),
         weights=full_w, sample_pred=ev.sample_pred, sample_prob=ev.sample_prob, **common,
     )
 

@@ -34,6 +34,7 @@ def test_colliding_vertices_whose_hull_leaves_the_collision_set_are_flagged():
     m = measure(net, "3", poly, n_samples=500, seed=0)
     assert m.samples_max_feature_rel_error > 0.5
     assert hull_collides(m.samples_max_feature_rel_error, CRITERION) is False
+    assert m.hull_collides is False  # the API's own measurement says so beside its success rate
 
 
 def test_at_the_first_layer_the_hull_of_colliding_vertices_collides():
@@ -51,4 +52,8 @@ def test_at_the_first_layer_the_hull_of_colliding_vertices_collides():
     m = measure(net, "1", poly, n_samples=200, seed=0)
     assert m.samples_max_feature_rel_error <= 1e-6
     assert hull_collides(m.samples_max_feature_rel_error, CRITERION) is True
+    assert m.hull_collides is True
     assert hull_collides(float("nan"), CRITERION) is None
+    lone = check_polytope(net, "1", vertices[:1], target, target, torch.tensor([2]), method="gradient",
+                          criterion=CRITERION)
+    assert measure(net, "1", lone, n_samples=10, seed=0).hull_collides is None  # no polytope, nothing sampled

@@ -21,7 +21,7 @@ from collide.precision import full_precision
 from collide.results.cells import SET_NOT_MIXED
 from collide.results.points import evaluate_points, flat_rows, is_points_row, point_metrics, spread
 from collide.results.store import ExperimentStore
-from collide.validity import Criterion, hull_collides
+from collide.validity import Criterion
 
 SAMPLE_ARRAYS = ("sample_weights", "sample_pred", "sample_prob")
 # A target whose top class is below this multiple of chance means the model tells
@@ -101,7 +101,7 @@ def _evaluate(
         flags.append("uninformative-model")
     # Past a first layer the hull of colliding vertices can leave the collision set: its
     # samples then miss the method's criterion, and the success rate measures the hull.
-    collides = None if reason else hull_collides(m.samples_max_feature_rel_error, criterion)
+    collides = m.hull_collides
     if collides is False:
         flags.append(HULL_NOT_COLLISION)
     metrics: dict[str, Any] = {
