@@ -22,12 +22,13 @@ if TYPE_CHECKING:
         Polytope,
         check_polytope,
         collision_geometry,
+        collision_size,
         find_polytope,
         find_polytopes,
         measure,
     )
     from collide.audit import ScanConfig, scan
-    from collide.config import ExactConfig, GradientConfig, PaperConfig
+    from collide.config import ExactConfig, GeometryConfig, GradientConfig, PaperConfig
     from collide.errors import CollideError
     from collide.solvers import ExactSolver, GradientSolver, PaperSolver, Solver
     from collide.taps import layers, preactivation, tap
@@ -38,6 +39,7 @@ _HOMES = {
     "ExactConfig": "collide.config",
     "ExactSolver": "collide.solvers",
     "Geometry": "collide.api",
+    "GeometryConfig": "collide.config",
     "GradientConfig": "collide.config",
     "GradientSolver": "collide.solvers",
     "Measurement": "collide.api",
@@ -48,6 +50,7 @@ _HOMES = {
     "Solver": "collide.solvers",
     "check_polytope": "collide.api",
     "collision_geometry": "collide.api",
+    "collision_size": "collide.api",
     "find_polytope": "collide.api",
     "find_polytopes": "collide.api",
     "measure": "collide.api",
@@ -62,6 +65,7 @@ __all__ = [
     "ExactConfig",
     "ExactSolver",
     "Geometry",
+    "GeometryConfig",
     "GradientConfig",
     "GradientSolver",
     "Measurement",
@@ -72,6 +76,7 @@ __all__ = [
     "Solver",
     "check_polytope",
     "collision_geometry",
+    "collision_size",
     "find_polytope",
     "find_polytopes",
     "measure",

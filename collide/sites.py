@@ -430,11 +430,18 @@ def probe(model: nn.Module, example: torch.Tensor) -> list[Site]:
         x = x.to(tensor.device, tensor.dtype)
     try:
         with torch.no_grad(), eval_mode(model), Watch(model, keep):
-            model(x)
+            out = model(x)
     except (RuntimeError, ValueError, IndexError) as exc:  # shape errors, by the layer that met them
         raise DataError(f"the model cannot take an example of shape {tuple(x.shape[1:])}, so its layers cannot be "
                         "found (collide.layers, find_polytope and tap take one input without a batch dimension; "
                         f"preactivation takes a batch (B, *input)): {str(exc)[:300]}") from exc
+    if not isinstance(out, torch.Tensor):
+        # Every method classifies the points it finds by the model's own output: the target's class,
+        # the success rate. Said here, before any work, rather than as an attribute error deep inside.
+        held = f" (keys {sorted(map(str, out))[:5]})" if isinstance(out, dict) else ""
+        raise DataError(f"the model returns a {type(out).__name__}{held}, not a tensor of logits (B, classes): "
+                        "collide classifies by the model's output, so wrap the model so that its forward returns "
+                        "the logits tensor alone (e.g. a module whose forward returns model(x)['logits'])")
     calls: dict[str, int] = {}
     for e in events:
         calls[e.base] = calls.get(e.base, 0) + 1

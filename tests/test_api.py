@@ -81,6 +81,17 @@ def test_a_polytope_without_two_valid_vertices_is_measured_as_none():
     assert m.n_samples == 0 and m.success_rate != m.success_rate and "0 of 2 vertices valid" in m.invalid_reason
 
 
+class _Keyed(nn.Module):
+    """A model whose forward returns its logits inside a dict (or a tuple)."""
+
+    def __init__(self, wrap=lambda t: {"logits": t}):
+        super().__init__()
+        self.net, self.wrap = _model(), wrap
+
+    def forward(self, x):
+        return self.wrap(self.net(x)) if self.wrap is not tuple else (self.net(x),)
+
+
 @pytest.mark.parametrize("call, error, words", [
     (dict(layer="fc9"), LayerError, "no layer named 'fc9'; layers that work: 1"),
     (dict(layer="3"), LayerError, "is a Linear, not an activation"),
@@ -92,6 +103,10 @@ def test_a_polytope_without_two_valid_vertices_is_measured_as_none():
     (dict(method="exact", config=collide.GradientConfig()), ConfigError, "takes config=ExactConfig(...)"),
     (dict(method="paper"), ConfigError, "PaperConfig(lr=...)"),
     (dict(model=lambda: _model().double()), ConfigError, "pass model.float()"),
+    (dict(n_vertices=0), ConfigError, "expected n_vertices >= 1"),
+    (dict(units=torch.zeros(0, dtype=torch.long)), ConfigError, "units is empty"),
+    (dict(model=lambda: _Keyed()), DataError, "returns a dict (keys ['logits']), not a tensor of logits"),
+    (dict(model=lambda: _Keyed(tuple)), DataError, "returns a tuple, not a tensor of logits"),
 ])
 def test_bad_input_is_named(call, error, words):
     args = {"layer": "1", "target": _target(), "model": _model, **call}

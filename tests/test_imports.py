@@ -19,8 +19,9 @@ def test_library_imports_without_prefect():
 def test_public_api_is_small_and_real():
     import collide
 
-    # The entry points, their results, the solvers with their configs, the layer taps and the scan.
-    assert 8 <= len(collide.__all__) <= 22
+    # The entry points, their results, the solvers with their configs, the layer taps, the
+    # collision set's sizes (collision_geometry, collision_size, GeometryConfig) and the scan.
+    assert 8 <= len(collide.__all__) <= 23
     for name in collide.__all__:
         assert hasattr(collide, name), name
 

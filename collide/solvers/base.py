@@ -163,6 +163,10 @@ class Solver(abc.ABC):
         """
         if param is not None and not self.takes_param:
             raise ConfigError(f"a parameterisation other than pixels needs method='gradient', got {self.method!r}")
+        if units is None and n_vertices < 1:
+            raise ConfigError(f"expected n_vertices >= 1 (a vertex per pushed unit), got {n_vertices}")
+        if units is not None and torch.as_tensor(units).numel() == 0:
+            raise ConfigError("units is empty: give the units to push, one per vertex, or leave it None")
         require_method(site, "exact" if self.exact else "gradient")
         sat = self.saturation(site)
         require_float32(model)
