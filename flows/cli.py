@@ -271,6 +271,7 @@ def _layers(args: argparse.Namespace) -> int:
 
     from collide.models.external import build, input_defaults, resolve_model
     from collide.sites import listed_aliases, probe
+    from collide.skips import passed_by
     from collide.usercode import factory_of
 
     side = args.input_size or input_defaults(args.model).get("input_size", 0)
@@ -280,11 +281,14 @@ def _layers(args: argparse.Namespace) -> int:
         raise ConfigError(f"{args.model} has no torchvision weights whose transforms give its input size (your own "
                           "factory, or a torchvision model without weights): pass --input-size")
     source = resolve_model(args.model, "random", mean=args.mean or (), std=args.std or (), input_size=side)
-    sites = probe(build(source), torch.zeros(1, args.channels, side, side))
+    model = build(source)
+    sites = probe(model, torch.zeros(1, args.channels, side, side))
+    around = passed_by(model, torch.zeros(1, args.channels, side, side))
     usable = [s for s in sites if s.addressable]
     if args.json:
         print(json.dumps([{"name": s.name, "kind": s.kind, "op": s.op, "shape": list(s.shape), "units": s.units,
-                           "addressable": s.addressable, "methods": list(s.methods), "why_not": s.why_not("exact")}
+                           "addressable": s.addressable, "methods": list(s.methods), "why_not": s.why_not("exact"),
+                           "passed_by": s.name in around}
                           for s in sites], indent=1))
         return EXIT_OK
     print(f"{args.model} at {args.channels}x{side}x{side}: {len(usable)} activation call sites (layer=NAME), "
@@ -294,9 +298,12 @@ def _layers(args: argparse.Namespace) -> int:
     print(f"  {'name':<{width}}  {'activation':<{op_width}}  {'kind':<8}  {'shape':<16}  {'units':>7}  methods")
     for s in usable:
         print(f"  {s.name:<{width}}  {s.op:<{op_width}}  {s.kind:<8}  {'x'.join(map(str, s.shape)):<16}  "
-              f"{s.units:>7}  {', '.join(s.methods)}")
+              f"{s.units:>7}  {', '.join(s.methods)}{'  (passed by)' if s.name in around else ''}")
+    if any(s.name in around for s in usable):
+        print("(passed by): a skip connection or another branch passes the call by: the input reaches the output "
+              "around it, so inputs that collide there can still be told apart by the output")
     bases = {s.base for s in usable}
-    named = {a: m for a, m in listed_aliases(build(source)).items() if m in bases}
+    named = {a: m for a, m in listed_aliases(model).items() if m in bases}
     if named:
         print("aliases: " + ", ".join(f"{a} (= {m})" for a, m in named.items()))
     gradient_only = sorted({s.op for s in usable if "exact" not in s.methods})

@@ -31,6 +31,7 @@ from collide.piecewise.budget import check_lp_size
 from collide.polytope import dataset_avg_distance
 from collide.results.records import RowRecord
 from collide.sites import require_method
+from collide.skips import passed_by
 from collide.solvers import solver_for
 from collide.taps import check_units, layer_names, site_of
 
@@ -82,13 +83,27 @@ def rows(config: ModelExperiment) -> tuple[list[tuple[str, str]], list[str]]:
     return list(itertools.product(methods, inits)), notes
 
 
+def passed_by_note(config: ModelExperiment) -> list[str]:
+    """A note where a skip connection passes by the layer (:mod:`collide.skips`): its
+    collisions are the layer's features only, not the model's output."""
+    model = skeleton(config)
+    site = site_of(model, config.layer, torch.zeros(1, *config.input_shape()))
+    if site.name not in passed_by(model, torch.zeros(1, *config.input_shape())):
+        return []
+    return [f"layer {site.name}: a skip connection passes it by (the input reaches the output around it), so "
+            "inputs that collide there can still be told apart by the model's output; a layer every path runs "
+            f"through carries a collision on to the output (`collide layers {config.model}` marks which)"]
+
+
 def validate(*, config: ModelExperiment) -> None:
     """Fail before any work on a bad model spec, layer, weights file, image folder or row."""
     try:
         check_units(skeleton(config), config.layer, config.input_shape(), config.n_vertices)
     except LayerError as exc:
-        raise LayerError(f"{exc}. Pass the layer with --layer NAME (`collide layers {config.model}` lists them; "
-                         f"the default {ModelExperiment.layer!r} is ResNet's)") from None
+        default = (f"; the default {ModelExperiment.layer!r} is ResNet's" if config.layer == ModelExperiment.layer
+                   else "")
+        raise LayerError(f"{exc}. Pass the layer with --layer NAME (`collide layers {config.model}` lists "
+                         f"them{default})") from None
     resolve_model(config.model, config.weights, seed=config.seed, mean=config.mean, std=config.std,
                   input_size=config.input_size)
     specs, _ = rows(config)
@@ -101,6 +116,7 @@ def prepare(*, config: ModelExperiment, progress: Progress = no_progress) -> dic
     source = resolve_model(config.model, config.weights, seed=config.seed, mean=config.mean, std=config.std,
                            input_size=config.input_size)
     specs, notes = rows(config)
+    notes += passed_by_note(config)
     targets = pick_images(config.image_root, target=config.target, per_class=config.targets_per_class,
                           need_other=any(init == "other" for _, init in specs))
     check_images([t[k] for t in targets for k in ("target_path", "other_path")])

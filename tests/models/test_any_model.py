@@ -235,6 +235,10 @@ def test_collide_layers_lists_call_sites_and_refusals():
     assert "35 activation call sites" in done.stdout
     listed = r"features\.0\.2 +ReLU6 +module +32x16x16 +8192 +gradient, paper, exact\n"
     assert re.search(listed, done.stdout), done.stdout
+    # An inverted residual block's own calls are passed by (features.3 adds its input back); the
+    # block before it has no skip, and its calls are not (collide.skips, tests/test_skips.py).
+    assert re.search(r"features\.3\.conv\.0\.2 .*exact  \(passed by\)\n", done.stdout), done.stdout
+    assert re.search(r"features\.2\.conv\.0\.2 .*exact\n", done.stdout), done.stdout
     done = _collide("layers", "torchvision:no_such_net", "--input-size", "32")
     assert done.returncode == 2 and "torchvision has no classification model 'no_such_net'" in done.stderr
 
@@ -389,3 +393,17 @@ def test_collide_run_model_at_a_saturating_layer_leaves_exact_out_and_verifies(t
     assert (table["max_feature_rel_error"] <= 1e-2).all()
     verified = _collide("verify", "model", "--results-root", str(out), "--model", model)
     assert verified.returncode == 0 and "every row agrees" in verified.stdout, verified.stdout + verified.stderr
+
+
+def test_an_unknown_layer_is_named_and_resnets_default_is_mentioned_only_when_it_was_not_given():
+    from collide.errors import LayerError
+    from collide.experiments.configs.model import ModelExperiment
+    from collide.experiments.model import validate
+
+    config = ModelExperiment(model="torchvision:resnet18", input_size=32, layer="relu9")
+    with pytest.raises(LayerError) as given:
+        validate(config=config)
+    assert "--layer NAME" in str(given.value) and "ResNet's" not in str(given.value)
+    with pytest.raises(LayerError) as default:
+        validate(config=ModelExperiment(model="torchvision:mobilenet_v2", input_size=32))
+    assert "the default 'layer2.1.relu#1' is ResNet's" in str(default.value)

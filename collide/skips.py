@@ -1,0 +1,114 @@
+"""Which activation calls a skip connection passes by.
+
+A collision at a layer carries on to the model's output only where every path from the
+input to the output runs through that layer: then the later layers see nothing of the
+input but its features there. Inside a residual block, or in one branch of an inception
+module, the input also reaches the output around the call (``out = f(relu(z)) + x``), and
+two inputs with the same features at the call can still be told apart after it.
+
+Found on the autograd graph of one forward pass: a call is passed by when the input's
+gradient node stays reachable from the output's once the call's own node is taken out.
+The test is structural (a path exists), not numerical, so a path whose weights happen to
+be zero still counts.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+from torch import nn
+from torch.overrides import TorchFunctionMode
+
+from collide.errors import DataError
+from collide.sites import Event, Site, Watch, eval_mode, module_kind, probe
+
+
+class _Outputs(TorchFunctionMode):
+    """Hands the output of each watched functional call to ``keep``: this mode sits outside
+    :class:`Watch`'s, so the call Watch has just reported comes here next."""
+
+    def __init__(self, keep: Any) -> None:
+        super().__init__()
+        self.pending: Event | None = None
+        self.keep = keep
+
+    def __torch_function__(self, func: Any, types: Any, args: tuple[Any, ...] = (), kwargs: Any = None) -> Any:
+        out = func(*args, **(kwargs or {}))
+        if self.pending is not None:
+            event, self.pending = self.pending, None
+            self.keep(event, out)
+        return out
+
+
+def _reaches(start: Any, goal: Any, without: Any) -> bool:
+    """Whether ``goal`` is reachable from the autograd node ``start`` avoiding ``without``."""
+    seen, stack = {without}, [start]
+    while stack:
+        node = stack.pop()
+        if node is None or node in seen:
+            continue
+        if node is goal:
+            return True
+        seen.add(node)
+        stack.extend(next_node for next_node, _ in node.next_functions)
+    return False
+
+
+def passed_by(model: nn.Module, example: torch.Tensor) -> set[str]:
+    """The names of the activation calls (as :func:`collide.sites.probe` names them) that
+    the input also reaches the output around: a collision there need not survive to the
+    output. One forward pass in eval mode (every module's flag restored), with gradients
+    on a copy of the input only: the model's parameters are not touched.
+
+    Shapes:
+        example: (B, *input); the first input is used
+    """
+    sites = probe(model, example)
+    wanted = {(s.base, s.call): s for s in sites}
+    nodes: dict[str, Any] = {}
+    module_pending: list[Event] = []
+
+    def keep(event: Event, out: Any) -> None:
+        site = wanted.get((event.base, event.call))
+        if site is not None and isinstance(out, torch.Tensor) and out.grad_fn is not None:
+            nodes[site.name] = out.grad_fn
+
+    outputs = _Outputs(keep)
+
+    def on_event(event: Event) -> None:
+        if (event.base, event.call) not in wanted:
+            return
+        if event.module == "module":
+            module_pending.append(event)
+        else:
+            outputs.pending = event
+
+    def module_out(_mod: nn.Module, _args: Any, out: Any) -> None:
+        if module_pending:
+            keep(module_pending.pop(), out)
+
+    tensor = next(iter(model.parameters()), None)
+    x = example[:1].detach().clone()
+    if tensor is not None and tensor.is_floating_point():
+        x = x.to(tensor.device, tensor.dtype)
+    x.requires_grad_(True)
+    hooks = [m.register_forward_hook(module_out) for m in model.modules() if module_kind(m) is not None]
+    try:
+        with torch.enable_grad(), eval_mode(model), outputs, Watch(model, on_event):
+            out = model(x)
+        with torch.enable_grad():  # x's own node, the one its gradient accumulates in
+            goal = x.view_as(x).grad_fn.next_functions[0][0]
+    finally:
+        for h in hooks:
+            h.remove()
+    if not isinstance(out, torch.Tensor):
+        raise DataError(f"the model returns a {type(out).__name__}, not a tensor of logits")
+    if out.grad_fn is None:
+        return set()
+    return {name for name, node in nodes.items() if _reaches(out.grad_fn, goal, node)}
+
+
+def site_passed_by(model: nn.Module, site: Site, example: torch.Tensor) -> bool:
+    """Whether the input reaches the output around ``site`` (see :func:`passed_by`)."""
+    return site.name in passed_by(model, example)
