@@ -55,7 +55,11 @@ def layers(model: nn.Module, example_input: torch.Tensor) -> list[Site]:
     Each :class:`~collide.sites.Site` has its ``name`` (``layer2.1.relu#1``,
     ``relu()``), ``kind`` (``module`` or ``function``), pre-activation ``shape`` and
     ``units``. Aliases (``fc6``, the module before a ReLU) work as well;
-    :func:`layer_names` lists them too.
+    :func:`layer_names` lists them too. Calls no method can address are left out, so a
+    model with only those (leaky ReLUs, which are injective; ELU) gives an empty list:
+    :func:`collide.sites.probe` lists every call, and each one's ``why_not()`` says why.
+    A call that a skip connection passes by is listed (its features collide), but its
+    collisions need not reach the output: :func:`collide.skips.passed_by` names those.
 
     Shapes:
         example_input: (*input), one input without a batch dimension
