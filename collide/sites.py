@@ -405,6 +405,18 @@ class Site:
 _PROBES: weakref.WeakKeyDictionary[nn.Module, dict[Any, list[Site]]] = weakref.WeakKeyDictionary()
 
 
+def example_for(model: nn.Module, example: torch.Tensor) -> torch.Tensor:
+    """A copy of ``example[:1]`` on the model's device and in its dtype (the first float
+    parameter's, else buffer's): a call's name and shape do not depend on either. A copy,
+    so that a model that changes its input in place leaves the caller's tensor alone."""
+    x = example[:1].detach().clone()
+    tensor = next(iter(model.parameters()), None)
+    tensor = tensor if tensor is not None else next(iter(model.buffers()), None)
+    if tensor is not None and tensor.is_floating_point():
+        x = x.to(tensor.device, tensor.dtype)
+    return x
+
+
 def probe(model: nn.Module, example: torch.Tensor) -> list[Site]:
     """Every activation call of one forward pass of ``example[:1]``, in call order.
 
@@ -423,11 +435,7 @@ def probe(model: nn.Module, example: torch.Tensor) -> list[Site]:
         if event.kind in (RELU, LEAKY, HARDTANH, SMOOTH):
             events.append(event)
 
-    x = example[:1].detach()
-    tensor = next(iter(model.parameters()), None)
-    tensor = tensor if tensor is not None else next(iter(model.buffers()), None)
-    if tensor is not None and tensor.is_floating_point():  # the names do not depend on device or dtype
-        x = x.to(tensor.device, tensor.dtype)
+    x = example_for(model, example)
     try:
         with torch.no_grad(), eval_mode(model), Watch(model, keep):
             out = model(x)

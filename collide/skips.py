@@ -9,7 +9,16 @@ two inputs with the same features at the call can still be told apart after it.
 Found on the autograd graph of one forward pass: a call is passed by when the input's
 gradient node stays reachable from the output's once the call's own node is taken out.
 The test is structural (a path exists), not numerical, so a path whose weights happen to
-be zero still counts.
+be zero still counts. It errs towards "passed by" wherever the graph cannot show a cut:
+
+- a call whose output the graph does not record (computed without gradients) is counted
+  as passed by;
+- an activation applied in place to a view of a larger tensor is recorded on that tensor,
+  not on the call, and is counted as passed by too.
+
+What the graph cannot see is a path through an operation without a gradient (``argmax``,
+a comparison used as a mask, integer indexing, ``detach``): a model whose output reads
+the input that way around a call is reported as if it did not.
 """
 
 from __future__ import annotations
@@ -20,8 +29,7 @@ import torch
 from torch import nn
 from torch.overrides import TorchFunctionMode
 
-from collide.errors import DataError
-from collide.sites import Event, Site, Watch, eval_mode, module_kind, probe
+from collide.sites import Event, Watch, eval_mode, example_for, module_kind, probe
 
 
 class _Outputs(TorchFunctionMode):
@@ -58,21 +66,25 @@ def _reaches(start: Any, goal: Any, without: Any) -> bool:
 def passed_by(model: nn.Module, example: torch.Tensor) -> set[str]:
     """The names of the activation calls (as :func:`collide.sites.probe` names them) that
     the input also reaches the output around: a collision there need not survive to the
-    output. One forward pass in eval mode (every module's flag restored), with gradients
-    on a copy of the input only: the model's parameters are not touched.
+    output (see the module docstring for the cases it counts in and the paths it cannot
+    see). One forward pass in eval mode (every module's flag restored) with gradients on,
+    on a copy of the input: the model's parameters are not touched. A model whose calls
+    depend on whether gradients are on (a fast path taken only without them) may make
+    other calls here than :func:`probe` found; those are matched by name and call index.
 
     Shapes:
         example: (B, *input); the first input is used
     """
     sites = probe(model, example)
-    wanted = {(s.base, s.call): s for s in sites}
+    wanted = {(s.base, s.call): s.name for s in sites}
     nodes: dict[str, Any] = {}
     module_pending: list[Event] = []
 
     def keep(event: Event, out: Any) -> None:
-        site = wanted.get((event.base, event.call))
-        if site is not None and isinstance(out, torch.Tensor) and out.grad_fn is not None:
-            nodes[site.name] = out.grad_fn
+        name = wanted.get((event.base, event.call))
+        # An in-place call on a view is recorded on its base (CopySlices): no node of its own.
+        if name is not None and isinstance(out, torch.Tensor) and out.grad_fn is not None and out._base is None:
+            nodes[name] = out.grad_fn
 
     outputs = _Outputs(keep)
 
@@ -88,27 +100,18 @@ def passed_by(model: nn.Module, example: torch.Tensor) -> set[str]:
         if module_pending:
             keep(module_pending.pop(), out)
 
-    tensor = next(iter(model.parameters()), None)
-    x = example[:1].detach().clone()
-    if tensor is not None and tensor.is_floating_point():
-        x = x.to(tensor.device, tensor.dtype)
-    x.requires_grad_(True)
+    # The model gets a copy of the leaf: one that changes its input in place cannot touch
+    # a leaf that requires gradients.
+    leaf = example_for(model, example).requires_grad_(True)
     hooks = [m.register_forward_hook(module_out) for m in model.modules() if module_kind(m) is not None]
     try:
         with torch.enable_grad(), eval_mode(model), outputs, Watch(model, on_event):
-            out = model(x)
-        with torch.enable_grad():  # x's own node, the one its gradient accumulates in
-            goal = x.view_as(x).grad_fn.next_functions[0][0]
+            out = model(leaf.clone())
+            goal = leaf.view_as(leaf).grad_fn.next_functions[0][0]  # the node leaf's gradient accumulates in
     finally:
         for h in hooks:
             h.remove()
-    if not isinstance(out, torch.Tensor):
-        raise DataError(f"the model returns a {type(out).__name__}, not a tensor of logits")
-    if out.grad_fn is None:
-        return set()
-    return {name for name, node in nodes.items() if _reaches(out.grad_fn, goal, node)}
-
-
-def site_passed_by(model: nn.Module, site: Site, example: torch.Tensor) -> bool:
-    """Whether the input reaches the output around ``site`` (see :func:`passed_by`)."""
-    return site.name in passed_by(model, example)
+    unknown = set(wanted.values()) - set(nodes)
+    if out.grad_fn is None:  # nothing of the input reaches the output through the graph
+        return unknown
+    return unknown | {name for name, node in nodes.items() if _reaches(out.grad_fn, goal, node)}

@@ -71,3 +71,37 @@ def test_the_model_experiment_notes_a_layer_that_is_passed_by():
     [note] = passed_by_note(dataclasses.replace(config, layer="layer2.1.relu#0"))
     assert note.startswith("layer layer2.1.relu#0: a skip connection passes it by")
 
+
+
+class _NoGradRelu(nn.Module):
+    """A ReLU computed without gradients: the graph cannot show that every path runs through it."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.fc1, self.relu, self.fc2 = nn.Linear(6, 6), nn.ReLU(), nn.Linear(6, 3)
+
+    def forward(self, x):
+        with torch.no_grad():
+            h = self.relu(self.fc1(x))
+        return self.fc2(h)
+
+
+class _InPlaceInput(nn.Module):
+    """Centres its input in place before a plain chain."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.fc1, self.relu, self.fc2 = nn.Linear(6, 6), nn.ReLU(), nn.Linear(6, 3)
+
+    def forward(self, x):
+        x.sub_(0.5)
+        return self.fc2(self.relu(self.fc1(x)))
+
+
+def test_what_the_graph_cannot_show_a_cut_at_is_counted_passed_by_and_the_callers_input_is_left_alone():
+    assert passed_by(_NoGradRelu(), torch.rand(1, 6)) == {"relu"}
+    example = torch.rand(1, 6)
+    kept = example.clone()
+    assert passed_by(_InPlaceInput(), example) == set()
+    assert torch.equal(example, kept)
+    assert [s.name for s in collide.layers(_InPlaceInput(), example[0])] == ["relu"] and torch.equal(example, kept)

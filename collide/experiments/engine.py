@@ -174,15 +174,16 @@ def evaluate_key(solve: str) -> str:
 def finished_jobs(experiment: Experiment, jobs: list[Job], context: dict[str, Any], *,
                   config: ExperimentConfig) -> list[int]:
     """The indices of ``jobs`` whose every row already holds both stage keys this run gives
-    it: :func:`run_job` would compute and write nothing for them, only read their metrics
-    back. The flow runs them in its own process instead of starting Dask workers for them
-    (a rerun of a finished experiment then starts no cluster). Reads each row's metadata
-    only: a row whose files are damaged is still found by :func:`run_job`, which redoes it."""
+    it, and whose files match its manifest: :func:`run_job` would compute and write nothing
+    for them, only read their metrics back. The flow runs them in its own process instead of
+    starting Dask workers for them (a rerun of a finished experiment then starts no cluster);
+    a damaged row's job goes to the workers, to be redone there."""
     store = experiment_store(experiment, config=config)
 
     def done(job: Job, row: int) -> bool:
         keys, solve = row_keys(store, row), solve_key(job, row, context, config)
-        return keys.get("solve") == solve and keys.get("evaluate") == evaluate_key(solve)
+        return (keys.get("solve") == solve and keys.get("evaluate") == evaluate_key(solve)
+                and store.row_damage(row) is None)
 
     return [k for k, job in enumerate(jobs) if all(done(job, r) for r in job.rows)]
 
