@@ -31,6 +31,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import logging
 import math
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
@@ -53,10 +54,13 @@ from collide.inputs import require_finite, require_float32
 from collide.piecewise.budget import check_lp_size
 from collide.polytope import avg_pairwise_distance
 from collide.sites import Site, eval_mode, resolve
+from collide.skips import passed_by
 from collide.solvers import solver_for
 from collide.taps import preactivation
 from collide.threads import one_blas_thread
 from collide.workers import job_cores
+
+log = logging.getLogger(__name__)
 
 SIZES = ("radius", "spread", "dim", "valid_vertices", "mean_width")
 
@@ -267,6 +271,9 @@ def scan(
         ``mean_width_se`` (certified examples), ``exact`` (the set was measured),
         ``reason`` (why an example has no polytope or no exact set); ``rank_by``,
         ``size`` (the ranked value) and ``rank``; with ``config.centers``, ``center``.
+        ``attrs["layer_passed_by"]``: whether a skip connection passes ``layer`` by
+        (:func:`collide.skips.passed_by`; logged as a warning): the sizes are then the
+        layer's, and inputs in a set can still be told apart by the output.
     """
     config = config or ScanConfig()
     require_float32(model)
@@ -316,6 +323,10 @@ def scan(
         frame = _certify(model, site, read, frame, config=config, folder=folder, base=base)
         if config.rank_by == "mean_width":
             frame = _rank(frame, "mean_width")
+    frame.attrs["layer_passed_by"] = site.name in passed_by(model, first)
+    if frame.attrs["layer_passed_by"]:
+        log.warning("layer %s: a skip connection passes it by (collide.skips): the sizes measure how blind the "
+                    "model is at that call, not at its output, which still reads the input around it", site.name)
     return frame
 
 

@@ -148,6 +148,30 @@ def test_examples_without_a_polytope_say_why_and_rank_last():
     assert (frame["valid_vertices"] == 0).all()
 
 
+class _Residual(nn.Module):
+    """The input reaches the output around ``relu`` (added back after fc2)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        with torch.random.fork_rng():
+            torch.manual_seed(0)
+            self.fc1, self.relu, self.fc2, self.out = nn.Linear(36, 36), nn.ReLU(), nn.Linear(36, 36), nn.Linear(36, 4)
+
+    def forward(self, x):
+        x = x.flatten(1)
+        return self.out(self.fc2(self.relu(self.fc1(x))) + x)
+
+
+def test_a_scan_at_a_layer_a_skip_passes_by_says_so(caplog):
+    x, y = _data(2)
+    quick = ScanConfig(n_vertices=3, exact="never", gradient=collide.GradientConfig(max_steps=50))
+    assert collide.scan(_model(), "2", x, labels=y, config=quick).attrs["layer_passed_by"] is False
+    with caplog.at_level("WARNING", logger="collide.audit"):
+        frame = collide.scan(_Residual().eval(), "relu", x, labels=y, config=quick)
+    assert frame.attrs["layer_passed_by"] is True
+    assert "layer relu: a skip connection passes it by" in caplog.text
+
+
 def test_bad_input_is_refused_by_name():
     x, y = _data(3)
     with pytest.raises(DataError, match="3 examples but 2 labels"):
