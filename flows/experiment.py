@@ -68,7 +68,7 @@ def _run(experiment: str, module: Any, cfg: Any) -> dict[str, Any]:
         logger.info("fanning out %d polytope jobs", len(todo))
     running = t.run_job.map(todo, experiment=unmapped(experiment), context=unmapped(context),
                             config=unmapped(cfg)) if todo else None
-    kept = iter(t.reuse_jobs([jobs[k] for k in sorted(finished)], experiment, context, cfg) if finished else [])
+    kept = iter(t.reuse_jobs([jobs[k] for k in sorted(finished)], experiment, cfg) if finished else [])
     ran = iter(running.result() if running is not None else [])
     done = [next(kept) if k in finished else next(ran) for k in range(len(jobs))]
     rows = [row for job in done for row in job]

@@ -34,8 +34,8 @@ def finished_jobs(experiment: str, jobs: list[Job], context: dict[str, Any], con
 
 
 @task(name="reuse-finished-jobs", **_OPTIONS)
-def reuse_jobs(jobs: list[Job], experiment: str, context: dict[str, Any], config: Any) -> list[list[dict[str, Any]]]:
-    return [engine.run_job(find(experiment), job, context, config=config) for job in jobs]
+def reuse_jobs(jobs: list[Job], experiment: str, config: Any) -> list[list[dict[str, Any]]]:
+    return [engine.read_back(find(experiment), job, config=config) for job in jobs]
 
 
 @task(name="write-outputs", **_OPTIONS)

@@ -188,6 +188,14 @@ def finished_jobs(experiment: Experiment, jobs: list[Job], context: dict[str, An
     return [k for k, job in enumerate(jobs) if all(done(job, r) for r in job.rows)]
 
 
+def read_back(experiment: Experiment, job: Job, *, config: ExperimentConfig) -> list[dict[str, Any]]:
+    """What :func:`run_job` returns for a job :func:`finished_jobs` found finished (each row's
+    metrics, nothing solved, evaluated or repaired), without checking its files again."""
+    store = experiment_store(experiment, config=config)
+    return [{**store.read_attrs(r)["metrics"], "solved": False, "evaluated": False, "repaired": None}
+            for r in job.rows]
+
+
 def trusted_models(context: dict[str, Any]) -> tuple[str, ...]:
     """The user's own model this run was started with (its config's, resolved by ``prepare``
     in this run, never read back from the store): the one external model its evaluation

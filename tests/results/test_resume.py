@@ -84,6 +84,9 @@ def test_finished_jobs_are_those_whose_every_row_holds_both_keys_of_this_run(fin
     jobs = engine.plan(mnist, context, config=config)
     assert sorted(r for j in jobs for r in j.rows) == [0, 1, 2, 3]
     assert engine.finished_jobs(mnist, jobs, context, config=config) == list(range(len(jobs)))
+    # read back, a finished job gives what running it gives
+    assert [engine.read_back(mnist, j, config=config) for j in jobs] == [
+        engine.run_job(mnist, j, context, config=config) for j in jobs]
     owner = {r: k for k, j in enumerate(jobs) for r in j.rows}
     mark_done(ExperimentStore.of(config), 3, "evaluate", "killed-before-the-key")
     ExperimentStore.of(config).write_row(1, {}, {"keys": {}}, keep_existing=True)
