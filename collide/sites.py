@@ -319,6 +319,26 @@ class Watch:
             self._remove()
 
 
+class CallOutputs(TorchFunctionMode):
+    """Passes the output of the functional call flagged ``pending`` through
+    ``handle(pending, output)``, which returns what the forward pass goes on with: the
+    next call to reach this mode after :class:`Watch` reported it, since this mode sits
+    outside Watch's (enter it first). Set ``pending`` (anything but None) from Watch's
+    ``on_event``."""
+
+    def __init__(self, handle: Callable[[Any, Any], Any]) -> None:
+        super().__init__()
+        self.pending: Any = None
+        self.handle = handle
+
+    def __torch_function__(self, func: Any, types: Any, args: tuple[Any, ...] = (), kwargs: Any = None) -> Any:
+        out = func(*args, **(kwargs or {}))
+        if self.pending is not None:
+            pending, self.pending = self.pending, None
+            return self.handle(pending, out)
+        return out
+
+
 @contextlib.contextmanager
 def eval_mode(model: nn.Module) -> Iterator[nn.Module]:
     """Run ``model`` in eval mode for the block, then give every module its own flag back.

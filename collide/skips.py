@@ -27,26 +27,8 @@ from typing import Any
 
 import torch
 from torch import nn
-from torch.overrides import TorchFunctionMode
 
-from collide.sites import Event, Watch, eval_mode, example_for, module_kind, probe
-
-
-class _Outputs(TorchFunctionMode):
-    """Hands the output of each watched functional call to ``keep``: this mode sits outside
-    :class:`Watch`'s, so the call Watch has just reported comes here next."""
-
-    def __init__(self, keep: Any) -> None:
-        super().__init__()
-        self.pending: Event | None = None
-        self.keep = keep
-
-    def __torch_function__(self, func: Any, types: Any, args: tuple[Any, ...] = (), kwargs: Any = None) -> Any:
-        out = func(*args, **(kwargs or {}))
-        if self.pending is not None:
-            event, self.pending = self.pending, None
-            self.keep(event, out)
-        return out
+from collide.sites import CallOutputs, Event, Watch, eval_mode, example_for, module_kind, probe
 
 
 def _reaches(start: Any, goal: Any, without: Any) -> bool:
@@ -80,13 +62,14 @@ def passed_by(model: nn.Module, example: torch.Tensor) -> set[str]:
     nodes: dict[str, Any] = {}
     module_pending: list[Event] = []
 
-    def keep(event: Event, out: Any) -> None:
+    def keep(event: Event, out: Any) -> Any:
         name = wanted.get((event.base, event.call))
         # An in-place call on a view is recorded on its base (CopySlices): no node of its own.
         if name is not None and isinstance(out, torch.Tensor) and out.grad_fn is not None and out._base is None:
             nodes[name] = out.grad_fn
+        return out
 
-    outputs = _Outputs(keep)
+    outputs = CallOutputs(keep)
 
     def on_event(event: Event) -> None:
         if (event.base, event.call) not in wanted:

@@ -42,12 +42,11 @@ import scipy.sparse as sp
 import torch
 import torch.nn.functional as F
 from torch import nn
-from torch.overrides import TorchFunctionMode
 
 from collide.copies import cast_copy
 from collide.errors import LayerError
 from collide.piecewise.linearise import piecewise_events
-from collide.sites import HARDTANH, MAX_POOL, RELU, Event, Site, Stop, Watch, module_kind
+from collide.sites import HARDTANH, MAX_POOL, RELU, CallOutputs, Event, Site, Stop, Watch, module_kind
 from collide.taps import site_of
 
 # float64 numbers one batch of reverse-mode products may hold across its inputs (256 MiB).
@@ -105,26 +104,6 @@ class LayeredNet:
         return sum(c.from_x.nnz + sum(m.nnz for m in c.from_calls.values()) for c in self.calls)
 
 
-class _Swap(TorchFunctionMode):
-    """Returns ``leaf_for(output)`` instead of the output of the functional call flagged
-    ``pending``: the next call to reach this mode after :class:`Watch` reported it (this
-    mode sits outside Watch's, so the call Watch passes on comes here next)."""
-
-    def __init__(self, leaf_for: Any) -> None:
-        super().__init__()
-        self.pending = False
-        self.leaf_for = leaf_for
-
-    def __torch_function__(self, func: Any, types: Any, args: tuple[Any, ...] = (), kwargs: Any = None) -> Any:
-        out = func(*args, **(kwargs or {}))
-        if self.pending:
-            self.pending = False
-            if not isinstance(out, torch.Tensor):
-                raise LayeredUnsupported(f"{getattr(func, '__name__', func)} returns a {type(out).__name__}")
-            return self.leaf_for(out)
-        return out
-
-
 def _read(net: nn.Module, x: torch.Tensor, site: Site,
           ) -> tuple[list[Event], list[torch.Tensor], list[torch.Tensor], list[torch.Tensor]]:
     """One forward pass to the site with every piecewise call's output replaced by a new
@@ -141,7 +120,12 @@ def _read(net: nn.Module, x: torch.Tensor, site: Site,
         made.append(out.detach().clone().requires_grad_(True))
         return made[-1]
 
-    swap = _Swap(leaf_for)
+    def swapped(_pending: bool, out: Any) -> torch.Tensor:
+        if not isinstance(out, torch.Tensor):
+            raise LayeredUnsupported(f"an activation call returns a {type(out).__name__}")
+        return leaf_for(out)
+
+    swap = CallOutputs(swapped)
 
     def on_event(event: Event) -> None:
         events.append(event)
