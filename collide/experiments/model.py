@@ -86,9 +86,9 @@ def rows(config: ModelExperiment) -> tuple[list[tuple[str, str]], list[str]]:
 def passed_by_note(config: ModelExperiment) -> list[str]:
     """A note where a skip connection passes by the layer (:mod:`collide.skips`): its
     collisions are the layer's features only, not the model's output."""
-    model = skeleton(config)
-    site = site_of(model, config.layer, torch.zeros(1, *config.input_shape()))
-    if site.name not in passed_by(model, torch.zeros(1, *config.input_shape())):
+    model, example = skeleton(config), torch.zeros(1, *config.input_shape())
+    site = site_of(model, config.layer, example)
+    if site.name not in passed_by(model, example):
         return []
     return [f"layer {site.name}: a skip connection passes it by (the input reaches the output around it), so "
             "inputs that collide there can still be told apart by the model's output; a layer every path runs "
