@@ -29,6 +29,7 @@ from collide.objective import feature_rel_error
 from collide.piecewise.ball import hull_dimension, inscribed_ball
 from collide.piecewise.collision_set import CollisionSet, collision_set
 from collide.piecewise.geometry import measure as measure_set
+from collide.piecewise.highs import LpProgress, heartbeat
 from collide.piecewise.linearise import affine_piece
 from collide.polytope import avg_pairwise_distance, combine, evaluate, sample_weights
 from collide.precision import full_precision
@@ -382,7 +383,7 @@ class Geometry:
 
 def collision_geometry(
     model: nn.Module, layer: str | Site, target: torch.Tensor, *, config: GeometryConfig | None = None,
-    also: Sequence[tuple[nn.Module, str | Site]] = (),
+    also: Sequence[tuple[nn.Module, str | Site]] = (), progress: LpProgress | None = None,
 ) -> Geometry:
     """Dimension, inscribed ball and uniform samples of ``target``'s exact collision set.
 
@@ -395,14 +396,17 @@ def collision_geometry(
     Args:
         model: a float32 classifier (not changed).
         target: one input, no batch dim, inside the box ``config.lower..upper``.
+        progress: ``progress(stage, iterations, seconds)`` as each stage begins (``set``,
+            ``ball``, ``dimension``, ``widths``, ``samples``) and about once a second while
+            its LPs run: their simplex iterations and the stage's seconds so far.
 
     Shapes:
         target: (*input)
     """
     config = config or GeometryConfig()
     target = one_input(target, "target")
-    cs = _exact_set(model, layer, target, config, also)
-    found = measure_set(cs, config=config)
+    cs = _exact_set(model, layer, target, config, also, progress)
+    found = measure_set(cs, config=config, progress=progress)
     shape = tuple(target.shape)
     return Geometry(
         dim=found.dim, dim_method=found.dim_method, radius=found.radius,
@@ -418,7 +422,7 @@ def collision_geometry(
 
 def _exact_set(
     model: nn.Module, layer: str | Site, target: torch.Tensor, config: GeometryConfig,
-    also: Sequence[tuple[nn.Module, str | Site]],
+    also: Sequence[tuple[nn.Module, str | Site]], progress: LpProgress | None = None,
 ) -> CollisionSet:
     """The exact collision set of ``target`` at ``layer`` (and every pair of ``also``), in the box."""
     require_finite(target, "the target", fix="pass a finite input")
@@ -426,6 +430,8 @@ def _exact_set(
     if flat.min() < config.lower or flat.max() > config.upper:
         raise DataError(f"the target lies outside the box [{config.lower}, {config.upper}] the collision set is "
                         "taken in: set geometry.lower/upper to the model's input range")
+    if progress is not None:
+        progress("set", 0, 0.0)
     pieces, flats = [], []
     for net, name in [(model, layer), *also]:
         require_float32(net)
@@ -457,10 +463,12 @@ class SetSize:
 
 def collision_size(
     model: nn.Module, layer: str | Site, target: torch.Tensor, *, config: GeometryConfig | None = None,
+    progress: LpProgress | None = None,
 ) -> SetSize:
     """The dimension and inscribed radius of ``target``'s exact collision set at ``layer``:
     the certified sizes that need one LP (two or more where the set is flat), for
     screening many inputs before measuring a few in full with :func:`collision_geometry`.
+    ``progress``: as :func:`collision_geometry`'s (stages ``set``, ``ball``, ``dimension``).
 
     Shapes:
         target: (*input)
@@ -468,12 +476,12 @@ def collision_size(
     config = config or GeometryConfig()
     target = one_input(target, "target")
     start = time.perf_counter()
-    cs = _exact_set(model, layer, target, config, ())
-    ball = inscribed_ball(cs)
+    cs = _exact_set(model, layer, target, config, (), progress)
+    ball = inscribed_ball(cs, watch=heartbeat(progress, "ball"))
     if not np.isfinite(ball.radius):
         raise InternalError(f"the inscribed-ball LP of the collision set failed ({ball.outcome}), though the "
                             "target is in the set: report this with the model and target")
-    dim, how, flat = hull_dimension(cs, ball)
+    dim, how, flat = hull_dimension(cs, ball, watch=heartbeat(progress, "dimension"))
     radius, center = (ball.radius, ball.center) if flat is None else (flat.radius, flat.center)
     return SetSize(dim=dim, dim_method=how, radius=float(radius), free_dim=cs.free_dim, input_dim=cs.input_dim,
                    center=np.asarray(center, dtype=np.float64),

@@ -16,7 +16,7 @@ import numpy as np
 import scipy.sparse as sp
 
 from collide.piecewise.collision_set import FLAT_ROW, LP_TOL, CollisionSet, mm, solve_with_region
-from collide.piecewise.highs import add_rows, lp_model
+from collide.piecewise.highs import Heartbeat, add_rows, lp_model
 
 # A radius above this (input units) is a ball, not LP rounding: HiGHS meets rows to 1e-9.
 RADIUS_TOL = 1e-7
@@ -40,7 +40,7 @@ class Ball:
     pinned: np.ndarray | None = None
 
 
-def inscribed_ball(cs: CollisionSet, *, pinned: np.ndarray | None = None) -> Ball:
+def inscribed_ball(cs: CollisionSet, *, pinned: np.ndarray | None = None, watch: Heartbeat | None = None) -> Ball:
     """The Chebyshev ball of C in its equality subspace: one LP, region rows added lazily.
 
     Solved in x, not in the subspace's coordinates: a row ``a x ≤ b`` holds on the ball
@@ -56,13 +56,13 @@ def inscribed_ball(cs: CollisionSet, *, pinned: np.ndarray | None = None) -> Bal
     both faces as rows (``ball_*`` in ``benchmarks/scan.json``). A radius that comes out
     as 0 is solved again with every box face a row and x free, since
     :func:`hull_dimension` reads the rows' multipliers, and a face that holds all over C
-    must show in its row's.
+    must show in its row's. ``watch`` hears of the LPs' simplex iterations.
     """
     if pinned is None or not pinned.any():
-        ball = _ball_boxed(cs)
+        ball = _ball_boxed(cs, watch)
         if ball.radius > RADIUS_TOL:
             return ball
-    return _ball_every_box_row(cs, pinned=pinned)
+    return _ball_every_box_row(cs, pinned=pinned, watch=watch)
 
 
 def _reach(cs: CollisionSet, a_all: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -84,7 +84,7 @@ def _inside(cs: CollisionSet, sol: np.ndarray, reach_all: np.ndarray, free: np.n
     return center, max(0.0, min(float(sol[d]), float(gap.min(initial=np.inf))))
 
 
-def _ball_boxed(cs: CollisionSet) -> Ball:
+def _ball_boxed(cs: CollisionSet, watch: Heartbeat | None) -> Ball:
     """:func:`inscribed_ball` with no row pinned, each coordinate measured from its box
     face nearer the target: ``x = base + side·(ρ r + s)`` with ``s ≥ 0``.
 
@@ -135,7 +135,7 @@ def _ball_boxed(cs: CollisionSet) -> Ball:
     lazy = np.arange(cs.n_fixed, n)
     lazy_a, lazy_b = in_s(lazy)
     added = np.zeros(len(lazy), dtype=bool)
-    run = solve_with_region(h, lazy_a, lazy_b, added)
+    run = solve_with_region(h, lazy_a, lazy_b, added, watch=watch)
     if run.solution is None:
         return Ball(cs.origin.copy(), float("nan"), str(run.status), run.rounds, int(added.sum()), np.zeros(m),
                     box_rows_used=2 * d)
@@ -148,7 +148,7 @@ def _ball_boxed(cs: CollisionSet) -> Ball:
     return Ball(center, radius, "optimal", run.rounds, int(added.sum()), duals, box_rows_used=2 * d)
 
 
-def _ball_every_box_row(cs: CollisionSet, *, pinned: np.ndarray | None) -> Ball:
+def _ball_every_box_row(cs: CollisionSet, *, pinned: np.ndarray | None, watch: Heartbeat | None = None) -> Ball:
     """:func:`inscribed_ball` with every box row in the model from the start."""
     d, k = cs.input_dim, cs.free_dim
     a_all, b_all = cs.all_rows()
@@ -184,7 +184,7 @@ def _ball_every_box_row(cs: CollisionSet, *, pinned: np.ndarray | None) -> Ball:
         in_model += list(rows)
     lazy_a = np.hstack([a_all[lazy], coef[lazy][:, None]])
     lazy_b = b_all[lazy]
-    run = solve_with_region(h, lazy_a, lazy_b, added)
+    run = solve_with_region(h, lazy_a, lazy_b, added, watch=watch)
     sol, order, rounds = run.solution, run.order, run.rounds
     if sol is None:
         return Ball(cs.origin.copy(), float("nan"), str(h.getModelStatus()), rounds, int(added.sum()), np.zeros(m))
@@ -195,7 +195,7 @@ def _ball_every_box_row(cs: CollisionSet, *, pinned: np.ndarray | None) -> Ball:
     return Ball(center, radius, "optimal", rounds, int(added.sum()), duals)
 
 
-def hull_dimension(cs: CollisionSet, ball: Ball) -> tuple[int, str, Ball | None]:
+def hull_dimension(cs: CollisionSet, ball: Ball, *, watch: Heartbeat | None = None) -> tuple[int, str, Ball | None]:
     """The dimension of C's affine hull and how it was found.
 
     A positive radius puts a k-ball in C. A radius of 0 means rows hold with equality
@@ -205,6 +205,7 @@ def hull_dimension(cs: CollisionSet, ball: Ball) -> tuple[int, str, Ball | None]
     dimension is then k minus the rank of the pinned rows on the subspace) or, past
     :data:`_MAX_HULL_ROUNDS`, ``k`` is returned as what it is: an upper bound. The third
     value is the ball in the hull found that way (its ``pinned`` rows), else None.
+    ``watch`` hears of the LPs' simplex iterations.
     """
     k = cs.free_dim
     if k == 0 or ball.radius > RADIUS_TOL:
@@ -217,7 +218,7 @@ def hull_dimension(cs: CollisionSet, ball: Ball) -> tuple[int, str, Ball | None]
         if not moved.any():
             break
         pinned |= moved
-        flat = inscribed_ball(cs, pinned=pinned)
+        flat = inscribed_ball(cs, pinned=pinned, watch=watch)
         if not np.isfinite(flat.radius):
             break
         if flat.radius > RADIUS_TOL:

@@ -36,7 +36,7 @@ import torch
 
 from collide.activations import RELU_SATURATION, Saturation
 from collide.errors import ConfigError, InternalError
-from collide.piecewise.highs import LazyRun, add_rows, row_scales, solve_lazily
+from collide.piecewise.highs import Heartbeat, LazyRun, add_rows, row_scales, solve_lazily
 from collide.piecewise.linearise import AffinePiece, layer_rows
 from collide.piecewise.row_space import rank_of, svd
 
@@ -164,8 +164,11 @@ def onto(cs: CollisionSet, basis: np.ndarray, x: np.ndarray) -> np.ndarray:
     return cs.origin + mm(mm(x - cs.origin, basis), basis.T)
 
 
-def solve_with_region(h: highspy.Highs, lazy_a: np.ndarray, lazy_b: np.ndarray, added: np.ndarray) -> LazyRun:
+def solve_with_region(h: highspy.Highs, lazy_a: np.ndarray, lazy_b: np.ndarray, added: np.ndarray, *,
+                      watch: Heartbeat | None = None) -> LazyRun:
     """``h`` solved with the region rows ``lazy_a x ≤ lazy_b`` taken in lazily
-    (:func:`collide.piecewise.highs.solve_lazily`); ``added`` marks those it holds."""
+    (:func:`collide.piecewise.highs.solve_lazily`, ``watch`` hearing of its iterations);
+    ``added`` marks those it holds."""
     return solve_lazily(h, lambda sol: mm(lazy_a, sol) - lazy_b, lazy_b, added, tol=LP_TOL,
-                        add=lambda rows: add_rows(h, lazy_a[rows], np.full(len(rows), -np.inf), lazy_b[rows]))
+                        add=lambda rows: add_rows(h, lazy_a[rows], np.full(len(rows), -np.inf), lazy_b[rows]),
+                        watch=watch)

@@ -48,6 +48,7 @@ from collide.config import GeometryConfig
 from collide.errors import InternalError
 from collide.piecewise.ball import RADIUS_TOL, Ball, hull_dimension, inscribed_ball
 from collide.piecewise.collision_set import CollisionSet, mm, onto
+from collide.piecewise.highs import LpProgress, heartbeat
 from collide.piecewise.hull import hull_frame, hull_polytope
 from collide.piecewise.sampler import SLACK_TOL, sample
 from collide.piecewise.widths import WIDTH_TOL, Widths, extents
@@ -77,17 +78,20 @@ class SetGeometry:
     seconds: float = 0.0
 
 
-def measure(cs: CollisionSet, *, config: GeometryConfig) -> SetGeometry:
+def measure(cs: CollisionSet, *, config: GeometryConfig, progress: LpProgress | None = None) -> SetGeometry:
     """Ball, dimension, widths and samples of ``cs``.
 
     The sizes come first and need no mixing: the radius is an LP optimum, each width two
     (their mean over uniform directions, with its standard error, estimates the mean
     width). The samples come with the diagnostics of every statistic they are used for;
     ``sampler["converged"]`` False means those statistics are not to be reported.
+    ``progress(stage, iterations, seconds)`` hears as each stage (``ball``, ``dimension``,
+    ``widths``, ``samples``) begins and, about once a second, how far its LPs have come
+    (:class:`collide.piecewise.highs.Heartbeat`).
     """
     start = time.perf_counter()
     deadline = start + config.max_seconds if config.max_seconds > 0 else None
-    ball = inscribed_ball(cs)
+    ball = inscribed_ball(cs, watch=heartbeat(progress, "ball"))
     if not np.isfinite(ball.radius):
         raise InternalError(f"the inscribed-ball LP of the collision set failed ({ball.outcome}), though the "
                            "target is in the set: report this with the model and target")
@@ -98,11 +102,11 @@ def measure(cs: CollisionSet, *, config: GeometryConfig) -> SetGeometry:
         # A set of dimension ≥ 1 has a positive width along a random direction of its
         # subspace with probability 1: zero along every one drawn, it is one point.
         probe = extents(cs, cs.basis, center=None, free=None, **{**widths_config, "max_directions": max(
-            1, config.n_directions)})
+            1, config.n_directions)}, watch=heartbeat(progress, "dimension"))
         if probe.widths.max() <= WIDTH_TOL:
             dim, how, widths = 0, "widths", probe
         else:
-            dim, how, flat = hull_dimension(cs, ball)
+            dim, how, flat = hull_dimension(cs, ball, watch=heartbeat(progress, "dimension"))
     if config.sizes_only:
         return _sizes_only(cs, ball, dim, how, widths, config, start)
     basis, centre, free = hull_frame(cs, ball, flat)
@@ -111,7 +115,7 @@ def measure(cs: CollisionSet, *, config: GeometryConfig) -> SetGeometry:
         # partly across the hull would count a zero extent along its normal part.
         interior = ball.radius > RADIUS_TOL or flat is not None
         widths = extents(cs, basis, center=centre if interior else None, free=free if interior else None,
-                         **widths_config)
+                         **widths_config, watch=heartbeat(progress, "widths"))
     poly = hull_polytope(cs, basis)
     if dim == 0 or poly.dim == 0 or how == "upper-bound":
         # One point has nothing to mix; past the hull search's rounds there is no
@@ -127,6 +131,8 @@ def measure(cs: CollisionSet, *, config: GeometryConfig) -> SetGeometry:
     else:
         # Chains start spread over C: halfway from the interior point to each extreme point
         # (inside C by convexity), and the interior point itself.
+        if progress is not None:
+            progress("samples", 0, 0.0)
         z_centre = poly.coords(centre[None])[0]
         starts = np.vstack([z_centre[None], z_centre + 0.5 * (poly.coords(widths.extremes) - z_centre)])
         z, record = sample(poly, z_centre, starts[np.r_[1 : len(starts), 0]], mm(widths.directions, basis),

@@ -14,6 +14,7 @@ import math
 import os
 import sys
 import threading
+import time
 from collections.abc import Callable
 from dataclasses import dataclass
 
@@ -111,6 +112,41 @@ def add_rows(h: highspy.Highs, a: np.ndarray | sp.spmatrix, lower: np.ndarray, u
     h.addRows(len(upper), lower, upper, m.nnz, m.indptr[:-1].astype(np.int32), m.indices.astype(np.int32), m.data)
 
 
+#: ``progress(stage, iterations, seconds)``: a stage of LPs under way, its simplex
+#: iterations so far and the seconds since it began.
+LpProgress = Callable[[str, int, float], None]
+
+# A Heartbeat reports at most this often (seconds): often enough to see an LP is moving,
+# rarely enough that a printing callback does not flood a terminal.
+HEARTBEAT_SECONDS = 1.0
+
+
+class Heartbeat:
+    """What one stage of LPs (a ball, the widths, ...) has done, handed to ``progress``
+    when the stage begins and then at most every :data:`HEARTBEAT_SECONDS` while its
+    LPs run: a ball LP can run for minutes (LeNet-5's ``relu2``, a 3x32x32 residual
+    net) and reports nothing of its own. Called with the simplex iterations each
+    solve adds (:func:`solve_lazily`'s ``watch``)."""
+
+    def __init__(self, progress: LpProgress, stage: str) -> None:
+        self.progress, self.stage = progress, stage
+        self.iterations = 0
+        self.start = self.last = time.monotonic()
+        progress(stage, 0, 0.0)
+
+    def __call__(self, iterations: int) -> None:
+        self.iterations += iterations
+        now = time.monotonic()
+        if now - self.last >= HEARTBEAT_SECONDS:
+            self.last = now
+            self.progress(self.stage, self.iterations, now - self.start)
+
+
+def heartbeat(progress: LpProgress | None, stage: str) -> Heartbeat | None:
+    """A :class:`Heartbeat` for ``stage``, or None (no callback, no cost) without ``progress``."""
+    return None if progress is None else Heartbeat(progress, stage)
+
+
 @dataclass(frozen=True)
 class LazyRun:
     """How :func:`solve_lazily` ended: the columns' values (None unless optimal), HiGHS's
@@ -127,6 +163,7 @@ class LazyRun:
 def solve_lazily(
     h: highspy.Highs, excess: Callable[[np.ndarray], np.ndarray], bounds: np.ndarray, added: np.ndarray, *,
     tol: float, add: Callable[[np.ndarray], None], stop_above: float = math.inf,
+    watch: Callable[[int], None] | None = None,
 ) -> LazyRun:
     """Run ``h``; while its solution violates lazy rows not yet ``added``, add the most
     violated (at most :data:`ROWS_PER_ROUND` a round) and run again.
@@ -145,7 +182,46 @@ def solve_lazily(
         added: which lazy rows the model holds (L,), updated in place.
         tol: a row counts as violated past ``tol·(1 + |b|)``.
         add: puts the given lazy rows (indices) into ``h``.
+        watch: called from HiGHS's simplex callback, once an iteration, with the
+            iterations run since its last call (a :class:`Heartbeat`); None: no callback.
+            What it raises stops the solve and is raised here.
     """
+    if watch is None:
+        return _solve_lazily(h, excess, bounds, added, tol=tol, add=add, stop_above=stop_above)
+    seen = 0  # the running solve's iterations so far (HiGHS counts each run from 0)
+    raised: list[BaseException] = []
+
+    def tick(event: highspy.HighsCallbackEvent) -> None:
+        nonlocal seen
+        if raised:
+            event.interrupt()
+            return
+        count = event.data_out.simplex_iteration_count
+        if count < seen:  # a new run
+            seen = 0
+        try:
+            watch(count - seen)
+        except BaseException as exc:  # Ctrl-C too: Python handles it in the callback
+            # Left to HiGHS, it would end the run as a solve error and lose the exception.
+            raised.append(exc)
+            event.interrupt()
+        seen = count
+
+    h.cbSimplexInterrupt.subscribe(tick)
+    try:
+        run = _solve_lazily(h, excess, bounds, added, tol=tol, add=add, stop_above=stop_above)
+    finally:
+        h.cbSimplexInterrupt.unsubscribe(tick)
+    if raised:
+        raise raised[0]
+    return run
+
+
+def _solve_lazily(
+    h: highspy.Highs, excess: Callable[[np.ndarray], np.ndarray], bounds: np.ndarray, added: np.ndarray, *,
+    tol: float, add: Callable[[np.ndarray], None], stop_above: float,
+) -> LazyRun:
+    """:func:`solve_lazily`'s loop."""
     order: list[int] = []
     rounds = 0
     h.setOptionValue("objective_bound", stop_above)  # inf as well: no stale bound on a reused model

@@ -16,7 +16,7 @@ import numpy as np
 
 from collide.errors import InternalError
 from collide.piecewise.collision_set import LP_TOL, CollisionSet, mm, onto, solve_with_region
-from collide.piecewise.highs import add_rows, lp_model
+from collide.piecewise.highs import Heartbeat, add_rows, lp_model
 
 # A width below this (input units) along every random direction: the set is one point.
 WIDTH_TOL = 1e-7
@@ -70,7 +70,8 @@ def _pull_inside(cs: CollisionSet, x: np.ndarray, center: np.ndarray, free: np.n
 
 
 def extents(cs: CollisionSet, basis: np.ndarray, *, center: np.ndarray | None, free: np.ndarray | None,
-            min_directions: int, max_directions: int, rel_se: float, seed: int) -> Widths:
+            min_directions: int, max_directions: int, rel_se: float, seed: int,
+            watch: Heartbeat | None = None) -> Widths:
     """C's width along random unit directions of its affine hull ``origin + span(basis)``:
     two LPs each (max and min of u·x over C), on one HiGHS model that keeps its basis and
     the region rows added for earlier directions.
@@ -87,6 +88,8 @@ def extents(cs: CollisionSet, basis: np.ndarray, *, center: np.ndarray | None, f
     float64: points of C, so ``u·(x_max − x_min)`` is a certified lower bound on the
     width (equal to it within the LP's tolerance). Width and radius need no mixing: each
     is an optimum, checked by its own certificate.
+
+    ``watch`` hears of the LPs' simplex iterations.
 
     Shapes: basis (d, k) with orthonormal columns.
     """
@@ -113,7 +116,7 @@ def extents(cs: CollisionSet, basis: np.ndarray, *, center: np.ndarray | None, f
         pair = []
         for sign in (-1.0, 1.0):  # minimise −u·x (the maximiser), then u·x
             h.changeColsCost(d, np.arange(d, dtype=np.int32), sign * u)
-            x = solve_with_region(h, lazy_a, lazy_b, added).solution
+            x = solve_with_region(h, lazy_a, lazy_b, added, watch=watch).solution
             if x is None:
                 raise InternalError(f"a width LP of the collision set ended {h.getModelStatus()}, though the "
                                    "set holds the target: report this with the model and target")

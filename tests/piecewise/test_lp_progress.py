@@ -1,0 +1,109 @@
+"""Progress from the collision set's LPs: what a long ball LP reports while it runs,
+counted against HiGHS's own iteration counts, and that listening changes no answer."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+from torch import nn
+
+from collide.api import collision_geometry, collision_size
+from collide.config import GeometryConfig
+from collide.piecewise import highs
+from collide.piecewise.highs import add_rows, lp_model, solve_lazily
+
+SMALL = GeometryConfig(n_samples=200, chains=4, burn_in=20, n_directions=4, max_draws=200)
+
+
+def _lazy_lp(seed: int) -> tuple:
+    """A 40-column LP with 400 lazy rows, of which its first solution violates many: a
+    few rounds of runs, each counting its own simplex iterations."""
+    rng = np.random.default_rng(seed)
+    d = 40
+    h = lp_model(rng.standard_normal(d), -np.ones(d), np.ones(d), tol=1e-9)
+    a = rng.standard_normal((400, d))
+    b = np.full(400, 0.5)
+    added = np.zeros(400, dtype=bool)
+    return h, a, b, added
+
+
+def _solve(h, a, b, added, watch=None):
+    return solve_lazily(h, lambda x: a @ x - b, b, added, tol=1e-9,
+                        add=lambda rows: add_rows(h, a[rows], np.full(len(rows), -np.inf), b[rows]), watch=watch)
+
+
+def test_the_watch_hears_every_simplex_iteration_of_every_round():
+    h, a, b, added = _lazy_lp(0)
+    per_run: list[int] = []
+    run = h.run
+
+    def counted_run():  # oracle: HiGHS's own count after each run, summed
+        status = run()
+        per_run.append(h.getInfo().simplex_iteration_count)
+        return status
+
+    h.run = counted_run
+    heard: list[int] = []
+    out = _solve(h, a, b, added, watch=heard.append)
+    assert out.rounds >= 2 and len(per_run) >= 2  # the rows came in over several runs
+    assert all(n >= 0 for n in heard)
+    assert sum(heard) == sum(per_run) > 0
+
+
+def test_listening_changes_no_solution():
+    quiet = _solve(*_lazy_lp(1))
+    heard = _solve(*_lazy_lp(1), watch=lambda n: None)
+    assert quiet.rounds == heard.rounds and quiet.order == heard.order
+    assert np.array_equal(quiet.solution, heard.solution)
+
+
+def _net() -> nn.Sequential:
+    torch.manual_seed(0)
+    return nn.Sequential(nn.Linear(30, 40), nn.ReLU(), nn.Linear(40, 12), nn.ReLU()).eval()
+
+
+def test_collision_geometry_reports_each_stage_in_order_and_the_ball_lps_iterations(monkeypatch):
+    monkeypatch.setattr(highs, "HEARTBEAT_SECONDS", 0.0)  # every callback reports
+    model = _net()
+    target = torch.rand(30, generator=torch.Generator().manual_seed(2))
+    calls: list[tuple[str, int, float]] = []
+    geo = collision_geometry(model, "3", target, config=SMALL, progress=lambda *c: calls.append(c))
+    stages = [s for s, _, _ in calls]
+    order = [s for k, s in enumerate(stages) if k == 0 or s != stages[k - 1]]
+    assert order == ["set", "ball", "widths", "samples"] and geo.radius > 0
+    for stage in ("ball", "widths"):
+        mine = [(n, t) for s, n, t in calls if s == stage]
+        assert mine[0] == (0, 0.0)  # as the stage begins
+        assert all(n1 <= n2 and t1 <= t2 for (n1, t1), (n2, t2) in zip(mine, mine[1:], strict=False))
+        assert mine[-1][0] > 0  # its LPs ran simplex iterations, and they were heard
+    quiet = collision_geometry(model, "3", target, config=SMALL)
+    assert quiet.radius == geo.radius and torch.equal(quiet.samples, geo.samples)
+
+
+@pytest.mark.parametrize("every, reports", [(0.0, "many"), (3600.0, "starts")])
+def test_collision_size_reports_at_most_once_a_heartbeat(monkeypatch, every, reports):
+    monkeypatch.setattr(highs, "HEARTBEAT_SECONDS", every)
+    calls: list[tuple[str, int, float]] = []
+    size = collision_size(_net(), "3", torch.full((30,), 0.5), config=SMALL, progress=lambda *c: calls.append(c))
+    stages = [s for s, _, _ in calls]
+    if reports == "starts":  # an hour apart: each stage's start, nothing while its LPs run
+        assert calls == [("set", 0, 0.0), ("ball", 0, 0.0), ("dimension", 0, 0.0)]
+    else:
+        assert stages.count("ball") > 1 and stages[:2] == ["set", "ball"]
+    assert size.radius > 0
+
+
+def test_what_progress_raises_stops_the_lp_and_reaches_the_caller(monkeypatch):
+    monkeypatch.setattr(highs, "HEARTBEAT_SECONDS", 0.0)
+    heard: list[str] = []
+
+    def stop(stage: str, iterations: int, seconds: float) -> None:
+        heard.append(stage)
+        if stage == "ball" and iterations > 0:  # as Ctrl-C would arrive: during a callback
+            raise KeyboardInterrupt
+
+    # Not an InternalError: HiGHS, left with it, ends the run as a solve error.
+    with pytest.raises(KeyboardInterrupt):
+        collision_size(_net(), "3", torch.full((30,), 0.5), config=SMALL, progress=stop)
+    assert heard[-1] == "ball" and "dimension" not in heard
