@@ -398,7 +398,7 @@ def collision_geometry(
         target: one input, no batch dim, inside the box ``config.lower..upper``.
         progress: ``progress(stage, iterations, seconds)`` as each stage begins (``set``,
             ``ball``, ``dimension``, ``widths``, ``samples``) and about once a second while
-            its LPs run: their simplex iterations and the stage's seconds so far.
+            its LPs run: their iterations (simplex or interior-point) and the stage's seconds so far.
 
     Shapes:
         target: (*input)

@@ -36,6 +36,7 @@ ROOT = Path(__file__).resolve().parent.parent
 REFERENCE_DIR = ROOT / "data" / "reference"
 BENCH_RESULTS = ROOT / "benchmarks" / "results.json"
 SCAN_RESULTS = ROOT / "benchmarks" / "scan.json"
+SET_SOLVER_RESULTS = ROOT / "benchmarks" / "set_solvers.json"
 
 
 def _cell(text: Any) -> str:
@@ -339,6 +340,30 @@ def ball_forms(path: Path = SCAN_RESULTS) -> str:
             "(`python -m benchmarks.scan --stages-only`, `exact_row` in `benchmarks/scan.json`).\n")
 
 
+def set_solvers(path: Path = SET_SOLVER_RESULTS) -> str:
+    """``collision_size`` by the dual simplex and by the interior point, from
+    ``benchmarks/set_solvers.json`` (``python -m benchmarks.set_solvers``)."""
+    if not path.is_file():
+        return "_Not measured yet: `python -m benchmarks.set_solvers`._\n"
+    result = json.loads(path.read_text())
+    m = result["machine"]
+    rows = [f"Measured {m['date']} on {m['cpu']}, {m['cores']} cores, one thread, load average "
+            f"{m['load_average']} (after: {m.get('load_average_after', '-')}); {result['reps']} runs of each "
+            f"solver, alternating, in one process; the default takes the interior point from "
+            f"{result['ipm_region_rows']:,} region rows (`python -m benchmarks.set_solvers`).", "",
+            "| model | layer | inputs | region rows | default | simplex (median) | interior point (median) "
+            "| speed-up | radius, relative difference | dimension |",
+            "|---|---|---|---|---|---|---|---|---|---|"]
+    for r in result["sets"]:
+        ref, ipm = r["simplex"], r["interior point"]
+        dim = f"{ref['dim']} ({ref['dim_method']})" + ("" if r["same_dim"] else f" against {ipm['dim']} "
+                                                        f"({ipm['dim_method']})")
+        rows.append(f"| {r['model']} | `{r['layer']}` | {r['inputs']} | {r['region_rows']:,} | {r['default']} "
+                    f"| {ref['median_s']:.2f} s | {ipm['median_s']:.2f} s | {r['speedup']:.2f}x "
+                    f"| {r['radius_rel_diff']:.1e} | {dim} |")
+    return "\n".join(rows) + "\n"
+
+
 def models_survey(path: Path = BENCH_RESULTS) -> str:
     """The torchvision survey's table, by the benchmarks' own writer, from ``results.json``."""
     from benchmarks.report import models_section
@@ -424,7 +449,7 @@ def generators() -> dict[str, Callable[[], str]]:
                                          "exact-forms": exact_forms_table, "exact-sizes": exact_sizes_table,
                                          "activations-figure": activations_figure,
                                          "models-survey": models_survey, "scan-costs": scan_costs,
-                                         "ball-forms": ball_forms}
+                                         "ball-forms": ball_forms, "set-solvers": set_solvers}
     return out
 
 

@@ -112,8 +112,8 @@ def add_rows(h: highspy.Highs, a: np.ndarray | sp.spmatrix, lower: np.ndarray, u
     h.addRows(len(upper), lower, upper, m.nnz, m.indptr[:-1].astype(np.int32), m.indices.astype(np.int32), m.data)
 
 
-#: ``progress(stage, iterations, seconds)``: a stage of LPs under way, its simplex
-#: iterations so far and the seconds since it began.
+#: ``progress(stage, iterations, seconds)``: a stage of LPs under way, its iterations
+#: so far (simplex and interior-point) and the seconds since it began.
 LpProgress = Callable[[str, int, float], None]
 
 # A Heartbeat reports at most this often (seconds): often enough to see an LP is moving,
@@ -125,8 +125,8 @@ class Heartbeat:
     """What one stage of LPs (a ball, the widths, ...) has done, handed to ``progress``
     when the stage begins and then at most every :data:`HEARTBEAT_SECONDS` while its
     LPs run: a ball LP can run for minutes (LeNet-5's ``relu2``, a 3x32x32 residual
-    net) and reports nothing of its own. Called with the simplex iterations each
-    solve adds (:func:`solve_lazily`'s ``watch``)."""
+    net) and reports nothing of its own. Called with the iterations (simplex or
+    interior-point) each solve adds (:func:`solve_lazily`'s ``watch``)."""
 
     def __init__(self, progress: LpProgress, stage: str) -> None:
         self.progress, self.stage = progress, stage
@@ -182,36 +182,44 @@ def solve_lazily(
         added: which lazy rows the model holds (L,), updated in place.
         tol: a row counts as violated past ``tol·(1 + |b|)``.
         add: puts the given lazy rows (indices) into ``h``.
-        watch: called from HiGHS's simplex callback, once an iteration, with the
-            iterations run since its last call (a :class:`Heartbeat`); None: no callback.
-            What it raises stops the solve and is raised here.
+        watch: called from HiGHS's simplex and interior-point callbacks, once an
+            iteration, with the iterations run since its last call (a :class:`Heartbeat`);
+            None: no callback. What it raises stops the solve and is raised here.
     """
     if watch is None:
         return _solve_lazily(h, excess, bounds, added, tol=tol, add=add, stop_above=stop_above)
-    seen = 0  # the running solve's iterations so far (HiGHS counts each run from 0)
     raised: list[BaseException] = []
 
-    def tick(event: highspy.HighsCallbackEvent) -> None:
-        nonlocal seen
-        if raised:
-            event.interrupt()
-            return
-        count = event.data_out.simplex_iteration_count
-        if count < seen:  # a new run
-            seen = 0
-        try:
-            watch(count - seen)
-        except BaseException as exc:  # Ctrl-C too: Python handles it in the callback
-            # Left to HiGHS, it would end the run as a solve error and lose the exception.
-            raised.append(exc)
-            event.interrupt()
-        seen = count
+    def counter(field: str) -> Callable[[highspy.HighsCallbackEvent], None]:
+        seen = 0  # the running solve's iterations so far (HiGHS counts each run from 0)
 
-    h.cbSimplexInterrupt.subscribe(tick)
+        def tick(event: highspy.HighsCallbackEvent) -> None:
+            nonlocal seen
+            if raised:
+                event.interrupt()
+                return
+            count = max(0, getattr(event.data_out, field))  # IPX says -1 before its first
+            if count < seen:  # a new run, or IPX's next phase
+                seen = 0
+            try:
+                watch(count - seen)
+            except BaseException as exc:  # Ctrl-C too: Python handles it in the callback
+                # Left to HiGHS, it would end the run as a solve error and lose the exception.
+                raised.append(exc)
+                event.interrupt()
+            seen = count
+
+        return tick
+
+    ticks = [(h.cbSimplexInterrupt, counter("simplex_iteration_count")),
+             (h.cbIpmInterrupt, counter("ipm_iteration_count"))]
+    for callback, tick in ticks:
+        callback.subscribe(tick)
     try:
         run = _solve_lazily(h, excess, bounds, added, tol=tol, add=add, stop_above=stop_above)
     finally:
-        h.cbSimplexInterrupt.unsubscribe(tick)
+        for callback, tick in ticks:
+            callback.unsubscribe(tick)
     if raised:
         raise raised[0]
     return run

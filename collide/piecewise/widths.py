@@ -89,7 +89,7 @@ def extents(cs: CollisionSet, basis: np.ndarray, *, center: np.ndarray | None, f
     width (equal to it within the LP's tolerance). Width and radius need no mixing: each
     is an optimum, checked by its own certificate.
 
-    ``watch`` hears of the LPs' simplex iterations.
+    ``watch`` hears of the LPs' iterations.
 
     Shapes: basis (d, k) with orthonormal columns.
     """

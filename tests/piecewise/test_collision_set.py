@@ -18,6 +18,7 @@ from torch import nn
 from collide.api import _exact_set, collision_geometry, collision_size
 from collide.config import GeometryConfig
 from collide.errors import ConfigError, DataError, InternalError
+from collide.piecewise import ball as ball_lp
 from collide.piecewise import highs
 from collide.piecewise.ball import _ball_every_box_row, inscribed_ball
 from collide.taps import preactivation
@@ -35,6 +36,15 @@ MCSE_AGREE = 3.0
 # value for an AR(1) chain (relative).
 RHAT_IID = 1.01
 ESS_REL = 0.25
+
+
+@pytest.fixture(params=["simplex", "interior-point"])
+def ball_solver(request, monkeypatch) -> str:
+    """The ball LPs by either of HiGHS's solvers, whatever the set's size: the MNIST
+    models' large sets take the interior point (ball.IPM_REGION_ROWS), these small ones
+    the simplex unless told."""
+    monkeypatch.setattr(ball_lp, "IPM_REGION_ROWS", 0 if request.param == "interior-point" else 10**9)
+    return request.param
 
 
 def _net(*weights: tuple[list[list[float]], list[float]]) -> nn.Sequential:
@@ -63,7 +73,7 @@ def _errors(model: nn.Module, layer: str, points: torch.Tensor, target: torch.Te
     return ((p - t).norm(dim=1) / t.norm(dim=1)).detach().numpy()
 
 
-def test_the_ball_is_the_chebyshev_lp_of_the_set_in_subspace_coordinates():
+def test_the_ball_is_the_chebyshev_lp_of_the_set_in_subspace_coordinates(ball_solver):
     model = _random_net(0)
     target = torch.full((6,), 0.5)
     geo = collision_geometry(model, "relu1", target, config=SMALL)
@@ -87,7 +97,7 @@ def test_the_ball_is_the_chebyshev_lp_of_the_set_in_subspace_coordinates():
     assert np.all(a @ center + geo.radius * reach <= rhs + a @ x0 + 1e-9)
 
 
-def test_the_ball_measured_from_the_near_faces_is_the_ball_of_every_row_on_a_deeper_image_like_set():
+def test_the_ball_measured_from_the_near_faces_is_the_ball_of_every_row_on_a_deeper_image_like_set(ball_solver):
     # 60 inputs, a third of them at the box's lower face as on an MNIST digit and a tenth
     # at its upper face, at relu2: box faces on both sides and the relu1 sign rows
     # (region rows, taken in lazily) bind.
@@ -129,7 +139,7 @@ def test_the_ball_measured_from_the_near_faces_is_the_ball_of_every_row_on_a_dee
     np.testing.assert_allclose(np.abs(ball.duals), np.abs(every.duals), atol=LP_OBJECTIVE)
 
 
-def test_an_inequality_that_holds_with_equality_lowers_the_dimension():
+def test_an_inequality_that_holds_with_equality_lowers_the_dimension(ball_solver):
     # Unit 1 fixes x1 = 0.7; unit 2 (pre-activation x2, at 0 on the target) must stay
     # ≤ 0 while the box keeps x2 ≥ 0, so x2 = 0 all over the set; x3 is free in [0, 1].
     model = _net(([[1.0, 0.0, 0.0], [0.0, 1.0, 0.0]], [-0.5, 0.0]))
@@ -143,7 +153,7 @@ def test_an_inequality_that_holds_with_equality_lowers_the_dimension():
     assert (geo.free_dim, geo.dim, geo.dim_method) == (1, 0, "widths")
 
 
-def test_a_segment_has_dimension_one_its_half_length_as_radius_and_its_length_as_width():
+def test_a_segment_has_dimension_one_its_half_length_as_radius_and_its_length_as_width(ball_solver):
     # x1 = 0.7 fixed, x2 − 0.5 ≤ 0 and the box: the segment {0.7} x [0, 0.5].
     model = _net(([[1.0, 0.0], [0.0, 1.0]], [-0.5, -0.5]))
     geo = collision_geometry(model, "relu1", torch.tensor([0.7, 0.1]), config=SMALL)
@@ -154,7 +164,7 @@ def test_a_segment_has_dimension_one_its_half_length_as_radius_and_its_length_as
     assert float(geo.samples[:, 1].min()) >= 0 and float(geo.samples[:, 1].max()) <= 0.5 + SET_EXACT
 
 
-def test_sizes_only_gives_the_known_radius_and_dimension_with_no_widths_or_samples():
+def test_sizes_only_gives_the_known_radius_and_dimension_with_no_widths_or_samples(ball_solver):
     screen = dataclasses.replace(SMALL, sizes_only=True)
     # The segment {0.7} x [0, 0.5]: radius 0.25, dimension 1 (the test above).
     geo = collision_geometry(_net(([[1.0, 0.0], [0.0, 1.0]], [-0.5, -0.5])), "relu1", torch.tensor([0.7, 0.1]),

@@ -10,7 +10,7 @@ from torch import nn
 
 from collide.api import collision_geometry, collision_size
 from collide.config import GeometryConfig
-from collide.piecewise import highs
+from collide.piecewise import ball, highs
 from collide.piecewise.highs import add_rows, lp_model, solve_lazily
 
 SMALL = GeometryConfig(n_samples=200, chains=4, burn_in=20, n_directions=4, max_draws=200)
@@ -63,8 +63,10 @@ def _net() -> nn.Sequential:
     return nn.Sequential(nn.Linear(30, 40), nn.ReLU(), nn.Linear(40, 12), nn.ReLU()).eval()
 
 
-def test_collision_geometry_reports_each_stage_in_order_and_the_ball_lps_iterations(monkeypatch):
+@pytest.mark.parametrize("ipm_rows", [0, 10**9], ids=["interior-point", "simplex"])
+def test_collision_geometry_reports_each_stage_in_order_and_the_ball_lps_iterations(monkeypatch, ipm_rows):
     monkeypatch.setattr(highs, "HEARTBEAT_SECONDS", 0.0)  # every callback reports
+    monkeypatch.setattr(ball, "IPM_REGION_ROWS", ipm_rows)  # the ball LP by either solver
     model = _net()
     target = torch.rand(30, generator=torch.Generator().manual_seed(2))
     calls: list[tuple[str, int, float]] = []
