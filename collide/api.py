@@ -26,7 +26,7 @@ from collide.config import SAMPLERS, ExactConfig, GeometryConfig, GradientConfig
 from collide.errors import ConfigError, DataError, InternalError
 from collide.inputs import one_input, require_finite, require_float32
 from collide.objective import feature_rel_error
-from collide.piecewise.ball import hull_dimension, inscribed_ball
+from collide.piecewise.ball import RADIUS_TOL, hull_dimension, inscribed_ball
 from collide.piecewise.collision_set import CollisionSet, collision_set
 from collide.piecewise.geometry import measure as measure_set
 from collide.piecewise.highs import LpProgress, heartbeat
@@ -481,7 +481,8 @@ def collision_size(
     if not np.isfinite(ball.radius):
         raise InternalError(f"the inscribed-ball LP of the collision set failed ({ball.outcome}), though the "
                             "target is in the set: report this with the model and target")
-    dim, how, flat = hull_dimension(cs, ball, watch=heartbeat(progress, "dimension"))
+    flat_ball = cs.free_dim and ball.radius <= RADIUS_TOL  # the dimension's search has LPs to run
+    dim, how, flat = hull_dimension(cs, ball, watch=heartbeat(progress, "dimension") if flat_ball else None)
     radius, center = (ball.radius, ball.center) if flat is None else (flat.radius, flat.center)
     return SetSize(dim=dim, dim_method=how, radius=float(radius), free_dim=cs.free_dim, input_dim=cs.input_dim,
                    center=np.asarray(center, dtype=np.float64),

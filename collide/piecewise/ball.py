@@ -18,7 +18,7 @@ import numpy as np
 import scipy.sparse as sp
 
 from collide.piecewise.collision_set import FLAT_ROW, LP_TOL, CollisionSet, mm, solve_with_region
-from collide.piecewise.highs import Heartbeat, add_rows, lp_model
+from collide.piecewise.highs import Heartbeat, LazyRun, add_rows, lp_model
 
 # A radius above this (input units) is a ball, not LP rounding: HiGHS meets rows to 1e-9.
 RADIUS_TOL = 1e-7
@@ -30,18 +30,35 @@ _MAX_HULL_ROUNDS = 10
 # A ball LP over at least this many region rows runs HiGHS's interior-point solver (IPX,
 # with crossover: a vertex optimum and its multipliers, as the simplex gives), not the
 # dual simplex, whose rounds of lazy rows each start from the last basis but pivot
-# through a degenerate LP. LeNet-5's relu3 set (9,064 region rows, 11 rounds): 9.4 to
-# 11.6 s against 15.9 to 18.1 s by the simplex (31,000 iterations), three alternating
-# runs each; relu2's (6,804 rows), all of collision_size: about 48 s against 65 s. The
-# MNIST MLP (0 or 256 region rows) stays on the simplex: at relu1 it took 0.31 s
-# against the interior point's 0.45 to 0.5 s. (2-core VM, one thread, 2026-12-07.)
+# through a degenerate LP: LeNet-5's relu3 set (9,064 region rows) took 31,000
+# iterations over 11 rounds. Both solvers side by side on the MNIST models' sets:
+# benchmarks/set_solvers.py (LeNet-5's 6,804 and 9,064 rows gain; the MLP's 0 and 256 lose).
 IPM_REGION_ROWS = 1000
 
 
-def _solver_for(h: highspy.Highs, n_region: int) -> None:
-    """:data:`IPM_REGION_ROWS`' choice of HiGHS's solver for a ball LP with ``n_region`` lazy rows."""
-    if n_region >= IPM_REGION_ROWS:
+SIMPLEX, INTERIOR_POINT = "simplex", "interior point"
+
+
+def _solve(h: highspy.Highs, lazy_a: np.ndarray, lazy_b: np.ndarray, added: np.ndarray, *,
+           watch: Heartbeat | None) -> tuple[LazyRun, str]:
+    """A ball LP solved with its region rows taken in lazily, and by which solver: the
+    interior point where :data:`IPM_REGION_ROWS` says so, the simplex otherwise, and the
+    simplex again from scratch (the rows taken in kept) where the interior point ends
+    without an optimum."""
+    if len(lazy_b) < IPM_REGION_ROWS:
+        return solve_with_region(h, lazy_a, lazy_b, added, watch=watch), SIMPLEX
+    # IPX by name where HiGHS knows the name (1.12 on; "ipm" may mean its newer HiPO
+    # where that is built in); before, "ipm" was IPX.
+    if h.setOptionValue("solver", "ipx") != highspy.HighsStatus.kOk:
         h.setOptionValue("solver", "ipm")
+    run = solve_with_region(h, lazy_a, lazy_b, added, watch=watch)
+    if run.solution is not None:
+        return run, INTERIOR_POINT
+    h.setOptionValue("solver", SIMPLEX)
+    h.clearSolver()
+    again = solve_with_region(h, lazy_a, lazy_b, added, watch=watch)
+    return dataclasses.replace(again, order=run.order + again.order, rounds=run.rounds + again.rounds), \
+        f"{INTERIOR_POINT} ({run.status}), then {SIMPLEX}"
 
 
 @dataclass(frozen=True)
@@ -56,6 +73,7 @@ class Ball:
     duals: np.ndarray
     box_rows_used: int = 0
     pinned: np.ndarray | None = None
+    solver: str = SIMPLEX
 
 
 def inscribed_ball(cs: CollisionSet, *, pinned: np.ndarray | None = None, watch: Heartbeat | None = None) -> Ball:
@@ -109,7 +127,7 @@ def _ball_boxed(cs: CollisionSet, watch: Heartbeat | None) -> Ball:
     A ball of radius r in the subspace reaches ``ρⱼ r`` along coordinate j (``ρⱼ`` the
     box row's reach), so the near face's row is exactly ``sⱼ ≥ 0``, a column bound, and
     only the far face stays a row (``sⱼ + 2ρⱼ r ≤ upper − lower``); ``sⱼ ≤ upper − lower``
-    is kept as a bound too, which HiGHS's dual simplex meets by flipping it. The model
+    is kept as a bound too, which the dual simplex meets by flipping it. The model
     has d fewer rows than with both faces as rows: on the MNIST MLP's ``relu1`` the
     solve falls from about 0.7 s to 0.2 s and 1,400 iterations to 600, with the same
     radius to 3e-8 relative (``ball_*`` in ``benchmarks/scan.json``). Presolve is off: it took
@@ -142,7 +160,6 @@ def _ball_boxed(cs: CollisionSet, watch: Heartbeat | None) -> Ball:
     cost[-1] = -1.0  # maximise r
     h = lp_model(cost, np.zeros(d + 1), np.r_[np.full(d, span), np.inf], tol=LP_TOL)
     h.setOptionValue("presolve", "off")
-    _solver_for(h, n - cs.n_fixed)
     eq = cs.equalities * side
     eq_rhs = mm(cs.equalities, (cs.origin - base)[:, None])[:, 0]
     add_rows(h, np.hstack([eq, mm(eq, rho[:, None])]), eq_rhs, eq_rhs)
@@ -154,17 +171,17 @@ def _ball_boxed(cs: CollisionSet, watch: Heartbeat | None) -> Ball:
     lazy = np.arange(cs.n_fixed, n)
     lazy_a, lazy_b = in_s(lazy)
     added = np.zeros(len(lazy), dtype=bool)
-    run = solve_with_region(h, lazy_a, lazy_b, added, watch=watch)
+    run, solver = _solve(h, lazy_a, lazy_b, added, watch=watch)
     if run.solution is None:
         return Ball(cs.origin.copy(), float("nan"), str(run.status), run.rounds, int(added.sum()), np.zeros(m),
-                    box_rows_used=2 * d)
+                    box_rows_used=2 * d, solver=solver)
     solution = h.getSolution()
     duals = np.zeros(m)
     duals[np.r_[far_rows, fixed, lazy[np.asarray(run.order, dtype=int)]]] = np.asarray(solution.row_dual)[cs.rank :]
     duals[near_rows] = -np.asarray(solution.col_dual)[:d]
     s, r = run.solution[:d], run.solution[d]
     center, radius = _inside(cs, np.r_[base + side * (rho * r + s), r], reach_all, moving)
-    return Ball(center, radius, "optimal", run.rounds, int(added.sum()), duals, box_rows_used=2 * d)
+    return Ball(center, radius, "optimal", run.rounds, int(added.sum()), duals, box_rows_used=2 * d, solver=solver)
 
 
 def _ball_every_box_row(cs: CollisionSet, *, pinned: np.ndarray | None, watch: Heartbeat | None = None) -> Ball:
@@ -182,7 +199,6 @@ def _ball_every_box_row(cs: CollisionSet, *, pinned: np.ndarray | None, watch: H
     # x's own bounds are left free: the box's rows carry them, so that a box face that
     # holds all over C shows in a row's multiplier rather than a column's.
     h = lp_model(cost, np.r_[np.full(d, -np.inf), 0.0], np.full(d + 1, np.inf), tol=LP_TOL)
-    _solver_for(h, len(cs.bounds) - cs.n_fixed)
     eq_rhs = cs.equalities @ cs.origin
     add_rows(h, np.hstack([cs.equalities, np.zeros((cs.rank, 1))]), eq_rhs, eq_rhs)
     eye = sp.identity(d, format="csr")
@@ -204,15 +220,16 @@ def _ball_every_box_row(cs: CollisionSet, *, pinned: np.ndarray | None, watch: H
         in_model += list(rows)
     lazy_a = np.hstack([a_all[lazy], coef[lazy][:, None]])
     lazy_b = b_all[lazy]
-    run = solve_with_region(h, lazy_a, lazy_b, added, watch=watch)
+    run, solver = _solve(h, lazy_a, lazy_b, added, watch=watch)
     sol, order, rounds = run.solution, run.order, run.rounds
     if sol is None:
-        return Ball(cs.origin.copy(), float("nan"), str(h.getModelStatus()), rounds, int(added.sum()), np.zeros(m))
+        return Ball(cs.origin.copy(), float("nan"), str(h.getModelStatus()), rounds, int(added.sum()), np.zeros(m),
+                    solver=solver)
     in_model += list(lazy[order])
     duals = np.zeros(m)
     duals[np.array(in_model, dtype=int)] = np.asarray(h.getSolution().row_dual)[cs.rank :]
     center, radius = _inside(cs, sol, reach_all, moving & ~pinned)
-    return Ball(center, radius, "optimal", rounds, int(added.sum()), duals)
+    return Ball(center, radius, "optimal", rounds, int(added.sum()), duals, solver=solver)
 
 
 def hull_dimension(cs: CollisionSet, ball: Ball, *, watch: Heartbeat | None = None) -> tuple[int, str, Ball | None]:

@@ -101,12 +101,13 @@ def measure(cs: CollisionSet, *, config: GeometryConfig, progress: LpProgress | 
     if cs.free_dim and ball.radius <= RADIUS_TOL:
         # A set of dimension ≥ 1 has a positive width along a random direction of its
         # subspace with probability 1: zero along every one drawn, it is one point.
+        searching = heartbeat(progress, "dimension")
         probe = extents(cs, cs.basis, center=None, free=None, **{**widths_config, "max_directions": max(
-            1, config.n_directions)}, watch=heartbeat(progress, "dimension"))
+            1, config.n_directions)}, watch=searching)
         if probe.widths.max() <= WIDTH_TOL:
             dim, how, widths = 0, "widths", probe
         else:
-            dim, how, flat = hull_dimension(cs, ball, watch=heartbeat(progress, "dimension"))
+            dim, how, flat = hull_dimension(cs, ball, watch=searching)
     if config.sizes_only:
         return _sizes_only(cs, ball, dim, how, widths, config, start)
     basis, centre, free = hull_frame(cs, ball, flat)

@@ -4,8 +4,10 @@ Activation-region rows (earlier ReLU signs, max-pooling winners) number in the
 thousands at LeNet-5's ``relu3`` and each reads much of the input; few of them bind. Every LP of collide
 that carries them (the exact solver's vertices, the collision set's ball and widths)
 therefore starts without them and adds, a round at a time, the ones its solution
-violates, HiGHS's dual simplex carrying on from its last basis. The answer meets every
-row within tolerance, so it is an optimum of the whole LP, not of a relaxation.
+violates, HiGHS's dual simplex carrying on from its last basis (a large set's ball LP
+runs the interior point instead, each round from scratch: :mod:`collide.piecewise.ball`).
+The answer meets every row within tolerance, so it is an optimum of the whole LP, not of
+a relaxation.
 """
 
 from __future__ import annotations
@@ -198,12 +200,14 @@ def solve_lazily(
             if raised:
                 event.interrupt()
                 return
-            count = max(0, getattr(event.data_out, field))  # IPX says -1 before its first
-            if count < seen:  # a new run, or IPX's next phase
+            count = getattr(event.data_out, field)
+            if count < 0:  # IPX asks between its iterations too, with no count
+                count = seen
+            elif count < seen:  # a new run
                 seen = 0
             try:
                 watch(count - seen)
-            except BaseException as exc:  # Ctrl-C too: Python handles it in the callback
+            except BaseException as exc:
                 # Left to HiGHS, it would end the run as a solve error and lose the exception.
                 raised.append(exc)
                 event.interrupt()
@@ -213,13 +217,13 @@ def solve_lazily(
 
     ticks = [(h.cbSimplexInterrupt, counter("simplex_iteration_count")),
              (h.cbIpmInterrupt, counter("ipm_iteration_count"))]
-    for callback, tick in ticks:
-        callback.subscribe(tick)
     try:
+        for callback, tick in ticks:
+            callback.subscribe(tick)
         run = _solve_lazily(h, excess, bounds, added, tol=tol, add=add, stop_above=stop_above)
     finally:
         for callback, tick in ticks:
-            callback.unsubscribe(tick)
+            callback.unsubscribe(tick)  # a no-op for one never subscribed
     if raised:
         raise raised[0]
     return run

@@ -207,3 +207,23 @@ def test_the_scan_costs_block_shows_scan_json_as_measured(tmp_path):
     path.write_text(json.dumps(results))
     assert "measured 2 at a time: 0.36 s an example. The whole test set at that rate: 1.2 hours" in \
         _generate().scan_costs(path)
+
+
+def test_the_set_solvers_block_shows_set_solvers_json_as_measured(tmp_path):
+    def run(median: float, radius: float) -> dict:
+        return {"seconds": [median], "median_s": median, "radius": radius, "dim": 737, "dim_method": "ball"}
+
+    results = {"machine": {"date": "D", "cpu": "C", "cores": 2, "load_average": [1.0], "load_average_after": [2.0]},
+               "reps": 3, "ipm_region_rows": 1000,
+               "sets": [{"model": "lenet5", "layer": "relu3", "inputs": 784, "region_rows": 9064,
+                         "default": "interior point", "simplex": run(21.0, 1.8e-3), "interior point": run(12.0, 1.8e-3),
+                         "speedup": 1.75, "radius_rel_diff": 1e-10, "same_dim": True}]}
+    path = tmp_path / "set_solvers.json"
+    path.write_text(json.dumps(results))
+    text = _generate().set_solvers(path)
+    assert "| lenet5 | `relu3` | 784 | 9,064 | interior point | 21.00 s | 12.00 s | 1.75x | 1.0e-10 | 737 (ball) |" \
+        in text and "from 1,000 region rows" in text and "3 runs of each solver" in text
+    results["sets"][0].update(same_dim=False, **{"interior point": {**run(12.0, 0.0), "dim": 700}})
+    path.write_text(json.dumps(results))
+    assert "737 (ball) against 700 (ball)" in _generate().set_solvers(path)
+    assert "Not measured" in _generate().set_solvers(tmp_path / "none.json")

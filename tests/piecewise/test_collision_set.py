@@ -8,6 +8,7 @@ import copy
 import dataclasses
 from collections import OrderedDict
 
+import highspy
 import numpy as np
 import pytest
 import scipy.linalg
@@ -137,6 +138,33 @@ def test_the_ball_measured_from_the_near_faces_is_the_ball_of_every_row_on_a_dee
     every = _ball_every_box_row(cs, pinned=None)
     assert np.abs(ball.duals).max() > 0
     np.testing.assert_allclose(np.abs(ball.duals), np.abs(every.duals), atol=LP_OBJECTIVE)
+
+
+def test_the_ball_lp_runs_the_solver_its_size_calls_for_and_falls_back_to_the_simplex(monkeypatch):
+    model = _random_net(3, d=60, widths=(40, 12))
+    target = torch.rand(60, generator=torch.Generator().manual_seed(1))
+    cs = _exact_set(model, "relu2", target, SMALL, ())
+    n_region = len(cs.bounds) - cs.n_fixed
+    assert n_region > 0
+    monkeypatch.setattr(ball_lp, "IPM_REGION_ROWS", n_region + 1)
+    simplex = inscribed_ball(cs)
+    monkeypatch.setattr(ball_lp, "IPM_REGION_ROWS", n_region)
+    ipm = inscribed_ball(cs)
+    assert (simplex.solver, ipm.solver) == ("simplex", "interior point")
+    assert abs(ipm.radius - simplex.radius) <= LP_OBJECTIVE * (1 + simplex.radius) and simplex.radius > 0
+    # An interior point that ends without an optimum: the simplex solves the LP from scratch.
+    real = ball_lp.solve_with_region
+
+    def ipm_fails(h, *args, **kwargs):
+        run = real(h, *args, **kwargs)
+        if h.getOptionValue("solver")[1] in ("ipx", "ipm"):  # (status, value)
+            return dataclasses.replace(run, solution=None, status=highspy.HighsModelStatus.kSolveError)
+        return run
+
+    monkeypatch.setattr(ball_lp, "solve_with_region", ipm_fails)
+    rescued = inscribed_ball(cs)
+    assert rescued.solver.startswith("interior point (") and rescued.solver.endswith("then simplex")
+    assert abs(rescued.radius - simplex.radius) <= LP_OBJECTIVE * (1 + simplex.radius)
 
 
 def test_an_inequality_that_holds_with_equality_lowers_the_dimension(ball_solver):

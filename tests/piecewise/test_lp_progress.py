@@ -33,14 +33,16 @@ def _solve(h, a, b, added, watch=None):
                         add=lambda rows: add_rows(h, a[rows], np.full(len(rows), -np.inf), b[rows]), watch=watch)
 
 
-def test_the_watch_hears_every_simplex_iteration_of_every_round():
+@pytest.mark.parametrize("solver, count", [("simplex", "simplex_iteration_count"), ("ipx", "ipm_iteration_count")])
+def test_the_watch_hears_every_iteration_of_every_round(solver, count):
     h, a, b, added = _lazy_lp(0)
+    h.setOptionValue("solver", solver)
     per_run: list[int] = []
     run = h.run
 
     def counted_run():  # oracle: HiGHS's own count after each run, summed
         status = run()
-        per_run.append(h.getInfo().simplex_iteration_count)
+        per_run.append(getattr(h.getInfo(), count))
         return status
 
     h.run = counted_run
@@ -48,7 +50,23 @@ def test_the_watch_hears_every_simplex_iteration_of_every_round():
     out = _solve(h, a, b, added, watch=heard.append)
     assert out.rounds >= 2 and len(per_run) >= 2  # the rows came in over several runs
     assert all(n >= 0 for n in heard)
-    assert sum(heard) == sum(per_run) > 0
+    assert sum(per_run) > 0
+    if solver == "simplex":
+        assert sum(heard) == sum(per_run)
+    else:  # IPX asks before each iteration (and between, with no count): a run's last goes unheard
+        assert sum(per_run) - len(per_run) <= sum(heard) <= sum(per_run)
+
+
+def test_a_raising_watch_stops_the_lp_leaves_no_callback_and_the_model_solves_after():
+    h, a, b, added = _lazy_lp(2)
+
+    def stop(n: int) -> None:
+        raise ValueError("enough")
+
+    with pytest.raises(ValueError, match="enough"):
+        _solve(h, a, b, added, watch=stop)
+    assert h.cbSimplexInterrupt.callbacks == [] and h.cbIpmInterrupt.callbacks == []
+    assert _solve(h, a, b, added).solution is not None  # and nothing interrupts it now
 
 
 def test_listening_changes_no_solution():
@@ -90,10 +108,14 @@ def test_collision_size_reports_at_most_once_a_heartbeat(monkeypatch, every, rep
     size = collision_size(_net(), "3", torch.full((30,), 0.5), config=SMALL, progress=lambda *c: calls.append(c))
     stages = [s for s, _, _ in calls]
     if reports == "starts":  # an hour apart: each stage's start, nothing while its LPs run
-        assert calls == [("set", 0, 0.0), ("ball", 0, 0.0), ("dimension", 0, 0.0)]
+        assert calls == [("set", 0, 0.0), ("ball", 0, 0.0)]  # a ball: no dimension's search to run
     else:
         assert stages.count("ball") > 1 and stages[:2] == ["set", "ball"]
     assert size.radius > 0
+
+
+class _Stop(Exception):
+    pass
 
 
 def test_what_progress_raises_stops_the_lp_and_reaches_the_caller(monkeypatch):
@@ -102,10 +124,10 @@ def test_what_progress_raises_stops_the_lp_and_reaches_the_caller(monkeypatch):
 
     def stop(stage: str, iterations: int, seconds: float) -> None:
         heard.append(stage)
-        if stage == "ball" and iterations > 0:  # as Ctrl-C would arrive: during a callback
-            raise KeyboardInterrupt
+        if stage == "ball" and iterations > 0:  # a user's own stop, mid-LP
+            raise _Stop
 
     # Not an InternalError: HiGHS, left with it, ends the run as a solve error.
-    with pytest.raises(KeyboardInterrupt):
+    with pytest.raises(_Stop):
         collision_size(_net(), "3", torch.full((30,), 0.5), config=SMALL, progress=stop)
     assert heard[-1] == "ball" and "dimension" not in heard
