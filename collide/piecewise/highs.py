@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import math
 import os
+import signal
 import sys
 import threading
 import time
@@ -186,11 +187,22 @@ def solve_lazily(
         add: puts the given lazy rows (indices) into ``h``.
         watch: called from HiGHS's simplex and interior-point callbacks, once an
             iteration, with the iterations run since its last call (a :class:`Heartbeat`);
-            None: no callback. What it raises stops the solve and is raised here.
+            None: no callback. What it raises, and Ctrl-C, stop the solve and are raised here.
     """
     if watch is None:
         return _solve_lazily(h, excess, bounds, added, tol=tol, add=add, stop_above=stop_above)
     raised: list[BaseException] = []
+    # Python raises Ctrl-C's KeyboardInterrupt in whatever Python code the main thread runs,
+    # here a HiGHS callback's (highspy's own frames included), and HiGHS turns an exception
+    # there into a solve error and drops it. While it runs, Ctrl-C is noted instead, the
+    # callbacks stop HiGHS at its next iteration, and the interrupt is raised after: only
+    # where Python's own handler was in place, and only in the main thread, the one
+    # Python hands signals to (a handler of the caller's own is left alone).
+    note_ctrl_c = (threading.current_thread() is threading.main_thread()
+                   and signal.getsignal(signal.SIGINT) is signal.default_int_handler)
+
+    def on_ctrl_c(_signum: int, _frame: object) -> None:
+        raised.append(KeyboardInterrupt())
 
     def counter(field: str) -> Callable[[highspy.HighsCallbackEvent], None]:
         seen = 0  # the running solve's iterations so far (HiGHS counts each run from 0)
@@ -218,12 +230,17 @@ def solve_lazily(
     ticks = [(h.cbSimplexInterrupt, counter("simplex_iteration_count")),
              (h.cbIpmInterrupt, counter("ipm_iteration_count"))]
     try:
+        if note_ctrl_c:
+            signal.signal(signal.SIGINT, on_ctrl_c)
         for callback, tick in ticks:
             callback.subscribe(tick)
-        run = _solve_lazily(h, excess, bounds, added, tol=tol, add=add, stop_above=stop_above)
+        run = _solve_lazily(h, excess, bounds, added, tol=tol, add=add, stop_above=stop_above,
+                            stopped=lambda: bool(raised))
     finally:
         for callback, tick in ticks:
             callback.unsubscribe(tick)  # a no-op for one never subscribed
+        if note_ctrl_c:
+            signal.signal(signal.SIGINT, signal.default_int_handler)
     if raised:
         raise raised[0]
     return run
@@ -231,13 +248,15 @@ def solve_lazily(
 
 def _solve_lazily(
     h: highspy.Highs, excess: Callable[[np.ndarray], np.ndarray], bounds: np.ndarray, added: np.ndarray, *,
-    tol: float, add: Callable[[np.ndarray], None], stop_above: float,
+    tol: float, add: Callable[[np.ndarray], None], stop_above: float, stopped: Callable[[], bool] = lambda: False,
 ) -> LazyRun:
-    """:func:`solve_lazily`'s loop."""
+    """:func:`solve_lazily`'s loop; it ends, as interrupted, once ``stopped()``."""
     order: list[int] = []
     rounds = 0
     h.setOptionValue("objective_bound", stop_above)  # inf as well: no stale bound on a reused model
     while True:
+        if stopped():  # between runs, where no callback would see it
+            return LazyRun(None, highspy.HighsModelStatus.kInterrupt, order, rounds)
         h.run()
         rounds += 1
         if h.getModelStatus() == highspy.HighsModelStatus.kNotset:
