@@ -135,3 +135,16 @@ def shrunk_mlp(model: nn.Module, factor: float) -> nn.Module:
         for p in (small.fc1.weight, small.fc1.bias, small.fc2.bias):
             p.mul_(factor)
     return small
+
+
+def tiny_conv_net() -> nn.Module:
+    """A seeded 1x8x8 net in eval mode, ``conv, relu1, pool (max 2), flatten, fc, relu2``:
+    at ``relu2`` its exact LPs hold region rows (relu1's signs and the pooling winners)
+    and still solve in milliseconds. The caller's generator is left as it was."""
+    from collections import OrderedDict
+
+    with torch.random.fork_rng():
+        torch.manual_seed(0)
+        return nn.Sequential(OrderedDict(
+            conv=nn.Conv2d(1, 2, 3), relu1=nn.ReLU(), pool=nn.MaxPool2d(2), flatten=nn.Flatten(),
+            fc=nn.Linear(2 * 3 * 3, 8), relu2=nn.ReLU())).eval()

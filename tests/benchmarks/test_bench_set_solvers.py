@@ -1,22 +1,16 @@
 """The set-solver benchmark (benchmarks/set_solvers.py) on a tiny model, so it cannot rot:
 both solvers measured on one set with region rows, and the same sizes from each."""
 
-from collections import OrderedDict
-
 import torch
-from torch import nn
 
 from benchmarks.set_solvers import compare
 from collide.piecewise import ball
+from tests.support import tiny_conv_net
 from tests.tolerances import LP_OBJECTIVE
 
 
 def test_both_solvers_give_the_same_sizes_and_the_default_is_put_back():
-    with torch.random.fork_rng():
-        torch.manual_seed(0)
-        net = nn.Sequential(OrderedDict(
-            conv=nn.Conv2d(1, 2, 3), relu1=nn.ReLU(), pool=nn.MaxPool2d(2), flatten=nn.Flatten(),
-            fc=nn.Linear(2 * 3 * 3, 8), relu2=nn.ReLU())).eval()
+    net = tiny_conv_net()
     target = torch.rand(1, 8, 8, generator=torch.Generator().manual_seed(1))
     chosen = ball.IPM_REGION_ROWS
     row = compare(net, "relu2", target, reps=1)
