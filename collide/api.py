@@ -481,8 +481,8 @@ def collision_size(
     if not np.isfinite(ball.radius):
         raise InternalError(f"the inscribed-ball LP of the collision set failed ({ball.outcome}), though the "
                             "target is in the set: report this with the model and target")
-    flat_ball = cs.free_dim and ball.radius <= RADIUS_TOL  # the dimension's search has LPs to run
-    dim, how, flat = hull_dimension(cs, ball, watch=heartbeat(progress, "dimension") if flat_ball else None)
+    search_runs = cs.free_dim and ball.radius <= RADIUS_TOL  # the dimension's search has LPs to run
+    dim, how, flat = hull_dimension(cs, ball, watch=heartbeat(progress, "dimension") if search_runs else None)
     radius, center = (ball.radius, ball.center) if flat is None else (flat.radius, flat.center)
     return SetSize(dim=dim, dim_method=how, radius=float(radius), free_dim=cs.free_dim, input_dim=cs.input_dim,
                    center=np.asarray(center, dtype=np.float64),

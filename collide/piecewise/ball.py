@@ -54,7 +54,7 @@ def _solve(h: highspy.Highs, lazy_a: np.ndarray, lazy_b: np.ndarray, added: np.n
     run = solve_with_region(h, lazy_a, lazy_b, added, watch=watch)
     if run.solution is not None:
         return run, INTERIOR_POINT
-    h.setOptionValue("solver", SIMPLEX)
+    h.setOptionValue("solver", "simplex")
     h.clearSolver()
     again = solve_with_region(h, lazy_a, lazy_b, added, watch=watch)
     return dataclasses.replace(again, order=run.order + again.order, rounds=run.rounds + again.rounds), \
@@ -63,7 +63,8 @@ def _solve(h: highspy.Highs, lazy_a: np.ndarray, lazy_b: np.ndarray, added: np.n
 
 @dataclass(frozen=True)
 class Ball:
-    """The largest ball in C within its equality subspace; radius 0 when there is none."""
+    """The largest ball in C within its equality subspace; radius 0 when there is none.
+    ``solver``: which of HiGHS's solvers found it (:func:`_solve`)."""
 
     center: np.ndarray
     radius: float
