@@ -352,7 +352,7 @@ def set_solvers(path: Path = SET_SOLVER_RESULTS) -> str:
             f"solver, alternating, in one process; the default takes the interior point from "
             f"{result['ipm_region_rows']:,} region rows (`python -m benchmarks.set_solvers`).", "",
             "| model | layer | inputs | region rows | default | simplex (median) | interior point (median) "
-            "| speed-up | radius, relative difference | dimension |",
+            "| simplex time / interior point's | radius, relative difference | dimension |",
             "|---|---|---|---|---|---|---|---|---|---|"]
     for r in result["sets"]:
         ref, ipm = r["simplex"], r["interior point"]
