@@ -142,6 +142,9 @@ import os, signal, sys, threading
 import numpy as np
 from collide.piecewise.highs import add_rows, lp_model, solve_lazily
 
+# Python's own handler, as an interactive session has it: a process started in the
+# background by a shell inherits SIGINT ignored, and Python then installs none.
+signal.signal(signal.SIGINT, signal.default_int_handler)
 rng = np.random.default_rng(0)
 d, m = 200, 2000
 a, b = rng.standard_normal((m, d)), np.full(m, 0.5)
