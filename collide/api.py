@@ -430,8 +430,7 @@ def _exact_set(
     if flat.min() < config.lower or flat.max() > config.upper:
         raise DataError(f"the target lies outside the box [{config.lower}, {config.upper}] the collision set is "
                         "taken in: set geometry.lower/upper to the model's input range")
-    if progress is not None:
-        progress("set", 0, 0.0)
+    heartbeat(progress, "set")  # announced; no LP of its own to watch
     pieces, flats = [], []
     for net, name in [(model, layer), *also]:
         require_float32(net)

@@ -132,8 +132,7 @@ def measure(cs: CollisionSet, *, config: GeometryConfig, progress: LpProgress | 
     else:
         # Chains start spread over C: halfway from the interior point to each extreme point
         # (inside C by convexity), and the interior point itself.
-        if progress is not None:
-            progress("samples", 0, 0.0)
+        heartbeat(progress, "samples")  # announced; the walk has no LP to watch
         z_centre = poly.coords(centre[None])[0]
         starts = np.vstack([z_centre[None], z_centre + 0.5 * (poly.coords(widths.extremes) - z_centre)])
         z, record = sample(poly, z_centre, starts[np.r_[1 : len(starts), 0]], mm(widths.directions, basis),
