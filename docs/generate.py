@@ -351,15 +351,19 @@ def set_solvers(path: Path = SET_SOLVER_RESULTS) -> str:
             f"{m['load_average']} (after: {m.get('load_average_after', '-')}); {result['reps']} runs of each "
             f"solver, alternating, in one process; the default takes the interior point from "
             f"{result['ipm_region_rows']:,} region rows (`python -m benchmarks.set_solvers`).", "",
-            "| model | layer | inputs | region rows | default | simplex (median) | interior point (median) "
+            "| model | layer | inputs | region rows | default | simplex (median, range) "
+            "| interior point (median, range) "
             "| simplex time / interior point's | radius, relative difference | dimension |",
             "|---|---|---|---|---|---|---|---|---|---|"]
+    def spread(run: dict) -> str:
+        return f"{run['median_s']:.2f} s ({min(run['seconds']):.2f}-{max(run['seconds']):.2f})"
+
     for r in result["sets"]:
         ref, ipm = r["simplex"], r["interior point"]
         dim = f"{ref['dim']} ({ref['dim_method']})" + ("" if r["same_dim"] else f" against {ipm['dim']} "
                                                         f"({ipm['dim_method']})")
         rows.append(f"| {r['model']} | `{r['layer']}` | {r['inputs']} | {r['region_rows']:,} | {r['default']} "
-                    f"| {ref['median_s']:.2f} s | {ipm['median_s']:.2f} s | {r['speedup']:.2f}x "
+                    f"| {spread(ref)} | {spread(ipm)} | {r['speedup']:.2f}x "
                     f"| {r['radius_rel_diff']:.1e} | {dim} |")
     return "\n".join(rows) + "\n"
 

@@ -211,7 +211,8 @@ def test_the_scan_costs_block_shows_scan_json_as_measured(tmp_path):
 
 def test_the_set_solvers_block_shows_set_solvers_json_as_measured(tmp_path):
     def run(median: float, radius: float) -> dict:
-        return {"seconds": [median], "median_s": median, "radius": radius, "dim": 737, "dim_method": "ball"}
+        return {"seconds": [median - 1, median, median + 2], "median_s": median, "radius": radius, "dim": 737,
+                "dim_method": "ball"}
 
     results = {"machine": {"date": "D", "cpu": "C", "cores": 2, "load_average": [1.0], "load_average_after": [2.0]},
                "reps": 3, "ipm_region_rows": 1000,
@@ -221,7 +222,8 @@ def test_the_set_solvers_block_shows_set_solvers_json_as_measured(tmp_path):
     path = tmp_path / "set_solvers.json"
     path.write_text(json.dumps(results))
     text = _generate().set_solvers(path)
-    assert "| lenet5 | `relu3` | 784 | 9,064 | interior point | 21.00 s | 12.00 s | 1.75x | 1.0e-10 | 737 (ball) |" \
+    assert ("| lenet5 | `relu3` | 784 | 9,064 | interior point | 21.00 s (20.00-23.00) | 12.00 s (11.00-14.00) "
+            "| 1.75x | 1.0e-10 | 737 (ball) |") \
         in text and "from 1,000 region rows" in text and "3 runs of each solver" in text
     results["sets"][0].update(same_dim=False, **{"interior point": {**run(12.0, 0.0), "dim": 700}})
     path.write_text(json.dumps(results))
