@@ -35,6 +35,12 @@ _MAX_HULL_ROUNDS = 10
 # benchmarks/set_solvers.py (LeNet-5's 6,804 and 9,064 rows gain; the MLP's 0 and 256 lose).
 IPM_REGION_ROWS = 1000
 
+# Once a round adds fewer region rows than this, the interior point hands the LP to the
+# dual simplex, which starts from the last optimal basis: IPX starts every run afresh, and
+# on LeNet-5's relu3 set its last rounds (58, 17 and 4 rows added) took 1.5 s each, where
+# the hot-started simplex took 1.9, 0.57 and 0.15 s (one-off, 2026-12-07).
+SIMPLEX_TAIL_ROWS = 32
+
 
 SIMPLEX, INTERIOR_POINT = "simplex", "interior point"
 
@@ -42,18 +48,25 @@ SIMPLEX, INTERIOR_POINT = "simplex", "interior point"
 def _solve(h: highspy.Highs, lazy_a: np.ndarray, lazy_b: np.ndarray, added: np.ndarray, *,
            watch: Heartbeat | None) -> tuple[LazyRun, str]:
     """A ball LP solved with its region rows taken in lazily, and by which solver: the
-    interior point where :data:`IPM_REGION_ROWS` says so, the simplex otherwise, and the
-    simplex again from scratch (the rows taken in kept) where the interior point ends
-    without an optimum."""
+    interior point where :data:`IPM_REGION_ROWS` says so (handing the last rounds to the
+    simplex, :data:`SIMPLEX_TAIL_ROWS`), the simplex otherwise, and the simplex again from
+    scratch (the rows taken in kept) where the interior point ends without an optimum."""
     if len(lazy_b) < IPM_REGION_ROWS:
         return solve_with_region(h, lazy_a, lazy_b, added, watch=watch), SIMPLEX
     # IPX by name where HiGHS knows the name (1.12 on; "ipm" may mean its newer HiPO
     # where that is built in); before, "ipm" was IPX.
     if h.setOptionValue("solver", "ipx") != highspy.HighsStatus.kOk:
         h.setOptionValue("solver", "ipm")
-    run = solve_with_region(h, lazy_a, lazy_b, added, watch=watch)
+    tail = []
+
+    def adding(rows: np.ndarray) -> None:
+        if not tail and len(rows) < SIMPLEX_TAIL_ROWS:
+            h.setOptionValue("solver", "simplex")
+            tail.append(True)
+
+    run = solve_with_region(h, lazy_a, lazy_b, added, watch=watch, adding=adding)
     if run.solution is not None:
-        return run, INTERIOR_POINT
+        return run, f"{INTERIOR_POINT}, then {SIMPLEX}" if tail else INTERIOR_POINT
     h.setOptionValue("solver", "simplex")
     h.clearSolver()
     again = solve_with_region(h, lazy_a, lazy_b, added, watch=watch)
@@ -103,8 +116,10 @@ def inscribed_ball(cs: CollisionSet, *, pinned: np.ndarray | None = None, watch:
 
 
 def _reach(cs: CollisionSet, a_all: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """Each row's norm on the subspace (its coefficient on r) and whether it moves there."""
-    reach_all = np.linalg.norm(mm(a_all, cs.basis), axis=1)
+    """Each row of :meth:`CollisionSet.all_rows` ``a_all``: its norm on the subspace (its
+    coefficient on r) and whether it moves there."""
+    box = np.linalg.norm(cs.basis, axis=1)  # a box row ±e_j reaches as far as the basis's row j
+    reach_all = np.concatenate([cs.reach(cs.rows), box, box])
     # A row constant on the subspace (an earlier positive unit's sign row, whose weights
     # lie in the equalities' span) holds on it as a whole; its reach is rounding.
     moving = reach_all > FLAT_ROW * (1 + np.linalg.norm(a_all, axis=1))

@@ -39,12 +39,14 @@ RHAT_IID = 1.01
 ESS_REL = 0.25
 
 
-@pytest.fixture(params=["simplex", "interior-point"])
+@pytest.fixture(params=["simplex", "interior-point", "interior-point-then-simplex"])
 def ball_solver(request, monkeypatch) -> str:
-    """The ball LPs by either of HiGHS's solvers, whatever the set's size: the MNIST
-    models' large sets take the interior point (ball.IPM_REGION_ROWS), these small ones
-    the simplex unless told."""
-    monkeypatch.setattr(ball_lp, "IPM_REGION_ROWS", 0 if request.param == "interior-point" else 10**9)
+    """The ball LPs by either of HiGHS's solvers, whatever the set's size, or by the
+    interior point handing every round after its first to the simplex: the MNIST models'
+    large sets take the interior point (ball.IPM_REGION_ROWS) and hand it their last
+    rounds (ball.SIMPLEX_TAIL_ROWS), these small ones the simplex unless told."""
+    monkeypatch.setattr(ball_lp, "IPM_REGION_ROWS", 10**9 if request.param == "simplex" else 0)
+    monkeypatch.setattr(ball_lp, "SIMPLEX_TAIL_ROWS", 10**9 if request.param.endswith("then-simplex") else 0)
     return request.param
 
 
@@ -149,9 +151,16 @@ def test_the_ball_lp_runs_the_solver_its_size_calls_for_and_falls_back_to_the_si
     monkeypatch.setattr(ball_lp, "IPM_REGION_ROWS", n_region + 1)
     simplex = inscribed_ball(cs)
     monkeypatch.setattr(ball_lp, "IPM_REGION_ROWS", n_region)
+    monkeypatch.setattr(ball_lp, "SIMPLEX_TAIL_ROWS", 0)
     ipm = inscribed_ball(cs)
     assert (simplex.solver, ipm.solver) == ("simplex", "interior point")
     assert abs(ipm.radius - simplex.radius) <= LP_OBJECTIVE * (1 + simplex.radius) and simplex.radius > 0
+    # A round that adds fewer rows than SIMPLEX_TAIL_ROWS hands the rest to the simplex.
+    monkeypatch.setattr(ball_lp, "SIMPLEX_TAIL_ROWS", 10**9)
+    tail = inscribed_ball(cs)
+    assert ipm.rounds >= 2 and tail.solver == "interior point, then simplex"
+    assert abs(tail.radius - simplex.radius) <= LP_OBJECTIVE * (1 + simplex.radius)
+    monkeypatch.setattr(ball_lp, "SIMPLEX_TAIL_ROWS", 0)
     # An interior point that ends without an optimum: the simplex solves the LP from scratch.
     real = ball_lp.solve_with_region
 
