@@ -1,8 +1,9 @@
 """The collision set's screening sizes by either HiGHS solver: ``collide.collision_size``
 (the inscribed ball, and the dimension's search where the ball is flat) on the MNIST
 models' sets, its ball LPs by the dual simplex (collide before ``ball.IPM_REGION_ROWS``)
-and by the interior point, alternating in one process, with the radius and dimension
-each gives.
+and by the interior point as collide runs it (the rounds after one that adds fewer than
+``ball.SIMPLEX_TAIL_ROWS`` rows handed to the simplex), alternating in one process, with
+the radius and dimension each gives.
 
 The set is the first correct test 7's (``benchmarks.common.collision_problem``). The
 simplex is the reference: it is what every set used before, and it still takes sets
@@ -69,7 +70,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     args = parser.parse_args(argv)
     torch.set_num_threads(1)  # as the experiments run: one LP per core
     result: dict[str, Any] = {"machine": machine(), "reps": args.reps, "ipm_region_rows": ball.IPM_REGION_ROWS,
-                              "sets": []}
+                              "simplex_tail_rows": ball.SIMPLEX_TAIL_ROWS, "sets": []}
     problems: dict[str, dict[str, Any]] = {}
     for pair in args.layers.split(","):
         arch, layer = pair.split(":")

@@ -350,7 +350,10 @@ def set_solvers(path: Path = SET_SOLVER_RESULTS) -> str:
     rows = [f"Measured {m['date']} on {m['cpu']}, {m['cores']} cores, one thread, load average "
             f"{m['load_average']} (after: {m.get('load_average_after', '-')}); {result['reps']} runs of each "
             f"solver, alternating, in one process; the default takes the interior point from "
-            f"{result['ipm_region_rows']:,} region rows (`python -m benchmarks.set_solvers`).", "",
+            f"{result['ipm_region_rows']:,} region rows"
+            + (f", handing the simplex the rounds after one that adds fewer than {result['simplex_tail_rows']} "
+               "(as the interior point's column does)" if "simplex_tail_rows" in result else "")
+            + " (`python -m benchmarks.set_solvers`).", "",
             "| model | layer | inputs | region rows | default | simplex (median, range) "
             "| interior point (median, range) "
             "| simplex time / interior point's | radius, relative difference | dimension |",
