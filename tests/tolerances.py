@@ -58,3 +58,7 @@ LP_FORMS_AGREE = 1e-6
 # The same gradient solve twice on one CPU in one process (benchmarks/gpu_suite.py's
 # agreement item with --device cpu): the same float ops in the same order, bit for bit.
 SAME_DEVICE_SOLVE = 0.0
+# One float64 quantity by two orders of products (a row's reach on a subspace by numpy's
+# product and by torch's, or a box row's as the basis's row norm), relative to the row's
+# size: rounding, some 1e-15.
+PRODUCT_ORDER = 1e-13

@@ -2,7 +2,8 @@
 
 The ball (Chebyshev centre and radius) is one LP, the region rows taken in lazily and
 each coordinate measured from its box face nearer the target (no row pinned); by the
-dual simplex, or over thousands of region rows by the interior point (IPM_REGION_ROWS).
+dual simplex, or over thousands of region rows by the interior point (IPM_REGION_ROWS),
+which hands the last rounds, those that add few rows, to the simplex (SIMPLEX_TAIL_ROWS).
 A positive radius puts a ball of the equality subspace's dimension in C; a radius of 0
 means some rows hold with equality all over C, found from the LP's multipliers
 (Fukuda's "largest common slack" LP) and pinned until a positive radius is left.
@@ -65,13 +66,14 @@ def _solve(h: highspy.Highs, lazy_a: np.ndarray, lazy_b: np.ndarray, added: np.n
             tail.append(True)
 
     run = solve_with_region(h, lazy_a, lazy_b, added, watch=watch, adding=adding)
+    solver = f"{INTERIOR_POINT}, then {SIMPLEX}" if tail else INTERIOR_POINT
     if run.solution is not None:
-        return run, f"{INTERIOR_POINT}, then {SIMPLEX}" if tail else INTERIOR_POINT
+        return run, solver
     h.setOptionValue("solver", "simplex")
     h.clearSolver()
     again = solve_with_region(h, lazy_a, lazy_b, added, watch=watch)
     return dataclasses.replace(again, order=run.order + again.order, rounds=run.rounds + again.rounds), \
-        f"{INTERIOR_POINT} ({run.status}), then {SIMPLEX}"
+        f"{solver} ({run.status}), then {SIMPLEX}"
 
 
 @dataclass(frozen=True)
@@ -118,8 +120,7 @@ def inscribed_ball(cs: CollisionSet, *, pinned: np.ndarray | None = None, watch:
 def _reach(cs: CollisionSet, a_all: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """Each row of :meth:`CollisionSet.all_rows` ``a_all``: its norm on the subspace (its
     coefficient on r) and whether it moves there."""
-    box = np.linalg.norm(cs.basis, axis=1)  # a box row ±e_j reaches as far as the basis's row j
-    reach_all = np.concatenate([cs.reach(cs.rows), box, box])
+    reach_all = cs.reach_all()
     # A row constant on the subspace (an earlier positive unit's sign row, whose weights
     # lie in the equalities' span) holds on it as a whole; its reach is rounding.
     moving = reach_all > FLAT_ROW * (1 + np.linalg.norm(a_all, axis=1))

@@ -5,7 +5,8 @@ thousands at LeNet-5's ``relu3`` and each reads much of the input; few of them b
 that carries them (the exact solver's vertices, the collision set's ball and widths)
 therefore starts without them and adds, a round at a time, the ones its solution
 violates, HiGHS's dual simplex carrying on from its last basis (a large set's ball LP
-runs the interior point instead, each round from scratch: :mod:`collide.piecewise.ball`).
+runs its first rounds by the interior point instead, each from scratch:
+:mod:`collide.piecewise.ball`).
 The answer meets every row within tolerance, so it is an optimum of the whole LP, not of
 a relaxation.
 """

@@ -59,5 +59,6 @@ def hull_frame(cs: CollisionSet, ball: Ball, flat: Ball | None) -> tuple[np.ndar
         _, s_t, vt_t = torch.linalg.svd(torch.from_numpy(mm(a_all[flat.pinned], cs.basis)), full_matrices=True)
         rank = int((s_t > s_t.max() * max(len(s_t), cs.free_dim) * np.finfo(np.float64).eps).sum())
         basis, centre = mm(cs.basis, vt_t.numpy()[rank:].T), flat.center
-    reach = np.linalg.norm(mm(a_all, basis), axis=1)
+    # On the set's own subspace, the reach the ball LP used: the same rows move for both.
+    reach = cs.reach_all() if flat is None else np.linalg.norm(mm(a_all, basis), axis=1)
     return basis, centre, reach > FLAT_ROW * (1 + np.linalg.norm(a_all, axis=1))

@@ -22,9 +22,10 @@ from collide.errors import ConfigError, DataError, InternalError
 from collide.piecewise import ball as ball_lp
 from collide.piecewise import highs
 from collide.piecewise.ball import _ball_every_box_row, inscribed_ball
+from collide.piecewise.collision_set import FLAT_ROW
 from collide.taps import preactivation
 from tests.support import shrunk_mlp
-from tests.tolerances import LP_OBJECTIVE, MC_POLYGON_MEAN, SET_EXACT
+from tests.tolerances import LP_OBJECTIVE, MC_POLYGON_MEAN, PRODUCT_ORDER, SET_EXACT
 
 SMALL = GeometryConfig(n_samples=400, chains=8, burn_in=20, n_directions=4, max_draws=400)
 # A converged sampler's mean of a coordinate of the uniform 3-simplex against 1/4, and its
@@ -155,10 +156,20 @@ def test_the_ball_lp_runs_the_solver_its_size_calls_for_and_falls_back_to_the_si
     ipm = inscribed_ball(cs)
     assert (simplex.solver, ipm.solver) == ("simplex", "interior point")
     assert abs(ipm.radius - simplex.radius) <= LP_OBJECTIVE * (1 + simplex.radius) and simplex.radius > 0
-    # A round that adds fewer rows than SIMPLEX_TAIL_ROWS hands the rest to the simplex.
+    # A round that adds fewer rows than SIMPLEX_TAIL_ROWS hands the runs after it to the simplex.
     monkeypatch.setattr(ball_lp, "SIMPLEX_TAIL_ROWS", 10**9)
+    runs: list[str] = []
+    real_run = highspy.Highs.run
+
+    def run(h):
+        runs.append(h.getOptionValue("solver")[1])  # (status, value)
+        return real_run(h)
+
+    monkeypatch.setattr(highspy.Highs, "run", run)
     tail = inscribed_ball(cs)
-    assert ipm.rounds >= 2 and tail.solver == "interior point, then simplex"
+    monkeypatch.setattr(highspy.Highs, "run", real_run)
+    assert tail.rounds >= 2 and tail.solver == "interior point, then simplex"
+    assert runs[0] in ("ipx", "ipm") and set(runs[1:]) == {"simplex"}
     assert abs(tail.radius - simplex.radius) <= LP_OBJECTIVE * (1 + simplex.radius)
     monkeypatch.setattr(ball_lp, "SIMPLEX_TAIL_ROWS", 0)
     # An interior point that ends without an optimum: the simplex solves the LP from scratch.
@@ -174,6 +185,21 @@ def test_the_ball_lp_runs_the_solver_its_size_calls_for_and_falls_back_to_the_si
     rescued = inscribed_ball(cs)
     assert rescued.solver.startswith("interior point (") and rescued.solver.endswith("then simplex")
     assert abs(rescued.radius - simplex.radius) <= LP_OBJECTIVE * (1 + simplex.radius)
+
+
+def test_each_rows_reach_is_its_norm_on_the_equality_subspace():
+    model = _random_net(3, d=60, widths=(40, 12))
+    target = torch.rand(60, generator=torch.Generator().manual_seed(1))
+    cs = _exact_set(model, "relu2", target, SMALL, ())
+    a_all, _ = cs.all_rows()
+    # Oracle: the rows' norms on the basis, and a row in the equalities' span (constant on the set).
+    rows = np.vstack([a_all, 3.0 * cs.equalities[:1] + 2.0 * cs.equalities[-1:]])
+    oracle = np.linalg.norm(rows @ cs.basis, axis=1)
+    reach = np.r_[cs.reach_all(), cs.reach(rows[-1:])]
+    np.testing.assert_allclose(reach, oracle, rtol=0, atol=PRODUCT_ORDER * (1 + np.linalg.norm(rows, axis=1)).max())
+    assert reach[-1] <= FLAT_ROW * (1 + np.linalg.norm(rows[-1])) < reach[:-1][reach[:-1] > 1e-6].min()
+    with pytest.raises(ValueError):
+        a_all[0, 0] = 1.0  # the set's rows are shared by its measures: read-only
 
 
 def test_an_inequality_that_holds_with_equality_lowers_the_dimension(ball_solver):
