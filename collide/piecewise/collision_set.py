@@ -136,8 +136,13 @@ class CollisionSet:
         return np.linalg.norm(mm(a, self.basis), axis=1)
 
     def reach_all(self) -> np.ndarray:
-        """:meth:`reach` of every row of :meth:`all_rows`; a box row ``±e_j`` reaches as far
-        as the basis's row j. (m + 2d,)"""
+        """:meth:`reach` of every row of :meth:`all_rows`, computed once per set (the ball
+        LPs and the hull's frame all ask) and handed out read-only; a box row ``±e_j``
+        reaches as far as the basis's row j. (m + 2d,)"""
+        return _read_only(self._reach_all)
+
+    @functools.cached_property
+    def _reach_all(self) -> np.ndarray:
         box = np.linalg.norm(self.basis, axis=1)
         return np.concatenate([self.reach(self.rows), box, box])
 
