@@ -6,6 +6,7 @@ import copy
 import dataclasses
 import shutil
 import struct
+from collections import OrderedDict
 from pathlib import Path
 
 import numpy as np
@@ -141,8 +142,6 @@ def tiny_conv_net() -> nn.Module:
     """A seeded 1x8x8 net in eval mode, ``conv, relu1, pool (max 2), flatten, fc, relu2``:
     at ``relu2`` its exact LPs hold region rows (relu1's signs and the pooling winners)
     and still solve in milliseconds. The caller's generator is left as it was."""
-    from collections import OrderedDict
-
     with torch.random.fork_rng():
         torch.manual_seed(0)
         return nn.Sequential(OrderedDict(

@@ -225,6 +225,10 @@ def test_the_set_solvers_block_shows_set_solvers_json_as_measured(tmp_path):
     assert ("| lenet5 | `relu3` | 784 | 9,064 | interior point | 21.00 s (20.00-23.00) | 12.00 s (11.00-14.00) "
             "| 1.75x | 1.0e-10 | 737 (ball) |") \
         in text and "from 1,000 region rows" in text and "3 runs of each solver" in text
+    assert "fewer than" not in text  # a file from before the hand-over names none
+    results["simplex_tail_rows"] = 32
+    path.write_text(json.dumps(results))
+    assert "handing the simplex the rounds after one that adds fewer than 32" in _generate().set_solvers(path)
     results["sets"][0].update(same_dim=False, **{"interior point": {**run(12.0, 0.0), "dim": 700}})
     path.write_text(json.dumps(results))
     assert "737 (ball) against 700 (ball)" in _generate().set_solvers(path)
