@@ -62,3 +62,6 @@ SAME_DEVICE_SOLVE = 0.0
 # product and by torch's, or a box row's as the basis's row norm), relative to the row's
 # size: rounding, some 1e-15.
 PRODUCT_ORDER = 1e-13
+# A row's largest slack over a collision set by scipy's LP (HiGHS, feasibility tolerance
+# 1e-9 by default on rows of unit scale) at or below which the row holds all over the set.
+IMPLICIT_SLACK = 1e-7

@@ -5,8 +5,11 @@ each coordinate measured from its box face nearer the target (no row pinned); by
 dual simplex, or over thousands of region rows by the interior point (IPM_REGION_ROWS),
 which hands the last rounds, those that add few rows, to the simplex (SIMPLEX_TAIL_ROWS).
 A positive radius puts a ball of the equality subspace's dimension in C; a radius of 0
-means some rows hold with equality all over C, found from the LP's multipliers
-(Fukuda's "largest common slack" LP) and pinned until a positive radius is left.
+means some rows hold with equality all over C (implicit equalities). They are among the
+rows tight at the target, and one LP over the cone those rows leave finds every one of
+them (:func:`implicit_equalities`); they are pinned and the ball solved again in the flat
+they leave, with Fukuda's rounds (the "largest common slack" LP's multipliers) as the
+fallback where that ball is still flat.
 """
 
 from __future__ import annotations
@@ -18,15 +21,21 @@ import highspy
 import numpy as np
 import scipy.sparse as sp
 
+from collide.errors import InternalError
 from collide.piecewise.collision_set import FLAT_ROW, LP_TOL, CollisionSet, mm, solve_with_region
-from collide.piecewise.highs import Heartbeat, LazyRun, add_rows, lp_model
+from collide.piecewise.highs import Heartbeat, LazyRun, add_rows, lp_model, solve_lazily
 
 # A radius above this (input units) is a ball, not LP rounding: HiGHS meets rows to 1e-9.
 RADIUS_TOL = 1e-7
 
 
-# Rounds of the implicit-equality search before giving the subspace's dimension as a bound.
+# Rounds of Fukuda's implicit-equality search, after the cone's LP (implicit_equalities),
+# before giving the subspace's dimension as a bound.
 _MAX_HULL_ROUNDS = 10
+
+# A row whose slack at the target is within this share of its terms is tight there: a
+# candidate implicit equality (collision_set raises a bound the target misses by as much).
+TIGHT_ROW = 1e-7
 
 # A ball LP over at least this many region rows runs HiGHS's interior-point solver (IPX,
 # with crossover: a vertex optimum and its multipliers, as the simplex gives), not the
@@ -106,14 +115,13 @@ def inscribed_ball(cs: CollisionSet, *, pinned: np.ndarray | None = None, watch:
     target (:func:`_ball_boxed`): that face becomes the column's bound and only the far
     face a row, which on the MNIST MLP's ``relu1`` solves about three times faster than
     both faces as rows (``ball_*`` in ``benchmarks/scan.json``). A radius that comes out
-    as 0 is solved again with every box face a row and x free, since
-    :func:`hull_dimension` reads the rows' multipliers, and a face that holds all over C
-    must show in its row's. ``watch`` hears of the LPs' iterations.
+    as 0 is what it is: :func:`hull_dimension` finds the rows that flatten C by an LP of
+    its own, not from these multipliers. With ``pinned`` rows every box face is a row and
+    x free, so that Fukuda's rounds (:func:`hull_dimension`'s fallback) read every face's
+    multiplier from its row. ``watch`` hears of the LPs' iterations.
     """
     if pinned is None or not pinned.any():
-        ball = _ball_boxed(cs, watch)
-        if ball.radius > RADIUS_TOL:
-            return ball
+        return _ball_boxed(cs, watch)
     return _ball_every_box_row(cs, pinned=pinned, watch=watch)
 
 
@@ -249,34 +257,94 @@ def _ball_every_box_row(cs: CollisionSet, *, pinned: np.ndarray | None, watch: H
     return Ball(center, radius, "optimal", rounds, int(added.sum()), duals, solver=solver)
 
 
+def implicit_equalities(cs: CollisionSet, *, watch: Heartbeat | None = None) -> np.ndarray:
+    """Which rows of :meth:`CollisionSet.all_rows` hold with equality all over C. (m + 2d,) bool
+
+    Such a row is tight at the target t, so only the rows tight there (within
+    :data:`TIGHT_ROW`) are candidates, and since C is convex and its other rows are slack at
+    t, a candidate holds all over C iff it holds along every direction of the cone
+    ``K = {v in the equality subspace : aᵢ v ≤ 0, i tight}``. One LP over that cone finds
+    them all: maximise ``Σ sᵢ`` over ``aᵢ v + sᵢ ≤ 0``, ``0 ≤ sᵢ ≤ 1``. K is a cone, so the
+    directions that each lift one candidate off its face add up to one that lifts every
+    such candidate to ``sᵢ = 1``, while a row that holds all over K keeps ``sᵢ = 0``: the
+    optimum is 0 or 1 in each slack, far from any tolerance. A candidate counts as lifted
+    only where the LP's direction, multiplied out here, leaves it at least half a unit off
+    its face (the rows scaled to unit reach). A row constant on the equality subspace
+    constrains nothing there and is never one. On LeNet-5's relu2 set of the first test 7
+    (1,723 candidates, free dimension 261) the LP took 1.6 s and found the set to be one
+    point, where Fukuda's rounds from the ball's multipliers stopped at the bound 261
+    (docs/performance.md). ``watch`` hears of the LP's iterations.
+    """
+    a_all, b_all = cs.all_rows()
+    x0 = cs.origin
+    reach_all, moving = _reach(cs, a_all)
+    slack = b_all - mm(a_all, x0)
+    scale = 1 + np.abs(b_all) + mm(np.abs(a_all), np.abs(x0))
+    candidates = np.flatnonzero(moving & (slack <= TIGHT_ROW * scale))
+    implicit = np.zeros(len(b_all), dtype=bool)
+    if not len(candidates):
+        return implicit
+    k, n = cs.free_dim, len(candidates)
+    g = mm(a_all[candidates], cs.basis) / reach_all[candidates, None]
+    h = lp_model(np.r_[np.zeros(k), -np.ones(n)], np.r_[np.full(k, -np.inf), np.zeros(n)],
+                 np.r_[np.full(k, np.inf), np.ones(n)], tol=LP_TOL)
+    add_rows(h, sp.hstack([sp.csr_matrix(g), sp.identity(n, format="csr")]), np.full(n, -np.inf), np.zeros(n))
+    if n >= IPM_REGION_ROWS:
+        # The optimum's slacks are unique (0 or 1), so the interior point's own answer
+        # serves and crossover to a vertex is not needed: 1.6 s against 3.1 s with it,
+        # 4.5 s by the dual simplex, on the relu2 set above (one-off, 2026-12-08).
+        h.setOptionValue("solver", "ipx")
+        h.setOptionValue("run_crossover", "off")
+    no_rows = np.zeros(0)
+    run = solve_lazily(h, lambda _: no_rows, no_rows, np.zeros(0, dtype=bool), tol=LP_TOL, add=lambda _: None,
+                       watch=watch)
+    if run.solution is None and n >= IPM_REGION_ROWS:
+        h.setOptionValue("run_crossover", "on")
+        h.clearSolver()
+        run = solve_lazily(h, lambda _: no_rows, no_rows, np.zeros(0, dtype=bool), tol=LP_TOL,
+                           add=lambda _: None, watch=watch)
+    if run.solution is None:
+        raise InternalError(f"the implicit-equality LP of the collision set ended {run.status}, though the target "
+                            "is in the set: report this with the model and target")
+    lifted = -mm(g, run.solution[:k]) >= 0.5
+    implicit[candidates[~lifted]] = True
+    return implicit
+
+
 def hull_dimension(cs: CollisionSet, ball: Ball, *, watch: Heartbeat | None = None) -> tuple[int, str, Ball | None]:
     """The dimension of C's affine hull and how it was found.
 
-    A positive radius puts a k-ball in C. A radius of 0 means rows hold with equality
-    all over C: the ball LP is Fukuda's "largest common slack" LP, so at an optimum of 0
-    every row with a positive multiplier is such an implicit equality. Those rows are
-    pinned and the LP solved again, until a positive radius is left (the hull's
-    dimension is then k minus the rank of the pinned rows on the subspace) or, past
-    :data:`_MAX_HULL_ROUNDS`, ``k`` is returned as what it is: an upper bound. The third
-    value is the ball in the hull found that way (its ``pinned`` rows), else None.
-    ``watch`` hears of the LPs' iterations.
+    A positive radius puts a k-ball in C. A radius of 0 means rows hold with equality all
+    over C: :func:`implicit_equalities` finds them, the hull's dimension is k minus their
+    rank on the subspace, and the ball is solved again in the flat they leave, where a
+    positive radius confirms it. Should that ball still be flat (the LP's direction met a
+    row only to rounding), Fukuda's rounds go on from its multipliers: the ball LP is the
+    "largest common slack" LP, so at an optimum of 0 every row with a positive multiplier
+    is an implicit equality; those rows are pinned and the LP solved again, until a
+    positive radius is left or, past :data:`_MAX_HULL_ROUNDS`, ``k`` is returned as what it
+    is: an upper bound. The third value is the ball in the hull found that way (its
+    ``pinned`` rows); None where the hull is the subspace itself or one point. ``watch``
+    hears of the LPs' iterations.
     """
     k = cs.free_dim
     if k == 0 or ball.radius > RADIUS_TOL:
         return k, "ball" if k else "point", None
     a_all, _ = cs.all_rows()
-    pinned = np.zeros(len(a_all), dtype=bool)
-    duals = ball.duals
+    pinned = implicit_equalities(cs, watch=watch)
+    rank = int(np.linalg.matrix_rank(mm(a_all[pinned], cs.basis))) if pinned.any() else 0
+    if rank in (0, k):
+        # None: the LP's direction lifts every tight row, so C reaches every way from the
+        # target within its subspace (a ball too small for RADIUS_TOL). All: one point.
+        return k - rank, "implicit-equalities", None
     for _ in range(_MAX_HULL_ROUNDS):
-        moved = ~pinned & (np.abs(duals) > LP_TOL)
-        if not moved.any():
-            break
-        pinned |= moved
         flat = inscribed_ball(cs, pinned=pinned, watch=watch)
         if not np.isfinite(flat.radius):
             break
         if flat.radius > RADIUS_TOL:
             flat = dataclasses.replace(flat, pinned=pinned)
             return k - int(np.linalg.matrix_rank(mm(a_all[pinned], cs.basis))), "implicit-equalities", flat
-        duals = flat.duals
+        moved = ~pinned & (np.abs(flat.duals) > LP_TOL)
+        if not moved.any():
+            break
+        pinned |= moved
     return k, "upper-bound", None

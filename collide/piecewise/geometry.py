@@ -8,8 +8,10 @@ Of the set C of :mod:`collide.piecewise.collision_set`:
   solver does);
 - the **dimension** of C's affine hull is ``k = d − rank`` when the radius is positive
   (a k-ball lies inside C). When it is 0, some inequalities hold with equality all over
-  C; they are found by LPs that maximise a common slack and move the rows whose duals
-  are positive into the equalities (Fukuda's method), until a positive slack remains;
+  C: all are tight at the target, and one LP over the cone of directions that keep the
+  tight rows finds every one (:func:`collide.piecewise.ball.implicit_equalities`); the
+  dimension is k less their rank, confirmed by a ball in the flat they leave, with
+  Fukuda's largest-common-slack rounds as the fallback;
 - the **widths** along directions drawn uniformly on the unit sphere of C's affine hull
   (within the flat left by pinned rows, when there are any) are two LPs each; the mean
   over directions is an unbiased estimate of C's mean width, reported with its standard

@@ -25,7 +25,7 @@ from collide.piecewise.ball import _ball_every_box_row, inscribed_ball
 from collide.piecewise.collision_set import FLAT_ROW
 from collide.taps import preactivation
 from tests.support import shrunk_mlp
-from tests.tolerances import LP_OBJECTIVE, MC_POLYGON_MEAN, PRODUCT_ORDER, SET_EXACT
+from tests.tolerances import IMPLICIT_SLACK, LP_OBJECTIVE, MC_POLYGON_MEAN, PRODUCT_ORDER, SET_EXACT
 
 SMALL = GeometryConfig(n_samples=400, chains=8, burn_in=20, n_directions=4, max_draws=400)
 # A converged sampler's mean of a coordinate of the uniform 3-simplex against 1/4, and its
@@ -214,6 +214,72 @@ def test_an_inequality_that_holds_with_equality_lowers_the_dimension(ball_solver
     model = _net(([[1.0, 0.0], [0.0, 1.0]], [-0.5, 0.0]))
     geo = collision_geometry(model, "relu1", torch.tensor([0.7, 0.0]), config=SMALL)
     assert (geo.free_dim, geo.dim, geo.dim_method) == (1, 0, "widths")
+
+
+# A set flattened by rows tight at its target, some holding all over it and some not:
+# x1 = 0.6 (an equality); x3 + x4 ≤ 0 with the box's x3, x4 ≥ 0 pins x3 = x4 = 0; x5 and x6
+# sit on their lower faces at the target, but x6 ≤ x5 lets both rise; x2, x7, x8 are inside.
+# The equality subspace's dimension is 7, the hull's 5.
+FLAT_NET = (([[1.0, 0, 0, 0, 0, 0, 0, 0], [0, 0, 1.0, 1.0, 0, 0, 0, 0], [0, 0, 0, 0, -1.0, 1.0, 0, 0]],
+             [-0.3, 0.0, 0.0]),)
+FLAT_TARGET = torch.tensor([0.6, 0.3, 0.0, 0.0, 0.0, 0.0, 0.5, 0.2])
+
+
+def _holds_all_over(cs, rows: np.ndarray) -> np.ndarray:
+    """Oracle: each row's largest slack over C by scipy's LP (one LP a row), at most rounding."""
+    a_all, b_all = cs.all_rows()
+    out = []
+    for i in rows:
+        res = scipy.optimize.linprog(a_all[i], A_ub=a_all, b_ub=b_all, A_eq=cs.equalities,
+                                     b_eq=cs.equalities @ cs.origin, bounds=(None, None), method="highs")
+        assert res.status == 0, res.message
+        out.append(b_all[i] - res.fun <= IMPLICIT_SLACK)
+    return np.array(out, dtype=bool)
+
+
+@pytest.mark.parametrize("seed", [None, 0, 1, 2])
+def test_the_rows_found_to_hold_all_over_the_set_are_those_no_point_of_it_lifts(seed):
+    if seed is None:
+        model, target = _net(*FLAT_NET), FLAT_TARGET
+    else:  # a random net on a target half on its lower faces, as MNIST's background is
+        model = _random_net(seed, d=10, widths=(14,))
+        target = torch.rand(10, generator=torch.Generator().manual_seed(seed)) * (torch.arange(10) % 2)
+    cs = _exact_set(model, "relu1", target, SMALL, ())
+    a_all, b_all = cs.all_rows()
+    tight = np.flatnonzero(b_all - a_all @ cs.origin <= 1e-9)
+    found = ball_lp.implicit_equalities(cs)
+    assert not found[np.setdiff1d(np.arange(len(b_all)), tight)].any()  # only rows tight at the target
+    moving = cs.reach_all()[tight] > 1e-9
+    np.testing.assert_array_equal(found[tight][moving], _holds_all_over(cs, tight[moving]))
+    if seed is None:
+        assert found.sum() == 3 and found[tight].sum() < len(tight)  # x3 + x4 ≤ 0, x3 ≥ 0, x4 ≥ 0
+
+
+def test_a_set_flattened_by_rows_tight_at_its_target_has_the_hulls_dimension_and_a_ball_in_it(ball_solver):
+    size = collision_size(_net(*FLAT_NET), "relu1", FLAT_TARGET)
+    assert (size.free_dim, size.dim, size.dim_method) == (7, 5, "implicit-equalities")
+    # the ball in the hull: x3 = x4 = 0 at its centre, x6 ≤ x5, and room for the radius
+    assert size.radius > 0.05 and abs(size.center[2]) + abs(size.center[3]) <= SET_EXACT
+    assert size.center[5] <= size.center[4] + SET_EXACT
+    # One point: x1 fixed, x2 ≤ 0 and x2 ≥ 0.
+    point = collision_size(_net(([[1.0, 0.0], [0.0, 1.0]], [-0.5, 0.0])), "relu1", torch.tensor([0.7, 0.0]))
+    assert (point.free_dim, point.dim, point.dim_method, point.radius) == (1, 0, "implicit-equalities", 0.0)
+
+
+def test_where_the_cones_lp_misses_an_implicit_equality_fukudas_rounds_find_it(monkeypatch):
+    cs = _exact_set(_net(*FLAT_NET), "relu1", FLAT_TARGET, SMALL, ())
+    full = ball_lp.implicit_equalities(cs)
+    a_all, _ = cs.all_rows()
+    # keep x3 ≥ 0 alone (the box's lower face of x3): the flat it leaves is still flat in x4
+    keep = np.flatnonzero(full & (np.abs(a_all[:, 2]) == 1) & (np.abs(a_all).sum(1) == 1))
+    partial = np.zeros_like(full)
+    partial[keep] = True
+    monkeypatch.setattr(ball_lp, "implicit_equalities", lambda *_, **__: partial.copy())
+    ball = inscribed_ball(cs)
+    assert ball.radius <= ball_lp.RADIUS_TOL
+    dim, how, flat = ball_lp.hull_dimension(cs, ball)
+    assert (dim, how) == (5, "implicit-equalities") and flat.radius > 0.05
+    assert flat.pinned[full].all()  # every row of the full answer pinned in the end
 
 
 def test_a_segment_has_dimension_one_its_half_length_as_radius_and_its_length_as_width(ball_solver):
