@@ -449,7 +449,8 @@ class SetSize:
     how it was found, as :class:`Geometry` says) and its inscribed radius, with what they
     cost. No widths and no samples: those are :func:`collision_geometry`'s. ``center``:
     the ball's centre, flat like the input (float64), so that anyone can check the ball
-    lies in the set."""
+    lies in the set. ``solver``: which of HiGHS's solvers found the ball
+    (:attr:`collide.piecewise.ball.Ball.solver`)."""
 
     dim: int
     dim_method: str
@@ -458,6 +459,7 @@ class SetSize:
     input_dim: int
     seconds: float
     center: np.ndarray
+    solver: str
 
 
 def collision_size(
@@ -482,7 +484,7 @@ def collision_size(
                             "target is in the set: report this with the model and target")
     search_runs = cs.free_dim and ball.radius <= RADIUS_TOL  # the dimension's search has LPs to run
     dim, how, flat = hull_dimension(cs, ball, watch=heartbeat(progress, "dimension") if search_runs else None)
-    radius, center = (ball.radius, ball.center) if flat is None else (flat.radius, flat.center)
-    return SetSize(dim=dim, dim_method=how, radius=float(radius), free_dim=cs.free_dim, input_dim=cs.input_dim,
-                   center=np.asarray(center, dtype=np.float64),
+    found = ball if flat is None else flat
+    return SetSize(dim=dim, dim_method=how, radius=float(found.radius), free_dim=cs.free_dim, input_dim=cs.input_dim,
+                   center=np.asarray(found.center, dtype=np.float64), solver=found.solver,
                    seconds=time.perf_counter() - start)

@@ -87,6 +87,8 @@ def measure(cs: CollisionSet, *, config: GeometryConfig, progress: LpProgress | 
     (their mean over uniform directions, with its standard error, estimates the mean
     width). The samples come with the diagnostics of every statistic they are used for;
     ``sampler["converged"]`` False means those statistics are not to be reported.
+    ``lp`` says how the ball's LP went, ``solver`` naming which of HiGHS's solvers found it
+    (:attr:`collide.piecewise.ball.Ball.solver`).
     ``progress(stage, iterations, seconds)`` hears as each stage (``ball``, ``dimension``,
     ``widths``, ``samples``) begins and, about once a second, how far its LPs have come
     (:class:`collide.piecewise.highs.Heartbeat`).
@@ -145,8 +147,9 @@ def measure(cs: CollisionSet, *, config: GeometryConfig, progress: LpProgress | 
         dim=dim, dim_method=how, radius=ball.radius, center=ball.center, samples=samples,
         directions=widths.directions, extremes=widths.extremes, widths=widths.widths,
         n_positive=cs.n_positive, rank=cs.rank, free_dim=cs.free_dim, sampler=record,
-        lp={"outcome": ball.outcome, "rounds": ball.rounds, "region_rows_used": ball.region_rows_used,
-            "region_rows": len(cs.bounds) - cs.n_fixed, "rows": len(cs.bounds), "width_seconds": widths.seconds},
+        lp={"outcome": ball.outcome, "solver": ball.solver, "rounds": ball.rounds,
+            "region_rows_used": ball.region_rows_used, "region_rows": len(cs.bounds) - cs.n_fixed,
+            "rows": len(cs.bounds), "width_seconds": widths.seconds},
         seconds=time.perf_counter() - start,
     )
 
@@ -169,8 +172,9 @@ def _sizes_only(cs: CollisionSet, ball: Ball, dim: int, how: str, widths: Widths
         samples=np.repeat(cs.origin[None], config.n_samples, 0), directions=widths.directions,
         extremes=widths.extremes, widths=widths.widths, n_positive=cs.n_positive, rank=cs.rank,
         free_dim=cs.free_dim, sampler=record,
-        lp={"outcome": ball.outcome, "rounds": ball.rounds, "region_rows_used": ball.region_rows_used,
-            "region_rows": len(cs.bounds) - cs.n_fixed, "rows": len(cs.bounds), "width_seconds": widths.seconds},
+        lp={"outcome": ball.outcome, "solver": ball.solver, "rounds": ball.rounds,
+            "region_rows_used": ball.region_rows_used, "region_rows": len(cs.bounds) - cs.n_fixed,
+            "rows": len(cs.bounds), "width_seconds": widths.seconds},
         seconds=time.perf_counter() - start,
     )
 

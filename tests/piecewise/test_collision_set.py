@@ -95,6 +95,8 @@ def test_the_ball_is_the_chebyshev_lp_of_the_set_in_subspace_coordinates(ball_so
     assert res.status == 0
     assert geo.free_dim == k and geo.dim == k and geo.dim_method == "ball"
     assert abs(geo.radius - (-res.fun)) <= LP_OBJECTIVE * (1 + abs(res.fun))
+    # no region rows at relu1, so no round for the interior point to hand over
+    assert geo.lp["solver"] == ("simplex" if ball_solver == "simplex" else "interior point")
     # The stored ball lies inside every row.
     reach = np.linalg.norm(a @ basis, axis=1)
     center = geo.center.double().numpy()
@@ -261,6 +263,7 @@ def test_a_set_flattened_by_rows_tight_at_its_target_has_the_hulls_dimension_and
     # the ball in the hull: x3 = x4 = 0 at its centre, x6 ≤ x5, and room for the radius
     assert size.radius > 0.05 and abs(size.center[2]) + abs(size.center[3]) <= SET_EXACT
     assert size.center[5] <= size.center[4] + SET_EXACT
+    assert size.solver == ("simplex" if ball_solver == "simplex" else "interior point")  # the flat's ball
     # One point: x1 fixed, x2 ≤ 0 and x2 ≥ 0.
     point = collision_size(_net(([[1.0, 0.0], [0.0, 1.0]], [-0.5, 0.0])), "relu1", torch.tensor([0.7, 0.0]))
     assert (point.free_dim, point.dim, point.dim_method, point.radius) == (1, 0, "implicit-equalities", 0.0)
