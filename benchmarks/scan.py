@@ -101,7 +101,7 @@ def exact_row_costs(model: torch.nn.Module, images: torch.Tensor) -> dict[str, A
     """Seconds per example of the exact set's measurement in a screen, each alternative
     timed on the same examples in this process: the inscribed-ball LP with each
     coordinate measured from its near box face (the form it solves) against every box
-    face a row with free columns (the form it falls back to for a radius of 0), and the scan's
+    face a row with free columns (the form of the balls in a flat set's flat), and the scan's
     geometry (sizes only) against the same with four to eight width directions and the
     geometry the scan experiment's exact rows took first (before it screened with
     :func:`collide.scan`)."""

@@ -21,7 +21,6 @@ import highspy
 import numpy as np
 import scipy.sparse as sp
 
-from collide.errors import InternalError
 from collide.piecewise.collision_set import FLAT_ROW, LP_TOL, CollisionSet, mm, solve_with_region
 from collide.piecewise.highs import Heartbeat, LazyRun, add_rows, lp_model, solve_lazily
 
@@ -34,8 +33,11 @@ RADIUS_TOL = 1e-7
 _MAX_HULL_ROUNDS = 10
 
 # A row whose slack at the target is within this share of its terms is tight there: a
-# candidate implicit equality (collision_set raises a bound the target misses by as much).
-TIGHT_ROW = 1e-7
+# candidate implicit equality. collision_set leaves a bound the target misses at the
+# target's own value, so a tight row's slack is 0 but for the rounding of the product
+# (below 1e-13 of its terms at 784 inputs); a row truly slack at the target, however
+# little, is no implicit equality and must not be taken for one.
+TIGHT_ROW = 1e-12
 
 # A ball LP over at least this many region rows runs HiGHS's interior-point solver (IPX,
 # with crossover: a vertex optimum and its multipliers, as the simplex gives), not the
@@ -257,8 +259,10 @@ def _ball_every_box_row(cs: CollisionSet, *, pinned: np.ndarray | None, watch: H
     return Ball(center, radius, "optimal", rounds, int(added.sum()), duals, solver=solver)
 
 
-def implicit_equalities(cs: CollisionSet, *, watch: Heartbeat | None = None) -> np.ndarray:
-    """Which rows of :meth:`CollisionSet.all_rows` hold with equality all over C. (m + 2d,) bool
+def implicit_equalities(cs: CollisionSet, *, watch: Heartbeat | None = None) -> np.ndarray | None:
+    """Which rows of :meth:`CollisionSet.all_rows` hold with equality all over C and move on
+    its equality subspace (a row constant there constrains nothing in it); None where the
+    LP failed. (m + 2d,) bool
 
     Such a row is tight at the target t, so only the rows tight there (within
     :data:`TIGHT_ROW`) are candidates, and since C is convex and its other rows are slack at
@@ -269,11 +273,11 @@ def implicit_equalities(cs: CollisionSet, *, watch: Heartbeat | None = None) -> 
     such candidate to ``sᵢ = 1``, while a row that holds all over K keeps ``sᵢ = 0``: the
     optimum is 0 or 1 in each slack, far from any tolerance. A candidate counts as lifted
     only where the LP's direction, multiplied out here, leaves it at least half a unit off
-    its face (the rows scaled to unit reach). A row constant on the equality subspace
-    constrains nothing there and is never one. On LeNet-5's relu2 set of the first test 7
-    (1,723 candidates, free dimension 261) the LP took 1.6 s and found the set to be one
-    point, where Fukuda's rounds from the ball's multipliers stopped at the bound 261
-    (docs/performance.md). ``watch`` hears of the LP's iterations.
+    its face (the rows scaled to unit reach): that direction is a point of C off each face
+    it lifts, and the LP's optimum says no direction lifts the others. On LeNet-5's relu2
+    set of the first test 7 (1,723 candidates, free dimension 261) the LP took 1.6 s and
+    found the set to be one point, where Fukuda's rounds from the ball's multipliers
+    stopped at the bound 261 (docs/performance.md). ``watch`` hears of the LP's iterations.
     """
     a_all, b_all = cs.all_rows()
     x0 = cs.origin
@@ -293,58 +297,79 @@ def implicit_equalities(cs: CollisionSet, *, watch: Heartbeat | None = None) -> 
         # The optimum's slacks are unique (0 or 1), so the interior point's own answer
         # serves and crossover to a vertex is not needed: 1.6 s against 3.1 s with it,
         # 4.5 s by the dual simplex, on the relu2 set above (one-off, 2026-12-08).
-        h.setOptionValue("solver", "ipx")
+        if h.setOptionValue("solver", "ipx") != highspy.HighsStatus.kOk:  # before HiGHS 1.12
+            h.setOptionValue("solver", "ipm")
         h.setOptionValue("run_crossover", "off")
     no_rows = np.zeros(0)
-    run = solve_lazily(h, lambda _: no_rows, no_rows, np.zeros(0, dtype=bool), tol=LP_TOL, add=lambda _: None,
-                       watch=watch)
-    if run.solution is None and n >= IPM_REGION_ROWS:
-        h.setOptionValue("run_crossover", "on")
-        h.clearSolver()
+    for solver in ("as set", "simplex"):
+        if solver == "simplex":  # where the interior point ends without an optimum
+            h.setOptionValue("solver", "simplex")
+            h.clearSolver()
         run = solve_lazily(h, lambda _: no_rows, no_rows, np.zeros(0, dtype=bool), tol=LP_TOL,
                            add=lambda _: None, watch=watch)
-    if run.solution is None:
-        raise InternalError(f"the implicit-equality LP of the collision set ended {run.status}, though the target "
-                            "is in the set: report this with the model and target")
-    lifted = -mm(g, run.solution[:k]) >= 0.5
-    implicit[candidates[~lifted]] = True
-    return implicit
+        if run.solution is not None:
+            lifted = -mm(g, run.solution[:k]) >= 0.5
+            implicit[candidates[~lifted]] = True
+            return implicit
+        if n < IPM_REGION_ROWS:
+            break
+    return None
+
+
+def _rank_on_subspace(cs: CollisionSet, rows: np.ndarray) -> int:
+    """The rank of the rows ``rows`` (a mask over :meth:`CollisionSet.all_rows`) on the
+    equality subspace, each scaled to unit reach there, as :func:`collide.piecewise.hull.hull_frame`
+    counts it for the hull's frame; a row constant on the subspace adds nothing."""
+    a_all, _ = cs.all_rows()
+    reach_all, moving = _reach(cs, a_all)
+    rows = rows & moving
+    if not rows.any():
+        return 0
+    g = mm(a_all[rows], cs.basis) / reach_all[rows, None]
+    s = np.linalg.svd(g, compute_uv=False)
+    return int((s > s.max() * max(len(s), cs.free_dim) * np.finfo(np.float64).eps).sum())
 
 
 def hull_dimension(cs: CollisionSet, ball: Ball, *, watch: Heartbeat | None = None) -> tuple[int, str, Ball | None]:
     """The dimension of C's affine hull and how it was found.
 
     A positive radius puts a k-ball in C. A radius of 0 means rows hold with equality all
-    over C: :func:`implicit_equalities` finds them, the hull's dimension is k minus their
-    rank on the subspace, and the ball is solved again in the flat they leave, where a
-    positive radius confirms it. Should that ball still be flat (the LP's direction met a
-    row only to rounding), Fukuda's rounds go on from its multipliers: the ball LP is the
-    "largest common slack" LP, so at an optimum of 0 every row with a positive multiplier
-    is an implicit equality; those rows are pinned and the LP solved again, until a
-    positive radius is left or, past :data:`_MAX_HULL_ROUNDS`, ``k`` is returned as what it
-    is: an upper bound. The third value is the ball in the hull found that way (its
-    ``pinned`` rows); None where the hull is the subspace itself or one point. ``watch``
-    hears of the LPs' iterations.
+    over C: :func:`implicit_equalities` finds them, and the hull's dimension is k minus
+    their rank on the subspace. Where they leave more than a point, the ball is solved
+    again in the flat they leave, for its radius; should that ball still be flat (the
+    LP's direction met a row only to rounding), or the LP have failed, Fukuda's rounds go
+    on from the flat ball's multipliers: the ball LP is the "largest common slack" LP, so
+    at an optimum of 0 every row with a positive multiplier is an implicit equality;
+    those rows are pinned and the LP solved again, until a positive radius is left or,
+    past :data:`_MAX_HULL_ROUNDS`, ``k`` is returned as what it is: an upper bound. The
+    third value is the ball in the hull found that way (its ``pinned`` rows); None where
+    the hull is the subspace itself, one point, or only bounded. ``watch`` hears of the
+    LPs' iterations.
     """
     k = cs.free_dim
     if k == 0 or ball.radius > RADIUS_TOL:
         return k, "ball" if k else "point", None
-    a_all, _ = cs.all_rows()
     pinned = implicit_equalities(cs, watch=watch)
-    rank = int(np.linalg.matrix_rank(mm(a_all[pinned], cs.basis))) if pinned.any() else 0
-    if rank in (0, k):
-        # None: the LP's direction lifts every tight row, so C reaches every way from the
-        # target within its subspace (a ball too small for RADIUS_TOL). All: one point.
-        return k - rank, "implicit-equalities", None
+    if pinned is None:
+        # As before the cone's LP: the rows the every-face ball's multipliers name.
+        pinned = np.abs(_ball_every_box_row(cs, pinned=None, watch=watch).duals) > LP_TOL
+    elif not pinned.any():
+        # The LP's direction lifts every tight row: C reaches every way from the target
+        # within its subspace, though its ball is below RADIUS_TOL.
+        return k, "implicit-equalities", None
     for _ in range(_MAX_HULL_ROUNDS):
+        if not pinned.any():
+            break
+        rank = _rank_on_subspace(cs, pinned)
+        if rank == k:
+            return 0, "implicit-equalities", None  # one point: no ball to measure in it
         flat = inscribed_ball(cs, pinned=pinned, watch=watch)
         if not np.isfinite(flat.radius):
             break
         if flat.radius > RADIUS_TOL:
-            flat = dataclasses.replace(flat, pinned=pinned)
-            return k - int(np.linalg.matrix_rank(mm(a_all[pinned], cs.basis))), "implicit-equalities", flat
+            return k - rank, "implicit-equalities", dataclasses.replace(flat, pinned=pinned)
         moved = ~pinned & (np.abs(flat.duals) > LP_TOL)
         if not moved.any():
             break
-        pinned |= moved
+        pinned = pinned | moved
     return k, "upper-bound", None

@@ -22,7 +22,7 @@ from collide.errors import ConfigError, DataError, InternalError
 from collide.piecewise import ball as ball_lp
 from collide.piecewise import highs
 from collide.piecewise.ball import _ball_every_box_row, inscribed_ball
-from collide.piecewise.collision_set import FLAT_ROW
+from collide.piecewise.collision_set import FLAT_ROW, CollisionSet
 from collide.taps import preactivation
 from tests.support import shrunk_mlp
 from tests.tolerances import IMPLICIT_SLACK, LP_OBJECTIVE, MC_POLYGON_MEAN, PRODUCT_ORDER, SET_EXACT
@@ -139,7 +139,7 @@ def test_the_ball_measured_from_the_near_faces_is_the_ball_of_every_row_on_a_dee
     ball = inscribed_ball(cs)
     assert ball.box_rows_used == 2 * d and ball.radius == size.radius
     # Its multipliers are the rows' own, a near face's read from its column: the same as
-    # the form with every face a row, which the dimension's search reads.
+    # the form with every face a row, which Fukuda's rounds read.
     every = _ball_every_box_row(cs, pinned=None)
     assert np.abs(ball.duals).max() > 0
     np.testing.assert_allclose(np.abs(ball.duals), np.abs(every.duals), atol=LP_OBJECTIVE)
@@ -240,7 +240,7 @@ def _holds_all_over(cs, rows: np.ndarray) -> np.ndarray:
 
 
 @pytest.mark.parametrize("seed", [None, 0, 1, 2])
-def test_the_rows_found_to_hold_all_over_the_set_are_those_no_point_of_it_lifts(seed):
+def test_the_rows_found_to_hold_all_over_the_set_are_those_no_point_of_it_lifts(seed, ball_solver):
     if seed is None:
         model, target = _net(*FLAT_NET), FLAT_TARGET
     else:  # a random net on a target half on its lower faces, as MNIST's background is
@@ -267,6 +267,41 @@ def test_a_set_flattened_by_rows_tight_at_its_target_has_the_hulls_dimension_and
     # One point: x1 fixed, x2 ≤ 0 and x2 ≥ 0.
     point = collision_size(_net(([[1.0, 0.0], [0.0, 1.0]], [-0.5, 0.0])), "relu1", torch.tensor([0.7, 0.0]))
     assert (point.free_dim, point.dim, point.dim_method, point.radius) == (1, 0, "implicit-equalities", 0.0)
+
+
+def test_a_row_slack_at_the_target_however_little_is_no_implicit_equality():
+    # x3 = 0.5 fixed; x1 + x2 + 40 x3 ≤ 20 + 3e-7, slack 3e-7 at the target against terms of
+    # about 41, and the box: a triangle with legs of 3e-7 in (x1, x2), whose ball (8.8e-8)
+    # is below RADIUS_TOL, but two-dimensional all the same.
+    cs = CollisionSet(origin=np.array([0.0, 0.0, 0.5]), equalities=np.array([[0.0, 0.0, 1.0]]),
+                      basis=np.eye(3)[:, :2], rows=np.array([[1.0, 1.0, 40.0]]), bounds=np.array([20 + 3e-7]),
+                      n_fixed=1, lower=0.0, upper=1.0, n_positive=1)
+    ball = inscribed_ball(cs)
+    assert 0 < ball.radius <= ball_lp.RADIUS_TOL
+    assert not ball_lp.implicit_equalities(cs).any()  # x1 ≥ 0 and x2 ≥ 0 lift; the slack row is no candidate
+    assert ball_lp.hull_dimension(cs, ball) == (2, "implicit-equalities", None)
+
+
+def test_where_fukudas_rounds_pin_the_set_down_to_one_point_it_has_no_ball(monkeypatch):
+    # x1 = 0.7 fixed; x2 ≤ 0 and x3 ≤ 0 against the box's lower faces: one point. The cone's
+    # LP made to miss x3's rows, the rounds find them, and the point's radius is 0.
+    model = _net(([[1.0, 0.0, 0.0], [0.0, 1.0, 0.0], [0.0, 0.0, 1.0]], [-0.5, 0.0, 0.0]))
+    target = torch.tensor([0.7, 0.0, 0.0])
+    cs = _exact_set(model, "relu1", target, SMALL, ())
+    a_all, _ = cs.all_rows()
+    full = ball_lp.implicit_equalities(cs)
+    assert full.sum() == 4  # both units' rows and the box's lower faces of x2 and x3
+    partial = full & (a_all[:, 2] == 0)
+    monkeypatch.setattr(ball_lp, "implicit_equalities", lambda *_, **__: partial.copy())
+    assert ball_lp.hull_dimension(cs, inscribed_ball(cs)) == (0, "implicit-equalities", None)
+    size = collision_size(model, "relu1", target)
+    assert (size.dim, size.radius) == (0, 0.0)
+
+
+def test_where_the_cones_lp_fails_fukudas_rounds_give_the_same_dimension(monkeypatch):
+    monkeypatch.setattr(ball_lp, "implicit_equalities", lambda *_, **__: None)
+    size = collision_size(_net(*FLAT_NET), "relu1", FLAT_TARGET)
+    assert (size.free_dim, size.dim, size.dim_method) == (7, 5, "implicit-equalities") and size.radius > 0.05
 
 
 def test_where_the_cones_lp_misses_an_implicit_equality_fukudas_rounds_find_it(monkeypatch):
