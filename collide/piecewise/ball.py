@@ -23,6 +23,7 @@ import scipy.sparse as sp
 
 from collide.piecewise.collision_set import FLAT_ROW, LP_TOL, CollisionSet, mm, solve_with_region
 from collide.piecewise.highs import Heartbeat, LazyRun, add_rows, lp_model, solve_lazily
+from collide.piecewise.row_space import rank_of
 
 # A radius above this (input units) is a ball, not LP rounding: HiGHS meets rows to 1e-9.
 RADIUS_TOL = 1e-7
@@ -300,20 +301,21 @@ def implicit_equalities(cs: CollisionSet, *, watch: Heartbeat | None = None) -> 
         if h.setOptionValue("solver", "ipx") != highspy.HighsStatus.kOk:  # before HiGHS 1.12
             h.setOptionValue("solver", "ipm")
         h.setOptionValue("run_crossover", "off")
-    no_rows = np.zeros(0)
-    for solver in ("as set", "simplex"):
-        if solver == "simplex":  # where the interior point ends without an optimum
-            h.setOptionValue("solver", "simplex")
-            h.clearSolver()
-        run = solve_lazily(h, lambda _: no_rows, no_rows, np.zeros(0, dtype=bool), tol=LP_TOL,
-                           add=lambda _: None, watch=watch)
-        if run.solution is not None:
-            lifted = -mm(g, run.solution[:k]) >= 0.5
-            implicit[candidates[~lifted]] = True
-            return implicit
-        if n < IPM_REGION_ROWS:
-            break
-    return None
+    def run() -> LazyRun:  # solve_lazily with no lazy rows: one run, with its watch and Ctrl-C
+        no_rows = np.zeros(0)
+        return solve_lazily(h, lambda _: no_rows, no_rows, np.zeros(0, dtype=bool), tol=LP_TOL,
+                            add=lambda _: None, watch=watch)
+
+    solved = run()
+    if solved.solution is None and n >= IPM_REGION_ROWS:  # the interior point without an optimum
+        h.setOptionValue("solver", "simplex")
+        h.clearSolver()
+        solved = run()
+    if solved.solution is None:
+        return None
+    lifted = -mm(g, solved.solution[:k]) >= 0.5
+    implicit[candidates[~lifted]] = True
+    return implicit
 
 
 def _rank_on_subspace(cs: CollisionSet, rows: np.ndarray) -> int:
@@ -325,9 +327,8 @@ def _rank_on_subspace(cs: CollisionSet, rows: np.ndarray) -> int:
     rows = rows & moving
     if not rows.any():
         return 0
-    g = mm(a_all[rows], cs.basis) / reach_all[rows, None]
-    s = np.linalg.svd(g, compute_uv=False)
-    return int((s > s.max() * max(len(s), cs.free_dim) * np.finfo(np.float64).eps).sum())
+    s = np.linalg.svd(mm(a_all[rows], cs.basis) / reach_all[rows, None], compute_uv=False)
+    return rank_of(s, (len(s), cs.free_dim))
 
 
 def hull_dimension(cs: CollisionSet, ball: Ball, *, watch: Heartbeat | None = None) -> tuple[int, str, Ball | None]:

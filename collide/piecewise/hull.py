@@ -9,6 +9,7 @@ import torch
 
 from collide.piecewise.ball import Ball
 from collide.piecewise.collision_set import FLAT_ROW, CollisionSet, mm
+from collide.piecewise.row_space import rank_of
 
 
 @dataclass(frozen=True)
@@ -57,7 +58,7 @@ def hull_frame(cs: CollisionSet, ball: Ball, flat: Ball | None) -> tuple[np.ndar
     if flat is not None:
         # The subspace cut down by the rows pinned to equality.
         _, s_t, vt_t = torch.linalg.svd(torch.from_numpy(mm(a_all[flat.pinned], cs.basis)), full_matrices=True)
-        rank = int((s_t > s_t.max() * max(len(s_t), cs.free_dim) * np.finfo(np.float64).eps).sum())
+        rank = rank_of(s_t.numpy(), (len(s_t), cs.free_dim))
         basis, centre = mm(cs.basis, vt_t.numpy()[rank:].T), flat.center
     # On the set's own subspace, the reach the ball LP used: the same rows move for both.
     reach = cs.reach_all() if flat is None else np.linalg.norm(mm(a_all, basis), axis=1)
