@@ -347,10 +347,14 @@ class Geometry:
     found by LP. ``samples``: points of the set by hit-and-run (``sampler`` has the
     chains, steps and the mixing diagnostics: read them before taking the samples for
     uniform). ``models`` > 1: the set of inputs that collide with the target in every
-    model at once.
+    model at once. ``pinned``: where the set is flat, the rows found to hold with
+    equality all over it (indices into its rows, as
+    :meth:`collide.piecewise.collision_set.CollisionSet.all_rows` orders them), and
+    ``pinned_weights`` the certificate that they do (None where there is none:
+    docs/storage.md says how to check it).
 
     Shapes: center (*input); samples (n, *input); directions (w, *input);
-    extremes (2w, *input); widths (w,), float64.
+    extremes (2w, *input); widths (w,), float64; pinned (p,) int64; pinned_weights (p,) float64.
     """
 
     dim: int
@@ -370,6 +374,8 @@ class Geometry:
     sampler: dict[str, Any]
     lp: dict[str, Any]
     seconds: float
+    pinned: np.ndarray | None = None
+    pinned_weights: np.ndarray | None = None
 
     def to_dict(self) -> dict[str, Any]:
         """The scalars, as a row's attrs store them."""
@@ -416,7 +422,7 @@ def collision_geometry(
         extremes=torch.from_numpy(found.extremes).view(-1, *shape), widths=torch.from_numpy(found.widths),
         n_positive=found.n_positive, rank=found.rank, free_dim=found.free_dim, input_dim=cs.input_dim,
         models=1 + len(also), box=(config.lower, config.upper), sampler=found.sampler, lp=found.lp,
-        seconds=found.seconds,
+        seconds=found.seconds, pinned=found.pinned, pinned_weights=found.pinned_weights,
     )
 
 
@@ -450,7 +456,8 @@ class SetSize:
     cost. No widths and no samples: those are :func:`collision_geometry`'s. ``center``:
     the ball's centre, flat like the input (float64), so that anyone can check the ball
     lies in the set. ``solver``: which of HiGHS's solvers found the ball
-    (:attr:`collide.piecewise.ball.Ball.solver`)."""
+    (:attr:`collide.piecewise.ball.Ball.solver`). ``pinned``, ``pinned_weights``: as
+    :class:`Geometry`'s, the flat's rows and their certificate."""
 
     dim: int
     dim_method: str
@@ -460,6 +467,8 @@ class SetSize:
     seconds: float
     center: np.ndarray
     solver: str
+    pinned: np.ndarray | None = None
+    pinned_weights: np.ndarray | None = None
 
 
 def collision_size(
@@ -483,8 +492,8 @@ def collision_size(
         raise InternalError(f"the inscribed-ball LP of the collision set failed ({ball.outcome}), though the "
                             "target is in the set: report this with the model and target")
     search_runs = cs.free_dim and ball.radius <= RADIUS_TOL  # the dimension's search has LPs to run
-    dim, how, flat = hull_dimension(cs, ball, watch=heartbeat(progress, "dimension") if search_runs else None)
-    found = ball if flat is None else flat
-    return SetSize(dim=dim, dim_method=how, radius=float(found.radius), free_dim=cs.free_dim, input_dim=cs.input_dim,
-                   center=np.asarray(found.center, dtype=np.float64), solver=found.solver,
-                   seconds=time.perf_counter() - start)
+    hull = hull_dimension(cs, ball, watch=heartbeat(progress, "dimension") if search_runs else None)
+    found = ball if hull.flat is None else hull.flat
+    return SetSize(dim=hull.dim, dim_method=hull.method, radius=float(found.radius), free_dim=cs.free_dim,
+                   input_dim=cs.input_dim, center=np.asarray(found.center, dtype=np.float64), solver=found.solver,
+                   seconds=time.perf_counter() - start, **hull.pinned_rows())

@@ -86,7 +86,9 @@ class ScanConfig:
         threads: examples whose exact sets the screen measures at once (0: a thread per core this process may
             take).
         centers: keep each exact set's ball centre (column ``center``: the input flattened, float64; None
-            without one), so that a reader can check each ball lies in its set.
+            without one), so that a reader can check each ball lies in its set, and where a set is flat its
+            pinned rows and their certificate (columns ``pinned``, ``pinned_weights``:
+            :class:`collide.api.SetSize`'s), so that a reader can check its dimension.
         vertices: keep each example's gradient vertices and which of them are valid (columns ``vertices``:
             the n_vertices inputs flattened into one float32 array, and ``vertex_valid``; None where the
             example has no polytope), so that a reader can recompute its valid vertices and spread.
@@ -197,10 +199,10 @@ def _screen(model: nn.Module, site: Site, x: torch.Tensor, y: torch.Tensor | Non
         for row, size in zip(rows, sizes, strict=True):
             row.update(dim=size.dim, dim_method=size.dim_method, radius=size.radius, exact=True)
             if config.centers:
-                row["center"] = size.center
+                row.update(center=size.center, pinned=size.pinned, pinned_weights=size.pinned_weights)
     elif config.centers:
         for row in rows:
-            row["center"] = None
+            row.update(center=None, pinned=None, pinned_weights=None)
     return rows
 
 
@@ -215,7 +217,7 @@ def rank_examples(frame: pd.DataFrame, by: str) -> pd.DataFrame:
 
 
 # Columns a scan keeps only when asked (ScanConfig.centers, .vertices).
-KEPT = ("center", "vertices", "vertex_valid")
+KEPT = ("center", "pinned", "pinned_weights", "vertices", "vertex_valid")
 
 
 def _rank(frame: pd.DataFrame, by: str) -> pd.DataFrame:
@@ -270,7 +272,8 @@ def scan(
         ``spread``, ``dim`` (and ``dim_method``), ``radius``, ``mean_width`` with
         ``mean_width_se`` (certified examples), ``exact`` (the set was measured),
         ``reason`` (why an example has no polytope or no exact set); ``rank_by``,
-        ``size`` (the ranked value) and ``rank``; with ``config.centers``, ``center``.
+        ``size`` (the ranked value) and ``rank``; with ``config.centers``, ``center``,
+        ``pinned`` and ``pinned_weights``.
         ``attrs["layer_passed_by"]``: whether a skip connection passes ``layer`` by
         (:func:`collide.skips.passed_by`; logged as a warning): the sizes are then the
         layer's, and inputs in a set can still be told apart by the output.

@@ -447,9 +447,12 @@ def _verify(args: argparse.Namespace) -> int:
             counted = f"{many} {what}" if many == 1 else f"{many} {'points' if what == 'point' else 'vertices'}"
             if "counted_region_samples" in r:
                 counted += f" and {r['counted_region_samples']} collision-set samples"
+                if "region_dim_certified" in r:
+                    counted += f" (its dimension {'certified' if r['region_dim_certified'] else 'not certified'})"
             # A scan row's own sizes, each example's around its stored image.
             scanned = [f"{r[key]} examples' {what}" for key, what in (("checked_scan_vertices", "vertices"),
-                                                                     ("checked_scan_balls", "balls"))
+                                                                     ("checked_scan_balls", "balls"),
+                                                                     ("certified_scan_dims", "certified dimensions"))
                        if key in r]
             if scanned:
                 counted += ", and the scan's " + " and ".join(scanned)

@@ -35,6 +35,7 @@ import flows  # noqa: E402, F401
 from collide.config import RowSpec  # noqa: E402
 from collide.experiments import engine, mnist  # noqa: E402
 from collide.experiments.mnist import MnistExperiment  # noqa: E402
+from collide.piecewise import ball as ball_lp  # noqa: E402
 from tests.support import SHARED_WORKER, small_mnist_config, synthetic_mnist  # noqa: E402
 
 
@@ -120,3 +121,14 @@ def mlp_model():
     with torch.random.fork_rng():
         torch.manual_seed(0)
         return mlp().eval()
+
+
+@pytest.fixture(params=["simplex", "interior-point", "interior-point-then-simplex"])
+def ball_solver(request, monkeypatch) -> str:
+    """The ball LPs by either of HiGHS's solvers, whatever the set's size, or by the
+    interior point handing every round after its first to the simplex: the MNIST models'
+    large sets take the interior point (ball.IPM_REGION_ROWS) and hand it their last
+    rounds (ball.SIMPLEX_TAIL_ROWS), these small ones the simplex unless told."""
+    monkeypatch.setattr(ball_lp, "IPM_REGION_ROWS", 10**9 if request.param == "simplex" else 0)
+    monkeypatch.setattr(ball_lp, "SIMPLEX_TAIL_ROWS", 10**9 if request.param.endswith("then-simplex") else 0)
+    return request.param

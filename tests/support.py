@@ -10,6 +10,7 @@ from collections import OrderedDict
 from pathlib import Path
 
 import numpy as np
+import scipy.optimize
 import torch
 from torch import nn
 
@@ -17,6 +18,7 @@ from collide.config import GeometryConfig, GradientConfig, PaperConfig, SampleCo
 from collide.experiments.mnist import MnistExperiment
 from collide.objective import feature_rel_error
 from collide.taps import preactivation
+from tests.tolerances import IMPLICIT_SLACK
 
 # The repository's root: tests read its README, docs, pyproject and reference tables.
 PROJECT = Path(__file__).resolve().parent.parent
@@ -147,3 +149,37 @@ def tiny_conv_net() -> nn.Module:
         return nn.Sequential(OrderedDict(
             conv=nn.Conv2d(1, 2, 3), relu1=nn.ReLU(), pool=nn.MaxPool2d(2), flatten=nn.Flatten(),
             fc=nn.Linear(2 * 3 * 3, 8), relu2=nn.ReLU())).eval()
+
+
+def relu_net(*weights: tuple[list[list[float]], list[float]]) -> nn.Sequential:
+    """Linear layers of the given (weight, bias) each followed by a ReLU: ``fc1``,
+    ``relu1``, ``fc2``, ..."""
+    layers: OrderedDict[str, nn.Module] = OrderedDict()
+    for k, (w, b) in enumerate(weights, start=1):
+        fc = nn.Linear(len(w[0]), len(w))
+        with torch.no_grad():
+            fc.weight.copy_(torch.tensor(w))
+            fc.bias.copy_(torch.tensor(b))
+        layers[f"fc{k}"], layers[f"relu{k}"] = fc, nn.ReLU()
+    return nn.Sequential(layers)
+
+
+# A set flattened by rows tight at its target, some holding all over it and some not:
+# x1 = 0.6 (an equality); x3 + x4 ≤ 0 with the box's x3, x4 ≥ 0 pins x3 = x4 = 0; x5 and x6
+# sit on their lower faces at the target, but x6 ≤ x5 lets both rise; x2, x7, x8 are inside.
+# The equality subspace's dimension is 7, the hull's 5.
+FLAT_NET = (([[1.0, 0, 0, 0, 0, 0, 0, 0], [0, 0, 1.0, 1.0, 0, 0, 0, 0], [0, 0, 0, 0, -1.0, 1.0, 0, 0]],
+             [-0.3, 0.0, 0.0]),)
+FLAT_TARGET = torch.tensor([0.6, 0.3, 0.0, 0.0, 0.0, 0.0, 0.5, 0.2])
+
+
+def holds_all_over(cs, rows: np.ndarray) -> np.ndarray:
+    """Oracle: each row's largest slack over C by scipy's LP (one LP a row), at most rounding."""
+    a_all, b_all = cs.all_rows()
+    out = []
+    for i in rows:
+        res = scipy.optimize.linprog(a_all[i], A_ub=a_all, b_ub=b_all, A_eq=cs.equalities,
+                                     b_eq=cs.equalities @ cs.origin, bounds=(None, None), method="highs")
+        assert res.status == 0, res.message
+        out.append(b_all[i] - res.fun <= IMPLICIT_SLACK)
+    return np.array(out, dtype=bool)

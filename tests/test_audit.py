@@ -120,7 +120,8 @@ def test_kept_centres_are_each_sets_ball_and_a_stored_chunk_keeps_them(tmp_path)
     config = ScanConfig(n_vertices=3, gradient=collide.GradientConfig(max_steps=1000), chunk=4, centers=True)
     model = _model()
     frame = collide.scan(model, "2", x, labels=y, config=config, store=tmp_path)
-    assert list(frame.columns) == [*COLUMNS, "center"]
+    assert list(frame.columns) == [*COLUMNS, "center", "pinned", "pinned_weights"]
+    assert frame["pinned"].isna().all()  # none of these sets is flat
     w, b = (t.detach().double().numpy() for t in (model[1].weight, model[1].bias))
     for row in frame.itertuples():
         size = collision_size(model, "2", x[row.index], config=config.geometry)

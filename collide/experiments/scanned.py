@@ -36,6 +36,9 @@ from collide.solvers import solver_for
 SCAN_COLUMNS = ("index", "label", "prediction", "confidence", "correct", "valid_vertices", "spread", "dim",
                 "radius", "mean_width", "mean_width_se", "rank")
 PREFIX = "scan_"
+# A flat set's pinned rows and their certificate, one run of entries per example
+# (``scan_pinned_count`` long, -1 where it has none), kept as one array each: not columns.
+RAGGED = ("pinned", "pinned_weights", "pinned_count")
 
 def seeds_context(seeds: dict[str, dict[str, Any]], test_images: torch.Tensor, *,
                   config: ScannedExperiment) -> dict[str, Any]:
@@ -115,6 +118,8 @@ def scan_row(config: MnistExperiment, *, row: int, seed: int, checkpoint: str, i
         d = x[0].numel()
         arrays[f"{PREFIX}center"] = np.stack([np.full(d, np.nan) if c is None else np.asarray(c, dtype=np.float64)
                                               for c in frame["center"]])
+        if "pinned" in frame:  # chunks kept from before the column carry none
+            arrays.update({f"{PREFIX}{k}": v for k, v in _pinned_runs(frame).items()})
     if "vertices" in frame:  # what each example's valid vertices and spread are computed from
         shape = (measure.n_vertices, *x.shape[1:])
         arrays[f"{PREFIX}vertices"] = np.stack([np.full(shape, np.nan, dtype=np.float32) if v is None else
@@ -147,7 +152,8 @@ def read_scans(store: ExperimentStore) -> pd.DataFrame:
     for r in store.rows():
         arrays, attrs = store.read_row(r)
         part = pd.DataFrame({k[len(PREFIX):]: v for k, v in arrays.items()
-                             if k.startswith(PREFIX) and v.ndim == 1})  # not the balls' centres and images
+                             if k.startswith(PREFIX) and v.ndim == 1  # not the balls' centres and images
+                             and k[len(PREFIX):] not in RAGGED})
         if "reason" in part:  # rows written before the reasons were kept lack it
             texts = [*attrs.get("scan_reasons", []), ""]  # code -1: none
             part["reason"] = [texts[int(c)] for c in part["reason"]]
@@ -155,3 +161,22 @@ def read_scans(store: ExperimentStore) -> pd.DataFrame:
         part.insert(1, "row", r)
         frames.append(part)
     return pd.concat(frames, ignore_index=True) if frames else pd.DataFrame()
+
+
+def _pinned_runs(frame: pd.DataFrame) -> dict[str, np.ndarray]:
+    """The examples' pinned rows and weights end to end (:data:`RAGGED`), with each
+    example's count: -1 where it has none, and NaN weights where its rows have no
+    certificate."""
+    rows, weights, counts = [], [], []
+    for pinned, w in zip(frame["pinned"], frame["pinned_weights"], strict=True):
+        if not isinstance(pinned, np.ndarray | list):  # None, or NaN from a chunk without the column
+            counts.append(-1)
+            continue
+        pinned = np.asarray(pinned, dtype=np.int64)
+        counts.append(len(pinned))
+        rows.append(pinned)
+        weights.append(np.asarray(w, dtype=np.float64) if isinstance(w, np.ndarray | list)
+                       else np.full(len(pinned), np.nan))
+    return {"pinned": np.concatenate([np.zeros(0, dtype=np.int64), *rows]),
+            "pinned_weights": np.concatenate([np.zeros(0), *weights]),
+            "pinned_count": np.asarray(counts, dtype=np.int64)}

@@ -7,9 +7,10 @@ which hands the last rounds, those that add few rows, to the simplex (SIMPLEX_TA
 A positive radius puts a ball of the equality subspace's dimension in C; a radius of 0
 means some rows hold with equality all over C (implicit equalities). They are among the
 rows tight at the target, and one LP over the cone those rows leave finds every one of
-them (:func:`implicit_equalities`); they are pinned and the ball solved again in the flat
-they leave, with Fukuda's rounds (the "largest common slack" LP's multipliers) as the
-fallback where that ball is still flat.
+them (:func:`implicit_equalities`), its dual their certificate (:class:`Equalities`);
+they are pinned and the ball solved again in the flat they leave, with Fukuda's rounds
+(the "largest common slack" LP's multipliers) as the fallback where that ball is still
+flat.
 """
 
 from __future__ import annotations
@@ -23,7 +24,7 @@ import scipy.sparse as sp
 
 from collide.piecewise.collision_set import FLAT_ROW, LP_TOL, CollisionSet, mm, solve_with_region
 from collide.piecewise.highs import Heartbeat, LazyRun, add_rows, lp_model, solve_lazily
-from collide.piecewise.row_space import rank_of
+from collide.piecewise.row_space import rank_of, svd
 
 # A radius above this (input units) is a ball, not LP rounding: HiGHS meets rows to 1e-9.
 RADIUS_TOL = 1e-7
@@ -260,10 +261,41 @@ def _ball_every_box_row(cs: CollisionSet, *, pinned: np.ndarray | None, watch: H
     return Ball(center, radius, "optimal", rounds, int(added.sum()), duals, solver=solver)
 
 
-def implicit_equalities(cs: CollisionSet, *, watch: Heartbeat | None = None) -> np.ndarray | None:
+@dataclass(frozen=True)
+class Equalities:
+    """Rows of :meth:`CollisionSet.all_rows` that hold with equality all over C (``rows``,
+    (m + 2d,) bool) and, where an LP's dual gave one, their certificate (``weights``,
+    (m + 2d,) float64, 0 off ``rows``; None where there is none): weights ``yᵢ ≥ 1`` whose
+    combination of the rows, each scaled to unit reach on the equality subspace, vanishes
+    there, ``Σ yᵢ aᵢB/‖aᵢB‖ = 0``. Every row holds on C, and each is tight at the target t,
+    so for x = t + Bz in C the combination ``Σ yᵢ (aᵢx − bᵢ)/‖aᵢB‖`` is a sum of terms ≤ 0
+    that equals 0: each term is 0, and every such row holds with equality on all of C.
+    Anyone can check that with the rows rebuilt from the model and one product
+    (:func:`collide.results.verify.flat_claim`)."""
+
+    rows: np.ndarray
+    weights: np.ndarray | None = None
+
+
+def certificate_weights(g: np.ndarray, y: np.ndarray) -> np.ndarray | None:
+    """The LP's multipliers ``y`` of rows ``g`` (unit reach, in the subspace's coordinates)
+    made into an exact-as-float certificate: moved the least way onto ``{y : gᵀy = 0}``
+    (the interior point stops within its dual tolerance of it, about 1e-7, which a
+    referee's bound would carry times the set's diameter) and scaled to a least weight of
+    1; None where that leaves a weight below half (no certificate). (n, k), (n,) -> (n,)"""
+    u, s, vt = svd(np.ascontiguousarray(g.T))
+    r = rank_of(s, g.shape)
+    # gᵀy lies in gᵀ's range, so the least-norm w with gᵀw = gᵀy takes all of it away.
+    along = mm(u[:, :r].T, mm(g.T, y[:, None]))[:, 0] / s[:r]
+    y = y - mm(vt[:r].T, along[:, None])[:, 0]
+    least = float(y.min(initial=np.inf))
+    return y / least if least >= 0.5 else None
+
+
+def implicit_equalities(cs: CollisionSet, *, watch: Heartbeat | None = None) -> Equalities | None:
     """Which rows of :meth:`CollisionSet.all_rows` hold with equality all over C and move on
-    its equality subspace (a row constant there constrains nothing in it); None where the
-    LP failed. (m + 2d,) bool
+    its equality subspace (a row constant there constrains nothing in it), with the LP's
+    dual as their certificate (:class:`Equalities`); None where the LP failed.
 
     Such a row is tight at the target t, so only the rows tight there (within
     :data:`TIGHT_ROW`) are candidates, and since C is convex and its other rows are slack at
@@ -315,7 +347,15 @@ def implicit_equalities(cs: CollisionSet, *, watch: Heartbeat | None = None) -> 
         return None
     lifted = -mm(g, solved.solution[:k]) >= 0.5
     implicit[candidates[~lifted]] = True
-    return implicit
+    # The dual of the cone's LP: multipliers y ≥ 0 of its rows with gᵀy = 0 (z's reduced
+    # costs) and y ≥ 1 wherever a slack stays at 0 (sᵢ's): the certificate.
+    y = -np.asarray(h.getSolution().row_dual)[~lifted]
+    found = certificate_weights(g[~lifted], y) if (~lifted).any() else None
+    weights = None
+    if found is not None:
+        weights = np.zeros(len(b_all))
+        weights[candidates[~lifted]] = found
+    return Equalities(implicit, weights)
 
 
 def _rank_on_subspace(cs: CollisionSet, rows: np.ndarray) -> int:
@@ -331,46 +371,69 @@ def _rank_on_subspace(cs: CollisionSet, rows: np.ndarray) -> int:
     return rank_of(s, (len(s), cs.free_dim))
 
 
-def hull_dimension(cs: CollisionSet, ball: Ball, *, watch: Heartbeat | None = None) -> tuple[int, str, Ball | None]:
+@dataclass(frozen=True)
+class Hull:
+    """C's affine hull as :func:`hull_dimension` found it: its dimension and how
+    (``method``), the ball in it where C is flat and more than a point (``flat``, its
+    ``pinned`` rows), and the rows found to hold with equality all over C (``pinned``,
+    (m + 2d,) bool; None where none were) with their certificate (``weights``, as
+    :class:`Equalities`; None where Fukuda's rounds, which give none, pinned any)."""
+
+    dim: int
+    method: str
+    flat: Ball | None = None
+    pinned: np.ndarray | None = None
+    weights: np.ndarray | None = None
+
+    def pinned_rows(self) -> dict[str, np.ndarray | None]:
+        """The pinned rows as indices (``pinned``, int64) and their certificate's weights on
+        them (``pinned_weights``), as a measured set keeps them; None where there are none."""
+        if self.pinned is None:
+            return {"pinned": None, "pinned_weights": None}
+        rows = np.flatnonzero(self.pinned)
+        return {"pinned": rows, "pinned_weights": None if self.weights is None else self.weights[rows]}
+
+
+def hull_dimension(cs: CollisionSet, ball: Ball, *, watch: Heartbeat | None = None) -> Hull:
     """The dimension of C's affine hull and how it was found.
 
     A positive radius puts a k-ball in C. A radius of 0 means rows hold with equality all
-    over C: :func:`implicit_equalities` finds them, and the hull's dimension is k minus
-    their rank on the subspace. Where they leave more than a point, the ball is solved
-    again in the flat they leave, for its radius; should that ball still be flat (the
-    LP's direction met a row only to rounding), or the LP have failed, Fukuda's rounds go
-    on from the flat ball's multipliers: the ball LP is the "largest common slack" LP, so
-    at an optimum of 0 every row with a positive multiplier is an implicit equality;
-    those rows are pinned and the LP solved again, until a positive radius is left or,
-    past :data:`_MAX_HULL_ROUNDS`, ``k`` is returned as what it is: an upper bound. The
-    third value is the ball in the hull found that way (its ``pinned`` rows); None where
-    the hull is the subspace itself, one point, or only bounded. ``watch`` hears of the
-    LPs' iterations.
+    over C: :func:`implicit_equalities` finds them, with their certificate, and the hull's
+    dimension is k minus their rank on the subspace. Where they leave more than a point,
+    the ball is solved again in the flat they leave, for its radius; should that ball
+    still be flat (the LP's direction met a row only to rounding), or the LP have failed,
+    Fukuda's rounds go on from the flat ball's multipliers: the ball LP is the "largest
+    common slack" LP, so at an optimum of 0 every row with a positive multiplier is an
+    implicit equality; those rows are pinned and the LP solved again, until a positive
+    radius is left or, past :data:`_MAX_HULL_ROUNDS`, ``k`` is returned as what it is: an
+    upper bound. ``watch`` hears of the LPs' iterations.
     """
     k = cs.free_dim
     if k == 0 or ball.radius > RADIUS_TOL:
-        return k, "ball" if k else "point", None
-    pinned = implicit_equalities(cs, watch=watch)
-    if pinned is None:
+        return Hull(k, "ball" if k else "point")
+    found = implicit_equalities(cs, watch=watch)
+    if found is None:
         # As before the cone's LP: the rows the every-face ball's multipliers name.
-        pinned = np.abs(_ball_every_box_row(cs, pinned=None, watch=watch).duals) > LP_TOL
-    elif not pinned.any():
+        pinned, weights = np.abs(_ball_every_box_row(cs, pinned=None, watch=watch).duals) > LP_TOL, None
+    elif not found.rows.any():
         # The LP's direction lifts every tight row: C reaches every way from the target
         # within its subspace, though its ball is below RADIUS_TOL.
-        return k, "implicit-equalities", None
+        return Hull(k, "implicit-equalities")
+    else:
+        pinned, weights = found.rows, found.weights
     for _ in range(_MAX_HULL_ROUNDS):
         if not pinned.any():
             break
         rank = _rank_on_subspace(cs, pinned)
-        if rank == k:
-            return 0, "implicit-equalities", None  # one point: no ball to measure in it
+        if rank == k:  # one point: no ball to measure in it
+            return Hull(0, "implicit-equalities", None, pinned, weights)
         flat = inscribed_ball(cs, pinned=pinned, watch=watch)
         if not np.isfinite(flat.radius):
             break
         if flat.radius > RADIUS_TOL:
-            return k - rank, "implicit-equalities", dataclasses.replace(flat, pinned=pinned)
+            return Hull(k - rank, "implicit-equalities", dataclasses.replace(flat, pinned=pinned), pinned, weights)
         moved = ~pinned & (np.abs(flat.duals) > LP_TOL)
         if not moved.any():
             break
-        pinned = pinned | moved
-    return k, "upper-bound", None
+        pinned, weights = pinned | moved, None  # the rounds' rows come without a certificate
+    return Hull(k, "upper-bound")

@@ -11,7 +11,9 @@ Of the set C of :mod:`collide.piecewise.collision_set`:
   C: all are tight at the target, and one LP over the cone of directions that keep the
   tight rows finds every one (:func:`collide.piecewise.ball.implicit_equalities`); the
   dimension is k less their rank, confirmed by a ball in the flat they leave, with
-  Fukuda's largest-common-slack rounds as the fallback;
+  Fukuda's largest-common-slack rounds as the fallback. The LP's dual certifies that
+  those rows hold all over C (:class:`collide.piecewise.ball.Equalities`), and is kept
+  with them for a referee;
 - the **widths** along directions drawn uniformly on the unit sphere of C's affine hull
   (within the flat left by pinned rows, when there are any) are two LPs each; the mean
   over directions is an unbiased estimate of C's mean width, reported with its standard
@@ -48,7 +50,7 @@ import numpy as np
 
 from collide.config import GeometryConfig
 from collide.errors import InternalError
-from collide.piecewise.ball import RADIUS_TOL, Ball, hull_dimension, inscribed_ball
+from collide.piecewise.ball import RADIUS_TOL, Ball, Hull, hull_dimension, inscribed_ball
 from collide.piecewise.collision_set import CollisionSet, mm, onto
 from collide.piecewise.highs import LpProgress, heartbeat
 from collide.piecewise.hull import hull_frame, hull_polytope
@@ -60,8 +62,14 @@ from collide.piecewise.widths import WIDTH_TOL, Widths, extents
 class SetGeometry:
     """What :func:`measure` found: dimension (and how), ball, widths, samples, costs.
 
+    The ball (``center``, ``radius``) is the largest in C's affine hull: in the flat left
+    by the rows pinned to equality where C is flat. ``pinned``: those rows, as indices
+    into :meth:`~collide.piecewise.collision_set.CollisionSet.all_rows` (None where the
+    dimension needed none), and ``pinned_weights`` their certificate
+    (:class:`collide.piecewise.ball.Equalities`; None where it has none).
+
     Shapes: center (d,); samples (n, d); directions (w, d); extremes (2w, d); widths (w,),
-    float64 in input units.
+    float64 in input units; pinned (p,) int64; pinned_weights (p,) float64.
     """
 
     dim: int
@@ -78,6 +86,8 @@ class SetGeometry:
     sampler: dict[str, Any] = field(default_factory=dict)
     lp: dict[str, Any] = field(default_factory=dict)
     seconds: float = 0.0
+    pinned: np.ndarray | None = None
+    pinned_weights: np.ndarray | None = None
 
 
 def measure(cs: CollisionSet, *, config: GeometryConfig, progress: LpProgress | None = None) -> SetGeometry:
@@ -101,7 +111,7 @@ def measure(cs: CollisionSet, *, config: GeometryConfig, progress: LpProgress | 
                            "target is in the set: report this with the model and target")
     widths_config = {"min_directions": config.n_directions, "max_directions": config.max_directions,
                      "rel_se": config.width_rel_se, "seed": config.seed}
-    dim, how, flat, widths = cs.free_dim, "ball" if cs.free_dim else "point", None, None
+    hull, widths = Hull(cs.free_dim, "ball" if cs.free_dim else "point"), None
     if cs.free_dim and ball.radius <= RADIUS_TOL:
         # A set of dimension ≥ 1 has a positive width along a random direction of its
         # subspace with probability 1: zero along every one drawn, it is one point.
@@ -109,11 +119,12 @@ def measure(cs: CollisionSet, *, config: GeometryConfig, progress: LpProgress | 
         probe = extents(cs, cs.basis, center=None, free=None, **{**widths_config, "max_directions": max(
             1, config.n_directions)}, watch=searching)
         if probe.widths.max() <= WIDTH_TOL:
-            dim, how, widths = 0, "widths", probe
+            hull, widths = Hull(0, "widths"), probe
         else:
-            dim, how, flat = hull_dimension(cs, ball, watch=searching)
+            hull = hull_dimension(cs, ball, watch=searching)
+    dim, how, flat = hull.dim, hull.method, hull.flat
     if config.sizes_only:
-        return _sizes_only(cs, ball, dim, how, widths, config, start)
+        return _sizes_only(cs, ball, hull, widths, config, start)
     basis, centre, free = hull_frame(cs, ball, flat)
     if widths is None:
         # Directions uniform on the hull's own sphere (not the subspace's): a direction
@@ -143,23 +154,28 @@ def measure(cs: CollisionSet, *, config: GeometryConfig, progress: LpProgress | 
                            config=config, deadline=deadline)
         samples = onto(cs, basis, cs.origin + mm(z, basis.T))
         _check_inside(cs, samples, free)
+    in_hull = ball if flat is None else flat
     return SetGeometry(
-        dim=dim, dim_method=how, radius=ball.radius, center=ball.center, samples=samples,
+        dim=dim, dim_method=how, radius=in_hull.radius, center=in_hull.center, samples=samples,
         directions=widths.directions, extremes=widths.extremes, widths=widths.widths,
         n_positive=cs.n_positive, rank=cs.rank, free_dim=cs.free_dim, sampler=record,
-        lp={"outcome": ball.outcome, "solver": ball.solver, "rounds": ball.rounds,
-            "region_rows_used": ball.region_rows_used, "region_rows": len(cs.bounds) - cs.n_fixed,
-            "rows": len(cs.bounds), "width_seconds": widths.seconds},
-        seconds=time.perf_counter() - start,
+        lp=_lp_record(cs, in_hull, widths), seconds=time.perf_counter() - start, **hull.pinned_rows(),
     )
 
 
-def _sizes_only(cs: CollisionSet, ball: Ball, dim: int, how: str, widths: Widths | None, config: GeometryConfig,
+def _lp_record(cs: CollisionSet, ball: Ball, widths: Widths) -> dict[str, Any]:
+    """How the ball's LP went (``ball``: the one in C's hull), for the row's record."""
+    return {"outcome": ball.outcome, "solver": ball.solver, "rounds": ball.rounds,
+            "region_rows_used": ball.region_rows_used, "region_rows": len(cs.bounds) - cs.n_fixed,
+            "rows": len(cs.bounds), "width_seconds": widths.seconds}
+
+
+def _sizes_only(cs: CollisionSet, ball: Ball, hull: Hull, widths: Widths | None, config: GeometryConfig,
                 start: float) -> SetGeometry:
     """``measure``'s result for ``config.sizes_only``: the radius and the dimension, the
     widths only where the dimension's probe drew some (a set of one point), and the
     target as every sample, their statistics not to be reported (one point's are 0)."""
-    d = cs.input_dim
+    d, dim, in_hull = cs.input_dim, hull.dim, ball if hull.flat is None else hull.flat
     widths = widths or Widths(np.zeros((0, d)), np.zeros((0, d)), np.zeros(0))
     record: dict[str, Any] = {"sampler": config.walk, "converged": dim == 0, "rhat": float("nan"),
                               "ess": float("nan"), "draws": 0, "seed": config.seed,
@@ -168,14 +184,11 @@ def _sizes_only(cs: CollisionSet, ball: Ball, dim: int, how: str, widths: Widths
         record.update(mean_distance_to_target=0.0, mean_distance_to_target_mcse=0.0,
                       mean_pairwise_distance=0.0, mean_pairwise_distance_mcse=0.0)
     return SetGeometry(
-        dim=dim, dim_method=how, radius=ball.radius, center=ball.center,
+        dim=dim, dim_method=hull.method, radius=in_hull.radius, center=in_hull.center,
         samples=np.repeat(cs.origin[None], config.n_samples, 0), directions=widths.directions,
         extremes=widths.extremes, widths=widths.widths, n_positive=cs.n_positive, rank=cs.rank,
-        free_dim=cs.free_dim, sampler=record,
-        lp={"outcome": ball.outcome, "solver": ball.solver, "rounds": ball.rounds,
-            "region_rows_used": ball.region_rows_used, "region_rows": len(cs.bounds) - cs.n_fixed,
-            "rows": len(cs.bounds), "width_seconds": widths.seconds},
-        seconds=time.perf_counter() - start,
+        free_dim=cs.free_dim, sampler=record, lp=_lp_record(cs, in_hull, widths),
+        seconds=time.perf_counter() - start, **hull.pinned_rows(),
     )
 
 

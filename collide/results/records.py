@@ -72,11 +72,16 @@ class RowRecord:
 
 def region_fields(geometry: Geometry) -> tuple[dict[str, Any], dict[str, np.ndarray]]:
     """What an exact row stores of its collision set: the scalars as the ``geometry`` attr;
-    as arrays, the samples (``region_samples``, inputs), the inscribed ball's centre, and
-    the width directions with their extreme points (float64: widths are recomputed from
-    them)."""
-    return ({"geometry": geometry.to_dict()},
-            {"region_samples": geometry.samples.numpy().astype(np.float32),
-             "region_center": geometry.center.numpy(),
-             "region_directions": geometry.directions.numpy(),
-             "region_extremes": geometry.extremes.numpy()})
+    as arrays, the samples (``region_samples``, inputs), the inscribed ball's centre, the
+    width directions with their extreme points (float64: widths are recomputed from
+    them) and, where the set is flat, the rows pinned to equality (``region_pinned``)
+    with their certificate (``region_pinned_weights``, where there is one)."""
+    arrays = {"region_samples": geometry.samples.numpy().astype(np.float32),
+              "region_center": geometry.center.numpy(),
+              "region_directions": geometry.directions.numpy(),
+              "region_extremes": geometry.extremes.numpy()}
+    if geometry.pinned is not None:
+        arrays["region_pinned"] = np.asarray(geometry.pinned, dtype=np.int64)
+    if geometry.pinned_weights is not None:
+        arrays["region_pinned_weights"] = np.asarray(geometry.pinned_weights, dtype=np.float64)
+    return {"geometry": geometry.to_dict()}, arrays

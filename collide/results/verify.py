@@ -6,8 +6,11 @@ pass, not the evaluation's), the samples are rebuilt from the stored weights and
 classified again, and the row's ``success_rate``, ``max_feature_rel_error``,
 ``vertex_avg_distance`` and ``valid_vertices`` are compared with what was recomputed.
 A weighted vertex that does not collide to its row's criterion is a failure too. An
-exact row's collision set and a scan row's examples have their stored balls checked
-against the set rebuilt from the model (every row of it holds on the ball).
+exact row's collision set and a scan row's examples have their stored balls and
+dimensions checked against the set rebuilt from the model: every row of it holds on
+the ball, and a flat set's pinned rows have the rank its dimension says and hold with
+equality all over it by their stored certificate (:func:`flat_claim`). A dimension with
+no certificate is reported as not certified, which is not a disagreement.
 """
 
 from __future__ import annotations
@@ -33,6 +36,13 @@ AGREE = 1e-9
 EXACT_CLAIM = 1e-6
 # What a stored ball may cross a row of its set by (HiGHS meets rows to 1e-9).
 BALL_SLACK = 1e-8
+# How far (input units) a flat set's pinned rows may be shown to miss equality anywhere
+# on it, by the bound their stored certificate gives (:func:`flat_claim`); the MNIST
+# sets' certificates bound it by about 1e-12.
+FLAT_CLAIM = 1e-6
+# A ball certifies the dimension of the flat it lies in only with a radius above this:
+# the rows it must clear are themselves met to BALL_SLACK.
+CERTIFYING_RADIUS = 1e-7
 
 
 def _close(a: Any, b: float) -> bool:
@@ -110,8 +120,10 @@ def verify_row(store: ExperimentStore, row: int, table: dict[str, Any] | None = 
                 ok = _close(stated.get(key), value)
             if not ok:
                 problems.append(f"{key}: {where} {stated.get(key)!r}, recomputed {value!r}")
+    region: dict[str, Any] = {}
     if "region_samples" in arrays:
-        problems += _verify_region(net, model, arrays, attrs, sources)
+        found, region["region_dim_certified"] = _verify_region(net, model, arrays, attrs, sources)
+        problems += found
     scan_checks: dict[str, int] = {}
     if "scan_image" in arrays:
         found, scan_checks = _verify_scan(net, model, arrays, attrs)
@@ -119,15 +131,16 @@ def verify_row(store: ExperimentStore, row: int, table: dict[str, Any] | None = 
     return {"row": row, "counted_vertices": int(weighted.sum()), "max_feature_rel_error": expected[
         "max_feature_rel_error"], "rel_tol": tol, "success_rate": expected["success_rate"], "problems": problems,
         **({"counted_region_samples": len(arrays["region_samples"])} if "region_samples" in arrays else {}),
-        **scan_checks}
+        **region, **scan_checks}
 
 
 def _verify_region(net: torch.nn.Module, model: torch.nn.Module, arrays: dict[str, np.ndarray],
-                   attrs: dict[str, Any], sources: list[tuple[str, dict[str, Any]]]) -> list[str]:
+                   attrs: dict[str, Any], sources: list[tuple[str, dict[str, Any]]]) -> tuple[list[str], bool]:
     """An exact row's collision set, rechecked: every stored sample and extreme point
     collides (float64 feature error ≤ :data:`EXACT_CLAIM`), the success rate and width
-    follow from them, and the stored ball lies inside the set's rows, rebuilt here from
-    the model's affine piece rather than read from the solver."""
+    follow from them, and the stored ball and dimension hold against the set's rows,
+    rebuilt here from the model's affine piece rather than read from the solver
+    (:func:`flat_claim`). Returns the problems and whether the dimension is certified."""
     target = torch.from_numpy(arrays["target"].astype(np.float64))
     layer = site_of(net, attrs["layer"], target[None])
     flats = function_of(layer)  # the layer's activation, and its flat pieces below
@@ -168,11 +181,11 @@ def _verify_region(net: torch.nn.Module, model: torch.nn.Module, arrays: dict[st
                 continue
             if stated.get(key) is None or abs(float(stated[key]) - value) > tol:
                 problems.append(f"{key}: {where} {stated.get(key)!r}, recomputed {value!r}")
-    # The ball: every row a·x ≤ b of the set holds on it iff a·c + r‖Bᵀa‖ ≤ b.
     cs = _set_of(model, layer, target, t_pre, flats, attrs["geometry"]["box"])
     center = arrays["region_center"].reshape(-1).astype(np.float64)
-    return problems + [f"the stored inscribed ball {p}" for p in _ball_in_set(cs, center,
-                                                                             float(attrs["geometry"]["radius"]))]
+    claimed, certified = flat_claim(cs, int(attrs["geometry"]["dim"]), arrays.get("region_pinned"),
+                                    arrays.get("region_pinned_weights"), center, float(attrs["geometry"]["radius"]))
+    return problems + claimed, certified
 
 
 def _set_of(model: torch.nn.Module, layer: Any, target: torch.Tensor, t_pre: torch.Tensor, flats: Any,
@@ -183,11 +196,16 @@ def _set_of(model: torch.nn.Module, layer: Any, target: torch.Tensor, t_pre: tor
                          max_entries=2**62, flats=[flats.at(0.0)])
 
 
-def _ball_in_set(cs: Any, center: np.ndarray, radius: float) -> list[str]:
-    """What keeps the ball of ``center`` and ``radius`` (within the equality subspace)
-    from lying in the set ``cs``: none when it does."""
+def _ball_in_set(cs: Any, center: np.ndarray, radius: float, basis: np.ndarray | None = None,
+                 pinned: np.ndarray | None = None) -> list[str]:
+    """What keeps the ball of ``center`` and ``radius`` (within the flat ``cs.origin +
+    span(basis)``, the equality subspace by default) from lying in the set ``cs``: none
+    when it does. ``pinned``: rows of :meth:`all_rows` the flat holds with equality, which
+    the centre meets and the ball does not cross, since it lies in the flat."""
     a_all, b_all = cs.all_rows()
-    reach = np.linalg.norm(a_all @ cs.basis, axis=1)
+    basis = cs.basis if basis is None else basis
+    # Every row a·x ≤ b of the set holds on the ball iff a·c + r‖basisᵀa‖ ≤ b.
+    reach = np.linalg.norm(a_all @ basis, axis=1)
     over = a_all @ center + radius * reach - b_all
     problems = []
     if (over > BALL_SLACK * (1 + np.abs(b_all))).any():
@@ -196,15 +214,84 @@ def _ball_in_set(cs: Any, center: np.ndarray, radius: float) -> list[str]:
     off = np.abs(cs.equalities @ (center - cs.origin)).max(initial=0.0)
     if off > BALL_SLACK:
         problems.append(f"(radius {radius:.6g}) has its centre off the equality subspace by {off:.3g}")
+    if pinned is not None and len(pinned):
+        below = float((b_all[pinned] - a_all[pinned] @ center).max())
+        if below > BALL_SLACK * (1 + np.abs(b_all[pinned]).max()):
+            problems.append(f"(radius {radius:.6g}) has its centre off a pinned row by {below:.3g}")
     return problems
+
+
+def flat_claim(cs: Any, dim: int, pinned: np.ndarray | None, weights: np.ndarray | None, center: np.ndarray,
+               radius: float) -> tuple[list[str], bool]:
+    """A set's stored dimension and ball against ``cs``, rebuilt from the model: what is
+    wrong with them (none: they hold), and whether the dimension is certified.
+
+    The subspace's dimension ``cs.free_dim`` (k) is certified by the ball inside the set.
+    A smaller one by the rows ``pinned`` (indices into :meth:`all_rows`): their rank on
+    the subspace, at unit reach, is k − ``dim``, and ``weights`` (each ≥ 1) are their
+    certificate: with ``ĝᵢ`` a pinned row on the subspace at unit reach and ``sᵢ ≥ 0`` its
+    slack at the target t in input units, every point x = t + Bz of the set has
+    ``Σ wᵢ (aᵢx − bᵢ)/‖aᵢB‖ = (Σ wᵢĝᵢ)·z − Σ wᵢsᵢ``, a sum of terms ≤ 0, so no pinned
+    row's slack anywhere on the set exceeds ``‖Σ wᵢĝᵢ‖·R + Σ wᵢsᵢ`` (R: the box's farthest
+    point from t), which must be at most :data:`FLAT_CLAIM`. The ball then lies in the
+    flat the pinned rows leave. A dimension below k without a certificate (found by the
+    widths along random directions, or by Fukuda's rounds, or stored before there were
+    certificates) has its ball and rank checked where it has pinned rows, and is not
+    certified."""
+    k = cs.free_dim
+    if dim > k:
+        return [f"dimension {dim} is above its set's subspace dimension {k}"], False
+    if dim == k:
+        ball = [f"the stored inscribed ball {p}" for p in _ball_in_set(cs, center, radius)]
+        return ball, not ball and radius > CERTIFYING_RADIUS
+    if pinned is None:
+        return [], False
+    a_all, b_all = cs.all_rows()
+    pinned = np.asarray(pinned, dtype=np.int64)
+    if not len(pinned) or pinned.min() < 0 or pinned.max() >= len(b_all):
+        return [f"its pinned rows are not rows of its set ({len(pinned)} rows, {len(b_all)} in the set)"], False
+    g = a_all[pinned] @ cs.basis
+    reach = np.linalg.norm(g, axis=1)
+    if not (reach > 0).all():
+        return [f"pinned rows {pinned[reach == 0][:10].tolist()} are constant on the subspace"], False
+    unit = g / reach[:, None]
+    _, sv, vt = np.linalg.svd(unit, full_matrices=True)
+    rank = int((sv > sv.max() * max(unit.shape) * np.finfo(np.float64).eps).sum())
+    problems = []
+    if k - rank != dim:
+        problems.append(f"its pinned rows have rank {rank} on its {k}-dimensional subspace: dimension {k - rank}, "
+                        f"not {dim}")
+    certified = False
+    if weights is not None:
+        weights = np.asarray(weights, dtype=np.float64)
+        slack = (b_all[pinned] - a_all[pinned] @ cs.origin) / reach
+        if len(weights) != len(pinned) or not weights.min() >= 1 - 1e-12:
+            problems.append("its certificate's weights are not one per pinned row, each at least 1")
+        elif slack.min() < -BALL_SLACK:
+            problems.append(f"the target misses a pinned row by {-slack.min():.3g}")
+        else:
+            far = np.linalg.norm(np.maximum(cs.upper - cs.origin, cs.origin - cs.lower))
+            bound = float(np.linalg.norm(unit.T @ weights) * far + (weights * slack).sum())
+            if bound > FLAT_CLAIM:
+                problems.append(f"its certificate bounds the pinned rows' slack over the set only by {bound:.3g} > "
+                                f"{FLAT_CLAIM:g}")
+            certified = not problems
+    if dim > 0:
+        flat = cs.basis @ vt[rank:].T
+        problems += [f"the stored inscribed ball {p}" for p in _ball_in_set(cs, center, radius, flat, pinned)]
+        certified = certified and radius > CERTIFYING_RADIUS
+    elif radius > CERTIFYING_RADIUS:
+        problems.append(f"one point has the radius {radius:.6g}")
+    return problems, certified and not problems
 
 
 def _verify_scan(net: torch.nn.Module, model: torch.nn.Module, arrays: dict[str, np.ndarray],
                  attrs: dict[str, Any]) -> tuple[list[str], dict[str, int]]:
     """A scan's stored sizes, rechecked for every example around its stored image
     (``scan_image``): its gradient vertices (:func:`_scan_vertices`) where the row keeps
-    them, and its ball where it has an exact set (:func:`_scan_balls`). Returns the
-    problems and how many examples' vertices and balls were checked."""
+    them, and its ball and dimension where it has an exact set (:func:`_scan_balls`).
+    Returns the problems and how many examples' vertices and balls were checked and
+    dimensions certified."""
     images = arrays["scan_image"].astype(np.float64)
     # One layer for every example: its site depends on the input's shape, not its values.
     layer = site_of(net, attrs["layer"], torch.from_numpy(images[:1]))
@@ -213,8 +300,9 @@ def _verify_scan(net: torch.nn.Module, model: torch.nn.Module, arrays: dict[str,
         found, checked["checked_scan_vertices"] = _scan_vertices(net, layer, images, arrays, attrs)
         problems += found
     if "scan_center" in arrays:
-        found, checked["checked_scan_balls"] = _scan_balls(net, model, layer, images, arrays, attrs)
+        found, counted = _scan_balls(net, model, layer, images, arrays, attrs)
         problems += found
+        checked.update(counted)
     return problems, checked
 
 
@@ -251,26 +339,31 @@ def _scan_vertices(net: torch.nn.Module, layer: Any, images: np.ndarray, arrays:
 
 
 def _scan_balls(net: torch.nn.Module, model: torch.nn.Module, layer: Any, images: np.ndarray,
-                arrays: dict[str, np.ndarray], attrs: dict[str, Any]) -> tuple[list[str], int]:
-    """Every example with an exact set: its ball (``scan_center``, ``scan_radius``) lies
-    in the collision set rebuilt around its image, and ``scan_dim`` is not above the
-    set's equality subspace's dimension. A set whose dimension is below that (some rows
-    hold with equality all over it: its ball lies in a flat the referee does not rebuild)
-    has only its dimension checked."""
-    problems, checked = [], 0
+                arrays: dict[str, np.ndarray], attrs: dict[str, Any]) -> tuple[list[str], dict[str, int]]:
+    """Every example with an exact set: its ball (``scan_center``, ``scan_radius``) and
+    its dimension (``scan_dim``, with its pinned rows and their certificate where the set
+    is flat: ``scan_pinned``, ``scan_pinned_weights``, ``scan_pinned_count``) hold against
+    the collision set rebuilt around its image (:func:`flat_claim`). Returns the problems
+    and how many examples' balls were checked and dimensions certified."""
+    problems, checked, certified = [], 0, 0
     centers = arrays["scan_center"]
     flats = function_of(layer)
+    counts = arrays.get("scan_pinned_count", np.full(len(images), -1))
+    starts = np.r_[0, np.cumsum(np.maximum(counts, 0))]
     for k in np.flatnonzero(np.isfinite(arrays["scan_radius"])):
         target = torch.from_numpy(images[k])
         cs = _set_of(model, layer, target, preactivation(net, target[None], layer), flats, attrs["scan_box"])
-        example, dim = int(arrays["scan_example"][k]), int(arrays["scan_dim"][k])
-        if dim > cs.free_dim:
-            problems.append(f"example {example}: scan_dim {dim} is above its set's subspace dimension {cs.free_dim}")
-        elif dim == cs.free_dim:
-            problems += [f"example {example}: the stored ball {p}"
-                         for p in _ball_in_set(cs, centers[k], float(arrays["scan_radius"][k]))]
-            checked += 1
-    return problems, checked
+        pinned = weights = None
+        if counts[k] >= 0:
+            pinned = arrays["scan_pinned"][starts[k]:starts[k + 1]]
+            weights = arrays["scan_pinned_weights"][starts[k]:starts[k + 1]]
+            weights = None if np.isnan(weights).all() else weights
+        found, sure = flat_claim(cs, int(arrays["scan_dim"][k]), pinned, weights, centers[k],
+                                 float(arrays["scan_radius"][k]))
+        problems += [f"example {int(arrays['scan_example'][k])}: {p}" for p in found]
+        checked += 1
+        certified += sure
+    return problems, {"checked_scan_balls": checked, "certified_scan_dims": certified}
 
 
 def verify(store: ExperimentStore, *, trusted: Collection[str] = ()) -> list[dict[str, Any]]:

@@ -210,7 +210,9 @@ def test_the_referee_checks_every_examples_ball_and_catches_a_doctored_radius(sc
     store = ExperimentStore.of(config)
     checked = verify(store)
     assert [p for r in checked for p in r["problems"]] == []
-    assert sum(r["checked_scan_balls"] for r in checked) == 10  # every example: its set is full-dimensional
+    assert sum(r["checked_scan_balls"] for r in checked) == 10
+    # every example's set is full-dimensional: its ball certifies that
+    assert sum(r["certified_scan_dims"] for r in checked) == 10
     # The command line says so too (it printed the vertices alone: a new user's trial).
     assert main(["verify", config.name, "--results-root", config.results_root]) == 0
     said = capsys.readouterr().out
@@ -223,7 +225,7 @@ def test_the_referee_checks_every_examples_ball_and_catches_a_doctored_radius(sc
     (report,) = verify(ExperimentStore(config.results_root, "doctored"))
     example = int(arrays["scan_example"][k])
     assert [p for p in report["problems"] if "collision set" in p] == [p for p in report["problems"] if p.startswith(
-        f"example {example}: the stored ball (radius")] != []
+        f"example {example}: the stored inscribed ball (radius")] != []
 
 
 def test_the_referee_recomputes_every_examples_vertices_and_spread_and_catches_doctored_ones(scanned):

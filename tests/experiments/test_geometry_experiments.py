@@ -44,7 +44,8 @@ def test_an_exact_row_stores_its_collision_set_and_verify_recomputes_it(exact_ru
     assert row["region_claim_met"] and row["region_max_feature_rel_error"] <= LP_STORED_REL_ERROR_F64
     assert row["region_mean_width"] >= row["hull_mean_width"] - SET_EXACT  # the hull lies inside C
     assert np.isfinite(row["region_rhat"]) or LIGHT_GEOMETRY.n_samples // LIGHT_GEOMETRY.chains < 4
-    assert [r["problems"] for r in verify(ExperimentStore.of(config))] == [[]]
+    (checked,) = verify(ExperimentStore.of(config))
+    assert checked["problems"] == [] and checked["region_dim_certified"]  # full-dimensional: its ball says so
 
 
 def test_verify_catches_a_region_sample_moved_off_the_set_and_a_ball_made_too_large(exact_run):
@@ -62,6 +63,15 @@ def test_verify_catches_a_region_sample_moved_off_the_set_and_a_ball_made_too_la
                                                             "radius": attrs["geometry"]["radius"] * 2 + 0.01}},
                                               keep_existing=True)
         assert any("inscribed ball" in p for p in verify(ExperimentStore(root, name))[0]["problems"])
+        geometry = attrs["geometry"]
+        for dim, said in ((geometry["free_dim"] + 1, "is above its set's subspace dimension"),
+                          (geometry["free_dim"] - 1, None)):
+            ExperimentStore(root, name).write_row(0, {"region_samples": arrays["region_samples"]},
+                                                  {"geometry": {**geometry, "dim": dim}}, keep_existing=True)
+            (checked,) = verify(ExperimentStore(root, name))
+            # a dimension below the subspace's with no pinned rows is not certified, not wrong
+            assert any(said in p for p in checked["problems"]) if said else checked["problems"] == []
+            assert not checked["region_dim_certified"]
     finally:
         ExperimentStore(root, name).write_row(0, arrays, attrs)
 

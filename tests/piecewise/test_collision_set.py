@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import copy
 import dataclasses
-from collections import OrderedDict
 
 import highspy
 import numpy as np
@@ -24,8 +23,8 @@ from collide.piecewise import highs
 from collide.piecewise.ball import _ball_every_box_row, inscribed_ball
 from collide.piecewise.collision_set import FLAT_ROW, CollisionSet
 from collide.taps import preactivation
-from tests.support import shrunk_mlp
-from tests.tolerances import IMPLICIT_SLACK, LP_OBJECTIVE, MC_POLYGON_MEAN, PRODUCT_ORDER, SET_EXACT
+from tests.support import FLAT_NET, FLAT_TARGET, holds_all_over, relu_net, shrunk_mlp
+from tests.tolerances import LP_OBJECTIVE, MC_POLYGON_MEAN, PRODUCT_ORDER, SET_EXACT
 
 SMALL = GeometryConfig(n_samples=400, chains=8, burn_in=20, n_directions=4, max_draws=400)
 # A converged sampler's mean of a coordinate of the uniform 3-simplex against 1/4, and its
@@ -40,33 +39,11 @@ RHAT_IID = 1.01
 ESS_REL = 0.25
 
 
-@pytest.fixture(params=["simplex", "interior-point", "interior-point-then-simplex"])
-def ball_solver(request, monkeypatch) -> str:
-    """The ball LPs by either of HiGHS's solvers, whatever the set's size, or by the
-    interior point handing every round after its first to the simplex: the MNIST models'
-    large sets take the interior point (ball.IPM_REGION_ROWS) and hand it their last
-    rounds (ball.SIMPLEX_TAIL_ROWS), these small ones the simplex unless told."""
-    monkeypatch.setattr(ball_lp, "IPM_REGION_ROWS", 10**9 if request.param == "simplex" else 0)
-    monkeypatch.setattr(ball_lp, "SIMPLEX_TAIL_ROWS", 10**9 if request.param.endswith("then-simplex") else 0)
-    return request.param
-
-
-def _net(*weights: tuple[list[list[float]], list[float]]) -> nn.Sequential:
-    layers: OrderedDict[str, nn.Module] = OrderedDict()
-    for k, (w, b) in enumerate(weights, start=1):
-        fc = nn.Linear(len(w[0]), len(w))
-        with torch.no_grad():
-            fc.weight.copy_(torch.tensor(w))
-            fc.bias.copy_(torch.tensor(b))
-        layers[f"fc{k}"], layers[f"relu{k}"] = fc, nn.ReLU()
-    return nn.Sequential(layers)
-
-
 def _random_net(seed: int, d: int = 6, widths: tuple[int, ...] = (8, 7)) -> nn.Sequential:
     gen = torch.Generator().manual_seed(seed)
     dims = (d, *widths)
-    return _net(*[((torch.randn(o, i, generator=gen) / i**0.5).tolist(), (0.3 * torch.randn(o, generator=gen)).tolist())
-                  for i, o in zip(dims, dims[1:], strict=False)])
+    return relu_net(*[((torch.randn(o, i, generator=gen) / i**0.5).tolist(),
+                       (0.3 * torch.randn(o, generator=gen)).tolist()) for i, o in zip(dims, dims[1:], strict=False)])
 
 
 def _errors(model: nn.Module, layer: str, points: torch.Tensor, target: torch.Tensor) -> np.ndarray:
@@ -207,65 +184,47 @@ def test_each_rows_reach_is_its_norm_on_the_equality_subspace():
 def test_an_inequality_that_holds_with_equality_lowers_the_dimension(ball_solver):
     # Unit 1 fixes x1 = 0.7; unit 2 (pre-activation x2, at 0 on the target) must stay
     # ≤ 0 while the box keeps x2 ≥ 0, so x2 = 0 all over the set; x3 is free in [0, 1].
-    model = _net(([[1.0, 0.0, 0.0], [0.0, 1.0, 0.0]], [-0.5, 0.0]))
+    model = relu_net(([[1.0, 0.0, 0.0], [0.0, 1.0, 0.0]], [-0.5, 0.0]))
     geo = collision_geometry(model, "relu1", torch.tensor([0.7, 0.0, 0.3]), config=SMALL)
-    assert (geo.free_dim, geo.dim, geo.dim_method, geo.radius) == (2, 1, "implicit-equalities", 0.0)
+    # the radius is the ball's in the hull, the segment x3 in [0, 1]: as collision_size's
+    assert (geo.free_dim, geo.dim, geo.dim_method) == (2, 1, "implicit-equalities")
+    assert abs(geo.radius - 0.5) <= LP_OBJECTIVE and abs(float(geo.center[2]) - 0.5) <= LP_OBJECTIVE
+    assert geo.radius == collision_size(model, "relu1", torch.tensor([0.7, 0.0, 0.3])).radius
     assert torch.allclose(geo.samples[:, :2], torch.tensor([0.7, 0.0], dtype=torch.float64), atol=SET_EXACT)
     assert float(geo.samples[:, 2].max() - geo.samples[:, 2].min()) > 0.5  # the segment is sampled
     # Without x3 the set is one point: zero width along every random direction says so.
-    model = _net(([[1.0, 0.0], [0.0, 1.0]], [-0.5, 0.0]))
+    model = relu_net(([[1.0, 0.0], [0.0, 1.0]], [-0.5, 0.0]))
     geo = collision_geometry(model, "relu1", torch.tensor([0.7, 0.0]), config=SMALL)
     assert (geo.free_dim, geo.dim, geo.dim_method) == (1, 0, "widths")
-
-
-# A set flattened by rows tight at its target, some holding all over it and some not:
-# x1 = 0.6 (an equality); x3 + x4 ≤ 0 with the box's x3, x4 ≥ 0 pins x3 = x4 = 0; x5 and x6
-# sit on their lower faces at the target, but x6 ≤ x5 lets both rise; x2, x7, x8 are inside.
-# The equality subspace's dimension is 7, the hull's 5.
-FLAT_NET = (([[1.0, 0, 0, 0, 0, 0, 0, 0], [0, 0, 1.0, 1.0, 0, 0, 0, 0], [0, 0, 0, 0, -1.0, 1.0, 0, 0]],
-             [-0.3, 0.0, 0.0]),)
-FLAT_TARGET = torch.tensor([0.6, 0.3, 0.0, 0.0, 0.0, 0.0, 0.5, 0.2])
-
-
-def _holds_all_over(cs, rows: np.ndarray) -> np.ndarray:
-    """Oracle: each row's largest slack over C by scipy's LP (one LP a row), at most rounding."""
-    a_all, b_all = cs.all_rows()
-    out = []
-    for i in rows:
-        res = scipy.optimize.linprog(a_all[i], A_ub=a_all, b_ub=b_all, A_eq=cs.equalities,
-                                     b_eq=cs.equalities @ cs.origin, bounds=(None, None), method="highs")
-        assert res.status == 0, res.message
-        out.append(b_all[i] - res.fun <= IMPLICIT_SLACK)
-    return np.array(out, dtype=bool)
 
 
 @pytest.mark.parametrize("seed", [None, 0, 1, 2])
 def test_the_rows_found_to_hold_all_over_the_set_are_those_no_point_of_it_lifts(seed, ball_solver):
     if seed is None:
-        model, target = _net(*FLAT_NET), FLAT_TARGET
+        model, target = relu_net(*FLAT_NET), FLAT_TARGET
     else:  # a random net on a target half on its lower faces, as MNIST's background is
         model = _random_net(seed, d=10, widths=(14,))
         target = torch.rand(10, generator=torch.Generator().manual_seed(seed)) * (torch.arange(10) % 2)
     cs = _exact_set(model, "relu1", target, SMALL, ())
     a_all, b_all = cs.all_rows()
     tight = np.flatnonzero(b_all - a_all @ cs.origin <= 1e-9)
-    found = ball_lp.implicit_equalities(cs)
+    found = ball_lp.implicit_equalities(cs).rows
     assert not found[np.setdiff1d(np.arange(len(b_all)), tight)].any()  # only rows tight at the target
     moving = cs.reach_all()[tight] > 1e-9
-    np.testing.assert_array_equal(found[tight][moving], _holds_all_over(cs, tight[moving]))
+    np.testing.assert_array_equal(found[tight][moving], holds_all_over(cs, tight[moving]))
     if seed is None:
         assert found.sum() == 3 and found[tight].sum() < len(tight)  # x3 + x4 ≤ 0, x3 ≥ 0, x4 ≥ 0
 
 
 def test_a_set_flattened_by_rows_tight_at_its_target_has_the_hulls_dimension_and_a_ball_in_it(ball_solver):
-    size = collision_size(_net(*FLAT_NET), "relu1", FLAT_TARGET)
+    size = collision_size(relu_net(*FLAT_NET), "relu1", FLAT_TARGET)
     assert (size.free_dim, size.dim, size.dim_method) == (7, 5, "implicit-equalities")
     # the ball in the hull: x3 = x4 = 0 at its centre, x6 ≤ x5, and room for the radius
     assert size.radius > 0.05 and abs(size.center[2]) + abs(size.center[3]) <= SET_EXACT
     assert size.center[5] <= size.center[4] + SET_EXACT
     assert size.solver == ("simplex" if ball_solver == "simplex" else "interior point")  # the flat's ball
     # One point: x1 fixed, x2 ≤ 0 and x2 ≥ 0.
-    point = collision_size(_net(([[1.0, 0.0], [0.0, 1.0]], [-0.5, 0.0])), "relu1", torch.tensor([0.7, 0.0]))
+    point = collision_size(relu_net(([[1.0, 0.0], [0.0, 1.0]], [-0.5, 0.0])), "relu1", torch.tensor([0.7, 0.0]))
     assert (point.free_dim, point.dim, point.dim_method, point.radius) == (1, 0, "implicit-equalities", 0.0)
 
 
@@ -278,51 +237,53 @@ def test_a_row_slack_at_the_target_however_little_is_no_implicit_equality():
                       n_fixed=1, lower=0.0, upper=1.0, n_positive=1)
     ball = inscribed_ball(cs)
     assert 0 < ball.radius <= ball_lp.RADIUS_TOL
-    assert not ball_lp.implicit_equalities(cs).any()  # x1 ≥ 0 and x2 ≥ 0 lift; the slack row is no candidate
-    assert ball_lp.hull_dimension(cs, ball) == (2, "implicit-equalities", None)
+    assert not ball_lp.implicit_equalities(cs).rows.any()  # x1 ≥ 0 and x2 ≥ 0 lift; the slack row is no candidate
+    assert ball_lp.hull_dimension(cs, ball) == ball_lp.Hull(2, "implicit-equalities")
 
 
 def test_where_fukudas_rounds_pin_the_set_down_to_one_point_it_has_no_ball(monkeypatch):
     # x1 = 0.7 fixed; x2 ≤ 0 and x3 ≤ 0 against the box's lower faces: one point. The cone's
     # LP made to miss x3's rows, the rounds find them, and the point's radius is 0.
-    model = _net(([[1.0, 0.0, 0.0], [0.0, 1.0, 0.0], [0.0, 0.0, 1.0]], [-0.5, 0.0, 0.0]))
+    model = relu_net(([[1.0, 0.0, 0.0], [0.0, 1.0, 0.0], [0.0, 0.0, 1.0]], [-0.5, 0.0, 0.0]))
     target = torch.tensor([0.7, 0.0, 0.0])
     cs = _exact_set(model, "relu1", target, SMALL, ())
     a_all, _ = cs.all_rows()
-    full = ball_lp.implicit_equalities(cs)
+    full = ball_lp.implicit_equalities(cs).rows
     assert full.sum() == 4  # both units' rows and the box's lower faces of x2 and x3
     partial = full & (a_all[:, 2] == 0)
-    monkeypatch.setattr(ball_lp, "implicit_equalities", lambda *_, **__: partial.copy())
-    assert ball_lp.hull_dimension(cs, inscribed_ball(cs)) == (0, "implicit-equalities", None)
+    monkeypatch.setattr(ball_lp, "implicit_equalities", lambda *_, **__: ball_lp.Equalities(partial.copy()))
+    hull = ball_lp.hull_dimension(cs, inscribed_ball(cs))
+    assert (hull.dim, hull.method, hull.flat, hull.weights) == (0, "implicit-equalities", None, None)
     size = collision_size(model, "relu1", target)
     assert (size.dim, size.radius) == (0, 0.0)
 
 
 def test_where_the_cones_lp_fails_fukudas_rounds_give_the_same_dimension(monkeypatch):
     monkeypatch.setattr(ball_lp, "implicit_equalities", lambda *_, **__: None)
-    size = collision_size(_net(*FLAT_NET), "relu1", FLAT_TARGET)
+    size = collision_size(relu_net(*FLAT_NET), "relu1", FLAT_TARGET)
     assert (size.free_dim, size.dim, size.dim_method) == (7, 5, "implicit-equalities") and size.radius > 0.05
 
 
 def test_where_the_cones_lp_misses_an_implicit_equality_fukudas_rounds_find_it(monkeypatch):
-    cs = _exact_set(_net(*FLAT_NET), "relu1", FLAT_TARGET, SMALL, ())
-    full = ball_lp.implicit_equalities(cs)
+    cs = _exact_set(relu_net(*FLAT_NET), "relu1", FLAT_TARGET, SMALL, ())
+    full = ball_lp.implicit_equalities(cs).rows
     a_all, _ = cs.all_rows()
     # keep x3 ≥ 0 alone (the box's lower face of x3): the flat it leaves is still flat in x4
     keep = np.flatnonzero(full & (np.abs(a_all[:, 2]) == 1) & (np.abs(a_all).sum(1) == 1))
     partial = np.zeros_like(full)
     partial[keep] = True
-    monkeypatch.setattr(ball_lp, "implicit_equalities", lambda *_, **__: partial.copy())
+    monkeypatch.setattr(ball_lp, "implicit_equalities", lambda *_, **__: ball_lp.Equalities(partial.copy()))
     ball = inscribed_ball(cs)
     assert ball.radius <= ball_lp.RADIUS_TOL
-    dim, how, flat = ball_lp.hull_dimension(cs, ball)
-    assert (dim, how) == (5, "implicit-equalities") and flat.radius > 0.05
-    assert flat.pinned[full].all()  # every row of the full answer pinned in the end
+    hull = ball_lp.hull_dimension(cs, ball)
+    assert (hull.dim, hull.method) == (5, "implicit-equalities") and hull.flat.radius > 0.05
+    assert hull.flat.pinned[full].all()  # every row of the full answer pinned in the end
+    assert hull.weights is None  # the rounds' rows come without a certificate
 
 
 def test_a_segment_has_dimension_one_its_half_length_as_radius_and_its_length_as_width(ball_solver):
     # x1 = 0.7 fixed, x2 − 0.5 ≤ 0 and the box: the segment {0.7} x [0, 0.5].
-    model = _net(([[1.0, 0.0], [0.0, 1.0]], [-0.5, -0.5]))
+    model = relu_net(([[1.0, 0.0], [0.0, 1.0]], [-0.5, -0.5]))
     geo = collision_geometry(model, "relu1", torch.tensor([0.7, 0.1]), config=SMALL)
     assert (geo.dim, geo.dim_method) == (1, "ball")
     assert abs(geo.radius - 0.25) <= LP_OBJECTIVE
@@ -334,18 +295,19 @@ def test_a_segment_has_dimension_one_its_half_length_as_radius_and_its_length_as
 def test_sizes_only_gives_the_known_radius_and_dimension_with_no_widths_or_samples(ball_solver):
     screen = dataclasses.replace(SMALL, sizes_only=True)
     # The segment {0.7} x [0, 0.5]: radius 0.25, dimension 1 (the test above).
-    geo = collision_geometry(_net(([[1.0, 0.0], [0.0, 1.0]], [-0.5, -0.5])), "relu1", torch.tensor([0.7, 0.1]),
+    geo = collision_geometry(relu_net(([[1.0, 0.0], [0.0, 1.0]], [-0.5, -0.5])), "relu1", torch.tensor([0.7, 0.1]),
                              config=screen)
     assert (geo.dim, geo.dim_method) == (1, "ball") and abs(geo.radius - 0.25) <= LP_OBJECTIVE
     assert len(geo.widths) == len(geo.directions) == len(geo.extremes) == 0
     assert torch.equal(geo.samples, torch.tensor([0.7, 0.1]).double().expand(SMALL.n_samples, 2))  # the target
     assert not geo.sampler["converged"] and "sizes only" in geo.sampler["reason"]
     # A flat set found by its implicit equality: dimension 1 of a free 2, as in full.
-    geo = collision_geometry(_net(([[1.0, 0.0, 0.0], [0.0, 1.0, 0.0]], [-0.5, 0.0])), "relu1",
+    geo = collision_geometry(relu_net(([[1.0, 0.0, 0.0], [0.0, 1.0, 0.0]], [-0.5, 0.0])), "relu1",
                              torch.tensor([0.7, 0.0, 0.3]), config=screen)
-    assert (geo.free_dim, geo.dim, geo.dim_method, geo.radius) == (2, 1, "implicit-equalities", 0.0)
+    assert (geo.free_dim, geo.dim, geo.dim_method) == (2, 1, "implicit-equalities")
+    assert abs(geo.radius - 0.5) <= LP_OBJECTIVE  # the ball in the hull, as in full
     # One point: its width 0 along the probe's directions, its statistics those of a point.
-    geo = collision_geometry(_net(([[1.0, 0.0], [0.0, 1.0]], [-0.5, 0.0])), "relu1", torch.tensor([0.7, 0.0]),
+    geo = collision_geometry(relu_net(([[1.0, 0.0], [0.0, 1.0]], [-0.5, 0.0])), "relu1", torch.tensor([0.7, 0.0]),
                              config=screen)
     assert (geo.dim, geo.dim_method) == (0, "widths") and float(geo.widths.abs().max()) <= 1e-7
     assert geo.sampler["converged"] and geo.sampler["mean_distance_to_target"] == 0.0
@@ -354,7 +316,7 @@ def test_sizes_only_gives_the_known_radius_and_dimension_with_no_widths_or_sampl
 def test_hit_and_run_samples_a_known_polygon_uniformly():
     # No positive unit: C is the unit square cut by x1 + x2 ≤ 1.5, whose uniform mean of
     # x1 is (1/2 − (1/8)(5/6)) / (7/8) = 19/42.
-    model = _net(([[1.0, 1.0]], [-1.5]))
+    model = relu_net(([[1.0, 1.0]], [-1.5]))
     config = GeometryConfig(n_samples=4000, chains=8, burn_in=20, n_directions=8, seed=3, max_draws=2000)
     geo = collision_geometry(model, "relu1", torch.tensor([0.2, 0.2]), config=config)
     x = geo.samples.numpy()
@@ -414,7 +376,7 @@ def test_bad_targets_and_oversized_sets_are_refused_with_the_fix():
 def _simplex_net(d: int = 5) -> nn.Sequential:
     """Inputs x1..x5: units 1 and 2 are positive at the target and pin x4 = 0.3, x5 = 0.6
     (equalities); unit 3, x1 + x2 + x3 − 1 ≤ 0, with the box leaves the 3-simplex."""
-    return _net(([[0.0, 0.0, 0.0, 1.0, 0.0], [0.0, 0.0, 0.0, 0.0, 1.0], [1.0, 1.0, 1.0, 0.0, 0.0]],
+    return relu_net(([[0.0, 0.0, 0.0, 1.0, 0.0], [0.0, 0.0, 0.0, 0.0, 1.0], [1.0, 1.0, 1.0, 0.0, 0.0]],
                  [-0.2, -0.5, -1.0]))
 
 
@@ -473,7 +435,7 @@ def test_a_budget_too_small_to_converge_gives_nan_statistics_and_the_reason(tmp_
 
 def _cube_net() -> nn.Sequential:
     # Units 1, 2 pin x4, x5; unit 3 (−x1 − x2 − x3 − 0.1) is negative all over the box.
-    return _net(([[0.0, 0.0, 0.0, 1.0, 0.0], [0.0, 0.0, 0.0, 0.0, 1.0], [-1.0, -1.0, -1.0, 0.0, 0.0]],
+    return relu_net(([[0.0, 0.0, 0.0, 1.0, 0.0], [0.0, 0.0, 0.0, 0.0, 1.0], [-1.0, -1.0, -1.0, 0.0, 0.0]],
                  [-0.2, -0.5, -0.1]))
 
 
@@ -509,7 +471,7 @@ def test_widths_stop_once_the_relative_standard_error_is_met():
 def test_widths_of_a_set_flattened_by_an_implicit_equality_are_taken_within_its_hull():
     # x1 = 0.7 (equality), x2 = 0 all over C (implicit), x3 free: the hull is a segment
     # along x3, so every direction is ±e3 and every width is 1.
-    model = _net(([[1.0, 0.0, 0.0], [0.0, 1.0, 0.0]], [-0.5, 0.0]))
+    model = relu_net(([[1.0, 0.0, 0.0], [0.0, 1.0, 0.0]], [-0.5, 0.0]))
     geo = collision_geometry(model, "relu1", torch.tensor([0.7, 0.0, 0.3]), config=SMALL)
     assert geo.dim_method == "implicit-equalities"
     assert np.allclose(np.abs(geo.directions.numpy()), [0.0, 0.0, 1.0], atol=1e-9)

@@ -1,0 +1,150 @@
+"""A flat collision set's dimension as a referee checks it: the rows pinned to equality,
+their rank on the subspace and the certificate that they hold all over the set, stored
+with the set and rechecked against it rebuilt from the model (collide.results.verify)."""
+
+from __future__ import annotations
+
+import dataclasses
+
+import numpy as np
+import pytest
+import torch
+
+import collide
+from collide.api import _exact_set, collision_size
+from collide.audit import ScanConfig
+from collide.config import GeometryConfig
+from collide.copies import cast_copy
+from collide.experiments.scanned import _pinned_runs
+from collide.results.verify import FLAT_CLAIM, _scan_balls, flat_claim
+from collide.taps import site_of
+from tests.support import FLAT_NET, FLAT_TARGET, holds_all_over, relu_net
+
+# x1 = 0.7 fixed, x2 ≤ 0 against the box's x2 ≥ 0: one point.
+POINT_NET = (([[1.0, 0.0], [0.0, 1.0]], [-0.5, 0.0]),)
+POINT_TARGET = torch.tensor([0.7, 0.0])
+# What a float64 product of the certificate's unit rows leaves of an exact zero.
+CERTIFICATE_ROUNDING = 1e-12
+
+
+def _random_flat(seed: int) -> tuple[torch.nn.Module, torch.Tensor]:
+    """A random net on a target half on its box's lower faces, as MNIST's background is."""
+    gen = torch.Generator().manual_seed(seed)
+    w, b = torch.randn(14, 10, generator=gen) / 10**0.5, 0.3 * torch.randn(14, generator=gen)
+    target = torch.rand(10, generator=torch.Generator().manual_seed(seed)) * (torch.arange(10) % 2)
+    return relu_net((w.tolist(), b.tolist())), target
+
+
+CASES = {"flat": (relu_net(*FLAT_NET), FLAT_TARGET), "point": (relu_net(*POINT_NET), POINT_TARGET),
+         **{f"random-{s}": _random_flat(s) for s in (0, 2)}}
+
+
+@pytest.mark.parametrize("case", CASES)
+def test_a_flat_sets_pinned_rows_hold_all_over_it_by_their_certificate(case, ball_solver):
+    model, target = CASES[case]
+    size = collision_size(model, "relu1", target)
+    cs = _exact_set(model, "relu1", target, GeometryConfig(), ())
+    if size.dim == size.free_dim:  # random-0 lifts every tight row (test_collision_set's oracle test)
+        assert size.pinned is None and flat_claim(cs, size.dim, None, None, size.center, size.radius) == ([], True)
+        return
+    assert size.dim < size.free_dim and size.dim_method == "implicit-equalities"
+    # Oracle: each pinned row's largest slack over C, by an LP of scipy's, is 0.
+    assert holds_all_over(cs, size.pinned).all()
+    # The certificate in numpy: weights ≥ 1 on the rows at unit reach, summing to 0 on the subspace.
+    a_all, _ = cs.all_rows()
+    unit = a_all[size.pinned] @ cs.basis
+    unit /= np.linalg.norm(unit, axis=1)[:, None]
+    assert size.pinned_weights.min() == 1.0
+    assert np.linalg.norm(unit.T @ size.pinned_weights) <= CERTIFICATE_ROUNDING
+    assert size.free_dim - np.linalg.matrix_rank(unit) == size.dim
+    assert flat_claim(cs, size.dim, size.pinned, size.pinned_weights, size.center, size.radius) == ([], True)
+
+
+def test_the_referee_catches_a_doctored_dimension_row_weight_or_ball():
+    model, target = CASES["flat"]
+    size = collision_size(model, "relu1", target)
+    cs = _exact_set(model, "relu1", target, GeometryConfig(), ())
+    a_all, _ = cs.all_rows()
+    assert (size.dim, len(size.pinned)) == (5, 3)  # x3 + x4 ≤ 0, x3 ≥ 0, x4 ≥ 0
+
+    def problems(**changes) -> list[str]:
+        claim = {"dim": size.dim, "pinned": size.pinned, "weights": size.pinned_weights, "center": size.center,
+                 "radius": size.radius, **changes}
+        found, certified = flat_claim(cs, **claim)
+        assert not (found and certified)
+        return found
+
+    assert problems(dim=4) == ["its pinned rows have rank 2 on its 7-dimensional subspace: dimension 5, not 4"]
+    assert problems(dim=8)[0].startswith("dimension 8 is above")
+    # x4 ≥ 0 dropped: x3 + x4 ≤ 0 and x3 ≥ 0 still have rank 2, but no weights ≥ 1 cancel
+    dropped = [p for p in problems(pinned=size.pinned[:2], weights=size.pinned_weights[:2]) if "certificate" in p]
+    assert dropped and dropped[0].startswith("its certificate bounds the pinned rows' slack over the set only by")
+    # x5 ≥ 0 (tight at the target, but x6 ≤ x5 lets it rise) pinned too: rank and certificate both fail
+    x5_floor = int(np.flatnonzero((a_all[:, 4] == -1) & (np.abs(a_all).sum(1) == 1))[0])
+    added = problems(pinned=np.r_[size.pinned, x5_floor], weights=np.r_[size.pinned_weights, 1.0])
+    assert any("dimension 4, not 5" in p for p in added) and any("certificate bounds" in p for p in added)
+    doubled = size.pinned_weights * np.r_[2.0, 1.0, 1.0]
+    assert [p for p in problems(weights=doubled) if f"> {FLAT_CLAIM:g}" in p]
+    assert problems(weights=size.pinned_weights * 0.5) == [
+        "its certificate's weights are not one per pinned row, each at least 1"]
+    assert problems(pinned=np.array([len(a_all)]), weights=np.ones(1))[0].startswith("its pinned rows are not rows")
+    # The ball too large for the flat, and moved off it (x3 > 0).
+    assert any("inscribed ball (radius" in p for p in problems(radius=size.radius * 1.5))
+    off = size.center + 0.01 * np.eye(8)[2]
+    assert any("off a pinned row" in p for p in problems(center=off))
+    # Without its certificate the dimension is checked (rank, ball) but not certified.
+    assert flat_claim(cs, size.dim, size.pinned, None, size.center, size.radius) == ([], False)
+
+
+def test_a_scan_keeps_each_flat_sets_rows_and_certificate_and_the_referee_checks_them(tmp_path):
+    # One net, three targets through the scan's stored chunks: the flat set above; one
+    # whose second unit is on (x3 + x4 fixed at 0.2: no row flattens it, dimension 6 of 6);
+    # and one flat again where x5 = x6 and x2 sits on its lower face (both liftable).
+    model = relu_net(*FLAT_NET)
+    x = torch.stack([FLAT_TARGET, torch.tensor([0.6, 0.3, 0.1, 0.1, 0.2, 0.1, 0.5, 0.2]),
+                     torch.tensor([0.6, 0.0, 0.0, 0.0, 0.3, 0.3, 0.5, 0.2])])
+    config = ScanConfig(n_vertices=2, gradient=collide.GradientConfig(max_steps=50), chunk=2, centers=True)
+    frame = collide.scan(model, "relu1", x, config=config, store=tmp_path)
+    again = collide.scan(model, "relu1", x, config=config, store=tmp_path)  # read back from the chunks
+    for a, b in zip(frame["pinned"], again["pinned"], strict=True):
+        assert (a is None and b is None) or np.array_equal(np.asarray(a), np.asarray(b))
+    flat = np.array([p is not None for p in frame["pinned"]])
+    assert sorted(zip(frame["index"], frame["dim"], strict=True)) == [(0, 5), (1, 6), (2, 5)]
+    assert flat.tolist() == (frame["dim"] == 5).tolist()
+    arrays = {f"scan_{k}": v for k, v in _pinned_runs(frame).items()}
+    assert arrays["scan_pinned_count"].tolist() == [len(p) if p is not None else -1 for p in frame["pinned"]]
+    arrays.update(scan_center=np.stack(frame["center"].to_list()), scan_radius=frame["radius"].to_numpy(float),
+                  scan_dim=frame["dim"].to_numpy(float), scan_example=frame["index"].to_numpy())
+    images = x[torch.as_tensor(np.array(frame["index"]))].double().numpy()
+    net = cast_copy(model)
+    layer = site_of(net, "relu1", torch.from_numpy(images[:1]))
+    attrs = {"scan_box": [0.0, 1.0]}
+    referee = torch.no_grad()(_scan_balls)  # as verify_row runs it
+    found, counted = referee(net, model, layer, images, arrays, attrs)
+    assert found == [] and counted == {"checked_scan_balls": 3, "certified_scan_dims": 3}
+    # One flat example's weights doctored: that example, and it alone, is named.
+    k = int(np.flatnonzero(flat)[0])
+    start = int(np.maximum(arrays["scan_pinned_count"][:k], 0).sum())
+    weights = arrays["scan_pinned_weights"].copy()
+    weights[start] *= 3
+    found, counted = referee(net, model, layer, images, {**arrays, "scan_pinned_weights": weights}, attrs)
+    assert [p.split(":")[0] for p in found] == [f"example {int(frame['index'][k])}"]
+    assert counted["certified_scan_dims"] == 2
+    # A row stored before the certificates: each dimension checked, the flat ones not certified.
+    bare = {key: v for key, v in arrays.items() if "pinned" not in key}
+    found, counted = referee(net, model, layer, images, bare, attrs)
+    assert found == [] and counted["certified_scan_dims"] == 1
+
+
+def test_an_exact_rows_stored_geometry_carries_its_pinned_rows():
+    from collide.results.records import region_fields
+
+    geo = collide.collision_geometry(relu_net(*FLAT_NET), "relu1", FLAT_TARGET,
+                                     config=GeometryConfig(n_samples=40, chains=4, burn_in=5, n_directions=2,
+                                                           max_draws=40))
+    attrs, arrays = region_fields(geo)
+    assert attrs["geometry"]["dim"] == 5 and attrs["geometry"]["radius"] == geo.radius > 0
+    assert np.array_equal(arrays["region_pinned"], geo.pinned) and arrays["region_pinned"].dtype == np.int64
+    assert np.array_equal(arrays["region_pinned_weights"], geo.pinned_weights)
+    full = dataclasses.replace(geo, pinned=None, pinned_weights=None)
+    assert "region_pinned" not in region_fields(full)[1]
