@@ -19,7 +19,7 @@ from collide.api import _exact_set, collision_geometry, collision_size
 from collide.config import GeometryConfig
 from collide.errors import ConfigError, DataError, InternalError
 from collide.piecewise import ball as ball_lp
-from collide.piecewise import highs
+from collide.piecewise import geometry, highs
 from collide.piecewise.ball import _ball_every_box_row, inscribed_ball
 from collide.piecewise.collision_set import FLAT_ROW, CollisionSet
 from collide.taps import preactivation
@@ -192,10 +192,26 @@ def test_an_inequality_that_holds_with_equality_lowers_the_dimension(ball_solver
     assert geo.radius == collision_size(model, "relu1", torch.tensor([0.7, 0.0, 0.3])).radius
     assert torch.allclose(geo.samples[:, :2], torch.tensor([0.7, 0.0], dtype=torch.float64), atol=SET_EXACT)
     assert float(geo.samples[:, 2].max() - geo.samples[:, 2].min()) > 0.5  # the segment is sampled
-    # Without x3 the set is one point: zero width along every random direction says so.
+    # Without x3 the set is one point, its pinned rows certified: no width to measure.
     model = relu_net(([[1.0, 0.0], [0.0, 1.0]], [-0.5, 0.0]))
     geo = collision_geometry(model, "relu1", torch.tensor([0.7, 0.0]), config=SMALL)
-    assert (geo.free_dim, geo.dim, geo.dim_method) == (1, 0, "widths")
+    assert (geo.free_dim, geo.dim, geo.dim_method, geo.radius) == (1, 0, "implicit-equalities", 0.0)
+    assert len(geo.pinned) == len(geo.pinned_weights) == 2 and len(geo.widths) == len(geo.directions) == 0
+    assert geo.sampler["converged"] and geo.sampler["mean_distance_to_target"] == 0.0
+
+
+def test_where_the_dimensions_search_gives_up_zero_widths_along_random_directions_say_one_point(monkeypatch):
+    # x1 = 0.7 fixed, x2 ≤ 0 against the box's x2 ≥ 0: one point. The search made to give
+    # up; the probe's widths are each two LPs, and all 0.
+    monkeypatch.setattr(geometry, "hull_dimension", lambda cs, *_, **__: ball_lp.Hull(cs.free_dim, "upper-bound"))
+    geo = collision_geometry(relu_net(([[1.0, 0.0], [0.0, 1.0]], [-0.5, 0.0])), "relu1", torch.tensor([0.7, 0.0]),
+                             config=SMALL)
+    assert (geo.dim, geo.dim_method, geo.pinned) == (0, "widths", None)
+    assert len(geo.widths) == SMALL.n_directions and float(geo.widths.abs().max()) <= 1e-7
+    # A segment whose search gave up stays bounded, unsampled: no point to start chains from.
+    geo = collision_geometry(relu_net(([[1.0, 0.0, 0.0], [0.0, 1.0, 0.0]], [-0.5, 0.0])), "relu1",
+                             torch.tensor([0.7, 0.0, 0.3]), config=SMALL)
+    assert (geo.dim, geo.dim_method) == (2, "upper-bound") and not geo.sampler["converged"]
 
 
 @pytest.mark.parametrize("seed", [None, 0, 1, 2])
@@ -306,10 +322,10 @@ def test_sizes_only_gives_the_known_radius_and_dimension_with_no_widths_or_sampl
                              torch.tensor([0.7, 0.0, 0.3]), config=screen)
     assert (geo.free_dim, geo.dim, geo.dim_method) == (2, 1, "implicit-equalities")
     assert abs(geo.radius - 0.5) <= LP_OBJECTIVE  # the ball in the hull, as in full
-    # One point: its width 0 along the probe's directions, its statistics those of a point.
+    # One point: no widths, its statistics those of a point.
     geo = collision_geometry(relu_net(([[1.0, 0.0], [0.0, 1.0]], [-0.5, 0.0])), "relu1", torch.tensor([0.7, 0.0]),
                              config=screen)
-    assert (geo.dim, geo.dim_method) == (0, "widths") and float(geo.widths.abs().max()) <= 1e-7
+    assert (geo.dim, geo.dim_method, len(geo.widths)) == (0, "implicit-equalities", 0)
     assert geo.sampler["converged"] and geo.sampler["mean_distance_to_target"] == 0.0
 
 
