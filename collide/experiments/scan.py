@@ -34,7 +34,7 @@ import numpy as np
 import pandas as pd
 import torch
 
-from collide._io import file_digest, json_digest
+from collide._io import code_version, file_digest, json_digest
 from collide.api import collision_geometry
 from collide.audit import ScanConfig, rank_examples, width_summary
 from collide.datasets.folders import list_folder
@@ -249,8 +249,10 @@ def certify(ranked: pd.DataFrame, images: torch.Tensor, *, config: ScanExperimen
     rows = []
     for n, example in enumerate(picked.itertuples(), 1):
         image = images[int(example.index)]
-        key = json_digest({"index": int(example.index), "checkpoint_sha256": model_info["sha256"],
-                           "layer": config.layer, "geometry": geometry,
+        # The code's version too: what a set's sizes mean has changed with it (a flat set's
+        # radius is the ball in its hull since 2026-12-08).
+        key = json_digest({"code": code_version(), "index": int(example.index),
+                           "checkpoint_sha256": model_info["sha256"], "layer": config.layer, "geometry": geometry,
                            "image": hashlib.sha256(image.numpy().tobytes()).hexdigest()})
         head = {"index": int(example.index), "rank": int(example.rank), "screen_radius": float(example.radius)}
         if key in kept.index:

@@ -261,7 +261,7 @@ def _ball_every_box_row(cs: CollisionSet, *, pinned: np.ndarray | None, watch: H
     return Ball(center, radius, "optimal", rounds, int(added.sum()), duals, solver=solver)
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, eq=False)
 class Equalities:
     """Rows of :meth:`CollisionSet.all_rows` that hold with equality all over C (``rows``,
     (m + 2d,) bool) and, where an LP's dual gave one, their certificate (``weights``,
@@ -320,7 +320,7 @@ def implicit_equalities(cs: CollisionSet, *, watch: Heartbeat | None = None) -> 
     candidates = np.flatnonzero(moving & (slack <= TIGHT_ROW * scale))
     implicit = np.zeros(len(b_all), dtype=bool)
     if not len(candidates):
-        return implicit
+        return Equalities(implicit)
     k, n = cs.free_dim, len(candidates)
     g = mm(a_all[candidates], cs.basis) / reach_all[candidates, None]
     h = lp_model(np.r_[np.zeros(k), -np.ones(n)], np.r_[np.full(k, -np.inf), np.zeros(n)],
@@ -371,7 +371,7 @@ def _rank_on_subspace(cs: CollisionSet, rows: np.ndarray) -> int:
     return rank_of(s, (len(s), cs.free_dim))
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, eq=False)  # its arrays have no one truth value to compare by
 class Hull:
     """C's affine hull as :func:`hull_dimension` found it: its dimension and how
     (``method``), the ball in it where C is flat and more than a point (``flat``, its

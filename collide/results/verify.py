@@ -23,8 +23,9 @@ import torch
 
 from collide.copies import cast_copy
 from collide.models.zoo import load_model_source
-from collide.piecewise.collision_set import collision_set
+from collide.piecewise.collision_set import FLAT_ROW, collision_set
 from collide.piecewise.linearise import affine_piece
+from collide.piecewise.row_space import rank_of
 from collide.results.points import flat_rows, is_points_row, verify_points
 from collide.results.store import ExperimentStore
 from collide.sites import function_of
@@ -40,8 +41,8 @@ BALL_SLACK = 1e-8
 # on it, by the bound their stored certificate gives (:func:`flat_claim`); the MNIST
 # sets' certificates bound it by about 1e-12.
 FLAT_CLAIM = 1e-6
-# A ball certifies the dimension of the flat it lies in only with a radius above this:
-# the rows it must clear are themselves met to BALL_SLACK.
+# A ball certifies the dimension of the flat it lies in only where its centre has this
+# much room (input units) to every face, measured with no tolerance.
 CERTIFYING_RADIUS = 1e-7
 
 
@@ -197,16 +198,19 @@ def _set_of(model: torch.nn.Module, layer: Any, target: torch.Tensor, t_pre: tor
 
 
 def _ball_in_set(cs: Any, center: np.ndarray, radius: float, basis: np.ndarray | None = None,
-                 pinned: np.ndarray | None = None) -> list[str]:
+                 pinned: np.ndarray | None = None) -> tuple[list[str], float]:
     """What keeps the ball of ``center`` and ``radius`` (within the flat ``cs.origin +
-    span(basis)``, the equality subspace by default) from lying in the set ``cs``: none
-    when it does. ``pinned``: rows of :meth:`all_rows` the flat holds with equality, which
-    the centre meets and the ball does not cross, since it lies in the flat."""
+    span(basis)``, the equality subspace by default) from lying in the set ``cs`` (none
+    when it does), and the room the centre has: its least distance, within the flat, to
+    a face of a row that moves there (0 where it misses one), which a ball of any radius
+    below fits in exactly, with no tolerance. ``pinned``: rows of :meth:`all_rows` the
+    flat holds with equality, which the centre meets and the ball does not cross."""
     a_all, b_all = cs.all_rows()
     basis = cs.basis if basis is None else basis
     # Every row a·x ≤ b of the set holds on the ball iff a·c + r‖basisᵀa‖ ≤ b.
     reach = np.linalg.norm(a_all @ basis, axis=1)
-    over = a_all @ center + radius * reach - b_all
+    gap = b_all - a_all @ center
+    over = radius * reach - gap
     problems = []
     if (over > BALL_SLACK * (1 + np.abs(b_all))).any():
         problems.append(f"(radius {radius:.6g}) crosses {int((over > 0).sum())} rows of the collision set, by up "
@@ -215,10 +219,18 @@ def _ball_in_set(cs: Any, center: np.ndarray, radius: float, basis: np.ndarray |
     if off > BALL_SLACK:
         problems.append(f"(radius {radius:.6g}) has its centre off the equality subspace by {off:.3g}")
     if pinned is not None and len(pinned):
-        below = float((b_all[pinned] - a_all[pinned] @ center).max())
+        below = float(gap[pinned].max())
         if below > BALL_SLACK * (1 + np.abs(b_all[pinned]).max()):
             problems.append(f"(radius {radius:.6g}) has its centre off a pinned row by {below:.3g}")
-    return problems
+    moving = _moving(a_all, reach)
+    room = float((gap[moving] / reach[moving]).min(initial=np.inf)) if (gap[~moving] >= 0).all() else 0.0
+    return problems, max(room, 0.0)
+
+
+def _moving(a: np.ndarray, reach: np.ndarray) -> np.ndarray:
+    """Rows that move on a flat where they reach ``reach``: the rest are constant there,
+    their reach rounding (as :func:`collide.piecewise.ball.implicit_equalities` counts)."""
+    return reach > FLAT_ROW * (1 + np.linalg.norm(a, axis=1))
 
 
 def flat_claim(cs: Any, dim: int, pinned: np.ndarray | None, weights: np.ndarray | None, center: np.ndarray,
@@ -226,37 +238,45 @@ def flat_claim(cs: Any, dim: int, pinned: np.ndarray | None, weights: np.ndarray
     """A set's stored dimension and ball against ``cs``, rebuilt from the model: what is
     wrong with them (none: they hold), and whether the dimension is certified.
 
-    The subspace's dimension ``cs.free_dim`` (k) is certified by the ball inside the set.
-    A smaller one by the rows ``pinned`` (indices into :meth:`all_rows`): their rank on
-    the subspace, at unit reach, is k − ``dim``, and ``weights`` (each ≥ 1) are their
-    certificate: with ``ĝᵢ`` a pinned row on the subspace at unit reach and ``sᵢ ≥ 0`` its
-    slack at the target t in input units, every point x = t + Bz of the set has
-    ``Σ wᵢ (aᵢx − bᵢ)/‖aᵢB‖ = (Σ wᵢĝᵢ)·z − Σ wᵢsᵢ``, a sum of terms ≤ 0, so no pinned
-    row's slack anywhere on the set exceeds ``‖Σ wᵢĝᵢ‖·R + Σ wᵢsᵢ`` (R: the box's farthest
-    point from t), which must be at most :data:`FLAT_CLAIM`. The ball then lies in the
-    flat the pinned rows leave. A dimension below k without a certificate (found by the
-    widths along random directions, or by Fukuda's rounds, or stored before there were
-    certificates) has its ball and rank checked where it has pinned rows, and is not
-    certified."""
+    The ball must lie in the set, within the flat its pinned rows leave where it has them
+    (its centre in the set where it has none). Its dimension ``dim`` is certified from
+    below by the room its centre has within that flat (:func:`_ball_in_set`) above
+    :data:`CERTIFYING_RADIUS`: that is a ball of ``dim`` dimensions inside the set with
+    no tolerance. It is certified from above, where it is below the subspace's ``k =
+    cs.free_dim``, by the rows ``pinned`` (indices into :meth:`all_rows`) and their
+    ``weights`` (each ≥ 1): with ``ĝᵢ`` a pinned row on the subspace at unit reach and
+    ``sᵢ`` its slack at the target t in input units, every point x = t + Bz of the set
+    has ``Σ wᵢ (aᵢx − bᵢ)/‖aᵢB‖ = (Σ wᵢĝᵢ)·z − Σ wᵢsᵢ``, a sum of terms ≤ 0, so no pinned
+    row's slack anywhere on the set exceeds ``‖Σ wᵢĝᵢ‖·R + Σ wᵢsᵢ`` (R: the box's
+    farthest point from t), which must be at most :data:`FLAT_CLAIM`; their rank on the
+    subspace (at unit reach, the project's cut-off) must be ``k − dim``. The set then
+    lies within that bound of each pinned face, and so, by the rows' least singular
+    value, near a flat of ``dim`` dimensions. A dimension below k without a certificate
+    (found by zero widths along random directions, or by Fukuda's rounds, or stored
+    before certificates were kept) is checked as far as it can be and not certified."""
     k = cs.free_dim
     if dim > k:
         return [f"dimension {dim} is above its set's subspace dimension {k}"], False
     if dim == k:
-        ball = [f"the stored inscribed ball {p}" for p in _ball_in_set(cs, center, radius)]
-        return ball, not ball and radius > CERTIFYING_RADIUS
+        found, room = _ball_in_set(cs, center, radius)
+        return [f"the stored inscribed ball {p}" for p in found], not found and room > CERTIFYING_RADIUS
     if pinned is None:
-        return [], False
+        found, _ = _ball_in_set(cs, center, 0.0)
+        return [f"the stored inscribed ball's centre {p}" for p in found], False
     a_all, b_all = cs.all_rows()
+    if not np.issubdtype(np.asarray(pinned).dtype, np.integer):
+        return [f"its pinned rows are stored as {np.asarray(pinned).dtype}, not as row indices"], False
     pinned = np.asarray(pinned, dtype=np.int64)
     if not len(pinned) or pinned.min() < 0 or pinned.max() >= len(b_all):
         return [f"its pinned rows are not rows of its set ({len(pinned)} rows, {len(b_all)} in the set)"], False
     g = a_all[pinned] @ cs.basis
     reach = np.linalg.norm(g, axis=1)
-    if not (reach > 0).all():
-        return [f"pinned rows {pinned[reach == 0][:10].tolist()} are constant on the subspace"], False
+    if not _moving(a_all[pinned], reach).all():
+        return [f"pinned rows {pinned[~_moving(a_all[pinned], reach)][:10].tolist()} are constant on the "
+                "subspace"], False
     unit = g / reach[:, None]
     _, sv, vt = np.linalg.svd(unit, full_matrices=True)
-    rank = int((sv > sv.max() * max(unit.shape) * np.finfo(np.float64).eps).sum())
+    rank = rank_of(sv, (len(sv), k))
     problems = []
     if k - rank != dim:
         problems.append(f"its pinned rows have rank {rank} on its {k}-dimensional subspace: dimension {k - rank}, "
@@ -272,16 +292,16 @@ def flat_claim(cs: Any, dim: int, pinned: np.ndarray | None, weights: np.ndarray
         else:
             far = np.linalg.norm(np.maximum(cs.upper - cs.origin, cs.origin - cs.lower))
             bound = float(np.linalg.norm(unit.T @ weights) * far + (weights * slack).sum())
-            if bound > FLAT_CLAIM:
+            if not bound <= FLAT_CLAIM:
                 problems.append(f"its certificate bounds the pinned rows' slack over the set only by {bound:.3g} > "
                                 f"{FLAT_CLAIM:g}")
             certified = not problems
-    if dim > 0:
-        flat = cs.basis @ vt[rank:].T
-        problems += [f"the stored inscribed ball {p}" for p in _ball_in_set(cs, center, radius, flat, pinned)]
-        certified = certified and radius > CERTIFYING_RADIUS
-    elif radius > CERTIFYING_RADIUS:
+    # The flat the pinned rows leave (a point where they leave none): the ball lies in it.
+    found, room = _ball_in_set(cs, center, radius, cs.basis @ vt[rank:].T, pinned)
+    problems += [f"the stored inscribed ball {p}" for p in found]
+    if dim == 0 and radius > CERTIFYING_RADIUS:
         problems.append(f"one point has the radius {radius:.6g}")
+    certified = certified and (dim == 0 or room > CERTIFYING_RADIUS)
     return problems, certified and not problems
 
 

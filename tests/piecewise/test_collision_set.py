@@ -254,7 +254,17 @@ def test_a_row_slack_at_the_target_however_little_is_no_implicit_equality():
     ball = inscribed_ball(cs)
     assert 0 < ball.radius <= ball_lp.RADIUS_TOL
     assert not ball_lp.implicit_equalities(cs).rows.any()  # x1 ≥ 0 and x2 ≥ 0 lift; the slack row is no candidate
-    assert ball_lp.hull_dimension(cs, ball) == ball_lp.Hull(2, "implicit-equalities")
+    hull = ball_lp.hull_dimension(cs, ball)
+    assert (hull.dim, hull.method, hull.flat, hull.pinned) == (2, "implicit-equalities", None, None)
+
+
+def test_a_ball_below_the_tolerance_with_no_row_tight_at_the_target_is_the_subspaces():
+    # x1 = 0.5 fixed by two rows barely slack (3e-8 each) at the target: the ball (4.5e-8)
+    # is below RADIUS_TOL, no row is tight, so none can hold all over the set.
+    model = relu_net(([[1.0, 0.0], [-1.0, 0.0]], [-0.5, 0.4999999]))
+    size = collision_size(model, "relu1", torch.tensor([0.49999996, 0.5]))
+    assert size.radius <= ball_lp.RADIUS_TOL
+    assert (size.free_dim, size.dim, size.dim_method, size.pinned) == (2, 2, "implicit-equalities", None)
 
 
 def test_where_fukudas_rounds_pin_the_set_down_to_one_point_it_has_no_ball(monkeypatch):

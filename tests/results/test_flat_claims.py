@@ -16,7 +16,10 @@ from collide.audit import ScanConfig
 from collide.config import GeometryConfig
 from collide.copies import cast_copy
 from collide.experiments.scanned import _pinned_runs
-from collide.results.verify import FLAT_CLAIM, _scan_balls, flat_claim
+from collide.piecewise.ball import certificate_weights
+from collide.piecewise.collision_set import CollisionSet
+from collide.results.records import region_fields
+from collide.results.verify import FLAT_CLAIM, _scan_balls, _verify_region, flat_claim
 from collide.taps import site_of
 from tests.support import FLAT_NET, FLAT_TARGET, holds_all_over, relu_net
 
@@ -137,8 +140,6 @@ def test_a_scan_keeps_each_flat_sets_rows_and_certificate_and_the_referee_checks
 
 
 def test_an_exact_rows_stored_geometry_carries_its_pinned_rows():
-    from collide.results.records import region_fields
-
     geo = collide.collision_geometry(relu_net(*FLAT_NET), "relu1", FLAT_TARGET,
                                      config=GeometryConfig(n_samples=40, chains=4, burn_in=5, n_directions=2,
                                                            max_draws=40))
@@ -148,3 +149,71 @@ def test_an_exact_rows_stored_geometry_carries_its_pinned_rows():
     assert np.array_equal(arrays["region_pinned_weights"], geo.pinned_weights)
     full = dataclasses.replace(geo, pinned=None, pinned_weights=None)
     assert "region_pinned" not in region_fields(full)[1]
+
+
+def _hand_set(rows: list[list[float]], bounds: list[float], origin: list[float]) -> CollisionSet:
+    """A collision set with no equality: the rows given, then the unit box's."""
+    d = len(origin)
+    return CollisionSet(origin=np.array(origin), equalities=np.zeros((0, d)), basis=np.eye(d), rows=np.array(rows),
+                        bounds=np.array(bounds), n_fixed=len(rows), lower=0.0, upper=1.0, n_positive=0)
+
+
+def test_a_pinned_row_slack_at_the_target_breaks_the_certificate_though_its_weights_cancel():
+    # x2 + x3 ≤ 0 with the box's x2, x3 ≥ 0 pins x2 = x3 = 0; x1 is free: a segment. Row 1,
+    # -x2 ≤ 0.01, points the way x2 ≥ 0 does but is slack by 0.01 at the target.
+    cs = _hand_set([[0.0, 1.0, 1.0], [0.0, -1.0, 0.0]], [0.0, 0.01], [0.5, 0.0, 0.0])
+    lower_face = 2 + 3  # -x_j ≤ 0 follow the rows and the upper faces
+    weights = np.array([np.sqrt(2), 1.0, 1.0])
+    center = np.array([0.5, 0.0, 0.0])
+    honest = np.array([0, lower_face + 1, lower_face + 2])
+    assert flat_claim(cs, 1, honest, weights, center, 0.5) == ([], True)
+    swapped = np.array([0, 1, lower_face + 2])  # the slack row for x2 ≥ 0: same direction
+    found, certified = flat_claim(cs, 1, swapped, weights, center, 0.5)
+    assert not certified and any(p.startswith("its certificate bounds the pinned rows' slack over the set only by "
+                                              "0.01 >") for p in found), found
+
+
+def test_a_ball_that_fits_only_within_the_rows_tolerance_certifies_no_dimension():
+    # ±0.01 x1 ≤ ±0.005 fix x1 = 0.5: a segment. A ball of radius 1e-6 claimed in both
+    # dimensions crosses those rows by 1e-8 of their units, within BALL_SLACK, but its
+    # centre has no room: not a ball of the set, so no certificate of dimension 2.
+    cs = _hand_set([[0.01, 0.0], [-0.01, 0.0]], [0.005, -0.005], [0.5, 0.5])
+    assert flat_claim(cs, 2, None, None, np.array([0.5, 0.5]), 1e-6) == ([], False)
+
+
+def test_the_certificates_weights_are_moved_onto_the_rows_null_space_and_scaled_to_a_least_weight_of_one():
+    gen = np.random.default_rng(0)
+    y0 = gen.uniform(1.0, 3.0, 12)
+    g = gen.standard_normal((12, 5))
+    g -= np.outer(y0, y0 @ g) / (y0 @ y0)  # gᵀy0 = 0
+    noisy = y0 + 1e-7 * gen.standard_normal(12)  # an interior point's dual: 1e-7 off
+    assert np.linalg.norm(g.T @ noisy) > 1e-8
+    cleaned = certificate_weights(g, noisy)
+    assert cleaned.min() == 1.0 and np.linalg.norm(g.T @ cleaned) <= CERTIFICATE_ROUNDING
+    np.testing.assert_allclose(cleaned, y0 / y0.min(), rtol=1e-5)
+    assert certificate_weights(g, y0 - 2.0 * (np.arange(12) == 0) * y0) is None  # no weight ≥ 1/2 left
+
+
+def test_a_points_centre_moved_and_rows_stored_as_floats_are_caught():
+    model, target = CASES["point"]
+    size = collision_size(model, "relu1", target)
+    cs = _exact_set(model, "relu1", target, GeometryConfig(), ())
+    moved = size.center + np.array([0.0, 0.3])
+    found, certified = flat_claim(cs, 0, size.pinned, size.pinned_weights, moved, 0.0)
+    assert not certified and any("off a pinned row" in p for p in found)
+    found, _ = flat_claim(cs, 0, size.pinned.astype(np.float64), size.pinned_weights, size.center, 0.0)
+    assert found == ["its pinned rows are stored as float64, not as row indices"]
+
+
+@torch.no_grad()
+def test_an_exact_rows_flat_set_is_certified_from_what_its_row_stores():
+    model, target = CASES["flat"]
+    geo = collide.collision_geometry(model, "relu1", target, config=GeometryConfig(
+        n_samples=40, chains=4, burn_in=5, n_directions=2, max_draws=40))
+    attrs, arrays = region_fields(geo)
+    arrays["target"] = target.numpy()
+    attrs.update(layer="relu1", pixel_scale=1.0)
+    assert _verify_region(cast_copy(model), model, arrays, attrs, []) == ([], True)
+    doctored = {**arrays, "region_pinned_weights": arrays["region_pinned_weights"] * [3.0, 1.0, 1.0]}
+    found, certified = _verify_region(cast_copy(model), model, doctored, attrs, [])
+    assert not certified and any("certificate bounds" in p for p in found)
