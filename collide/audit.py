@@ -152,7 +152,11 @@ def exact_sizes_reason(model: nn.Module, layer: str | Site, example: torch.Tenso
 
 
 def _screen(model: nn.Module, site: Site, x: torch.Tensor, y: torch.Tensor | None, start: int, *,
-            config: ScanConfig, exact_reason: str) -> list[dict[str, Any]]:
+            config: ScanConfig, exact_reason: str, sized: Callable[[int], None] = lambda _: None,
+            ) -> list[dict[str, Any]]:
+    """The rows of the examples ``x`` (the data's ``start`` on); ``sized(k)`` hears as the
+    first k of them have their exact sizes, which take seconds an example on a conv net
+    where the chunk's gradient polytopes take one batch."""
     with torch.no_grad(), eval_mode(model):
         prob = torch.softmax(model(x), -1)
     conf, pred = prob.max(-1)
@@ -195,7 +199,11 @@ def _screen(model: nn.Module, site: Site, x: torch.Tensor, y: torch.Tensor | Non
         # not depend on how many examples the call holds or on the cores.
         threads = max(1, min(len(x), config.threads or job_cores()))
         with one_blas_thread(), ThreadPoolExecutor(threads) as pool:
-            sizes = list(pool.map(lambda k: collision_size(model, site, x[k], config=config.geometry), range(len(x))))
+            sizes = []
+            # In order, from this thread: the callback need not be thread-safe.
+            for size in pool.map(lambda k: collision_size(model, site, x[k], config=config.geometry), range(len(x))):
+                sizes.append(size)
+                sized(len(sizes))
         for row, size in zip(rows, sizes, strict=True):
             row.update(dim=size.dim, dim_method=size.dim_method, radius=size.radius, exact=True)
             if config.centers:
@@ -264,7 +272,9 @@ def scan(
         labels: one label per example, where ``data`` carries none (optional).
         config: how each example is measured (:class:`ScanConfig`).
         store: a folder to keep each finished chunk in; a rerun reads them back.
-        progress: True for a progress bar on stderr, or ``progress(done, total)``.
+        progress: True for a progress bar on stderr, or ``progress(done, total)``: it moves
+            as each example's exact sizes come (seconds an example on a conv net), else
+            with each chunk.
 
     Returns:
         One row per example (:data:`COLUMNS`): ``index`` in ``data``, ``label``,
@@ -307,7 +317,8 @@ def scan(
             if path is not None and path.is_file():
                 frames.append(pd.read_parquet(path))
             else:
-                rows = _screen(model, site, x.float(), y, start, config=config, exact_reason=exact_reason)
+                rows = _screen(model, site, x.float(), y, start, config=config, exact_reason=exact_reason,
+                               sized=lambda k, start=start: bar(start + k))
                 chunk = pd.DataFrame(rows)
                 chunk["reason"] = [r["reason"] or ("" if r["exact"] else exact_reason) for r in rows]
                 if path is not None:

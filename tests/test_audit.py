@@ -213,3 +213,13 @@ def test_rank_stability_ranks_by_the_sizes_compared_over_the_examples_both_ranke
     assert got["top_overlap"] == len(top_a & top_b) / 10
     same = rank_stability(a, a.assign(size=2 * a["size"] + 1), top=0.1)
     assert same["spearman"] == pytest.approx(1.0) and same["top_overlap"] == 1.0
+
+
+def test_progress_moves_with_each_examples_exact_sizes_not_only_with_each_chunk():
+    x, y = _data()
+    config = ScanConfig(n_vertices=3, gradient=collide.GradientConfig(max_steps=50), chunk=4)
+    heard = []
+    collide.scan(_model(), "2", x, labels=y, config=config, progress=lambda done, total: heard.append((done, total)))
+    # chunks of 4 and 2: each example's sizes heard of as they come, in order, then the chunk's end
+    assert sorted(set(heard)) == [(k, 6) for k in range(1, 7)] and heard == sorted(heard)
+    assert heard[-1] == (6, 6)
