@@ -5,11 +5,14 @@ and by the interior point as collide runs it (the rounds after one that adds few
 ``ball.SIMPLEX_TAIL_ROWS`` rows handed to the simplex), alternating in one process, with
 the radius and dimension each gives.
 
-The set is the first correct test 7's (``benchmarks.common.collision_problem``). The
-simplex is the reference: it is what every set used before, and it still takes sets
-with fewer than ``IPM_REGION_ROWS`` region rows. Usage: ``python -m benchmarks.set_solvers
-[--reps N] [--layers mlp:relu1,...]``; writes ``benchmarks/set_solvers.json`` with the
-machine (its load average included).
+The sets are those of the first correctly classified test image of each of the first
+``--targets`` digits of :data:`TARGET_DIGITS`, the 7 first (the target of every other
+benchmark, ``benchmarks.common.collision_problem``): one set is not a result, and a
+threshold set on one could be its shape. The simplex is the reference: it is what every
+set used before, and it still takes sets with fewer than ``IPM_REGION_ROWS`` region rows.
+Usage: ``python -m benchmarks.set_solvers [--reps N] [--targets N] [--layers
+mlp:relu1,...]``; writes ``benchmarks/set_solvers.json`` with the machine (its load
+average included).
 """
 
 from __future__ import annotations
@@ -23,13 +26,16 @@ from typing import Any
 
 import torch
 
-from benchmarks.common import collision_problem, machine
+from benchmarks.common import checkpoint, collision_problem, experiment, machine
 from collide.api import _exact_set, collision_size
 from collide.config import GeometryConfig
+from collide.datasets.mnist import load_mnist
+from collide.models.zoo import load_checkpoint
 from collide.piecewise import ball
 
 OUT = Path(__file__).parent / "set_solvers.json"
 LAYERS = ("mlp:relu1", "mlp:relu2", "lenet5:relu3", "lenet5:relu2")
+TARGET_DIGITS = (7, 0, 1, 2, 3, 4, 5, 6, 8, 9)
 # IPM_REGION_ROWS values that force each solver whatever the set's size.
 SOLVERS = {"simplex": 10**9, "interior point": 0}
 
@@ -62,9 +68,24 @@ def compare(model: torch.nn.Module, layer: str, target: torch.Tensor, *, reps: i
     return out
 
 
+def targets(arch: str, n: int) -> list[tuple[int, int, torch.Tensor]]:
+    """``(test index, label, image)`` of the first test image the classifier gets right of
+    each of the first ``n`` digits of :data:`TARGET_DIGITS`."""
+    model, _ = load_checkpoint(checkpoint(arch))
+    test = load_mnist(experiment(arch).data_root, "test")
+    with torch.no_grad():
+        right = model(test.images).argmax(-1) == test.labels
+    out = []
+    for digit in TARGET_DIGITS[:n]:
+        index = int(torch.nonzero(right & (test.labels == digit))[0])
+        out.append((index, digit, test.images[index]))
+    return out
+
+
 def main(argv: list[str] | None = None) -> dict[str, Any]:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--reps", type=int, default=3)
+    parser.add_argument("--targets", type=int, default=3, help=f"how many of the digits {TARGET_DIGITS}")
     parser.add_argument("--layers", default=",".join(LAYERS), help="model:layer pairs, comma-separated")
     parser.add_argument("--out", default=str(OUT))
     args = parser.parse_args(argv)
@@ -74,11 +95,14 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     problems: dict[str, dict[str, Any]] = {}
     for pair in args.layers.split(","):
         arch, layer = pair.split(":")
-        p = problems.setdefault(arch, collision_problem(arch))
-        row = {"model": arch, "layer": layer, **compare(p["model"], layer, p["target"], reps=args.reps)}
-        print(json.dumps({k: row[k] for k in ("model", "layer", "region_rows", "speedup", "radius_rel_diff")}),
-              flush=True)
-        result["sets"].append(row)
+        if arch not in problems:
+            problems[arch] = {"model": collision_problem(arch)["model"], "targets": targets(arch, args.targets)}
+        for index, label, image in problems[arch]["targets"]:
+            row = {"model": arch, "layer": layer, "target_index": index, "target_label": label,
+                   **compare(problems[arch]["model"], layer, image, reps=args.reps)}
+            print(json.dumps({k: row[k] for k in ("model", "layer", "target_index", "region_rows", "speedup",
+                                                  "radius_rel_diff")}), flush=True)
+            result["sets"].append(row)
     result["machine"]["load_average_after"] = machine()["load_average"]
     Path(args.out).write_text(json.dumps(result, indent=1) + "\n")
     return result

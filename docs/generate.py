@@ -354,10 +354,10 @@ def set_solvers(path: Path = SET_SOLVER_RESULTS) -> str:
             + (f", handing the simplex the rounds after one that adds fewer than {result['simplex_tail_rows']} "
                "(as the interior point's column does)" if "simplex_tail_rows" in result else "")
             + " (`python -m benchmarks.set_solvers`).", "",
-            "| model | layer | inputs | region rows | default | simplex (median, range) "
+            "| model | layer | target | inputs | region rows | default | simplex (median, range) "
             "| interior point (median, range) "
             "| simplex time / interior point's | radius, relative difference | dimension |",
-            "|---|---|---|---|---|---|---|---|---|---|"]
+            "|---|---|---|---|---|---|---|---|---|---|---|"]
     def spread(run: dict) -> str:
         return f"{run['median_s']:.2f} s ({min(run['seconds']):.2f}-{max(run['seconds']):.2f})"
 
@@ -365,7 +365,10 @@ def set_solvers(path: Path = SET_SOLVER_RESULTS) -> str:
         ref, ipm = r["simplex"], r["interior point"]
         dim = f"{ref['dim']} ({ref['dim_method']})" + ("" if r["same_dim"] else f" against {ipm['dim']} "
                                                         f"({ipm['dim_method']})")
-        rows.append(f"| {r['model']} | `{r['layer']}` | {r['inputs']} | {r['region_rows']:,} | {r['default']} "
+        # A file from before several targets: the first correct test 7's set alone.
+        target = f"test {r['target_index']} (a {r['target_label']})" if "target_index" in r else "the first 7"
+        rows.append(f"| {r['model']} | `{r['layer']}` | {target} | {r['inputs']} | {r['region_rows']:,} "
+                    f"| {r['default']} "
                     f"| {spread(ref)} | {spread(ipm)} | {r['speedup']:.2f}x "
                     f"| {r['radius_rel_diff']:.1e} | {dim} |")
     return "\n".join(rows) + "\n"

@@ -45,8 +45,10 @@ TIGHT_ROW = 1e-12
 # with crossover: a vertex optimum and its multipliers, as the simplex gives), not the
 # dual simplex, whose rounds of lazy rows each start from the last basis but pivot
 # through a degenerate LP: LeNet-5's relu3 set (9,064 region rows) took 31,000
-# iterations over 11 rounds. Both solvers side by side on the MNIST models' sets:
-# benchmarks/set_solvers.py (LeNet-5's 6,804 and 9,064 rows gain; the MLP's 0 and 256 lose).
+# iterations over 11 rounds. Both solvers side by side on the MNIST models' sets of three
+# targets (benchmarks/set_solvers.py, 2026-12-08): LeNet-5's relu3 sets (8,875 to 9,268
+# rows) gain 1.45 to 2.64x; its relu2 sets (6,726 to 6,996 rows, each one point) take
+# 0.79 to 1.10x, a loss known only once the ball is solved; the MLP's (0 and 256) lose.
 IPM_REGION_ROWS = 1000
 
 # Once a round adds fewer region rows than this, the interior point hands the LP to the

@@ -222,9 +222,12 @@ def test_the_set_solvers_block_shows_set_solvers_json_as_measured(tmp_path):
     path = tmp_path / "set_solvers.json"
     path.write_text(json.dumps(results))
     text = _generate().set_solvers(path)
-    assert ("| lenet5 | `relu3` | 784 | 9,064 | interior point | 21.00 s (20.00-23.00) | 12.00 s (11.00-14.00) "
-            "| 1.75x | 1.0e-10 | 737 (ball) |") \
+    assert ("| lenet5 | `relu3` | the first 7 | 784 | 9,064 | interior point | 21.00 s (20.00-23.00) "
+            "| 12.00 s (11.00-14.00) | 1.75x | 1.0e-10 | 737 (ball) |") \
         in text and "from 1,000 region rows" in text and "3 runs of each solver" in text
+    results["sets"][0].update(target_index=3, target_label=0)
+    path.write_text(json.dumps(results))
+    assert "| lenet5 | `relu3` | test 3 (a 0) | 784 |" in _generate().set_solvers(path)
     assert "fewer than" not in text  # a file from before the hand-over names none
     results["simplex_tail_rows"] = 32
     path.write_text(json.dumps(results))
