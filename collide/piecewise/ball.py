@@ -314,17 +314,11 @@ def implicit_equalities(cs: CollisionSet, *, watch: Heartbeat | None = None) -> 
     found the set to be one point, where Fukuda's rounds from the ball's multipliers
     stopped at the bound 261 (docs/performance.md). ``watch`` hears of the LP's iterations.
     """
-    a_all, b_all = cs.all_rows()
-    x0 = cs.origin
-    reach_all, moving = _reach(cs, a_all)
-    slack = b_all - mm(a_all, x0)
-    scale = 1 + np.abs(b_all) + mm(np.abs(a_all), np.abs(x0))
-    candidates = np.flatnonzero(moving & (slack <= TIGHT_ROW * scale))
-    implicit = np.zeros(len(b_all), dtype=bool)
+    candidates, g = _tight_rows(cs)
+    implicit = np.zeros(len(cs.bounds) + 2 * cs.input_dim, dtype=bool)
     if not len(candidates):
         return Equalities(implicit)
     k, n = cs.free_dim, len(candidates)
-    g = mm(a_all[candidates], cs.basis) / reach_all[candidates, None]
     h = lp_model(np.r_[np.zeros(k), -np.ones(n)], np.r_[np.full(k, -np.inf), np.zeros(n)],
                  np.r_[np.full(k, np.inf), np.ones(n)], tol=LP_TOL)
     add_rows(h, sp.hstack([sp.csr_matrix(g), sp.identity(n, format="csr")]), np.full(n, -np.inf), np.zeros(n))
@@ -355,9 +349,50 @@ def implicit_equalities(cs: CollisionSet, *, watch: Heartbeat | None = None) -> 
     found = certificate_weights(g[~lifted], y) if (~lifted).any() else None
     weights = None
     if found is not None:
-        weights = np.zeros(len(b_all))
+        weights = np.zeros(len(implicit))
         weights[candidates[~lifted]] = found
     return Equalities(implicit, weights)
+
+
+def _tight_rows(cs: CollisionSet) -> tuple[np.ndarray, np.ndarray]:
+    """The rows of :meth:`CollisionSet.all_rows` tight at the target (within
+    :data:`TIGHT_ROW`) that move on the equality subspace, as indices, and on the
+    subspace's coordinates at unit reach. -> (n,), (n, k)"""
+    a_all, b_all = cs.all_rows()
+    reach_all, moving = _reach(cs, a_all)
+    slack = b_all - mm(a_all, cs.origin)
+    scale = 1 + np.abs(b_all) + mm(np.abs(a_all), np.abs(cs.origin))
+    candidates = np.flatnonzero(moving & (slack <= TIGHT_ROW * scale))
+    return candidates, mm(a_all[candidates], cs.basis) / reach_all[candidates, None]
+
+
+def certify_pinned(cs: CollisionSet, pinned: np.ndarray, *, watch: Heartbeat | None = None) -> np.ndarray | None:
+    """A certificate (as :class:`Equalities`'s ``weights``, (m + 2d,)) that the rows
+    ``pinned`` hold with equality all over C, for rows pinned without one (Fukuda's
+    rounds): one LP for weights ``y ≥ 0`` on the rows tight at the target, at least 1 on
+    the pinned ones, whose combination vanishes on the subspace, the least in sum. Such
+    weights exist wherever the pinned rows are implicit equalities (the dual of the
+    cone's LP, :func:`implicit_equalities`, is one); only those on pinned rows are kept
+    and cleaned (:func:`certificate_weights`). None where a pinned row is not tight at
+    the target, or the LP or the cleaning fails."""
+    candidates, g = _tight_rows(cs)
+    on = pinned[candidates]
+    if on.sum() != pinned.sum():
+        return None
+    k, n = cs.free_dim, len(candidates)
+    h = lp_model(np.ones(n), np.where(on, 1.0, 0.0), np.full(n, np.inf), tol=LP_TOL)
+    add_rows(h, g.T, np.zeros(k), np.zeros(k))
+    no_rows = np.zeros(0)
+    solved = solve_lazily(h, lambda _: no_rows, no_rows, np.zeros(0, dtype=bool), tol=LP_TOL, add=lambda _: None,
+                          watch=watch)
+    if solved.solution is None:
+        return None
+    found = certificate_weights(g[on], np.asarray(solved.solution[:n])[on])
+    if found is None:
+        return None
+    weights = np.zeros(len(pinned))
+    weights[candidates[on]] = found
+    return weights
 
 
 def _rank_on_subspace(cs: CollisionSet, rows: np.ndarray) -> int:
@@ -379,7 +414,8 @@ class Hull:
     (``method``), the ball in it where C is flat and more than a point (``flat``, its
     ``pinned`` rows), and the rows found to hold with equality all over C (``pinned``,
     (m + 2d,) bool; None where none were) with their certificate (``weights``, as
-    :class:`Equalities`; None where Fukuda's rounds, which give none, pinned any)."""
+    :class:`Equalities`: the cone LP's dual, or where Fukuda's rounds pinned rows, which
+    give none, :func:`certify_pinned`'s; None where neither gave one)."""
 
     dim: int
     method: str
@@ -428,14 +464,21 @@ def hull_dimension(cs: CollisionSet, ball: Ball, *, watch: Heartbeat | None = No
             break
         rank = _rank_on_subspace(cs, pinned)
         if rank == k:  # one point: no ball to measure in it
-            return Hull(0, "implicit-equalities", None, pinned, weights)
+            return Hull(0, "implicit-equalities", None, pinned, _certified(cs, pinned, weights, watch))
         flat = inscribed_ball(cs, pinned=pinned, watch=watch)
         if not np.isfinite(flat.radius):
             break
         if flat.radius > RADIUS_TOL:
-            return Hull(k - rank, "implicit-equalities", dataclasses.replace(flat, pinned=pinned), pinned, weights)
+            return Hull(k - rank, "implicit-equalities", dataclasses.replace(flat, pinned=pinned), pinned,
+                        _certified(cs, pinned, weights, watch))
         moved = ~pinned & (np.abs(flat.duals) > LP_TOL)
         if not moved.any():
             break
         pinned, weights = pinned | moved, None  # the rounds' rows come without a certificate
     return Hull(k, "upper-bound")
+
+
+def _certified(cs: CollisionSet, pinned: np.ndarray, weights: np.ndarray | None,
+               watch: Heartbeat | None) -> np.ndarray | None:
+    """``weights`` where the cone's LP gave them, else a certificate of their own."""
+    return weights if weights is not None else certify_pinned(cs, pinned, watch=watch)

@@ -252,8 +252,9 @@ def flat_claim(cs: Any, dim: int, pinned: np.ndarray | None, weights: np.ndarray
     subspace (at unit reach, the project's cut-off) must be ``k − dim``. The set then
     lies within that bound of each pinned face, and so, by the rows' least singular
     value, near a flat of ``dim`` dimensions. A dimension below k without a certificate
-    (found by zero widths along random directions, or by Fukuda's rounds, or stored
-    before certificates were kept) is checked as far as it can be and not certified."""
+    (found by zero widths along random directions, or by Fukuda's rounds where no LP gave
+    one, or stored before certificates were kept) is checked as far as it can be and not
+    certified."""
     k = cs.free_dim
     if dim > k:
         return [f"dimension {dim} is above its set's subspace dimension {k}"], False

@@ -22,6 +22,7 @@ from collide.piecewise import ball as ball_lp
 from collide.piecewise import geometry, highs
 from collide.piecewise.ball import _ball_every_box_row, inscribed_ball
 from collide.piecewise.collision_set import FLAT_ROW, CollisionSet
+from collide.results.verify import flat_claim
 from collide.taps import preactivation
 from tests.support import FLAT_NET, FLAT_TARGET, holds_all_over, relu_net, shrunk_mlp
 from tests.tolerances import LP_OBJECTIVE, MC_POLYGON_MEAN, PRODUCT_ORDER, SET_EXACT
@@ -279,7 +280,10 @@ def test_where_fukudas_rounds_pin_the_set_down_to_one_point_it_has_no_ball(monke
     partial = full & (a_all[:, 2] == 0)
     monkeypatch.setattr(ball_lp, "implicit_equalities", lambda *_, **__: ball_lp.Equalities(partial.copy()))
     hull = ball_lp.hull_dimension(cs, inscribed_ball(cs))
-    assert (hull.dim, hull.method, hull.flat, hull.weights) == (0, "implicit-equalities", None, None)
+    assert (hull.dim, hull.method, hull.flat) == (0, "implicit-equalities", None)
+    # the rounds' rows certified by an LP of their own, which the referee accepts
+    rows = hull.pinned_rows()
+    assert flat_claim(cs, 0, rows["pinned"], rows["pinned_weights"], cs.origin, 0.0) == ([], True)
     size = collision_size(model, "relu1", target)
     assert (size.dim, size.radius) == (0, 0.0)
 
@@ -288,6 +292,8 @@ def test_where_the_cones_lp_fails_fukudas_rounds_give_the_same_dimension(monkeyp
     monkeypatch.setattr(ball_lp, "implicit_equalities", lambda *_, **__: None)
     size = collision_size(relu_net(*FLAT_NET), "relu1", FLAT_TARGET)
     assert (size.free_dim, size.dim, size.dim_method) == (7, 5, "implicit-equalities") and size.radius > 0.05
+    cs = _exact_set(relu_net(*FLAT_NET), "relu1", FLAT_TARGET, SMALL, ())
+    assert flat_claim(cs, 5, size.pinned, size.pinned_weights, size.center, size.radius) == ([], True)
 
 
 def test_where_the_cones_lp_misses_an_implicit_equality_fukudas_rounds_find_it(monkeypatch):
@@ -304,7 +310,20 @@ def test_where_the_cones_lp_misses_an_implicit_equality_fukudas_rounds_find_it(m
     hull = ball_lp.hull_dimension(cs, ball)
     assert (hull.dim, hull.method) == (5, "implicit-equalities") and hull.flat.radius > 0.05
     assert hull.flat.pinned[full].all()  # every row of the full answer pinned in the end
-    assert hull.weights is None  # the rounds' rows come without a certificate
+    rows = hull.pinned_rows()
+    assert flat_claim(cs, 5, rows["pinned"], rows["pinned_weights"], hull.flat.center, hull.flat.radius) == ([], True)
+
+
+def test_rows_pinned_that_do_not_all_hold_all_over_the_set_get_no_certificate():
+    cs = _exact_set(relu_net(*FLAT_NET), "relu1", FLAT_TARGET, SMALL, ())
+    found = ball_lp.implicit_equalities(cs)
+    a_all, _ = cs.all_rows()
+    assert ball_lp.certify_pinned(cs, found.rows) is not None
+    # x5 ≥ 0 is tight at the target but x6 ≤ x5 lets it rise: no weights can prove it pinned
+    x5_floor = (a_all[:, 4] == -1) & (np.abs(a_all).sum(1) == 1)
+    assert ball_lp.certify_pinned(cs, found.rows | x5_floor) is None
+    x2_floor = (a_all[:, 1] == -1) & (np.abs(a_all).sum(1) == 1)  # slack at the target (x2 = 0.3)
+    assert ball_lp.certify_pinned(cs, found.rows | x2_floor) is None
 
 
 def test_a_segment_has_dimension_one_its_half_length_as_radius_and_its_length_as_width(ball_solver):
