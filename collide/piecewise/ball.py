@@ -22,7 +22,7 @@ import highspy
 import numpy as np
 import scipy.sparse as sp
 
-from collide.piecewise.collision_set import FLAT_ROW, LP_TOL, CollisionSet, mm, solve_with_region
+from collide.piecewise.collision_set import LP_TOL, CollisionSet, mm, moving_rows, solve_with_region
 from collide.piecewise.highs import Heartbeat, LazyRun, add_rows, lp_model, solve_lazily
 from collide.piecewise.row_space import rank_of, svd
 
@@ -137,8 +137,7 @@ def _reach(cs: CollisionSet, a_all: np.ndarray) -> tuple[np.ndarray, np.ndarray]
     reach_all = cs.reach_all()
     # A row constant on the subspace (an earlier positive unit's sign row, whose weights
     # lie in the equalities' span) holds on it as a whole; its reach is rounding.
-    moving = reach_all > FLAT_ROW * (1 + np.linalg.norm(a_all, axis=1))
-    return reach_all, moving
+    return reach_all, moving_rows(a_all, reach_all)
 
 
 def _inside(cs: CollisionSet, sol: np.ndarray, reach_all: np.ndarray, free: np.ndarray) -> tuple[np.ndarray, float]:

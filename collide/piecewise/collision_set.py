@@ -49,6 +49,12 @@ FLAT_ROW = 1e-10
 LP_TOL = 1e-9
 
 
+def moving_rows(a: np.ndarray, reach: np.ndarray) -> np.ndarray:
+    """Which rows ``a`` move on a flat where each reaches ``reach`` (its norm there): the
+    others are constant on it, their reach rounding (:data:`FLAT_ROW`). (n, d), (n,) -> (n,)"""
+    return reach > FLAT_ROW * (1 + np.linalg.norm(a, axis=1))
+
+
 def mm(a: np.ndarray, b: np.ndarray) -> np.ndarray:
     """``a @ b`` in float64 through torch: its thread count is what the engine fixes per
     job, so a job's set is the same bits in a Dask worker (BLAS on one thread) and in

@@ -8,7 +8,7 @@ import numpy as np
 import torch
 
 from collide.piecewise.ball import Ball
-from collide.piecewise.collision_set import FLAT_ROW, CollisionSet, mm
+from collide.piecewise.collision_set import CollisionSet, mm, moving_rows
 from collide.piecewise.row_space import rank_of
 
 
@@ -42,8 +42,8 @@ def hull_polytope(cs: CollisionSet, basis: np.ndarray) -> HullPolytope:
     """C's rows, box included, in the coordinates of the flat ``cs.origin + span(basis)``."""
     a_all, b_all = cs.all_rows()
     g = mm(a_all, basis)
-    moving = np.linalg.norm(g, axis=1) > FLAT_ROW * (1 + np.linalg.norm(a_all, axis=1))
-    return HullPolytope(cs.origin, basis, np.ascontiguousarray(g[moving]), (b_all - mm(a_all, cs.origin))[moving])
+    moves = moving_rows(a_all, np.linalg.norm(g, axis=1))
+    return HullPolytope(cs.origin, basis, np.ascontiguousarray(g[moves]), (b_all - mm(a_all, cs.origin))[moves])
 
 
 def hull_frame(cs: CollisionSet, ball: Ball, flat: Ball | None) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
@@ -62,4 +62,4 @@ def hull_frame(cs: CollisionSet, ball: Ball, flat: Ball | None) -> tuple[np.ndar
         basis, centre = mm(cs.basis, vt_t.numpy()[rank:].T), flat.center
     # On the set's own subspace, the reach the ball LP used: the same rows move for both.
     reach = cs.reach_all() if flat is None else np.linalg.norm(mm(a_all, basis), axis=1)
-    return basis, centre, reach > FLAT_ROW * (1 + np.linalg.norm(a_all, axis=1))
+    return basis, centre, moving_rows(a_all, reach)

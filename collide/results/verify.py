@@ -23,7 +23,7 @@ import torch
 
 from collide.copies import cast_copy
 from collide.models.zoo import load_model_source
-from collide.piecewise.collision_set import FLAT_ROW, collision_set
+from collide.piecewise.collision_set import collision_set, moving_rows
 from collide.piecewise.linearise import affine_piece
 from collide.piecewise.row_space import rank_of
 from collide.results.points import flat_rows, is_points_row, verify_points
@@ -222,15 +222,9 @@ def _ball_in_set(cs: Any, center: np.ndarray, radius: float, basis: np.ndarray |
         below = float(gap[pinned].max())
         if below > BALL_SLACK * (1 + np.abs(b_all[pinned]).max()):
             problems.append(f"(radius {radius:.6g}) has its centre off a pinned row by {below:.3g}")
-    moving = _moving(a_all, reach)
-    room = float((gap[moving] / reach[moving]).min(initial=np.inf)) if (gap[~moving] >= 0).all() else 0.0
+    moves = moving_rows(a_all, reach)
+    room = float((gap[moves] / reach[moves]).min(initial=np.inf)) if (gap[~moves] >= 0).all() else 0.0
     return problems, max(room, 0.0)
-
-
-def _moving(a: np.ndarray, reach: np.ndarray) -> np.ndarray:
-    """Rows that move on a flat where they reach ``reach``: the rest are constant there,
-    their reach rounding (as :func:`collide.piecewise.ball.implicit_equalities` counts)."""
-    return reach > FLAT_ROW * (1 + np.linalg.norm(a, axis=1))
 
 
 def flat_claim(cs: Any, dim: int, pinned: np.ndarray | None, weights: np.ndarray | None, center: np.ndarray,
@@ -272,8 +266,8 @@ def flat_claim(cs: Any, dim: int, pinned: np.ndarray | None, weights: np.ndarray
         return [f"its pinned rows are not rows of its set ({len(pinned)} rows, {len(b_all)} in the set)"], False
     g = a_all[pinned] @ cs.basis
     reach = np.linalg.norm(g, axis=1)
-    if not _moving(a_all[pinned], reach).all():
-        return [f"pinned rows {pinned[~_moving(a_all[pinned], reach)][:10].tolist()} are constant on the "
+    if not moving_rows(a_all[pinned], reach).all():
+        return [f"pinned rows {pinned[~moving_rows(a_all[pinned], reach)][:10].tolist()} are constant on the "
                 "subspace"], False
     unit = g / reach[:, None]
     _, sv, vt = np.linalg.svd(unit, full_matrices=True)
