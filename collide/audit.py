@@ -44,7 +44,7 @@ import pandas as pd
 import torch
 from torch import nn
 
-from collide._io import atomic_file, json_digest
+from collide._io import atomic_file, code_version, json_digest
 from collide.api import collision_geometry, collision_size, find_polytopes
 from collide.checks import require
 from collide.config import GeometryConfig, GradientConfig
@@ -354,7 +354,8 @@ def _certify(model: nn.Module, site: Site, read: Callable[[int, int], tuple[torc
     # way: certify_s and certify_side_by_side_s in benchmarks/scan.json).
     for i in picked:
         x, _ = read(int(i), int(i) + 1)
-        key = json_digest({**base, "certify": int(i), "inputs": _chunk_key(base, x, None)})
+        # The code's version too: a one-point set's widths changed (none since 2026-12-08).
+        key = json_digest({**base, "code": code_version(), "certify": int(i), "inputs": _chunk_key(base, x, None)})
         path = folder / f"certify-{int(i):08d}-{key}.json" if folder is not None else None
         if path is not None and path.is_file():
             found = json.loads(path.read_text())
@@ -381,7 +382,14 @@ def width_summary(widths: np.ndarray) -> dict[str, Any]:
 def _bar(progress: bool | Progress, total: int) -> Callable[[int | None], None]:
     """``update(done)`` as examples finish, ``update(None)`` at the end."""
     if callable(progress):
-        return lambda done: None if done is None else progress(done, total)
+        heard = [-1]
+
+        def tell(done: int | None) -> None:
+            if done is not None and done != heard[0]:  # a chunk's end, its last example's already told
+                heard[0] = done
+                progress(done, total)
+
+        return tell
     if not progress:
         return lambda done: None
     from tqdm.auto import tqdm

@@ -368,25 +368,28 @@ def _tight_rows(cs: CollisionSet) -> tuple[np.ndarray, np.ndarray]:
 def certify_pinned(cs: CollisionSet, pinned: np.ndarray, *, watch: Heartbeat | None = None) -> np.ndarray | None:
     """A certificate (as :class:`Equalities`'s ``weights``, (m + 2d,)) that the rows
     ``pinned`` hold with equality all over C, for rows pinned without one (Fukuda's
-    rounds): one LP for weights ``y ≥ 0`` on the rows tight at the target, at least 1 on
-    the pinned ones, whose combination vanishes on the subspace, the least in sum. Such
-    weights exist wherever the pinned rows are implicit equalities (the dual of the
-    cone's LP, :func:`implicit_equalities`, is one); only those on pinned rows are kept
-    and cleaned (:func:`certificate_weights`). None where a pinned row is not tight at
-    the target, or the LP or the cleaning fails."""
+    rounds): one LP for the least weights, at least 1 on each pinned row, whose
+    combination of them vanishes on the subspace, cleaned as the cone's dual is
+    (:func:`certificate_weights`). Such weights exist where the pinned rows are all the
+    implicit equalities that move, as they are once a ball fits in the flat they leave;
+    none exist unless every pinned row holds all over C. The pinned rows alone, not the
+    other rows tight at the target: weights the LP put there would be lost to the
+    certificate (on a set of one point every tight row holds, and the least weights may
+    lean on rows not pinned). None where a pinned row is not tight at the target, or the
+    LP or the cleaning fails."""
     candidates, g = _tight_rows(cs)
     on = pinned[candidates]
     if on.sum() != pinned.sum():
         return None
-    k, n = cs.free_dim, len(candidates)
-    h = lp_model(np.ones(n), np.where(on, 1.0, 0.0), np.full(n, np.inf), tol=LP_TOL)
+    g, k, n = g[on], cs.free_dim, int(on.sum())
+    h = lp_model(np.ones(n), np.ones(n), np.full(n, np.inf), tol=LP_TOL)
     add_rows(h, g.T, np.zeros(k), np.zeros(k))
     no_rows = np.zeros(0)
     solved = solve_lazily(h, lambda _: no_rows, no_rows, np.zeros(0, dtype=bool), tol=LP_TOL, add=lambda _: None,
                           watch=watch)
     if solved.solution is None:
         return None
-    found = certificate_weights(g[on], np.asarray(solved.solution[:n])[on])
+    found = certificate_weights(g, np.asarray(solved.solution[:n]))
     if found is None:
         return None
     weights = np.zeros(len(pinned))

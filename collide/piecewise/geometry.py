@@ -118,8 +118,8 @@ def measure(cs: CollisionSet, *, config: GeometryConfig, progress: LpProgress | 
         if hull.method == "upper-bound":
             # The search gave up, but a set of dimension ≥ 1 has a positive width along a
             # random direction of its subspace with probability 1: zero along every one
-            # drawn, it is one point. (First, before the cone's LP: 13 s of width LPs on
-            # LeNet-5's relu2 set, where that LP and its certificate take 0.9 s.)
+            # drawn, it is one point. (Only now: these width LPs took 13 s on LeNet-5's
+            # relu2 set, where the search and its certificate take 0.9 s.)
             probe = extents(cs, cs.basis, center=None, free=None, **{**widths_config, "max_directions": max(
                 1, config.n_directions)}, watch=searching)
             if probe.widths.max() <= WIDTH_TOL:

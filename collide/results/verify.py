@@ -223,7 +223,12 @@ def _ball_in_set(cs: Any, center: np.ndarray, radius: float, basis: np.ndarray |
         if below > BALL_SLACK * (1 + np.abs(b_all[pinned]).max()):
             problems.append(f"(radius {radius:.6g}) has its centre off a pinned row by {below:.3g}")
     moves = moving_rows(a_all, reach)
-    room = float((gap[moves] / reach[moves]).min(initial=np.inf)) if (gap[~moves] >= 0).all() else 0.0
+    # A row that does not move on the flat holds on all of it or none: the pinned ones the
+    # centre meets to rounding (checked above), any other it must meet outright.
+    still = ~moves
+    if pinned is not None:
+        still[pinned] = False
+    room = float((gap[moves] / reach[moves]).min(initial=np.inf)) if (gap[still] >= 0).all() else 0.0
     return problems, max(room, 0.0)
 
 
@@ -250,6 +255,8 @@ def flat_claim(cs: Any, dim: int, pinned: np.ndarray | None, weights: np.ndarray
     one, or stored before certificates were kept) is checked as far as it can be and not
     certified."""
     k = cs.free_dim
+    if not (np.isfinite(radius) and np.isfinite(center).all()):
+        return [f"its ball is not finite (radius {radius!r}, centre finite: {bool(np.isfinite(center).all())})"], False
     if dim > k:
         return [f"dimension {dim} is above its set's subspace dimension {k}"], False
     if dim == k:

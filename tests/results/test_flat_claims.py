@@ -16,7 +16,7 @@ from collide.audit import ScanConfig
 from collide.config import GeometryConfig
 from collide.copies import cast_copy
 from collide.experiments.scanned import _pinned_runs
-from collide.piecewise.ball import certificate_weights
+from collide.piecewise.ball import certificate_weights, certify_pinned
 from collide.piecewise.collision_set import CollisionSet
 from collide.results.records import region_fields
 from collide.results.verify import FLAT_CLAIM, _scan_balls, _verify_region, flat_claim
@@ -217,3 +217,45 @@ def test_an_exact_rows_flat_set_is_certified_from_what_its_row_stores():
     doctored = {**arrays, "region_pinned_weights": arrays["region_pinned_weights"] * [3.0, 1.0, 1.0]}
     found, certified = _verify_region(cast_copy(model), model, doctored, attrs, [])
     assert not certified and any("certificate bounds" in p for p in found)
+
+
+@pytest.mark.parametrize("seed", [0, 1, 2])
+def test_a_flat_set_in_a_tilted_subspace_is_certified(seed):
+    # Three positive units with random weights (a subspace that is no coordinate plane, so
+    # the ball's centre meets the pinned rows only to rounding) and two pairs of zero
+    # pixels x_i + x_j ≤ 0 pinned against the box: dimension 5 of 9.
+    gen = np.random.default_rng(seed)
+    t = gen.uniform(0.1, 0.9, 12)
+    zero = gen.choice(12, 4, replace=False)
+    t[zero] = 0.0
+    w = [gen.standard_normal(12) for _ in range(3)]
+    rows = [*w, *(np.eye(12)[i] + np.eye(12)[j] for i, j in (zero[:2], zero[2:]))]
+    bias = [1.0 - float(r @ t) for r in w] + [0.0, 0.0]
+    model = relu_net((np.array(rows).tolist(), bias))
+    target = torch.tensor(t, dtype=torch.float32)
+    size = collision_size(model, "relu1", target)
+    cs = _exact_set(model, "relu1", target, GeometryConfig(), ())
+    assert (size.free_dim, size.dim, size.dim_method) == (9, 5, "implicit-equalities")
+    assert flat_claim(cs, size.dim, size.pinned, size.pinned_weights, size.center, size.radius) == ([], True)
+
+
+def test_rows_pinned_by_the_rounds_are_certified_though_other_rows_tight_at_the_target_hold_too():
+    # e1 ≤ 0 and two rows at ±80° from -e1 pin the point 0; -e1 ≤ 0 is tight there as well.
+    # Least weights over every tight row would lean on -e1 and leave the pinned ones short.
+    c, s = np.cos(np.deg2rad(80)), np.sin(np.deg2rad(80))
+    cs = _hand_set([[1.0, 0.0], [-c, -s], [-c, s], [-1.0, 0.0]], [0.5, 0.5 * -c, 0.5 * -c, -0.5], [0.5, 0.0])
+    cs = dataclasses.replace(cs, lower=-1.0)  # the box's faces slack at the target
+    pinned = np.zeros(4 + 4, dtype=bool)
+    pinned[:3] = True
+    weights = certify_pinned(cs, pinned)
+    assert weights is not None and weights[3] == 0.0 and weights[:3].min() == 1.0
+    assert flat_claim(cs, 0, np.arange(3), weights[:3], cs.origin, 0.0) == ([], True)
+
+
+def test_a_ball_that_is_not_finite_is_a_problem():
+    model, target = CASES["flat"]
+    size = collision_size(model, "relu1", target)
+    cs = _exact_set(model, "relu1", target, GeometryConfig(), ())
+    for center, radius in ((size.center, float("nan")), (size.center * np.nan, size.radius)):
+        found, certified = flat_claim(cs, size.dim, size.pinned, size.pinned_weights, center, radius)
+        assert not certified and found[0].startswith("its ball is not finite")
