@@ -246,7 +246,7 @@ def flat_claim(cs: Any, dim: int, pinned: np.ndarray | None, weights: np.ndarray
     ``weights`` (each ≥ 1): with ``ĝᵢ`` a pinned row on the subspace at unit reach and
     ``sᵢ`` its slack at the target t in input units, every point x = t + Bz of the set
     has ``Σ wᵢ (aᵢx − bᵢ)/‖aᵢB‖ = (Σ wᵢĝᵢ)·z − Σ wᵢsᵢ``, a sum of terms ≤ 0, so no pinned
-    row's slack anywhere on the set exceeds ``‖Σ wᵢĝᵢ‖·R + Σ wᵢsᵢ`` (R: the box's
+    row's slack anywhere on the set exceeds ``‖Σ wᵢĝᵢ‖·R + Σ wᵢ|sᵢ|`` (R: the box's
     farthest point from t), which must be at most :data:`FLAT_CLAIM`; their rank on the
     subspace (at unit reach, the project's cut-off) must be ``k − dim``. The set then
     lies within that bound of each pinned face, and so, by the rows' least singular
@@ -293,7 +293,7 @@ def flat_claim(cs: Any, dim: int, pinned: np.ndarray | None, weights: np.ndarray
             problems.append(f"the target misses a pinned row by {-slack.min():.3g}")
         else:
             far = np.linalg.norm(np.maximum(cs.upper - cs.origin, cs.origin - cs.lower))
-            bound = float(np.linalg.norm(unit.T @ weights) * far + (weights * slack).sum())
+            bound = float(np.linalg.norm(unit.T @ weights) * far + (weights * np.abs(slack)).sum())
             if not bound <= FLAT_CLAIM:
                 problems.append(f"its certificate bounds the pinned rows' slack over the set only by {bound:.3g} > "
                                 f"{FLAT_CLAIM:g}")
