@@ -493,7 +493,7 @@ def collision_size(
                             "target is in the set: report this with the model and target")
     search_runs = cs.free_dim and ball.radius <= RADIUS_TOL  # the dimension's search has LPs to run
     hull = hull_dimension(cs, ball, watch=heartbeat(progress, "dimension") if search_runs else None)
-    found = ball if hull.flat is None else hull.flat
+    found = hull.ball_in(ball)
     return SetSize(dim=hull.dim, dim_method=hull.method, radius=float(found.radius), free_dim=cs.free_dim,
                    input_dim=cs.input_dim, center=np.asarray(found.center, dtype=np.float64), solver=found.solver,
                    seconds=time.perf_counter() - start, **hull.pinned_rows())

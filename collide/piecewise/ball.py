@@ -23,7 +23,7 @@ import numpy as np
 import scipy.sparse as sp
 
 from collide.piecewise.collision_set import LP_TOL, CollisionSet, mm, moving_rows, solve_with_region
-from collide.piecewise.highs import Heartbeat, LazyRun, add_rows, lp_model, solve_lazily
+from collide.piecewise.highs import Heartbeat, LazyRun, add_rows, lp_model, solve_once
 from collide.piecewise.row_space import rank_of, svd
 
 # A radius above this (input units) is a ball, not LP rounding: HiGHS meets rows to 1e-9.
@@ -328,16 +328,11 @@ def implicit_equalities(cs: CollisionSet, *, watch: Heartbeat | None = None) -> 
         if h.setOptionValue("solver", "ipx") != highspy.HighsStatus.kOk:  # before HiGHS 1.12
             h.setOptionValue("solver", "ipm")
         h.setOptionValue("run_crossover", "off")
-    def run() -> LazyRun:  # solve_lazily with no lazy rows: one run, with its watch and Ctrl-C
-        no_rows = np.zeros(0)
-        return solve_lazily(h, lambda _: no_rows, no_rows, np.zeros(0, dtype=bool), tol=LP_TOL,
-                            add=lambda _: None, watch=watch)
-
-    solved = run()
+    solved = solve_once(h, tol=LP_TOL, watch=watch)
     if solved.solution is None and n >= IPM_REGION_ROWS:  # the interior point without an optimum
         h.setOptionValue("solver", "simplex")
         h.clearSolver()
-        solved = run()
+        solved = solve_once(h, tol=LP_TOL, watch=watch)
     if solved.solution is None:
         return None
     lifted = -mm(g, solved.solution[:k]) >= 0.5
@@ -384,9 +379,7 @@ def certify_pinned(cs: CollisionSet, pinned: np.ndarray, *, watch: Heartbeat | N
     g, k, n = g[on], cs.free_dim, int(on.sum())
     h = lp_model(np.ones(n), np.ones(n), np.full(n, np.inf), tol=LP_TOL)
     add_rows(h, g.T, np.zeros(k), np.zeros(k))
-    no_rows = np.zeros(0)
-    solved = solve_lazily(h, lambda _: no_rows, no_rows, np.zeros(0, dtype=bool), tol=LP_TOL, add=lambda _: None,
-                          watch=watch)
+    solved = solve_once(h, tol=LP_TOL, watch=watch)
     if solved.solution is None:
         return None
     found = certificate_weights(g, np.asarray(solved.solution[:n]))
@@ -424,6 +417,10 @@ class Hull:
     flat: Ball | None = None
     pinned: np.ndarray | None = None
     weights: np.ndarray | None = None
+
+    def ball_in(self, ball: Ball) -> Ball:
+        """The ball in the hull: the flat's where C is flat, else ``ball`` (C's own)."""
+        return ball if self.flat is None else self.flat
 
     def pinned_rows(self) -> dict[str, np.ndarray | None]:
         """The pinned rows as indices (``pinned``, int64) and their certificate's weights on

@@ -125,7 +125,7 @@ def measure(cs: CollisionSet, *, config: GeometryConfig, progress: LpProgress | 
             if probe.widths.max() <= WIDTH_TOL:
                 hull, widths = Hull(0, "widths"), probe
     if hull.dim == 0 and widths is None:  # one point: no direction to measure along
-        widths = Widths(np.zeros((0, cs.input_dim)), np.zeros((0, cs.input_dim)), np.zeros(0))
+        widths = Widths.none(cs.input_dim)
     dim, how, flat = hull.dim, hull.method, hull.flat
     if config.sizes_only:
         return _sizes_only(cs, ball, hull, widths, config, start)
@@ -158,7 +158,7 @@ def measure(cs: CollisionSet, *, config: GeometryConfig, progress: LpProgress | 
                            config=config, deadline=deadline)
         samples = onto(cs, basis, cs.origin + mm(z, basis.T))
         _check_inside(cs, samples, free)
-    in_hull = ball if flat is None else flat
+    in_hull = hull.ball_in(ball)
     return SetGeometry(
         dim=dim, dim_method=how, radius=in_hull.radius, center=in_hull.center, samples=samples,
         directions=widths.directions, extremes=widths.extremes, widths=widths.widths,
@@ -179,8 +179,8 @@ def _sizes_only(cs: CollisionSet, ball: Ball, hull: Hull, widths: Widths | None,
     """``measure``'s result for ``config.sizes_only``: the radius and the dimension, the
     widths only where the dimension's probe drew some (a set of one point), and the
     target as every sample, their statistics not to be reported (one point's are 0)."""
-    d, dim, in_hull = cs.input_dim, hull.dim, ball if hull.flat is None else hull.flat
-    widths = widths or Widths(np.zeros((0, d)), np.zeros((0, d)), np.zeros(0))
+    d, dim, in_hull = cs.input_dim, hull.dim, hull.ball_in(ball)
+    widths = widths or Widths.none(d)
     record: dict[str, Any] = {"sampler": config.walk, "converged": dim == 0, "rhat": float("nan"),
                               "ess": float("nan"), "draws": 0, "seed": config.seed,
                               "reason": "" if dim == 0 else "not sampled: sizes only (geometry.sizes_only)"}

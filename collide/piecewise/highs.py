@@ -247,6 +247,14 @@ def solve_lazily(
     return run
 
 
+def solve_once(h: highspy.Highs, *, tol: float, watch: Heartbeat | None = None) -> LazyRun:
+    """``h`` solved as it stands, one run: :func:`solve_lazily` with no lazy rows, so that
+    ``watch`` hears of its iterations and Ctrl-C stops it as any lazy LP's."""
+    no_rows = np.zeros(0)
+    return solve_lazily(h, lambda _: no_rows, no_rows, np.zeros(0, dtype=bool), tol=tol, add=lambda _: None,
+                        watch=watch)
+
+
 def _solve_lazily(
     h: highspy.Highs, excess: Callable[[np.ndarray], np.ndarray], bounds: np.ndarray, added: np.ndarray, *,
     tol: float, add: Callable[[np.ndarray], None], stop_above: float, stopped: Callable[[], bool] = lambda: False,

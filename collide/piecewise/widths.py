@@ -36,6 +36,11 @@ class Widths:
     widths: np.ndarray
     seconds: float = 0.0
 
+    @staticmethod
+    def none(d: int) -> Widths:
+        """No direction measured, in d inputs: a set of one point, or no width asked for."""
+        return Widths(np.zeros((0, d)), np.zeros((0, d)), np.zeros(0))
+
     @property
     def mean(self) -> float:
         return float(self.widths.mean()) if len(self.widths) else 0.0
@@ -97,7 +102,7 @@ def extents(cs: CollisionSet, basis: np.ndarray, *, center: np.ndarray | None, f
     d, k = cs.input_dim, basis.shape[1]
     rng = np.random.default_rng(seed)
     if k == 0:
-        return Widths(np.zeros((0, d)), np.zeros((0, d)), np.zeros(0))
+        return Widths.none(d)
     h = lp_model(np.zeros(d), np.full(d, cs.lower), np.full(d, cs.upper), tol=LP_TOL)
     # Presolve costs more than it saves here (the first LP of a set on the MNIST MLP's
     # relu1: about 0.1 s of 1.25 s for four directions); later LPs start from the basis.
