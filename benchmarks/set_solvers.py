@@ -85,7 +85,8 @@ def targets(arch: str, n: int) -> list[tuple[int, int, torch.Tensor]]:
 def main(argv: list[str] | None = None) -> dict[str, Any]:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--reps", type=int, default=3)
-    parser.add_argument("--targets", type=int, default=3, help=f"how many of the digits {TARGET_DIGITS}")
+    parser.add_argument("--targets", type=int, default=3, choices=range(1, len(TARGET_DIGITS) + 1),
+                        metavar="N", help=f"how many of the digits {TARGET_DIGITS} (1 to {len(TARGET_DIGITS)})")
     parser.add_argument("--layers", default=",".join(LAYERS), help="model:layer pairs, comma-separated")
     parser.add_argument("--out", default=str(OUT))
     args = parser.parse_args(argv)
